@@ -1,0 +1,40 @@
+package api
+
+import "testing"
+
+// FuzzDecode feeds arbitrary bytes to the decoder and the validator: they must
+// return an error or a resource, never panic, and a resource that validates
+// must survive an encode/decode round trip.
+func FuzzDecode(f *testing.F) {
+	for _, seed := range []string{
+		"type: Mesh\nname: default\nmtls: {enabled: true}",
+		"type: TrafficRoute\nmesh: default\nname: r\nspec: {destination: {ursa.io/service: b}, split: [{weight: 90, tags: {ursa.io/zone: z}}]}",
+		`{"type":"Dataplane","mesh":"m","name":"d","networking":{"address":"10.0.0.1","inbound":[{"port":1,"tags":{"ursa.io/service":"s"}}]}}`,
+		"type: Secret\nmesh: m\nname: s\ndata: AAEC",
+		"type: Zone\nname: z\nenabled: false\n---\ntype: Mesh\nname: m",
+		"&a [*a, *a]",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		DecodeAll(data)
+		r, err := Decode(data)
+		if err != nil {
+			return
+		}
+		if Validate(r) != nil {
+			return
+		}
+		b, err := EncodeJSON(r)
+		if err != nil {
+			t.Fatalf("encode valid resource: %v", err)
+		}
+		r2, err := Decode(b)
+		if err != nil {
+			t.Fatalf("decode of our own encoding %s: %v", b, err)
+		}
+		if err := Validate(r2); err != nil {
+			t.Fatalf("re-decoded resource no longer valid: %v", err)
+		}
+	})
+}

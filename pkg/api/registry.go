@@ -1,0 +1,116 @@
+package api
+
+import (
+	"slices"
+	"strings"
+)
+
+// Scope says whether a type lives inside a mesh or beside the meshes.
+type Scope int
+
+const (
+	ScopeGlobal Scope = iota // no mesh: Mesh, Zone, ZoneIngress
+	ScopeMesh                // inside one mesh: Dataplane and policies
+)
+
+// Tier names who may write a type through the REST API.
+type Tier int
+
+const (
+	TierGlobal Tier = iota // written at the global CP, read-only in federated zones
+	TierZone               // written in a zone; the global holds only the zones' copies
+	TierSystem             // written only by the control plane itself
+)
+
+// SyncDirection says where KDS carries a type.
+type SyncDirection int
+
+const (
+	SyncNone         SyncDirection = iota
+	SyncGlobalToZone               // from the global to every zone
+	SyncZoneToGlobal               // from its zone to the global
+	// SyncZoneToGlobalToZones goes from its zone to the global, which
+	// re-broadcasts it to every other zone.
+	SyncZoneToGlobalToZones
+)
+
+// Descriptor is everything the rest of Ursa needs to know about a type.
+// Adding a type is one Descriptor in descriptors below.
+type Descriptor struct {
+	Type      string // "TrafficRoute"
+	Plural    string // "traffic-routes": the REST path segment and ursactl word
+	Singular  string // "traffic-route"
+	Scope     Scope
+	WrittenBy Tier
+	KDS       SyncDirection
+	New       func() Resource
+}
+
+// descriptors is the registry. It is never modified after package
+// initialisation.
+var descriptors = []Descriptor{
+	{Type: "Mesh", Plural: "meshes", Singular: "mesh", Scope: ScopeGlobal, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
+		New: func() Resource { return &Mesh{} }},
+	{Type: "Zone", Plural: "zones", Singular: "zone", Scope: ScopeGlobal, WrittenBy: TierGlobal, KDS: SyncNone,
+		New: func() Resource { return &Zone{} }},
+	{Type: "ZoneInsight", Plural: "zone-insights", Singular: "zone-insight", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
+		New: func() Resource { return &ZoneInsight{} }},
+	{Type: "ZoneIngress", Plural: "zone-ingresses", Singular: "zone-ingress", Scope: ScopeGlobal, WrittenBy: TierZone, KDS: SyncZoneToGlobalToZones,
+		New: func() Resource { return &ZoneIngress{} }},
+	{Type: "Dataplane", Plural: "dataplanes", Singular: "dataplane", Scope: ScopeMesh, WrittenBy: TierZone, KDS: SyncZoneToGlobal,
+		New: func() Resource { return &Dataplane{} }},
+	{Type: "TrafficPermission", Plural: "traffic-permissions", Singular: "traffic-permission", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
+		New: func() Resource { return &TrafficPermission{} }},
+	{Type: "TrafficRoute", Plural: "traffic-routes", Singular: "traffic-route", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
+		New: func() Resource { return &TrafficRoute{} }},
+	{Type: "Failover", Plural: "failovers", Singular: "failover", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
+		New: func() Resource { return &Failover{} }},
+	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
+		New: func() Resource { return &Secret{} }},
+}
+
+// Types returns every descriptor, in a stable order: Mesh first, so that a
+// list applied in this order creates meshes before what lives in them.
+func Types() []Descriptor { return slices.Clone(descriptors) }
+
+// Lookup returns the descriptor of a type name ("TrafficRoute").
+func Lookup(typ string) (Descriptor, bool) {
+	for _, d := range descriptors {
+		if d.Type == typ {
+			return d, true
+		}
+	}
+	return Descriptor{}, false
+}
+
+// LookupPlural returns the descriptor of a REST plural ("traffic-routes").
+func LookupPlural(plural string) (Descriptor, bool) {
+	for _, d := range descriptors {
+		if d.Plural == plural {
+			return d, true
+		}
+	}
+	return Descriptor{}, false
+}
+
+// LookupWord resolves what a user types on the command line: the plural, the
+// singular or the type name, in any case.
+func LookupWord(word string) (Descriptor, bool) {
+	for _, d := range descriptors {
+		if strings.EqualFold(word, d.Plural) || strings.EqualFold(word, d.Singular) || strings.EqualFold(word, d.Type) {
+			return d, true
+		}
+	}
+	return Descriptor{}, false
+}
+
+// New returns an empty resource of the given type with its Type set.
+func New(typ string) (Resource, bool) {
+	d, ok := Lookup(typ)
+	if !ok {
+		return nil, false
+	}
+	r := d.New()
+	r.GetMeta().Type = typ
+	return r, true
+}

@@ -1,0 +1,183 @@
+package api
+
+import "time"
+
+// Well-known tags.
+const (
+	TagService = "ursa.io/service"
+	TagZone    = "ursa.io/zone"
+)
+
+// Mesh is a tenant: a set of services that share a CA and policies.
+type Mesh struct {
+	Meta
+	MTLS *MeshMTLS `json:"mtls,omitempty"`
+}
+
+// MeshMTLS configures the mesh's certificate authority.
+type MeshMTLS struct {
+	// Enabled turns on the built-in CA, created at the global CP.
+	Enabled bool `json:"enabled"`
+}
+
+// MTLSEnabled reports whether the mesh requires mTLS between its proxies.
+func (m *Mesh) MTLSEnabled() bool { return m.MTLS != nil && m.MTLS.Enabled }
+
+// Dataplane is one workload instance and its proxy, registered in a zone.
+type Dataplane struct {
+	Meta
+	Networking DataplaneNetworking `json:"networking"`
+}
+
+// DataplaneNetworking is where a dataplane listens and what it calls.
+type DataplaneNetworking struct {
+	Address  string     `json:"address"`
+	Inbound  []Inbound  `json:"inbound,omitempty"`
+	Outbound []Outbound `json:"outbound,omitempty"`
+}
+
+// Inbound is one service port of a workload: the proxy listens on Port and
+// forwards to the application on ServicePort (Port itself when zero).
+type Inbound struct {
+	Port        int               `json:"port"`
+	ServicePort int               `json:"servicePort,omitempty"`
+	Tags        map[string]string `json:"tags"`
+}
+
+// Outbound is an explicit local port through which the workload reaches a
+// service when it does not use DNS and VIPs.
+type Outbound struct {
+	Address string            `json:"address,omitempty"`
+	Port    int               `json:"port"`
+	Tags    map[string]string `json:"tags"`
+}
+
+// ZoneIngress is one ingress instance of a zone: the SNI-routing proxy through
+// which other zones reach the zone's services.
+type ZoneIngress struct {
+	Meta
+	Zone              string                `json:"zone"`
+	Networking        ZoneIngressNetworking `json:"networking"`
+	AvailableServices []AvailableService    `json:"availableServices,omitempty"`
+}
+
+// ZoneIngressNetworking holds the ingress's local and advertised addresses.
+type ZoneIngressNetworking struct {
+	Address           string `json:"address"`
+	Port              int    `json:"port"`
+	AdvertisedAddress string `json:"advertisedAddress,omitempty"`
+	AdvertisedPort    int    `json:"advertisedPort,omitempty"`
+}
+
+// AvailableService is a set of instances, with identical tags, that the
+// ingress's zone offers to other zones. It is computed by the zone CP.
+type AvailableService struct {
+	Mesh      string            `json:"mesh"`
+	Instances int               `json:"instances"`
+	Tags      map[string]string `json:"tags"`
+}
+
+// Zone is a zone known to the global CP.
+type Zone struct {
+	Meta
+	// Enabled defaults to true; a disabled zone is refused by KDS.
+	Enabled *bool `json:"enabled,omitempty"`
+}
+
+// IsEnabled reports whether the zone may connect.
+func (z *Zone) IsEnabled() bool { return z.Enabled == nil || *z.Enabled }
+
+// ZoneInsight is the global CP's read-only view of a zone's connection. Its
+// name is the zone's name.
+type ZoneInsight struct {
+	Meta
+	Connected      bool                    `json:"connected"`
+	ConnectedSince time.Time               `json:"connectedSince,omitzero"`
+	DisconnectedAt time.Time               `json:"disconnectedAt,omitzero"`
+	GlobalInstance string                  `json:"globalInstance,omitempty"`
+	CPVersion      string                  `json:"cpVersion,omitempty"`
+	RevisionBehind int64                   `json:"revisionBehind"`
+	Sync           map[string]TypeSyncStat `json:"sync,omitempty"`
+}
+
+// TypeSyncStat counts the KDS exchanges of one resource type with a zone.
+type TypeSyncStat struct {
+	ResponsesSent  int64     `json:"responsesSent"`
+	ResponsesAcked int64     `json:"responsesAcked"`
+	ResponsesNacked int64    `json:"responsesNacked"`
+	LastNackReason string    `json:"lastNackReason,omitempty"`
+	LastAckTime    time.Time `json:"lastAckTime,omitzero"`
+}
+
+// Selector matches workloads whose tags include every entry of Match. A value
+// of "*" matches any value of that tag.
+type Selector struct {
+	Match map[string]string `json:"match"`
+}
+
+// Policy actions of a TrafficPermission.
+const (
+	ActionAllow = "ALLOW"
+	ActionDeny  = "DENY"
+)
+
+// TrafficPermission allows (or denies) sources to call destinations. When a
+// mesh has mTLS on, a call no permission allows is denied.
+type TrafficPermission struct {
+	Meta
+	Spec TrafficPermissionSpec `json:"spec"`
+}
+
+// TrafficPermissionSpec is the body of a TrafficPermission.
+type TrafficPermissionSpec struct {
+	Sources      []Selector `json:"sources"`
+	Destinations []Selector `json:"destinations"`
+	// Action is ALLOW (the default when empty) or DENY.
+	Action string `json:"action,omitempty"`
+}
+
+// TrafficRoute splits the traffic to a destination service over subsets
+// selected by tags, zone tags included: the disaster-recovery lever.
+type TrafficRoute struct {
+	Meta
+	Spec TrafficRouteSpec `json:"spec"`
+}
+
+// TrafficRouteSpec is the body of a TrafficRoute.
+type TrafficRouteSpec struct {
+	Destination map[string]string `json:"destination"`
+	Split       []Split           `json:"split"`
+}
+
+// Split is one weighted subset of a TrafficRoute. Weights are relative.
+type Split struct {
+	Weight int               `json:"weight"`
+	Tags   map[string]string `json:"tags,omitempty"`
+}
+
+// Failover orders the zones a destination's traffic goes to.
+type Failover struct {
+	Meta
+	Spec FailoverSpec `json:"spec"`
+}
+
+// FailoverSpec is the body of a Failover.
+type FailoverSpec struct {
+	Destination map[string]string `json:"destination"`
+	// LocalityAware puts the caller's own zone first.
+	LocalityAware bool `json:"localityAware,omitempty"`
+	// Order lists the zones to use next, in order; the others come last
+	// unless OnlyListed is set.
+	Order      []string `json:"order,omitempty"`
+	OnlyListed bool     `json:"onlyListed,omitempty"`
+	// Threshold is the percentage of healthy endpoints below which the next
+	// priority takes load; 0 means the default of 50.
+	Threshold int `json:"threshold,omitempty"`
+}
+
+// Secret holds opaque bytes, such as a mesh's CA key pair. Data is base64 in
+// YAML and JSON.
+type Secret struct {
+	Meta
+	Data []byte `json:"data"`
+}
