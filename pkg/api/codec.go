@@ -8,8 +8,8 @@ import (
 	"io"
 	"strings"
 
-	"sigs.k8s.io/yaml"
 	yamlv3 "go.yaml.in/yaml/v3"
+	"sigs.k8s.io/yaml"
 )
 
 // ErrMalformed marks input that is not a well-formed resource document:

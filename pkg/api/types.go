@@ -102,11 +102,11 @@ type ZoneInsight struct {
 
 // TypeSyncStat counts the KDS exchanges of one resource type with a zone.
 type TypeSyncStat struct {
-	ResponsesSent  int64     `json:"responsesSent"`
-	ResponsesAcked int64     `json:"responsesAcked"`
-	ResponsesNacked int64    `json:"responsesNacked"`
-	LastNackReason string    `json:"lastNackReason,omitempty"`
-	LastAckTime    time.Time `json:"lastAckTime,omitzero"`
+	ResponsesSent   int64     `json:"responsesSent"`
+	ResponsesAcked  int64     `json:"responsesAcked"`
+	ResponsesNacked int64     `json:"responsesNacked"`
+	LastNackReason  string    `json:"lastNackReason,omitempty"`
+	LastAckTime     time.Time `json:"lastAckTime,omitzero"`
 }
 
 // Selector matches workloads whose tags include every entry of Match. A value

@@ -1,0 +1,389 @@
+// Package postgres is the PostgreSQL implementation of store.Store. Writes
+// are serialised on one revision row, so revisions are gapless and follow
+// commit order; every change is appended to a change log in the same
+// transaction and announced with NOTIFY, so every CP replica sees every write.
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+const channel = "ursa_changes"
+
+// Options tune a Store. The zero value is usable.
+type Options struct {
+	// Retention is how many changes the log keeps for resuming watchers
+	// (store.DefaultLogRetention when 0).
+	Retention int64
+	Log       *zap.Logger
+}
+
+// Store is a store.Store on PostgreSQL.
+type Store struct {
+	pool      *pgxpool.Pool
+	log       *zap.Logger
+	retention int64
+	notifier  *notifier
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+var _ store.Store = (*Store)(nil)
+
+func parseConfig(dsn string) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse postgres url: %w", err)
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	return cfg, nil
+}
+
+// Open connects to dsn, refuses a schema other than the one this binary knows,
+// and starts listening for changes. Close releases it.
+func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	cfg, err := parseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSchema(ctx, dsn); err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", classify(err))
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = store.DefaultLogRetention
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	s := &Store{
+		pool:      pool,
+		log:       opts.Log,
+		retention: opts.Retention,
+		notifier:  newNotifier(cfg.ConnConfig, opts.Log),
+		cancel:    cancel,
+		done:      make(chan struct{}),
+	}
+	go func() { defer close(s.done); s.notifier.run(bg) }()
+	return s, nil
+}
+
+// Close stops listening and closes every connection.
+func (s *Store) Close() {
+	s.cancel()
+	<-s.done
+	s.pool.Close()
+}
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return classify(err)
+	}
+	return nil
+}
+
+// classify marks errors that mean "the database cannot be reached" with
+// store.ErrUnavailable. Errors the server reports about a statement are left
+// alone: they are bugs, not outages.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") || pgErr.Code == "53300" {
+			return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+		}
+		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) || errors.As(err, &connectErr) ||
+		pgconn.Timeout(err) || pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed") ||
+		strings.Contains(err.Error(), "unexpected EOF") || errors.Is(err, pgx.ErrTxClosed) {
+		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+	}
+	return err
+}
+
+// change is one row of the change log written by a transaction.
+type change struct {
+	op  store.Op
+	res api.Resource
+	doc []byte
+}
+
+// write runs fn in a transaction that holds the revision lock, then appends
+// fn's changes to the log with consecutive revisions and announces them.
+func (s *Store) write(ctx context.Context, what string, fn func(tx pgx.Tx, rev int64) ([]change, error)) ([]change, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: begin: %w", what, classify(err))
+	}
+	defer tx.Rollback(context.Background())
+	var rev int64
+	if err := tx.QueryRow(ctx, `SELECT revision FROM ursa_revision FOR UPDATE`).Scan(&rev); err != nil {
+		return nil, fmt.Errorf("%s: lock revision: %w", what, classify(err))
+	}
+	changes, err := fn(tx, rev+1)
+	if err != nil {
+		return nil, err
+	}
+	b := &pgx.Batch{}
+	for i, c := range changes {
+		k := api.KeyOf(c.res)
+		b.Queue(`INSERT INTO ursa_changes (revision, op, type, mesh, name, document) VALUES ($1, $2, $3, $4, $5, $6)`,
+			rev+int64(i)+1, int16(c.op), k.Type, k.Mesh, k.Name, c.doc)
+	}
+	last := rev + int64(len(changes))
+	b.Queue(`UPDATE ursa_revision SET revision = $1`, last)
+	b.Queue(`SELECT pg_notify($1, $2)`, channel, fmt.Sprint(last))
+	if last/256 != rev/256 {
+		b.Queue(`DELETE FROM ursa_changes WHERE revision <= $1`, last-s.retention)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("%s: record change: %w", what, classify(err))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("%s: commit: %w", what, classify(err))
+	}
+	return changes, nil
+}
+
+func encode(r api.Resource) ([]byte, []byte, error) {
+	doc, err := json.Marshal(r)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %s: %w", api.KeyOf(r), err)
+	}
+	labels := r.GetMeta().Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	lb, _ := json.Marshal(labels)
+	return doc, lb, nil
+}
+
+// Create implements store.Store.
+func (s *Store) Create(ctx context.Context, r api.Resource) (api.Resource, error) {
+	r = store.Clone(r)
+	key := api.KeyOf(r)
+	what := "create " + key.String()
+	changes, err := s.write(ctx, what, func(tx pgx.Tx, rev int64) ([]change, error) {
+		if d, ok := api.Lookup(key.Type); ok && d.Scope == api.ScopeMesh {
+			var exists bool
+			err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM ursa_resources WHERE type = 'Mesh' AND mesh = '' AND name = $1)`, key.Mesh).Scan(&exists)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", what, classify(err))
+			}
+			if !exists {
+				return nil, fmt.Errorf("%s: %w: %q", what, store.ErrMeshNotFound, key.Mesh)
+			}
+		}
+		m := r.GetMeta()
+		now := store.Now()
+		m.Version, m.CreationTime, m.ModificationTime = 1, now, now
+		doc, labels, err := encode(r)
+		if err != nil {
+			return nil, err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO ursa_resources (type, mesh, name, version, revision, labels, document, created_at, updated_at)
+			VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING`,
+			key.Type, key.Mesh, key.Name, rev, labels, doc, now)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, classify(err))
+		}
+		if tag.RowsAffected() == 0 {
+			return nil, fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
+		}
+		return []change{{op: store.OpCreate, res: r, doc: doc}}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return changes[0].res, nil
+}
+
+// Update implements store.Store.
+func (s *Store) Update(ctx context.Context, r api.Resource) (api.Resource, error) {
+	r = store.Clone(r)
+	key := api.KeyOf(r)
+	what := "update " + key.String()
+	changes, err := s.write(ctx, what, func(tx pgx.Tx, rev int64) ([]change, error) {
+		var (
+			version int64
+			created time.Time
+		)
+		err := tx.QueryRow(ctx, `SELECT version, created_at FROM ursa_resources WHERE type = $1 AND mesh = $2 AND name = $3`,
+			key.Type, key.Mesh, key.Name).Scan(&version, &created)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("%s: %w", what, store.ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, classify(err))
+		}
+		m := r.GetMeta()
+		if m.Version != version {
+			return nil, fmt.Errorf("%s: %w: version %d given, %d stored", what, store.ErrConflict, m.Version, version)
+		}
+		m.Version, m.CreationTime, m.ModificationTime = version+1, created.UTC(), store.Now()
+		doc, labels, err := encode(r)
+		if err != nil {
+			return nil, err
+		}
+		_, err = tx.Exec(ctx, `UPDATE ursa_resources SET version = $4, revision = $5, labels = $6, document = $7, updated_at = $8
+			WHERE type = $1 AND mesh = $2 AND name = $3`,
+			key.Type, key.Mesh, key.Name, m.Version, rev, labels, doc, m.ModificationTime)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, classify(err))
+		}
+		return []change{{op: store.OpUpdate, res: r, doc: doc}}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return changes[0].res, nil
+}
+
+// Delete implements store.Store.
+func (s *Store) Delete(ctx context.Context, key api.Key, version int64) error {
+	what := "delete " + key.String()
+	_, err := s.write(ctx, what, func(tx pgx.Tx, rev int64) ([]change, error) {
+		var (
+			stored int64
+			doc    []byte
+		)
+		err := tx.QueryRow(ctx, `SELECT version, document FROM ursa_resources WHERE type = $1 AND mesh = $2 AND name = $3`,
+			key.Type, key.Mesh, key.Name).Scan(&stored, &doc)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("%s: %w", what, store.ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, classify(err))
+		}
+		if version != 0 && version != stored {
+			return nil, fmt.Errorf("%s: %w: version %d given, %d stored", what, store.ErrConflict, version, stored)
+		}
+		var changes []change
+		if key.Type == "Mesh" {
+			rows, err := tx.Query(ctx, `DELETE FROM ursa_resources WHERE mesh = $1 RETURNING type, document`, key.Name)
+			if err != nil {
+				return nil, fmt.Errorf("%s: contents: %w", what, classify(err))
+			}
+			changes, err = collectDeleted(rows)
+			if err != nil {
+				return nil, fmt.Errorf("%s: contents: %w", what, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM ursa_resources WHERE type = $1 AND mesh = $2 AND name = $3`, key.Type, key.Mesh, key.Name); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, classify(err))
+		}
+		r, err := store.DecodeStored(key.Type, doc)
+		if err != nil {
+			return nil, err
+		}
+		return append(changes, change{op: store.OpDelete, res: r, doc: doc}), nil
+	})
+	return err
+}
+
+func collectDeleted(rows pgx.Rows) ([]change, error) {
+	var out []change
+	for rows.Next() {
+		var (
+			typ string
+			doc []byte
+		)
+		if err := rows.Scan(&typ, &doc); err != nil {
+			return nil, classify(err)
+		}
+		r, err := store.DecodeStored(typ, doc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, change{op: store.OpDelete, res: r, doc: doc})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err)
+	}
+	slices.SortFunc(out, func(a, b change) int {
+		return strings.Compare(api.KeyOf(a.res).String(), api.KeyOf(b.res).String())
+	})
+	return out, nil
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, key api.Key) (api.Resource, error) {
+	var doc []byte
+	err := s.pool.QueryRow(ctx, `SELECT document FROM ursa_resources WHERE type = $1 AND mesh = $2 AND name = $3`,
+		key.Type, key.Mesh, key.Name).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("get %s: %w", key, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, classify(err))
+	}
+	return store.DecodeStored(key.Type, doc)
+}
+
+// List implements store.Store. The items and the revision come from one
+// snapshot of the database.
+func (s *Store) List(ctx context.Context, opts store.ListOptions) (store.ListResult, error) {
+	var res store.ListResult
+	labels := opts.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	lb, _ := json.Marshal(labels)
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT revision FROM ursa_revision`).Scan(&res.Revision); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT document FROM ursa_resources
+			WHERE type = $1 AND ($2 = '' OR mesh = $2) AND labels @> $3 ORDER BY mesh, name`, opts.Type, opts.Mesh, lb)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var doc []byte
+			if err := rows.Scan(&doc); err != nil {
+				return err
+			}
+			r, err := store.DecodeStored(opts.Type, doc)
+			if err != nil {
+				return err
+			}
+			res.Items = append(res.Items, r)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return store.ListResult{}, fmt.Errorf("list %s: %w", opts.Type, classify(err))
+	}
+	return res, nil
+}

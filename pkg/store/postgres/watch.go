@@ -1,0 +1,171 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// safetyPoll bounds how long a watcher trusts NOTIFY alone: a lost
+// notification delays a change by at most this much.
+const safetyPoll = 30 * time.Second
+
+// notifier holds one LISTEN connection per Store and wakes every watcher when
+// a change is announced, and after each reconnect, so that watchers re-read
+// the change log and miss nothing across an outage.
+type notifier struct {
+	cfg *pgx.ConnConfig
+	log *zap.Logger
+
+	mu      sync.Mutex
+	changed chan struct{}
+}
+
+func newNotifier(cfg *pgx.ConnConfig, log *zap.Logger) *notifier {
+	return &notifier{cfg: cfg, log: log, changed: make(chan struct{})}
+}
+
+// wait returns a channel closed at the next wake-up. Take it before reading
+// the log, so a change committed during the read is not slept through.
+func (n *notifier) wait() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.changed
+}
+
+func (n *notifier) wake() {
+	n.mu.Lock()
+	close(n.changed)
+	n.changed = make(chan struct{})
+	n.mu.Unlock()
+}
+
+func (n *notifier) run(ctx context.Context) {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = 50*time.Millisecond, 2*time.Second
+	for ctx.Err() == nil {
+		err := n.listen(ctx, b)
+		if ctx.Err() != nil {
+			return
+		}
+		delay := b.NextBackOff()
+		n.log.Warn("change listener lost its connection; reconnecting", zap.Error(err), zap.Duration("retry_in", delay))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
+}
+
+func (n *notifier) listen(ctx context.Context, b *backoff.ExponentialBackOff) error {
+	conn, err := pgx.ConnectConfig(ctx, n.cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+		return err
+	}
+	b.Reset()
+	n.wake() // catch up with whatever was written while we were away
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		n.wake()
+	}
+}
+
+// Watch implements store.Store by reading the change log from since on, and
+// again at every wake-up.
+func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) error) error {
+	const batch = 500
+	var current int64
+	if err := s.pool.QueryRow(ctx, `SELECT revision FROM ursa_revision`).Scan(&current); err != nil {
+		return fmt.Errorf("watch: %w", classify(err))
+	}
+	if since > current {
+		return fmt.Errorf("watch from revision %d (store at %d): %w", since, current, store.ErrCompacted)
+	}
+	retry := backoff.NewExponentialBackOff()
+	retry.InitialInterval, retry.MaxInterval = 50*time.Millisecond, 2*time.Second
+	for {
+		wake := s.notifier.wait()
+		events, err := s.changesSince(ctx, since, batch)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err == store.ErrCompacted {
+				return fmt.Errorf("watch from revision %d: %w", since, err)
+			}
+			delay := retry.NextBackOff()
+			s.log.Debug("watch: reading the change log failed; retrying", zap.Error(err), zap.Duration("retry_in", delay))
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-wake:
+			case <-time.After(delay):
+			}
+			continue
+		}
+		retry.Reset()
+		for _, e := range events {
+			if err := fn(e); err != nil {
+				return err
+			}
+			since = e.Revision
+		}
+		if len(events) == batch {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wake:
+		case <-time.After(safetyPoll):
+		}
+	}
+}
+
+// changesSince reads up to limit changes after since. A gap between since and
+// the first change read means the log was compacted past since.
+func (s *Store) changesSince(ctx context.Context, since int64, limit int) ([]store.Event, error) {
+	rows, err := s.pool.Query(ctx, `SELECT revision, op, type, document FROM ursa_changes WHERE revision > $1 ORDER BY revision LIMIT $2`, since, limit)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rows.Close()
+	var out []store.Event
+	for rows.Next() {
+		var (
+			e   store.Event
+			op  int16
+			typ string
+			doc []byte
+		)
+		if err := rows.Scan(&e.Revision, &op, &typ, &doc); err != nil {
+			return nil, classify(err)
+		}
+		if len(out) == 0 && e.Revision != since+1 {
+			return nil, store.ErrCompacted
+		}
+		e.Op = store.Op(op)
+		if e.Resource, err = store.DecodeStored(typ, doc); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err)
+	}
+	return out, nil
+}

@@ -1,0 +1,451 @@
+// Package storetest is the conformance suite every store.Store
+// implementation must pass.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// Factory returns a new, empty store for one test.
+type Factory func(t *testing.T) store.Store
+
+// Run runs the whole suite against stores made by newStore.
+func Run(t *testing.T, newStore Factory) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, store.Store)
+	}{
+		{"CRUD", testCRUD},
+		{"OptimisticConcurrency", testOptimisticConcurrency},
+		{"MeshMustExist", testMeshMustExist},
+		{"MeshDeleteCascades", testMeshDeleteCascades},
+		{"ConcurrentUpdatersExactlyOneWins", testConcurrentUpdaters},
+		{"ConcurrentCreatorsExactlyOneWins", testConcurrentCreators},
+		{"WatchDeliversEveryChangeInCommitOrder", testWatchOrder},
+		{"WatchResumesFromRevision", testWatchResume},
+		{"WatchUnknownRevision", testWatchUnknownRevision},
+		{"ListFilters", testListFilters},
+		{"LargeList", testLargeList},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
+	}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// Mesh returns a mesh resource.
+func Mesh(name string) *api.Mesh {
+	return &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: name}}
+}
+
+// Route returns a traffic route with the given weight and labels.
+func Route(mesh, name string, weight int, labels map[string]string) *api.TrafficRoute {
+	return &api.TrafficRoute{
+		Meta: api.Meta{Type: "TrafficRoute", Mesh: mesh, Name: name, Labels: labels},
+		Spec: api.TrafficRouteSpec{
+			Destination: map[string]string{api.TagService: "billing"},
+			Split:       []api.Split{{Weight: weight, Tags: map[string]string{api.TagZone: "zone-1"}}},
+		},
+	}
+}
+
+// MustCreate creates r or fails the test.
+func MustCreate(t *testing.T, s store.Store, r api.Resource) api.Resource {
+	t.Helper()
+	out, err := s.Create(ctx(t), r)
+	if err != nil {
+		t.Fatalf("create %s: %v", api.KeyOf(r), err)
+	}
+	return out
+}
+
+func weight(r api.Resource) int { return r.(*api.TrafficRoute).Spec.Split[0].Weight }
+
+func testCRUD(t *testing.T, s store.Store) {
+	c := ctx(t)
+	m := MustCreate(t, s, Mesh("default"))
+	if m.GetMeta().Version != 1 || m.GetMeta().CreationTime.IsZero() {
+		t.Fatalf("created mesh meta = %+v, want version 1 and a creation time", m.GetMeta())
+	}
+	r := MustCreate(t, s, Route("default", "r1", 10, map[string]string{"team": "a"}))
+	if _, err := s.Create(c, Route("default", "r1", 20, nil)); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Fatalf("second create = %v, want ErrAlreadyExists", err)
+	}
+	got, err := s.Get(c, api.KeyOf(r))
+	if err != nil || weight(got) != 10 || got.GetMeta().Labels["team"] != "a" {
+		t.Fatalf("get = %+v, %v", got, err)
+	}
+	upd := Route("default", "r1", 30, nil)
+	upd.Version = 1
+	time.Sleep(time.Millisecond) // modification time has microsecond precision
+	u, err := s.Update(c, upd)
+	if err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	um := u.GetMeta()
+	if um.Version != 2 || !um.CreationTime.Equal(r.GetMeta().CreationTime) || !um.ModificationTime.After(um.CreationTime) {
+		t.Fatalf("updated meta = %+v", um)
+	}
+	if got, _ := s.Get(c, api.KeyOf(r)); weight(got) != 30 || got.GetMeta().Version != 2 {
+		t.Fatalf("get after update = %+v", got)
+	}
+	if err := s.Delete(c, api.KeyOf(r), 0); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := s.Get(c, api.KeyOf(r)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get after delete = %v, want ErrNotFound", err)
+	}
+	if err := s.Delete(c, api.KeyOf(r), 0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("second delete = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Update(c, upd); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("update of deleted = %v, want ErrNotFound", err)
+	}
+	// The store owns its copies: changing what we got changes nothing.
+	got, _ = s.Get(c, api.KeyOf(m))
+	got.GetMeta().Labels = map[string]string{"x": "y"}
+	if again, _ := s.Get(c, api.KeyOf(m)); again.GetMeta().Labels != nil {
+		t.Fatalf("store shares memory with its callers")
+	}
+}
+
+func testOptimisticConcurrency(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("default"))
+	MustCreate(t, s, Route("default", "r", 1, nil))
+	stale := Route("default", "r", 2, nil)
+	stale.Version = 1
+	if _, err := s.Update(c, stale); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(c, stale); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("update with stale version = %v, want ErrConflict", err)
+	}
+	if err := s.Delete(c, api.KeyOf(stale), 1); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("delete with stale version = %v, want ErrConflict", err)
+	}
+	if got, _ := s.Get(c, api.KeyOf(stale)); got.GetMeta().Version != 2 || weight(got) != 2 {
+		t.Fatalf("a refused write changed the resource: %+v", got)
+	}
+	if err := s.Delete(c, api.KeyOf(stale), 2); err != nil {
+		t.Fatalf("delete with current version: %v", err)
+	}
+}
+
+func testMeshMustExist(t *testing.T, s store.Store) {
+	if _, err := s.Create(ctx(t), Route("nope", "r", 1, nil)); !errors.Is(err, store.ErrMeshNotFound) {
+		t.Fatalf("create in a missing mesh = %v, want ErrMeshNotFound", err)
+	}
+	res, err := s.List(ctx(t), store.ListOptions{Type: "TrafficRoute"})
+	if err != nil || len(res.Items) != 0 || res.Revision != 0 {
+		t.Fatalf("a refused create left %d items at revision %d (%v)", len(res.Items), res.Revision, err)
+	}
+}
+
+func testMeshDeleteCascades(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("a"))
+	MustCreate(t, s, Mesh("b"))
+	MustCreate(t, s, Route("a", "r1", 1, nil))
+	MustCreate(t, s, Route("a", "r2", 1, nil))
+	MustCreate(t, s, Route("b", "r1", 1, nil))
+	start, _ := s.List(c, store.ListOptions{Type: "Mesh"})
+	if err := s.Delete(c, api.Key{Type: "Mesh", Name: "a"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := s.List(c, store.ListOptions{Type: "TrafficRoute"})
+	if len(left.Items) != 1 || left.Items[0].GetMeta().Mesh != "b" {
+		t.Fatalf("after deleting mesh a, routes left = %v", keys(left.Items))
+	}
+	if left.Revision != start.Revision+3 {
+		t.Fatalf("a cascade of 3 deletions moved the revision by %d", left.Revision-start.Revision)
+	}
+	events := collect(t, s, start.Revision, 3)
+	want := []string{"TrafficRoute/a/r1", "TrafficRoute/a/r2", "Mesh/a"}
+	for i, e := range events {
+		if e.Op != store.OpDelete || api.KeyOf(e.Resource).String() != want[i] {
+			t.Fatalf("event %d = %s %s, want delete %s", i, e.Op, api.KeyOf(e.Resource), want[i])
+		}
+	}
+}
+
+func keys(rs []api.Resource) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = api.KeyOf(r).String()
+	}
+	return out
+}
+
+// collect watches from since until n events have arrived.
+func collect(t *testing.T, s store.Store, since int64, n int) []store.Event {
+	t.Helper()
+	out, err := Collect(s, since, n, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Collect watches s from since until n events have arrived or timeout passes.
+// It is safe to call from any goroutine.
+func Collect(s store.Store, since int64, n int, timeout time.Duration) ([]store.Event, error) {
+	c, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out []store.Event
+	done := errors.New("done")
+	err := s.Watch(c, since, func(e store.Event) error {
+		out = append(out, e)
+		if len(out) == n {
+			return done
+		}
+		return nil
+	})
+	if !errors.Is(err, done) {
+		return out, fmt.Errorf("watch from %d: got %d of %d events, then %w", since, len(out), n, err)
+	}
+	return out, nil
+}
+
+func testConcurrentUpdaters(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("default"))
+	MustCreate(t, s, Route("default", "r", 1, nil))
+	const writers = 16
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		wins      []int
+		conflicts int
+	)
+	start := make(chan struct{})
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := Route("default", "r", i+2, nil)
+			r.Version = 1
+			<-start
+			_, err := s.Update(c, r)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				wins = append(wins, i+2)
+			case errors.Is(err, store.ErrConflict):
+				conflicts++
+			default:
+				t.Errorf("writer %d: %v", i, err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if len(wins) != 1 || conflicts != writers-1 {
+		t.Fatalf("%d writers raced: %d won, %d conflicted; want exactly one winner", writers, len(wins), conflicts)
+	}
+	got, _ := s.Get(c, api.Key{Type: "TrafficRoute", Mesh: "default", Name: "r"})
+	if weight(got) != wins[0] || got.GetMeta().Version != 2 {
+		t.Fatalf("stored %d at version %d, winner wrote %d", weight(got), got.GetMeta().Version, wins[0])
+	}
+}
+
+func testConcurrentCreators(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("default"))
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		wins int
+	)
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Create(c, Route("default", "same", i+1, nil))
+			if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+				t.Errorf("creator %d: %v", i, err)
+			}
+			if err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d creators won, want 1", wins)
+	}
+}
+
+func testWatchOrder(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("default"))
+	start, err := s.List(c, store.ListOptions{Type: "Mesh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 8, 25
+	type result struct {
+		events []store.Event
+		err    error
+	}
+	got := make(chan result, 1)
+	go func() {
+		var r result
+		r.events, r.err = Collect(s, start.Revision, writers*each*2, 30*time.Second)
+		got <- r
+	}()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				name := fmt.Sprintf("w%d-%d", w, i)
+				r, err := s.Create(c, Route("default", name, 1, nil))
+				if err != nil {
+					t.Errorf("create %s: %v", name, err)
+					return
+				}
+				upd := Route("default", name, 2, nil)
+				upd.Version = r.GetMeta().Version
+				if _, err := s.Update(c, upd); err != nil {
+					t.Errorf("update %s: %v", name, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res := <-got
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	seen := map[string]store.Op{}
+	for i, e := range res.events {
+		if want := start.Revision + int64(i) + 1; e.Revision != want {
+			t.Fatalf("event %d has revision %d, want %d: revisions must be gapless and ordered", i, e.Revision, want)
+		}
+		k := api.KeyOf(e.Resource).String()
+		switch e.Op {
+		case store.OpCreate:
+			if _, dup := seen[k]; dup || weight(e.Resource) != 1 || e.Resource.GetMeta().Version != 1 {
+				t.Fatalf("event %d: unexpected create of %s", i, k)
+			}
+		case store.OpUpdate:
+			if seen[k] != store.OpCreate || weight(e.Resource) != 2 || e.Resource.GetMeta().Version != 2 {
+				t.Fatalf("event %d: update of %s before its create", i, k)
+			}
+		default:
+			t.Fatalf("event %d: unexpected %s", i, e.Op)
+		}
+		seen[k] = e.Op
+	}
+	end, _ := s.List(c, store.ListOptions{Type: "TrafficRoute"})
+	if end.Revision != start.Revision+writers*each*2 {
+		t.Fatalf("list revision %d, want %d", end.Revision, start.Revision+writers*each*2)
+	}
+}
+
+func testWatchResume(t *testing.T, s store.Store) {
+	MustCreate(t, s, Mesh("default"))
+	for i := range 10 {
+		MustCreate(t, s, Route("default", fmt.Sprintf("r%d", i), 1, nil))
+	}
+	// Revision 1 is the mesh; resuming after revision 6 yields r5..r9.
+	events := collect(t, s, 6, 5)
+	for i, e := range events {
+		if e.Revision != int64(7+i) || e.Resource.GetMeta().Name != fmt.Sprintf("r%d", 5+i) {
+			t.Fatalf("resumed event %d = rev %d %s", i, e.Revision, api.KeyOf(e.Resource))
+		}
+	}
+	all := collect(t, s, 0, 11)
+	if all[0].Resource.GetMeta().Type != "Mesh" {
+		t.Fatalf("watch from 0 starts with %s, want the mesh", api.KeyOf(all[0].Resource))
+	}
+}
+
+func testWatchUnknownRevision(t *testing.T, s store.Store) {
+	MustCreate(t, s, Mesh("default"))
+	err := s.Watch(ctx(t), 100, func(store.Event) error { return nil })
+	if !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("watch from a future revision = %v, want ErrCompacted", err)
+	}
+}
+
+func testListFilters(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("a"))
+	MustCreate(t, s, Mesh("b"))
+	MustCreate(t, s, Route("a", "r1", 1, map[string]string{"team": "x", "env": "prod"}))
+	MustCreate(t, s, Route("a", "r2", 1, map[string]string{"team": "y", "env": "prod"}))
+	MustCreate(t, s, Route("b", "r1", 1, map[string]string{"team": "x"}))
+	tests := []struct {
+		opts store.ListOptions
+		want []string
+	}{
+		{store.ListOptions{Type: "Mesh"}, []string{"Mesh/a", "Mesh/b"}},
+		{store.ListOptions{Type: "TrafficRoute"}, []string{"TrafficRoute/a/r1", "TrafficRoute/a/r2", "TrafficRoute/b/r1"}},
+		{store.ListOptions{Type: "TrafficRoute", Mesh: "a"}, []string{"TrafficRoute/a/r1", "TrafficRoute/a/r2"}},
+		{store.ListOptions{Type: "TrafficRoute", Labels: map[string]string{"team": "x"}}, []string{"TrafficRoute/a/r1", "TrafficRoute/b/r1"}},
+		{store.ListOptions{Type: "TrafficRoute", Mesh: "a", Labels: map[string]string{"team": "x", "env": "prod"}}, []string{"TrafficRoute/a/r1"}},
+		{store.ListOptions{Type: "TrafficRoute", Labels: map[string]string{"team": "z"}}, nil},
+		{store.ListOptions{Type: "Failover"}, nil},
+	}
+	for _, tt := range tests {
+		res, err := s.List(c, tt.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := keys(res.Items); fmt.Sprint(got) != fmt.Sprint(tt.want) {
+			t.Errorf("List(%+v) = %v, want %v", tt.opts, got, tt.want)
+		}
+	}
+}
+
+func testLargeList(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("default"))
+	const n = 3000
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 4 {
+				if _, err := s.Create(c, Route("default", fmt.Sprintf("r%05d", i), i%100+1, nil)); err != nil {
+					t.Errorf("create: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res, err := s.List(c, store.ListOptions{Type: "TrafficRoute", Mesh: "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Items) != n {
+		t.Fatalf("listed %d of %d", len(res.Items), n)
+	}
+	for i, r := range res.Items {
+		if r.GetMeta().Name != fmt.Sprintf("r%05d", i) || weight(r) != i%100+1 {
+			t.Fatalf("item %d = %s weight %d", i, r.GetMeta().Name, weight(r))
+		}
+	}
+}
