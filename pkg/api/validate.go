@@ -294,17 +294,17 @@ func (r *TrafficRoute) validateSpec(v *validator) {
 	if len(r.Spec.Split) == 0 {
 		v.add("spec.split", "must have at least one entry")
 	}
-	total := 0
+	total, badWeight := 0, false
 	for i, s := range r.Spec.Split {
 		f := fmt.Sprintf("spec.split[%d]", i)
 		if s.Weight < 0 || s.Weight > 100 {
 			v.add(f+".weight", "must be between 0 and 100")
-		} else {
-			total += s.Weight
+			badWeight = true
 		}
+		total += s.Weight
 		v.tags(f+".tags", s.Tags, false)
 	}
-	if len(r.Spec.Split) > 0 && total == 0 {
+	if len(r.Spec.Split) > 0 && total == 0 && !badWeight {
 		v.add("spec.split", "the weights must not all be 0")
 	}
 }

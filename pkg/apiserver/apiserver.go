@@ -1,0 +1,279 @@
+// Package apiserver is the REST API that the global CP and every zone CP
+// serve over their store (DESIGN.md §5). Which types a caller may write
+// depends on the tier the server runs in.
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// Mode is the tier the API serves, which decides who writes what.
+type Mode int
+
+const (
+	// ModeGlobal: Meshes, policies, Zones and Secrets are written here;
+	// Dataplanes and ZoneIngresses only arrive from zones.
+	ModeGlobal Mode = iota
+	// ModeZone: a zone federated with a global CP; what comes from the
+	// global is read-only, Dataplanes and ZoneIngresses are written here.
+	ModeZone
+	// ModeStandalone: a zone without a global CP accepts every type.
+	ModeStandalone
+)
+
+// DefaultBodyLimit bounds a request body.
+const DefaultBodyLimit = 1 << 20
+
+// Deps is what the API needs. Store, Log and Registry are required.
+type Deps struct {
+	Store store.Store
+	Log   *zap.Logger
+	Mode  Mode
+	// Ready reports whether the server can serve: /readyz is 200 only
+	// while it returns nil. Nil means always ready.
+	Ready func(ctx context.Context) error
+	// Registry receives the API's metrics and is served on /metrics.
+	Registry *prometheus.Registry
+	// BodyLimit bounds request bodies (DefaultBodyLimit when 0).
+	BodyLimit int64
+	// OpTimeout bounds each store operation (5s when 0), so a hung
+	// database yields 503 rather than a hung request.
+	OpTimeout time.Duration
+	// RequireTokenOnLocalhost makes loopback callers authenticate too.
+	RequireTokenOnLocalhost bool
+}
+
+func (d *Deps) check() error {
+	switch {
+	case d.Store == nil:
+		return errors.New("apiserver: Store is required")
+	case d.Log == nil:
+		return errors.New("apiserver: Log is required")
+	case d.Registry == nil:
+		return errors.New("apiserver: Registry is required")
+	}
+	if d.BodyLimit <= 0 {
+		d.BodyLimit = DefaultBodyLimit
+	}
+	if d.OpTimeout <= 0 {
+		d.OpTimeout = 5 * time.Second
+	}
+	return nil
+}
+
+type server struct {
+	Deps
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// New returns the API's handler.
+func New(deps Deps) (http.Handler, error) {
+	if err := deps.check(); err != nil {
+		return nil, err
+	}
+	s := &server{
+		Deps: deps,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ursa_api_requests_total",
+			Help: "REST API requests by method, route and status code.",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ursa_api_request_duration_seconds",
+			Help:    "REST API request latency by method and route.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}, []string{"method", "route"}),
+	}
+	for _, c := range []prometheus.Collector{s.requests, s.duration} {
+		if err := deps.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("apiserver: register metrics: %w", err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(deps.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /{type}", s.list)
+	mux.HandleFunc("GET /{type}/{name}", s.get)
+	mux.HandleFunc("PUT /{type}/{name}", s.put)
+	mux.HandleFunc("DELETE /{type}/{name}", s.delete)
+	mux.HandleFunc("GET /zones/{name}/insight", s.zoneInsight)
+	mux.HandleFunc("GET /meshes/{mesh}/{type}", s.list)
+	mux.HandleFunc("GET /meshes/{mesh}/{type}/{name}", s.get)
+	mux.HandleFunc("PUT /meshes/{mesh}/{type}/{name}", s.put)
+	mux.HandleFunc("DELETE /meshes/{mesh}/{type}/{name}", s.delete)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &apiError{status: http.StatusNotFound, title: "Not found", details: "no such path: " + r.URL.Path})
+	})
+	return s.middleware(mux), nil
+}
+
+// statusRecorder remembers the status code for metrics and logs.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *server) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		if err := s.authenticate(r); err != nil {
+			writeError(rec, err)
+		} else {
+			r.Body = http.MaxBytesReader(rec, r.Body, s.BodyLimit)
+			next.ServeHTTP(rec, r)
+		}
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		s.requests.WithLabelValues(r.Method, route, fmt.Sprint(rec.code)).Inc()
+		s.duration.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
+		s.Log.Debug("request", zap.String("method", r.Method), zap.String("path", r.URL.Path),
+			zap.Int("code", rec.code), zap.Duration("took", time.Since(start)))
+	})
+}
+
+// authenticate admits loopback callers as admins. User tokens, which other
+// callers need, are not issued yet: until they are, only loopback callers
+// are served.
+func (s *server) authenticate(r *http.Request) *apiError {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	ip := net.ParseIP(host)
+	if err == nil && ip != nil && ip.IsLoopback() && !s.RequireTokenOnLocalhost {
+		return nil
+	}
+	return &apiError{status: http.StatusUnauthorized, title: "Unauthorized",
+		details: "only loopback callers are admitted without a token, and this server does not issue user tokens yet"}
+}
+
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.Ready(ctx); err != nil {
+			w.Header().Set("Retry-After", "5")
+			writeError(w, &apiError{status: http.StatusServiceUnavailable, title: "Not ready", details: err.Error()})
+			return
+		}
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// target is the resource a request addresses.
+type target struct {
+	desc api.Descriptor
+	mesh string // empty for global types, or across meshes in a list
+	name string
+}
+
+// resolve reads {type}, {mesh} and {name} from the path.
+func resolve(r *http.Request) (target, *apiError) {
+	plural := r.PathValue("type")
+	if r.Pattern == "GET /zones/{name}/insight" {
+		plural = "zone-insights"
+	}
+	d, ok := api.LookupPlural(plural)
+	if !ok {
+		var known []string
+		for _, d := range api.Types() {
+			known = append(known, d.Plural)
+		}
+		return target{}, &apiError{status: http.StatusNotFound, title: "Unknown resource type",
+			details: fmt.Sprintf("unknown resource type %q; known types: %s", plural, strings.Join(known, ", "))}
+	}
+	t := target{desc: d, mesh: r.PathValue("mesh"), name: r.PathValue("name")}
+	inMesh := strings.HasPrefix(r.Pattern, r.Method+" /meshes/{mesh}/")
+	switch {
+	case d.Scope == api.ScopeMesh && !inMesh && t.name != "":
+		return target{}, &apiError{status: http.StatusNotFound, title: "Not found",
+			details: fmt.Sprintf("%s are mesh-scoped: use /meshes/{mesh}/%s/%s", d.Plural, d.Plural, t.name)}
+	case d.Scope == api.ScopeGlobal && inMesh:
+		return target{}, &apiError{status: http.StatusNotFound, title: "Not found",
+			details: fmt.Sprintf("%s are not mesh-scoped: use /%s", d.Plural, d.Plural)}
+	}
+	return t, nil
+}
+
+func (t target) key() api.Key { return api.Key{Type: t.desc.Type, Mesh: t.mesh, Name: t.name} }
+
+func (s *server) opContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), s.OpTimeout)
+}
+
+func (s *server) list(w http.ResponseWriter, r *http.Request) {
+	t, aerr := resolve(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	opts := store.ListOptions{Type: t.desc.Type, Mesh: t.mesh}
+	if sel := r.URL.Query().Get("labels"); sel != "" {
+		opts.Labels = map[string]string{}
+		for _, kv := range strings.Split(sel, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				writeError(w, &apiError{status: http.StatusBadRequest, title: "Bad label selector",
+					details: fmt.Sprintf("labels: %q is not key=value", kv)})
+				return
+			}
+			opts.Labels[k] = v
+		}
+	}
+	ctx, cancel := s.opContext(r)
+	defer cancel()
+	res, err := s.Store.List(ctx, opts)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	items := res.Items
+	if items == nil {
+		items = []api.Resource{}
+	}
+	writeJSON(w, http.StatusOK, listBody{Items: items, Total: len(items)})
+}
+
+type listBody struct {
+	Items []api.Resource `json:"items"`
+	Total int            `json:"total"`
+}
+
+func (s *server) get(w http.ResponseWriter, r *http.Request) {
+	t, aerr := resolve(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	ctx, cancel := s.opContext(r)
+	defer cancel()
+	res, err := s.Store.Get(ctx, t.key())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *server) zoneInsight(w http.ResponseWriter, r *http.Request) {
+	s.get(w, r)
+}

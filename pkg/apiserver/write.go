@@ -1,0 +1,159 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// writable refuses writes of types this tier does not own, saying where they
+// are written instead.
+func (s *server) writable(d api.Descriptor) *apiError {
+	forbid := func(format string, args ...any) *apiError {
+		return &apiError{status: http.StatusForbidden, title: "Read-only here", details: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case d.WrittenBy == api.TierSystem:
+		return forbid("%s are written by the control plane itself and are read-only", d.Plural)
+	case s.Mode == ModeGlobal && d.WrittenBy == api.TierZone:
+		return forbid("%s are registered in their zone's control plane; the global control plane holds only the copies zones send it", d.Plural)
+	case s.Mode == ModeZone && d.WrittenBy == api.TierGlobal:
+		return forbid("%s come from the global control plane: change them there", d.Plural)
+	}
+	return nil
+}
+
+func (s *server) put(w http.ResponseWriter, r *http.Request) {
+	t, aerr := resolve(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if aerr := s.writable(t.desc); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, &apiError{status: http.StatusRequestEntityTooLarge, title: "Request body too large",
+				details: fmt.Sprintf("the body exceeds the limit of %d bytes", tooBig.Limit)})
+			return
+		}
+		writeError(w, &apiError{status: http.StatusBadRequest, title: "Unreadable request body", details: err.Error()})
+		return
+	}
+	res, err := api.DecodeAs(body, t.desc.Type)
+	if err != nil {
+		writeError(w, &apiError{status: http.StatusBadRequest, title: "Malformed resource", details: err.Error()})
+		return
+	}
+	if aerr := matchPath(res.GetMeta(), t); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if err := api.Validate(res); err != nil {
+		writeError(w, validationError(err))
+		return
+	}
+	ctx, cancel := s.opContext(r)
+	defer cancel()
+	out, created, err := s.save(ctx, res)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	code := http.StatusOK
+	if created {
+		code = http.StatusCreated
+	}
+	writeJSON(w, code, out)
+}
+
+// matchPath fills the names the body omits from the path and refuses a body
+// that names another resource than the path.
+func matchPath(m *api.Meta, t target) *apiError {
+	var causes []api.FieldError
+	if m.Name == "" {
+		m.Name = t.name
+	} else if m.Name != t.name {
+		causes = append(causes, api.FieldError{Field: "name", Message: fmt.Sprintf("%q does not match the path's %q", m.Name, t.name)})
+	}
+	if t.desc.Scope == api.ScopeMesh {
+		if m.Mesh == "" {
+			m.Mesh = t.mesh
+		} else if m.Mesh != t.mesh {
+			causes = append(causes, api.FieldError{Field: "mesh", Message: fmt.Sprintf("%q does not match the path's %q", m.Mesh, t.mesh)})
+		}
+	}
+	if len(causes) > 0 {
+		return &apiError{status: http.StatusBadRequest, title: "Invalid resource", details: "the body does not match the path", causes: causes}
+	}
+	return nil
+}
+
+// save applies a PUT: with a version, an update that must still match; without
+// one, an upsert that retries when it races with another writer.
+func (s *server) save(ctx context.Context, r api.Resource) (api.Resource, bool, error) {
+	m := r.GetMeta()
+	if m.Version != 0 {
+		out, err := s.Store.Update(ctx, r)
+		return out, false, err
+	}
+	for attempt := 0; ; attempt++ {
+		cur, err := s.Store.Get(ctx, api.KeyOf(r))
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			m.Version = 0
+			out, err := s.Store.Create(ctx, r)
+			if errors.Is(err, store.ErrAlreadyExists) && attempt < 5 {
+				continue
+			}
+			return out, err == nil, err
+		case err != nil:
+			return nil, false, err
+		}
+		m.Version = cur.GetMeta().Version
+		out, err := s.Store.Update(ctx, r)
+		if (errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound)) && attempt < 5 {
+			continue
+		}
+		return out, false, err
+	}
+}
+
+func (s *server) delete(w http.ResponseWriter, r *http.Request) {
+	t, aerr := resolve(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if aerr := s.writable(t.desc); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	var version int64
+	if v := r.URL.Query().Get("version"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			writeError(w, &apiError{status: http.StatusBadRequest, title: "Bad version",
+				details: fmt.Sprintf("version: %q is not a positive integer", v)})
+			return
+		}
+		version = n
+	}
+	ctx, cancel := s.opContext(r)
+	defer cancel()
+	if err := s.Store.Delete(ctx, t.key(), version); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
