@@ -44,7 +44,9 @@ type Runner struct {
 func New(log *zap.Logger) *Runner { return &Runner{log: log} }
 
 // Add registers a component whose failure stops the whole process.
-func (r *Runner) Add(name string, c Component) { r.entries = append(r.entries, entry{name: name, c: c}) }
+func (r *Runner) Add(name string, c Component) {
+	r.entries = append(r.entries, entry{name: name, c: c})
+}
 
 // AddRestarting registers a component that is restarted, with exponential
 // backoff, when it fails or panics, instead of stopping the process.

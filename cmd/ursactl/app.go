@@ -1,0 +1,103 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ursamesh/ursa/pkg/client"
+)
+
+const (
+	defaultAPIServer = "http://127.0.0.1:5681"
+	envAPIServer     = "URSA_API_SERVER"
+	envTokenFile     = "URSA_TOKEN_FILE"
+	requestTimeout   = 30 * time.Second
+)
+
+// app is what every command shares: the streams, the environment, the clock,
+// and the client made from the global flags before a command runs.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	now            func() time.Time
+
+	apiServer string
+	tokenFile string
+	client    *client.Client
+}
+
+// usageError marks a wrong command line, which exits with exitUsage.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// errReported says that the command has already printed why it failed.
+var errReported = errors.New("failed")
+
+// connect resolves the global flags (a flag beats its environment variable,
+// which beats the default) and makes the client.
+func (a *app) connect(cmd *cobra.Command) error {
+	flags := cmd.Flags()
+	if v := a.getenv(envAPIServer); v != "" && !flags.Changed("api-server") {
+		a.apiServer = v
+	}
+	if v := a.getenv(envTokenFile); v != "" && !flags.Changed("token-file") {
+		a.tokenFile = v
+	}
+	u, err := url.Parse(a.apiServer)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usageError{fmt.Errorf("api server %q is not valid: want a URL such as %s", a.apiServer, defaultAPIServer)}
+	}
+	var transport http.RoundTripper = http.DefaultTransport
+	if a.tokenFile != "" {
+		data, err := os.ReadFile(a.tokenFile)
+		if err != nil {
+			return fmt.Errorf("read token file: %w", err)
+		}
+		token := strings.TrimSpace(string(data))
+		if token == "" {
+			return fmt.Errorf("token file %s is empty", a.tokenFile)
+		}
+		transport = bearer{token: token, next: transport}
+	}
+	a.client = client.New(a.apiServer, &http.Client{Transport: transport, Timeout: requestTimeout})
+	return nil
+}
+
+// bearer adds a bearer token to every request.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+// RoundTrip implements http.RoundTripper; it does not modify req.
+func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(req)
+}
+
+// rangeArgs is cobra.RangeArgs (cobra.ExactArgs when lo == hi) whose error
+// is a usage error.
+func rangeArgs(lo, hi int) cobra.PositionalArgs {
+	check := cobra.RangeArgs(lo, hi)
+	if lo == hi {
+		check = cobra.ExactArgs(lo)
+	}
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
