@@ -3,6 +3,9 @@ package run
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,4 +44,48 @@ func TestFailureStopsEverything(t *testing.T) {
 		t.Fatalf("run = %v", err)
 	}
 	<-stopped
+}
+
+// TestHTTPServerFinishesInFlightRequests: a request in progress when the
+// process is told to stop still gets its answer.
+func TestHTTPServerFinishesInFlightRequests(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		io.WriteString(w, "done")
+	})}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- HTTPServer(srv, ln, 10*time.Second).Start(ctx) }()
+
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + ln.Addr().String())
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- string(b)
+	}()
+	<-entered
+	cancel()
+	select {
+	case err := <-stopped:
+		t.Fatalf("server stopped (%v) while a request was in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if body := <-got; body != "done" {
+		t.Fatalf("in-flight request got %q", body)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
 }

@@ -24,3 +24,7 @@ func TestMemoryCompaction(t *testing.T) {
 		t.Fatalf("watch from a compacted revision = %v, want ErrCompacted", err)
 	}
 }
+
+func BenchmarkMemory(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) store.Store { return store.NewMemory(0) })
+}

@@ -127,19 +127,8 @@ type Event struct {
 	Resource api.Resource
 }
 
-// Clone returns a deep copy of r through its JSON form, which every resource
-// round-trips.
-func Clone(r api.Resource) api.Resource {
-	b, err := json.Marshal(r)
-	if err != nil {
-		panic("store: encode resource: " + err.Error())
-	}
-	out, err := decodeStored(r.GetMeta().Type, b)
-	if err != nil {
-		panic("store: decode own encoding: " + err.Error())
-	}
-	return out
-}
+// Clone returns a deep copy of r.
+func Clone(r api.Resource) api.Resource { return api.DeepCopy(r) }
 
 // DecodeStored decodes a document the store itself wrote: its type is known
 // and it was valid when written, so it skips the strict checks of api.Decode.

@@ -249,3 +249,7 @@ func TestOutage(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkPostgres(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) store.Store { return open(b, newDB(b), Options{}) })
+}

@@ -1,0 +1,131 @@
+// Package test holds Ursa's whole-system tests: the layering rules here, and
+// end-to-end tests of real processes in the folders below.
+package test
+
+import (
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/ursamesh/ursa/"
+
+// tierOf returns the top of the layering a package belongs to: "pkg/api",
+// "pkg/xds", "pkg" for the other shared pieces, or its first folder.
+func tierOf(pkg string) string {
+	parts := strings.Split(pkg, "/")
+	if parts[0] == "pkg" && len(parts) > 1 {
+		switch parts[1] {
+		case "api", "xds":
+			return "pkg/" + parts[1]
+		}
+		if pkg == "pkg/store" || strings.HasPrefix(pkg, "pkg/store/") {
+			return "pkg/store"
+		}
+		return "pkg"
+	}
+	return parts[0]
+}
+
+// forbidden says why from may not import to, or "" when it may. Paths are
+// relative to the module root. It encodes DESIGN.md §1: pkg/api → pkg/store,
+// pkg/mtls → pkg/xds, dns, ingress, kds → global, zone → cmd.
+func forbidden(from, to string) string {
+	f, t := tierOf(from), tierOf(to)
+	if f == "test" || f == t {
+		return ""
+	}
+	switch {
+	case t == "cmd" || t == "test":
+		return "nothing imports commands or tests"
+	case f == "pkg/api":
+		return "pkg/api is the bottom layer and imports no other Ursa package"
+	case f == "pkg/xds" && t == "pkg/store":
+		return "generators are pure functions of a snapshot and never read the store"
+	case strings.HasPrefix(f, "pkg") && !strings.HasPrefix(t, "pkg"):
+		return "shared packages under pkg/ never import a tier (" + t + ")"
+	case (f == "dns" || f == "ingress" || f == "kds") && !strings.HasPrefix(t, "pkg"):
+		return f + " may import only pkg/..."
+	case (f == "global" || f == "zone") && (t == "global" || t == "zone"):
+		return "global and zone never import each other; share through kds or pkg"
+	}
+	return ""
+}
+
+func TestForbiddenRules(t *testing.T) {
+	tests := []struct {
+		from, to string
+		ok       bool
+	}{
+		{"zone", "global", false},
+		{"global", "zone", false},
+		{"pkg/store", "global", false},
+		{"pkg/xds", "pkg/store/postgres", false},
+		{"pkg/api", "pkg/store", false},
+		{"dns", "kds", false},
+		{"global", "cmd/ursa-cp", false},
+		{"pkg/apiserver", "pkg/store", true},
+		{"global", "kds", true},
+		{"zone", "dns", true},
+		{"pkg/xds", "pkg/mtls", true},
+		{"cmd/ursa-cp", "global", true},
+		{"test/e2e", "pkg/pgtest", true},
+	}
+	for _, tt := range tests {
+		if got := forbidden(tt.from, tt.to) == ""; got != tt.ok {
+			t.Errorf("%s -> %s allowed = %v, want %v", tt.from, tt.to, got, tt.ok)
+		}
+	}
+}
+
+// TestLayering parses every Go file of the module and fails on an import the
+// layering forbids.
+func TestLayering(t *testing.T) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("module root not found at %s", root)
+	}
+	fset := token.NewFileSet()
+	checked := 0
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata" || d.Name() == "bin") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, filepath.Dir(path))
+		rel = filepath.ToSlash(rel)
+		f, err := parser.ParseFile(fset, path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		checked++
+		for _, imp := range f.Imports {
+			p := strings.Trim(imp.Path.Value, `"`)
+			if !strings.HasPrefix(p, module) {
+				continue
+			}
+			if why := forbidden(rel, strings.TrimPrefix(p, module)); why != "" {
+				t.Errorf("%s imports %s: %s", strings.TrimPrefix(path, root+"/"), p, why)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 20 {
+		t.Fatalf("checked only %d files: is the walk looking in the right place?", checked)
+	}
+}
