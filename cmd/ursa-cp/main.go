@@ -64,7 +64,7 @@ func newGlobal() *cobra.Command {
 			return global.Run(cmd.Context(), cfg, log)
 		},
 	}
-	cmd.Flags().StringVar(&file, "config", "", "YAML config file")
+	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
 	config.Bind(cmd.Flags(), &cfg)
 	return cmd
 }

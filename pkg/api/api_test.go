@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -203,5 +204,30 @@ func TestRegistryIsConsistent(t *testing.T) {
 		if got, ok := LookupWord(strings.ToUpper(d.Singular)); !ok || got.Type != d.Type {
 			t.Errorf("LookupWord(%s) = %v", d.Singular, got.Type)
 		}
+	}
+}
+
+// TestDesignShapes decodes the resource shapes of DESIGN.md §3, copied
+// verbatim into testdata: the contract's documents must be valid as written.
+func TestDesignShapes(t *testing.T) {
+	data, err := os.ReadFile("testdata/design.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, errs := DecodeAll(data)
+	if len(errs) > 0 {
+		t.Fatalf("DESIGN.md shapes do not decode: %v", errs)
+	}
+	var types []string
+	for _, r := range rs {
+		types = append(types, r.GetMeta().Type)
+	}
+	want := "Mesh Dataplane ZoneIngress TrafficPermission TrafficRoute Failover Zone"
+	if strings.Join(types, " ") != want {
+		t.Fatalf("decoded %v, want %s", types, want)
+	}
+	ing := rs[2].(*ZoneIngress)
+	if ing.Networking.AdvertisedAddress != "203.0.113.7" || ing.AvailableServices[0].Instances != 2 {
+		t.Fatalf("zone ingress decoded as %+v", ing)
 	}
 }

@@ -29,13 +29,19 @@ func (s *server) writable(d api.Descriptor) *apiError {
 	return nil
 }
 
-func (s *server) put(w http.ResponseWriter, r *http.Request) {
+// resolveWrite resolves the target of a write and refuses it when this tier
+// does not own the type.
+func (s *server) resolveWrite(r *http.Request) (target, *apiError) {
 	t, aerr := resolve(r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return target{}, aerr
 	}
-	if aerr := s.writable(t.desc); aerr != nil {
+	return t, s.writable(t.desc)
+}
+
+func (s *server) put(w http.ResponseWriter, r *http.Request) {
+	t, aerr := s.resolveWrite(r)
+	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
@@ -130,12 +136,8 @@ func (s *server) save(ctx context.Context, r api.Resource) (api.Resource, bool, 
 }
 
 func (s *server) delete(w http.ResponseWriter, r *http.Request) {
-	t, aerr := resolve(r)
+	t, aerr := s.resolveWrite(r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-	if aerr := s.writable(t.desc); aerr != nil {
 		writeError(w, aerr)
 		return
 	}

@@ -2,9 +2,21 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
+
+// psql runs one query through the real psql client and returns its rows.
+func psql(t *testing.T, dsn, query string) string {
+	t.Helper()
+	out, err := exec.Command("psql", dsn, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query).CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql %q: %v\n%s", query, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
 
 const resources = `
 type: Mesh
@@ -91,6 +103,16 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 	if !strings.Contains(before["traffic-routes"], "weight: 90") || !strings.Contains(before["secrets"], "c2VjcmV0") {
 		t.Fatalf("unexpected listing:\n%s\n%s", before["traffic-routes"], before["secrets"])
 	}
+	// psql, an independent client, sees the rows and the change log.
+	rows := psql(t, dsn, `SELECT type || '/' || mesh || '/' || name || ' v' || version FROM ursa_resources ORDER BY 1`)
+	wantRows := "Failover/default/billing-locality v1\nMesh//default v1\nSecret/default/token v1\nTrafficPermission/default/web-to-billing v1\n" +
+		"TrafficRoute/default/billing-split v1\nZone//zone-1 v1\nZone//zone-2 v1"
+	if rows != wantRows {
+		t.Fatalf("psql sees:\n%s\nwant:\n%s", rows, wantRows)
+	}
+	if got := psql(t, dsn, `SELECT count(*) || ' ' || max(revision) FROM ursa_changes`); got != "7 7" {
+		t.Fatalf("change log: %s", got)
+	}
 
 	cp.stop(t)
 	cp = start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr)
@@ -123,4 +145,36 @@ func TestApplyIsAllOrNothing(t *testing.T) {
 		t.Fatalf("a refused apply wrote a mesh: %s %s", out, errOut)
 	}
 	cp.stop(t)
+}
+
+// TestConfigPrecedence: flag > env > file > default, with the real binary.
+func TestConfigPrecedence(t *testing.T) {
+	fileAddr, envAddr, flagAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	file := t.TempDir() + "/cp.yaml"
+	if err := os.WriteFile(file, []byte("api:\n  addr: "+fileAddr+"\nlog:\n  level: debug\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"file", nil, nil, fileAddr},
+		{"env beats file", []string{"URSA_API_ADDR=" + envAddr}, nil, envAddr},
+		{"flag beats env", []string{"URSA_API_ADDR=" + envAddr}, []string{"--api-addr", flagAddr}, flagAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cp := startEnv(t, tc.env, "ursa-cp", append([]string{"global", "--config", file}, tc.args...)...)
+			waitReady(t, "http://"+tc.want+"/readyz", cp)
+			cp.stop(t)
+			if !strings.Contains(cp.out.String(), `"level":"debug"`) {
+				t.Errorf("log.level from the file was not applied")
+			}
+		})
+	}
+	bad := startEnv(t, []string{"URSA_API_BODY_LIMIT=lots"}, "ursa-cp", "global")
+	if err := bad.wait(t); err == nil || !strings.Contains(bad.out.String(), "URSA_API_BODY_LIMIT") {
+		t.Fatalf("a bad env value must stop the CP with its name: %v %s", err, bad.out.String())
+	}
 }
