@@ -4,7 +4,7 @@ BIN     := bin
 TESTFLAGS ?= -race -count=1
 PKGS    := ./...
 
-.PHONY: help build test lint run fuzz bench clean
+.PHONY: help build test lint run fuzz bench clean generate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,14 @@ fuzz: ## run each fuzz target for 30s
 
 bench: ## store benchmarks (memory and PostgreSQL)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x
+
+generate: ## regenerate kds/kdspb from kds/kds.proto (needs protoc: apt-get install protobuf-compiler)
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+	$(GO) run ./kds/gen $(BIN)/kds-deps.pb
+	PATH=$(CURDIR)/$(BIN)/tools:$$PATH protoc --descriptor_set_in=$(BIN)/kds-deps.pb -I kds \
+		--go_out=kds/kdspb --go_opt=paths=source_relative \
+		--go-grpc_out=kds/kdspb --go-grpc_opt=paths=source_relative kds.proto
 
 clean:
 	rm -rf $(BIN)

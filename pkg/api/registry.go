@@ -43,7 +43,10 @@ type Descriptor struct {
 	Scope     Scope
 	WrittenBy Tier
 	KDS       SyncDirection
-	New       func() Resource
+	// Hidden types hold private material (signing keys, TLS keys): the
+	// REST API does not serve them at all.
+	Hidden bool
+	New    func() Resource
 }
 
 // descriptors is the registry. It is never modified after package
@@ -65,6 +68,8 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &TrafficRoute{} }},
 	{Type: "Failover", Plural: "failovers", Singular: "failover", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Failover{} }},
+	{Type: "GlobalSecret", Plural: "global-secrets", Singular: "global-secret", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone, Hidden: true,
+		New: func() Resource { return &GlobalSecret{} }},
 	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Secret{} }},
 }

@@ -8,6 +8,18 @@ const (
 	TagZone    = "ursa.io/zone"
 )
 
+// Labels the control plane sets on resources that KDS carries.
+const (
+	// LabelOrigin is "global" on a zone's copy of what the global sent it,
+	// and "zone" on the global's copy of what a zone sent it.
+	LabelOrigin = "ursa.io/origin"
+	// LabelZone names the zone a resource at the global came from.
+	LabelZone = "ursa.io/zone"
+
+	OriginGlobal = "global"
+	OriginZone   = "zone"
+)
+
 // Mesh is a tenant: a set of services that share a CA and policies.
 type Mesh struct {
 	Meta
@@ -180,4 +192,18 @@ type FailoverSpec struct {
 type Secret struct {
 	Meta
 	Data []byte `json:"data"`
+}
+
+// GlobalSecret holds private material of the global CP itself, such as the
+// zone-token signing keys and the KDS TLS key pair. It never leaves the
+// global: KDS does not carry it and the REST API does not serve it.
+type GlobalSecret struct {
+	Meta
+	Data []byte `json:"data"`
+}
+
+func (s *GlobalSecret) validateSpec(v *validator) {
+	if len(s.Data) == 0 {
+		v.add("data", "required")
+	}
 }

@@ -54,6 +54,9 @@ type Deps struct {
 	OpTimeout time.Duration
 	// RequireTokenOnLocalhost makes loopback callers authenticate too.
 	RequireTokenOnLocalhost bool
+	// Extra handlers, by ServeMux pattern, served behind the same
+	// authentication and metrics (e.g. "POST /tokens/zone").
+	Extra map[string]http.Handler
 }
 
 func (d *Deps) check() error {
@@ -115,6 +118,9 @@ func New(deps Deps) (http.Handler, error) {
 	mux.HandleFunc("GET /meshes/{mesh}/{type}/{name}", s.get)
 	mux.HandleFunc("PUT /meshes/{mesh}/{type}/{name}", s.put)
 	mux.HandleFunc("DELETE /meshes/{mesh}/{type}/{name}", s.delete)
+	for pattern, h := range deps.Extra {
+		mux.Handle(pattern, h)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: http.StatusNotFound, title: "Not found", details: "no such path: " + r.URL.Path})
 	})
@@ -193,10 +199,12 @@ func resolve(r *http.Request) (target, *apiError) {
 		plural = "zone-insights"
 	}
 	d, ok := api.LookupPlural(plural)
-	if !ok {
+	if !ok || d.Hidden {
 		var known []string
 		for _, d := range api.Types() {
-			known = append(known, d.Plural)
+			if !d.Hidden {
+				known = append(known, d.Plural)
+			}
 		}
 		return target{}, &apiError{status: http.StatusNotFound, title: "Unknown resource type",
 			details: fmt.Sprintf("unknown resource type %q; known types: %s", plural, strings.Join(known, ", "))}

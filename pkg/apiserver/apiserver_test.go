@@ -148,6 +148,7 @@ spec: {destination: {version: v1}, split: [{weight: 90}, {weight: 101}]}`, 400,
 		{"too large", "PUT", "/meshes/default/traffic-routes/r", route + "# " + strings.Repeat("x", 70<<10), 413, []string{"exceeds the limit"}},
 		{"zone type at global", "PUT", "/meshes/default/dataplanes/d", "type: Dataplane", 403, []string{"registered in their zone"}},
 		{"insight is read-only", "PUT", "/zone-insights/z", "type: ZoneInsight", 403, []string{"read-only"}},
+		{"hidden type", "GET", "/global-secrets", "", 404, []string{`unknown resource type "global-secrets"`}},
 		{"mesh type outside mesh", "GET", "/traffic-routes/r", "", 404, []string{"mesh-scoped"}},
 	}
 	for _, tt := range tests {

@@ -82,3 +82,12 @@ func (s *server) storeError(w http.ResponseWriter, err error) {
 		writeError(w, &apiError{status: http.StatusInternalServerError, title: "Internal error", details: err.Error()})
 	}
 }
+
+// WriteError writes the API's JSON error body, for handlers mounted with
+// Deps.Extra.
+func WriteError(w http.ResponseWriter, status int, title, details string, causes ...api.FieldError) {
+	writeError(w, &apiError{status: status, title: title, details: details, causes: causes})
+}
+
+// WriteJSON writes v as a JSON body with the given status.
+func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
