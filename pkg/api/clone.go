@@ -5,7 +5,10 @@ import (
 	"time"
 )
 
-var timeType = reflect.TypeOf(time.Time{})
+var (
+	timeType = reflect.TypeOf(time.Time{})
+	zeroTime time.Time
+)
 
 // DeepCopy returns a copy of r that shares no memory with it. It walks the
 // resource's exported fields, which is all our resource types have, and is

@@ -127,6 +127,14 @@ func (m *Memory) Delete(ctx context.Context, key api.Key, version int64) error {
 	if version != 0 && version != old.GetMeta().Version {
 		return fmt.Errorf("delete %s: %w: version %d given, %d stored", key, ErrConflict, version, old.GetMeta().Version)
 	}
+	m.deleteLocked(key, old)
+	return nil
+}
+
+// deleteLocked deletes old, and everything in it when it is a Mesh, and
+// returns how many resources went. The caller holds mu.
+func (m *Memory) deleteLocked(key api.Key, old api.Resource) int {
+	n := 1
 	if key.Type == "Mesh" {
 		var inside []api.Key
 		for k := range m.items {
@@ -139,10 +147,11 @@ func (m *Memory) Delete(ctx context.Context, key api.Key, version int64) error {
 			m.record(OpDelete, m.items[k])
 			delete(m.items, k)
 		}
+		n += len(inside)
 	}
 	delete(m.items, key)
 	m.record(OpDelete, old)
-	return nil
+	return n
 }
 
 func compareKeys(a, b api.Key) int {
@@ -222,4 +231,55 @@ func (m *Memory) Watch(ctx context.Context, since int64, fn func(Event) error) e
 		case <-changed:
 		}
 	}
+}
+
+// Apply implements Store.
+func (m *Memory) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	puts = SortPuts(puts)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	// Check everything first, so that a refused batch writes nothing.
+	meshes := map[string]bool{}
+	for _, r := range puts {
+		meta := r.GetMeta()
+		if meta.Type == "Mesh" {
+			meshes[meta.Name] = true
+			continue
+		}
+		if d, ok := api.Lookup(meta.Type); ok && d.Scope == api.ScopeMesh && !meshes[meta.Mesh] {
+			if _, ok := m.items[api.Key{Type: "Mesh", Name: meta.Mesh}]; !ok {
+				return 0, fmt.Errorf("apply %s: %w: %q", api.KeyOf(r), ErrMeshNotFound, meta.Mesh)
+			}
+		}
+	}
+	changes := 0
+	for _, r := range puts {
+		r = Clone(r)
+		key, meta, now := api.KeyOf(r), r.GetMeta(), Now()
+		old, exists := m.items[key]
+		switch {
+		case exists && api.SameContent(old, r):
+			continue
+		case exists:
+			meta.Version, meta.CreationTime, meta.ModificationTime = old.GetMeta().Version+1, old.GetMeta().CreationTime, now
+			m.items[key] = r
+			m.record(OpUpdate, r)
+		default:
+			meta.Version, meta.CreationTime, meta.ModificationTime = 1, now, now
+			m.items[key] = r
+			m.record(OpCreate, r)
+		}
+		changes++
+	}
+	for _, key := range deletes {
+		old, ok := m.items[key]
+		if !ok {
+			continue
+		}
+		changes += m.deleteLocked(key, old)
+	}
+	return changes, nil
 }

@@ -73,3 +73,8 @@ func (s *instrumented) List(ctx context.Context, opts ListOptions) (out ListResu
 	defer func(start time.Time) { s.observe("list", opts.Type, start, err) }(time.Now())
 	return s.Store.List(ctx, opts)
 }
+
+func (s *instrumented) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (n int, err error) {
+	defer func(start time.Time) { s.observe("apply", "batch", start, err) }(time.Now())
+	return s.Store.Apply(ctx, puts, deletes)
+}

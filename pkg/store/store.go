@@ -58,6 +58,16 @@ type Store interface {
 	// List returns the resources matching opts, ordered by mesh and name,
 	// with the store revision they reflect.
 	List(ctx context.Context, opts ListOptions) (ListResult, error)
+	// Apply makes the store hold each resource of puts with that content,
+	// creating it or replacing it whatever version is stored, then removes
+	// each key of deletes that exists, in one transaction: every write
+	// happens or none does. A put whose content equals what is stored
+	// (api.SameContent) changes nothing and emits no event. A mesh-scoped
+	// put needs its mesh in the store or among the puts (ErrMeshNotFound);
+	// deleting a Mesh deletes everything in it. It returns how many changes
+	// it made; each is one event, puts first, in the order given, Meshes
+	// before what is in them.
+	Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (int, error)
 	// Watch calls fn with every change whose revision is greater than
 	// since, in revision order, until ctx ends (returning ctx.Err()), fn
 	// returns an error (returned as is), or the changes after since are
@@ -149,3 +159,21 @@ func DecodeStored(typ string, doc []byte) (api.Resource, error) { return decodeS
 // Now is the store clock's reading of t: UTC, at the microsecond precision
 // PostgreSQL keeps, so every implementation returns the same times it stores.
 func Now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// SortPuts orders a batch of puts so that Meshes come first, keeping the
+// given order otherwise; of several puts of one key, the last wins.
+func SortPuts(puts []api.Resource) []api.Resource {
+	last := map[api.Key]int{}
+	for i, r := range puts {
+		last[api.KeyOf(r)] = i
+	}
+	out := make([]api.Resource, 0, len(last))
+	for _, meshes := range []bool{true, false} {
+		for i, r := range puts {
+			if (r.GetMeta().Type == "Mesh") == meshes && last[api.KeyOf(r)] == i {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}

@@ -154,6 +154,9 @@ func (s *Store) write(ctx context.Context, what string, fn func(tx pgx.Tx, rev i
 	if err != nil {
 		return nil, err
 	}
+	if len(changes) == 0 {
+		return nil, tx.Commit(ctx)
+	}
 	b := &pgx.Batch{}
 	for i, c := range changes {
 		k := api.KeyOf(c.res)

@@ -34,6 +34,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"WatchUnknownRevision", testWatchUnknownRevision},
 		{"ListFilters", testListFilters},
 		{"LargeList", testLargeList},
+		{"ApplyIsOneTransaction", testApply},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -447,5 +448,46 @@ func testLargeList(t *testing.T, s store.Store) {
 		if r.GetMeta().Name != fmt.Sprintf("r%05d", i) || weight(r) != i%100+1 {
 			t.Fatalf("item %d = %s weight %d", i, r.GetMeta().Name, weight(r))
 		}
+	}
+}
+
+func testApply(t *testing.T, s store.Store) {
+	c := ctx(t)
+	// The route comes before its mesh in the batch: meshes go first.
+	n, err := s.Apply(c, []api.Resource{Route("m", "r1", 1, nil), Mesh("m"), Route("m", "r2", 1, nil)}, nil)
+	if err != nil || n != 3 {
+		t.Fatalf("apply of 3 new resources = %d, %v", n, err)
+	}
+	events := collect(t, s, 0, 3)
+	if events[0].Resource.GetMeta().Type != "Mesh" || events[1].Op != store.OpCreate {
+		t.Fatalf("first events: %s %s", events[0].Op, api.KeyOf(events[0].Resource))
+	}
+	start, _ := s.List(c, store.ListOptions{Type: "TrafficRoute"})
+	// The same content again changes nothing and says nothing.
+	if n, err := s.Apply(c, []api.Resource{Mesh("m"), Route("m", "r1", 1, nil)}, []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: "absent"}}); err != nil || n != 0 {
+		t.Fatalf("idempotent apply = %d, %v", n, err)
+	}
+	// One change and one delete.
+	n, err = s.Apply(c, []api.Resource{Route("m", "r1", 7, nil)}, []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: "r2"}})
+	if err != nil || n != 2 {
+		t.Fatalf("apply of an update and a delete = %d, %v", n, err)
+	}
+	ev := collect(t, s, start.Revision, 2)
+	if ev[0].Op != store.OpUpdate || ev[0].Resource.GetMeta().Version != 2 || weight(ev[0].Resource) != 7 || ev[1].Op != store.OpDelete {
+		t.Fatalf("events after update+delete: %s v%d, %s", ev[0].Op, ev[0].Resource.GetMeta().Version, ev[1].Op)
+	}
+	// A batch with one put into a missing mesh writes nothing at all.
+	before, _ := s.List(c, store.ListOptions{Type: "TrafficRoute"})
+	_, err = s.Apply(c, []api.Resource{Route("m", "r3", 1, nil), Route("nope", "r", 1, nil)}, []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: "r1"}})
+	if !errors.Is(err, store.ErrMeshNotFound) {
+		t.Fatalf("apply into a missing mesh = %v, want ErrMeshNotFound", err)
+	}
+	after, _ := s.List(c, store.ListOptions{Type: "TrafficRoute"})
+	if after.Revision != before.Revision || len(after.Items) != len(before.Items) {
+		t.Fatalf("a refused batch changed the store: revision %d -> %d, %d -> %d routes", before.Revision, after.Revision, len(before.Items), len(after.Items))
+	}
+	// Deleting a mesh in a batch takes its contents.
+	if n, err := s.Apply(c, nil, []api.Key{{Type: "Mesh", Name: "m"}}); err != nil || n != 2 {
+		t.Fatalf("apply deleting a mesh with one route = %d, %v", n, err)
 	}
 }
