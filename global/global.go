@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return fmt.Errorf("api: %w", err)
 	}
 	log.Info("global control plane starting", zap.String("store", be.Kind), zap.String("api_addr", ln.Addr().String()))
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 
 	r := run.New(log)
 	r.Add("api", run.HTTPServer(srv, ln, cfg.ShutdownGrace.Duration))

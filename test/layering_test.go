@@ -20,7 +20,7 @@ func tierOf(pkg string) string {
 	parts := strings.Split(pkg, "/")
 	if parts[0] == "pkg" && len(parts) > 1 {
 		switch parts[1] {
-		case "api", "xds":
+		case "api", "xds", "mtls", "pgtest":
 			return "pkg/" + parts[1]
 		}
 		if pkg == "pkg/store" || strings.HasPrefix(pkg, "pkg/store/") {
@@ -46,6 +46,10 @@ func forbidden(from, to string) string {
 		return "pkg/api is the bottom layer and imports no other Ursa package"
 	case f == "pkg/xds" && t == "pkg/store":
 		return "generators are pure functions of a snapshot and never read the store"
+	case f == "pkg/store" && t != "pkg/api" && t != "pkg/pgtest":
+		return "pkg/store sits just above pkg/api and imports nothing else of Ursa's"
+	case f == "pkg/mtls" && t == "pkg/xds":
+		return "pkg/mtls comes before pkg/xds"
 	case strings.HasPrefix(f, "pkg") && !strings.HasPrefix(t, "pkg"):
 		return "shared packages under pkg/ never import a tier (" + t + ")"
 	case (f == "dns" || f == "ingress" || f == "kds") && !strings.HasPrefix(t, "pkg"):
@@ -69,6 +73,9 @@ func TestForbiddenRules(t *testing.T) {
 		{"dns", "kds", false},
 		{"global", "cmd/ursa-cp", false},
 		{"pkg/apiserver", "pkg/store", true},
+		{"pkg/store", "pkg/apiserver", false},
+		{"pkg/store/postgres", "pkg/api", true},
+		{"pkg/mtls", "pkg/xds", false},
 		{"global", "kds", true},
 		{"zone", "dns", true},
 		{"pkg/xds", "pkg/mtls", true},

@@ -133,6 +133,8 @@ func TestDecodeIsStrict(t *testing.T) {
 		{"type: TrafficRoute\nmesh: m\nname: r\nspec: {split: [{weight: heavy}]}", `weight`},
 		{"type: Mesh\nname: [unclosed", `yaml`},
 		{`{"type":"Mesh","name":"default","extra":1}`, `unknown field "extra"`},
+		{`{"type":"Mesh","NAME":"default","Mtls":{"Enabled":true}}`, `unknown field "Mtls", "NAME"`},
+		{"type: TrafficRoute\nmesh: m\nname: r\nspec: {split: [{weight: 90, Weight: 5}]}", `unknown field "spec.split[0].Weight"`},
 		{"type: TrafficRoute\nmesh: m\nname: r\nspec: {split: [{wieght: 1}], dest: {}}", `unknown field "spec.dest", "spec.split[0].wieght"`},
 	}
 	for _, tt := range tests {

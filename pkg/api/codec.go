@@ -34,7 +34,7 @@ func Decode(data []byte) (Resource, error) {
 		return nil, fmt.Errorf("%w: %s", ErrMalformed, cleanDecodeError(err))
 	}
 	if head.Type == "" {
-		return nil, fmt.Errorf("%w: type: required", ErrMalformed)
+		return nil, errNoType
 	}
 	r, ok := New(head.Type)
 	if !ok {
@@ -47,23 +47,52 @@ func Decode(data []byte) (Resource, error) {
 }
 
 // decodeStrict decodes into r and reports every unknown field by its path.
+// Field names must match exactly: encoding/json alone would take "NAME" for
+// "name".
 func decodeStrict(data []byte, r Resource) error {
-	if err := yaml.UnmarshalStrict(data, r); err != nil {
-		if strings.Contains(err.Error(), "unknown field") {
-			if unknown := unknownFields(data, r); len(unknown) > 0 {
-				return fmt.Errorf("%w: unknown field %s", ErrMalformed, strings.Join(unknown, ", "))
-			}
+	err := yaml.UnmarshalStrict(data, r)
+	if err == nil || strings.Contains(err.Error(), "unknown field") {
+		if unknown := unknownFields(data, r); len(unknown) > 0 {
+			return fmt.Errorf("%w: unknown field %s", ErrMalformed, strings.Join(unknown, ", "))
 		}
+	}
+	if err != nil {
 		return fmt.Errorf("%w: %s", ErrMalformed, cleanDecodeError(err))
 	}
 	return nil
 }
 
+// errNoType is Decode's answer to a document without a type.
+var errNoType = fmt.Errorf("%w: type: required", ErrMalformed)
+
+// singleDocument refuses a stream of several YAML documents where one is
+// expected: the others would be silently ignored.
+func singleDocument(data []byte) error {
+	dec := yamlv3.NewDecoder(bytes.NewReader(data))
+	n := 0
+	for {
+		var node yamlv3.Node
+		err := dec.Decode(&node)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return nil // the decoder proper reports syntax errors
+		}
+		if n++; n > 1 {
+			return fmt.Errorf("%w: expected one document, found several", ErrMalformed)
+		}
+	}
+}
+
 // DecodeAs parses a document that must be of type typ. A document that omits
 // type gets typ.
 func DecodeAs(data []byte, typ string) (Resource, error) {
+	if err := singleDocument(data); err != nil {
+		return nil, err
+	}
 	r, err := Decode(data)
-	if err != nil && strings.Contains(err.Error(), "type: required") {
+	if errors.Is(err, errNoType) {
 		r, _ = New(typ)
 		if uerr := decodeStrict(data, r); uerr != nil {
 			return nil, uerr

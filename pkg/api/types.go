@@ -103,13 +103,17 @@ func (z *Zone) IsEnabled() bool { return z.Enabled == nil || *z.Enabled }
 // name is the zone's name.
 type ZoneInsight struct {
 	Meta
-	Connected      bool                    `json:"connected"`
-	ConnectedSince time.Time               `json:"connectedSince,omitzero"`
-	DisconnectedAt time.Time               `json:"disconnectedAt,omitzero"`
-	GlobalInstance string                  `json:"globalInstance,omitempty"`
-	CPVersion      string                  `json:"cpVersion,omitempty"`
-	RevisionBehind int64                   `json:"revisionBehind"`
-	Sync           map[string]TypeSyncStat `json:"sync,omitempty"`
+	Connected      bool      `json:"connected"`
+	ConnectedSince time.Time `json:"connectedSince,omitzero"`
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
+	GlobalInstance string    `json:"globalInstance,omitempty"`
+	CPVersion      string    `json:"cpVersion,omitempty"`
+	RevisionBehind int64     `json:"revisionBehind"`
+	// Heartbeat is refreshed while the zone is connected: an old one means
+	// the global instance serving the zone went away without saying so.
+	Heartbeat time.Time               `json:"heartbeat,omitzero"`
+	Stalls    int64                   `json:"stalls,omitempty"`
+	Sync      map[string]TypeSyncStat `json:"sync,omitempty"`
 }
 
 // TypeSyncStat counts the KDS exchanges of one resource type with a zone.
@@ -206,4 +210,30 @@ func (s *GlobalSecret) validateSpec(v *validator) {
 	if len(s.Data) == 0 {
 		v.add("data", "required")
 	}
+}
+
+// Zoned is implemented by resources that belong to one zone. OwnerZone
+// returns that zone, or "" when the resource does not say.
+type Zoned interface {
+	OwnerZone() string
+}
+
+// OwnerZone implements Zoned.
+func (z *ZoneIngress) OwnerZone() string { return z.Zone }
+
+// OwnerZone implements Zoned: the ursa.io/zone tag its inbounds carry. When
+// they disagree it returns a value no zone is named, so that no zone owns it.
+func (d *Dataplane) OwnerZone() string {
+	zone := ""
+	for _, in := range d.Networking.Inbound {
+		z := in.Tags[TagZone]
+		switch {
+		case z == "" || z == zone:
+		case zone == "":
+			zone = z
+		default:
+			return "(inbounds disagree)"
+		}
+	}
+	return zone
 }

@@ -35,7 +35,7 @@ const (
 )
 
 // DefaultBodyLimit bounds a request body.
-const DefaultBodyLimit = 1 << 20
+const DefaultBodyLimit = 2 << 20 // a 1 MiB Secret is 1.33 MiB in base64
 
 // Deps is what the API needs. Store, Log and Registry are required.
 type Deps struct {
@@ -142,7 +142,7 @@ func (s *server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		if err := s.authenticate(r); err != nil {
+		if err := s.authenticate(r); err != nil && !openPaths[r.URL.Path] {
 			writeError(rec, err)
 		} else {
 			r.Body = http.MaxBytesReader(rec, r.Body, s.BodyLimit)
@@ -158,6 +158,9 @@ func (s *server) middleware(next http.Handler) http.Handler {
 			zap.Int("code", rec.code), zap.Duration("took", time.Since(start)))
 	})
 }
+
+// openPaths answer anyone: probes and metric scrapers come from other hosts.
+var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
 // authenticate admits loopback callers as admins. User tokens, which other
 // callers need, are not issued yet: until they are, only loopback callers
@@ -257,6 +260,12 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	items := res.Items
 	if items == nil {
 		items = []api.Resource{}
+		if t.mesh != "" {
+			if _, err := s.Store.Get(ctx, api.Key{Type: "Mesh", Name: t.mesh}); err != nil {
+				s.storeError(w, err)
+				return
+			}
+		}
 	}
 	writeJSON(w, http.StatusOK, listBody{Items: items, Total: len(items)})
 }

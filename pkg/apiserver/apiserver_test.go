@@ -3,10 +3,12 @@ package apiserver
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -148,6 +150,8 @@ spec: {destination: {version: v1}, split: [{weight: 90}, {weight: 101}]}`, 400,
 		{"too large", "PUT", "/meshes/default/traffic-routes/r", route + "# " + strings.Repeat("x", 70<<10), 413, []string{"exceeds the limit"}},
 		{"zone type at global", "PUT", "/meshes/default/dataplanes/d", "type: Dataplane", 403, []string{"registered in their zone"}},
 		{"insight is read-only", "PUT", "/zone-insights/z", "type: ZoneInsight", 403, []string{"read-only"}},
+		{"several documents", "PUT", "/meshes/default/traffic-routes/r", route + "---\ntype: Mesh\nname: x\n", 400, []string{"expected one document"}},
+		{"list in a missing mesh", "GET", "/meshes/nope/traffic-routes", "", 404, []string{"not found"}},
 		{"hidden type", "GET", "/global-secrets", "", 404, []string{`unknown resource type "global-secrets"`}},
 		{"mesh type outside mesh", "GET", "/traffic-routes/r", "", 404, []string{"mesh-scoped"}},
 	}
@@ -199,6 +203,15 @@ func TestNonLoopbackNeedsToken(t *testing.T) {
 	h.ServeHTTP(rec, req)
 	if rec.Code != 401 {
 		t.Fatalf("non-loopback request without a token: %d", rec.Code)
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		req := httptest.NewRequest("GET", path, nil)
+		req.RemoteAddr = "192.0.2.1:5000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			t.Errorf("%s from another host: %d, want 200 (probes and scrapers)", path, rec.Code)
+		}
 	}
 }
 
@@ -259,5 +272,44 @@ func TestStoreDown(t *testing.T) {
 	}
 	if r := do(t, "GET", srv.URL+"/meshes/default", ""); r.code != 200 {
 		t.Fatalf("the delete refused while down must not have happened: %d", r.code)
+	}
+}
+
+// TestConcurrentUpserts: version-less PUTs racing on one resource all
+// succeed; none is told to retry.
+func TestConcurrentUpserts(t *testing.T) {
+	srv := newServer(t, store.NewMemory(0), ModeGlobal)
+	do(t, "PUT", srv.URL+"/meshes/default", "type: Mesh")
+	var wg sync.WaitGroup
+	codes := make(chan int, 64)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 8 {
+				body := strings.Replace(route, "weight: 90", fmt.Sprintf("weight: %d", 1+(i*8+j)%90), 1)
+				req, _ := http.NewRequest("PUT", srv.URL+"/meshes/default/traffic-routes/r", strings.NewReader(body))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				codes <- resp.StatusCode
+			}
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	created := 0
+	for c := range codes {
+		if c == 201 {
+			created++
+		} else if c != 200 {
+			t.Errorf("a version-less PUT got %d", c)
+		}
+	}
+	if created != 1 {
+		t.Errorf("%d PUTs reported creating the resource, want 1", created)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"strconv"
 
 	"github.com/ursamesh/ursa/pkg/api"
-	"github.com/ursamesh/ursa/pkg/store"
 )
 
 // writable refuses writes of types this tier does not own, saying where they
@@ -105,34 +104,22 @@ func matchPath(m *api.Meta, t target) *apiError {
 	return nil
 }
 
-// save applies a PUT: with a version, an update that must still match; without
-// one, an upsert that retries when it races with another writer.
+// save applies a PUT: with a version, an update that must still match;
+// without one, an upsert in one store transaction, which cannot conflict.
 func (s *server) save(ctx context.Context, r api.Resource) (api.Resource, bool, error) {
-	m := r.GetMeta()
-	if m.Version != 0 {
+	if r.GetMeta().Version != 0 {
 		out, err := s.Store.Update(ctx, r)
 		return out, false, err
 	}
-	for attempt := 0; ; attempt++ {
-		cur, err := s.Store.Get(ctx, api.KeyOf(r))
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			m.Version = 0
-			out, err := s.Store.Create(ctx, r)
-			if errors.Is(err, store.ErrAlreadyExists) && attempt < 5 {
-				continue
-			}
-			return out, err == nil, err
-		case err != nil:
-			return nil, false, err
-		}
-		m.Version = cur.GetMeta().Version
-		out, err := s.Store.Update(ctx, r)
-		if (errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound)) && attempt < 5 {
-			continue
-		}
-		return out, false, err
+	n, err := s.Store.Apply(ctx, []api.Resource{r}, nil)
+	if err != nil {
+		return nil, false, err
 	}
+	out, err := s.Store.Get(ctx, api.KeyOf(r))
+	if err != nil {
+		return nil, false, err
+	}
+	return out, n > 0 && out.GetMeta().Version == 1, nil
 }
 
 func (s *server) delete(w http.ResponseWriter, r *http.Request) {

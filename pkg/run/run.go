@@ -81,7 +81,10 @@ func (r *Runner) runOne(ctx context.Context, e entry, log *zap.Logger) error {
 		started := time.Now()
 		err := safeStart(ctx, e.c)
 		if ctx.Err() != nil {
-			return nil
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err // nil, or what went wrong while stopping
 		}
 		if err == nil {
 			err = errors.New("returned before the process stopped")

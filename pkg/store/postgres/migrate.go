@@ -2,11 +2,13 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"database/sql"
 	"embed"
 	"fmt"
 	"io/fs"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
@@ -85,6 +87,25 @@ func MigrationsStatus(ctx context.Context, dsn string) ([]MigrationStatus, error
 // checkSchema refuses a database whose schema is not exactly the one this
 // binary was built for.
 func checkSchema(ctx context.Context, dsn string) error {
+	// goose creates its version table when asked for versions; look first,
+	// so that a wrong URL is refused without writing to that database.
+	cfg, err := parseConfig(dsn)
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg.ConnConfig)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", classify(err))
+	}
+	var exists bool
+	err = conn.QueryRow(ctx, `SELECT to_regclass('goose_db_version') IS NOT NULL`).Scan(&exists)
+	conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", classify(err))
+	}
+	if !exists {
+		return errors.New("the database has no Ursa schema: run `ursa-cp migrate up --store ...` first")
+	}
 	return withProvider(ctx, dsn, func(p *goose.Provider) error {
 		current, target, err := p.GetVersions(ctx)
 		if err != nil {

@@ -213,8 +213,12 @@ func TestOutage(t *testing.T) {
 	if err := cluster.StartServer(); err != nil {
 		t.Fatal(err)
 	}
+	unavailable = 0
 	for i := 60; i < 200; i++ {
 		write(i)
+	}
+	if unavailable != 0 {
+		t.Fatalf("%d writes failed after PostgreSQL came back", unavailable)
 	}
 	ctx := context.Background()
 	res, err := s.List(ctx, store.ListOptions{Type: "TrafficRoute"})

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -88,27 +89,41 @@ func (n *notifier) listen(ctx context.Context, b *backoff.ExponentialBackOff) er
 // again at every wake-up.
 func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) error) error {
 	const batch = 500
-	var current int64
-	if err := s.pool.QueryRow(ctx, `SELECT revision FROM ursa_revision`).Scan(&current); err != nil {
-		return fmt.Errorf("watch: %w", classify(err))
-	}
-	if since > current {
-		return fmt.Errorf("watch from revision %d (store at %d): %w", since, current, store.ErrCompacted)
-	}
 	retry := backoff.NewExponentialBackOff()
 	retry.InitialInterval, retry.MaxInterval = 50*time.Millisecond, 2*time.Second
+	checked := false
 	for {
 		wake := s.notifier.wait()
-		events, err := s.changesSince(ctx, since, batch)
+		var (
+			events []store.Event
+			err    error
+		)
+		if !checked {
+			// A revision beyond the store's is from another history (a
+			// restored or replaced database): the caller must list again.
+			var current int64
+			if err = s.pool.QueryRow(ctx, `SELECT revision FROM ursa_revision`).Scan(&current); err != nil {
+				err = classify(err)
+			} else if since > current {
+				return fmt.Errorf("watch from revision %d (store at %d): %w", since, current, store.ErrCompacted)
+			}
+		}
+		if err == nil {
+			checked = true
+			events, err = s.changesSince(ctx, since, batch)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if err == store.ErrCompacted {
+			if errors.Is(err, store.ErrCompacted) {
+				return fmt.Errorf("watch from revision %d: %w", since, err)
+			}
+			if !errors.Is(err, store.ErrUnavailable) {
 				return fmt.Errorf("watch from revision %d: %w", since, err)
 			}
 			delay := retry.NextBackOff()
-			s.log.Debug("watch: reading the change log failed; retrying", zap.Error(err), zap.Duration("retry_in", delay))
+			s.log.Warn("watch: cannot read the change log; retrying", zap.Error(err), zap.Duration("retry_in", delay))
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -131,6 +146,7 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-wake:
+			checked = false // a reconnect may have brought another database
 		case <-time.After(safetyPoll):
 		}
 	}
@@ -160,7 +176,7 @@ func (s *Store) changesSince(ctx context.Context, since int64, limit int) ([]sto
 		}
 		e.Op = store.Op(op)
 		if e.Resource, err = store.DecodeStored(typ, doc); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("change %d: %w", e.Revision, err)
 		}
 		out = append(out, e)
 	}

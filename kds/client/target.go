@@ -1,0 +1,118 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/kds"
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// globalTarget applies what the global sends to the zone's store. Its copies
+// carry the label ursa.io/origin=global; it never overwrites or deletes a
+// resource the zone made itself.
+type globalTarget struct {
+	store store.Store
+	log   *zap.Logger
+	// held is, by type URL, the names of the global's resources the zone
+	// holds; this stream is their only writer.
+	held map[string]map[string]bool
+}
+
+var originGlobal = map[string]string{api.LabelOrigin: api.OriginGlobal}
+
+// Held implements kds.Target.
+func (t *globalTarget) Held(ctx context.Context, d api.Descriptor) (map[string]string, error) {
+	res, err := t.store.List(ctx, store.ListOptions{Type: d.Type, Labels: originGlobal})
+	if err != nil {
+		return nil, err
+	}
+	out, names := map[string]string{}, map[string]bool{}
+	for _, r := range res.Items {
+		n := kds.WireName(api.KeyOf(r))
+		out[n], names[n] = kds.Version(r), true
+	}
+	t.held[kds.TypeURL(d.Type)] = names
+	return out, nil
+}
+
+// Apply implements kds.Target: one response, one transaction.
+func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []*discovery.Resource, removed []string) error {
+	url := kds.TypeURL(d.Type)
+	held := t.held[url]
+	puts := make([]api.Resource, 0, len(resources))
+	for _, res := range resources {
+		r, err := kds.Decode(d, res)
+		if err != nil {
+			return kds.Reject(err)
+		}
+		if !held[res.GetName()] {
+			local, err := t.store.Get(ctx, api.KeyOf(r))
+			if err == nil && local.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal {
+				return kds.Reject(fmt.Errorf("%s %q conflicts with a resource of the same name made in this zone", d.Type, res.GetName()))
+			}
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+		m := r.GetMeta()
+		if m.Labels == nil {
+			m.Labels = map[string]string{}
+		}
+		m.Labels[api.LabelOrigin] = api.OriginGlobal
+		puts = append(puts, r)
+	}
+	var deletes []api.Key
+	for _, name := range removed {
+		if !held[name] {
+			continue
+		}
+		k, err := kds.KeyOfWireName(d, name)
+		if err != nil {
+			return kds.Reject(err)
+		}
+		deletes = append(deletes, k)
+	}
+	if _, err := t.store.Apply(ctx, puts, deletes); err != nil {
+		if errors.Is(err, store.ErrMeshNotFound) {
+			return kds.Reject(err)
+		}
+		return err
+	}
+	for _, res := range resources {
+		held[res.GetName()] = true
+	}
+	for _, name := range removed {
+		delete(held, name)
+	}
+	if d.Type == "Mesh" {
+		t.forgetDeletedMeshes(removed)
+	}
+	return nil
+}
+
+// forgetDeletedMeshes drops, from the held sets, what a mesh deletion took
+// with it.
+func (t *globalTarget) forgetDeletedMeshes(meshes []string) {
+	for url, names := range t.held {
+		d, ok := kds.TypeOf(url)
+		if !ok || d.Scope != api.ScopeMesh {
+			continue
+		}
+		for name := range names {
+			for _, m := range meshes {
+				if len(name) > len(m) && name[:len(m)+1] == m+"/" {
+					delete(names, name)
+				}
+			}
+		}
+	}
+}
+
+func splitHostPort(s string) (string, string, error) { return net.SplitHostPort(s) }

@@ -1,0 +1,273 @@
+// Package server is the global side of KDS: it authenticates zones by their
+// tokens, sends each zone what it should hold from the global cache, takes
+// what each zone owns into the global store, and keeps a ZoneInsight per
+// zone.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/ursamesh/ursa/kds"
+	"github.com/ursamesh/ursa/kds/kdspb"
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// Metadata keys a zone sends on both streams.
+const (
+	MetadataAuthorization = "authorization"
+	MetadataZone          = "ursa-zone"
+	MetadataVersion       = "ursa-version"
+)
+
+// Verifier checks a zone token and returns the zone it was issued to.
+type Verifier interface {
+	VerifyZoneToken(ctx context.Context, token string) (string, error)
+}
+
+// Deps is what a Server needs. Every field but Metrics is required.
+type Deps struct {
+	Store store.Store
+	// Cache follows the global store's GlobalToZoneTypes.
+	Cache    *kds.Cache
+	Verifier Verifier
+	Log      *zap.Logger
+	Metrics  *kds.Metrics
+	// Instance names this global replica in zone insights.
+	Instance       string
+	MaxMessageSize int
+	AckTimeout     time.Duration
+	// InsightInterval is how often a connected zone's insight is written.
+	InsightInterval time.Duration
+}
+
+func (d *Deps) check() error {
+	switch {
+	case d.Store == nil, d.Cache == nil, d.Verifier == nil, d.Log == nil:
+		return errors.New("kds server: Store, Cache, Verifier and Log are required")
+	case d.Instance == "":
+		return errors.New("kds server: Instance is required")
+	}
+	if d.MaxMessageSize <= 0 {
+		d.MaxMessageSize = 16 << 20
+	}
+	if d.AckTimeout <= 0 {
+		d.AckTimeout = 15 * time.Second
+	}
+	if d.InsightInterval <= 0 {
+		d.InsightInterval = 5 * time.Second
+	}
+	return nil
+}
+
+// Server implements the KDS service at the global.
+type Server struct {
+	kdspb.UnimplementedKDSServer
+	Deps
+
+	mu       sync.Mutex
+	sessions map[string]*session
+}
+
+// New returns a Server.
+func New(deps Deps) (*Server, error) {
+	if err := deps.check(); err != nil {
+		return nil, err
+	}
+	return &Server{Deps: deps, sessions: map[string]*session{}}, nil
+}
+
+// Register adds the KDS service to a gRPC server.
+func (s *Server) Register(g *grpc.Server) { kdspb.RegisterKDSServer(g, s) }
+
+// ServerOptions are the gRPC options KDS needs: message size limits.
+func (s *Server) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(s.MaxMessageSize), grpc.MaxSendMsgSize(s.MaxMessageSize)}
+}
+
+// caller is an authenticated zone.
+type caller struct {
+	zone    string
+	token   string
+	version string
+}
+
+// authenticate reads the zone's identity from its token, never from what it
+// says about itself, and refuses unknown, disabled or misnamed zones.
+func (s *Server) authenticate(ctx context.Context) (caller, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	first := func(k string) string {
+		if v := md.Get(k); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	token, ok := strings.CutPrefix(first(MetadataAuthorization), "Bearer ")
+	if !ok || token == "" {
+		return caller{}, status.Error(codes.Unauthenticated, "no zone token: start the zone CP with --zone-token-file (ursactl generate zone-token --zone NAME)")
+	}
+	zone, err := s.Verifier.VerifyZoneToken(ctx, token)
+	if err != nil {
+		s.Log.Warn("refused a zone token", zap.Error(err))
+		return caller{}, status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
+	}
+	if claimed := first(MetadataZone); claimed != zone {
+		s.Log.Warn("refused a zone CP running under another zone's name", zap.String("zone", zone), zap.String("claimed", claimed))
+		return caller{}, status.Errorf(codes.PermissionDenied,
+			"this zone CP runs as zone %q but its token was issued to zone %q: start it with --zone %s or use that zone's token", claimed, zone, zone)
+	}
+	if err := s.admitZone(ctx, zone); err != nil {
+		return caller{}, err
+	}
+	return caller{zone: zone, token: token, version: first(MetadataVersion)}, nil
+}
+
+// admitZone creates the Zone on its first connection and refuses a disabled
+// one.
+func (s *Server) admitZone(ctx context.Context, zone string) error {
+	r, err := s.Store.Get(ctx, api.Key{Type: "Zone", Name: zone})
+	if errors.Is(err, store.ErrNotFound) {
+		_, err = s.Store.Create(ctx, &api.Zone{Meta: api.Meta{Type: "Zone", Name: zone}})
+		if err == nil || errors.Is(err, store.ErrAlreadyExists) {
+			s.Log.Info("zone registered on its first connection", zap.String("zone", zone))
+			return nil
+		}
+	}
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "read zone %s: %v", zone, err)
+	}
+	if !r.(*api.Zone).IsEnabled() {
+		return status.Errorf(codes.PermissionDenied, "zone %q is disabled at the global control plane", zone)
+	}
+	return nil
+}
+
+// GlobalToZone implements kdspb.KDSServer.
+func (s *Server) GlobalToZone(stream kdspb.KDS_GlobalToZoneServer) error {
+	c, err := s.authenticate(stream.Context())
+	if err != nil {
+		return err
+	}
+	sess, ctx, done := s.attach(stream.Context(), c)
+	defer done()
+	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "global_to_zone"))
+	log.Info("zone connected")
+	sender := &kds.Sender{
+		Source: s.Cache, Types: kds.GlobalToZoneTypes(), Peer: c.zone,
+		MaxMessageSize: s.MaxMessageSize, AckTimeout: s.AckTimeout,
+		Stats: sess.toZone, Log: log, Metrics: s.Metrics, Direction: "global_to_zone",
+	}
+	return s.streamEnd(ctx, log, sender.Run(ctx, stream))
+}
+
+// ZoneToGlobal implements kdspb.KDSServer.
+func (s *Server) ZoneToGlobal(stream kdspb.KDS_ZoneToGlobalServer) error {
+	c, err := s.authenticate(stream.Context())
+	if err != nil {
+		return err
+	}
+	sess, ctx, done := s.attach(stream.Context(), c)
+	defer done()
+	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "zone_to_global"))
+	target := &zoneTarget{zone: c.zone, store: s.Store, log: log, metrics: s.Metrics}
+	receiver := &kds.Receiver{
+		Types:   kds.ZoneToGlobalTypes(),
+		Target:  target,
+		Stats:   sess.fromZone,
+		Log:     log,
+		Refused: func(err error) { target.violation(err) },
+	}
+	return s.streamEnd(ctx, log, receiver.Run(ctx, stream))
+}
+
+// streamEnd turns why a stream ended into the status the zone sees.
+func (s *Server) streamEnd(ctx context.Context, log *zap.Logger, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		log.Info("closing the zone's stream", zap.Error(cause))
+		return status.Error(codes.PermissionDenied, cause.Error())
+	}
+	if err == nil || errors.Is(err, context.Canceled) {
+		log.Info("zone disconnected")
+		return nil
+	}
+	log.Warn("zone stream ended", zap.Error(err))
+	if errors.Is(err, kds.ErrStalled) {
+		return status.Error(codes.Aborted, err.Error())
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
+
+// Start follows zone and signing-key changes until ctx ends, closing the
+// streams of a zone that is disabled or deleted, or whose token no longer
+// verifies, and writes insights.
+func (s *Server) Start(ctx context.Context) error {
+	var since int64 = -1
+	for _, typ := range []string{"Zone", "GlobalSecret"} {
+		res, err := s.Store.List(ctx, store.ListOptions{Type: typ})
+		if err != nil {
+			return fmt.Errorf("list %s: %w", typ, err)
+		}
+		if since < 0 || res.Revision < since {
+			since = res.Revision
+		}
+	}
+	go s.writeInsights(ctx)
+	err := s.Store.Watch(ctx, since, func(e store.Event) error {
+		switch e.Resource.GetMeta().Type {
+		case "Zone":
+			z := e.Resource.(*api.Zone)
+			if e.Op == store.OpDelete {
+				s.closeZone(z.Name, fmt.Errorf("zone %q was deleted at the global control plane", z.Name))
+			} else if !z.IsEnabled() {
+				s.closeZone(z.Name, fmt.Errorf("zone %q is disabled at the global control plane", z.Name))
+			}
+		case "GlobalSecret":
+			s.recheckTokens(ctx)
+		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) recheckTokens(ctx context.Context) {
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range sessions {
+		for token := range sess.tokens() {
+			if _, err := s.Verifier.VerifyZoneToken(ctx, token); err != nil {
+				sess.closeToken(token, fmt.Errorf("zone token no longer valid: %w", err))
+			}
+		}
+	}
+}
+
+func (s *Server) closeZone(zone string, why error) {
+	s.mu.Lock()
+	sess := s.sessions[zone]
+	s.mu.Unlock()
+	if sess != nil {
+		s.Log.Info("closing a zone's streams", zap.String("zone", zone), zap.Error(why))
+		sess.closeAll(why)
+	}
+}

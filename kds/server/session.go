@@ -1,0 +1,166 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/kds"
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// session is one zone's presence at this replica: its streams (normally one
+// of each kind) and their counters.
+type session struct {
+	zone     string
+	since    time.Time
+	version  string
+	toZone   *kds.Stats
+	fromZone *kds.Stats
+
+	mu      sync.Mutex
+	streams map[*streamHandle]struct{}
+}
+
+type streamHandle struct {
+	token  string
+	cancel context.CancelCauseFunc
+}
+
+func (sess *session) tokens() map[string]bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	out := map[string]bool{}
+	for h := range sess.streams {
+		out[h.token] = true
+	}
+	return out
+}
+
+func (sess *session) closeToken(token string, why error) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	for h := range sess.streams {
+		if h.token == token {
+			h.cancel(why)
+		}
+	}
+}
+
+func (sess *session) closeAll(why error) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	for h := range sess.streams {
+		h.cancel(why)
+	}
+}
+
+// attach registers a stream of zone c and returns the context the stream
+// must run under (cancelled, with a cause, when the zone is shut out) and
+// the function to call when the stream ends.
+func (s *Server) attach(parent context.Context, c caller) (*session, context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	h := &streamHandle{token: c.token, cancel: cancel}
+	s.mu.Lock()
+	sess := s.sessions[c.zone]
+	fresh := sess == nil
+	if fresh {
+		sess = &session{zone: c.zone, since: store.Now(), version: c.version,
+			toZone: kds.NewStats(), fromZone: kds.NewStats(), streams: map[*streamHandle]struct{}{}}
+		s.sessions[c.zone] = sess
+	}
+	sess.mu.Lock()
+	sess.streams[h] = struct{}{}
+	sess.mu.Unlock()
+	s.mu.Unlock()
+	if fresh {
+		s.writeInsight(ctx, sess)
+	}
+	return sess, ctx, func() {
+		cancel(nil)
+		s.mu.Lock()
+		sess.mu.Lock()
+		delete(sess.streams, h)
+		last := len(sess.streams) == 0
+		sess.mu.Unlock()
+		if last && s.sessions[c.zone] == sess {
+			delete(s.sessions, c.zone)
+		}
+		s.mu.Unlock()
+		if last {
+			s.writeDisconnected(sess)
+		}
+	}
+}
+
+func (s *Server) insight(sess *session) *api.ZoneInsight {
+	zi := &api.ZoneInsight{
+		Meta:           api.Meta{Type: "ZoneInsight", Name: sess.zone},
+		Connected:      true,
+		ConnectedSince: sess.since,
+		GlobalInstance: s.Instance,
+		CPVersion:      sess.version,
+		Heartbeat:      store.Now(),
+		Sync:           map[string]api.TypeSyncStat{},
+	}
+	behind, stalls := sess.toZone.Read("global-to-zone/", zi.Sync)
+	_, upStalls := sess.fromZone.Read("zone-to-global/", zi.Sync)
+	zi.RevisionBehind, zi.Stalls = behind, stalls+upStalls
+	return zi
+}
+
+func (s *Server) writeInsight(ctx context.Context, sess *session) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := s.Store.Apply(ctx, []api.Resource{s.insight(sess)}, nil); err != nil && ctx.Err() == nil {
+		s.Log.Warn("cannot write zone insight", zap.String("zone", sess.zone), zap.Error(err))
+	}
+}
+
+// writeDisconnected marks the zone offline, unless another replica (or a
+// newer session here) has taken it over since.
+func (s *Server) writeDisconnected(sess *session) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	key := api.Key{Type: "ZoneInsight", Name: sess.zone}
+	cur, err := s.Store.Get(ctx, key)
+	if err != nil {
+		return
+	}
+	zi := cur.(*api.ZoneInsight)
+	if zi.GlobalInstance != s.Instance || !zi.ConnectedSince.Equal(sess.since) {
+		return
+	}
+	next := s.insight(sess)
+	next.Version = zi.Version
+	next.Connected, next.DisconnectedAt = false, store.Now()
+	if _, err := s.Store.Update(ctx, next); err != nil && !errors.Is(err, store.ErrConflict) {
+		s.Log.Warn("cannot mark zone disconnected", zap.String("zone", sess.zone), zap.Error(err))
+	}
+}
+
+// writeInsights refreshes every connected zone's insight until ctx ends.
+func (s *Server) writeInsights(ctx context.Context) {
+	t := time.NewTicker(s.InsightInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		sessions := make([]*session, 0, len(s.sessions))
+		for _, sess := range s.sessions {
+			sessions = append(sessions, sess)
+		}
+		s.mu.Unlock()
+		for _, sess := range sessions {
+			s.writeInsight(ctx, sess)
+		}
+	}
+}
