@@ -2,9 +2,9 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 
