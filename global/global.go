@@ -4,21 +4,31 @@ package global
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ursamesh/ursa/kds"
+	"github.com/ursamesh/ursa/kds/server"
+	"github.com/ursamesh/ursa/pkg/api"
 
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/backend"
+	"github.com/ursamesh/ursa/pkg/tokens"
 )
 
 // Config is the global CP's configuration; see pkg/config for how it maps
@@ -26,6 +36,9 @@ import (
 type Config struct {
 	Store string    `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
 	API   APIConfig `json:"api"`
+	KDS   KDSConfig `json:"kds"`
+	// Instance names this replica in zone insights.
+	Instance string `json:"instance" usage:"name of this global CP replica in zone insights (default: host name and process id)"`
 	Log   struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
@@ -39,11 +52,21 @@ type APIConfig struct {
 	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers authenticate too"`
 }
 
+// KDSConfig configures the KDS server zones connect to.
+type KDSConfig struct {
+	Addr           string          `json:"addr" usage:"address of the KDS gRPC server (TLS)"`
+	TLSCert        string          `json:"tlsCert" usage:"KDS TLS certificate file (PEM); a self-signed pair is made and kept in the store when none is given"`
+	TLSKey         string          `json:"tlsKey" usage:"KDS TLS private key file (PEM)"`
+	MaxMessageSize int64           `json:"maxMessageSize" usage:"largest KDS message, in bytes; larger changes are split"`
+	AckTimeout     config.Duration `json:"ackTimeout" usage:"how long a zone may leave a change unacknowledged before its stream is restarted"`
+}
+
 // DefaultConfig returns the defaults of DESIGN.md §5.
 func DefaultConfig() Config {
 	var c Config
 	c.Store = "memory"
 	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
+	c.KDS = KDSConfig{Addr: ":5685", MaxMessageSize: 16 << 20, AckTimeout: config.Duration{Duration: 15 * time.Second}}
 	c.Log.Level = "info"
 	c.ShutdownGrace = config.Duration{Duration: 10 * time.Second}
 	return c
@@ -57,6 +80,18 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.API.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("api.addr: %q is not host:port", c.API.Addr))
+	}
+	if _, _, err := net.SplitHostPort(c.KDS.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("kds.addr: %q is not host:port", c.KDS.Addr))
+	}
+	if (c.KDS.TLSCert == "") != (c.KDS.TLSKey == "") {
+		errs = append(errs, errors.New("kds.tlsCert and kds.tlsKey: give both or neither"))
+	}
+	if c.KDS.MaxMessageSize < 2*api.MaxDocumentSize {
+		errs = append(errs, fmt.Errorf("kds.maxMessageSize: %d is too small; use at least %d (twice the largest resource)", c.KDS.MaxMessageSize, 2*api.MaxDocumentSize))
+	}
+	if c.KDS.AckTimeout.Duration < 100*time.Millisecond {
+		errs = append(errs, errors.New("kds.ackTimeout: use at least 100ms"))
 	}
 	if c.API.BodyLimit < 1024 {
 		errs = append(errs, fmt.Errorf("api.bodyLimit: %d is too small; use at least 1024", c.API.BodyLimit))
@@ -72,6 +107,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if cfg.Instance == "" {
+		host, _ := os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
 	be, err := backend.Open(ctx, cfg.Store, log)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
@@ -84,6 +123,31 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	issuer := tokens.NewIssuer(st)
+	if err := issuer.EnsureKey(ctx); err != nil {
+		return fmt.Errorf("zone token signing key: %w", err)
+	}
+	cert, certPEM, err := server.Certificate(ctx, st, cfg.KDS.TLSCert, cfg.KDS.TLSKey)
+	if err != nil {
+		return err
+	}
+	kdsMetrics, err := kds.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	cache := kds.NewCache(st, kds.GlobalToZoneTypes(), nil, log.Named("kds-cache"))
+	kdsServer, err := server.New(server.Deps{
+		Store: st, Cache: cache, Verifier: issuer, Log: log.Named("kds"), Metrics: kdsMetrics,
+		Instance: cfg.Instance, MaxMessageSize: int(cfg.KDS.MaxMessageSize), AckTimeout: cfg.KDS.AckTimeout.Duration,
+	})
+	if err != nil {
+		return err
+	}
+	extra := issuer.Handlers()
+	extra["GET /kds/ca.pem"] = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(certPEM)
+	})
 	handler, err := apiserver.New(apiserver.Deps{
 		Store:                   st,
 		Log:                     log.Named("api"),
@@ -92,18 +156,33 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		Registry:                reg,
 		BodyLimit:               cfg.API.BodyLimit,
 		RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
+		Extra:                   extra,
 	})
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.API.Addr)
+	apiLn, err := net.Listen("tcp", cfg.API.Addr)
 	if err != nil {
 		return fmt.Errorf("api: %w", err)
 	}
-	log.Info("global control plane starting", zap.String("store", be.Kind), zap.String("api_addr", ln.Addr().String()))
+	kdsLn, err := net.Listen("tcp", cfg.KDS.Addr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("kds: %w", err)
+	}
+	log.Info("global control plane starting", zap.String("store", be.Kind), zap.String("instance", cfg.Instance),
+		zap.String("api_addr", apiLn.Addr().String()), zap.String("kds_addr", kdsLn.Addr().String()))
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+	grpcServer := grpc.NewServer(append(kdsServer.ServerOptions(),
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)...)
+	kdsServer.Register(grpcServer)
 
 	r := run.New(log)
-	r.Add("api", run.HTTPServer(srv, ln, cfg.ShutdownGrace.Duration))
+	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
+	r.AddRestarting("kds-cache", cache)
+	r.AddRestarting("kds-control", kdsServer)
+	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
 }

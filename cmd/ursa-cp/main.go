@@ -18,6 +18,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/logging"
 	"github.com/ursamesh/ursa/pkg/store/backend"
 	"github.com/ursamesh/ursa/pkg/store/postgres"
+	"github.com/ursamesh/ursa/zone"
 )
 
 func main() {
@@ -38,7 +39,7 @@ func newRoot(ctx context.Context, out io.Writer) *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetContext(ctx)
-	root.AddCommand(newGlobal(), newMigrate(out))
+	root.AddCommand(newGlobal(), newZone(), newMigrate(out))
 	return root
 }
 
@@ -62,6 +63,33 @@ func newGlobal() *cobra.Command {
 			}
 			defer log.Sync()
 			return global.Run(cmd.Context(), cfg, log)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
+	config.Bind(cmd.Flags(), &cfg)
+	return cmd
+}
+
+func newZone() *cobra.Command {
+	cfg := zone.DefaultConfig()
+	var file string
+	cmd := &cobra.Command{
+		Use:   "zone",
+		Short: "Run a zone control plane (standalone without --global-kds-address)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
+				return err
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			log, err := logging.New(cfg.Log.Level)
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			return zone.Run(cmd.Context(), cfg, log)
 		},
 	}
 	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")

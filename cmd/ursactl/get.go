@@ -89,13 +89,16 @@ func newDeleteCmd(a *app) *cobra.Command {
 }
 
 // lookupType resolves a TYPE argument, or says which words are valid.
+// Hidden types, which the API never serves, are neither.
 func lookupType(word string) (api.Descriptor, error) {
-	if d, ok := api.LookupWord(word); ok {
+	if d, ok := api.LookupWord(word); ok && !d.Hidden {
 		return d, nil
 	}
 	var plurals []string
 	for _, d := range api.Types() {
-		plurals = append(plurals, d.Plural)
+		if !d.Hidden {
+			plurals = append(plurals, d.Plural)
+		}
 	}
 	return api.Descriptor{}, fmt.Errorf("unknown resource type %q: use one of %s", word, strings.Join(plurals, ", "))
 }

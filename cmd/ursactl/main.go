@@ -1,5 +1,6 @@
 // Command ursactl is the CLI of the Ursa control plane: it applies, lists and
-// deletes resources through the REST API of a global or zone control plane.
+// deletes resources through the REST API of a global or zone control plane,
+// and generates zone tokens at the global one.
 package main
 
 import (
@@ -73,6 +74,6 @@ func newRootCmd(a *app) *cobra.Command {
 	root.PersistentFlags().StringVar(&a.tokenFile, "token-file", "",
 		"file holding a user token, sent as a bearer token (env "+envTokenFile+")")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a))
+	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a), newGenerateCmd(a), newInspectCmd(a))
 	return root
 }

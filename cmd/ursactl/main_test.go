@@ -362,6 +362,8 @@ func TestDelete(t *testing.T) {
 		{"no name", []string{"delete", "zone"}, exitUsage, "", "accepts 2 arg(s)", api.Key{}},
 		{"unknown type", []string{"delete", "widgets", "w"}, exitError, "",
 			`unknown resource type "widgets": use one of meshes, zones, zone-insights, zone-ingresses, dataplanes, traffic-permissions, traffic-routes, failovers, secrets`, api.Key{}},
+		{"hidden type", []string{"delete", "global-secrets", "zone-token-signing-key.1"}, exitError, "",
+			`unknown resource type "global-secrets": use one of meshes,`, api.Key{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -76,16 +76,24 @@ type Server struct {
 	kdspb.UnimplementedKDSServer
 	Deps
 
+	// base ends when the server stops, ending every stream with it.
+	base context.Context
+	stop context.CancelFunc
+
 	mu       sync.Mutex
 	sessions map[string]*session
 }
+
+// errShuttingDown ends streams when this replica stops.
+var errShuttingDown = errors.New("the global control plane is shutting down")
 
 // New returns a Server.
 func New(deps Deps) (*Server, error) {
 	if err := deps.check(); err != nil {
 		return nil, err
 	}
-	return &Server{Deps: deps, sessions: map[string]*session{}}, nil
+	base, stop := context.WithCancel(context.Background())
+	return &Server{Deps: deps, sessions: map[string]*session{}, base: base, stop: stop}, nil
 }
 
 // Register adds the KDS service to a gRPC server.
@@ -193,6 +201,9 @@ func (s *Server) ZoneToGlobal(stream kdspb.KDS_ZoneToGlobalServer) error {
 
 // streamEnd turns why a stream ended into the status the zone sees.
 func (s *Server) streamEnd(ctx context.Context, log *zap.Logger, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, errShuttingDown) {
+		return status.Error(codes.Unavailable, cause.Error())
+	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		log.Info("closing the zone's stream", zap.Error(cause))
 		return status.Error(codes.PermissionDenied, cause.Error())
@@ -215,6 +226,7 @@ func (s *Server) streamEnd(ctx context.Context, log *zap.Logger, err error) erro
 // streams of a zone that is disabled or deleted, or whose token no longer
 // verifies, and writes insights.
 func (s *Server) Start(ctx context.Context) error {
+	defer context.AfterFunc(ctx, s.stop)()
 	var since int64 = -1
 	for _, typ := range []string{"Zone", "GlobalSecret"} {
 		res, err := s.Store.List(ctx, store.ListOptions{Type: typ})

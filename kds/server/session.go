@@ -64,6 +64,7 @@ func (sess *session) closeAll(why error) {
 // the function to call when the stream ends.
 func (s *Server) attach(parent context.Context, c caller) (*session, context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(parent)
+	stopWatching := context.AfterFunc(s.base, func() { cancel(errShuttingDown) })
 	h := &streamHandle{token: c.token, cancel: cancel}
 	s.mu.Lock()
 	sess := s.sessions[c.zone]
@@ -81,6 +82,7 @@ func (s *Server) attach(parent context.Context, c caller) (*session, context.Con
 		s.writeInsight(ctx, sess)
 	}
 	return sess, ctx, func() {
+		stopWatching()
 		cancel(nil)
 		s.mu.Lock()
 		sess.mu.Lock()

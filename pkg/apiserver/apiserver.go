@@ -54,6 +54,8 @@ type Deps struct {
 	OpTimeout time.Duration
 	// RequireTokenOnLocalhost makes loopback callers authenticate too.
 	RequireTokenOnLocalhost bool
+	// Zone is the zone a zone CP runs as: its ZoneIngresses must name it.
+	Zone string
 	// Extra handlers, by ServeMux pattern, served behind the same
 	// authentication and metrics (e.g. "POST /tokens/zone").
 	Extra map[string]http.Handler

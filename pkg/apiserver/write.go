@@ -68,8 +68,16 @@ func (s *server) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, validationError(err))
 		return
 	}
+	if aerr := s.checkOwnership(res); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	ctx, cancel := s.opContext(r)
 	defer cancel()
+	if aerr := s.checkOrigin(ctx, t.key()); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	out, created, err := s.save(ctx, res)
 	if err != nil {
 		s.storeError(w, err)
@@ -140,9 +148,53 @@ func (s *server) delete(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := s.opContext(r)
 	defer cancel()
+	if aerr := s.checkOrigin(ctx, t.key()); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	if err := s.Store.Delete(ctx, t.key(), version); err != nil {
 		s.storeError(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkOwnership refuses labels only the control plane sets, and a zone CP's
+// ZoneIngress for another zone.
+func (s *server) checkOwnership(r api.Resource) *apiError {
+	var causes []api.FieldError
+	for _, l := range []string{api.LabelOrigin, api.LabelZone} {
+		if _, ok := r.GetMeta().Labels[l]; ok {
+			causes = append(causes, api.FieldError{Field: "labels", Message: fmt.Sprintf("%q is set by the control plane, not by users", l)})
+		}
+	}
+	if z, ok := r.(api.Zoned); ok && s.Zone != "" && z.OwnerZone() != "" && z.OwnerZone() != s.Zone {
+		field := "zone"
+		if _, dp := r.(*api.Dataplane); dp {
+			field = "networking.inbound.tags[ursa.io/zone]"
+		}
+		causes = append(causes, api.FieldError{Field: field, Message: fmt.Sprintf("this control plane runs zone %q, not %q", s.Zone, z.OwnerZone())})
+	}
+	if len(causes) == 0 {
+		return nil
+	}
+	return &apiError{status: http.StatusBadRequest, title: "Invalid resource", details: "the resource claims what it does not own", causes: causes}
+}
+
+// checkOrigin refuses to change, through a zone's API, a copy of what the
+// global sent, and through the global's API, a copy of what a zone sent.
+func (s *server) checkOrigin(ctx context.Context, key api.Key) *apiError {
+	cur, err := s.Store.Get(ctx, key)
+	if err != nil {
+		return nil // absent (or unreadable: the write itself will say)
+	}
+	switch origin := cur.GetMeta().Labels[api.LabelOrigin]; {
+	case origin == api.OriginGlobal && s.Mode != ModeGlobal:
+		return &apiError{status: http.StatusForbidden, title: "Read-only here",
+			details: fmt.Sprintf("%s came from the global control plane: change it there", key)}
+	case origin == api.OriginZone && s.Mode == ModeGlobal:
+		return &apiError{status: http.StatusForbidden, title: "Read-only here",
+			details: fmt.Sprintf("%s came from zone %q: change it in that zone", key, cur.GetMeta().Labels[api.LabelZone])}
+	}
+	return nil
 }

@@ -59,6 +59,8 @@ func TestPaths(t *testing.T) {
 		{"put mesh", func(c *client.Client) error { _, _, err := c.Put(ctx, mesh("default")); return err }, "PUT /meshes/default"},
 		{"delete dataplane", func(c *client.Client) error { return c.Delete(ctx, "Dataplane", "m1", "dp-1") }, "DELETE /meshes/m1/dataplanes/dp-1"},
 		{"delete zone", func(c *client.Client) error { return c.Delete(ctx, "Zone", "", "zone-1") }, "DELETE /zones/zone-1"},
+		{"zone token", func(c *client.Client) error { _, err := c.GenerateZoneToken(ctx, "zone-1", 0); return err }, "POST /tokens/zone"},
+		{"rotate zone token key", func(c *client.Client) error { _, err := c.RotateZoneTokenSigningKey(ctx); return err }, "POST /tokens/zone/signing-key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

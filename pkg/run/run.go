@@ -14,6 +14,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 )
 
 // Component is a long-running piece of a process. Start blocks until ctx
@@ -130,6 +131,28 @@ func HTTPServer(srv *http.Server, ln net.Listener, grace time.Duration) Componen
 		if err := srv.Shutdown(sctx); err != nil {
 			srv.Close()
 			return fmt.Errorf("graceful shutdown: %w", err)
+		}
+		return nil
+	})
+}
+
+// GRPCServer serves srv on ln until ctx ends, then stops gracefully: open
+// streams get up to grace to end before they are cut.
+func GRPCServer(srv *grpc.Server, ln net.Listener, grace time.Duration) Component {
+	return Func(func(ctx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		done := make(chan struct{})
+		go func() { srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(grace):
+			srv.Stop()
 		}
 		return nil
 	})

@@ -55,11 +55,10 @@ func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneC
 		jwt.WithStrictDecoding(),
 	)
 	tok, err := parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
-		kid, _ := t.Header["kid"].(string)
-		n, ok := parseSerial(kid)
-		if !ok {
-			keyErr = fmt.Errorf("%w: kid %s is not a signing key serial", ErrTokenMalformed, quoteHeader(t.Header["kid"]))
-			return nil, keyErr
+		n, err := kidSerial(t.Header["kid"])
+		if err != nil {
+			keyErr = err
+			return nil, err
 		}
 		serial = n
 		pub, err := i.verificationKey(ctx, n)
@@ -141,14 +140,21 @@ func classify(tok *jwt.Token, claims *zoneClaims, keyErr, err error) error {
 	return fmt.Errorf("%w: %v", ErrTokenMalformed, err)
 }
 
-// quoteHeader prints a header value that may be of any JSON type, briefly.
-func quoteHeader(v any) string {
-	if v == nil {
-		return "(none)"
+// kidSerial reads the key serial from a kid header of any JSON type.
+func kidSerial(v any) (int, error) {
+	kid, ok := v.(string)
+	switch {
+	case v == nil:
+		return 0, fmt.Errorf("%w: the header has no kid", ErrTokenMalformed)
+	case !ok:
+		return 0, fmt.Errorf("%w: kid is a %T, not a string", ErrTokenMalformed, v)
 	}
-	s := fmt.Sprintf("%q", fmt.Sprint(v))
-	if len(s) > 40 {
-		s = s[:37] + "..."
+	n, ok := parseSerial(kid)
+	if !ok {
+		if len(kid) > 20 {
+			kid = kid[:20] + "..."
+		}
+		return 0, fmt.Errorf("%w: kid %q is not a signing key serial", ErrTokenMalformed, kid)
 	}
-	return s
+	return n, nil
 }

@@ -1,7 +1,8 @@
 // Package clienttest is an in-memory fake of the control plane's REST API,
 // for tests of code that uses package client. It implements the contract the
 // client relies on (paths, status codes, optimistic concurrency, the JSON
-// error body) and records every request; it is not the real API server and
+// error body, the zone-token endpoints with opaque fake tokens) and records
+// every request; it is not the real API server and
 // has no authentication.
 package clienttest
 
@@ -36,9 +37,11 @@ type Server struct {
 	// nil means time.Now.
 	Now func() time.Time
 
-	mu       sync.Mutex
-	objects  map[api.Key]api.Resource
-	requests []Request
+	mu         sync.Mutex
+	objects    map[api.Key]api.Resource
+	requests   []Request
+	zoneTokens []ZoneToken
+	keySerial  int // of the zone-token signing key; 0 means 1
 }
 
 // Add stores resources as they are, without checks or version changes; a
@@ -82,6 +85,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.requests = append(s.requests, Request{Method: req.Method, Path: req.URL.Path, Header: req.Header.Clone()})
+
+	if req.Method == http.MethodPost {
+		switch req.URL.Path {
+		case "/tokens/zone":
+			s.issueZoneToken(w, req)
+			return
+		case "/tokens/zone/signing-key":
+			s.keySerial = s.signingKey() + 1
+			writeJSON(w, http.StatusOK, map[string]int{"serial": s.keySerial})
+			return
+		}
+	}
 
 	d, mesh, name, ok := route(strings.Split(strings.Trim(req.URL.Path, "/"), "/"))
 	if !ok {

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/client"
+)
+
+// heartbeatFresh is how old a connected zone's insight may be before the
+// zone is shown offline: the global replica serving it must have gone away.
+const heartbeatFresh = 30 * time.Second
+
+// newInspectCmd builds "inspect zones".
+func newInspectCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "inspect zones",
+		Short: "Show the live state of zones",
+		RunE: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError{fmt.Errorf("inspect needs what to inspect: zones")}
+			}
+			return usageError{fmt.Errorf("cannot inspect %q: use zones", args[0])}
+		},
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "zones",
+		Short: "Zones with their connection and sync state, as the global CP sees them",
+		Args:  rangeArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			zones, err := a.client.List(cmd.Context(), "Zone", "")
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATUS\tLAST SYNC\tBEHIND\tNACKS\tVERSION")
+			now := time.Now()
+			for _, r := range zones {
+				z := r.(*api.Zone)
+				zi, err := a.client.ZoneInsight(cmd.Context(), z.Name)
+				if err != nil && !client.IsNotFound(err) {
+					return err
+				}
+				fmt.Fprintln(tw, zoneRow(z, zi, now))
+			}
+			return tw.Flush()
+		},
+	})
+	return cmd
+}
+
+func zoneRow(z *api.Zone, zi *api.ZoneInsight, now time.Time) string {
+	status, lastSync, behind, nacks, version := "Offline", "-", "-", int64(0), "-"
+	if zi != nil {
+		if zi.Connected && now.Sub(zi.Heartbeat) < heartbeatFresh {
+			status = "Online"
+		}
+		var last time.Time
+		for _, s := range zi.Sync {
+			nacks += s.ResponsesNacked
+			if s.LastAckTime.After(last) {
+				last = s.LastAckTime
+			}
+		}
+		if !last.IsZero() {
+			lastSync = shortAge(now.Sub(last)) + " ago"
+		}
+		behind = fmt.Sprint(zi.RevisionBehind)
+		if zi.CPVersion != "" {
+			version = zi.CPVersion
+		}
+	}
+	if !z.IsEnabled() {
+		status = "Disabled"
+	}
+	return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", z.Name, status, lastSync, behind, nacks, version)
+}
+
+func shortAge(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}

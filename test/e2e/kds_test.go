@@ -1,0 +1,207 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// cp is a control-plane process and its API address.
+type cp struct {
+	*proc
+	api  string // http://host:port
+	args []string
+}
+
+func startCP(t *testing.T, args ...string) *cp {
+	t.Helper()
+	addr := freeAddr(t)
+	args = append(args, "--api-addr", addr)
+	p := start(t, "ursa-cp", args...)
+	c := &cp{proc: p, api: "http://" + addr, args: args}
+	waitReady(t, c.api+"/readyz", p)
+	return c
+}
+
+func (c *cp) restart(t *testing.T) {
+	t.Helper()
+	c.proc = start(t, "ursa-cp", c.args...)
+	waitReady(t, c.api+"/readyz", c.proc)
+}
+
+// get returns the body and status of a GET on the CP's API.
+func (c *cp) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(c.api + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (c *cp) has(t *testing.T, path string) bool {
+	code, _ := c.get(t, path)
+	return code == 200
+}
+
+// eventually polls cond every 10 ms for up to 15 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+const policy = `
+type: Mesh
+name: default
+---
+type: TrafficRoute
+mesh: default
+name: billing-split
+spec:
+  destination: {ursa.io/service: billing}
+  split:
+  - {weight: 90, tags: {ursa.io/zone: zone-a}}
+  - {weight: 10, tags: {ursa.io/zone: zone-b}}
+`
+
+// TestMultiZone runs a global CP on PostgreSQL and three zone CPs as real
+// processes: policies reach every zone and go away everywhere, ingresses are
+// re-broadcast to the other zones, zones keep serving while the global is
+// killed, and everything converges when it returns.
+func TestMultiZone(t *testing.T) {
+	dsn, err := cluster.NewDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := start(t, "ursa-cp", "migrate", "up", "--store", dsn); p.wait(t) != nil {
+		t.Fatalf("migrate: %s", p.out.String())
+	}
+	kdsAddr := freeAddr(t)
+	global := startCP(t, "global", "--store", dsn, "--kds-addr", kdsAddr, "--kds-ack-timeout", "5s")
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "kds-ca.pem")
+	_, pem := global.get(t, "/kds/ca.pem")
+	if !strings.Contains(pem, "BEGIN CERTIFICATE") {
+		t.Fatalf("GET /kds/ca.pem: %s", pem)
+	}
+	os.WriteFile(ca, []byte(pem), 0o600)
+
+	zoneDB, err := cluster.NewDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := start(t, "ursa-cp", "migrate", "up", "--store", zoneDB); p.wait(t) != nil {
+		t.Fatalf("migrate zone db: %s", p.out.String())
+	}
+	zones := map[string]*cp{}
+	for _, name := range []string{"zone-a", "zone-b", "zone-c"} {
+		token := strings.TrimSpace(ctl(t, global.api, "", "generate", "zone-token", "--zone", name))
+		tokenFile := filepath.Join(dir, name+".token")
+		os.WriteFile(tokenFile, []byte(token), 0o600)
+		st := "memory"
+		if name == "zone-c" {
+			st = zoneDB
+		}
+		zones[name] = startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+kdsAddr,
+			"--global-kds-ca-file", ca, "--zone-token-file", tokenFile, "--store", st)
+	}
+
+	ctl(t, global.api, policy, "apply", "-f", "-")
+	for name, z := range zones {
+		eventually(t, "the route in "+name, func() bool { return z.has(t, "/meshes/default/traffic-routes/billing-split") })
+	}
+	// What came from the global is read-only in a zone.
+	if _, stderr, err := ctlResult(zones["zone-a"].api, policy, "apply", "-f", "-"); err == nil || !strings.Contains(stderr, "global control plane") {
+		t.Fatalf("a zone accepted a write of a global policy: %v %s", err, stderr)
+	}
+
+	// Zone A's ingress appears in B and C, not in A.
+	ingress := `
+type: ZoneIngress
+name: ingress
+zone: zone-a
+networking: {address: 127.0.0.1, port: 10001, advertisedAddress: 127.0.0.1, advertisedPort: 10001}
+`
+	ctl(t, zones["zone-a"].api, ingress, "apply", "-f", "-")
+	for _, name := range []string{"zone-b", "zone-c"} {
+		z := zones[name]
+		eventually(t, "zone A's ingress in "+name, func() bool { return z.has(t, "/zone-ingresses/zone-a.ingress") })
+	}
+	if zones["zone-a"].has(t, "/zone-ingresses/zone-a.ingress") {
+		t.Fatal("zone A was sent its own ingress back")
+	}
+
+	// Deleted at the global, the policy disappears everywhere.
+	ctl(t, global.api, "", "delete", "traffic-route", "billing-split", "-m", "default")
+	for name, z := range zones {
+		eventually(t, "the route gone from "+name, func() bool {
+			code, _ := z.get(t, "/meshes/default/traffic-routes/billing-split")
+			return code == 404
+		})
+	}
+	ctl(t, global.api, policy, "apply", "-f", "-")
+	for name, z := range zones {
+		eventually(t, "the route back in "+name, func() bool { return z.has(t, "/meshes/default/traffic-routes/billing-split") })
+	}
+
+	// The global's insight lists the zones as online.
+	eventually(t, "three zones online", func() bool {
+		out, _, err := ctlResult(global.api, "", "inspect", "zones")
+		return err == nil && strings.Count(out, "Online") == 3
+	})
+
+	// kill -9 of the global: every zone keeps serving what it has.
+	global.cmd.Process.Signal(syscall.SIGKILL)
+	global.wait(t)
+	for name, z := range zones {
+		if !z.has(t, "/meshes/default/traffic-routes/billing-split") {
+			t.Fatalf("%s lost the route when the global died", name)
+		}
+	}
+	// Zone C, on PostgreSQL, restarted while the global is down, comes back
+	// with its last state.
+	zc := zones["zone-c"]
+	zc.stop(t)
+	zc.restart(t)
+	if !zc.has(t, "/meshes/default/traffic-routes/billing-split") || !zc.has(t, "/zone-ingresses/zone-a.ingress") {
+		t.Fatal("zone C on PostgreSQL lost its state across a restart while the global was down")
+	}
+
+	// The global returns; a new policy reaches every zone.
+	global.restart(t)
+	ctl(t, global.api, `
+type: TrafficPermission
+mesh: default
+name: web-to-billing
+spec:
+  sources: [{match: {ursa.io/service: web}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+`, "apply", "-f", "-")
+	for name, z := range zones {
+		eventually(t, "the permission in "+name, func() bool { return z.has(t, "/meshes/default/traffic-permissions/web-to-billing") })
+	}
+	code, body := global.get(t, "/zones/zone-a/insight")
+	var insight struct {
+		Connected bool `json:"connected"`
+	}
+	if json.Unmarshal([]byte(body), &insight); code != 200 || !insight.Connected {
+		t.Fatalf("zone-a insight after convergence: %d %s", code, body)
+	}
+	fmt.Fprint(io.Discard, body)
+}

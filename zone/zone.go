@@ -1,0 +1,206 @@
+// Package zone wires a zone control plane: its store, its REST API and, when
+// federated, the KDS client that keeps it in sync with the global.
+package zone
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/kds"
+	"github.com/ursamesh/ursa/kds/client"
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/apiserver"
+	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/run"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/store/backend"
+	"github.com/ursamesh/ursa/pkg/tokens"
+)
+
+// Version is reported to the global in the zone's insight.
+const Version = "0.1.0"
+
+// Config is the zone CP's configuration; see pkg/config for how it maps to a
+// YAML file, URSA_* variables and flags.
+type Config struct {
+	Zone          string `json:"zone" usage:"name of this zone (a DNS-1123 label)"`
+	ZoneTokenFile string `json:"zoneTokenFile" usage:"file holding this zone's token (ursactl generate zone-token --zone NAME)"`
+	Global        struct {
+		KDS struct {
+			Address            string `json:"address" usage:"the global CP's KDS address, grpcs://HOST:5685; empty runs the zone standalone"`
+			CAFile             string `json:"caFile" usage:"PEM file of the CA (or self-signed certificate) the global's KDS certificate must chain to"`
+			InsecureSkipVerify bool   `json:"insecureSkipVerify" usage:"do not verify the global's KDS certificate (tests only)"`
+		} `json:"kds"`
+	} `json:"global"`
+	Store string    `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
+	API   APIConfig `json:"api"`
+	KDS   struct {
+		MaxMessageSize int64           `json:"maxMessageSize" usage:"largest KDS message, in bytes"`
+		AckTimeout     config.Duration `json:"ackTimeout" usage:"how long the global may leave a change unacknowledged before the stream is restarted"`
+	} `json:"kds"`
+	Log struct {
+		Level string `json:"level" usage:"log level: debug, info, warn or error"`
+	} `json:"log"`
+	ShutdownGrace config.Duration `json:"shutdownGrace" usage:"how long in-flight requests may take to finish on shutdown"`
+}
+
+// APIConfig configures the zone's REST API.
+type APIConfig struct {
+	Addr                    string `json:"addr" usage:"address of the REST API"`
+	BodyLimit               int64  `json:"bodyLimit" usage:"largest accepted request body, in bytes"`
+	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers authenticate too"`
+}
+
+// DefaultConfig returns the defaults of DESIGN.md §5.
+func DefaultConfig() Config {
+	var c Config
+	c.Store = "memory"
+	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
+	c.KDS.MaxMessageSize = 16 << 20
+	c.KDS.AckTimeout = config.Duration{Duration: 15 * time.Second}
+	c.Log.Level = "info"
+	c.ShutdownGrace = config.Duration{Duration: 10 * time.Second}
+	return c
+}
+
+// Federated reports whether the zone syncs with a global CP.
+func (c Config) Federated() bool { return c.Global.KDS.Address != "" }
+
+// Validate reports every setting that cannot work, naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	if err := tokens.CheckZoneName(c.Zone); err != nil {
+		errs = append(errs, fmt.Errorf("zone: %w", err))
+	}
+	if c.Store != "memory" && !backend.IsPostgres(c.Store) {
+		errs = append(errs, fmt.Errorf("store: %q is neither memory nor a postgres:// URL", c.Store))
+	}
+	if _, _, err := net.SplitHostPort(c.API.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("api.addr: %q is not host:port", c.API.Addr))
+	}
+	if c.Federated() {
+		if _, err := client.ParseAddress(c.Global.KDS.Address); err != nil {
+			errs = append(errs, fmt.Errorf("global.kds.address: %w", err))
+		}
+		if c.ZoneTokenFile == "" {
+			errs = append(errs, errors.New("zoneTokenFile: required with global.kds.address (ursactl generate zone-token --zone NAME)"))
+		}
+		if c.Global.KDS.CAFile == "" && !c.Global.KDS.InsecureSkipVerify {
+			errs = append(errs, errors.New("global.kds.caFile: required to verify the global (or set global.kds.insecureSkipVerify)"))
+		}
+	}
+	if c.KDS.MaxMessageSize < 2*api.MaxDocumentSize {
+		errs = append(errs, fmt.Errorf("kds.maxMessageSize: use at least %d", 2*api.MaxDocumentSize))
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs a zone CP until ctx ends.
+func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log = log.With(zap.String("zone", cfg.Zone))
+	var kdsDeps *client.Deps
+	if cfg.Federated() {
+		d, err := kdsClientDeps(cfg)
+		if err != nil {
+			return err
+		}
+		kdsDeps = d
+	}
+	be, err := backend.Open(ctx, cfg.Store, log)
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer be.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st, err := store.WithMetrics(be.Store, reg)
+	if err != nil {
+		return err
+	}
+	mode := apiserver.ModeStandalone
+	if cfg.Federated() {
+		mode = apiserver.ModeZone
+	}
+	handler, err := apiserver.New(apiserver.Deps{
+		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
+		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
+	})
+	if err != nil {
+		return err
+	}
+	apiLn, err := net.Listen("tcp", cfg.API.Addr)
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	r := run.New(log)
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
+	if kdsDeps != nil {
+		cache := kds.NewCache(st, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))
+		kdsDeps.Store, kdsDeps.Cache, kdsDeps.Log = st, cache, log.Named("kds")
+		c, err := client.New(*kdsDeps)
+		if err != nil {
+			return err
+		}
+		r.AddRestarting("kds-cache", cache)
+		r.AddRestarting("kds", c)
+	}
+	log.Info("zone control plane starting", zap.String("store", be.Kind), zap.Bool("federated", cfg.Federated()),
+		zap.String("global", cfg.Global.KDS.Address), zap.String("api_addr", apiLn.Addr().String()))
+	return r.Run(ctx)
+}
+
+// ownedHere picks what the zone sends up: what it made, not what it got.
+func ownedHere(r api.Resource) bool {
+	return r.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal
+}
+
+// kdsClientDeps reads the token and the TLS settings, refusing a token issued
+// to another zone before anything connects.
+func kdsClientDeps(cfg Config) (*client.Deps, error) {
+	addr, err := client.ParseAddress(cfg.Global.KDS.Address)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := os.ReadFile(cfg.ZoneTokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("zone token: %w", err)
+	}
+	token := strings.TrimSpace(string(raw))
+	if claimed, err := tokens.UnverifiedZone(token); err != nil {
+		return nil, fmt.Errorf("zone token %s: %w", cfg.ZoneTokenFile, err)
+	} else if claimed != cfg.Zone {
+		return nil, fmt.Errorf("this control plane runs as zone %q but its token (%s) was issued to zone %q", cfg.Zone, cfg.ZoneTokenFile, claimed)
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.Global.KDS.InsecureSkipVerify}
+	if cfg.Global.KDS.CAFile != "" {
+		pem, err := os.ReadFile(cfg.Global.KDS.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("global.kds.caFile: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("global.kds.caFile %s: no PEM certificate in it", cfg.Global.KDS.CAFile)
+		}
+		tlsCfg.RootCAs = pool
+	}
+	return &client.Deps{
+		Zone: cfg.Zone, Address: addr, Token: token, TLS: tlsCfg, Version: Version,
+		MaxMessageSize: int(cfg.KDS.MaxMessageSize), AckTimeout: cfg.KDS.AckTimeout.Duration,
+	}, nil
+}
