@@ -39,7 +39,7 @@ type Config struct {
 	KDS   KDSConfig `json:"kds"`
 	// Instance names this replica in zone insights.
 	Instance string `json:"instance" usage:"name of this global CP replica in zone insights (default: host name and process id)"`
-	Log   struct {
+	Log      struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 	ShutdownGrace config.Duration `json:"shutdownGrace" usage:"how long in-flight requests may take to finish on shutdown"`
