@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,10 +24,10 @@ import (
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// tokens is a test Verifier: the token "zone:NAME" is NAME's.
-type tokens struct{}
+// fakeTokens is a test Verifier: the token "zone:NAME" is NAME's.
+type fakeTokens struct{}
 
-func (tokens) VerifyZoneToken(_ context.Context, token string) (string, error) {
+func (fakeTokens) VerifyZoneToken(_ context.Context, token string) (string, error) {
 	zone, ok := strings.CutPrefix(token, "zone:")
 	if !ok {
 		return "", errors.New("bad signature")
@@ -42,29 +43,41 @@ type global struct {
 
 func startGlobal(t *testing.T, st store.Store, ackTimeout time.Duration) *global {
 	t.Helper()
+	return startGlobalWith(t, st, server.Deps{AckTimeout: ackTimeout, Verifier: fakeTokens{}})
+}
+
+// startGlobalWith starts a global KDS server over st on loopback; deps
+// supplies the Verifier and any limits.
+func startGlobalWith(t *testing.T, st store.Store, deps server.Deps) *global {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named("global")
 	cache := kds.NewCache(st, kds.GlobalToZoneTypes(), nil, log)
-	go cache.Start(ctx)
-	srv, err := server.New(server.Deps{Store: st, Cache: cache, Verifier: tokens{}, Log: log, Instance: "g1",
-		AckTimeout: ackTimeout, InsightInterval: 50 * time.Millisecond})
+	bg := background(t, cancel)
+	bg.Go(func() { cache.Start(ctx) })
+	deps.Store, deps.Cache, deps.Log, deps.InsightInterval = st, cache, log, 50*time.Millisecond
+	if deps.Instance == "" {
+		deps.Instance = "g1"
+	}
+	srv, err := server.New(deps)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Start(ctx)
+	bg.Go(func() { srv.Start(ctx) })
 	cert, certPEM, err := server.Certificate(ctx, st, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})))...)
-	srv.Register(g)
+	gs := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})))...)
+	srv.Register(gs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go g.Serve(ln)
-	t.Cleanup(g.Stop)
+	go gs.Serve(ln)
+	// Cleanups run last-registered first: stop serving (streams end when
+	// ctx does) before the background goroutines are awaited.
+	t.Cleanup(func() { cancel(); gs.GracefulStop() })
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(certPEM)
 	return &global{store: st, addr: ln.Addr().String(), pool: pool}
@@ -79,21 +92,33 @@ type zone struct {
 
 func startZone(t *testing.T, g *global, name, token string) *zone {
 	t.Helper()
+	return startZoneOn(t, g, name, token, store.NewMemory(0))
+}
+
+func startZoneOn(t *testing.T, g *global, name, token string, st store.Store) *zone {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	st := store.NewMemory(0)
+	bg := background(t, cancel)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named(name)
 	cache := kds.NewCache(st, kds.ZoneToGlobalTypes(), func(r api.Resource) bool {
 		return r.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal
 	}, log)
-	go cache.Start(ctx)
+	bg.Go(func() { cache.Start(ctx) })
 	c, err := client.New(client.Deps{Zone: name, Address: g.addr, Token: token, TLS: &tls.Config{RootCAs: g.pool, ServerName: "localhost"},
 		Store: st, Cache: cache, Log: log, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go c.Start(ctx)
+	bg.Go(func() { c.Start(ctx) })
 	return &zone{name: name, store: st, client: c, cancel: cancel}
+}
+
+// background runs goroutines that log to t; the test's cleanup cancels them
+// and waits for them, so none logs after the test ends.
+func background(t *testing.T, cancel context.CancelFunc) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return &wg
 }
 
 // eventually polls cond until it holds or 10s pass.
@@ -220,10 +245,10 @@ func TestResumeSendsOnlyWhatChanged(t *testing.T) {
 
 	// Reconnect with the same store.
 	c2ctx, cancel := context.WithCancel(ctx)
-	t.Cleanup(cancel)
+	bg := background(t, cancel)
 	var received atomic.Int64
 	cache := kds.NewCache(a.store, kds.ZoneToGlobalTypes(), nil, zaptest.NewLogger(t))
-	go cache.Start(c2ctx)
+	bg.Go(func() { cache.Start(c2ctx) })
 	c, _ := client.New(client.Deps{Zone: "zone-a", Address: g.addr, Token: "zone:zone-a",
 		TLS: &tls.Config{RootCAs: g.pool, ServerName: "localhost"}, Store: a.store, Cache: cache, Log: zaptest.NewLogger(t), Version: "test",
 		Applied: func(url string, resp *discoveryResponse) {
@@ -231,7 +256,7 @@ func TestResumeSendsOnlyWhatChanged(t *testing.T) {
 				received.Add(int64(len(resp.GetResources()) + len(resp.GetRemovedResources())))
 			}
 		}})
-	go c.Start(c2ctx)
+	bg.Go(func() { c.Start(c2ctx) })
 	eventually(t, "the changes in zone A", func() bool {
 		r, err := a.store.Get(ctx, api.KeyOf(changed))
 		return err == nil && r.(*api.TrafficRoute).Spec.Split[0].Weight == 99 && has(a.store, api.KeyOf(added)) && !has(a.store, api.KeyOf(puts[2]))
