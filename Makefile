@@ -26,6 +26,8 @@ run: build ## a global CP on the memory store, API on :5681
 
 fuzz: ## run each fuzz target for 30s
 	$(GO) test ./pkg/api -run '^$$' -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./kds -run '^$$' -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyZoneToken -fuzztime 30s
 
 bench: ## store benchmarks (memory and PostgreSQL)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x

@@ -126,6 +126,9 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 		return caller{}, status.Error(codes.Unauthenticated, "no zone token: start the zone CP with --zone-token-file (ursactl generate zone-token --zone NAME)")
 	}
 	zone, err := s.Verifier.VerifyZoneToken(ctx, token)
+	if errors.Is(err, store.ErrUnavailable) {
+		return caller{}, status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
+	}
 	if err != nil {
 		s.Log.Warn("refused a zone token", zap.Error(err))
 		return caller{}, status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)

@@ -97,6 +97,13 @@ func startZone(t *testing.T, g *global, name, token string) *zone {
 
 func startZoneOn(t *testing.T, g *global, name, token string, st store.Store) *zone {
 	t.Helper()
+	return startZoneWith(t, g, name, token, st, nil)
+}
+
+// startZoneWith starts a zone's KDS client over st; applied, if set, sees
+// every response the zone applies.
+func startZoneWith(t *testing.T, g *global, name, token string, st store.Store, applied func(string, *discoveryResponse)) *zone {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	bg := background(t, cancel)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named(name)
@@ -105,7 +112,7 @@ func startZoneOn(t *testing.T, g *global, name, token string, st store.Store) *z
 	}, log)
 	bg.Go(func() { cache.Start(ctx) })
 	c, err := client.New(client.Deps{Zone: name, Address: g.addr, Token: token, TLS: &tls.Config{RootCAs: g.pool, ServerName: "localhost"},
-		Store: st, Cache: cache, Log: log, Version: "test"})
+		Store: st, Cache: cache, Log: log, Version: "test", Applied: applied})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,79 @@
+package client
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/ursamesh/ursa/kds"
+	"github.com/ursamesh/ursa/kds/kdspb"
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+func entry(t *testing.T, r api.Resource) *discovery.Resource {
+	t.Helper()
+	e, err := kds.NewEntry(kds.WireName(api.KeyOf(r)), r, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.Wire
+}
+
+// TestGlobalTargetRejects: what the zone cannot apply is NACKed with the
+// reason, and nothing of that response is written.
+func TestGlobalTargetRejects(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	tgt := &globalTarget{store: st, log: zaptest.NewLogger(t), held: map[string]map[string]bool{}}
+	meshD, _ := api.Lookup("Mesh")
+	ingD, _ := api.Lookup("ZoneIngress")
+	routeD, _ := api.Lookup("TrafficRoute")
+	for _, d := range []api.Descriptor{meshD, ingD, routeD} {
+		if _, err := tgt.Held(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	local := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "zone-a.x"}, Zone: "zone-b",
+		Networking: api.ZoneIngressNetworking{Address: "127.0.0.1", Port: 1}}
+	if _, err := st.Create(ctx, local); err != nil {
+		t.Fatal(err)
+	}
+	// A document the global would never send: a weight out of range.
+	body, _ := proto.Marshal(&kdspb.Resource{Type: "TrafficRoute", Mesh: "m", Name: "r",
+		Json: []byte(`{"type":"TrafficRoute","mesh":"m","name":"r","spec":{"destination":{"ursa.io/service":"s"},"split":[{"weight":500}]}}`)})
+	invalid := &discovery.Resource{Name: "m/r", Version: "v", Resource: &anypb.Any{TypeUrl: "type.googleapis.com/ursa.kds.v1.Resource", Value: body}}
+	remote := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "zone-a.x"}, Zone: "zone-a",
+		Networking: api.ZoneIngressNetworking{Address: "127.0.0.1", Port: 1}}
+	tests := []struct {
+		name string
+		d    api.Descriptor
+		res  []*discovery.Resource
+		want string
+	}{
+		{"invalid resource", routeD, []*discovery.Resource{invalid}, "spec.split[0].weight: must be between 0 and 100"},
+		{"policy in a mesh the zone lacks", routeD, []*discovery.Resource{entry(t, &api.TrafficRoute{Meta: api.Meta{Type: "TrafficRoute", Mesh: "m", Name: "r"},
+			Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: "s"}, Split: []api.Split{{Weight: 1}}}})}, "mesh not found"},
+		{"collision with a local resource", ingD, []*discovery.Resource{entry(t, remote)}, "conflicts with a resource of the same name made in this zone"},
+	}
+	for _, tt := range tests {
+		err := tgt.Apply(ctx, tt.d, tt.res, nil)
+		if !kds.IsRejection(err) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want a rejection mentioning %q", tt.name, err, tt.want)
+		}
+	}
+	// The local resource is untouched, and removals of names the global
+	// never sent are ignored.
+	if err := tgt.Apply(ctx, ingD, nil, []string{"zone-a.x"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Get(ctx, api.KeyOf(local))
+	if err != nil || got.(*api.ZoneIngress).Zone != "zone-b" {
+		t.Fatalf("local ingress after refused writes: %+v %v", got, err)
+	}
+}
