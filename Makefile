@@ -29,8 +29,10 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./kds -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyZoneToken -fuzztime 30s
 
-bench: ## store benchmarks (memory and PostgreSQL)
+bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x
+	$(GO) test ./test/bench -run '^$$' -bench Propagation -benchtime 300x
+	$(GO) test ./test/bench -run '^$$' -bench Reconnect -benchtime 20x
 
 generate: ## regenerate kds/kdspb from kds/kds.proto (needs protoc: apt-get install protobuf-compiler)
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12

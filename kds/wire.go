@@ -101,8 +101,15 @@ func Canonical(r api.Resource) api.Resource {
 	return c
 }
 
-// Version is the delta version of r: the hash of its canonical form.
-func Version(r api.Resource) string { return api.ContentHash(Canonical(r)) }
+// Version is the delta version of r: the hash of its canonical form, the
+// same bytes NewEntry sends.
+func Version(r api.Resource) string {
+	doc, err := api.EncodeJSON(Canonical(r))
+	if err != nil {
+		panic("kds: encode resource: " + err.Error())
+	}
+	return api.HashBytes(doc)
+}
 
 // Entry is one resource ready to send: encoded once, shared by every stream.
 type Entry struct {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"sort"
 	"strings"
 
 	yamlv3 "go.yaml.in/yaml/v3"
@@ -20,46 +22,79 @@ var ErrMalformed = errors.New("malformed resource")
 // it is parsed.
 const MaxDocumentSize = 4 << 20
 
-// Decode parses one YAML or JSON document strictly: an unknown field, a
-// duplicate key or a value of the wrong type is an error that names the field.
-// It does not validate; call Validate for that.
-func Decode(data []byte) (Resource, error) {
+// Decode parses one YAML or JSON document strictly: an unknown field (names
+// match exactly, case included), a duplicate key, a value of the wrong type
+// or a second document is an error that names the problem. It does not
+// validate; call Validate for that.
+func Decode(data []byte) (Resource, error) { return decode(data, "") }
+
+// DecodeAs parses a document that must be of type typ. A document that omits
+// type gets typ.
+func DecodeAs(data []byte, typ string) (Resource, error) { return decode(data, typ) }
+
+func decode(data []byte, want string) (Resource, error) {
 	if len(data) > MaxDocumentSize {
 		return nil, fmt.Errorf("%w: document is %d bytes, more than the limit of %d", ErrMalformed, len(data), MaxDocumentSize)
 	}
-	var head struct {
-		Type string `json:"type"`
-	}
-	if err := yaml.Unmarshal(data, &head); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrMalformed, cleanDecodeError(err))
-	}
-	if head.Type == "" {
-		return nil, errNoType
-	}
-	r, ok := New(head.Type)
-	if !ok {
-		return nil, fmt.Errorf("%w: type: unknown type %q", ErrMalformed, head.Type)
-	}
-	if err := decodeStrict(data, r); err != nil {
+	j, err := toJSON(data)
+	if err != nil {
 		return nil, err
 	}
+	// One generic decode serves the type, the unknown-field check and the
+	// trailing-data check; JSON input skips the YAML parser entirely.
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.UseNumber()
+	var doc any
+	if err := dec.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrMalformed, cleanDecodeError(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: unexpected data after the document", ErrMalformed)
+	}
+	obj, ok := doc.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("%w: a resource must be a mapping of fields", ErrMalformed)
+	}
+	typ, _ := obj["type"].(string)
+	switch {
+	case typ == "" && want == "":
+		return nil, errNoType
+	case typ == "":
+		typ = want
+	case want != "" && typ != want:
+		return nil, fmt.Errorf("%w: type: is %q, expected %q", ErrMalformed, typ, want)
+	}
+	r, ok := New(typ)
+	if !ok {
+		return nil, fmt.Errorf("%w: type: unknown type %q", ErrMalformed, typ)
+	}
+	var unknown []string
+	walkUnknown(doc, reflect.TypeOf(r), "", &unknown)
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("%w: unknown field %s", ErrMalformed, strings.Join(unknown, ", "))
+	}
+	if err := json.Unmarshal(j, r); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrMalformed, cleanDecodeError(err))
+	}
+	r.GetMeta().Type = typ
 	return r, nil
 }
 
-// decodeStrict decodes into r and reports every unknown field by its path.
-// Field names must match exactly: encoding/json alone would take "NAME" for
-// "name".
-func decodeStrict(data []byte, r Resource) error {
-	err := yaml.UnmarshalStrict(data, r)
-	if err == nil || strings.Contains(err.Error(), "unknown field") {
-		if unknown := unknownFields(data, r); len(unknown) > 0 {
-			return fmt.Errorf("%w: unknown field %s", ErrMalformed, strings.Join(unknown, ", "))
-		}
+// toJSON returns data as JSON: JSON as it is, YAML converted, refusing
+// duplicate keys and more than one document.
+func toJSON(data []byte) ([]byte, error) {
+	if trimmed := bytes.TrimSpace(data); len(trimmed) > 0 && trimmed[0] == '{' {
+		return trimmed, nil
 	}
+	if err := singleDocument(data); err != nil {
+		return nil, err
+	}
+	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return fmt.Errorf("%w: %s", ErrMalformed, cleanDecodeError(err))
+		return nil, fmt.Errorf("%w: %s", ErrMalformed, cleanDecodeError(err))
 	}
-	return nil
+	return j, nil
 }
 
 // errNoType is Decode's answer to a document without a type.
@@ -68,6 +103,9 @@ var errNoType = fmt.Errorf("%w: type: required", ErrMalformed)
 // singleDocument refuses a stream of several YAML documents where one is
 // expected: the others would be silently ignored.
 func singleDocument(data []byte) error {
+	if !bytes.Contains(data, []byte("---")) {
+		return nil
+	}
 	dec := yamlv3.NewDecoder(bytes.NewReader(data))
 	n := 0
 	for {
@@ -83,30 +121,6 @@ func singleDocument(data []byte) error {
 			return fmt.Errorf("%w: expected one document, found several", ErrMalformed)
 		}
 	}
-}
-
-// DecodeAs parses a document that must be of type typ. A document that omits
-// type gets typ.
-func DecodeAs(data []byte, typ string) (Resource, error) {
-	if err := singleDocument(data); err != nil {
-		return nil, err
-	}
-	r, err := Decode(data)
-	if errors.Is(err, errNoType) {
-		r, _ = New(typ)
-		if uerr := decodeStrict(data, r); uerr != nil {
-			return nil, uerr
-		}
-		r.GetMeta().Type = typ
-		return r, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if got := r.GetMeta().Type; got != typ {
-		return nil, fmt.Errorf("%w: type: is %q, expected %q", ErrMalformed, got, typ)
-	}
-	return r, nil
 }
 
 // DocumentError locates a problem in a multi-document stream.

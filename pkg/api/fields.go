@@ -1,31 +1,10 @@
 package api
 
 import (
-	"encoding/json"
 	"fmt"
 	"reflect"
-	"sort"
 	"strings"
-
-	"sigs.k8s.io/yaml"
 )
-
-// unknownFields returns the paths of the fields in data that target's type
-// does not have, quoted and sorted ("\"spec.split[0].wieght\"").
-func unknownFields(data []byte, target any) []string {
-	j, err := yaml.YAMLToJSON(data)
-	if err != nil {
-		return nil
-	}
-	var doc any
-	if err := json.Unmarshal(j, &doc); err != nil {
-		return nil
-	}
-	var out []string
-	walkUnknown(doc, reflect.TypeOf(target), "", &out)
-	sort.Strings(out)
-	return out
-}
 
 func walkUnknown(v any, t reflect.Type, path string, out *[]string) {
 	for t.Kind() == reflect.Pointer {
