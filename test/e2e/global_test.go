@@ -76,7 +76,7 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 	}
 	// An unmigrated database is refused with advice.
 	addr := freeAddr(t)
-	p := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr)
+	p := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--kds-addr", freeAddr(t))
 	if err := p.wait(t); err == nil || !strings.Contains(p.out.String(), "migrate up") {
 		t.Fatalf("ursa-cp on an unmigrated database: %v\n%s", err, p.out.String())
 	}
@@ -89,7 +89,8 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 	}
 
 	server := "http://" + addr
-	cp := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr)
+	kdsAddr := freeAddr(t)
+	cp := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--kds-addr", kdsAddr)
 	waitReady(t, server+"/readyz", cp)
 	out := ctl(t, server, resources, "apply", "-f", "-")
 	if strings.Count(out, "created") != 7 {
@@ -104,18 +105,20 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 		t.Fatalf("unexpected listing:\n%s\n%s", before["traffic-routes"], before["secrets"])
 	}
 	// psql, an independent client, sees the rows and the change log.
-	rows := psql(t, dsn, `SELECT type || '/' || mesh || '/' || name || ' v' || version FROM ursa_resources ORDER BY 1`)
+	rows := psql(t, dsn, `SELECT type || '/' || mesh || '/' || name || ' v' || version FROM ursa_resources WHERE type <> 'GlobalSecret' ORDER BY 1`)
 	wantRows := "Failover/default/billing-locality v1\nMesh//default v1\nSecret/default/token v1\nTrafficPermission/default/web-to-billing v1\n" +
 		"TrafficRoute/default/billing-split v1\nZone//zone-1 v1\nZone//zone-2 v1"
 	if rows != wantRows {
 		t.Fatalf("psql sees:\n%s\nwant:\n%s", rows, wantRows)
 	}
-	if got := psql(t, dsn, `SELECT count(*) || ' ' || max(revision) FROM ursa_changes`); got != "7 7" {
+	// Seven resources and the global's two own secrets (the zone-token
+	// signing key and the KDS TLS pair): nine changes, revisions 1 to 9.
+	if got := psql(t, dsn, `SELECT count(*) || ' ' || min(revision) || ' ' || max(revision) FROM ursa_changes`); got != "9 1 9" {
 		t.Fatalf("change log: %s", got)
 	}
 
 	cp.stop(t)
-	cp = start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr)
+	cp = start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--kds-addr", kdsAddr)
 	waitReady(t, server+"/readyz", cp)
 	for _, w := range words {
 		if after := ctl(t, server, "", "get", w, "-o", "yaml"); after != before[w] {
@@ -134,7 +137,7 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 func TestApplyIsAllOrNothing(t *testing.T) {
 	addr := freeAddr(t)
 	server := "http://" + addr
-	cp := start(t, "ursa-cp", "global", "--api-addr", addr)
+	cp := start(t, "ursa-cp", "global", "--api-addr", addr, "--kds-addr", freeAddr(t))
 	waitReady(t, server+"/readyz", cp)
 	bad := resources + "---\ntype: TrafficRoute\nmesh: default\nname: bad\nspec: {destination: {ursa.io/service: x}, split: [{weight: 101}]}\n"
 	stdout, stderr, err := ctlResult(server, bad, "apply", "-f", "-")
@@ -165,7 +168,7 @@ func TestConfigPrecedence(t *testing.T) {
 		{"flag beats env", []string{"URSA_API_ADDR=" + envAddr}, []string{"--api-addr", flagAddr}, flagAddr},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cp := startEnv(t, tc.env, "ursa-cp", append([]string{"global", "--config", file}, tc.args...)...)
+			cp := startEnv(t, tc.env, "ursa-cp", append([]string{"global", "--config", file, "--kds-addr", freeAddr(t)}, tc.args...)...)
 			waitReady(t, "http://"+tc.want+"/readyz", cp)
 			cp.stop(t)
 			if !strings.Contains(cp.out.String(), `"level":"debug"`) {
