@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -18,11 +19,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/dns"
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/kds/client"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/leader"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/backend"
@@ -46,6 +49,18 @@ type Config struct {
 	} `json:"global"`
 	Store string    `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
 	API   APIConfig `json:"api"`
+	DNS   struct {
+		Addr      string          `json:"addr" usage:"address of the .mesh DNS resolver (UDP and TCP)"`
+		Domain    string          `json:"domain" usage:"the domain answered for: <service>.<domain> and <service>.<mesh>.<domain>"`
+		TTL       config.Duration `json:"ttl" usage:"TTL of DNS answers"`
+		Upstreams []string        `json:"upstreams" usage:"resolvers (host:port, comma-separated) for names outside the domain; none refuses them"`
+	} `json:"dns"`
+	VIP struct {
+		CIDR     string          `json:"cidr" usage:"range virtual IPs are allocated from"`
+		HoldBack config.Duration `json:"holdBack" usage:"how long a released VIP stays reserved before another service may get it (longer than the DNS TTL)"`
+	} `json:"vip"`
+	// Instance names this replica, for leader election.
+	Instance string `json:"instance" usage:"name of this zone CP replica (default: host name and process id)"`
 	KDS   struct {
 		MaxMessageSize int64           `json:"maxMessageSize" usage:"largest KDS message, in bytes"`
 		AckTimeout     config.Duration `json:"ackTimeout" usage:"how long the global may leave a change unacknowledged before the stream is restarted"`
@@ -68,6 +83,8 @@ func DefaultConfig() Config {
 	var c Config
 	c.Store = "memory"
 	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
+	c.DNS.Addr, c.DNS.Domain, c.DNS.TTL = ":5653", "mesh", config.Duration{Duration: 30 * time.Second}
+	c.VIP.CIDR, c.VIP.HoldBack = "240.0.0.0/4", config.Duration{Duration: 10 * time.Minute}
 	c.KDS.MaxMessageSize = 16 << 20
 	c.KDS.AckTimeout = config.Duration{Duration: 15 * time.Second}
 	c.Log.Level = "info"
@@ -100,6 +117,28 @@ func (c Config) Validate() error {
 		if c.Global.KDS.CAFile == "" && !c.Global.KDS.InsecureSkipVerify {
 			errs = append(errs, errors.New("global.kds.caFile: required to verify the global (or set global.kds.insecureSkipVerify)"))
 		}
+	}
+	if _, _, err := net.SplitHostPort(c.DNS.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("dns.addr: %q is not host:port", c.DNS.Addr))
+	}
+	if d := strings.Trim(c.DNS.Domain, "."); d == "" || strings.ContainsAny(d, " /") {
+		errs = append(errs, fmt.Errorf("dns.domain: %q is not a domain name", c.DNS.Domain))
+	}
+	if c.DNS.TTL.Duration < time.Second {
+		errs = append(errs, errors.New("dns.ttl: use at least 1s"))
+	}
+	for _, u := range c.DNS.Upstreams {
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			errs = append(errs, fmt.Errorf("dns.upstreams: %q is not host:port", u))
+		}
+	}
+	if p, err := netip.ParsePrefix(c.VIP.CIDR); err != nil {
+		errs = append(errs, fmt.Errorf("vip.cidr: %q is not a CIDR such as 240.0.0.0/4", c.VIP.CIDR))
+	} else if (p.Addr().Is4() && p.Bits() > 30) || (p.Addr().Is6() && p.Bits() > 126) {
+		errs = append(errs, fmt.Errorf("vip.cidr: %s is too small", c.VIP.CIDR))
+	}
+	if c.VIP.HoldBack.Duration <= c.DNS.TTL.Duration {
+		errs = append(errs, fmt.Errorf("vip.holdBack: %s must exceed dns.ttl (%s), or cached answers could reach a VIP's next service", c.VIP.HoldBack, c.DNS.TTL))
 	}
 	if c.KDS.MaxMessageSize < 2*api.MaxDocumentSize {
 		errs = append(errs, fmt.Errorf("kds.maxMessageSize: use at least %d", 2*api.MaxDocumentSize))
@@ -150,6 +189,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r := run.New(log)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
+	if err := addDNS(r, cfg, st, reg, log); err != nil {
+		apiLn.Close()
+		return err
+	}
 	if kdsDeps != nil {
 		cache := kds.NewCache(st, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))
 		kdsDeps.Store, kdsDeps.Cache, kdsDeps.Log = st, cache, log.Named("kds")
@@ -203,4 +246,40 @@ func kdsClientDeps(cfg Config) (*client.Deps, error) {
 		Zone: cfg.Zone, Address: addr, Token: token, TLS: tlsCfg, Version: Version,
 		MaxMessageSize: int(cfg.KDS.MaxMessageSize), AckTimeout: cfg.KDS.AckTimeout.Duration,
 	}, nil
+}
+
+// addDNS adds the resolver, its table and the leader-only VIP allocator.
+func addDNS(r *run.Runner, cfg Config, st store.Store, reg prometheus.Registerer, log *zap.Logger) error {
+	metrics, err := dns.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	udp, err := net.ListenPacket("udp", cfg.DNS.Addr)
+	if err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	tcp, err := net.Listen("tcp", cfg.DNS.Addr)
+	if err != nil {
+		udp.Close()
+		return fmt.Errorf("dns: %w", err)
+	}
+	instance := cfg.Instance
+	if instance == "" {
+		host, _ := os.Hostname()
+		instance = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	mirror := store.NewMirror(st, dns.MirroredTypes(), log.Named("dns-mirror"))
+	resolver := dns.NewResolver()
+	server := &dns.Server{Resolver: resolver, Domain: cfg.DNS.Domain, TTL: cfg.DNS.TTL.Duration,
+		Upstreams: cfg.DNS.Upstreams, Log: log.Named("dns"), Metrics: metrics}
+	alloc := dns.Allocator{CIDR: netip.MustParsePrefix(cfg.VIP.CIDR), HoldBack: cfg.VIP.HoldBack.Duration}
+	elector := &leader.Elector{Store: st, Lease: "vip-allocator", Identity: instance, Duration: 15 * time.Second, Log: log.Named("leader")}
+	r.AddRestarting("dns-mirror", mirror)
+	r.Add("dns-table", run.Func(func(ctx context.Context) error { return resolver.Follow(ctx, mirror) }))
+	r.Add("vip-allocator (leader only)", run.Func(func(ctx context.Context) error {
+		return elector.Start(ctx, func(ctx context.Context) error { return dns.Allocate(ctx, st, mirror, alloc, log.Named("vip")) })
+	}))
+	r.Add("dns", run.Func(func(ctx context.Context) error { return server.Start(ctx, udp, tcp) }))
+	log.Info("resolver listening", zap.String("dns_addr", tcp.Addr().String()), zap.String("domain", cfg.DNS.Domain), zap.String("vip_cidr", cfg.VIP.CIDR))
+	return nil
 }

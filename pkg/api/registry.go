@@ -70,6 +70,10 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &Failover{} }},
 	{Type: "GlobalSecret", Plural: "global-secrets", Singular: "global-secret", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone, Hidden: true,
 		New: func() Resource { return &GlobalSecret{} }},
+	{Type: "VirtualIPs", Plural: "virtual-ips", Singular: "virtual-ips", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncNone,
+		New: func() Resource { return &VirtualIPs{} }},
+	{Type: "Lease", Plural: "leases", Singular: "lease", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
+		New: func() Resource { return &Lease{} }},
 	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Secret{} }},
 }

@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"net"
+	"time"
+)
 
 // Well-known tags.
 const (
@@ -236,4 +239,55 @@ func (d *Dataplane) OwnerZone() string {
 		}
 	}
 	return zone
+}
+
+// VirtualIPs is a zone's assignment of virtual IPs to the services of one
+// mesh, kept by the zone CP so that the same names get the same addresses
+// across restarts. It is written only by the zone's VIP allocator.
+type VirtualIPs struct {
+	Meta
+	// Entries maps a service name to its VIP.
+	Entries map[string]VirtualIP `json:"entries,omitempty"`
+}
+
+// VirtualIP is one service's address. A released VIP is no longer answered
+// for, but is held back from other services until ReleasedAt plus the
+// hold-back time, so that no cache still holding it reaches the wrong
+// service.
+type VirtualIP struct {
+	IP         string    `json:"ip"`
+	ReleasedAt time.Time `json:"releasedAt,omitzero"`
+}
+
+func (v *VirtualIPs) validateSpec(val *validator) {
+	seen := map[string]string{}
+	for svc, e := range v.Entries {
+		if net.ParseIP(e.IP) == nil {
+			val.add("entries["+svc+"].ip", "%q is not an IP address", e.IP)
+		}
+		if other, dup := seen[e.IP]; dup {
+			val.add("entries["+svc+"].ip", "%s is also %s's", e.IP, other)
+		}
+		seen[e.IP] = svc
+	}
+}
+
+// Lease is held by one replica of a control plane at a time, for work only
+// one replica may do (allocating VIPs). Holders renew it well before
+// RenewTime plus Duration; after that, another replica may take it.
+type Lease struct {
+	Meta
+	Holder    string    `json:"holder"`
+	RenewTime time.Time `json:"renewTime"`
+	// Duration is how long the lease lasts after RenewTime, in seconds.
+	Duration int `json:"durationSeconds"`
+}
+
+func (l *Lease) validateSpec(v *validator) {
+	if l.Holder == "" {
+		v.add("holder", "required")
+	}
+	if l.Duration <= 0 {
+		v.add("durationSeconds", "must be positive")
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +26,9 @@ func startCP(t *testing.T, args ...string) *cp {
 	t.Helper()
 	addr := freeAddr(t)
 	args = append(args, "--api-addr", addr)
+	if args[0] == "zone" && !slices.Contains(args, "--dns-addr") {
+		args = append(args, "--dns-addr", freeAddr(t))
+	}
 	p := start(t, "ursa-cp", args...)
 	c := &cp{proc: p, api: "http://" + addr, args: args}
 	waitReady(t, c.api+"/readyz", p)

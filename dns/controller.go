@@ -1,0 +1,88 @@
+package dns
+
+import (
+	"context"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// Source gives the current view of the zone's store.
+type Source interface {
+	Current() (*store.View, <-chan struct{})
+}
+
+// Allocate keeps VIPs assigned as services come and go. It is leader-only:
+// with several zone CP replicas, run it under a leader.Elector. It returns
+// when ctx ends.
+func Allocate(ctx context.Context, st store.Store, src Source, a Allocator, log *zap.Logger) error {
+	expiry := time.NewTicker(max(a.HoldBack/4, time.Second))
+	defer expiry.Stop()
+	for {
+		view, changed := src.Current()
+		current := map[string]*api.VirtualIPs{}
+		for _, r := range view.Items("VirtualIPs") {
+			current[r.GetMeta().Mesh] = r.(*api.VirtualIPs)
+		}
+		updates, err := a.Reconcile(current, WantedServices(view), store.Now())
+		if err != nil {
+			log.Error("cannot give every service a VIP", zap.Error(err))
+		}
+		if len(updates) > 0 {
+			puts := make([]api.Resource, len(updates))
+			for i, u := range updates {
+				puts[i] = u
+			}
+			if _, err := st.Apply(ctx, puts, nil); err != nil && ctx.Err() == nil {
+				log.Warn("cannot store VIPs; retrying", zap.Error(err))
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+				continue
+			}
+			// Our own write comes back through the view; wait for it
+			// rather than reconcile against the stale one.
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-expiry.C:
+		}
+	}
+}
+
+// Resolver keeps the lookup table current from the view.
+type Resolver struct {
+	table atomic.Pointer[Table]
+}
+
+// NewResolver returns a resolver with an empty table.
+func NewResolver() *Resolver {
+	r := &Resolver{}
+	r.table.Store(&Table{byName: map[string]netip.Addr{}, vips: map[MeshService]netip.Addr{}})
+	return r
+}
+
+// Table returns the current table.
+func (r *Resolver) Table() *Table { return r.table.Load() }
+
+// Follow rebuilds the table whenever the view changes, until ctx ends.
+func (r *Resolver) Follow(ctx context.Context, src Source) error {
+	for {
+		view, changed := src.Current()
+		r.table.Store(NewTable(view))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}

@@ -1,0 +1,240 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Server answers <service>.<domain> from a Resolver's table, forwards other
+// names to upstreams or refuses them.
+type Server struct {
+	Resolver *Resolver
+	// Domain is the zone answered for, such as "mesh".
+	Domain string
+	// TTL of answers, and of the negative answers' SOA.
+	TTL time.Duration
+	// Upstreams (host:port) get the names outside Domain; none means those
+	// are REFUSED.
+	Upstreams []string
+	Log       *zap.Logger
+	Metrics   *Metrics
+
+	suffix string // ".mesh."
+	apex   string // "mesh."
+	soa    dns.RR
+	client *dns.Client
+	tcp    *dns.Client
+}
+
+// maxUDP is the largest UDP answer we send to an EDNS0 client (RFC 9715's
+// advice against fragmentation).
+const maxUDP = 1232
+
+func (s *Server) init() {
+	s.apex = dns.Fqdn(strings.ToLower(strings.Trim(s.Domain, ".")))
+	s.suffix = "." + s.apex
+	ttl := uint32(s.TTL.Seconds())
+	s.soa = &dns.SOA{Hdr: dns.RR_Header{Name: s.apex, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
+		Ns: "ns." + s.apex, Mbox: "hostmaster." + s.apex, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: ttl}
+	s.client = &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
+	s.tcp = &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+}
+
+// Start serves on addr over UDP and TCP until ctx ends.
+func (s *Server) Start(ctx context.Context, udp net.PacketConn, tcp net.Listener) error {
+	s.init()
+	servers := []*dns.Server{
+		{PacketConn: udp, Handler: s, UDPSize: maxUDP},
+		{Listener: tcp, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }},
+	}
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { errc <- srv.ActivateAndServe() }()
+	}
+	select {
+	case err := <-errc:
+		for _, srv := range servers {
+			srv.Shutdown()
+		}
+		return err
+	case <-ctx.Done():
+	}
+	var errs []error
+	for _, srv := range servers {
+		if err := srv.Shutdown(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ServeDNS implements dns.Handler.
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	start := time.Now()
+	resp, qtype := s.answer(w, req)
+	if resp == nil {
+		return // dropped
+	}
+	size := dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		size = int(min(max(opt.UDPSize(), dns.MinMsgSize), maxUDP))
+		if resp.IsEdns0() == nil {
+			resp.SetEdns0(maxUDP, false)
+		}
+	}
+	if isUDP(w) {
+		resp.Truncate(size)
+	} else {
+		resp.Truncate(dns.MaxMsgSize)
+	}
+	if err := w.WriteMsg(resp); err != nil {
+		s.Log.Debug("cannot write DNS answer", zap.Error(err))
+	}
+	s.Metrics.observe(qtype, resp.Rcode, time.Since(start))
+}
+
+func isUDP(w dns.ResponseWriter) bool {
+	_, ok := w.RemoteAddr().(*net.UDPAddr)
+	return ok
+}
+
+// answer builds the response to req, or returns nil to drop it.
+func (s *Server) answer(w dns.ResponseWriter, req *dns.Msg) (*dns.Msg, uint16) {
+	resp := new(dns.Msg)
+	if req.Response {
+		return nil, 0 // never answer answers: no reflection loops
+	}
+	if req.Opcode != dns.OpcodeQuery {
+		return resp.SetRcode(req, dns.RcodeNotImplemented), 0
+	}
+	if len(req.Question) != 1 {
+		return resp.SetRcode(req, dns.RcodeFormatError), 0
+	}
+	q := req.Question[0]
+	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
+		return resp.SetRcode(req, dns.RcodeNotImplemented), q.Qtype
+	}
+	name := strings.ToLower(q.Name)
+	if name != s.apex && !strings.HasSuffix(name, s.suffix) {
+		return s.forward(w, req), q.Qtype
+	}
+	resp.SetReply(req)
+	resp.Authoritative = true
+	resp.RecursionAvailable = len(s.Upstreams) > 0
+	if name == s.apex {
+		if q.Qtype == dns.TypeSOA {
+			resp.Answer = append(resp.Answer, s.soa)
+		} else {
+			resp.Ns = append(resp.Ns, s.soa)
+		}
+		return resp, q.Qtype
+	}
+	ip, ok := s.Resolver.Table().Lookup(strings.TrimSuffix(name, s.suffix))
+	if !ok {
+		resp.Rcode = dns.RcodeNameError
+		resp.Ns = append(resp.Ns, s.soa)
+		return resp, q.Qtype
+	}
+	hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: uint32(s.TTL.Seconds())}
+	switch {
+	case (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY) && ip.Is4():
+		hdr.Rrtype = dns.TypeA
+		resp.Answer = append(resp.Answer, &dns.A{Hdr: hdr, A: ip.AsSlice()})
+	case (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY) && ip.Is6():
+		hdr.Rrtype = dns.TypeAAAA
+		resp.Answer = append(resp.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
+	default:
+		resp.Ns = append(resp.Ns, s.soa) // the name exists, without this type
+	}
+	return resp, q.Qtype
+}
+
+// forward asks the upstreams, in order, retrying over TCP when an answer is
+// truncated; with no upstreams, or none answering, it refuses or fails.
+func (s *Server) forward(w dns.ResponseWriter, req *dns.Msg) *dns.Msg {
+	if len(s.Upstreams) == 0 {
+		return new(dns.Msg).SetRcode(req, dns.RcodeRefused)
+	}
+	out := req.Copy()
+	if out.IsEdns0() == nil {
+		out.SetEdns0(dns.DefaultMsgSize, false)
+	}
+	for _, up := range s.Upstreams {
+		c := s.client
+		if !isUDP(w) {
+			c = s.tcp
+		}
+		resp, _, err := c.Exchange(out, up)
+		if err == nil && resp.Truncated && c == s.client {
+			resp, _, err = s.tcp.Exchange(out, up)
+		}
+		if err != nil {
+			s.Log.Debug("upstream did not answer", zap.String("upstream", up), zap.Error(err))
+			continue
+		}
+		resp.Id = req.Id
+		if req.IsEdns0() == nil {
+			// The client spoke no EDNS0: do not hand it our OPT record.
+			resp.Extra = stripOPT(resp.Extra)
+		}
+		return resp
+	}
+	return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
+}
+
+func stripOPT(rrs []dns.RR) []dns.RR {
+	out := rrs[:0]
+	for _, rr := range rrs {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// Metrics count queries by type and rcode, and time answers.
+type Metrics struct {
+	queries *prometheus.CounterVec
+	latency prometheus.Histogram
+}
+
+// NewMetrics registers the resolver's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ursa_dns_queries_total",
+			Help: "DNS queries answered, by query type and response code.",
+		}, []string{"qtype", "rcode"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ursa_dns_answer_duration_seconds",
+			Help:    "Time from reading a DNS query to writing its answer.",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 8),
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.queries, m.latency} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("dns metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) observe(qtype uint16, rcode int, took time.Duration) {
+	if m == nil {
+		return
+	}
+	t, ok := dns.TypeToString[qtype]
+	if !ok {
+		t = "OTHER"
+	}
+	m.queries.WithLabelValues(t, dns.RcodeToString[rcode]).Inc()
+	m.latency.Observe(took.Seconds())
+}
