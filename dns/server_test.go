@@ -104,7 +104,7 @@ func TestAnswers(t *testing.T) {
 		{"BiLLing.MESH.", dns.TypeA, dns.RcodeSuccess, "240.0.0.1"},
 		{"billing.other.mesh.", dns.TypeA, dns.RcodeSuccess, "240.0.0.3"},
 		{"search.mesh.", dns.TypeAAAA, dns.RcodeSuccess, "fd00::5"},
-		{"search.mesh.", dns.TypeA, dns.RcodeSuccess, ""},   // exists, no A: NODATA
+		{"search.mesh.", dns.TypeA, dns.RcodeSuccess, ""},     // exists, no A: NODATA
 		{"billing.mesh.", dns.TypeAAAA, dns.RcodeSuccess, ""}, // exists, no AAAA
 		{"nope.mesh.", dns.TypeA, dns.RcodeNameError, ""},
 		{"mesh.", dns.TypeSOA, dns.RcodeSuccess, "hostmaster.mesh."},

@@ -61,7 +61,7 @@ type Config struct {
 	} `json:"vip"`
 	// Instance names this replica, for leader election.
 	Instance string `json:"instance" usage:"name of this zone CP replica (default: host name and process id)"`
-	KDS   struct {
+	KDS      struct {
 		MaxMessageSize int64           `json:"maxMessageSize" usage:"largest KDS message, in bytes"`
 		AckTimeout     config.Duration `json:"ackTimeout" usage:"how long the global may leave a change unacknowledged before the stream is restarted"`
 	} `json:"kds"`
