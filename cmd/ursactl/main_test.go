@@ -361,7 +361,7 @@ func TestDelete(t *testing.T) {
 		{"mesh flag on a global type", []string{"delete", "zone", "zone-1", "-m", "default"}, exitUsage, "", "zones are not in a mesh", api.Key{}},
 		{"no name", []string{"delete", "zone"}, exitUsage, "", "accepts 2 arg(s)", api.Key{}},
 		{"unknown type", []string{"delete", "widgets", "w"}, exitError, "",
-			`unknown resource type "widgets": use one of meshes, zones, zone-insights, zone-ingresses, dataplanes, traffic-permissions, traffic-routes, failovers, secrets`, api.Key{}},
+			`unknown resource type "widgets": use one of meshes, zones, `, api.Key{}},
 		{"hidden type", []string{"delete", "global-secrets", "zone-token-signing-key.1"}, exitError, "",
 			`unknown resource type "global-secrets": use one of meshes,`, api.Key{}},
 	}
