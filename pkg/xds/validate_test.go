@@ -1,0 +1,55 @@
+package xds
+
+import (
+	"strings"
+	"testing"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+)
+
+// TestValidateCatches what ValidateAll misses and what it does not.
+func TestValidateCatches(t *testing.T) {
+	good := func() Resources {
+		r := Resources{}
+		r.add(resource.ListenerType, apiListener("billing"))
+		r.add(resource.RouteType, routeConfig("billing", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+		r.add(resource.ClusterType, edsCluster("billing"))
+		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+		return r
+	}
+	if err := Validate(good()); err != nil {
+		t.Fatalf("good resources: %v", err)
+	}
+	tests := []struct {
+		name    string
+		breakIt func(Resources)
+		want    string
+	}{
+		{"unnamed listener", func(r Resources) { r[resource.ListenerType][0].(*listener.Listener).Name = "" }, "listener without a name"},
+		{"missing route configuration", func(r Resources) { delete(r, resource.RouteType) }, `refers to route configuration "billing"`},
+		{"missing cluster", func(r Resources) { delete(r, resource.ClusterType) }, `refers to cluster "billing"`},
+		{"missing load assignment", func(r Resources) { delete(r, resource.EndpointType) }, `refers to load assignment "billing"`},
+		{"no router filter", func(r Resources) {
+			m := &hcm.HttpConnectionManager{StatPrefix: "b", RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: "billing", ConfigSource: ads()}}}
+			r[resource.ListenerType][0].(*listener.Listener).ApiListener.ApiListener = mustAny(m)
+		}, "no HTTP filters"},
+		{"unnamed weighted cluster", func(r Resources) {
+			r[resource.RouteType][0].(*route.RouteConfiguration).VirtualHosts[0].Routes[0].GetRoute().ClusterSpecifier = &route.RouteAction_WeightedClusters{
+				WeightedClusters: &route.WeightedCluster{Clusters: []*route.WeightedCluster_ClusterWeight{{Name: ""}}}}
+		}, "weighted cluster without a name"},
+		{"virtual host without domains (ValidateAll)", func(r Resources) {
+			r[resource.RouteType][0].(*route.RouteConfiguration).VirtualHosts[0].Domains = nil
+		}, "Domains"},
+		{"duplicate", func(r Resources) { r.add(resource.ClusterType, edsCluster("billing")) }, `cluster "billing" twice`},
+	}
+	for _, tt := range tests {
+		r := good()
+		tt.breakIt(r)
+		if err := Validate(r); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want an error mentioning %q", tt.name, err, tt.want)
+		}
+	}
+}
