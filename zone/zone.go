@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/ursamesh/ursa/dns"
 	"github.com/ursamesh/ursa/kds"
@@ -30,6 +32,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/backend"
 	"github.com/ursamesh/ursa/pkg/tokens"
+	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 // Version is reported to the global in the zone's insight.
@@ -49,7 +52,10 @@ type Config struct {
 	} `json:"global"`
 	Store string    `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
 	API   APIConfig `json:"api"`
-	DNS   struct {
+	XDS   struct {
+		Addr string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
+	} `json:"xds"`
+	DNS struct {
 		Addr      string          `json:"addr" usage:"address of the .mesh DNS resolver (UDP and TCP)"`
 		Domain    string          `json:"domain" usage:"the domain answered for: <service>.<domain> and <service>.<mesh>.<domain>"`
 		TTL       config.Duration `json:"ttl" usage:"TTL of DNS answers"`
@@ -83,6 +89,7 @@ func DefaultConfig() Config {
 	var c Config
 	c.Store = "memory"
 	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
+	c.XDS.Addr = ":5678"
 	c.DNS.Addr, c.DNS.Domain, c.DNS.TTL = ":5653", "mesh", config.Duration{Duration: 30 * time.Second}
 	c.VIP.CIDR, c.VIP.HoldBack = "240.0.0.0/4", config.Duration{Duration: 10 * time.Minute}
 	c.KDS.MaxMessageSize = 16 << 20
@@ -117,6 +124,9 @@ func (c Config) Validate() error {
 		if c.Global.KDS.CAFile == "" && !c.Global.KDS.InsecureSkipVerify {
 			errs = append(errs, errors.New("global.kds.caFile: required to verify the global (or set global.kds.insecureSkipVerify)"))
 		}
+	}
+	if _, _, err := net.SplitHostPort(c.XDS.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("xds.addr: %q is not host:port", c.XDS.Addr))
 	}
 	if _, _, err := net.SplitHostPort(c.DNS.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("dns.addr: %q is not host:port", c.DNS.Addr))
@@ -189,7 +199,13 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r := run.New(log)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
-	if err := addDNS(r, cfg, st, reg, log); err != nil {
+	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
+	r.AddRestarting("mirror", mirror)
+	if err := addDNS(r, cfg, st, mirror, reg, log); err != nil {
+		apiLn.Close()
+		return err
+	}
+	if err := addXDS(ctx, r, cfg, mirror, reg, log); err != nil {
 		apiLn.Close()
 		return err
 	}
@@ -249,7 +265,7 @@ func kdsClientDeps(cfg Config) (*client.Deps, error) {
 }
 
 // addDNS adds the resolver, its table and the leader-only VIP allocator.
-func addDNS(r *run.Runner, cfg Config, st store.Store, reg prometheus.Registerer, log *zap.Logger) error {
+func addDNS(r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, reg prometheus.Registerer, log *zap.Logger) error {
 	metrics, err := dns.NewMetrics(reg)
 	if err != nil {
 		return err
@@ -268,18 +284,34 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, reg prometheus.Registerer
 		host, _ := os.Hostname()
 		instance = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	mirror := store.NewMirror(st, dns.MirroredTypes(), log.Named("dns-mirror"))
 	resolver := dns.NewResolver()
 	server := &dns.Server{Resolver: resolver, Domain: cfg.DNS.Domain, TTL: cfg.DNS.TTL.Duration,
 		Upstreams: cfg.DNS.Upstreams, Log: log.Named("dns"), Metrics: metrics}
 	alloc := dns.Allocator{CIDR: netip.MustParsePrefix(cfg.VIP.CIDR), HoldBack: cfg.VIP.HoldBack.Duration}
 	elector := &leader.Elector{Store: st, Lease: "vip-allocator", Identity: instance, Duration: 15 * time.Second, Log: log.Named("leader")}
-	r.AddRestarting("dns-mirror", mirror)
 	r.Add("dns-table", run.Func(func(ctx context.Context) error { return resolver.Follow(ctx, mirror) }))
 	r.Add("vip-allocator (leader only)", run.Func(func(ctx context.Context) error {
 		return elector.Start(ctx, func(ctx context.Context) error { return dns.Allocate(ctx, st, mirror, alloc, log.Named("vip")) })
 	}))
 	r.Add("dns", run.Func(func(ctx context.Context) error { return server.Start(ctx, udp, tcp) }))
 	log.Info("resolver listening", zap.String("dns_addr", tcp.Addr().String()), zap.String("domain", cfg.DNS.Domain), zap.String("vip_cidr", cfg.VIP.CIDR))
+	return nil
+}
+
+// addXDS adds the xDS server and the generation of proxies' configurations.
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, mirror *store.Mirror, reg prometheus.Registerer, log *zap.Logger) error {
+	srv, err := xds.NewServer(log.Named("xds"), reg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.XDS.Addr)
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	srv.Register(ctx, g)
+	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
+	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, log.Named("xds")) }))
+	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil
 }

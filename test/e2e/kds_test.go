@@ -29,6 +29,9 @@ func startCP(t *testing.T, args ...string) *cp {
 	if args[0] == "zone" && !slices.Contains(args, "--dns-addr") {
 		args = append(args, "--dns-addr", freeAddr(t))
 	}
+	if args[0] == "zone" && !slices.Contains(args, "--xds-addr") {
+		args = append(args, "--xds-addr", freeAddr(t))
+	}
 	p := start(t, "ursa-cp", args...)
 	c := &cp{proc: p, api: "http://" + addr, args: args}
 	waitReady(t, c.api+"/readyz", p)

@@ -1,0 +1,243 @@
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// MetadataProxyless marks, in a node's metadata, a proxyless gRPC client.
+const MetadataProxyless = "ursa.io/proxyless"
+
+// Node is a proxy connected to this zone CP.
+type Node struct {
+	ID        string
+	Proxyless bool
+	Since     time.Time
+	// LastNack is the reason of the last NACK, if any.
+	LastNack string
+	Nacks    int
+}
+
+// Server serves xDS (ADS and per-type, state-of-the-world and delta) from a
+// snapshot cache, and knows which proxies are connected so that only their
+// configurations are generated. NACKs are counted, logged, and slow the
+// proxy's stream down, so a bad configuration is never resent in a hot loop.
+type Server struct {
+	cache cache.SnapshotCache
+	log   *zap.Logger
+	nacks *prometheus.CounterVec
+
+	mu      sync.Mutex
+	nodes   map[string]*Node
+	streams map[int64]string // stream id → node id
+	hashes  map[string]string
+	changed chan struct{}
+}
+
+// NewServer returns a Server; it registers its metrics on reg.
+func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
+	s := &Server{
+		// ads=false: grpc-go asks only for what it references, and a cache
+		// in ADS mode would wait for it to ask for everything.
+		cache: cache.NewSnapshotCache(false, cache.IDHash{}, nil),
+		log:   log,
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ursa_xds_nacks_total",
+			Help: "xDS responses proxies rejected, by type.",
+		}, []string{"type_url"}),
+		nodes: map[string]*Node{}, streams: map[int64]string{}, hashes: map[string]string{},
+		changed: make(chan struct{}),
+	}
+	if err := reg.Register(s.nacks); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Register adds the xDS services to g.
+func (s *Server) Register(ctx context.Context, g *grpc.Server) {
+	srv := serverv3.NewServer(ctx, s.cache, s.callbacks())
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, srv)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, srv)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, srv)
+}
+
+// Nodes returns the connected proxies and a channel closed when that set
+// changes.
+func (s *Server) Nodes() ([]Node, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, *n)
+	}
+	slices.SortFunc(out, func(a, b Node) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	return out, s.changed
+}
+
+// SetResources publishes a proxy's resources, unless they are what it
+// already has. They must have passed Validate.
+func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
+	version, err := hashResources(r)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	same := s.hashes[nodeID] == version
+	s.mu.Unlock()
+	if same {
+		return nil
+	}
+	snap, err := cache.NewSnapshot(version, r)
+	if err != nil {
+		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
+	}
+	if err := s.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
+		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
+	}
+	s.mu.Lock()
+	s.hashes[nodeID] = version
+	s.mu.Unlock()
+	return nil
+}
+
+// hashResources is a version that changes exactly when the resources do.
+func hashResources(r Resources) (string, error) {
+	h := sha256.New()
+	for _, typ := range []resource.Type{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
+		list := slices.Clone(r[typ])
+		slices.SortFunc(list, func(a, b types.Resource) int {
+			an, bn := cache.GetResourceName(a), cache.GetResourceName(b)
+			if an < bn {
+				return -1
+			}
+			if an > bn {
+				return 1
+			}
+			return 0
+		})
+		for _, res := range list {
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
+			if err != nil {
+				return "", err
+			}
+			h.Write([]byte(typ))
+			h.Write(b)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:10]), nil
+}
+
+func (s *Server) notify() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// seen records a request's node; the caller holds mu.
+func (s *Server) seen(stream int64, node *core.Node) {
+	if node == nil || node.GetId() == "" {
+		return
+	}
+	s.streams[stream] = node.GetId()
+	if _, ok := s.nodes[node.GetId()]; ok {
+		return
+	}
+	proxyless := node.GetMetadata().GetFields()[MetadataProxyless].GetStringValue() == "true"
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Proxyless: proxyless, Since: time.Now()}
+	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Bool("proxyless", proxyless))
+	s.notify()
+}
+
+func (s *Server) closed(stream int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.streams[stream]
+	delete(s.streams, stream)
+	if !ok {
+		return
+	}
+	for _, other := range s.streams {
+		if other == id {
+			return // another stream of the same proxy is still open
+		}
+	}
+	delete(s.nodes, id)
+	delete(s.hashes, id)
+	s.cache.ClearSnapshot(id)
+	s.log.Info("proxy disconnected", zap.String("proxy", id))
+	s.notify()
+}
+
+// nacked counts and logs a NACK, then slows the stream down: the response
+// will not change until the configuration does, so resending it at once
+// would only loop.
+func (s *Server) nacked(stream int64, typeURL, reason string) {
+	s.nacks.WithLabelValues(typeURL).Inc()
+	s.mu.Lock()
+	id := s.streams[stream]
+	n := s.nodes[id]
+	count := 0
+	if n != nil {
+		n.Nacks++
+		n.LastNack = reason
+		count = n.Nacks
+	}
+	s.mu.Unlock()
+	s.log.Warn("proxy rejected its configuration", zap.String("proxy", id), zap.String("type_url", typeURL), zap.String("reason", reason))
+	time.Sleep(min(time.Duration(1<<min(count, 8))*50*time.Millisecond, 10*time.Second))
+}
+
+func (s *Server) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamRequestFunc: func(stream int64, req *discovery.DiscoveryRequest) error {
+			s.mu.Lock()
+			s.seen(stream, req.GetNode())
+			s.mu.Unlock()
+			if req.GetErrorDetail() != nil {
+				s.nacked(stream, req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
+			}
+			return nil
+		},
+		StreamDeltaRequestFunc: func(stream int64, req *discovery.DeltaDiscoveryRequest) error {
+			s.mu.Lock()
+			s.seen(stream, req.GetNode())
+			s.mu.Unlock()
+			if req.GetErrorDetail() != nil {
+				s.nacked(stream, req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
+			}
+			return nil
+		},
+		StreamClosedFunc:      func(stream int64, _ *core.Node) { s.closed(stream) },
+		DeltaStreamClosedFunc: func(stream int64, _ *core.Node) { s.closed(stream) },
+	}
+}

@@ -1,0 +1,124 @@
+package zone
+
+import (
+	"context"
+	"net/netip"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/xds"
+)
+
+// mirroredTypes are what the zone's resolver and xDS generation read.
+func mirroredTypes() []string {
+	return []string{"Mesh", "Dataplane", "ZoneIngress", "VirtualIPs", "TrafficRoute", "TrafficPermission", "Failover"}
+}
+
+// meshState gathers, from the zone's view, what one mesh's proxies are
+// configured from. It returns nil when the mesh does not exist here.
+func meshState(view *store.View, zone, mesh string) *xds.MeshState {
+	m, ok := view.Items("Mesh")[api.Key{Type: "Mesh", Name: mesh}]
+	if !ok {
+		return nil
+	}
+	s := &xds.MeshState{Zone: zone, Mesh: m.(*api.Mesh), VIPs: map[string]netip.Addr{}}
+	for _, r := range view.Items("Dataplane") {
+		if r.GetMeta().Mesh == mesh {
+			s.Dataplanes = append(s.Dataplanes, r.(*api.Dataplane))
+		}
+	}
+	for _, r := range view.Items("TrafficRoute") {
+		if r.GetMeta().Mesh == mesh {
+			s.Routes = append(s.Routes, r.(*api.TrafficRoute))
+		}
+	}
+	for _, r := range view.Items("TrafficPermission") {
+		if r.GetMeta().Mesh == mesh {
+			s.Permissions = append(s.Permissions, r.(*api.TrafficPermission))
+		}
+	}
+	for _, r := range view.Items("Failover") {
+		if r.GetMeta().Mesh == mesh {
+			s.Failovers = append(s.Failovers, r.(*api.Failover))
+		}
+	}
+	for _, r := range view.Items("ZoneIngress") {
+		if ing := r.(*api.ZoneIngress); ing.Zone != zone {
+			s.Ingresses = append(s.Ingresses, ing)
+		}
+	}
+	if v, ok := view.Items("VirtualIPs")[api.Key{Type: "VirtualIPs", Mesh: mesh, Name: "vips"}]; ok {
+		for svc, e := range v.(*api.VirtualIPs).Entries {
+			if ip, err := netip.ParseAddr(e.IP); err == nil && e.ReleasedAt.IsZero() {
+				s.VIPs[svc] = ip
+			}
+		}
+	}
+	return s
+}
+
+// source is what generation follows: the store's view.
+type source interface {
+	Current() (*store.View, <-chan struct{})
+}
+
+// generate keeps every connected proxy's configuration current: whenever
+// the zone's state or the set of connected proxies changes, it regenerates
+// each proxy's resources, validates them, and publishes those that changed.
+func generate(ctx context.Context, src source, srv *xds.Server, zone string, log *zap.Logger) error {
+	warned := map[string]bool{}
+	warnOnce := func(key, msg string, fields ...zap.Field) {
+		if !warned[key] {
+			warned[key] = true
+			log.Warn(msg, fields...)
+		}
+	}
+	for {
+		view, viewChanged := src.Current()
+		nodes, nodesChanged := srv.Nodes()
+		states := map[string]*xds.MeshState{}
+		for _, n := range nodes {
+			mesh, name, err := xds.ParseNodeID(n.ID)
+			if err != nil {
+				warnOnce(n.ID, "proxy with a malformed node id", zap.String("proxy", n.ID), zap.Error(err))
+				continue
+			}
+			dp, ok := view.Items("Dataplane")[api.Key{Type: "Dataplane", Mesh: mesh, Name: name}]
+			if !ok {
+				warnOnce(n.ID, "proxy whose Dataplane is not registered: it gets nothing until it is", zap.String("proxy", n.ID))
+				continue
+			}
+			st, ok := states[mesh]
+			if !ok {
+				st = meshState(view, zone, mesh)
+				states[mesh] = st
+			}
+			if st == nil {
+				continue
+			}
+			if !n.Proxyless {
+				warnOnce(n.ID, "sidecar configuration is not generated yet; only proxyless gRPC clients are served", zap.String("proxy", n.ID))
+				continue
+			}
+			res, err := xds.Proxyless(st, xds.Proxy{Dataplane: dp.(*api.Dataplane), Proxyless: true})
+			if err == nil {
+				err = xds.Validate(res)
+			}
+			if err != nil {
+				log.Error("generated configuration is invalid; not published", zap.String("proxy", n.ID), zap.Error(err))
+				continue
+			}
+			if err := srv.SetResources(ctx, n.ID, res); err != nil {
+				log.Error("cannot publish configuration", zap.String("proxy", n.ID), zap.Error(err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-viewChanged:
+		case <-nodesChanged:
+		}
+	}
+}
