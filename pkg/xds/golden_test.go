@@ -132,3 +132,26 @@ func TestProxylessGolden(t *testing.T) {
 		})
 	}
 }
+
+// TestSidecarGolden runs the sidecar generator on each case under
+// testdata/sidecar; the first Dataplane of a case is the proxy.
+func TestSidecarGolden(t *testing.T) {
+	inputs, _ := filepath.Glob("testdata/sidecar/*.input.yaml")
+	if len(inputs) == 0 {
+		t.Fatal("no test cases")
+	}
+	for _, in := range inputs {
+		name := strings.TrimSuffix(filepath.Base(in), ".input.yaml")
+		t.Run(name, func(t *testing.T) {
+			s := stateFrom(t, in)
+			r, err := Sidecar(s, Proxy{Dataplane: s.Dataplanes[0]})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := Validate(r); err != nil {
+				t.Fatalf("generated resources do not validate: %v", err)
+			}
+			golden(t, strings.TrimSuffix(in, ".input.yaml")+".golden.yaml", render(t, r))
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -51,6 +52,32 @@ func Validate(r Resources) error {
 	}
 	for _, res := range r[resource.ListenerType] {
 		l := res.(*listener.Listener)
+		if l.GetApiListener() == nil && l.GetAddress() == nil {
+			errs = append(errs, fmt.Errorf("listener %q has neither an address nor an api_listener", l.Name))
+		}
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				tp := &tcp.TcpProxy{}
+				if f.GetTypedConfig() == nil || !f.GetTypedConfig().MessageIs(tp) {
+					continue
+				}
+				if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
+					errs = append(errs, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err))
+					continue
+				}
+				from := fmt.Sprintf("listener %q", l.Name)
+				if c := tp.GetCluster(); c != "" {
+					need(resource.ClusterType, c, from)
+				}
+				for _, wc := range tp.GetWeightedClusters().GetClusters() {
+					if wc.GetName() == "" {
+						errs = append(errs, fmt.Errorf("%s: a weighted cluster without a name", from))
+						continue
+					}
+					need(resource.ClusterType, wc.GetName(), from)
+				}
+			}
+		}
 		if al := l.GetApiListener().GetApiListener(); al != nil {
 			m := &hcm.HttpConnectionManager{}
 			if err := al.UnmarshalTo(m); err != nil {

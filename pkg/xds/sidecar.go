@@ -1,0 +1,323 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ursamesh/ursa/pkg/api"
+)
+
+// SDS secret names a sidecar's TLS contexts refer to.
+const (
+	SecretIdentity = "identity"
+	SecretMeshCA   = "mesh-ca"
+)
+
+// Sidecar generates a sidecar's listeners, clusters and endpoints: inbound
+// listeners that (with mTLS) terminate TLS and enforce TrafficPermissions,
+// outbound listeners on each service's VIP, and EDS clusters per subset
+// whose endpoints include other zones' ingresses, prioritised by Failover.
+func Sidecar(s *MeshState, p Proxy) (Resources, error) {
+	out := Resources{}
+	dp := p.Dataplane
+	mtls := s.Mesh.MTLSEnabled()
+	for _, in := range dp.Networking.Inbound {
+		servicePort := in.ServicePort
+		if servicePort == 0 {
+			servicePort = in.Port
+		}
+		local := fmt.Sprintf("localhost:%d", servicePort)
+		out.add(resource.ListenerType, inboundListener(s, dp, in, local, mtls))
+		out.add(resource.ClusterType, staticCluster(local, "127.0.0.1", uint32(servicePort)))
+	}
+	clusters := map[string]Subset{}
+	for _, o := range s.outbounds(dp) {
+		subsets := s.subsets(o.service)
+		if len(subsets) == 0 {
+			continue
+		}
+		out.add(resource.ListenerType, outboundListener(o, subsets))
+		for _, sub := range subsets {
+			clusters[sub.ClusterName()] = sub
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(clusters)) {
+		sub := clusters[name]
+		c := edsCluster(name)
+		if mtls {
+			c.TransportSocket = upstreamTLS(s.Mesh.Name, sub)
+		}
+		out.add(resource.ClusterType, c)
+		cla := loadAssignment(name, s.endpoints(sub, false), s.priorities(sub.Tags[api.TagService]))
+		if f := s.failoverFor(sub.Tags[api.TagService]); f != nil && f.Spec.Threshold > 0 {
+			cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / f.Spec.Threshold))}
+		}
+		out.add(resource.EndpointType, cla)
+	}
+	return out, nil
+}
+
+// outbound is one listener a sidecar offers its application.
+type outbound struct {
+	service string
+	addr    string
+	port    uint32
+}
+
+// outbounds lists, for every service of the mesh other than the proxy's
+// own, a listener on its VIP at the service's port and at 80, plus the
+// dataplane's explicit outbounds.
+func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
+	own := map[string]bool{}
+	for _, in := range dp.Networking.Inbound {
+		own[in.Tags[api.TagService]] = true
+	}
+	ports := s.servicePorts()
+	var out []outbound
+	seen := map[string]bool{}
+	addOut := func(o outbound) {
+		k := fmt.Sprintf("%s:%d", o.addr, o.port)
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, o)
+		}
+	}
+	for _, o := range dp.Networking.Outbound {
+		addr := o.Address
+		if addr == "" {
+			addr = "127.0.0.1"
+		}
+		addOut(outbound{service: o.Tags[api.TagService], addr: addr, port: uint32(o.Port)})
+	}
+	for _, svc := range s.Services() {
+		vip, ok := s.VIPs[svc]
+		if !ok || own[svc] {
+			continue
+		}
+		if p, ok := ports[svc]; ok {
+			addOut(outbound{service: svc, addr: vip.String(), port: p})
+		}
+		addOut(outbound{service: svc, addr: vip.String(), port: 80})
+	}
+	return out
+}
+
+// servicePorts is each local service's first application port.
+func (s *MeshState) servicePorts() map[string]uint32 {
+	out := map[string]uint32{}
+	for _, dp := range s.Dataplanes {
+		for _, in := range dp.Networking.Inbound {
+			svc := in.Tags[api.TagService]
+			p := in.ServicePort
+			if p == 0 {
+				p = in.Port
+			}
+			if _, ok := out[svc]; !ok {
+				out[svc] = uint32(p)
+			}
+		}
+	}
+	return out
+}
+
+func (s *MeshState) failoverFor(service string) *api.Failover {
+	var best *api.Failover
+	for _, f := range s.Failovers {
+		if matches(f.Spec.Destination, map[string]string{api.TagService: service}) && (best == nil || f.Name < best.Name) {
+			best = f
+		}
+	}
+	return best
+}
+
+// priorities gives each zone its locality priority for a service: with a
+// Failover, the caller's zone first (when locality-aware), then the listed
+// zones in order, then the rest; without one, every zone is equal.
+func (s *MeshState) priorities(service string) map[string]uint32 {
+	f := s.failoverFor(service)
+	if f == nil {
+		return nil
+	}
+	out := map[string]uint32{}
+	next := uint32(0)
+	if f.Spec.LocalityAware {
+		out[s.Zone] = next
+		next++
+	}
+	for _, z := range f.Spec.Order {
+		if _, ok := out[z]; !ok {
+			out[z] = next
+			next++
+		}
+	}
+	for _, ing := range s.Ingresses {
+		if _, ok := out[ing.Zone]; !ok {
+			out[ing.Zone] = next
+		}
+	}
+	if _, ok := out[s.Zone]; !ok {
+		out[s.Zone] = next
+	}
+	return out
+}
+
+func tcpProxy(statPrefix string, subsets []Subset) *listener.Filter {
+	tp := &tcp.TcpProxy{StatPrefix: statPrefix}
+	if len(subsets) == 1 {
+		tp.ClusterSpecifier = &tcp.TcpProxy_Cluster{Cluster: subsets[0].ClusterName()}
+	} else {
+		wc := &tcp.TcpProxy_WeightedCluster{}
+		for _, sub := range subsets {
+			wc.Clusters = append(wc.Clusters, &tcp.TcpProxy_WeightedCluster_ClusterWeight{Name: sub.ClusterName(), Weight: sub.Weight})
+		}
+		tp.ClusterSpecifier = &tcp.TcpProxy_WeightedClusters{WeightedClusters: wc}
+	}
+	return &listener.Filter{Name: wellknown.TCPProxy, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tp)}}
+}
+
+func socketAddress(addr string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+func outboundListener(o outbound, subsets []Subset) *listener.Listener {
+	name := fmt.Sprintf("outbound:%s:%d", o.addr, o.port)
+	return &listener.Listener{
+		Name:         name,
+		Address:      socketAddress(o.addr, o.port),
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{tcpProxy(name, subsets)}}},
+	}
+}
+
+func inboundListener(s *MeshState, dp *api.Dataplane, in api.Inbound, local string, mtls bool) *listener.Listener {
+	name := fmt.Sprintf("inbound:%s:%d", dp.Networking.Address, in.Port)
+	chain := &listener.FilterChain{}
+	if mtls {
+		chain.Filters = append(chain.Filters, rbacFilter(s, in.Tags, name))
+		chain.TransportSocket = &core.TransportSocket{Name: wellknown.TransportSocketTLS,
+			ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.DownstreamTlsContext{
+				CommonTlsContext:         commonTLS(),
+				RequireClientCertificate: wrapperspb.Bool(true),
+			})}}
+	}
+	chain.Filters = append(chain.Filters, tcpProxy(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}))
+	return &listener.Listener{Name: name, Address: socketAddress(dp.Networking.Address, uint32(in.Port)), FilterChains: []*listener.FilterChain{chain}}
+}
+
+// commonTLS points at the SDS identity and CA secrets.
+func commonTLS() *tlsv3.CommonTlsContext {
+	return &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: SecretIdentity, SdsConfig: ads()}},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: SecretMeshCA, SdsConfig: ads()}},
+	}
+}
+
+func upstreamTLS(mesh string, sub Subset) *core.TransportSocket {
+	return &core.TransportSocket{Name: wellknown.TransportSocketTLS,
+		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{
+			CommonTlsContext: commonTLS(),
+			Sni:              SNI(mesh, sub.Tags),
+		})}}
+}
+
+// rbacFilter allows the sources TrafficPermissions let call this inbound's
+// service, by their SPIFFE IDs, and denies the rest. A DENY permission
+// overrides any ALLOW for the same source.
+func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listener.Filter {
+	allow := &rbacconfig.Policy{Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}}}
+	var denied []*rbacconfig.Principal
+	for _, tp := range s.Permissions {
+		if !slices.ContainsFunc(tp.Spec.Destinations, func(d api.Selector) bool { return matches(d.Match, tags) }) {
+			continue
+		}
+		for _, src := range tp.Spec.Sources {
+			p := principal(s.Mesh.Name, src.Match[api.TagService])
+			if tp.Spec.Action == api.ActionDeny {
+				denied = append(denied, p)
+			} else {
+				allow.Principals = append(allow.Principals, p)
+			}
+		}
+	}
+	if len(denied) > 0 {
+		for i, p := range allow.Principals {
+			allow.Principals[i] = &rbacconfig.Principal{Identifier: &rbacconfig.Principal_AndIds{AndIds: &rbacconfig.Principal_Set{
+				Ids: []*rbacconfig.Principal{p, {Identifier: &rbacconfig.Principal_NotId{NotId: &rbacconfig.Principal{
+					Identifier: &rbacconfig.Principal_OrIds{OrIds: &rbacconfig.Principal_Set{Ids: denied}}}}}}}}}
+		}
+	}
+	policies := map[string]*rbacconfig.Policy{}
+	if len(allow.Principals) > 0 {
+		policies["allowed-sources"] = allow
+	}
+	r := &rbac.RBAC{StatPrefix: statPrefix, Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: policies}}
+	return &listener.Filter{Name: wellknown.RoleBasedAccessControl, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(r)}}
+}
+
+// principal matches the SPIFFE ID of a service's certificates; "*" any
+// service of the mesh.
+func principal(mesh, service string) *rbacconfig.Principal {
+	m := &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: SpiffeID(mesh, service)}}
+	if service == "*" || service == "" {
+		m = &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: "spiffe://" + mesh + "/"}}
+	}
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Authenticated_{Authenticated: &rbacconfig.Principal_Authenticated{PrincipalName: m}}}
+}
+
+// SpiffeID is the identity of a service's certificates.
+func SpiffeID(mesh, service string) string { return "spiffe://" + mesh + "/" + service }
+
+var nonLabel = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// SNI names a subset for the remote zone's ingress, which routes on it
+// without decrypting: "<service>-<hash>.<mesh>.ursa", a valid DNS name whose
+// first label is at most 63 characters. The hash covers the service and
+// the subset's tags.
+func SNI(mesh string, tags map[string]string) string {
+	h := sha256.New()
+	for _, k := range slices.Sorted(maps.Keys(tags)) {
+		fmt.Fprintf(h, "%s=%s;", k, tags[k])
+	}
+	sum := hex.EncodeToString(h.Sum(nil))[:10]
+	svc := strings.Trim(nonLabel.ReplaceAllString(strings.ToLower(tags[api.TagService]), "-"), "-")
+	if len(svc) > 40 {
+		svc = svc[:40]
+	}
+	if svc == "" {
+		svc = "svc"
+	}
+	return svc + "-" + sum + "." + mesh + ".ursa"
+}
+
+func staticCluster(name, addr string, port uint32) *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socketAddress(addr, port)}}}},
+		}}},
+	}
+}
+
