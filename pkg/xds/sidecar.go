@@ -320,4 +320,3 @@ func staticCluster(name, addr string, port uint32) *cluster.Cluster {
 		}}},
 	}
 }
-
