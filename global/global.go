@@ -183,6 +183,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
+	caMirror := store.NewMirror(st, []string{"Mesh", "MeshCA"}, log.Named("mesh-ca"))
+	r.AddRestarting("mesh-ca-mirror", caMirror)
+	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return ensureMeshCAs(ctx, st, caMirror, log.Named("mesh-ca")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
 }

@@ -3,17 +3,19 @@ package zone
 import (
 	"context"
 	"net/netip"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 // mirroredTypes are what the zone's resolver and xDS generation read.
 func mirroredTypes() []string {
-	return []string{"Mesh", "Dataplane", "ZoneIngress", "VirtualIPs", "TrafficRoute", "TrafficPermission", "Failover"}
+	return []string{"Mesh", "MeshCA", "Dataplane", "ZoneIngress", "VirtualIPs", "TrafficRoute", "TrafficPermission", "Failover"}
 }
 
 // meshState gathers, from the zone's view, what one mesh's proxies are
@@ -67,7 +69,7 @@ type source interface {
 // generate keeps every connected proxy's configuration current: whenever
 // the zone's state or the set of connected proxies changes, it regenerates
 // each proxy's resources, validates them, and publishes those that changed.
-func generate(ctx context.Context, src source, srv *xds.Server, zone string, log *zap.Logger) error {
+func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids *identities, log *zap.Logger) error {
 	warned := map[string]bool{}
 	warnOnce := func(key, msg string, fields ...zap.Field) {
 		if !warned[key] {
@@ -98,11 +100,16 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, log
 			if st == nil {
 				continue
 			}
-			if !n.Proxyless {
-				warnOnce(n.ID, "sidecar configuration is not generated yet; only proxyless gRPC clients are served", zap.String("proxy", n.ID))
-				continue
+			proxy := xds.Proxy{Dataplane: dp.(*api.Dataplane), Proxyless: n.Proxyless}
+			var res xds.Resources
+			if n.Proxyless {
+				res, err = xds.Proxyless(st, proxy)
+			} else {
+				res, err = xds.Sidecar(st, proxy)
+				if err == nil && st.Mesh.MTLSEnabled() {
+					err = addSecrets(view, res, proxy, ids)
+				}
 			}
-			res, err := xds.Proxyless(st, xds.Proxy{Dataplane: dp.(*api.Dataplane), Proxyless: true})
 			if err == nil {
 				err = xds.Validate(res)
 			}
@@ -114,11 +121,33 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, log
 				log.Error("cannot publish configuration", zap.String("proxy", n.ID), zap.Error(err))
 			}
 		}
+		renew := time.Hour
+		if at := ids.nextRenewal(); !at.IsZero() {
+			renew = max(time.Until(at), time.Second)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-viewChanged:
 		case <-nodesChanged:
+		case <-time.After(renew):
 		}
 	}
+}
+
+// addSecrets adds a sidecar's identity and its mesh's CA certificate, once
+// the mesh's CA has reached the zone.
+func addSecrets(view *store.View, res xds.Resources, p xds.Proxy, ids *identities) error {
+	dp := p.Dataplane
+	r, ok := view.Items("MeshCA")[api.Key{Type: "MeshCA", Mesh: dp.Mesh, Name: mtls.CAName}]
+	if !ok || len(dp.Networking.Inbound) == 0 {
+		return nil // the proxy's TLS contexts wait for their secrets
+	}
+	ca := r.(*api.MeshCA)
+	id, err := ids.get(ca, dp.Networking.Inbound[0].Tags[api.TagService], time.Now())
+	if err != nil {
+		return err
+	}
+	res.Merge(xds.Secrets(id, ca.CertPEM))
+	return nil
 }

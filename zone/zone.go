@@ -55,6 +55,9 @@ type Config struct {
 	XDS   struct {
 		Addr string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
 	} `json:"xds"`
+	MTLS struct {
+		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; they are renewed at half of it"`
+	} `json:"mtls"`
 	DNS struct {
 		Addr      string          `json:"addr" usage:"address of the .mesh DNS resolver (UDP and TCP)"`
 		Domain    string          `json:"domain" usage:"the domain answered for: <service>.<domain> and <service>.<mesh>.<domain>"`
@@ -90,6 +93,7 @@ func DefaultConfig() Config {
 	c.Store = "memory"
 	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
 	c.XDS.Addr = ":5678"
+	c.MTLS.CertTTL = config.Duration{Duration: 24 * time.Hour}
 	c.DNS.Addr, c.DNS.Domain, c.DNS.TTL = ":5653", "mesh", config.Duration{Duration: 30 * time.Second}
 	c.VIP.CIDR, c.VIP.HoldBack = "240.0.0.0/4", config.Duration{Duration: 10 * time.Minute}
 	c.KDS.MaxMessageSize = 16 << 20
@@ -124,6 +128,9 @@ func (c Config) Validate() error {
 		if c.Global.KDS.CAFile == "" && !c.Global.KDS.InsecureSkipVerify {
 			errs = append(errs, errors.New("global.kds.caFile: required to verify the global (or set global.kds.insecureSkipVerify)"))
 		}
+	}
+	if c.MTLS.CertTTL.Duration < time.Minute {
+		errs = append(errs, errors.New("mtls.certTTL: use at least 1m"))
 	}
 	if _, _, err := net.SplitHostPort(c.XDS.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("xds.addr: %q is not host:port", c.XDS.Addr))
@@ -311,7 +318,8 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, mirror *store.Mirror
 	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
 	srv.Register(ctx, g)
 	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
-	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, log.Named("xds")) }))
+	ids := newIdentities(cfg.MTLS.CertTTL.Duration)
+	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, ids, log.Named("xds")) }))
 	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil
 }

@@ -74,6 +74,8 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &VirtualIPs{} }},
 	{Type: "Lease", Plural: "leases", Singular: "lease", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
 		New: func() Resource { return &Lease{} }},
+	{Type: "MeshCA", Plural: "mesh-cas", Singular: "mesh-ca", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncGlobalToZone, Hidden: true,
+		New: func() Resource { return &MeshCA{} }},
 	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Secret{} }},
 }

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -154,4 +155,14 @@ func TestSidecarGolden(t *testing.T) {
 			golden(t, strings.TrimSuffix(in, ".input.yaml")+".golden.yaml", render(t, r))
 		})
 	}
+}
+
+func TestSecretsGolden(t *testing.T) {
+	r := Secrets(mtls.Identity{CertPEM: []byte("-----BEGIN CERTIFICATE-----\nWORKLOAD\n-----END CERTIFICATE-----\n"),
+		KeyPEM: []byte("-----BEGIN PRIVATE KEY-----\nTEST KEY\n-----END PRIVATE KEY-----\n")},
+		"-----BEGIN CERTIFICATE-----\nMESH CA\n-----END CERTIFICATE-----\n")
+	if err := Validate(r); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "testdata/secrets.golden.yaml", render(t, r))
 }

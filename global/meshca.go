@@ -1,0 +1,45 @@
+package global
+
+import (
+	"context"
+	"errors"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// ensureMeshCAs gives every mesh that turns mTLS on its built-in CA, once,
+// until ctx ends. Replicas racing to create it are harmless: the store keeps
+// the first, and KDS carries it to every zone.
+func ensureMeshCAs(ctx context.Context, st store.Store, mirror *store.Mirror, log *zap.Logger) error {
+	for {
+		view, changed := mirror.Current()
+		for key, r := range view.Items("Mesh") {
+			m := r.(*api.Mesh)
+			if !m.MTLSEnabled() {
+				continue
+			}
+			if _, ok := view.Items("MeshCA")[api.Key{Type: "MeshCA", Mesh: key.Name, Name: mtls.CAName}]; ok {
+				continue
+			}
+			ca, err := mtls.NewCA(m.Name, store.Now())
+			if err != nil {
+				log.Error("cannot make a mesh CA", zap.String("mesh", m.Name), zap.Error(err))
+				continue
+			}
+			if _, err := st.Create(ctx, ca); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+				log.Warn("cannot store a mesh CA; will retry on the next change", zap.String("mesh", m.Name), zap.Error(err))
+				continue
+			}
+			log.Info("created the mesh's built-in CA", zap.String("mesh", m.Name))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
