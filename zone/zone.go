@@ -192,9 +192,14 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if cfg.Federated() {
 		mode = apiserver.ModeZone
 	}
+	xdsServer, err := xds.NewServer(log.Named("xds"), reg)
+	if err != nil {
+		return err
+	}
 	handler, err := apiserver.New(apiserver.Deps{
 		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
 		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
+		Extra: map[string]http.Handler{"GET /meshes/{mesh}/dataplanes/{name}/insight": dataplaneInsight(st, xdsServer)},
 	})
 	if err != nil {
 		return err
@@ -212,7 +217,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		apiLn.Close()
 		return err
 	}
-	if err := addXDS(ctx, r, cfg, mirror, reg, log); err != nil {
+	if err := addXDS(ctx, r, cfg, mirror, xdsServer, log); err != nil {
 		apiLn.Close()
 		return err
 	}
@@ -306,11 +311,7 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, reg
 }
 
 // addXDS adds the xDS server and the generation of proxies' configurations.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, mirror *store.Mirror, reg prometheus.Registerer, log *zap.Logger) error {
-	srv, err := xds.NewServer(log.Named("xds"), reg)
-	if err != nil {
-		return err
-	}
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, mirror *store.Mirror, srv *xds.Server, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
@@ -322,4 +323,21 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, mirror *store.Mirror
 	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, ids, log.Named("xds")) }))
 	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil
+}
+
+// dataplaneInsight serves a proxy's xDS connection state.
+func dataplaneInsight(st store.Store, srv *xds.Server) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mesh, name := r.PathValue("mesh"), r.PathValue("name")
+		if _, err := st.Get(r.Context(), api.Key{Type: "Dataplane", Mesh: mesh, Name: name}); err != nil {
+			apiserver.WriteError(w, http.StatusNotFound, "Not found", fmt.Sprintf("dataplane %s/%s: %v", mesh, name, err))
+			return
+		}
+		out := api.DataplaneInsight{}
+		if n, ok := srv.Insight(xds.NodeID(mesh, name)); ok {
+			out = api.DataplaneInsight{Connected: n.Connected, Proxyless: n.Proxyless, ConnectedSince: n.Since,
+				DisconnectedAt: n.DisconnectedAt, Acked: n.Acked, Nacks: n.Nacks, LastNack: n.LastNack}
+		}
+		apiserver.WriteJSON(w, http.StatusOK, out)
+	})
 }

@@ -18,15 +18,16 @@ const heartbeatFresh = 30 * time.Second
 // newInspectCmd builds "inspect zones".
 func newInspectCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "inspect zones",
-		Short: "Show the live state of zones",
+		Use:   "inspect zones|dataplanes",
+		Short: "Show the live state of zones or dataplanes",
 		RunE: func(_ *cobra.Command, args []string) error {
 			if len(args) == 0 {
-				return usageError{fmt.Errorf("inspect needs what to inspect: zones")}
+				return usageError{fmt.Errorf("inspect needs what to inspect: zones or dataplanes")}
 			}
-			return usageError{fmt.Errorf("cannot inspect %q: use zones", args[0])}
+			return usageError{fmt.Errorf("cannot inspect %q: use zones or dataplanes", args[0])}
 		},
 	}
+	cmd.AddCommand(newInspectDataplanesCmd(a))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "zones",
 		Short: "Zones with their connection and sync state, as the global CP sees them",
@@ -90,4 +91,48 @@ func shortAge(d time.Duration) string {
 		return fmt.Sprintf("%dh", int(d.Hours()))
 	}
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// newInspectDataplanesCmd builds "inspect dataplanes [-m MESH]", for a zone
+// CP's API.
+func newInspectDataplanesCmd(a *app) *cobra.Command {
+	var mesh string
+	cmd := &cobra.Command{
+		Use:   "dataplanes",
+		Short: "Dataplanes with their xDS connection state, as their zone CP sees them",
+		Args:  rangeArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dps, err := a.client.List(cmd.Context(), "Dataplane", mesh)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "MESH\tNAME\tSTATUS\tKIND\tSINCE\tNACKS\tLAST NACK")
+			now := time.Now()
+			for _, r := range dps {
+				m := r.GetMeta()
+				in, err := a.client.DataplaneInsight(cmd.Context(), m.Mesh, m.Name)
+				if err != nil {
+					return err
+				}
+				status, since, kind := "Offline", "-", "sidecar"
+				if in.Connected {
+					status, since = "Online", shortAge(now.Sub(in.ConnectedSince))
+				} else if !in.DisconnectedAt.IsZero() {
+					since = shortAge(now.Sub(in.DisconnectedAt))
+				}
+				if in.Proxyless {
+					kind = "proxyless"
+				}
+				nack := in.LastNack
+				if nack == "" {
+					nack = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", m.Mesh, m.Name, status, kind, since, in.Nacks, nack)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&mesh, "mesh", "m", "", "only this mesh")
+	return cmd
 }

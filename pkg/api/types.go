@@ -310,3 +310,17 @@ func (c *MeshCA) validateSpec(v *validator) {
 		v.add("keyPEM", "required")
 	}
 }
+
+// DataplaneInsight is a zone CP's view of a proxy's xDS connection, served
+// at GET /meshes/{mesh}/dataplanes/{name}/insight. It is not stored.
+type DataplaneInsight struct {
+	Connected      bool      `json:"connected"`
+	Proxyless      bool      `json:"proxyless,omitempty"`
+	ConnectedSince time.Time `json:"connectedSince,omitzero"`
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
+	// Acked is the last configuration version the proxy acknowledged, by
+	// xDS type URL.
+	Acked    map[string]string `json:"acked,omitempty"`
+	Nacks    int               `json:"nacks"`
+	LastNack string            `json:"lastNack,omitempty"`
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -28,14 +29,19 @@ import (
 // MetadataProxyless marks, in a node's metadata, a proxyless gRPC client.
 const MetadataProxyless = "ursa.io/proxyless"
 
-// Node is a proxy connected to this zone CP.
+// Node is a proxy that is, or was, connected to this zone CP.
 type Node struct {
-	ID        string
-	Proxyless bool
-	Since     time.Time
+	ID        string    `json:"id"`
+	Proxyless bool      `json:"proxyless"`
+	Connected bool      `json:"connected"`
+	Since     time.Time `json:"connectedSince"`
+	// DisconnectedAt is set once the proxy's last stream closed.
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
+	// Acked is the last version the proxy acknowledged, by type URL.
+	Acked map[string]string `json:"acked,omitempty"`
 	// LastNack is the reason of the last NACK, if any.
-	LastNack string
-	Nacks    int
+	LastNack string `json:"lastNack,omitempty"`
+	Nacks    int    `json:"nacks"`
 }
 
 // Server serves xDS (ADS and per-type, state-of-the-world and delta) from a
@@ -49,6 +55,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	nodes   map[string]*Node
+	gone    map[string]*Node // disconnected, kept for their insight
 	streams map[int64]string // stream id → node id
 	hashes  map[string]string
 	changed chan struct{}
@@ -65,7 +72,7 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Name: "ursa_xds_nacks_total",
 			Help: "xDS responses proxies rejected, by type.",
 		}, []string{"type_url"}),
-		nodes: map[string]*Node{}, streams: map[int64]string{}, hashes: map[string]string{},
+		nodes: map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, hashes: map[string]string{},
 		changed: make(chan struct{}),
 	}
 	if err := reg.Register(s.nacks); err != nil {
@@ -173,7 +180,8 @@ func (s *Server) seen(stream int64, node *core.Node) {
 		return
 	}
 	proxyless := node.GetMetadata().GetFields()[MetadataProxyless].GetStringValue() == "true"
-	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Proxyless: proxyless, Since: time.Now()}
+	delete(s.gone, node.GetId())
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Proxyless: proxyless, Connected: true, Since: time.Now(), Acked: map[string]string{}}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Bool("proxyless", proxyless))
 	s.notify()
 }
@@ -190,6 +198,10 @@ func (s *Server) closed(stream int64) {
 		if other == id {
 			return // another stream of the same proxy is still open
 		}
+	}
+	if n := s.nodes[id]; n != nil {
+		n.Connected, n.DisconnectedAt = false, time.Now()
+		s.gone[id] = n
 	}
 	delete(s.nodes, id)
 	delete(s.hashes, id)
@@ -225,6 +237,8 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.mu.Unlock()
 			if req.GetErrorDetail() != nil {
 				s.nacked(stream, req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
+			} else if req.GetResponseNonce() != "" {
+				s.acked(stream, req.GetTypeUrl(), req.GetVersionInfo())
 			}
 			return nil
 		},
@@ -239,5 +253,31 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		},
 		StreamClosedFunc:      func(stream int64, _ *core.Node) { s.closed(stream) },
 		DeltaStreamClosedFunc: func(stream int64, _ *core.Node) { s.closed(stream) },
+	}
+}
+
+// Insight returns what this CP knows of a proxy's connection, or false when
+// it has never seen it.
+func (s *Server) Insight(nodeID string) (Node, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[nodeID]
+	if !ok {
+		n, ok = s.gone[nodeID]
+	}
+	if !ok {
+		return Node{}, false
+	}
+	out := *n
+	out.Acked = maps.Clone(n.Acked)
+	return out, true
+}
+
+// acked records a request that acknowledges a response.
+func (s *Server) acked(stream int64, typeURL, version string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.nodes[s.streams[stream]]; n != nil && version != "" {
+		n.Acked[typeURL] = version
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +118,15 @@ func TestProxylessGRPC(t *testing.T) {
 	})
 	if got := share(t, cc, v1, 5000); math.Abs(got-0.80) > 0.03 {
 		t.Fatalf("v1 got %.3f of 5,000 calls, want 0.80 ± 0.03", got)
+	}
+	// The zone shows the client connected, with what it acknowledged.
+	if out := ctl(t, zone.api, "", "inspect", "dataplanes"); !strings.Contains(out, "web-1") ||
+		!regexp.MustCompile(`web-1\s+Online\s+proxyless`).MatchString(out) {
+		t.Fatalf("inspect dataplanes:\n%s", out)
+	}
+	if _, body := zone.get(t, "/meshes/default/dataplanes/web-1/insight"); !strings.Contains(body, `"connected":true`) ||
+		!strings.Contains(body, "envoy.config.route.v3.RouteConfiguration") {
+		t.Fatalf("insight: %s", body)
 	}
 
 	// A new split, written at the global, reaches the running client.
