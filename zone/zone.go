@@ -53,7 +53,8 @@ type Config struct {
 	Store string    `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
 	API   APIConfig `json:"api"`
 	XDS   struct {
-		Addr string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
+		Addr                  string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
+		RequireDataplaneToken bool   `json:"requireDataplaneToken" usage:"refuse proxies without a dataplane token (ursactl generate dataplane-token); a token given is always checked"`
 	} `json:"xds"`
 	MTLS struct {
 		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; they are renewed at half of it"`
@@ -196,10 +197,22 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
+	dpTokens := tokens.NewDataplaneIssuer(st)
+	xdsServer.SetAuth(xds.Auth{
+		Verify: func(ctx context.Context, token string) (xds.Claims, error) {
+			c, err := dpTokens.Verify(ctx, token)
+			return xds.Claims{Mesh: c.Mesh, Service: c.Service}, err
+		},
+		Require: cfg.XDS.RequireDataplaneToken,
+		Check:   func(nodeID string, c xds.Claims) error { return tokenCovers(mirror, nodeID, c) },
+	})
+	extra := dpTokens.Handlers()
+	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st, xdsServer)
 	handler, err := apiserver.New(apiserver.Deps{
 		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
 		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
-		Extra: map[string]http.Handler{"GET /meshes/{mesh}/dataplanes/{name}/insight": dataplaneInsight(st, xdsServer)},
+		Extra: extra,
 	})
 	if err != nil {
 		return err
@@ -211,7 +224,6 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r := run.New(log)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
-	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
 	r.AddRestarting("mirror", mirror)
 	if err := addDNS(r, cfg, st, mirror, reg, log); err != nil {
 		apiLn.Close()
@@ -340,4 +352,27 @@ func dataplaneInsight(st store.Store, srv *xds.Server) http.Handler {
 		}
 		apiserver.WriteJSON(w, http.StatusOK, out)
 	})
+}
+
+// tokenCovers refuses a proxy whose dataplane token is for another service
+// than any of its dataplane's.
+func tokenCovers(src source, nodeID string, c xds.Claims) error {
+	if c.Service == "" {
+		return nil
+	}
+	mesh, name, err := xds.ParseNodeID(nodeID)
+	if err != nil {
+		return err
+	}
+	view, _ := src.Current()
+	r, ok := view.Items("Dataplane")[api.Key{Type: "Dataplane", Mesh: mesh, Name: name}]
+	if !ok {
+		return nil // it gets nothing until its Dataplane is registered
+	}
+	for _, in := range r.(*api.Dataplane).Networking.Inbound {
+		if in.Tags[api.TagService] == c.Service {
+			return nil
+		}
+	}
+	return fmt.Errorf("its token is for service %q, which dataplane %s does not run", c.Service, name)
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // generateWhat lists what generate makes, for its usage errors.
-const generateWhat = "zone-token or zone-token-signing-key"
+const generateWhat = "zone-token, zone-token-signing-key or dataplane-token"
 
 // newGenerateCmd builds "generate zone-token|zone-token-signing-key".
 func newGenerateCmd(a *app) *cobra.Command {
@@ -24,7 +24,7 @@ func newGenerateCmd(a *app) *cobra.Command {
 			return usageError{fmt.Errorf("cannot generate %q: use %s", args[0], generateWhat)}
 		},
 	}
-	cmd.AddCommand(newGenerateZoneTokenCmd(a), newRotateZoneTokenKeyCmd(a))
+	cmd.AddCommand(newGenerateZoneTokenCmd(a), newRotateZoneTokenKeyCmd(a), newGenerateDataplaneTokenCmd(a))
 	return cmd
 }
 
@@ -81,4 +81,35 @@ replica. Every zone then needs a new token (ursactl generate zone-token).`,
 			return nil
 		},
 	}
+}
+
+// newGenerateDataplaneTokenCmd builds "generate dataplane-token --mesh M".
+func newGenerateDataplaneTokenCmd(a *app) *cobra.Command {
+	var (
+		mesh, service string
+		validFor      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "dataplane-token --mesh MESH [--service SERVICE] [--valid-for DURATION]",
+		Short: "Generate a token with which a proxy connects to its zone control plane",
+		Long: `Dataplane-token asks a zone control plane (--api-server) for a token that binds
+a proxy to MESH and, with --service, to that service: the zone refuses the proxy
+if its Dataplane is in another mesh or does not run that service.`,
+		Args: rangeArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if mesh == "" {
+				return usageError{fmt.Errorf("generate dataplane-token needs --mesh MESH")}
+			}
+			token, err := a.client.GenerateDataplaneToken(cmd.Context(), mesh, service, validFor)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, token)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&mesh, "mesh", "m", "", "mesh the proxy belongs to (required)")
+	cmd.Flags().StringVar(&service, "service", "", "service the proxy runs; empty allows any of the mesh")
+	cmd.Flags().DurationVar(&validFor, "valid-for", 0, "how long the token is valid, such as 720h (default one year)")
+	return cmd
 }

@@ -70,3 +70,28 @@ func (c *Client) RotateZoneTokenSigningKey(ctx context.Context) (int, error) {
 	}
 	return resp.Serial, nil
 }
+
+// GenerateDataplaneToken asks a zone control plane for a token binding a
+// proxy to mesh and, when service is not empty, to that service.
+func (c *Client) GenerateDataplaneToken(ctx context.Context, mesh, service string, validFor time.Duration) (string, error) {
+	req := struct {
+		Mesh     string `json:"mesh"`
+		Service  string `json:"service,omitempty"`
+		ValidFor string `json:"validFor,omitempty"`
+	}{Mesh: mesh, Service: service}
+	if validFor > 0 {
+		req.ValidFor = validFor.String()
+	}
+	body, _ := json.Marshal(req)
+	_, data, err := c.do(ctx, http.MethodPost, "/tokens/dataplane", body)
+	if err != nil {
+		return "", fmt.Errorf("generate dataplane token for mesh %s: %w", mesh, err)
+	}
+	var resp struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(data, &resp); err != nil || resp.Token == "" {
+		return "", fmt.Errorf("generate dataplane token for mesh %s: the response holds no token", mesh)
+	}
+	return resp.Token, nil
+}

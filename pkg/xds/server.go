@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -53,13 +57,38 @@ type Server struct {
 	log   *zap.Logger
 	nacks *prometheus.CounterVec
 
+	auth Auth
+
 	mu      sync.Mutex
+	claims  map[int64]*Claims // stream id → what its token says
 	nodes   map[string]*Node
 	gone    map[string]*Node // disconnected, kept for their insight
 	streams map[int64]string // stream id → node id
 	hashes  map[string]string
 	changed chan struct{}
 }
+
+// Claims is what a proxy's dataplane token binds it to.
+type Claims struct {
+	Mesh    string
+	Service string // empty: any
+}
+
+// Auth authenticates proxies by the dataplane token in their stream's
+// "authorization: Bearer …" metadata.
+type Auth struct {
+	// Verify checks a token. Nil disables authentication.
+	Verify func(ctx context.Context, token string) (Claims, error)
+	// Require refuses streams without a token; otherwise a token, when
+	// present, is still checked.
+	Require bool
+	// Check refuses a node whose dataplane the claims do not cover (its
+	// mesh, or a service it does not have).
+	Check func(nodeID string, c Claims) error
+}
+
+// SetAuth sets how proxies are authenticated; call it before Register.
+func (s *Server) SetAuth(a Auth) { s.auth = a }
 
 // NewServer returns a Server; it registers its metrics on reg.
 func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
@@ -72,7 +101,8 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Name: "ursa_xds_nacks_total",
 			Help: "xDS responses proxies rejected, by type.",
 		}, []string{"type_url"}),
-		nodes: map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, hashes: map[string]string{},
+		claims: map[int64]*Claims{},
+		nodes:  map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, hashes: map[string]string{},
 		changed: make(chan struct{}),
 	}
 	if err := reg.Register(s.nacks); err != nil {
@@ -170,6 +200,54 @@ func (s *Server) notify() {
 	s.changed = make(chan struct{})
 }
 
+// opened authenticates a new stream by its token.
+func (s *Server) opened(ctx context.Context, stream int64) error {
+	if s.auth.Verify == nil {
+		return nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	var token string
+	if v := md.Get("authorization"); len(v) > 0 {
+		token = strings.TrimPrefix(v[0], "Bearer ")
+	}
+	if token == "" {
+		if s.auth.Require {
+			return status.Error(codes.Unauthenticated, "a dataplane token is required: ursactl generate dataplane-token --mesh MESH")
+		}
+		return nil
+	}
+	c, err := s.auth.Verify(ctx, token)
+	if err != nil {
+		s.log.Warn("refused a dataplane token", zap.Error(err))
+		return status.Errorf(codes.Unauthenticated, "dataplane token refused: %v", err)
+	}
+	s.mu.Lock()
+	s.claims[stream] = &c
+	s.mu.Unlock()
+	return nil
+}
+
+// authorize checks a node against its stream's token; the caller holds mu.
+func (s *Server) authorize(stream int64, node *core.Node) error {
+	c := s.claims[stream]
+	if c == nil || node == nil {
+		return nil
+	}
+	mesh, _, err := ParseNodeID(node.GetId())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if mesh != c.Mesh {
+		return status.Errorf(codes.PermissionDenied, "node %q is in mesh %q but its token is for mesh %q", node.GetId(), mesh, c.Mesh)
+	}
+	if s.auth.Check != nil {
+		if err := s.auth.Check(node.GetId(), *c); err != nil {
+			return status.Errorf(codes.PermissionDenied, "node %q: %v", node.GetId(), err)
+		}
+	}
+	return nil
+}
+
 // seen records a request's node; the caller holds mu.
 func (s *Server) seen(stream int64, node *core.Node) {
 	if node == nil || node.GetId() == "" {
@@ -191,6 +269,7 @@ func (s *Server) closed(stream int64) {
 	defer s.mu.Unlock()
 	id, ok := s.streams[stream]
 	delete(s.streams, stream)
+	delete(s.claims, stream)
 	if !ok {
 		return
 	}
@@ -231,8 +310,14 @@ func (s *Server) nacked(stream int64, typeURL, reason string) {
 
 func (s *Server) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
+		StreamOpenFunc:      func(ctx context.Context, stream int64, _ string) error { return s.opened(ctx, stream) },
+		DeltaStreamOpenFunc: func(ctx context.Context, stream int64, _ string) error { return s.opened(ctx, stream) },
 		StreamRequestFunc: func(stream int64, req *discovery.DiscoveryRequest) error {
 			s.mu.Lock()
+			if err := s.authorize(stream, req.GetNode()); err != nil {
+				s.mu.Unlock()
+				return err
+			}
 			s.seen(stream, req.GetNode())
 			s.mu.Unlock()
 			if req.GetErrorDetail() != nil {
@@ -244,6 +329,10 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		},
 		StreamDeltaRequestFunc: func(stream int64, req *discovery.DeltaDiscoveryRequest) error {
 			s.mu.Lock()
+			if err := s.authorize(stream, req.GetNode()); err != nil {
+				s.mu.Unlock()
+				return err
+			}
 			s.seen(stream, req.GetNode())
 			s.mu.Unlock()
 			if req.GetErrorDetail() != nil {
