@@ -55,6 +55,9 @@ type Config struct {
 	XDS   struct {
 		Addr                  string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
 		RequireDataplaneToken bool   `json:"requireDataplaneToken" usage:"refuse proxies without a dataplane token (ursactl generate dataplane-token); a token given is always checked"`
+		// OfflineRemoval removes the Dataplane of a proxy that has been
+		// disconnected this long; 0 keeps it.
+		OfflineRemoval config.Duration `json:"offlineRemoval" usage:"remove the Dataplane of a proxy disconnected this long (0 keeps it)"`
 	} `json:"xds"`
 	MTLS struct {
 		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; they are renewed at half of it"`
@@ -94,6 +97,7 @@ func DefaultConfig() Config {
 	c.Store = "memory"
 	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
 	c.XDS.Addr = ":5678"
+	c.XDS.OfflineRemoval = config.Duration{Duration: 72 * time.Hour}
 	c.MTLS.CertTTL = config.Duration{Duration: 24 * time.Hour}
 	c.DNS.Addr, c.DNS.Domain, c.DNS.TTL = ":5653", "mesh", config.Duration{Duration: 30 * time.Second}
 	c.VIP.CIDR, c.VIP.HoldBack = "240.0.0.0/4", config.Duration{Duration: 10 * time.Minute}
@@ -229,7 +233,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		apiLn.Close()
 		return err
 	}
-	if err := addXDS(ctx, r, cfg, mirror, xdsServer, log); err != nil {
+	if err := addXDS(ctx, r, cfg, st, mirror, xdsServer, log); err != nil {
 		apiLn.Close()
 		return err
 	}
@@ -323,7 +327,7 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, reg
 }
 
 // addXDS adds the xDS server and the generation of proxies' configurations.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, mirror *store.Mirror, srv *xds.Server, log *zap.Logger) error {
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, srv *xds.Server, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
@@ -332,6 +336,9 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, mirror *store.Mirror
 	srv.Register(ctx, g)
 	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
 	ids := newIdentities(cfg.MTLS.CertTTL.Duration)
+	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {
+		r.Add("dataplane-cleanup", run.Func(func(ctx context.Context) error { return removeOffline(ctx, st, srv, d, log.Named("xds")) }))
+	}
 	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, ids, log.Named("xds")) }))
 	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil
@@ -375,4 +382,31 @@ func tokenCovers(src source, nodeID string, c xds.Claims) error {
 		}
 	}
 	return fmt.Errorf("its token is for service %q, which dataplane %s does not run", c.Service, name)
+}
+
+// removeOffline deletes the Dataplanes of proxies that have stayed
+// disconnected longer than after, until ctx ends.
+func removeOffline(ctx context.Context, st store.Store, srv *xds.Server, after time.Duration, log *zap.Logger) error {
+	t := time.NewTicker(min(after/4, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for _, id := range srv.Gone(time.Now().Add(-after)) {
+			mesh, name, err := xds.ParseNodeID(id)
+			if err != nil {
+				continue
+			}
+			err = st.Delete(ctx, api.Key{Type: "Dataplane", Mesh: mesh, Name: name}, 0)
+			switch {
+			case err == nil:
+				log.Info("removed the Dataplane of a proxy gone too long", zap.String("proxy", id), zap.Duration("after", after))
+			case !errors.Is(err, store.ErrNotFound):
+				log.Warn("cannot remove an offline Dataplane", zap.String("proxy", id), zap.Error(err))
+			}
+		}
+	}
 }

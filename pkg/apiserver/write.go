@@ -72,6 +72,12 @@ func (s *server) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	if dp, ok := res.(*api.Dataplane); ok && s.Zone != "" {
+		// The zone CP says where a workload runs; policies select on it.
+		for i := range dp.Networking.Inbound {
+			dp.Networking.Inbound[i].Tags[api.TagZone] = s.Zone
+		}
+	}
 	ctx, cancel := s.opContext(r)
 	defer cancel()
 	if aerr := s.checkOrigin(ctx, t.key()); aerr != nil {

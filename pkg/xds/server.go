@@ -370,3 +370,18 @@ func (s *Server) acked(stream int64, typeURL, version string) {
 		n.Acked[typeURL] = version
 	}
 }
+
+// Gone returns the proxies whose last stream closed before cutoff, and
+// forgets them.
+func (s *Server) Gone(cutoff time.Time) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for id, n := range s.gone {
+		if n.DisconnectedAt.Before(cutoff) {
+			out = append(out, id)
+			delete(s.gone, id)
+		}
+	}
+	return out
+}

@@ -217,3 +217,49 @@ networking:
 		t.Fatalf("a fitting token: %v", err)
 	}
 }
+
+// TestOfflineDataplaneIsRemoved: the zone tags a registered Dataplane with
+// its zone, shows its proxy offline once it disconnects, and removes it
+// after the configured time.
+func TestOfflineDataplaneIsRemoved(t *testing.T) {
+	xdsAddr := freeAddr(t)
+	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-addr", xdsAddr, "--xds-offline-removal", "1s")
+	ctl(t, zone.api, `
+type: Mesh
+name: default
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - {port: 10010, tags: {ursa.io/service: web}}
+`, "apply", "-f", "-")
+	if _, body := zone.get(t, "/meshes/default/dataplanes/web-1"); !strings.Contains(body, `"ursa.io/zone":"zone-1"`) {
+		t.Fatalf("the zone did not tag its dataplane: %s", body)
+	}
+	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adsGet(t, stream, "default.web-1", resource.ListenerType, nil)
+	if _, body := zone.get(t, "/meshes/default/dataplanes/web-1/insight"); !strings.Contains(body, `"connected":true`) {
+		t.Fatalf("insight while connected: %s", body)
+	}
+	cancel()
+	conn.Close()
+	eventually(t, "the proxy shown offline", func() bool {
+		code, body := zone.get(t, "/meshes/default/dataplanes/web-1/insight")
+		return code == 404 || strings.Contains(body, `"connected":false`)
+	})
+	eventually(t, "the offline Dataplane removed", func() bool {
+		code, _ := zone.get(t, "/meshes/default/dataplanes/web-1")
+		return code == 404
+	})
+}
