@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -55,9 +56,20 @@ func vips(mesh string, entries map[string]string) *api.VirtualIPs {
 // serve starts a resolver on loopback and returns its address.
 func serve(t *testing.T, view *store.View, upstreams ...string) string {
 	t.Helper()
+	addr, _ := serveWithMetrics(t, view, upstreams...)
+	return addr
+}
+
+func serveWithMetrics(t *testing.T, view *store.View, upstreams ...string) (string, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := NewResolver()
 	r.table.Store(NewTable(view))
-	s := &Server{Resolver: r, Domain: "mesh", TTL: 5 * time.Second, Upstreams: upstreams, Log: zaptest.NewLogger(t)}
+	s := &Server{Resolver: r, Domain: "mesh", TTL: 5 * time.Second, Upstreams: upstreams, Log: zaptest.NewLogger(t), Metrics: m}
 	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +89,7 @@ func serve(t *testing.T, view *store.View, upstreams ...string) string {
 			break
 		}
 	}
-	return udp.LocalAddr().String()
+	return udp.LocalAddr().String(), reg
 }
 
 func ask(t *testing.T, addr, net string, m *dns.Msg) *dns.Msg {
@@ -93,7 +105,19 @@ func ask(t *testing.T, addr, net string, m *dns.Msg) *dns.Msg {
 func TestAnswers(t *testing.T) {
 	view := viewOf(t, vips("default", map[string]string{"billing": "240.0.0.1", "web": "240.0.0.2"}),
 		vips("other", map[string]string{"billing": "240.0.0.3", "search": "fd00::5"}))
-	addr := serve(t, view)
+	addr, reg := serveWithMetrics(t, view)
+	defer func() {
+		out, _ := reg.Gather()
+		var text strings.Builder
+		for _, f := range out {
+			fmt.Fprintln(&text, f.String())
+		}
+		for _, want := range []string{`name:"qtype" value:"A"`, `name:"rcode" value:"NXDOMAIN"`, "ursa_dns_answer_duration_seconds"} {
+			if !strings.Contains(text.String(), want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	}()
 	tests := []struct {
 		name  string
 		qtype uint16
