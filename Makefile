@@ -9,9 +9,10 @@ PKGS    := ./...
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-build: ## build bin/ursa-cp and bin/ursactl
+build: ## build bin/ursa-cp, bin/ursactl and bin/ursa-dp
 	$(GO) build -o $(BIN)/ursa-cp ./cmd/ursa-cp
 	$(GO) build -o $(BIN)/ursactl ./cmd/ursactl
+	$(GO) build -o $(BIN)/ursa-dp ./cmd/ursa-dp
 
 test: lint ## vet, format check and every test (PostgreSQL tests start a throwaway server)
 	$(GO) test $(TESTFLAGS) $(PKGS)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/backend"
@@ -185,7 +186,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("kds-control", kdsServer)
 	caMirror := store.NewMirror(st, []string{"Mesh", "MeshCA"}, log.Named("mesh-ca"))
 	r.AddRestarting("mesh-ca-mirror", caMirror)
-	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return ensureMeshCAs(ctx, st, caMirror, log.Named("mesh-ca")) }))
+	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, caMirror, log.Named("mesh-ca")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
 }

@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
@@ -28,6 +30,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/leader"
+	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/backend"
@@ -210,6 +213,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		},
 		Require: cfg.XDS.RequireDataplaneToken,
 		Check:   func(nodeID string, c xds.Claims) error { return tokenCovers(mirror, nodeID, c) },
+		Register: func(ctx context.Context, node *core.Node, c *xds.Claims) error {
+			return registerPresented(ctx, st, cfg.Zone, node, c)
+		},
 	})
 	extra := dpTokens.Handlers()
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st, xdsServer)
@@ -229,6 +235,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
 	r.AddRestarting("mirror", mirror)
+	if !cfg.Federated() {
+		// A standalone zone is its own global: it makes its meshes' CAs.
+		r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+	}
 	if err := addDNS(r, cfg, st, mirror, reg, log); err != nil {
 		apiLn.Close()
 		return err
@@ -409,4 +419,44 @@ func removeOffline(ctx context.Context, st store.Store, srv *xds.Server, after t
 			}
 		}
 	}
+}
+
+// MetadataDataplane carries, in a proxy's node metadata, the Dataplane it
+// presents (JSON or YAML), which the zone registers on connect.
+const MetadataDataplane = "ursa.io/dataplane"
+
+// registerPresented stores the Dataplane a proxy presents, if it presents
+// one whose name is its node id's and which its token covers.
+func registerPresented(ctx context.Context, st store.Store, zone string, node *core.Node, c *xds.Claims) error {
+	doc := node.GetMetadata().GetFields()[MetadataDataplane].GetStringValue()
+	if doc == "" {
+		return nil
+	}
+	r, err := api.DecodeAs([]byte(doc), "Dataplane")
+	if err == nil {
+		err = api.Validate(r)
+	}
+	if err != nil {
+		return fmt.Errorf("presented dataplane: %w", err)
+	}
+	dp := r.(*api.Dataplane)
+	if id := xds.NodeID(dp.Mesh, dp.Name); id != node.GetId() {
+		return fmt.Errorf("presented dataplane is %s, but the node id is %s", id, node.GetId())
+	}
+	if c != nil {
+		if dp.Mesh != c.Mesh {
+			return fmt.Errorf("presented dataplane is in mesh %q, its token is for %q", dp.Mesh, c.Mesh)
+		}
+		if c.Service != "" && !slices.ContainsFunc(dp.Networking.Inbound, func(in api.Inbound) bool { return in.Tags[api.TagService] == c.Service }) {
+			return fmt.Errorf("presented dataplane does not run %q, the service its token is for", c.Service)
+		}
+	}
+	for i := range dp.Networking.Inbound {
+		dp.Networking.Inbound[i].Tags[api.TagZone] = zone
+	}
+	if z, ok := api.Resource(dp).(api.Zoned); ok && z.OwnerZone() != zone {
+		return fmt.Errorf("presented dataplane belongs to zone %q", z.OwnerZone())
+	}
+	_, err = st.Apply(ctx, []api.Resource{dp}, nil)
+	return err
 }

@@ -85,6 +85,10 @@ type Auth struct {
 	// Check refuses a node whose dataplane the claims do not cover (its
 	// mesh, or a service it does not have).
 	Check func(nodeID string, c Claims) error
+	// Register, when set, is given each new node (with its token's
+	// claims, if any) before it is served: a proxy may present its
+	// Dataplane in its metadata. An error refuses the stream.
+	Register func(ctx context.Context, node *core.Node, c *Claims) error
 }
 
 // SetAuth sets how proxies are authenticated; call it before Register.
@@ -313,13 +317,9 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamOpenFunc:      func(ctx context.Context, stream int64, _ string) error { return s.opened(ctx, stream) },
 		DeltaStreamOpenFunc: func(ctx context.Context, stream int64, _ string) error { return s.opened(ctx, stream) },
 		StreamRequestFunc: func(stream int64, req *discovery.DiscoveryRequest) error {
-			s.mu.Lock()
-			if err := s.authorize(stream, req.GetNode()); err != nil {
-				s.mu.Unlock()
+			if err := s.admit(stream, req.GetNode()); err != nil {
 				return err
 			}
-			s.seen(stream, req.GetNode())
-			s.mu.Unlock()
 			if req.GetErrorDetail() != nil {
 				s.nacked(stream, req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
 			} else if req.GetResponseNonce() != "" {
@@ -328,13 +328,9 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			return nil
 		},
 		StreamDeltaRequestFunc: func(stream int64, req *discovery.DeltaDiscoveryRequest) error {
-			s.mu.Lock()
-			if err := s.authorize(stream, req.GetNode()); err != nil {
-				s.mu.Unlock()
+			if err := s.admit(stream, req.GetNode()); err != nil {
 				return err
 			}
-			s.seen(stream, req.GetNode())
-			s.mu.Unlock()
 			if req.GetErrorDetail() != nil {
 				s.nacked(stream, req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
 			}
@@ -384,4 +380,30 @@ func (s *Server) Gone(cutoff time.Time) []string {
 		}
 	}
 	return out
+}
+
+// admit authorizes a request's node and, the first time a stream shows it,
+// registers it.
+func (s *Server) admit(stream int64, node *core.Node) error {
+	s.mu.Lock()
+	if err := s.authorize(stream, node); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	_, known := s.streams[stream]
+	claims := s.claims[stream]
+	s.mu.Unlock()
+	if !known && node.GetId() != "" && s.auth.Register != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := s.auth.Register(ctx, node, claims)
+		cancel()
+		if err != nil {
+			s.log.Warn("refused a proxy's registration", zap.String("proxy", node.GetId()), zap.Error(err))
+			return status.Errorf(codes.PermissionDenied, "register %s: %v", node.GetId(), err)
+		}
+	}
+	s.mu.Lock()
+	s.seen(stream, node)
+	s.mu.Unlock()
+	return nil
 }

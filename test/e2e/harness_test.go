@@ -37,7 +37,7 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	bin = dir
-	for _, cmd := range []string{"ursa-cp", "ursactl"} {
+	for _, cmd := range []string{"ursa-cp", "ursactl", "ursa-dp"} {
 		build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/ursamesh/ursa/cmd/"+cmd)
 		if out, err := build.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", cmd, err, out)

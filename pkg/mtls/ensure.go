@@ -1,4 +1,4 @@
-package global
+package mtls
 
 import (
 	"context"
@@ -7,14 +7,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
-	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// ensureMeshCAs gives every mesh that turns mTLS on its built-in CA, once,
+// Source gives the current view of a store.
+type Source interface {
+	Current() (*store.View, <-chan struct{})
+}
+
+// EnsureCAs gives every mesh that turns mTLS on its built-in CA, once,
 // until ctx ends. Replicas racing to create it are harmless: the store keeps
 // the first, and KDS carries it to every zone.
-func ensureMeshCAs(ctx context.Context, st store.Store, mirror *store.Mirror, log *zap.Logger) error {
+func EnsureCAs(ctx context.Context, st store.Store, mirror Source, log *zap.Logger) error {
 	for {
 		view, changed := mirror.Current()
 		for key, r := range view.Items("Mesh") {
@@ -22,10 +26,10 @@ func ensureMeshCAs(ctx context.Context, st store.Store, mirror *store.Mirror, lo
 			if !m.MTLSEnabled() {
 				continue
 			}
-			if _, ok := view.Items("MeshCA")[api.Key{Type: "MeshCA", Mesh: key.Name, Name: mtls.CAName}]; ok {
+			if _, ok := view.Items("MeshCA")[api.Key{Type: "MeshCA", Mesh: key.Name, Name: CAName}]; ok {
 				continue
 			}
-			ca, err := mtls.NewCA(m.Name, store.Now())
+			ca, err := NewCA(m.Name, store.Now())
 			if err != nil {
 				log.Error("cannot make a mesh CA", zap.String("mesh", m.Name), zap.Error(err))
 				continue

@@ -1,0 +1,142 @@
+// Command ursa-dp is Ursa's data plane: `ursa-dp run` is a sidecar that gets
+// its configuration from the zone CP over xDS and applies it with the
+// built-in L4 proxy.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/logging"
+	"github.com/ursamesh/ursa/pkg/proxy"
+	"github.com/ursamesh/ursa/pkg/run"
+)
+
+// runConfig is ursa-dp run's configuration.
+type runConfig struct {
+	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpc://HOST:5678"`
+	DataplaneFile string `json:"dataplaneFile" usage:"file of the Dataplane this proxy presents and registers when it connects"`
+	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
+	Mesh          string `json:"mesh" usage:"mesh of the Dataplane"`
+	TokenFile     string `json:"tokenFile" usage:"file holding the dataplane token (ursactl generate dataplane-token)"`
+	Proxy         string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
+	AdminAddr     string `json:"adminAddr" usage:"address of /ready and /metrics"`
+	Log           struct {
+		Level string `json:"level" usage:"log level: debug, info, warn or error"`
+	} `json:"log"`
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{Use: "ursa-dp", Short: "Ursa data plane", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(newRun())
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
+	}
+}
+
+func newRun() *cobra.Command {
+	cfg := runConfig{CPAddress: "grpc://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901"}
+	cfg.Log.Level = "info"
+	var file string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a sidecar",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
+				return err
+			}
+			return runSidecar(cmd.Context(), cfg)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
+	config.Bind(cmd.Flags(), &cfg)
+	return cmd
+}
+
+func runSidecar(ctx context.Context, cfg runConfig) error {
+	if cfg.Proxy != "builtin" {
+		return fmt.Errorf("--proxy %s: only the built-in proxy is supported so far", cfg.Proxy)
+	}
+	addr, ok := strings.CutPrefix(cfg.CPAddress, "grpc://")
+	if !ok {
+		return fmt.Errorf("--cp-address %q: use grpc://HOST:PORT", cfg.CPAddress)
+	}
+	meta := map[string]string{}
+	mesh, name := cfg.Mesh, cfg.DataplaneName
+	switch {
+	case cfg.DataplaneFile != "":
+		doc, err := os.ReadFile(cfg.DataplaneFile)
+		if err != nil {
+			return fmt.Errorf("--dataplane-file: %w", err)
+		}
+		r, err := api.DecodeAs(doc, "Dataplane")
+		if err == nil {
+			err = api.Validate(r)
+		}
+		if err != nil {
+			return fmt.Errorf("--dataplane-file %s: %w", cfg.DataplaneFile, err)
+		}
+		mesh, name = r.GetMeta().Mesh, r.GetMeta().Name
+		meta["ursa.io/dataplane"] = string(doc)
+	case name == "" || mesh == "":
+		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
+	}
+	var token string
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	log, err := logging.New(cfg.Log.Level)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	log = log.With(zap.String("proxy", mesh+"."+name))
+	reg := prometheus.NewRegistry()
+	p, err := proxy.New(log.Named("proxy"), reg)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	client := &proxy.Client{Address: addr, NodeID: mesh + "." + name, Token: token, Metadata: meta, Proxy: p, Log: log.Named("xds")}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "no configuration yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	ln, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("--admin-addr: %w", err)
+	}
+	r := run.New(log)
+	r.Add("admin", run.HTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, 5*time.Second))
+	r.Add("xds", client)
+	log.Info("sidecar starting", zap.String("cp", cfg.CPAddress), zap.String("admin_addr", ln.Addr().String()))
+	return r.Run(ctx)
+}

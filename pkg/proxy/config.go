@@ -1,0 +1,274 @@
+// Package proxy is ursa-dp's built-in L4 proxy: an honest xDS client of the
+// configuration the zone CP generates for a sidecar. It runs listeners with
+// tcp_proxy and weighted clusters, terminates downstream mTLS with RBAC on
+// the caller's SPIFFE ID, originates upstream mTLS with SNI, and balances
+// over EDS endpoints by weight and locality priority, ejecting endpoints
+// that refuse connections. What it cannot apply it NACKs, with the reason.
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+)
+
+// Config is everything the proxy runs, translated from xDS resources.
+type Config struct {
+	Listeners map[string]*Listener
+	Clusters  map[string]*Cluster
+	// Identity and Roots come from SDS; nil until they arrive.
+	Identity *tls.Certificate
+	Roots    *x509.CertPool
+}
+
+// Listener accepts connections on Addr and proxies them to Routes.
+type Listener struct {
+	Name string
+	Addr string
+	// TLS terminates mTLS, requiring a client certificate from Roots.
+	TLS bool
+	// RBAC, when set, admits only callers whose SPIFFE ID it allows.
+	RBAC   *rbacconfig.RBAC
+	Routes []Route
+}
+
+// Route is a weighted cluster of a tcp_proxy.
+type Route struct {
+	Cluster string
+	Weight  uint32
+}
+
+// Cluster is where a route's connections go.
+type Cluster struct {
+	Name           string
+	ConnectTimeout time.Duration
+	// TLS originates mTLS with SNI.
+	TLS bool
+	SNI string
+	// Static endpoints, or EDS ones once they arrive.
+	Endpoints []Endpoint
+	// Overprovisioning, in percent, decides when a priority spills over.
+	Overprovisioning uint32
+}
+
+// Endpoint is one address of a cluster.
+type Endpoint struct {
+	Addr     string
+	Weight   uint32
+	Priority uint32
+}
+
+// translate builds a Config from the latest resources of each type. It
+// returns an error naming the first thing it cannot apply.
+func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assignments []*endpoint.ClusterLoadAssignment, secrets []*tlsv3.Secret) (*Config, error) {
+	cfg := &Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}}
+	for _, s := range secrets {
+		switch {
+		case s.GetTlsCertificate() != nil:
+			tc := s.GetTlsCertificate()
+			pair, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+			if err != nil {
+				return nil, fmt.Errorf("secret %q: %w", s.Name, err)
+			}
+			cfg.Identity = &pair
+		case s.GetValidationContext() != nil:
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(s.GetValidationContext().GetTrustedCa().GetInlineBytes()) {
+				return nil, fmt.Errorf("secret %q: no CA certificate", s.Name)
+			}
+			cfg.Roots = pool
+		}
+	}
+	eds := map[string]*endpoint.ClusterLoadAssignment{}
+	for _, a := range assignments {
+		eds[a.ClusterName] = a
+	}
+	for _, c := range clusters {
+		out := &Cluster{Name: c.Name, ConnectTimeout: 5 * time.Second, Overprovisioning: 140}
+		if d := c.GetConnectTimeout(); d != nil {
+			out.ConnectTimeout = d.AsDuration()
+		}
+		if ts := c.GetTransportSocket(); ts != nil {
+			up := &tlsv3.UpstreamTlsContext{}
+			if err := ts.GetTypedConfig().UnmarshalTo(up); err != nil {
+				return nil, fmt.Errorf("cluster %q: transport socket: %w", c.Name, err)
+			}
+			out.TLS, out.SNI = true, up.GetSni()
+		}
+		cla := c.GetLoadAssignment()
+		switch c.GetType() {
+		case cluster.Cluster_STATIC:
+		case cluster.Cluster_EDS:
+			name := c.GetEdsClusterConfig().GetServiceName()
+			if name == "" {
+				name = c.Name
+			}
+			cla = eds[name] // may not have arrived yet: no endpoints until it does
+		default:
+			return nil, fmt.Errorf("cluster %q: discovery type %s is not supported by the built-in proxy", c.Name, c.GetType())
+		}
+		if cla != nil {
+			out.Endpoints = endpointsOf(cla)
+			if f := cla.GetPolicy().GetOverprovisioningFactor(); f != nil {
+				out.Overprovisioning = f.GetValue()
+			}
+		}
+		cfg.Clusters[c.Name] = out
+	}
+	for _, l := range listeners {
+		out, err := translateListener(l)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range out.Routes {
+			if _, ok := cfg.Clusters[r.Cluster]; !ok {
+				return nil, fmt.Errorf("listener %q: cluster %q is not defined", l.Name, r.Cluster)
+			}
+		}
+		cfg.Listeners[l.Name] = out
+	}
+	return cfg, nil
+}
+
+func endpointsOf(cla *endpoint.ClusterLoadAssignment) []Endpoint {
+	var out []Endpoint
+	for _, loc := range cla.GetEndpoints() {
+		for _, lb := range loc.GetLbEndpoints() {
+			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+			w := lb.GetLoadBalancingWeight().GetValue()
+			if w == 0 {
+				w = 1
+			}
+			out = append(out, Endpoint{Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()), Weight: w, Priority: loc.GetPriority()})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Priority < out[j].Priority })
+	return out
+}
+
+func translateListener(l *listener.Listener) (*Listener, error) {
+	sa := l.GetAddress().GetSocketAddress()
+	if sa == nil {
+		return nil, fmt.Errorf("listener %q: only socket addresses are supported", l.Name)
+	}
+	out := &Listener{Name: l.Name, Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())}
+	if len(l.GetFilterChains()) != 1 {
+		return nil, fmt.Errorf("listener %q: the built-in proxy supports exactly one filter chain, got %d", l.Name, len(l.GetFilterChains()))
+	}
+	fc := l.GetFilterChains()[0]
+	if ts := fc.GetTransportSocket(); ts != nil {
+		down := &tlsv3.DownstreamTlsContext{}
+		if err := ts.GetTypedConfig().UnmarshalTo(down); err != nil {
+			return nil, fmt.Errorf("listener %q: transport socket: %w", l.Name, err)
+		}
+		out.TLS = true
+	}
+	for _, f := range fc.GetFilters() {
+		tc := f.GetTypedConfig()
+		switch {
+		case tc.MessageIs(&rbac.RBAC{}):
+			r := &rbac.RBAC{}
+			if err := tc.UnmarshalTo(r); err != nil {
+				return nil, fmt.Errorf("listener %q: rbac: %w", l.Name, err)
+			}
+			out.RBAC = r.GetRules()
+			if err := checkRBAC(out.RBAC); err != nil {
+				return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+			}
+		case tc.MessageIs(&tcp.TcpProxy{}):
+			tp := &tcp.TcpProxy{}
+			if err := tc.UnmarshalTo(tp); err != nil {
+				return nil, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err)
+			}
+			if c := tp.GetCluster(); c != "" {
+				out.Routes = []Route{{Cluster: c, Weight: 1}}
+			}
+			for _, wc := range tp.GetWeightedClusters().GetClusters() {
+				out.Routes = append(out.Routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight()})
+			}
+		default:
+			return nil, fmt.Errorf("listener %q: filter %q (%s) is not supported by the built-in proxy", l.Name, f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
+		}
+	}
+	if len(out.Routes) == 0 {
+		return nil, fmt.Errorf("listener %q: no tcp_proxy", l.Name)
+	}
+	return out, nil
+}
+
+// allowed evaluates an RBAC policy set (ALLOW action) for a caller.
+func allowed(rules *rbacconfig.RBAC, spiffeID string) (bool, error) {
+	if rules == nil {
+		return true, nil
+	}
+	if rules.GetAction() != rbacconfig.RBAC_ALLOW {
+		return false, fmt.Errorf("rbac action %s is not supported", rules.GetAction())
+	}
+	for _, p := range rules.GetPolicies() {
+		for _, pr := range p.GetPrincipals() {
+			ok, err := principalMatches(pr, spiffeID)
+			if err != nil {
+				return false, err
+			}
+			if ok {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+func principalMatches(p *rbacconfig.Principal, id string) (bool, error) {
+	switch v := p.GetIdentifier().(type) {
+	case *rbacconfig.Principal_Any:
+		return v.Any, nil
+	case *rbacconfig.Principal_Authenticated_:
+		m := v.Authenticated.GetPrincipalName()
+		switch {
+		case m.GetExact() != "":
+			return id == m.GetExact(), nil
+		case m.GetPrefix() != "":
+			return strings.HasPrefix(id, m.GetPrefix()), nil
+		}
+		return false, fmt.Errorf("principal matcher %v is not supported", m)
+	case *rbacconfig.Principal_AndIds:
+		for _, sub := range v.AndIds.GetIds() {
+			ok, err := principalMatches(sub, id)
+			if err != nil || !ok {
+				return false, err
+			}
+		}
+		return true, nil
+	case *rbacconfig.Principal_OrIds:
+		for _, sub := range v.OrIds.GetIds() {
+			ok, err := principalMatches(sub, id)
+			if err != nil || ok {
+				return ok, err
+			}
+		}
+		return false, nil
+	case *rbacconfig.Principal_NotId:
+		ok, err := principalMatches(v.NotId, id)
+		return !ok, err
+	}
+	return false, fmt.Errorf("principal %T is not supported", p.GetIdentifier())
+}
+
+// checkRBAC validates, at translation time, that every principal is one the
+// proxy can evaluate, so an unsupported policy is NACKed rather than
+// failing connections later.
+func checkRBAC(rules *rbacconfig.RBAC) error {
+	_, err := allowed(rules, "spiffe://check/")
+	return err
+}

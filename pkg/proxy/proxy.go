@@ -1,0 +1,378 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// EjectionTime is how long an endpoint that refused a connection is left
+// out before it is tried again.
+const EjectionTime = 5 * time.Second
+
+// Proxy runs a Config. Apply replaces it; established connections keep
+// flowing across changes unless their listener goes away.
+type Proxy struct {
+	log *zap.Logger
+	cfg atomic.Pointer[Config]
+
+	mu        sync.Mutex
+	listeners map[string]*running
+	ejected   map[string]time.Time
+
+	conns   *prometheus.CounterVec
+	bytes   *prometheus.CounterVec
+	refused *prometheus.CounterVec
+	active  prometheus.Gauge
+}
+
+type running struct {
+	addr string
+	ln   net.Listener
+}
+
+// New returns a Proxy with an empty configuration.
+func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
+	p := &Proxy{
+		log: log, listeners: map[string]*running{}, ejected: map[string]time.Time{},
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_connections_total",
+			Help: "Connections accepted, by listener."}, []string{"listener"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_bytes_total",
+			Help: "Bytes proxied, by cluster and direction."}, []string{"cluster", "direction"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_refused_total",
+			Help: "Connections refused, by listener and reason."}, []string{"listener", "reason"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ursa_dp_active_connections", Help: "Connections open now."}),
+	}
+	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.active} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	p.cfg.Store(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}})
+	return p, nil
+}
+
+// Apply makes cfg current: it opens new listeners and closes removed ones.
+// If a listener cannot be opened, nothing changes and the error says why.
+func (p *Proxy) Apply(cfg *Config) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	opened := map[string]*running{}
+	for name, l := range cfg.Listeners {
+		if r, ok := p.listeners[name]; ok && r.addr == l.Addr {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.Addr)
+		if err != nil {
+			for _, r := range opened {
+				r.ln.Close()
+			}
+			return fmt.Errorf("listener %q: %w", name, err)
+		}
+		opened[name] = &running{addr: l.Addr, ln: ln}
+	}
+	p.cfg.Store(cfg)
+	for name, r := range p.listeners {
+		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
+			r.ln.Close()
+			delete(p.listeners, name)
+		}
+	}
+	for name, r := range opened {
+		p.listeners[name] = r
+		go p.serve(name, r.ln)
+	}
+	return nil
+}
+
+// Close stops every listener; established connections end with their peers.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, r := range p.listeners {
+		r.ln.Close()
+		delete(p.listeners, name)
+	}
+}
+
+// Ready reports whether the proxy has listeners to serve.
+func (p *Proxy) Ready() bool { return len(p.cfg.Load().Listeners) > 0 }
+
+func (p *Proxy) serve(name string, ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		p.conns.WithLabelValues(name).Inc()
+		go p.handle(name, c)
+	}
+}
+
+func (p *Proxy) refuse(c net.Conn, listener, reason string, err error) {
+	p.refused.WithLabelValues(listener, reason).Inc()
+	p.log.Debug("connection refused", zap.String("listener", listener), zap.String("reason", reason), zap.Error(err))
+	c.Close()
+}
+
+func (p *Proxy) handle(name string, down net.Conn) {
+	p.active.Inc()
+	defer p.active.Dec()
+	cfg := p.cfg.Load()
+	l, ok := cfg.Listeners[name]
+	if !ok {
+		down.Close()
+		return
+	}
+	if l.TLS {
+		tc, id, err := p.terminate(down)
+		if err != nil {
+			p.refuse(down, name, "tls", err)
+			return
+		}
+		down = tc
+		// RBAC is read at connection time: a policy change applies to new
+		// connections; established ones the new policy refuses keep going
+		// until they end, like Envoy's network RBAC filter.
+		if ok, err := allowed(p.cfg.Load().Listeners[name].RBAC, id); err != nil || !ok {
+			p.refuse(down, name, "rbac", fmt.Errorf("caller %s not allowed", id))
+			return
+		}
+	}
+	c := p.pickCluster(cfg, l)
+	if c == nil {
+		p.refuse(down, name, "no_cluster", nil)
+		return
+	}
+	up, err := p.connect(cfg, c)
+	if err != nil {
+		p.refuse(down, name, "no_endpoint", err)
+		return
+	}
+	pipe(down, up, p.bytes.WithLabelValues(c.Name, "upstream"), p.bytes.WithLabelValues(c.Name, "downstream"))
+}
+
+// terminate does the server side of mTLS with the current identity and
+// returns the caller's SPIFFE ID.
+func (p *Proxy) terminate(c net.Conn) (*tls.Conn, string, error) {
+	cfg := p.cfg.Load()
+	if cfg.Identity == nil || cfg.Roots == nil {
+		return nil, "", errors.New("no identity or CA yet")
+	}
+	tc := tls.Server(c, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// Read per handshake: a rotated certificate serves new
+		// connections without touching established ones.
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.cfg.Load().Identity, nil },
+		ClientAuth:     tls.RequireAndVerifyClientCert,
+		ClientCAs:      cfg.Roots,
+	})
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		return nil, "", err
+	}
+	c.SetDeadline(time.Time{})
+	id, err := spiffeID(tc.ConnectionState().PeerCertificates[0])
+	return tc, id, err
+}
+
+func spiffeID(cert *x509.Certificate) (string, error) {
+	for _, u := range cert.URIs {
+		if u.Scheme == "spiffe" {
+			return u.String(), nil
+		}
+	}
+	return "", errors.New("peer certificate has no SPIFFE ID")
+}
+
+func (p *Proxy) pickCluster(cfg *Config, l *Listener) *Cluster {
+	var total uint32
+	for _, r := range l.Routes {
+		total += r.Weight
+	}
+	if total == 0 {
+		return nil
+	}
+	n := rand.Uint32N(total)
+	for _, r := range l.Routes {
+		if n < r.Weight {
+			return cfg.Clusters[r.Cluster]
+		}
+		n -= r.Weight
+	}
+	return nil
+}
+
+// connect dials an endpoint of c — trying others, and ejecting each that
+// fails — and originates mTLS when the cluster asks for it.
+func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
+	tried := map[string]bool{}
+	var lastErr error
+	for range 3 {
+		ep, ok := p.pick(c, tried)
+		if !ok {
+			break
+		}
+		tried[ep.Addr] = true
+		conn, err := net.DialTimeout("tcp", ep.Addr, c.ConnectTimeout)
+		if err != nil {
+			p.eject(ep.Addr)
+			lastErr = err
+			continue
+		}
+		if !c.TLS {
+			return conn, nil
+		}
+		tc, err := p.originate(cfg, conn, c)
+		if err != nil {
+			conn.Close()
+			lastErr = err
+			continue
+		}
+		return tc, nil
+	}
+	if lastErr == nil {
+		lastErr = fmt.Errorf("cluster %q has no healthy endpoint", c.Name)
+	}
+	return nil, lastErr
+}
+
+func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, error) {
+	if cfg.Identity == nil || cfg.Roots == nil {
+		return nil, errors.New("no identity or CA yet")
+	}
+	roots := cfg.Roots
+	tc := tls.Client(conn, &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		ServerName:           c.SNI,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return p.cfg.Load().Identity, nil },
+		// The server proves its mesh identity, not a host name: verify the
+		// chain against the mesh CA ourselves.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return errors.New("no server certificate")
+			}
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			return err
+		},
+	})
+	conn.SetDeadline(time.Now().Add(c.ConnectTimeout))
+	if err := tc.Handshake(); err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+func (p *Proxy) eject(addr string) {
+	p.mu.Lock()
+	p.ejected[addr] = time.Now().Add(EjectionTime)
+	p.mu.Unlock()
+}
+
+func (p *Proxy) healthy(addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.ejected[addr]
+	if ok && time.Now().After(until) {
+		delete(p.ejected, addr)
+		return true
+	}
+	return !ok
+}
+
+// pick chooses an endpoint: a priority level by Envoy's rule (each level
+// takes as much load as its healthy share times the overprovisioning
+// factor allows, the rest spills to the next), then an endpoint of that
+// level by weight.
+func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
+	type level struct {
+		healthy       []Endpoint
+		total, health uint32
+	}
+	var levels []*level
+	byPrio := map[uint32]*level{}
+	for _, ep := range c.Endpoints {
+		lv, ok := byPrio[ep.Priority]
+		if !ok {
+			lv = &level{}
+			byPrio[ep.Priority] = lv
+			levels = append(levels, lv)
+		}
+		lv.total += ep.Weight
+		if !tried[ep.Addr] && p.healthy(ep.Addr) {
+			lv.healthy = append(lv.healthy, ep)
+			lv.health += ep.Weight
+		}
+	}
+	remaining := uint32(100)
+	loads := make([]uint32, len(levels))
+	for i, lv := range levels {
+		if lv.total == 0 {
+			continue
+		}
+		share := min(100, lv.health*100/lv.total*c.Overprovisioning/100)
+		loads[i] = min(remaining, share)
+		remaining -= loads[i]
+	}
+	sum := 100 - remaining
+	if sum == 0 {
+		return Endpoint{}, false
+	}
+	n := rand.Uint32N(sum)
+	for i, lv := range levels {
+		if n >= loads[i] {
+			n -= loads[i]
+			continue
+		}
+		var w uint32
+		for _, ep := range lv.healthy {
+			w += ep.Weight
+		}
+		k := rand.Uint32N(w)
+		for _, ep := range lv.healthy {
+			if k < ep.Weight {
+				return ep, true
+			}
+			k -= ep.Weight
+		}
+	}
+	return Endpoint{}, false
+}
+
+// pipe copies both ways until both directions end, half-closing as each
+// side finishes so protocols that rely on it work.
+func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) {
+	var wg sync.WaitGroup
+	cp := func(dst, src net.Conn, count prometheus.Counter) {
+		defer wg.Done()
+		n, _ := io.Copy(dst, src)
+		count.Add(float64(n))
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+	}
+	wg.Add(2)
+	go cp(up, down, upBytes)
+	go cp(down, up, downBytes)
+	wg.Wait()
+	down.Close()
+	up.Close()
+}

@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Client keeps a Proxy configured from a zone CP's ADS stream
+// (state-of-the-world), reconnecting with backoff for as long as it runs.
+type Client struct {
+	// Address is host:port of the zone CP's xDS server.
+	Address string
+	NodeID  string
+	Token   string
+	// Metadata goes in the node's metadata (the Dataplane it presents).
+	Metadata map[string]string
+	Proxy    *Proxy
+	Log      *zap.Logger
+}
+
+// Start runs until ctx ends.
+func (c *Client) Start(ctx context.Context) error {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = 100*time.Millisecond, 5*time.Second
+	for {
+		started := time.Now()
+		err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(started) > 10*time.Second {
+			b.Reset()
+		}
+		delay := b.NextBackOff()
+		c.Log.Warn("lost the zone control plane; reconnecting", zap.Error(err), zap.Duration("retry_in", delay))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}
+
+// state is what the stream has received, by type.
+type state struct {
+	listeners []*listener.Listener
+	clusters  []*cluster.Cluster
+	cla       []*endpoint.ClusterLoadAssignment
+	secrets   []*tlsv3.Secret
+	names     map[string][]string // subscribed names of EDS and SDS
+	acked     map[string]string   // last applied version, by type
+}
+
+func (c *Client) session(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if c.Token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.Token)
+	}
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	md := map[string]any{}
+	for k, v := range c.Metadata {
+		md[k] = v
+	}
+	meta, err := structpb.NewStruct(md)
+	if err != nil {
+		return err
+	}
+	node := &core.Node{Id: c.NodeID, Metadata: meta}
+	st := &state{names: map[string][]string{}, acked: map[string]string{}}
+	for _, typ := range []string{resource.ListenerType, resource.ClusterType} {
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return errors.New("closed by the control plane")
+		}
+		if err != nil {
+			return err
+		}
+		applyErr := st.take(resp)
+		if applyErr == nil {
+			var cfg *Config
+			if cfg, applyErr = translate(st.listeners, st.clusters, st.cla, st.secrets); applyErr == nil {
+				applyErr = c.Proxy.Apply(cfg)
+			}
+		}
+		ack := &discovery.DiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce,
+			ResourceNames: st.names[resp.TypeUrl], VersionInfo: resp.VersionInfo}
+		if applyErr != nil {
+			c.Log.Warn("cannot apply configuration; rejecting it", zap.String("type_url", resp.TypeUrl), zap.Error(applyErr))
+			ack.VersionInfo = st.acked[resp.TypeUrl]
+			ack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: applyErr.Error()}
+		} else {
+			st.acked[resp.TypeUrl] = resp.VersionInfo
+		}
+		if err := stream.Send(ack); err != nil {
+			return err
+		}
+		// Subscribe to the endpoints and secrets the configuration needs.
+		for typ, names := range st.wanted() {
+			if !slices.Equal(names, st.names[typ]) {
+				st.names[typ] = names
+				if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names, VersionInfo: st.acked[typ]}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// take stores a response's resources.
+func (st *state) take(resp *discovery.DiscoveryResponse) error {
+	switch resp.TypeUrl {
+	case resource.ListenerType:
+		st.listeners = nil
+		for _, a := range resp.Resources {
+			l := &listener.Listener{}
+			if err := a.UnmarshalTo(l); err != nil {
+				return fmt.Errorf("listener: %w", err)
+			}
+			st.listeners = append(st.listeners, l)
+		}
+	case resource.ClusterType:
+		st.clusters = nil
+		for _, a := range resp.Resources {
+			cl := &cluster.Cluster{}
+			if err := a.UnmarshalTo(cl); err != nil {
+				return fmt.Errorf("cluster: %w", err)
+			}
+			st.clusters = append(st.clusters, cl)
+		}
+	case resource.EndpointType:
+		st.cla = nil
+		for _, a := range resp.Resources {
+			cla := &endpoint.ClusterLoadAssignment{}
+			if err := a.UnmarshalTo(cla); err != nil {
+				return fmt.Errorf("load assignment: %w", err)
+			}
+			st.cla = append(st.cla, cla)
+		}
+	case resource.SecretType:
+		st.secrets = nil
+		for _, a := range resp.Resources {
+			s := &tlsv3.Secret{}
+			if err := a.UnmarshalTo(s); err != nil {
+				return fmt.Errorf("secret: %w", err)
+			}
+			st.secrets = append(st.secrets, s)
+		}
+	default:
+		return fmt.Errorf("type %q is not supported by the built-in proxy", resp.TypeUrl)
+	}
+	return nil
+}
+
+// wanted lists the EDS and SDS names the current clusters and listeners
+// refer to.
+func (st *state) wanted() map[string][]string {
+	eds, sds := map[string]bool{}, map[string]bool{}
+	for _, cl := range st.clusters {
+		if cl.GetType() == cluster.Cluster_EDS {
+			name := cl.GetEdsClusterConfig().GetServiceName()
+			if name == "" {
+				name = cl.Name
+			}
+			eds[name] = true
+		}
+		if cl.GetTransportSocket() != nil {
+			sds["identity"], sds["mesh-ca"] = true, true
+		}
+	}
+	for _, l := range st.listeners {
+		for _, fc := range l.GetFilterChains() {
+			if fc.GetTransportSocket() != nil {
+				sds["identity"], sds["mesh-ca"] = true, true
+			}
+		}
+	}
+	out := map[string][]string{}
+	if len(eds) > 0 {
+		out[resource.EndpointType] = slices.Sorted(maps.Keys(eds))
+	}
+	if len(sds) > 0 {
+		out[resource.SecretType] = slices.Sorted(maps.Keys(sds))
+	}
+	return out
+}

@@ -1,0 +1,702 @@
+package bench
+
+// xDS benchmarks (issue 5): per-proxy snapshot generation, and a full push
+// to N simulated proxies on real ADS gRPC streams after a mesh-wide policy
+// change, with the control plane's memory per proxy.
+//
+//	go test ./test/bench -run '^$' -bench SidecarGenerate -benchtime 200x -benchmem
+//	go test ./test/bench -run '^$' -bench FullPush -benchtime 1x -timeout 30m
+//
+// The simulated proxies run in a child process (this test binary re-executed
+// with URSA_BENCH_XDS_CLIENTS set; see init below), so that the control
+// plane's heap, stacks and RSS are its own. Both processes share the
+// machine's cores.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/xds"
+)
+
+const (
+	xdsZone       = "zone-a"
+	xdsMesh       = "default"
+	xdsServices   = 50
+	xdsPerService = 20
+	// changedService is the service whose TrafficRoute the mesh-wide
+	// change rewrites. No simulated proxy is one of its instances, so
+	// every simulated proxy has outbounds to it.
+	changedService = "svc-00"
+)
+
+// xdsMeshFixture is a realistic mesh in zone-a: services × perService
+// dataplanes tagged by version (90 % v1, 10 % v2), a VIP per service, a
+// 90/10 TrafficRoute by version on every fifth service, an allow-all
+// TrafficPermission plus ten specific ones, a locality-aware Failover, mTLS
+// on, and zone-b's and zone-c's ingresses each offering the first half of
+// the services.
+type xdsMeshFixture struct {
+	state *xds.MeshState
+	ca    *api.MeshCA
+	ids   map[string]mtls.Identity
+}
+
+func svcName(s int) string { return fmt.Sprintf("svc-%02d", s) }
+
+func ipv4(a, b, c, d int) string { return fmt.Sprintf("%d.%d.%d.%d", a, b, c, d) }
+
+func versionRoute(service string, v1 int) *api.TrafficRoute {
+	return &api.TrafficRoute{
+		Meta: api.Meta{Type: "TrafficRoute", Mesh: xdsMesh, Name: "route-" + service},
+		Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: service}, Split: []api.Split{
+			{Weight: v1, Tags: map[string]string{"version": "v1"}},
+			{Weight: 100 - v1, Tags: map[string]string{"version": "v2"}},
+		}},
+	}
+}
+
+func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
+	tb.Helper()
+	now := time.Now()
+	ca, err := mtls.NewCA(xdsMesh, now)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st := &xds.MeshState{
+		Zone: xdsZone,
+		Mesh: &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: xdsMesh}, MTLS: &api.MeshMTLS{Enabled: true}},
+		VIPs: map[string]netip.Addr{},
+	}
+	f := &xdsMeshFixture{state: st, ca: ca, ids: map[string]mtls.Identity{}}
+	for s := range services {
+		svc := svcName(s)
+		st.VIPs[svc] = netip.AddrFrom4([4]byte{241, 0, byte(s >> 8), byte(s)})
+		for j := range perService {
+			idx := s*perService + j
+			version := "v1"
+			if j >= perService*9/10 {
+				version = "v2"
+			}
+			st.Dataplanes = append(st.Dataplanes, &api.Dataplane{
+				Meta: api.Meta{Type: "Dataplane", Mesh: xdsMesh, Name: fmt.Sprintf("%s-%03d", svc, j)},
+				Networking: api.DataplaneNetworking{
+					Address: ipv4(10, 1+idx>>16, (idx>>8)&255, idx&255),
+					Inbound: []api.Inbound{{Port: 8080, ServicePort: 8081, Tags: map[string]string{
+						api.TagService: svc, api.TagZone: xdsZone, "version": version, "team": fmt.Sprintf("team-%d", s%5)}}},
+				},
+			})
+		}
+		if s%5 == 0 {
+			st.Routes = append(st.Routes, versionRoute(svc, 90))
+		}
+		if f.ids[svc], err = mtls.Issue(ca, svc, 24*time.Hour, now); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	st.Permissions = append(st.Permissions, &api.TrafficPermission{
+		Meta: api.Meta{Type: "TrafficPermission", Mesh: xdsMesh, Name: "allow-all"},
+		Spec: api.TrafficPermissionSpec{
+			Sources:      []api.Selector{{Match: map[string]string{api.TagService: "*"}}},
+			Destinations: []api.Selector{{Match: map[string]string{api.TagService: "*"}}},
+		}})
+	for i := range 10 {
+		st.Permissions = append(st.Permissions, &api.TrafficPermission{
+			Meta: api.Meta{Type: "TrafficPermission", Mesh: xdsMesh, Name: fmt.Sprintf("allow-%d", i)},
+			Spec: api.TrafficPermissionSpec{
+				Sources:      []api.Selector{{Match: map[string]string{api.TagService: svcName((i + 1) % services)}}},
+				Destinations: []api.Selector{{Match: map[string]string{api.TagService: svcName((i * 7) % services)}}},
+			}})
+	}
+	st.Failovers = append(st.Failovers, &api.Failover{
+		Meta: api.Meta{Type: "Failover", Mesh: xdsMesh, Name: "locality"},
+		Spec: api.FailoverSpec{Destination: map[string]string{api.TagService: "*"}, LocalityAware: true, Order: []string{"zone-b", "zone-c"}},
+	})
+	for z, zone := range []string{"zone-b", "zone-c"} {
+		ing := &api.ZoneIngress{
+			Meta: api.Meta{Type: "ZoneIngress", Name: zone + "-ingress"},
+			Zone: zone,
+			Networking: api.ZoneIngressNetworking{Address: ipv4(10, 250, z, 1), Port: 10001,
+				AdvertisedAddress: ipv4(203, 0, 113, z+1), AdvertisedPort: 10001},
+		}
+		for s := range services / 2 {
+			for _, v := range []struct {
+				version   string
+				instances int
+			}{{"v1", 18}, {"v2", 2}} {
+				ing.AvailableServices = append(ing.AvailableServices, api.AvailableService{Mesh: xdsMesh, Instances: v.instances,
+					Tags: map[string]string{api.TagService: svcName(s), api.TagZone: zone, "version": v.version}})
+			}
+		}
+		st.Ingresses = append(st.Ingresses, ing)
+	}
+	return f
+}
+
+// withRoute returns a copy of state whose TrafficRoute for service splits
+// v1/100-v1 by version.
+func withRoute(st *xds.MeshState, service string, v1 int) *xds.MeshState {
+	out := *st
+	out.Routes = slices.Clone(st.Routes)
+	r := versionRoute(service, v1)
+	i := slices.IndexFunc(out.Routes, func(x *api.TrafficRoute) bool { return x.Name == r.Name })
+	if i < 0 {
+		out.Routes = append(out.Routes, r)
+	} else {
+		out.Routes[i] = r
+	}
+	return &out
+}
+
+// generate does for one proxy what the zone's generation loop does:
+// sidecar resources, the SDS secrets of its service, validation.
+func (f *xdsMeshFixture) generate(st *xds.MeshState, dp *api.Dataplane) (xds.Resources, error) {
+	res, err := xds.Sidecar(st, xds.Proxy{Dataplane: dp})
+	if err != nil {
+		return nil, err
+	}
+	res.Merge(xds.Secrets(f.ids[dp.Networking.Inbound[0].Tags[api.TagService]], f.ca.CertPEM))
+	return res, xds.Validate(res)
+}
+
+// proxies returns n simulated proxies, dp-0 … dp-<n-1>: each a copy of one
+// of the mesh's dataplanes outside changedService (round robin), with its
+// own name and address, so that every proxy's resources are its own.
+func (f *xdsMeshFixture) proxies(n int) []*api.Dataplane {
+	var tpl []*api.Dataplane
+	for _, dp := range f.state.Dataplanes {
+		if dp.Networking.Inbound[0].Tags[api.TagService] != changedService {
+			tpl = append(tpl, dp)
+		}
+	}
+	out := make([]*api.Dataplane, n)
+	for i := range out {
+		t := tpl[i%len(tpl)]
+		out[i] = &api.Dataplane{
+			Meta:       api.Meta{Type: "Dataplane", Mesh: xdsMesh, Name: fmt.Sprintf("dp-%d", i)},
+			Networking: api.DataplaneNetworking{Address: ipv4(10, 128+i>>16, (i>>8)&255, i&255), Inbound: t.Networking.Inbound},
+		}
+	}
+	return out
+}
+
+func resourceBytes(r xds.Resources) (total int, count map[string]int) {
+	count = map[string]int{}
+	for typ, list := range r {
+		for _, res := range list {
+			total += proto.Size(res)
+		}
+		count[typ[strings.LastIndex(typ, ".")+1:]] = len(list)
+	}
+	return total, count
+}
+
+// BenchmarkSidecarGenerate measures one sidecar's configuration: Sidecar,
+// its SDS secrets, and Validate, as the zone does per proxy; then the
+// version hash SetResources computes before it can tell nothing changed.
+func BenchmarkSidecarGenerate(b *testing.B) {
+	for _, per := range []int{xdsPerService, 100, 200} {
+		f := newXDSMesh(b, xdsServices, per)
+		dp := f.proxies(1)[0]
+		b.Run(fmt.Sprintf("dataplanes=%d", xdsServices*per), func(b *testing.B) {
+			b.Run("generate", func(b *testing.B) {
+				b.ReportAllocs()
+				var res xds.Resources
+				for b.Loop() {
+					var err error
+					if res, err = f.generate(f.state, dp); err != nil {
+						b.Fatal(err)
+					}
+				}
+				size, count := resourceBytes(res)
+				b.ReportMetric(float64(size), "config-B")
+				b.ReportMetric(float64(count["Listener"]), "listeners")
+				b.ReportMetric(float64(count["Cluster"]), "clusters")
+				b.ReportMetric(float64(count["ClusterLoadAssignment"]), "load-assignments")
+			})
+			b.Run("hash", func(b *testing.B) {
+				srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
+				if err != nil {
+					b.Fatal(err)
+				}
+				res, err := f.generate(f.state, dp)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx := context.Background()
+				if err := srv.SetResources(ctx, "default.dp-0", res); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					// Unchanged: hashes, compares, returns.
+					if err := srv.SetResources(ctx, "default.dp-0", res); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
+
+// memNow collects garbage, returns freed pages to the OS, and reads the
+// heap and stacks in use and the RSS.
+func memNow() (heap, stacks, rss uint64) {
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	cur, _ := procRSS()
+	return ms.HeapInuse, ms.StackInuse, cur
+}
+
+// procRSS reads the resident set and its peak (VmHWM) in bytes.
+func procRSS() (cur, peak uint64) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			cur = kb << 10
+		case "VmHWM":
+			peak = kb << 10
+		}
+	}
+	return cur, peak
+}
+
+// resetPeakRSS restarts VmHWM from the current RSS.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// clients is the child process holding the simulated proxies.
+type clients struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+}
+
+// genReport is the child's word that every proxy holds its k-th distinct
+// version of both listeners and clusters.
+type genReport struct {
+	k           int
+	first, last time.Time
+	samples     string
+}
+
+func startClients(b *testing.B, addr string, n, perConn int, sample string) *clients {
+	b.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "URSA_BENCH_XDS_CLIENTS=1", "URSA_BENCH_XDS_ADDR="+addr,
+		fmt.Sprintf("URSA_BENCH_XDS_N=%d", n), fmt.Sprintf("URSA_BENCH_XDS_PER_CONN=%d", perConn),
+		"URSA_BENCH_XDS_SAMPLE="+sample)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	c := &clients{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+	}()
+	b.Cleanup(func() {
+		stdin.Close() // the child exits at EOF
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return c
+}
+
+func (c *clients) waitGen(b *testing.B, k int, timeout time.Duration) genReport {
+	b.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line, ok := <-c.lines:
+			if !ok {
+				b.Fatalf("simulated proxies exited before generation %d", k)
+			}
+			f := strings.SplitN(line, " ", 5)
+			if f[0] == "error" {
+				b.Fatalf("simulated proxies: %s", line)
+			}
+			if f[0] != "gen" || len(f) < 4 {
+				continue
+			}
+			got, _ := strconv.Atoi(f[1])
+			if got < k {
+				continue
+			}
+			first, _ := strconv.ParseInt(f[2], 10, 64)
+			last, _ := strconv.ParseInt(f[3], 10, 64)
+			r := genReport{k: got, first: time.Unix(0, first), last: time.Unix(0, last)}
+			if len(f) == 5 {
+				r.samples = f[4]
+			}
+			return r
+		case <-deadline:
+			b.Fatalf("not every proxy reached generation %d within %s", k, timeout)
+		}
+	}
+}
+
+func sampleListener(st *xds.MeshState) string {
+	return fmt.Sprintf("outbound:%s:80", st.VIPs[changedService])
+}
+
+func wantSample(service string, v1 int) string {
+	return fmt.Sprintf("%s{version=v1}=%d,%s{version=v2}=%d", service, v1, service, 100-v1)
+}
+
+// BenchmarkFullPush measures a full push: every proxy connected, a
+// mesh-wide policy change (the TrafficRoute of a service every proxy
+// reaches), then regeneration and SetResources for all N proxies, until the
+// last proxy has received the new version of both its listeners and its
+// clusters. One iteration is one push; run with -benchtime 1x.
+func BenchmarkFullPush(b *testing.B) {
+	for _, n := range []int{1000, 5000, 10000} {
+		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) { fullPush(b, n) })
+	}
+}
+
+func fullPush(b *testing.B, n int) {
+	const perConn = 100
+	f := newXDSMesh(b, xdsServices, xdsPerService)
+	dps := f.proxies(n)
+	ids := make([]string, n)
+	for i, dp := range dps {
+		ids[i] = xds.NodeID(xdsMesh, dp.Name)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+
+	// publish regenerates every proxy, like the zone's generation loop
+	// (one MeshState, Sidecar per proxy, in order), timing its parts.
+	publish := func(srv *xds.Server, st *xds.MeshState) (genTook, setTook time.Duration) {
+		for i, dp := range dps {
+			t0 := time.Now()
+			res, err := f.generate(st, dp)
+			if err != nil {
+				b.Fatal(err)
+			}
+			t1 := time.Now()
+			if err := srv.SetResources(ctx, ids[i], res); err != nil {
+				b.Fatal(err)
+			}
+			genTook += t1.Sub(t0)
+			setTook += time.Since(t1)
+		}
+		return genTook, setTook
+	}
+
+	// 1. The server and its snapshot cache, with every proxy's initial
+	// configuration and no client connected. Generated on all cores:
+	// this is setup, not what is timed.
+	heap0, stack0, rss0 := memNow()
+	srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	srv.Register(ctx, gs)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go gs.Serve(ln)
+	b.Cleanup(gs.Stop)
+	var wg sync.WaitGroup
+	workers := runtime.GOMAXPROCS(0)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				res, err := f.generate(f.state, dps[i])
+				if err == nil {
+					err = srv.SetResources(ctx, ids[i], res)
+				}
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+	heap1, stack1, _ := memNow()
+	b.ReportMetric(float64(heap1+stack1-heap0-stack0)/float64(n), "cache-B/proxy")
+
+	// 2. N proxies connect, each receives its configuration and ACKs it.
+	start := time.Now()
+	c := startClients(b, ln.Addr().String(), n, perConn, sampleListener(f.state))
+	initial := c.waitGen(b, 1, 10*time.Minute)
+	b.ReportMetric(initial.last.Sub(start).Seconds(), "connect-s")
+	if want := wantSample(changedService, 90); initial.samples != want {
+		b.Fatalf("proxies hold %q, want %q", initial.samples, want)
+	}
+	if nodes, _ := srv.Nodes(); len(nodes) != n {
+		b.Fatalf("%d of %d proxies connected", len(nodes), n)
+	}
+	heap2, stack2, rss2 := memNow()
+	b.ReportMetric(float64(heap2+stack2-heap1-stack1)/float64(n), "streams-B/proxy")
+	b.ReportMetric(float64(heap2+stack2-heap0-stack0)/float64(n), "cp-B/proxy")
+	b.ReportMetric(float64(rss2-rss0)/float64(n), "rss-B/proxy")
+	res, err := f.generate(f.state, dps[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	size, _ := resourceBytes(res)
+	b.ReportMetric(float64(size), "config-B")
+
+	// 4. The pushes: each iteration changes the TrafficRoute of
+	// changedService, which every proxy has two outbound listeners to.
+	resetPeakRSS()
+	var push, first, loop, gen, set time.Duration
+	k := 0
+	for b.Loop() {
+		k++
+		v1 := 80 - k%70
+		st := withRoute(f.state, changedService, v1)
+		start := time.Now()
+		genTook, setTook := publish(srv, st)
+		loopTook := time.Since(start)
+		r := c.waitGen(b, k+1, 10*time.Minute)
+		if want := wantSample(changedService, v1); r.samples != want {
+			b.Fatalf("after push %d proxies hold %q, want %q", k, r.samples, want)
+		}
+		push += r.last.Sub(start)
+		first += r.first.Sub(start)
+		loop += loopTook
+		gen += genTook
+		set += setTook
+	}
+	_, peak := procRSS()
+	per := func(d time.Duration) float64 { return d.Seconds() / float64(k) }
+	b.ReportMetric(per(push), "push-s")
+	b.ReportMetric(per(first), "first-s")
+	b.ReportMetric(per(loop), "loop-s")
+	b.ReportMetric(per(gen), "gen-s")
+	b.ReportMetric(per(set), "set-s")
+	b.ReportMetric(float64(peak)/(1<<20), "peak-rss-MB")
+}
+
+// The simulated proxies: when this test binary is started with
+// URSA_BENCH_XDS_CLIENTS set, it runs them instead of the tests (before
+// TestMain, so no PostgreSQL either).
+func init() {
+	if os.Getenv("URSA_BENCH_XDS_CLIENTS") == "" {
+		return
+	}
+	if err := runClients(); err != nil {
+		fmt.Printf("error %v\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// genTracker counts, per generation, the proxies that reached it; when all
+// have, it prints "gen <k> <first unix ns> <last unix ns> <samples>", the
+// samples being the distinct weights the sampled proxies saw.
+type genTracker struct {
+	mu      sync.Mutex
+	n       int
+	count   map[int]int
+	first   map[int]int64
+	last    map[int]int64
+	samples map[int]map[string]bool
+}
+
+func (t *genTracker) reached(k int, at int64, sample string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.count[k]++
+	if t.first[k] == 0 || at < t.first[k] {
+		t.first[k] = at
+	}
+	t.last[k] = max(t.last[k], at)
+	if sample != "" {
+		if t.samples[k] == nil {
+			t.samples[k] = map[string]bool{}
+		}
+		t.samples[k][sample] = true
+	}
+	if t.count[k] == t.n {
+		fmt.Printf("gen %d %d %d %s\n", k, t.first[k], t.last[k], strings.Join(slices.Sorted(maps.Keys(t.samples[k])), ";"))
+	}
+}
+
+func runClients() error {
+	addr := os.Getenv("URSA_BENCH_XDS_ADDR")
+	n, err := strconv.Atoi(os.Getenv("URSA_BENCH_XDS_N"))
+	if err != nil {
+		return err
+	}
+	perConn, err := strconv.Atoi(os.Getenv("URSA_BENCH_XDS_PER_CONN"))
+	if err != nil {
+		return err
+	}
+	sample := os.Getenv("URSA_BENCH_XDS_SAMPLE")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	t := &genTracker{n: n, count: map[int]int{}, first: map[int]int64{}, last: map[int]int64{}, samples: map[int]map[string]bool{}}
+	var conns []*grpc.ClientConn
+	for range (n + perConn - 1) / perConn {
+		// Envoy's own HTTP/2 windows are larger than grpc-go's 64 KiB
+		// defaults; 100 proxies share one connection here.
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(64<<20),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+		if err != nil {
+			return err
+		}
+		conns = append(conns, cc)
+	}
+	errs := make(chan error, 1)
+	for i := range n {
+		client := discovery.NewAggregatedDiscoveryServiceClient(conns[i/perConn])
+		sampled := i%perConn == 0
+		go func() {
+			if err := proxy(ctx, client, xds.NodeID(xdsMesh, fmt.Sprintf("dp-%d", i)), sampled, sample, t); err != nil && ctx.Err() == nil {
+				select {
+				case errs <- fmt.Errorf("dp-%d: %w", i, err):
+				default:
+				}
+			}
+		}()
+	}
+	stdinClosed := make(chan struct{})
+	go func() { io.Copy(io.Discard, os.Stdin); close(stdinClosed) }()
+	select {
+	case err := <-errs:
+		return err
+	case <-stdinClosed:
+		return nil
+	}
+}
+
+// proxy is one simulated sidecar: an ADS stream subscribing to every
+// listener and cluster (state of the world, wildcard), ACKing every
+// response.
+func proxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, sampled bool, sample string, t *genTracker) error {
+	stream, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ClusterType}); err != nil {
+		return err
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType}); err != nil {
+		return err
+	}
+	version := map[string]string{}
+	gen := map[string]int{}
+	reported := 0
+	var weights string
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		typ := resp.GetTypeUrl()
+		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: typ, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+			return err
+		}
+		at := time.Now().UnixNano()
+		if resp.GetVersionInfo() == version[typ] {
+			continue
+		}
+		version[typ] = resp.GetVersionInfo()
+		gen[typ]++
+		if sampled && typ == resource.ListenerType {
+			if weights, err = splitOf(resp, sample); err != nil {
+				return err
+			}
+		}
+		for reported < min(gen[resource.ListenerType], gen[resource.ClusterType]) {
+			reported++
+			s := ""
+			if sampled {
+				s = weights
+			}
+			t.reached(reported, at, s)
+		}
+	}
+}
+
+// splitOf returns the weighted clusters of the tcp_proxy of the named
+// listener in a listeners response: "cluster=weight,…".
+func splitOf(resp *discovery.DiscoveryResponse, name string) (string, error) {
+	for _, a := range resp.GetResources() {
+		l := &listener.Listener{}
+		if err := a.UnmarshalTo(l); err != nil {
+			return "", err
+		}
+		if l.GetName() != name {
+			continue
+		}
+		tp := &tcp.TcpProxy{}
+		if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+			return "", err
+		}
+		var parts []string
+		for _, wc := range tp.GetWeightedClusters().GetClusters() {
+			parts = append(parts, fmt.Sprintf("%s=%d", wc.GetName(), wc.GetWeight()))
+		}
+		return strings.Join(parts, ","), nil
+	}
+	return "", fmt.Errorf("no listener %q among %d", name, len(resp.GetResources()))
+}
