@@ -3,6 +3,8 @@ package zone
 import (
 	"context"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -82,6 +84,10 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 		nodes, nodesChanged := srv.Nodes()
 		states := map[string]*xds.MeshState{}
 		for _, n := range nodes {
+			if n.Ingress {
+				publishIngress(ctx, view, srv, zone, n.ID, log)
+				continue
+			}
 			mesh, name, err := xds.ParseNodeID(n.ID)
 			if err != nil {
 				warnOnce(n.ID, "proxy with a malformed node id", zap.String("proxy", n.ID), zap.Error(err))
@@ -150,4 +156,65 @@ func addSecrets(view *store.View, res xds.Resources, p xds.Proxy, ids *identitie
 	}
 	res.Merge(xds.Secrets(id, ca.CertPEM))
 	return nil
+}
+
+// allMeshes is the state of every mesh in the view.
+func allMeshes(view *store.View, zone string) []*xds.MeshState {
+	var out []*xds.MeshState
+	for k := range view.Items("Mesh") {
+		if st := meshState(view, zone, k.Name); st != nil {
+			out = append(out, st)
+		}
+	}
+	slices.SortFunc(out, func(a, b *xds.MeshState) int { return strings.Compare(a.Mesh.Name, b.Mesh.Name) })
+	return out
+}
+
+// publishIngress generates and publishes a zone ingress's configuration.
+func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone, name string, log *zap.Logger) {
+	r, ok := view.Items("ZoneIngress")[api.Key{Type: "ZoneIngress", Name: name}]
+	if !ok {
+		return
+	}
+	res, err := xds.Ingress(allMeshes(view, zone), r.(*api.ZoneIngress))
+	if err == nil {
+		err = xds.Validate(res)
+	}
+	if err == nil {
+		err = srv.SetResources(ctx, name, res)
+	}
+	if err != nil {
+		log.Error("cannot publish the ingress's configuration", zap.String("proxy", name), zap.Error(err))
+	}
+}
+
+// offerServices keeps this zone's ingresses' availableServices equal to its
+// local instances, which KDS then carries to the other zones, until ctx ends.
+func offerServices(ctx context.Context, st store.Store, src source, zone string, log *zap.Logger) error {
+	for {
+		view, changed := src.Current()
+		avail := xds.AvailableServices(allMeshes(view, zone), zone)
+		var puts []api.Resource
+		for _, r := range view.Items("ZoneIngress") {
+			ing := r.(*api.ZoneIngress)
+			if ing.Zone != zone || ing.Labels[api.LabelOrigin] == api.OriginGlobal {
+				continue
+			}
+			next := api.DeepCopy(ing).(*api.ZoneIngress)
+			next.AvailableServices = avail
+			if !api.SameContent(ing, next) {
+				puts = append(puts, next)
+			}
+		}
+		if len(puts) > 0 {
+			if _, err := st.Apply(ctx, puts, nil); err != nil && ctx.Err() == nil {
+				log.Warn("cannot update the ingress's available services", zap.Error(err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
 }

@@ -349,6 +349,7 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {
 		r.Add("dataplane-cleanup", run.Func(func(ctx context.Context) error { return removeOffline(ctx, st, srv, d, log.Named("xds")) }))
 	}
+	r.Add("ingress-services", run.Func(func(ctx context.Context) error { return offerServices(ctx, st, mirror, cfg.Zone, log.Named("ingress")) }))
 	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, ids, log.Named("xds")) }))
 	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil
@@ -422,12 +423,43 @@ func removeOffline(ctx context.Context, st store.Store, srv *xds.Server, after t
 }
 
 // MetadataDataplane carries, in a proxy's node metadata, the Dataplane it
-// presents (JSON or YAML), which the zone registers on connect.
-const MetadataDataplane = "ursa.io/dataplane"
+// presents (JSON or YAML), which the zone registers on connect;
+// MetadataZoneIngress the same for an ingress.
+const (
+	MetadataDataplane   = "ursa.io/dataplane"
+	MetadataZoneIngress = "ursa.io/zone-ingress"
+)
+
+// registerIngress stores the ZoneIngress an ingress presents, keeping the
+// available services the zone computed.
+func registerIngress(ctx context.Context, st store.Store, zone string, node *core.Node, doc string) error {
+	r, err := api.DecodeAs([]byte(doc), "ZoneIngress")
+	if err == nil {
+		err = api.Validate(r)
+	}
+	if err != nil {
+		return fmt.Errorf("presented zone ingress: %w", err)
+	}
+	ing := r.(*api.ZoneIngress)
+	if ing.Name != node.GetId() {
+		return fmt.Errorf("presented zone ingress is %s, but the node id is %s", ing.Name, node.GetId())
+	}
+	if ing.Zone != zone {
+		return fmt.Errorf("presented zone ingress is for zone %q; this is zone %q", ing.Zone, zone)
+	}
+	if cur, err := st.Get(ctx, api.KeyOf(ing)); err == nil {
+		ing.AvailableServices = cur.(*api.ZoneIngress).AvailableServices
+	}
+	_, err = st.Apply(ctx, []api.Resource{ing}, nil)
+	return err
+}
 
 // registerPresented stores the Dataplane a proxy presents, if it presents
 // one whose name is its node id's and which its token covers.
 func registerPresented(ctx context.Context, st store.Store, zone string, node *core.Node, c *xds.Claims) error {
+	if doc := node.GetMetadata().GetFields()[MetadataZoneIngress].GetStringValue(); doc != "" {
+		return registerIngress(ctx, st, zone, node, doc)
+	}
 	doc := node.GetMetadata().GetFields()[MetadataDataplane].GetStringValue()
 	if doc == "" {
 		return nil

@@ -32,11 +32,13 @@ type runConfig struct {
 	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpc://HOST:5678"`
 	DataplaneFile string `json:"dataplaneFile" usage:"file of the Dataplane this proxy presents and registers when it connects"`
 	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
-	Mesh          string `json:"mesh" usage:"mesh of the Dataplane"`
-	TokenFile     string `json:"tokenFile" usage:"file holding the dataplane token (ursactl generate dataplane-token)"`
-	Proxy         string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
-	AdminAddr     string `json:"adminAddr" usage:"address of /ready and /metrics"`
-	Log           struct {
+	// ZoneIngressFile is ingress mode's ZoneIngress.
+	ZoneIngressFile string `json:"zoneIngressFile" usage:"file of the ZoneIngress this ingress presents (ingress only)"`
+	Mesh            string `json:"mesh" usage:"mesh of the Dataplane"`
+	TokenFile       string `json:"tokenFile" usage:"file holding the dataplane token (ursactl generate dataplane-token)"`
+	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
+	AdminAddr       string `json:"adminAddr" usage:"address of /ready and /metrics"`
+	Log             struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 }
@@ -45,7 +47,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "ursa-dp", Short: "Ursa data plane", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newRun())
+	root.AddCommand(newRun(), newIngress())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
@@ -72,14 +74,42 @@ func newRun() *cobra.Command {
 	return cmd
 }
 
+func newIngress() *cobra.Command {
+	cfg := runConfig{CPAddress: "grpc://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902"}
+	cfg.Log.Level = "info"
+	var file string
+	cmd := &cobra.Command{
+		Use:   "ingress",
+		Short: "Run a zone ingress: route other zones' mTLS connections by SNI, without decrypting",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
+				return err
+			}
+			if cfg.ZoneIngressFile == "" {
+				return errors.New("--zone-ingress-file is required")
+			}
+			doc, err := os.ReadFile(cfg.ZoneIngressFile)
+			if err != nil {
+				return fmt.Errorf("--zone-ingress-file: %w", err)
+			}
+			r, err := api.DecodeAs(doc, "ZoneIngress")
+			if err == nil {
+				err = api.Validate(r)
+			}
+			if err != nil {
+				return fmt.Errorf("--zone-ingress-file %s: %w", cfg.ZoneIngressFile, err)
+			}
+			meta := map[string]string{"ursa.io/ingress": "true", "ursa.io/zone-ingress": string(doc)}
+			return runProxy(cmd.Context(), cfg, r.GetMeta().Name, meta)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
+	config.Bind(cmd.Flags(), &cfg)
+	return cmd
+}
+
 func runSidecar(ctx context.Context, cfg runConfig) error {
-	if cfg.Proxy != "builtin" {
-		return fmt.Errorf("--proxy %s: only the built-in proxy is supported so far", cfg.Proxy)
-	}
-	addr, ok := strings.CutPrefix(cfg.CPAddress, "grpc://")
-	if !ok {
-		return fmt.Errorf("--cp-address %q: use grpc://HOST:PORT", cfg.CPAddress)
-	}
 	meta := map[string]string{}
 	mesh, name := cfg.Mesh, cfg.DataplaneName
 	switch {
@@ -100,6 +130,18 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
 	}
+	return runProxy(ctx, cfg, mesh+"."+name, meta)
+}
+
+// runProxy runs the built-in proxy as node id until ctx ends.
+func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
+	if cfg.Proxy != "builtin" {
+		return fmt.Errorf("--proxy %s: only the built-in proxy is supported so far", cfg.Proxy)
+	}
+	addr, ok := strings.CutPrefix(cfg.CPAddress, "grpc://")
+	if !ok {
+		return fmt.Errorf("--cp-address %q: use grpc://HOST:PORT", cfg.CPAddress)
+	}
 	var token string
 	if cfg.TokenFile != "" {
 		b, err := os.ReadFile(cfg.TokenFile)
@@ -113,14 +155,14 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 		return err
 	}
 	defer log.Sync()
-	log = log.With(zap.String("proxy", mesh+"."+name))
+	log = log.With(zap.String("proxy", nodeID))
 	reg := prometheus.NewRegistry()
 	p, err := proxy.New(log.Named("proxy"), reg)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	client := &proxy.Client{Address: addr, NodeID: mesh + "." + name, Token: token, Metadata: meta, Proxy: p, Log: log.Named("xds")}
+	client := &proxy.Client{Address: addr, NodeID: nodeID, Token: token, Metadata: meta, Proxy: p, Log: log.Named("xds")}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {

@@ -41,6 +41,9 @@ type Listener struct {
 	// RBAC, when set, admits only callers whose SPIFFE ID it allows.
 	RBAC   *rbacconfig.RBAC
 	Routes []Route
+	// SNIRoutes, for an ingress, picks routes by the SNI of each
+	// connection's ClientHello, read without terminating TLS.
+	SNIRoutes map[string][]Route
 }
 
 // Route is a weighted cluster of a tcp_proxy.
@@ -163,6 +166,9 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		return nil, fmt.Errorf("listener %q: only socket addresses are supported", l.Name)
 	}
 	out := &Listener{Name: l.Name, Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())}
+	if chains := l.GetFilterChains(); len(chains) > 0 && len(chains[0].GetFilterChainMatch().GetServerNames()) > 0 {
+		return sniListener(out, l)
+	}
 	if len(l.GetFilterChains()) != 1 {
 		return nil, fmt.Errorf("listener %q: the built-in proxy supports exactly one filter chain, got %d", l.Name, len(l.GetFilterChains()))
 	}
@@ -271,4 +277,32 @@ func principalMatches(p *rbacconfig.Principal, id string) (bool, error) {
 func checkRBAC(rules *rbacconfig.RBAC) error {
 	_, err := allowed(rules, "spiffe://check/")
 	return err
+}
+
+// sniListener translates an ingress listener: one filter chain per set of
+// server names, each a plain tcp_proxy, and no TLS termination.
+func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
+	out.SNIRoutes = map[string][]Route{}
+	for _, fc := range l.GetFilterChains() {
+		names := fc.GetFilterChainMatch().GetServerNames()
+		if len(names) == 0 || fc.GetTransportSocket() != nil || len(fc.GetFilters()) != 1 {
+			return nil, fmt.Errorf("listener %q: an SNI filter chain must match server names and hold one tcp_proxy, without TLS", l.Name)
+		}
+		tp := &tcp.TcpProxy{}
+		if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+			return nil, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err)
+		}
+		var routes []Route
+		if c := tp.GetCluster(); c != "" {
+			routes = []Route{{Cluster: c, Weight: 1}}
+		}
+		for _, wc := range tp.GetWeightedClusters().GetClusters() {
+			routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight()})
+		}
+		for _, n := range names {
+			out.SNIRoutes[n] = routes
+			out.Routes = append(out.Routes, routes...) // checked against the clusters like any route
+		}
+	}
+	return out, nil
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -133,6 +134,20 @@ func (p *Proxy) handle(name string, down net.Conn) {
 	if !ok {
 		down.Close()
 		return
+	}
+	if len(l.SNIRoutes) > 0 {
+		sni, replay, err := peekSNI(down)
+		if err != nil {
+			p.refuse(down, name, "no_sni", err)
+			return
+		}
+		routes, ok := l.SNIRoutes[sni]
+		if !ok {
+			p.refuse(down, name, "unknown_sni", fmt.Errorf("SNI %q", sni))
+			return
+		}
+		down = replay
+		l = &Listener{Name: l.Name, Routes: routes}
 	}
 	if l.TLS {
 		tc, id, err := p.terminate(down)
@@ -375,4 +390,64 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) {
 	wg.Wait()
 	down.Close()
 	up.Close()
+}
+
+// errPeeked stops the handshake once the ClientHello is read.
+var errPeeked = errors.New("peeked")
+
+// peekSNI reads the ClientHello's server name without terminating TLS and
+// returns a connection that replays what was read, so the bytes pass
+// through untouched.
+func peekSNI(c net.Conn) (string, net.Conn, error) {
+	var seen bytes.Buffer
+	var sni string
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	err := tls.Server(readOnly{r: io.TeeReader(c, &seen)}, &tls.Config{
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			sni = h.ServerName
+			return nil, errPeeked
+		},
+	}).Handshake()
+	c.SetReadDeadline(time.Time{})
+	if sni == "" {
+		if err == nil || errors.Is(err, errPeeked) {
+			err = errors.New("no SNI in the ClientHello")
+		}
+		return "", nil, err
+	}
+	return sni, &replayConn{Conn: c, r: io.MultiReader(&seen, c)}, nil
+}
+
+// readOnly is a net.Conn the TLS stack may read a ClientHello from but never
+// write to.
+type readOnly struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readOnly) Read(b []byte) (int, error)  { return c.r.Read(b) }
+func (c readOnly) Write([]byte) (int, error)   { return 0, io.ErrClosedPipe }
+func (c readOnly) Close() error                { return nil }
+func (c readOnly) SetDeadline(time.Time) error { return nil }
+func (c readOnly) SetReadDeadline(time.Time) error {
+	return nil
+}
+func (c readOnly) SetWriteDeadline(time.Time) error { return nil }
+func (c readOnly) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c readOnly) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+
+// replayConn reads first what was peeked.
+type replayConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// CloseWrite half-closes the underlying TCP connection.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }

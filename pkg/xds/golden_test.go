@@ -166,3 +166,32 @@ func TestSecretsGolden(t *testing.T) {
 	}
 	golden(t, "testdata/secrets.golden.yaml", render(t, r))
 }
+
+// TestIngressGolden runs the ingress generator; the case's ZoneIngress is
+// this zone's own.
+func TestIngressGolden(t *testing.T) {
+	inputs, _ := filepath.Glob("testdata/ingress/*.input.yaml")
+	if len(inputs) == 0 {
+		t.Fatal("no test cases")
+	}
+	for _, in := range inputs {
+		name := strings.TrimSuffix(filepath.Base(in), ".input.yaml")
+		t.Run(name, func(t *testing.T) {
+			s := stateFrom(t, in)
+			ing := s.Ingresses[0]
+			s.Ingresses = nil
+			r, err := Ingress([]*MeshState{s}, ing)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := Validate(r); err != nil {
+				t.Fatalf("generated resources do not validate: %v", err)
+			}
+			golden(t, strings.TrimSuffix(in, ".input.yaml")+".golden.yaml", render(t, r))
+			avail := AvailableServices([]*MeshState{s}, "zone-1")
+			if len(avail) != 3 || avail[0].Instances != 1 || avail[0].Tags[api.TagZone] != "zone-1" {
+				t.Fatalf("available services: %+v", avail)
+			}
+		})
+	}
+}

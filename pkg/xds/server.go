@@ -30,13 +30,20 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// MetadataProxyless marks, in a node's metadata, a proxyless gRPC client.
-const MetadataProxyless = "ursa.io/proxyless"
+// Node metadata keys.
+const (
+	// MetadataProxyless marks a proxyless gRPC client.
+	MetadataProxyless = "ursa.io/proxyless"
+	// MetadataIngress marks a zone ingress; its node id is its ZoneIngress's
+	// name.
+	MetadataIngress = "ursa.io/ingress"
+)
 
 // Node is a proxy that is, or was, connected to this zone CP.
 type Node struct {
 	ID        string    `json:"id"`
 	Proxyless bool      `json:"proxyless"`
+	Ingress   bool      `json:"ingress,omitempty"`
 	Connected bool      `json:"connected"`
 	Since     time.Time `json:"connectedSince"`
 	// DisconnectedAt is set once the proxy's last stream closed.
@@ -263,7 +270,8 @@ func (s *Server) seen(stream int64, node *core.Node) {
 	}
 	proxyless := node.GetMetadata().GetFields()[MetadataProxyless].GetStringValue() == "true"
 	delete(s.gone, node.GetId())
-	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Proxyless: proxyless, Connected: true, Since: time.Now(), Acked: map[string]string{}}
+	ingress := node.GetMetadata().GetFields()[MetadataIngress].GetStringValue() == "true"
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Proxyless: proxyless, Ingress: ingress, Connected: true, Since: time.Now(), Acked: map[string]string{}}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Bool("proxyless", proxyless))
 	s.notify()
 }

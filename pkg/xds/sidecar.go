@@ -152,11 +152,17 @@ func (s *MeshState) failoverFor(service string) *api.Failover {
 
 // priorities gives each zone its locality priority for a service: with a
 // Failover, the caller's zone first (when locality-aware), then the listed
-// zones in order, then the rest; without one, every zone is equal.
+// zones in order, then the rest; without one, the caller's zone first and
+// every other zone next, so local instances are preferred while they are
+// healthy.
 func (s *MeshState) priorities(service string) map[string]uint32 {
 	f := s.failoverFor(service)
 	if f == nil {
-		return nil
+		out := map[string]uint32{s.Zone: 0}
+		for _, ing := range s.Ingresses {
+			out[ing.Zone] = 1
+		}
+		return out
 	}
 	out := map[string]uint32{}
 	next := uint32(0)

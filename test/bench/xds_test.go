@@ -478,13 +478,14 @@ func fullPush(b *testing.B, n int) {
 		b.FailNow()
 	}
 	heap1, stack1, _ := memNow()
-	b.ReportMetric(float64(heap1+stack1-heap0-stack0)/float64(n), "cache-B/proxy")
+	metrics := map[string]float64{}
+	metrics["cache-B/proxy"] = float64(heap1+stack1-heap0-stack0) / float64(n)
 
 	// 2. N proxies connect, each receives its configuration and ACKs it.
 	start := time.Now()
 	c := startClients(b, ln.Addr().String(), n, perConn, sampleListener(f.state))
 	initial := c.waitGen(b, 1, 10*time.Minute)
-	b.ReportMetric(initial.last.Sub(start).Seconds(), "connect-s")
+	metrics["connect-s"] = initial.last.Sub(start).Seconds()
 	if want := wantSample(changedService, 90); initial.samples != want {
 		b.Fatalf("proxies hold %q, want %q", initial.samples, want)
 	}
@@ -492,15 +493,16 @@ func fullPush(b *testing.B, n int) {
 		b.Fatalf("%d of %d proxies connected", len(nodes), n)
 	}
 	heap2, stack2, rss2 := memNow()
-	b.ReportMetric(float64(heap2+stack2-heap1-stack1)/float64(n), "streams-B/proxy")
-	b.ReportMetric(float64(heap2+stack2-heap0-stack0)/float64(n), "cp-B/proxy")
-	b.ReportMetric(float64(rss2-rss0)/float64(n), "rss-B/proxy")
+	metrics["streams-B/proxy"] = float64(heap2+stack2-heap1-stack1) / float64(n)
+	metrics["cp-B/proxy"] = float64(heap2+stack2-heap0-stack0) / float64(n)
+	metrics["rss-B/proxy"] = float64(rss2-rss0) / float64(n)
+	b.Logf("heap %d→%d→%d MB, stacks %d→%d→%d MB, rss %d→%d MB", heap0>>20, heap1>>20, heap2>>20, stack0>>20, stack1>>20, stack2>>20, rss0>>20, rss2>>20)
 	res, err := f.generate(f.state, dps[0])
 	if err != nil {
 		b.Fatal(err)
 	}
 	size, _ := resourceBytes(res)
-	b.ReportMetric(float64(size), "config-B")
+	metrics["config-B"] = float64(size)
 
 	// 4. The pushes: each iteration changes the TrafficRoute of
 	// changedService, which every proxy has two outbound listeners to.
@@ -525,6 +527,11 @@ func fullPush(b *testing.B, n int) {
 		set += setTook
 	}
 	_, peak := procRSS()
+	heap3, stack3, rss3 := memNow()
+	b.Logf("after %d pushes: heap %d MB, stacks %d MB, rss %d MB, peak rss %d MB", k, heap3>>20, stack3>>20, rss3>>20, peak>>20)
+	for unit, v := range metrics {
+		b.ReportMetric(v, unit)
+	}
 	per := func(d time.Duration) float64 { return d.Seconds() / float64(k) }
 	b.ReportMetric(per(push), "push-s")
 	b.ReportMetric(per(first), "first-s")
