@@ -4,7 +4,7 @@ BIN     := bin
 TESTFLAGS ?= -race -count=1
 PKGS    := ./...
 
-.PHONY: help build test lint run fuzz bench clean generate
+.PHONY: help build test lint run demo fuzz bench clean generate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -13,6 +13,7 @@ build: ## build bin/ursa-cp, bin/ursactl and bin/ursa-dp
 	$(GO) build -o $(BIN)/ursa-cp ./cmd/ursa-cp
 	$(GO) build -o $(BIN)/ursactl ./cmd/ursactl
 	$(GO) build -o $(BIN)/ursa-dp ./cmd/ursa-dp
+	$(GO) build -o $(BIN)/ursa-demo ./cmd/ursa-demo
 
 test: lint ## vet, format check and every test (PostgreSQL tests start a throwaway server)
 	$(GO) test $(TESTFLAGS) $(PKGS)
@@ -21,6 +22,9 @@ lint: ## go vet and a gofmt check
 	$(GO) vet $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+demo: build ## a live two-zone mesh on this machine (Ctrl-C stops it)
+	bash deploy/demo.sh
 
 run: build ## a global CP on the memory store, API on :5681
 	$(BIN)/ursa-cp global --store memory

@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -300,6 +301,17 @@ func procRSS() (cur, peak uint64) {
 	return cur, peak
 }
 
+func writeHeapProfile(b *testing.B, path string) {
+	out, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer out.Close()
+	if err := pprof.WriteHeapProfile(out); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // resetPeakRSS restarts VmHWM from the current RSS.
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
@@ -497,6 +509,11 @@ func fullPush(b *testing.B, n int) {
 	metrics["cp-B/proxy"] = float64(heap2+stack2-heap0-stack0) / float64(n)
 	metrics["rss-B/proxy"] = float64(rss2-rss0) / float64(n)
 	b.Logf("heap %d→%d→%d MB, stacks %d→%d→%d MB, rss %d→%d MB", heap0>>20, heap1>>20, heap2>>20, stack0>>20, stack1>>20, stack2>>20, rss0>>20, rss2>>20)
+	if path := os.Getenv("URSA_BENCH_XDS_HEAPPROFILE"); path != "" {
+		// What the control plane holds with every proxy connected and
+		// configured: go tool pprof -sample_index inuse_space.
+		writeHeapProfile(b, fmt.Sprintf("%s.%d", path, n))
+	}
 	res, err := f.generate(f.state, dps[0])
 	if err != nil {
 		b.Fatal(err)
