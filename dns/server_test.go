@@ -107,17 +107,23 @@ func TestAnswers(t *testing.T) {
 		vips("other", map[string]string{"billing": "240.0.0.3", "search": "fd00::5"}))
 	addr, reg := serveWithMetrics(t, view)
 	defer func() {
-		out, _ := reg.Gather()
-		var text strings.Builder
-		for _, f := range out {
-			fmt.Fprintln(&text, f.String())
+		families, _ := reg.Gather()
+		found := map[string]bool{}
+		for _, f := range families {
+			found[f.GetName()] = true
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					found[l.GetName()+"="+l.GetValue()] = true
+				}
+			}
 		}
-		for _, want := range []string{`name:"qtype" value:"A"`, `name:"rcode" value:"NXDOMAIN"`, "ursa_dns_answer_duration_seconds"} {
-			if !strings.Contains(text.String(), want) {
+		for _, want := range []string{"qtype=A", "rcode=NXDOMAIN", "rcode=NOERROR", "ursa_dns_answer_duration_seconds"} {
+			if !found[want] {
 				t.Errorf("metrics lack %s", want)
 			}
 		}
 	}()
+
 	tests := []struct {
 		name  string
 		qtype uint16
