@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/logging"
 	"github.com/ursamesh/ursa/pkg/proxy"
 	"github.com/ursamesh/ursa/pkg/run"
+	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 // runConfig is ursa-dp run's configuration.
@@ -135,9 +138,6 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 
 // runProxy runs the built-in proxy as node id until ctx ends.
 func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
-	if cfg.Proxy != "builtin" {
-		return fmt.Errorf("--proxy %s: only the built-in proxy is supported so far", cfg.Proxy)
-	}
 	addr, ok := strings.CutPrefix(cfg.CPAddress, "grpc://")
 	if !ok {
 		return fmt.Errorf("--cp-address %q: use grpc://HOST:PORT", cfg.CPAddress)
@@ -149,6 +149,13 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 			return fmt.Errorf("--token-file: %w", err)
 		}
 		token = strings.TrimSpace(string(b))
+	}
+	switch cfg.Proxy {
+	case "builtin":
+	case "envoy":
+		return runEnvoy(ctx, xds.BootstrapOptions{NodeID: nodeID, Metadata: meta, CPAddress: addr, Token: token, AdminAddress: cfg.AdminAddr})
+	default:
+		return fmt.Errorf("--proxy %q: use builtin or envoy", cfg.Proxy)
 	}
 	log, err := logging.New(cfg.Log.Level)
 	if err != nil {
@@ -181,4 +188,34 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	r.Add("xds", client)
 	log.Info("sidecar starting", zap.String("cp", cfg.CPAddress), zap.String("admin_addr", ln.Addr().String()))
 	return r.Run(ctx)
+}
+
+// runEnvoy writes an Envoy bootstrap pointing at the zone CP and supervises
+// envoy until ctx ends or envoy exits.
+func runEnvoy(ctx context.Context, o xds.BootstrapOptions) error {
+	bin, err := exec.LookPath("envoy")
+	if err != nil {
+		return errors.New("--proxy envoy: envoy is not on PATH; install Envoy, or run with --proxy builtin")
+	}
+	b, err := xds.Bootstrap(o)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "ursa-dp-envoy")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "bootstrap.json")
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, bin, "-c", file, "--drain-time-s", "5")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Run(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("envoy: %w", err)
+	}
+	return nil
 }

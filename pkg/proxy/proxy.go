@@ -31,10 +31,11 @@ type Proxy struct {
 	listeners map[string]*running
 	ejected   map[string]time.Time
 
-	conns   *prometheus.CounterVec
-	bytes   *prometheus.CounterVec
-	refused *prometheus.CounterVec
-	active  prometheus.Gauge
+	conns        *prometheus.CounterVec
+	bytes        *prometheus.CounterVec
+	refused      *prometheus.CounterVec
+	active       prometheus.Gauge
+	healthyGauge *prometheus.GaugeVec
 }
 
 type running struct {
@@ -53,8 +54,10 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_refused_total",
 			Help: "Connections refused, by listener and reason."}, []string{"listener", "reason"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ursa_dp_active_connections", Help: "Connections open now."}),
+		healthyGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ursa_dp_endpoints_healthy",
+			Help: "Endpoints of a cluster not ejected, as of its last connection."}, []string{"cluster"}),
 	}
-	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.active} {
+	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.active, p.healthyGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -334,6 +337,13 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 			lv.healthy = append(lv.healthy, ep)
 			lv.health += ep.Weight
 		}
+	}
+	if len(tried) == 0 {
+		n := 0
+		for _, lv := range levels {
+			n += len(lv.healthy)
+		}
+		p.healthyGauge.WithLabelValues(c.Name).Set(float64(n))
 	}
 	remaining := uint32(100)
 	loads := make([]uint32, len(levels))

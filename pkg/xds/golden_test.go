@@ -195,3 +195,21 @@ func TestIngressGolden(t *testing.T) {
 		})
 	}
 }
+
+func TestBootstrapGolden(t *testing.T) {
+	b, err := Bootstrap(BootstrapOptions{NodeID: "default.web-1", CPAddress: "127.0.0.1:5678", Token: "TOKEN",
+		AdminAddress: "127.0.0.1:9901", Metadata: map[string]string{"ursa.io/dataplane": "type: Dataplane"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compact bytes.Buffer
+	json.Compact(&compact, b)
+	y, err := yaml.JSONToYAML(compact.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "testdata/bootstrap.golden.yaml", y)
+	if _, err := Bootstrap(BootstrapOptions{NodeID: "x", CPAddress: "nope", AdminAddress: "127.0.0.1:1"}); err == nil {
+		t.Fatal("a bad control-plane address was accepted")
+	}
+}

@@ -145,6 +145,7 @@ spec:
 	tap2 := ingress("zone-2")
 	ingress("zone-1")
 	dataplane("zone-1", "web-1", "web", freeAddr(t))
+	dataplane("zone-2", "web-2", "web", freeAddr(t))
 
 	z1 := zones["zone-1"]
 	eventually(t, "zone-2's ingress offering billing in zone-1", func() bool {
@@ -184,7 +185,18 @@ spec:
 		}
 	}
 
-	// A DENY at the global refuses new connections in both zones' billings.
+	// A client in zone-2 reaches billing there too.
+	var vip2 string
+	eventually(t, "billing.mesh in zone-2", func() bool {
+		vip2 = dig(t, zones["zone-2"].dns, "billing.mesh", "+short")
+		return strings.HasPrefix(vip2, "127.241.")
+	})
+	eventually(t, "a call within zone-2", func() bool {
+		answer, err = call(vip2+":80", "local")
+		return err == nil && answer == "billing in zone-2: local"
+	})
+
+	// A DENY at the global refuses new connections in both zones.
 	ctl(t, global.api, `
 type: TrafficPermission
 mesh: default
@@ -194,8 +206,10 @@ spec:
   destinations: [{match: {ursa.io/service: billing}}]
   action: DENY
 `, "apply", "-f", "-")
-	eventually(t, "the DENY to refuse new connections", func() bool {
-		_, err := call(vip+":80", "denied?")
-		return err != nil
-	})
+	for _, v := range []string{vip, vip2} {
+		eventually(t, "the DENY to refuse new connections at "+v, func() bool {
+			_, err := call(v+":80", "denied?")
+			return err != nil
+		})
+	}
 }

@@ -138,3 +138,14 @@ spec:
 		return err != nil
 	})
 }
+
+// TestEnvoyModeNeedsEnvoy: --proxy envoy without envoy on PATH stops with a
+// message that says so.
+func TestEnvoyModeNeedsEnvoy(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "dp.yaml")
+	os.WriteFile(file, []byte("type: Dataplane\nmesh: default\nname: d\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: 1, tags: {ursa.io/service: s}}\n"), 0o600)
+	p := startEnv(t, []string{"PATH=/nonexistent"}, "ursa-dp", "run", "--proxy", "envoy", "--dataplane-file", file)
+	if err := p.wait(t); err == nil || !strings.Contains(p.out.String(), "envoy is not on PATH") {
+		t.Fatalf("ursa-dp --proxy envoy without envoy: %v %s", err, p.out.String())
+	}
+}

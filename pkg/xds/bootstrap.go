@@ -1,0 +1,92 @@
+package xds
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// BootstrapOptions describe the Envoy a sidecar runs.
+type BootstrapOptions struct {
+	NodeID string
+	// Metadata goes in the node's metadata (the Dataplane it presents).
+	Metadata map[string]string
+	// CPAddress is host:port of the zone CP's xDS server.
+	CPAddress string
+	Token     string
+	// AdminAddress is host:port of Envoy's admin interface.
+	AdminAddress string
+}
+
+// Bootstrap returns the JSON bootstrap that points Envoy at the zone CP over
+// ADS. It passes ValidateAll.
+func Bootstrap(o BootstrapOptions) ([]byte, error) {
+	cpHost, cpPort, err := splitPort(o.CPAddress)
+	if err != nil {
+		return nil, fmt.Errorf("control plane address: %w", err)
+	}
+	adminHost, adminPort, err := splitPort(o.AdminAddress)
+	if err != nil {
+		return nil, fmt.Errorf("admin address: %w", err)
+	}
+	md := map[string]any{}
+	for k, v := range o.Metadata {
+		md[k] = v
+	}
+	meta, err := structpb.NewStruct(md)
+	if err != nil {
+		return nil, err
+	}
+	grpcService := &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: "ursa-cp"}}}
+	if o.Token != "" {
+		grpcService.InitialMetadata = []*core.HeaderValue{{Key: "authorization", Value: "Bearer " + o.Token}}
+	}
+	b := &bootstrap.Bootstrap{
+		Node:  &core.Node{Id: o.NodeID, Cluster: o.NodeID, Metadata: meta},
+		Admin: &bootstrap.Admin{Address: socketAddress(adminHost, adminPort)},
+		DynamicResources: &bootstrap.Bootstrap_DynamicResources{
+			AdsConfig: &core.ApiConfigSource{ApiType: core.ApiConfigSource_GRPC, TransportApiVersion: core.ApiVersion_V3,
+				GrpcServices: []*core.GrpcService{grpcService}},
+			LdsConfig: ads(),
+			CdsConfig: ads(),
+		},
+		StaticResources: &bootstrap.Bootstrap_StaticResources{Clusters: []*cluster.Cluster{{
+			Name:                 "ursa-cp",
+			ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STRICT_DNS},
+			ConnectTimeout:       durationpb.New(5 * time.Second),
+			TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpopts.HttpProtocolOptions{
+				UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
+					ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}}}}})},
+			LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "ursa-cp", Endpoints: []*endpoint.LocalityLbEndpoints{{
+				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socketAddress(cpHost, cpPort)}}}},
+			}}},
+		}}},
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("envoy bootstrap: %w", err)
+	}
+	return protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(b)
+}
+
+func splitPort(hostport string) (string, uint32, error) {
+	host, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", p, err)
+	}
+	return host, uint32(n), nil
+}
