@@ -17,15 +17,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// EjectionTime is how long an endpoint that refused a connection is left
-// out before it is tried again.
-const EjectionTime = 5 * time.Second
+// DefaultEjectionTime is how long an endpoint that refused a connection is
+// left out before it is tried again.
+const DefaultEjectionTime = 5 * time.Second
 
 // Proxy runs a Config. Apply replaces it; established connections keep
 // flowing across changes unless their listener goes away.
 type Proxy struct {
 	log *zap.Logger
 	cfg atomic.Pointer[Config]
+	// EjectionTime is how long a failed endpoint is left out.
+	EjectionTime time.Duration
 
 	mu        sync.Mutex
 	listeners map[string]*running
@@ -46,7 +48,7 @@ type running struct {
 // New returns a Proxy with an empty configuration.
 func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	p := &Proxy{
-		log: log, listeners: map[string]*running{}, ejected: map[string]time.Time{},
+		log: log, listeners: map[string]*running{}, ejected: map[string]time.Time{}, EjectionTime: DefaultEjectionTime,
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_connections_total",
 			Help: "Connections accepted, by listener."}, []string{"listener"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_bytes_total",
@@ -299,7 +301,7 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 
 func (p *Proxy) eject(addr string) {
 	p.mu.Lock()
-	p.ejected[addr] = time.Now().Add(EjectionTime)
+	p.ejected[addr] = time.Now().Add(p.EjectionTime)
 	p.mu.Unlock()
 }
 

@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+func newProxy(t *testing.T) *Proxy {
+	t.Helper()
+	p, err := New(zaptest.NewLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+func TestPickByPriority(t *testing.T) {
+	p := newProxy(t)
+	c := &Cluster{Name: "c", Overprovisioning: 140, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1, Priority: 0}, {Addr: "b:1", Weight: 1, Priority: 0}, {Addr: "z:1", Weight: 1, Priority: 1}}}
+	count := func() map[string]int {
+		out := map[string]int{}
+		for range 4000 {
+			ep, ok := p.pick(c, nil)
+			if !ok {
+				t.Fatal("no endpoint")
+			}
+			out[ep.Addr]++
+		}
+		return out
+	}
+	if got := count(); got["z:1"] != 0 {
+		t.Fatalf("all healthy: priority 1 got %d of 4000", got["z:1"])
+	}
+	// Half of priority 0 healthy: 50% × 1.4 = 70% stays, 30% spills.
+	p.eject("a:1")
+	got := count()
+	if got["a:1"] != 0 || got["z:1"] < 1000 || got["z:1"] > 1400 {
+		t.Fatalf("one of two ejected: %v, want about 1200 of 4000 to spill to priority 1", got)
+	}
+	p.eject("b:1")
+	if got := count(); got["z:1"] != 4000 {
+		t.Fatalf("priority 0 all ejected: %v", got)
+	}
+}
+
+func TestEjectedEndpointReturns(t *testing.T) {
+	p := newProxy(t)
+	p.EjectionTime = 50 * time.Millisecond
+	p.eject("a:1")
+	if p.healthy("a:1") {
+		t.Fatal("an endpoint just ejected is healthy")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !p.healthy("a:1") {
+		if time.Now().After(deadline) {
+			t.Fatal("the endpoint never came back")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func echoServer(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s %s\n", name, sc.Text())
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func freePort(t *testing.T) string {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func config(listen string, routes ...Route) *Config {
+	c := &Config{Listeners: map[string]*Listener{"l": {Name: "l", Addr: listen, Routes: routes}}, Clusters: map[string]*Cluster{}}
+	return c
+}
+
+// TestChangesKeepConnections: a configuration change — new weights, a new
+// cluster — leaves an established connection flowing, and so does removing
+// its listener (which only stops new connections).
+func TestChangesKeepConnections(t *testing.T) {
+	p := newProxy(t)
+	a, b := echoServer(t, "a"), echoServer(t, "b")
+	listen := freePort(t)
+	cfg := config(listen, Route{Cluster: "a", Weight: 1})
+	cfg.Clusters["a"] = &Cluster{Name: "a", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: a, Weight: 1}}}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	roundTrip := func(msg string) string {
+		conn.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintln(conn, msg)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("established connection after a change: %v", err)
+		}
+		return strings.TrimSpace(line)
+	}
+	if got := roundTrip("one"); got != "a one" {
+		t.Fatalf("got %q", got)
+	}
+	next := config(listen, Route{Cluster: "b", Weight: 1})
+	next.Clusters["b"] = &Cluster{Name: "b", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: b, Weight: 1}}}
+	if err := p.Apply(next); err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip("two"); got != "a two" {
+		t.Fatalf("the established connection moved: %q", got)
+	}
+	if c2, err := net.Dial("tcp", listen); err == nil {
+		fmt.Fprintln(c2, "new")
+		line, _ := bufio.NewReader(c2).ReadString('\n')
+		c2.Close()
+		if strings.TrimSpace(line) != "b new" {
+			t.Fatalf("a new connection after the change: %q", line)
+		}
+	}
+	if err := p.Apply(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip("three"); got != "a three" {
+		t.Fatalf("after its listener went away: %q", got)
+	}
+	if _, err := net.DialTimeout("tcp", listen, time.Second); err == nil {
+		t.Fatal("a removed listener still accepts")
+	}
+}
+
+// TestTranslateRefusesWhatItCannotRun names the unsupported part, so the
+// proxy NACKs it with that reason.
+func TestTranslateRefusesWhatItCannotRun(t *testing.T) {
+	m, _ := anypb.New(&hcm.HttpConnectionManager{StatPrefix: "x"})
+	l := &listener.Listener{Name: "http", Address: nil}
+	if _, err := translate([]*listener.Listener{l}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "socket addresses") {
+		t.Fatalf("listener without an address: %v", err)
+	}
+	l = &listener.Listener{Name: "http", Address: socket("127.0.0.1", 1), FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{
+		{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: m}}}}}}
+	if _, err := translate([]*listener.Listener{l}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "http_connection_manager") {
+		t.Fatalf("an HTTP filter: %v", err)
+	}
+}
+
+func socket(addr string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
+}
