@@ -301,9 +301,8 @@ func (s *Server) closed(stream int64) {
 	s.notify()
 }
 
-// nacked counts and logs a NACK, then slows the stream down: the response
-// will not change until the configuration does, so resending it at once
-// would only loop.
+// nacked counts and logs a NACK, and slows down a proxy that NACKs again
+// and again.
 func (s *Server) nacked(stream int64, typeURL, reason string) {
 	s.nacks.WithLabelValues(typeURL).Inc()
 	s.mu.Lock()
@@ -317,7 +316,10 @@ func (s *Server) nacked(stream int64, typeURL, reason string) {
 	}
 	s.mu.Unlock()
 	s.log.Warn("proxy rejected its configuration", zap.String("proxy", id), zap.String("type_url", typeURL), zap.String("reason", reason))
-	time.Sleep(min(time.Duration(1<<min(count, 8))*50*time.Millisecond, 10*time.Second))
+	// A proxy that keeps rejecting is slowed down as well.
+	if count > 1 {
+		time.Sleep(min(time.Duration(1<<min(count, 8))*50*time.Millisecond, 10*time.Second))
+	}
 }
 
 func (s *Server) callbacks() serverv3.Callbacks {
@@ -330,6 +332,17 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			}
 			if req.GetErrorDetail() != nil {
 				s.nacked(stream, req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
+				// The cache answers any request whose version differs from
+				// the snapshot's, so a NACK (which carries the last good
+				// version) would get the rejected configuration again at
+				// once, forever. Record the rejected version as the
+				// proxy's: nothing is resent until the configuration
+				// changes.
+				s.mu.Lock()
+				if v, ok := s.hashes[s.streams[stream]]; ok {
+					req.VersionInfo = v
+				}
+				s.mu.Unlock()
 			} else if req.GetResponseNonce() != "" {
 				s.acked(stream, req.GetTypeUrl(), req.GetVersionInfo())
 			}

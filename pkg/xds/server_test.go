@@ -1,0 +1,100 @@
+package xds
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceClient) {
+	t.Helper()
+	s, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := grpc.NewServer()
+	s.Register(ctx, g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(ln)
+	t.Cleanup(func() { cancel(); g.Stop() })
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	r := Resources{}
+	r.add(resource.ListenerType, apiListener("billing"))
+	if err := s.SetResources(ctx, "default.a", r); err != nil {
+		t.Fatal(err)
+	}
+	return s, discovery.NewAggregatedDiscoveryServiceClient(cc)
+}
+
+// TestNackIsRecorded: a NACK is counted, shown in the proxy's insight, and
+// the rejected configuration is not resent in a loop.
+func TestNackIsRecorded(t *testing.T) {
+	s, client := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &core.Node{Id: "default.a"}
+	stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"}})
+	resp, err := stream.Recv()
+	if err != nil || len(resp.Resources) != 1 {
+		t.Fatalf("first response: %v %v", resp, err)
+	}
+	stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"},
+		ResponseNonce: resp.Nonce, ErrorDetail: &status.Status{Code: 3, Message: "cannot apply"}})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, ok := s.Insight("default.a")
+		if ok && n.Nacks == 1 && n.LastNack == "cannot apply" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("insight after a NACK: %+v", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Nothing new to send: the stream stays quiet rather than resending.
+	got := make(chan error, 1)
+	go func() { _, err := stream.Recv(); got <- err }()
+	select {
+	case err := <-got:
+		t.Fatalf("the rejected configuration came again (%v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestDeltaXDS: the same configuration is served over delta xDS.
+func TestDeltaXDS(t *testing.T) {
+	_, client := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := client.DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "default.a"}, TypeUrl: resource.ListenerType, ResourceNamesSubscribe: []string{"billing"}})
+	resp, err := stream.Recv()
+	if err != nil || len(resp.Resources) != 1 || resp.Resources[0].Name != "billing" {
+		t.Fatalf("delta response: %v %v", resp, err)
+	}
+}
