@@ -134,11 +134,9 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		if err != nil {
 			return nil, err
 		}
-		for _, r := range out.Routes {
-			if _, ok := cfg.Clusters[r.Cluster]; !ok {
-				return nil, fmt.Errorf("listener %q: cluster %q is not defined", l.Name, r.Cluster)
-			}
-		}
+		// A route to a cluster that has not arrived yet is not an error:
+		// listeners and clusters come in separate responses, in any order,
+		// as for Envoy; its connections are refused until it arrives.
 		cfg.Listeners[l.Name] = out
 	}
 	return cfg, nil
