@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"strings"
@@ -14,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 func newProxy(t *testing.T) *Proxy {
@@ -182,4 +186,84 @@ func TestTranslateRefusesWhatItCannotRun(t *testing.T) {
 
 func socket(addr string, port uint32) *core.Address {
 	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+// TestSNIPassthrough: an ingress listener routes by the ClientHello's SNI
+// without terminating TLS (the backend completes the handshake), and closes
+// and counts a connection whose SNI it does not know.
+func TestSNIPassthrough(t *testing.T) {
+	ca, _ := mtls.NewCA("default", time.Now())
+	id, _ := mtls.Issue(ca, "billing", time.Hour, time.Now())
+	pair, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "tls %s\n", sc.Text())
+				}
+			}()
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	p, err := New(zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	listen := freePort(t)
+	cfg := &Config{
+		Listeners: map[string]*Listener{"ingress": {Name: "ingress", Addr: listen, SNIRoutes: map[string][]Route{"billing-abc.default.ursa": {{Cluster: "billing", Weight: 1}}}}},
+		Clusters:  map[string]*Cluster{"billing": {Name: "billing", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: backend.Addr().String(), Weight: 1}}}},
+	}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(ca.CertPEM))
+	dial := func(sni string) (string, error) {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", listen, &tls.Config{ServerName: sni, RootCAs: roots,
+			InsecureSkipVerify: true}) // the backend's certificate names a SPIFFE ID, not this SNI
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		fmt.Fprintln(c, "hi")
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	if got, err := dial("billing-abc.default.ursa"); err != nil || got != "tls hi" {
+		t.Fatalf("known SNI: %q %v", got, err)
+	}
+	if _, err := dial("unknown.default.ursa"); err == nil {
+		t.Fatal("an unknown SNI was passed through")
+	}
+	families, _ := reg.Gather()
+	refused := false
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if f.GetName() == "ursa_dp_refused_total" && l.GetValue() == "unknown_sni" && m.GetCounter().GetValue() == 1 {
+					refused = true
+				}
+			}
+		}
+	}
+	if !refused {
+		t.Fatal("the unknown SNI was not counted")
+	}
 }
