@@ -267,3 +267,60 @@ func TestSNIPassthrough(t *testing.T) {
 		t.Fatal("the unknown SNI was not counted")
 	}
 }
+
+// TestRotationKeepsConnections: a new identity from SDS serves new
+// connections while an established mTLS connection keeps flowing.
+func TestRotationKeepsConnections(t *testing.T) {
+	now := time.Now()
+	ca, _ := mtls.NewCA("default", now)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(ca.CertPEM))
+	pairOf := func(id mtls.Identity) *tls.Certificate {
+		p, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &p
+	}
+	first, _ := mtls.Issue(ca, "billing", time.Hour, now)
+	second, _ := mtls.Issue(ca, "billing", time.Hour, now)
+	caller, _ := mtls.Issue(ca, "web", time.Hour, now)
+	p := newProxy(t)
+	app, listen := echoServer(t, "app"), freePort(t)
+	cfg := func(id mtls.Identity) *Config {
+		return &Config{Identity: pairOf(id), Roots: roots,
+			Listeners: map[string]*Listener{"in": {Name: "in", Addr: listen, TLS: true, Routes: []Route{{Cluster: "app", Weight: 1}}}},
+			Clusters:  map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: app, Weight: 1}}}}}
+	}
+	if err := p.Apply(cfg(first)); err != nil {
+		t.Fatal(err)
+	}
+	dial := func() (*tls.Conn, *bufio.Reader) {
+		c, err := tls.Dial("tcp", listen, &tls.Config{Certificates: []tls.Certificate{*pairOf(caller)}, RootCAs: roots, InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, bufio.NewReader(c)
+	}
+	echo := func(c *tls.Conn, r *bufio.Reader, msg string) {
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintln(c, msg)
+		if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "app "+msg {
+			t.Fatalf("%s: %q %v", msg, line, err)
+		}
+	}
+	old, oldR := dial()
+	defer old.Close()
+	echo(old, oldR, "before")
+	if err := p.Apply(cfg(second)); err != nil {
+		t.Fatal(err)
+	}
+	echo(old, oldR, "after the rotation")
+	fresh, freshR := dial()
+	defer fresh.Close()
+	echo(fresh, freshR, "new")
+	want, _ := x509.ParseCertificate(pairOf(second).Certificate[0])
+	if got := fresh.ConnectionState().PeerCertificates[0]; got.SerialNumber.Cmp(want.SerialNumber) != 0 {
+		t.Fatal("a new connection did not get the rotated certificate")
+	}
+}
