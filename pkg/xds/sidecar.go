@@ -56,23 +56,28 @@ func Sidecar(s *MeshState, p Proxy) (Resources, error) {
 		if len(subsets) == 0 {
 			continue
 		}
-		out.add(resource.ListenerType, outboundListener(o, subsets))
+		out.add(resource.ListenerType, memo(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
+			func() *listener.Listener { return outboundListener(o, subsets) }))
 		for _, sub := range subsets {
 			clusters[sub.ClusterName()] = sub
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(clusters)) {
 		sub := clusters[name]
-		c := edsCluster(name)
-		if mtls {
-			c.TransportSocket = upstreamTLS(s.Mesh.Name, sub)
-		}
-		out.add(resource.ClusterType, c)
-		cla := loadAssignment(name, s.endpoints(sub, false), s.priorities(sub.Tags[api.TagService]))
-		if f := s.failoverFor(sub.Tags[api.TagService]); f != nil && f.Spec.Threshold > 0 {
-			cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / f.Spec.Threshold))}
-		}
-		out.add(resource.EndpointType, cla)
+		out.add(resource.ClusterType, memo(s, "cluster|"+name, func() *cluster.Cluster {
+			c := edsCluster(name)
+			if mtls {
+				c.TransportSocket = upstreamTLS(s.Mesh.Name, sub)
+			}
+			return c
+		}))
+		out.add(resource.EndpointType, memo(s, "cla|"+name, func() *endpoint.ClusterLoadAssignment {
+			cla := loadAssignment(name, s.endpoints(sub, false), s.priorities(sub.Tags[api.TagService]))
+			if f := s.failoverFor(sub.Tags[api.TagService]); f != nil && f.Spec.Threshold > 0 {
+				cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / f.Spec.Threshold))}
+			}
+			return cla
+		}))
 	}
 	return out, nil
 }

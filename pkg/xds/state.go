@@ -11,12 +11,14 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // MeshState is everything a proxy's configuration depends on, for one mesh
-// in one zone. It is immutable once built.
+// in one zone. It is immutable once built, and must not be copied: build a
+// new one when the state changes (it memoises what it generates).
 type MeshState struct {
 	Zone string
 	Mesh *api.Mesh
@@ -29,6 +31,36 @@ type MeshState struct {
 	Ingresses []*api.ZoneIngress
 	// VIPs maps a service to its virtual IP in this zone.
 	VIPs map[string]netip.Addr
+
+	// shared memoises what every proxy of the mesh gets alike (endpoint
+	// lists, clusters, load assignments, outbound listeners), so that a
+	// mesh's proxies share one copy instead of each building its own. The
+	// values are never modified once built.
+	mu     sync.Mutex
+	shared map[string]any
+}
+
+// memo returns the value built for key, building it once per MeshState.
+// It builds without holding the lock (builders call memo themselves); if
+// two callers race, the first value stored wins.
+func memo[T any](s *MeshState, key string, build func() T) T {
+	s.mu.Lock()
+	v, ok := s.shared[key]
+	s.mu.Unlock()
+	if ok {
+		return v.(T)
+	}
+	built := build()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.shared[key]; ok {
+		return v.(T)
+	}
+	if s.shared == nil {
+		s.shared = map[string]any{}
+	}
+	s.shared[key] = built
+	return built
 }
 
 // Proxy is the proxy a configuration is for.
@@ -156,14 +188,30 @@ type Endpoint struct {
 // match it (in this zone), and, unless localOnly, each other zone's ingress
 // offering it, weighted by instance count.
 func (s *MeshState) endpoints(sub Subset, localOnly bool) []Endpoint {
+	key := fmt.Sprintf("endpoints|%s|%v", sub.ClusterName(), localOnly)
+	return memo(s, key, func() []Endpoint { return s.buildEndpoints(sub, localOnly) })
+}
+
+// matchesHere is matches for a local inbound, whose zone is this zone when
+// its tags do not say.
+func (s *MeshState) matchesHere(selector, tags map[string]string) bool {
+	for k, v := range selector {
+		got, ok := tags[k]
+		if !ok && k == api.TagZone {
+			got, ok = s.Zone, true
+		}
+		if !ok || (v != "*" && got != v) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *MeshState) buildEndpoints(sub Subset, localOnly bool) []Endpoint {
 	var out []Endpoint
 	for _, dp := range s.Dataplanes {
 		for _, in := range dp.Networking.Inbound {
-			tags := maps.Clone(in.Tags)
-			if _, ok := tags[api.TagZone]; !ok {
-				tags[api.TagZone] = s.Zone
-			}
-			if matches(sub.Tags, tags) {
+			if s.matchesHere(sub.Tags, in.Tags) {
 				out = append(out, Endpoint{Address: dp.Networking.Address, Port: uint32(in.Port), Weight: 1, Zone: s.Zone})
 			}
 		}

@@ -171,7 +171,9 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 // withRoute returns a copy of state whose TrafficRoute for service splits
 // v1/100-v1 by version.
 func withRoute(st *xds.MeshState, service string, v1 int) *xds.MeshState {
-	out := *st
+	// A fresh MeshState, not a copy: a MeshState memoises what it builds.
+	out := xds.MeshState{Zone: st.Zone, Mesh: st.Mesh, Dataplanes: st.Dataplanes, Permissions: st.Permissions,
+		Failovers: st.Failovers, Ingresses: st.Ingresses, VIPs: st.VIPs}
 	out.Routes = slices.Clone(st.Routes)
 	r := versionRoute(service, v1)
 	i := slices.IndexFunc(out.Routes, func(x *api.TrafficRoute) bool { return x.Name == r.Name })
