@@ -5,6 +5,7 @@
 # everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v curl >/dev/null || { echo "make demo needs curl (apt-get install -y curl)" >&2; exit 1; }
 BIN=bin
 DIR=$(mktemp -d /tmp/ursa-demo.XXXX)
 PIDS=()
