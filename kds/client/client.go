@@ -24,7 +24,6 @@ import (
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/kds/kdspb"
 	"github.com/ursamesh/ursa/kds/server"
-	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -174,6 +173,3 @@ func orEOF(err error) error {
 	}
 	return err
 }
-
-// Types lists what a zone receives, for callers wiring read-only checks.
-func Types() []api.Descriptor { return kds.GlobalToZoneTypes() }

@@ -128,10 +128,11 @@ func background(t *testing.T, cancel context.CancelFunc) *sync.WaitGroup {
 	return &wg
 }
 
-// eventually polls cond until it holds or 10s pass.
+// eventually polls cond until it holds or 30s pass (generous: these tests
+// share two cores with every other package's).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -115,7 +115,7 @@ func New(deps Deps) (http.Handler, error) {
 	mux.HandleFunc("GET /{type}/{name}", s.get)
 	mux.HandleFunc("PUT /{type}/{name}", s.put)
 	mux.HandleFunc("DELETE /{type}/{name}", s.delete)
-	mux.HandleFunc("GET /zones/{name}/insight", s.zoneInsight)
+	mux.HandleFunc("GET /zones/{name}/insight", s.get)
 	mux.HandleFunc("GET /meshes/{mesh}/{type}", s.list)
 	mux.HandleFunc("GET /meshes/{mesh}/{type}/{name}", s.get)
 	mux.HandleFunc("PUT /meshes/{mesh}/{type}/{name}", s.put)
@@ -293,6 +293,3 @@ func (s *server) get(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (s *server) zoneInsight(w http.ResponseWriter, r *http.Request) {
-	s.get(w, r)
-}

@@ -187,9 +187,17 @@ func (st *state) take(resp *discovery.DiscoveryResponse) error {
 }
 
 // wanted lists the EDS and SDS names the current clusters and listeners
-// refer to.
+// refer to: SDS names are read from their TLS contexts.
 func (st *state) wanted() map[string][]string {
 	eds, sds := map[string]bool{}, map[string]bool{}
+	addSDS := func(ctx *tlsv3.CommonTlsContext) {
+		for _, c := range ctx.GetTlsCertificateSdsSecretConfigs() {
+			sds[c.GetName()] = true
+		}
+		if c := ctx.GetValidationContextSdsSecretConfig(); c != nil {
+			sds[c.GetName()] = true
+		}
+	}
 	for _, cl := range st.clusters {
 		if cl.GetType() == cluster.Cluster_EDS {
 			name := cl.GetEdsClusterConfig().GetServiceName()
@@ -198,17 +206,20 @@ func (st *state) wanted() map[string][]string {
 			}
 			eds[name] = true
 		}
-		if cl.GetTransportSocket() != nil {
-			sds["identity"], sds["mesh-ca"] = true, true
+		up := &tlsv3.UpstreamTlsContext{}
+		if ts := cl.GetTransportSocket(); ts != nil && ts.GetTypedConfig().UnmarshalTo(up) == nil {
+			addSDS(up.GetCommonTlsContext())
 		}
 	}
 	for _, l := range st.listeners {
 		for _, fc := range l.GetFilterChains() {
-			if fc.GetTransportSocket() != nil {
-				sds["identity"], sds["mesh-ca"] = true, true
+			down := &tlsv3.DownstreamTlsContext{}
+			if ts := fc.GetTransportSocket(); ts != nil && ts.GetTypedConfig().UnmarshalTo(down) == nil {
+				addSDS(down.GetCommonTlsContext())
 			}
 		}
 	}
+	delete(sds, "")
 	out := map[string][]string{}
 	if len(eds) > 0 {
 		out[resource.EndpointType] = slices.Sorted(maps.Keys(eds))

@@ -5,12 +5,10 @@ import (
 	"fmt"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
@@ -120,9 +118,6 @@ func Validate(r Resources) error {
 			need(resource.EndpointType, name, fmt.Sprintf("cluster %q", c.Name))
 		}
 	}
-	for _, res := range r[resource.EndpointType] {
-		_ = res.(*endpoint.ClusterLoadAssignment)
-	}
 	return errors.Join(errs...)
 }
 
@@ -141,5 +136,3 @@ func shortType(t resource.Type) string {
 	}
 	return t
 }
-
-var _ types.Resource = (*listener.Listener)(nil)
