@@ -35,22 +35,15 @@ import (
 // Config is the global CP's configuration; see pkg/config for how it maps
 // to a YAML file, URSA_* variables and flags.
 type Config struct {
-	Store string    `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
-	API   APIConfig `json:"api"`
-	KDS   KDSConfig `json:"kds"`
+	Store string           `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
+	API   apiserver.Config `json:"api"`
+	KDS   KDSConfig        `json:"kds"`
 	// Instance names this replica in zone insights.
 	Instance string `json:"instance" usage:"name of this global CP replica in zone insights (default: host name and process id)"`
 	Log      struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 	ShutdownGrace config.Duration `json:"shutdownGrace" usage:"how long in-flight requests may take to finish on shutdown"`
-}
-
-// APIConfig configures the REST API.
-type APIConfig struct {
-	Addr                    string `json:"addr" usage:"address of the REST API"`
-	BodyLimit               int64  `json:"bodyLimit" usage:"largest accepted request body, in bytes"`
-	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers authenticate too"`
 }
 
 // KDSConfig configures the KDS server zones connect to.
@@ -66,7 +59,7 @@ type KDSConfig struct {
 func DefaultConfig() Config {
 	var c Config
 	c.Store = "memory"
-	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
+	c.API = apiserver.DefaultConfig()
 	c.KDS = KDSConfig{Addr: ":5685", MaxMessageSize: 16 << 20, AckTimeout: config.Duration{Duration: 15 * time.Second}}
 	c.Log.Level = "info"
 	c.ShutdownGrace = config.Duration{Duration: 10 * time.Second}
@@ -79,8 +72,8 @@ func (c Config) Validate() error {
 	if c.Store != "memory" && !backend.IsPostgres(c.Store) {
 		errs = append(errs, fmt.Errorf("store: %q is neither memory nor a postgres:// URL", c.Store))
 	}
-	if _, _, err := net.SplitHostPort(c.API.Addr); err != nil {
-		errs = append(errs, fmt.Errorf("api.addr: %q is not host:port", c.API.Addr))
+	if err := c.API.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if _, _, err := net.SplitHostPort(c.KDS.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("kds.addr: %q is not host:port", c.KDS.Addr))
@@ -93,9 +86,6 @@ func (c Config) Validate() error {
 	}
 	if c.KDS.AckTimeout.Duration < 100*time.Millisecond {
 		errs = append(errs, errors.New("kds.ackTimeout: use at least 100ms"))
-	}
-	if c.API.BodyLimit < 1024 {
-		errs = append(errs, fmt.Errorf("api.bodyLimit: %d is too small; use at least 1024", c.API.BodyLimit))
 	}
 	if c.ShutdownGrace.Duration < 0 {
 		errs = append(errs, errors.New("shutdownGrace: must not be negative"))

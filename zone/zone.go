@@ -53,8 +53,8 @@ type Config struct {
 			InsecureSkipVerify bool   `json:"insecureSkipVerify" usage:"do not verify the global's KDS certificate (tests only)"`
 		} `json:"kds"`
 	} `json:"global"`
-	Store string    `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
-	API   APIConfig `json:"api"`
+	Store string           `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
+	API   apiserver.Config `json:"api"`
 	XDS   struct {
 		Addr                  string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
 		RequireDataplaneToken bool   `json:"requireDataplaneToken" usage:"refuse proxies without a dataplane token (ursactl generate dataplane-token); a token given is always checked"`
@@ -87,18 +87,11 @@ type Config struct {
 	ShutdownGrace config.Duration `json:"shutdownGrace" usage:"how long in-flight requests may take to finish on shutdown"`
 }
 
-// APIConfig configures the zone's REST API.
-type APIConfig struct {
-	Addr                    string `json:"addr" usage:"address of the REST API"`
-	BodyLimit               int64  `json:"bodyLimit" usage:"largest accepted request body, in bytes"`
-	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers authenticate too"`
-}
-
 // DefaultConfig returns the defaults of DESIGN.md §5.
 func DefaultConfig() Config {
 	var c Config
 	c.Store = "memory"
-	c.API = APIConfig{Addr: ":5681", BodyLimit: apiserver.DefaultBodyLimit}
+	c.API = apiserver.DefaultConfig()
 	c.XDS.Addr = ":5678"
 	c.XDS.OfflineRemoval = config.Duration{Duration: 72 * time.Hour}
 	c.MTLS.CertTTL = config.Duration{Duration: 24 * time.Hour}
@@ -123,8 +116,8 @@ func (c Config) Validate() error {
 	if c.Store != "memory" && !backend.IsPostgres(c.Store) {
 		errs = append(errs, fmt.Errorf("store: %q is neither memory nor a postgres:// URL", c.Store))
 	}
-	if _, _, err := net.SplitHostPort(c.API.Addr); err != nil {
-		errs = append(errs, fmt.Errorf("api.addr: %q is not host:port", c.API.Addr))
+	if err := c.API.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Federated() {
 		if _, err := client.ParseAddress(c.Global.KDS.Address); err != nil {

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/global"
 	"github.com/ursamesh/ursa/pkg/config"
@@ -45,55 +46,42 @@ func newRoot(ctx context.Context, out io.Writer) *cobra.Command {
 
 func newGlobal() *cobra.Command {
 	cfg := global.DefaultConfig()
-	var file string
-	cmd := &cobra.Command{
-		Use:   "global",
-		Short: "Run the global control plane",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
-				return err
-			}
-			if err := cfg.Validate(); err != nil {
-				return err
-			}
-			log, err := logging.New(cfg.Log.Level)
-			if err != nil {
-				return err
-			}
-			defer log.Sync()
-			return global.Run(cmd.Context(), cfg, log)
-		},
-	}
-	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
-	config.Bind(cmd.Flags(), &cfg)
-	return cmd
+	return cpCommand("global", "Run the global control plane", &cfg,
+		func(c *global.Config) string { return c.Log.Level }, global.Run)
 }
 
 func newZone() *cobra.Command {
 	cfg := zone.DefaultConfig()
+	return cpCommand("zone", "Run a zone control plane (standalone without --global-kds-address)", &cfg,
+		func(c *zone.Config) string { return c.Log.Level }, zone.Run)
+}
+
+// cpCommand builds a command that loads *cfg from its defaults, a file, the
+// environment and its flags, validates it and runs it with a logger.
+func cpCommand[C interface{ Validate() error }](use, short string, cfg *C, level func(*C) string,
+	run func(context.Context, C, *zap.Logger) error) *cobra.Command {
 	var file string
 	cmd := &cobra.Command{
-		Use:   "zone",
-		Short: "Run a zone control plane (standalone without --global-kds-address)",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
+			if err := config.Load(cmd.Flags(), cfg, file); err != nil {
 				return err
 			}
-			if err := cfg.Validate(); err != nil {
+			if err := (*cfg).Validate(); err != nil {
 				return err
 			}
-			log, err := logging.New(cfg.Log.Level)
+			log, err := logging.New(level(cfg))
 			if err != nil {
 				return err
 			}
 			defer log.Sync()
-			return zone.Run(cmd.Context(), cfg, log)
+			return run(cmd.Context(), *cfg, log)
 		},
 	}
 	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
-	config.Bind(cmd.Flags(), &cfg)
+	config.Bind(cmd.Flags(), cfg)
 	return cmd
 }
 

@@ -37,6 +37,28 @@ const (
 // DefaultBodyLimit bounds a request body.
 const DefaultBodyLimit = 2 << 20 // a 1 MiB Secret is 1.33 MiB in base64
 
+// Config is the REST API's part of a CP's configuration, shared by the
+// global and zone CPs.
+type Config struct {
+	Addr                    string `json:"addr" usage:"address of the REST API"`
+	BodyLimit               int64  `json:"bodyLimit" usage:"largest accepted request body, in bytes"`
+	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers authenticate too"`
+}
+
+// DefaultConfig is DESIGN.md §5's: port 5681.
+func DefaultConfig() Config { return Config{Addr: ":5681", BodyLimit: DefaultBodyLimit} }
+
+// Validate names the first setting that cannot work, under the "api." key.
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("api.addr: %q is not host:port", c.Addr)
+	}
+	if c.BodyLimit < 1024 {
+		return fmt.Errorf("api.bodyLimit: %d is too small; use at least 1024", c.BodyLimit)
+	}
+	return nil
+}
+
 // Deps is what the API needs. Store, Log and Registry are required.
 type Deps struct {
 	Store store.Store
