@@ -2,12 +2,8 @@ package kds
 
 import (
 	"context"
-	"errors"
-	"maps"
 	"sync"
-	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -35,11 +31,12 @@ type Source interface {
 	Current() (*Snapshot, <-chan struct{})
 }
 
-// Cache follows a store — list once, then watch — and publishes snapshots of
+// Cache follows a store through a store.Mirror and publishes snapshots of
 // the resources of its types that include admits, encoded for the wire. One
-// Cache serves every stream of a process.
+// Cache serves every stream of a process; a resource the Mirror did not
+// change keeps its encoded Entry, so a change costs one encoding.
 type Cache struct {
-	st      store.Store
+	mirror  *store.Mirror
 	types   []api.Descriptor
 	include func(api.Resource) bool
 	log     *zap.Logger
@@ -57,11 +54,13 @@ func NewCache(st store.Store, types []api.Descriptor, include func(api.Resource)
 	if include == nil {
 		include = func(api.Resource) bool { return true }
 	}
+	names := make([]string, len(types))
 	snap := &Snapshot{Types: map[string]*TypeSet{}}
-	for _, d := range types {
+	for i, d := range types {
+		names[i] = d.Type
 		snap.Types[TypeURL(d.Type)] = &TypeSet{Entries: map[string]*Entry{}}
 	}
-	return &Cache{st: st, types: types, include: include, log: log, snap: snap,
+	return &Cache{mirror: store.NewMirror(st, names, log), types: types, include: include, log: log, snap: snap,
 		changed: make(chan struct{}), ready: make(chan struct{})}
 }
 
@@ -75,69 +74,62 @@ func (c *Cache) Current() (*Snapshot, <-chan struct{}) {
 // Ready is closed once the cache has loaded the store.
 func (c *Cache) Ready() <-chan struct{} { return c.ready }
 
-// Start follows the store until ctx ends. It lists again when the store no
-// longer has the changes it needs, and retries while the store is down.
+// Start follows the store until ctx ends.
 func (c *Cache) Start(ctx context.Context) error {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval = 50*time.Millisecond, 5*time.Second
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { c.mirror.Start(ctx) })
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-c.mirror.Ready():
+	}
+	seen := map[string]map[api.Key]api.Resource{} // by type: what the current entries were built from
 	for {
-		err := c.follow(ctx, b)
-		if ctx.Err() != nil {
-			return nil
-		}
-		delay := b.NextBackOff()
-		if errors.Is(err, store.ErrCompacted) {
-			delay = 0
-		}
-		c.log.Warn("cache lost the store's change stream; listing again", zap.Error(err), zap.Duration("retry_in", delay))
+		view, changed := c.mirror.Current()
+		c.rebuild(view, seen)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(delay):
+		case <-changed:
 		}
 	}
 }
 
-func (c *Cache) follow(ctx context.Context, b *backoff.ExponentialBackOff) error {
-	listed := map[string]int64{}
-	sets := map[string]map[string]*Entry{}
-	since := int64(-1)
+// rebuild publishes a snapshot of view, re-encoding only what changed.
+func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resource) {
+	c.mu.Lock()
+	old := c.snap
+	c.mu.Unlock()
+	types := map[string]*TypeSet{}
 	for _, d := range c.types {
-		res, err := c.st.List(ctx, store.ListOptions{Type: d.Type})
-		if err != nil {
-			return err
-		}
-		entries := map[string]*Entry{}
-		for _, r := range res.Items {
-			if e := c.entry(r); e != nil {
-				entries[e.Name] = e
+		url := TypeURL(d.Type)
+		items, prev := view.Items(d.Type), seen[d.Type]
+		same := len(items) == len(prev)
+		for k, r := range items {
+			if prev[k] != r {
+				same = false
+				break
 			}
 		}
-		url := TypeURL(d.Type)
-		sets[url], listed[d.Type] = entries, res.Revision
-		if since < 0 || res.Revision < since {
-			since = res.Revision
+		if same && old.Types[url] != nil {
+			types[url] = old.Types[url]
+			continue
 		}
-	}
-	rev := since
-	for _, r := range listed {
-		rev = max(rev, r)
-	}
-	snap := &Snapshot{Revision: rev, Types: map[string]*TypeSet{}}
-	for url, entries := range sets {
-		snap.Types[url] = &TypeSet{Entries: entries}
-	}
-	c.publish(snap)
-	b.Reset()
-	return c.st.Watch(ctx, since, func(e store.Event) error {
-		typ := e.Resource.GetMeta().Type
-		lr, ok := listed[typ]
-		if !ok || e.Revision <= lr {
-			return nil // not ours, or already in what we listed
+		entries := make(map[string]*Entry, len(items))
+		for k, r := range items {
+			name := WireName(k)
+			if e, ok := old.Types[url].Entries[name]; ok && prev[k] == r {
+				entries[name] = e
+			} else if e := c.entry(r); e != nil {
+				entries[name] = e
+			}
 		}
-		c.apply(e)
-		return nil
-	})
+		types[url], seen[d.Type] = &TypeSet{Entries: entries}, items
+	}
+	c.publish(&Snapshot{Revision: view.Revision, Types: types})
 }
 
 // entry encodes r, or returns nil when the cache does not keep it.
@@ -151,32 +143,6 @@ func (c *Cache) entry(r api.Resource) *Entry {
 		return nil
 	}
 	return e
-}
-
-func (c *Cache) apply(ev store.Event) {
-	url := TypeURL(ev.Resource.GetMeta().Type)
-	name := WireName(api.KeyOf(ev.Resource))
-	var e *Entry
-	if ev.Op != store.OpDelete {
-		e = c.entry(ev.Resource)
-	}
-	c.mu.Lock()
-	old := c.snap
-	c.mu.Unlock()
-	prev := old.Types[url]
-	if _, had := prev.Entries[name]; !had && e == nil {
-		c.publish(&Snapshot{Revision: ev.Revision, Types: old.Types})
-		return
-	}
-	entries := maps.Clone(prev.Entries)
-	if e == nil {
-		delete(entries, name)
-	} else {
-		entries[name] = e
-	}
-	types := maps.Clone(old.Types)
-	types[url] = &TypeSet{Entries: entries}
-	c.publish(&Snapshot{Revision: ev.Revision, Types: types})
 }
 
 func (c *Cache) publish(s *Snapshot) {
