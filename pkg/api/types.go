@@ -192,6 +192,18 @@ type FailoverSpec struct {
 	// Threshold is the percentage of healthy endpoints below which the next
 	// priority takes load; 0 means the default of 50.
 	Threshold int `json:"threshold,omitempty"`
+	// Drained lists zones to move traffic off: they come after every
+	// other zone, so they take load only when no other zone can. Unlike
+	// the ordering fields, the drained zones of every Failover that selects
+	// a service add up; `ursactl zone drain` writes Failovers that set only
+	// this field.
+	Drained []string `json:"drained,omitempty"`
+}
+
+// Orders reports whether a Failover says how zones are ordered, rather than
+// only which are drained.
+func (f *FailoverSpec) Orders() bool {
+	return f.LocalityAware || len(f.Order) > 0 || f.OnlyListed || f.Threshold > 0
 }
 
 // Secret holds opaque bytes, such as a mesh's CA key pair. Data is base64 in

@@ -323,6 +323,11 @@ func (f *Failover) validateSpec(v *validator) {
 		}
 		seen[z] = true
 	}
+	for i, z := range f.Spec.Drained {
+		if !zoneLabels.MatchString(z) || len(z) > 63 {
+			v.add(fmt.Sprintf("spec.drained[%d]", i), "%q is not a valid zone name", z)
+		}
+	}
 	if f.Spec.OnlyListed && len(f.Spec.Order) == 0 && !f.Spec.LocalityAware {
 		v.add("spec.order", "must list zones when onlyListed is set and localityAware is not")
 	}

@@ -31,7 +31,7 @@ func Ingress(meshes []*MeshState, ing *api.ZoneIngress) (Resources, error) {
 		chains := map[string]Subset{}
 		for _, svc := range s.localServices() {
 			for _, sub := range append(s.subsets(svc), Subset{Tags: map[string]string{api.TagService: svc}, Weight: 1}) {
-				chains[SNI(s.Mesh.Name, sub.Tags)] = sub
+				chains[SNI(s.Mesh.Name, sub.Tags)] = sub.anyZone() // this zone's instances, whatever zone the caller pinned
 			}
 		}
 		for _, sni := range slices.Sorted(maps.Keys(chains)) {

@@ -2,6 +2,8 @@ package xds
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -104,8 +106,10 @@ func edsCluster(name string) *cluster.Cluster {
 	}
 }
 
-// loadAssignment groups endpoints by zone into localities; priority gives
-// each zone's priority (0 when nil or absent).
+// loadAssignment groups endpoints by zone into localities. priority gives
+// each zone's priority: nil puts every zone at 0; otherwise a zone it does
+// not name is left out, and the priorities of the zones that remain are
+// renumbered without gaps (Envoy and grpc-go require that).
 func loadAssignment(name string, eps []Endpoint, priority map[string]uint32) *endpoint.ClusterLoadAssignment {
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
 	byZone := map[string]*endpoint.LocalityLbEndpoints{}
@@ -113,6 +117,9 @@ func loadAssignment(name string, eps []Endpoint, priority map[string]uint32) *en
 	for _, e := range eps {
 		loc, ok := byZone[e.Zone]
 		if !ok {
+			if _, named := priority[e.Zone]; priority != nil && !named {
+				continue
+			}
 			loc = &endpoint.LocalityLbEndpoints{Locality: &core.Locality{Zone: e.Zone}, Priority: priority[e.Zone],
 				LoadBalancingWeight: wrapperspb.UInt32(0)}
 			byZone[e.Zone] = loc
@@ -126,7 +133,16 @@ func loadAssignment(name string, eps []Endpoint, priority map[string]uint32) *en
 			LoadBalancingWeight: wrapperspb.UInt32(e.Weight),
 		})
 	}
+	used := map[uint32]bool{}
 	for _, z := range order {
+		used[byZone[z].Priority] = true
+	}
+	renumber := map[uint32]uint32{}
+	for i, p := range slices.Sorted(maps.Keys(used)) {
+		renumber[p] = uint32(i)
+	}
+	for _, z := range order {
+		byZone[z].Priority = renumber[byZone[z].Priority]
 		cla.Endpoints = append(cla.Endpoints, byZone[z])
 	}
 	return cla

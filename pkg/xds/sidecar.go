@@ -72,9 +72,13 @@ func Sidecar(s *MeshState, p Proxy) (Resources, error) {
 			return c
 		}))
 		out.add(resource.EndpointType, memo(s, "cla|"+name, func() *endpoint.ClusterLoadAssignment {
-			cla := loadAssignment(name, s.endpoints(sub, false), s.priorities(sub.Tags[api.TagService]))
-			if f := s.failoverFor(sub.Tags[api.TagService]); f != nil && f.Spec.Threshold > 0 {
-				cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / f.Spec.Threshold))}
+			// A subset pinned to a zone gets every zone's instances of the
+			// subset, its own zone first: when that zone cannot take its
+			// share, the share fails over instead of failing.
+			plan := s.failoverFor(sub.Tags[api.TagService])
+			cla := loadAssignment(name, s.endpoints(sub.anyZone(), false), plan.priorities(s, sub.pinnedZone()))
+			if plan.threshold > 0 {
+				cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / plan.threshold))}
 			}
 			return cla
 		}))
@@ -141,53 +145,6 @@ func (s *MeshState) servicePorts() map[string]uint32 {
 				out[svc] = uint32(p)
 			}
 		}
-	}
-	return out
-}
-
-func (s *MeshState) failoverFor(service string) *api.Failover {
-	var best *api.Failover
-	for _, f := range s.Failovers {
-		if matches(f.Spec.Destination, map[string]string{api.TagService: service}) && (best == nil || f.Name < best.Name) {
-			best = f
-		}
-	}
-	return best
-}
-
-// priorities gives each zone its locality priority for a service: with a
-// Failover, the caller's zone first (when locality-aware), then the listed
-// zones in order, then the rest; without one, the caller's zone first and
-// every other zone next, so local instances are preferred while they are
-// healthy.
-func (s *MeshState) priorities(service string) map[string]uint32 {
-	f := s.failoverFor(service)
-	if f == nil {
-		out := map[string]uint32{s.Zone: 0}
-		for _, ing := range s.Ingresses {
-			out[ing.Zone] = 1
-		}
-		return out
-	}
-	out := map[string]uint32{}
-	next := uint32(0)
-	if f.Spec.LocalityAware {
-		out[s.Zone] = next
-		next++
-	}
-	for _, z := range f.Spec.Order {
-		if _, ok := out[z]; !ok {
-			out[z] = next
-			next++
-		}
-	}
-	for _, ing := range s.Ingresses {
-		if _, ok := out[ing.Zone]; !ok {
-			out[ing.Zone] = next
-		}
-	}
-	if _, ok := out[s.Zone]; !ok {
-		out[s.Zone] = next
 	}
 	return out
 }
@@ -304,11 +261,15 @@ var nonLabel = regexp.MustCompile(`[^a-z0-9-]+`)
 // SNI names a subset for the remote zone's ingress, which routes on it
 // without decrypting: "<service>-<hash>.<mesh>.ursa", a valid DNS name whose
 // first label is at most 63 characters. The hash covers the service and
-// the subset's tags.
+// the subset's tags except its zone: which zone's ingress a connection
+// reaches decides the zone, so a subset pinned to one zone can fail over to
+// another's ingress.
 func SNI(mesh string, tags map[string]string) string {
 	h := sha256.New()
 	for _, k := range slices.Sorted(maps.Keys(tags)) {
-		fmt.Fprintf(h, "%s=%s;", k, tags[k])
+		if k != api.TagZone {
+			fmt.Fprintf(h, "%s=%s;", k, tags[k])
+		}
 	}
 	sum := hex.EncodeToString(h.Sum(nil))[:10]
 	svc := strings.Trim(nonLabel.ReplaceAllString(strings.ToLower(tags[api.TagService]), "-"), "-")
