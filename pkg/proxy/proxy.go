@@ -187,7 +187,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 func (p *Proxy) terminate(c net.Conn) (*tls.Conn, string, error) {
 	cfg := p.cfg.Load()
 	if cfg.Identity == nil || cfg.Roots == nil {
-		return nil, "", errors.New("no identity or CA yet")
+		return nil, "", errNoIdentity
 	}
 	tc := tls.Server(c, &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -246,7 +246,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		tried[ep.Addr] = true
 		conn, err := net.DialTimeout("tcp", ep.Addr, c.ConnectTimeout)
 		if err != nil {
-			p.eject(ep.Addr)
+			p.eject(c.Name, ep.Addr)
 			lastErr = err
 			continue
 		}
@@ -255,7 +255,15 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		}
 		tc, err := p.originate(cfg, conn, c)
 		if err != nil {
+			// The handshake is part of connecting, as in Envoy: a remote
+			// zone's ingress with no instance left for the SNI closes the
+			// connection before the handshake ends, and the caller's bytes
+			// have not gone anywhere yet, so another endpoint (the next
+			// zone) is tried.
 			conn.Close()
+			if !errors.Is(err, errNoIdentity) {
+				p.eject(c.Name, ep.Addr)
+			}
 			lastErr = err
 			continue
 		}
@@ -267,15 +275,24 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 	return nil, lastErr
 }
 
+// errNoIdentity is a connection this proxy cannot make yet, through no
+// fault of the endpoint.
+var errNoIdentity = errors.New("no identity or CA yet")
+
 func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, error) {
 	if cfg.Identity == nil || cfg.Roots == nil {
-		return nil, errors.New("no identity or CA yet")
+		return nil, errNoIdentity
 	}
 	roots := cfg.Roots
 	tc := tls.Client(conn, &tls.Config{
 		MinVersion:           tls.VersionTLS12,
 		ServerName:           c.SNI,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return p.cfg.Load().Identity, nil },
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if id := p.cfg.Load().Identity; id != nil {
+				return id, nil
+			}
+			return cfg.Identity, nil
+		},
 		// The server proves its mesh identity, not a host name: verify the
 		// chain against the mesh CA ourselves.
 		InsecureSkipVerify: true,
@@ -299,18 +316,22 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 	return tc, nil
 }
 
-func (p *Proxy) eject(addr string) {
+// eject leaves an endpoint of a cluster out for EjectionTime. Ejection is
+// per cluster, as Envoy's outlier detection: a remote ingress that has no
+// instance left of one service still serves the others.
+func (p *Proxy) eject(cluster, addr string) {
 	p.mu.Lock()
-	p.ejected[addr] = time.Now().Add(p.EjectionTime)
+	p.ejected[cluster+"|"+addr] = time.Now().Add(p.EjectionTime)
 	p.mu.Unlock()
 }
 
-func (p *Proxy) healthy(addr string) bool {
+func (p *Proxy) healthy(cluster, addr string) bool {
+	key := cluster + "|" + addr
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	until, ok := p.ejected[addr]
+	until, ok := p.ejected[key]
 	if ok && time.Now().After(until) {
-		delete(p.ejected, addr)
+		delete(p.ejected, key)
 		return true
 	}
 	return !ok
@@ -335,7 +356,7 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 			levels = append(levels, lv)
 		}
 		lv.total += ep.Weight
-		if !tried[ep.Addr] && p.healthy(ep.Addr) {
+		if !tried[ep.Addr] && p.healthy(c.Name, ep.Addr) {
 			lv.healthy = append(lv.healthy, ep)
 			lv.health += ep.Weight
 		}

@@ -49,12 +49,12 @@ func TestPickByPriority(t *testing.T) {
 		t.Fatalf("all healthy: priority 1 got %d of 4000", got["z:1"])
 	}
 	// Half of priority 0 healthy: 50% × 1.4 = 70% stays, 30% spills.
-	p.eject("a:1")
+	p.eject("c", "a:1")
 	got := count()
 	if got["a:1"] != 0 || got["z:1"] < 1000 || got["z:1"] > 1400 {
 		t.Fatalf("one of two ejected: %v, want about 1200 of 4000 to spill to priority 1", got)
 	}
-	p.eject("b:1")
+	p.eject("c", "b:1")
 	if got := count(); got["z:1"] != 4000 {
 		t.Fatalf("priority 0 all ejected: %v", got)
 	}
@@ -63,12 +63,15 @@ func TestPickByPriority(t *testing.T) {
 func TestEjectedEndpointReturns(t *testing.T) {
 	p := newProxy(t)
 	p.EjectionTime = 50 * time.Millisecond
-	p.eject("a:1")
-	if p.healthy("a:1") {
+	p.eject("c", "a:1")
+	if p.healthy("c", "a:1") {
 		t.Fatal("an endpoint just ejected is healthy")
 	}
+	if !p.healthy("other", "a:1") {
+		t.Fatal("ejected from one cluster, the endpoint is out of another too")
+	}
 	deadline := time.Now().Add(5 * time.Second)
-	for !p.healthy("a:1") {
+	for !p.healthy("c", "a:1") {
 		if time.Now().After(deadline) {
 			t.Fatal("the endpoint never came back")
 		}
@@ -322,5 +325,82 @@ func TestRotationKeepsConnections(t *testing.T) {
 	want, _ := x509.ParseCertificate(pairOf(second).Certificate[0])
 	if got := fresh.ConnectionState().PeerCertificates[0]; got.SerialNumber.Cmp(want.SerialNumber) != 0 {
 		t.Fatal("a new connection did not get the rotated certificate")
+	}
+}
+
+// TestHandshakeFailureFailsOver is a remote zone whose ingress accepts the
+// connection but has no instance left for the SNI, so it closes before the
+// TLS handshake ends: the caller's connection goes to the next priority
+// (the next zone) instead of failing, and the first endpoint is ejected
+// for that cluster only.
+func TestHandshakeFailureFailsOver(t *testing.T) {
+	now := time.Now()
+	ca, _ := mtls.NewCA("default", now)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(ca.CertPEM))
+	pair := func(service string) *tls.Certificate {
+		id, _ := mtls.Issue(ca, service, time.Hour, now)
+		p, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &p
+	}
+	// The empty ingress: accepts, reads the ClientHello, closes.
+	empty, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer empty.Close()
+	go func() {
+		for {
+			c, err := empty.Accept()
+			if err != nil {
+				return
+			}
+			c.Read(make([]byte, 512))
+			c.Close()
+		}
+	}()
+	// The next zone: a TLS server with the billing identity.
+	next, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*pair("billing")},
+		ClientAuth: tls.RequireAnyClientCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	go func() {
+		for {
+			c, err := next.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Write([]byte("zone-3\n")); c.Close() }()
+		}
+	}()
+	p := newProxy(t)
+	c := &Cluster{Name: "billing{ursa.io/zone=zone-2}", TLS: true, SNI: "billing-x.default.ursa", ConnectTimeout: time.Second,
+		Overprovisioning: 140, Endpoints: []Endpoint{
+			{Addr: empty.Addr().String(), Weight: 1, Priority: 0}, {Addr: next.Addr().String(), Weight: 1, Priority: 1}}}
+	cfg := &Config{Identity: pair("web"), Roots: roots, Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{c.Name: c}}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		up, err := p.connect(cfg, c)
+		if err != nil {
+			t.Fatalf("connection %d failed instead of failing over: %v", i, err)
+		}
+		line, err := bufio.NewReader(up).ReadString('\n')
+		up.Close()
+		if err != nil || line != "zone-3\n" {
+			t.Fatalf("connection %d: %q %v", i, line, err)
+		}
+	}
+	if p.healthy(c.Name, empty.Addr().String()) {
+		t.Fatal("the endpoint that closed during the handshake was not ejected")
+	}
+	if !p.healthy("billing", empty.Addr().String()) {
+		t.Fatal("the ejection reached another cluster")
 	}
 }
