@@ -285,8 +285,8 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 	}
 	roots := cfg.Roots
 	tc := tls.Client(conn, &tls.Config{
-		MinVersion:           tls.VersionTLS12,
-		ServerName:           c.SNI,
+		MinVersion: tls.VersionTLS12,
+		ServerName: c.SNI,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if id := p.cfg.Load().Identity; id != nil {
 				return id, nil
