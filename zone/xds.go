@@ -21,15 +21,19 @@ func mirroredTypes() []string {
 }
 
 // meshState gathers, from the zone's view, what one mesh's proxies are
-// configured from. It returns nil when the mesh does not exist here.
-func meshState(view *store.View, zone, mesh string) *xds.MeshState {
+// configured from. It leaves out the dataplanes whose proxies this zone CP
+// saw connect and then go (down): their instances are gone, so they are no
+// endpoints and no instances offered to other zones. A Dataplane whose
+// proxy never connected here (a proxyless server, or one registered through
+// the API) counts as up. It returns nil when the mesh does not exist here.
+func meshState(view *store.View, zone, mesh string, down map[string]bool) *xds.MeshState {
 	m, ok := view.Items("Mesh")[api.Key{Type: "Mesh", Name: mesh}]
 	if !ok {
 		return nil
 	}
 	s := &xds.MeshState{Zone: zone, Mesh: m.(*api.Mesh), VIPs: map[string]netip.Addr{}}
 	for _, r := range view.Items("Dataplane") {
-		if r.GetMeta().Mesh == mesh {
+		if r.GetMeta().Mesh == mesh && !down[xds.NodeID(mesh, r.GetMeta().Name)] {
 			s.Dataplanes = append(s.Dataplanes, r.(*api.Dataplane))
 		}
 	}
@@ -82,10 +86,11 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 	for {
 		view, viewChanged := src.Current()
 		nodes, nodesChanged := srv.Nodes()
+		down := srv.Offline()
 		states := map[string]*xds.MeshState{}
 		for _, n := range nodes {
 			if n.Ingress {
-				publishIngress(ctx, view, srv, zone, n.ID, log)
+				publishIngress(ctx, view, srv, zone, n.ID, down, log)
 				continue
 			}
 			mesh, name, err := xds.ParseNodeID(n.ID)
@@ -100,7 +105,7 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 			}
 			st, ok := states[mesh]
 			if !ok {
-				st = meshState(view, zone, mesh)
+				st = meshState(view, zone, mesh, down)
 				states[mesh] = st
 			}
 			if st == nil {
@@ -159,10 +164,10 @@ func addSecrets(view *store.View, res xds.Resources, p xds.Proxy, ids *identitie
 }
 
 // allMeshes is the state of every mesh in the view.
-func allMeshes(view *store.View, zone string) []*xds.MeshState {
+func allMeshes(view *store.View, zone string, down map[string]bool) []*xds.MeshState {
 	var out []*xds.MeshState
 	for k := range view.Items("Mesh") {
-		if st := meshState(view, zone, k.Name); st != nil {
+		if st := meshState(view, zone, k.Name, down); st != nil {
 			out = append(out, st)
 		}
 	}
@@ -171,12 +176,12 @@ func allMeshes(view *store.View, zone string) []*xds.MeshState {
 }
 
 // publishIngress generates and publishes a zone ingress's configuration.
-func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone, name string, log *zap.Logger) {
+func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone, name string, down map[string]bool, log *zap.Logger) {
 	r, ok := view.Items("ZoneIngress")[api.Key{Type: "ZoneIngress", Name: name}]
 	if !ok {
 		return
 	}
-	res, err := xds.Ingress(allMeshes(view, zone), r.(*api.ZoneIngress))
+	res, err := xds.Ingress(allMeshes(view, zone, down), r.(*api.ZoneIngress))
 	if err == nil {
 		err = xds.Validate(res)
 	}
@@ -189,11 +194,15 @@ func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone
 }
 
 // offerServices keeps this zone's ingresses' availableServices equal to its
-// local instances, which KDS then carries to the other zones, until ctx ends.
-func offerServices(ctx context.Context, st store.Store, src source, zone string, log *zap.Logger) error {
+// local instances that are up, which KDS then carries to the other zones,
+// until ctx ends. An ingress whose proxy has gone offline offers nothing:
+// other zones stop sending to it.
+func offerServices(ctx context.Context, st store.Store, src source, srv *xds.Server, zone string, log *zap.Logger) error {
 	for {
 		view, changed := src.Current()
-		avail := xds.AvailableServices(allMeshes(view, zone), zone)
+		_, nodesChanged := srv.Nodes()
+		down := srv.Offline()
+		avail := xds.AvailableServices(allMeshes(view, zone, down), zone)
 		var puts []api.Resource
 		for _, r := range view.Items("ZoneIngress") {
 			ing := r.(*api.ZoneIngress)
@@ -202,6 +211,9 @@ func offerServices(ctx context.Context, st store.Store, src source, zone string,
 			}
 			next := api.DeepCopy(ing).(*api.ZoneIngress)
 			next.AvailableServices = avail
+			if down[ing.Name] {
+				next.AvailableServices = nil
+			}
 			if !api.SameContent(ing, next) {
 				puts = append(puts, next)
 			}
@@ -215,6 +227,7 @@ func offerServices(ctx context.Context, st store.Store, src source, zone string,
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-nodesChanged:
 		}
 	}
 }

@@ -342,7 +342,9 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {
 		r.Add("dataplane-cleanup", run.Func(func(ctx context.Context) error { return removeOffline(ctx, st, srv, d, log.Named("xds")) }))
 	}
-	r.Add("ingress-services", run.Func(func(ctx context.Context) error { return offerServices(ctx, st, mirror, cfg.Zone, log.Named("ingress")) }))
+	r.Add("ingress-services", run.Func(func(ctx context.Context) error {
+		return offerServices(ctx, st, mirror, srv, cfg.Zone, log.Named("ingress"))
+	}))
 	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, ids, log.Named("xds")) }))
 	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil

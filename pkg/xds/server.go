@@ -153,6 +153,19 @@ func (s *Server) Nodes() ([]Node, <-chan struct{}) {
 	return out, s.changed
 }
 
+// Offline returns the proxies (by node id) that were connected and whose
+// streams have all closed, until they reconnect or are forgotten by Gone.
+// Their set changing closes the channel Nodes returns.
+func (s *Server) Offline() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]bool, len(s.gone))
+	for id := range s.gone {
+		out[id] = true
+	}
+	return out
+}
+
 // SetResources publishes a proxy's resources, unless they are what it
 // already has. They must have passed Validate.
 func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
