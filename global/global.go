@@ -177,6 +177,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	caMirror := store.NewMirror(st, []string{"Mesh", "MeshCA"}, log.Named("mesh-ca"))
 	r.AddRestarting("mesh-ca-mirror", caMirror)
 	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, caMirror, log.Named("mesh-ca")) }))
+	policies := store.NewMirror(st, expiringTypes(), log.Named("expire"))
+	r.AddRestarting("expire-mirror", policies)
+	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, policies, time.Now, log.Named("expire")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
 }

@@ -23,6 +23,19 @@ const (
 	OriginZone   = "zone"
 )
 
+// Labels on policies that ursactl writes for an operation rather than a
+// user writing them by hand.
+const (
+	// LabelMadeBy names the operation that wrote a resource ("drain").
+	LabelMadeBy = "ursa.io/made-by"
+	MadeByDrain = "drain"
+	// LabelDrainZone names the zone a drain moves traffic off.
+	LabelDrainZone = "ursa.io/drain-zone"
+	// LabelExpires, in Unix seconds, is when the global deletes the
+	// resource: a drill's drain ends even if nobody is left to end it.
+	LabelExpires = "ursa.io/expires"
+)
+
 // Mesh is a tenant: a set of services that share a CA and policies.
 type Mesh struct {
 	Meta
