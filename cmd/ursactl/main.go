@@ -74,6 +74,6 @@ func newRootCmd(a *app) *cobra.Command {
 	root.PersistentFlags().StringVar(&a.tokenFile, "token-file", "",
 		"file holding a user token, sent as a bearer token (env "+envTokenFile+")")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a), newGenerateCmd(a), newInspectCmd(a))
+	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a), newGenerateCmd(a), newInspectCmd(a), newZoneCmd(a))
 	return root
 }
