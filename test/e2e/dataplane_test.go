@@ -12,7 +12,7 @@ import (
 )
 
 // echo runs a TCP server that answers each line with "<name>: <line>".
-func echo(t *testing.T, name string) string {
+func echo(t testing.TB, name string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

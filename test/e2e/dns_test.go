@@ -9,7 +9,7 @@ import (
 )
 
 // dig runs the real dig against addr and returns its short answer.
-func dig(t *testing.T, addr string, args ...string) string {
+func dig(t testing.TB, addr string, args ...string) string {
 	t.Helper()
 	host, port, _ := strings.Cut(addr, ":")
 	out, err := exec.Command("dig", append([]string{"@" + host, "-p", port, "+time=2", "+tries=1"}, args...)...).CombinedOutput()

@@ -79,13 +79,13 @@ type proc struct {
 }
 
 // start runs one of the built binaries; the test's cleanup kills it.
-func start(t *testing.T, name string, args ...string) *proc {
+func start(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	return startEnv(t, nil, name, args...)
 }
 
 // startEnv is start with extra environment variables.
-func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
+func startEnv(t testing.TB, env []string, name string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(bin, name), args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -108,7 +108,7 @@ func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
 }
 
 // stop sends SIGTERM and waits for a clean exit.
-func (p *proc) stop(t *testing.T) {
+func (p *proc) stop(t testing.TB) {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -123,7 +123,7 @@ func (p *proc) stop(t *testing.T) {
 }
 
 // wait waits for the process to exit by itself and returns its error.
-func (p *proc) wait(t *testing.T) error {
+func (p *proc) wait(t testing.TB) error {
 	t.Helper()
 	select {
 	case err := <-p.done:
@@ -137,7 +137,7 @@ func (p *proc) wait(t *testing.T) error {
 
 // freeAddr returns a loopback address with a port free at the time of the
 // call.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -148,7 +148,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // waitReady polls url until it answers 200.
-func waitReady(t *testing.T, url string, p *proc) {
+func waitReady(t testing.TB, url string, p *proc) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -171,7 +171,7 @@ func waitReady(t *testing.T, url string, p *proc) {
 
 // ctl runs ursactl against server and returns its stdout, failing the test
 // on a non-zero exit.
-func ctl(t *testing.T, server string, stdin string, args ...string) string {
+func ctl(t testing.TB, server string, stdin string, args ...string) string {
 	t.Helper()
 	out, errOut, err := ctlResult(server, stdin, args...)
 	if err != nil {

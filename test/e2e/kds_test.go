@@ -22,7 +22,7 @@ type cp struct {
 	args []string
 }
 
-func startCP(t *testing.T, args ...string) *cp {
+func startCP(t testing.TB, args ...string) *cp {
 	t.Helper()
 	addr := freeAddr(t)
 	args = append(args, "--api-addr", addr)
@@ -38,14 +38,14 @@ func startCP(t *testing.T, args ...string) *cp {
 	return c
 }
 
-func (c *cp) restart(t *testing.T) {
+func (c *cp) restart(t testing.TB) {
 	t.Helper()
 	c.proc = start(t, "ursa-cp", c.args...)
 	waitReady(t, c.api+"/readyz", c.proc)
 }
 
 // get returns the body and status of a GET on the CP's API.
-func (c *cp) get(t *testing.T, path string) (int, string) {
+func (c *cp) get(t testing.TB, path string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(c.api + path)
 	if err != nil {
@@ -56,13 +56,13 @@ func (c *cp) get(t *testing.T, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func (c *cp) has(t *testing.T, path string) bool {
+func (c *cp) has(t testing.TB, path string) bool {
 	code, _ := c.get(t, path)
 	return code == 200
 }
 
 // eventually polls cond every 10 ms for up to 15 s.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {

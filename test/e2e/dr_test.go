@@ -1,0 +1,206 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// shares counts who answered the calls started in [from, from+d) and the
+// failures.
+func shares(rs []callResult) (map[string]int, int) {
+	who, failed := map[string]int{}, 0
+	for _, r := range rs {
+		if r.err != nil {
+			failed++
+			continue
+		}
+		who[r.answer]++
+	}
+	return who, failed
+}
+
+// converge waits until every call started in a half-second window was
+// answered by want (and there were enough of them).
+func converge(t *testing.T, l *load, what, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mark := time.Now()
+		time.Sleep(500 * time.Millisecond)
+		who, failed := shares(l.since(mark))
+		if failed == 0 && who[want] >= 20 && len(who) == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: calls in the last half second went to %v (%d failed), want all to %s", what, who, failed, want)
+		}
+	}
+}
+
+// TestDisasterRecovery: three zones, billing in zone-2 and zone-3, steady load from a client in zone-1. Weights 50/50, then 100/0;
+// back to 50/50 with zone-3 drained; every billing in zone-2 killed →
+// traffic moves to zone-3 (drained, but the last zone left); restored →
+// back to zone-2; undrained; zone-2's ingress killed → zone-3 again;
+// restored → traffic returns. No call fails but those in flight when
+// something was killed.
+func TestDisasterRecovery(t *testing.T) {
+	m := startZones(t, "zone-1", "zone-2", "zone-3")
+	ctl(t, m.global.api, `
+type: Mesh
+name: default
+mtls: {enabled: true}
+---
+type: TrafficPermission
+mesh: default
+name: everyone
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: '*'}}]
+`, "apply", "-f", "-")
+	for name, z := range m.zones {
+		eventually(t, "the mesh in "+name, func() bool { return z.cp.has(t, "/meshes/default") })
+	}
+	for _, z := range []string{"zone-1", "zone-2", "zone-3"} {
+		m.startIngress(z)
+	}
+	// One instance per zone: every sidecar binds the VIP listeners of the
+	// services it may call, so two in one zone on one host would collide.
+	zone2 := []*instance{m.startInstance("zone-2", "billing-2", "billing", "zone-2")}
+	m.startInstance("zone-3", "billing-3", "billing", "zone-3")
+	m.startInstance("zone-1", "web-1", "web", "web", "--log-level", "debug")
+
+	z1 := m.zones["zone-1"]
+	for _, want := range []string{`"zone-2.ingress"`, `"zone-3.ingress"`} {
+		eventually(t, want+" offering billing in zone-1", func() bool {
+			_, body := z1.cp.get(t, "/zone-ingresses")
+			i := strings.Index(body, want)
+			return i >= 0 && strings.Contains(body[i:], `"ursa.io/service":"billing"`)
+		})
+	}
+	var vip string
+	eventually(t, "billing.mesh in zone-1", func() bool {
+		vip = dig(t, z1.dns, "billing.mesh", "+short")
+		return strings.HasPrefix(vip, "127.240.")
+	})
+	// The mesh has converged once calls succeed in a row; failures before
+	// that are start-up, not what this test counts.
+	eventually(t, "calls to succeed", func() bool {
+		for range 20 {
+			if _, err := call(vip+":80", "hi"); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	phase := func(what string) { t.Logf("%s %s", time.Now().Format("15:04:05.000"), what) }
+	route := func(w2, w3 int) {
+		phase(fmt.Sprintf("route %d/%d", w2, w3))
+		ctl(t, m.global.api, fmt.Sprintf(`
+type: TrafficRoute
+mesh: default
+name: billing-by-zone
+spec:
+  destination: {ursa.io/service: billing}
+  split:
+  - {weight: %d, tags: {ursa.io/zone: zone-2}}
+  - {weight: %d, tags: {ursa.io/zone: zone-3}}
+`, w2, w3), "apply", "-f", "-")
+	}
+	l := startLoad(vip+":80", 3, 5*time.Millisecond)
+	var kills [][2]time.Time // when something was being killed
+	kill := func(what string, f func()) {
+		phase("kill " + what)
+		start := time.Now()
+		f()
+		kills = append(kills, [2]time.Time{start, time.Now()})
+	}
+
+	// 50/50: both zones take a fair share.
+	route(50, 50)
+	eventually(t, "a 50/50 split", func() bool {
+		mark := time.Now()
+		time.Sleep(time.Second)
+		who, failed := shares(l.since(mark))
+		n := who["zone-2"] + who["zone-3"]
+		return failed == 0 && n >= 40 && who["zone-2"]*100/n >= 30 && who["zone-3"]*100/n >= 30
+	})
+	route(100, 0)
+	converge(t, l, "100/0", "zone-2")
+
+	// Back to 50/50 with zone-3 drained: the drain wins, all to zone-2.
+	route(50, 50)
+	phase("drain zone-3")
+	ctl(t, m.global.api, "", "zone", "drain", "zone-3")
+	converge(t, l, "50/50 with zone-3 drained", "zone-2")
+
+	// Every billing in zone-2 dies: the drained zone-3 is all that is left.
+	kill("billing in zone-2", func() {
+		for _, in := range zone2 {
+			in.kill()
+		}
+	})
+	converge(t, l, "zone-2's instances killed", "zone-3")
+	phase("restart billing in zone-2")
+	for _, in := range zone2 {
+		m.restart(in)
+	}
+	converge(t, l, "zone-2's instances back", "zone-2")
+
+	// Undrained: 50/50 again. Then zone-2's ingress dies.
+	phase("undrain zone-3")
+	ctl(t, m.global.api, "", "zone", "undrain", "zone-3")
+	eventually(t, "50/50 after undrain", func() bool {
+		mark := time.Now()
+		time.Sleep(time.Second)
+		who, _ := shares(l.since(mark))
+		return who["zone-2"] >= 10 && who["zone-3"] >= 10
+	})
+	kill("zone-2's ingress", func() {
+		p := m.zones["zone-2"].ingress
+		p.cmd.Process.Kill()
+		err := <-p.done
+		p.done <- err
+	})
+	converge(t, l, "zone-2's ingress killed", "zone-3")
+	phase("restart zone-2's ingress")
+	m.startIngress("zone-2")
+	eventually(t, "traffic back in zone-2 after its ingress returned", func() bool {
+		mark := time.Now()
+		time.Sleep(time.Second)
+		who, _ := shares(l.since(mark))
+		return who["zone-2"] >= 10 && who["zone-3"] >= 10
+	})
+	l.close()
+
+	// Count the failures: only calls in flight while something was being
+	// killed may have failed.
+	all := l.all()
+	var failed []callResult
+	inFlight := 0
+	for _, r := range all {
+		if r.err == nil {
+			continue
+		}
+		during := false
+		for _, k := range kills {
+			if r.start.Before(k[1]) && r.end.After(k[0]) {
+				during = true
+			}
+		}
+		if during {
+			inFlight++
+		} else {
+			failed = append(failed, r)
+		}
+	}
+	t.Logf("%d calls, %d failed while in flight at a kill", len(all), inFlight)
+	if len(failed) > 0 {
+		for _, r := range failed[:min(len(failed), 10)] {
+			t.Errorf("call at %s failed: %v", r.start.Format("15:04:05.000"), r.err)
+		}
+		t.Fatalf("%d of %d calls failed outside a kill", len(failed), len(all))
+	}
+}

@@ -1,0 +1,215 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// meshZones is a global and zones, each with a zone CP and an ingress, for
+// tests and benchmarks that move traffic between zones. Everything runs as
+// real processes on loopback; the global keeps its state in memory.
+type meshZones struct {
+	t      testing.TB
+	dir    string
+	global *cp
+	zones  map[string]*zoneProcs
+}
+
+type zoneProcs struct {
+	name     string
+	cp       *cp
+	xds, dns string
+	ingress  *proc
+	ingArgs  []string
+}
+
+// instance is a service instance: an app and its ursa-dp sidecar.
+type instance struct {
+	app     net.Listener
+	sidecar *proc
+	args    []string
+	reply   string
+}
+
+func startZones(t testing.TB, names ...string) *meshZones {
+	t.Helper()
+	m := &meshZones{t: t, dir: t.TempDir(), zones: map[string]*zoneProcs{}}
+	kdsAddr := freeAddr(t)
+	m.global = startCP(t, "global", "--kds-addr", kdsAddr)
+	_, pemCA := m.global.get(t, "/kds/ca.pem")
+	ca := filepath.Join(m.dir, "ca.pem")
+	os.WriteFile(ca, []byte(pemCA), 0o600)
+	for i, name := range names {
+		token := filepath.Join(m.dir, name+".token")
+		os.WriteFile(token, []byte(ctl(t, m.global.api, "", "generate", "zone-token", "--zone", name)), 0o600)
+		z := &zoneProcs{name: name, xds: freeAddr(t), dns: freeAddr(t)}
+		z.cp = startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+kdsAddr, "--global-kds-ca-file", ca,
+			"--zone-token-file", token, "--xds-addr", z.xds, "--dns-addr", z.dns, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 240+i))
+		m.zones[name] = z
+	}
+	return m
+}
+
+// startIngress starts (or restarts, on the same address) a zone's ingress.
+func (m *meshZones) startIngress(zone string) {
+	m.t.Helper()
+	z := m.zones[zone]
+	if z.ingArgs == nil {
+		listen := freeAddr(m.t)
+		file := filepath.Join(m.dir, zone+"-ingress.yaml")
+		os.WriteFile(file, []byte(fmt.Sprintf("type: ZoneIngress\nname: ingress\nzone: %s\nnetworking: {address: 127.0.0.1, port: %s, advertisedAddress: 127.0.0.1, advertisedPort: %s}\n",
+			zone, port(listen), port(listen))), 0o600)
+		admin := freeAddr(m.t)
+		z.ingArgs = []string{"ingress", "--cp-address", "grpc://" + z.xds, "--zone-ingress-file", file, "--admin-addr", admin}
+	}
+	// Not waited for: an ingress is ready once its zone has something to
+	// offer, which callers wait for.
+	z.ingress = start(m.t, "ursa-dp", z.ingArgs...)
+}
+
+// startInstance starts an instance of service in zone: an app answering
+// each line with "<reply>: <line>" behind a sidecar.
+func (m *meshZones) startInstance(zone, name, service, reply string, flags ...string) *instance {
+	m.t.Helper()
+	file := filepath.Join(m.dir, name+".yaml")
+	os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}\n",
+		name, port(freeAddr(m.t)), port(freeAddr(m.t)), service)), 0o600)
+	in := &instance{reply: reply, args: append(append([]string{"run", "--cp-address", "grpc://" + m.zones[zone].xds, "--dataplane-file", file}, flags...),
+		"--admin-addr", freeAddr(m.t))}
+	m.restart(in)
+	return in
+}
+
+// restart brings a killed instance back, on the same ports.
+func (m *meshZones) restart(in *instance) {
+	m.t.Helper()
+	data, err := os.ReadFile(in.args[4])
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	in.app = serveLines(m.t, appAddr(string(data)), in.reply)
+	in.sidecar = start(m.t, "ursa-dp", in.args...)
+	waitReady(m.t, "http://"+in.args[len(in.args)-1]+"/ready", in.sidecar)
+}
+
+// kill kills an instance's sidecar (SIGKILL) and closes its app.
+func (in *instance) kill() {
+	in.sidecar.cmd.Process.Signal(syscall.SIGKILL)
+	err := <-in.sidecar.done
+	in.sidecar.done <- err
+	in.app.Close()
+}
+
+// appAddr reads the servicePort of a Dataplane file written by
+// startInstance.
+func appAddr(dataplane string) string {
+	_, rest, _ := strings.Cut(dataplane, "servicePort: ")
+	p, _, _ := strings.Cut(rest, ",")
+	return "127.0.0.1:" + p
+}
+
+// serveLines answers each line on addr with "<reply>: <line>".
+func serveLines(t testing.TB, addr, reply string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 { // the port of a just-closed listener may take a moment
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s: %s\n", reply, sc.Text())
+				}
+			}()
+		}
+	}()
+	return ln
+}
+
+// load calls addr over and over from a few workers, each call a new
+// connection, and keeps every outcome.
+type load struct {
+	mu      sync.Mutex
+	results []callResult
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type callResult struct {
+	start, end time.Time
+	answer     string // who answered: the reply before ": "
+	err        error
+}
+
+func startLoad(addr string, workers int, pause time.Duration) *load {
+	l := &load{stop: make(chan struct{})}
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				start := time.Now()
+				answer, err := call(addr, fmt.Sprintf("w%d-%d", w, i))
+				who, _, _ := strings.Cut(answer, ":")
+				l.mu.Lock()
+				l.results = append(l.results, callResult{start: start, end: time.Now(), answer: who, err: err})
+				l.mu.Unlock()
+				time.Sleep(pause)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) close() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+// since returns the outcomes of the calls started at or after t.
+func (l *load) since(t time.Time) []callResult {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []callResult
+	for _, r := range l.results {
+		if !r.start.Before(t) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// all returns every outcome so far.
+func (l *load) all() []callResult {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]callResult(nil), l.results...)
+}
