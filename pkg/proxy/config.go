@@ -63,6 +63,8 @@ type Cluster struct {
 	Endpoints []Endpoint
 	// Overprovisioning, in percent, decides when a priority spills over.
 	Overprovisioning uint32
+	// Warming is an EDS cluster whose endpoints have not arrived yet.
+	Warming bool
 }
 
 // Endpoint is one address of a cluster.
@@ -121,6 +123,7 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		default:
 			return nil, fmt.Errorf("cluster %q: discovery type %s is not supported by the built-in proxy", c.Name, c.GetType())
 		}
+		out.Warming = cla == nil
 		if cla != nil {
 			out.Endpoints = endpointsOf(cla)
 			if f := cla.GetPolicy().GetOverprovisioningFactor(); f != nil {
@@ -136,7 +139,8 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		}
 		// A route to a cluster that has not arrived yet is not an error:
 		// listeners and clusters come in separate responses, in any order,
-		// as for Envoy; its connections are refused until it arrives.
+		// as for Envoy; the listener keeps its previous routes until the
+		// cluster is ready (see warm).
 		cfg.Listeners[l.Name] = out
 	}
 	return cfg, nil

@@ -87,7 +87,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 		}
 		opened[name] = &running{addr: l.Addr, ln: ln}
 	}
-	p.cfg.Store(cfg)
+	p.cfg.Store(warm(p.cfg.Load(), cfg))
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
 			r.ln.Close()
@@ -99,6 +99,37 @@ func (p *Proxy) Apply(cfg *Config) error {
 		go p.serve(name, r.ln)
 	}
 	return nil
+}
+
+// warm keeps, for each listener whose new routes name a cluster that is
+// missing or still warming, the routes it had, with their clusters, until
+// the new ones are ready: like Envoy's listener warming, a policy change
+// never sends connections to a cluster whose endpoints have not arrived
+// (listeners, clusters and endpoints come in separate responses).
+func warm(prev, next *Config) *Config {
+	ready := func(cfg *Config, routes []Route) bool {
+		for _, r := range routes {
+			if c, ok := cfg.Clusters[r.Cluster]; !ok || c.Warming {
+				return false
+			}
+		}
+		return true
+	}
+	for name, l := range next.Listeners {
+		old, ok := prev.Listeners[name]
+		if !ok || len(l.SNIRoutes) > 0 || ready(next, l.Routes) || !ready(prev, old.Routes) {
+			continue
+		}
+		kept := *l
+		kept.Routes = old.Routes
+		next.Listeners[name] = &kept
+		for _, r := range old.Routes {
+			if c, ok := next.Clusters[r.Cluster]; !ok || c.Warming {
+				next.Clusters[r.Cluster] = prev.Clusters[r.Cluster]
+			}
+		}
+	}
+	return next
 }
 
 // Close stops every listener; established connections end with their peers.

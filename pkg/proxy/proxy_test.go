@@ -404,3 +404,31 @@ func TestHandshakeFailureFailsOver(t *testing.T) {
 		t.Fatal("the ejection reached another cluster")
 	}
 }
+
+// TestWarming is a route shift whose new cluster's endpoints have not
+// arrived yet: connections keep going to the old cluster until they do.
+func TestWarming(t *testing.T) {
+	a := &Cluster{Name: "billing{ursa.io/zone=zone-2}", Endpoints: []Endpoint{{Addr: "a:1", Weight: 1}}}
+	cfg := func(route string, clusters ...*Cluster) *Config {
+		c := &Config{Listeners: map[string]*Listener{"out": {Name: "out", Addr: "127.0.0.1:1", Routes: []Route{{Cluster: route, Weight: 100}}}},
+			Clusters: map[string]*Cluster{}}
+		for _, cl := range clusters {
+			c.Clusters[cl.Name] = cl
+		}
+		return c
+	}
+	prev := cfg(a.Name, a)
+	cold := &Cluster{Name: "billing{ursa.io/zone=zone-3}", Warming: true}
+	got := warm(prev, cfg(cold.Name, cold))
+	if r := got.Listeners["out"].Routes; r[0].Cluster != a.Name || got.Clusters[a.Name] != a {
+		t.Fatalf("a route to a warming cluster was taken at once: %+v", r)
+	}
+	hot := &Cluster{Name: cold.Name, Endpoints: []Endpoint{{Addr: "b:1", Weight: 1}}}
+	if r := warm(got, cfg(hot.Name, hot)).Listeners["out"].Routes; r[0].Cluster != hot.Name {
+		t.Fatalf("the route did not move once the cluster warmed: %+v", r)
+	}
+	// With nothing ready before either, the new routes stand.
+	if r := warm(&Config{Listeners: map[string]*Listener{}}, cfg(cold.Name, cold)).Listeners["out"].Routes; r[0].Cluster != cold.Name {
+		t.Fatalf("a new listener kept nothing: %+v", r)
+	}
+}
