@@ -98,3 +98,50 @@ func TestDeltaXDS(t *testing.T) {
 		t.Fatalf("delta response: %v %v", resp, err)
 	}
 }
+
+// TestOffline: a proxy whose stream closes is offline (its instances stop
+// being endpoints) until it connects again, and the change wakes whoever
+// follows the server's nodes.
+func TestOffline(t *testing.T) {
+	s, client := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	connect := func() context.CancelFunc {
+		sctx, stop := context.WithCancel(ctx)
+		stream, err := client.StreamAggregatedResources(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.a"}, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"}})
+		deadline := time.Now().Add(5 * time.Second)
+		for n, ok := s.Insight("default.a"); !ok || !n.Connected; n, ok = s.Insight("default.a") {
+			if time.Now().After(deadline) {
+				t.Fatal("the proxy never showed as connected")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return stop
+	}
+	wait := func(what string, want bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for s.Offline()["default.a"] != want {
+			_, changed := s.Nodes()
+			select {
+			case <-changed:
+			case <-time.After(time.Until(deadline)):
+				t.Fatalf("%s: offline = %v", what, s.Offline())
+			}
+		}
+	}
+	if len(s.Offline()) != 0 {
+		t.Fatal("a proxy that never connected is offline")
+	}
+	stop := connect()
+	wait("connected", false)
+	stop()
+	wait("stream closed", true)
+	stop = connect()
+	defer stop()
+	wait("reconnected", false)
+}
