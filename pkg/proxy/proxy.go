@@ -17,21 +17,28 @@ import (
 	"go.uber.org/zap"
 )
 
-// DefaultEjectionTime is how long an endpoint that refused a connection is
+// DefaultEjectionTime is the longest an endpoint that refused a connection is
 // left out before it is tried again.
 const DefaultEjectionTime = 5 * time.Second
+
+// DefaultFirstEjection is how long an endpoint is left out after its first
+// failed connection in a row.
+const DefaultFirstEjection = 100 * time.Millisecond
 
 // Proxy runs a Config. Apply replaces it; established connections keep
 // flowing across changes unless their listener goes away.
 type Proxy struct {
 	log *zap.Logger
 	cfg atomic.Pointer[Config]
-	// EjectionTime is how long a failed endpoint is left out.
-	EjectionTime time.Duration
+	// FirstEjection is how long an endpoint is left out after one failed
+	// connection; each further failure in a row doubles it, up to
+	// EjectionTime, and a connection that succeeds ends the streak.
+	FirstEjection time.Duration
+	EjectionTime  time.Duration
 
 	mu        sync.Mutex
 	listeners map[string]*running
-	ejected   map[string]time.Time
+	ejected   map[string]*ejection
 
 	conns        *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
@@ -48,7 +55,8 @@ type running struct {
 // New returns a Proxy with an empty configuration.
 func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	p := &Proxy{
-		log: log, listeners: map[string]*running{}, ejected: map[string]time.Time{}, EjectionTime: DefaultEjectionTime,
+		log: log, listeners: map[string]*running{}, ejected: map[string]*ejection{},
+		FirstEjection: DefaultFirstEjection, EjectionTime: DefaultEjectionTime,
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_connections_total",
 			Help: "Connections accepted, by listener."}, []string{"listener"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_bytes_total",
@@ -87,7 +95,9 @@ func (p *Proxy) Apply(cfg *Config) error {
 		}
 		opened[name] = &running{addr: l.Addr, ln: ln}
 	}
-	p.cfg.Store(warm(p.cfg.Load(), cfg))
+	prev := p.cfg.Load()
+	p.cfg.Store(warm(prev, cfg))
+	p.forgetEjections(prev, cfg)
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
 			r.ln.Close()
@@ -99,6 +109,27 @@ func (p *Proxy) Apply(cfg *Config) error {
 		go p.serve(name, r.ln)
 	}
 	return nil
+}
+
+// forgetEjections ends the ejection of each endpoint the control plane
+// has just added back to a cluster: it removed it because it was gone (a
+// zone with no instance left, an ingress offline) and now says it is back,
+// which is better news than an old failure. The same holds when the whole
+// cluster comes back. The caller holds mu.
+func (p *Proxy) forgetEjections(prev, next *Config) {
+	for name, c := range next.Clusters {
+		had := map[string]bool{}
+		if old, ok := prev.Clusters[name]; ok {
+			for _, ep := range old.Endpoints {
+				had[ep.Addr] = true
+			}
+		}
+		for _, ep := range c.Endpoints {
+			if !had[ep.Addr] {
+				delete(p.ejected, name+"|"+ep.Addr)
+			}
+		}
+	}
 }
 
 // warm keeps, for each listener whose new routes name a cluster that is
@@ -282,6 +313,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			continue
 		}
 		if !c.TLS {
+			p.connected(c.Name, ep.Addr)
 			return conn, nil
 		}
 		tc, err := p.originate(cfg, conn, c)
@@ -298,6 +330,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			lastErr = err
 			continue
 		}
+		p.connected(c.Name, ep.Addr)
 		return tc, nil
 	}
 	if lastErr == nil {
@@ -347,25 +380,47 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 	return tc, nil
 }
 
-// eject leaves an endpoint of a cluster out for EjectionTime. Ejection is
-// per cluster, as Envoy's outlier detection: a remote ingress that has no
-// instance left of one service still serves the others.
+// ejection is an endpoint's streak of failed connections.
+type ejection struct {
+	failures int
+	until    time.Time
+}
+
+// eject leaves an endpoint of a cluster out for a while: FirstEjection,
+// doubled for each failure in a row, at most EjectionTime. Ejection is per
+// cluster, as Envoy's outlier detection: a remote ingress that has no
+// instance left of one service still serves the others. A short first
+// ejection matters: an endpoint that was just added may refuse for a
+// moment (a remote ingress learning its routes an instant after the
+// callers learn of it), and should not be shunned for long for that.
 func (p *Proxy) eject(cluster, addr string) {
 	p.mu.Lock()
-	p.ejected[cluster+"|"+addr] = time.Now().Add(p.EjectionTime)
+	defer p.mu.Unlock()
+	e := p.ejected[cluster+"|"+addr]
+	if e == nil {
+		e = &ejection{}
+		p.ejected[cluster+"|"+addr] = e
+	}
+	e.failures++
+	d := p.FirstEjection << min(e.failures-1, 30)
+	if d > p.EjectionTime || d <= 0 {
+		d = p.EjectionTime
+	}
+	e.until = time.Now().Add(d)
+}
+
+// connected ends an endpoint's streak of failures.
+func (p *Proxy) connected(cluster, addr string) {
+	p.mu.Lock()
+	delete(p.ejected, cluster+"|"+addr)
 	p.mu.Unlock()
 }
 
 func (p *Proxy) healthy(cluster, addr string) bool {
-	key := cluster + "|" + addr
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	until, ok := p.ejected[key]
-	if ok && time.Now().After(until) {
-		delete(p.ejected, key)
-		return true
-	}
-	return !ok
+	e, ok := p.ejected[cluster+"|"+addr]
+	return !ok || time.Now().After(e.until)
 }
 
 // pick chooses an endpoint: a priority level by Envoy's rule (each level

@@ -32,6 +32,7 @@ func newProxy(t *testing.T) *Proxy {
 
 func TestPickByPriority(t *testing.T) {
 	p := newProxy(t)
+	p.FirstEjection = time.Minute
 	c := &Cluster{Name: "c", Overprovisioning: 140, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 1, Priority: 0}, {Addr: "b:1", Weight: 1, Priority: 0}, {Addr: "z:1", Weight: 1, Priority: 1}}}
 	count := func() map[string]int {
@@ -62,7 +63,7 @@ func TestPickByPriority(t *testing.T) {
 
 func TestEjectedEndpointReturns(t *testing.T) {
 	p := newProxy(t)
-	p.EjectionTime = 50 * time.Millisecond
+	p.FirstEjection, p.EjectionTime = 50*time.Millisecond, 50*time.Millisecond
 	p.eject("c", "a:1")
 	if p.healthy("c", "a:1") {
 		t.Fatal("an endpoint just ejected is healthy")
@@ -430,5 +431,66 @@ func TestWarming(t *testing.T) {
 	// With nothing ready before either, the new routes stand.
 	if r := warm(&Config{Listeners: map[string]*Listener{}}, cfg(cold.Name, cold)).Listeners["out"].Routes; r[0].Cluster != cold.Name {
 		t.Fatalf("a new listener kept nothing: %+v", r)
+	}
+}
+
+// TestEndpointBackEndsEjection: an endpoint the control plane removed and
+// then adds back is not left out for the rest of an old ejection.
+func TestEndpointBackEndsEjection(t *testing.T) {
+	p := newProxy(t)
+	p.FirstEjection = time.Minute
+	cfg := func(eps ...Endpoint) *Config {
+		return &Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{"c": {Name: "c", Endpoints: eps}}}
+	}
+	a, b := Endpoint{Addr: "a:1", Weight: 1}, Endpoint{Addr: "b:1", Weight: 1}
+	if err := p.Apply(cfg(a, b)); err != nil {
+		t.Fatal(err)
+	}
+	p.eject("c", "a:1")
+	p.eject("c", "b:1")
+	if err := p.Apply(cfg(b)); err != nil { // a removed: gone
+		t.Fatal(err)
+	}
+	if err := p.Apply(cfg(a, b)); err != nil { // a back
+		t.Fatal(err)
+	}
+	if !p.healthy("c", "a:1") {
+		t.Fatal("an endpoint added back is still ejected")
+	}
+	if p.healthy("c", "b:1") {
+		t.Fatal("an endpoint that stayed lost its ejection")
+	}
+	// The whole cluster gone and back.
+	if err := p.Apply(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(cfg(a, b)); err != nil {
+		t.Fatal(err)
+	}
+	if !p.healthy("c", "b:1") {
+		t.Fatal("an endpoint of a cluster added back is still ejected")
+	}
+}
+
+// TestEjectionBacksOff: each failure in a row doubles the time an endpoint
+// is left out, up to the limit; a success ends the streak.
+func TestEjectionBacksOff(t *testing.T) {
+	p := newProxy(t)
+	p.FirstEjection, p.EjectionTime = 100*time.Millisecond, time.Second
+	left := func() time.Duration {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return time.Until(p.ejected["c|a:1"].until).Round(100 * time.Millisecond)
+	}
+	for _, want := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
+		p.eject("c", "a:1")
+		if got := left(); got != want*time.Millisecond {
+			t.Fatalf("ejected for %s, want %dms", got, want)
+		}
+	}
+	p.connected("c", "a:1")
+	p.eject("c", "a:1")
+	if got := left(); got != 100*time.Millisecond {
+		t.Fatalf("after a success, ejected for %s, want 100ms", got)
 	}
 }
