@@ -29,6 +29,9 @@ type Proxy struct {
 	// EjectionTime is how long a failed endpoint is left out.
 	EjectionTime time.Duration
 
+	// load counts upstream connections per cluster and zone, for LRS.
+	load loadCounters
+
 	mu        sync.Mutex
 	listeners map[string]*running
 	ejected   map[string]time.Time
@@ -246,14 +249,17 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		tried[ep.Addr] = true
 		conn, err := net.DialTimeout("tcp", ep.Addr, c.ConnectTimeout)
 		if err != nil {
+			p.load.record(c.Name, ep.Zone, false)
 			p.eject(ep.Addr)
 			lastErr = err
 			continue
 		}
 		if !c.TLS {
+			p.load.record(c.Name, ep.Zone, true)
 			return conn, nil
 		}
 		tc, err := p.originate(cfg, conn, c)
+		p.load.record(c.Name, ep.Zone, err == nil)
 		if err != nil {
 			conn.Close()
 			lastErr = err
