@@ -70,7 +70,12 @@ func (c *Client) loadSession(ctx context.Context, conn *grpc.ClientConn, node *c
 			want.Store(resp)
 		}
 	}()
-	last, lastAt := c.Proxy.load.snapshot(), time.Now()
+	// Reports continue from the last one sent, across streams, so that
+	// nothing counted before a stream (re)opens is lost.
+	last, lastAt := c.loadSent.counts, c.loadSent.at
+	if lastAt.IsZero() {
+		lastAt = c.started
+	}
 	for {
 		interval := max(want.Load().GetLoadReportingInterval().AsDuration(), minLoadInterval)
 		select {
@@ -86,13 +91,13 @@ func (c *Client) loadSession(ctx context.Context, conn *grpc.ClientConn, node *c
 			current[name] = true
 		}
 		req := loadReport(last, cur, now.Sub(lastAt), want.Load(), current)
+		if len(req.ClusterStats) > 0 {
+			if err := stream.Send(req); err != nil {
+				return fmt.Errorf("send load report: %w", err)
+			}
+		}
 		last, lastAt = cur, now
-		if len(req.ClusterStats) == 0 {
-			continue
-		}
-		if err := stream.Send(req); err != nil {
-			return fmt.Errorf("send load report: %w", err)
-		}
+		c.loadSent.counts, c.loadSent.at = cur, now
 	}
 }
 

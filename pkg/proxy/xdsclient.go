@@ -41,10 +41,19 @@ type Client struct {
 	// ReportLoad streams the proxy's upstream connection counts to the
 	// CP's Load Reporting Service, on the same connection (sidecars).
 	ReportLoad bool
+
+	started time.Time
+	// loadSent is what the last load report covered; only the one
+	// reporting goroutine of the current session touches it.
+	loadSent struct {
+		counts map[loadKey]loadCounts
+		at     time.Time
+	}
 }
 
 // Start runs until ctx ends.
 func (c *Client) Start(ctx context.Context) error {
+	c.started = time.Now()
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 100*time.Millisecond, 5*time.Second
 	for {
