@@ -61,6 +61,9 @@ type Config struct {
 		// OfflineRemoval removes the Dataplane of a proxy that has been
 		// disconnected this long; 0 keeps it.
 		OfflineRemoval config.Duration `json:"offlineRemoval" usage:"remove the Dataplane of a proxy disconnected this long (0 keeps it)"`
+		// LoadReportingInterval is how often proxies report their
+		// traffic (LRS), which the zone sums up in ServiceInsights.
+		LoadReportingInterval config.Duration `json:"loadReportingInterval" usage:"how often proxies report where their traffic goes (LRS)"`
 	} `json:"xds"`
 	MTLS struct {
 		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; they are renewed at half of it"`
@@ -94,6 +97,7 @@ func DefaultConfig() Config {
 	c.API = apiserver.DefaultConfig()
 	c.XDS.Addr = ":5678"
 	c.XDS.OfflineRemoval = config.Duration{Duration: 72 * time.Hour}
+	c.XDS.LoadReportingInterval = config.Duration{Duration: xds.DefaultLoadReportingInterval}
 	c.MTLS.CertTTL = config.Duration{Duration: 24 * time.Hour}
 	c.DNS.Addr, c.DNS.Domain, c.DNS.TTL = ":5653", "mesh", config.Duration{Duration: 30 * time.Second}
 	c.VIP.CIDR, c.VIP.HoldBack = "240.0.0.0/4", config.Duration{Duration: 10 * time.Minute}
@@ -132,6 +136,9 @@ func (c Config) Validate() error {
 	}
 	if c.MTLS.CertTTL.Duration < time.Minute {
 		errs = append(errs, errors.New("mtls.certTTL: use at least 1m"))
+	}
+	if d := c.XDS.LoadReportingInterval.Duration; d < 100*time.Millisecond || d > time.Minute {
+		errs = append(errs, fmt.Errorf("xds.loadReportingInterval: %s is out of range; use 100ms to 1m", c.XDS.LoadReportingInterval))
 	}
 	if _, _, err := net.SplitHostPort(c.XDS.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("xds.addr: %q is not host:port", c.XDS.Addr))
@@ -236,7 +243,16 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		apiLn.Close()
 		return err
 	}
-	if err := addXDS(ctx, r, cfg, st, mirror, xdsServer, log); err != nil {
+	loads := xds.NewLoads(2 * time.Second)
+	lrsServer, err := xds.NewLoadReporting(xdsServer, loads, cfg.XDS.LoadReportingInterval.Duration, log.Named("lrs"), reg)
+	if err != nil {
+		apiLn.Close()
+		return err
+	}
+	r.Add("service-insights", run.Func(func(ctx context.Context) error {
+		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
+	}))
+	if err := addXDS(ctx, r, cfg, st, mirror, xdsServer, lrsServer, log); err != nil {
 		apiLn.Close()
 		return err
 	}
@@ -330,13 +346,14 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, reg
 }
 
 // addXDS adds the xDS server and the generation of proxies' configurations.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, srv *xds.Server, log *zap.Logger) error {
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, srv *xds.Server, loadReports *xds.LoadReporting, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
 	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
 	srv.Register(ctx, g)
+	loadReports.Register(g)
 	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
 	ids := newIdentities(cfg.MTLS.CertTTL.Duration)
 	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {

@@ -169,7 +169,8 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		return err
 	}
 	defer p.Close()
-	client := &proxy.Client{Address: addr, NodeID: nodeID, Token: token, Metadata: meta, Proxy: p, Log: log.Named("xds")}
+	client := &proxy.Client{Address: addr, NodeID: nodeID, Token: token, Metadata: meta, Proxy: p, Log: log.Named("xds"),
+		ReportLoad: meta[xds.MetadataIngress] != "true"} // an ingress has no callers of its own
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {

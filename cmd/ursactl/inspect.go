@@ -15,19 +15,20 @@ import (
 // zone is shown offline: the global replica serving it must have gone away.
 const heartbeatFresh = 30 * time.Second
 
-// newInspectCmd builds "inspect zones".
+// newInspectCmd builds "inspect zones|dataplanes|services".
 func newInspectCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "inspect zones|dataplanes",
-		Short: "Show the live state of zones or dataplanes",
+		Use:   "inspect zones|dataplanes|services",
+		Short: "Show the live state of zones, dataplanes or services",
 		RunE: func(_ *cobra.Command, args []string) error {
 			if len(args) == 0 {
-				return usageError{fmt.Errorf("inspect needs what to inspect: zones or dataplanes")}
+				return usageError{fmt.Errorf("inspect needs what to inspect: zones, dataplanes or services")}
 			}
-			return usageError{fmt.Errorf("cannot inspect %q: use zones or dataplanes", args[0])}
+			return usageError{fmt.Errorf("cannot inspect %q: use zones, dataplanes or services", args[0])}
 		},
 	}
 	cmd.AddCommand(newInspectDataplanesCmd(a))
+	cmd.AddCommand(newInspectServicesCmd(a))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "zones",
 		Short: "Zones with their connection and sync state, as the global CP sees them",

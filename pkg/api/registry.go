@@ -62,6 +62,10 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &ZoneIngress{} }},
 	{Type: "Dataplane", Plural: "dataplanes", Singular: "dataplane", Scope: ScopeMesh, WrittenBy: TierZone, KDS: SyncZoneToGlobal,
 		New: func() Resource { return &Dataplane{} }},
+	// ServiceInsight is written by each zone CP from its proxies' load
+	// reports; users only read it.
+	{Type: "ServiceInsight", Plural: "service-insights", Singular: "service-insight", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncZoneToGlobal,
+		New: func() Resource { return &ServiceInsight{} }},
 	{Type: "TrafficPermission", Plural: "traffic-permissions", Singular: "traffic-permission", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &TrafficPermission{} }},
 	{Type: "TrafficRoute", Plural: "traffic-routes", Singular: "traffic-route", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,

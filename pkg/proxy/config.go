@@ -72,6 +72,8 @@ type Endpoint struct {
 	Addr     string
 	Weight   uint32
 	Priority uint32
+	// Zone is its locality's zone: where its connections are counted.
+	Zone string
 }
 
 // translate builds a Config from the latest resources of each type. It
@@ -155,7 +157,7 @@ func endpointsOf(cla *endpoint.ClusterLoadAssignment) []Endpoint {
 			if w == 0 {
 				w = 1
 			}
-			out = append(out, Endpoint{Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()), Weight: w, Priority: loc.GetPriority()})
+			out = append(out, Endpoint{Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()), Weight: w, Priority: loc.GetPriority(), Zone: loc.GetLocality().GetZone()})
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Priority < out[j].Priority })

@@ -36,6 +36,9 @@ type Proxy struct {
 	FirstEjection time.Duration
 	EjectionTime  time.Duration
 
+	// load counts upstream connections per cluster and zone, for LRS.
+	load loadCounters
+
 	mu        sync.Mutex
 	listeners map[string]*running
 	ejected   map[string]*ejection
@@ -308,15 +311,18 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		tried[ep.Addr] = true
 		conn, err := net.DialTimeout("tcp", ep.Addr, c.ConnectTimeout)
 		if err != nil {
+			p.load.record(c.Name, ep.Zone, false)
 			p.eject(c.Name, ep.Addr)
 			lastErr = err
 			continue
 		}
 		if !c.TLS {
+			p.load.record(c.Name, ep.Zone, true)
 			p.connected(c.Name, ep.Addr)
 			return conn, nil
 		}
 		tc, err := p.originate(cfg, conn, c)
+		p.load.record(c.Name, ep.Zone, err == nil)
 		if err != nil {
 			// The handshake is part of connecting, as in Envoy: a remote
 			// zone's ingress with no instance left for the SNI closes the

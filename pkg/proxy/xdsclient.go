@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -37,10 +38,22 @@ type Client struct {
 	Metadata map[string]string
 	Proxy    *Proxy
 	Log      *zap.Logger
+	// ReportLoad streams the proxy's upstream connection counts to the
+	// CP's Load Reporting Service, on the same connection (sidecars).
+	ReportLoad bool
+
+	started time.Time
+	// loadSent is what the last load report covered; only the one
+	// reporting goroutine of the current session touches it.
+	loadSent struct {
+		counts map[loadKey]loadCounts
+		at     time.Time
+	}
 }
 
 // Start runs until ctx ends.
 func (c *Client) Start(ctx context.Context) error {
+	c.started = time.Now()
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 100*time.Millisecond, 5*time.Second
 	for {
@@ -78,6 +91,8 @@ func (c *Client) session(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
+	var reporting sync.WaitGroup
+	defer reporting.Wait() // after cancel, below
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if c.Token != "" {
@@ -97,6 +112,7 @@ func (c *Client) session(ctx context.Context) error {
 	}
 	node := &core.Node{Id: c.NodeID, Metadata: meta}
 	st := &state{names: map[string][]string{}, acked: map[string]string{}}
+	reportingStarted := false
 	for _, typ := range []string{resource.ListenerType, resource.ClusterType} {
 		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
 			return err
@@ -109,6 +125,12 @@ func (c *Client) session(ctx context.Context) error {
 		}
 		if err != nil {
 			return err
+		}
+		if c.ReportLoad && !reportingStarted {
+			// The CP admits load reports of proxies it serves: start once
+			// it has answered.
+			reportingStarted = true
+			reporting.Go(func() { c.reportLoad(ctx, conn, node) })
 		}
 		applyErr := st.take(resp)
 		if applyErr == nil {

@@ -58,7 +58,10 @@ func Proxyless(s *MeshState, _ Proxy) (Resources, error) {
 		out.add(resource.RouteType, routeConfig(svc, subsets))
 		for _, sub := range subsets {
 			name := sub.ClusterName()
-			out.add(resource.ClusterType, edsCluster(name))
+			c := edsCluster(name)
+			// grpc-go reports its calls per locality to this CP (LRS).
+			c.LrsServer = &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3, ConfigSourceSpecifier: &core.ConfigSource_Self{Self: &core.SelfConfigSource{}}}
+			out.add(resource.ClusterType, c)
 			out.add(resource.EndpointType, loadAssignment(name, s.endpoints(sub, true), nil))
 		}
 	}

@@ -226,8 +226,21 @@ func (s *Server) notify() {
 
 // opened authenticates a new stream by its token.
 func (s *Server) opened(ctx context.Context, stream int64) error {
+	c, err := s.claimsOf(ctx)
+	if err != nil || c == nil {
+		return err
+	}
+	s.mu.Lock()
+	s.claims[stream] = c
+	s.mu.Unlock()
+	return nil
+}
+
+// claimsOf authenticates a stream by the dataplane token in its metadata:
+// nil claims when there is none and none is required.
+func (s *Server) claimsOf(ctx context.Context) (*Claims, error) {
 	if s.auth.Verify == nil {
-		return nil
+		return nil, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	var token string
@@ -236,24 +249,25 @@ func (s *Server) opened(ctx context.Context, stream int64) error {
 	}
 	if token == "" {
 		if s.auth.Require {
-			return status.Error(codes.Unauthenticated, "a dataplane token is required: ursactl generate dataplane-token --mesh MESH")
+			return nil, status.Error(codes.Unauthenticated, "a dataplane token is required: ursactl generate dataplane-token --mesh MESH")
 		}
-		return nil
+		return nil, nil
 	}
 	c, err := s.auth.Verify(ctx, token)
 	if err != nil {
 		s.log.Warn("refused a dataplane token", zap.Error(err))
-		return status.Errorf(codes.Unauthenticated, "dataplane token refused: %v", err)
+		return nil, status.Errorf(codes.Unauthenticated, "dataplane token refused: %v", err)
 	}
-	s.mu.Lock()
-	s.claims[stream] = &c
-	s.mu.Unlock()
-	return nil
+	return &c, nil
 }
 
 // authorize checks a node against its stream's token; the caller holds mu.
 func (s *Server) authorize(stream int64, node *core.Node) error {
-	c := s.claims[stream]
+	return s.covers(s.claims[stream], node)
+}
+
+// covers checks a node against a token's claims (nil: no token).
+func (s *Server) covers(c *Claims, node *core.Node) error {
 	if c == nil || node == nil {
 		return nil
 	}

@@ -129,6 +129,15 @@ func TestProxylessGRPC(t *testing.T) {
 		t.Fatalf("insight: %s", body)
 	}
 
+	// grpc-go, an independent LRS client, reports its calls to the zone
+	// CP, which shows them (at the zone, and at the global via KDS).
+	for _, api := range []string{zone.api, global.api} {
+		poll(t, "grpc-go's calls in inspect services at "+api, func() bool {
+			_, callers := inspectBilling(t, api, "zone-1")
+			return callers != nil && callers.Connections >= 5000
+		})
+	}
+
 	// A new split, written at the global, reaches the running client.
 	ctl(t, global.api, split(50, 50), "apply", "-f", "-")
 	eventually(t, "the client to follow the new split", func() bool { return share(t, cc, v1, 200) < 0.65 })

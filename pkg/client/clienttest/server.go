@@ -123,7 +123,7 @@ func route(seg []string) (d api.Descriptor, mesh, name string, ok bool) {
 	switch len(seg) {
 	case 1, 2:
 		d, ok = api.LookupPlural(seg[0])
-		if !ok || d.WrittenBy == api.TierSystem || (len(seg) == 2 && d.Scope == api.ScopeMesh) {
+		if !ok || (d.WrittenBy == api.TierSystem && d.Scope == api.ScopeGlobal) || (len(seg) == 2 && d.Scope == api.ScopeMesh) {
 			return d, "", "", false
 		}
 		if len(seg) == 2 {

@@ -1,0 +1,90 @@
+package zone
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/xds"
+)
+
+// fakeLoads is a loadSource whose answer the test sets.
+type fakeLoads struct {
+	mu  sync.Mutex
+	now []xds.ServiceLoad
+}
+
+func (f *fakeLoads) Services(time.Time) []xds.ServiceLoad {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fakeLoads) set(perSecond float64, ok uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = []xds.ServiceLoad{
+		{Mesh: "default", Service: "billing", Zones: map[string]xds.ZoneLoad{"zone-2": {Successful: ok, Issued: ok, PerSecond: perSecond}}},
+		{Mesh: "gone", Service: "billing"},
+		{Mesh: "default", Service: "Not_A_Name"},
+	}
+}
+
+// TestServiceInsightsAreWrittenOnChange: the writer stores one insight per
+// service of an existing mesh, rewrites it only when its content changes,
+// and skips what it cannot store.
+func TestServiceInsightsAreWrittenOnChange(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	st := store.NewMemory(0)
+	if _, err := st.Apply(ctx, []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	log := zaptest.NewLogger(t)
+	mirror := store.NewMirror(st, []string{"Mesh"}, log)
+	loads := &fakeLoads{}
+	loads.set(48.54, 100)
+	var wg sync.WaitGroup
+	wg.Go(func() { mirror.Start(ctx) })
+	<-mirror.Ready()
+	wg.Go(func() { writeServiceInsights(ctx, st, mirror, loads, "zone-1", 10*time.Millisecond, log) })
+	defer func() { cancel(); wg.Wait() }()
+
+	key := api.Key{Type: "ServiceInsight", Mesh: "default", Name: "billing"}
+	get := func() *api.ServiceInsight {
+		r, err := st.Get(ctx, key)
+		if err != nil {
+			return nil
+		}
+		return r.(*api.ServiceInsight)
+	}
+	waitUntil(t, "the insight", func() bool { return get() != nil })
+	si := get()
+	if si.Zone != "zone-1" || si.Service != "billing" || si.Traffic["zone-2"] != (api.ZoneTraffic{Connections: 100, PerSecond: 48.5}) {
+		t.Fatalf("insight %+v", si)
+	}
+	time.Sleep(100 * time.Millisecond) // ten ticks with nothing new
+	if v := get().Version; v != si.Version {
+		t.Fatalf("rewritten without a change: version %d → %d", si.Version, v)
+	}
+	loads.set(0, 120)
+	waitUntil(t, "the new count", func() bool { return get().Traffic["zone-2"].Connections == 120 })
+	res, err := st.List(ctx, store.ListOptions{Type: "ServiceInsight"})
+	if err != nil || len(res.Items) != 1 {
+		t.Fatalf("stored %d insights (%v), want billing's only", len(res.Items), err)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
