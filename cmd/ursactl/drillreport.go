@@ -5,38 +5,30 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // reportTraffic prints one line per service in the drill's scope: its
-// instances per zone, as the zones' ingresses offer them.
+// instances per zone and, per callers' zone, where their traffic goes now,
+// from the proxies' load reports.
 func (a *app) reportTraffic(ctx context.Context, s drainScope, elapsed time.Duration) error {
-	ings, err := a.client.List(ctx, "ZoneIngress", "")
+	views, err := a.client.Services(ctx, s.mesh, s.service, a.now())
 	if err != nil {
 		return err
 	}
-	perService := map[string]map[string]int{}
-	for _, r := range ings {
-		ing := r.(*api.ZoneIngress)
-		for _, as := range ing.AvailableServices {
-			svc := as.Tags[api.TagService]
-			if (s.mesh != "" && as.Mesh != s.mesh) || (s.service != "" && svc != s.service) {
-				continue
-			}
-			key := as.Mesh + "/" + svc
-			if perService[key] == nil {
-				perService[key] = map[string]int{}
-			}
-			perService[key][ing.Zone] += as.Instances
+	for _, v := range views {
+		var inst []string
+		for _, z := range sortedZones(v.Instances) {
+			inst = append(inst, fmt.Sprintf("%s:%d", orDefault(z, "?"), v.Instances[z]))
 		}
-	}
-	for _, key := range sortedZones(perService) {
-		var parts []string
-		for _, z := range sortedZones(perService[key]) {
-			parts = append(parts, fmt.Sprintf("%s %d", z, perService[key][z]))
+		var traffic []string
+		for _, c := range v.Callers {
+			traffic = append(traffic, fmt.Sprintf("from %s: %s", c.Zone, c))
 		}
-		fmt.Fprintf(a.stdout, "%6s  %s  instances: %s\n", elapsed.Round(time.Second), key, strings.Join(parts, ", "))
+		if len(traffic) == 0 {
+			traffic = []string{"no callers reported"}
+		}
+		fmt.Fprintf(a.stdout, "%6s  %s/%s  instances %s  %s\n", elapsed.Round(time.Second), v.Mesh, v.Service,
+			strings.Join(inst, ","), strings.Join(traffic, "; "))
 	}
 	return nil
 }

@@ -73,7 +73,23 @@ func NewLoads(window time.Duration) *Loads {
 func (l *Loads) Add(node string, samples []LoadSample, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	// One report may hold several samples of a key (clusters of different
+	// subsets sending to the same zone): they cover the same interval, so
+	// they add up into one sample before going into the window.
+	var merged []LoadSample
+	at := map[LoadKey]int{}
 	for _, s := range samples {
+		i, ok := at[s.LoadKey]
+		if !ok {
+			at[s.LoadKey] = len(merged)
+			merged = append(merged, s)
+			continue
+		}
+		m := &merged[i]
+		m.Issued, m.Successful, m.Errors = addSat(m.Issued, s.Issued), addSat(m.Successful, s.Successful), addSat(m.Errors, s.Errors)
+		m.Interval = max(m.Interval, s.Interval)
+	}
+	for _, s := range merged {
 		e, ok := l.entries[s.LoadKey]
 		if !ok {
 			e = &loadEntry{recent: map[string][]windowSample{}}

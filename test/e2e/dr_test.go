@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -62,8 +64,8 @@ func balanced(t *testing.T, l *load, what string, min int) {
 // back to 50/50 with zone-3 drained; every billing in zone-2 killed →
 // traffic moves to zone-3 (drained, but the last zone left); restored →
 // back to zone-2; undrained; zone-2's ingress killed → zone-3 again;
-// restored → traffic returns. No call fails but those in flight when
-// something was killed.
+// restored → traffic returns; a drill, and a drill whose CLI is killed. No
+// call fails but those in flight when something was killed.
 func TestDisasterRecovery(t *testing.T) {
 	m := startZones(t, "zone-1", "zone-2", "zone-3")
 	ctl(t, m.global.api, `
@@ -178,6 +180,35 @@ spec:
 	m.startIngress("zone-2")
 	phase("zone-2's ingress started")
 	balanced(t, l, "traffic back in zone-2 after its ingress returned", 20)
+
+	// A drill: zone-3 drained for a few seconds, reported live from the
+	// proxies' load reports, then undrained.
+	phase("drill zone-3")
+	out := ctl(t, m.global.api, "", "zone", "drill", "zone-3", "--for", "4s", "--every", "500ms", "--service", "billing")
+	t.Logf("ursactl zone drill:\n%s", out)
+	if !strings.Contains(out, "from zone-1: zone-2 100%") || !strings.Contains(out, "drill over") {
+		t.Fatalf("the drill did not report all of zone-1's traffic going to zone-2:\n%s", out)
+	}
+	if got := ctl(t, m.global.api, "", "get", "failovers", "-m", "default", "-o", "json"); strings.Contains(got, "drain-zone-3") {
+		t.Fatalf("the drill left its drain:\n%s", got)
+	}
+	balanced(t, l, "50/50 after the drill", 20)
+
+	// A drill whose CLI is killed: the global ends the drain on time.
+	phase("drill zone-3, CLI killed")
+	drill := exec.Command(filepath.Join(bin, "ursactl"), "--api-server", m.global.api, "zone", "drill", "zone-3", "--for", "2s")
+	if err := drill.Start(); err != nil {
+		t.Fatal(err)
+	}
+	converge(t, l, "drilled", "zone-2")
+	drill.Process.Kill()
+	drill.Wait()
+	killedAt := time.Now()
+	balanced(t, l, "50/50 after the killed drill's drain expired", 20)
+	if got := ctl(t, m.global.api, "", "get", "failovers", "-m", "default", "-o", "json"); strings.Contains(got, "drain-zone-3") {
+		t.Fatalf("the killed drill's drain is still there:\n%s", got)
+	}
+	t.Logf("the killed drill's drain ended %s after the kill", time.Since(killedAt).Round(100*time.Millisecond))
 	l.close()
 
 	// Count the failures: only calls in flight while something was being
