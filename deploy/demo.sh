@@ -113,7 +113,13 @@ cat <<EOF2
     printf 'type: TrafficRoute\nmesh: default\nname: billing\nspec:\n  destination: {ursa.io/service: billing}\n  split:\n  - {weight: 100, tags: {ursa.io/zone: zone-2}}\n' | bin/ursactl apply -f -
     for i in 1 2 3; do curl -s http://$VIP/; done     # billing in zone-2
 
-    # Split 50/50 between the zones, or delete the route to go back:
+    # Drain zone-2 for 30s: the route's share fails over to zone-1 meanwhile,
+    # reported live from the proxies' own load reports:
+    bin/ursactl zone drill zone-2 --for 30s &
+    while sleep 0.2; do curl -s http://$VIP/; done   # Ctrl-C to stop
+    bin/ursactl inspect services billing
+
+    # Delete the route to go back to local first:
     bin/ursactl delete traffic-route billing -m default
 
   Ctrl-C stops everything.

@@ -25,6 +25,9 @@ func (a *app) reportTraffic(ctx context.Context, s drainScope, elapsed time.Dura
 			traffic = append(traffic, fmt.Sprintf("from %s: %s", c.Zone, c))
 		}
 		if len(traffic) == 0 {
+			if s.service == "" {
+				continue // a service nobody calls says nothing about the drill
+			}
 			traffic = []string{"no callers reported"}
 		}
 		fmt.Fprintf(a.stdout, "%6s  %s/%s  instances %s  %s\n", elapsed.Round(time.Second), v.Mesh, v.Service,
