@@ -14,27 +14,7 @@ import (
 // echo runs a TCP server that answers each line with "<name>: <line>".
 func echo(t testing.TB, name string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s: %s\n", name, sc.Text())
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return serveLines(t, "127.0.0.1:0", name).Addr().String()
 }
 
 // call sends one line through addr and returns the answer, or an error.

@@ -60,61 +60,16 @@ func balanced(t *testing.T, l *load, what string, min int) {
 	}
 }
 
-// TestDisasterRecovery: three zones, billing in zone-2 and zone-3, steady load from a client in zone-1. Weights 50/50, then 100/0;
+// TestDisasterRecovery: three zones, billing in zone-2 and zone-3, steady
+// load from a client in zone-1. Weights 50/50, then 100/0;
 // back to 50/50 with zone-3 drained; every billing in zone-2 killed →
 // traffic moves to zone-3 (drained, but the last zone left); restored →
 // back to zone-2; undrained; zone-2's ingress killed → zone-3 again;
 // restored → traffic returns; a drill, and a drill whose CLI is killed. No
 // call fails but those in flight when something was killed.
 func TestDisasterRecovery(t *testing.T) {
-	m := startZones(t, "zone-1", "zone-2", "zone-3")
-	ctl(t, m.global.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
-`, "apply", "-f", "-")
-	for name, z := range m.zones {
-		eventually(t, "the mesh in "+name, func() bool { return z.cp.has(t, "/meshes/default") })
-	}
-	for _, z := range []string{"zone-1", "zone-2", "zone-3"} {
-		m.startIngress(z)
-	}
-	// One instance per zone: every sidecar binds the VIP listeners of the
-	// services it may call, so two in one zone on one host would collide.
-	zone2 := []*instance{m.startInstance("zone-2", "billing-2", "billing", "zone-2")}
-	m.startInstance("zone-3", "billing-3", "billing", "zone-3")
-	m.startInstance("zone-1", "web-1", "web", "web", "--log-level", "debug")
-
-	z1 := m.zones["zone-1"]
-	for _, want := range []string{`"zone-2.ingress"`, `"zone-3.ingress"`} {
-		eventually(t, want+" offering billing in zone-1", func() bool {
-			_, body := z1.cp.get(t, "/zone-ingresses")
-			i := strings.Index(body, want)
-			return i >= 0 && strings.Contains(body[i:], `"ursa.io/service":"billing"`)
-		})
-	}
-	var vip string
-	eventually(t, "billing.mesh in zone-1", func() bool {
-		vip = dig(t, z1.dns, "billing.mesh", "+short")
-		return strings.HasPrefix(vip, "127.240.")
-	})
-	// The mesh has converged once calls succeed in a row; failures before
-	// that are start-up, not what this test counts.
-	eventually(t, "calls to succeed", func() bool {
-		for range 20 {
-			if _, err := call(vip+":80", "hi"); err != nil {
-				return false
-			}
-		}
-		return true
-	})
+	m, vip, billing2 := startBillingAcrossZones(t)
+	zone2 := []*instance{billing2}
 
 	phase := func(what string) { t.Logf("%s %s", time.Now().Format("15:04:05.000"), what) }
 	route := func(w2, w3 int) {

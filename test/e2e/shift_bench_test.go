@@ -27,42 +27,8 @@ const (
 )
 
 func BenchmarkZoneShift(b *testing.B) {
-	m := startZones(b, "zone-1", "zone-2", "zone-3")
-	ctl(b, m.global.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
-`, "apply", "-f", "-")
-	for _, z := range m.zones {
-		eventually(b, "the mesh", func() bool { return z.cp.has(b, "/meshes/default") })
-	}
-	for _, z := range []string{"zone-1", "zone-2", "zone-3"} {
-		m.startIngress(z)
-	}
-	billing2 := m.startInstance("zone-2", "billing-2", "billing", "zone-2")
-	m.startInstance("zone-3", "billing-3", "billing", "zone-3")
-	m.startInstance("zone-1", "web-1", "web", "web")
+	m, vip, billing2 := startBillingAcrossZones(b)
 	z1 := m.zones["zone-1"]
-	var vip string
-	eventually(b, "billing.mesh in zone-1", func() bool {
-		vip = dig(b, z1.dns, "billing.mesh", "+short")
-		return strings.HasPrefix(vip, "127.240.")
-	})
-	eventually(b, "calls to succeed", func() bool {
-		for range 20 {
-			if _, err := call(vip+":80", "hi"); err != nil {
-				return false
-			}
-		}
-		return true
-	})
 	route := func(to string) {
 		w2, w3 := 100, 0
 		if to == "zone-3" {

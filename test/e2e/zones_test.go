@@ -58,6 +58,63 @@ func startZones(t testing.TB, names ...string) *meshZones {
 	return m
 }
 
+// startBillingAcrossZones is the disaster-recovery setup: three zones with
+// an ingress each, mTLS with everyone allowed, billing (answering with its
+// zone's name) in zone-2 and zone-3, and web's sidecar in zone-1. It
+// returns once calls from zone-1 to billing's VIP succeed in a row, with
+// the VIP and zone-2's billing. One instance per zone: every sidecar binds
+// the VIP listeners of the services it may call, so two in one zone on one
+// host would collide.
+func startBillingAcrossZones(t testing.TB) (*meshZones, string, *instance) {
+	t.Helper()
+	m := startZones(t, "zone-1", "zone-2", "zone-3")
+	ctl(t, m.global.api, `
+type: Mesh
+name: default
+mtls: {enabled: true}
+---
+type: TrafficPermission
+mesh: default
+name: everyone
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: '*'}}]
+`, "apply", "-f", "-")
+	for name, z := range m.zones {
+		eventually(t, "the mesh in "+name, func() bool { return z.cp.has(t, "/meshes/default") })
+	}
+	for _, z := range []string{"zone-1", "zone-2", "zone-3"} {
+		m.startIngress(z)
+	}
+	billing2 := m.startInstance("zone-2", "billing-2", "billing", "zone-2")
+	m.startInstance("zone-3", "billing-3", "billing", "zone-3")
+	m.startInstance("zone-1", "web-1", "web", "web", "--log-level", "debug")
+	z1 := m.zones["zone-1"]
+	var vip string
+	eventually(t, "billing.mesh in zone-1", func() bool {
+		vip = dig(t, z1.dns, "billing.mesh", "+short")
+		return strings.HasPrefix(vip, "127.240.")
+	})
+	// The mesh has converged once calls succeed in a row (both zones
+	// offered); failures before that are start-up.
+	for _, want := range []string{`"zone-2.ingress"`, `"zone-3.ingress"`} {
+		eventually(t, want+" offering billing in zone-1", func() bool {
+			_, body := z1.cp.get(t, "/zone-ingresses")
+			i := strings.Index(body, want)
+			return i >= 0 && strings.Contains(body[i:], `"ursa.io/service":"billing"`)
+		})
+	}
+	eventually(t, "calls to succeed", func() bool {
+		for range 20 {
+			if _, err := call(vip+":80", "hi"); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	return m, vip, billing2
+}
+
 // startIngress starts (or restarts, on the same address) a zone's ingress.
 func (m *meshZones) startIngress(zone string) {
 	m.t.Helper()
