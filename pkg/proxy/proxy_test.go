@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
@@ -272,20 +273,30 @@ func TestSNIPassthrough(t *testing.T) {
 	}
 }
 
-// TestRotationKeepsConnections: a new identity from SDS serves new
-// connections while an established mTLS connection keeps flowing.
-func TestRotationKeepsConnections(t *testing.T) {
-	now := time.Now()
-	ca, _ := mtls.NewCA("default", now)
+// testCA is a mesh CA, a pool holding it, and a way to turn its issued
+// identities into key pairs.
+func testCA(t *testing.T, now time.Time) (*api.MeshCA, *x509.CertPool, func(mtls.Identity) *tls.Certificate) {
+	t.Helper()
+	ca, err := mtls.NewCA("default", now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM([]byte(ca.CertPEM))
-	pairOf := func(id mtls.Identity) *tls.Certificate {
+	return ca, roots, func(id mtls.Identity) *tls.Certificate {
 		p, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return &p
 	}
+}
+
+// TestRotationKeepsConnections: a new identity from SDS serves new
+// connections while an established mTLS connection keeps flowing.
+func TestRotationKeepsConnections(t *testing.T) {
+	now := time.Now()
+	ca, roots, pairOf := testCA(t, now)
 	first, _ := mtls.Issue(ca, "billing", time.Hour, now)
 	second, _ := mtls.Issue(ca, "billing", time.Hour, now)
 	caller, _ := mtls.Issue(ca, "web", time.Hour, now)
@@ -336,16 +347,10 @@ func TestRotationKeepsConnections(t *testing.T) {
 // for that cluster only.
 func TestHandshakeFailureFailsOver(t *testing.T) {
 	now := time.Now()
-	ca, _ := mtls.NewCA("default", now)
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM([]byte(ca.CertPEM))
+	ca, roots, pairOf := testCA(t, now)
 	pair := func(service string) *tls.Certificate {
 		id, _ := mtls.Issue(ca, service, time.Hour, now)
-		p, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &p
+		return pairOf(id)
 	}
 	// The empty ingress: accepts, reads the ClientHello, closes.
 	empty, err := net.Listen("tcp", "127.0.0.1:0")
