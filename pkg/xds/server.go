@@ -27,7 +27,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
 // Node metadata keys.
@@ -73,6 +72,10 @@ type Server struct {
 	streams map[int64]string // stream id → node id
 	hashes  map[string]string
 	changed chan struct{}
+
+	// resourceHashes makes versioning a snapshot cost what is new in
+	// it, not what it shares with other proxies' snapshots.
+	resourceHashes resourceHashes
 }
 
 // Claims is what a proxy's dataplane token binds it to.
@@ -154,9 +157,12 @@ func (s *Server) Nodes() ([]Node, <-chan struct{}) {
 }
 
 // SetResources publishes a proxy's resources, unless they are what it
-// already has. They must have passed Validate.
+// already has. They must have passed Validate, and neither they nor any
+// message they point to may be modified afterwards: the cache serves them
+// as they are, and their hashes are remembered by identity. It is safe to
+// call concurrently for different proxies.
 func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
-	version, err := hashResources(r)
+	version, err := s.hashResources(r)
 	if err != nil {
 		return err
 	}
@@ -179,28 +185,24 @@ func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) e
 	return nil
 }
 
-// hashResources is a version that changes exactly when the resources do.
-func hashResources(r Resources) (string, error) {
+// hashResources is a version that changes exactly when the resources do:
+// a hash of every resource's type, name and content hash, in a fixed order.
+func (s *Server) hashResources(r Resources) (string, error) {
 	h := sha256.New()
 	for _, typ := range []resource.Type{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
 		list := slices.Clone(r[typ])
 		slices.SortFunc(list, func(a, b types.Resource) int {
-			an, bn := cache.GetResourceName(a), cache.GetResourceName(b)
-			if an < bn {
-				return -1
-			}
-			if an > bn {
-				return 1
-			}
-			return 0
+			return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
 		})
 		for _, res := range list {
-			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
+			sum, err := s.resourceHashes.hash(res)
 			if err != nil {
 				return "", err
 			}
 			h.Write([]byte(typ))
-			h.Write(b)
+			h.Write([]byte(cache.GetResourceName(res)))
+			h.Write([]byte{0})
+			h.Write(sum[:])
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)[:10]), nil

@@ -266,6 +266,16 @@ func BenchmarkSidecarGenerate(b *testing.B) {
 				}
 				b.ReportAllocs()
 				for b.Loop() {
+					// Regenerated, as the zone does on every change:
+					// the shared resources are the MeshState's, the
+					// proxy's own (inbound listener, its cluster,
+					// secrets) are new messages.
+					b.StopTimer()
+					res, err := f.generate(f.state, dp)
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
 					// Unchanged: hashes, compares, returns.
 					if err := srv.SetResources(ctx, "default.dp-0", res); err != nil {
 						b.Fatal(err)
