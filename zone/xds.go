@@ -3,8 +3,11 @@ package zone
 import (
 	"context"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -71,6 +74,9 @@ type source interface {
 // generate keeps every connected proxy's configuration current: whenever
 // the zone's state or the set of connected proxies changes, it regenerates
 // each proxy's resources, validates them, and publishes those that changed.
+// Proxies are generated on every core: what they share is built once per
+// MeshState (which is safe for concurrent use), and SetResources is safe to
+// call concurrently.
 func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids *identities, log *zap.Logger) error {
 	warned := map[string]bool{}
 	warnOnce := func(key, msg string, fields ...zap.Field) {
@@ -83,9 +89,10 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 		view, viewChanged := src.Current()
 		nodes, nodesChanged := srv.Nodes()
 		states := map[string]*xds.MeshState{}
+		var jobs []func()
 		for _, n := range nodes {
 			if n.Ingress {
-				publishIngress(ctx, view, srv, zone, n.ID, log)
+				jobs = append(jobs, func() { publishIngress(ctx, view, srv, zone, n.ID, log) })
 				continue
 			}
 			mesh, name, err := xds.ParseNodeID(n.ID)
@@ -107,26 +114,9 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 				continue
 			}
 			proxy := xds.Proxy{Dataplane: dp.(*api.Dataplane), Proxyless: n.Proxyless}
-			var res xds.Resources
-			if n.Proxyless {
-				res, err = xds.Proxyless(st, proxy)
-			} else {
-				res, err = xds.Sidecar(st, proxy)
-				if err == nil && st.Mesh.MTLSEnabled() {
-					err = addSecrets(view, res, proxy, ids)
-				}
-			}
-			if err == nil {
-				err = xds.Validate(res)
-			}
-			if err != nil {
-				log.Error("generated configuration is invalid; not published", zap.String("proxy", n.ID), zap.Error(err))
-				continue
-			}
-			if err := srv.SetResources(ctx, n.ID, res); err != nil {
-				log.Error("cannot publish configuration", zap.String("proxy", n.ID), zap.Error(err))
-			}
+			jobs = append(jobs, func() { publishProxy(ctx, view, srv, st, proxy, n.ID, ids, log) })
 		}
+		parallel(runtime.GOMAXPROCS(0), jobs)
 		renew := time.Hour
 		if at := ids.nextRenewal(); !at.IsZero() {
 			renew = max(time.Until(at), time.Second)
@@ -138,6 +128,46 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 		case <-nodesChanged:
 		case <-time.After(renew):
 		}
+	}
+}
+
+// parallel runs every job on up to workers goroutines, and returns once
+// all have returned.
+func parallel(workers int, jobs []func()) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, len(jobs)) {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(jobs)); i = next.Add(1) - 1 {
+				jobs[i]()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// publishProxy generates, validates and publishes a sidecar's or a
+// proxyless client's configuration.
+func publishProxy(ctx context.Context, view *store.View, srv *xds.Server, st *xds.MeshState, proxy xds.Proxy, nodeID string, ids *identities, log *zap.Logger) {
+	var res xds.Resources
+	var err error
+	if proxy.Proxyless {
+		res, err = xds.Proxyless(st, proxy)
+	} else {
+		res, err = xds.Sidecar(st, proxy)
+		if err == nil && st.Mesh.MTLSEnabled() {
+			err = addSecrets(view, res, proxy, ids)
+		}
+	}
+	if err == nil {
+		err = xds.Validate(res)
+	}
+	if err != nil {
+		log.Error("generated configuration is invalid; not published", zap.String("proxy", nodeID), zap.Error(err))
+		return
+	}
+	if err := srv.SetResources(ctx, nodeID, res); err != nil {
+		log.Error("cannot publish configuration", zap.String("proxy", nodeID), zap.Error(err))
 	}
 }
 
