@@ -160,7 +160,7 @@ func publishProxy(ctx context.Context, view *store.View, srv *xds.Server, st *xd
 		}
 	}
 	if err == nil {
-		err = xds.Validate(res)
+		err = srv.Validate(res)
 	}
 	if err != nil {
 		log.Error("generated configuration is invalid; not published", zap.String("proxy", nodeID), zap.Error(err))
@@ -179,12 +179,11 @@ func addSecrets(view *store.View, res xds.Resources, p xds.Proxy, ids *identitie
 	if !ok || len(dp.Networking.Inbound) == 0 {
 		return nil // the proxy's TLS contexts wait for their secrets
 	}
-	ca := r.(*api.MeshCA)
-	id, err := ids.get(ca, dp.Networking.Inbound[0].Tags[api.TagService], time.Now())
+	secrets, err := ids.secrets(r.(*api.MeshCA), dp.Networking.Inbound[0].Tags[api.TagService], time.Now())
 	if err != nil {
 		return err
 	}
-	res.Merge(xds.Secrets(id, ca.CertPEM))
+	res.Merge(secrets)
 	return nil
 }
 
@@ -208,7 +207,7 @@ func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone
 	}
 	res, err := xds.Ingress(allMeshes(view, zone), r.(*api.ZoneIngress))
 	if err == nil {
-		err = xds.Validate(res)
+		err = srv.Validate(res)
 	}
 	if err == nil {
 		err = srv.SetResources(ctx, name, res)

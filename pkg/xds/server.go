@@ -73,9 +73,9 @@ type Server struct {
 	hashes  map[string]string
 	changed chan struct{}
 
-	// resourceHashes makes versioning a snapshot cost what is new in
-	// it, not what it shares with other proxies' snapshots.
-	resourceHashes resourceHashes
+	// facts make validating and versioning a snapshot cost what is new
+	// in it, not what it shares with other proxies' snapshots.
+	facts resourceFacts
 }
 
 // Claims is what a proxy's dataplane token binds it to.
@@ -156,8 +156,14 @@ func (s *Server) Nodes() ([]Node, <-chan struct{}) {
 	return out, s.changed
 }
 
+// Validate is the package's Validate, remembering what it found about
+// each resource (by identity, as long as the resource lives), so that what
+// many proxies share is checked once. The resources must not be modified
+// afterwards. It is safe for concurrent use.
+func (s *Server) Validate(r Resources) error { return validate(r, s.facts.check) }
+
 // SetResources publishes a proxy's resources, unless they are what it
-// already has. They must have passed Validate, and neither they nor any
+// already has. They must have passed Validate (or s.Validate), and neither they nor any
 // message they point to may be modified afterwards: the cache serves them
 // as they are, and their hashes are remembered by identity. It is safe to
 // call concurrently for different proxies.
@@ -195,7 +201,7 @@ func (s *Server) hashResources(r Resources) (string, error) {
 			return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
 		})
 		for _, res := range list {
-			sum, err := s.resourceHashes.hash(res)
+			sum, err := s.facts.hash(typ, res)
 			if err != nil {
 				return "", err
 			}

@@ -75,7 +75,9 @@ const (
 type xdsMeshFixture struct {
 	state *xds.MeshState
 	ca    *api.MeshCA
-	ids   map[string]mtls.Identity
+	// secrets are each service's SDS secrets, built once per identity as
+	// the zone's identities do.
+	secrets map[string]xds.Resources
 }
 
 func svcName(s int) string { return fmt.Sprintf("svc-%02d", s) }
@@ -104,7 +106,7 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 		Mesh: &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: xdsMesh}, MTLS: &api.MeshMTLS{Enabled: true}},
 		VIPs: map[string]netip.Addr{},
 	}
-	f := &xdsMeshFixture{state: st, ca: ca, ids: map[string]mtls.Identity{}}
+	f := &xdsMeshFixture{state: st, ca: ca, secrets: map[string]xds.Resources{}}
 	for s := range services {
 		svc := svcName(s)
 		st.VIPs[svc] = netip.AddrFrom4([4]byte{241, 0, byte(s >> 8), byte(s)})
@@ -126,9 +128,11 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 		if s%5 == 0 {
 			st.Routes = append(st.Routes, versionRoute(svc, 90))
 		}
-		if f.ids[svc], err = mtls.Issue(ca, svc, 24*time.Hour, now); err != nil {
+		id, err := mtls.Issue(ca, svc, 24*time.Hour, now)
+		if err != nil {
 			tb.Fatal(err)
 		}
+		f.secrets[svc] = xds.Secrets(id, ca.CertPEM)
 	}
 	st.Permissions = append(st.Permissions, &api.TrafficPermission{
 		Meta: api.Meta{Type: "TrafficPermission", Mesh: xdsMesh, Name: "allow-all"},
@@ -187,14 +191,15 @@ func withRoute(st *xds.MeshState, service string, v1 int) *xds.MeshState {
 }
 
 // generate does for one proxy what the zone's generation loop does:
-// sidecar resources, the SDS secrets of its service, validation.
-func (f *xdsMeshFixture) generate(st *xds.MeshState, dp *api.Dataplane) (xds.Resources, error) {
+// sidecar resources, the SDS secrets of its service, validation by the
+// server that will publish them.
+func (f *xdsMeshFixture) generate(srv *xds.Server, st *xds.MeshState, dp *api.Dataplane) (xds.Resources, error) {
 	res, err := xds.Sidecar(st, xds.Proxy{Dataplane: dp})
 	if err != nil {
 		return nil, err
 	}
-	res.Merge(xds.Secrets(f.ids[dp.Networking.Inbound[0].Tags[api.TagService]], f.ca.CertPEM))
-	return res, xds.Validate(res)
+	res.Merge(f.secrets[dp.Networking.Inbound[0].Tags[api.TagService]])
+	return res, srv.Validate(res)
 }
 
 // proxies returns n simulated proxies, dp-0 … dp-<n-1>: each a copy of one
@@ -236,13 +241,17 @@ func BenchmarkSidecarGenerate(b *testing.B) {
 	for _, per := range []int{xdsPerService, 100, 200} {
 		f := newXDSMesh(b, xdsServices, per)
 		dp := f.proxies(1)[0]
+		srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
+		if err != nil {
+			b.Fatal(err)
+		}
 		b.Run(fmt.Sprintf("dataplanes=%d", xdsServices*per), func(b *testing.B) {
 			b.Run("generate", func(b *testing.B) {
 				b.ReportAllocs()
 				var res xds.Resources
 				for b.Loop() {
 					var err error
-					if res, err = f.generate(f.state, dp); err != nil {
+					if res, err = f.generate(srv, f.state, dp); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -253,11 +262,7 @@ func BenchmarkSidecarGenerate(b *testing.B) {
 				b.ReportMetric(float64(count["ClusterLoadAssignment"]), "load-assignments")
 			})
 			b.Run("hash", func(b *testing.B) {
-				srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
-				if err != nil {
-					b.Fatal(err)
-				}
-				res, err := f.generate(f.state, dp)
+				res, err := f.generate(srv, f.state, dp)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -272,7 +277,7 @@ func BenchmarkSidecarGenerate(b *testing.B) {
 					// proxy's own (inbound listener, its cluster,
 					// secrets) are new messages.
 					b.StopTimer()
-					res, err := f.generate(f.state, dp)
+					res, err := f.generate(srv, f.state, dp)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -471,7 +476,7 @@ func fullPush(b *testing.B, n int) {
 				var gen, set time.Duration
 				for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
 					t0 := time.Now()
-					res, err := f.generate(st, dps[i])
+					res, err := f.generate(srv, st, dps[i])
 					if err != nil {
 						b.Error(err)
 						return
@@ -518,7 +523,7 @@ func fullPush(b *testing.B, n int) {
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < n; i += workers {
-				res, err := f.generate(f.state, dps[i])
+				res, err := f.generate(srv, f.state, dps[i])
 				if err == nil {
 					err = srv.SetResources(ctx, ids[i], res)
 				}
@@ -558,7 +563,7 @@ func fullPush(b *testing.B, n int) {
 		// configured: go tool pprof -sample_index inuse_space.
 		writeHeapProfile(b, fmt.Sprintf("%s.%d", path, n))
 	}
-	res, err := f.generate(f.state, dps[0])
+	res, err := f.generate(srv, f.state, dps[0])
 	if err != nil {
 		b.Fatal(err)
 	}

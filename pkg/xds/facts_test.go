@@ -59,12 +59,12 @@ func TestVersionFollowsContent(t *testing.T) {
 	}
 }
 
-// TestResourceHashesForget: the cache holds no resource alive, and drops
+// TestResourceFactsForget: the cache holds no resource alive, and drops
 // a collected resource's entry.
-func TestResourceHashesForget(t *testing.T) {
-	var c resourceHashes
+func TestResourceFactsForget(t *testing.T) {
+	var c resourceFacts
 	for i := range 100 {
-		if _, err := c.hash(apiListener(string(rune('a' + i%26)))); err != nil {
+		if _, err := c.hash(resource.ListenerType, apiListener(string(rune('a'+i%26)))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,0 +1,98 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"runtime"
+	"sync"
+	"weak"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// resourceFacts remembers what this package derives from a resource alone
+// — the hash of its encoding and what validating it found — by the
+// resource's identity (its pointer), for as long as the resource lives.
+//
+// What a mesh's proxies share (MeshState memoises it) is one message that
+// many snapshots point at, so hashing and checking each once instead of
+// once per proxy is most of what validating and versioning a snapshot
+// cost. This relies on the invariant every published resource already
+// obeys: it is never modified once built (go-control-plane's cache holds it
+// and marshals it lazily). A changed resource is a new message, hence a new
+// key.
+//
+// Keys are weak pointers: the cache keeps nothing alive, and an entry is
+// dropped by a cleanup once its resource has been collected, so an address
+// reused by a later message can never find an old entry. It is safe for
+// concurrent use; the zero value is ready.
+type resourceFacts struct {
+	m sync.Map // weak.Pointer[T] → *facts
+}
+
+// facts are what is known of one resource. They must not refer to it, or it
+// would never be collected.
+type facts struct {
+	hash    [sha256.Size]byte
+	hashErr error
+	check   resourceCheck
+}
+
+// of returns res's facts, typ being the type it is published as.
+func (c *resourceFacts) of(typ resource.Type, res types.Resource) *facts {
+	switch v := res.(type) {
+	case *listener.Listener:
+		return factsOnce(c, typ, v)
+	case *cluster.Cluster:
+		return factsOnce(c, typ, v)
+	case *endpoint.ClusterLoadAssignment:
+		return factsOnce(c, typ, v)
+	case *route.RouteConfiguration:
+		return factsOnce(c, typ, v)
+	case *tlsv3.Secret:
+		return factsOnce(c, typ, v)
+	}
+	return newFacts(typ, res)
+}
+
+func (c *resourceFacts) hash(typ resource.Type, res types.Resource) ([sha256.Size]byte, error) {
+	f := c.of(typ, res)
+	return f.hash, f.hashErr
+}
+
+func (c *resourceFacts) check(typ resource.Type, res types.Resource) resourceCheck {
+	return c.of(typ, res).check
+}
+
+func factsOnce[T any, P interface {
+	*T
+	proto.Message
+}](c *resourceFacts, typ resource.Type, p P) *facts {
+	key := weak.Make((*T)(p))
+	if f, ok := c.m.Load(key); ok {
+		return f.(*facts)
+	}
+	f, loaded := c.m.LoadOrStore(key, newFacts(typ, p))
+	if !loaded {
+		runtime.AddCleanup((*T)(p), func(k weak.Pointer[T]) { c.m.Delete(k) }, key)
+	}
+	return f.(*facts)
+}
+
+func newFacts(typ resource.Type, res types.Resource) *facts {
+	f := &facts{check: checkResource(typ, res)}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
+	if err != nil {
+		f.hashErr = fmt.Errorf("marshal %s: %w", shortType(typ), err)
+		return f
+	}
+	f.hash = sha256.Sum256(b)
+	return f
+}
