@@ -2,6 +2,7 @@ package xds
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"runtime"
 	"sync"
@@ -40,7 +41,10 @@ type resourceFacts struct {
 // facts are what is known of one resource. They must not refer to it, or it
 // would never be collected.
 type facts struct {
-	hash    [sha256.Size]byte
+	hash [sha256.Size]byte
+	// version is the resource's version in the delta protocol: its hash,
+	// in hex.
+	version string
 	hashErr error
 	check   resourceCheck
 }
@@ -60,11 +64,6 @@ func (c *resourceFacts) of(typ resource.Type, res types.Resource) *facts {
 		return factsOnce(c, typ, v)
 	}
 	return newFacts(typ, res)
-}
-
-func (c *resourceFacts) hash(typ resource.Type, res types.Resource) ([sha256.Size]byte, error) {
-	f := c.of(typ, res)
-	return f.hash, f.hashErr
 }
 
 func (c *resourceFacts) check(typ resource.Type, res types.Resource) resourceCheck {
@@ -94,5 +93,6 @@ func newFacts(typ resource.Type, res types.Resource) *facts {
 		return f
 	}
 	f.hash = sha256.Sum256(b)
+	f.version = hex.EncodeToString(f.hash[:16])
 	return f
 }

@@ -7,18 +7,14 @@ import (
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 )
 
-// TestVersionFollowsContent: a snapshot's version depends on what its
-// resources say, not on which messages say it or in which order.
+// TestVersionFollowsContent: a type's version depends on what its
+// resources say, not on which messages say it, in which order, or on the
+// other types.
 func TestVersionFollowsContent(t *testing.T) {
-	s, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	var facts resourceFacts
 	set := func(ls ...*listener.Listener) Resources {
 		r := Resources{}
 		for _, l := range ls {
@@ -27,35 +23,47 @@ func TestVersionFollowsContent(t *testing.T) {
 		r.add(resource.ClusterType, edsCluster("billing"))
 		return r
 	}
-	version := func(r Resources) string {
+	versions := func(r Resources) (lds, cds string) {
 		t.Helper()
-		v, err := s.hashResources(r)
+		s, err := newSnapshot(r, &facts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return v
+		return s.GetVersion(resource.ListenerType), s.GetVersion(resource.ClusterType)
 	}
 	a, b := apiListener("a"), apiListener("b")
-	base := version(set(a, b))
-	if v := version(set(b, a)); v != base {
-		t.Errorf("reordered: version %s, want %s", v, base)
+	lds, cds := versions(set(a, b))
+	if v, _ := versions(set(b, a)); v != lds {
+		t.Errorf("reordered: version %s, want %s", v, lds)
 	}
-	if v := version(set(apiListener("a"), apiListener("b"))); v != base {
-		t.Errorf("equal copies: version %s, want %s", v, base)
+	if v, _ := versions(set(apiListener("a"), apiListener("b"))); v != lds {
+		t.Errorf("equal copies: version %s, want %s", v, lds)
 	}
 	changed := proto.Clone(a).(*listener.Listener)
 	changed.StatPrefix = "other"
-	if v := version(set(changed, b)); v == base {
-		t.Error("a changed listener kept the version")
+	v, c := versions(set(changed, b))
+	if v == lds {
+		t.Error("a changed listener kept the listeners' version")
 	}
-	if v := version(set(a)); v == base {
+	if c != cds {
+		t.Errorf("a changed listener changed the clusters' version: %s, want %s", c, cds)
+	}
+	if v, _ := versions(set(a)); v == lds {
 		t.Error("a removed listener kept the version")
 	}
-	moved := set(a, b)
-	moved[resource.RouteType] = moved[resource.ClusterType]
-	delete(moved, resource.ClusterType)
-	if v := version(moved); v == base {
-		t.Error("a resource moved to another type kept the version")
+	renamed := proto.Clone(a).(*listener.Listener)
+	renamed.Name = "c"
+	if v, _ := versions(set(renamed, b)); v == lds {
+		t.Error("a renamed listener kept the version")
+	}
+	r := set(a, b)
+	delete(r, resource.ClusterType)
+	if _, c := versions(r); c != "" {
+		t.Errorf("no clusters: version %q, want none", c)
+	}
+	r[resource.ClusterType] = nil
+	if _, c := versions(r); c == "" || c == cds {
+		t.Errorf("an empty list of clusters: version %q, want one of its own", c)
 	}
 }
 
@@ -64,8 +72,8 @@ func TestVersionFollowsContent(t *testing.T) {
 func TestResourceFactsForget(t *testing.T) {
 	var c resourceFacts
 	for i := range 100 {
-		if _, err := c.hash(resource.ListenerType, apiListener(string(rune('a'+i%26)))); err != nil {
-			t.Fatal(err)
+		if f := c.of(resource.ListenerType, apiListener(string(rune('a'+i%26)))); f.hashErr != nil {
+			t.Fatal(f.hashErr)
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)

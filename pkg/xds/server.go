@@ -2,8 +2,6 @@ package xds
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"maps"
 	"slices"
@@ -17,9 +15,7 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -49,6 +45,9 @@ type Node struct {
 	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
 	// Acked is the last version the proxy acknowledged, by type URL.
 	Acked map[string]string `json:"acked,omitempty"`
+	// Current is the version of its configuration the CP publishes, by
+	// type URL: where it equals Acked, the proxy is up to date.
+	Current map[string]string `json:"current,omitempty"`
 	// LastNack is the reason of the last NACK, if any.
 	LastNack string `json:"lastNack,omitempty"`
 	Nacks    int    `json:"nacks"`
@@ -70,8 +69,9 @@ type Server struct {
 	nodes   map[string]*Node
 	gone    map[string]*Node // disconnected, kept for their insight
 	streams map[int64]string // stream id → node id
-	hashes  map[string]string
-	changed chan struct{}
+	// published is each node's last snapshot.
+	published map[string]*snapshot
+	changed   chan struct{}
 
 	// facts make validating and versioning a snapshot cost what is new
 	// in it, not what it shares with other proxies' snapshots.
@@ -116,7 +116,7 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Help: "xDS responses proxies rejected, by type.",
 		}, []string{"type_url"}),
 		claims: map[int64]*Claims{},
-		nodes:  map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, hashes: map[string]string{},
+		nodes:  map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, published: map[string]*snapshot{},
 		changed: make(chan struct{}),
 	}
 	if err := reg.Register(s.nacks); err != nil {
@@ -168,50 +168,23 @@ func (s *Server) Validate(r Resources) error { return validate(r, s.facts.check)
 // as they are, and their hashes are remembered by identity. It is safe to
 // call concurrently for different proxies.
 func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
-	version, err := s.hashResources(r)
+	snap, err := newSnapshot(r, &s.facts)
 	if err != nil {
-		return err
+		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}
 	s.mu.Lock()
-	same := s.hashes[nodeID] == version
+	same := snap.sameAs(s.published[nodeID])
 	s.mu.Unlock()
 	if same {
 		return nil
-	}
-	snap, err := cache.NewSnapshot(version, r)
-	if err != nil {
-		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}
 	if err := s.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
 		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}
 	s.mu.Lock()
-	s.hashes[nodeID] = version
+	s.published[nodeID] = snap
 	s.mu.Unlock()
 	return nil
-}
-
-// hashResources is a version that changes exactly when the resources do:
-// a hash of every resource's type, name and content hash, in a fixed order.
-func (s *Server) hashResources(r Resources) (string, error) {
-	h := sha256.New()
-	for _, typ := range []resource.Type{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
-		list := slices.Clone(r[typ])
-		slices.SortFunc(list, func(a, b types.Resource) int {
-			return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
-		})
-		for _, res := range list {
-			sum, err := s.facts.hash(typ, res)
-			if err != nil {
-				return "", err
-			}
-			h.Write([]byte(typ))
-			h.Write([]byte(cache.GetResourceName(res)))
-			h.Write([]byte{0})
-			h.Write(sum[:])
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)[:10]), nil
 }
 
 func (s *Server) notify() {
@@ -303,7 +276,7 @@ func (s *Server) closed(stream int64) {
 		s.gone[id] = n
 	}
 	delete(s.nodes, id)
-	delete(s.hashes, id)
+	delete(s.published, id)
 	s.cache.ClearSnapshot(id)
 	s.log.Info("proxy disconnected", zap.String("proxy", id))
 	s.notify()
@@ -347,8 +320,8 @@ func (s *Server) callbacks() serverv3.Callbacks {
 				// proxy's: nothing is resent until the configuration
 				// changes.
 				s.mu.Lock()
-				if v, ok := s.hashes[s.streams[stream]]; ok {
-					req.VersionInfo = v
+				if snap, ok := s.published[s.streams[stream]]; ok {
+					req.VersionInfo = snap.GetVersion(req.GetTypeUrl())
 				}
 				s.mu.Unlock()
 			} else if req.GetResponseNonce() != "" {
@@ -384,6 +357,14 @@ func (s *Server) Insight(nodeID string) (Node, bool) {
 	}
 	out := *n
 	out.Acked = maps.Clone(n.Acked)
+	if snap := s.published[nodeID]; snap != nil {
+		out.Current = map[string]string{}
+		for _, typ := range snapshotTypes {
+			if v := snap.GetVersion(typ); v != "" {
+				out.Current[typ] = v
+			}
+		}
+	}
 	return out, true
 }
 
