@@ -2,6 +2,7 @@ package zone
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -73,7 +74,8 @@ type source interface {
 
 // generate keeps every connected proxy's configuration current: whenever
 // the zone's state or the set of connected proxies changes, it regenerates
-// each proxy's resources, validates them, and publishes those that changed.
+// each proxy's resources and publishes (SetResources validates) those that
+// changed.
 // Proxies are generated on every core: what they share is built once per
 // MeshState (which is safe for concurrent use), and SetResources is safe to
 // call concurrently.
@@ -146,8 +148,8 @@ func parallel(workers int, jobs []func()) {
 	wg.Wait()
 }
 
-// publishProxy generates, validates and publishes a sidecar's or a
-// proxyless client's configuration.
+// publishProxy generates and publishes a sidecar's or a proxyless client's
+// configuration.
 func publishProxy(ctx context.Context, view *store.View, srv *xds.Server, st *xds.MeshState, proxy xds.Proxy, nodeID string, ids *identities, log *zap.Logger) {
 	var res xds.Resources
 	var err error
@@ -160,14 +162,14 @@ func publishProxy(ctx context.Context, view *store.View, srv *xds.Server, st *xd
 		}
 	}
 	if err == nil {
-		err = srv.Validate(res)
+		err = srv.SetResources(ctx, nodeID, res)
 	}
 	if err != nil {
-		log.Error("generated configuration is invalid; not published", zap.String("proxy", nodeID), zap.Error(err))
-		return
-	}
-	if err := srv.SetResources(ctx, nodeID, res); err != nil {
-		log.Error("cannot publish configuration", zap.String("proxy", nodeID), zap.Error(err))
+		msg := "cannot publish configuration"
+		if errors.Is(err, xds.ErrInvalid) {
+			msg = "generated configuration is invalid; not published"
+		}
+		log.Error(msg, zap.String("proxy", nodeID), zap.Error(err))
 	}
 }
 
@@ -206,9 +208,6 @@ func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone
 		return
 	}
 	res, err := xds.Ingress(allMeshes(view, zone), r.(*api.ZoneIngress))
-	if err == nil {
-		err = srv.Validate(res)
-	}
 	if err == nil {
 		err = srv.SetResources(ctx, name, res)
 	}

@@ -19,7 +19,7 @@ import (
 )
 
 // resourceFacts remembers what this package derives from a resource alone
-// — the hash of its encoding and what validating it found — by the
+// — its encoding and the hash of it, and what validating it found — by the
 // resource's identity (its pointer), for as long as the resource lives.
 //
 // What a mesh's proxies share (MeshState memoises it) is one message that
@@ -41,7 +41,9 @@ type resourceFacts struct {
 // facts are what is known of one resource. They must not refer to it, or it
 // would never be collected.
 type facts struct {
-	hash [sha256.Size]byte
+	// encoding is the resource's deterministic encoding, what is sent.
+	encoding []byte
+	hash     [sha256.Size]byte
 	// version is the resource's version in the delta protocol: its hash,
 	// in hex.
 	version string
@@ -66,10 +68,6 @@ func (c *resourceFacts) of(typ resource.Type, res types.Resource) *facts {
 	return newFacts(typ, res)
 }
 
-func (c *resourceFacts) check(typ resource.Type, res types.Resource) resourceCheck {
-	return c.of(typ, res).check
-}
-
 func factsOnce[T any, P interface {
 	*T
 	proto.Message
@@ -92,6 +90,7 @@ func newFacts(typ resource.Type, res types.Resource) *facts {
 		f.hashErr = fmt.Errorf("marshal %s: %w", shortType(typ), err)
 		return f
 	}
+	f.encoding = b
 	f.hash = sha256.Sum256(b)
 	f.version = hex.EncodeToString(f.hash[:16])
 	return f

@@ -1,11 +1,13 @@
 package xds
 
 import (
+	"bytes"
 	"runtime"
 	"testing"
 	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -19,8 +21,10 @@ func TestVersionFollowsContent(t *testing.T) {
 		r := Resources{}
 		for _, l := range ls {
 			r.add(resource.ListenerType, l)
+			r.add(resource.RouteType, routeConfig(l.Name, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
 		}
 		r.add(resource.ClusterType, edsCluster("billing"))
+		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
 		return r
 	}
 	versions := func(r Resources) (lds, cds string) {
@@ -51,19 +55,45 @@ func TestVersionFollowsContent(t *testing.T) {
 	if v, _ := versions(set(a)); v == lds {
 		t.Error("a removed listener kept the version")
 	}
-	renamed := proto.Clone(a).(*listener.Listener)
-	renamed.Name = "c"
-	if v, _ := versions(set(renamed, b)); v == lds {
-		t.Error("a renamed listener kept the version")
+	if v, _ := versions(set(apiListener("c"), b)); v == lds {
+		t.Error("another listener kept the version")
 	}
-	r := set(a, b)
-	delete(r, resource.ClusterType)
+	r := Resources{}
 	if _, c := versions(r); c != "" {
 		t.Errorf("no clusters: version %q, want none", c)
 	}
 	r[resource.ClusterType] = nil
 	if _, c := versions(r); c == "" || c == cds {
 		t.Errorf("an empty list of clusters: version %q, want one of its own", c)
+	}
+}
+
+// TestEncodedMarshalsAsItsResource: what the cache sends for a resource is
+// its deterministic encoding.
+func TestEncodedMarshalsAsItsResource(t *testing.T) {
+	var facts resourceFacts
+	res := loadAssignment("billing", []Endpoint{{Address: "10.0.0.1", Port: 80, Weight: 1, Zone: "z"}}, nil)
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newSnapshot(Resources{resource.EndpointType: {res}}, &facts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := s.GetResources(resource.EndpointType)["billing"]
+	got, err := cache.MarshalResource(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) || proto.Size(e) != len(want) {
+		t.Errorf("encoded marshals to %d bytes (size %d), want %d", len(got), proto.Size(e), len(want))
+	}
+	if name := cache.GetResourceName(e); name != "billing" {
+		t.Errorf("name %q, want billing", name)
+	}
+	if !proto.Equal(e, res) {
+		t.Error("encoded is not equal to its resource")
 	}
 }
 

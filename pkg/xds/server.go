@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -156,17 +157,18 @@ func (s *Server) Nodes() ([]Node, <-chan struct{}) {
 	return out, s.changed
 }
 
-// Validate is the package's Validate, remembering what it found about
-// each resource (by identity, as long as the resource lives), so that what
-// many proxies share is checked once. The resources must not be modified
-// afterwards. It is safe for concurrent use.
-func (s *Server) Validate(r Resources) error { return validate(r, s.facts.check) }
+// ErrInvalid marks resources that SetResources refused because they did
+// not pass validation.
+var ErrInvalid = errors.New("invalid configuration")
 
-// SetResources publishes a proxy's resources, unless they are what it
-// already has. They must have passed Validate (or s.Validate), and neither they nor any
-// message they point to may be modified afterwards: the cache serves them
-// as they are, and their hashes are remembered by identity. It is safe to
-// call concurrently for different proxies.
+// SetResources validates a proxy's resources (as Validate does; an error
+// wraps ErrInvalid) and publishes them, unless they are what it already
+// has. Neither they nor any message they point to may be modified
+// afterwards: the cache serves them as they are, and what SetResources
+// learns about each resource (its encoding, hash and own checks) is
+// remembered by the resource's identity, so that what many proxies share
+// is encoded, hashed and checked once. It is safe to call concurrently for
+// different proxies.
 func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
 	snap, err := newSnapshot(r, &s.facts)
 	if err != nil {

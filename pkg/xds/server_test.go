@@ -38,6 +38,9 @@ func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceCli
 	t.Cleanup(func() { cc.Close() })
 	r := Resources{}
 	r.add(resource.ListenerType, apiListener("billing"))
+	r.add(resource.RouteType, routeConfig("billing", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+	r.add(resource.ClusterType, edsCluster("billing"))
+	r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
 	if err := s.SetResources(ctx, "default.a", r); err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,11 @@ package xds
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -23,56 +25,77 @@ var snapshotTypes = [...]resource.Type{resource.ListenerType, resource.RouteType
 // resources do: a change to a proxy's listeners resends its listeners,
 // not its clusters, load assignments and secrets as well (in state of the
 // world, every type whose version changed is resent whole). The delta
-// protocol's per-resource versions are the resources' hashes, known
-// before the first delta stream asks for them. A snapshot is immutable.
+// protocol's per-resource versions are the resources' hashes. Resources
+// are held as encoded, so that serving them does not encode them again.
+// A snapshot is immutable (its version maps are built once, on first use).
 type snapshot struct {
 	types [len(snapshotTypes)]snapshotType
 }
 
 type snapshotType struct {
-	version string
-	items   map[string]types.ResourceWithTTL
-	// hashes are the resources' versions for the delta protocol.
-	hashes map[string]string
+	version  string
+	items    map[string]types.ResourceWithTTL
+	versions []resourceVersion
+
+	once       sync.Once
+	versionMap map[string]string // for the delta protocol, built by once
 }
 
-// newSnapshot versions r from its resources' facts.
+type resourceVersion struct{ name, version string }
+
+// newSnapshot validates r, as Validate does, and versions it, from its
+// resources' facts. Validation errors wrap ErrInvalid.
 func newSnapshot(r Resources, facts *resourceFacts) (*snapshot, error) {
+	var errs []error
 	for typ := range r {
 		if !slices.Contains(snapshotTypes[:], typ) {
-			return nil, fmt.Errorf("snapshot: unknown resource type %s", typ)
+			errs = append(errs, fmt.Errorf("unknown resource type %s", typ))
 		}
 	}
 	s := &snapshot{}
+	var refs []reference
 	for i, typ := range snapshotTypes {
 		list, ok := r[typ]
 		if !ok {
 			continue // no version: a proxy asking for the type waits
 		}
-		t := snapshotType{
-			items:  make(map[string]types.ResourceWithTTL, len(list)),
-			hashes: make(map[string]string, len(list)),
-		}
-		names := make([]string, 0, len(list))
-		for _, res := range list {
+		t := &s.types[i]
+		t.items = make(map[string]types.ResourceWithTTL, len(list))
+		t.versions = make([]resourceVersion, 0, len(list))
+		wrapped := make([]encoded, len(list))
+		for j, res := range list {
 			name := cache.GetResourceName(res)
 			f := facts.of(typ, res)
 			if f.hashErr != nil {
-				return nil, f.hashErr
+				errs = append(errs, f.hashErr)
+				continue
 			}
-			t.items[name] = types.ResourceWithTTL{Resource: res}
-			t.hashes[name] = f.version
-			names = append(names, name)
+			errs = append(errs, f.check.errs...)
+			refs = append(refs, f.check.refs...)
+			if _, dup := t.items[name]; dup {
+				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), name))
+				continue
+			}
+			wrapped[j] = encoded{res: res, name: name, bytes: f.encoding}
+			t.items[name] = types.ResourceWithTTL{Resource: &wrapped[j]}
+			t.versions = append(t.versions, resourceVersion{name: name, version: f.version})
 		}
-		slices.SortFunc(names, strings.Compare)
+		slices.SortFunc(t.versions, func(a, b resourceVersion) int { return strings.Compare(a.name, b.name) })
 		h := sha256.New()
-		for _, name := range names {
-			h.Write([]byte(name))
+		for _, v := range t.versions {
+			h.Write([]byte(v.name))
 			h.Write([]byte{0})
-			h.Write([]byte(t.hashes[name]))
+			h.Write([]byte(v.version))
 		}
 		t.version = hex.EncodeToString(h.Sum(nil)[:10])
-		s.types[i] = t
+	}
+	for _, ref := range refs {
+		if _, ok := s.GetResourcesAndTTL(ref.typ)[ref.name]; !ok {
+			errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return s, nil
 }
@@ -131,16 +154,30 @@ func (s *snapshot) GetResources(typeURL string) map[string]types.Resource {
 	return out
 }
 
-// ConstructVersionMap does nothing: the versions are known already.
-func (s *snapshot) ConstructVersionMap() error { return nil }
+// ConstructVersionMap builds the resources' versions for the delta
+// protocol, from the hashes the snapshot was versioned with.
+func (s *snapshot) ConstructVersionMap() error {
+	for i := range s.types {
+		t := &s.types[i]
+		t.once.Do(func() {
+			t.versionMap = make(map[string]string, len(t.versions))
+			for _, v := range t.versions {
+				t.versionMap[v.name] = v.version
+			}
+		})
+	}
+	return nil
+}
 
 // GetVersionMap returns each resource's version, by name. The map is the
 // snapshot's: the cache only reads it.
 func (s *snapshot) GetVersionMap(typeURL string) map[string]string {
-	if t := s.get(typeURL); t != nil {
-		return t.hashes
+	t := s.get(typeURL)
+	if t == nil {
+		return nil
 	}
-	return nil
+	_ = s.ConstructVersionMap()
+	return t.versionMap
 }
 
 var _ cache.ResourceSnapshot = (*snapshot)(nil)

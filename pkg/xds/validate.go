@@ -22,33 +22,16 @@ type validator interface{ ValidateAll() error }
 // named, names are unique per type, and every reference resolves — a
 // listener's route configuration, a route's clusters, an EDS cluster's
 // load assignment. Snapshot.Consistent() cannot be used: it ignores
-// api_listeners. (*Server).Validate is the same check, faster for
-// resources it has seen before.
-func Validate(r Resources) error { return validate(r, checkResource) }
-
-// resourceCheck is what validation learns from one resource alone: what is
-// wrong with it, and what it refers to.
-type resourceCheck struct {
-	errs []error
-	refs []reference
-}
-
-// reference is a resource that another (from) needs.
-type reference struct {
-	typ  resource.Type
-	name string
-	from string
-}
-
-// validate is Validate, with check giving each resource's own findings.
-func validate(r Resources, check func(resource.Type, types.Resource) resourceCheck) error {
+// api_listeners. (*Server).SetResources does the same check, remembering
+// what it found about each resource.
+func Validate(r Resources) error {
 	var errs []error
 	names := map[resource.Type]map[string]bool{}
 	var refs []reference
 	for typ, list := range r {
 		names[typ] = make(map[string]bool, len(list))
 		for _, res := range list {
-			c := check(typ, res)
+			c := checkResource(typ, res)
 			errs = append(errs, c.errs...)
 			refs = append(refs, c.refs...)
 			name := cache.GetResourceName(res)
@@ -64,6 +47,20 @@ func validate(r Resources, check func(resource.Type, types.Resource) resourceChe
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// resourceCheck is what validation learns from one resource alone: what is
+// wrong with it, and what it refers to.
+type resourceCheck struct {
+	errs []error
+	refs []reference
+}
+
+// reference is a resource that another (from) needs.
+type reference struct {
+	typ  resource.Type
+	name string
+	from string
 }
 
 // checkResource checks one resource by itself: ValidateAll, a name, and

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -51,7 +53,14 @@ func TestValidateCatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	validators := map[string]func(Resources) error{"Validate": Validate, "Server.Validate": srv.Validate}
+	publish := func(r Resources) error {
+		err := srv.SetResources(context.Background(), "default.a", r)
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("SetResources: %v, want an ErrInvalid", err)
+		}
+		return err
+	}
+	validators := map[string]func(Resources) error{"Validate": Validate, "SetResources": publish}
 	for vname, validate := range validators {
 		for _, tt := range tests {
 			r := good()
