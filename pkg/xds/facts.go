@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"unsafe"
 	"weak"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -30,12 +31,19 @@ import (
 // and marshals it lazily). A changed resource is a new message, hence a new
 // key.
 //
-// Keys are weak pointers: the cache keeps nothing alive, and an entry is
-// dropped by a cleanup once its resource has been collected, so an address
-// reused by a later message can never find an old entry. It is safe for
+// Entries are keyed by the resource's address and hold a weak pointer to
+// it: the cache keeps nothing alive, an entry is used only while its weak
+// pointer still leads to the very resource asked about (so an address
+// reused by a later message never finds an old entry), and it is dropped
+// by a cleanup once its resource has been collected. It is safe for
 // concurrent use; the zero value is ready.
 type resourceFacts struct {
-	m sync.Map // weak.Pointer[T] → *facts
+	m sync.Map // uintptr → *factsEntry
+}
+
+type factsEntry struct {
+	owner any // weak.Pointer[T] to the resource
+	facts *facts
 }
 
 // facts are what is known of one resource. They must not refer to it, or it
@@ -72,15 +80,32 @@ func factsOnce[T any, P interface {
 	*T
 	proto.Message
 }](c *resourceFacts, typ resource.Type, p P) *facts {
-	key := weak.Make((*T)(p))
-	if f, ok := c.m.Load(key); ok {
-		return f.(*facts)
+	addr := uintptr(unsafe.Pointer(p))
+	of := func(v any) (*facts, bool) {
+		e := v.(*factsEntry)
+		wp, ok := e.owner.(weak.Pointer[T])
+		return e.facts, ok && wp.Value() == (*T)(p)
 	}
-	f, loaded := c.m.LoadOrStore(key, newFacts(typ, p))
-	if !loaded {
-		runtime.AddCleanup((*T)(p), func(k weak.Pointer[T]) { c.m.Delete(k) }, key)
+	if v, ok := c.m.Load(addr); ok {
+		if f, mine := of(v); mine {
+			return f
+		}
 	}
-	return f.(*facts)
+	e := &factsEntry{owner: weak.Make((*T)(p)), facts: newFacts(typ, p)}
+	for {
+		v, loaded := c.m.LoadOrStore(addr, e)
+		if loaded {
+			if f, mine := of(v); mine {
+				return f // another goroutine got there first
+			}
+			// The entry of a collected resource, not yet cleaned up.
+			if !c.m.CompareAndSwap(addr, v, e) {
+				continue
+			}
+		}
+		runtime.AddCleanup((*T)(p), func(e *factsEntry) { c.m.CompareAndDelete(addr, e) }, e)
+		return e.facts
+	}
 }
 
 func newFacts(typ resource.Type, res types.Resource) *facts {
