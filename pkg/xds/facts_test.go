@@ -17,6 +17,7 @@ import (
 // other types.
 func TestVersionFollowsContent(t *testing.T) {
 	var facts resourceFacts
+	var parts snapshotParts
 	set := func(ls ...*listener.Listener) Resources {
 		r := Resources{}
 		for _, l := range ls {
@@ -29,7 +30,7 @@ func TestVersionFollowsContent(t *testing.T) {
 	}
 	versions := func(r Resources) (lds, cds string) {
 		t.Helper()
-		s, err := newSnapshot(r, &facts)
+		s, err := newSnapshot(r, &facts, &parts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,12 +73,13 @@ func TestVersionFollowsContent(t *testing.T) {
 // its deterministic encoding.
 func TestEncodedMarshalsAsItsResource(t *testing.T) {
 	var facts resourceFacts
+	var parts snapshotParts
 	res := loadAssignment("billing", []Endpoint{{Address: "10.0.0.1", Port: 80, Weight: 1, Zone: "z"}}, nil)
 	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newSnapshot(Resources{resource.EndpointType: {res}}, &facts)
+	s, err := newSnapshot(Resources{resource.EndpointType: {res}}, &facts, &parts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,5 +120,34 @@ func TestResourceFactsForget(t *testing.T) {
 			t.Fatalf("%d entries left after their resources were collected", n)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSnapshotsShareParts: proxies whose resources of a type are the same
+// share that part of their snapshots, and only that part.
+func TestSnapshotsShareParts(t *testing.T) {
+	var facts resourceFacts
+	var parts snapshotParts
+	set := func(listener string) Resources {
+		r := Resources{}
+		r.add(resource.ListenerType, apiListener(listener))
+		r.add(resource.RouteType, routeConfig(listener, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+		r.add(resource.ClusterType, edsCluster("billing"))
+		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+		return r
+	}
+	a, err := newSnapshot(set("a"), &facts, &parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := newSnapshot(set("b"), &facts, &parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.get(resource.ClusterType) != b.get(resource.ClusterType) {
+		t.Error("equal clusters are not shared")
+	}
+	if a.get(resource.ListenerType) == b.get(resource.ListenerType) {
+		t.Error("different listeners are shared")
 	}
 }

@@ -77,6 +77,8 @@ type Server struct {
 	// facts make validating and versioning a snapshot cost what is new
 	// in it, not what it shares with other proxies' snapshots.
 	facts resourceFacts
+	// parts let proxies with the same resources of a type share them.
+	parts snapshotParts
 }
 
 // Claims is what a proxy's dataplane token binds it to.
@@ -170,7 +172,7 @@ var ErrInvalid = errors.New("invalid configuration")
 // is encoded, hashed and checked once. It is safe to call concurrently for
 // different proxies.
 func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
-	snap, err := newSnapshot(r, &s.facts)
+	snap, err := newSnapshot(r, &s.facts, &s.parts)
 	if err != nil {
 		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}

@@ -5,9 +5,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"weak"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -27,15 +29,18 @@ var snapshotTypes = [...]resource.Type{resource.ListenerType, resource.RouteType
 // world, every type whose version changed is resent whole). The delta
 // protocol's per-resource versions are the resources' hashes. Resources
 // are held as encoded, so that serving them does not encode them again.
-// A snapshot is immutable (its version maps are built once, on first use).
+// Proxies whose resources of a type are the same (same version) share one
+// part. A snapshot and its parts are immutable (a part's version map is
+// built once, on first use).
 type snapshot struct {
-	types [len(snapshotTypes)]snapshotType
+	types [len(snapshotTypes)]*snapshotPart
 }
 
-type snapshotType struct {
+// snapshotPart is the resources of one type.
+type snapshotPart struct {
 	version  string
 	items    map[string]types.ResourceWithTTL
-	versions []resourceVersion
+	versions []resourceVersion // by name
 
 	once       sync.Once
 	versionMap map[string]string // for the delta protocol, built by once
@@ -44,8 +49,9 @@ type snapshotType struct {
 type resourceVersion struct{ name, version string }
 
 // newSnapshot validates r, as Validate does, and versions it, from its
-// resources' facts. Validation errors wrap ErrInvalid.
-func newSnapshot(r Resources, facts *resourceFacts) (*snapshot, error) {
+// resources' facts; it takes each type's part from parts when another
+// proxy has the same. Validation errors wrap ErrInvalid.
+func newSnapshot(r Resources, facts *resourceFacts, parts *snapshotParts) (*snapshot, error) {
 	var errs []error
 	for typ := range r {
 		if !slices.Contains(snapshotTypes[:], typ) {
@@ -54,17 +60,14 @@ func newSnapshot(r Resources, facts *resourceFacts) (*snapshot, error) {
 	}
 	s := &snapshot{}
 	var refs []reference
+	var names [len(snapshotTypes)][]resourceVersion // by name
 	for i, typ := range snapshotTypes {
 		list, ok := r[typ]
 		if !ok {
 			continue // no version: a proxy asking for the type waits
 		}
-		t := &s.types[i]
-		t.items = make(map[string]types.ResourceWithTTL, len(list))
-		t.versions = make([]resourceVersion, 0, len(list))
-		wrapped := make([]encoded, len(list))
-		for j, res := range list {
-			name := cache.GetResourceName(res)
+		versions := make([]resourceVersion, 0, len(list))
+		for _, res := range list {
 			f := facts.of(typ, res)
 			if f.hashErr != nil {
 				errs = append(errs, f.hashErr)
@@ -72,25 +75,32 @@ func newSnapshot(r Resources, facts *resourceFacts) (*snapshot, error) {
 			}
 			errs = append(errs, f.check.errs...)
 			refs = append(refs, f.check.refs...)
-			if _, dup := t.items[name]; dup {
-				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), name))
-				continue
-			}
-			wrapped[j] = encoded{res: res, name: name, bytes: f.encoding}
-			t.items[name] = types.ResourceWithTTL{Resource: &wrapped[j]}
-			t.versions = append(t.versions, resourceVersion{name: name, version: f.version})
+			versions = append(versions, resourceVersion{name: cache.GetResourceName(res), version: f.version})
 		}
-		slices.SortFunc(t.versions, func(a, b resourceVersion) int { return strings.Compare(a.name, b.name) })
+		slices.SortFunc(versions, func(a, b resourceVersion) int { return strings.Compare(a.name, b.name) })
 		h := sha256.New()
-		for _, v := range t.versions {
+		for j, v := range versions {
+			if j > 0 && versions[j-1].name == v.name {
+				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), v.name))
+			}
 			h.Write([]byte(v.name))
 			h.Write([]byte{0})
 			h.Write([]byte(v.version))
 		}
-		t.version = hex.EncodeToString(h.Sum(nil)[:10])
+		names[i] = versions
+		if len(errs) > 0 {
+			continue // it will not be published
+		}
+		version := hex.EncodeToString(h.Sum(nil)[:10])
+		s.types[i] = parts.get(typ, version, func() *snapshotPart {
+			return newSnapshotPart(typ, version, list, versions, facts)
+		})
 	}
 	for _, ref := range refs {
-		if _, ok := s.GetResourcesAndTTL(ref.typ)[ref.name]; !ok {
+		i := slices.Index(snapshotTypes[:], ref.typ)
+		if _, found := slices.BinarySearchFunc(names[i], ref.name, func(v resourceVersion, name string) int {
+			return strings.Compare(v.name, name)
+		}); !found {
 			errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
 		}
 	}
@@ -100,12 +110,56 @@ func newSnapshot(r Resources, facts *resourceFacts) (*snapshot, error) {
 	return s, nil
 }
 
-func (s *snapshot) get(typeURL string) *snapshotType {
+func newSnapshotPart(typ resource.Type, version string, list []types.Resource, versions []resourceVersion, facts *resourceFacts) *snapshotPart {
+	p := &snapshotPart{version: version, versions: versions, items: make(map[string]types.ResourceWithTTL, len(list))}
+	wrapped := make([]encoded, len(list))
+	for j, res := range list {
+		name := cache.GetResourceName(res)
+		wrapped[j] = encoded{res: res, name: name, bytes: facts.of(typ, res).encoding}
+		p.items[name] = types.ResourceWithTTL{Resource: &wrapped[j]}
+	}
+	return p
+}
+
+// snapshotParts lets proxies whose resources of a type are the same share
+// one snapshotPart, for as long as a snapshot holds it: the table holds
+// parts weakly. It is safe for concurrent use; the zero value is ready.
+type snapshotParts struct {
+	m sync.Map // [2]string{type, version} → weak.Pointer[snapshotPart]
+}
+
+// get returns the part of typ at version, built by build unless a live
+// one is known.
+func (c *snapshotParts) get(typ resource.Type, version string, build func() *snapshotPart) *snapshotPart {
+	key := [2]string{typ, version}
+	if v, ok := c.m.Load(key); ok {
+		if p := v.(weak.Pointer[snapshotPart]).Value(); p != nil {
+			return p
+		}
+	}
+	p := build()
+	wp := weak.Make(p)
+	for {
+		v, loaded := c.m.LoadOrStore(key, wp)
+		if loaded {
+			if q := v.(weak.Pointer[snapshotPart]).Value(); q != nil {
+				return q // built by another goroutine meanwhile
+			}
+			if !c.m.CompareAndSwap(key, v, wp) {
+				continue
+			}
+		}
+		runtime.AddCleanup(p, func(wp weak.Pointer[snapshotPart]) { c.m.CompareAndDelete(key, wp) }, wp)
+		return p
+	}
+}
+
+func (s *snapshot) get(typeURL string) *snapshotPart {
 	if s == nil {
 		return nil
 	}
 	if i := slices.Index(snapshotTypes[:], typeURL); i >= 0 {
-		return &s.types[i]
+		return s.types[i]
 	}
 	return nil
 }
@@ -116,39 +170,42 @@ func (s *snapshot) sameAs(o *snapshot) bool {
 		return s == o
 	}
 	for i := range s.types {
-		if s.types[i].version != o.types[i].version {
+		if s.types[i].getVersion() != o.types[i].getVersion() {
 			return false
 		}
 	}
 	return true
 }
 
+// getVersion is the part's version; empty for no part.
+func (p *snapshotPart) getVersion() string {
+	if p == nil {
+		return ""
+	}
+	return p.version
+}
+
 // GetVersion is the version of a type's resources; empty when the snapshot
 // has none of the type.
-func (s *snapshot) GetVersion(typeURL string) string {
-	if t := s.get(typeURL); t != nil {
-		return t.version
-	}
-	return ""
-}
+func (s *snapshot) GetVersion(typeURL string) string { return s.get(typeURL).getVersion() }
 
 // GetResourcesAndTTL returns a type's resources by name. The map is the
 // snapshot's: the cache only reads it.
 func (s *snapshot) GetResourcesAndTTL(typeURL string) map[string]types.ResourceWithTTL {
-	if t := s.get(typeURL); t != nil {
-		return t.items
+	if p := s.get(typeURL); p != nil {
+		return p.items
 	}
 	return nil
 }
 
 // GetResources returns a type's resources by name, in a new map.
 func (s *snapshot) GetResources(typeURL string) map[string]types.Resource {
-	t := s.get(typeURL)
-	if t == nil || t.items == nil {
+	p := s.get(typeURL)
+	if p == nil {
 		return nil
 	}
-	out := make(map[string]types.Resource, len(t.items))
-	for name, r := range t.items {
+	out := make(map[string]types.Resource, len(p.items))
+	for name, r := range p.items {
 		out[name] = r.Resource
 	}
 	return out
@@ -157,27 +214,32 @@ func (s *snapshot) GetResources(typeURL string) map[string]types.Resource {
 // ConstructVersionMap builds the resources' versions for the delta
 // protocol, from the hashes the snapshot was versioned with.
 func (s *snapshot) ConstructVersionMap() error {
-	for i := range s.types {
-		t := &s.types[i]
-		t.once.Do(func() {
-			t.versionMap = make(map[string]string, len(t.versions))
-			for _, v := range t.versions {
-				t.versionMap[v.name] = v.version
-			}
-		})
+	for _, p := range s.types {
+		if p != nil {
+			p.constructVersionMap()
+		}
 	}
 	return nil
+}
+
+func (p *snapshotPart) constructVersionMap() {
+	p.once.Do(func() {
+		p.versionMap = make(map[string]string, len(p.versions))
+		for _, v := range p.versions {
+			p.versionMap[v.name] = v.version
+		}
+	})
 }
 
 // GetVersionMap returns each resource's version, by name. The map is the
 // snapshot's: the cache only reads it.
 func (s *snapshot) GetVersionMap(typeURL string) map[string]string {
-	t := s.get(typeURL)
-	if t == nil {
+	p := s.get(typeURL)
+	if p == nil {
 		return nil
 	}
-	_ = s.ConstructVersionMap()
-	return t.versionMap
+	p.constructVersionMap()
+	return p.versionMap
 }
 
 var _ cache.ResourceSnapshot = (*snapshot)(nil)
