@@ -42,8 +42,11 @@ type snapshotPart struct {
 	items    map[string]types.ResourceWithTTL
 	versions []resourceVersion // by name
 
+	// For the delta protocol, built by once: each resource's version,
+	// and the resources without TTLs.
 	once       sync.Once
-	versionMap map[string]string // for the delta protocol, built by once
+	versionMap map[string]string
+	resources  map[string]types.Resource
 }
 
 type resourceVersion struct{ name, version string }
@@ -198,17 +201,15 @@ func (s *snapshot) GetResourcesAndTTL(typeURL string) map[string]types.ResourceW
 	return nil
 }
 
-// GetResources returns a type's resources by name, in a new map.
+// GetResources returns a type's resources by name. The map is the
+// snapshot's: the cache only reads it.
 func (s *snapshot) GetResources(typeURL string) map[string]types.Resource {
 	p := s.get(typeURL)
 	if p == nil {
 		return nil
 	}
-	out := make(map[string]types.Resource, len(p.items))
-	for name, r := range p.items {
-		out[name] = r.Resource
-	}
-	return out
+	p.constructVersionMap()
+	return p.resources
 }
 
 // ConstructVersionMap builds the resources' versions for the delta
@@ -227,6 +228,10 @@ func (p *snapshotPart) constructVersionMap() {
 		p.versionMap = make(map[string]string, len(p.versions))
 		for _, v := range p.versions {
 			p.versionMap[v.name] = v.version
+		}
+		p.resources = make(map[string]types.Resource, len(p.items))
+		for name, r := range p.items {
+			p.resources[name] = r.Resource
 		}
 	})
 }
