@@ -23,7 +23,8 @@ func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceCli
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := grpc.NewServer()
+	// Stop waits for the handlers, so that none logs after the test.
+	g := grpc.NewServer(grpc.WaitForHandlers(true))
 	s.Register(ctx, g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

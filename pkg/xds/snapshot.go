@@ -54,7 +54,7 @@ type resourceVersion struct{ name, version string }
 // newSnapshot validates r, as Validate does, and versions it, from its
 // resources' facts; it takes each type's part from parts when another
 // proxy has the same. Validation errors wrap ErrInvalid.
-func newSnapshot(r Resources, facts *resourceFacts, parts *snapshotParts) (*snapshot, error) {
+func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snapshot, error) {
 	var errs []error
 	for typ := range r {
 		if !slices.Contains(snapshotTypes[:], typ) {
@@ -62,8 +62,13 @@ func newSnapshot(r Resources, facts *resourceFacts, parts *snapshotParts) (*snap
 		}
 	}
 	s := &snapshot{}
-	var refs []reference
+	total := 0
+	for _, list := range r {
+		total += len(list)
+	}
+	checked := make([]*facts, 0, total)             // for the references, once every name is known
 	var names [len(snapshotTypes)][]resourceVersion // by name
+	var buf []byte
 	for i, typ := range snapshotTypes {
 		list, ok := r[typ]
 		if !ok {
@@ -71,40 +76,41 @@ func newSnapshot(r Resources, facts *resourceFacts, parts *snapshotParts) (*snap
 		}
 		versions := make([]resourceVersion, 0, len(list))
 		for _, res := range list {
-			f := facts.of(typ, res)
+			f := known.of(typ, res)
 			if f.hashErr != nil {
 				errs = append(errs, f.hashErr)
 				continue
 			}
 			errs = append(errs, f.check.errs...)
-			refs = append(refs, f.check.refs...)
+			checked = append(checked, f)
 			versions = append(versions, resourceVersion{name: cache.GetResourceName(res), version: f.version})
 		}
 		slices.SortFunc(versions, func(a, b resourceVersion) int { return strings.Compare(a.name, b.name) })
-		h := sha256.New()
+		buf = buf[:0]
 		for j, v := range versions {
 			if j > 0 && versions[j-1].name == v.name {
 				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), v.name))
 			}
-			h.Write([]byte(v.name))
-			h.Write([]byte{0})
-			h.Write([]byte(v.version))
+			buf = append(append(append(buf, v.name...), 0), v.version...)
 		}
 		names[i] = versions
 		if len(errs) > 0 {
 			continue // it will not be published
 		}
-		version := hex.EncodeToString(h.Sum(nil)[:10])
+		sum := sha256.Sum256(buf)
+		version := hex.EncodeToString(sum[:10])
 		s.types[i] = parts.get(typ, version, func() *snapshotPart {
-			return newSnapshotPart(typ, version, list, versions, facts)
+			return newSnapshotPart(typ, version, list, versions, known)
 		})
 	}
-	for _, ref := range refs {
-		i := slices.Index(snapshotTypes[:], ref.typ)
-		if _, found := slices.BinarySearchFunc(names[i], ref.name, func(v resourceVersion, name string) int {
-			return strings.Compare(v.name, name)
-		}); !found {
-			errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
+	for _, f := range checked {
+		for _, ref := range f.check.refs {
+			i := slices.Index(snapshotTypes[:], ref.typ)
+			if _, found := slices.BinarySearchFunc(names[i], ref.name, func(v resourceVersion, name string) int {
+				return strings.Compare(v.name, name)
+			}); !found {
+				errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
