@@ -38,11 +38,13 @@ import (
 // by a cleanup once its resource has been collected. It is safe for
 // concurrent use; the zero value is ready.
 type resourceFacts struct {
-	m sync.Map // uintptr → *factsEntry
+	mu sync.RWMutex
+	m  map[uintptr]*factsEntry // by the resource's address
 }
 
 type factsEntry struct {
-	owner any // weak.Pointer[T] to the resource
+	// owner reads the weak pointer to the resource: nil once collected.
+	owner func() unsafe.Pointer
 	facts *facts
 }
 
@@ -61,51 +63,91 @@ type facts struct {
 
 // of returns res's facts, typ being the type it is published as.
 func (c *resourceFacts) of(typ resource.Type, res types.Resource) *facts {
-	switch v := res.(type) {
-	case *listener.Listener:
-		return factsOnce(c, typ, v)
-	case *cluster.Cluster:
-		return factsOnce(c, typ, v)
-	case *endpoint.ClusterLoadAssignment:
-		return factsOnce(c, typ, v)
-	case *route.RouteConfiguration:
-		return factsOnce(c, typ, v)
-	case *tlsv3.Secret:
-		return factsOnce(c, typ, v)
-	}
-	return newFacts(typ, res)
+	out := [1]*facts{}
+	c.ofAll(typ, []types.Resource{res}, out[:])
+	return out[0]
 }
 
-func factsOnce[T any, P interface {
-	*T
-	proto.Message
-}](c *resourceFacts, typ resource.Type, p P) *facts {
+// ofAll sets out[i] to the facts of list[i], all of type typ, looking the
+// known ones up under one read lock.
+func (c *resourceFacts) ofAll(typ resource.Type, list []types.Resource, out []*facts) {
+	c.mu.RLock()
+	for i, res := range list {
+		out[i] = nil
+		if p := identity(res); p != nil {
+			if e := c.m[uintptr(p)]; e != nil && e.owner() == p {
+				out[i] = e.facts
+			}
+		}
+	}
+	c.mu.RUnlock()
+	for i, res := range list {
+		if out[i] == nil {
+			out[i] = c.learn(typ, res)
+		}
+	}
+}
+
+// identity is the address of a resource of a type the cache knows; nil for
+// others, which are never remembered.
+func identity(res types.Resource) unsafe.Pointer {
+	switch v := res.(type) {
+	case *listener.Listener:
+		return unsafe.Pointer(v)
+	case *cluster.Cluster:
+		return unsafe.Pointer(v)
+	case *endpoint.ClusterLoadAssignment:
+		return unsafe.Pointer(v)
+	case *route.RouteConfiguration:
+		return unsafe.Pointer(v)
+	case *tlsv3.Secret:
+		return unsafe.Pointer(v)
+	}
+	return nil
+}
+
+// learn works out res's facts and remembers them.
+func (c *resourceFacts) learn(typ resource.Type, res types.Resource) *facts {
+	f := newFacts(typ, res)
+	switch v := res.(type) {
+	case *listener.Listener:
+		return remember(c, v, f)
+	case *cluster.Cluster:
+		return remember(c, v, f)
+	case *endpoint.ClusterLoadAssignment:
+		return remember(c, v, f)
+	case *route.RouteConfiguration:
+		return remember(c, v, f)
+	case *tlsv3.Secret:
+		return remember(c, v, f)
+	}
+	return f
+}
+
+// remember records f as p's facts, unless another goroutine recorded some
+// meanwhile, which it returns instead.
+func remember[T any](c *resourceFacts, p *T, f *facts) *facts {
 	addr := uintptr(unsafe.Pointer(p))
-	of := func(v any) (*facts, bool) {
-		e := v.(*factsEntry)
-		wp, ok := e.owner.(weak.Pointer[T])
-		return e.facts, ok && wp.Value() == (*T)(p)
+	wp := weak.Make(p)
+	e := &factsEntry{owner: func() unsafe.Pointer { return unsafe.Pointer(wp.Value()) }, facts: f}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.m[addr]; old != nil && old.owner() == unsafe.Pointer(p) {
+		return old.facts
 	}
-	if v, ok := c.m.Load(addr); ok {
-		if f, mine := of(v); mine {
-			return f
+	// Absent, or the entry of a collected resource not yet cleaned up.
+	if c.m == nil {
+		c.m = map[uintptr]*factsEntry{}
+	}
+	c.m[addr] = e
+	runtime.AddCleanup(p, func(e *factsEntry) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.m[addr] == e {
+			delete(c.m, addr)
 		}
-	}
-	e := &factsEntry{owner: weak.Make((*T)(p)), facts: newFacts(typ, p)}
-	for {
-		v, loaded := c.m.LoadOrStore(addr, e)
-		if loaded {
-			if f, mine := of(v); mine {
-				return f // another goroutine got there first
-			}
-			// The entry of a collected resource, not yet cleaned up.
-			if !c.m.CompareAndSwap(addr, v, e) {
-				continue
-			}
-		}
-		runtime.AddCleanup((*T)(p), func(e *factsEntry) { c.m.CompareAndDelete(addr, e) }, e)
-		return e.facts
-	}
+	}, e)
+	return f
 }
 
 func newFacts(typ resource.Type, res types.Resource) *facts {

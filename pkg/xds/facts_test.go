@@ -111,8 +111,9 @@ func TestResourceFactsForget(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		runtime.GC()
-		n := 0
-		c.m.Range(func(any, any) bool { n++; return true })
+		c.mu.Lock()
+		n := len(c.m)
+		c.mu.Unlock()
 		if n == 0 {
 			return
 		}

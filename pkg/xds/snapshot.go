@@ -75,15 +75,16 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 			continue // no version: a proxy asking for the type waits
 		}
 		versions := make([]resourceVersion, 0, len(list))
-		for _, res := range list {
-			f := known.of(typ, res)
+		fs := checked[len(checked) : len(checked)+len(list)]
+		known.ofAll(typ, list, fs)
+		checked = checked[:len(checked)+len(list)]
+		for j, f := range fs {
 			if f.hashErr != nil {
 				errs = append(errs, f.hashErr)
 				continue
 			}
 			errs = append(errs, f.check.errs...)
-			checked = append(checked, f)
-			versions = append(versions, resourceVersion{name: cache.GetResourceName(res), version: f.version})
+			versions = append(versions, resourceVersion{name: cache.GetResourceName(list[j]), version: f.version})
 		}
 		slices.SortFunc(versions, func(a, b resourceVersion) int { return strings.Compare(a.name, b.name) })
 		buf = buf[:0]
@@ -100,7 +101,7 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 		sum := sha256.Sum256(buf)
 		version := hex.EncodeToString(sum[:10])
 		s.types[i] = parts.get(typ, version, func() *snapshotPart {
-			return newSnapshotPart(typ, version, list, versions, known)
+			return newSnapshotPart(version, list, fs, versions)
 		})
 	}
 	for _, f := range checked {
@@ -119,12 +120,13 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 	return s, nil
 }
 
-func newSnapshotPart(typ resource.Type, version string, list []types.Resource, versions []resourceVersion, facts *resourceFacts) *snapshotPart {
+// newSnapshotPart holds list, whose facts are fs.
+func newSnapshotPart(version string, list []types.Resource, fs []*facts, versions []resourceVersion) *snapshotPart {
 	p := &snapshotPart{version: version, versions: versions, items: make(map[string]types.ResourceWithTTL, len(list))}
 	wrapped := make([]encoded, len(list))
 	for j, res := range list {
 		name := cache.GetResourceName(res)
-		wrapped[j] = encoded{res: res, name: name, bytes: facts.of(typ, res).encoding}
+		wrapped[j] = encoded{res: res, name: name, bytes: fs[j].encoding}
 		p.items[name] = types.ResourceWithTTL{Resource: &wrapped[j]}
 	}
 	return p
