@@ -42,11 +42,13 @@ type snapshotPart struct {
 	items    map[string]types.ResourceWithTTL
 	versions []resourceVersion // by name
 
-	// For the delta protocol, built by once: each resource's version,
-	// and the resources without TTLs.
-	once       sync.Once
-	versionMap map[string]string
-	resources  map[string]types.Resource
+	// Built on first use: each resource's version (for the delta
+	// protocol), and the resources without TTLs (the cache ranges over
+	// them on every wildcard request).
+	versionOnce   sync.Once
+	versionMap    map[string]string
+	resourcesOnce sync.Once
+	resources     map[string]types.Resource
 }
 
 type resourceVersion struct{ name, version string }
@@ -216,7 +218,12 @@ func (s *snapshot) GetResources(typeURL string) map[string]types.Resource {
 	if p == nil {
 		return nil
 	}
-	p.constructVersionMap()
+	p.resourcesOnce.Do(func() {
+		p.resources = make(map[string]types.Resource, len(p.items))
+		for name, r := range p.items {
+			p.resources[name] = r.Resource
+		}
+	})
 	return p.resources
 }
 
@@ -232,14 +239,10 @@ func (s *snapshot) ConstructVersionMap() error {
 }
 
 func (p *snapshotPart) constructVersionMap() {
-	p.once.Do(func() {
+	p.versionOnce.Do(func() {
 		p.versionMap = make(map[string]string, len(p.versions))
 		for _, v := range p.versions {
 			p.versionMap[v.name] = v.version
-		}
-		p.resources = make(map[string]types.Resource, len(p.items))
-		for name, r := range p.items {
-			p.resources[name] = r.Resource
 		}
 	})
 }

@@ -299,6 +299,24 @@ func memNow() (heap, stacks, rss uint64) {
 	return ms.HeapInuse, ms.StackInuse, cur
 }
 
+// cpuTime reads the user and system CPU time a process (a pid, or "self")
+// has used, whole seconds of it from the clock ticks in /proc/PID/stat
+// (USER_HZ, 100 on Linux).
+func cpuTime(pid string) time.Duration {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100)
+}
+
 // procRSS reads the resident set and its peak (VmHWM) in bytes.
 func procRSS() (cur, peak uint64) {
 	b, err := os.ReadFile("/proc/self/status")
@@ -547,7 +565,7 @@ func fullPush(b *testing.B, wire protocol, n int) {
 		}
 		defer func() { pprof.StopCPUProfile(); out.Close() }()
 	}
-	var push, first, loop, gen, set time.Duration
+	var push, first, loop, gen, set, cpCPU, clientsCPU time.Duration
 	k, prev, listeners, clusters := 0, 90, 1, 1
 	for b.Loop() {
 		k++
@@ -568,10 +586,13 @@ func fullPush(b *testing.B, wire protocol, n int) {
 		prev = v1
 		c.expect(b, k+1, listeners, clusters)
 		st := withRoute(f.state, changedService, v1)
+		cpCPU0, clientsCPU0 := cpuTime("self"), cpuTime(strconv.Itoa(c.cmd.Process.Pid))
 		start := time.Now()
 		genTook, setTook := publish(srv, st)
 		loopTook := time.Since(start)
 		r := c.waitGen(b, k+1, 10*time.Minute)
+		cpCPU += cpuTime("self") - cpCPU0
+		clientsCPU += cpuTime(strconv.Itoa(c.cmd.Process.Pid)) - clientsCPU0
 		if want := wantSample(changedService, v1); r.samples != want {
 			b.Fatalf("after push %d proxies hold %q, want %q", k, r.samples, want)
 		}
@@ -585,6 +606,11 @@ func fullPush(b *testing.B, wire protocol, n int) {
 		set += setTook
 	}
 	_, peak := procRSS()
+	if path := os.Getenv("URSA_BENCH_XDS_HEAPPROFILE"); path != "" {
+		// What the pushes allocated: go tool pprof -sample_index
+		// alloc_space -diff_base PATH.N PATH.N.after.
+		writeHeapProfile(b, fmt.Sprintf("%s.%d.after", path, n))
+	}
 	heap3, stack3, rss3 := memNow()
 	b.Logf("after %d pushes: heap %d MB, stacks %d MB, rss %d MB, peak rss %d MB", k, heap3>>20, stack3>>20, rss3>>20, peak>>20)
 	for unit, v := range metrics {
@@ -596,6 +622,8 @@ func fullPush(b *testing.B, wire protocol, n int) {
 	b.ReportMetric(per(loop), "loop-s")
 	b.ReportMetric(per(gen), "gen-s")
 	b.ReportMetric(per(set), "set-s")
+	b.ReportMetric(per(cpCPU), "cp-cpu-s")
+	b.ReportMetric(per(clientsCPU), "clients-cpu-s")
 	b.ReportMetric(float64(peak)/(1<<20), "peak-rss-MB")
 }
 
