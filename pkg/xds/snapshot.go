@@ -89,6 +89,9 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 			versions = append(versions, resourceVersion{name: cache.GetResourceName(list[j]), version: f.version})
 		}
 		slices.SortFunc(versions, func(a, b resourceVersion) int { return strings.Compare(a.name, b.name) })
+		if need := len(versions) * 64; cap(buf) < need { // names are short
+			buf = make([]byte, 0, need)
+		}
 		buf = buf[:0]
 		for j, v := range versions {
 			if j > 0 && versions[j-1].name == v.name {
