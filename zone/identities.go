@@ -6,6 +6,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 // identities issues and caches workload certificates, one per mesh and
@@ -21,27 +22,40 @@ type identities struct {
 type issued struct {
 	id mtls.Identity
 	ca string // the CA certificate it chains to
+	// secrets are the SDS secrets of id and ca, built once so that every
+	// proxy of the service shares them (and the xDS server checks and
+	// hashes them once).
+	secrets xds.Resources
 }
 
 func newIdentities(ttl time.Duration) *identities {
 	return &identities{ttl: ttl, certs: map[[2]string]issued{}}
 }
 
-// get returns service's identity in ca's mesh, issuing a new one when
+// secrets returns the SDS secrets of service's identity in ca's mesh and
+// of ca, issuing a new identity when needed. They are shared: callers must
+// not modify them.
+func (c *identities) secrets(ca *api.MeshCA, service string, now time.Time) (xds.Resources, error) {
+	cur, err := c.current(ca, service, now)
+	return cur.secrets, err
+}
+
+// current returns service's identity in ca's mesh, issuing a new one when
 // needed.
-func (c *identities) get(ca *api.MeshCA, service string, now time.Time) (mtls.Identity, error) {
+func (c *identities) current(ca *api.MeshCA, service string, now time.Time) (issued, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := [2]string{ca.Mesh, service}
 	if cur, ok := c.certs[k]; ok && cur.ca == ca.CertPEM && now.Before(cur.id.RenewAt()) {
-		return cur.id, nil
+		return cur, nil
 	}
 	id, err := mtls.Issue(ca, service, c.ttl, now)
 	if err != nil {
-		return mtls.Identity{}, err
+		return issued{}, err
 	}
-	c.certs[k] = issued{id: id, ca: ca.CertPEM}
-	return id, nil
+	cur := issued{id: id, ca: ca.CertPEM, secrets: xds.Secrets(id, ca.CertPEM)}
+	c.certs[k] = cur
+	return cur, nil
 }
 
 // nextRenewal is when the earliest identity must be replaced (zero if none).

@@ -2,9 +2,13 @@ package zone
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -74,7 +78,11 @@ type source interface {
 
 // generate keeps every connected proxy's configuration current: whenever
 // the zone's state or the set of connected proxies changes, it regenerates
-// each proxy's resources, validates them, and publishes those that changed.
+// each proxy's resources and publishes (SetResources validates) those that
+// changed.
+// Proxies are generated on every core: what they share is built once per
+// MeshState (which is safe for concurrent use), and SetResources is safe to
+// call concurrently.
 func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids *identities, log *zap.Logger) error {
 	warned := map[string]bool{}
 	warnOnce := func(key, msg string, fields ...zap.Field) {
@@ -88,9 +96,10 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 		nodes, nodesChanged := srv.Nodes()
 		down := srv.Offline()
 		states := map[string]*xds.MeshState{}
+		var jobs []func()
 		for _, n := range nodes {
 			if n.Ingress {
-				publishIngress(ctx, view, srv, zone, n.ID, down, log)
+				jobs = append(jobs, func() { publishIngress(ctx, view, srv, zone, n.ID, down, log) })
 				continue
 			}
 			mesh, name, err := xds.ParseNodeID(n.ID)
@@ -112,26 +121,9 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 				continue
 			}
 			proxy := xds.Proxy{Dataplane: dp.(*api.Dataplane), Proxyless: n.Proxyless}
-			var res xds.Resources
-			if n.Proxyless {
-				res, err = xds.Proxyless(st, proxy)
-			} else {
-				res, err = xds.Sidecar(st, proxy)
-				if err == nil && st.Mesh.MTLSEnabled() {
-					err = addSecrets(view, res, proxy, ids)
-				}
-			}
-			if err == nil {
-				err = xds.Validate(res)
-			}
-			if err != nil {
-				log.Error("generated configuration is invalid; not published", zap.String("proxy", n.ID), zap.Error(err))
-				continue
-			}
-			if err := srv.SetResources(ctx, n.ID, res); err != nil {
-				log.Error("cannot publish configuration", zap.String("proxy", n.ID), zap.Error(err))
-			}
+			jobs = append(jobs, func() { publishProxy(ctx, view, srv, st, proxy, n.ID, ids, log) })
 		}
+		parallel(runtime.GOMAXPROCS(0), jobs)
 		renew := time.Hour
 		if at := ids.nextRenewal(); !at.IsZero() {
 			renew = max(time.Until(at), time.Second)
@@ -146,6 +138,46 @@ func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids
 	}
 }
 
+// parallel runs every job on up to workers goroutines, and returns once
+// all have returned.
+func parallel(workers int, jobs []func()) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, len(jobs)) {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(jobs)); i = next.Add(1) - 1 {
+				jobs[i]()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// publishProxy generates and publishes a sidecar's or a proxyless client's
+// configuration.
+func publishProxy(ctx context.Context, view *store.View, srv *xds.Server, st *xds.MeshState, proxy xds.Proxy, nodeID string, ids *identities, log *zap.Logger) {
+	var res xds.Resources
+	var err error
+	if proxy.Proxyless {
+		res, err = xds.Proxyless(st, proxy)
+	} else {
+		res, err = xds.Sidecar(st, proxy)
+		if err == nil && st.Mesh.MTLSEnabled() {
+			err = addSecrets(view, res, proxy, ids)
+		}
+	}
+	if err == nil {
+		err = srv.SetResources(ctx, nodeID, res)
+	}
+	if err != nil {
+		msg := "cannot publish configuration"
+		if errors.Is(err, xds.ErrInvalid) {
+			msg = "generated configuration is invalid; not published"
+		}
+		log.Error(msg, zap.String("proxy", nodeID), zap.Error(err))
+	}
+}
+
 // addSecrets adds a sidecar's identity and its mesh's CA certificate, once
 // the mesh's CA has reached the zone.
 func addSecrets(view *store.View, res xds.Resources, p xds.Proxy, ids *identities) error {
@@ -154,12 +186,11 @@ func addSecrets(view *store.View, res xds.Resources, p xds.Proxy, ids *identitie
 	if !ok || len(dp.Networking.Inbound) == 0 {
 		return nil // the proxy's TLS contexts wait for their secrets
 	}
-	ca := r.(*api.MeshCA)
-	id, err := ids.get(ca, dp.Networking.Inbound[0].Tags[api.TagService], time.Now())
+	secrets, err := ids.secrets(r.(*api.MeshCA), dp.Networking.Inbound[0].Tags[api.TagService], time.Now())
 	if err != nil {
 		return err
 	}
-	res.Merge(xds.Secrets(id, ca.CertPEM))
+	res.Merge(secrets)
 	return nil
 }
 
@@ -182,9 +213,6 @@ func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone
 		return
 	}
 	res, err := xds.Ingress(allMeshes(view, zone, down), r.(*api.ZoneIngress))
-	if err == nil {
-		err = xds.Validate(res)
-	}
 	if err == nil {
 		err = srv.SetResources(ctx, name, res)
 	}

@@ -174,6 +174,9 @@ func (k *knownClusters) refresh(s *Server, id string) error {
 	k.version = snap.GetVersion(resource.EndpointType)
 	k.zones = map[string]map[string]bool{}
 	for name, r := range snap.GetResources(resource.EndpointType) {
+		if e, ok := r.(*encoded); ok {
+			r = e.res // the snapshot serves resources with their encodings
+		}
 		cla, ok := r.(*endpoint.ClusterLoadAssignment)
 		if !ok {
 			continue

@@ -48,8 +48,17 @@ func mustAny(m proto.Message) *anypb.Any {
 // through another zone's SNI ingress, so only this zone's endpoints are
 // used.
 func Proxyless(s *MeshState, _ Proxy) (Resources, error) {
+	// Every proxyless client of a mesh gets the same resources: built once
+	// per MeshState, the messages shared, the lists the caller's own.
+	shared := memo(s, "proxyless", s.buildProxyless)
 	out := Resources{}
-	for _, svc := range s.Services() {
+	out.Merge(shared)
+	return out, nil
+}
+
+func (s *MeshState) buildProxyless() Resources {
+	out := Resources{}
+	for _, svc := range s.services() {
 		subsets := s.subsets(svc)
 		if len(subsets) == 0 {
 			continue
@@ -65,7 +74,7 @@ func Proxyless(s *MeshState, _ Proxy) (Resources, error) {
 			out.add(resource.EndpointType, loadAssignment(name, s.endpoints(sub, true), nil))
 		}
 	}
-	return out, nil
+	return out
 }
 
 func apiListener(svc string) *listener.Listener {

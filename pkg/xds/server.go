@@ -2,8 +2,7 @@ package xds
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -17,9 +16,7 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -27,7 +24,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
 // Node metadata keys.
@@ -50,6 +46,9 @@ type Node struct {
 	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
 	// Acked is the last version the proxy acknowledged, by type URL.
 	Acked map[string]string `json:"acked,omitempty"`
+	// Current is the version of its configuration the CP publishes, by
+	// type URL: where it equals Acked, the proxy is up to date.
+	Current map[string]string `json:"current,omitempty"`
 	// LastNack is the reason of the last NACK, if any.
 	LastNack string `json:"lastNack,omitempty"`
 	Nacks    int    `json:"nacks"`
@@ -71,8 +70,15 @@ type Server struct {
 	nodes   map[string]*Node
 	gone    map[string]*Node // disconnected, kept for their insight
 	streams map[int64]string // stream id → node id
-	hashes  map[string]string
-	changed chan struct{}
+	// published is each node's last snapshot.
+	published map[string]*snapshot
+	changed   chan struct{}
+
+	// facts make validating and versioning a snapshot cost what is new
+	// in it, not what it shares with other proxies' snapshots.
+	facts resourceFacts
+	// parts let proxies with the same resources of a type share them.
+	parts snapshotParts
 }
 
 // Claims is what a proxy's dataplane token binds it to.
@@ -113,7 +119,7 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Help: "xDS responses proxies rejected, by type.",
 		}, []string{"type_url"}),
 		claims: map[int64]*Claims{},
-		nodes:  map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, hashes: map[string]string{},
+		nodes:  map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, published: map[string]*snapshot{},
 		changed: make(chan struct{}),
 	}
 	if err := reg.Register(s.nacks); err != nil {
@@ -166,57 +172,36 @@ func (s *Server) Offline() map[string]bool {
 	return out
 }
 
-// SetResources publishes a proxy's resources, unless they are what it
-// already has. They must have passed Validate.
+// ErrInvalid marks resources that SetResources refused because they did
+// not pass validation.
+var ErrInvalid = errors.New("invalid configuration")
+
+// SetResources validates a proxy's resources (as Validate does; an error
+// wraps ErrInvalid) and publishes them, unless they are what it already
+// has. Neither they nor any message they point to may be modified
+// afterwards: the cache serves them as they are, and what SetResources
+// learns about each resource (its encoding, hash and own checks) is
+// remembered by the resource's identity, so that what many proxies share
+// is encoded, hashed and checked once. It is safe to call concurrently for
+// different proxies.
 func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
-	version, err := hashResources(r)
+	snap, err := newSnapshot(r, &s.facts, &s.parts)
 	if err != nil {
-		return err
+		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}
 	s.mu.Lock()
-	same := s.hashes[nodeID] == version
+	same := snap.sameAs(s.published[nodeID])
 	s.mu.Unlock()
 	if same {
 		return nil
-	}
-	snap, err := cache.NewSnapshot(version, r)
-	if err != nil {
-		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}
 	if err := s.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
 		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}
 	s.mu.Lock()
-	s.hashes[nodeID] = version
+	s.published[nodeID] = snap
 	s.mu.Unlock()
 	return nil
-}
-
-// hashResources is a version that changes exactly when the resources do.
-func hashResources(r Resources) (string, error) {
-	h := sha256.New()
-	for _, typ := range []resource.Type{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
-		list := slices.Clone(r[typ])
-		slices.SortFunc(list, func(a, b types.Resource) int {
-			an, bn := cache.GetResourceName(a), cache.GetResourceName(b)
-			if an < bn {
-				return -1
-			}
-			if an > bn {
-				return 1
-			}
-			return 0
-		})
-		for _, res := range list {
-			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
-			if err != nil {
-				return "", err
-			}
-			h.Write([]byte(typ))
-			h.Write(b)
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)[:10]), nil
 }
 
 func (s *Server) notify() {
@@ -322,7 +307,7 @@ func (s *Server) closed(stream int64) {
 		s.gone[id] = n
 	}
 	delete(s.nodes, id)
-	delete(s.hashes, id)
+	delete(s.published, id)
 	s.cache.ClearSnapshot(id)
 	s.log.Info("proxy disconnected", zap.String("proxy", id))
 	s.notify()
@@ -366,8 +351,8 @@ func (s *Server) callbacks() serverv3.Callbacks {
 				// proxy's: nothing is resent until the configuration
 				// changes.
 				s.mu.Lock()
-				if v, ok := s.hashes[s.streams[stream]]; ok {
-					req.VersionInfo = v
+				if snap, ok := s.published[s.streams[stream]]; ok {
+					req.VersionInfo = snap.GetVersion(req.GetTypeUrl())
 				}
 				s.mu.Unlock()
 			} else if req.GetResponseNonce() != "" {
@@ -403,6 +388,14 @@ func (s *Server) Insight(nodeID string) (Node, bool) {
 	}
 	out := *n
 	out.Acked = maps.Clone(n.Acked)
+	if snap := s.published[nodeID]; snap != nil {
+		out.Current = map[string]string{}
+		for _, typ := range snapshotTypes {
+			if v := snap.GetVersion(typ); v != "" {
+				out.Current[typ] = v
+			}
+		}
+	}
 	return out, true
 }
 

@@ -23,7 +23,8 @@ func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceCli
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := grpc.NewServer()
+	// Stop waits for the handlers, so that none logs after the test.
+	g := grpc.NewServer(grpc.WaitForHandlers(true))
 	s.Register(ctx, g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,6 +39,9 @@ func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceCli
 	t.Cleanup(func() { cc.Close() })
 	r := Resources{}
 	r.add(resource.ListenerType, apiListener("billing"))
+	r.add(resource.RouteType, routeConfig("billing", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+	r.add(resource.ClusterType, edsCluster("billing"))
+	r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
 	if err := s.SetResources(ctx, "default.a", r); err != nil {
 		t.Fatal(err)
 	}

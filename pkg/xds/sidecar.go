@@ -50,6 +50,32 @@ func Sidecar(s *MeshState, p Proxy) (Resources, error) {
 		out.add(resource.ListenerType, inboundListener(s, dp, in, local, mtls))
 		out.add(resource.ClusterType, staticCluster(local, "127.0.0.1", uint32(servicePort)))
 	}
+	out.Merge(s.outboundResources(dp))
+	return out, nil
+}
+
+// outboundResources is the part of a sidecar's configuration that reaches
+// other services: the outbound listeners, and the EDS clusters and load
+// assignments of their subsets. It depends on the dataplane only through
+// the services it is an instance of and its explicit outbounds, so
+// dataplanes that agree on those share one, built once per MeshState.
+func (s *MeshState) outboundResources(dp *api.Dataplane) Resources {
+	var own []string
+	for _, in := range dp.Networking.Inbound {
+		own = append(own, in.Tags[api.TagService])
+	}
+	slices.Sort(own)
+	var explicit []string
+	for _, o := range dp.Networking.Outbound {
+		explicit = append(explicit, fmt.Sprintf("%s@%s:%d", o.Tags[api.TagService], o.Address, o.Port))
+	}
+	key := fmt.Sprintf("outbound-resources|%q|%q", slices.Compact(own), explicit)
+	return memo(s, key, func() Resources { return s.buildOutboundResources(dp) })
+}
+
+func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
+	out := Resources{}
+	mtls := s.Mesh.MTLSEnabled()
 	clusters := map[string]Subset{}
 	for _, o := range s.outbounds(dp) {
 		subsets := s.subsets(o.service)
@@ -83,7 +109,7 @@ func Sidecar(s *MeshState, p Proxy) (Resources, error) {
 			return cla
 		}))
 	}
-	return out, nil
+	return out
 }
 
 // outbound is one listener a sidecar offers its application.
@@ -118,7 +144,7 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 		}
 		addOut(outbound{service: o.Tags[api.TagService], addr: addr, port: uint32(o.Port)})
 	}
-	for _, svc := range s.Services() {
+	for _, svc := range s.services() {
 		vip, ok := s.VIPs[svc]
 		if !ok || own[svc] {
 			continue
@@ -131,8 +157,13 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 	return out
 }
 
-// servicePorts is each local service's first application port.
+// servicePorts is each local service's first application port, built once
+// per MeshState: callers must not modify it.
 func (s *MeshState) servicePorts() map[string]uint32 {
+	return memo(s, "service-ports", s.buildServicePorts)
+}
+
+func (s *MeshState) buildServicePorts() map[string]uint32 {
 	out := map[string]uint32{}
 	for _, dp := range s.Dataplanes {
 		for _, in := range dp.Networking.Inbound {

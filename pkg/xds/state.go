@@ -85,7 +85,15 @@ func ParseNodeID(id string) (mesh, name string, err error) {
 
 // Services lists the services of the mesh: those of local dataplanes and
 // those other zones offer, sorted.
-func (s *MeshState) Services() []string {
+func (s *MeshState) Services() []string { return slices.Clone(s.services()) }
+
+// services is Services, built once per MeshState: callers must not modify
+// it.
+func (s *MeshState) services() []string {
+	return memo(s, "services", s.buildServices)
+}
+
+func (s *MeshState) buildServices() []string {
 	set := map[string]bool{}
 	for _, dp := range s.Dataplanes {
 		for _, in := range dp.Networking.Inbound {
@@ -154,8 +162,14 @@ func (sub Subset) ClusterName() string {
 }
 
 // subsets returns how a service's traffic splits: per its TrafficRoute, or
-// all to the whole service. Zero weights are dropped.
+// all to the whole service. Zero weights are dropped. It is built once per
+// MeshState and service: callers must not modify it (it is clipped, so
+// appending copies).
 func (s *MeshState) subsets(service string) []Subset {
+	return memo(s, "subsets|"+service, func() []Subset { return slices.Clip(s.buildSubsets(service)) })
+}
+
+func (s *MeshState) buildSubsets(service string) []Subset {
 	r := s.routeFor(service)
 	if r == nil {
 		return []Subset{{Tags: map[string]string{api.TagService: service}, Weight: 100}}

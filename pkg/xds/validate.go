@@ -9,6 +9,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
@@ -21,104 +22,134 @@ type validator interface{ ValidateAll() error }
 // named, names are unique per type, and every reference resolves — a
 // listener's route configuration, a route's clusters, an EDS cluster's
 // load assignment. Snapshot.Consistent() cannot be used: it ignores
-// api_listeners.
+// api_listeners. (*Server).SetResources does the same check, remembering
+// what it found about each resource.
 func Validate(r Resources) error {
 	var errs []error
 	names := map[resource.Type]map[string]bool{}
+	var refs []reference
 	for typ, list := range r {
-		names[typ] = map[string]bool{}
+		names[typ] = make(map[string]bool, len(list))
 		for _, res := range list {
-			if v, ok := res.(validator); ok {
-				if err := v.ValidateAll(); err != nil {
-					errs = append(errs, fmt.Errorf("%s %q: %w", shortType(typ), cache.GetResourceName(res), err))
-				}
-			}
+			c := checkResource(typ, res)
+			errs = append(errs, c.errs...)
+			refs = append(refs, c.refs...)
 			name := cache.GetResourceName(res)
-			if name == "" {
-				errs = append(errs, fmt.Errorf("%s without a name", shortType(typ)))
-			}
 			if names[typ][name] {
 				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), name))
 			}
 			names[typ][name] = true
 		}
 	}
-	need := func(typ resource.Type, name, from string) {
-		if !names[typ][name] {
-			errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", from, shortType(typ), name))
-		}
-	}
-	for _, res := range r[resource.ListenerType] {
-		l := res.(*listener.Listener)
-		if l.GetApiListener() == nil && l.GetAddress() == nil {
-			errs = append(errs, fmt.Errorf("listener %q has neither an address nor an api_listener", l.Name))
-		}
-		for _, fc := range l.GetFilterChains() {
-			for _, f := range fc.GetFilters() {
-				tp := &tcp.TcpProxy{}
-				if f.GetTypedConfig() == nil || !f.GetTypedConfig().MessageIs(tp) {
-					continue
-				}
-				if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
-					errs = append(errs, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err))
-					continue
-				}
-				from := fmt.Sprintf("listener %q", l.Name)
-				if c := tp.GetCluster(); c != "" {
-					need(resource.ClusterType, c, from)
-				}
-				for _, wc := range tp.GetWeightedClusters().GetClusters() {
-					if wc.GetName() == "" {
-						errs = append(errs, fmt.Errorf("%s: a weighted cluster without a name", from))
-						continue
-					}
-					need(resource.ClusterType, wc.GetName(), from)
-				}
-			}
-		}
-		if al := l.GetApiListener().GetApiListener(); al != nil {
-			m := &hcm.HttpConnectionManager{}
-			if err := al.UnmarshalTo(m); err != nil {
-				errs = append(errs, fmt.Errorf("listener %q: api_listener: %w", l.Name, err))
-				continue
-			}
-			if len(m.GetHttpFilters()) == 0 {
-				errs = append(errs, fmt.Errorf("listener %q: no HTTP filters (grpc-go needs the router)", l.Name))
-			}
-			if rds := m.GetRds(); rds != nil {
-				need(resource.RouteType, rds.GetRouteConfigName(), fmt.Sprintf("listener %q", l.Name))
-			}
-		}
-	}
-	for _, res := range r[resource.RouteType] {
-		rc := res.(*route.RouteConfiguration)
-		for _, vh := range rc.GetVirtualHosts() {
-			for _, rt := range vh.GetRoutes() {
-				from := fmt.Sprintf("route configuration %q", rc.Name)
-				if c := rt.GetRoute().GetCluster(); c != "" {
-					need(resource.ClusterType, c, from)
-				}
-				for _, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
-					if wc.GetName() == "" {
-						errs = append(errs, fmt.Errorf("%s: a weighted cluster without a name", from))
-						continue
-					}
-					need(resource.ClusterType, wc.GetName(), from)
-				}
-			}
-		}
-	}
-	for _, res := range r[resource.ClusterType] {
-		c := res.(*cluster.Cluster)
-		if c.GetType() == cluster.Cluster_EDS {
-			name := c.GetEdsClusterConfig().GetServiceName()
-			if name == "" {
-				name = c.Name
-			}
-			need(resource.EndpointType, name, fmt.Sprintf("cluster %q", c.Name))
+	for _, ref := range refs {
+		if !names[ref.typ][ref.name] {
+			errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// resourceCheck is what validation learns from one resource alone: what is
+// wrong with it, and what it refers to.
+type resourceCheck struct {
+	errs []error
+	refs []reference
+}
+
+// reference is a resource that another (from) needs.
+type reference struct {
+	typ  resource.Type
+	name string
+	from string
+}
+
+// checkResource checks one resource by itself: ValidateAll, a name, and
+// the shape of its listeners; it lists the resources it refers to.
+func checkResource(typ resource.Type, res types.Resource) resourceCheck {
+	var c resourceCheck
+	fail := func(err error) { c.errs = append(c.errs, err) }
+	need := func(typ resource.Type, name, from string) {
+		c.refs = append(c.refs, reference{typ: typ, name: name, from: from})
+	}
+	if v, ok := res.(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			fail(fmt.Errorf("%s %q: %w", shortType(typ), cache.GetResourceName(res), err))
+		}
+	}
+	if cache.GetResourceName(res) == "" {
+		fail(fmt.Errorf("%s without a name", shortType(typ)))
+	}
+	switch res := res.(type) {
+	case *listener.Listener:
+		checkListener(res, fail, need)
+	case *route.RouteConfiguration:
+		from := fmt.Sprintf("route configuration %q", res.Name)
+		for _, vh := range res.GetVirtualHosts() {
+			for _, rt := range vh.GetRoutes() {
+				if name := rt.GetRoute().GetCluster(); name != "" {
+					need(resource.ClusterType, name, from)
+				}
+				for _, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
+					if wc.GetName() == "" {
+						fail(fmt.Errorf("%s: a weighted cluster without a name", from))
+						continue
+					}
+					need(resource.ClusterType, wc.GetName(), from)
+				}
+			}
+		}
+	case *cluster.Cluster:
+		if res.GetType() == cluster.Cluster_EDS {
+			name := res.GetEdsClusterConfig().GetServiceName()
+			if name == "" {
+				name = res.Name
+			}
+			need(resource.EndpointType, name, fmt.Sprintf("cluster %q", res.Name))
+		}
+	}
+	return c
+}
+
+func checkListener(l *listener.Listener, fail func(error), need func(typ resource.Type, name, from string)) {
+	from := fmt.Sprintf("listener %q", l.Name)
+	if l.GetApiListener() == nil && l.GetAddress() == nil {
+		fail(fmt.Errorf("listener %q has neither an address nor an api_listener", l.Name))
+	}
+	for _, fc := range l.GetFilterChains() {
+		for _, f := range fc.GetFilters() {
+			tp := &tcp.TcpProxy{}
+			if f.GetTypedConfig() == nil || !f.GetTypedConfig().MessageIs(tp) {
+				continue
+			}
+			if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
+				fail(fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err))
+				continue
+			}
+			if name := tp.GetCluster(); name != "" {
+				need(resource.ClusterType, name, from)
+			}
+			for _, wc := range tp.GetWeightedClusters().GetClusters() {
+				if wc.GetName() == "" {
+					fail(fmt.Errorf("%s: a weighted cluster without a name", from))
+					continue
+				}
+				need(resource.ClusterType, wc.GetName(), from)
+			}
+		}
+	}
+	if al := l.GetApiListener().GetApiListener(); al != nil {
+		m := &hcm.HttpConnectionManager{}
+		if err := al.UnmarshalTo(m); err != nil {
+			fail(fmt.Errorf("listener %q: api_listener: %w", l.Name, err))
+			return
+		}
+		if len(m.GetHttpFilters()) == 0 {
+			fail(fmt.Errorf("listener %q: no HTTP filters (grpc-go needs the router)", l.Name))
+		}
+		if rds := m.GetRds(); rds != nil {
+			need(resource.RouteType, rds.GetRouteConfigName(), from)
+		}
+	}
 }
 
 func shortType(t resource.Type) string {

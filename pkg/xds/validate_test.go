@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -8,6 +10,8 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
 )
 
 // TestValidateCatches what ValidateAll misses and what it does not.
@@ -45,11 +49,31 @@ func TestValidateCatches(t *testing.T) {
 		}, "Domains"},
 		{"duplicate", func(r Resources) { r.add(resource.ClusterType, edsCluster("billing")) }, `cluster "billing" twice`},
 	}
-	for _, tt := range tests {
-		r := good()
-		tt.breakIt(r)
-		if err := Validate(r); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s: %v, want an error mentioning %q", tt.name, err, tt.want)
+	srv, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(r Resources) error {
+		err := srv.SetResources(context.Background(), "default.a", r)
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("SetResources: %v, want an ErrInvalid", err)
+		}
+		return err
+	}
+	validators := map[string]func(Resources) error{"Validate": Validate, "SetResources": publish}
+	for vname, validate := range validators {
+		for _, tt := range tests {
+			r := good()
+			tt.breakIt(r)
+			// Twice: the second time from what the server remembers.
+			for range 2 {
+				if err := validate(r); err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Errorf("%s, %s: %v, want an error mentioning %q", vname, tt.name, err, tt.want)
+				}
+			}
+		}
+		if err := validate(good()); err != nil {
+			t.Errorf("%s, good resources: %v", vname, err)
 		}
 	}
 }

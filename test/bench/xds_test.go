@@ -7,26 +7,24 @@ package bench
 //	go test ./test/bench -run '^$' -bench SidecarGenerate -benchtime 200x -benchmem
 //	GOMEMLIMIT=15GiB go test ./test/bench -run '^$' -bench FullPush -benchtime 1x -timeout 45m
 //
+// (-bench 'FullPush/' for state-of-the-world proxies only, 'FullPushDelta'
+// for delta; URSA_BENCH_XDS_CPUPROFILE=/tmp/cpu profiles the pushes alone.)
+//
 // (figures in test/BENCHMARKS.md). FullPush skips itself unless run with
-// -benchtime 1x to 5x: each iteration is a full push, minutes at 10k
-// proxies, and it holds ~0.9 MB per proxy (~2× that at peak).
+// -benchtime 1x to 5x: each iteration is a full push to up to 10k proxies.
 //
 // The simulated proxies run in a child process (this test binary re-executed
-// with URSA_BENCH_XDS_CLIENTS set; see init below), so that the control
-// plane's heap, stacks and RSS are its own. Both processes share the
+// with URSA_BENCH_XDS_CLIENTS set; see xds_clients_test.go), so that the
+// control plane's heap, stacks and RSS are its own. Both processes share the
 // machine's cores.
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"maps"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -34,18 +32,15 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
@@ -74,7 +69,9 @@ const (
 type xdsMeshFixture struct {
 	state *xds.MeshState
 	ca    *api.MeshCA
-	ids   map[string]mtls.Identity
+	// secrets are each service's SDS secrets, built once per identity as
+	// the zone's identities do.
+	secrets map[string]xds.Resources
 }
 
 func svcName(s int) string { return fmt.Sprintf("svc-%02d", s) }
@@ -103,7 +100,7 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 		Mesh: &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: xdsMesh}, MTLS: &api.MeshMTLS{Enabled: true}},
 		VIPs: map[string]netip.Addr{},
 	}
-	f := &xdsMeshFixture{state: st, ca: ca, ids: map[string]mtls.Identity{}}
+	f := &xdsMeshFixture{state: st, ca: ca, secrets: map[string]xds.Resources{}}
 	for s := range services {
 		svc := svcName(s)
 		st.VIPs[svc] = netip.AddrFrom4([4]byte{241, 0, byte(s >> 8), byte(s)})
@@ -125,9 +122,11 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 		if s%5 == 0 {
 			st.Routes = append(st.Routes, versionRoute(svc, 90))
 		}
-		if f.ids[svc], err = mtls.Issue(ca, svc, 24*time.Hour, now); err != nil {
+		id, err := mtls.Issue(ca, svc, 24*time.Hour, now)
+		if err != nil {
 			tb.Fatal(err)
 		}
+		f.secrets[svc] = xds.Secrets(id, ca.CertPEM)
 	}
 	st.Permissions = append(st.Permissions, &api.TrafficPermission{
 		Meta: api.Meta{Type: "TrafficPermission", Mesh: xdsMesh, Name: "allow-all"},
@@ -185,15 +184,16 @@ func withRoute(st *xds.MeshState, service string, v1 int) *xds.MeshState {
 	return &out
 }
 
-// generate does for one proxy what the zone's generation loop does:
-// sidecar resources, the SDS secrets of its service, validation.
+// generate does for one proxy what the zone's generation loop does before
+// SetResources (which validates): sidecar resources and the SDS secrets of
+// its service.
 func (f *xdsMeshFixture) generate(st *xds.MeshState, dp *api.Dataplane) (xds.Resources, error) {
 	res, err := xds.Sidecar(st, xds.Proxy{Dataplane: dp})
 	if err != nil {
 		return nil, err
 	}
-	res.Merge(xds.Secrets(f.ids[dp.Networking.Inbound[0].Tags[api.TagService]], f.ca.CertPEM))
-	return res, xds.Validate(res)
+	res.Merge(f.secrets[dp.Networking.Inbound[0].Tags[api.TagService]])
+	return res, nil
 }
 
 // proxies returns n simulated proxies, dp-0 … dp-<n-1>: each a copy of one
@@ -228,13 +228,19 @@ func resourceBytes(r xds.Resources) (total int, count map[string]int) {
 	return total, count
 }
 
-// BenchmarkSidecarGenerate measures one sidecar's configuration: Sidecar,
-// its SDS secrets, and Validate, as the zone does per proxy; then the
-// version hash SetResources computes before it can tell nothing changed.
+// BenchmarkSidecarGenerate measures one sidecar's configuration as the
+// zone makes it per proxy: Sidecar and its SDS secrets (generate); then
+// what SetResources does before it can tell nothing changed: validation and
+// the version hashes (validate+hash). The MeshState is built once, so
+// these are per-proxy costs amortised over a mesh's proxies.
 func BenchmarkSidecarGenerate(b *testing.B) {
 	for _, per := range []int{xdsPerService, 100, 200} {
 		f := newXDSMesh(b, xdsServices, per)
 		dp := f.proxies(1)[0]
+		srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
+		if err != nil {
+			b.Fatal(err)
+		}
 		b.Run(fmt.Sprintf("dataplanes=%d", xdsServices*per), func(b *testing.B) {
 			b.Run("generate", func(b *testing.B) {
 				b.ReportAllocs()
@@ -251,11 +257,7 @@ func BenchmarkSidecarGenerate(b *testing.B) {
 				b.ReportMetric(float64(count["Cluster"]), "clusters")
 				b.ReportMetric(float64(count["ClusterLoadAssignment"]), "load-assignments")
 			})
-			b.Run("hash", func(b *testing.B) {
-				srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
-				if err != nil {
-					b.Fatal(err)
-				}
+			b.Run("validate+hash", func(b *testing.B) {
 				res, err := f.generate(f.state, dp)
 				if err != nil {
 					b.Fatal(err)
@@ -266,7 +268,17 @@ func BenchmarkSidecarGenerate(b *testing.B) {
 				}
 				b.ReportAllocs()
 				for b.Loop() {
-					// Unchanged: hashes, compares, returns.
+					// Regenerated, as the zone does on every change:
+					// the shared resources are the MeshState's, the
+					// proxy's own (inbound listener, its cluster,
+					// secrets) are new messages.
+					b.StopTimer()
+					res, err := f.generate(f.state, dp)
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					// Unchanged: validates, hashes, compares, returns.
 					if err := srv.SetResources(ctx, "default.dp-0", res); err != nil {
 						b.Fatal(err)
 					}
@@ -279,11 +291,30 @@ func BenchmarkSidecarGenerate(b *testing.B) {
 // memNow collects garbage, returns freed pages to the OS, and reads the
 // heap and stacks in use and the RSS.
 func memNow() (heap, stacks, rss uint64) {
+	runtime.GC() // sync.Pools keep what they hold until the second collection
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	cur, _ := procRSS()
 	return ms.HeapInuse, ms.StackInuse, cur
+}
+
+// cpuTime reads the user and system CPU time a process (a pid, or "self")
+// has used, whole seconds of it from the clock ticks in /proc/PID/stat
+// (USER_HZ, 100 on Linux).
+func cpuTime(pid string) time.Duration {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100)
 }
 
 // procRSS reads the resident set and its peak (VmHWM) in bytes.
@@ -322,95 +353,6 @@ func writeHeapProfile(b *testing.B, path string) {
 // resetPeakRSS restarts VmHWM from the current RSS.
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
-// clients is the child process holding the simulated proxies.
-type clients struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
-}
-
-// genReport is the child's word that every proxy holds its k-th distinct
-// version of both listeners and clusters.
-type genReport struct {
-	k           int
-	first, last time.Time
-	samples     string
-}
-
-func startClients(b *testing.B, addr string, n, perConn int, sample string) *clients {
-	b.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "URSA_BENCH_XDS_CLIENTS=1", "URSA_BENCH_XDS_ADDR="+addr,
-		fmt.Sprintf("URSA_BENCH_XDS_N=%d", n), fmt.Sprintf("URSA_BENCH_XDS_PER_CONN=%d", perConn),
-		"URSA_BENCH_XDS_SAMPLE="+sample)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	c := &clients{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-		close(c.lines)
-	}()
-	b.Cleanup(func() {
-		stdin.Close() // the child exits at EOF
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	return c
-}
-
-func (c *clients) waitGen(b *testing.B, k int, timeout time.Duration) genReport {
-	b.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case line, ok := <-c.lines:
-			if !ok {
-				b.Fatalf("simulated proxies exited before generation %d", k)
-			}
-			f := strings.SplitN(line, " ", 5)
-			if f[0] == "error" {
-				b.Fatalf("simulated proxies: %s", line)
-			}
-			if f[0] != "gen" || len(f) < 4 {
-				continue
-			}
-			got, _ := strconv.Atoi(f[1])
-			if got < k {
-				continue
-			}
-			first, _ := strconv.ParseInt(f[2], 10, 64)
-			last, _ := strconv.ParseInt(f[3], 10, 64)
-			r := genReport{k: got, first: time.Unix(0, first), last: time.Unix(0, last)}
-			if len(f) == 5 {
-				r.samples = f[4]
-			}
-			return r
-		case <-deadline:
-			b.Fatalf("not every proxy reached generation %d within %s", k, timeout)
-		}
-	}
-}
-
 func sampleListener(st *xds.MeshState) string {
 	return fmt.Sprintf("outbound:%s:80", st.VIPs[changedService])
 }
@@ -419,12 +361,20 @@ func wantSample(service string, v1 int) string {
 	return fmt.Sprintf("%s{version=v1}=%d,%s{version=v2}=%d", service, v1, service, 100-v1)
 }
 
-// BenchmarkFullPush measures a full push: every proxy connected, a
-// mesh-wide policy change (the TrafficRoute of a service every proxy
-// reaches), then regeneration and SetResources for all N proxies, until the
-// last proxy has received the new version of both its listeners and its
-// clusters. One iteration is one push; run with -benchtime 1x.
-func BenchmarkFullPush(b *testing.B) {
+// BenchmarkFullPush measures a full push: every proxy connected (state of
+// the world), a mesh-wide policy change (the TrafficRoute of a service
+// every proxy reaches), then regeneration and SetResources for all N
+// proxies, until the last proxy has received every type the change
+// touched (its listeners). One iteration is one push; run with -benchtime
+// 1x.
+func BenchmarkFullPush(b *testing.B) { benchmarkFullPush(b, sotw) }
+
+// BenchmarkFullPushDelta is BenchmarkFullPush with proxies on the
+// incremental (delta) protocol, as Envoy uses with --xds-delta… or
+// ads_config api_type DELTA_GRPC.
+func BenchmarkFullPushDelta(b *testing.B) { benchmarkFullPush(b, delta) }
+
+func benchmarkFullPush(b *testing.B, wire protocol) {
 	if f := flag.Lookup("test.benchtime"); f != nil {
 		n, err := strconv.Atoi(strings.TrimSuffix(f.Value.String(), "x"))
 		if !strings.HasSuffix(f.Value.String(), "x") || err != nil || n > 5 {
@@ -432,11 +382,52 @@ func BenchmarkFullPush(b *testing.B) {
 		}
 	}
 	for _, n := range []int{1000, 5000, 10000} {
-		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) { fullPush(b, n) })
+		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) { fullPush(b, wire, n) })
 	}
 }
 
-func fullPush(b *testing.B, n int) {
+// changedTypes reports whether a proxy's listeners, and its clusters,
+// differ between two configurations.
+func changedTypes(a, b xds.Resources) (listeners, clusters bool) {
+	differ := func(typ resource.Type) bool {
+		if len(a[typ]) != len(b[typ]) {
+			return true
+		}
+		byName := map[string]proto.Message{}
+		for _, r := range a[typ] {
+			byName[cache.GetResourceName(r)] = r
+		}
+		for _, r := range b[typ] {
+			if old, ok := byName[cache.GetResourceName(r)]; !ok || !proto.Equal(old, r) {
+				return true
+			}
+		}
+		return false
+	}
+	return differ(resource.ListenerType), differ(resource.ClusterType)
+}
+
+// upToDate waits until every node has ACKed the current version of its
+// listeners and its clusters, as the server sees it.
+func upToDate(b *testing.B, srv *xds.Server, ids []string, timeout time.Duration) {
+	b.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, id := range ids {
+		for {
+			n, ok := srv.Insight(id)
+			if ok && n.Current[resource.ListenerType] != "" && n.Acked[resource.ListenerType] == n.Current[resource.ListenerType] &&
+				n.Current[resource.ClusterType] != "" && n.Acked[resource.ClusterType] == n.Current[resource.ClusterType] {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%s has acked %v, want %v", id, n.Acked, n.Current)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+func fullPush(b *testing.B, wire protocol, n int) {
 	const perConn = 100
 	f := newXDSMesh(b, xdsServices, xdsPerService)
 	dps := f.proxies(n)
@@ -448,20 +439,40 @@ func fullPush(b *testing.B, n int) {
 	b.Cleanup(cancel)
 
 	// publish regenerates every proxy, like the zone's generation loop
-	// (one MeshState, Sidecar per proxy, in order), timing its parts.
+	// (one MeshState; Sidecar, secrets, Validate and SetResources per
+	// proxy, on GOMAXPROCS workers), timing its parts: genTook and setTook
+	// are summed over the workers.
 	publish := func(srv *xds.Server, st *xds.MeshState) (genTook, setTook time.Duration) {
-		for i, dp := range dps {
-			t0 := time.Now()
-			res, err := f.generate(st, dp)
-			if err != nil {
-				b.Fatal(err)
-			}
-			t1 := time.Now()
-			if err := srv.SetResources(ctx, ids[i], res); err != nil {
-				b.Fatal(err)
-			}
-			genTook += t1.Sub(t0)
-			setTook += time.Since(t1)
+		var mu sync.Mutex
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range runtime.GOMAXPROCS(0) {
+			wg.Go(func() {
+				var gen, set time.Duration
+				for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+					t0 := time.Now()
+					res, err := f.generate(st, dps[i])
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					t1 := time.Now()
+					if err := srv.SetResources(ctx, ids[i], res); err != nil {
+						b.Error(err)
+						return
+					}
+					gen += t1.Sub(t0)
+					set += time.Since(t1)
+				}
+				mu.Lock()
+				genTook += gen
+				setTook += set
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if b.Failed() {
+			b.FailNow()
 		}
 		return genTook, setTook
 	}
@@ -508,9 +519,12 @@ func fullPush(b *testing.B, n int) {
 
 	// 2. N proxies connect, each receives its configuration and ACKs it.
 	start := time.Now()
-	c := startClients(b, ln.Addr().String(), n, perConn, sampleListener(f.state))
+	c := startClients(b, ln.Addr().String(), wire, n, perConn, sampleListener(f.state))
 	initial := c.waitGen(b, 1, 10*time.Minute)
 	metrics["connect-s"] = initial.last.Sub(start).Seconds()
+	if wire == sotw {
+		upToDate(b, srv, ids, time.Minute)
+	}
 	if want := wantSample(changedService, 90); initial.samples != want {
 		b.Fatalf("proxies hold %q, want %q", initial.samples, want)
 	}
@@ -536,19 +550,54 @@ func fullPush(b *testing.B, n int) {
 
 	// 3. The pushes: each iteration changes the TrafficRoute of
 	// changedService, which every proxy has two outbound listeners to.
+	// What a push changes is found on copies of the states, so that the
+	// push itself starts from a MeshState that has built nothing yet.
 	resetPeakRSS()
-	var push, first, loop, gen, set time.Duration
-	k := 0
+	if path := os.Getenv("URSA_BENCH_XDS_CPUPROFILE"); path != "" {
+		// The pushes alone (go test's -cpuprofile covers the set-up
+		// too, and must not be given as well).
+		out, err := os.Create(fmt.Sprintf("%s.%s.%d", path, wire, n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); out.Close() }()
+	}
+	var push, first, loop, gen, set, cpCPU, clientsCPU time.Duration
+	k, prev, listeners, clusters := 0, 90, 1, 1
 	for b.Loop() {
 		k++
 		v1 := 80 - k%70
+		before, err := xds.Sidecar(withRoute(f.state, changedService, prev), xds.Proxy{Dataplane: dps[0]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		after, err := xds.Sidecar(withRoute(f.state, changedService, v1), xds.Proxy{Dataplane: dps[0]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if l, c := changedTypes(before, after); l || c {
+			listeners, clusters = listeners+btoi(l), clusters+btoi(c)
+		} else {
+			b.Fatalf("push %d changes nothing", k)
+		}
+		prev = v1
+		c.expect(b, k+1, listeners, clusters)
 		st := withRoute(f.state, changedService, v1)
+		cpCPU0, clientsCPU0 := cpuTime("self"), cpuTime(strconv.Itoa(c.cmd.Process.Pid))
 		start := time.Now()
 		genTook, setTook := publish(srv, st)
 		loopTook := time.Since(start)
 		r := c.waitGen(b, k+1, 10*time.Minute)
+		cpCPU += cpuTime("self") - cpCPU0
+		clientsCPU += cpuTime(strconv.Itoa(c.cmd.Process.Pid)) - clientsCPU0
 		if want := wantSample(changedService, v1); r.samples != want {
 			b.Fatalf("after push %d proxies hold %q, want %q", k, r.samples, want)
+		}
+		if wire == sotw {
+			upToDate(b, srv, ids, time.Minute)
 		}
 		push += r.last.Sub(start)
 		first += r.first.Sub(start)
@@ -557,6 +606,11 @@ func fullPush(b *testing.B, n int) {
 		set += setTook
 	}
 	_, peak := procRSS()
+	if path := os.Getenv("URSA_BENCH_XDS_HEAPPROFILE"); path != "" {
+		// What the pushes allocated: go tool pprof -sample_index
+		// alloc_space -diff_base PATH.N PATH.N.after.
+		writeHeapProfile(b, fmt.Sprintf("%s.%d.after", path, n))
+	}
 	heap3, stack3, rss3 := memNow()
 	b.Logf("after %d pushes: heap %d MB, stacks %d MB, rss %d MB, peak rss %d MB", k, heap3>>20, stack3>>20, rss3>>20, peak>>20)
 	for unit, v := range metrics {
@@ -568,172 +622,14 @@ func fullPush(b *testing.B, n int) {
 	b.ReportMetric(per(loop), "loop-s")
 	b.ReportMetric(per(gen), "gen-s")
 	b.ReportMetric(per(set), "set-s")
+	b.ReportMetric(per(cpCPU), "cp-cpu-s")
+	b.ReportMetric(per(clientsCPU), "clients-cpu-s")
 	b.ReportMetric(float64(peak)/(1<<20), "peak-rss-MB")
 }
 
-// The simulated proxies: when this test binary is started with
-// URSA_BENCH_XDS_CLIENTS set, it runs them instead of the tests (before
-// TestMain, so no PostgreSQL either).
-func init() {
-	if os.Getenv("URSA_BENCH_XDS_CLIENTS") == "" {
-		return
+func btoi(b bool) int {
+	if b {
+		return 1
 	}
-	if err := runClients(); err != nil {
-		fmt.Printf("error %v\n", strings.ReplaceAll(err.Error(), "\n", " "))
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
-
-// genTracker counts, per generation, the proxies that reached it; when all
-// have, it prints "gen <k> <first unix ns> <last unix ns> <samples>", the
-// samples being the distinct weights the sampled proxies saw.
-type genTracker struct {
-	mu      sync.Mutex
-	n       int
-	count   map[int]int
-	first   map[int]int64
-	last    map[int]int64
-	samples map[int]map[string]bool
-}
-
-func (t *genTracker) reached(k int, at int64, sample string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.count[k]++
-	if t.first[k] == 0 || at < t.first[k] {
-		t.first[k] = at
-	}
-	t.last[k] = max(t.last[k], at)
-	if sample != "" {
-		if t.samples[k] == nil {
-			t.samples[k] = map[string]bool{}
-		}
-		t.samples[k][sample] = true
-	}
-	if t.count[k] == t.n {
-		fmt.Printf("gen %d %d %d %s\n", k, t.first[k], t.last[k], strings.Join(slices.Sorted(maps.Keys(t.samples[k])), ";"))
-	}
-}
-
-func runClients() error {
-	addr := os.Getenv("URSA_BENCH_XDS_ADDR")
-	n, err := strconv.Atoi(os.Getenv("URSA_BENCH_XDS_N"))
-	if err != nil {
-		return err
-	}
-	perConn, err := strconv.Atoi(os.Getenv("URSA_BENCH_XDS_PER_CONN"))
-	if err != nil {
-		return err
-	}
-	sample := os.Getenv("URSA_BENCH_XDS_SAMPLE")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	t := &genTracker{n: n, count: map[int]int{}, first: map[int]int64{}, last: map[int]int64{}, samples: map[int]map[string]bool{}}
-	var conns []*grpc.ClientConn
-	for range (n + perConn - 1) / perConn {
-		// Envoy's own HTTP/2 windows are larger than grpc-go's 64 KiB
-		// defaults; 100 proxies share one connection here.
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(64<<20),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
-		if err != nil {
-			return err
-		}
-		conns = append(conns, cc)
-	}
-	errs := make(chan error, 1)
-	for i := range n {
-		client := discovery.NewAggregatedDiscoveryServiceClient(conns[i/perConn])
-		sampled := i%perConn == 0
-		go func() {
-			if err := proxy(ctx, client, xds.NodeID(xdsMesh, fmt.Sprintf("dp-%d", i)), sampled, sample, t); err != nil && ctx.Err() == nil {
-				select {
-				case errs <- fmt.Errorf("dp-%d: %w", i, err):
-				default:
-				}
-			}
-		}()
-	}
-	stdinClosed := make(chan struct{})
-	go func() { io.Copy(io.Discard, os.Stdin); close(stdinClosed) }()
-	select {
-	case err := <-errs:
-		return err
-	case <-stdinClosed:
-		return nil
-	}
-}
-
-// proxy is one simulated sidecar: an ADS stream subscribing to every
-// listener and cluster (state of the world, wildcard), ACKing every
-// response.
-func proxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, sampled bool, sample string, t *genTracker) error {
-	stream, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		return err
-	}
-	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ClusterType}); err != nil {
-		return err
-	}
-	if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType}); err != nil {
-		return err
-	}
-	version := map[string]string{}
-	gen := map[string]int{}
-	reported := 0
-	var weights string
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		typ := resp.GetTypeUrl()
-		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: typ, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
-			return err
-		}
-		at := time.Now().UnixNano()
-		if resp.GetVersionInfo() == version[typ] {
-			continue
-		}
-		version[typ] = resp.GetVersionInfo()
-		gen[typ]++
-		if sampled && typ == resource.ListenerType {
-			if weights, err = splitOf(resp, sample); err != nil {
-				return err
-			}
-		}
-		for reported < min(gen[resource.ListenerType], gen[resource.ClusterType]) {
-			reported++
-			s := ""
-			if sampled {
-				s = weights
-			}
-			t.reached(reported, at, s)
-		}
-	}
-}
-
-// splitOf returns the weighted clusters of the tcp_proxy of the named
-// listener in a listeners response: "cluster=weight,…".
-func splitOf(resp *discovery.DiscoveryResponse, name string) (string, error) {
-	for _, a := range resp.GetResources() {
-		l := &listener.Listener{}
-		if err := a.UnmarshalTo(l); err != nil {
-			return "", err
-		}
-		if l.GetName() != name {
-			continue
-		}
-		tp := &tcp.TcpProxy{}
-		if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
-			return "", err
-		}
-		var parts []string
-		for _, wc := range tp.GetWeightedClusters().GetClusters() {
-			parts = append(parts, fmt.Sprintf("%s=%d", wc.GetName(), wc.GetWeight()))
-		}
-		return strings.Join(parts, ","), nil
-	}
-	return "", fmt.Errorf("no listener %q among %d", name, len(resp.GetResources()))
+	return 0
 }

@@ -1,0 +1,154 @@
+package xds
+
+import (
+	"bytes"
+	"runtime"
+	"testing"
+	"time"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// TestVersionFollowsContent: a type's version depends on what its
+// resources say, not on which messages say it, in which order, or on the
+// other types.
+func TestVersionFollowsContent(t *testing.T) {
+	var facts resourceFacts
+	var parts snapshotParts
+	set := func(ls ...*listener.Listener) Resources {
+		r := Resources{}
+		for _, l := range ls {
+			r.add(resource.ListenerType, l)
+			r.add(resource.RouteType, routeConfig(l.Name, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+		}
+		r.add(resource.ClusterType, edsCluster("billing"))
+		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+		return r
+	}
+	versions := func(r Resources) (lds, cds string) {
+		t.Helper()
+		s, err := newSnapshot(r, &facts, &parts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.GetVersion(resource.ListenerType), s.GetVersion(resource.ClusterType)
+	}
+	a, b := apiListener("a"), apiListener("b")
+	lds, cds := versions(set(a, b))
+	if v, _ := versions(set(b, a)); v != lds {
+		t.Errorf("reordered: version %s, want %s", v, lds)
+	}
+	if v, _ := versions(set(apiListener("a"), apiListener("b"))); v != lds {
+		t.Errorf("equal copies: version %s, want %s", v, lds)
+	}
+	changed := proto.Clone(a).(*listener.Listener)
+	changed.StatPrefix = "other"
+	v, c := versions(set(changed, b))
+	if v == lds {
+		t.Error("a changed listener kept the listeners' version")
+	}
+	if c != cds {
+		t.Errorf("a changed listener changed the clusters' version: %s, want %s", c, cds)
+	}
+	if v, _ := versions(set(a)); v == lds {
+		t.Error("a removed listener kept the version")
+	}
+	if v, _ := versions(set(apiListener("c"), b)); v == lds {
+		t.Error("another listener kept the version")
+	}
+	r := Resources{}
+	if _, c := versions(r); c != "" {
+		t.Errorf("no clusters: version %q, want none", c)
+	}
+	r[resource.ClusterType] = nil
+	if _, c := versions(r); c == "" || c == cds {
+		t.Errorf("an empty list of clusters: version %q, want one of its own", c)
+	}
+}
+
+// TestEncodedMarshalsAsItsResource: what the cache sends for a resource is
+// its deterministic encoding.
+func TestEncodedMarshalsAsItsResource(t *testing.T) {
+	var facts resourceFacts
+	var parts snapshotParts
+	res := loadAssignment("billing", []Endpoint{{Address: "10.0.0.1", Port: 80, Weight: 1, Zone: "z"}}, nil)
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newSnapshot(Resources{resource.EndpointType: {res}}, &facts, &parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := s.GetResources(resource.EndpointType)["billing"]
+	got, err := cache.MarshalResource(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) || proto.Size(e) != len(want) {
+		t.Errorf("encoded marshals to %d bytes (size %d), want %d", len(got), proto.Size(e), len(want))
+	}
+	if name := cache.GetResourceName(e); name != "billing" {
+		t.Errorf("name %q, want billing", name)
+	}
+	if !proto.Equal(e, res) {
+		t.Error("encoded is not equal to its resource")
+	}
+}
+
+// TestResourceFactsForget: the cache holds no resource alive, and drops
+// a collected resource's entry.
+func TestResourceFactsForget(t *testing.T) {
+	var c resourceFacts
+	for i := range 100 {
+		if f := c.of(resource.ListenerType, apiListener(string(rune('a'+i%26)))); f.hashErr != nil {
+			t.Fatal(f.hashErr)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runtime.GC()
+		c.mu.Lock()
+		n := len(c.m)
+		c.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d entries left after their resources were collected", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSnapshotsShareParts: proxies whose resources of a type are the same
+// share that part of their snapshots, and only that part.
+func TestSnapshotsShareParts(t *testing.T) {
+	var facts resourceFacts
+	var parts snapshotParts
+	set := func(listener string) Resources {
+		r := Resources{}
+		r.add(resource.ListenerType, apiListener(listener))
+		r.add(resource.RouteType, routeConfig(listener, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+		r.add(resource.ClusterType, edsCluster("billing"))
+		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+		return r
+	}
+	a, err := newSnapshot(set("a"), &facts, &parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := newSnapshot(set("b"), &facts, &parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.get(resource.ClusterType) != b.get(resource.ClusterType) {
+		t.Error("equal clusters are not shared")
+	}
+	if a.get(resource.ListenerType) == b.get(resource.ListenerType) {
+		t.Error("different listeners are shared")
+	}
+}

@@ -1,0 +1,434 @@
+package bench
+
+// The simulated proxies of BenchmarkFullPush, in a child process (this test
+// binary re-executed with URSA_BENCH_XDS_CLIENTS set; see init below).
+//
+// The parent talks to the child in lines. The child prints "ready <k>" once
+// it expects generation k, "gen <k> <first unix ns> <last unix ns>
+// <samples>" once every proxy has reached it, and "error <message>" if a
+// proxy fails. The parent writes "want <k> <listeners> <clusters>": a
+// proxy reaches generation k once it has received that many distinct
+// versions of its listeners and of its clusters (counting from 1, the
+// first configuration). Generation 1 is (1, 1) and needs no line. A push
+// that changes only listeners expects one more listener version and no
+// new cluster version: with per-type versions, the clusters are not
+// resent.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/ursamesh/ursa/pkg/xds"
+)
+
+// protocol is how the simulated proxies speak xDS.
+type protocol string
+
+const (
+	// sotw: state of the world, every response carries every resource
+	// of its type.
+	sotw protocol = "sotw"
+	// delta: incremental, a response carries what changed.
+	delta protocol = "delta"
+)
+
+// clients is the child process holding the simulated proxies.
+type clients struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+}
+
+// genReport is the child's word that every proxy has reached generation
+// k.
+type genReport struct {
+	k           int
+	first, last time.Time
+	samples     string
+}
+
+func startClients(b *testing.B, addr string, wire protocol, n, perConn int, sample string) *clients {
+	b.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "URSA_BENCH_XDS_CLIENTS=1", "URSA_BENCH_XDS_ADDR="+addr,
+		fmt.Sprintf("URSA_BENCH_XDS_N=%d", n), fmt.Sprintf("URSA_BENCH_XDS_PER_CONN=%d", perConn),
+		"URSA_BENCH_XDS_SAMPLE="+sample, "URSA_BENCH_XDS_PROTOCOL="+string(wire))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	c := &clients{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+	}()
+	b.Cleanup(func() {
+		stdin.Close() // the child exits at EOF
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return c
+}
+
+// expect tells the child what generation k is, and returns once it is
+// ready to count it.
+func (c *clients) expect(b *testing.B, k, listeners, clusters int) {
+	b.Helper()
+	if _, err := fmt.Fprintf(c.stdin, "want %d %d %d\n", k, listeners, clusters); err != nil {
+		b.Fatal(err)
+	}
+	c.await(b, "ready", k, time.Minute)
+}
+
+func (c *clients) waitGen(b *testing.B, k int, timeout time.Duration) genReport {
+	b.Helper()
+	f := c.await(b, "gen", k, timeout)
+	first, _ := strconv.ParseInt(f[2], 10, 64)
+	last, _ := strconv.ParseInt(f[3], 10, 64)
+	r := genReport{k: k, first: time.Unix(0, first), last: time.Unix(0, last)}
+	if len(f) == 5 {
+		r.samples = f[4]
+	}
+	return r
+}
+
+// await returns the fields of the child's line "<word> <k> …".
+func (c *clients) await(b *testing.B, word string, k int, timeout time.Duration) []string {
+	b.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line, ok := <-c.lines:
+			if !ok {
+				b.Fatalf("simulated proxies exited before %s %d", word, k)
+			}
+			f := strings.SplitN(line, " ", 5)
+			if f[0] == "error" {
+				b.Fatalf("simulated proxies: %s", line)
+			}
+			if f[0] != word || len(f) < 2 || f[1] != strconv.Itoa(k) {
+				continue
+			}
+			if word == "gen" && len(f) < 4 {
+				b.Fatalf("simulated proxies: malformed %q", line)
+			}
+			return f
+		case <-deadline:
+			b.Fatalf("no %s %d from the simulated proxies within %s", word, k, timeout)
+		}
+	}
+}
+
+// The simulated proxies: when this test binary is started with
+// URSA_BENCH_XDS_CLIENTS set, it runs them instead of the tests (before
+// TestMain, so no PostgreSQL either).
+func init() {
+	if os.Getenv("URSA_BENCH_XDS_CLIENTS") == "" {
+		return
+	}
+	if err := runClients(); err != nil {
+		fmt.Printf("error %v\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// genTracker follows every proxy's count of listener and cluster versions
+// against the current target; once every proxy has reached it, it prints
+// "gen <k> <first unix ns> <last unix ns> <samples>", the samples being the
+// distinct weights the sampled proxies held when they reached it.
+type genTracker struct {
+	mu      sync.Mutex
+	proxies []trackedProxy
+	k       int
+	want    [2]int // listener and cluster versions
+	met     int
+	first   int64
+	last    int64
+	samples map[string]bool
+}
+
+type trackedProxy struct {
+	got     [2]int // listener and cluster versions received
+	at      int64  // when the last one arrived
+	sampled bool
+	sample  string
+	reached int // the last generation it reached
+}
+
+func newGenTracker(n, perConn int) *genTracker {
+	t := &genTracker{proxies: make([]trackedProxy, n), k: 1, want: [2]int{1, 1}, samples: map[string]bool{}}
+	for i := range t.proxies {
+		t.proxies[i].sampled = i%perConn == 0
+	}
+	return t
+}
+
+// typeIndex is a type's index in want and got.
+func typeIndex(typeURL string) int {
+	if typeURL == resource.ListenerType {
+		return 0
+	}
+	return 1
+}
+
+// received records that proxy i got a new version of a type at at; sample
+// is its weights when the response said (empty: unchanged).
+func (t *genTracker) received(i int, typeURL string, at int64, sample string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := &t.proxies[i]
+	p.got[typeIndex(typeURL)]++
+	p.at = at
+	if sample != "" {
+		p.sample = sample
+	}
+	t.check(p)
+}
+
+// check counts p if it has just reached the target; the caller holds mu.
+func (t *genTracker) check(p *trackedProxy) {
+	if p.reached >= t.k || p.got[0] < t.want[0] || p.got[1] < t.want[1] {
+		return
+	}
+	p.reached = t.k
+	t.met++
+	if t.first == 0 || p.at < t.first {
+		t.first = p.at
+	}
+	t.last = max(t.last, p.at)
+	if p.sampled {
+		t.samples[p.sample] = true
+	}
+	if t.met == len(t.proxies) {
+		fmt.Printf("gen %d %d %d %s\n", t.k, t.first, t.last, strings.Join(slices.Sorted(maps.Keys(t.samples)), ";"))
+	}
+}
+
+// target makes generation k the next to count.
+func (t *genTracker) target(k, listeners, clusters int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.k, t.want = k, [2]int{listeners, clusters}
+	t.met, t.first, t.last, t.samples = 0, 0, 0, map[string]bool{}
+	for i := range t.proxies {
+		t.check(&t.proxies[i])
+	}
+	fmt.Printf("ready %d\n", k)
+}
+
+func runClients() error {
+	addr := os.Getenv("URSA_BENCH_XDS_ADDR")
+	n, err := strconv.Atoi(os.Getenv("URSA_BENCH_XDS_N"))
+	if err != nil {
+		return err
+	}
+	perConn, err := strconv.Atoi(os.Getenv("URSA_BENCH_XDS_PER_CONN"))
+	if err != nil {
+		return err
+	}
+	sample := os.Getenv("URSA_BENCH_XDS_SAMPLE")
+	wire := protocol(os.Getenv("URSA_BENCH_XDS_PROTOCOL"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	t := newGenTracker(n, perConn)
+	var conns []*grpc.ClientConn
+	for range (n + perConn - 1) / perConn {
+		// Envoy's own HTTP/2 windows are larger than grpc-go's 64 KiB
+		// defaults; 100 proxies share one connection here.
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(64<<20),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+		if err != nil {
+			return err
+		}
+		conns = append(conns, cc)
+	}
+	errs := make(chan error, 1)
+	for i := range n {
+		client := discovery.NewAggregatedDiscoveryServiceClient(conns[i/perConn])
+		id := xds.NodeID(xdsMesh, fmt.Sprintf("dp-%d", i))
+		run := sotwProxy
+		if wire == delta {
+			run = deltaProxy
+		}
+		go func() {
+			if err := run(ctx, client, id, i, sample, t); err != nil && ctx.Err() == nil {
+				select {
+				case errs <- fmt.Errorf("dp-%d: %w", i, err):
+				default:
+				}
+			}
+		}()
+	}
+	stdinClosed := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			var k, l, c int
+			if _, err := fmt.Sscanf(sc.Text(), "want %d %d %d", &k, &l, &c); err != nil {
+				stdinClosed <- fmt.Errorf("from the benchmark: %q: %w", sc.Text(), err)
+				return
+			}
+			t.target(k, l, c)
+		}
+		stdinClosed <- nil
+	}()
+	select {
+	case err := <-errs:
+		return err
+	case err := <-stdinClosed:
+		return err
+	}
+}
+
+// sotwProxy is one simulated sidecar: an ADS stream subscribing to every
+// listener and cluster (state of the world, wildcard), ACKing every
+// response.
+func sotwProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, i int, sample string, t *genTracker) error {
+	stream, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ClusterType}); err != nil {
+		return err
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType}); err != nil {
+		return err
+	}
+	version := map[string]string{}
+	sampled := t.proxies[i].sampled
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		typ := resp.GetTypeUrl()
+		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: typ, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+			return err
+		}
+		at := time.Now().UnixNano()
+		if resp.GetVersionInfo() == version[typ] {
+			continue
+		}
+		version[typ] = resp.GetVersionInfo()
+		var weights string
+		if sampled && typ == resource.ListenerType {
+			found := false
+			if weights, found, err = splitOf(resp.GetResources(), sample); err != nil {
+				return err
+			}
+			if !found {
+				return fmt.Errorf("no listener %q among %d", sample, len(resp.GetResources()))
+			}
+		}
+		t.received(i, typ, at, weights)
+	}
+}
+
+// deltaProxy is one simulated sidecar on the incremental protocol: an ADS
+// stream subscribing to every listener and cluster (wildcard), ACKing every
+// response. Each response that adds, changes or removes resources is a new
+// version of its type.
+func deltaProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, i int, sample string, t *genTracker) error {
+	stream, err := client.DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ClusterType}); err != nil {
+		return err
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ListenerType}); err != nil {
+		return err
+	}
+	sampled := t.proxies[i].sampled
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		typ := resp.GetTypeUrl()
+		if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: resp.GetNonce()}); err != nil {
+			return err
+		}
+		at := time.Now().UnixNano()
+		if len(resp.GetResources()) == 0 && len(resp.GetRemovedResources()) == 0 {
+			continue
+		}
+		var weights string
+		if sampled && typ == resource.ListenerType {
+			anys := make([]*anypb.Any, 0, len(resp.GetResources()))
+			for _, r := range resp.GetResources() {
+				if r.GetName() == sample {
+					anys = append(anys, r.GetResource())
+				}
+			}
+			if weights, _, err = splitOf(anys, sample); err != nil {
+				return err
+			}
+		}
+		t.received(i, typ, at, weights)
+	}
+}
+
+// splitOf returns the weighted clusters of the tcp_proxy of the named
+// listener among listeners: "cluster=weight,…", and whether it is there.
+func splitOf(listeners []*anypb.Any, name string) (string, bool, error) {
+	for _, a := range listeners {
+		l := &listener.Listener{}
+		if err := a.UnmarshalTo(l); err != nil {
+			return "", false, err
+		}
+		if l.GetName() != name {
+			continue
+		}
+		tp := &tcp.TcpProxy{}
+		if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+			return "", false, err
+		}
+		var parts []string
+		for _, wc := range tp.GetWeightedClusters().GetClusters() {
+			parts = append(parts, fmt.Sprintf("%s=%d", wc.GetName(), wc.GetWeight()))
+		}
+		return strings.Join(parts, ","), true, nil
+	}
+	return "", false, nil
+}
