@@ -177,6 +177,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	log = log.With(zap.String("zone", cfg.Zone))
+	if cfg.Instance == "" {
+		host, _ := os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
 	var kdsDeps *client.Deps
 	if cfg.Federated() {
 		d, err := kdsClientDeps(cfg)
@@ -249,7 +253,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		apiLn.Close()
 		return err
 	}
-	r.Add("service-insights", run.Func(func(ctx context.Context) error {
+	// One writer per zone, or replicas would overwrite each other's
+	// insights every second; the leader's covers the proxies connected to
+	// it.
+	r.Add("service-insights (leader only)", leaderOnly(st, "service-insights", cfg.Instance, log, func(ctx context.Context) error {
 		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
 	}))
 	if err := addXDS(ctx, r, cfg, st, mirror, xdsServer, lrsServer, log); err != nil {
@@ -326,23 +333,24 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, reg
 		udp.Close()
 		return fmt.Errorf("dns: %w", err)
 	}
-	instance := cfg.Instance
-	if instance == "" {
-		host, _ := os.Hostname()
-		instance = fmt.Sprintf("%s-%d", host, os.Getpid())
-	}
 	resolver := dns.NewResolver()
 	server := &dns.Server{Resolver: resolver, Domain: cfg.DNS.Domain, TTL: cfg.DNS.TTL.Duration,
 		Upstreams: cfg.DNS.Upstreams, Log: log.Named("dns"), Metrics: metrics}
 	alloc := dns.Allocator{CIDR: netip.MustParsePrefix(cfg.VIP.CIDR), HoldBack: cfg.VIP.HoldBack.Duration}
-	elector := &leader.Elector{Store: st, Lease: "vip-allocator", Identity: instance, Duration: 15 * time.Second, Log: log.Named("leader")}
 	r.Add("dns-table", run.Func(func(ctx context.Context) error { return resolver.Follow(ctx, mirror) }))
-	r.Add("vip-allocator (leader only)", run.Func(func(ctx context.Context) error {
-		return elector.Start(ctx, func(ctx context.Context) error { return dns.Allocate(ctx, st, mirror, alloc, log.Named("vip")) })
+	r.Add("vip-allocator (leader only)", leaderOnly(st, "vip-allocator", cfg.Instance, log, func(ctx context.Context) error {
+		return dns.Allocate(ctx, st, mirror, alloc, log.Named("vip"))
 	}))
 	r.Add("dns", run.Func(func(ctx context.Context) error { return server.Start(ctx, udp, tcp) }))
 	log.Info("resolver listening", zap.String("dns_addr", tcp.Addr().String()), zap.String("domain", cfg.DNS.Domain), zap.String("vip_cidr", cfg.VIP.CIDR))
 	return nil
+}
+
+// leaderOnly runs fn while this replica holds the lease, so that one
+// replica of a zone does a job that must have one doer.
+func leaderOnly(st store.Store, lease, instance string, log *zap.Logger, fn func(context.Context) error) run.Component {
+	e := &leader.Elector{Store: st, Lease: lease, Identity: instance, Duration: 15 * time.Second, Log: log.Named("leader")}
+	return run.Func(func(ctx context.Context) error { return e.Start(ctx, fn) })
 }
 
 // addXDS adds the xDS server and the generation of proxies' configurations.
@@ -359,7 +367,9 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {
 		r.Add("dataplane-cleanup", run.Func(func(ctx context.Context) error { return removeOffline(ctx, st, srv, d, log.Named("xds")) }))
 	}
-	r.Add("ingress-services", run.Func(func(ctx context.Context) error {
+	// One writer of the ingresses' offers, or replicas that know of
+	// different offline proxies would undo each other's writes forever.
+	r.Add("ingress-services (leader only)", leaderOnly(st, "ingress-services", cfg.Instance, log, func(ctx context.Context) error {
 		return offerServices(ctx, st, mirror, srv, cfg.Zone, log.Named("ingress"))
 	}))
 	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, ids, log.Named("xds")) }))
