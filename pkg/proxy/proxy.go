@@ -41,6 +41,9 @@ type Proxy struct {
 
 	mu        sync.Mutex
 	listeners map[string]*running
+	// failing are the listeners (name → address) the last Apply could
+	// not open.
+	failing map[string]string
 	ejected   map[string]*ejection
 
 	conns        *prometheus.CounterVec
@@ -80,24 +83,33 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 }
 
 // Apply makes cfg current: it opens new listeners and closes removed ones.
-// If a listener cannot be opened, nothing changes and the error says why.
+// As in Envoy, listeners are applied one by one: one that cannot be opened
+// (its address is in use) is left out, and the rest is applied. The error
+// names the listeners that newly failed; one that failed before and still
+// does is tried again on every Apply but not reported again, so that it
+// does not make every later update (endpoints, secrets) a rejection too.
 func (p *Proxy) Apply(cfg *Config) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	opened := map[string]*running{}
+	failing := map[string]string{}
+	var errs []error
 	for name, l := range cfg.Listeners {
 		if r, ok := p.listeners[name]; ok && r.addr == l.Addr {
 			continue
 		}
 		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {
-			for _, r := range opened {
-				r.ln.Close()
+			failing[name] = l.Addr
+			if p.failing[name] != l.Addr {
+				errs = append(errs, fmt.Errorf("listener %q: %w", name, err))
 			}
-			return fmt.Errorf("listener %q: %w", name, err)
+			delete(cfg.Listeners, name)
+			continue
 		}
 		opened[name] = &running{addr: l.Addr, ln: ln}
 	}
+	p.failing = failing
 	prev := p.cfg.Load()
 	p.cfg.Store(warm(prev, cfg))
 	p.forgetEjections(prev, cfg)
@@ -111,7 +123,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 		p.listeners[name] = r
 		go p.serve(name, r.ln)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // forgetEjections ends the ejection of each endpoint the control plane

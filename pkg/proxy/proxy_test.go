@@ -499,3 +499,49 @@ func TestEjectionBacksOff(t *testing.T) {
 		t.Fatalf("after a success, ejected for %s, want 100ms", got)
 	}
 }
+
+// TestListenerInUseIsLeftOut: as in Envoy, a listener whose address is
+// taken is left out and named in the error, the others run, and the same
+// failure is not reported again by later updates.
+func TestListenerInUseIsLeftOut(t *testing.T) {
+	p := newProxy(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	app, free := echoServer(t, "app"), freePort(t)
+	cfg := func() *Config {
+		return &Config{
+			Listeners: map[string]*Listener{
+				"in":  {Name: "in", Addr: free, Routes: []Route{{Cluster: "app", Weight: 1}}},
+				"vip": {Name: "vip", Addr: taken.Addr().String(), Routes: []Route{{Cluster: "app", Weight: 1}}},
+			},
+			Clusters: map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: app, Weight: 1}}}},
+		}
+	}
+	err = p.Apply(cfg())
+	if err == nil || !strings.Contains(err.Error(), `listener "vip"`) || strings.Contains(err.Error(), `listener "in"`) {
+		t.Fatalf("error = %v, want one naming only the listener in use", err)
+	}
+	c, err := net.DialTimeout("tcp", free, time.Second)
+	if err != nil {
+		t.Fatalf("the other listener is not running: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintln(c, "hi")
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "app hi\n" {
+		t.Fatalf("through the other listener: %q %v", line, err)
+	}
+	c.Close()
+	if err := p.Apply(cfg()); err != nil {
+		t.Fatalf("the same failure was reported again: %v", err)
+	}
+	taken.Close()
+	if err := p.Apply(cfg()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.cfg.Load().Listeners["vip"]; !ok {
+		t.Fatal("the listener did not start once its address was free")
+	}
+}

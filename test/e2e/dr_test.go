@@ -60,16 +60,15 @@ func balanced(t *testing.T, l *load, what string, min int) {
 	}
 }
 
-// TestDisasterRecovery: three zones, billing in zone-2 and zone-3, steady
-// load from a client in zone-1. Weights 50/50, then 100/0;
+// TestDisasterRecovery: three zones, billing in zone-2 (two instances) and
+// zone-3, steady load from a client in zone-1. Weights 50/50, then 100/0;
 // back to 50/50 with zone-3 drained; every billing in zone-2 killed →
 // traffic moves to zone-3 (drained, but the last zone left); restored →
 // back to zone-2; undrained; zone-2's ingress killed → zone-3 again;
 // restored → traffic returns; a drill, and a drill whose CLI is killed. No
 // call fails but those in flight when something was killed.
 func TestDisasterRecovery(t *testing.T) {
-	m, vip, billing2 := startBillingAcrossZones(t)
-	zone2 := []*instance{billing2}
+	m, vip, zone2 := startBillingAcrossZones(t)
 
 	phase := func(what string) { t.Logf("%s %s", time.Now().Format("15:04:05.000"), what) }
 	route := func(w2, w3 int) {

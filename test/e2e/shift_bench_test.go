@@ -10,7 +10,7 @@ package e2e
 // following the new policy), over repeated shifts, with steady load from a
 // client in zone-1; and the same from the moment ursactl was started (its
 // own start-up and the PUT included). ZoneShift/failover: from zone-2's last billing instance
-// being killed to the first call answered by zone-3, and to zone-1's
+// being killed (both, in turn) to the first call answered by zone-3, and to zone-1's
 // control plane no longer listing zone-2 as offering billing.
 
 import (
@@ -97,7 +97,9 @@ spec:
 		route("zone-2")
 		settled(time.Now(), "zone-2")
 		for range failovers {
-			billing2.kill()
+			for _, in := range billing2 {
+				in.kill()
+			}
 			killed := time.Now()
 			offered := time.Duration(0)
 			for offered == 0 {
@@ -115,7 +117,9 @@ spec:
 				}
 			}
 			controlPlane = append(controlPlane, offered)
-			m.restart(billing2)
+			for _, in := range billing2 {
+				m.restart(in)
+			}
 			settled(time.Now(), "zone-2")
 		}
 		report(b, dataPlane, "first-call-elsewhere")

@@ -60,12 +60,12 @@ func startZones(t testing.TB, names ...string) *meshZones {
 
 // startBillingAcrossZones is the disaster-recovery setup: three zones with
 // an ingress each, mTLS with everyone allowed, billing (answering with its
-// zone's name) in zone-2 and zone-3, and web's sidecar in zone-1. It
-// returns once calls from zone-1 to billing's VIP succeed in a row, with
-// the VIP and zone-2's billing. One instance per zone: every sidecar binds
-// the VIP listeners of the services it may call, so two in one zone on one
-// host would collide.
-func startBillingAcrossZones(t testing.TB) (*meshZones, string, *instance) {
+// zone's name) twice in zone-2 and once in zone-3, and web's sidecar in
+// zone-1. It returns once calls from zone-1 to billing's VIP succeed in a
+// row, with the VIP and zone-2's billing instances. (Both zone-2 sidecars
+// want web's VIP listener on this one host: the second is refused that
+// listener, as Envoy would be, and runs the rest.)
+func startBillingAcrossZones(t testing.TB) (*meshZones, string, []*instance) {
 	t.Helper()
 	m := startZones(t, "zone-1", "zone-2", "zone-3")
 	ctl(t, m.global.api, `
@@ -86,7 +86,10 @@ spec:
 	for _, z := range []string{"zone-1", "zone-2", "zone-3"} {
 		m.startIngress(z)
 	}
-	billing2 := m.startInstance("zone-2", "billing-2", "billing", "zone-2")
+	billing2 := []*instance{
+		m.startInstance("zone-2", "billing-2a", "billing", "zone-2"),
+		m.startInstance("zone-2", "billing-2b", "billing", "zone-2"),
+	}
 	m.startInstance("zone-3", "billing-3", "billing", "zone-3")
 	m.startInstance("zone-1", "web-1", "web", "web", "--log-level", "debug")
 	z1 := m.zones["zone-1"]
