@@ -44,7 +44,7 @@ type Proxy struct {
 	// failing are the listeners (name → address) the last Apply could
 	// not open.
 	failing map[string]string
-	ejected   map[string]*ejection
+	ejected map[string]*ejection
 
 	conns        *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
