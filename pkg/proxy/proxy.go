@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -217,8 +216,12 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		down.Close()
 		return
 	}
+	// An ingress reads the ClientHello's SNI, and passes on the bytes it
+	// read before the rest: then both directions copy between the bare
+	// sockets, which the kernel does (splice).
+	var peeked []byte
 	if len(l.SNIRoutes) > 0 {
-		sni, replay, err := peekSNI(down)
+		sni, hello, err := peekSNI(down)
 		if err != nil {
 			p.refuse(down, name, "no_sni", err)
 			return
@@ -228,7 +231,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 			p.refuse(down, name, "unknown_sni", fmt.Errorf("SNI %q", sni))
 			return
 		}
-		down = replay
+		peeked = hello
 		l = &Listener{Name: l.Name, Routes: routes}
 	}
 	if l.TLS {
@@ -256,7 +259,16 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		p.refuse(down, name, "no_endpoint", err)
 		return
 	}
-	pipe(down, up, p.bytes.WithLabelValues(c.Name, "upstream"), p.bytes.WithLabelValues(c.Name, "downstream"))
+	upBytes := p.bytes.WithLabelValues(c.Name, "upstream")
+	if len(peeked) > 0 {
+		if _, err := up.Write(peeked); err != nil {
+			up.Close()
+			p.refuse(down, name, "upstream_write", err)
+			return
+		}
+		upBytes.Add(float64(len(peeked)))
+	}
+	pipe(down, up, upBytes, p.bytes.WithLabelValues(c.Name, "downstream"))
 }
 
 // terminate does the server side of mTLS with the current identity and
@@ -527,64 +539,4 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) {
 	wg.Wait()
 	down.Close()
 	up.Close()
-}
-
-// errPeeked stops the handshake once the ClientHello is read.
-var errPeeked = errors.New("peeked")
-
-// peekSNI reads the ClientHello's server name without terminating TLS and
-// returns a connection that replays what was read, so the bytes pass
-// through untouched.
-func peekSNI(c net.Conn) (string, net.Conn, error) {
-	var seen bytes.Buffer
-	var sni string
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	err := tls.Server(readOnly{r: io.TeeReader(c, &seen)}, &tls.Config{
-		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			sni = h.ServerName
-			return nil, errPeeked
-		},
-	}).Handshake()
-	c.SetReadDeadline(time.Time{})
-	if sni == "" {
-		if err == nil || errors.Is(err, errPeeked) {
-			err = errors.New("no SNI in the ClientHello")
-		}
-		return "", nil, err
-	}
-	return sni, &replayConn{Conn: c, r: io.MultiReader(&seen, c)}, nil
-}
-
-// readOnly is a net.Conn the TLS stack may read a ClientHello from but never
-// write to.
-type readOnly struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c readOnly) Read(b []byte) (int, error)  { return c.r.Read(b) }
-func (c readOnly) Write([]byte) (int, error)   { return 0, io.ErrClosedPipe }
-func (c readOnly) Close() error                { return nil }
-func (c readOnly) SetDeadline(time.Time) error { return nil }
-func (c readOnly) SetReadDeadline(time.Time) error {
-	return nil
-}
-func (c readOnly) SetWriteDeadline(time.Time) error { return nil }
-func (c readOnly) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c readOnly) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-
-// replayConn reads first what was peeked.
-type replayConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }
-
-// CloseWrite half-closes the underlying TCP connection.
-func (c *replayConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
 }
