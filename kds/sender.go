@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strconv"
 	"time"
 
@@ -53,10 +54,24 @@ type peerState struct {
 	name     string // type name
 	versions map[string]string
 	synced   *TypeSet // the set last diffed against
+	// After a NACK the type is sent again at retryAt, backing off while
+	// NACKs go on: a rejection is often transient (policies that arrived
+	// before their Mesh, a store that refused for a moment), and the peer
+	// must not stay behind until the next change.
+	retryAt time.Time
+	backoff time.Duration
 }
 
+// Bounds of the pause before a NACKed type is sent again.
+const (
+	firstRetry = time.Second
+	maxRetry   = 30 * time.Second
+)
+
 type pending struct {
-	typeURL  string
+	typeURL string
+	// before is what the peer held of the type before this response.
+	before   map[string]string
 	sentAt   time.Time
 	revision int64
 }
@@ -89,21 +104,33 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 	defer tick.Stop()
 	snap, changed := s.Source.Current()
 	for {
+		retryIn := time.Duration(-1) // until the next NACKed type's retry
 		for _, d := range s.Types {
 			url := TypeURL(d.Type)
 			p := peers[url]
 			if p == nil || snap.Types[url] == p.synced {
 				continue
 			}
+			if wait := time.Until(p.retryAt); wait > 0 {
+				if retryIn < 0 || wait < retryIn {
+					retryIn = wait
+				}
+				continue
+			}
+			before := maps.Clone(p.versions)
 			sent, err := s.sync(stream, url, p, snap, &nonce)
 			if err != nil {
 				return err
 			}
 			for _, n := range sent {
-				outstanding[n] = pending{typeURL: url, sentAt: time.Now(), revision: snap.Revision}
+				outstanding[n] = pending{typeURL: url, before: before, sentAt: time.Now(), revision: snap.Revision}
 			}
 		}
-		if len(outstanding) == 0 && len(peers) > 0 {
+		var retry <-chan time.Time
+		if retryIn >= 0 {
+			retry = time.After(retryIn)
+		}
+		if len(outstanding) == 0 && len(peers) > 0 && retryIn < 0 {
 			s.Stats.revisions(snap.Revision, snap.Revision)
 		} else {
 			s.Stats.revisions(snap.Revision, 0)
@@ -118,6 +145,7 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 			return err
 		case <-changed:
 			snap, changed = s.Source.Current()
+		case <-retry:
 		case req := <-reqs:
 			if err := s.handle(req, allowed, peers, outstanding); err != nil {
 				return err
@@ -155,12 +183,25 @@ func (s *Sender) handle(req *discovery.DeltaDiscoveryRequest, allowed map[string
 		return nil // an answer to a response from before a resubscription
 	}
 	delete(outstanding, req.GetResponseNonce())
+	ps := peers[p.typeURL]
 	if e := req.GetErrorDetail(); e != nil {
 		s.Stats.nacked(d.Type, e.GetMessage())
 		s.Metrics.response(s.Direction, d.Type, "nack")
-		s.Log.Warn("peer rejected a response", zap.String("type_url", p.typeURL), zap.String("nonce", req.GetResponseNonce()),
-			zap.String("reason", e.GetMessage()))
+		if ps != nil {
+			// The peer holds what it held before; diff against that again
+			// once the pause is over. (Were later responses of the type
+			// applied meanwhile, resending their content is harmless:
+			// applying is idempotent, and removing what is gone is a no-op.)
+			ps.versions, ps.synced = maps.Clone(p.before), nil
+			ps.backoff = min(max(2*ps.backoff, firstRetry), maxRetry)
+			ps.retryAt = time.Now().Add(ps.backoff)
+		}
+		s.Log.Warn("peer rejected a response; sending the type again after a pause", zap.String("type_url", p.typeURL),
+			zap.String("nonce", req.GetResponseNonce()), zap.String("reason", e.GetMessage()), zap.Duration("retry_in", ps.backoffOrZero()))
 		return nil
+	}
+	if ps != nil {
+		ps.backoff = 0
 	}
 	s.Stats.acked(d.Type, time.Now())
 	s.Metrics.response(s.Direction, d.Type, "ack")
@@ -243,4 +284,11 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 		delete(p.versions, name)
 	}
 	return nonces, flush()
+}
+
+func (p *peerState) backoffOrZero() time.Duration {
+	if p == nil {
+		return 0
+	}
+	return p.backoff
 }
