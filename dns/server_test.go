@@ -70,14 +70,7 @@ func serveWithMetrics(t *testing.T, view *store.View, upstreams ...string) (stri
 	r := NewResolver()
 	r.table.Store(NewTable(view))
 	s := &Server{Resolver: r, Domain: "mesh", TTL: 5 * time.Second, Upstreams: upstreams, Log: zaptest.NewLogger(t), Metrics: m}
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcp, err := net.Listen("tcp", udp.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	udp, tcp := udpAndTCP(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Start(ctx, udp, tcp); close(done) }()
@@ -191,8 +184,7 @@ func upstream(t *testing.T) string {
 		}
 		w.WriteMsg(m)
 	})
-	pc, _ := net.ListenPacket("udp", "127.0.0.1:0")
-	ln, _ := net.Listen("tcp", pc.LocalAddr().String())
+	pc, ln := udpAndTCP(t)
 	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}}
 	for _, s := range servers {
 		go s.ActivateAndServe()
@@ -331,4 +323,26 @@ func FuzzServeDNS(f *testing.F) {
 		}
 		s.ServeDNS(discard{udp: len(packet)%2 == 0}, m)
 	})
+}
+
+// udpAndTCP listens on one loopback port for both UDP and TCP. The kernel
+// picks a free UDP port; its TCP twin may be taken (by a client socket of
+// another test), so it tries again with another.
+func udpAndTCP(t *testing.T) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var lastErr error
+	for range 20 {
+		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcp, err := net.Listen("tcp", udp.LocalAddr().String())
+		if err == nil {
+			return udp, tcp
+		}
+		udp.Close()
+		lastErr = err
+	}
+	t.Fatalf("no port free for both UDP and TCP: %v", lastErr)
+	return nil, nil
 }
