@@ -87,7 +87,10 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 			errs = append(errs, f.check.errs...)
 			entries = append(entries, partEntry{name: f.name, res: list[j], facts: f})
 		}
-		slices.SortFunc(entries, func(a, b partEntry) int { return strings.Compare(a.name, b.name) })
+		// Generators mostly list resources by name already.
+		if byName := func(a, b partEntry) int { return strings.Compare(a.name, b.name) }; !slices.IsSortedFunc(entries, byName) {
+			slices.SortFunc(entries, byName)
+		}
 		if need := len(entries) * 64; cap(buf) < need { // names are short
 			buf = make([]byte, 0, need)
 		}
