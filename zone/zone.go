@@ -88,6 +88,9 @@ type Config struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 	ShutdownGrace config.Duration `json:"shutdownGrace" usage:"how long in-flight requests may take to finish on shutdown"`
+	// GCPercent is the garbage collection target, as GOGC; see
+	// DefaultGCPercent.
+	GCPercent int `json:"gcPercent" usage:"garbage collection target as GOGC: the heap may grow this many percent over the live heap between collections (0: Go's default, 100; the GOGC variable wins)"`
 }
 
 // DefaultConfig returns the defaults of DESIGN.md §5.
@@ -105,6 +108,7 @@ func DefaultConfig() Config {
 	c.KDS.AckTimeout = config.Duration{Duration: 15 * time.Second}
 	c.Log.Level = "info"
 	c.ShutdownGrace = config.Duration{Duration: 10 * time.Second}
+	c.GCPercent = DefaultGCPercent
 	return c
 }
 
@@ -165,6 +169,9 @@ func (c Config) Validate() error {
 	if c.VIP.HoldBack.Duration <= c.DNS.TTL.Duration {
 		errs = append(errs, fmt.Errorf("vip.holdBack: %s must exceed dns.ttl (%s), or cached answers could reach a VIP's next service", c.VIP.HoldBack, c.DNS.TTL))
 	}
+	if c.GCPercent != 0 && (c.GCPercent < 10 || c.GCPercent > 10000) {
+		errs = append(errs, fmt.Errorf("gcPercent: %d is out of range; use 0 (Go's default) or 10 to 10000", c.GCPercent))
+	}
 	if c.KDS.MaxMessageSize < 2*api.MaxDocumentSize {
 		errs = append(errs, fmt.Errorf("kds.maxMessageSize: use at least %d", 2*api.MaxDocumentSize))
 	}
@@ -181,6 +188,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		host, _ := os.Hostname()
 		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
+	ApplyGCPercent(cfg.GCPercent, log)
 	var kdsDeps *client.Deps
 	if cfg.Federated() {
 		d, err := kdsClientDeps(cfg)

@@ -14,9 +14,12 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // resourceFacts remembers what this package derives from a resource alone
@@ -27,9 +30,8 @@ import (
 // many snapshots point at, so hashing and checking each once instead of
 // once per proxy is most of what validating and versioning a snapshot
 // cost. This relies on the invariant every published resource already
-// obeys: it is never modified once built (go-control-plane's cache holds it
-// and marshals it lazily). A changed resource is a new message, hence a new
-// key.
+// obeys: it is never modified once built (the snapshot cache holds it). A
+// changed resource is a new message, hence a new key.
 //
 // Entries are keyed by the resource's address and hold a weak pointer to
 // it: the cache keeps nothing alive, an entry is used only while its weak
@@ -51,12 +53,18 @@ type factsEntry struct {
 // facts are what is known of one resource. They must not refer to it, or it
 // would never be collected.
 type facts struct {
+	name string
 	// encoding is the resource's deterministic encoding, what is sent.
 	encoding []byte
 	hash     [sha256.Size]byte
 	// version is the resource's version in the delta protocol: its hash,
 	// in hex.
 	version string
+	// any and delta are the resource as state-of-the-world and delta
+	// responses carry it (delta holds any), holding encoding: every
+	// response that sends the resource shares them.
+	any     *anypb.Any
+	delta   *discovery.Resource
 	hashErr error
 	check   resourceCheck
 }
@@ -151,7 +159,7 @@ func remember[T any](c *resourceFacts, p *T, f *facts) *facts {
 }
 
 func newFacts(typ resource.Type, res types.Resource) *facts {
-	f := &facts{check: checkResource(typ, res)}
+	f := &facts{name: cache.GetResourceName(res), check: checkResource(typ, res)}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
 	if err != nil {
 		f.hashErr = fmt.Errorf("marshal %s: %w", shortType(typ), err)
@@ -160,5 +168,7 @@ func newFacts(typ resource.Type, res types.Resource) *facts {
 	f.encoding = b
 	f.hash = sha256.Sum256(b)
 	f.version = hex.EncodeToString(f.hash[:16])
+	f.any = &anypb.Any{TypeUrl: typ, Value: b}
+	f.delta = &discovery.Resource{Name: f.name, Version: f.version, Resource: f.any}
 	return f
 }

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -69,9 +69,10 @@ func TestVersionFollowsContent(t *testing.T) {
 	}
 }
 
-// TestEncodedMarshalsAsItsResource: what the cache sends for a resource is
-// its deterministic encoding.
-func TestEncodedMarshalsAsItsResource(t *testing.T) {
+// TestSentAsEncoded: what the cache sends for a resource, in state of
+// the world and in delta, is its deterministic encoding under its name and
+// hash.
+func TestSentAsEncoded(t *testing.T) {
 	var facts resourceFacts
 	var parts snapshotParts
 	res := loadAssignment("billing", []Endpoint{{Address: "10.0.0.1", Port: 80, Weight: 1, Zone: "z"}}, nil)
@@ -83,19 +84,19 @@ func TestEncodedMarshalsAsItsResource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := s.GetResources(resource.EndpointType)["billing"]
-	got, err := cache.MarshalResource(e)
-	if err != nil {
-		t.Fatal(err)
+	e := s.get(resource.EndpointType).lookup("billing")
+	if e == nil {
+		t.Fatal("no billing in the snapshot")
 	}
-	if !bytes.Equal(got, want) || proto.Size(e) != len(want) {
-		t.Errorf("encoded marshals to %d bytes (size %d), want %d", len(got), proto.Size(e), len(want))
+	if a := e.facts.any; a.GetTypeUrl() != resource.EndpointType || !bytes.Equal(a.GetValue(), want) {
+		t.Errorf("state of the world sends %s, %d bytes; want %s, %d", a.GetTypeUrl(), len(a.GetValue()), resource.EndpointType, len(want))
 	}
-	if name := cache.GetResourceName(e); name != "billing" {
-		t.Errorf("name %q, want billing", name)
+	if d := e.facts.delta; d.GetName() != "billing" || d.GetVersion() != e.facts.version || d.GetResource() != e.facts.any {
+		t.Errorf("delta sends %q at %q, want billing at %q", d.GetName(), d.GetVersion(), e.facts.version)
 	}
-	if !proto.Equal(e, res) {
-		t.Error("encoded is not equal to its resource")
+	got := &endpoint.ClusterLoadAssignment{}
+	if err := e.facts.any.UnmarshalTo(got); err != nil || !proto.Equal(got, res) {
+		t.Errorf("the encoding decodes to %v (%v)", got, err)
 	}
 }
 

@@ -164,20 +164,17 @@ type knownClusters struct {
 }
 
 func (k *knownClusters) refresh(s *Server, id string) error {
-	snap, err := s.cache.GetSnapshot(id)
-	if err != nil {
-		return err
+	snap := s.cache.snapshot(id)
+	if snap == nil {
+		return fmt.Errorf("no configuration for node %q", id)
 	}
 	if v := snap.GetVersion(resource.EndpointType); v == k.version && k.zones != nil {
 		return nil
 	}
 	k.version = snap.GetVersion(resource.EndpointType)
 	k.zones = map[string]map[string]bool{}
-	for name, r := range snap.GetResources(resource.EndpointType) {
-		if e, ok := r.(*encoded); ok {
-			r = e.res // the snapshot serves resources with their encodings
-		}
-		cla, ok := r.(*endpoint.ClusterLoadAssignment)
+	for _, e := range snap.resources(resource.EndpointType) {
+		cla, ok := e.res.(*endpoint.ClusterLoadAssignment)
 		if !ok {
 			continue
 		}
@@ -185,7 +182,7 @@ func (k *knownClusters) refresh(s *Server, id string) error {
 		for _, loc := range cla.GetEndpoints() {
 			zones[loc.GetLocality().GetZone()] = true
 		}
-		k.zones[name] = zones
+		k.zones[e.name] = zones
 	}
 	return nil
 }

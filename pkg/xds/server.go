@@ -16,7 +16,6 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -59,7 +58,7 @@ type Node struct {
 // configurations are generated. NACKs are counted, logged, and slow the
 // proxy's stream down, so a bad configuration is never resent in a hot loop.
 type Server struct {
-	cache cache.SnapshotCache
+	cache snapshotCache
 	log   *zap.Logger
 	nacks *prometheus.CounterVec
 
@@ -110,10 +109,7 @@ func (s *Server) SetAuth(a Auth) { s.auth = a }
 // NewServer returns a Server; it registers its metrics on reg.
 func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 	s := &Server{
-		// ads=false: grpc-go asks only for what it references, and a cache
-		// in ADS mode would wait for it to ask for everything.
-		cache: cache.NewSnapshotCache(false, cache.IDHash{}, nil),
-		log:   log,
+		log: log,
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ursa_xds_nacks_total",
 			Help: "xDS responses proxies rejected, by type.",
@@ -130,7 +126,7 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 
 // Register adds the xDS services to g.
 func (s *Server) Register(ctx context.Context, g *grpc.Server) {
-	srv := serverv3.NewServer(ctx, s.cache, s.callbacks())
+	srv := serverv3.NewServer(ctx, &s.cache, s.callbacks())
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, srv)
 	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
@@ -195,9 +191,7 @@ func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) e
 	if same {
 		return nil
 	}
-	if err := s.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
-		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
-	}
+	s.cache.set(nodeID, snap)
 	s.mu.Lock()
 	s.published[nodeID] = snap
 	s.mu.Unlock()
@@ -308,7 +302,7 @@ func (s *Server) closed(stream int64) {
 	}
 	delete(s.nodes, id)
 	delete(s.published, id)
-	s.cache.ClearSnapshot(id)
+	s.cache.clear(id)
 	s.log.Info("proxy disconnected", zap.String("proxy", id))
 	s.notify()
 }

@@ -19,6 +19,8 @@ import (
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -108,6 +110,14 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
 			}
 			return cla
 		}))
+	}
+	// In the order of their names, as a snapshot lists them: a sidecar's
+	// own resources (inbound:…, localhost:…) come first by name as well, so
+	// that versioning its snapshot finds each type's list already sorted.
+	for _, list := range out {
+		slices.SortFunc(list, func(a, b types.Resource) int {
+			return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
+		})
 	}
 	return out
 }

@@ -12,46 +12,45 @@ import (
 	"weak"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // snapshotTypes are the types a proxy's snapshot can hold, in the order
 // their versions are listed.
 var snapshotTypes = [...]resource.Type{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType}
 
-// snapshot is one proxy's published resources, as go-control-plane's
-// snapshot cache serves them (it implements cache.ResourceSnapshot).
+// snapshot is one proxy's published resources, as snapshotCache serves
+// them.
 //
 // Each type has its own version, which changes exactly when that type's
 // resources do: a change to a proxy's listeners resends its listeners,
 // not its clusters, load assignments and secrets as well (in state of the
 // world, every type whose version changed is resent whole). The delta
-// protocol's per-resource versions are the resources' hashes. Resources
-// are held as encoded, so that serving them does not encode them again.
-// Proxies whose resources of a type are the same (same version) share one
-// part. A snapshot and its parts are immutable (a part's version map is
-// built once, on first use).
+// protocol's per-resource versions are the resources' hashes. Each
+// resource comes with its facts, which hold it encoded as it is sent, so
+// that serving it does not encode it again. Proxies whose resources of a
+// type are the same (same version) share one part. A snapshot and its
+// parts are immutable.
 type snapshot struct {
 	types [len(snapshotTypes)]*snapshotPart
 }
 
 // snapshotPart is the resources of one type.
 type snapshotPart struct {
-	version  string
-	items    map[string]types.ResourceWithTTL
-	versions []resourceVersion // by name
-
-	// Built on first use: each resource's version (for the delta
-	// protocol), and the resources without TTLs (the cache ranges over
-	// them on every wildcard request).
-	versionOnce   sync.Once
-	versionMap    map[string]string
-	resourcesOnce sync.Once
-	resources     map[string]types.Resource
+	version string
+	entries []partEntry // by name
+	// anys are the resources as a state-of-the-world response carries
+	// them, in the order of entries; responses share the slice.
+	anys []*anypb.Any
 }
 
-type resourceVersion struct{ name, version string }
+// partEntry is one resource of a part.
+type partEntry struct {
+	name  string
+	res   types.Resource
+	facts *facts
+}
 
 // newSnapshot validates r, as Validate does, and versions it, from its
 // resources' facts; it takes each type's part from parts when another
@@ -68,15 +67,15 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 	for _, list := range r {
 		total += len(list)
 	}
-	checked := make([]*facts, 0, total)             // for the references, once every name is known
-	var names [len(snapshotTypes)][]resourceVersion // by name
+	checked := make([]*facts, 0, total)       // for the references, once every name is known
+	var names [len(snapshotTypes)][]partEntry // by name
 	var buf []byte
 	for i, typ := range snapshotTypes {
 		list, ok := r[typ]
 		if !ok {
 			continue // no version: a proxy asking for the type waits
 		}
-		versions := make([]resourceVersion, 0, len(list))
+		entries := make([]partEntry, 0, len(list))
 		fs := checked[len(checked) : len(checked)+len(list)]
 		known.ofAll(typ, list, fs)
 		checked = checked[:len(checked)+len(list)]
@@ -86,34 +85,37 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 				continue
 			}
 			errs = append(errs, f.check.errs...)
-			versions = append(versions, resourceVersion{name: cache.GetResourceName(list[j]), version: f.version})
+			entries = append(entries, partEntry{name: f.name, res: list[j], facts: f})
 		}
-		slices.SortFunc(versions, func(a, b resourceVersion) int { return strings.Compare(a.name, b.name) })
-		if need := len(versions) * 64; cap(buf) < need { // names are short
+		// Generators mostly list resources by name already.
+		if byName := func(a, b partEntry) int { return strings.Compare(a.name, b.name) }; !slices.IsSortedFunc(entries, byName) {
+			slices.SortFunc(entries, byName)
+		}
+		if need := len(entries) * 64; cap(buf) < need { // names are short
 			buf = make([]byte, 0, need)
 		}
 		buf = buf[:0]
-		for j, v := range versions {
-			if j > 0 && versions[j-1].name == v.name {
-				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), v.name))
+		for j, e := range entries {
+			if j > 0 && entries[j-1].name == e.name {
+				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), e.name))
 			}
-			buf = append(append(append(buf, v.name...), 0), v.version...)
+			buf = append(append(append(buf, e.name...), 0), e.facts.version...)
 		}
-		names[i] = versions
+		names[i] = entries
 		if len(errs) > 0 {
 			continue // it will not be published
 		}
 		sum := sha256.Sum256(buf)
 		version := hex.EncodeToString(sum[:10])
 		s.types[i] = parts.get(typ, version, func() *snapshotPart {
-			return newSnapshotPart(version, list, fs, versions)
+			return newSnapshotPart(version, entries)
 		})
 	}
 	for _, f := range checked {
 		for _, ref := range f.check.refs {
 			i := slices.Index(snapshotTypes[:], ref.typ)
-			if _, found := slices.BinarySearchFunc(names[i], ref.name, func(v resourceVersion, name string) int {
-				return strings.Compare(v.name, name)
+			if _, found := slices.BinarySearchFunc(names[i], ref.name, func(e partEntry, name string) int {
+				return strings.Compare(e.name, name)
 			}); !found {
 				errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
 			}
@@ -125,16 +127,44 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 	return s, nil
 }
 
-// newSnapshotPart holds list, whose facts are fs.
-func newSnapshotPart(version string, list []types.Resource, fs []*facts, versions []resourceVersion) *snapshotPart {
-	p := &snapshotPart{version: version, versions: versions, items: make(map[string]types.ResourceWithTTL, len(list))}
-	wrapped := make([]encoded, len(list))
-	for j, res := range list {
-		name := cache.GetResourceName(res)
-		wrapped[j] = encoded{res: res, name: name, bytes: fs[j].encoding}
-		p.items[name] = types.ResourceWithTTL{Resource: &wrapped[j]}
+// newSnapshotPart holds entries, sorted by name.
+func newSnapshotPart(version string, entries []partEntry) *snapshotPart {
+	p := &snapshotPart{version: version, entries: entries, anys: make([]*anypb.Any, len(entries))}
+	for i, e := range entries {
+		p.anys[i] = e.facts.any
 	}
 	return p
+}
+
+// len is the number of resources; 0 for no part.
+func (p *snapshotPart) len() int {
+	if p == nil {
+		return 0
+	}
+	return len(p.entries)
+}
+
+// lookup returns the entry of a name, nil if there is none.
+func (p *snapshotPart) lookup(name string) *partEntry {
+	if p == nil {
+		return nil
+	}
+	i, found := slices.BinarySearchFunc(p.entries, name, func(e partEntry, name string) int { return strings.Compare(e.name, name) })
+	if !found {
+		return nil
+	}
+	return &p.entries[i]
+}
+
+// hasAnyOf reports whether the part holds one of names that is not in
+// known.
+func (p *snapshotPart) hasAnyOf(names map[string]struct{}, known map[string]string) bool {
+	for name := range names {
+		if _, ok := known[name]; !ok && p.lookup(name) != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // snapshotParts lets proxies whose resources of a type are the same share
@@ -205,60 +235,10 @@ func (p *snapshotPart) getVersion() string {
 // has none of the type.
 func (s *snapshot) GetVersion(typeURL string) string { return s.get(typeURL).getVersion() }
 
-// GetResourcesAndTTL returns a type's resources by name. The map is the
-// snapshot's: the cache only reads it.
-func (s *snapshot) GetResourcesAndTTL(typeURL string) map[string]types.ResourceWithTTL {
+// resources returns a type's resources, in the order of their names.
+func (s *snapshot) resources(typeURL string) []partEntry {
 	if p := s.get(typeURL); p != nil {
-		return p.items
+		return p.entries
 	}
 	return nil
 }
-
-// GetResources returns a type's resources by name. The map is the
-// snapshot's: the cache only reads it.
-func (s *snapshot) GetResources(typeURL string) map[string]types.Resource {
-	p := s.get(typeURL)
-	if p == nil {
-		return nil
-	}
-	p.resourcesOnce.Do(func() {
-		p.resources = make(map[string]types.Resource, len(p.items))
-		for name, r := range p.items {
-			p.resources[name] = r.Resource
-		}
-	})
-	return p.resources
-}
-
-// ConstructVersionMap builds the resources' versions for the delta
-// protocol, from the hashes the snapshot was versioned with.
-func (s *snapshot) ConstructVersionMap() error {
-	for _, p := range s.types {
-		if p != nil {
-			p.constructVersionMap()
-		}
-	}
-	return nil
-}
-
-func (p *snapshotPart) constructVersionMap() {
-	p.versionOnce.Do(func() {
-		p.versionMap = make(map[string]string, len(p.versions))
-		for _, v := range p.versions {
-			p.versionMap[v.name] = v.version
-		}
-	})
-}
-
-// GetVersionMap returns each resource's version, by name. The map is the
-// snapshot's: the cache only reads it.
-func (s *snapshot) GetVersionMap(typeURL string) map[string]string {
-	p := s.get(typeURL)
-	if p == nil {
-		return nil
-	}
-	p.constructVersionMap()
-	return p.versionMap
-}
-
-var _ cache.ResourceSnapshot = (*snapshot)(nil)

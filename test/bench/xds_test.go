@@ -47,6 +47,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/xds"
+	zonecp "github.com/ursamesh/ursa/zone"
 )
 
 const (
@@ -429,6 +430,16 @@ func upToDate(b *testing.B, srv *xds.Server, ids []string, timeout time.Duration
 
 func fullPush(b *testing.B, wire protocol, n int) {
 	const perConn = 100
+	// The control plane's garbage collection target is the zone CP's
+	// (GOGC, when set, wins as it does there); the simulated proxies' is
+	// Go's default.
+	prevGC := debug.SetGCPercent(100)
+	debug.SetGCPercent(prevGC)
+	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
+	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
+	gcNow := debug.SetGCPercent(100)
+	debug.SetGCPercent(gcNow)
+	b.Logf("GC target %d%% (GOGC=%q)", gcNow, os.Getenv("GOGC"))
 	f := newXDSMesh(b, xdsServices, xdsPerService)
 	dps := f.proxies(n)
 	ids := make([]string, n)
