@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/leader"
 	"github.com/ursamesh/ursa/pkg/pgtest"
 	"github.com/ursamesh/ursa/pkg/store"
@@ -29,12 +30,14 @@ func startReplica(t *testing.T, st store.Store, name string, a Allocator) *repli
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := zaptest.NewLogger(t).Named(name)
-	m := store.NewMirror(st, MirroredTypes(), log)
+	m := store.NewMirror(st, catalog.Types(), log)
+	cat := catalog.NewFollower("zone-1", m, log)
 	r := &replica{resolver: NewResolver(), cancel: cancel}
 	el := &leader.Elector{Store: st, Lease: "vip-allocator", Identity: name, Duration: 3 * time.Second, Log: log}
 	r.wg.Go(func() { m.Start(ctx) })
-	r.wg.Go(func() { r.resolver.Follow(ctx, m) })
-	r.wg.Go(func() { el.Start(ctx, func(ctx context.Context) error { return Allocate(ctx, st, m, a, log) }) })
+	r.wg.Go(func() { cat.Start(ctx) })
+	r.wg.Go(func() { r.resolver.Follow(ctx, cat) })
+	r.wg.Go(func() { el.Start(ctx, func(ctx context.Context) error { return Allocate(ctx, st, cat, a, log) }) })
 	t.Cleanup(r.stop)
 	return r
 }

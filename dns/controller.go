@@ -9,12 +9,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// Source gives the current view of the zone's store.
+// Source gives the zone's current catalogue.
 type Source interface {
-	Current() (*store.View, <-chan struct{})
+	Current() (*catalog.Catalog, <-chan struct{})
 }
 
 // Allocate keeps VIPs assigned as services come and go. It is leader-only:
@@ -24,12 +25,8 @@ func Allocate(ctx context.Context, st store.Store, src Source, a Allocator, log 
 	expiry := time.NewTicker(max(a.HoldBack/4, time.Second))
 	defer expiry.Stop()
 	for {
-		view, changed := src.Current()
-		current := map[string]*api.VirtualIPs{}
-		for _, r := range view.Items("VirtualIPs") {
-			current[r.GetMeta().Mesh] = r.(*api.VirtualIPs)
-		}
-		updates, err := a.Reconcile(current, WantedServices(view), store.Now())
+		cat, changed := src.Current()
+		updates, err := a.Reconcile(cat.VirtualIPs, cat.Wanted(), store.Now())
 		if err != nil {
 			log.Error("cannot give every service a VIP", zap.Error(err))
 		}
@@ -47,7 +44,7 @@ func Allocate(ctx context.Context, st store.Store, src Source, a Allocator, log 
 				}
 				continue
 			}
-			// Our own write comes back through the view; wait for it
+			// Our own write comes back through the catalogue; wait for it
 			// rather than reconcile against the stale one.
 		}
 		select {
@@ -74,11 +71,11 @@ func NewResolver() *Resolver {
 // Table returns the current table.
 func (r *Resolver) Table() *Table { return r.table.Load() }
 
-// Follow rebuilds the table whenever the view changes, until ctx ends.
+// Follow rebuilds the table whenever the catalogue changes, until ctx ends.
 func (r *Resolver) Follow(ctx context.Context, src Source) error {
 	for {
-		view, changed := src.Current()
-		r.table.Store(NewTable(view))
+		cat, changed := src.Current()
+		r.table.Store(NewTable(cat))
 		select {
 		case <-ctx.Done():
 			return nil

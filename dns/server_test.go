@@ -15,17 +15,18 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// fixedSource is a Source over one view.
-type fixedSource struct{ view *store.View }
+// fixedSource is a Source over one catalogue.
+type fixedSource struct{ view *catalog.Catalog }
 
-func (f fixedSource) Current() (*store.View, <-chan struct{}) { return f.view, make(chan struct{}) }
+func (f fixedSource) Current() (*catalog.Catalog, <-chan struct{}) { return f.view, make(chan struct{}) }
 
-// viewOf builds a view holding the given VirtualIPs, through a real Mirror
-// over a memory store.
-func viewOf(t *testing.T, vips ...*api.VirtualIPs) *store.View {
+// viewOf builds the catalogue of a view holding the given VirtualIPs,
+// through a real Mirror over a memory store.
+func viewOf(t *testing.T, vips ...*api.VirtualIPs) *catalog.Catalog {
 	t.Helper()
 	st := store.NewMemory(0)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -36,13 +37,17 @@ func viewOf(t *testing.T, vips ...*api.VirtualIPs) *store.View {
 	if _, err := st.Apply(ctx, puts, nil); err != nil {
 		t.Fatal(err)
 	}
-	m := store.NewMirror(st, MirroredTypes(), zaptest.NewLogger(t))
+	m := store.NewMirror(st, catalog.Types(), zaptest.NewLogger(t))
 	var wg sync.WaitGroup
 	wg.Go(func() { m.Start(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	<-m.Ready()
 	v, _ := m.Current()
-	return v
+	cat, err := catalog.Build("zone-1", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat
 }
 
 func vips(mesh string, entries map[string]string) *api.VirtualIPs {
@@ -54,13 +59,13 @@ func vips(mesh string, entries map[string]string) *api.VirtualIPs {
 }
 
 // serve starts a resolver on loopback and returns its address.
-func serve(t *testing.T, view *store.View, upstreams ...string) string {
+func serve(t *testing.T, view *catalog.Catalog, upstreams ...string) string {
 	t.Helper()
 	addr, _ := serveWithMetrics(t, view, upstreams...)
 	return addr
 }
 
-func serveWithMetrics(t *testing.T, view *store.View, upstreams ...string) (string, *prometheus.Registry) {
+func serveWithMetrics(t *testing.T, view *catalog.Catalog, upstreams ...string) (string, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	m, err := NewMetrics(reg)

@@ -3,6 +3,7 @@ package global
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -27,7 +28,11 @@ func expire(ctx context.Context, st store.Store, src interface {
 		view, changed := src.Current()
 		var next time.Time
 		for _, typ := range expiringTypes() {
-			for key, r := range view.Items(typ) {
+			items, err := view.Items(typ)
+			if err != nil {
+				return fmt.Errorf("expire: %w", err)
+			}
+			for key, r := range items {
 				at, ok := expiresAt(r)
 				if !ok {
 					continue

@@ -7,9 +7,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -126,7 +128,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	cache := kds.NewCache(st, kds.GlobalToZoneTypes(), nil, log.Named("kds-cache"))
+	// One mirror of the store for the whole process: what KDS sends, the
+	// meshes' CAs, and the policies that expire.
+	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
+	cache := kds.NewCacheOf(mirror, kds.GlobalToZoneTypes(), nil, log.Named("kds-cache"))
 	kdsServer, err := server.New(server.Deps{
 		Store: st, Cache: cache, Verifier: issuer, Log: log.Named("kds"), Metrics: kdsMetrics,
 		Instance: cfg.Instance, MaxMessageSize: int(cfg.KDS.MaxMessageSize), AckTimeout: cfg.KDS.AckTimeout.Duration,
@@ -172,14 +177,23 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 
 	r := run.New(log)
 	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
+	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
-	caMirror := store.NewMirror(st, []string{"Mesh", "MeshCA"}, log.Named("mesh-ca"))
-	r.AddRestarting("mesh-ca-mirror", caMirror)
-	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, caMirror, log.Named("mesh-ca")) }))
-	policies := store.NewMirror(st, expiringTypes(), log.Named("expire"))
-	r.AddRestarting("expire-mirror", policies)
-	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, policies, time.Now, log.Named("expire")) }))
+	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, mirror, time.Now, log.Named("expire")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
+}
+
+// mirroredTypes are the types the global's mirror follows.
+func mirroredTypes() []string {
+	set := map[string]bool{"Mesh": true, "MeshCA": true}
+	for _, d := range kds.GlobalToZoneTypes() {
+		set[d.Type] = true
+	}
+	for _, t := range expiringTypes() {
+		set[t] = true
+	}
+	return slices.Sorted(maps.Keys(set))
 }

@@ -2,6 +2,7 @@ package kds
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"go.uber.org/zap"
@@ -36,10 +37,12 @@ type Source interface {
 // Cache serves every stream of a process; a resource the Mirror did not
 // change keeps its encoded Entry, so a change costs one encoding.
 type Cache struct {
-	mirror  *store.Mirror
-	types   []api.Descriptor
-	include func(api.Resource) bool
-	log     *zap.Logger
+	mirror *store.Mirror
+	// ownMirror: Start runs the mirror too.
+	ownMirror bool
+	types     []api.Descriptor
+	include   func(api.Resource) bool
+	log       *zap.Logger
 
 	mu      sync.Mutex
 	snap    *Snapshot
@@ -48,19 +51,30 @@ type Cache struct {
 	once    sync.Once
 }
 
-// NewCache returns a cache of the given types; include (nil: everything)
-// picks the resources to keep. Start runs it.
+// NewCache returns a cache of the given types, following a mirror of its
+// own; include (nil: everything) picks the resources to keep. Start runs
+// it, and its mirror.
 func NewCache(st store.Store, types []api.Descriptor, include func(api.Resource) bool, log *zap.Logger) *Cache {
+	names := make([]string, len(types))
+	for i, d := range types {
+		names[i] = d.Type
+	}
+	c := NewCacheOf(store.NewMirror(st, names, log), types, include, log)
+	c.ownMirror = true
+	return c
+}
+
+// NewCacheOf is NewCache following the process's mirror, which must follow
+// every type of types and which the caller runs.
+func NewCacheOf(mirror *store.Mirror, types []api.Descriptor, include func(api.Resource) bool, log *zap.Logger) *Cache {
 	if include == nil {
 		include = func(api.Resource) bool { return true }
 	}
-	names := make([]string, len(types))
 	snap := &Snapshot{Types: map[string]*TypeSet{}}
-	for i, d := range types {
-		names[i] = d.Type
+	for _, d := range types {
 		snap.Types[TypeURL(d.Type)] = &TypeSet{Entries: map[string]*Entry{}}
 	}
-	return &Cache{mirror: store.NewMirror(st, names, log), types: types, include: include, log: log, snap: snap,
+	return &Cache{mirror: mirror, types: types, include: include, log: log, snap: snap,
 		changed: make(chan struct{}), ready: make(chan struct{})}
 }
 
@@ -80,16 +94,26 @@ func (c *Cache) Start(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wg.Go(func() { c.mirror.Start(ctx) })
+	if c.ownMirror {
+		wg.Go(func() { c.mirror.Start(ctx) })
+	}
 	select {
 	case <-ctx.Done():
 		return nil
 	case <-c.mirror.Ready():
 	}
 	seen := map[string]map[api.Key]api.Resource{} // by type: what the current entries were built from
+	var last *store.View
 	for {
 		view, changed := c.mirror.Current()
-		c.rebuild(view, seen)
+		// A shared mirror changes for types the cache does not keep too:
+		// those wake nobody.
+		if !c.unchanged(last, view) {
+			if err := c.rebuild(view, seen); err != nil {
+				return err
+			}
+			last = view
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -98,15 +122,33 @@ func (c *Cache) Start(ctx context.Context) error {
 	}
 }
 
+// unchanged reports whether every type the cache keeps is the same in both
+// views of its mirror.
+func (c *Cache) unchanged(last, view *store.View) bool {
+	if last == nil {
+		return false
+	}
+	for _, d := range c.types {
+		if !view.Same(last, d.Type) {
+			return false
+		}
+	}
+	return true
+}
+
 // rebuild publishes a snapshot of view, re-encoding only what changed.
-func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resource) {
+func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resource) error {
 	c.mu.Lock()
 	old := c.snap
 	c.mu.Unlock()
 	types := map[string]*TypeSet{}
 	for _, d := range c.types {
 		url := TypeURL(d.Type)
-		items, prev := view.Items(d.Type), seen[d.Type]
+		items, err := view.Items(d.Type)
+		if err != nil {
+			return fmt.Errorf("kds cache: %w", err)
+		}
+		prev := seen[d.Type]
 		same := len(items) == len(prev)
 		for k, r := range items {
 			if prev[k] != r {
@@ -130,6 +172,7 @@ func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resour
 		types[url], seen[d.Type] = &TypeSet{Entries: entries}, items
 	}
 	c.publish(&Snapshot{Revision: view.Revision, Types: types})
+	return nil
 }
 
 // entry encodes r, or returns nil when the cache does not keep it.

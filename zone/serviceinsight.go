@@ -24,7 +24,7 @@ type loadSource interface {
 // and nothing while no traffic changes them (the rate falls to 0 once, then
 // they are left alone). KDS carries them to the global. It runs until ctx
 // ends.
-func writeServiceInsights(ctx context.Context, st store.Store, src source, loads loadSource, zone string, every time.Duration, log *zap.Logger) error {
+func writeServiceInsights(ctx context.Context, st store.Store, src viewSource, loads loadSource, zone string, every time.Duration, log *zap.Logger) error {
 	written := map[api.Key]*api.ServiceInsight{}
 	warned := map[api.Key]bool{}
 	t := time.NewTicker(every)
@@ -39,7 +39,7 @@ func writeServiceInsights(ctx context.Context, st store.Store, src source, loads
 		var puts []api.Resource
 		for _, si := range serviceInsights(loads.Services(time.Now()), zone) {
 			k := api.KeyOf(si)
-			if _, ok := view.Items("Mesh")[api.Key{Type: "Mesh", Name: si.Mesh}]; !ok {
+			if _, ok, _ := store.Get[*api.Mesh](view, "", si.Mesh); !ok {
 				continue // the mesh is gone, or has not reached the zone yet
 			}
 			if err := api.Validate(si); err != nil {

@@ -3,246 +3,240 @@ package zone
 import (
 	"context"
 	"errors"
-	"net/netip"
+	"fmt"
+	"maps"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/ingress"
+	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/pkg/api"
-	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
-// mirroredTypes are what the zone's resolver and xDS generation read.
+// mirroredTypes are what the zone's one mirror follows: what the catalogue
+// is built from, the leases the presence reaper reads, and what KDS sends
+// the global.
 func mirroredTypes() []string {
-	return []string{"Mesh", "MeshCA", "Dataplane", "ZoneIngress", "VirtualIPs", "TrafficRoute", "TrafficPermission", "Failover"}
+	set := map[string]bool{"Lease": true}
+	for _, t := range catalog.Types() {
+		set[t] = true
+	}
+	for _, d := range kds.ZoneToGlobalTypes() {
+		set[d.Type] = true
+	}
+	return slices.Sorted(maps.Keys(set))
 }
 
-// meshState gathers, from the zone's view, what one mesh's proxies are
-// configured from. It leaves out the dataplanes whose proxies this zone CP
-// saw connect and then go (down): their instances are gone, so they are no
-// endpoints and no instances offered to other zones. A Dataplane whose
-// proxy never connected here (a proxyless server, or one registered through
-// the API) counts as up. It returns nil when the mesh does not exist here.
-func meshState(view *store.View, zone, mesh string, down map[string]bool) *xds.MeshState {
-	m, ok := view.Items("Mesh")[api.Key{Type: "Mesh", Name: mesh}]
-	if !ok {
-		return nil
-	}
-	s := &xds.MeshState{Zone: zone, Mesh: m.(*api.Mesh), VIPs: map[string]netip.Addr{}}
-	for _, r := range view.Items("Dataplane") {
-		if r.GetMeta().Mesh == mesh && !down[xds.NodeID(mesh, r.GetMeta().Name)] {
-			s.Dataplanes = append(s.Dataplanes, r.(*api.Dataplane))
-		}
-	}
-	for _, r := range view.Items("TrafficRoute") {
-		if r.GetMeta().Mesh == mesh {
-			s.Routes = append(s.Routes, r.(*api.TrafficRoute))
-		}
-	}
-	for _, r := range view.Items("TrafficPermission") {
-		if r.GetMeta().Mesh == mesh {
-			s.Permissions = append(s.Permissions, r.(*api.TrafficPermission))
-		}
-	}
-	for _, r := range view.Items("Failover") {
-		if r.GetMeta().Mesh == mesh {
-			s.Failovers = append(s.Failovers, r.(*api.Failover))
-		}
-	}
-	for _, r := range view.Items("ZoneIngress") {
-		if ing := r.(*api.ZoneIngress); ing.Zone != zone {
-			s.Ingresses = append(s.Ingresses, ing)
-		}
-	}
-	if v, ok := view.Items("VirtualIPs")[api.Key{Type: "VirtualIPs", Mesh: mesh, Name: "vips"}]; ok {
-		for svc, e := range v.(*api.VirtualIPs).Entries {
-			if ip, err := netip.ParseAddr(e.IP); err == nil && e.ReleasedAt.IsZero() {
-				s.VIPs[svc] = ip
-			}
-		}
-	}
-	return s
+// catalogSource is the zone's catalogue.
+type catalogSource interface {
+	Current() (*catalog.Catalog, <-chan struct{})
 }
 
-// source is what generation follows: the store's view.
-type source interface {
-	Current() (*store.View, <-chan struct{})
+// nodeSource is the xDS server's set of proxies connected to this replica.
+type nodeSource interface {
+	Nodes() ([]xds.Node, <-chan struct{})
 }
 
-// generate keeps every connected proxy's configuration current: whenever
-// the zone's state or the set of connected proxies changes, it regenerates
-// each proxy's resources and publishes (SetResources validates) those that
-// changed.
-// Proxies are generated on every core: what they share is built once per
-// MeshState (which is safe for concurrent use), and SetResources is safe to
-// call concurrently.
-func generate(ctx context.Context, src source, srv *xds.Server, zone string, ids *identities, log *zap.Logger) error {
-	warned := map[string]bool{}
-	warnOnce := func(key, msg string, fields ...zap.Field) {
-		if !warned[key] {
-			warned[key] = true
-			log.Warn(msg, fields...)
-		}
+// publisher takes a proxy's resources.
+type publisher interface {
+	SetResources(ctx context.Context, nodeID string, r xds.Resources) error
+}
+
+// generators are the zone's generators, one per kind of proxy.
+func generators() xds.Generators {
+	return xds.Generators{
+		xds.KindSidecar:   xds.GeneratorFunc(xds.Sidecar),
+		xds.KindProxyless: xds.GeneratorFunc(xds.Proxyless),
+		xds.KindIngress:   xds.GeneratorFunc(ingress.Generate),
 	}
+}
+
+// generation keeps the configuration of every proxy connected to this
+// replica current: store → mirror → catalogue → per proxy Generate →
+// SetResources. A proxy whose inputs (its mesh's catalogue hash, or the
+// zone's for an ingress; its own Dataplane's version; its identity; its
+// connection) did not change since its last generation is not generated
+// again.
+type generation struct {
+	zone  string
+	cat   catalogSource
+	nodes nodeSource
+	out   publisher
+	gens  xds.Generators
+	ids   *identities
+	log   *zap.Logger
+
+	// last is, by node id, the inputs of what was last published.
+	last map[string]string
+	// warned keeps one warning per proxy and problem.
+	warned map[string]bool
+	// generated counts proxies generated (not skipped), for tests and
+	// benchmarks.
+	generated atomic.Int64
+}
+
+// Start runs generation until ctx ends.
+func (g *generation) Start(ctx context.Context) error {
+	g.last, g.warned = map[string]string{}, map[string]bool{}
+	var state *xds.State
 	for {
-		view, viewChanged := src.Current()
-		nodes, nodesChanged := srv.Nodes()
-		down := srv.Offline()
-		states := map[string]*xds.MeshState{}
-		var jobs []func()
-		for _, n := range nodes {
-			if n.Ingress {
-				jobs = append(jobs, func() { publishIngress(ctx, view, srv, zone, n.ID, down, log) })
-				continue
-			}
-			mesh, name, err := xds.ParseNodeID(n.ID)
-			if err != nil {
-				warnOnce(n.ID, "proxy with a malformed node id", zap.String("proxy", n.ID), zap.Error(err))
-				continue
-			}
-			dp, ok := view.Items("Dataplane")[api.Key{Type: "Dataplane", Mesh: mesh, Name: name}]
-			if !ok {
-				warnOnce(n.ID, "proxy whose Dataplane is not registered: it gets nothing until it is", zap.String("proxy", n.ID))
-				continue
-			}
-			st, ok := states[mesh]
-			if !ok {
-				st = meshState(view, zone, mesh, down)
-				states[mesh] = st
-			}
-			if st == nil {
-				continue
-			}
-			proxy := xds.Proxy{Dataplane: dp.(*api.Dataplane), Proxyless: n.Proxyless}
-			jobs = append(jobs, func() { publishProxy(ctx, view, srv, st, proxy, n.ID, ids, log) })
-		}
-		parallel(runtime.GOMAXPROCS(0), jobs)
+		cat, catChanged := g.cat.Current()
+		nodes, nodesChanged := g.nodes.Nodes()
+		state = xds.NewState(cat, state)
+		g.generate(ctx, state, nodes, time.Now())
 		renew := time.Hour
-		if at := ids.nextRenewal(); !at.IsZero() {
+		if at := g.ids.nextRenewal(); !at.IsZero() {
 			renew = max(time.Until(at), time.Second)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-viewChanged:
+		case <-catChanged:
 		case <-nodesChanged:
 		case <-time.After(renew):
 		}
 	}
 }
 
-// parallel runs every job on up to workers goroutines, and returns once
-// all have returned.
-func parallel(workers int, jobs []func()) {
+// job is one proxy to generate.
+type job struct {
+	id    string
+	key   string
+	proxy xds.Proxy
+	// secrets, for a sidecar in an mTLS mesh whose CA is here.
+	secrets xds.Resources
+}
+
+// generate generates, on every core, the proxies whose inputs changed. What
+// proxies share is built once per MeshState (which is safe for concurrent
+// use), and SetResources is safe to call concurrently.
+func (g *generation) generate(ctx context.Context, state *xds.State, nodes []xds.Node, now time.Time) {
+	seen := make(map[string]bool, len(nodes))
+	var jobs []job
+	for _, n := range nodes {
+		seen[n.ID] = true
+		j, err := g.plan(state, n, now)
+		if err != nil {
+			g.warnOnce(n.ID+err.Error(), "proxy gets no configuration", zap.String("proxy", n.ID), zap.Error(err))
+			continue
+		}
+		if g.last[n.ID] == j.key {
+			continue
+		}
+		jobs = append(jobs, j)
+	}
+	for id := range g.last {
+		if !seen[id] {
+			delete(g.last, id)
+		}
+	}
+	var mu sync.Mutex
+	parallel(runtime.GOMAXPROCS(0), len(jobs), func(i int) {
+		j := jobs[i]
+		res, err := g.gens.Generate(state, j.proxy)
+		if err == nil {
+			res.Merge(j.secrets)
+			err = g.out.SetResources(ctx, j.id, res)
+		}
+		if err != nil {
+			msg := "cannot publish configuration"
+			if errors.Is(err, xds.ErrInvalid) {
+				msg = "generated configuration is invalid; not published"
+			}
+			g.log.Error(msg, zap.String("proxy", j.id), zap.Error(err))
+		}
+		// Recorded even when it failed: the same inputs fail the same way,
+		// so only a change of them is worth another try.
+		mu.Lock()
+		g.last[j.id] = j.key
+		mu.Unlock()
+	})
+	g.generated.Add(int64(len(jobs)))
+}
+
+func (g *generation) warnOnce(key, msg string, fields ...zap.Field) {
+	if !g.warned[key] {
+		g.warned[key] = true
+		g.log.Warn(msg, fields...)
+	}
+}
+
+// plan finds what a connected proxy is generated from and the key of those
+// inputs.
+func (g *generation) plan(state *xds.State, n xds.Node, now time.Time) (job, error) {
+	conn := n.Since.UnixNano()
+	if n.Kind == xds.KindIngress {
+		for _, ing := range state.Catalog.Ingresses {
+			if ing.Name == n.ID {
+				return job{id: n.ID, proxy: xds.Proxy{Kind: xds.KindIngress, Ingress: ing.ZoneIngress},
+					key: fmt.Sprintf("ingress|%s|%d|%d", state.Catalog.Hash, ing.Version, conn)}, nil
+			}
+		}
+		return job{}, errors.New("its ZoneIngress is not registered in this zone: it gets nothing until it is")
+	}
+	mesh, name, err := xds.ParseNodeID(n.ID)
+	if err != nil {
+		return job{}, err
+	}
+	m := state.Mesh(mesh)
+	if m == nil {
+		return job{}, fmt.Errorf("mesh %q does not exist in this zone (yet)", mesh)
+	}
+	dp, ok := m.Registered[name]
+	if !ok {
+		return job{}, errors.New("its Dataplane is not registered: it gets nothing until it is")
+	}
+	j := job{id: n.ID, proxy: xds.Proxy{Kind: n.Kind, Dataplane: dp}}
+	identity := "none"
+	if n.Kind == xds.KindSidecar && m.Mesh.MTLSEnabled() && m.CA != nil && len(dp.Networking.Inbound) > 0 {
+		cur, err := g.ids.current(m.CA, dp.Networking.Inbound[0].Tags[api.TagService], now)
+		if err != nil {
+			return job{}, fmt.Errorf("issue its identity: %w", err)
+		}
+		j.secrets = cur.secrets
+		identity = fmt.Sprintf("%d/%d", m.CA.Version, cur.id.NotBefore.UnixNano())
+	}
+	j.key = fmt.Sprintf("%s|%s|%d|%d|%s|%d", n.Kind, m.Hash, dp.Version, dp.ModificationTime.UnixNano(), identity, conn)
+	return j, nil
+}
+
+// parallel calls fn(0) … fn(n-1) on up to workers goroutines, and returns
+// once all have returned.
+func parallel(workers, n int, fn func(int)) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(workers, len(jobs)) {
+	for range min(workers, n) {
 		wg.Go(func() {
-			for i := next.Add(1) - 1; i < int64(len(jobs)); i = next.Add(1) - 1 {
-				jobs[i]()
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				fn(int(i))
 			}
 		})
 	}
 	wg.Wait()
 }
 
-// publishProxy generates and publishes a sidecar's or a proxyless client's
-// configuration.
-func publishProxy(ctx context.Context, view *store.View, srv *xds.Server, st *xds.MeshState, proxy xds.Proxy, nodeID string, ids *identities, log *zap.Logger) {
-	var res xds.Resources
-	var err error
-	if proxy.Proxyless {
-		res, err = xds.Proxyless(st, proxy)
-	} else {
-		res, err = xds.Sidecar(st, proxy)
-		if err == nil && st.Mesh.MTLSEnabled() {
-			err = addSecrets(view, res, proxy, ids)
-		}
-	}
-	if err == nil {
-		err = srv.SetResources(ctx, nodeID, res)
-	}
-	if err != nil {
-		msg := "cannot publish configuration"
-		if errors.Is(err, xds.ErrInvalid) {
-			msg = "generated configuration is invalid; not published"
-		}
-		log.Error(msg, zap.String("proxy", nodeID), zap.Error(err))
-	}
-}
-
-// addSecrets adds a sidecar's identity and its mesh's CA certificate, once
-// the mesh's CA has reached the zone.
-func addSecrets(view *store.View, res xds.Resources, p xds.Proxy, ids *identities) error {
-	dp := p.Dataplane
-	r, ok := view.Items("MeshCA")[api.Key{Type: "MeshCA", Mesh: dp.Mesh, Name: mtls.CAName}]
-	if !ok || len(dp.Networking.Inbound) == 0 {
-		return nil // the proxy's TLS contexts wait for their secrets
-	}
-	secrets, err := ids.secrets(r.(*api.MeshCA), dp.Networking.Inbound[0].Tags[api.TagService], time.Now())
-	if err != nil {
-		return err
-	}
-	res.Merge(secrets)
-	return nil
-}
-
-// allMeshes is the state of every mesh in the view.
-func allMeshes(view *store.View, zone string, down map[string]bool) []*xds.MeshState {
-	var out []*xds.MeshState
-	for k := range view.Items("Mesh") {
-		if st := meshState(view, zone, k.Name, down); st != nil {
-			out = append(out, st)
-		}
-	}
-	slices.SortFunc(out, func(a, b *xds.MeshState) int { return strings.Compare(a.Mesh.Name, b.Mesh.Name) })
-	return out
-}
-
-// publishIngress generates and publishes a zone ingress's configuration.
-func publishIngress(ctx context.Context, view *store.View, srv *xds.Server, zone, name string, down map[string]bool, log *zap.Logger) {
-	r, ok := view.Items("ZoneIngress")[api.Key{Type: "ZoneIngress", Name: name}]
-	if !ok {
-		return
-	}
-	res, err := xds.Ingress(allMeshes(view, zone, down), r.(*api.ZoneIngress))
-	if err == nil {
-		err = srv.SetResources(ctx, name, res)
-	}
-	if err != nil {
-		log.Error("cannot publish the ingress's configuration", zap.String("proxy", name), zap.Error(err))
-	}
-}
-
-// offerServices keeps this zone's ingresses' availableServices equal to its
-// local instances that are up, which KDS then carries to the other zones,
-// until ctx ends. An ingress whose proxy has gone offline offers nothing:
-// other zones stop sending to it.
-func offerServices(ctx context.Context, st store.Store, src source, srv *xds.Server, zone string, log *zap.Logger) error {
+// offerServices keeps this zone's ingresses' availableServices equal to the
+// online local instances in the catalogue, which KDS then carries to the
+// other zones, until ctx ends. An ingress whose proxy has gone offline
+// offers nothing: other zones stop sending to it. Leader only: one writer.
+func offerServices(ctx context.Context, st store.Store, src catalogSource, log *zap.Logger) error {
 	for {
-		view, changed := src.Current()
-		_, nodesChanged := srv.Nodes()
-		down := srv.Offline()
-		avail := xds.AvailableServices(allMeshes(view, zone, down), zone)
+		cat, changed := src.Current()
+		offers := ingress.Offers(cat)
 		var puts []api.Resource
-		for _, r := range view.Items("ZoneIngress") {
-			ing := r.(*api.ZoneIngress)
-			if ing.Zone != zone || ing.Labels[api.LabelOrigin] == api.OriginGlobal {
+		for _, ing := range cat.Ingresses {
+			if ing.Labels[api.LabelOrigin] == api.OriginGlobal {
 				continue
 			}
-			next := api.DeepCopy(ing).(*api.ZoneIngress)
-			next.AvailableServices = avail
-			if down[ing.Name] {
-				next.AvailableServices = nil
-			}
-			if !api.SameContent(ing, next) {
+			if next := ingress.Offered(ing, offers); next != nil {
 				puts = append(puts, next)
 			}
 		}
@@ -255,7 +249,40 @@ func offerServices(ctx context.Context, st store.Store, src source, srv *xds.Ser
 		case <-ctx.Done():
 			return nil
 		case <-changed:
-		case <-nodesChanged:
+		}
+	}
+}
+
+// removeOffline deletes, every tick until ctx ends, the Dataplanes (and
+// their insights) of proxies that have stayed disconnected longer than
+// after, as their insights say. Leader only.
+func removeOffline(ctx context.Context, st store.Store, mirror viewSource, after time.Duration, log *zap.Logger) error {
+	t := time.NewTicker(min(after/4, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		view, _ := mirror.Current()
+		insights, err := store.All[*api.DataplaneInsight](view)
+		if err != nil {
+			return err
+		}
+		cutoff := time.Now().Add(-after)
+		for _, in := range insights {
+			if in.Connected || in.DisconnectedAt.IsZero() || !in.DisconnectedAt.Before(cutoff) {
+				continue
+			}
+			dp := api.Key{Type: "Dataplane", Mesh: in.Mesh, Name: in.Name}
+			_, err := st.Apply(ctx, nil, []api.Key{dp, api.KeyOf(in)})
+			switch {
+			case err == nil:
+				log.Info("removed the Dataplane of a proxy gone too long", zap.String("mesh", in.Mesh), zap.String("proxy", in.Name), zap.Duration("after", after))
+			case ctx.Err() == nil:
+				log.Warn("cannot remove an offline Dataplane", zap.String("mesh", in.Mesh), zap.String("proxy", in.Name), zap.Error(err))
+			}
 		}
 	}
 }

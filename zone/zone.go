@@ -12,11 +12,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
@@ -28,6 +26,7 @@ import (
 	"github.com/ursamesh/ursa/kds/client"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/apiserver"
+	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/leader"
 	"github.com/ursamesh/ursa/pkg/mtls"
@@ -217,6 +216,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
+	cat := catalog.NewFollower(cfg.Zone, mirror, log.Named("catalog"))
+	pres := newPresence(st, mirror, cfg.Instance, log.Named("presence"))
 	dpTokens := tokens.NewDataplaneIssuer(st)
 	xdsServer.SetAuth(xds.Auth{
 		Verify: func(ctx context.Context, token string) (xds.Claims, error) {
@@ -225,12 +226,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		},
 		Require: cfg.XDS.RequireDataplaneToken,
 		Check:   func(nodeID string, c xds.Claims) error { return tokenCovers(mirror, nodeID, c) },
-		Register: func(ctx context.Context, node *core.Node, c *xds.Claims) error {
-			return registerPresented(ctx, st, cfg.Zone, node, c)
-		},
 	})
+	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone})
+	xdsServer.SetPresence(pres)
 	extra := dpTokens.Handlers()
-	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st, xdsServer)
+	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
 	handler, err := apiserver.New(apiserver.Deps{
 		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
 		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
@@ -247,11 +247,16 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
 	r.AddRestarting("mirror", mirror)
+	r.Add("catalog", cat)
+	r.Add("presence", pres)
+	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, func(ctx context.Context) error {
+		return reapDeadReplicas(ctx, st, mirror, time.Now, log.Named("presence"))
+	}))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
 		r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
 	}
-	if err := addDNS(r, cfg, st, mirror, reg, log); err != nil {
+	if err := addDNS(r, cfg, st, cat, reg, log); err != nil {
 		apiLn.Close()
 		return err
 	}
@@ -267,12 +272,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("service-insights (leader only)", leaderOnly(st, "service-insights", cfg.Instance, log, func(ctx context.Context) error {
 		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
 	}))
-	if err := addXDS(ctx, r, cfg, st, mirror, xdsServer, lrsServer, log); err != nil {
+	if err := addXDS(ctx, r, cfg, st, mirror, cat, xdsServer, lrsServer, log); err != nil {
 		apiLn.Close()
 		return err
 	}
 	if kdsDeps != nil {
-		cache := kds.NewCache(st, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))
+		cache := kds.NewCacheOf(mirror, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))
 		kdsDeps.Store, kdsDeps.Cache, kdsDeps.Log = st, cache, log.Named("kds")
 		c, err := client.New(*kdsDeps)
 		if err != nil {
@@ -327,7 +332,7 @@ func kdsClientDeps(cfg Config) (*client.Deps, error) {
 }
 
 // addDNS adds the resolver, its table and the leader-only VIP allocator.
-func addDNS(r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, reg prometheus.Registerer, log *zap.Logger) error {
+func addDNS(r *run.Runner, cfg Config, st store.Store, cat *catalog.Follower, reg prometheus.Registerer, log *zap.Logger) error {
 	metrics, err := dns.NewMetrics(reg)
 	if err != nil {
 		return err
@@ -345,9 +350,9 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, reg
 	server := &dns.Server{Resolver: resolver, Domain: cfg.DNS.Domain, TTL: cfg.DNS.TTL.Duration,
 		Upstreams: cfg.DNS.Upstreams, Log: log.Named("dns"), Metrics: metrics}
 	alloc := dns.Allocator{CIDR: netip.MustParsePrefix(cfg.VIP.CIDR), HoldBack: cfg.VIP.HoldBack.Duration}
-	r.Add("dns-table", run.Func(func(ctx context.Context) error { return resolver.Follow(ctx, mirror) }))
+	r.Add("dns-table", run.Func(func(ctx context.Context) error { return resolver.Follow(ctx, cat) }))
 	r.Add("vip-allocator (leader only)", leaderOnly(st, "vip-allocator", cfg.Instance, log, func(ctx context.Context) error {
-		return dns.Allocate(ctx, st, mirror, alloc, log.Named("vip"))
+		return dns.Allocate(ctx, st, cat, alloc, log.Named("vip"))
 	}))
 	r.Add("dns", run.Func(func(ctx context.Context) error { return server.Start(ctx, udp, tcp) }))
 	log.Info("resolver listening", zap.String("dns_addr", tcp.Addr().String()), zap.String("domain", cfg.DNS.Domain), zap.String("vip_cidr", cfg.VIP.CIDR))
@@ -362,7 +367,7 @@ func leaderOnly(st store.Store, lease, instance string, log *zap.Logger, fn func
 }
 
 // addXDS adds the xDS server and the generation of proxies' configurations.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, srv *xds.Server, loadReports *xds.LoadReporting, log *zap.Logger) error {
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
@@ -371,32 +376,38 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	srv.Register(ctx, g)
 	loadReports.Register(g)
 	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
-	ids := newIdentities(cfg.MTLS.CertTTL.Duration)
 	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {
-		r.Add("dataplane-cleanup", run.Func(func(ctx context.Context) error { return removeOffline(ctx, st, srv, d, log.Named("xds")) }))
+		r.Add("dataplane-cleanup (leader only)", leaderOnly(st, "dataplane-cleanup", cfg.Instance, log, func(ctx context.Context) error {
+			return removeOffline(ctx, st, mirror, d, log.Named("xds"))
+		}))
 	}
-	// One writer of the ingresses' offers, or replicas that know of
-	// different offline proxies would undo each other's writes forever.
+	// Every replica reads the same catalogue, so their offers agree; one
+	// writes them.
 	r.Add("ingress-services (leader only)", leaderOnly(st, "ingress-services", cfg.Instance, log, func(ctx context.Context) error {
-		return offerServices(ctx, st, mirror, srv, cfg.Zone, log.Named("ingress"))
+		return offerServices(ctx, st, cat, log.Named("ingress"))
 	}))
-	r.Add("xds-generate", run.Func(func(ctx context.Context) error { return generate(ctx, mirror, srv, cfg.Zone, ids, log.Named("xds")) }))
+	gen := &generation{zone: cfg.Zone, cat: cat, nodes: srv, out: srv, gens: generators(),
+		ids: newIdentities(cfg.MTLS.CertTTL.Duration), log: log.Named("xds")}
+	r.Add("xds-generate", gen)
 	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil
 }
 
-// dataplaneInsight serves a proxy's xDS connection state.
-func dataplaneInsight(st store.Store, srv *xds.Server) http.Handler {
+// dataplaneInsight serves a Dataplane's insight (its proxy's presence) from
+// the store.
+func dataplaneInsight(st store.Store) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mesh, name := r.PathValue("mesh"), r.PathValue("name")
 		if _, err := st.Get(r.Context(), api.Key{Type: "Dataplane", Mesh: mesh, Name: name}); err != nil {
 			apiserver.WriteError(w, http.StatusNotFound, "Not found", fmt.Sprintf("dataplane %s/%s: %v", mesh, name, err))
 			return
 		}
-		out := api.DataplaneInsight{}
-		if n, ok := srv.Insight(xds.NodeID(mesh, name)); ok {
-			out = api.DataplaneInsight{Connected: n.Connected, Proxyless: n.Proxyless, ConnectedSince: n.Since,
-				DisconnectedAt: n.DisconnectedAt, Acked: n.Acked, Nacks: n.Nacks, LastNack: n.LastNack}
+		out := &api.DataplaneInsight{Meta: api.Meta{Type: "DataplaneInsight", Mesh: mesh, Name: name}}
+		if in, err := st.Get(r.Context(), api.Key{Type: "DataplaneInsight", Mesh: mesh, Name: name}); err == nil {
+			out = in.(*api.DataplaneInsight)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			apiserver.WriteError(w, http.StatusServiceUnavailable, "Store unavailable", err.Error())
+			return
 		}
 		apiserver.WriteJSON(w, http.StatusOK, out)
 	})
@@ -404,7 +415,7 @@ func dataplaneInsight(st store.Store, srv *xds.Server) http.Handler {
 
 // tokenCovers refuses a proxy whose dataplane token is for another service
 // than any of its dataplane's.
-func tokenCovers(src source, nodeID string, c xds.Claims) error {
+func tokenCovers(src viewSource, nodeID string, c xds.Claims) error {
 	if c.Service == "" {
 		return nil
 	}
@@ -413,112 +424,17 @@ func tokenCovers(src source, nodeID string, c xds.Claims) error {
 		return err
 	}
 	view, _ := src.Current()
-	r, ok := view.Items("Dataplane")[api.Key{Type: "Dataplane", Mesh: mesh, Name: name}]
+	dp, ok, err := store.Get[*api.Dataplane](view, mesh, name)
+	if err != nil {
+		return err
+	}
 	if !ok {
 		return nil // it gets nothing until its Dataplane is registered
 	}
-	for _, in := range r.(*api.Dataplane).Networking.Inbound {
+	for _, in := range dp.Networking.Inbound {
 		if in.Tags[api.TagService] == c.Service {
 			return nil
 		}
 	}
 	return fmt.Errorf("its token is for service %q, which dataplane %s does not run", c.Service, name)
-}
-
-// removeOffline deletes the Dataplanes of proxies that have stayed
-// disconnected longer than after, until ctx ends.
-func removeOffline(ctx context.Context, st store.Store, srv *xds.Server, after time.Duration, log *zap.Logger) error {
-	t := time.NewTicker(min(after/4, time.Minute))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		for _, id := range srv.Gone(time.Now().Add(-after)) {
-			mesh, name, err := xds.ParseNodeID(id)
-			if err != nil {
-				continue
-			}
-			err = st.Delete(ctx, api.Key{Type: "Dataplane", Mesh: mesh, Name: name}, 0)
-			switch {
-			case err == nil:
-				log.Info("removed the Dataplane of a proxy gone too long", zap.String("proxy", id), zap.Duration("after", after))
-			case !errors.Is(err, store.ErrNotFound):
-				log.Warn("cannot remove an offline Dataplane", zap.String("proxy", id), zap.Error(err))
-			}
-		}
-	}
-}
-
-// MetadataDataplane carries, in a proxy's node metadata, the Dataplane it
-// presents (JSON or YAML), which the zone registers on connect;
-// MetadataZoneIngress the same for an ingress.
-const (
-	MetadataDataplane   = "ursa.io/dataplane"
-	MetadataZoneIngress = "ursa.io/zone-ingress"
-)
-
-// registerIngress stores the ZoneIngress an ingress presents, keeping the
-// available services the zone computed.
-func registerIngress(ctx context.Context, st store.Store, zone string, node *core.Node, doc string) error {
-	r, err := api.DecodeAs([]byte(doc), "ZoneIngress")
-	if err == nil {
-		err = api.Validate(r)
-	}
-	if err != nil {
-		return fmt.Errorf("presented zone ingress: %w", err)
-	}
-	ing := r.(*api.ZoneIngress)
-	if ing.Name != node.GetId() {
-		return fmt.Errorf("presented zone ingress is %s, but the node id is %s", ing.Name, node.GetId())
-	}
-	if ing.Zone != zone {
-		return fmt.Errorf("presented zone ingress is for zone %q; this is zone %q", ing.Zone, zone)
-	}
-	if cur, err := st.Get(ctx, api.KeyOf(ing)); err == nil {
-		ing.AvailableServices = cur.(*api.ZoneIngress).AvailableServices
-	}
-	_, err = st.Apply(ctx, []api.Resource{ing}, nil)
-	return err
-}
-
-// registerPresented stores the Dataplane a proxy presents, if it presents
-// one whose name is its node id's and which its token covers.
-func registerPresented(ctx context.Context, st store.Store, zone string, node *core.Node, c *xds.Claims) error {
-	if doc := node.GetMetadata().GetFields()[MetadataZoneIngress].GetStringValue(); doc != "" {
-		return registerIngress(ctx, st, zone, node, doc)
-	}
-	doc := node.GetMetadata().GetFields()[MetadataDataplane].GetStringValue()
-	if doc == "" {
-		return nil
-	}
-	r, err := api.DecodeAs([]byte(doc), "Dataplane")
-	if err == nil {
-		err = api.Validate(r)
-	}
-	if err != nil {
-		return fmt.Errorf("presented dataplane: %w", err)
-	}
-	dp := r.(*api.Dataplane)
-	if id := xds.NodeID(dp.Mesh, dp.Name); id != node.GetId() {
-		return fmt.Errorf("presented dataplane is %s, but the node id is %s", id, node.GetId())
-	}
-	if c != nil {
-		if dp.Mesh != c.Mesh {
-			return fmt.Errorf("presented dataplane is in mesh %q, its token is for %q", dp.Mesh, c.Mesh)
-		}
-		if c.Service != "" && !slices.ContainsFunc(dp.Networking.Inbound, func(in api.Inbound) bool { return in.Tags[api.TagService] == c.Service }) {
-			return fmt.Errorf("presented dataplane does not run %q, the service its token is for", c.Service)
-		}
-	}
-	for i := range dp.Networking.Inbound {
-		dp.Networking.Inbound[i].Tags[api.TagZone] = zone
-	}
-	if z, ok := api.Resource(dp).(api.Zoned); ok && z.OwnerZone() != zone {
-		return fmt.Errorf("presented dataplane belongs to zone %q", z.OwnerZone())
-	}
-	_, err = st.Apply(ctx, []api.Resource{dp}, nil)
-	return err
 }

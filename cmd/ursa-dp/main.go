@@ -22,12 +22,13 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/ingress/dataplane"
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/bootstrap"
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/logging"
 	"github.com/ursamesh/ursa/pkg/proxy"
 	"github.com/ursamesh/ursa/pkg/run"
-	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 // runConfig is ursa-dp run's configuration.
@@ -89,22 +90,11 @@ func newIngress() *cobra.Command {
 			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
 				return err
 			}
-			if cfg.ZoneIngressFile == "" {
-				return errors.New("--zone-ingress-file is required")
-			}
-			doc, err := os.ReadFile(cfg.ZoneIngressFile)
+			id, meta, err := dataplane.Node(cfg.ZoneIngressFile)
 			if err != nil {
-				return fmt.Errorf("--zone-ingress-file: %w", err)
+				return err
 			}
-			r, err := api.DecodeAs(doc, "ZoneIngress")
-			if err == nil {
-				err = api.Validate(r)
-			}
-			if err != nil {
-				return fmt.Errorf("--zone-ingress-file %s: %w", cfg.ZoneIngressFile, err)
-			}
-			meta := map[string]string{"ursa.io/ingress": "true", "ursa.io/zone-ingress": string(doc)}
-			return runProxy(cmd.Context(), cfg, r.GetMeta().Name, meta)
+			return runProxy(cmd.Context(), cfg, id, meta)
 		},
 	}
 	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
@@ -129,7 +119,7 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 			return fmt.Errorf("--dataplane-file %s: %w", cfg.DataplaneFile, err)
 		}
 		mesh, name = r.GetMeta().Mesh, r.GetMeta().Name
-		meta["ursa.io/dataplane"] = string(doc)
+		meta[api.MetadataDataplane] = string(doc)
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
 	}
@@ -153,7 +143,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	switch cfg.Proxy {
 	case "builtin":
 	case "envoy":
-		return runEnvoy(ctx, xds.BootstrapOptions{NodeID: nodeID, Metadata: meta, CPAddress: addr, Token: token, AdminAddress: cfg.AdminAddr})
+		return runEnvoy(ctx, bootstrap.Options{NodeID: nodeID, Metadata: meta, CPAddress: addr, Token: token, AdminAddress: cfg.AdminAddr})
 	default:
 		return fmt.Errorf("--proxy %q: use builtin or envoy", cfg.Proxy)
 	}
@@ -170,7 +160,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	}
 	defer p.Close()
 	client := &proxy.Client{Address: addr, NodeID: nodeID, Token: token, Metadata: meta, Proxy: p, Log: log.Named("xds"),
-		ReportLoad: meta[xds.MetadataIngress] != "true"} // an ingress has no callers of its own
+		ReportLoad: meta[api.MetadataIngress] != "true"} // an ingress has no callers of its own
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -193,12 +183,12 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 
 // runEnvoy writes an Envoy bootstrap pointing at the zone CP and supervises
 // envoy until ctx ends or envoy exits.
-func runEnvoy(ctx context.Context, o xds.BootstrapOptions) error {
+func runEnvoy(ctx context.Context, o bootstrap.Options) error {
 	bin, err := exec.LookPath("envoy")
 	if err != nil {
 		return errors.New("--proxy envoy: envoy is not on PATH; install Envoy, or run with --proxy builtin")
 	}
-	b, err := xds.Bootstrap(o)
+	b, err := bootstrap.JSON(o)
 	if err != nil {
 		return err
 	}

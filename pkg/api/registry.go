@@ -62,6 +62,12 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &ZoneIngress{} }},
 	{Type: "Dataplane", Plural: "dataplanes", Singular: "dataplane", Scope: ScopeMesh, WrittenBy: TierZone, KDS: SyncZoneToGlobal,
 		New: func() Resource { return &Dataplane{} }},
+	// Insights are the presence of proxies, written by the zone CP their
+	// proxy is connected to; users only read them.
+	{Type: "DataplaneInsight", Plural: "dataplane-insights", Singular: "dataplane-insight", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncNone,
+		New: func() Resource { return &DataplaneInsight{} }},
+	{Type: "ZoneIngressInsight", Plural: "zone-ingress-insights", Singular: "zone-ingress-insight", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
+		New: func() Resource { return &ZoneIngressInsight{} }},
 	// ServiceInsight is written by each zone CP from its proxies' load
 	// reports; users only read it.
 	{Type: "ServiceInsight", Plural: "service-insights", Singular: "service-insight", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncZoneToGlobal,

@@ -336,16 +336,62 @@ func (c *MeshCA) validateSpec(v *validator) {
 	}
 }
 
-// DataplaneInsight is a zone CP's view of a proxy's xDS connection, served
-// at GET /meshes/{mesh}/dataplanes/{name}/insight. It is not stored.
-type DataplaneInsight struct {
-	Connected      bool      `json:"connected"`
+// ProxyStatus is a proxy's xDS connection as the zone CP it is connected to
+// sees it. The zone CP writes it; every replica of the zone reads the same.
+type ProxyStatus struct {
+	Connected bool `json:"connected"`
+	// Instance names the zone CP replica the proxy is (or was last)
+	// connected to.
+	Instance       string    `json:"instance,omitempty"`
 	Proxyless      bool      `json:"proxyless,omitempty"`
 	ConnectedSince time.Time `json:"connectedSince,omitzero"`
 	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
 	// Acked is the last configuration version the proxy acknowledged, by
 	// xDS type URL.
-	Acked    map[string]string `json:"acked,omitempty"`
-	Nacks    int               `json:"nacks"`
-	LastNack string            `json:"lastNack,omitempty"`
+	Acked        map[string]string `json:"acked,omitempty"`
+	Nacks        int               `json:"nacks"`
+	LastNack     string            `json:"lastNack,omitempty"`
+	LastNackType string            `json:"lastNackType,omitempty"`
+}
+
+// Online reports whether the proxy is connected to a zone CP. A status never
+// written (the zero value) is not online; callers that treat a Dataplane
+// without any insight as up (a proxyless server, or one registered through
+// the API, never connects) decide that themselves.
+func (p ProxyStatus) Online() bool { return p.Connected }
+
+// DataplaneInsight is the presence of a Dataplane's proxy: system-written,
+// read-only, named as its Dataplane. Every zone CP replica reads it from the
+// store, so all agree which proxies are up.
+type DataplaneInsight struct {
+	Meta
+	ProxyStatus
+}
+
+// ZoneIngressInsight is DataplaneInsight for a zone ingress's proxy, named as
+// its ZoneIngress.
+type ZoneIngressInsight struct {
+	Meta
+	ProxyStatus
+}
+
+func (p *ProxyStatus) validateStatus(v *validator) {
+	if p.Connected && p.Instance == "" {
+		v.add("instance", "required while connected")
+	}
+	if p.Nacks < 0 {
+		v.add("nacks", "must not be negative")
+	}
+}
+
+func (d *DataplaneInsight) validateSpec(v *validator)   { d.validateStatus(v) }
+func (z *ZoneIngressInsight) validateSpec(v *validator) { z.validateStatus(v) }
+
+// AppPort is the port the application listens on: ServicePort, or Port when
+// that is zero.
+func (in Inbound) AppPort() int {
+	if in.ServicePort != 0 {
+		return in.ServicePort
+	}
+	return in.Port
 }

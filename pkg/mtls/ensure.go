@@ -3,6 +3,7 @@ package mtls
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"go.uber.org/zap"
 
@@ -21,12 +22,17 @@ type Source interface {
 func EnsureCAs(ctx context.Context, st store.Store, mirror Source, log *zap.Logger) error {
 	for {
 		view, changed := mirror.Current()
-		for key, r := range view.Items("Mesh") {
-			m := r.(*api.Mesh)
+		meshes, err := store.All[*api.Mesh](view)
+		if err != nil {
+			return fmt.Errorf("ensure mesh CAs: %w", err)
+		}
+		for _, m := range meshes {
 			if !m.MTLSEnabled() {
 				continue
 			}
-			if _, ok := view.Items("MeshCA")[api.Key{Type: "MeshCA", Mesh: key.Name, Name: CAName}]; ok {
+			if _, ok, err := store.Get[*api.MeshCA](view, m.Name, CAName); err != nil {
+				return fmt.Errorf("ensure mesh CAs: %w", err)
+			} else if ok {
 				continue
 			}
 			ca, err := NewCA(m.Name, store.Now())

@@ -17,10 +17,10 @@ import (
 func listeners(names ...string) Resources {
 	r := Resources{resource.ListenerType: nil}
 	for _, n := range names {
-		r.add(resource.ListenerType, apiListener(n))
-		r.add(resource.RouteType, routeConfig(n, []Subset{{Tags: map[string]string{"ursa.io/service": n}, Weight: 1}}))
-		r.add(resource.ClusterType, edsCluster(n))
-		r.add(resource.EndpointType, loadAssignment(n, nil, nil))
+		r.Add(resource.ListenerType, apiListener(n))
+		r.Add(resource.RouteType, routeConfig(n, []Subset{{Tags: map[string]string{"ursa.io/service": n}, Weight: 1}}))
+		r.Add(resource.ClusterType, EDSCluster(n))
+		r.Add(resource.EndpointType, LoadAssignment(n, nil, nil))
 	}
 	return r
 }

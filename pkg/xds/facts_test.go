@@ -21,11 +21,11 @@ func TestVersionFollowsContent(t *testing.T) {
 	set := func(ls ...*listener.Listener) Resources {
 		r := Resources{}
 		for _, l := range ls {
-			r.add(resource.ListenerType, l)
-			r.add(resource.RouteType, routeConfig(l.Name, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+			r.Add(resource.ListenerType, l)
+			r.Add(resource.RouteType, routeConfig(l.Name, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
 		}
-		r.add(resource.ClusterType, edsCluster("billing"))
-		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+		r.Add(resource.ClusterType, EDSCluster("billing"))
+		r.Add(resource.EndpointType, LoadAssignment("billing", nil, nil))
 		return r
 	}
 	versions := func(r Resources) (lds, cds string) {
@@ -75,7 +75,7 @@ func TestVersionFollowsContent(t *testing.T) {
 func TestSentAsEncoded(t *testing.T) {
 	var facts resourceFacts
 	var parts snapshotParts
-	res := loadAssignment("billing", []Endpoint{{Address: "10.0.0.1", Port: 80, Weight: 1, Zone: "z"}}, nil)
+	res := LoadAssignment("billing", []Endpoint{{Address: "10.0.0.1", Port: 80, Weight: 1, Zone: "z"}}, nil)
 	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
 	if err != nil {
 		t.Fatal(err)
@@ -132,10 +132,10 @@ func TestSnapshotsShareParts(t *testing.T) {
 	var parts snapshotParts
 	set := func(listener string) Resources {
 		r := Resources{}
-		r.add(resource.ListenerType, apiListener(listener))
-		r.add(resource.RouteType, routeConfig(listener, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
-		r.add(resource.ClusterType, edsCluster("billing"))
-		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+		r.Add(resource.ListenerType, apiListener(listener))
+		r.Add(resource.RouteType, routeConfig(listener, []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+		r.Add(resource.ClusterType, EDSCluster("billing"))
+		r.Add(resource.EndpointType, LoadAssignment("billing", nil, nil))
 		return r
 	}
 	a, err := newSnapshot(set("a"), &facts, &parts)

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 )
 
 // failoverPlan is how a service's traffic is spread over zones: the levels
@@ -27,7 +28,7 @@ func (s *MeshState) failoverFor(service string) failoverPlan {
 	plan := failoverPlan{drained: map[string]bool{}}
 	svc := map[string]string{api.TagService: service}
 	for _, f := range s.Failovers {
-		if !matches(f.Spec.Destination, svc) {
+		if !catalog.Matches(f.Spec.Destination, svc) {
 			continue
 		}
 		for _, z := range f.Spec.Drained {
@@ -144,7 +145,7 @@ func (sub Subset) pinnedZone() string {
 
 // anyZone is the subset without its zone tag: the same instances in every
 // zone.
-func (sub Subset) anyZone() Subset {
+func (sub Subset) AnyZone() Subset {
 	if _, ok := sub.Tags[api.TagZone]; !ok {
 		return sub
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 )
 
 func TestFailoverPriorities(t *testing.T) {
@@ -52,7 +53,7 @@ func TestFailoverPriorities(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s := &MeshState{Zone: "z1", Ingresses: []*api.ZoneIngress{ing("z2"), ing("z3")}, Failovers: c.failovers}
+			s := NewMeshState(&catalog.MeshCatalog{Zone: "z1", Ingresses: []*api.ZoneIngress{ing("z2"), ing("z3")}, Failovers: c.failovers})
 			got := s.failoverFor("billing").priorities(s, c.pinned)
 			if !maps.Equal(got, c.want) {
 				t.Fatalf("priorities = %v, want %v", got, c.want)
@@ -65,7 +66,7 @@ func TestFailoverPriorities(t *testing.T) {
 // gap in the priorities, and that a zone the plan leaves out is dropped.
 func TestLoadAssignmentRenumbers(t *testing.T) {
 	eps := []Endpoint{{Address: "a", Port: 1, Weight: 1, Zone: "z3"}, {Address: "b", Port: 1, Weight: 2, Zone: "z1"}, {Address: "c", Port: 1, Weight: 1, Zone: "z4"}}
-	cla := loadAssignment("c", eps, map[string]uint32{"z2": 0, "z1": 1, "z3": 2})
+	cla := LoadAssignment("c", eps, map[string]uint32{"z2": 0, "z1": 1, "z3": 2})
 	got := map[string]uint32{}
 	for _, l := range cla.Endpoints {
 		got[l.Locality.Zone] = l.Priority

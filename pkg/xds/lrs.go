@@ -110,7 +110,7 @@ func (l *LoadReporting) StreamLoadStats(stream lrs.LoadReportingService_StreamLo
 	}
 	if n, ok := l.xds.connected(id); !ok {
 		return l.refuse("not_connected", codes.FailedPrecondition, "node %q is not connected over ADS: connect there first", id)
-	} else if n.Ingress {
+	} else if n.Kind == KindIngress {
 		return l.refuse("ingress", codes.InvalidArgument, "node %q is an ingress, which has no callers to report", id)
 	}
 	if err := stream.Send(&lrs.LoadStatsResponse{SendAllClusters: true, LoadReportingInterval: durationpb.New(l.interval)}); err != nil {

@@ -72,8 +72,8 @@ func startLRS(t *testing.T, auth *Auth) *lrsFixture {
 func (f *lrsFixture) connect(t *testing.T, ctx context.Context, id string) {
 	t.Helper()
 	r := Resources{}
-	r.add(resource.ClusterType, edsCluster("billing"))
-	r.add(resource.EndpointType, loadAssignment("billing", []Endpoint{
+	r.Add(resource.ClusterType, EDSCluster("billing"))
+	r.Add(resource.EndpointType, LoadAssignment("billing", []Endpoint{
 		{Address: "10.0.0.1", Port: 80, Weight: 1, Zone: "zone-1"},
 		{Address: "10.0.0.2", Port: 80, Weight: 1, Zone: "zone-2"},
 	}, nil))

@@ -12,19 +12,12 @@ import (
 // workload identity and its mesh's CA certificate (never the CA's key).
 func Secrets(id mtls.Identity, caCertPEM string) Resources {
 	out := Resources{}
-	out.add(resource.SecretType, &tlsv3.Secret{Name: SecretIdentity, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+	out.Add(resource.SecretType, &tlsv3.Secret{Name: SecretIdentity, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 		CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: id.CertPEM}},
 		PrivateKey:       &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: id.KeyPEM}},
 	}}})
-	out.add(resource.SecretType, &tlsv3.Secret{Name: SecretMeshCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+	out.Add(resource.SecretType, &tlsv3.Secret{Name: SecretMeshCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 		TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: []byte(caCertPEM)}},
 	}}})
 	return out
-}
-
-// Merge adds every resource of other to r.
-func (r Resources) Merge(other Resources) {
-	for typ, list := range other {
-		r[typ] = append(r[typ], list...)
-	}
 }

@@ -18,6 +18,7 @@ import (
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ursamesh/ursa/pkg/api"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,24 +26,14 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Node metadata keys.
-const (
-	// MetadataProxyless marks a proxyless gRPC client.
-	MetadataProxyless = "ursa.io/proxyless"
-	// MetadataIngress marks a zone ingress; its node id is its ZoneIngress's
-	// name.
-	MetadataIngress = "ursa.io/ingress"
-)
-
-// Node is a proxy that is, or was, connected to this zone CP.
+// Node is a proxy connected to this zone CP replica: the xDS server keeps
+// the configuration of these, and only of these, current. Whether a proxy
+// is up, for every replica to see, is the Presence's to record.
 type Node struct {
 	ID        string    `json:"id"`
-	Proxyless bool      `json:"proxyless"`
-	Ingress   bool      `json:"ingress,omitempty"`
+	Kind      Kind      `json:"kind"`
 	Connected bool      `json:"connected"`
 	Since     time.Time `json:"connectedSince"`
-	// DisconnectedAt is set once the proxy's last stream closed.
-	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
 	// Acked is the last version the proxy acknowledged, by type URL.
 	Acked map[string]string `json:"acked,omitempty"`
 	// Current is the version of its configuration the CP publishes, by
@@ -53,21 +44,77 @@ type Node struct {
 	Nacks    int    `json:"nacks"`
 }
 
+// KindOf tells a proxy's kind from its node metadata.
+func KindOf(node *core.Node) Kind {
+	f := node.GetMetadata().GetFields()
+	switch {
+	case f[api.MetadataIngress].GetStringValue() == "true":
+		return KindIngress
+	case f[api.MetadataProxyless].GetStringValue() == "true":
+		return KindProxyless
+	}
+	return KindSidecar
+}
+
+// StreamEvent is what happened on a proxy's streams.
+type StreamEvent struct {
+	Op   StreamOp
+	Node string
+	Kind Kind
+	At   time.Time
+	// TypeURL, with Version (an ACK) or Reason (a NACK).
+	TypeURL string
+	Version string
+	Reason  string
+}
+
+// StreamOp is the kind of a StreamEvent.
+type StreamOp int
+
+const (
+	// OpConnected: the proxy's first stream to this replica was admitted.
+	OpConnected StreamOp = iota + 1
+	// OpDisconnected: its last stream to this replica closed.
+	OpDisconnected
+	// OpAcked: it acknowledged Version of TypeURL.
+	OpAcked
+	// OpNacked: it rejected TypeURL's configuration, for Reason.
+	OpNacked
+)
+
+// Presence is told what happens on proxies' streams; the zone's presence
+// component writes it to the store as DataplaneInsights. Observe is called
+// from the stream's goroutine and must not block on I/O.
+type Presence interface {
+	Observe(e StreamEvent)
+}
+
+// Registrar registers what a proxy presents in its node metadata (its
+// Dataplane or ZoneIngress) when its first stream opens, before it is
+// served; an error refuses the stream. claims are its token's, nil without
+// one.
+type Registrar interface {
+	Register(ctx context.Context, node *core.Node, claims *Claims) error
+}
+
 // Server serves xDS (ADS and per-type, state-of-the-world and delta) from a
-// snapshot cache, and knows which proxies are connected so that only their
-// configurations are generated. NACKs are counted, logged, and slow the
-// proxy's stream down, so a bad configuration is never resent in a hot loop.
+// snapshot cache. It knows which proxies are connected to it, so that only
+// their configurations are generated, and tells its Presence what happens
+// on their streams; it decides nothing from that itself. NACKs are counted,
+// logged, and slow the proxy's stream down, so a bad configuration is never
+// resent in a hot loop.
 type Server struct {
 	cache snapshotCache
 	log   *zap.Logger
 	nacks *prometheus.CounterVec
 
-	auth Auth
+	auth      Auth
+	presence  Presence
+	registrar Registrar
 
 	mu      sync.Mutex
 	claims  map[int64]*Claims // stream id → what its token says
 	nodes   map[string]*Node
-	gone    map[string]*Node // disconnected, kept for their insight
 	streams map[int64]string // stream id → node id
 	// published is each node's last snapshot.
 	published map[string]*snapshot
@@ -97,14 +144,17 @@ type Auth struct {
 	// Check refuses a node whose dataplane the claims do not cover (its
 	// mesh, or a service it does not have).
 	Check func(nodeID string, c Claims) error
-	// Register, when set, is given each new node (with its token's
-	// claims, if any) before it is served: a proxy may present its
-	// Dataplane in its metadata. An error refuses the stream.
-	Register func(ctx context.Context, node *core.Node, c *Claims) error
 }
 
 // SetAuth sets how proxies are authenticated; call it before Register.
 func (s *Server) SetAuth(a Auth) { s.auth = a }
+
+// SetPresence sets who is told of proxies' streams; call it before Register.
+func (s *Server) SetPresence(p Presence) { s.presence = p }
+
+// SetRegistrar sets who registers what proxies present; call it before
+// Register.
+func (s *Server) SetRegistrar(r Registrar) { s.registrar = r }
 
 // NewServer returns a Server; it registers its metrics on reg.
 func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
@@ -115,7 +165,7 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Help: "xDS responses proxies rejected, by type.",
 		}, []string{"type_url"}),
 		claims: map[int64]*Claims{},
-		nodes:  map[string]*Node{}, gone: map[string]*Node{}, streams: map[int64]string{}, published: map[string]*snapshot{},
+		nodes:  map[string]*Node{}, streams: map[int64]string{}, published: map[string]*snapshot{},
 		changed: make(chan struct{}),
 	}
 	if err := reg.Register(s.nacks); err != nil {
@@ -134,8 +184,8 @@ func (s *Server) Register(ctx context.Context, g *grpc.Server) {
 	endpointservice.RegisterEndpointDiscoveryServiceServer(g, srv)
 }
 
-// Nodes returns the connected proxies and a channel closed when that set
-// changes.
+// Nodes returns the proxies connected to this replica, by id, and a channel
+// closed when that set changes.
 func (s *Server) Nodes() ([]Node, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -143,29 +193,16 @@ func (s *Server) Nodes() ([]Node, <-chan struct{}) {
 	for _, n := range s.nodes {
 		out = append(out, *n)
 	}
-	slices.SortFunc(out, func(a, b Node) int {
-		if a.ID < b.ID {
-			return -1
-		}
-		if a.ID > b.ID {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
 	return out, s.changed
 }
 
-// Offline returns the proxies (by node id) that were connected and whose
-// streams have all closed, until they reconnect or are forgotten by Gone.
-// Their set changing closes the channel Nodes returns.
-func (s *Server) Offline() map[string]bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[string]bool, len(s.gone))
-	for id := range s.gone {
-		out[id] = true
+// observe tells the presence, if any, of e.
+func (s *Server) observe(e StreamEvent) {
+	if s.presence != nil {
+		e.At = time.Now()
+		s.presence.Observe(e)
 	}
-	return out
 }
 
 // ErrInvalid marks resources that SetResources refused because they did
@@ -274,11 +311,10 @@ func (s *Server) seen(stream int64, node *core.Node) {
 	if _, ok := s.nodes[node.GetId()]; ok {
 		return
 	}
-	proxyless := node.GetMetadata().GetFields()[MetadataProxyless].GetStringValue() == "true"
-	delete(s.gone, node.GetId())
-	ingress := node.GetMetadata().GetFields()[MetadataIngress].GetStringValue() == "true"
-	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Proxyless: proxyless, Ingress: ingress, Connected: true, Since: time.Now(), Acked: map[string]string{}}
-	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Bool("proxyless", proxyless))
+	kind := KindOf(node)
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Connected: true, Since: time.Now(), Acked: map[string]string{}}
+	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
+	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()
 }
 
@@ -296,14 +332,15 @@ func (s *Server) closed(stream int64) {
 			return // another stream of the same proxy is still open
 		}
 	}
+	kind := KindSidecar
 	if n := s.nodes[id]; n != nil {
-		n.Connected, n.DisconnectedAt = false, time.Now()
-		s.gone[id] = n
+		kind = n.Kind
 	}
 	delete(s.nodes, id)
 	delete(s.published, id)
 	s.cache.clear(id)
 	s.log.Info("proxy disconnected", zap.String("proxy", id))
+	s.observe(StreamEvent{Op: OpDisconnected, Node: id, Kind: kind})
 	s.notify()
 }
 
@@ -319,6 +356,7 @@ func (s *Server) nacked(stream int64, typeURL, reason string) {
 		n.Nacks++
 		n.LastNack = reason
 		count = n.Nacks
+		s.observe(StreamEvent{Op: OpNacked, Node: id, Kind: n.Kind, TypeURL: typeURL, Reason: reason})
 	}
 	s.mu.Unlock()
 	s.log.Warn("proxy rejected its configuration", zap.String("proxy", id), zap.String("type_url", typeURL), zap.String("reason", reason))
@@ -360,6 +398,15 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			}
 			if req.GetErrorDetail() != nil {
 				s.nacked(stream, req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
+			} else if req.GetResponseNonce() != "" {
+				// Delta requests carry no version: the proxy holds what
+				// the last response sent, the snapshot's version of the
+				// type (or an older one, if a newer response is in
+				// flight; the next ACK corrects it).
+				s.mu.Lock()
+				version := s.published[s.streams[stream]].GetVersion(req.GetTypeUrl())
+				s.mu.Unlock()
+				s.acked(stream, req.GetTypeUrl(), version)
 			}
 			return nil
 		},
@@ -368,15 +415,12 @@ func (s *Server) callbacks() serverv3.Callbacks {
 	}
 }
 
-// Insight returns what this CP knows of a proxy's connection, or false when
-// it has never seen it.
+// Insight returns what this replica knows of a connected proxy's streams,
+// or false when it is not connected here.
 func (s *Server) Insight(nodeID string) (Node, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, ok := s.nodes[nodeID]
-	if !ok {
-		n, ok = s.gone[nodeID]
-	}
 	if !ok {
 		return Node{}, false
 	}
@@ -397,24 +441,10 @@ func (s *Server) Insight(nodeID string) (Node, bool) {
 func (s *Server) acked(stream int64, typeURL, version string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := s.nodes[s.streams[stream]]; n != nil && version != "" {
+	if n := s.nodes[s.streams[stream]]; n != nil && version != "" && n.Acked[typeURL] != version {
 		n.Acked[typeURL] = version
+		s.observe(StreamEvent{Op: OpAcked, Node: n.ID, Kind: n.Kind, TypeURL: typeURL, Version: version})
 	}
-}
-
-// Gone returns the proxies whose last stream closed before cutoff, and
-// forgets them.
-func (s *Server) Gone(cutoff time.Time) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for id, n := range s.gone {
-		if n.DisconnectedAt.Before(cutoff) {
-			out = append(out, id)
-			delete(s.gone, id)
-		}
-	}
-	return out
 }
 
 // admit authorizes a request's node and, the first time a stream shows it,
@@ -428,9 +458,9 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 	_, known := s.streams[stream]
 	claims := s.claims[stream]
 	s.mu.Unlock()
-	if !known && node.GetId() != "" && s.auth.Register != nil {
+	if !known && node.GetId() != "" && s.registrar != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := s.auth.Register(ctx, node, claims)
+		err := s.registrar.Register(ctx, node, claims)
 		cancel()
 		if err != nil {
 			s.log.Warn("refused a proxy's registration", zap.String("proxy", node.GetId()), zap.Error(err))

@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,10 +18,18 @@ import (
 )
 
 func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceClient) {
+	return startServerWith(t, nil)
+}
+
+// startServerWith starts a Server that tells p (if not nil) of its streams.
+func startServerWith(t *testing.T, p Presence) (*Server, discovery.AggregatedDiscoveryServiceClient) {
 	t.Helper()
 	s, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if p != nil {
+		s.SetPresence(p)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	// Stop waits for the handlers, so that none logs after the test.
@@ -38,10 +47,10 @@ func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceCli
 	}
 	t.Cleanup(func() { cc.Close() })
 	r := Resources{}
-	r.add(resource.ListenerType, apiListener("billing"))
-	r.add(resource.RouteType, routeConfig("billing", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
-	r.add(resource.ClusterType, edsCluster("billing"))
-	r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+	r.Add(resource.ListenerType, apiListener("billing"))
+	r.Add(resource.RouteType, routeConfig("billing", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+	r.Add(resource.ClusterType, EDSCluster("billing"))
+	r.Add(resource.EndpointType, LoadAssignment("billing", nil, nil))
 	if err := s.SetResources(ctx, "default.a", r); err != nil {
 		t.Fatal(err)
 	}
@@ -103,49 +112,90 @@ func TestDeltaXDS(t *testing.T) {
 	}
 }
 
-// TestOffline: a proxy whose stream closes is offline (its instances stop
-// being endpoints) until it connects again, and the change wakes whoever
-// follows the server's nodes.
-func TestOffline(t *testing.T) {
-	s, client := startServer(t)
+// recorder is a Presence that keeps what it is told.
+type recorder struct {
+	mu     sync.Mutex
+	events []StreamEvent
+	added  chan struct{}
+}
+
+func (r *recorder) Observe(e StreamEvent) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+	select {
+	case r.added <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor waits until an event op of node has been observed, n times in
+// all.
+func (r *recorder) waitFor(t *testing.T, op StreamOp, times int) StreamEvent {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		r.mu.Lock()
+		var seen []StreamEvent
+		for _, e := range r.events {
+			if e.Op == op {
+				seen = append(seen, e)
+			}
+		}
+		r.mu.Unlock()
+		if len(seen) >= times {
+			return seen[times-1]
+		}
+		select {
+		case <-r.added:
+		case <-deadline:
+			t.Fatalf("event %d never came %d times; got %+v", op, times, r.events)
+		}
+	}
+}
+
+// TestPresenceEvents: the server tells its Presence when a proxy connects,
+// acknowledges, rejects, and goes; and again when it comes back. It decides
+// nothing from that itself.
+func TestPresenceEvents(t *testing.T) {
+	rec := &recorder{added: make(chan struct{}, 1)}
+	s, client := startServerWith(t, rec)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	connect := func() context.CancelFunc {
+	node := &core.Node{Id: "default.a"}
+	connect := func() (discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, context.CancelFunc) {
 		sctx, stop := context.WithCancel(ctx)
 		stream, err := client.StreamAggregatedResources(sctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.a"}, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"}})
-		deadline := time.Now().Add(5 * time.Second)
-		for n, ok := s.Insight("default.a"); !ok || !n.Connected; n, ok = s.Insight("default.a") {
-			if time.Now().After(deadline) {
-				t.Fatal("the proxy never showed as connected")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		return stop
+		stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"}})
+		return stream, stop
 	}
-	wait := func(what string, want bool) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for s.Offline()["default.a"] != want {
-			_, changed := s.Nodes()
-			select {
-			case <-changed:
-			case <-time.After(time.Until(deadline)):
-				t.Fatalf("%s: offline = %v", what, s.Offline())
-			}
-		}
+	stream, stop := connect()
+	if e := rec.waitFor(t, OpConnected, 1); e.Node != "default.a" || e.Kind != KindSidecar || e.At.IsZero() {
+		t.Fatalf("connected: %+v", e)
 	}
-	if len(s.Offline()) != 0 {
-		t.Fatal("a proxy that never connected is offline")
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
 	}
-	stop := connect()
-	wait("connected", false)
+	stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"},
+		VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
+	if e := rec.waitFor(t, OpAcked, 1); e.TypeURL != resource.ListenerType || e.Version != resp.VersionInfo {
+		t.Fatalf("acked: %+v, want version %s", e, resp.VersionInfo)
+	}
+	if nodes, _ := s.Nodes(); len(nodes) != 1 || nodes[0].ID != "default.a" {
+		t.Fatalf("nodes: %+v", nodes)
+	}
 	stop()
-	wait("stream closed", true)
-	stop = connect()
+	if e := rec.waitFor(t, OpDisconnected, 1); e.Node != "default.a" {
+		t.Fatalf("disconnected: %+v", e)
+	}
+	if nodes, _ := s.Nodes(); len(nodes) != 0 {
+		t.Fatalf("nodes after the stream closed: %+v", nodes)
+	}
+	_, stop = connect()
 	defer stop()
-	wait("reconnected", false)
+	rec.waitFor(t, OpConnected, 2)
 }

@@ -1,14 +1,10 @@
 package xds
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
-	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,17 +12,16 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
-	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 )
 
 // SDS secret names a sidecar's TLS contexts refer to.
@@ -39,18 +34,22 @@ const (
 // listeners that (with mTLS) terminate TLS and enforce TrafficPermissions,
 // outbound listeners on each service's VIP, and EDS clusters per subset
 // whose endpoints include other zones' ingresses, prioritised by Failover.
-func Sidecar(s *MeshState, p Proxy) (Resources, error) {
-	out := Resources{}
+func Sidecar(state *State, p Proxy) (Resources, error) {
 	dp := p.Dataplane
+	if dp == nil {
+		return nil, fmt.Errorf("sidecar: no Dataplane")
+	}
+	s := state.Mesh(dp.Mesh)
+	if s == nil {
+		return nil, fmt.Errorf("sidecar %s: mesh %q does not exist in this zone", dp.Name, dp.Mesh)
+	}
+	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
 	for _, in := range dp.Networking.Inbound {
-		servicePort := in.ServicePort
-		if servicePort == 0 {
-			servicePort = in.Port
-		}
+		servicePort := in.AppPort()
 		local := fmt.Sprintf("localhost:%d", servicePort)
-		out.add(resource.ListenerType, inboundListener(s, dp, in, local, mtls))
-		out.add(resource.ClusterType, staticCluster(local, "127.0.0.1", uint32(servicePort)))
+		out.Add(resource.ListenerType, inboundListener(s, dp, in, local, mtls))
+		out.Add(resource.ClusterType, StaticCluster(local, "127.0.0.1", uint32(servicePort)))
 	}
 	out.Merge(s.outboundResources(dp))
 	return out, nil
@@ -80,11 +79,11 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
 	mtls := s.Mesh.MTLSEnabled()
 	clusters := map[string]Subset{}
 	for _, o := range s.outbounds(dp) {
-		subsets := s.subsets(o.service)
+		subsets := s.Subsets(o.service)
 		if len(subsets) == 0 {
 			continue
 		}
-		out.add(resource.ListenerType, memo(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
+		out.Add(resource.ListenerType, memo(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
 			func() *listener.Listener { return outboundListener(o, subsets) }))
 		for _, sub := range subsets {
 			clusters[sub.ClusterName()] = sub
@@ -92,19 +91,19 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
 	}
 	for _, name := range slices.Sorted(maps.Keys(clusters)) {
 		sub := clusters[name]
-		out.add(resource.ClusterType, memo(s, "cluster|"+name, func() *cluster.Cluster {
-			c := edsCluster(name)
+		out.Add(resource.ClusterType, memo(s, "cluster|"+name, func() *cluster.Cluster {
+			c := EDSCluster(name)
 			if mtls {
 				c.TransportSocket = upstreamTLS(s.Mesh.Name, sub)
 			}
 			return c
 		}))
-		out.add(resource.EndpointType, memo(s, "cla|"+name, func() *endpoint.ClusterLoadAssignment {
+		out.Add(resource.EndpointType, memo(s, "cla|"+name, func() *endpoint.ClusterLoadAssignment {
 			// A subset pinned to a zone gets every zone's instances of the
 			// subset, its own zone first: when that zone cannot take its
 			// share, the share fails over instead of failing.
 			plan := s.failoverFor(sub.Tags[api.TagService])
-			cla := loadAssignment(name, s.endpoints(sub.anyZone(), false), plan.priorities(s, sub.pinnedZone()))
+			cla := LoadAssignment(name, s.Endpoints(sub.AnyZone(), false), plan.priorities(s, sub.pinnedZone()))
 			if plan.threshold > 0 {
 				cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / plan.threshold))}
 			}
@@ -137,7 +136,6 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 	for _, in := range dp.Networking.Inbound {
 		own[in.Tags[api.TagService]] = true
 	}
-	ports := s.servicePorts()
 	var out []outbound
 	seen := map[string]bool{}
 	addOut := func(o outbound) {
@@ -154,12 +152,12 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 		}
 		addOut(outbound{service: o.Tags[api.TagService], addr: addr, port: uint32(o.Port)})
 	}
-	for _, svc := range s.services() {
+	for _, svc := range s.Services() {
 		vip, ok := s.VIPs[svc]
 		if !ok || own[svc] {
 			continue
 		}
-		if p, ok := ports[svc]; ok {
+		if p := s.Service(svc).Port; p != 0 {
 			addOut(outbound{service: svc, addr: vip.String(), port: p})
 		}
 		addOut(outbound{service: svc, addr: vip.String(), port: 80})
@@ -167,54 +165,12 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 	return out
 }
 
-// servicePorts is each local service's first application port, built once
-// per MeshState: callers must not modify it.
-func (s *MeshState) servicePorts() map[string]uint32 {
-	return memo(s, "service-ports", s.buildServicePorts)
-}
-
-func (s *MeshState) buildServicePorts() map[string]uint32 {
-	out := map[string]uint32{}
-	for _, dp := range s.Dataplanes {
-		for _, in := range dp.Networking.Inbound {
-			svc := in.Tags[api.TagService]
-			p := in.ServicePort
-			if p == 0 {
-				p = in.Port
-			}
-			if _, ok := out[svc]; !ok {
-				out[svc] = uint32(p)
-			}
-		}
-	}
-	return out
-}
-
-func tcpProxy(statPrefix string, subsets []Subset) *listener.Filter {
-	tp := &tcp.TcpProxy{StatPrefix: statPrefix}
-	if len(subsets) == 1 {
-		tp.ClusterSpecifier = &tcp.TcpProxy_Cluster{Cluster: subsets[0].ClusterName()}
-	} else {
-		wc := &tcp.TcpProxy_WeightedCluster{}
-		for _, sub := range subsets {
-			wc.Clusters = append(wc.Clusters, &tcp.TcpProxy_WeightedCluster_ClusterWeight{Name: sub.ClusterName(), Weight: sub.Weight})
-		}
-		tp.ClusterSpecifier = &tcp.TcpProxy_WeightedClusters{WeightedClusters: wc}
-	}
-	return &listener.Filter{Name: wellknown.TCPProxy, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tp)}}
-}
-
-func socketAddress(addr string, port uint32) *core.Address {
-	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
-		Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
-}
-
 func outboundListener(o outbound, subsets []Subset) *listener.Listener {
 	name := fmt.Sprintf("outbound:%s:%d", o.addr, o.port)
 	return &listener.Listener{
 		Name:         name,
-		Address:      socketAddress(o.addr, o.port),
-		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{tcpProxy(name, subsets)}}},
+		Address:      SocketAddress(o.addr, o.port),
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{TCPProxy(name, subsets)}}},
 	}
 }
 
@@ -224,13 +180,13 @@ func inboundListener(s *MeshState, dp *api.Dataplane, in api.Inbound, local stri
 	if mtls {
 		chain.Filters = append(chain.Filters, rbacFilter(s, in.Tags, name))
 		chain.TransportSocket = &core.TransportSocket{Name: wellknown.TransportSocketTLS,
-			ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.DownstreamTlsContext{
+			ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: MustAny(&tlsv3.DownstreamTlsContext{
 				CommonTlsContext:         commonTLS(),
 				RequireClientCertificate: wrapperspb.Bool(true),
 			})}}
 	}
-	chain.Filters = append(chain.Filters, tcpProxy(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}))
-	return &listener.Listener{Name: name, Address: socketAddress(dp.Networking.Address, uint32(in.Port)), FilterChains: []*listener.FilterChain{chain}}
+	chain.Filters = append(chain.Filters, TCPProxy(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}))
+	return &listener.Listener{Name: name, Address: SocketAddress(dp.Networking.Address, uint32(in.Port)), FilterChains: []*listener.FilterChain{chain}}
 }
 
 // commonTLS points at the SDS identity and CA secrets.
@@ -244,9 +200,9 @@ func commonTLS() *tlsv3.CommonTlsContext {
 
 func upstreamTLS(mesh string, sub Subset) *core.TransportSocket {
 	return &core.TransportSocket{Name: wellknown.TransportSocketTLS,
-		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{
+		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: MustAny(&tlsv3.UpstreamTlsContext{
 			CommonTlsContext: commonTLS(),
-			Sni:              SNI(mesh, sub.Tags),
+			Sni:              catalog.SNI(mesh, sub.Tags),
 		})}}
 }
 
@@ -257,7 +213,7 @@ func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listen
 	allow := &rbacconfig.Policy{Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}}}
 	var denied []*rbacconfig.Principal
 	for _, tp := range s.Permissions {
-		if !slices.ContainsFunc(tp.Spec.Destinations, func(d api.Selector) bool { return matches(d.Match, tags) }) {
+		if !slices.ContainsFunc(tp.Spec.Destinations, func(d api.Selector) bool { return catalog.Matches(d.Match, tags) }) {
 			continue
 		}
 		for _, src := range tp.Spec.Sources {
@@ -281,7 +237,7 @@ func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listen
 		policies["allowed-sources"] = allow
 	}
 	r := &rbac.RBAC{StatPrefix: statPrefix, Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: policies}}
-	return &listener.Filter{Name: wellknown.RoleBasedAccessControl, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(r)}}
+	return &listener.Filter{Name: wellknown.RoleBasedAccessControl, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(r)}}
 }
 
 // principal matches the SPIFFE ID of a service's certificates; "*" any
@@ -296,40 +252,3 @@ func principal(mesh, service string) *rbacconfig.Principal {
 
 // SpiffeID is the identity of a service's certificates.
 func SpiffeID(mesh, service string) string { return "spiffe://" + mesh + "/" + service }
-
-var nonLabel = regexp.MustCompile(`[^a-z0-9-]+`)
-
-// SNI names a subset for the remote zone's ingress, which routes on it
-// without decrypting: "<service>-<hash>.<mesh>.ursa", a valid DNS name whose
-// first label is at most 63 characters. The hash covers the service and
-// the subset's tags except its zone: which zone's ingress a connection
-// reaches decides the zone, so a subset pinned to one zone can fail over to
-// another's ingress.
-func SNI(mesh string, tags map[string]string) string {
-	h := sha256.New()
-	for _, k := range slices.Sorted(maps.Keys(tags)) {
-		if k != api.TagZone {
-			fmt.Fprintf(h, "%s=%s;", k, tags[k])
-		}
-	}
-	sum := hex.EncodeToString(h.Sum(nil))[:10]
-	svc := strings.Trim(nonLabel.ReplaceAllString(strings.ToLower(tags[api.TagService]), "-"), "-")
-	if len(svc) > 40 {
-		svc = svc[:40]
-	}
-	if svc == "" {
-		svc = "svc"
-	}
-	return svc + "-" + sum + "." + mesh + ".ursa"
-}
-
-func staticCluster(name, addr string, port uint32) *cluster.Cluster {
-	return &cluster.Cluster{
-		Name:                 name,
-		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-		ConnectTimeout:       durationpb.New(5 * time.Second),
-		LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
-			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socketAddress(addr, port)}}}},
-		}}},
-	}
-}

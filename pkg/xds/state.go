@@ -1,44 +1,74 @@
-// Package xds turns a snapshot of a zone's state into each proxy's Envoy
-// resources. Generators are pure functions of a MeshState and a Proxy: no
-// I/O, no clock, no store. The zone wires them to its store and to the xDS
-// server in this package.
+// Package xds turns the zone's catalogue into each proxy's Envoy resources,
+// and serves them over xDS. Generators are pure functions of a State and a
+// Proxy: no I/O, no clock, no store. The zone wires them to its mirror and
+// to the xDS server in this package.
 package xds
 
 import (
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 )
 
-// MeshState is everything a proxy's configuration depends on, for one mesh
-// in one zone. It is immutable once built, and must not be copied: build a
-// new one when the state changes (it memoises what it generates).
-type MeshState struct {
-	Zone string
-	Mesh *api.Mesh
-	// Dataplanes are the mesh's dataplanes registered in this zone.
-	Dataplanes  []*api.Dataplane
-	Routes      []*api.TrafficRoute
-	Permissions []*api.TrafficPermission
-	Failovers   []*api.Failover
-	// Ingresses are other zones' ingresses.
-	Ingresses []*api.ZoneIngress
-	// VIPs maps a service to its virtual IP in this zone.
-	VIPs map[string]netip.Addr
+// State is what every generator reads: the zone's catalogue, with what a
+// mesh's proxies share memoised per mesh. It is immutable once built and
+// safe for concurrent use.
+type State struct {
+	Catalog *catalog.Catalog
+	meshes  map[string]*MeshState
+}
 
-	// shared memoises what every proxy of the mesh gets alike (endpoint
-	// lists, clusters, load assignments, outbound listeners), so that a
-	// mesh's proxies share one copy instead of each building its own. The
-	// values are never modified once built.
+// NewState wraps a catalogue. A mesh whose hash equals its hash in prev
+// keeps prev's MeshState, and with it everything already built for its
+// proxies; prev may be nil.
+func NewState(cat *catalog.Catalog, prev *State) *State {
+	s := &State{Catalog: cat, meshes: map[string]*MeshState{}}
+	for _, m := range cat.Meshes() {
+		if old := prev.Mesh(m.Mesh.Name); old != nil && old.Hash == m.Hash {
+			s.meshes[m.Mesh.Name] = old
+			continue
+		}
+		s.meshes[m.Mesh.Name] = NewMeshState(m)
+	}
+	return s
+}
+
+// Mesh returns a mesh's state, nil when the mesh does not exist (or s is
+// nil).
+func (s *State) Mesh(name string) *MeshState {
+	if s == nil {
+		return nil
+	}
+	return s.meshes[name]
+}
+
+// Meshes returns every mesh's state, by name.
+func (s *State) Meshes() []*MeshState {
+	out := make([]*MeshState, 0, len(s.meshes))
+	for _, m := range s.Catalog.Meshes() {
+		out = append(out, s.meshes[m.Mesh.Name])
+	}
+	return out
+}
+
+// MeshState is one mesh's catalogue and what its proxies share (endpoint
+// lists, clusters, load assignments, outbound listeners), built once and
+// shared, never modified once built. It must not be copied.
+type MeshState struct {
+	*catalog.MeshCatalog
+
 	mu     sync.Mutex
 	shared map[string]any
 }
+
+// NewMeshState returns the state of a mesh's catalogue.
+func NewMeshState(m *catalog.MeshCatalog) *MeshState { return &MeshState{MeshCatalog: m} }
 
 // memo returns the value built for key, building it once per MeshState.
 // It builds without holding the lock (builders call memo themselves); if
@@ -63,12 +93,38 @@ func memo[T any](s *MeshState, key string, build func() T) T {
 	return built
 }
 
+// Kind is the kind of a proxy, which picks its generator.
+type Kind int
+
+const (
+	// KindSidecar is a proxy beside a workload: Envoy or ursa-dp run.
+	KindSidecar Kind = iota
+	// KindProxyless is a gRPC application speaking xDS itself: it gets the
+	// api_listener shape grpc-go's xDS resolver consumes.
+	KindProxyless
+	// KindIngress is a zone ingress (ursa-dp ingress).
+	KindIngress
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindSidecar:
+		return "sidecar"
+	case KindProxyless:
+		return "proxyless"
+	case KindIngress:
+		return "ingress"
+	}
+	return fmt.Sprintf("kind(%d)", int(k))
+}
+
 // Proxy is the proxy a configuration is for.
 type Proxy struct {
+	Kind Kind
+	// Dataplane is a sidecar's or a proxyless client's.
 	Dataplane *api.Dataplane
-	// Proxyless is a gRPC application speaking xDS itself: it gets the
-	// api_listener shape grpc-go's xDS resolver consumes.
-	Proxyless bool
+	// Ingress is an ingress's own ZoneIngress.
+	Ingress *api.ZoneIngress
 }
 
 // NodeID is a proxy's xDS node id: "<mesh>.<dataplane name>".
@@ -83,40 +139,12 @@ func ParseNodeID(id string) (mesh, name string, err error) {
 	return mesh, name, nil
 }
 
-// Services lists the services of the mesh: those of local dataplanes and
-// those other zones offer, sorted.
-func (s *MeshState) Services() []string { return slices.Clone(s.services()) }
-
-// services is Services, built once per MeshState: callers must not modify
-// it.
-func (s *MeshState) services() []string {
-	return memo(s, "services", s.buildServices)
-}
-
-func (s *MeshState) buildServices() []string {
-	set := map[string]bool{}
-	for _, dp := range s.Dataplanes {
-		for _, in := range dp.Networking.Inbound {
-			set[in.Tags[api.TagService]] = true
-		}
-	}
-	for _, ing := range s.Ingresses {
-		for _, as := range ing.AvailableServices {
-			if as.Mesh == s.Mesh.Name && as.Instances > 0 {
-				set[as.Tags[api.TagService]] = true
-			}
-		}
-	}
-	delete(set, "")
-	return slices.Sorted(maps.Keys(set))
-}
-
 // routeFor returns the TrafficRoute for a service: of the routes whose
 // destination selects it, the one with the most tags, then the first by name.
 func (s *MeshState) routeFor(service string) *api.TrafficRoute {
 	var best *api.TrafficRoute
 	for _, r := range s.Routes {
-		if !matches(r.Spec.Destination, map[string]string{api.TagService: service}) {
+		if !catalog.Matches(r.Spec.Destination, map[string]string{api.TagService: service}) {
 			continue
 		}
 		if best == nil || len(r.Spec.Destination) > len(best.Spec.Destination) ||
@@ -125,18 +153,6 @@ func (s *MeshState) routeFor(service string) *api.TrafficRoute {
 		}
 	}
 	return best
-}
-
-// matches reports whether tags satisfy every entry of selector ("*" matches
-// any value of a present tag).
-func matches(selector, tags map[string]string) bool {
-	for k, v := range selector {
-		got, ok := tags[k]
-		if !ok || (v != "*" && got != v) {
-			return false
-		}
-	}
-	return true
 }
 
 // Subset is a weighted part of a service's traffic.
@@ -161,11 +177,11 @@ func (sub Subset) ClusterName() string {
 	return name
 }
 
-// subsets returns how a service's traffic splits: per its TrafficRoute, or
+// Subsets returns how a service's traffic splits: per its TrafficRoute, or
 // all to the whole service. Zero weights are dropped. It is built once per
 // MeshState and service: callers must not modify it (it is clipped, so
 // appending copies).
-func (s *MeshState) subsets(service string) []Subset {
+func (s *MeshState) Subsets(service string) []Subset {
 	return memo(s, "subsets|"+service, func() []Subset { return slices.Clip(s.buildSubsets(service)) })
 }
 
@@ -198,56 +214,46 @@ type Endpoint struct {
 	Zone    string
 }
 
-// endpoints returns a subset's endpoints: the local inbounds whose tags
-// match it (in this zone), and, unless localOnly, each other zone's ingress
-// offering it, weighted by instance count.
-func (s *MeshState) endpoints(sub Subset, localOnly bool) []Endpoint {
+// Endpoints returns a subset's endpoints: the online local instances whose
+// tags match it, and, unless localOnly, each other zone's ingress offering
+// it, weighted by instance count. Built once per MeshState: callers must not
+// modify it.
+func (s *MeshState) Endpoints(sub Subset, localOnly bool) []Endpoint {
 	key := fmt.Sprintf("endpoints|%s|%v", sub.ClusterName(), localOnly)
 	return memo(s, key, func() []Endpoint { return s.buildEndpoints(sub, localOnly) })
 }
 
-// matchesHere is matches for a local inbound, whose zone is this zone when
-// its tags do not say.
-func (s *MeshState) matchesHere(selector, tags map[string]string) bool {
-	for k, v := range selector {
-		got, ok := tags[k]
-		if !ok && k == api.TagZone {
-			got, ok = s.Zone, true
-		}
-		if !ok || (v != "*" && got != v) {
-			return false
-		}
-	}
-	return true
-}
-
 func (s *MeshState) buildEndpoints(sub Subset, localOnly bool) []Endpoint {
+	svc := s.Service(sub.Tags[api.TagService])
+	if svc == nil {
+		return nil
+	}
 	var out []Endpoint
-	for _, dp := range s.Dataplanes {
-		for _, in := range dp.Networking.Inbound {
-			if s.matchesHere(sub.Tags, in.Tags) {
-				out = append(out, Endpoint{Address: dp.Networking.Address, Port: uint32(in.Port), Weight: 1, Zone: s.Zone})
-			}
+	for _, in := range svc.Local {
+		if catalog.Matches(sub.Tags, in.Tags) {
+			out = append(out, Endpoint{Address: in.Address, Port: in.Port, Weight: 1, Zone: s.Zone})
 		}
 	}
 	if !localOnly {
-		for _, ing := range s.Ingresses {
-			addr, port := ing.Networking.AdvertisedAddress, ing.Networking.AdvertisedPort
-			if addr == "" {
-				addr, port = ing.Networking.Address, ing.Networking.Port
+		byIngress := map[string]*Endpoint{}
+		var order []string
+		for _, o := range svc.Remote {
+			if !catalog.Matches(sub.Tags, o.Tags) {
+				continue
 			}
-			var instances int
-			for _, as := range ing.AvailableServices {
-				if as.Mesh == s.Mesh.Name && matches(sub.Tags, as.Tags) {
-					instances += as.Instances
-				}
+			e, ok := byIngress[o.Ingress]
+			if !ok {
+				e = &Endpoint{Address: o.Address, Port: o.Port, Zone: o.Zone}
+				byIngress[o.Ingress] = e
+				order = append(order, o.Ingress)
 			}
-			if instances > 0 {
-				out = append(out, Endpoint{Address: addr, Port: uint32(port), Weight: uint32(instances), Zone: ing.Zone})
-			}
+			e.Weight += uint32(o.Instances)
+		}
+		for _, ing := range order {
+			out = append(out, *byIngress[ing])
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
+	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Address != out[j].Address {
 			return out[i].Address < out[j].Address
 		}

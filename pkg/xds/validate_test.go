@@ -18,10 +18,10 @@ import (
 func TestValidateCatches(t *testing.T) {
 	good := func() Resources {
 		r := Resources{}
-		r.add(resource.ListenerType, apiListener("billing"))
-		r.add(resource.RouteType, routeConfig("billing", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
-		r.add(resource.ClusterType, edsCluster("billing"))
-		r.add(resource.EndpointType, loadAssignment("billing", nil, nil))
+		r.Add(resource.ListenerType, apiListener("billing"))
+		r.Add(resource.RouteType, routeConfig("billing", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}}))
+		r.Add(resource.ClusterType, EDSCluster("billing"))
+		r.Add(resource.EndpointType, LoadAssignment("billing", nil, nil))
 		return r
 	}
 	if err := Validate(good()); err != nil {
@@ -38,7 +38,7 @@ func TestValidateCatches(t *testing.T) {
 		{"missing load assignment", func(r Resources) { delete(r, resource.EndpointType) }, `refers to load assignment "billing"`},
 		{"no router filter", func(r Resources) {
 			m := &hcm.HttpConnectionManager{StatPrefix: "b", RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: "billing", ConfigSource: ads()}}}
-			r[resource.ListenerType][0].(*listener.Listener).ApiListener.ApiListener = mustAny(m)
+			r[resource.ListenerType][0].(*listener.Listener).ApiListener.ApiListener = MustAny(m)
 		}, "no HTTP filters"},
 		{"unnamed weighted cluster", func(r Resources) {
 			r[resource.RouteType][0].(*route.RouteConfiguration).VirtualHosts[0].Routes[0].GetRoute().ClusterSpecifier = &route.RouteAction_WeightedClusters{
@@ -47,7 +47,7 @@ func TestValidateCatches(t *testing.T) {
 		{"virtual host without domains (ValidateAll)", func(r Resources) {
 			r[resource.RouteType][0].(*route.RouteConfiguration).VirtualHosts[0].Domains = nil
 		}, "Domains"},
-		{"duplicate", func(r Resources) { r.add(resource.ClusterType, edsCluster("billing")) }, `cluster "billing" twice`},
+		{"duplicate", func(r Resources) { r.Add(resource.ClusterType, EDSCluster("billing")) }, `cluster "billing" twice`},
 	}
 	srv, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
 	if err != nil {

@@ -45,7 +45,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 	zonecp "github.com/ursamesh/ursa/zone"
 )
@@ -68,7 +70,7 @@ const (
 // on, and zone-b's and zone-c's ingresses each offering the first half of
 // the services.
 type xdsMeshFixture struct {
-	state *xds.MeshState
+	state *benchMesh
 	ca    *api.MeshCA
 	// secrets are each service's SDS secrets, built once per identity as
 	// the zone's identities do.
@@ -96,7 +98,7 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	st := &xds.MeshState{
+	st := &benchMesh{
 		Zone: xdsZone,
 		Mesh: &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: xdsMesh}, MTLS: &api.MeshMTLS{Enabled: true}},
 		VIPs: map[string]netip.Addr{},
@@ -168,11 +170,58 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 	return f
 }
 
+// benchMesh is one mesh's resources in zone-a, from which the fixture
+// builds the zone's catalogue and state, once.
+type benchMesh struct {
+	Zone        string
+	Mesh        *api.Mesh
+	Dataplanes  []*api.Dataplane
+	Routes      []*api.TrafficRoute
+	Permissions []*api.TrafficPermission
+	Failovers   []*api.Failover
+	Ingresses   []*api.ZoneIngress
+	VIPs        map[string]netip.Addr
+
+	once  sync.Once
+	built *xds.State
+}
+
+// resources lists the mesh's resources, its VIPs as one VirtualIPs.
+func (m *benchMesh) resources() []api.Resource {
+	vips := &api.VirtualIPs{Meta: api.Meta{Type: "VirtualIPs", Mesh: m.Mesh.Name, Name: "vips"}, Entries: map[string]api.VirtualIP{}}
+	for svc, ip := range m.VIPs {
+		vips.Entries[svc] = api.VirtualIP{IP: ip.String()}
+	}
+	rs := []api.Resource{m.Mesh, vips}
+	for _, r := range m.Dataplanes {
+		rs = append(rs, r)
+	}
+	for _, r := range m.Routes {
+		rs = append(rs, r)
+	}
+	for _, r := range m.Permissions {
+		rs = append(rs, r)
+	}
+	for _, r := range m.Failovers {
+		rs = append(rs, r)
+	}
+	for _, r := range m.Ingresses {
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// State is the zone's state of the mesh, built on first use.
+func (m *benchMesh) State() *xds.State {
+	m.once.Do(func() { m.built = xds.NewState(catalog.FromResources(m.Zone, m.resources()), nil) })
+	return m.built
+}
+
 // withRoute returns a copy of state whose TrafficRoute for service splits
 // v1/100-v1 by version.
-func withRoute(st *xds.MeshState, service string, v1 int) *xds.MeshState {
-	// A fresh MeshState, not a copy: a MeshState memoises what it builds.
-	out := xds.MeshState{Zone: st.Zone, Mesh: st.Mesh, Dataplanes: st.Dataplanes, Permissions: st.Permissions,
+func withRoute(st *benchMesh, service string, v1 int) *benchMesh {
+	// A fresh benchMesh, not a copy: its State memoises what it builds.
+	out := benchMesh{Zone: st.Zone, Mesh: st.Mesh, Dataplanes: st.Dataplanes, Permissions: st.Permissions,
 		Failovers: st.Failovers, Ingresses: st.Ingresses, VIPs: st.VIPs}
 	out.Routes = slices.Clone(st.Routes)
 	r := versionRoute(service, v1)
@@ -188,8 +237,8 @@ func withRoute(st *xds.MeshState, service string, v1 int) *xds.MeshState {
 // generate does for one proxy what the zone's generation loop does before
 // SetResources (which validates): sidecar resources and the SDS secrets of
 // its service.
-func (f *xdsMeshFixture) generate(st *xds.MeshState, dp *api.Dataplane) (xds.Resources, error) {
-	res, err := xds.Sidecar(st, xds.Proxy{Dataplane: dp})
+func (f *xdsMeshFixture) generate(st *benchMesh, dp *api.Dataplane) (xds.Resources, error) {
+	res, err := xds.Sidecar(st.State(), xds.Proxy{Kind: xds.KindSidecar, Dataplane: dp})
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +403,7 @@ func writeHeapProfile(b *testing.B, path string) {
 // resetPeakRSS restarts VmHWM from the current RSS.
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
-func sampleListener(st *xds.MeshState) string {
+func sampleListener(st *benchMesh) string {
 	return fmt.Sprintf("outbound:%s:80", st.VIPs[changedService])
 }
 
@@ -453,7 +502,7 @@ func fullPush(b *testing.B, wire protocol, n int) {
 	// (one MeshState; Sidecar, secrets, Validate and SetResources per
 	// proxy, on GOMAXPROCS workers), timing its parts: genTook and setTook
 	// are summed over the workers.
-	publish := func(srv *xds.Server, st *xds.MeshState) (genTook, setTook time.Duration) {
+	publish := func(srv *xds.Server, st *benchMesh) (genTook, setTook time.Duration) {
 		var mu sync.Mutex
 		var next atomic.Int64
 		var wg sync.WaitGroup
@@ -581,11 +630,11 @@ func fullPush(b *testing.B, wire protocol, n int) {
 	for b.Loop() {
 		k++
 		v1 := 80 - k%70
-		before, err := xds.Sidecar(withRoute(f.state, changedService, prev), xds.Proxy{Dataplane: dps[0]})
+		before, err := xds.Sidecar(withRoute(f.state, changedService, prev).State(), xds.Proxy{Kind: xds.KindSidecar, Dataplane: dps[0]})
 		if err != nil {
 			b.Fatal(err)
 		}
-		after, err := xds.Sidecar(withRoute(f.state, changedService, v1), xds.Proxy{Dataplane: dps[0]})
+		after, err := xds.Sidecar(withRoute(f.state, changedService, v1).State(), xds.Proxy{Kind: xds.KindSidecar, Dataplane: dps[0]})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -597,6 +646,7 @@ func fullPush(b *testing.B, wire protocol, n int) {
 		prev = v1
 		c.expect(b, k+1, listeners, clusters)
 		st := withRoute(f.state, changedService, v1)
+		st.State() // the catalogue, built once per store change (BenchmarkCatalogBuild)
 		cpCPU0, clientsCPU0 := cpuTime("self"), cpuTime(strconv.Itoa(c.cmd.Process.Pid))
 		start := time.Now()
 		genTook, setTook := publish(srv, st)
@@ -643,4 +693,28 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// BenchmarkCatalogBuild measures building the zone's catalogue (services,
+// instances, VIPs, the hash of its inputs) from the mirror's view, which the
+// zone does once per store change.
+//
+//	go test ./test/bench -run '^$' -bench CatalogBuild -benchmem
+func BenchmarkCatalogBuild(b *testing.B) {
+	for _, per := range []int{xdsPerService, 200} {
+		f := newXDSMesh(b, xdsServices, per)
+		rs := f.state.resources()
+		for i := range rs { // as the store returns them: versioned
+			rs[i].GetMeta().Version = 1
+		}
+		view := store.NewView(rs, catalog.Types()...)
+		b.Run(fmt.Sprintf("dataplanes=%d", xdsServices*per), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := catalog.Build(xdsZone, view); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -1,4 +1,7 @@
-package xds
+// Package bootstrap writes the Envoy bootstrap `ursa-dp run --proxy envoy` starts
+// Envoy with: the zone CP as its ADS server, the node id and metadata the
+// proxy presents.
+package bootstrap
 
 import (
 	"fmt"
@@ -12,13 +15,14 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// BootstrapOptions describe the Envoy a sidecar runs.
-type BootstrapOptions struct {
+// Options describe the Envoy a sidecar runs.
+type Options struct {
 	NodeID string
 	// Metadata goes in the node's metadata (the Dataplane it presents).
 	Metadata map[string]string
@@ -29,9 +33,9 @@ type BootstrapOptions struct {
 	AdminAddress string
 }
 
-// Bootstrap returns the JSON bootstrap that points Envoy at the zone CP over
+// JSON returns the JSON bootstrap that points Envoy at the zone CP over
 // ADS. It passes ValidateAll.
-func Bootstrap(o BootstrapOptions) ([]byte, error) {
+func JSON(o Options) ([]byte, error) {
 	cpHost, cpPort, err := splitPort(o.CPAddress)
 	if err != nil {
 		return nil, fmt.Errorf("control plane address: %w", err)
@@ -89,4 +93,23 @@ func splitPort(hostport string) (string, uint32, error) {
 		return "", 0, fmt.Errorf("port %q: %w", p, err)
 	}
 	return host, uint32(n), nil
+}
+
+func socketAddress(addr string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("bootstrap: pack %T: %v", m, err)) // only for our own well-formed messages
+	}
+	return a
+}
+
+// ads points a resource's dependencies at the ADS stream.
+func ads() *core.ConfigSource {
+	return &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3,
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}
 }

@@ -1,0 +1,79 @@
+package ingress
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/xds"
+	"github.com/ursamesh/ursa/pkg/xds/xdstest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// catalogFrom reads a multi-document YAML of resources into zone-1's
+// catalogue.
+func catalogFrom(t *testing.T, file string) *catalog.Catalog {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, errs := api.DecodeAll(data)
+	if len(errs) > 0 {
+		t.Fatalf("%s: %v", file, errs)
+	}
+	return catalog.FromResources("zone-1", rs)
+}
+
+// TestGolden runs the ingress generator on each case under testdata; the
+// case's first ZoneIngress is this zone's own. Every generated resource must
+// pass Validate.
+func TestGolden(t *testing.T) {
+	inputs, _ := filepath.Glob("testdata/*.input.yaml")
+	if len(inputs) == 0 {
+		t.Fatal("no test cases")
+	}
+	for _, in := range inputs {
+		name := strings.TrimSuffix(filepath.Base(in), ".input.yaml")
+		t.Run(name, func(t *testing.T) {
+			cat := catalogFrom(t, in)
+			if len(cat.Ingresses) == 0 {
+				t.Fatal("the case has no ZoneIngress of zone-1")
+			}
+			r, err := Generate(xds.NewState(cat, nil), xds.Proxy{Kind: xds.KindIngress, Ingress: cat.Ingresses[0].ZoneIngress})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := xds.Validate(r); err != nil {
+				t.Fatalf("generated resources do not validate: %v", err)
+			}
+			xdstest.Golden(t, strings.TrimSuffix(in, ".input.yaml")+".golden.yaml", xdstest.Render(t, r), *update)
+		})
+	}
+}
+
+// TestOffers: the ingress offers the online local instances grouped by tags
+// with their zone, and nothing once its own proxy is offline.
+func TestOffers(t *testing.T) {
+	cat := catalogFrom(t, "testdata/split.input.yaml")
+	offers := Offers(cat)
+	if len(offers) != 3 || offers[0].Instances != 1 || offers[0].Tags[api.TagZone] != "zone-1" {
+		t.Fatalf("offers: %+v", offers)
+	}
+	ing := cat.Ingresses[0]
+	next := Offered(ing, offers)
+	if next == nil || len(next.AvailableServices) != 3 {
+		t.Fatalf("an online ingress with no offers yet: %+v", next)
+	}
+	if again := Offered(catalog.LocalIngress{ZoneIngress: next, Online: true}, offers); again != nil {
+		t.Fatalf("offers already written are written again: %+v", again)
+	}
+	if off := Offered(catalog.LocalIngress{ZoneIngress: next, Online: false}, offers); off == nil || len(off.AvailableServices) != 0 {
+		t.Fatalf("an offline ingress still offers: %+v", off)
+	}
+}

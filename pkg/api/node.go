@@ -1,0 +1,16 @@
+package api
+
+// Keys of an xDS node's metadata, shared by the data plane that sets them
+// and the control plane that reads them.
+const (
+	// MetadataDataplane carries the Dataplane a proxy presents (YAML or
+	// JSON), which the zone registers when it connects.
+	MetadataDataplane = "ursa.io/dataplane"
+	// MetadataZoneIngress carries the ZoneIngress an ingress presents.
+	MetadataZoneIngress = "ursa.io/zone-ingress"
+	// MetadataIngress is "true" on a zone ingress; its node id is its
+	// ZoneIngress's name.
+	MetadataIngress = "ursa.io/ingress"
+	// MetadataProxyless is "true" on a proxyless gRPC client.
+	MetadataProxyless = "ursa.io/proxyless"
+)

@@ -1,0 +1,87 @@
+package zone
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/xds"
+)
+
+// registerIngress stores the ZoneIngress an ingress presents, keeping the
+// available services the zone computed.
+func registerIngress(ctx context.Context, st store.Store, zone string, node *core.Node, doc string) error {
+	r, err := api.DecodeAs([]byte(doc), "ZoneIngress")
+	if err == nil {
+		err = api.Validate(r)
+	}
+	if err != nil {
+		return fmt.Errorf("presented zone ingress: %w", err)
+	}
+	ing := r.(*api.ZoneIngress)
+	if ing.Name != node.GetId() {
+		return fmt.Errorf("presented zone ingress is %s, but the node id is %s", ing.Name, node.GetId())
+	}
+	if ing.Zone != zone {
+		return fmt.Errorf("presented zone ingress is for zone %q; this is zone %q", ing.Zone, zone)
+	}
+	if cur, err := st.Get(ctx, api.KeyOf(ing)); err == nil {
+		ing.AvailableServices = cur.(*api.ZoneIngress).AvailableServices
+	}
+	_, err = st.Apply(ctx, []api.Resource{ing}, nil)
+	return err
+}
+
+// registrar registers the Dataplane or ZoneIngress a proxy presents in its
+// node metadata when it connects (xds.Registrar).
+type registrar struct {
+	st   store.Store
+	zone string
+}
+
+// Register stores the Dataplane a proxy presents, if it presents one whose
+// name is its node id's and which its token covers, or the ZoneIngress an
+// ingress presents.
+func (r registrar) Register(ctx context.Context, node *core.Node, c *xds.Claims) error {
+	return registerPresented(ctx, r.st, r.zone, node, c)
+}
+
+func registerPresented(ctx context.Context, st store.Store, zone string, node *core.Node, c *xds.Claims) error {
+	if doc := node.GetMetadata().GetFields()[api.MetadataZoneIngress].GetStringValue(); doc != "" {
+		return registerIngress(ctx, st, zone, node, doc)
+	}
+	doc := node.GetMetadata().GetFields()[api.MetadataDataplane].GetStringValue()
+	if doc == "" {
+		return nil
+	}
+	r, err := api.DecodeAs([]byte(doc), "Dataplane")
+	if err == nil {
+		err = api.Validate(r)
+	}
+	if err != nil {
+		return fmt.Errorf("presented dataplane: %w", err)
+	}
+	dp := r.(*api.Dataplane)
+	if id := xds.NodeID(dp.Mesh, dp.Name); id != node.GetId() {
+		return fmt.Errorf("presented dataplane is %s, but the node id is %s", id, node.GetId())
+	}
+	if c != nil {
+		if dp.Mesh != c.Mesh {
+			return fmt.Errorf("presented dataplane is in mesh %q, its token is for %q", dp.Mesh, c.Mesh)
+		}
+		if c.Service != "" && !slices.ContainsFunc(dp.Networking.Inbound, func(in api.Inbound) bool { return in.Tags[api.TagService] == c.Service }) {
+			return fmt.Errorf("presented dataplane does not run %q, the service its token is for", c.Service)
+		}
+	}
+	for i := range dp.Networking.Inbound {
+		dp.Networking.Inbound[i].Tags[api.TagZone] = zone
+	}
+	if z, ok := api.Resource(dp).(api.Zoned); ok && z.OwnerZone() != zone {
+		return fmt.Errorf("presented dataplane belongs to zone %q", z.OwnerZone())
+	}
+	_, err = st.Apply(ctx, []api.Resource{dp}, nil)
+	return err
+}
