@@ -124,10 +124,11 @@ func TestProxylessGRPC(t *testing.T) {
 		!regexp.MustCompile(`web-1\s+Online\s+proxyless`).MatchString(out) {
 		t.Fatalf("inspect dataplanes:\n%s", out)
 	}
-	if _, body := zone.get(t, "/meshes/default/dataplanes/web-1/insight"); !strings.Contains(body, `"connected":true`) ||
-		!strings.Contains(body, "envoy.config.route.v3.RouteConfiguration") {
-		t.Fatalf("insight: %s", body)
-	}
+	// Its insight, written by the zone (ACKed versions within a second).
+	poll(t, "the client's ACKs in its insight", func() bool {
+		_, body := zone.get(t, "/meshes/default/dataplanes/web-1/insight")
+		return strings.Contains(body, `"connected":true`) && strings.Contains(body, "envoy.config.route.v3.RouteConfiguration")
+	})
 
 	// grpc-go, an independent LRS client, reports its calls to the zone
 	// CP, which shows them (at the zone, and at the global via KDS).
