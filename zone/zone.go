@@ -284,7 +284,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 			return err
 		}
 		r.AddRestarting("kds-cache", cache)
-		r.AddRestarting("kds", c)
+		// One replica of a zone talks to the global: they share a store,
+		// so what one receives every replica reads, and what it sends is
+		// every replica's.
+		r.Add("kds (leader only)", leaderOnly(st, "kds", cfg.Instance, log, c.Start))
 	}
 	log.Info("zone control plane starting", zap.String("store", be.Kind), zap.Bool("federated", cfg.Federated()),
 		zap.String("global", cfg.Global.KDS.Address), zap.String("api_addr", apiLn.Addr().String()))

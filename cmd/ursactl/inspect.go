@@ -95,45 +95,64 @@ func shortAge(d time.Duration) string {
 }
 
 // newInspectDataplanesCmd builds "inspect dataplanes [-m MESH]", for a zone
-// CP's API.
+// CP's API: each Dataplane with its insight, which the zone CP replica its
+// proxy is connected to writes, so every replica shows the same.
 func newInspectDataplanesCmd(a *app) *cobra.Command {
 	var mesh string
 	cmd := &cobra.Command{
 		Use:   "dataplanes",
-		Short: "Dataplanes with their xDS connection state, as their zone CP sees them",
+		Short: "Dataplanes with their proxies' xDS connection state (their DataplaneInsights)",
 		Args:  rangeArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dps, err := a.client.List(cmd.Context(), "Dataplane", mesh)
 			if err != nil {
 				return err
 			}
+			insights, err := a.client.List(cmd.Context(), "DataplaneInsight", mesh)
+			if err != nil {
+				return err
+			}
+			byKey := map[[2]string]*api.DataplaneInsight{}
+			for _, r := range insights {
+				in := r.(*api.DataplaneInsight)
+				byKey[[2]string{in.Mesh, in.Name}] = in
+			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "MESH\tNAME\tSTATUS\tKIND\tSINCE\tNACKS\tLAST NACK")
+			fmt.Fprintln(tw, "MESH\tNAME\tSTATUS\tKIND\tSINCE\tCP INSTANCE\tNACKS\tLAST NACK")
 			now := time.Now()
 			for _, r := range dps {
 				m := r.GetMeta()
-				in, err := a.client.DataplaneInsight(cmd.Context(), m.Mesh, m.Name)
-				if err != nil {
-					return err
-				}
-				status, since, kind := "Offline", "-", "sidecar"
-				if in.Connected {
-					status, since = "Online", shortAge(now.Sub(in.ConnectedSince))
-				} else if !in.DisconnectedAt.IsZero() {
-					since = shortAge(now.Sub(in.DisconnectedAt))
-				}
-				if in.Proxyless {
-					kind = "proxyless"
-				}
-				nack := in.LastNack
-				if nack == "" {
-					nack = "-"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", m.Mesh, m.Name, status, kind, since, in.Nacks, nack)
+				fmt.Fprintln(tw, dataplaneRow(m.Mesh, m.Name, byKey[[2]string{m.Mesh, m.Name}], now))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().StringVarP(&mesh, "mesh", "m", "", "only this mesh")
 	return cmd
+}
+
+// dataplaneRow is one line of inspect dataplanes; in is nil for a
+// Dataplane whose proxy never connected (it counts as up: a proxyless
+// server, or one registered through the API).
+func dataplaneRow(mesh, name string, in *api.DataplaneInsight, now time.Time) string {
+	if in == nil {
+		return fmt.Sprintf("%s\t%s\tNever connected\t-\t-\t-\t0\t-", mesh, name)
+	}
+	status, since, kind := "Offline", "-", "sidecar"
+	if in.Connected {
+		status, since = "Online", shortAge(now.Sub(in.ConnectedSince))
+	} else if !in.DisconnectedAt.IsZero() {
+		since = shortAge(now.Sub(in.DisconnectedAt))
+	}
+	if in.Proxyless {
+		kind = "proxyless"
+	}
+	nack, instance := in.LastNack, in.Instance
+	if nack == "" {
+		nack = "-"
+	}
+	if instance == "" {
+		instance = "-"
+	}
+	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s", mesh, name, status, kind, since, instance, in.Nacks, nack)
 }

@@ -20,6 +20,7 @@ type meshZones struct {
 	t      testing.TB
 	dir    string
 	global *cp
+	kds    string // the global's KDS address
 	zones  map[string]*zoneProcs
 }
 
@@ -43,7 +44,7 @@ func startZones(t testing.TB, names ...string) *meshZones {
 	t.Helper()
 	m := &meshZones{t: t, dir: t.TempDir(), zones: map[string]*zoneProcs{}}
 	kdsAddr := freeAddr(t)
-	m.global = startCP(t, "global", "--kds-addr", kdsAddr)
+	m.global, m.kds = startCP(t, "global", "--kds-addr", kdsAddr), kdsAddr
 	_, pemCA := m.global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(m.dir, "ca.pem")
 	os.WriteFile(ca, []byte(pemCA), 0o600)
