@@ -172,3 +172,10 @@ func Decode(d api.Descriptor, res *discovery.Resource) (api.Resource, error) {
 	}
 	return r, nil
 }
+
+// gRPC metadata a zone's KDS streams carry, read by the global's server.
+const (
+	MetadataAuthorization = "authorization" // "Bearer <zone token>"
+	MetadataZone          = "ursa-zone"
+	MetadataVersion       = "ursa-version"
+)

@@ -23,7 +23,6 @@ import (
 
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/kds/kdspb"
-	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -123,9 +122,9 @@ func (c *Client) session(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx,
-		server.MetadataAuthorization, "Bearer "+c.Token,
-		server.MetadataZone, c.Zone,
-		server.MetadataVersion, c.Version)
+		kds.MetadataAuthorization, "Bearer "+c.Token,
+		kds.MetadataZone, c.Zone,
+		kds.MetadataVersion, c.Version)
 	api := kdspb.NewKDSClient(conn)
 	down, err := api.GlobalToZone(ctx)
 	if err != nil {

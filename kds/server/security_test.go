@@ -137,13 +137,13 @@ func TestZonesAreAuthenticated(t *testing.T) {
 		code codes.Code
 		want string
 	}{
-		{"no token", []string{server.MetadataZone, "zone-a"}, codes.Unauthenticated, "no zone token"},
-		{"not a token", []string{server.MetadataAuthorization, "Bearer nonsense", server.MetadataZone, "zone-a"}, codes.Unauthenticated, "malformed"},
-		{"bad signature", []string{server.MetadataAuthorization, "Bearer " + string(forged), server.MetadataZone, "zone-a"}, codes.Unauthenticated, "signature"},
-		{"signed by another key", []string{server.MetadataAuthorization, "Bearer " + foreign, server.MetadataZone, "zone-a"}, codes.Unauthenticated, "signature"},
-		{"expired", []string{server.MetadataAuthorization, "Bearer " + expired, server.MetadataZone, "zone-a"}, codes.Unauthenticated, "expired"},
-		{"zone A's token on a CP named B", []string{server.MetadataAuthorization, "Bearer " + good, server.MetadataZone, "zone-b"}, codes.PermissionDenied, `runs as zone "zone-b" but its token was issued to zone "zone-a"`},
-		{"disabled zone", []string{server.MetadataAuthorization, "Bearer " + g.token(t, "zone-off"), server.MetadataZone, "zone-off"}, codes.PermissionDenied, "disabled"},
+		{"no token", []string{kds.MetadataZone, "zone-a"}, codes.Unauthenticated, "no zone token"},
+		{"not a token", []string{kds.MetadataAuthorization, "Bearer nonsense", kds.MetadataZone, "zone-a"}, codes.Unauthenticated, "malformed"},
+		{"bad signature", []string{kds.MetadataAuthorization, "Bearer " + string(forged), kds.MetadataZone, "zone-a"}, codes.Unauthenticated, "signature"},
+		{"signed by another key", []string{kds.MetadataAuthorization, "Bearer " + foreign, kds.MetadataZone, "zone-a"}, codes.Unauthenticated, "signature"},
+		{"expired", []string{kds.MetadataAuthorization, "Bearer " + expired, kds.MetadataZone, "zone-a"}, codes.Unauthenticated, "expired"},
+		{"zone A's token on a CP named B", []string{kds.MetadataAuthorization, "Bearer " + good, kds.MetadataZone, "zone-b"}, codes.PermissionDenied, `runs as zone "zone-b" but its token was issued to zone "zone-a"`},
+		{"disabled zone", []string{kds.MetadataAuthorization, "Bearer " + g.token(t, "zone-off"), kds.MetadataZone, "zone-off"}, codes.PermissionDenied, "disabled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,7 +159,7 @@ func TestZonesAreAuthenticated(t *testing.T) {
 		t.Fatalf("refused connections created zones: %d", len(res.Items))
 	}
 	// The good token on its own zone's CP is admitted, and registers it.
-	if err := openDown(t, g.global, server.MetadataAuthorization, "Bearer "+good, server.MetadataZone, "zone-a"); err != nil {
+	if err := openDown(t, g.global, kds.MetadataAuthorization, "Bearer "+good, kds.MetadataZone, "zone-a"); err != nil {
 		t.Fatalf("good token: %v", err)
 	}
 }
@@ -204,7 +204,7 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 	if has(a.store, api.Key{Type: "Mesh", Name: "three"}) {
 		t.Fatal("a zone with a revoked token received a change")
 	}
-	if err := openDown(t, g.global, server.MetadataAuthorization, "Bearer "+a.client.Token, server.MetadataZone, "zone-a"); status.Code(err) != codes.Unauthenticated {
+	if err := openDown(t, g.global, kds.MetadataAuthorization, "Bearer "+a.client.Token, kds.MetadataZone, "zone-a"); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("old token after rotation: %v", err)
 	}
 }
@@ -213,7 +213,7 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 // subscriptions.
 func upStream(t *testing.T, g *secured, zone string) kdspb.KDS_ZoneToGlobalClient {
 	t.Helper()
-	stream, err := g.conn(t).ZoneToGlobal(callCtx(t, server.MetadataAuthorization, "Bearer "+g.token(t, zone), server.MetadataZone, zone))
+	stream, err := g.conn(t).ZoneToGlobal(callCtx(t, kds.MetadataAuthorization, "Bearer "+g.token(t, zone), kds.MetadataZone, zone))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func TestOversizedMessageIsRefused(t *testing.T) {
 func TestStalledStreamIsRestarted(t *testing.T) {
 	ctx := context.Background()
 	g := startSecured(t, server.Deps{AckTimeout: 300 * time.Millisecond})
-	stream, err := g.conn(t).GlobalToZone(callCtx(t, server.MetadataAuthorization, "Bearer "+g.token(t, "zone-a"), server.MetadataZone, "zone-a"))
+	stream, err := g.conn(t).GlobalToZone(callCtx(t, kds.MetadataAuthorization, "Bearer "+g.token(t, "zone-a"), kds.MetadataZone, "zone-a"))
 	if err != nil {
 		t.Fatal(err)
 	}

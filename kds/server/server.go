@@ -24,13 +24,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// Metadata keys a zone sends on both streams.
-const (
-	MetadataAuthorization = "authorization"
-	MetadataZone          = "ursa-zone"
-	MetadataVersion       = "ursa-version"
-)
-
 // Verifier checks a zone token and returns the zone it was issued to.
 type Verifier interface {
 	VerifyZoneToken(ctx context.Context, token string) (string, error)
@@ -121,7 +114,7 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 		}
 		return ""
 	}
-	token, ok := strings.CutPrefix(first(MetadataAuthorization), "Bearer ")
+	token, ok := strings.CutPrefix(first(kds.MetadataAuthorization), "Bearer ")
 	if !ok || token == "" {
 		return caller{}, status.Error(codes.Unauthenticated, "no zone token: start the zone CP with --zone-token-file (ursactl generate zone-token --zone NAME)")
 	}
@@ -133,7 +126,7 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 		s.Log.Warn("refused a zone token", zap.Error(err))
 		return caller{}, status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
 	}
-	if claimed := first(MetadataZone); claimed != zone {
+	if claimed := first(kds.MetadataZone); claimed != zone {
 		s.Log.Warn("refused a zone CP running under another zone's name", zap.String("zone", zone), zap.String("claimed", claimed))
 		return caller{}, status.Errorf(codes.PermissionDenied,
 			"this zone CP runs as zone %q but its token was issued to zone %q: start it with --zone %s or use that zone's token", claimed, zone, zone)
@@ -141,7 +134,7 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 	if err := s.admitZone(ctx, zone); err != nil {
 		return caller{}, err
 	}
-	return caller{zone: zone, token: token, version: first(MetadataVersion)}, nil
+	return caller{zone: zone, token: token, version: first(kds.MetadataVersion)}, nil
 }
 
 // admitZone creates the Zone on its first connection and refuses a disabled
