@@ -11,7 +11,9 @@ import (
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-func mesh(name string) *api.Mesh { return &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: name, Version: 1}} }
+func mesh(name string) *api.Mesh {
+	return &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: name, Version: 1}}
+}
 
 func dataplane(mesh, name, addr, service string, port int, extra ...string) *api.Dataplane {
 	tags := map[string]string{api.TagService: service}
