@@ -204,8 +204,25 @@ func (g *generation) plan(state *xds.State, n xds.Node, now time.Time) (job, err
 		j.secrets = cur.secrets
 		identity = fmt.Sprintf("%d/%d", m.CA.Version, cur.id.NotBefore.UnixNano())
 	}
-	j.key = fmt.Sprintf("%s|%s|%d|%d|%s|%d", n.Kind, m.Hash, dp.Version, dp.ModificationTime.UnixNano(), identity, conn)
+	inputs := m.Hash // a proxyless client reaches every service
+	if n.Kind == xds.KindSidecar {
+		inputs = m.SidecarHash(ownAndExplicit(dp))
+	}
+	j.key = fmt.Sprintf("%s|%s|%d|%d|%s|%d", n.Kind, inputs, dp.Version, dp.ModificationTime.UnixNano(), identity, conn)
 	return j, nil
+}
+
+// ownAndExplicit lists the services a Dataplane's inbounds carry, sorted,
+// and those its explicit outbounds name.
+func ownAndExplicit(dp *api.Dataplane) (own, explicit []string) {
+	for _, in := range dp.Networking.Inbound {
+		own = append(own, in.Tags[api.TagService])
+	}
+	slices.Sort(own)
+	for _, o := range dp.Networking.Outbound {
+		explicit = append(explicit, o.Tags[api.TagService])
+	}
+	return slices.Compact(own), explicit
 }
 
 // parallel calls fn(0) … fn(n-1) on up to workers goroutines, and returns

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
@@ -84,12 +85,18 @@ type MeshCatalog struct {
 	Ingresses []*api.ZoneIngress
 	// VIPs maps a service to its live virtual IP in this zone.
 	VIPs map[string]netip.Addr
-	// Hash covers everything above: two Meshes with the same hash give
-	// every proxy the same configuration.
+	// Hash covers everything above: two MeshCatalogs with the same hash
+	// give every proxy the same configuration.
 	Hash string
+	// PolicyHash covers what every sidecar of the mesh reads besides its
+	// services: the mesh, its CA, its policies, the list of its services
+	// and the zones other than this one.
+	PolicyHash string
 
 	services map[string]*Service
 	names    []string
+	// sidecarHashes memoises SidecarHash.
+	sidecarHashes sync.Map
 }
 
 // Service is one service of a mesh.
@@ -105,6 +112,9 @@ type Service struct {
 	Local []Instance
 	// Remote are other zones' ingresses' offers of the service.
 	Remote []Offer
+	// Hash covers everything above (and the Dataplanes and ingresses it
+	// comes from): a proxy that reaches the service depends on it.
+	Hash string
 }
 
 // Instance is one inbound of an online local Dataplane.
@@ -278,12 +288,29 @@ func (m *MeshCatalog) index(insights map[api.Key]*api.DataplaneInsight) {
 		}
 		return s
 	}
+	hashes := map[string]hash.Hash{}
+	hashOf := func(name string) hash.Hash {
+		h, ok := hashes[name]
+		if !ok {
+			h = sha256.New()
+			hashes[name] = h
+		}
+		return h
+	}
+	online := make(map[string]bool, len(m.Dataplanes))
+	for _, dp := range m.Dataplanes {
+		online[dp.Name] = true
+	}
 	for _, name := range slices.Sorted(maps.Keys(m.Registered)) {
-		for _, in := range m.Registered[name].Networking.Inbound {
-			if name := in.Tags[api.TagService]; name != "" {
-				if s := svc(name); s.Port == 0 {
+		dp := m.Registered[name]
+		for _, in := range dp.Networking.Inbound {
+			if svcName := in.Tags[api.TagService]; svcName != "" {
+				if s := svc(svcName); s.Port == 0 {
 					s.Port = uint32(in.AppPort())
 				}
+				h := hashOf(svcName)
+				writeMeta(h, dp)
+				h.Write([]byte{boolByte(online[name])})
 			}
 		}
 	}
@@ -310,11 +337,15 @@ func (m *MeshCatalog) index(insights map[api.Key]*api.DataplaneInsight) {
 				continue
 			}
 			s := svc(name)
+			writeMeta(hashOf(name), ing)
 			s.Remote = append(s.Remote, Offer{Zone: ing.Zone, Ingress: ing.Name, Address: addr, Port: uint32(port), Instances: as.Instances, Tags: as.Tags})
 		}
 	}
 	for name, s := range m.services {
 		s.VIP = m.VIPs[name]
+		h := hashOf(name)
+		fmt.Fprintf(h, "vip=%s;", s.VIP)
+		s.Hash = hex.EncodeToString(h.Sum(nil)[:16])
 		sort.SliceStable(s.Local, func(i, j int) bool {
 			if s.Local[i].Address != s.Local[j].Address {
 				return s.Local[i].Address < s.Local[j].Address
@@ -324,6 +355,66 @@ func (m *MeshCatalog) index(insights map[api.Key]*api.DataplaneInsight) {
 	}
 	m.names = slices.Sorted(maps.Keys(m.services))
 	m.Hash = m.hash(insights)
+	m.PolicyHash = m.policyHash()
+}
+
+// policyHash is PolicyHash.
+func (m *MeshCatalog) policyHash() string {
+	h := sha256.New()
+	writeMeta(h, m.Mesh)
+	if m.CA != nil {
+		writeMeta(h, m.CA)
+	}
+	for _, r := range m.Routes {
+		writeMeta(h, r)
+	}
+	for _, p := range m.Permissions {
+		writeMeta(h, p)
+	}
+	for _, f := range m.Failovers {
+		writeMeta(h, f)
+	}
+	fmt.Fprintf(h, "services=%q;", m.names)
+	zones := map[string]bool{}
+	for _, ing := range m.Ingresses {
+		zones[ing.Zone] = true
+	}
+	fmt.Fprintf(h, "zones=%q;", slices.Sorted(maps.Keys(zones)))
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// SidecarHash is the hash of what a sidecar's configuration depends on in
+// its mesh: the PolicyHash, and the hashes of the services it reaches,
+// which are every service but its own (the services its inbounds carry),
+// plus those its explicit outbounds name. A sidecar of billing is not
+// regenerated when only billing's instances change. It is memoised per
+// own and explicit set, and safe for concurrent use.
+func (m *MeshCatalog) SidecarHash(own, explicit []string) string {
+	key := fmt.Sprintf("%q|%q", own, explicit)
+	if v, ok := m.sidecarHashes.Load(key); ok {
+		return v.(string)
+	}
+	h := sha256.New()
+	h.Write([]byte(m.PolicyHash))
+	write := func(name string) {
+		if s := m.services[name]; s != nil {
+			fmt.Fprintf(h, "%s=%s;", name, s.Hash)
+		} else {
+			fmt.Fprintf(h, "%s=-;", name)
+		}
+	}
+	for _, name := range m.names {
+		if !slices.Contains(own, name) {
+			write(name)
+		}
+	}
+	h.Write([]byte{'|'})
+	for _, name := range explicit {
+		write(name)
+	}
+	sum := hex.EncodeToString(h.Sum(nil)[:16])
+	m.sidecarHashes.Store(key, sum)
+	return sum
 }
 
 // hash covers every input of the mesh by key and version (the store gives
