@@ -35,18 +35,19 @@ func mirroredTypes() []string {
 	return slices.Sorted(maps.Keys(set))
 }
 
-// catalogSource is the zone's catalogue.
-type catalogSource interface {
+// CatalogSource is the zone's catalogue (a catalog.Follower).
+type CatalogSource interface {
 	Current() (*catalog.Catalog, <-chan struct{})
 }
 
-// nodeSource is the xDS server's set of proxies connected to this replica.
-type nodeSource interface {
+// NodeSource is the set of proxies connected to this replica (the xDS
+// server).
+type NodeSource interface {
 	Nodes() ([]xds.Node, <-chan struct{})
 }
 
-// publisher takes a proxy's resources.
-type publisher interface {
+// Publisher takes a proxy's resources (the xDS server).
+type Publisher interface {
 	SetResources(ctx context.Context, nodeID string, r xds.Resources) error
 }
 
@@ -59,17 +60,27 @@ func generators() xds.Generators {
 	}
 }
 
-// generation keeps the configuration of every proxy connected to this
+// GenerationDeps is what Generation works with.
+type GenerationDeps struct {
+	Catalog CatalogSource
+	Nodes   NodeSource
+	Out     Publisher
+	// CertTTL is the lifetime of the workload certificates it issues.
+	CertTTL time.Duration
+	Log     *zap.Logger
+}
+
+// Generation keeps the configuration of every proxy connected to this
 // replica current: store → mirror → catalogue → per proxy Generate →
-// SetResources. A proxy whose inputs (its mesh's catalogue hash, or the
-// zone's for an ingress; its own Dataplane's version; its identity; its
-// connection) did not change since its last generation is not generated
-// again.
-type generation struct {
-	zone  string
-	cat   catalogSource
-	nodes nodeSource
-	out   publisher
+// SetResources. A proxy whose inputs did not change since its last
+// generation is not generated again: the hash of what it reads in the
+// catalogue (for a sidecar, its mesh's policies and the services it
+// reaches; for a proxyless client, its mesh; for an ingress, the zone), its
+// own Dataplane's version, its identity and its connection.
+type Generation struct {
+	cat   CatalogSource
+	nodes NodeSource
+	out   Publisher
 	gens  xds.Generators
 	ids   *identities
 	log   *zap.Logger
@@ -78,20 +89,23 @@ type generation struct {
 	last map[string]string
 	// warned keeps one warning per proxy and problem.
 	warned map[string]bool
-	// generated counts proxies generated (not skipped), for tests and
-	// benchmarks.
+	// generated counts proxies generated (not skipped).
 	generated atomic.Int64
+	state     *xds.State
+}
+
+// NewGeneration returns a Generation; Start runs it.
+func NewGeneration(d GenerationDeps) *Generation {
+	return &Generation{cat: d.Catalog, nodes: d.Nodes, out: d.Out, gens: generators(), ids: newIdentities(d.CertTTL), log: d.Log,
+		last: map[string]string{}, warned: map[string]bool{}}
 }
 
 // Start runs generation until ctx ends.
-func (g *generation) Start(ctx context.Context) error {
-	g.last, g.warned = map[string]string{}, map[string]bool{}
-	var state *xds.State
+func (g *Generation) Start(ctx context.Context) error {
 	for {
 		cat, catChanged := g.cat.Current()
 		nodes, nodesChanged := g.nodes.Nodes()
-		state = xds.NewState(cat, state)
-		g.generate(ctx, state, nodes, time.Now())
+		g.Sync(ctx, cat, nodes)
 		renew := time.Hour
 		if at := g.ids.nextRenewal(); !at.IsZero() {
 			renew = max(time.Until(at), time.Second)
@@ -106,6 +120,17 @@ func (g *generation) Start(ctx context.Context) error {
 	}
 }
 
+// Sync generates, once, those of nodes whose inputs in cat changed since
+// they were last generated, and returns how many it generated. Start calls
+// it on every change; it is not safe to call concurrently.
+func (g *Generation) Sync(ctx context.Context, cat *catalog.Catalog, nodes []xds.Node) int {
+	g.state = xds.NewState(cat, g.state)
+	return g.generate(ctx, g.state, nodes, time.Now())
+}
+
+// Generated is how many proxies were generated (not skipped) in all.
+func (g *Generation) Generated() int64 { return g.generated.Load() }
+
 // job is one proxy to generate.
 type job struct {
 	id    string
@@ -118,7 +143,7 @@ type job struct {
 // generate generates, on every core, the proxies whose inputs changed. What
 // proxies share is built once per MeshState (which is safe for concurrent
 // use), and SetResources is safe to call concurrently.
-func (g *generation) generate(ctx context.Context, state *xds.State, nodes []xds.Node, now time.Time) {
+func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds.Node, now time.Time) int {
 	seen := make(map[string]bool, len(nodes))
 	var jobs []job
 	for _, n := range nodes {
@@ -160,9 +185,10 @@ func (g *generation) generate(ctx context.Context, state *xds.State, nodes []xds
 		mu.Unlock()
 	})
 	g.generated.Add(int64(len(jobs)))
+	return len(jobs)
 }
 
-func (g *generation) warnOnce(key, msg string, fields ...zap.Field) {
+func (g *Generation) warnOnce(key, msg string, fields ...zap.Field) {
 	if !g.warned[key] {
 		g.warned[key] = true
 		g.log.Warn(msg, fields...)
@@ -171,7 +197,7 @@ func (g *generation) warnOnce(key, msg string, fields ...zap.Field) {
 
 // plan finds what a connected proxy is generated from and the key of those
 // inputs.
-func (g *generation) plan(state *xds.State, n xds.Node, now time.Time) (job, error) {
+func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time) (job, error) {
 	conn := n.Since.UnixNano()
 	if n.Kind == xds.KindIngress {
 		for _, ing := range state.Catalog.Ingresses {
@@ -244,7 +270,7 @@ func parallel(workers, n int, fn func(int)) {
 // online local instances in the catalogue, which KDS then carries to the
 // other zones, until ctx ends. An ingress whose proxy has gone offline
 // offers nothing: other zones stop sending to it. Leader only: one writer.
-func offerServices(ctx context.Context, st store.Store, src catalogSource, log *zap.Logger) error {
+func offerServices(ctx context.Context, st store.Store, src CatalogSource, log *zap.Logger) error {
 	for {
 		cat, changed := src.Current()
 		offers := ingress.Offers(cat)

@@ -44,8 +44,7 @@ func dp(mesh, name, service string, version int64) *api.Dataplane {
 // its mesh's catalogue, its own Dataplane or its connection changed.
 func TestGenerationSkipsUnchangedProxies(t *testing.T) {
 	out := &published{ids: map[string]int{}}
-	g := &generation{zone: "zone-1", out: out, gens: generators(), ids: newIdentities(time.Hour), log: zaptest.NewLogger(t),
-		last: map[string]string{}, warned: map[string]bool{}}
+	g := NewGeneration(GenerationDeps{Out: out, CertTTL: time.Hour, Log: zaptest.NewLogger(t)})
 	since := time.Now()
 	nodes := []xds.Node{
 		{ID: "default.web-1", Kind: xds.KindSidecar, Since: since},
@@ -60,12 +59,14 @@ func TestGenerationSkipsUnchangedProxies(t *testing.T) {
 			dp("default", "billing-2", "billing", billingVersion), dp("other", "db-1", "db", dbVersion),
 		}
 	}
-	var state *xds.State
 	step := func(rs []api.Resource, nodes []xds.Node) map[string]int {
 		t.Helper()
-		state = xds.NewState(catalog.FromResources("zone-1", rs), state)
-		g.generate(context.Background(), state, nodes, time.Now())
-		return out.take()
+		n := g.Sync(context.Background(), catalog.FromResources("zone-1", rs), nodes)
+		got := out.take()
+		if n != len(got) {
+			t.Fatalf("Sync says %d generated, %d published", n, len(got))
+		}
+		return got
 	}
 	if got := step(resources(1, 1), nodes); len(got) != 3 {
 		t.Fatalf("first generation published %v, want all three", got)
@@ -86,7 +87,7 @@ func TestGenerationSkipsUnchangedProxies(t *testing.T) {
 	if got := step(resources(2, 2), reconnected); len(got) != 1 || got["default.web-1"] != 1 {
 		t.Fatalf("a reconnection published %v, want default.web-1 alone", got)
 	}
-	if n := g.generated.Load(); n != 6 {
+	if n := g.Generated(); n != 6 {
 		t.Fatalf("generated %d proxies in all, want 6", n)
 	}
 }

@@ -389,8 +389,7 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	r.Add("ingress-services (leader only)", leaderOnly(st, "ingress-services", cfg.Instance, log, func(ctx context.Context) error {
 		return offerServices(ctx, st, cat, log.Named("ingress"))
 	}))
-	gen := &generation{zone: cfg.Zone, cat: cat, nodes: srv, out: srv, gens: generators(),
-		ids: newIdentities(cfg.MTLS.CertTTL.Duration), log: log.Named("xds")}
+	gen := NewGeneration(GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: cfg.MTLS.CertTTL.Duration, Log: log.Named("xds")})
 	r.Add("xds-generate", gen)
 	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
 	return nil
