@@ -42,6 +42,8 @@ type Cache struct {
 	ownMirror bool
 	types     []api.Descriptor
 	include   func(api.Resource) bool
+	// transform, when set, is what is sent of a resource (a summary).
+	transform func(api.Resource) api.Resource
 	log       *zap.Logger
 
 	mu      sync.Mutex
@@ -77,6 +79,10 @@ func NewCacheOf(mirror *store.Mirror, types []api.Descriptor, include func(api.R
 	return &Cache{mirror: mirror, types: types, include: include, log: log, snap: snap,
 		changed: make(chan struct{}), ready: make(chan struct{})}
 }
+
+// SetTransform makes the cache send fn(r) of each resource r instead of r:
+// a summary. fn must not modify r. Call it before Start.
+func (c *Cache) SetTransform(fn func(api.Resource) api.Resource) { c.transform = fn }
 
 // Current implements Source.
 func (c *Cache) Current() (*Snapshot, <-chan struct{}) {
@@ -179,6 +185,9 @@ func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resour
 func (c *Cache) entry(r api.Resource) *Entry {
 	if !c.include(r) {
 		return nil
+	}
+	if c.transform != nil {
+		r = c.transform(r)
 	}
 	e, err := NewEntry(WireName(api.KeyOf(r)), r, r.GetMeta().Labels[api.LabelZone])
 	if err != nil {

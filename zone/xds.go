@@ -68,6 +68,9 @@ type GenerationDeps struct {
 	// CertTTL is the lifetime of the workload certificates it issues.
 	CertTTL time.Duration
 	Log     *zap.Logger
+	// OnSync, when set, is told after each round of Start how many
+	// proxies it generated, of how many connected, and how long it took.
+	OnSync func(generated, connected int, took time.Duration)
 }
 
 // Generation keeps the configuration of every proxy connected to this
@@ -78,12 +81,13 @@ type GenerationDeps struct {
 // reaches; for a proxyless client, its mesh; for an ingress, the zone), its
 // own Dataplane's version, its identity and its connection.
 type Generation struct {
-	cat   CatalogSource
-	nodes NodeSource
-	out   Publisher
-	gens  xds.Generators
-	ids   *identities
-	log   *zap.Logger
+	cat    CatalogSource
+	nodes  NodeSource
+	out    Publisher
+	gens   xds.Generators
+	ids    *identities
+	log    *zap.Logger
+	onSync func(generated, connected int, took time.Duration)
 
 	// last is, by node id, the inputs of what was last published.
 	last map[string]string
@@ -97,7 +101,7 @@ type Generation struct {
 // NewGeneration returns a Generation; Start runs it.
 func NewGeneration(d GenerationDeps) *Generation {
 	return &Generation{cat: d.Catalog, nodes: d.Nodes, out: d.Out, gens: generators(), ids: newIdentities(d.CertTTL), log: d.Log,
-		last: map[string]string{}, warned: map[string]bool{}}
+		onSync: d.OnSync, last: map[string]string{}, warned: map[string]bool{}}
 }
 
 // Start runs generation until ctx ends.
@@ -105,7 +109,11 @@ func (g *Generation) Start(ctx context.Context) error {
 	for {
 		cat, catChanged := g.cat.Current()
 		nodes, nodesChanged := g.nodes.Nodes()
-		g.Sync(ctx, cat, nodes)
+		start := time.Now()
+		n := g.Sync(ctx, cat, nodes)
+		if g.onSync != nil {
+			g.onSync(n, len(nodes), time.Since(start))
+		}
 		renew := time.Hour
 		if at := g.ids.nextRenewal(); !at.IsZero() {
 			renew = max(time.Until(at), time.Second)

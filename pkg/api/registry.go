@@ -63,10 +63,12 @@ var descriptors = []Descriptor{
 	{Type: "Dataplane", Plural: "dataplanes", Singular: "dataplane", Scope: ScopeMesh, WrittenBy: TierZone, KDS: SyncZoneToGlobal,
 		New: func() Resource { return &Dataplane{} }},
 	// Insights are the presence of proxies, written by the zone CP their
-	// proxy is connected to; users only read them.
-	{Type: "DataplaneInsight", Plural: "dataplane-insights", Singular: "dataplane-insight", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncNone,
+	// proxy is connected to; users only read them. KDS carries a summary
+	// of each to the global (without the ACKed versions, which change with
+	// every push).
+	{Type: "DataplaneInsight", Plural: "dataplane-insights", Singular: "dataplane-insight", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncZoneToGlobal,
 		New: func() Resource { return &DataplaneInsight{} }},
-	{Type: "ZoneIngressInsight", Plural: "zone-ingress-insights", Singular: "zone-ingress-insight", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
+	{Type: "ZoneIngressInsight", Plural: "zone-ingress-insights", Singular: "zone-ingress-insight", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncZoneToGlobal,
 		New: func() Resource { return &ZoneIngressInsight{} }},
 	// ServiceInsight is written by each zone CP from its proxies' load
 	// reports; users only read it.

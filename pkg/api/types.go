@@ -375,6 +375,29 @@ type ZoneIngressInsight struct {
 	ProxyStatus
 }
 
+// Summary is what the global keeps of a proxy's status: everything but the
+// versions it ACKed, which change with every push.
+func (p ProxyStatus) Summary() ProxyStatus {
+	p.Acked = nil
+	return p
+}
+
+// SummaryOf returns a copy of an insight with its status summarised, and
+// any other resource as it is.
+func SummaryOf(r Resource) Resource {
+	switch v := r.(type) {
+	case *DataplaneInsight:
+		c := *v
+		c.ProxyStatus = v.Summary()
+		return &c
+	case *ZoneIngressInsight:
+		c := *v
+		c.ProxyStatus = v.Summary()
+		return &c
+	}
+	return r
+}
+
 func (p *ProxyStatus) validateStatus(v *validator) {
 	if p.Connected && p.Instance == "" {
 		v.add("instance", "required while connected")

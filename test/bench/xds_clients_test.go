@@ -6,13 +6,14 @@ package bench
 // The parent talks to the child in lines. The child prints "ready <k>" once
 // it expects generation k, "gen <k> <first unix ns> <last unix ns>
 // <samples>" once every proxy has reached it, and "error <message>" if a
-// proxy fails. The parent writes "want <k> <listeners> <clusters>": a
-// proxy reaches generation k once it has received that many distinct
-// versions of its listeners and of its clusters (counting from 1, the
-// first configuration). Generation 1 is (1, 1) and needs no line. A push
-// that changes only listeners expects one more listener version and no
-// new cluster version: with per-type versions, the clusters are not
-// resent.
+// proxy fails. The parent writes "want <k> <listeners> <clusters>
+// [<endpoints>]": a proxy reaches generation k once it has received that
+// many distinct versions of its listeners, of its clusters and (with
+// URSA_BENCH_XDS_EDS set, when the proxies also subscribe to every load
+// assignment) of its endpoints, counting from 1, the first configuration.
+// Generation 1 is (1, 1[, 1]) and needs no line. A push that changes only
+// listeners expects one more listener version and no new cluster version:
+// with per-type versions, the clusters are not resent.
 
 import (
 	"bufio"
@@ -68,11 +69,21 @@ type genReport struct {
 }
 
 func startClients(b *testing.B, addr string, wire protocol, n, perConn int, sample string) *clients {
+	return startClientsOf(b, addr, wire, n, perConn, sample, "dp-%d", false)
+}
+
+// startClientsOf is startClients with the proxies named by nameFormat
+// (given the proxy's index) and, with eds, subscribed to their load
+// assignments too.
+func startClientsOf(b *testing.B, addr string, wire protocol, n, perConn int, sample, nameFormat string, eds bool) *clients {
 	b.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "URSA_BENCH_XDS_CLIENTS=1", "URSA_BENCH_XDS_ADDR="+addr,
 		fmt.Sprintf("URSA_BENCH_XDS_N=%d", n), fmt.Sprintf("URSA_BENCH_XDS_PER_CONN=%d", perConn),
-		"URSA_BENCH_XDS_SAMPLE="+sample, "URSA_BENCH_XDS_PROTOCOL="+string(wire))
+		"URSA_BENCH_XDS_SAMPLE="+sample, "URSA_BENCH_XDS_PROTOCOL="+string(wire), "URSA_BENCH_XDS_NAME="+nameFormat)
+	if eds {
+		cmd.Env = append(cmd.Env, "URSA_BENCH_XDS_EDS=1")
+	}
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -112,7 +123,13 @@ func startClients(b *testing.B, addr string, wire protocol, n, perConn int, samp
 // ready to count it.
 func (c *clients) expect(b *testing.B, k, listeners, clusters int) {
 	b.Helper()
-	if _, err := fmt.Fprintf(c.stdin, "want %d %d %d\n", k, listeners, clusters); err != nil {
+	c.expectEDS(b, k, listeners, clusters, 0)
+}
+
+// expectEDS is expect with a count of load assignment versions too.
+func (c *clients) expectEDS(b *testing.B, k, listeners, clusters, endpoints int) {
+	b.Helper()
+	if _, err := fmt.Fprintf(c.stdin, "want %d %d %d %d\n", k, listeners, clusters, endpoints); err != nil {
 		b.Fatal(err)
 	}
 	c.await(b, "ready", k, time.Minute)
@@ -179,7 +196,7 @@ type genTracker struct {
 	mu      sync.Mutex
 	proxies []trackedProxy
 	k       int
-	want    [2]int // listener and cluster versions
+	want    [3]int // listener, cluster and load assignment versions
 	met     int
 	first   int64
 	last    int64
@@ -187,15 +204,18 @@ type genTracker struct {
 }
 
 type trackedProxy struct {
-	got     [2]int // listener and cluster versions received
+	got     [3]int // listener, cluster and load assignment versions received
 	at      int64  // when the last one arrived
 	sampled bool
 	sample  string
 	reached int // the last generation it reached
 }
 
-func newGenTracker(n, perConn int) *genTracker {
-	t := &genTracker{proxies: make([]trackedProxy, n), k: 1, want: [2]int{1, 1}, samples: map[string]bool{}}
+func newGenTracker(n, perConn int, eds bool) *genTracker {
+	t := &genTracker{proxies: make([]trackedProxy, n), k: 1, want: [3]int{1, 1, 0}, samples: map[string]bool{}}
+	if eds {
+		t.want[2] = 1
+	}
 	for i := range t.proxies {
 		t.proxies[i].sampled = i%perConn == 0
 	}
@@ -204,10 +224,13 @@ func newGenTracker(n, perConn int) *genTracker {
 
 // typeIndex is a type's index in want and got.
 func typeIndex(typeURL string) int {
-	if typeURL == resource.ListenerType {
+	switch typeURL {
+	case resource.ListenerType:
 		return 0
+	case resource.ClusterType:
+		return 1
 	}
-	return 1
+	return 2
 }
 
 // received records that proxy i got a new version of a type at at; sample
@@ -226,7 +249,7 @@ func (t *genTracker) received(i int, typeURL string, at int64, sample string) {
 
 // check counts p if it has just reached the target; the caller holds mu.
 func (t *genTracker) check(p *trackedProxy) {
-	if p.reached >= t.k || p.got[0] < t.want[0] || p.got[1] < t.want[1] {
+	if p.reached >= t.k || p.got[0] < t.want[0] || p.got[1] < t.want[1] || p.got[2] < t.want[2] {
 		return
 	}
 	p.reached = t.k
@@ -244,10 +267,10 @@ func (t *genTracker) check(p *trackedProxy) {
 }
 
 // target makes generation k the next to count.
-func (t *genTracker) target(k, listeners, clusters int) {
+func (t *genTracker) target(k, listeners, clusters, endpoints int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.k, t.want = k, [2]int{listeners, clusters}
+	t.k, t.want = k, [3]int{listeners, clusters, endpoints}
 	t.met, t.first, t.last, t.samples = 0, 0, 0, map[string]bool{}
 	for i := range t.proxies {
 		t.check(&t.proxies[i])
@@ -267,9 +290,11 @@ func runClients() error {
 	}
 	sample := os.Getenv("URSA_BENCH_XDS_SAMPLE")
 	wire := protocol(os.Getenv("URSA_BENCH_XDS_PROTOCOL"))
+	nameFormat := os.Getenv("URSA_BENCH_XDS_NAME")
+	eds := os.Getenv("URSA_BENCH_XDS_EDS") != ""
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	t := newGenTracker(n, perConn)
+	t := newGenTracker(n, perConn, eds)
 	var conns []*grpc.ClientConn
 	for range (n + perConn - 1) / perConn {
 		// Envoy's own HTTP/2 windows are larger than grpc-go's 64 KiB
@@ -285,13 +310,13 @@ func runClients() error {
 	errs := make(chan error, 1)
 	for i := range n {
 		client := discovery.NewAggregatedDiscoveryServiceClient(conns[i/perConn])
-		id := xds.NodeID(xdsMesh, fmt.Sprintf("dp-%d", i))
+		id := xds.NodeID(xdsMesh, fmt.Sprintf(nameFormat, i))
 		run := sotwProxy
 		if wire == delta {
 			run = deltaProxy
 		}
 		go func() {
-			if err := run(ctx, client, id, i, sample, t); err != nil && ctx.Err() == nil {
+			if err := run(ctx, client, id, i, sample, eds, t); err != nil && ctx.Err() == nil {
 				select {
 				case errs <- fmt.Errorf("dp-%d: %w", i, err):
 				default:
@@ -303,12 +328,12 @@ func runClients() error {
 	go func() {
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
-			var k, l, c int
-			if _, err := fmt.Sscanf(sc.Text(), "want %d %d %d", &k, &l, &c); err != nil {
+			var k, l, c, e int
+			if _, err := fmt.Sscanf(sc.Text(), "want %d %d %d %d", &k, &l, &c, &e); err != nil {
 				stdinClosed <- fmt.Errorf("from the benchmark: %q: %w", sc.Text(), err)
 				return
 			}
-			t.target(k, l, c)
+			t.target(k, l, c, e)
 		}
 		stdinClosed <- nil
 	}()
@@ -321,9 +346,9 @@ func runClients() error {
 }
 
 // sotwProxy is one simulated sidecar: an ADS stream subscribing to every
-// listener and cluster (state of the world, wildcard), ACKing every
-// response.
-func sotwProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, i int, sample string, t *genTracker) error {
+// listener and cluster (state of the world, wildcard), and with eds to
+// every load assignment, ACKing every response.
+func sotwProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, i int, sample string, eds bool, t *genTracker) error {
 	stream, err := client.StreamAggregatedResources(ctx)
 	if err != nil {
 		return err
@@ -333,6 +358,11 @@ func sotwProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceC
 	}
 	if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType}); err != nil {
 		return err
+	}
+	if eds {
+		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.EndpointType}); err != nil {
+			return err
+		}
 	}
 	version := map[string]string{}
 	sampled := t.proxies[i].sampled
@@ -368,7 +398,7 @@ func sotwProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceC
 // stream subscribing to every listener and cluster (wildcard), ACKing every
 // response. Each response that adds, changes or removes resources is a new
 // version of its type.
-func deltaProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, i int, sample string, t *genTracker) error {
+func deltaProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient, id string, i int, sample string, eds bool, t *genTracker) error {
 	stream, err := client.DeltaAggregatedResources(ctx)
 	if err != nil {
 		return err
@@ -378,6 +408,11 @@ func deltaProxy(ctx context.Context, client discovery.AggregatedDiscoveryService
 	}
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ListenerType}); err != nil {
 		return err
+	}
+	if eds {
+		if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType}); err != nil {
+			return err
+		}
 	}
 	sampled := t.proxies[i].sampled
 	for {

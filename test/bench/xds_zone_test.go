@@ -1,0 +1,212 @@
+package bench
+
+// BenchmarkEndpointChange (issue 11): one endpoint change with N proxies
+// connected, through the zone's own pipeline.
+//
+//	GOMEMLIMIT=15GiB go test ./test/bench -run '^$' -bench 'EndpointChange/' -benchtime 5x -timeout 30m
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/xds"
+	zonecp "github.com/ursamesh/ursa/zone"
+)
+
+// loadService is the service of the benchmark's connected proxies: each
+// reaches the mesh's other services, and no proxy reaches it.
+const loadService = "load"
+
+// syncRound is one round of the zone's generation.
+type syncRound struct {
+	generated, connected int
+	took                 time.Duration
+	at                   time.Time
+}
+
+// zonePipeline is a zone CP's generation path in this process: a memory
+// store, the mirror, the catalogue, Generation and the xDS server, with no
+// KDS, DNS or presence beside them.
+type zonePipeline struct {
+	st     store.Store
+	srv    *xds.Server
+	addr   string
+	rounds chan syncRound
+}
+
+func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	p := &zonePipeline{st: store.NewMemory(0), rounds: make(chan syncRound, 1<<16)}
+	if _, err := p.st.Apply(ctx, rs, nil); err != nil {
+		b.Fatal(err)
+	}
+	srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.srv = srv
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	srv.Register(ctx, gs)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	mirror := store.NewMirror(p.st, catalog.Types(), zap.NewNop())
+	cat := catalog.NewFollower(xdsZone, mirror, zap.NewNop())
+	gen := zonecp.NewGeneration(zonecp.GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: 24 * time.Hour, Log: zap.NewNop(),
+		OnSync: func(generated, connected int, took time.Duration) {
+			select {
+			case p.rounds <- syncRound{generated, connected, took, time.Now()}:
+			default:
+			}
+		}})
+	var wg sync.WaitGroup
+	wg.Go(func() { gs.Serve(ln) })
+	wg.Go(func() { mirror.Start(ctx) })
+	wg.Go(func() { cat.Start(ctx) })
+	wg.Go(func() { gen.Start(ctx) })
+	b.Cleanup(func() { cancel(); gs.Stop(); wg.Wait() })
+	return p
+}
+
+// drain sums the rounds reported since the last drain.
+func (p *zonePipeline) drain() (generated int, rounds int) {
+	for {
+		select {
+		case r := <-p.rounds:
+			generated += r.generated
+			rounds++
+		default:
+			return generated, rounds
+		}
+	}
+}
+
+// nextRound waits for the next round of generation.
+func (p *zonePipeline) nextRound(b *testing.B, timeout time.Duration) syncRound {
+	b.Helper()
+	select {
+	case r := <-p.rounds:
+		return r
+	case <-time.After(timeout):
+		b.Fatalf("no round of generation within %s", timeout)
+		return syncRound{}
+	}
+}
+
+// offline writes a Dataplane's insight: its proxy connected or not.
+func (p *zonePipeline) setOnline(b *testing.B, name string, online bool) {
+	b.Helper()
+	in := &api.DataplaneInsight{Meta: api.Meta{Type: "DataplaneInsight", Mesh: xdsMesh, Name: name},
+		ProxyStatus: api.ProxyStatus{Connected: online, Instance: "bench"}}
+	if !online {
+		in.Instance = ""
+		in.DisconnectedAt = store.Now()
+	}
+	if _, err := p.st.Apply(context.Background(), []api.Resource{in}, nil); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkEndpointChange connects N proxies (instances of loadService,
+// which reach the fixture's 50 services through their VIPs) to the zone's
+// own pipeline, then, each iteration, takes one instance of svc-00 offline
+// or back (its DataplaneInsight written to the store, as the presence
+// component does) and waits until every proxy has ACKed its new load
+// assignments. It reports how many proxies were regenerated per change
+// ("regenerated"), of how many connected, and the time from the store write
+// until the first and the last proxy received the change ("first-s",
+// "ack-s"). After the iterations, an instance of loadService itself goes
+// offline: no proxy reaches it, so none is regenerated
+// ("unreferenced-regenerated"), and the round takes "unreferenced-sync-s".
+func BenchmarkEndpointChange(b *testing.B) {
+	for _, wire := range []protocol{sotw, delta} {
+		for _, n := range []int{1000, 10000} {
+			b.Run(fmt.Sprintf("%s/proxies=%d", wire, n), func(b *testing.B) { endpointChange(b, wire, n) })
+		}
+	}
+}
+
+func endpointChange(b *testing.B, wire protocol, n int) {
+	prevGC := debug.SetGCPercent(100)
+	debug.SetGCPercent(prevGC)
+	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
+	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
+	f := newXDSMesh(b, xdsServices, xdsPerService)
+	rs := f.state.resources()
+	f.ca.Type, f.ca.Mesh, f.ca.Name = "MeshCA", xdsMesh, "ca"
+	rs = append(rs, f.ca)
+	for i := range n {
+		rs = append(rs, &api.Dataplane{
+			Meta: api.Meta{Type: "Dataplane", Mesh: xdsMesh, Name: fmt.Sprintf("load-%d", i)},
+			Networking: api.DataplaneNetworking{Address: ipv4(10, 128+i>>16, (i>>8)&255, i&255),
+				Inbound: []api.Inbound{{Port: 8080, ServicePort: 8081, Tags: map[string]string{api.TagService: loadService, api.TagZone: xdsZone}}}},
+		})
+	}
+	p := startZonePipeline(b, rs)
+	start := time.Now()
+	c := startClientsOf(b, p.addr, wire, n, 100, sampleListener(f.state), "load-%d", true)
+	initial := c.waitGen(b, 1, 10*time.Minute)
+	b.Logf("%d proxies connected and configured in %s", n, initial.last.Sub(start).Round(time.Millisecond))
+	if want := wantSample(changedService, 90); initial.samples != want {
+		b.Fatalf("proxies hold %q, want %q", initial.samples, want)
+	}
+	// Let the rounds that connecting set off end.
+	for nodes, _ := p.srv.Nodes(); len(nodes) != n; nodes, _ = p.srv.Nodes() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	p.drain()
+	runtime.GC()
+
+	victim := fmt.Sprintf("%s-%03d", changedService, 0)
+	var ack, first time.Duration
+	var regenerated, rounds atomic.Int64
+	k := 0
+	for b.Loop() {
+		k++
+		c.expectEDS(b, k+1, 1, 1, k+1)
+		t0 := time.Now()
+		p.setOnline(b, victim, k%2 == 0)
+		r := c.waitGen(b, k+1, 5*time.Minute)
+		ack += r.last.Sub(t0)
+		first += r.first.Sub(t0)
+		// The round that pushed it has reported by now, or is about to.
+		round := p.nextRound(b, time.Minute)
+		g, more := p.drain()
+		regenerated.Add(int64(round.generated + g))
+		rounds.Add(int64(1 + more))
+	}
+	per := func(d time.Duration) float64 { return d.Seconds() / float64(k) }
+	b.ReportMetric(float64(regenerated.Load())/float64(k), "regenerated")
+	b.ReportMetric(float64(n), "connected")
+	b.ReportMetric(float64(rounds.Load())/float64(k), "rounds")
+	b.ReportMetric(per(first), "first-s")
+	b.ReportMetric(per(ack), "ack-s")
+
+	// An instance of the proxies' own service goes: nobody reaches it.
+	p.drain()
+	t0 := time.Now()
+	p.setOnline(b, "load-1", false)
+	round := p.nextRound(b, time.Minute)
+	b.ReportMetric(float64(round.generated), "unreferenced-regenerated")
+	b.ReportMetric(round.at.Sub(t0).Seconds(), "unreferenced-sync-s")
+}
