@@ -20,7 +20,7 @@ func tierOf(pkg string) string {
 	parts := strings.Split(pkg, "/")
 	if parts[0] == "pkg" && len(parts) > 1 {
 		switch parts[1] {
-		case "api", "xds", "mtls", "pgtest":
+		case "api", "xds", "mtls", "pgtest", "testutil":
 			return "pkg/" + parts[1]
 		}
 		if pkg == "pkg/store" || strings.HasPrefix(pkg, "pkg/store/") {
@@ -40,6 +40,10 @@ func forbidden(from, to string) string {
 		return ""
 	}
 	switch {
+	case f == "pkg/testutil":
+		return "pkg/testutil is a leaf that every package's tests use; it imports no Ursa package"
+	case t == "pkg/testutil":
+		return ""
 	case t == "cmd" || t == "test":
 		return "nothing imports commands or tests"
 	case f == "pkg/api":
@@ -81,6 +85,10 @@ func TestForbiddenRules(t *testing.T) {
 		{"pkg/xds", "pkg/mtls", true},
 		{"cmd/ursa-cp", "global", true},
 		{"test/e2e", "pkg/pgtest", true},
+		{"pkg/api", "pkg/testutil", true},
+		{"pkg/store", "pkg/testutil", true},
+		{"global", "pkg/testutil", true},
+		{"pkg/testutil", "pkg/api", false},
 	}
 	for _, tt := range tests {
 		if got := forbidden(tt.from, tt.to) == ""; got != tt.ok {
