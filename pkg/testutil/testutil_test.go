@@ -3,6 +3,7 @@ package testutil
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -75,5 +76,17 @@ func TestClock(t *testing.T) {
 	<-later
 	if c.Waiting() != 0 {
 		t.Fatalf("%d waiting, want 0", c.Waiting())
+	}
+}
+
+func TestRefusingAddr(t *testing.T) {
+	addr := RefusingAddr(t)
+	if c, err := net.DialTimeout("tcp", addr, 5*time.Second); err == nil {
+		c.Close()
+		t.Fatalf("%s accepted a connection", addr)
+	}
+	if ln, err := net.Listen("tcp", addr); err == nil {
+		ln.Close()
+		t.Fatalf("%s could be taken by a listener", addr)
 	}
 }
