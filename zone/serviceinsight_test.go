@@ -10,6 +10,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
@@ -62,7 +63,7 @@ func TestServiceInsightsAreWrittenOnChange(t *testing.T) {
 		}
 		return r.(*api.ServiceInsight)
 	}
-	waitUntil(t, "the insight", func() bool { return get() != nil })
+	testutil.Until(t, 10*time.Second, "the insight", func() bool { return get() != nil })
 	si := get()
 	if si.Zone != "zone-1" || si.Service != "billing" || si.Traffic["zone-2"] != (api.ZoneTraffic{Connections: 100, PerSecond: 48.5}) {
 		t.Fatalf("insight %+v", si)
@@ -72,19 +73,9 @@ func TestServiceInsightsAreWrittenOnChange(t *testing.T) {
 		t.Fatalf("rewritten without a change: version %d → %d", si.Version, v)
 	}
 	loads.set(0, 120)
-	waitUntil(t, "the new count", func() bool { return get().Traffic["zone-2"].Connections == 120 })
+	testutil.Until(t, 10*time.Second, "the new count", func() bool { return get().Traffic["zone-2"].Connections == 120 })
 	res, err := st.List(ctx, store.ListOptions{Type: "ServiceInsight"})
 	if err != nil || len(res.Items) != 1 {
 		t.Fatalf("stored %d insights (%v), want billing's only", len(res.Items), err)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/tokens"
 )
 
@@ -177,13 +178,13 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 		}
 	}
 	mesh("one")
-	eventually(t, "mesh one in zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "one"}) })
+	testutil.Until(t, 30*time.Second, "mesh one in zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "one"}) })
 
 	off := false
 	if _, err := g.store.Apply(ctx, []api.Resource{&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-a"}, Enabled: &off}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "zone A disconnected", func() bool { return !a.client.Connected() })
+	testutil.Until(t, 30*time.Second, "zone A disconnected", func() bool { return !a.client.Connected() })
 	mesh("two")
 	time.Sleep(300 * time.Millisecond) // give a wrongly admitted zone time to receive it
 	if has(a.store, api.Key{Type: "Mesh", Name: "two"}) {
@@ -193,12 +194,12 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 	if _, err := g.store.Apply(ctx, []api.Resource{&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-a"}, Enabled: &on}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "mesh two in the re-enabled zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "two"}) })
+	testutil.Until(t, 30*time.Second, "mesh two in the re-enabled zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "two"}) })
 
 	if _, err := g.issuer.RotateKey(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "zone A cut off by the rotation", func() bool { return !a.client.Connected() })
+	testutil.Until(t, 30*time.Second, "zone A cut off by the rotation", func() bool { return !a.client.Connected() })
 	mesh("three")
 	time.Sleep(300 * time.Millisecond)
 	if has(a.store, api.Key{Type: "Mesh", Name: "three"}) {

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceClient) {
@@ -66,17 +69,12 @@ func TestNackIsRecorded(t *testing.T) {
 	}
 	stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"},
 		ResponseNonce: resp.Nonce, ErrorDetail: &status.Status{Code: 3, Message: "cannot apply"}})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n, ok := s.Insight("default.a")
-		if ok && n.Nacks == 1 && n.LastNack == "cannot apply" {
-			break
+	testutil.Eventually(t, 10*time.Second, "the NACK in the proxy's insight", func() error {
+		if n, ok := s.Insight("default.a"); !ok || n.Nacks != 1 || n.LastNack != "cannot apply" {
+			return fmt.Errorf("insight %+v (found %v)", n, ok)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("insight after a NACK: %+v", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	// Nothing new to send: the stream stays quiet rather than resending.
 	got := make(chan error, 1)
 	go func() { _, err := stream.Recv(); got <- err }()
@@ -117,13 +115,10 @@ func TestOffline(t *testing.T) {
 			t.Fatal(err)
 		}
 		stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.a"}, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"}})
-		deadline := time.Now().Add(5 * time.Second)
-		for n, ok := s.Insight("default.a"); !ok || !n.Connected; n, ok = s.Insight("default.a") {
-			if time.Now().After(deadline) {
-				t.Fatal("the proxy never showed as connected")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		testutil.Until(t, 10*time.Second, "the proxy to show as connected", func() bool {
+			n, ok := s.Insight("default.a")
+			return ok && n.Connected
+		})
 		return stop
 	}
 	wait := func(what string, want bool) {
