@@ -172,6 +172,9 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 	ctx := context.Background()
 	g := startSecured(t, server.Deps{})
 	a := startZone(t, g.global, "zone-a", g.token(t, "zone-a"))
+	// Zone B stays connected until the rotation (zone C after it): once it
+	// has a change, the global has sent that change to every zone it admits.
+	b := startZone(t, g.global, "zone-b", g.token(t, "zone-b"))
 	mesh := func(name string) {
 		if _, err := g.store.Apply(ctx, []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: name}}}, nil); err != nil {
 			t.Fatal(err)
@@ -186,7 +189,7 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 	}
 	testutil.Until(t, 30*time.Second, "zone A disconnected", func() bool { return !a.client.Connected() })
 	mesh("two")
-	time.Sleep(300 * time.Millisecond) // give a wrongly admitted zone time to receive it
+	testutil.Until(t, 30*time.Second, "mesh two in zone B", func() bool { return has(b.store, api.Key{Type: "Mesh", Name: "two"}) })
 	if has(a.store, api.Key{Type: "Mesh", Name: "two"}) {
 		t.Fatal("a disabled zone received a change")
 	}
@@ -200,8 +203,9 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Until(t, 30*time.Second, "zone A cut off by the rotation", func() bool { return !a.client.Connected() })
+	c := startZone(t, g.global, "zone-c", g.token(t, "zone-c")) // a token of the new key
 	mesh("three")
-	time.Sleep(300 * time.Millisecond)
+	testutil.Until(t, 30*time.Second, "mesh three in zone C", func() bool { return has(c.store, api.Key{Type: "Mesh", Name: "three"}) })
 	if has(a.store, api.Key{Type: "Mesh", Name: "three"}) {
 		t.Fatal("a zone with a revoked token received a change")
 	}
