@@ -81,13 +81,16 @@ stop() {
   local status=$1
   trap '' INT TERM HUP
   trap - EXIT
-  if [ ${#PIDS[@]} -gt 0 ]; then
+  # jobs -p also has a process started just before the signal came, whose
+  # pid bg had not recorded yet.
+  local all=("${PIDS[@]}") p left i
+  for p in $(jobs -p); do all+=("$p"); done
+  if [ ${#all[@]} -gt 0 ]; then
     echo; echo "stopping the demo..."
-    local p left i
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for i in $(seq 1 100); do
       left=()
-      for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
+      for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
       [ ${#left[@]} -eq 0 ] && break
       sleep 0.1
     done
