@@ -4,10 +4,13 @@ BIN     := bin
 TESTFLAGS ?= -race -count=1
 PKGS    := ./...
 
-.PHONY: help build test lint run demo fuzz bench clean generate
+.PHONY: help deps build test lint run demo fuzz bench clean generate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+deps: ## apt-get install the Debian packages `make test` needs (list: deploy/deps.sh --list)
+	bash deploy/deps.sh
 
 build: ## build bin/ursa-cp, bin/ursactl and bin/ursa-dp
 	$(GO) build -o $(BIN)/ursa-cp ./cmd/ursa-cp

@@ -1,37 +1,148 @@
 #!/usr/bin/env bash
 # make demo: a live two-zone mesh on this machine, in-memory, on loopback.
 # A global CP, two zone CPs with an ingress each, billing in both zones and a
-# web sidecar in zone-1 through which you call billing.mesh. Ctrl-C stops
-# everything this script started.
+# web sidecar in zone-1 through which you call billing.mesh. It starts
+# nothing unless every port it needs is free, gives up on any wait after
+# URSA_DEMO_TIMEOUT seconds saying what it waited for, and stops everything it
+# started on Ctrl-C, SIGTERM, SIGHUP, a failed step, or the exit of any of its
+# processes. (Ctrl-C reaches it as the terminal's foreground process group;
+# make itself does not pass on a SIGINT sent to make alone, only SIGTERM.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v curl >/dev/null || { echo "make demo needs curl (apt-get install -y curl)" >&2; exit 1; }
 BIN=bin
-DIR=$(mktemp -d /tmp/ursa-demo.XXXX)
-PIDS=()
-cleanup() {
-  trap - INT TERM EXIT
-  echo; echo "stopping the demo..."
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  echo "logs were in $DIR"
+# How long any one wait may take before the demo gives up and says what it
+# waited for. On a busy machine, raise it: URSA_DEMO_TIMEOUT=120 make demo.
+TIMEOUT=${URSA_DEMO_TIMEOUT:-60}
+
+# Every port the demo binds, with what binds it: "PROTO PORT ADDRESSES WHAT".
+# ADDRESSES is "lo" (127.0.0.1) or "vip" (the VIP ranges below), and a
+# listener on the wildcard address counts as taking the port too.
+PORTS=(
+  "tcp 5681 lo the global CP's REST API"
+  "tcp 5685 lo the global CP's KDS server"
+)
+for z in 1 2; do
+  PORTS+=(
+    "tcp ${z}5681 lo zone-$z's REST API"
+    "tcp ${z}5678 lo zone-$z's xDS server"
+    "tcp ${z}5653 lo zone-$z's DNS server"
+    "udp ${z}5653 lo zone-$z's DNS server"
+    "tcp ${z}0001 lo zone-$z's ingress"
+    "tcp ${z}9900 lo zone-$z's ingress admin (/ready, /metrics)"
+    "tcp ${z}8080 lo the billing app in zone-$z"
+    "tcp ${z}8080 vip billing.mesh's VIP listener at the service port, zone-$z"
+    "tcp ${z}0011 lo billing-$z's sidecar inbound"
+    "tcp ${z}9911 lo billing-$z's sidecar admin (/ready, /metrics)"
+  )
+done
+PORTS+=(
+  "tcp 10012 lo web-1's sidecar inbound"
+  "tcp 19912 lo web-1's sidecar admin (/ready, /metrics)"
+  "tcp 80 vip the sidecars' VIP listeners (127.240.0.0/16, 127.241.0.0/16)"
+)
+
+# check_ports stops the demo, before it starts anything, when a port it needs
+# is taken, naming the port, who has it (when ss can tell) and what needed it.
+check_ports() {
+  command -v ss >/dev/null || { echo "demo: cannot check ports without ss (apt-get install -y iproute2)" >&2; exit 1; }
+  local listening busy=0 e proto port where what line addr pat
+  listening=$( { ss -Hltnp 2>/dev/null | sed 's/^/tcp /'; ss -Hlunp 2>/dev/null | sed 's/^/udp /'; } )
+  for e in "${PORTS[@]}"; do
+    read -r proto port where what <<<"$e"
+    pat='^(127\.0\.0\.1|\[::ffff:127\.0\.0\.1\])$'
+    [ "$where" = vip ] && pat='^(127\.24[01]\.[0-9]+\.[0-9]+)$'
+    while read -r line; do
+      [ -n "$line" ] || continue
+      # ss columns, after our protocol prefix: proto state recv-q send-q local peer [process]
+      addr=$(awk '{print $5}' <<<"$line")
+      [ "${addr##*:}" = "$port" ] || continue
+      addr=${addr%:*}; addr=${addr%\%*}
+      if [[ $addr =~ $pat || $addr =~ ^(0\.0\.0\.0|\*|\[::\])$ ]]; then
+        echo "demo: port $port/$proto is already in use at $addr$(sed -n 's/.*users:((\("[^"]*"\),pid=\([0-9]*\).*/ by \1 (pid \2)/p' <<<"$line"); it is needed for $what" >&2
+        busy=1
+      fi
+    done < <(grep "^$proto " <<<"$listening" || true)
+  done
+  if [ "$busy" = 1 ]; then
+    echo "demo: nothing was started; stop what holds those ports (ss -ltnup shows them) and run make demo again" >&2
+    exit 1
+  fi
 }
-trap cleanup INT TERM EXIT
+check_ports
+
+DIR=$(mktemp -d /tmp/ursa-demo.XXXX)
+NAMES=()
+PIDS=()
+# stop ends every process the demo started: SIGTERM, then SIGKILL for any
+# still running after 10 s. Signals are ignored meanwhile so that a second
+# Ctrl-C cannot leave processes behind.
+stop() {
+  local status=$1
+  trap '' INT TERM HUP
+  trap - EXIT
+  # jobs -p also has a process started just before the signal came, whose
+  # pid bg had not recorded yet.
+  local all=("${PIDS[@]}") p left i
+  for p in $(jobs -p); do all+=("$p"); done
+  if [ ${#all[@]} -gt 0 ]; then
+    echo; echo "stopping the demo..."
+    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for i in $(seq 1 100); do
+      left=()
+      for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
+      [ ${#left[@]} -eq 0 ] && break
+      sleep 0.1
+    done
+    for p in "${left[@]}"; do
+      echo "demo: pid $p did not stop on SIGTERM within 10s; killing it" >&2
+      kill -KILL "$p" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+  fi
+  echo "logs were in $DIR"
+  exit "$status"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
+trap 'stop 129' HUP
+trap 'stop $?' EXIT
 
 bg() { # bg NAME CMD...: run in the background, logging to $DIR/NAME.log
   local name=$1; shift
   "$@" >"$DIR/$name.log" 2>&1 &
+  NAMES+=("$name")
   PIDS+=($!)
 }
-wait_http() { # wait_http URL
-  for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done
-  echo "timed out waiting for $1 (logs in $DIR)" >&2; exit 1
+# check_alive stops the demo when a process it started has exited.
+check_alive() {
+  local i
+  for i in "${!PIDS[@]}"; do
+    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+      echo "demo: ${NAMES[$i]} (pid ${PIDS[$i]}) exited; the end of $DIR/${NAMES[$i]}.log:" >&2
+      tail -n 20 "$DIR/${NAMES[$i]}.log" >&2 || true
+      exit 1
+    fi
+  done
 }
-ctl() { "$BIN/ursactl" "$@"; }
+wait_for() { # wait_for WHAT CMD...: run CMD every 0.1 s until it succeeds, for at most $TIMEOUT s
+  local what=$1; shift
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    check_alive
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "demo: gave up after ${TIMEOUT}s waiting for $what (logs in $DIR; URSA_DEMO_TIMEOUT sets the limit)" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+http_ok() { curl -sf -o /dev/null --max-time 2 "$1"; }
+ctl() { timeout --foreground "$TIMEOUT" "$BIN/ursactl" "$@"; } # bounded, like every wait
 
 bg global "$BIN/ursa-cp" global --api-addr 127.0.0.1:5681 --kds-addr 127.0.0.1:5685
-wait_http http://127.0.0.1:5681/readyz
-curl -sf http://127.0.0.1:5681/kds/ca.pem >"$DIR/kds-ca.pem"
+wait_for "the global CP to be ready (GET http://127.0.0.1:5681/readyz)" http_ok http://127.0.0.1:5681/readyz
+curl -sf --max-time 10 http://127.0.0.1:5681/kds/ca.pem >"$DIR/kds-ca.pem"
 export URSA_API_SERVER=http://127.0.0.1:5681
 
 for z in 1 2; do
@@ -39,7 +150,7 @@ for z in 1 2; do
   bg "zone-$z" "$BIN/ursa-cp" zone --zone "zone-$z" --api-addr "127.0.0.1:${z}5681" --xds-addr "127.0.0.1:${z}5678" \
     --dns-addr "127.0.0.1:${z}5653" --vip-cidr "127.24$((z - 1)).0.0/16" \
     --global-kds-address grpcs://127.0.0.1:5685 --global-kds-ca-file "$DIR/kds-ca.pem" --zone-token-file "$DIR/zone-$z.token"
-  wait_http "http://127.0.0.1:${z}5681/readyz"
+  wait_for "zone-$z's CP to be ready (GET http://127.0.0.1:${z}5681/readyz)" http_ok "http://127.0.0.1:${z}5681/readyz"
 done
 
 ctl apply -f - >/dev/null <<'YAML'
@@ -55,7 +166,7 @@ spec:
   destinations: [{match: {ursa.io/service: '*'}}]
 YAML
 for z in 1 2; do
-  until curl -sf -o /dev/null "http://127.0.0.1:${z}5681/meshes/default"; do sleep 0.05; done
+  wait_for "mesh default to reach zone-$z over KDS (GET http://127.0.0.1:${z}5681/meshes/default)" http_ok "http://127.0.0.1:${z}5681/meshes/default"
 done
 
 dataplane() { # dataplane ZONE NAME SERVICE INBOUND_PORT APP_PORT ADMIN_PORT
@@ -86,14 +197,18 @@ for z in 1 2; do
   ingress "$z"
 done
 dataplane 1 web-1 web 10012 18000 19912
-wait_http http://127.0.0.1:19912/ready
+for z in 1 2; do
+  wait_for "billing-$z's sidecar to be ready (GET http://127.0.0.1:${z}9911/ready)" http_ok "http://127.0.0.1:${z}9911/ready"
+  wait_for "zone-$z's ingress to be ready (GET http://127.0.0.1:${z}9900/ready)" http_ok "http://127.0.0.1:${z}9900/ready"
+done
+wait_for "web-1's sidecar to be ready (GET http://127.0.0.1:19912/ready)" http_ok http://127.0.0.1:19912/ready
 
 VIP=""
-for _ in $(seq 1 200); do
-  VIP=$(curl -sf http://127.0.0.1:15681/meshes/default/virtual-ips/vips | sed -n 's/.*"billing":{"ip":"\([0-9.]*\)".*/\1/p')
-  [ -n "$VIP" ] && curl -sf -o /dev/null "http://$VIP/" && break
-  sleep 0.05
-done
+billing_answers() { # sets VIP; succeeds once billing answers on it through web's sidecar
+  VIP=$(curl -sf --max-time 2 http://127.0.0.1:15681/meshes/default/virtual-ips/vips | sed -n 's/.*"billing":{"ip":"\([0-9.]*\)".*/\1/p')
+  [ -n "$VIP" ] && http_ok "http://$VIP/"
+}
+wait_for "billing.mesh to answer on its VIP through web's sidecar (zone-1's /meshes/default/virtual-ips/vips, then GET http://VIP/)" billing_answers
 
 cat <<EOF2
 
@@ -124,4 +239,8 @@ cat <<EOF2
 
   Ctrl-C stops everything.
 EOF2
-wait
+# Run until Ctrl-C (or SIGTERM), or until one of the processes exits.
+while true; do
+  wait -n || true
+  check_alive
+done

@@ -16,6 +16,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/pgtest"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/postgres"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // replica is one zone CP's resolver side: a mirror of its store, the table,
@@ -52,16 +53,6 @@ func (r *replica) lookup(name string) string {
 	return ip.String()
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func dataplane(mesh, name, svc string) *api.Dataplane {
 	return &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: mesh, Name: name},
 		Networking: api.DataplaneNetworking{Address: "127.0.0.1", Inbound: []api.Inbound{{Port: 10011, Tags: map[string]string{api.TagService: svc}}}}}
@@ -78,7 +69,7 @@ func TestServicesGetVIPs(t *testing.T) {
 	if _, err := st.Apply(ctx, []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, dataplane("default", "b1", "billing")}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "billing's VIP", func() bool { return r.lookup("billing") != "" })
+	testutil.Until(t, 10*time.Second, "billing's VIP", func() bool { return r.lookup("billing") != "" })
 	// A service that appears in another zone, through that zone's ingress.
 	remote := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "zone-2.ingress", Labels: map[string]string{api.LabelOrigin: api.OriginGlobal}},
 		Zone: "zone-2", Networking: api.ZoneIngressNetworking{Address: "127.0.0.2", Port: 10001},
@@ -86,7 +77,7 @@ func TestServicesGetVIPs(t *testing.T) {
 	if _, err := st.Create(ctx, remote); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the remote service's VIP", func() bool { return r.lookup("payments") != "" && r.lookup("payments.default") != "" })
+	testutil.Until(t, 10*time.Second, "the remote service's VIP", func() bool { return r.lookup("payments") != "" && r.lookup("payments.default") != "" })
 	billing := r.lookup("billing")
 	if billing == r.lookup("payments") {
 		t.Fatal("two live services share a VIP")
@@ -96,11 +87,11 @@ func TestServicesGetVIPs(t *testing.T) {
 	if err := st.Delete(ctx, api.Key{Type: "Dataplane", Mesh: "default", Name: "b1"}, 0); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "billing gone", func() bool { return r.lookup("billing") == "" })
+	testutil.Until(t, 10*time.Second, "billing gone", func() bool { return r.lookup("billing") == "" })
 	if _, err := st.Create(ctx, dataplane("default", "s1", "search")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "search's VIP", func() bool { return r.lookup("search") != "" })
+	testutil.Until(t, 10*time.Second, "search's VIP", func() bool { return r.lookup("search") != "" })
 	if r.lookup("search") == billing {
 		t.Fatalf("search got billing's freed VIP %s within the hold-back", billing)
 	}
@@ -108,7 +99,7 @@ func TestServicesGetVIPs(t *testing.T) {
 	if _, err := st.Create(ctx, dataplane("default", "b2", "billing")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "billing back on its VIP", func() bool { return r.lookup("billing") == billing })
+	testutil.Until(t, 10*time.Second, "billing back on its VIP", func() bool { return r.lookup("billing") == billing })
 }
 
 // TestVIPsSurviveRestartAndReplicas runs on PostgreSQL: VIPs are the same
@@ -145,7 +136,7 @@ func TestVIPsSurviveRestartAndReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	r1 := startReplica(t, st, "first", testAlloc)
-	eventually(t, "20 VIPs", func() bool { return len(r1.resolver.Table().VIPs()) == 20 })
+	testutil.Until(t, 10*time.Second, "20 VIPs", func() bool { return len(r1.resolver.Table().VIPs()) == 20 })
 	before := map[MeshService]netip.Addr{}
 	for k, v := range r1.resolver.Table().VIPs() {
 		before[k] = v
@@ -156,7 +147,7 @@ func TestVIPsSurviveRestartAndReplicas(t *testing.T) {
 	r2 := startReplica(t, open(), "second", testAlloc)
 	r3 := startReplica(t, open(), "third", testAlloc)
 	for _, r := range []*replica{r2, r3} {
-		eventually(t, "the VIPs after a restart", func() bool { return len(r.resolver.Table().VIPs()) == 20 })
+		testutil.Until(t, 10*time.Second, "the VIPs after a restart", func() bool { return len(r.resolver.Table().VIPs()) == 20 })
 		for k, v := range r.resolver.Table().VIPs() {
 			if before[k] != v {
 				t.Fatalf("%v: %s before the restart, %s after", k, before[k], v)
@@ -167,7 +158,7 @@ func TestVIPsSurviveRestartAndReplicas(t *testing.T) {
 	if _, err := st.Create(ctx, dataplane("default", "n", "new")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "both replicas answer for the new service", func() bool {
+	testutil.Until(t, 10*time.Second, "both replicas answer for the new service", func() bool {
 		return r2.lookup("new") != "" && r2.lookup("new") == r3.lookup("new")
 	})
 	lease, err := st.Get(ctx, api.Key{Type: "Lease", Name: "vip-allocator"})

@@ -17,6 +17,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // fixedSource is a Source over one catalogue.
@@ -82,13 +83,11 @@ func serveWithMetrics(t *testing.T, view *catalog.Catalog, upstreams ...string) 
 	done := make(chan struct{})
 	go func() { s.Start(ctx, udp, tcp); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	// Wait until it answers.
 	c := &dns.Client{Timeout: 200 * time.Millisecond}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if _, _, err := c.Exchange(new(dns.Msg).SetQuestion("x.mesh.", dns.TypeA), udp.LocalAddr().String()); err == nil {
-			break
-		}
-	}
+	testutil.Eventually(t, 10*time.Second, "the DNS server to answer over UDP", func() error {
+		_, _, err := c.Exchange(new(dns.Msg).SetQuestion("x.mesh.", dns.TypeA), udp.LocalAddr().String())
+		return err
+	})
 	return udp.LocalAddr().String(), reg
 }
 

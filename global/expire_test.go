@@ -11,6 +11,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // TestExpire checks that a drain written with an expiry is deleted by the
@@ -32,7 +33,10 @@ func TestExpire(t *testing.T) {
 	if _, err := st.Create(ctx, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
+	// Expiries are whole seconds: start on one, so that "soon" expires
+	// exactly one second in.
+	now := time.Unix(time.Now().Unix(), 0)
+	clock := testutil.NewClock(now)
 	for _, f := range []*api.Failover{
 		failover("past", now.Add(-time.Minute)),
 		failover("soon", now.Add(time.Second)),
@@ -45,19 +49,23 @@ func TestExpire(t *testing.T) {
 	}
 	mirror := store.NewMirror(st, expiringTypes(), log)
 	go mirror.Start(ctx)
-	go expire(ctx, st, mirror, time.Now, log)
+	done := make(chan struct{})
+	go func() {
+		(&expirer{store: st, src: mirror, log: log, now: clock.Now, wakeAt: clock.At}).run(ctx)
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
 
 	gone := func(name string) bool {
 		_, err := st.Get(ctx, api.Key{Type: "Failover", Mesh: "default", Name: name})
 		return errors.Is(err, store.ErrNotFound)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !gone("past") || !gone("soon") {
-		if time.Now().After(deadline) {
-			t.Fatalf("expired drains not deleted: past gone %v, soon gone %v", gone("past"), gone("soon"))
-		}
-		time.Sleep(20 * time.Millisecond)
+	testutil.Until(t, 10*time.Second, "the drain that expired before the start to be deleted", func() bool { return gone("past") })
+	if gone("soon") || gone("later") || gone("forever") {
+		t.Fatalf("deleted before its time: soon %v, later %v, forever %v", gone("soon"), gone("later"), gone("forever"))
 	}
+	clock.Advance(time.Second)
+	testutil.Until(t, 10*time.Second, "the drain expiring one second in to be deleted once the clock got there", func() bool { return gone("soon") })
 	if gone("later") || gone("forever") {
 		t.Fatal("a drain that has not expired was deleted")
 	}

@@ -22,7 +22,7 @@ func tierOf(pkg string) string {
 	parts := strings.Split(pkg, "/")
 	if parts[0] == "pkg" && len(parts) > 1 {
 		switch parts[1] {
-		case "api", "xds", "mtls", "pgtest", "proxy", "catalog", "store":
+		case "api", "xds", "mtls", "pgtest", "proxy", "catalog", "store", "testutil":
 			return "pkg/" + parts[1]
 		}
 		return "pkg"
@@ -42,6 +42,10 @@ func forbidden(from, to string) string {
 		return ""
 	}
 	switch {
+	case f == "pkg/testutil":
+		return "pkg/testutil is a leaf that every package's tests use; it imports no Ursa package"
+	case t == "pkg/testutil":
+		return ""
 	case t == "cmd" || t == "test":
 		return "nothing imports commands or tests"
 	case f == "pkg/api":
@@ -122,6 +126,10 @@ func TestForbiddenRules(t *testing.T) {
 		{"pkg/proxy", "pkg/api", false},
 		{"kds/client", "kds/server", false},
 		{"kds/client", "kds", true},
+		{"pkg/api", "pkg/testutil", true},
+		{"pkg/store", "pkg/testutil", true},
+		{"global", "pkg/testutil", true},
+		{"pkg/testutil", "pkg/api", false},
 	}
 	for _, tt := range tests {
 		if got := forbidden(tt.from, tt.to) == "" && linkForbidden(tt.from, tt.to) == ""; got != tt.ok {

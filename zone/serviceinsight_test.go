@@ -10,19 +10,29 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
-// fakeLoads is a loadSource whose answer the test sets.
+// fakeLoads is a loadSource whose answer the test sets, and which counts
+// how often it was read (once a tick).
 type fakeLoads struct {
-	mu  sync.Mutex
-	now []xds.ServiceLoad
+	mu    sync.Mutex
+	now   []xds.ServiceLoad
+	reads int
 }
 
 func (f *fakeLoads) Services(time.Time) []xds.ServiceLoad {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.reads++
 	return f.now
+}
+
+func (f *fakeLoads) readCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reads
 }
 
 func (f *fakeLoads) set(perSecond float64, ok uint64) {
@@ -62,29 +72,23 @@ func TestServiceInsightsAreWrittenOnChange(t *testing.T) {
 		}
 		return r.(*api.ServiceInsight)
 	}
-	waitUntil(t, "the insight", func() bool { return get() != nil })
+	testutil.Until(t, 10*time.Second, "the insight", func() bool { return get() != nil })
 	si := get()
 	if si.Zone != "zone-1" || si.Service != "billing" || si.Traffic["zone-2"] != (api.ZoneTraffic{Connections: 100, PerSecond: 48.5}) {
 		t.Fatalf("insight %+v", si)
 	}
-	time.Sleep(100 * time.Millisecond) // ten ticks with nothing new
+	// Ten ticks with nothing new: the writer reads the loads once a tick
+	// and writes before the next read, so eleven more reads mean ten whole
+	// ticks are done.
+	after := loads.readCount() + 11
+	testutil.Until(t, 10*time.Second, "ten more ticks of the writer", func() bool { return loads.readCount() >= after })
 	if v := get().Version; v != si.Version {
 		t.Fatalf("rewritten without a change: version %d → %d", si.Version, v)
 	}
 	loads.set(0, 120)
-	waitUntil(t, "the new count", func() bool { return get().Traffic["zone-2"].Connections == 120 })
+	testutil.Until(t, 10*time.Second, "the new count", func() bool { return get().Traffic["zone-2"].Connections == 120 })
 	res, err := st.List(ctx, store.ListOptions{Type: "ServiceInsight"})
 	if err != nil || len(res.Items) != 1 {
 		t.Fatalf("stored %d insights (%v), want billing's only", len(res.Items), err)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

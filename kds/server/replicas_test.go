@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/kds/server"
@@ -13,6 +14,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/pgtest"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/postgres"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // pgStores starts a throwaway PostgreSQL and opens n store handles on one
@@ -59,18 +61,18 @@ func TestTwoReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	rk := api.Key{Type: "TrafficRoute", Mesh: "default", Name: "billing"}
-	eventually(t, "the route in zone A via replica 1", func() bool { return has(a.store, rk) })
-	eventually(t, "the route in zone B via replica 2", func() bool { return has(b.store, rk) })
+	testutil.Until(t, 30*time.Second, "the route in zone A via replica 1", func() bool { return has(a.store, rk) })
+	testutil.Until(t, 30*time.Second, "the route in zone B via replica 2", func() bool { return has(b.store, rk) })
 	// Zone A's ingress, taken in by replica 1, reaches zone B on replica 2.
 	if _, err := a.store.Create(ctx, ingress("zone-a", "ingress")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "zone A's ingress in zone B across replicas", func() bool {
+	testutil.Until(t, 30*time.Second, "zone A's ingress in zone B across replicas", func() bool {
 		return has(b.store, api.Key{Type: "ZoneIngress", Name: "zone-a.ingress"})
 	})
 	// Each replica reports the zone it serves.
 	for zone, inst := range map[string]string{"zone-a": "g1", "zone-b": "g2"} {
-		eventually(t, zone+" insight from "+inst, func() bool {
+		testutil.Until(t, 30*time.Second, zone+" insight from "+inst, func() bool {
 			r, err := g1.store.Get(ctx, api.Key{Type: "ZoneInsight", Name: zone})
 			return err == nil && r.(*api.ZoneInsight).GlobalInstance == inst && r.(*api.ZoneInsight).Connected
 		})
@@ -98,7 +100,7 @@ func TestLargeTypeIsSplit(t *testing.T) {
 			responses.Add(1)
 		}
 	})
-	eventually(t, "300 routes in the zone", func() bool {
+	testutil.Until(t, 30*time.Second, "300 routes in the zone", func() bool {
 		res, _ := z.store.List(ctx, store.ListOptions{Type: "TrafficRoute"})
 		return len(res.Items) == 300
 	})

@@ -25,6 +25,7 @@ import (
 	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/tokens"
 )
 
@@ -171,21 +172,24 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 	ctx := context.Background()
 	g := startSecured(t, server.Deps{})
 	a := startZone(t, g.global, "zone-a", g.token(t, "zone-a"))
+	// Zone B stays connected until the rotation (zone C after it): once it
+	// has a change, the global has sent that change to every zone it admits.
+	b := startZone(t, g.global, "zone-b", g.token(t, "zone-b"))
 	mesh := func(name string) {
 		if _, err := g.store.Apply(ctx, []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: name}}}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	mesh("one")
-	eventually(t, "mesh one in zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "one"}) })
+	testutil.Until(t, 30*time.Second, "mesh one in zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "one"}) })
 
 	off := false
 	if _, err := g.store.Apply(ctx, []api.Resource{&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-a"}, Enabled: &off}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "zone A disconnected", func() bool { return !a.client.Connected() })
+	testutil.Until(t, 30*time.Second, "zone A disconnected", func() bool { return !a.client.Connected() })
 	mesh("two")
-	time.Sleep(300 * time.Millisecond) // give a wrongly admitted zone time to receive it
+	testutil.Until(t, 30*time.Second, "mesh two in zone B", func() bool { return has(b.store, api.Key{Type: "Mesh", Name: "two"}) })
 	if has(a.store, api.Key{Type: "Mesh", Name: "two"}) {
 		t.Fatal("a disabled zone received a change")
 	}
@@ -193,14 +197,15 @@ func TestDisablingAndRotationCloseStreams(t *testing.T) {
 	if _, err := g.store.Apply(ctx, []api.Resource{&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-a"}, Enabled: &on}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "mesh two in the re-enabled zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "two"}) })
+	testutil.Until(t, 30*time.Second, "mesh two in the re-enabled zone A", func() bool { return has(a.store, api.Key{Type: "Mesh", Name: "two"}) })
 
 	if _, err := g.issuer.RotateKey(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "zone A cut off by the rotation", func() bool { return !a.client.Connected() })
+	testutil.Until(t, 30*time.Second, "zone A cut off by the rotation", func() bool { return !a.client.Connected() })
+	c := startZone(t, g.global, "zone-c", g.token(t, "zone-c")) // a token of the new key
 	mesh("three")
-	time.Sleep(300 * time.Millisecond)
+	testutil.Until(t, 30*time.Second, "mesh three in zone C", func() bool { return has(c.store, api.Key{Type: "Mesh", Name: "three"}) })
 	if has(a.store, api.Key{Type: "Mesh", Name: "three"}) {
 		t.Fatal("a zone with a revoked token received a change")
 	}

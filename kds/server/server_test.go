@@ -22,6 +22,7 @@ import (
 	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // fakeTokens is a test Verifier: the token "zone:NAME" is NAME's.
@@ -128,19 +129,6 @@ func background(t *testing.T, cancel context.CancelFunc) *sync.WaitGroup {
 	return &wg
 }
 
-// eventually polls cond until it holds or 30s pass (generous: these tests
-// share two cores with every other package's).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func has(s store.Store, k api.Key) bool {
 	_, err := s.Get(context.Background(), k)
 	return err == nil
@@ -170,7 +158,7 @@ func TestSyncBothWays(t *testing.T) {
 	}
 	rk := api.Key{Type: "TrafficRoute", Mesh: "default", Name: "billing"}
 	for _, z := range []*zone{a, b} {
-		eventually(t, "the route in "+z.name, func() bool {
+		testutil.Until(t, 30*time.Second, "the route in "+z.name, func() bool {
 			r, err := z.store.Get(ctx, rk)
 			return err == nil && r.GetMeta().Labels[api.LabelOrigin] == api.OriginGlobal
 		})
@@ -180,7 +168,7 @@ func TestSyncBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, z := range []*zone{a, b} {
-		eventually(t, "the changed route in "+z.name, func() bool {
+		testutil.Until(t, 30*time.Second, "the changed route in "+z.name, func() bool {
 			r, err := z.store.Get(ctx, rk)
 			return err == nil && r.(*api.TrafficRoute).Spec.Split[0].Weight == 50
 		})
@@ -190,8 +178,8 @@ func TestSyncBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	atGlobal := api.Key{Type: "ZoneIngress", Name: "zone-a.ingress"}
-	eventually(t, "zone A's ingress at the global", func() bool { return has(g.store, atGlobal) })
-	eventually(t, "zone A's ingress in zone B", func() bool { return has(b.store, atGlobal) })
+	testutil.Until(t, 30*time.Second, "zone A's ingress at the global", func() bool { return has(g.store, atGlobal) })
+	testutil.Until(t, 30*time.Second, "zone A's ingress in zone B", func() bool { return has(b.store, atGlobal) })
 	if has(a.store, atGlobal) {
 		t.Fatal("zone A was sent its own ingress back")
 	}
@@ -203,12 +191,12 @@ func TestSyncBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, z := range []*zone{a, b} {
-		eventually(t, "the route gone from "+z.name, func() bool { return !has(z.store, rk) })
+		testutil.Until(t, 30*time.Second, "the route gone from "+z.name, func() bool { return !has(z.store, rk) })
 	}
-	eventually(t, "the ingress gone from the global and B", func() bool { return !has(g.store, atGlobal) && !has(b.store, atGlobal) })
+	testutil.Until(t, 30*time.Second, "the ingress gone from the global and B", func() bool { return !has(g.store, atGlobal) && !has(b.store, atGlobal) })
 
 	// The insight shows both zones connected with acknowledged responses.
-	eventually(t, "zone A's insight", func() bool {
+	testutil.Until(t, 30*time.Second, "zone A's insight", func() bool {
 		r, err := g.store.Get(ctx, api.Key{Type: "ZoneInsight", Name: "zone-a"})
 		if err != nil {
 			return false
@@ -237,7 +225,7 @@ func TestResumeSendsOnlyWhatChanged(t *testing.T) {
 		res, _ := s.List(ctx, store.ListOptions{Type: "TrafficRoute"})
 		return len(res.Items)
 	}
-	eventually(t, "50 routes in zone A", func() bool { return count(a.store) == 50 })
+	testutil.Until(t, 30*time.Second, "50 routes in zone A", func() bool { return count(a.store) == 50 })
 	a.cancel()
 
 	// While A is away: one route changes, one is deleted, one is added.
@@ -265,7 +253,7 @@ func TestResumeSendsOnlyWhatChanged(t *testing.T) {
 			}
 		}})
 	bg.Go(func() { c.Start(c2ctx) })
-	eventually(t, "the changes in zone A", func() bool {
+	testutil.Until(t, 30*time.Second, "the changes in zone A", func() bool {
 		r, err := a.store.Get(ctx, api.KeyOf(changed))
 		return err == nil && r.(*api.TrafficRoute).Spec.Split[0].Weight == 99 && has(a.store, api.KeyOf(added)) && !has(a.store, api.KeyOf(puts[2]))
 	})

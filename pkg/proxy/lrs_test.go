@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
@@ -24,7 +25,8 @@ import (
 // endpoint's zone, and a report holds the deltas of current EDS clusters.
 func TestLoadCountedPerLocality(t *testing.T) {
 	p := newProxy(t)
-	dead := freePort(t)
+	p.Now = testutil.NewClock(time.Now()).Now // zone-2's one ejection lasts the whole test
+	dead := testutil.RefusingAddr(t)
 	c := &Cluster{Name: "billing", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{
 		{Addr: echoServer(t, "one"), Weight: 1, Zone: "zone-1"}, {Addr: dead, Weight: 1, Zone: "zone-2"}}}
 	for range 50 {
@@ -119,7 +121,7 @@ func TestLoadReportsReachTheCP(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	var c *Cluster
-	waitForProxy(t, "billing's endpoints", func() bool {
+	testutil.Until(t, 10*time.Second, "billing's endpoints", func() bool {
 		c = p.cfg.Load().Clusters["billing"]
 		return c != nil && len(c.Endpoints) == 1
 	})
@@ -130,18 +132,8 @@ func TestLoadReportsReachTheCP(t *testing.T) {
 		}
 		conn.Close()
 	}
-	waitForProxy(t, "30 connections to zone-2 in the CP's aggregate", func() bool {
+	testutil.Until(t, 10*time.Second, "30 connections to zone-2 in the CP's aggregate", func() bool {
 		s := loads.Services(time.Now())
 		return len(s) == 1 && s[0].Service == "billing" && s[0].Zones["zone-2"].Successful == 30
 	})
-}
-
-func waitForProxy(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -34,6 +34,9 @@ type Proxy struct {
 	// EjectionTime, and a connection that succeeds ends the streak.
 	FirstEjection time.Duration
 	EjectionTime  time.Duration
+	// Now is the clock ejections are timed by; nil means time.Now. Like
+	// the durations above, set it before the first Apply.
+	Now func() time.Time
 
 	// load counts upstream connections per cluster and zone, for LRS.
 	load loadCounters
@@ -436,7 +439,15 @@ func (p *Proxy) eject(cluster, addr string) {
 	if d > p.EjectionTime || d <= 0 {
 		d = p.EjectionTime
 	}
-	e.until = time.Now().Add(d)
+	e.until = p.now().Add(d)
+}
+
+// now reads the Proxy's clock.
+func (p *Proxy) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
 }
 
 // connected ends an endpoint's streak of failures.
@@ -450,7 +461,7 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.ejected[cluster+"|"+addr]
-	return !ok || time.Now().After(e.until)
+	return !ok || p.now().After(e.until)
 }
 
 // pick chooses an endpoint: a priority level by Envoy's rule (each level

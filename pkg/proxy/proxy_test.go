@@ -19,6 +19,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 func newProxy(t *testing.T) *Proxy {
@@ -64,6 +65,8 @@ func TestPickByPriority(t *testing.T) {
 
 func TestEjectedEndpointReturns(t *testing.T) {
 	p := newProxy(t)
+	clock := testutil.NewClock(time.Now())
+	p.Now = clock.Now
 	p.FirstEjection, p.EjectionTime = 50*time.Millisecond, 50*time.Millisecond
 	p.eject("c", "a:1")
 	if p.healthy("c", "a:1") {
@@ -72,12 +75,13 @@ func TestEjectedEndpointReturns(t *testing.T) {
 	if !p.healthy("other", "a:1") {
 		t.Fatal("ejected from one cluster, the endpoint is out of another too")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !p.healthy("c", "a:1") {
-		if time.Now().After(deadline) {
-			t.Fatal("the endpoint never came back")
-		}
-		time.Sleep(10 * time.Millisecond)
+	clock.Advance(50 * time.Millisecond)
+	if p.healthy("c", "a:1") {
+		t.Fatal("the endpoint came back before its ejection ended")
+	}
+	clock.Advance(time.Nanosecond)
+	if !p.healthy("c", "a:1") {
+		t.Fatal("the endpoint did not come back once its ejection ended")
 	}
 }
 
@@ -106,10 +110,20 @@ func echoServer(t *testing.T, name string) string {
 	return ln.Addr().String()
 }
 
-func freePort(t *testing.T) string {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
-	return ln.Addr().String()
+// anyPort is a listener address the kernel gives a free port to when the
+// proxy binds it; boundAddr then says which.
+const anyPort = "127.0.0.1:0"
+
+// boundAddr is the address the proxy's listener name is bound to.
+func boundAddr(t *testing.T, p *Proxy, name string) string {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r, ok := p.listeners[name]
+	if !ok {
+		t.Fatalf("listener %q is not running", name)
+	}
+	return r.ln.Addr().String()
 }
 
 func config(listen string, routes ...Route) *Config {
@@ -123,12 +137,12 @@ func config(listen string, routes ...Route) *Config {
 func TestChangesKeepConnections(t *testing.T) {
 	p := newProxy(t)
 	a, b := echoServer(t, "a"), echoServer(t, "b")
-	listen := freePort(t)
-	cfg := config(listen, Route{Cluster: "a", Weight: 1})
+	cfg := config(anyPort, Route{Cluster: "a", Weight: 1})
 	cfg.Clusters["a"] = &Cluster{Name: "a", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: a, Weight: 1}}}
 	if err := p.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
+	listen := boundAddr(t, p, "l")
 	conn, err := net.Dial("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +161,7 @@ func TestChangesKeepConnections(t *testing.T) {
 	if got := roundTrip("one"); got != "a one" {
 		t.Fatalf("got %q", got)
 	}
-	next := config(listen, Route{Cluster: "b", Weight: 1})
+	next := config(anyPort, Route{Cluster: "b", Weight: 1}) // the same listener: it keeps its port
 	next.Clusters["b"] = &Cluster{Name: "b", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: b, Weight: 1}}}
 	if err := p.Apply(next); err != nil {
 		t.Fatal(err)
@@ -229,14 +243,14 @@ func TestSNIPassthrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	listen := freePort(t)
 	cfg := &Config{
-		Listeners: map[string]*Listener{"ingress": {Name: "ingress", Addr: listen, SNIRoutes: map[string][]Route{"billing-abc.default.ursa": {{Cluster: "billing", Weight: 1}}}}},
+		Listeners: map[string]*Listener{"ingress": {Name: "ingress", Addr: anyPort, SNIRoutes: map[string][]Route{"billing-abc.default.ursa": {{Cluster: "billing", Weight: 1}}}}},
 		Clusters:  map[string]*Cluster{"billing": {Name: "billing", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: backend.Addr().String(), Weight: 1}}}},
 	}
 	if err := p.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
+	listen := boundAddr(t, p, "ingress")
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM([]byte(ca.CertPEM))
 	dial := func(sni string) (string, error) {
@@ -301,15 +315,16 @@ func TestRotationKeepsConnections(t *testing.T) {
 	second, _ := mtls.Issue(ca, "billing", time.Hour, now)
 	caller, _ := mtls.Issue(ca, "web", time.Hour, now)
 	p := newProxy(t)
-	app, listen := echoServer(t, "app"), freePort(t)
+	app := echoServer(t, "app")
 	cfg := func(id mtls.Identity) *Config {
 		return &Config{Identity: pairOf(id), Roots: roots,
-			Listeners: map[string]*Listener{"in": {Name: "in", Addr: listen, TLS: true, Routes: []Route{{Cluster: "app", Weight: 1}}}},
+			Listeners: map[string]*Listener{"in": {Name: "in", Addr: anyPort, TLS: true, Routes: []Route{{Cluster: "app", Weight: 1}}}},
 			Clusters:  map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: app, Weight: 1}}}}}
 	}
 	if err := p.Apply(cfg(first)); err != nil {
 		t.Fatal(err)
 	}
+	listen := boundAddr(t, p, "in")
 	dial := func() (*tls.Conn, *bufio.Reader) {
 		c, err := tls.Dial("tcp", listen, &tls.Config{Certificates: []tls.Certificate{*pairOf(caller)}, RootCAs: roots, InsecureSkipVerify: true})
 		if err != nil {
@@ -385,6 +400,7 @@ func TestHandshakeFailureFailsOver(t *testing.T) {
 		}
 	}()
 	p := newProxy(t)
+	p.Now = testutil.NewClock(now).Now // the ejection lasts until the checks below are done
 	c := &Cluster{Name: "billing{ursa.io/zone=zone-2}", TLS: true, SNI: "billing-x.default.ursa", ConnectTimeout: time.Second,
 		Overprovisioning: 140, Endpoints: []Endpoint{
 			{Addr: empty.Addr().String(), Weight: 1, Priority: 0}, {Addr: next.Addr().String(), Weight: 1, Priority: 1}}}
@@ -481,11 +497,13 @@ func TestEndpointBackEndsEjection(t *testing.T) {
 // is left out, up to the limit; a success ends the streak.
 func TestEjectionBacksOff(t *testing.T) {
 	p := newProxy(t)
+	clock := testutil.NewClock(time.Now())
+	p.Now = clock.Now
 	p.FirstEjection, p.EjectionTime = 100*time.Millisecond, time.Second
 	left := func() time.Duration {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		return time.Until(p.ejected["c|a:1"].until).Round(100 * time.Millisecond)
+		return p.ejected["c|a:1"].until.Sub(clock.Now())
 	}
 	for _, want := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
 		p.eject("c", "a:1")
@@ -510,11 +528,11 @@ func TestListenerInUseIsLeftOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	app, free := echoServer(t, "app"), freePort(t)
+	app := echoServer(t, "app")
 	cfg := func() *Config {
 		return &Config{
 			Listeners: map[string]*Listener{
-				"in":  {Name: "in", Addr: free, Routes: []Route{{Cluster: "app", Weight: 1}}},
+				"in":  {Name: "in", Addr: anyPort, Routes: []Route{{Cluster: "app", Weight: 1}}},
 				"vip": {Name: "vip", Addr: taken.Addr().String(), Routes: []Route{{Cluster: "app", Weight: 1}}},
 			},
 			Clusters: map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: app, Weight: 1}}}},
@@ -524,7 +542,7 @@ func TestListenerInUseIsLeftOut(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `listener "vip"`) || strings.Contains(err.Error(), `listener "in"`) {
 		t.Fatalf("error = %v, want one naming only the listener in use", err)
 	}
-	c, err := net.DialTimeout("tcp", free, time.Second)
+	c, err := net.DialTimeout("tcp", boundAddr(t, p, "in"), time.Second)
 	if err != nil {
 		t.Fatalf("the other listener is not running: %v", err)
 	}

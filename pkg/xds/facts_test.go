@@ -2,6 +2,7 @@ package xds
 
 import (
 	"bytes"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -10,6 +11,8 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // TestVersionFollowsContent: a type's version depends on what its
@@ -109,20 +112,15 @@ func TestResourceFactsForget(t *testing.T) {
 			t.Fatal(f.hashErr)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 10*time.Second, "the entries to go once their resources were collected", func() error {
 		runtime.GC()
 		c.mu.Lock()
-		n := len(c.m)
-		c.mu.Unlock()
-		if n == 0 {
-			return
+		defer c.mu.Unlock()
+		if n := len(c.m); n > 0 {
+			return fmt.Errorf("%d entries left", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d entries left after their resources were collected", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestSnapshotsShareParts: proxies whose resources of a type are the same

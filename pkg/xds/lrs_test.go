@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ursatest "github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // lrsFixture is an xDS server with LRS on one real gRPC server, and a
@@ -115,17 +117,6 @@ func (f *lrsFixture) open(ctx context.Context, id string) (lrs.LoadReportingServ
 	return stream, resp, err
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestLoadReportIsAggregated: a connected proxy's reports are summed per
 // service and destination zone; what it reports of clusters or zones it was
 // never given is refused and counted.
@@ -150,7 +141,7 @@ func TestLoadReportIsAggregated(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "two reports in the aggregate", func() bool {
+	ursatest.Until(t, 10*time.Second, "two reports in the aggregate", func() bool {
 		s := f.loads.Services(time.Now())
 		return len(s) == 1 && s[0].Zones["zone-2"].Successful == 80
 	})
@@ -231,7 +222,7 @@ func TestForgedLoadReportsAreRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the honest report", func() bool {
+	ursatest.Until(t, 10*time.Second, "the honest report", func() bool {
 		s := f.loads.Services(time.Now())
 		return len(s) == 1 && s[0].Zones["zone-1"].Successful == 3
 	})

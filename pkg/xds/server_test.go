@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceClient) {
@@ -75,17 +78,12 @@ func TestNackIsRecorded(t *testing.T) {
 	}
 	stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"},
 		ResponseNonce: resp.Nonce, ErrorDetail: &status.Status{Code: 3, Message: "cannot apply"}})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n, ok := s.Insight("default.a")
-		if ok && n.Nacks == 1 && n.LastNack == "cannot apply" {
-			break
+	testutil.Eventually(t, 10*time.Second, "the NACK in the proxy's insight", func() error {
+		if n, ok := s.Insight("default.a"); !ok || n.Nacks != 1 || n.LastNack != "cannot apply" {
+			return fmt.Errorf("insight %+v (found %v)", n, ok)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("insight after a NACK: %+v", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	// Nothing new to send: the stream stays quiet rather than resending.
 	got := make(chan error, 1)
 	go func() { _, err := stream.Recv(); got <- err }()

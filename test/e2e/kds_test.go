@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // cp is a control-plane process and its API address.
@@ -61,16 +63,11 @@ func (c *cp) has(t testing.TB, path string) bool {
 	return code == 200
 }
 
-// eventually polls cond every 10 ms for up to 15 s.
+// eventually polls cond for up to 15 s (testutil.Until, with this
+// package's bound).
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Until(t, 15*time.Second, what, cond)
 }
 
 const policy = `

@@ -18,6 +18,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/pgtest"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/storetest"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // cluster is shared by the package's tests; each test gets its own database.
@@ -234,10 +235,7 @@ func TestOutage(t *testing.T) {
 		t.Errorf("stored %d routes, acknowledged %d", len(res.Items), len(acked))
 	}
 	// The watcher catches up to the list's revision and agrees with it.
-	deadline := time.Now().Add(20 * time.Second)
-	for last.Load() < res.Revision && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Until(t, 20*time.Second, "the watcher to reach the list's revision", func() bool { return last.Load() >= res.Revision })
 	stopWatch()
 	if err := <-watchDone; !errors.Is(err, context.Canceled) {
 		t.Fatalf("watch ended with %v", err)
