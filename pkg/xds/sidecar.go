@@ -45,11 +45,18 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 	}
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
-	for _, in := range dp.Networking.Inbound {
+	for i, in := range dp.Networking.Inbound {
 		servicePort := in.AppPort()
 		local := fmt.Sprintf("localhost:%d", servicePort)
-		out.Add(resource.ListenerType, inboundListener(s, dp, in, local, mtls))
-		out.Add(resource.ClusterType, StaticCluster(local, "127.0.0.1", uint32(servicePort)))
+		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
+		if dp.Version != 0 { // a stored Dataplane: its version names its content
+			out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("inbound|%s|%d|%d", dp.Name, dp.Version, i), build))
+		} else {
+			out.Add(resource.ListenerType, build())
+		}
+		out.Add(resource.ClusterType, memoPolicy(s, "local|"+local, func() *cluster.Cluster {
+			return StaticCluster(local, "127.0.0.1", uint32(servicePort))
+		}))
 	}
 	out.Merge(s.outboundResources(dp))
 	return out, nil
@@ -83,7 +90,7 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
 		if len(subsets) == 0 {
 			continue
 		}
-		out.Add(resource.ListenerType, memo(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
+		out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
 			func() *listener.Listener { return outboundListener(o, subsets) }))
 		for _, sub := range subsets {
 			clusters[sub.ClusterName()] = sub
@@ -91,7 +98,7 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
 	}
 	for _, name := range slices.Sorted(maps.Keys(clusters)) {
 		sub := clusters[name]
-		out.Add(resource.ClusterType, memo(s, "cluster|"+name, func() *cluster.Cluster {
+		out.Add(resource.ClusterType, memoPolicy(s, "cluster|"+name, func() *cluster.Cluster {
 			c := EDSCluster(name)
 			if mtls {
 				c.TransportSocket = upstreamTLS(s.Mesh.Name, sub)

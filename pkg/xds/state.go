@@ -30,11 +30,16 @@ type State struct {
 func NewState(cat *catalog.Catalog, prev *State) *State {
 	s := &State{Catalog: cat, meshes: map[string]*MeshState{}}
 	for _, m := range cat.Meshes() {
-		if old := prev.Mesh(m.Mesh.Name); old != nil && old.Hash == m.Hash {
+		old := prev.Mesh(m.Mesh.Name)
+		if old != nil && old.Hash == m.Hash {
 			s.meshes[m.Mesh.Name] = old
 			continue
 		}
-		s.meshes[m.Mesh.Name] = NewMeshState(m)
+		next := NewMeshState(m)
+		if old != nil && old.PolicyHash == m.PolicyHash && old.policy.size() < 4*len(m.Registered)+4096 {
+			next.policy = old.policy
+		}
+		s.meshes[m.Mesh.Name] = next
 	}
 	return s
 }
@@ -63,33 +68,63 @@ func (s *State) Meshes() []*MeshState {
 type MeshState struct {
 	*catalog.MeshCatalog
 
-	mu     sync.Mutex
-	shared map[string]any
+	// shared memoises what depends on the whole mesh (endpoints, load
+	// assignments, each set of outbounds).
+	shared memoTable
+	// policy memoises what depends only on what PolicyHash covers, given
+	// its key: clusters, outbound listeners, each Dataplane version's
+	// inbound listeners. The next MeshState of the mesh keeps it while
+	// the PolicyHash stays the same, so that a change of endpoints
+	// rebuilds load assignments only and proxies keep the very same
+	// listener and cluster messages (whose encodings are known).
+	policy *memoTable
 }
 
 // NewMeshState returns the state of a mesh's catalogue.
-func NewMeshState(m *catalog.MeshCatalog) *MeshState { return &MeshState{MeshCatalog: m} }
+func NewMeshState(m *catalog.MeshCatalog) *MeshState {
+	return &MeshState{MeshCatalog: m, policy: &memoTable{}}
+}
 
-// memo returns the value built for key, building it once per MeshState.
-// It builds without holding the lock (builders call memo themselves); if
-// two callers race, the first value stored wins.
-func memo[T any](s *MeshState, key string, build func() T) T {
-	s.mu.Lock()
-	v, ok := s.shared[key]
-	s.mu.Unlock()
+// memoTable holds values built once by key. It is safe for concurrent use;
+// the zero value is ready.
+type memoTable struct {
+	mu sync.Mutex
+	m  map[string]any
+}
+
+func (t *memoTable) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}
+
+// memo returns the value built for key in the MeshState's shared table.
+func memo[T any](s *MeshState, key string, build func() T) T { return memoIn(&s.shared, key, build) }
+
+// memoPolicy returns the value built for key in the MeshState's policy
+// table: build must depend on nothing but key and what PolicyHash covers.
+func memoPolicy[T any](s *MeshState, key string, build func() T) T { return memoIn(s.policy, key, build) }
+
+// memoIn returns the value built for key, building it once per table. It
+// builds without holding the lock (builders call memo themselves); if two
+// callers race, the first value stored wins.
+func memoIn[T any](t *memoTable, key string, build func() T) T {
+	t.mu.Lock()
+	v, ok := t.m[key]
+	t.mu.Unlock()
 	if ok {
 		return v.(T)
 	}
 	built := build()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v, ok := s.shared[key]; ok {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if v, ok := t.m[key]; ok {
 		return v.(T)
 	}
-	if s.shared == nil {
-		s.shared = map[string]any{}
+	if t.m == nil {
+		t.m = map[string]any{}
 	}
-	s.shared[key] = built
+	t.m[key] = built
 	return built
 }
 
