@@ -116,6 +116,7 @@ type Server struct {
 	claims  map[int64]*Claims // stream id → what its token says
 	nodes   map[string]*Node
 	streams map[int64]string // stream id → node id
+	open    map[string]int   // node id → its open streams
 	// published is each node's last snapshot.
 	published map[string]*snapshot
 	changed   chan struct{}
@@ -165,7 +166,7 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Help: "xDS responses proxies rejected, by type.",
 		}, []string{"type_url"}),
 		claims: map[int64]*Claims{},
-		nodes:  map[string]*Node{}, streams: map[int64]string{}, published: map[string]*snapshot{},
+		nodes:  map[string]*Node{}, streams: map[int64]string{}, open: map[string]int{}, published: map[string]*snapshot{},
 		changed: make(chan struct{}),
 	}
 	if err := reg.Register(s.nacks); err != nil {
@@ -307,6 +308,11 @@ func (s *Server) seen(stream int64, node *core.Node) {
 	if node == nil || node.GetId() == "" {
 		return
 	}
+	if prev, had := s.streams[stream]; !had {
+		s.open[node.GetId()]++
+	} else if prev != node.GetId() {
+		return // a stream's node is the one its first request named
+	}
 	s.streams[stream] = node.GetId()
 	if _, ok := s.nodes[node.GetId()]; ok {
 		return
@@ -327,11 +333,10 @@ func (s *Server) closed(stream int64) {
 	if !ok {
 		return
 	}
-	for _, other := range s.streams {
-		if other == id {
-			return // another stream of the same proxy is still open
-		}
+	if s.open[id]--; s.open[id] > 0 {
+		return // another stream of the same proxy is still open
 	}
+	delete(s.open, id)
 	kind := KindSidecar
 	if n := s.nodes[id]; n != nil {
 		kind = n.Kind
