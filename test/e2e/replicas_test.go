@@ -91,6 +91,12 @@ func TestZoneReplicasAgreeOnPresence(t *testing.T) {
 		t.Fatalf("inspect dataplanes at replica a:\n%s", out)
 	}
 	eventually(t, "zone-2 to see zone-1 offer two billing instances", offered(2))
+	// The global holds a summary of each proxy's insight.
+	eventually(t, "the global to show billing-b offline and billing-a online", func() bool {
+		out := ctl(t, m.global.api, "", "inspect", "dataplanes")
+		return regexp.MustCompile(`zone-1\.billing-b\s+Offline`).MatchString(out) &&
+			regexp.MustCompile(`zone-1\.billing-a\s+Online\s+sidecar\s+\S+\s+replica-a`).MatchString(out)
+	})
 
 	// Replica b dies without a word: replica a, the leader, marks billing-c
 	// offline once b's heartbeat expires.
