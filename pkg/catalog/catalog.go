@@ -263,7 +263,7 @@ func build(zone string, rev int64, in inputs) *Catalog {
 	h := sha256.New()
 	for _, name := range cat.names {
 		m := cat.meshes[name]
-		m.index(in.dpInsights)
+		m.index()
 		fmt.Fprintf(h, "%s=%s;", name, m.Hash)
 	}
 	for _, ing := range cat.Ingresses {
@@ -278,7 +278,7 @@ func build(zone string, rev int64, in inputs) *Catalog {
 }
 
 // index builds the services and the hash of the mesh.
-func (m *MeshCatalog) index(insights map[api.Key]*api.DataplaneInsight) {
+func (m *MeshCatalog) index() {
 	m.services = map[string]*Service{}
 	svc := func(name string) *Service {
 		s, ok := m.services[name]
@@ -354,8 +354,15 @@ func (m *MeshCatalog) index(insights map[api.Key]*api.DataplaneInsight) {
 		})
 	}
 	m.names = slices.Sorted(maps.Keys(m.services))
-	m.Hash = m.hash(insights)
 	m.PolicyHash = m.policyHash()
+	// Everything the mesh's proxies read is in the policies or in a
+	// service.
+	h := sha256.New()
+	h.Write([]byte(m.PolicyHash))
+	for _, name := range m.names {
+		fmt.Fprintf(h, "%s=%s;", name, m.services[name].Hash)
+	}
+	m.Hash = hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // policyHash is PolicyHash.
@@ -415,41 +422,6 @@ func (m *MeshCatalog) SidecarHash(own, explicit []string) string {
 	sum := hex.EncodeToString(h.Sum(nil)[:16])
 	m.sidecarHashes.Store(key, sum)
 	return sum
-}
-
-// hash covers every input of the mesh by key and version (the store gives
-// each write of a resource a new version), and which Dataplanes are online.
-func (m *MeshCatalog) hash(insights map[api.Key]*api.DataplaneInsight) string {
-	h := sha256.New()
-	writeMeta(h, m.Mesh)
-	if m.CA != nil {
-		writeMeta(h, m.CA)
-	}
-	online := map[string]bool{}
-	for _, dp := range m.Dataplanes {
-		online[dp.Name] = true
-	}
-	for _, name := range slices.Sorted(maps.Keys(m.Registered)) {
-		dp := m.Registered[name]
-		writeMeta(h, dp)
-		h.Write([]byte{boolByte(online[name])})
-	}
-	for _, r := range m.Routes {
-		writeMeta(h, r)
-	}
-	for _, p := range m.Permissions {
-		writeMeta(h, p)
-	}
-	for _, f := range m.Failovers {
-		writeMeta(h, f)
-	}
-	for _, ing := range m.Ingresses {
-		writeMeta(h, ing)
-	}
-	for _, svc := range slices.Sorted(maps.Keys(m.VIPs)) {
-		fmt.Fprintf(h, "%s=%s;", svc, m.VIPs[svc])
-	}
-	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 func boolByte(b bool) byte {
