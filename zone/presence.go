@@ -28,7 +28,7 @@ const (
 	ackFlushEvery = time.Second
 )
 
-// presence writes what the xDS server observes on its streams to the store:
+// Presence writes what the xDS server observes on its streams to the store:
 // one DataplaneInsight (ZoneIngressInsight for an ingress) per proxy,
 // connected or not, to which replica, the versions it ACKed, its last NACK.
 // Every replica of the zone reads the same insights, so all agree which
@@ -37,9 +37,9 @@ const (
 //
 // Observe (called on the streams' goroutines) only records; Start writes,
 // coalescing: a burst of connections is one store transaction.
-type presence struct {
+type Presence struct {
 	st       store.Store
-	mirror   viewSource
+	mirror   ViewSource
 	instance string
 	log      *zap.Logger
 	now      func() time.Time
@@ -49,8 +49,8 @@ type presence struct {
 	kick  chan struct{}
 }
 
-// viewSource is the zone's store mirror.
-type viewSource interface {
+// ViewSource is the zone's store mirror.
+type ViewSource interface {
 	Current() (*store.View, <-chan struct{})
 }
 
@@ -63,13 +63,16 @@ type nodePresence struct {
 	dirty, gone bool
 }
 
-func newPresence(st store.Store, mirror viewSource, instance string, log *zap.Logger) *presence {
-	return &presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now,
+// NewPresence returns the presence of this replica (instance), writing to
+// st and reading what it needs (which meshes exist) from mirror; the xDS
+// server is given it with SetPresence, and Start runs it.
+func NewPresence(st store.Store, mirror ViewSource, instance string, log *zap.Logger) *Presence {
+	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now,
 		nodes: map[string]*nodePresence{}, kick: make(chan struct{}, 1)}
 }
 
 // Observe records a stream event (xds.Presence).
-func (p *presence) Observe(e xds.StreamEvent) {
+func (p *Presence) Observe(e xds.StreamEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := p.nodes[e.Node]
@@ -110,7 +113,7 @@ func (p *presence) Observe(e xds.StreamEvent) {
 // Start writes the heartbeat and the insights until ctx ends; then it marks
 // this replica's proxies offline, so that other replicas see them go at
 // once rather than when the heartbeat expires.
-func (p *presence) Start(ctx context.Context) error {
+func (p *Presence) Start(ctx context.Context) error {
 	if err := p.heartbeat(ctx); err != nil && ctx.Err() == nil {
 		p.log.Warn("cannot write this replica's heartbeat", zap.Error(err))
 	}
@@ -137,7 +140,7 @@ func (p *presence) Start(ctx context.Context) error {
 
 // shutdown writes every proxy connected here as gone, and removes the
 // heartbeat.
-func (p *presence) shutdown() {
+func (p *Presence) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	now := p.now().UTC()
@@ -165,7 +168,7 @@ func heartbeatName(instance string) string {
 	return "presence-" + n
 }
 
-func (p *presence) heartbeat(ctx context.Context) error {
+func (p *Presence) heartbeat(ctx context.Context) error {
 	l := &api.Lease{Meta: api.Meta{Type: "Lease", Name: heartbeatName(p.instance)}, Holder: p.instance,
 		RenewTime: store.Now(), Duration: int(heartbeatTTL / time.Second)}
 	_, err := p.st.Apply(ctx, []api.Resource{l}, nil)
@@ -190,7 +193,7 @@ func insightOf(id string, n *nodePresence) (api.Resource, error) {
 // transaction, each disconnection on its own and only if the insight is
 // still this replica's (the proxy may have reconnected to another one
 // meanwhile, which wrote its own).
-func (p *presence) flush(ctx context.Context) {
+func (p *Presence) flush(ctx context.Context) {
 	view, _ := p.mirror.Current()
 	var puts []api.Resource
 	var putIDs []string
@@ -237,7 +240,7 @@ func (p *presence) flush(ctx context.Context) {
 }
 
 // redirty marks nodes to be written again.
-func (p *presence) redirty(ids []string) {
+func (p *Presence) redirty(ids []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, id := range ids {
@@ -250,7 +253,7 @@ func (p *presence) redirty(ids []string) {
 // writeGone writes a disconnection unless another replica holds the proxy
 // now. A conflict means someone wrote in between: read again and decide
 // again.
-func (p *presence) writeGone(ctx context.Context, r api.Resource) error {
+func (p *Presence) writeGone(ctx context.Context, r api.Resource) error {
 	for range 3 {
 		cur, err := p.st.Get(ctx, api.KeyOf(r))
 		if errors.Is(err, store.ErrNotFound) {
@@ -286,7 +289,7 @@ func statusOf(r api.Resource) *api.ProxyStatus {
 // reapDeadReplicas marks offline, every few seconds until ctx ends, the
 // proxies whose insight says they are connected to a replica whose
 // heartbeat expired (it died without saying so). Leader only.
-func reapDeadReplicas(ctx context.Context, st store.Store, mirror viewSource, now func() time.Time, log *zap.Logger) error {
+func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, now func() time.Time, log *zap.Logger) error {
 	t := time.NewTicker(heartbeatEvery)
 	defer t.Stop()
 	for {

@@ -62,7 +62,7 @@ func TestPresenceWritesInsights(t *testing.T) {
 	}
 	mirror := startMirror(t, st)
 	waitMesh(t, mirror)
-	p := newPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
+	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
 	at := time.Now()
 	p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "default.web-1", Kind: xds.KindSidecar, At: at})
 	p.Observe(xds.StreamEvent{Op: xds.OpAcked, Node: "default.web-1", TypeURL: "lds", Version: "v1"})

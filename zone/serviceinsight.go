@@ -24,7 +24,7 @@ type loadSource interface {
 // and nothing while no traffic changes them (the rate falls to 0 once, then
 // they are left alone). KDS carries them to the global. It runs until ctx
 // ends.
-func writeServiceInsights(ctx context.Context, st store.Store, src viewSource, loads loadSource, zone string, every time.Duration, log *zap.Logger) error {
+func writeServiceInsights(ctx context.Context, st store.Store, src ViewSource, loads loadSource, zone string, every time.Duration, log *zap.Logger) error {
 	written := map[api.Key]*api.ServiceInsight{}
 	warned := map[api.Key]bool{}
 	t := time.NewTicker(every)

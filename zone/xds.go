@@ -307,7 +307,7 @@ func offerServices(ctx context.Context, st store.Store, src CatalogSource, log *
 // removeOffline deletes, every tick until ctx ends, the Dataplanes (and
 // their insights) of proxies that have stayed disconnected longer than
 // after, as their insights say. Leader only.
-func removeOffline(ctx context.Context, st store.Store, mirror viewSource, after time.Duration, log *zap.Logger) error {
+func removeOffline(ctx context.Context, st store.Store, mirror ViewSource, after time.Duration, log *zap.Logger) error {
 	t := time.NewTicker(min(after/4, time.Minute))
 	defer t.Stop()
 	for {

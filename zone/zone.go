@@ -217,7 +217,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
 	cat := catalog.NewFollower(cfg.Zone, mirror, log.Named("catalog"))
-	pres := newPresence(st, mirror, cfg.Instance, log.Named("presence"))
+	pres := NewPresence(st, mirror, cfg.Instance, log.Named("presence"))
 	dpTokens := tokens.NewDataplaneIssuer(st)
 	xdsServer.SetAuth(xds.Auth{
 		Verify: func(ctx context.Context, token string) (xds.Claims, error) {
@@ -418,7 +418,7 @@ func dataplaneInsight(st store.Store) http.Handler {
 
 // tokenCovers refuses a proxy whose dataplane token is for another service
 // than any of its dataplane's.
-func tokenCovers(src viewSource, nodeID string, c xds.Claims) error {
+func tokenCovers(src ViewSource, nodeID string, c xds.Claims) error {
 	if c.Service == "" {
 		return nil
 	}

@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -28,6 +27,10 @@ import (
 	zonecp "github.com/ursamesh/ursa/zone"
 )
 
+// ackFlush is how often the presence writes ACKed versions (its
+// ackFlushEvery).
+const ackFlush = time.Second
+
 // loadService is the service of the benchmark's connected proxies: each
 // reaches the mesh's other services, and no proxy reaches it.
 const loadService = "load"
@@ -40,8 +43,9 @@ type syncRound struct {
 }
 
 // zonePipeline is a zone CP's generation path in this process: a memory
-// store, the mirror, the catalogue, Generation and the xDS server, with no
-// KDS, DNS or presence beside them.
+// store, the mirror, the catalogue, Generation, the presence writing each
+// proxy's DataplaneInsight, and the xDS server, with no KDS or DNS beside
+// them.
 type zonePipeline struct {
 	st     store.Store
 	srv    *xds.Server
@@ -69,8 +73,10 @@ func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
 		b.Fatal(err)
 	}
 	p.addr = ln.Addr().String()
-	mirror := store.NewMirror(p.st, catalog.Types(), zap.NewNop())
+	mirror := store.NewMirror(p.st, append(catalog.Types(), "Lease"), zap.NewNop())
 	cat := catalog.NewFollower(xdsZone, mirror, zap.NewNop())
+	presence := zonecp.NewPresence(p.st, mirror, "bench", zap.NewNop())
+	srv.SetPresence(presence)
 	gen := zonecp.NewGeneration(zonecp.GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: 24 * time.Hour, Log: zap.NewNop(),
 		OnSync: func(generated, connected int, took time.Duration) {
 			select {
@@ -83,6 +89,7 @@ func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
 	wg.Go(func() { mirror.Start(ctx) })
 	wg.Go(func() { cat.Start(ctx) })
 	wg.Go(func() { gen.Start(ctx) })
+	wg.Go(func() { presence.Start(ctx) })
 	b.Cleanup(func() { cancel(); gs.Stop(); wg.Wait() })
 	return p
 }
@@ -132,7 +139,10 @@ func (p *zonePipeline) setOnline(b *testing.B, name string, online bool) {
 // or back (its DataplaneInsight written to the store, as the presence
 // component does) and waits until every proxy has ACKed its new load
 // assignments. It reports how many proxies were regenerated per change
-// ("regenerated"), of how many connected, and the time from the store write
+// ("regenerated"), of how many connected, the heap and stacks of the whole
+// pipeline per proxy with every proxy connected and its insight written
+// ("zone-B/proxy": the store, mirror and catalogue copies of its Dataplane
+// and insight, its snapshot and stream), and the time from the store write
 // until the first and the last proxy received the change ("first-s",
 // "ack-s"). After the iterations, an instance of loadService itself goes
 // offline: no proxy reaches it, so none is regenerated
@@ -150,6 +160,7 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	debug.SetGCPercent(prevGC)
 	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
 	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
+	heap0, stack0, _ := memNow()
 	f := newXDSMesh(b, xdsServices, xdsPerService)
 	rs := f.state.resources()
 	f.ca.Type, f.ca.Mesh, f.ca.Name = "MeshCA", xdsMesh, "ca"
@@ -173,9 +184,10 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	for nodes, _ := p.srv.Nodes(); len(nodes) != n; nodes, _ = p.srv.Nodes() {
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2 * ackFlush) // and the presence write every proxy's ACKs
 	p.drain()
-	runtime.GC()
+	heap1, stack1, _ := memNow()
+	perProxy := float64(heap1+stack1-heap0-stack0) / float64(n)
 
 	victim := fmt.Sprintf("%s-%03d", changedService, 0)
 	var ack, first time.Duration
@@ -198,6 +210,7 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	per := func(d time.Duration) float64 { return d.Seconds() / float64(k) }
 	b.ReportMetric(float64(regenerated.Load())/float64(k), "regenerated")
 	b.ReportMetric(float64(n), "connected")
+	b.ReportMetric(perProxy, "zone-B/proxy")
 	b.ReportMetric(float64(rounds.Load())/float64(k), "rounds")
 	b.ReportMetric(per(first), "first-s")
 	b.ReportMetric(per(ack), "ack-s")
