@@ -103,7 +103,9 @@ func memo[T any](s *MeshState, key string, build func() T) T { return memoIn(&s.
 
 // memoPolicy returns the value built for key in the MeshState's policy
 // table: build must depend on nothing but key and what PolicyHash covers.
-func memoPolicy[T any](s *MeshState, key string, build func() T) T { return memoIn(s.policy, key, build) }
+func memoPolicy[T any](s *MeshState, key string, build func() T) T {
+	return memoIn(s.policy, key, build)
+}
 
 // memoIn returns the value built for key, building it once per table. It
 // builds without holding the lock (builders call memo themselves); if two
