@@ -24,8 +24,10 @@ const (
 	heartbeatEvery = 5 * time.Second
 	heartbeatTTL   = 15 * time.Second
 	// ackFlushEvery bounds how often a proxy's ACKed versions and NACKs are
-	// written; connects and disconnects are written at once.
-	ackFlushEvery = time.Second
+	// written (every push changes every proxy's ACKs: written at once, a
+	// push to 10k proxies would be 10k more writes); connects and
+	// disconnects are written at once. Kuma's default is 10 s.
+	ackFlushEvery = 5 * time.Second
 )
 
 // Presence writes what the xDS server observes on its streams to the store:

@@ -29,7 +29,7 @@ import (
 
 // ackFlush is how often the presence writes ACKed versions (its
 // ackFlushEvery).
-const ackFlush = time.Second
+const ackFlush = 5 * time.Second
 
 // loadService is the service of the benchmark's connected proxies: each
 // reaches the mesh's other services, and no proxy reaches it.

@@ -124,7 +124,7 @@ func TestProxylessGRPC(t *testing.T) {
 		!regexp.MustCompile(`web-1\s+Online\s+proxyless`).MatchString(out) {
 		t.Fatalf("inspect dataplanes:\n%s", out)
 	}
-	// Its insight, written by the zone (ACKed versions within a second).
+	// Its insight, written by the zone (ACKed versions within 5 s).
 	poll(t, "the client's ACKs in its insight", func() bool {
 		_, body := zone.get(t, "/meshes/default/dataplanes/web-1/insight")
 		return strings.Contains(body, `"connected":true`) && strings.Contains(body, "envoy.config.route.v3.RouteConfiguration")
