@@ -266,12 +266,6 @@ func deltaAnswer(snap *snapshot, req *cache.DeltaRequest, sub cache.Subscription
 	returned := sub.ReturnedResources()
 	r := &deltaResponse{req: req, version: p.getVersion()}
 	if sub.IsWildcard() {
-		// What the stream has, updated: cloning a map costs far less than
-		// filling one, and most resources are unchanged.
-		r.next = maps.Clone(returned)
-		if r.next == nil {
-			r.next = make(map[string]string, p.len())
-		}
 		known := 0
 		if p != nil {
 			for i := range p.entries {
@@ -282,7 +276,6 @@ func deltaAnswer(snap *snapshot, req *cache.DeltaRequest, sub cache.Subscription
 				}
 				if !ok || v != e.facts.version {
 					r.resources = append(r.resources, e.facts.delta)
-					r.next[e.name] = e.facts.version
 				}
 			}
 		}
@@ -290,9 +283,23 @@ func deltaAnswer(snap *snapshot, req *cache.DeltaRequest, sub cache.Subscription
 			for name := range returned {
 				if p.lookup(name) == nil {
 					r.removed = append(r.removed, name)
-					delete(r.next, name)
 				}
 			}
+		}
+		if len(r.resources) == 0 && len(r.removed) == 0 && req.GetResponseNonce() != "" {
+			return nil // before building what the stream would have
+		}
+		// What the stream has, updated: cloning a map costs far less than
+		// filling one, and most resources are unchanged.
+		r.next = maps.Clone(returned)
+		if r.next == nil {
+			r.next = make(map[string]string, p.len())
+		}
+		for _, d := range r.resources {
+			r.next[d.GetName()] = d.GetVersion()
+		}
+		for _, name := range r.removed {
+			delete(r.next, name)
 		}
 	} else {
 		r.next = make(map[string]string, len(sub.SubscribedResources()))
