@@ -98,7 +98,7 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 				continue
 			}
 			errs = append(errs, f.check.errs...)
-			items[n] = sortedRes{facts: f, res: list[j]}
+			items[n] = sortedRes{name: f.name, facts: f, res: list[j]}
 			n++
 		}
 		items = items[:n]
@@ -108,8 +108,8 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 			slices.SortFunc(items, bySortedName)
 		}
 		for j := 1; j < len(items); j++ {
-			if items[j-1].facts.name == items[j].facts.name {
-				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), items[j].facts.name))
+			if items[j-1].name == items[j].name {
+				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), items[j].name))
 			}
 		}
 		sorted[i] = items
@@ -125,13 +125,29 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 	return s, nil
 }
 
-// sortedRes is a resource and its facts, as newSnapshot sorts them.
+// sortedRes is a resource and its facts, as newSnapshot sorts them. It
+// holds the name too, so that searching does not follow the facts.
 type sortedRes struct {
+	name  string
 	facts *facts
 	res   types.Resource
 }
 
-func bySortedName(a, b sortedRes) int { return strings.Compare(a.facts.name, b.facts.name) }
+func bySortedName(a, b sortedRes) int { return strings.Compare(a.name, b.name) }
+
+// hasName reports whether items, sorted by name, hold name.
+func hasName(items []sortedRes, name string) bool {
+	lo, hi := 0, len(items)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if items[m].name < name {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo < len(items) && items[lo].name == name
+}
 
 // partSum is what a part's version is made from: the hash of its
 // resources' hashes, in the order of their names.
@@ -204,9 +220,7 @@ func checkRefs(s *snapshot, sorted *[len(snapshotTypes)][]sortedRes, published b
 		for _, it := range sorted[i] {
 			for _, ref := range it.facts.check.refs {
 				j := slices.Index(snapshotTypes[:], ref.typ)
-				if _, ok := slices.BinarySearchFunc(sorted[j], ref.name, func(e sortedRes, name string) int {
-					return strings.Compare(e.facts.name, name)
-				}); !ok {
+				if !hasName(sorted[j], ref.name) {
 					errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
 					found = false
 				}
@@ -227,7 +241,7 @@ type refTargets [len(snapshotTypes)]string
 func newSnapshotPart(sum partSum, items []sortedRes) *snapshotPart {
 	p := &snapshotPart{version: hex.EncodeToString(sum[:]), entries: make([]partEntry, len(items)), anys: make([]*anypb.Any, len(items))}
 	for i, it := range items {
-		p.entries[i] = partEntry{name: it.facts.name, res: it.res, facts: it.facts}
+		p.entries[i] = partEntry{name: it.name, res: it.res, facts: it.facts}
 		p.anys[i] = it.facts.any
 		for _, ref := range it.facts.check.refs {
 			p.refTypes |= 1 << slices.Index(snapshotTypes[:], ref.typ)
