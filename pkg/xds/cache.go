@@ -55,6 +55,12 @@ type deltaWatch struct {
 	req *cache.DeltaRequest
 	sub cache.Subscription
 	out chan cache.DeltaResponse
+	// quietAt is the version of the type at which the watch had nothing
+	// to answer. The answer follows from the part's version alone, and the
+	// server changes neither the request nor the subscription of an open
+	// watch (it cancels the watch first), so a snapshot that leaves the
+	// type at this version leaves the watch quiet without looking.
+	quietAt string
 }
 
 // node returns the entry of a node id, creating it when create is set
@@ -104,9 +110,15 @@ func (c *snapshotCache) set(id string, snap *snapshot) {
 		}
 	}
 	for w := range n.deltas {
+		version := snap.GetVersion(w.req.GetTypeUrl())
+		if version != "" && version == w.quietAt {
+			continue
+		}
 		if resp := deltaAnswer(snap, w.req, w.sub); resp != nil {
 			w.out <- resp
 			delete(n.deltas, w)
+		} else {
+			w.quietAt = version
 		}
 	}
 }
@@ -147,13 +159,14 @@ func (c *snapshotCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subs
 	n := c.node(req.GetNode().GetId(), true)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	w := &deltaWatch{req: req, sub: sub, out: out}
 	if n.snap != nil {
 		if resp := deltaAnswer(n.snap, req, sub); resp != nil {
 			out <- resp
 			return nil, nil
 		}
+		w.quietAt = n.snap.GetVersion(req.GetTypeUrl())
 	}
-	w := &deltaWatch{req: req, sub: sub, out: out}
 	n.deltas[w] = struct{}{}
 	return func() {
 		n.mu.Lock()
