@@ -168,7 +168,8 @@ func simpleCachePush(b *testing.B, wire protocol, n int) {
 			return nil
 		},
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WaitForHandlers(true)) // so that the next benchmark starts from a clean heap
 	discovery.RegisterAggregatedDiscoveryServiceServer(gs, serverv3.NewServer(ctx, sc, cb))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
