@@ -55,6 +55,12 @@ type deltaWatch struct {
 	req *cache.DeltaRequest
 	sub cache.Subscription
 	out chan cache.DeltaResponse
+	// quietAt is the version of the type at which the watch had nothing
+	// to answer. The answer follows from the part's version alone, and the
+	// server changes neither the request nor the subscription of an open
+	// watch (it cancels the watch first), so a snapshot that leaves the
+	// type at this version leaves the watch quiet without looking.
+	quietAt string
 }
 
 // node returns the entry of a node id, creating it when create is set
@@ -104,9 +110,15 @@ func (c *snapshotCache) set(id string, snap *snapshot) {
 		}
 	}
 	for w := range n.deltas {
+		version := snap.GetVersion(w.req.GetTypeUrl())
+		if version != "" && version == w.quietAt {
+			continue
+		}
 		if resp := deltaAnswer(snap, w.req, w.sub); resp != nil {
 			w.out <- resp
 			delete(n.deltas, w)
+		} else {
+			w.quietAt = version
 		}
 	}
 }
@@ -147,13 +159,14 @@ func (c *snapshotCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subs
 	n := c.node(req.GetNode().GetId(), true)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	w := &deltaWatch{req: req, sub: sub, out: out}
 	if n.snap != nil {
 		if resp := deltaAnswer(n.snap, req, sub); resp != nil {
 			out <- resp
 			return nil, nil
 		}
+		w.quietAt = n.snap.GetVersion(req.GetTypeUrl())
 	}
-	w := &deltaWatch{req: req, sub: sub, out: out}
 	n.deltas[w] = struct{}{}
 	return func() {
 		n.mu.Lock()
@@ -266,12 +279,6 @@ func deltaAnswer(snap *snapshot, req *cache.DeltaRequest, sub cache.Subscription
 	returned := sub.ReturnedResources()
 	r := &deltaResponse{req: req, version: p.getVersion()}
 	if sub.IsWildcard() {
-		// What the stream has, updated: cloning a map costs far less than
-		// filling one, and most resources are unchanged.
-		r.next = maps.Clone(returned)
-		if r.next == nil {
-			r.next = make(map[string]string, p.len())
-		}
 		known := 0
 		if p != nil {
 			for i := range p.entries {
@@ -282,7 +289,6 @@ func deltaAnswer(snap *snapshot, req *cache.DeltaRequest, sub cache.Subscription
 				}
 				if !ok || v != e.facts.version {
 					r.resources = append(r.resources, e.facts.delta)
-					r.next[e.name] = e.facts.version
 				}
 			}
 		}
@@ -290,9 +296,23 @@ func deltaAnswer(snap *snapshot, req *cache.DeltaRequest, sub cache.Subscription
 			for name := range returned {
 				if p.lookup(name) == nil {
 					r.removed = append(r.removed, name)
-					delete(r.next, name)
 				}
 			}
+		}
+		if len(r.resources) == 0 && len(r.removed) == 0 && req.GetResponseNonce() != "" {
+			return nil // before building what the stream would have
+		}
+		// What the stream has, updated: cloning a map costs far less than
+		// filling one, and most resources are unchanged.
+		r.next = maps.Clone(returned)
+		if r.next == nil {
+			r.next = make(map[string]string, p.len())
+		}
+		for _, d := range r.resources {
+			r.next[d.GetName()] = d.GetVersion()
+		}
+		for _, name := range r.removed {
+			delete(r.next, name)
 		}
 	} else {
 		r.next = make(map[string]string, len(sub.SubscribedResources()))

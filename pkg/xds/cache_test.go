@@ -142,4 +142,19 @@ func TestDeltaWatches(t *testing.T) {
 	if got := names(resp); !slices.Equal(got, []string{"c"}) || !slices.Equal(resp.RemovedResources, []string{"b"}) {
 		t.Fatalf("second response %v, removed %v; want [c], removed [b]", got, resp.RemovedResources)
 	}
+	stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ListenerType, ResponseNonce: resp.Nonce})
+	// Only the clusters change: the listener watch stays open, and still
+	// answers the next change of the listeners.
+	more := listeners("a", "c")
+	more.Add(resource.ClusterType, EDSCluster("d"))
+	more.Add(resource.EndpointType, LoadAssignment("d", nil, nil))
+	for _, r := range []Resources{more, listeners("a")} {
+		if err := s.SetResources(ctx, "default.a", r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp = recvWithin(t, stream.Recv, 5*time.Second)
+	if got := names(resp); len(got) != 0 || !slices.Equal(resp.RemovedResources, []string{"c"}) {
+		t.Fatalf("third response %v, removed %v; want nothing, removed [c]", got, resp.RemovedResources)
+	}
 }

@@ -2,13 +2,16 @@ package xds
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -149,5 +152,34 @@ func TestSnapshotsShareParts(t *testing.T) {
 	}
 	if a.get(resource.ListenerType) == b.get(resource.ListenerType) {
 		t.Error("different listeners are shared")
+	}
+}
+
+// TestSharedPartsReferencesChecked: a part shared with a snapshot whose
+// references all resolved is checked again against another snapshot's
+// other parts.
+func TestSharedPartsReferencesChecked(t *testing.T) {
+	var facts resourceFacts
+	var parts snapshotParts
+	clusters := []types.Resource{EDSCluster("billing"), EDSCluster("web")}
+	set := func(assignments ...string) Resources {
+		r := Resources{resource.ClusterType: clusters, resource.EndpointType: nil}
+		for _, name := range assignments {
+			r.Add(resource.EndpointType, LoadAssignment(name, nil, nil))
+		}
+		return r
+	}
+	if _, err := newSnapshot(set("billing", "web"), &facts, &parts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newSnapshot(set("billing", "web"), &facts, &parts); err != nil {
+		t.Fatal(err)
+	}
+	_, err := newSnapshot(set("billing"), &facts, &parts)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `load assignment "web", which is not there`) {
+		t.Errorf("without web's load assignment: %v, want it missing", err)
+	}
+	if _, err := newSnapshot(set("billing", "web", "other"), &facts, &parts); err != nil {
+		t.Errorf("with another load assignment: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"weak"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -43,6 +44,12 @@ type snapshotPart struct {
 	// anys are the resources as a state-of-the-world response carries
 	// them, in the order of entries; responses share the slice.
 	anys []*anypb.Any
+	// refTypes has bit i set when a resource of the part refers to one of
+	// snapshotTypes[i].
+	refTypes uint8
+	// refsFound are the versions of the parts every reference was last
+	// found in (see checkRefs).
+	refsFound atomic.Pointer[refTargets]
 }
 
 // partEntry is one resource of a part.
@@ -55,6 +62,11 @@ type partEntry struct {
 // newSnapshot validates r, as Validate does, and versions it, from its
 // resources' facts; it takes each type's part from parts when another
 // proxy has the same. Validation errors wrap ErrInvalid.
+//
+// Most of a proxy's resources are shared with other proxies, whose
+// snapshots share the parts too: the work per proxy is kept to what cannot
+// be shared (a lookup of each resource's facts, the type's version, and
+// the resources that are new), and allocates little more than what is new.
 func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snapshot, error) {
 	var errs []error
 	for typ := range r {
@@ -62,76 +74,178 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 			errs = append(errs, fmt.Errorf("unknown resource type %s", typ))
 		}
 	}
-	s := &snapshot{}
+	sc := scratchPool.Get().(*snapshotScratch)
+	defer sc.release()
 	total := 0
 	for _, list := range r {
 		total += len(list)
 	}
-	checked := make([]*facts, 0, total)       // for the references, once every name is known
-	var names [len(snapshotTypes)][]partEntry // by name
-	var buf []byte
+	sc.grow(total)
+	s := &snapshot{}
+	var sorted [len(snapshotTypes)][]sortedRes // each type's resources by name
 	for i, typ := range snapshotTypes {
 		list, ok := r[typ]
 		if !ok {
 			continue // no version: a proxy asking for the type waits
 		}
-		entries := make([]partEntry, 0, len(list))
-		fs := checked[len(checked) : len(checked)+len(list)]
+		fs := sc.facts[:len(list)]
 		known.ofAll(typ, list, fs)
-		checked = checked[:len(checked)+len(list)]
+		items := sc.items[len(sc.items) : len(sc.items)+len(list)]
+		n := 0
 		for j, f := range fs {
 			if f.hashErr != nil {
 				errs = append(errs, f.hashErr)
 				continue
 			}
 			errs = append(errs, f.check.errs...)
-			entries = append(entries, partEntry{name: f.name, res: list[j], facts: f})
+			items[n] = sortedRes{name: f.name, facts: f, res: list[j]}
+			n++
 		}
+		items = items[:n]
+		sc.items = sc.items[:len(sc.items)+n]
 		// Generators mostly list resources by name already.
-		if byName := func(a, b partEntry) int { return strings.Compare(a.name, b.name) }; !slices.IsSortedFunc(entries, byName) {
-			slices.SortFunc(entries, byName)
+		if !slices.IsSortedFunc(items, bySortedName) {
+			slices.SortFunc(items, bySortedName)
 		}
-		if need := len(entries) * 64; cap(buf) < need { // names are short
-			buf = make([]byte, 0, need)
-		}
-		buf = buf[:0]
-		for j, e := range entries {
-			if j > 0 && entries[j-1].name == e.name {
-				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), e.name))
+		for j := 1; j < len(items); j++ {
+			if items[j-1].name == items[j].name {
+				errs = append(errs, fmt.Errorf("%s %q twice", shortType(typ), items[j].name))
 			}
-			buf = append(append(append(buf, e.name...), 0), e.facts.version...)
 		}
-		names[i] = entries
+		sorted[i] = items
 		if len(errs) > 0 {
 			continue // it will not be published
 		}
-		sum := sha256.Sum256(buf)
-		version := hex.EncodeToString(sum[:10])
-		s.types[i] = parts.get(typ, version, func() *snapshotPart {
-			return newSnapshotPart(version, entries)
-		})
+		s.types[i] = parts.get(uint8(i), sc.versionOf(items), items)
 	}
-	for _, f := range checked {
-		for _, ref := range f.check.refs {
-			i := slices.Index(snapshotTypes[:], ref.typ)
-			if _, found := slices.BinarySearchFunc(names[i], ref.name, func(e partEntry, name string) int {
-				return strings.Compare(e.name, name)
-			}); !found {
-				errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
-			}
-		}
-	}
+	errs = checkRefs(s, &sorted, len(errs) == 0, errs)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return s, nil
 }
 
-// newSnapshotPart holds entries, sorted by name.
-func newSnapshotPart(version string, entries []partEntry) *snapshotPart {
-	p := &snapshotPart{version: version, entries: entries, anys: make([]*anypb.Any, len(entries))}
-	for i, e := range entries {
-		p.anys[i] = e.facts.any
+// sortedRes is a resource and its facts, as newSnapshot sorts them. It
+// holds the name too, so that searching does not follow the facts.
+type sortedRes struct {
+	name  string
+	facts *facts
+	res   types.Resource
+}
+
+func bySortedName(a, b sortedRes) int { return strings.Compare(a.name, b.name) }
+
+// hasName reports whether items, sorted by name, hold name.
+func hasName(items []sortedRes, name string) bool {
+	lo, hi := 0, len(items)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if items[m].name < name {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo < len(items) && items[lo].name == name
+}
+
+// partSum is what a part's version is made from: the hash of its
+// resources' hashes, in the order of their names.
+type partSum [10]byte
+
+// snapshotScratch is what newSnapshot works in; scratchPool reuses it.
+type snapshotScratch struct {
+	facts []*facts    // one type's facts, as ofAll finds them
+	items []sortedRes // every type's resources, sorted per type
+	buf   []byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(snapshotScratch) }}
+
+// grow makes room for n resources.
+func (sc *snapshotScratch) grow(n int) {
+	if cap(sc.facts) < n {
+		sc.facts = make([]*facts, n)
+	}
+	sc.facts = sc.facts[:cap(sc.facts)]
+	if cap(sc.items) < n {
+		sc.items = make([]sortedRes, 0, n)
+	}
+	sc.items = sc.items[:0]
+}
+
+// release returns sc to the pool, holding nothing alive.
+func (sc *snapshotScratch) release() {
+	clear(sc.facts)
+	clear(sc.items[:cap(sc.items)])
+	scratchPool.Put(sc)
+}
+
+// versionOf hashes items' hashes. A resource's hash is that of its
+// encoding, which holds its name (every type a snapshot holds has its name
+// in a field), so this changes when a resource is added, removed, renamed
+// or changed, and not otherwise.
+func (sc *snapshotScratch) versionOf(items []sortedRes) partSum {
+	sc.buf = sc.buf[:0]
+	for _, it := range items {
+		sc.buf = append(sc.buf, it.facts.hash[:16]...)
+	}
+	sum := sha256.Sum256(sc.buf)
+	return partSum(sum[:len(partSum{})])
+}
+
+// checkRefs appends to errs an error for every reference of a resource in
+// sorted that names no resource of its type there. Where each type has its
+// part (published is set), a part whose references were found in parts of
+// the same versions before is not checked again: the names a part holds
+// follow from its version.
+func checkRefs(s *snapshot, sorted *[len(snapshotTypes)][]sortedRes, published bool, errs []error) []error {
+	for i := range sorted {
+		p := s.types[i]
+		var targets refTargets
+		if published && p != nil {
+			if p.refTypes == 0 {
+				continue
+			}
+			for j := range targets {
+				if p.refTypes&(1<<j) != 0 {
+					targets[j] = s.types[j].getVersion()
+				}
+			}
+			if last := p.refsFound.Load(); last != nil && *last == targets {
+				continue
+			}
+		}
+		found := true
+		for _, it := range sorted[i] {
+			for _, ref := range it.facts.check.refs {
+				j := slices.Index(snapshotTypes[:], ref.typ)
+				if !hasName(sorted[j], ref.name) {
+					errs = append(errs, fmt.Errorf("%s refers to %s %q, which is not there", ref.from, shortType(ref.typ), ref.name))
+					found = false
+				}
+			}
+		}
+		if published && p != nil && found {
+			p.refsFound.Store(&targets)
+		}
+	}
+	return errs
+}
+
+// refTargets are, by type, the versions of the parts a part's references
+// were found in; empty for the types it does not refer to.
+type refTargets [len(snapshotTypes)]string
+
+// newSnapshotPart holds items, sorted by name.
+func newSnapshotPart(sum partSum, items []sortedRes) *snapshotPart {
+	p := &snapshotPart{version: hex.EncodeToString(sum[:]), entries: make([]partEntry, len(items)), anys: make([]*anypb.Any, len(items))}
+	for i, it := range items {
+		p.entries[i] = partEntry{name: it.name, res: it.res, facts: it.facts}
+		p.anys[i] = it.facts.any
+		for _, ref := range it.facts.check.refs {
+			p.refTypes |= 1 << slices.Index(snapshotTypes[:], ref.typ)
+		}
 	}
 	return p
 }
@@ -171,33 +285,48 @@ func (p *snapshotPart) hasAnyOf(names map[string]struct{}, known map[string]stri
 // one snapshotPart, for as long as a snapshot holds it: the table holds
 // parts weakly. It is safe for concurrent use; the zero value is ready.
 type snapshotParts struct {
-	m sync.Map // [2]string{type, version} → weak.Pointer[snapshotPart]
+	mu sync.RWMutex
+	m  map[partKey]weak.Pointer[snapshotPart]
 }
 
-// get returns the part of typ at version, built by build unless a live
-// one is known.
-func (c *snapshotParts) get(typ resource.Type, version string, build func() *snapshotPart) *snapshotPart {
-	key := [2]string{typ, version}
-	if v, ok := c.m.Load(key); ok {
-		if p := v.(weak.Pointer[snapshotPart]).Value(); p != nil {
+type partKey struct {
+	typ uint8 // index in snapshotTypes
+	sum partSum
+}
+
+// get returns the part of a type (its index in snapshotTypes) whose
+// version is made from sum, holding items, unless a live one is known.
+func (c *snapshotParts) get(typ uint8, sum partSum, items []sortedRes) *snapshotPart {
+	key := partKey{typ, sum}
+	c.mu.RLock()
+	wp, ok := c.m[key]
+	c.mu.RUnlock()
+	if ok {
+		if p := wp.Value(); p != nil {
 			return p
 		}
 	}
-	p := build()
-	wp := weak.Make(p)
-	for {
-		v, loaded := c.m.LoadOrStore(key, wp)
-		if loaded {
-			if q := v.(weak.Pointer[snapshotPart]).Value(); q != nil {
-				return q // built by another goroutine meanwhile
-			}
-			if !c.m.CompareAndSwap(key, v, wp) {
-				continue
-			}
+	p := newSnapshotPart(sum, items)
+	wp = weak.Make(p)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.m[key]; ok {
+		if q := old.Value(); q != nil {
+			return q // built by another goroutine meanwhile
 		}
-		runtime.AddCleanup(p, func(wp weak.Pointer[snapshotPart]) { c.m.CompareAndDelete(key, wp) }, wp)
-		return p
 	}
+	if c.m == nil {
+		c.m = map[partKey]weak.Pointer[snapshotPart]{}
+	}
+	c.m[key] = wp
+	runtime.AddCleanup(p, func(wp weak.Pointer[snapshotPart]) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.m[key] == wp {
+			delete(c.m, key)
+		}
+	}, wp)
+	return p
 }
 
 func (s *snapshot) get(typeURL string) *snapshotPart {

@@ -545,7 +545,8 @@ func fullPush(b *testing.B, wire protocol, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WaitForHandlers(true)) // so that the next benchmark starts from a clean heap
 	srv.Register(ctx, gs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
