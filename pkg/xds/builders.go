@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -16,6 +17,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
@@ -128,6 +130,35 @@ func StaticCluster(name, addr string, port uint32) *cluster.Cluster {
 // Merge adds every resource of other to r.
 func (r Resources) Merge(other Resources) {
 	for typ, list := range other {
+		if len(r[typ]) == 0 {
+			r[typ] = slices.Clip(list) // shared: appending to it copies
+			continue
+		}
 		r[typ] = append(r[typ], list...)
 	}
+}
+
+// mergeByName returns own and shared (sorted by name) as one list sorted by
+// name; own is sorted first. Both are left as they are.
+func mergeByName(own, shared []types.Resource) []types.Resource {
+	if len(own) == 0 {
+		return slices.Clip(shared) // appending to it copies
+	}
+	byName := func(a, b types.Resource) int {
+		return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
+	}
+	slices.SortFunc(own, byName)
+	out := make([]types.Resource, 0, len(own)+len(shared))
+	i, j := 0, 0
+	for i < len(own) && j < len(shared) {
+		if byName(own[i], shared[j]) <= 0 {
+			out = append(out, own[i])
+			i++
+		} else {
+			out = append(out, shared[j])
+			j++
+		}
+	}
+	out = append(out, own[i:]...)
+	return append(out, shared[j:]...)
 }

@@ -36,7 +36,7 @@ func TestVersionFollowsContent(t *testing.T) {
 	}
 	versions := func(r Resources) (lds, cds string) {
 		t.Helper()
-		s, err := newSnapshot(r, &facts, &parts)
+		s, err := newSnapshot(r, &facts, &parts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +86,7 @@ func TestSentAsEncoded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newSnapshot(Resources{resource.EndpointType: {res}}, &facts, &parts)
+	s, err := newSnapshot(Resources{resource.EndpointType: {res}}, &facts, &parts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,11 +139,11 @@ func TestSnapshotsShareParts(t *testing.T) {
 		r.Add(resource.EndpointType, LoadAssignment("billing", nil, nil))
 		return r
 	}
-	a, err := newSnapshot(set("a"), &facts, &parts)
+	a, err := newSnapshot(set("a"), &facts, &parts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := newSnapshot(set("b"), &facts, &parts)
+	b, err := newSnapshot(set("b"), &facts, &parts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,17 +169,17 @@ func TestSharedPartsReferencesChecked(t *testing.T) {
 		}
 		return r
 	}
-	if _, err := newSnapshot(set("billing", "web"), &facts, &parts); err != nil {
+	if _, err := newSnapshot(set("billing", "web"), &facts, &parts, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := newSnapshot(set("billing", "web"), &facts, &parts); err != nil {
+	if _, err := newSnapshot(set("billing", "web"), &facts, &parts, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err := newSnapshot(set("billing"), &facts, &parts)
+	_, err := newSnapshot(set("billing"), &facts, &parts, nil)
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `load assignment "web", which is not there`) {
 		t.Errorf("without web's load assignment: %v, want it missing", err)
 	}
-	if _, err := newSnapshot(set("billing", "web", "other"), &facts, &parts); err != nil {
+	if _, err := newSnapshot(set("billing", "web", "other"), &facts, &parts, nil); err != nil {
 		t.Errorf("with another load assignment: %v", err)
 	}
 }

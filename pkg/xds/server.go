@@ -219,13 +219,14 @@ var ErrInvalid = errors.New("invalid configuration")
 // is encoded, hashed and checked once. It is safe to call concurrently for
 // different proxies.
 func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) error {
-	snap, err := newSnapshot(r, &s.facts, &s.parts)
+	s.mu.Lock()
+	prev := s.published[nodeID]
+	s.mu.Unlock()
+	snap, err := newSnapshot(r, &s.facts, &s.parts, prev)
 	if err != nil {
 		return fmt.Errorf("snapshot for %s: %w", nodeID, err)
 	}
-	s.mu.Lock()
-	same := snap.sameAs(s.published[nodeID])
-	s.mu.Unlock()
+	same := snap.sameAs(prev)
 	if same {
 		return nil
 	}

@@ -58,7 +58,11 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 			return StaticCluster(local, "127.0.0.1", uint32(servicePort))
 		}))
 	}
-	out.Merge(s.outboundResources(dp))
+	// In the order of their names, as a snapshot lists them, so that the
+	// xDS server recognises the lists of the proxy's last snapshot.
+	for typ, shared := range s.outboundResources(dp) {
+		out[typ] = mergeByName(out[typ], shared)
+	}
 	return out, nil
 }
 

@@ -67,7 +67,7 @@ type partEntry struct {
 // snapshots share the parts too: the work per proxy is kept to what cannot
 // be shared (a lookup of each resource's facts, the type's version, and
 // the resources that are new), and allocates little more than what is new.
-func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snapshot, error) {
+func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts, prev *snapshot) (*snapshot, error) {
 	var errs []error
 	for typ := range r {
 		if !slices.Contains(snapshotTypes[:], typ) {
@@ -87,6 +87,12 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 		list, ok := r[typ]
 		if !ok {
 			continue // no version: a proxy asking for the type waits
+		}
+		if p := prev.get(typ); p.holdsExactly(list) {
+			// The very resources of the proxy's last snapshot, in the
+			// same order: the same part (already checked and versioned).
+			s.types[i], sorted[i] = p, p.entries
+			continue
 		}
 		fs := sc.facts[:len(list)]
 		known.ofAll(typ, list, fs)
@@ -125,13 +131,11 @@ func newSnapshot(r Resources, known *resourceFacts, parts *snapshotParts) (*snap
 	return s, nil
 }
 
-// sortedRes is a resource and its facts, as newSnapshot sorts them. It
-// holds the name too, so that searching does not follow the facts.
-type sortedRes struct {
-	name  string
-	facts *facts
-	res   types.Resource
-}
+// sortedRes is a resource and its facts, as newSnapshot sorts them: a part's
+// entry, so that a part kept from the proxy's last snapshot serves as its
+// type's sorted resources. It holds the name too, so that searching does
+// not follow the facts.
+type sortedRes = partEntry
 
 func bySortedName(a, b sortedRes) int { return strings.Compare(a.name, b.name) }
 
@@ -248,6 +252,21 @@ func newSnapshotPart(sum partSum, items []sortedRes) *snapshotPart {
 		}
 	}
 	return p
+}
+
+// holdsExactly reports whether the part's entries are list's resources
+// (the same messages, in the same order): list is then what the part was
+// made from, as resources are never modified once published.
+func (p *snapshotPart) holdsExactly(list []types.Resource) bool {
+	if p == nil || len(p.entries) != len(list) {
+		return false
+	}
+	for i, r := range list {
+		if p.entries[i].res != r {
+			return false
+		}
+	}
+	return true
 }
 
 // len is the number of resources; 0 for no part.

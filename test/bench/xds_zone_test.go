@@ -4,12 +4,16 @@ package bench
 // connected, through the zone's own pipeline.
 //
 //	GOMEMLIMIT=15GiB go test ./test/bench -run '^$' -bench 'EndpointChange/' -benchtime 5x -timeout 30m
+//
+// (URSA_BENCH_XDS_CPUPROFILE=/tmp/cpu profiles the changes alone.)
 
 import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -189,6 +193,17 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	heap1, stack1, _ := memNow()
 	perProxy := float64(heap1+stack1-heap0-stack0) / float64(n)
 
+	if path := os.Getenv("URSA_BENCH_XDS_CPUPROFILE"); path != "" {
+		// The changes alone: go test's -cpuprofile covers the set-up too.
+		out, err := os.Create(fmt.Sprintf("%s.endpoint.%s.%d", path, wire, n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); out.Close() }()
+	}
 	victim := fmt.Sprintf("%s-%03d", changedService, 0)
 	var ack, first time.Duration
 	var regenerated, rounds atomic.Int64
