@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -95,7 +96,7 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 		if n == nil || n.gone {
 			return
 		}
-		n.status.Acked[e.TypeURL] = e.Version
+		n.status.Acked[internTypeURL(e.TypeURL)] = e.Version
 	case xds.OpNacked:
 		if n == nil || n.gone {
 			return
@@ -110,6 +111,18 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 		default:
 		}
 	}
+}
+
+// internTypeURL returns the package's own copy of a known xDS type URL, so
+// that 10k proxies' insights do not each hold the strings their requests
+// were decoded into.
+func internTypeURL(u string) string {
+	for _, t := range [...]string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
+		if u == t {
+			return t
+		}
+	}
+	return u
 }
 
 // Start writes the heartbeat and the insights until ctx ends; then it marks

@@ -5,7 +5,9 @@ package bench
 //
 //	GOMEMLIMIT=15GiB go test ./test/bench -run '^$' -bench 'EndpointChange/' -benchtime 5x -timeout 30m
 //
-// (URSA_BENCH_XDS_CPUPROFILE=/tmp/cpu profiles the changes alone.)
+// (URSA_BENCH_XDS_CPUPROFILE=/tmp/cpu profiles the changes alone;
+// URSA_BENCH_NO_PRESENCE=1 leaves the presence out, to tell what the
+// proxies' insights cost.)
 
 import (
 	"context"
@@ -80,7 +82,10 @@ func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
 	mirror := store.NewMirror(p.st, append(catalog.Types(), "Lease"), zap.NewNop())
 	cat := catalog.NewFollower(xdsZone, mirror, zap.NewNop())
 	presence := zonecp.NewPresence(p.st, mirror, "bench", zap.NewNop())
-	srv.SetPresence(presence)
+	withPresence := os.Getenv("URSA_BENCH_NO_PRESENCE") == "" // to tell what the insights cost
+	if withPresence {
+		srv.SetPresence(presence)
+	}
 	gen := zonecp.NewGeneration(zonecp.GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: 24 * time.Hour, Log: zap.NewNop(),
 		OnSync: func(generated, connected int, took time.Duration) {
 			select {
@@ -93,7 +98,9 @@ func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
 	wg.Go(func() { mirror.Start(ctx) })
 	wg.Go(func() { cat.Start(ctx) })
 	wg.Go(func() { gen.Start(ctx) })
-	wg.Go(func() { presence.Start(ctx) })
+	if withPresence {
+		wg.Go(func() { presence.Start(ctx) })
+	}
 	b.Cleanup(func() { cancel(); gs.Stop(); wg.Wait() })
 	return p
 }
