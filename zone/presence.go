@@ -229,6 +229,9 @@ func (p *Presence) flush(ctx context.Context) {
 		}
 		if m := r.GetMeta().Mesh; m != "" {
 			if _, ok, _ := store.Get[*api.Mesh](view, "", m); !ok {
+				if n.gone {
+					delete(p.nodes, id) // never written, nothing to undo
+				}
 				continue // the mesh has not reached this zone yet; kept dirty
 			}
 		}

@@ -120,3 +120,23 @@ func TestDeadReplicasProxies(t *testing.T) {
 		t.Fatalf("dead replicas' proxies = %v", got)
 	}
 }
+
+// TestPresenceForgetsProxiesOfUnknownMeshes: a proxy naming a mesh this
+// zone does not have is written once the mesh arrives, and forgotten if it
+// goes first, so that such proxies cannot pile up.
+func TestPresenceForgetsProxiesOfUnknownMeshes(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	mirror := startMirror(t, st)
+	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
+	p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "nowhere.web-1", Kind: xds.KindSidecar, At: time.Now()})
+	p.flush(ctx)
+	p.Observe(xds.StreamEvent{Op: xds.OpDisconnected, Node: "nowhere.web-1", At: time.Now()})
+	p.flush(ctx)
+	p.mu.Lock()
+	left := len(p.nodes)
+	p.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d proxies of a mesh that never came still held", left)
+	}
+}
