@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -341,13 +342,8 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, cat *catalog.Follower, re
 	if err != nil {
 		return err
 	}
-	udp, err := net.ListenPacket("udp", cfg.DNS.Addr)
+	udp, tcp, err := listenDNS(cfg.DNS.Addr)
 	if err != nil {
-		return fmt.Errorf("dns: %w", err)
-	}
-	tcp, err := net.Listen("tcp", cfg.DNS.Addr)
-	if err != nil {
-		udp.Close()
 		return fmt.Errorf("dns: %w", err)
 	}
 	resolver := dns.NewResolver()
@@ -361,6 +357,31 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, cat *catalog.Follower, re
 	r.Add("dns", run.Func(func(ctx context.Context) error { return server.Start(ctx, udp, tcp) }))
 	log.Info("resolver listening", zap.String("dns_addr", tcp.Addr().String()), zap.String("domain", cfg.DNS.Domain), zap.String("vip_cidr", cfg.VIP.CIDR))
 	return nil
+}
+
+// listenDNS binds addr over UDP and TCP on one port: with port 0, the port
+// the UDP socket got, trying again if its TCP twin is taken.
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	for range 10 {
+		udp, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		bound := net.JoinHostPort(host, strconv.Itoa(udp.LocalAddr().(*net.UDPAddr).Port))
+		tcp, err := net.Listen("tcp", bound)
+		if err == nil {
+			return udp, tcp, nil
+		}
+		udp.Close()
+		if port != "0" {
+			return nil, nil, err
+		}
+	}
+	return nil, nil, fmt.Errorf("no port free over both UDP and TCP on %s", host)
 }
 
 // leaderOnly runs fn while this replica holds the lease, so that one

@@ -90,8 +90,8 @@ func TestCrossZoneTraffic(t *testing.T) {
 	if p := start(t, "ursa-cp", "migrate", "up", "--store", dsn); p.wait(t) != nil {
 		t.Fatalf("migrate: %s", p.out.String())
 	}
-	kdsAddr := freeAddr(t)
-	global := startCP(t, "global", "--store", dsn, "--kds-addr", kdsAddr)
+	global := startCP(t, "global", "--store", dsn)
+	kdsAddr := global.kds
 	dir := t.TempDir()
 	_, pemCA := global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(dir, "ca.pem")
@@ -104,9 +104,10 @@ func TestCrossZoneTraffic(t *testing.T) {
 	for i, name := range []string{"zone-1", "zone-2"} {
 		token := filepath.Join(dir, name+".token")
 		os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", name)), 0o600)
-		z := &zone{xds: freeAddr(t), dns: freeAddr(t)}
+		z := &zone{}
 		z.cp = startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+kdsAddr, "--global-kds-ca-file", ca,
-			"--zone-token-file", token, "--xds-addr", z.xds, "--dns-addr", z.dns, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 240+i))
+			"--zone-token-file", token, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 240+i))
+		z.xds, z.dns = z.cp.xds, z.cp.dns
 		zones[name] = z
 	}
 	ctl(t, global.api, `

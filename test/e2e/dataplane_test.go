@@ -45,8 +45,8 @@ func port(addr string) string {
 // TrafficPermissions and forwards to billing. Billing's inbound accepts no
 // plaintext, and a DENY written later refuses new connections.
 func TestSidecarTraffic(t *testing.T) {
-	xdsAddr, dnsAddr := freeAddr(t), freeAddr(t)
-	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-addr", xdsAddr, "--dns-addr", dnsAddr, "--vip-cidr", "127.240.0.0/16")
+	zone := startCP(t, "zone", "--zone", "zone-1", "--vip-cidr", "127.240.0.0/16")
+	xdsAddr, dnsAddr := zone.xds, zone.dns
 	ctl(t, zone.api, `
 type: Mesh
 name: default

@@ -32,8 +32,8 @@ func TestDig(t *testing.T) {
 	if p := start(t, "ursa-cp", "migrate", "up", "--store", dsn); p.wait(t) != nil {
 		t.Fatalf("migrate: %s", p.out.String())
 	}
-	dnsAddr := freeAddr(t)
-	z := startCP(t, "zone", "--zone", "zone-1", "--store", dsn, "--dns-addr", dnsAddr)
+	z := startCP(t, "zone", "--zone", "zone-1", "--store", dsn)
+	dnsAddr := z.dns
 	ctl(t, z.api, `
 type: Mesh
 name: default

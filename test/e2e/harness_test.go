@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -133,6 +134,32 @@ func (p *proc) wait(t testing.TB) error {
 		t.Fatalf("still running after 20s\n%s", p.out.String())
 		return nil
 	}
+}
+
+// logged waits until the process has logged a JSON line with key, and
+// returns its value: a CP logs each listener's bound address.
+func (p *proc) logged(t testing.TB, key string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			var fields map[string]any
+			if json.Unmarshal([]byte(line), &fields) != nil {
+				continue
+			}
+			if v, ok := fields[key].(string); ok {
+				return v
+			}
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("exited before logging %s: %v\n%s", key, err, p.out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no %s logged after 30s\n%s", key, p.out.String())
+	return ""
 }
 
 // freeAddr returns a loopback address with a port free at the time of the

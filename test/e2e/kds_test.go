@@ -17,33 +17,63 @@ import (
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
-// cp is a control-plane process and its API address.
+// cp is a control-plane process and the addresses it listens on.
 type cp struct {
 	*proc
-	api  string // http://host:port
-	args []string
+	api      string // http://host:port
+	xds, dns string // a zone's, host:port
+	kds      string // a global's, host:port
+	args     []string
 }
 
+// cpAddrs are the flags of a CP's listeners and the log keys it reports
+// the bound addresses under.
+var cpAddrs = map[string][][2]string{
+	"global": {{"--api-addr", "api_addr"}, {"--kds-addr", "kds_addr"}},
+	"zone":   {{"--api-addr", "api_addr"}, {"--xds-addr", "xds_addr"}, {"--dns-addr", "dns_addr"}},
+}
+
+// startCP starts `ursa-cp global|zone args…`. Every listener the args do
+// not place is bound on port 0 by the CP itself, and its address read back
+// from the CP's log, so no port is picked, freed and taken by another; a
+// restart binds the same addresses again.
 func startCP(t testing.TB, args ...string) *cp {
 	t.Helper()
-	addr := freeAddr(t)
-	args = append(args, "--api-addr", addr)
-	if args[0] == "zone" && !slices.Contains(args, "--dns-addr") {
-		args = append(args, "--dns-addr", freeAddr(t))
+	for _, f := range cpAddrs[args[0]] {
+		if !slices.Contains(args, f[0]) {
+			args = append(args, f[0], "127.0.0.1:0")
+		}
 	}
-	if args[0] == "zone" && !slices.Contains(args, "--xds-addr") {
-		args = append(args, "--xds-addr", freeAddr(t))
-	}
-	p := start(t, "ursa-cp", args...)
-	c := &cp{proc: p, api: "http://" + addr, args: args}
-	waitReady(t, c.api+"/readyz", p)
+	c := &cp{args: args}
+	c.run(t)
 	return c
+}
+
+// run starts the process, reads its addresses and waits until it is ready;
+// the args then name the bound addresses, for a restart.
+func (c *cp) run(t testing.TB) {
+	t.Helper()
+	c.proc = start(t, "ursa-cp", c.args...)
+	for _, f := range cpAddrs[c.args[0]] {
+		addr := c.proc.logged(t, f[1])
+		c.args[slices.Index(c.args, f[0])+1] = addr
+		switch f[0] {
+		case "--api-addr":
+			c.api = "http://" + addr
+		case "--xds-addr":
+			c.xds = addr
+		case "--dns-addr":
+			c.dns = addr
+		case "--kds-addr":
+			c.kds = addr
+		}
+	}
+	waitReady(t, c.api+"/readyz", c.proc)
 }
 
 func (c *cp) restart(t testing.TB) {
 	t.Helper()
-	c.proc = start(t, "ursa-cp", c.args...)
-	waitReady(t, c.api+"/readyz", c.proc)
+	c.run(t)
 }
 
 // get returns the body and status of a GET on the CP's API.
@@ -96,8 +126,8 @@ func TestMultiZone(t *testing.T) {
 	if p := start(t, "ursa-cp", "migrate", "up", "--store", dsn); p.wait(t) != nil {
 		t.Fatalf("migrate: %s", p.out.String())
 	}
-	kdsAddr := freeAddr(t)
-	global := startCP(t, "global", "--store", dsn, "--kds-addr", kdsAddr, "--kds-ack-timeout", "5s")
+	global := startCP(t, "global", "--store", dsn, "--kds-ack-timeout", "5s")
+	kdsAddr := global.kds
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "kds-ca.pem")
 	_, pem := global.get(t, "/kds/ca.pem")

@@ -74,17 +74,17 @@ func share(t *testing.T, cc *grpc.ClientConn, addr string, n int) float64 {
 // global (and carried to the zone by KDS) is observed within ±3% over 5,000
 // calls, and a new split reaches the running client on the same connection.
 func TestProxylessGRPC(t *testing.T) {
-	kdsAddr := freeAddr(t)
-	global := startCP(t, "global", "--kds-addr", kdsAddr)
+	global := startCP(t, "global")
+	kdsAddr := global.kds
 	dir := t.TempDir()
 	_, pem := global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(dir, "ca.pem")
 	os.WriteFile(ca, []byte(pem), 0o600)
 	token := filepath.Join(dir, "token")
 	os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", "zone-1")), 0o600)
-	xdsAddr := freeAddr(t)
 	zone := startCP(t, "zone", "--zone", "zone-1", "--global-kds-address", "grpcs://"+kdsAddr,
-		"--global-kds-ca-file", ca, "--zone-token-file", token, "--xds-addr", xdsAddr)
+		"--global-kds-ca-file", ca, "--zone-token-file", token)
+	xdsAddr := zone.xds
 
 	ctl(t, global.api, "type: Mesh\nname: default\n---\n"+split(80, 20), "apply", "-f", "-")
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })

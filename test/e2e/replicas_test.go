@@ -31,10 +31,11 @@ func TestZoneReplicasAgreeOnPresence(t *testing.T) {
 	token := filepath.Join(m.dir, "zone-1.token")
 	os.WriteFile(token, []byte(ctl(t, m.global.api, "", "generate", "zone-token", "--zone", "zone-1")), 0o600)
 	replica := func(name string) *zoneProcs {
-		z := &zoneProcs{name: "zone-1", xds: freeAddr(t), dns: freeAddr(t)}
+		z := &zoneProcs{name: "zone-1"}
 		z.cp = startCP(t, "zone", "--zone", "zone-1", "--instance", name, "--store", dsn,
 			"--global-kds-address", "grpcs://"+m.kds, "--global-kds-ca-file", filepath.Join(m.dir, "ca.pem"),
-			"--zone-token-file", token, "--xds-addr", z.xds, "--dns-addr", z.dns, "--vip-cidr", "127.240.0.0/16")
+			"--zone-token-file", token, "--vip-cidr", "127.240.0.0/16")
+		z.xds, z.dns = z.cp.xds, z.cp.dns
 		return z
 	}
 	// a first, so that it leads; b beside it.

@@ -45,17 +45,17 @@ func adsGet(t *testing.T, stream discovery.AggregatedDiscoveryService_StreamAggr
 // listeners and, over SDS, a workload certificate with its SPIFFE ID that
 // chains to the mesh's CA. The CA's key is never served by the REST API.
 func TestSidecarMTLS(t *testing.T) {
-	kdsAddr := freeAddr(t)
-	global := startCP(t, "global", "--kds-addr", kdsAddr)
+	global := startCP(t, "global")
+	kdsAddr := global.kds
 	dir := t.TempDir()
 	_, pem1 := global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(dir, "ca.pem")
 	os.WriteFile(ca, []byte(pem1), 0o600)
 	token := filepath.Join(dir, "token")
 	os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", "zone-1")), 0o600)
-	xdsAddr := freeAddr(t)
 	zone := startCP(t, "zone", "--zone", "zone-1", "--global-kds-address", "grpcs://"+kdsAddr,
-		"--global-kds-ca-file", ca, "--zone-token-file", token, "--xds-addr", xdsAddr)
+		"--global-kds-ca-file", ca, "--zone-token-file", token)
+	xdsAddr := zone.xds
 	ctl(t, global.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
 	ctl(t, zone.api, `
@@ -158,8 +158,8 @@ networking:
 // without one, with a forged one, with one for another mesh, or for a
 // service its dataplane does not run, and serves one whose token fits.
 func TestDataplaneTokens(t *testing.T) {
-	xdsAddr := freeAddr(t)
-	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-addr", xdsAddr, "--xds-require-dataplane-token")
+	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-require-dataplane-token")
+	xdsAddr := zone.xds
 	ctl(t, zone.api, `
 type: Mesh
 name: default
@@ -222,8 +222,8 @@ networking:
 // its zone, shows its proxy offline once it disconnects, and removes it
 // after the configured time.
 func TestOfflineDataplaneIsRemoved(t *testing.T) {
-	xdsAddr := freeAddr(t)
-	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-addr", xdsAddr, "--xds-offline-removal", "1s")
+	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-offline-removal", "1s")
+	xdsAddr := zone.xds
 	ctl(t, zone.api, `
 type: Mesh
 name: default

@@ -68,8 +68,8 @@ func poll(t *testing.T, what string, cond func() bool) {
 // then all to zone-1 once billing starts in zone-1 too and the client's
 // sidecar prefers it.
 func TestServiceTrafficIsMeasured(t *testing.T) {
-	kdsAddr := freeAddr(t)
-	global := startCP(t, "global", "--kds-addr", kdsAddr)
+	global := startCP(t, "global")
+	kdsAddr := global.kds
 	dir := t.TempDir()
 	_, pemCA := global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(dir, "ca.pem")
@@ -78,9 +78,9 @@ func TestServiceTrafficIsMeasured(t *testing.T) {
 	for i, name := range []string{"zone-1", "zone-2"} {
 		token := filepath.Join(dir, name+".token")
 		os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", name)), 0o600)
-		xds[name], dns[name] = freeAddr(t), freeAddr(t)
-		startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+kdsAddr, "--global-kds-ca-file", ca,
-			"--zone-token-file", token, "--xds-addr", xds[name], "--dns-addr", dns[name], "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 212+i))
+		z := startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+kdsAddr, "--global-kds-ca-file", ca,
+			"--zone-token-file", token, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 212+i))
+		xds[name], dns[name] = z.xds, z.dns
 	}
 	ctl(t, global.api, `
 type: Mesh

@@ -43,17 +43,18 @@ type instance struct {
 func startZones(t testing.TB, names ...string) *meshZones {
 	t.Helper()
 	m := &meshZones{t: t, dir: t.TempDir(), zones: map[string]*zoneProcs{}}
-	kdsAddr := freeAddr(t)
-	m.global, m.kds = startCP(t, "global", "--kds-addr", kdsAddr), kdsAddr
+	m.global = startCP(t, "global")
+	m.kds = m.global.kds
 	_, pemCA := m.global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(m.dir, "ca.pem")
 	os.WriteFile(ca, []byte(pemCA), 0o600)
 	for i, name := range names {
 		token := filepath.Join(m.dir, name+".token")
 		os.WriteFile(token, []byte(ctl(t, m.global.api, "", "generate", "zone-token", "--zone", name)), 0o600)
-		z := &zoneProcs{name: name, xds: freeAddr(t), dns: freeAddr(t)}
-		z.cp = startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+kdsAddr, "--global-kds-ca-file", ca,
-			"--zone-token-file", token, "--xds-addr", z.xds, "--dns-addr", z.dns, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 240+i))
+		z := &zoneProcs{name: name}
+		z.cp = startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+m.kds, "--global-kds-ca-file", ca,
+			"--zone-token-file", token, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 240+i))
+		z.xds, z.dns = z.cp.xds, z.cp.dns
 		m.zones[name] = z
 	}
 	return m
