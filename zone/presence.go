@@ -2,11 +2,10 @@ package zone
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
-	"fmt"
 	"maps"
-	"regexp"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,15 +18,17 @@ import (
 )
 
 // Presence timings. A replica renews its heartbeat every heartbeatEvery; a
-// replica whose heartbeat is older than heartbeatTTL is gone, and the
-// leader marks its proxies offline.
+// replica whose heartbeat the leader has not seen renewed for heartbeatTTL
+// is gone, and the leader marks its proxies offline.
 const (
 	heartbeatEvery = 5 * time.Second
 	heartbeatTTL   = 15 * time.Second
 	// ackFlushEvery bounds how often a proxy's ACKed versions and NACKs are
 	// written (every push changes every proxy's ACKs: written at once, a
-	// push to 10k proxies would be 10k more writes); connects and
-	// disconnects are written at once. Kuma's default is 10 s.
+	// push to 10k proxies would be 10k more writes), and how often the
+	// store is checked for insights that no longer say what this replica
+	// knows; connects and disconnects are written at once. Kuma's default
+	// is 10 s.
 	ackFlushEvery = 5 * time.Second
 )
 
@@ -38,6 +39,15 @@ const (
 // proxies are online. It also keeps this replica's heartbeat, from which
 // the leader tells the proxies of a replica that died.
 //
+// An insight belongs to the proxy's latest connection (its ConnectedSince):
+// a replica writes one only while it holds that connection or a later one,
+// and every write is conditional on the version it decided from, so a
+// replica whose stream went stale (the proxy reconnected elsewhere) never
+// overwrites the newer connection's insight, and a disconnection is written
+// only over the very connection that closed. Each flush also repairs what
+// the store says of the connections held here, should another writer (the
+// leader's reaper, say) have got it wrong.
+//
 // Observe (called on the streams' goroutines) only records; Start writes,
 // coalescing: a burst of connections is one store transaction.
 type Presence struct {
@@ -46,9 +56,13 @@ type Presence struct {
 	instance string
 	log      *zap.Logger
 	now      func() time.Time
+	// started is when this process began: an insight naming this
+	// instance from before it is a previous process's.
+	started time.Time
 
 	mu    sync.Mutex
-	nodes map[string]*nodePresence // by node id, connected here or not yet written as gone
+	nodes map[string]*nodePresence // by node id: connected here, or gone and not yet written
+	dirty map[string]struct{}      // nodes to write
 	kick  chan struct{}
 }
 
@@ -61,21 +75,22 @@ type ViewSource interface {
 type nodePresence struct {
 	kind   xds.Kind
 	status api.ProxyStatus
-	// dirty: not written since it changed; gone: disconnected, to be
-	// written (conditionally) and then forgotten.
-	dirty, gone bool
+	// gone: disconnected, to be written (conditionally) and then
+	// forgotten.
+	gone bool
 }
 
 // NewPresence returns the presence of this replica (instance), writing to
-// st and reading what it needs (which meshes exist) from mirror; the xDS
-// server is given it with SetPresence, and Start runs it.
+// st and reading what is stored from mirror; the xDS server is given it
+// with SetPresence, and Start runs it.
 func NewPresence(st store.Store, mirror ViewSource, instance string, log *zap.Logger) *Presence {
-	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now,
-		nodes: map[string]*nodePresence{}, kick: make(chan struct{}, 1)}
+	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now, started: store.Now(),
+		nodes: map[string]*nodePresence{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
 }
 
 // Observe records a stream event (xds.Presence).
 func (p *Presence) Observe(e xds.StreamEvent) {
+	at := e.At.UTC().Truncate(time.Microsecond) // as the store keeps times
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := p.nodes[e.Node]
@@ -83,14 +98,14 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 	switch e.Op {
 	case xds.OpConnected:
 		n = &nodePresence{kind: e.Kind, status: api.ProxyStatus{Connected: true, Instance: p.instance,
-			Proxyless: e.Kind == xds.KindProxyless, ConnectedSince: e.At.UTC(), Acked: map[string]string{}}}
+			Proxyless: e.Kind == xds.KindProxyless, ConnectedSince: at, Acked: map[string]string{}}}
 		p.nodes[e.Node] = n
 		urgent = true
 	case xds.OpDisconnected:
 		if n == nil {
 			return
 		}
-		n.status.Connected, n.status.DisconnectedAt, n.gone = false, e.At.UTC(), true
+		n.status.Connected, n.status.DisconnectedAt, n.gone = false, at, true
 		urgent = true
 	case xds.OpAcked:
 		if n == nil || n.gone {
@@ -104,7 +119,7 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 		n.status.Nacks++
 		n.status.LastNack, n.status.LastNackType = e.Reason, e.TypeURL
 	}
-	n.dirty = true
+	p.dirty[e.Node] = struct{}{}
 	if urgent {
 		select {
 		case p.kick <- struct{}{}:
@@ -127,13 +142,21 @@ func internTypeURL(u string) string {
 
 // Start writes the heartbeat and the insights until ctx ends; then it marks
 // this replica's proxies offline, so that other replicas see them go at
-// once rather than when the heartbeat expires.
+// once rather than when the heartbeat expires. Before its first flush it
+// marks offline what a previous process under this instance name left
+// connected.
 func (p *Presence) Start(ctx context.Context) error {
-	if err := p.heartbeat(ctx); err != nil && ctx.Err() == nil {
-		p.log.Warn("cannot write this replica's heartbeat", zap.Error(err))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { p.beat(ctx) }) // apart, so that a long flush never delays it
+	if r, ok := p.mirror.(interface{ Ready() <-chan struct{} }); ok {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.Ready():
+		}
 	}
-	beat := time.NewTicker(heartbeatEvery)
-	defer beat.Stop()
+	p.sweepPrevious(ctx)
 	flush := time.NewTicker(ackFlushEvery)
 	defer flush.Stop()
 	for {
@@ -141,14 +164,27 @@ func (p *Presence) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			p.shutdown()
 			return nil
-		case <-beat.C:
-			if err := p.heartbeat(ctx); err != nil && ctx.Err() == nil {
-				p.log.Warn("cannot write this replica's heartbeat", zap.Error(err))
-			}
 		case <-p.kick:
 			p.flush(ctx)
 		case <-flush.C:
+			p.repair()
 			p.flush(ctx)
+		}
+	}
+}
+
+// beat renews the heartbeat until ctx ends.
+func (p *Presence) beat(ctx context.Context) {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		if err := p.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			p.log.Warn("cannot write this replica's heartbeat", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -156,13 +192,14 @@ func (p *Presence) Start(ctx context.Context) error {
 // shutdown writes every proxy connected here as gone, and removes the
 // heartbeat.
 func (p *Presence) shutdown() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	now := p.now().UTC()
+	now := store.Now()
 	p.mu.Lock()
-	for _, n := range p.nodes {
+	for id, n := range p.nodes {
 		if !n.gone {
-			n.status.Connected, n.status.DisconnectedAt, n.gone, n.dirty = false, now, true, true
+			n.status.Connected, n.status.DisconnectedAt, n.gone = false, now, true
+			p.dirty[id] = struct{}{}
 		}
 	}
 	p.mu.Unlock()
@@ -172,15 +209,16 @@ func (p *Presence) shutdown() {
 	}
 }
 
-var nonName = regexp.MustCompile(`[^a-z0-9-]+`)
+// heartbeatPrefix starts the name of every replica's heartbeat Lease; no
+// leader election's lease does.
+const heartbeatPrefix = "heartbeat-"
 
-// heartbeatName is the Lease a replica renews while it runs.
+// heartbeatName is the Lease a replica renews while it runs: named after a
+// hash of its exact instance name (which it holds), so no two replicas'
+// names collide however their instance names are spelled.
 func heartbeatName(instance string) string {
-	n := strings.Trim(nonName.ReplaceAllString(strings.ToLower(instance), "-"), "-")
-	if len(n) > 50 {
-		n = n[:50]
-	}
-	return "presence-" + n
+	sum := sha256.Sum256([]byte(instance))
+	return heartbeatPrefix + hex.EncodeToString(sum[:8])
 }
 
 func (p *Presence) heartbeat(ctx context.Context) error {
@@ -191,10 +229,9 @@ func (p *Presence) heartbeat(ctx context.Context) error {
 }
 
 // insightOf is the resource that records a proxy's status.
-func insightOf(id string, n *nodePresence) (api.Resource, error) {
-	status := n.status
+func insightOf(id string, kind xds.Kind, status api.ProxyStatus) (api.Resource, error) {
 	status.Acked = maps.Clone(status.Acked)
-	if n.kind == xds.KindIngress {
+	if kind == xds.KindIngress {
 		return &api.ZoneIngressInsight{Meta: api.Meta{Type: "ZoneIngressInsight", Name: id}, ProxyStatus: status}, nil
 	}
 	mesh, name, err := xds.ParseNodeID(id)
@@ -202,95 +239,6 @@ func insightOf(id string, n *nodePresence) (api.Resource, error) {
 		return nil, err
 	}
 	return &api.DataplaneInsight{Meta: api.Meta{Type: "DataplaneInsight", Mesh: mesh, Name: name}, ProxyStatus: status}, nil
-}
-
-// flush writes what changed: the statuses of proxies connected here in one
-// transaction, each disconnection on its own and only if the insight is
-// still this replica's (the proxy may have reconnected to another one
-// meanwhile, which wrote its own).
-func (p *Presence) flush(ctx context.Context) {
-	view, _ := p.mirror.Current()
-	var puts []api.Resource
-	var putIDs []string
-	type goneNode struct {
-		id  string
-		res api.Resource
-	}
-	var gone []goneNode
-	p.mu.Lock()
-	for id, n := range p.nodes {
-		if !n.dirty {
-			continue
-		}
-		r, err := insightOf(id, n)
-		if err != nil {
-			delete(p.nodes, id) // a malformed node id is refused by its Dataplane lookup anyway
-			continue
-		}
-		if m := r.GetMeta().Mesh; m != "" {
-			if _, ok, _ := store.Get[*api.Mesh](view, "", m); !ok {
-				if n.gone {
-					delete(p.nodes, id) // never written, nothing to undo
-				}
-				continue // the mesh has not reached this zone yet; kept dirty
-			}
-		}
-		n.dirty = false
-		if n.gone {
-			gone = append(gone, goneNode{id, r})
-			delete(p.nodes, id)
-			continue
-		}
-		puts, putIDs = append(puts, r), append(putIDs, id)
-	}
-	p.mu.Unlock()
-	if len(puts) > 0 {
-		if _, err := p.st.Apply(ctx, puts, nil); err != nil {
-			p.log.Warn("cannot write proxies' insights; will retry", zap.Int("count", len(puts)), zap.Error(err))
-			p.redirty(putIDs)
-		}
-	}
-	for _, g := range gone {
-		if err := p.writeGone(ctx, g.res); err != nil && ctx.Err() == nil {
-			p.log.Warn("cannot write a proxy's disconnection", zap.String("proxy", g.id), zap.Error(err))
-		}
-	}
-}
-
-// redirty marks nodes to be written again.
-func (p *Presence) redirty(ids []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, id := range ids {
-		if n := p.nodes[id]; n != nil {
-			n.dirty = true
-		}
-	}
-}
-
-// writeGone writes a disconnection unless another replica holds the proxy
-// now. A conflict means someone wrote in between: read again and decide
-// again.
-func (p *Presence) writeGone(ctx context.Context, r api.Resource) error {
-	for range 3 {
-		cur, err := p.st.Get(ctx, api.KeyOf(r))
-		if errors.Is(err, store.ErrNotFound) {
-			return nil // never written (it was gone before a flush), or removed with its Dataplane
-		}
-		if err != nil {
-			return err
-		}
-		st := statusOf(cur)
-		if st == nil || st.Instance != p.instance || !st.Connected {
-			return nil
-		}
-		next := api.DeepCopy(r)
-		next.GetMeta().Version = cur.GetMeta().Version
-		if _, err := p.st.Update(ctx, next); err == nil || !errors.Is(err, store.ErrConflict) {
-			return err
-		}
-	}
-	return fmt.Errorf("write %s: kept conflicting", api.KeyOf(r))
 }
 
 // statusOf returns an insight's status, nil for another type.
@@ -304,10 +252,263 @@ func statusOf(r api.Resource) *api.ProxyStatus {
 	return nil
 }
 
-// reapDeadReplicas marks offline, every few seconds until ctx ends, the
+// pending is one insight to write.
+type pending struct {
+	id   string
+	want api.Resource // what this replica would store
+	gone bool
+}
+
+// decide returns the put that writes want over cur (nil: nothing stored),
+// conditional on cur's version, or nil when it must not be written: a later
+// connection (elsewhere) holds the proxy, or the connection that closed is
+// no longer the one the store records.
+func (p *Presence) decide(want api.Resource, gone bool, cur api.Resource) api.Resource {
+	mine := statusOf(want)
+	var st *api.ProxyStatus
+	if cur != nil {
+		st = statusOf(cur)
+	}
+	switch {
+	case gone && (st == nil || !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Equal(mine.ConnectedSince)):
+		return nil
+	case !gone && st != nil && st.ConnectedSince.After(mine.ConnectedSince):
+		return nil // the proxy connected again since, elsewhere
+	case cur != nil && api.SameContent(cur, want):
+		return nil
+	}
+	put := api.DeepCopy(want)
+	if cur != nil {
+		put.GetMeta().Version = cur.GetMeta().Version
+	}
+	return put
+}
+
+// flush writes the dirty statuses, each conditional on what the store held
+// when it was decided, in one transaction; when another writer got in
+// between (a conflict), it decides again from what the store holds now.
+func (p *Presence) flush(ctx context.Context) {
+	view, _ := p.mirror.Current()
+	var todo []pending
+	p.mu.Lock()
+	for id := range p.dirty {
+		n := p.nodes[id]
+		delete(p.dirty, id)
+		if n == nil {
+			continue
+		}
+		r, err := insightOf(id, n.kind, n.status)
+		if err == nil {
+			err = api.Validate(r)
+		}
+		if err != nil {
+			p.log.Warn("a proxy's insight cannot be stored; it is left out", zap.String("proxy", id), zap.Error(err))
+			delete(p.nodes, id)
+			continue
+		}
+		if m := r.GetMeta().Mesh; m != "" {
+			if _, ok, _ := store.Get[*api.Mesh](view, "", m); !ok {
+				if n.gone {
+					delete(p.nodes, id) // never written, nothing to undo
+				} else {
+					p.dirty[id] = struct{}{} // the mesh has not reached this zone yet
+				}
+				continue
+			}
+		}
+		if n.gone {
+			delete(p.nodes, id)
+		}
+		todo = append(todo, pending{id: id, want: r, gone: n.gone})
+	}
+	p.mu.Unlock()
+	if len(todo) == 0 {
+		return
+	}
+	// What is stored, as the mirror has it; what the mirror does not have
+	// (yet) is read from the store, or a write could not be conditional on
+	// it.
+	inMirror := func(r api.Resource) (api.Resource, bool) {
+		m, err := view.Items(r.GetMeta().Type)
+		if err != nil {
+			return nil, false
+		}
+		cur, ok := m[api.KeyOf(r)]
+		return cur, ok
+	}
+	held := func(r api.Resource) api.Resource { cur, _ := inMirror(r); return cur }
+	for _, t := range todo {
+		if _, ok := inMirror(t.want); !ok {
+			stored, err := p.stored(ctx, todo)
+			if err != nil {
+				p.log.Warn("cannot read proxies' insights; will retry", zap.Error(err))
+				p.redirty(todo)
+				return
+			}
+			held = func(r api.Resource) api.Resource { return stored[api.KeyOf(r)] }
+			break
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		var puts []api.Resource
+		for _, t := range todo {
+			if put := p.decide(t.want, t.gone, held(t.want)); put != nil {
+				puts = append(puts, put)
+			}
+		}
+		if len(puts) == 0 {
+			return
+		}
+		_, err := p.st.Apply(ctx, puts, nil)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt == 3 {
+			p.log.Warn("cannot write proxies' insights; will retry", zap.Int("count", len(puts)), zap.Error(err))
+			p.redirty(todo)
+			return
+		}
+		// Decide again from the store itself (the mirror may lag).
+		stored, err := p.stored(ctx, todo)
+		if err != nil {
+			p.log.Warn("cannot read proxies' insights; will retry", zap.Error(err))
+			p.redirty(todo)
+			return
+		}
+		held = func(r api.Resource) api.Resource { return stored[api.KeyOf(r)] }
+	}
+}
+
+// stored reads the insights of todo from the store.
+func (p *Presence) stored(ctx context.Context, todo []pending) (map[api.Key]api.Resource, error) {
+	out := map[api.Key]api.Resource{}
+	types := map[string]bool{}
+	for _, t := range todo {
+		types[t.want.GetMeta().Type] = true
+	}
+	for typ := range types {
+		res, err := p.st.List(ctx, store.ListOptions{Type: typ})
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range res.Items {
+			out[api.KeyOf(r)] = r
+		}
+	}
+	return out, nil
+}
+
+// redirty marks what could not be written to be written again; a
+// disconnection that could not be written is kept to try again.
+func (p *Presence) redirty(todo []pending) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range todo {
+		if _, ok := p.nodes[t.id]; !ok && t.gone {
+			mine := statusOf(t.want)
+			kind := xds.KindSidecar
+			if t.want.GetMeta().Type == "ZoneIngressInsight" {
+				kind = xds.KindIngress
+			}
+			p.nodes[t.id] = &nodePresence{kind: kind, status: *mine, gone: true}
+		}
+		if _, ok := p.nodes[t.id]; ok {
+			p.dirty[t.id] = struct{}{}
+		}
+	}
+}
+
+// repair marks dirty every proxy connected here whose stored insight does
+// not say so while no later connection holds it: another writer (the
+// reaper, after a long store outage) got it wrong, and only this replica
+// can put it right.
+func (p *Presence) repair() {
+	view, _ := p.mirror.Current()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, n := range p.nodes {
+		if n.gone {
+			continue
+		}
+		r, err := insightOf(id, n.kind, n.status)
+		if err != nil {
+			continue
+		}
+		m, err := view.Items(r.GetMeta().Type)
+		if err != nil {
+			continue
+		}
+		cur := m[api.KeyOf(r)]
+		if cur == nil {
+			p.dirty[id] = struct{}{}
+			continue
+		}
+		st := statusOf(cur)
+		if st.ConnectedSince.After(n.status.ConnectedSince) {
+			continue // a later connection elsewhere
+		}
+		if !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Equal(n.status.ConnectedSince) {
+			p.dirty[id] = struct{}{}
+		}
+	}
+}
+
+// sweepPrevious marks offline the insights a previous process under this
+// instance name left connected (a restart keeps a StatefulSet pod's name):
+// their connections ended with that process.
+func (p *Presence) sweepPrevious(ctx context.Context) {
+	view, _ := p.mirror.Current()
+	var puts []api.Resource
+	for _, typ := range []string{"DataplaneInsight", "ZoneIngressInsight"} {
+		items, err := view.Items(typ)
+		if err != nil {
+			p.log.Error("cannot read insights", zap.Error(err))
+			return
+		}
+		for _, r := range items {
+			st := statusOf(r)
+			if st.Connected && st.Instance == p.instance && st.ConnectedSince.Before(p.started) {
+				next := api.DeepCopy(r)
+				ns := statusOf(next)
+				ns.Connected, ns.DisconnectedAt = false, p.started
+				puts = append(puts, next)
+			}
+		}
+	}
+	if len(puts) == 0 {
+		return
+	}
+	if _, err := p.st.Apply(ctx, puts, nil); err != nil && ctx.Err() == nil {
+		p.log.Warn("cannot mark a previous process's proxies offline; the reaper will", zap.Int("count", len(puts)), zap.Error(err))
+		return
+	}
+	p.log.Info("marked offline the proxies a previous process of this instance left connected", zap.Int("count", len(puts)))
+}
+
+// reaper marks offline, every few seconds while this replica leads, the
 // proxies whose insight says they are connected to a replica whose
-// heartbeat expired (it died without saying so). Leader only.
+// heartbeat it has not seen renewed for heartbeatTTL (it died without
+// saying so). It judges by its own clock when it saw each heartbeat's
+// version change, so replicas' clocks may disagree.
+type reaper struct {
+	st     store.Store
+	mirror ViewSource
+	now    func() time.Time
+	log    *zap.Logger
+
+	since time.Time            // when it started leading
+	seen  map[string]heartbeat // by holder
+}
+
+// heartbeat is when the reaper last saw a replica's heartbeat change.
+type heartbeat struct {
+	version int64
+	at      time.Time
+}
+
+// reapDeadReplicas runs a reaper until ctx ends. Leader only.
 func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, now func() time.Time, log *zap.Logger) error {
+	r := &reaper{st: st, mirror: mirror, now: now, log: log, since: now(), seen: map[string]heartbeat{}}
 	t := time.NewTicker(heartbeatEvery)
 	defer t.Stop()
 	for {
@@ -317,43 +518,72 @@ func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, no
 		case <-t.C:
 		}
 		view, _ := mirror.Current()
-		for _, r := range deadReplicasProxies(view, now()) {
-			next := api.DeepCopy(r)
-			s := statusOf(next)
-			s.Connected, s.DisconnectedAt = false, now().UTC()
-			if _, err := st.Update(ctx, next); err != nil && !errors.Is(err, store.ErrConflict) && ctx.Err() == nil {
-				log.Warn("cannot mark a dead replica's proxy offline", zap.Stringer("insight", api.KeyOf(r)), zap.Error(err))
-				continue
-			}
-			log.Info("proxy offline: its zone CP replica stopped renewing its heartbeat", zap.Stringer("insight", api.KeyOf(r)), zap.String("instance", s.Instance))
+		if err := r.reap(ctx, view); err != nil && ctx.Err() == nil {
+			log.Warn("cannot mark dead replicas' proxies offline", zap.Error(err))
 		}
 	}
 }
 
-// deadReplicasProxies lists the insights that say connected to a replica
-// whose heartbeat is older than its TTL, or missing and the insight older
-// than the TTL.
-func deadReplicasProxies(view *store.View, now time.Time) []api.Resource {
-	alive := map[string]bool{}
-	leases, _ := store.All[*api.Lease](view)
-	for _, l := range leases {
-		if strings.HasPrefix(l.Name, "presence-") && now.Before(l.RenewTime.Add(time.Duration(l.Duration)*time.Second)) {
-			alive[l.Holder] = true
+// reap marks the dead replicas' proxies in view offline.
+func (r *reaper) reap(ctx context.Context, view *store.View) error {
+	dead, err := r.dead(view)
+	if err != nil || len(dead) == 0 {
+		return err
+	}
+	var puts []api.Resource
+	for _, in := range dead {
+		next := api.DeepCopy(in) // carries its version: written only over what was judged
+		st := statusOf(next)
+		st.Connected, st.DisconnectedAt = false, store.Now()
+		puts = append(puts, next)
+	}
+	if _, err := r.st.Apply(ctx, puts, nil); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil // some changed meanwhile: judged again at the next tick
 		}
+		return err
+	}
+	for _, in := range dead {
+		r.log.Info("proxy offline: its zone CP replica stopped renewing its heartbeat", zap.Stringer("insight", api.KeyOf(in)), zap.String("instance", statusOf(in).Instance))
+	}
+	return nil
+}
+
+// dead lists the insights in view that say connected to a replica whose
+// heartbeat has not changed for heartbeatTTL, as this reaper saw; none
+// until it has watched for that long.
+func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
+	now := r.now()
+	leases, err := store.All[*api.Lease](view)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range leases {
+		if l.Name != heartbeatName(l.Holder) {
+			continue // not a heartbeat
+		}
+		if h, ok := r.seen[l.Holder]; !ok || h.version != l.Version {
+			r.seen[l.Holder] = heartbeat{version: l.Version, at: now}
+		}
+	}
+	if now.Sub(r.since) < heartbeatTTL {
+		return nil, nil
+	}
+	alive := func(instance string) bool {
+		h, ok := r.seen[instance]
+		return ok && now.Sub(h.at) < heartbeatTTL
 	}
 	var out []api.Resource
-	check := func(r api.Resource, s api.ProxyStatus) {
-		if s.Connected && !alive[s.Instance] && now.Sub(r.GetMeta().ModificationTime) > heartbeatTTL {
-			out = append(out, r)
+	for _, typ := range []string{"DataplaneInsight", "ZoneIngressInsight"} {
+		items, err := view.Items(typ)
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range items {
+			if st := statusOf(in); st.Connected && !alive(st.Instance) {
+				out = append(out, in)
+			}
 		}
 	}
-	dps, _ := store.All[*api.DataplaneInsight](view)
-	for _, i := range dps {
-		check(i, i.ProxyStatus)
-	}
-	ings, _ := store.All[*api.ZoneIngressInsight](view)
-	for _, i := range ings {
-		check(i, i.ProxyStatus)
-	}
-	return out
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/ursamesh/ursa/pkg/api"
@@ -22,6 +23,7 @@ func registerIngress(ctx context.Context, st store.Store, zone string, node *cor
 		return fmt.Errorf("presented zone ingress: %w", err)
 	}
 	ing := r.(*api.ZoneIngress)
+	unversioned(&ing.Meta)
 	if ing.Name != node.GetId() {
 		return fmt.Errorf("presented zone ingress is %s, but the node id is %s", ing.Name, node.GetId())
 	}
@@ -65,6 +67,7 @@ func registerPresented(ctx context.Context, st store.Store, zone string, node *c
 		return fmt.Errorf("presented dataplane: %w", err)
 	}
 	dp := r.(*api.Dataplane)
+	unversioned(&dp.Meta)
 	if id := xds.NodeID(dp.Mesh, dp.Name); id != node.GetId() {
 		return fmt.Errorf("presented dataplane is %s, but the node id is %s", id, node.GetId())
 	}
@@ -84,4 +87,11 @@ func registerPresented(ctx context.Context, st store.Store, zone string, node *c
 	}
 	_, err = st.Apply(ctx, []api.Resource{dp}, nil)
 	return err
+}
+
+// unversioned drops what the store sets from a presented resource: its
+// registration is an upsert, never conditional on a version the proxy
+// happens to name.
+func unversioned(m *api.Meta) {
+	m.Version, m.CreationTime, m.ModificationTime = 0, time.Time{}, time.Time{}
 }

@@ -46,9 +46,9 @@ type NodeSource interface {
 	Nodes() ([]xds.Node, <-chan struct{})
 }
 
-// Publisher takes a proxy's resources (the xDS server).
+// Publisher takes a connected proxy's resources (the xDS server).
 type Publisher interface {
-	SetResources(ctx context.Context, nodeID string, r xds.Resources) error
+	SetResourcesFor(ctx context.Context, n xds.Node, r xds.Resources) error
 }
 
 // generators are the zone's generators, one per kind of proxy.
@@ -91,8 +91,9 @@ type Generation struct {
 
 	// last is, by node id, the inputs of what was last published.
 	last map[string]string
-	// warned keeps one warning per proxy and problem.
-	warned map[string]bool
+	// warned is, by node id, the last problem logged for it: one warning
+	// per proxy and problem, forgotten with the proxy.
+	warned map[string]string
 	// generated counts proxies generated (not skipped).
 	generated atomic.Int64
 	state     *xds.State
@@ -101,7 +102,7 @@ type Generation struct {
 // NewGeneration returns a Generation; Start runs it.
 func NewGeneration(d GenerationDeps) *Generation {
 	return &Generation{cat: d.Catalog, nodes: d.Nodes, out: d.Out, gens: generators(), ids: newIdentities(d.CertTTL), log: d.Log,
-		onSync: d.OnSync, last: map[string]string{}, warned: map[string]bool{}}
+		onSync: d.OnSync, last: map[string]string{}, warned: map[string]string{}}
 }
 
 // Start runs generation until ctx ends.
@@ -141,6 +142,7 @@ func (g *Generation) Generated() int64 { return g.generated.Load() }
 
 // job is one proxy to generate.
 type job struct {
+	node  xds.Node
 	id    string
 	key   string
 	proxy xds.Proxy
@@ -157,8 +159,9 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 	for _, n := range nodes {
 		seen[n.ID] = true
 		j, err := g.plan(state, n, now)
+		j.node = n
 		if err != nil {
-			g.warnOnce(n.ID+err.Error(), "proxy gets no configuration", zap.String("proxy", n.ID), zap.Error(err))
+			g.warnOnce(n.ID, err)
 			continue
 		}
 		if g.last[n.ID] == j.key {
@@ -171,13 +174,18 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 			delete(g.last, id)
 		}
 	}
+	for id := range g.warned {
+		if !seen[id] {
+			delete(g.warned, id)
+		}
+	}
 	var mu sync.Mutex
 	parallel(runtime.GOMAXPROCS(0), len(jobs), func(i int) {
 		j := jobs[i]
 		res, err := g.gens.Generate(state, j.proxy)
 		if err == nil {
 			res.Merge(j.secrets)
-			err = g.out.SetResources(ctx, j.id, res)
+			err = g.out.SetResourcesFor(ctx, j.node, res)
 		}
 		if err != nil {
 			msg := "cannot publish configuration"
@@ -196,10 +204,12 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 	return len(jobs)
 }
 
-func (g *Generation) warnOnce(key, msg string, fields ...zap.Field) {
-	if !g.warned[key] {
-		g.warned[key] = true
-		g.log.Warn(msg, fields...)
+// warnOnce logs why a proxy gets no configuration, once per proxy and
+// reason.
+func (g *Generation) warnOnce(id string, err error) {
+	if g.warned[id] != err.Error() {
+		g.warned[id] = err.Error()
+		g.log.Warn("proxy gets no configuration", zap.String("proxy", id), zap.Error(err))
 	}
 }
 
@@ -211,7 +221,7 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time) (job, err
 		for _, ing := range state.Catalog.Ingresses {
 			if ing.Name == n.ID {
 				return job{id: n.ID, proxy: xds.Proxy{Kind: xds.KindIngress, Ingress: ing.ZoneIngress},
-					key: fmt.Sprintf("ingress|%s|%d|%d", state.Catalog.Hash, ing.Version, conn)}, nil
+					key: fmt.Sprintf("ingress|%s|%d|%d|%d", state.Catalog.Hash, ing.Version, ing.CreationTime.UnixNano(), conn)}, nil
 			}
 		}
 		return job{}, errors.New("its ZoneIngress is not registered in this zone: it gets nothing until it is")
@@ -236,13 +246,13 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time) (job, err
 			return job{}, fmt.Errorf("issue its identity: %w", err)
 		}
 		j.secrets = cur.secrets
-		identity = fmt.Sprintf("%d/%d", m.CA.Version, cur.id.NotBefore.UnixNano())
+		identity = fmt.Sprintf("%d/%d/%d", m.CA.Version, m.CA.CreationTime.UnixNano(), cur.id.NotBefore.UnixNano())
 	}
 	inputs := m.Hash // a proxyless client reaches every service
 	if n.Kind == xds.KindSidecar {
 		inputs = m.SidecarHash(ownAndExplicit(dp))
 	}
-	j.key = fmt.Sprintf("%s|%s|%d|%d|%s|%d", n.Kind, inputs, dp.Version, dp.ModificationTime.UnixNano(), identity, conn)
+	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%s|%d", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), identity, conn)
 	return j, nil
 }
 
@@ -306,7 +316,9 @@ func offerServices(ctx context.Context, st store.Store, src CatalogSource, log *
 
 // removeOffline deletes, every tick until ctx ends, the Dataplanes (and
 // their insights) of proxies that have stayed disconnected longer than
-// after, as their insights say. Leader only.
+// after, as their insights say, and the insights left without a Dataplane
+// as long. Each delete is conditional on the version it was decided from:
+// a proxy that reconnects meanwhile keeps its Dataplane. Leader only.
 func removeOffline(ctx context.Context, st store.Store, mirror ViewSource, after time.Duration, log *zap.Logger) error {
 	t := time.NewTicker(min(after/4, time.Minute))
 	defer t.Stop()
@@ -326,14 +338,29 @@ func removeOffline(ctx context.Context, st store.Store, mirror ViewSource, after
 			if in.Connected || in.DisconnectedAt.IsZero() || !in.DisconnectedAt.Before(cutoff) {
 				continue
 			}
-			dp := api.Key{Type: "Dataplane", Mesh: in.Mesh, Name: in.Name}
-			_, err := st.Apply(ctx, nil, []api.Key{dp, api.KeyOf(in)})
-			switch {
-			case err == nil:
-				log.Info("removed the Dataplane of a proxy gone too long", zap.String("mesh", in.Mesh), zap.String("proxy", in.Name), zap.Duration("after", after))
-			case ctx.Err() == nil:
-				log.Warn("cannot remove an offline Dataplane", zap.String("mesh", in.Mesh), zap.String("proxy", in.Name), zap.Error(err))
-			}
+			removeGone(ctx, st, view, in, after, log)
 		}
+	}
+}
+
+// removeGone deletes a long-gone proxy's insight, then its Dataplane unless
+// that was registered again after the proxy went.
+func removeGone(ctx context.Context, st store.Store, view *store.View, in *api.DataplaneInsight, after time.Duration, log *zap.Logger) {
+	log = log.With(zap.String("mesh", in.Mesh), zap.String("proxy", in.Name))
+	if err := st.Delete(ctx, api.KeyOf(in), in.Version); err != nil {
+		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
+			log.Warn("cannot remove an offline proxy's insight", zap.Error(err))
+		}
+		return // it changed (the proxy came back), or it is gone already
+	}
+	dp, ok, err := store.Get[*api.Dataplane](view, in.Mesh, in.Name)
+	if err != nil || !ok || dp.CreationTime.After(in.DisconnectedAt) {
+		return // none, or registered again since
+	}
+	switch err := st.Delete(ctx, api.KeyOf(dp), dp.Version); {
+	case err == nil:
+		log.Info("removed the Dataplane of a proxy gone too long", zap.Duration("after", after))
+	case !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil:
+		log.Warn("cannot remove an offline Dataplane", zap.Error(err))
 	}
 }

@@ -20,10 +20,10 @@ type published struct {
 	ids map[string]int
 }
 
-func (p *published) SetResources(_ context.Context, id string, _ xds.Resources) error {
+func (p *published) SetResourcesFor(_ context.Context, n xds.Node, _ xds.Resources) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ids[id]++
+	p.ids[n.ID]++
 	return nil
 }
 

@@ -138,6 +138,9 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("global.kds.caFile: required to verify the global (or set global.kds.insecureSkipVerify)"))
 		}
 	}
+	if d := c.XDS.OfflineRemoval.Duration; d != 0 && d < time.Second {
+		errs = append(errs, fmt.Errorf("xds.offlineRemoval: %s is too short; use 0 (keep) or at least 1s", c.XDS.OfflineRemoval))
+	}
 	if c.MTLS.CertTTL.Duration < time.Minute {
 		errs = append(errs, errors.New("mtls.certTTL: use at least 1m"))
 	}

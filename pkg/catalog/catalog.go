@@ -191,6 +191,18 @@ func readInputs(view *store.View) (inputs, error) {
 	return in, nil
 }
 
+// stale reports whether an insight is older than the resource it is about:
+// its last connection or disconnection came before the resource was
+// created (a Dataplane deleted and registered again). Such an insight says
+// nothing of the new resource, whose proxy is then as good as never seen.
+func stale(p api.ProxyStatus, of api.Meta) bool {
+	last := p.ConnectedSince
+	if !p.Connected && p.DisconnectedAt.After(last) {
+		last = p.DisconnectedAt
+	}
+	return last.Before(of.CreationTime)
+}
+
 // FromResources builds a catalogue from a list of resources, as a test or a
 // tool holds them; Dataplanes without an insight count as online.
 func FromResources(zone string, rs []api.Resource) *Catalog {
@@ -219,7 +231,7 @@ func build(zone string, rev int64, in inputs) *Catalog {
 			continue
 		}
 		m.Registered[dp.Name] = dp
-		if i, seen := in.dpInsights[api.KeyOf(dp)]; !seen || i.Online() {
+		if i, seen := in.dpInsights[api.KeyOf(dp)]; !seen || i.Online() || stale(i.ProxyStatus, dp.Meta) {
 			m.Dataplanes = append(m.Dataplanes, dp)
 		}
 	}
@@ -253,7 +265,7 @@ func build(zone string, rev int64, in inputs) *Catalog {
 	for _, ing := range in.ingresses {
 		if ing.Zone == zone {
 			i, seen := in.ingInsights[ing.Name]
-			cat.Ingresses = append(cat.Ingresses, LocalIngress{ZoneIngress: ing, Online: !seen || i.Online()})
+			cat.Ingresses = append(cat.Ingresses, LocalIngress{ZoneIngress: ing, Online: !seen || i.Online() || stale(i.ProxyStatus, ing.Meta)})
 			continue
 		}
 		for _, m := range cat.meshes {
@@ -431,13 +443,16 @@ func boolByte(b bool) byte {
 	return 0
 }
 
-// writeMeta writes what identifies one version of a resource: its key and
-// version (the store gives every write a new one). Resources that never
-// were in a store (version 0: tests and tools) are written whole.
+// writeMeta writes what identifies one version of a resource: its key,
+// version and creation time (the store gives every write of a resource a
+// new version, and a resource deleted and created again starts again at
+// version 1, but at another creation time). Resources that never were in a
+// store (version 0: tests and tools) are written whole.
 func writeMeta(h hash.Hash, r api.Resource) {
 	m := r.GetMeta()
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], uint64(m.Version))
+	var v [16]byte
+	binary.BigEndian.PutUint64(v[:8], uint64(m.Version))
+	binary.BigEndian.PutUint64(v[8:], uint64(m.CreationTime.UnixNano()))
 	fmt.Fprintf(h, "%s/%s/%s@", m.Type, m.Mesh, m.Name)
 	h.Write(v[:])
 	if m.Version == 0 {

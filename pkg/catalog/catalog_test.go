@@ -204,3 +204,21 @@ func TestSNI(t *testing.T) {
 		t.Fatalf("SNI %q does not start with %q", a, want)
 	}
 }
+
+// TestStaleInsight: an insight older than its Dataplane (deleted and
+// registered again) says nothing of it: the new one counts as never seen.
+func TestStaleInsight(t *testing.T) {
+	now := time.Now()
+	dp := dataplane("default", "web-1", "10.0.0.1", "web", 8080)
+	dp.CreationTime = now
+	old := insight("default", "web-1", false)
+	old.ConnectedSince, old.DisconnectedAt = now.Add(-2*time.Hour), now.Add(-time.Hour)
+	if got := catalogOf(t, mesh("default"), dp, old).Mesh("default").Dataplanes; len(got) != 1 {
+		t.Fatal("a Dataplane registered after its old proxy went is offline")
+	}
+	fresh := insight("default", "web-1", false)
+	fresh.ConnectedSince, fresh.DisconnectedAt = now.Add(time.Second), now.Add(time.Minute)
+	if got := catalogOf(t, mesh("default"), dp, fresh).Mesh("default").Dataplanes; len(got) != 0 {
+		t.Fatal("a Dataplane whose proxy went after it was registered is online")
+	}
+}

@@ -2,10 +2,13 @@ package catalog
 
 import (
 	"context"
+	"encoding/binary"
+	"hash/fnv"
 	"sync"
 
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -24,9 +27,13 @@ type Follower struct {
 	src  Source
 	log  *zap.Logger
 
+	// digests are, by insight type, the presenceDigest of the last view
+	// (Start's goroutine only).
+	digests map[string]uint64
+
 	mu      sync.Mutex
 	cur     *Catalog
-	view    *store.View
+	built   bool
 	changed chan struct{}
 	ready   chan struct{}
 	once    sync.Once
@@ -35,40 +42,78 @@ type Follower struct {
 // NewFollower returns a Follower of src for zone; Start runs it. Until the
 // first catalogue is built, Current returns an empty one.
 func NewFollower(zone string, src Source, log *zap.Logger) *Follower {
-	return &Follower{zone: zone, src: src, log: log, cur: build(zone, 0, inputs{}), changed: make(chan struct{}), ready: make(chan struct{})}
+	return &Follower{zone: zone, src: src, log: log, cur: build(zone, 0, inputs{}), digests: map[string]uint64{},
+		changed: make(chan struct{}), ready: make(chan struct{})}
 }
 
-// Current returns the latest catalogue, the View it was built from, and a
-// channel closed when a newer catalogue is published.
+// Current returns the latest catalogue and a channel closed when a newer
+// one is published.
 func (f *Follower) Current() (*Catalog, <-chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.cur, f.changed
 }
 
-// CurrentView is Current with the View the catalogue was built from.
-func (f *Follower) CurrentView() (*Catalog, *store.View, <-chan struct{}) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.cur, f.view, f.changed
-}
-
 // Ready is closed once the first catalogue is published.
 func (f *Follower) Ready() <-chan struct{} { return f.ready }
 
-// sameInputs reports whether two views of the mirror hold the same
-// resources of every type a catalogue is built from (a lease renewal, say,
-// changes neither).
-func (f *Follower) sameInputs(last, view *store.View) bool {
-	if last == nil {
-		return false
-	}
+// equivalent reports whether a catalogue built from view would be the one
+// built from last: every type it reads is the same in both (a lease
+// renewal changes none), or differs only in what it ignores (the versions
+// proxies ACKed, which the presence writes every few seconds, change an
+// insight but not whether its proxy is online). It keeps the digests of the
+// insights it last saw.
+func (f *Follower) equivalent(last, view *store.View) bool {
+	same := last != nil
 	for _, t := range Types() {
-		if !view.Same(last, t) {
-			return false
+		if last != nil && view.Same(last, t) {
+			continue
+		}
+		if t != "DataplaneInsight" && t != "ZoneIngressInsight" {
+			same = false
+			continue
+		}
+		if d := presenceDigest(view, t); d != f.digests[t] || last == nil {
+			f.digests[t] = d
+			same = false
 		}
 	}
-	return true
+	return same
+}
+
+// presenceDigest sums, over the insights of typ in view, what the
+// catalogue reads of each: whether connected, since when, gone when.
+func presenceDigest(view *store.View, typ string) uint64 {
+	items, err := view.Items(typ)
+	if err != nil {
+		return 0 // Build reports it
+	}
+	var sum uint64
+	var buf [25]byte
+	for k, r := range items {
+		var p api.ProxyStatus
+		switch v := r.(type) {
+		case *api.DataplaneInsight:
+			p = v.ProxyStatus
+		case *api.ZoneIngressInsight:
+			p = v.ProxyStatus
+		}
+		h := fnv.New64a()
+		h.Write([]byte(k.Mesh))
+		h.Write([]byte{0})
+		h.Write([]byte(k.Name))
+		if p.Connected {
+			buf[0] = 1
+		} else {
+			buf[0] = 0
+		}
+		binary.BigEndian.PutUint64(buf[1:], uint64(p.ConnectedSince.UnixNano()))
+		binary.BigEndian.PutUint64(buf[9:], uint64(p.DisconnectedAt.UnixNano()))
+		binary.BigEndian.PutUint64(buf[17:], uint64(r.GetMeta().CreationTime.UnixNano()))
+		h.Write(buf[:])
+		sum += h.Sum64() // order does not matter
+	}
+	return sum
 }
 
 // Start follows the mirror until ctx ends. A View the catalogue cannot be
@@ -78,7 +123,9 @@ func (f *Follower) Start(ctx context.Context) error {
 	var last *store.View
 	for {
 		view, changed := f.src.Current()
-		if f.sameInputs(last, view) {
+		same := f.equivalent(last, view)
+		last = view
+		if same {
 			select {
 			case <-ctx.Done():
 				return nil
@@ -86,14 +133,13 @@ func (f *Follower) Start(ctx context.Context) error {
 				continue
 			}
 		}
-		last = view
 		cat, err := Build(f.zone, view)
 		if err != nil {
 			return err
 		}
 		f.mu.Lock()
-		publish := cat.Hash != f.cur.Hash || f.view == nil
-		f.view = view
+		publish := cat.Hash != f.cur.Hash || !f.built
+		f.built = true
 		if publish {
 			f.cur = cat
 			close(f.changed)

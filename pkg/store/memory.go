@@ -255,6 +255,13 @@ func (m *Memory) Apply(ctx context.Context, puts []api.Resource, deletes []api.K
 			}
 		}
 	}
+	for _, r := range puts {
+		if v := r.GetMeta().Version; v != 0 {
+			if old, ok := m.items[api.KeyOf(r)]; !ok || old.GetMeta().Version != v {
+				return 0, fmt.Errorf("apply %s at version %d: %w", api.KeyOf(r), v, ErrConflict)
+			}
+		}
+	}
 	changes := 0
 	for _, r := range puts {
 		r = Clone(r)

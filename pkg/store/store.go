@@ -61,7 +61,9 @@ type Store interface {
 	// Apply makes the store hold each resource of puts with that content,
 	// creating it or replacing it whatever version is stored, then removes
 	// each key of deletes that exists, in one transaction: every write
-	// happens or none does. A put whose content equals what is stored
+	// happens or none does. A put that carries a Version is conditional: it
+	// replaces only that version of the resource, and if another (or none)
+	// is stored the whole Apply changes nothing and returns ErrConflict. A put whose content equals what is stored
 	// (api.SameContent) changes nothing and emits no event. A mesh-scoped
 	// put needs its mesh in the store or among the puts (ErrMeshNotFound);
 	// deleting a Mesh deletes everything in it. It returns how many changes

@@ -237,6 +237,33 @@ func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) e
 	return nil
 }
 
+// SetResourcesFor is SetResources for the connection n (a Node from
+// Nodes): it publishes only while that connection is open, and forgets
+// what it published if the proxy went meanwhile, so that a generation
+// racing a disconnection neither keeps a gone proxy's snapshot nor serves
+// it when the proxy comes back.
+func (s *Server) SetResourcesFor(ctx context.Context, n Node, r Resources) error {
+	if !s.holds(n, true) {
+		return nil
+	}
+	err := s.SetResources(ctx, n.ID, r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, connected := s.nodes[n.ID]; !connected {
+		delete(s.published, n.ID)
+		s.cache.clear(n.ID)
+	}
+	return err
+}
+
+// holds reports whether n's connection is open (same since, when exact).
+func (s *Server) holds(n Node, exact bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.nodes[n.ID]
+	return ok && (!exact || cur.Since.Equal(n.Since))
+}
+
 func (s *Server) notify() {
 	close(s.changed)
 	s.changed = make(chan struct{})

@@ -197,3 +197,21 @@ func TestPresenceEvents(t *testing.T) {
 	defer stop()
 	rec.waitFor(t, OpConnected, 2)
 }
+
+// TestSetResourcesForAGoneConnection: what is generated for a connection
+// that has closed (or never was) is not kept.
+func TestSetResourcesForAGoneConnection(t *testing.T) {
+	s, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Resources{}
+	r.Add(resource.ClusterType, EDSCluster("billing"))
+	r.Add(resource.EndpointType, LoadAssignment("billing", nil, nil))
+	if err := s.SetResourcesFor(context.Background(), Node{ID: "default.gone", Since: time.Now()}, r); err != nil {
+		t.Fatal(err)
+	}
+	if s.cache.snapshot("default.gone") != nil || len(s.published) != 0 {
+		t.Fatal("a gone proxy's snapshot was kept")
+	}
+}

@@ -49,8 +49,9 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		servicePort := in.AppPort()
 		local := fmt.Sprintf("localhost:%d", servicePort)
 		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
-		if dp.Version != 0 { // a stored Dataplane: its version names its content
-			out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("inbound|%s|%d|%d", dp.Name, dp.Version, i), build))
+		if dp.Version != 0 { // a stored Dataplane: its version and creation time name its content
+			key := fmt.Sprintf("inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
+			out.Add(resource.ListenerType, memoPolicy(s, key, build))
 		} else {
 			out.Add(resource.ListenerType, build())
 		}

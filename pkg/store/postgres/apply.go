@@ -35,6 +35,13 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		if err := checkMeshes(ctx, tx, puts); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
+		for _, r := range puts {
+			if v := r.GetMeta().Version; v != 0 {
+				if o, ok := old[api.KeyOf(r)]; !ok || o.version != v {
+					return nil, fmt.Errorf("%s: %s at version %d: %w", what, api.KeyOf(r), v, store.ErrConflict)
+				}
+			}
+		}
 		var (
 			changes []change
 			b       = &pgx.Batch{}

@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ListFilters", testListFilters},
 		{"LargeList", testLargeList},
 		{"ApplyIsOneTransaction", testApply},
+		{"ApplyWithVersionsIsConditional", testApplyConditional},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -489,5 +490,36 @@ func testApply(t *testing.T, s store.Store) {
 	// Deleting a mesh in a batch takes its contents.
 	if n, err := s.Apply(c, nil, []api.Key{{Type: "Mesh", Name: "m"}}); err != nil || n != 2 {
 		t.Fatalf("apply deleting a mesh with one route = %d, %v", n, err)
+	}
+}
+
+// testApplyConditional: a put carrying a version applies only over that
+// version; one stale put refuses the whole batch.
+func testApplyConditional(t *testing.T, s store.Store) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("default"))
+	r1 := MustCreate(t, s, Route("default", "a", 10, nil))
+	MustCreate(t, s, Route("default", "b", 10, nil))
+	stale := Route("default", "a", 20, nil)
+	stale.Version = r1.GetMeta().Version
+	if _, err := s.Apply(c, []api.Resource{stale}, nil); err != nil {
+		t.Fatalf("apply at the stored version: %v", err)
+	}
+	again := Route("default", "a", 30, nil)
+	again.Version = r1.GetMeta().Version // no longer stored
+	other := Route("default", "b", 40, nil)
+	if _, err := s.Apply(c, []api.Resource{other, again}, nil); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("apply at a replaced version: %v, want ErrConflict", err)
+	}
+	if got, _ := s.Get(c, api.KeyOf(other)); weight(got) != 10 {
+		t.Fatalf("a refused batch wrote b (weight %d)", weight(got))
+	}
+	missing := Route("default", "c", 10, nil)
+	missing.Version = 1
+	if _, err := s.Apply(c, []api.Resource{missing}, nil); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("apply at a version of nothing: %v, want ErrConflict", err)
+	}
+	if got, _ := s.Get(c, api.KeyOf(stale)); weight(got) != 20 {
+		t.Fatalf("a = weight %d, want 20", weight(got))
 	}
 }
