@@ -8,6 +8,7 @@ package kds
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
@@ -170,6 +171,11 @@ func Decode(d api.Descriptor, res *discovery.Resource) (api.Resource, error) {
 	if err := api.Validate(r); err != nil {
 		return nil, fmt.Errorf("resource %q: %w", res.GetName(), err)
 	}
+	// What the sender's store set is not the receiver's to keep: the
+	// receiver's store versions what it writes (and a put carrying a
+	// version would be conditional on it).
+	m := r.GetMeta()
+	m.Version, m.CreationTime, m.ModificationTime = 0, time.Time{}, time.Time{}
 	return r, nil
 }
 
