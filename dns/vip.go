@@ -92,7 +92,9 @@ func (a Allocator) Reconcile(current map[string]*api.VirtualIPs, wanted map[stri
 		}
 		v := &api.VirtualIPs{Meta: api.Meta{Type: "VirtualIPs", Mesh: mesh, Name: vipsName}, Entries: entries}
 		if cur := current[mesh]; cur != nil {
-			v.Labels = cur.Labels
+			// Conditional on what it was decided from: a replica that lost
+			// the lease without knowing it cannot undo its successor's.
+			v.Labels, v.Version = cur.Labels, cur.Version
 		}
 		out = append(out, v)
 	}
