@@ -289,39 +289,64 @@ func (p *Presence) decide(want api.Resource, gone bool, cur api.Resource) api.Re
 // between (a conflict), it decides again from what the store holds now.
 func (p *Presence) flush(ctx context.Context) {
 	view, _ := p.mirror.Current()
-	var todo []pending
+	// Copied under the lock, worked out without it: Observe waits on it,
+	// and the xDS server's callbacks on Observe.
+	type dirtyNode struct {
+		id     string
+		kind   xds.Kind
+		status api.ProxyStatus
+		gone   bool
+	}
+	var dirty []dirtyNode
 	p.mu.Lock()
 	for id := range p.dirty {
-		n := p.nodes[id]
 		delete(p.dirty, id)
+		n := p.nodes[id]
 		if n == nil {
 			continue
 		}
-		r, err := insightOf(id, n.kind, n.status)
+		st := n.status
+		st.Acked = maps.Clone(st.Acked)
+		dirty = append(dirty, dirtyNode{id, n.kind, st, n.gone})
+		if n.gone {
+			delete(p.nodes, id) // written now, or put back by redirty
+		}
+	}
+	p.mu.Unlock()
+	var todo, later []pending
+	var dropped []string
+	for _, d := range dirty {
+		r, err := insightOf(d.id, d.kind, d.status)
 		if err == nil {
 			err = api.Validate(r)
 		}
 		if err != nil {
-			p.log.Warn("a proxy's insight cannot be stored; it is left out", zap.String("proxy", id), zap.Error(err))
-			delete(p.nodes, id)
+			p.log.Warn("a proxy's insight cannot be stored; it is left out", zap.String("proxy", d.id), zap.Error(err))
+			dropped = append(dropped, d.id)
 			continue
 		}
 		if m := r.GetMeta().Mesh; m != "" {
 			if _, ok, _ := store.Get[*api.Mesh](view, "", m); !ok {
-				if n.gone {
-					delete(p.nodes, id) // never written, nothing to undo
-				} else {
-					p.dirty[id] = struct{}{} // the mesh has not reached this zone yet
+				if !d.gone { // a gone one was never written: nothing to undo
+					later = append(later, pending{id: d.id, want: r}) // the mesh has not reached this zone yet
 				}
 				continue
 			}
 		}
-		if n.gone {
+		todo = append(todo, pending{id: d.id, want: r, gone: d.gone})
+	}
+	if len(dropped) > 0 || len(later) > 0 {
+		p.mu.Lock()
+		for _, id := range dropped {
 			delete(p.nodes, id)
 		}
-		todo = append(todo, pending{id: id, want: r, gone: n.gone})
+		for _, t := range later {
+			if _, ok := p.nodes[t.id]; ok {
+				p.dirty[t.id] = struct{}{}
+			}
+		}
+		p.mu.Unlock()
 	}
-	p.mu.Unlock()
 	if len(todo) == 0 {
 		return
 	}
@@ -424,13 +449,22 @@ func (p *Presence) redirty(todo []pending) {
 // can put it right.
 func (p *Presence) repair() {
 	view, _ := p.mirror.Current()
+	type held struct {
+		id    string
+		kind  xds.Kind
+		since time.Time
+	}
+	var connected []held
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for id, n := range p.nodes {
-		if n.gone {
-			continue
+		if !n.gone {
+			connected = append(connected, held{id, n.kind, n.status.ConnectedSince})
 		}
-		r, err := insightOf(id, n.kind, n.status)
+	}
+	p.mu.Unlock()
+	var wrong []string
+	for _, h := range connected {
+		r, err := insightOf(h.id, h.kind, api.ProxyStatus{})
 		if err != nil {
 			continue
 		}
@@ -440,14 +474,21 @@ func (p *Presence) repair() {
 		}
 		cur := m[api.KeyOf(r)]
 		if cur == nil {
-			p.dirty[id] = struct{}{}
+			wrong = append(wrong, h.id)
 			continue
 		}
 		st := statusOf(cur)
-		if st.ConnectedSince.After(n.status.ConnectedSince) {
+		if st.ConnectedSince.After(h.since) {
 			continue // a later connection elsewhere
 		}
-		if !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Equal(n.status.ConnectedSince) {
+		if !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Equal(h.since) {
+			wrong = append(wrong, h.id)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, id := range wrong {
+		if n := p.nodes[id]; n != nil && !n.gone {
 			p.dirty[id] = struct{}{}
 		}
 	}
