@@ -33,10 +33,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -230,16 +228,7 @@ func simpleCachePush(b *testing.B, wire protocol, n int, typeVersions bool) {
 
 	// 3. The pushes, as in fullPush.
 	resetPeakRSS()
-	if path := os.Getenv("URSA_BENCH_XDS_CPUPROFILE"); path != "" {
-		out, err := os.Create(fmt.Sprintf("%s.simplecache.%s.%d", path, wire, n))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pprof.StartCPUProfile(out); err != nil {
-			b.Fatal(err)
-		}
-		defer func() { pprof.StopCPUProfile(); out.Close() }()
-	}
+	defer profileCPU(b, fmt.Sprintf("simplecache.%s.%d", wire, n))()
 	var push, first, loop, gen, set, cpCPU, clientsCPU time.Duration
 	k, prev, listeners, clusters := 0, 90, 1, 1
 	for b.Loop() {

@@ -400,6 +400,24 @@ func writeHeapProfile(b *testing.B, path string) {
 	}
 }
 
+// profileCPU profiles what follows, until the returned func is called, into
+// URSA_BENCH_XDS_CPUPROFILE.<suffix> when that is set (go test's
+// -cpuprofile covers the set-up too, and must not be given as well).
+func profileCPU(b *testing.B, suffix string) func() {
+	path := os.Getenv("URSA_BENCH_XDS_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	out, err := os.Create(path + "." + suffix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		b.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); out.Close() }
+}
+
 // resetPeakRSS restarts VmHWM from the current RSS.
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
@@ -614,18 +632,7 @@ func fullPush(b *testing.B, wire protocol, n int) {
 	// What a push changes is found on copies of the states, so that the
 	// push itself starts from a MeshState that has built nothing yet.
 	resetPeakRSS()
-	if path := os.Getenv("URSA_BENCH_XDS_CPUPROFILE"); path != "" {
-		// The pushes alone (go test's -cpuprofile covers the set-up
-		// too, and must not be given as well).
-		out, err := os.Create(fmt.Sprintf("%s.%s.%d", path, wire, n))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pprof.StartCPUProfile(out); err != nil {
-			b.Fatal(err)
-		}
-		defer func() { pprof.StopCPUProfile(); out.Close() }()
-	}
+	defer profileCPU(b, fmt.Sprintf("%s.%d", wire, n))()
 	var push, first, loop, gen, set, cpCPU, clientsCPU time.Duration
 	k, prev, listeners, clusters := 0, 90, 1, 1
 	for b.Loop() {

@@ -15,7 +15,6 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
-	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -200,17 +199,7 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	heap1, stack1, _ := memNow()
 	perProxy := float64(heap1+stack1-heap0-stack0) / float64(n)
 
-	if path := os.Getenv("URSA_BENCH_XDS_CPUPROFILE"); path != "" {
-		// The changes alone: go test's -cpuprofile covers the set-up too.
-		out, err := os.Create(fmt.Sprintf("%s.endpoint.%s.%d", path, wire, n))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pprof.StartCPUProfile(out); err != nil {
-			b.Fatal(err)
-		}
-		defer func() { pprof.StopCPUProfile(); out.Close() }()
-	}
+	defer profileCPU(b, fmt.Sprintf("endpoint.%s.%d", wire, n))()
 	victim := fmt.Sprintf("%s-%03d", changedService, 0)
 	var ack, first time.Duration
 	var regenerated, rounds atomic.Int64
