@@ -112,6 +112,21 @@ type column struct {
 	value  func(api.Resource) string
 }
 
+// statusColumns are an insight's: whether its proxy is connected, to which
+// replica, its NACKs.
+func statusColumns(status func(api.Resource) api.ProxyStatus) []column {
+	return []column{
+		{"STATUS", func(r api.Resource) string {
+			if status(r).Connected {
+				return "Online"
+			}
+			return "Offline"
+		}},
+		{"CP-INSTANCE", func(r api.Resource) string { return orDash(status(r).Instance) }},
+		{"NACKS", func(r api.Resource) string { return strconv.Itoa(status(r).Nacks) }},
+	}
+}
+
 // columns are the type-specific columns of the table, between NAME and AGE.
 var columns = map[string][]column{
 	"Mesh": {{"MTLS", func(r api.Resource) string { return onOff(r.(*api.Mesh).MTLSEnabled()) }}},
@@ -120,6 +135,8 @@ var columns = map[string][]column{
 		{"CONNECTED", func(r api.Resource) string { return strconv.FormatBool(r.(*api.ZoneInsight).Connected) }},
 		{"CP-VERSION", func(r api.Resource) string { return orDash(r.(*api.ZoneInsight).CPVersion) }},
 	},
+	"DataplaneInsight":   statusColumns(func(r api.Resource) api.ProxyStatus { return r.(*api.DataplaneInsight).ProxyStatus }),
+	"ZoneIngressInsight": statusColumns(func(r api.Resource) api.ProxyStatus { return r.(*api.ZoneIngressInsight).ProxyStatus }),
 	"ZoneIngress": {
 		{"ZONE", func(r api.Resource) string { return r.(*api.ZoneIngress).Zone }},
 		{"ADVERTISED", func(r api.Resource) string {
