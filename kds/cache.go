@@ -42,8 +42,10 @@ type Cache struct {
 	ownMirror bool
 	types     []api.Descriptor
 	include   func(api.Resource) bool
-	// transform, when set, is what is sent of a resource (a summary).
+	// transform, when set, is what is sent of a resource (a summary), and
+	// sameSent whether two resources send the same.
 	transform func(api.Resource) api.Resource
+	sameSent  func(a, b api.Resource) bool
 	log       *zap.Logger
 
 	mu      sync.Mutex
@@ -81,8 +83,13 @@ func NewCacheOf(mirror *store.Mirror, types []api.Descriptor, include func(api.R
 }
 
 // SetTransform makes the cache send fn(r) of each resource r instead of r:
-// a summary. fn must not modify r. Call it before Start.
-func (c *Cache) SetTransform(fn func(api.Resource) api.Resource) { c.transform = fn }
+// a summary. fn must not modify r. same, when set, tells whether two
+// resources give the same summary, so that a change the summary leaves out
+// costs no encoding. Call it before Start.
+func (c *Cache) SetTransform(fn func(api.Resource) api.Resource, same func(a, b api.Resource) bool) {
+	c.transform = fn
+	c.sameSent = func(a, b api.Resource) bool { return a != nil && same != nil && same(a, b) }
+}
 
 // Current implements Source.
 func (c *Cache) Current() (*Snapshot, <-chan struct{}) {
@@ -169,7 +176,7 @@ func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resour
 		entries := make(map[string]*Entry, len(items))
 		for k, r := range items {
 			name := WireName(k)
-			if e, ok := old.Types[url].Entries[name]; ok && prev[k] == r {
+			if e, ok := old.Types[url].Entries[name]; ok && (prev[k] == r || (c.sameSent != nil && c.sameSent(prev[k], r))) {
 				entries[name] = e
 			} else if e := c.entry(r); e != nil {
 				entries[name] = e

@@ -282,7 +282,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	if kdsDeps != nil {
 		cache := kds.NewCacheOf(mirror, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))
-		cache.SetTransform(api.SummaryOf)
+		cache.SetTransform(api.SummaryOf, api.SameSummary)
 		kdsDeps.Store, kdsDeps.Cache, kdsDeps.Log = st, cache, log.Named("kds")
 		c, err := client.New(*kdsDeps)
 		if err != nil {

@@ -64,3 +64,23 @@ traffic:
 		t.Fatal("a ServiceInsight must belong to its zone")
 	}
 }
+
+// TestSameSummary: insights that differ only in ACKed versions summarise
+// the same; a change of connection does not.
+func TestSameSummary(t *testing.T) {
+	a := &DataplaneInsight{Meta: Meta{Type: "DataplaneInsight", Mesh: "default", Name: "web-1"},
+		ProxyStatus: ProxyStatus{Connected: true, Instance: "cp-a", Acked: map[string]string{"lds": "1"}}}
+	b := DeepCopy(a).(*DataplaneInsight)
+	b.Acked["lds"], b.Version = "2", 7
+	if !SameSummary(a, b) {
+		t.Fatal("an ACK changed the summary")
+	}
+	c := DeepCopy(a).(*DataplaneInsight)
+	c.Connected = false
+	if SameSummary(a, c) {
+		t.Fatal("a disconnection kept the summary")
+	}
+	if s := SummaryOf(b).(*DataplaneInsight); s.Acked != nil || b.Acked == nil {
+		t.Fatal("SummaryOf kept the ACKs, or changed its argument")
+	}
+}

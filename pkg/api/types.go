@@ -1,6 +1,7 @@
 package api
 
 import (
+	"maps"
 	"net"
 	"time"
 )
@@ -396,6 +397,32 @@ func SummaryOf(r Resource) Resource {
 		return &c
 	}
 	return r
+}
+
+// SameSummary reports whether two resources have the same summary
+// (SummaryOf): two insights of one proxy that differ at most in the versions
+// it ACKed, or any two resources that are the same.
+func SameSummary(a, b Resource) bool {
+	sa, sb := SummaryOf(a), SummaryOf(b)
+	pa, okA := statusOf(sa)
+	pb, okB := statusOf(sb)
+	if !okA || !okB {
+		return a == b
+	}
+	return KeyOf(a) == KeyOf(b) && pa.Connected == pb.Connected && pa.Instance == pb.Instance && pa.Proxyless == pb.Proxyless &&
+		pa.ConnectedSince.Equal(pb.ConnectedSince) && pa.DisconnectedAt.Equal(pb.DisconnectedAt) &&
+		pa.Nacks == pb.Nacks && pa.LastNack == pb.LastNack && pa.LastNackType == pb.LastNackType &&
+		maps.Equal(a.GetMeta().Labels, b.GetMeta().Labels)
+}
+
+func statusOf(r Resource) (ProxyStatus, bool) {
+	switch v := r.(type) {
+	case *DataplaneInsight:
+		return v.ProxyStatus, true
+	case *ZoneIngressInsight:
+		return v.ProxyStatus, true
+	}
+	return ProxyStatus{}, false
 }
 
 func (p *ProxyStatus) validateStatus(v *validator) {
