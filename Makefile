@@ -4,7 +4,7 @@ BIN     := bin
 TESTFLAGS ?= -race -count=1
 PKGS    := ./...
 
-.PHONY: help deps build test lint run demo fuzz bench clean generate
+.PHONY: help deps build test lint run demo fuzz bench bench-xds clean generate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x
 	$(GO) test ./test/bench -run '^$$' -bench Propagation -benchtime 300x
 	$(GO) test ./test/bench -run '^$$' -bench Reconnect -benchtime 20x
+
+bench-xds: ## the xDS full push (beside SimpleCache) and one endpoint change, at 10k proxies (minutes)
+	GOMEMLIMIT=15GiB $(GO) test ./test/bench -run '^$$' -bench 'FullPush(Delta)?(SimpleCache)?$$/proxies=10000$$' -benchtime 1x -timeout 45m
+	GOMEMLIMIT=15GiB $(GO) test ./test/bench -run '^$$' -bench 'EndpointChange//proxies=10000$$' -benchtime 10x -timeout 45m
 
 generate: ## regenerate kds/kdspb from kds/kds.proto (needs protoc: apt-get install protobuf-compiler)
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
