@@ -198,6 +198,11 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	p.drain()
 	heap1, stack1, _ := memNow()
 	perProxy := float64(heap1+stack1-heap0-stack0) / float64(n)
+	if path := os.Getenv("URSA_BENCH_XDS_HEAPPROFILE"); path != "" {
+		// What the zone holds with every proxy connected: go tool pprof
+		// -sample_index inuse_space.
+		writeHeapProfile(b, fmt.Sprintf("%s.zone.%s.%d", path, wire, n))
+	}
 
 	defer profileCPU(b, fmt.Sprintf("endpoint.%s.%d", wire, n))()
 	victim := fmt.Sprintf("%s-%03d", changedService, 0)
