@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -108,16 +109,17 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 		n.status.Connected, n.status.DisconnectedAt, n.gone = false, at, true
 		urgent = true
 	case xds.OpAcked:
-		if n == nil || n.gone {
+		typ := internTypeURL(e.TypeURL)
+		if n == nil || n.gone || typ == "" {
 			return
 		}
-		n.status.Acked[internTypeURL(e.TypeURL)] = e.Version
+		n.status.Acked[typ] = clean(e.Version, 128)
 	case xds.OpNacked:
 		if n == nil || n.gone {
 			return
 		}
 		n.status.Nacks++
-		n.status.LastNack, n.status.LastNackType = e.Reason, e.TypeURL
+		n.status.LastNack, n.status.LastNackType = clean(e.Reason, 1024), clean(e.TypeURL, 128)
 	}
 	p.dirty[e.Node] = struct{}{}
 	if urgent {
@@ -130,14 +132,24 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 
 // internTypeURL returns the package's own copy of a known xDS type URL, so
 // that 10k proxies' insights do not each hold the strings their requests
-// were decoded into.
+// were decoded into; "" for any other.
 func internTypeURL(u string) string {
 	for _, t := range [...]string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
 		if u == t {
 			return t
 		}
 	}
-	return u
+	return ""
+}
+
+// clean makes a string a proxy sent fit to store: valid UTF-8 without NUL
+// (PostgreSQL's jsonb refuses it), at most max bytes.
+func clean(s string, max int) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+	if len(s) > max {
+		s = strings.ToValidUTF8(s[:max], "")
+	}
+	return s
 }
 
 // Start writes the heartbeat and the insights until ctx ends; then it marks
@@ -270,9 +282,12 @@ func (p *Presence) decide(want api.Resource, gone bool, cur api.Resource) api.Re
 		st = statusOf(cur)
 	}
 	switch {
-	case gone && (st == nil || !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Equal(mine.ConnectedSince)):
+	case gone && (st == nil || !st.Connected || st.Instance != p.instance || st.ConnectedSince.After(mine.ConnectedSince)):
+		// Written only over a connection of this replica's that is not
+		// later than the one that closed: those are all closed (a proxy
+		// that flapped before a flush leaves its first connection stored).
 		return nil
-	case !gone && st != nil && st.ConnectedSince.After(mine.ConnectedSince):
+	case !gone && laterElsewhere(st, p.instance, mine.ConnectedSince):
 		return nil // the proxy connected again since, elsewhere
 	case cur != nil && api.SameContent(cur, want):
 		return nil
@@ -282,6 +297,15 @@ func (p *Presence) decide(want api.Resource, gone bool, cur api.Resource) api.Re
 		put.GetMeta().Version = cur.GetMeta().Version
 	}
 	return put
+}
+
+// laterElsewhere reports whether st records a connection to another replica
+// that is still open and began after since: only that may keep a
+// connection held here from being written. A record that says
+// disconnected never does, whatever its times say (replicas' clocks may
+// disagree).
+func laterElsewhere(st *api.ProxyStatus, self string, since time.Time) bool {
+	return st != nil && st.Connected && st.Instance != self && st.ConnectedSince.After(since)
 }
 
 // flush writes the dirty statuses, each conditional on what the store held
@@ -384,12 +408,14 @@ func (p *Presence) flush(ctx context.Context) {
 		if len(puts) == 0 {
 			return
 		}
-		_, err := p.st.Apply(ctx, puts, nil)
-		if err == nil || ctx.Err() != nil {
+		err := p.apply(ctx, puts)
+		if err == nil {
 			return
 		}
-		if !errors.Is(err, store.ErrConflict) || attempt == 3 {
-			p.log.Warn("cannot write proxies' insights; will retry", zap.Int("count", len(puts)), zap.Error(err))
+		if ctx.Err() != nil || !errors.Is(err, store.ErrConflict) || attempt == 3 {
+			if ctx.Err() == nil {
+				p.log.Warn("cannot write proxies' insights; will retry", zap.Int("count", len(puts)), zap.Error(err))
+			}
 			p.redirty(todo)
 			return
 		}
@@ -404,9 +430,39 @@ func (p *Presence) flush(ctx context.Context) {
 	}
 }
 
-// stored reads the insights of todo from the store.
+// apply writes puts in one transaction. When the store refuses the batch
+// for another reason than a conflict or being unavailable, it halves it until
+// it finds the insight at fault, which it logs and drops, so that one
+// proxy's bad status cannot keep every other from being written.
+func (p *Presence) apply(ctx context.Context, puts []api.Resource) error {
+	_, err := p.st.Apply(ctx, puts, nil)
+	if err == nil || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil {
+		return err
+	}
+	if len(puts) == 1 {
+		p.log.Warn("the store refuses a proxy's insight; it is left out", zap.Stringer("insight", api.KeyOf(puts[0])), zap.Error(err))
+		return nil
+	}
+	half := len(puts) / 2
+	return errors.Join(p.apply(ctx, puts[:half]), p.apply(ctx, puts[half:]))
+}
+
+// stored reads the insights of todo from the store: one by one when they
+// are few, else all of their types at once.
 func (p *Presence) stored(ctx context.Context, todo []pending) (map[api.Key]api.Resource, error) {
 	out := map[api.Key]api.Resource{}
+	if len(todo) <= 64 {
+		for _, t := range todo {
+			r, err := p.st.Get(ctx, api.KeyOf(t.want))
+			switch {
+			case err == nil:
+				out[api.KeyOf(r)] = r
+			case !errors.Is(err, store.ErrNotFound):
+				return nil, err
+			}
+		}
+		return out, nil
+	}
 	types := map[string]bool{}
 	for _, t := range todo {
 		types[t.want.GetMeta().Type] = true
@@ -478,8 +534,8 @@ func (p *Presence) repair() {
 			continue
 		}
 		st := statusOf(cur)
-		if st.ConnectedSince.After(h.since) {
-			continue // a later connection elsewhere
+		if laterElsewhere(st, p.instance, h.since) {
+			continue
 		}
 		if !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Equal(h.since) {
 			wrong = append(wrong, h.id)
@@ -496,34 +552,73 @@ func (p *Presence) repair() {
 
 // sweepPrevious marks offline the insights a previous process under this
 // instance name left connected (a restart keeps a StatefulSet pod's name):
-// their connections ended with that process.
+// their connections ended with that process. Proxies already connected to
+// this process are left alone. Each write is conditional; on a conflict
+// (a proxy reconnected elsewhere meanwhile) it reads the store and decides
+// again.
 func (p *Presence) sweepPrevious(ctx context.Context) {
 	view, _ := p.mirror.Current()
-	var puts []api.Resource
-	for _, typ := range []string{"DataplaneInsight", "ZoneIngressInsight"} {
+	source := func(typ string) ([]api.Resource, error) {
 		items, err := view.Items(typ)
 		if err != nil {
-			p.log.Error("cannot read insights", zap.Error(err))
-			return
+			return nil, err
 		}
+		out := make([]api.Resource, 0, len(items))
 		for _, r := range items {
-			st := statusOf(r)
-			if st.Connected && st.Instance == p.instance && st.ConnectedSince.Before(p.started) {
-				next := api.DeepCopy(r)
+			out = append(out, r)
+		}
+		return out, nil
+	}
+	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
+		var puts []api.Resource
+		for _, typ := range []string{"DataplaneInsight", "ZoneIngressInsight"} {
+			items, err := source(typ)
+			if err != nil {
+				p.log.Warn("cannot read insights to mark a previous process's proxies offline", zap.Error(err))
+				return
+			}
+			for _, r := range items {
+				st := statusOf(r)
+				if !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Before(p.started) || p.holdsInsight(r) {
+					continue
+				}
+				next := api.DeepCopy(r) // carries its version: conditional
 				ns := statusOf(next)
 				ns.Connected, ns.DisconnectedAt = false, p.started
 				puts = append(puts, next)
 			}
 		}
+		if len(puts) == 0 {
+			return
+		}
+		_, err := p.st.Apply(ctx, puts, nil)
+		if err == nil {
+			p.log.Info("marked offline the proxies a previous process of this instance left connected", zap.Int("count", len(puts)))
+			return
+		}
+		if !errors.Is(err, store.ErrConflict) {
+			p.log.Warn("cannot mark a previous process's proxies offline", zap.Int("count", len(puts)), zap.Error(err))
+			return
+		}
+		source = func(typ string) ([]api.Resource, error) {
+			res, err := p.st.List(ctx, store.ListOptions{Type: typ})
+			return res.Items, err
+		}
 	}
-	if len(puts) == 0 {
-		return
+}
+
+// holdsInsight reports whether the proxy an insight is about is connected
+// to this process.
+func (p *Presence) holdsInsight(r api.Resource) bool {
+	m := r.GetMeta()
+	id := m.Name
+	if m.Mesh != "" {
+		id = xds.NodeID(m.Mesh, m.Name)
 	}
-	if _, err := p.st.Apply(ctx, puts, nil); err != nil && ctx.Err() == nil {
-		p.log.Warn("cannot mark a previous process's proxies offline; the reaper will", zap.Int("count", len(puts)), zap.Error(err))
-		return
-	}
-	p.log.Info("marked offline the proxies a previous process of this instance left connected", zap.Int("count", len(puts)))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n, ok := p.nodes[id]
+	return ok && !n.gone
 }
 
 // reaper marks offline, every few seconds while this replica leads, the
@@ -536,6 +631,10 @@ type reaper struct {
 	mirror ViewSource
 	now    func() time.Time
 	log    *zap.Logger
+	// self is this replica's instance: its own heartbeat, which it knows
+	// it renews, tells whether the view is current (a store outage or a
+	// stalled mirror changes no heartbeat, not even its own).
+	self string
 
 	since time.Time            // when it started leading
 	seen  map[string]heartbeat // by holder
@@ -548,8 +647,8 @@ type heartbeat struct {
 }
 
 // reapDeadReplicas runs a reaper until ctx ends. Leader only.
-func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, now func() time.Time, log *zap.Logger) error {
-	r := &reaper{st: st, mirror: mirror, now: now, log: log, since: now(), seen: map[string]heartbeat{}}
+func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, now func() time.Time, self string, log *zap.Logger) error {
+	r := &reaper{st: st, mirror: mirror, now: now, log: log, self: self, since: now(), seen: map[string]heartbeat{}}
 	t := time.NewTicker(heartbeatEvery)
 	defer t.Stop()
 	for {
@@ -599,13 +698,29 @@ func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
 	if err != nil {
 		return nil, err
 	}
+	present := map[string]bool{}
 	for _, l := range leases {
 		if l.Name != heartbeatName(l.Holder) {
 			continue // not a heartbeat
 		}
+		present[l.Holder] = true
 		if h, ok := r.seen[l.Holder]; !ok || h.version != l.Version {
 			r.seen[l.Holder] = heartbeat{version: l.Version, at: now}
 		}
+	}
+	for holder := range r.seen {
+		if !present[holder] {
+			delete(r.seen, holder)
+		}
+	}
+	if own, ok := r.seen[r.self]; r.self != "" && (!ok || now.Sub(own.at) > 2*heartbeatEvery+heartbeatEvery/2) {
+		// The view is stale: judge nobody by it, and start again.
+		for holder, h := range r.seen {
+			h.at = now
+			r.seen[holder] = h
+		}
+		r.since = now
+		return nil, nil
 	}
 	if now.Sub(r.since) < heartbeatTTL {
 		return nil, nil

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
@@ -67,12 +68,12 @@ func TestPresenceWritesInsights(t *testing.T) {
 	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
 	at := time.Now()
 	p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "default.web-1", Kind: xds.KindSidecar, At: at})
-	p.Observe(xds.StreamEvent{Op: xds.OpAcked, Node: "default.web-1", TypeURL: "lds", Version: "v1"})
+	p.Observe(xds.StreamEvent{Op: xds.OpAcked, Node: "default.web-1", TypeURL: resource.ListenerType, Version: "v1"})
 	p.Observe(xds.StreamEvent{Op: xds.OpNacked, Node: "default.web-1", TypeURL: "cds", Reason: "bad cluster"})
 	p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "default.billing-1", Kind: xds.KindSidecar, At: at})
 	p.flush(ctx)
 	in := insightOfStore(t, st, "web-1")
-	if !in.Connected || in.Instance != "cp-a" || in.Acked["lds"] != "v1" || in.Nacks != 1 || in.LastNack != "bad cluster" || in.LastNackType != "cds" {
+	if !in.Connected || in.Instance != "cp-a" || in.Acked[resource.ListenerType] != "v1" || in.Nacks != 1 || in.LastNack != "bad cluster" || in.LastNackType != "cds" {
 		t.Fatalf("insight after connect, ACK and NACK: %+v", in)
 	}
 	// billing-1 moves to replica b before a notices its stream closed.

@@ -2,6 +2,7 @@ package zone
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -40,18 +41,19 @@ func registerIngress(ctx context.Context, st store.Store, zone string, node *cor
 // registrar registers the Dataplane or ZoneIngress a proxy presents in its
 // node metadata when it connects (xds.Registrar).
 type registrar struct {
-	st   store.Store
-	zone string
+	st       store.Store
+	zone     string
+	instance string // this replica's
 }
 
 // Register stores the Dataplane a proxy presents, if it presents one whose
 // name is its node id's and which its token covers, or the ZoneIngress an
 // ingress presents.
 func (r registrar) Register(ctx context.Context, node *core.Node, c *xds.Claims) error {
-	return registerPresented(ctx, r.st, r.zone, node, c)
+	return registerPresented(ctx, r.st, r.zone, r.instance, node, c)
 }
 
-func registerPresented(ctx context.Context, st store.Store, zone string, node *core.Node, c *xds.Claims) error {
+func registerPresented(ctx context.Context, st store.Store, zone, instance string, node *core.Node, c *xds.Claims) error {
 	if doc := node.GetMetadata().GetFields()[api.MetadataZoneIngress].GetStringValue(); doc != "" {
 		return registerIngress(ctx, st, zone, node, doc)
 	}
@@ -85,8 +87,35 @@ func registerPresented(ctx context.Context, st store.Store, zone string, node *c
 	if z, ok := api.Resource(dp).(api.Zoned); ok && z.OwnerZone() != zone {
 		return fmt.Errorf("presented dataplane belongs to zone %q", z.OwnerZone())
 	}
-	_, err = st.Apply(ctx, []api.Resource{dp}, nil)
-	return err
+	// Registered with the connection it comes on: a removal of the
+	// Dataplane decided on the old insight (gone for days) then fails
+	// rather than remove a Dataplane whose proxy is back.
+	for range 3 {
+		in, err := connectedInsight(ctx, st, dp, instance)
+		if err != nil {
+			return err
+		}
+		_, err = st.Apply(ctx, []api.Resource{dp, in}, nil)
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("register %s: the store kept changing", api.KeyOf(dp))
+}
+
+// connectedInsight is the insight of a proxy connecting to instance now,
+// conditional on what is stored (its ACKs and NACKs kept).
+func connectedInsight(ctx context.Context, st store.Store, dp *api.Dataplane, instance string) (api.Resource, error) {
+	in := &api.DataplaneInsight{Meta: api.Meta{Type: "DataplaneInsight", Mesh: dp.Mesh, Name: dp.Name}}
+	cur, err := st.Get(ctx, api.KeyOf(in))
+	switch {
+	case err == nil:
+		in = api.DeepCopy(cur).(*api.DataplaneInsight) // carries its version
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	in.Connected, in.Instance, in.ConnectedSince, in.DisconnectedAt = true, instance, store.Now(), time.Time{}
+	return in, nil
 }
 
 // unversioned drops what the store sets from a presented resource: its

@@ -343,24 +343,27 @@ func removeOffline(ctx context.Context, st store.Store, mirror ViewSource, after
 	}
 }
 
-// removeGone deletes a long-gone proxy's insight, then its Dataplane unless
-// that was registered again after the proxy went.
+// removeGone deletes a long-gone proxy's Dataplane and insight in one
+// transaction, conditional on both being as they were judged: a proxy that
+// registers again meanwhile writes its insight with its registration, so a
+// removal racing a reconnection fails, and leaves both. A Dataplane
+// registered again since the proxy went is kept (only the insight goes).
 func removeGone(ctx context.Context, st store.Store, view *store.View, in *api.DataplaneInsight, after time.Duration, log *zap.Logger) {
 	log = log.With(zap.String("mesh", in.Mesh), zap.String("proxy", in.Name))
-	if err := st.Delete(ctx, api.KeyOf(in), in.Version); err != nil {
-		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
-			log.Warn("cannot remove an offline proxy's insight", zap.Error(err))
-		}
-		return // it changed (the proxy came back), or it is gone already
-	}
+	puts, deletes := []api.Resource{in}, []api.Key{api.KeyOf(in)} // the puts only check versions: same content
 	dp, ok, err := store.Get[*api.Dataplane](view, in.Mesh, in.Name)
-	if err != nil || !ok || dp.CreationTime.After(in.DisconnectedAt) {
-		return // none, or registered again since
+	if err != nil {
+		log.Warn("cannot read Dataplanes", zap.Error(err))
+		return
 	}
-	switch err := st.Delete(ctx, api.KeyOf(dp), dp.Version); {
-	case err == nil:
+	removesDataplane := ok && !dp.CreationTime.After(in.DisconnectedAt)
+	if removesDataplane {
+		puts, deletes = append(puts, dp), append(deletes, api.KeyOf(dp))
+	}
+	switch _, err := st.Apply(ctx, puts, deletes); {
+	case err == nil && removesDataplane:
 		log.Info("removed the Dataplane of a proxy gone too long", zap.Duration("after", after))
-	case !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil:
+	case err != nil && !errors.Is(err, store.ErrConflict) && ctx.Err() == nil:
 		log.Warn("cannot remove an offline Dataplane", zap.Error(err))
 	}
 }

@@ -231,7 +231,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		Require: cfg.XDS.RequireDataplaneToken,
 		Check:   func(nodeID string, c xds.Claims) error { return tokenCovers(mirror, nodeID, c) },
 	})
-	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone})
+	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance})
 	xdsServer.SetPresence(pres)
 	extra := dpTokens.Handlers()
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
@@ -254,7 +254,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("catalog", cat)
 	r.Add("presence", pres)
 	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, func(ctx context.Context) error {
-		return reapDeadReplicas(ctx, st, mirror, time.Now, log.Named("presence"))
+		return reapDeadReplicas(ctx, st, mirror, time.Now, cfg.Instance, log.Named("presence"))
 	}))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
