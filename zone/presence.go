@@ -667,8 +667,12 @@ func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, no
 // reap marks the dead replicas' proxies in view offline.
 func (r *reaper) reap(ctx context.Context, view *store.View) error {
 	dead, err := r.dead(view)
-	if err != nil || len(dead) == 0 {
+	if err != nil {
 		return err
+	}
+	r.forgetHeartbeats(ctx, view)
+	if len(dead) == 0 {
+		return nil
 	}
 	var puts []api.Resource
 	for _, in := range dead {
@@ -687,6 +691,30 @@ func (r *reaper) reap(ctx context.Context, view *store.View) error {
 		r.log.Info("proxy offline: its zone CP replica stopped renewing its heartbeat", zap.Stringer("insight", api.KeyOf(in)), zap.String("instance", statusOf(in).Instance))
 	}
 	return nil
+}
+
+// forgetHeartbeats deletes the heartbeats of replicas gone for long (a
+// Deployment's pods come and go under new names), each conditional on the
+// version it saw last.
+func (r *reaper) forgetHeartbeats(ctx context.Context, view *store.View) {
+	const after = 10 * heartbeatTTL
+	now := r.now()
+	if now.Sub(r.since) < after {
+		return
+	}
+	leases, err := store.All[*api.Lease](view)
+	if err != nil {
+		return
+	}
+	for _, l := range leases {
+		h, ok := r.seen[l.Holder]
+		if l.Name != heartbeatName(l.Holder) || l.Holder == r.self || !ok || now.Sub(h.at) < after {
+			continue
+		}
+		if err := r.st.Delete(ctx, api.KeyOf(l), l.Version); err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) {
+			r.log.Warn("cannot delete a gone replica's heartbeat", zap.String("instance", l.Holder), zap.Error(err))
+		}
+	}
 }
 
 // dead lists the insights in view that say connected to a replica whose

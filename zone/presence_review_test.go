@@ -249,3 +249,37 @@ func TestRemoveGoneIsAllOrNothing(t *testing.T) {
 		t.Fatalf("removal left %d Dataplanes and %d insights", len(res.Items), len(ins.Items))
 	}
 }
+
+// TestReaperForgetsGoneHeartbeats: a replica's heartbeat unchanged for ten
+// TTLs is deleted; the reaper's own is kept.
+func TestReaperForgetsGoneHeartbeats(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	clock := time.Now()
+	r := &reaper{st: st, now: func() time.Time { return clock }, log: zaptest.NewLogger(t), self: "cp-leader", since: clock, seen: map[string]heartbeat{}}
+	if _, err := st.Apply(ctx, []api.Resource{
+		&api.Lease{Meta: api.Meta{Type: "Lease", Name: heartbeatName("cp-leader")}, Holder: "cp-leader", Duration: 15},
+		&api.Lease{Meta: api.Meta{Type: "Lease", Name: heartbeatName("cp-gone")}, Holder: "cp-gone", Duration: 15}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	leases := func() []api.Resource {
+		res, _ := st.List(ctx, store.ListOptions{Type: "Lease"})
+		return res.Items
+	}
+	for range 40 {
+		own, _ := st.Get(ctx, api.Key{Type: "Lease", Name: heartbeatName("cp-leader")})
+		own.(*api.Lease).RenewTime = clock // the leader renews its own
+		own.GetMeta().Version = 0
+		if _, err := st.Apply(ctx, []api.Resource{own}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.reap(ctx, store.NewView(leases(), mirroredTypes()...)); err != nil {
+			t.Fatal(err)
+		}
+		clock = clock.Add(heartbeatEvery)
+	}
+	got := leases()
+	if len(got) != 1 || got[0].(*api.Lease).Holder != "cp-leader" {
+		t.Fatalf("leases left: %v", got)
+	}
+}

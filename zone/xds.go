@@ -297,6 +297,8 @@ func offerServices(ctx context.Context, st store.Store, src CatalogSource, log *
 			if ing.Labels[api.LabelOrigin] == api.OriginGlobal {
 				continue
 			}
+			// Carries the version it was computed from: a conflict means
+			// another writer got in, and the next catalogue decides again.
 			if next := ingress.Offered(ing, offers); next != nil {
 				puts = append(puts, next)
 			}

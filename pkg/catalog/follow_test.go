@@ -46,7 +46,11 @@ func TestFollowerPublishesWhatMatters(t *testing.T) {
 	// follower has seen them.
 	write(&api.TrafficRoute{Meta: api.Meta{Type: "TrafficRoute", Mesh: "default", Name: "marker"},
 		Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: "web"}, Split: []api.Split{{Weight: 1}}}})
-	<-changed
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no catalogue after the marker")
+	}
 	next, changed := f.Current()
 	if len(next.Mesh("default").Routes) != 1 || next.Revision != cat.Revision+3 {
 		t.Fatalf("published revision %d (routes %d), want the marker's, %d, in one catalogue", next.Revision, len(next.Mesh("default").Routes), cat.Revision+3)
