@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -206,15 +207,18 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 
 	defer profileCPU(b, fmt.Sprintf("endpoint.%s.%d", wire, n))()
 	victim := fmt.Sprintf("%s-%03d", changedService, 0)
-	var ack, first time.Duration
+	var ack, first, cpCPU, clientsCPU time.Duration
 	var regenerated, rounds atomic.Int64
 	k := 0
 	for b.Loop() {
 		k++
 		c.expectEDS(b, k+1, 1, 1, k+1)
+		cp0, cl0 := cpuTime("self"), cpuTime(strconv.Itoa(c.cmd.Process.Pid))
 		t0 := time.Now()
 		p.setOnline(b, victim, k%2 == 0)
 		r := c.waitGen(b, k+1, 5*time.Minute)
+		cpCPU += cpuTime("self") - cp0
+		clientsCPU += cpuTime(strconv.Itoa(c.cmd.Process.Pid)) - cl0
 		ack += r.last.Sub(t0)
 		first += r.first.Sub(t0)
 		// The round that pushed it has reported by now, or is about to.
@@ -230,6 +234,8 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	b.ReportMetric(float64(rounds.Load())/float64(k), "rounds")
 	b.ReportMetric(per(first), "first-s")
 	b.ReportMetric(per(ack), "ack-s")
+	b.ReportMetric(per(cpCPU), "cp-cpu-s")
+	b.ReportMetric(per(clientsCPU), "clients-cpu-s")
 
 	// An instance of the proxies' own service goes: nobody reaches it.
 	p.drain()
