@@ -29,6 +29,7 @@ import (
 // Resources is a proxy's configuration, by xDS type URL.
 type Resources map[resource.Type][]types.Resource
 
+// Add appends res to its type's resources.
 func (r Resources) Add(typ resource.Type, res types.Resource) { r[typ] = append(r[typ], res) }
 
 // ads points a resource's dependencies at the stream it came on.
@@ -37,6 +38,7 @@ func ads() *core.ConfigSource {
 		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}
 }
 
+// MustAny packs one of our own messages in an Any; it cannot fail for them.
 func MustAny(m proto.Message) *anypb.Any {
 	a, err := anypb.New(m)
 	if err != nil {
@@ -45,6 +47,7 @@ func MustAny(m proto.Message) *anypb.Any {
 	return a
 }
 
+// EDSCluster is a cluster whose endpoints come over ADS (EDS), round robin.
 func EDSCluster(name string) *cluster.Cluster {
 	return &cluster.Cluster{
 		Name:                 name,
@@ -97,6 +100,7 @@ func LoadAssignment(name string, eps []Endpoint, priority map[string]uint32) *en
 	return cla
 }
 
+// TCPProxy is a tcp_proxy filter to a subset, or a weighted split over subsets.
 func TCPProxy(statPrefix string, subsets []Subset) *listener.Filter {
 	tp := &tcp.TcpProxy{StatPrefix: statPrefix}
 	if len(subsets) == 1 {
@@ -111,11 +115,13 @@ func TCPProxy(statPrefix string, subsets []Subset) *listener.Filter {
 	return &listener.Filter{Name: wellknown.TCPProxy, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(tp)}}
 }
 
+// SocketAddress is a TCP socket address.
 func SocketAddress(addr string, port uint32) *core.Address {
 	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
 		Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
 }
 
+// StaticCluster is a cluster of one fixed address (a sidecar's application).
 func StaticCluster(name, addr string, port uint32) *cluster.Cluster {
 	return &cluster.Cluster{
 		Name:                 name,
