@@ -5,9 +5,10 @@ import (
 	"errors"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
-	"go.uber.org/zap"
 )
 
 // reaper marks offline, every few seconds while this replica leads, the
