@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
