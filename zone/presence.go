@@ -168,7 +168,7 @@ func (p *Presence) Start(ctx context.Context) error {
 		case <-r.Ready():
 		}
 	}
-	p.sweepPrevious(ctx)
+	swept := p.sweepPrevious(ctx)
 	flush := time.NewTicker(ackFlushEvery)
 	defer flush.Stop()
 	for {
@@ -179,6 +179,9 @@ func (p *Presence) Start(ctx context.Context) error {
 		case <-p.kick:
 			p.flush(ctx)
 		case <-flush.C:
+			if !swept { // until done: the reaper cannot, this instance's heartbeat being alive
+				swept = p.sweepPrevious(ctx)
+			}
 			p.repair()
 			p.flush(ctx)
 		}
@@ -349,11 +352,9 @@ func (p *Presence) flush(ctx context.Context) {
 			dropped = append(dropped, d.id)
 			continue
 		}
-		if m := r.GetMeta().Mesh; m != "" {
+		if m := r.GetMeta().Mesh; m != "" && !d.gone { // a gone one is decided from the store below
 			if _, ok, _ := store.Get[*api.Mesh](view, "", m); !ok {
-				if !d.gone { // a gone one was never written: nothing to undo
-					later = append(later, pending{id: d.id, want: r}) // the mesh has not reached this zone yet
-				}
+				later = append(later, pending{id: d.id, want: r}) // the mesh has not reached this zone yet
 				continue
 			}
 		}
@@ -386,24 +387,43 @@ func (p *Presence) flush(ctx context.Context) {
 		return cur, ok
 	}
 	held := func(r api.Resource) api.Resource { cur, _ := inMirror(r); return cur }
+	fromStore := false
+	fromTheStore := func() bool {
+		stored, err := p.stored(ctx, todo)
+		if err != nil {
+			p.log.Warn("cannot read proxies' insights; will retry", zap.Error(err))
+			p.redirty(todo)
+			return false
+		}
+		held, fromStore = func(r api.Resource) api.Resource { return stored[api.KeyOf(r)] }, true
+		return true
+	}
 	for _, t := range todo {
 		if _, ok := inMirror(t.want); !ok {
-			stored, err := p.stored(ctx, todo)
-			if err != nil {
-				p.log.Warn("cannot read proxies' insights; will retry", zap.Error(err))
-				p.redirty(todo)
+			if !fromTheStore() {
 				return
 			}
-			held = func(r api.Resource) api.Resource { return stored[api.KeyOf(r)] }
 			break
 		}
 	}
 	for attempt := 0; ; attempt++ {
 		var puts []api.Resource
+		skipped := false
 		for _, t := range todo {
 			if put := p.decide(t.want, t.gone, held(t.want)); put != nil {
 				puts = append(puts, put)
+			} else if t.gone {
+				skipped = true
 			}
+		}
+		if skipped && !fromStore {
+			// A disconnection is forgotten once decided: decide it from
+			// the store, not from a mirror that may not have this
+			// replica's last write yet.
+			if !fromTheStore() {
+				return
+			}
+			continue
 		}
 		if len(puts) == 0 {
 			return
@@ -420,31 +440,52 @@ func (p *Presence) flush(ctx context.Context) {
 			return
 		}
 		// Decide again from the store itself (the mirror may lag).
-		stored, err := p.stored(ctx, todo)
-		if err != nil {
-			p.log.Warn("cannot read proxies' insights; will retry", zap.Error(err))
-			p.redirty(todo)
+		if !fromTheStore() {
 			return
 		}
-		held = func(r api.Resource) api.Resource { return stored[api.KeyOf(r)] }
 	}
 }
 
 // apply writes puts in one transaction. When the store refuses the batch
-// for another reason than a conflict or being unavailable, it halves it until
-// it finds the insight at fault, which it logs and drops, so that one
-// proxy's bad status cannot keep every other from being written.
+// for another reason than a conflict or being unavailable, it halves it to
+// find the insights it refuses on their own; those it logs and drops, so
+// that one proxy's bad status cannot keep every other from being written.
+// If the store refuses every one of them, the fault is not theirs: nothing
+// is dropped and the error returned, to try again.
 func (p *Presence) apply(ctx context.Context, puts []api.Resource) error {
 	_, err := p.st.Apply(ctx, puts, nil)
-	if err == nil || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil {
+	if err == nil || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil || len(puts) == 1 {
 		return err
 	}
-	if len(puts) == 1 {
-		p.log.Warn("the store refuses a proxy's insight; it is left out", zap.Stringer("insight", api.KeyOf(puts[0])), zap.Error(err))
-		return nil
+	var refused []api.Resource
+	written := 0
+	var split func(puts []api.Resource) error
+	split = func(puts []api.Resource) error {
+		_, err := p.st.Apply(ctx, puts, nil)
+		switch {
+		case err == nil:
+			written += len(puts)
+			return nil
+		case errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil:
+			return err
+		case len(puts) == 1:
+			refused = append(refused, puts[0])
+			return nil
+		}
+		half := len(puts) / 2
+		return errors.Join(split(puts[:half]), split(puts[half:]))
 	}
 	half := len(puts) / 2
-	return errors.Join(p.apply(ctx, puts[:half]), p.apply(ctx, puts[half:]))
+	if err := errors.Join(split(puts[:half]), split(puts[half:])); err != nil {
+		return err
+	}
+	if written == 0 {
+		return err // refused whole and in every part: the store's fault
+	}
+	for _, r := range refused {
+		p.log.Warn("the store refuses a proxy's insight; it is left out", zap.Stringer("insight", api.KeyOf(r)), zap.Error(err))
+	}
+	return nil
 }
 
 // stored reads the insights of todo from the store: one by one when they
@@ -555,8 +596,8 @@ func (p *Presence) repair() {
 // their connections ended with that process. Proxies already connected to
 // this process are left alone. Each write is conditional; on a conflict
 // (a proxy reconnected elsewhere meanwhile) it reads the store and decides
-// again.
-func (p *Presence) sweepPrevious(ctx context.Context) {
+// again. It reports whether it is done; Start calls it again until it is.
+func (p *Presence) sweepPrevious(ctx context.Context) bool {
 	view, _ := p.mirror.Current()
 	source := func(typ string) ([]api.Resource, error) {
 		items, err := view.Items(typ)
@@ -575,7 +616,7 @@ func (p *Presence) sweepPrevious(ctx context.Context) {
 			items, err := source(typ)
 			if err != nil {
 				p.log.Warn("cannot read insights to mark a previous process's proxies offline", zap.Error(err))
-				return
+				return false
 			}
 			for _, r := range items {
 				st := statusOf(r)
@@ -589,22 +630,23 @@ func (p *Presence) sweepPrevious(ctx context.Context) {
 			}
 		}
 		if len(puts) == 0 {
-			return
+			return true
 		}
 		_, err := p.st.Apply(ctx, puts, nil)
 		if err == nil {
 			p.log.Info("marked offline the proxies a previous process of this instance left connected", zap.Int("count", len(puts)))
-			return
+			return true
 		}
 		if !errors.Is(err, store.ErrConflict) {
-			p.log.Warn("cannot mark a previous process's proxies offline", zap.Int("count", len(puts)), zap.Error(err))
-			return
+			p.log.Warn("cannot mark a previous process's proxies offline; will retry", zap.Int("count", len(puts)), zap.Error(err))
+			return false
 		}
 		source = func(typ string) ([]api.Resource, error) {
 			res, err := p.st.List(ctx, store.ListOptions{Type: typ})
 			return res.Items, err
 		}
 	}
+	return false
 }
 
 // holdsInsight reports whether the proxy an insight is about is connected

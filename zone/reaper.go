@@ -3,6 +3,7 @@ package zone
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,7 +16,9 @@ import (
 // proxies whose insight says they are connected to a replica whose
 // heartbeat it has not seen renewed for heartbeatTTL (it died without
 // saying so). It judges by its own clock when it saw each heartbeat's
-// version change, so replicas' clocks may disagree.
+// version change, so replicas' clocks may disagree. Every replica watches
+// the heartbeats (watch), so that a new leader judges at once from what it
+// has seen while another led.
 type reaper struct {
 	st     store.Store
 	mirror ViewSource
@@ -26,19 +29,19 @@ type reaper struct {
 	// stalled mirror changes no heartbeat, not even its own).
 	self string
 
-	since time.Time            // when it started leading
+	mu    sync.Mutex
+	since time.Time            // when it started watching
 	seen  map[string]heartbeat // by holder
 }
 
-// heartbeat is when the reaper last saw a replica's heartbeat change.
-type heartbeat struct {
-	version int64
-	at      time.Time
+// newReaper returns the reaper of replica self.
+func newReaper(st store.Store, mirror ViewSource, now func() time.Time, self string, log *zap.Logger) *reaper {
+	return &reaper{st: st, mirror: mirror, now: now, log: log, self: self, since: now(), seen: map[string]heartbeat{}}
 }
 
-// reapDeadReplicas runs a reaper until ctx ends. Leader only.
-func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, now func() time.Time, self string, log *zap.Logger) error {
-	r := &reaper{st: st, mirror: mirror, now: now, log: log, self: self, since: now(), seen: map[string]heartbeat{}}
+// watch follows the heartbeats every few seconds until ctx ends. Every
+// replica.
+func (r *reaper) watch(ctx context.Context) error {
 	t := time.NewTicker(heartbeatEvery)
 	defer t.Stop()
 	for {
@@ -47,9 +50,32 @@ func reapDeadReplicas(ctx context.Context, st store.Store, mirror ViewSource, no
 			return nil
 		case <-t.C:
 		}
-		view, _ := mirror.Current()
+		view, _ := r.mirror.Current()
+		if _, err := r.dead(view); err != nil {
+			r.log.Warn("cannot read heartbeats", zap.Error(err))
+		}
+	}
+}
+
+// heartbeat is when the reaper last saw a replica's heartbeat change.
+type heartbeat struct {
+	version int64
+	at      time.Time
+}
+
+// lead reaps every few seconds until ctx ends. Leader only.
+func (r *reaper) lead(ctx context.Context) error {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		view, _ := r.mirror.Current()
 		if err := r.reap(ctx, view); err != nil && ctx.Err() == nil {
-			log.Warn("cannot mark dead replicas' proxies offline", zap.Error(err))
+			r.log.Warn("cannot mark dead replicas' proxies offline", zap.Error(err))
 		}
 	}
 }
@@ -88,6 +114,8 @@ func (r *reaper) reap(ctx context.Context, view *store.View) error {
 // version it saw last.
 func (r *reaper) forgetHeartbeats(ctx context.Context, view *store.View) {
 	const after = 10 * heartbeatTTL
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	now := r.now()
 	if now.Sub(r.since) < after {
 		return
@@ -111,6 +139,8 @@ func (r *reaper) forgetHeartbeats(ctx context.Context, view *store.View) {
 // heartbeat has not changed for heartbeatTTL, as this reaper saw; none
 // until it has watched for that long.
 func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	now := r.now()
 	leases, err := store.All[*api.Lease](view)
 	if err != nil {

@@ -105,17 +105,22 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 }
 
 // connectedInsight is the insight of a proxy connecting to instance now,
-// conditional on what is stored (its ACKs and NACKs kept).
+// conditional on what is stored. One stored as connected is kept as it is
+// (a proxy opens several streams; the presence writes each connection),
+// only its version checked.
 func connectedInsight(ctx context.Context, st store.Store, dp *api.Dataplane, instance string) (api.Resource, error) {
 	in := &api.DataplaneInsight{Meta: api.Meta{Type: "DataplaneInsight", Mesh: dp.Mesh, Name: dp.Name}}
 	cur, err := st.Get(ctx, api.KeyOf(in))
 	switch {
 	case err == nil:
-		in = api.DeepCopy(cur).(*api.DataplaneInsight) // carries its version
+		if cur.(*api.DataplaneInsight).Connected {
+			return cur, nil // carries its version: a check, no change
+		}
+		in.Version = cur.GetMeta().Version
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, err
 	}
-	in.Connected, in.Instance, in.ConnectedSince, in.DisconnectedAt = true, instance, store.Now(), time.Time{}
+	in.Connected, in.Instance, in.ConnectedSince = true, instance, store.Now()
 	return in, nil
 }
 

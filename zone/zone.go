@@ -253,9 +253,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("mirror", mirror)
 	r.Add("catalog", cat)
 	r.Add("presence", pres)
-	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, func(ctx context.Context) error {
-		return reapDeadReplicas(ctx, st, mirror, time.Now, cfg.Instance, log.Named("presence"))
-	}))
+	reap := newReaper(st, mirror, time.Now, cfg.Instance, log.Named("presence"))
+	r.Add("heartbeat-watch", run.Func(reap.watch))
+	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, reap.lead))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
 		r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))

@@ -113,7 +113,12 @@ func classify(err error) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") || pgErr.Code == "53300" {
+		// Connection, operator intervention, resources, serialization
+		// failures and deadlocks, a statement timeout, a read-only
+		// (demoted) server: none is about what was written.
+		switch {
+		case strings.HasPrefix(pgErr.Code, "08"), strings.HasPrefix(pgErr.Code, "57P"), strings.HasPrefix(pgErr.Code, "53"),
+			strings.HasPrefix(pgErr.Code, "40"), pgErr.Code == "57014", pgErr.Code == "25006":
 			return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 		}
 		return err
