@@ -60,6 +60,8 @@ type Presence struct {
 	// started is when this process began: an insight naming this
 	// instance from before it is a previous process's.
 	started time.Time
+	// flushEvery is ackFlushEvery (tests shorten it).
+	flushEvery time.Duration
 
 	mu    sync.Mutex
 	nodes map[string]*nodePresence // by node id: connected here, or gone and not yet written
@@ -85,7 +87,7 @@ type nodePresence struct {
 // st and reading what is stored from mirror; the xDS server is given it
 // with SetPresence, and Start runs it.
 func NewPresence(st store.Store, mirror ViewSource, instance string, log *zap.Logger) *Presence {
-	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now, started: store.Now(),
+	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now, started: store.Now(), flushEvery: ackFlushEvery,
 		nodes: map[string]*nodePresence{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
 }
 
@@ -169,7 +171,7 @@ func (p *Presence) Start(ctx context.Context) error {
 		}
 	}
 	swept := p.sweepPrevious(ctx)
-	flush := time.NewTicker(ackFlushEvery)
+	flush := time.NewTicker(p.flushEvery)
 	defer flush.Stop()
 	for {
 		select {

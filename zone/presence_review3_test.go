@@ -145,7 +145,8 @@ func TestSweepTriesAgain(t *testing.T) {
 	st.fails.Store(1)
 	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
 	p.started = store.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), ackFlushEvery+2*time.Second)
+	p.flushEvery = 50 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	p.Start(ctx)
 	if in := insightOfStore(t, mem, "gone-1"); in.Connected {
