@@ -66,7 +66,10 @@ type Presence struct {
 	mu    sync.Mutex
 	nodes map[string]*nodePresence // by node id: connected here, or gone and not yet written
 	dirty map[string]struct{}      // nodes to write
-	kick  chan struct{}
+	// registered are the nodes registered here (by when) and not yet
+	// connected: their fresh insight is no previous process's.
+	registered map[string]time.Time
+	kick       chan struct{}
 }
 
 // ViewSource is the zone's store mirror.
@@ -88,7 +91,7 @@ type nodePresence struct {
 // with SetPresence, and Start runs it.
 func NewPresence(st store.Store, mirror ViewSource, instance string, log *zap.Logger) *Presence {
 	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now, started: store.Now(), flushEvery: ackFlushEvery,
-		nodes: map[string]*nodePresence{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
+		nodes: map[string]*nodePresence{}, dirty: map[string]struct{}{}, registered: map[string]time.Time{}, kick: make(chan struct{}, 1)}
 }
 
 // Observe records a stream event (xds.Presence).
@@ -100,6 +103,7 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 	urgent := false
 	switch e.Op {
 	case xds.OpConnected:
+		delete(p.registered, e.Node)
 		n = &nodePresence{kind: e.Kind, status: api.ProxyStatus{Connected: true, Instance: p.instance,
 			Proxyless: e.Kind == xds.KindProxyless, ConnectedSince: at, Acked: map[string]string{}}}
 		p.nodes[e.Node] = n
@@ -130,6 +134,31 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 		default:
 		}
 	}
+}
+
+// registering is told of a registration here, which the start-up sweep
+// spares until the stream's connection is observed (or for a minute).
+func (p *Presence) registering(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	for other, at := range p.registered {
+		if now.Sub(at) > time.Minute {
+			delete(p.registered, other)
+		}
+	}
+	p.registered[id] = now
+}
+
+// connectedSince returns when the connection held here to a proxy began,
+// and whether one is held.
+func (p *Presence) connectedSince(id string) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.nodes[id]; n != nil && !n.gone {
+		return n.status.ConnectedSince, true
+	}
+	return time.Time{}, false
 }
 
 // internTypeURL returns the package's own copy of a known xDS type URL, so
@@ -310,7 +339,12 @@ func (p *Presence) decide(want api.Resource, gone bool, cur api.Resource) api.Re
 // disconnected never does, whatever its times say (replicas' clocks may
 // disagree).
 func laterElsewhere(st *api.ProxyStatus, self string, since time.Time) bool {
-	return st != nil && st.Connected && st.Instance != self && st.ConnectedSince.After(since)
+	if st == nil || !st.Connected || st.Instance == self {
+		return false
+	}
+	// Equal times (microseconds, two clocks) go to the greater instance
+	// name, or the two would overwrite each other for ever.
+	return st.ConnectedSince.After(since) || (st.ConnectedSince.Equal(since) && st.Instance > self)
 }
 
 // flush writes the dirty statuses, each conditional on what the store held
@@ -622,7 +656,7 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 			}
 			for _, r := range items {
 				st := statusOf(r)
-				if !st.Connected || st.Instance != p.instance || !st.ConnectedSince.Before(p.started) || p.holdsInsight(r) {
+				if !st.Connected || st.Instance != p.instance || p.holdsInsight(r) {
 					continue
 				}
 				next := api.DeepCopy(r) // carries its version: conditional
@@ -661,6 +695,9 @@ func (p *Presence) holdsInsight(r api.Resource) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if at, ok := p.registered[id]; ok && p.now().Sub(at) <= time.Minute {
+		return true // registered here just now: its insight is this process's
+	}
 	n, ok := p.nodes[id]
 	return ok && !n.gone
 }

@@ -45,16 +45,20 @@ type registrar struct {
 	st       store.Store
 	zone     string
 	instance string // this replica's
+	// presence, when set, is this replica's: a registration it is told
+	// of is spared by its start-up sweep, and a proxy it already holds
+	// is registered with the connection it holds.
+	presence *Presence
 }
 
 // Register stores the Dataplane a proxy presents, if it presents one whose
 // name is its node id's and which its token covers, or the ZoneIngress an
 // ingress presents.
 func (r registrar) Register(ctx context.Context, node *core.Node, c *xds.Claims) error {
-	return registerPresented(ctx, r.st, r.zone, r.instance, node, c)
+	return registerPresented(ctx, r.st, r.zone, r.instance, r.presence, node, c)
 }
 
-func registerPresented(ctx context.Context, st store.Store, zone, instance string, node *core.Node, c *xds.Claims) error {
+func registerPresented(ctx context.Context, st store.Store, zone, instance string, presence *Presence, node *core.Node, c *xds.Claims) error {
 	if doc := node.GetMetadata().GetFields()[api.MetadataZoneIngress].GetStringValue(); doc != "" {
 		return registerIngress(ctx, st, zone, node, doc)
 	}
@@ -91,8 +95,15 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 	// Registered with the connection it comes on: a removal of the
 	// Dataplane decided on the old insight (gone for days) then fails
 	// rather than remove a Dataplane whose proxy is back.
+	since := store.Now()
+	if presence != nil {
+		presence.registering(node.GetId())
+		if s, ok := presence.connectedSince(node.GetId()); ok {
+			since = s // a further stream of a connection held here
+		}
+	}
 	for range 3 {
-		in, err := connectedInsight(ctx, st, dp, instance)
+		in, err := connectedInsight(ctx, st, dp, instance, since)
 		if err != nil {
 			return err
 		}
@@ -108,7 +119,7 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 // conditional on what is stored. One stored as connected is kept as it is
 // (a proxy opens several streams; the presence writes each connection),
 // only its version checked.
-func connectedInsight(ctx context.Context, st store.Store, dp *api.Dataplane, instance string) (api.Resource, error) {
+func connectedInsight(ctx context.Context, st store.Store, dp *api.Dataplane, instance string, since time.Time) (api.Resource, error) {
 	in := &api.DataplaneInsight{Meta: api.Meta{Type: "DataplaneInsight", Mesh: dp.Mesh, Name: dp.Name}}
 	cur, err := st.Get(ctx, api.KeyOf(in))
 	switch {
@@ -120,7 +131,7 @@ func connectedInsight(ctx context.Context, st store.Store, dp *api.Dataplane, in
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, err
 	}
-	in.Connected, in.Instance, in.ConnectedSince = true, instance, store.Now()
+	in.Connected, in.Instance, in.ConnectedSince = true, instance, since
 	return in, nil
 }
 

@@ -231,7 +231,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		Require: cfg.XDS.RequireDataplaneToken,
 		Check:   func(nodeID string, c xds.Claims) error { return tokenCovers(mirror, nodeID, c) },
 	})
-	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance})
+	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance, presence: pres})
 	xdsServer.SetPresence(pres)
 	extra := dpTokens.Handlers()
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
