@@ -74,6 +74,8 @@ type MeshCatalog struct {
 	// proxies are online, sorted by name. A Dataplane whose proxy never
 	// connected (a proxyless server, or one registered through the API)
 	// counts as online; one whose proxy was seen and went away does not.
+	// An insight older than its Dataplane (deleted and registered again)
+	// says nothing of it.
 	Dataplanes []*api.Dataplane
 	// Registered are all the mesh's Dataplanes of this zone, online or
 	// not, by name.
@@ -85,8 +87,9 @@ type MeshCatalog struct {
 	Ingresses []*api.ZoneIngress
 	// VIPs maps a service to its live virtual IP in this zone.
 	VIPs map[string]netip.Addr
-	// Hash covers everything above: two MeshCatalogs with the same hash
-	// give every proxy the same configuration.
+	// Hash covers what the mesh's proxies read of it, the PolicyHash and
+	// every service's Hash: two MeshCatalogs with the same hash give every
+	// proxy the same configuration.
 	Hash string
 	// PolicyHash covers what every sidecar of the mesh reads besides its
 	// services: the mesh, its CA, its policies, the list of its services
