@@ -185,8 +185,9 @@ func clean(s string, max int) string {
 
 // Start writes the heartbeat and the insights until ctx ends; then it marks
 // this replica's proxies offline, so that other replicas see them go at
-// once rather than when the heartbeat expires. Before its first flush it
-// marks offline what a previous process under this instance name left
+// once rather than when the heartbeat expires. Before its first flush, and
+// at every tick, it marks offline what a previous process under this
+// instance name, or a registration here whose stream was refused, left
 // connected.
 func (p *Presence) Start(ctx context.Context) error {
 	var wg sync.WaitGroup
@@ -199,7 +200,7 @@ func (p *Presence) Start(ctx context.Context) error {
 		case <-r.Ready():
 		}
 	}
-	swept := p.sweepPrevious(ctx)
+	p.sweepPrevious(ctx)
 	flush := time.NewTicker(p.flushEvery)
 	defer flush.Stop()
 	for {
@@ -210,9 +211,11 @@ func (p *Presence) Start(ctx context.Context) error {
 		case <-p.kick:
 			p.flush(ctx)
 		case <-flush.C:
-			if !swept { // until done: the reaper cannot, this instance's heartbeat being alive
-				swept = p.sweepPrevious(ctx)
-			}
+			// Every tick, not only until done: a registration whose stream
+			// was refused (its write's answer lost, say) leaves an insight
+			// connected here that nobody holds, which the reaper cannot
+			// mark offline, this instance's heartbeat being alive.
+			p.sweepPrevious(ctx)
 			p.repair()
 			p.flush(ctx)
 		}
@@ -240,7 +243,7 @@ func (p *Presence) beat(ctx context.Context) {
 func (p *Presence) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	now := store.Now()
+	now := p.now().UTC().Truncate(time.Microsecond)
 	p.mu.Lock()
 	for id, n := range p.nodes {
 		if !n.gone {
@@ -269,7 +272,7 @@ func heartbeatName(instance string) string {
 
 func (p *Presence) heartbeat(ctx context.Context) error {
 	l := &api.Lease{Meta: api.Meta{Type: "Lease", Name: heartbeatName(p.instance)}, Holder: p.instance,
-		RenewTime: store.Now(), Duration: int(heartbeatTTL / time.Second)}
+		RenewTime: p.now().UTC().Truncate(time.Microsecond), Duration: int(heartbeatTTL / time.Second)}
 	_, err := p.st.Apply(ctx, []api.Resource{l}, nil)
 	return err
 }
@@ -629,10 +632,14 @@ func (p *Presence) repair() {
 
 // sweepPrevious marks offline the insights a previous process under this
 // instance name left connected (a restart keeps a StatefulSet pod's name):
-// their connections ended with that process. Proxies already connected to
-// this process are left alone. Each write is conditional; on a conflict
-// (a proxy reconnected elsewhere meanwhile) it reads the store and decides
-// again. It reports whether it is done; Start calls it again until it is.
+// their connections ended with that process. So too the insights this
+// process's own registrations left connected for streams it never held
+// (refused after their write, or gone before their connection was
+// observed): nobody else would. Proxies connected to this process, or
+// registered here within the minute, are left alone. Each write is
+// conditional; on a conflict (a proxy reconnected elsewhere meanwhile) it
+// reads the store and decides again. It reports whether it is done; Start
+// calls it at every tick.
 func (p *Presence) sweepPrevious(ctx context.Context) bool {
 	view, _ := p.mirror.Current()
 	source := func(typ string) ([]api.Resource, error) {
@@ -646,6 +653,7 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 		}
 		return out, nil
 	}
+	now := p.now().UTC().Truncate(time.Microsecond)
 	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
 		var puts []api.Resource
 		for _, typ := range []string{"DataplaneInsight", "ZoneIngressInsight"} {
@@ -661,7 +669,13 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 				}
 				next := api.DeepCopy(r) // carries its version: conditional
 				ns := statusOf(next)
-				ns.Connected, ns.DisconnectedAt = false, p.started
+				// Disconnected now, as far as anyone could tell: a replica
+				// that holds the proxy by an earlier connection has deferred
+				// to this one until now, and repairs it at its next flush,
+				// which a disconnection dated back (to when this process
+				// started, a minute or more ago) would leave the leader's
+				// offline removal no time for.
+				ns.Connected, ns.DisconnectedAt = false, now
 				puts = append(puts, next)
 			}
 		}
@@ -670,7 +684,7 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 		}
 		_, err := p.st.Apply(ctx, puts, nil)
 		if err == nil {
-			p.log.Info("marked offline the proxies a previous process of this instance left connected", zap.Int("count", len(puts)))
+			p.log.Info("marked offline the proxies a previous process of this instance, or a refused registration, left connected", zap.Int("count", len(puts)))
 			return true
 		}
 		if !errors.Is(err, store.ErrConflict) {

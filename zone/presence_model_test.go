@@ -2,6 +2,7 @@ package zone
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -24,20 +25,31 @@ import (
 // A randomized model of the presence: 2-3 replicas sharing one store, 3-5
 // proxies opening and closing streams on them (two replicas at once, or two
 // streams on one), ACKs and NACKs, flushes, repairs, views of the store that
-// lag, and clocks a few milliseconds apart. After the run every replica gets
-// a live mirror, waits for it to catch up with the store, and repairs and
-// flushes twice; then each proxy's insight must say what the replicas hold.
+// lag, and clocks a few milliseconds apart; heartbeats, every replica's
+// watch of them and the leader's reaper (leadership moves; a replica may
+// die and stay down, or stall: its periodic work stops while its streams
+// stay open); the leader's removal of Dataplanes offline too long; and a
+// replica's next Apply failing (unavailable, unavailable with the answer
+// lost after the write, another error) or another writer getting in just
+// before it. After the run every live replica gets a live mirror, waits
+// for it to catch up with the store, and beats, watches, (leads,) repairs
+// and flushes for over a minute of virtual time, then twice more; then
+// each proxy's insight must say what the live replicas hold (none may say
+// connected to a dead one), and no proxy held open may have lost its
+// Dataplane at any step.
 //
-// Time is virtual (so a seed replays exactly): events carry it, and the
-// registrar's store stamps a new connection with it as well (registration
-// reads the wall clock). During the run a replica's view is an exact
-// snapshot of the store, or an older snapshot while it "lags"; the
-// asynchronous mirror is used only at the end, after waiting for it to
-// reach the store's revision.
+// Time is virtual (so a seed replays exactly): events carry it, the
+// presences, reapers and removal read it, and the registrar's store stamps
+// a new connection with it as well (registration reads the wall clock).
+// During the run a replica's view is an exact snapshot of the store, or an
+// older snapshot while it "lags" (never across a long tick: mirrors lag by
+// milliseconds); the asynchronous mirror is used only at the end, after
+// waiting for it to reach the store's revision.
 
 var (
-	modelSeeds = flag.Int("presence.model.seeds", 2000, "seeds TestPresenceModel runs")
+	modelSeeds = flag.Int("presence.model.seeds", 1000, "seeds TestPresenceModel runs")
 	modelSeed  = flag.Int64("presence.model.seed", -1, "run only this seed of TestPresenceModel, and print its steps")
+	modelFirst = flag.Int64("presence.model.first", 0, "the first seed TestPresenceModel runs (to split a long run)")
 )
 
 type modelStepKind int
@@ -53,7 +65,31 @@ const (
 	stepTick   // time passes
 	stepCrash  // the replica's process dies (no shutdown) and starts again: its streams are gone
 	stepStop   // the replica's process stops (shutdown) and starts again
+	stepBeat   // the replica writes its heartbeat
+	stepWatch  // the replica's reaper reads the heartbeats (reaper.watch)
+	stepReap   // the leader's reaper reaps (reaper.lead)
+	stepRemove // the leader removes the Dataplanes of proxies offline longer than modelRemoveAfter
+	stepFault  // the replica's next Apply fails (fault), or another writer gets in just before it (race)
+	stepLong   // heartbeatEvery passes: every live replica not stalled beats, watches, (leads,) repairs and flushes
+	stepLead   // leadership moves to the replica
+	stepDie    // the replica's process dies and stays down (until a crash or stop step starts it again)
+	stepStall  // the replica's periodic work stops for `dur` long ticks (its streams stay open)
 )
+
+// A fault injected into a replica's next Apply.
+type modelFault int
+
+const (
+	faultNone        modelFault = iota
+	faultUnavailable            // ErrUnavailable, nothing written
+	faultLost                   // written, but the answer is lost: ErrUnavailable
+	faultGeneric                // another error, nothing written
+	faultRace                   // the inner step runs just before the Apply
+)
+
+// modelRemoveAfter is the offline removal threshold: longer than a stall
+// and the reaper's TTL together, as a deployment's is.
+const modelRemoveAfter = 30 * time.Second
 
 type modelStep struct {
 	kind     modelStepKind
@@ -63,6 +99,8 @@ type modelStep struct {
 	dur      int
 	gapMicro int64          // virtual time that passes before the step
 	newSkew  *time.Duration // crash, stop: the process starts again on a node whose clock has this skew
+	fault    modelFault
+	inner    *modelStep // faultRace: what the other writer does
 }
 
 func (s modelStep) String() string {
@@ -98,6 +136,33 @@ func (s modelStep) String() string {
 			gap += fmt.Sprintf(" on a node with skew %v", *s.newSkew)
 		}
 		return what + r + gap
+	case stepBeat:
+		return "heartbeat " + r + gap
+	case stepWatch:
+		return "watch heartbeats " + r + gap
+	case stepReap:
+		return "reap (leader)" + gap
+	case stepRemove:
+		return "remove offline (leader)" + gap
+	case stepFault:
+		switch s.fault {
+		case faultUnavailable:
+			return "next Apply of " + r + " fails: unavailable" + gap
+		case faultLost:
+			return "next Apply of " + r + " is written, answer lost (unavailable)" + gap
+		case faultGeneric:
+			return "next Apply of " + r + " fails: generic error" + gap
+		case faultRace:
+			return "just before the next Apply of " + r + ": [" + s.inner.String() + "]" + gap
+		}
+	case stepLong:
+		return fmt.Sprintf("%v passes (periodic work, from cp-%c)%s", heartbeatEvery, 'a'+s.back, gap)
+	case stepLead:
+		return "leadership -> " + r + gap
+	case stepDie:
+		return "crash (stays down) " + r + gap
+	case stepStall:
+		return fmt.Sprintf("stall %s for %d long ticks%s", r, s.dur, gap)
 	}
 	return "?"
 }
@@ -131,37 +196,68 @@ func drawScenario(seed int64) modelScenario {
 	for range sc.replicas {
 		sc.skew = append(sc.skew, skews[rng.IntN(len(skews))])
 	}
-	n := 10 + rng.IntN(40)
-	for range n {
+	draw := func(inner bool) modelStep {
 		s := modelStep{proxy: rng.IntN(sc.proxies), replica: rng.IntN(sc.replicas), gapMicro: 1000}
+		if inner {
+			s.gapMicro = 0
+			s.kind = []modelStepKind{stepConnect, stepConnect, stepClose, stepClose, stepAck, stepFlush, stepRepair, stepBeat, stepWatch, stepReap, stepRemove}[rng.IntN(11)]
+			return s
+		}
 		if rng.IntN(4) == 0 {
 			s.gapMicro = []int64{0, 1, 250, 3000}[rng.IntN(4)]
 		}
 		switch w := rng.IntN(100); {
-		case w < 28:
+		case w < 22:
 			s.kind = stepConnect
-		case w < 50:
+		case w < 38:
 			s.kind = stepClose
-		case w < 57:
+		case w < 43:
 			s.kind = stepAck
-		case w < 60:
+		case w < 45:
 			s.kind = stepNack
-		case w < 75:
+		case w < 54:
 			s.kind = stepFlush
-		case w < 87:
+		case w < 62:
 			s.kind = stepRepair
-		case w < 93:
+		case w < 66:
 			s.kind, s.back, s.dur = stepLag, rng.IntN(6), 1+rng.IntN(6)
-		case w < 96:
+		case w < 68:
 			s.kind = stepTick
-		case w < 98:
+		case w < 70:
 			s.kind = stepCrash
-		default:
+		case w < 71:
 			s.kind = stepStop
+		case w < 74:
+			s.kind = stepBeat
+		case w < 76:
+			s.kind = stepWatch
+		case w < 78:
+			s.kind = stepReap
+		case w < 80:
+			s.kind = stepRemove
+		case w < 88:
+			s.kind, s.fault = stepFault, modelFault(1+rng.IntN(4))
+		case w < 96:
+			s.kind, s.back = stepLong, rng.IntN(sc.replicas)
+		case w < 97:
+			s.kind = stepLead
+		case w < 98:
+			s.kind = stepDie
+		default:
+			s.kind, s.dur = stepStall, 1+rng.IntN(4)
 		}
-		if s.kind >= stepCrash && rng.IntN(2) == 0 {
+		if (s.kind == stepCrash || s.kind == stepStop) && rng.IntN(2) == 0 {
 			k := skews[rng.IntN(len(skews))]
 			s.newSkew = &k
+		}
+		return s
+	}
+	n := 10 + rng.IntN(60)
+	for range n {
+		s := draw(false)
+		if s.kind == stepFault && s.fault == faultRace {
+			in := draw(true)
+			s.inner = &in
 		}
 		sc.steps = append(sc.steps, s)
 	}
@@ -242,9 +338,69 @@ func modelNode(t testing.TB, name string) *core.Node {
 		api.MetadataDataplane: structpb.NewStringValue(string(doc))}}}
 }
 
+// modelCoverage counts, over a run of seeds, how often what the model is
+// for happened, so that a change that stops it happening shows.
+var modelCoverage struct {
+	faults           [faultRace + 1]int // consumed, by kind
+	refused          int                // registrations refused
+	reaped, removed  int                // insights marked offline by the reaper; Dataplanes removed
+	reapedLive       int                // of which the replica was alive (stalled)
+	deaths, stallEnd int
+}
+
+// faultStore is a replica's store client: its next Apply may fail, be
+// written with its answer lost, or have another writer get in just before.
+type faultStore struct {
+	store.Store
+	name  string
+	next  modelFault
+	race  func()
+	trace func(string)
+}
+
+func (f *faultStore) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (int, error) {
+	if h := f.race; h != nil {
+		f.race = nil
+		modelCoverage.faults[faultRace]++
+		h()
+	}
+	k := f.next
+	f.next = faultNone
+	modelCoverage.faults[k]++
+	note := func(what string) {
+		if f.trace != nil {
+			var keys []string
+			for _, r := range puts {
+				keys = append(keys, r.GetMeta().Type+"/"+r.GetMeta().Name)
+			}
+			for _, d := range deletes {
+				keys = append(keys, "-"+d.Type+"/"+d.Name)
+			}
+			f.trace(fmt.Sprintf("      ! %s's Apply [%s] %s", f.name, strings.Join(keys, " "), what))
+		}
+	}
+	switch k {
+	case faultUnavailable:
+		note("fails: unavailable")
+		return 0, fmt.Errorf("model: %w", store.ErrUnavailable)
+	case faultGeneric:
+		note("fails: generic error")
+		return 0, errors.New("model: the store refuses the transaction")
+	case faultLost:
+		n, err := f.Store.Apply(ctx, puts, deletes)
+		if err != nil {
+			note(fmt.Sprintf("fails on its own (%v)", err))
+			return n, err
+		}
+		note("is written, its answer lost")
+		return 0, fmt.Errorf("model: answer lost: %w", store.ErrUnavailable)
+	}
+	return f.Store.Apply(ctx, puts, deletes)
+}
+
 // modelFailure is one proxy whose insight is wrong at the end.
 type modelFailure struct {
-	kind   string // stale-connected, not-connected, missing, wrong-instance; not-latest is soft
+	kind   string // stale-connected, connected-to-dead, not-connected, missing, wrong-instance, dataplane-deleted; not-latest is soft
 	detail string
 }
 
@@ -252,6 +408,18 @@ type modelResult struct {
 	failures []modelFailure // hard
 	soft     []modelFailure // connected to a replica that holds it, not the latest one
 }
+
+// model components: what runs on one goroutine of a replica's process (two
+// steps of one never run one inside the other).
+const (
+	compNone = iota
+	compPresence
+	compBeat
+	compWatch
+	compReap
+	compRemove
+	compRegister
+)
 
 // runScenario plays sc and checks the result.
 func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult {
@@ -265,52 +433,175 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 	base := virtualEpoch.Add(time.Hour) // clocks skewed back stay after the epoch
 	var now time.Time = base            // the virtual real time
 	type replica struct {
-		name  string
-		view  *modelView
-		pres  *Presence
-		reg   registrar
-		skew  time.Duration
-		open  map[int]int       // streams open, by proxy
-		since map[int]time.Time // OpConnected's At (skewed), by proxy
-		real  map[int]time.Time // OpConnected's virtual real time, by proxy
-		swept bool              // the start-up sweep is done
-		born  int               // the step its process started at: its mirror is no older
+		idx    int
+		name   string
+		view   *modelView
+		pres   *Presence
+		reg    registrar
+		fault  *faultStore
+		reap   *reaper
+		skew   time.Duration
+		clock  func() time.Time
+		open   map[int]int       // streams open, by proxy
+		since  map[int]time.Time // OpConnected's At (skewed), by proxy
+		real   map[int]time.Time // OpConnected's virtual real time, by proxy
+		swept  bool              // the start-up sweep is done
+		born   int               // the step its process started at: its mirror is no older
+		dead   bool              // its process is down
+		stall  int               // long ticks its periodic work still skips
+		rested bool              // it has done its periodic work since its last stall
+	}
+	var res modelResult
+	fail := func(kind, detail string) {
+		for _, f := range res.failures {
+			if f.kind == kind {
+				return
+			}
+		}
+		res.failures = append(res.failures, modelFailure{kind, detail})
 	}
 	var reps []*replica
+	leader := 0
+	start := func(r *replica, step int) { // a new process
+		at := r.clock()
+		r.pres = NewPresence(r.fault, r.view, r.name, log)
+		r.pres.now = r.clock
+		r.reg.presence = r.pres
+		r.pres.started, r.swept, r.born = at.UTC().Truncate(time.Microsecond), false, step
+		r.view.frozen = nil
+		r.reap = newReaper(r.fault, r.view, r.clock, r.name, log)
+		r.open, r.since, r.real = map[int]int{}, map[int]time.Time{}, map[int]time.Time{}
+		r.dead, r.stall, r.rested = false, 0, true
+		_ = r.pres.heartbeat(ctx) // Start's beat begins at once
+	}
 	for i := range sc.replicas {
-		r := &replica{name: fmt.Sprintf("cp-%c", 'a'+i), skew: sc.skew[i], open: map[int]int{}, since: map[int]time.Time{}, real: map[int]time.Time{}}
+		r := &replica{idx: i, name: fmt.Sprintf("cp-%c", 'a'+i), skew: sc.skew[i]}
+		r.clock = func() time.Time { return now.Add(r.skew) }
 		r.view = &modelView{st: st, types: types}
-		r.pres = NewPresence(st, r.view, r.name, log)
-		r.pres.started, r.swept = base.Add(-time.Hour), true
-		clock := func() time.Time { return now.Add(r.skew) }
-		r.reg = registrar{st: virtualClockStore{Store: st, now: clock}, zone: "zone-1", instance: r.name, presence: r.pres}
+		r.fault = &faultStore{Store: st, name: r.name, trace: trace}
+		r.reg = registrar{st: virtualClockStore{Store: r.fault, now: r.clock}, zone: "zone-1", instance: r.name}
 		reps = append(reps, r)
+		start(r, 0)
+		r.pres.started, r.swept = base.Add(-time.Hour), true
 	}
 	nodes := make([]*core.Node, sc.proxies)
 	for i := range nodes {
 		nodes[i] = modelNode(t, fmt.Sprintf("p%d", i))
 	}
-	var history []*store.View // the store before each step
-	for i, s := range sc.steps {
-		now = now.Add(time.Duration(s.gapMicro) * time.Microsecond)
-		history = append(history, snapshotView(st, types))
+	current := func(r *replica) *store.View { v, _ := r.view.Current(); return v }
+	// actor is the component whose Apply is under way (a race's inner
+	// step never runs inside its own component).
+	type actorT struct{ replica, comp int }
+	var actor actorT
+	as := func(r *replica, comp int, fn func()) bool {
+		if actor.comp != compNone && actor.replica == r.idx && actor.comp == comp && comp != compRegister {
+			return false
+		}
+		prev := actor
+		actor = actorT{r.idx, comp}
+		fn()
+		actor = prev
+		return true
+	}
+	flushOf := func(r *replica, repair bool) {
+		as(r, compPresence, func() {
+			if !r.swept || repair { // Start sweeps before its first flush, and at every tick
+				r.pres.sweepPrevious(ctx)
+				r.swept = true
+			}
+			if repair {
+				r.pres.repair()
+			}
+			r.pres.flush(ctx)
+		})
+	}
+	insights := func() map[string]*api.DataplaneInsight {
+		res, _ := st.List(ctx, store.ListOptions{Type: "DataplaneInsight"})
+		out := map[string]*api.DataplaneInsight{}
+		for _, r := range res.Items {
+			out[r.GetMeta().Name] = r.(*api.DataplaneInsight)
+		}
+		return out
+	}
+	reapNow := func() bool {
+		l := reps[leader]
+		return as(l, compReap, func() {
+			before := insights()
+			if err := l.reap.reap(ctx, current(l)); err != nil && trace != nil {
+				trace(fmt.Sprintf("      reap on %s: %v", l.name, err))
+			}
+			for n, in := range insights() {
+				if b := before[n]; b != nil && b.Connected && !in.Connected && in.Version == b.Version+1 && in.DisconnectedAt.Equal(l.clock().UTC().Truncate(time.Microsecond)) {
+					modelCoverage.reaped++
+					for _, r := range reps {
+						if r.name == b.Instance && !r.dead {
+							modelCoverage.reapedLive++
+						}
+					}
+				}
+			}
+		})
+	}
+	removeNow := func() bool {
+		l := reps[leader]
+		return as(l, compRemove, func() {
+			res, _ := st.List(ctx, store.ListOptions{Type: "Dataplane"})
+			if err := removeOfflineOnce(ctx, l.fault, current(l), l.clock(), modelRemoveAfter, log); err != nil {
+				t.Fatal(err)
+			}
+			after, _ := st.List(ctx, store.ListOptions{Type: "Dataplane"})
+			modelCoverage.removed += len(res.Items) - len(after.Items)
+		})
+	}
+	live := func() []*replica {
+		var out []*replica
 		for _, r := range reps {
-			if r.view.frozen != nil && i >= r.view.until {
-				r.view.frozen = nil
+			if !r.dead {
+				out = append(out, r)
 			}
 		}
+		return out
+	}
+	// checkDataplanes: no proxy held open by a live replica has lost its
+	// Dataplane.
+	checkDataplanes := func(when string) {
+		for p := range sc.proxies {
+			var hs []string
+			for _, r := range reps {
+				if !r.dead && r.open[p] > 0 {
+					hs = append(hs, r.name)
+				}
+			}
+			if len(hs) == 0 {
+				continue
+			}
+			if _, err := st.Get(ctx, api.Key{Type: "Dataplane", Mesh: "default", Name: fmt.Sprintf("p%d", p)}); err != nil {
+				fail("dataplane-deleted", fmt.Sprintf("p%d held by %s has no Dataplane %s", p, strings.Join(hs, ","), when))
+			}
+		}
+	}
+	var history []*store.View // the store before each step
+	var exec func(i int, s modelStep) bool
+	exec = func(i int, s modelStep) bool {
 		r := reps[s.replica]
-		at := now.Add(r.skew)
 		id := fmt.Sprintf("default.p%d", s.proxy)
-		did := true
+		if r.dead && s.kind != stepCrash && s.kind != stepStop && s.kind != stepReap && s.kind != stepRemove && s.kind != stepLong && s.kind != stepTick {
+			return false
+		}
+		at := r.clock()
 		switch s.kind {
 		case stepConnect:
 			if r.open[s.proxy] >= 2 {
-				did = false
-				break
+				return false
 			}
-			if err := r.reg.Register(ctx, nodes[s.proxy], nil); err != nil {
-				t.Fatalf("register: %v", err)
+			var err error
+			as(r, compRegister, func() { err = r.reg.Register(ctx, nodes[s.proxy], nil) })
+			if err != nil { // the stream is refused
+				modelCoverage.refused++
+				if trace != nil {
+					trace(fmt.Sprintf("      register %s on %s refused: %v", id, r.name, err))
+				}
+				return false
 			}
 			r.open[s.proxy]++
 			if r.open[s.proxy] == 1 {
@@ -319,8 +610,7 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 			}
 		case stepClose:
 			if r.open[s.proxy] == 0 {
-				did = false
-				break
+				return false
 			}
 			r.open[s.proxy]--
 			if r.open[s.proxy] == 0 {
@@ -331,43 +621,114 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 			}
 		case stepAck:
 			if r.open[s.proxy] == 0 {
-				did = false
-				break
+				return false
 			}
 			r.pres.Observe(xds.StreamEvent{Op: xds.OpAcked, Node: id, Kind: xds.KindSidecar, At: at,
 				TypeURL: resource.ClusterType, Version: fmt.Sprintf("v%d", i)})
 		case stepNack:
 			if r.open[s.proxy] == 0 {
-				did = false
-				break
+				return false
 			}
 			r.pres.Observe(xds.StreamEvent{Op: xds.OpNacked, Node: id, Kind: xds.KindSidecar, At: at,
 				TypeURL: resource.ClusterType, Reason: fmt.Sprintf("bad %d", i)})
 		case stepFlush, stepRepair:
-			if !r.swept { // Start sweeps before its first flush, and at every tick until done
-				r.swept = r.pres.sweepPrevious(ctx)
+			if actor.replica == r.idx && actor.comp == compPresence {
+				return false
 			}
-			if s.kind == stepRepair {
-				r.pres.repair()
-			}
-			r.pres.flush(ctx)
+			flushOf(r, s.kind == stepRepair)
 		case stepCrash, stepStop:
-			if s.kind == stepStop {
+			if actor.comp != compNone {
+				return false
+			}
+			if s.kind == stepStop && !r.dead {
 				r.pres.shutdown()
 			}
-			r.open, r.since, r.real = map[int]int{}, map[int]time.Time{}, map[int]time.Time{}
 			if s.newSkew != nil {
 				r.skew = *s.newSkew
-				at = now.Add(r.skew)
 			}
-			r.pres = NewPresence(st, r.view, r.name, log)
-			r.reg.presence = r.pres
-			r.pres.started, r.swept, r.born = at.UTC().Truncate(time.Microsecond), false, i+1
-			r.view.frozen = nil
+			start(r, i+1)
 		case stepLag:
 			back := max(r.born, len(history)-1-s.back) // a new process's mirror lists the store when it starts
 			r.view.frozen, r.view.until = history[back], i+1+s.dur
+		case stepBeat:
+			return as(r, compBeat, func() { _ = r.pres.heartbeat(ctx) })
+		case stepWatch:
+			return as(r, compWatch, func() { _, _ = r.reap.dead(current(r)) })
+		case stepReap:
+			return reapNow()
+		case stepRemove:
+			return removeNow()
+		case stepFault:
+			if s.fault == faultRace {
+				in := *s.inner
+				r.fault.race = func() {
+					ok := exec(i, in)
+					if trace != nil {
+						mark := ""
+						if !ok {
+							mark = " (no-op)"
+						}
+						trace(fmt.Sprintf("      >> %s%s", in, mark))
+					}
+				}
+			} else {
+				r.fault.next = s.fault
+			}
+		case stepLong:
+			now = now.Add(heartbeatEvery)
+			for k := range reps {
+				o := reps[(s.back+k)%len(reps)]
+				o.view.frozen = nil // a mirror lags by milliseconds, not seconds
+				if o.dead {
+					continue
+				}
+				if o.stall > 0 {
+					o.stall--
+					continue
+				}
+				o.rested = true
+				_ = o.pres.heartbeat(ctx)
+				_, _ = o.reap.dead(current(o))
+				if o.idx == leader {
+					reapNow()
+					removeNow()
+				}
+				flushOf(o, true)
+			}
+		case stepLead:
+			leader = r.idx
+		case stepDie:
+			if len(live()) == 1 || actor.comp != compNone {
+				return false
+			}
+			modelCoverage.deaths++
+			r.dead, r.open, r.since, r.real = true, map[int]int{}, map[int]time.Time{}, map[int]time.Time{}
+			r.fault.next, r.fault.race = faultNone, nil
+			if leader == r.idx {
+				leader = live()[0].idx
+			}
+		case stepStall:
+			// Stalls are shorter than modelRemoveAfter less the reaper's
+			// TTL (the model's assumption: a replica cut off from the
+			// store for as long as the offline removal takes loses its
+			// proxies' Dataplanes), so never back to back.
+			if r.stall > 0 || !r.rested {
+				return false
+			}
+			r.stall, r.rested = s.dur, false
 		}
+		return true
+	}
+	for i, s := range sc.steps {
+		now = now.Add(time.Duration(s.gapMicro) * time.Microsecond)
+		history = append(history, snapshotView(st, types))
+		for _, r := range reps {
+			if r.view.frozen != nil && i >= r.view.until {
+				r.view.frozen = nil
+			}
+		}
+		did := exec(i, s)
+		checkDataplanes(fmt.Sprintf("after step %d", i+1))
 		if trace != nil {
 			mark := ""
 			if !did {
@@ -377,8 +738,9 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 		}
 	}
 
-	// The end: every replica on the live mirror, caught up; repair and
-	// flush twice.
+	// The end: every live replica on the live mirror, caught up; long
+	// enough of heartbeats and reaping for the dead replicas' proxies to
+	// be reaped; then repair and flush twice.
 	mctx, cancel := context.WithCancel(ctx)
 	mirror := store.NewMirror(st, types, log)
 	var wg sync.WaitGroup
@@ -387,37 +749,55 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 	<-mirror.Ready()
 	for _, r := range reps {
 		r.view.frozen, r.view.live = nil, mirror
+		r.stall, r.fault.race = 0, nil
+	}
+	// (A minute and more: a registration is spared by the sweep for a
+	// minute.)
+	for range int(time.Minute/heartbeatEvery) + 3 {
+		now = now.Add(heartbeatEvery)
+		for _, r := range live() {
+			_ = r.pres.heartbeat(ctx)
+		}
+		waitCaughtUp(t, st, mirror)
+		for _, r := range live() {
+			_, _ = r.reap.dead(current(r))
+		}
+		reapNow()
+		removeNow()
+		waitCaughtUp(t, st, mirror)
+		for _, r := range live() {
+			flushOf(r, true)
+		}
+		checkDataplanes("at the end")
+		if trace != nil {
+			trace(fmt.Sprintf("end, %v later => %s", now.Sub(base), describeInsights(st, sc.proxies)))
+		}
 	}
 	for range 2 {
 		waitCaughtUp(t, st, mirror)
-		for _, r := range reps {
-			if !r.swept {
-				r.swept = r.pres.sweepPrevious(ctx)
-			}
-			r.pres.repair()
-			r.pres.flush(ctx)
+		for _, r := range live() {
+			flushOf(r, true)
 		}
 	}
 	// Settled: one more round writes nothing (no two replicas keep taking
 	// a proxy from each other).
 	waitCaughtUp(t, st, mirror)
 	before := snapshotView(st, types).Revision
-	for _, r := range reps {
-		r.pres.repair()
-		r.pres.flush(ctx)
+	for _, r := range live() {
+		flushOf(r, true)
 	}
 	settled := snapshotView(st, types).Revision == before
 	if trace != nil {
-		trace("end (repair+flush x2 on every replica) => " + describeInsights(st, sc.proxies))
+		trace("end (heartbeats, reaping, repair+flush on every live replica) => " + describeInsights(st, sc.proxies))
 	}
+	checkDataplanes("at the end")
 
-	var res modelResult
 	if !settled {
 		res.soft = append(res.soft, modelFailure{"unsettled", "a third repair+flush round still writes: " + describeInsights(st, sc.proxies)})
 	}
 	for p := range sc.proxies {
 		var holders []*replica
-		for _, r := range reps {
+		for _, r := range live() {
 			if r.open[p] > 0 {
 				holders = append(holders, r)
 			}
@@ -430,7 +810,13 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 		name := fmt.Sprintf("p%d", p)
 		if len(holders) == 0 {
 			if in != nil && in.Connected {
-				res.failures = append(res.failures, modelFailure{"stale-connected",
+				kind := "stale-connected"
+				for _, r := range reps {
+					if r.dead && r.name == in.Instance {
+						kind = "connected-to-dead"
+					}
+				}
+				res.failures = append(res.failures, modelFailure{kind,
 					fmt.Sprintf("%s held by no replica, insight says connected to %s since %s", name, in.Instance, in.ConnectedSince.Format("05.000000"))})
 			}
 			continue
@@ -483,6 +869,9 @@ func describeInsights(st store.Store, proxies int) string {
 		state := "off"
 		if in.Connected {
 			state = "on"
+		}
+		if _, err := st.Get(context.Background(), api.Key{Type: "Dataplane", Mesh: "default", Name: fmt.Sprintf("p%d", p)}); err != nil {
+			state += "(no dp)"
 		}
 		parts = append(parts, fmt.Sprintf("p%d:%s/%s@%s", p, state, in.Instance, in.ConnectedSince.Format("05.000000")))
 	}
@@ -542,6 +931,7 @@ func shrink(t testing.TB, sc modelScenario, kind string, isSoft bool) modelScena
 			used := false
 			for _, s := range sc.steps {
 				used = used || (s.proxy == sc.proxies-1 && s.kind <= stepNack)
+				used = used || (s.inner != nil && s.inner.proxy == sc.proxies-1 && s.inner.kind <= stepNack)
 			}
 			if used {
 				break
@@ -551,6 +941,11 @@ func shrink(t testing.TB, sc modelScenario, kind string, isSoft bool) modelScena
 			c.steps = nil
 			for _, s := range sc.steps {
 				s.proxy = min(s.proxy, c.proxies-1)
+				if s.inner != nil {
+					in := *s.inner
+					in.proxy = min(in.proxy, c.proxies-1)
+					s.inner = &in
+				}
 				c.steps = append(c.steps, s)
 			}
 			if !fails(c) {
@@ -561,7 +956,8 @@ func shrink(t testing.TB, sc modelScenario, kind string, isSoft bool) modelScena
 		for sc.replicas > 2 {
 			used := false
 			for _, s := range sc.steps {
-				used = used || (s.replica == sc.replicas-1 && s.kind != stepTick)
+				used = used || (s.replica == sc.replicas-1 && s.kind != stepTick && s.kind != stepLong && s.kind != stepReap && s.kind != stepRemove)
+				used = used || (s.inner != nil && s.inner.replica == sc.replicas-1 && s.inner.kind != stepReap && s.inner.kind != stepRemove)
 			}
 			if used {
 				break
@@ -572,6 +968,14 @@ func shrink(t testing.TB, sc modelScenario, kind string, isSoft bool) modelScena
 			c.steps = nil
 			for _, s := range sc.steps {
 				s.replica = min(s.replica, c.replicas-1)
+				if s.kind == stepLong {
+					s.back %= c.replicas
+				}
+				if s.inner != nil {
+					in := *s.inner
+					in.replica = min(in.replica, c.replicas-1)
+					s.inner = &in
+				}
 				c.steps = append(c.steps, s)
 			}
 			if !fails(c) {
@@ -641,12 +1045,15 @@ func TestPresenceModel(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	for seed := int64(0); seed < int64(seeds); seed++ {
+	for seed := *modelFirst; seed < *modelFirst+int64(seeds); seed++ {
 		res := runScenario(t, drawScenario(seed), nil)
 		note(hard, seed, res.failures)
 		note(soft, seed, res.soft)
 	}
 	t.Logf("%d seeds in %v", seeds, time.Since(start).Round(time.Millisecond))
+	c := modelCoverage
+	t.Logf("coverage: faults consumed unavailable %d, lost answer %d, generic %d, races %d; registrations refused %d; insights reaped %d (of live replicas %d); Dataplanes removed %d; replicas died %d",
+		c.faults[faultUnavailable], c.faults[faultLost], c.faults[faultGeneric], c.faults[faultRace], c.refused, c.reaped, c.reapedLive, c.removed, c.deaths)
 	report := func(m map[string]*firstOf, isSoft bool, out func(string, ...any)) {
 		kinds := make([]string, 0, len(m))
 		for k := range m {

@@ -91,10 +91,11 @@ func (r *reaper) reap(ctx context.Context, view *store.View) error {
 		return nil
 	}
 	var puts []api.Resource
+	now := r.now().UTC().Truncate(time.Microsecond) // as the store keeps times
 	for _, in := range dead {
 		next := api.DeepCopy(in) // carries its version: written only over what was judged
 		st := statusOf(next)
-		st.Connected, st.DisconnectedAt = false, store.Now()
+		st.Connected, st.DisconnectedAt = false, now
 		puts = append(puts, next)
 	}
 	if _, err := r.st.Apply(ctx, puts, nil); err != nil {

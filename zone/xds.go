@@ -331,18 +331,26 @@ func removeOffline(ctx context.Context, st store.Store, mirror ViewSource, after
 		case <-t.C:
 		}
 		view, _ := mirror.Current()
-		insights, err := store.All[*api.DataplaneInsight](view)
-		if err != nil {
+		if err := removeOfflineOnce(ctx, st, view, time.Now(), after, log); err != nil {
 			return err
 		}
-		cutoff := time.Now().Add(-after)
-		for _, in := range insights {
-			if in.Connected || in.DisconnectedAt.IsZero() || !in.DisconnectedAt.Before(cutoff) {
-				continue
-			}
-			removeGone(ctx, st, view, in, after, log)
-		}
 	}
+}
+
+// removeOfflineOnce is one pass of removeOffline over view, at now.
+func removeOfflineOnce(ctx context.Context, st store.Store, view *store.View, now time.Time, after time.Duration, log *zap.Logger) error {
+	insights, err := store.All[*api.DataplaneInsight](view)
+	if err != nil {
+		return err
+	}
+	cutoff := now.Add(-after)
+	for _, in := range insights {
+		if in.Connected || in.DisconnectedAt.IsZero() || !in.DisconnectedAt.Before(cutoff) {
+			continue
+		}
+		removeGone(ctx, st, view, in, after, log)
+	}
+	return nil
 }
 
 // removeGone deletes a long-gone proxy's Dataplane and insight in one
