@@ -20,13 +20,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
-// fixedSource is a Source over one catalogue.
-type fixedSource struct{ view *catalog.Catalog }
-
-func (f fixedSource) Current() (*catalog.Catalog, <-chan struct{}) {
-	return f.view, make(chan struct{})
-}
-
 // viewOf builds the catalogue of a view holding the given VirtualIPs,
 // through a real Mirror over a memory store.
 func viewOf(t *testing.T, vips ...*api.VirtualIPs) *catalog.Catalog {

@@ -32,14 +32,6 @@ func newIdentities(ttl time.Duration) *identities {
 	return &identities{ttl: ttl, certs: map[[2]string]issued{}}
 }
 
-// secrets returns the SDS secrets of service's identity in ca's mesh and
-// of ca, issuing a new identity when needed. They are shared: callers must
-// not modify them.
-func (c *identities) secrets(ca *api.MeshCA, service string, now time.Time) (xds.Resources, error) {
-	cur, err := c.current(ca, service, now)
-	return cur.secrets, err
-}
-
 // current returns service's identity in ca's mesh, issuing a new one when
 // needed.
 func (c *identities) current(ca *api.MeshCA, service string, now time.Time) (issued, error) {

@@ -57,9 +57,6 @@ type Presence struct {
 	instance string
 	log      *zap.Logger
 	now      func() time.Time
-	// started is when this process began: an insight naming this
-	// instance from before it is a previous process's.
-	started time.Time
 	// flushEvery is ackFlushEvery (tests shorten it).
 	flushEvery time.Duration
 
@@ -90,7 +87,7 @@ type nodePresence struct {
 // st and reading what is stored from mirror; the xDS server is given it
 // with SetPresence, and Start runs it.
 func NewPresence(st store.Store, mirror ViewSource, instance string, log *zap.Logger) *Presence {
-	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now, started: store.Now(), flushEvery: ackFlushEvery,
+	return &Presence{st: st, mirror: mirror, instance: instance, log: log, now: time.Now, flushEvery: ackFlushEvery,
 		nodes: map[string]*nodePresence{}, dirty: map[string]struct{}{}, registered: map[string]time.Time{}, kick: make(chan struct{}, 1)}
 }
 

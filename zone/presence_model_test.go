@@ -463,11 +463,10 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 	var reps []*replica
 	leader := 0
 	start := func(r *replica, step int) { // a new process
-		at := r.clock()
 		r.pres = NewPresence(r.fault, r.view, r.name, log)
 		r.pres.now = r.clock
 		r.reg.presence = r.pres
-		r.pres.started, r.swept, r.born = at.UTC().Truncate(time.Microsecond), false, step
+		r.swept, r.born = false, step
 		r.view.frozen = nil
 		r.reap = newReaper(r.fault, r.view, r.clock, r.name, log)
 		r.open, r.since, r.real = map[int]int{}, map[int]time.Time{}, map[int]time.Time{}
@@ -482,7 +481,7 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 		r.reg = registrar{st: virtualClockStore{Store: r.fault, now: r.clock}, zone: "zone-1", instance: r.name}
 		reps = append(reps, r)
 		start(r, 0)
-		r.pres.started, r.swept = base.Add(-time.Hour), true
+		r.swept = true
 	}
 	nodes := make([]*core.Node, sc.proxies)
 	for i := range nodes {

@@ -144,7 +144,6 @@ func TestSweepTriesAgain(t *testing.T) {
 	st := &failApply{Store: mem, err: store.ErrUnavailable}
 	st.fails.Store(1)
 	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
-	p.started = store.Now()
 	p.flushEvery = 50 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

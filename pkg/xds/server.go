@@ -33,7 +33,6 @@ import (
 type Node struct {
 	ID        string    `json:"id"`
 	Kind      Kind      `json:"kind"`
-	Connected bool      `json:"connected"`
 	Since     time.Time `json:"connectedSince"`
 	// Acked is the last version the proxy acknowledged, by type URL.
 	Acked map[string]string `json:"acked,omitempty"`
@@ -244,7 +243,7 @@ func (s *Server) SetResources(ctx context.Context, nodeID string, r Resources) e
 // racing a disconnection neither keeps a gone proxy's snapshot nor serves
 // it when the proxy comes back.
 func (s *Server) SetResourcesFor(ctx context.Context, n Node, r Resources) error {
-	if !s.holds(n, true) {
+	if !s.holds(n) {
 		return nil
 	}
 	err := s.SetResources(ctx, n.ID, r)
@@ -257,12 +256,12 @@ func (s *Server) SetResourcesFor(ctx context.Context, n Node, r Resources) error
 	return err
 }
 
-// holds reports whether n's connection is open (same since, when exact).
-func (s *Server) holds(n Node, exact bool) bool {
+// holds reports whether n's connection (its id and since) is open.
+func (s *Server) holds(n Node) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, ok := s.nodes[n.ID]
-	return ok && (!exact || cur.Since.Equal(n.Since))
+	return ok && cur.Since.Equal(n.Since)
 }
 
 func (s *Server) notify() {
@@ -347,7 +346,7 @@ func (s *Server) seen(stream int64, node *core.Node) {
 		return
 	}
 	kind := KindOf(node)
-	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Connected: true, Since: time.Now(), Acked: map[string]string{}}
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
 	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()
