@@ -287,17 +287,6 @@ func insightOf(id string, kind xds.Kind, status api.ProxyStatus) (api.Resource, 
 	return &api.DataplaneInsight{Meta: api.Meta{Type: "DataplaneInsight", Mesh: mesh, Name: name}, ProxyStatus: status}, nil
 }
 
-// statusOf returns an insight's status, nil for another type.
-func statusOf(r api.Resource) *api.ProxyStatus {
-	switch v := r.(type) {
-	case *api.DataplaneInsight:
-		return &v.ProxyStatus
-	case *api.ZoneIngressInsight:
-		return &v.ProxyStatus
-	}
-	return nil
-}
-
 // pending is one insight to write.
 type pending struct {
 	id   string
@@ -310,10 +299,10 @@ type pending struct {
 // connection (elsewhere) holds the proxy, or the connection that closed is
 // no longer the one the store records.
 func (p *Presence) decide(want api.Resource, gone bool, cur api.Resource) api.Resource {
-	mine := statusOf(want)
+	mine := api.StatusOf(want)
 	var st *api.ProxyStatus
 	if cur != nil {
-		st = statusOf(cur)
+		st = api.StatusOf(cur)
 	}
 	switch {
 	case gone && (st == nil || !st.Connected || st.Instance != p.instance || st.ConnectedSince.After(mine.ConnectedSince)):
@@ -563,7 +552,7 @@ func (p *Presence) redirty(todo []pending) {
 	defer p.mu.Unlock()
 	for _, t := range todo {
 		if _, ok := p.nodes[t.id]; !ok && t.gone {
-			mine := statusOf(t.want)
+			mine := api.StatusOf(t.want)
 			kind := xds.KindSidecar
 			if t.want.GetMeta().Type == "ZoneIngressInsight" {
 				kind = xds.KindIngress
@@ -610,7 +599,7 @@ func (p *Presence) repair() {
 			wrong = append(wrong, h.id)
 			continue
 		}
-		st := statusOf(cur)
+		st := api.StatusOf(cur)
 		if laterElsewhere(st, p.instance, h.since) {
 			continue
 		}
@@ -660,12 +649,12 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 				return false
 			}
 			for _, r := range items {
-				st := statusOf(r)
+				st := api.StatusOf(r)
 				if !st.Connected || st.Instance != p.instance || p.holdsInsight(r) {
 					continue
 				}
 				next := api.DeepCopy(r) // carries its version: conditional
-				ns := statusOf(next)
+				ns := api.StatusOf(next)
 				// Disconnected now, as far as anyone could tell: a replica
 				// that holds the proxy by an earlier connection has deferred
 				// to this one until now, and repairs it at its next flush,

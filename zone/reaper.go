@@ -94,7 +94,7 @@ func (r *reaper) reap(ctx context.Context, view *store.View) error {
 	now := r.now().UTC().Truncate(time.Microsecond) // as the store keeps times
 	for _, in := range dead {
 		next := api.DeepCopy(in) // carries its version: written only over what was judged
-		st := statusOf(next)
+		st := api.StatusOf(next)
 		st.Connected, st.DisconnectedAt = false, now
 		puts = append(puts, next)
 	}
@@ -105,7 +105,7 @@ func (r *reaper) reap(ctx context.Context, view *store.View) error {
 		return err
 	}
 	for _, in := range dead {
-		r.log.Info("proxy offline: its zone CP replica stopped renewing its heartbeat", zap.Stringer("insight", api.KeyOf(in)), zap.String("instance", statusOf(in).Instance))
+		r.log.Info("proxy offline: its zone CP replica stopped renewing its heartbeat", zap.Stringer("insight", api.KeyOf(in)), zap.String("instance", api.StatusOf(in).Instance))
 	}
 	return nil
 }
@@ -185,7 +185,7 @@ func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
 			return nil, err
 		}
 		for _, in := range items {
-			if st := statusOf(in); st.Connected && !alive(st.Instance) {
+			if st := api.StatusOf(in); st.Connected && !alive(st.Instance) {
 				out = append(out, in)
 			}
 		}

@@ -403,10 +403,8 @@ func SummaryOf(r Resource) Resource {
 // (SummaryOf): two insights of one proxy that differ at most in the versions
 // it ACKed, or any two resources that are the same.
 func SameSummary(a, b Resource) bool {
-	sa, sb := SummaryOf(a), SummaryOf(b)
-	pa, okA := statusOf(sa)
-	pb, okB := statusOf(sb)
-	if !okA || !okB {
+	pa, pb := StatusOf(a), StatusOf(b)
+	if pa == nil || pb == nil {
 		return a == b
 	}
 	return KeyOf(a) == KeyOf(b) && pa.Connected == pb.Connected && pa.Instance == pb.Instance && pa.Proxyless == pb.Proxyless &&
@@ -415,14 +413,16 @@ func SameSummary(a, b Resource) bool {
 		maps.Equal(a.GetMeta().Labels, b.GetMeta().Labels)
 }
 
-func statusOf(r Resource) (ProxyStatus, bool) {
+// StatusOf returns an insight's status (a pointer into it), nil for a
+// resource of another type.
+func StatusOf(r Resource) *ProxyStatus {
 	switch v := r.(type) {
 	case *DataplaneInsight:
-		return v.ProxyStatus, true
+		return &v.ProxyStatus
 	case *ZoneIngressInsight:
-		return v.ProxyStatus, true
+		return &v.ProxyStatus
 	}
-	return ProxyStatus{}, false
+	return nil
 }
 
 func (p *ProxyStatus) validateStatus(v *validator) {

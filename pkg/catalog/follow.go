@@ -91,12 +91,9 @@ func presenceDigest(view *store.View, typ string) uint64 {
 	var sum uint64
 	var buf [25]byte
 	for k, r := range items {
-		var p api.ProxyStatus
-		switch v := r.(type) {
-		case *api.DataplaneInsight:
-			p = v.ProxyStatus
-		case *api.ZoneIngressInsight:
-			p = v.ProxyStatus
+		p := api.StatusOf(r)
+		if p == nil {
+			continue
 		}
 		h := fnv.New64a()
 		h.Write([]byte(k.Mesh))
