@@ -31,9 +31,9 @@ import (
 // the configuration of these, and only of these, current. Whether a proxy
 // is up, for every replica to see, is the Presence's to record.
 type Node struct {
-	ID        string    `json:"id"`
-	Kind      Kind      `json:"kind"`
-	Since     time.Time `json:"connectedSince"`
+	ID    string    `json:"id"`
+	Kind  Kind      `json:"kind"`
+	Since time.Time `json:"connectedSince"`
 	// Acked is the last version the proxy acknowledged, by type URL.
 	Acked map[string]string `json:"acked,omitempty"`
 	// Current is the version of its configuration the CP publishes, by
