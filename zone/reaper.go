@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -42,19 +43,13 @@ func newReaper(st store.Store, mirror ViewSource, now func() time.Time, self str
 // watch follows the heartbeats every few seconds until ctx ends. Every
 // replica.
 func (r *reaper) watch(ctx context.Context) error {
-	t := time.NewTicker(heartbeatEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return run.Every(ctx, heartbeatEvery, func(context.Context) error {
 		view, _ := r.mirror.Current()
 		if _, err := r.dead(view); err != nil {
 			r.log.Warn("cannot read heartbeats", zap.Error(err))
 		}
-	}
+		return nil
+	})
 }
 
 // heartbeat is when the reaper last saw a replica's heartbeat change.
@@ -65,19 +60,13 @@ type heartbeat struct {
 
 // lead reaps every few seconds until ctx ends. Leader only.
 func (r *reaper) lead(ctx context.Context) error {
-	t := time.NewTicker(heartbeatEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return run.Every(ctx, heartbeatEvery, func(ctx context.Context) error {
 		view, _ := r.mirror.Current()
 		if err := r.reap(ctx, view); err != nil && ctx.Err() == nil {
 			r.log.Warn("cannot mark dead replicas' proxies offline", zap.Error(err))
 		}
-	}
+		return nil
+	})
 }
 
 // reap marks the dead replicas' proxies in view offline.

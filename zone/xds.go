@@ -17,6 +17,7 @@ import (
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
@@ -322,19 +323,10 @@ func offerServices(ctx context.Context, st store.Store, src CatalogSource, log *
 // as long. Each delete is conditional on the version it was decided from:
 // a proxy that reconnects meanwhile keeps its Dataplane. Leader only.
 func removeOffline(ctx context.Context, st store.Store, mirror ViewSource, after time.Duration, log *zap.Logger) error {
-	t := time.NewTicker(min(after/4, time.Minute))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return run.Every(ctx, min(after/4, time.Minute), func(ctx context.Context) error {
 		view, _ := mirror.Current()
-		if err := removeOfflineOnce(ctx, st, view, time.Now(), after, log); err != nil {
-			return err
-		}
-	}
+		return removeOfflineOnce(ctx, st, view, time.Now(), after, log)
+	})
 }
 
 // removeOfflineOnce is one pass of removeOffline over view, at now.

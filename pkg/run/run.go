@@ -157,3 +157,20 @@ func GRPCServer(srv *grpc.Server, ln net.Listener, grace time.Duration) Componen
 		return nil
 	})
 }
+
+// Every calls fn every d, the first time after d, until ctx ends (Every
+// then returns nil) or fn returns an error (returned as is).
+func Every(ctx context.Context, d time.Duration, fn func(ctx context.Context) error) error {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := fn(ctx); err != nil {
+			return err
+		}
+	}
+}

@@ -89,3 +89,24 @@ func TestHTTPServerFinishesInFlightRequests(t *testing.T) {
 		t.Fatalf("shutdown: %v", err)
 	}
 }
+
+// TestEvery: fn runs each tick until it fails (its error returned) or the
+// context ends (nil).
+func TestEvery(t *testing.T) {
+	calls := 0
+	stop := errors.New("stop")
+	err := Every(context.Background(), time.Millisecond, func(context.Context) error {
+		if calls++; calls == 3 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || calls != 3 {
+		t.Fatalf("Every = %v after %d calls, want stop after 3", err, calls)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Every(ctx, time.Hour, func(context.Context) error { return stop }); err != nil {
+		t.Fatalf("Every on an ended context = %v", err)
+	}
+}
