@@ -17,23 +17,22 @@ import (
 // registerIngress stores the ZoneIngress an ingress presents, keeping the
 // available services the zone computed.
 func registerIngress(ctx context.Context, st store.Store, zone string, node *core.Node, doc string) error {
-	r, err := api.DecodeAs([]byte(doc), "ZoneIngress")
-	if err == nil {
-		err = api.Validate(r)
-	}
+	r, err := presented(doc, "ZoneIngress")
 	if err != nil {
-		return fmt.Errorf("presented zone ingress: %w", err)
+		return err
 	}
 	ing := r.(*api.ZoneIngress)
-	unversioned(&ing.Meta)
 	if ing.Name != node.GetId() {
 		return fmt.Errorf("presented zone ingress is %s, but the node id is %s", ing.Name, node.GetId())
 	}
 	if ing.Zone != zone {
 		return fmt.Errorf("presented zone ingress is for zone %q; this is zone %q", ing.Zone, zone)
 	}
-	if cur, err := st.Get(ctx, api.KeyOf(ing)); err == nil {
+	switch cur, err := st.Get(ctx, api.KeyOf(ing)); {
+	case err == nil:
 		ing.AvailableServices = cur.(*api.ZoneIngress).AvailableServices
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("register %s: %w", api.KeyOf(ing), err) // or its offers would be wiped
 	}
 	_, err = st.Apply(ctx, []api.Resource{ing}, nil)
 	return err
@@ -66,15 +65,11 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 	if doc == "" {
 		return nil
 	}
-	r, err := api.DecodeAs([]byte(doc), "Dataplane")
-	if err == nil {
-		err = api.Validate(r)
-	}
+	r, err := presented(doc, "Dataplane")
 	if err != nil {
-		return fmt.Errorf("presented dataplane: %w", err)
+		return err
 	}
 	dp := r.(*api.Dataplane)
-	unversioned(&dp.Meta)
 	if id := xds.NodeID(dp.Mesh, dp.Name); id != node.GetId() {
 		return fmt.Errorf("presented dataplane is %s, but the node id is %s", id, node.GetId())
 	}
@@ -135,9 +130,18 @@ func connectedInsight(ctx context.Context, st store.Store, dp *api.Dataplane, in
 	return in, nil
 }
 
-// unversioned drops what the store sets from a presented resource: its
-// registration is an upsert, never conditional on a version the proxy
-// happens to name.
-func unversioned(m *api.Meta) {
+// presented decodes and validates the resource of type typ a proxy
+// presents, without what the store sets: its registration is an upsert,
+// never conditional on a version the proxy happens to name.
+func presented(doc, typ string) (api.Resource, error) {
+	r, err := api.DecodeAs([]byte(doc), typ)
+	if err == nil {
+		err = api.Validate(r)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("presented %s: %w", typ, err)
+	}
+	m := r.GetMeta()
 	m.Version, m.CreationTime, m.ModificationTime = 0, time.Time{}, time.Time{}
+	return r, nil
 }
