@@ -2,7 +2,6 @@ package ingress
 
 import (
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,15 +18,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // catalogue.
 func catalogFrom(t *testing.T, file string) *catalog.Catalog {
 	t.Helper()
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, errs := api.DecodeAll(data)
-	if len(errs) > 0 {
-		t.Fatalf("%s: %v", file, errs)
-	}
-	return catalog.FromResources("zone-1", rs)
+	return catalog.FromResources("zone-1", xdstest.Inputs(t, file))
 }
 
 // TestGolden runs the ingress generator on each case under testdata; the

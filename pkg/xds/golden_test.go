@@ -2,7 +2,6 @@ package xds
 
 import (
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,14 +18,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // "zone-1", and returns the first Dataplane and ZoneIngress of the file.
 func stateFrom(t *testing.T, file string) (*State, *api.Dataplane, *api.ZoneIngress) {
 	t.Helper()
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, errs := api.DecodeAll(data)
-	if len(errs) > 0 {
-		t.Fatalf("%s: %v", file, errs)
-	}
+	rs := xdstest.Inputs(t, file)
 	var dp *api.Dataplane
 	var ing *api.ZoneIngress
 	for _, r := range rs {

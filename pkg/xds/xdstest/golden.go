@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // Render writes resources as YAML, ordered by type and name, so that the
@@ -81,4 +83,18 @@ func label(t resource.Type) string {
 		return "secret"
 	}
 	return t
+}
+
+// Inputs reads a generator case: a multi-document YAML of resources.
+func Inputs(t testing.TB, file string) []api.Resource {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, errs := api.DecodeAll(data)
+	if len(errs) > 0 {
+		t.Fatalf("%s: %v", file, errs)
+	}
+	return rs
 }
