@@ -130,7 +130,7 @@ spec:
 		os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}\n",
 			name, port(freeAddr(t)), port(app), service)), 0o600)
 		admin := freeAddr(t)
-		p := start(t, "ursa-dp", "run", "--cp-address", "grpc://"+zones[zoneName].xds, "--dataplane-file", file, "--admin-addr", admin)
+		p := start(t, "ursa-dp", append(append([]string{"run"}, zones[zoneName].cp.sidecarFlags(t, "default", service)...), "--dataplane-file", file, "--admin-addr", admin)...)
 		waitReady(t, "http://"+admin+"/ready", p)
 	}
 	ingress := func(zoneName string) *tap {
@@ -139,7 +139,7 @@ spec:
 		file := filepath.Join(dir, zoneName+"-ingress.yaml")
 		os.WriteFile(file, []byte(fmt.Sprintf("type: ZoneIngress\nname: ingress\nzone: %s\nnetworking: {address: 127.0.0.1, port: %s, advertisedAddress: 127.0.0.1, advertisedPort: %s}\n",
 			zoneName, port(listen), port(tp.addr))), 0o600)
-		start(t, "ursa-dp", "ingress", "--cp-address", "grpc://"+zones[zoneName].xds, "--zone-ingress-file", file, "--admin-addr", freeAddr(t))
+		start(t, "ursa-dp", append(append([]string{"ingress"}, zones[zoneName].cp.ingressFlags(t, zoneName)...), "--zone-ingress-file", file, "--admin-addr", freeAddr(t))...)
 		return tp
 	}
 	dataplane("zone-2", "billing-2", "billing", echo(t, "billing in zone-2"))

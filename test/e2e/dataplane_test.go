@@ -46,7 +46,7 @@ func port(addr string) string {
 // plaintext, and a DENY written later refuses new connections.
 func TestSidecarTraffic(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1", "--vip-cidr", "127.240.0.0/16")
-	xdsAddr, dnsAddr := zone.xds, zone.dns
+	dnsAddr := zone.dns
 	ctl(t, zone.api, `
 type: Mesh
 name: default
@@ -73,9 +73,7 @@ networking:
   - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}
 `, name, port(inbound), port(app), service)), 0o600)
 		admin := freeAddr(t)
-		token := filepath.Join(dir, name+".token")
-		os.WriteFile(token, []byte(ctl(t, zone.api, "", "generate", "dataplane-token", "--mesh", "default", "--service", service)), 0o600)
-		p := start(t, "ursa-dp", "run", "--cp-address", "grpc://"+xdsAddr, "--dataplane-file", file, "--token-file", token, "--admin-addr", admin)
+		p := start(t, "ursa-dp", append(append([]string{"run"}, zone.sidecarFlags(t, "default", service)...), "--dataplane-file", file, "--admin-addr", admin)...)
 		waitReady(t, "http://"+admin+"/ready", p)
 		return p
 	}

@@ -88,6 +88,21 @@ func (c *cp) get(t testing.TB, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// sidecarFlags are the flags with which a sidecar of service in mesh
+// reaches this zone CP's xDS server: its address and whatever the zone
+// requires of a proxy. Every ursa-dp run in these tests takes them from
+// here, so a change of what a zone requires is made once.
+func (c *cp) sidecarFlags(t testing.TB, mesh, service string) []string {
+	t.Helper()
+	return []string{"--cp-address", "grpc://" + c.xds}
+}
+
+// ingressFlags are sidecarFlags for a zone ingress of zone.
+func (c *cp) ingressFlags(t testing.TB, zone string) []string {
+	t.Helper()
+	return []string{"--cp-address", "grpc://" + c.xds}
+}
+
 func (c *cp) has(t testing.TB, path string) bool {
 	code, _ := c.get(t, path)
 	return code == 200

@@ -74,13 +74,13 @@ func TestServiceTrafficIsMeasured(t *testing.T) {
 	_, pemCA := global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(dir, "ca.pem")
 	os.WriteFile(ca, []byte(pemCA), 0o600)
-	xds, dns := map[string]string{}, map[string]string{}
+	cps, dns := map[string]*cp{}, map[string]string{}
 	for i, name := range []string{"zone-1", "zone-2"} {
 		token := filepath.Join(dir, name+".token")
 		os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", name)), 0o600)
 		z := startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+kdsAddr, "--global-kds-ca-file", ca,
 			"--zone-token-file", token, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 212+i))
-		xds[name], dns[name] = z.xds, z.dns
+		cps[name], dns[name] = z, z.dns
 	}
 	ctl(t, global.api, `
 type: Mesh
@@ -99,14 +99,14 @@ spec:
 		os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}\n",
 			name, port(freeAddr(t)), port(app), service)), 0o600)
 		admin := freeAddr(t)
-		p := start(t, "ursa-dp", "run", "--cp-address", "grpc://"+xds[zone], "--dataplane-file", file, "--admin-addr", admin)
+		p := start(t, "ursa-dp", append(append([]string{"run"}, cps[zone].sidecarFlags(t, "default", service)...), "--dataplane-file", file, "--admin-addr", admin)...)
 		waitReady(t, "http://"+admin+"/ready", p)
 	}
 	for _, zone := range []string{"zone-1", "zone-2"} {
 		listen := freeAddr(t)
 		file := filepath.Join(dir, zone+"-ingress.yaml")
 		os.WriteFile(file, []byte(fmt.Sprintf("type: ZoneIngress\nname: ingress\nzone: %s\nnetworking: {address: 127.0.0.1, port: %s}\n", zone, port(listen))), 0o600)
-		start(t, "ursa-dp", "ingress", "--cp-address", "grpc://"+xds[zone], "--zone-ingress-file", file, "--admin-addr", freeAddr(t))
+		start(t, "ursa-dp", append(append([]string{"ingress"}, cps[zone].ingressFlags(t, zone)...), "--zone-ingress-file", file, "--admin-addr", freeAddr(t))...)
 	}
 	poll(t, "the mesh in both zones", func() bool {
 		out, _, err := ctlResult(global.api, "", "inspect", "zones")

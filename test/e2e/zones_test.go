@@ -37,6 +37,7 @@ type instance struct {
 	app     net.Listener
 	sidecar *proc
 	args    []string
+	file    string // its Dataplane
 	reply   string
 }
 
@@ -130,7 +131,7 @@ func (m *meshZones) startIngress(zone string) {
 		os.WriteFile(file, []byte(fmt.Sprintf("type: ZoneIngress\nname: ingress\nzone: %s\nnetworking: {address: 127.0.0.1, port: %s, advertisedAddress: 127.0.0.1, advertisedPort: %s}\n",
 			zone, port(listen), port(listen))), 0o600)
 		admin := freeAddr(m.t)
-		z.ingArgs = []string{"ingress", "--cp-address", "grpc://" + z.xds, "--zone-ingress-file", file, "--admin-addr", admin}
+		z.ingArgs = append(append([]string{"ingress"}, z.cp.ingressFlags(m.t, zone)...), "--zone-ingress-file", file, "--admin-addr", admin)
 	}
 	// Not waited for: an ingress is ready once its zone has something to
 	// offer, which callers wait for.
@@ -144,8 +145,8 @@ func (m *meshZones) startInstance(zone, name, service, reply string, flags ...st
 	file := filepath.Join(m.dir, name+".yaml")
 	os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}\n",
 		name, port(freeAddr(m.t)), port(freeAddr(m.t)), service)), 0o600)
-	in := &instance{reply: reply, args: append(append([]string{"run", "--cp-address", "grpc://" + m.zones[zone].xds, "--dataplane-file", file}, flags...),
-		"--admin-addr", freeAddr(m.t))}
+	in := &instance{reply: reply, file: file, args: append(append(append([]string{"run"}, m.zones[zone].cp.sidecarFlags(m.t, "default", service)...),
+		append([]string{"--dataplane-file", file}, flags...)...), "--admin-addr", freeAddr(m.t))}
 	m.restart(in)
 	return in
 }
@@ -153,7 +154,7 @@ func (m *meshZones) startInstance(zone, name, service, reply string, flags ...st
 // restart brings a killed instance back, on the same ports.
 func (m *meshZones) restart(in *instance) {
 	m.t.Helper()
-	data, err := os.ReadFile(in.args[4])
+	data, err := os.ReadFile(in.file)
 	if err != nil {
 		m.t.Fatal(err)
 	}
