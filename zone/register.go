@@ -9,6 +9,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
@@ -66,6 +67,13 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 			return xds.NotCovered(errors.New("a ZoneIngress is registered only with an ingress token"))
 		}
 		return registerIngress(ctx, st, zone, node, doc)
+	}
+	if csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue(); csr != "" {
+		// Refused here, with the reason, rather than leave the proxy
+		// without an identity it never learns why it lacks.
+		if _, err := mtls.ParseCSR([]byte(csr)); err != nil {
+			return fmt.Errorf("presented %w", err)
+		}
 	}
 	doc := node.GetMetadata().GetFields()[api.MetadataDataplane].GetStringValue()
 	if doc == "" {
