@@ -23,7 +23,7 @@ func FuzzVerifyZoneToken(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	key, err := i.loadKey(ctx, 1)
+	key, err := i.ring.load(ctx, 1)
 	if err != nil {
 		f.Fatal(err)
 	}

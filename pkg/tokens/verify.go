@@ -2,14 +2,12 @@ package tokens
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-
-	"github.com/ursamesh/ursa/pkg/store"
 )
 
 // VerifyZoneToken checks token and returns the zone it names. See
@@ -36,40 +34,10 @@ func (i *Issuer) VerifyZoneToken(ctx context.Context, token string) (string, err
 // "try again later", not as a verdict. The keys are read from the store on
 // every call, so a rotation on any replica takes effect at once.
 func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneClaims, error) {
-	token = strings.TrimSpace(token)
-	switch {
-	case token == "":
-		return ZoneClaims{}, fmt.Errorf("verify zone token: %w: no token was given", ErrTokenMissing)
-	case len(token) > MaxTokenSize:
-		return ZoneClaims{}, fmt.Errorf("verify zone token: %w: longer than %d bytes", ErrTokenMalformed, MaxTokenSize)
-	}
-	var (
-		claims zoneClaims
-		serial int
-		keyErr error // why the keyfunc failed, already worded for the caller
-	)
-	parser := jwt.NewParser(
-		jwt.WithValidMethods([]string{alg}),
-		jwt.WithExpirationRequired(),
-		jwt.WithTimeFunc(i.now),
-		jwt.WithStrictDecoding(),
-	)
-	tok, err := parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
-		n, err := kidSerial(t.Header["kid"])
-		if err != nil {
-			keyErr = err
-			return nil, err
-		}
-		serial = n
-		pub, err := i.verificationKey(ctx, n)
-		if err != nil {
-			keyErr = err
-			return nil, err
-		}
-		return pub, nil
-	})
+	var claims zoneClaims
+	serial, err := verifyJWT(ctx, token, "zone", &claims, i.ring, i.now)
 	if err != nil {
-		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", classify(tok, &claims, keyErr, err))
+		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", err)
 	}
 	if err := CheckZoneName(claims.Zone); err != nil {
 		return ZoneClaims{}, fmt.Errorf("verify zone token: %w: zone claim: %v", ErrTokenMalformed, err)
@@ -84,36 +52,55 @@ func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneC
 	return out, nil
 }
 
-// verificationKey returns the public key of serial if that key is the newest
-// one. Errors wrap ErrTokenSignature for a key that is gone or replaced, and
-// the store's error otherwise.
-func (i *Issuer) verificationKey(ctx context.Context, serial int) (ed25519.PublicKey, error) {
-	priv, err := i.loadKey(ctx, serial)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: signed with an unknown or rotated key (kid %d)", ErrTokenSignature, serial)
-	}
-	if err != nil {
-		return nil, err
-	}
-	// See the package comment: the key is current exactly when serial+1
-	// does not exist.
-	_, err = i.store.Get(ctx, signingKeyKey(serial+1))
+// verifyJWT checks what every token signed from a key ring must be, and
+// decodes its claims into claims: a JWT (surrounding white space ignored)
+// of at most MaxTokenSize bytes with alg EdDSA (every other algorithm is
+// refused before any key is looked at), a kid that keys says is current, a
+// signature by that key, and an exp in the future. It returns the kid's
+// serial. A refused token is an error wrapping exactly one of the package's
+// verdicts; any other error is the keys' (a store that is down). kind
+// ("zone") names the tokens in messages.
+func verifyJWT(ctx context.Context, token, kind string, claims jwt.Claims, keys keySource, now func() time.Time) (int, error) {
+	token = strings.TrimSpace(token)
 	switch {
-	case err == nil:
-		return nil, fmt.Errorf("%w: signed with an unknown or rotated key (kid %d has been rotated)", ErrTokenSignature, serial)
-	case !errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("read signing key %d: %w", serial+1, err)
+	case token == "":
+		return 0, fmt.Errorf("%w: no token was given", ErrTokenMissing)
+	case len(token) > MaxTokenSize:
+		return 0, fmt.Errorf("%w: longer than %d bytes", ErrTokenMalformed, MaxTokenSize)
 	}
-	pub, ok := priv.Public().(ed25519.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("read signing key %d: no Ed25519 public key", serial)
+	var (
+		serial int
+		keyErr error // why the keyfunc failed, already worded for the caller
+	)
+	parser := jwt.NewParser(
+		jwt.WithValidMethods([]string{alg}),
+		jwt.WithExpirationRequired(),
+		jwt.WithTimeFunc(now),
+		jwt.WithStrictDecoding(),
+	)
+	tok, err := parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		n, err := kidSerial(t.Header["kid"])
+		if err != nil {
+			keyErr = err
+			return nil, err
+		}
+		serial = n
+		pub, err := keys.verificationKey(ctx, n)
+		if err != nil {
+			keyErr = err
+			return nil, err
+		}
+		return pub, nil
+	})
+	if err != nil {
+		return 0, classify(tok, kind, claims, keyErr, err)
 	}
-	return pub, nil
+	return serial, nil
 }
 
 // classify turns the parser's error into one of the package's verdicts, or
 // passes on the keyfunc's own error. tok may be nil.
-func classify(tok *jwt.Token, claims *zoneClaims, keyErr, err error) error {
+func classify(tok *jwt.Token, kind string, claims jwt.Claims, keyErr, err error) error {
 	if keyErr != nil {
 		return keyErr
 	}
@@ -126,14 +113,18 @@ func classify(tok *jwt.Token, claims *zoneClaims, keyErr, err error) error {
 		case !ok:
 			return fmt.Errorf("%w: the header has no alg", ErrTokenMalformed)
 		case a != alg:
-			return fmt.Errorf("%w: algorithm %q is refused: zone tokens are signed with %s", ErrTokenSignature, a, alg)
+			return fmt.Errorf("%w: algorithm %q is refused: %s tokens are signed with %s", ErrTokenSignature, a, kind, alg)
 		}
 	}
 	switch {
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
 		return fmt.Errorf("%w: the signature does not match: the token was altered, or signed with an unknown or rotated key", ErrTokenSignature)
 	case errors.Is(err, jwt.ErrTokenExpired):
-		return fmt.Errorf("%w: it expired at %s", ErrTokenExpired, claims.ExpiresAt.UTC().Format("2006-01-02T15:04:05Z"))
+		exp, _ := claims.GetExpirationTime()
+		if exp == nil {
+			return fmt.Errorf("%w", ErrTokenExpired)
+		}
+		return fmt.Errorf("%w: it expired at %s", ErrTokenExpired, exp.UTC().Format("2006-01-02T15:04:05Z"))
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
 		return fmt.Errorf("%w: it has no exp claim", ErrTokenMalformed)
 	}
