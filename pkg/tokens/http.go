@@ -9,15 +9,21 @@ import (
 	"net/http"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// REST paths of the handlers, served by the global CP only.
+// REST paths of the handlers. Zone tokens are served by the global CP only;
+// user tokens by the global and by standalone zone CPs (a federated zone
+// answers that the global issues them).
 const (
 	PathZoneToken           = "/tokens/zone"
 	PathZoneTokenSigningKey = "/tokens/zone/signing-key"
+	PathUserToken           = "/tokens/user"
+	PathUserTokenSigningKey = "/tokens/user/signing-key"
 )
 
 // opTimeout bounds the store work of one request, so that a hung database
@@ -36,8 +42,21 @@ type ZoneTokenResponse struct {
 	Token string `json:"token"`
 }
 
-// SigningKeyResponse is the answer to POST /tokens/zone/signing-key: the
-// serial of the key that now signs.
+// UserTokenRequest is the body of POST /tokens/user. Group is admin or
+// readonly; ValidFor is a Go duration, empty for DefaultUserValidity.
+type UserTokenRequest struct {
+	Name     string `json:"name"`
+	Group    string `json:"group"`
+	ValidFor string `json:"validFor,omitempty"`
+}
+
+// UserTokenResponse is the answer to POST /tokens/user.
+type UserTokenResponse struct {
+	Token string `json:"token"`
+}
+
+// SigningKeyResponse is the answer to POST /tokens/zone/signing-key and
+// POST /tokens/user/signing-key: the serial of the key that now signs.
 type SigningKeyResponse struct {
 	Serial int `json:"serial"`
 }
@@ -56,39 +75,16 @@ func (i *Issuer) Handlers() map[string]http.Handler {
 
 func (i *Issuer) serveIssue(w http.ResponseWriter, r *http.Request) {
 	var req ZoneTokenRequest
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			apiserver.WriteError(w, http.StatusRequestEntityTooLarge, "Request body too large",
-				fmt.Sprintf("the body exceeds the limit of %d bytes", tooBig.Limit))
-			return
-		}
-		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request",
-			fmt.Sprintf(`the body is not {"zone": NAME, "validFor": DURATION}: %v`, err))
-		return
-	}
-	if dec.More() {
-		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", "the body holds more than one JSON value")
+	if !decodeRequest(w, r, &req, `{"zone": NAME, "validFor": DURATION}`) {
 		return
 	}
 	var causes []api.FieldError
 	if err := CheckZoneName(req.Zone); err != nil {
 		causes = append(causes, api.FieldError{Field: "zone", Message: err.Error()})
 	}
-	var validFor time.Duration
-	if req.ValidFor != "" {
-		d, err := time.ParseDuration(req.ValidFor)
-		if err == nil {
-			err = CheckValidity(d)
-		} else {
-			err = fmt.Errorf("%q is not a duration: use a number and a unit, such as 720h or 90m", req.ValidFor)
-		}
-		if err != nil {
-			causes = append(causes, api.FieldError{Field: "validFor", Message: err.Error()})
-		}
-		validFor = d
+	validFor, cause := parseValidity(req.ValidFor)
+	if cause != nil {
+		causes = append(causes, *cause)
 	}
 	if len(causes) > 0 {
 		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the zone token request is not valid", causes...)
@@ -102,6 +98,47 @@ func (i *Issuer) serveIssue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	apiserver.WriteJSON(w, http.StatusOK, ZoneTokenResponse{Token: token})
+}
+
+// decodeRequest decodes the single JSON object of r's body into v, refusing
+// unknown fields; an empty body leaves v as it is. It answers a bad body
+// itself, naming shape as what the body should be, and then returns false.
+func decodeRequest(w http.ResponseWriter, r *http.Request, v any, shape string) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			apiserver.WriteError(w, http.StatusRequestEntityTooLarge, "Request body too large",
+				fmt.Sprintf("the body exceeds the limit of %d bytes", tooBig.Limit))
+			return false
+		}
+		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", fmt.Sprintf("the body is not %s: %v", shape, err))
+		return false
+	}
+	if dec.More() {
+		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", "the body holds more than one JSON value")
+		return false
+	}
+	return true
+}
+
+// parseValidity reads a request's validFor: empty is zero (the default),
+// else a Go duration CheckValidity accepts. A bad one is the cause to report.
+func parseValidity(s string) (time.Duration, *api.FieldError) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err == nil {
+		err = CheckValidity(d)
+	} else {
+		err = fmt.Errorf("%q is not a duration: use a number and a unit, such as 720h or 90m", s)
+	}
+	if err != nil {
+		return 0, &api.FieldError{Field: "validFor", Message: err.Error()}
+	}
+	return d, nil
 }
 
 func (i *Issuer) serveRotate(w http.ResponseWriter, r *http.Request) {
@@ -119,6 +156,10 @@ func (i *Issuer) serveRotate(w http.ResponseWriter, r *http.Request) {
 // errors of this package never carry key material, so their text is safe to
 // send.
 func writeStoreError(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrNotIssuedHere) {
+		apiserver.WriteError(w, http.StatusForbidden, "Not issued here", err.Error())
+		return
+	}
 	if errors.Is(err, ErrInvalidArgument) {
 		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", err.Error())
 		return
@@ -129,4 +170,65 @@ func writeStoreError(w http.ResponseWriter, err error) {
 		return
 	}
 	apiserver.WriteError(w, http.StatusInternalServerError, "Internal error", err.Error())
+}
+
+// Handlers returns the REST endpoints of user tokens, by ServeMux pattern,
+// for apiserver.Deps.Extra, behind the API's authentication, which lets only
+// admins POST: POST /tokens/user issues a token, and POST
+// /tokens/user/signing-key rotates the signing key, revoking every user token
+// issued before. In a federated zone both answer 403, naming the global.
+func (u *UserTokens) Handlers() map[string]http.Handler {
+	return map[string]http.Handler{
+		"POST " + PathUserToken:           http.HandlerFunc(u.serveIssue),
+		"POST " + PathUserTokenSigningKey: http.HandlerFunc(u.serveRotate),
+	}
+}
+
+func (u *UserTokens) serveIssue(w http.ResponseWriter, r *http.Request) {
+	var req UserTokenRequest
+	if !decodeRequest(w, r, &req, `{"name": NAME, "group": "admin"|"readonly", "validFor": DURATION}`) {
+		return
+	}
+	if u.global != "" {
+		writeStoreError(w, u.notIssuedHere("issue user token"))
+		return
+	}
+	var causes []api.FieldError
+	if err := CheckUserName(req.Name); err != nil {
+		causes = append(causes, api.FieldError{Field: "name", Message: err.Error()})
+	}
+	if err := CheckGroup(req.Group); err != nil {
+		causes = append(causes, api.FieldError{Field: "group", Message: err.Error()})
+	}
+	validFor, cause := parseValidity(req.ValidFor)
+	if cause != nil {
+		causes = append(causes, *cause)
+	}
+	if len(causes) > 0 {
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the user token request is not valid", causes...)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
+	defer cancel()
+	token, err := u.Issue(ctx, req.Name, req.Group, validFor)
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	by, _ := apiserver.UserFrom(r.Context())
+	u.log.Info("issued a user token", zap.String("name", req.Name), zap.String("group", req.Group), zap.String("by", by.Name))
+	apiserver.WriteJSON(w, http.StatusOK, UserTokenResponse{Token: token})
+}
+
+func (u *UserTokens) serveRotate(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
+	defer cancel()
+	serial, err := u.RotateKey(ctx)
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	by, _ := apiserver.UserFrom(r.Context())
+	u.log.Info("rotated the user-token signing key: every older user token is revoked", zap.Int("serial", serial), zap.String("by", by.Name))
+	apiserver.WriteJSON(w, http.StatusOK, SigningKeyResponse{Serial: serial})
 }
