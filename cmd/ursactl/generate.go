@@ -8,13 +8,13 @@ import (
 )
 
 // generateWhat lists what generate makes, for its usage errors.
-const generateWhat = "zone-token, zone-token-signing-key or dataplane-token"
+const generateWhat = "zone-token, zone-token-signing-key, dataplane-token, user-token or user-token-signing-key"
 
-// newGenerateCmd builds "generate zone-token|zone-token-signing-key".
+// newGenerateCmd builds "generate WHAT".
 func newGenerateCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "generate zone-token|zone-token-signing-key",
-		Short: "Generate zone tokens, or rotate the key that signs them",
+		Use:   "generate zone-token|zone-token-signing-key|dataplane-token|user-token|user-token-signing-key",
+		Short: "Generate tokens, or rotate the keys that sign them",
 		// Without RunE cobra would print the help and succeed on a
 		// misspelt subcommand.
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -25,6 +25,7 @@ func newGenerateCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(newGenerateZoneTokenCmd(a), newRotateZoneTokenKeyCmd(a), newGenerateDataplaneTokenCmd(a))
+	cmd.AddCommand(newGenerateUserTokenCmd(a), newRotateUserTokenKeyCmd(a))
 	return cmd
 }
 
