@@ -68,6 +68,9 @@ func PublishUserKeys(ctx context.Context, st store.Store, changes Changes, log *
 	for {
 		_, changed := changes.Current()
 		if err := publishOnce(ctx, st, ring, log); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return fmt.Errorf("publish user token keys: %w", err)
 		}
 		select {
