@@ -2,10 +2,10 @@ package apiserver_test
 
 import (
 	"context"
-	"fmt"
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
