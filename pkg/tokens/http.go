@@ -37,10 +37,14 @@ type ZoneTokenRequest struct {
 	ValidFor string `json:"validFor,omitempty"`
 }
 
-// ZoneTokenResponse is the answer to POST /tokens/zone.
-type ZoneTokenResponse struct {
+// TokenResponse is the answer to a request for a token (POST /tokens/zone,
+// /tokens/user, /tokens/dataplane).
+type TokenResponse struct {
 	Token string `json:"token"`
 }
+
+// ZoneTokenResponse is the answer to POST /tokens/zone.
+type ZoneTokenResponse = TokenResponse
 
 // UserTokenRequest is the body of POST /tokens/user. Group is admin or
 // readonly; ValidFor is a Go duration, empty for DefaultUserValidity.
@@ -48,11 +52,6 @@ type UserTokenRequest struct {
 	Name     string `json:"name"`
 	Group    string `json:"group"`
 	ValidFor string `json:"validFor,omitempty"`
-}
-
-// UserTokenResponse is the answer to POST /tokens/user.
-type UserTokenResponse struct {
-	Token string `json:"token"`
 }
 
 // SigningKeyResponse is the answer to POST /tokens/zone/signing-key and
@@ -78,26 +77,42 @@ func (i *Issuer) serveIssue(w http.ResponseWriter, r *http.Request) {
 	if !decodeRequest(w, r, &req, `{"zone": NAME, "validFor": DURATION}`) {
 		return
 	}
+	validFor, err := parseValidity(req.ValidFor)
+	checks := []fieldCheck{{"zone", CheckZoneName(req.Zone)}, {"validFor", err}}
+	answerIssue(w, r, "zone", checks, func(ctx context.Context) (string, error) {
+		return i.IssueZoneToken(ctx, req.Zone, validFor)
+	})
+}
+
+// fieldCheck is the verdict of one field of a request: nil when it is good.
+type fieldCheck struct {
+	field string
+	err   error
+}
+
+// answerIssue answers a request for a kind ("zone") of token: 400 listing
+// every field whose check failed, else the token issue makes, or its error.
+// It reports whether it answered with a token.
+func answerIssue(w http.ResponseWriter, r *http.Request, kind string, checks []fieldCheck, issue func(context.Context) (string, error)) bool {
 	var causes []api.FieldError
-	if err := CheckZoneName(req.Zone); err != nil {
-		causes = append(causes, api.FieldError{Field: "zone", Message: err.Error()})
-	}
-	validFor, cause := parseValidity(req.ValidFor)
-	if cause != nil {
-		causes = append(causes, *cause)
+	for _, c := range checks {
+		if c.err != nil {
+			causes = append(causes, api.FieldError{Field: c.field, Message: c.err.Error()})
+		}
 	}
 	if len(causes) > 0 {
-		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the zone token request is not valid", causes...)
-		return
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the "+kind+" token request is not valid", causes...)
+		return false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
 	defer cancel()
-	token, err := i.IssueZoneToken(ctx, req.Zone, validFor)
+	token, err := issue(ctx)
 	if err != nil {
 		writeStoreError(w, err)
-		return
+		return false
 	}
-	apiserver.WriteJSON(w, http.StatusOK, ZoneTokenResponse{Token: token})
+	apiserver.WriteJSON(w, http.StatusOK, TokenResponse{Token: token})
+	return true
 }
 
 // decodeRequest decodes the single JSON object of r's body into v, refusing
@@ -124,32 +139,34 @@ func decodeRequest(w http.ResponseWriter, r *http.Request, v any, shape string) 
 }
 
 // parseValidity reads a request's validFor: empty is zero (the default),
-// else a Go duration CheckValidity accepts. A bad one is the cause to report.
-func parseValidity(s string) (time.Duration, *api.FieldError) {
+// else a Go duration CheckValidity accepts.
+func parseValidity(s string) (time.Duration, error) {
 	if s == "" {
 		return 0, nil
 	}
 	d, err := time.ParseDuration(s)
-	if err == nil {
-		err = CheckValidity(d)
-	} else {
-		err = fmt.Errorf("%q is not a duration: use a number and a unit, such as 720h or 90m", s)
-	}
 	if err != nil {
-		return 0, &api.FieldError{Field: "validFor", Message: err.Error()}
+		return 0, fmt.Errorf("%q is not a duration: use a number and a unit, such as 720h or 90m", s)
 	}
-	return d, nil
+	return d, CheckValidity(d)
 }
 
 func (i *Issuer) serveRotate(w http.ResponseWriter, r *http.Request) {
+	answerRotate(w, r, i.RotateKey)
+}
+
+// answerRotate answers a request to rotate a signing key with the serial
+// rotate returns, or its error, and returns the serial (0 on an error).
+func answerRotate(w http.ResponseWriter, r *http.Request, rotate func(context.Context) (int, error)) int {
 	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
 	defer cancel()
-	serial, err := i.RotateKey(ctx)
+	serial, err := rotate(ctx)
 	if err != nil {
 		writeStoreError(w, err)
-		return
+		return 0
 	}
 	apiserver.WriteJSON(w, http.StatusOK, SigningKeyResponse{Serial: serial})
+	return serial
 }
 
 // writeStoreError answers a failure of the store work behind a request. The
@@ -193,42 +210,20 @@ func (u *UserTokens) serveIssue(w http.ResponseWriter, r *http.Request) {
 		writeStoreError(w, u.notIssuedHere("issue user token"))
 		return
 	}
-	var causes []api.FieldError
-	if err := CheckUserName(req.Name); err != nil {
-		causes = append(causes, api.FieldError{Field: "name", Message: err.Error()})
+	validFor, err := parseValidity(req.ValidFor)
+	checks := []fieldCheck{{"name", CheckUserName(req.Name)}, {"group", CheckGroup(req.Group)}, {"validFor", err}}
+	issued := answerIssue(w, r, "user", checks, func(ctx context.Context) (string, error) {
+		return u.Issue(ctx, req.Name, req.Group, validFor)
+	})
+	if issued {
+		by, _ := apiserver.UserFrom(r.Context())
+		u.log.Info("issued a user token", zap.String("name", req.Name), zap.String("group", req.Group), zap.String("by", by.Name))
 	}
-	if err := CheckGroup(req.Group); err != nil {
-		causes = append(causes, api.FieldError{Field: "group", Message: err.Error()})
-	}
-	validFor, cause := parseValidity(req.ValidFor)
-	if cause != nil {
-		causes = append(causes, *cause)
-	}
-	if len(causes) > 0 {
-		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the user token request is not valid", causes...)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
-	defer cancel()
-	token, err := u.Issue(ctx, req.Name, req.Group, validFor)
-	if err != nil {
-		writeStoreError(w, err)
-		return
-	}
-	by, _ := apiserver.UserFrom(r.Context())
-	u.log.Info("issued a user token", zap.String("name", req.Name), zap.String("group", req.Group), zap.String("by", by.Name))
-	apiserver.WriteJSON(w, http.StatusOK, UserTokenResponse{Token: token})
 }
 
 func (u *UserTokens) serveRotate(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
-	defer cancel()
-	serial, err := u.RotateKey(ctx)
-	if err != nil {
-		writeStoreError(w, err)
-		return
+	if serial := answerRotate(w, r, u.RotateKey); serial > 0 {
+		by, _ := apiserver.UserFrom(r.Context())
+		u.log.Info("rotated the user-token signing key: every older user token is revoked", zap.Int("serial", serial), zap.String("by", by.Name))
 	}
-	by, _ := apiserver.UserFrom(r.Context())
-	u.log.Info("rotated the user-token signing key: every older user token is revoked", zap.Int("serial", serial), zap.String("by", by.Name))
-	apiserver.WriteJSON(w, http.StatusOK, SigningKeyResponse{Serial: serial})
 }
