@@ -2,10 +2,7 @@ package tokens
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -77,9 +74,12 @@ func (i *Issuer) serveIssue(w http.ResponseWriter, r *http.Request) {
 	if !decodeRequest(w, r, &req, `{"zone": NAME, "validFor": DURATION}`) {
 		return
 	}
-	validFor, err := parseValidity(req.ValidFor)
-	checks := []fieldCheck{{"zone", CheckZoneName(req.Zone)}, {"validFor", err}}
-	answerIssue(w, r, "zone", checks, func(ctx context.Context) (string, error) {
+	causes := fieldCauses(fieldCheck{"zone", CheckZoneName(req.Zone)})
+	validFor, bad := parseValidity(req.ValidFor)
+	if bad != nil {
+		causes = append(causes, *bad)
+	}
+	answerIssue(w, r, "zone", causes, func(ctx context.Context) (string, error) {
 		return i.IssueZoneToken(ctx, req.Zone, validFor)
 	})
 }
@@ -90,16 +90,21 @@ type fieldCheck struct {
 	err   error
 }
 
-// answerIssue answers a request for a kind ("zone") of token: 400 listing
-// every field whose check failed, else the token issue makes, or its error.
-// It reports whether it answered with a token.
-func answerIssue(w http.ResponseWriter, r *http.Request, kind string, checks []fieldCheck, issue func(context.Context) (string, error)) bool {
+// fieldCauses lists the checks that failed as the causes of a 400.
+func fieldCauses(checks ...fieldCheck) []api.FieldError {
 	var causes []api.FieldError
 	for _, c := range checks {
 		if c.err != nil {
 			causes = append(causes, api.FieldError{Field: c.field, Message: c.err.Error()})
 		}
 	}
+	return causes
+}
+
+// answerIssue answers a request for a kind ("zone") of token: 400 listing
+// causes when there are any, else the token issue makes, or its error. It
+// reports whether it answered with a token.
+func answerIssue(w http.ResponseWriter, r *http.Request, kind string, causes []api.FieldError, issue func(context.Context) (string, error)) bool {
 	if len(causes) > 0 {
 		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the "+kind+" token request is not valid", causes...)
 		return false
@@ -113,42 +118,6 @@ func answerIssue(w http.ResponseWriter, r *http.Request, kind string, checks []f
 	}
 	apiserver.WriteJSON(w, http.StatusOK, TokenResponse{Token: token})
 	return true
-}
-
-// decodeRequest decodes the single JSON object of r's body into v, refusing
-// unknown fields; an empty body leaves v as it is. It answers a bad body
-// itself, naming shape as what the body should be, and then returns false.
-func decodeRequest(w http.ResponseWriter, r *http.Request, v any, shape string) bool {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			apiserver.WriteError(w, http.StatusRequestEntityTooLarge, "Request body too large",
-				fmt.Sprintf("the body exceeds the limit of %d bytes", tooBig.Limit))
-			return false
-		}
-		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", fmt.Sprintf("the body is not %s: %v", shape, err))
-		return false
-	}
-	if dec.More() {
-		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", "the body holds more than one JSON value")
-		return false
-	}
-	return true
-}
-
-// parseValidity reads a request's validFor: empty is zero (the default),
-// else a Go duration CheckValidity accepts.
-func parseValidity(s string) (time.Duration, error) {
-	if s == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a duration: use a number and a unit, such as 720h or 90m", s)
-	}
-	return d, CheckValidity(d)
 }
 
 func (i *Issuer) serveRotate(w http.ResponseWriter, r *http.Request) {
@@ -210,9 +179,12 @@ func (u *UserTokens) serveIssue(w http.ResponseWriter, r *http.Request) {
 		writeStoreError(w, u.notIssuedHere("issue user token"))
 		return
 	}
-	validFor, err := parseValidity(req.ValidFor)
-	checks := []fieldCheck{{"name", CheckUserName(req.Name)}, {"group", CheckGroup(req.Group)}, {"validFor", err}}
-	issued := answerIssue(w, r, "user", checks, func(ctx context.Context) (string, error) {
+	causes := fieldCauses(fieldCheck{"name", CheckUserName(req.Name)}, fieldCheck{"group", CheckGroup(req.Group)})
+	validFor, bad := parseValidity(req.ValidFor)
+	if bad != nil {
+		causes = append(causes, *bad)
+	}
+	issued := answerIssue(w, r, "user", causes, func(ctx context.Context) (string, error) {
 		return u.Issue(ctx, req.Name, req.Group, validFor)
 	})
 	if issued {

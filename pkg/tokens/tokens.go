@@ -27,11 +27,10 @@ package tokens
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -150,36 +149,25 @@ func (i *Issuer) IssueZoneToken(ctx context.Context, zone string, validFor time.
 	if validFor == 0 {
 		validFor = DefaultValidity
 	}
-	signed, err := signWith(ctx, i.ring, func(id string) jwt.Claims {
-		now := i.now()
-		return zoneClaims{Zone: zone, RegisteredClaims: jwt.RegisteredClaims{
-			Subject:   zone,
-			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(now.Add(validFor)),
-			ID:        id,
-		}}
-	})
+	reg, err := newRegistered(zone, i.now(), validFor)
+	if err != nil {
+		return "", fmt.Errorf("issue zone token for %s: %w", zone, err)
+	}
+	signed, err := signWith(ctx, i.ring, zoneClaims{Zone: zone, RegisteredClaims: reg})
 	if err != nil {
 		return "", fmt.Errorf("issue zone token for %s: %w", zone, err)
 	}
 	return signed, nil
 }
 
-// signWith signs the claims that claims(id) returns, id being a fresh random
-// token id, with the newest key of ring, whose serial becomes the kid. It
-// creates the first key when there is none.
-func signWith(ctx context.Context, ring keyRing, claims func(id string) jwt.Claims) (string, error) {
+// signWith signs claims with the newest key of ring, whose serial becomes
+// the kid. It creates the first key when there is none.
+func signWith(ctx context.Context, ring keyRing, claims jwt.Claims) (string, error) {
 	serial, priv, err := ring.newest(ctx)
 	if err != nil {
 		return "", err
 	}
-	var id [16]byte
-	if _, err := rand.Read(id[:]); err != nil {
-		return "", fmt.Errorf("token id: %w", err)
-	}
-	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims(base64.RawURLEncoding.EncodeToString(id[:])))
-	tok.Header["kid"] = fmt.Sprint(serial)
-	signed, err := tok.SignedString(priv)
+	signed, err := signLocal(priv, strconv.Itoa(serial), claims)
 	if err != nil {
 		return "", fmt.Errorf("sign: %w", err)
 	}

@@ -68,7 +68,7 @@ func CheckUserName(name string) error {
 	case name == "":
 		return errors.New("required")
 	case len(name) > 253 || !userName.MatchString(name):
-		return fmt.Errorf("%q is not a user name: use 1-253 letters, digits, '-', '.', '_' and '@', starting and ending with a letter or digit", truncate(name, 64))
+		return fmt.Errorf("%q is not a user name: use 1-253 letters, digits, '-', '.', '_' and '@', starting and ending with a letter or digit", truncate(name))
 	}
 	return nil
 }
@@ -81,14 +81,7 @@ func CheckGroup(group string) error {
 	case "":
 		return fmt.Errorf("required: %s or %s", apiserver.GroupAdmin, apiserver.GroupReadonly)
 	}
-	return fmt.Errorf("%q is not a group: use %s (may do everything) or %s (may only read)", truncate(group, 64), apiserver.GroupAdmin, apiserver.GroupReadonly)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
+	return fmt.Errorf("%q is not a group: use %s (may do everything) or %s (may only read)", truncate(group), apiserver.GroupAdmin, apiserver.GroupReadonly)
 }
 
 // UserTokens issues, rotates and verifies user tokens, the bearer tokens of
@@ -156,15 +149,11 @@ func (u *UserTokens) Issue(ctx context.Context, name, group string, validFor tim
 	if validFor == 0 {
 		validFor = DefaultUserValidity
 	}
-	signed, err := signWith(ctx, u.ring, func(id string) jwt.Claims {
-		now := u.now()
-		return userClaims{Name: name, Group: group, RegisteredClaims: jwt.RegisteredClaims{
-			Subject:   name,
-			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(now.Add(validFor)),
-			ID:        id,
-		}}
-	})
+	reg, err := newRegistered(name, u.now(), validFor)
+	if err != nil {
+		return "", fmt.Errorf("issue user token for %s: %w", name, err)
+	}
+	signed, err := signWith(ctx, u.ring, userClaims{Name: name, Group: group, RegisteredClaims: reg})
 	if err != nil {
 		return "", fmt.Errorf("issue user token for %s: %w", name, err)
 	}
@@ -187,7 +176,7 @@ func (u *UserTokens) RotateKey(ctx context.Context) (int, error) {
 // are as VerifyZoneTokenClaims's.
 func (u *UserTokens) Verify(ctx context.Context, token string) (UserClaims, error) {
 	var claims userClaims
-	serial, err := verifyJWT(ctx, token, "user", &claims, u.keys, u.now)
+	serial, err := verifyJWT(ctx, token, &claims, u.keys, u.now)
 	if err != nil {
 		return UserClaims{}, fmt.Errorf("verify user token: %w", err)
 	}
@@ -195,7 +184,7 @@ func (u *UserTokens) Verify(ctx context.Context, token string) (UserClaims, erro
 		return UserClaims{}, fmt.Errorf("verify user token: %w: name claim: %v", ErrTokenMalformed, err)
 	}
 	if claims.Subject != claims.Name {
-		return UserClaims{}, fmt.Errorf("verify user token: %w: sub %q differs from name %q", ErrTokenMalformed, truncate(claims.Subject, 64), claims.Name)
+		return UserClaims{}, fmt.Errorf("verify user token: %w: sub %q differs from name %q", ErrTokenMalformed, truncate(claims.Subject), claims.Name)
 	}
 	if err := CheckGroup(claims.Group); err != nil {
 		return UserClaims{}, fmt.Errorf("verify user token: %w: group claim: %v", ErrTokenMalformed, err)

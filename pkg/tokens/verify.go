@@ -2,6 +2,7 @@ package tokens
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"strings"
@@ -35,7 +36,7 @@ func (i *Issuer) VerifyZoneToken(ctx context.Context, token string) (string, err
 // every call, so a rotation on any replica takes effect at once.
 func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneClaims, error) {
 	var claims zoneClaims
-	serial, err := verifyJWT(ctx, token, "zone", &claims, i.ring, i.now)
+	serial, err := verifyJWT(ctx, token, &claims, i.ring, i.now)
 	if err != nil {
 		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", err)
 	}
@@ -58,49 +59,27 @@ func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneC
 // refused before any key is looked at), a kid that keys says is current, a
 // signature by that key, and an exp in the future. It returns the kid's
 // serial. A refused token is an error wrapping exactly one of the package's
-// verdicts; any other error is the keys' (a store that is down). kind
-// ("zone") names the tokens in messages.
-func verifyJWT(ctx context.Context, token, kind string, claims jwt.Claims, keys keySource, now func() time.Time) (int, error) {
-	token = strings.TrimSpace(token)
-	switch {
-	case token == "":
-		return 0, fmt.Errorf("%w: no token was given", ErrTokenMissing)
-	case len(token) > MaxTokenSize:
-		return 0, fmt.Errorf("%w: longer than %d bytes", ErrTokenMalformed, MaxTokenSize)
+// verdicts; any other error is the keys' (a store that is down).
+func verifyJWT(ctx context.Context, token string, claims jwt.Claims, keys keySource, now func() time.Time) (int, error) {
+	var serial int
+	exp := func() *jwt.NumericDate {
+		e, _ := claims.GetExpirationTime()
+		return e
 	}
-	var (
-		serial int
-		keyErr error // why the keyfunc failed, already worded for the caller
-	)
-	parser := jwt.NewParser(
-		jwt.WithValidMethods([]string{alg}),
-		jwt.WithExpirationRequired(),
-		jwt.WithTimeFunc(now),
-		jwt.WithStrictDecoding(),
-	)
-	tok, err := parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		n, err := kidSerial(t.Header["kid"])
-		if err != nil {
-			keyErr = err
-			return nil, err
+	err := verifyLocal(token, claims, exp, now, func(kid string) (ed25519.PublicKey, error) {
+		n, ok := parseSerial(kid)
+		if !ok {
+			return nil, fmt.Errorf("%w: kid %q is not a signing key serial", ErrTokenMalformed, truncate(kid))
 		}
 		serial = n
-		pub, err := keys.verificationKey(ctx, n)
-		if err != nil {
-			keyErr = err
-			return nil, err
-		}
-		return pub, nil
+		return keys.verificationKey(ctx, n)
 	})
-	if err != nil {
-		return 0, classify(tok, kind, claims, keyErr, err)
-	}
-	return serial, nil
+	return serial, err
 }
 
 // classify turns the parser's error into one of the package's verdicts, or
-// passes on the keyfunc's own error. tok may be nil.
-func classify(tok *jwt.Token, kind string, claims jwt.Claims, keyErr, err error) error {
+// passes on the keyfunc's own error. tok and exp may be nil.
+func classify(tok *jwt.Token, exp *jwt.NumericDate, keyErr, err error) error {
 	if keyErr != nil {
 		return keyErr
 	}
@@ -113,39 +92,31 @@ func classify(tok *jwt.Token, kind string, claims jwt.Claims, keyErr, err error)
 		case !ok:
 			return fmt.Errorf("%w: the header has no alg", ErrTokenMalformed)
 		case a != alg:
-			return fmt.Errorf("%w: algorithm %q is refused: %s tokens are signed with %s", ErrTokenSignature, a, kind, alg)
+			return fmt.Errorf("%w: algorithm %q is refused: tokens are signed with %s", ErrTokenSignature, a, alg)
 		}
 	}
 	switch {
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
 		return fmt.Errorf("%w: the signature does not match: the token was altered, or signed with an unknown or rotated key", ErrTokenSignature)
-	case errors.Is(err, jwt.ErrTokenExpired):
-		exp, _ := claims.GetExpirationTime()
-		if exp == nil {
-			return fmt.Errorf("%w", ErrTokenExpired)
-		}
+	case errors.Is(err, jwt.ErrTokenExpired) && exp != nil:
 		return fmt.Errorf("%w: it expired at %s", ErrTokenExpired, exp.UTC().Format("2006-01-02T15:04:05Z"))
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return fmt.Errorf("%w: it has expired", ErrTokenExpired)
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
 		return fmt.Errorf("%w: it has no exp claim", ErrTokenMalformed)
 	}
 	return fmt.Errorf("%w: %v", ErrTokenMalformed, err)
 }
 
-// kidSerial reads the key serial from a kid header of any JSON type.
-func kidSerial(v any) (int, error) {
+// kidString reads the kid header, which must be a string that is not
+// empty.
+func kidString(v any) (string, error) {
 	kid, ok := v.(string)
 	switch {
-	case v == nil:
-		return 0, fmt.Errorf("%w: the header has no kid", ErrTokenMalformed)
+	case v == nil || (ok && kid == ""):
+		return "", fmt.Errorf("%w: the header has no kid", ErrTokenMalformed)
 	case !ok:
-		return 0, fmt.Errorf("%w: kid is a %T, not a string", ErrTokenMalformed, v)
+		return "", fmt.Errorf("%w: kid is a %T, not a string", ErrTokenMalformed, v)
 	}
-	n, ok := parseSerial(kid)
-	if !ok {
-		if len(kid) > 20 {
-			kid = kid[:20] + "..."
-		}
-		return 0, fmt.Errorf("%w: kid %q is not a signing key serial", ErrTokenMalformed, kid)
-	}
-	return n, nil
+	return kid, nil
 }
