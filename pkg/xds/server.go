@@ -450,8 +450,15 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 	}
 	s.mu.Lock()
 	claims := a.claims
-	_, known := s.streams[stream]
+	first, known := s.streams[stream]
 	s.mu.Unlock()
+	if known && node.GetId() != "" && node.GetId() != first {
+		// The cache serves a request by the node id it names: a stream
+		// that could rename itself would be served another proxy's
+		// configuration, judged only by what the store held when it asked.
+		return s.refused(node, refuse(RefusedNotCovered, codes.PermissionDenied,
+			"a stream's node is the one its first request named, %q, not %q", first, node.GetId()))
+	}
 	if r := s.covers(claims, node); r != nil {
 		return s.refused(node, r)
 	}
