@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +97,40 @@ networking:
 	switcher.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.billing-1"}, TypeUrl: resource.ListenerType})
 	if _, svc, err := sdsIdentity(switcher, "default.billing-1"); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("a stream of web-1 that names billing-1 next: %q, %v", svc, err)
+	}
+}
+
+// TestTokenCannotHoldAnotherServicesNode: a proxy with web's token that
+// connects as node default.billing-1 before billing-1 is registered, and
+// presents nothing, is admitted (it gets nothing until it is registered);
+// once billing-1 is registered as billing, that stream must not get
+// billing's identity (its key, made by the CP, with it): it is closed, not
+// covered by its token, and the real billing proxy gets its identity.
+func TestTokenCannotHoldAnotherServicesNode(t *testing.T) {
+	zone, open := zoneForSquatting(t)
+	squatter := open("web", "default.billing-1")
+	eventually(t, "the squatter connected", func() bool {
+		return strings.Contains(zone.out.String(), `"proxy connected","zone":"zone-1","proxy":"default.billing-1"`)
+	})
+	ctl(t, zone.api, `
+type: Dataplane
+mesh: default
+name: billing-1
+networking:
+  address: 127.0.0.2
+  inbound:
+  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
+`, "apply", "-f", "-")
+	s, svc, err := sdsIdentity(squatter, "default.billing-1")
+	if err == nil {
+		t.Fatalf("a proxy with web's token got billing-1's identity %q (with a key: %v)", svc,
+			len(s.GetTlsCertificate().GetPrivateKey().GetInlineBytes()) > 0)
+	}
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "token is for service web") {
+		t.Fatalf("the squatter's stream ends with %v, want PermissionDenied naming its token's service", err)
+	}
+	billing := open("billing", "default.billing-1")
+	if _, svc, err := sdsIdentity(billing, "default.billing-1"); err != nil || svc != "spiffe://default/billing" {
+		t.Fatalf("billing-1's own proxy: %q, %v", svc, err)
 	}
 }
