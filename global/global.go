@@ -140,6 +140,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	extra := issuer.Handlers()
+	maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
 	extra["GET /kds/ca.pem"] = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(certPEM)
@@ -180,7 +181,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
-	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Log: log.Named("mesh-ca")})
 	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, mirror, time.Now, log.Named("expire")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
@@ -188,7 +189,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 
 // mirroredTypes are the types the global's mirror follows.
 func mirroredTypes() []string {
-	set := map[string]bool{"Mesh": true, "MeshCA": true}
+	set := map[string]bool{"Mesh": true, "MeshCA": true, "ZoneCA": true, "Zone": true}
 	for _, d := range kds.GlobalToZoneTypes() {
 		set[d.Type] = true
 	}

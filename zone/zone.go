@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -235,6 +236,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	xdsServer.SetPresence(pres)
 	extra := dpTokens.Handlers()
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
+	if !cfg.Federated() {
+		maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
+	}
 	handler, err := apiserver.New(apiserver.Deps{
 		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
 		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
@@ -258,7 +262,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, reap.lead))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
-		r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})
 	}
 	if err := addDNS(r, cfg, st, cat, reg, log); err != nil {
 		apiLn.Close()
