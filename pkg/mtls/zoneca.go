@@ -106,6 +106,7 @@ func NewZoneCA(root *api.MeshCA, zone string, now time.Time) (*api.ZoneCA, api.I
 	if err != nil {
 		return nil, api.Intermediate{}, err
 	}
+	notAfter = cert.NotAfter // as encoded: to the second
 	// Its own list revokes nothing and lasts as long as it does: Envoy
 	// needs a list from every CA of a chain once it is given any.
 	crl, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
