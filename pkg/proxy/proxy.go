@@ -288,6 +288,9 @@ func (p *Proxy) terminate(c net.Conn) (*tls.Conn, string, error) {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.cfg.Load().Identity, nil },
 		ClientAuth:     tls.RequireAndVerifyClientCert,
 		ClientCAs:      cfg.Roots,
+		VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
+			return checkChains(cfg.Revoked, chains, time.Now())
+		},
 	})
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := tc.Handshake(); err != nil {
@@ -380,7 +383,7 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 	if cfg.Identity == nil || cfg.Roots == nil {
 		return nil, errNoIdentity
 	}
-	roots := cfg.Roots
+	roots, revoked := cfg.Roots, cfg.Revoked
 	tc := tls.Client(conn, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		ServerName: c.SNI,
@@ -401,8 +404,20 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 			if err != nil {
 				return err
 			}
-			_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-			return err
+			// The chain it sent: its issuing zone's intermediate.
+			inter := x509.NewCertPool()
+			for _, der := range raw[1:] {
+				c, err := x509.ParseCertificate(der)
+				if err != nil {
+					return err
+				}
+				inter.AddCert(c)
+			}
+			chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			if err != nil {
+				return err
+			}
+			return checkChains(revoked, chains, time.Now())
 		},
 	})
 	conn.SetDeadline(time.Now().Add(c.ConnectTimeout))
