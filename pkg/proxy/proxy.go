@@ -404,7 +404,8 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 			if err != nil {
 				return err
 			}
-			// The chain it sent: its issuing zone's intermediate.
+			// What follows the leaf is the issuer's chain (a zone's
+			// intermediate CA) up to the mesh's root.
 			inter := x509.NewCertPool()
 			for _, der := range raw[1:] {
 				c, err := x509.ParseCertificate(der)
