@@ -66,6 +66,17 @@ func parseCert(certPEM string) (*x509.Certificate, error) {
 	return c, nil
 }
 
+// SignerFromZoneCA is a zone's intermediate CA as the signer: its
+// certificate follows every leaf it issues, so that peers, which trust the
+// mesh's root, can build the chain.
+func SignerFromZoneCA(ca *api.ZoneCA) (*Signer, error) {
+	cert, key, err := parseCA(ca.CertPEM, ca.KeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("zone %s CA of mesh %s: %w", ca.Name, ca.Mesh, err)
+	}
+	return &Signer{Cert: cert, Key: key, ChainPEM: []byte(ca.CertPEM)}, nil
+}
+
 // NewZoneCA makes zone's intermediate CA in root's mesh: an ECDSA P-256 key
 // and a certificate signed by the root that may sign workload certificates
 // only (path length 0), whose URI SAN is spiffe://<mesh>. It returns the
