@@ -141,8 +141,8 @@ func TestZoneIntermediateSigns(t *testing.T) {
 		}
 	}
 	trust1, trust2 := out.secret("default.zone-1", xds.SecretMeshCA), out.secret("default.zone-2", xds.SecretMeshCA)
-	if n := strings.Count(string(trust1.GetValidationContext().GetCrl().GetInlineBytes()), "BEGIN X509 CRL"); n != 3 {
-		t.Fatalf("the trust secret carries %d revocation lists, want the root's and both intermediates'", n)
+	if n := strings.Count(string(trust1.GetValidationContext().GetCrl().GetInlineBytes()), "BEGIN X509 CRL"); n != 5 {
+		t.Fatalf("the trust secret carries %d revocation lists, want the root's and both zones' two intermediates'", n)
 	}
 	if err := verifies(t, c1, trust2); err != nil {
 		t.Fatalf("zone-1's leaf at zone-2: %v", err)
@@ -166,15 +166,15 @@ func TestZoneIntermediateSigns(t *testing.T) {
 	}
 
 	// A new intermediate for zone-1: its proxy's certificate is re-issued.
-	rotated, rec, err := mtls.NewZoneCA(puts[0].(*api.MeshCA), "zone-1", now)
+	rotated, recs, err := mtls.NewZoneCA(puts[0].(*api.MeshCA), "zone-1", now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rotated.Version = 2
 	withRec := keyless(revoked[0], 3)
-	withRec.Intermediates = append(withRec.Intermediates, rec)
+	withRec.Intermediates = append(withRec.Intermediates, recs...)
 	step("zone-1", withRec, rotated, dp("default", "zone-1", "billing", 1))
-	if c := chainOf(t, out.secret("default.zone-1", xds.SecretIdentity)); c[0].Equal(c1[0]) || c[1].SerialNumber.Text(16) != rec.Serial {
+	if c := chainOf(t, out.secret("default.zone-1", xds.SecretIdentity)); c[0].Equal(c1[0]) || c[1].SerialNumber.Text(16) != recs[0].Serial {
 		t.Fatal("a new intermediate did not re-issue the zone's certificate from it")
 	}
 }

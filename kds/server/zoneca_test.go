@@ -74,7 +74,7 @@ func TestZoneCAsReachOnlyTheirZone(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := r.(*api.MeshCA)
-	if root.KeyPEM == "" || len(root.Intermediates) != 2 {
+	if root.KeyPEM == "" || len(root.Intermediates) != 4 {
 		t.Fatalf("the global's root: key %v, %d intermediates", root.KeyPEM != "", len(root.Intermediates))
 	}
 
@@ -107,7 +107,7 @@ func TestZoneCAsReachOnlyTheirZone(t *testing.T) {
 	for _, z := range []*zone{z1, z2} {
 		testutil.Until(t, 30*time.Second, "its intermediate and the keyless root in "+z.name, func() bool {
 			ca, m := zoneCA(z, z.name), meshCA(z)
-			return ca != nil && ca.KeyPEM != "" && m != nil && m.CRLPEM != "" && len(m.Intermediates) == 2
+			return ca != nil && ca.KeyPEM != "" && m != nil && m.CRLPEM != "" && len(m.Intermediates) == 4
 		})
 	}
 	rootKey := strings.ReplaceAll(strings.TrimSpace(root.KeyPEM), "\n", `\n`) // as JSON writes it
@@ -136,7 +136,7 @@ func TestZoneCAsReachOnlyTheirZone(t *testing.T) {
 	}
 	testutil.Until(t, 30*time.Second, "the rotated intermediate in zone-1", func() bool {
 		ca := zoneCA(z1, "zone-1")
-		return ca != nil && ca.CertPEM != before && len(meshCA(z1).Intermediates) == 3
+		return ca != nil && ca.CertPEM != before && len(meshCA(z1).Intermediates) == 5
 	})
 
 	// Disabled at the global: zone-2's intermediate is revoked in the root's

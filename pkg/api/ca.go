@@ -75,13 +75,17 @@ func (c *MeshCA) validateSpec(v *validator) {
 
 // ZoneCA is a zone's intermediate certificate authority in one mesh, signed
 // by the mesh's root; its name is the zone's. The global makes one for every
-// enabled zone and KDS carries it, key included, to that zone only. The zone
-// issues its proxies' certificates from it. System-written; the REST API
-// does not serve it.
+// enabled zone and KDS carries it, keys included, to that zone only. The
+// zone issues its proxies' certificates from it (CertPEM, KeyPEM). The next
+// intermediate waits beside it, already in the root's records, so that its
+// revocation list has reached every zone long before a rotation makes it
+// the one that issues. System-written; the REST API does not serve it.
 type ZoneCA struct {
 	Meta
-	CertPEM string `json:"certPEM"`
-	KeyPEM  string `json:"keyPEM"`
+	CertPEM     string `json:"certPEM"`
+	KeyPEM      string `json:"keyPEM"`
+	NextCertPEM string `json:"nextCertPEM,omitempty"`
+	NextKeyPEM  string `json:"nextKeyPEM,omitempty"`
 }
 
 // OwnerZone implements Zoned: the zone the CA is for.
@@ -93,6 +97,8 @@ func (c *ZoneCA) validateSpec(v *validator) {
 	}
 	v.pem("certPEM", c.CertPEM, "CERTIFICATE", true)
 	v.pem("keyPEM", c.KeyPEM, "PRIVATE KEY", true)
+	v.pem("nextCertPEM", c.NextCertPEM, "CERTIFICATE", c.NextKeyPEM != "")
+	v.pem("nextKeyPEM", c.NextKeyPEM, "PRIVATE KEY", c.NextCertPEM != "")
 }
 
 // pem checks that s, when given (or required), is PEM whose first block is

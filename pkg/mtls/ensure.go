@@ -185,27 +185,44 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 		if zones[zone] {
 			continue
 		}
-		if cert, err := parseCert(z.CertPEM); err == nil {
-			revoke(next, zone, serialOf(z), cert.NotAfter.UTC(), now)
-		}
+		revokeCert(next, zone, z.CertPEM, now)
+		revokeCert(next, zone, z.NextCertPEM, now)
 		deletes = append(deletes, api.KeyOf(z))
-		what = append(what, fmt.Sprintf("revoked the CA of zone %s (serial %s): the zone is disabled or gone", zone, serialOf(z)))
+		what = append(what, fmt.Sprintf("revoked the CA of zone %s (serial %s): the zone is disabled or gone", zone, serialOf(z.CertPEM)))
 	}
 	for _, zone := range slices.Sorted(maps.Keys(zones)) {
 		z := zcas[zone]
-		if z != nil && zoneCAFresh(next, rootCert, z, now) {
+		var (
+			ca   *api.ZoneCA
+			recs []api.Intermediate
+			err  error
+			verb string
+		)
+		switch {
+		case z == nil:
+			ca, recs, err = NewZoneCA(next, zone, now)
+			verb = "issued zone %s its CA (serial %s)"
+		case !usable(next, rootCert, z.CertPEM, now):
+			ca, recs, err = advance(next, rootCert, z, now)
+			verb = "renewed the CA of zone %s (serial %s)"
+		case !usable(next, rootCert, z.NextCertPEM, now):
+			var rec api.Intermediate
+			ca = api.DeepCopy(z).(*api.ZoneCA)
+			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(next, zone, now)
+			recs = []api.Intermediate{rec}
+			verb = "prepared the next CA of zone %s (current serial %s)"
+		default:
 			continue
 		}
-		ca, rec, err := NewZoneCA(next, zone, now)
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		if z != nil {
 			ca.Version = z.Version // replaces what was decided from
 		}
-		next.Intermediates = append(next.Intermediates, rec)
+		next.Intermediates = append(next.Intermediates, recs...)
 		puts = append(puts, ca)
-		what = append(what, fmt.Sprintf("issued zone %s its CA (serial %s, until %s)", zone, rec.Serial, rec.NotAfter.Format(time.RFC3339)))
+		what = append(what, fmt.Sprintf(verb, zone, serialOf(ca.CertPEM)))
 	}
 	// An expired intermediate is refused for that alone: its record and
 	// its list can go.
@@ -222,48 +239,56 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 // ErrNoZoneCA is a rotation asked of a zone that has no CA in the mesh.
 var ErrNoZoneCA = errors.New("no CA for the zone in this mesh")
 
-// Rotate replaces zone's intermediate in mesh with a new one, in one
-// transaction conditional on what it read. The previous intermediate stays
-// trusted until it expires, so the certificates it issued keep working
-// while the zone replaces them; with revokePrevious the root revokes it at
-// once instead (for a key that may have leaked), and connections set up
-// with its certificates are refused from then until the zone has issued
-// new ones. It returns the new intermediate's record; ErrNoZoneCA when the
-// zone has none (it is not enabled, or the mesh has no mTLS), ErrConflict
-// when something changed meanwhile.
+// Rotate gives zone a new intermediate in mesh, in one transaction
+// conditional on what it read: the next intermediate, whose revocation list
+// every zone already holds, issues from now on, and a new next one is
+// signed. The previous intermediate stays trusted until it expires, so the
+// certificates it issued keep working while the zone replaces them; with
+// revokePrevious the root revokes it at once instead (for a key that may
+// have leaked), and connections set up with its certificates are refused
+// from then until the zone has issued new ones. It returns the record of
+// the intermediate that now issues; ErrNoZoneCA when the zone has none (it
+// is not enabled, or the mesh has no mTLS), ErrConflict when something
+// changed meanwhile.
 func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevious bool, now time.Time) (api.Intermediate, error) {
+	fail := func(err error) (api.Intermediate, error) {
+		return api.Intermediate{}, fmt.Errorf("rotate the CA of zone %s in mesh %s: %w", zone, mesh, err)
+	}
 	r, err := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: mesh, Name: CAName})
 	if errors.Is(err, store.ErrNotFound) {
-		return api.Intermediate{}, fmt.Errorf("rotate zone %s CA in mesh %s: %w (the mesh has no CA: is mTLS enabled?)", zone, mesh, ErrNoZoneCA)
+		return fail(fmt.Errorf("%w (the mesh has no CA: is mTLS enabled?)", ErrNoZoneCA))
 	}
 	if err != nil {
-		return api.Intermediate{}, fmt.Errorf("rotate zone %s CA in mesh %s: %w", zone, mesh, err)
+		return fail(err)
 	}
 	root := r.(*api.MeshCA)
+	rootCert, _, err := parseCA(root.CertPEM, "")
+	if err != nil {
+		return fail(err)
+	}
 	r, err = st.Get(ctx, api.Key{Type: "ZoneCA", Mesh: mesh, Name: zone})
 	if errors.Is(err, store.ErrNotFound) {
-		return api.Intermediate{}, fmt.Errorf("rotate zone %s CA in mesh %s: %w (is the zone enabled?)", zone, mesh, ErrNoZoneCA)
+		return fail(fmt.Errorf("%w (is the zone enabled?)", ErrNoZoneCA))
 	}
 	if err != nil {
-		return api.Intermediate{}, fmt.Errorf("rotate zone %s CA in mesh %s: %w", zone, mesh, err)
+		return fail(err)
 	}
 	old := r.(*api.ZoneCA)
-	ca, rec, err := NewZoneCA(root, zone, now)
+	ca, recs, err := advance(root, rootCert, old, now)
 	if err != nil {
-		return api.Intermediate{}, fmt.Errorf("rotate zone %s CA in mesh %s: %w", zone, mesh, err)
+		return fail(err)
 	}
-	ca.Version = old.Version
 	if revokePrevious {
-		if cert, err := parseCert(old.CertPEM); err == nil {
-			revoke(root, zone, serialOf(old), cert.NotAfter.UTC(), now)
-		}
+		revokeCert(root, zone, old.CertPEM, now)
 	}
-	root.Intermediates = append(root.Intermediates, rec)
+	root.Intermediates = append(root.Intermediates, recs...)
 	if err := SignRootCRL(root, now); err != nil {
-		return api.Intermediate{}, fmt.Errorf("rotate zone %s CA in mesh %s: %w", zone, mesh, err)
+		return fail(err)
 	}
 	if _, err := st.Apply(ctx, []api.Resource{root, ca}, nil); err != nil {
-		return api.Intermediate{}, fmt.Errorf("rotate zone %s CA in mesh %s: %w", zone, mesh, err)
+		return fail(err)
 	}
-	return rec, nil
+	serial := serialOf(ca.CertPEM)
+	i := slices.IndexFunc(root.Intermediates, func(in api.Intermediate) bool { return in.Serial == serial })
+	return root.Intermediates[i], nil
 }

@@ -77,22 +77,63 @@ func SignerFromZoneCA(ca *api.ZoneCA) (*Signer, error) {
 	return &Signer{Cert: cert, Key: key, ChainPEM: []byte(ca.CertPEM)}, nil
 }
 
-// NewZoneCA makes zone's intermediate CA in root's mesh: an ECDSA P-256 key
-// and a certificate signed by the root that may sign workload certificates
-// only (path length 0), whose URI SAN is spiffe://<mesh>. It returns the
-// resource the zone gets and the public record the root keeps of it, with
-// the intermediate's own (empty) revocation list. root must hold its key.
-func NewZoneCA(root *api.MeshCA, zone string, now time.Time) (*api.ZoneCA, api.Intermediate, error) {
+// NewZoneCA makes zone's CA in root's mesh: the intermediate it issues from
+// and the next one, both signed by the root, with the root's records of
+// both (each with the intermediate's own, empty, revocation list). The next
+// one's record reaches every zone now, long before a rotation makes it
+// issue: a zone's certificates then never reach a peer that lacks their
+// issuer's list (which Envoy, and the built-in proxy, would refuse). root
+// must hold its key.
+func NewZoneCA(root *api.MeshCA, zone string, now time.Time) (*api.ZoneCA, []api.Intermediate, error) {
+	certPEM, keyPEM, rec, err := newIntermediate(root, zone, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	nextCert, nextKey, nextRec, err := newIntermediate(root, zone, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &api.ZoneCA{
+		Meta:    api.Meta{Type: "ZoneCA", Mesh: root.Mesh, Name: zone},
+		CertPEM: certPEM, KeyPEM: keyPEM, NextCertPEM: nextCert, NextKeyPEM: nextKey,
+	}, []api.Intermediate{rec, nextRec}, nil
+}
+
+// advance is ca rotated: its next intermediate issues from now on, and a
+// new one waits beside it; when the next one is not usable, both are new.
+// It returns the records of what it signed. The Version stays ca's.
+func advance(root *api.MeshCA, rootCert *x509.Certificate, ca *api.ZoneCA, now time.Time) (*api.ZoneCA, []api.Intermediate, error) {
+	if !usable(root, rootCert, ca.NextCertPEM, now) {
+		out, recs, err := NewZoneCA(root, ca.Name, now)
+		if err == nil {
+			out.Version = ca.Version
+		}
+		return out, recs, err
+	}
+	certPEM, keyPEM, rec, err := newIntermediate(root, ca.Name, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := api.DeepCopy(ca).(*api.ZoneCA)
+	out.CertPEM, out.KeyPEM = ca.NextCertPEM, ca.NextKeyPEM
+	out.NextCertPEM, out.NextKeyPEM = certPEM, keyPEM
+	return out, []api.Intermediate{rec}, nil
+}
+
+// newIntermediate signs one intermediate CA for zone: an ECDSA P-256 key and
+// a certificate that may sign workload certificates only (path length 0),
+// whose URI SAN is spiffe://<mesh>, never outliving the root.
+func newIntermediate(root *api.MeshCA, zone string, now time.Time) (certPEM, keyPEM string, rec api.Intermediate, err error) {
 	rootCert, rootKey, err := parseCA(root.CertPEM, root.KeyPEM)
 	if err != nil {
-		return nil, api.Intermediate{}, fmt.Errorf("mesh %s root: %w", root.Mesh, err)
+		return "", "", rec, fmt.Errorf("mesh %s root: %w", root.Mesh, err)
 	}
 	if rootKey == nil {
-		return nil, api.Intermediate{}, fmt.Errorf("mesh %s root: no private key here", root.Mesh)
+		return "", "", rec, fmt.Errorf("mesh %s root: no private key here", root.Mesh)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, api.Intermediate{}, err
+		return "", "", rec, err
 	}
 	notAfter := now.Add(IntermediateTTL)
 	if notAfter.After(rootCert.NotAfter) {
@@ -111,35 +152,30 @@ func NewZoneCA(root *api.MeshCA, zone string, now time.Time) (*api.ZoneCA, api.I
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, rootCert, &key.PublicKey, rootKey)
 	if err != nil {
-		return nil, api.Intermediate{}, fmt.Errorf("zone %s CA: %w", zone, err)
+		return "", "", rec, fmt.Errorf("zone %s CA: %w", zone, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, api.Intermediate{}, err
+		return "", "", rec, err
 	}
-	notAfter = cert.NotAfter // as encoded: to the second
 	// Its own list revokes nothing and lasts as long as it does: Envoy
 	// needs a list from every CA of a chain once it is given any.
 	crl, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-		Number: big.NewInt(1), ThisUpdate: now.Add(-backdate), NextUpdate: notAfter,
+		Number: big.NewInt(1), ThisUpdate: now.Add(-backdate), NextUpdate: cert.NotAfter,
 	}, cert, key)
 	if err != nil {
-		return nil, api.Intermediate{}, fmt.Errorf("zone %s CA revocation list: %w", zone, err)
+		return "", "", rec, fmt.Errorf("zone %s CA revocation list: %w", zone, err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, api.Intermediate{}, err
+		return "", "", rec, err
 	}
-	ca := &api.ZoneCA{
-		Meta:    api.Meta{Type: "ZoneCA", Mesh: root.Mesh, Name: zone},
-		CertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		KeyPEM:  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
-	}
-	rec := api.Intermediate{
-		Zone: zone, Serial: cert.SerialNumber.Text(16), NotAfter: notAfter.UTC(),
+	rec = api.Intermediate{
+		Zone: zone, Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter.UTC(),
 		CRLPEM: string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl})),
 	}
-	return ca, rec, nil
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), rec, nil
 }
 
 // SignRootCRL sets root.CRLPEM to a revocation list, signed by the root and
@@ -195,10 +231,10 @@ func crlDue(root *api.MeshCA, now time.Time) bool {
 	return now.After(l.ThisUpdate.Add(l.NextUpdate.Sub(l.ThisUpdate) / 2))
 }
 
-// zoneCAFresh reports whether ca is a zone CA the root signed, recorded and
-// not revoked, with more than a third of its lifetime left.
-func zoneCAFresh(root *api.MeshCA, rootCert *x509.Certificate, ca *api.ZoneCA, now time.Time) bool {
-	cert, err := parseCert(ca.CertPEM)
+// usable reports whether certPEM is an intermediate the root signed and
+// recorded, not revoked, with more than a third of its lifetime left.
+func usable(root *api.MeshCA, rootCert *x509.Certificate, certPEM string, now time.Time) bool {
+	cert, err := parseCert(certPEM)
 	if err != nil || cert.CheckSignatureFrom(rootCert) != nil {
 		return false
 	}
@@ -209,9 +245,17 @@ func zoneCAFresh(root *api.MeshCA, rootCert *x509.Certificate, ca *api.ZoneCA, n
 	return now.Before(cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) * 2 / 3))
 }
 
-// serialOf is a zone CA's serial, as its record names it.
-func serialOf(ca *api.ZoneCA) string {
-	cert, err := parseCert(ca.CertPEM)
+// revokeCert marks certPEM's record revoked at now, if certPEM is a
+// certificate.
+func revokeCert(root *api.MeshCA, zone, certPEM string, now time.Time) {
+	if cert, err := parseCert(certPEM); err == nil {
+		revoke(root, zone, cert.SerialNumber.Text(16), cert.NotAfter.UTC(), now)
+	}
+}
+
+// serialOf is the serial of a PEM certificate, as records name it.
+func serialOf(certPEM string) string {
+	cert, err := parseCert(certPEM)
 	if err != nil {
 		return ""
 	}

@@ -42,20 +42,28 @@ func mustCRL(t *testing.T, crlPEM string) *x509.RevocationList {
 
 // TestZoneCAIsAnIntermediate: a zone CA is signed by the mesh root, may sign
 // leaves but no further CA, names the mesh, never outlives the root, and its
-// own revocation list is signed by it and empty.
+// own revocation list is signed by it and empty. Its next one is made with
+// it, and recorded too.
 func TestZoneCAIsAnIntermediate(t *testing.T) {
 	now := time.Now()
 	root, err := NewCA("default", now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, rec, err := NewZoneCA(root, "zone-1", now)
+	ca, recs, err := NewZoneCA(root, "zone-1", now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := api.Validate(ca); err != nil {
 		t.Fatal(err)
 	}
+	if len(recs) != 2 || recs[1].Serial != mustCert(t, ca.NextCertPEM).SerialNumber.Text(16) || ca.NextKeyPEM == "" || ca.NextCertPEM == ca.CertPEM {
+		t.Fatalf("the next intermediate: %d records", len(recs))
+	}
+	if err := mustCert(t, ca.NextCertPEM).CheckSignatureFrom(mustCert(t, root.CertPEM)); err != nil {
+		t.Fatalf("the next one is not signed by the root: %v", err)
+	}
+	rec := recs[0]
 	rootCert, inter := mustCert(t, root.CertPEM), mustCert(t, ca.CertPEM)
 	if err := inter.CheckSignatureFrom(rootCert); err != nil {
 		t.Fatalf("not signed by the root: %v", err)
@@ -122,10 +130,11 @@ func TestZoneCAIsAnIntermediate(t *testing.T) {
 	}
 }
 
-// TestPlan: enabled zones get an intermediate each, recorded in the root
-// with a root-signed CRL; a zone that leaves the set has its intermediate
-// revoked (serial in the root's CRL) and deleted; one two thirds through its
-// life is replaced, the old one staying trusted; expired records go; an
+// TestPlan: enabled zones get an intermediate each (and the next one),
+// recorded in the root with a root-signed CRL; a zone that leaves the set
+// has its intermediates revoked (serials in the root's CRL) and deleted;
+// one two thirds through its life is replaced, the old one staying
+// trusted; a missing next one is made alone; expired records go; an
 // up-to-date mesh plans nothing.
 func TestPlan(t *testing.T) {
 	now := time.Now().UTC()
@@ -139,7 +148,7 @@ func TestPlan(t *testing.T) {
 		t.Fatalf("puts %d deletes %d, want the root and two zone CAs", len(puts), len(deletes))
 	}
 	next := puts[0].(*api.MeshCA)
-	if next.Version != 3 || len(next.Intermediates) != 2 || next.KeyPEM != root.KeyPEM {
+	if next.Version != 3 || len(next.Intermediates) != 4 || next.KeyPEM != root.KeyPEM {
 		t.Fatalf("root put: version %d, %d intermediates", next.Version, len(next.Intermediates))
 	}
 	if err := api.Validate(next); err != nil {
@@ -149,8 +158,8 @@ func TestPlan(t *testing.T) {
 	if crl := mustCRL(t, next.CRLPEM); crl.CheckSignatureFrom(rootCert) != nil || len(crl.RevokedCertificateEntries) != 0 {
 		t.Fatal("the root's CRL is not signed by it, or revokes something")
 	}
-	if n := strings.Count(next.CRLBundle(), "BEGIN X509 CRL"); n != 3 {
-		t.Fatalf("bundle holds %d CRLs, want the root's and two intermediates'", n)
+	if n := strings.Count(next.CRLBundle(), "BEGIN X509 CRL"); n != 5 {
+		t.Fatalf("bundle holds %d CRLs, want the root's and four intermediates'", n)
 	}
 	zcas := map[string]*api.ZoneCA{}
 	for _, p := range puts[1:] {
@@ -181,8 +190,9 @@ func TestPlan(t *testing.T) {
 	revoked := puts[0].(*api.MeshCA)
 	crl := mustCRL(t, revoked.CRLPEM)
 	serial2 := mustCert(t, zcas["zone-2"].CertPEM).SerialNumber
-	if crl.CheckSignatureFrom(rootCert) != nil || len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(serial2) != 0 {
-		t.Fatalf("the root's CRL does not revoke zone-2's serial %s", serial2.Text(16))
+	if crl.CheckSignatureFrom(rootCert) != nil || len(crl.RevokedCertificateEntries) != 2 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(serial2) != 0 ||
+		crl.RevokedCertificateEntries[1].SerialNumber.Cmp(mustCert(t, zcas["zone-2"].NextCertPEM).SerialNumber) != 0 {
+		t.Fatalf("the root's CRL does not revoke zone-2's serials %s and its next", serial2.Text(16))
 	}
 	if crl.Number.Cmp(mustCRL(t, next.CRLPEM).Number) <= 0 {
 		t.Fatal("the new CRL's number does not supersede the last")
@@ -198,8 +208,20 @@ func TestPlan(t *testing.T) {
 	if got := mustCert(t, puts[1].(*api.ZoneCA).CertPEM).SerialNumber; got.Cmp(serial2) == 0 {
 		t.Fatal("the revoked intermediate came back")
 	}
-	if len(mustCRL(t, reenabled.CRLPEM).RevokedCertificateEntries) != 1 {
+	if len(mustCRL(t, reenabled.CRLPEM).RevokedCertificateEntries) != 2 {
 		t.Fatal("re-enabling forgot the revocation")
+	}
+
+	// Without its next one, a zone gets it, and keeps issuing from the one
+	// it has.
+	bare := api.DeepCopy(zcas["zone-1"]).(*api.ZoneCA)
+	bare.NextCertPEM, bare.NextKeyPEM = "", ""
+	puts, _, what, err = Plan(reenabled, map[string]*api.ZoneCA{"zone-1": bare}, map[string]bool{"zone-1": true}, now.Add(2*time.Hour))
+	if err != nil || len(puts) != 2 {
+		t.Fatalf("a missing next CA: %d puts, %v", len(puts), err)
+	}
+	if got := puts[1].(*api.ZoneCA); got.CertPEM != bare.CertPEM || got.NextCertPEM == "" || !strings.Contains(what[0], "prepared the next CA") {
+		t.Fatalf("a missing next CA: %q", what)
 	}
 
 	// Two thirds through its life, zone-1's is replaced; the old record
@@ -213,14 +235,17 @@ func TestPlan(t *testing.T) {
 		t.Fatalf("renewal: %d puts (want root and a conditional replacement)", len(puts))
 	}
 	renewed := puts[0].(*api.MeshCA)
+	if got := puts[1].(*api.ZoneCA); got.CertPEM == zcas["zone-1"].CertPEM || got.CertPEM == zcas["zone-1"].NextCertPEM {
+		t.Fatal("renewal kept an intermediate two thirds through its life")
+	}
 	var live int
 	for _, in := range renewed.Intermediates {
 		if in.Zone == "zone-1" && !in.Revoked() {
 			live++
 		}
 	}
-	if live != 2 {
-		t.Fatalf("zone-1 has %d trusted intermediates after renewal, want the old and the new", live)
+	if live != 4 {
+		t.Fatalf("zone-1 has %d trusted intermediates after renewal, want the old two and the new two", live)
 	}
 
 	// Past an intermediate's end, its record goes.
@@ -279,7 +304,7 @@ func TestAuthorityAndRotate(t *testing.T) {
 	if len(zcas) != 2 {
 		t.Fatalf("%d zone CAs, want zone-1's and zone-2's in mesh default only", len(zcas))
 	}
-	first := mustCert(t, zcas[0].CertPEM).SerialNumber.Text(16)
+	first, waiting := mustCert(t, zcas[0].CertPEM).SerialNumber.Text(16), mustCert(t, zcas[0].NextCertPEM).SerialNumber.Text(16)
 
 	rec, err := Rotate(ctx, st, "default", "zone-1", false, store.Now())
 	if err != nil {
@@ -288,10 +313,10 @@ func TestAuthorityAndRotate(t *testing.T) {
 	view = viewOf(t, st)
 	after, _, _ := store.Get[*api.MeshCA](view, "default", CAName)
 	z1, _, _ := store.Get[*api.ZoneCA](view, "default", "zone-1")
-	if got := mustCert(t, z1.CertPEM).SerialNumber.Text(16); got != rec.Serial || got == first {
-		t.Fatalf("zone-1's CA is %s after rotation to %s (was %s)", got, rec.Serial, first)
+	if got := mustCert(t, z1.CertPEM).SerialNumber.Text(16); got != rec.Serial || got != waiting {
+		t.Fatalf("zone-1's CA is %s after rotation to %s (was %s, next %s): the next one must issue now", got, rec.Serial, first, waiting)
 	}
-	if len(after.Intermediates) != 3 || len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries) != 0 {
+	if len(after.Intermediates) != 5 || len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries) != 0 {
 		t.Fatalf("after a plain rotation: %d records, CRL revokes %d", len(after.Intermediates), len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries))
 	}
 
@@ -324,8 +349,8 @@ func TestAuthorityAndRotate(t *testing.T) {
 		t.Fatal("a disabled zone kept its CA")
 	}
 	after, _, _ = store.Get[*api.MeshCA](view, "default", CAName)
-	if got := len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries); got != 2 {
-		t.Fatalf("CRL revokes %d, want zone-1's revoked rotation and zone-2's", got)
+	if got := len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries); got != 3 {
+		t.Fatalf("CRL revokes %d, want zone-1's revoked rotation and zone-2's two", got)
 	}
 
 	// Over HTTP: the handler answers with the new serial, 404 for a zone

@@ -100,7 +100,7 @@ func keyLine(keyPEM string) string {
 // sidecar presents a leaf that chains to the root through its own zone's
 // intermediate. `ursactl zone rotate-ca` gives zone-2 a new intermediate:
 // billing's sidecar presents it, an established connection keeps flowing,
-// and new calls succeed. Disabling zone-2 revokes its intermediate: zone-1
+// and no call made across the swap fails. Disabling zone-2 revokes its intermediate: zone-1
 // refuses billing's certificate, and calls fail.
 func TestZoneIntermediateCAs(t *testing.T) {
 	globalDB := newDatabase(t)
@@ -117,7 +117,7 @@ func TestZoneIntermediateCAs(t *testing.T) {
 		os.WriteFile(token, []byte(ctl(t, m.global.api, "", "generate", "zone-token", "--zone", name)), 0o600)
 		z := &zoneProcs{name: name}
 		z.cp = startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+m.kds, "--global-kds-ca-file", caFile,
-			"--zone-token-file", token, "--store", zoneDB[name], "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 240+i))
+			"--zone-token-file", token, "--store", zoneDB[name], "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 250+i)) // VIPs no other test binds
 		z.xds, z.dns = z.cp.xds, z.cp.dns
 		m.zones[name] = z
 	}
@@ -144,7 +144,7 @@ spec:
 	var vip string
 	eventually(t, "billing.mesh in zone-1", func() bool {
 		vip = dig(t, z1.dns, "billing.mesh", "+short")
-		return strings.HasPrefix(vip, "127.240.")
+		return strings.HasPrefix(vip, "127.250.")
 	})
 	eventually(t, "a call from zone-1 to billing in zone-2", func() bool {
 		answer, err := call(vip+":80", "hi")
@@ -212,6 +212,7 @@ spec:
 	}
 	echoOn("before the rotation")
 	old := intermediate("zone-2")
+	l := startLoad(vip+":80", 4, 5*time.Millisecond)
 	out := ctl(t, m.global.api, "", "zone", "rotate-ca", "zone-2", "-m", "default")
 	if !strings.Contains(out, "zone zone-2 has a new CA in mesh default") {
 		t.Fatalf("rotate-ca said %q", out)
@@ -226,6 +227,15 @@ spec:
 		return len(chain) == 2 && chain[1].Equal(rotated)
 	})
 	checkChain(billing, "zone-2", rotated)
+	l.close()
+	// The intermediate that now issues was announced (its revocation list
+	// in every zone) when the previous one started: no handshake in between
+	// is refused for the want of its list.
+	for _, r := range l.all() {
+		if r.err != nil {
+			t.Fatalf("a call across the rotation failed (%d calls): %v", len(l.all()), r.err)
+		}
+	}
 	echoOn("after the rotation")
 	eventually(t, "a new call after the rotation", func() bool {
 		answer, err := call(vip+":80", "new")
