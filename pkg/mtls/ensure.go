@@ -140,7 +140,14 @@ func (a *Authority) Reconcile(ctx context.Context, view *store.View) error {
 			continue
 		}
 		if _, err := a.Store.Apply(ctx, puts, deletes); err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, store.ErrConflict):
+				// Decided from a view older than a write (another
+				// replica's, or this one's not yet mirrored): the view
+				// that shows it decides again.
+				log.Debug("the mesh's CAs changed since this view; deciding again on the next", zap.Error(err))
+			default:
 				log.Warn("cannot store the mesh's CAs; will decide again on the next change", zap.Error(err))
 			}
 			continue
