@@ -120,6 +120,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := issuer.EnsureKey(ctx); err != nil {
 		return fmt.Errorf("zone token signing key: %w", err)
 	}
+	users := tokens.NewUserIssuer(st, log.Named("user-tokens"))
+	if err := users.EnsureKey(ctx); err != nil {
+		return fmt.Errorf("user token signing key: %w", err)
+	}
 	cert, certPEM, err := server.Certificate(ctx, st, cfg.KDS.TLSCert, cfg.KDS.TLSKey)
 	if err != nil {
 		return err
@@ -141,6 +145,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	extra := issuer.Handlers()
 	maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
+	maps.Copy(extra, users.Handlers())
 	extra["GET /kds/ca.pem"] = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(certPEM)
@@ -153,6 +158,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		Registry:                reg,
 		BodyLimit:               cfg.API.BodyLimit,
 		RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
+		Users:                   users,
 		Extra:                   extra,
 	})
 	if err != nil {
@@ -182,14 +188,18 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
 	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Log: log.Named("mesh-ca")})
+	r.AddRestarting("user-token-keys", run.Func(func(ctx context.Context) error {
+		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
+	}))
 	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, mirror, time.Now, log.Named("expire")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
 }
 
-// mirroredTypes are the types the global's mirror follows.
+// mirroredTypes are the types the global's mirror follows: GlobalSecret so
+// that a rotated user-token key is unpublished at once.
 func mirroredTypes() []string {
-	set := map[string]bool{"Mesh": true, "MeshCA": true, "ZoneCA": true, "Zone": true}
+	set := map[string]bool{"Mesh": true, "MeshCA": true, "ZoneCA": true, "Zone": true, "GlobalSecret": true}
 	for _, d := range kds.GlobalToZoneTypes() {
 		set[d.Type] = true
 	}

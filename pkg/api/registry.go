@@ -104,6 +104,11 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &MeshCA{} }},
 	{Type: "ZoneCA", Plural: "zone-cas", Singular: "zone-ca", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncGlobalToOwnZone, Hidden: true,
 		New: func() Resource { return &ZoneCA{} }},
+	// UserTokenPublicKey carries the public halves of the global's
+	// user-token signing keys to the zones, which verify user tokens with
+	// them.
+	{Type: "UserTokenPublicKey", Plural: "user-token-public-keys", Singular: "user-token-public-key", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncGlobalToZone,
+		New: func() Resource { return &UserTokenPublicKey{} }},
 	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Secret{} }},
 }

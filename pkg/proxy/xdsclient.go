@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -34,6 +37,10 @@ type Client struct {
 	Address string
 	NodeID  string
 	Token   string
+	// TokenFile, when set, holds the token instead of Token: it is read
+	// again for every connection, so a fixed or renewed token is taken up
+	// without a restart.
+	TokenFile string
 	// Metadata goes in the node's metadata (the Dataplane it presents).
 	Metadata map[string]string
 	Proxy    *Proxy
@@ -66,13 +73,29 @@ func (c *Client) Start(ctx context.Context) error {
 			b.Reset()
 		}
 		delay := b.NextBackOff()
-		c.Log.Warn("lost the zone control plane; reconnecting", zap.Error(err), zap.Duration("retry_in", delay))
+		if st, ok := grpcstatus.FromError(err); ok && (st.Code() == codes.Unauthenticated || st.Code() == codes.PermissionDenied) {
+			c.Log.Error("the zone control plane refused this proxy: "+st.Message(), zap.Stringer("code", st.Code()), zap.Duration("retry_in", delay))
+		} else {
+			c.Log.Warn("lost the zone control plane; reconnecting", zap.Error(err), zap.Duration("retry_in", delay))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(delay):
 		}
 	}
+}
+
+// token returns the token to show, read from TokenFile when set.
+func (c *Client) token() (string, error) {
+	if c.TokenFile == "" {
+		return c.Token, nil
+	}
+	b, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // state is what the stream has received, by type.
@@ -95,8 +118,12 @@ func (c *Client) session(ctx context.Context) error {
 	defer reporting.Wait() // after cancel, below
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if c.Token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.Token)
+	token, err := c.token()
+	if err != nil {
+		return err
+	}
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	}
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,6 +25,26 @@ type cp struct {
 	xds, dns string // a zone's, host:port
 	kds      string // a global's, host:port
 	args     []string
+	// start and http, when set, start the process and reach its API on
+	// another host (hosts.startCP); by default both are this one's.
+	start func(t testing.TB, name string, args ...string) *proc
+	http  *http.Client
+	// host reaches a listener bound to every address (":5681"):
+	// 127.0.0.1 when empty.
+	host string
+}
+
+// reachable is a listener's address as a client dials it: host in place of
+// an unspecified IP ("[::]:5681" → "10.77.0.1:5681").
+func reachable(addr, host string) string {
+	h, port, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(h); err != nil || ip == nil || !ip.IsUnspecified() {
+		return addr
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // cpAddrs are the flags of a CP's listeners and the log keys it reports
@@ -39,24 +60,34 @@ var cpAddrs = map[string][][2]string{
 // restart binds the same addresses again.
 func startCP(t testing.TB, args ...string) *cp {
 	t.Helper()
-	for _, f := range cpAddrs[args[0]] {
-		if !slices.Contains(args, f[0]) {
-			args = append(args, f[0], "127.0.0.1:0")
-		}
-	}
-	c := &cp{args: args}
+	c := &cp{args: placeListeners(args, "127.0.0.1")}
 	c.run(t)
 	return c
+}
+
+// placeListeners binds every listener args do not place on host, port 0.
+func placeListeners(args []string, host string) []string {
+	for _, f := range cpAddrs[args[0]] {
+		if !slices.Contains(args, f[0]) {
+			args = append(args, f[0], host+":0")
+		}
+	}
+	return args
 }
 
 // run starts the process, reads its addresses and waits until it is ready;
 // the args then name the bound addresses, for a restart.
 func (c *cp) run(t testing.TB) {
 	t.Helper()
-	c.proc = start(t, "ursa-cp", c.args...)
+	launch := c.start
+	if launch == nil {
+		launch = start
+	}
+	c.proc = launch(t, "ursa-cp", c.args...)
 	for _, f := range cpAddrs[c.args[0]] {
 		addr := c.proc.logged(t, f[1])
 		c.args[slices.Index(c.args, f[0])+1] = addr
+		addr = reachable(addr, c.host)
 		switch f[0] {
 		case "--api-addr":
 			c.api = "http://" + addr
@@ -68,7 +99,15 @@ func (c *cp) run(t testing.TB) {
 			c.kds = addr
 		}
 	}
-	waitReady(t, c.api+"/readyz", c.proc)
+	waitReadyVia(t, c.client(), c.api+"/readyz", c.proc)
+}
+
+// client reaches the CP's API.
+func (c *cp) client() *http.Client {
+	if c.http != nil {
+		return c.http
+	}
+	return http.DefaultClient
 }
 
 func (c *cp) restart(t testing.TB) {
@@ -79,7 +118,7 @@ func (c *cp) restart(t testing.TB) {
 // get returns the body and status of a GET on the CP's API.
 func (c *cp) get(t testing.TB, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(c.api + path)
+	resp, err := c.client().Get(c.api + path)
 	if err != nil {
 		return 0, err.Error()
 	}
@@ -90,17 +129,47 @@ func (c *cp) get(t testing.TB, path string) (int, string) {
 
 // sidecarFlags are the flags with which a sidecar of service in mesh
 // reaches this zone CP's xDS server: its address and whatever the zone
-// requires of a proxy. Every ursa-dp run in these tests takes them from
-// here, so a change of what a zone requires is made once.
+// requires of a proxy, here a dataplane token for service (any service of
+// the mesh when empty) that this CP issues once the mesh has reached it.
+// Every ursa-dp run in these tests takes them from here, so a change of
+// what a zone requires is made once.
 func (c *cp) sidecarFlags(t testing.TB, mesh, service string) []string {
 	t.Helper()
-	return []string{"--cp-address", "grpc://" + c.xds}
+	eventually(t, "mesh "+mesh+" in the zone, for a dataplane token", func() bool { return c.has(t, "/meshes/"+mesh) })
+	args := []string{"generate", "dataplane-token", "--mesh", mesh}
+	if service != "" {
+		args = append(args, "--service", service)
+	}
+	return []string{"--cp-address", "grpc://" + c.xds, "--token-file", tokenFile(t, ctl(t, c.api, "", args...))}
 }
 
-// ingressFlags are sidecarFlags for a zone ingress of zone.
+// ingressFlags are sidecarFlags for a zone ingress of zone: an ingress
+// token this CP issues.
 func (c *cp) ingressFlags(t testing.TB, zone string) []string {
 	t.Helper()
-	return []string{"--cp-address", "grpc://" + c.xds}
+	token := ctl(t, c.api, "", "generate", "ingress-token", "--zone", zone)
+	return []string{"--cp-address", "grpc://" + c.xds, "--token-file", tokenFile(t, token)}
+}
+
+// dataplaneToken has this zone CP issue a dataplane token for mesh, with
+// the further flags of ursactl generate dataplane-token.
+func (c *cp) dataplaneToken(t testing.TB, mesh string, flags ...string) string {
+	t.Helper()
+	return strings.TrimSpace(ctl(t, c.api, "", append([]string{"generate", "dataplane-token", "--mesh", mesh}, flags...)...))
+}
+
+// tokenFile writes a token to a file of its own and returns its path.
+func tokenFile(t testing.TB, token string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strings.TrimSpace(token)); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
 }
 
 func (c *cp) has(t testing.TB, path string) bool {
