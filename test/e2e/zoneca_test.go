@@ -14,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 // newDatabase is a migrated PostgreSQL database of the package's cluster.
@@ -247,8 +250,41 @@ spec:
 		}
 	}
 
+	// A certificate zone-2's intermediate signs, as billing's sidecar holds
+	// one: zone-1's sidecar admits it as a caller.
+	zca := &api.ZoneCA{Meta: api.Meta{Type: "ZoneCA", Mesh: "default", Name: "zone-2"},
+		CertPEM: psql(t, zoneDB["zone-2"], `SELECT document->>'certPEM' FROM ursa_resources WHERE type = 'ZoneCA'`) + "\n",
+		KeyPEM:  psql(t, zoneDB["zone-2"], `SELECT document->>'keyPEM' FROM ursa_resources WHERE type = 'ZoneCA'`) + "\n"}
+	signer, err := mtls.SignerFromZoneCA(zca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := signer.Issue(mtls.Subject{Mesh: "default", Services: []string{"billing"}}, nil, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	zone2Cert, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	callWeb := func() error {
+		c, err := tls.Dial("tcp", web.inbound(t), &tls.Config{Certificates: []tls.Certificate{zone2Cert}, InsecureSkipVerify: true})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintln(c, "from zone-2")
+		_, err = bufio.NewReader(c).ReadString('\n')
+		return err
+	}
+	if err := callWeb(); err != nil {
+		t.Fatalf("zone-1's sidecar refused a certificate of zone-2's intermediate before any revocation: %v", err)
+	}
+
 	// zone-2 disabled: its intermediate is revoked in zone-1's copy of the
-	// root, and zone-1 refuses billing's certificate.
+	// root, zone-1's sidecar refuses zone-2's certificates, and calls to
+	// billing fail.
 	ctl(t, m.global.api, "type: Zone\nname: zone-2\nenabled: false\n", "apply", "-f", "-")
 	serial := rotated.SerialNumber.Text(16)
 	eventually(t, "zone-2's intermediate revoked in zone-1", func() bool {
@@ -256,9 +292,12 @@ spec:
 		i := strings.Index(doc, `"serial": "`+serial+`"`)
 		return i >= 0 && strings.Contains(doc[i:min(len(doc), i+200)], "revokedAt")
 	})
-	eventually(t, "calls to billing's revoked certificate to fail", func() bool {
+	eventually(t, "zone-1's sidecar to refuse zone-2's certificate", func() bool { return callWeb() != nil })
+	eventually(t, "calls to billing to fail", func() bool {
 		_, err := call(vip+":80", "revoked?")
 		return err != nil
 	})
-	eventually(t, "web's sidecar to say why", func() bool { return strings.Contains(web.sidecar.out.String(), "is revoked by") })
+	if out := web.sidecar.out.String(); !strings.Contains(out, "is revoked by") {
+		t.Fatalf("web's sidecar did not say it refused a revoked certificate:\n%s", out)
+	}
 }
