@@ -234,7 +234,9 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 	// An expired intermediate is refused for that alone: its record and
 	// its list can go.
 	next.Intermediates = slices.DeleteFunc(next.Intermediates, func(in api.Intermediate) bool { return !now.Before(in.NotAfter) })
-	if len(puts) > 0 || len(deletes) > 0 || len(next.Intermediates) != len(root.Intermediates) || crlDue(next, now) {
+	// A root that never signed an intermediate needs no list.
+	listed := len(next.Intermediates) > 0 || next.CRLPEM != ""
+	if len(puts) > 0 || len(deletes) > 0 || len(next.Intermediates) != len(root.Intermediates) || (listed && crlDue(next, now)) {
 		if err := SignRootCRL(next, now); err != nil {
 			return nil, nil, nil, err
 		}

@@ -171,6 +171,11 @@ func TestPlan(t *testing.T) {
 		t.Fatalf("zone CAs %v", zcas)
 	}
 
+	// No zone, no intermediate: nothing to do, not even a list.
+	if puts, deletes, _, _ := Plan(root, nil, nil, now); len(puts)+len(deletes) != 0 {
+		t.Fatalf("a mesh without zones planned %d puts, %d deletes", len(puts), len(deletes))
+	}
+
 	// Nothing changed: nothing to do.
 	if puts, deletes, _, _ := Plan(next, zcas, map[string]bool{"zone-1": true, "zone-2": true}, now.Add(time.Hour)); len(puts)+len(deletes) != 0 {
 		t.Fatalf("an up-to-date mesh planned %d puts, %d deletes", len(puts), len(deletes))
