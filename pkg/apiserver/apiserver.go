@@ -81,6 +81,10 @@ type Deps struct {
 	// Extra handlers, by ServeMux pattern, served behind the same
 	// authentication and metrics (e.g. "POST /tokens/zone").
 	Extra map[string]http.Handler
+	// Public handlers, by ServeMux pattern ("GET /xds/ca.pem"), answer
+	// anyone without authentication: what a client needs before it holds
+	// any credential, such as the CA certificate it must trust.
+	Public map[string]http.Handler
 }
 
 func (d *Deps) check() error {
@@ -103,6 +107,7 @@ func (d *Deps) check() error {
 
 type server struct {
 	Deps
+	publicPaths map[string]bool
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 }
@@ -145,6 +150,12 @@ func New(deps Deps) (http.Handler, error) {
 	for pattern, h := range deps.Extra {
 		mux.Handle(pattern, h)
 	}
+	s.publicPaths = map[string]bool{}
+	for pattern, h := range deps.Public {
+		mux.Handle(pattern, h)
+		_, path, _ := strings.Cut(pattern, " ")
+		s.publicPaths[path] = true
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: http.StatusNotFound, title: "Not found", details: "no such path: " + r.URL.Path})
 	})
@@ -166,7 +177,7 @@ func (s *server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		if err := s.authenticate(r); err != nil && !openPaths[r.URL.Path] {
+		if err := s.authenticate(r); err != nil && !openPaths[r.URL.Path] && !s.publicPaths[r.URL.Path] {
 			writeError(rec, err)
 		} else {
 			r.Body = http.MaxBytesReader(rec, r.Body, s.BodyLimit)
