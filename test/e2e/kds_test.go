@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
@@ -24,6 +30,10 @@ type cp struct {
 	xds, dns string // a zone's, host:port
 	kds      string // a global's, host:port
 	args     []string
+	// xdsCA is a file holding the zone's /xds/ca.pem, fetched once per
+	// start of the process (a zone on the memory store makes a new CA at
+	// each start).
+	xdsCA string
 }
 
 // cpAddrs are the flags of a CP's listeners and the log keys it reports
@@ -54,6 +64,7 @@ func startCP(t testing.TB, args ...string) *cp {
 func (c *cp) run(t testing.TB) {
 	t.Helper()
 	c.proc = start(t, "ursa-cp", c.args...)
+	c.xdsCA = ""
 	for _, f := range cpAddrs[c.args[0]] {
 		addr := c.proc.logged(t, f[1])
 		c.args[slices.Index(c.args, f[0])+1] = addr
@@ -94,13 +105,64 @@ func (c *cp) get(t testing.TB, path string) (int, string) {
 // here, so a change of what a zone requires is made once.
 func (c *cp) sidecarFlags(t testing.TB, mesh, service string) []string {
 	t.Helper()
-	return []string{"--cp-address", "grpc://" + c.xds}
+	return c.xdsFlags(t)
 }
 
 // ingressFlags are sidecarFlags for a zone ingress of zone.
 func (c *cp) ingressFlags(t testing.TB, zone string) []string {
 	t.Helper()
-	return []string{"--cp-address", "grpc://" + c.xds}
+	return c.xdsFlags(t)
+}
+
+// xdsFlags say where the zone's xDS server is and how to verify it: with
+// its /xds/ca.pem, or not at all when the zone was started --xds-insecure.
+func (c *cp) xdsFlags(t testing.TB) []string {
+	t.Helper()
+	if slices.Contains(c.args, "--xds-insecure") {
+		return []string{"--cp-address", "grpc://" + c.xds, "--xds-insecure"}
+	}
+	return []string{"--cp-address", "grpcs://" + c.xds, "--ca-cert-file", c.xdsCAFile(t)}
+}
+
+// xdsCAFile returns a file holding the CA the zone's xDS certificate
+// chains to, fetched from its /xds/ca.pem.
+func (c *cp) xdsCAFile(t testing.TB) string {
+	t.Helper()
+	if c.xdsCA != "" {
+		return c.xdsCA
+	}
+	code, pem := c.get(t, "/xds/ca.pem")
+	if code != 200 || !strings.Contains(pem, "BEGIN CERTIFICATE") {
+		t.Fatalf("GET %s/xds/ca.pem: %d %s", c.api, code, pem)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "xds-ca-*.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(pem); err != nil {
+		t.Fatal(err)
+	}
+	c.xdsCA = f.Name()
+	return c.xdsCA
+}
+
+// dialXDS connects to the zone's xDS server over TLS, verified with its
+// /xds/ca.pem, as a proxy would.
+func (c *cp) dialXDS(t testing.TB) *grpc.ClientConn {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(c.xdsCAFile(t))
+	if err != nil || !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("the zone's CA: %v", err)
+	}
+	host, _, _ := net.SplitHostPort(c.xds)
+	conn, err := grpc.NewClient(c.xds, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: host})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func (c *cp) has(t testing.TB, path string) bool {

@@ -15,9 +15,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -55,7 +53,6 @@ func TestSidecarMTLS(t *testing.T) {
 	os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", "zone-1")), 0o600)
 	zone := startCP(t, "zone", "--zone", "zone-1", "--global-kds-address", "grpcs://"+kdsAddr,
 		"--global-kds-ca-file", ca, "--zone-token-file", token)
-	xdsAddr := zone.xds
 	ctl(t, global.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
 	ctl(t, zone.api, `
@@ -76,11 +73,7 @@ networking:
   - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
 `, "apply", "-f", "-")
 
-	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := zone.dialXDS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
@@ -159,7 +152,6 @@ networking:
 // service its dataplane does not run, and serves one whose token fits.
 func TestDataplaneTokens(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-require-dataplane-token")
-	xdsAddr := zone.xds
 	ctl(t, zone.api, `
 type: Mesh
 name: default
@@ -181,11 +173,7 @@ networking:
 	good := token("--mesh", "default", "--service", "web")
 	forged := []byte(good)
 	forged[len(forged)-4] ^= 1
-	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := zone.dialXDS(t)
 	try := func(tok string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -223,7 +211,6 @@ networking:
 // after the configured time.
 func TestOfflineDataplaneIsRemoved(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-offline-removal", "1s")
-	xdsAddr := zone.xds
 	ctl(t, zone.api, `
 type: Mesh
 name: default
@@ -239,10 +226,7 @@ networking:
 	if _, body := zone.get(t, "/meshes/default/dataplanes/web-1"); !strings.Contains(body, `"ursa.io/zone":"zone-1"`) {
 		t.Fatalf("the zone did not tag its dataplane: %s", body)
 	}
-	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := zone.dialXDS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
