@@ -14,6 +14,9 @@ PACKAGES=(
   "postgresql-client command -v psql >/dev/null"
   # dig: the end-to-end DNS test queries the real resolver with it.
   "dnsutils command -v dig >/dev/null"
+  # ip: the end-to-end tests of several hosts make each host a network
+  # namespace joined by veth pairs.
+  "iproute2 command -v ip >/dev/null"
   "make command -v make >/dev/null"
   "git command -v git >/dev/null"
 )

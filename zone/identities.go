@@ -1,53 +1,170 @@
 package zone
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
-// identities issues and caches workload certificates, one per mesh and
-// service, and replaces each at half its lifetime or when its mesh's CA
-// changes.
+// signerFor is what mesh m's workload identities are issued with in this
+// zone, and the root certificate (PEM) its proxies trust. A nil signer
+// with no error means there is none yet: the mesh's CA has not reached the
+// zone, and its sidecars get no identity until it does. Today the mesh's
+// root CA signs; this is the one place that decides it.
+func signerFor(m *xds.MeshState) (*mtls.Signer, string, error) {
+	if m.CA == nil {
+		return nil, "", nil
+	}
+	s, err := mtls.SignerFromMeshCA(m.CA)
+	if err != nil {
+		return nil, "", err
+	}
+	return s, m.CA.CertPEM, nil
+}
+
+// signing is a mesh's signer for one round of generation, with what every
+// proxy of the mesh shares: its trust secret.
+type signing struct {
+	signer *mtls.Signer
+	// id names the signer, its chain and the root: a change of any of
+	// them re-issues every identity.
+	id    string
+	trust xds.Resources
+	err   error
+}
+
+// signingFor reads signerFor once per mesh and round, memoised in memo.
+func signingFor(memo map[string]*signing, m *xds.MeshState) *signing {
+	if s, ok := memo[m.Mesh.Name]; ok {
+		return s
+	}
+	s := &signing{}
+	memo[m.Mesh.Name] = s
+	signer, root, err := signerFor(m)
+	if err != nil {
+		s.err = fmt.Errorf("mesh %s: the signer of its identities: %w", m.Mesh.Name, err)
+		return s
+	}
+	if signer == nil {
+		return s
+	}
+	h := sha256.New()
+	h.Write(signer.Cert.Raw)
+	h.Write(signer.ChainPEM)
+	h.Write([]byte(root))
+	s.signer, s.id = signer, hex.EncodeToString(h.Sum(nil)[:12])
+	s.trust = xds.Resources{}
+	s.trust.Add(resource.SecretType, xds.TrustSecret(root))
+	return s
+}
+
+// identities issues and caches workload certificates, one per connected
+// proxy (node id): each instance has its own key and certificate, naming
+// its services and tags. One is replaced at half its lifetime, and when
+// what it names, its signer or its proxy's CSR changes; nothing else
+// re-signs it. Lookups and issuance are safe for concurrent use, of
+// different nodes.
 type identities struct {
 	ttl time.Duration
 
-	mu    sync.Mutex
-	certs map[[2]string]issued
+	mu     sync.Mutex
+	byNode map[string]*issued
 }
 
+// issued is one proxy's identity and what it was issued for.
 type issued struct {
-	id mtls.Identity
-	ca string // the CA certificate it chains to
-	// secrets are the SDS secrets of id and ca, built once so that every
-	// proxy of the service shares them (and the xDS server checks and
-	// hashes them once).
-	secrets xds.Resources
+	dataplane string // the version and creation time of the Dataplane it was derived from
+	subject   string // mtls.Subject.Key()
+	signer    string // signing.id
+	csr       string // the CSR whose key it certifies; "" when the CP made the key
+	id        mtls.Identity
+	secret    xds.Resources // the SDS "identity" secret
+}
+
+// stamp names the issuance in a proxy's generation key.
+func (i *issued) stamp() string { return i.id.Serial.Text(36) }
+
+// identityRequest is what a proxy's identity is issued for.
+type identityRequest struct {
+	node string
+	dp   *api.Dataplane
+	csr  string
+	sign *signing
 }
 
 func newIdentities(ttl time.Duration) *identities {
-	return &identities{ttl: ttl, certs: map[[2]string]issued{}}
+	return &identities{ttl: ttl, byNode: map[string]*issued{}}
 }
 
-// current returns service's identity in ca's mesh, issuing a new one when
-// needed.
-func (c *identities) current(ca *api.MeshCA, service string, now time.Time) (issued, error) {
+// dataplaneKey names a stored Dataplane's content.
+func dataplaneKey(dp *api.Dataplane) string {
+	return fmt.Sprintf("%d/%d", dp.Version, dp.CreationTime.UnixNano())
+}
+
+// reusable returns the node's identity when it is still right for r at
+// now, without signing anything. Generation's plan calls it, from one
+// goroutine.
+func (c *identities) reusable(r identityRequest, now time.Time) (*issued, bool) {
+	c.mu.Lock()
+	cur := c.byNode[r.node]
+	c.mu.Unlock()
+	if cur == nil || cur.signer != r.sign.id || cur.csr != r.csr || !now.Before(cur.id.RenewAt()) {
+		return nil, false
+	}
+	if dk := dataplaneKey(r.dp); cur.dataplane != dk {
+		// The Dataplane changed: only a change of what the certificate
+		// names (its tags) re-issues it.
+		if mtls.SubjectOf(r.dp).Key() != cur.subject {
+			return nil, false
+		}
+		cur.dataplane = dk // only plan, one goroutine, reads and writes it
+	}
+	return cur, true
+}
+
+// issue signs a new identity for r's node and keeps it.
+func (c *identities) issue(r identityRequest, now time.Time) (*issued, error) {
+	sub := mtls.SubjectOf(r.dp)
+	var pub any
+	if r.csr != "" {
+		var err error
+		if pub, err = mtls.ParseCSR([]byte(r.csr)); err != nil {
+			return nil, fmt.Errorf("its CSR: %w", err)
+		}
+	}
+	if len(sub.Services) == 0 {
+		return nil, errors.New("its Dataplane has no inbound service to name in a certificate")
+	}
+	id, err := r.sign.signer.Issue(sub, pub, c.ttl, now)
+	if err != nil {
+		return nil, err
+	}
+	cur := &issued{dataplane: dataplaneKey(r.dp), subject: sub.Key(), signer: r.sign.id, csr: r.csr, id: id, secret: xds.Resources{}}
+	cur.secret.Add(resource.SecretType, xds.IdentitySecret(id))
+	c.mu.Lock()
+	c.byNode[r.node] = cur
+	c.mu.Unlock()
+	return cur, nil
+}
+
+// forget drops the identities of nodes no longer connected.
+func (c *identities) forget(connected map[string]bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k := [2]string{ca.Mesh, service}
-	if cur, ok := c.certs[k]; ok && cur.ca == ca.CertPEM && now.Before(cur.id.RenewAt()) {
-		return cur, nil
+	for node := range c.byNode {
+		if !connected[node] {
+			delete(c.byNode, node)
+		}
 	}
-	id, err := mtls.Issue(ca, service, c.ttl, now)
-	if err != nil {
-		return issued{}, err
-	}
-	cur := issued{id: id, ca: ca.CertPEM, secrets: xds.Secrets(id, ca.CertPEM)}
-	c.certs[k] = cur
-	return cur, nil
 }
 
 // nextRenewal is when the earliest identity must be replaced (zero if none).
@@ -55,7 +172,7 @@ func (c *identities) nextRenewal() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var next time.Time
-	for _, cur := range c.certs {
+	for _, cur := range c.byNode {
 		if at := cur.id.RenewAt(); next.IsZero() || at.Before(next) {
 			next = at
 		}

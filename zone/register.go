@@ -10,6 +10,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
@@ -60,6 +61,13 @@ func (r registrar) Register(ctx context.Context, node *core.Node, c *xds.Claims)
 func registerPresented(ctx context.Context, st store.Store, zone, instance string, presence *Presence, node *core.Node, c *xds.Claims) error {
 	if doc := node.GetMetadata().GetFields()[api.MetadataZoneIngress].GetStringValue(); doc != "" {
 		return registerIngress(ctx, st, zone, node, doc)
+	}
+	if csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue(); csr != "" {
+		// Refused here, with the reason, rather than leave the proxy
+		// without an identity it never learns why it lacks.
+		if _, err := mtls.ParseCSR([]byte(csr)); err != nil {
+			return fmt.Errorf("presented %w", err)
+		}
 	}
 	doc := node.GetMetadata().GetFields()[api.MetadataDataplane].GetStringValue()
 	if doc == "" {

@@ -147,8 +147,11 @@ type job struct {
 	id    string
 	key   string
 	proxy xds.Proxy
-	// secrets, for a sidecar in an mTLS mesh whose CA is here.
+	// secrets, for a sidecar in an mTLS mesh whose signer is here.
 	secrets xds.Resources
+	// issue, when set, is an identity to issue before generating; key
+	// then lacks its stamp.
+	issue *identityRequest
 }
 
 // generate generates, on every core, the proxies whose inputs changed. What
@@ -156,16 +159,17 @@ type job struct {
 // use), and SetResources is safe to call concurrently.
 func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds.Node, now time.Time) int {
 	seen := make(map[string]bool, len(nodes))
+	signings := map[string]*signing{}
 	var jobs []job
 	for _, n := range nodes {
 		seen[n.ID] = true
-		j, err := g.plan(state, n, now)
+		j, err := g.plan(state, n, now, signings)
 		j.node = n
 		if err != nil {
 			g.warnOnce(n.ID, err)
 			continue
 		}
-		if g.last[n.ID] == j.key {
+		if j.issue == nil && g.last[n.ID] == j.key {
 			continue
 		}
 		jobs = append(jobs, j)
@@ -180,9 +184,24 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 			delete(g.warned, id)
 		}
 	}
+	g.ids.forget(seen)
 	var mu sync.Mutex
+	failed := map[string]error{}
 	parallel(runtime.GOMAXPROCS(0), len(jobs), func(i int) {
 		j := jobs[i]
+		if j.issue != nil {
+			// Signing is most of the work of a proxy's first generation:
+			// done here, on every core.
+			id, err := g.ids.issue(*j.issue, now)
+			if err != nil {
+				mu.Lock()
+				failed[j.id] = fmt.Errorf("issue its identity: %w", err)
+				mu.Unlock()
+				return // tried again next round
+			}
+			j.secrets = identitySecrets(id, j.issue.sign)
+			j.key += id.stamp()
+		}
 		res, err := g.gens.Generate(state, j.proxy)
 		if err == nil {
 			res.Merge(j.secrets)
@@ -201,8 +220,20 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 		g.last[j.id] = j.key
 		mu.Unlock()
 	})
-	g.generated.Add(int64(len(jobs)))
-	return len(jobs)
+	for id, err := range failed {
+		g.warnOnce(id, err)
+	}
+	g.generated.Add(int64(len(jobs) - len(failed)))
+	return len(jobs) - len(failed)
+}
+
+// identitySecrets are a proxy's SDS secrets: its identity and its mesh's
+// trust.
+func identitySecrets(id *issued, s *signing) xds.Resources {
+	out := xds.Resources{}
+	out.Merge(id.secret)
+	out.Merge(s.trust)
+	return out
 }
 
 // warnOnce logs why a proxy gets no configuration, once per proxy and
@@ -215,8 +246,9 @@ func (g *Generation) warnOnce(id string, err error) {
 }
 
 // plan finds what a connected proxy is generated from and the key of those
-// inputs.
-func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time) (job, error) {
+// inputs. A sidecar in an mTLS mesh whose identity must be (re-)issued
+// gets a job with issue set, and a key that the issuance completes.
+func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings map[string]*signing) (job, error) {
 	conn := n.Since.UnixNano()
 	if n.Kind == xds.KindIngress {
 		for _, ing := range state.Catalog.Ingresses {
@@ -241,19 +273,28 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time) (job, err
 	}
 	j := job{id: n.ID, proxy: xds.Proxy{Kind: n.Kind, Dataplane: dp}}
 	identity := "none"
-	if n.Kind == xds.KindSidecar && m.Mesh.MTLSEnabled() && m.CA != nil && len(dp.Networking.Inbound) > 0 {
-		cur, err := g.ids.current(m.CA, dp.Networking.Inbound[0].Tags[api.TagService], now)
-		if err != nil {
-			return job{}, fmt.Errorf("issue its identity: %w", err)
+	if n.Kind == xds.KindSidecar && m.Mesh.MTLSEnabled() && len(dp.Networking.Inbound) > 0 {
+		sign := signingFor(signings, m)
+		if sign.err != nil {
+			return job{}, sign.err
 		}
-		j.secrets = cur.secrets
-		identity = fmt.Sprintf("%d/%d/%d", m.CA.Version, m.CA.CreationTime.UnixNano(), cur.id.NotBefore.UnixNano())
+		if sign.signer != nil {
+			r := identityRequest{node: n.ID, dp: dp, csr: n.CSR, sign: sign}
+			identity = "id:"
+			if cur, ok := g.ids.reusable(r, now); ok {
+				j.secrets = identitySecrets(cur, sign)
+				identity += cur.stamp()
+			} else {
+				j.issue = &r
+			}
+		}
 	}
 	inputs := m.Hash // a proxyless client reaches every service
 	if n.Kind == xds.KindSidecar {
 		inputs = m.SidecarHash(ownAndExplicit(dp))
 	}
-	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%s|%d", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), identity, conn)
+	// The identity comes last: an issuance appends its stamp.
+	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, identity)
 	return j, nil
 }
 

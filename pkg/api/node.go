@@ -13,4 +13,8 @@ const (
 	MetadataIngress = "ursa.io/ingress"
 	// MetadataProxyless is "true" on a proxyless gRPC client.
 	MetadataProxyless = "ursa.io/proxyless"
+	// MetadataCSR carries, from a proxy that makes its own key, a
+	// certificate request for it (PEM): the CP signs that key, and sends
+	// the certificate without a key.
+	MetadataCSR = "ursa.io/csr"
 )

@@ -5,6 +5,7 @@
 package mtls
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -61,12 +62,18 @@ func serial() *big.Int {
 	return n
 }
 
-// Identity is a workload certificate and its key, in PEM.
+// Identity is a workload certificate, with the chain of the CA that issued
+// it, and its key when the control plane made it, in PEM.
 type Identity struct {
-	CertPEM   []byte
+	// CertPEM is the leaf followed by the issuing CA's chain up to (not
+	// including) the mesh's root.
+	CertPEM []byte
+	// KeyPEM is empty when the proxy made its own key (a CSR).
 	KeyPEM    []byte
 	NotBefore time.Time
 	NotAfter  time.Time
+	// Serial is the leaf's serial number: it names this issuance.
+	Serial *big.Int
 }
 
 // RenewAt is when an identity should be replaced: at half its lifetime, so
@@ -75,50 +82,93 @@ func (id Identity) RenewAt() time.Time {
 	return id.NotBefore.Add(id.NotAfter.Sub(id.NotBefore) / 2)
 }
 
-// Issue signs, with the mesh's CA, a certificate for service valid for
-// ttl, whose URI SAN is spiffe://<mesh>/<service> and which serves both as a
-// TLS server and a client certificate.
-func Issue(ca *api.MeshCA, service string, ttl time.Duration, now time.Time) (Identity, error) {
+// Signer issues workload certificates: a CA certificate, its key, and the
+// chain a workload presents with its leaf. Today a mesh's root signs
+// (SignerFromMeshCA); a zone's intermediate CA can sign just the same, with
+// its own certificate in ChainPEM. A Signer is safe for concurrent use.
+type Signer struct {
+	Cert *x509.Certificate
+	Key  crypto.Signer
+	// ChainPEM is the signer's certificate and any intermediates up to
+	// (not including) the root; empty when the signer is the root.
+	ChainPEM []byte
+}
+
+// SignerFromMeshCA is the mesh's root CA as the signer: nothing goes in the
+// chain, since peers trust the root itself.
+func SignerFromMeshCA(ca *api.MeshCA) (*Signer, error) {
 	pair, err := tls.X509KeyPair([]byte(ca.CertPEM), []byte(ca.KeyPEM))
 	if err != nil {
-		return Identity{}, fmt.Errorf("mesh %s CA: %w", ca.Mesh, err)
+		return nil, fmt.Errorf("mesh %s CA: %w", ca.Mesh, err)
 	}
-	caCert, err := x509.ParseCertificate(pair.Certificate[0])
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("mesh %s CA: %w", ca.Mesh, err)
+	}
+	key, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("mesh %s CA: key of type %T cannot sign", ca.Mesh, pair.PrivateKey)
+	}
+	return &Signer{Cert: cert, Key: key}, nil
+}
+
+// Issue signs a certificate for sub valid for ttl from now, usable as a TLS
+// server and client certificate, whose URI SANs are sub's (URIs). It
+// certifies pub, a key the proxy made and proved it holds (a CSR); when
+// pub is nil it makes an ECDSA P-256 key and returns it too.
+func (s *Signer) Issue(sub Subject, pub crypto.PublicKey, ttl time.Duration, now time.Time) (Identity, error) {
+	uris := sub.URIs()
+	if len(sub.Services) == 0 {
+		return Identity{}, errors.New("issue: at least one service is required")
+	}
+	var keyPEM []byte
+	if pub == nil {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return Identity{}, fmt.Errorf("issue %s: %w", uris[0], err)
+		}
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return Identity{}, fmt.Errorf("issue %s: %w", uris[0], err)
+		}
+		pub, keyPEM = &key.PublicKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	}
+	notBefore := now.Add(-time.Minute)
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: sub.Services[0], Organization: []string{"ursa"}},
+		URIs:         uris,
+		NotBefore:    notBefore,
+		NotAfter:     now.Add(ttl),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.Cert, pub, s.Key)
+	if err != nil {
+		return Identity{}, fmt.Errorf("issue %s: %w", uris[0], err)
+	}
+	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return Identity{
+		CertPEM:   append(chain, s.ChainPEM...),
+		KeyPEM:    keyPEM,
+		NotBefore: notBefore,
+		NotAfter:  tmpl.NotAfter,
+		Serial:    tmpl.SerialNumber,
+	}, nil
+}
+
+// Issue signs, with the mesh's root CA, a certificate for one service and
+// no other tag, with a key it makes. Tests and benchmarks use it; the zone
+// issues per instance with a Signer.
+func Issue(ca *api.MeshCA, service string, ttl time.Duration, now time.Time) (Identity, error) {
+	s, err := SignerFromMeshCA(ca)
 	if err != nil {
 		return Identity{}, err
 	}
 	if service == "" {
 		return Identity{}, errors.New("issue: service is required")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return Identity{}, err
-	}
-	id := &url.URL{Scheme: "spiffe", Host: ca.Mesh, Path: "/" + service}
-	notBefore := now.Add(-time.Minute)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: service, Organization: []string{"ursa"}},
-		URIs:         []*url.URL{id},
-		NotBefore:    notBefore,
-		NotAfter:     now.Add(ttl),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, pair.PrivateKey)
-	if err != nil {
-		return Identity{}, fmt.Errorf("issue %s: %w", id, err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return Identity{}, err
-	}
-	return Identity{
-		CertPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		NotBefore: notBefore,
-		NotAfter:  now.Add(ttl),
-	}, nil
+	return s.Issue(Subject{Mesh: ca.Mesh, Services: []string{service}}, nil, ttl, now)
 }
 
 // SpiffeIDOf returns the SPIFFE ID in a certificate's URI SANs.

@@ -401,7 +401,17 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 			if err != nil {
 				return err
 			}
-			_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			// What follows the leaf is the issuer's chain (a zone's
+			// intermediate CA) up to the mesh's root.
+			inter := x509.NewCertPool()
+			for _, der := range raw[1:] {
+				c, err := x509.ParseCertificate(der)
+				if err != nil {
+					return err
+				}
+				inter.AddCert(c)
+			}
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 			return err
 		},
 	})

@@ -42,6 +42,9 @@ type Node struct {
 	// LastNack is the reason of the last NACK, if any.
 	LastNack string `json:"lastNack,omitempty"`
 	Nacks    int    `json:"nacks"`
+	// CSR is the certificate request (PEM) in the node metadata of its
+	// latest stream, if any: its identity certifies that key.
+	CSR string `json:"-"`
 }
 
 // KindOf tells a proxy's kind from its node metadata.
@@ -336,17 +339,25 @@ func (s *Server) seen(stream int64, node *core.Node) {
 	if node == nil || node.GetId() == "" {
 		return
 	}
-	if prev, had := s.streams[stream]; !had {
+	prev, had := s.streams[stream]
+	if !had {
 		s.open[node.GetId()]++
 	} else if prev != node.GetId() {
 		return // a stream's node is the one its first request named
 	}
 	s.streams[stream] = node.GetId()
-	if _, ok := s.nodes[node.GetId()]; ok {
+	csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue()
+	if n, ok := s.nodes[node.GetId()]; ok {
+		if !had && n.CSR != csr {
+			// A proxy that restarted with a new key before its old stream
+			// closed: its identity must certify the new key.
+			n.CSR = csr
+			s.notify()
+		}
 		return
 	}
 	kind := KindOf(node)
-	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}}
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
 	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -128,8 +129,15 @@ networking:
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("the workload certificate does not chain to the mesh CA: %v", err)
 	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://default/web" {
-		t.Fatalf("workload identity %v, want spiffe://default/web", leaf.URIs)
+	var sans []string
+	for _, u := range leaf.URIs {
+		sans = append(sans, u.String())
+	}
+	if want := []string{"spiffe://default/web", "ursa://ursa.io/service/web", "ursa://ursa.io/zone/zone-1"}; !slices.Equal(sans, want) {
+		t.Fatalf("workload identity %q, want %q", sans, want)
+	}
+	if len(identity.GetTlsCertificate().GetPrivateKey().GetInlineBytes()) == 0 {
+		t.Fatal("a proxy without a CSR got no key")
 	}
 	if ttl := leaf.NotAfter.Sub(leaf.NotBefore); ttl > 25*time.Hour {
 		t.Fatalf("workload certificate valid for %s: not short-lived", ttl)
