@@ -107,9 +107,10 @@ func (d *Deps) check() error {
 
 type server struct {
 	Deps
-	publicPaths map[string]bool
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+
+	publicPaths map[string]bool // of Deps.Public
 }
 
 // New returns the API's handler.
