@@ -181,8 +181,10 @@ networking:
   inbound:
   - {port: $4, servicePort: $5, tags: {ursa.io/service: $3}}
 YAML
+  # Its zone CP admits it only with a dataplane token for its service.
+  ctl --api-server "http://127.0.0.1:${1}5681" generate dataplane-token --mesh default --service "$3" >"$DIR/$2.token"
   bg "$2" "$BIN/ursa-dp" run --cp-address "grpcs://127.0.0.1:${1}5678" --ca-cert-file "$DIR/xds-ca-$1.pem" \
-    --dataplane-file "$DIR/$2.yaml" --admin-addr "127.0.0.1:$6"
+    --dataplane-file "$DIR/$2.yaml" --token-file "$DIR/$2.token" --admin-addr "127.0.0.1:$6"
 }
 ingress() { # ingress ZONE
   cat >"$DIR/ingress-$1.yaml" <<YAML
@@ -191,8 +193,10 @@ name: ingress
 zone: zone-$1
 networking: {address: 127.0.0.1, port: ${1}0001, advertisedAddress: 127.0.0.1, advertisedPort: ${1}0001}
 YAML
+  # An ingress needs an ingress token of its zone.
+  ctl --api-server "http://127.0.0.1:${1}5681" generate ingress-token --zone "zone-$1" >"$DIR/ingress-$1.token"
   bg "ingress-$1" "$BIN/ursa-dp" ingress --cp-address "grpcs://127.0.0.1:${1}5678" --ca-cert-file "$DIR/xds-ca-$1.pem" \
-    --zone-ingress-file "$DIR/ingress-$1.yaml" --admin-addr "127.0.0.1:${1}9900"
+    --zone-ingress-file "$DIR/ingress-$1.yaml" --token-file "$DIR/ingress-$1.token" --admin-addr "127.0.0.1:${1}9900"
 }
 
 for z in 1 2; do

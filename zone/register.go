@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -59,7 +58,14 @@ func (r registrar) Register(ctx context.Context, node *core.Node, c *xds.Claims)
 }
 
 func registerPresented(ctx context.Context, st store.Store, zone, instance string, presence *Presence, node *core.Node, c *xds.Claims) error {
+	ingress := xds.KindOf(node) == xds.KindIngress
 	if doc := node.GetMetadata().GetFields()[api.MetadataZoneIngress].GetStringValue(); doc != "" {
+		switch {
+		case !ingress:
+			return fmt.Errorf("it presents a ZoneIngress but is not an ingress (node metadata %s)", api.MetadataIngress)
+		case c != nil && c.Kind != xds.TokenIngress:
+			return xds.NotCovered(errors.New("a ZoneIngress is registered only with an ingress token"))
+		}
 		return registerIngress(ctx, st, zone, node, doc)
 	}
 	if csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue(); csr != "" {
@@ -73,6 +79,12 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 	if doc == "" {
 		return nil
 	}
+	switch {
+	case ingress:
+		return errors.New("an ingress presents a ZoneIngress, not a Dataplane")
+	case c != nil && c.Kind != xds.TokenDataplane:
+		return xds.NotCovered(errors.New("a Dataplane is registered only with a dataplane token"))
+	}
 	r, err := presented(doc, "Dataplane")
 	if err != nil {
 		return err
@@ -81,16 +93,13 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 	if id := xds.NodeID(dp.Mesh, dp.Name); id != node.GetId() {
 		return fmt.Errorf("presented dataplane is %s, but the node id is %s", id, node.GetId())
 	}
-	if c != nil {
-		if dp.Mesh != c.Mesh {
-			return fmt.Errorf("presented dataplane is in mesh %q, its token is for %q", dp.Mesh, c.Mesh)
-		}
-		if c.Service != "" && !slices.ContainsFunc(dp.Networking.Inbound, func(in api.Inbound) bool { return in.Tags[api.TagService] == c.Service }) {
-			return fmt.Errorf("presented dataplane does not run %q, the service its token is for", c.Service)
-		}
-	}
 	for i := range dp.Networking.Inbound {
 		dp.Networking.Inbound[i].Tags[api.TagZone] = zone
+	}
+	if c != nil { // as it would be registered, zone tags and all
+		if err := dataplaneClaims(*c).Covers(dp); err != nil {
+			return xds.NotCovered(err)
+		}
 	}
 	if z, ok := api.Resource(dp).(api.Zoned); ok && z.OwnerZone() != zone {
 		return fmt.Errorf("presented dataplane belongs to zone %q", z.OwnerZone())

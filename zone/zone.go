@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -58,8 +59,8 @@ type Config struct {
 	Store string           `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
 	API   apiserver.Config `json:"api"`
 	XDS   struct {
-		Addr                  string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
-		RequireDataplaneToken bool   `json:"requireDataplaneToken" usage:"refuse proxies without a dataplane token (ursactl generate dataplane-token); a token given is always checked"`
+		Addr                 string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
+		AllowUnauthenticated bool   `json:"allowUnauthenticated" usage:"INSECURE: admit proxies without a dataplane token; local experiments only"`
 		// OfflineRemoval removes the Dataplane of a proxy that has been
 		// disconnected this long; 0 keeps it.
 		OfflineRemoval config.Duration `json:"offlineRemoval" usage:"remove the Dataplane of a proxy disconnected this long (0 keeps it)"`
@@ -231,15 +232,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
 	cat := catalog.NewFollower(cfg.Zone, mirror, log.Named("catalog"))
 	pres := NewPresence(st, mirror, cfg.Instance, log.Named("presence"))
-	dpTokens := tokens.NewDataplaneIssuer(st)
-	xdsServer.SetAuth(xds.Auth{
-		Verify: func(ctx context.Context, token string) (xds.Claims, error) {
-			c, err := dpTokens.Verify(ctx, token)
-			return xds.Claims{Mesh: c.Mesh, Service: c.Service}, err
-		},
-		Require: cfg.XDS.RequireDataplaneToken,
-		Check:   func(nodeID string, c xds.Claims) error { return tokenCovers(mirror, nodeID, c) },
-	})
+	dpTokens, ingTokens := tokens.NewDataplaneIssuer(st), tokens.NewIngressIssuer(st, cfg.Zone)
+	xdsServer.SetAuth(proxyAuth(cfg.Zone, dpTokens, ingTokens, mirror, cfg.XDS.AllowUnauthenticated))
+	if cfg.XDS.AllowUnauthenticated {
+		log.Warn("INSECURE: proxies without a token are admitted (--xds-allow-unauthenticated): anyone who reaches the xDS port may claim any Dataplane and get its identity")
+	}
 	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance, presence: pres})
 	xdsServer.SetPresence(pres)
 	xdsCert, err := xdsCertificate(ctx, cfg, st, log)
@@ -247,6 +244,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	extra := dpTokens.Handlers()
+	maps.Copy(extra, ingTokens.Handlers())
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
 	handler, err := apiserver.New(apiserver.Deps{
 		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
@@ -460,30 +458,4 @@ func dataplaneInsight(st store.Store) http.Handler {
 		}
 		apiserver.WriteJSON(w, http.StatusOK, out)
 	})
-}
-
-// tokenCovers refuses a proxy whose dataplane token is for another service
-// than any of its dataplane's.
-func tokenCovers(src ViewSource, nodeID string, c xds.Claims) error {
-	if c.Service == "" {
-		return nil
-	}
-	mesh, name, err := xds.ParseNodeID(nodeID)
-	if err != nil {
-		return err
-	}
-	view, _ := src.Current()
-	dp, ok, err := store.Get[*api.Dataplane](view, mesh, name)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return nil // it gets nothing until its Dataplane is registered
-	}
-	for _, in := range dp.Networking.Inbound {
-		if in.Tags[api.TagService] == c.Service {
-			return nil
-		}
-	}
-	return fmt.Errorf("its token is for service %q, which dataplane %s does not run", c.Service, name)
 }

@@ -42,7 +42,7 @@ type runConfig struct {
 	// ZoneIngressFile is ingress mode's ZoneIngress.
 	ZoneIngressFile string `json:"zoneIngressFile" usage:"file of the ZoneIngress this ingress presents (ingress only)"`
 	Mesh            string `json:"mesh" usage:"mesh of the Dataplane"`
-	TokenFile       string `json:"tokenFile" usage:"file holding the dataplane token (ursactl generate dataplane-token)"`
+	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
 	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
 	AdminAddr       string `json:"adminAddr" usage:"address of /ready and /metrics"`
 	Log             struct {
@@ -183,7 +183,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		return err
 	}
 	defer p.Close()
-	client := &proxy.Client{Address: target.Address, TLS: tlsCfg, NodeID: nodeID, Token: token, Metadata: meta, Proxy: p, Log: log.Named("xds"),
+	client := &proxy.Client{Address: target.Address, TLS: tlsCfg, NodeID: nodeID, Token: token, TokenFile: cfg.TokenFile, Metadata: meta, Proxy: p, Log: log.Named("xds"),
 		ReportLoad: meta[api.MetadataIngress] != "true"} // an ingress has no callers of its own
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

@@ -2,19 +2,22 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ursamesh/ursa/pkg/client"
 )
 
 // generateWhat lists what generate makes, for its usage errors.
-const generateWhat = "zone-token, zone-token-signing-key or dataplane-token"
+const generateWhat = "zone-token, zone-token-signing-key, dataplane-token or ingress-token"
 
-// newGenerateCmd builds "generate zone-token|zone-token-signing-key".
+// newGenerateCmd builds "generate zone-token|zone-token-signing-key|dataplane-token|ingress-token".
 func newGenerateCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "generate zone-token|zone-token-signing-key",
-		Short: "Generate zone tokens, or rotate the key that signs them",
+		Use:   "generate zone-token|zone-token-signing-key|dataplane-token|ingress-token",
+		Short: "Generate zone, dataplane or ingress tokens, or rotate the key that signs zone tokens",
 		// Without RunE cobra would print the help and succeed on a
 		// misspelt subcommand.
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -24,7 +27,7 @@ func newGenerateCmd(a *app) *cobra.Command {
 			return usageError{fmt.Errorf("cannot generate %q: use %s", args[0], generateWhat)}
 		},
 	}
-	cmd.AddCommand(newGenerateZoneTokenCmd(a), newRotateZoneTokenKeyCmd(a), newGenerateDataplaneTokenCmd(a))
+	cmd.AddCommand(newGenerateZoneTokenCmd(a), newRotateZoneTokenKeyCmd(a), newGenerateDataplaneTokenCmd(a), newGenerateIngressTokenCmd(a))
 	return cmd
 }
 
@@ -86,21 +89,32 @@ replica. Every zone then needs a new token (ursactl generate zone-token).`,
 // newGenerateDataplaneTokenCmd builds "generate dataplane-token --mesh M".
 func newGenerateDataplaneTokenCmd(a *app) *cobra.Command {
 	var (
-		mesh, service string
-		validFor      time.Duration
+		req  client.DataplaneTokenRequest
+		tags []string
 	)
 	cmd := &cobra.Command{
-		Use:   "dataplane-token --mesh MESH [--service SERVICE] [--valid-for DURATION]",
+		Use:   "dataplane-token --mesh MESH [--service SERVICE] [--tag KEY=VALUE]... [--name NAME] [--valid-for DURATION]",
 		Short: "Generate a token with which a proxy connects to its zone control plane",
-		Long: `Dataplane-token asks a zone control plane (--api-server) for a token that binds
-a proxy to MESH and, with --service, to that service: the zone refuses the proxy
-if its Dataplane is in another mesh or does not run that service.`,
+		Long: `Dataplane-token asks a zone control plane (--api-server) for a token with which a
+proxy of MESH connects to it (ursa-dp run --token-file F). The zone refuses a proxy
+whose Dataplane, as presented or as registered, is in another mesh, has another
+name than --name, or has an inbound that does not run --service or lacks one of
+the --tag tags with that value. The token is valid for --valid-for (one year by
+default), or until the mesh's signing key in that zone is deleted.`,
 		Args: rangeArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if mesh == "" {
+			if req.Mesh == "" {
 				return usageError{fmt.Errorf("generate dataplane-token needs --mesh MESH")}
 			}
-			token, err := a.client.GenerateDataplaneToken(cmd.Context(), mesh, service, validFor)
+			if req.ValidFor < 0 {
+				return usageError{fmt.Errorf("--valid-for %s is negative: give a duration such as 720h", req.ValidFor)}
+			}
+			parsed, err := parseTags(tags)
+			if err != nil {
+				return usageError{err}
+			}
+			req.Tags = parsed
+			token, err := a.client.GenerateDataplaneToken(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
@@ -108,8 +122,64 @@ if its Dataplane is in another mesh or does not run that service.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&mesh, "mesh", "m", "", "mesh the proxy belongs to (required)")
-	cmd.Flags().StringVar(&service, "service", "", "service the proxy runs; empty allows any of the mesh")
+	cmd.Flags().StringVarP(&req.Mesh, "mesh", "m", "", "mesh the proxy belongs to (required)")
+	cmd.Flags().StringVar(&req.Service, "service", "", "service every inbound of the proxy runs; empty allows any of the mesh")
+	cmd.Flags().StringArrayVar(&tags, "tag", nil, "KEY=VALUE: a tag every inbound must carry with that value (repeatable)")
+	cmd.Flags().StringVar(&req.Name, "name", "", "name of the one Dataplane the token is for; empty allows any")
+	cmd.Flags().DurationVar(&req.ValidFor, "valid-for", 0, "how long the token is valid, such as 720h (default one year)")
+	return cmd
+}
+
+// parseTags reads --tag KEY=VALUE flags; the server checks the names.
+func parseTags(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	tags := map[string]string{}
+	for _, f := range flags {
+		k, v, ok := strings.Cut(f, "=")
+		switch {
+		case !ok || k == "" || v == "":
+			return nil, fmt.Errorf("--tag %q: use KEY=VALUE, such as --tag version=v1", f)
+		case tags[k] != "" && tags[k] != v:
+			return nil, fmt.Errorf("--tag %s is given twice, as %s and %s", k, tags[k], v)
+		}
+		tags[k] = v
+	}
+	return tags, nil
+}
+
+// newGenerateIngressTokenCmd builds "generate ingress-token --zone Z".
+func newGenerateIngressTokenCmd(a *app) *cobra.Command {
+	var (
+		zone     string
+		validFor time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "ingress-token --zone ZONE [--valid-for DURATION]",
+		Short: "Generate a token with which a zone ingress connects to its zone control plane",
+		Long: `Ingress-token asks the zone control plane of ZONE (--api-server) for a token with
+which that zone's ingress connects to it (ursa-dp ingress --token-file F). It is
+signed with the zone's own ingress key: it runs an ingress of ZONE only, never a
+sidecar, and a dataplane token never runs an ingress. It is valid for --valid-for
+(one year by default).`,
+		Args: rangeArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if zone == "" {
+				return usageError{fmt.Errorf("generate ingress-token needs --zone ZONE")}
+			}
+			if validFor < 0 {
+				return usageError{fmt.Errorf("--valid-for %s is negative: give a duration such as 720h", validFor)}
+			}
+			token, err := a.client.GenerateIngressToken(cmd.Context(), zone, validFor)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, token)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&zone, "zone", "", "zone of the ingress, the zone of the control plane asked (required)")
 	cmd.Flags().DurationVar(&validFor, "valid-for", 0, "how long the token is valid, such as 720h (default one year)")
 	return cmd
 }

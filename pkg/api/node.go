@@ -13,6 +13,10 @@ const (
 	MetadataIngress = "ursa.io/ingress"
 	// MetadataProxyless is "true" on a proxyless gRPC client.
 	MetadataProxyless = "ursa.io/proxyless"
+	// MetadataToken carries a proxy's dataplane token, for a client that
+	// cannot send it as "authorization: Bearer" call credentials (a
+	// proxyless gRPC client without gRFC A97's jwt_token_file).
+	MetadataToken = "ursa.io/token"
 	// MetadataCSR carries, from a proxy that makes its own key, a
 	// certificate request for it (PEM): the CP signs that key, and sends
 	// the certificate without a key.

@@ -134,6 +134,27 @@ func checkTagValue(val string) string {
 	return ""
 }
 
+// CheckName returns "" when s is a valid resource name, and otherwise what
+// is wrong with it: for checks outside a resource, such as a token's claims.
+func CheckName(s string) string {
+	if s == "" {
+		return "required"
+	}
+	return checkDNSName(s)
+}
+
+// CheckTag returns "" when k: val is a valid workload tag, and otherwise
+// what is wrong with it.
+func CheckTag(k, val string) string {
+	if msg := checkTagKey(k); msg != "" {
+		return fmt.Sprintf("key %q %s", k, msg)
+	}
+	if msg := checkTagValue(val); msg != "" {
+		return fmt.Sprintf("value of %q %s", k, msg)
+	}
+	return ""
+}
+
 // sortedKeys makes error order deterministic.
 func sortedKeys(m map[string]string) []string {
 	keys := make([]string, 0, len(m))

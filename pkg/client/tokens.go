@@ -71,27 +71,69 @@ func (c *Client) RotateZoneTokenSigningKey(ctx context.Context) (int, error) {
 	return resp.Serial, nil
 }
 
-// GenerateDataplaneToken asks a zone control plane for a token binding a
-// proxy to mesh and, when service is not empty, to that service.
-func (c *Client) GenerateDataplaneToken(ctx context.Context, mesh, service string, validFor time.Duration) (string, error) {
+// DataplaneTokenRequest is what a dataplane token binds a proxy to: Mesh,
+// and when not empty a Service every inbound must run, Tags every inbound
+// must carry and the Dataplane's Name. ValidFor zero leaves the validity to
+// the server (one year).
+type DataplaneTokenRequest struct {
+	Mesh     string
+	Service  string
+	Tags     map[string]string
+	Name     string
+	ValidFor time.Duration
+}
+
+// GenerateDataplaneToken asks a zone control plane for a dataplane token.
+// The server checks the request and refuses a bad one with an *Error whose
+// Causes name the field.
+func (c *Client) GenerateDataplaneToken(ctx context.Context, r DataplaneTokenRequest) (string, error) {
+	if r.ValidFor < 0 {
+		return "", fmt.Errorf("generate dataplane token for mesh %s: validity %s is negative", r.Mesh, r.ValidFor)
+	}
 	req := struct {
-		Mesh     string `json:"mesh"`
-		Service  string `json:"service,omitempty"`
+		Mesh     string            `json:"mesh"`
+		Service  string            `json:"service,omitempty"`
+		Tags     map[string]string `json:"tags,omitempty"`
+		Name     string            `json:"name,omitempty"`
+		ValidFor string            `json:"validFor,omitempty"`
+	}{Mesh: r.Mesh, Service: r.Service, Tags: r.Tags, Name: r.Name}
+	if r.ValidFor > 0 {
+		req.ValidFor = r.ValidFor.String()
+	}
+	return c.generateToken(ctx, "/tokens/dataplane", "dataplane token for mesh "+r.Mesh, req)
+}
+
+// GenerateIngressToken asks the zone control plane of zone for a token
+// with which that zone's ingresses connect (ursa-dp ingress --token-file).
+func (c *Client) GenerateIngressToken(ctx context.Context, zone string, validFor time.Duration) (string, error) {
+	if validFor < 0 {
+		return "", fmt.Errorf("generate ingress token for zone %s: validity %s is negative", zone, validFor)
+	}
+	req := struct {
+		Zone     string `json:"zone"`
 		ValidFor string `json:"validFor,omitempty"`
-	}{Mesh: mesh, Service: service}
+	}{Zone: zone}
 	if validFor > 0 {
 		req.ValidFor = validFor.String()
 	}
-	body, _ := json.Marshal(req)
-	_, data, err := c.do(ctx, http.MethodPost, "/tokens/dataplane", body)
+	return c.generateToken(ctx, "/tokens/ingress", "ingress token for zone "+zone, req)
+}
+
+// generateToken posts req to path and returns the token of the answer.
+func (c *Client) generateToken(ctx context.Context, path, what string, req any) (string, error) {
+	body, err := json.Marshal(req)
 	if err != nil {
-		return "", fmt.Errorf("generate dataplane token for mesh %s: %w", mesh, err)
+		return "", fmt.Errorf("generate %s: encode: %w", what, err)
+	}
+	_, data, err := c.do(ctx, http.MethodPost, path, body)
+	if err != nil {
+		return "", fmt.Errorf("generate %s: %w", what, err)
 	}
 	var resp struct {
 		Token string `json:"token"`
 	}
 	if err := json.Unmarshal(data, &resp); err != nil || resp.Token == "" {
-		return "", fmt.Errorf("generate dataplane token for mesh %s: the response holds no token", mesh)
+		return "", fmt.Errorf("generate %s: the response holds no token", what)
 	}
 	return resp.Token, nil
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -39,6 +42,10 @@ type Client struct {
 	TLS    *tls.Config
 	NodeID string
 	Token  string
+	// TokenFile, when set, holds the token instead of Token: it is read
+	// again for every connection, so a fixed or renewed token is taken up
+	// without a restart.
+	TokenFile string
 	// Metadata goes in the node's metadata (the Dataplane it presents).
 	Metadata map[string]string
 	Proxy    *Proxy
@@ -77,6 +84,8 @@ func (c *Client) Start(ctx context.Context) error {
 			c.Log.Error("the zone control plane's certificate does not verify: it must chain to the CA in --ca-cert-file "+
 				"(the zone CP's /xds/ca.pem) and name the host of --cp-address (the zone CP's --xds-tls-san adds names); retrying",
 				zap.String("cp", c.Address), zap.Error(v), zap.Duration("retry_in", delay))
+		} else if st, ok := grpcstatus.FromError(err); ok && (st.Code() == codes.Unauthenticated || st.Code() == codes.PermissionDenied) {
+			c.Log.Error("the zone control plane refused this proxy: "+st.Message(), zap.Stringer("code", st.Code()), zap.Duration("retry_in", delay))
 		} else {
 			c.Log.Warn("lost the zone control plane; reconnecting", zap.Error(err), zap.Duration("retry_in", delay))
 		}
@@ -86,6 +95,18 @@ func (c *Client) Start(ctx context.Context) error {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// token returns the token to show, read from TokenFile when set.
+func (c *Client) token() (string, error) {
+	if c.TokenFile == "" {
+		return c.Token, nil
+	}
+	b, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // state is what the stream has received, by type.
@@ -112,8 +133,12 @@ func (c *Client) session(ctx context.Context) error {
 	defer reporting.Wait() // after cancel, below
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if c.Token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.Token)
+	token, err := c.token()
+	if err != nil {
+		return err
+	}
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	}
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {

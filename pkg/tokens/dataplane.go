@@ -3,13 +3,11 @@ package tokens
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -23,9 +21,14 @@ import (
 // key, a GlobalSecret in the zone's store: never served, never synced.
 const DataplaneKeyPrefix = "dataplane-token-signing-key."
 
+// PathDataplaneToken is the zone API's path that issues dataplane tokens.
+const PathDataplaneToken = "/tokens/dataplane"
+
 // DataplaneIssuer issues and verifies dataplane tokens: JWTs signed with a
-// per-mesh Ed25519 key that bind a proxy to its mesh and, when given, to its
-// service. Deleting a mesh's key revokes every token of that mesh.
+// per-mesh Ed25519 key (kid: the mesh) that bind a proxy to its mesh and,
+// when given, to a service, tags and a Dataplane name. Deleting a mesh's
+// key revokes every token of that mesh. It holds nothing but the store, so
+// the replicas of a zone agree; it is safe for concurrent use.
 type DataplaneIssuer struct {
 	store store.Store
 	now   func() time.Time
@@ -36,142 +39,197 @@ func NewDataplaneIssuer(st store.Store) *DataplaneIssuer {
 	return &DataplaneIssuer{store: st, now: time.Now}
 }
 
-// DataplaneClaims is what a verified dataplane token says.
+// DataplaneClaims is what a dataplane token binds a proxy to. Only Mesh is
+// required; an empty Service, Tags or Name does not restrict.
 type DataplaneClaims struct {
 	Mesh    string
-	Service string // empty: any service of the mesh
+	Service string            // every inbound's ursa.io/service
+	Tags    map[string]string // tags every inbound carries, with these values
+	Name    string            // the Dataplane's name
+	// ExpiresAt is set by Verify.
+	ExpiresAt time.Time
 }
 
 type dpClaims struct {
-	Mesh    string `json:"mesh"`
-	Service string `json:"service,omitempty"`
+	Mesh    string            `json:"mesh"`
+	Service string            `json:"service,omitempty"`
+	Tags    map[string]string `json:"tags,omitempty"`
+	Name    string            `json:"name,omitempty"`
 	jwt.RegisteredClaims
 }
 
-func (d *DataplaneIssuer) key(ctx context.Context, mesh string, create bool) (ed25519.PrivateKey, error) {
-	k := api.Key{Type: "GlobalSecret", Name: DataplaneKeyPrefix + mesh}
-	r, err := d.store.Get(ctx, k)
-	if errors.Is(err, store.ErrNotFound) && create {
-		_, priv, gerr := ed25519.GenerateKey(rand.Reader)
-		if gerr != nil {
-			return nil, gerr
-		}
-		der, _ := x509.MarshalPKCS8PrivateKey(priv)
-		_, err = d.store.Create(ctx, &api.GlobalSecret{Meta: api.Meta{Type: "GlobalSecret", Name: k.Name}, Data: der})
-		if err == nil || errors.Is(err, store.ErrAlreadyExists) {
-			r, err = d.store.Get(ctx, k)
+// check reports every claim that is not valid, by request field.
+func (c DataplaneClaims) check() []api.FieldError {
+	var causes []api.FieldError
+	if msg := api.CheckName(c.Mesh); msg != "" {
+		causes = append(causes, api.FieldError{Field: "mesh", Message: msg})
+	}
+	if c.Service != "" {
+		if msg := api.CheckTag(api.TagService, c.Service); msg != "" {
+			causes = append(causes, api.FieldError{Field: "service", Message: msg})
 		}
 	}
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: no signing key for mesh %q", ErrTokenSignature, mesh)
+	for _, k := range slices.Sorted(maps.Keys(c.Tags)) {
+		if msg := api.CheckTag(k, c.Tags[k]); msg != "" {
+			causes = append(causes, api.FieldError{Field: "tags", Message: msg})
+		}
 	}
-	if err != nil {
-		return nil, err
+	if c.Name != "" {
+		if msg := api.CheckName(c.Name); msg != "" {
+			causes = append(causes, api.FieldError{Field: "name", Message: msg})
+		}
 	}
-	return parsePrivateKey(r.(*api.GlobalSecret).Data)
+	return causes
 }
 
-// Issue returns a token for a proxy of mesh (and of service, when given).
-func (d *DataplaneIssuer) Issue(ctx context.Context, mesh, service string, validFor time.Duration) (string, error) {
-	if _, err := d.store.Get(ctx, api.Key{Type: "Mesh", Name: mesh}); err != nil {
-		return "", fmt.Errorf("issue dataplane token: %w: mesh %q: %v", ErrInvalidArgument, mesh, err)
+// Covers returns nil when dp is a Dataplane the token may run, and
+// otherwise an error saying what differs: its mesh, its name, or an inbound
+// whose service or tags are not the token's. Every inbound must fit, so a
+// token for web never also serves billing.
+func (c DataplaneClaims) Covers(dp *api.Dataplane) error {
+	switch {
+	case dp.Mesh != c.Mesh:
+		return fmt.Errorf("token is for mesh %s, dataplane %s is in mesh %s", c.Mesh, dp.Name, dp.Mesh)
+	case c.Name != "" && dp.Name != c.Name:
+		return fmt.Errorf("token is for dataplane %s, this is dataplane %s", c.Name, dp.Name)
+	}
+	for _, in := range dp.Networking.Inbound {
+		if c.Service != "" && in.Tags[api.TagService] != c.Service {
+			return fmt.Errorf("token is for service %s, dataplane %s runs %s (inbound port %d)", c.Service, dp.Name, in.Tags[api.TagService], in.Port)
+		}
+		for _, k := range slices.Sorted(maps.Keys(c.Tags)) {
+			v, ok := in.Tags[k]
+			switch {
+			case !ok:
+				return fmt.Errorf("token requires tag %s=%s, dataplane %s's inbound port %d has no %s tag", k, c.Tags[k], dp.Name, in.Port, k)
+			case v != c.Tags[k]:
+				return fmt.Errorf("token requires tag %s=%s, dataplane %s's inbound port %d has %s=%s", k, c.Tags[k], dp.Name, in.Port, k, v)
+			}
+		}
+	}
+	return nil
+}
+
+// key returns mesh's signing key, creating it when create is set.
+func (d *DataplaneIssuer) key(ctx context.Context, mesh string, create bool) (ed25519.PrivateKey, error) {
+	return localKey(ctx, d.store, DataplaneKeyPrefix+mesh, create)
+}
+
+// Issue returns a token for proxies of c.Mesh that c covers, valid for
+// validFor (DefaultValidity when 0). Invalid claims, a mesh that does not
+// exist in this zone and a bad validity are ErrInvalidArgument, wrapped.
+func (d *DataplaneIssuer) Issue(ctx context.Context, c DataplaneClaims, validFor time.Duration) (string, error) {
+	if causes := c.check(); len(causes) > 0 {
+		return "", fmt.Errorf("issue dataplane token: %w: %s: %s", ErrInvalidArgument, causes[0].Field, causes[0].Message)
+	}
+	if err := CheckValidity(validFor); err != nil {
+		return "", fmt.Errorf("issue dataplane token: %w: validity: %v", ErrInvalidArgument, err)
 	}
 	if validFor == 0 {
 		validFor = DefaultValidity
 	}
-	if err := CheckValidity(validFor); err != nil {
+	switch _, err := d.store.Get(ctx, api.Key{Type: "Mesh", Name: c.Mesh}); {
+	case errors.Is(err, store.ErrNotFound):
+		return "", fmt.Errorf("issue dataplane token: %w: mesh %s does not exist in this zone", ErrInvalidArgument, c.Mesh)
+	case err != nil:
 		return "", fmt.Errorf("issue dataplane token: %w", err)
 	}
-	priv, err := d.key(ctx, mesh, true)
+	priv, err := d.key(ctx, c.Mesh, true)
 	if err != nil {
 		return "", fmt.Errorf("issue dataplane token: %w", err)
 	}
-	now := d.now()
-	jti := make([]byte, 12)
-	rand.Read(jti)
-	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, dpClaims{Mesh: mesh, Service: service, RegisteredClaims: jwt.RegisteredClaims{
-		Subject: "dataplane", IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(validFor)),
-		ID: fmt.Sprintf("%x", jti)}})
-	tok.Header["kid"] = mesh
-	return tok.SignedString(priv)
+	reg, err := newRegistered(SubjectDataplane, d.now(), validFor)
+	if err != nil {
+		return "", fmt.Errorf("issue dataplane token: %w", err)
+	}
+	tok, err := signLocal(priv, c.Mesh, dpClaims{Mesh: c.Mesh, Service: c.Service, Tags: c.Tags, Name: c.Name, RegisteredClaims: reg})
+	if err != nil {
+		return "", fmt.Errorf("issue dataplane token: sign: %w", err)
+	}
+	return tok, nil
 }
 
-// Verify checks a dataplane token and returns what it binds.
+// Verify checks a dataplane token and returns what it binds. The token must
+// be signed (EdDSA) by the current key of the mesh it names in both its kid
+// and its mesh claim, be unexpired, have the dataplane subject and carry
+// valid claims. A refusal wraps one of ErrTokenMissing, ErrTokenMalformed,
+// ErrTokenExpired or ErrTokenSignature (IsInvalid); any other error is a
+// failure to read the key.
 func (d *DataplaneIssuer) Verify(ctx context.Context, token string) (DataplaneClaims, error) {
-	token = strings.TrimSpace(token)
-	if token == "" {
-		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w", ErrTokenMissing)
-	}
-	if len(token) > MaxTokenSize {
-		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: longer than %d bytes", ErrTokenMalformed, MaxTokenSize)
-	}
-	var claims dpClaims
-	var keyErr error
-	parser := jwt.NewParser(jwt.WithValidMethods([]string{alg}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(d.now))
-	_, err := parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
-		mesh, _ := t.Header["kid"].(string)
-		if mesh == "" {
-			keyErr = fmt.Errorf("%w: no kid", ErrTokenMalformed)
-			return nil, keyErr
-		}
-		priv, err := d.key(ctx, mesh, false)
-		if err != nil {
-			keyErr = err
-			return nil, err
-		}
-		return priv.Public(), nil
-	})
-	switch {
-	case keyErr != nil:
-		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w", keyErr)
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w", ErrTokenExpired)
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
-		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w", ErrTokenSignature)
-	case err != nil:
-		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: %v", ErrTokenMalformed, err)
-	case claims.Subject != "dataplane" || claims.Mesh == "":
-		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: not a dataplane token", ErrTokenMalformed)
-	}
-	return DataplaneClaims{Mesh: claims.Mesh, Service: claims.Service}, nil
-}
-
-// DataplaneTokenRequest is the body of POST /tokens/dataplane.
-type DataplaneTokenRequest struct {
-	Mesh     string `json:"mesh"`
-	Service  string `json:"service,omitempty"`
-	ValidFor string `json:"validFor,omitempty"`
-}
-
-// Handlers returns the zone API's dataplane-token endpoint.
-func (d *DataplaneIssuer) Handlers() map[string]http.Handler {
-	return map[string]http.Handler{"POST /tokens/dataplane": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req DataplaneTokenRequest
-		dec := json.NewDecoder(r.Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", err.Error())
-			return
-		}
-		var validFor time.Duration
-		if req.ValidFor != "" {
-			v, err := time.ParseDuration(req.ValidFor)
-			if err != nil {
-				apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "bad duration", api.FieldError{Field: "validFor", Message: err.Error()})
-				return
+	var (
+		claims dpClaims
+		kid    string
+	)
+	err := verifyLocal(token, &claims, func() *jwt.NumericDate { return claims.ExpiresAt }, d.now,
+		func(mesh string) (ed25519.PublicKey, error) {
+			if api.CheckName(mesh) != "" {
+				return nil, fmt.Errorf("%w: kid %q is not a mesh name", ErrTokenMalformed, truncate(mesh))
 			}
-			validFor = v
-		}
-		tok, err := d.Issue(r.Context(), req.Mesh, req.Service, validFor)
-		switch {
-		case errors.Is(err, ErrInvalidArgument):
-			apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", err.Error(), api.FieldError{Field: "mesh", Message: "must name an existing mesh"})
-		case errors.Is(err, store.ErrUnavailable):
-			apiserver.WriteError(w, http.StatusServiceUnavailable, "Store unavailable", err.Error())
-		case err != nil:
-			apiserver.WriteError(w, http.StatusInternalServerError, "Internal error", err.Error())
-		default:
-			apiserver.WriteJSON(w, http.StatusOK, ZoneTokenResponse{Token: tok})
-		}
-	})}
+			kid = mesh
+			priv, err := d.key(ctx, mesh, false)
+			if err != nil {
+				return nil, err
+			}
+			return publicKey(priv)
+		})
+	if err != nil {
+		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w", err)
+	}
+	out := DataplaneClaims{Mesh: claims.Mesh, Service: claims.Service, Tags: claims.Tags, Name: claims.Name, ExpiresAt: claims.ExpiresAt.Time}
+	switch {
+	case claims.Subject != SubjectDataplane:
+		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: not a dataplane token (its subject is %q)", ErrTokenMalformed, truncate(claims.Subject))
+	case claims.Mesh != kid:
+		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: signed with mesh %s's key but for mesh %q", ErrTokenMalformed, kid, truncate(claims.Mesh))
+	}
+	if causes := out.check(); len(causes) > 0 {
+		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: %s claim: %s", ErrTokenMalformed, causes[0].Field, causes[0].Message)
+	}
+	return out, nil
+}
+
+// DataplaneTokenRequest is the body of POST /tokens/dataplane. ValidFor is
+// a Go duration ("720h"); empty means DefaultValidity.
+type DataplaneTokenRequest struct {
+	Mesh     string            `json:"mesh"`
+	Service  string            `json:"service,omitempty"`
+	Tags     map[string]string `json:"tags,omitempty"`
+	Name     string            `json:"name,omitempty"`
+	ValidFor string            `json:"validFor,omitempty"`
+}
+
+// Handlers returns the zone API's dataplane-token endpoint, for
+// apiserver.Deps.Extra, which serves it behind the API's authentication.
+func (d *DataplaneIssuer) Handlers() map[string]http.Handler {
+	return map[string]http.Handler{"POST " + PathDataplaneToken: http.HandlerFunc(d.serveIssue)}
+}
+
+func (d *DataplaneIssuer) serveIssue(w http.ResponseWriter, r *http.Request) {
+	var req DataplaneTokenRequest
+	if !decodeRequest(w, r, &req, `{"mesh": MESH, "service": SERVICE, "tags": {KEY: VALUE}, "name": NAME, "validFor": DURATION}`) {
+		return
+	}
+	c := DataplaneClaims{Mesh: req.Mesh, Service: req.Service, Tags: req.Tags, Name: req.Name}
+	causes := c.check()
+	validFor, bad := parseValidity(req.ValidFor)
+	if bad != nil {
+		causes = append(causes, *bad)
+	}
+	if len(causes) > 0 {
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the dataplane token request is not valid", causes...)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
+	defer cancel()
+	tok, err := d.Issue(ctx, c, validFor)
+	if errors.Is(err, ErrInvalidArgument) {
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", err.Error(),
+			api.FieldError{Field: "mesh", Message: "must name a mesh that exists in this zone"})
+		return
+	}
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	apiserver.WriteJSON(w, http.StatusOK, ZoneTokenResponse{Token: tok})
 }

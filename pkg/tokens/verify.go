@@ -69,7 +69,7 @@ func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneC
 		return pub, nil
 	})
 	if err != nil {
-		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", classify(tok, &claims, keyErr, err))
+		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", classify(tok, claims.ExpiresAt, keyErr, err))
 	}
 	if err := CheckZoneName(claims.Zone); err != nil {
 		return ZoneClaims{}, fmt.Errorf("verify zone token: %w: zone claim: %v", ErrTokenMalformed, err)
@@ -112,8 +112,8 @@ func (i *Issuer) verificationKey(ctx context.Context, serial int) (ed25519.Publi
 }
 
 // classify turns the parser's error into one of the package's verdicts, or
-// passes on the keyfunc's own error. tok may be nil.
-func classify(tok *jwt.Token, claims *zoneClaims, keyErr, err error) error {
+// passes on the keyfunc's own error. tok and exp may be nil.
+func classify(tok *jwt.Token, exp *jwt.NumericDate, keyErr, err error) error {
 	if keyErr != nil {
 		return keyErr
 	}
@@ -126,14 +126,16 @@ func classify(tok *jwt.Token, claims *zoneClaims, keyErr, err error) error {
 		case !ok:
 			return fmt.Errorf("%w: the header has no alg", ErrTokenMalformed)
 		case a != alg:
-			return fmt.Errorf("%w: algorithm %q is refused: zone tokens are signed with %s", ErrTokenSignature, a, alg)
+			return fmt.Errorf("%w: algorithm %q is refused: tokens are signed with %s", ErrTokenSignature, a, alg)
 		}
 	}
 	switch {
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
 		return fmt.Errorf("%w: the signature does not match: the token was altered, or signed with an unknown or rotated key", ErrTokenSignature)
+	case errors.Is(err, jwt.ErrTokenExpired) && exp != nil:
+		return fmt.Errorf("%w: it expired at %s", ErrTokenExpired, exp.UTC().Format("2006-01-02T15:04:05Z"))
 	case errors.Is(err, jwt.ErrTokenExpired):
-		return fmt.Errorf("%w: it expired at %s", ErrTokenExpired, claims.ExpiresAt.UTC().Format("2006-01-02T15:04:05Z"))
+		return fmt.Errorf("%w: it has expired", ErrTokenExpired)
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
 		return fmt.Errorf("%w: it has no exp claim", ErrTokenMalformed)
 	}

@@ -89,24 +89,22 @@ func (l *LoadReporting) refuse(reason string, code codes.Code, format string, ar
 // StreamLoadStats implements the LRS service.
 func (l *LoadReporting) StreamLoadStats(stream lrs.LoadReportingService_StreamLoadStatsServer) error {
 	ctx := stream.Context()
-	claims, err := l.xds.claimsOf(ctx)
-	if err != nil {
-		l.rejected.WithLabelValues("token").Inc()
-		return err
-	}
 	first, err := stream.Recv()
 	if err != nil {
 		return nil
 	}
 	node := first.GetNode()
 	id := node.GetId()
+	claims, r := l.xds.authenticate(ctx, headerToken(ctx), node)
+	if r != nil {
+		return l.refuse("token", r.st.Code(), "%s", r.st.Message())
+	}
 	mesh, _, err := ParseNodeID(id)
 	if err != nil {
 		return l.refuse("node_id", codes.InvalidArgument, "%v", err)
 	}
-	if err := l.xds.covers(claims, node); err != nil {
-		l.rejected.WithLabelValues("token").Inc()
-		return err
+	if r := l.xds.covers(claims, node); r != nil {
+		return l.refuse("token", r.st.Code(), "%s", r.st.Message())
 	}
 	if n, ok := l.xds.connected(id); !ok {
 		return l.refuse("not_connected", codes.FailedPrecondition, "node %q is not connected over ADS: connect there first", id)

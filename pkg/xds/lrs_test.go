@@ -174,10 +174,11 @@ func TestForgedLoadReportsAreRefused(t *testing.T) {
 	f := startLRS(t, &Auth{
 		Verify: func(_ context.Context, token string) (Claims, error) {
 			if token == "good" {
-				return Claims{Mesh: "default"}, nil
+				return Claims{Kind: TokenDataplane, Mesh: "default"}, nil
 			}
-			return Claims{Mesh: "other"}, nil
+			return Claims{Kind: TokenDataplane, Mesh: "other"}, nil
 		},
+		AllowUnauthenticated: true,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -21,8 +21,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/ursamesh/ursa/pkg/api"
 )
@@ -107,16 +105,17 @@ type Registrar interface {
 // logged, and slow the proxy's stream down, so a bad configuration is never
 // resent in a hot loop.
 type Server struct {
-	cache snapshotCache
-	log   *zap.Logger
-	nacks *prometheus.CounterVec
+	cache    snapshotCache
+	log      *zap.Logger
+	nacks    *prometheus.CounterVec
+	refusals *prometheus.CounterVec
 
 	auth      Auth
 	presence  Presence
 	registrar Registrar
 
 	mu      sync.Mutex
-	claims  map[int64]*Claims // stream id → what its token says
+	auths   map[int64]*streamAuth // stream id → who it showed it is
 	nodes   map[string]*Node
 	streams map[int64]string // stream id → node id
 	open    map[string]int   // node id → its open streams
@@ -129,25 +128,6 @@ type Server struct {
 	facts resourceFacts
 	// parts let proxies with the same resources of a type share them.
 	parts snapshotParts
-}
-
-// Claims is what a proxy's dataplane token binds it to.
-type Claims struct {
-	Mesh    string
-	Service string // empty: any
-}
-
-// Auth authenticates proxies by the dataplane token in their stream's
-// "authorization: Bearer …" metadata.
-type Auth struct {
-	// Verify checks a token. Nil disables authentication.
-	Verify func(ctx context.Context, token string) (Claims, error)
-	// Require refuses streams without a token; otherwise a token, when
-	// present, is still checked.
-	Require bool
-	// Check refuses a node whose dataplane the claims do not cover (its
-	// mesh, or a service it does not have).
-	Check func(nodeID string, c Claims) error
 }
 
 // SetAuth sets how proxies are authenticated; call it before Register.
@@ -168,12 +148,18 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Name: "ursa_xds_nacks_total",
 			Help: "xDS responses proxies rejected, by type.",
 		}, []string{"type_url"}),
-		claims: map[int64]*Claims{},
-		nodes:  map[string]*Node{}, streams: map[int64]string{}, open: map[string]int{}, published: map[string]*snapshot{},
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ursa_xds_refused_total",
+			Help: "Proxies refused, by reason: no_token, invalid_token, not_covered (their token does not cover what they present or are registered as), unverifiable, registration.",
+		}, []string{"reason"}),
+		auths: map[int64]*streamAuth{},
+		nodes: map[string]*Node{}, streams: map[int64]string{}, open: map[string]int{}, published: map[string]*snapshot{},
 		changed: make(chan struct{}),
 	}
-	if err := reg.Register(s.nacks); err != nil {
-		return nil, err
+	for _, c := range []prometheus.Collector{s.nacks, s.refusals} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -272,65 +258,12 @@ func (s *Server) notify() {
 	s.changed = make(chan struct{})
 }
 
-// opened authenticates a new stream by its token.
+// opened keeps the token in a new stream's metadata, checked with its first
+// request.
 func (s *Server) opened(ctx context.Context, stream int64) error {
-	c, err := s.claimsOf(ctx)
-	if err != nil || c == nil {
-		return err
-	}
 	s.mu.Lock()
-	s.claims[stream] = c
+	s.auths[stream] = &streamAuth{header: headerToken(ctx)}
 	s.mu.Unlock()
-	return nil
-}
-
-// claimsOf authenticates a stream by the dataplane token in its metadata:
-// nil claims when there is none and none is required.
-func (s *Server) claimsOf(ctx context.Context) (*Claims, error) {
-	if s.auth.Verify == nil {
-		return nil, nil
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	var token string
-	if v := md.Get("authorization"); len(v) > 0 {
-		token = strings.TrimPrefix(v[0], "Bearer ")
-	}
-	if token == "" {
-		if s.auth.Require {
-			return nil, status.Error(codes.Unauthenticated, "a dataplane token is required: ursactl generate dataplane-token --mesh MESH")
-		}
-		return nil, nil
-	}
-	c, err := s.auth.Verify(ctx, token)
-	if err != nil {
-		s.log.Warn("refused a dataplane token", zap.Error(err))
-		return nil, status.Errorf(codes.Unauthenticated, "dataplane token refused: %v", err)
-	}
-	return &c, nil
-}
-
-// authorize checks a node against its stream's token; the caller holds mu.
-func (s *Server) authorize(stream int64, node *core.Node) error {
-	return s.covers(s.claims[stream], node)
-}
-
-// covers checks a node against a token's claims (nil: no token).
-func (s *Server) covers(c *Claims, node *core.Node) error {
-	if c == nil || node == nil {
-		return nil
-	}
-	mesh, _, err := ParseNodeID(node.GetId())
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	if mesh != c.Mesh {
-		return status.Errorf(codes.PermissionDenied, "node %q is in mesh %q but its token is for mesh %q", node.GetId(), mesh, c.Mesh)
-	}
-	if s.auth.Check != nil {
-		if err := s.auth.Check(node.GetId(), *c); err != nil {
-			return status.Errorf(codes.PermissionDenied, "node %q: %v", node.GetId(), err)
-		}
-	}
 	return nil
 }
 
@@ -368,7 +301,7 @@ func (s *Server) closed(stream int64) {
 	defer s.mu.Unlock()
 	id, ok := s.streams[stream]
 	delete(s.streams, stream)
-	delete(s.claims, stream)
+	delete(s.auths, stream)
 	if !ok {
 		return
 	}
@@ -491,24 +424,46 @@ func (s *Server) acked(stream int64, typeURL, version string) {
 	}
 }
 
-// admit authorizes a request's node and, the first time a stream shows it,
-// registers it.
+// admit authenticates a stream with its first request, checks every
+// request's node against the stream's token and, the first time a stream
+// shows a node, registers what it presents. Each refusal is counted and
+// logged, and closes the stream with a status saying why.
 func (s *Server) admit(stream int64, node *core.Node) error {
 	s.mu.Lock()
-	if err := s.authorize(stream, node); err != nil {
-		s.mu.Unlock()
-		return err
+	a := s.auths[stream]
+	if a == nil { // not opened through the callbacks: no token
+		a = &streamAuth{}
+		s.auths[stream] = a
 	}
-	_, known := s.streams[stream]
-	claims := s.claims[stream]
+	done := a.done
 	s.mu.Unlock()
+	if !done {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, r := s.authenticate(ctx, a.header, node)
+		cancel()
+		if r != nil {
+			return s.refused(node, r)
+		}
+		s.mu.Lock()
+		a.claims, a.done = c, true
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	claims := a.claims
+	_, known := s.streams[stream]
+	s.mu.Unlock()
+	if r := s.covers(claims, node); r != nil {
+		return s.refused(node, r)
+	}
 	if !known && node.GetId() != "" && s.registrar != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := s.registrar.Register(ctx, node, claims)
 		cancel()
-		if err != nil {
-			s.log.Warn("refused a proxy's registration", zap.String("proxy", node.GetId()), zap.Error(err))
-			return status.Errorf(codes.PermissionDenied, "register %s: %v", node.GetId(), err)
+		switch {
+		case errors.Is(err, ErrNotCovered):
+			return s.refused(node, refuse(RefusedNotCovered, codes.PermissionDenied, "register %s: %v", node.GetId(), err))
+		case err != nil:
+			return s.refused(node, refuse(RefusedRegistration, codes.PermissionDenied, "register %s: %v", node.GetId(), err))
 		}
 	}
 	s.mu.Lock()

@@ -101,17 +101,47 @@ func (c *cp) get(t testing.TB, path string) (int, string) {
 
 // sidecarFlags are the flags with which a sidecar of service in mesh
 // reaches this zone CP's xDS server: its address and whatever the zone
-// requires of a proxy. Every ursa-dp run in these tests takes them from
-// here, so a change of what a zone requires is made once.
+// requires of a proxy, here a dataplane token for service (any service of
+// the mesh when empty) that this CP issues once the mesh has reached it.
+// Every ursa-dp run in these tests takes them from here, so a change of
+// what a zone requires is made once.
 func (c *cp) sidecarFlags(t testing.TB, mesh, service string) []string {
 	t.Helper()
-	return c.xdsFlags(t)
+	eventually(t, "mesh "+mesh+" in the zone, for a dataplane token", func() bool { return c.has(t, "/meshes/"+mesh) })
+	args := []string{"generate", "dataplane-token", "--mesh", mesh}
+	if service != "" {
+		args = append(args, "--service", service)
+	}
+	return append(c.xdsFlags(t), "--token-file", tokenFile(t, ctl(t, c.api, "", args...)))
 }
 
-// ingressFlags are sidecarFlags for a zone ingress of zone.
+// ingressFlags are sidecarFlags for a zone ingress of zone: an ingress
+// token this CP issues.
 func (c *cp) ingressFlags(t testing.TB, zone string) []string {
 	t.Helper()
-	return c.xdsFlags(t)
+	token := ctl(t, c.api, "", "generate", "ingress-token", "--zone", zone)
+	return append(c.xdsFlags(t), "--token-file", tokenFile(t, token))
+}
+
+// dataplaneToken has this zone CP issue a dataplane token for mesh, with
+// the further flags of ursactl generate dataplane-token.
+func (c *cp) dataplaneToken(t testing.TB, mesh string, flags ...string) string {
+	t.Helper()
+	return strings.TrimSpace(ctl(t, c.api, "", append([]string{"generate", "dataplane-token", "--mesh", mesh}, flags...)...))
+}
+
+// tokenFile writes a token to a file of its own and returns its path.
+func tokenFile(t testing.TB, token string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strings.TrimSpace(token)); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
 }
 
 // xdsFlags say where the zone's xDS server is and how to verify it: with

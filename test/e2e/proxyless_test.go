@@ -99,8 +99,8 @@ func TestProxylessGRPC(t *testing.T) {
 	bootstrap := fmt.Sprintf(`{
   "xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": %q}}],
     "server_features": ["xds_v3", "ignore_resource_deletion"]}],
-  "node": {"id": "default.web-1", "metadata": {"ursa.io/proxyless": "true"}}
-}`, xdsAddr, zone.xdsCAFile(t))
+  "node": {"id": "default.web-1", "metadata": {"ursa.io/proxyless": "true", "ursa.io/token": %q}}
+}`, xdsAddr, zone.xdsCAFile(t), zone.dataplaneToken(t, "default", "--service", "web"))
 	resolver, err := xdsgrpc.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
 	if err != nil {
 		t.Fatal(err)

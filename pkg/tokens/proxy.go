@@ -1,0 +1,187 @@
+package tokens
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/apiserver"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// The sub claim of each kind of token a zone control plane issues to its
+// proxies. Each kind is signed by its own key and verified only as its own
+// kind, so a dataplane token never runs an ingress and an ingress token
+// never runs a sidecar.
+const (
+	SubjectDataplane = "dataplane"
+	SubjectIngress   = "ingress"
+)
+
+// UnverifiedSubject returns the sub claim of a token without checking
+// anything else, or "" when it has none. It only chooses which issuer
+// verifies the token; that issuer checks everything, the sub included.
+func UnverifiedSubject(token string) string {
+	token = strings.TrimSpace(token)
+	if len(token) > MaxTokenSize {
+		return ""
+	}
+	var claims jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(token, &claims); err != nil {
+		return ""
+	}
+	return claims.Subject
+}
+
+// localKey returns the Ed25519 key a zone keeps in its own store, in the
+// GlobalSecret name (never served by the API, never synced over KDS),
+// creating it when create is set and there is none; replicas racing to
+// create it end up with the one that won. A key that does not exist is
+// ErrTokenSignature: the tokens it would have signed were never issued
+// here, or were revoked by deleting it.
+func localKey(ctx context.Context, st store.Store, name string, create bool) (ed25519.PrivateKey, error) {
+	k := api.Key{Type: "GlobalSecret", Name: name}
+	r, err := st.Get(ctx, k)
+	if errors.Is(err, store.ErrNotFound) && create {
+		_, priv, gerr := ed25519.GenerateKey(rand.Reader)
+		if gerr != nil {
+			return nil, fmt.Errorf("generate signing key: %w", gerr)
+		}
+		der, merr := x509.MarshalPKCS8PrivateKey(priv)
+		if merr != nil {
+			return nil, fmt.Errorf("encode signing key: %w", merr)
+		}
+		_, err = st.Create(ctx, &api.GlobalSecret{Meta: api.Meta{Type: "GlobalSecret", Name: name}, Data: der})
+		if err == nil || errors.Is(err, store.ErrAlreadyExists) {
+			r, err = st.Get(ctx, k)
+		}
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: no signing key %s in this zone: the token was issued elsewhere, or its key was deleted", ErrTokenSignature, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read signing key %s: %w", name, err)
+	}
+	secret, ok := r.(*api.GlobalSecret)
+	if !ok {
+		return nil, fmt.Errorf("read signing key %s: the store returned a %T", name, r)
+	}
+	priv, err := parsePrivateKey(secret.Data)
+	if err != nil {
+		return nil, fmt.Errorf("read signing key %s: %w", name, err)
+	}
+	return priv, nil
+}
+
+// signLocal signs claims with priv under kid.
+func signLocal(priv ed25519.PrivateKey, kid string, claims jwt.Claims) (string, error) {
+	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims)
+	tok.Header["kid"] = kid
+	return tok.SignedString(priv)
+}
+
+// newRegistered returns the registered claims of a token of subject issued
+// at now and valid for validFor, with a random id.
+func newRegistered(subject string, now time.Time, validFor time.Duration) (jwt.RegisteredClaims, error) {
+	var id [12]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return jwt.RegisteredClaims{}, fmt.Errorf("token id: %w", err)
+	}
+	return jwt.RegisteredClaims{Subject: subject, IssuedAt: jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(validFor)), ID: base64.RawURLEncoding.EncodeToString(id[:])}, nil
+}
+
+// verifyLocal checks a token a zone signed: alg EdDSA (nothing else is
+// looked at), a kid, a signature by the key keyFor returns for that kid, an
+// exp in the future. It decodes the claims into claims, whose exp is read
+// back with exp. A refusal wraps one of the verdicts (ErrTokenMissing …
+// ErrTokenSignature); any other error is keyFor's failure to read a key.
+func verifyLocal(token string, claims jwt.Claims, exp func() *jwt.NumericDate, now func() time.Time,
+	keyFor func(kid string) (ed25519.PublicKey, error)) error {
+	token = strings.TrimSpace(token)
+	switch {
+	case token == "":
+		return fmt.Errorf("%w: no token was given", ErrTokenMissing)
+	case len(token) > MaxTokenSize:
+		return fmt.Errorf("%w: longer than %d bytes", ErrTokenMalformed, MaxTokenSize)
+	}
+	var keyErr error
+	parser := jwt.NewParser(jwt.WithValidMethods([]string{alg}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(now),
+		jwt.WithStrictDecoding())
+	tok, err := parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		kid, ok := t.Header["kid"].(string)
+		if !ok || kid == "" {
+			keyErr = fmt.Errorf("%w: the header has no kid", ErrTokenMalformed)
+			return nil, keyErr
+		}
+		pub, err := keyFor(kid)
+		if err != nil {
+			keyErr = err
+			return nil, err
+		}
+		return pub, nil
+	})
+	if err != nil {
+		return classify(tok, exp(), keyErr, err)
+	}
+	return nil
+}
+
+// publicKey returns priv's public half.
+func publicKey(priv ed25519.PrivateKey) (ed25519.PublicKey, error) {
+	pub, ok := priv.Public().(ed25519.PublicKey)
+	if !ok {
+		return nil, errors.New("no Ed25519 public key")
+	}
+	return pub, nil
+}
+
+// decodeRequest decodes a token request's JSON body into v, answering 400
+// or 413 itself and returning false when it cannot. An empty body is an
+// empty request.
+func decodeRequest(w http.ResponseWriter, r *http.Request, v any, shape string) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			apiserver.WriteError(w, http.StatusRequestEntityTooLarge, "Request body too large",
+				fmt.Sprintf("the body exceeds the limit of %d bytes", tooBig.Limit))
+			return false
+		}
+		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", fmt.Sprintf("the body is not %s: %v", shape, err))
+		return false
+	}
+	if dec.More() {
+		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", "the body holds more than one JSON value")
+		return false
+	}
+	return true
+}
+
+// parseValidity reads a request's validFor: empty is DefaultValidity.
+func parseValidity(s string) (time.Duration, *api.FieldError) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, &api.FieldError{Field: "validFor", Message: fmt.Sprintf("%q is not a duration: use a number and a unit, such as 720h or 90m", s)}
+	}
+	if err := CheckValidity(d); err != nil {
+		return 0, &api.FieldError{Field: "validFor", Message: err.Error()}
+	}
+	return d, nil
+}

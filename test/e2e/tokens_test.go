@@ -1,0 +1,231 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// refusedTotal reads ursa_xds_refused_total{reason} from a zone's /metrics.
+func refusedTotal(t testing.TB, zone *cp, reason string) float64 {
+	t.Helper()
+	_, body := zone.get(t, "/metrics")
+	prefix := fmt.Sprintf("ursa_xds_refused_total{reason=%q} ", reason)
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// tokenZone is a zone CP started with its defaults and the proxies a test
+// starts against it.
+type tokenZone struct {
+	t    *testing.T
+	cp   *cp
+	dir  string
+	apps int
+}
+
+// dataplane writes a Dataplane of one inbound with tags and returns its
+// file.
+func (z *tokenZone) dataplane(name, tags string) string {
+	file := filepath.Join(z.dir, name+".yaml")
+	os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: %s, servicePort: %s, tags: {%s}}\n",
+		name, port(freeAddr(z.t)), port(freeAddr(z.t)), tags)), 0o600)
+	return file
+}
+
+// run starts ursa-dp run (or ingress) with args and the zone's address (and CA);
+// it returns the process and its admin address.
+func (z *tokenZone) run(mode string, args ...string) (*proc, string) {
+	admin := freeAddr(z.t)
+	return start(z.t, "ursa-dp", append(append([]string{mode, "--admin-addr", admin}, z.cp.xdsFlags(z.t)...), args...)...), admin
+}
+
+// refused waits until p has logged, at error level, that the zone refused
+// it with a message containing want (as it appears in a JSON string), and until the zone has counted at
+// least one more refusal for reason than before.
+func (z *tokenZone) refused(p *proc, reason string, before float64, want string) {
+	z.t.Helper()
+	line := regexp.MustCompile(`"level":"error".*"msg":"the zone control plane refused this proxy: (?:[^"\\]|\\.)*` + regexp.QuoteMeta(want))
+	eventually(z.t, "ursa-dp to log its refusal: "+want, func() bool { return line.MatchString(p.out.String()) })
+	eventually(z.t, "the zone to count a "+reason+" refusal", func() bool { return refusedTotal(z.t, z.cp, reason) > before })
+}
+
+// TestProxyTokens: a zone CP started with its defaults admits only proxies
+// with a token that covers them. ursa-dp shows why it was refused and the
+// zone counts the refusal by reason: no token; a forged token; web's token
+// presenting a billing Dataplane; a token whose tags or name the Dataplane
+// does not have. Billing's own token works, also once written into the
+// file of a proxy that was refused. An ingress is refused without a token
+// and with a dataplane token, and admitted with its zone's ingress token.
+func TestProxyTokens(t *testing.T) {
+	z := &tokenZone{t: t, cp: startCP(t, "zone", "--zone", "zone-1"), dir: t.TempDir()}
+	ctl(t, z.cp.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
+	webToken := z.cp.dataplaneToken(t, "default", "--service", "web")
+	billingToken := z.cp.dataplaneToken(t, "default", "--service", "billing")
+
+	// No token.
+	before := refusedTotal(t, z.cp, "no_token")
+	p, _ := z.run("run", "--dataplane-file", z.dataplane("web-1", "ursa.io/service: web"))
+	z.refused(p, "no_token", before, "no dataplane token: this zone control plane admits a proxy only with one; issue it with `ursactl generate dataplane-token --mesh default")
+	if z.cp.has(t, "/meshes/default/dataplanes/web-1") {
+		t.Fatal("a proxy without a token registered its Dataplane")
+	}
+
+	// A forged token: web's, one bit changed.
+	forged := []byte(webToken)
+	forged[len(forged)-3] ^= 1
+	before = refusedTotal(t, z.cp, "invalid_token")
+	p, _ = z.run("run", "--dataplane-file", z.dataplane("web-2", "ursa.io/service: web"), "--token-file", tokenFile(t, string(forged)))
+	z.refused(p, "invalid_token", before, "its token is refused: verify dataplane token: bad token signature")
+
+	// Web's token presenting billing: refused, and billing's Dataplane is
+	// not registered. Billing's token written into the same file is taken
+	// up on the next attempt.
+	billingFile := z.dataplane("billing-1", "ursa.io/service: billing")
+	tokenPath := tokenFile(t, webToken)
+	before = refusedTotal(t, z.cp, "not_covered")
+	p, admin := z.run("run", "--dataplane-file", billingFile, "--token-file", tokenPath)
+	z.refused(p, "not_covered", before, "token is for service web, dataplane billing-1 runs billing")
+	if z.cp.has(t, "/meshes/default/dataplanes/billing-1") {
+		t.Fatal("web's token registered billing's Dataplane")
+	}
+	if err := os.WriteFile(tokenPath, []byte(billingToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, "http://"+admin+"/ready", p)
+	if !z.cp.has(t, "/meshes/default/dataplanes/billing-1") {
+		t.Fatal("billing-1 is served but not registered")
+	}
+	// Now registered as billing, billing-1 cannot be taken over with
+	// web's token, even presenting web.
+	before = refusedTotal(t, z.cp, "not_covered")
+	hijack, _ := z.run("run", "--dataplane-file", z.dataplane("billing-1", "ursa.io/service: web"), "--token-file", tokenFile(t, webToken))
+	z.refused(hijack, "not_covered", before, "token is for service web, dataplane billing-1 runs billing")
+
+	// Tags and name.
+	tagged := z.cp.dataplaneToken(t, "default", "--service", "billing", "--tag", "version=v2", "--name", "billing-2")
+	before = refusedTotal(t, z.cp, "not_covered")
+	p, _ = z.run("run", "--dataplane-file", z.dataplane("billing-2", "ursa.io/service: billing, version: v1"), "--token-file", tokenFile(t, tagged))
+	z.refused(p, "not_covered", before, "token requires tag version=v2, dataplane billing-2's inbound port")
+	p, _ = z.run("run", "--dataplane-file", z.dataplane("billing-3", "ursa.io/service: billing, version: v2"), "--token-file", tokenFile(t, tagged))
+	z.refused(p, "not_covered", before, "token is for dataplane billing-2, node \\\"default.billing-3\\\" is dataplane billing-3")
+	p, admin = z.run("run", "--dataplane-file", z.dataplane("billing-2", "ursa.io/service: billing, version: v2"), "--token-file", tokenFile(t, tagged))
+	waitReady(t, "http://"+admin+"/ready", p)
+
+	// The ingress.
+	ingressFile := filepath.Join(z.dir, "ingress.yaml")
+	os.WriteFile(ingressFile, []byte("type: ZoneIngress\nname: ingress\nzone: zone-1\nnetworking: {address: 127.0.0.1, port: 1, advertisedAddress: 127.0.0.1, advertisedPort: 1}\n"), 0o600)
+	before = refusedTotal(t, z.cp, "no_token")
+	p, _ = z.run("ingress", "--zone-ingress-file", ingressFile)
+	z.refused(p, "no_token", before, "no ingress token: this zone control plane admits a zone ingress only with one; issue it with `ursactl generate ingress-token --zone ZONE`")
+	before = refusedTotal(t, z.cp, "not_covered")
+	p, _ = z.run("ingress", "--zone-ingress-file", ingressFile, "--token-file", tokenFile(t, billingToken))
+	z.refused(p, "not_covered", before, "is a zone ingress, which needs an ingress token")
+	if z.cp.has(t, "/zone-ingresses/ingress") {
+		t.Fatal("an ingress registered without its ingress token")
+	}
+	z.run("ingress", "--zone-ingress-file", ingressFile, "--token-file", tokenFile(t, ctl(t, z.cp.api, "", "generate", "ingress-token", "--zone", "zone-1")))
+	eventually(t, "the ingress registered with its token", func() bool { return z.cp.has(t, "/zone-ingresses/ingress") })
+	// An ingress token runs no sidecar.
+	ingressToken := ctl(t, z.cp.api, "", "generate", "ingress-token", "--zone", "zone-1")
+	p, _ = z.run("run", "--dataplane-file", z.dataplane("web-3", "ursa.io/service: web"), "--token-file", tokenFile(t, ingressToken))
+	z.refused(p, "not_covered", before, "which needs a dataplane token (ursactl generate dataplane-token), not an ingress token")
+	// A zone issues ingress tokens for itself only.
+	if _, stderr, err := ctlResult(z.cp.api, "", "generate", "ingress-token", "--zone", "zone-2"); err == nil || !strings.Contains(stderr, "this is zone zone-1's control plane") {
+		t.Fatalf("an ingress token for another zone: %v %s", err, stderr)
+	}
+}
+
+// TestAllowUnauthenticated: --xds-allow-unauthenticated admits a proxy
+// without a token, says it is insecure, and still checks a token given.
+func TestAllowUnauthenticated(t *testing.T) {
+	z := &tokenZone{t: t, cp: startCP(t, "zone", "--zone", "zone-1", "--xds-allow-unauthenticated"), dir: t.TempDir()}
+	ctl(t, z.cp.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
+	if !strings.Contains(z.cp.out.String(), "INSECURE") {
+		t.Fatalf("the zone does not warn that it admits proxies without a token:\n%s", z.cp.out.String())
+	}
+	p, admin := z.run("run", "--dataplane-file", z.dataplane("web-1", "ursa.io/service: web"))
+	waitReady(t, "http://"+admin+"/ready", p)
+	before := refusedTotal(t, z.cp, "not_covered")
+	p, _ = z.run("run", "--dataplane-file", z.dataplane("billing-1", "ursa.io/service: billing"),
+		"--token-file", tokenFile(t, z.cp.dataplaneToken(t, "default", "--service", "web")))
+	z.refused(p, "not_covered", before, "token is for service web, dataplane billing-1 runs billing")
+}
+
+// TestTokenRefusalCodes: over a raw ADS stream, each refusal has its gRPC
+// code: no token and a bad token are Unauthenticated, a token for another
+// mesh or service PermissionDenied.
+func TestTokenRefusalCodes(t *testing.T) {
+	zone := startCP(t, "zone", "--zone", "zone-1")
+	ctl(t, zone.api, `
+type: Mesh
+name: default
+---
+type: Mesh
+name: other
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - {port: 10010, servicePort: 8000, tags: {ursa.io/service: web}}
+`, "apply", "-f", "-")
+	good := zone.dataplaneToken(t, "default", "--service", "web")
+	forged := []byte(good)
+	forged[len(forged)-4] ^= 1
+	conn := zone.dialXDS(t)
+	try := func(tok string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if tok != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		}
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			return err
+		}
+		stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.web-1"}, TypeUrl: resource.ListenerType})
+		_, err = stream.Recv()
+		return err
+	}
+	for _, tt := range []struct {
+		name, token string
+		code        codes.Code
+	}{
+		{"no token", "", codes.Unauthenticated},
+		{"forged", string(forged), codes.Unauthenticated},
+		{"another mesh", zone.dataplaneToken(t, "other"), codes.PermissionDenied},
+		{"another service", zone.dataplaneToken(t, "default", "--service", "billing"), codes.PermissionDenied},
+		{"another name", zone.dataplaneToken(t, "default", "--name", "web-2"), codes.PermissionDenied},
+		{"an ingress token", ctl(t, zone.api, "", "generate", "ingress-token", "--zone", "zone-1"), codes.PermissionDenied},
+	} {
+		if err := try(strings.TrimSpace(tt.token)); status.Code(err) != tt.code {
+			t.Errorf("%s: %v, want %s", tt.name, err, tt.code)
+		}
+	}
+	if err := try(good); err != nil {
+		t.Fatalf("a fitting token: %v", err)
+	}
+}
