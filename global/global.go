@@ -129,6 +129,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := issuer.EnsureKey(ctx); err != nil {
 		return fmt.Errorf("zone token signing key: %w", err)
 	}
+	users := tokens.NewUserIssuer(st, log.Named("user-tokens"))
+	if err := users.EnsureKey(ctx); err != nil {
+		return fmt.Errorf("user token signing key: %w", err)
+	}
 	// The CA keeps the name of the self-signed pair it replaces, which zones
 	// already trust and which can sign.
 	kdsCert, err := servingcert.Load(ctx, st, servingcert.Options{Secret: "kds-server-tls", CommonName: "ursa global control plane (KDS) CA",
@@ -152,6 +156,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	extra := issuer.Handlers()
+	maps.Copy(extra, users.Handlers())
+	extra["GET /kds/ca.pem"] = kdsCert.CAHandler()
 	handler, err := apiserver.New(apiserver.Deps{
 		Store:                   st,
 		Log:                     log.Named("api"),
@@ -160,8 +166,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		Registry:                reg,
 		BodyLimit:               cfg.API.BodyLimit,
 		RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
+		Users:                   users,
 		Extra:                   extra,
-		Public:                  map[string]http.Handler{"GET /kds/ca.pem": kdsCert.CAHandler()},
 	})
 	if err != nil {
 		return err
@@ -191,14 +197,18 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
 	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+	r.AddRestarting("user-token-keys", run.Func(func(ctx context.Context) error {
+		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
+	}))
 	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, mirror, time.Now, log.Named("expire")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
 }
 
-// mirroredTypes are the types the global's mirror follows.
+// mirroredTypes are the types the global's mirror follows: GlobalSecret so
+// that a rotated user-token key is unpublished at once.
 func mirroredTypes() []string {
-	set := map[string]bool{"Mesh": true, "MeshCA": true}
+	set := map[string]bool{"Mesh": true, "MeshCA": true, "GlobalSecret": true}
 	for _, d := range kds.GlobalToZoneTypes() {
 		set[d.Type] = true
 	}

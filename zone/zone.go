@@ -246,10 +246,18 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	extra := dpTokens.Handlers()
 	maps.Copy(extra, ingTokens.Handlers())
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
+	extra["GET /xds/ca.pem"] = xdsCAHandler(xdsCert)
+	// A federated zone verifies the user tokens its global signs; a
+	// standalone one is its own global.
+	users := tokens.NewUserIssuer(st, log.Named("user-tokens"))
+	if cfg.Federated() {
+		users = tokens.NewUserVerifier(st, cfg.Global.KDS.Address, log.Named("user-tokens"))
+	}
+	maps.Copy(extra, users.Handlers())
 	handler, err := apiserver.New(apiserver.Deps{
 		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
 		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
-		Extra: extra, Public: map[string]http.Handler{"GET /xds/ca.pem": xdsCAHandler(xdsCert)},
+		Users: users, Extra: extra,
 	})
 	if err != nil {
 		return err

@@ -19,6 +19,7 @@ const (
 	defaultAPIServer = "http://127.0.0.1:5681"
 	envAPIServer     = "URSA_API_SERVER"
 	envTokenFile     = "URSA_TOKEN_FILE"
+	envToken         = "URSA_TOKEN"
 	requestTimeout   = 30 * time.Second
 )
 
@@ -45,33 +46,50 @@ func (e usageError) Unwrap() error { return e.err }
 var errReported = errors.New("failed")
 
 // connect resolves the global flags (a flag beats its environment variable,
-// which beats the default) and makes the client.
+// which beats the default) and makes the client. The user token is the
+// --token-file's, else URSA_TOKEN itself, else URSA_TOKEN_FILE's.
 func (a *app) connect(cmd *cobra.Command) error {
 	flags := cmd.Flags()
 	if v := a.getenv(envAPIServer); v != "" && !flags.Changed("api-server") {
 		a.apiServer = v
 	}
-	if v := a.getenv(envTokenFile); v != "" && !flags.Changed("token-file") {
-		a.tokenFile = v
-	}
 	u, err := url.Parse(a.apiServer)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return usageError{fmt.Errorf("api server %q is not valid: want a URL such as %s", a.apiServer, defaultAPIServer)}
 	}
+	token, err := a.token(flags.Changed("token-file"))
+	if err != nil {
+		return err
+	}
 	var transport http.RoundTripper = http.DefaultTransport
-	if a.tokenFile != "" {
-		data, err := os.ReadFile(a.tokenFile)
-		if err != nil {
-			return fmt.Errorf("read token file: %w", err)
-		}
-		token := strings.TrimSpace(string(data))
-		if token == "" {
-			return fmt.Errorf("token file %s is empty", a.tokenFile)
-		}
+	if token != "" {
 		transport = bearer{token: token, next: transport}
 	}
 	a.client = client.New(a.apiServer, &http.Client{Transport: transport, Timeout: requestTimeout})
 	return nil
+}
+
+// token returns the user token to send, or "" for none.
+func (a *app) token(flagGiven bool) (string, error) {
+	file := a.tokenFile
+	if !flagGiven {
+		if v := strings.TrimSpace(a.getenv(envToken)); v != "" {
+			return v, nil
+		}
+		file = a.getenv(envTokenFile)
+	}
+	if file == "" {
+		return "", nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("read token file: %w", err)
+	}
+	token := strings.TrimSpace(string(data))
+	if token == "" {
+		return "", fmt.Errorf("token file %s is empty", file)
+	}
+	return token, nil
 }
 
 // bearer adds a bearer token to every request.

@@ -11,13 +11,13 @@ import (
 )
 
 // generateWhat lists what generate makes, for its usage errors.
-const generateWhat = "zone-token, zone-token-signing-key, dataplane-token or ingress-token"
+const generateWhat = "zone-token, zone-token-signing-key, dataplane-token, ingress-token, user-token or user-token-signing-key"
 
-// newGenerateCmd builds "generate zone-token|zone-token-signing-key|dataplane-token|ingress-token".
+// newGenerateCmd builds "generate WHAT".
 func newGenerateCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "generate zone-token|zone-token-signing-key|dataplane-token|ingress-token",
-		Short: "Generate zone, dataplane or ingress tokens, or rotate the key that signs zone tokens",
+		Use:   "generate zone-token|zone-token-signing-key|dataplane-token|ingress-token|user-token|user-token-signing-key",
+		Short: "Generate tokens, or rotate the keys that sign zone and user tokens",
 		// Without RunE cobra would print the help and succeed on a
 		// misspelt subcommand.
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -28,6 +28,7 @@ func newGenerateCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(newGenerateZoneTokenCmd(a), newRotateZoneTokenKeyCmd(a), newGenerateDataplaneTokenCmd(a), newGenerateIngressTokenCmd(a))
+	cmd.AddCommand(newGenerateUserTokenCmd(a), newRotateUserTokenKeyCmd(a))
 	return cmd
 }
 

@@ -72,7 +72,8 @@ func newRootCmd(a *app) *cobra.Command {
 	root.PersistentFlags().StringVar(&a.apiServer, "api-server", defaultAPIServer,
 		"URL of the control plane's REST API (env "+envAPIServer+")")
 	root.PersistentFlags().StringVar(&a.tokenFile, "token-file", "",
-		"file holding a user token, sent as a bearer token (env "+envTokenFile+")")
+		"file holding a user token (ursactl generate user-token), sent as a bearer token (env "+envTokenFile+
+			", or "+envToken+" holding the token itself)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a), newGenerateCmd(a), newInspectCmd(a), newZoneCmd(a))
 	return root

@@ -13,6 +13,7 @@ func FuzzDecode(f *testing.F) {
 		"type: Secret\nmesh: m\nname: s\ndata: AAEC",
 		"type: Zone\nname: z\nenabled: false\n---\ntype: Mesh\nname: m",
 		"&a [*a, *a]",
+		"type: UserTokenPublicKey\nname: user-token-signing-key.1\npublicKeyPEM: |\n  -----BEGIN PUBLIC KEY-----\n  MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n  -----END PUBLIC KEY-----\n",
 	} {
 		f.Add([]byte(seed))
 	}

@@ -88,6 +88,11 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &Lease{} }},
 	{Type: "MeshCA", Plural: "mesh-cas", Singular: "mesh-ca", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncGlobalToZone, Hidden: true,
 		New: func() Resource { return &MeshCA{} }},
+	// UserTokenPublicKey carries the public halves of the global's
+	// user-token signing keys to the zones, which verify user tokens with
+	// them.
+	{Type: "UserTokenPublicKey", Plural: "user-token-public-keys", Singular: "user-token-public-key", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncGlobalToZone,
+		New: func() Resource { return &UserTokenPublicKey{} }},
 	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Secret{} }},
 }

@@ -42,7 +42,7 @@ const DefaultBodyLimit = 2 << 20 // a 1 MiB Secret is 1.33 MiB in base64
 type Config struct {
 	Addr                    string `json:"addr" usage:"address of the REST API"`
 	BodyLimit               int64  `json:"bodyLimit" usage:"largest accepted request body, in bytes"`
-	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers authenticate too"`
+	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers send a user token too (without it they are admins)"`
 }
 
 // DefaultConfig is DESIGN.md §5's: port 5681.
@@ -74,17 +74,17 @@ type Deps struct {
 	// OpTimeout bounds each store operation (5s when 0), so a hung
 	// database yields 503 rather than a hung request.
 	OpTimeout time.Duration
-	// RequireTokenOnLocalhost makes loopback callers authenticate too.
+	// RequireTokenOnLocalhost makes loopback callers send a user token
+	// too; without it, a loopback caller that sends none is LoopbackUser.
 	RequireTokenOnLocalhost bool
+	// Users checks user tokens; nil refuses every token, so that only
+	// loopback callers are served.
+	Users Authenticator
 	// Zone is the zone a zone CP runs as: its ZoneIngresses must name it.
 	Zone string
 	// Extra handlers, by ServeMux pattern, served behind the same
 	// authentication and metrics (e.g. "POST /tokens/zone").
 	Extra map[string]http.Handler
-	// Public handlers, by ServeMux pattern ("GET /xds/ca.pem"), answer
-	// anyone without authentication: what a client needs before it holds
-	// any credential, such as the CA certificate it must trust.
-	Public map[string]http.Handler
 }
 
 func (d *Deps) check() error {
@@ -109,8 +109,6 @@ type server struct {
 	Deps
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-
-	publicPaths map[string]bool // of Deps.Public
 }
 
 // New returns the API's handler.
@@ -151,12 +149,6 @@ func New(deps Deps) (http.Handler, error) {
 	for pattern, h := range deps.Extra {
 		mux.Handle(pattern, h)
 	}
-	s.publicPaths = map[string]bool{}
-	for pattern, h := range deps.Public {
-		mux.Handle(pattern, h)
-		_, path, _ := strings.Cut(pattern, " ")
-		s.publicPaths[path] = true
-	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: http.StatusNotFound, title: "Not found", details: "no such path: " + r.URL.Path})
 	})
@@ -178,9 +170,17 @@ func (s *server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		if err := s.authenticate(r); err != nil && !openPaths[r.URL.Path] && !s.publicPaths[r.URL.Path] {
-			writeError(rec, err)
+		user, aerr := User{}, (*apiError)(nil)
+		if !openPaths[r.URL.Path] {
+			user, aerr = s.authenticate(r)
+		}
+		if aerr != nil {
+			if aerr.status == http.StatusUnauthorized {
+				rec.Header().Set("WWW-Authenticate", `Bearer realm="ursa"`)
+			}
+			writeError(rec, aerr)
 		} else {
+			r = r.WithContext(context.WithValue(r.Context(), userKey{}, user))
 			r.Body = http.MaxBytesReader(rec, r.Body, s.BodyLimit)
 			next.ServeHTTP(rec, r)
 		}
@@ -190,25 +190,15 @@ func (s *server) middleware(next http.Handler) http.Handler {
 		}
 		s.requests.WithLabelValues(r.Method, route, fmt.Sprint(rec.code)).Inc()
 		s.duration.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
-		s.Log.Debug("request", zap.String("method", r.Method), zap.String("path", r.URL.Path),
-			zap.Int("code", rec.code), zap.Duration("took", time.Since(start)))
+		fields := []zap.Field{zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Int("code", rec.code),
+			zap.String("user", user.Name), zap.String("remote", r.RemoteAddr), zap.Duration("took", time.Since(start))}
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			s.Log.Debug("request", fields...)
+		} else {
+			// Who changed what is worth keeping at the default level.
+			s.Log.Info("write", fields...)
+		}
 	})
-}
-
-// openPaths answer anyone: probes and metric scrapers come from other hosts.
-var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
-
-// authenticate admits loopback callers as admins. User tokens, which other
-// callers need, are not issued yet: until they are, only loopback callers
-// are served.
-func (s *server) authenticate(r *http.Request) *apiError {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	ip := net.ParseIP(host)
-	if err == nil && ip != nil && ip.IsLoopback() && !s.RequireTokenOnLocalhost {
-		return nil
-	}
-	return &apiError{status: http.StatusUnauthorized, title: "Unauthorized",
-		details: "only loopback callers are admitted without a token, and this server does not issue user tokens yet"}
 }
 
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {

@@ -215,26 +215,6 @@ func TestNonLoopbackNeedsToken(t *testing.T) {
 	}
 }
 
-// TestPublicHandlersAnswerAnyone: a public handler (a CA certificate) needs
-// no token; an extra one does.
-func TestPublicHandlersAnswerAnyone(t *testing.T) {
-	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("pem")) })
-	h, err := New(Deps{Store: store.NewMemory(0), Log: zaptest.NewLogger(t), Registry: prometheus.NewRegistry(),
-		Public: map[string]http.Handler{"GET /xds/ca.pem": ok}, Extra: map[string]http.Handler{"GET /secret": ok}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for path, want := range map[string]int{"/xds/ca.pem": 200, "/secret": 401} {
-		req := httptest.NewRequest("GET", path, nil)
-		req.RemoteAddr = "192.0.2.1:5000"
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != want {
-			t.Errorf("GET %s from another host: %d, want %d", path, rec.Code, want)
-		}
-	}
-}
-
 // TestStoreDown stops a real PostgreSQL under the API: reads and writes get
 // 503 with Retry-After, /readyz turns 503, and all recover when it is back.
 func TestStoreDown(t *testing.T) {

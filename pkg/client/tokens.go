@@ -21,52 +21,69 @@ const (
 // zone name and the validity, and refuses bad ones with an *Error whose
 // Causes name the field.
 func (c *Client) GenerateZoneToken(ctx context.Context, zone string, validFor time.Duration) (string, error) {
-	if validFor < 0 {
-		return "", fmt.Errorf("generate zone token for %s: validity %s is negative", zone, validFor)
-	}
 	req := struct {
 		Zone     string `json:"zone"`
 		ValidFor string `json:"validFor,omitempty"`
-	}{Zone: zone}
-	if validFor > 0 {
-		req.ValidFor = validFor.String()
-	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return "", fmt.Errorf("generate zone token for %s: encode: %w", zone, err)
-	}
-	_, data, err := c.do(ctx, http.MethodPost, zoneTokenPath, body)
-	if err != nil {
-		return "", fmt.Errorf("generate zone token for %s: %w", zone, err)
-	}
-	var resp struct {
-		Token string `json:"token"`
-	}
-	if err := json.Unmarshal(data, &resp); err != nil {
-		return "", fmt.Errorf("generate zone token for %s: decode response: %w", zone, err)
-	}
-	if resp.Token == "" {
-		return "", fmt.Errorf("generate zone token for %s: the response holds no token", zone)
-	}
-	return resp.Token, nil
+	}{Zone: zone, ValidFor: validity(validFor)}
+	return c.postToken(ctx, zoneTokenPath, req, validFor, "generate zone token for "+zone)
 }
 
 // RotateZoneTokenSigningKey makes the global control plane sign zone tokens
 // with a new key and revoke every token signed before, and returns the new
 // key's serial.
 func (c *Client) RotateZoneTokenSigningKey(ctx context.Context) (int, error) {
-	_, data, err := c.do(ctx, http.MethodPost, zoneTokenSigningKeyPath, nil)
+	return c.rotateKey(ctx, zoneTokenSigningKeyPath, "rotate zone token signing key")
+}
+
+// validity is a request's validFor: empty for the server's default.
+func validity(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.String()
+}
+
+// postToken POSTs req to path and returns the token of the answer; what
+// ("generate zone token for zone-1") starts every error.
+func (c *Client) postToken(ctx context.Context, path string, req any, validFor time.Duration, what string) (string, error) {
+	if validFor < 0 {
+		return "", fmt.Errorf("%s: validity %s is negative", what, validFor)
+	}
+	body, err := json.Marshal(req)
 	if err != nil {
-		return 0, fmt.Errorf("rotate zone token signing key: %w", err)
+		return "", fmt.Errorf("%s: encode: %w", what, err)
+	}
+	_, data, err := c.do(ctx, http.MethodPost, path, body)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	var resp struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(data, &resp); err != nil {
+		return "", fmt.Errorf("%s: decode response: %w", what, err)
+	}
+	if resp.Token == "" {
+		return "", fmt.Errorf("%s: the response holds no token", what)
+	}
+	return resp.Token, nil
+}
+
+// rotateKey POSTs to a signing-key path and returns the serial of the key
+// that now signs.
+func (c *Client) rotateKey(ctx context.Context, path, what string) (int, error) {
+	_, data, err := c.do(ctx, http.MethodPost, path, nil)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
 	}
 	var resp struct {
 		Serial int `json:"serial"`
 	}
 	if err := json.Unmarshal(data, &resp); err != nil {
-		return 0, fmt.Errorf("rotate zone token signing key: decode response: %w", err)
+		return 0, fmt.Errorf("%s: decode response: %w", what, err)
 	}
 	if resp.Serial < 1 {
-		return 0, errors.New("rotate zone token signing key: the response holds no key serial")
+		return 0, errors.New(what + ": the response holds no key serial")
 	}
 	return resp.Serial, nil
 }

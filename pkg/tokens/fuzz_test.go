@@ -2,12 +2,15 @@ package tokens
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -23,7 +26,7 @@ func FuzzVerifyZoneToken(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	key, err := i.loadKey(ctx, 1)
+	key, err := i.ring.load(ctx, 1)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -52,6 +55,53 @@ func FuzzVerifyZoneToken(f *testing.F) {
 		}
 		if CheckZoneName(zone) != nil {
 			t.Fatalf("accepted a token for %q, not a valid zone name", zone)
+		}
+	})
+}
+
+// FuzzVerifyUserToken checks that any input gets a verdict, never a panic,
+// that an accepted token names a valid user and group, and that the API's
+// view of a refusal is a refusal.
+func FuzzVerifyUserToken(f *testing.F) {
+	ctx := context.Background()
+	u := NewUserIssuer(store.NewMemory(0), zap.NewNop())
+	good, err := u.Issue(ctx, "alice@example.com", "readonly", time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	key, err := u.ring.load(ctx, 1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	weird := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{"name": []int{1}, "group": map[string]any{}, "exp": 1e300, "sub": "alice"})
+	weird.Header["kid"] = "1"
+	weirdToken, err := weird.SignedString(key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	unicode := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{"name": "ålice", "sub": "ålice", "group": "admin", "exp": 4102444800})
+	unicode.Header["kid"] = "1"
+	unicodeToken, err := unicode.SignedString(key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, seed := range []string{good, weirdToken, unicodeToken, "", "Bearer " + good, good[:len(good)/2], good + good,
+		"eyJhbGciOiJFZERTQSIsImtpZCI6IjEifQ.eyJuYW1lIjoiYSIsImdyb3VwIjoiYWRtaW4ifQ.", strings.Repeat(".", 3000)} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, token string) {
+		c, err := u.Verify(ctx, token)
+		if err != nil {
+			if !IsInvalid(err) {
+				t.Fatalf("error %v is not a verdict on the token", err)
+			}
+			if _, aerr := u.Authenticate(ctx, token); !errors.Is(aerr, apiserver.ErrBadToken) {
+				t.Fatalf("authenticate = %v, want a refusal", aerr)
+			}
+			return
+		}
+		if CheckUserName(c.Name) != nil || CheckGroup(c.Group) != nil {
+			t.Fatalf("accepted a token for %q in %q", c.Name, c.Group)
 		}
 	})
 }

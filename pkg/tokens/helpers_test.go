@@ -149,7 +149,7 @@ func goodClaims(zone string) zoneClaims {
 // serials returns the serials of the stored signing keys.
 func serials(t *testing.T, i *Issuer) []int {
 	t.Helper()
-	s, err := i.keySerials(context.Background())
+	s, err := i.ring.serials(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func serials(t *testing.T, i *Issuer) []int {
 // storedKey reads a signing key straight from the store.
 func storedKey(t *testing.T, i *Issuer, serial int) ed25519.PrivateKey {
 	t.Helper()
-	k, err := i.loadKey(context.Background(), serial)
+	k, err := i.ring.load(context.Background(), serial)
 	if err != nil {
 		t.Fatal(err)
 	}

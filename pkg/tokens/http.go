@@ -2,22 +2,25 @@ package tokens
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// REST paths of the handlers, served by the global CP only.
+// REST paths of the handlers. Zone tokens are served by the global CP only;
+// user tokens by the global and by standalone zone CPs (a federated zone
+// answers that the global issues them).
 const (
 	PathZoneToken           = "/tokens/zone"
 	PathZoneTokenSigningKey = "/tokens/zone/signing-key"
+	PathUserToken           = "/tokens/user"
+	PathUserTokenSigningKey = "/tokens/user/signing-key"
 )
 
 // opTimeout bounds the store work of one request, so that a hung database
@@ -31,13 +34,25 @@ type ZoneTokenRequest struct {
 	ValidFor string `json:"validFor,omitempty"`
 }
 
-// ZoneTokenResponse is the answer to POST /tokens/zone.
-type ZoneTokenResponse struct {
+// TokenResponse is the answer to a request for a token (POST /tokens/zone,
+// /tokens/user, /tokens/dataplane).
+type TokenResponse struct {
 	Token string `json:"token"`
 }
 
-// SigningKeyResponse is the answer to POST /tokens/zone/signing-key: the
-// serial of the key that now signs.
+// ZoneTokenResponse is the answer to POST /tokens/zone.
+type ZoneTokenResponse = TokenResponse
+
+// UserTokenRequest is the body of POST /tokens/user. Group is admin or
+// readonly; ValidFor is a Go duration, empty for DefaultUserValidity.
+type UserTokenRequest struct {
+	Name     string `json:"name"`
+	Group    string `json:"group"`
+	ValidFor string `json:"validFor,omitempty"`
+}
+
+// SigningKeyResponse is the answer to POST /tokens/zone/signing-key and
+// POST /tokens/user/signing-key: the serial of the key that now signs.
 type SigningKeyResponse struct {
 	Serial int `json:"serial"`
 }
@@ -56,69 +71,81 @@ func (i *Issuer) Handlers() map[string]http.Handler {
 
 func (i *Issuer) serveIssue(w http.ResponseWriter, r *http.Request) {
 	var req ZoneTokenRequest
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			apiserver.WriteError(w, http.StatusRequestEntityTooLarge, "Request body too large",
-				fmt.Sprintf("the body exceeds the limit of %d bytes", tooBig.Limit))
-			return
-		}
-		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request",
-			fmt.Sprintf(`the body is not {"zone": NAME, "validFor": DURATION}: %v`, err))
+	if !decodeRequest(w, r, &req, `{"zone": NAME, "validFor": DURATION}`) {
 		return
 	}
-	if dec.More() {
-		apiserver.WriteError(w, http.StatusBadRequest, "Malformed request", "the body holds more than one JSON value")
-		return
+	causes := fieldCauses(fieldCheck{"zone", CheckZoneName(req.Zone)})
+	validFor, bad := parseValidity(req.ValidFor)
+	if bad != nil {
+		causes = append(causes, *bad)
 	}
+	answerIssue(w, r, "zone", causes, func(ctx context.Context) (string, error) {
+		return i.IssueZoneToken(ctx, req.Zone, validFor)
+	})
+}
+
+// fieldCheck is the verdict of one field of a request: nil when it is good.
+type fieldCheck struct {
+	field string
+	err   error
+}
+
+// fieldCauses lists the checks that failed as the causes of a 400.
+func fieldCauses(checks ...fieldCheck) []api.FieldError {
 	var causes []api.FieldError
-	if err := CheckZoneName(req.Zone); err != nil {
-		causes = append(causes, api.FieldError{Field: "zone", Message: err.Error()})
-	}
-	var validFor time.Duration
-	if req.ValidFor != "" {
-		d, err := time.ParseDuration(req.ValidFor)
-		if err == nil {
-			err = CheckValidity(d)
-		} else {
-			err = fmt.Errorf("%q is not a duration: use a number and a unit, such as 720h or 90m", req.ValidFor)
+	for _, c := range checks {
+		if c.err != nil {
+			causes = append(causes, api.FieldError{Field: c.field, Message: c.err.Error()})
 		}
-		if err != nil {
-			causes = append(causes, api.FieldError{Field: "validFor", Message: err.Error()})
-		}
-		validFor = d
 	}
+	return causes
+}
+
+// answerIssue answers a request for a kind ("zone") of token: 400 listing
+// causes when there are any, else the token issue makes, or its error. It
+// reports whether it answered with a token.
+func answerIssue(w http.ResponseWriter, r *http.Request, kind string, causes []api.FieldError, issue func(context.Context) (string, error)) bool {
 	if len(causes) > 0 {
-		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the zone token request is not valid", causes...)
-		return
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the "+kind+" token request is not valid", causes...)
+		return false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
 	defer cancel()
-	token, err := i.IssueZoneToken(ctx, req.Zone, validFor)
+	token, err := issue(ctx)
 	if err != nil {
 		writeStoreError(w, err)
-		return
+		return false
 	}
-	apiserver.WriteJSON(w, http.StatusOK, ZoneTokenResponse{Token: token})
+	apiserver.WriteJSON(w, http.StatusOK, TokenResponse{Token: token})
+	return true
 }
 
 func (i *Issuer) serveRotate(w http.ResponseWriter, r *http.Request) {
+	answerRotate(w, r, i.RotateKey)
+}
+
+// answerRotate answers a request to rotate a signing key with the serial
+// rotate returns, or its error, and returns the serial (0 on an error).
+func answerRotate(w http.ResponseWriter, r *http.Request, rotate func(context.Context) (int, error)) int {
 	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
 	defer cancel()
-	serial, err := i.RotateKey(ctx)
+	serial, err := rotate(ctx)
 	if err != nil {
 		writeStoreError(w, err)
-		return
+		return 0
 	}
 	apiserver.WriteJSON(w, http.StatusOK, SigningKeyResponse{Serial: serial})
+	return serial
 }
 
 // writeStoreError answers a failure of the store work behind a request. The
 // errors of this package never carry key material, so their text is safe to
 // send.
 func writeStoreError(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrNotIssuedHere) {
+		apiserver.WriteError(w, http.StatusForbidden, "Not issued here", err.Error())
+		return
+	}
 	if errors.Is(err, ErrInvalidArgument) {
 		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", err.Error())
 		return
@@ -129,4 +156,46 @@ func writeStoreError(w http.ResponseWriter, err error) {
 		return
 	}
 	apiserver.WriteError(w, http.StatusInternalServerError, "Internal error", err.Error())
+}
+
+// Handlers returns the REST endpoints of user tokens, by ServeMux pattern,
+// for apiserver.Deps.Extra, behind the API's authentication, which lets only
+// admins POST: POST /tokens/user issues a token, and POST
+// /tokens/user/signing-key rotates the signing key, revoking every user token
+// issued before. In a federated zone both answer 403, naming the global.
+func (u *UserTokens) Handlers() map[string]http.Handler {
+	return map[string]http.Handler{
+		"POST " + PathUserToken:           http.HandlerFunc(u.serveIssue),
+		"POST " + PathUserTokenSigningKey: http.HandlerFunc(u.serveRotate),
+	}
+}
+
+func (u *UserTokens) serveIssue(w http.ResponseWriter, r *http.Request) {
+	var req UserTokenRequest
+	if !decodeRequest(w, r, &req, `{"name": NAME, "group": "admin"|"readonly", "validFor": DURATION}`) {
+		return
+	}
+	if u.global != "" {
+		writeStoreError(w, u.notIssuedHere("issue user token"))
+		return
+	}
+	causes := fieldCauses(fieldCheck{"name", CheckUserName(req.Name)}, fieldCheck{"group", CheckGroup(req.Group)})
+	validFor, bad := parseValidity(req.ValidFor)
+	if bad != nil {
+		causes = append(causes, *bad)
+	}
+	issued := answerIssue(w, r, "user", causes, func(ctx context.Context) (string, error) {
+		return u.Issue(ctx, req.Name, req.Group, validFor)
+	})
+	if issued {
+		by, _ := apiserver.UserFrom(r.Context())
+		u.log.Info("issued a user token", zap.String("name", req.Name), zap.String("group", req.Group), zap.String("by", by.Name))
+	}
+}
+
+func (u *UserTokens) serveRotate(w http.ResponseWriter, r *http.Request) {
+	if serial := answerRotate(w, r, u.RotateKey); serial > 0 {
+		by, _ := apiserver.UserFrom(r.Context())
+		u.log.Info("rotated the user-token signing key: every older user token is revoked", zap.Int("serial", serial), zap.String("by", by.Name))
+	}
 }

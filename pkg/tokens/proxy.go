@@ -103,9 +103,10 @@ func newRegistered(subject string, now time.Time, validFor time.Duration) (jwt.R
 		ExpiresAt: jwt.NewNumericDate(now.Add(validFor)), ID: base64.RawURLEncoding.EncodeToString(id[:])}, nil
 }
 
-// verifyLocal checks a token a zone signed: alg EdDSA (nothing else is
-// looked at), a kid, a signature by the key keyFor returns for that kid, an
-// exp in the future. It decodes the claims into claims, whose exp is read
+// verifyLocal checks a token signed by a key of this store (a zone's, or one
+// of a key ring, through verifyJWT): alg EdDSA (nothing else is looked at), a
+// kid, a signature by the key keyFor returns for that kid, an exp in the
+// future. It decodes the claims into claims, whose exp is read
 // back with exp. A refusal wraps one of the verdicts (ErrTokenMissing …
 // ErrTokenSignature); any other error is keyFor's failure to read a key.
 func verifyLocal(token string, claims jwt.Claims, exp func() *jwt.NumericDate, now func() time.Time,
@@ -121,10 +122,10 @@ func verifyLocal(token string, claims jwt.Claims, exp func() *jwt.NumericDate, n
 	parser := jwt.NewParser(jwt.WithValidMethods([]string{alg}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(now),
 		jwt.WithStrictDecoding())
 	tok, err := parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		kid, ok := t.Header["kid"].(string)
-		if !ok || kid == "" {
-			keyErr = fmt.Errorf("%w: the header has no kid", ErrTokenMalformed)
-			return nil, keyErr
+		kid, err := kidString(t.Header["kid"])
+		if err != nil {
+			keyErr = err
+			return nil, err
 		}
 		pub, err := keyFor(kid)
 		if err != nil {

@@ -1,10 +1,14 @@
-// Package tokens issues and verifies zone tokens: JWTs, signed with Ed25519
-// (alg EdDSA) by the global control plane, that name the zone a zone control
-// plane may act as.
+// Package tokens issues and verifies the control plane's tokens: JWTs signed
+// with Ed25519 (alg EdDSA). Zone tokens, signed by the global control plane,
+// name the zone a zone control plane may act as; user tokens (user.go) name a
+// user of the REST API and its group; dataplane tokens (dataplane.go) bind a
+// proxy to its mesh.
 //
-// The signing keys live in the global's store as GlobalSecret resources named
+// Zone and user tokens each have a ring of signing keys (keyRing). The zone
+// tokens' keys live in the global's store as GlobalSecret resources named
 // "zone-token-signing-key.<serial>", serials 1, 2, 3…, each holding a PKCS#8
-// private key. The key with the highest serial signs, and a token's kid header
+// private key; the user tokens' ring is the same under
+// "user-token-signing-key.<serial>". The key with the highest serial signs, and a token's kid header
 // is the serial of its key. Rotation creates the next serial and then deletes
 // every older key; from the moment the new key exists, tokens of older keys
 // are refused, so rotating revokes every token issued before it. The keys
@@ -23,12 +27,10 @@ package tokens
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -79,13 +81,13 @@ const (
 // several global CP replicas on one database, agree at every moment. It is
 // safe for concurrent use.
 type Issuer struct {
-	store store.Store
-	now   func() time.Time
+	ring keyRing
+	now  func() time.Time
 }
 
 // NewIssuer returns an Issuer over st, the global CP's store.
 func NewIssuer(st store.Store) *Issuer {
-	return &Issuer{store: st, now: time.Now}
+	return &Issuer{ring: zoneRing(st), now: time.Now}
 }
 
 // zoneClaims is the claim set of a zone token.
@@ -131,19 +133,7 @@ func CheckValidity(d time.Duration) error {
 
 // EnsureKey creates the first signing key when there is none. It is safe for
 // replicas to race: the loser finds the key already there and returns nil.
-func (i *Issuer) EnsureKey(ctx context.Context) error {
-	serials, err := i.keySerials(ctx)
-	if err != nil {
-		return fmt.Errorf("ensure zone token signing key: %w", err)
-	}
-	if len(serials) > 0 {
-		return nil
-	}
-	if err := i.createKey(ctx, 1); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
-		return fmt.Errorf("ensure zone token signing key: %w", err)
-	}
-	return nil
-}
+func (i *Issuer) EnsureKey(ctx context.Context) error { return i.ring.ensure(ctx) }
 
 // IssueZoneToken returns a token for zone, valid for validFor from now
 // (DefaultValidity when zero), signed with the newest key; it creates the
@@ -159,55 +149,29 @@ func (i *Issuer) IssueZoneToken(ctx context.Context, zone string, validFor time.
 	if validFor == 0 {
 		validFor = DefaultValidity
 	}
-	serial, priv, err := i.newestKey(ctx)
+	reg, err := newRegistered(zone, i.now(), validFor)
 	if err != nil {
 		return "", fmt.Errorf("issue zone token for %s: %w", zone, err)
 	}
-	var id [16]byte
-	if _, err := rand.Read(id[:]); err != nil {
-		return "", fmt.Errorf("issue zone token for %s: token id: %w", zone, err)
-	}
-	now := i.now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, zoneClaims{
-		Zone: zone,
-		RegisteredClaims: jwt.RegisteredClaims{
-			Subject:   zone,
-			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(now.Add(validFor)),
-			ID:        base64.RawURLEncoding.EncodeToString(id[:]),
-		},
-	})
-	tok.Header["kid"] = fmt.Sprint(serial)
-	signed, err := tok.SignedString(priv)
+	signed, err := signWith(ctx, i.ring, zoneClaims{Zone: zone, RegisteredClaims: reg})
 	if err != nil {
-		return "", fmt.Errorf("issue zone token for %s: sign: %w", zone, err)
+		return "", fmt.Errorf("issue zone token for %s: %w", zone, err)
 	}
 	return signed, nil
 }
 
-// newestKey returns the key that signs, creating the first one when there is
-// none. A key rotated away between the list and the read is retried.
-func (i *Issuer) newestKey(ctx context.Context) (int, ed25519.PrivateKey, error) {
-	for attempt := 1; ; attempt++ {
-		serials, err := i.keySerials(ctx)
-		if err == nil && len(serials) == 0 {
-			if err = i.EnsureKey(ctx); err == nil {
-				serials, err = i.keySerials(ctx)
-			}
-		}
-		if err != nil {
-			return 0, nil, err
-		}
-		if len(serials) == 0 {
-			return 0, nil, errors.New("no signing key")
-		}
-		serial := serials[len(serials)-1]
-		priv, err := i.loadKey(ctx, serial)
-		if errors.Is(err, store.ErrNotFound) && attempt < 3 {
-			continue
-		}
-		return serial, priv, err
+// signWith signs claims with the newest key of ring, whose serial becomes
+// the kid. It creates the first key when there is none.
+func signWith(ctx context.Context, ring keyRing, claims jwt.Claims) (string, error) {
+	serial, priv, err := ring.newest(ctx)
+	if err != nil {
+		return "", err
 	}
+	signed, err := signLocal(priv, strconv.Itoa(serial), claims)
+	if err != nil {
+		return "", fmt.Errorf("sign: %w", err)
+	}
+	return signed, nil
 }
 
 // RotateKey creates a signing key with the next serial, which signs every
@@ -217,51 +181,4 @@ func (i *Issuer) newestKey(ctx context.Context) (int, ed25519.PrivateKey, error)
 // the job). When replicas rotate at the same moment, every rotation takes
 // effect and the highest serial wins. It returns the serial of the key that
 // signs when it is done.
-func (i *Issuer) RotateKey(ctx context.Context) (int, error) {
-	// Each lost race means another rotation succeeded, so retrying makes
-	// progress; the bound only guards against a store that misbehaves.
-	const attempts = 100
-	for attempt := 1; ; attempt++ {
-		serials, err := i.keySerials(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("rotate zone token signing key: %w", err)
-		}
-		next := 1
-		if len(serials) > 0 {
-			next = serials[len(serials)-1] + 1
-		}
-		err = i.createKey(ctx, next)
-		if errors.Is(err, store.ErrAlreadyExists) && attempt < attempts {
-			continue // another replica rotated first: go one past it
-		}
-		if err != nil {
-			return 0, fmt.Errorf("rotate zone token signing key: %w", err)
-		}
-		newest, err := i.prune(ctx)
-		if err != nil {
-			return next, fmt.Errorf("rotate zone token signing key: key %d signs now and older tokens are refused, but %w", next, err)
-		}
-		// Any key newer than ours was created after our list, that is
-		// after this call began: its rotation revokes what ours would.
-		return newest, nil
-	}
-}
-
-// prune deletes every key but the newest, oldest first, and returns the
-// newest serial.
-func (i *Issuer) prune(ctx context.Context) (int, error) {
-	serials, err := i.keySerials(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("deleting older keys failed: %w", err)
-	}
-	if len(serials) == 0 {
-		return 0, errors.New("deleting older keys failed: the new key is gone")
-	}
-	for _, n := range serials[:len(serials)-1] {
-		err := i.store.Delete(ctx, signingKeyKey(n), 0)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return 0, fmt.Errorf("deleting older key %d failed: %w", n, err)
-		}
-	}
-	return serials[len(serials)-1], nil
-}
+func (i *Issuer) RotateKey(ctx context.Context) (int, error) { return i.ring.rotate(ctx) }

@@ -6,10 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-
-	"github.com/ursamesh/ursa/pkg/store"
 )
 
 // VerifyZoneToken checks token and returns the zone it names. See
@@ -36,40 +35,10 @@ func (i *Issuer) VerifyZoneToken(ctx context.Context, token string) (string, err
 // "try again later", not as a verdict. The keys are read from the store on
 // every call, so a rotation on any replica takes effect at once.
 func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneClaims, error) {
-	token = strings.TrimSpace(token)
-	switch {
-	case token == "":
-		return ZoneClaims{}, fmt.Errorf("verify zone token: %w: no token was given", ErrTokenMissing)
-	case len(token) > MaxTokenSize:
-		return ZoneClaims{}, fmt.Errorf("verify zone token: %w: longer than %d bytes", ErrTokenMalformed, MaxTokenSize)
-	}
-	var (
-		claims zoneClaims
-		serial int
-		keyErr error // why the keyfunc failed, already worded for the caller
-	)
-	parser := jwt.NewParser(
-		jwt.WithValidMethods([]string{alg}),
-		jwt.WithExpirationRequired(),
-		jwt.WithTimeFunc(i.now),
-		jwt.WithStrictDecoding(),
-	)
-	tok, err := parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
-		n, err := kidSerial(t.Header["kid"])
-		if err != nil {
-			keyErr = err
-			return nil, err
-		}
-		serial = n
-		pub, err := i.verificationKey(ctx, n)
-		if err != nil {
-			keyErr = err
-			return nil, err
-		}
-		return pub, nil
-	})
+	var claims zoneClaims
+	serial, err := verifyJWT(ctx, token, &claims, i.ring, i.now)
 	if err != nil {
-		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", classify(tok, claims.ExpiresAt, keyErr, err))
+		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", err)
 	}
 	if err := CheckZoneName(claims.Zone); err != nil {
 		return ZoneClaims{}, fmt.Errorf("verify zone token: %w: zone claim: %v", ErrTokenMalformed, err)
@@ -84,31 +53,28 @@ func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneC
 	return out, nil
 }
 
-// verificationKey returns the public key of serial if that key is the newest
-// one. Errors wrap ErrTokenSignature for a key that is gone or replaced, and
-// the store's error otherwise.
-func (i *Issuer) verificationKey(ctx context.Context, serial int) (ed25519.PublicKey, error) {
-	priv, err := i.loadKey(ctx, serial)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: signed with an unknown or rotated key (kid %d)", ErrTokenSignature, serial)
+// verifyJWT checks what every token signed from a key ring must be, and
+// decodes its claims into claims: a JWT (surrounding white space ignored)
+// of at most MaxTokenSize bytes with alg EdDSA (every other algorithm is
+// refused before any key is looked at), a kid that keys says is current, a
+// signature by that key, and an exp in the future. It returns the kid's
+// serial. A refused token is an error wrapping exactly one of the package's
+// verdicts; any other error is the keys' (a store that is down).
+func verifyJWT(ctx context.Context, token string, claims jwt.Claims, keys keySource, now func() time.Time) (int, error) {
+	var serial int
+	exp := func() *jwt.NumericDate {
+		e, _ := claims.GetExpirationTime()
+		return e
 	}
-	if err != nil {
-		return nil, err
-	}
-	// See the package comment: the key is current exactly when serial+1
-	// does not exist.
-	_, err = i.store.Get(ctx, signingKeyKey(serial+1))
-	switch {
-	case err == nil:
-		return nil, fmt.Errorf("%w: signed with an unknown or rotated key (kid %d has been rotated)", ErrTokenSignature, serial)
-	case !errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("read signing key %d: %w", serial+1, err)
-	}
-	pub, ok := priv.Public().(ed25519.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("read signing key %d: no Ed25519 public key", serial)
-	}
-	return pub, nil
+	err := verifyLocal(token, claims, exp, now, func(kid string) (ed25519.PublicKey, error) {
+		n, ok := parseSerial(kid)
+		if !ok {
+			return nil, fmt.Errorf("%w: kid %q is not a signing key serial", ErrTokenMalformed, truncate(kid))
+		}
+		serial = n
+		return keys.verificationKey(ctx, n)
+	})
+	return serial, err
 }
 
 // classify turns the parser's error into one of the package's verdicts, or
@@ -142,21 +108,15 @@ func classify(tok *jwt.Token, exp *jwt.NumericDate, keyErr, err error) error {
 	return fmt.Errorf("%w: %v", ErrTokenMalformed, err)
 }
 
-// kidSerial reads the key serial from a kid header of any JSON type.
-func kidSerial(v any) (int, error) {
+// kidString reads the kid header, which must be a string that is not
+// empty.
+func kidString(v any) (string, error) {
 	kid, ok := v.(string)
 	switch {
-	case v == nil:
-		return 0, fmt.Errorf("%w: the header has no kid", ErrTokenMalformed)
+	case v == nil || (ok && kid == ""):
+		return "", fmt.Errorf("%w: the header has no kid", ErrTokenMalformed)
 	case !ok:
-		return 0, fmt.Errorf("%w: kid is a %T, not a string", ErrTokenMalformed, v)
+		return "", fmt.Errorf("%w: kid is a %T, not a string", ErrTokenMalformed, v)
 	}
-	n, ok := parseSerial(kid)
-	if !ok {
-		if len(kid) > 20 {
-			kid = kid[:20] + "..."
-		}
-		return 0, fmt.Errorf("%w: kid %q is not a signing key serial", ErrTokenMalformed, kid)
-	}
-	return n, nil
+	return kid, nil
 }

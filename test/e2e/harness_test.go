@@ -90,6 +90,13 @@ func startEnv(t testing.TB, env []string, name string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(bin, name), args...)
 	cmd.Env = append(os.Environ(), env...)
+	return launch(t, name, cmd)
+}
+
+// launch starts cmd, which runs the built binary name (perhaps through
+// `ip netns exec`, which execs it in place); the test's cleanup kills it.
+func launch(t testing.TB, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -177,9 +184,15 @@ func freeAddr(t testing.TB) string {
 // waitReady polls url until it answers 200.
 func waitReady(t testing.TB, url string, p *proc) {
 	t.Helper()
+	waitReadyVia(t, http.DefaultClient, url, p)
+}
+
+// waitReadyVia is waitReady through client (one that reaches another host).
+func waitReadyVia(t testing.TB, client *http.Client, url string, p *proc) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
+		resp, err := client.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

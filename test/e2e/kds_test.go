@@ -30,10 +30,30 @@ type cp struct {
 	xds, dns string // a zone's, host:port
 	kds      string // a global's, host:port
 	args     []string
+	// start and http, when set, start the process and reach its API on
+	// another host (hosts.startCP); by default both are this one's.
+	start func(t testing.TB, name string, args ...string) *proc
+	http  *http.Client
+	// host reaches a listener bound to every address (":5681"):
+	// 127.0.0.1 when empty.
+	host string
 	// xdsCA is a file holding the zone's /xds/ca.pem, fetched once per
 	// start of the process (a zone on the memory store makes a new CA at
 	// each start).
 	xdsCA string
+}
+
+// reachable is a listener's address as a client dials it: host in place of
+// an unspecified IP ("[::]:5681" → "10.77.0.1:5681").
+func reachable(addr, host string) string {
+	h, port, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(h); err != nil || ip == nil || !ip.IsUnspecified() {
+		return addr
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // cpAddrs are the flags of a CP's listeners and the log keys it reports
@@ -49,25 +69,35 @@ var cpAddrs = map[string][][2]string{
 // restart binds the same addresses again.
 func startCP(t testing.TB, args ...string) *cp {
 	t.Helper()
-	for _, f := range cpAddrs[args[0]] {
-		if !slices.Contains(args, f[0]) {
-			args = append(args, f[0], "127.0.0.1:0")
-		}
-	}
-	c := &cp{args: args}
+	c := &cp{args: placeListeners(args, "127.0.0.1")}
 	c.run(t)
 	return c
+}
+
+// placeListeners binds every listener args do not place on host, port 0.
+func placeListeners(args []string, host string) []string {
+	for _, f := range cpAddrs[args[0]] {
+		if !slices.Contains(args, f[0]) {
+			args = append(args, f[0], host+":0")
+		}
+	}
+	return args
 }
 
 // run starts the process, reads its addresses and waits until it is ready;
 // the args then name the bound addresses, for a restart.
 func (c *cp) run(t testing.TB) {
 	t.Helper()
-	c.proc = start(t, "ursa-cp", c.args...)
+	launch := c.start
+	if launch == nil {
+		launch = start
+	}
+	c.proc = launch(t, "ursa-cp", c.args...)
 	c.xdsCA = ""
 	for _, f := range cpAddrs[c.args[0]] {
 		addr := c.proc.logged(t, f[1])
 		c.args[slices.Index(c.args, f[0])+1] = addr
+		addr = reachable(addr, c.host)
 		switch f[0] {
 		case "--api-addr":
 			c.api = "http://" + addr
@@ -79,7 +109,15 @@ func (c *cp) run(t testing.TB) {
 			c.kds = addr
 		}
 	}
-	waitReady(t, c.api+"/readyz", c.proc)
+	waitReadyVia(t, c.client(), c.api+"/readyz", c.proc)
+}
+
+// client reaches the CP's API.
+func (c *cp) client() *http.Client {
+	if c.http != nil {
+		return c.http
+	}
+	return http.DefaultClient
 }
 
 func (c *cp) restart(t testing.TB) {
@@ -90,7 +128,7 @@ func (c *cp) restart(t testing.TB) {
 // get returns the body and status of a GET on the CP's API.
 func (c *cp) get(t testing.TB, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(c.api + path)
+	resp, err := c.client().Get(c.api + path)
 	if err != nil {
 		return 0, err.Error()
 	}

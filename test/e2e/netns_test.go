@@ -1,0 +1,207 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// hostSeq numbers the host sets of this process, so that tests running at
+// once, here or in other test binaries, never share a namespace name.
+var hostSeq atomic.Int64
+
+// hosts are simulated hosts on one private network: a network namespace per
+// host, each with lo up and an eth0 whose veth peer is enslaved to a bridge in
+// a namespace of its own. Host i (from 0, in newHosts's order) has the
+// address 10.77.0.(i+1)/24. Nothing touches the namespace the tests run in:
+// the test reaches a host's servers through client(host), whose sockets are
+// made inside that host's namespace. Everything is deleted when the test
+// ends, whether it passes or not.
+type hosts struct {
+	prefix string            // unique: names every namespace of the set
+	index  map[string]int    // host → position
+	ns     map[string]string // host → namespace
+}
+
+// newHosts makes the hosts named (short words: "a", "b", "global"). It
+// skips the test unless it runs as root, which namespaces need.
+func newHosts(t *testing.T, names ...string) *hosts {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root")
+	}
+	if len(names) == 0 || len(names) > 200 {
+		t.Fatalf("newHosts: %d hosts; give 1 to 200", len(names))
+	}
+	h := &hosts{prefix: fmt.Sprintf("ursa%d-%d", os.Getpid(), hostSeq.Add(1)), index: map[string]int{}, ns: map[string]string{}}
+	bridge := h.prefix + "-br"
+	var made []string
+	// Registered before anything exists, so that a set-up failing half-way
+	// is undone too; processes started later are killed first (cleanups
+	// run last-registered first).
+	t.Cleanup(func() {
+		for _, ns := range made {
+			if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+				t.Errorf("delete namespace %s: %v: %s", ns, err, out)
+			}
+			os.RemoveAll(filepath.Join("/etc/netns", ns))
+		}
+	})
+	addNS := func(ns string) {
+		ipCmd(t, "netns", "add", ns)
+		made = append(made, ns)
+		ipCmd(t, "-n", ns, "link", "set", "lo", "up")
+	}
+	addNS(bridge)
+	ipCmd(t, "-n", bridge, "link", "add", "br0", "type", "bridge")
+	ipCmd(t, "-n", bridge, "link", "set", "br0", "up")
+	for i, name := range names {
+		if _, dup := h.index[name]; dup {
+			t.Fatalf("newHosts: host %q twice", name)
+		}
+		ns := h.prefix + "-" + name
+		h.index[name], h.ns[name] = i, ns
+		addNS(ns)
+		// Made inside the bridge's namespace, so that the names are
+		// local to this set and never clash with another test's.
+		port := fmt.Sprintf("p%d", i)
+		ipCmd(t, "-n", bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+		ipCmd(t, "-n", bridge, "link", "set", port, "master", "br0")
+		ipCmd(t, "-n", bridge, "link", "set", port, "up")
+		ipCmd(t, "-n", ns, "addr", "add", h.addr(name)+"/24", "dev", "eth0")
+		ipCmd(t, "-n", ns, "link", "set", "eth0", "up")
+	}
+	return h
+}
+
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func (h *hosts) namespace(t testing.TB, host string) string {
+	t.Helper()
+	ns, ok := h.ns[host]
+	if !ok {
+		t.Fatalf("no host %q", host)
+	}
+	return ns
+}
+
+// addr is host's address on the hosts' network.
+func (h *hosts) addr(host string) string {
+	i, ok := h.index[host]
+	if !ok {
+		panic(fmt.Sprintf("no host %q", host))
+	}
+	return fmt.Sprintf("10.77.0.%d", i+1)
+}
+
+// start runs a built binary on host, as start does here.
+func (h *hosts) start(t testing.TB, host, name string, args ...string) *proc {
+	t.Helper()
+	return h.startEnv(t, host, nil, name, args...)
+}
+
+// startEnv is start with extra environment variables.
+func (h *hosts) startEnv(t testing.TB, host string, env []string, name string, args ...string) *proc {
+	t.Helper()
+	cmd := h.command(context.Background(), t, host, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	return launch(t, name, cmd)
+}
+
+// command is the command that runs a built binary on host; ending ctx
+// kills it.
+func (h *hosts) command(ctx context.Context, t testing.TB, host, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.namespace(t, host), filepath.Join(bin, name)}, args...)...)
+}
+
+// starter is start bound to host, for cp.start.
+func (h *hosts) starter(host string) func(testing.TB, string, ...string) *proc {
+	return func(t testing.TB, name string, args ...string) *proc {
+		t.Helper()
+		return h.start(t, host, name, args...)
+	}
+}
+
+// startCP is startCP on host: its listeners not placed by args bind host's
+// address, and its API is reached through client(host), at host's address
+// when it listens on every address.
+func (h *hosts) startCP(t testing.TB, host string, args ...string) *cp {
+	t.Helper()
+	c := &cp{args: placeListeners(args, h.addr(host)), start: h.starter(host), http: h.client(t, host), host: h.addr(host)}
+	c.run(t)
+	return c
+}
+
+// ctl runs ursactl on host against server with extra environment variables
+// (URSA_TOKEN=…), and returns its stdout, its stderr and how it exited.
+func (h *hosts) ctl(t testing.TB, host string, env []string, server, stdin string, args ...string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := h.command(ctx, t, host, "ursactl", append([]string{"--api-server", server}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// client is an HTTP client on host: its connections leave from host's
+// address, as a program running there would make them.
+func (h *hosts) client(t testing.TB, host string) *http.Client {
+	t.Helper()
+	dial := h.dialer(t, host)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial}}
+}
+
+// dialer dials from inside host's namespace: the socket is made on an OS
+// thread switched into that namespace, which is thrown away afterwards (a
+// goroutine that ends locked to its thread takes the thread with it), so no
+// other goroutine ever runs there.
+func (h *hosts) dialer(t testing.TB, host string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	path := filepath.Join("/var/run/netns", h.namespace(t, host))
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			conn net.Conn
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: see above
+			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				done <- result{err: fmt.Errorf("open namespace %s: %w", path, err)}
+				return
+			}
+			defer unix.Close(fd)
+			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+				done <- result{err: fmt.Errorf("enter namespace %s: %w", path, err)}
+				return
+			}
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, network, addr)
+			done <- result{conn, err}
+		}()
+		r := <-done
+		return r.conn, r.err
+	}
+}
