@@ -184,3 +184,81 @@ func httpGet(url string) (int, error) {
 	resp.Body.Close()
 	return resp.StatusCode, nil
 }
+
+// TestTLSFromAnotherHost: CPs deployed as they are (listening on every
+// address of their host) are verified from another host, over a veth pair,
+// with nothing but the CA they publish. The global on host A: a zone CP on
+// host B dials its KDS at A's address with --global-kds-ca-file, and a TLS
+// client on B verifies it as the --kds-tls-san name too. The zone on B: a
+// sidecar on A dials its xDS at B's address with B's /xds/ca.pem and gets
+// its configuration.
+func TestTLSFromAnotherHost(t *testing.T) {
+	h := newHosts(t, "a", "b")
+	global := h.startCP(t, "a", "global", "--api-addr", ":5681", "--kds-addr", ":5685", "--kds-tls-san", "kds.mesh.test")
+	dir := t.TempDir()
+	_, kdsCA := global.get(t, "/kds/ca.pem")
+	kdsCAFile := filepath.Join(dir, "kds-ca.pem")
+	os.WriteFile(kdsCAFile, []byte(kdsCA), 0o600)
+	onA := func(args ...string) string {
+		t.Helper()
+		out, stderr, err := h.ctl(t, "a", nil, "http://127.0.0.1:5681", "", args...)
+		if err != nil {
+			t.Fatalf("ursactl %s on A: %v %s", strings.Join(args, " "), err, stderr)
+		}
+		return out
+	}
+	zoneToken := filepath.Join(dir, "zone-b.token")
+	os.WriteFile(zoneToken, []byte(onA("generate", "zone-token", "--zone", "zone-b")), 0o600)
+
+	// B's zone verifies the global at A's address.
+	zone := h.startCP(t, "b", "zone", "--zone", "zone-b", "--api-addr", ":5681", "--xds-addr", ":5678",
+		"--global-kds-address", "grpcs://"+h.addr("a")+":5685", "--global-kds-ca-file", kdsCAFile, "--zone-token-file", zoneToken)
+	if _, stderr, err := h.ctl(t, "a", nil, "http://127.0.0.1:5681", "type: Mesh\nname: default\n", "apply", "-f", "-"); err != nil {
+		t.Fatalf("apply the mesh: %v %s", err, stderr)
+	}
+	// Loopback callers on B are admins (from here, B's API wants a token).
+	eventually(t, "the mesh in zone-b, over KDS from another host", func() bool {
+		_, _, err := h.ctl(t, "b", nil, "http://127.0.0.1:5681", "", "get", "mesh", "default")
+		return err == nil
+	})
+
+	// The --kds-tls-san name verifies too (from B, at A's address).
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(kdsCA))
+	raw, err := h.dialer(t, "b")(context.Background(), "tcp", h.addr("a")+":5685")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "kds.mesh.test", NextProtos: []string{"h2"}})
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("the KDS certificate as kds.mesh.test: %v", err)
+	}
+	c.Close()
+
+	// A sidecar on A verifies B's zone at B's address.
+	token, stderr, err := h.ctl(t, "b", nil, "http://127.0.0.1:5681", "", "generate", "dataplane-token", "--mesh", "default", "--service", "web")
+	if err != nil {
+		t.Fatalf("a dataplane token on B: %v %s", err, stderr)
+	}
+	tokenFile := filepath.Join(dir, "web.token")
+	os.WriteFile(tokenFile, []byte(token), 0o600)
+	dpFile := filepath.Join(dir, "web-1.yaml")
+	os.WriteFile(dpFile, []byte(strings.Replace(fmt.Sprintf(webDataplane, "10011", "18080"), "127.0.0.1", h.addr("a"), 1)), 0o600)
+	if zone.xds != h.addr("b")+":5678" {
+		t.Fatalf("zone-b's xDS is reached at %s, want B's address", zone.xds)
+	}
+	p := h.start(t, "a", "ursa-dp", "run", "--cp-address", "grpcs://"+zone.xds, "--ca-cert-file", zone.xdsCAFile(t),
+		"--token-file", tokenFile, "--dataplane-file", dpFile, "--admin-addr", "127.0.0.1:9901")
+	onAClient := h.client(t, "a")
+	eventually(t, "the sidecar on A ready, configured by zone-b over TLS", func() bool {
+		resp, err := onAClient.Get("http://127.0.0.1:9901/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if strings.Contains(p.out.String(), "does not verify") {
+		t.Fatalf("the sidecar logged a verification failure:\n%s", p.out.String())
+	}
+}
