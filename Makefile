@@ -36,6 +36,7 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./pkg/api -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./kds -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyZoneToken -fuzztime 30s
+	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyProxyTokens -fuzztime 30s
 	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyUserToken -fuzztime 30s
 	$(GO) test ./pkg/xds -run '^$$' -fuzz FuzzLoadReport -fuzztime 30s
 	$(GO) test ./dns -run '^$$' -fuzz FuzzServeDNS -fuzztime 30s

@@ -91,3 +91,30 @@ func TestGenerateNeedsWhat(t *testing.T) {
 		}
 	}
 }
+
+// TestGenerateProxyTokensUsage: bad flags of dataplane-token and
+// ingress-token are refused before any request.
+func TestGenerateProxyTokensUsage(t *testing.T) {
+	tests := []struct {
+		args       []string
+		wantStderr string
+	}{
+		{[]string{"generate", "dataplane-token"}, "generate dataplane-token needs --mesh MESH"},
+		{[]string{"generate", "dataplane-token", "--mesh", "default", "--tag", "version"}, `--tag "version": use KEY=VALUE`},
+		{[]string{"generate", "dataplane-token", "--mesh", "default", "--tag", "=v1"}, `--tag "=v1": use KEY=VALUE`},
+		{[]string{"generate", "dataplane-token", "--mesh", "default", "--tag", "v=1", "--tag", "v=2"}, "--tag v is given twice, as 1 and 2"},
+		{[]string{"generate", "dataplane-token", "--mesh", "default", "--valid-for", "-1h"}, "--valid-for -1h0m0s is negative"},
+		{[]string{"generate", "ingress-token"}, "generate ingress-token needs --zone ZONE"},
+		{[]string{"generate", "ingress-token", "--zone", "zone-1", "--valid-for", "-1h"}, "--valid-for -1h0m0s is negative"},
+	}
+	for _, tt := range tests {
+		fake, url := startFake(t)
+		res := ursactl(t, nil, "", append([]string{"--api-server", url}, tt.args...)...)
+		if res.code != exitUsage || !strings.Contains(res.stderr, tt.wantStderr) {
+			t.Errorf("%q: code %d, stderr %q; want %d and %q", tt.args, res.code, res.stderr, exitUsage, tt.wantStderr)
+		}
+		if n := len(fake.Requests()); n != 0 {
+			t.Errorf("%q: made %d requests, want none", tt.args, n)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/store"
 )
@@ -102,6 +103,82 @@ func FuzzVerifyUserToken(f *testing.F) {
 		}
 		if CheckUserName(c.Name) != nil || CheckGroup(c.Group) != nil {
 			t.Fatalf("accepted a token for %q in %q", c.Name, c.Group)
+		}
+	})
+}
+
+// FuzzVerifyProxyTokens checks that any input gets a verdict from both
+// proxy-token issuers, never a panic; that an accepted dataplane token
+// carries valid claims for an existing key's mesh; that an accepted ingress
+// token names a valid zone; and that no input passes as both kinds.
+func FuzzVerifyProxyTokens(f *testing.F) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	for _, m := range []string{"default", "other"} {
+		if _, err := st.Create(ctx, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: m}}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	dp, ing := NewDataplaneIssuer(st), NewIngressIssuer(st, "zone-1")
+	seeds := []string{"", "a.b.c", "..", "eyJhbGciOiJFZERTQSIsImtpZCI6ImRlZmF1bHQifQ.e30.",
+		"eyJhbGciOiJFZERTQSIsImtpZCI6ImluZ3Jlc3MifQ.eyJzdWIiOiJpbmdyZXNzIn0.AA"}
+	for _, c := range []DataplaneClaims{{Mesh: "default"}, {Mesh: "other", Service: "web", Tags: map[string]string{"version": "v1"}, Name: "web-1"}} {
+		tok, err := dp.Issue(ctx, c, time.Hour)
+		if err != nil {
+			f.Fatal(err)
+		}
+		seeds = append(seeds, tok, tok+"x", strings.Replace(tok, ".", "..", 1))
+	}
+	tok, err := ing.Issue(ctx, "zone-1", time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	seeds = append(seeds, tok)
+	key, err := dp.key(ctx, "default", false)
+	if err != nil {
+		f.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	for _, claims := range []jwt.MapClaims{
+		{"mesh": "default", "sub": "dataplane", "exp": exp, "tags": map[string]any{"version": 1}},
+		{"mesh": "default", "sub": "dataplane", "exp": exp, "name": "Not_A_Name"},
+		{"mesh": "other", "sub": "dataplane", "exp": exp},
+		{"zone": "zone-1", "sub": "ingress", "exp": exp},
+	} {
+		t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims)
+		t.Header["kid"] = "default"
+		s, err := t.SignedString(key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		seeds = append(seeds, s)
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, token string) {
+		_ = UnverifiedSubject(token)
+		c, dpErr := dp.Verify(ctx, token)
+		if dpErr != nil && !IsInvalid(dpErr) {
+			t.Fatalf("dataplane: error %v is not a verdict on the token", dpErr)
+		}
+		if dpErr == nil {
+			if causes := c.check(); len(causes) > 0 {
+				t.Fatalf("accepted a dataplane token with invalid claims %+v: %v", c, causes)
+			}
+			if _, err := dp.key(ctx, c.Mesh, false); err != nil {
+				t.Fatalf("accepted a dataplane token for mesh %q, which has no key", c.Mesh)
+			}
+		}
+		ic, ingErr := ing.Verify(ctx, token)
+		if ingErr != nil && !IsInvalid(ingErr) {
+			t.Fatalf("ingress: error %v is not a verdict on the token", ingErr)
+		}
+		if ingErr == nil && CheckZoneName(ic.Zone) != nil {
+			t.Fatalf("accepted an ingress token for %q, not a valid zone name", ic.Zone)
+		}
+		if dpErr == nil && ingErr == nil {
+			t.Fatal("a token passed as both a dataplane and an ingress token")
 		}
 	})
 }

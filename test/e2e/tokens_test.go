@@ -38,10 +38,9 @@ func refusedTotal(t testing.TB, zone *cp, reason string) float64 {
 // tokenZone is a zone CP started with its defaults and the proxies a test
 // starts against it.
 type tokenZone struct {
-	t    *testing.T
-	cp   *cp
-	dir  string
-	apps int
+	t   *testing.T
+	cp  *cp
+	dir string
 }
 
 // dataplane writes a Dataplane of one inbound with tags and returns its
