@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +18,16 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 // meshSidecar is an ursa-dp sidecar started for a test, with its admin
@@ -99,6 +111,70 @@ func serverCert(t *testing.T, addr string) *x509.Certificate {
 		t.Fatalf("%s presented no certificate: %v", addr, err)
 	}
 	return leaf
+}
+
+// checkCSRIdentity connects over ADS as the registered Dataplane name of
+// service, presenting a CSR in its node metadata: its identity secret
+// comes without a key, its certificate certifies the CSR's key and names
+// service (never what the CSR asks for). A CSR that is not one is refused
+// with a reason.
+func checkCSRIdentity(t *testing.T, conn *grpc.ClientConn, zone *cp, name, service string) {
+	t.Helper()
+	open := func(csr string) (discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", service))
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			return nil, err
+		}
+		node := &core.Node{Id: "default." + name, Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"ursa.io/csr": structpb.NewStringValue(csr)}}}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: []string{"identity"}}); err != nil {
+			return nil, err
+		}
+		return stream, nil
+	}
+	stream, err := open("not a CSR")
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if err == nil || !strings.Contains(err.Error(), "CSR is not PEM") {
+		t.Fatalf("a proxy presenting a broken CSR: %v", err)
+	}
+
+	key, csr, err := mtls.NewKeyAndCSR("default." + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stream, err = open(string(csr)); err != nil {
+		t.Fatal(err)
+	}
+	var identity *tlsv3.Secret
+	for identity == nil {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("SDS with a CSR: %v", err)
+		}
+		stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default." + name}, TypeUrl: resource.SecretType,
+			ResourceNames: []string{"identity"}, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
+		for _, a := range resp.Resources {
+			s := &tlsv3.Secret{}
+			if err := a.UnmarshalTo(s); err == nil && s.Name == "identity" {
+				identity = s
+			}
+		}
+	}
+	if len(identity.GetTlsCertificate().GetPrivateKey().GetInlineBytes()) != 0 {
+		t.Fatal("a proxy that sent a CSR was sent a key")
+	}
+	block, _ := pem.Decode(identity.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !mtls.SameKey(leaf, key) || leaf.URIs[0].String() != "spiffe://default/"+service {
+		t.Fatalf("the certificate for a CSR certifies its key: %v, names %v", mtls.SameKey(leaf, key), leaf.URIs)
+	}
 }
 
 // TestIdentityAndPeerVerification, on one zone with mTLS, with real
