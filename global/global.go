@@ -156,6 +156,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	extra := issuer.Handlers()
+	maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
 	maps.Copy(extra, users.Handlers())
 	extra["GET /kds/ca.pem"] = kdsCert.CAHandler()
 	handler, err := apiserver.New(apiserver.Deps{
@@ -196,7 +197,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
-	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Log: log.Named("mesh-ca")})
 	r.AddRestarting("user-token-keys", run.Func(func(ctx context.Context) error {
 		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
 	}))
@@ -208,7 +209,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 // mirroredTypes are the types the global's mirror follows: GlobalSecret so
 // that a rotated user-token key is unpublished at once.
 func mirroredTypes() []string {
-	set := map[string]bool{"Mesh": true, "MeshCA": true, "GlobalSecret": true}
+	set := map[string]bool{"Mesh": true, "MeshCA": true, "ZoneCA": true, "Zone": true, "GlobalSecret": true}
 	for _, d := range kds.GlobalToZoneTypes() {
 		set[d.Type] = true
 	}

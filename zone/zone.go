@@ -247,6 +247,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	maps.Copy(extra, ingTokens.Handlers())
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
 	extra["GET /xds/ca.pem"] = xdsCAHandler(xdsCert)
+	if !cfg.Federated() {
+		maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
+	}
 	// A federated zone verifies the user tokens its global signs; a
 	// standalone one is its own global.
 	users := tokens.NewUserIssuer(st, log.Named("user-tokens"))
@@ -277,7 +280,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, reap.lead))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
-		r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})
 	}
 	if err := addDNS(r, cfg, st, cat, reg, log); err != nil {
 		apiLn.Close()

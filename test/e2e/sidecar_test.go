@@ -120,12 +120,15 @@ networking:
 	if !roots.AppendCertsFromPEM(meshCA.GetValidationContext().GetTrustedCa().GetInlineBytes()) {
 		t.Fatal("mesh-ca holds no certificate")
 	}
-	block, _ := pem.Decode(identity.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	// The leaf, then the zone's intermediate CA.
+	block, rest := pem.Decode(identity.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
 	leaf, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	inter := x509.NewCertPool()
+	inter.AppendCertsFromPEM(rest)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("the workload certificate does not chain to the mesh CA: %v", err)
 	}
 	var sans []string
