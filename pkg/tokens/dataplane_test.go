@@ -68,8 +68,14 @@ func TestDataplaneTokens(t *testing.T) {
 	none := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"mesh": "default", "sub": "dataplane", "exp": time.Now().Add(time.Hour).Unix()})
 	none.Header["kid"] = "default"
 	unsigned, _ := none.SignedString(jwt.UnsafeAllowNoneSignatureType)
+	// Another base64url letter in the signature, so that it decodes and
+	// fails (a flipped bit may leave the alphabet: malformed, not forged).
 	altered := []byte(tok)
-	altered[len(altered)-5] ^= 1
+	if altered[len(altered)-5] == 'A' {
+		altered[len(altered)-5] = 'B'
+	} else {
+		altered[len(altered)-5] = 'A'
+	}
 	_, stranger, _ := ed25519.GenerateKey(rand.Reader)
 	future := jwt.NewNumericDate(time.Now().Add(time.Hour))
 	otherKey := sign(t, jwt.SigningMethodEdDSA, stranger, "default", dpClaims{Mesh: "default", RegisteredClaims: jwt.RegisteredClaims{Subject: "dataplane", ExpiresAt: future}})
