@@ -161,6 +161,15 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	defer p.Close()
 	client := &proxy.Client{Address: addr, NodeID: nodeID, Token: token, TokenFile: cfg.TokenFile, Metadata: meta, Proxy: p, Log: log.Named("xds"),
 		ReportLoad: meta[api.MetadataIngress] != "true"} // an ingress has no callers of its own
+	if meta[api.MetadataIngress] != "true" {
+		// A sidecar's key is made here and never leaves: the CP certifies
+		// it from the CSR. (An ingress terminates no TLS: it has none.)
+		key, csr, err := proxy.NewKey(nodeID)
+		if err != nil {
+			return err
+		}
+		client.Key, meta[api.MetadataCSR] = key, string(csr)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {

@@ -18,9 +18,10 @@ import (
 const MaxCSRSize = 4096
 
 // NewKeyAndCSR makes, where it will be used, an ECDSA P-256 key and a
-// certificate request for it in PEM. The request names nothing the control
-// plane believes (it decides the SANs from the registered Dataplane): it
-// only proves the key is held.
+// certificate request for it in PEM, as a data plane does (the built-in
+// proxy, which links no Ursa package, has its own: proxy.NewKey). The
+// request names nothing the control plane believes (it decides the SANs
+// from the registered Dataplane): it only proves the key is held.
 func NewKeyAndCSR(commonName string) (crypto.Signer, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -1,12 +1,15 @@
 // Package proxy is ursa-dp's built-in L4 proxy: an honest xDS client of the
 // configuration the zone CP generates for a sidecar. It runs listeners with
 // tcp_proxy and weighted clusters, terminates downstream mTLS with RBAC on
-// the caller's SPIFFE ID, originates upstream mTLS with SNI, and balances
+// the URI SANs of the caller's certificate (its SPIFFE ID and tags),
+// originates upstream mTLS with SNI and checks the server's SPIFFE ID, with
+// a key it made itself (a CSR) when it sends one, and balances
 // over EDS endpoints by weight and locality priority, ejecting endpoints
 // that refuse connections. What it cannot apply it NACKs, with the reason.
 package proxy
 
 import (
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -17,7 +20,6 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -38,8 +40,9 @@ type Listener struct {
 	Addr string
 	// TLS terminates mTLS, requiring a client certificate from Roots.
 	TLS bool
-	// RBAC, when set, admits only callers whose SPIFFE ID it allows.
-	RBAC   *rbacconfig.RBAC
+	// RBAC, when set, admits only callers whose certificate's URI SANs
+	// it allows.
+	RBAC   *rbacRules
 	Routes []Route
 	// SNIRoutes, for an ingress, picks routes by the SNI of each
 	// connection's ClientHello, read without terminating TLS.
@@ -59,6 +62,11 @@ type Cluster struct {
 	// TLS originates mTLS with SNI.
 	TLS bool
 	SNI string
+	// ServerSANs, when any, are what the upstream's certificate must
+	// match one of its URI SANs with (WantSANs says them, for logs): it
+	// must be the workload the cluster is for.
+	ServerSANs []stringMatch
+	WantSANs   []string
 	// Static endpoints, or EDS ones once they arrive.
 	Endpoints []Endpoint
 	// Overprovisioning, in percent, decides when a priority spills over.
@@ -76,19 +84,19 @@ type Endpoint struct {
 	Zone string
 }
 
-// translate builds a Config from the latest resources of each type. It
-// returns an error naming the first thing it cannot apply.
-func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assignments []*endpoint.ClusterLoadAssignment, secrets []*tlsv3.Secret) (*Config, error) {
+// translate builds a Config from the latest resources of each type; key,
+// when set, is the key this proxy made and sent a CSR for. It returns an
+// error naming the first thing it cannot apply.
+func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assignments []*endpoint.ClusterLoadAssignment, secrets []*tlsv3.Secret, key crypto.Signer) (*Config, error) {
 	cfg := &Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}}
 	for _, s := range secrets {
 		switch {
 		case s.GetTlsCertificate() != nil:
-			tc := s.GetTlsCertificate()
-			pair, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+			id, err := identityOf(s.GetTlsCertificate(), key)
 			if err != nil {
 				return nil, fmt.Errorf("secret %q: %w", s.Name, err)
 			}
-			cfg.Identity = &pair
+			cfg.Identity = id
 		case s.GetValidationContext() != nil:
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(s.GetValidationContext().GetTrustedCa().GetInlineBytes()) {
@@ -112,6 +120,10 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 				return nil, fmt.Errorf("cluster %q: transport socket: %w", c.Name, err)
 			}
 			out.TLS, out.SNI = true, up.GetSni()
+			var err error
+			if out.ServerSANs, out.WantSANs, err = serverSANs(up.GetCommonTlsContext()); err != nil {
+				return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
+			}
 		}
 		cla := c.GetLoadAssignment()
 		switch c.GetType() {
@@ -192,10 +204,11 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 			if err := tc.UnmarshalTo(r); err != nil {
 				return nil, fmt.Errorf("listener %q: rbac: %w", l.Name, err)
 			}
-			out.RBAC = r.GetRules()
-			if err := checkRBAC(out.RBAC); err != nil {
+			rules, err := compileRBAC(r.GetRules())
+			if err != nil {
 				return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 			}
+			out.RBAC = rules
 		case tc.MessageIs(&tcp.TcpProxy{}):
 			tp := &tcp.TcpProxy{}
 			if err := tc.UnmarshalTo(tp); err != nil {
@@ -215,72 +228,6 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		return nil, fmt.Errorf("listener %q: no tcp_proxy", l.Name)
 	}
 	return out, nil
-}
-
-// allowed evaluates an RBAC policy set (ALLOW action) for a caller.
-func allowed(rules *rbacconfig.RBAC, spiffeID string) (bool, error) {
-	if rules == nil {
-		return true, nil
-	}
-	if rules.GetAction() != rbacconfig.RBAC_ALLOW {
-		return false, fmt.Errorf("rbac action %s is not supported", rules.GetAction())
-	}
-	for _, p := range rules.GetPolicies() {
-		for _, pr := range p.GetPrincipals() {
-			ok, err := principalMatches(pr, spiffeID)
-			if err != nil {
-				return false, err
-			}
-			if ok {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
-}
-
-func principalMatches(p *rbacconfig.Principal, id string) (bool, error) {
-	switch v := p.GetIdentifier().(type) {
-	case *rbacconfig.Principal_Any:
-		return v.Any, nil
-	case *rbacconfig.Principal_Authenticated_:
-		m := v.Authenticated.GetPrincipalName()
-		switch {
-		case m.GetExact() != "":
-			return id == m.GetExact(), nil
-		case m.GetPrefix() != "":
-			return strings.HasPrefix(id, m.GetPrefix()), nil
-		}
-		return false, fmt.Errorf("principal matcher %v is not supported", m)
-	case *rbacconfig.Principal_AndIds:
-		for _, sub := range v.AndIds.GetIds() {
-			ok, err := principalMatches(sub, id)
-			if err != nil || !ok {
-				return false, err
-			}
-		}
-		return true, nil
-	case *rbacconfig.Principal_OrIds:
-		for _, sub := range v.OrIds.GetIds() {
-			ok, err := principalMatches(sub, id)
-			if err != nil || ok {
-				return ok, err
-			}
-		}
-		return false, nil
-	case *rbacconfig.Principal_NotId:
-		ok, err := principalMatches(v.NotId, id)
-		return !ok, err
-	}
-	return false, fmt.Errorf("principal %T is not supported", p.GetIdentifier())
-}
-
-// checkRBAC validates, at translation time, that every principal is one the
-// proxy can evaluate, so an unsupported policy is NACKed rather than
-// failing connections later.
-func checkRBAC(rules *rbacconfig.RBAC) error {
-	_, err := allowed(rules, "spiffe://check/")
-	return err
 }
 
 // sniListener translates an ingress listener: one filter chain per set of

@@ -51,6 +51,7 @@ type Proxy struct {
 	conns        *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
 	refused      *prometheus.CounterVec
+	upstreamTLS  *prometheus.CounterVec
 	active       prometheus.Gauge
 	healthyGauge *prometheus.GaugeVec
 }
@@ -71,11 +72,13 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 			Help: "Bytes proxied, by cluster and direction."}, []string{"cluster", "direction"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_refused_total",
 			Help: "Connections refused, by listener and reason."}, []string{"listener", "reason"}),
+		upstreamTLS: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_upstream_tls_failures_total",
+			Help: "Upstream mTLS handshakes that failed, by cluster and reason (wrong_identity: the server is not the cluster's service)."}, []string{"cluster", "reason"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ursa_dp_active_connections", Help: "Connections open now."}),
 		healthyGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ursa_dp_endpoints_healthy",
 			Help: "Endpoints of a cluster not ejected, as of its last connection."}, []string{"cluster"}),
 	}
-	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.active, p.healthyGauge} {
+	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.upstreamTLS, p.active, p.healthyGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -238,7 +241,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		l = &Listener{Name: l.Name, Routes: routes}
 	}
 	if l.TLS {
-		tc, id, err := p.terminate(down)
+		tc, uris, err := p.terminate(down)
 		if err != nil {
 			p.refuse(down, name, "tls", err)
 			return
@@ -247,8 +250,8 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		// RBAC is read at connection time: a policy change applies to new
 		// connections; established ones the new policy refuses keep going
 		// until they end, like Envoy's network RBAC filter.
-		if ok, err := allowed(p.cfg.Load().Listeners[name].RBAC, id); err != nil || !ok {
-			p.refuse(down, name, "rbac", fmt.Errorf("caller %s not allowed", id))
+		if cur, ok := p.cfg.Load().Listeners[name]; !ok || !cur.RBAC.allows(uris) {
+			p.refuse(down, name, "rbac", fmt.Errorf("caller %q not allowed", uris))
 			return
 		}
 	}
@@ -275,11 +278,12 @@ func (p *Proxy) handle(name string, down net.Conn) {
 }
 
 // terminate does the server side of mTLS with the current identity and
-// returns the caller's SPIFFE ID.
-func (p *Proxy) terminate(c net.Conn) (*tls.Conn, string, error) {
+// returns the URI SANs of the caller's certificate (its SPIFFE IDs and
+// tags), which RBAC judges.
+func (p *Proxy) terminate(c net.Conn) (*tls.Conn, []string, error) {
 	cfg := p.cfg.Load()
 	if cfg.Identity == nil || cfg.Roots == nil {
-		return nil, "", errNoIdentity
+		return nil, nil, errNoIdentity
 	}
 	tc := tls.Server(c, &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -291,20 +295,14 @@ func (p *Proxy) terminate(c net.Conn) (*tls.Conn, string, error) {
 	})
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := tc.Handshake(); err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	c.SetDeadline(time.Time{})
-	id, err := spiffeID(tc.ConnectionState().PeerCertificates[0])
-	return tc, id, err
-}
-
-func spiffeID(cert *x509.Certificate) (string, error) {
-	for _, u := range cert.URIs {
-		if u.Scheme == "spiffe" {
-			return u.String(), nil
-		}
+	uris := uriSANs(tc.ConnectionState().PeerCertificates[0])
+	if len(uris) == 0 {
+		return nil, nil, errors.New("peer certificate has no URI SAN")
 	}
-	return "", errors.New("peer certificate has no SPIFFE ID")
+	return tc, uris, nil
 }
 
 func (p *Proxy) pickCluster(cfg *Config, l *Listener) *Cluster {
@@ -359,6 +357,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			conn.Close()
 			if !errors.Is(err, errNoIdentity) {
 				p.eject(c.Name, ep.Addr)
+				p.upstreamRefused(c, ep, err)
 			}
 			lastErr = err
 			continue
@@ -370,6 +369,20 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		lastErr = fmt.Errorf("cluster %q has no healthy endpoint", c.Name)
 	}
 	return nil, lastErr
+}
+
+// upstreamRefused counts an upstream handshake that failed, and logs one
+// whose server is not the workload the cluster is for: a misrouted or
+// impersonating endpoint, never a passing fault.
+func (p *Proxy) upstreamRefused(c *Cluster, ep Endpoint, err error) {
+	var wrong *wrongPeerError
+	if errors.As(err, &wrong) {
+		p.upstreamTLS.WithLabelValues(c.Name, "wrong_identity").Inc()
+		p.log.Warn("refused an upstream whose certificate names another workload", zap.String("cluster", c.Name),
+			zap.String("endpoint", ep.Addr), zap.Strings("want", wrong.want), zap.Strings("got", wrong.got))
+		return
+	}
+	p.upstreamTLS.WithLabelValues(c.Name, "handshake").Inc()
 }
 
 // errNoIdentity is a connection this proxy cannot make yet, through no
@@ -391,28 +404,11 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 			return cfg.Identity, nil
 		},
 		// The server proves its mesh identity, not a host name: verify the
-		// chain against the mesh CA ourselves.
+		// chain against the mesh CA, and its identity against the
+		// cluster's, ourselves.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return errors.New("no server certificate")
-			}
-			leaf, err := x509.ParseCertificate(raw[0])
-			if err != nil {
-				return err
-			}
-			// What follows the leaf is the issuer's chain (a zone's
-			// intermediate CA) up to the mesh's root.
-			inter := x509.NewCertPool()
-			for _, der := range raw[1:] {
-				c, err := x509.ParseCertificate(der)
-				if err != nil {
-					return err
-				}
-				inter.AddCert(c)
-			}
-			_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-			return err
+			return verifyServer(raw, roots, c)
 		},
 	})
 	conn.SetDeadline(time.Now().Add(c.ConnectTimeout))

@@ -193,12 +193,12 @@ func TestChangesKeepConnections(t *testing.T) {
 func TestTranslateRefusesWhatItCannotRun(t *testing.T) {
 	m, _ := anypb.New(&hcm.HttpConnectionManager{StatPrefix: "x"})
 	l := &listener.Listener{Name: "http", Address: nil}
-	if _, err := translate([]*listener.Listener{l}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "socket addresses") {
+	if _, err := translate([]*listener.Listener{l}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "socket addresses") {
 		t.Fatalf("listener without an address: %v", err)
 	}
 	l = &listener.Listener{Name: "http", Address: socket("127.0.0.1", 1), FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{
 		{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: m}}}}}}
-	if _, err := translate([]*listener.Listener{l}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "http_connection_manager") {
+	if _, err := translate([]*listener.Listener{l}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "http_connection_manager") {
 		t.Fatalf("an HTTP filter: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -41,10 +42,14 @@ type Client struct {
 	// again for every connection, so a fixed or renewed token is taken up
 	// without a restart.
 	TokenFile string
-	// Metadata goes in the node's metadata (the Dataplane it presents).
+	// Metadata goes in the node's metadata (the Dataplane it presents,
+	// the CSR for Key).
 	Metadata map[string]string
-	Proxy    *Proxy
-	Log      *zap.Logger
+	// Key, when set, is the key this proxy made and sent a CSR for: its
+	// identity secret then comes without a key, and must certify this one.
+	Key   crypto.Signer
+	Proxy *Proxy
+	Log   *zap.Logger
 	// ReportLoad streams the proxy's upstream connection counts to the
 	// CP's Load Reporting Service, on the same connection (sidecars).
 	ReportLoad bool
@@ -162,7 +167,7 @@ func (c *Client) session(ctx context.Context) error {
 		applyErr := st.take(resp)
 		if applyErr == nil {
 			var cfg *Config
-			if cfg, applyErr = translate(st.listeners, st.clusters, st.cla, st.secrets); applyErr == nil {
+			if cfg, applyErr = translate(st.listeners, st.clusters, st.cla, st.secrets, c.Key); applyErr == nil {
 				applyErr = c.Proxy.Apply(cfg)
 			}
 		}
@@ -244,6 +249,9 @@ func (st *state) wanted() map[string][]string {
 			sds[c.GetName()] = true
 		}
 		if c := ctx.GetValidationContextSdsSecretConfig(); c != nil {
+			sds[c.GetName()] = true
+		}
+		if c := ctx.GetCombinedValidationContext().GetValidationContextSdsSecretConfig(); c != nil {
 			sds[c.GetName()] = true
 		}
 	}

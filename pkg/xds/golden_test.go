@@ -95,4 +95,13 @@ func TestSecretsGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	xdstest.Golden(t, "testdata/secrets.golden.yaml", xdstest.Render(t, r), *update)
+
+	// For a proxy that sent a CSR: the chain (leaf, then the issuer's
+	// chain) and no key.
+	r = Secrets(mtls.Identity{CertPEM: []byte("-----BEGIN CERTIFICATE-----\nWORKLOAD\n-----END CERTIFICATE-----\n" +
+		"-----BEGIN CERTIFICATE-----\nZONE CA\n-----END CERTIFICATE-----\n")}, "-----BEGIN CERTIFICATE-----\nMESH CA\n-----END CERTIFICATE-----\n")
+	if err := Validate(r); err != nil {
+		t.Fatal(err)
+	}
+	xdstest.Golden(t, "testdata/secrets-csr.golden.yaml", xdstest.Render(t, r), *update)
 }

@@ -3,6 +3,8 @@ package xds
 import (
 	"fmt"
 	"maps"
+	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -22,6 +24,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 // SDS secret names a sidecar's TLS contexts refer to.
@@ -210,17 +213,30 @@ func commonTLS() *tlsv3.CommonTlsContext {
 	}
 }
 
+// upstreamTLS originates mTLS to an instance of sub's service, and accepts
+// only a server whose certificate names that service's SPIFFE ID (chained
+// to the mesh CA from SDS): a connection that reaches any other workload
+// fails its handshake, wherever it was routed.
 func upstreamTLS(mesh string, sub Subset) *core.TransportSocket {
+	common := commonTLS()
+	common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+		CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+				SanType: tlsv3.SubjectAltNameMatcher_URI,
+				Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: SpiffeID(mesh, sub.Tags[api.TagService])}},
+			}}},
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: SecretMeshCA, SdsConfig: ads()},
+		}}
 	return &core.TransportSocket{Name: wellknown.TransportSocketTLS,
 		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: MustAny(&tlsv3.UpstreamTlsContext{
-			CommonTlsContext: commonTLS(),
+			CommonTlsContext: common,
 			Sni:              catalog.SNI(mesh, sub.Tags),
 		})}}
 }
 
 // rbacFilter allows the sources TrafficPermissions let call this inbound's
-// service, by their SPIFFE IDs, and denies the rest. A DENY permission
-// overrides any ALLOW for the same source.
+// service, by the URI SANs of their certificates, and denies the rest. A
+// DENY permission overrides any ALLOW for the same source.
 func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listener.Filter {
 	allow := &rbacconfig.Policy{Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}}}
 	var denied []*rbacconfig.Principal
@@ -229,7 +245,7 @@ func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listen
 			continue
 		}
 		for _, src := range tp.Spec.Sources {
-			p := principal(s.Mesh.Name, src.Match[api.TagService])
+			p := principal(s.Mesh.Name, src.Match)
 			if tp.Spec.Action == api.ActionDeny {
 				denied = append(denied, p)
 			} else {
@@ -252,15 +268,43 @@ func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listen
 	return &listener.Filter{Name: wellknown.RoleBasedAccessControl, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(r)}}
 }
 
-// principal matches the SPIFFE ID of a service's certificates; "*" any
-// service of the mesh.
-func principal(mesh, service string) *rbacconfig.Principal {
-	m := &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: SpiffeID(mesh, service)}}
-	if service == "*" || service == "" {
-		m = &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: "spiffe://" + mesh + "/"}}
+// principal matches a caller whose certificate carries every tag of a
+// source selector: the AND, over its tags, of an authenticated principal
+// whose name is one of the caller's URI SANs. The service is matched by
+// its SPIFFE ID ("*" or no service: any of the mesh's), every other tag by
+// ursa://<tag>/<value> ("*": any value of the tag).
+func principal(mesh string, match map[string]string) *rbacconfig.Principal {
+	service := &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: SpiffeID(mesh, match[api.TagService])}}
+	if svc := match[api.TagService]; svc == "*" || svc == "" {
+		service = &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: "spiffe://" + mesh + "/"}}
 	}
+	ids := []*rbacconfig.Principal{authenticated(service)}
+	for _, name := range slices.Sorted(maps.Keys(match)) {
+		if name == api.TagService {
+			continue
+		}
+		ids = append(ids, authenticated(tagMatcher(name, match[name])))
+	}
+	if len(ids) == 1 {
+		return ids[0]
+	}
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_AndIds{AndIds: &rbacconfig.Principal_Set{Ids: ids}}}
+}
+
+func authenticated(m *matcher.StringMatcher) *rbacconfig.Principal {
 	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Authenticated_{Authenticated: &rbacconfig.Principal_Authenticated{PrincipalName: m}}}
 }
 
+// tagMatcher matches the URI SAN of a tag's value; "*" any value of it
+// (values hold no '/', so the regex cannot reach into a longer tag name).
+// A tag no certificate can carry (mtls.TagURI) matches nothing.
+func tagMatcher(name, value string) *matcher.StringMatcher {
+	if value == "*" {
+		return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_SafeRegex{SafeRegex: &matcher.RegexMatcher{
+			Regex: regexp.QuoteMeta(mtls.TagURIPrefix(name)) + "[^/]+"}}}
+	}
+	return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: mtls.TagURIPrefix(name) + url.PathEscape(value)}}
+}
+
 // SpiffeID is the identity of a service's certificates.
-func SpiffeID(mesh, service string) string { return "spiffe://" + mesh + "/" + service }
+func SpiffeID(mesh, service string) string { return mtls.SpiffeID(mesh, service) }

@@ -134,7 +134,7 @@ func simpleCachePush(b *testing.B, wire protocol, n int, typeVersions bool) {
 	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
 	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
 	f := newXDSMesh(b, xdsServices, xdsPerService)
-	dps := f.proxies(n)
+	dps := f.proxies(b, n)
 	ids := make([]string, n)
 	for i, dp := range dps {
 		ids[i] = xds.NodeID(xdsMesh, dp.Name)

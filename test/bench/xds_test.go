@@ -72,8 +72,9 @@ const (
 type xdsMeshFixture struct {
 	state *benchMesh
 	ca    *api.MeshCA
-	// secrets are each service's SDS secrets, built once per identity as
-	// the zone's identities do.
+	// secrets are each simulated proxy's SDS secrets (by Dataplane name):
+	// its own identity, as the zone issues one per instance, and the
+	// mesh's trust.
 	secrets map[string]xds.Resources
 }
 
@@ -125,11 +126,6 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 		if s%5 == 0 {
 			st.Routes = append(st.Routes, versionRoute(svc, 90))
 		}
-		id, err := mtls.Issue(ca, svc, 24*time.Hour, now)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		f.secrets[svc] = xds.Secrets(id, ca.CertPEM)
 	}
 	st.Permissions = append(st.Permissions, &api.TrafficPermission{
 		Meta: api.Meta{Type: "TrafficPermission", Mesh: xdsMesh, Name: "allow-all"},
@@ -236,20 +232,21 @@ func withRoute(st *benchMesh, service string, v1 int) *benchMesh {
 
 // generate does for one proxy what the zone's generation loop does before
 // SetResources (which validates): sidecar resources and the SDS secrets of
-// its service.
+// its own identity.
 func (f *xdsMeshFixture) generate(st *benchMesh, dp *api.Dataplane) (xds.Resources, error) {
 	res, err := xds.Sidecar(st.State(), xds.Proxy{Kind: xds.KindSidecar, Dataplane: dp})
 	if err != nil {
 		return nil, err
 	}
-	res.Merge(f.secrets[dp.Networking.Inbound[0].Tags[api.TagService]])
+	res.Merge(f.secrets[dp.Name])
 	return res, nil
 }
 
 // proxies returns n simulated proxies, dp-0 … dp-<n-1>: each a copy of one
 // of the mesh's dataplanes outside changedService (round robin), with its
-// own name and address, so that every proxy's resources are its own.
-func (f *xdsMeshFixture) proxies(n int) []*api.Dataplane {
+// own name, address and identity (issued here, on every core), so that
+// every proxy's resources are its own.
+func (f *xdsMeshFixture) proxies(tb testing.TB, n int) []*api.Dataplane {
 	var tpl []*api.Dataplane
 	for _, dp := range f.state.Dataplanes {
 		if dp.Networking.Inbound[0].Tags[api.TagService] != changedService {
@@ -263,6 +260,32 @@ func (f *xdsMeshFixture) proxies(n int) []*api.Dataplane {
 			Meta:       api.Meta{Type: "Dataplane", Mesh: xdsMesh, Name: fmt.Sprintf("dp-%d", i)},
 			Networking: api.DataplaneNetworking{Address: ipv4(10, 128+i>>16, (i>>8)&255, i&255), Inbound: t.Networking.Inbound},
 		}
+	}
+	signer, err := mtls.SignerFromMeshCA(f.ca)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	secrets := make([]xds.Resources, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				id, err := signer.Issue(mtls.SubjectOf(out[i]), nil, 24*time.Hour, time.Now())
+				if err != nil {
+					tb.Error(err)
+					return
+				}
+				secrets[i] = xds.Secrets(id, f.ca.CertPEM)
+			}
+		})
+	}
+	wg.Wait()
+	if tb.Failed() {
+		tb.FailNow()
+	}
+	for i, dp := range out {
+		f.secrets[dp.Name] = secrets[i]
 	}
 	return out
 }
@@ -286,7 +309,7 @@ func resourceBytes(r xds.Resources) (total int, count map[string]int) {
 func BenchmarkSidecarGenerate(b *testing.B) {
 	for _, per := range []int{xdsPerService, 100, 200} {
 		f := newXDSMesh(b, xdsServices, per)
-		dp := f.proxies(1)[0]
+		dp := f.proxies(b, 1)[0]
 		srv, err := xds.NewServer(zap.NewNop(), prometheus.NewRegistry())
 		if err != nil {
 			b.Fatal(err)
@@ -508,7 +531,7 @@ func fullPush(b *testing.B, wire protocol, n int) {
 	debug.SetGCPercent(gcNow)
 	b.Logf("GC target %d%% (GOGC=%q)", gcNow, os.Getenv("GOGC"))
 	f := newXDSMesh(b, xdsServices, xdsPerService)
-	dps := f.proxies(n)
+	dps := f.proxies(b, n)
 	ids := make([]string, n)
 	for i, dp := range dps {
 		ids[i] = xds.NodeID(xdsMesh, dp.Name)

@@ -145,6 +145,7 @@ networking:
 	if len(identity.GetTlsCertificate().GetPrivateKey().GetInlineBytes()) == 0 {
 		t.Fatal("a proxy without a CSR got no key")
 	}
+	checkCSRIdentity(t, conn, zone, "billing-1", "billing")
 	if ttl := leaf.NotAfter.Sub(leaf.NotBefore); ttl > 25*time.Hour {
 		t.Fatalf("workload certificate valid for %s: not short-lived", ttl)
 	}
