@@ -151,6 +151,8 @@ for z in 1 2; do
     --dns-addr "127.0.0.1:${z}5653" --vip-cidr "127.24$((z - 1)).0.0/16" \
     --global-kds-address grpcs://127.0.0.1:5685 --global-kds-ca-file "$DIR/kds-ca.pem" --zone-token-file "$DIR/zone-$z.token"
   wait_for "zone-$z's CP to be ready (GET http://127.0.0.1:${z}5681/readyz)" http_ok "http://127.0.0.1:${z}5681/readyz"
+  # The CA the zone's xDS certificate chains to: its proxies verify the CP with it.
+  curl -sf --max-time 10 "http://127.0.0.1:${z}5681/xds/ca.pem" >"$DIR/xds-ca-$z.pem"
 done
 
 ctl apply -f - >/dev/null <<'YAML'
@@ -181,7 +183,8 @@ networking:
 YAML
   # Its zone CP admits it only with a dataplane token for its service.
   ctl --api-server "http://127.0.0.1:${1}5681" generate dataplane-token --mesh default --service "$3" >"$DIR/$2.token"
-  bg "$2" "$BIN/ursa-dp" run --cp-address "grpc://127.0.0.1:${1}5678" --dataplane-file "$DIR/$2.yaml" --token-file "$DIR/$2.token" --admin-addr "127.0.0.1:$6"
+  bg "$2" "$BIN/ursa-dp" run --cp-address "grpcs://127.0.0.1:${1}5678" --ca-cert-file "$DIR/xds-ca-$1.pem" \
+    --dataplane-file "$DIR/$2.yaml" --token-file "$DIR/$2.token" --admin-addr "127.0.0.1:$6"
 }
 ingress() { # ingress ZONE
   cat >"$DIR/ingress-$1.yaml" <<YAML
@@ -192,7 +195,8 @@ networking: {address: 127.0.0.1, port: ${1}0001, advertisedAddress: 127.0.0.1, a
 YAML
   # An ingress needs an ingress token of its zone.
   ctl --api-server "http://127.0.0.1:${1}5681" generate ingress-token --zone "zone-$1" >"$DIR/ingress-$1.token"
-  bg "ingress-$1" "$BIN/ursa-dp" ingress --cp-address "grpc://127.0.0.1:${1}5678" --zone-ingress-file "$DIR/ingress-$1.yaml" --token-file "$DIR/ingress-$1.token" --admin-addr "127.0.0.1:${1}9900"
+  bg "ingress-$1" "$BIN/ursa-dp" ingress --cp-address "grpcs://127.0.0.1:${1}5678" --ca-cert-file "$DIR/xds-ca-$1.pem" \
+    --zone-ingress-file "$DIR/ingress-$1.yaml" --token-file "$DIR/ingress-$1.token" --admin-addr "127.0.0.1:${1}9900"
 }
 
 for z in 1 2; do

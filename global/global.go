@@ -4,7 +4,6 @@ package global
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -29,6 +28,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
+	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/backend"
 	"github.com/ursamesh/ursa/pkg/tokens"
@@ -53,6 +53,7 @@ type KDSConfig struct {
 	Addr           string          `json:"addr" usage:"address of the KDS gRPC server (TLS)"`
 	TLSCert        string          `json:"tlsCert" usage:"KDS TLS certificate file (PEM); a self-signed pair is made and kept in the store when none is given"`
 	TLSKey         string          `json:"tlsKey" usage:"KDS TLS private key file (PEM)"`
+	TLSSAN         []string        `json:"tlsSan" usage:"a further DNS name or IP address zones reach the KDS server by, for its self-signed certificate (repeatable)"`
 	MaxMessageSize int64           `json:"maxMessageSize" usage:"largest KDS message, in bytes; larger changes are split"`
 	AckTimeout     config.Duration `json:"ackTimeout" usage:"how long a zone may leave a change unacknowledged before its stream is restarted"`
 }
@@ -82,6 +83,14 @@ func (c Config) Validate() error {
 	}
 	if (c.KDS.TLSCert == "") != (c.KDS.TLSKey == "") {
 		errs = append(errs, errors.New("kds.tlsCert and kds.tlsKey: give both or neither"))
+	}
+	if c.KDS.TLSCert != "" && len(c.KDS.TLSSAN) > 0 {
+		errs = append(errs, errors.New("kds.tlsSan: names only the self-signed certificate; a given kds.tlsCert is served as it is"))
+	}
+	for _, san := range c.KDS.TLSSAN {
+		if err := servingcert.CheckSAN(san); err != nil {
+			errs = append(errs, fmt.Errorf("kds.tlsSan: %w", err))
+		}
 	}
 	if c.KDS.MaxMessageSize < 2*api.MaxDocumentSize {
 		errs = append(errs, fmt.Errorf("kds.maxMessageSize: %d is too small; use at least %d (twice the largest resource)", c.KDS.MaxMessageSize, 2*api.MaxDocumentSize))
@@ -124,9 +133,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := users.EnsureKey(ctx); err != nil {
 		return fmt.Errorf("user token signing key: %w", err)
 	}
-	cert, certPEM, err := server.Certificate(ctx, st, cfg.KDS.TLSCert, cfg.KDS.TLSKey)
+	// The CA keeps the name of the self-signed pair it replaces, which zones
+	// already trust and which can sign.
+	kdsCert, err := servingcert.Load(ctx, st, servingcert.Options{Secret: "kds-server-tls", CommonName: "ursa global control plane (KDS) CA",
+		CertFile: cfg.KDS.TLSCert, KeyFile: cfg.KDS.TLSKey, Listen: cfg.KDS.Addr, SANs: cfg.KDS.TLSSAN})
 	if err != nil {
-		return err
+		return fmt.Errorf("kds tls: %w", err)
 	}
 	kdsMetrics, err := kds.NewMetrics(reg)
 	if err != nil {
@@ -144,11 +156,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	extra := issuer.Handlers()
+	maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
 	maps.Copy(extra, users.Handlers())
-	extra["GET /kds/ca.pem"] = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/x-pem-file")
-		w.Write(certPEM)
-	})
+	extra["GET /kds/ca.pem"] = kdsCert.CAHandler()
 	handler, err := apiserver.New(apiserver.Deps{
 		Store:                   st,
 		Log:                     log.Named("api"),
@@ -173,10 +183,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return fmt.Errorf("kds: %w", err)
 	}
 	log.Info("global control plane starting", zap.String("store", be.Kind), zap.String("instance", cfg.Instance),
-		zap.String("api_addr", apiLn.Addr().String()), zap.String("kds_addr", kdsLn.Addr().String()))
+		zap.String("api_addr", apiLn.Addr().String()), zap.String("kds_addr", kdsLn.Addr().String()),
+		zap.Strings("kds_tls_names", kdsCert.Names().Strings()))
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	grpcServer := grpc.NewServer(append(kdsServer.ServerOptions(),
-		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
+		grpc.Creds(credentials.NewTLS(kdsCert.TLSConfig())),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)...)
 	kdsServer.Register(grpcServer)
@@ -186,7 +197,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
-	r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Log: log.Named("mesh-ca")})
 	r.AddRestarting("user-token-keys", run.Func(func(ctx context.Context) error {
 		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
 	}))
@@ -198,7 +209,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 // mirroredTypes are the types the global's mirror follows: GlobalSecret so
 // that a rotated user-token key is unpublished at once.
 func mirroredTypes() []string {
-	set := map[string]bool{"Mesh": true, "MeshCA": true, "GlobalSecret": true}
+	set := map[string]bool{"Mesh": true, "MeshCA": true, "ZoneCA": true, "Zone": true, "GlobalSecret": true}
 	for _, d := range kds.GlobalToZoneTypes() {
 		set[d.Type] = true
 	}

@@ -41,6 +41,7 @@ type Cache struct {
 	// ownMirror: Start runs the mirror too.
 	ownMirror bool
 	types     []api.Descriptor
+	byType    map[string]api.Descriptor
 	include   func(api.Resource) bool
 	// transform, when set, is what is sent of a resource (a summary), and
 	// sameSent whether two resources send the same.
@@ -75,10 +76,12 @@ func NewCacheOf(mirror *store.Mirror, types []api.Descriptor, include func(api.R
 		include = func(api.Resource) bool { return true }
 	}
 	snap := &Snapshot{Types: map[string]*TypeSet{}}
+	byType := map[string]api.Descriptor{}
 	for _, d := range types {
 		snap.Types[TypeURL(d.Type)] = &TypeSet{Entries: map[string]*Entry{}}
+		byType[d.Type] = d
 	}
-	return &Cache{mirror: mirror, types: types, include: include, log: log, snap: snap,
+	return &Cache{mirror: mirror, types: types, byType: byType, include: include, log: log, snap: snap,
 		changed: make(chan struct{}), ready: make(chan struct{})}
 }
 
@@ -188,10 +191,24 @@ func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resour
 	return nil
 }
 
-// entry encodes r, or returns nil when the cache does not keep it.
+// entry encodes r as its type's sync rules say, or returns nil when the
+// cache does not keep it.
 func (c *Cache) entry(r api.Resource) *Entry {
 	if !c.include(r) {
 		return nil
+	}
+	d := c.byType[r.GetMeta().Type]
+	var to string
+	if d.KDS == api.SyncGlobalToOwnZone {
+		z, ok := r.(api.Zoned)
+		if !ok || z.OwnerZone() == "" {
+			c.log.Error("resource names no zone to send it to; it is not synced", zap.String("resource", api.KeyOf(r).String()))
+			return nil
+		}
+		to = z.OwnerZone()
+	}
+	if d.Redact != nil {
+		r = d.Redact(r)
 	}
 	if c.transform != nil {
 		r = c.transform(r)
@@ -201,6 +218,7 @@ func (c *Cache) entry(r api.Resource) *Entry {
 		c.log.Error("cannot encode resource; it is not synced", zap.String("resource", api.KeyOf(r).String()), zap.Error(err))
 		return nil
 	}
+	e.For = to
 	return e
 }
 

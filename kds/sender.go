@@ -34,7 +34,7 @@ type Sender struct {
 	// Types the peer may subscribe to, in the order changes are sent.
 	Types []api.Descriptor
 	// Peer is the zone at the other end, or "": entries from that zone are
-	// never sent back to it.
+	// never sent back to it, and entries for another zone never to it.
 	Peer string
 	// MaxMessageSize bounds each response; a larger change is split.
 	MaxMessageSize int
@@ -217,7 +217,7 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 		removed []string
 	)
 	for name, e := range set.Entries {
-		if e.Zone != "" && e.Zone == s.Peer {
+		if !e.SentTo(s.Peer) {
 			continue
 		}
 		if p.versions[name] != e.Version {
@@ -225,7 +225,7 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 		}
 	}
 	for name := range p.versions {
-		if e, ok := set.Entries[name]; !ok || (e.Zone != "" && e.Zone == s.Peer) {
+		if e, ok := set.Entries[name]; !ok || !e.SentTo(s.Peer) {
 			removed = append(removed, name)
 		}
 	}

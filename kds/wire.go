@@ -39,7 +39,7 @@ func TypeOf(typeURL string) (api.Descriptor, bool) {
 // they are sent: Meshes before what lives in them.
 func GlobalToZoneTypes() []api.Descriptor {
 	return typesWhere(func(d api.Descriptor) bool {
-		return d.KDS == api.SyncGlobalToZone || d.KDS == api.SyncZoneToGlobalToZones
+		return d.KDS == api.SyncGlobalToZone || d.KDS == api.SyncZoneToGlobalToZones || d.KDS == api.SyncGlobalToOwnZone
 	})
 }
 
@@ -119,6 +119,9 @@ type Entry struct {
 	// Zone is the zone the resource came from, if any: a zone is never
 	// sent its own resources back.
 	Zone string
+	// For, when set, is the one zone the entry is sent to (a type synced
+	// SyncGlobalToOwnZone).
+	For  string
 	Wire *discovery.Resource
 	Size int // encoded size in bytes
 }
@@ -147,6 +150,11 @@ func NewEntry(name string, r api.Resource, zone string) (*Entry, error) {
 	}
 	e.Size = proto.Size(e.Wire)
 	return e, nil
+}
+
+// SentTo reports whether the entry goes to peer ("" for the global).
+func (e *Entry) SentTo(peer string) bool {
+	return (e.Zone == "" || e.Zone != peer) && (e.For == "" || e.For == peer)
 }
 
 // Decode turns a received resource into a validated api.Resource of type d

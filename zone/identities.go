@@ -16,19 +16,31 @@ import (
 )
 
 // signerFor is what mesh m's workload identities are issued with in this
-// zone, and the root certificate (PEM) its proxies trust. A nil signer
-// with no error means there is none yet: the mesh's CA has not reached the
-// zone, and its sidecars get no identity until it does. Today the mesh's
-// root CA signs; this is the one place that decides it.
-func signerFor(m *xds.MeshState) (*mtls.Signer, string, error) {
-	if m.CA == nil {
-		return nil, "", nil
+// zone, and what its proxies trust: the root certificate (PEM) and the
+// revocation lists (PEM, empty for none). The zone's own intermediate CA
+// signs; where no intermediate has arrived and the root's key is here (a
+// global from before zone CAs), the root. A nil signer with no error means
+// there is none yet, and the mesh's sidecars get no identity until there
+// is. This is the one place that decides it.
+func signerFor(m *xds.MeshState) (*mtls.Signer, string, string, error) {
+	var (
+		s   *mtls.Signer
+		err error
+	)
+	switch {
+	case m.CA == nil:
+		return nil, "", "", nil
+	case m.ZoneCA != nil:
+		s, err = mtls.SignerFromZoneCA(m.ZoneCA)
+	case m.CA.KeyPEM != "":
+		s, err = mtls.SignerFromMeshCA(m.CA)
+	default:
+		return nil, "", "", nil
 	}
-	s, err := mtls.SignerFromMeshCA(m.CA)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
-	return s, m.CA.CertPEM, nil
+	return s, m.CA.CertPEM, m.CA.CRLBundle(), nil
 }
 
 // signing is a mesh's signer for one round of generation, with what every
@@ -36,7 +48,8 @@ func signerFor(m *xds.MeshState) (*mtls.Signer, string, error) {
 type signing struct {
 	signer *mtls.Signer
 	// id names the signer, its chain and the root: a change of any of
-	// them re-issues every identity.
+	// them re-issues every identity. (A change of the revocation lists
+	// alone changes trust, not identities.)
 	id    string
 	trust xds.Resources
 	err   error
@@ -49,7 +62,7 @@ func signingFor(memo map[string]*signing, m *xds.MeshState) *signing {
 	}
 	s := &signing{}
 	memo[m.Mesh.Name] = s
-	signer, root, err := signerFor(m)
+	signer, root, crl, err := signerFor(m)
 	if err != nil {
 		s.err = fmt.Errorf("mesh %s: the signer of its identities: %w", m.Mesh.Name, err)
 		return s
@@ -63,7 +76,7 @@ func signingFor(memo map[string]*signing, m *xds.MeshState) *signing {
 	h.Write([]byte(root))
 	s.signer, s.id = signer, hex.EncodeToString(h.Sum(nil)[:12])
 	s.trust = xds.Resources{}
-	s.trust.Add(resource.SecretType, xds.TrustSecret(root))
+	s.trust.Add(resource.SecretType, xds.TrustSecret(root, crl))
 	return s
 }
 

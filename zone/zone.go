@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ursamesh/ursa/dns"
@@ -33,6 +34,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/leader"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
+	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/backend"
 	"github.com/ursamesh/ursa/pkg/tokens"
@@ -65,6 +67,12 @@ type Config struct {
 		// LoadReportingInterval is how often proxies report their
 		// traffic (LRS), which the zone sums up in ServiceInsights.
 		LoadReportingInterval config.Duration `json:"loadReportingInterval" usage:"how often proxies report where their traffic goes (LRS)"`
+		// The server's TLS: by default a leaf for this host's names, signed
+		// by the zone's CA (kept in the store, served at /xds/ca.pem).
+		TLSCert  string   `json:"tlsCert" usage:"xDS TLS certificate file (PEM); when none is given, one is made for this host, signed by a CA kept in the store (GET /xds/ca.pem)"`
+		TLSKey   string   `json:"tlsKey" usage:"xDS TLS private key file (PEM)"`
+		TLSSAN   []string `json:"tlsSan" usage:"a further DNS name or IP address proxies reach the xDS server by, for its self-signed certificate (repeatable)"`
+		Insecure bool     `json:"insecure" usage:"INSECURE: serve xDS without TLS; local experiments only"`
 	} `json:"xds"`
 	MTLS struct {
 		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; they are renewed at half of it"`
@@ -151,6 +159,7 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.XDS.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("xds.addr: %q is not host:port", c.XDS.Addr))
 	}
+	errs = append(errs, c.validateXDSTLS()...)
 	if _, _, err := net.SplitHostPort(c.DNS.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("dns.addr: %q is not host:port", c.DNS.Addr))
 	}
@@ -230,9 +239,17 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance, presence: pres})
 	xdsServer.SetPresence(pres)
+	xdsCert, err := xdsCertificate(ctx, cfg, st, log)
+	if err != nil {
+		return err
+	}
 	extra := dpTokens.Handlers()
 	maps.Copy(extra, ingTokens.Handlers())
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
+	extra["GET /xds/ca.pem"] = xdsCAHandler(xdsCert)
+	if !cfg.Federated() {
+		maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
+	}
 	// A federated zone verifies the user tokens its global signs; a
 	// standalone one is its own global.
 	users := tokens.NewUserIssuer(st, log.Named("user-tokens"))
@@ -263,7 +280,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, reap.lead))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
-		r.AddRestarting("mesh-ca", run.Func(func(ctx context.Context) error { return mtls.EnsureCAs(ctx, st, mirror, log.Named("mesh-ca")) }))
+		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})
 	}
 	if err := addDNS(r, cfg, st, cat, reg, log); err != nil {
 		apiLn.Close()
@@ -281,7 +298,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("service-insights (leader only)", leaderOnly(st, "service-insights", cfg.Instance, log, func(ctx context.Context) error {
 		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
 	}))
-	if err := addXDS(ctx, r, cfg, st, mirror, cat, xdsServer, lrsServer, log); err != nil {
+	if err := addXDS(ctx, r, cfg, st, mirror, cat, xdsServer, lrsServer, xdsCert, log); err != nil {
 		apiLn.Close()
 		return err
 	}
@@ -399,13 +416,18 @@ func leaderOnly(st store.Store, lease, instance string, log *zap.Logger, fn func
 	return run.Func(func(ctx context.Context) error { return e.Start(ctx, fn) })
 }
 
-// addXDS adds the xDS server and the generation of proxies' configurations.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, log *zap.Logger) error {
+// addXDS adds the xDS server and the generation of proxies' configurations;
+// the server speaks TLS with cert, plaintext when it is nil.
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, cert *servingcert.Serving, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
-	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})}
+	if cert != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cert.TLSConfig())))
+	}
+	g := grpc.NewServer(opts...)
 	srv.Register(ctx, g)
 	loadReports.Register(g)
 	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
@@ -421,7 +443,11 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	}))
 	gen := NewGeneration(GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: cfg.MTLS.CertTTL.Duration, Log: log.Named("xds")})
 	r.Add("xds-generate", gen)
-	log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()))
+	if cert != nil {
+		log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()), zap.Bool("tls", true), zap.Strings("xds_tls_names", cert.Names().Strings()))
+	} else {
+		log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()), zap.Bool("tls", false))
+	}
 	return nil
 }
 

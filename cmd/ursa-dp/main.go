@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -33,7 +34,9 @@ import (
 
 // runConfig is ursa-dp run's configuration.
 type runConfig struct {
-	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpc://HOST:5678"`
+	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpcs://HOST:5678 (TLS)"`
+	CACertFile    string `json:"caCertFile" usage:"PEM file of the CA the zone CP's certificate must chain to (its GET /xds/ca.pem); without it, the system's roots"`
+	XDSInsecure   bool   `json:"xdsInsecure" usage:"INSECURE: allow a grpc:// --cp-address, xDS without TLS, unverified and readable on the path; local experiments only"`
 	DataplaneFile string `json:"dataplaneFile" usage:"file of the Dataplane this proxy presents and registers when it connects"`
 	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
 	// ZoneIngressFile is ingress mode's ZoneIngress.
@@ -59,7 +62,7 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpc://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901"}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901"}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -79,7 +82,7 @@ func newRun() *cobra.Command {
 }
 
 func newIngress() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpc://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902"}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902"}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -128,9 +131,18 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 
 // runProxy runs the built-in proxy as node id until ctx ends.
 func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
-	addr, ok := strings.CutPrefix(cfg.CPAddress, "grpc://")
-	if !ok {
-		return fmt.Errorf("--cp-address %q: use grpc://HOST:PORT", cfg.CPAddress)
+	target, err := proxy.ParseTarget(cfg.CPAddress, cfg.XDSInsecure)
+	if err != nil {
+		return fmt.Errorf("--cp-address %w", err)
+	}
+	if !target.TLS && cfg.CACertFile != "" {
+		return fmt.Errorf("--ca-cert-file: of no use with the plaintext --cp-address %q; use grpcs://", cfg.CPAddress)
+	}
+	var tlsCfg *tls.Config
+	if target.TLS {
+		if tlsCfg, err = proxy.ClientTLS(target.Host, cfg.CACertFile); err != nil {
+			return fmt.Errorf("--ca-cert-file: %w", err)
+		}
 	}
 	var token string
 	if cfg.TokenFile != "" {
@@ -143,7 +155,19 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	switch cfg.Proxy {
 	case "builtin":
 	case "envoy":
-		return runEnvoy(ctx, bootstrap.Options{NodeID: nodeID, Metadata: meta, CPAddress: addr, Token: token, AdminAddress: cfg.AdminAddr})
+		o := bootstrap.Options{NodeID: nodeID, Metadata: meta, CPAddress: target.Address, Plaintext: !target.TLS,
+			CACertFile: cfg.CACertFile, Token: token, AdminAddress: cfg.AdminAddr}
+		switch {
+		case target.TLS && o.CACertFile == "":
+			if o.CACertFile, err = bootstrap.SystemCAFile(); err != nil {
+				return fmt.Errorf("--proxy envoy: %w", err)
+			}
+		case target.TLS:
+			if o.CACertFile, err = filepath.Abs(o.CACertFile); err != nil { // Envoy may run elsewhere
+				return fmt.Errorf("--ca-cert-file: %w", err)
+			}
+		}
+		return runEnvoy(ctx, o)
 	default:
 		return fmt.Errorf("--proxy %q: use builtin or envoy", cfg.Proxy)
 	}
@@ -159,7 +183,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		return err
 	}
 	defer p.Close()
-	client := &proxy.Client{Address: addr, NodeID: nodeID, Token: token, TokenFile: cfg.TokenFile, Metadata: meta, Proxy: p, Log: log.Named("xds"),
+	client := &proxy.Client{Address: target.Address, TLS: tlsCfg, NodeID: nodeID, Token: token, TokenFile: cfg.TokenFile, Metadata: meta, Proxy: p, Log: log.Named("xds"),
 		ReportLoad: meta[api.MetadataIngress] != "true"} // an ingress has no callers of its own
 	if meta[api.MetadataIngress] != "true" {
 		// A sidecar's key is made here and never leaves: the CP certifies
@@ -186,6 +210,9 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	r := run.New(log)
 	r.Add("admin", run.HTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, 5*time.Second))
 	r.Add("xds", client)
+	if !target.TLS {
+		log.Warn("INSECURE: xDS without TLS (--xds-insecure): the zone CP is not verified and this proxy's keys cross the network in the clear")
+	}
 	log.Info("sidecar starting", zap.String("cp", cfg.CPAddress), zap.String("admin_addr", ln.Addr().String()))
 	return r.Run(ctx)
 }

@@ -25,11 +25,11 @@ type drainScope struct {
 
 func newZoneCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "zone drain|undrain|drill",
+		Use:   "zone drain|undrain|drill|rotate-ca",
 		Short: "Move traffic off a zone and back, by writing ordinary policies at the global CP",
 		Args:  rangeArgs(0, 0),
 		RunE: func(*cobra.Command, []string) error {
-			return usageError{errors.New("zone needs a subcommand: drain, undrain or drill")}
+			return usageError{errors.New("zone needs a subcommand: drain, undrain, drill or rotate-ca")}
 		},
 	}
 	scopeFlags := func(c *cobra.Command, s *drainScope) {
@@ -77,7 +77,7 @@ func newZoneCmd(a *app) *cobra.Command {
 	}
 	scopeFlags(undrainCmd, &undrain)
 
-	cmd.AddCommand(drainCmd, undrainCmd, newDrillCmd(a, scopeFlags))
+	cmd.AddCommand(drainCmd, undrainCmd, newDrillCmd(a, scopeFlags), newRotateCACmd(a))
 	return cmd
 }
 

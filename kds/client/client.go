@@ -139,7 +139,7 @@ func (c *Client) session(ctx context.Context) error {
 	g.Go(func() error {
 		r := &kds.Receiver{
 			Types:   kds.GlobalToZoneTypes(),
-			Target:  &globalTarget{store: c.Store, log: log, held: map[string]map[string]bool{}},
+			Target:  &globalTarget{store: c.Store, log: log, zone: c.Zone, held: map[string]map[string]bool{}},
 			Stats:   c.ToZone,
 			Log:     log.With(zap.String("stream", "global_to_zone")),
 			Applied: c.applied,

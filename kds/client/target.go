@@ -20,6 +20,9 @@ import (
 type globalTarget struct {
 	store store.Store
 	log   *zap.Logger
+	// zone is this zone: what the global sends for another zone alone
+	// (a type synced SyncGlobalToOwnZone) is refused.
+	zone string
 	// held is, by type URL, the names of the global's resources the zone
 	// holds; this stream is their only writer.
 	held map[string]map[string]bool
@@ -51,6 +54,9 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		r, err := kds.Decode(d, res)
 		if err != nil {
 			return kds.Reject(err)
+		}
+		if z, ok := r.(api.Zoned); ok && d.KDS == api.SyncGlobalToOwnZone && z.OwnerZone() != t.zone {
+			return kds.Reject(fmt.Errorf("%s %q is for zone %q, not this zone (%q)", d.Type, res.GetName(), z.OwnerZone(), t.zone))
 		}
 		if !held[res.GetName()] {
 			local, err := t.store.Get(ctx, api.KeyOf(r))

@@ -30,11 +30,12 @@ func entry(t *testing.T, r api.Resource) *discovery.Resource {
 func TestGlobalTargetRejects(t *testing.T) {
 	ctx := context.Background()
 	st := store.NewMemory(0)
-	tgt := &globalTarget{store: st, log: zaptest.NewLogger(t), held: map[string]map[string]bool{}}
+	tgt := &globalTarget{store: st, log: zaptest.NewLogger(t), zone: "zone-b", held: map[string]map[string]bool{}}
 	meshD, _ := api.Lookup("Mesh")
 	ingD, _ := api.Lookup("ZoneIngress")
 	routeD, _ := api.Lookup("TrafficRoute")
-	for _, d := range []api.Descriptor{meshD, ingD, routeD} {
+	zcaD, _ := api.Lookup("ZoneCA")
+	for _, d := range []api.Descriptor{meshD, ingD, routeD, zcaD} {
 		if _, err := tgt.Held(ctx, d); err != nil {
 			t.Fatal(err)
 		}
@@ -50,6 +51,8 @@ func TestGlobalTargetRejects(t *testing.T) {
 	invalid := &discovery.Resource{Name: "m/r", Version: "v", Resource: &anypb.Any{TypeUrl: "type.googleapis.com/ursa.kds.v1.Resource", Value: body}}
 	remote := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "zone-a.x"}, Zone: "zone-a",
 		Networking: api.ZoneIngressNetworking{Address: "127.0.0.1", Port: 1}}
+	otherCA := &api.ZoneCA{Meta: api.Meta{Type: "ZoneCA", Mesh: "m", Name: "zone-a"},
+		CertPEM: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n", KeyPEM: "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n"}
 	tests := []struct {
 		name string
 		d    api.Descriptor
@@ -60,6 +63,7 @@ func TestGlobalTargetRejects(t *testing.T) {
 		{"policy in a mesh the zone lacks", routeD, []*discovery.Resource{entry(t, &api.TrafficRoute{Meta: api.Meta{Type: "TrafficRoute", Mesh: "m", Name: "r"},
 			Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: "s"}, Split: []api.Split{{Weight: 1}}}})}, "mesh not found"},
 		{"collision with a local resource", ingD, []*discovery.Resource{entry(t, remote)}, "conflicts with a resource of the same name made in this zone"},
+		{"another zone's intermediate CA", zcaD, []*discovery.Resource{entry(t, otherCA)}, `is for zone "zone-a", not this zone ("zone-b")`},
 	}
 	for _, tt := range tests {
 		err := tgt.Apply(ctx, tt.d, tt.res, nil)

@@ -21,6 +21,7 @@ import (
 	"github.com/ursamesh/ursa/kds/client"
 	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
@@ -65,11 +66,11 @@ func startGlobalWith(t *testing.T, st store.Store, deps server.Deps) *global {
 		t.Fatal(err)
 	}
 	bg.Go(func() { srv.Start(ctx) })
-	cert, certPEM, err := server.Certificate(ctx, st, "", "")
+	cert, err := servingcert.Load(ctx, st, servingcert.Options{Secret: "kds-server-tls", Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})))...)
+	gs := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(cert.TLSConfig())))...)
 	srv.Register(gs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -80,7 +81,7 @@ func startGlobalWith(t *testing.T, st store.Store, deps server.Deps) *global {
 	// ctx does) before the background goroutines are awaited.
 	t.Cleanup(func() { cancel(); gs.GracefulStop() })
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
+	pool.AppendCertsFromPEM(cert.CAPEM())
 	return &global{store: st, addr: ln.Addr().String(), pool: pool}
 }
 

@@ -32,6 +32,9 @@ const (
 	// SyncZoneToGlobalToZones goes from its zone to the global, which
 	// re-broadcasts it to every other zone.
 	SyncZoneToGlobalToZones
+	// SyncGlobalToOwnZone goes from the global to the one zone the
+	// resource belongs to (its Zoned.OwnerZone), and to no other.
+	SyncGlobalToOwnZone
 )
 
 // Descriptor is everything the rest of Ursa needs to know about a type.
@@ -46,6 +49,10 @@ type Descriptor struct {
 	// Hidden types hold private material (signing keys, TLS keys): the
 	// REST API does not serve them at all.
 	Hidden bool
+	// Redact, when set, is what KDS carries of a resource of the type: a
+	// copy without what must stay in the store it was written to (a root
+	// CA's key). It must not modify its argument.
+	Redact func(Resource) Resource
 	New    func() Resource
 }
 
@@ -86,8 +93,17 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &VirtualIPs{} }},
 	{Type: "Lease", Plural: "leases", Singular: "lease", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
 		New: func() Resource { return &Lease{} }},
+	// Zones get the mesh's root without its key, and their own
+	// intermediate (with its key) only.
 	{Type: "MeshCA", Plural: "mesh-cas", Singular: "mesh-ca", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncGlobalToZone, Hidden: true,
+		Redact: func(r Resource) Resource {
+			c := *r.(*MeshCA)
+			c.KeyPEM = ""
+			return &c
+		},
 		New: func() Resource { return &MeshCA{} }},
+	{Type: "ZoneCA", Plural: "zone-cas", Singular: "zone-ca", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncGlobalToOwnZone, Hidden: true,
+		New: func() Resource { return &ZoneCA{} }},
 	// UserTokenPublicKey carries the public halves of the global's
 	// user-token signing keys to the zones, which verify user tokens with
 	// them.

@@ -318,25 +318,6 @@ func (l *Lease) validateSpec(v *validator) {
 	}
 }
 
-// MeshCA is a mesh's built-in certificate authority: made at the global when
-// the mesh turns mTLS on, carried to every zone by KDS (one CA per mesh
-// across all zones, so cross-zone mTLS just works), never served by the
-// REST API since it holds the private key.
-type MeshCA struct {
-	Meta
-	CertPEM string `json:"certPEM"`
-	KeyPEM  string `json:"keyPEM"`
-}
-
-func (c *MeshCA) validateSpec(v *validator) {
-	if c.CertPEM == "" {
-		v.add("certPEM", "required")
-	}
-	if c.KeyPEM == "" {
-		v.add("keyPEM", "required")
-	}
-}
-
 // ProxyStatus is a proxy's xDS connection as the zone CP it is connected to
 // sees it. The zone CP writes it; every replica of the zone reads the same.
 type ProxyStatus struct {

@@ -32,7 +32,7 @@ import (
 // Types are the store types a catalogue is built from; the mirror it reads
 // must follow all of them.
 func Types() []string {
-	return []string{"Mesh", "MeshCA", "Dataplane", "DataplaneInsight", "ZoneIngress", "ZoneIngressInsight",
+	return []string{"Mesh", "MeshCA", "ZoneCA", "Dataplane", "DataplaneInsight", "ZoneIngress", "ZoneIngressInsight",
 		"VirtualIPs", "TrafficRoute", "TrafficPermission", "Failover"}
 }
 
@@ -70,6 +70,9 @@ type MeshCatalog struct {
 	Mesh *api.Mesh
 	// CA is the mesh's certificate authority, nil until it reached the zone.
 	CA *api.MeshCA
+	// ZoneCA is this zone's intermediate CA in the mesh, which issues its
+	// proxies' certificates; nil until it reached the zone.
+	ZoneCA *api.ZoneCA
 	// Dataplanes are the mesh's Dataplanes registered in this zone whose
 	// proxies are online, sorted by name. A Dataplane whose proxy never
 	// connected (a proxyless server, or one registered through the API)
@@ -153,6 +156,7 @@ func Build(zone string, view *store.View) (*Catalog, error) {
 type inputs struct {
 	meshes      []*api.Mesh
 	cas         []*api.MeshCA
+	zoneCAs     []*api.ZoneCA
 	dataplanes  []*api.Dataplane
 	dpInsights  map[api.Key]*api.DataplaneInsight
 	ingresses   []*api.ZoneIngress
@@ -165,7 +169,7 @@ type inputs struct {
 
 func readInputs(view *store.View) (inputs, error) {
 	var in inputs
-	var errs [10]error
+	var errs [11]error
 	in.meshes, errs[0] = store.All[*api.Mesh](view)
 	in.cas, errs[1] = store.All[*api.MeshCA](view)
 	in.dataplanes, errs[2] = store.All[*api.Dataplane](view)
@@ -178,6 +182,7 @@ func readInputs(view *store.View) (inputs, error) {
 	in.routes, errs[7] = store.All[*api.TrafficRoute](view)
 	in.permissions, errs[8] = store.All[*api.TrafficPermission](view)
 	in.failovers, errs[9] = store.All[*api.Failover](view)
+	in.zoneCAs, errs[10] = store.All[*api.ZoneCA](view)
 	for _, err := range errs {
 		if err != nil {
 			return inputs{}, err
@@ -226,6 +231,11 @@ func build(zone string, rev int64, in inputs) *Catalog {
 	for _, ca := range in.cas {
 		if m := mesh(ca.Mesh); m != nil && ca.Name == mtls.CAName {
 			m.CA = ca
+		}
+	}
+	for _, ca := range in.zoneCAs {
+		if m := mesh(ca.Mesh); m != nil && ca.Name == zone {
+			m.ZoneCA = ca
 		}
 	}
 	for _, dp := range in.dataplanes {
@@ -386,6 +396,9 @@ func (m *MeshCatalog) policyHash() string {
 	writeMeta(h, m.Mesh)
 	if m.CA != nil {
 		writeMeta(h, m.CA)
+	}
+	if m.ZoneCA != nil {
+		writeMeta(h, m.ZoneCA)
 	}
 	for _, r := range m.Routes {
 		writeMeta(h, r)

@@ -109,10 +109,17 @@ func fields(cfg any) []leaf {
 }
 
 // Bind registers a flag on fs for every field of cfg, a pointer to the
-// config struct holding its defaults. A flag's help names its variable.
+// config struct holding its defaults. A flag's help names its variable. A
+// list may be given as one comma-separated flag, by repeating the flag, or
+// both.
 func Bind(fs *pflag.FlagSet, cfg any) {
 	for _, l := range fields(cfg) {
 		usage := fmt.Sprintf("%s (env %s)", l.usage, l.env)
+		switch x := l.value.Interface().(type) {
+		case []string:
+			fs.StringSlice(l.flag, x, usage)
+			continue
+		}
 		switch l.value.Kind() {
 		case reflect.Bool:
 			fs.Bool(l.flag, l.value.Bool(), usage)
@@ -157,11 +164,26 @@ func Load(fs *pflag.FlagSet, cfg any, file string) error {
 		if f == nil || !f.Changed {
 			continue
 		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			l.value.Set(reflect.ValueOf(list(sv.GetSlice())))
+			continue
+		}
 		if err := set(l.value, f.Value.String()); err != nil {
 			return fmt.Errorf("flag --%s: %w", l.flag, err)
 		}
 	}
 	return nil
+}
+
+// list trims the items and drops the empty ones.
+func list(items []string) []string {
+	var out []string
+	for _, p := range items {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func set(v reflect.Value, s string) error {
@@ -174,13 +196,7 @@ func set(v reflect.Value, s string) error {
 		v.Set(reflect.ValueOf(Duration{d}))
 		return nil
 	case []string:
-		var parts []string
-		for _, p := range strings.Split(s, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				parts = append(parts, p)
-			}
-		}
-		v.Set(reflect.ValueOf(parts))
+		v.Set(reflect.ValueOf(list(strings.Split(s, ","))))
 		return nil
 	}
 	switch v.Kind() {

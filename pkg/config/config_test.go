@@ -19,6 +19,7 @@ type testConfig struct {
 	KDS struct {
 		TLSCert string `json:"tlsCert"`
 	} `json:"kds"`
+	Names   []string `json:"names"`
 	Grace   Duration `json:"shutdownGrace"`
 	Verbose bool     `json:"verbose"`
 }
@@ -68,5 +69,35 @@ func TestDefaultsAndErrors(t *testing.T) {
 	t.Setenv("URSA_SHUTDOWN_GRACE", "soon")
 	if err := Load(fs, defaults(), ""); err == nil || !strings.Contains(err.Error(), "URSA_SHUTDOWN_GRACE") {
 		t.Fatalf("bad env: %v", err)
+	}
+}
+
+// TestLists: a list is one comma-separated value or a repeated flag; the
+// flags replace what the file and the environment said.
+func TestLists(t *testing.T) {
+	for _, tt := range []struct {
+		env  string
+		args []string
+		want []string
+	}{
+		{"", nil, nil},
+		{"a, b,,c", nil, []string{"a", "b", "c"}},
+		{"a", []string{"--names", "x", "--names", "y,z", "--names", " "}, []string{"x", "y", "z"}},
+	} {
+		if tt.env != "" {
+			t.Setenv("URSA_NAMES", tt.env)
+		}
+		cfg := defaults()
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		Bind(fs, cfg)
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := Load(fs, cfg, ""); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(cfg.Names, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("env %q args %q: %q, want %q", tt.env, tt.args, cfg.Names, tt.want)
+		}
 	}
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -16,40 +19,285 @@ type Source interface {
 	Current() (*store.View, <-chan struct{})
 }
 
-// EnsureCAs gives every mesh that turns mTLS on its built-in CA, once,
-// until ctx ends. Replicas racing to create it are harmless: the store keeps
-// the first, and KDS carries it to every zone.
-func EnsureCAs(ctx context.Context, st store.Store, mirror Source, log *zap.Logger) error {
-	for {
-		view, changed := mirror.Current()
-		meshes, err := store.All[*api.Mesh](view)
-		if err != nil {
-			return fmt.Errorf("ensure mesh CAs: %w", err)
+// Zones returns the zones that are to have an intermediate CA in every mTLS
+// mesh, as of view: at the global, the enabled Zones; in a standalone zone,
+// itself.
+type Zones func(view *store.View) (map[string]bool, error)
+
+// EnabledZones is Zones at the global: every Zone that is enabled. The
+// view must follow Zone.
+func EnabledZones(view *store.View) (map[string]bool, error) {
+	zones, err := store.All[*api.Zone](view)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, z := range zones {
+		if z.IsEnabled() {
+			out[z.Name] = true
 		}
-		for _, m := range meshes {
-			if !m.MTLSEnabled() {
-				continue
-			}
-			if _, ok, err := store.Get[*api.MeshCA](view, m.Name, CAName); err != nil {
-				return fmt.Errorf("ensure mesh CAs: %w", err)
-			} else if ok {
-				continue
-			}
-			ca, err := NewCA(m.Name, store.Now())
-			if err != nil {
-				log.Error("cannot make a mesh CA", zap.String("mesh", m.Name), zap.Error(err))
-				continue
-			}
-			if _, err := st.Create(ctx, ca); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
-				log.Warn("cannot store a mesh CA; will retry on the next change", zap.String("mesh", m.Name), zap.Error(err))
-				continue
-			}
-			log.Info("created the mesh's built-in CA", zap.String("mesh", m.Name))
+	}
+	return out, nil
+}
+
+// OnlyZone is Zones in a standalone zone: the zone itself.
+func OnlyZone(zone string) Zones {
+	return func(*store.View) (map[string]bool, error) { return map[string]bool{zone: true}, nil }
+}
+
+// Authority keeps every mTLS mesh's certificate authorities as they should
+// be, where the roots' keys are (the global, or a standalone zone): a root
+// per mesh, made once; an intermediate (ZoneCA) per mesh and zone of Zones,
+// replaced before it expires; the intermediate of a zone no longer among
+// them revoked and deleted; the root's revocation list kept signed and
+// fresh. Every write is one transaction conditional on the MeshCA it was
+// decided from, so replicas racing each other are harmless: the loser
+// decides again from what the winner wrote.
+type Authority struct {
+	Store  store.Store
+	Source Source // follows Mesh, MeshCA, ZoneCA and what Zones reads
+	Zones  Zones
+	Log    *zap.Logger
+	// Every is how often the authority looks again without a change, for
+	// what time alone makes due (renewals, the revocation list); an hour
+	// when zero.
+	Every time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Start reconciles on every change of the view until ctx ends.
+func (a *Authority) Start(ctx context.Context) error {
+	every := a.Every
+	if every <= 0 {
+		every = time.Hour
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		view, changed := a.Source.Current()
+		if err := a.Reconcile(ctx, view); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-tick.C:
 		}
 	}
+}
+
+// Reconcile makes one pass over view. It returns an error only when view
+// cannot be read; a write that fails is logged and tried again on the next
+// change or tick.
+func (a *Authority) Reconcile(ctx context.Context, view *store.View) error {
+	now := store.Now()
+	if a.Now != nil {
+		now = a.Now().UTC()
+	}
+	meshes, err := store.All[*api.Mesh](view)
+	if err != nil {
+		return fmt.Errorf("mesh CAs: %w", err)
+	}
+	zones, err := a.Zones(view)
+	if err != nil {
+		return fmt.Errorf("mesh CAs: %w", err)
+	}
+	zcas, err := store.All[*api.ZoneCA](view)
+	if err != nil {
+		return fmt.Errorf("mesh CAs: %w", err)
+	}
+	for _, m := range meshes {
+		if !m.MTLSEnabled() {
+			continue
+		}
+		log := a.Log.With(zap.String("mesh", m.Name))
+		root, ok, err := store.Get[*api.MeshCA](view, m.Name, CAName)
+		if err != nil {
+			return fmt.Errorf("mesh CAs: %w", err)
+		}
+		if !ok {
+			a.createRoot(ctx, m.Name, now, log)
+			continue // its intermediates follow once the root is in the view
+		}
+		if root.KeyPEM == "" {
+			log.Error("the mesh's root CA has no key in this store: cannot sign zone CAs")
+			continue
+		}
+		mine := map[string]*api.ZoneCA{}
+		for _, z := range zcas {
+			if z.Mesh == m.Name {
+				mine[z.Name] = z
+			}
+		}
+		puts, deletes, what, err := Plan(root, mine, zones, now)
+		if err != nil {
+			log.Error("cannot bring the mesh's zone CAs up to date", zap.Error(err))
+			continue
+		}
+		if len(puts) == 0 && len(deletes) == 0 {
+			continue
+		}
+		if _, err := a.Store.Apply(ctx, puts, deletes); err != nil {
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, store.ErrConflict):
+				// Decided from a view older than a write (another
+				// replica's, or this one's not yet mirrored): the view
+				// that shows it decides again.
+				log.Debug("the mesh's CAs changed since this view; deciding again on the next", zap.Error(err))
+			default:
+				log.Warn("cannot store the mesh's CAs; will decide again on the next change", zap.Error(err))
+			}
+			continue
+		}
+		for _, w := range what {
+			log.Info(w)
+		}
+	}
+	return nil
+}
+
+func (a *Authority) createRoot(ctx context.Context, mesh string, now time.Time, log *zap.Logger) {
+	ca, err := NewCA(mesh, now)
+	if err != nil {
+		log.Error("cannot make a mesh CA", zap.Error(err))
+		return
+	}
+	if _, err := a.Store.Create(ctx, ca); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+		log.Warn("cannot store a mesh CA; will retry on the next change", zap.Error(err))
+		return
+	}
+	log.Info("created the mesh's built-in CA")
+}
+
+// Plan decides what brings one mesh's zone CAs (by zone) in line with zones
+// at now, and says what it did in words: the puts carry the versions they
+// were decided from, so storing them is conditional on nothing having
+// changed meanwhile. Nothing to do is no puts and no deletes.
+func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
+	rootCert, _, err := parseCA(root.CertPEM, "")
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("mesh %s root: %w", root.Mesh, err)
+	}
+	next := api.DeepCopy(root).(*api.MeshCA)
+	var (
+		puts    []api.Resource
+		deletes []api.Key
+		what    []string
+	)
+	for _, zone := range slices.Sorted(maps.Keys(zcas)) {
+		z := zcas[zone]
+		if zones[zone] {
+			continue
+		}
+		revokeCert(next, zone, z.CertPEM, now)
+		revokeCert(next, zone, z.NextCertPEM, now)
+		deletes = append(deletes, api.KeyOf(z))
+		what = append(what, fmt.Sprintf("revoked the CA of zone %s (serial %s): the zone is disabled or gone", zone, serialOf(z.CertPEM)))
+	}
+	for _, zone := range slices.Sorted(maps.Keys(zones)) {
+		z := zcas[zone]
+		var (
+			ca   *api.ZoneCA
+			recs []api.Intermediate
+			err  error
+			verb string
+		)
+		switch {
+		case z == nil:
+			ca, recs, err = NewZoneCA(next, zone, now)
+			verb = "issued zone %s its CA (serial %s)"
+		case !usable(next, rootCert, z.CertPEM, now):
+			ca, recs, err = advance(next, rootCert, z, now)
+			verb = "renewed the CA of zone %s (serial %s)"
+		case !usable(next, rootCert, z.NextCertPEM, now):
+			var rec api.Intermediate
+			ca = api.DeepCopy(z).(*api.ZoneCA)
+			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(next, zone, now)
+			recs = []api.Intermediate{rec}
+			verb = "prepared the next CA of zone %s (current serial %s)"
+		default:
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if z != nil {
+			ca.Version = z.Version // replaces what was decided from
+		}
+		next.Intermediates = append(next.Intermediates, recs...)
+		puts = append(puts, ca)
+		what = append(what, fmt.Sprintf(verb, zone, serialOf(ca.CertPEM)))
+	}
+	// An expired intermediate is refused for that alone: its record and
+	// its list can go.
+	next.Intermediates = slices.DeleteFunc(next.Intermediates, func(in api.Intermediate) bool { return !now.Before(in.NotAfter) })
+	// A root that never signed an intermediate needs no list.
+	listed := len(next.Intermediates) > 0 || next.CRLPEM != ""
+	if len(puts) > 0 || len(deletes) > 0 || len(next.Intermediates) != len(root.Intermediates) || (listed && crlDue(next, now)) {
+		if err := SignRootCRL(next, now); err != nil {
+			return nil, nil, nil, err
+		}
+		puts = append([]api.Resource{next}, puts...)
+	}
+	return puts, deletes, what, nil
+}
+
+// ErrNoZoneCA is a rotation asked of a zone that has no CA in the mesh.
+var ErrNoZoneCA = errors.New("no CA for the zone in this mesh")
+
+// Rotate gives zone a new intermediate in mesh, in one transaction
+// conditional on what it read: the next intermediate, whose revocation list
+// every zone already holds, issues from now on, and a new next one is
+// signed. The previous intermediate stays trusted until it expires, so the
+// certificates it issued keep working while the zone replaces them; with
+// revokePrevious the root revokes it at once instead (for a key that may
+// have leaked), and connections set up with its certificates are refused
+// from then until the zone has issued new ones. It returns the record of
+// the intermediate that now issues; ErrNoZoneCA when the zone has none (it
+// is not enabled, or the mesh has no mTLS), ErrConflict when something
+// changed meanwhile.
+func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevious bool, now time.Time) (api.Intermediate, error) {
+	fail := func(err error) (api.Intermediate, error) {
+		return api.Intermediate{}, fmt.Errorf("rotate the CA of zone %s in mesh %s: %w", zone, mesh, err)
+	}
+	r, err := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: mesh, Name: CAName})
+	if errors.Is(err, store.ErrNotFound) {
+		return fail(fmt.Errorf("%w (the mesh has no CA: is mTLS enabled?)", ErrNoZoneCA))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	root := r.(*api.MeshCA)
+	rootCert, _, err := parseCA(root.CertPEM, "")
+	if err != nil {
+		return fail(err)
+	}
+	r, err = st.Get(ctx, api.Key{Type: "ZoneCA", Mesh: mesh, Name: zone})
+	if errors.Is(err, store.ErrNotFound) {
+		return fail(fmt.Errorf("%w (is the zone enabled?)", ErrNoZoneCA))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	old := r.(*api.ZoneCA)
+	ca, recs, err := advance(root, rootCert, old, now)
+	if err != nil {
+		return fail(err)
+	}
+	if revokePrevious {
+		revokeCert(root, zone, old.CertPEM, now)
+	}
+	root.Intermediates = append(root.Intermediates, recs...)
+	if err := SignRootCRL(root, now); err != nil {
+		return fail(err)
+	}
+	if _, err := st.Apply(ctx, []api.Resource{root, ca}, nil); err != nil {
+		return fail(err)
+	}
+	serial := serialOf(ca.CertPEM)
+	i := slices.IndexFunc(root.Intermediates, func(in api.Intermediate) bool { return in.Serial == serial })
+	return root.Intermediates[i], nil
 }

@@ -143,6 +143,9 @@ func (s *Signer) Issue(sub Subject, pub crypto.PublicKey, ttl time.Duration, now
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
+	if tmpl.NotAfter.After(s.Cert.NotAfter) {
+		tmpl.NotAfter = s.Cert.NotAfter // never past its issuer
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.Cert, pub, s.Key)
 	if err != nil {
 		return Identity{}, fmt.Errorf("issue %s: %w", uris[0], err)

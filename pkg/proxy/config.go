@@ -32,6 +32,9 @@ type Config struct {
 	// Identity and Roots come from SDS; nil until they arrive.
 	Identity *tls.Certificate
 	Roots    *x509.CertPool
+	// Revoked comes with Roots: the validation context's CRLs, nil for
+	// none.
+	Revoked *Revocations
 }
 
 // Listener accepts connections on Addr and proxies them to Routes.
@@ -103,6 +106,11 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 				return nil, fmt.Errorf("secret %q: no CA certificate", s.Name)
 			}
 			cfg.Roots = pool
+			revoked, err := ParseRevocations(s.GetValidationContext().GetCrl().GetInlineBytes())
+			if err != nil {
+				return nil, fmt.Errorf("secret %q: %w", s.Name, err)
+			}
+			cfg.Revoked = revoked
 		}
 	}
 	eds := map[string]*endpoint.ClusterLoadAssignment{}

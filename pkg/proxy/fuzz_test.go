@@ -7,9 +7,34 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
+
+// FuzzParseTarget: a --cp-address never panics the parser, and what it
+// accepts is a host:port the dialer reads back as the same host, with TLS
+// unless plaintext was allowed and asked for.
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"grpcs://127.0.0.1:5678", "grpc://cp:1", "grpcs://[::1]:5678", "grpcs://[fe80::1%eth0]:1",
+		"grpcs://cp", "grpcs://cp:5678/x", "grpcs://a@b:1", "cp:5678", "grpcs://:1", "grpcs://cp:65536", "grpcs://[::1]:+1"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, s string, plaintext bool) {
+		tg, err := ParseTarget(s, plaintext)
+		if err != nil {
+			return
+		}
+		host, _, err := net.SplitHostPort(tg.Address)
+		if err != nil || host != tg.Host || host == "" {
+			t.Fatalf("%q: accepted as %+v, which does not split back (%v)", s, tg, err)
+		}
+		if !tg.TLS && (!plaintext || !strings.HasPrefix(s, "grpc://")) {
+			t.Fatalf("%q: plaintext without being asked for", s)
+		}
+	})
+}
 
 // FuzzPeekSNI feeds an ingress whatever a remote caller may send before TLS:
 // the peek must never panic, end when the input does, hand on exactly a

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -143,9 +144,9 @@ func (e *wrongPeerError) Error() string {
 }
 
 // verifyServer checks an upstream's chain (leaf, then the issuer's chain)
-// against roots and, when the cluster expects identities, that the leaf
-// names one of them in a URI SAN.
-func verifyServer(raw [][]byte, roots *x509.CertPool, c *Cluster) error {
+// against roots and the revocation lists and, when the cluster expects
+// identities, that the leaf names one of them in a URI SAN.
+func verifyServer(raw [][]byte, roots *x509.CertPool, revoked *Revocations, c *Cluster) error {
 	if len(raw) == 0 {
 		return errors.New("no server certificate")
 	}
@@ -161,7 +162,11 @@ func verifyServer(raw [][]byte, roots *x509.CertPool, c *Cluster) error {
 		}
 		inter.AddCert(cert)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		return err
+	}
+	if err := checkChains(revoked, chains, time.Now()); err != nil {
 		return err
 	}
 	if len(c.ServerSANs) == 0 {

@@ -292,6 +292,9 @@ func (p *Proxy) terminate(c net.Conn) (*tls.Conn, []string, error) {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.cfg.Load().Identity, nil },
 		ClientAuth:     tls.RequireAndVerifyClientCert,
 		ClientCAs:      cfg.Roots,
+		VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
+			return checkChains(cfg.Revoked, chains, time.Now())
+		},
 	})
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := tc.Handshake(); err != nil {
@@ -393,7 +396,7 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 	if cfg.Identity == nil || cfg.Roots == nil {
 		return nil, errNoIdentity
 	}
-	roots := cfg.Roots
+	roots, revoked := cfg.Roots, cfg.Revoked
 	tc := tls.Client(conn, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		ServerName: c.SNI,
@@ -408,7 +411,7 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 		// cluster's, ourselves.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyServer(raw, roots, c)
+			return verifyServer(raw, roots, revoked, c)
 		},
 	})
 	conn.SetDeadline(time.Now().Add(c.ConnectTimeout))

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	grpcstatus "google.golang.org/grpc/status"
@@ -36,8 +38,11 @@ import (
 type Client struct {
 	// Address is host:port of the zone CP's xDS server.
 	Address string
-	NodeID  string
-	Token   string
+	// TLS verifies the server (ClientTLS); nil dials in plaintext, which
+	// only an explicitly insecure setting may ask for.
+	TLS    *tls.Config
+	NodeID string
+	Token  string
 	// TokenFile, when set, holds the token instead of Token: it is read
 	// again for every connection, so a fixed or renewed token is taken up
 	// without a restart.
@@ -55,6 +60,8 @@ type Client struct {
 	ReportLoad bool
 
 	started time.Time
+	// handshake is the last failed TLS handshake's error.
+	handshake lastError
 	// loadSent is what the last load report covered; only the one
 	// reporting goroutine of the current session touches it.
 	loadSent struct {
@@ -78,7 +85,11 @@ func (c *Client) Start(ctx context.Context) error {
 			b.Reset()
 		}
 		delay := b.NextBackOff()
-		if st, ok := grpcstatus.FromError(err); ok && (st.Code() == codes.Unauthenticated || st.Code() == codes.PermissionDenied) {
+		if v := verifyFailure(c.handshake.take()); v != nil {
+			c.Log.Error("the zone control plane's certificate does not verify: it must chain to the CA in --ca-cert-file "+
+				"(the zone CP's /xds/ca.pem) and name the host of --cp-address (the zone CP's --xds-tls-san adds names); retrying",
+				zap.String("cp", c.Address), zap.Error(v), zap.Duration("retry_in", delay))
+		} else if st, ok := grpcstatus.FromError(err); ok && (st.Code() == codes.Unauthenticated || st.Code() == codes.PermissionDenied) {
 			c.Log.Error("the zone control plane refused this proxy: "+st.Message(), zap.Stringer("code", st.Code()), zap.Duration("retry_in", delay))
 		} else {
 			c.Log.Warn("lost the zone control plane; reconnecting", zap.Error(err), zap.Duration("retry_in", delay))
@@ -114,7 +125,11 @@ type state struct {
 }
 
 func (c *Client) session(ctx context.Context) error {
-	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if c.TLS != nil {
+		creds = handshakes{TransportCredentials: credentials.NewTLS(c.TLS), last: &c.handshake}
+	}
+	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}

@@ -68,9 +68,9 @@ func TestDataplaneTokens(t *testing.T) {
 	none := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"mesh": "default", "sub": "dataplane", "exp": time.Now().Add(time.Hour).Unix()})
 	none.Header["kid"] = "default"
 	unsigned, _ := none.SignedString(jwt.UnsafeAllowNoneSignatureType)
-	// Another base64url letter in the signature, so that it decodes and
-	// fails (a flipped bit may leave the alphabet: malformed, not forged).
 	altered := []byte(tok)
+	// Another base64url letter: a flipped bit may leave the alphabet, which
+	// is malformed rather than a bad signature.
 	if altered[len(altered)-5] == 'A' {
 		altered[len(altered)-5] = 'B'
 	} else {

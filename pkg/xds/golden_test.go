@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/mtls"
@@ -104,4 +106,16 @@ func TestSecretsGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	xdstest.Golden(t, "testdata/secrets-csr.golden.yaml", xdstest.Render(t, r), *update)
+}
+
+// TestTrustWithCRLsGolden: the validation context of a mesh whose zones
+// have intermediates carries their revocation lists.
+func TestTrustWithCRLsGolden(t *testing.T) {
+	r := Resources{}
+	r.Add(resource.SecretType, TrustSecret("-----BEGIN CERTIFICATE-----\nMESH CA\n-----END CERTIFICATE-----\n",
+		"-----BEGIN X509 CRL-----\nROOT\n-----END X509 CRL-----\n-----BEGIN X509 CRL-----\nZONE-1\n-----END X509 CRL-----\n"))
+	if err := Validate(r); err != nil {
+		t.Fatal(err)
+	}
+	xdstest.Golden(t, "testdata/trust-crl.golden.yaml", xdstest.Render(t, r), *update)
 }

@@ -13,7 +13,7 @@ import (
 func Secrets(id mtls.Identity, rootPEM string) Resources {
 	out := Resources{}
 	out.Add(resource.SecretType, IdentitySecret(id))
-	out.Add(resource.SecretType, TrustSecret(rootPEM))
+	out.Add(resource.SecretType, TrustSecret(rootPEM, ""))
 	return out
 }
 
@@ -30,9 +30,13 @@ func IdentitySecret(id mtls.Identity) *tlsv3.Secret {
 }
 
 // TrustSecret is the SDS secret "mesh-ca": the validation context that
-// trusts the mesh's root certificate.
-func TrustSecret(rootPEM string) *tlsv3.Secret {
-	return &tlsv3.Secret{Name: SecretMeshCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: []byte(rootPEM)}},
-	}}}
+// trusts the mesh's root certificate and, when crlPEM is given, refuses
+// what its revocation lists revoke (the root's and every zone
+// intermediate's: Envoy wants one from every CA of a chain).
+func TrustSecret(rootPEM, crlPEM string) *tlsv3.Secret {
+	vc := &tlsv3.CertificateValidationContext{TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: []byte(rootPEM)}}}
+	if crlPEM != "" {
+		vc.Crl = &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: []byte(crlPEM)}}
+	}
+	return &tlsv3.Secret{Name: SecretMeshCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}
 }

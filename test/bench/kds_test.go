@@ -28,6 +28,7 @@ import (
 	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/pgtest"
+	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/postgres"
 	"github.com/ursamesh/ursa/pkg/tokens"
@@ -79,11 +80,11 @@ func startGlobal(b *testing.B) *global {
 	var wg sync.WaitGroup
 	wg.Go(func() { cache.Start(ctx) })
 	wg.Go(func() { srv.Start(ctx) })
-	cert, pem, err := server.Certificate(ctx, st, "", "")
+	cert, err := servingcert.Load(ctx, st, servingcert.Options{Secret: "kds-server-tls", Listen: "127.0.0.1:0"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	gs := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})))...)
+	gs := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(cert.TLSConfig())))...)
 	srv.Register(gs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -92,7 +93,7 @@ func startGlobal(b *testing.B) *global {
 	go gs.Serve(ln)
 	b.Cleanup(func() { cancel(); gs.Stop(); wg.Wait(); st.Close() })
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
+	pool.AppendCertsFromPEM(cert.CAPEM())
 	return &global{store: st, issuer: issuer, addr: ln.Addr().String(), pool: pool}
 }
 

@@ -105,19 +105,23 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 		t.Fatalf("unexpected listing:\n%s\n%s", before["traffic-routes"], before["secrets"])
 	}
 	// psql, an independent client, sees the rows and the change log.
-	rows := psql(t, dsn, `SELECT type || '/' || mesh || '/' || name || ' v' || version FROM ursa_resources WHERE type NOT IN ('GlobalSecret', 'MeshCA', 'UserTokenPublicKey') ORDER BY 1`)
+	rows := psql(t, dsn, `SELECT type || '/' || mesh || '/' || name || ' v' || version FROM ursa_resources WHERE type NOT IN ('GlobalSecret', 'MeshCA', 'ZoneCA', 'UserTokenPublicKey') ORDER BY 1`)
 	wantRows := "Failover/default/billing-locality v1\nMesh//default v1\nSecret/default/token v1\nTrafficPermission/default/web-to-billing v1\n" +
 		"TrafficRoute/default/billing-split v1\nZone//zone-1 v1\nZone//zone-2 v1"
 	if rows != wantRows {
 		t.Fatalf("psql sees:\n%s\nwant:\n%s", rows, wantRows)
 	}
-	// The mesh turned mTLS on: the global made its CA.
-	eventually(t, "the mesh CA", func() bool { return psql(t, dsn, `SELECT count(*) FROM ursa_resources WHERE type = 'MeshCA'`) == "1" })
+	// The mesh turned mTLS on: the global made its CA, then the enabled
+	// zone's intermediate (the disabled one gets none).
+	eventually(t, "the mesh CA and zone-1's", func() bool {
+		return psql(t, dsn, `SELECT string_agg(type || '/' || name, ',' ORDER BY type) FROM ursa_resources WHERE type IN ('MeshCA', 'ZoneCA')`) == "MeshCA/ca,ZoneCA/zone-1"
+	})
 	// Seven resources, the global's three own secrets (the zone-token and
 	// user-token signing keys and the KDS TLS pair), the user-token key's
-	// public half and the mesh CA: twelve changes, gapless.
-	eventually(t, "twelve changes, gapless", func() bool {
-		return psql(t, dsn, `SELECT count(*) || ' ' || min(revision) || ' ' || max(revision) FROM ursa_changes`) == "12 1 12"
+	// public half, the mesh CA, and zone-1's intermediate with the CA's
+	// record of it: fourteen changes, gapless.
+	eventually(t, "fourteen changes, gapless", func() bool {
+		return psql(t, dsn, `SELECT count(*) || ' ' || min(revision) || ' ' || max(revision) FROM ursa_changes`) == "14 1 14"
 	})
 
 	cp.stop(t)

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
@@ -32,6 +37,10 @@ type cp struct {
 	// host reaches a listener bound to every address (":5681"):
 	// 127.0.0.1 when empty.
 	host string
+	// xdsCA is a file holding the zone's /xds/ca.pem, fetched once per
+	// start of the process (a zone on the memory store makes a new CA at
+	// each start).
+	xdsCA string
 }
 
 // reachable is a listener's address as a client dials it: host in place of
@@ -84,6 +93,7 @@ func (c *cp) run(t testing.TB) {
 		launch = start
 	}
 	c.proc = launch(t, "ursa-cp", c.args...)
+	c.xdsCA = ""
 	for _, f := range cpAddrs[c.args[0]] {
 		addr := c.proc.logged(t, f[1])
 		c.args[slices.Index(c.args, f[0])+1] = addr
@@ -140,7 +150,7 @@ func (c *cp) sidecarFlags(t testing.TB, mesh, service string) []string {
 	if service != "" {
 		args = append(args, "--service", service)
 	}
-	return []string{"--cp-address", "grpc://" + c.xds, "--token-file", tokenFile(t, ctl(t, c.api, "", args...))}
+	return append(c.xdsFlags(t), "--token-file", tokenFile(t, ctl(t, c.api, "", args...)))
 }
 
 // ingressFlags are sidecarFlags for a zone ingress of zone: an ingress
@@ -148,7 +158,7 @@ func (c *cp) sidecarFlags(t testing.TB, mesh, service string) []string {
 func (c *cp) ingressFlags(t testing.TB, zone string) []string {
 	t.Helper()
 	token := ctl(t, c.api, "", "generate", "ingress-token", "--zone", zone)
-	return []string{"--cp-address", "grpc://" + c.xds, "--token-file", tokenFile(t, token)}
+	return append(c.xdsFlags(t), "--token-file", tokenFile(t, token))
 }
 
 // dataplaneToken has this zone CP issue a dataplane token for mesh, with
@@ -170,6 +180,57 @@ func tokenFile(t testing.TB, token string) string {
 		t.Fatal(err)
 	}
 	return f.Name()
+}
+
+// xdsFlags say where the zone's xDS server is and how to verify it: with
+// its /xds/ca.pem, or not at all when the zone was started --xds-insecure.
+func (c *cp) xdsFlags(t testing.TB) []string {
+	t.Helper()
+	if slices.Contains(c.args, "--xds-insecure") {
+		return []string{"--cp-address", "grpc://" + c.xds, "--xds-insecure"}
+	}
+	return []string{"--cp-address", "grpcs://" + c.xds, "--ca-cert-file", c.xdsCAFile(t)}
+}
+
+// xdsCAFile returns a file holding the CA the zone's xDS certificate
+// chains to, fetched from its /xds/ca.pem.
+func (c *cp) xdsCAFile(t testing.TB) string {
+	t.Helper()
+	if c.xdsCA != "" {
+		return c.xdsCA
+	}
+	code, pem := c.get(t, "/xds/ca.pem")
+	if code != 200 || !strings.Contains(pem, "BEGIN CERTIFICATE") {
+		t.Fatalf("GET %s/xds/ca.pem: %d %s", c.api, code, pem)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "xds-ca-*.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(pem); err != nil {
+		t.Fatal(err)
+	}
+	c.xdsCA = f.Name()
+	return c.xdsCA
+}
+
+// dialXDS connects to the zone's xDS server over TLS, verified with its
+// /xds/ca.pem, as a proxy would.
+func (c *cp) dialXDS(t testing.TB) *grpc.ClientConn {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(c.xdsCAFile(t))
+	if err != nil || !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("the zone's CA: %v", err)
+	}
+	host, _, _ := net.SplitHostPort(c.xds)
+	conn, err := grpc.NewClient(c.xds, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: host})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func (c *cp) has(t testing.TB, path string) bool {

@@ -174,9 +174,11 @@ func (h *hosts) client(t testing.TB, host string) *http.Client {
 }
 
 // dialer dials from inside host's namespace: the socket is made on an OS
-// thread switched into that namespace, which is thrown away afterwards (a
-// goroutine that ends locked to its thread takes the thread with it), so no
-// other goroutine ever runs there.
+// thread switched into that namespace and back, locked to its goroutine
+// meanwhile, so no other goroutine ever runs there. The thread must live
+// on: a thread that ends kills every child it forked (start's processes
+// have Pdeathsig), so one that cannot switch back stays locked, and only
+// then is thrown away with its goroutine.
 func (h *hosts) dialer(t testing.TB, host string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	path := filepath.Join("/var/run/netns", h.namespace(t, host))
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -186,19 +188,31 @@ func (h *hosts) dialer(t testing.TB, host string) func(ctx context.Context, netw
 		}
 		done := make(chan result, 1)
 		go func() {
-			runtime.LockOSThread() // never unlocked: see above
+			runtime.LockOSThread()
+			home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				runtime.UnlockOSThread()
+				done <- result{err: fmt.Errorf("open this thread's namespace: %w", err)}
+				return
+			}
+			defer unix.Close(home)
 			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 			if err != nil {
+				runtime.UnlockOSThread()
 				done <- result{err: fmt.Errorf("open namespace %s: %w", path, err)}
 				return
 			}
 			defer unix.Close(fd)
 			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+				runtime.UnlockOSThread()
 				done <- result{err: fmt.Errorf("enter namespace %s: %w", path, err)}
 				return
 			}
 			var d net.Dialer
 			conn, err := d.DialContext(ctx, network, addr)
+			if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+				runtime.UnlockOSThread()
+			}
 			done <- result{conn, err}
 		}()
 		r := <-done

@@ -97,9 +97,10 @@ func TestProxylessGRPC(t *testing.T) {
 	ctl(t, zone.api, dataplane("billing-v1", v1, "v1")+dataplane("billing-v2", v2, "v2")+dataplane("web-1", "127.0.0.1:1", "v1"), "apply", "-f", "-")
 
 	bootstrap := fmt.Sprintf(`{
-  "xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3", "ignore_resource_deletion"]}],
+  "xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": %q}}],
+    "server_features": ["xds_v3", "ignore_resource_deletion"]}],
   "node": {"id": "default.web-1", "metadata": {"ursa.io/proxyless": "true", "ursa.io/token": %q}}
-}`, xdsAddr, zone.dataplaneToken(t, "default", "--service", "web"))
+}`, xdsAddr, zone.xdsCAFile(t), zone.dataplaneToken(t, "default", "--service", "web"))
 	resolver, err := xdsgrpc.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
 	if err != nil {
 		t.Fatal(err)

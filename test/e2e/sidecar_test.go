@@ -16,8 +16,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -54,7 +52,6 @@ func TestSidecarMTLS(t *testing.T) {
 	os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", "zone-1")), 0o600)
 	zone := startCP(t, "zone", "--zone", "zone-1", "--global-kds-address", "grpcs://"+kdsAddr,
 		"--global-kds-ca-file", ca, "--zone-token-file", token)
-	xdsAddr := zone.xds
 	ctl(t, global.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
 	ctl(t, zone.api, `
@@ -75,11 +72,7 @@ networking:
   - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
 `, "apply", "-f", "-")
 
-	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := zone.dialXDS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", "web"))
@@ -127,12 +120,15 @@ networking:
 	if !roots.AppendCertsFromPEM(meshCA.GetValidationContext().GetTrustedCa().GetInlineBytes()) {
 		t.Fatal("mesh-ca holds no certificate")
 	}
-	block, _ := pem.Decode(identity.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	// The leaf, then the zone's intermediate CA.
+	block, rest := pem.Decode(identity.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
 	leaf, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	inter := x509.NewCertPool()
+	inter.AppendCertsFromPEM(rest)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("the workload certificate does not chain to the mesh CA: %v", err)
 	}
 	var sans []string
@@ -167,7 +163,6 @@ networking:
 // after the configured time.
 func TestOfflineDataplaneIsRemoved(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1", "--xds-offline-removal", "1s")
-	xdsAddr := zone.xds
 	ctl(t, zone.api, `
 type: Mesh
 name: default
@@ -183,10 +178,7 @@ networking:
 	if _, body := zone.get(t, "/meshes/default/dataplanes/web-1"); !strings.Contains(body, `"ursa.io/zone":"zone-1"`) {
 		t.Fatalf("the zone did not tag its dataplane: %s", body)
 	}
-	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := zone.dialXDS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", "web"))
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)

@@ -15,9 +15,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -54,11 +52,11 @@ func (z *tokenZone) dataplane(name, tags string) string {
 	return file
 }
 
-// run starts ursa-dp run (or ingress) with args and the zone's address;
+// run starts ursa-dp run (or ingress) with args and the zone's address (and CA);
 // it returns the process and its admin address.
 func (z *tokenZone) run(mode string, args ...string) (*proc, string) {
 	admin := freeAddr(z.t)
-	return start(z.t, "ursa-dp", append([]string{mode, "--cp-address", "grpc://" + z.cp.xds, "--admin-addr", admin}, args...)...), admin
+	return start(z.t, "ursa-dp", append(append([]string{mode, "--admin-addr", admin}, z.cp.xdsFlags(z.t)...), args...)...), admin
 }
 
 // refused waits until p has logged, at error level, that the zone refused
@@ -92,9 +90,15 @@ func TestProxyTokens(t *testing.T) {
 		t.Fatal("a proxy without a token registered its Dataplane")
 	}
 
-	// A forged token: web's, one bit changed.
+	// A forged token: web's, one letter of its signature changed.
 	forged := []byte(webToken)
-	forged[len(forged)-3] ^= 1
+	// Another base64url letter, so that the signature decodes and fails
+	// (a flipped bit may leave the alphabet: "malformed", not "bad signature").
+	if forged[len(forged)-3] == 'A' {
+		forged[len(forged)-3] = 'B'
+	} else {
+		forged[len(forged)-3] = 'A'
+	}
 	before = refusedTotal(t, z.cp, "invalid_token")
 	p, _ = z.run("run", "--dataplane-file", z.dataplane("web-2", "ursa.io/service: web"), "--token-file", tokenFile(t, string(forged)))
 	z.refused(p, "invalid_token", before, "its token is refused: verify dataplane token: bad token signature")
@@ -196,11 +200,7 @@ networking:
 	good := zone.dataplaneToken(t, "default", "--service", "web")
 	forged := []byte(good)
 	forged[len(forged)-4] ^= 1
-	conn, err := grpc.NewClient(zone.xds, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := zone.dialXDS(t)
 	try := func(tok string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

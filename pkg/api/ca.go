@@ -1,0 +1,116 @@
+package api
+
+import (
+	"encoding/pem"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// MeshCA is a mesh's root certificate authority: made at the global (or in a
+// standalone zone) when the mesh turns mTLS on. Its private key never leaves
+// the store it was made in: KDS carries zones the root certificate, the
+// revocation lists and the list of intermediates, never KeyPEM (see the
+// descriptor's Redact). Zones issue from their own intermediate, a ZoneCA.
+// The REST API does not serve it.
+type MeshCA struct {
+	Meta
+	CertPEM string `json:"certPEM"`
+	// KeyPEM is the root's private key, empty in a federated zone's copy.
+	KeyPEM string `json:"keyPEM,omitempty"`
+	// CRLPEM is the root's certificate revocation list: the serials of the
+	// intermediates it revoked. Sidecars enforce it together with every
+	// intermediate's own list (CRLBundle).
+	CRLPEM string `json:"crlPEM,omitempty"`
+	// Intermediates are the zone CAs the root signed that have not expired,
+	// revoked ones included, oldest first: public parts only.
+	Intermediates []Intermediate `json:"intermediates,omitempty"`
+}
+
+// Intermediate is the public record of one zone CA.
+type Intermediate struct {
+	Zone string `json:"zone"`
+	// Serial is the certificate's serial number, in hexadecimal.
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"notAfter"`
+	// RevokedAt is set once the root has revoked it (its zone was
+	// disabled or deleted, or it was rotated with revocation).
+	RevokedAt time.Time `json:"revokedAt,omitzero"`
+	// CRLPEM is the intermediate's own revocation list, signed by it and
+	// empty: Envoy refuses a chain unless every CA in it has a list.
+	CRLPEM string `json:"crlPEM,omitempty"`
+}
+
+// Revoked reports whether the root has revoked it.
+func (i Intermediate) Revoked() bool { return !i.RevokedAt.IsZero() }
+
+// CRLBundle is every revocation list a proxy of the mesh enforces: the
+// root's, then each intermediate's, in PEM; empty when there is none.
+func (c *MeshCA) CRLBundle() string {
+	if c.CRLPEM == "" {
+		return ""
+	}
+	out := c.CRLPEM
+	for _, i := range c.Intermediates {
+		out += i.CRLPEM
+	}
+	return out
+}
+
+func (c *MeshCA) validateSpec(v *validator) {
+	v.pem("certPEM", c.CertPEM, "CERTIFICATE", true)
+	v.pem("keyPEM", c.KeyPEM, "PRIVATE KEY", false)
+	v.pem("crlPEM", c.CRLPEM, "X509 CRL", false)
+	for i, in := range c.Intermediates {
+		if msg := checkDNSName(in.Zone); in.Zone == "" || msg != "" {
+			v.add(fmt.Sprintf("intermediates[%d].zone", i), "must name a zone")
+		}
+		if in.Serial == "" {
+			v.add(fmt.Sprintf("intermediates[%d].serial", i), "required")
+		}
+		// A revoked one needs no list of its own: it is refused itself.
+		v.pem(fmt.Sprintf("intermediates[%d].crlPEM", i), in.CRLPEM, "X509 CRL", !in.Revoked())
+	}
+}
+
+// ZoneCA is a zone's intermediate certificate authority in one mesh, signed
+// by the mesh's root; its name is the zone's. The global makes one for every
+// enabled zone and KDS carries it, keys included, to that zone only. The
+// zone issues its proxies' certificates from it (CertPEM, KeyPEM). The next
+// intermediate waits beside it, already in the root's records, so that its
+// revocation list has reached every zone long before a rotation makes it
+// the one that issues. System-written; the REST API does not serve it.
+type ZoneCA struct {
+	Meta
+	CertPEM     string `json:"certPEM"`
+	KeyPEM      string `json:"keyPEM"`
+	NextCertPEM string `json:"nextCertPEM,omitempty"`
+	NextKeyPEM  string `json:"nextKeyPEM,omitempty"`
+}
+
+// OwnerZone implements Zoned: the zone the CA is for.
+func (c *ZoneCA) OwnerZone() string { return c.Name }
+
+func (c *ZoneCA) validateSpec(v *validator) {
+	if len(c.Name) > 63 || strings.Contains(c.Name, ".") {
+		v.add("name", "a zone name must be a single DNS-1123 label")
+	}
+	v.pem("certPEM", c.CertPEM, "CERTIFICATE", true)
+	v.pem("keyPEM", c.KeyPEM, "PRIVATE KEY", true)
+	v.pem("nextCertPEM", c.NextCertPEM, "CERTIFICATE", c.NextKeyPEM != "")
+	v.pem("nextKeyPEM", c.NextKeyPEM, "PRIVATE KEY", c.NextCertPEM != "")
+}
+
+// pem checks that s, when given (or required), is PEM whose first block is
+// of type typ.
+func (v *validator) pem(field, s, typ string, required bool) {
+	if s == "" {
+		if required {
+			v.add(field, "required")
+		}
+		return
+	}
+	if b, _ := pem.Decode([]byte(s)); b == nil || b.Type != typ {
+		v.add(field, "must be PEM starting with a %s block", typ)
+	}
+}
