@@ -312,16 +312,21 @@ func (s *Server) Revoke(node string, uncovered func(Claims) error) (ended, left 
 	return ended, left
 }
 
-// seen records a request's node; the caller holds mu.
-func (s *Server) seen(stream int64, node *core.Node) {
+// seen records a request's node, or refuses it when the node is connected
+// as another kind (checked again here, with the recording, as two first
+// streams may race); the caller holds mu.
+func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	if node == nil || node.GetId() == "" {
-		return
+		return nil
+	}
+	if r := s.otherKind(node); r != nil {
+		return r
 	}
 	prev, had := s.streams[stream]
 	if !had {
 		s.open[node.GetId()]++
 	} else if prev != node.GetId() {
-		return // a stream's node is the one its first request named
+		return nil // a stream's node is the one its first request named
 	}
 	s.streams[stream] = node.GetId()
 	csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue()
@@ -334,13 +339,14 @@ func (s *Server) seen(stream int64, node *core.Node) {
 			n.CSR = csr
 			s.notify()
 		}
-		return
+		return nil
 	}
 	kind := KindOf(node)
 	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
 	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()
+	return nil
 }
 
 func (s *Server) closed(stream int64) {
@@ -510,6 +516,12 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 	if r := s.covers(claims, node); r != nil {
 		return s.refused(node, r)
 	}
+	s.mu.Lock()
+	r := s.otherKind(node)
+	s.mu.Unlock()
+	if r != nil {
+		return s.refused(node, r)
+	}
 	if !known && node.GetId() != "" && s.registrar != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := s.registrar.Register(ctx, node, claims)
@@ -522,7 +534,26 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 		}
 	}
 	s.mu.Lock()
-	s.seen(stream, node)
+	r = s.seen(stream, node)
 	s.mu.Unlock()
+	if r != nil {
+		return s.refused(node, r)
+	}
+	return nil
+}
+
+// otherKind refuses a stream whose node is connected as another kind of
+// proxy: every stream of a node is served what the node is generated, so a
+// stream admitted as an ingress (by an ingress token, checked against
+// ZoneIngresses only) must not join a sidecar's node and get its identity.
+// The caller holds mu.
+func (s *Server) otherKind(node *core.Node) *refusal {
+	if node.GetId() == "" {
+		return nil
+	}
+	if n, ok := s.nodes[node.GetId()]; ok && n.Kind != KindOf(node) {
+		return refuse(RefusedNotCovered, codes.PermissionDenied,
+			"node %q is connected as a %s; a stream that says it is a %s is not served it", node.GetId(), n.Kind, KindOf(node))
+	}
 	return nil
 }
