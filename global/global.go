@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"os"
 	"slices"
 	"time"
@@ -159,6 +158,15 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
 	maps.Copy(extra, users.Handlers())
 	extra["GET /kds/ca.pem"] = kdsCert.CAHandler()
+	apiCert, err := apiserver.Certificate(ctx, st, cfg.API, "ursa global control plane (API) CA")
+	if err != nil {
+		return err
+	}
+	extra["GET /api/ca.pem"] = apiCert.CAHandler()
+	apiLns, err := apiserver.Listen(cfg.API)
+	if err != nil {
+		return err
+	}
 	handler, err := apiserver.New(apiserver.Deps{
 		Store:                   st,
 		Log:                     log.Named("api"),
@@ -169,23 +177,22 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
 		Users:                   users,
 		Extra:                   extra,
+		AllowRemoteHTTP:         cfg.API.AllowRemoteHTTP,
+		TLSAddr:                 apiLns.TLS.Addr().String(),
 	})
 	if err != nil {
+		apiLns.Close()
 		return err
-	}
-	apiLn, err := net.Listen("tcp", cfg.API.Addr)
-	if err != nil {
-		return fmt.Errorf("api: %w", err)
 	}
 	kdsLn, err := net.Listen("tcp", cfg.KDS.Addr)
 	if err != nil {
-		apiLn.Close()
+		apiLns.Close()
 		return fmt.Errorf("kds: %w", err)
 	}
 	log.Info("global control plane starting", zap.String("store", be.Kind), zap.String("instance", cfg.Instance),
-		zap.String("api_addr", apiLn.Addr().String()), zap.String("kds_addr", kdsLn.Addr().String()),
-		zap.Strings("kds_tls_names", kdsCert.Names().Strings()))
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+		zap.String("api_addr", apiLns.Plain.Addr().String()), zap.String("api_tls_addr", apiLns.TLS.Addr().String()),
+		zap.String("kds_addr", kdsLn.Addr().String()),
+		zap.Strings("kds_tls_names", kdsCert.Names().Strings()), zap.Strings("api_tls_names", apiCert.Names().Strings()))
 	grpcServer := grpc.NewServer(append(kdsServer.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(kdsCert.TLSConfig())),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -193,7 +200,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	kdsServer.Register(grpcServer)
 
 	r := run.New(log)
-	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
+	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration)
 	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)

@@ -260,21 +260,26 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		users = tokens.NewUserVerifier(st, cfg.Global.KDS.Address, log.Named("user-tokens"))
 	}
 	maps.Copy(extra, users.Handlers())
-	handler, err := apiserver.New(apiserver.Deps{
-		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
-		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
-		Users: users, Extra: extra,
-	})
+	apiCert, err := apiserver.Certificate(ctx, st, cfg.API, "ursa zone control plane (API) CA, zone "+cfg.Zone)
 	if err != nil {
 		return err
 	}
-	apiLn, err := net.Listen("tcp", cfg.API.Addr)
+	extra["GET /api/ca.pem"] = apiCert.CAHandler()
+	apiLns, err := apiserver.Listen(cfg.API)
 	if err != nil {
-		return fmt.Errorf("api: %w", err)
+		return err
+	}
+	handler, err := apiserver.New(apiserver.Deps{
+		Store: st, Log: log.Named("api"), Mode: mode, Ready: be.Ping, Registry: reg, Zone: cfg.Zone,
+		BodyLimit: cfg.API.BodyLimit, RequireTokenOnLocalhost: cfg.API.RequireTokenOnLocalhost,
+		Users: users, Extra: extra, AllowRemoteHTTP: cfg.API.AllowRemoteHTTP, TLSAddr: apiLns.TLS.Addr().String(),
+	})
+	if err != nil {
+		apiLns.Close()
+		return err
 	}
 	r := run.New(log)
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
-	r.Add("api", run.HTTPServer(srv, apiLn, cfg.ShutdownGrace.Duration))
+	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration)
 	r.AddRestarting("mirror", mirror)
 	r.Add("catalog", cat)
 	r.Add("presence", pres)
@@ -286,13 +291,13 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})
 	}
 	if err := addDNS(r, cfg, st, cat, reg, log); err != nil {
-		apiLn.Close()
+		apiLns.Close()
 		return err
 	}
 	loads := xds.NewLoads(2 * time.Second)
 	lrsServer, err := xds.NewLoadReporting(xdsServer, loads, cfg.XDS.LoadReportingInterval.Duration, log.Named("lrs"), reg)
 	if err != nil {
-		apiLn.Close()
+		apiLns.Close()
 		return err
 	}
 	// One writer per zone, or replicas would overwrite each other's
@@ -302,7 +307,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
 	}))
 	if err := addXDS(ctx, r, cfg, st, mirror, cat, xdsServer, lrsServer, xdsCert, log); err != nil {
-		apiLn.Close()
+		apiLns.Close()
 		return err
 	}
 	if kdsDeps != nil {
@@ -320,7 +325,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		r.Add("kds (leader only)", leaderOnly(st, "kds", cfg.Instance, log, c.Start))
 	}
 	log.Info("zone control plane starting", zap.String("store", be.Kind), zap.Bool("federated", cfg.Federated()),
-		zap.String("global", cfg.Global.KDS.Address), zap.String("api_addr", apiLn.Addr().String()))
+		zap.String("global", cfg.Global.KDS.Address), zap.String("api_addr", apiLns.Plain.Addr().String()),
+		zap.String("api_tls_addr", apiLns.TLS.Addr().String()), zap.Strings("api_tls_names", apiCert.Names().Strings()))
 	return r.Run(ctx)
 }
 

@@ -40,23 +40,33 @@ const DefaultBodyLimit = 2 << 20 // a 1 MiB Secret is 1.33 MiB in base64
 // Config is the REST API's part of a CP's configuration, shared by the
 // global and zone CPs.
 type Config struct {
-	Addr                    string `json:"addr" usage:"address of the REST API"`
+	Addr                    string `json:"addr" usage:"address of the REST API over plain HTTP, for this host: other hosts get only its open paths (health, metrics, CA certificates) and use api.tlsAddr"`
 	BodyLimit               int64  `json:"bodyLimit" usage:"largest accepted request body, in bytes"`
 	RequireTokenOnLocalhost bool   `json:"requireTokenOnLocalhost" usage:"make loopback callers send a user token too (without it they are admins)"`
+	// The same API over HTTPS, for every host (see remote.go).
+	TLSAddr         string   `json:"tlsAddr" usage:"address of the REST API over HTTPS, for every host"`
+	TLSCert         string   `json:"tlsCert" usage:"REST API TLS certificate file (PEM); when none is given, one is made for this host, signed by a CA kept in the store (GET /api/ca.pem)"`
+	TLSKey          string   `json:"tlsKey" usage:"REST API TLS private key file (PEM)"`
+	TLSSAN          []string `json:"tlsSan" usage:"a further DNS name or IP address clients reach the API by, for its self-signed certificate (repeatable)"`
+	AllowRemoteHTTP bool     `json:"allowRemoteHttp" usage:"INSECURE: serve the whole API to other hosts over plain HTTP too, where their user tokens and the tokens the API hands out cross the network in clear; experiments only"`
 }
 
-// DefaultConfig is DESIGN.md §5's: port 5681.
-func DefaultConfig() Config { return Config{Addr: ":5681", BodyLimit: DefaultBodyLimit} }
+// DefaultConfig is DESIGN.md §5's: port 5681, and 5682 for HTTPS (as Kuma).
+func DefaultConfig() Config {
+	return Config{Addr: ":5681", TLSAddr: ":5682", BodyLimit: DefaultBodyLimit}
+}
 
-// Validate names the first setting that cannot work, under the "api." key.
+// Validate names every setting that cannot work, under the "api." key.
 func (c Config) Validate() error {
+	var errs []error
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		return fmt.Errorf("api.addr: %q is not host:port", c.Addr)
+		errs = append(errs, fmt.Errorf("api.addr: %q is not host:port", c.Addr))
 	}
 	if c.BodyLimit < 1024 {
-		return fmt.Errorf("api.bodyLimit: %d is too small; use at least 1024", c.BodyLimit)
+		errs = append(errs, fmt.Errorf("api.bodyLimit: %d is too small; use at least 1024", c.BodyLimit))
 	}
-	return nil
+	errs = append(errs, c.validateTLS()...)
+	return errors.Join(errs...)
 }
 
 // Deps is what the API needs. Store, Log and Registry are required.
@@ -80,6 +90,12 @@ type Deps struct {
 	// Users checks user tokens; nil refuses every token, so that only
 	// loopback callers are served.
 	Users Authenticator
+	// AllowRemoteHTTP serves callers from other hosts on the plain HTTP
+	// port too; without it they get only the open paths there.
+	AllowRemoteHTTP bool
+	// TLSAddr is where the API is served over HTTPS (the bound address),
+	// named in the refusals of the plain port.
+	TLSAddr string
 	// Zone is the zone a zone CP runs as: its ZoneIngresses must name it.
 	Zone string
 	// Extra handlers, by ServeMux pattern, served behind the same
@@ -133,6 +149,9 @@ func New(deps Deps) (http.Handler, error) {
 			return nil, fmt.Errorf("apiserver: register metrics: %w", err)
 		}
 	}
+	if deps.AllowRemoteHTTP {
+		deps.Log.Warn("INSECURE: other hosts are served the whole API over plain HTTP (api.allowRemoteHttp): their user tokens, and the tokens the API hands out, cross the network in clear")
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", s.readyz)
@@ -171,7 +190,13 @@ func (s *server) middleware(next http.Handler) http.Handler {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		user, aerr := User{}, (*apiError)(nil)
-		if !isOpen(r) {
+		switch {
+		case isOpen(r):
+		case r.TLS == nil && !s.AllowRemoteHTTP && !isLoopback(r.RemoteAddr):
+			// Before anything of the request is read: a token sent here
+			// crossed the network in clear and must not be acted on.
+			aerr = s.refusePlain(r)
+		default:
 			user, aerr = s.authenticate(r)
 		}
 		if aerr != nil {

@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -199,6 +200,7 @@ func TestNonLoopbackNeedsToken(t *testing.T) {
 	}
 	req := httptest.NewRequest("GET", "/meshes", nil)
 	req.RemoteAddr = "192.0.2.1:5000"
+	req.TLS = &tls.ConnectionState{HandshakeComplete: true} // the HTTPS port
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != 401 {

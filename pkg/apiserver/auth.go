@@ -63,7 +63,7 @@ func UserFrom(ctx context.Context) (User, bool) {
 // metric scrapers come from other hosts, and the CA certificates are what a
 // caller needs before it can trust anything else. Any other method on them
 // is authenticated like every request.
-var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/kds/ca.pem": true, "/xds/ca.pem": true}
+var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/kds/ca.pem": true, "/xds/ca.pem": true, "/api/ca.pem": true}
 
 // isOpen reports whether r may be answered without authentication.
 func isOpen(r *http.Request) bool {

@@ -3,6 +3,7 @@ package apiserver_test
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -88,10 +89,12 @@ type reply struct {
 }
 
 // serve sends one request from remote with the Authorization header auth
-// (none when empty).
+// (none when empty), as it arrives on the HTTPS port: the plain one serves
+// other hosts only the open paths (remote_test.go).
 func (s *authServer) serve(method, path, remote, auth, body string) reply {
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
 	req.RemoteAddr = remote
+	req.TLS = &tls.ConnectionState{HandshakeComplete: true}
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
@@ -273,6 +276,7 @@ func TestTokenUncheckable(t *testing.T) {
 	}
 	req := httptest.NewRequest("GET", "/meshes", nil)
 	req.RemoteAddr = remote
+	req.TLS = &tls.ConnectionState{HandshakeComplete: true}
 	req.Header.Set("Authorization", "Bearer x")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
