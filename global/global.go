@@ -200,7 +200,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	kdsServer.Register(grpcServer)
 
 	r := run.New(log)
-	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration)
+	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration, log.Named("api"))
 	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)

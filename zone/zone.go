@@ -279,7 +279,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	r := run.New(log)
-	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration)
+	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration, log.Named("api"))
 	r.AddRestarting("mirror", mirror)
 	r.Add("catalog", cat)
 	r.Add("presence", pres)

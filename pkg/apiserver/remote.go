@@ -89,10 +89,14 @@ func (l Listeners) Close() {
 
 // Serve adds the two servers of handler to r: "api" on the plain port and
 // "api-tls" on the HTTPS one, with cert; each stops within grace when r's
-// context ends.
-func Serve(r *run.Runner, l Listeners, handler http.Handler, cert *servingcert.Serving, grace time.Duration) {
+// context ends. Failed handshakes (a client that does not trust cert) are
+// logged to log at debug level: the client reports them.
+func Serve(r *run.Runner, l Listeners, handler http.Handler, cert *servingcert.Serving, grace time.Duration, log *zap.Logger) {
 	plain := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	secure := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+	if errLog, err := zap.NewStdLogAt(log, zap.DebugLevel); err == nil {
+		secure.ErrorLog = errLog
+	}
 	r.Add("api", run.HTTPServer(plain, l.Plain, grace))
 	r.Add("api-tls", run.HTTPServer(secure, tls.NewListener(l.TLS, cert.TLSConfig()), grace))
 }
