@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +22,7 @@ const (
 	envAPIServer     = "URSA_API_SERVER"
 	envTokenFile     = "URSA_TOKEN_FILE"
 	envToken         = "URSA_TOKEN"
+	envCACertFile    = "URSA_CA_CERT_FILE"
 	requestTimeout   = 30 * time.Second
 )
 
@@ -31,9 +34,10 @@ type app struct {
 	getenv         func(string) string
 	now            func() time.Time
 
-	apiServer string
-	tokenFile string
-	client    *client.Client
+	apiServer  string
+	tokenFile  string
+	caCertFile string
+	client     *client.Client
 }
 
 // usageError marks a wrong command line, which exits with exitUsage.
@@ -61,12 +65,39 @@ func (a *app) connect(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	var transport http.RoundTripper = http.DefaultTransport
+	transport, err := a.transport(flags.Changed("ca-cert-file"))
+	if err != nil {
+		return err
+	}
 	if token != "" {
 		transport = bearer{token: token, next: transport}
 	}
 	a.client = client.New(a.apiServer, &http.Client{Transport: transport, Timeout: requestTimeout})
 	return nil
+}
+
+// transport is http.DefaultTransport, verifying HTTPS servers with the CA
+// certificates of --ca-cert-file (else URSA_CA_CERT_FILE) in place of the
+// system's roots when one is given.
+func (a *app) transport(flagGiven bool) (http.RoundTripper, error) {
+	file := a.caCertFile
+	if !flagGiven {
+		file = a.getenv(envCACertFile)
+	}
+	if file == "" {
+		return http.DefaultTransport, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read CA certificate file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("CA certificate file %s holds no PEM certificate", file)
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	return t, nil
 }
 
 // token returns the user token to send, or "" for none.

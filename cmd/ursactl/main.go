@@ -74,6 +74,9 @@ func newRootCmd(a *app) *cobra.Command {
 	root.PersistentFlags().StringVar(&a.tokenFile, "token-file", "",
 		"file holding a user token (ursactl generate user-token), sent as a bearer token (env "+envTokenFile+
 			", or "+envToken+" holding the token itself)")
+	root.PersistentFlags().StringVar(&a.caCertFile, "ca-cert-file", "",
+		"PEM file of the CA that an https:// --api-server's certificate must chain to, such as the control plane's /api/ca.pem "+
+			"(env "+envCACertFile+"; without it, the system's roots)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a), newGenerateCmd(a), newInspectCmd(a), newZoneCmd(a))
 	return root

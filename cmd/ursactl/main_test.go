@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -470,5 +471,50 @@ func TestAge(t *testing.T) {
 	}
 	if got := age(time.Time{}, now); got != "-" {
 		t.Errorf("age(zero) = %q, want -", got)
+	}
+}
+
+// TestCACertFile: an https:// API server is verified with --ca-cert-file (or
+// URSA_CA_CERT_FILE), and without its CA the call fails saying so and sends
+// nothing.
+func TestCACertFile(t *testing.T) {
+	fake := &clienttest.Server{}
+	srv := httptest.NewTLSServer(fake)
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		env      map[string]string
+		args     []string
+		wantCode int
+		wantReqs int
+		wantErr  string
+	}{
+		{"flag", nil, []string{"--ca-cert-file", ca}, exitOK, 1, ""},
+		{"env", map[string]string{envCACertFile: ca}, nil, exitOK, 1, ""},
+		{"flag beats env", map[string]string{envCACertFile: notPEM}, []string{"--ca-cert-file", ca}, exitOK, 1, ""},
+		{"system roots", nil, nil, exitError, 0, "the server's TLS certificate does not verify (tls: failed to verify certificate: x509: certificate signed by unknown authority): trust the CA"},
+		{"not PEM", nil, []string{"--ca-cert-file", notPEM}, exitError, 0, "holds no PEM certificate"},
+		{"missing", nil, []string{"--ca-cert-file", filepath.Join(dir, "nope")}, exitError, 0, "read CA certificate file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := len(fake.Requests())
+			res := ursactl(t, tt.env, "", append([]string{"--api-server", srv.URL}, append(tt.args, "get", "meshes")...)...)
+			if res.code != tt.wantCode || !strings.Contains(res.stderr, tt.wantErr) {
+				t.Fatalf("exit %d, stderr %q; want %d with %q", res.code, res.stderr, tt.wantCode, tt.wantErr)
+			}
+			if got := len(fake.Requests()) - n; got != tt.wantReqs {
+				t.Fatalf("%d requests reached the server, want %d", got, tt.wantReqs)
+			}
+		})
 	}
 }

@@ -14,6 +14,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -191,6 +192,11 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) (int,
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
+	var verr *tls.CertificateVerificationError
+	if errors.As(err, &verr) {
+		return 0, nil, fmt.Errorf("%s %s: the server's TLS certificate does not verify (%w): trust the CA it chains to, "+
+			"which a control plane with its own certificate serves at /api/ca.pem (ursactl --ca-cert-file F)", method, c.baseURL+path, verr)
+	}
 	if err != nil {
 		return 0, nil, err // already names the method and URL
 	}
