@@ -29,9 +29,9 @@ const CASecret = "api-server-tls"
 // validateTLS checks the api.tls* settings.
 func (c Config) validateTLS() []error {
 	var errs []error
-	if _, _, err := net.SplitHostPort(c.TLSAddr); err != nil {
+	if _, port, err := net.SplitHostPort(c.TLSAddr); err != nil {
 		errs = append(errs, fmt.Errorf("api.tlsAddr: %q is not host:port", c.TLSAddr))
-	} else if c.TLSAddr == c.Addr {
+	} else if c.TLSAddr == c.Addr && port != "0" {
 		errs = append(errs, fmt.Errorf("api.tlsAddr: %q is api.addr too; give HTTPS its own port (5682 by default)", c.TLSAddr))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {

@@ -24,6 +24,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/run"
+	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -260,4 +261,35 @@ func TestConfigTLS(t *testing.T) {
 
 func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// FuzzPlainRefusalHost: whatever Host a caller on the plain port sends, it
+// is refused 403, and the HTTPS address named holds only a DNS name or an
+// IP address from it, or the placeholder HOST.
+func FuzzPlainRefusalHost(f *testing.F) {
+	for _, s := range []string{"10.0.0.5:5681", "cp.example.com", "[2001:db8::1]:5681", `x"<b>`, "", ":", "[::1", "a b:1"} {
+		f.Add(s)
+	}
+	h, err := apiserver.New(apiserver.Deps{Store: store.NewMemory(0), Log: zap.NewNop(), Registry: prometheus.NewRegistry(), TLSAddr: "[::]:5682"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, host string) {
+		req := httptest.NewRequest("GET", "/meshes", nil)
+		req.RemoteAddr, req.Host = remote, host
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var e struct {
+			Details string `json:"details"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); rec.Code != 403 || err != nil {
+			t.Fatalf("Host %q: %d %s", host, rec.Code, rec.Body)
+		}
+		_, rest, ok := strings.Cut(e.Details, "use https://")
+		named, _, _ := strings.Cut(rest, " ")
+		name, port, err := net.SplitHostPort(named)
+		if !ok || err != nil || port != "5682" || (name != "HOST" && servingcert.CheckSAN(name) != nil) {
+			t.Fatalf("Host %q: named %q in %q", host, named, e.Details)
+		}
+	})
 }

@@ -27,6 +27,7 @@ import (
 type cp struct {
 	*proc
 	api      string // http://host:port
+	apiTLS   string // https://host:port
 	xds, dns string // a zone's, host:port
 	kds      string // a global's, host:port
 	args     []string
@@ -59,8 +60,8 @@ func reachable(addr, host string) string {
 // cpAddrs are the flags of a CP's listeners and the log keys it reports
 // the bound addresses under.
 var cpAddrs = map[string][][2]string{
-	"global": {{"--api-addr", "api_addr"}, {"--kds-addr", "kds_addr"}},
-	"zone":   {{"--api-addr", "api_addr"}, {"--xds-addr", "xds_addr"}, {"--dns-addr", "dns_addr"}},
+	"global": {{"--api-addr", "api_addr"}, {"--api-tls-addr", "api_tls_addr"}, {"--kds-addr", "kds_addr"}},
+	"zone":   {{"--api-addr", "api_addr"}, {"--api-tls-addr", "api_tls_addr"}, {"--xds-addr", "xds_addr"}, {"--dns-addr", "dns_addr"}},
 }
 
 // startCP starts `ursa-cp global|zone args…`. Every listener the args do
@@ -101,6 +102,8 @@ func (c *cp) run(t testing.TB) {
 		switch f[0] {
 		case "--api-addr":
 			c.api = "http://" + addr
+		case "--api-tls-addr":
+			c.apiTLS = "https://" + addr
 		case "--xds-addr":
 			c.xds = addr
 		case "--dns-addr":
