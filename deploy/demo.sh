@@ -20,11 +20,13 @@ TIMEOUT=${URSA_DEMO_TIMEOUT:-60}
 # listener on the wildcard address counts as taking the port too.
 PORTS=(
   "tcp 5681 lo the global CP's REST API"
+  "tcp 5682 lo the global CP's REST API over HTTPS"
   "tcp 5685 lo the global CP's KDS server"
 )
 for z in 1 2; do
   PORTS+=(
     "tcp ${z}5681 lo zone-$z's REST API"
+    "tcp ${z}5682 lo zone-$z's REST API over HTTPS"
     "tcp ${z}5678 lo zone-$z's xDS server"
     "tcp ${z}5653 lo zone-$z's DNS server"
     "udp ${z}5653 lo zone-$z's DNS server"
@@ -140,14 +142,14 @@ wait_for() { # wait_for WHAT CMD...: run CMD every 0.1 s until it succeeds, for 
 http_ok() { curl -sf -o /dev/null --max-time 2 "$1"; }
 ctl() { timeout --foreground "$TIMEOUT" "$BIN/ursactl" "$@"; } # bounded, like every wait
 
-bg global "$BIN/ursa-cp" global --api-addr 127.0.0.1:5681 --kds-addr 127.0.0.1:5685
+bg global "$BIN/ursa-cp" global --api-addr 127.0.0.1:5681 --api-tls-addr 127.0.0.1:5682 --kds-addr 127.0.0.1:5685
 wait_for "the global CP to be ready (GET http://127.0.0.1:5681/readyz)" http_ok http://127.0.0.1:5681/readyz
 curl -sf --max-time 10 http://127.0.0.1:5681/kds/ca.pem >"$DIR/kds-ca.pem"
 export URSA_API_SERVER=http://127.0.0.1:5681
 
 for z in 1 2; do
   ctl generate zone-token --zone "zone-$z" >"$DIR/zone-$z.token"
-  bg "zone-$z" "$BIN/ursa-cp" zone --zone "zone-$z" --api-addr "127.0.0.1:${z}5681" --xds-addr "127.0.0.1:${z}5678" \
+  bg "zone-$z" "$BIN/ursa-cp" zone --zone "zone-$z" --api-addr "127.0.0.1:${z}5681" --api-tls-addr "127.0.0.1:${z}5682" --xds-addr "127.0.0.1:${z}5678" \
     --dns-addr "127.0.0.1:${z}5653" --vip-cidr "127.24$((z - 1)).0.0/16" \
     --global-kds-address grpcs://127.0.0.1:5685 --global-kds-ca-file "$DIR/kds-ca.pem" --zone-token-file "$DIR/zone-$z.token"
   wait_for "zone-$z's CP to be ready (GET http://127.0.0.1:${z}5681/readyz)" http_ok "http://127.0.0.1:${z}5681/readyz"

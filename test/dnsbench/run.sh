@@ -83,7 +83,7 @@ log "building ursa-cp and ursactl"
 (cd "$ROOT" && go build -o bin/ursa-cp ./cmd/ursa-cp && go build -o bin/ursactl ./cmd/ursactl)
 
 log "starting the zone CP (API $ADDR:$API_PORT, DNS $ADDR:$URSA_DNS_PORT)"
-"$ROOT/bin/ursa-cp" zone --zone bench --api-addr "$ADDR:$API_PORT" \
+"$ROOT/bin/ursa-cp" zone --zone bench --api-addr "$ADDR:$API_PORT" --api-tls-addr "$ADDR:$((API_PORT + 1))" \
 	--dns-addr "$ADDR:$URSA_DNS_PORT" --dns-ttl 30s --log-level warn \
 	>"$OUT/ursa-cp.log" 2>&1 &
 URSA_PID=$!
