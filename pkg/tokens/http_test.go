@@ -2,6 +2,7 @@ package tokens
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -169,6 +170,7 @@ func TestHandlersAreBehindTheAPIAuth(t *testing.T) {
 	for _, path := range []string{"/tokens/zone", "/tokens/zone/signing-key"} {
 		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(`{"zone":"zone-1"}`))
 		req.RemoteAddr = "203.0.113.9:40000"
+		req.TLS = &tls.ConnectionState{HandshakeComplete: true} // the HTTPS port, where tokens are checked
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code != http.StatusUnauthorized {

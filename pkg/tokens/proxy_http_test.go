@@ -2,6 +2,7 @@ package tokens
 
 import (
 	"context"
+	"crypto/tls"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -80,6 +81,7 @@ func TestProxyTokenHandlers(t *testing.T) {
 	for _, path := range []string{PathDataplaneToken, PathIngressToken} {
 		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(`{"mesh":"default","zone":"zone-1"}`))
 		req.RemoteAddr = "203.0.113.9:40000"
+		req.TLS = &tls.ConnectionState{HandshakeComplete: true} // the HTTPS port, where tokens are checked
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code != http.StatusUnauthorized {

@@ -76,7 +76,7 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 	}
 	// An unmigrated database is refused with advice.
 	addr := freeAddr(t)
-	p := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--kds-addr", freeAddr(t))
+	p := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--api-tls-addr", freeAddr(t), "--kds-addr", freeAddr(t))
 	if err := p.wait(t); err == nil || !strings.Contains(p.out.String(), "migrate up") {
 		t.Fatalf("ursa-cp on an unmigrated database: %v\n%s", err, p.out.String())
 	}
@@ -89,8 +89,8 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 	}
 
 	server := "http://" + addr
-	kdsAddr := freeAddr(t)
-	cp := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--kds-addr", kdsAddr)
+	kdsAddr, tlsAddr := freeAddr(t), freeAddr(t)
+	cp := start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--api-tls-addr", tlsAddr, "--kds-addr", kdsAddr)
 	waitReady(t, server+"/readyz", cp)
 	out := ctl(t, server, resources, "apply", "-f", "-")
 	if strings.Count(out, "created") != 7 {
@@ -116,16 +116,16 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 	eventually(t, "the mesh CA and zone-1's", func() bool {
 		return psql(t, dsn, `SELECT string_agg(type || '/' || name, ',' ORDER BY type) FROM ursa_resources WHERE type IN ('MeshCA', 'ZoneCA')`) == "MeshCA/ca,ZoneCA/zone-1"
 	})
-	// Seven resources, the global's three own secrets (the zone-token and
-	// user-token signing keys and the KDS TLS pair), the user-token key's
-	// public half, the mesh CA, and zone-1's intermediate with the CA's
-	// record of it: fourteen changes, gapless.
-	eventually(t, "fourteen changes, gapless", func() bool {
-		return psql(t, dsn, `SELECT count(*) || ' ' || min(revision) || ' ' || max(revision) FROM ursa_changes`) == "14 1 14"
+	// Seven resources, the global's four own secrets (the zone-token and
+	// user-token signing keys, the KDS and the API TLS CAs), the user-token
+	// key's public half, the mesh CA, and zone-1's intermediate with the
+	// CA's record of it: fifteen changes, gapless.
+	eventually(t, "fifteen changes, gapless", func() bool {
+		return psql(t, dsn, `SELECT count(*) || ' ' || min(revision) || ' ' || max(revision) FROM ursa_changes`) == "15 1 15"
 	})
 
 	cp.stop(t)
-	cp = start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--kds-addr", kdsAddr)
+	cp = start(t, "ursa-cp", "global", "--store", dsn, "--api-addr", addr, "--api-tls-addr", tlsAddr, "--kds-addr", kdsAddr)
 	waitReady(t, server+"/readyz", cp)
 	for _, w := range words {
 		if after := ctl(t, server, "", "get", w, "-o", "yaml"); after != before[w] {
@@ -144,7 +144,7 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 func TestApplyIsAllOrNothing(t *testing.T) {
 	addr := freeAddr(t)
 	server := "http://" + addr
-	cp := start(t, "ursa-cp", "global", "--api-addr", addr, "--kds-addr", freeAddr(t))
+	cp := start(t, "ursa-cp", "global", "--api-addr", addr, "--api-tls-addr", freeAddr(t), "--kds-addr", freeAddr(t))
 	waitReady(t, server+"/readyz", cp)
 	bad := resources + "---\ntype: TrafficRoute\nmesh: default\nname: bad\nspec: {destination: {ursa.io/service: x}, split: [{weight: 101}]}\n"
 	stdout, stderr, err := ctlResult(server, bad, "apply", "-f", "-")
@@ -175,7 +175,7 @@ func TestConfigPrecedence(t *testing.T) {
 		{"flag beats env", []string{"URSA_API_ADDR=" + envAddr}, []string{"--api-addr", flagAddr}, flagAddr},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cp := startEnv(t, tc.env, "ursa-cp", append([]string{"global", "--config", file, "--kds-addr", freeAddr(t)}, tc.args...)...)
+			cp := startEnv(t, tc.env, "ursa-cp", append([]string{"global", "--config", file, "--api-tls-addr", freeAddr(t), "--kds-addr", freeAddr(t)}, tc.args...)...)
 			waitReady(t, "http://"+tc.want+"/readyz", cp)
 			cp.stop(t)
 			if !strings.Contains(cp.out.String(), `"level":"debug"`) {
