@@ -36,7 +36,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ursamesh/ursa/pkg/xds"
@@ -68,14 +67,15 @@ type genReport struct {
 	samples     string
 }
 
-func startClients(b *testing.B, addr string, wire protocol, n, perConn int, sample string) *clients {
-	return startClientsOf(b, addr, wire, n, perConn, sample, "dp-%d", false)
+func startClients(b *testing.B, addr string, wire protocol, n, perConn int, sample string, env ...string) *clients {
+	return startClientsOf(b, addr, wire, n, perConn, sample, "dp-%d", false, env...)
 }
 
 // startClientsOf is startClients with the proxies named by nameFormat
 // (given the proxy's index) and, with eds, subscribed to their load
-// assignments too.
-func startClientsOf(b *testing.B, addr string, wire protocol, n, perConn int, sample, nameFormat string, eds bool) *clients {
+// assignments too. env is more of the child's settings: clientTLSEnv,
+// clientResyncEnv.
+func startClientsOf(b *testing.B, addr string, wire protocol, n, perConn int, sample, nameFormat string, eds bool, env ...string) *clients {
 	b.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "URSA_BENCH_XDS_CLIENTS=1", "URSA_BENCH_XDS_ADDR="+addr,
@@ -84,6 +84,7 @@ func startClientsOf(b *testing.B, addr string, wire protocol, n, perConn int, sa
 	if eds {
 		cmd.Env = append(cmd.Env, "URSA_BENCH_XDS_EDS=1")
 	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -292,6 +293,11 @@ func runClients() error {
 	wire := protocol(os.Getenv("URSA_BENCH_XDS_PROTOCOL"))
 	nameFormat := os.Getenv("URSA_BENCH_XDS_NAME")
 	eds := os.Getenv("URSA_BENCH_XDS_EDS") != ""
+	creds, err := clientCreds(addr)
+	if err != nil {
+		return err
+	}
+	resync := os.Getenv(resyncVar) != ""
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t := newGenTracker(n, perConn, eds)
@@ -299,7 +305,7 @@ func runClients() error {
 	for range (n + perConn - 1) / perConn {
 		// Envoy's own HTTP/2 windows are larger than grpc-go's 64 KiB
 		// defaults; 100 proxies share one connection here.
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(64<<20),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 		if err != nil {
@@ -314,6 +320,9 @@ func runClients() error {
 		run := sotwProxy
 		if wire == delta {
 			run = deltaProxy
+		}
+		if resync {
+			run = resyncing(run)
 		}
 		go func() {
 			if err := run(ctx, client, id, i, sample, eds, t); err != nil && ctx.Err() == nil {
