@@ -4,8 +4,9 @@ package bench
 // binary re-executed with URSA_BENCH_XDS_CLIENTS set; see init below).
 //
 // The parent talks to the child in lines. The child prints "ready <k>" once
-// it expects generation k, "gen <k> <first unix ns> <last unix ns>
-// <samples>" once every proxy has reached it, and "error <message>" if a
+// it expects generation k, "times <k> <p50> <p90> <p99>" (unix ns: when
+// half, 90 % and 99 % of the proxies had reached it) and "gen <k> <first
+// unix ns> <last unix ns> <samples>" once every proxy has reached it, and "error <message>" if a
 // proxy fails. The parent writes "want <k> <listeners> <clusters>
 // [<endpoints>]": a proxy reaches generation k once it has received that
 // many distinct versions of its listeners, of its clusters and (with
@@ -148,6 +149,22 @@ func (c *clients) waitGen(b *testing.B, k int, timeout time.Duration) genReport 
 	return r
 }
 
+// waitTimes returns when half, 90 % and 99 % of the proxies reached
+// generation k; call it before waitGen(k).
+func (c *clients) waitTimes(b *testing.B, k int, timeout time.Duration) (p50, p90, p99 time.Time) {
+	b.Helper()
+	f := c.await(b, "times", k, timeout)
+	rest := strings.Fields(f[len(f)-1])
+	if len(f) != 5 || len(rest) != 1 {
+		b.Fatalf("simulated proxies: malformed times %v", f)
+	}
+	at := func(s string) time.Time {
+		ns, _ := strconv.ParseInt(s, 10, 64)
+		return time.Unix(0, ns)
+	}
+	return at(f[2]), at(f[3]), at(rest[0])
+}
+
 // await returns the fields of the child's line "<word> <k> …".
 func (c *clients) await(b *testing.B, word string, k int, timeout time.Duration) []string {
 	b.Helper()
@@ -205,11 +222,12 @@ type genTracker struct {
 }
 
 type trackedProxy struct {
-	got     [3]int // listener, cluster and load assignment versions received
-	at      int64  // when the last one arrived
-	sampled bool
-	sample  string
-	reached int // the last generation it reached
+	got       [3]int // listener, cluster and load assignment versions received
+	at        int64  // when the last one arrived
+	sampled   bool
+	sample    string
+	reached   int   // the last generation it reached
+	reachedAt int64 // when it did
 }
 
 func newGenTracker(n, perConn int, eds bool) *genTracker {
@@ -253,7 +271,7 @@ func (t *genTracker) check(p *trackedProxy) {
 	if p.reached >= t.k || p.got[0] < t.want[0] || p.got[1] < t.want[1] || p.got[2] < t.want[2] {
 		return
 	}
-	p.reached = t.k
+	p.reached, p.reachedAt = t.k, p.at
 	t.met++
 	if t.first == 0 || p.at < t.first {
 		t.first = p.at
@@ -263,6 +281,13 @@ func (t *genTracker) check(p *trackedProxy) {
 		t.samples[p.sample] = true
 	}
 	if t.met == len(t.proxies) {
+		at := make([]int64, len(t.proxies))
+		for i := range t.proxies {
+			at[i] = t.proxies[i].reachedAt
+		}
+		slices.Sort(at)
+		q := func(f float64) int64 { return at[int(f*float64(len(at)-1))] }
+		fmt.Printf("times %d %d %d %d\n", t.k, q(0.5), q(0.9), q(0.99))
 		fmt.Printf("gen %d %d %d %s\n", t.k, t.first, t.last, strings.Join(slices.Sorted(maps.Keys(t.samples)), ";"))
 	}
 }

@@ -174,7 +174,8 @@ func loadMesh(f *xdsMeshFixture, n int) []api.Resource {
 // sidecars are; then, each iteration, the server ends every connection at
 // once, and the benchmark waits until every proxy has redialled, opened a
 // new stream, been regenerated and received its listeners, clusters and
-// load assignments again ("resync-s", until the last; "first-s"). One
+// load assignments again ("resync-s", until the last; "first-s", "p50-s",
+// "p90-s", "p99-s" until the first, half, 90 % and 99 % of them). One
 // iteration per run: -benchtime 1x.
 func BenchmarkResync(b *testing.B) {
 	benchmarkFullPushSizes(b, func(b *testing.B, n int) { resync(b, n, false) })
@@ -211,7 +212,7 @@ func resync(b *testing.B, n int, secure bool) {
 	p.drain()
 
 	defer profileCPU(b, fmt.Sprintf("resync.%t.%d", secure, n))()
-	var last, first, cpCPU, clientsCPU time.Duration
+	var last, first, p50, p90, p99, cpCPU, clientsCPU time.Duration
 	k := 0
 	for b.Loop() {
 		k++
@@ -219,7 +220,8 @@ func resync(b *testing.B, n int, secure bool) {
 		cp0, cl0 := cpuTime("self"), cpuTime(strconv.Itoa(c.cmd.Process.Pid))
 		t0 := time.Now()
 		p.ln.dropAll()
-		r := c.waitGen(b, k+1, 10*time.Minute)
+		q50, q90, q99 := c.waitTimes(b, k+1, 10*time.Minute)
+		r := c.waitGen(b, k+1, time.Minute)
 		cpCPU += cpuTime("self") - cp0
 		clientsCPU += cpuTime(strconv.Itoa(c.cmd.Process.Pid)) - cl0
 		if want := wantSample(changedService, 90); r.samples != want {
@@ -227,6 +229,7 @@ func resync(b *testing.B, n int, secure bool) {
 		}
 		last += r.last.Sub(t0)
 		first += r.first.Sub(t0)
+		p50, p90, p99 = p50+q50.Sub(t0), p90+q90.Sub(t0), p99+q99.Sub(t0)
 		for nodes, _ := p.srv.Nodes(); len(nodes) != n; nodes, _ = p.srv.Nodes() {
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -235,6 +238,9 @@ func resync(b *testing.B, n int, secure bool) {
 	b.ReportMetric(connect.Seconds(), "connect-s") // after b.Loop, which clears the metrics reported before it
 	b.ReportMetric(per(last), "resync-s")
 	b.ReportMetric(per(first), "first-s")
+	b.ReportMetric(per(p50), "p50-s")
+	b.ReportMetric(per(p90), "p90-s")
+	b.ReportMetric(per(p99), "p99-s")
 	b.ReportMetric(per(cpCPU), "cp-cpu-s")
 	b.ReportMetric(per(clientsCPU), "clients-cpu-s")
 }
