@@ -5,7 +5,7 @@ package bench
 // proxies getting their configuration again after every connection drops
 // at once (BenchmarkResync, BenchmarkResyncTLS):
 //
-//	GOMEMLIMIT=15GiB go test ./test/bench -run '^$' -bench '(FullPush|Resync)(TLS)?$/proxies=10000$' -benchtime 1x -timeout 30m
+//	GOMEMLIMIT=15GiB go test ./test/bench -run '^$' -bench '(FullPush|FullPushDelta|Resync)(TLS)?$/proxies=10000$' -benchtime 1x -timeout 30m
 //
 // The server's certificate is what a zone serves by default: a leaf for
 // 127.0.0.1 from pkg/servingcert, signed by a CA kept in a store; the
