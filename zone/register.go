@@ -115,6 +115,21 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 		}
 	}
 	for range 3 {
+		// What it replaces must be its token's too, judged on the store
+		// (the stream's check reads a mirror that may lag a registration
+		// just made), and the put is conditional on that version.
+		dp.Version = 0
+		switch cur, err := st.Get(ctx, api.KeyOf(dp)); {
+		case err == nil:
+			if c != nil {
+				if err := dataplaneClaims(*c).Covers(cur.(*api.Dataplane)); err != nil {
+					return xds.NotCovered(fmt.Errorf("it would replace the registered dataplane %s: %w", dp.Name, err))
+				}
+			}
+			dp.Version = cur.GetMeta().Version
+		case !errors.Is(err, store.ErrNotFound):
+			return fmt.Errorf("register %s: %w", api.KeyOf(dp), err)
+		}
 		in, err := connectedInsight(ctx, st, dp, instance, since)
 		if err != nil {
 			return err

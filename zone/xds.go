@@ -42,9 +42,11 @@ type CatalogSource interface {
 }
 
 // NodeSource is the set of proxies connected to this replica (the xDS
-// server).
+// server), and the end of those of their streams whose tokens do not cover
+// what they are.
 type NodeSource interface {
 	Nodes() ([]xds.Node, <-chan struct{})
+	Revoke(node string, uncovered func(xds.Claims) error) (ended, left int)
 }
 
 // Publisher takes a connected proxy's resources (the xDS server).
@@ -271,6 +273,9 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 	if !ok {
 		return job{}, errors.New("its Dataplane is not registered: it gets nothing until it is")
 	}
+	if err := g.covered(n, dp); err != nil {
+		return job{}, err
+	}
 	j := job{id: n.ID, proxy: xds.Proxy{Kind: n.Kind, Dataplane: dp}}
 	identity := "none"
 	if n.Kind == xds.KindSidecar && m.Mesh.MTLSEnabled() && len(dp.Networking.Inbound) > 0 {
@@ -296,6 +301,23 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 	// The identity comes last: an issuance appends its stamp.
 	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, identity)
 	return j, nil
+}
+
+// covered checks that the token of every stream of n covers dp, which all
+// of them would be served: a stream admitted before dp was registered, or
+// while it was something else, was judged on what the store held then.
+// Those it does not cover are ended; n is generated once they are gone.
+func (g *Generation) covered(n xds.Node, dp *api.Dataplane) error {
+	uncovered := func(c xds.Claims) error { return dataplaneClaims(c).Covers(dp) }
+	for _, c := range n.Claims {
+		if err := uncovered(c); err != nil {
+			if g.nodes != nil {
+				g.nodes.Revoke(n.ID, uncovered)
+			}
+			return fmt.Errorf("held back while a stream whose token does not cover its Dataplane is open: %w", err)
+		}
+	}
+	return nil
 }
 
 // ownAndExplicit lists the services a Dataplane's inbounds carry, sorted,

@@ -53,7 +53,7 @@ type Config struct {
 		KDS struct {
 			Address            string `json:"address" usage:"the global CP's KDS address, grpcs://HOST:5685; empty runs the zone standalone"`
 			CAFile             string `json:"caFile" usage:"PEM file of the CA (or self-signed certificate) the global's KDS certificate must chain to"`
-			InsecureSkipVerify bool   `json:"insecureSkipVerify" usage:"do not verify the global's KDS certificate (tests only)"`
+			InsecureSkipVerify bool   `json:"insecureSkipVerify" usage:"INSECURE: do not verify the global's KDS certificate: whoever is on the path gets the zone token, and with it the zone's CA key; tests only"`
 		} `json:"kds"`
 	} `json:"global"`
 	Store string           `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
@@ -204,6 +204,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	ApplyGCPercent(cfg.GCPercent, log)
 	var kdsDeps *client.Deps
 	if cfg.Federated() {
+		if cfg.Global.KDS.InsecureSkipVerify {
+			log.Warn("INSECURE: the global's KDS certificate is not verified (global.kds.insecureSkipVerify); whoever is on the path gets the zone token and the zone's CA key")
+		}
 		d, err := kdsClientDeps(cfg)
 		if err != nil {
 			return err

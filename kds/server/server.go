@@ -157,6 +157,29 @@ func (s *Server) admitZone(ctx context.Context, zone string) error {
 	return nil
 }
 
+// stillAdmitted checks again, once a stream is attached (where disabling
+// the zone, deleting it or rotating the token key closes it), what
+// authenticate decided before: a change that landed in between found no
+// stream to close.
+func (s *Server) stillAdmitted(ctx context.Context, c caller) error {
+	if _, err := s.Verifier.VerifyZoneToken(ctx, c.token); err != nil {
+		if errors.Is(err, store.ErrUnavailable) {
+			return status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
+		}
+		return status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
+	}
+	r, err := s.Store.Get(ctx, api.Key{Type: "Zone", Name: c.zone})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return status.Errorf(codes.PermissionDenied, "zone %q was deleted at the global control plane", c.zone)
+	case err != nil:
+		return status.Errorf(codes.Unavailable, "read zone %s: %v", c.zone, err)
+	case !r.(*api.Zone).IsEnabled():
+		return status.Errorf(codes.PermissionDenied, "zone %q is disabled at the global control plane", c.zone)
+	}
+	return nil
+}
+
 // GlobalToZone implements kdspb.KDSServer.
 func (s *Server) GlobalToZone(stream kdspb.KDS_GlobalToZoneServer) error {
 	c, err := s.authenticate(stream.Context())
@@ -165,6 +188,9 @@ func (s *Server) GlobalToZone(stream kdspb.KDS_GlobalToZoneServer) error {
 	}
 	sess, ctx, done := s.attach(stream.Context(), c)
 	defer done()
+	if err := s.stillAdmitted(ctx, c); err != nil {
+		return err
+	}
 	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "global_to_zone"))
 	log.Info("zone connected")
 	sender := &kds.Sender{
@@ -183,6 +209,9 @@ func (s *Server) ZoneToGlobal(stream kdspb.KDS_ZoneToGlobalServer) error {
 	}
 	sess, ctx, done := s.attach(stream.Context(), c)
 	defer done()
+	if err := s.stillAdmitted(ctx, c); err != nil {
+		return err
+	}
 	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "zone_to_global"))
 	target := &zoneTarget{zone: c.zone, store: s.Store, log: log, metrics: s.Metrics}
 	receiver := &kds.Receiver{

@@ -171,7 +171,7 @@ func (s *server) middleware(next http.Handler) http.Handler {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		user, aerr := User{}, (*apiError)(nil)
-		if !openPaths[r.URL.Path] {
+		if !isOpen(r) {
 			user, aerr = s.authenticate(r)
 		}
 		if aerr != nil {

@@ -59,15 +59,30 @@ func UserFrom(ctx context.Context) (User, bool) {
 	return u, ok
 }
 
-// openPaths answer anyone, without a token: probes and metric scrapers come
-// from other hosts, and the CA certificates are what a caller needs before
-// it can trust anything else.
+// openPaths answer anyone's GET and HEAD, without a token: probes and
+// metric scrapers come from other hosts, and the CA certificates are what a
+// caller needs before it can trust anything else. Any other method on them
+// is authenticated like every request.
 var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/kds/ca.pem": true, "/xds/ca.pem": true}
+
+// isOpen reports whether r may be answered without authentication.
+func isOpen(r *http.Request) bool {
+	return openPaths[r.URL.Path] && (r.Method == http.MethodGet || r.Method == http.MethodHead)
+}
+
+// readsSecrets reports whether r reads a mesh's Secrets, which only admins
+// may (as in Kuma): a readonly user sees policies, not the credentials they
+// refer to.
+func readsSecrets(r *http.Request) bool {
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	return len(parts) >= 3 && parts[0] == "meshes" && parts[2] == "secrets"
+}
 
 // authenticate returns who r acts as, or why it may not do what it asks. A
 // token, when sent, decides who the caller is, from any address. Without
 // one, a loopback caller is LoopbackUser unless RequireTokenOnLocalhost;
-// anyone else is refused. A readonly user may only GET and HEAD.
+// anyone else is refused. A readonly user may only GET and HEAD, and not
+// Secrets.
 func (s *server) authenticate(r *http.Request) (User, *apiError) {
 	token, sent, aerr := bearerToken(r)
 	if aerr != nil {
@@ -89,7 +104,7 @@ func (s *server) authenticate(r *http.Request) (User, *apiError) {
 		return User{}, unauthorized("a user token is required from a non-loopback address: send Authorization: Bearer TOKEN " +
 			"(ursactl --token-file F or URSA_TOKEN; an admin makes one with ursactl generate user-token)")
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead && u.Group != GroupAdmin {
+	if (r.Method != http.MethodGet && r.Method != http.MethodHead || readsSecrets(r)) && u.Group != GroupAdmin {
 		return User{}, &apiError{status: http.StatusForbidden, title: "Forbidden",
 			details: fmt.Sprintf("%s %s requires group %s; the token of %s has %s", r.Method, r.URL.Path, GroupAdmin, u.Name, u.Group)}
 	}

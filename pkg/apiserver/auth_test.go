@@ -191,6 +191,12 @@ func TestUserTokenAuthEdges(t *testing.T) {
 		{"metrics from anywhere", "GET", "/metrics", remote, "", 200, ""},
 		{"open path with a bad token", "GET", "/healthz", remote, "Bearer x", 200, ""},
 		{"unknown path needs a token first", "GET", "/nope/nope/nope", remote, "", 401, "a user token is required"},
+		{"open path written without a token", "PUT", "/kds/ca.pem", remote, "", 401, "a user token is required"},
+		{"open path posted by readonly", "POST", "/healthz", remote, "Bearer " + readonly, 403, "requires group admin"},
+		{"readonly lists secrets", "GET", "/meshes/default/secrets", remote, "Bearer " + readonly, 403, "GET /meshes/default/secrets requires group admin"},
+		{"readonly reads a secret", "GET", "/meshes/default/secrets/db", remote, "Bearer " + readonly, 403, "requires group admin; the token of rita has readonly"},
+		{"admin lists secrets", "GET", "/meshes/default/secrets", remote, "Bearer " + admin, 200, ""},
+		{"readonly reads routes", "GET", "/meshes/default/traffic-routes", remote, "Bearer " + readonly, 200, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

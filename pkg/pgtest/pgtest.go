@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -109,12 +110,26 @@ func (c *Cluster) StartServer() error {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig fires when the OS thread that started the process ends,
+	// and Go ends threads (one a goroutine locked and left, as a network
+	// namespace's dialer does): postgres is started from a thread held
+	// until it exits.
+	done, started := make(chan struct{}), make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		started <- err
+		if err == nil {
+			cmd.Wait()
+		}
 		logf.Close()
+		close(done)
+	}()
+	if err := <-started; err != nil {
 		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
-	c.cmd, c.done = cmd, make(chan struct{})
-	go func(done chan struct{}) { cmd.Wait(); logf.Close(); close(done) }(c.done)
+	c.cmd, c.done = cmd, done
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {

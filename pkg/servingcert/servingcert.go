@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
-	"os"
 	"sync"
 	"time"
 
@@ -43,7 +42,7 @@ type Options struct {
 	// CommonName is the subject of a CA made here.
 	CommonName string
 	// CertFile and KeyFile, when given, are served as they are, and
-	// CertFile's contents are what clients are told to trust.
+	// CertFile's certificates are what clients are told to trust.
 	CertFile, KeyFile string
 	// Listen is the address the server binds (host:port); its host, or
 	// every address of this host's interfaces when it binds all of them,
@@ -122,9 +121,12 @@ func fromFiles(certFile, keyFile string) (*Serving, error) {
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
-	certPEM, err := os.ReadFile(certFile)
-	if err != nil {
-		return nil, fmt.Errorf("serving certificate: %w", err)
+	// What clients are told to trust is the file's certificates alone: the
+	// file may hold the key too (one PEM file for both), and ca.pem is
+	// served to anyone.
+	var certPEM []byte
+	for _, der := range cert.Certificate {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
 	return &Serving{caPEM: certPEM, fixed: &cert}, nil
 }

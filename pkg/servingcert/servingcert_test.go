@@ -421,3 +421,33 @@ func TestHandshake(t *testing.T) {
 		t.Fatal("another CA verified the server")
 	}
 }
+
+// TestCombinedFileServesNoKey: a certificate file that also holds the key
+// (one PEM file with both, as many tools write) is a valid --xds-tls-cert /
+// --kds-tls-cert, and GET /xds/ca.pem (public) serves its certificates
+// only, never the key.
+func TestCombinedFileServesNoKey(t *testing.T) {
+	src := load(t, store.NewMemory(0), opts())
+	leaf, _ := src.Certificate()
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]})
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	combined := filepath.Join(t.TempDir(), "tls.pem")
+	if err := os.WriteFile(combined, append(append([]byte{}, keyPEM...), certPEM...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(context.Background(), downStore{}, Options{CertFile: combined, KeyFile: combined})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	s.CAHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/xds/ca.pem", nil))
+	for _, got := range [][]byte{rec.Body.Bytes(), s.CAPEM()} {
+		if strings.Contains(string(got), "PRIVATE KEY") {
+			t.Fatalf("ca.pem serves the private key:\n%s", got)
+		}
+		if string(got) != string(certPEM) {
+			t.Fatalf("ca.pem = %q, want the certificate alone", got)
+		}
+	}
+}

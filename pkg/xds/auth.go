@@ -117,6 +117,9 @@ type streamAuth struct {
 	header string
 	done   bool
 	claims *Claims // nil: no token, and none required
+	// revoke ends the stream with its cause as its status (nil: a stream
+	// not served through Register, which cannot be ended).
+	revoke context.CancelCauseFunc
 }
 
 // headerToken returns the bearer token of a stream's metadata.

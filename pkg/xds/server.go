@@ -43,6 +43,10 @@ type Node struct {
 	// CSR is the certificate request (PEM) in the node metadata of its
 	// latest stream, if any: its identity certifies that key.
 	CSR string `json:"-"`
+	// Claims are the tokens' claims of its open streams that showed one
+	// (Nodes sets them): each stream is served what the node is generated,
+	// so every one of them must cover its Dataplane (Server.Revoke).
+	Claims []Claims `json:"-"`
 }
 
 // KindOf tells a proxy's kind from its node metadata.
@@ -167,11 +171,12 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 // Register adds the xDS services to g.
 func (s *Server) Register(ctx context.Context, g *grpc.Server) {
 	srv := serverv3.NewServer(ctx, &s.cache, s.callbacks())
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
-	listenerservice.RegisterListenerDiscoveryServiceServer(g, srv)
-	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
-	clusterservice.RegisterClusterDiscoveryServiceServer(g, srv)
-	endpointservice.RegisterEndpointDiscoveryServiceServer(g, srv)
+	r := revocableRegistrar{g}
+	discovery.RegisterAggregatedDiscoveryServiceServer(r, srv)
+	listenerservice.RegisterListenerDiscoveryServiceServer(r, srv)
+	routeservice.RegisterRouteDiscoveryServiceServer(r, srv)
+	clusterservice.RegisterClusterDiscoveryServiceServer(r, srv)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(r, srv)
 }
 
 // Nodes returns the proxies connected to this replica, by id, and a channel
@@ -179,9 +184,17 @@ func (s *Server) Register(ctx context.Context, g *grpc.Server) {
 func (s *Server) Nodes() ([]Node, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	claims := map[string][]Claims{}
+	for stream, id := range s.streams {
+		if a := s.auths[stream]; a != nil && a.claims != nil {
+			claims[id] = append(claims[id], *a.claims)
+		}
+	}
 	out := make([]Node, 0, len(s.nodes))
 	for _, n := range s.nodes {
-		out = append(out, *n)
+		c := *n
+		c.Claims = claims[n.ID]
+		out = append(out, c)
 	}
 	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
 	return out, s.changed
@@ -261,39 +274,79 @@ func (s *Server) notify() {
 // opened keeps the token in a new stream's metadata, checked with its first
 // request.
 func (s *Server) opened(ctx context.Context, stream int64) error {
+	revoke, _ := ctx.Value(revokeKey{}).(context.CancelCauseFunc)
 	s.mu.Lock()
-	s.auths[stream] = &streamAuth{header: headerToken(ctx)}
+	s.auths[stream] = &streamAuth{header: headerToken(ctx), revoke: revoke}
 	s.mu.Unlock()
 	return nil
 }
 
-// seen records a request's node; the caller holds mu.
-func (s *Server) seen(stream int64, node *core.Node) {
+// Revoke ends, refused as not covered, every open stream of node whose
+// token's claims do not cover what the node is now, as uncovered says (its
+// registered Dataplane: a stream may have been admitted before that was
+// registered, or while it was something else). It returns how many it
+// ended, and how many such streams it could not end (not served through
+// Register): while any is open, nothing may be published to the node.
+func (s *Server) Revoke(node string, uncovered func(Claims) error) (ended, left int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for stream, id := range s.streams {
+		a := s.auths[stream]
+		if id != node || a == nil || a.claims == nil {
+			continue
+		}
+		err := uncovered(*a.claims)
+		switch {
+		case err == nil:
+			continue
+		case a.revoke == nil:
+			left++
+			continue
+		}
+		r := refuse(RefusedNotCovered, codes.PermissionDenied, "%s is not served to this stream any more: %v", node, err)
+		s.refusals.WithLabelValues(r.reason).Inc()
+		s.log.Warn("refused a proxy", zap.String("proxy", node), zap.String("reason", r.reason), zap.String("error", r.st.Message()))
+		a.revoke(r)
+		ended++
+	}
+	return ended, left
+}
+
+// seen records a request's node, or refuses it when the node is connected
+// as another kind (checked again here, with the recording, as two first
+// streams may race); the caller holds mu.
+func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	if node == nil || node.GetId() == "" {
-		return
+		return nil
+	}
+	if r := s.otherKind(node); r != nil {
+		return r
 	}
 	prev, had := s.streams[stream]
 	if !had {
 		s.open[node.GetId()]++
 	} else if prev != node.GetId() {
-		return // a stream's node is the one its first request named
+		return nil // a stream's node is the one its first request named
 	}
 	s.streams[stream] = node.GetId()
 	csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue()
 	if n, ok := s.nodes[node.GetId()]; ok {
-		if !had && n.CSR != csr {
+		if !had {
 			// A proxy that restarted with a new key before its old stream
-			// closed: its identity must certify the new key.
+			// closed: its identity must certify the new key. And every
+			// stream's token must cover the node: told of a further
+			// one, the generation checks it.
 			n.CSR = csr
 			s.notify()
 		}
-		return
+		return nil
 	}
 	kind := KindOf(node)
 	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
 	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()
+	return nil
 }
 
 func (s *Server) closed(stream int64) {
@@ -306,7 +359,8 @@ func (s *Server) closed(stream int64) {
 		return
 	}
 	if s.open[id]--; s.open[id] > 0 {
-		return // another stream of the same proxy is still open
+		s.notify() // its streams' tokens changed: one may have held it back
+		return     // another stream of the same proxy is still open
 	}
 	delete(s.open, id)
 	kind := KindSidecar
@@ -450,9 +504,22 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 	}
 	s.mu.Lock()
 	claims := a.claims
-	_, known := s.streams[stream]
+	first, known := s.streams[stream]
 	s.mu.Unlock()
+	if known && node.GetId() != "" && node.GetId() != first {
+		// The cache serves a request by the node id it names: a stream
+		// that could rename itself would be served another proxy's
+		// configuration, judged only by what the store held when it asked.
+		return s.refused(node, refuse(RefusedNotCovered, codes.PermissionDenied,
+			"a stream's node is the one its first request named, %q, not %q", first, node.GetId()))
+	}
 	if r := s.covers(claims, node); r != nil {
+		return s.refused(node, r)
+	}
+	s.mu.Lock()
+	r := s.otherKind(node)
+	s.mu.Unlock()
+	if r != nil {
 		return s.refused(node, r)
 	}
 	if !known && node.GetId() != "" && s.registrar != nil {
@@ -467,7 +534,26 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 		}
 	}
 	s.mu.Lock()
-	s.seen(stream, node)
+	r = s.seen(stream, node)
 	s.mu.Unlock()
+	if r != nil {
+		return s.refused(node, r)
+	}
+	return nil
+}
+
+// otherKind refuses a stream whose node is connected as another kind of
+// proxy: every stream of a node is served what the node is generated, so a
+// stream admitted as an ingress (by an ingress token, checked against
+// ZoneIngresses only) must not join a sidecar's node and get its identity.
+// The caller holds mu.
+func (s *Server) otherKind(node *core.Node) *refusal {
+	if node.GetId() == "" {
+		return nil
+	}
+	if n, ok := s.nodes[node.GetId()]; ok && n.Kind != KindOf(node) {
+		return refuse(RefusedNotCovered, codes.PermissionDenied,
+			"node %q is connected as a %s; a stream that says it is a %s is not served it", node.GetId(), n.Kind, KindOf(node))
+	}
 	return nil
 }

@@ -31,21 +31,28 @@ func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
+// builtEnv names, in a test binary a test re-ran with rerunWith, the folder
+// of the binaries its parent built.
+const builtEnv = "URSA_E2E_BIN"
+
 func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "ursa-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	bin = dir
-	for _, cmd := range []string{"ursa-cp", "ursactl", "ursa-dp"} {
-		build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/ursamesh/ursa/cmd/"+cmd)
-		if out, err := build.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", cmd, err, out)
+	if bin = os.Getenv(builtEnv); bin == "" {
+		dir, err := os.MkdirTemp("", "ursa-e2e")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
+		defer os.RemoveAll(dir)
+		bin = dir
+		for _, cmd := range []string{"ursa-cp", "ursactl", "ursa-dp"} {
+			build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/ursamesh/ursa/cmd/"+cmd)
+			if out, err := build.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", cmd, err, out)
+				return 1
+			}
+		}
 	}
+	var err error
 	cluster, err = pgtest.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -53,6 +60,24 @@ func runMain(m *testing.M) int {
 	}
 	defer cluster.Close()
 	return m.Run()
+}
+
+// rerunWith runs the calling test again in a child test process with env
+// set from its start (settings a library reads once, when it starts), on
+// the binaries built here, and fails if it fails there. It returns true in
+// the child, where the test goes on.
+func rerunWith(t *testing.T, env ...string) bool {
+	t.Helper()
+	if os.Getenv(builtEnv) != "" {
+		return true
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(append(os.Environ(), builtEnv+"="+bin), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("%s with %s: %v\n%s", t.Name(), strings.Join(env, " "), err, out)
+	}
+	return false
 }
 
 // syncBuffer collects a process's output.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,9 +16,13 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	xdsgrpc "google.golang.org/grpc/xds"
 )
 
 // refusedTotal reads ursa_xds_refused_total{reason} from a zone's /metrics.
@@ -233,4 +238,83 @@ networking:
 	if err := try(good); err != nil {
 		t.Fatalf("a fitting token: %v", err)
 	}
+}
+
+// TestProxylessJWTCallCreds: a real grpc-go xDS client, with nothing but
+// its own bootstrap, reaches a zone CP started with its defaults over TLS
+// (channel_creds tls with the zone's /xds/ca.pem, gRFC A65) and shows its
+// dataplane token as JWT call credentials read from a file (call_creds
+// jwt_token_file, gRFC A97, which grpc-go reads only with
+// GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true: the test runs in a
+// process started with it). It calls billing through xDS; the same client
+// without call credentials is refused and counted. (The token in the node
+// metadata is TestProxylessGRPC's.)
+func TestProxylessJWTCallCreds(t *testing.T) {
+	if !rerunWith(t, "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true") {
+		return
+	}
+	zone := startCP(t, "zone", "--zone", "zone-1")
+	billing := backend(t)
+	host, port, _ := net.SplitHostPort(billing)
+	ctl(t, zone.api, fmt.Sprintf(`
+type: Mesh
+name: default
+---
+type: Dataplane
+mesh: default
+name: billing-1
+networking:
+  address: %s
+  inbound:
+  - {port: %s, tags: {ursa.io/service: billing}}
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - {port: 1, tags: {ursa.io/service: web}}
+`, host, port), "apply", "-f", "-")
+	client := func(callCreds string) healthpb.HealthClient {
+		bootstrap := fmt.Sprintf(`{
+  "xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": %q}}],
+    "call_creds": [%s], "server_features": ["xds_v3", "ignore_resource_deletion"]}],
+  "node": {"id": "default.web-1", "metadata": {"ursa.io/proxyless": "true"}}
+}`, zone.xds, zone.xdsCAFile(t), callCreds)
+		resolver, err := xdsgrpc.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := grpc.NewClient("xds:///billing", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(resolver))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return healthpb.NewHealthClient(cc)
+	}
+	check := func(c healthpb.HealthClient) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+
+	// Without a token: refused, however often it calls.
+	before := refusedTotal(t, zone, "no_token")
+	anonymous := client("")
+	eventually(t, "the zone to refuse the client without a token", func() bool {
+		if check(anonymous) == nil {
+			t.Fatal("a proxyless client without a token called billing")
+		}
+		return refusedTotal(t, zone, "no_token") > before
+	})
+
+	jwt := tokenFile(t, zone.dataplaneToken(t, "default", "--service", "web"))
+	withToken := client(fmt.Sprintf(`{"type": "jwt_token_file", "config": {"jwt_token_file": %q}}`, jwt))
+	eventually(t, "a call with the token as JWT call credentials", func() bool { return check(withToken) == nil })
+	eventually(t, "web-1 shown connected", func() bool {
+		_, body := zone.get(t, "/meshes/default/dataplanes/web-1/insight")
+		return strings.Contains(body, `"connected":true`)
+	})
 }

@@ -1,0 +1,73 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ursamesh/ursa/pkg/api"
+)
+
+// TestIngressTokenCannotJoinASidecarsNode: a stream with the zone's ingress
+// token that names a connected sidecar's node id and says it is an ingress
+// must not be served that sidecar's configuration (its identity, with the
+// key the CP made): a node's streams are all of its kind.
+func TestIngressTokenCannotJoinASidecarsNode(t *testing.T) {
+	zone := startCP(t, "zone", "--zone", "zone-1")
+	ctl(t, zone.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
+	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
+	ctl(t, zone.api, `
+type: Dataplane
+mesh: default
+name: billing-1
+networking:
+  address: 127.0.0.2
+  inbound:
+  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
+`, "apply", "-f", "-")
+	conn := zone.dialXDS(t)
+	open := func(token string, node *core.Node) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: []string{"identity"}}); err != nil {
+			t.Fatal(err)
+		}
+		return stream
+	}
+	billing := open(zone.dataplaneToken(t, "default", "--service", "billing"), &core.Node{Id: "default.billing-1"})
+	if _, svc, err := sdsIdentity(billing, "default.billing-1"); err != nil || svc != "spiffe://default/billing" {
+		t.Fatalf("billing-1's own proxy: %q, %v", svc, err)
+	}
+	asIngress, err := structpb.NewStruct(map[string]any{api.MetadataIngress: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingressToken := ctl(t, zone.api, "", "generate", "ingress-token", "--zone", "zone-1")
+	squatter := open(strings.TrimSpace(ingressToken), &core.Node{Id: "default.billing-1", Metadata: asIngress})
+	s, svc, err := sdsIdentity(squatter, "default.billing-1")
+	if err == nil {
+		t.Fatalf("an ingress token got billing-1's identity %q (with a key: %v)", svc,
+			len(s.GetTlsCertificate().GetPrivateKey().GetInlineBytes()) > 0)
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the ingress-token stream ends with %v, want PermissionDenied", err)
+	}
+	// The sidecar's own stream is untouched.
+	if _, svc, err := sdsIdentity(open(zone.dataplaneToken(t, "default", "--service", "billing"), &core.Node{Id: "default.billing-1"}), "default.billing-1"); err != nil || svc != "spiffe://default/billing" {
+		t.Fatalf("billing-1 after the attempt: %q, %v", svc, err)
+	}
+}

@@ -1,0 +1,54 @@
+package zone
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/xds"
+)
+
+// A token covers what its proxy registers and what that registration
+// replaces: web's token cannot turn the registered billing-1 into a web
+// Dataplane, even while the mirror the stream was admitted on has not seen
+// billing-1 yet. The registration is judged on the store.
+func TestRegistrationCannotReplaceAnotherServicesDataplane(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	billing := dp("default", "billing-1", "billing", 0)
+	if _, err := st.Apply(ctx, []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, billing}, nil); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := api.EncodeJSON(dp("default", "billing-1", "web", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &core.Node{Id: "default.billing-1", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+		api.MetadataDataplane: structpb.NewStringValue(string(doc))}}}
+	web := &xds.Claims{Kind: xds.TokenDataplane, Mesh: "default", Service: "web"}
+	reg := registrar{st: st, zone: "zone-1", instance: "cp-a"}
+	err = reg.Register(ctx, node, web)
+	if err == nil || !strings.Contains(err.Error(), "would replace the registered dataplane billing-1") {
+		t.Fatalf("web's token replaced billing-1: %v", err)
+	}
+	if !errors.Is(err, xds.ErrNotCovered) {
+		t.Errorf("refused as %v; want a not-covered refusal (counted as such)", err)
+	}
+	cur, err := st.Get(ctx, api.KeyOf(billing))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cur.(*api.Dataplane).Networking.Inbound[0].Tags[api.TagService]; got != "billing" {
+		t.Fatalf("billing-1 now runs %q", got)
+	}
+	// A token that covers both (a mesh-wide one) may re-register it.
+	if err := reg.Register(ctx, node, &xds.Claims{Kind: xds.TokenDataplane, Mesh: "default"}); err != nil {
+		t.Fatalf("a mesh-wide token: %v", err)
+	}
+}
