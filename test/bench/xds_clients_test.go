@@ -4,8 +4,9 @@ package bench
 // binary re-executed with URSA_BENCH_XDS_CLIENTS set; see init below).
 //
 // The parent talks to the child in lines. The child prints "ready <k>" once
-// it expects generation k, "gen <k> <first unix ns> <last unix ns>
-// <samples>" once every proxy has reached it, and "error <message>" if a
+// it expects generation k, "times <k> <p50> <p90> <p99>" (unix ns: when
+// half, 90 % and 99 % of the proxies had reached it) and "gen <k> <first
+// unix ns> <last unix ns> <samples>" once every proxy has reached it, and "error <message>" if a
 // proxy fails. The parent writes "want <k> <listeners> <clusters>
 // [<endpoints>]": a proxy reaches generation k once it has received that
 // many distinct versions of its listeners, of its clusters and (with
@@ -36,7 +37,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ursamesh/ursa/pkg/xds"
@@ -68,14 +68,15 @@ type genReport struct {
 	samples     string
 }
 
-func startClients(b *testing.B, addr string, wire protocol, n, perConn int, sample string) *clients {
-	return startClientsOf(b, addr, wire, n, perConn, sample, "dp-%d", false)
+func startClients(b *testing.B, addr string, wire protocol, n, perConn int, sample string, env ...string) *clients {
+	return startClientsOf(b, addr, wire, n, perConn, sample, "dp-%d", false, env...)
 }
 
 // startClientsOf is startClients with the proxies named by nameFormat
 // (given the proxy's index) and, with eds, subscribed to their load
-// assignments too.
-func startClientsOf(b *testing.B, addr string, wire protocol, n, perConn int, sample, nameFormat string, eds bool) *clients {
+// assignments too. env is more of the child's settings: clientTLSEnv,
+// clientResyncEnv.
+func startClientsOf(b *testing.B, addr string, wire protocol, n, perConn int, sample, nameFormat string, eds bool, env ...string) *clients {
 	b.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "URSA_BENCH_XDS_CLIENTS=1", "URSA_BENCH_XDS_ADDR="+addr,
@@ -84,6 +85,7 @@ func startClientsOf(b *testing.B, addr string, wire protocol, n, perConn int, sa
 	if eds {
 		cmd.Env = append(cmd.Env, "URSA_BENCH_XDS_EDS=1")
 	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -147,6 +149,22 @@ func (c *clients) waitGen(b *testing.B, k int, timeout time.Duration) genReport 
 	return r
 }
 
+// waitTimes returns when half, 90 % and 99 % of the proxies reached
+// generation k; call it before waitGen(k).
+func (c *clients) waitTimes(b *testing.B, k int, timeout time.Duration) (p50, p90, p99 time.Time) {
+	b.Helper()
+	f := c.await(b, "times", k, timeout)
+	rest := strings.Fields(f[len(f)-1])
+	if len(f) != 5 || len(rest) != 1 {
+		b.Fatalf("simulated proxies: malformed times %v", f)
+	}
+	at := func(s string) time.Time {
+		ns, _ := strconv.ParseInt(s, 10, 64)
+		return time.Unix(0, ns)
+	}
+	return at(f[2]), at(f[3]), at(rest[0])
+}
+
 // await returns the fields of the child's line "<word> <k> …".
 func (c *clients) await(b *testing.B, word string, k int, timeout time.Duration) []string {
 	b.Helper()
@@ -204,11 +222,12 @@ type genTracker struct {
 }
 
 type trackedProxy struct {
-	got     [3]int // listener, cluster and load assignment versions received
-	at      int64  // when the last one arrived
-	sampled bool
-	sample  string
-	reached int // the last generation it reached
+	got       [3]int // listener, cluster and load assignment versions received
+	at        int64  // when the last one arrived
+	sampled   bool
+	sample    string
+	reached   int   // the last generation it reached
+	reachedAt int64 // when it did
 }
 
 func newGenTracker(n, perConn int, eds bool) *genTracker {
@@ -252,7 +271,7 @@ func (t *genTracker) check(p *trackedProxy) {
 	if p.reached >= t.k || p.got[0] < t.want[0] || p.got[1] < t.want[1] || p.got[2] < t.want[2] {
 		return
 	}
-	p.reached = t.k
+	p.reached, p.reachedAt = t.k, p.at
 	t.met++
 	if t.first == 0 || p.at < t.first {
 		t.first = p.at
@@ -262,6 +281,13 @@ func (t *genTracker) check(p *trackedProxy) {
 		t.samples[p.sample] = true
 	}
 	if t.met == len(t.proxies) {
+		at := make([]int64, len(t.proxies))
+		for i := range t.proxies {
+			at[i] = t.proxies[i].reachedAt
+		}
+		slices.Sort(at)
+		q := func(f float64) int64 { return at[int(f*float64(len(at)-1))] }
+		fmt.Printf("times %d %d %d %d\n", t.k, q(0.5), q(0.9), q(0.99))
 		fmt.Printf("gen %d %d %d %s\n", t.k, t.first, t.last, strings.Join(slices.Sorted(maps.Keys(t.samples)), ";"))
 	}
 }
@@ -292,6 +318,11 @@ func runClients() error {
 	wire := protocol(os.Getenv("URSA_BENCH_XDS_PROTOCOL"))
 	nameFormat := os.Getenv("URSA_BENCH_XDS_NAME")
 	eds := os.Getenv("URSA_BENCH_XDS_EDS") != ""
+	creds, err := clientCreds(addr)
+	if err != nil {
+		return err
+	}
+	resync := os.Getenv(resyncVar) != ""
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t := newGenTracker(n, perConn, eds)
@@ -299,7 +330,7 @@ func runClients() error {
 	for range (n + perConn - 1) / perConn {
 		// Envoy's own HTTP/2 windows are larger than grpc-go's 64 KiB
 		// defaults; 100 proxies share one connection here.
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(64<<20),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 		if err != nil {
@@ -314,6 +345,9 @@ func runClients() error {
 		run := sotwProxy
 		if wire == delta {
 			run = deltaProxy
+		}
+		if resync {
+			run = resyncing(run)
 		}
 		go func() {
 			if err := run(ctx, client, id, i, sample, eds, t); err != nil && ctx.Err() == nil {

@@ -458,14 +458,22 @@ func wantSample(service string, v1 int) string {
 // proxies, until the last proxy has received every type the change
 // touched (its listeners). One iteration is one push; run with -benchtime
 // 1x.
-func BenchmarkFullPush(b *testing.B) { benchmarkFullPush(b, sotw) }
+func BenchmarkFullPush(b *testing.B) { benchmarkFullPush(b, sotw, false) }
 
 // BenchmarkFullPushDelta is BenchmarkFullPush with proxies on the
 // incremental (delta) protocol, as Envoy uses with --xds-delta… or
 // ads_config api_type DELTA_GRPC.
-func BenchmarkFullPushDelta(b *testing.B) { benchmarkFullPush(b, delta) }
+func BenchmarkFullPushDelta(b *testing.B) { benchmarkFullPush(b, delta, false) }
 
-func benchmarkFullPush(b *testing.B, wire protocol) {
+// BenchmarkFullPushTLS is BenchmarkFullPush with the xDS server on TLS 1.3,
+// as a zone serves it by default (its certificate from pkg/servingcert),
+// and the proxies verifying it (xds_tls_test.go).
+func BenchmarkFullPushTLS(b *testing.B) { benchmarkFullPush(b, sotw, true) }
+
+// BenchmarkFullPushDeltaTLS is BenchmarkFullPushDelta on TLS 1.3.
+func BenchmarkFullPushDeltaTLS(b *testing.B) { benchmarkFullPush(b, delta, true) }
+
+func benchmarkFullPush(b *testing.B, wire protocol, secure bool) {
 	if f := flag.Lookup("test.benchtime"); f != nil {
 		n, err := strconv.Atoi(strings.TrimSuffix(f.Value.String(), "x"))
 		if !strings.HasSuffix(f.Value.String(), "x") || err != nil || n > 5 {
@@ -473,7 +481,7 @@ func benchmarkFullPush(b *testing.B, wire protocol) {
 		}
 	}
 	for _, n := range []int{1000, 5000, 10000} {
-		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) { fullPush(b, wire, n) })
+		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) { fullPush(b, wire, n, secure) })
 	}
 }
 
@@ -518,7 +526,7 @@ func upToDate(b *testing.B, srv *xds.Server, ids []string, timeout time.Duration
 	}
 }
 
-func fullPush(b *testing.B, wire protocol, n int) {
+func fullPush(b *testing.B, wire protocol, n int, secure bool) {
 	const perConn = 100
 	// The control plane's garbage collection target is the zone CP's
 	// (GOGC, when set, wins as it does there); the simulated proxies' is
@@ -586,8 +594,14 @@ func fullPush(b *testing.B, wire protocol, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.WaitForHandlers(true)) // so that the next benchmark starts from a clean heap
+	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WaitForHandlers(true)} // so that the next benchmark starts from a clean heap
+	var clientEnv []string
+	if secure {
+		creds, env := serverTLS(b)
+		opts, clientEnv = append(opts, creds), append(clientEnv, env)
+	}
+	gs := grpc.NewServer(opts...)
 	srv.Register(ctx, gs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -621,7 +635,7 @@ func fullPush(b *testing.B, wire protocol, n int) {
 
 	// 2. N proxies connect, each receives its configuration and ACKs it.
 	start := time.Now()
-	c := startClients(b, ln.Addr().String(), wire, n, perConn, sampleListener(f.state))
+	c := startClients(b, ln.Addr().String(), wire, n, perConn, sampleListener(f.state), clientEnv...)
 	initial := c.waitGen(b, 1, 10*time.Minute)
 	metrics["connect-s"] = initial.last.Sub(start).Seconds()
 	if wire == sotw {

@@ -56,10 +56,13 @@ type zonePipeline struct {
 	st     store.Store
 	srv    *xds.Server
 	addr   string
+	ln     *trackingListener
 	rounds chan syncRound
 }
 
-func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
+// startZonePipeline starts the pipeline over rs; opts go to its gRPC server
+// (its TLS, say).
+func startZonePipeline(b *testing.B, rs []api.Resource, opts ...grpc.ServerOption) *zonePipeline {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
@@ -72,12 +75,13 @@ func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
 		b.Fatal(err)
 	}
 	p.srv = srv
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	gs := grpc.NewServer(append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))...)
 	srv.Register(ctx, gs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
+	p.ln = &trackingListener{Listener: ln}
 	p.addr = ln.Addr().String()
 	mirror := store.NewMirror(p.st, append(catalog.Types(), "Lease"), zap.NewNop())
 	cat := catalog.NewFollower(xdsZone, mirror, zap.NewNop())
@@ -94,7 +98,7 @@ func startZonePipeline(b *testing.B, rs []api.Resource) *zonePipeline {
 			}
 		}})
 	var wg sync.WaitGroup
-	wg.Go(func() { gs.Serve(ln) })
+	wg.Go(func() { gs.Serve(p.ln) })
 	wg.Go(func() { mirror.Start(ctx) })
 	wg.Go(func() { cat.Start(ctx) })
 	wg.Go(func() { gen.Start(ctx) })
@@ -173,17 +177,7 @@ func endpointChange(b *testing.B, wire protocol, n int) {
 	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
 	heap0, stack0, _ := memNow()
 	f := newXDSMesh(b, xdsServices, xdsPerService)
-	rs := f.state.resources()
-	f.ca.Type, f.ca.Mesh, f.ca.Name = "MeshCA", xdsMesh, "ca"
-	rs = append(rs, f.ca)
-	for i := range n {
-		rs = append(rs, &api.Dataplane{
-			Meta: api.Meta{Type: "Dataplane", Mesh: xdsMesh, Name: fmt.Sprintf("load-%d", i)},
-			Networking: api.DataplaneNetworking{Address: ipv4(10, 128+i>>16, (i>>8)&255, i&255),
-				Inbound: []api.Inbound{{Port: 8080, ServicePort: 8081, Tags: map[string]string{api.TagService: loadService, api.TagZone: xdsZone}}}},
-		})
-	}
-	p := startZonePipeline(b, rs)
+	p := startZonePipeline(b, loadMesh(f, n))
 	start := time.Now()
 	c := startClientsOf(b, p.addr, wire, n, 100, sampleListener(f.state), "load-%d", true)
 	initial := c.waitGen(b, 1, 10*time.Minute)
