@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -70,6 +71,10 @@ func (a *app) connect(cmd *cobra.Command) error {
 		return err
 	}
 	if token != "" {
+		if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+			return usageError{fmt.Errorf("refusing to send a user token over plain http to %s, where anyone on the path could read it: "+
+				"use https://%s:5682 and --ca-cert-file F (the CA is served at %s/api/ca.pem)", u.Host, u.Hostname(), a.apiServer)}
+		}
 		transport = bearer{token: token, next: transport}
 	}
 	a.client = client.New(a.apiServer, &http.Client{Transport: transport, Timeout: requestTimeout})
@@ -121,6 +126,16 @@ func (a *app) token(flagGiven bool) (string, error) {
 		return "", fmt.Errorf("token file %s is empty", file)
 	}
 	return token, nil
+}
+
+// isLoopbackHost reports whether host (a URL's, without port) names this
+// machine: plain HTTP to it never leaves the host.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // bearer adds a bearer token to every request.

@@ -518,3 +518,33 @@ func TestCACertFile(t *testing.T) {
 		})
 	}
 }
+
+// TestNoTokenOverPlainHTTP: ursactl sends a user token over plain http only
+// to a loopback address; to another host it refuses before any request, and
+// says to use https.
+func TestNoTokenOverPlainHTTP(t *testing.T) {
+	fake := &clienttest.Server{}
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("a.b.c"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, server := range []string{"http://192.0.2.7:5681", "http://cp.example:5681"} {
+		res := ursactl(t, nil, "", "--api-server", server, "--token-file", token, "get", "meshes")
+		if res.code != exitUsage || !strings.Contains(res.stderr, "refusing to send a user token over plain http") || !strings.Contains(res.stderr, ":5682") {
+			t.Fatalf("%s: exit %d, stderr %q; want a refusal naming https", server, res.code, res.stderr)
+		}
+	}
+	res := ursactl(t, map[string]string{envToken: "a.b.c"}, "", "--api-server", "http://cp.example:5681", "get", "meshes")
+	if res.code != exitUsage {
+		t.Fatalf("URSA_TOKEN over plain http to another host: exit %d, stderr %q", res.code, res.stderr)
+	}
+	n := len(fake.Requests())
+	if res := ursactl(t, nil, "", "--api-server", srv.URL, "--token-file", token, "get", "meshes"); res.code != exitOK {
+		t.Fatalf("to loopback over plain http: exit %d, stderr %q", res.code, res.stderr)
+	}
+	if len(fake.Requests()) != n+1 {
+		t.Fatal("the loopback request did not reach the server")
+	}
+}

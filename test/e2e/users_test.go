@@ -132,13 +132,18 @@ func TestUserTokensFromAnotherHost(t *testing.T) {
 	// ursactl on B, over HTTPS with the CA (--ca-cert-file or
 	// URSA_CA_CERT_FILE): the token from a file and from URSA_TOKEN;
 	// refusals print the server's reason. Without the CA, it says the
-	// certificate does not verify; over plain HTTP, the server's refusal.
+	// certificate does not verify; over plain HTTP it will not send a token,
+	// and without one prints the server's refusal.
 	withCA := "URSA_CA_CERT_FILE=" + apiCA
 	_, stderr, err := h.ctl(t, "b", nil, remote, "", "--token-file", ada, "get", "meshes")
 	if err == nil || !strings.Contains(stderr, "the server's TLS certificate does not verify") {
 		t.Fatalf("ursactl on B without the CA: %v %s", err, stderr)
 	}
 	_, stderr, err = h.ctl(t, "b", nil, plain, "", "--token-file", ada, "get", "meshes")
+	if err == nil || !strings.Contains(stderr, "refusing to send a user token over plain http to "+h.addr("a")) {
+		t.Fatalf("ursactl on B with a token over plain HTTP: %v %s", err, stderr)
+	}
+	_, stderr, err = h.ctl(t, "b", nil, plain, "", "get", "meshes")
 	if err == nil || !strings.Contains(stderr, "Forbidden: this port serves plain HTTP to the control plane's own host only") {
 		t.Fatalf("ursactl on B over plain HTTP: %v %s", err, stderr)
 	}
