@@ -43,6 +43,10 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzPeekSNI -fuzztime 30s
 	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzParseTarget -fuzztime 30s
 	$(GO) test ./pkg/servingcert -run '^$$' -fuzz FuzzCheckSAN -fuzztime 30s
+	$(GO) test ./pkg/mtls -run '^$$' -fuzz FuzzParseCSR -fuzztime 30s
+	$(GO) test ./pkg/mtls -run '^$$' -fuzz FuzzTagURI -fuzztime 30s
+	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzParseRevocations -fuzztime 30s
+	$(GO) test ./pkg/apiserver -run '^$$' -fuzz FuzzPlainRefusalHost -fuzztime 30s
 
 bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x
