@@ -72,10 +72,11 @@ func isOpen(r *http.Request) bool {
 
 // readsSecrets reports whether r reads a mesh's Secrets, which only admins
 // may (as in Kuma): a readonly user sees policies, not the credentials they
-// refer to.
+// refer to. Both ways of reading them count: in a mesh, and GET /secrets,
+// which lists every mesh's.
 func readsSecrets(r *http.Request) bool {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
-	return len(parts) >= 3 && parts[0] == "meshes" && parts[2] == "secrets"
+	return parts[0] == "secrets" || len(parts) >= 3 && parts[0] == "meshes" && parts[2] == "secrets"
 }
 
 // authenticate returns who r acts as, or why it may not do what it asks. A
