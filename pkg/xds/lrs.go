@@ -110,6 +110,11 @@ func (l *LoadReporting) StreamLoadStats(stream lrs.LoadReportingService_StreamLo
 		return l.refuse("not_connected", codes.FailedPrecondition, "node %q is not connected over ADS: connect there first", id)
 	} else if n.Kind == KindIngress {
 		return l.refuse("ingress", codes.InvalidArgument, "node %q is an ingress, which has no callers to report", id)
+	} else if KindOf(node) != n.Kind {
+		// The token was judged for the kind this stream says it is (an
+		// ingress token against ZoneIngresses only): it covers nothing of
+		// a node connected as another kind.
+		return l.refuse("token", codes.PermissionDenied, "node %q is connected as a %s; a stream that says it is a %s does not report its loads", id, n.Kind, KindOf(node))
 	}
 	if err := stream.Send(&lrs.LoadStatsResponse{SendAllClusters: true, LoadReportingInterval: durationpb.New(l.interval)}); err != nil {
 		return nil
