@@ -71,3 +71,70 @@ networking:
 		t.Fatalf("billing-1 after the attempt: %q, %v", svc, err)
 	}
 }
+
+// TestIngressTokenCannotSquatADataplanesNode: a stream with the zone's
+// ingress token that takes a registered Dataplane's node id, while its proxy
+// is away, must not hold that id as an ingress: the proxy, back with its own
+// token, would be refused for as long as the squatter stays.
+func TestIngressTokenCannotSquatADataplanesNode(t *testing.T) {
+	zone := startCP(t, "zone", "--zone", "zone-1")
+	ctl(t, zone.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
+	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
+	ctl(t, zone.api, `
+type: Dataplane
+mesh: default
+name: billing-1
+networking:
+  address: 127.0.0.2
+  inbound:
+  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
+`, "apply", "-f", "-")
+	eventually(t, "billing-1 in the zone", func() bool { return zone.has(t, "/meshes/default/dataplanes/billing-1") })
+	conn := zone.dialXDS(t)
+	open := func(token string, node *core.Node) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: []string{"identity"}}); err != nil {
+			t.Fatal(err)
+		}
+		return stream
+	}
+	asIngress, err := structpb.NewStruct(map[string]any{api.MetadataIngress: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingressToken := strings.TrimSpace(ctl(t, zone.api, "", "generate", "ingress-token", "--zone", "zone-1"))
+	squatter := open(ingressToken, &core.Node{Id: "default.billing-1", Metadata: asIngress})
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := squatter.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	var squatErr error
+	eventually(t, "the squatting stream held as an ingress, or refused", func() bool {
+		select {
+		case squatErr = <-ended:
+			return true
+		default:
+		}
+		return zone.has(t, "/zone-ingress-insights/default.billing-1")
+	})
+	if _, svc, err := sdsIdentity(open(zone.dataplaneToken(t, "default", "--service", "billing"), &core.Node{Id: "default.billing-1"}), "default.billing-1"); err != nil || svc != "spiffe://default/billing" {
+		t.Fatalf("billing-1's own proxy, back while an ingress-token stream names its node: %q, %v", svc, err)
+	}
+	if squatErr == nil {
+		squatErr = <-ended
+	}
+	if status.Code(squatErr) != codes.PermissionDenied {
+		t.Fatalf("the squatting stream ends with %v, want PermissionDenied", squatErr)
+	}
+}
