@@ -81,8 +81,9 @@ func readsSecrets(r *http.Request) bool {
 
 // authenticate returns who r acts as, or why it may not do what it asks. A
 // token, when sent, decides who the caller is, from any address. Without
-// one, a loopback caller is LoopbackUser unless RequireTokenOnLocalhost;
-// anyone else is refused. A readonly user may only GET and HEAD, and not
+// one, a loopback caller on the plain port is LoopbackUser unless
+// RequireTokenOnLocalhost; anyone else, on the HTTPS port loopback too, is
+// refused. A readonly user may only GET and HEAD, and not
 // Secrets.
 func (s *server) authenticate(r *http.Request) (User, *apiError) {
 	token, sent, aerr := bearerToken(r)
@@ -96,11 +97,18 @@ func (s *server) authenticate(r *http.Request) (User, *apiError) {
 		if u, err = s.checkToken(r.Context(), token); err != nil {
 			return User{}, s.tokenError(err)
 		}
-	case isLoopback(r.RemoteAddr) && !s.RequireTokenOnLocalhost:
+	case isLoopback(r.RemoteAddr) && r.TLS == nil && !s.RequireTokenOnLocalhost:
 		u = LoopbackUser
-	case isLoopback(r.RemoteAddr):
+	case isLoopback(r.RemoteAddr) && r.TLS == nil:
 		return User{}, unauthorized("this server requires a user token from every caller, loopback too " +
 			"(--api-require-token-on-localhost): send Authorization: Bearer TOKEN (ursactl --token-file F or URSA_TOKEN)")
+	case isLoopback(r.RemoteAddr):
+		// TLS from a loopback address is not proof of a caller on this
+		// host: whatever passes TLS through untouched (a zone ingress, to
+		// any address a Dataplane registers) arrives from loopback. This
+		// host's callers have the plain port.
+		return User{}, unauthorized("a user token is required on the HTTPS port, from loopback too " +
+			"(this host's callers may use the plain HTTP port without one): send Authorization: Bearer TOKEN (ursactl --token-file F or URSA_TOKEN)")
 	default:
 		return User{}, unauthorized("a user token is required from a non-loopback address: send Authorization: Bearer TOKEN " +
 			"(ursactl --token-file F or URSA_TOKEN; an admin makes one with ursactl generate user-token)")

@@ -89,12 +89,16 @@ type reply struct {
 }
 
 // serve sends one request from remote with the Authorization header auth
-// (none when empty), as it arrives on the HTTPS port: the plain one serves
-// other hosts only the open paths (remote_test.go).
+// (none when empty), as it arrives on the port such a caller uses: the
+// plain one from loopback, the HTTPS one from other hosts (the plain one
+// serves them only the open paths, and the HTTPS one takes no loopback
+// caller for this host's: remote_test.go).
 func (s *authServer) serve(method, path, remote, auth, body string) reply {
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
 	req.RemoteAddr = remote
-	req.TLS = &tls.ConnectionState{HandshakeComplete: true}
+	if remote != loopback {
+		req.TLS = &tls.ConnectionState{HandshakeComplete: true}
+	}
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
