@@ -75,10 +75,11 @@ func tokenCovers(src ViewSource, zone string, node *core.Node, c xds.Claims) err
 			return fmt.Errorf("zone ingress %s belongs to zone %s, this is zone %s", ing.Name, ing.Zone, zone)
 		}
 		// A node id is held by the kind that connects first: an ingress
-		// holding a Dataplane's would lock its proxy out.
+		// holding a Dataplane's, registered or yet to come, would lock its
+		// proxy out.
 		if mesh, name, err := xds.ParseNodeID(node.GetId()); err == nil {
-			if _, ok, err := store.Get[*api.Dataplane](view, mesh, name); err != nil || ok {
-				return cmp.Or(err, fmt.Errorf("node id %q is dataplane %s's of mesh %s, not an ingress's", node.GetId(), name, mesh))
+			if _, ok, err := store.Get[*api.Mesh](view, "", mesh); err != nil || ok {
+				return cmp.Or(err, fmt.Errorf("node id %q names dataplane %s of mesh %s, not an ingress", node.GetId(), name, mesh))
 			}
 		}
 		return nil

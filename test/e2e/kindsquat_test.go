@@ -137,4 +137,13 @@ networking:
 	if status.Code(squatErr) != codes.PermissionDenied {
 		t.Fatalf("the squatting stream ends with %v, want PermissionDenied", squatErr)
 	}
+	// Nor the id of a Dataplane yet to come (billing-2, scaled up later).
+	for {
+		if _, err := open(ingressToken, &core.Node{Id: "default.billing-2", Metadata: asIngress}).Recv(); err != nil {
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("an ingress-token stream as default.billing-2 ends with %v, want PermissionDenied", err)
+			}
+			break
+		}
+	}
 }
