@@ -151,7 +151,8 @@ for z in 1 2; do
   ctl generate zone-token --zone "zone-$z" >"$DIR/zone-$z.token"
   bg "zone-$z" "$BIN/ursa-cp" zone --zone "zone-$z" --api-addr "127.0.0.1:${z}5681" --api-tls-addr "127.0.0.1:${z}5682" --xds-addr "127.0.0.1:${z}5678" \
     --dns-addr "127.0.0.1:${z}5653" --vip-cidr "127.24$((z - 1)).0.0/16" \
-    --global-kds-address grpcs://127.0.0.1:5685 --global-kds-ca-file "$DIR/kds-ca.pem" --zone-token-file "$DIR/zone-$z.token"
+    --global-kds-address grpcs://127.0.0.1:5685 --global-kds-ca-file "$DIR/kds-ca.pem" --zone-token-file "$DIR/zone-$z.token" \
+    --xds-allow-loopback-dataplanes  # every "host" of the demo is this one, so its proxies register 127.0.0.1
   wait_for "zone-$z's CP to be ready (GET http://127.0.0.1:${z}5681/readyz)" http_ok "http://127.0.0.1:${z}5681/readyz"
   # The CA the zone's xDS certificate chains to: its proxies verify the CP with it.
   curl -sf --max-time 10 "http://127.0.0.1:${z}5681/xds/ca.pem" >"$DIR/xds-ca-$z.pem"

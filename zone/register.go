@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,12 +18,19 @@ import (
 
 // registerIngress stores the ZoneIngress an ingress presents, keeping the
 // available services the zone computed.
-func registerIngress(ctx context.Context, st store.Store, zone string, node *core.Node, doc string) error {
+func registerIngress(ctx context.Context, st store.Store, zone string, allowLoopback bool, node *core.Node, doc string) error {
 	r, err := presented(doc, "ZoneIngress")
 	if err != nil {
 		return err
 	}
 	ing := r.(*api.ZoneIngress)
+	if !allowLoopback {
+		for field, addr := range map[string]string{"networking.address": ing.Networking.Address, "networking.advertisedAddress": ing.Networking.AdvertisedAddress} {
+			if err := hostOnly(addr); err != nil {
+				return fmt.Errorf("presented zone ingress %s: %s: %w", ing.Name, field, err)
+			}
+		}
+	}
 	if ing.Name != node.GetId() {
 		return fmt.Errorf("presented zone ingress is %s, but the node id is %s", ing.Name, node.GetId())
 	}
@@ -48,16 +57,19 @@ type registrar struct {
 	// of is spared by its start-up sweep, and a proxy it already holds
 	// is registered with the connection it holds.
 	presence *Presence
+	// allowLoopback admits presented addresses that name a host's own
+	// loopback (see hostOnly).
+	allowLoopback bool
 }
 
 // Register stores the Dataplane a proxy presents, if it presents one whose
 // name is its node id's and which its token covers, or the ZoneIngress an
 // ingress presents.
 func (r registrar) Register(ctx context.Context, node *core.Node, c *xds.Claims) error {
-	return registerPresented(ctx, r.st, r.zone, r.instance, r.presence, node, c)
+	return registerPresented(ctx, r.st, r.zone, r.instance, r.presence, r.allowLoopback, node, c)
 }
 
-func registerPresented(ctx context.Context, st store.Store, zone, instance string, presence *Presence, node *core.Node, c *xds.Claims) error {
+func registerPresented(ctx context.Context, st store.Store, zone, instance string, presence *Presence, allowLoopback bool, node *core.Node, c *xds.Claims) error {
 	ingress := xds.KindOf(node) == xds.KindIngress
 	if doc := node.GetMetadata().GetFields()[api.MetadataZoneIngress].GetStringValue(); doc != "" {
 		switch {
@@ -66,7 +78,7 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 		case c != nil && c.Kind != xds.TokenIngress:
 			return xds.NotCovered(errors.New("a ZoneIngress is registered only with an ingress token"))
 		}
-		return registerIngress(ctx, st, zone, node, doc)
+		return registerIngress(ctx, st, zone, allowLoopback, node, doc)
 	}
 	if csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue(); csr != "" {
 		// Refused here, with the reason, rather than leave the proxy
@@ -92,6 +104,11 @@ func registerPresented(ctx context.Context, st store.Store, zone, instance strin
 	dp := r.(*api.Dataplane)
 	if id := xds.NodeID(dp.Mesh, dp.Name); id != node.GetId() {
 		return fmt.Errorf("presented dataplane is %s, but the node id is %s", id, node.GetId())
+	}
+	if !allowLoopback {
+		if err := hostOnly(dp.Networking.Address); err != nil {
+			return fmt.Errorf("presented dataplane %s: networking.address: %w", dp.Name, err)
+		}
 	}
 	for i := range dp.Networking.Inbound {
 		dp.Networking.Inbound[i].Tags[api.TagZone] = zone
@@ -176,4 +193,27 @@ func presented(doc, typ string) (api.Resource, error) {
 	m := r.GetMeta()
 	m.Version, m.CreationTime, m.ModificationTime = 0, time.Time{}, time.Time{}
 	return r, nil
+}
+
+// hostOnly refuses an address that names the host it is used on rather than
+// one host: loopback, link-local, unspecified (and "localhost"). A sidecar
+// dials a Dataplane's address and the ingress passes TLS through to it, so
+// a proxy that registered 127.0.0.1:5432 would make every ingress and
+// sidecar a way into that host's loopback services.
+func hostOnly(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	if h := strings.ToLower(strings.TrimSuffix(addr, ".")); h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return fmt.Errorf("%q names this host's loopback: register the address other hosts reach this proxy at (a zone CP run with --xds-allow-loopback-dataplanes, INSECURE, admits it for single-host setups)", addr)
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return nil // a DNS name: resolved where it is dialled
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() {
+		return fmt.Errorf("%s is a loopback, link-local, multicast or unspecified address, which names no one host: register the address other hosts reach this proxy at (a zone CP run with --xds-allow-loopback-dataplanes, INSECURE, admits loopback for single-host setups)", addr)
+	}
+	return nil
 }

@@ -52,3 +52,42 @@ func TestRegistrationCannotReplaceAnotherServicesDataplane(t *testing.T) {
 		t.Fatalf("a mesh-wide token: %v", err)
 	}
 }
+
+// A proxy may not register an address that names no one host: sidecars and
+// ingresses would dial their own host's loopback services for whoever holds
+// a token. A zone that allows it (single-host setups) registers it.
+func TestRegistrationRefusesHostOnlyAddresses(t *testing.T) {
+	ctx := context.Background()
+	for _, addr := range []string{"127.0.0.1", "127.240.0.9", "::1", "0.0.0.0", "169.254.169.254", "fe80::1", "::ffff:127.0.0.1", "localhost", "db.localhost", "224.0.0.1"} {
+		t.Run(addr, func(t *testing.T) {
+			st := store.NewMemory(0)
+			if _, err := st.Apply(ctx, []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}}, nil); err != nil {
+				t.Fatal(err)
+			}
+			web := dp("default", "web-1", "web", 0)
+			web.Networking.Address = addr
+			doc, err := api.EncodeJSON(web)
+			if err != nil {
+				t.Fatal(err)
+			}
+			node := &core.Node{Id: "default.web-1", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+				api.MetadataDataplane: structpb.NewStringValue(string(doc))}}}
+			claims := &xds.Claims{Kind: xds.TokenDataplane, Mesh: "default", Service: "web"}
+			err = registrar{st: st, zone: "zone-1", instance: "cp-a"}.Register(ctx, node, claims)
+			if err == nil || !strings.Contains(err.Error(), "networking.address") || !strings.Contains(err.Error(), "--xds-allow-loopback-dataplanes") {
+				t.Fatalf("registered %s: %v", addr, err)
+			}
+			if _, err := st.Get(ctx, api.KeyOf(web)); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("the refused Dataplane is stored: %v", err)
+			}
+			if err := (registrar{st: st, zone: "zone-1", instance: "cp-a", allowLoopback: true}).Register(ctx, node, claims); err != nil {
+				t.Fatalf("with loopback allowed: %v", err)
+			}
+		})
+	}
+	for _, addr := range []string{"10.0.0.7", "192.0.2.1", "2001:db8::7", "billing.internal"} {
+		if err := hostOnly(addr); err != nil {
+			t.Errorf("%s refused: %v", addr, err)
+		}
+	}
+}

@@ -61,6 +61,12 @@ type Config struct {
 	XDS   struct {
 		Addr                 string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
 		AllowUnauthenticated bool   `json:"allowUnauthenticated" usage:"INSECURE: admit proxies without a dataplane token; local experiments only"`
+		// AllowLoopbackDataplanes admits proxies that present a loopback
+		// (or link-local, or unspecified) address: sidecars and the
+		// ingress connect to a Dataplane's address, so without this rule
+		// any token holder could point them at services that listen only
+		// on a host's loopback.
+		AllowLoopbackDataplanes bool `json:"allowLoopbackDataplanes" usage:"INSECURE: admit proxies whose Dataplane or ZoneIngress has a loopback, link-local or unspecified address, which lets any token holder point sidecars and the ingress at services listening on a host's loopback; single-host demos and tests only"`
 		// OfflineRemoval removes the Dataplane of a proxy that has been
 		// disconnected this long; 0 keeps it.
 		OfflineRemoval config.Duration `json:"offlineRemoval" usage:"remove the Dataplane of a proxy disconnected this long (0 keeps it)"`
@@ -240,7 +246,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if cfg.XDS.AllowUnauthenticated {
 		log.Warn("INSECURE: proxies without a token are admitted (--xds-allow-unauthenticated): anyone who reaches the xDS port may claim any Dataplane and get its identity")
 	}
-	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance, presence: pres})
+	if cfg.XDS.AllowLoopbackDataplanes {
+		log.Warn("INSECURE: proxies may register loopback addresses (--xds-allow-loopback-dataplanes): a token holder can point sidecars and the ingress at this host's loopback services")
+	}
+	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance, presence: pres, allowLoopback: cfg.XDS.AllowLoopbackDataplanes})
 	xdsServer.SetPresence(pres)
 	xdsCert, err := xdsCertificate(ctx, cfg, st, log)
 	if err != nil {

@@ -68,8 +68,15 @@ var cpAddrs = map[string][][2]string{
 // not place is bound on port 0 by the CP itself, and its address read back
 // from the CP's log, so no port is picked, freed and taken by another; a
 // restart binds the same addresses again.
+//
+// A zone started here admits loopback Dataplanes: every host of these tests
+// is this one. (Tests in network namespaces, newHosts, run zones on their
+// defaults, with real addresses.)
 func startCP(t testing.TB, args ...string) *cp {
 	t.Helper()
+	if args[0] == "zone" && !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--xds-allow-loopback-dataplanes") }) {
+		args = append(args, "--xds-allow-loopback-dataplanes")
+	}
 	c := &cp{args: placeListeners(args, "127.0.0.1")}
 	c.run(t)
 	return c

@@ -318,3 +318,20 @@ networking:
 		return strings.Contains(body, `"connected":true`)
 	})
 }
+
+// TestLoopbackDataplaneRefused: on a zone with its defaults, a proxy with a
+// valid token that presents a loopback address is refused (it would make
+// sidecars and ingresses dial the loopback services of their own hosts), and
+// says why; --xds-allow-loopback-dataplanes admits it.
+func TestLoopbackDataplaneRefused(t *testing.T) {
+	z := &tokenZone{t: t, cp: startCP(t, "zone", "--zone", "zone-1", "--xds-allow-loopback-dataplanes=false"), dir: t.TempDir()}
+	ctl(t, z.cp.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
+	token := filepath.Join(z.dir, "web.token")
+	os.WriteFile(token, []byte(z.cp.dataplaneToken(t, "default", "--service", "web")), 0o600)
+	before := refusedTotal(t, z.cp, "registration")
+	p, _ := z.run("run", "--token-file", token, "--dataplane-file", z.dataplane("web-1", "ursa.io/service: web"))
+	z.refused(p, "registration", before, "presented dataplane web-1: networking.address: 127.0.0.1 is a loopback")
+	if z.cp.has(t, "/meshes/default/dataplanes/web-1") {
+		t.Fatal("a loopback Dataplane was registered")
+	}
+}
