@@ -75,7 +75,7 @@ func (a *app) connect(cmd *cobra.Command) error {
 			return usageError{fmt.Errorf("refusing to send a user token over plain http to %s, where anyone on the path could read it: "+
 				"use https://%s:5682 and --ca-cert-file F (the CA is served at %s/api/ca.pem)", u.Host, u.Hostname(), a.apiServer)}
 		}
-		transport = bearer{token: token, next: transport}
+		transport = bearer{token: token, host: u.Host, next: transport}
 	}
 	a.client = client.New(a.apiServer, &http.Client{Transport: transport, Timeout: requestTimeout})
 	return nil
@@ -138,14 +138,19 @@ func isLoopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// bearer adds a bearer token to every request.
+// bearer adds a bearer token to every request to the API server's host, and
+// to no other: a redirect elsewhere does not carry it.
 type bearer struct {
 	token string
+	host  string // the API server's host:port
 	next  http.RoundTripper
 }
 
 // RoundTrip implements http.RoundTripper; it does not modify req.
 func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Host != b.host {
+		return b.next.RoundTrip(req)
+	}
 	req = req.Clone(req.Context())
 	req.Header.Set("Authorization", "Bearer "+b.token)
 	return b.next.RoundTrip(req)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -546,5 +547,32 @@ func TestNoTokenOverPlainHTTP(t *testing.T) {
 	}
 	if len(fake.Requests()) != n+1 {
 		t.Fatal("the loopback request did not reach the server")
+	}
+}
+
+// TestTokenNotSentOnRedirectElsewhere: a server that redirects ursactl to
+// another host does not get the token sent there.
+func TestTokenNotSentOnRedirectElsewhere(t *testing.T) {
+	got := make(chan string, 4)
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("Authorization")
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"items":[],"total":0}`))
+	}))
+	t.Cleanup(other.Close)
+	// Another host: the same server reached by another name.
+	elsewhere := strings.Replace(other.URL, "127.0.0.1", "localhost", 1)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(api.Close)
+	ursactl(t, map[string]string{envToken: "secret.token.here"}, "", "--api-server", api.URL, "get", "meshes")
+	select {
+	case auth := <-got:
+		if auth != "" {
+			t.Fatalf("the redirect's target got Authorization %q", auth)
+		}
+	default:
+		t.Fatal("the redirect was not followed")
 	}
 }
