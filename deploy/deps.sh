@@ -17,6 +17,10 @@ PACKAGES=(
   # ip: the end-to-end tests of several hosts make each host a network
   # namespace joined by veth pairs.
   "iproute2 command -v ip >/dev/null"
+  # systemd-analyze: test/systemd_test.go verifies deploy/systemd's units with
+  # it. The package does not make systemd the init system (systemd-sysv does),
+  # so it installs on a machine or container booted without systemd.
+  "systemd command -v systemd-analyze >/dev/null"
   "make command -v make >/dev/null"
   "git command -v git >/dev/null"
 )
