@@ -1,0 +1,295 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// systemdDir holds deploy/systemd's units and example environment files.
+const systemdDir = "../../deploy/systemd"
+
+// systemdUnit is what a unit of deploy/systemd runs, as systemd would run it.
+type systemdUnit struct {
+	exec     []string // ExecStart, words
+	env      []string // Environment=, in order
+	envFiles []string // EnvironmentFile=, "-" kept for optional ones
+	ambient  []string // AmbientCapabilities=, lower case without cap_
+}
+
+func readSystemdUnit(t *testing.T, name string) systemdUnit {
+	t.Helper()
+	f, err := os.Open(filepath.Join(systemdDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var u systemdUnit
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		key, val, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
+		if !ok || strings.HasPrefix(key, "#") {
+			continue
+		}
+		switch key {
+		case "ExecStart":
+			u.exec = strings.Fields(val)
+		case "Environment":
+			u.env = append(u.env, val)
+		case "EnvironmentFile":
+			u.envFiles = append(u.envFiles, val)
+		case "AmbientCapabilities":
+			for _, c := range strings.Fields(val) {
+				u.ambient = append(u.ambient, strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
+		}
+	}
+	return u
+}
+
+// envFileVars reads a systemd environment file: KEY=VALUE lines, # comments.
+func envFileVars(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vars []string
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		vars = append(vars, line)
+	}
+	return vars
+}
+
+// TestSystemdUnitsRunTwoZones follows README "Run a VM zone" on hosts that
+// are network namespaces: each of deploy/systemd's units runs its ExecStart
+// as systemd would, with its Environment= and EnvironmentFile= settings
+// (written from the *.env.example files, /etc/ursa moved to a folder per host
+// and the example host names replaced by the hosts' addresses), as an
+// unprivileged user holding only the unit's ambient capabilities. A client on
+// web's host in zone-1 resolves billing.mesh through zone-1's CP on port 53
+// and reaches billing, which runs only in zone-2, through zone-2's ingress.
+func TestSystemdUnitsRunTwoZones(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) is needed to run the units' commands as an unprivileged user")
+	}
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Skip("dig (dnsutils) is needed to resolve billing.mesh on web's host")
+	}
+	demo := filepath.Join(t.TempDir(), "ursa-demo")
+	if out, err := exec.Command("go", "build", "-o", demo, "github.com/ursamesh/ursa/cmd/ursa-demo").CombinedOutput(); err != nil {
+		t.Fatalf("build ursa-demo: %v\n%s", err, out)
+	}
+	h := newHosts(t, "global", "cp1", "cp2", "ingress2", "billing2", "web1")
+	names := strings.NewReplacer(
+		"global.example.internal", h.addr("global"),
+		"zone-1-cp.example.internal", h.addr("cp1"),
+		"zone-2-cp.example.internal", h.addr("cp2"))
+	// t.TempDir's parent is closed to other users: the units' user reads
+	// its /etc/ursa as it would a host's, in a folder open to it.
+	base, err := os.MkdirTemp("", "ursa-systemd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The binaries, where the units' user may run them (as /usr/local/bin).
+	usrBin := filepath.Join(base, "bin")
+	if err := os.Mkdir(usrBin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ursa-cp", "ursa-dp"} {
+		b, err := os.ReadFile(filepath.Join(bin, name))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(usrBin, name), b, 0o755)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	etc := map[string]string{}
+	for _, host := range []string{"global", "cp1", "cp2", "ingress2", "billing2", "web1"} {
+		dir := filepath.Join(base, host)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, sub := range []string{"tokens", "dataplanes"} {
+			if err := os.Mkdir(filepath.Join(dir, sub), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		etc[host] = dir
+	}
+	// put writes /etc/ursa/NAME of host, readable by the units' user.
+	put := func(host, name, text string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(etc[host], name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// example is deploy/systemd's example NAME as it is edited for host.
+	example := func(host, name string, r *strings.Replacer) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(systemdDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(b)
+		if r != nil {
+			text = r.Replace(text)
+		}
+		text = names.Replace(text)
+		return strings.ReplaceAll(text, "/etc/ursa/", etc[host]+"/")
+	}
+	get := func(host, url string) string {
+		t.Helper()
+		resp, err := h.client(t, host).Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s from %s: %v %s %s", url, host, err, resp.Status, b)
+		}
+		return string(b)
+	}
+	ctlOn := func(host, stdin string, args ...string) string {
+		t.Helper()
+		out, errOut, err := h.ctl(t, host, nil, "http://127.0.0.1:5681", stdin, args...)
+		if err != nil {
+			t.Fatalf("ursactl %s on %s: %v\n%s", strings.Join(args, " "), host, err, errOut)
+		}
+		return out
+	}
+	// run starts unit (instance for a template) on host as systemd would.
+	run := func(host, unit, instance, readyURL string) *proc {
+		t.Helper()
+		u := readSystemdUnit(t, unit)
+		env := []string{"PATH=/usr/bin:/bin"}
+		for _, e := range u.env {
+			env = append(env, strings.ReplaceAll(strings.ReplaceAll(e, "%i", instance), "/etc/ursa/", etc[host]+"/"))
+		}
+		for _, f := range u.envFiles {
+			optional := strings.HasPrefix(f, "-")
+			path := strings.ReplaceAll(strings.ReplaceAll(strings.TrimPrefix(f, "-"), "%i", instance), "/etc/ursa/", etc[host]+"/")
+			if _, err := os.Stat(path); err != nil && optional {
+				continue
+			}
+			env = append(env, envFileVars(t, path)...)
+		}
+		if len(u.exec) < 2 || !strings.HasPrefix(u.exec[0], "/usr/local/bin/") {
+			t.Fatalf("%s: ExecStart %q", unit, u.exec)
+		}
+		name := strings.TrimPrefix(u.exec[0], "/usr/local/bin/")
+		args := []string{"netns", "exec", h.namespace(t, host), setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--pdeathsig=KILL"}
+		if len(u.ambient) > 0 {
+			caps := "+" + strings.Join(u.ambient, ",+")
+			args = append(args, "--inh-caps="+caps, "--ambient-caps="+caps)
+		}
+		cmd := exec.Command("ip", append(append(args, filepath.Join(usrBin, name)), u.exec[1:]...)...)
+		cmd.Env = env
+		p := launch(t, unit+" "+instance+" on "+host, cmd)
+		waitReadyVia(t, h.client(t, host), readyURL, p)
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		if err != nil || !regexp.MustCompile(`(?m)^Uid:\s+65534\s`).Match(status) {
+			t.Fatalf("%s on %s does not run as the unprivileged user: %v\n%s", unit, host, err, status)
+		}
+		return p
+	}
+
+	put("global", "global.env", example("global", "global.env.example", strings.NewReplacer(
+		"URSA_STORE=postgres:", "#URSA_STORE=postgres:")))
+	run("global", "ursa-cp-global.service", "", "http://127.0.0.1:5681/readyz")
+	ctlOn("global", `type: Mesh
+name: default
+mtls: {enabled: true}
+---
+type: TrafficPermission
+mesh: default
+name: everyone
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: '*'}}]
+`, "apply", "-f", "-")
+	cps := map[string]*proc{}
+	for _, z := range []string{"1", "2"} {
+		cpHost := "cp" + z
+		put(cpHost, "tokens/zone.token", ctlOn("global", "", "generate", "zone-token", "--zone", "zone-"+z))
+		put(cpHost, "kds-ca.pem", get(cpHost, "http://"+h.addr("global")+":5681/kds/ca.pem"))
+		put(cpHost, "zone.env", example(cpHost, "zone.env.example", strings.NewReplacer(
+			"zone-1", "zone-"+z,
+			// No resolver outside the hosts: names outside .mesh are refused.
+			"URSA_DNS_UPSTREAMS=", "#URSA_DNS_UPSTREAMS=")))
+		cps[z] = run(cpHost, "ursa-cp-zone.service", "", "http://127.0.0.1:5681/readyz")
+	}
+	// Each zone's hosts get its xDS CA and tokens, made on its CP's host.
+	xdsCA := map[string]string{"1": get("cp1", "http://127.0.0.1:5681/xds/ca.pem"), "2": get("cp2", "http://127.0.0.1:5681/xds/ca.pem")}
+	for host, z := range map[string]string{"ingress2": "2", "billing2": "2", "web1": "1"} {
+		put(host, "xds-ca.pem", xdsCA[z])
+	}
+	put("ingress2", "tokens/ingress.token", ctlOn("cp2", "", "generate", "ingress-token", "--zone", "zone-2"))
+	put("billing2", "tokens/billing.token", ctlOn("cp2", "", "generate", "dataplane-token", "--mesh", "default", "--service", "billing", "--name", "billing"))
+	put("web1", "tokens/web.token", ctlOn("cp1", "", "generate", "dataplane-token", "--mesh", "default", "--service", "web", "--name", "web"))
+
+	to2 := strings.NewReplacer("zone-1", "zone-2")
+	// The ingress has listeners, and so is ready, once its zone has a service.
+	launch(t, "billing app", exec.Command("ip", "netns", "exec", h.namespace(t, "billing2"), demo, "--addr", "127.0.0.1:8080", "--message", "billing in zone-2"))
+	put("billing2", "dp.env", example("billing2", "dp.env.example", to2))
+	put("billing2", "dp-billing.env", example("billing2", "dp-billing.env.example", nil))
+	put("billing2", "dataplanes/billing.yaml", "type: Dataplane\nmesh: default\nname: billing\nnetworking:\n  address: "+
+		h.addr("billing2")+"\n  inbound: [{port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}]\n")
+	run("billing2", "ursa-dp@.service", "billing", "http://127.0.0.1:9911/ready")
+
+	put("ingress2", "ingress.env", example("ingress2", "ingress.env.example", to2))
+	put("ingress2", "zone-ingress.yaml", "type: ZoneIngress\nname: ingress\nzone: zone-2\nnetworking: {address: "+
+		h.addr("ingress2")+", port: 10001, advertisedAddress: "+h.addr("ingress2")+", advertisedPort: 10001}\n")
+	run("ingress2", "ursa-ingress.service", "", "http://127.0.0.1:9902/ready")
+
+	put("web1", "dp.env", example("web1", "dp.env.example", nil))
+	put("web1", "dataplanes/web.yaml", "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: "+
+		h.addr("web1")+"\n  inbound: [{port: 10012, servicePort: 8000, tags: {ursa.io/service: web}}]\n")
+	web := run("web1", "ursa-dp@.service", "web", "http://127.0.0.1:9901/ready")
+
+	// web's host resolves through zone-1's CP, on port 53 as its unit allows.
+	resolv := filepath.Join("/etc/netns", h.namespace(t, "web1"))
+	if err := os.MkdirAll(resolv, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(resolv, "resolv.conf"), []byte("nameserver "+h.addr("cp1")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var vip string
+	eventually(t, "billing.mesh to resolve on web's host", func() bool {
+		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "dig", "+short", "+time=1", "+tries=1", "billing.mesh").Output()
+		vip = strings.TrimSpace(string(out))
+		return err == nil && strings.HasPrefix(vip, "127.240.")
+	})
+	client := h.client(t, "web1")
+	eventually(t, "billing.mesh from web's host to reach billing in zone-2", func() bool {
+		resp, err := client.Get("http://" + vip + "/")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusOK && strings.Contains(string(b), "billing in zone-2")
+	})
+	// The units' KillSignal: each stops cleanly.
+	web.stop(t)
+	cps["1"].stop(t)
+}
