@@ -21,6 +21,10 @@ PACKAGES=(
   # it. The package does not make systemd the init system (systemd-sysv does),
   # so it installs on a machine or container booted without systemd.
   "systemd command -v systemd-analyze >/dev/null"
+  # iptables (iptables-nft): ursa-dp's transparent proxy installs its
+  # redirection with iptables-save/iptables-restore, and its tests run them
+  # in throwaway namespaces.
+  "iptables command -v iptables-restore >/dev/null"
   "make command -v make >/dev/null"
   "git command -v git >/dev/null"
 )
