@@ -38,9 +38,19 @@ type dnsEntry struct {
 	ttl   uint32
 }
 
-// isDNSListener tells a UDP listener (Envoy's DNS filter) from a TCP one.
+// isDNSListener tells a UDP listener, or one with the DNS filter, from a
+// TCP one (whose listener filters, such as an ingress's TLS inspector, are
+// not the DNS filter).
 func isDNSListener(l *listener.Listener) bool {
-	return l.GetAddress().GetSocketAddress().GetProtocol() == core.SocketAddress_UDP || len(l.GetListenerFilters()) > 0
+	if l.GetAddress().GetSocketAddress().GetProtocol() == core.SocketAddress_UDP {
+		return true
+	}
+	for _, f := range l.GetListenerFilters() {
+		if f.GetName() == dnsFilterName || f.GetTypedConfig().MessageIs(&dnsfilter.DnsFilterConfig{}) {
+			return true
+		}
+	}
+	return false
 }
 
 // translateDNS reads a DNS filter listener; what it cannot honour (another

@@ -219,3 +219,12 @@ func FuzzDNSAnswer(f *testing.F) {
 		}
 	})
 }
+
+// An ingress's TCP listener with its TLS inspector is no DNS listener.
+func TestTCPListenerWithListenerFilterIsNotDNS(t *testing.T) {
+	l := &listener.Listener{Name: "ingress", Address: socket("127.0.0.1", 1),
+		ListenerFilters: []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector"}}}
+	if isDNSListener(l) {
+		t.Fatal("taken for a DNS listener")
+	}
+}
