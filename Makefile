@@ -47,6 +47,8 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./pkg/mtls -run '^$$' -fuzz FuzzTagURI -fuzztime 30s
 	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzParseRevocations -fuzztime 30s
 	$(GO) test ./pkg/apiserver -run '^$$' -fuzz FuzzPlainRefusalHost -fuzztime 30s
+	$(GO) test ./pkg/proxy/tproxy -run '^$$' -fuzz FuzzParsePorts -fuzztime 30s
+	$(GO) test ./pkg/proxy/tproxy -run '^$$' -fuzz FuzzRemoval -fuzztime 30s
 
 bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x

@@ -17,6 +17,10 @@ PACKAGES=(
   # ip: the end-to-end tests of several hosts make each host a network
   # namespace joined by veth pairs.
   "iproute2 command -v ip >/dev/null"
+  # iptables (iptables-nft): ursa-dp's transparent proxy installs its
+  # redirection with iptables-save/iptables-restore, and its tests run them
+  # in throwaway namespaces.
+  "iptables command -v iptables-restore >/dev/null"
   "make command -v make >/dev/null"
   "git command -v git >/dev/null"
 )

@@ -1,0 +1,368 @@
+// Package tproxy installs and removes the transparent-proxy redirection of a
+// network namespace: iptables rules in the nat table that send the host's
+// outbound TCP, inbound TCP to the Dataplane's ports and DNS to ursa-dp.
+//
+// Every rule lives in chains named with ChainPrefix, reached by one jump from
+// each of OUTPUT and PREROUTING; Remove deletes exactly those chains and
+// jumps, and Install first removes whatever of them a killed ursa-dp left.
+// Install and Remove each apply one iptables-restore --noflush transaction,
+// so the namespace never holds half a rule set. Only IPv4 is redirected.
+package tproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+)
+
+// ChainPrefix starts the name of every chain this package makes; a chain or
+// jump whose target starts with it is ours and nobody else's.
+const ChainPrefix = "URSA_"
+
+// The chains, all in the nat table.
+const (
+	chainOutput     = ChainPrefix + "OUTPUT"      // jumped to from OUTPUT
+	chainInbound    = ChainPrefix + "INBOUND"     // jumped to from PREROUTING
+	chainRedirect   = ChainPrefix + "REDIRECT"    // → the outbound port
+	chainInRedirect = ChainPrefix + "IN_REDIRECT" // → the inbound port
+)
+
+// Defaults of the ursa-dp flags.
+const (
+	DefaultOutboundPort = 15001
+	DefaultInboundPort  = 15006
+	DefaultDNSPort      = 15053
+	// DefaultMark is the SO_MARK the proxy puts on its own upstream and
+	// resolver sockets ("ur"): traffic carrying it is never redirected,
+	// which is what keeps the proxy out of its own capture when
+	// everything runs as root.
+	DefaultMark = 0x7572
+)
+
+// Config is what to redirect. Ports are TCP ports 1–65535.
+type Config struct {
+	// OutboundPort receives the host's outbound TCP.
+	OutboundPort int
+	// InboundPort receives inbound TCP to InboundPorts; 0 leaves inbound
+	// traffic alone.
+	InboundPort int
+	// InboundPorts are the Dataplane's inbound ports, redirected to
+	// InboundPort unless in ExcludeInboundPorts.
+	InboundPorts []int
+	// DNSPort receives UDP and TCP to port 53 (of any address, loopback
+	// resolvers included); 0 leaves DNS alone.
+	DNSPort int
+	// ExcludeOutboundPorts are destination ports outbound TCP reaches
+	// directly.
+	ExcludeOutboundPorts []int
+	ExcludeInboundPorts  []int
+	// Mark is the socket mark of the proxy's own traffic (never
+	// redirected); 0 means DefaultMark.
+	Mark uint32
+	// ExcludeUIDs are users whose traffic is never redirected (a
+	// dedicated proxy user). Optional: the mark suffices, also for root.
+	ExcludeUIDs []int
+	// BinDir is where iptables-save and iptables-restore are looked for;
+	// "" means $PATH.
+	BinDir string
+}
+
+// Validate says what is wrong with c, or nil.
+func (c Config) Validate() error {
+	port := func(what string, p int, zero bool) error {
+		if p == 0 && zero {
+			return nil
+		}
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("%s %d is not a port (1-65535)", what, p)
+		}
+		return nil
+	}
+	if err := port("outbound port", c.OutboundPort, false); err != nil {
+		return err
+	}
+	if err := port("inbound port", c.InboundPort, true); err != nil {
+		return err
+	}
+	if err := port("DNS port", c.DNSPort, true); err != nil {
+		return err
+	}
+	seen := map[int]string{c.OutboundPort: "outbound"}
+	for what, p := range map[string]int{"inbound": c.InboundPort, "DNS": c.DNSPort} {
+		if p == 0 {
+			continue
+		}
+		if other, dup := seen[p]; dup {
+			return fmt.Errorf("the %s and %s redirect ports are both %d", other, what, p)
+		}
+		seen[p] = what
+	}
+	for what, ps := range map[string][]int{"inbound port": c.InboundPorts, "excluded outbound port": c.ExcludeOutboundPorts, "excluded inbound port": c.ExcludeInboundPorts} {
+		for _, p := range ps {
+			if err := port(what, p, false); err != nil {
+				return err
+			}
+		}
+	}
+	if len(c.InboundPorts) > 0 && c.InboundPort == 0 {
+		return errors.New("inbound ports given without an inbound redirect port")
+	}
+	for _, u := range c.ExcludeUIDs {
+		if u < 0 {
+			return fmt.Errorf("uid %d is negative", u)
+		}
+	}
+	return nil
+}
+
+func (c Config) mark() uint32 {
+	if c.Mark == 0 {
+		return DefaultMark
+	}
+	return c.Mark
+}
+
+// rules is the iptables-restore input that installs c, after the lines that
+// remove leftovers.
+func (c Config) rules() []string {
+	r := []string{
+		":" + chainOutput + " - [0:0]",
+		":" + chainInbound + " - [0:0]",
+		":" + chainRedirect + " - [0:0]",
+		":" + chainInRedirect + " - [0:0]",
+		"-A " + chainRedirect + " -p tcp -j REDIRECT --to-ports " + strconv.Itoa(c.OutboundPort),
+		fmt.Sprintf("-A %s -m mark --mark %#x -j RETURN", chainOutput, c.mark()),
+	}
+	for _, u := range c.ExcludeUIDs {
+		r = append(r, fmt.Sprintf("-A %s -m owner --uid-owner %d -j RETURN", chainOutput, u))
+	}
+	// DNS before the loopback exclusion: a resolver at 127.0.0.53 is
+	// the usual case on a VM.
+	if c.DNSPort != 0 {
+		for _, proto := range []string{"udp", "tcp"} {
+			r = append(r, fmt.Sprintf("-A %s -p %s --dport 53 -j REDIRECT --to-ports %d", chainOutput, proto, c.DNSPort))
+		}
+	}
+	r = append(r, "-A "+chainOutput+" -d 127.0.0.0/8 -j RETURN")
+	for _, p := range sortedUnique(c.ExcludeOutboundPorts) {
+		r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j RETURN", chainOutput, p))
+	}
+	r = append(r, "-A "+chainOutput+" -p tcp -j "+chainRedirect)
+	if c.InboundPort != 0 {
+		r = append(r, "-A "+chainInRedirect+" -p tcp -j REDIRECT --to-ports "+strconv.Itoa(c.InboundPort))
+		excluded := map[int]bool{}
+		for _, p := range c.ExcludeInboundPorts {
+			excluded[p] = true
+		}
+		for _, p := range sortedUnique(c.InboundPorts) {
+			if !excluded[p] {
+				r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j %s", chainInbound, p, chainInRedirect))
+			}
+		}
+	}
+	return append(r,
+		"-A OUTPUT -j "+chainOutput,
+		"-A PREROUTING -p tcp -j "+chainInbound,
+	)
+}
+
+func sortedUnique(ps []int) []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, p := range ps {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+// Install replaces whatever of ours the current network namespace holds
+// with the redirection c describes. When the iptables binaries or the
+// privilege are missing, or c is invalid, it fails before changing
+// anything, with an error that names what is missing.
+func Install(ctx context.Context, log *zap.Logger, c Config) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("tproxy: %w", err)
+	}
+	t, err := open(ctx, c.BinDir)
+	if err != nil {
+		return err
+	}
+	saved, err := t.save(ctx)
+	if err != nil {
+		return err
+	}
+	old := removal(saved)
+	if err := t.restore(ctx, append(old, c.rules()...)); err != nil {
+		return err
+	}
+	log.Info("transparent proxy installed", zap.Int("outbound_port", c.OutboundPort), zap.Int("inbound_port", c.InboundPort),
+		zap.Int("dns_port", c.DNSPort), zap.Ints("inbound_ports", c.InboundPorts), zap.Bool("replaced_leftovers", len(old) > 0))
+	return nil
+}
+
+// Remove deletes every chain of ours and every jump to one from the
+// current network namespace's nat table; with none there, it does nothing.
+// binDir is Config.BinDir.
+func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
+	t, err := open(ctx, binDir)
+	if err != nil {
+		return err
+	}
+	saved, err := t.save(ctx)
+	if err != nil {
+		return err
+	}
+	lines := removal(saved)
+	if len(lines) == 0 {
+		return nil
+	}
+	if err := t.restore(ctx, lines); err != nil {
+		return err
+	}
+	log.Info("transparent proxy removed")
+	return nil
+}
+
+// Installed reports whether the current namespace holds any chain or jump
+// of ours.
+func Installed(ctx context.Context, binDir string) (bool, error) {
+	t, err := open(ctx, binDir)
+	if err != nil {
+		return false, err
+	}
+	saved, err := t.save(ctx)
+	if err != nil {
+		return false, err
+	}
+	return len(removal(saved)) > 0, nil
+}
+
+// removal returns the iptables-restore lines that delete what of ours the
+// nat table in saved (iptables-save -t nat output) holds: the jumps first,
+// then the chains (a declaration flushes the chain, -X deletes it).
+func removal(saved []byte) []string {
+	var jumps, chains []string
+	sc := bufio.NewScanner(bytes.NewReader(saved))
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(line, ":"+ChainPrefix):
+			if name, _, _ := strings.Cut(line[1:], " "); name != "" {
+				chains = append(chains, name)
+			}
+		case strings.HasPrefix(line, "-A "):
+			f := strings.Fields(line)
+			if strings.HasPrefix(f[1], ChainPrefix) {
+				continue // goes with its chain
+			}
+			for i := 2; i+1 < len(f); i++ {
+				if f[i] == "-j" && strings.HasPrefix(f[i+1], ChainPrefix) {
+					jumps = append(jumps, "-D "+strings.TrimPrefix(line, "-A "))
+					break
+				}
+			}
+		}
+	}
+	var out []string
+	out = append(out, jumps...)
+	for _, c := range chains {
+		out = append(out, ":"+c+" - [0:0]")
+	}
+	for _, c := range chains {
+		out = append(out, "-X "+c)
+	}
+	return out
+}
+
+// tables runs the iptables binaries.
+type tables struct {
+	saveBin, restoreBin string
+}
+
+// open finds the binaries and checks the privilege they need, changing
+// nothing.
+func open(ctx context.Context, binDir string) (*tables, error) {
+	var t tables
+	for _, b := range []struct {
+		name string
+		path *string
+	}{{"iptables-save", &t.saveBin}, {"iptables-restore", &t.restoreBin}} {
+		var err error
+		if binDir != "" {
+			*b.path = filepath.Join(binDir, b.name)
+			_, err = os.Stat(*b.path)
+		} else {
+			*b.path, err = exec.LookPath(b.name)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("tproxy: %s not found (install the iptables package: apt-get install iptables): %w", b.name, err)
+		}
+	}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return nil, fmt.Errorf("tproxy: read capabilities: %w", err)
+	}
+	if ok, err := hasNetAdmin(string(status)); err != nil {
+		return nil, fmt.Errorf("tproxy: %w", err)
+	} else if !ok {
+		return nil, errors.New("tproxy: the transparent proxy needs the CAP_NET_ADMIN capability (run ursa-dp as root or grant it CAP_NET_ADMIN)")
+	}
+	return &t, nil
+}
+
+// capNetAdmin is CAP_NET_ADMIN's bit in a capability set.
+const capNetAdmin = 12
+
+// hasNetAdmin says whether the effective set in a /proc/PID/status text
+// holds CAP_NET_ADMIN.
+func hasNetAdmin(status string) (bool, error) {
+	for _, line := range strings.Split(status, "\n") {
+		v, ok := strings.CutPrefix(line, "CapEff:")
+		if !ok {
+			continue
+		}
+		set, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil {
+			return false, fmt.Errorf("effective capabilities %q: %w", strings.TrimSpace(v), err)
+		}
+		return set&(1<<capNetAdmin) != 0, nil
+	}
+	return false, errors.New("no CapEff line in /proc/self/status")
+}
+
+func (t *tables) save(ctx context.Context) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, t.saveBin, "-t", "nat")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("tproxy: %s -t nat: %w: %s", t.saveBin, err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+func (t *tables) restore(ctx context.Context, lines []string) error {
+	in := "*nat\n" + strings.Join(lines, "\n") + "\nCOMMIT\n"
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, t.restoreBin, "--noflush")
+	cmd.Stdin = strings.NewReader(in)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("tproxy: %s --noflush: %w: %s", t.restoreBin, err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}

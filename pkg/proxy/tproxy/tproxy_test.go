@@ -1,0 +1,375 @@
+package tproxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+var nsSeq atomic.Int64
+
+// newNS makes a throwaway network namespace with lo up, 240.0.0.9 on lo and
+// a route for 240.0.0.0/4 through lo, deleted when the test ends. It skips
+// the test unless it runs as root with the iptables binaries.
+func newNS(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces and iptables need root")
+	}
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		t.Fatalf("iptables-restore not found: run deploy/deps.sh (%v)", err)
+	}
+	ns := fmt.Sprintf("ursatp%d-%d", os.Getpid(), nsSeq.Add(1))
+	ip(t, "netns", "add", ns)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+			t.Errorf("delete namespace %s: %v: %s", ns, err, out)
+		}
+	})
+	ip(t, "-n", ns, "link", "set", "lo", "up")
+	ip(t, "-n", ns, "addr", "add", "240.0.0.9/32", "dev", "lo")
+	ip(t, "-n", ns, "route", "add", "240.0.0.0/4", "dev", "lo")
+	return ns
+}
+
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// in runs fn on an OS thread switched into namespace ns: sockets it makes
+// and processes it starts live there. A thread that cannot switch back
+// stays locked and dies with its goroutine.
+func in(ns string, fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		defer unix.Close(home)
+		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("enter %s: %w", ns, err)
+			return
+		}
+		err = fn()
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- err
+	}()
+	return <-done
+}
+
+func mustIn(t *testing.T, ns string, fn func() error) {
+	t.Helper()
+	if err := in(ns, fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// natRules is the namespace's nat table as iptables-save prints it, without
+// comments and counters.
+func natRules(t *testing.T, ns string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, "iptables-save", "-t", "nat").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-save: %v: %s", err, out)
+	}
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "#") || l == "" {
+			continue
+		}
+		if i := strings.Index(l, " ["); strings.HasPrefix(l, ":") && i > 0 {
+			l = l[:i]
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n")
+}
+
+func testConfig() Config {
+	return Config{
+		OutboundPort:         15001,
+		InboundPort:          15006,
+		InboundPorts:         []int{8080},
+		DNSPort:              15053,
+		ExcludeOutboundPorts: []int{2222},
+		ExcludeInboundPorts:  []int{9901},
+	}
+}
+
+// listen opens a TCP listener in ns and sends every connection it accepts.
+func listen(t *testing.T, ns, addr string) chan net.Conn {
+	t.Helper()
+	var ln net.Listener
+	mustIn(t, ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err })
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan net.Conn, 8)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			got <- c
+		}
+	}()
+	return got
+}
+
+// dial connects from inside ns, with dialer d.
+func dial(t *testing.T, ns string, d *net.Dialer, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	mustIn(t, ns, func() (err error) { c, err = d.Dial("tcp", addr); return err })
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// accepted is the connection that arrives at got within a deadline.
+func accepted(t *testing.T, got chan net.Conn, what string) net.Conn {
+	t.Helper()
+	select {
+	case c := <-got:
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: no connection arrived", what)
+		return nil
+	}
+}
+
+func TestInstallRedirectsByOriginalDestination(t *testing.T) {
+	ns := newNS(t)
+	ctx := context.Background()
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+
+	rules := natRules(t, ns)
+	for _, want := range []string{
+		"-A OUTPUT -j URSA_OUTPUT",
+		"-A PREROUTING -p tcp -j URSA_INBOUND",
+		"-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN",
+		"-A URSA_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
+		"-A URSA_OUTPUT -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053",
+		"-A URSA_OUTPUT -d 127.0.0.0/8 -j RETURN",
+		"-A URSA_OUTPUT -p tcp -m tcp --dport 2222 -j RETURN",
+		"-A URSA_OUTPUT -p tcp -j URSA_REDIRECT",
+		"-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+		"-A URSA_INBOUND -p tcp -m tcp --dport 8080 -j URSA_IN_REDIRECT",
+		"-A URSA_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+	} {
+		if !strings.Contains(rules, want+"\n") {
+			t.Errorf("nat table lacks %q:\n%s", want, rules)
+		}
+	}
+
+	outbound := listen(t, ns, "0.0.0.0:15001")
+	direct := listen(t, ns, "240.0.0.9:9000")
+	excluded := listen(t, ns, "240.0.0.9:2222")
+	loop := listen(t, ns, "127.0.0.1:9000")
+
+	// An app's connect to an address nothing listens on lands on the
+	// outbound port, which learns where it was headed.
+	dial(t, ns, &net.Dialer{}, "240.0.0.7:80")
+	c := accepted(t, outbound, "connect to 240.0.0.7:80")
+	if dst, err := OriginalDst(c); err != nil || dst != netip.MustParseAddrPort("240.0.0.7:80") {
+		t.Errorf("original destination %v, %v; want 240.0.0.7:80", dst, err)
+	}
+	dial(t, ns, &net.Dialer{}, "240.0.0.9:9000")
+	c = accepted(t, outbound, "connect to 240.0.0.9:9000")
+	if dst, err := OriginalDst(c); err != nil || dst != netip.MustParseAddrPort("240.0.0.9:9000") {
+		t.Errorf("original destination %v, %v; want 240.0.0.9:9000", dst, err)
+	}
+
+	// The proxy's own marked sockets, excluded ports and loopback reach
+	// their destination.
+	dial(t, ns, &net.Dialer{Control: MarkControl(DefaultMark)}, "240.0.0.9:9000")
+	accepted(t, direct, "marked connect to 240.0.0.9:9000")
+	dial(t, ns, &net.Dialer{}, "240.0.0.9:2222")
+	accepted(t, excluded, "connect to excluded port 2222")
+	dial(t, ns, &net.Dialer{}, "127.0.0.1:9000")
+	c = accepted(t, loop, "connect to 127.0.0.1:9000")
+	if dst, err := OriginalDst(c); err != nil || dst != netip.MustParseAddrPort("127.0.0.1:9000") {
+		t.Errorf("unredirected connection's original destination %v, %v; want its own address", dst, err)
+	}
+
+	// DNS to any resolver goes to the DNS port.
+	var dns net.PacketConn
+	mustIn(t, ns, func() (err error) { dns, err = net.ListenPacket("udp", "0.0.0.0:15053"); return err })
+	defer dns.Close()
+	var q net.Conn
+	mustIn(t, ns, func() (err error) { q, err = net.Dial("udp", "240.0.0.9:53"); return err })
+	defer q.Close()
+	if _, err := q.Write([]byte("query")); err != nil {
+		t.Fatal(err)
+	}
+	dns.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if n, _, err := dns.ReadFrom(buf); err != nil || string(buf[:n]) != "query" {
+		t.Errorf("DNS port read %q, %v; want the query", buf[:n], err)
+	}
+
+	// Remove leaves nothing of ours, and the nat table as it was.
+	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
+	if after := natRules(t, ns); strings.Contains(after, ChainPrefix) {
+		t.Errorf("after Remove the nat table still holds ours:\n%s", after)
+	}
+	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
+	dial(t, ns, &net.Dialer{}, "240.0.0.9:9000")
+	accepted(t, direct, "connect to 240.0.0.9:9000 after Remove")
+}
+
+func TestInstallReplacesLeftoversAndKeepsOthers(t *testing.T) {
+	ns := newNS(t)
+	ctx := context.Background()
+	// Someone else's rules, which nothing of ours may touch.
+	foreign := "*nat\n:OTHER - [0:0]\n-A OTHER -p tcp -j RETURN\n-A OUTPUT -p tcp -j OTHER\n-A PREROUTING -p udp -j OTHER\nCOMMIT\n"
+	cmd := exec.Command("ip", "netns", "exec", ns, "iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(foreign)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("iptables-restore: %v: %s", err, out)
+	}
+	before := natRules(t, ns)
+
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+	once := natRules(t, ns)
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+	if twice := natRules(t, ns); twice != once {
+		t.Errorf("a second Install changed the rules:\n%s\nwant\n%s", twice, once)
+	}
+
+	// A restart with other flags (as after SIGKILL) replaces ours.
+	other := Config{OutboundPort: 16001, ExcludeUIDs: []int{1337}}
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), other) })
+	got := natRules(t, ns)
+	for _, gone := range []string{"15001", "15006", "15053", "8080", "2222"} {
+		if strings.Contains(got, gone) {
+			t.Errorf("after reinstall the rules still mention %s:\n%s", gone, got)
+		}
+	}
+	for _, want := range []string{"--to-ports 16001", "--uid-owner 1337", "-A OTHER -p tcp -j RETURN", "-A OUTPUT -p tcp -j OTHER"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("after reinstall the rules lack %q:\n%s", want, got)
+		}
+	}
+	if strings.Count(got, "-j URSA_OUTPUT") != 1 || strings.Count(got, "-j URSA_INBOUND") != 1 {
+		t.Errorf("want exactly one jump to each of our chains:\n%s", got)
+	}
+	if ok, err := func() (ok bool, err error) {
+		err = in(ns, func() (e error) { ok, e = Installed(ctx, ""); return e })
+		return
+	}(); err != nil || !ok {
+		t.Errorf("Installed = %v, %v; want true", ok, err)
+	}
+
+	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
+	if after := natRules(t, ns); after != before {
+		t.Errorf("after Remove the nat table is\n%s\nwant it as before Install:\n%s", after, before)
+	}
+}
+
+func TestInstallFailsBeforeChangingAnything(t *testing.T) {
+	ctx := context.Background()
+	c := testConfig()
+	c.BinDir = t.TempDir()
+	err := Install(ctx, zap.NewNop(), c)
+	if err == nil || !strings.Contains(err.Error(), "iptables-save not found") || !strings.Contains(err.Error(), "apt-get install iptables") {
+		t.Errorf("Install without the binaries: %v; want it to name iptables-save and the package", err)
+	}
+	if err := Remove(ctx, zap.NewNop(), c.BinDir); err == nil {
+		t.Error("Remove without the binaries succeeded")
+	}
+	for _, bad := range []Config{
+		{},
+		{OutboundPort: 70000},
+		{OutboundPort: 15001, DNSPort: 15001},
+		{OutboundPort: 15001, InboundPorts: []int{80}},
+		{OutboundPort: 15001, ExcludeOutboundPorts: []int{0}},
+		{OutboundPort: 15001, ExcludeUIDs: []int{-1}},
+	} {
+		bad.BinDir = c.BinDir
+		if err := Install(ctx, zap.NewNop(), bad); err == nil || strings.Contains(err.Error(), "not found") {
+			t.Errorf("Install(%+v) = %v; want the config refused first", bad, err)
+		}
+	}
+}
+
+func TestHasNetAdmin(t *testing.T) {
+	for status, want := range map[string]bool{
+		"Name:\tx\nCapEff:\t000001ffffffffff\n": true,
+		"CapEff:\t0000000000001000\n":           true,
+		"CapEff:\t0000000000000000\n":           false,
+		"CapEff:\t00000000a80425fb\n":           false, // Docker's default set
+	} {
+		if got, err := hasNetAdmin(status); err != nil || got != want {
+			t.Errorf("hasNetAdmin(%q) = %v, %v; want %v", status, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "CapEff:\tzz\n"} {
+		if _, err := hasNetAdmin(bad); err == nil {
+			t.Errorf("hasNetAdmin(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestRemoval(t *testing.T) {
+	saved := `# Generated by iptables-save
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [3:180]
+:URSA_OUTPUT - [0:0]
+:URSA_REDIRECT - [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT -j URSA_OUTPUT
+-A URSA_OUTPUT -p tcp -j URSA_REDIRECT
+-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A DOCKER -i docker0 -j RETURN
+COMMIT
+`
+	want := []string{"-D OUTPUT -j URSA_OUTPUT", ":URSA_OUTPUT - [0:0]", ":URSA_REDIRECT - [0:0]", "-X URSA_OUTPUT", "-X URSA_REDIRECT"}
+	if got := removal([]byte(saved)); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("removal =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestParsePorts(t *testing.T) {
+	for in, want := range map[string]string{"": "[]", "22": "[22]", " 22, 8080 ": "[22 8080]", "65535": "[65535]"} {
+		got, err := ParsePorts(in)
+		if err != nil || fmt.Sprint(got) != want && !(want == "[]" && got == nil) {
+			t.Errorf("ParsePorts(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"0", "65536", "22,", "a", "22;80", "-1", "1e3"} {
+		if _, err := ParsePorts(bad); err == nil || !strings.Contains(err.Error(), "port list") {
+			t.Errorf("ParsePorts(%q) = %v; want an error naming the port list", bad, err)
+		}
+	}
+}
