@@ -52,6 +52,11 @@ type Listener struct {
 	// SNIRoutes, for an ingress, picks routes by the SNI of each
 	// connection's ClientHello, read without terminating TLS.
 	SNIRoutes map[string][]Route
+	// OriginalDst (Envoy's use_original_dst) routes each connection by
+	// where it was headed before the transparent proxy's redirection: to
+	// the routes of the DstChains entry that matches it.
+	OriginalDst bool
+	DstChains   []DstChain
 }
 
 // Route is a weighted cluster of a tcp_proxy.
@@ -78,6 +83,9 @@ type Cluster struct {
 	Overprovisioning uint32
 	// Warming is an EDS cluster whose endpoints have not arrived yet.
 	Warming bool
+	// OriginalDst (Envoy's ORIGINAL_DST) connects to where the
+	// connection was headed: the passthrough of the transparent proxy.
+	OriginalDst bool
 }
 
 // Endpoint is one address of a cluster.
@@ -138,6 +146,11 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		cla := c.GetLoadAssignment()
 		switch c.GetType() {
 		case cluster.Cluster_STATIC:
+		case cluster.Cluster_ORIGINAL_DST:
+			if out.TLS {
+				return nil, fmt.Errorf("cluster %q: an original-destination cluster passes connections through, without TLS", c.Name)
+			}
+			out.OriginalDst = true
 		case cluster.Cluster_EDS:
 			name := c.GetEdsClusterConfig().GetServiceName()
 			if name == "" {
@@ -147,7 +160,7 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		default:
 			return nil, fmt.Errorf("cluster %q: discovery type %s is not supported by the built-in proxy", c.Name, c.GetType())
 		}
-		out.Warming = cla == nil
+		out.Warming = cla == nil && !out.OriginalDst
 		if cla != nil {
 			out.Endpoints = endpointsOf(cla)
 			if f := cla.GetPolicy().GetOverprovisioningFactor(); f != nil {
@@ -203,6 +216,9 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		return nil, fmt.Errorf("listener %q: only socket addresses are supported", l.Name)
 	}
 	out := &Listener{Name: l.Name, Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())}
+	if l.GetUseOriginalDst().GetValue() {
+		return origDstListener(out, l)
+	}
 	if chains := l.GetFilterChains(); len(chains) > 0 && len(chains[0].GetFilterChainMatch().GetServerNames()) > 0 {
 		return sniListener(out, l)
 	}
@@ -231,16 +247,11 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 			}
 			out.RBAC = rules
 		case tc.MessageIs(&tcp.TcpProxy{}):
-			tp := &tcp.TcpProxy{}
-			if err := tc.UnmarshalTo(tp); err != nil {
-				return nil, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err)
+			routes, err := tcpRoutes(l.Name, f)
+			if err != nil {
+				return nil, err
 			}
-			if c := tp.GetCluster(); c != "" {
-				out.Routes = []Route{{Cluster: c, Weight: 1}}
-			}
-			for _, wc := range tp.GetWeightedClusters().GetClusters() {
-				out.Routes = append(out.Routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight()})
-			}
+			out.Routes = routes
 		default:
 			return nil, fmt.Errorf("listener %q: filter %q (%s) is not supported by the built-in proxy", l.Name, f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,10 @@ type Proxy struct {
 	// Now is the clock ejections are timed by; nil means time.Now. Like
 	// the durations above, set it before the first Apply.
 	Now func() time.Time
+	// Mark, when not 0, is the SO_MARK of every upstream socket: the
+	// transparent proxy's rules let traffic with it through, so that the
+	// proxy's own connections are not redirected back into it.
+	Mark uint32
 
 	// DNSUpstreams (host:port) get the DNS queries for names outside the
 	// DNS listener's domain (ResolvConf reads them); none: REFUSED. Set
@@ -185,7 +190,7 @@ func warm(prev, next *Config) *Config {
 	}
 	for name, l := range next.Listeners {
 		old, ok := prev.Listeners[name]
-		if !ok || len(l.SNIRoutes) > 0 || ready(next, l.Routes) || !ready(prev, old.Routes) {
+		if !ok || len(l.SNIRoutes) > 0 || l.OriginalDst || ready(next, l.Routes) || !ready(prev, old.Routes) {
 			continue
 		}
 		kept := *l
@@ -261,6 +266,17 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		peeked = hello
 		l = &Listener{Name: l.Name, Routes: routes}
 	}
+	var dst netip.AddrPort
+	if l.OriginalDst {
+		var routes []Route
+		var reason string
+		var err error
+		if dst, routes, reason, err = originalDst(l, down); err != nil {
+			p.refuse(down, name, reason, err)
+			return
+		}
+		l = &Listener{Name: l.Name, Routes: routes}
+	}
 	if l.TLS {
 		tc, uris, err := p.terminate(down)
 		if err != nil {
@@ -281,7 +297,13 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		p.refuse(down, name, "no_cluster", nil)
 		return
 	}
-	up, err := p.connect(cfg, c)
+	var up net.Conn
+	var err error
+	if c.OriginalDst {
+		up, err = p.connectOriginal(c, dst)
+	} else {
+		up, err = p.connect(cfg, c)
+	}
 	if err != nil {
 		p.refuse(down, name, "no_endpoint", err)
 		return
@@ -358,7 +380,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			break
 		}
 		tried[ep.Addr] = true
-		conn, err := net.DialTimeout("tcp", ep.Addr, c.ConnectTimeout)
+		conn, err := p.dialer(c).Dial("tcp", ep.Addr)
 		if err != nil {
 			p.load.record(c.Name, ep.Zone, false)
 			p.eject(c.Name, ep.Addr)

@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
+)
+
+// DstChain is a filter chain of a listener with use_original_dst: it takes
+// the connections whose original destination its filter_chain_match
+// matches.
+type DstChain struct {
+	// Port is the destination_port; 0 matches any.
+	Port uint32
+	// Prefixes are the prefix_ranges; none matches any address.
+	Prefixes []netip.Prefix
+	Routes   []Route
+}
+
+// matchDst picks the filter chain for a connection headed to dst as Envoy
+// does: the chains of dst's port first, then those of any port; among them
+// the one whose prefix holds dst most specifically, a chain without
+// prefixes matching least specifically of all.
+func matchDst(chains []DstChain, dst netip.AddrPort) ([]Route, bool) {
+	addr := dst.Addr().Unmap()
+	for _, port := range []uint32{uint32(dst.Port()), 0} {
+		best, bestBits := -1, -2
+		for i, c := range chains {
+			if c.Port != port {
+				continue
+			}
+			bits := -1
+			if len(c.Prefixes) > 0 {
+				bits = -2
+				for _, p := range c.Prefixes {
+					if p.Contains(addr) && p.Bits() > bits {
+						bits = p.Bits()
+					}
+				}
+				if bits == -2 {
+					continue
+				}
+			}
+			if bits > bestBits {
+				best, bestBits = i, bits
+			}
+		}
+		if best >= 0 {
+			return chains[best].Routes, true
+		}
+	}
+	return nil, false
+}
+
+// origDstListener translates a listener with use_original_dst, the
+// transparent proxy's outbound listener: filter chains that match on
+// destination port and prefix ranges only, each one tcp_proxy without
+// TLS, and an optional default_filter_chain that takes what none matches.
+func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
+	out.OriginalDst = true
+	chains := l.GetFilterChains()
+	if d := l.GetDefaultFilterChain(); d != nil {
+		chains = append(chains[:len(chains):len(chains)], d)
+	}
+	catchAll := false
+	for i, fc := range chains {
+		var c DstChain
+		if i < len(l.GetFilterChains()) {
+			m := fc.GetFilterChainMatch()
+			if len(m.GetServerNames()) > 0 || m.GetTransportProtocol() != "" || len(m.GetApplicationProtocols()) > 0 ||
+				len(m.GetSourcePrefixRanges()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 ||
+				m.GetSourceType() != listener.FilterChainMatch_ANY || m.GetAddressSuffix() != "" || m.GetSuffixLen() != nil {
+				return nil, fmt.Errorf("listener %q: filter chain %d: an original-destination listener matches only on destination_port and prefix_ranges", l.Name, i)
+			}
+			c.Port = m.GetDestinationPort().GetValue()
+			if c.Port > 65535 {
+				return nil, fmt.Errorf("listener %q: filter chain %d: destination port %d", l.Name, i, c.Port)
+			}
+			for _, r := range m.GetPrefixRanges() {
+				a, err := netip.ParseAddr(r.GetAddressPrefix())
+				if err != nil {
+					return nil, fmt.Errorf("listener %q: filter chain %d: prefix range: %w", l.Name, i, err)
+				}
+				p, err := a.Unmap().Prefix(int(r.GetPrefixLen().GetValue()))
+				if err != nil || r.GetPrefixLen().GetValue() > uint32(a.Unmap().BitLen()) {
+					return nil, fmt.Errorf("listener %q: filter chain %d: prefix %s/%d is not a prefix", l.Name, i, r.GetAddressPrefix(), r.GetPrefixLen().GetValue())
+				}
+				c.Prefixes = append(c.Prefixes, p)
+			}
+		}
+		if c.Port == 0 && len(c.Prefixes) == 0 {
+			if catchAll {
+				return nil, fmt.Errorf("listener %q: two filter chains match every connection", l.Name)
+			}
+			catchAll = true
+		}
+		if fc.GetTransportSocket() != nil || len(fc.GetFilters()) != 1 {
+			return nil, fmt.Errorf("listener %q: filter chain %d: an original-destination filter chain holds one tcp_proxy, without TLS", l.Name, i)
+		}
+		routes, err := tcpRoutes(l.Name, fc.GetFilters()[0])
+		if err != nil {
+			return nil, err
+		}
+		c.Routes = routes
+		out.DstChains = append(out.DstChains, c)
+		out.Routes = append(out.Routes, routes...) // checked against the clusters like any route
+	}
+	if len(out.DstChains) == 0 {
+		return nil, fmt.Errorf("listener %q: no filter chain", l.Name)
+	}
+	return out, nil
+}
+
+// tcpRoutes reads the routes of a tcp_proxy filter.
+func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
+	tp := &tcp.TcpProxy{}
+	if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
+		return nil, fmt.Errorf("listener %q: tcp_proxy: %w", listenerName, err)
+	}
+	var routes []Route
+	if c := tp.GetCluster(); c != "" {
+		routes = []Route{{Cluster: c, Weight: 1}}
+	}
+	for _, wc := range tp.GetWeightedClusters().GetClusters() {
+		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight()})
+	}
+	if len(routes) == 0 {
+		return nil, fmt.Errorf("listener %q: tcp_proxy without a cluster", listenerName)
+	}
+	return routes, nil
+}
+
+// originalDst is where a connection accepted by an original-destination
+// listener was headed, and the routes of the filter chain that takes it.
+// A connection made to the listener itself (not redirected) is refused:
+// passing it through would connect the proxy to itself.
+func originalDst(l *Listener, down net.Conn) (netip.AddrPort, []Route, string, error) {
+	dst, err := tproxy.OriginalDst(down)
+	if err != nil {
+		return dst, nil, "no_original_dst", err
+	}
+	if local, ok := down.LocalAddr().(*net.TCPAddr); ok {
+		if la := local.AddrPort(); la.Addr().Unmap() == dst.Addr().Unmap() && la.Port() == dst.Port() {
+			return dst, nil, "not_redirected", fmt.Errorf("connection to the listener itself (%s)", dst)
+		}
+	}
+	routes, ok := matchDst(l.DstChains, dst)
+	if !ok {
+		return dst, nil, "no_filter_chain", fmt.Errorf("no filter chain for %s", dst)
+	}
+	return dst, routes, "", nil
+}
+
+// dialer is how the proxy makes its upstream sockets: with the transparent
+// proxy's mark, when set, so that the redirection lets them through.
+func (p *Proxy) dialer(c *Cluster) *net.Dialer {
+	d := &net.Dialer{Timeout: c.ConnectTimeout}
+	if p.Mark != 0 {
+		d.Control = tproxy.MarkControl(p.Mark)
+	}
+	return d
+}
+
+// connectOriginal connects an ORIGINAL_DST cluster's connection to where it
+// was headed.
+func (p *Proxy) connectOriginal(c *Cluster, dst netip.AddrPort) (net.Conn, error) {
+	if !dst.IsValid() {
+		return nil, errors.New("an original-destination cluster behind a listener without use_original_dst")
+	}
+	conn, err := p.dialer(c).Dial("tcp", dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
+	}
+	return conn, nil
+}

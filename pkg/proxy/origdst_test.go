@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
+)
+
+func TestMatchDst(t *testing.T) {
+	r := func(c string) []Route { return []Route{{Cluster: c, Weight: 1}} }
+	chains := []DstChain{
+		{Port: 80, Prefixes: []netip.Prefix{netip.MustParsePrefix("240.0.0.7/32")}, Routes: r("billing-vip-80")},
+		{Port: 80, Prefixes: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4")}, Routes: r("vips-80")},
+		{Port: 8080, Prefixes: []netip.Prefix{netip.MustParsePrefix("240.0.0.7/32")}, Routes: r("billing")},
+		{Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Routes: r("ten")},
+		{Routes: r("passthrough")},
+	}
+	for dst, want := range map[string]string{
+		"240.0.0.7:80":   "billing-vip-80", // the longest prefix of the port's chains
+		"240.0.0.8:80":   "vips-80",
+		"240.0.0.7:8080": "billing",
+		"240.0.0.7:9090": "passthrough", // no chain of the port: any port's
+		"10.1.2.3:8080":  "ten",         // the port's chains miss: any port's
+		"192.0.2.1:443":  "passthrough",
+	} {
+		got, ok := matchDst(chains, netip.MustParseAddrPort(dst))
+		if !ok || got[0].Cluster != want {
+			t.Errorf("%s → %v, %v; want %s", dst, got, ok, want)
+		}
+	}
+	if got, ok := matchDst(chains[:4], netip.MustParseAddrPort("192.0.2.1:443")); ok {
+		t.Errorf("without a catch-all, 192.0.2.1:443 → %v", got)
+	}
+}
+
+func tcpFilter(t *testing.T, clusterName string) []*listener.Filter {
+	t.Helper()
+	a, err := anypb.New(&tcp.TcpProxy{StatPrefix: clusterName, ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: clusterName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: a}}}
+}
+
+// outboundListener is the transparent proxy's outbound listener as the CP
+// is to send it: 240.0.0.7:80 and :8080 (billing's VIP) to billing, the
+// rest passed through.
+func outboundListener(t *testing.T, addr string, port uint32) *listener.Listener {
+	vip := []*core.CidrRange{{AddressPrefix: "240.0.0.7", PrefixLen: wrapperspb.UInt32(32)}}
+	return &listener.Listener{
+		Name: "ursa:outbound", Address: socket(addr, port), UseOriginalDst: wrapperspb.Bool(true),
+		FilterChains: []*listener.FilterChain{
+			{FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(80), PrefixRanges: vip}, Filters: tcpFilter(t, "billing")},
+			{FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(8080), PrefixRanges: vip}, Filters: tcpFilter(t, "billing")},
+		},
+		DefaultFilterChain: &listener.FilterChain{Filters: tcpFilter(t, "passthrough")},
+	}
+}
+
+func TestTranslateOriginalDst(t *testing.T) {
+	cfg, err := translate([]*listener.Listener{outboundListener(t, "0.0.0.0", 15001)},
+		[]*cluster.Cluster{{Name: "passthrough", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST}, LbPolicy: cluster.Cluster_CLUSTER_PROVIDED}},
+		nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Listeners["ursa:outbound"]
+	if !l.OriginalDst || len(l.DstChains) != 3 || l.DstChains[0].Port != 80 || l.DstChains[0].Prefixes[0] != netip.MustParsePrefix("240.0.0.7/32") ||
+		l.DstChains[2].Port != 0 || l.DstChains[2].Routes[0].Cluster != "passthrough" {
+		t.Errorf("listener %+v", l)
+	}
+	if c := cfg.Clusters["passthrough"]; !c.OriginalDst || c.Warming {
+		t.Errorf("cluster %+v", c)
+	}
+
+	for name, mutate := range map[string]func(*listener.Listener){
+		"server names": func(l *listener.Listener) { l.FilterChains[0].FilterChainMatch.ServerNames = []string{"x"} },
+		"source ranges": func(l *listener.Listener) {
+			l.FilterChains[0].FilterChainMatch.SourcePrefixRanges = l.FilterChains[0].FilterChainMatch.PrefixRanges
+		},
+		"bad prefix": func(l *listener.Listener) {
+			l.FilterChains[0].FilterChainMatch.PrefixRanges[0].PrefixLen = wrapperspb.UInt32(33)
+		},
+		"bad address": func(l *listener.Listener) {
+			l.FilterChains[0].FilterChainMatch.PrefixRanges[0].AddressPrefix = "billing"
+		},
+		"bad port": func(l *listener.Listener) {
+			l.FilterChains[0].FilterChainMatch.DestinationPort = wrapperspb.UInt32(70000)
+		},
+		"two catch-alls": func(l *listener.Listener) {
+			l.FilterChains = append(l.FilterChains, &listener.FilterChain{Filters: tcpFilter(t, "passthrough")})
+		},
+		"no filter": func(l *listener.Listener) { l.DefaultFilterChain.Filters = nil },
+	} {
+		l := outboundListener(t, "0.0.0.0", 15001)
+		mutate(l)
+		if _, err := translate([]*listener.Listener{l}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "ursa:outbound") {
+			t.Errorf("%s: %v; want the listener refused", name, err)
+		}
+	}
+}
+
+// TestOriginalDstInNamespace runs the transparent path for real: in a
+// throwaway network namespace with the redirection installed, an app's
+// connect to billing's VIP reaches billing through the proxy's
+// original-destination listener, a connect elsewhere is passed through to
+// where it was headed (the proxy's marked socket is not redirected again),
+// and a connect to the listener itself is refused. The test re-runs itself
+// inside the namespace (ip netns exec), so that every socket of the proxy
+// lives there.
+func TestOriginalDstInNamespace(t *testing.T) {
+	if os.Getenv("URSA_TEST_IN_NETNS") == "" {
+		if os.Geteuid() != 0 {
+			t.Skip("network namespaces and iptables need root")
+		}
+		ns := fmt.Sprintf("ursaod%d", os.Getpid())
+		ip := func(args ...string) {
+			t.Helper()
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+		}
+		ip("netns", "add", ns)
+		t.Cleanup(func() { ip("netns", "delete", ns) })
+		ip("-n", ns, "link", "set", "lo", "up")
+		ip("-n", ns, "addr", "add", "240.0.0.9/32", "dev", "lo")
+		ip("-n", ns, "route", "add", "240.0.0.0/4", "dev", "lo")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestOriginalDstInNamespace$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), "URSA_TEST_IN_NETNS=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestOriginalDstInNamespace") {
+			t.Fatalf("in namespace %s: %v:\n%s", ns, err, out)
+		}
+		return
+	}
+
+	ctx := context.Background()
+	log := zaptest.NewLogger(t)
+	if err := tproxy.Install(ctx, log, tproxy.Config{OutboundPort: 15001}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tproxy.Remove(ctx, log, "") })
+
+	echoOn(t, "240.0.0.9:8080", "billing")
+	echoOn(t, "240.0.0.9:9000", "outside")
+
+	p := newProxy(t)
+	p.Mark = tproxy.DefaultMark
+	cfg, err := translate([]*listener.Listener{outboundListener(t, "0.0.0.0", 15001)}, []*cluster.Cluster{
+		{Name: "passthrough", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST}, LbPolicy: cluster.Cluster_CLUSTER_PROVIDED},
+		{Name: "billing", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}, LoadAssignment: &endpoint.ClusterLoadAssignment{
+			ClusterName: "billing", Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{
+				Endpoint: &endpoint.Endpoint{Address: socket("240.0.0.9", 8080)}}}}}}}},
+	}, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+
+	for dst, want := range map[string]string{
+		"240.0.0.7:80":   "billing hi", // the VIP's convenience port
+		"240.0.0.7:8080": "billing hi",
+		"240.0.0.9:9000": "outside hi", // passed through, not looped
+	} {
+		if got := roundTrip(t, dst); got != want {
+			t.Errorf("via %s: %q; want %q", dst, got, want)
+		}
+	}
+	if got := roundTrip(t, "127.0.0.1:15001"); got != "" {
+		t.Errorf("a connection to the listener itself got %q; want it closed", got)
+	}
+}
+
+// echoOn is echoServer on a given address.
+func echoOn(t *testing.T, addr, name string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s %s\n", name, sc.Text())
+				}
+			}()
+		}
+	}()
+}
+
+// roundTrip sends "hi" to addr as an app would and returns the reply line,
+// "" when the connection closes first.
+func roundTrip(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintln(c, "hi")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil && line == "" {
+		return ""
+	}
+	return strings.TrimSuffix(line, "\n")
+}
