@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -45,6 +47,8 @@ type runConfig struct {
 	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
 	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
 	AdminAddr       string `json:"adminAddr" usage:"address of /ready and /metrics"`
+	DNSAddr         string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
+	ResolvConf      string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
 	Log             struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
@@ -62,7 +66,7 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901"}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: "127.0.0.1:15053", ResolvConf: "/etc/resolv.conf"}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -126,6 +130,12 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
 	}
+	if cfg.DNSAddr != "" {
+		if ap, err := netip.ParseAddrPort(cfg.DNSAddr); err != nil || ap.Port() == 0 {
+			return fmt.Errorf("--dns-addr %q: want IP:port (empty: no DNS)", cfg.DNSAddr)
+		}
+		meta[api.MetadataDNSAddress] = cfg.DNSAddr
+	}
 	return runProxy(ctx, cfg, mesh+"."+name, meta)
 }
 
@@ -183,6 +193,14 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		return err
 	}
 	defer p.Close()
+	if addr := meta[api.MetadataDNSAddress]; addr != "" {
+		ups, err := proxy.ResolvConf(cfg.ResolvConf)
+		if err != nil {
+			log.Warn("names outside .mesh will be refused: no resolvers", zap.String("resolv_conf", cfg.ResolvConf), zap.Error(err))
+		}
+		// Never forward to ourselves (a resolv.conf that names this listener).
+		p.DNSUpstreams = slices.DeleteFunc(ups, func(u string) bool { return u == addr })
+	}
 	client := &proxy.Client{Address: target.Address, TLS: tlsCfg, NodeID: nodeID, Token: token, TokenFile: cfg.TokenFile, Metadata: meta, Proxy: p, Log: log.Named("xds"),
 		ReportLoad: meta[api.MetadataIngress] != "true"} // an ingress has no callers of its own
 	if meta[api.MetadataIngress] != "true" {

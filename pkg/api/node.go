@@ -21,4 +21,8 @@ const (
 	// certificate request for it (PEM): the CP signs that key, and sends
 	// the certificate without a key.
 	MetadataCSR = "ursa.io/csr"
+	// MetadataDNSAddress is the IP:port on which a sidecar asks to answer
+	// .mesh names (ursa-dp run --dns-addr): the CP sends it a UDP DNS
+	// listener there. Without it, no DNS listener.
+	MetadataDNSAddress = "ursa.io/dns-address"
 )

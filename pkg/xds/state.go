@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
@@ -21,7 +22,13 @@ import (
 // safe for concurrent use.
 type State struct {
 	Catalog *catalog.Catalog
-	meshes  map[string]*MeshState
+	// DNSDomain and DNSTTL are the domain and answer TTL of the sidecars'
+	// DNS tables, as of the zone's DNS (dns.domain, dns.ttl); empty and
+	// zero mean DNSDomain and DNSTTL. Set them right after NewState,
+	// before any generator reads the State.
+	DNSDomain string
+	DNSTTL    time.Duration
+	meshes    map[string]*MeshState
 }
 
 // NewState wraps a catalogue. A mesh whose hash equals its hash in prev
@@ -162,6 +169,9 @@ type Proxy struct {
 	Dataplane *api.Dataplane
 	// Ingress is an ingress's own ZoneIngress.
 	Ingress *api.ZoneIngress
+	// DNSAddress, for a sidecar, is the IP:port it asked to answer .mesh
+	// names on (node metadata api.MetadataDNSAddress); "" for none.
+	DNSAddress string
 }
 
 // NodeID is a proxy's xDS node id: "<mesh>.<dataplane name>".
