@@ -279,6 +279,11 @@ spec:
 		vip = strings.TrimSpace(string(out))
 		return err == nil && strings.HasPrefix(vip, "127.240.")
 	})
+	// web's sidecar answers .mesh itself (ursa-dp run --dns-addr's default).
+	eventually(t, "billing.mesh to resolve at web's sidecar", func() bool {
+		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "dig", "@127.0.0.1", "-p", "15053", "+short", "+time=1", "+tries=1", "billing.mesh").Output()
+		return err == nil && strings.TrimSpace(string(out)) == vip
+	})
 	client := h.client(t, "web1")
 	eventually(t, "billing.mesh from web's host to reach billing in zone-2", func() bool {
 		resp, err := client.Get("http://" + vip + "/")
