@@ -21,4 +21,8 @@ const (
 	// certificate request for it (PEM): the CP signs that key, and sends
 	// the certificate without a key.
 	MetadataCSR = "ursa.io/csr"
+	// MetadataTransparentProxy is, on a sidecar whose namespace redirects
+	// its outbound TCP to it, the port it is redirected to (decimal): the
+	// CP sends it an original-destination listener there.
+	MetadataTransparentProxy = "ursa.io/transparent-proxy"
 )
