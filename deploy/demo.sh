@@ -187,7 +187,8 @@ YAML
   # Its zone CP admits it only with a dataplane token for its service.
   ctl --api-server "http://127.0.0.1:${1}5681" generate dataplane-token --mesh default --service "$3" >"$DIR/$2.token"
   bg "$2" "$BIN/ursa-dp" run --cp-address "grpcs://127.0.0.1:${1}5678" --ca-cert-file "$DIR/xds-ca-$1.pem" \
-    --dataplane-file "$DIR/$2.yaml" --token-file "$DIR/$2.token" --admin-addr "127.0.0.1:$6"
+    --dataplane-file "$DIR/$2.yaml" --token-file "$DIR/$2.token" --admin-addr "127.0.0.1:$6" \
+    --dns-addr "" # the demo's sidecars share one host: one DNS port among them
 }
 ingress() { # ingress ZONE
   cat >"$DIR/ingress-$1.yaml" <<YAML

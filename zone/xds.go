@@ -277,6 +277,9 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 		return job{}, err
 	}
 	j := job{id: n.ID, proxy: xds.Proxy{Kind: n.Kind, Dataplane: dp}}
+	if n.Kind == xds.KindSidecar {
+		j.proxy.DNSAddress = n.DNSAddress
+	}
 	identity := "none"
 	if n.Kind == xds.KindSidecar && m.Mesh.MTLSEnabled() && len(dp.Networking.Inbound) > 0 {
 		sign := signingFor(signings, m)
@@ -296,10 +299,18 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 	}
 	inputs := m.Hash // a proxyless client reaches every service
 	if n.Kind == xds.KindSidecar {
-		inputs = m.SidecarHash(ownAndExplicit(dp))
+		own, explicit := ownAndExplicit(dp)
+		inputs = m.SidecarHash(own, explicit)
+		if j.proxy.DNSAddress != "" {
+			// Its DNS table names its own services too, which SidecarHash
+			// leaves out.
+			for _, svc := range own {
+				inputs += fmt.Sprintf("|%s=%s", svc, m.VIPs[svc])
+			}
+		}
 	}
 	// The identity comes last: an issuance appends its stamp.
-	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, identity)
+	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%q|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, j.proxy.DNSAddress, identity)
 	return j, nil
 }
 

@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,6 +53,8 @@ type runConfig struct {
 	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
+	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
+	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
 	Log                  struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
@@ -68,7 +72,8 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", RedirectOutboundPort: tproxy.DefaultOutboundPort}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: "127.0.0.1:15053", ResolvConf: "/etc/resolv.conf",
+		RedirectOutboundPort: tproxy.DefaultOutboundPort}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -134,6 +139,12 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 		meta[api.MetadataDataplane] = string(doc)
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
+	}
+	if cfg.DNSAddr != "" {
+		if ap, err := netip.ParseAddrPort(cfg.DNSAddr); err != nil || ap.Port() == 0 {
+			return fmt.Errorf("--dns-addr %q: want IP:port (empty: no DNS)", cfg.DNSAddr)
+		}
+		meta[api.MetadataDNSAddress] = cfg.DNSAddr
 	}
 	return runProxy(ctx, cfg, mesh+"."+name, meta)
 }
@@ -223,6 +234,14 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 				log.Error("transparent proxy left in place", zap.Error(err))
 			}
 		}()
+	}
+	if addr := meta[api.MetadataDNSAddress]; addr != "" {
+		ups, err := proxy.ResolvConf(cfg.ResolvConf)
+		if err != nil {
+			log.Warn("names outside .mesh will be refused: no resolvers", zap.String("resolv_conf", cfg.ResolvConf), zap.Error(err))
+		}
+		// Never forward to ourselves (a resolv.conf that names this listener).
+		p.DNSUpstreams = slices.DeleteFunc(ups, func(u string) bool { return u == addr })
 	}
 	client := &proxy.Client{Address: target.Address, TLS: tlsCfg, NodeID: nodeID, Token: token, TokenFile: cfg.TokenFile, Metadata: meta, Proxy: p, Log: log.Named("xds"),
 		ReportLoad: meta[api.MetadataIngress] != "true"} // an ingress has no callers of its own

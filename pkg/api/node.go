@@ -25,4 +25,8 @@ const (
 	// its outbound TCP to it, the port it is redirected to (decimal): the
 	// CP sends it an original-destination listener there.
 	MetadataTransparentProxy = "ursa.io/transparent-proxy"
+	// MetadataDNSAddress is the IP:port on which a sidecar asks to answer
+	// .mesh names (ursa-dp run --dns-addr): the CP sends it a UDP DNS
+	// listener there. Without it, no DNS listener.
+	MetadataDNSAddress = "ursa.io/dns-address"
 )

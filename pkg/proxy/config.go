@@ -35,6 +35,8 @@ type Config struct {
 	// Revoked comes with Roots: the validation context's CRLs, nil for
 	// none.
 	Revoked *Revocations
+	// DNS is the DNS listener (Envoy's DNS filter on UDP), nil for none.
+	DNS *DNS
 }
 
 // Listener accepts connections on Addr and proxies them to Routes.
@@ -168,6 +170,17 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		cfg.Clusters[c.Name] = out
 	}
 	for _, l := range listeners {
+		if isDNSListener(l) {
+			if cfg.DNS != nil {
+				return nil, fmt.Errorf("listener %q: a second DNS listener (%q is one); the built-in proxy runs one", l.Name, cfg.DNS.Name)
+			}
+			d, err := translateDNS(l)
+			if err != nil {
+				return nil, err
+			}
+			cfg.DNS = d
+			continue
+		}
 		out, err := translateListener(l)
 		if err != nil {
 			return nil, err

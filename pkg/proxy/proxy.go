@@ -43,6 +43,11 @@ type Proxy struct {
 	// proxy's own connections are not redirected back into it.
 	Mark uint32
 
+	// DNSUpstreams (host:port) get the DNS queries for names outside the
+	// DNS listener's domain (ResolvConf reads them); none: REFUSED. Set
+	// it before the first Apply.
+	DNSUpstreams []string
+
 	// load counts upstream connections per cluster and zone, for LRS.
 	load loadCounters
 
@@ -52,6 +57,11 @@ type Proxy struct {
 	// not open.
 	failing map[string]string
 	ejected map[string]*ejection
+	// dns is the running DNS listener; dnsFailing the address the last
+	// Apply could not open it on.
+	dns        *dnsServer
+	dnsFailing string
+	forwarding chan struct{}
 
 	conns        *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
@@ -59,6 +69,7 @@ type Proxy struct {
 	upstreamTLS  *prometheus.CounterVec
 	active       prometheus.Gauge
 	healthyGauge *prometheus.GaugeVec
+	dnsQueries   *prometheus.CounterVec
 }
 
 type running struct {
@@ -71,6 +82,9 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	p := &Proxy{
 		log: log, listeners: map[string]*running{}, ejected: map[string]*ejection{},
 		FirstEjection: DefaultFirstEjection, EjectionTime: DefaultEjectionTime,
+		forwarding: make(chan struct{}, maxForwarding),
+		dnsQueries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_dns_queries_total",
+			Help: "DNS queries answered by the DNS listener, by response code."}, []string{"rcode"}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_connections_total",
 			Help: "Connections accepted, by listener."}, []string{"listener"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_bytes_total",
@@ -83,7 +97,7 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 		healthyGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ursa_dp_endpoints_healthy",
 			Help: "Endpoints of a cluster not ejected, as of its last connection."}, []string{"cluster"}),
 	}
-	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.upstreamTLS, p.active, p.healthyGauge} {
+	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.upstreamTLS, p.active, p.healthyGauge, p.dnsQueries} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -132,6 +146,9 @@ func (p *Proxy) Apply(cfg *Config) error {
 	for name, r := range opened {
 		p.listeners[name] = r
 		go p.serve(name, r.ln)
+	}
+	if err := p.applyDNS(cfg); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -195,6 +212,10 @@ func (p *Proxy) Close() {
 	for name, r := range p.listeners {
 		r.ln.Close()
 		delete(p.listeners, name)
+	}
+	if p.dns != nil {
+		p.dns.stop()
+		p.dns = nil
 	}
 }
 

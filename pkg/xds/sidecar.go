@@ -67,6 +67,15 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 	for typ, shared := range s.outboundResources(dp) {
 		out[typ] = mergeByName(out[typ], shared)
 	}
+	if p.DNSAddress != "" {
+		addr, err := ParseDNSAddress(p.DNSAddress)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar %s: %w", dp.Name, err)
+		}
+		if l := s.dnsListener(addr); l != nil {
+			out[resource.ListenerType] = mergeByName([]types.Resource{l}, out[resource.ListenerType])
+		}
+	}
 	return out, nil
 }
 

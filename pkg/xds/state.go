@@ -162,6 +162,9 @@ type Proxy struct {
 	Dataplane *api.Dataplane
 	// Ingress is an ingress's own ZoneIngress.
 	Ingress *api.ZoneIngress
+	// DNSAddress, for a sidecar, is the IP:port it asked to answer .mesh
+	// names on (node metadata api.MetadataDNSAddress); "" for none.
+	DNSAddress string
 }
 
 // NodeID is a proxy's xDS node id: "<mesh>.<dataplane name>".

@@ -160,7 +160,9 @@ func (c *cp) sidecarFlags(t testing.TB, mesh, service string) []string {
 	if service != "" {
 		args = append(args, "--service", service)
 	}
-	return append(c.xdsFlags(t), "--token-file", tokenFile(t, ctl(t, c.api, "", args...)))
+	// No DNS listener: sidecars of one host would contend for one port
+	// (TestSidecarDNS gives its own --dns-addr, which a later flag wins).
+	return append(c.xdsFlags(t), "--token-file", tokenFile(t, ctl(t, c.api, "", args...)), "--dns-addr=")
 }
 
 // ingressFlags are sidecarFlags for a zone ingress of zone: an ingress

@@ -61,6 +61,9 @@ func (z *tokenZone) dataplane(name, tags string) string {
 // it returns the process and its admin address.
 func (z *tokenZone) run(mode string, args ...string) (*proc, string) {
 	admin := freeAddr(z.t)
+	if mode == "run" {
+		args = append([]string{"--dns-addr="}, args...) // sidecars of one host would contend for one DNS port
+	}
 	return start(z.t, "ursa-dp", append(append([]string{mode, "--admin-addr", admin}, z.cp.xdsFlags(z.t)...), args...)...), admin
 }
 

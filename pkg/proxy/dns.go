@@ -1,0 +1,369 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	dnsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
+)
+
+// dnsFilterName is Envoy's UDP DNS filter, the one listener filter the
+// built-in proxy applies.
+const dnsFilterName = "envoy.filters.udp.dns_filter"
+
+// DNS is a DNS listener's configuration (Envoy's DNS filter with an inline
+// table): names in Names are answered, other names under Suffixes are
+// unknown (NXDOMAIN), and the rest are forwarded to the proxy's
+// DNSUpstreams.
+type DNS struct {
+	Name string
+	Addr string
+	// Names maps a lower-case FQDN ("billing.mesh.") to its answer.
+	Names map[string]dnsEntry
+	// Suffixes are lower-case FQDN suffixes (".mesh.") the table is the
+	// authority for.
+	Suffixes []string
+}
+
+type dnsEntry struct {
+	addrs []netip.Addr
+	ttl   uint32
+}
+
+// isDNSListener tells a UDP listener, or one with the DNS filter, from a
+// TCP one (whose listener filters, such as an ingress's TLS inspector, are
+// not the DNS filter).
+func isDNSListener(l *listener.Listener) bool {
+	if l.GetAddress().GetSocketAddress().GetProtocol() == core.SocketAddress_UDP {
+		return true
+	}
+	for _, f := range l.GetListenerFilters() {
+		if f.GetName() == dnsFilterName || f.GetTypedConfig().MessageIs(&dnsfilter.DnsFilterConfig{}) {
+			return true
+		}
+	}
+	return false
+}
+
+// translateDNS reads a DNS filter listener; what it cannot honour (another
+// listener filter, an external table, a client config with resolvers of its
+// own, endpoints other than address lists) is an error that names it.
+func translateDNS(l *listener.Listener) (*DNS, error) {
+	sa := l.GetAddress().GetSocketAddress()
+	if sa == nil || sa.GetProtocol() != core.SocketAddress_UDP {
+		return nil, fmt.Errorf("listener %q: a DNS listener needs a UDP socket address", l.Name)
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil || sa.GetPortValue() == 0 || sa.GetPortValue() > 65535 {
+		return nil, fmt.Errorf("listener %q: DNS address %s:%d: want an IP and a port", l.Name, sa.GetAddress(), sa.GetPortValue())
+	}
+	if len(l.GetFilterChains()) > 0 || len(l.GetListenerFilters()) != 1 {
+		return nil, fmt.Errorf("listener %q: a UDP listener must hold exactly one listener filter, %s, and no filter chains", l.Name, dnsFilterName)
+	}
+	f := l.GetListenerFilters()[0]
+	cfg := &dnsfilter.DnsFilterConfig{}
+	if tc := f.GetTypedConfig(); tc == nil || !tc.MessageIs(cfg) {
+		return nil, fmt.Errorf("listener %q: listener filter %q is not supported by the built-in proxy (only %s)", l.Name, f.GetName(), dnsFilterName)
+	}
+	if err := f.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+		return nil, fmt.Errorf("listener %q: dns filter: %w", l.Name, err)
+	}
+	if cfg.GetClientConfig() != nil {
+		return nil, fmt.Errorf("listener %q: dns filter: client_config is not supported by the built-in proxy (it forwards to the host's resolvers)", l.Name)
+	}
+	table := cfg.GetServerConfig().GetInlineDnsTable()
+	if table == nil {
+		return nil, fmt.Errorf("listener %q: dns filter: only an inline_dns_table is supported by the built-in proxy", l.Name)
+	}
+	out := &DNS{Name: l.Name, Addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())).String(), Names: map[string]dnsEntry{}}
+	for _, m := range table.GetKnownSuffixes() {
+		suffix := m.GetSuffix()
+		if suffix == "" || m.GetIgnoreCase() {
+			return nil, fmt.Errorf("listener %q: dns filter: only case-sensitive suffix matchers are supported as known_suffixes", l.Name)
+		}
+		out.Suffixes = append(out.Suffixes, dns.Fqdn(strings.ToLower(suffix)))
+	}
+	for _, d := range table.GetVirtualDomains() {
+		name := strings.ToLower(d.GetName())
+		if _, ok := dns.IsDomainName(name); !ok || name == "" {
+			return nil, fmt.Errorf("listener %q: dns filter: virtual domain %q is not a domain name", l.Name, d.GetName())
+		}
+		list := d.GetEndpoint().GetAddressList()
+		if list == nil {
+			return nil, fmt.Errorf("listener %q: dns filter: virtual domain %q: only address_list endpoints are supported by the built-in proxy", l.Name, d.GetName())
+		}
+		e := dnsEntry{ttl: 300} // Envoy's default answer TTL
+		if t := d.GetAnswerTtl(); t != nil {
+			e.ttl = uint32(min(max(t.AsDuration(), 0), 7*24*time.Hour) / time.Second)
+		}
+		for _, a := range list.GetAddress() {
+			ip, err := netip.ParseAddr(a)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: dns filter: virtual domain %q: address %q: %w", l.Name, d.GetName(), a, err)
+			}
+			e.addrs = append(e.addrs, ip.Unmap())
+		}
+		out.Names[dns.Fqdn(name)] = e
+	}
+	return out, nil
+}
+
+// ResolvConf reads the resolvers of a resolv.conf file as host:port.
+func ResolvConf(path string) ([]string, error) {
+	c, err := dns.ClientConfigFromFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("resolv.conf: %w", err)
+	}
+	var out []string
+	for _, s := range c.Servers {
+		out = append(out, net.JoinHostPort(s, c.Port))
+	}
+	return out, nil
+}
+
+// dnsServer is a running DNS listener: one address over UDP and TCP.
+type dnsServer struct {
+	addr    string // as configured
+	udpAddr net.Addr
+	servers []*dns.Server
+}
+
+// maxUDP is the largest UDP answer sent to an EDNS0 client (RFC 9715).
+const maxUDP = 1232
+
+// maxForwarding bounds the queries being forwarded at once; beyond it,
+// SERVFAIL at once rather than a goroutine per packet of a flood.
+const maxForwarding = 256
+
+// startDNS serves h on addr over UDP and TCP (port 0: a free port, the same
+// for both).
+func startDNS(addr string, h dns.Handler) (*dnsServer, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tcpAddr := addr
+	if host, port, _ := net.SplitHostPort(addr); port == "0" {
+		tcpAddr = net.JoinHostPort(host, fmt.Sprint(pc.LocalAddr().(*net.UDPAddr).Port))
+	}
+	ln, err := net.Listen("tcp", tcpAddr)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	s := &dnsServer{addr: addr, udpAddr: pc.LocalAddr(), servers: []*dns.Server{
+		{PacketConn: pc, Handler: h, UDPSize: maxUDP},
+		{Listener: ln, Handler: h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+			IdleTimeout: func() time.Duration { return 10 * time.Second }, MaxTCPQueries: 128},
+	}}
+	for _, srv := range s.servers {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		failed := make(chan error, 1)
+		go func() { failed <- srv.ActivateAndServe() }()
+		select {
+		case <-started:
+		case err := <-failed:
+			s.stop()
+			pc.Close()
+			ln.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *dnsServer) stop() {
+	for _, srv := range s.servers {
+		_ = srv.Shutdown() // "not started" for one that never was: nothing to stop
+	}
+}
+
+// applyDNS starts, moves or stops the DNS listener for cfg; the caller
+// holds mu. Like a TCP listener, one that cannot be opened is reported
+// once and tried again on every Apply.
+func (p *Proxy) applyDNS(cfg *Config) error {
+	want := ""
+	if cfg.DNS != nil {
+		want = cfg.DNS.Addr
+	}
+	if p.dns != nil && p.dns.addr == want {
+		return nil
+	}
+	if p.dns != nil {
+		p.dns.stop()
+		p.dns = nil
+	}
+	if want == "" {
+		p.dnsFailing = ""
+		return nil
+	}
+	s, err := startDNS(want, dns.HandlerFunc(p.serveDNS))
+	if err != nil {
+		reported := p.dnsFailing == want
+		p.dnsFailing = want
+		if reported {
+			return nil
+		}
+		return fmt.Errorf("listener %q: %w", cfg.DNS.Name, err)
+	}
+	p.dnsFailing = ""
+	p.dns = s
+	p.log.Info("answering DNS", zap.String("addr", s.udpAddr.String()), zap.Int("names", len(cfg.DNS.Names)))
+	return nil
+}
+
+// DNSAddr is the UDP address the DNS listener is bound to, nil for none.
+func (p *Proxy) DNSAddr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dns == nil {
+		return nil
+	}
+	return p.dns.udpAddr
+}
+
+func (p *Proxy) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
+	_, udp := w.RemoteAddr().(*net.UDPAddr)
+	resp := p.answerDNS(req, udp)
+	if resp == nil {
+		return
+	}
+	size := dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		size = int(min(max(opt.UDPSize(), dns.MinMsgSize), maxUDP))
+	}
+	if udp {
+		resp.Truncate(size)
+	} else {
+		resp.Truncate(dns.MaxMsgSize)
+	}
+	if err := w.WriteMsg(resp); err != nil {
+		p.log.Debug("cannot write DNS answer", zap.Error(err))
+	}
+	p.dnsQueries.WithLabelValues(dns.RcodeToString[resp.Rcode]).Inc()
+}
+
+// answerDNS answers req from the current table, forwarding the names it is
+// not the authority for; nil drops req.
+func (p *Proxy) answerDNS(req *dns.Msg, udp bool) *dns.Msg {
+	resp := new(dns.Msg)
+	if req.Response {
+		return nil // never answer answers: no reflection loops
+	}
+	if req.Opcode != dns.OpcodeQuery {
+		return resp.SetRcode(req, dns.RcodeNotImplemented)
+	}
+	if len(req.Question) != 1 {
+		return resp.SetRcode(req, dns.RcodeFormatError)
+	}
+	q := req.Question[0]
+	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
+		return resp.SetRcode(req, dns.RcodeNotImplemented)
+	}
+	table := p.cfg.Load().DNS
+	if table == nil {
+		return resp.SetRcode(req, dns.RcodeRefused)
+	}
+	name := strings.ToLower(q.Name)
+	e, known := table.Names[name]
+	if !known && !table.authority(name) {
+		return p.forwardDNS(req, udp)
+	}
+	resp.SetReply(req)
+	resp.Authoritative = true
+	resp.RecursionAvailable = len(p.DNSUpstreams) > 0
+	if !known {
+		resp.Rcode = dns.RcodeNameError
+		return resp
+	}
+	for _, ip := range e.addrs {
+		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: e.ttl}
+		switch {
+		case (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY) && ip.Is4():
+			hdr.Rrtype = dns.TypeA
+			resp.Answer = append(resp.Answer, &dns.A{Hdr: hdr, A: ip.AsSlice()})
+		case (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY) && ip.Is6():
+			hdr.Rrtype = dns.TypeAAAA
+			resp.Answer = append(resp.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
+		}
+	}
+	return resp // a known name without this type: NOERROR, no answer
+}
+
+func (d *DNS) authority(name string) bool {
+	for _, s := range d.Suffixes {
+		if strings.HasSuffix(name, s) || name == strings.TrimPrefix(s, ".") {
+			return true
+		}
+	}
+	return false
+}
+
+// forwardDNS asks the upstreams in order, over the query's transport
+// (retrying over TCP when a UDP answer is truncated).
+func (p *Proxy) forwardDNS(req *dns.Msg, udp bool) *dns.Msg {
+	if len(p.DNSUpstreams) == 0 {
+		return new(dns.Msg).SetRcode(req, dns.RcodeRefused)
+	}
+	select {
+	case p.forwarding <- struct{}{}:
+		defer func() { <-p.forwarding }()
+	default:
+		return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
+	}
+	out := req.Copy()
+	edns := out.IsEdns0() != nil
+	if !edns {
+		out.SetEdns0(dns.DefaultMsgSize, false)
+	}
+	udpClient := &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
+	tcpClient := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+	if p.Mark != 0 {
+		// The transparent proxy lets the proxy's own queries through.
+		udpClient.Dialer = &net.Dialer{Timeout: 2 * time.Second, Control: tproxy.MarkControl(p.Mark)}
+		tcpClient.Dialer = udpClient.Dialer
+	}
+	var errs []error
+	for _, up := range p.DNSUpstreams {
+		c := tcpClient
+		if udp {
+			c = udpClient
+		}
+		resp, _, err := c.Exchange(out, up)
+		if err == nil && resp.Truncated && udp {
+			resp, _, err = tcpClient.Exchange(out, up)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		resp.Id = req.Id
+		if !edns {
+			resp.Extra = stripOPT(resp.Extra)
+		}
+		return resp
+	}
+	p.log.Debug("no DNS upstream answered", zap.Error(errors.Join(errs...)))
+	return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
+}
+
+func stripOPT(rrs []dns.RR) []dns.RR {
+	out := rrs[:0]
+	for _, rr := range rrs {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			out = append(out, rr)
+		}
+	}
+	return out
+}

@@ -1,0 +1,85 @@
+package xds
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	dnstable "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
+	dnsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// DNS listener defaults. The zone's own DNS server takes its domain and TTL
+// from the zone config (dns.domain, dns.ttl); the data-plane table uses
+// these until the State carries them.
+const (
+	// DNSListenerName names the UDP listener that answers .mesh names in
+	// the data plane.
+	DNSListenerName = "ursa:dns"
+	// DNSFilterName is Envoy's UDP DNS filter.
+	DNSFilterName = "envoy.filters.udp.dns_filter"
+	DNSDomain     = "mesh"
+	DNSTTL        = 30 * time.Second
+)
+
+// ParseDNSAddress checks the address a proxy asks its DNS listener on
+// (node metadata api.MetadataDNSAddress): an IP and a port.
+func ParseDNSAddress(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("dns address %q: want IP:port: %w", s, err)
+	}
+	if ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("dns address %q: port 0", s)
+	}
+	return ap, nil
+}
+
+// dnsListener is the UDP listener, at addr, on which a sidecar answers
+// <service>.mesh and <service>.<mesh>.mesh with the service's VIP, for
+// every service of the mesh that has one, as Envoy's DNS filter does; nil
+// when the mesh has no VIP. Names under the domain that are not in the
+// table are unknown (NXDOMAIN); others are the resolver's to forward.
+func (s *MeshState) dnsListener(addr netip.AddrPort) *listener.Listener {
+	if len(s.VIPs) == 0 {
+		return nil
+	}
+	return memo(s, "dns|"+addr.String(), func() *listener.Listener {
+		table := &dnstable.DnsTable{KnownSuffixes: []*matcher.StringMatcher{
+			{MatchPattern: &matcher.StringMatcher_Suffix{Suffix: "." + DNSDomain}}}}
+		ttl := durationpb.New(DNSTTL)
+		var names []string
+		byName := map[string]string{}
+		for svc, vip := range s.VIPs {
+			for _, n := range []string{svc + "." + DNSDomain, svc + "." + s.Mesh.Name + "." + DNSDomain} {
+				n = strings.ToLower(n)
+				names = append(names, n)
+				byName[n] = vip.String()
+			}
+		}
+		slices.Sort(names)
+		for _, n := range slices.Compact(names) {
+			table.VirtualDomains = append(table.VirtualDomains, &dnstable.DnsTable_DnsVirtualDomain{
+				Name: n, AnswerTtl: ttl,
+				Endpoint: &dnstable.DnsTable_DnsEndpoint{EndpointConfig: &dnstable.DnsTable_DnsEndpoint_AddressList{
+					AddressList: &dnstable.DnsTable_AddressList{Address: []string{byName[n]}}}},
+			})
+		}
+		cfg := &dnsfilter.DnsFilterConfig{StatPrefix: "ursa_dns", ServerConfig: &dnsfilter.DnsFilterConfig_ServerContextConfig{
+			ConfigSource: &dnsfilter.DnsFilterConfig_ServerContextConfig_InlineDnsTable{InlineDnsTable: table}}}
+		return &listener.Listener{
+			Name: DNSListenerName,
+			Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+				Protocol: core.SocketAddress_UDP, Address: addr.Addr().String(),
+				PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(addr.Port())}}}},
+			ListenerFilters: []*listener.ListenerFilter{{Name: DNSFilterName,
+				ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: MustAny(cfg)}}},
+		}
+	})
+}
