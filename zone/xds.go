@@ -70,7 +70,11 @@ type GenerationDeps struct {
 	Out     Publisher
 	// CertTTL is the lifetime of the workload certificates it issues.
 	CertTTL time.Duration
-	Log     *zap.Logger
+	// DNSDomain and DNSTTL are the zone DNS's (dns.domain, dns.ttl), for
+	// the sidecars' DNS tables; empty and zero: xds's defaults.
+	DNSDomain string
+	DNSTTL    time.Duration
+	Log       *zap.Logger
 	// OnSync, when set, is told after each round of Start how many
 	// proxies it generated, of how many connected, and how long it took.
 	OnSync func(generated, connected int, took time.Duration)
@@ -100,12 +104,14 @@ type Generation struct {
 	// generated counts proxies generated (not skipped).
 	generated atomic.Int64
 	state     *xds.State
+	dnsDomain string
+	dnsTTL    time.Duration
 }
 
 // NewGeneration returns a Generation; Start runs it.
 func NewGeneration(d GenerationDeps) *Generation {
 	return &Generation{cat: d.Catalog, nodes: d.Nodes, out: d.Out, gens: generators(), ids: newIdentities(d.CertTTL), log: d.Log,
-		onSync: d.OnSync, last: map[string]string{}, warned: map[string]string{}}
+		onSync: d.OnSync, last: map[string]string{}, warned: map[string]string{}, dnsDomain: d.DNSDomain, dnsTTL: d.DNSTTL}
 }
 
 // Start runs generation until ctx ends.
@@ -137,6 +143,7 @@ func (g *Generation) Start(ctx context.Context) error {
 // it on every change; it is not safe to call concurrently.
 func (g *Generation) Sync(ctx context.Context, cat *catalog.Catalog, nodes []xds.Node) int {
 	g.state = xds.NewState(cat, g.state)
+	g.state.DNSDomain, g.state.DNSTTL = g.dnsDomain, g.dnsTTL
 	return g.generate(ctx, g.state, nodes, time.Now())
 }
 

@@ -459,7 +459,8 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	r.Add("ingress-services (leader only)", leaderOnly(st, "ingress-services", cfg.Instance, log, func(ctx context.Context) error {
 		return offerServices(ctx, st, cat, log.Named("ingress"))
 	}))
-	gen := NewGeneration(GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: cfg.MTLS.CertTTL.Duration, Log: log.Named("xds")})
+	gen := NewGeneration(GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: cfg.MTLS.CertTTL.Duration,
+		DNSDomain: cfg.DNS.Domain, DNSTTL: cfg.DNS.TTL.Duration, Log: log.Named("xds")})
 	r.Add("xds-generate", gen)
 	if cert != nil {
 		log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()), zap.Bool("tls", true), zap.Strings("xds_tls_names", cert.Names().Strings()))

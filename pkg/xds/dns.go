@@ -15,9 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// DNS listener defaults. The zone's own DNS server takes its domain and TTL
-// from the zone config (dns.domain, dns.ttl); the data-plane table uses
-// these until the State carries them.
+// DNS listener names, and the domain and TTL of a State that sets none.
 const (
 	// DNSListenerName names the UDP listener that answers .mesh names in
 	// the data plane.
@@ -46,18 +44,25 @@ func ParseDNSAddress(s string) (netip.AddrPort, error) {
 // every service of the mesh that has one, as Envoy's DNS filter does; nil
 // when the mesh has no VIP. Names under the domain that are not in the
 // table are unknown (NXDOMAIN); others are the resolver's to forward.
-func (s *MeshState) dnsListener(addr netip.AddrPort) *listener.Listener {
+func (s *MeshState) dnsListener(addr netip.AddrPort, domain string, answerTTL time.Duration) *listener.Listener {
 	if len(s.VIPs) == 0 {
 		return nil
 	}
-	return memo(s, "dns|"+addr.String(), func() *listener.Listener {
+	domain = strings.ToLower(strings.Trim(domain, "."))
+	if domain == "" {
+		domain = DNSDomain
+	}
+	if answerTTL <= 0 {
+		answerTTL = DNSTTL
+	}
+	return memo(s, fmt.Sprintf("dns|%s|%s|%d", addr, domain, answerTTL), func() *listener.Listener {
 		table := &dnstable.DnsTable{KnownSuffixes: []*matcher.StringMatcher{
-			{MatchPattern: &matcher.StringMatcher_Suffix{Suffix: "." + DNSDomain}}}}
-		ttl := durationpb.New(DNSTTL)
+			{MatchPattern: &matcher.StringMatcher_Suffix{Suffix: "." + domain}}}}
+		ttl := durationpb.New(answerTTL)
 		var names []string
 		byName := map[string]string{}
 		for svc, vip := range s.VIPs {
-			for _, n := range []string{svc + "." + DNSDomain, svc + "." + s.Mesh.Name + "." + DNSDomain} {
+			for _, n := range []string{svc + "." + domain, svc + "." + s.Mesh.Name + "." + domain} {
 				n = strings.ToLower(n)
 				names = append(names, n)
 				byName[n] = vip.String()

@@ -3,6 +3,7 @@ package xds
 import (
 	"strings"
 	"testing"
+	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	dnsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
@@ -88,5 +89,27 @@ func TestDNSListenerOnlyWhenAskedAndVIPs(t *testing.T) {
 		if _, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, DNSAddress: bad}); err == nil || !strings.Contains(err.Error(), "dns address") {
 			t.Errorf("dns address %q: err %v, want one naming the dns address", bad, err)
 		}
+	}
+}
+
+// The table follows the zone DNS's domain and TTL when the State has them.
+func TestDNSListenerDomainAndTTL(t *testing.T) {
+	s, dp, _ := stateFrom(t, "testdata/sidecar/local.input.yaml")
+	s.DNSDomain, s.DNSTTL = "Corp.", 5*time.Second
+	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, DNSAddress: "127.0.0.1:15053"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &dnsfilter.DnsFilterConfig{}
+	if err := findListener(r, DNSListenerName).GetListenerFilters()[0].GetTypedConfig().UnmarshalTo(cfg); err != nil {
+		t.Fatal(err)
+	}
+	table := cfg.GetServerConfig().GetInlineDnsTable()
+	if got := table.GetKnownSuffixes()[0].GetSuffix(); got != ".corp" {
+		t.Fatalf("suffix %q, want .corp", got)
+	}
+	d := table.GetVirtualDomains()[0]
+	if d.GetName() != "billing.corp" || d.GetAnswerTtl().AsDuration() != 5*time.Second {
+		t.Fatalf("first name %q ttl %v, want billing.corp 5s", d.GetName(), d.GetAnswerTtl().AsDuration())
 	}
 }

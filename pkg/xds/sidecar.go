@@ -72,7 +72,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		if err != nil {
 			return nil, fmt.Errorf("sidecar %s: %w", dp.Name, err)
 		}
-		if l := s.dnsListener(addr); l != nil {
+		if l := s.dnsListener(addr, state.DNSDomain, state.DNSTTL); l != nil {
 			out[resource.ListenerType] = mergeByName([]types.Resource{l}, out[resource.ListenerType])
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
@@ -21,7 +22,13 @@ import (
 // safe for concurrent use.
 type State struct {
 	Catalog *catalog.Catalog
-	meshes  map[string]*MeshState
+	// DNSDomain and DNSTTL are the domain and answer TTL of the sidecars'
+	// DNS tables, as of the zone's DNS (dns.domain, dns.ttl); empty and
+	// zero mean DNSDomain and DNSTTL. Set them right after NewState,
+	// before any generator reads the State.
+	DNSDomain string
+	DNSTTL    time.Duration
+	meshes    map[string]*MeshState
 }
 
 // NewState wraps a catalogue. A mesh whose hash equals its hash in prev
