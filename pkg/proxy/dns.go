@@ -30,9 +30,11 @@ type DNS struct {
 	Addr string
 	// Names maps a lower-case FQDN ("billing.mesh.") to its answer.
 	Names map[string]dnsEntry
-	// Suffixes are lower-case FQDN suffixes (".mesh.") the table is the
-	// authority for.
-	Suffixes []string
+	// Domains are the lower-case FQDNs ("mesh.", "default.mesh.") the
+	// table is the authority for, and for the names under them: as in
+	// Envoy, the parents of its names (it ignores the deprecated
+	// known_suffixes, as Envoy does).
+	Domains map[string]bool
 }
 
 type dnsEntry struct {
@@ -85,14 +87,7 @@ func translateDNS(l *listener.Listener) (*DNS, error) {
 	if table == nil {
 		return nil, fmt.Errorf("listener %q: dns filter: only an inline_dns_table is supported by the built-in proxy", l.Name)
 	}
-	out := &DNS{Name: l.Name, Addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())).String(), Names: map[string]dnsEntry{}}
-	for _, m := range table.GetKnownSuffixes() {
-		suffix := m.GetSuffix()
-		if suffix == "" || m.GetIgnoreCase() {
-			return nil, fmt.Errorf("listener %q: dns filter: only case-sensitive suffix matchers are supported as known_suffixes", l.Name)
-		}
-		out.Suffixes = append(out.Suffixes, dns.Fqdn(strings.ToLower(suffix)))
-	}
+	out := &DNS{Name: l.Name, Addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())).String(), Names: map[string]dnsEntry{}, Domains: map[string]bool{}}
 	for _, d := range table.GetVirtualDomains() {
 		name := strings.ToLower(d.GetName())
 		if _, ok := dns.IsDomainName(name); !ok || name == "" {
@@ -114,6 +109,9 @@ func translateDNS(l *listener.Listener) (*DNS, error) {
 			e.addrs = append(e.addrs, ip.Unmap())
 		}
 		out.Names[dns.Fqdn(name)] = e
+		if _, parent, ok := strings.Cut(dns.Fqdn(name), "."); ok && parent != "" {
+			out.Domains[parent] = true
+		}
 	}
 	return out, nil
 }
@@ -284,7 +282,9 @@ func (p *Proxy) answerDNS(req *dns.Msg, udp bool) *dns.Msg {
 	resp.Authoritative = true
 	resp.RecursionAvailable = len(p.DNSUpstreams) > 0
 	if !known {
-		resp.Rcode = dns.RcodeNameError
+		if !table.Domains[name] { // a known domain itself has names under it: NODATA
+			resp.Rcode = dns.RcodeNameError
+		}
 		return resp
 	}
 	for _, ip := range e.addrs {
@@ -301,9 +301,11 @@ func (p *Proxy) answerDNS(req *dns.Msg, udp bool) *dns.Msg {
 	return resp // a known name without this type: NOERROR, no answer
 }
 
+// authority tells whether name (a lower-case FQDN) is a known domain or
+// under one.
 func (d *DNS) authority(name string) bool {
-	for _, s := range d.Suffixes {
-		if strings.HasSuffix(name, s) || name == strings.TrimPrefix(s, ".") {
+	for off, end := 0, false; !end; off, end = dns.NextLabel(name, off) {
+		if d.Domains[name[off:]] {
 			return true
 		}
 	}

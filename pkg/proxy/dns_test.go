@@ -11,7 +11,6 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	dnstable "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
 	dnsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
-	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -22,7 +21,7 @@ import (
 // dnsFilter is the DNS filter config the zone CP sends: billing and web of
 // mesh default, authority for .mesh.
 func dnsFilter() *dnsfilter.DnsFilterConfig {
-	table := &dnstable.DnsTable{KnownSuffixes: []*matcher.StringMatcher{{MatchPattern: &matcher.StringMatcher_Suffix{Suffix: ".mesh"}}}}
+	table := &dnstable.DnsTable{}
 	for name, ip := range map[string]string{"billing.mesh": "240.0.0.1", "billing.default.mesh": "240.0.0.1", "v6.mesh": "fd00::1"} {
 		table.VirtualDomains = append(table.VirtualDomains, &dnstable.DnsTable_DnsVirtualDomain{Name: name, AnswerTtl: durationpb.New(30e9),
 			Endpoint: &dnstable.DnsTable_DnsEndpoint{EndpointConfig: &dnstable.DnsTable_DnsEndpoint_AddressList{
@@ -92,8 +91,13 @@ func TestDNSListener(t *testing.T) {
 		if resp := ask("v6.mesh.", dns.TypeAAAA); len(resp.Answer) != 1 || resp.Answer[0].(*dns.AAAA).AAAA.String() != "fd00::1" {
 			t.Fatalf("AAAA of v6.mesh over %s: %v", network, resp)
 		}
-		if resp := ask("nope.mesh.", dns.TypeA); resp.Rcode != dns.RcodeNameError || !resp.Authoritative {
-			t.Fatalf("unknown .mesh name over %s: %v, want an authoritative NXDOMAIN", network, resp)
+		for _, name := range []string{"nope.mesh.", "a.b.mesh.", "nope.default.mesh."} {
+			if resp := ask(name, dns.TypeA); resp.Rcode != dns.RcodeNameError || !resp.Authoritative {
+				t.Fatalf("unknown name %s under .mesh over %s: %v, want an authoritative NXDOMAIN", name, network, resp)
+			}
+		}
+		if resp := ask("mesh.", dns.TypeA); resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 0 || !resp.Authoritative {
+			t.Fatalf("the domain itself over %s: %v, want an authoritative NOERROR without answers", network, resp)
 		}
 		if resp := ask("example.org.", dns.TypeA); resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 || resp.Answer[0].(*dns.A).A.String() != "192.0.2.7" {
 			t.Fatalf("a name outside .mesh over %s: %v, want the upstream's answer", network, resp)
@@ -133,8 +137,6 @@ func TestDNSRefusesWhatItCannotHonour(t *testing.T) {
 	cluster := dnsFilter()
 	cluster.ServerConfig.GetInlineDnsTable().VirtualDomains[0].Endpoint = &dnstable.DnsTable_DnsEndpoint{
 		EndpointConfig: &dnstable.DnsTable_DnsEndpoint_ClusterName{ClusterName: "billing"}}
-	regex := dnsFilter()
-	regex.ServerConfig.GetInlineDnsTable().KnownSuffixes = []*matcher.StringMatcher{{MatchPattern: &matcher.StringMatcher_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: ".*"}}}}
 	tcpDNS := dnsListener(t, "127.0.0.1", 15053, dnsFilter())
 	tcpDNS.Address.GetSocketAddress().Protocol = core.SocketAddress_TCP
 	tcpDNS.FilterChains = []*listener.FilterChain{{}}
@@ -142,7 +144,6 @@ func TestDNSRefusesWhatItCannotHonour(t *testing.T) {
 		"client_config":         dnsListener(t, "127.0.0.1", 15053, withClient),
 		"inline_dns_table":      dnsListener(t, "127.0.0.1", 15053, external),
 		"address_list":          dnsListener(t, "127.0.0.1", 15053, cluster),
-		"suffix matchers":       dnsListener(t, "127.0.0.1", 15053, regex),
 		"UDP socket address":    tcpDNS,
 		"want an IP and a port": dnsListener(t, "localhost", 15053, dnsFilter()),
 	} {

@@ -11,7 +11,6 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	dnstable "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
 	dnsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
-	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -43,7 +42,7 @@ func ParseDNSAddress(s string) (netip.AddrPort, error) {
 // <service>.mesh and <service>.<mesh>.mesh with the service's VIP, for
 // every service of the mesh that has one, as Envoy's DNS filter does; nil
 // when the mesh has no VIP. Names under the domain that are not in the
-// table are unknown (NXDOMAIN); others are the resolver's to forward.
+// table are unknown (NXDOMAIN); others are the proxy's to forward.
 func (s *MeshState) dnsListener(addr netip.AddrPort, domain string, answerTTL time.Duration) *listener.Listener {
 	if len(s.VIPs) == 0 {
 		return nil
@@ -56,8 +55,10 @@ func (s *MeshState) dnsListener(addr netip.AddrPort, domain string, answerTTL ti
 		answerTTL = DNSTTL
 	}
 	return memo(s, fmt.Sprintf("dns|%s|%s|%d", addr, domain, answerTTL), func() *listener.Listener {
-		table := &dnstable.DnsTable{KnownSuffixes: []*matcher.StringMatcher{
-			{MatchPattern: &matcher.StringMatcher_Suffix{Suffix: "." + domain}}}}
+		// No known_suffixes: Envoy no longer reads them, and takes a name
+		// under a known domain (the parent of a table name: <domain>,
+		// <mesh>.<domain>) for one it is the authority for.
+		table := &dnstable.DnsTable{}
 		ttl := durationpb.New(answerTTL)
 		var names []string
 		byName := map[string]string{}
