@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/logging"
 	"github.com/ursamesh/ursa/pkg/proxy"
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 	"github.com/ursamesh/ursa/pkg/run"
 )
 
@@ -47,9 +49,13 @@ type runConfig struct {
 	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
 	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
 	AdminAddr       string `json:"adminAddr" usage:"address of /ready and /metrics"`
-	DNSAddr         string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
-	ResolvConf      string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
-	Log             struct {
+	// TransparentProxy and the flags after it are run's only.
+	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
+	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
+	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
+	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
+	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
+	Log                  struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 }
@@ -66,7 +72,8 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: "127.0.0.1:15053", ResolvConf: "/etc/resolv.conf"}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: "127.0.0.1:15053", ResolvConf: "/etc/resolv.conf",
+		RedirectOutboundPort: tproxy.DefaultOutboundPort}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -96,6 +103,9 @@ func newIngress() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
 				return err
+			}
+			if cfg.TransparentProxy {
+				return errors.New("--transparent-proxy: for ursa-dp run only; an ingress is reached at its own address")
 			}
 			id, meta, err := dataplane.Node(cfg.ZoneIngressFile)
 			if err != nil {
@@ -162,9 +172,24 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		}
 		token = strings.TrimSpace(string(b))
 	}
+	var redirect *tproxy.Config
+	if cfg.TransparentProxy {
+		excluded, err := tproxy.ParsePorts(cfg.ExcludeOutboundPorts)
+		if err != nil {
+			return fmt.Errorf("--exclude-outbound-ports: %w", err)
+		}
+		redirect = &tproxy.Config{OutboundPort: cfg.RedirectOutboundPort, ExcludeOutboundPorts: excluded, Mark: tproxy.DefaultMark}
+		if err := redirect.Validate(); err != nil {
+			return fmt.Errorf("--transparent-proxy: %w", err)
+		}
+		meta[api.MetadataTransparentProxy] = strconv.Itoa(cfg.RedirectOutboundPort)
+	}
 	switch cfg.Proxy {
 	case "builtin":
 	case "envoy":
+		if redirect != nil {
+			return errors.New("--transparent-proxy: with the built-in proxy only, for now")
+		}
 		o := bootstrap.Options{NodeID: nodeID, Metadata: meta, CPAddress: target.Address, Plaintext: !target.TLS,
 			CACertFile: cfg.CACertFile, Token: token, AdminAddress: cfg.AdminAddr}
 		switch {
@@ -193,6 +218,23 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		return err
 	}
 	defer p.Close()
+	if redirect != nil {
+		// Before the proxy connects anywhere: its sockets carry the mark
+		// the rules let through. Removed on every way out, SIGTERM
+		// included (ctx ends); after a SIGKILL the next start replaces the
+		// leftovers.
+		p.Mark = redirect.Mark
+		if err := tproxy.Install(ctx, log.Named("tproxy"), *redirect); err != nil {
+			return fmt.Errorf("--transparent-proxy: %w", err)
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := tproxy.Remove(ctx, log.Named("tproxy"), redirect.BinDir); err != nil {
+				log.Error("transparent proxy left in place", zap.Error(err))
+			}
+		}()
+	}
 	if addr := meta[api.MetadataDNSAddress]; addr != "" {
 		ups, err := proxy.ResolvConf(cfg.ResolvConf)
 		if err != nil {

@@ -21,6 +21,10 @@ const (
 	// certificate request for it (PEM): the CP signs that key, and sends
 	// the certificate without a key.
 	MetadataCSR = "ursa.io/csr"
+	// MetadataTransparentProxy is, on a sidecar whose namespace redirects
+	// its outbound TCP to it, the port it is redirected to (decimal): the
+	// CP sends it an original-destination listener there.
+	MetadataTransparentProxy = "ursa.io/transparent-proxy"
 	// MetadataDNSAddress is the IP:port on which a sidecar asks to answer
 	// .mesh names (ursa-dp run --dns-addr): the CP sends it a UDP DNS
 	// listener there. Without it, no DNS listener.

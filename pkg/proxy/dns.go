@@ -13,6 +13,8 @@ import (
 	dnsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
 // dnsFilterName is Envoy's UDP DNS filter, the one listener filter the
@@ -329,6 +331,11 @@ func (p *Proxy) forwardDNS(req *dns.Msg, udp bool) *dns.Msg {
 	}
 	udpClient := &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
 	tcpClient := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+	if p.Mark != 0 {
+		// The transparent proxy lets the proxy's own queries through.
+		udpClient.Dialer = &net.Dialer{Timeout: 2 * time.Second, Control: tproxy.MarkControl(p.Mark)}
+		tcpClient.Dialer = udpClient.Dialer
+	}
 	var errs []error
 	for _, up := range p.DNSUpstreams {
 		c := tcpClient

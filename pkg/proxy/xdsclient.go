@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -31,6 +32,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
 // Client keeps a Proxy configured from a zone CP's ADS stream
@@ -129,7 +132,16 @@ func (c *Client) session(ctx context.Context) error {
 	if c.TLS != nil {
 		creds = handshakes{TransportCredentials: credentials.NewTLS(c.TLS), last: &c.handshake}
 	}
-	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(creds))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if mark := c.Proxy.Mark; mark != 0 {
+		// The transparent proxy must not redirect the proxy's own
+		// connection to its CP.
+		d := &net.Dialer{Control: tproxy.MarkControl(mark)}
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	}
+	conn, err := grpc.NewClient(c.Address, opts...)
 	if err != nil {
 		return err
 	}

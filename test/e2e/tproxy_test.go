@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestTransparentProxyLifecycle: `ursa-dp run --transparent-proxy` on a
+// host of its own installs the redirection before it connects (its own
+// connection to the zone CP on another host, marked, is not redirected: it
+// gets ready), removes exactly that on SIGTERM, and after a SIGKILL the
+// next start replaces the leftovers instead of adding to them. Bad flags
+// change nothing.
+func TestTransparentProxyLifecycle(t *testing.T) {
+	h := newHosts(t, "cp", "app")
+	if _, err := exec.LookPath("iptables-save"); err != nil {
+		t.Fatalf("iptables-save not found: run deploy/deps.sh (%v)", err)
+	}
+	zone := h.startCP(t, "cp", "zone", "--zone", "zone-1", "--api-addr", ":5681", "--xds-addr", ":5678")
+	if _, stderr, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "type: Mesh\nname: default\n", "apply", "-f", "-"); err != nil {
+		t.Fatalf("apply the mesh: %v %s", err, stderr)
+	}
+	eventually(t, "the mesh in the zone", func() bool {
+		_, _, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "", "get", "mesh", "default")
+		return err == nil
+	})
+	token, stderr, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "", "generate", "dataplane-token", "--mesh", "default", "--service", "web")
+	if err != nil {
+		t.Fatalf("a dataplane token: %v %s", err, stderr)
+	}
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "web.token")
+	os.WriteFile(tokenFile, []byte(token), 0o600)
+	dpFile := filepath.Join(dir, "web-1.yaml")
+	os.WriteFile(dpFile, []byte(strings.Replace(fmt.Sprintf(webDataplane, "10011", "18080"), "127.0.0.1", h.addr("app"), 1)), 0o600)
+	args := []string{"run", "--cp-address", "grpcs://" + zone.xds, "--ca-cert-file", zone.xdsCAFile(t),
+		"--token-file", tokenFile, "--dataplane-file", dpFile, "--admin-addr", "127.0.0.1:9901", "--transparent-proxy"}
+
+	nat := func() string {
+		t.Helper()
+		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "app"), "iptables-save", "-t", "nat").CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables-save on app: %v: %s", err, out)
+		}
+		return string(out)
+	}
+	onApp := h.client(t, "app")
+	ready := func(p *proc) { t.Helper(); waitReadyVia(t, onApp, "http://127.0.0.1:9901/ready", p) }
+
+	p := h.start(t, "app", "ursa-dp", args...)
+	ready(p)
+	rules := nat()
+	for _, want := range []string{"-A OUTPUT -j URSA_OUTPUT", "-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001", "-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN"} {
+		if !strings.Contains(rules, want+"\n") {
+			t.Fatalf("the app host's nat table lacks %q:\n%s", want, rules)
+		}
+	}
+	p.stop(t)
+	if rules := nat(); strings.Contains(rules, "URSA_") {
+		t.Fatalf("after SIGTERM the nat table still holds ours:\n%s", rules)
+	}
+
+	// SIGKILL leaves the rules; the next start takes them over.
+	p = h.start(t, "app", "ursa-dp", append(args, "--exclude-outbound-ports", "22")...)
+	ready(p)
+	p.cmd.Process.Kill()
+	p.done <- <-p.done
+	if rules := nat(); !strings.Contains(rules, "--dport 22 -j RETURN") {
+		t.Fatalf("after SIGKILL the rules are gone (want them left):\n%s", rules)
+	}
+	p = h.start(t, "app", "ursa-dp", args...)
+	ready(p)
+	rules = nat()
+	if strings.Count(rules, "-j URSA_OUTPUT") != 1 || strings.Contains(rules, "--dport 22 ") {
+		t.Fatalf("after a restart the leftovers are not replaced:\n%s", rules)
+	}
+	p.stop(t)
+
+	// A bad port list: a clear error, nothing installed.
+	p = h.start(t, "app", "ursa-dp", append(args, "--exclude-outbound-ports", "22,0")...)
+	if err := p.wait(t); err == nil || !strings.Contains(p.out.String(), "--exclude-outbound-ports") {
+		t.Fatalf("ursa-dp with a bad port list: %v\n%s", err, p.out.String())
+	}
+	if rules := nat(); strings.Contains(rules, "URSA_") {
+		t.Fatalf("a refused start installed rules:\n%s", rules)
+	}
+}
