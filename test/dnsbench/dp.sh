@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# .mesh DNS in the data plane against the zone CP's DNS: the same 1,000 names
+# answered by the zone CP's resolver and by an ursa-dp sidecar's DNS listener
+# (the table the zone CP sent it), measured with dnsperf in the same run,
+# alternating servers round by round (issue 13).
+#
+# Needs: go, curl, jq, dig, dnsperf (apt-get install -y dnsperf).
+# Usage: test/dnsbench/dp.sh            (from anywhere inside the repository)
+# Knobs (environment): SERVICES=1000 ROUNDS=3 DURATION=20 (s) CLIENTS=10
+#   OUTSTANDING=100 (dnsperf -q), OUT=DIR keeps the work files.
+# Only 127.0.0.1 (and the VIPs, in 127.240.0.0/16) is used. Every process
+# started here is stopped on exit.
+set -euo pipefail
+
+SERVICES=${SERVICES:-1000}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-20}
+CLIENTS=${CLIENTS:-10}
+OUTSTANDING=${OUTSTANDING:-100}
+API_PORT=${API_PORT:-16691}
+ZONE_DNS_PORT=${ZONE_DNS_PORT:-15663}
+DP_DNS_PORT=${DP_DNS_PORT:-15664}
+ADDR=127.0.0.1
+API=http://$ADDR:$API_PORT
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [[ -n ${OUT:-} ]]; then
+	mkdir -p "$OUT"
+	KEEP=1
+else
+	OUT=$(mktemp -d /tmp/dpdnsbench.XXXXXX)
+	KEEP=0
+fi
+
+PIDS=()
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	if [[ $KEEP == 0 ]]; then rm -rf "$OUT"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[dpdnsbench] %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+for tool in go curl jq dig dnsperf; do
+	command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+log "building ursa-cp, ursactl and ursa-dp"
+(cd "$ROOT" && go build -o bin/ursa-cp ./cmd/ursa-cp && go build -o bin/ursactl ./cmd/ursactl && go build -o bin/ursa-dp ./cmd/ursa-dp)
+
+log "starting the zone CP (API $ADDR:$API_PORT, DNS $ADDR:$ZONE_DNS_PORT)"
+"$ROOT/bin/ursa-cp" zone --zone bench --api-addr "$ADDR:$API_PORT" --api-tls-addr "$ADDR:$((API_PORT + 1))" \
+	--xds-addr "$ADDR:$((API_PORT + 2))" --xds-allow-loopback-dataplanes --vip-cidr 127.240.0.0/16 \
+	--dns-addr "$ADDR:$ZONE_DNS_PORT" --dns-ttl 30s --log-level warn >"$OUT/ursa-cp.log" 2>&1 &
+PIDS+=($!)
+for i in $(seq 100); do
+	curl -sf -o /dev/null "$API/readyz" && break
+	sleep 0.1
+done
+curl -sf -o /dev/null "$API/readyz" || die "the zone CP is not ready; see $OUT/ursa-cp.log"
+
+log "creating $SERVICES services with one ursactl apply"
+{
+	printf 'type: Mesh\nname: default\n'
+	for i in $(seq "$SERVICES"); do
+		printf -- '---\ntype: Dataplane\nmesh: default\nname: svc-%d\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: %d\n    tags: {ursa.io/service: svc-%d}\n' \
+			"$i" $((20000 + i)) "$i"
+	done
+} >"$OUT/services.yaml"
+"$ROOT/bin/ursactl" --api-server "$API" apply -f - <"$OUT/services.yaml" >"$OUT/apply.log"
+
+vip_table() {
+	curl -sf "$API/meshes/default/virtual-ips" |
+		jq -r '.items[].entries | to_entries[] | select(.value.releasedAt == null) | "\(.key)\t\(.value.ip)"' |
+		sort
+}
+log "waiting for $SERVICES VIPs"
+for i in $(seq 300); do
+	n=$(vip_table | wc -l)
+	[[ $n -ge $SERVICES ]] && break
+	sleep 0.1
+done
+[[ $n -ge $SERVICES ]] || die "only $n of $SERVICES VIPs after 30 s"
+vip_table >"$OUT/vips.tsv"
+
+log "starting svc-1's sidecar, DNS on $ADDR:$DP_DNS_PORT"
+curl -sf "$API/xds/ca.pem" >"$OUT/xds-ca.pem"
+"$ROOT/bin/ursactl" --api-server "$API" generate dataplane-token --mesh default --service svc-1 >"$OUT/svc-1.token"
+: >"$OUT/resolv.conf" # no resolvers: only .mesh names are asked
+"$ROOT/bin/ursa-dp" run --cp-address "grpcs://$ADDR:$((API_PORT + 2))" --ca-cert-file "$OUT/xds-ca.pem" \
+	--dataplane-name svc-1 --mesh default --token-file "$OUT/svc-1.token" --admin-addr "$ADDR:$((API_PORT + 3))" \
+	--dns-addr "$ADDR:$DP_DNS_PORT" --resolv-conf "$OUT/resolv.conf" --log-level warn >"$OUT/ursa-dp.log" 2>&1 &
+PIDS+=($!)
+
+awk -F'\t' '{ print $1 ".mesh A" }' "$OUT/vips.tsv" >"$OUT/queries.txt"
+answers() { # answers PORT: name<TAB>ip for every query
+	dig @"$ADDR" -p "$1" +noall +answer +time=2 +tries=2 -f "$OUT/queries.txt" 2>/dev/null |
+		awk '{ n = tolower($1); sub(/\.mesh\.$/, "", n); print n "\t" $5 }' | sort
+}
+for i in $(seq 300); do
+	answers "$DP_DNS_PORT" >"$OUT/answers-dp.tsv" || true # not listening yet
+	cmp -s "$OUT/vips.tsv" "$OUT/answers-dp.tsv" && break
+	sleep 0.1
+done
+cmp -s "$OUT/vips.tsv" "$OUT/answers-dp.tsv" || die "the sidecar's answers differ from the VIP table ($OUT/answers-dp.tsv, $OUT/ursa-dp.log)"
+answers "$ZONE_DNS_PORT" >"$OUT/answers-zone.tsv"
+cmp -s "$OUT/vips.tsv" "$OUT/answers-zone.tsv" || die "the zone's answers differ from the VIP table"
+log "both answer all $(wc -l <"$OUT/vips.tsv") names with the same IPs"
+
+stat() {
+	case $2 in
+	qps) sed -n 's/^ *Queries per second: *//p' "$1" ;;
+	avg) sed -n 's/^ *Average Latency (s): *\([0-9.]*\) .*/\1/p' "$1" ;;
+	lost) sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' "$1" ;;
+	esac
+}
+RESULTS=$OUT/results.tsv
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+: >"$RESULTS"
+for r in $(seq "$ROUNDS"); do
+	for server in zone dp; do
+		port=$ZONE_DNS_PORT
+		[[ $server == dp ]] && port=$DP_DNS_PORT
+		f=$OUT/dnsperf-$r-$server.txt
+		log "round $r/$ROUNDS: $server, ${DURATION}s"
+		dnsperf -s "$ADDR" -p "$port" -d "$OUT/queries.txt" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" >"$f" 2>&1
+		printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$server" "$(stat "$f" qps)" "$(stat "$f" avg)" "$(stat "$f" lost)" >>"$RESULTS"
+		sleep 1
+	done
+done
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+echo
+echo "dnsperf $(dnsperf -h 2>&1 | sed -n 's/^Version //p'), $ROUNDS rounds x ${DURATION}s per server, -c $CLIENTS -q $OUTSTANDING"
+echo "$SERVICES names; $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1); load average before $LOAD_BEFORE, after $LOAD_AFTER"
+echo
+awk -F'\t' '
+	function median(a, n,   i, j, t, b) {
+		for (i = 1; i <= n; i++) b[i] = a[i]
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (b[j] < b[i]) { t = b[i]; b[i] = b[j]; b[j] = t }
+		return n % 2 ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
+	}
+	BEGIN {
+		print "| round | server | QPS | avg ms | lost |"
+		print "| ----- | ------ | --- | ------ | ---- |"
+	}
+	{
+		printf "| %s | %-4s | %9.0f | %7.3f | %s |\n", $1, $2, $3, $4 * 1000, $5
+		k = ++n[$2]; qps[$2, k] = $3; avg[$2, k] = $4
+	}
+	END {
+		split("zone dp", s, " ")
+		for (i = 1; i <= 2; i++) {
+			m = s[i]
+			for (k = 1; k <= n[m]; k++) { a1[k] = qps[m, k]; a2[k] = avg[m, k] }
+			Q[m] = median(a1, n[m]); A[m] = median(a2, n[m])
+		}
+		printf "\nmedian QPS: zone %.0f, sidecar %.0f; sidecar/zone: QPS %.2fx, average latency %.2fx (lower is better)\n", Q["zone"], Q["dp"], Q["dp"] / Q["zone"], A["dp"] / A["zone"]
+	}' "$RESULTS"
+if [[ $KEEP == 1 ]]; then echo; echo "work files: $OUT"; fi
