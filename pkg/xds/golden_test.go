@@ -119,3 +119,24 @@ func TestTrustWithCRLsGolden(t *testing.T) {
 	}
 	xdstest.Golden(t, "testdata/trust-crl.golden.yaml", xdstest.Render(t, r), *update)
 }
+
+// TestSidecarTransparentGolden: a sidecar whose outbound TCP is redirected
+// to it gets, besides its usual resources, the original-destination
+// listener (a filter chain per VIP and port, none for its loopback
+// outbound) and the passthrough cluster.
+func TestSidecarTransparentGolden(t *testing.T) {
+	s, dp, _ := stateFrom(t, "testdata/sidecar/local.input.yaml")
+	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Validate(r); err != nil {
+		t.Fatalf("generated resources do not validate: %v", err)
+	}
+	xdstest.Golden(t, "testdata/sidecar-transparent.golden.yaml", xdstest.Render(t, r), *update)
+	for _, bad := range []string{"0", "65536", "x", "-1"} {
+		if _, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: bad}); err == nil || !strings.Contains(err.Error(), "transparent proxy port") {
+			t.Errorf("transparent proxy port %q: %v", bad, err)
+		}
+	}
+}

@@ -46,6 +46,10 @@ type Node struct {
 	// DNSAddress is the IP:port its latest stream asked a DNS listener on
 	// (node metadata api.MetadataDNSAddress), "" for none.
 	DNSAddress string `json:"dnsAddress,omitempty"`
+	// TransparentProxy is the port its latest stream said its outbound
+	// TCP is redirected to (node metadata api.MetadataTransparentProxy),
+	// "" for none.
+	TransparentProxy string `json:"transparentProxy,omitempty"`
 	// Claims are the tokens' claims of its open streams that showed one
 	// (Nodes sets them): each stream is served what the node is generated,
 	// so every one of them must cover its Dataplane (Server.Revoke).
@@ -334,9 +338,10 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	s.streams[stream] = node.GetId()
 	csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue()
 	dnsAddr := node.GetMetadata().GetFields()[api.MetadataDNSAddress].GetStringValue()
+	transparent := node.GetMetadata().GetFields()[api.MetadataTransparentProxy].GetStringValue()
 	if n, ok := s.nodes[node.GetId()]; ok {
 		if !had {
-			n.DNSAddress = dnsAddr
+			n.DNSAddress, n.TransparentProxy = dnsAddr, transparent
 			// A proxy that restarted with a new key before its old stream
 			// closed: its identity must certify the new key. And every
 			// stream's token must cover the node: told of a further
@@ -347,7 +352,7 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 		return nil
 	}
 	kind := KindOf(node)
-	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr, DNSAddress: dnsAddr}
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr, DNSAddress: dnsAddr, TransparentProxy: transparent}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
 	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()

@@ -76,6 +76,15 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 			out[resource.ListenerType] = mergeByName([]types.Resource{l}, out[resource.ListenerType])
 		}
 	}
+	if p.TransparentProxy != "" {
+		port, err := ParseTransparentPort(p.TransparentProxy)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar %s: %w", dp.Name, err)
+		}
+		l, c := s.transparentResources(dp, port)
+		out[resource.ListenerType] = mergeByName([]types.Resource{l}, out[resource.ListenerType])
+		out[resource.ClusterType] = mergeByName([]types.Resource{c}, out[resource.ClusterType])
+	}
 	return out, nil
 }
 

@@ -172,6 +172,10 @@ type Proxy struct {
 	// DNSAddress, for a sidecar, is the IP:port it asked to answer .mesh
 	// names on (node metadata api.MetadataDNSAddress); "" for none.
 	DNSAddress string
+	// TransparentProxy, for a sidecar, is the port its outbound TCP is
+	// redirected to (node metadata api.MetadataTransparentProxy); "" for
+	// none.
+	TransparentProxy string
 }
 
 // NodeID is a proxy's xDS node id: "<mesh>.<dataplane name>".

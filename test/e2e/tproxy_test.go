@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +13,8 @@ import (
 // TestTransparentProxyLifecycle: `ursa-dp run --transparent-proxy` on a
 // host of its own installs the redirection before it connects (its own
 // connection to the zone CP on another host, marked, is not redirected: it
-// gets ready), removes exactly that on SIGTERM, and after a SIGKILL the
+// gets ready), an app's call outside the mesh is passed through by the
+// original-destination listener the zone sends it, it removes exactly that on SIGTERM, and after a SIGKILL the
 // next start replaces the leftovers instead of adding to them. Bad flags
 // change nothing.
 func TestTransparentProxyLifecycle(t *testing.T) {
@@ -59,6 +61,23 @@ func TestTransparentProxyLifecycle(t *testing.T) {
 			t.Fatalf("the app host's nat table lacks %q:\n%s", want, rules)
 		}
 	}
+	// An app's call to a server outside the mesh (the CP host's API)
+	// goes through the sidecar's original-destination listener, which the
+	// zone sent it, and is passed through to where it was headed.
+	eventually(t, "a call from the app host to the CP host, passed through the sidecar", func() bool {
+		resp, err := onApp.Get("http://" + h.addr("cp") + ":5681/meshes")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		resp, err = onApp.Get("http://127.0.0.1:9901/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), `ursa_dp_connections_total{listener="ursa:outbound"}`)
+	})
 	p.stop(t)
 	if rules := nat(); strings.Contains(rules, "URSA_") {
 		t.Fatalf("after SIGTERM the nat table still holds ours:\n%s", rules)
