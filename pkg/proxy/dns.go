@@ -143,20 +143,35 @@ const maxUDP = 1232
 // SERVFAIL at once rather than a goroutine per packet of a flood.
 const maxForwarding = 256
 
+// listenDNS binds addr over UDP and TCP. With port 0 it takes the port UDP
+// got for TCP too, and tries another when that one is taken over TCP.
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	for attempt := 1; ; attempt++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		tcpAddr := addr
+		if port == "0" {
+			tcpAddr = net.JoinHostPort(host, fmt.Sprint(pc.LocalAddr().(*net.UDPAddr).Port))
+		}
+		ln, err := net.Listen("tcp", tcpAddr)
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if port != "0" || attempt == 10 {
+			return nil, nil, err
+		}
+	}
+}
+
 // startDNS serves h on addr over UDP and TCP (port 0: a free port, the same
 // for both).
 func startDNS(addr string, h dns.Handler) (*dnsServer, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	pc, ln, err := listenDNS(addr)
 	if err != nil {
-		return nil, err
-	}
-	tcpAddr := addr
-	if host, port, _ := net.SplitHostPort(addr); port == "0" {
-		tcpAddr = net.JoinHostPort(host, fmt.Sprint(pc.LocalAddr().(*net.UDPAddr).Port))
-	}
-	ln, err := net.Listen("tcp", tcpAddr)
-	if err != nil {
-		pc.Close()
 		return nil, err
 	}
 	s := &dnsServer{addr: addr, udpAddr: pc.LocalAddr(), servers: []*dns.Server{
