@@ -11,6 +11,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/proxy/dnsforward"
 )
 
 // Server answers <service>.<domain> from a Resolver's table, forwards other
@@ -27,11 +29,10 @@ type Server struct {
 	Log       *zap.Logger
 	Metrics   *Metrics
 
-	suffix string // ".mesh."
-	apex   string // "mesh."
-	soa    dns.RR
-	client *dns.Client
-	tcp    *dns.Client
+	suffix    string // ".mesh."
+	apex      string // "mesh."
+	soa       dns.RR
+	forwarder dnsforward.Forwarder
 }
 
 // maxUDP is the largest UDP answer we send to an EDNS0 client (RFC 9715's
@@ -44,8 +45,9 @@ func (s *Server) init() {
 	ttl := uint32(s.TTL.Seconds())
 	s.soa = &dns.SOA{Hdr: dns.RR_Header{Name: s.apex, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
 		Ns: "ns." + s.apex, Mbox: "hostmaster." + s.apex, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: ttl}
-	s.client = &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
-	s.tcp = &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+	s.forwarder = dnsforward.Forwarder{Upstreams: s.Upstreams,
+		UDP: &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize},
+		TCP: &dns.Client{Net: "tcp", Timeout: 2 * time.Second}}
 }
 
 // Start serves on addr over UDP and TCP until ctx ends.
@@ -157,47 +159,13 @@ func (s *Server) answer(w dns.ResponseWriter, req *dns.Msg) (*dns.Msg, uint16) {
 	return resp, q.Qtype
 }
 
-// forward asks the upstreams, in order, retrying over TCP when an answer is
-// truncated; with no upstreams, or none answering, it refuses or fails.
+// forward asks the upstreams (dnsforward); with none it refuses.
 func (s *Server) forward(w dns.ResponseWriter, req *dns.Msg) *dns.Msg {
-	if len(s.Upstreams) == 0 {
-		return new(dns.Msg).SetRcode(req, dns.RcodeRefused)
+	resp, err := s.forwarder.Forward(req, isUDP(w))
+	if err != nil {
+		s.Log.Debug("no upstream answered", zap.Strings("upstreams", s.Upstreams), zap.Error(err))
 	}
-	out := req.Copy()
-	if out.IsEdns0() == nil {
-		out.SetEdns0(dns.DefaultMsgSize, false)
-	}
-	for _, up := range s.Upstreams {
-		c := s.client
-		if !isUDP(w) {
-			c = s.tcp
-		}
-		resp, _, err := c.Exchange(out, up)
-		if err == nil && resp.Truncated && c == s.client {
-			resp, _, err = s.tcp.Exchange(out, up)
-		}
-		if err != nil {
-			s.Log.Debug("upstream did not answer", zap.String("upstream", up), zap.Error(err))
-			continue
-		}
-		resp.Id = req.Id
-		if req.IsEdns0() == nil {
-			// The client spoke no EDNS0: do not hand it our OPT record.
-			resp.Extra = stripOPT(resp.Extra)
-		}
-		return resp
-	}
-	return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
-}
-
-func stripOPT(rrs []dns.RR) []dns.RR {
-	out := rrs[:0]
-	for _, rr := range rrs {
-		if rr.Header().Rrtype != dns.TypeOPT {
-			out = append(out, rr)
-		}
-	}
-	return out
+	return resp
 }
 
 // Metrics count queries by type and rcode, and time answers.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/pkg/proxy/dnsforward"
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
@@ -339,11 +339,6 @@ func (p *Proxy) forwardDNS(req *dns.Msg, udp bool) *dns.Msg {
 	default:
 		return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
 	}
-	out := req.Copy()
-	edns := out.IsEdns0() != nil
-	if !edns {
-		out.SetEdns0(dns.DefaultMsgSize, false)
-	}
 	udpClient := &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
 	tcpClient := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
 	if p.Mark != 0 {
@@ -351,36 +346,9 @@ func (p *Proxy) forwardDNS(req *dns.Msg, udp bool) *dns.Msg {
 		udpClient.Dialer = &net.Dialer{Timeout: 2 * time.Second, Control: tproxy.MarkControl(p.Mark)}
 		tcpClient.Dialer = udpClient.Dialer
 	}
-	var errs []error
-	for _, up := range p.DNSUpstreams {
-		c := tcpClient
-		if udp {
-			c = udpClient
-		}
-		resp, _, err := c.Exchange(out, up)
-		if err == nil && resp.Truncated && udp {
-			resp, _, err = tcpClient.Exchange(out, up)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		resp.Id = req.Id
-		if !edns {
-			resp.Extra = stripOPT(resp.Extra)
-		}
-		return resp
+	resp, err := dnsforward.Forwarder{Upstreams: p.DNSUpstreams, UDP: udpClient, TCP: tcpClient}.Forward(req, udp)
+	if err != nil {
+		p.log.Debug("no DNS upstream answered", zap.Error(err))
 	}
-	p.log.Debug("no DNS upstream answered", zap.Error(errors.Join(errs...)))
-	return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
-}
-
-func stripOPT(rrs []dns.RR) []dns.RR {
-	out := rrs[:0]
-	for _, rr := range rrs {
-		if rr.Header().Rrtype != dns.TypeOPT {
-			out = append(out, rr)
-		}
-	}
-	return out
+	return resp
 }
