@@ -23,35 +23,10 @@ DP_DNS_PORT=${DP_DNS_PORT:-15664}
 ADDR=127.0.0.1
 API=http://$ADDR:$API_PORT
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-if [[ -n ${OUT:-} ]]; then
-	mkdir -p "$OUT"
-	KEEP=1
-else
-	OUT=$(mktemp -d /tmp/dpdnsbench.XXXXXX)
-	KEEP=0
-fi
-
-PIDS=()
-cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	if [[ $KEEP == 0 ]]; then rm -rf "$OUT"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '[dpdnsbench] %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-for tool in go curl jq dig dnsperf; do
-	command -v "$tool" >/dev/null || die "$tool not found"
-done
+TAG=dpdnsbench
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need go curl jq dig dnsperf
 
 log "building ursa-cp, ursactl and ursa-dp"
 (cd "$ROOT" && go build -o bin/ursa-cp ./cmd/ursa-cp && go build -o bin/ursactl ./cmd/ursactl && go build -o bin/ursa-dp ./cmd/ursa-dp)
@@ -77,11 +52,6 @@ log "creating $SERVICES services with one ursactl apply"
 } >"$OUT/services.yaml"
 "$ROOT/bin/ursactl" --api-server "$API" apply -f - <"$OUT/services.yaml" >"$OUT/apply.log"
 
-vip_table() {
-	curl -sf "$API/meshes/default/virtual-ips" |
-		jq -r '.items[].entries | to_entries[] | select(.value.releasedAt == null) | "\(.key)\t\(.value.ip)"' |
-		sort
-}
 log "waiting for $SERVICES VIPs"
 for i in $(seq 300); do
 	n=$(vip_table | wc -l)
@@ -101,10 +71,6 @@ curl -sf "$API/xds/ca.pem" >"$OUT/xds-ca.pem"
 PIDS+=($!)
 
 awk -F'\t' '{ print $1 ".mesh A" }' "$OUT/vips.tsv" >"$OUT/queries.txt"
-answers() { # answers PORT: name<TAB>ip for every query
-	dig @"$ADDR" -p "$1" +noall +answer +time=2 +tries=2 -f "$OUT/queries.txt" 2>/dev/null |
-		awk '{ n = tolower($1); sub(/\.mesh\.$/, "", n); print n "\t" $5 }' | sort
-}
 for i in $(seq 300); do
 	answers "$DP_DNS_PORT" >"$OUT/answers-dp.tsv" || true # not listening yet
 	cmp -s "$OUT/vips.tsv" "$OUT/answers-dp.tsv" && break
@@ -115,13 +81,6 @@ answers "$ZONE_DNS_PORT" >"$OUT/answers-zone.tsv"
 cmp -s "$OUT/vips.tsv" "$OUT/answers-zone.tsv" || die "the zone's answers differ from the VIP table"
 log "both answer all $(wc -l <"$OUT/vips.tsv") names with the same IPs"
 
-stat() {
-	case $2 in
-	qps) sed -n 's/^ *Queries per second: *//p' "$1" ;;
-	avg) sed -n 's/^ *Average Latency (s): *\([0-9.]*\) .*/\1/p' "$1" ;;
-	lost) sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' "$1" ;;
-	esac
-}
 RESULTS=$OUT/results.tsv
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 : >"$RESULTS"

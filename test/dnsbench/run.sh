@@ -33,35 +33,10 @@ COREDNS_PORT=${COREDNS_PORT:-15654}
 ADDR=127.0.0.1
 API=http://$ADDR:$API_PORT
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-if [[ -n ${OUT:-} ]]; then
-	mkdir -p "$OUT"
-	KEEP=1
-else
-	OUT=$(mktemp -d /tmp/dnsbench.XXXXXX)
-	KEEP=0
-fi
-
-PIDS=()
-cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	if [[ $KEEP == 0 ]]; then rm -rf "$OUT"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '[dnsbench] %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-for tool in go curl jq dig dnsperf; do
-	command -v "$tool" >/dev/null || die "$tool not found"
-done
+TAG=dnsbench
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need go curl jq dig dnsperf
 [[ -x $COREDNS ]] || die "no CoreDNS at $COREDNS (see the header of $0)"
 
 wait_port() { # wait_port PORT PROTO(udp|tcp) PID
@@ -100,12 +75,6 @@ log "creating $SERVICES services with one ursactl apply"
 } >"$OUT/services.yaml"
 "$ROOT/bin/ursactl" --api-server "$API" apply -f - <"$OUT/services.yaml" >"$OUT/apply.log"
 
-# name<TAB>ip of every live VIP, sorted by name
-vip_table() {
-	curl -sf "$API/meshes/default/virtual-ips" |
-		jq -r '.items[].entries | to_entries[] | select(.value.releasedAt == null) | "\(.key)\t\(.value.ip)"' |
-		sort
-}
 log "waiting for $SERVICES VIPs"
 for i in $(seq 300); do
 	n=$(vip_table | wc -l)
@@ -140,10 +109,6 @@ awk -F'\t' '{
 	print n " A"
 }' "$OUT/vips.tsv" >"$OUT/queries.txt"
 
-answers() { # answers PORT: name<TAB>ip for every query, in query order
-	dig @"$ADDR" -p "$1" +noall +answer +time=2 +tries=2 -f "$OUT/queries.txt" |
-		awk '{ n = tolower($1); sub(/\.mesh\.$/, "", n); print n "\t" $5 }' | sort
-}
 answers "$URSA_DNS_PORT" >"$OUT/answers-ursa.tsv"
 answers "$COREDNS_PORT" >"$OUT/answers-coredns.tsv"
 cmp -s "$OUT/vips.tsv" "$OUT/answers-ursa.tsv" || die "Ursa's answers differ from the VIP table ($OUT/answers-ursa.tsv)"
@@ -155,15 +120,6 @@ for port in "$URSA_DNS_PORT" "$COREDNS_PORT"; do
 done
 
 # --- dnsperf, alternating ------------------------------------------------------
-# stat FILE FIELD: a figure from dnsperf's statistics
-stat() {
-	case $2 in
-	qps) sed -n 's/^ *Queries per second: *//p' "$1" ;;
-	avg) sed -n 's/^ *Average Latency (s): *\([0-9.]*\) .*/\1/p' "$1" ;;
-	max) sed -n 's/^ *Average Latency (s):.*max \([0-9.]*\)).*/\1/p' "$1" ;;
-	lost) sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' "$1" ;;
-	esac
-}
 # pct FILE: p50 p99 p99.9 (seconds) from dnsperf -v per-query latencies
 pct() {
 	awk '$1 == ">" { print $NF }' "$1" | sort -g | awk '
