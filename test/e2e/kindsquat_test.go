@@ -1,16 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -25,28 +21,10 @@ func TestIngressTokenCannotJoinASidecarsNode(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1")
 	ctl(t, zone.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
-	ctl(t, zone.api, `
-type: Dataplane
-mesh: default
-name: billing-1
-networking:
-  address: 127.0.0.2
-  inbound:
-  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
-`, "apply", "-f", "-")
+	ctl(t, zone.api, billing1, "apply", "-f", "-")
 	conn := zone.dialXDS(t)
 	open := func(token string, node *core.Node) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		t.Cleanup(cancel)
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-		stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: []string{"identity"}}); err != nil {
-			t.Fatal(err)
-		}
-		return stream
+		return openIdentityStream(t, conn, token, node)
 	}
 	billing := open(zone.dataplaneToken(t, "default", "--service", "billing"), &core.Node{Id: "default.billing-1"})
 	if _, svc, err := sdsIdentity(billing, "default.billing-1"); err != nil || svc != "spiffe://default/billing" {
@@ -80,29 +58,11 @@ func TestIngressTokenCannotSquatADataplanesNode(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1")
 	ctl(t, zone.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
-	ctl(t, zone.api, `
-type: Dataplane
-mesh: default
-name: billing-1
-networking:
-  address: 127.0.0.2
-  inbound:
-  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
-`, "apply", "-f", "-")
+	ctl(t, zone.api, billing1, "apply", "-f", "-")
 	eventually(t, "billing-1 in the zone", func() bool { return zone.has(t, "/meshes/default/dataplanes/billing-1") })
 	conn := zone.dialXDS(t)
 	open := func(token string, node *core.Node) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		t.Cleanup(cancel)
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-		stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: []string{"identity"}}); err != nil {
-			t.Fatal(err)
-		}
-		return stream
+		return openIdentityStream(t, conn, token, node)
 	}
 	asIngress, err := structpb.NewStruct(map[string]any{api.MetadataIngress: "true"})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -55,20 +56,37 @@ func zoneForSquatting(t *testing.T) (*cp, func(service, node string) discovery.A
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
 	conn := zone.dialXDS(t)
 	open := func(service, node string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		t.Cleanup(cancel)
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", service))
-		stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: node}, TypeUrl: resource.SecretType, ResourceNames: []string{"identity"}}); err != nil {
-			t.Fatal(err)
-		}
-		return stream
+		return openIdentityStream(t, conn, zone.dataplaneToken(t, "default", "--service", service), &core.Node{Id: node})
 	}
 	return zone, open
 }
+
+// openIdentityStream opens an ADS stream on conn with token and asks, as
+// node, for its identity.
+func openIdentityStream(t *testing.T, conn *grpc.ClientConn, token string, node *core.Node) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: []string{"identity"}}); err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+// billing1 is the Dataplane the squatting tests register as billing-1.
+const billing1 = `
+type: Dataplane
+mesh: default
+name: billing-1
+networking:
+  address: 127.0.0.2
+  inbound:
+  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
+`
 
 // TestStreamCannotRenameItsNode: a stream admitted as web-1 that names
 // billing-1 in a later request is refused, rather than served billing-1's
@@ -106,15 +124,7 @@ func TestTokenCannotHoldAnotherServicesNode(t *testing.T) {
 	eventually(t, "the squatter connected", func() bool {
 		return strings.Contains(zone.out.String(), `"proxy connected","zone":"zone-1","proxy":"default.billing-1"`)
 	})
-	ctl(t, zone.api, `
-type: Dataplane
-mesh: default
-name: billing-1
-networking:
-  address: 127.0.0.2
-  inbound:
-  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}
-`, "apply", "-f", "-")
+	ctl(t, zone.api, billing1, "apply", "-f", "-")
 	s, svc, err := sdsIdentity(squatter, "default.billing-1")
 	if err == nil {
 		t.Fatalf("a proxy with web's token got billing-1's identity %q (with a key: %v)", svc,
