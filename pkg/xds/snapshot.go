@@ -245,7 +245,7 @@ type refTargets [len(snapshotTypes)]string
 func newSnapshotPart(sum partSum, items []sortedRes) *snapshotPart {
 	p := &snapshotPart{version: hex.EncodeToString(sum[:]), entries: make([]partEntry, len(items)), anys: make([]*anypb.Any, len(items))}
 	for i, it := range items {
-		p.entries[i] = partEntry{name: it.name, res: it.res, facts: it.facts}
+		p.entries[i] = it
 		p.anys[i] = it.facts.any
 		for _, ref := range it.facts.check.refs {
 			p.refTypes |= 1 << slices.Index(snapshotTypes[:], ref.typ)
