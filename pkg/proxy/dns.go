@@ -339,14 +339,17 @@ func (p *Proxy) forwardDNS(req *dns.Msg, udp bool) *dns.Msg {
 	default:
 		return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
 	}
-	udpClient := &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
-	tcpClient := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
-	if p.Mark != 0 {
-		// The transparent proxy lets the proxy's own queries through.
-		udpClient.Dialer = &net.Dialer{Timeout: 2 * time.Second, Control: tproxy.MarkControl(p.Mark)}
-		tcpClient.Dialer = udpClient.Dialer
-	}
-	resp, err := dnsforward.Forwarder{Upstreams: p.DNSUpstreams, UDP: udpClient, TCP: tcpClient}.Forward(req, udp)
+	p.forwarderOnce.Do(func() {
+		udpClient := &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
+		tcpClient := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+		if p.Mark != 0 {
+			// The transparent proxy lets the proxy's own queries through.
+			udpClient.Dialer = &net.Dialer{Timeout: 2 * time.Second, Control: tproxy.MarkControl(p.Mark)}
+			tcpClient.Dialer = udpClient.Dialer
+		}
+		p.forwarder = dnsforward.Forwarder{Upstreams: p.DNSUpstreams, UDP: udpClient, TCP: tcpClient}
+	})
+	resp, err := p.forwarder.Forward(req, udp)
 	if err != nil {
 		p.log.Debug("no DNS upstream answered", zap.Error(err))
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/proxy/dnsforward"
 )
 
 // DefaultEjectionTime is the longest an endpoint that refused a connection is
@@ -41,6 +43,7 @@ type Proxy struct {
 	// Mark, when not 0, is the SO_MARK of every upstream socket: the
 	// transparent proxy's rules let traffic with it through, so that the
 	// proxy's own connections are not redirected back into it.
+	// Set it before the first Apply.
 	Mark uint32
 
 	// DNSUpstreams (host:port) get the DNS queries for names outside the
@@ -62,6 +65,9 @@ type Proxy struct {
 	dns        *dnsServer
 	dnsFailing string
 	forwarding chan struct{}
+	// forwarder asks DNSUpstreams, built once from them and Mark.
+	forwarder     dnsforward.Forwarder
+	forwarderOnce sync.Once
 
 	conns        *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
