@@ -173,49 +173,71 @@ func (h *hosts) client(t testing.TB, host string) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial}}
 }
 
-// dialer dials from inside host's namespace: the socket is made on an OS
-// thread switched into that namespace and back, locked to its goroutine
-// meanwhile, so no other goroutine ever runs there. The thread must live
-// on: a thread that ends kills every child it forked (start's processes
-// have Pdeathsig), so one that cannot switch back stays locked, and only
-// then is thrown away with its goroutine.
+// dialer dials from inside host's namespace (see inside).
 func (h *hosts) dialer(t testing.TB, host string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	path := filepath.Join("/var/run/netns", h.namespace(t, host))
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			conn net.Conn
-			err  error
-		}
-		done := make(chan result, 1)
-		go func() {
-			runtime.LockOSThread()
-			home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				runtime.UnlockOSThread()
-				done <- result{err: fmt.Errorf("open this thread's namespace: %w", err)}
-				return
-			}
-			defer unix.Close(home)
-			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				runtime.UnlockOSThread()
-				done <- result{err: fmt.Errorf("open namespace %s: %w", path, err)}
-				return
-			}
-			defer unix.Close(fd)
-			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-				runtime.UnlockOSThread()
-				done <- result{err: fmt.Errorf("enter namespace %s: %w", path, err)}
-				return
-			}
+		var conn net.Conn
+		err := h.inside(t, host, func() error {
 			var d net.Dialer
-			conn, err := d.DialContext(ctx, network, addr)
-			if unix.Setns(home, unix.CLONE_NEWNET) == nil {
-				runtime.UnlockOSThread()
-			}
-			done <- result{conn, err}
-		}()
-		r := <-done
-		return r.conn, r.err
+			var err error
+			conn, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
 	}
+}
+
+// listen listens on addr inside host's namespace, as a server running
+// there would; the listener is closed when the test ends.
+func (h *hosts) listen(t testing.TB, host, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := h.inside(t, host, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatalf("listen on %s at %s: %v", host, addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// inside runs fn in host's namespace, where the sockets fn makes stay: on
+// an OS thread switched into that namespace and back, locked to its
+// goroutine meanwhile, so no other goroutine ever runs there. The thread
+// must live on: a thread that ends kills every child it forked (start's
+// processes have Pdeathsig), so one that cannot switch back stays locked,
+// and only then is thrown away with its goroutine.
+func (h *hosts) inside(t testing.TB, host string, fn func() error) error {
+	path := filepath.Join("/var/run/netns", h.namespace(t, host))
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("open this thread's namespace: %w", err)
+			return
+		}
+		defer unix.Close(home)
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("open namespace %s: %w", path, err)
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("enter namespace %s: %w", path, err)
+			return
+		}
+		err = fn()
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- err
+	}()
+	return <-done
 }
