@@ -65,7 +65,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 	}
 	for i, in := range dp.Networking.Inbound {
 		servicePort := in.AppPort()
-		local := fmt.Sprintf("localhost:%d", servicePort)
+		local := localCluster(in)
 		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
 		switch {
 		case inboundPort != 0:
@@ -229,6 +229,9 @@ func inboundListener(s *MeshState, dp *api.Dataplane, in api.Inbound, local stri
 	return &listener.Listener{Name: name, Address: SocketAddress(dp.Networking.Address, uint32(in.Port)),
 		FilterChains: []*listener.FilterChain{inboundChain(s, in, name, local, mtls)}}
 }
+
+// localCluster names the static cluster of an inbound's application.
+func localCluster(in api.Inbound) string { return fmt.Sprintf("localhost:%d", in.AppPort()) }
 
 func inboundName(dp *api.Dataplane, in api.Inbound) string {
 	return fmt.Sprintf("inbound:%s:%d", dp.Networking.Address, in.Port)

@@ -95,7 +95,7 @@ func (s *MeshState) transparentInbound(dp *api.Dataplane, port uint32, mtls bool
 	}
 	for _, in := range dp.Networking.Inbound {
 		name := inboundName(dp, in)
-		chain := inboundChain(s, in, name, fmt.Sprintf("localhost:%d", in.AppPort()), mtls)
+		chain := inboundChain(s, in, name, localCluster(in), mtls)
 		chain.Name = name
 		chain.FilterChainMatch = &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(in.Port)), PrefixRanges: prefixes}
 		l.FilterChains = append(l.FilterChains, chain)
