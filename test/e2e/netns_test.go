@@ -207,6 +207,21 @@ func (h *hosts) listen(t testing.TB, host, network, addr string) net.Listener {
 	return l
 }
 
+// listenPacket is listen for a datagram socket.
+func (h *hosts) listenPacket(t testing.TB, host, network, addr string) net.PacketConn {
+	t.Helper()
+	var c net.PacketConn
+	var err error
+	if nsErr := h.in(t, host, func() { c, err = net.ListenPacket(network, addr) }); nsErr != nil {
+		t.Fatal(nsErr)
+	}
+	if err != nil {
+		t.Fatalf("listen on %s %s: %v", host, addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // in runs fn inside host's network namespace: on an OS thread switched into
 // it and back, locked to its goroutine meanwhile, so no other goroutine ever
 // runs there. Sockets fn makes stay in the namespace. The thread must live
