@@ -114,7 +114,7 @@ spec:
 	app := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "billing")
 	})}
-	go app.Serve(h.listen(t, "server", "0.0.0.0:8080"))
+	go app.Serve(h.listen(t, "server", "tcp", "0.0.0.0:8080"))
 	t.Cleanup(func() { app.Close() })
 
 	// Refused before anything is installed: the inbound port is taken.
