@@ -48,14 +48,31 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 	}
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
-	for i, in := range dp.Networking.Inbound {
-		servicePort := in.AppPort()
-		local := fmt.Sprintf("localhost:%d", servicePort)
-		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
-		if dp.Version != 0 { // a stored Dataplane: its version and creation time name its content
-			key := fmt.Sprintf("inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
+	var inboundPort uint32 // inbound TCP redirected there: no listener per inbound
+	if p.TransparentInbound != "" {
+		port, err := ParseTransparentPort(p.TransparentInbound)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar %s: inbound: %w", dp.Name, err)
+		}
+		inboundPort = port
+		build := func() *listener.Listener { return s.transparentInbound(dp, port, mtls) }
+		if dp.Version != 0 {
+			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port)
 			out.Add(resource.ListenerType, memoPolicy(s, key, build))
 		} else {
+			out.Add(resource.ListenerType, build())
+		}
+	}
+	for i, in := range dp.Networking.Inbound {
+		servicePort := in.AppPort()
+		local := localCluster(in)
+		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
+		switch {
+		case inboundPort != 0:
+		case dp.Version != 0: // a stored Dataplane: its version and creation time name its content
+			key := fmt.Sprintf("inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
+			out.Add(resource.ListenerType, memoPolicy(s, key, build))
+		default:
 			out.Add(resource.ListenerType, build())
 		}
 		out.Add(resource.ClusterType, memoPolicy(s, "local|"+local, func() *cluster.Cluster {
@@ -64,7 +81,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 	}
 	// In the order of their names, as a snapshot lists them, so that the
 	// xDS server recognises the lists of the proxy's last snapshot.
-	for typ, shared := range s.outboundResources(dp) {
+	for typ, shared := range s.outboundResources(dp, p.TransparentProxy != "") {
 		out[typ] = mergeByName(out[typ], shared)
 	}
 	if p.DNSAddress != "" {
@@ -91,9 +108,12 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 // outboundResources is the part of a sidecar's configuration that reaches
 // other services: the outbound listeners, and the EDS clusters and load
 // assignments of their subsets. It depends on the dataplane only through
-// the services it is an instance of and its explicit outbounds, so
-// dataplanes that agree on those share one, built once per MeshState.
-func (s *MeshState) outboundResources(dp *api.Dataplane) Resources {
+// the services it is an instance of, its explicit outbounds and whether it
+// is transparent, so dataplanes that agree on those share one, built once
+// per MeshState. A transparent sidecar gets no listener on a VIP: its
+// original-destination listener takes those connections (a VIP is on no
+// interface, so a listener there could not bind).
+func (s *MeshState) outboundResources(dp *api.Dataplane, transparent bool) Resources {
 	var own []string
 	for _, in := range dp.Networking.Inbound {
 		own = append(own, in.Tags[api.TagService])
@@ -103,11 +123,11 @@ func (s *MeshState) outboundResources(dp *api.Dataplane) Resources {
 	for _, o := range dp.Networking.Outbound {
 		explicit = append(explicit, fmt.Sprintf("%s@%s:%d", o.Tags[api.TagService], o.Address, o.Port))
 	}
-	key := fmt.Sprintf("outbound-resources|%q|%q", slices.Compact(own), explicit)
-	return memo(s, key, func() Resources { return s.buildOutboundResources(dp) })
+	key := fmt.Sprintf("outbound-resources|%q|%q|%t", slices.Compact(own), explicit, transparent)
+	return memo(s, key, func() Resources { return s.buildOutboundResources(dp, transparent) })
 }
 
-func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
+func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) Resources {
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
 	clusters := map[string]Subset{}
@@ -116,8 +136,10 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
 		if len(subsets) == 0 {
 			continue
 		}
-		out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
-			func() *listener.Listener { return outboundListener(o, subsets) }))
+		if o.explicit || !transparent {
+			out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
+				func() *listener.Listener { return outboundListener(o, subsets) }))
+		}
 		for _, sub := range subsets {
 			clusters[sub.ClusterName()] = sub
 		}
@@ -159,6 +181,8 @@ type outbound struct {
 	service string
 	addr    string
 	port    uint32
+	// explicit: the Dataplane's own outbound, not a VIP's.
+	explicit bool
 }
 
 // outbounds lists, for every service of the mesh other than the proxy's
@@ -183,7 +207,7 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 		if addr == "" {
 			addr = "127.0.0.1"
 		}
-		addOut(outbound{service: o.Tags[api.TagService], addr: addr, port: uint32(o.Port)})
+		addOut(outbound{service: o.Tags[api.TagService], addr: addr, port: uint32(o.Port), explicit: true})
 	}
 	for _, svc := range s.Services() {
 		vip, ok := s.VIPs[svc]
@@ -208,7 +232,23 @@ func outboundListener(o outbound, subsets []Subset) *listener.Listener {
 }
 
 func inboundListener(s *MeshState, dp *api.Dataplane, in api.Inbound, local string, mtls bool) *listener.Listener {
-	name := fmt.Sprintf("inbound:%s:%d", dp.Networking.Address, in.Port)
+	name := inboundName(dp, in)
+	return &listener.Listener{Name: name, Address: SocketAddress(dp.Networking.Address, uint32(in.Port)),
+		FilterChains: []*listener.FilterChain{inboundChain(s, in, name, local, mtls)}}
+}
+
+// localCluster names the static cluster of an inbound's application.
+func localCluster(in api.Inbound) string { return fmt.Sprintf("localhost:%d", in.AppPort()) }
+
+func inboundName(dp *api.Dataplane, in api.Inbound) string {
+	return fmt.Sprintf("inbound:%s:%d", dp.Networking.Address, in.Port)
+}
+
+// inboundChain is what an inbound does with a connection, wherever it is
+// accepted: with mTLS it terminates TLS, requiring a client certificate,
+// and lets through the callers TrafficPermissions allow; then it proxies
+// to the application at local.
+func inboundChain(s *MeshState, in api.Inbound, name, local string, mtls bool) *listener.FilterChain {
 	chain := &listener.FilterChain{}
 	if mtls {
 		chain.Filters = append(chain.Filters, rbacFilter(s, in.Tags, name))
@@ -219,7 +259,7 @@ func inboundListener(s *MeshState, dp *api.Dataplane, in api.Inbound, local stri
 			})}}
 	}
 	chain.Filters = append(chain.Filters, TCPProxy(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}))
-	return &listener.Listener{Name: name, Address: SocketAddress(dp.Networking.Address, uint32(in.Port)), FilterChains: []*listener.FilterChain{chain}}
+	return chain
 }
 
 // commonTLS points at the SDS identity and CA secrets.
