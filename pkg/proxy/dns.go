@@ -35,6 +35,9 @@ type DNS struct {
 	// Envoy, the parents of its names (it ignores the deprecated
 	// known_suffixes, as Envoy does).
 	Domains map[string]bool
+	// fast holds the answers of Names prepared for the fast path
+	// (dnsfast.go), built with them.
+	fast fastTable
 }
 
 type dnsEntry struct {
@@ -113,6 +116,7 @@ func translateDNS(l *listener.Listener) (*DNS, error) {
 			out.Domains[parent] = true
 		}
 	}
+	out.fast = newFastTable(out.Names)
 	return out, nil
 }
 
@@ -168,14 +172,14 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 }
 
 // startDNS serves h on addr over UDP and TCP (port 0: a free port, the same
-// for both).
-func startDNS(addr string, h dns.Handler) (*dnsServer, error) {
+// for both); decorate, when not nil, wraps the UDP server's reader.
+func startDNS(addr string, h dns.Handler, decorate dns.DecorateReader) (*dnsServer, error) {
 	pc, ln, err := listenDNS(addr)
 	if err != nil {
 		return nil, err
 	}
 	s := &dnsServer{addr: addr, udpAddr: pc.LocalAddr(), servers: []*dns.Server{
-		{PacketConn: pc, Handler: h, UDPSize: maxUDP},
+		{PacketConn: pc, Handler: h, UDPSize: maxUDP, DecorateReader: decorate},
 		{Listener: ln, Handler: h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
 			IdleTimeout: func() time.Duration { return 10 * time.Second }, MaxTCPQueries: 128},
 	}}
@@ -221,7 +225,7 @@ func (p *Proxy) applyDNS(cfg *Config) error {
 		p.dnsFailing = ""
 		return nil
 	}
-	s, err := startDNS(want, dns.HandlerFunc(p.serveDNS))
+	s, err := startDNS(want, dns.HandlerFunc(p.serveDNS), p.fastReader)
 	if err != nil {
 		reported := p.dnsFailing == want
 		p.dnsFailing = want
