@@ -276,3 +276,39 @@ func BenchmarkDNSListenerUDP(b *testing.B) {
 		}
 	}
 }
+
+// The DNS listener binds dnsSockets UDP sockets to its address: clients on
+// any of them are answered; an address a socket of this user holds with
+// SO_REUSEPORT is in use all the same.
+func TestDNSListenerSockets(t *testing.T) {
+	s, err := startDNS("127.0.0.1:0", dns.HandlerFunc(fastProxy(t).serveDNS), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.stop()
+	if len(s.servers) != dnsSockets()+1 {
+		t.Fatalf("%d servers, want %d over UDP and one over TCP", len(s.servers), dnsSockets())
+	}
+	for i := range 16 { // 16 client ports: the kernel spreads them over the sockets
+		c, err := net.Dial("udp", s.udpAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, _, err := (&dns.Client{}).ExchangeWithConn(query("billing.mesh.", dns.TypeA), &dns.Conn{Conn: c})
+		c.Close()
+		if err != nil || len(resp.Answer) != 1 {
+			t.Fatalf("client %d: %v %v", i, resp, err)
+		}
+	}
+
+	lc := net.ListenConfig{Control: reusePort}
+	taken, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	if s, err := startDNS(taken.LocalAddr().String(), dns.HandlerFunc(fastProxy(t).serveDNS), nil); err == nil {
+		s.stop()
+		t.Fatal("bound an address a SO_REUSEPORT socket holds")
+	}
+}
