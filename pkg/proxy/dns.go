@@ -212,6 +212,13 @@ func listenDNSOnce(addr string, n int) ([]net.PacketConn, net.Listener, error) {
 	return pcs, ln, nil
 }
 
+// boundUDP is a UDP socket bound to one address, which miekg/dns's server
+// serves as a net.PacketConn: it answers with plain sendto. On a
+// *net.UDPConn it asks for the destination of every query (IP_PKTINFO) and
+// sends each answer from it, which only a wildcard address needs, at the
+// cost of control messages and allocations per query.
+type boundUDP struct{ *net.UDPConn }
+
 func reusePort(_, _ string, c syscall.RawConn) error {
 	var serr error
 	if err := c.Control(func(fd uintptr) {
@@ -234,6 +241,9 @@ func startDNS(addr string, h dns.Handler, decorate dns.DecorateReader) (*dnsServ
 	}
 	s := &dnsServer{addr: addr, udpAddr: pcs[0].LocalAddr()}
 	for _, pc := range pcs {
+		if u := pc.(*net.UDPConn); !u.LocalAddr().(*net.UDPAddr).IP.IsUnspecified() {
+			pc = boundUDP{u}
+		}
 		s.servers = append(s.servers, &dns.Server{PacketConn: pc, Handler: h, UDPSize: maxUDP, DecorateReader: decorate})
 	}
 	s.servers = append(s.servers, &dns.Server{Listener: ln, Handler: h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,

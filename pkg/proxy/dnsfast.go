@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"strings"
 	"time"
@@ -192,18 +193,48 @@ func (p *Proxy) fastReader(r dns.Reader) dns.Reader {
 		noError: p.dnsQueries.WithLabelValues(dns.RcodeToString[dns.RcodeSuccess])}
 }
 
-// ReadUDP reads without a deadline (the server's Shutdown sets one in the
-// past to end the read), like the server's own reader between queries.
+// answer is the fast path's answer to the query in, nil for none.
+func (r *fastReader) answer(in []byte) []byte {
+	table := r.p.cfg.Load().DNS
+	if table == nil {
+		return nil
+	}
+	return table.fast.answer(in, r.out[:0], len(r.p.DNSUpstreams) > 0)
+}
+
+// ReadPacketConn reads a boundUDP socket (as ReadUDP reads a wildcard one),
+// without allocating for the queries it answers.
+func (r *fastReader) ReadPacketConn(conn net.PacketConn, _ time.Duration) ([]byte, net.Addr, error) {
+	u, ok := conn.(boundUDP)
+	if !ok {
+		return nil, nil, fmt.Errorf("dns listener: a %T is no bound UDP socket", conn)
+	}
+	for {
+		n, from, err := u.ReadFromUDPAddrPort(r.in)
+		if err != nil {
+			return nil, nil, err
+		}
+		out := r.answer(r.in[:n])
+		if out == nil {
+			return bytes.Clone(r.in[:n]), net.UDPAddrFromAddrPort(from), nil
+		}
+		if _, err := u.WriteToUDPAddrPort(out, from); err != nil {
+			r.p.log.Debug("cannot write DNS answer", zap.Error(err))
+		}
+		r.noError.Inc()
+	}
+}
+
+// ReadUDP reads a wildcard address's socket. Like ReadPacketConn, it reads
+// without a deadline: the server's Shutdown sets one in the past to end
+// the read.
 func (r *fastReader) ReadUDP(conn *net.UDPConn, _ time.Duration) ([]byte, *dns.SessionUDP, error) {
 	for {
 		n, s, err := dns.ReadFromSessionUDP(conn, r.in)
 		if err != nil {
 			return nil, nil, err
 		}
-		var out []byte
-		if table := r.p.cfg.Load().DNS; table != nil {
-			out = table.fast.answer(r.in[:n], r.out[:0], len(r.p.DNSUpstreams) > 0)
-		}
+		out := r.answer(r.in[:n])
 		if out == nil {
 			return bytes.Clone(r.in[:n]), s, nil
 		}

@@ -179,6 +179,37 @@ func TestDNSFastPathListener(t *testing.T) {
 	if n := testutil.ToFloat64(p.dnsQueries.WithLabelValues("NOERROR")); n != 3 {
 		t.Fatalf("ursa_dp_dns_queries_total{rcode=NOERROR} = %v, want 3", n)
 	}
+
+	// A wildcard address's socket is served as a *net.UDPConn, with the
+	// destination of each query (IP_PKTINFO) to answer from: the same
+	// reader over it, on loopback.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(p.serveDNS), UDPSize: maxUDP, DecorateReader: p.fastReader,
+		NotifyStartedFunc: func() { close(started) }}
+	failed := make(chan error, 1)
+	go func() { failed <- srv.ActivateAndServe() }()
+	select {
+	case <-started:
+	case err := <-failed:
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	for _, name := range []string{"BILLING.mesh.", "nope.mesh."} { // the fast path, the full path
+		resp, _, err := c.Exchange(query(name, dns.TypeA), pc.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Question[0].Name != name || (name == "nope.mesh.") != (resp.Rcode == dns.RcodeNameError) {
+			t.Fatalf("%s: %v", name, resp)
+		}
+	}
+	if n := testutil.ToFloat64(p.dnsQueries.WithLabelValues("NOERROR")); n != 4 {
+		t.Fatalf("ursa_dp_dns_queries_total{rcode=NOERROR} = %v, want 4", n)
+	}
 }
 
 // FuzzDNSFastPath: whatever the fast path answers, the full path answers
