@@ -114,6 +114,7 @@ func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
 	if len(out.DstChains) == 0 {
 		return nil, fmt.Errorf("listener %q: no filter chain", l.Name)
 	}
+	out.dsts = newDstIndex(out.DstChains)
 	return out, nil
 }
 
@@ -150,7 +151,7 @@ func originalDst(l *Listener, down net.Conn) (netip.AddrPort, []Route, string, e
 			return dst, nil, "not_redirected", fmt.Errorf("connection to the listener itself (%s)", dst)
 		}
 	}
-	routes, ok := matchDst(l.DstChains, dst)
+	routes, ok := l.dsts.match(dst)
 	if !ok {
 		return dst, nil, "no_filter_chain", fmt.Errorf("no filter chain for %s", dst)
 	}

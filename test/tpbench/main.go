@@ -99,6 +99,7 @@ func latencyMain(args []string) error {
 	unredirected := fs.String("unredirected", "", "NAME,... of paths dialed with the proxy's socket mark, which the redirection lets through")
 	n := fs.Int("n", 5000, "samples per path")
 	warmup := fs.Int("warmup", 200, "samples per path thrown away first")
+	slow := fs.Duration("slow", 0, "log each sample whose connect takes longer, to stderr (0: none)")
 	fs.Parse(args)
 
 	var paths []*path
@@ -129,6 +130,9 @@ func latencyMain(args []string) error {
 					return fmt.Errorf("%s: %w", p.name, err)
 				}
 				continue
+			}
+			if *slow > 0 && connect > *slow {
+				fmt.Fprintf(os.Stderr, "sample %d %s: connect %v answer %v\n", i, p.name, connect, answer)
 			}
 			if i >= *warmup {
 				p.connect = append(p.connect, connect)

@@ -29,6 +29,7 @@ set -euo pipefail
 SAMPLES=${SAMPLES:-5000}
 WARMUP=${WARMUP:-200}
 MTLS=${MTLS:-1}
+VIP_CIDR=${VIP_CIDR:-240.0.0.0/4}
 TAG=tpbench
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
@@ -113,11 +114,14 @@ for host in cp srv cli; do
 done
 # The VIPs (240.0.0.0/4, the zone's default) need a route for connect() to
 # get as far as the nat table's OUTPUT chain, which redirects them.
-ip -n "$PREFIX-cli" route add 240.0.0.0/4 dev eth0
+ip -n "$PREFIX-cli" route add "$VIP_CIDR" dev eth0
+for kv in ${CLIENT_SYSCTL:-}; do
+	on cli sysctl -qw "$kv"
+done
 
 log "starting the zone CP on ${ADDR[cp]}"
 spawn cp "$OUT/ursa-cp.log" "$BIN/ursa-cp" zone --zone bench --api-addr 127.0.0.1:5681 --api-tls-addr "${ADDR[cp]}:5682" \
-	--xds-addr "${ADDR[cp]}:5678" --xds-tls-san "${ADDR[cp]}" --dns-addr 127.0.0.1:5653 --log-level warn
+	--xds-addr "${ADDR[cp]}:5678" --xds-tls-san "${ADDR[cp]}" --vip-cidr "$VIP_CIDR" --dns-addr 127.0.0.1:5653 --log-level warn
 API=http://127.0.0.1:5681
 for _ in $(seq 100); do
 	on cp curl -sf -o /dev/null "$API/readyz" && break
@@ -187,7 +191,7 @@ done
 [[ -n $vip ]] || die "no VIP for echo after 30 s; see $OUT/ursa-cp.log"
 
 PATHS="explicit=127.0.0.1:15100,transparent=$vip:80,direct=${ADDR[srv]}:7070,passthrough=${ADDR[srv]}:7070"
-latency() { on cli "$BIN/tpbench" latency -paths "$PATHS" -unredirected direct "$@"; }
+latency() { on cli "$BIN/tpbench" latency -paths "$PATHS" -unredirected direct ${LATENCY_FLAGS:-} "$@"; }
 log "waiting until every path answers (echo's VIP is $vip)"
 for _ in $(seq 300); do
 	latency -n 1 -warmup 0 >/dev/null 2>&1 && break
@@ -201,6 +205,8 @@ latency -n "$SAMPLES" -warmup "$WARMUP" >"$OUT/results.md"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # Which listener took the connections: proof that transparent (and
 # passthrough) went through ursa:outbound and explicit through its own.
+on cli nstat -asz >"$OUT/nstat-client.txt" 2>&1 || true
+on cli cat /proc/net/stat/nf_conntrack >"$OUT/conntrack-stat-client.txt" 2>&1 || true
 on cli curl -sf http://127.0.0.1:9901/metrics | grep '^ursa_dp_connections_total' >"$OUT/connections.txt" || true
 
 echo
