@@ -10,11 +10,10 @@ import (
 
 // TestDstIndex: the index picks the chain matchDst picks, for random chain
 // sets drawn from a few addresses, prefixes and ports, so that chains
-// overlap, tie and shadow each other (full-length and wider prefixes of
-// one address, the network address a wider prefix masks to, one address
-// in several chains, chains of any port, with or
-// without a catch-all), and for destinations at each of those addresses
-// and ports and outside them.
+// overlap, tie and shadow each other (full-length and wider prefixes of one
+// address, the network address a wider prefix masks to, one address in
+// several chains, chains of any port, with or without a catch-all), and for
+// destinations at each of those addresses and ports and outside them.
 func TestDstIndex(t *testing.T) {
 	addrs := []netip.Addr{netip.MustParseAddr("240.0.0.1"), netip.MustParseAddr("240.0.0.2"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.0"), netip.MustParseAddr("2001:db8::1")}
 	bits := []int{32, 32, 24, 8, 0} // full length twice as often

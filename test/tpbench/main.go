@@ -99,6 +99,7 @@ func latencyMain(args []string) error {
 	unredirected := fs.String("unredirected", "", "NAME,... of paths dialed with the proxy's socket mark, which the redirection lets through")
 	n := fs.Int("n", 5000, "samples per path")
 	warmup := fs.Int("warmup", 200, "samples per path thrown away first")
+	maxErrors := fs.Int("max-errors", 10, "failed connections per path tolerated (reported, not counted) before giving up")
 	slow := fs.Duration("slow", 0, "log each sample whose connect takes longer, to stderr (0: none)")
 	fs.Parse(args)
 
@@ -126,7 +127,7 @@ func latencyMain(args []string) error {
 			p := paths[(i+k)%len(paths)]
 			connect, answer, err := p.sample()
 			if err != nil {
-				if p.errs++; p.errs > 10 {
+				if p.errs++; p.errs > *maxErrors {
 					return fmt.Errorf("%s: %w", p.name, err)
 				}
 				continue

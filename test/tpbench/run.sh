@@ -21,7 +21,13 @@
 # Usage: sudo test/tpbench/run.sh         (from anywhere inside the repository)
 #        make bench-tproxy
 # Knobs (environment): SAMPLES=5000 (per path) WARMUP=200 MTLS=1
-#   OUT=DIR keeps the work files (logs, configs, results).
+#   SERVICES=0 further services (Dataplanes registered, never started), so
+#     that ursa:outbound holds 2 filter chains more per service
+#   VIP_CIDR=240.0.0.0/4 the zone's --vip-cidr, routed to eth0 on the client
+#   CLIENT_SYSCTL="k=v ..." sysctls set in the client's namespace first
+#   LATENCY_FLAGS="..." more tpbench latency flags (-slow 3ms logs slow connects)
+#   OUT=DIR keeps the work files (logs, configs, results, the client's TCP
+#     and conntrack counters after the run).
 # No address outside loopback and these namespaces carries traffic; every
 # process and namespace made here is removed on every exit.
 set -euo pipefail
@@ -29,6 +35,8 @@ set -euo pipefail
 SAMPLES=${SAMPLES:-5000}
 WARMUP=${WARMUP:-200}
 MTLS=${MTLS:-1}
+SERVICES=${SERVICES:-0}
+LOG_LEVEL=${LOG_LEVEL:-warn}
 VIP_CIDR=${VIP_CIDR:-240.0.0.0/4}
 TAG=tpbench
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -121,7 +129,7 @@ done
 
 log "starting the zone CP on ${ADDR[cp]}"
 spawn cp "$OUT/ursa-cp.log" "$BIN/ursa-cp" zone --zone bench --api-addr 127.0.0.1:5681 --api-tls-addr "${ADDR[cp]}:5682" \
-	--xds-addr "${ADDR[cp]}:5678" --xds-tls-san "${ADDR[cp]}" --vip-cidr "$VIP_CIDR" --dns-addr 127.0.0.1:5653 --log-level warn
+	--xds-addr "${ADDR[cp]}:5678" --xds-tls-san "${ADDR[cp]}" --vip-cidr "$VIP_CIDR" --dns-addr 127.0.0.1:5653 --log-level "$LOG_LEVEL"
 API=http://127.0.0.1:5681
 for _ in $(seq 100); do
 	on cp curl -sf -o /dev/null "$API/readyz" && break
@@ -143,6 +151,19 @@ spec:
   sources: [{match: {ursa.io/service: client}}]
   destinations: [{match: {ursa.io/service: echo}}]
 EOF
+if [[ $SERVICES -gt 0 ]]; then
+	log "registering $SERVICES further services"
+	for i in $(seq "$SERVICES"); do
+		printf -- '---\ntype: Dataplane\nmesh: default\nname: svc-%d\nnetworking:\n  address: %s\n  inbound:\n  - {port: %d, tags: {ursa.io/service: svc-%d}}\n' \
+			"$i" "${ADDR[srv]}" $((20000 + i)) "$i"
+	done | on cp "$BIN/ursactl" --api-server "$API" apply -f - >>"$OUT/apply.log"
+	for _ in $(seq 300); do
+		n=$(on cp curl -sf "$API/meshes/default/virtual-ips" | jq '[.items[].entries[] | select(.releasedAt == null)] | length' || echo 0)
+		[[ $n -ge $SERVICES ]] && break
+		sleep 0.1
+	done
+	[[ $n -ge $SERVICES ]] || die "only $n of $SERVICES VIPs after 30 s"
+fi
 on cp curl -sf "$API/xds/ca.pem" >"$OUT/xds-ca.pem"
 for svc in echo client; do
 	on cp "$BIN/ursactl" --api-server "$API" generate dataplane-token --mesh default --service "$svc" >"$OUT/$svc.token"
@@ -172,7 +193,7 @@ sidecar() { # sidecar HOST NAME SERVICE [FLAG…]
 	shift 3
 	spawn "$host" "$OUT/$name.log" "$BIN/ursa-dp" run --cp-address "grpcs://${ADDR[cp]}:5678" --ca-cert-file "$OUT/xds-ca.pem" \
 		--token-file "$OUT/$svc.token" --dataplane-file "$OUT/$name.yaml" --admin-addr 127.0.0.1:9901 \
-		--dns-addr= --log-level warn "$@"
+		--dns-addr= --log-level "$LOG_LEVEL" "$@"
 }
 
 log "starting the server: echo on ${ADDR[srv]}:7070 and its sidecar (inbound :10011)"
@@ -194,23 +215,28 @@ PATHS="explicit=127.0.0.1:15100,transparent=$vip:80,direct=${ADDR[srv]}:7070,pas
 latency() { on cli "$BIN/tpbench" latency -paths "$PATHS" -unredirected direct ${LATENCY_FLAGS:-} "$@"; }
 log "waiting until every path answers (echo's VIP is $vip)"
 for _ in $(seq 300); do
-	latency -n 1 -warmup 0 >/dev/null 2>&1 && break
+	latency -n 1 -warmup 0 -max-errors 0 >/dev/null 2>&1 && break
 	sleep 0.1
 done
-latency -n 1 -warmup 0 >/dev/null || die "a path does not answer; see $OUT/*.log"
+latency -n 1 -warmup 0 -max-errors 0 >/dev/null || die "a path does not answer; see $OUT/*.log"
 
 log "measuring: $SAMPLES connections per path (after $WARMUP), one at a time, paths interleaved"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-latency -n "$SAMPLES" -warmup "$WARMUP" >"$OUT/results.md"
+counters() { # the client's TCP and conntrack counters and its sidecar's metrics, to $OUT
+	on cli nstat -asz >"$OUT/nstat-client.txt" 2>&1 || true
+	on cli cat /proc/net/stat/nf_conntrack >"$OUT/conntrack-stat-client.txt" 2>&1 || true
+	on cli curl -sf http://127.0.0.1:9901/metrics >"$OUT/metrics-client.txt" || true
+	on srv curl -sf http://127.0.0.1:9901/metrics >"$OUT/metrics-server.txt" || true
+}
+latency -n "$SAMPLES" -warmup "$WARMUP" >"$OUT/results.md" || { counters; die "the measurement failed; see $OUT"; }
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+counters
 # Which listener took the connections: proof that transparent (and
 # passthrough) went through ursa:outbound and explicit through its own.
-on cli nstat -asz >"$OUT/nstat-client.txt" 2>&1 || true
-on cli cat /proc/net/stat/nf_conntrack >"$OUT/conntrack-stat-client.txt" 2>&1 || true
-on cli curl -sf http://127.0.0.1:9901/metrics | grep '^ursa_dp_connections_total' >"$OUT/connections.txt" || true
+grep '^ursa_dp_connections_total' "$OUT/metrics-client.txt" >"$OUT/connections.txt" || true
 
 echo
-echo "tpbench, $SAMPLES connections per path, mTLS $mtls; $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1); load average before $LOAD_BEFORE, after $LOAD_AFTER"
+echo "tpbench, $SAMPLES connections per path, mTLS $mtls, $SERVICES further services; $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1); load average before $LOAD_BEFORE, after $LOAD_AFTER"
 echo
 cat "$OUT/results.md"
 echo
