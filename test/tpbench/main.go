@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/signal"
@@ -90,8 +91,10 @@ type path struct {
 
 // latencyMain measures, one connection at a time, on each path: the time to
 // connect, and the time from before the dial to the whole answer of one
-// request. The paths are interleaved sample by sample, the first one
-// rotating, so that the machine's noise falls on all of them alike. The
+// request. The paths are interleaved sample by sample, in a new random
+// order each time, so that the machine's noise falls on all of them alike,
+// and so does the work a costly path leaves behind for the next one (a
+// fixed rotation always put one path right after the same other). The
 // first path is the baseline the others are compared with.
 func latencyMain(args []string) error {
 	fs := flag.NewFlagSet("latency", flag.ExitOnError)
@@ -122,9 +125,11 @@ func latencyMain(args []string) error {
 		}
 		paths[i].dialer.Control = tproxy.MarkControl(tproxy.DefaultMark)
 	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
+	order := slices.Clone(paths)
 	for i := range *warmup + *n {
-		for k := range paths {
-			p := paths[(i+k)%len(paths)]
+		rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		for _, p := range order {
 			connect, answer, err := p.sample()
 			if err != nil {
 				if p.errs++; p.errs > *maxErrors {
