@@ -62,9 +62,18 @@ func newDstIndex(chains []DstChain) dstIndex {
 func fullLength(p netip.Prefix) bool { return p.Bits() == p.Addr().BitLen() }
 
 // match is matchDst(x.chains, dst).
-func (x dstIndex) match(dst netip.AddrPort) ([]Route, bool) {
+func (x dstIndex) match(dst netip.AddrPort) (*DstChain, bool) {
 	if i, ok := x.exact[netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())]; ok {
-		return x.chains[i].Routes, true
+		return &x.chains[i], true
 	}
 	return matchDst(x.rest, dst)
+}
+
+// matchDst is matchDst(l.DstChains, dst), through the index when l was
+// translated with one (a Listener made by hand has none).
+func (l *Listener) matchDst(dst netip.AddrPort) (*DstChain, bool) {
+	if l.dsts.exact == nil {
+		return matchDst(l.DstChains, dst)
+	}
+	return l.dsts.match(dst)
 }

@@ -46,7 +46,7 @@ func TestDstIndex(t *testing.T) {
 		for _, dst := range dsts {
 			want, wantOK := matchDst(chains, dst)
 			got, ok := x.match(dst)
-			if ok != wantOK || !slices.Equal(got, want) {
+			if ok != wantOK || ok && !slices.Equal(got.Routes, want.Routes) {
 				t.Fatalf("round %d: %s → %v %v, matchDst %v %v; chains %+v", round, dst, got, ok, want, wantOK, chains)
 			}
 		}
@@ -84,9 +84,9 @@ func BenchmarkMatchDst(b *testing.B) {
 		} {
 			for _, how := range []struct {
 				name  string
-				match func(netip.AddrPort) ([]Route, bool)
+				match func(netip.AddrPort) (*DstChain, bool)
 			}{
-				{"scan", func(d netip.AddrPort) ([]Route, bool) { return matchDst(chains, d) }},
+				{"scan", func(d netip.AddrPort) (*DstChain, bool) { return matchDst(chains, d) }},
 				{"index", x.match},
 			} {
 				b.Run(fmt.Sprintf("services=%d/%s/%s", n, dst.name, how.name), func(b *testing.B) {
