@@ -57,6 +57,8 @@ type Listener struct {
 	// the routes of the DstChains entry that matches it.
 	OriginalDst bool
 	DstChains   []DstChain
+	// dsts indexes DstChains; made with them.
+	dsts dstIndex
 }
 
 // Route is a weighted cluster of a tcp_proxy.

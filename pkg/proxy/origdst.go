@@ -115,6 +115,7 @@ func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
 	if len(out.DstChains) == 0 {
 		return nil, fmt.Errorf("listener %q: no filter chain", l.Name)
 	}
+	out.dsts = newDstIndex(out.DstChains)
 	return out, nil
 }
 
@@ -151,7 +152,7 @@ func originalDst(l *Listener, down net.Conn) (netip.AddrPort, *DstChain, string,
 			return dst, nil, "not_redirected", fmt.Errorf("connection to the listener itself (%s)", dst)
 		}
 	}
-	c, ok := matchDst(l.DstChains, dst)
+	c, ok := l.matchDst(dst)
 	if !ok {
 		return dst, nil, "no_filter_chain", fmt.Errorf("no filter chain for %s", dst)
 	}
@@ -170,7 +171,7 @@ func (p *Proxy) rbacNow(name string, dst netip.AddrPort) (*rbacRules, bool) {
 	case !cur.OriginalDst:
 		return cur.RBAC, true
 	}
-	c, ok := matchDst(cur.DstChains, dst)
+	c, ok := cur.matchDst(dst)
 	if !ok {
 		return nil, false
 	}
