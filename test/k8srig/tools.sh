@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Kubernetes test rig's binaries: kube-apiserver, etcd, kubectl, helm and
-# controller-gen, built from the Go module proxy (no other network) into a
+# The Kubernetes test rig's binaries: kube-apiserver, etcd, kubectl,
+# kube-controller-manager (Deployments make Pods, namespaces get their default
+# ServiceAccount), helm and controller-gen, built from the Go module proxy (no other network) into a
 # version-keyed folder outside the clone, and reused by every later run.
 #
 #   test/k8srig/tools.sh          build what is missing, then print the folder
@@ -24,7 +25,7 @@
 # build is reproducible and never edits them (-mod=readonly).
 set -euo pipefail
 
-K8S=v1.37.2   # kube-apiserver and kubectl (k8s.io/kubernetes; staging modules v0.37.2)
+K8S=v1.37.2   # kube-apiserver, kube-controller-manager, kubectl (k8s.io/kubernetes; staging v0.37.2)
 ETCD=v3.7.3   # etcd server (Kubernetes 1.37 is tested against 3.7)
 HELM=v4.3.2   # helm, for `helm lint` and `helm template` of the chart
 CGEN=v0.23.0  # controller-gen (sigs.k8s.io/controller-tools), CRDs from the Go types
@@ -35,7 +36,7 @@ export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=readonly"
 key="k8s-$K8S.etcd-$ETCD.helm-$HELM.cgen-$CGEN.$(go env GOVERSION).$(go env GOOS)-$(go env GOARCH)"
 root="${XDG_CACHE_HOME:-$HOME/.cache}/ursa-k8s-tools"
 dir="$root/$key"
-tools=(kube-apiserver etcd kubectl helm controller-gen)
+tools=(kube-apiserver kube-controller-manager etcd kubectl helm controller-gen)
 
 log() { echo "k8s-tools: $*" >&2; }
 
@@ -46,11 +47,11 @@ regen() {
 	# k8s.io/kubernetes replaces each staging module with ./staging/...; keep
 	# the ones it requires (k8s.io/sample-* are not served) at v0.<minor>.<patch>.
 	{
-		echo "// Wrapper module: builds kube-apiserver and kubectl from k8s.io/kubernetes"
+		echo "// Wrapper module: builds kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes"
 		echo "// (its module zip has no staging/, so each staging module it requires is"
 		echo "// replaced by its published release). Regenerate with ../tools.sh regen."
 		printf 'module ursa-k8srig/kube\n\ngo 1.26.0\n\n'
-		printf 'tool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kubectl\n)\n\n'
+		printf 'tool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kube-controller-manager\n\tk8s.io/kubernetes/cmd/kubectl\n)\n\n'
 		printf 'require k8s.io/kubernetes %s\n\nreplace (\n' "$K8S"
 		awk -v v="$stg" '
 			/^require[[:space:]]*\(/ {inreq=1; next}
@@ -130,6 +131,7 @@ if ! have_all; then
 		done
 		build etcd etcd go.etcd.io/etcd/server/v3
 		build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kv"
+		build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$kv"
 		build kubectl kube k8s.io/kubernetes/cmd/kubectl "$kv"
 		build helm helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$HELM"
 		build controller-gen cgen sigs.k8s.io/controller-tools/cmd/controller-gen
