@@ -63,6 +63,13 @@ type Options struct {
 	// ReadyTimeout bounds the wait for /readyz; 90 s when zero (generous:
 	// about 4.5 s on an idle machine, much more under a parallel `make test`).
 	ReadyTimeout time.Duration
+	// ControllerManager also starts kube-controller-manager (no leader
+	// election, no serving port): Deployments get ReplicaSets and Pods,
+	// namespaces their `default` ServiceAccount, deleted owners their
+	// dependents collected. Start returns once the `default` namespace has
+	// its ServiceAccount. There is still no scheduler or kubelet: Pods stay
+	// unscheduled until a test sets their status.
+	ControllerManager bool
 }
 
 // Rig is a running etcd and kube-apiserver. Its fields are read-only.
@@ -87,7 +94,7 @@ type Rig struct {
 	// Started is how long Start took, until /readyz answered ok.
 	Started time.Duration
 
-	etcd, apiserver *proc
+	etcd, apiserver, kcm *proc
 }
 
 // Start starts etcd and kube-apiserver and waits until the apiserver's
@@ -190,6 +197,11 @@ func start(ctx context.Context, tools string, opts Options) (r *Rig, err error) 
 	if err := r.waitReady(ctx, opts.ReadyTimeout); err != nil {
 		return nil, err
 	}
+	if opts.ControllerManager {
+		if err := r.startControllerManager(ctx, opts.ReadyTimeout); err != nil {
+			return nil, err
+		}
+	}
 	r.Started = time.Since(t0)
 	return r, nil
 }
@@ -233,13 +245,52 @@ func (r *Rig) waitReady(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
+// startControllerManager starts kube-controller-manager against the ready
+// apiserver and waits until it has made the `default` namespace's
+// ServiceAccount, the sign that its controllers run.
+func (r *Rig) startControllerManager(ctx context.Context, timeout time.Duration) error {
+	var err error
+	r.kcm, err = startProc(filepath.Join(r.Tools, "kube-controller-manager"), filepath.Join(r.Dir, "controller-manager.log"),
+		"--kubeconfig", r.Kubeconfig,
+		"--leader-elect=false",
+		"--bind-address", "127.0.0.1", "--secure-port", "0",
+		"--service-account-private-key-file", filepath.Join(r.Dir, "sa.key"),
+		"--root-ca-file", r.CAFile,
+	)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	client := r.Client()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.URL+"/api/v1/namespaces/default/serviceaccounts/default", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-r.kcm.done:
+			return fmt.Errorf("k8stest: kube-controller-manager exited (%v); the end of %s:\n%s",
+				r.kcm.cmd.ProcessState, r.kcm.log, tail(r.kcm.log, 30))
+		case <-ctx.Done():
+			return fmt.Errorf("k8stest: kube-controller-manager made no default ServiceAccount in %s; the end of %s:\n%s",
+				timeout, r.kcm.log, tail(r.kcm.log, 30))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // Stop kills the apiserver and etcd, waits for them to exit and removes the
 // rig's files. Nothing of a test rig is worth a graceful shutdown.
 func (r *Rig) Stop() {
 	if r == nil {
 		return
 	}
-	for _, p := range []*proc{r.apiserver, r.etcd} {
+	for _, p := range []*proc{r.kcm, r.apiserver, r.etcd} {
 		p.kill()
 	}
 	if r.Dir != "" {
@@ -304,9 +355,9 @@ current-context: k8stest
 	return nil
 }
 
-// ToolsDir returns the folder of kube-apiserver, etcd and kubectl: $URSA_K8S_TOOLS,
-// else what test/k8srig/tools.sh --dir prints. It fails, naming the script,
-// when the binaries are not there.
+// ToolsDir returns the folder of kube-apiserver, etcd, kubectl and
+// kube-controller-manager: $URSA_K8S_TOOLS, else what test/k8srig/tools.sh
+// --dir prints. It fails, naming the script, when the binaries are not there.
 func ToolsDir() (string, error) {
 	dir := os.Getenv(ToolsEnv)
 	if dir == "" {
@@ -320,7 +371,7 @@ func ToolsDir() (string, error) {
 		}
 		dir = strings.TrimSpace(string(out))
 	}
-	for _, name := range []string{"kube-apiserver", "etcd", "kubectl"} {
+	for _, name := range []string{"kube-apiserver", "etcd", "kubectl", "kube-controller-manager"} {
 		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode()&0o111 == 0 {
 			return "", fmt.Errorf("k8stest: no %s in %s: build the Kubernetes test tools once with %s "+
 				"(or `make k8s-tools`; about 20 min on a fresh machine, then cached), point %s at a folder "+

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -14,9 +15,11 @@ import (
 	"time"
 
 	"github.com/ursamesh/ursa/pkg/k8stest"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
-var kube k8stest.Shared
+// The shared rig runs kube-controller-manager too; TestStop starts a plain one.
+var kube = k8stest.Shared{Options: k8stest.Options{ControllerManager: true}}
 
 func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
 
@@ -126,7 +129,8 @@ func next(t *testing.T, events <-chan event) event {
 // tests need: the self-built version, namespaces, a watch that sees creates,
 // updates and deletes, optimistic concurrency as 409, Pods accepted without
 // a ServiceAccount and their status set as a kubelet would, and kubectl
-// through the kubeconfig.
+// through the kubeconfig, and a Deployment's Pods made by the controller
+// manager.
 func TestRig(t *testing.T) {
 	rig := kube.Get(t)
 	t.Logf("rig ready in %s at %s", rig.Started.Round(time.Millisecond), rig.URL)
@@ -196,11 +200,32 @@ func TestRig(t *testing.T) {
 		t.Errorf("pod IP after the status update = %v, want 10.244.0.7", ip)
 	}
 
+	// The controller manager makes a Deployment's Pods, unscheduled.
+	call(t, rig, "POST", "/apis/apps/v1/namespaces/smoke/deployments", object{
+		"apiVersion": "apps/v1", "kind": "Deployment",
+		"metadata": object{"name": "web"},
+		"spec": object{
+			"replicas": 2,
+			"selector": object{"matchLabels": object{"app": "web"}},
+			"template": object{
+				"metadata": object{"labels": object{"app": "web"}},
+				"spec":     object{"containers": []object{{"name": "web", "image": "web:1"}}},
+			},
+		},
+	}, 201)
+	testutil.Eventually(t, 30*time.Second, "the Deployment's 2 Pods", func() error {
+		list := call(t, rig, "GET", pods+"?labelSelector=app%3Dweb", nil, 200)
+		if items, _ := list["items"].([]any); len(items) != 2 {
+			return fmt.Errorf("%d pods", len(items))
+		}
+		return nil
+	})
+
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := rig.Kubectl(ctx, "get", "pods", "-n", "smoke", "-o", "name").CombinedOutput()
+	out, err := rig.Kubectl(ctx, "get", "pod", "p1", "-n", "smoke", "-o", "name").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "pod/p1" {
-		t.Errorf("kubectl get pods: %v: %q, want pod/p1", err, out)
+		t.Errorf("kubectl get pod p1: %v: %q, want pod/p1", err, out)
 	}
 }
 
