@@ -94,6 +94,7 @@ type Rig struct {
 	// Started is how long Start took, until /readyz answered ok.
 	Started time.Duration
 
+	client               *http.Client
 	etcd, apiserver, kcm *proc
 }
 
@@ -147,6 +148,7 @@ func start(ctx context.Context, tools string, opts Options) (r *Rig, err error) 
 		return nil, fmt.Errorf("k8stest: %w", err)
 	}
 	r.Token, _, _ = strings.Cut(string(tok), ",")
+	r.client = newClient(r.CAPEM, r.Token)
 
 	ports, err := freePorts(3)
 	if err != nil {
@@ -293,21 +295,28 @@ func (r *Rig) Stop() {
 	for _, p := range []*proc{r.kcm, r.apiserver, r.etcd} {
 		p.kill()
 	}
+	if r.client != nil {
+		r.client.CloseIdleConnections()
+	}
 	if r.Dir != "" {
 		os.RemoveAll(r.Dir)
 	}
 }
 
 // Client returns an HTTP client that trusts the rig's CA and sends the admin
-// bearer token on every request.
+// bearer token on every request. It is the same client each time.
 func (r *Rig) Client() *http.Client {
+	return r.client
+}
+
+func newClient(caPEM []byte, token string) *http.Client {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(r.CAPEM)
+	pool.AppendCertsFromPEM(caPEM)
 	base := &http.Transport{
 		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		MaxIdleConnsPerHost: 16,
 	}
-	return &http.Client{Transport: bearer{token: r.Token, base: base}}
+	return &http.Client{Transport: bearer{token: token, base: base}}
 }
 
 type bearer struct {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,12 +78,14 @@ type event struct {
 	Object object `json:"object"`
 }
 
-// watch streams the events of a collection from resourceVersion rv.
-func watch(t *testing.T, rig *k8stest.Rig, path, rv string) <-chan event {
+// watch streams the events of one object of a collection from
+// resourceVersion rv.
+func watch(t *testing.T, rig *k8stest.Rig, path, name, rv string) <-chan event {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rig.URL+path+"?watch=true&resourceVersion="+rv, nil)
+	q := url.Values{"watch": {"true"}, "resourceVersion": {rv}, "fieldSelector": {"metadata.name=" + name}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rig.URL+path+"?"+q.Encode(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +148,8 @@ func TestRig(t *testing.T) {
 
 	cms := "/api/v1/namespaces/smoke/configmaps"
 	list := call(t, rig, "GET", cms, nil, 200)
-	events := watch(t, rig, cms, field(list, "metadata", "resourceVersion").(string))
+	// Only cm: the controller manager adds kube-root-ca.crt to every namespace.
+	events := watch(t, rig, cms, "cm", field(list, "metadata", "resourceVersion").(string))
 
 	created := call(t, rig, "POST", cms, object{
 		"apiVersion": "v1", "kind": "ConfigMap",

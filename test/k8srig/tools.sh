@@ -92,52 +92,63 @@ build() {
 	log "$name: built in $((SECONDS - start)) s"
 }
 
-case "${1:-}" in
---dir)
-	echo "$dir"
-	exit 0
-	;;
-regen)
-	regen
-	exit 0
-	;;
-"") ;;
-*)
-	echo "usage: $0 [--dir | regen]" >&2
-	exit 2
-	;;
-esac
+# main is a function so that bash has read all of it before it runs: the
+# file may change under a 20-minute build (a checkout), and bash reads a
+# script as it goes.
+main() {
+	case "${1:-}" in
+	--dir)
+		echo "$dir"
+		exit 0
+		;;
+	regen)
+		regen
+		exit 0
+		;;
+	"") ;;
+	*)
+		echo "usage: $0 [--dir | regen]" >&2
+		exit 2
+		;;
+	esac
 
-have_all() {
-	local t
-	for t in "${tools[@]}"; do [ -x "$dir/$t" ] || return 1; done
+	have_all() {
+		local t
+		for t in "${tools[@]}"; do [ -x "$dir/$t" ] || return 1; done
+	}
+
+	if ! have_all; then
+		mkdir -p "$root"
+		exec 9>"$root/.lock"
+		flock -n 9 || { log "waiting for another build (lock $root/.lock)"; flock 9; }
+		if ! have_all; then
+			start=$SECONDS
+			tmp="$dir.tmp"
+			mkdir -p "$tmp"
+			rm -f "$tmp"/*.part
+			# A complete folder of the same key that lacks a tool added since:
+			# its binaries are the same versions, so only the new one is built.
+			[ -d "$dir" ] && cp -n "$dir"/* "$tmp"/ 2>/dev/null || true
+			# Without these -X flags the apiserver reports v0.0.0-master+$Format:%H$.
+			minor=${K8S#v1.}
+			minor=${minor%%.*}
+			kv=""
+			for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+				kv="$kv -X $p.gitVersion=$K8S -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+			done
+			build etcd etcd go.etcd.io/etcd/server/v3
+			build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kv"
+			build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$kv"
+			build kubectl kube k8s.io/kubernetes/cmd/kubectl "$kv"
+			build helm helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$HELM"
+			build controller-gen cgen sigs.k8s.io/controller-tools/cmd/controller-gen
+			rm -rf "$dir"
+			mv "$tmp" "$dir"
+			log "all built in $((SECONDS - start)) s into $dir"
+		fi
+	fi
+	echo "$dir"
 }
 
-if ! have_all; then
-	mkdir -p "$root"
-	exec 9>"$root/.lock"
-	flock -n 9 || { log "waiting for another build (lock $root/.lock)"; flock 9; }
-	if ! have_all; then
-		start=$SECONDS
-		tmp="$dir.tmp"
-		mkdir -p "$tmp"
-		rm -f "$tmp"/*.part
-		# Without these -X flags the apiserver reports v0.0.0-master+$Format:%H$.
-		minor=${K8S#v1.}
-		minor=${minor%%.*}
-		kv=""
-		for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-			kv="$kv -X $p.gitVersion=$K8S -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-		done
-		build etcd etcd go.etcd.io/etcd/server/v3
-		build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kv"
-		build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$kv"
-		build kubectl kube k8s.io/kubernetes/cmd/kubectl "$kv"
-		build helm helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$HELM"
-		build controller-gen cgen sigs.k8s.io/controller-tools/cmd/controller-gen
-		rm -rf "$dir"
-		mv "$tmp" "$dir"
-		log "all built in $((SECONDS - start)) s into $dir"
-	fi
-fi
-echo "$dir"
+main "$@"
+exit
