@@ -122,18 +122,17 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 
 var errPortTaken = errors.New("address already in use")
 
-func start(ctx context.Context, tools string, opts Options) (r *Rig, err error) {
+func start(ctx context.Context, tools string, opts Options) (_ *Rig, err error) {
 	t0 := time.Now()
 	// A short path, like pgtest's: it appears in every flag and log line.
 	dir, err := os.MkdirTemp("", "k8s")
 	if err != nil {
 		return nil, fmt.Errorf("k8stest: %w", err)
 	}
-	r = &Rig{Dir: dir, Tools: tools}
+	r := &Rig{Dir: dir, Tools: tools}
 	defer func() {
 		if err != nil {
 			r.Stop()
-			r = nil
 		}
 	}()
 	if err := writeCredentials(dir); err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -278,5 +279,26 @@ func TestStop(t *testing.T) {
 	}
 	if _, err := rig.Client().Get(rig.URL + "/readyz"); err == nil {
 		t.Errorf("the apiserver still answers at %s after Stop", rig.URL)
+	}
+}
+
+// TestStartFails: an apiserver that exits at once (a flag it does not know)
+// makes Start fail with the end of its log, having killed etcd and removed
+// the rig's files.
+func TestStartFails(t *testing.T) {
+	if k8stest.Off() {
+		t.Skip("the rig is off")
+	}
+	t.Parallel()
+	_, err := k8stest.Start(context.Background(), k8stest.Options{APIServerFlags: []string{"--no-such-flag"}})
+	if err == nil || !strings.Contains(err.Error(), "unknown flag: --no-such-flag") {
+		t.Fatalf("Start with a bad flag: %v, want the apiserver's complaint", err)
+	}
+	m := regexp.MustCompile(`(/\S+)/apiserver\.log`).FindStringSubmatch(err.Error())
+	if m == nil {
+		t.Fatalf("error names no apiserver.log: %v", err)
+	}
+	if _, err := os.Stat(m[1]); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after a failed Start, %s: %v, want it gone", m[1], err)
 	}
 }
