@@ -3,9 +3,11 @@ package xds
 import (
 	"flag"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -123,7 +125,8 @@ func TestTrustWithCRLsGolden(t *testing.T) {
 // TestSidecarTransparentGolden: a sidecar whose outbound TCP is redirected
 // to it gets, besides its usual resources, the original-destination
 // listener (a filter chain per VIP and port, none for its loopback
-// outbound) and the passthrough cluster.
+// outbound, one for billing's instances at their address and port) and
+// the passthrough and direct:billing clusters.
 func TestSidecarTransparentGolden(t *testing.T) {
 	s, dp, _ := stateFrom(t, "testdata/sidecar/local.input.yaml")
 	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
@@ -138,5 +141,53 @@ func TestSidecarTransparentGolden(t *testing.T) {
 		if _, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: bad}); err == nil || !strings.Contains(err.Error(), "transparent proxy port") {
 			t.Errorf("transparent proxy port %q: %v", bad, err)
 		}
+	}
+}
+
+// TestSidecarTransparentDirectGolden: a transparent sidecar reaches other
+// services' local instances called by their own address and port (see the
+// input's comment). Sidecars that agree on their services and explicit
+// outbounds share one listener message, which lists every instance.
+func TestSidecarTransparentDirectGolden(t *testing.T) {
+	s, dp, _ := stateFrom(t, "testdata/transparent/direct.input.yaml")
+	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Validate(r); err != nil {
+		t.Fatalf("generated resources do not validate: %v", err)
+	}
+	xdstest.Golden(t, "testdata/transparent/direct.golden.yaml", xdstest.Render(t, r), *update)
+
+	transparent := func(name string) *listener.Listener {
+		t.Helper()
+		dp := s.Mesh("default").Registered[name]
+		r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, res := range r[resource.ListenerType] {
+			if l := res.(*listener.Listener); l.Name == TransparentListener {
+				return l
+			}
+		}
+		t.Fatalf("%s: no %s", name, TransparentListener)
+		return nil
+	}
+	web1 := transparent("web-1")
+	if again := transparent("web-1"); again != web1 {
+		t.Error("web-1's transparent listener was built twice")
+	}
+	// billing-1 has no explicit outbound: a listener of its own, without
+	// billing's chains (its own service) but with web's and ledger's
+	// whole chain.
+	var chains []string
+	for _, fc := range transparent("billing-1").FilterChains {
+		chains = append(chains, fc.Name)
+	}
+	want := []string{"outbound:240.0.0.3:9000", "outbound:240.0.0.3:80", "outbound:240.0.0.2:8000", "outbound:240.0.0.2:80",
+		"direct:ledger:7000", "direct:web:10010"}
+	if !slices.Equal(chains, want) {
+		t.Errorf("billing-1's transparent chains = %q, want %q", chains, want)
 	}
 }

@@ -81,9 +81,9 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		if err != nil {
 			return nil, fmt.Errorf("sidecar %s: %w", dp.Name, err)
 		}
-		l, c := s.transparentResources(dp, port)
+		l, clusters := s.transparentResources(dp, port)
 		out[resource.ListenerType] = mergeByName([]types.Resource{l}, out[resource.ListenerType])
-		out[resource.ClusterType] = mergeByName([]types.Resource{c}, out[resource.ClusterType])
+		out[resource.ClusterType] = mergeByName(slices.Clone(clusters), out[resource.ClusterType])
 	}
 	return out, nil
 }
@@ -94,6 +94,12 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 // the services it is an instance of and its explicit outbounds, so
 // dataplanes that agree on those share one, built once per MeshState.
 func (s *MeshState) outboundResources(dp *api.Dataplane) Resources {
+	return memo(s, "outbound-resources|"+outboundKey(dp), func() Resources { return s.buildOutboundResources(dp) })
+}
+
+// outboundKey is what a sidecar's outbound side depends on of its
+// dataplane: the services it is an instance of and its explicit outbounds.
+func outboundKey(dp *api.Dataplane) string {
 	var own []string
 	for _, in := range dp.Networking.Inbound {
 		own = append(own, in.Tags[api.TagService])
@@ -103,8 +109,7 @@ func (s *MeshState) outboundResources(dp *api.Dataplane) Resources {
 	for _, o := range dp.Networking.Outbound {
 		explicit = append(explicit, fmt.Sprintf("%s@%s:%d", o.Tags[api.TagService], o.Address, o.Port))
 	}
-	key := fmt.Sprintf("outbound-resources|%q|%q", slices.Compact(own), explicit)
-	return memo(s, key, func() Resources { return s.buildOutboundResources(dp) })
+	return fmt.Sprintf("%q|%q", slices.Compact(own), explicit)
 }
 
 func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
