@@ -58,6 +58,7 @@ func TestGeneratedDirectChains(t *testing.T) {
 	for dst, want := range map[string]string{
 		"10.0.0.7:10011":  "direct:billing",
 		"10.0.0.8:10011":  "direct:billing",
+		"10.0.0.12:10011": "direct:billing", // billing-4, offline
 		"10.0.0.9:10012":  "direct:billing",
 		"10.0.0.11:7000":  "direct:ledger",
 		"10.0.0.10:7000":  "billing", // the explicit outbound's

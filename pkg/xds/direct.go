@@ -29,68 +29,66 @@ type directGroup struct {
 	addrs []netip.Addr // sorted, distinct
 }
 
-// directGroups returns, per port, the addresses of a service's online
-// local instances that a transparent sidecar's application may call
-// directly. Instances of other zones sit behind their zone's ingress and
-// have no address here; loopback addresses are never redirected, and
-// addresses that are not IPs (DNS names) cannot be matched, so both are
-// left out. An address:port that two services claim (two Dataplanes
-// registered at one address with one inbound port) goes to the first
-// service by name, in every sidecar of the mesh; one that is a VIP of the
-// mesh is left to the VIP's chain. Built once per MeshState.
+// directGroups returns, per port, the addresses at which a service's
+// instances registered in this zone may be called directly by a
+// transparent sidecar's application. Instances of other zones sit behind
+// their zone's ingress and have no address here; loopback addresses are
+// never redirected, and addresses that are not IPs (DNS names) cannot be
+// matched, so both are left out. An instance whose proxy is offline keeps
+// its place: its address is still its service's, and a connection to it
+// fails as it would passed through; keeping it spares every transparent
+// sidecar of the mesh a new listener each time a proxy restarts (the
+// listener changes only when Dataplanes are registered or removed). An
+// address:port that two services claim (two Dataplanes registered at one
+// address with one inbound port) goes to the first service by name, in
+// every sidecar of the mesh; one at a VIP of the mesh is left to the VIP's
+// chain. Built once per MeshState.
 func (s *MeshState) directGroups(service string) []directGroup {
-	owner := memo(s, "direct-owners", s.buildDirectOwners)
-	return memo(s, "direct-groups|"+service, func() []directGroup {
-		svc := s.Service(service)
-		if svc == nil {
-			return nil
-		}
-		byPort := map[uint32][]netip.Addr{}
-		for _, in := range svc.Local {
-			addr, err := netip.ParseAddr(in.Address)
-			if err != nil {
-				continue
-			}
-			addr = addr.Unmap()
-			if owner[netip.AddrPortFrom(addr, uint16(in.Port))] == service {
-				byPort[in.Port] = append(byPort[in.Port], addr)
-			}
-		}
-		var out []directGroup
-		for _, port := range slices.Sorted(maps.Keys(byPort)) {
-			addrs := byPort[port]
-			slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
-			out = append(out, directGroup{port: port, addrs: slices.Compact(addrs)})
-		}
-		return out
-	})
+	return memo(s, "direct-groups", s.buildDirectGroups)[service]
 }
 
-// buildDirectOwners maps every directly addressable instance address:port
-// of the mesh to the service it reaches (see directGroups).
-func (s *MeshState) buildDirectOwners() map[netip.AddrPort]string {
+func (s *MeshState) buildDirectGroups() map[string][]directGroup {
 	vips := map[netip.Addr]bool{}
 	for _, vip := range s.VIPs {
 		vips[vip.Unmap()] = true
 	}
 	owner := map[netip.AddrPort]string{}
-	for _, name := range s.Services() { // sorted: the first by name wins
-		for _, in := range s.Service(name).Local {
-			addr, err := netip.ParseAddr(in.Address)
-			if err != nil || in.Port == 0 || in.Port > 65535 {
-				continue
-			}
-			addr = addr.Unmap()
-			if addr.IsLoopback() || addr.IsUnspecified() || vips[addr] {
+	for _, dp := range s.Registered {
+		addr, err := netip.ParseAddr(dp.Networking.Address)
+		if err != nil {
+			continue
+		}
+		addr = addr.Unmap()
+		if addr.IsLoopback() || addr.IsUnspecified() || vips[addr] {
+			continue
+		}
+		for _, in := range dp.Networking.Inbound {
+			svc := in.Tags[api.TagService]
+			if svc == "" || in.Port <= 0 || in.Port > 65535 {
 				continue
 			}
 			ap := netip.AddrPortFrom(addr, uint16(in.Port))
-			if _, taken := owner[ap]; !taken {
-				owner[ap] = name
+			if cur, taken := owner[ap]; !taken || svc < cur {
+				owner[ap] = svc
 			}
 		}
 	}
-	return owner
+	byService := map[string]map[uint32][]netip.Addr{}
+	for ap, svc := range owner {
+		if byService[svc] == nil {
+			byService[svc] = map[uint32][]netip.Addr{}
+		}
+		byService[svc][uint32(ap.Port())] = append(byService[svc][uint32(ap.Port())], ap.Addr())
+	}
+	out := make(map[string][]directGroup, len(byService))
+	for svc, byPort := range byService {
+		for _, port := range slices.Sorted(maps.Keys(byPort)) {
+			addrs := byPort[port]
+			slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+			out[svc] = append(out[svc], directGroup{port: port, addrs: addrs})
+		}
+	}
+	return out
 }
 
 // directChain is the transparent listener's filter chain for one group of

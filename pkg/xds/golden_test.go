@@ -9,6 +9,7 @@ import (
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
@@ -178,6 +179,27 @@ func TestSidecarTransparentDirectGolden(t *testing.T) {
 	if again := transparent("web-1"); again != web1 {
 		t.Error("web-1's transparent listener was built twice")
 	}
+	// billing-4 back online: its endpoints change, the listener does not.
+	var online []api.Resource
+	for _, r := range xdstest.Inputs(t, "testdata/transparent/direct.input.yaml") {
+		if _, ok := r.(*api.DataplaneInsight); !ok {
+			online = append(online, r)
+		}
+	}
+	s2 := NewState(catalog.FromResources("zone-1", online), nil)
+	r2, err := Sidecar(s2, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, res := range r2[resource.ListenerType] {
+		if l := res.(*listener.Listener); l.Name == TransparentListener && !proto.Equal(l, web1) {
+			t.Error("a proxy that came online changed the transparent listener")
+		}
+	}
+	if len(s2.Mesh("default").Service("billing").Local) != len(s.Mesh("default").Service("billing").Local)+1 {
+		t.Fatal("billing-4 is not offline in the input")
+	}
+
 	// billing-1 has no explicit outbound: a listener of its own, without
 	// billing's chains (its own service) but with web's and ledger's
 	// whole chain.
