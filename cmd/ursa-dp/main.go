@@ -36,6 +36,9 @@ import (
 	"github.com/ursamesh/ursa/pkg/run"
 )
 
+// defaultDNSAddr is where a sidecar's resolver answers by default.
+const defaultDNSAddr = "127.0.0.1:15053"
+
 // runConfig is ursa-dp run's configuration.
 type runConfig struct {
 	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpcs://HOST:5678 (TLS)"`
@@ -53,6 +56,7 @@ type runConfig struct {
 	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
+	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
 	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
 	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
 	Log                  struct {
@@ -72,8 +76,8 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: "127.0.0.1:15053", ResolvConf: "/etc/resolv.conf",
-		RedirectOutboundPort: tproxy.DefaultOutboundPort}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf",
+		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -179,8 +183,19 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 			return fmt.Errorf("--exclude-outbound-ports: %w", err)
 		}
 		redirect = &tproxy.Config{OutboundPort: cfg.RedirectOutboundPort, ExcludeOutboundPorts: excluded, Mark: tproxy.DefaultMark}
+		if meta[api.MetadataDNSAddress] != "" {
+			redirect.DNSPort = cfg.RedirectDNSPort
+		}
 		if err := redirect.Validate(); err != nil {
 			return fmt.Errorf("--transparent-proxy: %w", err)
+		}
+		if redirect.DNSPort != 0 {
+			// REDIRECT sends a host's own packets to 127.0.0.1.
+			at := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(redirect.DNSPort)).String()
+			if dns := meta[api.MetadataDNSAddress]; dns != at && dns != defaultDNSAddr {
+				return fmt.Errorf("--dns-addr %s: with --transparent-proxy the resolver answers the redirected DNS on %s (--redirect-dns-port %d); drop --dns-addr, or set --redirect-dns-port 0 to leave DNS alone", dns, at, redirect.DNSPort)
+			}
+			meta[api.MetadataDNSAddress] = at
 		}
 		meta[api.MetadataTransparentProxy] = strconv.Itoa(cfg.RedirectOutboundPort)
 	}
@@ -218,7 +233,17 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		return err
 	}
 	defer p.Close()
+	// Bound before any rule goes in, like every port checked below: a
+	// start that fails changes nothing.
+	ln, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("--admin-addr: %w", err)
+	}
+	defer ln.Close()
 	if redirect != nil {
+		if err := redirect.CheckFree(meta[api.MetadataDNSAddress]); err != nil {
+			return fmt.Errorf("--transparent-proxy: %w", err)
+		}
 		// Before the proxy connects anywhere: its sockets carry the mark
 		// the rules let through. Removed on every way out, SIGTERM
 		// included (ctx ends); after a SIGKILL the next start replaces the
@@ -263,10 +288,6 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	ln, err := net.Listen("tcp", cfg.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("--admin-addr: %w", err)
-	}
 	r := run.New(log)
 	r.Add("admin", run.HTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, 5*time.Second))
 	r.Add("xds", client)

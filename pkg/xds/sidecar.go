@@ -64,7 +64,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 	}
 	// In the order of their names, as a snapshot lists them, so that the
 	// xDS server recognises the lists of the proxy's last snapshot.
-	for typ, shared := range s.outboundResources(dp) {
+	for typ, shared := range s.outboundResources(dp, p.TransparentProxy != "") {
 		out[typ] = mergeByName(out[typ], shared)
 	}
 	if p.DNSAddress != "" {
@@ -91,10 +91,14 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 // outboundResources is the part of a sidecar's configuration that reaches
 // other services: the outbound listeners, and the EDS clusters and load
 // assignments of their subsets. It depends on the dataplane only through
-// the services it is an instance of and its explicit outbounds, so
-// dataplanes that agree on those share one, built once per MeshState.
-func (s *MeshState) outboundResources(dp *api.Dataplane) Resources {
-	return memo(s, "outbound-resources|"+outboundKey(dp), func() Resources { return s.buildOutboundResources(dp) })
+// the services it is an instance of, its explicit outbounds and whether it
+// is transparent, so dataplanes that agree on those share one, built once
+// per MeshState. A transparent sidecar gets no listener on a VIP: its
+// original-destination listener takes those connections (a VIP is on no
+// interface, so a listener there could not bind).
+func (s *MeshState) outboundResources(dp *api.Dataplane, transparent bool) Resources {
+	key := fmt.Sprintf("outbound-resources|%s|%t", outboundKey(dp), transparent)
+	return memo(s, key, func() Resources { return s.buildOutboundResources(dp, transparent) })
 }
 
 // outboundKey is what a sidecar's outbound side depends on of its
@@ -112,7 +116,7 @@ func outboundKey(dp *api.Dataplane) string {
 	return fmt.Sprintf("%q|%q", slices.Compact(own), explicit)
 }
 
-func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
+func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) Resources {
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
 	clusters := map[string]Subset{}
@@ -121,8 +125,10 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane) Resources {
 		if len(subsets) == 0 {
 			continue
 		}
-		out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
-			func() *listener.Listener { return outboundListener(o, subsets) }))
+		if o.explicit || !transparent {
+			out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
+				func() *listener.Listener { return outboundListener(o, subsets) }))
+		}
 		for _, sub := range subsets {
 			clusters[sub.ClusterName()] = sub
 		}
@@ -164,6 +170,8 @@ type outbound struct {
 	service string
 	addr    string
 	port    uint32
+	// explicit: the Dataplane's own outbound, not a VIP's.
+	explicit bool
 }
 
 // outbounds lists, for every service of the mesh other than the proxy's
@@ -188,7 +196,7 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 		if addr == "" {
 			addr = "127.0.0.1"
 		}
-		addOut(outbound{service: o.Tags[api.TagService], addr: addr, port: uint32(o.Port)})
+		addOut(outbound{service: o.Tags[api.TagService], addr: addr, port: uint32(o.Port), explicit: true})
 	}
 	for _, svc := range s.Services() {
 		vip, ok := s.VIPs[svc]

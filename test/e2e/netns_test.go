@@ -82,6 +82,11 @@ func newHosts(t *testing.T, names ...string) *hosts {
 		ipCmd(t, "-n", bridge, "link", "set", port, "up")
 		ipCmd(t, "-n", ns, "addr", "add", h.addr(name)+"/24", "dev", "eth0")
 		ipCmd(t, "-n", ns, "link", "set", "eth0", "up")
+		// A default route, as a VM has: an address off the network
+		// (a VIP in 240.0.0.0/4) is routable, so an app's connect
+		// reaches the nat table the transparent proxy redirects in.
+		// Whatever goes out still goes nowhere but the bridge.
+		ipCmd(t, "-n", ns, "route", "add", "default", "dev", "eth0")
 	}
 	return h
 }
@@ -173,49 +178,85 @@ func (h *hosts) client(t testing.TB, host string) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial}}
 }
 
-// dialer dials from inside host's namespace: the socket is made on an OS
-// thread switched into that namespace and back, locked to its goroutine
-// meanwhile, so no other goroutine ever runs there. The thread must live
+// dialer dials from inside host's namespace (see in).
+func (h *hosts) dialer(t testing.TB, host string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+		if nsErr := h.in(t, host, func() {
+			var d net.Dialer
+			conn, err = d.DialContext(ctx, network, addr)
+		}); nsErr != nil {
+			return nil, nsErr
+		}
+		return conn, err
+	}
+}
+
+// listen listens inside host's namespace (see in): a server of that host,
+// run by the test. It is closed when the test ends.
+func (h *hosts) listen(t testing.TB, host, network, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	var err error
+	if nsErr := h.in(t, host, func() { l, err = net.Listen(network, addr) }); nsErr != nil {
+		t.Fatal(nsErr)
+	}
+	if err != nil {
+		t.Fatalf("listen on %s %s: %v", host, addr, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// listenPacket is listen for a datagram socket.
+func (h *hosts) listenPacket(t testing.TB, host, network, addr string) net.PacketConn {
+	t.Helper()
+	var c net.PacketConn
+	var err error
+	if nsErr := h.in(t, host, func() { c, err = net.ListenPacket(network, addr) }); nsErr != nil {
+		t.Fatal(nsErr)
+	}
+	if err != nil {
+		t.Fatalf("listen on %s %s: %v", host, addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// in runs fn inside host's network namespace: on an OS thread switched into
+// it and back, locked to its goroutine meanwhile, so no other goroutine ever
+// runs there. Sockets fn makes stay in the namespace. The thread must live
 // on: a thread that ends kills every child it forked (start's processes
 // have Pdeathsig), so one that cannot switch back stays locked, and only
 // then is thrown away with its goroutine.
-func (h *hosts) dialer(t testing.TB, host string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func (h *hosts) in(t testing.TB, host string, fn func()) error {
 	path := filepath.Join("/var/run/netns", h.namespace(t, host))
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			conn net.Conn
-			err  error
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("open this thread's namespace: %w", err)
+			return
 		}
-		done := make(chan result, 1)
-		go func() {
-			runtime.LockOSThread()
-			home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				runtime.UnlockOSThread()
-				done <- result{err: fmt.Errorf("open this thread's namespace: %w", err)}
-				return
-			}
-			defer unix.Close(home)
-			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				runtime.UnlockOSThread()
-				done <- result{err: fmt.Errorf("open namespace %s: %w", path, err)}
-				return
-			}
-			defer unix.Close(fd)
-			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-				runtime.UnlockOSThread()
-				done <- result{err: fmt.Errorf("enter namespace %s: %w", path, err)}
-				return
-			}
-			var d net.Dialer
-			conn, err := d.DialContext(ctx, network, addr)
-			if unix.Setns(home, unix.CLONE_NEWNET) == nil {
-				runtime.UnlockOSThread()
-			}
-			done <- result{conn, err}
-		}()
-		r := <-done
-		return r.conn, r.err
-	}
+		defer unix.Close(home)
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("open namespace %s: %w", path, err)
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("enter namespace %s: %w", path, err)
+			return
+		}
+		fn()
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- nil
+	}()
+	return <-done
 }

@@ -56,7 +56,8 @@ func TestTransparentProxyLifecycle(t *testing.T) {
 	p := h.start(t, "app", "ursa-dp", args...)
 	ready(p)
 	rules := nat()
-	for _, want := range []string{"-A OUTPUT -j URSA_OUTPUT", "-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001", "-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN"} {
+	for _, want := range []string{"-A OUTPUT -j URSA_OUTPUT", "-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001", "-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN",
+		"-A URSA_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053", "-A URSA_OUTPUT -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053"} {
 		if !strings.Contains(rules, want+"\n") {
 			t.Fatalf("the app host's nat table lacks %q:\n%s", want, rules)
 		}
@@ -107,4 +108,35 @@ func TestTransparentProxyLifecycle(t *testing.T) {
 	if rules := nat(); strings.Contains(rules, "URSA_") {
 		t.Fatalf("a refused start installed rules:\n%s", rules)
 	}
+	refused := func(p *proc, want string) {
+		t.Helper()
+		if err := p.wait(t); err == nil || !strings.Contains(p.out.String(), want) {
+			t.Fatalf("ursa-dp exited with %v, want an error saying %q:\n%s", err, want, p.out.String())
+		}
+		if rules := nat(); strings.Contains(rules, "URSA_") {
+			t.Fatalf("a refused start installed rules:\n%s", rules)
+		}
+	}
+	// An unknown flag.
+	refused(h.start(t, "app", "ursa-dp", append(args, "--redirect-everything")...), "unknown flag: --redirect-everything")
+	// A --dns-addr the redirected DNS would not reach.
+	refused(h.start(t, "app", "ursa-dp", append(args, "--dns-addr", "127.0.0.1:5353")...), "--redirect-dns-port")
+	// A redirect port another process holds: the host's traffic would
+	// go to it.
+	for _, held := range []struct{ network, addr, want string }{
+		{"tcp", ":15001", "the outbound redirect port (TCP 0.0.0.0:15001) is not free"},
+		{"udp", "127.0.0.1:15053", "the DNS redirect port (UDP 127.0.0.1:15053) is not free"},
+	} {
+		var closer io.Closer
+		if held.network == "udp" {
+			closer = h.listenPacket(t, "app", held.network, held.addr)
+		} else {
+			closer = h.listen(t, "app", held.network, held.addr)
+		}
+		refused(h.start(t, "app", "ursa-dp", args...), held.want)
+		closer.Close()
+	}
+	// Without CAP_NET_ADMIN (root without it in its bounding set).
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.namespace(t, "app"), "setpriv", "--bounding-set=-net_admin", filepath.Join(bin, "ursa-dp")}, args...)...)
+	refused(launch(t, "ursa-dp without CAP_NET_ADMIN", cmd), "needs the CAP_NET_ADMIN capability")
 }

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -363,6 +364,41 @@ func (t *tables) restore(ctx context.Context, lines []string) error {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("tproxy: %s --noflush: %w: %s", t.restoreBin, err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// CheckFree says which of c's redirect ports another process already
+// holds, so that ursa-dp refuses to start before it installs rules that
+// would send the host's traffic to someone else: TCP on every address for
+// the outbound and inbound ports, UDP and TCP on dnsAddr for the DNS port
+// (the resolver's own address; "" skips it). Each probe socket is closed
+// at once.
+func (c Config) CheckFree(dnsAddr string) error {
+	type probe struct{ what, network, addr string }
+	probes := []probe{{"outbound", "tcp", fmt.Sprintf("0.0.0.0:%d", c.OutboundPort)}}
+	if c.InboundPort != 0 {
+		probes = append(probes, probe{"inbound", "tcp", fmt.Sprintf("0.0.0.0:%d", c.InboundPort)})
+	}
+	if c.DNSPort != 0 && dnsAddr != "" {
+		probes = append(probes, probe{"DNS", "tcp", dnsAddr}, probe{"DNS", "udp", dnsAddr})
+	}
+	for _, p := range probes {
+		var err error
+		if p.network == "udp" {
+			var pc net.PacketConn
+			if pc, err = net.ListenPacket(p.network, p.addr); err == nil {
+				pc.Close()
+			}
+		} else {
+			var l net.Listener
+			if l, err = net.Listen(p.network, p.addr); err == nil {
+				l.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("the %s redirect port (%s %s) is not free: %w", p.what, strings.ToUpper(p.network), p.addr, err)
+		}
 	}
 	return nil
 }
