@@ -3,16 +3,12 @@ package e2e
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestTransparentDirectToInstance: an app on a host whose sidecar runs the
@@ -71,7 +67,7 @@ spec:
 
 	// billing's app on its host's loopback, behind its sidecar, which
 	// binds the host's address at the inbound port with mTLS.
-	app := listenIn(t, h, "server", "127.0.0.1:8080")
+	app := h.listen(t, "server", "tcp", "127.0.0.1:8080")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "billing-1") })}
 	go srv.Serve(app)
 	t.Cleanup(func() { srv.Close() })
@@ -115,50 +111,4 @@ spec:
 	if !strings.Contains(inbound, `ursa_dp_connections_total{listener="inbound:`+h.addr("server")+`:10011"}`) {
 		t.Fatalf("billing-1's sidecar did not take the call on its inbound:\n%s", inbound)
 	}
-}
-
-// listenIn listens on addr inside host's namespace, as a program running
-// there would (see dialer: the socket is made on a thread switched into the
-// namespace and back).
-func listenIn(t *testing.T, h *hosts, host, addr string) net.Listener {
-	t.Helper()
-	path := filepath.Join("/var/run/netns", h.namespace(t, host))
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: err}
-			return
-		}
-		defer unix.Close(home)
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: err}
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: err}
-			return
-		}
-		ln, err := net.Listen("tcp", addr)
-		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		done <- result{ln, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		t.Fatalf("listen on %s in %s: %v", addr, host, r.err)
-	}
-	t.Cleanup(func() { r.ln.Close() })
-	return r.ln
 }
