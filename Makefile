@@ -4,7 +4,7 @@ BIN     := bin
 TESTFLAGS ?= -race -count=1
 PKGS    := ./...
 
-.PHONY: help deps build test lint run demo fuzz bench bench-xds bench-xds-tls clean generate
+.PHONY: help deps build test lint run demo fuzz bench bench-xds bench-xds-tls bench-tproxy clean generate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench-xds: ## the xDS full push (beside SimpleCache) and one endpoint change, at
 
 bench-xds-tls: ## the 10k full push (SotW, delta) and the 10k resync after every connection drops, plaintext and TLS in one run (2–5 min)
 	GOMEMLIMIT=15GiB $(GO) test ./test/bench -run '^$$' -bench '(FullPush|FullPushDelta|Resync)(TLS)?$$/proxies=10000$$' -benchtime 1x -timeout 30m
+
+bench-tproxy: ## root: the transparent proxy's outbound path against an explicit outbound listener, connection latency (~1 min)
+	bash test/tpbench/run.sh
 
 generate: ## regenerate kds/kdspb from kds/kds.proto (needs protoc: apt-get install protobuf-compiler)
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12

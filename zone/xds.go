@@ -285,7 +285,7 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 	}
 	j := job{id: n.ID, proxy: xds.Proxy{Kind: n.Kind, Dataplane: dp}}
 	if n.Kind == xds.KindSidecar {
-		j.proxy.DNSAddress, j.proxy.TransparentProxy = n.DNSAddress, n.TransparentProxy
+		j.proxy.DNSAddress, j.proxy.TransparentProxy, j.proxy.TransparentInbound = n.DNSAddress, n.TransparentProxy, n.TransparentInbound
 	}
 	identity := "none"
 	if n.Kind == xds.KindSidecar && m.Mesh.MTLSEnabled() && len(dp.Networking.Inbound) > 0 {
@@ -317,7 +317,7 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 		}
 	}
 	// The identity comes last: an issuance appends its stamp.
-	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%q|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, j.proxy.DNSAddress+"|"+j.proxy.TransparentProxy, identity)
+	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%q|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, j.proxy.DNSAddress+"|"+j.proxy.TransparentProxy+"|"+j.proxy.TransparentInbound, identity)
 	return j, nil
 }
 

@@ -56,12 +56,17 @@ type runConfig struct {
 	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
+	RedirectInboundPort  int    `json:"redirectInboundPort" usage:"with --transparent-proxy and --dataplane-file: the port inbound TCP to the Dataplane's inbound ports is redirected to (mTLS and TrafficPermissions apply there, and the app binds its port itself); 0: inbound TCP is not redirected"`
+	ExcludeInboundPorts  string `json:"excludeInboundPorts" usage:"with --transparent-proxy: inbound ports (8080,9090) of the Dataplane whose TCP is not redirected"`
 	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
 	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
 	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
 	Log                  struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
+	// inboundPorts are the inbound ports of the --dataplane-file's
+	// Dataplane (none with --dataplane-name: not known at start).
+	inboundPorts []int
 }
 
 func main() {
@@ -77,7 +82,7 @@ func main() {
 
 func newRun() *cobra.Command {
 	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf",
-		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
+		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectInboundPort: tproxy.DefaultInboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -141,6 +146,9 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 		}
 		mesh, name = r.GetMeta().Mesh, r.GetMeta().Name
 		meta[api.MetadataDataplane] = string(doc)
+		for _, in := range r.(*api.Dataplane).Networking.Inbound {
+			cfg.inboundPorts = append(cfg.inboundPorts, in.Port)
+		}
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
 	}
@@ -183,6 +191,9 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 			return fmt.Errorf("--exclude-outbound-ports: %w", err)
 		}
 		redirect = &tproxy.Config{OutboundPort: cfg.RedirectOutboundPort, ExcludeOutboundPorts: excluded, Mark: tproxy.DefaultMark}
+		if err := inboundRedirect(cfg, redirect); err != nil {
+			return err
+		}
 		if meta[api.MetadataDNSAddress] != "" {
 			redirect.DNSPort = cfg.RedirectDNSPort
 		}
@@ -198,6 +209,9 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 			meta[api.MetadataDNSAddress] = at
 		}
 		meta[api.MetadataTransparentProxy] = strconv.Itoa(cfg.RedirectOutboundPort)
+		if len(redirect.InboundPorts) > 0 {
+			meta[api.MetadataTransparentInbound] = strconv.Itoa(redirect.InboundPort)
+		}
 	}
 	switch cfg.Proxy {
 	case "builtin":
@@ -249,6 +263,10 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		// included (ctx ends); after a SIGKILL the next start replaces the
 		// leftovers.
 		p.Mark = redirect.Mark
+		if len(redirect.InboundPorts) == 0 {
+			log.Info("inbound TCP is not redirected: the zone sends a listener per inbound, on the Dataplane's address",
+				zap.String("why", inboundWhy(cfg)))
+		}
 		if err := tproxy.Install(ctx, log.Named("tproxy"), *redirect); err != nil {
 			return fmt.Errorf("--transparent-proxy: %w", err)
 		}
@@ -296,6 +314,36 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	}
 	log.Info("sidecar starting", zap.String("cp", cfg.CPAddress), zap.String("admin_addr", ln.Addr().String()))
 	return r.Run(ctx)
+}
+
+// inboundRedirect adds to c the redirection of inbound TCP to the
+// Dataplane's inbound ports (less --exclude-inbound-ports): there is one
+// to install (c.InboundPorts) with --dataplane-file, a
+// --redirect-inbound-port, and a port left.
+func inboundRedirect(cfg runConfig, c *tproxy.Config) error {
+	excluded, err := tproxy.ParsePorts(cfg.ExcludeInboundPorts)
+	if err != nil {
+		return fmt.Errorf("--exclude-inbound-ports: %w", err)
+	}
+	// The port is set (and validated with the others) even when no port
+	// is redirected to it: nothing jumps to its rule then.
+	c.InboundPort, c.ExcludeInboundPorts = cfg.RedirectInboundPort, excluded
+	if c.InboundPort != 0 {
+		c.InboundPorts = slices.DeleteFunc(slices.Clone(cfg.inboundPorts), func(p int) bool { return slices.Contains(excluded, p) })
+	}
+	return nil
+}
+
+// inboundWhy says why inboundRedirect added nothing.
+func inboundWhy(cfg runConfig) string {
+	switch {
+	case cfg.RedirectInboundPort == 0:
+		return "--redirect-inbound-port 0"
+	case len(cfg.inboundPorts) == 0:
+		return "--dataplane-name: the Dataplane's inbound ports are not known at start; use --dataplane-file"
+	default:
+		return "--exclude-inbound-ports excludes every inbound port"
+	}
 }
 
 // runEnvoy writes an Envoy bootstrap pointing at the zone CP and supervises

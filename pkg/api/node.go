@@ -25,6 +25,11 @@ const (
 	// its outbound TCP to it, the port it is redirected to (decimal): the
 	// CP sends it an original-destination listener there.
 	MetadataTransparentProxy = "ursa.io/transparent-proxy"
+	// MetadataTransparentInbound is, on a sidecar whose namespace also
+	// redirects inbound TCP to its Dataplane's inbound ports, the port it
+	// is redirected to (decimal): the CP sends it one original-destination
+	// listener there instead of a listener per inbound.
+	MetadataTransparentInbound = "ursa.io/transparent-proxy-inbound"
 	// MetadataDNSAddress is the IP:port on which a sidecar asks to answer
 	// .mesh names (ursa-dp run --dns-addr): the CP sends it a UDP DNS
 	// listener there. Without it, no DNS listener.

@@ -57,6 +57,8 @@ type Listener struct {
 	// the routes of the DstChains entry that matches it.
 	OriginalDst bool
 	DstChains   []DstChain
+	// dsts indexes DstChains; made with them.
+	dsts dstIndex
 }
 
 // Route is a weighted cluster of a tcp_proxy.
@@ -223,13 +225,25 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 	if len(l.GetFilterChains()) != 1 {
 		return nil, fmt.Errorf("listener %q: the built-in proxy supports exactly one filter chain, got %d", l.Name, len(l.GetFilterChains()))
 	}
-	fc := l.GetFilterChains()[0]
+	var err error
+	if out.TLS, out.RBAC, out.Routes, err = translateChain(l.Name, l.GetFilterChains()[0]); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// translateChain reads what a filter chain does with a connection: whether
+// it terminates mTLS (a downstream TLS transport socket, its identity and
+// CA from SDS), whom its RBAC filter admits, and its tcp_proxy's routes.
+// An ordinary listener's chain and an original-destination listener's
+// chains are read alike, and run alike.
+func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, rules *rbacRules, routes []Route, err error) {
 	if ts := fc.GetTransportSocket(); ts != nil {
 		down := &tlsv3.DownstreamTlsContext{}
 		if err := ts.GetTypedConfig().UnmarshalTo(down); err != nil {
-			return nil, fmt.Errorf("listener %q: transport socket: %w", l.Name, err)
+			return false, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
 		}
-		out.TLS = true
+		tls = true
 	}
 	for _, f := range fc.GetFilters() {
 		tc := f.GetTypedConfig()
@@ -237,27 +251,23 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		case tc.MessageIs(&rbac.RBAC{}):
 			r := &rbac.RBAC{}
 			if err := tc.UnmarshalTo(r); err != nil {
-				return nil, fmt.Errorf("listener %q: rbac: %w", l.Name, err)
+				return false, nil, nil, fmt.Errorf("listener %q: rbac: %w", listenerName, err)
 			}
-			rules, err := compileRBAC(r.GetRules())
-			if err != nil {
-				return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+			if rules, err = compileRBAC(r.GetRules()); err != nil {
+				return false, nil, nil, fmt.Errorf("listener %q: %w", listenerName, err)
 			}
-			out.RBAC = rules
 		case tc.MessageIs(&tcp.TcpProxy{}):
-			routes, err := tcpRoutes(l.Name, f)
-			if err != nil {
-				return nil, err
+			if routes, err = tcpRoutes(listenerName, f); err != nil {
+				return false, nil, nil, err
 			}
-			out.Routes = routes
 		default:
-			return nil, fmt.Errorf("listener %q: filter %q (%s) is not supported by the built-in proxy", l.Name, f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
+			return false, nil, nil, fmt.Errorf("listener %q: filter %q (%s) is not supported by the built-in proxy", listenerName, f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
 		}
 	}
-	if len(out.Routes) == 0 {
-		return nil, fmt.Errorf("listener %q: no tcp_proxy", l.Name)
+	if len(routes) == 0 {
+		return false, nil, nil, fmt.Errorf("listener %q: no tcp_proxy", listenerName)
 	}
-	return out, nil
+	return tls, rules, routes, nil
 }
 
 // sniListener translates an ingress listener: one filter chain per set of

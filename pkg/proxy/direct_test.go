@@ -67,9 +67,9 @@ func TestGeneratedDirectChains(t *testing.T) {
 		"240.0.0.3:9000":  "search",
 		"192.0.2.1:10011": xds.PassthroughCluster,
 	} {
-		routes, ok := matchDst(out.DstChains, netip.MustParseAddrPort(dst))
-		if !ok || len(routes) != 1 || routes[0].Cluster != want {
-			t.Errorf("%s → %v; want %s", dst, routes, want)
+		chain, ok := out.matchDst(netip.MustParseAddrPort(dst))
+		if !ok || len(chain.Routes) != 1 || chain.Routes[0].Cluster != want || chain.TLS {
+			t.Errorf("%s → %+v; want %s", dst, chain, want)
 		}
 	}
 }

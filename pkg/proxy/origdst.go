@@ -20,14 +20,18 @@ type DstChain struct {
 	Port uint32
 	// Prefixes are the prefix_ranges; none matches any address.
 	Prefixes []netip.Prefix
-	Routes   []Route
+	// TLS, RBAC and Routes are as on a Listener: what the chain does with
+	// the connections it takes.
+	TLS    bool
+	RBAC   *rbacRules
+	Routes []Route
 }
 
 // matchDst picks the filter chain for a connection headed to dst as Envoy
 // does: the chains of dst's port first, then those of any port; among them
 // the one whose prefix holds dst most specifically, a chain without
 // prefixes matching least specifically of all.
-func matchDst(chains []DstChain, dst netip.AddrPort) ([]Route, bool) {
+func matchDst(chains []DstChain, dst netip.AddrPort) (*DstChain, bool) {
 	addr := dst.Addr().Unmap()
 	for _, port := range []uint32{uint32(dst.Port()), 0} {
 		best, bestBits := -1, -2
@@ -52,16 +56,17 @@ func matchDst(chains []DstChain, dst netip.AddrPort) ([]Route, bool) {
 			}
 		}
 		if best >= 0 {
-			return chains[best].Routes, true
+			return &chains[best], true
 		}
 	}
 	return nil, false
 }
 
 // origDstListener translates a listener with use_original_dst, the
-// transparent proxy's outbound listener: filter chains that match on
-// destination port and prefix ranges only, each one tcp_proxy without
-// TLS, and an optional default_filter_chain that takes what none matches.
+// transparent proxy's outbound or inbound listener: filter chains that
+// match on destination port and prefix ranges only, each one read as an
+// ordinary listener's chain (optional mTLS and RBAC, then tcp_proxy), and
+// an optional default_filter_chain that takes what none matches.
 func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
 	out.OriginalDst = true
 	chains := l.GetFilterChains()
@@ -100,20 +105,17 @@ func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
 			}
 			catchAll = true
 		}
-		if fc.GetTransportSocket() != nil || len(fc.GetFilters()) != 1 {
-			return nil, fmt.Errorf("listener %q: filter chain %d: an original-destination filter chain holds one tcp_proxy, without TLS", l.Name, i)
-		}
-		routes, err := tcpRoutes(l.Name, fc.GetFilters()[0])
-		if err != nil {
+		var err error
+		if c.TLS, c.RBAC, c.Routes, err = translateChain(l.Name, fc); err != nil {
 			return nil, err
 		}
-		c.Routes = routes
 		out.DstChains = append(out.DstChains, c)
-		out.Routes = append(out.Routes, routes...) // checked against the clusters like any route
+		out.Routes = append(out.Routes, c.Routes...) // checked against the clusters like any route
 	}
 	if len(out.DstChains) == 0 {
 		return nil, fmt.Errorf("listener %q: no filter chain", l.Name)
 	}
+	out.dsts = newDstIndex(out.DstChains)
 	return out, nil
 }
 
@@ -137,10 +139,10 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 }
 
 // originalDst is where a connection accepted by an original-destination
-// listener was headed, and the routes of the filter chain that takes it.
-// A connection made to the listener itself (not redirected) is refused:
-// passing it through would connect the proxy to itself.
-func originalDst(l *Listener, down net.Conn) (netip.AddrPort, []Route, string, error) {
+// listener was headed, and the filter chain that takes it. A connection
+// made to the listener itself (not redirected) is refused: passing it
+// through would connect the proxy to itself.
+func originalDst(l *Listener, down net.Conn) (netip.AddrPort, *DstChain, string, error) {
 	dst, err := tproxy.OriginalDst(down)
 	if err != nil {
 		return dst, nil, "no_original_dst", err
@@ -150,11 +152,30 @@ func originalDst(l *Listener, down net.Conn) (netip.AddrPort, []Route, string, e
 			return dst, nil, "not_redirected", fmt.Errorf("connection to the listener itself (%s)", dst)
 		}
 	}
-	routes, ok := matchDst(l.DstChains, dst)
+	c, ok := l.matchDst(dst)
 	if !ok {
 		return dst, nil, "no_filter_chain", fmt.Errorf("no filter chain for %s", dst)
 	}
-	return dst, routes, "", nil
+	return dst, c, "", nil
+}
+
+// rbacNow is the RBAC that listener name's current configuration applies
+// to a connection headed to dst (on an original-destination listener, that
+// of the chain that takes it now); false when the listener or the chain
+// is gone.
+func (p *Proxy) rbacNow(name string, dst netip.AddrPort) (*rbacRules, bool) {
+	cur, ok := p.cfg.Load().Listeners[name]
+	switch {
+	case !ok:
+		return nil, false
+	case !cur.OriginalDst:
+		return cur.RBAC, true
+	}
+	c, ok := cur.matchDst(dst)
+	if !ok {
+		return nil, false
+	}
+	return c.RBAC, true
 }
 
 // dialer is how the proxy makes its upstream sockets: with the transparent

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,7 +43,7 @@ func TestMatchDst(t *testing.T) {
 		"192.0.2.1:443":  "passthrough",
 	} {
 		got, ok := matchDst(chains, netip.MustParseAddrPort(dst))
-		if !ok || got[0].Cluster != want {
+		if !ok || got.Routes[0].Cluster != want {
 			t.Errorf("%s → %v, %v; want %s", dst, got, ok, want)
 		}
 	}
@@ -127,33 +128,9 @@ func TestTranslateOriginalDst(t *testing.T) {
 // inside the namespace (ip netns exec), so that every socket of the proxy
 // lives there.
 func TestOriginalDstInNamespace(t *testing.T) {
-	if os.Getenv("URSA_TEST_IN_NETNS") == "" {
-		if os.Geteuid() != 0 {
-			t.Skip("network namespaces and iptables need root")
-		}
-		ns := fmt.Sprintf("ursaod%d", os.Getpid())
-		ip := func(args ...string) {
-			t.Helper()
-			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-			}
-		}
-		ip("netns", "add", ns)
-		t.Cleanup(func() { ip("netns", "delete", ns) })
-		ip("-n", ns, "link", "set", "lo", "up")
-		ip("-n", ns, "addr", "add", "240.0.0.9/32", "dev", "lo")
-		ip("-n", ns, "route", "add", "240.0.0.0/4", "dev", "lo")
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestOriginalDstInNamespace$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), "URSA_TEST_IN_NETNS=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS: TestOriginalDstInNamespace") {
-			t.Fatalf("in namespace %s: %v:\n%s", ns, err, out)
-		}
+	if !inNamespace(t) {
 		return
 	}
-
 	ctx := context.Background()
 	log := zaptest.NewLogger(t)
 	if err := tproxy.Install(ctx, log, tproxy.Config{OutboundPort: 15001}); err != nil {
@@ -192,6 +169,46 @@ func TestOriginalDstInNamespace(t *testing.T) {
 		t.Errorf("a connection to the listener itself got %q; want it closed", got)
 	}
 }
+
+// inNamespace re-runs the calling test (by its name) inside a throwaway
+// network namespace, lo up with 240.0.0.9 and 10.0.0.7 on it and a route
+// to 240.0.0.0/4 through it, and returns false; run there, it returns
+// true and the test goes on, every socket of its proxy in that namespace.
+// Without root the test is skipped.
+func inNamespace(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv("URSA_TEST_IN_NETNS") != "" {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces and iptables need root")
+	}
+	ns := fmt.Sprintf("ursaod%d-%d", os.Getpid(), nsSeq.Add(1))
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() { ip("netns", "delete", ns) })
+	ip("-n", ns, "link", "set", "lo", "up")
+	ip("-n", ns, "addr", "add", "240.0.0.9/32", "dev", "lo")
+	ip("-n", ns, "addr", "add", "10.0.0.7/32", "dev", "lo")
+	ip("-n", ns, "route", "add", "240.0.0.0/4", "dev", "lo")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "URSA_TEST_IN_NETNS=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("in namespace %s: %v:\n%s", ns, err, out)
+	}
+	return false
+}
+
+// nsSeq numbers inNamespace's namespaces within this process.
+var nsSeq atomic.Int64
 
 // echoOn is echoServer on a given address.
 func echoOn(t *testing.T, addr, name string) {

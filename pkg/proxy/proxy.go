@@ -274,14 +274,14 @@ func (p *Proxy) handle(name string, down net.Conn) {
 	}
 	var dst netip.AddrPort
 	if l.OriginalDst {
-		var routes []Route
+		var chain *DstChain
 		var reason string
 		var err error
-		if dst, routes, reason, err = originalDst(l, down); err != nil {
+		if dst, chain, reason, err = originalDst(l, down); err != nil {
 			p.refuse(down, name, reason, err)
 			return
 		}
-		l = &Listener{Name: l.Name, Routes: routes}
+		l = &Listener{Name: l.Name, TLS: chain.TLS, RBAC: chain.RBAC, Routes: chain.Routes}
 	}
 	if l.TLS {
 		tc, uris, err := p.terminate(down)
@@ -293,7 +293,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		// RBAC is read at connection time: a policy change applies to new
 		// connections; established ones the new policy refuses keep going
 		// until they end, like Envoy's network RBAC filter.
-		if cur, ok := p.cfg.Load().Listeners[name]; !ok || !cur.RBAC.allows(uris) {
+		if rules, ok := p.rbacNow(name, dst); !ok || !rules.allows(uris) {
 			p.refuse(down, name, "rbac", fmt.Errorf("caller %q not allowed", uris))
 			return
 		}

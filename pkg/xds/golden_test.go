@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -126,8 +127,7 @@ func TestTrustWithCRLsGolden(t *testing.T) {
 // TestSidecarTransparentGolden: a sidecar whose outbound TCP is redirected
 // to it gets, besides its usual resources, the original-destination
 // listener (a filter chain per VIP and port, none for its loopback
-// outbound, one for billing's instances at their address and port) and
-// the passthrough and direct:billing clusters.
+// outbound) and the passthrough cluster.
 func TestSidecarTransparentGolden(t *testing.T) {
 	s, dp, _ := stateFrom(t, "testdata/sidecar/local.input.yaml")
 	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
@@ -141,6 +141,62 @@ func TestSidecarTransparentGolden(t *testing.T) {
 	for _, bad := range []string{"0", "65536", "x", "-1"} {
 		if _, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: bad}); err == nil || !strings.Contains(err.Error(), "transparent proxy port") {
 			t.Errorf("transparent proxy port %q: %v", bad, err)
+		}
+	}
+}
+
+// TestSidecarTransparentInboundGolden: a sidecar whose inbound TCP is
+// redirected to it gets ursa:inbound, an original-destination listener
+// with a filter chain per inbound (the Dataplane's address at the
+// inbound's port; mTLS and RBAC as on an inbound listener, to the app),
+// and no listener per inbound: the app binds its port itself.
+func TestSidecarTransparentInboundGolden(t *testing.T) {
+	s, dp, _ := stateFrom(t, "testdata/transparent-inbound.input.yaml")
+	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001", TransparentInbound: "15006"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Validate(r); err != nil {
+		t.Fatalf("generated resources do not validate: %v", err)
+	}
+	xdstest.Golden(t, "testdata/transparent-inbound.golden.yaml", xdstest.Render(t, r), *update)
+	for _, l := range r[resource.ListenerType] {
+		if name := cache.GetResourceName(l); strings.HasPrefix(name, "inbound:") {
+			t.Errorf("listener %s beside ursa:inbound: it would bind the app's port", name)
+		}
+	}
+
+	// Each chain is the inbound listener's chain, matched by destination.
+	plain, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in *listener.Listener
+	for _, l := range r[resource.ListenerType] {
+		if cache.GetResourceName(l) == InboundListener {
+			in = l.(*listener.Listener)
+		}
+	}
+	if in == nil || len(in.FilterChains) != 2 || in.DefaultFilterChain != nil || !in.GetUseOriginalDst().GetValue() {
+		t.Fatalf("ursa:inbound: %v", in)
+	}
+	for i, l := range plain[resource.ListenerType] {
+		if i >= len(in.FilterChains) {
+			break
+		}
+		want := proto.Clone(l.(*listener.Listener).FilterChains[0]).(*listener.FilterChain)
+		got := proto.Clone(in.FilterChains[i]).(*listener.FilterChain)
+		if got.Name != cache.GetResourceName(l) || got.FilterChainMatch.GetDestinationPort().GetValue() != uint32(dp.Networking.Inbound[i].Port) {
+			t.Errorf("chain %d: %s, port %d, for listener %s", i, got.Name, got.FilterChainMatch.GetDestinationPort().GetValue(), cache.GetResourceName(l))
+		}
+		got.Name, got.FilterChainMatch = "", nil
+		if !proto.Equal(got, want) {
+			t.Errorf("chain %d differs from listener %s's", i, cache.GetResourceName(l))
+		}
+	}
+	for _, bad := range []string{"0", "65536", "x"} {
+		if _, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentInbound: bad}); err == nil || !strings.Contains(err.Error(), "transparent proxy port") {
+			t.Errorf("inbound port %q: %v", bad, err)
 		}
 	}
 }

@@ -50,6 +50,10 @@ type Node struct {
 	// TCP is redirected to (node metadata api.MetadataTransparentProxy),
 	// "" for none.
 	TransparentProxy string `json:"transparentProxy,omitempty"`
+	// TransparentInbound is the port its latest stream said its inbound
+	// TCP is redirected to (node metadata api.MetadataTransparentInbound),
+	// "" for none.
+	TransparentInbound string `json:"transparentInbound,omitempty"`
 	// Claims are the tokens' claims of its open streams that showed one
 	// (Nodes sets them): each stream is served what the node is generated,
 	// so every one of them must cover its Dataplane (Server.Revoke).
@@ -339,9 +343,10 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	csr := node.GetMetadata().GetFields()[api.MetadataCSR].GetStringValue()
 	dnsAddr := node.GetMetadata().GetFields()[api.MetadataDNSAddress].GetStringValue()
 	transparent := node.GetMetadata().GetFields()[api.MetadataTransparentProxy].GetStringValue()
+	transparentIn := node.GetMetadata().GetFields()[api.MetadataTransparentInbound].GetStringValue()
 	if n, ok := s.nodes[node.GetId()]; ok {
 		if !had {
-			n.DNSAddress, n.TransparentProxy = dnsAddr, transparent
+			n.DNSAddress, n.TransparentProxy, n.TransparentInbound = dnsAddr, transparent, transparentIn
 			// A proxy that restarted with a new key before its old stream
 			// closed: its identity must certify the new key. And every
 			// stream's token must cover the node: told of a further
@@ -352,7 +357,8 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 		return nil
 	}
 	kind := KindOf(node)
-	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr, DNSAddress: dnsAddr, TransparentProxy: transparent}
+	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr, DNSAddress: dnsAddr, TransparentProxy: transparent,
+		TransparentInbound: transparentIn}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
 	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()

@@ -48,14 +48,31 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 	}
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
-	for i, in := range dp.Networking.Inbound {
-		servicePort := in.AppPort()
-		local := fmt.Sprintf("localhost:%d", servicePort)
-		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
-		if dp.Version != 0 { // a stored Dataplane: its version and creation time name its content
-			key := fmt.Sprintf("inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
+	var inboundPort uint32 // inbound TCP redirected there: no listener per inbound
+	if p.TransparentInbound != "" {
+		port, err := ParseTransparentPort(p.TransparentInbound)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar %s: inbound: %w", dp.Name, err)
+		}
+		inboundPort = port
+		build := func() *listener.Listener { return s.transparentInbound(dp, port, mtls) }
+		if dp.Version != 0 {
+			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port)
 			out.Add(resource.ListenerType, memoPolicy(s, key, build))
 		} else {
+			out.Add(resource.ListenerType, build())
+		}
+	}
+	for i, in := range dp.Networking.Inbound {
+		servicePort := in.AppPort()
+		local := localCluster(in)
+		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
+		switch {
+		case inboundPort != 0:
+		case dp.Version != 0: // a stored Dataplane: its version and creation time name its content
+			key := fmt.Sprintf("inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
+			out.Add(resource.ListenerType, memoPolicy(s, key, build))
+		default:
 			out.Add(resource.ListenerType, build())
 		}
 		out.Add(resource.ClusterType, memoPolicy(s, "local|"+local, func() *cluster.Cluster {
@@ -221,7 +238,23 @@ func outboundListener(o outbound, subsets []Subset) *listener.Listener {
 }
 
 func inboundListener(s *MeshState, dp *api.Dataplane, in api.Inbound, local string, mtls bool) *listener.Listener {
-	name := fmt.Sprintf("inbound:%s:%d", dp.Networking.Address, in.Port)
+	name := inboundName(dp, in)
+	return &listener.Listener{Name: name, Address: SocketAddress(dp.Networking.Address, uint32(in.Port)),
+		FilterChains: []*listener.FilterChain{inboundChain(s, in, name, local, mtls)}}
+}
+
+// localCluster names the static cluster of an inbound's application.
+func localCluster(in api.Inbound) string { return fmt.Sprintf("localhost:%d", in.AppPort()) }
+
+func inboundName(dp *api.Dataplane, in api.Inbound) string {
+	return fmt.Sprintf("inbound:%s:%d", dp.Networking.Address, in.Port)
+}
+
+// inboundChain is what an inbound does with a connection, wherever it is
+// accepted: with mTLS it terminates TLS, requiring a client certificate,
+// and lets through the callers TrafficPermissions allow; then it proxies
+// to the application at local.
+func inboundChain(s *MeshState, in api.Inbound, name, local string, mtls bool) *listener.FilterChain {
 	chain := &listener.FilterChain{}
 	if mtls {
 		chain.Filters = append(chain.Filters, rbacFilter(s, in.Tags, name))
@@ -232,7 +265,7 @@ func inboundListener(s *MeshState, dp *api.Dataplane, in api.Inbound, local stri
 			})}}
 	}
 	chain.Filters = append(chain.Filters, TCPProxy(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}))
-	return &listener.Listener{Name: name, Address: SocketAddress(dp.Networking.Address, uint32(in.Port)), FilterChains: []*listener.FilterChain{chain}}
+	return chain
 }
 
 // commonTLS points at the SDS identity and CA secrets.

@@ -176,6 +176,10 @@ type Proxy struct {
 	// redirected to (node metadata api.MetadataTransparentProxy); "" for
 	// none.
 	TransparentProxy string
+	// TransparentInbound, for a sidecar, is the port its inbound TCP is
+	// redirected to (node metadata api.MetadataTransparentInbound); "" for
+	// none: a listener per inbound, bound to the Dataplane's address.
+	TransparentInbound string
 }
 
 // NodeID is a proxy's xDS node id: "<mesh>.<dataplane name>".

@@ -22,7 +22,9 @@ import (
 // Names of the transparent proxy's resources.
 const (
 	TransparentListener = "ursa:outbound"
-	PassthroughCluster  = "ursa:passthrough"
+	// InboundListener takes the inbound TCP redirected to a sidecar.
+	InboundListener    = "ursa:inbound"
+	PassthroughCluster = "ursa:passthrough"
 )
 
 // ParseTransparentPort checks the port a sidecar's outbound TCP is
@@ -118,4 +120,32 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 		return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
 	})
 	return l, slices.Clip(clusters)
+}
+
+// transparentInbound is the listener on 0.0.0.0:port with use_original_dst
+// that a sidecar's redirected inbound connections arrive at: a filter
+// chain per inbound, taking the connections to the Dataplane's address at
+// the inbound's port, each the inbound's own chain (mTLS, RBAC, the
+// application). No default chain: a connection headed anywhere else is
+// refused. With the inbound's port equal to its service port, the
+// application itself binds that port: nothing else does.
+func (s *MeshState) transparentInbound(dp *api.Dataplane, port uint32, mtls bool) *listener.Listener {
+	l := &listener.Listener{
+		Name:           InboundListener,
+		Address:        SocketAddress("0.0.0.0", port),
+		UseOriginalDst: wrapperspb.Bool(true),
+	}
+	var prefixes []*core.CidrRange
+	if addr, err := netip.ParseAddr(dp.Networking.Address); err == nil { // else a DNS name: any address
+		addr = addr.Unmap()
+		prefixes = []*core.CidrRange{{AddressPrefix: addr.String(), PrefixLen: wrapperspb.UInt32(uint32(addr.BitLen()))}}
+	}
+	for _, in := range dp.Networking.Inbound {
+		name := inboundName(dp, in)
+		chain := inboundChain(s, in, name, localCluster(in), mtls)
+		chain.Name = name
+		chain.FilterChainMatch = &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(in.Port)), PrefixRanges: prefixes}
+		l.FilterChains = append(l.FilterChains, chain)
+	}
+	return l
 }

@@ -77,9 +77,11 @@ func envFileVars(t *testing.T, path string) []string {
 // as systemd would, with its Environment= and EnvironmentFile= settings
 // (written from the *.env.example files, /etc/ursa moved to a folder per host
 // and the example host names replaced by the hosts' addresses), as an
-// unprivileged user holding only the unit's ambient capabilities. A client on
-// web's host in zone-1 resolves billing.mesh through zone-1's CP on port 53
-// and reaches billing, which runs only in zone-2, through zone-2's ingress.
+// unprivileged user holding only the unit's ambient capabilities. The
+// sidecars run the transparent proxy, and the zones the default VIP CIDR: a
+// client on web's host in zone-1 resolves billing.mesh through the host's
+// resolv.conf (zone-1's CP, redirected to the sidecar) and reaches billing,
+// which runs only in zone-2, at its VIP, through zone-2's ingress.
 func TestSystemdUnitsRunTwoZones(t *testing.T) {
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
@@ -180,7 +182,7 @@ func TestSystemdUnitsRunTwoZones(t *testing.T) {
 	run := func(host, unit, instance, readyURL string) *proc {
 		t.Helper()
 		u := readSystemdUnit(t, unit)
-		env := []string{"PATH=/usr/bin:/bin"}
+		env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} // systemd's default
 		for _, e := range u.env {
 			env = append(env, strings.ReplaceAll(strings.ReplaceAll(e, "%i", instance), "/etc/ursa/", etc[host]+"/"))
 		}
@@ -265,7 +267,7 @@ spec:
 		h.addr("web1")+"\n  inbound: [{port: 10012, servicePort: 8000, tags: {ursa.io/service: web}}]\n")
 	web := run("web1", "ursa-dp@.service", "web", "http://127.0.0.1:9901/ready")
 
-	// web's host resolves through zone-1's CP, on port 53 as its unit allows.
+	// web's host names zone-1's CP as its resolver; the sidecar answers.
 	resolv := filepath.Join("/etc/netns", h.namespace(t, "web1"))
 	if err := os.MkdirAll(resolv, 0o755); err != nil {
 		t.Fatal(err)
@@ -277,9 +279,9 @@ spec:
 	eventually(t, "billing.mesh to resolve on web's host", func() bool {
 		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "dig", "+short", "+time=1", "+tries=1", "billing.mesh").Output()
 		vip = strings.TrimSpace(string(out))
-		return err == nil && strings.HasPrefix(vip, "127.240.")
+		return err == nil && strings.HasPrefix(vip, "240.")
 	})
-	// web's sidecar answers .mesh itself (ursa-dp run --dns-addr's default).
+	// web's sidecar answers .mesh itself, at 127.0.0.1:15053.
 	eventually(t, "billing.mesh to resolve at web's sidecar", func() bool {
 		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "dig", "@127.0.0.1", "-p", "15053", "+short", "+time=1", "+tries=1", "billing.mesh").Output()
 		return err == nil && strings.TrimSpace(string(out)) == vip
@@ -297,4 +299,7 @@ spec:
 	// The units' KillSignal: each stops cleanly.
 	web.stop(t)
 	cps["1"].stop(t)
+	if out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "iptables-save").CombinedOutput(); err != nil || strings.Contains(string(out), "URSA_") {
+		t.Fatalf("after ursa-dp@web stopped, web's host holds (%v):\n%s", err, out)
+	}
 }

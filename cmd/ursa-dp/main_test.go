@@ -1,0 +1,52 @@
+package main
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
+)
+
+// TestInboundRedirect: inbound TCP is redirected to the Dataplane's inbound
+// ports less the excluded ones, only when they are known (--dataplane-file)
+// and a port is left; a bad port list or a redirect port taken by the
+// outbound one is an error.
+func TestInboundRedirect(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		port     int
+		known    []int
+		exclude  string
+		want     []int
+		why, err string
+	}{
+		{name: "file", port: 15006, known: []int{8080, 9090}, want: []int{8080, 9090}},
+		{name: "excluded", port: 15006, known: []int{8080, 9090}, exclude: "9090", want: []int{8080}},
+		{name: "all excluded", port: 15006, known: []int{8080}, exclude: "8080", why: "--exclude-inbound-ports"},
+		{name: "by name", port: 15006, why: "--dataplane-name"},
+		{name: "off", port: 0, known: []int{8080}, why: "--redirect-inbound-port 0"},
+		{name: "bad list", port: 15006, known: []int{8080}, exclude: "x", err: "--exclude-inbound-ports"},
+		{name: "outbound's port", port: 15001, known: []int{8080}, err: "outbound and inbound redirect ports are both 15001"},
+		{name: "not a port", port: 70000, known: []int{8080}, err: "inbound port 70000"},
+	} {
+		cfg := runConfig{RedirectInboundPort: tc.port, ExcludeInboundPorts: tc.exclude, inboundPorts: tc.known}
+		c := tproxy.Config{OutboundPort: tproxy.DefaultOutboundPort}
+		err := inboundRedirect(cfg, &c)
+		if err == nil {
+			err = c.Validate()
+		}
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %v; want an error about %q", tc.name, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case !slices.Equal(c.InboundPorts, tc.want):
+			t.Errorf("%s: inbound ports %v; want %v", tc.name, c.InboundPorts, tc.want)
+		case tc.why != "" && !strings.Contains(inboundWhy(cfg), tc.why):
+			t.Errorf("%s: why %q; want it to name %q", tc.name, inboundWhy(cfg), tc.why)
+		}
+	}
+}

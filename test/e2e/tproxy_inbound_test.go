@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTransparentInbound: with `ursa-dp run --transparent-proxy` and a
+// Dataplane whose inbound port is its service port (the app binds 8080
+// itself, on every address), inbound TCP to that port goes through the
+// sidecar's ursa:inbound listener: a client host's app, behind its own
+// transparent sidecar, reaches billing by its VIP over mTLS through both
+// sidecars; a plain TCP client on a host without a sidecar gets nothing
+// from the app (TLS is required) while the redirection stands, and the app
+// itself once it is gone; a TrafficPermission that no longer allows the
+// client stops its calls. ursa-dp's exit leaves nothing of ours in the nat
+// table, and an inbound redirect port equal to the outbound one is refused
+// before anything is installed.
+func TestTransparentInbound(t *testing.T) {
+	h := newHosts(t, "cp", "server", "client", "other")
+	if _, err := exec.LookPath("iptables-save"); err != nil {
+		t.Fatalf("iptables-save not found: run deploy/deps.sh (%v)", err)
+	}
+	zone := h.startCP(t, "cp", "zone", "--zone", "zone-1", "--api-addr", ":5681", "--xds-addr", ":5678")
+	api := "http://127.0.0.1:5681"
+	apply := func(doc string) {
+		t.Helper()
+		if _, stderr, err := h.ctl(t, "cp", nil, api, doc, "apply", "-f", "-"); err != nil {
+			t.Fatalf("apply: %v %s", err, stderr)
+		}
+	}
+	permission := func(source string) string {
+		return fmt.Sprintf(`type: TrafficPermission
+mesh: default
+name: to-billing
+spec:
+  sources: [{match: {ursa.io/service: %s}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+`, source)
+	}
+	apply("type: Mesh\nname: default\nmtls: {enabled: true}\n---\n" + permission("web"))
+	onCP := h.client(t, "cp") // the zone's API answers plain HTTP from its own host only
+	eventually(t, "the mesh in the zone", func() bool {
+		_, _, err := h.ctl(t, "cp", nil, api, "", "get", "mesh", "default")
+		return err == nil
+	})
+
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		file := filepath.Join(dir, name)
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return file
+	}
+	sidecarArgs := func(host, service, port string) []string {
+		t.Helper()
+		token, stderr, err := h.ctl(t, "cp", nil, api, "", "generate", "dataplane-token", "--mesh", "default", "--service", service)
+		if err != nil {
+			t.Fatalf("a dataplane token for %s: %v %s", service, err, stderr)
+		}
+		dp := write(host+".yaml", fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s-1\nnetworking:\n  address: %s\n  inbound:\n  - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}\n",
+			service, h.addr(host), port, port, service))
+		return []string{"run", "--cp-address", "grpcs://" + zone.xds, "--ca-cert-file", zone.xdsCAFile(t), "--token-file", write(host+".token", token),
+			"--dataplane-file", dp, "--admin-addr", "127.0.0.1:9901", "--dns-addr=", "--transparent-proxy"}
+	}
+	startSidecar := func(host string, args []string) *proc {
+		t.Helper()
+		p := h.start(t, host, "ursa-dp", args...)
+		waitReadyVia(t, h.client(t, host), "http://127.0.0.1:9901/ready", p)
+		return p
+	}
+	nat := func(host string) string {
+		t.Helper()
+		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, host), "iptables-save", "-t", "nat").CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables-save on %s: %v: %s", host, err, out)
+		}
+		return string(out)
+	}
+	get := func(c *http.Client, url string) (string, error) {
+		resp, err := c.Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	refusals := func(reason string) string {
+		t.Helper()
+		m, err := get(h.client(t, "server"), "http://127.0.0.1:9901/metrics")
+		if err != nil {
+			t.Fatalf("the server sidecar's metrics: %v", err)
+		}
+		for _, line := range strings.Split(m, "\n") {
+			if strings.HasPrefix(line, `ursa_dp_refused_total{listener="ursa:inbound",reason="`+reason+`"} `) {
+				return strings.Fields(line)[1]
+			}
+		}
+		return "0"
+	}
+
+	// billing's app binds its port on every address, as on a VM.
+	app := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "billing")
+	})}
+	go app.Serve(h.listen(t, "server", "tcp", "0.0.0.0:8080"))
+	t.Cleanup(func() { app.Close() })
+
+	// Refused before anything is installed: the inbound port is taken.
+	serverArgs := sidecarArgs("server", "billing", "8080")
+	bad := h.start(t, "server", "ursa-dp", append(serverArgs, "--redirect-inbound-port", "15001")...)
+	if err := bad.wait(t); err == nil || !strings.Contains(bad.out.String(), "inbound redirect ports are both 15001") {
+		t.Fatalf("ursa-dp with the inbound port equal to the outbound one: %v\n%s", err, bad.out.String())
+	}
+	if rules := nat("server"); strings.Contains(rules, "URSA_") {
+		t.Fatalf("a refused start installed rules:\n%s", rules)
+	}
+
+	server := startSidecar("server", serverArgs)
+	rules := nat("server")
+	for _, want := range []string{"--dport 8080 -j URSA_IN_REDIRECT", "-A URSA_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006", "-A PREROUTING -p tcp -j URSA_INBOUND"} {
+		if !strings.Contains(rules, want) {
+			t.Fatalf("the server's nat table lacks %q:\n%s", want, rules)
+		}
+	}
+	// A VM's default route takes the VIPs' range somewhere: here the
+	// hosts have none, and a connect to a VIP must get as far as the
+	// redirection.
+	ipCmd(t, "-n", h.namespace(t, "client"), "route", "add", "240.0.0.0/4", "dev", "eth0")
+	startSidecar("client", sidecarArgs("client", "web", "8000"))
+
+	var vip string
+	eventually(t, "billing's VIP", func() bool {
+		body, err := get(onCP, api+"/meshes/default/virtual-ips")
+		var list struct {
+			Items []struct {
+				Entries map[string]struct{ IP string } `json:"entries"`
+			} `json:"items"`
+		}
+		if err != nil || json.Unmarshal([]byte(body), &list) != nil || len(list.Items) == 0 {
+			return false
+		}
+		vip = list.Items[0].Entries["billing"].IP
+		return vip != ""
+	})
+	// A connection per call: RBAC judges new connections.
+	onHost := func(host string) *http.Client {
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: h.dialer(t, host), DisableKeepAlives: true}}
+	}
+	client := onHost("client")
+	eventually(t, "the client host's app to reach billing by its VIP through both sidecars", func() bool {
+		body, err := get(client, "http://"+vip+":8080/")
+		return err == nil && body == "billing\n"
+	})
+
+	// No sidecar on other: its plaintext connection to the app's port
+	// meets the inbound listener's TLS, not the app.
+	other := onHost("other")
+	before := refusals("tls")
+	if body, err := get(other, "http://"+h.addr("server")+":8080/"); err == nil {
+		t.Fatalf("a plaintext client without a sidecar reached billing's app: %q", body)
+	}
+	if after := refusals("tls"); after == before {
+		t.Fatalf("the plaintext connection was not refused by ursa:inbound's TLS (refusals for tls: %s)", after)
+	}
+
+	// A permission that no longer names web stops its calls.
+	apply(permission("admin"))
+	eventually(t, "the client's calls to stop", func() bool {
+		_, err := get(client, "http://"+vip+":8080/")
+		return err != nil
+	})
+	if n := refusals("rbac"); n == "0" {
+		t.Fatal("the client's calls stopped, but not by ursa:inbound's RBAC")
+	}
+
+	server.stop(t)
+	if rules := nat("server"); strings.Contains(rules, "URSA_") {
+		t.Fatalf("after ursa-dp exits the server's nat table still holds ours:\n%s", rules)
+	}
+	// Without the redirection the app's port is the app's.
+	if body, err := get(other, "http://"+h.addr("server")+":8080/"); err != nil || body != "billing\n" {
+		t.Fatalf("after ursa-dp exits, the app directly: %q %v", body, err)
+	}
+}
