@@ -42,6 +42,7 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./dns -run '^$$' -fuzz FuzzServeDNS -fuzztime 30s
 	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzPeekSNI -fuzztime 30s
 	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzParseTarget -fuzztime 30s
+	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzDNSFastPath -fuzztime 30s
 	$(GO) test ./pkg/servingcert -run '^$$' -fuzz FuzzCheckSAN -fuzztime 30s
 	$(GO) test ./pkg/mtls -run '^$$' -fuzz FuzzParseCSR -fuzztime 30s
 	$(GO) test ./pkg/mtls -run '^$$' -fuzz FuzzTagURI -fuzztime 30s

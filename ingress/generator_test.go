@@ -2,7 +2,9 @@ package ingress
 
 import (
 	"flag"
+	"maps"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -53,7 +55,7 @@ func TestGolden(t *testing.T) {
 func TestOffers(t *testing.T) {
 	cat := catalogFrom(t, "testdata/split.input.yaml")
 	offers := Offers(cat)
-	if len(offers) != 3 || offers[0].Instances != 1 || offers[0].Tags[api.TagZone] != "zone-1" {
+	if len(offers) != 3 || offers[0].Instances != 1 || offers[0].Tags[api.TagZone] != "zone-1" || offers[0].Port != 8080 {
 		t.Fatalf("offers: %+v", offers)
 	}
 	ing := cat.Ingresses[0]
@@ -66,5 +68,36 @@ func TestOffers(t *testing.T) {
 	}
 	if off := Offered(catalog.LocalIngress{ZoneIngress: next, Online: false}, offers); off == nil || len(off.AvailableServices) != 0 {
 		t.Fatalf("an offline ingress still offers: %+v", off)
+	}
+}
+
+// TestOffersPort: every offer of a service carries its port here, the app
+// port of its first registered instance by Dataplane name, even where
+// instances listen on other ports; an instance without servicePort offers
+// its inbound port.
+func TestOffersPort(t *testing.T) {
+	dp := func(name, service string, port, servicePort int, version string) *api.Dataplane {
+		return &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "default", Name: name, Version: 1},
+			Networking: api.DataplaneNetworking{Address: "10.0.0.1", Inbound: []api.Inbound{{Port: port, ServicePort: servicePort,
+				Tags: map[string]string{api.TagService: service, "version": version}}}}}
+	}
+	cat := catalog.FromResources("zone-1", []api.Resource{
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default", Version: 1}},
+		dp("billing-b", "billing", 10012, 9090, "v2"),
+		dp("billing-a", "billing", 10011, 8080, "v1"),
+		dp("web-1", "web", 10013, 0, "v1"),
+	})
+	got := map[string]int{}
+	for _, o := range Offers(cat) {
+		got[o.Tags[api.TagService]+"/"+o.Tags["version"]] = o.Port
+	}
+	want := map[string]int{"billing/v1": 8080, "billing/v2": 8080, "web/v1": 10013}
+	if !maps.Equal(got, want) {
+		t.Fatalf("offered ports %v, want %v", got, want)
+	}
+	// Computed twice, the offers are the same (the offers loop writes the
+	// ingress only when they change).
+	if a, b := Offers(cat), Offers(cat); !reflect.DeepEqual(a, b) {
+		t.Fatalf("offers differ between two runs: %+v, %+v", a, b)
 	}
 }

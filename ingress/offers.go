@@ -12,16 +12,19 @@ import (
 
 // Offers is what this zone's ingresses offer other zones: the online local
 // instances of every mesh, grouped by mesh and tags (ursa.io/zone set to
-// this zone), with their counts, sorted by mesh and tags.
+// this zone), with their counts and the service's port here (its
+// catalogue Port, the same in every group of the service), sorted by mesh
+// and tags.
 func Offers(cat *catalog.Catalog) []api.AvailableService {
 	type key struct{ mesh, tags string }
 	counts := map[key]*api.AvailableService{}
 	for _, m := range cat.Meshes() {
 		for _, name := range m.LocalServices() {
-			for _, in := range m.Service(name).Local {
+			s := m.Service(name)
+			for _, in := range s.Local {
 				k := key{m.Mesh.Name, canonical(in.Tags)}
 				if counts[k] == nil {
-					counts[k] = &api.AvailableService{Mesh: m.Mesh.Name, Tags: maps.Clone(in.Tags)}
+					counts[k] = &api.AvailableService{Mesh: m.Mesh.Name, Tags: maps.Clone(in.Tags), Port: int(s.Port)}
 				}
 				counts[k].Instances++
 			}

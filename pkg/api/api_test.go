@@ -107,6 +107,19 @@ availableServices:
 - {mesh: default, instances: 2, tags: {ursa.io/service: billing}}`, []string{
 			"networking: advertisedAddress and advertisedPort must be set together",
 		}},
+		{"ingress offer ports", `
+type: ZoneIngress
+name: zone-2-ingress
+zone: zone-2
+networking: {address: 10.0.1.5, port: 10001}
+availableServices:
+- {mesh: default, instances: 2, port: 8080, tags: {ursa.io/service: billing}}
+- {mesh: default, instances: 1, tags: {ursa.io/service: ledger}}
+- {mesh: default, instances: 2, port: 65536, tags: {ursa.io/service: payments}}
+- {mesh: default, instances: 2, port: -1, tags: {ursa.io/service: audit}}`, []string{
+			"availableServices[2].port: must be between 1 and 65535",
+			"availableServices[3].port: must be between 1 and 65535",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

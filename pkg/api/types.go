@@ -104,6 +104,12 @@ type AvailableService struct {
 	Mesh      string            `json:"mesh"`
 	Instances int               `json:"instances"`
 	Tags      map[string]string `json:"tags"`
+	// Port is the service's application port in the offering zone, the
+	// same in every offer of the service: the port its clients there reach
+	// it on at its VIP, which other zones then offer it on too. 0 (absent)
+	// from a zone that predates it: other zones offer the service on port
+	// 80 only.
+	Port int `json:"port,omitempty"`
 }
 
 // Zone is a zone known to the global CP.

@@ -273,6 +273,7 @@ func (z *ZoneIngress) validateSpec(v *validator) {
 		if s.Instances < 0 {
 			v.add(f+".instances", "must not be negative")
 		}
+		v.port(f+".port", s.Port, true)
 		v.service(f+".tags", s.Tags)
 		v.tags(f+".tags", s.Tags, false)
 	}

@@ -110,8 +110,11 @@ type Service struct {
 	Name string
 	VIP  netip.Addr // invalid until the allocator gave it one
 	// Port is the application port of the service's first registered
-	// instance here (by Dataplane name), 0 when it has none: outbound
-	// listeners offer the service at its VIP on this port.
+	// instance here (by Dataplane name); for a service registered only in
+	// other zones, the smallest port their offers carry (each zone offers
+	// its own first instance's port, and zones may disagree); 0 when no
+	// offer carries one (zones that predate offers' ports). Outbound
+	// listeners offer the service at its VIP on this port (and on 80).
 	Port uint32
 	// Local are the inbounds of online Dataplanes of this zone that carry
 	// the service, sorted by address and port.
@@ -326,10 +329,12 @@ func (m *MeshCatalog) index() {
 	for _, dp := range m.Dataplanes {
 		online[dp.Name] = true
 	}
+	registered := map[string]bool{} // services with a Dataplane here
 	for _, name := range slices.Sorted(maps.Keys(m.Registered)) {
 		dp := m.Registered[name]
 		for _, in := range dp.Networking.Inbound {
 			if svcName := in.Tags[api.TagService]; svcName != "" {
+				registered[svcName] = true
 				if s := svc(svcName); s.Port == 0 {
 					s.Port = uint32(in.AppPort())
 				}
@@ -364,12 +369,15 @@ func (m *MeshCatalog) index() {
 			s := svc(name)
 			writeMeta(hashOf(name), ing)
 			s.Remote = append(s.Remote, Offer{Zone: ing.Zone, Ingress: ing.Name, Address: addr, Port: uint32(port), Instances: as.Instances, Tags: as.Tags})
+			if p := uint32(as.Port); !registered[name] && p != 0 && (s.Port == 0 || p < s.Port) {
+				s.Port = p
+			}
 		}
 	}
 	for name, s := range m.services {
 		s.VIP = m.VIPs[name]
 		h := hashOf(name)
-		fmt.Fprintf(h, "vip=%s;", s.VIP)
+		fmt.Fprintf(h, "vip=%s;port=%d;", s.VIP, s.Port)
 		s.Hash = hex.EncodeToString(h.Sum(nil)[:16])
 		sort.SliceStable(s.Local, func(i, j int) bool {
 			if s.Local[i].Address != s.Local[j].Address {

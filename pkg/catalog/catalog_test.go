@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -220,5 +221,40 @@ func TestStaleInsight(t *testing.T) {
 	fresh.ConnectedSince, fresh.DisconnectedAt = now.Add(time.Second), now.Add(time.Minute)
 	if got := catalogOf(t, mesh("default"), dp, fresh).Mesh("default").Dataplanes; len(got) != 0 {
 		t.Fatal("a Dataplane whose proxy went after it was registered is online")
+	}
+}
+
+// TestRemotePort: a service registered here takes its port from its own
+// first Dataplane whatever other zones offer; one only other zones offer
+// takes the smallest port their offers carry; offers without a port (zones
+// that predate it) leave it 0, on port 80 only. The port is in the
+// service's hash.
+func TestRemotePort(t *testing.T) {
+	offer := func(zone string, ports map[string]int) *api.ZoneIngress {
+		ing := ingress(zone)
+		for _, s := range slices.Sorted(maps.Keys(ports)) {
+			ing.AvailableServices = append(ing.AvailableServices, api.AvailableService{Mesh: "default", Instances: 1,
+				Tags: map[string]string{api.TagService: s, api.TagZone: zone}, Port: ports[s]})
+		}
+		return ing
+	}
+	m := catalogOf(t, mesh("default"),
+		dataplane("default", "billing-1", "10.0.0.2", "billing", 9090), insight("default", "billing-1", false),
+		offer("zone-2", map[string]int{"billing": 7000, "payments": 8443, "ledger": 0, "audit": 6000}),
+		offer("zone-3", map[string]int{"billing": 7001, "payments": 443, "ledger": 0, "audit": 0}),
+	).Mesh("default")
+	want := map[string]uint32{"billing": 9091, "payments": 443, "ledger": 0, "audit": 6000}
+	for name, port := range want {
+		if got := m.Service(name).Port; got != port {
+			t.Errorf("%s: port %d, want %d", name, got, port)
+		}
+	}
+
+	// The same ingress, same version, another port: another hash.
+	hash := func(port int) string {
+		return catalogOf(t, mesh("default"), offer("zone-2", map[string]int{"payments": port})).Mesh("default").Service("payments").Hash
+	}
+	if hash(8443) == hash(8444) {
+		t.Fatal("an offer's port is not in the service's hash")
 	}
 }

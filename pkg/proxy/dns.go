@@ -1,11 +1,17 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -35,6 +41,9 @@ type DNS struct {
 	// Envoy, the parents of its names (it ignores the deprecated
 	// known_suffixes, as Envoy does).
 	Domains map[string]bool
+	// fast holds the answers of Names prepared for the fast path
+	// (dnsfast.go), built with them.
+	fast fastTable
 }
 
 type dnsEntry struct {
@@ -113,6 +122,7 @@ func translateDNS(l *listener.Listener) (*DNS, error) {
 			out.Domains[parent] = true
 		}
 	}
+	out.fast = newFastTable(out.Names)
 	return out, nil
 }
 
@@ -129,7 +139,8 @@ func ResolvConf(path string) ([]string, error) {
 	return out, nil
 }
 
-// dnsServer is a running DNS listener: one address over UDP and TCP.
+// dnsServer is a running DNS listener: one address over UDP (dnsSockets
+// sockets) and TCP.
 type dnsServer struct {
 	addr    string // as configured
 	udpAddr net.Addr
@@ -143,42 +154,100 @@ const maxUDP = 1232
 // SERVFAIL at once rather than a goroutine per packet of a flood.
 const maxForwarding = 256
 
-// listenDNS binds addr over UDP and TCP. With port 0 it takes the port UDP
-// got for TCP too, and tries another when that one is taken over TCP.
-func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
-	host, port, _ := net.SplitHostPort(addr)
+// dnsSockets is how many UDP sockets the DNS listener binds to its address
+// (SO_REUSEPORT: the kernel spreads the clients over them by address and
+// port). Each has its own read loop, in which the fast path answers
+// (dnsfast.go), so one socket would answer on one core at most, and on a
+// busy machine get one thread's share of the CPU. A sidecar's resolver
+// needs no more than a few.
+func dnsSockets() int { return min(runtime.GOMAXPROCS(0), 4) }
+
+// listenDNS binds addr over UDP (n sockets) and TCP. With port 0 it takes
+// the port UDP got for TCP too, and tries another when that one is taken.
+func listenDNS(addr string, n int) ([]net.PacketConn, net.Listener, error) {
+	_, port, _ := net.SplitHostPort(addr)
 	for attempt := 1; ; attempt++ {
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			return nil, nil, err
-		}
-		tcpAddr := addr
-		if port == "0" {
-			tcpAddr = net.JoinHostPort(host, fmt.Sprint(pc.LocalAddr().(*net.UDPAddr).Port))
-		}
-		ln, err := net.Listen("tcp", tcpAddr)
-		if err == nil {
-			return pc, ln, nil
-		}
-		pc.Close()
-		if port != "0" || attempt == 10 {
-			return nil, nil, err
+		pcs, ln, err := listenDNSOnce(addr, n)
+		if err == nil || port != "0" || attempt == 10 {
+			return pcs, ln, err
 		}
 	}
 }
 
+func listenDNSOnce(addr string, n int) ([]net.PacketConn, net.Listener, error) {
+	// A plain socket first: it fails when the address is taken, even by
+	// sockets of this user with SO_REUSEPORT (which the others would
+	// silently share the queries with), and with port 0 it gets a port
+	// no socket uses (the kernel may give a SO_REUSEPORT socket one that
+	// sockets of the same user share).
+	first, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	bound := net.JoinHostPort(host, strconv.Itoa(first.LocalAddr().(*net.UDPAddr).Port))
+	pcs := []net.PacketConn{first}
+	fail := func(err error) ([]net.PacketConn, net.Listener, error) {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		return nil, nil, err
+	}
+	if n > 1 {
+		first.Close()
+		pcs = nil
+		lc := net.ListenConfig{Control: reusePort}
+		for range n {
+			pc, err := lc.ListenPacket(context.Background(), "udp", bound)
+			if err != nil {
+				return fail(err)
+			}
+			pcs = append(pcs, pc)
+		}
+	}
+	ln, err := net.Listen("tcp", bound)
+	if err != nil {
+		return fail(err)
+	}
+	return pcs, ln, nil
+}
+
+// boundUDP is a UDP socket bound to one address, which miekg/dns's server
+// serves as a net.PacketConn: it answers with plain sendto. On a
+// *net.UDPConn it asks for the destination of every query (IP_PKTINFO) and
+// sends each answer from it, which only a wildcard address needs, at the
+// cost of control messages and allocations per query.
+type boundUDP struct{ *net.UDPConn }
+
+func reusePort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set SO_REUSEPORT: %w", serr)
+	}
+	return nil
+}
+
 // startDNS serves h on addr over UDP and TCP (port 0: a free port, the same
-// for both).
-func startDNS(addr string, h dns.Handler) (*dnsServer, error) {
-	pc, ln, err := listenDNS(addr)
+// for both); decorate, when not nil, wraps the UDP servers' readers.
+func startDNS(addr string, h dns.Handler, decorate dns.DecorateReader) (*dnsServer, error) {
+	pcs, ln, err := listenDNS(addr, dnsSockets())
 	if err != nil {
 		return nil, err
 	}
-	s := &dnsServer{addr: addr, udpAddr: pc.LocalAddr(), servers: []*dns.Server{
-		{PacketConn: pc, Handler: h, UDPSize: maxUDP},
-		{Listener: ln, Handler: h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
-			IdleTimeout: func() time.Duration { return 10 * time.Second }, MaxTCPQueries: 128},
-	}}
+	s := &dnsServer{addr: addr, udpAddr: pcs[0].LocalAddr()}
+	for _, pc := range pcs {
+		if u := pc.(*net.UDPConn); !u.LocalAddr().(*net.UDPAddr).IP.IsUnspecified() {
+			pc = boundUDP{u}
+		}
+		s.servers = append(s.servers, &dns.Server{PacketConn: pc, Handler: h, UDPSize: maxUDP, DecorateReader: decorate})
+	}
+	s.servers = append(s.servers, &dns.Server{Listener: ln, Handler: h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+		IdleTimeout: func() time.Duration { return 10 * time.Second }, MaxTCPQueries: 128})
 	for _, srv := range s.servers {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
@@ -188,7 +257,9 @@ func startDNS(addr string, h dns.Handler) (*dnsServer, error) {
 		case <-started:
 		case err := <-failed:
 			s.stop()
-			pc.Close()
+			for _, pc := range pcs {
+				pc.Close()
+			}
 			ln.Close()
 			return nil, err
 		}
@@ -221,7 +292,7 @@ func (p *Proxy) applyDNS(cfg *Config) error {
 		p.dnsFailing = ""
 		return nil
 	}
-	s, err := startDNS(want, dns.HandlerFunc(p.serveDNS))
+	s, err := startDNS(want, dns.HandlerFunc(p.serveDNS), p.fastReader)
 	if err != nil {
 		reported := p.dnsFailing == want
 		p.dnsFailing = want

@@ -49,7 +49,7 @@ func fakeUpstream(t *testing.T) string {
 		m := new(dns.Msg).SetReply(r)
 		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 7)})
 		_ = w.WriteMsg(m)
-	}))
+	}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,5 +56,6 @@ stat() {
 	avg) sed -n 's/^ *Average Latency (s): *\([0-9.]*\) .*/\1/p' "$1" ;;
 	max) sed -n 's/^ *Average Latency (s):.*max \([0-9.]*\)).*/\1/p' "$1" ;;
 	lost) sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' "$1" ;;
+	completed) sed -n 's/^ *Queries completed: *\([0-9]*\).*/\1/p' "$1" ;;
 	esac
 }

@@ -78,10 +78,10 @@ func (tp *tap) bytes() []byte {
 // TestCrossZoneTraffic: a global on PostgreSQL, zone-1 and zone-2 with an
 // ingress each, billing only in zone-2 behind its sidecar, a client in
 // zone-1 behind its sidecar. The client reaches billing.mesh (zone-1's VIP)
-// and the bytes travel client → sidecar → zone-2's ingress → billing's
-// sidecar → billing; the ingress sees only TLS. A DENY written at the
-// global refuses new connections; with billing also in zone-1, traffic
-// stays in zone-1.
+// on port 80 and on billing's port (from zone-2's offer), and the bytes
+// travel client → sidecar → zone-2's ingress → billing's sidecar →
+// billing; the ingress sees only TLS. A DENY written at the global refuses
+// new connections; with billing also in zone-1, traffic stays in zone-1.
 func TestCrossZoneTraffic(t *testing.T) {
 	dsn, err := cluster.NewDatabase(context.Background())
 	if err != nil {
@@ -142,7 +142,8 @@ spec:
 		start(t, "ursa-dp", append(append([]string{"ingress"}, zones[zoneName].cp.ingressFlags(t, zoneName)...), "--zone-ingress-file", file, "--admin-addr", freeAddr(t))...)
 		return tp
 	}
-	dataplane("zone-2", "billing-2", "billing", echo(t, "billing in zone-2"))
+	billingApp := echo(t, "billing in zone-2")
+	dataplane("zone-2", "billing-2", "billing", billingApp)
 	tap2 := ingress("zone-2")
 	ingress("zone-1")
 	dataplane("zone-1", "web-1", "web", freeAddr(t))
@@ -173,6 +174,12 @@ spec:
 	if bytes.Contains(seen, []byte("hello across zones")) || bytes.Contains(seen, []byte("billing in zone-2")) {
 		t.Fatal("zone-2's ingress saw plaintext")
 	}
+	// zone-2's offer carries billing's app port: zone-1 offers billing at
+	// its VIP on that port too, as zone-2 does.
+	eventually(t, "a call from zone-1 to billing in zone-2 on billing's port", func() bool {
+		answer, err = call(vip+":"+port(billingApp), "on its port")
+		return err == nil && answer == "billing in zone-2: on its port"
+	})
 
 	// billing starts in zone-1 too: new connections stay in zone-1.
 	dataplane("zone-1", "billing-1", "billing", echo(t, "billing in zone-1"))

@@ -87,6 +87,7 @@ type path struct {
 	// connect: dial returned; answer: "pong\n" read, from before the dial.
 	connect, answer []time.Duration
 	errs            int
+	lastErr         error
 }
 
 // latencyMain measures, one connection at a time, on each path: the time to
@@ -132,6 +133,7 @@ func latencyMain(args []string) error {
 		for _, p := range order {
 			connect, answer, err := p.sample()
 			if err != nil {
+				p.lastErr = err
 				if p.errs++; p.errs > *maxErrors {
 					return fmt.Errorf("%s: %w", p.name, err)
 				}
@@ -196,7 +198,7 @@ func report(w io.Writer, paths []*path) {
 	}
 	for _, p := range paths {
 		if p.errs > 0 {
-			fmt.Fprintf(w, "\n%s: %d failed connections (not counted)\n", p.name, p.errs)
+			fmt.Fprintf(w, "\n%s: %d failed connections (not counted), the last: %v\n", p.name, p.errs, p.lastErr)
 		}
 	}
 }

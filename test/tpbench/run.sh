@@ -26,10 +26,12 @@
 #   VIP_CIDR=240.0.0.0/4 the zone's --vip-cidr, routed to eth0 on the client
 #   CLIENT_SYSCTL="k=v ..." sysctls set in the client's namespace first
 #   LATENCY_FLAGS="..." more tpbench latency flags (-slow 3ms logs slow connects)
+#   LOG_LEVEL=warn of the CP and the sidecars
 #   OUT=DIR keeps the work files (logs, configs, results, the client's TCP
 #     and conntrack counters after the run).
 # No address outside loopback and these namespaces carries traffic; every
-# process and namespace made here is removed on every exit.
+# process and namespace made here is removed on every exit. Figures and what
+# they say: test/BENCHMARKS.md.
 set -euo pipefail
 
 SAMPLES=${SAMPLES:-5000}
