@@ -22,7 +22,8 @@ import (
 // `ursa-dp run --transparent-proxy`. On web's host in zone-1, curl, which
 // knows nothing of the mesh and resolves through the host's resolv.conf,
 // reaches billing.mesh (port 80 and its own port 8080), which runs only in
-// zone-2, through zone-2's ingress over mTLS; a server outside the mesh is
+// zone-2, through zone-2's ingress over mTLS; a zone-1 member called at its
+// own address is reached over mTLS too; a server outside the mesh is
 // reached untouched; with zone-1's CP killed, names still resolve and calls
 // go on; once the sidecar exits, the host's nat table holds nothing of ours.
 func TestVMZones(t *testing.T) {
@@ -166,6 +167,9 @@ spec:
 	reaches("billing.mesh, only in zone-2", "http://billing.mesh/", "billing in zone-2")
 	reaches("billing.mesh at its own port", "http://billing.mesh:8080/", "billing in zone-2")
 	reaches("backend.mesh, in zone-1", "http://backend.mesh:9000/", "backend in zone-1")
+	// A mesh member called at its own address: the sidecar knows it and
+	// goes over mTLS (backend's inbound takes nothing else).
+	reaches("backend at its Dataplane address", "http://"+h.addr("backend1")+":9000/", "backend in zone-1")
 	reaches("a server outside the mesh", "http://"+h.addr("outside")+":7000/", "outside the mesh")
 	vip, err := netip.ParseAddr(dig("billing.mesh"))
 	if err != nil || !netip.MustParsePrefix("240.0.0.0/4").Contains(vip) {
