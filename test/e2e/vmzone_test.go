@@ -27,8 +27,10 @@ import (
 // reached untouched; with zone-1's CP killed, names still resolve and calls
 // go on; once the sidecar exits, the host's nat table holds nothing of ours.
 func TestVMZones(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl is needed as the unmodified client (deploy/deps.sh installs it)")
+	for _, tool := range []string{"curl", "dig", "iptables-save"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: run deploy/deps.sh (%v)", tool, err)
+		}
 	}
 	h := newHosts(t, "global", "cp1", "ingress1", "web1", "backend1", "cp2", "ingress2", "billing2a", "billing2b", "outside")
 	dir := t.TempDir()
