@@ -86,7 +86,8 @@ type Cluster struct {
 	// Warming is an EDS cluster whose endpoints have not arrived yet.
 	Warming bool
 	// OriginalDst (Envoy's ORIGINAL_DST) connects to where the
-	// connection was headed: the passthrough of the transparent proxy.
+	// connection was headed: the passthrough of the transparent proxy,
+	// or, with TLS, an instance its application called by address.
 	OriginalDst bool
 }
 
@@ -149,9 +150,6 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		switch c.GetType() {
 		case cluster.Cluster_STATIC:
 		case cluster.Cluster_ORIGINAL_DST:
-			if out.TLS {
-				return nil, fmt.Errorf("cluster %q: an original-destination cluster passes connections through, without TLS", c.Name)
-			}
 			out.OriginalDst = true
 		case cluster.Cluster_EDS:
 			name := c.GetEdsClusterConfig().GetServiceName()

@@ -183,14 +183,26 @@ func (p *Proxy) rbacNow(name string, dst netip.AddrPort) (*rbacRules, bool) {
 func (p *Proxy) dialer(c *Cluster) *net.Dialer {
 	d := &net.Dialer{Timeout: c.ConnectTimeout}
 	if p.Mark != 0 {
-		d.Control = tproxy.MarkControl(p.Mark)
+		d.Control, d.Resolver = tproxy.MarkControl(p.Mark), markedResolver(p.Mark)
 	}
 	return d
 }
 
+// markedResolver looks names up over sockets that carry mark, so that the
+// transparent proxy's DNS redirection lets them through to the host's
+// resolvers: redirected, they would reach this proxy's own resolver, which
+// answers only once the zone CP has configured it.
+func markedResolver(mark uint32) *net.Resolver {
+	d := &net.Dialer{Control: tproxy.MarkControl(mark)}
+	return &net.Resolver{PreferGo: true, Dial: d.DialContext}
+}
+
 // connectOriginal connects an ORIGINAL_DST cluster's connection to where it
-// was headed.
-func (p *Proxy) connectOriginal(c *Cluster, dst netip.AddrPort) (net.Conn, error) {
+// was headed, and originates mTLS when the cluster asks for it, as connect
+// does for an endpoint: a server that is not the cluster's workload fails
+// the handshake, and is counted. There is no other endpoint to try, and
+// none is ejected: the destination is the application's choice.
+func (p *Proxy) connectOriginal(cfg *Config, c *Cluster, dst netip.AddrPort) (net.Conn, error) {
 	if !dst.IsValid() {
 		return nil, errors.New("an original-destination cluster behind a listener without use_original_dst")
 	}
@@ -198,5 +210,16 @@ func (p *Proxy) connectOriginal(c *Cluster, dst netip.AddrPort) (net.Conn, error
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 	}
-	return conn, nil
+	if !c.TLS {
+		return conn, nil
+	}
+	tc, err := p.originate(cfg, conn, c)
+	if err != nil {
+		conn.Close()
+		if !errors.Is(err, errNoIdentity) {
+			p.upstreamRefused(c, Endpoint{Addr: dst.String()}, err)
+		}
+		return nil, fmt.Errorf("cluster %q: %s: %w", c.Name, dst, err)
+	}
+	return tc, nil
 }

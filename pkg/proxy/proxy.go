@@ -306,7 +306,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 	var up net.Conn
 	var err error
 	if c.OriginalDst {
-		up, err = p.connectOriginal(c, dst)
+		up, err = p.connectOriginal(cfg, c, dst)
 	} else {
 		up, err = p.connect(cfg, c)
 	}

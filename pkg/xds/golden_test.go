@@ -3,6 +3,7 @@ package xds
 import (
 	"flag"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -197,5 +198,74 @@ func TestSidecarTransparentInboundGolden(t *testing.T) {
 		if _, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentInbound: bad}); err == nil || !strings.Contains(err.Error(), "transparent proxy port") {
 			t.Errorf("inbound port %q: %v", bad, err)
 		}
+	}
+}
+
+// TestSidecarTransparentDirectGolden: a transparent sidecar reaches other
+// services' local instances called by their own address and port (see the
+// input's comment). Sidecars that agree on their services and explicit
+// outbounds share one listener message, which lists every instance.
+func TestSidecarTransparentDirectGolden(t *testing.T) {
+	s, dp, _ := stateFrom(t, "testdata/transparent/direct.input.yaml")
+	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Validate(r); err != nil {
+		t.Fatalf("generated resources do not validate: %v", err)
+	}
+	xdstest.Golden(t, "testdata/transparent/direct.golden.yaml", xdstest.Render(t, r), *update)
+
+	transparent := func(name string) *listener.Listener {
+		t.Helper()
+		dp := s.Mesh("default").Registered[name]
+		r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, res := range r[resource.ListenerType] {
+			if l := res.(*listener.Listener); l.Name == TransparentListener {
+				return l
+			}
+		}
+		t.Fatalf("%s: no %s", name, TransparentListener)
+		return nil
+	}
+	web1 := transparent("web-1")
+	if again := transparent("web-1"); again != web1 {
+		t.Error("web-1's transparent listener was built twice")
+	}
+	// billing-4 back online: its endpoints change, the listener does not.
+	var online []api.Resource
+	for _, r := range xdstest.Inputs(t, "testdata/transparent/direct.input.yaml") {
+		if _, ok := r.(*api.DataplaneInsight); !ok {
+			online = append(online, r)
+		}
+	}
+	s2 := NewState(catalog.FromResources("zone-1", online), nil)
+	r2, err := Sidecar(s2, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, res := range r2[resource.ListenerType] {
+		if l := res.(*listener.Listener); l.Name == TransparentListener && !proto.Equal(l, web1) {
+			t.Error("a proxy that came online changed the transparent listener")
+		}
+	}
+	if len(s2.Mesh("default").Service("billing").Local) != len(s.Mesh("default").Service("billing").Local)+1 {
+		t.Fatal("billing-4 is not offline in the input")
+	}
+
+	// billing-1 has no explicit outbound: a listener of its own, without
+	// billing's chains (its own service) but with web's and ledger's
+	// whole chain.
+	var chains []string
+	for _, fc := range transparent("billing-1").FilterChains {
+		chains = append(chains, fc.Name)
+	}
+	want := []string{"outbound:240.0.0.3:9000", "outbound:240.0.0.3:80", "outbound:240.0.0.2:8000", "outbound:240.0.0.2:80",
+		"direct:ledger:7000", "direct:web:10010"}
+	if !slices.Equal(chains, want) {
+		t.Errorf("billing-1's transparent chains = %q, want %q", chains, want)
 	}
 }

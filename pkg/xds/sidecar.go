@@ -98,9 +98,9 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		if err != nil {
 			return nil, fmt.Errorf("sidecar %s: %w", dp.Name, err)
 		}
-		l, c := s.transparentResources(dp, port)
+		l, clusters := s.transparentResources(dp, port)
 		out[resource.ListenerType] = mergeByName([]types.Resource{l}, out[resource.ListenerType])
-		out[resource.ClusterType] = mergeByName([]types.Resource{c}, out[resource.ClusterType])
+		out[resource.ClusterType] = mergeByName(slices.Clone(clusters), out[resource.ClusterType])
 	}
 	return out, nil
 }
@@ -114,6 +114,13 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 // original-destination listener takes those connections (a VIP is on no
 // interface, so a listener there could not bind).
 func (s *MeshState) outboundResources(dp *api.Dataplane, transparent bool) Resources {
+	key := fmt.Sprintf("outbound-resources|%s|%t", outboundKey(dp), transparent)
+	return memo(s, key, func() Resources { return s.buildOutboundResources(dp, transparent) })
+}
+
+// outboundKey is what a sidecar's outbound side depends on of its
+// dataplane: the services it is an instance of and its explicit outbounds.
+func outboundKey(dp *api.Dataplane) string {
 	var own []string
 	for _, in := range dp.Networking.Inbound {
 		own = append(own, in.Tags[api.TagService])
@@ -123,8 +130,7 @@ func (s *MeshState) outboundResources(dp *api.Dataplane, transparent bool) Resou
 	for _, o := range dp.Networking.Outbound {
 		explicit = append(explicit, fmt.Sprintf("%s@%s:%d", o.Tags[api.TagService], o.Address, o.Port))
 	}
-	key := fmt.Sprintf("outbound-resources|%q|%q|%t", slices.Compact(own), explicit, transparent)
-	return memo(s, key, func() Resources { return s.buildOutboundResources(dp, transparent) })
+	return fmt.Sprintf("%q|%q", slices.Compact(own), explicit)
 }
 
 func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) Resources {

@@ -3,12 +3,16 @@ package xds
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -35,11 +39,30 @@ func ParseTransparentPort(s string) (uint32, error) {
 
 // transparentResources are the listener on 0.0.0.0:port with
 // use_original_dst that a transparent sidecar's redirected connections
-// arrive at, and its passthrough cluster: a filter chain per outbound (a
-// service's VIP at its port and at 80, an explicit outbound's address) to
-// the outbound's clusters, and a default chain that passes every other
-// connection through to where it was headed.
-func (s *MeshState) transparentResources(dp *api.Dataplane, port uint32) (*listener.Listener, *cluster.Cluster) {
+// arrive at, and its clusters: a filter chain per outbound (a service's VIP
+// at its port and at 80, an explicit outbound's address) to the outbound's
+// clusters; a filter chain per service other than the proxy's own and
+// port of its instances, which matches their addresses (an application
+// that calls an instance by its address, 10.1.2.3:8080) and goes to the
+// service's DirectCluster; and a default chain that passes every other
+// connection through to where it was headed. They depend on the dataplane
+// only as outboundResources do, and are built once per MeshState for
+// dataplanes that agree on that: the listener lists every local instance
+// of the mesh, and must not be built again for each proxy. Callers must
+// not modify the cluster list.
+func (s *MeshState) transparentResources(dp *api.Dataplane, port uint32) (*listener.Listener, []types.Resource) {
+	type built struct {
+		l        *listener.Listener
+		clusters []types.Resource
+	}
+	b := memo(s, fmt.Sprintf("transparent|%d|%s", port, outboundKey(dp)), func() built {
+		l, clusters := s.buildTransparent(dp, port)
+		return built{l, clusters}
+	})
+	return b.l, b.clusters
+}
+
+func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.Listener, []types.Resource) {
 	l := &listener.Listener{
 		Name:           TransparentListener,
 		Address:        SocketAddress("0.0.0.0", port),
@@ -47,6 +70,7 @@ func (s *MeshState) transparentResources(dp *api.Dataplane, port uint32) (*liste
 		DefaultFilterChain: &listener.FilterChain{Name: PassthroughCluster, Filters: []*listener.Filter{
 			TCPProxy(PassthroughCluster, []Subset{{Tags: map[string]string{api.TagService: PassthroughCluster}, Weight: 1}})}},
 	}
+	taken := map[netip.AddrPort]bool{}
 	for _, o := range s.outbounds(dp) {
 		addr, err := netip.ParseAddr(o.addr)
 		if err != nil || addr.IsLoopback() {
@@ -56,6 +80,7 @@ func (s *MeshState) transparentResources(dp *api.Dataplane, port uint32) (*liste
 		if len(subsets) == 0 {
 			continue
 		}
+		taken[netip.AddrPortFrom(addr.Unmap(), uint16(o.port))] = true
 		name := fmt.Sprintf("outbound:%s:%d", o.addr, o.port)
 		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
 			Name: name,
@@ -66,13 +91,35 @@ func (s *MeshState) transparentResources(dp *api.Dataplane, port uint32) (*liste
 			Filters: []*listener.Filter{TCPProxy(name, subsets)},
 		})
 	}
-	c := &cluster.Cluster{
+	clusters := []types.Resource{&cluster.Cluster{
 		Name:                 PassthroughCluster,
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
 		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
 		ConnectTimeout:       durationpb.New(5 * time.Second),
+	}}
+	own := map[string]bool{}
+	for _, in := range dp.Networking.Inbound {
+		own[in.Tags[api.TagService]] = true
 	}
-	return l, c
+	for _, svc := range s.Services() {
+		if own[svc] {
+			continue // as for VIPs: a sidecar never reaches its own service
+		}
+		chains := 0
+		for _, g := range s.directGroups(svc) {
+			if fc := s.directChain(svc, g, taken); fc != nil {
+				l.FilterChains = append(l.FilterChains, fc)
+				chains++
+			}
+		}
+		if chains > 0 {
+			clusters = append(clusters, s.directCluster(svc))
+		}
+	}
+	slices.SortFunc(clusters, func(a, b types.Resource) int {
+		return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
+	})
+	return l, slices.Clip(clusters)
 }
 
 // transparentInbound is the listener on 0.0.0.0:port with use_original_dst

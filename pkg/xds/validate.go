@@ -12,6 +12,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // validator is implemented by every Envoy message.
@@ -137,6 +138,7 @@ func checkListener(l *listener.Listener, fail func(error), need func(typ resourc
 			}
 		}
 	}
+	checkChainMatches(l, fail)
 	if al := l.GetApiListener().GetApiListener(); al != nil {
 		m := &hcm.HttpConnectionManager{}
 		if err := al.UnmarshalTo(m); err != nil {
@@ -148,6 +150,48 @@ func checkListener(l *listener.Listener, fail func(error), need func(typ resourc
 		}
 		if rds := m.GetRds(); rds != nil {
 			need(resource.RouteType, rds.GetRouteConfigName(), from)
+		}
+	}
+}
+
+// checkChainMatches fails a listener two of whose filter chains match some
+// connection alike, which Envoy refuses ("multiple filter chains with the
+// same matching rules"): the same destination port and prefix range (or
+// neither), server name and the rest of the match.
+func checkChainMatches(l *listener.Listener, fail func(error)) {
+	chains := l.GetFilterChains()
+	if len(chains) < 2 {
+		return
+	}
+	seen := map[string]int{}
+	for i, fc := range chains {
+		m := fc.GetFilterChainMatch()
+		rest := &listener.FilterChainMatch{}
+		if m != nil {
+			rest = proto.Clone(m).(*listener.FilterChainMatch)
+		}
+		rest.PrefixRanges, rest.ServerNames = nil, nil
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(rest)
+		prefixes := []string{"*"}
+		if len(m.GetPrefixRanges()) > 0 {
+			prefixes = prefixes[:0]
+			for _, r := range m.GetPrefixRanges() {
+				prefixes = append(prefixes, fmt.Sprintf("%s/%d", r.GetAddressPrefix(), r.GetPrefixLen().GetValue()))
+			}
+		}
+		names := m.GetServerNames()
+		if len(names) == 0 {
+			names = []string{"*"}
+		}
+		for _, p := range prefixes {
+			for _, n := range names {
+				key := fmt.Sprintf("%x|%s|%s", b, p, n)
+				if j, dup := seen[key]; dup && j != i {
+					fail(fmt.Errorf("listener %q: filter chains %d and %d both match destination %s (port %d, server name %s)", l.Name, j, i, p, m.GetDestinationPort().GetValue(), n))
+					return
+				}
+				seen[key] = i
+			}
 		}
 	}
 }

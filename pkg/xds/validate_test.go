@@ -6,12 +6,14 @@ import (
 	"strings"
 	"testing"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // TestValidateCatches what ValidateAll misses and what it does not.
@@ -74,6 +76,42 @@ func TestValidateCatches(t *testing.T) {
 		}
 		if err := validate(good()); err != nil {
 			t.Errorf("%s, good resources: %v", vname, err)
+		}
+	}
+}
+
+// TestValidateChainMatches: Envoy refuses a listener two of whose filter
+// chains match alike; so does Validate, and only then.
+func TestValidateChainMatches(t *testing.T) {
+	chain := func(port uint32, prefixes ...string) *listener.FilterChain {
+		m := &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(port)}
+		for _, p := range prefixes {
+			m.PrefixRanges = append(m.PrefixRanges, &core.CidrRange{AddressPrefix: p, PrefixLen: wrapperspb.UInt32(32)})
+		}
+		return &listener.FilterChain{FilterChainMatch: m, Filters: []*listener.Filter{TCPProxy("x", []Subset{{Tags: map[string]string{"ursa.io/service": "billing"}, Weight: 1}})}}
+	}
+	build := func(chains ...*listener.FilterChain) Resources {
+		r := Resources{}
+		r.Add(resource.ListenerType, &listener.Listener{Name: "l", Address: SocketAddress("0.0.0.0", 15001), FilterChains: chains})
+		r.Add(resource.ClusterType, EDSCluster("billing"))
+		r.Add(resource.EndpointType, LoadAssignment("billing", nil, nil))
+		return r
+	}
+	for _, ok := range [][]*listener.FilterChain{
+		{chain(80, "10.0.0.1"), chain(80, "10.0.0.2", "10.0.0.3")},
+		{chain(80, "10.0.0.1"), chain(81, "10.0.0.1")},
+		{chain(80, "10.0.0.1"), chain(80)},
+	} {
+		if err := Validate(build(ok...)); err != nil {
+			t.Errorf("distinct chains: %v", err)
+		}
+	}
+	for _, bad := range [][]*listener.FilterChain{
+		{chain(80, "10.0.0.1"), chain(80, "10.0.0.2", "10.0.0.1")},
+		{chain(80), chain(80)},
+	} {
+		if err := Validate(build(bad...)); err == nil || !strings.Contains(err.Error(), "filter chains 0 and 1 both match") {
+			t.Errorf("chains that match alike: %v", err)
 		}
 	}
 }

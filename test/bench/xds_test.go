@@ -234,7 +234,13 @@ func withRoute(st *benchMesh, service string, v1 int) *benchMesh {
 // SetResources (which validates): sidecar resources and the SDS secrets of
 // its own identity.
 func (f *xdsMeshFixture) generate(st *benchMesh, dp *api.Dataplane) (xds.Resources, error) {
-	res, err := xds.Sidecar(st.State(), xds.Proxy{Kind: xds.KindSidecar, Dataplane: dp})
+	p := xds.Proxy{Kind: xds.KindSidecar, Dataplane: dp}
+	if os.Getenv("URSA_BENCH_XDS_TRANSPARENT") != "" {
+		// A transparent sidecar's: ursa:outbound too, with a chain per
+		// VIP and port and per other service's instance addresses.
+		p.TransparentProxy = "15001"
+	}
+	res, err := xds.Sidecar(st.State(), p)
 	if err != nil {
 		return nil, err
 	}
