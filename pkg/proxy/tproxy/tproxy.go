@@ -253,8 +253,14 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 	}
 	old := removal(saved)
 	t6, old6, err := open6(ctx, c.BinDir)
-	if err != nil {
+	switch {
+	case err != nil && len(c.rules6()) > 0:
 		return err
+	case err != nil:
+		// Nothing to install for IPv6, and nothing of ours can be
+		// there either: ip6tables' nat table is unusable.
+		log.Warn("ip6tables not usable; no IPv6 rules needed", zap.Error(err))
+		t6 = nil
 	}
 	// IPv6 first: when IPv4's transaction fails, IPv6's is undone.
 	if t6 != nil && len(old6)+len(c.rules6()) > 0 {
@@ -290,7 +296,10 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 	lines := removal(saved)
 	t6, lines6, err := open6(ctx, binDir)
 	if err != nil {
-		return err
+		// Install needs ip6tables only for inbound rules, which it
+		// cannot have installed with it unusable.
+		log.Warn("ip6tables not usable; no IPv6 rules removed", zap.Error(err))
+		t6, lines6 = nil, nil
 	}
 	if len(lines)+len(lines6) == 0 {
 		return nil
@@ -320,10 +329,7 @@ func Installed(ctx context.Context, binDir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	_, old6, err := open6(ctx, binDir)
-	if err != nil {
-		return false, err
-	}
+	_, old6, _ := open6(ctx, binDir) // unusable: none of ours (see Remove)
 	return len(removal(saved))+len(old6) > 0, nil
 }
 
