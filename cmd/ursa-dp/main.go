@@ -108,9 +108,9 @@ func newRun() *cobra.Command {
 // next start may never come (a start limit, a unit stopped or disabled).
 // It takes run's flags and variables, so that one environment serves both,
 // and does nothing without --transparent-proxy, or while something listens
-// on the outbound redirect port (a running ursa-dp, whose rules they are).
+// on the rules' outbound port (a running ursa-dp, whose rules they are).
 func newCleanup() *cobra.Command {
-	cfg := runConfig{RedirectOutboundPort: tproxy.DefaultOutboundPort}
+	cfg := runConfig{}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -129,11 +129,7 @@ func newCleanup() *cobra.Command {
 				return err
 			}
 			defer log.Sync()
-			if err := (tproxy.Config{OutboundPort: cfg.RedirectOutboundPort}).CheckFree(""); err != nil {
-				log.Info("transparent proxy left in place: a proxy is running", zap.Error(err))
-				return nil
-			}
-			if err := tproxy.Remove(cmd.Context(), log.Named("tproxy"), ""); err != nil {
+			if err := tproxy.RemoveLeftovers(cmd.Context(), log.Named("tproxy"), ""); err != nil {
 				return fmt.Errorf("cleanup: %w", err)
 			}
 			return nil

@@ -251,6 +251,10 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 	if err != nil {
 		return err
 	}
+	if p := running(saved); p != 0 {
+		return fmt.Errorf("tproxy: another ursa-dp's transparent proxy is installed in this network namespace, and running (its outbound port %d is in use); "+
+			"one ursa-dp per host runs it", p)
+	}
 	old := removal(saved)
 	t6, old6, err := open6(ctx, c.BinDir)
 	switch {
@@ -316,6 +320,52 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 	}
 	log.Info("transparent proxy removed")
 	return nil
+}
+
+// RemoveLeftovers is Remove, unless the rules are those of a running
+// ursa-dp (something listens on their outbound port): then it leaves them
+// and says so. It is for a service manager to run after ursa-dp exits, so
+// that a killed one's rules do not stay until the next start.
+func RemoveLeftovers(ctx context.Context, log *zap.Logger, binDir string) error {
+	t, err := open(ctx, binDir, false)
+	if err != nil {
+		return err
+	}
+	saved, err := t.save(ctx)
+	if err != nil {
+		return err
+	}
+	if p := running(saved); p != 0 {
+		log.Info("transparent proxy left in place: a proxy is running", zap.Int("outbound_port", p))
+		return nil
+	}
+	return Remove(ctx, log, binDir)
+}
+
+// running returns the outbound port of the rules of ours in saved when
+// something listens on it: the rules are then a running ursa-dp's, not
+// leftovers. 0 when nothing does, or there are none.
+func running(saved []byte) int {
+	for _, line := range strings.Split(string(saved), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-A" || f[1] != chainRedirect {
+			continue
+		}
+		i := slices.Index(f, "--to-ports")
+		if i < 0 || i+1 >= len(f) {
+			continue
+		}
+		p, err := strconv.Atoi(f[i+1])
+		if err != nil || p < 1 || p > 65535 {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", p))
+		if err != nil {
+			return p
+		}
+		l.Close()
+	}
+	return 0
 }
 
 // Installed reports whether the current namespace holds any chain or jump

@@ -468,3 +468,34 @@ func TestIPv6NeededForInboundOnly(t *testing.T) {
 		t.Errorf("after Remove:\n%s", rules)
 	}
 }
+
+// TestInstallRefusesARunningProxysRules: rules whose outbound port a
+// process listens on are a running ursa-dp's, not leftovers: Install
+// refuses to replace them (the other's exit would remove its own rules
+// with them, leaving its inbound ports open), and RemoveLeftovers leaves
+// them; once nothing listens there, both take them.
+func TestInstallRefusesARunningProxysRules(t *testing.T) {
+	ns := newNS(t)
+	ctx := context.Background()
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+	installed := natRules(t, ns)
+	var l net.Listener
+	mustIn(t, ns, func() (err error) { l, err = net.Listen("tcp", "0.0.0.0:15001"); return err })
+	other := Config{OutboundPort: 16001}
+	err := in(ns, func() error { return Install(ctx, zap.NewNop(), other) })
+	if err == nil || !strings.Contains(err.Error(), "outbound port 15001 is in use") {
+		t.Errorf("Install over a running proxy's rules: %v; want a refusal naming its port", err)
+	}
+	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "") })
+	if got := natRules(t, ns); got != installed {
+		t.Errorf("the running proxy's rules changed:\n%s\nwant\n%s", got, installed)
+	}
+	l.Close()
+	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "") })
+	if got := natRules(t, ns); strings.Contains(got, ChainPrefix) {
+		t.Errorf("RemoveLeftovers left a killed proxy's rules:\n%s", got)
+	}
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), other) })
+	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
+}
