@@ -1,0 +1,49 @@
+// Command gen writes Ursa's CRDs (package crd) into a folder, removing the
+// folder's other ursa.io_*.yaml files: `go run ./pkg/api/crd/gen deploy/crds`.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/ursamesh/ursa/pkg/api/crd"
+)
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: gen DIR")
+		os.Exit(2)
+	}
+	if err := run(os.Args[1]); err != nil {
+		fmt.Fprintln(os.Stderr, "gen:", err)
+		os.Exit(1)
+	}
+}
+
+func run(dir string) error {
+	files, err := crd.Files()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", dir, err)
+	}
+	old, err := filepath.Glob(filepath.Join(dir, crd.Group+"_*.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, f := range old {
+		if _, keep := files[filepath.Base(f)]; !keep {
+			if err := os.Remove(f); err != nil {
+				return fmt.Errorf("remove stale %s: %w", f, err)
+			}
+		}
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+	}
+	return nil
+}
