@@ -135,10 +135,10 @@ var placements = map[string]Placement{
 		{Name: "Zone", Type: "string", JSONPath: ".status.zone"},
 		{Name: "Service", Type: "string", JSONPath: ".status.service"},
 	}},
-	"TrafficPermission": {ShortNames: []string{"tp"}, Columns: []Column{mesh, {Name: "Action", Type: "string", JSONPath: ".spec.action"}}},
-	"TrafficRoute":      {ShortNames: []string{"tr"}, Columns: []Column{mesh, dest}},
-	"Failover":          {ShortNames: []string{"fo"}, Columns: []Column{mesh, dest}},
-	"VirtualIPs":        {ShortNames: []string{"vips"}, Columns: []Column{mesh}},
+	"TrafficPermission":  {ShortNames: []string{"tp"}, Columns: []Column{mesh, {Name: "Action", Type: "string", JSONPath: ".spec.action"}}},
+	"TrafficRoute":       {ShortNames: []string{"tr"}, Columns: []Column{mesh, dest}},
+	"Failover":           {ShortNames: []string{"fo"}, Columns: []Column{mesh, dest}},
+	"VirtualIPs":         {ShortNames: []string{"vips"}, Columns: []Column{mesh}},
 	"UserTokenPublicKey": {ShortNames: []string{"utpk"}},
 
 	"Secret":       {Kind: CoreSecret, SecretType: "ursa.io/secret"},
@@ -235,13 +235,13 @@ type Definition struct {
 
 // VersionSchema is one served version of a CRD.
 type VersionSchema struct {
-	Name                     string           `json:"name"`
-	Served                   bool             `json:"served"`
-	Storage                  bool             `json:"storage"`
+	Name                     string             `json:"name"`
+	Served                   bool               `json:"served"`
+	Storage                  bool               `json:"storage"`
 	Schema                   map[string]*Schema `json:"schema"`
-	Subresources             map[string]any   `json:"subresources,omitempty"`
-	AdditionalPrinterColumns []Column         `json:"additionalPrinterColumns"`
-	SelectableFields         []map[string]any `json:"selectableFields,omitempty"`
+	Subresources             map[string]any     `json:"subresources,omitempty"`
+	AdditionalPrinterColumns []Column           `json:"additionalPrinterColumns"`
+	SelectableFields         []map[string]any   `json:"selectableFields,omitempty"`
 }
 
 // Definitions returns the CRD of every type placed as a CustomResource, in

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -237,4 +238,44 @@ func TestFromObjectRefuses(t *testing.T) {
 			t.Errorf("FromObject(%v) = %v, want an error containing %q", tt.obj, err, tt.want)
 		}
 	}
+}
+
+// FuzzFromObject feeds FromObject objects as the API server could return
+// them after a user's edit: it must refuse or return a resource whose object
+// form comes back the same, never crash.
+func FuzzFromObject(f *testing.F) {
+	for _, r := range examples(f) {
+		obj, err := crd.ToObject(r, "ns")
+		if err != nil {
+			f.Fatal(err)
+		}
+		b, err := json.Marshal(obj)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(`{"apiVersion":"ursa.io/v1alpha1","kind":"Mesh","metadata":{"name":7},"spec":[]}`))
+	f.Add([]byte(`{"apiVersion":"ursa.io/v1alpha1","kind":"TrafficRoute","metadata":{"labels":{"a":1}},"spec":null}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var obj crd.Object
+		if json.Unmarshal(data, &obj) != nil {
+			return
+		}
+		r, err := crd.FromObject(obj)
+		if err != nil {
+			return
+		}
+		again, err := crd.ToObject(r, "ns")
+		if err != nil {
+			t.Fatalf("ToObject of what FromObject returned: %v", err)
+		}
+		back, err := crd.FromObject(again)
+		if err != nil {
+			t.Fatalf("FromObject of ToObject's object: %v", err)
+		}
+		if !api.SameContent(r, back) {
+			t.Fatalf("round trip changed %s", api.KeyOf(r))
+		}
+	})
 }
