@@ -4,7 +4,7 @@ BIN     := bin
 TESTFLAGS ?= -race -count=1
 PKGS    := ./...
 
-.PHONY: help deps build test lint run demo fuzz bench bench-xds bench-xds-tls bench-tproxy clean generate k8s-tools
+.PHONY: help deps build test lint run demo fuzz bench bench-xds bench-xds-tls bench-tproxy clean generate crds k8s-tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ generate: ## regenerate kds/kdspb from kds/kds.proto (needs protoc: apt-get inst
 	PATH=$(CURDIR)/$(BIN)/tools:$$PATH protoc --descriptor_set_in=$(BIN)/kds-deps.pb -I kds \
 		--go_out=kds/kdspb --go_opt=paths=source_relative \
 		--go-grpc_out=kds/kdspb --go-grpc_opt=paths=source_relative kds.proto
+
+crds: ## regenerate deploy/crds/ (the Kubernetes CRDs) from pkg/api's types
+	$(GO) generate ./pkg/api/crd
 
 clean:
 	rm -rf $(BIN)
