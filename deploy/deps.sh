@@ -25,6 +25,8 @@ PACKAGES=(
   # redirection with iptables-save/iptables-restore, and its tests run them
   # in throwaway namespaces.
   "iptables command -v iptables-restore >/dev/null"
+  # curl: the VM-zone end-to-end test's client that knows nothing of the mesh.
+  "curl command -v curl >/dev/null"
   "make command -v make >/dev/null"
   "git command -v git >/dev/null"
 )

@@ -22,12 +22,15 @@ import (
 // `ursa-dp run --transparent-proxy`. On web's host in zone-1, curl, which
 // knows nothing of the mesh and resolves through the host's resolv.conf,
 // reaches billing.mesh (port 80 and its own port 8080), which runs only in
-// zone-2, through zone-2's ingress over mTLS; a server outside the mesh is
+// zone-2, through zone-2's ingress over mTLS; a zone-1 member called at its
+// own address is reached over mTLS too; a server outside the mesh is
 // reached untouched; with zone-1's CP killed, names still resolve and calls
 // go on; once the sidecar exits, the host's nat table holds nothing of ours.
 func TestVMZones(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl is needed as the unmodified client (deploy/deps.sh installs it)")
+	for _, tool := range []string{"curl", "dig", "iptables-save"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: run deploy/deps.sh (%v)", tool, err)
+		}
 	}
 	h := newHosts(t, "global", "cp1", "ingress1", "web1", "backend1", "cp2", "ingress2", "billing2a", "billing2b", "outside")
 	dir := t.TempDir()
@@ -166,6 +169,9 @@ spec:
 	reaches("billing.mesh, only in zone-2", "http://billing.mesh/", "billing in zone-2")
 	reaches("billing.mesh at its own port", "http://billing.mesh:8080/", "billing in zone-2")
 	reaches("backend.mesh, in zone-1", "http://backend.mesh:9000/", "backend in zone-1")
+	// A mesh member called at its own address: the sidecar knows it and
+	// goes over mTLS (backend's inbound takes nothing else).
+	reaches("backend at its Dataplane address", "http://"+h.addr("backend1")+":9000/", "backend in zone-1")
 	reaches("a server outside the mesh", "http://"+h.addr("outside")+":7000/", "outside the mesh")
 	vip, err := netip.ParseAddr(dig("billing.mesh"))
 	if err != nil || !netip.MustParsePrefix("240.0.0.0/4").Contains(vip) {
