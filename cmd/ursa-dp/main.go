@@ -73,7 +73,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "ursa-dp", Short: "Ursa data plane", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newRun(), newIngress())
+	root.AddCommand(newRun(), newIngress(), newCleanup())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
@@ -94,6 +94,49 @@ func newRun() *cobra.Command {
 				return err
 			}
 			return runSidecar(cmd.Context(), cfg)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
+	config.Bind(cmd.Flags(), &cfg)
+	return cmd
+}
+
+// newCleanup is ursa-dp cleanup, for a service manager to run after ursa-dp
+// run exits however it exits (systemd's ExecStopPost): a killed or crashed
+// ursa-dp leaves its redirection, which sends the host's outbound TCP and
+// DNS to ports nobody answers on until the next start replaces it, and a
+// next start may never come (a start limit, a unit stopped or disabled).
+// It takes run's flags and variables, so that one environment serves both,
+// and does nothing without --transparent-proxy, or while something listens
+// on the outbound redirect port (a running ursa-dp, whose rules they are).
+func newCleanup() *cobra.Command {
+	cfg := runConfig{RedirectOutboundPort: tproxy.DefaultOutboundPort}
+	cfg.Log.Level = "info"
+	var file string
+	cmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove the transparent proxy's redirection that a killed ursa-dp run left in this network namespace",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
+				return err
+			}
+			if !cfg.TransparentProxy {
+				return nil
+			}
+			log, err := logging.New(cfg.Log.Level)
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			if err := (tproxy.Config{OutboundPort: cfg.RedirectOutboundPort}).CheckFree(""); err != nil {
+				log.Info("transparent proxy left in place: a proxy is running", zap.Error(err))
+				return nil
+			}
+			if err := tproxy.Remove(cmd.Context(), log.Named("tproxy"), ""); err != nil {
+				return fmt.Errorf("cleanup: %w", err)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")

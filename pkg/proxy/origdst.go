@@ -183,9 +183,18 @@ func (p *Proxy) rbacNow(name string, dst netip.AddrPort) (*rbacRules, bool) {
 func (p *Proxy) dialer(c *Cluster) *net.Dialer {
 	d := &net.Dialer{Timeout: c.ConnectTimeout}
 	if p.Mark != 0 {
-		d.Control = tproxy.MarkControl(p.Mark)
+		d.Control, d.Resolver = tproxy.MarkControl(p.Mark), markedResolver(p.Mark)
 	}
 	return d
+}
+
+// markedResolver looks names up over sockets that carry mark, so that the
+// transparent proxy's DNS redirection lets them through to the host's
+// resolvers: redirected, they would reach this proxy's own resolver, which
+// answers only once the zone CP has configured it.
+func markedResolver(mark uint32) *net.Resolver {
+	d := &net.Dialer{Control: tproxy.MarkControl(mark)}
+	return &net.Resolver{PreferGo: true, Dial: d.DialContext}
 }
 
 // connectOriginal connects an ORIGINAL_DST cluster's connection to where it

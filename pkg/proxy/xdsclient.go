@@ -133,15 +133,20 @@ func (c *Client) session(ctx context.Context) error {
 		creds = handshakes{TransportCredentials: credentials.NewTLS(c.TLS), last: &c.handshake}
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	target := c.Address
 	if mark := c.Proxy.Mark; mark != 0 {
 		// The transparent proxy must not redirect the proxy's own
-		// connection to its CP.
-		d := &net.Dialer{Control: tproxy.MarkControl(mark)}
+		// connection to its CP, nor its lookup of the CP's name: that
+		// would reach this proxy's resolver, which has no configuration
+		// before the CP is reached. grpc's own resolver cannot mark its
+		// sockets, so the name goes to the dialer unresolved.
+		d := &net.Dialer{Control: tproxy.MarkControl(mark), Resolver: markedResolver(mark)}
 		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", addr)
 		}))
+		target = "passthrough:///" + c.Address
 	}
-	conn, err := grpc.NewClient(c.Address, opts...)
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return err
 	}

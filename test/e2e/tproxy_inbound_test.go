@@ -110,11 +110,12 @@ spec:
 		return "0"
 	}
 
-	// billing's app binds its port on every address, as on a VM.
+	// billing's app binds its port on every address of both families, as
+	// on a VM.
 	app := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "billing")
 	})}
-	go app.Serve(h.listen(t, "server", "tcp", "0.0.0.0:8080"))
+	go app.Serve(h.listen(t, "server", "tcp", ":8080"))
 	t.Cleanup(func() { app.Close() })
 
 	// Refused before anything is installed: the inbound port is taken.
@@ -175,6 +176,14 @@ spec:
 		t.Fatalf("the plaintext connection was not refused by ursa:inbound's TLS (refusals for tls: %s)", after)
 	}
 
+	// Nor over IPv6, which the app takes too: a VM's interface mostly has
+	// an address of that family.
+	ipCmd(t, "-n", h.namespace(t, "server"), "addr", "add", "fd77::2/64", "dev", "eth0", "nodad")
+	ipCmd(t, "-n", h.namespace(t, "other"), "addr", "add", "fd77::4/64", "dev", "eth0", "nodad")
+	if body, err := get(other, "http://[fd77::2]:8080/"); err == nil {
+		t.Fatalf("a plaintext client without a sidecar reached billing's app over IPv6: %q", body)
+	}
+
 	// A permission that no longer names web stops its calls.
 	apply(permission("admin"))
 	eventually(t, "the client's calls to stop", func() bool {
@@ -192,5 +201,8 @@ spec:
 	// Without the redirection the app's port is the app's.
 	if body, err := get(other, "http://"+h.addr("server")+":8080/"); err != nil || body != "billing\n" {
 		t.Fatalf("after ursa-dp exits, the app directly: %q %v", body, err)
+	}
+	if body, err := get(other, "http://[fd77::2]:8080/"); err != nil || body != "billing\n" {
+		t.Fatalf("after ursa-dp exits, the app directly over IPv6: %q %v", body, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -98,7 +99,33 @@ func TestTransparentProxyLifecycle(t *testing.T) {
 	if strings.Count(rules, "-j URSA_OUTPUT") != 1 || strings.Contains(rules, "--dport 22 ") {
 		t.Fatalf("after a restart the leftovers are not replaced:\n%s", rules)
 	}
-	p.stop(t)
+	// ursa-dp cleanup (the unit's ExecStopPost) leaves a running proxy's
+	// rules alone, and removes a killed one's.
+	cleanup := func() {
+		t.Helper()
+		c := h.start(t, "app", "ursa-dp", "cleanup", "--transparent-proxy")
+		if err := c.wait(t); err != nil {
+			t.Fatalf("ursa-dp cleanup: %v\n%s", err, c.out.String())
+		}
+	}
+	ours := func(rules string) (lines []string) {
+		for _, l := range strings.Split(rules, "\n") {
+			if strings.HasPrefix(l, "-A ") && strings.Contains(l, "URSA_") {
+				lines = append(lines, l)
+			}
+		}
+		return lines
+	}
+	cleanup()
+	if now := nat(); !slices.Equal(ours(now), ours(rules)) {
+		t.Fatalf("cleanup changed a running proxy's rules:\n%s\nwant\n%s", now, rules)
+	}
+	p.cmd.Process.Kill()
+	p.done <- <-p.done
+	cleanup()
+	if rules := nat(); strings.Contains(rules, "URSA_") {
+		t.Fatalf("after cleanup the killed proxy's rules are still there:\n%s", rules)
+	}
 
 	// A bad port list: a clear error, nothing installed.
 	p = h.start(t, "app", "ursa-dp", append(args, "--exclude-outbound-ports", "22,0")...)

@@ -6,7 +6,10 @@
 // each of OUTPUT and PREROUTING; Remove deletes exactly those chains and
 // jumps, and Install first removes whatever of them a killed ursa-dp left.
 // Install and Remove each apply one iptables-restore --noflush transaction,
-// so the namespace never holds half a rule set. Only IPv4 is redirected.
+// so the namespace never holds half a rule set. Only IPv4 is redirected;
+// inbound TCP over IPv6 to the Dataplane's inbound ports is sent to the
+// inbound port too (ip6tables), where nothing listens for IPv6: an app that
+// binds its port on every address is never reached around the sidecar.
 package tproxy
 
 import (
@@ -159,22 +162,41 @@ func (c Config) rules() []string {
 		r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j RETURN", chainOutput, p))
 	}
 	r = append(r, "-A "+chainOutput+" -p tcp -j "+chainRedirect)
-	if c.InboundPort != 0 {
-		r = append(r, "-A "+chainInRedirect+" -p tcp -j REDIRECT --to-ports "+strconv.Itoa(c.InboundPort))
-		excluded := map[int]bool{}
-		for _, p := range c.ExcludeInboundPorts {
-			excluded[p] = true
-		}
-		for _, p := range sortedUnique(c.InboundPorts) {
-			if !excluded[p] {
-				r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j %s", chainInbound, p, chainInRedirect))
-			}
-		}
-	}
+	r = append(r, c.inboundRules()...)
 	return append(r,
 		"-A OUTPUT -j "+chainOutput,
 		"-A PREROUTING -p tcp -j "+chainInbound,
 	)
+}
+
+// inboundRules are the rules of chainInbound and chainInRedirect.
+func (c Config) inboundRules() []string {
+	if c.InboundPort == 0 {
+		return nil
+	}
+	r := []string{"-A " + chainInRedirect + " -p tcp -j REDIRECT --to-ports " + strconv.Itoa(c.InboundPort)}
+	excluded := map[int]bool{}
+	for _, p := range c.ExcludeInboundPorts {
+		excluded[p] = true
+	}
+	for _, p := range sortedUnique(c.InboundPorts) {
+		if !excluded[p] {
+			r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j %s", chainInbound, p, chainInRedirect))
+		}
+	}
+	return r
+}
+
+// rules6 is the ip6tables-restore input that installs c's inbound
+// redirection for IPv6, or nothing when c redirects no inbound port.
+func (c Config) rules6() []string {
+	in := c.inboundRules()
+	if len(in) <= 1 {
+		return nil
+	}
+	r := []string{":" + chainInbound + " - [0:0]", ":" + chainInRedirect + " - [0:0]"}
+	r = append(r, in...)
+	return append(r, "-A PREROUTING -p tcp -j "+chainInbound)
 }
 
 func sortedUnique(ps []int) []int {
@@ -198,7 +220,7 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("tproxy: %w", err)
 	}
-	t, err := open(ctx, c.BinDir)
+	t, err := open(ctx, c.BinDir, false)
 	if err != nil {
 		return err
 	}
@@ -207,7 +229,22 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 		return err
 	}
 	old := removal(saved)
+	t6, old6, err := open6(ctx, c.BinDir)
+	if err != nil {
+		return err
+	}
+	// IPv6 first: when IPv4's transaction fails, IPv6's is undone.
+	if t6 != nil && len(old6)+len(c.rules6()) > 0 {
+		if err := t6.restore(ctx, append(old6, c.rules6()...)); err != nil {
+			return err
+		}
+	}
 	if err := t.restore(ctx, append(old, c.rules()...)); err != nil {
+		if t6 != nil {
+			if _, undo, err6 := open6(ctx, c.BinDir); err6 == nil && len(undo) > 0 {
+				t6.restore(ctx, undo)
+			}
+		}
 		return err
 	}
 	log.Info("transparent proxy installed", zap.Int("outbound_port", c.OutboundPort), zap.Int("inbound_port", c.InboundPort),
@@ -219,7 +256,7 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 // current network namespace's nat table; with none there, it does nothing.
 // binDir is Config.BinDir.
 func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
-	t, err := open(ctx, binDir)
+	t, err := open(ctx, binDir, false)
 	if err != nil {
 		return err
 	}
@@ -228,11 +265,22 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 		return err
 	}
 	lines := removal(saved)
-	if len(lines) == 0 {
+	t6, lines6, err := open6(ctx, binDir)
+	if err != nil {
+		return err
+	}
+	if len(lines)+len(lines6) == 0 {
 		return nil
 	}
-	if err := t.restore(ctx, lines); err != nil {
-		return err
+	if len(lines) > 0 {
+		if err := t.restore(ctx, lines); err != nil {
+			return err
+		}
+	}
+	if len(lines6) > 0 {
+		if err := t6.restore(ctx, lines6); err != nil {
+			return err
+		}
 	}
 	log.Info("transparent proxy removed")
 	return nil
@@ -241,7 +289,7 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 // Installed reports whether the current namespace holds any chain or jump
 // of ours.
 func Installed(ctx context.Context, binDir string) (bool, error) {
-	t, err := open(ctx, binDir)
+	t, err := open(ctx, binDir, false)
 	if err != nil {
 		return false, err
 	}
@@ -249,7 +297,28 @@ func Installed(ctx context.Context, binDir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return len(removal(saved)) > 0, nil
+	_, old6, err := open6(ctx, binDir)
+	if err != nil {
+		return false, err
+	}
+	return len(removal(saved))+len(old6) > 0, nil
+}
+
+// open6 opens ip6tables and returns the lines that remove what of ours
+// its nat table holds; nil tables when the kernel has no IPv6.
+func open6(ctx context.Context, binDir string) (*tables, []string, error) {
+	if _, err := os.Stat("/proc/thread-self/net/if_inet6"); err != nil {
+		return nil, nil, nil
+	}
+	t, err := open(ctx, binDir, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	saved, err := t.save(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, removal(saved), nil
 }
 
 // removal returns the iptables-restore lines that delete what of ours the
@@ -295,14 +364,18 @@ type tables struct {
 	saveBin, restoreBin string
 }
 
-// open finds the binaries and checks the privilege they need, changing
-// nothing.
-func open(ctx context.Context, binDir string) (*tables, error) {
+// open finds the binaries (ip6tables' with v6) and checks the privilege
+// they need, changing nothing.
+func open(ctx context.Context, binDir string, v6 bool) (*tables, error) {
 	var t tables
+	cmd := "iptables"
+	if v6 {
+		cmd = "ip6tables"
+	}
 	for _, b := range []struct {
 		name string
 		path *string
-	}{{"iptables-save", &t.saveBin}, {"iptables-restore", &t.restoreBin}} {
+	}{{cmd + "-save", &t.saveBin}, {cmd + "-restore", &t.restoreBin}} {
 		var err error
 		if binDir != "" {
 			*b.path = filepath.Join(binDir, b.name)

@@ -97,7 +97,18 @@ func mustIn(t *testing.T, ns string, fn func() error) {
 // comments and counters.
 func natRules(t *testing.T, ns string) string {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns, "iptables-save", "-t", "nat").CombinedOutput()
+	return natRulesOf(t, ns, "iptables-save")
+}
+
+// nat6Rules is natRules for IPv6.
+func nat6Rules(t *testing.T, ns string) string {
+	t.Helper()
+	return natRulesOf(t, ns, "ip6tables-save")
+}
+
+func natRulesOf(t *testing.T, ns, save string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, save, "-t", "nat").CombinedOutput()
 	if err != nil {
 		t.Fatalf("iptables-save: %v: %s", err, out)
 	}
@@ -258,8 +269,16 @@ func TestInstallReplacesLeftoversAndKeepsOthers(t *testing.T) {
 	}
 	before := natRules(t, ns)
 
+	before6 := nat6Rules(t, ns)
 	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
 	once := natRules(t, ns)
+	// IPv6 to an inbound port goes to the inbound port as well, where
+	// nothing takes it: never to the app around the sidecar.
+	for _, want := range []string{"-A PREROUTING -p tcp -j URSA_INBOUND", "--dport 8080 -j URSA_IN_REDIRECT", "-A URSA_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"} {
+		if got := nat6Rules(t, ns); !strings.Contains(got, want) {
+			t.Errorf("ip6tables' nat table lacks %q:\n%s", want, got)
+		}
+	}
 	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
 	if twice := natRules(t, ns); twice != once {
 		t.Errorf("a second Install changed the rules:\n%s\nwant\n%s", twice, once)
@@ -267,6 +286,11 @@ func TestInstallReplacesLeftoversAndKeepsOthers(t *testing.T) {
 
 	// A restart with other flags (as after SIGKILL) replaces ours.
 	other := Config{OutboundPort: 16001, ExcludeUIDs: []int{1337}}
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), other) })
+	if got := nat6Rules(t, ns); got != before6 {
+		t.Errorf("a reinstall without inbound ports left IPv6 rules:\n%s", got)
+	}
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
 	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), other) })
 	got := natRules(t, ns)
 	for _, gone := range []string{"15001", "15006", "15053", "8080", "2222"} {
@@ -292,6 +316,11 @@ func TestInstallReplacesLeftoversAndKeepsOthers(t *testing.T) {
 	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
 	if after := natRules(t, ns); after != before {
 		t.Errorf("after Remove the nat table is\n%s\nwant it as before Install:\n%s", after, before)
+	}
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
+	if after := nat6Rules(t, ns); after != before6 {
+		t.Errorf("after Remove ip6tables' nat table is\n%s\nwant it as before Install:\n%s", after, before6)
 	}
 }
 
