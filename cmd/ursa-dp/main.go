@@ -58,7 +58,7 @@ type runConfig struct {
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
 	RedirectInboundPort  int    `json:"redirectInboundPort" usage:"with --transparent-proxy and --dataplane-file: the port inbound TCP to the Dataplane's inbound ports is redirected to (mTLS and TrafficPermissions apply there, and the app binds its port itself); 0: inbound TCP is not redirected"`
 	ExcludeInboundPorts  string `json:"excludeInboundPorts" usage:"with --transparent-proxy: inbound ports (8080,9090) of the Dataplane whose TCP is not redirected"`
-	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
+	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 of --resolv-conf's resolvers (any address when it names none) are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
 	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
 	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
 	Log                  struct {
@@ -297,6 +297,24 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		return fmt.Errorf("--admin-addr: %w", err)
 	}
 	defer ln.Close()
+	if addr := meta[api.MetadataDNSAddress]; addr != "" {
+		ups, err := proxy.ResolvConf(cfg.ResolvConf)
+		if err != nil {
+			log.Warn("names outside .mesh will be refused: no resolvers", zap.String("resolv_conf", cfg.ResolvConf), zap.Error(err))
+		}
+		// Never forward to ourselves (a resolv.conf that names this listener).
+		p.DNSUpstreams = slices.DeleteFunc(ups, func(u string) bool { return u == addr })
+		if redirect != nil && len(p.DNSUpstreams) > 0 {
+			// Only the DNS headed to them is redirected: a local
+			// resolver's queries to its upstreams must not come back.
+			redirect.DNSServers = []netip.Addr{}
+			for _, u := range p.DNSUpstreams {
+				if ap, err := netip.ParseAddrPort(u); err == nil {
+					redirect.DNSServers = append(redirect.DNSServers, ap.Addr())
+				}
+			}
+		}
+	}
 	if redirect != nil {
 		if err := redirect.CheckFree(meta[api.MetadataDNSAddress]); err != nil {
 			return fmt.Errorf("--transparent-proxy: %w", err)
@@ -320,14 +338,6 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 				log.Error("transparent proxy left in place", zap.Error(err))
 			}
 		}()
-	}
-	if addr := meta[api.MetadataDNSAddress]; addr != "" {
-		ups, err := proxy.ResolvConf(cfg.ResolvConf)
-		if err != nil {
-			log.Warn("names outside .mesh will be refused: no resolvers", zap.String("resolv_conf", cfg.ResolvConf), zap.Error(err))
-		}
-		// Never forward to ourselves (a resolv.conf that names this listener).
-		p.DNSUpstreams = slices.DeleteFunc(ups, func(u string) bool { return u == addr })
 	}
 	client := &proxy.Client{Address: target.Address, TLS: tlsCfg, NodeID: nodeID, Token: token, TokenFile: cfg.TokenFile, Metadata: meta, Proxy: p, Log: log.Named("xds"),
 		ReportLoad: meta[api.MetadataIngress] != "true"} // an ingress has no callers of its own

@@ -54,11 +54,20 @@ func TestTransparentProxyLifecycle(t *testing.T) {
 	onApp := h.client(t, "app")
 	ready := func(p *proc) { t.Helper(); waitReadyVia(t, onApp, "http://127.0.0.1:9901/ready", p) }
 
+	etc := filepath.Join("/etc/netns", h.namespace(t, "app"))
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	p := h.start(t, "app", "ursa-dp", args...)
 	ready(p)
 	rules := nat()
 	for _, want := range []string{"-A OUTPUT -j URSA_OUTPUT", "-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001", "-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN",
-		"-A URSA_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053", "-A URSA_OUTPUT -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053"} {
+		// DNS to the host's resolvers only (a local one asks its
+		// upstreams on port 53 too).
+		"-A URSA_OUTPUT -d 127.0.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053", "-A URSA_OUTPUT -d 127.0.0.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053"} {
 		if !strings.Contains(rules, want+"\n") {
 			t.Fatalf("the app host's nat table lacks %q:\n%s", want, rules)
 		}

@@ -19,9 +19,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -63,9 +65,19 @@ type Config struct {
 	// InboundPorts are the Dataplane's inbound ports, redirected to
 	// InboundPort unless in ExcludeInboundPorts.
 	InboundPorts []int
-	// DNSPort receives UDP and TCP to port 53 (of any address, loopback
-	// resolvers included); 0 leaves DNS alone.
+	// DNSPort receives UDP and TCP to port 53 (loopback resolvers
+	// included); 0 leaves DNS alone.
 	DNSPort int
+	// DNSServers, when not nil, limit the DNS redirected to DNSPort to
+	// that headed to these addresses (IPv4 only; none of them IPv4: no
+	// DNS is redirected): the resolvers of the host's resolv.conf, to
+	// which the sidecar forwards the names it does not answer. A local
+	// resolver among them (systemd-resolved's 127.0.0.53, a dnsmasq) asks
+	// its own upstreams on port 53; redirected, those queries would come
+	// back to the sidecar, which forwards them to that resolver again.
+	// Nil redirects DNS to any address (when the sidecar forwards
+	// nowhere).
+	DNSServers []netip.Addr
 	// ExcludeOutboundPorts are destination ports outbound TCP reaches
 	// directly.
 	ExcludeOutboundPorts []int
@@ -153,8 +165,19 @@ func (c Config) rules() []string {
 	// DNS before the loopback exclusion: a resolver at 127.0.0.53 is
 	// the usual case on a VM.
 	if c.DNSPort != 0 {
-		for _, proto := range []string{"udp", "tcp"} {
-			r = append(r, fmt.Sprintf("-A %s -p %s --dport 53 -j REDIRECT --to-ports %d", chainOutput, proto, c.DNSPort))
+		dsts := []string{""}
+		if c.DNSServers != nil {
+			dsts = nil
+			for _, a := range c.DNSServers {
+				if a = a.Unmap(); a.Is4() && !slices.Contains(dsts, " -d "+a.String()) {
+					dsts = append(dsts, " -d "+a.String())
+				}
+			}
+		}
+		for _, d := range dsts {
+			for _, proto := range []string{"udp", "tcp"} {
+				r = append(r, fmt.Sprintf("-A %s%s -p %s --dport 53 -j REDIRECT --to-ports %d", chainOutput, d, proto, c.DNSPort))
+			}
 		}
 	}
 	r = append(r, "-A "+chainOutput+" -d 127.0.0.0/8 -j RETURN")

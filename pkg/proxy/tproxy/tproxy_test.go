@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -400,5 +401,34 @@ func TestParsePorts(t *testing.T) {
 		if _, err := ParsePorts(bad); err == nil || !strings.Contains(err.Error(), "port list") {
 			t.Errorf("ParsePorts(%q) = %v; want an error naming the port list", bad, err)
 		}
+	}
+}
+
+func TestDNSServersLimitTheDNSRedirect(t *testing.T) {
+	dns := func(c Config) (out []string) {
+		for _, r := range c.rules() {
+			if strings.Contains(r, "--dport 53 ") {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	c := testConfig()
+	if got := dns(c); len(got) != 2 || strings.Contains(got[0], " -d ") {
+		t.Errorf("without DNSServers: %q; want UDP and TCP to any address", got)
+	}
+	c.DNSServers = []netip.Addr{netip.MustParseAddr("127.0.0.53"), netip.MustParseAddr("::1"), netip.MustParseAddr("::ffff:10.0.0.2"), netip.MustParseAddr("127.0.0.53")}
+	want := []string{
+		"-A URSA_OUTPUT -d 127.0.0.53 -p udp --dport 53 -j REDIRECT --to-ports 15053",
+		"-A URSA_OUTPUT -d 127.0.0.53 -p tcp --dport 53 -j REDIRECT --to-ports 15053",
+		"-A URSA_OUTPUT -d 10.0.0.2 -p udp --dport 53 -j REDIRECT --to-ports 15053",
+		"-A URSA_OUTPUT -d 10.0.0.2 -p tcp --dport 53 -j REDIRECT --to-ports 15053",
+	}
+	if got := dns(c); !slices.Equal(got, want) {
+		t.Errorf("with DNSServers: %q; want %q", got, want)
+	}
+	c.DNSServers = []netip.Addr{netip.MustParseAddr("::1")}
+	if got := dns(c); len(got) != 0 {
+		t.Errorf("with IPv6 DNSServers only: %q; want no DNS redirected", got)
 	}
 }
