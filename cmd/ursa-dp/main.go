@@ -56,7 +56,7 @@ type runConfig struct {
 	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
-	RedirectInboundPort  int    `json:"redirectInboundPort" usage:"with --transparent-proxy and --dataplane-file: the port inbound TCP to the Dataplane's inbound ports is redirected to (mTLS and TrafficPermissions apply there, and the app binds its port itself); 0: inbound TCP is not redirected"`
+	RedirectInboundPort  int    `json:"redirectInboundPort" usage:"with --transparent-proxy and --dataplane-file: the port inbound TCP to the Dataplane's inbound ports (and their service ports, refused there) is redirected to (mTLS and TrafficPermissions apply there, and the app binds its port itself); 0: inbound TCP is not redirected"`
 	ExcludeInboundPorts  string `json:"excludeInboundPorts" usage:"with --transparent-proxy: inbound ports (8080,9090) of the Dataplane whose TCP is not redirected"`
 	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 of --resolv-conf's resolvers (any address when it names none) are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
 	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
@@ -64,8 +64,9 @@ type runConfig struct {
 	Log                  struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
-	// inboundPorts are the inbound ports of the --dataplane-file's
-	// Dataplane (none with --dataplane-name: not known at start).
+	// inboundPorts are the inbound ports and service ports of the
+	// --dataplane-file's Dataplane (none with --dataplane-name: not known
+	// at start).
 	inboundPorts []int
 }
 
@@ -108,9 +109,9 @@ func newRun() *cobra.Command {
 // next start may never come (a start limit, a unit stopped or disabled).
 // It takes run's flags and variables, so that one environment serves both,
 // and does nothing without --transparent-proxy, or while something listens
-// on the outbound redirect port (a running ursa-dp, whose rules they are).
+// on the rules' outbound port (a running ursa-dp, whose rules they are).
 func newCleanup() *cobra.Command {
-	cfg := runConfig{RedirectOutboundPort: tproxy.DefaultOutboundPort}
+	cfg := runConfig{}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -129,11 +130,7 @@ func newCleanup() *cobra.Command {
 				return err
 			}
 			defer log.Sync()
-			if err := (tproxy.Config{OutboundPort: cfg.RedirectOutboundPort}).CheckFree(""); err != nil {
-				log.Info("transparent proxy left in place: a proxy is running", zap.Error(err))
-				return nil
-			}
-			if err := tproxy.Remove(cmd.Context(), log.Named("tproxy"), ""); err != nil {
+			if err := tproxy.RemoveLeftovers(cmd.Context(), log.Named("tproxy"), ""); err != nil {
 				return fmt.Errorf("cleanup: %w", err)
 			}
 			return nil
@@ -190,7 +187,13 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 		mesh, name = r.GetMeta().Mesh, r.GetMeta().Name
 		meta[api.MetadataDataplane] = string(doc)
 		for _, in := range r.(*api.Dataplane).Networking.Inbound {
+			// The app's own port too: an app that binds it on every
+			// address is reached only through the sidecar (ursa:inbound
+			// has no chain for it, and refuses what is sent there).
 			cfg.inboundPorts = append(cfg.inboundPorts, in.Port)
+			if in.AppPort() != in.Port {
+				cfg.inboundPorts = append(cfg.inboundPorts, in.AppPort())
+			}
 		}
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")

@@ -215,6 +215,15 @@ func TestSidecarTransparentDirectGolden(t *testing.T) {
 		t.Fatalf("generated resources do not validate: %v", err)
 	}
 	xdstest.Golden(t, "testdata/transparent/direct.golden.yaml", xdstest.Render(t, r), *update)
+	// The explicit outbound at 10.0.0.10:7000 is ursa:outbound's chain
+	// only: a listener there could not bind (the address is not the
+	// host's), and the proxy would reject the update; at an address of the
+	// host it would take other hosts' connections into the mesh.
+	for _, res := range r[resource.ListenerType] {
+		if l := res.(*listener.Listener); l.Name == "outbound:10.0.0.10:7000" {
+			t.Errorf("a transparent sidecar got a listener for its explicit outbound at 10.0.0.10:7000: %v", l.GetAddress())
+		}
+	}
 
 	transparent := func(name string) *listener.Listener {
 		t.Helper()

@@ -142,7 +142,9 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) 
 		if len(subsets) == 0 {
 			continue
 		}
-		if o.explicit || !transparent {
+		// A transparent sidecar's ursa:outbound has a chain for every
+		// outbound at an IP that is not loopback (redirected there).
+		if !transparent || (o.explicit && !redirected(o.addr)) {
 			out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
 				func() *listener.Listener { return outboundListener(o, subsets) }))
 		}

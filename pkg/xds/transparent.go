@@ -37,6 +37,14 @@ func ParseTransparentPort(s string) (uint32, error) {
 	return uint32(p), nil
 }
 
+// redirected says whether the transparent proxy sends an application's
+// connections to addr to ursa:outbound: an IP, not loopback (never
+// redirected). The listener has a chain for every outbound at one.
+func redirected(addr string) bool {
+	a, err := netip.ParseAddr(addr)
+	return err == nil && !a.IsLoopback()
+}
+
 // transparentResources are the listener on 0.0.0.0:port with
 // use_original_dst that a transparent sidecar's redirected connections
 // arrive at, and its clusters: a filter chain per outbound (a service's VIP
@@ -72,10 +80,10 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 	}
 	taken := map[netip.AddrPort]bool{}
 	for _, o := range s.outbounds(dp) {
-		addr, err := netip.ParseAddr(o.addr)
-		if err != nil || addr.IsLoopback() {
-			continue // loopback is never redirected
+		if !redirected(o.addr) {
+			continue
 		}
+		addr := netip.MustParseAddr(o.addr)
 		subsets := s.Subsets(o.service)
 		if len(subsets) == 0 {
 			continue

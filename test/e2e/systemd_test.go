@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // systemdDir holds deploy/systemd's units and example environment files.
@@ -250,7 +251,9 @@ spec:
 
 	to2 := strings.NewReplacer("zone-1", "zone-2")
 	// The ingress has listeners, and so is ready, once its zone has a service.
-	launch(t, "billing app", exec.Command("ip", "netns", "exec", h.namespace(t, "billing2"), demo, "--addr", "127.0.0.1:8080", "--message", "billing in zone-2"))
+	// billing's app binds its port (the inbound's servicePort) on every
+	// address: the transparent proxy keeps other hosts from it.
+	launch(t, "billing app", exec.Command("ip", "netns", "exec", h.namespace(t, "billing2"), demo, "--addr", ":8080", "--message", "billing in zone-2"))
 	put("billing2", "dp.env", example("billing2", "dp.env.example", to2))
 	put("billing2", "dp-billing.env", example("billing2", "dp-billing.env.example", nil))
 	put("billing2", "dataplanes/billing.yaml", "type: Dataplane\nmesh: default\nname: billing\nnetworking:\n  address: "+
@@ -297,6 +300,13 @@ spec:
 		return resp.StatusCode == http.StatusOK && strings.Contains(string(b), "billing in zone-2")
 	})
 	// The units' KillSignal: each stops cleanly.
+	// A host without a sidecar gets nothing from billing's app in plaintext
+	// at its own port, around its sidecar.
+	plain := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: h.dialer(t, "ingress2")}}
+	if resp, err := plain.Get("http://" + h.addr("billing2") + ":8080/"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a plaintext client reached billing's app at its servicePort around the sidecar: %s", resp.Status)
+	}
 	web.stop(t)
 	cps["1"].stop(t)
 	if out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "iptables-save").CombinedOutput(); err != nil || strings.Contains(string(out), "URSA_") {

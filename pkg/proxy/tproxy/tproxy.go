@@ -251,10 +251,20 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 	if err != nil {
 		return err
 	}
+	if p := running(saved); p != 0 {
+		return fmt.Errorf("tproxy: another ursa-dp's transparent proxy is installed in this network namespace, and running (its outbound port %d is in use); "+
+			"one ursa-dp per host runs it", p)
+	}
 	old := removal(saved)
 	t6, old6, err := open6(ctx, c.BinDir)
-	if err != nil {
+	switch {
+	case err != nil && len(c.rules6()) > 0:
 		return err
+	case err != nil:
+		// Nothing to install for IPv6, and nothing of ours can be
+		// there either: ip6tables' nat table is unusable.
+		log.Warn("ip6tables not usable; no IPv6 rules needed", zap.Error(err))
+		t6 = nil
 	}
 	// IPv6 first: when IPv4's transaction fails, IPv6's is undone.
 	if t6 != nil && len(old6)+len(c.rules6()) > 0 {
@@ -290,7 +300,10 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 	lines := removal(saved)
 	t6, lines6, err := open6(ctx, binDir)
 	if err != nil {
-		return err
+		// Install needs ip6tables only for inbound rules, which it
+		// cannot have installed with it unusable.
+		log.Warn("ip6tables not usable; no IPv6 rules removed", zap.Error(err))
+		t6, lines6 = nil, nil
 	}
 	if len(lines)+len(lines6) == 0 {
 		return nil
@@ -309,6 +322,52 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 	return nil
 }
 
+// RemoveLeftovers is Remove, unless the rules are those of a running
+// ursa-dp (something listens on their outbound port): then it leaves them
+// and says so. It is for a service manager to run after ursa-dp exits, so
+// that a killed one's rules do not stay until the next start.
+func RemoveLeftovers(ctx context.Context, log *zap.Logger, binDir string) error {
+	t, err := open(ctx, binDir, false)
+	if err != nil {
+		return err
+	}
+	saved, err := t.save(ctx)
+	if err != nil {
+		return err
+	}
+	if p := running(saved); p != 0 {
+		log.Info("transparent proxy left in place: a proxy is running", zap.Int("outbound_port", p))
+		return nil
+	}
+	return Remove(ctx, log, binDir)
+}
+
+// running returns the outbound port of the rules of ours in saved when
+// something listens on it: the rules are then a running ursa-dp's, not
+// leftovers. 0 when nothing does, or there are none.
+func running(saved []byte) int {
+	for _, line := range strings.Split(string(saved), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-A" || f[1] != chainRedirect {
+			continue
+		}
+		i := slices.Index(f, "--to-ports")
+		if i < 0 || i+1 >= len(f) {
+			continue
+		}
+		p, err := strconv.Atoi(f[i+1])
+		if err != nil || p < 1 || p > 65535 {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", p))
+		if err != nil {
+			return p
+		}
+		l.Close()
+	}
+	return 0
+}
+
 // Installed reports whether the current namespace holds any chain or jump
 // of ours.
 func Installed(ctx context.Context, binDir string) (bool, error) {
@@ -320,10 +379,7 @@ func Installed(ctx context.Context, binDir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	_, old6, err := open6(ctx, binDir)
-	if err != nil {
-		return false, err
-	}
+	_, old6, _ := open6(ctx, binDir) // unusable: none of ours (see Remove)
 	return len(removal(saved))+len(old6) > 0, nil
 }
 

@@ -432,3 +432,70 @@ func TestDNSServersLimitTheDNSRedirect(t *testing.T) {
 		t.Errorf("with IPv6 DNSServers only: %q; want no DNS redirected", got)
 	}
 }
+
+// TestIPv6NeededForInboundOnly: without ip6tables, a Config that redirects
+// no inbound port installs (and removes) as before; one that does is
+// refused before anything changes, naming what is missing.
+func TestIPv6NeededForInboundOnly(t *testing.T) {
+	ns := newNS(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, b := range []string{"iptables-save", "iptables-restore"} {
+		path, err := exec.LookPath(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(path, filepath.Join(dir, b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := testConfig()
+	c.BinDir = dir
+	err := in(ns, func() error { return Install(ctx, zap.NewNop(), c) })
+	if err == nil || !strings.Contains(err.Error(), "ip6tables-save not found") {
+		t.Errorf("Install with inbound ports without ip6tables: %v; want it to name ip6tables-save", err)
+	}
+	if rules := natRules(t, ns); strings.Contains(rules, ChainPrefix) {
+		t.Errorf("a refused Install installed rules:\n%s", rules)
+	}
+	c.InboundPorts = nil
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), c) })
+	if rules := natRules(t, ns); !strings.Contains(rules, "-j URSA_OUTPUT") {
+		t.Errorf("outbound only, without ip6tables: not installed:\n%s", rules)
+	}
+	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), dir) })
+	if rules := natRules(t, ns); strings.Contains(rules, ChainPrefix) {
+		t.Errorf("after Remove:\n%s", rules)
+	}
+}
+
+// TestInstallRefusesARunningProxysRules: rules whose outbound port a
+// process listens on are a running ursa-dp's, not leftovers: Install
+// refuses to replace them (the other's exit would remove its own rules
+// with them, leaving its inbound ports open), and RemoveLeftovers leaves
+// them; once nothing listens there, both take them.
+func TestInstallRefusesARunningProxysRules(t *testing.T) {
+	ns := newNS(t)
+	ctx := context.Background()
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+	installed := natRules(t, ns)
+	var l net.Listener
+	mustIn(t, ns, func() (err error) { l, err = net.Listen("tcp", "0.0.0.0:15001"); return err })
+	other := Config{OutboundPort: 16001}
+	err := in(ns, func() error { return Install(ctx, zap.NewNop(), other) })
+	if err == nil || !strings.Contains(err.Error(), "outbound port 15001 is in use") {
+		t.Errorf("Install over a running proxy's rules: %v; want a refusal naming its port", err)
+	}
+	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "") })
+	if got := natRules(t, ns); got != installed {
+		t.Errorf("the running proxy's rules changed:\n%s\nwant\n%s", got, installed)
+	}
+	l.Close()
+	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "") })
+	if got := natRules(t, ns); strings.Contains(got, ChainPrefix) {
+		t.Errorf("RemoveLeftovers left a killed proxy's rules:\n%s", got)
+	}
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
+	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), other) })
+	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
+}
