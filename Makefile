@@ -4,7 +4,7 @@ BIN     := bin
 TESTFLAGS ?= -race -count=1
 PKGS    := ./...
 
-.PHONY: help deps build test lint run demo fuzz bench bench-xds bench-xds-tls bench-tproxy clean generate
+.PHONY: help deps build test lint run demo fuzz bench bench-xds bench-xds-tls bench-tproxy clean generate k8s-tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ build: ## build bin/ursa-cp, bin/ursactl and bin/ursa-dp
 	$(GO) build -o $(BIN)/ursactl ./cmd/ursactl
 	$(GO) build -o $(BIN)/ursa-dp ./cmd/ursa-dp
 	$(GO) build -o $(BIN)/ursa-demo ./cmd/ursa-demo
+
+k8s-tools: ## build the Kubernetes tests' kube-apiserver, etcd, kubectl, helm, controller-gen (~20 min once, then cached)
+	bash test/k8srig/tools.sh
 
 test: lint ## vet, format check and every test (PostgreSQL tests start a throwaway server)
 	$(GO) test $(TESTFLAGS) $(PKGS)

@@ -22,7 +22,7 @@ func tierOf(pkg string) string {
 	parts := strings.Split(pkg, "/")
 	if parts[0] == "pkg" && len(parts) > 1 {
 		switch parts[1] {
-		case "api", "xds", "mtls", "pgtest", "proxy", "catalog", "store", "testutil":
+		case "api", "xds", "mtls", "pgtest", "k8stest", "proxy", "catalog", "store", "testutil":
 			return "pkg/" + parts[1]
 		}
 		return "pkg"
@@ -48,11 +48,13 @@ func forbidden(from, to string) string {
 		return ""
 	case t == "cmd" || t == "test":
 		return "nothing imports commands or tests"
+	case f == "pkg/k8stest":
+		return "pkg/k8stest starts a Kubernetes API for tests and imports no Ursa package but pkg/testutil"
 	case f == "pkg/api":
 		return "pkg/api is the bottom layer and imports no other Ursa package"
 	case f == "pkg/xds" && t == "pkg/store":
 		return "generators are pure functions of the catalogue and never read the store"
-	case f == "pkg/store" && t != "pkg/api" && t != "pkg/pgtest":
+	case f == "pkg/store" && t != "pkg/api" && t != "pkg/pgtest" && t != "pkg/k8stest":
 		return "pkg/store sits just above pkg/api and imports nothing else of Ursa's"
 	case f == "pkg/mtls" && (t == "pkg/xds" || t == "pkg/catalog"):
 		return "pkg/mtls comes before pkg/catalog and pkg/xds"
@@ -109,6 +111,8 @@ func TestForbiddenRules(t *testing.T) {
 		{"pkg/xds", "pkg/mtls", true},
 		{"cmd/ursa-cp", "global", true},
 		{"test/e2e", "pkg/pgtest", true},
+		{"pkg/store/k8s", "pkg/k8stest", true},
+		{"pkg/k8stest", "pkg/store", false},
 		{"pkg/catalog", "pkg/store", true},
 		{"pkg/catalog", "pkg/xds", false},
 		{"pkg/xds", "pkg/catalog", true},
