@@ -441,7 +441,7 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
-	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})}
+	opts := append(xds.GRPCServerOptions(), grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
 	if cert != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cert.TLSConfig())))
 	}

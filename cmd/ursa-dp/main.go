@@ -57,17 +57,17 @@ type runConfig struct {
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
 	RedirectInboundPort  int    `json:"redirectInboundPort" usage:"with --transparent-proxy and --dataplane-file: the port inbound TCP to the Dataplane's inbound ports (and their service ports, refused there) is redirected to (mTLS and TrafficPermissions apply there, and the app binds its port itself); 0: inbound TCP is not redirected"`
-	ExcludeInboundPorts  string `json:"excludeInboundPorts" usage:"with --transparent-proxy: inbound ports (8080,9090) of the Dataplane whose TCP is not redirected"`
+	ExcludeInboundPorts  string `json:"excludeInboundPorts" usage:"with --transparent-proxy: service ports (8080,9090) of the Dataplane whose TCP is not redirected (every inbound port, or none: an inbound's callers must reach the sidecar)"`
 	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 of --resolv-conf's resolvers (any address when it names none) are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
 	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
 	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
 	Log                  struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
-	// inboundPorts are the inbound ports and service ports of the
-	// --dataplane-file's Dataplane (none with --dataplane-name: not known
-	// at start).
-	inboundPorts []int
+	// inboundPorts are the inbound ports of the --dataplane-file's
+	// Dataplane (none with --dataplane-name: not known at start), and
+	// servicePorts the service ports that differ from theirs.
+	inboundPorts, servicePorts []int
 }
 
 func main() {
@@ -192,7 +192,7 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 			// has no chain for it, and refuses what is sent there).
 			cfg.inboundPorts = append(cfg.inboundPorts, in.Port)
 			if in.AppPort() != in.Port {
-				cfg.inboundPorts = append(cfg.inboundPorts, in.AppPort())
+				cfg.servicePorts = append(cfg.servicePorts, in.AppPort())
 			}
 		}
 	case name == "" || mesh == "":
@@ -384,8 +384,21 @@ func inboundRedirect(cfg runConfig, c *tproxy.Config) error {
 	// The port is set (and validated with the others) even when no port
 	// is redirected to it: nothing jumps to its rule then.
 	c.InboundPort, c.ExcludeInboundPorts = cfg.RedirectInboundPort, excluded
-	if c.InboundPort != 0 {
-		c.InboundPorts = slices.DeleteFunc(slices.Clone(cfg.inboundPorts), func(p int) bool { return slices.Contains(excluded, p) })
+	if c.InboundPort == 0 {
+		return nil
+	}
+	c.InboundPorts = slices.DeleteFunc(slices.Concat(cfg.inboundPorts, cfg.servicePorts), func(p int) bool { return slices.Contains(excluded, p) })
+	if len(c.InboundPorts) == 0 {
+		return nil // the zone serves each inbound at a listener of its own
+	}
+	// With inbound redirection the zone serves every inbound through
+	// ursa:inbound and none at a listener of its own: an excluded inbound
+	// port would reach no sidecar.
+	for _, p := range cfg.inboundPorts {
+		if slices.Contains(excluded, p) {
+			return fmt.Errorf("--exclude-inbound-ports: %d is an inbound port of the Dataplane, whose callers would then reach no sidecar "+
+				"(inbounds are served through the redirection, or all at listeners of their own); exclude every inbound port, or none", p)
+		}
 	}
 	return nil
 }

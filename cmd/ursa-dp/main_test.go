@@ -9,20 +9,26 @@ import (
 )
 
 // TestInboundRedirect: inbound TCP is redirected to the Dataplane's inbound
-// ports less the excluded ones, only when they are known (--dataplane-file)
-// and a port is left; a bad port list or a redirect port taken by the
-// outbound one is an error.
+// ports and service ports less the excluded ones, only when they are known
+// (--dataplane-file) and a port is left; a bad port list, an excluded
+// inbound port while others are redirected, or a redirect port taken by
+// the outbound one is an error.
 func TestInboundRedirect(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		port     int
 		known    []int
+		service  []int
 		exclude  string
 		want     []int
 		why, err string
 	}{
 		{name: "file", port: 15006, known: []int{8080, 9090}, want: []int{8080, 9090}},
-		{name: "excluded", port: 15006, known: []int{8080, 9090}, exclude: "9090", want: []int{8080}},
+		{name: "one inbound excluded", port: 15006, known: []int{8080, 9090}, exclude: "9090", err: "9090 is an inbound port of the Dataplane"},
+		{name: "service ports", port: 15006, known: []int{10011, 9090}, service: []int{8080}, want: []int{10011, 9090, 8080}},
+		{name: "service port excluded", port: 15006, known: []int{10011}, service: []int{8080}, exclude: "8080", want: []int{10011}},
+		{name: "inbound of a service port excluded", port: 15006, known: []int{10011}, service: []int{8080}, exclude: "10011", err: "10011 is an inbound port"},
+		{name: "all of both excluded", port: 15006, known: []int{10011}, service: []int{8080}, exclude: "8080,10011", why: "--exclude-inbound-ports"},
 		{name: "all excluded", port: 15006, known: []int{8080}, exclude: "8080", why: "--exclude-inbound-ports"},
 		{name: "by name", port: 15006, why: "--dataplane-name"},
 		{name: "off", port: 0, known: []int{8080}, why: "--redirect-inbound-port 0"},
@@ -30,7 +36,7 @@ func TestInboundRedirect(t *testing.T) {
 		{name: "outbound's port", port: 15001, known: []int{8080}, err: "outbound and inbound redirect ports are both 15001"},
 		{name: "not a port", port: 70000, known: []int{8080}, err: "inbound port 70000"},
 	} {
-		cfg := runConfig{RedirectInboundPort: tc.port, ExcludeInboundPorts: tc.exclude, inboundPorts: tc.known}
+		cfg := runConfig{RedirectInboundPort: tc.port, ExcludeInboundPorts: tc.exclude, inboundPorts: tc.known, servicePorts: tc.service}
 		c := tproxy.Config{OutboundPort: tproxy.DefaultOutboundPort}
 		err := inboundRedirect(cfg, &c)
 		if err == nil {

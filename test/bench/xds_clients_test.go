@@ -486,11 +486,20 @@ func splitOf(listeners []*anypb.Any, name string) (string, bool, error) {
 		if err := a.UnmarshalTo(l); err != nil {
 			return "", false, err
 		}
-		if l.GetName() != name {
+		// The listener of that name, or a transparent sidecar's filter
+		// chain of that name in its original-destination listener.
+		var chain *listener.FilterChain
+		for _, fc := range l.GetFilterChains() {
+			if l.GetName() == name || fc.GetName() == name {
+				chain = fc
+				break
+			}
+		}
+		if chain == nil {
 			continue
 		}
 		tp := &tcp.TcpProxy{}
-		if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+		if err := chain.GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
 			return "", false, err
 		}
 		var parts []string

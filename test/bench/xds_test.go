@@ -600,8 +600,8 @@ func fullPush(b *testing.B, wire protocol, n int, secure bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.WaitForHandlers(true)} // so that the next benchmark starts from a clean heap
+	opts := append(xds.GRPCServerOptions(), grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WaitForHandlers(true)) // so that the next benchmark starts from a clean heap
 	var clientEnv []string
 	if secure {
 		creds, env := serverTLS(b)

@@ -75,7 +75,7 @@ func startZonePipeline(b *testing.B, rs []api.Resource, opts ...grpc.ServerOptio
 		b.Fatal(err)
 	}
 	p.srv = srv
-	gs := grpc.NewServer(append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))...)
+	gs := grpc.NewServer(append(append(opts, xds.GRPCServerOptions()...), grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))...)
 	srv.Register(ctx, gs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
