@@ -332,10 +332,11 @@ func (p *Proxy) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 	} else {
 		resp.Truncate(dns.MaxMsgSize)
 	}
+	// Counted before it is sent: whoever saw the answer sees it counted.
+	p.dnsQueries.WithLabelValues(dns.RcodeToString[resp.Rcode]).Inc()
 	if err := w.WriteMsg(resp); err != nil {
 		p.log.Debug("cannot write DNS answer", zap.Error(err))
 	}
-	p.dnsQueries.WithLabelValues(dns.RcodeToString[resp.Rcode]).Inc()
 }
 
 // answerDNS answers req from the current table, forwarding the names it is

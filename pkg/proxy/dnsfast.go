@@ -218,10 +218,11 @@ func (r *fastReader) ReadPacketConn(conn net.PacketConn, _ time.Duration) ([]byt
 		if out == nil {
 			return bytes.Clone(r.in[:n]), net.UDPAddrFromAddrPort(from), nil
 		}
+		// Counted before it is sent: whoever saw the answer sees it counted.
+		r.noError.Inc()
 		if _, err := u.WriteToUDPAddrPort(out, from); err != nil {
 			r.p.log.Debug("cannot write DNS answer", zap.Error(err))
 		}
-		r.noError.Inc()
 	}
 }
 
@@ -238,9 +239,10 @@ func (r *fastReader) ReadUDP(conn *net.UDPConn, _ time.Duration) ([]byte, *dns.S
 		if out == nil {
 			return bytes.Clone(r.in[:n]), s, nil
 		}
+		// Counted before it is sent: whoever saw the answer sees it counted.
+		r.noError.Inc()
 		if _, err := dns.WriteToSessionUDP(conn, out, s); err != nil {
 			r.p.log.Debug("cannot write DNS answer", zap.Error(err))
 		}
-		r.noError.Inc()
 	}
 }
