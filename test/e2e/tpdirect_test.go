@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -22,20 +19,7 @@ import (
 // hands it to its app.
 func TestTransparentDirectToInstance(t *testing.T) {
 	h := newHosts(t, "cp", "server", "client", "plain")
-	if _, err := exec.LookPath("iptables-save"); err != nil {
-		t.Fatalf("iptables-save not found: run deploy/deps.sh (%v)", err)
-	}
-	zone := h.startCP(t, "cp", "zone", "--zone", "zone-1", "--api-addr", ":5681", "--xds-addr", ":5678")
-	api := "http://127.0.0.1:5681"
-	ctlOn := func(stdin string, args ...string) string {
-		t.Helper()
-		out, stderr, err := h.ctl(t, "cp", nil, api, stdin, args...)
-		if err != nil {
-			t.Fatalf("ursactl %s: %v %s", strings.Join(args, " "), err, stderr)
-		}
-		return out
-	}
-	ctlOn(`
+	zone := startTPZone(t, h, "cp", `
 type: Mesh
 name: default
 mtls: {enabled: true}
@@ -46,23 +30,10 @@ name: web-to-billing
 spec:
   sources: [{match: {ursa.io/service: web}}]
   destinations: [{match: {ursa.io/service: billing}}]
-`, "apply", "-f", "-")
-	eventually(t, "the mesh in the zone", func() bool {
-		_, _, err := h.ctl(t, "cp", nil, api, "", "get", "mesh", "default")
-		return err == nil
-	})
-	dir := t.TempDir()
-	sidecar := func(host, name, service, inbound, app string, extra ...string) *proc {
+`)
+	sidecar := func(host, name, service string, inbound, app int, extra ...string) *proc {
 		t.Helper()
-		token := filepath.Join(dir, name+".token")
-		os.WriteFile(token, []byte(ctlOn("", "generate", "dataplane-token", "--mesh", "default", "--service", service)), 0o600)
-		file := filepath.Join(dir, name+".yaml")
-		os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: %s\n  inbound:\n  - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}\n",
-			name, h.addr(host), inbound, app, service)), 0o600)
-		p := h.start(t, host, "ursa-dp", append([]string{"run", "--cp-address", "grpcs://" + zone.xds, "--ca-cert-file", zone.xdsCAFile(t),
-			"--token-file", token, "--dataplane-file", file, "--admin-addr", "127.0.0.1:9901"}, extra...)...)
-		waitReadyVia(t, h.client(t, host), "http://127.0.0.1:9901/ready", p)
-		return p
+		return zone.startSidecar(t, host, zone.sidecarArgs(t, host, name, service, inbound, app, extra...))
 	}
 
 	// billing's app on its host's loopback, behind its sidecar, which
@@ -71,8 +42,8 @@ spec:
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "billing-1") })}
 	go srv.Serve(app)
 	t.Cleanup(func() { srv.Close() })
-	sidecar("server", "billing-1", "billing", "10011", "8080")
-	sidecar("client", "web-1", "web", "10010", "8000", "--transparent-proxy")
+	sidecar("server", "billing-1", "billing", 10011, 8080)
+	sidecar("client", "web-1", "web", 10010, 8000, "--transparent-proxy")
 
 	target := "http://" + h.addr("server") + ":10011/"
 	onClient := h.client(t, "client")

@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,21 +19,7 @@ import (
 // the sidecar: that would be a loop, and no name would resolve.
 func TestTransparentDNSLocalResolver(t *testing.T) {
 	h := newHosts(t, "cp", "app")
-	if _, err := exec.LookPath("iptables-save"); err != nil {
-		t.Fatalf("iptables-save not found: run deploy/deps.sh (%v)", err)
-	}
-	zone := h.startCP(t, "cp", "zone", "--zone", "zone-1", "--api-addr", ":5681", "--xds-addr", ":5678")
-	if _, stderr, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "type: Mesh\nname: default\n", "apply", "-f", "-"); err != nil {
-		t.Fatalf("apply the mesh: %v %s", err, stderr)
-	}
-	eventually(t, "the mesh in the zone", func() bool {
-		_, _, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "", "get", "mesh", "default")
-		return err == nil
-	})
-	token, stderr, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "", "generate", "dataplane-token", "--mesh", "default", "--service", "web")
-	if err != nil {
-		t.Fatalf("a dataplane token: %v %s", err, stderr)
-	}
+	zone := startTPZone(t, h, "cp", "type: Mesh\nname: default\n")
 
 	// The upstream resolver, on the CP host, knows outside.test.
 	serve := func(pc net.PacketConn, handler dns.HandlerFunc) {
@@ -71,22 +54,9 @@ func TestTransparentDNSLocalResolver(t *testing.T) {
 			w.WriteMsg(r)
 		}
 	})
-	etc := filepath.Join("/etc/netns", h.namespace(t, "app"))
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.53\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	h.setResolvConf(t, "app", "nameserver 127.0.0.53\n")
 
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "web.token")
-	os.WriteFile(tokenFile, []byte(token), 0o600)
-	dpFile := filepath.Join(dir, "web-1.yaml")
-	os.WriteFile(dpFile, []byte(strings.Replace(fmt.Sprintf(webDataplane, "10011", "18080"), "127.0.0.1", h.addr("app"), 1)), 0o600)
-	p := h.start(t, "app", "ursa-dp", "run", "--cp-address", "grpcs://"+zone.xds, "--ca-cert-file", zone.xdsCAFile(t),
-		"--token-file", tokenFile, "--dataplane-file", dpFile, "--admin-addr", "127.0.0.1:9901", "--transparent-proxy")
-	waitReadyVia(t, h.client(t, "app"), "http://127.0.0.1:9901/ready", p)
+	p := zone.startSidecar(t, "app", zone.sidecarArgs(t, "app", "web-1", "web", 10011, 18080, "--transparent-proxy"))
 
 	// What an app of the host asks its resolver, as the C library would.
 	ask := func(name string) (*dns.Msg, error) {

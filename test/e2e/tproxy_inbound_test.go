@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,17 +24,6 @@ import (
 // before anything is installed.
 func TestTransparentInbound(t *testing.T) {
 	h := newHosts(t, "cp", "server", "client", "other")
-	if _, err := exec.LookPath("iptables-save"); err != nil {
-		t.Fatalf("iptables-save not found: run deploy/deps.sh (%v)", err)
-	}
-	zone := h.startCP(t, "cp", "zone", "--zone", "zone-1", "--api-addr", ":5681", "--xds-addr", ":5678")
-	api := "http://127.0.0.1:5681"
-	apply := func(doc string) {
-		t.Helper()
-		if _, stderr, err := h.ctl(t, "cp", nil, api, doc, "apply", "-f", "-"); err != nil {
-			t.Fatalf("apply: %v %s", err, stderr)
-		}
-	}
 	permission := func(source string) string {
 		return fmt.Sprintf(`type: TrafficPermission
 mesh: default
@@ -46,39 +33,15 @@ spec:
   destinations: [{match: {ursa.io/service: billing}}]
 `, source)
 	}
-	apply("type: Mesh\nname: default\nmtls: {enabled: true}\n---\n" + permission("web"))
+	zone := startTPZone(t, h, "cp", "type: Mesh\nname: default\nmtls: {enabled: true}\n---\n"+permission("web"))
+	apply := func(doc string) { t.Helper(); zone.ctl(t, doc, "apply", "-f", "-") }
+	api := "http://127.0.0.1:5681"
 	onCP := h.client(t, "cp") // the zone's API answers plain HTTP from its own host only
-	eventually(t, "the mesh in the zone", func() bool {
-		_, _, err := h.ctl(t, "cp", nil, api, "", "get", "mesh", "default")
-		return err == nil
-	})
-
-	dir := t.TempDir()
-	write := func(name, content string) string {
+	sidecarArgs := func(host, service string, port int) []string {
 		t.Helper()
-		file := filepath.Join(dir, name)
-		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return file
+		return zone.sidecarArgs(t, host, service+"-1", service, port, port, "--dns-addr=", "--transparent-proxy")
 	}
-	sidecarArgs := func(host, service, port string) []string {
-		t.Helper()
-		token, stderr, err := h.ctl(t, "cp", nil, api, "", "generate", "dataplane-token", "--mesh", "default", "--service", service)
-		if err != nil {
-			t.Fatalf("a dataplane token for %s: %v %s", service, err, stderr)
-		}
-		dp := write(host+".yaml", fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s-1\nnetworking:\n  address: %s\n  inbound:\n  - {port: %s, servicePort: %s, tags: {ursa.io/service: %s}}\n",
-			service, h.addr(host), port, port, service))
-		return []string{"run", "--cp-address", "grpcs://" + zone.xds, "--ca-cert-file", zone.xdsCAFile(t), "--token-file", write(host+".token", token),
-			"--dataplane-file", dp, "--admin-addr", "127.0.0.1:9901", "--dns-addr=", "--transparent-proxy"}
-	}
-	startSidecar := func(host string, args []string) *proc {
-		t.Helper()
-		p := h.start(t, host, "ursa-dp", args...)
-		waitReadyVia(t, h.client(t, host), "http://127.0.0.1:9901/ready", p)
-		return p
-	}
+	startSidecar := func(host string, args []string) *proc { t.Helper(); return zone.startSidecar(t, host, args) }
 	nat := func(host string) string {
 		t.Helper()
 		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, host), "iptables-save", "-t", "nat").CombinedOutput()
@@ -119,7 +82,7 @@ spec:
 	t.Cleanup(func() { app.Close() })
 
 	// Refused before anything is installed: the inbound port is taken.
-	serverArgs := sidecarArgs("server", "billing", "8080")
+	serverArgs := sidecarArgs("server", "billing", 8080)
 	bad := h.start(t, "server", "ursa-dp", append(serverArgs, "--redirect-inbound-port", "15001")...)
 	if err := bad.wait(t); err == nil || !strings.Contains(bad.out.String(), "inbound redirect ports are both 15001") {
 		t.Fatalf("ursa-dp with the inbound port equal to the outbound one: %v\n%s", err, bad.out.String())
@@ -139,7 +102,7 @@ spec:
 	// hosts have none, and a connect to a VIP must get as far as the
 	// redirection.
 	ipCmd(t, "-n", h.namespace(t, "client"), "route", "add", "240.0.0.0/4", "dev", "eth0")
-	startSidecar("client", sidecarArgs("client", "web", "8000"))
+	startSidecar("client", sidecarArgs("client", "web", 8000))
 
 	var vip string
 	eventually(t, "billing's VIP", func() bool {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -20,28 +19,8 @@ import (
 // change nothing.
 func TestTransparentProxyLifecycle(t *testing.T) {
 	h := newHosts(t, "cp", "app")
-	if _, err := exec.LookPath("iptables-save"); err != nil {
-		t.Fatalf("iptables-save not found: run deploy/deps.sh (%v)", err)
-	}
-	zone := h.startCP(t, "cp", "zone", "--zone", "zone-1", "--api-addr", ":5681", "--xds-addr", ":5678")
-	if _, stderr, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "type: Mesh\nname: default\n", "apply", "-f", "-"); err != nil {
-		t.Fatalf("apply the mesh: %v %s", err, stderr)
-	}
-	eventually(t, "the mesh in the zone", func() bool {
-		_, _, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "", "get", "mesh", "default")
-		return err == nil
-	})
-	token, stderr, err := h.ctl(t, "cp", nil, "http://127.0.0.1:5681", "", "generate", "dataplane-token", "--mesh", "default", "--service", "web")
-	if err != nil {
-		t.Fatalf("a dataplane token: %v %s", err, stderr)
-	}
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "web.token")
-	os.WriteFile(tokenFile, []byte(token), 0o600)
-	dpFile := filepath.Join(dir, "web-1.yaml")
-	os.WriteFile(dpFile, []byte(strings.Replace(fmt.Sprintf(webDataplane, "10011", "18080"), "127.0.0.1", h.addr("app"), 1)), 0o600)
-	args := []string{"run", "--cp-address", "grpcs://" + zone.xds, "--ca-cert-file", zone.xdsCAFile(t),
-		"--token-file", tokenFile, "--dataplane-file", dpFile, "--admin-addr", "127.0.0.1:9901", "--transparent-proxy"}
+	zone := startTPZone(t, h, "cp", "type: Mesh\nname: default\n")
+	args := zone.sidecarArgs(t, "app", "web-1", "web", 10011, 18080, "--transparent-proxy")
 
 	nat := func() string {
 		t.Helper()

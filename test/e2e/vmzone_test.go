@@ -129,13 +129,7 @@ spec:
 	backend := app("backend1", "127.0.0.1:9000", "backend in zone-1")
 	sidecar("1", "backend1", "backend", 9000)
 	ingress("1")
-	etc := filepath.Join("/etc/netns", h.namespace(t, "web1"))
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+h.addr("cp1")+"\noptions timeout:1 attempts:2\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	h.setResolvConf(t, "web1", "nameserver "+h.addr("cp1")+"\noptions timeout:1 attempts:2\n")
 	web := sidecar("1", "web1", "web", 8000)
 	outside := app("outside", ":7000", "outside the mesh")
 
