@@ -2,7 +2,9 @@
 // CustomResourceDefinitions in group ursa.io, version v1alpha1, generated from
 // pkg/api's registry and Go types (deploy/crds/ holds them; regenerate with
 // `go generate ./pkg/api/crd` or `make crds`), and the conversion between a
-// resource and its custom-resource form.
+// resource and its custom-resource form. The schemas' descriptions (what
+// `kubectl explain` shows) are the doc comments of pkg/api's types and
+// fields: editing one of those means regenerating too.
 //
 // # The custom-resource form
 //
