@@ -44,7 +44,7 @@ func installed(t *testing.T) *k8stest.Rig {
 	if installErr != nil {
 		t.Fatal(installErr)
 	}
-	defs, err := crd.Definitions()
+	defs, err := crd.Definitions(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

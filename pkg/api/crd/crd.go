@@ -2,7 +2,9 @@
 // CustomResourceDefinitions in group ursa.io, version v1alpha1, generated from
 // pkg/api's registry and Go types (deploy/crds/ holds them; regenerate with
 // `go generate ./pkg/api/crd` or `make crds`), and the conversion between a
-// resource and its custom-resource form.
+// resource and its custom-resource form. The schemas' descriptions (what
+// `kubectl explain` shows) are the doc comments of pkg/api's types and
+// fields: editing one of those means regenerating too.
 //
 // # The custom-resource form
 //
@@ -58,7 +60,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 )
 
-//go:generate go run ./gen ../../../deploy/crds
+//go:generate go run ./gen .. ../../../deploy/crds
 
 // Group and Version of every Ursa custom resource.
 const (
@@ -246,7 +248,11 @@ type VersionSchema struct {
 
 // Definitions returns the CRD of every type placed as a CustomResource, in
 // the registry's order.
-func Definitions() ([]Definition, error) {
+//
+// docs describe the fields (DocsOf); without them the schemas have no
+// descriptions.
+func Definitions(docs Docs) ([]Definition, error) {
+	g := generator{docs: docs}
 	var out []Definition
 	for _, d := range api.Types() {
 		p, ok := placements[d.Type]
@@ -256,7 +262,7 @@ func Definitions() ([]Definition, error) {
 		if p.Kind != CustomResource {
 			continue
 		}
-		def, err := definition(d, p)
+		def, err := g.definition(d, p)
 		if err != nil {
 			return nil, err
 		}
@@ -265,7 +271,10 @@ func Definitions() ([]Definition, error) {
 	return out, nil
 }
 
-func definition(d api.Descriptor, p Placement) (Definition, error) {
+// generator makes schemas from Go types.
+type generator struct{ docs Docs }
+
+func (g generator) definition(d api.Descriptor, p Placement) (Definition, error) {
 	var def Definition
 	names := NamesOf(d)
 	def.APIVersion = "apiextensions.k8s.io/v1"
@@ -279,7 +288,7 @@ func definition(d api.Descriptor, p Placement) (Definition, error) {
 		def.Spec.Scope = "Namespaced"
 	}
 
-	body := bodySchema(d)
+	body := g.bodySchema(d)
 	for path, c := range constraints[d.Type] {
 		rel := strings.TrimPrefix(strings.TrimPrefix(path, "spec."), "status.")
 		s := body.at(rel)
@@ -309,7 +318,7 @@ func definition(d api.Descriptor, p Placement) (Definition, error) {
 	}
 	root := &Schema{
 		Type:        "object",
-		Description: fmt.Sprintf("Ursa %s: see https://github.com/ursamesh/ursa (DESIGN.md, Resources).", d.Type),
+		Description: g.docs[d.Type],
 		Properties: map[string]*Schema{
 			"apiVersion": {Type: "string"},
 			"kind":       {Type: "string"},
@@ -346,14 +355,14 @@ func definition(d api.Descriptor, p Placement) (Definition, error) {
 
 // bodySchema is the schema of a type's spec (or status): its fields but
 // Meta's, or its Spec field's when that is its only one.
-func bodySchema(d api.Descriptor) *Schema {
+func (g generator) bodySchema(d api.Descriptor) *Schema {
 	t := reflect.TypeOf(d.New()).Elem()
 	if inner, ok := specField(t); ok {
-		return schemaOf(inner)
+		return g.schemaOf(inner)
 	}
 	s := &Schema{Type: "object", Properties: map[string]*Schema{}}
 	for _, f := range bodyFields(t) {
-		s.Properties[f.name] = schemaOf(f.typ)
+		s.Properties[f.name] = g.fieldSchema(f)
 		if f.required() {
 			s.Required = append(s.Required, f.name)
 		}

@@ -22,7 +22,7 @@ const crdDir = "../../../deploy/crds"
 // makes now.
 func TestCommittedYAML(t *testing.T) {
 	const fix = "regenerate with `go generate ./pkg/api/crd` (or `make crds`) and commit deploy/crds/"
-	want, err := crd.Files()
+	want, err := crd.Files(docs(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,10 +47,19 @@ func TestCommittedYAML(t *testing.T) {
 	}
 }
 
+func docs(t *testing.T) crd.Docs {
+	t.Helper()
+	d, err := crd.DocsOf("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 // TestEveryTypePlaced keeps a type added to the registry from going without
 // a decision on where it lives on Kubernetes.
 func TestEveryTypePlaced(t *testing.T) {
-	defs, err := crd.Definitions()
+	defs, err := crd.Definitions(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +95,7 @@ func TestEveryTypePlaced(t *testing.T) {
 
 // TestSchemas checks what the generator derives from the Go types.
 func TestSchemas(t *testing.T) {
-	files, err := crd.Files()
+	files, err := crd.Files(docs(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +106,8 @@ func TestSchemas(t *testing.T) {
 	}
 	for _, tt := range []struct{ file, want string }{
 		{"ursa.io_meshes.yaml", "scope: Cluster"},
+		{"ursa.io_meshes.yaml", "description: Enabled turns on the built-in CA"},
+		{"ursa.io_dataplaneinsights.yaml", "description: Acked is the last configuration version"},
 		{"ursa.io_trafficpermissions.yaml", "- ALLOW\n"},
 		{"ursa.io_trafficpermissions.yaml", "- mesh\n"},
 		{"ursa.io_dataplaneinsights.yaml", "subresources:\n      status: {}"},

@@ -7,9 +7,9 @@ import (
 )
 
 // Files returns the YAML of every CRD by file name ("ursa.io_dataplanes.yaml",
-// as controller-gen names them): what deploy/crds/ holds.
-func Files() (map[string][]byte, error) {
-	defs, err := Definitions()
+// as controller-gen names them), described by docs: what deploy/crds/ holds.
+func Files(docs Docs) (map[string][]byte, error) {
+	defs, err := Definitions(docs)
 	if err != nil {
 		return nil, err
 	}

@@ -36,7 +36,7 @@ var (
 // omitempty nor omitzero, so Ursa always writes it, and its zero value is
 // not itself a value: strings, structs, maps and lists; a bool or number is
 // never required (false and 0 are values a user may leave out).
-func schemaOf(t reflect.Type) *Schema {
+func (g generator) schemaOf(t reflect.Type) *Schema {
 	if t == rawType {
 		return &Schema{PreserveUnknownFields: true}
 	}
@@ -45,7 +45,7 @@ func schemaOf(t reflect.Type) *Schema {
 	}
 	switch t.Kind() {
 	case reflect.Pointer:
-		return schemaOf(t.Elem())
+		return g.schemaOf(t.Elem())
 	case reflect.Bool:
 		return &Schema{Type: "boolean"}
 	case reflect.String:
@@ -60,18 +60,18 @@ func schemaOf(t reflect.Type) *Schema {
 		if t.Elem().Kind() == reflect.Uint8 {
 			return &Schema{Type: "string", Format: "byte"}
 		}
-		return &Schema{Type: "array", Items: schemaOf(t.Elem())}
+		return &Schema{Type: "array", Items: g.schemaOf(t.Elem())}
 	case reflect.Map:
 		if t.Key().Kind() != reflect.String {
 			panic(fmt.Sprintf("crd: map key of %s is not a string", t))
 		}
-		return &Schema{Type: "object", AdditionalProperties: schemaOf(t.Elem())}
+		return &Schema{Type: "object", AdditionalProperties: g.schemaOf(t.Elem())}
 	case reflect.Interface:
 		return &Schema{PreserveUnknownFields: true}
 	case reflect.Struct:
 		s := &Schema{Type: "object", Properties: map[string]*Schema{}}
 		for _, f := range fieldsOf(t) {
-			s.Properties[f.name] = schemaOf(f.typ)
+			s.Properties[f.name] = g.fieldSchema(f)
 			if f.required() {
 				s.Required = append(s.Required, f.name)
 			}
@@ -82,9 +82,19 @@ func schemaOf(t reflect.Type) *Schema {
 	panic(fmt.Sprintf("crd: no schema for %s", t))
 }
 
+// fieldSchema is a field's schema, described by the field's doc comment.
+func (g generator) fieldSchema(f field) *Schema {
+	s := g.schemaOf(f.typ)
+	if doc := g.docs[f.owner+"."+f.goName]; doc != "" {
+		s.Description = doc
+	}
+	return s
+}
+
 // field is one JSON field of a struct, embedded structs flattened.
 type field struct {
 	name      string
+	owner     string // the Go struct that declares it
 	goName    string
 	typ       reflect.Type
 	omitEmpty bool
@@ -129,7 +139,7 @@ func fieldsOf(t reflect.Type) []field {
 				omit = true
 			}
 		}
-		out = append(out, field{name: name, goName: f.Name, typ: f.Type, omitEmpty: omit})
+		out = append(out, field{name: name, owner: t.Name(), goName: f.Name, typ: f.Type, omitEmpty: omit})
 	}
 	return out
 }

@@ -1,5 +1,6 @@
-// Command gen writes Ursa's CRDs (package crd) into a folder, removing the
-// folder's other ursa.io_*.yaml files: `go run ./pkg/api/crd/gen deploy/crds`.
+// Command gen writes Ursa's CRDs (package crd), described by the doc
+// comments of pkg/api's source, into a folder, removing the folder's other
+// ursa.io_*.yaml files: `go run ./pkg/api/crd/gen pkg/api deploy/crds`.
 package main
 
 import (
@@ -11,18 +12,22 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: gen DIR")
+	if len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: gen API-SOURCE-DIR OUT-DIR")
 		os.Exit(2)
 	}
-	if err := run(os.Args[1]); err != nil {
+	if err := run(os.Args[1], os.Args[2]); err != nil {
 		fmt.Fprintln(os.Stderr, "gen:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir string) error {
-	files, err := crd.Files()
+func run(src, dir string) error {
+	docs, err := crd.DocsOf(src)
+	if err != nil {
+		return err
+	}
+	files, err := crd.Files(docs)
 	if err != nil {
 		return err
 	}
