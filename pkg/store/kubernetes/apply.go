@@ -1,0 +1,127 @@
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// PartialError is an Apply that failed after some of its writes were made:
+// Kubernetes has no transaction over several objects.
+type PartialError struct {
+	Done, Planned int // writes made, writes the batch needed
+	Err           error
+}
+
+func (e *PartialError) Error() string {
+	return fmt.Sprintf("apply stopped after %d of %d writes (they stay): %v", e.Done, e.Planned, e.Err)
+}
+
+func (e *PartialError) Unwrap() error { return e.Err }
+
+// Apply implements store.Store: every check first, writing nothing when one
+// fails, then the writes in order, each conditional on what was read (see
+// the package doc: not atomic).
+func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (int, error) {
+	puts = store.SortPuts(puts)
+	what := fmt.Sprintf("apply %d puts, %d deletes", len(puts), len(deletes))
+	type plan struct {
+		r      api.Resource
+		old    object
+		exists bool
+	}
+	var plans []plan
+	inBatch := map[string]bool{}
+	for _, r := range puts {
+		r = store.Clone(r)
+		key := api.KeyOf(r)
+		if _, err := descriptor(key.Type); err != nil {
+			return 0, fmt.Errorf("%s: %s: %w", what, key, err)
+		}
+		o, ok, err := s.read(ctx, key)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if !ok && o.rv != "" {
+			return 0, fmt.Errorf("%s: %s: %w: the name is held by mesh %q (Kubernetes names are unique per namespace and kind)", what, key, store.ErrAlreadyExists, o.mesh)
+		}
+		if v := r.GetMeta().Version; v != 0 && (!ok || o.version != v) {
+			return 0, fmt.Errorf("%s: %s at version %d: %w", what, key, v, store.ErrConflict)
+		}
+		if key.Type == "Mesh" {
+			inBatch[key.Name] = true
+		}
+		plans = append(plans, plan{r: r, old: o, exists: ok})
+	}
+	for _, p := range plans {
+		m := p.r.GetMeta()
+		if d, _ := api.Lookup(m.Type); d.Scope != api.ScopeMesh || inBatch[m.Mesh] {
+			continue
+		}
+		ok, err := s.meshExists(ctx, m.Mesh)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if !ok {
+			return 0, fmt.Errorf("%s: %s: %w: %q", what, api.KeyOf(p.r), store.ErrMeshNotFound, m.Mesh)
+		}
+		inBatch[m.Mesh] = true // checked once
+	}
+	var writes []func() (int, error)
+	for _, p := range plans {
+		d, _ := api.Lookup(p.r.GetMeta().Type)
+		m, now := p.r.GetMeta(), store.Now()
+		if !p.exists {
+			m.Version, m.CreationTime, m.ModificationTime = 1, now, now
+			writes = append(writes, func() (int, error) {
+				if _, err := s.post(ctx, d, p.r); err != nil {
+					return 0, err
+				}
+				return 1, nil
+			})
+			continue
+		}
+		old, err := decode(p.old.obj)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if api.SameContent(old, p.r) {
+			continue
+		}
+		m.Version, m.CreationTime, m.ModificationTime = p.old.version+1, old.GetMeta().CreationTime, now
+		writes = append(writes, func() (int, error) {
+			if _, err := s.put(ctx, d, p.r, p.old.rv); err != nil {
+				return 0, err
+			}
+			return 1, nil
+		})
+	}
+	for _, key := range deletes {
+		writes = append(writes, func() (int, error) {
+			o, ok, err := s.read(ctx, key)
+			if err != nil || !ok {
+				return 0, err
+			}
+			n, err := s.remove(ctx, key, o.rv)
+			if errors.Is(err, store.ErrNotFound) {
+				err = nil // deleted meanwhile: what was asked
+			}
+			return n, err
+		})
+	}
+	done := 0
+	for i, w := range writes {
+		n, err := w()
+		done += n
+		if err != nil {
+			if i == 0 && n == 0 {
+				return 0, fmt.Errorf("%s: %w", what, err)
+			}
+			return done, fmt.Errorf("%s: %w", what, &PartialError{Done: i, Planned: len(writes), Err: err})
+		}
+	}
+	return done, nil
+}

@@ -1,0 +1,664 @@
+// Package kubernetes is a store.Store kept in a Kubernetes cluster's API:
+// every resource is a custom resource of pkg/api/crd (group ursa.io), read
+// and written over the API server's REST interface with net/http and
+// encoding/json only (no client-go).
+//
+// # Names and namespaces
+//
+// Mesh is cluster-scoped. Every other type the store keeps lives in the
+// store's namespace (the control plane's, Options.Namespace). An object's
+// metadata.name is the resource's name, unchanged, and its mesh is the
+// object's top-level mesh field: what a kubectl user expects to type
+// (`kubectl get trafficroute r1`), as Kuma names the policies users write.
+// Kubernetes names are unique per namespace and kind, not per mesh, so two
+// meshes cannot both hold a TrafficRoute "r1": the second Create gets
+// store.ErrAlreadyExists naming the mesh that holds the name. A Get, Update
+// or Delete of a key whose name is held by another mesh is ErrNotFound.
+// (Resources that KDS copies from the global will need a collision-free
+// scheme, e.g. Kuma's hashed "<name>-<hash(mesh)>" names; not done yet.)
+// Dataplanes in workload namespaces are the pod controller's step.
+//
+// # Versions and revisions
+//
+// A resource's Version (1, 2, 3, ...) is the annotation ursa.io/version,
+// and its creation and modification times are annotations too (the
+// object's creationTimestamp has only second precision). Every conditional
+// write carries the resourceVersion read with the version it checked, so
+// the API server refuses (409) a write over anything changed since: that is
+// the optimistic concurrency, and a 409 is store.ErrConflict.
+//
+// The store revision is the object's resourceVersion read as an integer.
+// resourceVersion is opaque by contract, but in every API server backed by
+// etcd it is etcd's revision, one counter for the whole cluster: it orders
+// the changes of all 13 kinds and a watch resumes from it. It is NOT
+// gapless: every other write in the cluster (leases, events, pods) advances
+// it too. store.Store promises "every successful write advances the
+// revision by exactly one"; this store promises only that revisions
+// strictly increase per object and per kind. The conformance suite's
+// checks of exact revision arithmetic are skipped for it by the capability
+// storetest.Capabilities.DenseRevisions (false). No caller in this
+// repository does arithmetic on revisions; they only resume from them.
+//
+// # Watch
+//
+// Watch runs one Kubernetes watch per kind (13) from the given revision and
+// merges them. Within a kind events arrive in revision order; across kinds
+// they are delivered as they arrive, which is revision order only when the
+// streams keep pace (capability OrderedAcrossTypes: false). A watcher that
+// resumes from the revision of the last event it handled can therefore
+// miss an event of another kind with a smaller revision that had not yet
+// arrived: the fix (next step) holds events until every stream has shown
+// progress past them (watch bookmarks, allowWatchBookmarks). 410 Gone
+// ("too old resource version") and a revision the cluster has not reached
+// are store.ErrCompacted: the caller lists and watches again. Watch from 0
+// sends the current objects as creates, in revision order, then their
+// changes: the history before them is not kept by Kubernetes.
+//
+// # Apply
+//
+// Kubernetes has no transaction over several objects. Apply reads every
+// object first and refuses the whole batch, writing nothing, when a put's
+// version does not match (ErrConflict) or its mesh is neither stored nor in
+// the batch (ErrMeshNotFound): every failure the suite provokes is caught
+// there. It then writes in order (meshes first, then the puts, then the
+// deletes), each write conditional on the resourceVersion it read. A write
+// that then fails (a concurrent change: ErrConflict; the API server going
+// away) stops the batch and returns a *PartialError saying how many writes
+// happened. Callers: KDS sync in a zone (store.Mirror) re-applies the whole
+// global state on the next round, so a partial apply heals; `ursactl apply`
+// reports the error and can be re-run (its puts are idempotent); GC deletes
+// only. None needs cross-object atomicity for correctness, only for
+// never showing a half-applied state to watchers, which this store does not
+// promise (capability AtomicApply: false).
+package kubernetes
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// Annotations the store keeps on every object.
+const (
+	AnnotationVersion  = "ursa.io/version"
+	AnnotationCreated  = "ursa.io/creation-time"
+	AnnotationModified = "ursa.io/modification-time"
+)
+
+// Options configure a Store.
+type Options struct {
+	// URL is the API server's base URL ("https://127.0.0.1:6443").
+	URL string
+	// Client sends the requests; it carries the credentials and trusts the
+	// server's CA.
+	Client *http.Client
+	// Namespace holds every namespaced resource (the control plane's).
+	Namespace string
+	Logger    *zap.Logger
+}
+
+// Store is a store.Store over the Kubernetes API.
+type Store struct {
+	base   string
+	client *http.Client
+	ns     string
+	log    *zap.Logger
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New returns a store over the API at opts.URL. The CRDs of deploy/crds
+// must be installed; New does not check.
+func New(opts Options) (*Store, error) {
+	if opts.URL == "" || opts.Client == nil || opts.Namespace == "" {
+		return nil, errors.New("kubernetes store: URL, Client and Namespace are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	return &Store{base: strings.TrimRight(opts.URL, "/"), client: opts.Client, ns: opts.Namespace, log: opts.Logger}, nil
+}
+
+// kinds are the types this store keeps: those placed as custom resources.
+// Secrets and Leases (core Secrets and coordination Leases) are a next step.
+func kinds() []api.Descriptor {
+	var out []api.Descriptor
+	for _, d := range api.Types() {
+		if p, ok := crd.PlacementOf(d.Type); ok && p.Kind == crd.CustomResource {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func descriptor(typ string) (api.Descriptor, error) {
+	d, ok := api.Lookup(typ)
+	if !ok {
+		return d, fmt.Errorf("unknown type %q", typ)
+	}
+	if p, _ := crd.PlacementOf(typ); p.Kind != crd.CustomResource {
+		return d, fmt.Errorf("type %s is not kept by the kubernetes store yet", typ)
+	}
+	return d, nil
+}
+
+// collection is the REST path of a type's objects.
+func (s *Store) collection(d api.Descriptor) string {
+	if !crd.Namespaced(d) {
+		return "/apis/" + crd.APIVersion + "/" + crd.NamesOf(d).Plural
+	}
+	return "/apis/" + crd.APIVersion + "/namespaces/" + s.ns + "/" + crd.NamesOf(d).Plural
+}
+
+// status is a Kubernetes Status (the body of an error answer).
+type status struct {
+	Kind    string `json:"kind"`
+	Message string `json:"message"`
+	Reason  string `json:"reason"`
+	Code    int    `json:"code"`
+	Details struct {
+		Causes []struct {
+			Reason string `json:"reason"`
+		} `json:"causes"`
+	} `json:"details"`
+}
+
+// apiError is an answer other than 2xx.
+type apiError struct {
+	code   int
+	status status
+}
+
+func (e *apiError) Error() string {
+	if e.status.Message != "" {
+		return fmt.Sprintf("%d %s: %s", e.code, e.status.Reason, e.status.Message)
+	}
+	return fmt.Sprintf("status %d", e.code)
+}
+
+func codeOf(err error) int {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae.code
+	}
+	return 0
+}
+
+// do sends one request and decodes a 2xx answer into out (when not nil).
+// A transport failure is store.ErrUnavailable.
+func (s *Store) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, s.base+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%s %s: %w: %v", method, path, store.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %v", method, path, store.ErrUnavailable, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		ae := &apiError{code: resp.StatusCode}
+		_ = json.Unmarshal(b, &ae.status)
+		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+			return fmt.Errorf("%s %s: %w: %w", method, path, store.ErrUnavailable, ae)
+		}
+		return ae
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// object is what the store reads of a custom-resource object besides its
+// body: enough to check versions and to write conditionally.
+type object struct {
+	obj     crd.Object
+	rv      string
+	mesh    string
+	version int64
+}
+
+func parseObject(obj crd.Object) (object, error) {
+	md, _ := obj["metadata"].(map[string]any)
+	ann, _ := md["annotations"].(map[string]any)
+	o := object{obj: obj}
+	o.rv, _ = md["resourceVersion"].(string)
+	o.mesh, _ = obj["mesh"].(string)
+	if v, ok := ann[AnnotationVersion].(string); ok {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			return o, fmt.Errorf("annotation %s is %q, not a version", AnnotationVersion, v)
+		}
+		o.version = n
+	} else {
+		// Written by kubectl rather than the store: its first version.
+		o.version = 1
+	}
+	return o, nil
+}
+
+// revision reads a resourceVersion as a store revision.
+func revision(rv string) (int64, error) {
+	n, err := strconv.ParseInt(rv, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("resourceVersion %q is not an etcd revision", rv)
+	}
+	return n, nil
+}
+
+// decode returns the resource of an object with its version and times.
+func decode(obj crd.Object) (api.Resource, error) {
+	o, err := parseObject(obj)
+	if err != nil {
+		return nil, err
+	}
+	r, err := crd.FromObject(obj)
+	if err != nil {
+		return nil, err
+	}
+	md, _ := obj["metadata"].(map[string]any)
+	ann, _ := md["annotations"].(map[string]any)
+	m := r.GetMeta()
+	m.Version = o.version
+	m.CreationTime = parseTime(ann[AnnotationCreated], md["creationTimestamp"])
+	m.ModificationTime = parseTime(ann[AnnotationModified], md["creationTimestamp"])
+	return r, nil
+}
+
+func parseTime(vals ...any) time.Time {
+	for _, v := range vals {
+		if s, ok := v.(string); ok {
+			if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+				return t.UTC()
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// encode returns r's object with the store's annotations; rv, when not
+// empty, makes a write of it conditional.
+func (s *Store) encode(r api.Resource, rv string) (crd.Object, error) {
+	obj, err := crd.ToObject(r, s.ns)
+	if err != nil {
+		return nil, err
+	}
+	m := r.GetMeta()
+	md := obj["metadata"].(map[string]any)
+	md["annotations"] = map[string]any{
+		AnnotationVersion:  strconv.FormatInt(m.Version, 10),
+		AnnotationCreated:  m.CreationTime.UTC().Format(time.RFC3339Nano),
+		AnnotationModified: m.ModificationTime.UTC().Format(time.RFC3339Nano),
+	}
+	if rv != "" {
+		md["resourceVersion"] = rv
+	}
+	return obj, nil
+}
+
+// read returns the stored object of key, or ok false when there is none
+// (or the name is held by another mesh).
+func (s *Store) read(ctx context.Context, key api.Key) (object, bool, error) {
+	d, err := descriptor(key.Type)
+	if err != nil {
+		return object{}, false, err
+	}
+	var obj crd.Object
+	if err := s.do(ctx, http.MethodGet, s.collection(d)+"/"+url.PathEscape(key.Name), nil, &obj); err != nil {
+		if codeOf(err) == http.StatusNotFound {
+			return object{}, false, nil
+		}
+		return object{}, false, err
+	}
+	o, err := parseObject(obj)
+	if err != nil {
+		return object{}, false, err
+	}
+	if o.mesh != key.Mesh {
+		return o, false, nil
+	}
+	return o, true, nil
+}
+
+func (s *Store) meshExists(ctx context.Context, mesh string) (bool, error) {
+	_, ok, err := s.read(ctx, api.Key{Type: "Mesh", Name: mesh})
+	return ok, err
+}
+
+// Create implements store.Store.
+func (s *Store) Create(ctx context.Context, r api.Resource) (api.Resource, error) {
+	r = store.Clone(r)
+	key := api.KeyOf(r)
+	d, err := descriptor(key.Type)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", key, err)
+	}
+	if d.Scope == api.ScopeMesh {
+		ok, err := s.meshExists(ctx, key.Mesh)
+		if err != nil {
+			return nil, fmt.Errorf("create %s: %w", key, err)
+		}
+		if !ok {
+			return nil, fmt.Errorf("create %s: %w: %q", key, store.ErrMeshNotFound, key.Mesh)
+		}
+	}
+	now := store.Now()
+	m := r.GetMeta()
+	m.Version, m.CreationTime, m.ModificationTime = 1, now, now
+	out, err := s.post(ctx, d, r)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", key, err)
+	}
+	return out, nil
+}
+
+// post creates r's object (and sets its status, for an insight). A name
+// taken in the namespace is ErrAlreadyExists, naming the mesh holding it.
+func (s *Store) post(ctx context.Context, d api.Descriptor, r api.Resource) (api.Resource, error) {
+	obj, err := s.encode(r, "")
+	if err != nil {
+		return nil, err
+	}
+	var got crd.Object
+	if err := s.do(ctx, http.MethodPost, s.collection(d)+"?fieldValidation=Strict", obj, &got); err != nil {
+		if codeOf(err) == http.StatusConflict {
+			if o, _, rerr := s.read(ctx, api.KeyOf(r)); rerr == nil && o.mesh != r.GetMeta().Mesh {
+				return nil, fmt.Errorf("%w: the name is held by mesh %q (Kubernetes names are unique per namespace and kind)", store.ErrAlreadyExists, o.mesh)
+			}
+			return nil, store.ErrAlreadyExists
+		}
+		return nil, err
+	}
+	if crd.IsInsight(d) {
+		// A create drops status: the body is a second, conditional write.
+		md := got["metadata"].(map[string]any)
+		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
+		if err := s.do(ctx, http.MethodPut, s.collection(d)+"/"+url.PathEscape(r.GetMeta().Name)+"/status", obj, &got); err != nil {
+			return nil, fmt.Errorf("write status: %w", err)
+		}
+	}
+	return decode(got)
+}
+
+// put replaces the object read as o with r (conditional on o's
+// resourceVersion), r's version and times already set.
+func (s *Store) put(ctx context.Context, d api.Descriptor, r api.Resource, rv string) (api.Resource, error) {
+	obj, err := s.encode(r, rv)
+	if err != nil {
+		return nil, err
+	}
+	path := s.collection(d) + "/" + url.PathEscape(r.GetMeta().Name)
+	var got crd.Object
+	if err := s.do(ctx, http.MethodPut, path+"?fieldValidation=Strict", obj, &got); err != nil {
+		return nil, conflict(err)
+	}
+	if crd.IsInsight(d) {
+		md := got["metadata"].(map[string]any)
+		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
+		if err := s.do(ctx, http.MethodPut, path+"/status", obj, &got); err != nil {
+			return nil, fmt.Errorf("write status: %w", conflict(err))
+		}
+	}
+	return decode(got)
+}
+
+// conflict maps 409 to ErrConflict and 404 (deleted meanwhile) to
+// ErrNotFound.
+func conflict(err error) error {
+	switch codeOf(err) {
+	case http.StatusConflict:
+		return fmt.Errorf("%w: %w", store.ErrConflict, err)
+	case http.StatusNotFound:
+		return fmt.Errorf("%w: %w", store.ErrNotFound, err)
+	}
+	return err
+}
+
+// Update implements store.Store.
+func (s *Store) Update(ctx context.Context, r api.Resource) (api.Resource, error) {
+	r = store.Clone(r)
+	key := api.KeyOf(r)
+	d, err := descriptor(key.Type)
+	if err != nil {
+		return nil, fmt.Errorf("update %s: %w", key, err)
+	}
+	o, ok, err := s.read(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("update %s: %w", key, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("update %s: %w", key, store.ErrNotFound)
+	}
+	m := r.GetMeta()
+	if m.Version != o.version {
+		return nil, fmt.Errorf("update %s: %w: version %d given, %d stored", key, store.ErrConflict, m.Version, o.version)
+	}
+	old, err := decode(o.obj)
+	if err != nil {
+		return nil, fmt.Errorf("update %s: %w", key, err)
+	}
+	m.Version, m.CreationTime, m.ModificationTime = o.version+1, old.GetMeta().CreationTime, store.Now()
+	out, err := s.put(ctx, d, r, o.rv)
+	if err != nil {
+		return nil, fmt.Errorf("update %s: %w", key, err)
+	}
+	return out, nil
+}
+
+// Delete implements store.Store.
+func (s *Store) Delete(ctx context.Context, key api.Key, version int64) error {
+	o, ok, err := s.read(ctx, key)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	if !ok {
+		return fmt.Errorf("delete %s: %w", key, store.ErrNotFound)
+	}
+	if version != 0 && version != o.version {
+		return fmt.Errorf("delete %s: %w: version %d given, %d stored", key, store.ErrConflict, version, o.version)
+	}
+	if _, err := s.remove(ctx, key, o.rv); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// remove deletes key's object if its resourceVersion is still rv, after
+// everything in it when it is a Mesh (ordered by type and name, as the
+// memory store does), and returns how many objects went. The cascade is
+// not atomic: a failure leaves the mesh with part of its contents.
+func (s *Store) remove(ctx context.Context, key api.Key, rv string) (int, error) {
+	n := 0
+	if key.Type == "Mesh" {
+		var inside []object
+		for _, d := range kinds() {
+			if d.Scope != api.ScopeMesh {
+				continue
+			}
+			objs, _, err := s.listObjects(ctx, d, nil)
+			if err != nil {
+				return n, err
+			}
+			for _, o := range objs {
+				if o.mesh == key.Name {
+					inside = append(inside, o)
+				}
+			}
+		}
+		slices.SortFunc(inside, func(a, b object) int {
+			return cmp.Or(cmp.Compare(kindOf(a), kindOf(b)), cmp.Compare(nameOf(a), nameOf(b)))
+		})
+		for _, o := range inside {
+			d, _ := api.Lookup(kindOf(o))
+			if err := s.deleteObject(ctx, d, nameOf(o), o.rv); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return n, err
+			}
+			n++
+		}
+	}
+	d, err := descriptor(key.Type)
+	if err != nil {
+		return n, err
+	}
+	if err := s.deleteObject(ctx, d, key.Name, rv); err != nil {
+		return n, err
+	}
+	return n + 1, nil
+}
+
+func kindOf(o object) string { k, _ := o.obj["kind"].(string); return k }
+
+func nameOf(o object) string {
+	md, _ := o.obj["metadata"].(map[string]any)
+	n, _ := md["name"].(string)
+	return n
+}
+
+func (s *Store) deleteObject(ctx context.Context, d api.Descriptor, name, rv string) error {
+	opts := map[string]any{"kind": "DeleteOptions", "apiVersion": "v1"}
+	if rv != "" {
+		opts["preconditions"] = map[string]any{"resourceVersion": rv}
+	}
+	return conflict(s.do(ctx, http.MethodDelete, s.collection(d)+"/"+url.PathEscape(name), opts, nil))
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, key api.Key) (api.Resource, error) {
+	o, ok, err := s.read(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("get %s: %w", key, store.ErrNotFound)
+	}
+	r, err := decode(o.obj)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	return r, nil
+}
+
+// listPage is the size of one page of a List.
+const listPage = 500
+
+// listObjects returns every object of a type that has all labels, read at
+// one revision (the first page's; the rest continue at it), and that
+// revision.
+func (s *Store) listObjects(ctx context.Context, d api.Descriptor, labels map[string]string) ([]object, int64, error) {
+	q := url.Values{"limit": {strconv.Itoa(listPage)}}
+	if len(labels) > 0 {
+		var sel []string
+		for k, v := range labels {
+			sel = append(sel, k+"="+v)
+		}
+		slices.Sort(sel)
+		q.Set("labelSelector", strings.Join(sel, ","))
+	}
+	var (
+		out []object
+		rev int64
+	)
+	for {
+		var page struct {
+			Metadata struct {
+				ResourceVersion string `json:"resourceVersion"`
+				Continue        string `json:"continue"`
+			} `json:"metadata"`
+			Items []crd.Object `json:"items"`
+		}
+		if err := s.do(ctx, http.MethodGet, s.collection(d)+"?"+q.Encode(), nil, &page); err != nil {
+			if codeOf(err) == http.StatusGone {
+				// The continue token expired: start again.
+				out, rev = nil, 0
+				q.Del("continue")
+				continue
+			}
+			return nil, 0, err
+		}
+		if rev == 0 {
+			r, err := revision(page.Metadata.ResourceVersion)
+			if err != nil {
+				return nil, 0, err
+			}
+			rev = r
+		}
+		for _, obj := range page.Items {
+			// The items of a list carry no kind; the list's type says it.
+			obj["apiVersion"], obj["kind"] = crd.APIVersion, d.Type
+			o, err := parseObject(obj)
+			if err != nil {
+				return nil, 0, err
+			}
+			out = append(out, o)
+		}
+		if page.Metadata.Continue == "" {
+			return out, rev, nil
+		}
+		q.Set("continue", page.Metadata.Continue)
+	}
+}
+
+// List implements store.Store.
+func (s *Store) List(ctx context.Context, opts store.ListOptions) (store.ListResult, error) {
+	d, err := descriptor(opts.Type)
+	if err != nil {
+		return store.ListResult{}, fmt.Errorf("list %s: %w", opts.Type, err)
+	}
+	objs, rev, err := s.listObjects(ctx, d, opts.Labels)
+	if err != nil {
+		return store.ListResult{}, fmt.Errorf("list %s: %w", opts.Type, err)
+	}
+	res := store.ListResult{Revision: rev}
+	for _, o := range objs {
+		r, err := decode(o.obj)
+		if err != nil {
+			return store.ListResult{}, fmt.Errorf("list %s: %w", opts.Type, err)
+		}
+		if opts.Matches(r) {
+			res.Items = append(res.Items, r)
+		}
+	}
+	slices.SortFunc(res.Items, func(a, b api.Resource) int {
+		am, bm := a.GetMeta(), b.GetMeta()
+		return cmp.Or(cmp.Compare(am.Mesh, bm.Mesh), cmp.Compare(am.Name, bm.Name))
+	})
+	return res, nil
+}

@@ -1,0 +1,144 @@
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/k8stest"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/store/storetest"
+	"github.com/ursamesh/ursa/pkg/testutil"
+)
+
+var kube k8stest.Shared
+
+func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
+
+var (
+	installOnce sync.Once
+	installErr  error
+	namespaces  atomic.Int64
+)
+
+// installed returns the shared rig with deploy/crds applied and every CRD
+// Established (once per test binary: a new CRD's first requests are slow).
+func installed(t *testing.T) *k8stest.Rig {
+	t.Helper()
+	rig := kube.Get(t)
+	installOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if out, err := rig.Kubectl(ctx, "apply", "-f", "../../../deploy/crds").CombinedOutput(); err != nil {
+			installErr = fmt.Errorf("kubectl apply -f deploy/crds: %v\n%s", err, out)
+			return
+		}
+		if out, err := rig.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
+			installErr = fmt.Errorf("kubectl wait crd Established: %v\n%s", err, out)
+		}
+	})
+	if installErr != nil {
+		t.Fatal(installErr)
+	}
+	return rig
+}
+
+// newStore returns a store in a namespace of its own, with no Mesh in the
+// cluster (Mesh is cluster-scoped: the tests of this binary take turns).
+func newStore(t *testing.T) *Store {
+	t.Helper()
+	rig := installed(t)
+	s, err := New(Options{URL: rig.URL, Client: rig.Client(), Namespace: "default", Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	mesh, _ := api.Lookup("Mesh")
+	if err := s.do(ctx, http.MethodDelete, s.collection(mesh), nil, nil); err != nil {
+		t.Fatalf("delete every mesh: %v", err)
+	}
+	ns := fmt.Sprintf("kstore-%d", namespaces.Add(1))
+	nsObj := crd.Object{"apiVersion": "v1", "kind": "Namespace", "metadata": crd.Object{"name": ns}}
+	if err := s.do(ctx, http.MethodPost, "/api/v1/namespaces", nsObj, nil); err != nil {
+		t.Fatalf("create namespace %s: %v", ns, err)
+	}
+	t.Cleanup(func() { _ = s.do(context.Background(), http.MethodDelete, "/api/v1/namespaces/"+ns, nil, nil) })
+	s.ns = ns
+	return s
+}
+
+// caps are the Kubernetes store's capabilities; the package doc says why
+// each is missing.
+var caps = storetest.Capabilities{DenseRevisions: false, OrderedAcrossTypes: false, NamesPerMesh: false}
+
+func TestConformance(t *testing.T) {
+	storetest.RunWith(t, func(t *testing.T) store.Store { return newStore(t) }, caps)
+}
+
+// TestInsightBodyIsStatus: an insight's body survives the create (which
+// drops status) and an update, through the status subresource.
+func TestInsightBodyIsStatus(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	in := &api.ServiceInsight{Meta: api.Meta{Type: "ServiceInsight", Mesh: "default", Name: "billing"}}
+	in.Service, in.Zone = "billing", "zone-1"
+	got, err := s.Create(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !api.SameContent(got, in) {
+		t.Fatalf("created %s, stored %s", api.Content(in), api.Content(got))
+	}
+	in.Zone, in.Version = "zone-2", 1
+	if got, err = s.Update(ctx, in); err != nil || got.GetMeta().Version != 2 {
+		t.Fatalf("update: %v, %v", got, err)
+	}
+	if back, err := s.Get(ctx, api.KeyOf(in)); err != nil || !api.SameContent(back, in) {
+		t.Fatalf("get after update = %s, %v", api.Content(back), err)
+	}
+}
+
+// TestApplyPartialFailure: a write that fails after others were made says
+// how many were.
+func TestApplyPartialFailure(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	// A route whose object the API server refuses (weight below the
+	// schema's minimum) comes after one it takes.
+	bad := storetest.Route("default", "bad", 1, nil)
+	bad.Spec.Split[0].Weight = -1
+	n, err := s.Apply(ctx, []api.Resource{storetest.Route("default", "good", 1, nil), bad}, nil)
+	var pe *PartialError
+	if !errors.As(err, &pe) || n != 1 || pe.Done != 1 || pe.Planned != 2 {
+		t.Fatalf("apply = %d, %v; want a PartialError after 1 of 2", n, err)
+	}
+	if _, err := s.Get(ctx, api.Key{Type: "TrafficRoute", Mesh: "default", Name: "good"}); err != nil {
+		t.Fatalf("the write made before the failure: %v", err)
+	}
+}
+
+// TestWatchRelistsAfterCompaction: a revision older than the API server's
+// watch window is ErrCompacted.
+func TestWatchTooOld(t *testing.T) {
+	s := newStore(t)
+	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := s.Watch(ctx, 1, func(store.Event) error { return nil })
+	if !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("watch from revision 1 = %v, want ErrCompacted", err)
+	}
+	_ = testutil.Eventually
+}
