@@ -409,7 +409,7 @@ func (s *Store) post(ctx context.Context, d api.Descriptor, r api.Resource) (api
 	}
 	if crd.IsInsight(d) {
 		// A create drops status: the body is a second, conditional write.
-		md := got["metadata"].(map[string]any)
+		md, _ := got["metadata"].(map[string]any)
 		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
 		if err := s.do(ctx, http.MethodPut, s.collection(d)+"/"+url.PathEscape(r.GetMeta().Name)+"/status", obj, &got); err != nil {
 			return nil, fmt.Errorf("write status: %w", err)
@@ -431,7 +431,7 @@ func (s *Store) put(ctx context.Context, d api.Descriptor, r api.Resource, rv st
 		return nil, conflict(err)
 	}
 	if crd.IsInsight(d) {
-		md := got["metadata"].(map[string]any)
+		md, _ := got["metadata"].(map[string]any)
 		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
 		if err := s.do(ctx, http.MethodPut, path+"/status", obj, &got); err != nil {
 			return nil, fmt.Errorf("write status: %w", conflict(err))

@@ -1,0 +1,36 @@
+package kubernetes
+
+import (
+	"encoding/json"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// FuzzDecode: whatever object the API server hands back (anyone with RBAC
+// can write one with kubectl), reading it is a resource or an error, never
+// a crash.
+func FuzzDecode(f *testing.F) {
+	f.Add(`{"apiVersion":"ursa.io/v1alpha1","kind":"TrafficRoute","mesh":"default","metadata":{"name":"r","resourceVersion":"12","annotations":{"ursa.io/version":"3","ursa.io/creation-time":"2026-12-05T20:00:00.123456Z"}},"spec":{"destination":{"ursa.io/service":"b"},"split":[{"weight":1}]}}`)
+	f.Add(`{"apiVersion":"ursa.io/v1alpha1","kind":"Mesh","metadata":{"name":"m","resourceVersion":"x","annotations":{"ursa.io/version":"-1"}}}`)
+	f.Add(`{"apiVersion":"ursa.io/v1alpha1","kind":"ServiceInsight","mesh":"m","metadata":{"name":"s"},"status":{"zone":"z","service":"s"}}`)
+	f.Add(`{"kind":"Mesh","metadata":[]}`)
+	f.Add(`{"apiVersion":"ursa.io/v1alpha1","kind":"ZoneInsight","metadata":{"name":"z"},"status":7}`)
+	s := &Store{log: zap.NewNop()}
+	f.Fuzz(func(t *testing.T, doc string) {
+		var obj crd.Object
+		if json.Unmarshal([]byte(doc), &obj) != nil || obj == nil {
+			return
+		}
+		r, err := decode(obj)
+		if err == nil && r == nil {
+			t.Fatal("decode returned neither a resource nor an error")
+		}
+		if _, err := parseObject(obj); err == nil {
+			s.event(store.OpUpdate, obj)
+		}
+	})
+}
