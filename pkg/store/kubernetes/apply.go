@@ -34,7 +34,9 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		exists bool
 	}
 	var plans []plan
-	inBatch := map[string]bool{}
+	// uids are the uids of the meshes' objects, by name: "" for a mesh of
+	// the batch until its write.
+	uids := map[string]string{}
 	for _, r := range puts {
 		r = store.Clone(r)
 		key := api.KeyOf(r)
@@ -52,23 +54,26 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 			return 0, fmt.Errorf("%s: %s at version %d: %w", what, key, v, store.ErrConflict)
 		}
 		if key.Type == "Mesh" {
-			inBatch[key.Name] = true
+			uids[key.Name] = uidOf(o.obj)
 		}
 		plans = append(plans, plan{r: r, old: o, exists: ok})
 	}
 	for _, p := range plans {
 		m := p.r.GetMeta()
-		if d, _ := api.Lookup(m.Type); d.Scope != api.ScopeMesh || inBatch[m.Mesh] {
+		if _, ok := uids[m.Mesh]; ok {
 			continue
 		}
-		ok, err := s.meshExists(ctx, m.Mesh)
+		if d, _ := api.Lookup(m.Type); d.Scope != api.ScopeMesh {
+			continue
+		}
+		uid, err := s.meshUID(ctx, m.Mesh)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
 		}
-		if !ok {
+		if uid == "" {
 			return 0, fmt.Errorf("%s: %s: %w: %q", what, api.KeyOf(p.r), store.ErrMeshNotFound, m.Mesh)
 		}
-		inBatch[m.Mesh] = true // checked once
+		uids[m.Mesh] = uid
 	}
 	var writes []func() (int, error)
 	for _, p := range plans {
@@ -77,8 +82,16 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		if !p.exists {
 			m.Version, m.CreationTime, m.ModificationTime = 1, now, now
 			writes = append(writes, func() (int, error) {
-				if _, err := s.post(ctx, d, p.r); err != nil {
+				var owners any
+				if d.Scope == api.ScopeMesh {
+					owners = meshOwner(m.Mesh, uids[m.Mesh])
+				}
+				_, uid, err := s.post(ctx, d, p.r, owners)
+				if err != nil {
 					return 0, err
+				}
+				if d.Type == "Mesh" {
+					uids[m.Name] = uid
 				}
 				return 1, nil
 			})
@@ -93,7 +106,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		}
 		m.Version, m.CreationTime, m.ModificationTime = p.old.version+1, old.GetMeta().CreationTime, now
 		writes = append(writes, func() (int, error) {
-			if _, err := s.put(ctx, d, p.r, p.old.rv); err != nil {
+			if _, err := s.put(ctx, d, p.r, p.old); err != nil {
 				return 0, err
 			}
 			return 1, nil

@@ -18,6 +18,13 @@
 // scheme, e.g. Kuma's hashed "<name>-<hash(mesh)>" names; not done yet.)
 // Dataplanes in workload namespaces are the pod controller's step.
 //
+// Every mesh-scoped object has its Mesh's object as owner
+// (ownerReferences), as in Kuma: Kubernetes' garbage collector deletes it
+// when the Mesh goes, whether by `kubectl delete mesh` or after a Create
+// that raced the Mesh's Delete (Create checks the mesh, then writes). The
+// store's own Delete of a Mesh still deletes the contents itself first, so
+// that watchers get each deletion, in order, before the Mesh's.
+//
 // # Versions and revisions
 //
 // A resource's Version (1, 2, 3, ...) is the annotation ursa.io/version,
@@ -50,7 +57,10 @@
 // arrived: the fix (next step) holds events until every stream has shown
 // progress past them (watch bookmarks, allowWatchBookmarks). 410 Gone
 // ("too old resource version") and a revision the cluster has not reached
-// are store.ErrCompacted: the caller lists and watches again. Watch from 0
+// are store.ErrCompacted: the caller lists and watches again. The API
+// server's watch cache of a kind starts at its first request (or at the API
+// server's start) and knows nothing older: a watch from a revision before
+// that is 410 too, even when nothing of the kind changed since. Watch from 0
 // sends the current objects as creates, in revision order, then their
 // changes: the history before them is not kept by Kubernetes.
 //
@@ -315,8 +325,9 @@ func parseTime(vals ...any) time.Time {
 }
 
 // encode returns r's object with the store's annotations; rv, when not
-// empty, makes a write of it conditional.
-func (s *Store) encode(r api.Resource, rv string) (crd.Object, error) {
+// empty, makes a write of it conditional; owners, when not nil, are its
+// ownerReferences.
+func (s *Store) encode(r api.Resource, rv string, owners any) (crd.Object, error) {
 	obj, err := crd.ToObject(r, s.ns)
 	if err != nil {
 		return nil, err
@@ -330,6 +341,9 @@ func (s *Store) encode(r api.Resource, rv string) (crd.Object, error) {
 	}
 	if rv != "" {
 		md["resourceVersion"] = rv
+	}
+	if owners != nil {
+		md["ownerReferences"] = owners
 	}
 	return obj, nil
 }
@@ -358,9 +372,27 @@ func (s *Store) read(ctx context.Context, key api.Key) (object, bool, error) {
 	return o, true, nil
 }
 
-func (s *Store) meshExists(ctx context.Context, mesh string) (bool, error) {
-	_, ok, err := s.read(ctx, api.Key{Type: "Mesh", Name: mesh})
-	return ok, err
+// meshUID returns the uid of a Mesh's object, "" when there is none.
+func (s *Store) meshUID(ctx context.Context, mesh string) (string, error) {
+	o, ok, err := s.read(ctx, api.Key{Type: "Mesh", Name: mesh})
+	if err != nil || !ok {
+		return "", err
+	}
+	return uidOf(o.obj), nil
+}
+
+func uidOf(obj crd.Object) string {
+	md, _ := obj["metadata"].(map[string]any)
+	uid, _ := md["uid"].(string)
+	return uid
+}
+
+// meshOwner is the ownerReferences of an object in the mesh whose object
+// has uid: Kubernetes' garbage collector deletes it when the Mesh goes by
+// any way (`kubectl delete mesh`, or a Create that raced the Mesh's
+// Delete), as Kuma makes a mesh own what is in it.
+func meshOwner(mesh, uid string) any {
+	return []any{map[string]any{"apiVersion": crd.APIVersion, "kind": "Mesh", "name": mesh, "uid": uid}}
 }
 
 // Create implements store.Store.
@@ -371,57 +403,63 @@ func (s *Store) Create(ctx context.Context, r api.Resource) (api.Resource, error
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", key, err)
 	}
+	var owners any
 	if d.Scope == api.ScopeMesh {
-		ok, err := s.meshExists(ctx, key.Mesh)
+		uid, err := s.meshUID(ctx, key.Mesh)
 		if err != nil {
 			return nil, fmt.Errorf("create %s: %w", key, err)
 		}
-		if !ok {
+		if uid == "" {
 			return nil, fmt.Errorf("create %s: %w: %q", key, store.ErrMeshNotFound, key.Mesh)
 		}
+		owners = meshOwner(key.Mesh, uid)
 	}
 	now := store.Now()
 	m := r.GetMeta()
 	m.Version, m.CreationTime, m.ModificationTime = 1, now, now
-	out, err := s.post(ctx, d, r)
+	out, _, err := s.post(ctx, d, r, owners)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", key, err)
 	}
 	return out, nil
 }
 
-// post creates r's object (and sets its status, for an insight). A name
-// taken in the namespace is ErrAlreadyExists, naming the mesh holding it.
-func (s *Store) post(ctx context.Context, d api.Descriptor, r api.Resource) (api.Resource, error) {
-	obj, err := s.encode(r, "")
+// post creates r's object (and sets its status, for an insight) and
+// returns it and its object's uid. A name taken in the namespace is
+// ErrAlreadyExists, naming the mesh holding it.
+func (s *Store) post(ctx context.Context, d api.Descriptor, r api.Resource, owners any) (api.Resource, string, error) {
+	obj, err := s.encode(r, "", owners)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var got crd.Object
 	if err := s.do(ctx, http.MethodPost, s.collection(d)+"?fieldValidation=Strict", obj, &got); err != nil {
 		if codeOf(err) == http.StatusConflict {
 			if o, _, rerr := s.read(ctx, api.KeyOf(r)); rerr == nil && o.mesh != r.GetMeta().Mesh {
-				return nil, fmt.Errorf("%w: the name is held by mesh %q (Kubernetes names are unique per namespace and kind)", store.ErrAlreadyExists, o.mesh)
+				return nil, "", fmt.Errorf("%w: the name is held by mesh %q (Kubernetes names are unique per namespace and kind)", store.ErrAlreadyExists, o.mesh)
 			}
-			return nil, store.ErrAlreadyExists
+			return nil, "", store.ErrAlreadyExists
 		}
-		return nil, err
+		return nil, "", err
 	}
 	if crd.IsInsight(d) {
 		// A create drops status: the body is a second, conditional write.
 		md, _ := got["metadata"].(map[string]any)
 		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
 		if err := s.do(ctx, http.MethodPut, s.collection(d)+"/"+url.PathEscape(r.GetMeta().Name)+"/status", obj, &got); err != nil {
-			return nil, fmt.Errorf("write status: %w", err)
+			return nil, "", fmt.Errorf("write status: %w", err)
 		}
 	}
-	return decode(got)
+	res, err := decode(got)
+	return res, uidOf(got), err
 }
 
-// put replaces the object read as o with r (conditional on o's
-// resourceVersion), r's version and times already set.
-func (s *Store) put(ctx context.Context, d api.Descriptor, r api.Resource, rv string) (api.Resource, error) {
-	obj, err := s.encode(r, rv)
+// put replaces the object old with r (conditional on old's
+// resourceVersion, keeping its ownerReferences), r's version and times
+// already set.
+func (s *Store) put(ctx context.Context, d api.Descriptor, r api.Resource, old object) (api.Resource, error) {
+	md, _ := old.obj["metadata"].(map[string]any)
+	obj, err := s.encode(r, old.rv, md["ownerReferences"])
 	if err != nil {
 		return nil, err
 	}
@@ -476,7 +514,7 @@ func (s *Store) Update(ctx context.Context, r api.Resource) (api.Resource, error
 		return nil, fmt.Errorf("update %s: %w", key, err)
 	}
 	m.Version, m.CreationTime, m.ModificationTime = o.version+1, old.GetMeta().CreationTime, store.Now()
-	out, err := s.put(ctx, d, r, o.rv)
+	out, err := s.put(ctx, d, r, o)
 	if err != nil {
 		return nil, fmt.Errorf("update %s: %w", key, err)
 	}

@@ -23,7 +23,11 @@ import (
 
 var kube k8stest.Shared
 
-func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
+func TestMain(m *testing.M) {
+	// The garbage collector deletes what a deleted Mesh owned.
+	kube.Options.ControllerManager = true
+	os.Exit(kube.Main(m))
+}
 
 var (
 	installOnce sync.Once
@@ -177,4 +181,45 @@ func TestWatchTooOld(t *testing.T) {
 	if !errors.Is(err, store.ErrCompacted) {
 		t.Fatalf("watch from revision 1 = %v, want ErrCompacted", err)
 	}
+}
+
+// TestMeshOwnsItsContents: deleting a Mesh's object behind the store's
+// back (`kubectl delete mesh`) deletes what is in it, through Kubernetes'
+// garbage collector, whether written by Create or Apply.
+func TestMeshOwnsItsContents(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	storetest.MustCreate(t, s, storetest.Mesh("m"))
+	storetest.MustCreate(t, s, storetest.Route("m", "created", 1, nil))
+	if _, err := s.Apply(ctx, []api.Resource{storetest.Mesh("n"), storetest.Route("n", "applied", 1, nil)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	upd := storetest.Route("m", "created", 2, nil)
+	upd.Version = 1
+	if _, err := s.Update(ctx, upd); err != nil { // an update keeps the owner
+		t.Fatal(err)
+	}
+	for _, k := range []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: "created"}, {Type: "TrafficRoute", Mesh: "n", Name: "applied"}} {
+		o, ok, err := s.read(ctx, k)
+		md, _ := o.obj["metadata"].(map[string]any)
+		if refs, _ := md["ownerReferences"].([]any); err != nil || !ok || len(refs) != 1 {
+			t.Fatalf("%s: owners %v (%v)", k, md["ownerReferences"], err)
+		}
+	}
+	mesh, _ := api.Lookup("Mesh")
+	for _, m := range []string{"m", "n"} {
+		if err := s.do(ctx, http.MethodDelete, s.collection(mesh)+"/"+m, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 90*time.Second, "routes of deleted meshes gone", func() error {
+		res, err := s.List(ctx, store.ListOptions{Type: "TrafficRoute"})
+		if err != nil {
+			return err
+		}
+		if len(res.Items) != 0 {
+			return fmt.Errorf("%d routes left", len(res.Items))
+		}
+		return nil
+	})
 }
