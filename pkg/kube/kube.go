@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -27,7 +26,7 @@ import (
 
 // Client talks to one apiserver. It is safe for concurrent use.
 type Client struct {
-	base  *url.URL
+	base  string // no trailing slash
 	http  *http.Client
 	token *tokenSource
 }
@@ -38,7 +37,7 @@ func New(cfg *Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	base, _ := url.Parse(strings.TrimRight(cfg.Server, "/"))
+	base := strings.TrimRight(cfg.Server, "/")
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(cfg.CAPEM) {
 		return nil, errors.New("kube: the CA holds no PEM certificate")
@@ -96,8 +95,8 @@ func code(err error) int {
 // maxBody bounds what Do reads of one answer.
 const maxBody = 32 << 20
 
-// Do sends in (JSON-encoded, unless nil) to path (e.g.
-// "/apis/coordination.k8s.io/v1/namespaces/ns/leases/x") and decodes the
+// Do sends in (JSON-encoded, unless nil) to path, escaped, with any query
+// (e.g. "/apis/coordination.k8s.io/v1/namespaces/ns/leases/x") and decodes the
 // answer into out (unless nil). A non-2xx answer is a *StatusError; an
 // answer that does not decode into out is an error naming the path.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
@@ -109,9 +108,8 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	u := *c.base
-	u.Path += path
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	// path is already escaped and may carry a query (?labelSelector=...).
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return fmt.Errorf("kube: %s %s: %w", method, path, err)
 	}

@@ -110,7 +110,7 @@ func (k KubeLeases) Get(ctx context.Context, name string) (Record, error) {
 func (k KubeLeases) Create(ctx context.Context, name string, r Record) error {
 	err := k.Client.Do(ctx, "POST", k.path(""), k.object(name, r), nil)
 	if kube.IsConflict(err) {
-		return fmt.Errorf("create lease %s/%s: %w", k.Namespace, name, ErrConflict)
+		return fmt.Errorf("create lease %s/%s: %w: %w", k.Namespace, name, ErrConflict, err)
 	}
 	if err != nil {
 		return fmt.Errorf("create lease %s/%s: %w", k.Namespace, name, err)
@@ -125,7 +125,7 @@ func (k KubeLeases) Update(ctx context.Context, name string, r Record) error {
 	}
 	err := k.Client.Do(ctx, "PUT", k.path(name), k.object(name, r), nil)
 	if kube.IsConflict(err) || kube.IsNotFound(err) {
-		return fmt.Errorf("update lease %s/%s: %w", k.Namespace, name, ErrConflict)
+		return fmt.Errorf("update lease %s/%s: %w: %w", k.Namespace, name, ErrConflict, err)
 	}
 	if err != nil {
 		return fmt.Errorf("update lease %s/%s: %w", k.Namespace, name, err)
