@@ -314,6 +314,12 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 			for _, u := range p.DNSUpstreams {
 				if ap, err := netip.ParseAddrPort(u); err == nil {
 					redirect.DNSServers = append(redirect.DNSServers, ap.Addr())
+					if !ap.Addr().Unmap().Is4() {
+						// Only IPv4 is redirected: an app that asks
+						// this resolver gets no .mesh names.
+						log.Warn("DNS to an IPv6 resolver of resolv.conf is not redirected to the sidecar: apps that ask it do not resolve .mesh names; list an IPv4 resolver (or only IPv4 ones) in resolv.conf",
+							zap.String("resolver", u), zap.String("resolv_conf", cfg.ResolvConf))
+					}
 				}
 			}
 		}
