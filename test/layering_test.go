@@ -22,7 +22,7 @@ func tierOf(pkg string) string {
 	parts := strings.Split(pkg, "/")
 	if parts[0] == "pkg" && len(parts) > 1 {
 		switch parts[1] {
-		case "api", "xds", "mtls", "pgtest", "k8stest", "proxy", "catalog", "store", "testutil":
+		case "api", "xds", "mtls", "pgtest", "k8stest", "kube", "proxy", "catalog", "store", "testutil":
 			return "pkg/" + parts[1]
 		}
 		return "pkg"
@@ -50,14 +50,16 @@ func forbidden(from, to string) string {
 		return "nothing imports commands or tests"
 	case f == "pkg/k8stest":
 		return "pkg/k8stest starts a Kubernetes API for tests and imports no Ursa package but pkg/testutil"
+	case f == "pkg/kube" && t != "pkg/k8stest":
+		return "pkg/kube is a plain Kubernetes REST client (for the Lease elector and the Kubernetes store) and imports no Ursa package"
 	case f == "pkg/api" && t == "pkg/k8stest":
 		return "" // its tests: a leaf like pkg/testutil (it imports only that)
 	case f == "pkg/api":
 		return "pkg/api is the bottom layer and imports no other Ursa package"
 	case f == "pkg/xds" && t == "pkg/store":
 		return "generators are pure functions of the catalogue and never read the store"
-	case f == "pkg/store" && t != "pkg/api" && t != "pkg/pgtest" && t != "pkg/k8stest":
-		return "pkg/store sits just above pkg/api and imports nothing else of Ursa's"
+	case f == "pkg/store" && t != "pkg/api" && t != "pkg/pgtest" && t != "pkg/k8stest" && t != "pkg/kube":
+		return "pkg/store sits just above pkg/api and imports nothing else of Ursa's (but pkg/kube, a leaf, for the Kubernetes store)"
 	case f == "pkg/mtls" && (t == "pkg/xds" || t == "pkg/catalog"):
 		return "pkg/mtls comes before pkg/catalog and pkg/xds"
 	case f == "pkg/catalog" && t == "pkg/xds":
@@ -138,6 +140,12 @@ func TestForbiddenRules(t *testing.T) {
 		{"pkg/testutil", "pkg/api", false},
 		{"pkg/api/crd", "pkg/k8stest", true},
 		{"pkg/k8stest", "pkg/api", false},
+		{"pkg/kube", "pkg/api", false},
+		{"pkg/kube", "pkg/store", false},
+		{"pkg/kube", "pkg/k8stest", true},
+		{"pkg/leader", "pkg/kube", true},
+		{"pkg/store/k8s", "pkg/kube", true},
+		{"pkg/kube", "zone", false},
 	}
 	for _, tt := range tests {
 		if got := forbidden(tt.from, tt.to) == "" && linkForbidden(tt.from, tt.to) == ""; got != tt.ok {

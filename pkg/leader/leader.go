@@ -1,5 +1,7 @@
-// Package leader elects one replica of a control plane, through a Lease in
-// the store, to do work only one replica may do.
+// Package leader elects one replica of a control plane, through a lease, to
+// do work only one replica may do. The lease lives where Leases says: in
+// Ursa's store (StoreLeases, an api.Lease) or in a Kubernetes cluster
+// (KubeLeases, a coordination.k8s.io/v1 Lease).
 package leader
 
 import (
@@ -10,12 +12,62 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
+// Record is a lease as the Elector sees it, whichever backend holds it.
+type Record struct {
+	// Holder is the identity of the replica holding it; "" when released.
+	Holder string
+	// Duration is how long the lease lasts without renewal (whole seconds
+	// in both backends).
+	Duration time.Duration
+	// AcquireTime is when Holder took it, RenewTime when it last renewed.
+	// Only for people reading the lease: replicas' clocks may disagree, so
+	// the Elector never compares them with its own (see Elector).
+	AcquireTime, RenewTime time.Time
+	// Transitions counts changes of holder.
+	Transitions int
+	// Version is the backend's opaque version of the record (the store's
+	// revision, Kubernetes' resourceVersion). It changes on every write.
+	Version string
+}
+
+// Errors a Leases returns; the Elector treats both as "not acquired".
+var (
+	ErrNotFound = errors.New("lease not found")
+	ErrConflict = errors.New("lease changed concurrently")
+)
+
+// Leases is where leases live: what an Elector needs of a backend. Methods
+// are safe for concurrent use.
+type Leases interface {
+	// Get returns the named lease, or an error wrapping ErrNotFound.
+	Get(ctx context.Context, name string) (Record, error)
+	// Create creates it (r.Version is ignored); ErrConflict when the name
+	// is taken.
+	Create(ctx context.Context, name string, r Record) error
+	// Update replaces it if its version is still r.Version; ErrConflict
+	// when it changed or is gone.
+	Update(ctx context.Context, name string, r Record) error
+	// Release gives up a lease this replica read as r, so that another
+	// replica may take it at once; it leaves a lease changed since alone.
+	Release(ctx context.Context, name string, r Record) error
+}
+
 // Elector runs a function while this replica holds a lease.
+//
+// Expiry is judged as client-go's leaderelection judges it, without
+// comparing another replica's RenewTime with the local clock: a lease held
+// by another replica is expired when this replica has seen no change to it
+// (no new Version) for its Duration, by its own monotonic clock. So a
+// replica that just started waits one Duration before taking a lease its
+// previous holder abandoned, and clock skew between replicas does not
+// matter. A released lease (Holder "") or a missing one is taken at once.
 type Elector struct {
+	// Leases holds the lease; when nil, StoreLeases{Store}.
+	Leases Leases
+	// Store is the Ursa store, used when Leases is nil.
 	Store store.Store
 	// Lease names the lease ("vip-allocator").
 	Lease string
@@ -25,6 +77,18 @@ type Elector struct {
 	// every Duration/3.
 	Duration time.Duration
 	Log      *zap.Logger
+
+	// observed is the lease as last read, observedAt when this replica
+	// first saw that version. Only Start's goroutine touches them.
+	observed   Record
+	observedAt time.Time
+}
+
+func (e *Elector) leases() Leases {
+	if e.Leases != nil {
+		return e.Leases
+	}
+	return StoreLeases{Store: e.Store}
 }
 
 // Start competes for the lease until ctx ends, and runs lead with a context
@@ -95,29 +159,39 @@ func (e *Elector) lead(ctx context.Context, tick *time.Ticker, lead func(context
 func (e *Elector) tryAcquire(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.Duration/3)
 	defer cancel()
-	key := api.Key{Type: "Lease", Name: e.Lease}
-	now := store.Now()
-	want := &api.Lease{Meta: api.Meta{Type: "Lease", Name: e.Lease}, Holder: e.Identity, RenewTime: now,
-		Duration: max(1, int(e.Duration.Seconds()))}
-	cur, err := e.Store.Get(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		_, err = e.Store.Create(ctx, want)
-		if errors.Is(err, store.ErrAlreadyExists) {
+	leases := e.leases()
+	now := time.Now()
+	dur := time.Duration(max(1, int(e.Duration.Seconds()))) * time.Second
+	cur, err := leases.Get(ctx, e.Lease)
+	if errors.Is(err, ErrNotFound) {
+		err = leases.Create(ctx, e.Lease, Record{Holder: e.Identity, Duration: dur, AcquireTime: now, RenewTime: now})
+		if errors.Is(err, ErrConflict) {
 			return false, nil
 		}
-		return err == nil, err
+		if err != nil {
+			return false, fmt.Errorf("create lease %s: %w", e.Lease, err)
+		}
+		return true, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("read lease %s: %w", e.Lease, err)
 	}
-	l := cur.(*api.Lease)
-	expired := now.After(l.RenewTime.Add(time.Duration(l.Duration) * time.Second))
-	if l.Holder != e.Identity && !expired {
+	if cur.Version != e.observed.Version || cur.Holder != e.observed.Holder || e.observedAt.IsZero() {
+		e.observed, e.observedAt = cur, now
+	}
+	held := cur.Holder == e.Identity
+	expired := cur.Holder == "" || now.Sub(e.observedAt) > cur.Duration
+	if !held && !expired {
 		return false, nil
 	}
-	want.Version = l.Version
-	if _, err := e.Store.Update(ctx, want); err != nil {
-		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+	want := cur
+	want.Holder, want.Duration, want.RenewTime = e.Identity, dur, now
+	if !held {
+		want.AcquireTime = now
+		want.Transitions++
+	}
+	if err := leases.Update(ctx, e.Lease, want); err != nil {
+		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
 			return false, nil
 		}
 		return false, fmt.Errorf("renew lease %s: %w", e.Lease, err)
@@ -130,11 +204,12 @@ func (e *Elector) tryAcquire(ctx context.Context) (bool, error) {
 func (e *Elector) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	cur, err := e.Store.Get(ctx, api.Key{Type: "Lease", Name: e.Lease})
-	if err != nil || cur.(*api.Lease).Holder != e.Identity {
+	leases := e.leases()
+	cur, err := leases.Get(ctx, e.Lease)
+	if err != nil || cur.Holder != e.Identity {
 		return
 	}
-	if err := e.Store.Delete(ctx, api.KeyOf(cur), cur.GetMeta().Version); err == nil {
+	if err := leases.Release(ctx, e.Lease, cur); err == nil {
 		e.Log.Info("released the lease", zap.String("lease", e.Lease))
 	}
 }
