@@ -146,6 +146,9 @@ func TestForbiddenRules(t *testing.T) {
 		{"pkg/leader", "pkg/kube", true},
 		{"pkg/store/k8s", "pkg/kube", true},
 		{"pkg/kube", "zone", false},
+		{"zone/kubernetes", "pkg/api", true},
+		{"zone/kubernetes", "pkg/kube", true},
+		{"zone/kubernetes", "global", false},
 	}
 	for _, tt := range tests {
 		if got := forbidden(tt.from, tt.to) == "" && linkForbidden(tt.from, tt.to) == ""; got != tt.ok {

@@ -71,7 +71,21 @@ type Inbound struct {
 	Port        int               `json:"port"`
 	ServicePort int               `json:"servicePort,omitempty"`
 	Tags        map[string]string `json:"tags"`
+	// Health, when set, says whether the workload behind the inbound is
+	// ready (on Kubernetes, its pod's Ready condition). A not-ready inbound
+	// stays registered but is no endpoint of its service. Absent means
+	// ready: a VM's registration has no readiness to report.
+	Health *Health `json:"health,omitempty"`
 }
+
+// Health is the readiness of an inbound.
+type Health struct {
+	Ready bool `json:"ready"`
+}
+
+// Ready reports whether the inbound may take traffic: no Health, or a ready
+// one.
+func (in Inbound) Ready() bool { return in.Health == nil || in.Health.Ready }
 
 // Outbound is an explicit local port through which the workload reaches a
 // service when it does not use DNS and VIPs.

@@ -116,8 +116,9 @@ type Service struct {
 	// offer carries one (zones that predate offers' ports). Outbound
 	// listeners offer the service at its VIP on this port (and on 80).
 	Port uint32
-	// Local are the inbounds of online Dataplanes of this zone that carry
-	// the service, sorted by address and port.
+	// Local are the ready inbounds (api.Inbound.Ready) of online
+	// Dataplanes of this zone that carry the service, sorted by address
+	// and port.
 	Local []Instance
 	// Remote are other zones' ingresses' offers of the service.
 	Remote []Offer
@@ -126,7 +127,7 @@ type Service struct {
 	Hash string
 }
 
-// Instance is one inbound of an online local Dataplane.
+// Instance is one ready inbound of an online local Dataplane.
 type Instance struct {
 	Dataplane string
 	Address   string
@@ -347,7 +348,7 @@ func (m *MeshCatalog) index() {
 	for _, dp := range m.Dataplanes {
 		for _, in := range dp.Networking.Inbound {
 			name := in.Tags[api.TagService]
-			if name == "" {
+			if name == "" || !in.Ready() {
 				continue
 			}
 			tags := maps.Clone(in.Tags)

@@ -258,3 +258,33 @@ func TestRemotePort(t *testing.T) {
 		t.Fatal("an offer's port is not in the service's hash")
 	}
 }
+
+// TestNotReadyInbound: an inbound whose Health says not ready (a pod that
+// is not Ready) keeps its service registered, with its port, but is no
+// endpoint; one without Health, or ready, is.
+func TestNotReadyInbound(t *testing.T) {
+	notReady := dataplane("default", "billing-1", "10.0.0.1", "billing", 9090)
+	notReady.Networking.Inbound[0].Health = &api.Health{Ready: false}
+	ready := dataplane("default", "billing-2", "10.0.0.2", "billing", 9090)
+	ready.Networking.Inbound[0].Health = &api.Health{Ready: true}
+	cat := catalogOf(t, mesh("default"), notReady, ready,
+		func() *api.Dataplane {
+			dp := dataplane("default", "web-1", "10.0.0.3", "web", 8080)
+			dp.Networking.Inbound[0].Health = &api.Health{}
+			return dp
+		}())
+	m := cat.Mesh("default")
+	if got := m.Services(); !slices.Equal(got, []string{"billing", "web"}) {
+		t.Fatalf("services = %v, want both registered", got)
+	}
+	billing := m.Service("billing")
+	if len(billing.Local) != 1 || billing.Local[0].Dataplane != "billing-2" {
+		t.Fatalf("billing's endpoints = %+v, want only the ready billing-2", billing.Local)
+	}
+	if billing.Port != 9091 {
+		t.Fatalf("billing's port = %d, want 9091 from the first registered instance", billing.Port)
+	}
+	if web := m.Service("web"); len(web.Local) != 0 || web.Port != 8081 {
+		t.Fatalf("web = %+v, want registered with no endpoint", web)
+	}
+}
