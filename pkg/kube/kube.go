@@ -3,7 +3,7 @@
 // cluster's CA, from a kubeconfig file or a pod's service-account files. It
 // speaks JSON to any API path and turns a failed request into a
 // *StatusError. Ursa does not link client-go; pkg/leader's Lease elector
-// uses this client, and the Kubernetes store will reuse it.
+// and the Kubernetes store (pkg/store/kubernetes) use this client.
 //
 // It imports no other Ursa package (test/layering_test.go).
 package kube
@@ -79,12 +79,14 @@ func (e *StatusError) Error() string {
 
 // IsConflict reports whether err is a 409: an update whose resourceVersion
 // is stale, or a create of a name that exists.
-func IsConflict(err error) bool { return code(err) == http.StatusConflict }
+func IsConflict(err error) bool { return Code(err) == http.StatusConflict }
 
 // IsNotFound reports whether err is a 404.
-func IsNotFound(err error) bool { return code(err) == http.StatusNotFound }
+func IsNotFound(err error) bool { return Code(err) == http.StatusNotFound }
 
-func code(err error) int {
+// Code returns the HTTP code of a *StatusError in err's chain, 0 when there
+// is none.
+func Code(err error) int {
 	var se *StatusError
 	if errors.As(err, &se) {
 		return se.Code
@@ -92,13 +94,19 @@ func code(err error) int {
 	return 0
 }
 
+// ErrTransport marks a request that got no answer, or an answer cut short:
+// the apiserver could not be reached or the connection failed. Callers may
+// retry it; a *StatusError is an answer.
+var ErrTransport = errors.New("no answer from the apiserver")
+
 // maxBody bounds what Do reads of one answer.
 const maxBody = 32 << 20
 
 // Do sends in (JSON-encoded, unless nil) to path, escaped, with any query
 // (e.g. "/apis/coordination.k8s.io/v1/namespaces/ns/leases/x") and decodes the
-// answer into out (unless nil). A non-2xx answer is a *StatusError; an
-// answer that does not decode into out is an error naming the path.
+// answer into out (unless nil). A non-2xx answer is a *StatusError; no
+// answer is an error wrapping ErrTransport; an answer that does not decode
+// into out is an error naming the path.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -108,41 +116,17 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	// path is already escaped and may carry a query (?labelSelector=...).
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	resp, err := c.send(ctx, method, path, body)
 	if err != nil {
-		return fmt.Errorf("kube: %s %s: %w", method, path, err)
-	}
-	req.Header.Set("Accept", "application/json")
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != nil {
-		tok, err := c.token.get()
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("kube: %s %s: %w", method, path, err)
+		return err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
-		return fmt.Errorf("kube: %s %s: read answer: %w", method, path, err)
+		return fmt.Errorf("kube: %s %s: read answer: %w: %w", method, path, ErrTransport, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		se := &StatusError{Method: method, Path: path, Code: resp.StatusCode}
-		var st struct {
-			Reason  string `json:"reason"`
-			Message string `json:"message"`
-		}
-		if json.Unmarshal(b, &st) == nil {
-			se.Reason, se.Message = st.Reason, st.Message
-		}
-		return se
+		return statusError(method, path, resp.StatusCode, b)
 	}
 	if out == nil {
 		return nil
@@ -151,6 +135,61 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("kube: decode %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// Stream GETs path (escaped, with its query, e.g. "...?watch=1") and returns
+// the body of a 2xx answer unread, for the caller to read as it arrives and
+// close: a watch. Its errors are Do's.
+func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error) {
+	resp, err := c.send(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+		return nil, statusError(http.MethodGet, path, resp.StatusCode, b)
+	}
+	return resp.Body, nil
+}
+
+// send makes one request with the client's credentials.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	// path is already escaped and may carry a query (?labelSelector=...).
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("kube: %s %s: %w", method, path, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != nil {
+		tok, err := c.token.get()
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("kube: %s %s: %w: %w", method, path, ErrTransport, err)
+	}
+	return resp, nil
+}
+
+// statusError is the *StatusError of a non-2xx answer whose body is b
+// (a metav1.Status, or anything else).
+func statusError(method, path string, code int, b []byte) *StatusError {
+	se := &StatusError{Method: method, Path: path, Code: code}
+	var st struct {
+		Reason  string `json:"reason"`
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(b, &st) == nil {
+		se.Reason, se.Message = st.Reason, st.Message
+	}
+	return se
 }
 
 // tokenSource re-reads a token file now and then: a pod's projected

@@ -83,13 +83,10 @@
 package kubernetes
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -101,6 +98,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/kube"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -113,11 +111,9 @@ const (
 
 // Options configure a Store.
 type Options struct {
-	// URL is the API server's base URL ("https://127.0.0.1:6443").
-	URL string
-	// Client sends the requests; it carries the credentials and trusts the
-	// server's CA.
-	Client *http.Client
+	// Client talks to the API server (pkg/kube: from a kubeconfig or the
+	// pod's service account).
+	Client *kube.Client
 	// Namespace holds every namespaced resource (the control plane's).
 	Namespace string
 	Logger    *zap.Logger
@@ -125,24 +121,23 @@ type Options struct {
 
 // Store is a store.Store over the Kubernetes API.
 type Store struct {
-	base   string
-	client *http.Client
+	client *kube.Client
 	ns     string
 	log    *zap.Logger
 }
 
 var _ store.Store = (*Store)(nil)
 
-// New returns a store over the API at opts.URL. The CRDs of deploy/crds
-// must be installed; New does not check.
+// New returns a store over the API opts.Client talks to. The CRDs of
+// deploy/crds must be installed; New does not check.
 func New(opts Options) (*Store, error) {
-	if opts.URL == "" || opts.Client == nil || opts.Namespace == "" {
-		return nil, errors.New("kubernetes store: URL, Client and Namespace are required")
+	if opts.Client == nil || opts.Namespace == "" {
+		return nil, errors.New("kubernetes store: Client and Namespace are required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	return &Store{base: strings.TrimRight(opts.URL, "/"), client: opts.Client, ns: opts.Namespace, log: opts.Logger}, nil
+	return &Store{client: opts.Client, ns: opts.Namespace, log: opts.Logger}, nil
 }
 
 // kinds are the types this store keeps: those placed as custom resources.
@@ -176,85 +171,30 @@ func (s *Store) collection(d api.Descriptor) string {
 	return "/apis/" + crd.APIVersion + "/namespaces/" + s.ns + "/" + crd.NamesOf(d).Plural
 }
 
-// status is a Kubernetes Status (the body of an error answer).
-type status struct {
-	Kind    string `json:"kind"`
-	Message string `json:"message"`
-	Reason  string `json:"reason"`
-	Code    int    `json:"code"`
-	Details struct {
-		Causes []struct {
-			Reason string `json:"reason"`
-		} `json:"causes"`
-	} `json:"details"`
-}
+func codeOf(err error) int { return kube.Code(err) }
 
-// apiError is an answer other than 2xx.
-type apiError struct {
-	code   int
-	status status
-}
-
-func (e *apiError) Error() string {
-	if e.status.Message != "" {
-		return fmt.Sprintf("%d %s: %s", e.code, e.status.Reason, e.status.Message)
-	}
-	return fmt.Sprintf("status %d", e.code)
-}
-
-func codeOf(err error) int {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		return ae.code
-	}
-	return 0
-}
-
-// do sends one request and decodes a 2xx answer into out (when not nil).
-// A transport failure is store.ErrUnavailable.
+// do sends one request (kube.Client.Do) and decodes a 2xx answer into out
+// (when not nil). No answer, and 503 or 429, are store.ErrUnavailable; a
+// cancelled ctx is ctx.Err().
 func (s *Store) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, s.base+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "application/json")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
+	return unavailable(ctx, s.client.Do(ctx, method, path, body, out))
+}
+
+// unavailable marks the errors of a request the caller may retry later with
+// store.ErrUnavailable.
+func unavailable(ctx context.Context, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, kube.ErrTransport):
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("%s %s: %w: %v", method, path, store.ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	case codeOf(err) == http.StatusServiceUnavailable || codeOf(err) == http.StatusTooManyRequests:
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w: %v", method, path, store.ErrUnavailable, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		ae := &apiError{code: resp.StatusCode}
-		_ = json.Unmarshal(b, &ae.status)
-		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
-			return fmt.Errorf("%s %s: %w: %w", method, path, store.ErrUnavailable, ae)
-		}
-		return ae
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
+	return err
 }
 
 // object is what the store reads of a custom-resource object besides its

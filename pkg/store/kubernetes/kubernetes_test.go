@@ -16,17 +16,18 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/api/crd"
 	"github.com/ursamesh/ursa/pkg/k8stest"
+	"github.com/ursamesh/ursa/pkg/kube"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/storetest"
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
-var kube k8stest.Shared
+var cluster k8stest.Shared
 
 func TestMain(m *testing.M) {
 	// The garbage collector deletes what a deleted Mesh owned.
-	kube.Options.ControllerManager = true
-	os.Exit(kube.Main(m))
+	cluster.Options.ControllerManager = true
+	os.Exit(cluster.Main(m))
 }
 
 var (
@@ -39,7 +40,7 @@ var (
 // Established (once per test binary: a new CRD's first requests are slow).
 func installed(t *testing.T) *k8stest.Rig {
 	t.Helper()
-	rig := kube.Get(t)
+	rig := cluster.Get(t)
 	installOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -67,7 +68,7 @@ var warmOnce sync.Once
 // ErrCompacted as it must. A control plane meets this too (after an API
 // server restart, say) and lists again; the conformance cases do not.
 func warm(t *testing.T, rig *k8stest.Rig) {
-	s, err := New(Options{URL: rig.URL, Client: rig.Client(), Namespace: "default"})
+	s, err := New(Options{Client: client(t, rig), Namespace: "default"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,12 +95,27 @@ func warm(t *testing.T, rig *k8stest.Rig) {
 	wg.Wait()
 }
 
+// client returns a client of the rig built from its kubeconfig file, as a
+// control plane builds its own.
+func client(t *testing.T, rig *k8stest.Rig) *kube.Client {
+	t.Helper()
+	cfg, err := kube.LoadKubeconfig(rig.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kube.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // newStore returns a store in a namespace of its own, with no Mesh in the
 // cluster (Mesh is cluster-scoped: the tests of this binary take turns).
 func newStore(t *testing.T) *Store {
 	t.Helper()
 	rig := installed(t)
-	s, err := New(Options{URL: rig.URL, Client: rig.Client(), Namespace: "default", Logger: zaptest.NewLogger(t)})
+	s, err := New(Options{Client: client(t, rig), Namespace: "default", Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

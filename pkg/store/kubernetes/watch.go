@@ -165,23 +165,15 @@ func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send
 		"allowWatchBookmarks": {"true"},
 		"timeoutSeconds":      {strconv.Itoa(int(watchTimeout / time.Second))},
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+s.collection(d)+"?"+q.Encode(), nil)
-	if err != nil {
-		return rev, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return rev, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusGone {
+	body, err := s.client.Stream(ctx, s.collection(d)+"?"+q.Encode())
+	if codeOf(err) == http.StatusGone {
 		return rev, fmt.Errorf("watch %s from %d: %w", d.Type, rev, store.ErrCompacted)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return rev, fmt.Errorf("watch %s: status %d", d.Type, resp.StatusCode)
+	if err != nil {
+		return rev, fmt.Errorf("watch %s: %w", d.Type, err)
 	}
-	dec := json.NewDecoder(resp.Body)
+	defer body.Close()
+	dec := json.NewDecoder(body)
 	for {
 		var we struct {
 			Type   string     `json:"type"`
@@ -206,8 +198,12 @@ func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send
 			}
 			continue
 		case "ERROR":
+			// The object is a metav1.Status.
+			var st struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			}
 			b, _ := json.Marshal(we.Object)
-			var st status
 			_ = json.Unmarshal(b, &st)
 			if st.Code == http.StatusGone {
 				return rev, fmt.Errorf("watch %s from %d: %w: %s", d.Type, rev, store.ErrCompacted, st.Message)
