@@ -80,17 +80,7 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.KDS.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("kds.addr: %q is not host:port", c.KDS.Addr))
 	}
-	if (c.KDS.TLSCert == "") != (c.KDS.TLSKey == "") {
-		errs = append(errs, errors.New("kds.tlsCert and kds.tlsKey: give both or neither"))
-	}
-	if c.KDS.TLSCert != "" && len(c.KDS.TLSSAN) > 0 {
-		errs = append(errs, errors.New("kds.tlsSan: names only the self-signed certificate; a given kds.tlsCert is served as it is"))
-	}
-	for _, san := range c.KDS.TLSSAN {
-		if err := servingcert.CheckSAN(san); err != nil {
-			errs = append(errs, fmt.Errorf("kds.tlsSan: %w", err))
-		}
-	}
+	errs = append(errs, servingcert.CheckSettings("kds", c.KDS.TLSCert, c.KDS.TLSKey, c.KDS.TLSSAN)...)
 	if c.KDS.MaxMessageSize < 2*api.MaxDocumentSize {
 		errs = append(errs, fmt.Errorf("kds.maxMessageSize: %d is too small; use at least %d (twice the largest resource)", c.KDS.MaxMessageSize, 2*api.MaxDocumentSize))
 	}

@@ -15,20 +15,9 @@ import (
 
 // validateXDSTLS checks the xds.tls* and xds.insecure settings.
 func (c Config) validateXDSTLS() []error {
-	var errs []error
-	if (c.XDS.TLSCert == "") != (c.XDS.TLSKey == "") {
-		errs = append(errs, errors.New("xds.tlsCert and xds.tlsKey: give both or neither"))
-	}
+	errs := servingcert.CheckSettings("xds", c.XDS.TLSCert, c.XDS.TLSKey, c.XDS.TLSSAN)
 	if c.XDS.Insecure && (c.XDS.TLSCert != "" || len(c.XDS.TLSSAN) > 0) {
 		errs = append(errs, errors.New("xds.insecure: serves plaintext, so xds.tlsCert and xds.tlsSan would be unused; drop one or the other"))
-	}
-	if c.XDS.TLSCert != "" && len(c.XDS.TLSSAN) > 0 {
-		errs = append(errs, errors.New("xds.tlsSan: names only the self-signed certificate; a given xds.tlsCert is served as it is"))
-	}
-	for _, san := range c.XDS.TLSSAN {
-		if err := servingcert.CheckSAN(san); err != nil {
-			errs = append(errs, fmt.Errorf("xds.tlsSan: %w", err))
-		}
 	}
 	return errs
 }

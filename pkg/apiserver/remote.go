@@ -3,7 +3,6 @@ package apiserver
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -34,18 +33,7 @@ func (c Config) validateTLS() []error {
 	} else if c.TLSAddr == c.Addr && port != "0" {
 		errs = append(errs, fmt.Errorf("api.tlsAddr: %q is api.addr too; give HTTPS its own port (5682 by default)", c.TLSAddr))
 	}
-	if (c.TLSCert == "") != (c.TLSKey == "") {
-		errs = append(errs, errors.New("api.tlsCert and api.tlsKey: give both or neither"))
-	}
-	if c.TLSCert != "" && len(c.TLSSAN) > 0 {
-		errs = append(errs, errors.New("api.tlsSan: names only the self-signed certificate; a given api.tlsCert is served as it is"))
-	}
-	for _, san := range c.TLSSAN {
-		if err := servingcert.CheckSAN(san); err != nil {
-			errs = append(errs, fmt.Errorf("api.tlsSan: %w", err))
-		}
-	}
-	return errs
+	return append(errs, servingcert.CheckSettings("api", c.TLSCert, c.TLSKey, c.TLSSAN)...)
 }
 
 // Certificate returns the HTTPS port's certificate: api.tlsCert and

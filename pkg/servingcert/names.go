@@ -45,6 +45,26 @@ func CheckSAN(s string) error {
 	return nil
 }
 
+// CheckSettings checks a server's TLS settings as a config file names them
+// under key ("api", "kds", "xds"): key.tlsCert and key.tlsKey go together,
+// key.tlsSan names only the certificate made here, and each SAN passes
+// CheckSAN. It returns every problem found.
+func CheckSettings(key, certFile, keyFile string, sans []string) []error {
+	var errs []error
+	if (certFile == "") != (keyFile == "") {
+		errs = append(errs, fmt.Errorf("%[1]s.tlsCert and %[1]s.tlsKey: give both or neither", key))
+	}
+	if certFile != "" && len(sans) > 0 {
+		errs = append(errs, fmt.Errorf("%[1]s.tlsSan: names only the self-signed certificate; a given %[1]s.tlsCert is served as it is", key))
+	}
+	for _, san := range sans {
+		if err := CheckSAN(san); err != nil {
+			errs = append(errs, fmt.Errorf("%s.tlsSan: %w", key, err))
+		}
+	}
+	return errs
+}
+
 // parseSAN returns an IP address, or the zero Addr for a valid DNS name.
 func parseSAN(s string) (netip.Addr, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
