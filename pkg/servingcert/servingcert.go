@@ -89,11 +89,6 @@ func Load(ctx context.Context, st Store, o Options) (*Serving, error) {
 	if o.Secret == "" {
 		return nil, errors.New("serving certificate: no CA secret name")
 	}
-	for _, s := range o.SANs {
-		if err := CheckSAN(s); err != nil {
-			return nil, err
-		}
-	}
 	names, err := NamesFor(o.Listen, o.SANs)
 	if err != nil {
 		return nil, err

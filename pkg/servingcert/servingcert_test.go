@@ -451,3 +451,16 @@ func TestCombinedFileServesNoKey(t *testing.T) {
 		}
 	}
 }
+
+// TestBadSANIsRefusedBeforeTheCA: a SAN that is no name is an error that
+// says so, and no CA is made for a start that cannot serve.
+func TestBadSANIsRefusedBeforeTheCA(t *testing.T) {
+	st := store.NewMemory(0)
+	_, err := Load(context.Background(), st, opts("ok.example", "not a name"))
+	if err == nil || !strings.Contains(err.Error(), `"not a name" is neither a DNS name nor an IP address`) {
+		t.Fatalf("a bad SAN: %v", err)
+	}
+	if _, err := st.Get(context.Background(), api.Key{Type: "GlobalSecret", Name: "xds-server-tls"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a CA was stored for a refused start: %v", err)
+	}
+}
