@@ -118,13 +118,9 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 	if !ok || token == "" {
 		return caller{}, status.Error(codes.Unauthenticated, "no zone token: start the zone CP with --zone-token-file (ursactl generate zone-token --zone NAME)")
 	}
-	zone, err := s.Verifier.VerifyZoneToken(ctx, token)
-	if errors.Is(err, store.ErrUnavailable) {
-		return caller{}, status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
-	}
+	zone, err := s.verifyToken(ctx, token)
 	if err != nil {
-		s.Log.Warn("refused a zone token", zap.Error(err))
-		return caller{}, status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
+		return caller{}, err
 	}
 	if claimed := first(kds.MetadataZone); claimed != zone {
 		s.Log.Warn("refused a zone CP running under another zone's name", zap.String("zone", zone), zap.String("claimed", claimed))
@@ -135,6 +131,20 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 		return caller{}, err
 	}
 	return caller{zone: zone, token: token, version: first(kds.MetadataVersion)}, nil
+}
+
+// verifyToken returns the zone a token was issued to, or the status error
+// to end the stream with: Unavailable when it cannot be checked now.
+func (s *Server) verifyToken(ctx context.Context, token string) (string, error) {
+	zone, err := s.Verifier.VerifyZoneToken(ctx, token)
+	if errors.Is(err, store.ErrUnavailable) {
+		return "", status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
+	}
+	if err != nil {
+		s.Log.Warn("refused a zone token", zap.Error(err))
+		return "", status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
+	}
+	return zone, nil
 }
 
 // admitZone creates the Zone on its first connection and refuses a disabled
@@ -162,11 +172,8 @@ func (s *Server) admitZone(ctx context.Context, zone string) error {
 // authenticate decided before: a change that landed in between found no
 // stream to close.
 func (s *Server) stillAdmitted(ctx context.Context, c caller) error {
-	if _, err := s.Verifier.VerifyZoneToken(ctx, c.token); err != nil {
-		if errors.Is(err, store.ErrUnavailable) {
-			return status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
-		}
-		return status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
+	if _, err := s.verifyToken(ctx, c.token); err != nil {
+		return err
 	}
 	r, err := s.Store.Get(ctx, api.Key{Type: "Zone", Name: c.zone})
 	switch {
