@@ -25,10 +25,11 @@ func registerIngress(ctx context.Context, st store.Store, zone string, allowLoop
 	}
 	ing := r.(*api.ZoneIngress)
 	if !allowLoopback {
-		for field, addr := range map[string]string{"networking.address": ing.Networking.Address, "networking.advertisedAddress": ing.Networking.AdvertisedAddress} {
-			if err := hostOnly(addr); err != nil {
-				return fmt.Errorf("presented zone ingress %s: %s: %w", ing.Name, field, err)
-			}
+		if err := hostOnly(ing.Networking.Address); err != nil {
+			return fmt.Errorf("presented zone ingress %s: networking.address: %w", ing.Name, err)
+		}
+		if err := hostOnly(ing.Networking.AdvertisedAddress); err != nil {
+			return fmt.Errorf("presented zone ingress %s: networking.advertisedAddress: %w", ing.Name, err)
 		}
 	}
 	if ing.Name != node.GetId() {

@@ -91,3 +91,39 @@ func TestRegistrationRefusesHostOnlyAddresses(t *testing.T) {
 		}
 	}
 }
+
+// An ingress may not register a host-only address either, as its address
+// or its advertised one (which other zones dial); the error names the field.
+func TestIngressRegistrationRefusesHostOnlyAddresses(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range []struct{ address, advertised, field string }{
+		{"127.0.0.1", "", "networking.address:"},
+		{"10.0.0.9", "::1", "networking.advertisedAddress:"},
+		{"0.0.0.0", "127.0.0.1", "networking.address:"},
+	} {
+		st := store.NewMemory(0)
+		ing := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "ingress"}, Zone: "zone-1",
+			Networking: api.ZoneIngressNetworking{Address: tt.address, Port: 10001}}
+		if tt.advertised != "" {
+			ing.Networking.AdvertisedAddress, ing.Networking.AdvertisedPort = tt.advertised, 10001
+		}
+		doc, err := api.EncodeJSON(ing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		node := &core.Node{Id: "ingress", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+			api.MetadataIngress:     structpb.NewStringValue("true"),
+			api.MetadataZoneIngress: structpb.NewStringValue(string(doc))}}}
+		claims := &xds.Claims{Kind: xds.TokenIngress}
+		err = registrar{st: st, zone: "zone-1", instance: "cp-a"}.Register(ctx, node, claims)
+		if err == nil || !strings.Contains(err.Error(), tt.field) || !strings.Contains(err.Error(), "--xds-allow-loopback-dataplanes") {
+			t.Fatalf("registered %s / %s: %v, want a refusal naming %s", tt.address, tt.advertised, err, tt.field)
+		}
+		if _, err := st.Get(ctx, api.KeyOf(ing)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("the refused ZoneIngress is stored: %v", err)
+		}
+		if err := (registrar{st: st, zone: "zone-1", instance: "cp-a", allowLoopback: true}).Register(ctx, node, claims); err != nil {
+			t.Fatalf("%s / %s with loopback allowed: %v", tt.address, tt.advertised, err)
+		}
+	}
+}
