@@ -68,14 +68,13 @@ type Serving struct {
 
 	// When the CA is ours, the leaf is re-issued as it ages; otherwise
 	// fixed holds the user's pair.
-	fixed  *tls.Certificate
-	ca     *x509.Certificate
-	caKey  crypto.Signer
-	now    func() time.Time
-	mu     sync.Mutex
-	leaf   *tls.Certificate
-	renew  time.Time
-	issued int // leaves issued, for tests
+	fixed *tls.Certificate
+	ca    *x509.Certificate
+	caKey crypto.Signer
+	now   func() time.Time
+	mu    sync.Mutex
+	leaf  *tls.Certificate
+	renew time.Time
 }
 
 // Load returns the certificate the options describe. A CA is made and stored
@@ -227,7 +226,6 @@ func (s *Serving) current() (*tls.Certificate, error) {
 		return nil, err
 	}
 	s.leaf, s.renew = leaf, now.Add(renewAfter)
-	s.issued++
 	return leaf, nil
 }
 
