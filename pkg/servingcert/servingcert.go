@@ -232,6 +232,15 @@ func (s *Serving) current() (*tls.Certificate, error) {
 // issue signs a fresh key for this process's names, valid until the CA
 // expires at the latest.
 func (s *Serving) issue(now time.Time) (*tls.Certificate, error) {
+	// Checked first: past the CA's expiry every handshake comes here, and
+	// should not make a key to throw away.
+	notAfter := now.Add(leafLifetime)
+	if notAfter.After(s.ca.NotAfter) {
+		notAfter = s.ca.NotAfter
+	}
+	if !notAfter.After(now) {
+		return nil, fmt.Errorf("serving certificate: the CA %q expired on %s", s.ca.Subject.CommonName, s.ca.NotAfter.Format(time.DateOnly))
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
@@ -239,13 +248,6 @@ func (s *Serving) issue(now time.Time) (*tls.Certificate, error) {
 	serial, err := serialNumber()
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
-	}
-	notAfter := now.Add(leafLifetime)
-	if notAfter.After(s.ca.NotAfter) {
-		notAfter = s.ca.NotAfter
-	}
-	if !notAfter.After(now) {
-		return nil, fmt.Errorf("serving certificate: the CA %q expired on %s", s.ca.Subject.CommonName, s.ca.NotAfter.Format(time.DateOnly))
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,

@@ -464,3 +464,20 @@ func TestBadSANIsRefusedBeforeTheCA(t *testing.T) {
 		t.Fatalf("a CA was stored for a refused start: %v", err)
 	}
 }
+
+// TestExpiredCAKeepsTheLastLeaf: past the CA's expiry no leaf can be
+// issued; the one made before is served still, and issuing says why.
+func TestExpiredCAKeepsTheLastLeaf(t *testing.T) {
+	s := load(t, store.NewMemory(0), opts())
+	first, _ := s.Certificate()
+	late := s.ca.NotAfter.Add(time.Hour)
+	if _, err := s.issue(late); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("issue past the CA's expiry: %v", err)
+	}
+	s.mu.Lock()
+	s.now = func() time.Time { return late }
+	s.mu.Unlock()
+	if got, err := s.Certificate(); err != nil || got != first {
+		t.Fatalf("past the CA's expiry: %v, %v; want the last leaf", got, err)
+	}
+}
