@@ -583,7 +583,7 @@ func (s *Store) listObjects(ctx context.Context, d api.Descriptor, labels map[st
 			Items []crd.Object `json:"items"`
 		}
 		if err := s.do(ctx, http.MethodGet, s.collection(d)+"?"+q.Encode(), nil, &page); err != nil {
-			if codeOf(err) == http.StatusGone {
+			if codeOf(err) == http.StatusGone && q.Has("continue") {
 				// The continue token expired: start again.
 				out, rev = nil, 0
 				q.Del("continue")

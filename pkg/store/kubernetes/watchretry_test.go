@@ -72,3 +72,16 @@ func TestWatchOutlivesOutage(t *testing.T) {
 		}
 	}
 }
+
+// TestListGoneIsAnError: a 410 to a list's first page (no continue token to
+// start again without) is an error, not a loop.
+func TestListGoneIsAnError(t *testing.T) {
+	var calls atomic.Int32
+	s := fakeStore(t, http.StatusGone, &calls)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := s.List(ctx, store.ListOptions{Type: "Mesh"})
+	if kube.Code(err) != http.StatusGone || calls.Load() != 1 {
+		t.Fatalf("List = %v after %d requests, want the 410 after 1", err, calls.Load())
+	}
+}
