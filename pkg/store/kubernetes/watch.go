@@ -16,6 +16,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/kube"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -193,7 +194,7 @@ func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send
 		"timeoutSeconds":      {strconv.Itoa(int(watchTimeout / time.Second))},
 	}
 	body, err := s.client.Stream(ctx, s.collection(d)+"?"+q.Encode())
-	if codeOf(err) == http.StatusGone {
+	if kube.Code(err) == http.StatusGone {
 		return rev, fmt.Errorf("watch %s from %d: %w", d.Type, rev, store.ErrCompacted)
 	}
 	if err != nil {
