@@ -79,7 +79,9 @@
 // reports the error and can be re-run (its puts are idempotent); GC deletes
 // only. None needs cross-object atomicity for correctness, only for
 // never showing a half-applied state to watchers, which this store does not
-// promise (capability AtomicApply: false).
+// promise. storetest has no capability for it: the suite's Apply cases
+// provoke only failures caught before the first write;
+// TestApplyPartialFailure covers a write failing midway.
 package kubernetes
 
 import (
