@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
@@ -37,18 +34,7 @@ func TestGeneratedDirectChains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var listeners []*listener.Listener
-	for _, r := range res[resource.ListenerType] {
-		listeners = append(listeners, r.(*listener.Listener))
-	}
-	var clusters []*cluster.Cluster
-	for _, r := range res[resource.ClusterType] {
-		clusters = append(clusters, r.(*cluster.Cluster))
-	}
-	cfg, err := translate(listeners, clusters, nil, nil, nil)
-	if err != nil {
-		t.Fatalf("the built-in proxy refuses the generated configuration: %v", err)
-	}
+	cfg := translateGenerated(t, res)
 	c := cfg.Clusters[xds.DirectCluster("billing")]
 	if c == nil || !c.OriginalDst || !c.TLS || c.Warming || c.SNI != catalog.SNI("default", map[string]string{api.TagService: "billing"}) ||
 		len(c.ServerSANs) != 1 || !c.ServerSANs[0]("spiffe://default/billing") || c.ServerSANs[0]("spiffe://default/web") {

@@ -80,18 +80,7 @@ func TestGeneratedTagPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var listeners []*listener.Listener
-	for _, r := range res[resource.ListenerType] {
-		listeners = append(listeners, r.(*listener.Listener))
-	}
-	var clusters []*cluster.Cluster
-	for _, r := range res[resource.ClusterType] {
-		clusters = append(clusters, r.(*cluster.Cluster))
-	}
-	cfg, err := translate(listeners, clusters, nil, nil, nil)
-	if err != nil {
-		t.Fatalf("the built-in proxy refuses the generated configuration: %v", err)
-	}
+	cfg := translateGenerated(t, res)
 	if web := cfg.Clusters["web"]; len(web.ServerSANs) != 1 || !web.ServerSANs[0]("spiffe://default/web") || web.ServerSANs[0]("spiffe://default/billing") {
 		t.Fatalf("cluster web checks %v of its upstream", web.WantSANs)
 	}
@@ -297,4 +286,24 @@ func TestUnsupportedSANCheckIsRefused(t *testing.T) {
 	if _, err := translate(nil, []*cluster.Cluster{c}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "only URI") {
 		t.Fatalf("a DNS SAN check: %v", err)
 	}
+}
+
+// translateGenerated translates the listeners and clusters a generator
+// made, as the proxy would receive them (no endpoints, secrets or
+// revocations), failing the test when the proxy refuses them.
+func translateGenerated(t *testing.T, res xds.Resources) *Config {
+	t.Helper()
+	var listeners []*listener.Listener
+	for _, r := range res[resource.ListenerType] {
+		listeners = append(listeners, r.(*listener.Listener))
+	}
+	var clusters []*cluster.Cluster
+	for _, r := range res[resource.ClusterType] {
+		clusters = append(clusters, r.(*cluster.Cluster))
+	}
+	cfg, err := translate(listeners, clusters, nil, nil, nil)
+	if err != nil {
+		t.Fatalf("the built-in proxy refuses the generated configuration: %v", err)
+	}
+	return cfg
 }

@@ -210,8 +210,9 @@ func inNamespace(t *testing.T) bool {
 // nsSeq numbers inNamespace's namespaces within this process.
 var nsSeq atomic.Int64
 
-// echoOn is echoServer on a given address.
-func echoOn(t *testing.T, addr, name string) {
+// echoOn serves on addr an echo that prefixes each line with name, until
+// the test ends, and returns the address it bound.
+func echoOn(t *testing.T, addr, name string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -233,6 +234,7 @@ func echoOn(t *testing.T, addr, name string) {
 			}()
 		}
 	}()
+	return ln.Addr().String()
 }
 
 // roundTrip sends "hi" to addr as an app would and returns the reply line,

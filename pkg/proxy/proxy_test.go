@@ -87,27 +87,7 @@ func TestEjectedEndpointReturns(t *testing.T) {
 
 func echoServer(t *testing.T, name string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s %s\n", name, sc.Text())
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return echoOn(t, "127.0.0.1:0", name)
 }
 
 // anyPort is a listener address the kernel gives a free port to when the

@@ -243,11 +243,7 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("tproxy: %w", err)
 	}
-	t, err := open(ctx, c.BinDir, false)
-	if err != nil {
-		return err
-	}
-	saved, err := t.save(ctx)
+	t, saved, err := openSaved(ctx, c.BinDir, false)
 	if err != nil {
 		return err
 	}
@@ -289,11 +285,7 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 // current network namespace's nat table; with none there, it does nothing.
 // binDir is Config.BinDir.
 func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
-	t, err := open(ctx, binDir, false)
-	if err != nil {
-		return err
-	}
-	saved, err := t.save(ctx)
+	t, saved, err := openSaved(ctx, binDir, false)
 	if err != nil {
 		return err
 	}
@@ -327,11 +319,7 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 // and says so. It is for a service manager to run after ursa-dp exits, so
 // that a killed one's rules do not stay until the next start.
 func RemoveLeftovers(ctx context.Context, log *zap.Logger, binDir string) error {
-	t, err := open(ctx, binDir, false)
-	if err != nil {
-		return err
-	}
-	saved, err := t.save(ctx)
+	_, saved, err := openSaved(ctx, binDir, false)
 	if err != nil {
 		return err
 	}
@@ -371,11 +359,7 @@ func running(saved []byte) int {
 // Installed reports whether the current namespace holds any chain or jump
 // of ours.
 func Installed(ctx context.Context, binDir string) (bool, error) {
-	t, err := open(ctx, binDir, false)
-	if err != nil {
-		return false, err
-	}
-	saved, err := t.save(ctx)
+	_, saved, err := openSaved(ctx, binDir, false)
 	if err != nil {
 		return false, err
 	}
@@ -389,7 +373,17 @@ func open6(ctx context.Context, binDir string) (*tables, []string, error) {
 	if _, err := os.Stat("/proc/thread-self/net/if_inet6"); err != nil {
 		return nil, nil, nil
 	}
-	t, err := open(ctx, binDir, true)
+	t, saved, err := openSaved(ctx, binDir, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, removal(saved), nil
+}
+
+// openSaved opens the binaries (open) and returns the nat table as
+// iptables-save prints it.
+func openSaved(ctx context.Context, binDir string, v6 bool) (*tables, []byte, error) {
+	t, err := open(ctx, binDir, v6)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -397,7 +391,7 @@ func open6(ctx context.Context, binDir string) (*tables, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return t, removal(saved), nil
+	return t, saved, nil
 }
 
 // removal returns the iptables-restore lines that delete what of ours the

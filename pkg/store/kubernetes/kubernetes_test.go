@@ -186,7 +186,7 @@ func TestApplyPartialFailure(t *testing.T) {
 	}
 }
 
-// TestWatchRelistsAfterCompaction: a revision older than the API server's
+// TestWatchTooOld: a revision older than the API server's
 // watch window is ErrCompacted.
 func TestWatchTooOld(t *testing.T) {
 	s := newStore(t)

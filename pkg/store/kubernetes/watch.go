@@ -16,6 +16,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/kube"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -53,14 +54,16 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 	if since == 0 {
 		var initial []store.Event
 		for _, d := range kinds() {
-			objs, rev, err := s.listObjects(ctx, d, nil)
-			for err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				s.log.Warn("kubernetes watch: list failed, retrying", zap.String("type", d.Type), zap.Error(err))
-				time.Sleep(time.Second)
+			var (
+				objs []object
+				rev  int64
+			)
+			err := s.retry(ctx, "list "+d.Type, func() (err error) {
 				objs, rev, err = s.listObjects(ctx, d, nil)
+				return err
+			})
+			if err != nil {
+				return err // names the path; a bare ctx.Err() when ctx ended
 			}
 			from[d.Type] = rev
 			for _, o := range objs {
@@ -77,7 +80,11 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 			}
 		}
 	} else {
-		now, err := s.Revision(ctx)
+		var now int64
+		err := s.retry(ctx, "read the revision", func() (err error) {
+			now, err = s.Revision(ctx)
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -104,6 +111,27 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 				return err
 			}
 		}
+	}
+}
+
+// retry calls f until it succeeds, fails with anything but
+// store.ErrUnavailable (returned: a missing CRD or a refused permission is
+// not waited out), or ctx ends (ctx.Err()). Watch survives an outage and
+// never returns ErrUnavailable (store.Store).
+func (s *Store) retry(ctx context.Context, what string, f func() error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || !errors.Is(err, store.ErrUnavailable) {
+			return err
+		}
+		s.log.Warn("kubernetes watch: retrying", zap.String("what", what), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
@@ -166,7 +194,7 @@ func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send
 		"timeoutSeconds":      {strconv.Itoa(int(watchTimeout / time.Second))},
 	}
 	body, err := s.client.Stream(ctx, s.collection(d)+"?"+q.Encode())
-	if codeOf(err) == http.StatusGone {
+	if kube.Code(err) == http.StatusGone {
 		return rev, fmt.Errorf("watch %s from %d: %w", d.Type, rev, store.ErrCompacted)
 	}
 	if err != nil {
