@@ -1,7 +1,10 @@
 package dns
 
 import (
+	"cmp"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/ursamesh/ursa/pkg/catalog"
@@ -23,9 +26,17 @@ type Table struct {
 // when it is in the mesh "default" or in only one mesh.
 func NewTable(cat *catalog.Catalog) *Table {
 	t := &Table{byName: map[string]netip.Addr{}, vips: cat.VIPs()}
+	// In order, so that of services whose names differ only in case
+	// ("Web", "web") the first by name answers, in every table.
+	all := slices.SortedFunc(maps.Keys(t.vips), func(a, b MeshService) int {
+		return cmp.Or(strings.Compare(a.Mesh, b.Mesh), strings.Compare(a.Service, b.Service))
+	})
 	short := map[string][]MeshService{}
-	for ms, ip := range t.vips {
-		t.byName[strings.ToLower(ms.Service+"."+ms.Mesh)] = ip
+	for _, ms := range all {
+		n := strings.ToLower(ms.Service + "." + ms.Mesh)
+		if _, taken := t.byName[n]; !taken {
+			t.byName[n] = t.vips[ms]
+		}
 		short[strings.ToLower(ms.Service)] = append(short[strings.ToLower(ms.Service)], ms)
 	}
 	for name, candidates := range short {
@@ -39,6 +50,7 @@ func NewTable(cat *catalog.Catalog) *Table {
 		for _, c := range candidates {
 			if c.Mesh == "default" {
 				t.byName[name] = t.vips[c]
+				break
 			}
 		}
 	}

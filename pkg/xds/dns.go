@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -60,17 +61,21 @@ func (s *MeshState) dnsListener(addr netip.AddrPort, domain string, answerTTL ti
 		// <mesh>.<domain>) for one it is the authority for.
 		table := &dnstable.DnsTable{}
 		ttl := durationpb.New(answerTTL)
-		var names []string
+		// Two services may spell one name: "billing.default" and billing
+		// of mesh default, or "Web" and "web". As in the zone's DNS
+		// (dns.NewTable), <service>.<mesh> wins over a <service> that
+		// spells the same; else the first service by name: the same
+		// answer in every build, not the last one a map's order gave.
+		services := slices.Sorted(maps.Keys(s.VIPs))
 		byName := map[string]string{}
-		for svc, vip := range s.VIPs {
-			for _, n := range []string{svc + "." + domain, svc + "." + s.Mesh.Name + "." + domain} {
-				n = strings.ToLower(n)
-				names = append(names, n)
-				byName[n] = vip.String()
+		for _, suffix := range []string{"." + s.Mesh.Name + "." + domain, "." + domain} {
+			for _, svc := range services {
+				if n := strings.ToLower(svc + suffix); byName[n] == "" {
+					byName[n] = s.VIPs[svc].String()
+				}
 			}
 		}
-		slices.Sort(names)
-		for _, n := range slices.Compact(names) {
+		for _, n := range slices.Sorted(maps.Keys(byName)) {
 			table.VirtualDomains = append(table.VirtualDomains, &dnstable.DnsTable_DnsVirtualDomain{
 				Name: n, AnswerTtl: ttl,
 				Endpoint: &dnstable.DnsTable_DnsEndpoint{EndpointConfig: &dnstable.DnsTable_DnsEndpoint_AddressList{

@@ -110,3 +110,38 @@ func TestDNSListenerDomainAndTTL(t *testing.T) {
 		t.Fatalf("first name %q ttl %v, want billing.corp 5s", d.GetName(), d.GetAnswerTtl().AsDuration())
 	}
 }
+
+// Names two services spell alike answer one VIP, the same in every build:
+// <service>.<mesh> over a service named "<service>.<mesh>", as the zone's
+// DNS does; of names that differ in case, the first service by name.
+func TestDNSListenerNamesSpelledAlike(t *testing.T) {
+	var rs []api.Resource
+	for _, res := range xdstest.Inputs(t, "testdata/sidecar/local.input.yaml") {
+		if v, ok := res.(*api.VirtualIPs); ok {
+			v.Entries["billing.default"] = api.VirtualIP{IP: "240.0.0.3"}
+			v.Entries["Web"] = api.VirtualIP{IP: "240.0.0.4"}
+		}
+		rs = append(rs, res)
+	}
+	want := "billing.default.default.mesh=240.0.0.3 billing.default.mesh=240.0.0.1 billing.mesh=240.0.0.1 " +
+		"web.default.mesh=240.0.0.4 web.mesh=240.0.0.4"
+	for range 20 { // a fresh MeshState each time: map orders differ
+		s := NewState(catalog.FromResources("zone-1", rs), nil)
+		dp := s.Mesh("default").Registered["web-1"]
+		r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, DNSAddress: "127.0.0.1:15053"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := &dnsfilter.DnsFilterConfig{}
+		if err := findListener(r, DNSListenerName).GetListenerFilters()[0].GetTypedConfig().UnmarshalTo(cfg); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, d := range cfg.GetServerConfig().GetInlineDnsTable().GetVirtualDomains() {
+			names = append(names, d.GetName()+"="+strings.Join(d.GetEndpoint().GetAddressList().GetAddress(), ","))
+		}
+		if got := strings.Join(names, " "); got != want {
+			t.Fatalf("table %s, want %s", got, want)
+		}
+	}
+}

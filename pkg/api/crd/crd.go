@@ -360,15 +360,7 @@ func (g generator) bodySchema(d api.Descriptor) *Schema {
 	if inner, ok := specField(t); ok {
 		return g.schemaOf(inner)
 	}
-	s := &Schema{Type: "object", Properties: map[string]*Schema{}}
-	for _, f := range bodyFields(t) {
-		s.Properties[f.name] = g.fieldSchema(f)
-		if f.required() {
-			s.Required = append(s.Required, f.name)
-		}
-	}
-	slices.Sort(s.Required)
-	return s
+	return g.objectSchema(bodyFields(t))
 }
 
 var metaType = reflect.TypeFor[api.Meta]()

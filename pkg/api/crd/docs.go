@@ -31,40 +31,43 @@ func DocsOf(dir string) (Docs, error) {
 		if err != nil {
 			return nil, fmt.Errorf("crd: read the types' docs: %w", err)
 		}
-		{
-			for _, decl := range f.Decls {
-				gd, ok := decl.(*ast.GenDecl)
-				if !ok || gd.Tok != token.TYPE {
-					continue
-				}
-				for _, spec := range gd.Specs {
-					ts := spec.(*ast.TypeSpec)
-					st, ok := ts.Type.(*ast.StructType)
-					if !ok {
-						continue
-					}
-					typeDoc := ts.Doc
-					if typeDoc == nil && len(gd.Specs) == 1 {
-						typeDoc = gd.Doc
-					}
-					docs[ts.Name.Name] = clean(typeDoc)
-					for _, fl := range st.Fields.List {
-						c := fl.Doc
-						if c == nil {
-							c = fl.Comment
-						}
-						for _, n := range fl.Names {
-							docs[ts.Name.Name+"."+n.Name] = clean(c)
-						}
-					}
-				}
-			}
-		}
+		addDocs(docs, f)
 	}
 	if len(docs) == 0 {
 		return nil, fmt.Errorf("crd: no struct types in %s", dir)
 	}
 	return docs, nil
+}
+
+// addDocs adds the doc comments of f's struct types and their fields to docs.
+func addDocs(docs Docs, f *ast.File) {
+	for _, decl := range f.Decls {
+		gd, ok := decl.(*ast.GenDecl)
+		if !ok || gd.Tok != token.TYPE {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			ts := spec.(*ast.TypeSpec)
+			st, ok := ts.Type.(*ast.StructType)
+			if !ok {
+				continue
+			}
+			typeDoc := ts.Doc
+			if typeDoc == nil && len(gd.Specs) == 1 {
+				typeDoc = gd.Doc
+			}
+			docs[ts.Name.Name] = clean(typeDoc)
+			for _, fl := range st.Fields.List {
+				c := fl.Doc
+				if c == nil {
+					c = fl.Comment
+				}
+				for _, n := range fl.Names {
+					docs[ts.Name.Name+"."+n.Name] = clean(c)
+				}
+			}
+		}
+	}
 }
 
 // clean joins a comment's lines into one line.

@@ -69,17 +69,23 @@ func (g generator) schemaOf(t reflect.Type) *Schema {
 	case reflect.Interface:
 		return &Schema{PreserveUnknownFields: true}
 	case reflect.Struct:
-		s := &Schema{Type: "object", Properties: map[string]*Schema{}}
-		for _, f := range fieldsOf(t) {
-			s.Properties[f.name] = g.fieldSchema(f)
-			if f.required() {
-				s.Required = append(s.Required, f.name)
-			}
-		}
-		slices.Sort(s.Required)
-		return s
+		return g.objectSchema(fieldsOf(t))
 	}
 	panic(fmt.Sprintf("crd: no schema for %s", t))
+}
+
+// objectSchema is the schema of an object of fields, each described by its
+// doc comment, the required ones listed in order.
+func (g generator) objectSchema(fields []field) *Schema {
+	s := &Schema{Type: "object", Properties: map[string]*Schema{}}
+	for _, f := range fields {
+		s.Properties[f.name] = g.fieldSchema(f)
+		if f.required() {
+			s.Required = append(s.Required, f.name)
+		}
+	}
+	slices.Sort(s.Required)
+	return s
 }
 
 // fieldSchema is a field's schema, described by the field's doc comment.
