@@ -2,7 +2,8 @@
 # sourcing, set TAG (the log prefix), ADDR and API; OUT may name a folder to
 # keep the work files in.
 #   work folder OUT (kept when given, else removed on exit), PIDS (killed on
-#   exit), log/die, need TOOL…, vip_table, answers PORT, stat FILE FIELD.
+#   exit), log/die, need TOOL…, vip_table, make_services (needs SERVICES and
+#   ROOT/bin/ursactl), answers PORT, stat FILE FIELD.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 if [[ -n ${OUT:-} ]]; then
@@ -42,6 +43,30 @@ vip_table() {
 	curl -sf "$API/meshes/default/virtual-ips" |
 		jq -r '.items[].entries | to_entries[] | select(.value.releasedAt == null) | "\(.key)\t\(.value.ip)"' |
 		sort
+}
+
+# make_services: $SERVICES services (Dataplanes svc-1…, with one ursactl apply
+# to $API), then wait for their VIPs and write the table to $OUT/vips.tsv
+make_services() {
+	local i n
+	log "creating $SERVICES services with one ursactl apply"
+	{
+		printf 'type: Mesh\nname: default\n'
+		for i in $(seq "$SERVICES"); do
+			printf -- '---\ntype: Dataplane\nmesh: default\nname: svc-%d\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: %d\n    tags: {ursa.io/service: svc-%d}\n' \
+				"$i" $((20000 + i)) "$i"
+		done
+	} >"$OUT/services.yaml"
+	"$ROOT/bin/ursactl" --api-server "$API" apply -f - <"$OUT/services.yaml" >"$OUT/apply.log"
+
+	log "waiting for $SERVICES VIPs"
+	for i in $(seq 300); do
+		n=$(vip_table | wc -l)
+		[[ $n -ge $SERVICES ]] && break
+		sleep 0.1
+	done
+	[[ $n -ge $SERVICES ]] || die "only $n of $SERVICES VIPs after 30 s"
+	vip_table >"$OUT/vips.tsv"
 }
 
 answers() { # answers PORT: name<TAB>ip for every query of $OUT/queries.txt, sorted

@@ -65,24 +65,7 @@ URSA_PID=$!
 PIDS+=("$URSA_PID")
 wait_port "$API_PORT" tcp "$URSA_PID"
 
-log "creating $SERVICES services with one ursactl apply"
-{
-	printf 'type: Mesh\nname: default\n'
-	for i in $(seq "$SERVICES"); do
-		printf -- '---\ntype: Dataplane\nmesh: default\nname: svc-%d\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: %d\n    tags: {ursa.io/service: svc-%d}\n' \
-			"$i" $((20000 + i)) "$i"
-	done
-} >"$OUT/services.yaml"
-"$ROOT/bin/ursactl" --api-server "$API" apply -f - <"$OUT/services.yaml" >"$OUT/apply.log"
-
-log "waiting for $SERVICES VIPs"
-for i in $(seq 300); do
-	n=$(vip_table | wc -l)
-	[[ $n -ge $SERVICES ]] && break
-	sleep 0.1
-done
-[[ $n -ge $SERVICES ]] || die "only $n of $SERVICES VIPs after 30 s"
-vip_table >"$OUT/vips.tsv"
+make_services
 
 # --- CoreDNS with the same names and IPs --------------------------------------
 {

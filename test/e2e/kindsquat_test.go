@@ -98,8 +98,11 @@ func TestIngressTokenCannotSquatADataplanesNode(t *testing.T) {
 		t.Fatalf("the squatting stream ends with %v, want PermissionDenied", squatErr)
 	}
 	// Nor the id of a Dataplane yet to come (billing-2, scaled up later).
+	// One stream, read until it ends: one that is served ends at its
+	// deadline, and fails here.
+	later := open(ingressToken, &core.Node{Id: "default.billing-2", Metadata: asIngress})
 	for {
-		if _, err := open(ingressToken, &core.Node{Id: "default.billing-2", Metadata: asIngress}).Recv(); err != nil {
+		if _, err := later.Recv(); err != nil {
 			if status.Code(err) != codes.PermissionDenied {
 				t.Fatalf("an ingress-token stream as default.billing-2 ends with %v, want PermissionDenied", err)
 			}
