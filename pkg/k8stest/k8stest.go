@@ -6,8 +6,9 @@
 // cached); this package never builds them.
 //
 // One rig per test binary is the expected use (see Shared): the apiserver
-// takes about 4 s to become ready, and the first requests to a new CRD about
-// 1 s each, so tests share a rig and keep apart by namespace.
+// takes about 3 s to become ready (test/k8srig/README.md), and the first
+// requests to a new CRD about 1 s each, so tests share a rig and keep apart
+// by namespace.
 //
 // Tests that need the rig fail, naming the script, when its binaries are
 // missing: they do not silently skip in CI. They skip only when
@@ -61,7 +62,7 @@ type Options struct {
 	// `default` ServiceAccount and Pods would be refused).
 	APIServerFlags []string
 	// ReadyTimeout bounds the wait for /readyz; 90 s when zero (generous:
-	// about 4.5 s on an idle machine, much more under a parallel `make test`).
+	// about 3 s on an idle machine, much more under a parallel `make test`).
 	ReadyTimeout time.Duration
 	// ControllerManager also starts kube-controller-manager (no leader
 	// election, no serving port): Deployments get ReplicaSets and Pods,

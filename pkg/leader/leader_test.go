@@ -227,6 +227,12 @@ func TestHandoverOnCleanStop(t *testing.T) {
 			testutil.Until(t, 20*time.Second, "the other replica leading", other.isLeading)
 			_, began, _, _ := other.state()
 			t.Logf("%s: Duration %s; handover after a clean stop took %s", name, testDuration, began.Sub(stopped).Round(time.Millisecond))
+			// Without the release, the other replica would wait out the
+			// lease: a Duration after the last renewal it saw, at least
+			// 2/3 of one after the stop (renewals come every third).
+			if took := began.Sub(stopped); took >= 2*testDuration/3 {
+				t.Fatalf("handover took %s: the lease expired rather than being released", took)
+			}
 		})
 	}
 }
