@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // TestVMZones is issue 13's two-zone mesh of hosts that are not loopback:
@@ -143,14 +145,13 @@ spec:
 	}
 	reaches := func(what, url, want string) {
 		t.Helper()
-		var last string
-		if !until(20*time.Second, func() bool {
+		testutil.Eventually(t, 20*time.Second, what+": curl "+url, func() error {
 			out, err := curl(url)
-			last = fmt.Sprint(out, err)
-			return err == nil && strings.Contains(out, want)
-		}) {
-			t.Fatalf("%s: curl %s: %s", what, url, last)
-		}
+			if err != nil || !strings.Contains(out, want) {
+				return fmt.Errorf("%s %v", out, err)
+			}
+			return nil
+		})
 	}
 	dig := func(name string) string {
 		t.Helper()
@@ -250,18 +251,6 @@ func (c *callers) all() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]string(nil), c.from...)
-}
-
-// until polls cond every 200 ms until it holds or d has passed.
-func until(d time.Duration, cond func() bool) bool {
-	for end := time.Now().Add(d); ; time.Sleep(200 * time.Millisecond) {
-		if cond() {
-			return true
-		}
-		if time.Now().After(end) {
-			return false
-		}
-	}
 }
 
 // metrics is the text of a /metrics page.

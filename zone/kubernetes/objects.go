@@ -115,8 +115,13 @@ type IntOrString struct {
 }
 
 // UnmarshalJSON accepts a number or a string; a string of digits is the name
-// "8080", not a number, as in Kubernetes.
+// "8080", not a number, as in Kubernetes. null is absent, as Kubernetes
+// reads it.
 func (p *IntOrString) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*p = IntOrString{}
+		return nil
+	}
 	if bytes.HasPrefix(b, []byte{'"'}) {
 		*p = IntOrString{IsStr: true}
 		return json.Unmarshal(b, &p.Str)

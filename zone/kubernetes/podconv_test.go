@@ -288,7 +288,7 @@ func TestTranslateNoMutation(t *testing.T) {
 
 func TestIntOrString(t *testing.T) {
 	for in, want := range map[string]IntOrString{
-		`8080`: {Int: 8080}, `"http"`: {Str: "http", IsStr: true}, `"8080"`: {Str: "8080", IsStr: true},
+		`8080`: {Int: 8080}, `"http"`: {Str: "http", IsStr: true}, `"8080"`: {Str: "8080", IsStr: true}, `null`: {},
 	} {
 		var got IntOrString
 		if err := got.UnmarshalJSON([]byte(in)); err != nil || got != want {
@@ -300,6 +300,10 @@ func TestIntOrString(t *testing.T) {
 		if err := got.UnmarshalJSON([]byte(in)); err == nil || !strings.Contains(err.Error(), "targetPort") {
 			t.Errorf("%s: err = %v, want a targetPort error", in, err)
 		}
+	}
+	// null is an absent target port: the Service's port.
+	if s, err := DecodeService([]byte(`{"metadata":{"name":"s"},"spec":{"ports":[{"port":80,"targetPort":null}]}}`)); err != nil || !s.Spec.Ports[0].TargetPort.IsZero() {
+		t.Errorf("targetPort null: %+v, %v; want absent", s, err)
 	}
 	if _, err := DecodeService([]byte(`{"metadata":{"name":"s"},"spec":{"ports":[{"port":80,"targetPort":[1]}]}}`)); err == nil ||
 		!strings.Contains(err.Error(), "decode service") || !strings.Contains(err.Error(), "targetPort") {
