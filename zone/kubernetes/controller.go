@@ -79,8 +79,18 @@ func (c *Controller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := &state{ctl: c, log: log, cache: newCache(), queue: newQueue(), owned: map[string]owned{}}
-	if err := s.loadOwned(ctx); err != nil {
-		return err
+	for b := newBackoff(); ; b.wait(ctx) {
+		err := s.loadOwned(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !errors.Is(err, store.ErrUnavailable) {
+			return err
+		}
+		log.Warn("cannot read what the controller stored; retrying", zap.Error(err))
 	}
 	changes := make(chan change, 1024)
 	var wg sync.WaitGroup
@@ -163,6 +173,7 @@ func managed() map[string]string {
 // loadOwned reads what the controller stored before (in an earlier run, or
 // on another replica).
 func (s *state) loadOwned(ctx context.Context) error {
+	s.owned = map[string]owned{}
 	sel := map[string]string{LabelManagedBy: ManagedByController}
 	dps, err := s.ctl.Store.List(ctx, store.ListOptions{Type: "Dataplane", Labels: sel})
 	if err != nil {
@@ -278,7 +289,7 @@ func (s *state) reconcile(ctx context.Context, key string) error {
 	var errs []error
 	if wantDP != nil {
 		wantDP.Labels = managed()
-		dp, err := s.put(ctx, wantDP, cur.dp, sameDataplane)
+		dp, err := s.put(ctx, wantDP, resource(cur.dp), sameDataplane)
 		errs = append(errs, err)
 		next.dp, _ = dp.(*api.Dataplane)
 	} else if cur.dp != nil {
@@ -288,7 +299,7 @@ func (s *state) reconcile(ctx context.Context, key string) error {
 	}
 	if wantIng != nil {
 		wantIng.Labels = managed()
-		ing, err := s.put(ctx, wantIng, cur.ing, sameIngress)
+		ing, err := s.put(ctx, wantIng, resource(cur.ing), sameIngress)
 		errs = append(errs, err)
 		next.ing, _ = ing.(*api.ZoneIngress)
 	} else if cur.ing != nil {
@@ -347,6 +358,17 @@ func (s *state) put(ctx context.Context, want, cur api.Resource, same func(a, b 
 		}
 	}
 	return cur, fmt.Errorf("write %s: it kept changing", api.KeyOf(want))
+}
+
+// resource is r as an api.Resource: nil for a nil pointer.
+func resource[T interface {
+	*api.Dataplane | *api.ZoneIngress
+	api.Resource
+}](r T) api.Resource {
+	if r == nil {
+		return nil
+	}
+	return r
 }
 
 // keep carries over onto want what the zone computes for it: a
