@@ -93,6 +93,8 @@ type Config struct {
 		CIDR     string          `json:"cidr" usage:"range virtual IPs are allocated from"`
 		HoldBack config.Duration `json:"holdBack" usage:"how long a released VIP stays reserved before another service may get it (longer than the DNS TTL)"`
 	} `json:"vip"`
+	// Webhook is a Kubernetes zone's admission webhooks (k8s_webhooks.go).
+	Webhook WebhookConfig `json:"webhook"`
 	// Instance names this replica, for leader election.
 	Instance string `json:"instance" usage:"name of this zone CP replica (default: host name and process id)"`
 	KDS      struct {
@@ -124,6 +126,7 @@ func DefaultConfig() Config {
 	c.Log.Level = "info"
 	c.ShutdownGrace = config.Duration{Duration: 10 * time.Second}
 	c.GCPercent = DefaultGCPercent
+	c.Webhook = DefaultWebhookConfig()
 	return c
 }
 
