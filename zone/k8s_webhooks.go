@@ -14,7 +14,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
-	"github.com/ursamesh/ursa/pkg/kube"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
@@ -36,7 +35,7 @@ type WebhookConfig struct {
 
 // DefaultWebhookConfig returns webhook.*'s defaults.
 func DefaultWebhookConfig() WebhookConfig {
-	return WebhookConfig{Addr: ":5443", Service: "ursa-control-plane", ServicePort: 443}
+	return WebhookConfig{Addr: ":5443", Service: "ursa-control-plane", ServicePort: 5443}
 }
 
 // Validate reports every webhook.* setting that cannot work.
@@ -69,25 +68,46 @@ func DefaultCPAddress(service, systemNamespace, xdsAddr string) string {
 	return "grpcs://" + net.JoinHostPort(service+"."+systemNamespace+".svc", port)
 }
 
-// KubeWebhookDeps is what addKubeWebhooks needs of a Kubernetes zone.
-type KubeWebhookDeps struct {
-	Client          *kube.Client
-	SystemNamespace string
-	Injection       kubernetes.InjectionConfig
-	XDSCert         *servingcert.Serving // nil: xDS without TLS
+// InjectionConfig is kubernetes.injection.*.
+type InjectionConfig = kubernetes.InjectionConfig
+
+// DefaultInjectionConfig returns kubernetes.injection.*'s defaults: the
+// sidecar image of this version.
+func DefaultInjectionConfig() InjectionConfig {
+	return kubernetes.DefaultInjectionConfig("ursamesh/ursa-dp:" + Version)
+}
+
+// validateKubeWebhooks checks webhook.* and kubernetes.injection.* on
+// Kubernetes; elsewhere they are unused, and set only by mistake.
+func (c Config) validateKubeWebhooks() []error {
+	if !c.OnKubernetes() {
+		var errs []error
+		if c.Webhook.URL != "" {
+			errs = append(errs, errors.New("webhook.url: only with environment kubernetes (--environment kubernetes)"))
+		}
+		return errs
+	}
+	var errs []error
+	if err := c.Webhook.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Kubernetes.Injection.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
 }
 
 // addKubeWebhooks serves the admission webhooks over TLS at webhook.addr,
 // with a certificate signed by a CA kept in the store, and keeps their
 // configurations registered in the cluster. It learns the control plane's
 // own user first: the validating webhook lets that user's writes through.
-func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.Store, d KubeWebhookDeps, log *zap.Logger) error {
+func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.Store, k8s *kubeEnv, xdsCert *servingcert.Serving, log *zap.Logger) error {
 	log = log.Named("webhooks")
-	self, err := kubernetes.SelfUser(ctx, d.Client)
+	self, err := kubernetes.SelfUser(ctx, k8s.client)
 	if err != nil {
 		return err
 	}
-	svc := kubernetes.ServiceRef{Namespace: d.SystemNamespace, Name: cfg.Webhook.Service, Port: cfg.Webhook.ServicePort}
+	svc := kubernetes.ServiceRef{Namespace: k8s.namespace, Name: cfg.Webhook.Service, Port: cfg.Webhook.ServicePort}
 	names, err := kubernetes.WebhookNames(cfg.Webhook.URL, svc)
 	if err != nil {
 		return err
@@ -97,14 +117,15 @@ func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.St
 	if err != nil {
 		return fmt.Errorf("webhook tls: %w", err)
 	}
-	inj := &kubernetes.Injector{Config: d.Injection, CPAddress: d.Injection.CPAddress, Namespace: kubernetes.NamespaceGetter(d.Client)}
+	injCfg := cfg.Kubernetes.Injection
+	inj := &kubernetes.Injector{Config: injCfg, CPAddress: injCfg.CPAddress, Namespace: kubernetes.NamespaceGetter(k8s.client)}
 	if inj.CPAddress == "" {
-		inj.CPAddress = DefaultCPAddress(cfg.Webhook.Service, d.SystemNamespace, cfg.XDS.Addr)
+		inj.CPAddress = DefaultCPAddress(cfg.Webhook.Service, k8s.namespace, cfg.XDS.Addr)
 	}
-	if d.XDSCert != nil {
-		inj.CAPEM = d.XDSCert.CAPEM()
+	if xdsCert != nil {
+		inj.CAPEM = xdsCert.CAPEM()
 	}
-	hooks := &kubernetes.Webhooks{Client: d.Client, Injector: inj, Validator: &kubernetes.Validator{Self: self},
+	hooks := &kubernetes.Webhooks{Client: k8s.client, Injector: inj, Validator: &kubernetes.Validator{Self: self},
 		CABundle: cert.CAPEM(), URL: cfg.Webhook.URL, Service: svc, Log: log}
 	ln, err := net.Listen("tcp", cfg.Webhook.Addr)
 	if err != nil {
@@ -119,6 +140,26 @@ func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.St
 	log.Info("admission webhooks listening", zap.String("webhook_addr", ln.Addr().String()), zap.String("webhook_url", cfg.Webhook.URL),
 		zap.Strings("webhook_tls_names", cert.Names().Strings()), zap.String("control_plane_user", self), zap.String("sidecar_cp_address", inj.CPAddress))
 	return nil
+}
+
+// withKubeXDSNames adds to the xDS certificate the names injected sidecars
+// reach it by (the control plane Service's, as in DefaultCPAddress), when
+// the certificate is made here.
+func withKubeXDSNames(cfg Config, k8s *kubeEnv) Config {
+	if k8s == nil || cfg.XDS.TLSCert != "" || cfg.XDS.Insecure {
+		return cfg
+	}
+	names, _ := kubernetes.WebhookNames("", kubernetes.ServiceRef{Namespace: k8s.namespace, Name: cfg.Webhook.Service})
+	cfg.XDS.TLSSAN = append(slices.Clone(cfg.XDS.TLSSAN), names...)
+	return cfg
+}
+
+// withKubeTokens is kubeProxyAuth on Kubernetes, a unchanged elsewhere.
+func withKubeTokens(a xds.Auth, k8s *kubeEnv, src ViewSource) xds.Auth {
+	if k8s == nil {
+		return a
+	}
+	return kubeProxyAuth(a, &kubernetes.TokenReviewer{Client: k8s.client}, src)
 }
 
 // kubeProxyAuth extends a zone's proxy authentication with Kubernetes

@@ -35,7 +35,7 @@ func (v *Validator) Review(_ *http.Request, req *AdmissionRequest) (*AdmissionRe
 		return Deny(req.UID, http.StatusBadRequest, "BadRequest", "stored object: "+err.Error()), nil
 	}
 	if old != nil && isGlobal(old) {
-		return deny(fmt.Sprintf("%s is synced from the global control plane; change it there (ursactl apply against the global)", describe(old)))
+		return deny(fmt.Sprintf("%s is synced from the global control plane; change it there (ursactl apply against the global)", describeObject(old)))
 	}
 	if req.Operation != "CREATE" && req.Operation != "UPDATE" {
 		return Allow(req.UID, nil)
@@ -46,7 +46,7 @@ func (v *Validator) Review(_ *http.Request, req *AdmissionRequest) (*AdmissionRe
 	}
 	if isGlobal(obj) {
 		return deny(fmt.Sprintf("%s: the label %s=%s is the control plane's to set, on what the global control plane sends; create it on the global (ursactl apply against the global)",
-			describe(obj), api.LabelOrigin, api.OriginGlobal))
+			describeObject(obj), api.LabelOrigin, api.OriginGlobal))
 	}
 	if req.SubResource != "" {
 		return Allow(req.UID, nil) // status: the control plane's to write
@@ -56,7 +56,7 @@ func (v *Validator) Review(_ *http.Request, req *AdmissionRequest) (*AdmissionRe
 		err = api.Validate(r)
 	}
 	if err != nil {
-		return Deny(req.UID, http.StatusUnprocessableEntity, "Invalid", fmt.Sprintf("%s is invalid: %v", describe(obj), err)), nil
+		return Deny(req.UID, http.StatusUnprocessableEntity, "Invalid", fmt.Sprintf("%s is invalid: %v", describeObject(obj), err)), nil
 	}
 	return Allow(req.UID, nil)
 }
@@ -79,9 +79,9 @@ func isGlobal(o crd.Object) bool {
 	return v == api.OriginGlobal
 }
 
-// describe names an object as a user knows it: TrafficRoute "r1" (mesh
+// describeObject names an object as a user knows it: TrafficRoute "r1" (mesh
 // default).
-func describe(o crd.Object) string {
+func describeObject(o crd.Object) string {
 	kind, _ := o["kind"].(string)
 	md, _ := o["metadata"].(map[string]any)
 	name, _ := md["name"].(string)

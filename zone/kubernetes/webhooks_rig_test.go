@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,33 +22,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
-
-var (
-	crdsOnce sync.Once
-	crdsErr  error
-)
-
-// withCRDs returns the shared rig with deploy/crds applied, and an admin
-// client of it.
-func withCRDs(t *testing.T) (*k8stest.Rig, *kube.Client) {
-	t.Helper()
-	r := cluster.Get(t)
-	crdsOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if out, err := r.Kubectl(ctx, "apply", "--server-side", "-f", "../../deploy/crds").CombinedOutput(); err != nil {
-			crdsErr = fmt.Errorf("kubectl apply -f deploy/crds: %v\n%s", err, out)
-			return
-		}
-		if out, err := r.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
-			crdsErr = fmt.Errorf("kubectl wait crd Established: %v\n%s", err, out)
-		}
-	})
-	if crdsErr != nil {
-		t.Fatal(crdsErr)
-	}
-	return r, clientWithToken(t, r, r.Token)
-}
 
 func clientWithToken(t *testing.T, r *k8stest.Rig, token string) *kube.Client {
 	t.Helper()
@@ -190,7 +162,7 @@ func createPod(ctx context.Context, c *kube.Client, ns, name string, annotations
 // and a pod of another namespace are left alone; registering again changes
 // nothing.
 func TestInjectionOnRig(t *testing.T) {
-	_, admin := withCRDs(t)
+	_, admin := rig(t)
 	cp := controlPlane(t, admin, "kinject-system")
 	hooks := serveWebhooks(t, cp)
 	ctx := context.Background()
@@ -248,7 +220,7 @@ func TestInjectionOnRig(t *testing.T) {
 // plane's own update passes; a user's route with a bad spec is refused
 // naming the field, a good one is created.
 func TestValidationOnRig(t *testing.T) {
-	r, admin := withCRDs(t)
+	r, admin := rig(t)
 	const ns = "kinject-cp2"
 	cp := controlPlane(t, admin, ns)
 	serveWebhooks(t, cp)
@@ -343,7 +315,7 @@ func readFile(t *testing.T, f string) string {
 // remembered. A token for another audience, one bound to no pod, garbage,
 // and the token of a deleted pod are refused, saying why.
 func TestTokenReviewOnRig(t *testing.T) {
-	_, admin := withCRDs(t)
+	_, admin := rig(t)
 	cp := controlPlane(t, admin, "kinject-cp3")
 	const ns = "kinject-tokens"
 	ctx := context.Background()
