@@ -359,7 +359,7 @@ func checkPodSecurity(t *testing.T, what string, spec any) {
 // Service's ports, and the RBAC only a zone has.
 func TestTemplateObjects(t *testing.T) {
 	wantPorts := map[string][]string{
-		"zone":   {"api/5681/TCP", "api-tls/5682/TCP", "xds/5678/TCP", "dns-udp/5653/UDP", "dns-tcp/5653/TCP", "webhook/5443/TCP"},
+		"zone":   {"api/5681/TCP", "api-tls/5682/TCP", "xds/5678/TCP", "dns-udp/5653/UDP", "dns-tcp/5653/TCP", "webhook/443/TCP"},
 		"global": {"api/5681/TCP", "api-tls/5682/TCP", "kds/5685/TCP"},
 	}
 	for _, vs := range valueSets {
