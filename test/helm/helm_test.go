@@ -209,10 +209,12 @@ func TestTemplateRefuses(t *testing.T) {
 }
 
 // pendingFlags are flags the chart passes that other parts of issue 14 add
-// (kzone: the Kubernetes environment). Until a binary has one, its absence
-// is logged; once it has it, it is checked like any other.
+// (kzone: the Kubernetes environment; kinject: the injected sidecar's
+// image). Until a binary has one, its absence is logged; once it has it, it
+// is checked like any other.
 var pendingFlags = map[string]bool{
-	"ursa-cp zone --environment": true,
+	"ursa-cp zone --environment":                true,
+	"ursa-cp zone --kubernetes-injection-image": true,
 }
 
 var helpFlag = regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z0-9-]+)\b(.*)$`)
