@@ -209,11 +209,9 @@ func TestTemplateRefuses(t *testing.T) {
 }
 
 // pendingFlags are flags the chart passes that other parts of issue 14 add
-// (kzone: the Kubernetes environment; kinject: the injected sidecar's
-// image). Until a binary has one, its absence is logged; once it has it, it
-// is checked like any other.
+// (kinject: the injected sidecar's image). Until a binary has one, its
+// absence is logged; once it has it, it is checked like any other.
 var pendingFlags = map[string]bool{
-	"ursa-cp zone --environment":                true,
 	"ursa-cp zone --kubernetes-injection-image": true,
 }
 
