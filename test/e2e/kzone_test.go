@@ -40,11 +40,15 @@ func kzoneRig(t *testing.T) *k8stest.Rig {
 }
 
 // startKubeZone starts `ursa-cp zone --environment kubernetes` on the rig
-// as replica instance, its objects in namespace ns.
+// as replica instance, its objects in namespace ns, its webhooks on a
+// loopback port of its own, registered by URL (it runs outside the
+// cluster).
 func startKubeZone(t *testing.T, rig *k8stest.Rig, ns, instance string, args ...string) *cp {
 	t.Helper()
+	hook := freeAddr(t)
 	return startCP(t, append([]string{"zone", "--zone", "zone-k", "--environment", "kubernetes", "--kubeconfig", rig.Kubeconfig,
-		"--kubernetes-system-namespace", ns, "--instance", instance, "--vip-cidr", "127.241.0.0/16"}, args...)...)
+		"--kubernetes-system-namespace", ns, "--instance", instance, "--vip-cidr", "127.241.0.0/16",
+		"--webhook-addr", hook, "--webhook-url", "https://" + hook}, args...)...)
 }
 
 // leaseHolders returns each Lease of ns with its holder ("" released).
