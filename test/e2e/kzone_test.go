@@ -141,6 +141,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: web-1, namespace: kz-app, labels: {app: web}}
 spec:
+  serviceAccountName: default
   containers: [{name: app, image: app}]
 `)
 	setPodStatus(t, rig, "kz-app", "web-1", "127.0.0.51", true)
@@ -182,6 +183,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: web-2, namespace: kz-app, labels: {app: web}}
 spec:
+  serviceAccountName: default
   containers: [{name: app, image: app}]
 `)
 	setPodStatus(t, rig, "kz-app", "web-2", "127.0.0.52", true)
