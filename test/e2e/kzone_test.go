@@ -177,15 +177,23 @@ spec:
 	sort.Strings(names)
 	t.Logf("leases: %s", strings.Join(names, " "))
 
-	// The new leader's controller follows the pods.
-	kubeApply(t, rig, `
+	// The new leader's controller follows the pods. (Until the survivor
+	// has registered its webhooks, the admission of a pod of an injected
+	// namespace may still call the dead replica's.)
+	testutil.Eventually(t, 20*time.Second, "pod web-2 admitted", func() error {
+		out, err := kubectl(rig, `
 apiVersion: v1
 kind: Pod
 metadata: {name: web-2, namespace: kz-app, labels: {app: web}}
 spec:
   serviceAccountName: default
   containers: [{name: app, image: app}]
-`)
+`, "apply", "-f", "-")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 	setPodStatus(t, rig, "kz-app", "web-2", "127.0.0.52", true)
 	eventually(t, "dataplane web-2.kz-app from the new leader", func() bool {
 		code, _ := b.get(t, "/meshes/default/dataplanes/web-2.kz-app")
