@@ -326,6 +326,11 @@ func (p *Proxy) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 	size := dns.MinMsgSize
 	if opt := req.IsEdns0(); opt != nil {
 		size = int(min(max(opt.UDPSize(), dns.MinMsgSize), maxUDP))
+		// An EDNS0 query gets an EDNS0 answer (RFC 6891 §7), saying
+		// how large an answer this resolver takes.
+		if resp.IsEdns0() == nil {
+			resp.SetEdns0(maxUDP, false)
+		}
 	}
 	if udp {
 		resp.Truncate(size)

@@ -128,7 +128,7 @@ func (t fastTable) answer(q, out []byte, recursion bool) []byte {
 		return nil
 	}
 	end := off + 4
-	size := dns.MinMsgSize
+	size, edns := dns.MinMsgSize, false
 	switch arcount {
 	case 0:
 	case 1: // an OPT record without options: root name, type, UDP size, TTL, RDLENGTH 0
@@ -136,7 +136,7 @@ func (t fastTable) answer(q, out []byte, recursion bool) []byte {
 			return nil
 		}
 		size = int(min(max(binary.BigEndian.Uint16(q[end+3:]), dns.MinMsgSize), maxUDP))
-		end += 11
+		end, edns = end+11, true
 	default:
 		return nil
 	}
@@ -161,6 +161,9 @@ func (t fastTable) answer(q, out []byte, recursion bool) []byte {
 	for _, rr := range rrs {
 		n += len(name) + len(rr)
 	}
+	if edns {
+		n += len(optRecord)
+	}
 	if n > size {
 		return nil // the full path truncates
 	}
@@ -169,14 +172,26 @@ func (t fastTable) answer(q, out []byte, recursion bool) []byte {
 	if recursion {
 		bits |= bitRA
 	}
-	out = append(out, q[0], q[1], byte(bits>>8), byte(bits), 0, 1, byte(len(rrs)>>8), byte(len(rrs)), 0, 0, 0, 0)
+	var arcountOut byte
+	if edns {
+		arcountOut = 1
+	}
+	out = append(out, q[0], q[1], byte(bits>>8), byte(bits), 0, 1, byte(len(rrs)>>8), byte(len(rrs)), 0, 0, 0, arcountOut)
 	out = append(out, q[hdr:off+4]...)
 	for _, rr := range rrs {
 		out = append(out, name...)
 		out = append(out, rr...)
 	}
+	if edns {
+		out = append(out, optRecord[:]...)
+	}
 	return out
 }
+
+// optRecord is the OPT record an EDNS0 query's answer carries, as the full
+// path writes it: root name, type OPT, our UDP size, no extended rcode,
+// version 0, no DO bit, no options.
+var optRecord = [11]byte{0, byte(dns.TypeOPT >> 8), byte(dns.TypeOPT), byte(maxUDP >> 8), byte(maxUDP & 0xff)}
 
 // fastReader is the DNS listener's UDP reader: it answers what the fast
 // path can right in the read loop and returns the other queries to the

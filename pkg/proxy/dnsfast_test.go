@@ -117,6 +117,14 @@ func TestDNSFastPath(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Fatalf("%v: fast path\n%x\nfull path\n%x", q.Question[0], got, want)
 			}
+			// An EDNS0 query's answer carries an OPT record (RFC 6891 §7).
+			var m dns.Msg
+			if err := m.Unpack(got); err != nil {
+				t.Fatalf("%v: answer does not unpack: %v", q.Question[0], err)
+			}
+			if opt := m.IsEdns0(); (opt != nil) != (q.IsEdns0() != nil) || (opt != nil && (opt.UDPSize() != maxUDP || opt.Do())) {
+				t.Fatalf("%v: answer's OPT %v for a query's %v", q.Question[0], opt, q.IsEdns0())
+			}
 		}
 		// What the full path answers differently, or the fast path cannot
 		// answer without unpacking, is left to it.
