@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"time"
@@ -187,12 +186,11 @@ func (s *Store) watchKind(ctx context.Context, d api.Descriptor, rev int64, out 
 
 // watchOnce runs one watch request and returns the last revision it saw.
 func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send func(item) bool) (int64, error) {
-	q := url.Values{
-		"watch":               {"1"},
-		"resourceVersion":     {strconv.FormatInt(rev, 10)},
-		"allowWatchBookmarks": {"true"},
-		"timeoutSeconds":      {strconv.Itoa(int(watchTimeout / time.Second))},
-	}
+	q := selector(d)
+	q.Set("watch", "1")
+	q.Set("resourceVersion", strconv.FormatInt(rev, 10))
+	q.Set("allowWatchBookmarks", "true")
+	q.Set("timeoutSeconds", strconv.Itoa(int(watchTimeout/time.Second)))
 	body, err := s.client.Stream(ctx, s.collection(d)+"?"+q.Encode())
 	if kube.Code(err) == http.StatusGone {
 		return rev, fmt.Errorf("watch %s from %d: %w", d.Type, rev, store.ErrCompacted)
@@ -240,7 +238,7 @@ func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send
 		default:
 			return rev, fmt.Errorf("watch %s: unknown event type %q", d.Type, we.Type)
 		}
-		we.Object["apiVersion"], we.Object["kind"] = crd.APIVersion, d.Type
+		setKind(d, we.Object)
 		ev, ok := s.event(op, we.Object)
 		if !ok {
 			continue
