@@ -83,7 +83,7 @@ generate: ## regenerate kds/kdspb from kds/kds.proto (needs protoc: apt-get inst
 		--go_out=kds/kdspb --go_opt=paths=source_relative \
 		--go-grpc_out=kds/kdspb --go-grpc_opt=paths=source_relative kds.proto
 
-crds: ## regenerate deploy/crds/ (the Kubernetes CRDs) from pkg/api's types
+crds: ## regenerate deploy/crds/ and the Helm chart's crds/ (the Kubernetes CRDs) from pkg/api's types
 	$(GO) generate ./pkg/api/crd
 
 clean:

@@ -56,9 +56,17 @@ type Config struct {
 			InsecureSkipVerify bool   `json:"insecureSkipVerify" usage:"INSECURE: do not verify the global's KDS certificate: whoever is on the path gets the zone token, and with it the zone's CA key; tests only"`
 		} `json:"kds"`
 	} `json:"global"`
-	Store string           `json:"store" usage:"where resources are kept: memory, or a postgres:// URL"`
-	API   apiserver.Config `json:"api"`
-	XDS   struct {
+	Store string `json:"store" usage:"where resources are kept: memory, or a postgres:// URL (with --environment kubernetes: the cluster's API; leave it unset)"`
+	// Environment is where the zone runs: on hosts it is told of
+	// (universal) or in a Kubernetes cluster, whose API is then its store;
+	// see k8s.go.
+	Environment string `json:"environment" usage:"where the zone runs: universal (VMs and hosts) or kubernetes (the cluster's API is the store, pods become Dataplanes)"`
+	Kubeconfig  string `json:"kubeconfig" usage:"kubeconfig file of the cluster, with --environment kubernetes (empty: the pod's service account, in a cluster)"`
+	Kubernetes  struct {
+		SystemNamespace string `json:"systemNamespace" usage:"namespace of the control plane's objects, with --environment kubernetes (default: the pod's own namespace in a cluster, else ursa-system)"`
+	} `json:"kubernetes"`
+	API apiserver.Config `json:"api"`
+	XDS struct {
 		Addr                 string `json:"addr" usage:"address of the xDS gRPC server proxies connect to"`
 		AllowUnauthenticated bool   `json:"allowUnauthenticated" usage:"INSECURE: admit proxies without a dataplane token; local experiments only"`
 		// AllowLoopbackDataplanes admits proxies that present a loopback
@@ -112,6 +120,7 @@ type Config struct {
 func DefaultConfig() Config {
 	var c Config
 	c.Store = "memory"
+	c.Environment = EnvironmentUniversal
 	c.API = apiserver.DefaultConfig()
 	c.XDS.Addr = ":5678"
 	c.XDS.OfflineRemoval = config.Duration{Duration: 72 * time.Hour}
@@ -139,6 +148,7 @@ func (c Config) Validate() error {
 	if c.Store != "memory" && !backend.IsPostgres(c.Store) {
 		errs = append(errs, fmt.Errorf("store: %q is neither memory nor a postgres:// URL", c.Store))
 	}
+	errs = append(errs, c.validateEnvironment()...)
 	if err := c.API.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -219,9 +229,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 		kdsDeps = d
 	}
-	be, err := backend.Open(ctx, cfg.Store, log)
+	be, k8s, err := openBackend(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	defer be.Close()
 	reg := prometheus.NewRegistry()
@@ -288,18 +298,19 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	r := run.New(log)
+	el := newElection(st, k8s, cfg.Instance)
 	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration, log.Named("api"))
 	r.AddRestarting("mirror", mirror)
 	r.Add("catalog", cat)
 	r.Add("presence", pres)
 	reap := newReaper(st, mirror, time.Now, cfg.Instance, log.Named("presence"))
 	r.Add("heartbeat-watch", run.Func(reap.watch))
-	r.Add("presence-reaper (leader only)", leaderOnly(st, "presence-reaper", cfg.Instance, log, reap.lead))
+	r.Add("presence-reaper (leader only)", leaderOnly(el, "presence-reaper", log, reap.lead))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
 		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})
 	}
-	if err := addDNS(r, cfg, st, cat, reg, log); err != nil {
+	if err := addDNS(r, cfg, st, el, cat, reg, log); err != nil {
 		apiLns.Close()
 		return err
 	}
@@ -312,12 +323,15 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	// One writer per zone, or replicas would overwrite each other's
 	// insights every second; the leader's covers the proxies connected to
 	// it.
-	r.Add("service-insights (leader only)", leaderOnly(st, "service-insights", cfg.Instance, log, func(ctx context.Context) error {
+	r.Add("service-insights (leader only)", leaderOnly(el, "service-insights", log, func(ctx context.Context) error {
 		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
 	}))
-	if err := addXDS(ctx, r, cfg, st, mirror, cat, xdsServer, lrsServer, xdsCert, log); err != nil {
+	if err := addXDS(ctx, r, cfg, st, el, mirror, cat, xdsServer, lrsServer, xdsCert, log); err != nil {
 		apiLns.Close()
 		return err
+	}
+	if k8s != nil {
+		addKubernetes(r, cfg, st, el, k8s, log)
 	}
 	if kdsDeps != nil {
 		cache := kds.NewCacheOf(mirror, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))
@@ -331,7 +345,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		// One replica of a zone talks to the global: they share a store,
 		// so what one receives every replica reads, and what it sends is
 		// every replica's.
-		r.Add("kds (leader only)", leaderOnly(st, "kds", cfg.Instance, log, c.Start))
+		r.Add("kds (leader only)", leaderOnly(el, "kds", log, c.Start))
 	}
 	log.Info("zone control plane starting", zap.String("store", be.Kind), zap.Bool("federated", cfg.Federated()),
 		zap.String("global", cfg.Global.KDS.Address), zap.String("api_addr", apiLns.Plain.Addr().String()),
@@ -380,7 +394,7 @@ func kdsClientDeps(cfg Config) (*client.Deps, error) {
 }
 
 // addDNS adds the resolver, its table and the leader-only VIP allocator.
-func addDNS(r *run.Runner, cfg Config, st store.Store, cat *catalog.Follower, reg prometheus.Registerer, log *zap.Logger) error {
+func addDNS(r *run.Runner, cfg Config, st store.Store, el election, cat *catalog.Follower, reg prometheus.Registerer, log *zap.Logger) error {
 	metrics, err := dns.NewMetrics(reg)
 	if err != nil {
 		return err
@@ -394,7 +408,7 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, cat *catalog.Follower, re
 		Upstreams: cfg.DNS.Upstreams, Log: log.Named("dns"), Metrics: metrics}
 	alloc := dns.Allocator{CIDR: netip.MustParsePrefix(cfg.VIP.CIDR), HoldBack: cfg.VIP.HoldBack.Duration}
 	r.Add("dns-table", run.Func(func(ctx context.Context) error { return resolver.Follow(ctx, cat) }))
-	r.Add("vip-allocator (leader only)", leaderOnly(st, "vip-allocator", cfg.Instance, log, func(ctx context.Context) error {
+	r.Add("vip-allocator (leader only)", leaderOnly(el, "vip-allocator", log, func(ctx context.Context) error {
 		return dns.Allocate(ctx, st, cat, alloc, log.Named("vip"))
 	}))
 	r.Add("dns", run.Func(func(ctx context.Context) error { return server.Start(ctx, udp, tcp) }))
@@ -429,14 +443,14 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 
 // leaderOnly runs fn while this replica holds the lease, so that one
 // replica of a zone does a job that must have one doer.
-func leaderOnly(st store.Store, lease, instance string, log *zap.Logger, fn func(context.Context) error) run.Component {
-	e := &leader.Elector{Store: st, Lease: lease, Identity: instance, Duration: 15 * time.Second, Log: log.Named("leader")}
+func leaderOnly(el election, lease string, log *zap.Logger, fn func(context.Context) error) run.Component {
+	e := &leader.Elector{Leases: el.leases, Lease: lease, Identity: el.instance, Duration: el.duration, Log: log.Named("leader")}
 	return run.Func(func(ctx context.Context) error { return e.Start(ctx, fn) })
 }
 
 // addXDS adds the xDS server and the generation of proxies' configurations;
 // the server speaks TLS with cert, plaintext when it is nil.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, cert *servingcert.Serving, log *zap.Logger) error {
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, el election, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, cert *servingcert.Serving, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
@@ -450,13 +464,13 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, mirr
 	loadReports.Register(g)
 	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
 	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {
-		r.Add("dataplane-cleanup (leader only)", leaderOnly(st, "dataplane-cleanup", cfg.Instance, log, func(ctx context.Context) error {
+		r.Add("dataplane-cleanup (leader only)", leaderOnly(el, "dataplane-cleanup", log, func(ctx context.Context) error {
 			return removeOffline(ctx, st, mirror, d, log.Named("xds"))
 		}))
 	}
 	// Every replica reads the same catalogue, so their offers agree; one
 	// writes them.
-	r.Add("ingress-services (leader only)", leaderOnly(st, "ingress-services", cfg.Instance, log, func(ctx context.Context) error {
+	r.Add("ingress-services (leader only)", leaderOnly(el, "ingress-services", log, func(ctx context.Context) error {
 		return offerServices(ctx, st, cat, log.Named("ingress"))
 	}))
 	gen := NewGeneration(GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: cfg.MTLS.CertTTL.Duration,

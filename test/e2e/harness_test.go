@@ -59,7 +59,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer cluster.Close()
-	return m.Run()
+	return kube.Main(m)
 }
 
 // rerunWith runs the calling test again in a child test process with env

@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,15 +26,21 @@ var hostSeq atomic.Int64
 
 // hosts are simulated hosts on one private network: a network namespace per
 // host, each with lo up and an eth0 whose veth peer is enslaved to a bridge in
-// a namespace of its own. Host i (from 0, in newHosts's order) has the
-// address 10.77.0.(i+1)/24. Nothing touches the namespace the tests run in:
-// the test reaches a host's servers through client(host), whose sockets are
-// made inside that host's namespace. Everything is deleted when the test
-// ends, whether it passes or not.
+// a namespace of its own. Host i (from 0, in the order made: newHosts's, then
+// addHost's) has the address 10.77.0.(i+1)/24; a removed host's address is
+// not reused. Nothing touches the namespace the tests run in: the test
+// reaches a host's servers through client(host), whose sockets are made
+// inside that host's namespace. Everything is deleted when the test ends,
+// whether it passes or not.
 type hosts struct {
-	prefix string            // unique: names every namespace of the set
-	index  map[string]int    // host → position
-	ns     map[string]string // host → namespace
+	prefix string // unique: names every namespace of the set
+	bridge string // the bridge's namespace
+
+	mu    sync.Mutex
+	index map[string]int    // host → position
+	ns    map[string]string // host → namespace
+	next  int               // the position of the next host made
+	made  []string          // namespaces to delete at the end
 }
 
 // newHosts makes the hosts named (short words: "a", "b", "global"). It
@@ -46,12 +54,15 @@ func newHosts(t *testing.T, names ...string) *hosts {
 		t.Fatalf("newHosts: %d hosts; give 1 to 200", len(names))
 	}
 	h := &hosts{prefix: fmt.Sprintf("ursa%d-%d", os.Getpid(), hostSeq.Add(1)), index: map[string]int{}, ns: map[string]string{}}
-	bridge := h.prefix + "-br"
-	var made []string
+	h.bridge = h.prefix + "-br"
 	// Registered before anything exists, so that a set-up failing half-way
 	// is undone too; processes started later are killed first (cleanups
 	// run last-registered first).
 	t.Cleanup(func() {
+		h.mu.Lock()
+		made := h.made
+		h.made = nil
+		h.mu.Unlock()
 		for _, ns := range made {
 			if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
 				t.Errorf("delete namespace %s: %v: %s", ns, err, out)
@@ -59,48 +70,107 @@ func newHosts(t *testing.T, names ...string) *hosts {
 			os.RemoveAll(filepath.Join("/etc/netns", ns))
 		}
 	})
-	addNS := func(ns string) {
-		ipCmd(t, "netns", "add", ns)
-		made = append(made, ns)
-		ipCmd(t, "-n", ns, "link", "set", "lo", "up")
+	if err := h.addNS(h.bridge); err != nil {
+		t.Fatal(err)
 	}
-	addNS(bridge)
-	ipCmd(t, "-n", bridge, "link", "add", "br0", "type", "bridge")
-	ipCmd(t, "-n", bridge, "link", "set", "br0", "up")
-	for i, name := range names {
-		if _, dup := h.index[name]; dup {
-			t.Fatalf("newHosts: host %q twice", name)
+	ipCmd(t, "-n", h.bridge, "link", "add", "br0", "type", "bridge")
+	ipCmd(t, "-n", h.bridge, "link", "set", "br0", "up")
+	for _, name := range names {
+		if err := h.addHost(name); err != nil {
+			t.Fatal(err)
 		}
-		ns := h.prefix + "-" + name
-		h.index[name], h.ns[name] = i, ns
-		addNS(ns)
-		// Made inside the bridge's namespace, so that the names are
-		// local to this set and never clash with another test's.
-		port := fmt.Sprintf("p%d", i)
-		ipCmd(t, "-n", bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-		ipCmd(t, "-n", bridge, "link", "set", port, "master", "br0")
-		ipCmd(t, "-n", bridge, "link", "set", port, "up")
-		ipCmd(t, "-n", ns, "addr", "add", h.addr(name)+"/24", "dev", "eth0")
-		ipCmd(t, "-n", ns, "link", "set", "eth0", "up")
-		// A default route, as a VM has: an address off the network
-		// (a VIP in 240.0.0.0/4) is routable, so an app's connect
-		// reaches the nat table the transparent proxy redirects in.
-		// Whatever goes out still goes nowhere but the bridge.
-		ipCmd(t, "-n", ns, "route", "add", "default", "dev", "eth0")
 	}
 	return h
 }
 
+// addNS makes a namespace with lo up, deleted at the end of the test.
+func (h *hosts) addNS(ns string) error {
+	if err := ipRun("netns", "add", ns); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.made = append(h.made, ns)
+	h.mu.Unlock()
+	return ipRun("-n", ns, "link", "set", "lo", "up")
+}
+
+// addHost adds host to the network, as newHosts does, after the start: a
+// Kubernetes pod, say. It returns an error rather than failing the test,
+// for the goroutines that add hosts (the test kubelet's).
+func (h *hosts) addHost(name string) error {
+	h.mu.Lock()
+	if _, dup := h.index[name]; dup {
+		h.mu.Unlock()
+		return fmt.Errorf("hosts: host %q twice", name)
+	}
+	if h.next >= 254 {
+		h.mu.Unlock()
+		return fmt.Errorf("hosts: host %q: the /24 is full", name)
+	}
+	i, ns := h.next, h.prefix+"-"+name
+	h.next++
+	h.index[name], h.ns[name] = i, ns
+	h.mu.Unlock()
+	if err := h.addNS(ns); err != nil {
+		return err
+	}
+	// Made inside the bridge's namespace, so that the names are local to
+	// this set and never clash with another test's.
+	port := fmt.Sprintf("p%d", i)
+	for _, args := range [][]string{
+		{"-n", h.bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", h.bridge, "link", "set", port, "master", "br0"},
+		{"-n", h.bridge, "link", "set", port, "up"},
+		{"-n", ns, "addr", "add", h.addr(name) + "/24", "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+		// A default route, as a VM has: an address off the network (a
+		// VIP in 240.0.0.0/4) is routable, so an app's connect reaches
+		// the nat table the transparent proxy redirects in. Whatever
+		// goes out still goes nowhere but the bridge.
+		{"-n", ns, "route", "add", "default", "dev", "eth0"},
+	} {
+		if err := ipRun(args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeHost deletes host's namespace (its veth pair goes with it) and
+// forgets it; its address is not given again.
+func (h *hosts) removeHost(name string) error {
+	h.mu.Lock()
+	ns, ok := h.ns[name]
+	delete(h.ns, name)
+	delete(h.index, name)
+	h.made = slices.DeleteFunc(h.made, func(s string) bool { return s == ns })
+	h.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("hosts: no host %q", name)
+	}
+	os.RemoveAll(filepath.Join("/etc/netns", ns))
+	return ipRun("netns", "delete", ns)
+}
+
 func ipCmd(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	if err := ipRun(args...); err != nil {
+		t.Fatal(err)
 	}
+}
+
+func ipRun(args ...string) error {
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
 }
 
 func (h *hosts) namespace(t testing.TB, host string) string {
 	t.Helper()
+	h.mu.Lock()
 	ns, ok := h.ns[host]
+	h.mu.Unlock()
 	if !ok {
 		t.Fatalf("no host %q", host)
 	}
@@ -109,7 +179,9 @@ func (h *hosts) namespace(t testing.TB, host string) string {
 
 // addr is host's address on the hosts' network.
 func (h *hosts) addr(host string) string {
+	h.mu.Lock()
 	i, ok := h.index[host]
+	h.mu.Unlock()
 	if !ok {
 		panic(fmt.Sprintf("no host %q", host))
 	}
@@ -229,7 +301,24 @@ func (h *hosts) listenPacket(t testing.TB, host, network, addr string) net.Packe
 // have Pdeathsig), so one that cannot switch back stays locked, and only
 // then is thrown away with its goroutine.
 func (h *hosts) in(t testing.TB, host string, fn func()) error {
-	path := filepath.Join("/var/run/netns", h.namespace(t, host))
+	return inNamespace(filepath.Join("/var/run/netns", h.namespace(t, host)), fn)
+}
+
+// nsPath is the file of host's namespace, or an error when there is no
+// such host (a pod deleted meanwhile): for goroutines that must not fail
+// the test.
+func (h *hosts) nsPath(host string) (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ns, ok := h.ns[host]
+	if !ok {
+		return "", fmt.Errorf("hosts: no host %q", host)
+	}
+	return filepath.Join("/var/run/netns", ns), nil
+}
+
+// inNamespace is in for the namespace whose file is path.
+func inNamespace(path string, fn func()) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

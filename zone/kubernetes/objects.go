@@ -81,8 +81,37 @@ type PodCondition struct {
 
 // Service is the part of a core/v1 Service the translation reads.
 type Service struct {
-	Metadata ObjectMeta  `json:"metadata"`
-	Spec     ServiceSpec `json:"spec"`
+	Metadata ObjectMeta    `json:"metadata"`
+	Spec     ServiceSpec   `json:"spec"`
+	Status   ServiceStatus `json:"status,omitzero"`
+}
+
+// ServiceStatus holds a LoadBalancer Service's external addresses.
+type ServiceStatus struct {
+	LoadBalancer struct {
+		Ingress []LoadBalancerIngress `json:"ingress,omitempty"`
+	} `json:"loadBalancer,omitzero"`
+}
+
+// LoadBalancerIngress is one address a load balancer gave a Service.
+type LoadBalancerIngress struct {
+	IP       string `json:"ip,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
+}
+
+// Node is the part of a core/v1 Node a zone ingress's advertised address
+// reads: the node's addresses.
+type Node struct {
+	Metadata ObjectMeta `json:"metadata"`
+	Status   struct {
+		Addresses []NodeAddress `json:"addresses,omitempty"`
+	} `json:"status"`
+}
+
+// NodeAddress is one address of a node ("InternalIP", "ExternalIP", ...).
+type NodeAddress struct {
+	Type    string `json:"type"`
+	Address string `json:"address"`
 }
 
 // ServiceSpec holds a Service's type, selector and ports.
@@ -104,6 +133,9 @@ type ServicePort struct {
 	// TargetPort is the pod's port: a number, or the name of a container
 	// port; the Service's Port when absent.
 	TargetPort IntOrString `json:"targetPort,omitzero"`
+	// NodePort is the port every node forwards to the Service (types
+	// NodePort and LoadBalancer).
+	NodePort int `json:"nodePort,omitempty"`
 }
 
 // IntOrString is Kubernetes' intstr.IntOrString: a JSON number or string.

@@ -62,7 +62,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 )
 
-//go:generate go run ./gen .. ../../../deploy/crds
+//go:generate go run ./gen .. ../../../deploy/crds ../../../deploy/helm/ursa/crds
 
 // Group and Version of every Ursa custom resource.
 const (

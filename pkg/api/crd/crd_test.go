@@ -18,31 +18,38 @@ import (
 
 const crdDir = "../../../deploy/crds"
 
-// TestCommittedYAML fails when deploy/crds/ differs from what the generator
-// makes now.
+// committedDirs are the folders the generator writes, relative to the
+// repository root: kubectl's and the Helm chart's copies must not drift.
+var committedDirs = []string{"deploy/crds", "deploy/helm/ursa/crds"}
+
+// TestCommittedYAML fails when deploy/crds/ or the Helm chart's crds/ differs
+// from what the generator makes now.
 func TestCommittedYAML(t *testing.T) {
-	const fix = "regenerate with `go generate ./pkg/api/crd` (or `make crds`) and commit deploy/crds/"
 	want, err := crd.Files(docs(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	have, err := filepath.Glob(filepath.Join(crdDir, crd.Group+"_*.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range have {
-		if _, ok := want[filepath.Base(f)]; !ok {
-			t.Errorf("deploy/crds/%s is not generated any more: %s", filepath.Base(f), fix)
-		}
-	}
-	for name, b := range want {
-		got, err := os.ReadFile(filepath.Join(crdDir, name))
+	for _, dir := range committedDirs {
+		fix := "regenerate with `go generate ./pkg/api/crd` (or `make crds`) and commit " + dir + "/"
+		path := filepath.Join("../../..", dir)
+		have, err := filepath.Glob(filepath.Join(path, crd.Group+"_*.yaml"))
 		if err != nil {
-			t.Errorf("deploy/crds/%s: %v: %s", name, err, fix)
-			continue
+			t.Fatal(err)
 		}
-		if !bytes.Equal(got, b) {
-			t.Errorf("deploy/crds/%s differs from the generator's: %s", name, fix)
+		for _, f := range have {
+			if _, ok := want[filepath.Base(f)]; !ok {
+				t.Errorf("%s/%s is not generated any more: %s", dir, filepath.Base(f), fix)
+			}
+		}
+		for name, b := range want {
+			got, err := os.ReadFile(filepath.Join(path, name))
+			if err != nil {
+				t.Errorf("%s/%s: %v: %s", dir, name, err, fix)
+				continue
+			}
+			if !bytes.Equal(got, b) {
+				t.Errorf("%s/%s differs from the generator's: %s", dir, name, fix)
+			}
 		}
 	}
 }

@@ -1,0 +1,197 @@
+package zone
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/kube"
+	"github.com/ursamesh/ursa/pkg/leader"
+	"github.com/ursamesh/ursa/pkg/run"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/store/backend"
+	kubestore "github.com/ursamesh/ursa/pkg/store/kubernetes"
+	"github.com/ursamesh/ursa/pkg/tokens"
+	k8szone "github.com/ursamesh/ursa/zone/kubernetes"
+)
+
+// Environments a zone runs in (Config.Environment).
+const (
+	EnvironmentUniversal  = "universal"
+	EnvironmentKubernetes = "kubernetes"
+)
+
+// DefaultSystemNamespace holds the control plane's objects on Kubernetes when
+// neither the configuration nor the pod's own namespace names one.
+const DefaultSystemNamespace = "ursa-system"
+
+// Lease durations. On Kubernetes a replica that dies is replaced within one
+// duration and a tick (the issue asks for a handover under 5 s); each lease
+// is renewed every third of it, which costs the API server one write a
+// second per leader-only job. The store's leases of a universal zone keep
+// their longer duration: a PostgreSQL write per renewal is dearer.
+const (
+	kubeLeaseDuration  = 3 * time.Second
+	storeLeaseDuration = 15 * time.Second
+)
+
+// OnKubernetes reports whether the zone runs in a Kubernetes cluster.
+func (c Config) OnKubernetes() bool { return c.Environment == EnvironmentKubernetes }
+
+func (c Config) validateEnvironment() []error {
+	var errs []error
+	switch c.Environment {
+	case EnvironmentUniversal:
+		if c.Kubeconfig != "" {
+			errs = append(errs, errors.New("kubeconfig: only with environment kubernetes (--environment kubernetes)"))
+		}
+		if c.Kubernetes.SystemNamespace != "" {
+			errs = append(errs, errors.New("kubernetes.systemNamespace: only with environment kubernetes (--environment kubernetes)"))
+		}
+	case EnvironmentKubernetes:
+		if c.Store != "memory" {
+			errs = append(errs, fmt.Errorf("store: %q with environment kubernetes: the zone's store is the cluster's API; leave store unset", c.Store))
+		}
+		if ns := c.Kubernetes.SystemNamespace; ns != "" {
+			if err := tokens.CheckZoneName(ns); err != nil { // the same rule: a DNS-1123 label
+				errs = append(errs, fmt.Errorf("kubernetes.systemNamespace: %w", err))
+			}
+		}
+	default:
+		errs = append(errs, fmt.Errorf("environment: %q is neither %s nor %s", c.Environment, EnvironmentUniversal, EnvironmentKubernetes))
+	}
+	return errs
+}
+
+// kubeEnv is the cluster a zone on Kubernetes runs in.
+type kubeEnv struct {
+	client *kube.Client
+	// namespace holds the control plane's objects: its store's namespaced
+	// resources and its leases.
+	namespace string
+}
+
+// openBackend opens the zone's store: cfg.Store on universal; on
+// Kubernetes, the cluster's API, after checking that the namespace exists and
+// the CRDs are installed, returned with the cluster.
+func openBackend(ctx context.Context, cfg Config, log *zap.Logger) (*backend.Backend, *kubeEnv, error) {
+	if !cfg.OnKubernetes() {
+		be, err := backend.Open(ctx, cfg.Store, log)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open store: %w", err)
+		}
+		return be, nil, nil
+	}
+	env, err := connectCluster(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := kubestore.New(kubestore.Options{Client: env.client, Namespace: env.namespace, Logger: log.Named("store")})
+	if err != nil {
+		return nil, nil, err
+	}
+	ping := func(ctx context.Context) error {
+		if err := env.client.Do(ctx, "GET", "/readyz", nil, nil); err != nil {
+			return fmt.Errorf("kubernetes API server: %w", err)
+		}
+		return nil
+	}
+	be := &backend.Backend{Store: st, Ping: ping, Close: func() {}, Kind: "kubernetes"}
+	log.Info("zone on kubernetes", zap.String("namespace", env.namespace), zap.Bool("in_cluster", cfg.Kubeconfig == ""))
+	return be, env, nil
+}
+
+// connectCluster reads the cluster's configuration (the kubeconfig, else the
+// pod's service account) and checks what the zone needs of the cluster.
+func connectCluster(ctx context.Context, cfg Config) (*kubeEnv, error) {
+	var kc *kube.Config
+	var err error
+	if cfg.Kubeconfig != "" {
+		kc, err = kube.LoadKubeconfig(cfg.Kubeconfig)
+	} else {
+		kc, err = kube.InCluster()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	ns := cfg.Kubernetes.SystemNamespace
+	if ns == "" && cfg.Kubeconfig == "" {
+		ns = kc.Namespace // the pod's own
+	}
+	if ns == "" {
+		ns = DefaultSystemNamespace
+	}
+	client, err := kube.New(kc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := checkCluster(ctx, client, ns); err != nil {
+		return nil, err
+	}
+	return &kubeEnv{client: client, namespace: ns}, nil
+}
+
+// checkCluster fails, saying what to do, when the system namespace is
+// missing or the ursa.io CRDs are not (all) installed.
+func checkCluster(ctx context.Context, c *kube.Client, ns string) error {
+	switch err := c.Do(ctx, "GET", "/api/v1/namespaces/"+ns, nil, nil); {
+	case kube.IsNotFound(err):
+		return fmt.Errorf("kubernetes.systemNamespace: namespace %q does not exist (kubectl create namespace %s, or install the Helm chart deploy/helm/ursa)", ns, ns)
+	case err != nil:
+		return fmt.Errorf("kubernetes: read namespace %s: %w", ns, err)
+	}
+	var list struct {
+		Resources []struct {
+			Name string `json:"name"`
+		} `json:"resources"`
+	}
+	err := c.Do(ctx, "GET", "/apis/"+crd.APIVersion, nil, &list)
+	if err != nil && !kube.IsNotFound(err) {
+		return fmt.Errorf("kubernetes: read the %s API: %w", crd.APIVersion, err)
+	}
+	var have, missing []string
+	for _, r := range list.Resources {
+		have = append(have, r.Name)
+	}
+	for _, d := range api.Types() {
+		if p, ok := crd.PlacementOf(d.Type); ok && p.Kind == crd.CustomResource && !slices.Contains(have, crd.NamesOf(d).Plural) {
+			missing = append(missing, crd.NamesOf(d).Plural+"."+crd.Group)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("kubernetes: the %s CRDs are not installed (missing %v): kubectl apply -f deploy/crds, or install the Helm chart deploy/helm/ursa", crd.Group, missing)
+	}
+	return nil
+}
+
+// election is where a zone's replicas elect the doer of each leader-only
+// job: the store's leases on universal, coordination.k8s.io Leases in the
+// system namespace on Kubernetes.
+type election struct {
+	leases   leader.Leases
+	instance string
+	duration time.Duration
+}
+
+func newElection(st store.Store, k8s *kubeEnv, instance string) election {
+	if k8s != nil {
+		return election{leases: leader.KubeLeases{Client: k8s.client, Namespace: k8s.namespace}, instance: instance, duration: kubeLeaseDuration}
+	}
+	return election{leases: leader.StoreLeases{Store: st}, instance: instance, duration: storeLeaseDuration}
+}
+
+// addKubernetes adds what a zone on Kubernetes runs besides a universal
+// zone's components: the controller that turns pods into Dataplanes and
+// ingress pods into ZoneIngresses (leader only).
+func addKubernetes(r *run.Runner, cfg Config, st store.Store, el election, k8s *kubeEnv, log *zap.Logger) {
+	ctl := &k8szone.Controller{Client: k8s.client, Store: st, Zone: cfg.Zone, SystemNamespace: k8s.namespace, Log: log.Named("pods")}
+	r.Add("pod-controller (leader only)", leaderOnly(el, "pod-controller", log, ctl.Run))
+}

@@ -1,0 +1,58 @@
+package zone
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ursamesh/ursa/pkg/leader"
+	"github.com/ursamesh/ursa/pkg/store"
+)
+
+// TestEnvironmentSettings: the kubernetes settings are refused, naming the
+// key, where they cannot work, and accepted where they can.
+func TestEnvironmentSettings(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(c *Config)
+		want string // "" when valid
+	}{
+		{"universal by default", func(c *Config) {}, ""},
+		{"kubernetes with a kubeconfig", func(c *Config) { c.Environment, c.Kubeconfig = "kubernetes", "/k" }, ""},
+		{"kubernetes in cluster, a namespace", func(c *Config) { c.Environment, c.Kubernetes.SystemNamespace = "kubernetes", "mesh-cp" }, ""},
+		{"unknown environment", func(c *Config) { c.Environment = "k8s" }, `environment: "k8s" is neither universal nor kubernetes`},
+		{"a store on kubernetes", func(c *Config) { c.Environment, c.Store = "kubernetes", "postgres://db/x" }, "store: \"postgres://db/x\" with environment kubernetes"},
+		{"a kubeconfig on universal", func(c *Config) { c.Kubeconfig = "/k" }, "kubeconfig: only with environment kubernetes"},
+		{"a namespace on universal", func(c *Config) { c.Kubernetes.SystemNamespace = "x" }, "kubernetes.systemNamespace: only with environment kubernetes"},
+		{"a bad namespace", func(c *Config) { c.Environment, c.Kubernetes.SystemNamespace = "kubernetes", "Ursa_System" }, "kubernetes.systemNamespace: \"Ursa_System\" is not a DNS-1123 label"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Zone = "zone-1"
+			tc.set(&c)
+			err := c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestElection: a universal zone elects through its store with the long
+// lease; a zone on Kubernetes through coordination Leases in its namespace,
+// short enough for a handover under 5 s.
+func TestElection(t *testing.T) {
+	st := store.NewMemory(0)
+	el := newElection(st, nil, "a")
+	if _, ok := el.leases.(leader.StoreLeases); !ok || el.duration != 15*time.Second || el.instance != "a" {
+		t.Fatalf("universal: %+v", el)
+	}
+	el = newElection(st, &kubeEnv{namespace: "ursa-system"}, "b")
+	kl, ok := el.leases.(leader.KubeLeases)
+	if !ok || kl.Namespace != "ursa-system" || el.duration > 3*time.Second || el.instance != "b" {
+		t.Fatalf("kubernetes: %+v", el)
+	}
+}
