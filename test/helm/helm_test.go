@@ -58,9 +58,9 @@ var valueSets = []valueSet{
 	{"zone-token-secret-nodeport", []string{"zone.name=zone-2", "zone.global.kdsAddress=grpcs://global.example:5685",
 		"zone.tokenSecret=my-zone-token", "ingress.enabled=true", "ingress.service.type=NodePort",
 		"ingress.service.nodePort=30001", "controlPlane.podDisruptionBudget.enabled=false", "controlPlane.replicas=3"}},
-	{"global-url", []string{"controlPlane.mode=global", "global.store.url=postgres://ursa:pw@db.example:5432/ursa",
+	{"global-url", []string{"controlPlane.mode=global", "postgres.url=postgres://ursa:pw@db.example:5432/ursa",
 		"controlPlane.service.type=LoadBalancer", "controlPlane.extraSANs={global.example}"}},
-	{"global-secret", []string{"controlPlane.mode=global", "global.store.secretName=ursa-db"}},
+	{"global-secret", []string{"controlPlane.mode=global", "postgres.secretName=ursa-db"}},
 }
 
 // helm runs the tools folder's helm with its cache and config in a
@@ -178,21 +178,28 @@ func TestLint(t *testing.T) {
 }
 
 // TestTemplateRefuses checks that bad values fail `helm template` with a
-// message naming the value.
+// message naming the value: values.schema.json refuses unknown keys and
+// wrong types or ranges, the templates what depends on several values.
 func TestTemplateRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		set  []string
 		want string
 	}{
 		{nil, "zone.name is required"},
-		{[]string{"controlPlane.mode=both"}, `controlPlane.mode must be zone or global, not "both"`},
+		// values.schema.json
+		{[]string{"controlPlane.mode=both"}, "at '/controlPlane/mode': value must be one of 'zone', 'global'"},
+		{[]string{"zone.nmae=z"}, "at '/zone': additional properties 'nmae' not allowed"},
+		{[]string{"zone.name=z", "controlPlane.replicas=0"}, "at '/controlPlane/replicas': minimum: got 0, want 1"},
+		{[]string{"zone.name=z", "ingress.port=70000"}, "at '/ingress/port': maximum"},
+		{[]string{"zone.name=z", "controlPlane.shutdownGrace=10"}, "at '/controlPlane/shutdownGrace'"},
+		// the templates' checks
 		{[]string{"zone.name=Zone_1"}, `zone.name "Zone_1" is not a DNS-1123 label`},
 		{[]string{"zone.name=z", "zone.global.kdsAddress=global:5685", "zone.token=x"}, "zone.global.kdsAddress \"global:5685\" must be grpcs://"},
 		{[]string{"zone.name=z", "zone.global.kdsAddress=grpcs://global:5685"}, "no zone token"},
 		{[]string{"controlPlane.mode=global"}, "global mode needs PostgreSQL"},
-		{[]string{"controlPlane.mode=global", "global.store.url=mysql://x"}, "global.store.url must be a postgres:// URL"},
-		{[]string{"controlPlane.mode=global", "global.store.secretName=db", "ingress.enabled=true"}, "ingress.enabled is for zone mode"},
-		{[]string{"zone.name=z", "ingress.enabled=true", "ingress.service.type=ClusterIP"}, `ingress.service.type must be LoadBalancer or NodePort, not "ClusterIP"`},
+		{[]string{"controlPlane.mode=global", "postgres.url=mysql://x"}, "postgres.url must be a postgres:// URL"},
+		{[]string{"controlPlane.mode=global", "postgres.secretName=db", "ingress.enabled=true"}, "ingress.enabled is for zone mode"},
+		{[]string{"zone.name=z", "ingress.enabled=true", "ingress.service.type=ClusterIP"}, "at '/ingress/service/type': value must be one of 'LoadBalancer', 'NodePort'"},
 	} {
 		out, err := helm(t, append([]string{"template", "ursa", chartDir}, setArgs(tc.set)...)...)
 		if err == nil || !strings.Contains(out, tc.want) {
@@ -202,10 +209,10 @@ func TestTemplateRefuses(t *testing.T) {
 }
 
 // pendingFlags are flags the chart passes that other parts of issue 14 add
-// (kzone: the Kubernetes environment). Until a binary has one, its absence
-// is logged; once it has it, it is checked like any other.
+// (kinject: the injected sidecar's image). Until a binary has one, its
+// absence is logged; once it has it, it is checked like any other.
 var pendingFlags = map[string]bool{
-	"ursa-cp zone --environment": true,
+	"ursa-cp zone --kubernetes-injection-image": true,
 }
 
 var helpFlag = regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z0-9-]+)\b(.*)$`)
@@ -352,7 +359,7 @@ func checkPodSecurity(t *testing.T, what string, spec any) {
 // Service's ports, and the RBAC only a zone has.
 func TestTemplateObjects(t *testing.T) {
 	wantPorts := map[string][]string{
-		"zone":   {"api/5681/TCP", "api-tls/5682/TCP", "xds/5678/TCP", "dns-udp/5653/UDP", "dns-tcp/5653/TCP", "webhook/5443/TCP"},
+		"zone":   {"api/5681/TCP", "api-tls/5682/TCP", "xds/5678/TCP", "dns-udp/5653/UDP", "dns-tcp/5653/TCP", "webhook/443/TCP"},
 		"global": {"api/5681/TCP", "api-tls/5682/TCP", "kds/5685/TCP"},
 	}
 	for _, vs := range valueSets {

@@ -158,6 +158,8 @@ func TestZoneOnAPIServer(t *testing.T) {
 		{"watch", "secrets", "-n", ns},
 		{"create", "leases.coordination.k8s.io", "-n", ns},
 		{"update", "leases.coordination.k8s.io", "-n", ns},
+		// The check at start that the CRDs are installed (discovery).
+		{"get", "/apis/ursa.io/v1alpha1"},
 		// Sidecar identity, its own identity, its webhooks.
 		{"create", "tokenreviews.authentication.k8s.io"},
 		{"create", "selfsubjectreviews.authentication.k8s.io"},

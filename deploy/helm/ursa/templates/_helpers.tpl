@@ -50,7 +50,7 @@ grpcs://{{ include "ursa.cpName" . }}.{{ .Release.Namespace }}.svc:5678
 {{- end -}}
 
 {{- define "ursa.storeSecretName" -}}
-{{- .Values.global.store.secretName | default "ursa-global-store" -}}
+{{- .Values.postgres.secretName | default "ursa-global-store" -}}
 {{- end -}}
 
 {{/*
@@ -78,12 +78,12 @@ fails `helm install` and `helm template` with a message naming it.
 {{- fail "zone.global.kdsAddress is set but no zone token: set zone.tokenSecret (a Secret with the key `token`) or zone.token (ursactl generate zone-token --zone NAME)" -}}
 {{- end -}}
 {{- else -}}
-{{- if not (or .Values.global.store.secretName .Values.global.store.url) -}}
-{{- fail "global mode needs PostgreSQL: set global.store.secretName (a Secret holding the postgres:// URL) or global.store.url" -}}
+{{- if not (or .Values.postgres.secretName .Values.postgres.url) -}}
+{{- fail "global mode needs PostgreSQL: set postgres.secretName (a Secret holding the postgres:// URL) or postgres.url" -}}
 {{- end -}}
-{{- with .Values.global.store.url -}}
+{{- with .Values.postgres.url -}}
 {{- if not (or (hasPrefix "postgres://" .) (hasPrefix "postgresql://" .)) -}}
-{{- fail "global.store.url must be a postgres:// URL" -}}
+{{- fail "postgres.url must be a postgres:// URL" -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.ingress.enabled -}}
