@@ -658,8 +658,18 @@ const listPage = 500
 // one revision (the first page's; the rest continue at it), and that
 // revision.
 func (s *Store) listObjects(ctx context.Context, d api.Descriptor, labels map[string]string) ([]object, int64, error) {
+	return s.listObjectsAt(ctx, d, labels, 0)
+}
+
+// listObjectsAt is listObjects at revision at (resourceVersionMatch=Exact),
+// or at the latest when at is 0.
+func (s *Store) listObjectsAt(ctx context.Context, d api.Descriptor, labels map[string]string, at int64) ([]object, int64, error) {
 	q := selector(d)
 	q.Set("limit", strconv.Itoa(listPage))
+	if at > 0 {
+		q.Set("resourceVersion", strconv.FormatInt(at, 10))
+		q.Set("resourceVersionMatch", "Exact")
+	}
 	if len(labels) > 0 {
 		var sel []string
 		for k, v := range labels {

@@ -51,20 +51,23 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 	defer cancel()
 	from := map[string]int64{}
 	if since == 0 {
-		var initial []store.Event
+		// One cut for every kind: the others list at the first list's
+		// revision, so that every change that follows comes after every
+		// current object.
+		var (
+			initial []store.Event
+			at      int64
+		)
 		for _, d := range kinds() {
-			var (
-				objs []object
-				rev  int64
-			)
+			var objs []object
 			err := s.retry(ctx, "list "+d.Type, func() (err error) {
-				objs, rev, err = s.listObjects(ctx, d, nil)
+				objs, at, err = s.listObjectsAt(ctx, d, nil, at)
 				return err
 			})
 			if err != nil {
 				return err // names the path; a bare ctx.Err() when ctx ended
 			}
-			from[d.Type] = rev
+			from[d.Type] = at
 			for _, o := range objs {
 				ev, ok := s.event(store.OpCreate, o.obj)
 				if ok {
