@@ -384,11 +384,13 @@ spec:
 			at := w.waitCount(b, fmt.Sprintf("flip %d (ready %v) at the client in %s", i, ready, zone), seen[zone], want)
 			_, seen[zone], _ = w.state()
 			took[zone] = append(took[zone], at.Sub(put))
+			dir := zone + map[bool]string{true: " to Ready", false: " to NotReady"}[ready]
+			took[dir] = append(took[dir], at.Sub(put))
 		}
 	}
 	b.StopTimer()
 	load, _ := os.ReadFile("/proc/loadavg")
-	for _, zone := range []string{"zone-vm", "zone-k8s"} {
+	for _, zone := range []string{"zone-vm", "zone-k8s", "zone-vm to NotReady", "zone-vm to Ready", "zone-k8s to NotReady", "zone-k8s to Ready"} {
 		d := took[zone]
 		slices.Sort(d)
 		q := func(p float64) time.Duration {
@@ -396,6 +398,29 @@ spec:
 		}
 		b.Logf("%d readiness flips → billing's endpoints at the client in %s: p50 %v, p90 %v, p99 %v, max %v, min %v (load %s)",
 			len(d), zone, q(0.50), q(0.90), q(0.99), d[len(d)-1].Round(100*time.Microsecond), d[0].Round(100*time.Microsecond), strings.TrimSpace(string(load)))
-		b.ReportMetric(float64(q(0.99))/1e6, zone+"-p99-ms")
+		over := 0
+		for _, x := range d {
+			if x > 500*time.Millisecond {
+				over++
+			}
+		}
+		b.Logf("  %s: %d of %d over 500 ms", zone, over, len(d))
+		if !strings.Contains(zone, " ") {
+			b.ReportMetric(float64(q(0.99))/1e6, zone+"-p99-ms")
+		}
+	}
+	// What the CPs rejected or retried on the way (a NACKed KDS type is
+	// sent again after a pause of a second).
+	for name, c := range map[string]*cp{"global": h.global, "zone-vm": h.vm, "zone-k8s": h.k8s} {
+		var warned []string
+		for _, line := range strings.Split(c.out.String(), "\n") {
+			if strings.Contains(line, `"level":"warn"`) || strings.Contains(line, `"level":"error"`) {
+				warned = append(warned, line)
+			}
+		}
+		b.Logf("%s logged %d warnings and errors", name, len(warned))
+		for _, line := range warned[:min(len(warned), 5)] {
+			b.Logf("  %s", line)
+		}
 	}
 }
