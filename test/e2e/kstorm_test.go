@@ -7,7 +7,7 @@ package e2e
 //
 // KubeStorm: `ursa-cp zone --environment kubernetes` (standalone, its
 // webhooks registered) on the k8stest rig. URSA_KBENCH_PODS (5,000) pods of
-// one injected namespace, all selected by one Service, are created at once
+// one injected namespace are created at once
 // by 16 clients (each admitted through the zone's injector), then, as
 // kubelets would, given an IP and Ready (a GET and a PUT of pods/status).
 // A sample of URSA_KBENCH_PROXIES (500) of them start their sidecar as the
@@ -17,7 +17,10 @@ package e2e
 // until every Dataplane is stored (the cluster's count), until every
 // sampled sidecar has its first configuration (listeners, clusters and
 // every load assignment they name), and until every sampled sidecar's load
-// assignment of the Service lists every pod. The CP's RSS (peak: VmHWM)
+// assignment of the other Service lists every sampled pod of it: pods
+// alternate between two Services, web and api (a sidecar is sent no
+// cluster of its own service), and a pod is an endpoint once its
+// Dataplane's proxy is online, which only the sampled pods' are. The CP's RSS (peak: VmHWM)
 // and the API server's requests (apiserver_request_total before and after)
 // are logged.
 
@@ -25,8 +28,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,7 +125,8 @@ type stormSidecar struct {
 	retries    atomic.Int64 // streams ended or refused
 
 	mu   sync.Mutex
-	last error // the last stream's end
+	last error          // the last stream's end
+	cla  map[string]int // endpoints by load assignment, for the progress line
 }
 
 // run keeps the sidecar's stream until ctx ends, reconnecting with
@@ -173,7 +179,10 @@ func (s *stormSidecar) session(ctx context.Context, conn *grpc.ClientConn, node 
 			subscribe = []string{}
 			for _, a := range resp.Resources {
 				c := &clusterv3.Cluster{}
-				if a.UnmarshalTo(c) != nil || c.GetType() != clusterv3.Cluster_EDS {
+				if a.UnmarshalTo(c) != nil {
+					continue
+				}
+				if c.GetType() != clusterv3.Cluster_EDS {
 					continue
 				}
 				name := c.GetEdsClusterConfig().GetServiceName()
@@ -205,6 +214,9 @@ func (s *stormSidecar) session(ctx context.Context, conn *grpc.ClientConn, node 
 				return err
 			}
 		}
+		s.mu.Lock()
+		s.cla = maps.Clone(cla)
+		s.mu.Unlock()
 		if !got[resource.ListenerType] || !got[resource.ClusterType] {
 			continue
 		}
@@ -226,7 +238,19 @@ func (s *stormSidecar) session(ctx context.Context, conn *grpc.ClientConn, node 
 
 func BenchmarkKubeStorm(b *testing.B) {
 	n := envCount(b, "URSA_KBENCH_PODS", 5000)
-	sample := min(n, envCount(b, "URSA_KBENCH_PROXIES", 500))
+	// Pods alternate between two Services, web and api: a sidecar is
+	// sent no cluster of its own service, so each sampled sidecar watches
+	// the other's. Pod p is sampled when p/2 is a multiple of every.
+	services := []string{"web", "api"}
+	every := max(1, n/envCount(b, "URSA_KBENCH_PROXIES", 500))
+	sampled := func(p int) bool { return (p/2)%every == 0 }
+	online := map[string]int{} // sampled pods by service
+	for p := range n {
+		if sampled(p) {
+			online[services[p%2]]++
+		}
+	}
+	sample := online["web"] + online["api"]
 	rig := kube.Get(b)
 	if out, err := kubectl(rig, "", "apply", "-f", "../../deploy/crds"); err != nil {
 		b.Fatalf("kubectl apply -f deploy/crds: %v\n%s", err, out)
@@ -249,10 +273,12 @@ func BenchmarkKubeStorm(b *testing.B) {
 	pid := z.cmd.Process.Pid
 	ctl(b, z.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
 	eventually(b, "the mesh in zone-k8s", func() bool { return z.has(b, "/meshes/default") })
-	if err := kubeDo(context.Background(), rig, http.MethodPost, "/api/v1/namespaces/"+apps+"/services", "", map[string]any{
-		"metadata": map[string]any{"name": "web"},
-		"spec":     map[string]any{"selector": map[string]any{"app": "web"}, "ports": []any{map[string]any{"port": 80, "targetPort": 8080}}}}, nil); err != nil {
-		b.Fatal(err)
+	for _, svc := range services {
+		if err := kubeDo(context.Background(), rig, http.MethodPost, "/api/v1/namespaces/"+apps+"/services", "", map[string]any{
+			"metadata": map[string]any{"name": svc},
+			"spec":     map[string]any{"selector": map[string]any{"app": svc}, "ports": []any{map[string]any{"port": 80, "targetPort": 8080}}}}, nil); err != nil {
+			b.Fatal(err)
+		}
 	}
 	// The injector admits pods once registered; the default service
 	// account must exist for the sidecars' tokens.
@@ -275,7 +301,6 @@ func BenchmarkKubeStorm(b *testing.B) {
 		}
 		return len(list.Items)
 	}
-	match := "web_" + apps
 	z.xdsCAFile(b) // fetched once, before the sidecars dial at once
 	rssBefore := procStatus(pid, "VmRSS")
 	reqBefore := apiRequests(b, rig)
@@ -291,7 +316,8 @@ func BenchmarkKubeStorm(b *testing.B) {
 	for w := range 16 {
 		wg.Go(func() {
 			for p := w; p < n; p += 16 {
-				pod := map[string]any{"metadata": map[string]any{"name": fmt.Sprintf("web-%d", p), "labels": map[string]any{"app": "web"}},
+				svc := services[p%2]
+				pod := map[string]any{"metadata": map[string]any{"name": fmt.Sprintf("%s-%d", svc, p), "labels": map[string]any{"app": svc}},
 					"spec": map[string]any{"serviceAccountName": "default", "containers": []any{map[string]any{"name": "app", "image": "app"}}}}
 				var out struct {
 					Metadata struct {
@@ -299,7 +325,7 @@ func BenchmarkKubeStorm(b *testing.B) {
 					} `json:"metadata"`
 				}
 				if err := kubeDo(ctx, rig, http.MethodPost, "/api/v1/namespaces/"+apps+"/pods", "", pod, &out); err != nil {
-					errs <- fmt.Errorf("create pod web-%d: %w", p, err)
+					errs <- fmt.Errorf("create pod %s-%d: %w", svc, p, err)
 					return
 				}
 				uids[p] = out.Metadata.UID
@@ -308,14 +334,13 @@ func BenchmarkKubeStorm(b *testing.B) {
 	}
 	wg.Wait()
 	created := time.Since(start)
-	every := n / sample
 	sidecars := make([]*stormSidecar, 0, sample)
 	var conns sync.Mutex // guards sidecars
 	var proxies sync.WaitGroup
 	for w := range 16 {
 		wg.Go(func() {
 			for p := w; p < n; p += 16 {
-				name := fmt.Sprintf("web-%d", p)
+				name := fmt.Sprintf("%s-%d", services[p%2], p)
 				ip := fmt.Sprintf("127.%d.%d.%d", 100+p>>16, (p>>8)&255, p&255)
 				path := "/api/v1/namespaces/" + apps + "/pods/" + name
 				var pod map[string]any
@@ -329,9 +354,10 @@ func BenchmarkKubeStorm(b *testing.B) {
 					errs <- err
 					return
 				}
-				if p%every != 0 || p/every >= sample {
+				if !sampled(p) {
 					continue
 				}
+				other := services[1-p%2]
 				var tok struct {
 					Status struct {
 						Token string `json:"token"`
@@ -350,7 +376,7 @@ func BenchmarkKubeStorm(b *testing.B) {
 				conns.Unlock()
 				conn := z.dialXDS(b)
 				proxies.Go(func() {
-					s.run(ctx, conn, &core.Node{Id: "default." + name + "." + apps}, tok.Status.Token, match, n, start)
+					s.run(ctx, conn, &core.Node{Id: "default." + name + "." + apps}, tok.Status.Token, other+"_"+apps+"_svc", online[other], start)
 				})
 			}
 		})
@@ -408,8 +434,13 @@ func BenchmarkKubeStorm(b *testing.B) {
 		}
 		if time.Since(progress) > 10*time.Second {
 			progress = time.Now()
-			fmt.Fprintf(os.Stderr, "kstorm: at %v: %d Dataplanes stored, %d of %d sidecars configured, %d with every pod\n",
+			fmt.Fprintf(os.Stderr, "kstorm: at %v: %d Dataplanes stored, %d of %d sidecars configured, %d listing every sampled pod\n",
 				time.Since(start).Round(time.Second), stored(), ok, sample, okFull)
+			if len(sidecars) > 0 {
+				sidecars[0].mu.Lock()
+				fmt.Fprintf(os.Stderr, "kstorm: a sidecar's load assignments: %v\n", sidecars[0].cla)
+				sidecars[0].mu.Unlock()
+			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -426,7 +457,9 @@ func BenchmarkKubeStorm(b *testing.B) {
 	cancel()
 	proxies.Wait()
 
-	var own, ursa, auth, total float64
+	// The zone CP's requests: its store (ursa.io), its TokenReviews and
+	// its injector's GET of the pod's namespace at each admission.
+	var own, cp, total float64
 	var lines []string
 	for k, v := range reqAfter {
 		d := v - reqBefore[k]
@@ -435,22 +468,21 @@ func BenchmarkKubeStorm(b *testing.B) {
 		}
 		total += d
 		switch {
-		case k == " pods create" || k == " pods get" || k == " pods/status update" || k == " serviceaccounts/token create":
+		case k == " pods POST" || k == " pods GET" || k == " pods/status PUT" || k == " serviceaccounts/token POST":
 			own += d
-		case strings.HasPrefix(k, "ursa.io "):
-			ursa += d
-		case strings.HasPrefix(k, "authentication.k8s.io "):
-			auth += d
+		case strings.HasPrefix(k, "ursa.io ") || strings.HasPrefix(k, "authentication.k8s.io ") || k == " namespaces GET":
+			cp += d
 		}
 		lines = append(lines, fmt.Sprintf("%s=%.0f", strings.TrimSpace(k), d))
 	}
-	b.Logf("%d pods, %d sampled sidecars: pods created in %v, statuses set by %v, every Dataplane stored by %v, every sampled sidecar configured by %v, every sampled sidecar listing all %d pods by %v",
+	slices.Sort(lines)
+	b.Logf("%d pods, %d sampled sidecars: pods created in %v, statuses set by %v, every Dataplane stored by %v, every sampled sidecar configured by %v, every sampled sidecar listing all sampled pods of the other service by %v",
 		n, sample, created.Round(time.Millisecond), statuses.Round(time.Millisecond), allStored.Round(time.Millisecond),
-		allConfigured.Round(time.Millisecond), n, allFull.Round(time.Millisecond))
+		allConfigured.Round(time.Millisecond), allFull.Round(time.Millisecond))
 	b.Logf("sidecar streams refused or ended before the last was configured: %d (a sidecar up before its Dataplane is refused, then backs off as ursa-dp does)", retries)
 	b.Logf("ursa-cp RSS: %.0f MiB before the pods, %.0f MiB peak sampled, %.0f MiB VmHWM", rssBefore, peakRSS, hwm)
-	b.Logf("API requests: %.0f in all (%.2f per pod); the benchmark's own (pods, statuses, tokens) %.0f; ursa.io %.0f (%.2f per pod); authentication.k8s.io %.0f",
-		total, total/float64(n), own, ursa, ursa/float64(n), auth)
+	b.Logf("API requests: %.0f in all (%.2f per pod); the benchmark's own (pods, statuses, tokens) %.0f; the zone CP's (ursa.io, tokenreviews, namespaces GET) %.0f (%.2f per pod)",
+		total, total/float64(n), own, cp, cp/float64(n))
 	b.Logf("by group, resource and verb: %s", strings.Join(lines, " "))
 	b.Logf("load average before %s, after %s", strings.TrimSpace(string(load1)), strings.TrimSpace(string(load2)))
 	b.ReportMetric(allStored.Seconds(), "s-stored")
