@@ -142,12 +142,17 @@ func TestConformance(t *testing.T) {
 	storetest.RunWith(t, func(t *testing.T) store.Store { return newStore(t) }, caps)
 }
 
-// TestInsightBodyIsStatus: an insight's body survives the create (which
-// drops status) and an update, through the status subresource.
-func TestInsightBodyIsStatus(t *testing.T) {
+// TestInsightIsOneWrite: an insight's body (status) survives its create
+// and updates, and each write is one watch event (no status subresource:
+// a create does not drop status and need a second write).
+func TestInsightIsOneWrite(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	start, err := s.List(ctx, store.ListOptions{Type: "Mesh"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	in := &api.ServiceInsight{Meta: api.Meta{Type: "ServiceInsight", Mesh: "default", Name: "billing"}}
 	in.Service, in.Zone = "billing", "zone-1"
 	got, err := s.Create(ctx, in)
@@ -163,6 +168,21 @@ func TestInsightBodyIsStatus(t *testing.T) {
 	}
 	if back, err := s.Get(ctx, api.KeyOf(in)); err != nil || !api.SameContent(back, in) {
 		t.Fatalf("get after update = %s, %v", api.Content(back), err)
+	}
+	other := &api.ServiceInsight{Meta: api.Meta{Type: "ServiceInsight", Mesh: "default", Name: "web"}}
+	other.Service = "web"
+	storetest.MustCreate(t, s, other)
+	// One kind: its events come in order. A second write per insight
+	// would come between these.
+	events, err := storetest.Collect(s, start.Revision, 3, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"create ServiceInsight/default/billing zone-1", "update ServiceInsight/default/billing zone-2", "create ServiceInsight/default/web "}
+	for i, e := range events {
+		if got := fmt.Sprintf("%s %s %s", e.Op, api.KeyOf(e.Resource), e.Resource.(*api.ServiceInsight).Zone); got != want[i] {
+			t.Fatalf("event %d = %q, want %q", i, got, want[i])
+		}
 	}
 }
 
