@@ -337,7 +337,8 @@ func (rp *runPod) serveApp(rc *runContainer, nsPath string, env []string) error 
 // in order, each value's $(VAR) expanded from those before it, valueFrom
 // read from the pod (downward API), ConfigMaps and Secrets.
 func (rp *runPod) env(c kubeContainer) ([]string, error) {
-	env := []string{"PATH=" + execPath, "HOSTNAME=" + rp.pod.Metadata.Name, "HOME=/"}
+	// The harness's binaries are on the PATH, as an image's are.
+	env := []string{"PATH=" + bin + ":" + execPath, "HOSTNAME=" + rp.pod.Metadata.Name, "HOME=/"}
 	vars := envMap(env)
 	for _, e := range c.Env {
 		v := expandVars(e.Value, vars)
