@@ -213,8 +213,10 @@ spec:
 	}
 	eventually(t, "two shop instances offered to zone-vm", func() bool { return shopInstances() == 2 })
 	t0 := time.Now()
-	if out, err := kubectl(rig, "", "-n", apps, "delete", "pod", pods[0].Metadata.Name, "--wait=false"); err != nil {
-		t.Fatalf("kubectl delete pod: %v %s", err, out)
+	// As kubectl delete does, with the default grace period: the pod is
+	// terminating, then gone once the kubelet has stopped it.
+	if err := kubeDo(context.Background(), rig, http.MethodDelete, "/api/v1/namespaces/"+apps+"/pods/"+pods[0].Metadata.Name, "", nil, nil); err != nil {
+		t.Fatalf("delete pod %s: %v", pods[0].Metadata.Name, err)
 	}
 	// The ReplicaSet's replacement takes longer to become Ready (an init
 	// container, a sidecar connecting, a probe) than the endpoints take to
