@@ -117,6 +117,14 @@ spec:
 	// The CP's own identity, a service account (cluster-admin here, for
 	// brevity; the Helm chart's RBAC is narrower).
 	cpToken := kubeServiceAccount(t, rig, system, "ursa-control-plane", "cluster-admin")
+	// The CP registers its webhooks cluster-wide and fail-closed: once it
+	// is gone (cleanups run last-registered first), they would refuse the
+	// rig's later tests' pods and ursa.io objects.
+	t.Cleanup(func() {
+		for _, kind := range []string{"mutatingwebhookconfigurations/ursa-sidecar-injector", "validatingwebhookconfigurations/ursa-validator"} {
+			kubeDo(context.Background(), rig, http.MethodDelete, "/apis/admissionregistration.k8s.io/v1/"+kind, "", nil, nil)
+		}
+	})
 	k8sZone := h.startCP(t, "cpk8s", append([]string{"zone", "--environment", "kubernetes",
 		"--kubernetes-injection-image", "ursa-dp:e2e", "--kubernetes-injection-cp-address", "grpcs://" + h.addr("cpk8s") + ":5678",
 		"--kubeconfig", h.kubeconfigOn(t, rig, "cpk8s", cpToken), "--kubernetes-system-namespace", system,
@@ -151,6 +159,10 @@ spec:
 		eventually(t, "Dataplane "+name+" in zone-k8s", func() bool { return has("cpk8s", "/meshes/default/dataplanes/"+name) })
 	}
 	client := pods[2].Metadata.Name
+	// The sidecar runs as the user the redirection lets through.
+	if uid := k.containerUID(t, apps, client, "ursa-sidecar"); uid != "5678" {
+		t.Fatalf("the client pod's sidecar runs as user %s, want 5678", uid)
+	}
 
 	// Each zone calls a service only the other serves.
 	curlIn := func(ns, url string) (string, error) {

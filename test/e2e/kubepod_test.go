@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -723,6 +724,34 @@ func (rp *runPod) check(c kubeContainer, p *kubeProbe) bool {
 		return cmd.Run() == nil
 	}
 	return true
+}
+
+// containerUID is the real user of the process of container c of pod
+// namespace/name, from /proc.
+func (k *kubelet) containerUID(t testing.TB, namespace, name, c string) string {
+	t.Helper()
+	rp := k.pod(namespace, name)
+	if rp == nil {
+		t.Fatalf("the kubelet runs no pod %s/%s", namespace, name)
+	}
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	for _, rc := range rp.containers {
+		if rc.spec.Name != c || rc.proc == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", rc.proc.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+				return f[1]
+			}
+		}
+	}
+	t.Fatalf("pod %s/%s runs no process of container %s", namespace, name, c)
+	return ""
 }
 
 // dialFrom dials from inside host's namespace; it fails, rather than the
