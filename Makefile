@@ -55,8 +55,10 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./pkg/proxy/tproxy -run '^$$' -fuzz FuzzRemoval -fuzztime 30s
 	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzDNSAnswer -fuzztime 30s
 	$(GO) test ./zone/kubernetes -run '^$$' -fuzz FuzzTranslate -fuzztime 30s
+	$(GO) test ./zone/kubernetes -run '^$$' -fuzz FuzzDecodeReview -fuzztime 30s
 	$(GO) test ./pkg/leader -run '^$$' -fuzz FuzzDecodeLease -fuzztime 30s
 	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromObject -fuzztime 30s
+	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromSecret -fuzztime 30s
 	$(GO) test ./pkg/kube -run '^$$' -fuzz FuzzParseKubeconfig -fuzztime 30s
 
 bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)

@@ -64,6 +64,8 @@ type Config struct {
 	Kubeconfig  string `json:"kubeconfig" usage:"kubeconfig file of the cluster, with --environment kubernetes (empty: the pod's service account, in a cluster)"`
 	Kubernetes  struct {
 		SystemNamespace string `json:"systemNamespace" usage:"namespace of the control plane's objects, with --environment kubernetes (default: the pod's own namespace in a cluster, else ursa-system)"`
+		// Injection is the sidecar injector's (k8s_webhooks.go).
+		Injection InjectionConfig `json:"injection"`
 	} `json:"kubernetes"`
 	API apiserver.Config `json:"api"`
 	XDS struct {
@@ -101,6 +103,8 @@ type Config struct {
 		CIDR     string          `json:"cidr" usage:"range virtual IPs are allocated from"`
 		HoldBack config.Duration `json:"holdBack" usage:"how long a released VIP stays reserved before another service may get it (longer than the DNS TTL)"`
 	} `json:"vip"`
+	// Webhook is a Kubernetes zone's admission webhooks (k8s_webhooks.go).
+	Webhook WebhookConfig `json:"webhook"`
 	// Instance names this replica, for leader election.
 	Instance string `json:"instance" usage:"name of this zone CP replica (default: host name and process id)"`
 	KDS      struct {
@@ -133,6 +137,7 @@ func DefaultConfig() Config {
 	c.Log.Level = "info"
 	c.ShutdownGrace = config.Duration{Duration: 10 * time.Second}
 	c.GCPercent = DefaultGCPercent
+	c.Webhook, c.Kubernetes.Injection = DefaultWebhookConfig(), DefaultInjectionConfig()
 	return c
 }
 
@@ -149,6 +154,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("store: %q is neither memory nor a postgres:// URL", c.Store))
 	}
 	errs = append(errs, c.validateEnvironment()...)
+	errs = append(errs, c.validateKubeWebhooks()...)
 	if err := c.API.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -252,7 +258,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	cat := catalog.NewFollower(cfg.Zone, mirror, log.Named("catalog"))
 	pres := NewPresence(st, mirror, cfg.Instance, log.Named("presence"))
 	dpTokens, ingTokens := tokens.NewDataplaneIssuer(st), tokens.NewIngressIssuer(st, cfg.Zone)
-	xdsServer.SetAuth(proxyAuth(cfg.Zone, dpTokens, ingTokens, mirror, cfg.XDS.AllowUnauthenticated))
+	xdsServer.SetAuth(withKubeTokens(proxyAuth(cfg.Zone, dpTokens, ingTokens, mirror, cfg.XDS.AllowUnauthenticated), k8s, mirror))
 	if cfg.XDS.AllowUnauthenticated {
 		log.Warn("INSECURE: proxies without a token are admitted (--xds-allow-unauthenticated): anyone who reaches the xDS port may claim any Dataplane and get its identity")
 	}
@@ -261,7 +267,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	xdsServer.SetRegistrar(registrar{st: st, zone: cfg.Zone, instance: cfg.Instance, presence: pres, allowLoopback: cfg.XDS.AllowLoopbackDataplanes})
 	xdsServer.SetPresence(pres)
-	xdsCert, err := xdsCertificate(ctx, cfg, st, log)
+	xdsCert, err := xdsCertificate(ctx, withKubeXDSNames(cfg, k8s), st, log)
 	if err != nil {
 		return err
 	}
@@ -332,6 +338,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	if k8s != nil {
 		addKubernetes(r, cfg, st, el, k8s, log)
+		if err := addKubeWebhooks(ctx, r, cfg, st, k8s, xdsCert, log); err != nil {
+			apiLns.Close()
+			return err
+		}
 	}
 	if kdsDeps != nil {
 		cache := kds.NewCacheOf(mirror, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))

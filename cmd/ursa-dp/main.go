@@ -16,7 +16,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +42,7 @@ const defaultDNSAddr = "127.0.0.1:15053"
 type runConfig struct {
 	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpcs://HOST:5678 (TLS)"`
 	CACertFile    string `json:"caCertFile" usage:"PEM file of the CA the zone CP's certificate must chain to (its GET /xds/ca.pem); without it, the system's roots"`
+	CACert        string `json:"caCert" usage:"the PEM itself of the CA the zone CP's certificate must chain to, instead of --ca-cert-file (an injected sidecar gets it from the injector in URSA_CA_CERT)"`
 	XDSInsecure   bool   `json:"xdsInsecure" usage:"INSECURE: allow a grpc:// --cp-address, xDS without TLS, unverified and readable on the path; local experiments only"`
 	DataplaneFile string `json:"dataplaneFile" usage:"file of the Dataplane this proxy presents and registers when it connects"`
 	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
@@ -61,7 +61,13 @@ type runConfig struct {
 	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 of --resolv-conf's resolvers (any address when it names none) are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
 	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
 	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
-	Log                  struct {
+	// The flags below serve a pod, where an init container
+	// (install-transparent-proxy, root with NET_ADMIN) installs the
+	// redirection and the sidecar runs as a user without privileges.
+	TransparentProxyInstalled bool   `json:"transparentProxyInstalled" usage:"with --transparent-proxy: the redirection was installed by ursa-dp install-transparent-proxy (a pod's init container) with the same redirect and --inbound-ports flags; run neither installs nor removes it, and cannot mark its sockets: its own traffic must pass by its user (install-transparent-proxy --exclude-outbound-uids)"`
+	InboundPorts              string `json:"inboundPorts" usage:"with --transparent-proxy and --dataplane-name: the Dataplane's inbound ports (8080,9090), whose inbound TCP is redirected to --redirect-inbound-port (with --dataplane-file they come from the file)"`
+	ExcludeOutboundUIDs       string `json:"excludeOutboundUids" usage:"with --transparent-proxy: users (5678) whose outbound traffic is never redirected, such as a sidecar's that cannot mark its sockets"`
+	Log                       struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 	// inboundPorts are the inbound ports of the --dataplane-file's
@@ -74,7 +80,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "ursa-dp", Short: "Ursa data plane", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newRun(), newIngress(), newCleanup())
+	root.AddCommand(newRun(), newIngress(), newCleanup(), newInstallTransparentProxy())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
@@ -198,6 +204,16 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
 	}
+	if cfg.InboundPorts != "" {
+		if cfg.DataplaneFile != "" {
+			return errors.New("--inbound-ports: with --dataplane-name only; --dataplane-file's inbound ports are the file's")
+		}
+		ports, err := tproxy.ParsePorts(cfg.InboundPorts)
+		if err != nil {
+			return fmt.Errorf("--inbound-ports: %w", err)
+		}
+		cfg.inboundPorts = ports
+	}
 	if cfg.DNSAddr != "" {
 		if ap, err := netip.ParseAddrPort(cfg.DNSAddr); err != nil || ap.Port() == 0 {
 			return fmt.Errorf("--dns-addr %q: want IP:port (empty: no DNS)", cfg.DNSAddr)
@@ -213,11 +229,19 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	if err != nil {
 		return fmt.Errorf("--cp-address %w", err)
 	}
-	if !target.TLS && cfg.CACertFile != "" {
-		return fmt.Errorf("--ca-cert-file: of no use with the plaintext --cp-address %q; use grpcs://", cfg.CPAddress)
+	if !target.TLS && (cfg.CACertFile != "" || cfg.CACert != "") {
+		return fmt.Errorf("--ca-cert-file, --ca-cert: of no use with the plaintext --cp-address %q; use grpcs://", cfg.CPAddress)
+	}
+	if cfg.CACertFile != "" && cfg.CACert != "" {
+		return errors.New("--ca-cert: give it or --ca-cert-file, not both")
 	}
 	var tlsCfg *tls.Config
-	if target.TLS {
+	switch {
+	case target.TLS && cfg.CACert != "":
+		if tlsCfg, err = proxy.ClientTLSPEM(target.Host, []byte(cfg.CACert)); err != nil {
+			return fmt.Errorf("--ca-cert: %w", err)
+		}
+	case target.TLS:
 		if tlsCfg, err = proxy.ClientTLS(target.Host, cfg.CACertFile); err != nil {
 			return fmt.Errorf("--ca-cert-file: %w", err)
 		}
@@ -232,38 +256,20 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	}
 	var redirect *tproxy.Config
 	if cfg.TransparentProxy {
-		excluded, err := tproxy.ParsePorts(cfg.ExcludeOutboundPorts)
-		if err != nil {
-			return fmt.Errorf("--exclude-outbound-ports: %w", err)
-		}
-		redirect = &tproxy.Config{OutboundPort: cfg.RedirectOutboundPort, ExcludeOutboundPorts: excluded, Mark: tproxy.DefaultMark}
-		if err := inboundRedirect(cfg, redirect); err != nil {
+		if redirect, err = redirectFor(cfg, meta); err != nil {
 			return err
 		}
-		if meta[api.MetadataDNSAddress] != "" {
-			redirect.DNSPort = cfg.RedirectDNSPort
-		}
-		if err := redirect.Validate(); err != nil {
-			return fmt.Errorf("--transparent-proxy: %w", err)
-		}
-		if redirect.DNSPort != 0 {
-			// REDIRECT sends a host's own packets to 127.0.0.1.
-			at := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(redirect.DNSPort)).String()
-			if dns := meta[api.MetadataDNSAddress]; dns != at && dns != defaultDNSAddr {
-				return fmt.Errorf("--dns-addr %s: with --transparent-proxy the resolver answers the redirected DNS on %s (--redirect-dns-port %d); drop --dns-addr, or set --redirect-dns-port 0 to leave DNS alone", dns, at, redirect.DNSPort)
-			}
-			meta[api.MetadataDNSAddress] = at
-		}
-		meta[api.MetadataTransparentProxy] = strconv.Itoa(cfg.RedirectOutboundPort)
-		if len(redirect.InboundPorts) > 0 {
-			meta[api.MetadataTransparentInbound] = strconv.Itoa(redirect.InboundPort)
-		}
+	} else if cfg.TransparentProxyInstalled {
+		return errors.New("--transparent-proxy-installed: with --transparent-proxy only")
 	}
 	switch cfg.Proxy {
 	case "builtin":
 	case "envoy":
 		if redirect != nil {
 			return errors.New("--transparent-proxy: with the built-in proxy only, for now")
+		}
+		if cfg.CACert != "" {
+			return errors.New("--ca-cert: with the built-in proxy only; give Envoy --ca-cert-file")
 		}
 		o := bootstrap.Options{NodeID: nodeID, Metadata: meta, CPAddress: target.Address, Plaintext: !target.TLS,
 			CACertFile: cfg.CACertFile, Token: token, AdminAddress: cfg.AdminAddr}
@@ -301,33 +307,23 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	}
 	defer ln.Close()
 	if addr := meta[api.MetadataDNSAddress]; addr != "" {
-		ups, err := proxy.ResolvConf(cfg.ResolvConf)
-		if err != nil {
-			log.Warn("names outside .mesh will be refused: no resolvers", zap.String("resolv_conf", cfg.ResolvConf), zap.Error(err))
-		}
-		// Never forward to ourselves (a resolv.conf that names this listener).
-		p.DNSUpstreams = slices.DeleteFunc(ups, func(u string) bool { return u == addr })
-		if redirect != nil && len(p.DNSUpstreams) > 0 {
-			// Only the DNS headed to them is redirected: a local
-			// resolver's queries to its upstreams must not come back.
-			redirect.DNSServers = []netip.Addr{}
-			for _, u := range p.DNSUpstreams {
-				if ap, err := netip.ParseAddrPort(u); err == nil {
-					redirect.DNSServers = append(redirect.DNSServers, ap.Addr())
-					if !ap.Addr().Unmap().Is4() {
-						// Only IPv4 is redirected: an app that asks
-						// this resolver gets no .mesh names.
-						log.Warn("DNS to an IPv6 resolver of resolv.conf is not redirected to the sidecar: apps that ask it do not resolve .mesh names; list an IPv4 resolver (or only IPv4 ones) in resolv.conf",
-							zap.String("resolver", u), zap.String("resolv_conf", cfg.ResolvConf))
-					}
-				}
-			}
+		p.DNSUpstreams = dnsUpstreams(cfg.ResolvConf, addr, log)
+		if redirect != nil {
+			limitDNS(redirect, p.DNSUpstreams, cfg.ResolvConf, log)
 		}
 	}
 	if redirect != nil {
 		if err := redirect.CheckFree(meta[api.MetadataDNSAddress]); err != nil {
 			return fmt.Errorf("--transparent-proxy: %w", err)
 		}
+	}
+	if redirect != nil && cfg.TransparentProxyInstalled {
+		// The init container's rules let this proxy's traffic through by
+		// its user: it runs without NET_ADMIN, so it can neither mark its
+		// sockets nor touch the rules.
+		log.Info("transparent proxy installed by ursa-dp install-transparent-proxy: left as it is",
+			zap.Ints("inbound_ports", redirect.InboundPorts))
+	} else if redirect != nil {
 		// Before the proxy connects anywhere: its sockets carry the mark
 		// the rules let through. Removed on every way out, SIGTERM
 		// included (ctx ends); after a SIGKILL the next start replaces the

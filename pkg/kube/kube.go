@@ -116,7 +116,12 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	resp, err := c.send(ctx, method, path, body)
+	return c.do(ctx, method, path, "application/json", body, out)
+}
+
+// do sends body, of contentType, and decodes the answer into out, as Do.
+func (c *Client) do(ctx context.Context, method, path, contentType string, body io.Reader, out any) error {
+	resp, err := c.send(ctx, method, path, contentType, body)
 	if err != nil {
 		return err
 	}
@@ -141,7 +146,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 // the body of a 2xx answer unread, for the caller to read as it arrives and
 // close: a watch. Its errors are Do's.
 func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error) {
-	resp, err := c.send(ctx, http.MethodGet, path, nil)
+	resp, err := c.send(ctx, http.MethodGet, path, "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +159,7 @@ func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error)
 }
 
 // send makes one request with the client's credentials.
-func (c *Client) send(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
 	// path is already escaped and may carry a query (?labelSelector=...).
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
@@ -162,7 +167,7 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader) 
 	}
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	if c.token != nil {
 		tok, err := c.token.get()

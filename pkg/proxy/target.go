@@ -90,6 +90,18 @@ func ClientTLS(host, caFile string) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// ClientTLSPEM is ClientTLS with the CA's PEM itself rather than a file:
+// an injected sidecar gets it in its environment.
+func ClientTLSPEM(host string, caPEM []byte) (*tls.Config, error) {
+	cfg, _ := ClientTLS(host, "")
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("the CA holds no PEM certificate (the zone CP's /xds/ca.pem)")
+	}
+	cfg.RootCAs = pool
+	return cfg, nil
+}
+
 // verifyFailure returns the certificate verification error of the last
 // failed handshake, if it was one: the server is not who the proxy trusts,
 // which retrying will not change.

@@ -125,10 +125,11 @@ func (c *Controller) Run(ctx context.Context) error {
 			if workers <= 0 {
 				workers = DefaultWorkers
 			}
+			// Before the workers start: they write s.owned.
+			log.Info("pod controller synced", zap.Int("pods", s.cache.podCount()), zap.Int("owned", len(s.owned)))
 			for range workers {
 				wg.Go(func() { s.work(ctx) })
 			}
-			log.Info("pod controller synced", zap.Int("pods", s.cache.podCount()), zap.Int("owned", len(s.owned)))
 			if c.Synced != nil {
 				c.Synced()
 			}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/logging"
+	"github.com/ursamesh/ursa/pkg/proxy"
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
+)
+
+// newInstallTransparentProxy is ursa-dp install-transparent-proxy, a pod's
+// init container: it installs, as root with NET_ADMIN, the redirection that
+// the pod's sidecar (ursa-dp run --transparent-proxy
+// --transparent-proxy-installed, a user without privileges) relies on, and
+// exits. It takes run's redirect flags, --inbound-ports and --resolv-conf,
+// so that both containers agree by being given the same ones; the
+// sidecar's traffic passes by its user (--exclude-outbound-uids), since it
+// cannot mark its sockets. The rules stay for the pod's life: its network
+// namespace goes with it.
+func newInstallTransparentProxy() *cobra.Command {
+	cfg := runConfig{DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf",
+		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectInboundPort: tproxy.DefaultInboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
+	cfg.Log.Level = "info"
+	var file string
+	cmd := &cobra.Command{
+		Use:   "install-transparent-proxy",
+		Short: "Install the transparent proxy's redirection for a sidecar that runs as another user (a pod's init container), and exit",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
+				return err
+			}
+			if cfg.ExcludeOutboundUIDs == "" {
+				return errors.New("--exclude-outbound-uids: required: the sidecar's user, whose own connections must not be redirected back to it")
+			}
+			ports, err := tproxy.ParsePorts(cfg.InboundPorts)
+			if err != nil {
+				return fmt.Errorf("--inbound-ports: %w", err)
+			}
+			cfg.inboundPorts, cfg.TransparentProxy = ports, true
+			meta := map[string]string{}
+			if cfg.DNSAddr != "" {
+				meta[api.MetadataDNSAddress] = cfg.DNSAddr
+			}
+			redirect, err := redirectFor(cfg, meta)
+			if err != nil {
+				return err
+			}
+			log, err := logging.New(cfg.Log.Level)
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			if redirect.DNSPort != 0 {
+				limitDNS(redirect, dnsUpstreams(cfg.ResolvConf, meta[api.MetadataDNSAddress], log), cfg.ResolvConf, log)
+			}
+			if err := tproxy.Install(cmd.Context(), log.Named("tproxy"), *redirect); err != nil {
+				return fmt.Errorf("install-transparent-proxy: %w", err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
+	config.Bind(cmd.Flags(), &cfg)
+	return cmd
+}
+
+// redirectFor returns the redirection cfg asks for (--transparent-proxy),
+// setting the node metadata that tells the zone about it.
+func redirectFor(cfg runConfig, meta map[string]string) (*tproxy.Config, error) {
+	excluded, err := tproxy.ParsePorts(cfg.ExcludeOutboundPorts)
+	if err != nil {
+		return nil, fmt.Errorf("--exclude-outbound-ports: %w", err)
+	}
+	uids, err := parseUIDs(cfg.ExcludeOutboundUIDs)
+	if err != nil {
+		return nil, fmt.Errorf("--exclude-outbound-uids: %w", err)
+	}
+	redirect := &tproxy.Config{OutboundPort: cfg.RedirectOutboundPort, ExcludeOutboundPorts: excluded, Mark: tproxy.DefaultMark, ExcludeUIDs: uids}
+	if err := inboundRedirect(cfg, redirect); err != nil {
+		return nil, err
+	}
+	if meta[api.MetadataDNSAddress] != "" {
+		redirect.DNSPort = cfg.RedirectDNSPort
+	}
+	if err := redirect.Validate(); err != nil {
+		return nil, fmt.Errorf("--transparent-proxy: %w", err)
+	}
+	if redirect.DNSPort != 0 {
+		// REDIRECT sends a host's own packets to 127.0.0.1.
+		at := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(redirect.DNSPort)).String()
+		if dns := meta[api.MetadataDNSAddress]; dns != at && dns != defaultDNSAddr {
+			return nil, fmt.Errorf("--dns-addr %s: with --transparent-proxy the resolver answers the redirected DNS on %s (--redirect-dns-port %d); drop --dns-addr, or set --redirect-dns-port 0 to leave DNS alone", dns, at, redirect.DNSPort)
+		}
+		meta[api.MetadataDNSAddress] = at
+	}
+	meta[api.MetadataTransparentProxy] = strconv.Itoa(cfg.RedirectOutboundPort)
+	if len(redirect.InboundPorts) > 0 {
+		meta[api.MetadataTransparentInbound] = strconv.Itoa(redirect.InboundPort)
+	}
+	return redirect, nil
+}
+
+// dnsUpstreams returns the resolvers of resolvConf, less the sidecar's own
+// listener at addr.
+func dnsUpstreams(resolvConf, addr string, log *zap.Logger) []string {
+	ups, err := proxy.ResolvConf(resolvConf)
+	if err != nil {
+		log.Warn("names outside .mesh will be refused: no resolvers", zap.String("resolv_conf", resolvConf), zap.Error(err))
+	}
+	// Never forward to ourselves (a resolv.conf that names this listener).
+	return slices.DeleteFunc(ups, func(u string) bool { return u == addr })
+}
+
+// limitDNS redirects only the DNS headed to the resolvers the sidecar
+// forwards to: a local resolver's queries to its upstreams must not come
+// back. With none, DNS to any address is redirected.
+func limitDNS(redirect *tproxy.Config, upstreams []string, resolvConf string, log *zap.Logger) {
+	if len(upstreams) == 0 {
+		return
+	}
+	redirect.DNSServers = []netip.Addr{}
+	for _, u := range upstreams {
+		if ap, err := netip.ParseAddrPort(u); err == nil {
+			redirect.DNSServers = append(redirect.DNSServers, ap.Addr())
+			if !ap.Addr().Unmap().Is4() {
+				// Only IPv4 is redirected: an app that asks this
+				// resolver gets no .mesh names.
+				log.Warn("DNS to an IPv6 resolver of resolv.conf is not redirected to the sidecar: apps that ask it do not resolve .mesh names; list an IPv4 resolver (or only IPv4 ones) in resolv.conf",
+					zap.String("resolver", u), zap.String("resolv_conf", resolvConf))
+			}
+		}
+	}
+}
+
+// parseUIDs parses a comma-separated list of user ids.
+func parseUIDs(s string) ([]int, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var uids []int
+	for _, f := range strings.Split(s, ",") {
+		u, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || u < 0 || u > 1<<31-2 {
+			return nil, fmt.Errorf("%q is not a user id", strings.TrimSpace(f))
+		}
+		uids = append(uids, u)
+	}
+	return uids, nil
+}

@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestPodStyleTransparentProxy runs the two commands an injected pod runs
+// (zone/kubernetes/inject.go), on a host of their own, as a kubelet would:
+// `ursa-dp install-transparent-proxy` as root installs the redirection and
+// exits; then `ursa-dp run --transparent-proxy --transparent-proxy-installed`
+// runs as user 5678 with no capabilities, the zone CP's CA in URSA_CA_CERT.
+// Its own connection to the CP is let through by its user (it cannot mark
+// sockets): it gets ready; an app's call is passed through its outbound
+// listener; and it leaves the rules in place when it stops.
+func TestPodStyleTransparentProxy(t *testing.T) {
+	h := newHosts(t, "cp", "pod")
+	zone := startTPZone(t, h, "cp", "type: Mesh\nname: default\n")
+	h.setResolvConf(t, "pod", "nameserver 127.0.0.53\n")
+	nat := func() string {
+		t.Helper()
+		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "pod"), "iptables-save", "-t", "nat").CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables-save on the pod: %v: %s", err, out)
+		}
+		return string(out)
+	}
+
+	// What user 5678 runs and reads must be readable by it: the test's
+	// own folders are root's alone.
+	dir, err := os.MkdirTemp("", "ursa-pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyTo := func(src, name string, mode os.FileMode) string {
+		t.Helper()
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, name)
+		if err := os.WriteFile(dst, b, mode); err != nil {
+			t.Fatal(err)
+		}
+		return dst
+	}
+	dp := copyTo(filepath.Join(bin, "ursa-dp"), "ursa-dp", 0o755)
+	args := zone.sidecarArgs(t, "pod", "web-1", "web", 10011, 18080, "--transparent-proxy", "--transparent-proxy-installed")
+	for i := range args {
+		// Its files, readable by the sidecar's user; its CA as the
+		// injector gives it, in the environment.
+		if i > 0 && (args[i-1] == "--token-file" || args[i-1] == "--dataplane-file") {
+			args[i] = copyTo(args[i], filepath.Base(args[i]), 0o644)
+		}
+	}
+	var ca string
+	for i := range args {
+		if args[i] == "--ca-cert-file" {
+			b, err := os.ReadFile(args[i+1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ca = string(b)
+			args = append(args[:i:i], args[i+2:]...)
+			break
+		}
+	}
+
+	install := launch(t, "ursa-dp install-transparent-proxy", exec.CommandContext(context.Background(), "ip", "netns", "exec", h.namespace(t, "pod"),
+		dp, "install-transparent-proxy", "--inbound-ports", "10011", "--exclude-outbound-uids", "5678"))
+	if err := install.wait(t); err != nil {
+		t.Fatalf("install-transparent-proxy: %v\n%s", err, install.out.String())
+	}
+	rules := nat()
+	for _, want := range []string{"-A URSA_OUTPUT -m owner --uid-owner 5678 -j RETURN", "-A URSA_INBOUND -p tcp -m tcp --dport 10011 -j URSA_IN_REDIRECT",
+		"-A URSA_OUTPUT -d 127.0.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"} {
+		if !strings.Contains(rules, want+"\n") {
+			t.Fatalf("the pod's nat table lacks %q:\n%s", want, rules)
+		}
+	}
+
+	cmd := exec.CommandContext(context.Background(), "ip", append([]string{"netns", "exec", h.namespace(t, "pod"),
+		"setpriv", "--reuid=5678", "--regid=5678", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--", dp}, args...)...)
+	cmd.Env = append(os.Environ(), "URSA_CA_CERT="+ca)
+	p := launch(t, "ursa-dp run (user 5678)", cmd)
+	onPod := h.client(t, "pod")
+	waitReadyVia(t, onPod, "http://127.0.0.1:9901/ready", p)
+	if out := p.out.String(); !strings.Contains(out, "transparent proxy installed by ursa-dp install-transparent-proxy") {
+		t.Errorf("the sidecar did not say it left the rules alone:\n%s", out)
+	}
+	eventually(t, "a call from the pod to the CP host, passed through the sidecar", func() bool {
+		resp, err := onPod.Get("http://" + h.addr("cp") + ":5681/meshes")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		resp, err = onPod.Get("http://127.0.0.1:9901/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), `ursa_dp_connections_total{listener="ursa:outbound"}`)
+	})
+	p.stop(t)
+	if after := nat(); !strings.Contains(after, "-A OUTPUT -j URSA_OUTPUT") {
+		t.Fatalf("the sidecar removed the init container's rules:\n%s", after)
+	}
+}

@@ -1,0 +1,218 @@
+package zone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/run"
+	"github.com/ursamesh/ursa/pkg/servingcert"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/tokens"
+	"github.com/ursamesh/ursa/pkg/xds"
+	"github.com/ursamesh/ursa/zone/kubernetes"
+)
+
+// WebhookConfig is webhook.* of a Kubernetes zone: its admission webhooks'
+// server (sidecar injection, validation of ursa.io objects).
+type WebhookConfig struct {
+	Addr string `json:"addr" usage:"address of the admission webhooks' HTTPS server (Kubernetes zones)"`
+	URL  string `json:"url" usage:"https://HOST:PORT at which the apiserver reaches the webhook server, registered instead of the control plane's Service (a control plane run outside the cluster); the server's certificate names HOST"`
+	// Service and ServicePort are the in-cluster Service in
+	// kubernetes.systemNamespace that sends ServicePort to Addr.
+	Service     string `json:"service" usage:"name of the Service in the control plane's namespace in front of the webhook server (when webhook.url is empty)"`
+	ServicePort int    `json:"servicePort" usage:"the webhook port of that Service"`
+}
+
+// DefaultWebhookConfig returns webhook.*'s defaults.
+func DefaultWebhookConfig() WebhookConfig {
+	return WebhookConfig{Addr: ":5443", Service: "ursa-control-plane", ServicePort: 5443}
+}
+
+// Validate reports every webhook.* setting that cannot work.
+func (c WebhookConfig) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("webhook.addr: %q is not host:port", c.Addr))
+	}
+	if c.URL != "" {
+		if _, err := kubernetes.WebhookNames(c.URL, kubernetes.ServiceRef{}); err != nil {
+			errs = append(errs, err)
+		}
+	} else if msg := api.CheckName(c.Service); msg != "" {
+		errs = append(errs, fmt.Errorf("webhook.service: %q: %s", c.Service, msg))
+	}
+	if c.ServicePort < 1 || c.ServicePort > 65535 {
+		errs = append(errs, fmt.Errorf("webhook.servicePort: %d is not a port", c.ServicePort))
+	}
+	return errors.Join(errs...)
+}
+
+// DefaultCPAddress is the injected sidecars' --cp-address when
+// kubernetes.injection.cpAddress is empty: the xDS port of the control
+// plane's Service.
+func DefaultCPAddress(service, systemNamespace, xdsAddr string) string {
+	port := "5678"
+	if _, p, err := net.SplitHostPort(xdsAddr); err == nil && p != "0" {
+		port = p
+	}
+	return "grpcs://" + net.JoinHostPort(service+"."+systemNamespace+".svc", port)
+}
+
+// InjectionConfig is kubernetes.injection.*.
+type InjectionConfig = kubernetes.InjectionConfig
+
+// DefaultInjectionConfig returns kubernetes.injection.*'s defaults: the
+// sidecar image of this version.
+func DefaultInjectionConfig() InjectionConfig {
+	return kubernetes.DefaultInjectionConfig("ursamesh/ursa-dp:" + Version)
+}
+
+// validateKubeWebhooks checks webhook.* and kubernetes.injection.* on
+// Kubernetes; elsewhere they are unused, and set only by mistake.
+func (c Config) validateKubeWebhooks() []error {
+	if !c.OnKubernetes() {
+		var errs []error
+		if c.Webhook.URL != "" {
+			errs = append(errs, errors.New("webhook.url: only with environment kubernetes (--environment kubernetes)"))
+		}
+		return errs
+	}
+	var errs []error
+	if err := c.Webhook.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Kubernetes.Injection.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// addKubeWebhooks serves the admission webhooks over TLS at webhook.addr,
+// with a certificate signed by a CA kept in the store, and keeps their
+// configurations registered in the cluster. It learns the control plane's
+// own user first: the validating webhook lets that user's writes through.
+func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.Store, k8s *kubeEnv, xdsCert *servingcert.Serving, log *zap.Logger) error {
+	log = log.Named("webhooks")
+	self, err := kubernetes.SelfUser(ctx, k8s.client)
+	if err != nil {
+		return err
+	}
+	svc := kubernetes.ServiceRef{Namespace: k8s.namespace, Name: cfg.Webhook.Service, Port: cfg.Webhook.ServicePort}
+	names, err := kubernetes.WebhookNames(cfg.Webhook.URL, svc)
+	if err != nil {
+		return err
+	}
+	cert, err := servingcert.Load(ctx, st, servingcert.Options{Secret: "webhook-server-tls", CommonName: "ursa zone control plane (webhooks) CA, zone " + cfg.Zone,
+		Listen: cfg.Webhook.Addr, SANs: names})
+	if err != nil {
+		return fmt.Errorf("webhook tls: %w", err)
+	}
+	injCfg := cfg.Kubernetes.Injection
+	inj := &kubernetes.Injector{Config: injCfg, CPAddress: injCfg.CPAddress, Namespace: kubernetes.NamespaceGetter(k8s.client)}
+	if inj.CPAddress == "" {
+		inj.CPAddress = DefaultCPAddress(cfg.Webhook.Service, k8s.namespace, cfg.XDS.Addr)
+	}
+	if xdsCert != nil {
+		inj.CAPEM = xdsCert.CAPEM()
+	}
+	hooks := &kubernetes.Webhooks{Client: k8s.client, Injector: inj, Validator: &kubernetes.Validator{Self: self},
+		CABundle: cert.CAPEM(), URL: cfg.Webhook.URL, Service: svc, Log: log}
+	ln, err := net.Listen("tcp", cfg.Webhook.Addr)
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	srv := &http.Server{Handler: hooks.Handler(), TLSConfig: cert.TLSConfig(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: zap.NewStdLog(log.Named("http"))}
+	r.Add("webhooks", run.HTTPServer(srv, tls.NewListener(ln, srv.TLSConfig), cfg.ShutdownGrace.Duration))
+	// Every replica registers the same configurations; applying them
+	// again changes nothing.
+	r.Add("webhook-configurations", run.Func(func(ctx context.Context) error { return hooks.Keep(ctx, 30*time.Second) }))
+	log.Info("admission webhooks listening", zap.String("webhook_addr", ln.Addr().String()), zap.String("webhook_url", cfg.Webhook.URL),
+		zap.Strings("webhook_tls_names", cert.Names().Strings()), zap.String("control_plane_user", self), zap.String("sidecar_cp_address", inj.CPAddress))
+	return nil
+}
+
+// withKubeXDSNames adds to the xDS certificate the names injected sidecars
+// reach it by (the control plane Service's, as in DefaultCPAddress), when
+// the certificate is made here.
+func withKubeXDSNames(cfg Config, k8s *kubeEnv) Config {
+	if k8s == nil || cfg.XDS.TLSCert != "" || cfg.XDS.Insecure {
+		return cfg
+	}
+	names, _ := kubernetes.WebhookNames("", kubernetes.ServiceRef{Namespace: k8s.namespace, Name: cfg.Webhook.Service})
+	cfg.XDS.TLSSAN = append(slices.Clone(cfg.XDS.TLSSAN), names...)
+	return cfg
+}
+
+// withKubeTokens is kubeProxyAuth on Kubernetes, a unchanged elsewhere.
+func withKubeTokens(a xds.Auth, k8s *kubeEnv, src ViewSource) xds.Auth {
+	if k8s == nil {
+		return a
+	}
+	return kubeProxyAuth(a, &kubernetes.TokenReviewer{Client: k8s.client}, src)
+}
+
+// kubeProxyAuth extends a zone's proxy authentication with Kubernetes
+// service-account tokens: a token whose subject is a service account is
+// reviewed by the apiserver (TokenReview, audience "ursa"); when it is
+// bound to a pod, the proxy is that pod's Dataplane, <pod>.<namespace>, in
+// the mesh that Dataplane is in, and nothing else. Other tokens are
+// verified as before.
+func kubeProxyAuth(a xds.Auth, rev *kubernetes.TokenReviewer, src ViewSource) xds.Auth {
+	verify := a.Verify
+	a.Verify = func(ctx context.Context, token string) (xds.Claims, error) {
+		if !strings.HasPrefix(tokens.UnverifiedSubject(token), kubernetes.ServiceAccountSubjectPrefix) {
+			return verify(ctx, token)
+		}
+		id, err := rev.Review(ctx, token)
+		switch {
+		case errors.Is(err, kubernetes.ErrTokenRefused):
+			return xds.Claims{}, xds.InvalidToken(err)
+		case err != nil:
+			return xds.Claims{}, err
+		}
+		mesh, err := meshOfDataplane(src, id.Dataplane())
+		if err != nil {
+			return xds.Claims{}, err
+		}
+		return xds.Claims{Kind: xds.TokenDataplane, Mesh: mesh, Name: id.Dataplane()}, nil
+	}
+	return a
+}
+
+// meshOfDataplane finds the mesh of the Dataplane named name. One that does
+// not exist yet (the pod controller has not made it) is an error the proxy
+// retries, not a refusal of its token.
+func meshOfDataplane(src ViewSource, name string) (string, error) {
+	view, _ := src.Current()
+	meshes, err := view.Items("Mesh")
+	if err != nil {
+		return "", err
+	}
+	var found []string
+	for k := range meshes {
+		if _, ok, err := store.Get[*api.Dataplane](view, k.Name, name); err != nil {
+			return "", err
+		} else if ok {
+			found = append(found, k.Name)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("the pod's Dataplane %s does not exist (yet): the pod controller makes it once the pod has an IP", name)
+	case 1:
+		return found[0], nil
+	}
+	slices.Sort(found)
+	return "", fmt.Errorf("the pod's Dataplane %s exists in %d meshes (%v)", name, len(found), found)
+}

@@ -1,0 +1,96 @@
+package zone
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/xds"
+	"github.com/ursamesh/ursa/zone/kubernetes"
+)
+
+// fakeReviews answers TokenReviews from a table: token → pod name ("" is
+// unauthenticated).
+type fakeReviews map[string]string
+
+func (f fakeReviews) Do(_ context.Context, _, _ string, in, out any) error {
+	b, _ := json.Marshal(in)
+	var req struct {
+		Spec struct{ Token string } `json:"spec"`
+	}
+	json.Unmarshal(b, &req)
+	pod, ok := f[req.Spec.Token]
+	if !ok {
+		return errors.New("apiserver down")
+	}
+	resp := map[string]any{"status": map[string]any{"authenticated": false, "error": "invalid bearer token"}}
+	if pod != "" {
+		resp = map[string]any{"status": map[string]any{"authenticated": true, "audiences": []string{"ursa"}, "user": map[string]any{
+			"username": "system:serviceaccount:shop:app", "extra": map[string][]string{"authentication.kubernetes.io/pod-name": {pod}}}}}
+	}
+	b, _ = json.Marshal(resp)
+	return json.Unmarshal(b, out)
+}
+
+// saToken is a JWT-shaped token with a service account's subject; only the
+// fake apiserver reads the rest.
+func saToken(id string) string {
+	enc := func(v any) string { b, _ := json.Marshal(v); return base64.RawURLEncoding.EncodeToString(b) }
+	return enc(map[string]string{"alg": "RS256"}) + "." + enc(map[string]string{"sub": "system:serviceaccount:shop:app", "jti": id}) + ".c2ln"
+}
+
+// TestKubeProxyAuth: a service-account token bound to a pod claims exactly
+// that pod's Dataplane, in the mesh it is in; a refused token is an invalid
+// token; an apiserver that cannot answer, or a Dataplane not made yet, is
+// retried, not a refusal; other tokens go to the zone's own verifier.
+func TestKubeProxyAuth(t *testing.T) {
+	dp := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "payments", Name: "web-1.shop"},
+		Networking: api.DataplaneNetworking{Address: "10.0.0.7", Inbound: []api.Inbound{{Port: 8080, Tags: map[string]string{api.TagService: "web"}}}}}
+	view := store.NewView([]api.Resource{
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "payments"}}, dp,
+	}, "Mesh", "Dataplane")
+	good, refused, down, early := saToken("1"), saToken("2"), saToken("3"), saToken("4")
+	rev := &kubernetes.TokenReviewer{Client: fakeReviews{good: "web-1", refused: "", early: "web-2"}}
+	base := xds.Auth{Verify: func(context.Context, string) (xds.Claims, error) {
+		return xds.Claims{Kind: xds.TokenDataplane, Mesh: "m", Name: "from-the-zone"}, nil
+	}}
+	a := kubeProxyAuth(base, rev, fixedView{view})
+	ctx := context.Background()
+	c, err := a.Verify(ctx, good)
+	if err != nil || c.Kind != xds.TokenDataplane || c.Mesh != "payments" || c.Name != "web-1.shop" || c.Service != "" || c.Tags != nil {
+		t.Fatalf("bound token: %+v, %v", c, err)
+	}
+	if _, err := a.Verify(ctx, refused); !errors.Is(err, xds.ErrInvalidToken) || !strings.Contains(err.Error(), "invalid bearer token") {
+		t.Errorf("refused token: %v", err)
+	}
+	for name, tok := range map[string]string{"apiserver down": down, "no Dataplane yet": early} {
+		if _, err := a.Verify(ctx, tok); err == nil || errors.Is(err, xds.ErrInvalidToken) {
+			t.Errorf("%s: %v, want an error to retry", name, err)
+		}
+	}
+	if c, err := a.Verify(ctx, "ursa-token"); err != nil || c.Name != "from-the-zone" {
+		t.Errorf("a zone token: %+v, %v", c, err)
+	}
+}
+
+// TestWebhookSettings names each bad webhook.* setting.
+func TestWebhookSettings(t *testing.T) {
+	if err := DefaultWebhookConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c := WebhookConfig{Addr: "5443", URL: "http://x:1", ServicePort: 0}
+	err := c.Validate()
+	for _, want := range []string{"webhook.addr", "webhook.url", "webhook.servicePort"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: want %s named", err, want)
+		}
+	}
+	if got := DefaultCPAddress("ursa-control-plane", "ursa-system", ":5678"); got != "grpcs://ursa-control-plane.ursa-system.svc:5678" {
+		t.Errorf("default cp address %s", got)
+	}
+}

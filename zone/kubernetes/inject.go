@@ -1,0 +1,348 @@
+package kubernetes
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/config"
+)
+
+// The injected pod's layout. The hybrid e2e runs these containers' commands
+// as a kubelet would, so this comment is their contract:
+//
+// A pod admitted in a namespace labelled ursa.io/sidecar-injection=enabled,
+// not annotated ursa.io/sidecar-injection=disabled, not on the host's
+// network, and not already injected gets:
+//
+//   - annotation ursa.io/sidecar-injected: "true" (what makes injection
+//     idempotent, with the container names below);
+//   - volume "ursa-token": a projected service-account token, audience
+//     TokenAudience ("ursa"), expirationSeconds from
+//     kubernetes.injection.tokenExpiration (10m), at path "token";
+//   - init container "ursa-init", appended after the pod's own, running as
+//     root with NET_ADMIN and NET_RAW (every other capability dropped):
+//     command ["ursa-dp", "install-transparent-proxy",
+//     "--inbound-ports", "P,Q", "--exclude-outbound-uids", "5678"]
+//     (no --inbound-ports when the pod declares no TCP container port). It
+//     installs the redirection with ursa-dp run's default ports (outbound
+//     15001, inbound 15006, DNS 15053, the DNS of the pod's
+//     /etc/resolv.conf resolvers) and exits;
+//   - container "ursa-sidecar", first in spec.containers, as UID/GID 5678
+//     (SidecarUID), non-root, no capabilities, read-only root file system:
+//     command ["ursa-dp", "run",
+//     "--cp-address", <kubernetes.injection.cpAddress>,
+//     "--dataplane-name", "$(POD_NAME).$(POD_NAMESPACE)",
+//     "--mesh", <the pod's mesh: annotation ursa.io/mesh on the pod, else on
+//     its namespace (annotation or label), else "default">,
+//     "--token-file", "/var/run/secrets/ursa.io/token/token",
+//     "--transparent-proxy", "--transparent-proxy-installed",
+//     "--inbound-ports", "P,Q" (as the init container's),
+//     "--admin-addr", ":9901"];
+//     env POD_NAME and POD_NAMESPACE (downward API), URSA_CA_CERT (the PEM
+//     of the CA of the zone CP's xDS certificate; absent when the zone
+//     serves xDS without TLS); volume mount ursa-token read-only at
+//     /var/run/secrets/ursa.io/token; readiness probe GET :9901/ready
+//     (every 5 s), liveness probe GET :9901/ready (after 60 s, every 10 s,
+//     6 failures); resources from kubernetes.injection.resources.*; port
+//     9901 named ursa-admin.
+//
+// P,Q are the pod's declared TCP container ports: inbound TCP to them is
+// redirected to the sidecar (mTLS, TrafficPermissions), so a Service's
+// targetPort must be a declared container port. The sidecar's own ports
+// (9901, 15001, 15006, 15053) must not be one of them: such a pod is refused.
+const (
+	// SidecarName and InitName are the injected containers' names.
+	SidecarName = "ursa-sidecar"
+	InitName    = "ursa-init"
+	// TokenVolume is the projected token's volume, mounted at TokenDir.
+	TokenVolume = "ursa-token"
+	TokenDir    = "/var/run/secrets/ursa.io/token"
+	// TokenAudience is the audience of the sidecar's token; the zone CP's
+	// TokenReview asks for it, so a token for another audience (the
+	// pod's default API token) is refused.
+	TokenAudience = "ursa"
+	// SidecarUID is the sidecar's user and group: the redirection lets its
+	// traffic through by this UID (it has no NET_ADMIN to mark sockets).
+	SidecarUID = 5678
+	// AdminPort is the sidecar's /ready and /metrics port.
+	AdminPort = 9901
+	// AnnotationInjected marks an injected pod.
+	AnnotationInjected = "ursa.io/sidecar-injected"
+)
+
+// sidecarPorts are the ports the sidecar binds in the pod's network
+// namespace (admin, outbound, inbound, DNS).
+var sidecarPorts = []int{AdminPort, 15001, 15006, 15053}
+
+// InjectionConfig is kubernetes.injection.* of the zone's configuration.
+type InjectionConfig struct {
+	Image     string `json:"image" usage:"image of the injected ursa-dp sidecar and init container"`
+	CPAddress string `json:"cpAddress" usage:"xDS address the injected sidecars reach the zone CP at (default grpcs://ursa-control-plane.<kubernetes.systemNamespace>.svc:5678)"`
+	// TokenExpiration is the projected token's lifetime; the kubelet
+	// renews it at 80% of it.
+	TokenExpiration config.Duration `json:"tokenExpiration" usage:"lifetime of the sidecars' projected service-account tokens (at least 10m)"`
+	Resources       struct {
+		Requests struct {
+			CPU    string `json:"cpu" usage:"the sidecar's CPU request"`
+			Memory string `json:"memory" usage:"the sidecar's memory request"`
+		} `json:"requests"`
+		Limits struct {
+			CPU    string `json:"cpu" usage:"the sidecar's CPU limit (empty: none)"`
+			Memory string `json:"memory" usage:"the sidecar's memory limit (empty: none)"`
+		} `json:"limits"`
+	} `json:"resources"`
+}
+
+// DefaultInjectionConfig returns the defaults; image is the sidecar's image.
+func DefaultInjectionConfig(image string) InjectionConfig {
+	var c InjectionConfig
+	c.Image = image
+	c.TokenExpiration = config.Duration{Duration: 10 * time.Minute}
+	c.Resources.Requests.CPU, c.Resources.Requests.Memory = "50m", "64Mi"
+	c.Resources.Limits.CPU, c.Resources.Limits.Memory = "1", "512Mi"
+	return c
+}
+
+// quantity is a Kubernetes resource quantity, as far as Ursa checks one.
+var quantity = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$`)
+
+// Validate reports every setting that cannot work, naming its key under
+// kubernetes.injection.
+func (c InjectionConfig) Validate() error {
+	var errs []error
+	if c.Image == "" || strings.ContainsAny(c.Image, " \t\n") {
+		errs = append(errs, fmt.Errorf("kubernetes.injection.image: %q is not an image reference", c.Image))
+	}
+	if c.CPAddress != "" && !strings.HasPrefix(c.CPAddress, "grpcs://") && !strings.HasPrefix(c.CPAddress, "grpc://") {
+		errs = append(errs, fmt.Errorf("kubernetes.injection.cpAddress: %q is not grpcs://HOST:PORT", c.CPAddress))
+	}
+	if d := c.TokenExpiration.Duration; d < 10*time.Minute || d > 48*time.Hour {
+		errs = append(errs, fmt.Errorf("kubernetes.injection.tokenExpiration: %s is out of range; Kubernetes takes 10m to 48h", c.TokenExpiration))
+	}
+	for key, q := range map[string]string{
+		"resources.requests.cpu": c.Resources.Requests.CPU, "resources.requests.memory": c.Resources.Requests.Memory,
+		"resources.limits.cpu": c.Resources.Limits.CPU, "resources.limits.memory": c.Resources.Limits.Memory,
+	} {
+		if q != "" && !quantity.MatchString(q) {
+			errs = append(errs, fmt.Errorf("kubernetes.injection.%s: %q is not a quantity such as 100m or 128Mi", key, q))
+		}
+	}
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return errors.Join(errs...)
+}
+
+// Injector is the mutating webhook that adds the sidecar to pods.
+type Injector struct {
+	Config InjectionConfig
+	// CPAddress is the sidecars' --cp-address (Config.CPAddress or its
+	// default).
+	CPAddress string
+	// CAPEM is the CA of the zone CP's xDS certificate, given to sidecars
+	// as URSA_CA_CERT; empty when xDS has no TLS.
+	CAPEM []byte
+	// Namespace returns a namespace, for its mesh annotation or label.
+	Namespace func(ctx context.Context, name string) (*Namespace, error)
+}
+
+// injectPod is the part of a Pod injection reads.
+type injectPod struct {
+	Metadata ObjectMeta `json:"metadata"`
+	Spec     struct {
+		HostNetwork    bool              `json:"hostNetwork,omitempty"`
+		Containers     []Container       `json:"containers"`
+		InitContainers []Container       `json:"initContainers,omitempty"`
+		Volumes        []json.RawMessage `json:"volumes,omitempty"`
+	} `json:"spec"`
+}
+
+// Review answers a Pod admission request: the JSON Patch that injects the
+// sidecar, nothing for a pod that is not to be injected, a refusal for a
+// pod that cannot be.
+func (in *Injector) Review(r *http.Request, req *AdmissionRequest) (*AdmissionResponse, error) {
+	if req.Kind.Kind != "Pod" || req.Operation != "CREATE" {
+		return Allow(req.UID, nil)
+	}
+	var pod injectPod
+	if err := json.Unmarshal(req.Object, &pod); err != nil {
+		return Deny(req.UID, http.StatusBadRequest, "BadRequest", "ursa sidecar injection: the pod does not decode: "+err.Error()), nil
+	}
+	if req.Namespace != "" { // the request's is authoritative; a create may leave the pod's empty
+		pod.Metadata.Namespace = req.Namespace
+	}
+	ns := &Namespace{Metadata: ObjectMeta{Name: pod.Metadata.Namespace}}
+	if in.Namespace != nil {
+		got, err := in.Namespace(r.Context(), pod.Metadata.Namespace)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar injection: namespace %s: %w", pod.Metadata.Namespace, err)
+		}
+		ns = got
+	}
+	patch, err := in.patch(&pod, ns)
+	if err != nil {
+		return Deny(req.UID, http.StatusUnprocessableEntity, "Invalid", "ursa sidecar injection: "+err.Error()), nil
+	}
+	return Allow(req.UID, patch)
+}
+
+// patch returns the operations that inject pod, which lives in ns; none when
+// it is not to be injected or already is.
+func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
+	switch {
+	case ns.Metadata.Labels[LabelSidecarInjection] != "enabled",
+		pod.Metadata.Annotations[LabelSidecarInjection] == "disabled",
+		pod.Metadata.Annotations[AnnotationInjected] == "true",
+		pod.Spec.HostNetwork: // its rules would be the node's
+		return nil, nil
+	}
+	for _, c := range slices.Concat(pod.Spec.Containers, pod.Spec.InitContainers) {
+		if c.Name == SidecarName || c.Name == InitName {
+			return nil, nil
+		}
+	}
+	mesh := meshOf(&Pod{Metadata: pod.Metadata}, ns)
+	if msg := api.CheckName(mesh); msg != "" {
+		return nil, fmt.Errorf("mesh %q (annotation %s): %s", mesh, AnnotationMesh, msg)
+	}
+	var ports []int
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			if p.Protocol != "" && p.Protocol != "TCP" {
+				continue
+			}
+			if slices.Contains(sidecarPorts, p.ContainerPort) {
+				return nil, fmt.Errorf("container %s declares port %d, which the ursa-dp sidecar binds (%s); use another port, or annotate the pod %s=disabled",
+					c.Name, p.ContainerPort, joinInts(sidecarPorts), LabelSidecarInjection)
+			}
+			if p.ContainerPort >= 1 && p.ContainerPort <= 65535 && !slices.Contains(ports, p.ContainerPort) {
+				ports = append(ports, p.ContainerPort)
+			}
+		}
+	}
+	slices.Sort(ports)
+	var ops []PatchOp
+	if pod.Metadata.Annotations == nil {
+		ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations", Value: map[string]string{AnnotationInjected: "true"}})
+	} else {
+		ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations/" + pointerEscape(AnnotationInjected), Value: "true"})
+	}
+	vol := in.tokenVolume()
+	if pod.Spec.Volumes == nil {
+		ops = append(ops, PatchOp{Op: "add", Path: "/spec/volumes", Value: []any{vol}})
+	} else {
+		ops = append(ops, PatchOp{Op: "add", Path: "/spec/volumes/-", Value: vol})
+	}
+	initC := in.initContainer(ports)
+	if pod.Spec.InitContainers == nil {
+		ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers", Value: []any{initC}})
+	} else {
+		ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers/-", Value: initC})
+	}
+	return append(ops, PatchOp{Op: "add", Path: "/spec/containers/0", Value: in.sidecar(mesh, ports)}), nil
+}
+
+func joinInts(ps []int) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
+}
+
+// pointerEscape escapes a JSON Pointer token (RFC 6901).
+func pointerEscape(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}
+
+type obj = map[string]any
+
+func (in *Injector) tokenVolume() obj {
+	return obj{"name": TokenVolume, "projected": obj{"sources": []any{obj{"serviceAccountToken": obj{
+		"audience": TokenAudience, "expirationSeconds": int64(in.Config.TokenExpiration.Seconds()), "path": "token",
+	}}}}}
+}
+
+func (in *Injector) initContainer(ports []int) obj {
+	cmd := []string{"ursa-dp", "install-transparent-proxy"}
+	if len(ports) > 0 {
+		cmd = append(cmd, "--inbound-ports", joinInts(ports))
+	}
+	cmd = append(cmd, "--exclude-outbound-uids", strconv.Itoa(SidecarUID))
+	return obj{
+		"name": InitName, "image": in.Config.Image, "command": cmd,
+		"securityContext": obj{
+			"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false, "privileged": false,
+			"allowPrivilegeEscalation": false,
+			"capabilities":             obj{"add": []string{"NET_ADMIN", "NET_RAW"}, "drop": []string{"ALL"}},
+		},
+		"resources": obj{"requests": obj{"cpu": "10m", "memory": "16Mi"}, "limits": obj{"cpu": "100m", "memory": "64Mi"}},
+	}
+}
+
+func (in *Injector) sidecar(mesh string, ports []int) obj {
+	cmd := []string{"ursa-dp", "run",
+		"--cp-address", in.CPAddress,
+		"--dataplane-name", "$(POD_NAME).$(POD_NAMESPACE)",
+		"--mesh", mesh,
+		"--token-file", TokenDir + "/token",
+		"--transparent-proxy", "--transparent-proxy-installed",
+	}
+	if len(ports) > 0 {
+		cmd = append(cmd, "--inbound-ports", joinInts(ports))
+	}
+	cmd = append(cmd, "--admin-addr", ":"+strconv.Itoa(AdminPort))
+	env := []any{
+		obj{"name": "POD_NAME", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.name"}}},
+		obj{"name": "POD_NAMESPACE", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.namespace"}}},
+	}
+	if len(in.CAPEM) > 0 {
+		env = append(env, obj{"name": "URSA_CA_CERT", "value": string(in.CAPEM)})
+	}
+	probe := func(extra obj) obj {
+		p := obj{"httpGet": obj{"path": "/ready", "port": AdminPort}}
+		for k, v := range extra {
+			p[k] = v
+		}
+		return p
+	}
+	res := obj{}
+	q := in.Config.Resources
+	if r := quantities(q.Requests.CPU, q.Requests.Memory); len(r) > 0 {
+		res["requests"] = r
+	}
+	if l := quantities(q.Limits.CPU, q.Limits.Memory); len(l) > 0 {
+		res["limits"] = l
+	}
+	return obj{
+		"name": SidecarName, "image": in.Config.Image, "command": cmd, "env": env,
+		"ports":          []any{obj{"name": "ursa-admin", "containerPort": AdminPort, "protocol": "TCP"}},
+		"volumeMounts":   []any{obj{"name": TokenVolume, "mountPath": TokenDir, "readOnly": true}},
+		"readinessProbe": probe(obj{"periodSeconds": 5, "failureThreshold": 3}),
+		"livenessProbe":  probe(obj{"initialDelaySeconds": 60, "periodSeconds": 10, "failureThreshold": 6}),
+		"resources":      res,
+		"securityContext": obj{
+			"runAsUser": SidecarUID, "runAsGroup": SidecarUID, "runAsNonRoot": true,
+			"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+			"capabilities": obj{"drop": []string{"ALL"}},
+		},
+	}
+}
+
+func quantities(cpu, memory string) obj {
+	o := obj{}
+	if cpu != "" {
+		o["cpu"] = cpu
+	}
+	if memory != "" {
+		o["memory"] = memory
+	}
+	return o
+}

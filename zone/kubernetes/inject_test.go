@@ -1,0 +1,336 @@
+package kubernetes
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// applyAdds applies a JSON Patch of "add" operations, the only kind the
+// injector makes, as the apiserver would.
+func applyAdds(t *testing.T, doc []byte, ops []PatchOp) map[string]any {
+	t.Helper()
+	var root any
+	if err := json.Unmarshal(doc, &root); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range ops {
+		if op.Op != "add" {
+			t.Fatalf("op %q: only add expected", op.Op)
+		}
+		b, _ := json.Marshal(op.Value)
+		var v any
+		json.Unmarshal(b, &v)
+		parts := strings.Split(op.Path, "/")[1:]
+		for i, p := range parts {
+			parts[i] = strings.ReplaceAll(strings.ReplaceAll(p, "~1", "/"), "~0", "~")
+		}
+		var set func(node any, parts []string) any
+		set = func(node any, parts []string) any {
+			last := len(parts) == 1
+			switch n := node.(type) {
+			case map[string]any:
+				if last {
+					if _, ok := n[parts[0]]; ok && parts[0] != "" {
+						t.Fatalf("add %s: replaces a member (an add to an existing key replaces it)", op.Path)
+					}
+					n[parts[0]] = v
+					return n
+				}
+				child, ok := n[parts[0]]
+				if !ok {
+					t.Fatalf("add %s: %s missing", op.Path, parts[0])
+				}
+				n[parts[0]] = set(child, parts[1:])
+				return n
+			case []any:
+				i := len(n)
+				if parts[0] != "-" {
+					var err error
+					if i, err = strconv.Atoi(parts[0]); err != nil || i > len(n) {
+						t.Fatalf("add %s: bad index", op.Path)
+					}
+				}
+				if last {
+					return slices.Insert(n, i, v)
+				}
+				n[i] = set(n[i], parts[1:])
+				return n
+			}
+			t.Fatalf("add %s: cannot descend into %T", op.Path, node)
+			return nil
+		}
+		root = set(root, parts)
+	}
+	return root.(map[string]any)
+}
+
+func testInjector() *Injector {
+	return &Injector{Config: DefaultInjectionConfig("ursa/ursa-dp:test"), CPAddress: "grpcs://ursa-control-plane.ursa-system.svc:5678", CAPEM: []byte("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")}
+}
+
+var enabledNS = &Namespace{Metadata: ObjectMeta{Name: "shop", Labels: map[string]string{LabelSidecarInjection: "enabled"}, Annotations: map[string]string{AnnotationMesh: "payments"}}}
+
+const podJSON = `{"metadata":{"generateName":"web-","namespace":"shop","labels":{"app":"web"}},
+ "spec":{"containers":[{"name":"web","image":"nginx","ports":[{"containerPort":8080},{"containerPort":8080},{"containerPort":53,"protocol":"UDP"},{"containerPort":9090,"protocol":"TCP"}]},{"name":"log","image":"busybox"}]}}`
+
+func decodeInjectPod(t *testing.T, s string) *injectPod {
+	t.Helper()
+	var p injectPod
+	if err := json.Unmarshal([]byte(s), &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+// TestInjectLayout pins the documented layout: the sidecar first, the init
+// container last, the token volume, the annotation; the pod's TCP ports are
+// the redirected inbound ports of both containers; the mesh is the
+// namespace's.
+func TestInjectLayout(t *testing.T) {
+	in := testInjector()
+	ops, err := in.patch(decodeInjectPod(t, podJSON), enabledNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := applyAdds(t, []byte(podJSON), ops)
+	b, _ := json.Marshal(pod)
+	var got struct {
+		Metadata ObjectMeta `json:"metadata"`
+		Spec     struct {
+			Containers []struct {
+				Name            string   `json:"name"`
+				Image           string   `json:"image"`
+				Command         []string `json:"command"`
+				Env             []struct{ Name, Value string }
+				VolumeMounts    []struct{ Name, MountPath string }
+				SecurityContext struct {
+					RunAsUser    *int  `json:"runAsUser"`
+					RunAsNonRoot *bool `json:"runAsNonRoot"`
+					Capabilities struct{ Add, Drop []string }
+				} `json:"securityContext"`
+				ReadinessProbe *struct {
+					HTTPGet struct {
+						Path string
+						Port int
+					} `json:"httpGet"`
+				} `json:"readinessProbe"`
+				Resources struct{ Requests, Limits map[string]string }
+			} `json:"containers"`
+			InitContainers []struct {
+				Name            string   `json:"name"`
+				Command         []string `json:"command"`
+				SecurityContext struct {
+					RunAsUser    *int `json:"runAsUser"`
+					Capabilities struct{ Add, Drop []string }
+				} `json:"securityContext"`
+			} `json:"initContainers"`
+			Volumes []struct {
+				Name      string
+				Projected struct {
+					Sources []struct {
+						ServiceAccountToken struct {
+							Audience          string
+							ExpirationSeconds int
+							Path              string
+						} `json:"serviceAccountToken"`
+					}
+				}
+			} `json:"volumes"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	cs := got.Spec.Containers
+	if len(cs) != 3 || cs[0].Name != SidecarName || cs[1].Name != "web" || cs[2].Name != "log" {
+		t.Fatalf("containers %+v", cs)
+	}
+	sc := cs[0]
+	wantCmd := "ursa-dp run --cp-address grpcs://ursa-control-plane.ursa-system.svc:5678 --dataplane-name $(POD_NAME).$(POD_NAMESPACE) --mesh payments " +
+		"--token-file /var/run/secrets/ursa.io/token/token --transparent-proxy --transparent-proxy-installed --inbound-ports 8080,9090 --admin-addr :9901"
+	if c := strings.Join(sc.Command, " "); c != wantCmd || sc.Image != "ursa/ursa-dp:test" {
+		t.Errorf("sidecar command\n %s\nwant\n %s (image %s)", c, wantCmd, sc.Image)
+	}
+	var envs []string
+	for _, e := range sc.Env {
+		envs = append(envs, e.Name)
+		if e.Name == "URSA_CA_CERT" && e.Value != string(in.CAPEM) {
+			t.Errorf("URSA_CA_CERT %q", e.Value)
+		}
+	}
+	if !slices.Equal(envs, []string{"POD_NAME", "POD_NAMESPACE", "URSA_CA_CERT"}) {
+		t.Errorf("env %v", envs)
+	}
+	if sc.SecurityContext.RunAsUser == nil || *sc.SecurityContext.RunAsUser != SidecarUID || !*sc.SecurityContext.RunAsNonRoot || len(sc.SecurityContext.Capabilities.Add) != 0 {
+		t.Errorf("sidecar security %+v", sc.SecurityContext)
+	}
+	if sc.ReadinessProbe == nil || sc.ReadinessProbe.HTTPGet.Path != "/ready" || sc.ReadinessProbe.HTTPGet.Port != AdminPort {
+		t.Errorf("readiness %+v", sc.ReadinessProbe)
+	}
+	if sc.Resources.Requests["cpu"] != "50m" || sc.Resources.Limits["memory"] != "512Mi" {
+		t.Errorf("resources %+v", sc.Resources)
+	}
+	if len(sc.VolumeMounts) != 1 || sc.VolumeMounts[0].Name != TokenVolume || sc.VolumeMounts[0].MountPath != TokenDir {
+		t.Errorf("mounts %+v", sc.VolumeMounts)
+	}
+	ic := got.Spec.InitContainers
+	if len(ic) != 1 || ic[0].Name != InitName ||
+		strings.Join(ic[0].Command, " ") != "ursa-dp install-transparent-proxy --inbound-ports 8080,9090 --exclude-outbound-uids 5678" ||
+		*ic[0].SecurityContext.RunAsUser != 0 || !slices.Equal(ic[0].SecurityContext.Capabilities.Add, []string{"NET_ADMIN", "NET_RAW"}) {
+		t.Errorf("init containers %+v", ic)
+	}
+	v := got.Spec.Volumes
+	if len(v) != 1 || v[0].Name != TokenVolume || v[0].Projected.Sources[0].ServiceAccountToken.Audience != TokenAudience ||
+		v[0].Projected.Sources[0].ServiceAccountToken.ExpirationSeconds != 600 {
+		t.Errorf("volumes %+v", v)
+	}
+	if got.Metadata.Annotations[AnnotationInjected] != "true" {
+		t.Errorf("annotations %v", got.Metadata.Annotations)
+	}
+
+	// Injecting the injected pod again changes nothing.
+	again, err := in.patch(decodeInjectPod(t, string(b)), enabledNS)
+	if err != nil || len(again) != 0 {
+		t.Errorf("second injection: %v, %v", again, err)
+	}
+}
+
+// TestInjectAppendsToExisting: a pod with annotations, volumes and init
+// containers of its own keeps them, the ours after them.
+func TestInjectAppendsToExisting(t *testing.T) {
+	doc := `{"metadata":{"name":"p","annotations":{"a":"b"}},"spec":{"volumes":[{"name":"v","emptyDir":{}}],
+	  "initContainers":[{"name":"setup","image":"x"}],"containers":[{"name":"app","image":"x"}]}}`
+	ops, err := testInjector().patch(decodeInjectPod(t, doc), enabledNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := applyAdds(t, []byte(doc), ops)
+	spec := pod["spec"].(map[string]any)
+	names := func(key string) (out []string) {
+		for _, c := range spec[key].([]any) {
+			out = append(out, c.(map[string]any)["name"].(string))
+		}
+		return out
+	}
+	if !slices.Equal(names("initContainers"), []string{"setup", InitName}) || !slices.Equal(names("volumes"), []string{"v", TokenVolume}) ||
+		!slices.Equal(names("containers"), []string{SidecarName, "app"}) {
+		t.Errorf("init %v volumes %v containers %v", names("initContainers"), names("volumes"), names("containers"))
+	}
+	ann := pod["metadata"].(map[string]any)["annotations"].(map[string]any)
+	if ann["a"] != "b" || ann[AnnotationInjected] != "true" {
+		t.Errorf("annotations %v", ann)
+	}
+	for _, c := range spec["containers"].([]any) {
+		if m := c.(map[string]any); m["name"] == SidecarName && slices.Contains(m["command"].([]any), any("--inbound-ports")) {
+			t.Errorf("a pod without ports got --inbound-ports: %v", m["command"])
+		}
+	}
+}
+
+// TestInjectSkips: what is not to be injected gets no patch; a pod whose
+// ports clash with the sidecar's, or a bad mesh, is refused naming why.
+func TestInjectSkips(t *testing.T) {
+	in := testInjector()
+	for _, tc := range []struct {
+		name, pod string
+		ns        *Namespace
+		err       string
+	}{
+		{name: "namespace not enabled", pod: podJSON, ns: &Namespace{Metadata: ObjectMeta{Name: "shop"}}},
+		{name: "opted out", pod: `{"metadata":{"annotations":{"ursa.io/sidecar-injection":"disabled"}},"spec":{"containers":[{"name":"a"}]}}`, ns: enabledNS},
+		{name: "host network", pod: `{"spec":{"hostNetwork":true,"containers":[{"name":"a"}]}}`, ns: enabledNS},
+		{name: "has the sidecar", pod: `{"spec":{"containers":[{"name":"ursa-sidecar"}]}}`, ns: enabledNS},
+		{name: "admin port", pod: `{"spec":{"containers":[{"name":"a","ports":[{"containerPort":9901}]}]}}`, ns: enabledNS, err: "container a declares port 9901"},
+		{name: "bad mesh", pod: `{"metadata":{"annotations":{"ursa.io/mesh":"Bad_Mesh"}},"spec":{"containers":[{"name":"a"}]}}`, ns: enabledNS, err: `mesh "Bad_Mesh"`},
+	} {
+		ops, err := in.patch(decodeInjectPod(t, tc.pod), tc.ns)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: %v, want an error about %q", tc.name, err, tc.err)
+		case tc.err == "" && (err != nil || len(ops) > 0):
+			t.Errorf("%s: %v %v, want nothing", tc.name, ops, err)
+		}
+	}
+}
+
+// TestReviewHandler: garbage is a 400 naming the problem; a review is
+// answered with the request's uid and a base64 JSON Patch.
+func TestReviewHandler(t *testing.T) {
+	in := testInjector()
+	in.Namespace = func(_ context.Context, name string) (*Namespace, error) {
+		if name != "shop" {
+			return nil, fmt.Errorf("namespace %s not found", name)
+		}
+		return enabledNS, nil
+	}
+	srv := httptest.NewServer(ReviewHandler(in.Review))
+	defer srv.Close()
+	post := func(body string) (int, string) {
+		resp, err := http.Post(srv.URL, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		buf := make([]byte, 1<<16)
+		for {
+			n, err := resp.Body.Read(buf)
+			b.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		return resp.StatusCode, b.String()
+	}
+	for body, want := range map[string]string{
+		`not json`: "not JSON of an AdmissionReview",
+		`{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}`:                                `apiVersion "admission.k8s.io/v1beta1"`,
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`:                                                           "no request",
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"operation":"CREATE"}}`:                          "request.uid is empty",
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE"}}`:                "request.object is missing",
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"EAT","object":{}}}`:       `request.operation "EAT"`,
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","object":{}}} {}`: "trailing data",
+	} {
+		code, got := post(body)
+		if code != http.StatusBadRequest || !strings.Contains(got, want) {
+			t.Errorf("%s: %d %q, want 400 about %q", body, code, got, want)
+		}
+	}
+	review := fmt.Sprintf(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"version":"v1","kind":"Pod"},"namespace":"shop","operation":"CREATE","object":%s}}`, podJSON)
+	code, got := post(review)
+	var out AdmissionReview
+	if code != http.StatusOK || json.Unmarshal([]byte(got), &out) != nil || out.Response == nil {
+		t.Fatalf("%d %s", code, got)
+	}
+	if r := out.Response; r.UID != "u-1" || !r.Allowed || r.PatchType != "JSONPatch" || !strings.Contains(string(r.Patch), SidecarName) {
+		t.Errorf("response %+v", r)
+	}
+	// A namespace that cannot be read is a 500: failurePolicy decides.
+	code, _ = post(strings.Replace(review, `"namespace":"shop"`, `"namespace":"gone"`, 1))
+	if code != http.StatusInternalServerError {
+		t.Errorf("unreadable namespace: %d", code)
+	}
+}
+
+// TestInjectionConfigValidate names each bad setting.
+func TestInjectionConfigValidate(t *testing.T) {
+	c := DefaultInjectionConfig("img")
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c.Image, c.CPAddress, c.Resources.Limits.CPU = "", "http://x", "lots"
+	c.TokenExpiration.Duration = 0
+	err := c.Validate()
+	for _, want := range []string{"injection.image", "injection.cpAddress", "injection.tokenExpiration", "injection.resources.limits.cpu"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: want %s named", err, want)
+		}
+	}
+}

@@ -1,0 +1,93 @@
+package kubernetes
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/api/crd"
+)
+
+// Validator is the validating webhook of ursa.io objects. Anyone but the
+// control plane itself (Self) is refused any change to what the global sent
+// (labelled ursa.io/origin=global: the zone would have the global's copy
+// back at the next sync, or send a changed copy nowhere), and the setting of
+// that label; every object created or updated must be valid by
+// api.Validate, so that a bad spec is refused with the field named rather
+// than stored and skipped by the control plane.
+type Validator struct {
+	// Self is the control plane's own user name (a SelfSubjectReview's),
+	// whose writes are the sync's and pass.
+	Self string
+}
+
+// Review answers one admission request for an ursa.io object.
+func (v *Validator) Review(_ *http.Request, req *AdmissionRequest) (*AdmissionResponse, error) {
+	if req.Kind.Group != crd.Group || (v.Self != "" && req.UserInfo.Username == v.Self) {
+		return Allow(req.UID, nil)
+	}
+	deny := func(msg string) (*AdmissionResponse, error) {
+		return Deny(req.UID, http.StatusForbidden, "Forbidden", msg), nil
+	}
+	old, err := decodeObject(req.OldObject)
+	if err != nil {
+		return Deny(req.UID, http.StatusBadRequest, "BadRequest", "stored object: "+err.Error()), nil
+	}
+	if old != nil && isGlobal(old) {
+		return deny(fmt.Sprintf("%s is synced from the global control plane; change it there (ursactl apply against the global)", describeObject(old)))
+	}
+	if req.Operation != "CREATE" && req.Operation != "UPDATE" {
+		return Allow(req.UID, nil)
+	}
+	obj, err := decodeObject(req.Object)
+	if err != nil || obj == nil {
+		return Deny(req.UID, http.StatusBadRequest, "BadRequest", fmt.Sprintf("object: not a JSON object: %v", err)), nil
+	}
+	if isGlobal(obj) {
+		return deny(fmt.Sprintf("%s: the label %s=%s is the control plane's to set, on what the global control plane sends; create it on the global (ursactl apply against the global)",
+			describeObject(obj), api.LabelOrigin, api.OriginGlobal))
+	}
+	if req.SubResource != "" {
+		return Allow(req.UID, nil) // status: the control plane's to write
+	}
+	r, err := crd.FromObject(obj)
+	if err == nil {
+		err = api.Validate(r)
+	}
+	if err != nil {
+		return Deny(req.UID, http.StatusUnprocessableEntity, "Invalid", fmt.Sprintf("%s is invalid: %v", describeObject(obj), err)), nil
+	}
+	return Allow(req.UID, nil)
+}
+
+func decodeObject(raw json.RawMessage) (crd.Object, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var o crd.Object
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func isGlobal(o crd.Object) bool {
+	md, _ := o["metadata"].(map[string]any)
+	labels, _ := md["labels"].(map[string]any)
+	v, _ := labels[api.LabelOrigin].(string)
+	return v == api.OriginGlobal
+}
+
+// describeObject names an object as a user knows it: TrafficRoute "r1" (mesh
+// default).
+func describeObject(o crd.Object) string {
+	kind, _ := o["kind"].(string)
+	md, _ := o["metadata"].(map[string]any)
+	name, _ := md["name"].(string)
+	s := fmt.Sprintf("%s %q", kind, name)
+	if mesh, _ := o["mesh"].(string); mesh != "" {
+		s += " (mesh " + mesh + ")"
+	}
+	return s
+}
