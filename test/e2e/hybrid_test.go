@@ -117,6 +117,14 @@ spec:
 	// The CP's own identity, a service account (cluster-admin here, for
 	// brevity; the Helm chart's RBAC is narrower).
 	cpToken := kubeServiceAccount(t, rig, system, "ursa-control-plane", "cluster-admin")
+	// Meshes are cluster-scoped: the one synced from the global would
+	// outlive the namespaces, read-only, in the rig's later tests. Deleted
+	// once the webhooks are gone (the next cleanup, which runs first).
+	t.Cleanup(func() {
+		if out, err := kubectl(rig, "", "delete", "meshes.ursa.io", "--all", "--wait=false"); err != nil {
+			t.Errorf("kubectl delete meshes: %v %s", err, out)
+		}
+	})
 	// The CP registers its webhooks cluster-wide and fail-closed: once it
 	// is gone (cleanups run last-registered first), they would refuse the
 	// rig's later tests' pods and ursa.io objects.
