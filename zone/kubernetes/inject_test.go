@@ -334,3 +334,26 @@ func TestInjectionConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestValidatorLetsCollectorsDelete: the namespace controller may delete a
+// global object of a deleted namespace; a user may not.
+func TestValidatorLetsCollectorsDelete(t *testing.T) {
+	v := &Validator{Self: "system:serviceaccount:ursa-system:ursa-control-plane"}
+	old := []byte(`{"apiVersion":"ursa.io/v1alpha1","kind":"TrafficRoute","metadata":{"name":"r1","labels":{"ursa.io/origin":"global"}},"mesh":"default","spec":{}}`)
+	req := func(user string) *AdmissionRequest {
+		return &AdmissionRequest{UID: "u", Kind: GroupVersionKind{Group: "ursa.io", Kind: "TrafficRoute"}, Operation: "DELETE", OldObject: old, UserInfo: UserInfo{Username: user}}
+	}
+	for user, allowed := range map[string]bool{
+		"system:serviceaccount:kube-system:namespace-controller": true,
+		"system:serviceaccount:ursa-system:ursa-control-plane":   true,
+		"admin": false,
+	} {
+		resp, err := v.Review(httptest.NewRequest("POST", "/", nil), req(user))
+		if err != nil || resp.Allowed != allowed {
+			t.Errorf("%s: %+v %v, want allowed=%v", user, resp, err, allowed)
+		}
+		if !allowed && !strings.Contains(resp.Result.Message, `TrafficRoute "r1" (mesh default) is synced from the global control plane`) {
+			t.Errorf("%s: %q", user, resp.Result.Message)
+		}
+	}
+}
