@@ -38,7 +38,7 @@ var (
 
 // installed returns the shared rig with deploy/crds applied and every CRD
 // Established (once per test binary: a new CRD's first requests are slow).
-func installed(t *testing.T) *k8stest.Rig {
+func installed(t testing.TB) *k8stest.Rig {
 	t.Helper()
 	rig := cluster.Get(t)
 	installOnce.Do(func() {
@@ -67,7 +67,7 @@ var warmOnce sync.Once
 // revision 410 Gone ("too old resource version"), which Watch turns into
 // ErrCompacted as it must. A control plane meets this too (after an API
 // server restart, say) and lists again; the conformance cases do not.
-func warm(t *testing.T, rig *k8stest.Rig) {
+func warm(t testing.TB, rig *k8stest.Rig) {
 	s, err := New(Options{Client: client(t, rig), Namespace: "default"})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +97,7 @@ func warm(t *testing.T, rig *k8stest.Rig) {
 
 // client returns a client of the rig built from its kubeconfig file, as a
 // control plane builds its own.
-func client(t *testing.T, rig *k8stest.Rig) *kube.Client {
+func client(t testing.TB, rig *k8stest.Rig) *kube.Client {
 	t.Helper()
 	cfg, err := kube.LoadKubeconfig(rig.Kubeconfig)
 	if err != nil {
@@ -112,7 +112,7 @@ func client(t *testing.T, rig *k8stest.Rig) *kube.Client {
 
 // newStore returns a store in a namespace of its own, with no Mesh in the
 // cluster (Mesh is cluster-scoped: the tests of this binary take turns).
-func newStore(t *testing.T) *Store {
+func newStore(t testing.TB) *Store {
 	t.Helper()
 	rig := installed(t)
 	s, err := New(Options{Client: client(t, rig), Namespace: "default", Logger: zaptest.NewLogger(t)})
