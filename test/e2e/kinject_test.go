@@ -17,22 +17,22 @@ import (
 )
 
 var (
-	crdsOnce sync.Once
-	crdsOut  string
-	crdsErr  error
+	injectCRDsOnce sync.Once
+	injectCRDsOut  string
+	injectCRDsErr  error
 )
 
-// kubeCRDs applies deploy/crds to the rig once per test binary.
-func kubeCRDs(t *testing.T, rig *k8stest.Rig) {
+// injectCRDs applies deploy/crds to the rig once per test binary.
+func injectCRDs(t *testing.T, rig *k8stest.Rig) {
 	t.Helper()
-	crdsOnce.Do(func() {
-		if crdsOut, crdsErr = kubectl(rig, "", "apply", "--server-side", "--force-conflicts", "-f", "../../deploy/crds"); crdsErr != nil {
+	injectCRDsOnce.Do(func() {
+		if injectCRDsOut, injectCRDsErr = kubectl(rig, "", "apply", "--server-side", "--force-conflicts", "-f", "../../deploy/crds"); injectCRDsErr != nil {
 			return
 		}
-		crdsOut, crdsErr = kubectl(rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all")
+		injectCRDsOut, injectCRDsErr = kubectl(rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all")
 	})
-	if crdsErr != nil {
-		t.Fatalf("installing deploy/crds: %v\n%s", crdsErr, crdsOut)
+	if injectCRDsErr != nil {
+		t.Fatalf("installing deploy/crds: %v\n%s", injectCRDsErr, injectCRDsOut)
 	}
 }
 
@@ -97,7 +97,7 @@ func kubeToken(t *testing.T, rig *k8stest.Rig, ns, sa string, audiences []string
 // naming the global, while the CP's own write passes.
 func TestKubeZoneWebhooks(t *testing.T) {
 	rig := kube.Get(t)
-	kubeCRDs(t, rig)
+	injectCRDs(t, rig)
 	const sys, app = "kinject-sys", "kinject-app"
 	kubeNamespace(t, rig, sys, nil)
 	kubeNamespace(t, rig, app, map[string]string{"ursa.io/sidecar-injection": "enabled"})
