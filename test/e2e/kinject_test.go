@@ -17,22 +17,22 @@ import (
 )
 
 var (
-	injectCRDsOnce sync.Once
-	injectCRDsOut  string
-	injectCRDsErr  error
+	crdsOnce sync.Once
+	crdsOut  string
+	crdsErr  error
 )
 
-// injectCRDs applies deploy/crds to the rig once per test binary.
-func injectCRDs(t *testing.T, rig *k8stest.Rig) {
+// kubeCRDs applies deploy/crds to the rig once per test binary.
+func kubeCRDs(t *testing.T, rig *k8stest.Rig) {
 	t.Helper()
-	injectCRDsOnce.Do(func() {
-		if injectCRDsOut, injectCRDsErr = kubectl(rig, "", "apply", "--server-side", "--force-conflicts", "-f", "../../deploy/crds"); injectCRDsErr != nil {
+	crdsOnce.Do(func() {
+		if crdsOut, crdsErr = kubectl(rig, "", "apply", "--server-side", "--force-conflicts", "-f", "../../deploy/crds"); crdsErr != nil {
 			return
 		}
-		injectCRDsOut, injectCRDsErr = kubectl(rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all")
+		crdsOut, crdsErr = kubectl(rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all")
 	})
-	if injectCRDsErr != nil {
-		t.Fatalf("installing deploy/crds: %v\n%s", injectCRDsErr, injectCRDsOut)
+	if crdsErr != nil {
+		t.Fatalf("installing deploy/crds: %v\n%s", crdsErr, crdsOut)
 	}
 }
 
@@ -97,7 +97,7 @@ func kubeToken(t *testing.T, rig *k8stest.Rig, ns, sa string, audiences []string
 // naming the global, while the CP's own write passes.
 func TestKubeZoneWebhooks(t *testing.T) {
 	rig := kube.Get(t)
-	injectCRDs(t, rig)
+	kubeCRDs(t, rig)
 	const sys, app = "kinject-sys", "kinject-app"
 	kubeNamespace(t, rig, sys, nil)
 	kubeNamespace(t, rig, app, map[string]string{"ursa.io/sidecar-injection": "enabled"})
