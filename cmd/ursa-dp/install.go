@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/ingress/dataplane"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/logging"
@@ -73,6 +74,12 @@ func newInstallTransparentProxy() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
 	config.Bind(cmd.Flags(), &cfg)
+	// Accepted, so that one environment serves both containers, but of no
+	// use here: not shown.
+	for _, f := range []string{"cp-address", "ca-cert", "ca-cert-file", "xds-insecure", "dataplane-file", "dataplane-name", "zone-ingress-file",
+		"mesh", "token-file", "proxy", "admin-addr", "transparent-proxy", "transparent-proxy-installed", "app-probes", "app-probe-host"} {
+		cmd.Flags().MarkHidden(f)
+	}
 	return cmd
 }
 
@@ -158,4 +165,22 @@ func parseUIDs(s string) ([]int, error) {
 		uids = append(uids, u)
 	}
 	return uids, nil
+}
+
+// ingressNode is an ingress's node: the ZoneIngress of --zone-ingress-file,
+// presented and registered, or the one --zone-ingress-name names, already
+// registered (a Kubernetes zone's pod controller makes an ingress pod's).
+func ingressNode(cfg runConfig) (string, map[string]string, error) {
+	switch {
+	case cfg.ZoneIngressName != "" && cfg.ZoneIngressFile != "":
+		return "", nil, errors.New("--zone-ingress-name: give it or --zone-ingress-file, not both")
+	case cfg.ZoneIngressName != "":
+		if msg := api.CheckName(cfg.ZoneIngressName); msg != "" {
+			return "", nil, fmt.Errorf("--zone-ingress-name %q: %s", cfg.ZoneIngressName, msg)
+		}
+		return cfg.ZoneIngressName, map[string]string{api.MetadataIngress: "true"}, nil
+	case cfg.ZoneIngressFile == "":
+		return "", nil, errors.New("give --zone-ingress-file, or --zone-ingress-name (an ingress pod's ZoneIngress, which a Kubernetes zone makes)")
+	}
+	return dataplane.Node(cfg.ZoneIngressFile)
 }

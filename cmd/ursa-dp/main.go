@@ -25,7 +25,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/ursamesh/ursa/ingress/dataplane"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/bootstrap"
 	"github.com/ursamesh/ursa/pkg/config"
@@ -48,6 +47,7 @@ type runConfig struct {
 	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
 	// ZoneIngressFile is ingress mode's ZoneIngress.
 	ZoneIngressFile string `json:"zoneIngressFile" usage:"file of the ZoneIngress this ingress presents (ingress only)"`
+	ZoneIngressName string `json:"zoneIngressName" usage:"name of an already registered ZoneIngress, instead of --zone-ingress-file: an ingress pod's, <pod>.<namespace>, which a Kubernetes zone makes (ingress only)"`
 	Mesh            string `json:"mesh" usage:"mesh of the Dataplane"`
 	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
 	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
@@ -66,6 +66,8 @@ type runConfig struct {
 	// redirection and the sidecar runs as a user without privileges.
 	TransparentProxyInstalled bool   `json:"transparentProxyInstalled" usage:"with --transparent-proxy: the redirection was installed by ursa-dp install-transparent-proxy (a pod's init container) with the same redirect and --inbound-ports flags; run neither installs nor removes it, and cannot mark its sockets: its own traffic must pass by its user (install-transparent-proxy --exclude-outbound-uids)"`
 	InboundPorts              string `json:"inboundPorts" usage:"with --transparent-proxy and --dataplane-name: the Dataplane's inbound ports (8080,9090), whose inbound TCP is redirected to --redirect-inbound-port (with --dataplane-file they come from the file)"`
+	AppProbes                 string `json:"appProbes" usage:"PORT/PATH pairs (8080/ready,8080/healthz) of the app's HTTP probes that GET /probes/PORT/PATH on --admin-addr makes of 127.0.0.1:PORT, for a kubelet whose probes of a redirected port would reach the inbound listener (an injected pod)"`
+	AppProbeHost              string `json:"appProbeHost" usage:"the address --app-probes are made at, as the kubelet makes them at the pod's IP"`
 	ExcludeOutboundUIDs       string `json:"excludeOutboundUids" usage:"with --transparent-proxy: users (5678) whose outbound traffic is never redirected, such as a sidecar's that cannot mark its sockets"`
 	Log                       struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
@@ -88,7 +90,7 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf",
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf", AppProbeHost: "127.0.0.1",
 		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectInboundPort: tproxy.DefaultInboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
 	cfg.Log.Level = "info"
 	var file string
@@ -162,7 +164,7 @@ func newIngress() *cobra.Command {
 			if cfg.TransparentProxy {
 				return errors.New("--transparent-proxy: for ursa-dp run only; an ingress is reached at its own address")
 			}
-			id, meta, err := dataplane.Node(cfg.ZoneIngressFile)
+			id, meta, err := ingressNode(cfg)
 			if err != nil {
 				return err
 			}
@@ -356,6 +358,13 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		client.Key, meta[api.MetadataCSR] = key, string(csr)
 	}
 	mux := http.NewServeMux()
+	if cfg.AppProbes != "" {
+		h, err := appProbes(cfg.AppProbes, cfg.AppProbeHost)
+		if err != nil {
+			return fmt.Errorf("--app-probes: %w", err)
+		}
+		mux.Handle("GET /probes/", h)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !p.Ready() {

@@ -37,17 +37,22 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 	// uids are the uids of the meshes' objects, by name: "" for a mesh of
 	// the batch until its write.
 	uids := map[string]string{}
+	find, err := s.lookup(ctx, puts)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
 	for _, r := range puts {
 		r = store.Clone(r)
 		key := api.KeyOf(r)
-		if _, err := descriptor(key.Type); err != nil {
+		d, err := descriptor(key.Type)
+		if err != nil {
 			return 0, fmt.Errorf("%s: %s: %w", what, key, err)
 		}
-		o, ok, err := s.read(ctx, key)
+		o, ok, err := find(key)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
 		}
-		if !ok && o.rv != "" {
+		if !ok && o.rv != "" && o.loc == s.placements(d, r)[0] {
 			return 0, fmt.Errorf("%s: %s: %w: the name is held by %s (Kubernetes names are unique per namespace and kind)", what, key, store.ErrAlreadyExists, o.holder())
 		}
 		if v := r.GetMeta().Version; v != 0 && (!ok || o.version != v) {
@@ -86,7 +91,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 				if d.Scope == api.ScopeMesh {
 					owners = meshOwner(m.Mesh, uids[m.Mesh])
 				}
-				_, uid, err := s.post(ctx, d, p.r, owners)
+				_, uid, err := s.create(ctx, d, p.r, owners, true)
 				if err != nil {
 					return 0, err
 				}
@@ -97,7 +102,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 			})
 			continue
 		}
-		old, err := decode(p.old.obj)
+		old, err := s.decode(p.old.obj)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
 		}
@@ -118,7 +123,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 			if err != nil || !ok {
 				return 0, err
 			}
-			n, err := s.remove(ctx, key, o.rv)
+			n, err := s.remove(ctx, o)
 			if errors.Is(err, store.ErrNotFound) {
 				err = nil // deleted meanwhile: what was asked
 			}
@@ -137,4 +142,54 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		}
 	}
 	return done, nil
+}
+
+// lookup returns a read (Store.read) of the stored objects of puts' keys:
+// a type with several puts is listed once (one request, its objects at one
+// revision), the others are read one key at a time.
+func (s *Store) lookup(ctx context.Context, puts []api.Resource) (func(api.Key) (object, bool, error), error) {
+	count := map[string]int{}
+	for _, r := range puts {
+		count[r.GetMeta().Type]++
+	}
+	type index struct {
+		byKey map[api.Key]object
+		byLoc map[location]object
+	}
+	listed := map[string]index{}
+	for typ, n := range count {
+		d, err := descriptor(typ)
+		if n < 2 || err != nil {
+			continue // an unknown type is refused by name below
+		}
+		objs, _, err := s.listObjects(ctx, d, nil)
+		if err != nil {
+			return nil, err
+		}
+		idx := index{byKey: map[api.Key]object{}, byLoc: map[location]object{}}
+		for _, o := range objs {
+			k := api.Key{Type: o.typ, Mesh: o.mesh, Name: o.name}
+			if _, dup := idx.byKey[k]; !dup && o.typ == typ {
+				idx.byKey[k] = o
+			}
+			idx.byLoc[o.loc] = o
+		}
+		listed[typ] = idx
+	}
+	return func(key api.Key) (object, bool, error) {
+		idx, ok := listed[key.Type]
+		if !ok {
+			return s.read(ctx, key)
+		}
+		if o, ok := idx.byKey[key]; ok {
+			return o, true, nil
+		}
+		d, _ := api.Lookup(key.Type)
+		for _, loc := range s.candidates(d, key) {
+			if o, ok := idx.byLoc[loc]; ok {
+				return o, false, nil // held by another resource
+			}
+		}
+		return object{}, false, nil
+	}, nil
 }

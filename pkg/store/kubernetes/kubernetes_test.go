@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,7 +41,7 @@ var (
 
 // installed returns the shared rig with deploy/crds applied and every CRD
 // Established (once per test binary: a new CRD's first requests are slow).
-func installed(t *testing.T) *k8stest.Rig {
+func installed(t testing.TB) *k8stest.Rig {
 	t.Helper()
 	rig := cluster.Get(t)
 	installOnce.Do(func() {
@@ -67,7 +70,7 @@ var warmOnce sync.Once
 // revision 410 Gone ("too old resource version"), which Watch turns into
 // ErrCompacted as it must. A control plane meets this too (after an API
 // server restart, say) and lists again; the conformance cases do not.
-func warm(t *testing.T, rig *k8stest.Rig) {
+func warm(t testing.TB, rig *k8stest.Rig) {
 	s, err := New(Options{Client: client(t, rig), Namespace: "default"})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +100,7 @@ func warm(t *testing.T, rig *k8stest.Rig) {
 
 // client returns a client of the rig built from its kubeconfig file, as a
 // control plane builds its own.
-func client(t *testing.T, rig *k8stest.Rig) *kube.Client {
+func client(t testing.TB, rig *k8stest.Rig) *kube.Client {
 	t.Helper()
 	cfg, err := kube.LoadKubeconfig(rig.Kubeconfig)
 	if err != nil {
@@ -112,7 +115,7 @@ func client(t *testing.T, rig *k8stest.Rig) *kube.Client {
 
 // newStore returns a store in a namespace of its own, with no Mesh in the
 // cluster (Mesh is cluster-scoped: the tests of this binary take turns).
-func newStore(t *testing.T) *Store {
+func newStore(t testing.TB) *Store {
 	t.Helper()
 	rig := installed(t)
 	s, err := New(Options{Client: client(t, rig), Namespace: "default", Logger: zaptest.NewLogger(t)})
@@ -142,12 +145,17 @@ func TestConformance(t *testing.T) {
 	storetest.RunWith(t, func(t *testing.T) store.Store { return newStore(t) }, caps)
 }
 
-// TestInsightBodyIsStatus: an insight's body survives the create (which
-// drops status) and an update, through the status subresource.
-func TestInsightBodyIsStatus(t *testing.T) {
+// TestInsightIsOneWrite: an insight's body (status) survives its create
+// and updates, and each write is one watch event (no status subresource:
+// a create does not drop status and need a second write).
+func TestInsightIsOneWrite(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	start, err := s.List(ctx, store.ListOptions{Type: "Mesh"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	in := &api.ServiceInsight{Meta: api.Meta{Type: "ServiceInsight", Mesh: "default", Name: "billing"}}
 	in.Service, in.Zone = "billing", "zone-1"
 	got, err := s.Create(ctx, in)
@@ -163,6 +171,21 @@ func TestInsightBodyIsStatus(t *testing.T) {
 	}
 	if back, err := s.Get(ctx, api.KeyOf(in)); err != nil || !api.SameContent(back, in) {
 		t.Fatalf("get after update = %s, %v", api.Content(back), err)
+	}
+	other := &api.ServiceInsight{Meta: api.Meta{Type: "ServiceInsight", Mesh: "default", Name: "web"}}
+	other.Service = "web"
+	storetest.MustCreate(t, s, other)
+	// One kind: its events come in order. A second write per insight
+	// would come between these.
+	events, err := storetest.Collect(s, start.Revision, 3, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"create ServiceInsight/default/billing zone-1", "update ServiceInsight/default/billing zone-2", "create ServiceInsight/default/web "}
+	for i, e := range events {
+		if got := fmt.Sprintf("%s %s %s", e.Op, api.KeyOf(e.Resource), e.Resource.(*api.ServiceInsight).Zone); got != want[i] {
+			t.Fatalf("event %d = %q, want %q", i, got, want[i])
+		}
 	}
 }
 
@@ -238,4 +261,54 @@ func TestMeshOwnsItsContents(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// requests sums the API server's apiserver_request_total of one resource
+// and verb (GET: one object; LIST) from its /metrics.
+func requests(t *testing.T, s *Store, resource, verb string) int {
+	t.Helper()
+	body, err := s.client.Stream(context.Background(), "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	b, err := io.ReadAll(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="`+resource+`"`) || !strings.Contains(line, `verb="`+verb+`"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		n += int(v)
+	}
+	return n
+}
+
+// TestApplyListsOnce: Apply reads the puts of one type with one List, not
+// one GET each (KDS re-applies a zone's whole global state every round).
+func TestApplyListsOnce(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	var puts []api.Resource
+	for i := range 30 {
+		puts = append(puts, storetest.Route("default", fmt.Sprintf("r%02d", i), 1, map[string]string{api.LabelOrigin: "global"}))
+	}
+	for round, want := range []int{30, 0} {
+		gets, lists := requests(t, s, "trafficroutes", "GET"), requests(t, s, "trafficroutes", "LIST")
+		if n, err := s.Apply(ctx, puts, nil); err != nil || n != want {
+			t.Fatalf("round %d: apply = %d, %v; want %d", round, n, err, want)
+		}
+		gets, lists = requests(t, s, "trafficroutes", "GET")-gets, requests(t, s, "trafficroutes", "LIST")-lists
+		t.Logf("round %d: %d GETs, %d LISTs of trafficroutes for 30 puts", round, gets, lists)
+		if gets != 0 || lists != 1 {
+			t.Fatalf("round %d: %d GETs and %d LISTs of trafficroutes, want 0 and 1", round, gets, lists)
+		}
+	}
 }
