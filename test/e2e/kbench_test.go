@@ -16,7 +16,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -412,15 +414,32 @@ spec:
 	// What the CPs rejected or retried on the way (a NACKed KDS type is
 	// sent again after a pause of a second).
 	for name, c := range map[string]*cp{"global": h.global, "zone-vm": h.vm, "zone-k8s": h.k8s} {
-		var warned []string
-		for _, line := range strings.Split(c.out.String(), "\n") {
-			if strings.Contains(line, `"level":"warn"`) || strings.Contains(line, `"level":"error"`) {
-				warned = append(warned, line)
-			}
-		}
-		b.Logf("%s logged %d warnings and errors", name, len(warned))
-		for _, line := range warned[:min(len(warned), 5)] {
-			b.Logf("  %s", line)
-		}
+		b.Logf("%s's warnings and errors: %s", name, strings.Join(warnings(c), "; "))
 	}
+}
+
+// warnings counts the CP's logged warnings and errors by message, most
+// frequent first, with one example line of each.
+func warnings(c *cp) []string {
+	type msg struct {
+		n       int
+		example string
+	}
+	byMsg := map[string]*msg{}
+	for _, line := range strings.Split(c.out.String(), "\n") {
+		var f struct{ Level, Msg string }
+		if json.Unmarshal([]byte(line), &f) != nil || (f.Level != "warn" && f.Level != "error") {
+			continue
+		}
+		if byMsg[f.Msg] == nil {
+			byMsg[f.Msg] = &msg{example: line}
+		}
+		byMsg[f.Msg].n++
+	}
+	keys := slices.SortedFunc(maps.Keys(byMsg), func(a, b string) int { return byMsg[b].n - byMsg[a].n })
+	var out []string
+	for _, k := range keys {
+		out = append(out, fmt.Sprintf("%d× %s", byMsg[k].n, byMsg[k].example))
+	}
+	return out
 }

@@ -483,6 +483,14 @@ func BenchmarkKubeStorm(b *testing.B) {
 	b.Logf("API requests: %.0f in all (%.2f per pod); the benchmark's own (pods, statuses, tokens) %.0f; the zone CP's (ursa.io, tokenreviews, namespaces GET) %.0f (%.2f per pod)",
 		total, total/float64(n), own, cp, cp/float64(n))
 	b.Logf("by group, resource and verb: %s", strings.Join(lines, " "))
+	b.Logf("the zone CP's warnings and errors: %s", strings.Join(warnings(z), "; "))
+	leader := 0
+	for _, line := range strings.Split(z.out.String(), "\n") {
+		if strings.Contains(strings.ToLower(line), "lease") || strings.Contains(strings.ToLower(line), "leader") {
+			leader++
+		}
+	}
+	b.Logf("the zone CP logged %d lines about leases or leadership", leader)
 	b.Logf("load average before %s, after %s", strings.TrimSpace(string(load1)), strings.TrimSpace(string(load2)))
 	b.ReportMetric(allStored.Seconds(), "s-stored")
 	b.ReportMetric(allFull.Seconds(), "s-proxies-full")
