@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // TestAppProbes: a listed probe is made of the app at 127.0.0.1 with the
@@ -68,6 +70,24 @@ func TestInstallTransparentProxyRefuses(t *testing.T) {
 		cmd.SilenceUsage, cmd.SilenceErrors = true, true
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: %v, want an error about %q", args, err, want)
+		}
+	}
+}
+
+// TestIngressNode: an ingress runs the ZoneIngress of a file, presented, or
+// one already registered by name; not both, not neither, not a bad name.
+func TestIngressNode(t *testing.T) {
+	id, meta, err := ingressNode(runConfig{ZoneIngressName: "ingress-1.ursa-system"})
+	if err != nil || id != "ingress-1.ursa-system" || meta[api.MetadataIngress] != "true" || meta[api.MetadataZoneIngress] != "" {
+		t.Errorf("by name: %s %v %v", id, meta, err)
+	}
+	for want, cfg := range map[string]runConfig{
+		"not both":                  {ZoneIngressName: "a", ZoneIngressFile: "f"},
+		"give --zone-ingress-file":  {},
+		`--zone-ingress-name "A_B"`: {ZoneIngressName: "A_B"},
+	} {
+		if _, _, err := ingressNode(cfg); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%+v: %v, want an error about %q", cfg, err, want)
 		}
 	}
 }
