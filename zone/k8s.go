@@ -102,7 +102,7 @@ func openBackend(ctx context.Context, cfg Config, log *zap.Logger) (*backend.Bac
 		}
 		return nil
 	}
-	be := &backend.Backend{Store: st, Ping: ping, Close: func() {}, Kind: "kubernetes"}
+	be := &backend.Backend{Store: withLeases{Store: st, client: env.client, ns: env.namespace}, Ping: ping, Close: func() {}, Kind: "kubernetes"}
 	log.Info("zone on kubernetes", zap.String("namespace", env.namespace), zap.Bool("in_cluster", cfg.Kubeconfig == ""))
 	return be, env, nil
 }

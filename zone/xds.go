@@ -20,6 +20,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
+	k8szone "github.com/ursamesh/ursa/zone/kubernetes"
 )
 
 // mirroredTypes are what the zone's one mirror follows: what the catalogue
@@ -430,7 +431,8 @@ func removeOfflineOnce(ctx context.Context, st store.Store, view *store.View, no
 // transaction, conditional on both being as they were judged: a proxy that
 // registers again meanwhile writes its insight with its registration, so a
 // removal racing a reconnection fails, and leaves both. A Dataplane
-// registered again since the proxy went is kept (only the insight goes).
+// registered again since the proxy went is kept (only the insight goes), and
+// so is a pod's.
 func removeGone(ctx context.Context, st store.Store, view *store.View, in *api.DataplaneInsight, after time.Duration, log *zap.Logger) {
 	log = log.With(zap.String("mesh", in.Mesh), zap.String("proxy", in.Name))
 	puts, deletes := []api.Resource{in}, []api.Key{api.KeyOf(in)} // the puts only check versions: same content
@@ -439,7 +441,9 @@ func removeGone(ctx context.Context, st store.Store, view *store.View, in *api.D
 		log.Warn("cannot read Dataplanes", zap.Error(err))
 		return
 	}
-	removesDataplane := ok && !dp.CreationTime.After(in.DisconnectedAt)
+	// A pod's Dataplane lives as long as the pod: the pod controller
+	// deletes it, not the proxy's absence.
+	removesDataplane := ok && !dp.CreationTime.After(in.DisconnectedAt) && dp.Labels[k8szone.LabelManagedBy] != k8szone.ManagedByController
 	if removesDataplane {
 		puts, deletes = append(puts, dp), append(deletes, api.KeyOf(dp))
 	}
