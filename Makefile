@@ -58,6 +58,7 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./zone/kubernetes -run '^$$' -fuzz FuzzDecodeReview -fuzztime 30s
 	$(GO) test ./pkg/leader -run '^$$' -fuzz FuzzDecodeLease -fuzztime 30s
 	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromObject -fuzztime 30s
+	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromSecret -fuzztime 30s
 	$(GO) test ./pkg/kube -run '^$$' -fuzz FuzzParseKubeconfig -fuzztime 30s
 
 bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)

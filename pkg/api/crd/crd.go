@@ -45,7 +45,9 @@
 //     core Secrets (types ursa.io/secret, ursa.io/global-secret,
 //     ursa.io/mesh-ca, ursa.io/zone-ca), as Kuma keeps its secrets, so that
 //     the cluster's rules for Secrets apply (RBAC that users rarely get,
-//     encryption at rest, no printing by kubectl describe).
+//     encryption at rest, no printing by kubectl describe). ToSecret and
+//     FromSecret convert; SecretName derives the Secret's name, which must
+//     differ per mesh and type in one namespace.
 //   - Lease is a coordination.k8s.io/v1 Lease: holder, renew time and
 //     duration map one to one onto holderIdentity, renewTime and
 //     leaseDurationSeconds, and a Kubernetes user knows where to look.

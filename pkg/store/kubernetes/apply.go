@@ -48,7 +48,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 			return 0, fmt.Errorf("%s: %w", what, err)
 		}
 		if !ok && o.rv != "" {
-			return 0, fmt.Errorf("%s: %s: %w: the name is held by mesh %q (Kubernetes names are unique per namespace and kind)", what, key, store.ErrAlreadyExists, o.mesh)
+			return 0, fmt.Errorf("%s: %s: %w: the name is held by %s (Kubernetes names are unique per namespace and kind)", what, key, store.ErrAlreadyExists, o.holder())
 		}
 		if v := r.GetMeta().Version; v != 0 && (!ok || o.version != v) {
 			return 0, fmt.Errorf("%s: %s at version %d: %w", what, key, v, store.ErrConflict)

@@ -18,6 +18,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(`{"apiVersion":"ursa.io/v1alpha1","kind":"Mesh","metadata":{"name":"m","resourceVersion":"x","annotations":{"ursa.io/version":"-1"}}}`)
 	f.Add(`{"apiVersion":"ursa.io/v1alpha1","kind":"ServiceInsight","mesh":"m","metadata":{"name":"s"},"status":{"zone":"z","service":"s"}}`)
 	f.Add(`{"kind":"Mesh","metadata":[]}`)
+	f.Add(`{"apiVersion":"v1","kind":"Secret","type":"ursa.io/zone-ca","metadata":{"name":"zone-ca.z.0011","resourceVersion":"9","annotations":{"ursa.io/name":"z","ursa.io/mesh":"m","ursa.io/version":"2"}},"data":{"certPEM":"Yw==","keyPEM":"aw=="}}`)
 	f.Add(`{"apiVersion":"ursa.io/v1alpha1","kind":"ZoneInsight","metadata":{"name":"z"},"status":7}`)
 	s := &Store{log: zap.NewNop()}
 	f.Fuzz(func(t *testing.T, doc string) {

@@ -18,6 +18,27 @@
 // scheme, e.g. Kuma's hashed "<name>-<hash(mesh)>" names; not done yet.)
 // Dataplanes in workload namespaces are the pod controller's step.
 //
+// # Private material and leases
+//
+// Secret, GlobalSecret, MeshCA and ZoneCA (a mesh's secrets, the zone's
+// signing keys, the CAs' keys) are core Secrets of the store's namespace,
+// of types ursa.io/secret, ursa.io/global-secret, ursa.io/mesh-ca and
+// ursa.io/zone-ca (crd.ToSecret: one data key per field, a PEM as is), so
+// that the cluster's rules for Secrets apply to them. A namespace holds
+// every mesh's and every type's Secrets, so their names are derived
+// (crd.SecretName: "mesh-ca.ca.<hash of the mesh>") and the resource's name
+// and mesh are the annotations ursa.io/name and ursa.io/mesh: unlike the
+// custom resources, two meshes may hold one name. Lists and watches select
+// each type with fieldSelector=type=...: the namespace's other Secrets
+// (service-account tokens, a user's) are never read. Versions, revisions,
+// conditional writes and mesh ownership are those of the custom resources.
+//
+// Lease is not kept: every method refuses it with an error naming
+// leader.KubeLeases, which keeps a control plane's leases as
+// coordination.k8s.io Leases (what Kubernetes users and tools know), and
+// Watch does not watch it. A zone on Kubernetes elects its leader with
+// KubeLeases, never with leader.StoreLeases over this store.
+//
 // Every mesh-scoped object has its Mesh's object as owner
 // (ownerReferences), as in Kuma: Kubernetes' garbage collector deletes it
 // when the Mesh goes, whether by `kubectl delete mesh` or after a Create
@@ -37,7 +58,7 @@
 // The store revision is the object's resourceVersion read as an integer.
 // resourceVersion is opaque by contract, but in every API server backed by
 // etcd it is etcd's revision, one counter for the whole cluster: it orders
-// the changes of all 13 kinds and a watch resumes from it. It is NOT
+// the changes of all 17 kinds and a watch resumes from it. It is NOT
 // gapless: every other write in the cluster (leases, events, pods) advances
 // it too. store.Store promises "every successful write advances the
 // revision by exactly one"; this store promises only that revisions
@@ -48,7 +69,7 @@
 //
 // # Watch
 //
-// Watch runs one Kubernetes watch per kind (13) from the given revision and
+// Watch runs one Kubernetes watch per kind (17) from the given revision and
 // merges them. Within a kind events arrive in revision order; across kinds
 // they are delivered as they arrive, which is revision order only when the
 // streams keep pace (capability OrderedAcrossTypes: false). A watcher that
@@ -142,12 +163,12 @@ func New(opts Options) (*Store, error) {
 	return &Store{client: opts.Client, ns: opts.Namespace, log: opts.Logger}, nil
 }
 
-// kinds are the types this store keeps: those placed as custom resources.
-// Secrets and Leases (core Secrets and coordination Leases) are a next step.
+// kinds are the types this store keeps: those placed as custom resources
+// and as core Secrets. Lease is not one of them (see the package doc).
 func kinds() []api.Descriptor {
 	var out []api.Descriptor
 	for _, d := range api.Types() {
-		if p, ok := crd.PlacementOf(d.Type); ok && p.Kind == crd.CustomResource {
+		if p, ok := crd.PlacementOf(d.Type); ok && p.Kind != crd.CoordinationLease {
 			out = append(out, d)
 		}
 	}
@@ -159,18 +180,55 @@ func descriptor(typ string) (api.Descriptor, error) {
 	if !ok {
 		return d, fmt.Errorf("unknown type %q", typ)
 	}
-	if p, _ := crd.PlacementOf(typ); p.Kind != crd.CustomResource {
-		return d, fmt.Errorf("type %s is not kept by the kubernetes store yet", typ)
+	if p, _ := crd.PlacementOf(typ); p.Kind == crd.CoordinationLease {
+		return d, fmt.Errorf("type %s is not kept by the kubernetes store: leader election on Kubernetes uses coordination.k8s.io Leases (leader.KubeLeases)", typ)
 	}
 	return d, nil
 }
 
+// isSecret reports whether a type's objects are core Secrets.
+func isSecret(d api.Descriptor) bool {
+	p, _ := crd.PlacementOf(d.Type)
+	return p.Kind == crd.CoreSecret
+}
+
 // collection is the REST path of a type's objects.
 func (s *Store) collection(d api.Descriptor) string {
-	if !crd.Namespaced(d) {
+	switch {
+	case isSecret(d):
+		return "/api/v1/namespaces/" + s.ns + "/secrets"
+	case !crd.Namespaced(d):
 		return "/apis/" + crd.APIVersion + "/" + crd.NamesOf(d).Plural
 	}
 	return "/apis/" + crd.APIVersion + "/namespaces/" + s.ns + "/" + crd.NamesOf(d).Plural
+}
+
+// selector is the query that keeps a list or watch of d's collection to
+// d's objects: the Secrets of d's Secret type.
+func selector(d api.Descriptor) url.Values {
+	q := url.Values{}
+	if p, _ := crd.PlacementOf(d.Type); p.Kind == crd.CoreSecret {
+		q.Set("fieldSelector", "type="+p.SecretType)
+	}
+	return q
+}
+
+// objectName is the metadata.name of key's object.
+func objectName(d api.Descriptor, key api.Key) string {
+	if isSecret(d) {
+		return crd.SecretName(d, key.Mesh, key.Name)
+	}
+	return key.Name
+}
+
+// setKind sets the apiVersion and kind of an object of d read from a list
+// or watch (a list's items carry none).
+func setKind(d api.Descriptor, obj crd.Object) {
+	if isSecret(d) {
+		obj["apiVersion"], obj["kind"] = "v1", "Secret"
+		return
+	}
+	obj["apiVersion"], obj["kind"] = crd.APIVersion, d.Type
 }
 
 // do sends one request (kube.Client.Do) and decodes a 2xx answer into out
@@ -197,11 +255,14 @@ func unavailable(ctx context.Context, err error) error {
 	return err
 }
 
-// object is what the store reads of a custom-resource object besides its
-// body: enough to check versions and to write conditionally.
+// object is what the store reads of an object besides its body: which
+// resource it holds, and enough to check versions and to write
+// conditionally.
 type object struct {
 	obj     crd.Object
 	rv      string
+	typ     string // the resource's type, "" when the object holds none
+	name    string // the resource's name (metadata.name of a custom resource)
 	mesh    string
 	version int64
 }
@@ -211,7 +272,16 @@ func parseObject(obj crd.Object) (object, error) {
 	ann, _ := md["annotations"].(map[string]any)
 	o := object{obj: obj}
 	o.rv, _ = md["resourceVersion"].(string)
-	o.mesh, _ = obj["mesh"].(string)
+	if k, _ := obj["kind"].(string); k == "Secret" {
+		st, _ := obj["type"].(string)
+		o.typ, _ = crd.TypeOfSecret(st)
+		o.name, _ = ann[crd.AnnotationName].(string)
+		o.mesh, _ = ann[crd.AnnotationMesh].(string)
+	} else {
+		o.typ = k
+		o.name, _ = md["name"].(string)
+		o.mesh, _ = obj["mesh"].(string)
+	}
 	if v, ok := ann[AnnotationVersion].(string); ok {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 1 {
@@ -223,6 +293,22 @@ func parseObject(obj crd.Object) (object, error) {
 		o.version = 1
 	}
 	return o, nil
+}
+
+// holds reports whether o holds the resource of key.
+func (o object) holds(key api.Key) bool {
+	return o.typ == key.Type && o.name == key.Name && o.mesh == key.Mesh
+}
+
+// holder says what holds the object a key's name maps to, for an error.
+func (o object) holder() string {
+	if o.typ == "" {
+		return "an object that is not an Ursa resource"
+	}
+	if o.mesh == "" {
+		return fmt.Sprintf("%s %q", o.typ, o.name)
+	}
+	return fmt.Sprintf("%s %q of mesh %q", o.typ, o.name, o.mesh)
 }
 
 // revision reads a resourceVersion as a store revision.
@@ -240,7 +326,12 @@ func decode(obj crd.Object) (api.Resource, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := crd.FromObject(obj)
+	var r api.Resource
+	if k, _ := obj["kind"].(string); k == "Secret" {
+		r, err = crd.FromSecret(obj)
+	} else {
+		r, err = crd.FromObject(obj)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -268,17 +359,28 @@ func parseTime(vals ...any) time.Time {
 // empty, makes a write of it conditional; owners, when not nil, are its
 // ownerReferences.
 func (s *Store) encode(r api.Resource, rv string, owners any) (crd.Object, error) {
-	obj, err := crd.ToObject(r, s.ns)
+	var (
+		obj crd.Object
+		err error
+	)
+	if d, _ := api.Lookup(r.GetMeta().Type); isSecret(d) {
+		obj, err = crd.ToSecret(r, s.ns)
+	} else {
+		obj, err = crd.ToObject(r, s.ns)
+	}
 	if err != nil {
 		return nil, err
 	}
 	m := r.GetMeta()
 	md := obj["metadata"].(map[string]any)
-	md["annotations"] = map[string]any{
-		AnnotationVersion:  strconv.FormatInt(m.Version, 10),
-		AnnotationCreated:  m.CreationTime.UTC().Format(time.RFC3339Nano),
-		AnnotationModified: m.ModificationTime.UTC().Format(time.RFC3339Nano),
+	ann, _ := md["annotations"].(map[string]any)
+	if ann == nil {
+		ann = map[string]any{}
 	}
+	ann[AnnotationVersion] = strconv.FormatInt(m.Version, 10)
+	ann[AnnotationCreated] = m.CreationTime.UTC().Format(time.RFC3339Nano)
+	ann[AnnotationModified] = m.ModificationTime.UTC().Format(time.RFC3339Nano)
+	md["annotations"] = ann
 	if rv != "" {
 		md["resourceVersion"] = rv
 	}
@@ -289,14 +391,14 @@ func (s *Store) encode(r api.Resource, rv string, owners any) (crd.Object, error
 }
 
 // read returns the stored object of key, or ok false when there is none
-// (or the name is held by another mesh).
+// or its name is held by another resource (o.rv is then set).
 func (s *Store) read(ctx context.Context, key api.Key) (object, bool, error) {
 	d, err := descriptor(key.Type)
 	if err != nil {
 		return object{}, false, err
 	}
 	var obj crd.Object
-	if err := s.do(ctx, http.MethodGet, s.collection(d)+"/"+url.PathEscape(key.Name), nil, &obj); err != nil {
+	if err := s.do(ctx, http.MethodGet, s.collection(d)+"/"+url.PathEscape(objectName(d, key)), nil, &obj); err != nil {
 		if kube.IsNotFound(err) {
 			return object{}, false, nil
 		}
@@ -306,10 +408,7 @@ func (s *Store) read(ctx context.Context, key api.Key) (object, bool, error) {
 	if err != nil {
 		return object{}, false, err
 	}
-	if o.mesh != key.Mesh {
-		return o, false, nil
-	}
-	return o, true, nil
+	return o, o.holds(key), nil
 }
 
 // meshUID returns the uid of a Mesh's object, "" when there is none.
@@ -375,8 +474,8 @@ func (s *Store) post(ctx context.Context, d api.Descriptor, r api.Resource, owne
 	var got crd.Object
 	if err := s.do(ctx, http.MethodPost, s.collection(d)+"?fieldValidation=Strict", obj, &got); err != nil {
 		if kube.IsConflict(err) {
-			if o, _, rerr := s.read(ctx, api.KeyOf(r)); rerr == nil && o.mesh != r.GetMeta().Mesh {
-				return nil, "", fmt.Errorf("%w: the name is held by mesh %q (Kubernetes names are unique per namespace and kind)", store.ErrAlreadyExists, o.mesh)
+			if o, ok, rerr := s.read(ctx, api.KeyOf(r)); rerr == nil && !ok && o.rv != "" {
+				return nil, "", fmt.Errorf("%w: the name is held by %s (Kubernetes names are unique per namespace and kind)", store.ErrAlreadyExists, o.holder())
 			}
 			return nil, "", store.ErrAlreadyExists
 		}
@@ -386,7 +485,7 @@ func (s *Store) post(ctx context.Context, d api.Descriptor, r api.Resource, owne
 		// A create drops status: the body is a second, conditional write.
 		md, _ := got["metadata"].(map[string]any)
 		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
-		if err := s.do(ctx, http.MethodPut, s.collection(d)+"/"+url.PathEscape(r.GetMeta().Name)+"/status", obj, &got); err != nil {
+		if err := s.do(ctx, http.MethodPut, s.collection(d)+"/"+url.PathEscape(objectName(d, api.KeyOf(r)))+"/status", obj, &got); err != nil {
 			return nil, "", fmt.Errorf("write status: %w", err)
 		}
 	}
@@ -403,7 +502,7 @@ func (s *Store) put(ctx context.Context, d api.Descriptor, r api.Resource, old o
 	if err != nil {
 		return nil, err
 	}
-	path := s.collection(d) + "/" + url.PathEscape(r.GetMeta().Name)
+	path := s.collection(d) + "/" + url.PathEscape(objectName(d, api.KeyOf(r)))
 	var got crd.Object
 	if err := s.do(ctx, http.MethodPut, path+"?fieldValidation=Strict", obj, &got); err != nil {
 		return nil, conflict(err)
@@ -502,10 +601,10 @@ func (s *Store) remove(ctx context.Context, key api.Key, rv string) (int, error)
 			}
 		}
 		slices.SortFunc(inside, func(a, b object) int {
-			return cmp.Or(cmp.Compare(kindOf(a), kindOf(b)), cmp.Compare(nameOf(a), nameOf(b)))
+			return cmp.Or(cmp.Compare(a.typ, b.typ), cmp.Compare(a.name, b.name))
 		})
 		for _, o := range inside {
-			d, _ := api.Lookup(kindOf(o))
+			d, _ := api.Lookup(o.typ)
 			if err := s.deleteObject(ctx, d, nameOf(o), o.rv); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return n, err
 			}
@@ -516,13 +615,11 @@ func (s *Store) remove(ctx context.Context, key api.Key, rv string) (int, error)
 	if err != nil {
 		return n, err
 	}
-	if err := s.deleteObject(ctx, d, key.Name, rv); err != nil {
+	if err := s.deleteObject(ctx, d, objectName(d, key), rv); err != nil {
 		return n, err
 	}
 	return n + 1, nil
 }
-
-func kindOf(o object) string { k, _ := o.obj["kind"].(string); return k }
 
 func nameOf(o object) string {
 	md, _ := o.obj["metadata"].(map[string]any)
@@ -561,7 +658,18 @@ const listPage = 500
 // one revision (the first page's; the rest continue at it), and that
 // revision.
 func (s *Store) listObjects(ctx context.Context, d api.Descriptor, labels map[string]string) ([]object, int64, error) {
-	q := url.Values{"limit": {strconv.Itoa(listPage)}}
+	return s.listObjectsAt(ctx, d, labels, 0)
+}
+
+// listObjectsAt is listObjects at revision at (resourceVersionMatch=Exact),
+// or at the latest when at is 0.
+func (s *Store) listObjectsAt(ctx context.Context, d api.Descriptor, labels map[string]string, at int64) ([]object, int64, error) {
+	q := selector(d)
+	q.Set("limit", strconv.Itoa(listPage))
+	if at > 0 {
+		q.Set("resourceVersion", strconv.FormatInt(at, 10))
+		q.Set("resourceVersionMatch", "Exact")
+	}
 	if len(labels) > 0 {
 		var sel []string
 		for k, v := range labels {
@@ -600,7 +708,7 @@ func (s *Store) listObjects(ctx context.Context, d api.Descriptor, labels map[st
 		}
 		for _, obj := range page.Items {
 			// The items of a list carry no kind; the list's type says it.
-			obj["apiVersion"], obj["kind"] = crd.APIVersion, d.Type
+			setKind(d, obj)
 			o, err := parseObject(obj)
 			if err != nil {
 				return nil, 0, err

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"time"
@@ -52,20 +51,23 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 	defer cancel()
 	from := map[string]int64{}
 	if since == 0 {
-		var initial []store.Event
+		// One cut for every kind: the others list at the first list's
+		// revision, so that every change that follows comes after every
+		// current object.
+		var (
+			initial []store.Event
+			at      int64
+		)
 		for _, d := range kinds() {
-			var (
-				objs []object
-				rev  int64
-			)
+			var objs []object
 			err := s.retry(ctx, "list "+d.Type, func() (err error) {
-				objs, rev, err = s.listObjects(ctx, d, nil)
+				objs, at, err = s.listObjectsAt(ctx, d, nil, at)
 				return err
 			})
 			if err != nil {
 				return err // names the path; a bare ctx.Err() when ctx ended
 			}
-			from[d.Type] = rev
+			from[d.Type] = at
 			for _, o := range objs {
 				ev, ok := s.event(store.OpCreate, o.obj)
 				if ok {
@@ -187,12 +189,11 @@ func (s *Store) watchKind(ctx context.Context, d api.Descriptor, rev int64, out 
 
 // watchOnce runs one watch request and returns the last revision it saw.
 func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send func(item) bool) (int64, error) {
-	q := url.Values{
-		"watch":               {"1"},
-		"resourceVersion":     {strconv.FormatInt(rev, 10)},
-		"allowWatchBookmarks": {"true"},
-		"timeoutSeconds":      {strconv.Itoa(int(watchTimeout / time.Second))},
-	}
+	q := selector(d)
+	q.Set("watch", "1")
+	q.Set("resourceVersion", strconv.FormatInt(rev, 10))
+	q.Set("allowWatchBookmarks", "true")
+	q.Set("timeoutSeconds", strconv.Itoa(int(watchTimeout/time.Second)))
 	body, err := s.client.Stream(ctx, s.collection(d)+"?"+q.Encode())
 	if kube.Code(err) == http.StatusGone {
 		return rev, fmt.Errorf("watch %s from %d: %w", d.Type, rev, store.ErrCompacted)
@@ -240,7 +241,7 @@ func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send
 		default:
 			return rev, fmt.Errorf("watch %s: unknown event type %q", d.Type, we.Type)
 		}
-		we.Object["apiVersion"], we.Object["kind"] = crd.APIVersion, d.Type
+		setKind(d, we.Object)
 		ev, ok := s.event(op, we.Object)
 		if !ok {
 			continue

@@ -69,6 +69,7 @@ func RunWith(t *testing.T, newStore Factory, caps Capabilities) {
 		{"ApplyIsOneTransaction", testApply},
 		{"ApplyWithVersionsIsConditional", testApplyConditional},
 		{"NamesAcrossMeshes", testNamesAcrossMeshes},
+		{"PrivateTypes", testPrivateTypes},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t), caps) })
@@ -633,5 +634,104 @@ func testNamesAcrossMeshes(t *testing.T, s store.Store, caps Capabilities) {
 	}
 	if got, err := s.Get(c, api.Key{Type: "TrafficRoute", Mesh: "a", Name: "same"}); err != nil || weight(got) != 1 {
 		t.Fatalf("get a/same = %v, %v", got, err)
+	}
+}
+
+// privateExamples are one resource of each type holding private material
+// (a Kubernetes store keeps them as core Secrets), in mesh and beside the
+// meshes. Their content is what the store must give back, not valid PEM.
+func privateExamples(mesh string) []api.Resource {
+	return []api.Resource{
+		&api.Secret{Meta: api.Meta{Type: "Secret", Mesh: mesh, Name: "s1", Labels: map[string]string{"team": "a"}}, Data: []byte{0, 1, 2, 255}},
+		&api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: mesh, Name: "ca"}, CertPEM: "cert of " + mesh, KeyPEM: "key",
+			Intermediates: []api.Intermediate{{Zone: "zone-1", Serial: "0a", NotAfter: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}}},
+		&api.ZoneCA{Meta: api.Meta{Type: "ZoneCA", Mesh: mesh, Name: "zone-1"}, CertPEM: "cert", KeyPEM: "key of " + mesh},
+	}
+}
+
+// testPrivateTypes: the types holding private material behave as every
+// other: the same name in two meshes (the mesh CA is "ca" in each), one
+// name in several types, versions, conflicts, lists, watches and a mesh's
+// cascade.
+func testPrivateTypes(t *testing.T, s store.Store, caps Capabilities) {
+	c := ctx(t)
+	MustCreate(t, s, Mesh("a"))
+	MustCreate(t, s, Mesh("b"))
+	start, err := s.List(c, store.ListOptions{Type: "Mesh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []api.Resource
+	for _, m := range []string{"a", "b"} {
+		all = append(all, privateExamples(m)...)
+	}
+	gs := &api.GlobalSecret{Meta: api.Meta{Type: "GlobalSecret", Name: "s1"}, Data: []byte("signing key")}
+	all = append(all, gs)
+	for _, r := range all {
+		got := MustCreate(t, s, r)
+		if got.GetMeta().Version != 1 || !api.SameContent(got, r) {
+			t.Fatalf("create %s returned %s", api.KeyOf(r), api.Content(got))
+		}
+		back, err := s.Get(c, api.KeyOf(r))
+		if err != nil || !api.SameContent(back, r) {
+			t.Fatalf("get %s = %v, %v; want %s", api.KeyOf(r), back, err, api.Content(r))
+		}
+	}
+	if _, err := s.Create(c, privateExamples("a")[1]); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Fatalf("second create of a's CA = %v, want ErrAlreadyExists", err)
+	}
+	if _, err := s.Create(c, privateExamples("nope")[0]); !errors.Is(err, store.ErrMeshNotFound) {
+		t.Fatalf("secret in a missing mesh = %v, want ErrMeshNotFound", err)
+	}
+	res, err := s.List(c, store.ListOptions{Type: "MeshCA"})
+	if err != nil || fmt.Sprint(keys(res.Items)) != "[MeshCA/a/ca MeshCA/b/ca]" {
+		t.Fatalf("list mesh CAs = %v, %v", keys(res.Items), err)
+	}
+	res, err = s.List(c, store.ListOptions{Type: "Secret", Mesh: "b", Labels: map[string]string{"team": "a"}})
+	if err != nil || fmt.Sprint(keys(res.Items)) != "[Secret/b/s1]" {
+		t.Fatalf("list b's secrets labelled team=a = %v, %v", keys(res.Items), err)
+	}
+	res, err = s.List(c, store.ListOptions{Type: "GlobalSecret"})
+	if err != nil || fmt.Sprint(keys(res.Items)) != "[GlobalSecret/s1]" {
+		t.Fatalf("list global secrets = %v, %v", keys(res.Items), err)
+	}
+	upd := privateExamples("b")[2].(*api.ZoneCA)
+	upd.NextCertPEM, upd.NextKeyPEM, upd.Version = "next cert", "next key", 1
+	if got, err := s.Update(c, upd); err != nil || got.GetMeta().Version != 2 || !api.SameContent(got, upd) {
+		t.Fatalf("update b's zone CA = %v, %v", got, err)
+	}
+	if _, err := s.Update(c, upd); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("stale update of b's zone CA = %v, want ErrConflict", err)
+	}
+	if got, _ := s.Get(c, api.KeyOf(privateExamples("a")[2])); got.GetMeta().Version != 1 || got.(*api.ZoneCA).NextCertPEM != "" {
+		t.Fatalf("updating b's zone CA changed a's: %s", api.Content(got))
+	}
+	// 7 creates and an update, each an event with what was written.
+	events := collect(t, s, start.Revision, len(all)+1)
+	if !caps.OrderedAcrossTypes {
+		slices.SortFunc(events, func(a, b store.Event) int { return cmp.Compare(a.Revision, b.Revision) })
+	}
+	for i, r := range all {
+		if events[i].Op != store.OpCreate || !api.SameContent(events[i].Resource, r) {
+			t.Fatalf("event %d = %s %s, want create %s", i, events[i].Op, api.Content(events[i].Resource), api.Content(r))
+		}
+	}
+	if last := events[len(all)]; last.Op != store.OpUpdate || !api.SameContent(last.Resource, upd) {
+		t.Fatalf("last event = %s %s, want the update", last.Op, api.KeyOf(last.Resource))
+	}
+	if err := s.Delete(c, api.Key{Type: "Mesh", Name: "a"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{"Secret", "MeshCA", "ZoneCA"} {
+		res, err := s.List(c, store.ListOptions{Type: typ})
+		if err != nil || len(res.Items) != 1 || res.Items[0].GetMeta().Mesh != "b" {
+			t.Fatalf("%s after deleting mesh a = %v, %v", typ, keys(res.Items), err)
+		}
+	}
+	if err := s.Delete(c, api.KeyOf(gs), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(c, api.KeyOf(gs)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get deleted global secret = %v, want ErrNotFound", err)
 	}
 }

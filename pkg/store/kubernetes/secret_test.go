@@ -1,0 +1,80 @@
+package kubernetes
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/store/storetest"
+)
+
+// TestPrivateTypesAreCoreSecrets: a mesh CA is a core Secret of type
+// ursa.io/mesh-ca whose PEM kubectl can extract, owned by its mesh; other
+// Secrets of the namespace (a user's, a service account's) are not listed
+// or watched; Apply writes Secrets too.
+func TestPrivateTypesAreCoreSecrets(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	ca := &api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: "default", Name: "ca"}, CertPEM: "-----BEGIN CERTIFICATE-----\n", KeyPEM: "k"}
+	storetest.MustCreate(t, s, ca)
+	foreign := crd.Object{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+		"metadata": crd.Object{"name": "mesh-ca.ca", "annotations": crd.Object{crd.AnnotationName: "ca"}}, "data": crd.Object{"x": "eA=="}}
+	if err := s.do(ctx, http.MethodPost, "/api/v1/namespaces/"+s.ns+"/secrets", foreign, nil); err != nil {
+		t.Fatal(err)
+	}
+	var obj crd.Object
+	d, _ := api.Lookup("MeshCA")
+	if err := s.do(ctx, http.MethodGet, s.collection(d)+"/"+crd.SecretName(d, "default", "ca"), nil, &obj); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := obj["data"].(map[string]any)
+	cert, _ := base64.StdEncoding.DecodeString(data["certPEM"].(string))
+	md, _ := obj["metadata"].(map[string]any)
+	if obj["type"] != "ursa.io/mesh-ca" || string(cert) != ca.CertPEM || md["ownerReferences"] == nil {
+		t.Fatalf("mesh CA's Secret = %v", obj)
+	}
+	n, err := s.Apply(ctx, []api.Resource{
+		&api.Secret{Meta: api.Meta{Type: "Secret", Mesh: "default", Name: "ca"}, Data: []byte("x")},
+		&api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: "default", Name: "ca"}, CertPEM: "changed"},
+	}, nil)
+	if err != nil || n != 2 {
+		t.Fatalf("apply of a new secret and a changed CA = %d, %v", n, err)
+	}
+	res, err := s.List(ctx, store.ListOptions{Type: "MeshCA"})
+	if err != nil || len(res.Items) != 1 || res.Items[0].(*api.MeshCA).CertPEM != "changed" || res.Items[0].GetMeta().Version != 2 {
+		t.Fatalf("list mesh CAs = %v, %v", res.Items, err)
+	}
+	if res, err := s.List(ctx, store.ListOptions{Type: "Secret"}); err != nil || len(res.Items) != 1 {
+		t.Fatalf("list secrets = %v, %v", res.Items, err)
+	}
+	events, err := storetest.Collect(s, 0, 3, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events {
+		if k := api.KeyOf(e.Resource).String(); k != "Mesh/default" && k != "MeshCA/default/ca" && k != "Secret/default/ca" {
+			t.Fatalf("watch from 0 gave %s", k)
+		}
+	}
+}
+
+// TestLeaseIsRefused: leases are coordination Leases kept by
+// leader.KubeLeases, not by the store; asking the store says so.
+func TestLeaseIsRefused(t *testing.T) {
+	s := fakeStore(t, http.StatusOK, new(atomic.Int32))
+	_, err := s.Create(context.Background(), &api.Lease{Meta: api.Meta{Type: "Lease", Name: "vips"}, Holder: "a", Duration: 10})
+	if err == nil || !strings.Contains(err.Error(), "leader.KubeLeases") {
+		t.Fatalf("create lease = %v, want a refusal naming leader.KubeLeases", err)
+	}
+	if _, err := s.List(context.Background(), store.ListOptions{Type: "Lease"}); err == nil {
+		t.Fatal("list of leases succeeded")
+	}
+}
