@@ -72,9 +72,9 @@ func DefaultCPAddress(service, systemNamespace, xdsAddr string) string {
 type InjectionConfig = kubernetes.InjectionConfig
 
 // DefaultInjectionConfig returns kubernetes.injection.*'s defaults: the
-// sidecar image of this version.
+// image of this version (deploy/docker/Dockerfile, which holds ursa-dp).
 func DefaultInjectionConfig() InjectionConfig {
-	return kubernetes.DefaultInjectionConfig("ursamesh/ursa-dp:" + Version)
+	return kubernetes.DefaultInjectionConfig("ghcr.io/ursamesh/ursa:" + Version)
 }
 
 // validateKubeWebhooks checks webhook.* and kubernetes.injection.* on

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,8 @@ import (
 // runs as user 5678 with no capabilities, the zone CP's CA in URSA_CA_CERT.
 // Its own connection to the CP is let through by its user (it cannot mark
 // sockets): it gets ready; an app's call is passed through its outbound
-// listener; and it leaves the rules in place when it stops.
+// listener; the app's probe the injector rewrote is made through it; and it
+// leaves the rules in place when it stops.
 func TestPodStyleTransparentProxy(t *testing.T) {
 	h := newHosts(t, "cp", "pod")
 	zone := startTPZone(t, h, "cp", "type: Mesh\nname: default\n")
@@ -54,7 +56,7 @@ func TestPodStyleTransparentProxy(t *testing.T) {
 		return dst
 	}
 	dp := copyTo(filepath.Join(bin, "ursa-dp"), "ursa-dp", 0o755)
-	args := zone.sidecarArgs(t, "pod", "web-1", "web", 10011, 18080, "--transparent-proxy", "--transparent-proxy-installed")
+	args := zone.sidecarArgs(t, "pod", "web-1", "web", 10011, 18080, "--transparent-proxy", "--transparent-proxy-installed", "--app-probes", "18080/ready")
 	for i := range args {
 		// Its files, readable by the sidecar's user; its CA as the
 		// injector gives it, in the environment.
@@ -111,6 +113,24 @@ func TestPodStyleTransparentProxy(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return strings.Contains(string(b), `ursa_dp_connections_total{listener="ursa:outbound"}`)
 	})
+	// The kubelet's probe of the app, rewritten by the injector, made by
+	// the sidecar (user 5678, whose connections are not redirected).
+	appLn := h.listen(t, "pod", "tcp", "127.0.0.1:18080")
+	go http.Serve(appLn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/ready" {
+			http.NotFound(w, r)
+		}
+	}))
+	for path, want := range map[string]int{"/probes/18080/ready": http.StatusOK, "/probes/18080/other": http.StatusNotFound} {
+		resp, err := onPod.Get("http://127.0.0.1:9901" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET :9901%s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
 	p.stop(t)
 	if after := nat(); !strings.Contains(after, "-A OUTPUT -j URSA_OUTPUT") {
 		t.Fatalf("the sidecar removed the init container's rules:\n%s", after)

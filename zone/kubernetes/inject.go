@@ -46,6 +46,7 @@ import (
 //     "--token-file", "/var/run/secrets/ursa.io/token/token",
 //     "--transparent-proxy", "--transparent-proxy-installed",
 //     "--inbound-ports", "P,Q" (as the init container's),
+//     "--app-probes", "P/path,..." (when a probe is rewritten, below),
 //     "--admin-addr", ":9901"];
 //     env POD_NAME and POD_NAMESPACE (downward API), URSA_CA_CERT (the PEM
 //     of the CA of the zone CP's xDS certificate; absent when the zone
@@ -59,6 +60,13 @@ import (
 // redirected to the sidecar (mTLS, TrafficPermissions), so a Service's
 // targetPort must be a declared container port. The sidecar's own ports
 // (9901, 15001, 15006, 15053) must not be one of them: such a pod is refused.
+// An app container's HTTP (not HTTPS) liveness, readiness or startup probe
+// of a redirected port is replaced (JSON Patch "replace", before the
+// sidecar is added) by the same probe of GET :9901/probes/PORT/PATH, which
+// the sidecar makes of 127.0.0.1:PORT/PATH: the kubelet's plain HTTP would
+// otherwise reach the sidecar's inbound listener, which takes mTLS only.
+// TCP probes of a redirected port are left: the sidecar accepts the
+// connection.
 const (
 	// SidecarName and InitName are the injected containers' names.
 	SidecarName = "ursa-sidecar"
@@ -162,6 +170,39 @@ type injectPod struct {
 		InitContainers []Container       `json:"initContainers,omitempty"`
 		Volumes        []json.RawMessage `json:"volumes,omitempty"`
 	} `json:"spec"`
+	// probes are the containers' probes, in their order: kind
+	// (readinessProbe, ...) → probe.
+	probes []map[string]map[string]any
+}
+
+// probeKinds are the probes the kubelet makes of a container.
+var probeKinds = []string{"livenessProbe", "readinessProbe", "startupProbe"}
+
+// decodeInjectPod decodes what injection reads of a pod.
+func decodeInjectPod(b []byte) (*injectPod, error) {
+	var pod injectPod
+	if err := json.Unmarshal(b, &pod); err != nil {
+		return nil, err
+	}
+	var raw struct {
+		Spec struct {
+			Containers []map[string]json.RawMessage `json:"containers"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, err
+	}
+	for _, c := range raw.Spec.Containers {
+		probes := map[string]map[string]any{}
+		for _, k := range probeKinds {
+			var p map[string]any
+			if json.Unmarshal(c[k], &p) == nil && p != nil {
+				probes[k] = p
+			}
+		}
+		pod.probes = append(pod.probes, probes)
+	}
+	return &pod, nil
 }
 
 // Review answers a Pod admission request: the JSON Patch that injects the
@@ -171,8 +212,8 @@ func (in *Injector) Review(r *http.Request, req *AdmissionRequest) (*AdmissionRe
 	if req.Kind.Kind != "Pod" || req.Operation != "CREATE" {
 		return Allow(req.UID, nil)
 	}
-	var pod injectPod
-	if err := json.Unmarshal(req.Object, &pod); err != nil {
+	pod, err := decodeInjectPod(req.Object)
+	if err != nil {
 		return Deny(req.UID, http.StatusBadRequest, "BadRequest", "ursa sidecar injection: the pod does not decode: "+err.Error()), nil
 	}
 	if req.Namespace != "" { // the request's is authoritative; a create may leave the pod's empty
@@ -186,7 +227,7 @@ func (in *Injector) Review(r *http.Request, req *AdmissionRequest) (*AdmissionRe
 		}
 		ns = got
 	}
-	patch, err := in.patch(&pod, ns)
+	patch, err := in.patch(pod, ns)
 	if err != nil {
 		return Deny(req.UID, http.StatusUnprocessableEntity, "Invalid", "ursa sidecar injection: "+err.Error()), nil
 	}
@@ -228,7 +269,9 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 		}
 	}
 	slices.Sort(ports)
-	var ops []PatchOp
+	// Before the sidecar goes in at index 0: the containers' indexes are
+	// the pod's own.
+	ops, probes := rewriteProbes(pod, ports)
 	if pod.Metadata.Annotations == nil {
 		ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations", Value: map[string]string{AnnotationInjected: "true"}})
 	} else {
@@ -246,7 +289,80 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	} else {
 		ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers/-", Value: initC})
 	}
-	return append(ops, PatchOp{Op: "add", Path: "/spec/containers/0", Value: in.sidecar(mesh, ports)}), nil
+	return append(ops, PatchOp{Op: "add", Path: "/spec/containers/0", Value: in.sidecar(mesh, ports, probes)}), nil
+}
+
+// ProbesPath prefixes the sidecar's admin paths that make an app's HTTP
+// probes for the kubelet: GET /probes/PORT/PATH is GET
+// http://127.0.0.1:PORT/PATH, for the PORT/PATH pairs of --app-probes alone.
+const ProbesPath = "/probes/"
+
+// rewriteProbes points the app's HTTP probes on redirected ports at the
+// sidecar's admin port: the kubelet's plain HTTP to a redirected port would
+// reach the sidecar's inbound listener, which takes mTLS only. It returns
+// the replace operations and the PORT/PATH pairs the sidecar is to serve.
+func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
+	var ops []PatchOp
+	var served []string
+	for i, c := range pod.Spec.Containers {
+		if i >= len(pod.probes) {
+			break
+		}
+		for _, kind := range probeKinds {
+			probe := pod.probes[i][kind]
+			get, ok := probe["httpGet"].(map[string]any)
+			if !ok {
+				continue
+			}
+			if scheme, _ := get["scheme"].(string); scheme != "" && scheme != "HTTP" {
+				continue // HTTPS: the kubelet's TLS reaches the sidecar and is refused, as without it
+			}
+			port := probePort(get["port"], c.Ports)
+			if !slices.Contains(redirected, port) {
+				continue
+			}
+			path, _ := get["path"].(string)
+			if !strings.HasPrefix(path, "/") {
+				path = "/" + path
+			}
+			if strings.ContainsAny(path, ", ") {
+				continue // not a path --app-probes can list
+			}
+			pair := strconv.Itoa(port) + path
+			if !slices.Contains(served, pair) {
+				served = append(served, pair)
+			}
+			rewritten := map[string]any{}
+			for k, v := range probe {
+				rewritten[k] = v
+			}
+			newGet := map[string]any{"path": ProbesPath + pair, "port": AdminPort, "scheme": "HTTP"}
+			if h, ok := get["httpHeaders"]; ok {
+				newGet["httpHeaders"] = h
+			}
+			rewritten["httpGet"] = newGet
+			ops = append(ops, PatchOp{Op: "replace", Path: fmt.Sprintf("/spec/containers/%d/%s", i, kind), Value: rewritten})
+		}
+	}
+	return ops, served
+}
+
+// probePort resolves a probe's port: a number, or a container port's name.
+func probePort(v any, ports []ContainerPort) int {
+	switch p := v.(type) {
+	case float64:
+		return int(p)
+	case string:
+		for _, cp := range ports {
+			if cp.Name == p {
+				return cp.ContainerPort
+			}
+		}
+		if n, err := strconv.Atoi(p); err == nil {
+			return n
+		}
+	}
+	return 0
 }
 
 func joinInts(ps []int) string {
@@ -287,7 +403,7 @@ func (in *Injector) initContainer(ports []int) obj {
 	}
 }
 
-func (in *Injector) sidecar(mesh string, ports []int) obj {
+func (in *Injector) sidecar(mesh string, ports []int, probes []string) obj {
 	cmd := []string{"ursa-dp", "run",
 		"--cp-address", in.CPAddress,
 		"--dataplane-name", "$(POD_NAME).$(POD_NAMESPACE)",
@@ -297,6 +413,9 @@ func (in *Injector) sidecar(mesh string, ports []int) obj {
 	}
 	if len(ports) > 0 {
 		cmd = append(cmd, "--inbound-ports", joinInts(ports))
+	}
+	if len(probes) > 0 {
+		cmd = append(cmd, "--app-probes", strings.Join(probes, ","))
 	}
 	cmd = append(cmd, "--admin-addr", ":"+strconv.Itoa(AdminPort))
 	env := []any{

@@ -12,8 +12,8 @@ import (
 	"testing"
 )
 
-// applyAdds applies a JSON Patch of "add" operations, the only kind the
-// injector makes, as the apiserver would.
+// applyAdds applies a JSON Patch of "add" and "replace" operations, the
+// kinds the injector makes, as the apiserver would.
 func applyAdds(t *testing.T, doc []byte, ops []PatchOp) map[string]any {
 	t.Helper()
 	var root any
@@ -21,8 +21,8 @@ func applyAdds(t *testing.T, doc []byte, ops []PatchOp) map[string]any {
 		t.Fatal(err)
 	}
 	for _, op := range ops {
-		if op.Op != "add" {
-			t.Fatalf("op %q: only add expected", op.Op)
+		if op.Op != "add" && op.Op != "replace" {
+			t.Fatalf("op %q: only add and replace expected", op.Op)
 		}
 		b, _ := json.Marshal(op.Value)
 		var v any
@@ -37,8 +37,8 @@ func applyAdds(t *testing.T, doc []byte, ops []PatchOp) map[string]any {
 			switch n := node.(type) {
 			case map[string]any:
 				if last {
-					if _, ok := n[parts[0]]; ok && parts[0] != "" {
-						t.Fatalf("add %s: replaces a member (an add to an existing key replaces it)", op.Path)
+					if _, ok := n[parts[0]]; ok != (op.Op == "replace") {
+						t.Fatalf("%s %s: the member exists: %v", op.Op, op.Path, ok)
 					}
 					n[parts[0]] = v
 					return n
@@ -56,6 +56,10 @@ func applyAdds(t *testing.T, doc []byte, ops []PatchOp) map[string]any {
 					if i, err = strconv.Atoi(parts[0]); err != nil || i > len(n) {
 						t.Fatalf("add %s: bad index", op.Path)
 					}
+				}
+				if last && op.Op == "replace" {
+					n[i] = v
+					return n
 				}
 				if last {
 					return slices.Insert(n, i, v)
@@ -80,13 +84,13 @@ var enabledNS = &Namespace{Metadata: ObjectMeta{Name: "shop", Labels: map[string
 const podJSON = `{"metadata":{"generateName":"web-","namespace":"shop","labels":{"app":"web"}},
  "spec":{"containers":[{"name":"web","image":"nginx","ports":[{"containerPort":8080},{"containerPort":8080},{"containerPort":53,"protocol":"UDP"},{"containerPort":9090,"protocol":"TCP"}]},{"name":"log","image":"busybox"}]}}`
 
-func decodeInjectPod(t *testing.T, s string) *injectPod {
+func testPod(t *testing.T, s string) *injectPod {
 	t.Helper()
-	var p injectPod
-	if err := json.Unmarshal([]byte(s), &p); err != nil {
+	p, err := decodeInjectPod([]byte(s))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &p
+	return p
 }
 
 // TestInjectLayout pins the documented layout: the sidecar first, the init
@@ -95,7 +99,7 @@ func decodeInjectPod(t *testing.T, s string) *injectPod {
 // namespace's.
 func TestInjectLayout(t *testing.T) {
 	in := testInjector()
-	ops, err := in.patch(decodeInjectPod(t, podJSON), enabledNS)
+	ops, err := in.patch(testPod(t, podJSON), enabledNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +200,7 @@ func TestInjectLayout(t *testing.T) {
 	}
 
 	// Injecting the injected pod again changes nothing.
-	again, err := in.patch(decodeInjectPod(t, string(b)), enabledNS)
+	again, err := in.patch(testPod(t, string(b)), enabledNS)
 	if err != nil || len(again) != 0 {
 		t.Errorf("second injection: %v, %v", again, err)
 	}
@@ -207,7 +211,7 @@ func TestInjectLayout(t *testing.T) {
 func TestInjectAppendsToExisting(t *testing.T) {
 	doc := `{"metadata":{"name":"p","annotations":{"a":"b"}},"spec":{"volumes":[{"name":"v","emptyDir":{}}],
 	  "initContainers":[{"name":"setup","image":"x"}],"containers":[{"name":"app","image":"x"}]}}`
-	ops, err := testInjector().patch(decodeInjectPod(t, doc), enabledNS)
+	ops, err := testInjector().patch(testPod(t, doc), enabledNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +254,7 @@ func TestInjectSkips(t *testing.T) {
 		{name: "admin port", pod: `{"spec":{"containers":[{"name":"a","ports":[{"containerPort":9901}]}]}}`, ns: enabledNS, err: "container a declares port 9901"},
 		{name: "bad mesh", pod: `{"metadata":{"annotations":{"ursa.io/mesh":"Bad_Mesh"}},"spec":{"containers":[{"name":"a"}]}}`, ns: enabledNS, err: `mesh "Bad_Mesh"`},
 	} {
-		ops, err := in.patch(decodeInjectPod(t, tc.pod), tc.ns)
+		ops, err := in.patch(testPod(t, tc.pod), tc.ns)
 		switch {
 		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
 			t.Errorf("%s: %v, want an error about %q", tc.name, err, tc.err)
@@ -332,5 +336,75 @@ func TestInjectionConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: want %s named", err, want)
 		}
+	}
+}
+
+// TestValidatorLetsCollectorsDelete: the namespace controller may delete a
+// global object of a deleted namespace; a user may not.
+func TestValidatorLetsCollectorsDelete(t *testing.T) {
+	v := &Validator{Self: "system:serviceaccount:ursa-system:ursa-control-plane"}
+	old := []byte(`{"apiVersion":"ursa.io/v1alpha1","kind":"TrafficRoute","metadata":{"name":"r1","labels":{"ursa.io/origin":"global"}},"mesh":"default","spec":{}}`)
+	req := func(user string) *AdmissionRequest {
+		return &AdmissionRequest{UID: "u", Kind: GroupVersionKind{Group: "ursa.io", Kind: "TrafficRoute"}, Operation: "DELETE", OldObject: old, UserInfo: UserInfo{Username: user}}
+	}
+	for user, allowed := range map[string]bool{
+		"system:serviceaccount:kube-system:namespace-controller": true,
+		"system:serviceaccount:ursa-system:ursa-control-plane":   true,
+		"admin": false,
+	} {
+		resp, err := v.Review(httptest.NewRequest("POST", "/", nil), req(user))
+		if err != nil || resp.Allowed != allowed {
+			t.Errorf("%s: %+v %v, want allowed=%v", user, resp, err, allowed)
+		}
+		if !allowed && !strings.Contains(resp.Result.Message, `TrafficRoute "r1" (mesh default) is synced from the global control plane`) {
+			t.Errorf("%s: %q", user, resp.Result.Message)
+		}
+	}
+}
+
+// TestInjectRewritesProbes: an HTTP probe on a redirected port (by number
+// or name) goes to the sidecar's /probes/PORT/PATH, which --app-probes lets
+// it serve; probes on other ports, TCP and HTTPS probes stay.
+func TestInjectRewritesProbes(t *testing.T) {
+	doc := `{"metadata":{"name":"p"},"spec":{"containers":[
+	  {"name":"log","image":"x","livenessProbe":{"httpGet":{"path":"/alive","port":7070}}},
+	  {"name":"app","image":"x","ports":[{"name":"http","containerPort":8080}],
+	   "readinessProbe":{"httpGet":{"path":"/ready","port":"http","httpHeaders":[{"name":"X","value":"1"}]},"periodSeconds":3},
+	   "livenessProbe":{"httpGet":{"path":"healthz","port":8080}},
+	   "startupProbe":{"tcpSocket":{"port":8080}}},
+	  {"name":"tls","image":"x","ports":[{"containerPort":8443}],"readinessProbe":{"httpGet":{"port":8443,"scheme":"HTTPS"}}}]}}`
+	ops, err := testInjector().patch(testPod(t, doc), enabledNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := applyAdds(t, []byte(doc), ops)
+	cs := pod["spec"].(map[string]any)["containers"].([]any)
+	get := func(i int, kind string) map[string]any {
+		p, _ := cs[i].(map[string]any)[kind].(map[string]any)
+		g, _ := p["httpGet"].(map[string]any)
+		return g
+	}
+	// cs[0] is the sidecar.
+	if g := get(2, "readinessProbe"); g["path"] != "/probes/8080/ready" || g["port"] != float64(AdminPort) || g["httpHeaders"] == nil {
+		t.Errorf("app readiness %v", g)
+	}
+	if p := cs[2].(map[string]any)["readinessProbe"].(map[string]any); p["periodSeconds"] != float64(3) {
+		t.Errorf("the probe's other settings went: %v", p)
+	}
+	if g := get(2, "livenessProbe"); g["path"] != "/probes/8080/healthz" {
+		t.Errorf("app liveness %v", g)
+	}
+	if g := get(1, "livenessProbe"); g["path"] != "/alive" || g["port"] != float64(7070) {
+		t.Errorf("a probe of a port not redirected was changed: %v", g)
+	}
+	if g := get(3, "readinessProbe"); g["port"] != float64(8443) {
+		t.Errorf("an HTTPS probe was changed: %v", g)
+	}
+	if _, ok := cs[2].(map[string]any)["startupProbe"].(map[string]any)["tcpSocket"]; !ok {
+		t.Errorf("a TCP probe was changed")
+	}
+	cmd := fmt.Sprint(cs[0].(map[string]any)["command"])
+	if !strings.Contains(cmd, "--app-probes 8080/healthz,8080/ready ") {
+		t.Errorf("sidecar command %s", cmd)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -51,8 +52,9 @@ type APIClient interface {
 type TokenReviewer struct {
 	Client APIClient
 	// CacheFor bounds how long an admitted token is remembered; a minute
-	// when zero. A pod deleted within it is still admitted until then (its
-	// Dataplane, deleted with it, gives its proxy nothing).
+	// when zero. A deleted pod's token is still admitted until then (and
+	// the apiserver itself remembers an authenticated token for 10 s), but
+	// its Dataplane, deleted with the pod, gives its proxy nothing.
 	CacheFor time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
@@ -143,7 +145,7 @@ func (t *TokenReviewer) Review(ctx context.Context, token string) (PodIdentity, 
 		return PodIdentity{}, fmt.Errorf("%w: the token of service account %s/%s is not bound to a pod (give the sidecar the projected token the injector mounts)", ErrTokenRefused, ns, sa)
 	}
 	// An apiserver that ignores spec.audiences says which it checked.
-	if len(st.Audiences) > 0 && !contains(st.Audiences, TokenAudience) {
+	if len(st.Audiences) > 0 && !slices.Contains(st.Audiences, TokenAudience) {
 		return PodIdentity{}, fmt.Errorf("%w: the token is for audiences %v, not %q", ErrTokenRefused, st.Audiences, TokenAudience)
 	}
 	id := PodIdentity{Pod: pod, Namespace: ns, ServiceAccount: sa, PodUID: first(st.User.Extra[podUIDExtra])}
@@ -182,15 +184,6 @@ func first(s []string) string {
 		return ""
 	}
 	return s[0]
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // unverifiedExpiry reads a JWT's exp claim without checking anything: the

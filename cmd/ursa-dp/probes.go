@@ -1,0 +1,56 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// appProbes serves GET /probes/PORT/PATH on the admin port for the
+// PORT/PATH pairs of --app-probes (8080/ready,8080/healthz): the kubelet's
+// plain-HTTP probe of an app port redirected to the sidecar would reach its
+// inbound listener, which takes mTLS only, so the injector points the probe
+// here and the sidecar makes it of the app at 127.0.0.1:PORT. Only the
+// listed pairs are served: the admin port is reachable from the pod
+// network, and must not become a way around mTLS to the app.
+func appProbes(list string) (http.Handler, error) {
+	allowed := map[string]bool{}
+	for _, pair := range strings.Split(list, ",") {
+		port, path, ok := strings.Cut(strings.TrimSpace(pair), "/")
+		if n, err := strconv.Atoi(port); !ok || err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q is not PORT/PATH", pair)
+		}
+		allowed[port+"/"+path] = true
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pair := strings.TrimPrefix(r.URL.RequestURI(), "/probes/")
+		if !allowed[pair] {
+			http.Error(w, "not a probe of this pod (--app-probes)", http.StatusNotFound)
+			return
+		}
+		port, path, _ := strings.Cut(pair, "/")
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", port)+"/"+path, nil)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		for k, vs := range r.Header {
+			if k != "Connection" {
+				req.Header[k] = vs
+			}
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			http.Error(w, "probe: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, io.LimitReader(resp.Body, 10<<10)) // the kubelet reads 10 KiB
+	}), nil
+}

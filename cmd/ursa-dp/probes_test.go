@@ -1,0 +1,51 @@
+package main
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestAppProbes: a listed probe is made of the app at 127.0.0.1 with the
+// kubelet's headers and answered with the app's status; anything else is a
+// 404, so the admin port reaches nothing of the app but its probes.
+func TestAppProbes(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/ready" && r.Header.Get("X-Probe") == "1":
+			w.Write([]byte("ok"))
+		case r.URL.Path == "/sick":
+			http.Error(w, "sick", http.StatusInternalServerError)
+		default:
+			http.Error(w, "secret", http.StatusTeapot)
+		}
+	}))
+	defer app.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(app.URL, "http://"))
+	h, err := appProbes(port + "/ready," + port + "/sick")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]int{
+		"/probes/" + port + "/ready":     http.StatusOK,
+		"/probes/" + port + "/sick":      http.StatusInternalServerError,
+		"/probes/" + port + "/secret":    http.StatusNotFound,
+		"/probes/" + port + "/ready?x=1": http.StatusNotFound,
+		"/probes/1/ready":                http.StatusNotFound,
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.Header.Set("X-Probe", "1")
+		h.ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("GET %s: %d %s, want %d", path, rec.Code, rec.Body, want)
+		}
+	}
+	for _, bad := range []string{"ready", "0/ready", "x/y", ""} {
+		if _, err := appProbes(bad); err == nil {
+			t.Errorf("--app-probes %q accepted", bad)
+		}
+	}
+}
