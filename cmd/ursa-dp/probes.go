@@ -14,10 +14,14 @@ import (
 // PORT/PATH pairs of --app-probes (8080/ready,8080/healthz): the kubelet's
 // plain-HTTP probe of an app port redirected to the sidecar would reach its
 // inbound listener, which takes mTLS only, so the injector points the probe
-// here and the sidecar makes it of the app at 127.0.0.1:PORT. Only the
+// here and the sidecar makes it of the app at host:PORT (the pod's IP, as
+// the kubelet would; the sidecar's own connections are not redirected). Only the
 // listed pairs are served: the admin port is reachable from the pod
 // network, and must not become a way around mTLS to the app.
-func appProbes(list string) (http.Handler, error) {
+func appProbes(list, host string) (http.Handler, error) {
+	if net.ParseIP(host) == nil {
+		return nil, fmt.Errorf("--app-probe-host %q is not an IP address", host)
+	}
 	allowed := map[string]bool{}
 	for _, pair := range strings.Split(list, ",") {
 		port, path, ok := strings.Cut(strings.TrimSpace(pair), "/")
@@ -34,7 +38,7 @@ func appProbes(list string) (http.Handler, error) {
 			return
 		}
 		port, path, _ := strings.Cut(pair, "/")
-		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", port)+"/"+path, nil)
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/"+path, nil)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return

@@ -24,7 +24,7 @@ func TestAppProbes(t *testing.T) {
 	}))
 	defer app.Close()
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(app.URL, "http://"))
-	h, err := appProbes(port + "/ready," + port + "/sick")
+	h, err := appProbes(port+"/ready,"+port+"/sick", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,8 +43,11 @@ func TestAppProbes(t *testing.T) {
 			t.Errorf("GET %s: %d %s, want %d", path, rec.Code, rec.Body, want)
 		}
 	}
+	if _, err := appProbes("80/x", "$(POD_IP)"); err == nil {
+		t.Error("a host that is no IP accepted")
+	}
 	for _, bad := range []string{"ready", "0/ready", "x/y", ""} {
-		if _, err := appProbes(bad); err == nil {
+		if _, err := appProbes(bad, "127.0.0.1"); err == nil {
 			t.Errorf("--app-probes %q accepted", bad)
 		}
 	}

@@ -320,20 +320,6 @@ func (k *kubelet) pod(namespace, name string) *runPod {
 	return k.pods[namespace+"/"+name]
 }
 
-// runningPods are the pods of namespace the kubelet runs whose names start
-// with prefix (a Deployment's name and "-").
-func (k *kubelet) runningPods(namespace, prefix string) []*runPod {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	var out []*runPod
-	for _, rp := range k.pods {
-		if rp.pod.Metadata.Namespace == namespace && strings.HasPrefix(rp.pod.Metadata.Name, prefix) {
-			out = append(out, rp)
-		}
-	}
-	return out
-}
-
 // setReady overrides the readiness of pod namespace/name: false makes it
 // Not Ready whatever its probes say; true gives it back to its probes.
 func (k *kubelet) setReady(t testing.TB, namespace, name string, ready bool) {

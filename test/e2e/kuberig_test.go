@@ -121,9 +121,9 @@ func pipe(ctx context.Context, c net.Conn, dial func(ctx context.Context) (net.C
 
 // kubeconfigOn makes the rig's apiserver reachable from inside host, at
 // 127.0.0.1:PORT there (the apiserver's certificate names 127.0.0.1), and
-// returns a kubeconfig file pointing there with the rig's admin token: for
-// a CP run on host, as a zone CP outside the cluster is run.
-func (h *hosts) kubeconfigOn(t *testing.T, rig *k8stest.Rig, host string) string {
+// returns a kubeconfig file pointing there with token: for a CP run on host,
+// as a zone CP outside the cluster is run.
+func (h *hosts) kubeconfigOn(t *testing.T, rig *k8stest.Rig, host, token string) string {
 	t.Helper()
 	l := h.listen(t, host, "tcp", "127.0.0.1:0")
 	apiserver := strings.TrimPrefix(rig.URL, "https://")
@@ -136,11 +136,43 @@ func (h *hosts) kubeconfigOn(t *testing.T, rig *k8stest.Rig, host string) string
 		t.Fatal(err)
 	}
 	cfg := strings.Replace(string(b), rig.URL, "https://"+l.Addr().String(), 1)
+	cfg = strings.Replace(cfg, "token: "+rig.Token, "token: "+token, 1)
 	path := filepath.Join(t.TempDir(), "kubeconfig-"+host)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// kubeServiceAccount creates ServiceAccount name in namespace, bound to the
+// cluster role role, and returns a token of it valid for two hours: the
+// identity of a control plane, which must not be the test's admin (the
+// validating webhook lets the control plane's own writes through).
+func kubeServiceAccount(t *testing.T, rig *k8stest.Rig, namespace, name, role string) string {
+	t.Helper()
+	kubeApply(t, rig, fmt.Sprintf(`apiVersion: v1
+kind: ServiceAccount
+metadata: {name: %[2]s, namespace: %[1]s}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: %[1]s-%[2]s}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: %[3]s}
+subjects: [{kind: ServiceAccount, name: %[2]s, namespace: %[1]s}]
+`, namespace, name, role))
+	t.Cleanup(func() {
+		kubeDo(context.Background(), rig, http.MethodDelete, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/"+namespace+"-"+name, "", nil, nil)
+	})
+	req := map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": map[string]any{"expirationSeconds": 7200}}
+	var out struct {
+		Status struct {
+			Token string `json:"token"`
+		} `json:"status"`
+	}
+	if err := kubeDo(context.Background(), rig, http.MethodPost, "/api/v1/namespaces/"+namespace+"/serviceaccounts/"+name+"/token", "", req, &out); err != nil {
+		t.Fatalf("token of service account %s/%s: %v", namespace, name, err)
+	}
+	return out.Status.Token
 }
 
 // relayToHost listens on the root namespace's 127.0.0.1 and relays every

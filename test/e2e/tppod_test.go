@@ -56,7 +56,7 @@ func TestPodStyleTransparentProxy(t *testing.T) {
 		return dst
 	}
 	dp := copyTo(filepath.Join(bin, "ursa-dp"), "ursa-dp", 0o755)
-	args := zone.sidecarArgs(t, "pod", "web-1", "web", 10011, 18080, "--transparent-proxy", "--transparent-proxy-installed", "--app-probes", "18080/ready")
+	args := zone.sidecarArgs(t, "pod", "web-1", "web", 10011, 18080, "--transparent-proxy", "--transparent-proxy-installed", "--app-probes", "10011/ready", "--app-probe-host", h.addr("pod"))
 	for i := range args {
 		// Its files, readable by the sidecar's user; its CA as the
 		// injector gives it, in the environment.
@@ -114,14 +114,15 @@ func TestPodStyleTransparentProxy(t *testing.T) {
 		return strings.Contains(string(b), `ursa_dp_connections_total{listener="ursa:outbound"}`)
 	})
 	// The kubelet's probe of the app, rewritten by the injector, made by
-	// the sidecar (user 5678, whose connections are not redirected).
-	appLn := h.listen(t, "pod", "tcp", "127.0.0.1:18080")
+	// the sidecar at the pod's address and a redirected port: as user
+	// 5678, its connection is not redirected.
+	appLn := h.listen(t, "pod", "tcp", h.addr("pod")+":10011")
 	go http.Serve(appLn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/ready" {
 			http.NotFound(w, r)
 		}
 	}))
-	for path, want := range map[string]int{"/probes/18080/ready": http.StatusOK, "/probes/18080/other": http.StatusNotFound} {
+	for path, want := range map[string]int{"/probes/10011/ready": http.StatusOK, "/probes/10011/other": http.StatusNotFound} {
 		resp, err := onPod.Get("http://127.0.0.1:9901" + path)
 		if err != nil {
 			t.Fatal(err)

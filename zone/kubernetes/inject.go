@@ -46,9 +46,10 @@ import (
 //     "--token-file", "/var/run/secrets/ursa.io/token/token",
 //     "--transparent-proxy", "--transparent-proxy-installed",
 //     "--inbound-ports", "P,Q" (as the init container's),
-//     "--app-probes", "P/path,..." (when a probe is rewritten, below),
+//     "--app-probes", "P/path,...", "--app-probe-host", "$(POD_IP)" (when
+//     a probe is rewritten, below),
 //     "--admin-addr", ":9901"];
-//     env POD_NAME and POD_NAMESPACE (downward API), URSA_CA_CERT (the PEM
+//     env POD_NAME, POD_NAMESPACE and POD_IP (downward API), URSA_CA_CERT (the PEM
 //     of the CA of the zone CP's xDS certificate; absent when the zone
 //     serves xDS without TLS); volume mount ursa-token read-only at
 //     /var/run/secrets/ursa.io/token; readiness probe GET :9901/ready
@@ -415,12 +416,13 @@ func (in *Injector) sidecar(mesh string, ports []int, probes []string) obj {
 		cmd = append(cmd, "--inbound-ports", joinInts(ports))
 	}
 	if len(probes) > 0 {
-		cmd = append(cmd, "--app-probes", strings.Join(probes, ","))
+		cmd = append(cmd, "--app-probes", strings.Join(probes, ","), "--app-probe-host", "$(POD_IP)")
 	}
 	cmd = append(cmd, "--admin-addr", ":"+strconv.Itoa(AdminPort))
 	env := []any{
 		obj{"name": "POD_NAME", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.name"}}},
 		obj{"name": "POD_NAMESPACE", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.namespace"}}},
+		obj{"name": "POD_IP", "valueFrom": obj{"fieldRef": obj{"fieldPath": "status.podIP"}}},
 	}
 	if len(in.CAPEM) > 0 {
 		env = append(env, obj{"name": "URSA_CA_CERT", "value": string(in.CAPEM)})

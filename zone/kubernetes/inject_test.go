@@ -169,7 +169,7 @@ func TestInjectLayout(t *testing.T) {
 			t.Errorf("URSA_CA_CERT %q", e.Value)
 		}
 	}
-	if !slices.Equal(envs, []string{"POD_NAME", "POD_NAMESPACE", "URSA_CA_CERT"}) {
+	if !slices.Equal(envs, []string{"POD_NAME", "POD_NAMESPACE", "POD_IP", "URSA_CA_CERT"}) {
 		t.Errorf("env %v", envs)
 	}
 	if sc.SecurityContext.RunAsUser == nil || *sc.SecurityContext.RunAsUser != SidecarUID || !*sc.SecurityContext.RunAsNonRoot || len(sc.SecurityContext.Capabilities.Add) != 0 {
@@ -404,7 +404,7 @@ func TestInjectRewritesProbes(t *testing.T) {
 		t.Errorf("a TCP probe was changed")
 	}
 	cmd := fmt.Sprint(cs[0].(map[string]any)["command"])
-	if !strings.Contains(cmd, "--app-probes 8080/healthz,8080/ready ") {
+	if !strings.Contains(cmd, "--app-probes 8080/healthz,8080/ready --app-probe-host $(POD_IP) ") {
 		t.Errorf("sidecar command %s", cmd)
 	}
 }
