@@ -354,18 +354,6 @@ func offered(list, zone, service string) int {
 	return n
 }
 
-// kubeCRDs installs the ursa.io CRDs (once per rig: applying them again
-// changes nothing).
-func kubeCRDs(t *testing.T, rig *k8stest.Rig) {
-	t.Helper()
-	if out, err := kubectl(rig, "", "apply", "--server-side", "-f", "../../deploy/crds"); err != nil {
-		t.Fatalf("kubectl apply the CRDs: %v\n%s", err, out)
-	}
-	if out, err := kubectl(rig, "", "wait", "--for", "condition=Established", "--timeout", "60s", "-f", "../../deploy/crds"); err != nil {
-		t.Fatalf("the CRDs not established: %v\n%s", err, out)
-	}
-}
-
 // waitWebhooks waits until the zone CP has registered its admission
 // webhooks.
 func waitWebhooks(t *testing.T, rig *k8stest.Rig) {
