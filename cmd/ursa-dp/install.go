@@ -73,6 +73,12 @@ func newInstallTransparentProxy() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")
 	config.Bind(cmd.Flags(), &cfg)
+	// Accepted, so that one environment serves both containers, but of no
+	// use here: not shown.
+	for _, f := range []string{"cp-address", "ca-cert", "ca-cert-file", "xds-insecure", "dataplane-file", "dataplane-name", "zone-ingress-file",
+		"mesh", "token-file", "proxy", "admin-addr", "transparent-proxy", "transparent-proxy-installed", "app-probes", "app-probe-host"} {
+		cmd.Flags().MarkHidden(f)
+	}
 	return cmd
 }
 

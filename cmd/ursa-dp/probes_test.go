@@ -52,3 +52,22 @@ func TestAppProbes(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallTransparentProxyRefuses: install-transparent-proxy says what
+// is wrong before it touches anything: no sidecar user, a bad user or port
+// list, a --dns-addr the redirection would not reach.
+func TestInstallTransparentProxyRefuses(t *testing.T) {
+	for want, args := range map[string][]string{
+		"--exclude-outbound-uids: required":  {},
+		`--exclude-outbound-uids: "x" is not`: {"--exclude-outbound-uids", "5678,x"},
+		"--inbound-ports":                     {"--exclude-outbound-uids", "5678", "--inbound-ports", "8080,0"},
+		"--redirect-dns-port":                 {"--exclude-outbound-uids", "5678", "--dns-addr", "127.0.0.1:5353"},
+	} {
+		cmd := newInstallTransparentProxy()
+		cmd.SetArgs(args)
+		cmd.SilenceUsage, cmd.SilenceErrors = true, true
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: %v, want an error about %q", args, err, want)
+		}
+	}
+}
