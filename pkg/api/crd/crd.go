@@ -22,9 +22,12 @@
 // `kubectl get --field-selector mesh=default` works (a selectable field).
 //
 // Insights (DataplaneInsight, ZoneIngressInsight, ZoneInsight,
-// ServiceInsight) are all observation, so their body is status, behind the
-// status subresource: they have no spec, a create drops status, and their
-// writer sets it with a second write to /status (the store does that).
+// ServiceInsight) are all observation, so their body is status and they
+// have no spec. Their CRDs have no status subresource: a create or an update
+// writes status with the rest, one write and one watch event per change of
+// the insight, where the subresource would take two (a create drops
+// status). A status subresource protects a spec from status writers and the
+// reverse; an insight has only the one writer, the control plane.
 //
 // # Scope
 //
@@ -347,9 +350,6 @@ func (g generator) definition(d api.Descriptor, p Placement) (Definition, error)
 		Schema:                   map[string]*Schema{"openAPIV3Schema": root},
 		AdditionalPrinterColumns: append(slices.Clone(p.Columns), Column{Name: "Age", Type: "date", JSONPath: ".metadata.creationTimestamp"}),
 		SelectableFields:         selectable,
-	}
-	if part == "status" {
-		v.Subresources = map[string]any{"status": map[string]any{}}
 	}
 	def.Spec.Versions = []VersionSchema{v}
 	return def, nil

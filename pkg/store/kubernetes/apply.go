@@ -40,14 +40,15 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 	for _, r := range puts {
 		r = store.Clone(r)
 		key := api.KeyOf(r)
-		if _, err := descriptor(key.Type); err != nil {
+		d, err := descriptor(key.Type)
+		if err != nil {
 			return 0, fmt.Errorf("%s: %s: %w", what, key, err)
 		}
 		o, ok, err := s.read(ctx, key)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
 		}
-		if !ok && o.rv != "" {
+		if !ok && o.rv != "" && o.loc == s.placements(d, r)[0] {
 			return 0, fmt.Errorf("%s: %s: %w: the name is held by %s (Kubernetes names are unique per namespace and kind)", what, key, store.ErrAlreadyExists, o.holder())
 		}
 		if v := r.GetMeta().Version; v != 0 && (!ok || o.version != v) {
@@ -86,7 +87,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 				if d.Scope == api.ScopeMesh {
 					owners = meshOwner(m.Mesh, uids[m.Mesh])
 				}
-				_, uid, err := s.post(ctx, d, p.r, owners)
+				_, uid, err := s.create(ctx, d, p.r, owners)
 				if err != nil {
 					return 0, err
 				}
@@ -97,7 +98,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 			})
 			continue
 		}
-		old, err := decode(p.old.obj)
+		old, err := s.decode(p.old.obj)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
 		}
@@ -118,7 +119,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 			if err != nil || !ok {
 				return 0, err
 			}
-			n, err := s.remove(ctx, key, o.rv)
+			n, err := s.remove(ctx, o)
 			if errors.Is(err, store.ErrNotFound) {
 				err = nil // deleted meanwhile: what was asked
 			}

@@ -6,17 +6,36 @@
 // # Names and namespaces
 //
 // Mesh is cluster-scoped. Every other type the store keeps lives in the
-// store's namespace (the control plane's, Options.Namespace). An object's
-// metadata.name is the resource's name, unchanged, and its mesh is the
-// object's top-level mesh field: what a kubectl user expects to type
-// (`kubectl get trafficroute r1`), as Kuma names the policies users write.
-// Kubernetes names are unique per namespace and kind, not per mesh, so two
-// meshes cannot both hold a TrafficRoute "r1": the second Create gets
-// store.ErrAlreadyExists naming the mesh that holds the name. A Get, Update
-// or Delete of a key whose name is held by another mesh is ErrNotFound.
-// (Resources that KDS copies from the global will need a collision-free
-// scheme, e.g. Kuma's hashed "<name>-<hash(mesh)>" names; not done yet.)
-// Dataplanes in workload namespaces are the pod controller's step.
+// store's namespace (the control plane's, Options.Namespace), but for the
+// two below. An object's metadata.name is the resource's name, unchanged,
+// and its mesh is the object's top-level mesh field: what a kubectl user
+// expects to type (`kubectl get trafficroute r1`), as Kuma names the
+// policies users write. Kubernetes names are unique per namespace and kind,
+// not per mesh, so two meshes cannot both hold a user's TrafficRoute "r1":
+// the second Create gets store.ErrAlreadyExists naming the mesh that holds
+// the name. A Get, Update or Delete of a key whose name is held by another
+// mesh is ErrNotFound.
+//
+// What the global sent (label ursa.io/origin=global, api.LabelOrigin) of a
+// mesh-scoped type is named "<name>.<hash of the mesh>" (syncedName, as
+// Kuma names what it syncs; a hash of both past 253 characters), with the
+// real name in the annotation ursa.io/name: two meshes' copies of "r1"
+// share the namespace. A resource is looked up under its plain name, then
+// under its synced one; it keeps the name it was created under (a label
+// changed later does not move it), and a key is held under one of them at
+// most (Create refuses the other). Get, List and Watch return real names.
+//
+// A Dataplane or DataplaneInsight named "<pod>.<namespace>" (the pod
+// controller's names; split at the last dot) is object <pod> in namespace
+// <namespace> when that namespace exists, next to its pod; every other
+// name, and one whose namespace does not exist when it is created, stays
+// in the store's namespace under its full name. Lists and watches of these
+// two types read every namespace (/apis/ursa.io/v1alpha1/dataplanes): the
+// store needs cluster-wide list and watch on them, and in a cluster with
+// several control planes each sees the others' workload Dataplanes. The
+// pod is not the object's owner (the pod controller deletes what a pod
+// leaves). A Dataplane created in the store's namespace before its
+// workload namespace existed is still found (the second place looked).
 //
 // # Private material and leases
 //
@@ -38,6 +57,9 @@
 // coordination.k8s.io Leases (what Kubernetes users and tools know), and
 // Watch does not watch it. A zone on Kubernetes elects its leader with
 // KubeLeases, never with leader.StoreLeases over this store.
+//
+// Insights have no status subresource (pkg/api/crd): each write of one is
+// one object write and one watch event.
 //
 // Every mesh-scoped object has its Mesh's object as owner
 // (ownerReferences), as in Kuma: Kubernetes' garbage collector deletes it
@@ -75,15 +97,25 @@
 // streams keep pace (capability OrderedAcrossTypes: false). A watcher that
 // resumes from the revision of the last event it handled can therefore
 // miss an event of another kind with a smaller revision that had not yet
-// arrived: the fix (next step) holds events until every stream has shown
-// progress past them (watch bookmarks, allowWatchBookmarks). 410 Gone
+// arrived; resume from a List's revision instead (store.Mirror and the KDS
+// server do). Holding each event until every kind's stream has confirmed
+// progress past it (a watch bookmark) would order them, but the API
+// server's watch cache sends a watcher a bookmark only on a ~1 s ticker,
+// once a minute or 2 s before the watch's timeout, and only when that
+// kind's cache has moved past the watcher, which an idle kind's does only
+// when etcd reports progress: a hold of one to several seconds per event
+// (see test/BENCHMARKS.md), too slow for a zone whose pods' changes must
+// reach other zones within a second. 410 Gone
 // ("too old resource version") and a revision the cluster has not reached
 // are store.ErrCompacted: the caller lists and watches again. The API
 // server's watch cache of a kind starts at its first request (or at the API
 // server's start) and knows nothing older: a watch from a revision before
 // that is 410 too, even when nothing of the kind changed since. Watch from 0
 // sends the current objects as creates, in revision order, then their
-// changes: the history before them is not kept by Kubernetes.
+// changes: the history before them is not kept by Kubernetes. The current
+// objects of every kind are one cut: each kind is listed at the first
+// list's revision (resourceVersionMatch=Exact), so that every change sent
+// after them is newer than all of them.
 //
 // # Apply
 //
@@ -111,7 +143,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -186,51 +217,6 @@ func descriptor(typ string) (api.Descriptor, error) {
 	return d, nil
 }
 
-// isSecret reports whether a type's objects are core Secrets.
-func isSecret(d api.Descriptor) bool {
-	p, _ := crd.PlacementOf(d.Type)
-	return p.Kind == crd.CoreSecret
-}
-
-// collection is the REST path of a type's objects.
-func (s *Store) collection(d api.Descriptor) string {
-	switch {
-	case isSecret(d):
-		return "/api/v1/namespaces/" + s.ns + "/secrets"
-	case !crd.Namespaced(d):
-		return "/apis/" + crd.APIVersion + "/" + crd.NamesOf(d).Plural
-	}
-	return "/apis/" + crd.APIVersion + "/namespaces/" + s.ns + "/" + crd.NamesOf(d).Plural
-}
-
-// selector is the query that keeps a list or watch of d's collection to
-// d's objects: the Secrets of d's Secret type.
-func selector(d api.Descriptor) url.Values {
-	q := url.Values{}
-	if p, _ := crd.PlacementOf(d.Type); p.Kind == crd.CoreSecret {
-		q.Set("fieldSelector", "type="+p.SecretType)
-	}
-	return q
-}
-
-// objectName is the metadata.name of key's object.
-func objectName(d api.Descriptor, key api.Key) string {
-	if isSecret(d) {
-		return crd.SecretName(d, key.Mesh, key.Name)
-	}
-	return key.Name
-}
-
-// setKind sets the apiVersion and kind of an object of d read from a list
-// or watch (a list's items carry none).
-func setKind(d api.Descriptor, obj crd.Object) {
-	if isSecret(d) {
-		obj["apiVersion"], obj["kind"] = "v1", "Secret"
-		return
-	}
-	obj["apiVersion"], obj["kind"] = crd.APIVersion, d.Type
-}
-
 // do sends one request (kube.Client.Do) and decodes a 2xx answer into out
 // (when not nil). No answer, and 503 or 429, are store.ErrUnavailable; a
 // cancelled ctx is ctx.Err().
@@ -255,23 +241,27 @@ func unavailable(ctx context.Context, err error) error {
 	return err
 }
 
-// object is what the store reads of an object besides its body: which
-// resource it holds, and enough to check versions and to write
+// object is what the store reads of an object besides its body: where it
+// is, which resource it holds, and enough to check versions and to write
 // conditionally.
 type object struct {
 	obj     crd.Object
+	loc     location
 	rv      string
 	typ     string // the resource's type, "" when the object holds none
-	name    string // the resource's name (metadata.name of a custom resource)
+	name    string // the resource's name
 	mesh    string
 	version int64
 }
 
-func parseObject(obj crd.Object) (object, error) {
+// parse reads an object of the API (a custom resource or a core Secret).
+func (s *Store) parse(obj crd.Object) (object, error) {
 	md, _ := obj["metadata"].(map[string]any)
 	ann, _ := md["annotations"].(map[string]any)
 	o := object{obj: obj}
 	o.rv, _ = md["resourceVersion"].(string)
+	o.loc.ns, _ = md["namespace"].(string)
+	o.loc.name, _ = md["name"].(string)
 	if k, _ := obj["kind"].(string); k == "Secret" {
 		st, _ := obj["type"].(string)
 		o.typ, _ = crd.TypeOfSecret(st)
@@ -279,8 +269,14 @@ func parseObject(obj crd.Object) (object, error) {
 		o.mesh, _ = ann[crd.AnnotationMesh].(string)
 	} else {
 		o.typ = k
-		o.name, _ = md["name"].(string)
 		o.mesh, _ = obj["mesh"].(string)
+		o.name, _ = ann[crd.AnnotationName].(string)
+		if d, ok := api.Lookup(k); o.name == "" && ok && inWorkloads(d) && o.loc.ns != "" && o.loc.ns != s.ns {
+			o.name = o.loc.name + "." + o.loc.ns
+		}
+		if o.name == "" {
+			o.name = o.loc.name
+		}
 	}
 	if v, ok := ann[AnnotationVersion].(string); ok {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -320,9 +316,10 @@ func revision(rv string) (int64, error) {
 	return n, nil
 }
 
-// decode returns the resource of an object with its version and times.
-func decode(obj crd.Object) (api.Resource, error) {
-	o, err := parseObject(obj)
+// decode returns the resource of an object with its name, version and
+// times.
+func (s *Store) decode(obj crd.Object) (api.Resource, error) {
+	o, err := s.parse(obj)
 	if err != nil {
 		return nil, err
 	}
@@ -338,6 +335,7 @@ func decode(obj crd.Object) (api.Resource, error) {
 	md, _ := obj["metadata"].(map[string]any)
 	ann, _ := md["annotations"].(map[string]any)
 	m := r.GetMeta()
+	m.Name = o.name
 	m.Version = o.version
 	m.CreationTime = parseTime(ann[AnnotationCreated], md["creationTimestamp"])
 	m.ModificationTime = parseTime(ann[AnnotationModified], md["creationTimestamp"])
@@ -355,18 +353,19 @@ func parseTime(vals ...any) time.Time {
 	return time.Time{}
 }
 
-// encode returns r's object with the store's annotations; rv, when not
-// empty, makes a write of it conditional; owners, when not nil, are its
+// encode returns r's object at loc with the store's annotations; rv, when
+// not empty, makes a write of it conditional; owners, when not nil, are its
 // ownerReferences.
-func (s *Store) encode(r api.Resource, rv string, owners any) (crd.Object, error) {
+func (s *Store) encode(r api.Resource, loc location, rv string, owners any) (crd.Object, error) {
 	var (
 		obj crd.Object
 		err error
 	)
-	if d, _ := api.Lookup(r.GetMeta().Type); isSecret(d) {
-		obj, err = crd.ToSecret(r, s.ns)
+	d, _ := api.Lookup(r.GetMeta().Type)
+	if isSecret(d) {
+		obj, err = crd.ToSecret(r, loc.ns)
 	} else {
-		obj, err = crd.ToObject(r, s.ns)
+		obj, err = crd.ToObject(r, loc.ns)
 	}
 	if err != nil {
 		return nil, err
@@ -376,6 +375,10 @@ func (s *Store) encode(r api.Resource, rv string, owners any) (crd.Object, error
 	ann, _ := md["annotations"].(map[string]any)
 	if ann == nil {
 		ann = map[string]any{}
+	}
+	if !isSecret(d) && loc.name != m.Name {
+		md["name"] = loc.name
+		ann[crd.AnnotationName] = m.Name
 	}
 	ann[AnnotationVersion] = strconv.FormatInt(m.Version, 10)
 	ann[AnnotationCreated] = m.CreationTime.UTC().Format(time.RFC3339Nano)
@@ -390,25 +393,35 @@ func (s *Store) encode(r api.Resource, rv string, owners any) (crd.Object, error
 	return obj, nil
 }
 
-// read returns the stored object of key, or ok false when there is none
-// or its name is held by another resource (o.rv is then set).
+// read returns the stored object of key, or ok false when there is none;
+// when the name key maps to is held by another resource, o is that object
+// (o.rv is set).
 func (s *Store) read(ctx context.Context, key api.Key) (object, bool, error) {
 	d, err := descriptor(key.Type)
 	if err != nil {
 		return object{}, false, err
 	}
-	var obj crd.Object
-	if err := s.do(ctx, http.MethodGet, s.collection(d)+"/"+url.PathEscape(objectName(d, key)), nil, &obj); err != nil {
-		if kube.IsNotFound(err) {
-			return object{}, false, nil
+	var held object
+	for _, loc := range s.candidates(d, key) {
+		var obj crd.Object
+		if err := s.do(ctx, http.MethodGet, s.path(d, loc), nil, &obj); err != nil {
+			if kube.IsNotFound(err) {
+				continue
+			}
+			return object{}, false, err
 		}
-		return object{}, false, err
+		o, err := s.parse(obj)
+		if err != nil {
+			return object{}, false, err
+		}
+		if o.holds(key) {
+			return o, true, nil
+		}
+		if held.rv == "" {
+			held = o
+		}
 	}
-	o, err := parseObject(obj)
-	if err != nil {
-		return object{}, false, err
-	}
-	return o, o.holds(key), nil
+	return held, false, nil
 }
 
 // meshUID returns the uid of a Mesh's object, "" when there is none.
@@ -456,65 +469,62 @@ func (s *Store) Create(ctx context.Context, r api.Resource) (api.Resource, error
 	now := store.Now()
 	m := r.GetMeta()
 	m.Version, m.CreationTime, m.ModificationTime = 1, now, now
-	out, _, err := s.post(ctx, d, r, owners)
+	out, _, err := s.create(ctx, d, r, owners)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", key, err)
 	}
 	return out, nil
 }
 
-// post creates r's object (and sets its status, for an insight) and
-// returns it and its object's uid. A name taken in the namespace is
-// ErrAlreadyExists, naming the mesh holding it.
-func (s *Store) post(ctx context.Context, d api.Descriptor, r api.Resource, owners any) (api.Resource, string, error) {
-	obj, err := s.encode(r, "", owners)
-	if err != nil {
-		return nil, "", err
+// create writes r's object where it goes (placements) and returns it and
+// its object's uid. A type that may come from the global has its key under
+// two names (plain and synced): a key held under either is refused. A name
+// taken is ErrAlreadyExists, naming what holds it.
+func (s *Store) create(ctx context.Context, d api.Descriptor, r api.Resource, owners any) (api.Resource, string, error) {
+	locs := s.placements(d, r)
+	if syncable(d) {
+		if _, ok, err := s.read(ctx, api.KeyOf(r)); err != nil || ok {
+			return nil, "", cmp.Or(err, store.ErrAlreadyExists)
+		}
 	}
-	var got crd.Object
-	if err := s.do(ctx, http.MethodPost, s.collection(d)+"?fieldValidation=Strict", obj, &got); err != nil {
-		if kube.IsConflict(err) {
+	for i, loc := range locs {
+		obj, err := s.encode(r, loc, "", owners)
+		if err != nil {
+			return nil, "", err
+		}
+		var got crd.Object
+		err = s.do(ctx, http.MethodPost, s.collectionIn(d, loc.ns)+"?fieldValidation=Strict", obj, &got)
+		switch {
+		case kube.IsNotFound(err) && i < len(locs)-1:
+			continue // the workload's namespace does not exist
+		case kube.IsConflict(err):
 			if o, ok, rerr := s.read(ctx, api.KeyOf(r)); rerr == nil && !ok && o.rv != "" {
 				return nil, "", fmt.Errorf("%w: the name is held by %s (Kubernetes names are unique per namespace and kind)", store.ErrAlreadyExists, o.holder())
 			}
 			return nil, "", store.ErrAlreadyExists
+		case err != nil:
+			return nil, "", err
 		}
-		return nil, "", err
+		res, err := s.decode(got)
+		return res, uidOf(got), err
 	}
-	if crd.IsInsight(d) {
-		// A create drops status: the body is a second, conditional write.
-		md, _ := got["metadata"].(map[string]any)
-		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
-		if err := s.do(ctx, http.MethodPut, s.collection(d)+"/"+url.PathEscape(objectName(d, api.KeyOf(r)))+"/status", obj, &got); err != nil {
-			return nil, "", fmt.Errorf("write status: %w", err)
-		}
-	}
-	res, err := decode(got)
-	return res, uidOf(got), err
+	panic("unreachable: placements returns at least one location")
 }
 
 // put replaces the object old with r (conditional on old's
-// resourceVersion, keeping its ownerReferences), r's version and times
-// already set.
+// resourceVersion, where old is, keeping its ownerReferences), r's version
+// and times already set.
 func (s *Store) put(ctx context.Context, d api.Descriptor, r api.Resource, old object) (api.Resource, error) {
 	md, _ := old.obj["metadata"].(map[string]any)
-	obj, err := s.encode(r, old.rv, md["ownerReferences"])
+	obj, err := s.encode(r, old.loc, old.rv, md["ownerReferences"])
 	if err != nil {
 		return nil, err
 	}
-	path := s.collection(d) + "/" + url.PathEscape(objectName(d, api.KeyOf(r)))
 	var got crd.Object
-	if err := s.do(ctx, http.MethodPut, path+"?fieldValidation=Strict", obj, &got); err != nil {
+	if err := s.do(ctx, http.MethodPut, s.path(d, old.loc)+"?fieldValidation=Strict", obj, &got); err != nil {
 		return nil, conflict(err)
 	}
-	if crd.IsInsight(d) {
-		md, _ := got["metadata"].(map[string]any)
-		obj["metadata"].(map[string]any)["resourceVersion"] = md["resourceVersion"]
-		if err := s.do(ctx, http.MethodPut, path+"/status", obj, &got); err != nil {
-			return nil, fmt.Errorf("write status: %w", conflict(err))
-		}
-	}
-	return decode(got)
+	return s.decode(got)
 }
 
 // conflict maps 409 to ErrConflict and 404 (deleted meanwhile) to
@@ -548,7 +558,7 @@ func (s *Store) Update(ctx context.Context, r api.Resource) (api.Resource, error
 	if m.Version != o.version {
 		return nil, fmt.Errorf("update %s: %w: version %d given, %d stored", key, store.ErrConflict, m.Version, o.version)
 	}
-	old, err := decode(o.obj)
+	old, err := s.decode(o.obj)
 	if err != nil {
 		return nil, fmt.Errorf("update %s: %w", key, err)
 	}
@@ -572,19 +582,19 @@ func (s *Store) Delete(ctx context.Context, key api.Key, version int64) error {
 	if version != 0 && version != o.version {
 		return fmt.Errorf("delete %s: %w: version %d given, %d stored", key, store.ErrConflict, version, o.version)
 	}
-	if _, err := s.remove(ctx, key, o.rv); err != nil {
+	if _, err := s.remove(ctx, o); err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
 	return nil
 }
 
-// remove deletes key's object if its resourceVersion is still rv, after
-// everything in it when it is a Mesh (ordered by type and name, as the
-// memory store does), and returns how many objects went. The cascade is
-// not atomic: a failure leaves the mesh with part of its contents.
-func (s *Store) remove(ctx context.Context, key api.Key, rv string) (int, error) {
+// remove deletes o if its resourceVersion is still o.rv, after everything
+// in it when it is a Mesh (ordered by type and name, as the memory store
+// does), and returns how many objects went. The cascade is not atomic: a
+// failure leaves the mesh with part of its contents.
+func (s *Store) remove(ctx context.Context, o object) (int, error) {
 	n := 0
-	if key.Type == "Mesh" {
+	if o.typ == "Mesh" {
 		var inside []object
 		for _, d := range kinds() {
 			if d.Scope != api.ScopeMesh {
@@ -594,45 +604,39 @@ func (s *Store) remove(ctx context.Context, key api.Key, rv string) (int, error)
 			if err != nil {
 				return n, err
 			}
-			for _, o := range objs {
-				if o.mesh == key.Name {
-					inside = append(inside, o)
+			for _, in := range objs {
+				if in.mesh == o.name {
+					inside = append(inside, in)
 				}
 			}
 		}
 		slices.SortFunc(inside, func(a, b object) int {
 			return cmp.Or(cmp.Compare(a.typ, b.typ), cmp.Compare(a.name, b.name))
 		})
-		for _, o := range inside {
-			d, _ := api.Lookup(o.typ)
-			if err := s.deleteObject(ctx, d, nameOf(o), o.rv); err != nil && !errors.Is(err, store.ErrNotFound) {
+		for _, in := range inside {
+			d, _ := api.Lookup(in.typ)
+			if err := s.deleteObject(ctx, d, in); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return n, err
 			}
 			n++
 		}
 	}
-	d, err := descriptor(key.Type)
+	d, err := descriptor(o.typ)
 	if err != nil {
 		return n, err
 	}
-	if err := s.deleteObject(ctx, d, objectName(d, key), rv); err != nil {
+	if err := s.deleteObject(ctx, d, o); err != nil {
 		return n, err
 	}
 	return n + 1, nil
 }
 
-func nameOf(o object) string {
-	md, _ := o.obj["metadata"].(map[string]any)
-	n, _ := md["name"].(string)
-	return n
-}
-
-func (s *Store) deleteObject(ctx context.Context, d api.Descriptor, name, rv string) error {
+func (s *Store) deleteObject(ctx context.Context, d api.Descriptor, o object) error {
 	opts := map[string]any{"kind": "DeleteOptions", "apiVersion": "v1"}
-	if rv != "" {
-		opts["preconditions"] = map[string]any{"resourceVersion": rv}
+	if o.rv != "" {
+		opts["preconditions"] = map[string]any{"resourceVersion": o.rv}
 	}
-	return conflict(s.do(ctx, http.MethodDelete, s.collection(d)+"/"+url.PathEscape(name), opts, nil))
+	return conflict(s.do(ctx, http.MethodDelete, s.path(d, o.loc), opts, nil))
 }
 
 // Get implements store.Store.
@@ -644,7 +648,7 @@ func (s *Store) Get(ctx context.Context, key api.Key) (api.Resource, error) {
 	if !ok {
 		return nil, fmt.Errorf("get %s: %w", key, store.ErrNotFound)
 	}
-	r, err := decode(o.obj)
+	r, err := s.decode(o.obj)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", key, err)
 	}
@@ -709,7 +713,7 @@ func (s *Store) listObjectsAt(ctx context.Context, d api.Descriptor, labels map[
 		for _, obj := range page.Items {
 			// The items of a list carry no kind; the list's type says it.
 			setKind(d, obj)
-			o, err := parseObject(obj)
+			o, err := s.parse(obj)
 			if err != nil {
 				return nil, 0, err
 			}
@@ -734,7 +738,7 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (store.ListRes
 	}
 	res := store.ListResult{Revision: rev}
 	for _, o := range objs {
-		r, err := decode(o.obj)
+		r, err := s.decode(o.obj)
 		if err != nil {
 			return store.ListResult{}, fmt.Errorf("list %s: %w", opts.Type, err)
 		}

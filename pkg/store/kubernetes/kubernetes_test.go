@@ -38,7 +38,7 @@ var (
 
 // installed returns the shared rig with deploy/crds applied and every CRD
 // Established (once per test binary: a new CRD's first requests are slow).
-func installed(t *testing.T) *k8stest.Rig {
+func installed(t testing.TB) *k8stest.Rig {
 	t.Helper()
 	rig := cluster.Get(t)
 	installOnce.Do(func() {
@@ -67,7 +67,7 @@ var warmOnce sync.Once
 // revision 410 Gone ("too old resource version"), which Watch turns into
 // ErrCompacted as it must. A control plane meets this too (after an API
 // server restart, say) and lists again; the conformance cases do not.
-func warm(t *testing.T, rig *k8stest.Rig) {
+func warm(t testing.TB, rig *k8stest.Rig) {
 	s, err := New(Options{Client: client(t, rig), Namespace: "default"})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +97,7 @@ func warm(t *testing.T, rig *k8stest.Rig) {
 
 // client returns a client of the rig built from its kubeconfig file, as a
 // control plane builds its own.
-func client(t *testing.T, rig *k8stest.Rig) *kube.Client {
+func client(t testing.TB, rig *k8stest.Rig) *kube.Client {
 	t.Helper()
 	cfg, err := kube.LoadKubeconfig(rig.Kubeconfig)
 	if err != nil {
@@ -112,7 +112,7 @@ func client(t *testing.T, rig *k8stest.Rig) *kube.Client {
 
 // newStore returns a store in a namespace of its own, with no Mesh in the
 // cluster (Mesh is cluster-scoped: the tests of this binary take turns).
-func newStore(t *testing.T) *Store {
+func newStore(t testing.TB) *Store {
 	t.Helper()
 	rig := installed(t)
 	s, err := New(Options{Client: client(t, rig), Namespace: "default", Logger: zaptest.NewLogger(t)})
@@ -142,12 +142,17 @@ func TestConformance(t *testing.T) {
 	storetest.RunWith(t, func(t *testing.T) store.Store { return newStore(t) }, caps)
 }
 
-// TestInsightBodyIsStatus: an insight's body survives the create (which
-// drops status) and an update, through the status subresource.
-func TestInsightBodyIsStatus(t *testing.T) {
+// TestInsightIsOneWrite: an insight's body (status) survives its create
+// and updates, and each write is one watch event (no status subresource:
+// a create does not drop status and need a second write).
+func TestInsightIsOneWrite(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	start, err := s.List(ctx, store.ListOptions{Type: "Mesh"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	in := &api.ServiceInsight{Meta: api.Meta{Type: "ServiceInsight", Mesh: "default", Name: "billing"}}
 	in.Service, in.Zone = "billing", "zone-1"
 	got, err := s.Create(ctx, in)
@@ -163,6 +168,21 @@ func TestInsightBodyIsStatus(t *testing.T) {
 	}
 	if back, err := s.Get(ctx, api.KeyOf(in)); err != nil || !api.SameContent(back, in) {
 		t.Fatalf("get after update = %s, %v", api.Content(back), err)
+	}
+	other := &api.ServiceInsight{Meta: api.Meta{Type: "ServiceInsight", Mesh: "default", Name: "web"}}
+	other.Service = "web"
+	storetest.MustCreate(t, s, other)
+	// One kind: its events come in order. A second write per insight
+	// would come between these.
+	events, err := storetest.Collect(s, start.Revision, 3, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"create ServiceInsight/default/billing zone-1", "update ServiceInsight/default/billing zone-2", "create ServiceInsight/default/web "}
+	for i, e := range events {
+		if got := fmt.Sprintf("%s %s %s", e.Op, api.KeyOf(e.Resource), e.Resource.(*api.ServiceInsight).Zone); got != want[i] {
+			t.Fatalf("event %d = %q, want %q", i, got, want[i])
+		}
 	}
 }
 

@@ -140,7 +140,7 @@ func (s *Store) retry(ctx context.Context, what string, f func() error) error {
 // event decodes one object of a watch or list; an object the store cannot
 // read (written by hand, wrongly) is logged and skipped.
 func (s *Store) event(op store.Op, obj crd.Object) (store.Event, bool) {
-	r, err := decode(obj)
+	r, err := s.decode(obj)
 	var rev int64
 	if err == nil {
 		md, _ := obj["metadata"].(map[string]any)
