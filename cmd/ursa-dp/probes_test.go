@@ -58,7 +58,7 @@ func TestAppProbes(t *testing.T) {
 // list, a --dns-addr the redirection would not reach.
 func TestInstallTransparentProxyRefuses(t *testing.T) {
 	for want, args := range map[string][]string{
-		"--exclude-outbound-uids: required":  {},
+		"--exclude-outbound-uids: required":   {},
 		`--exclude-outbound-uids: "x" is not`: {"--exclude-outbound-uids", "5678,x"},
 		"--inbound-ports":                     {"--exclude-outbound-uids", "5678", "--inbound-ports", "8080,0"},
 		"--redirect-dns-port":                 {"--exclude-outbound-uids", "5678", "--dns-addr", "127.0.0.1:5353"},
