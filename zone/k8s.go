@@ -96,15 +96,20 @@ func openBackend(ctx context.Context, cfg Config, log *zap.Logger) (*backend.Bac
 	if err != nil {
 		return nil, nil, err
 	}
-	ping := func(ctx context.Context) error {
-		if err := env.client.Do(ctx, "GET", "/readyz", nil, nil); err != nil {
+	be := &backend.Backend{Store: withLeases{Store: st, client: env.client, ns: env.namespace}, Ping: apiServerPing(env.client), Close: func() {}, Kind: "kubernetes"}
+	log.Info("zone on kubernetes", zap.String("namespace", env.namespace), zap.Bool("in_cluster", cfg.Kubeconfig == ""))
+	return be, env, nil
+}
+
+// apiServerPing is the zone's readiness on Kubernetes: the API server is
+// ready (its /readyz, which every client may read).
+func apiServerPing(c *kube.Client) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if err := c.Do(ctx, "GET", "/readyz", nil, nil); err != nil {
 			return fmt.Errorf("kubernetes API server: %w", err)
 		}
 		return nil
 	}
-	be := &backend.Backend{Store: withLeases{Store: st, client: env.client, ns: env.namespace}, Ping: ping, Close: func() {}, Kind: "kubernetes"}
-	log.Info("zone on kubernetes", zap.String("namespace", env.namespace), zap.Bool("in_cluster", cfg.Kubeconfig == ""))
-	return be, env, nil
 }
 
 // connectCluster reads the cluster's configuration (the kubeconfig, else the

@@ -2,7 +2,10 @@ package zone
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +13,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/api/crd"
+	"github.com/ursamesh/ursa/pkg/kube"
 	"github.com/ursamesh/ursa/pkg/leader"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
@@ -103,5 +108,77 @@ func TestOfflineRemovalSparesPods(t *testing.T) {
 		if _, err := st.Get(ctx, api.Key{Type: "DataplaneInsight", Mesh: "default", Name: name}); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("insight %s: %v, want it removed", name, err)
 		}
+	}
+}
+
+// fakeAPI is an API server that has namespace ursa-system, the ursa.io
+// resources listed in resources (none: the group is not served), and
+// answers /readyz while up.
+func fakeAPI(t *testing.T, resources ...string) (*httptest.Server, *kube.Client) {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/readyz":
+			w.Write([]byte("ok"))
+		case r.URL.Path == "/api/v1/namespaces/ursa-system":
+			w.Write([]byte(`{"metadata":{"name":"ursa-system"}}`))
+		case r.URL.Path == "/apis/ursa.io/v1alpha1" && len(resources) > 0:
+			var items []string
+			for _, name := range resources {
+				items = append(items, `{"name":"`+name+`"}`)
+			}
+			w.Write([]byte(`{"resources":[` + strings.Join(items, ",") + `]}`))
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			w.Write([]byte(`{"kind":"Status","reason":"NotFound","message":"not found"}`))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	c, err := kube.New(&kube.Config{Server: srv.URL, CAPEM: ca, Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, c
+}
+
+// TestCheckCluster: a missing namespace or missing CRDs stop the start with
+// what to run.
+func TestCheckCluster(t *testing.T) {
+	ctx := context.Background()
+	_, c := fakeAPI(t)
+	if err := checkCluster(ctx, c, "other"); err == nil || !strings.Contains(err.Error(), `namespace "other" does not exist (kubectl create namespace other`) {
+		t.Fatalf("missing namespace: %v", err)
+	}
+	if err := checkCluster(ctx, c, "ursa-system"); err == nil || !strings.Contains(err.Error(), "CRDs are not installed") || !strings.Contains(err.Error(), "kubectl apply -f deploy/crds") {
+		t.Fatalf("no CRDs: %v", err)
+	}
+	_, c = fakeAPI(t, "meshes", "dataplanes")
+	if err := checkCluster(ctx, c, "ursa-system"); err == nil || !strings.Contains(err.Error(), "trafficroutes.ursa.io") || strings.Contains(err.Error(), "meshes.ursa.io") {
+		t.Fatalf("some CRDs: %v", err)
+	}
+	var all []string
+	for _, d := range api.Types() {
+		if p, ok := crd.PlacementOf(d.Type); ok && p.Kind == crd.CustomResource {
+			all = append(all, crd.NamesOf(d).Plural)
+		}
+	}
+	_, c = fakeAPI(t, all...)
+	if err := checkCluster(ctx, c, "ursa-system"); err != nil {
+		t.Fatalf("every CRD: %v", err)
+	}
+}
+
+// TestReadyFollowsAPIServer: the zone's readiness check fails once the API
+// server stops answering.
+func TestReadyFollowsAPIServer(t *testing.T) {
+	srv, c := fakeAPI(t)
+	ping := apiServerPing(c)
+	if err := ping(context.Background()); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	srv.Close()
+	if err := ping(context.Background()); err == nil || !strings.Contains(err.Error(), "kubernetes API server") {
+		t.Fatalf("down: %v", err)
 	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/zap"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/servingcert"
@@ -155,21 +157,33 @@ func withKubeXDSNames(cfg Config, k8s *kubeEnv) Config {
 }
 
 // withKubeTokens is kubeProxyAuth on Kubernetes, a unchanged elsewhere.
-func withKubeTokens(a xds.Auth, k8s *kubeEnv, src ViewSource) xds.Auth {
+func withKubeTokens(a xds.Auth, zone string, k8s *kubeEnv, src ViewSource) xds.Auth {
 	if k8s == nil {
 		return a
 	}
-	return kubeProxyAuth(a, &kubernetes.TokenReviewer{Client: k8s.client}, src)
+	return kubeProxyAuth(a, &kubernetes.TokenReviewer{Client: k8s.client}, zone, k8s.namespace, src)
 }
 
 // kubeProxyAuth extends a zone's proxy authentication with Kubernetes
 // service-account tokens: a token whose subject is a service account is
 // reviewed by the apiserver (TokenReview, audience "ursa"); when it is
-// bound to a pod, the proxy is that pod's Dataplane, <pod>.<namespace>, in
-// the mesh that Dataplane is in, and nothing else. Other tokens are
-// verified as before.
-func kubeProxyAuth(a xds.Auth, rev *kubernetes.TokenReviewer, src ViewSource) xds.Auth {
-	verify := a.Verify
+// bound to a pod, the proxy is that pod's ZoneIngress of this zone,
+// <pod>.<namespace>, when the pod is in the control plane's namespace
+// (systemNamespace) and the pod controller made one of it; else that pod's
+// Dataplane, in the mesh that Dataplane is in; and nothing else. Other
+// tokens are verified as before.
+func kubeProxyAuth(a xds.Auth, rev *kubernetes.TokenReviewer, zone, systemNamespace string, src ViewSource) xds.Auth {
+	verify, check := a.Verify, a.Check
+	a.Check = func(node *core.Node, c xds.Claims) error {
+		// An ingress token names no ingress; a pod's names its own.
+		if c.Kind == xds.TokenIngress && c.Name != "" && node.GetId() != c.Name {
+			return xds.NotCovered(fmt.Errorf("token is for zone ingress %s, node %q is another", c.Name, node.GetId()))
+		}
+		if check == nil {
+			return nil
+		}
+		return check(node, c)
+	}
 	a.Verify = func(ctx context.Context, token string) (xds.Claims, error) {
 		if !strings.HasPrefix(tokens.UnverifiedSubject(token), kubernetes.ServiceAccountSubjectPrefix) {
 			return verify(ctx, token)
@@ -180,6 +194,15 @@ func kubeProxyAuth(a xds.Auth, rev *kubernetes.TokenReviewer, src ViewSource) xd
 			return xds.Claims{}, xds.InvalidToken(err)
 		case err != nil:
 			return xds.Claims{}, err
+		}
+		if id.Namespace == systemNamespace {
+			view, _ := src.Current()
+			switch ing, ok, err := store.Get[*api.ZoneIngress](view, "", id.Dataplane()); {
+			case err != nil:
+				return xds.Claims{}, err
+			case ok && ing.Zone == zone:
+				return xds.Claims{Kind: xds.TokenIngress, Zone: zone, Name: id.Dataplane()}, nil
+			}
 		}
 		mesh, err := meshOfDataplane(src, id.Dataplane())
 		if err != nil {
@@ -209,7 +232,7 @@ func meshOfDataplane(src ViewSource, name string) (string, error) {
 	}
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("the pod's Dataplane %s does not exist (yet): the pod controller makes it once the pod has an IP", name)
+		return "", fmt.Errorf("the pod's Dataplane (or ZoneIngress, for an ingress pod) %s does not exist (yet): the pod controller makes it once the pod has an IP", name)
 	case 1:
 		return found[0], nil
 	}

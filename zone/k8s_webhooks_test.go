@@ -8,14 +8,16 @@ import (
 	"strings"
 	"testing"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 	"github.com/ursamesh/ursa/zone/kubernetes"
 )
 
-// fakeReviews answers TokenReviews from a table: token → pod name ("" is
-// unauthenticated).
+// fakeReviews answers TokenReviews from a table: token → "namespace/pod"
+// ("" is unauthenticated).
 type fakeReviews map[string]string
 
 func (f fakeReviews) Do(_ context.Context, _, _ string, in, out any) error {
@@ -29,9 +31,9 @@ func (f fakeReviews) Do(_ context.Context, _, _ string, in, out any) error {
 		return errors.New("apiserver down")
 	}
 	resp := map[string]any{"status": map[string]any{"authenticated": false, "error": "invalid bearer token"}}
-	if pod != "" {
+	if ns, name, ok := strings.Cut(pod, "/"); ok {
 		resp = map[string]any{"status": map[string]any{"authenticated": true, "audiences": []string{"ursa"}, "user": map[string]any{
-			"username": "system:serviceaccount:shop:app", "extra": map[string][]string{"authentication.kubernetes.io/pod-name": {pod}}}}}
+			"username": "system:serviceaccount:" + ns + ":app", "extra": map[string][]string{"authentication.kubernetes.io/pod-name": {name}}}}}
 	}
 	b, _ = json.Marshal(resp)
 	return json.Unmarshal(b, out)
@@ -51,15 +53,18 @@ func saToken(id string) string {
 func TestKubeProxyAuth(t *testing.T) {
 	dp := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "payments", Name: "web-1.shop"},
 		Networking: api.DataplaneNetworking{Address: "10.0.0.7", Inbound: []api.Inbound{{Port: 8080, Tags: map[string]string{api.TagService: "web"}}}}}
+	ing := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "ingress-1.ursa-system"}, Zone: "zone-1",
+		Networking: api.ZoneIngressNetworking{Address: "10.0.0.9", Port: 10001}}
 	view := store.NewView([]api.Resource{
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "payments"}}, dp,
-	}, "Mesh", "Dataplane")
-	good, refused, down, early := saToken("1"), saToken("2"), saToken("3"), saToken("4")
-	rev := &kubernetes.TokenReviewer{Client: fakeReviews{good: "web-1", refused: "", early: "web-2"}}
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "payments"}}, dp, ing,
+	}, "Mesh", "Dataplane", "ZoneIngress")
+	good, refused, down, early, ingress := saToken("1"), saToken("2"), saToken("3"), saToken("4"), saToken("5")
+	rev := &kubernetes.TokenReviewer{Client: fakeReviews{good: "shop/web-1", refused: "", early: "shop/web-2", ingress: "ursa-system/ingress-1"}}
 	base := xds.Auth{Verify: func(context.Context, string) (xds.Claims, error) {
 		return xds.Claims{Kind: xds.TokenDataplane, Mesh: "m", Name: "from-the-zone"}, nil
 	}}
-	a := kubeProxyAuth(base, rev, fixedView{view})
+	base.Check = func(*core.Node, xds.Claims) error { return nil }
+	a := kubeProxyAuth(base, rev, "zone-1", "ursa-system", fixedView{view})
 	ctx := context.Background()
 	c, err := a.Verify(ctx, good)
 	if err != nil || c.Kind != xds.TokenDataplane || c.Mesh != "payments" || c.Name != "web-1.shop" || c.Service != "" || c.Tags != nil {
@@ -75,6 +80,18 @@ func TestKubeProxyAuth(t *testing.T) {
 	}
 	if c, err := a.Verify(ctx, "ursa-token"); err != nil || c.Name != "from-the-zone" {
 		t.Errorf("a zone token: %+v, %v", c, err)
+	}
+	// An ingress pod of the control plane's namespace is its ZoneIngress,
+	// that one alone.
+	c, err = a.Verify(ctx, ingress)
+	if err != nil || c.Kind != xds.TokenIngress || c.Zone != "zone-1" || c.Name != "ingress-1.ursa-system" {
+		t.Fatalf("ingress pod's token: %+v, %v", c, err)
+	}
+	if err := a.Check(&core.Node{Id: "ingress-1.ursa-system"}, c); err != nil {
+		t.Errorf("its own node: %v", err)
+	}
+	if err := a.Check(&core.Node{Id: "ingress-2.ursa-system"}, c); !errors.Is(err, xds.ErrNotCovered) {
+		t.Errorf("another ingress's node: %v", err)
 	}
 }
 

@@ -258,7 +258,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	cat := catalog.NewFollower(cfg.Zone, mirror, log.Named("catalog"))
 	pres := NewPresence(st, mirror, cfg.Instance, log.Named("presence"))
 	dpTokens, ingTokens := tokens.NewDataplaneIssuer(st), tokens.NewIngressIssuer(st, cfg.Zone)
-	xdsServer.SetAuth(withKubeTokens(proxyAuth(cfg.Zone, dpTokens, ingTokens, mirror, cfg.XDS.AllowUnauthenticated), k8s, mirror))
+	xdsServer.SetAuth(withKubeTokens(proxyAuth(cfg.Zone, dpTokens, ingTokens, mirror, cfg.XDS.AllowUnauthenticated), cfg.Zone, k8s, mirror))
 	if cfg.XDS.AllowUnauthenticated {
 		log.Warn("INSECURE: proxies without a token are admitted (--xds-allow-unauthenticated): anyone who reaches the xDS port may claim any Dataplane and get its identity")
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/ingress/dataplane"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/config"
 	"github.com/ursamesh/ursa/pkg/logging"
@@ -164,4 +165,22 @@ func parseUIDs(s string) ([]int, error) {
 		uids = append(uids, u)
 	}
 	return uids, nil
+}
+
+// ingressNode is an ingress's node: the ZoneIngress of --zone-ingress-file,
+// presented and registered, or the one --zone-ingress-name names, already
+// registered (a Kubernetes zone's pod controller makes an ingress pod's).
+func ingressNode(cfg runConfig) (string, map[string]string, error) {
+	switch {
+	case cfg.ZoneIngressName != "" && cfg.ZoneIngressFile != "":
+		return "", nil, errors.New("--zone-ingress-name: give it or --zone-ingress-file, not both")
+	case cfg.ZoneIngressName != "":
+		if msg := api.CheckName(cfg.ZoneIngressName); msg != "" {
+			return "", nil, fmt.Errorf("--zone-ingress-name %q: %s", cfg.ZoneIngressName, msg)
+		}
+		return cfg.ZoneIngressName, map[string]string{api.MetadataIngress: "true"}, nil
+	case cfg.ZoneIngressFile == "":
+		return "", nil, errors.New("give --zone-ingress-file, or --zone-ingress-name (an ingress pod's ZoneIngress, which a Kubernetes zone makes)")
+	}
+	return dataplane.Node(cfg.ZoneIngressFile)
 }

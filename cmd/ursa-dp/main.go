@@ -25,7 +25,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/ursamesh/ursa/ingress/dataplane"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/bootstrap"
 	"github.com/ursamesh/ursa/pkg/config"
@@ -48,6 +47,7 @@ type runConfig struct {
 	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
 	// ZoneIngressFile is ingress mode's ZoneIngress.
 	ZoneIngressFile string `json:"zoneIngressFile" usage:"file of the ZoneIngress this ingress presents (ingress only)"`
+	ZoneIngressName string `json:"zoneIngressName" usage:"name of an already registered ZoneIngress, instead of --zone-ingress-file: an ingress pod's, <pod>.<namespace>, which a Kubernetes zone makes (ingress only)"`
 	Mesh            string `json:"mesh" usage:"mesh of the Dataplane"`
 	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
 	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
@@ -164,7 +164,7 @@ func newIngress() *cobra.Command {
 			if cfg.TransparentProxy {
 				return errors.New("--transparent-proxy: for ursa-dp run only; an ingress is reached at its own address")
 			}
-			id, meta, err := dataplane.Node(cfg.ZoneIngressFile)
+			id, meta, err := ingressNode(cfg)
 			if err != nil {
 				return err
 			}

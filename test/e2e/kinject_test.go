@@ -93,8 +93,10 @@ func kubeToken(t *testing.T, rig *k8stest.Rig, ns, sa string, audiences []string
 // is stored with the sidecar; once the pod controller has made its
 // Dataplane, a sidecar with the pod's bound service-account token (no
 // dataplane token) is admitted as that Dataplane and refused as another
-// pod's; kubectl edit and delete of a policy the global sent are refused
-// naming the global, while the CP's own write passes.
+// pod's; an ingress pod of the CP's namespace runs its ZoneIngress by name
+// with its own token, and no other; kubectl edit and delete of a policy the
+// global sent are refused naming the global, while the CP's own write
+// passes.
 func TestKubeZoneWebhooks(t *testing.T) {
 	rig := kube.Get(t)
 	kubeCRDs(t, rig)
@@ -178,6 +180,49 @@ func TestKubeZoneWebhooks(t *testing.T) {
 	p = sidecar("web-2." + app)
 	eventually(t, "web-2's node refused with web-1's token", func() bool {
 		return strings.Contains(p.out.String(), "token is for dataplane web-1."+app)
+	})
+	p.stop(t)
+
+	// An ingress pod of the CP's namespace: its ZoneIngress, made by the
+	// pod controller, run by name with the pod's token.
+	kubeApply(t, rig, fmt.Sprintf(`apiVersion: v1
+kind: ServiceAccount
+metadata: {name: ingress, namespace: %[1]s}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ursa-ingress, namespace: %[1]s}
+spec: {selector: {app: ursa-ingress}, ports: [{name: ingress, port: 10001}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress-1, namespace: %[1]s, labels: {app: ursa-ingress, ursa.io/ingress: enabled}}
+spec: {serviceAccountName: ingress, containers: [{name: ingress, image: ursa:1, ports: [{containerPort: 10001}]}]}
+`, sys))
+	var ingPod stored
+	if err := kubeDo(context.Background(), rig, http.MethodGet, "/api/v1/namespaces/"+sys+"/pods/ingress-1", "", nil, &ingPod); err != nil {
+		t.Fatal(err)
+	}
+	if err := kubeDo(context.Background(), rig, http.MethodPatch, "/api/v1/namespaces/"+sys+"/pods/ingress-1/status", "application/merge-patch+json",
+		map[string]any{"status": map[string]any{"phase": "Running", "podIP": "127.0.0.13", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ingress pod's ZoneIngress", func() bool { return zone.has(t, "/zone-ingresses/ingress-1."+sys) })
+	ingToken := tokenFile(t, kubeToken(t, rig, sys, "ingress", []string{"ursa"}, "ingress-1", ingPod.Metadata.UID))
+	ingress := func(name string) *proc {
+		args := append([]string{"ingress"}, zone.xdsFlags(t)...)
+		return start(t, "ursa-dp", append(args, "--zone-ingress-name", name, "--token-file", ingToken, "--admin-addr", freeAddr(t))...)
+	}
+	p = ingress("ingress-1." + sys)
+	// Admitted: it connects (a ClusterIP Service advertises nothing, so
+	// it offers nothing and is sent nothing to be ready with).
+	eventually(t, "the ingress pod's proxy admitted", func() bool {
+		return strings.Contains(zone.out.String(), `"msg":"proxy connected","zone":"zone-k8s","proxy":"ingress-1.`+sys+`","kind":"ingress"`)
+	})
+	p.stop(t)
+	p = ingress("ingress-2." + sys)
+	eventually(t, "another ingress's node refused with ingress-1's token", func() bool {
+		return strings.Contains(p.out.String(), "token is for zone ingress ingress-1."+sys)
 	})
 	p.stop(t)
 

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,27 +14,11 @@ import (
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
-var (
-	kzoneCRDsOnce sync.Once
-	kzoneCRDsErr  error
-)
-
 // kzoneRig returns the package's rig with deploy/crds installed.
 func kzoneRig(t *testing.T) *k8stest.Rig {
 	t.Helper()
 	rig := kube.Get(t)
-	kzoneCRDsOnce.Do(func() {
-		if out, err := kubectl(rig, "", "apply", "-f", "../../deploy/crds"); err != nil {
-			kzoneCRDsErr = fmt.Errorf("kubectl apply -f deploy/crds: %v\n%s", err, out)
-			return
-		}
-		if out, err := kubectl(rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all"); err != nil {
-			kzoneCRDsErr = fmt.Errorf("kubectl wait crd: %v\n%s", err, out)
-		}
-	})
-	if kzoneCRDsErr != nil {
-		t.Fatal(kzoneCRDsErr)
-	}
+	kubeCRDs(t, rig)
 	return rig
 }
 

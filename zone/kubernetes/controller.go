@@ -54,10 +54,17 @@ type Controller struct {
 	// Workers write pods in parallel; DefaultWorkers when 0.
 	Workers int
 	Log     *zap.Logger
+	// Resync is how often the controller reads again what it stored and
+	// reconciles every pod: that repairs what someone else changed or
+	// deleted, and writes nothing when nobody did. DefaultResync when 0.
+	Resync time.Duration
 	// Synced, when set, is called once the first lists of every kind are
 	// in and the start-up resync is queued (tests).
 	Synced func()
 }
+
+// DefaultResync is the controller's default Resync.
+const DefaultResync = 10 * time.Minute
 
 // kinds the controller watches, cluster-wide.
 var watched = map[string]string{
@@ -103,10 +110,21 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	synced := map[string]bool{}
 	started := false
+	every := c.Resync
+	if every <= 0 {
+		every = DefaultResync
+	}
+	resync := time.NewTicker(every)
+	defer resync.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-resync.C:
+			if started {
+				wg.Go(func() { s.resync(ctx) })
+			}
+			continue
 		case ch := <-changes:
 			s.apply(ch)
 			if ch.synced {
@@ -174,15 +192,57 @@ func managed() map[string]string {
 // loadOwned reads what the controller stored before (in an earlier run, or
 // on another replica).
 func (s *state) loadOwned(ctx context.Context) error {
-	s.owned = map[string]owned{}
+	found, stray, err := s.readOwned(ctx)
+	if err != nil {
+		return err
+	}
+	s.owned = found
+	for _, r := range stray {
+		if err := s.remove(ctx, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resync takes what is stored as what the controller owns and reconciles
+// every pod and every pod it owned something for. A reconcile that was
+// under way meanwhile may leave a stale record: its next write then
+// conflicts, and the controller reads and writes again.
+func (s *state) resync(ctx context.Context) {
+	found, stray, err := s.readOwned(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("resync: cannot read what the controller stored", zap.Error(err))
+		}
+		return
+	}
+	s.mu.Lock()
+	s.owned = found
+	s.mu.Unlock()
+	for _, r := range stray {
+		if err := s.remove(ctx, r); err != nil {
+			s.log.Warn("resync: cannot delete a pod's second Dataplane", zap.Stringer("dataplane", api.KeyOf(r)), zap.Error(err))
+		}
+	}
+	for key := range found {
+		s.queue.add(key)
+	}
+	s.enqueueAll()
+}
+
+// readOwned lists what the controller stored, by pod, and the Dataplanes of
+// a pod beyond its first (its mesh changed while no controller ran).
+func (s *state) readOwned(ctx context.Context) (map[string]owned, []api.Resource, error) {
+	found := map[string]owned{}
 	sel := map[string]string{LabelManagedBy: ManagedByController}
 	dps, err := s.ctl.Store.List(ctx, store.ListOptions{Type: "Dataplane", Labels: sel})
 	if err != nil {
-		return fmt.Errorf("pod controller: list dataplanes: %w", err)
+		return nil, nil, fmt.Errorf("pod controller: list dataplanes: %w", err)
 	}
 	ings, err := s.ctl.Store.List(ctx, store.ListOptions{Type: "ZoneIngress", Labels: sel})
 	if err != nil {
-		return fmt.Errorf("pod controller: list zone ingresses: %w", err)
+		return nil, nil, fmt.Errorf("pod controller: list zone ingresses: %w", err)
 	}
 	var stray []api.Resource // a second Dataplane of one pod (its mesh changed)
 	for _, r := range append(dps.Items, ings.Items...) {
@@ -190,7 +250,7 @@ func (s *state) loadOwned(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		o := s.owned[key]
+		o := found[key]
 		switch r := r.(type) {
 		case *api.Dataplane:
 			if o.dp != nil {
@@ -201,14 +261,9 @@ func (s *state) loadOwned(ctx context.Context) error {
 		case *api.ZoneIngress:
 			o.ing = r
 		}
-		s.owned[key] = o
+		found[key] = o
 	}
-	for _, r := range stray {
-		if err := s.remove(ctx, r); err != nil {
-			return err
-		}
-	}
-	return nil
+	return found, stray, nil
 }
 
 // apply updates the cache with one change and queues the pods it concerns.

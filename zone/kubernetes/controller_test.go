@@ -164,10 +164,14 @@ func field(obj map[string]any, path ...string) map[string]any {
 // called) and returns once it has synced.
 func startController(t *testing.T, c *kube.Client, st store.Store, system string, workers int) (stop func()) {
 	t.Helper()
+	return startControllerWith(t, &Controller{Client: c, Store: st, Zone: "zone-k", SystemNamespace: system, Workers: workers})
+}
+
+func startControllerWith(t *testing.T, ctl *Controller) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	synced := make(chan struct{})
-	ctl := &Controller{Client: c, Store: st, Zone: "zone-k", SystemNamespace: system, Workers: workers,
-		Log: zaptest.NewLogger(t), Synced: func() { close(synced) }}
+	ctl.Log, ctl.Synced = zaptest.NewLogger(t), func() { close(synced) }
 	done := make(chan error, 1)
 	go func() { done <- ctl.Run(ctx) }()
 	halt := func() {
@@ -408,4 +412,32 @@ func TestControllerIngress(t *testing.T) {
 	}
 	k.do("DELETE", "/api/v1/namespaces/ing-system/pods/ingress-1?gracePeriodSeconds=0", nil)
 	wait("none")
+}
+
+// TestControllerResync: what someone else deletes or changes of the
+// controller's is restored at the next resync.
+func TestControllerResync(t *testing.T) {
+	_, c := rig(t)
+	k := k8s{t, c}
+	k.namespace("rs-system", nil)
+	k.namespace("rs-app", map[string]string{LabelSidecarInjection: "enabled"})
+	st := newStore(t, c, "rs-system")
+	k.service("rs-app", "web", map[string]string{"app": "web"}, map[string]any{"port": 80})
+	k.pod("rs-app", "web-1", map[string]string{"app": "web"})
+	k.status("rs-app", "web-1", "10.3.0.1", true)
+	startControllerWith(t, &Controller{Client: c, Store: st, Zone: "zone-k", SystemNamespace: "rs-system", Resync: 200 * time.Millisecond})
+	want := "10.3.0.1 80:web_rs-app_svc_80:true"
+	waitDataplane(t, st, "web-1.rs-app", want)
+
+	ctx := context.Background()
+	dp := dataplane(t, st, "web-1.rs-app")
+	dp.Networking.Address = "10.9.9.9"
+	if _, err := st.Store.Update(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	waitDataplane(t, st, "web-1.rs-app", want)
+	if err := st.Store.Delete(ctx, api.KeyOf(dp), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitDataplane(t, st, "web-1.rs-app", want)
 }
