@@ -197,6 +197,11 @@ spec:
 	}
 	reaches("a pod of zone-k8s calls billing in zone-vm", fromPod, "http://billing.mesh/", "billing in zone-vm")
 	reaches("a VM of zone-vm calls shop in zone-k8s", fromVM, "http://shop.mesh:8080/", "shop in zone-k8s")
+	// At the address zone-k8s advertises its ingress at: the node's, on
+	// the Service's node port.
+	if k.nodePortConns.Load() == 0 {
+		t.Fatal("zone-vm reached zone-k8s, but not through the ingress Service's node port")
+	}
 
 	// billing in both zones: a route at the global shifts it.
 	kubeApply(t, rig, kubeApp(apps, "billing", 1, 8080, "billing in zone-k8s"))
