@@ -284,21 +284,26 @@ func BenchmarkKubeStorm(b *testing.B) {
 	h := &hybrid{rig: rig}
 	h.admit(b, fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {name: probe, namespace: %s, labels: {app: probe}}\nspec:\n  serviceAccountName: default\n  containers: [{name: app, image: app}]\n", apps))
 	// stored counts the zone's Dataplanes in the cluster, cheaply: one
-	// item and the count of the rest.
+	// item and the count of the rest, in the pods' namespace (where the
+	// store keeps a pod's Dataplane) and the zone's.
 	stored := func() int {
-		var list struct {
-			Metadata struct {
-				Remaining *int `json:"remainingItemCount"`
-			} `json:"metadata"`
-			Items []any `json:"items"`
+		total := 0
+		for _, ns := range []string{apps, system} {
+			var list struct {
+				Metadata struct {
+					Remaining *int `json:"remainingItemCount"`
+				} `json:"metadata"`
+				Items []any `json:"items"`
+			}
+			if err := kubeDo(context.Background(), rig, http.MethodGet, "/apis/ursa.io/v1alpha1/namespaces/"+ns+"/dataplanes?limit=1", "", nil, &list); err != nil {
+				return -1
+			}
+			total += len(list.Items)
+			if list.Metadata.Remaining != nil {
+				total += *list.Metadata.Remaining
+			}
 		}
-		if err := kubeDo(context.Background(), rig, http.MethodGet, "/apis/ursa.io/v1alpha1/namespaces/"+system+"/dataplanes?limit=1", "", nil, &list); err != nil {
-			return -1
-		}
-		if list.Metadata.Remaining != nil {
-			return len(list.Items) + *list.Metadata.Remaining
-		}
-		return len(list.Items)
+		return total
 	}
 	z.xdsCAFile(b) // fetched once, before the sidecars dial at once
 	rssBefore := procStatus(pid, "VmRSS")
