@@ -66,7 +66,7 @@ type runConfig struct {
 	// redirection and the sidecar runs as a user without privileges.
 	TransparentProxyInstalled bool   `json:"transparentProxyInstalled" usage:"with --transparent-proxy: the redirection was installed by ursa-dp install-transparent-proxy (a pod's init container) with the same redirect and --inbound-ports flags; run neither installs nor removes it, and cannot mark its sockets: its own traffic must pass by its user (install-transparent-proxy --exclude-outbound-uids)"`
 	InboundPorts              string `json:"inboundPorts" usage:"with --transparent-proxy and --dataplane-name: the Dataplane's inbound ports (8080,9090), whose inbound TCP is redirected to --redirect-inbound-port (with --dataplane-file they come from the file)"`
-	AppProbes                 string `json:"appProbes" usage:"PORT/PATH pairs (8080/ready,8080/healthz) of the app's HTTP probes that GET /probes/PORT/PATH on --admin-addr makes of 127.0.0.1:PORT, for a kubelet whose probes of a redirected port would reach the inbound listener (an injected pod)"`
+	AppProbes                 string `json:"appProbes" usage:"the app's probes (8080/ready,https:8443/healthz,tcp:9090) that GET /probes/PROBE on --admin-addr makes of --app-probe-host, for a kubelet whose own probes of a redirected port would reach the inbound listener (an injected pod)"`
 	AppProbeHost              string `json:"appProbeHost" usage:"the address --app-probes are made at, as the kubelet makes them at the pod's IP"`
 	ExcludeOutboundUIDs       string `json:"excludeOutboundUids" usage:"with --transparent-proxy: users (5678) whose outbound traffic is never redirected, such as a sidecar's that cannot mark its sockets"`
 	Log                       struct {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +12,8 @@ import (
 )
 
 // appProbes serves GET /probes/PORT/PATH on the admin port for the
-// PORT/PATH pairs of --app-probes (8080/ready,8080/healthz): the kubelet's
+// PORT/PATH pairs of --app-probes (8080/ready,8080/healthz; https:PORT/PATH
+// over TLS, unverified as the kubelet's; tcp:PORT a connection): the kubelet's
 // plain-HTTP probe of an app port redirected to the sidecar would reach its
 // inbound listener, which takes mTLS only, so the injector points the probe
 // here and the sidecar makes it of the app at host:PORT (the pod's IP, as
@@ -24,21 +26,42 @@ func appProbes(list, host string) (http.Handler, error) {
 	}
 	allowed := map[string]bool{}
 	for _, pair := range strings.Split(list, ",") {
-		port, path, ok := strings.Cut(strings.TrimSpace(pair), "/")
-		if n, err := strconv.Atoi(port); !ok || err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("%q is not PORT/PATH", pair)
+		pair = strings.TrimSpace(pair)
+		port, _, ok := strings.Cut(strings.TrimPrefix(pair, "https:"), "/")
+		if p, isTCP := strings.CutPrefix(pair, "tcp:"); isTCP {
+			port, ok = p, true
 		}
-		allowed[port+"/"+path] = true
+		if n, err := strconv.Atoi(port); !ok || err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q is neither PORT/PATH, https:PORT/PATH nor tcp:PORT", pair)
+		}
+		allowed[pair] = true
 	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	// As the kubelet's: a probe checks the app is up, not who it is.
+	insecure := &tls.Config{InsecureSkipVerify: true}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: insecure}}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pair := strings.TrimPrefix(r.URL.RequestURI(), "/probes/")
 		if !allowed[pair] {
 			http.Error(w, "not a probe of this pod (--app-probes)", http.StatusNotFound)
 			return
 		}
+		if port, ok := strings.CutPrefix(pair, "tcp:"); ok {
+			var d net.Dialer
+			c, err := d.DialContext(r.Context(), "tcp", net.JoinHostPort(host, port))
+			if err != nil {
+				http.Error(w, "probe: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			c.Close()
+			w.Write([]byte("ok\n"))
+			return
+		}
+		scheme := "http"
+		if rest, ok := strings.CutPrefix(pair, "https:"); ok {
+			scheme, pair = "https", rest
+		}
 		port, path, _ := strings.Cut(pair, "/")
-		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/"+path, nil)
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, scheme+"://"+net.JoinHostPort(host, port)+"/"+path, nil)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return

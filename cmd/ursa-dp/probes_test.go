@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // TestAppProbes: a listed probe is made of the app at 127.0.0.1 with the
@@ -24,11 +26,24 @@ func TestAppProbes(t *testing.T) {
 	}))
 	defer app.Close()
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(app.URL, "http://"))
-	h, err := appProbes(port+"/ready,"+port+"/sick", "127.0.0.1")
+	tlsApp := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer tlsApp.Close()
+	_, tlsPort, _ := net.SplitHostPort(strings.TrimPrefix(tlsApp.URL, "https://"))
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, closedPort, _ := net.SplitHostPort(closed.Addr().String())
+	closed.Close()
+	h, err := appProbes(port+"/ready,"+port+"/sick,https:"+tlsPort+"/,tcp:"+port+",tcp:"+closedPort, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for path, want := range map[string]int{
+		"/probes/https:" + tlsPort + "/": http.StatusOK,
+		"/probes/tcp:" + port:            http.StatusOK,
+		"/probes/tcp:" + closedPort:      http.StatusServiceUnavailable,
+		"/probes/tcp:" + tlsPort:         http.StatusNotFound,
 		"/probes/" + port + "/ready":     http.StatusOK,
 		"/probes/" + port + "/sick":      http.StatusInternalServerError,
 		"/probes/" + port + "/secret":    http.StatusNotFound,
@@ -46,7 +61,7 @@ func TestAppProbes(t *testing.T) {
 	if _, err := appProbes("80/x", "$(POD_IP)"); err == nil {
 		t.Error("a host that is no IP accepted")
 	}
-	for _, bad := range []string{"ready", "0/ready", "x/y", ""} {
+	for _, bad := range []string{"ready", "0/ready", "x/y", "", "tcp:x", "https:ready", "udp:53"} {
 		if _, err := appProbes(bad, "127.0.0.1"); err == nil {
 			t.Errorf("--app-probes %q accepted", bad)
 		}
@@ -68,6 +83,24 @@ func TestInstallTransparentProxyRefuses(t *testing.T) {
 		cmd.SilenceUsage, cmd.SilenceErrors = true, true
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: %v, want an error about %q", args, err, want)
+		}
+	}
+}
+
+// TestIngressNode: an ingress runs the ZoneIngress of a file, presented, or
+// one already registered by name; not both, not neither, not a bad name.
+func TestIngressNode(t *testing.T) {
+	id, meta, err := ingressNode(runConfig{ZoneIngressName: "ingress-1.ursa-system"})
+	if err != nil || id != "ingress-1.ursa-system" || meta[api.MetadataIngress] != "true" || meta[api.MetadataZoneIngress] != "" {
+		t.Errorf("by name: %s %v %v", id, meta, err)
+	}
+	for want, cfg := range map[string]runConfig{
+		"not both":                  {ZoneIngressName: "a", ZoneIngressFile: "f"},
+		"give --zone-ingress-file":  {},
+		`--zone-ingress-name "A_B"`: {ZoneIngressName: "A_B"},
+	} {
+		if _, _, err := ingressNode(cfg); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%+v: %v, want an error about %q", cfg, err, want)
 		}
 	}
 }

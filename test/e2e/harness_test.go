@@ -146,7 +146,8 @@ func launch(t testing.TB, name string, cmd *exec.Cmd) *proc {
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-p.done
-		if t.Failed() {
+		// URSA_E2E_LOGS=1 shows every process's output, not only a failed test's.
+		if t.Failed() || os.Getenv("URSA_E2E_LOGS") != "" {
 			t.Logf("%s output:\n%s", name, out.String())
 		}
 	})

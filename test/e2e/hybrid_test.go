@@ -146,13 +146,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	kubeApply(t, rig, fmt.Sprintf(kubeIngressService, system))
-	var ingSvc kubeService
-	if err := kubeDo(context.Background(), rig, http.MethodGet, "/api/v1/namespaces/"+system+"/services/ursa-ingress", "", nil, &ingSvc); err != nil {
-		t.Fatal(err)
-	}
-	ingressToken := ctlOn("cpk8s", "", "generate", "ingress-token", "--zone", "zone-k8s")
-	kubeApply(t, rig, kubeIngress(system, h.addr("cpk8s"), string(caPEM), ingressToken, ingSvc.Spec.Ports[0].NodePort)+"---\n"+
+	kubeApply(t, rig, kubeIngress(system, h.addr("cpk8s"), string(caPEM))+"---\n"+
 		kubeApp(apps, "shop", 2, 8080, "shop in zone-k8s")+"---\n"+kubeApp(apps, "client", 1, 0, ""))
 
 	// Injected, admitted with the sidecar and its init container, and
@@ -203,6 +197,11 @@ spec:
 	}
 	reaches("a pod of zone-k8s calls billing in zone-vm", fromPod, "http://billing.mesh/", "billing in zone-vm")
 	reaches("a VM of zone-vm calls shop in zone-k8s", fromVM, "http://shop.mesh:8080/", "shop in zone-k8s")
+	// At the address zone-k8s advertises its ingress at: the node's, on
+	// the Service's node port.
+	if k.nodePortConns.Load() == 0 {
+		t.Fatal("zone-vm reached zone-k8s, but not through the ingress Service's node port")
+	}
 
 	// billing in both zones: a route at the global shifts it.
 	kubeApply(t, rig, kubeApp(apps, "billing", 1, 8080, "billing in zone-k8s"))
@@ -471,25 +470,21 @@ spec:
 `, name, namespace, replicas, testAppImage, message, ports) + svc
 }
 
-// kubeIngress is zone-k8s's ingress: a NodePort Service and a Deployment of
-// ursa-dp ingress, as deploy/helm/ursa's templates make them, but for how
-// the proxy learns its ZoneIngress and proves it is one: ursa-dp ingress
-// takes only a file and an ingress token for now, so the pod writes the
-// file the pod controller's ZoneIngress says (<pod>.<namespace>, the pod's
-// address, the node's and the node port) and mounts an ingress token from
-// a Secret.
-func kubeIngress(namespace, cpHost, caPEM, token string, nodePort int) string {
+// kubeIngress is zone-k8s's ingress as deploy/helm/ursa's templates make
+// it: a Deployment of ursa-dp ingress, which proves it is the ingress pod
+// with its projected service-account token and names the ZoneIngress the
+// pod controller made of it (<pod>.<namespace>), and a NodePort Service.
+func kubeIngress(namespace, cpHost, caPEM string) string {
 	ca, _ := json.Marshal(caPEM)
-	tok, _ := json.Marshal(strings.TrimSpace(token))
 	return fmt.Sprintf(`apiVersion: v1
+kind: ServiceAccount
+metadata: {name: ursa-ingress, namespace: %[1]s}
+automountServiceAccountToken: false
+---
+apiVersion: v1
 kind: ConfigMap
 metadata: {name: ursa-xds-ca, namespace: %[1]s}
 data: {ca.pem: %[3]s}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: ursa-ingress-token, namespace: %[1]s}
-stringData: {token: %[4]s}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -500,44 +495,34 @@ spec:
   template:
     metadata: {labels: {app: ursa-ingress, ursa.io/ingress: enabled}}
     spec:
+      serviceAccountName: ursa-ingress
       automountServiceAccountToken: false
       containers:
       - name: ingress
         image: ursa-dp:e2e
-        command: [sh, -c]
-        args:
-        - >-
-          printf 'type: ZoneIngress\nname: %%s.%%s\nzone: zone-k8s\nnetworking: {address: %%s, port: 10001, advertisedAddress: %%s, advertisedPort: %%s}\n'
-          "$POD_NAME" "$POD_NAMESPACE" "$POD_IP" "$NODE_IP" "$NODE_PORT" > /work/zone-ingress.yaml &&
-          exec ursa-dp ingress --zone-ingress-file /work/zone-ingress.yaml --cp-address=grpcs://%[2]s:5678
-          --ca-cert-file=/etc/ursa/xds-ca/ca.pem --token-file=/etc/ursa/token/token --admin-addr=:9902
+        command: [/usr/local/bin/ursa-dp]
+        args: [ingress, --cp-address=grpcs://%[2]s:5678, --ca-cert-file=/etc/ursa/xds-ca/ca.pem,
+          --token-file=/var/run/secrets/ursa.io/token, --zone-ingress-name=$(POD_NAME).$(POD_NAMESPACE), --admin-addr=:9902]
         env:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-        - {name: NODE_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
-        - {name: NODE_PORT, value: "%[5]d"}
         ports: [{name: ingress, containerPort: 10001}, {name: admin, containerPort: 9902}]
         readinessProbe: {httpGet: {path: /ready, port: admin}, periodSeconds: 5}
         volumeMounts:
-        - {name: work, mountPath: /work}
-        - {name: token, mountPath: /etc/ursa/token, readOnly: true}
+        - {name: token, mountPath: /var/run/secrets/ursa.io, readOnly: true}
         - {name: xds-ca, mountPath: /etc/ursa/xds-ca, readOnly: true}
       volumes:
-      - {name: work, emptyDir: {}}
       - name: token
-        secret: {secretName: ursa-ingress-token}
+        projected: {sources: [{serviceAccountToken: {audience: ursa, expirationSeconds: 3600, path: token}}]}
       - name: xds-ca
         configMap: {name: ursa-xds-ca, items: [{key: ca.pem, path: ca.pem}]}
-`, namespace, cpHost, ca, tok, nodePort)
-}
-
-// kubeIngressService is the ingress's NodePort Service.
-const kubeIngressService = `apiVersion: v1
+---
+apiVersion: v1
 kind: Service
-metadata: {name: ursa-ingress, namespace: %s, labels: {ursa.io/ingress: enabled}}
+metadata: {name: ursa-ingress, namespace: %[1]s, labels: {ursa.io/ingress: enabled}}
 spec:
   type: NodePort
   selector: {app: ursa-ingress}
   ports: [{name: ingress, port: 10001, targetPort: ingress}]
-`
+`, namespace, cpHost, ca)
+}

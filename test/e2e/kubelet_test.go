@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,6 +57,9 @@ type kubelet struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	log     syncBuffer
+
+	// nodePortConns counts the connections the node ports took.
+	nodePortConns atomic.Int64
 
 	mu   sync.Mutex
 	pods map[string]*runPod // namespace/name → the pod run

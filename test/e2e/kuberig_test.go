@@ -296,6 +296,7 @@ func (k *kubelet) serveNodePort(nsPath string, port int, np func() nodePort) {
 			if err != nil {
 				return
 			}
+			k.nodePortConns.Add(1)
 			go pipe(k.ctx, c, func(ctx context.Context) (net.Conn, error) {
 				addr, err := k.endpoint(np())
 				if err != nil {

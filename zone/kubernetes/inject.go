@@ -61,13 +61,13 @@ import (
 // redirected to the sidecar (mTLS, TrafficPermissions), so a Service's
 // targetPort must be a declared container port. The sidecar's own ports
 // (9901, 15001, 15006, 15053) must not be one of them: such a pod is refused.
-// An app container's HTTP (not HTTPS) liveness, readiness or startup probe
-// of a redirected port is replaced (JSON Patch "replace", before the
-// sidecar is added) by the same probe of GET :9901/probes/PORT/PATH, which
-// the sidecar makes of 127.0.0.1:PORT/PATH: the kubelet's plain HTTP would
-// otherwise reach the sidecar's inbound listener, which takes mTLS only.
-// TCP probes of a redirected port are left: the sidecar accepts the
-// connection.
+// An app container's httpGet or tcpSocket liveness, readiness or startup
+// probe of a redirected port is replaced (JSON Patch "replace", before the
+// sidecar is added) by the same probe as GET :9901/probes/PORT/PATH (HTTP),
+// /probes/https:PORT/PATH (HTTPS) or /probes/tcp:PORT (TCP), which the
+// sidecar makes of the pod's IP: the kubelet's own would otherwise reach
+// the sidecar's inbound listener, which takes mTLS only (and accepts TCP
+// whether the app is up or not). exec and grpc probes are left.
 const (
 	// SidecarName and InitName are the injected containers' names.
 	SidecarName = "ursa-sidecar"
@@ -293,15 +293,18 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	return append(ops, PatchOp{Op: "add", Path: "/spec/containers/0", Value: in.sidecar(mesh, ports, probes)}), nil
 }
 
-// ProbesPath prefixes the sidecar's admin paths that make an app's HTTP
-// probes for the kubelet: GET /probes/PORT/PATH is GET
-// http://127.0.0.1:PORT/PATH, for the PORT/PATH pairs of --app-probes alone.
+// ProbesPath prefixes the sidecar's admin paths that make an app's probes
+// for the kubelet: GET /probes/PORT/PATH is GET http://POD_IP:PORT/PATH,
+// /probes/https:PORT/PATH the same over TLS, /probes/tcp:PORT a TCP
+// connection, for the probes --app-probes lists alone.
 const ProbesPath = "/probes/"
 
-// rewriteProbes points the app's HTTP probes on redirected ports at the
-// sidecar's admin port: the kubelet's plain HTTP to a redirected port would
-// reach the sidecar's inbound listener, which takes mTLS only. It returns
-// the replace operations and the PORT/PATH pairs the sidecar is to serve.
+// rewriteProbes points the app's HTTP, HTTPS and TCP probes of redirected
+// ports at the sidecar's admin port: the kubelet's plain HTTP or TLS to a
+// redirected port would reach the sidecar's inbound listener, which takes
+// mTLS only, and its TCP connection would be accepted there whether the app
+// is up or not. It returns the replace operations and the probes the
+// sidecar is to serve (--app-probes).
 func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
 	var ops []PatchOp
 	var served []string
@@ -311,35 +314,45 @@ func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
 		}
 		for _, kind := range probeKinds {
 			probe := pod.probes[i][kind]
-			get, ok := probe["httpGet"].(map[string]any)
-			if !ok {
-				continue
+			var pair string
+			var headers any
+			if get, ok := probe["httpGet"].(map[string]any); ok {
+				port := probePort(get["port"], c.Ports)
+				path, _ := get["path"].(string)
+				if !strings.HasPrefix(path, "/") {
+					path = "/" + path
+				}
+				if !slices.Contains(redirected, port) || strings.ContainsAny(path, ", ") {
+					continue // not redirected, or not a path --app-probes can list
+				}
+				pair = strconv.Itoa(port) + path
+				if scheme, _ := get["scheme"].(string); scheme == "HTTPS" {
+					pair = "https:" + pair
+				}
+				headers = get["httpHeaders"]
+			} else if tcp, ok := probe["tcpSocket"].(map[string]any); ok {
+				// The sidecar's inbound listener would accept the
+				// connection whether the app is up or not.
+				port := probePort(tcp["port"], c.Ports)
+				if !slices.Contains(redirected, port) {
+					continue
+				}
+				pair = "tcp:" + strconv.Itoa(port)
+			} else {
+				continue // exec runs in the container; grpc is left as it is
 			}
-			if scheme, _ := get["scheme"].(string); scheme != "" && scheme != "HTTP" {
-				continue // HTTPS: the kubelet's TLS reaches the sidecar and is refused, as without it
-			}
-			port := probePort(get["port"], c.Ports)
-			if !slices.Contains(redirected, port) {
-				continue
-			}
-			path, _ := get["path"].(string)
-			if !strings.HasPrefix(path, "/") {
-				path = "/" + path
-			}
-			if strings.ContainsAny(path, ", ") {
-				continue // not a path --app-probes can list
-			}
-			pair := strconv.Itoa(port) + path
 			if !slices.Contains(served, pair) {
 				served = append(served, pair)
 			}
 			rewritten := map[string]any{}
 			for k, v := range probe {
-				rewritten[k] = v
+				if k != "tcpSocket" {
+					rewritten[k] = v
+				}
 			}
 			newGet := map[string]any{"path": ProbesPath + pair, "port": AdminPort, "scheme": "HTTP"}
-			if h, ok := get["httpHeaders"]; ok {
-				newGet["httpHeaders"] = h
+			if headers != nil {
+				newGet["httpHeaders"] = headers
 			}
 			rewritten["httpGet"] = newGet
 			ops = append(ops, PatchOp{Op: "replace", Path: fmt.Sprintf("/spec/containers/%d/%s", i, kind), Value: rewritten})

@@ -362,9 +362,9 @@ func TestValidatorLetsCollectorsDelete(t *testing.T) {
 	}
 }
 
-// TestInjectRewritesProbes: an HTTP probe on a redirected port (by number
-// or name) goes to the sidecar's /probes/PORT/PATH, which --app-probes lets
-// it serve; probes on other ports, TCP and HTTPS probes stay.
+// TestInjectRewritesProbes: an HTTP, HTTPS or TCP probe of a redirected
+// port (by number or name) goes to the sidecar's /probes/..., which
+// --app-probes lets it serve; probes of other ports and exec probes stay.
 func TestInjectRewritesProbes(t *testing.T) {
 	doc := `{"metadata":{"name":"p"},"spec":{"containers":[
 	  {"name":"log","image":"x","livenessProbe":{"httpGet":{"path":"/alive","port":7070}}},
@@ -372,7 +372,8 @@ func TestInjectRewritesProbes(t *testing.T) {
 	   "readinessProbe":{"httpGet":{"path":"/ready","port":"http","httpHeaders":[{"name":"X","value":"1"}]},"periodSeconds":3},
 	   "livenessProbe":{"httpGet":{"path":"healthz","port":8080}},
 	   "startupProbe":{"tcpSocket":{"port":8080}}},
-	  {"name":"tls","image":"x","ports":[{"containerPort":8443}],"readinessProbe":{"httpGet":{"port":8443,"scheme":"HTTPS"}}}]}}`
+	  {"name":"tls","image":"x","ports":[{"containerPort":8443}],"readinessProbe":{"httpGet":{"port":8443,"scheme":"HTTPS"}},
+	   "livenessProbe":{"exec":{"command":["true"]}}}]}}`
 	ops, err := testInjector().patch(testPod(t, doc), enabledNS)
 	if err != nil {
 		t.Fatal(err)
@@ -397,14 +398,18 @@ func TestInjectRewritesProbes(t *testing.T) {
 	if g := get(1, "livenessProbe"); g["path"] != "/alive" || g["port"] != float64(7070) {
 		t.Errorf("a probe of a port not redirected was changed: %v", g)
 	}
-	if g := get(3, "readinessProbe"); g["port"] != float64(8443) {
-		t.Errorf("an HTTPS probe was changed: %v", g)
+	if g := get(3, "readinessProbe"); g["path"] != "/probes/https:8443/" || g["port"] != float64(AdminPort) {
+		t.Errorf("HTTPS probe %v", g)
 	}
-	if _, ok := cs[2].(map[string]any)["startupProbe"].(map[string]any)["tcpSocket"]; !ok {
-		t.Errorf("a TCP probe was changed")
+	startup := cs[2].(map[string]any)["startupProbe"].(map[string]any)
+	if g := get(2, "startupProbe"); g["path"] != "/probes/tcp:8080" || startup["tcpSocket"] != nil {
+		t.Errorf("TCP probe %v", startup)
+	}
+	if _, ok := cs[3].(map[string]any)["livenessProbe"].(map[string]any)["exec"]; !ok {
+		t.Errorf("an exec probe was changed")
 	}
 	cmd := fmt.Sprint(cs[0].(map[string]any)["command"])
-	if !strings.Contains(cmd, "--app-probes 8080/healthz,8080/ready --app-probe-host $(POD_IP) ") {
+	if !strings.Contains(cmd, "--app-probes 8080/healthz,8080/ready,tcp:8080,https:8443/ --app-probe-host $(POD_IP) ") {
 		t.Errorf("sidecar command %s", cmd)
 	}
 }

@@ -37,7 +37,8 @@
 // namespace, as Kuma keeps its policies in kuma-system. A namespaced name is
 // unique per namespace and kind, not per mesh: two meshes' policies of the
 // same kind and name cannot share a namespace. The store decides how names
-// map (next step).
+// map (pkg/store/kubernetes: a Dataplane "<pod>.<namespace>" is <pod> in
+// that namespace, what the global sent is "<name>.<hash of the mesh>").
 //
 // # Types without a CRD
 //

@@ -37,6 +37,10 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 	// uids are the uids of the meshes' objects, by name: "" for a mesh of
 	// the batch until its write.
 	uids := map[string]string{}
+	find, err := s.lookup(ctx, puts)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
 	for _, r := range puts {
 		r = store.Clone(r)
 		key := api.KeyOf(r)
@@ -44,7 +48,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		if err != nil {
 			return 0, fmt.Errorf("%s: %s: %w", what, key, err)
 		}
-		o, ok, err := s.read(ctx, key)
+		o, ok, err := find(key)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
 		}
@@ -87,7 +91,7 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 				if d.Scope == api.ScopeMesh {
 					owners = meshOwner(m.Mesh, uids[m.Mesh])
 				}
-				_, uid, err := s.create(ctx, d, p.r, owners)
+				_, uid, err := s.create(ctx, d, p.r, owners, true)
 				if err != nil {
 					return 0, err
 				}
@@ -138,4 +142,54 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		}
 	}
 	return done, nil
+}
+
+// lookup returns a read (Store.read) of the stored objects of puts' keys:
+// a type with several puts is listed once (one request, its objects at one
+// revision), the others are read one key at a time.
+func (s *Store) lookup(ctx context.Context, puts []api.Resource) (func(api.Key) (object, bool, error), error) {
+	count := map[string]int{}
+	for _, r := range puts {
+		count[r.GetMeta().Type]++
+	}
+	type index struct {
+		byKey map[api.Key]object
+		byLoc map[location]object
+	}
+	listed := map[string]index{}
+	for typ, n := range count {
+		d, err := descriptor(typ)
+		if n < 2 || err != nil {
+			continue // an unknown type is refused by name below
+		}
+		objs, _, err := s.listObjects(ctx, d, nil)
+		if err != nil {
+			return nil, err
+		}
+		idx := index{byKey: map[api.Key]object{}, byLoc: map[location]object{}}
+		for _, o := range objs {
+			k := api.Key{Type: o.typ, Mesh: o.mesh, Name: o.name}
+			if _, dup := idx.byKey[k]; !dup && o.typ == typ {
+				idx.byKey[k] = o
+			}
+			idx.byLoc[o.loc] = o
+		}
+		listed[typ] = idx
+	}
+	return func(key api.Key) (object, bool, error) {
+		idx, ok := listed[key.Type]
+		if !ok {
+			return s.read(ctx, key)
+		}
+		if o, ok := idx.byKey[key]; ok {
+			return o, true, nil
+		}
+		d, _ := api.Lookup(key.Type)
+		for _, loc := range s.candidates(d, key) {
+			if o, ok := idx.byLoc[loc]; ok {
+				return o, false, nil // held by another resource
+			}
+		}
+		return object{}, false, nil
+	}, nil
 }

@@ -120,7 +120,9 @@
 // # Apply
 //
 // Kubernetes has no transaction over several objects. Apply reads every
-// object first and refuses the whole batch, writing nothing, when a put's
+// object first (one List of each type with several puts, a GET per key of
+// the others; a delete reads its object when its turn comes) and refuses
+// the whole batch, writing nothing, when a put's
 // version does not match (ErrConflict) or its mesh is neither stored nor in
 // the batch (ErrMeshNotFound): every failure the suite provokes is caught
 // there. It then writes in order (meshes first, then the puts, then the
@@ -469,7 +471,7 @@ func (s *Store) Create(ctx context.Context, r api.Resource) (api.Resource, error
 	now := store.Now()
 	m := r.GetMeta()
 	m.Version, m.CreationTime, m.ModificationTime = 1, now, now
-	out, _, err := s.create(ctx, d, r, owners)
+	out, _, err := s.create(ctx, d, r, owners, false)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", key, err)
 	}
@@ -478,11 +480,12 @@ func (s *Store) Create(ctx context.Context, r api.Resource) (api.Resource, error
 
 // create writes r's object where it goes (placements) and returns it and
 // its object's uid. A type that may come from the global has its key under
-// two names (plain and synced): a key held under either is refused. A name
-// taken is ErrAlreadyExists, naming what holds it.
-func (s *Store) create(ctx context.Context, d api.Descriptor, r api.Resource, owners any) (api.Resource, string, error) {
+// two names (plain and synced): a key held under either is refused, unless
+// checked says the caller just looked. A name taken is ErrAlreadyExists,
+// naming what holds it.
+func (s *Store) create(ctx context.Context, d api.Descriptor, r api.Resource, owners any, checked bool) (api.Resource, string, error) {
 	locs := s.placements(d, r)
-	if syncable(d) {
+	if syncable(d) && !checked {
 		if _, ok, err := s.read(ctx, api.KeyOf(r)); err != nil || ok {
 			return nil, "", cmp.Or(err, store.ErrAlreadyExists)
 		}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -258,4 +261,54 @@ func TestMeshOwnsItsContents(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// requests sums the API server's apiserver_request_total of one resource
+// and verb (GET: one object; LIST) from its /metrics.
+func requests(t *testing.T, s *Store, resource, verb string) int {
+	t.Helper()
+	body, err := s.client.Stream(context.Background(), "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	b, err := io.ReadAll(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="`+resource+`"`) || !strings.Contains(line, `verb="`+verb+`"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		n += int(v)
+	}
+	return n
+}
+
+// TestApplyListsOnce: Apply reads the puts of one type with one List, not
+// one GET each (KDS re-applies a zone's whole global state every round).
+func TestApplyListsOnce(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	var puts []api.Resource
+	for i := range 30 {
+		puts = append(puts, storetest.Route("default", fmt.Sprintf("r%02d", i), 1, map[string]string{api.LabelOrigin: "global"}))
+	}
+	for round, want := range []int{30, 0} {
+		gets, lists := requests(t, s, "trafficroutes", "GET"), requests(t, s, "trafficroutes", "LIST")
+		if n, err := s.Apply(ctx, puts, nil); err != nil || n != want {
+			t.Fatalf("round %d: apply = %d, %v; want %d", round, n, err, want)
+		}
+		gets, lists = requests(t, s, "trafficroutes", "GET")-gets, requests(t, s, "trafficroutes", "LIST")-lists
+		t.Logf("round %d: %d GETs, %d LISTs of trafficroutes for 30 puts", round, gets, lists)
+		if gets != 0 || lists != 1 {
+			t.Fatalf("round %d: %d GETs and %d LISTs of trafficroutes, want 0 and 1", round, gets, lists)
+		}
+	}
 }
