@@ -114,6 +114,9 @@ func TestLeasesOnKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if v := got.GetMeta().Version; v <= l.Version {
+		t.Fatalf("updated to version %d from %d", v, l.Version)
+	}
 	if _, err := st.Update(ctx, &stale); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("update of a stale version: %v", err)
 	}

@@ -98,13 +98,14 @@ func (e *Elector) Start(ctx context.Context, lead func(ctx context.Context) erro
 	tick := time.NewTicker(e.Duration / 3)
 	defer tick.Stop()
 	for {
+		at := time.Now()
 		held, err := e.tryAcquire(ctx)
-		if err != nil && ctx.Err() == nil {
+		if err != nil && !errors.Is(err, ErrConflict) && ctx.Err() == nil {
 			e.Log.Warn("cannot read or renew the lease", zap.String("lease", e.Lease), zap.Error(err))
 		}
 		if held {
 			e.Log.Info("took the lease: leading", zap.String("lease", e.Lease))
-			if err := e.lead(ctx, tick, lead); err != nil && ctx.Err() == nil {
+			if err := e.lead(ctx, tick, lead, at); err != nil && ctx.Err() == nil {
 				e.Log.Warn("lost the lease", zap.String("lease", e.Lease), zap.Error(err))
 			}
 			if ctx.Err() != nil {
@@ -120,8 +121,19 @@ func (e *Elector) Start(ctx context.Context, lead func(ctx context.Context) erro
 	}
 }
 
-// lead runs lead while renewing; it returns when a renewal fails.
-func (e *Elector) lead(ctx context.Context, tick *time.Ticker, lead func(context.Context) error) error {
+// renewDeadline is how long after the start of its last successful renewal
+// a leader whose renewals fail (an error, a timeout, a concurrent write:
+// a slow or overloaded API server) goes on leading while it tries again,
+// as client-go's RenewDeadline. Another replica takes the lease only once
+// it has seen it unchanged for a whole Duration, which began no earlier
+// than that renewal: stopping a third of a Duration sooner leaves the
+// margin for the leader's work to notice its context ending.
+func (e *Elector) renewDeadline() time.Duration { return e.Duration * 2 / 3 }
+
+// lead runs lead while renewing, the lease last renewed by an attempt that
+// started at renewed; it returns once another replica is seen holding the
+// lease, or renewals have failed until renewDeadline.
+func (e *Elector) lead(ctx context.Context, tick *time.Ticker, lead func(context.Context) error, renewed time.Time) error {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -138,24 +150,44 @@ func (e *Elector) lead(ctx context.Context, tick *time.Ticker, lead func(context
 		done <- nil
 	}()
 	defer func() { cancel(); <-done }()
+	failing := false
 	for {
+		// Renewed every Duration/3; after a failure, tried again sooner,
+		// so that several attempts fit before the deadline.
+		next := tick.C
+		if failing {
+			next = time.After(e.Duration / 10)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-next:
 		}
-		held, err := e.tryAcquire(ctx)
-		if err != nil {
-			return err
-		}
-		if !held {
+		at := time.Now()
+		// No attempt outlives the deadline.
+		actx, acancel := context.WithDeadline(ctx, renewed.Add(e.renewDeadline()))
+		held, err := e.tryAcquire(actx)
+		acancel()
+		failing = err != nil
+		switch {
+		case held:
+			renewed = at
+		case err == nil:
 			return errors.New("another replica holds it")
+		case ctx.Err() != nil:
+			return nil
+		case time.Since(renewed) >= e.renewDeadline():
+			return fmt.Errorf("not renewed for %s: %w", time.Since(renewed).Round(time.Millisecond), err)
+		default:
+			e.Log.Warn("cannot renew the lease; trying again", zap.String("lease", e.Lease), zap.Error(err),
+				zap.Duration("leading_for_at_most", renewed.Add(e.renewDeadline()).Sub(time.Now())))
 		}
 	}
 }
 
 // tryAcquire takes or renews the lease and reports whether this replica
-// holds it.
+// holds it: false with a nil error when another replica holds it, with an
+// error wrapping ErrConflict when another write raced this one.
 func (e *Elector) tryAcquire(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.Duration/3)
 	defer cancel()
@@ -165,9 +197,6 @@ func (e *Elector) tryAcquire(ctx context.Context) (bool, error) {
 	cur, err := leases.Get(ctx, e.Lease)
 	if errors.Is(err, ErrNotFound) {
 		err = leases.Create(ctx, e.Lease, Record{Holder: e.Identity, Duration: dur, AcquireTime: now, RenewTime: now})
-		if errors.Is(err, ErrConflict) {
-			return false, nil
-		}
 		if err != nil {
 			return false, fmt.Errorf("create lease %s: %w", e.Lease, err)
 		}
@@ -191,8 +220,8 @@ func (e *Elector) tryAcquire(ctx context.Context) (bool, error) {
 		want.Transitions++
 	}
 	if err := leases.Update(ctx, e.Lease, want); err != nil {
-		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
-			return false, nil
+		if errors.Is(err, ErrNotFound) {
+			err = fmt.Errorf("%w (deleted)", ErrConflict)
 		}
 		return false, fmt.Errorf("renew lease %s: %w", e.Lease, err)
 	}

@@ -103,9 +103,14 @@ func (k *killable) Create(ctx context.Context, name string, r Record) error {
 // start runs an elector for name over leases; leaders counts replicas
 // leading at once, and maxLeaders its highest value.
 func start(t *testing.T, leases Leases, name string, leaders, maxLeaders *atomic.Int64) *replica {
+	return startFor(t, leases, name, testDuration, leaders, maxLeaders)
+}
+
+// startFor is start with a lease of d.
+func startFor(t *testing.T, leases Leases, name string, d time.Duration, leaders, maxLeaders *atomic.Int64) *replica {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &replica{name: name, leases: &killable{Leases: leases}, cancel: cancel, done: make(chan struct{})}
-	e := &Elector{Leases: r.leases, Lease: "test", Identity: name, Duration: testDuration, Log: zaptest.NewLogger(t).Named(name)}
+	e := &Elector{Leases: r.leases, Lease: "test", Identity: name, Duration: d, Log: zaptest.NewLogger(t).Named(name)}
 	go func() {
 		defer close(r.done)
 		_ = e.Start(ctx, func(ctx context.Context) error {
@@ -316,8 +321,73 @@ func TestConflictIsNotAcquired(t *testing.T) {
 			// The lease is "x"'s: this elector may renew it, but loses the race.
 			e := &Elector{Leases: conflicting{leases}, Lease: "test", Identity: "x", Duration: time.Second, Log: zaptest.NewLogger(t)}
 			held, err := e.tryAcquire(ctx)
-			if held || err != nil {
-				t.Fatalf("tryAcquire against a concurrent writer = %v, %v; want false, nil", held, err)
+			if held || !errors.Is(err, ErrConflict) {
+				t.Fatalf("tryAcquire against a concurrent writer = %v, %v; want false, ErrConflict", held, err)
+			}
+		})
+	}
+}
+
+// stumbling is a Leases whose next fail calls fail, each after a delay, as
+// an overloaded API server's requests do.
+type stumbling struct {
+	Leases
+	fail  atomic.Int64
+	delay time.Duration
+}
+
+func (s *stumbling) stumble(ctx context.Context) error {
+	if s.fail.Add(-1) < 0 {
+		s.fail.Store(0)
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(s.delay):
+		return errors.New("stumbled: 503 the server is overloaded")
+	}
+}
+
+func (s *stumbling) Get(ctx context.Context, name string) (Record, error) {
+	if err := s.stumble(ctx); err != nil {
+		return Record{}, err
+	}
+	return s.Leases.Get(ctx, name)
+}
+
+// TestSlowRenewalKeepsLeading: a leader whose renewals fail for a while, but
+// less than the renew deadline, goes on leading (one term); renewals that
+// keep failing end its term before another replica can take the lease, so
+// that two never lead at once. The lease is the zone's on Kubernetes (3 s:
+// renewed every second, tried again after 300 ms, given up after 2 s).
+func TestSlowRenewalKeepsLeading(t *testing.T) {
+	const d = 3 * time.Second
+	for name, newLeases := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			leases := newLeases(t)
+			var leaders, maxLeaders atomic.Int64
+			s := &stumbling{Leases: leases, delay: 200 * time.Millisecond}
+			a := startFor(t, s, "a", d, &leaders, &maxLeaders)
+			testutil.Until(t, 20*time.Second, "a leading", a.isLeading)
+			b := startFor(t, leases, "b", d, &leaders, &maxLeaders)
+			for range 3 {
+				s.fail.Store(1) // a renewal failing after 200 ms: the next, 300 ms later, succeeds
+				testutil.Until(t, 20*time.Second, "the failure used", func() bool { return s.fail.Load() == 0 })
+				time.Sleep(d / 2) // renewals resume; the term must not end meanwhile
+			}
+			if l, _, _, terms := a.state(); !l || terms != 1 {
+				t.Fatalf("a: leading %v after %d terms; want one unbroken term through slow renewals", l, terms)
+			}
+			s.fail.Store(1 << 30) // the API server stays unreachable for a
+			testutil.Until(t, 20*time.Second, "b leading", b.isLeading)
+			if !a.isLeading() {
+				_, _, ended, _ := a.state()
+				_, began, _, _ := b.state()
+				t.Logf("%s: b began leading %s after a's term ended", name, began.Sub(ended).Round(time.Millisecond))
+			}
+			if m := maxLeaders.Load(); m != 1 {
+				t.Fatalf("%d replicas led at once", m)
 			}
 		})
 	}

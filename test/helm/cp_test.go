@@ -2,6 +2,7 @@ package helm
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -22,8 +23,10 @@ import (
 // the chart renders, authenticated as the chart's ServiceAccount (a token
 // from the TokenRequest API) and so limited by the chart's RBAC, against a
 // real apiserver where the chart is applied: it must become ready, take the
-// leader Lease and turn an injected pod into a Dataplane, and the apiserver
-// must refuse it nothing. Only the addresses (loopback), the kubeconfig and
+// leader Lease, have an injected pod admitted with the sidecar, turn it into
+// a Dataplane and a pod of the chart's ingress template into the ZoneIngress
+// that pod connects as (advertised at a node's address and the NodePort),
+// and the apiserver must refuse it nothing. Only the addresses (loopback), the kubeconfig and
 // the system namespace differ from a pod's; once the CP has webhooks, it
 // registers them at a loopback URL.
 func TestZoneCPWithChartRBAC(t *testing.T) {
@@ -31,7 +34,8 @@ func TestZoneCPWithChartRBAC(t *testing.T) {
 	const ns, app = "helm-cp", "helm-cp-app"
 	restrictedNamespace(t, rig, ns)
 	installCRDs(t, rig)
-	vs := valueSets[0]
+	vs := valueSet{"zone-standalone-ingress", []string{"zone.name=zone-1", "ingress.enabled=true",
+		"ingress.service.type=NodePort", "ingress.service.nodePort=30101"}}
 	manifests := render(t, ns, vs)
 	apply(t, rig, vs.name, manifests)
 	args := cpArgs(t, manifests)
@@ -145,6 +149,29 @@ spec:
 		return err
 	})
 
+	// The ingress: a pod of the chart's template, as the Deployment would
+	// make it, on a node, becomes the ZoneIngress it connects as.
+	mustKubectl(t, rig, `apiVersion: v1
+kind: Node
+metadata: {name: helm-cp-node}
+status:
+  addresses: [{type: InternalIP, address: 192.0.2.10}]
+`, "apply", "-f", "-")
+	t.Cleanup(func() { kubectl(t, rig, "", "delete", "node", "helm-cp-node", "--ignore-not-found") })
+	mustKubectl(t, rig, "", "patch", "node", "helm-cp-node", "--subresource=status", "--type=merge", "-p",
+		`{"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.10"}]}}`)
+	mustKubectl(t, rig, ingressPod(t, manifests, ns, "ursa-ingress-0"), "apply", "-f", "-")
+	mustKubectl(t, rig, "", "patch", "pod", "ursa-ingress-0", "-n", ns, "--subresource=status", "--type=merge", "-p",
+		`{"status":{"phase":"Running","podIP":"10.9.0.9","podIPs":[{"ip":"10.9.0.9"}],"conditions":[{"type":"Ready","status":"True"}]}}`)
+	eventually(t, cp, 30*time.Second, "the ZoneIngress of the ingress pod", func() error {
+		code, body, err := get("/zone-ingresses")
+		if err == nil && (code != http.StatusOK || !strings.Contains(body, "ursa-ingress-0."+ns) ||
+			!strings.Contains(body, "10.9.0.9") || !strings.Contains(body, "192.0.2.10") || !strings.Contains(body, "30101")) {
+			err = fmt.Errorf("GET /zone-ingresses: %d %s", code, body)
+		}
+		return err
+	})
+
 	logs, err := os.ReadFile(cp.logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +181,27 @@ spec:
 			t.Errorf("the apiserver refused the CP something its RBAC should grant:\n%s", line)
 		}
 	}
+}
+
+// ingressPod returns, as JSON, a Pod named name of the rendered ingress
+// Deployment's template.
+func ingressPod(t *testing.T, manifests, ns, name string) string {
+	t.Helper()
+	for _, o := range parse(t, manifests) {
+		if o.kind() != "Deployment" || o.name() != "ursa-ingress" {
+			continue
+		}
+		tmpl, _ := get(o, "spec", "template").(object)
+		meta, _ := tmpl["metadata"].(object)
+		meta["name"], meta["namespace"] = name, ns
+		b, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": tmpl["spec"]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	t.Fatal("no ursa-ingress Deployment rendered")
+	return ""
 }
 
 // image returns the image of the rendered control plane.

@@ -126,12 +126,7 @@ func BenchmarkPodStorm(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if out, err := rig.Kubectl(ctx, "apply", "-f", "../../deploy/crds").CombinedOutput(); err != nil {
-		b.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
-	if out, err := rig.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
-		b.Fatalf("kubectl wait: %v\n%s", err, out)
-	}
+	installCRDs(b, rig)
 	for i := range b.N {
 		system, app := fmt.Sprintf("storm-system-%d", i), fmt.Sprintf("storm-%d", i)
 		for _, ns := range []string{system, app} {
@@ -173,51 +168,9 @@ func BenchmarkPodStorm(b *testing.B) {
 
 		b.ResetTimer()
 		start := time.Now()
-		var created atomic.Int64
-		var wg sync.WaitGroup
-		errs := make(chan error, 16)
-		for w := range 16 {
-			wg.Go(func() {
-				for p := w; p < n; p += 16 {
-					name := fmt.Sprintf("web-%d", p)
-					pod := map[string]any{"metadata": map[string]any{"name": name, "labels": map[string]any{"app": "web"}},
-						"spec": map[string]any{"containers": []any{map[string]any{"name": "app", "image": "app"}}}}
-					if err := do(c, "POST", "/api/v1/namespaces/"+app+"/pods", pod); err != nil {
-						errs <- err
-						return
-					}
-					created.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		podsCreated := time.Since(start)
-		for w := range 16 {
-			wg.Go(func() {
-				for p := w; p < n; p += 16 {
-					name := fmt.Sprintf("web-%d", p)
-					ip := fmt.Sprintf("10.%d.%d.%d", 100+p>>16, (p>>8)&255, p&255)
-					path := "/api/v1/namespaces/" + app + "/pods/" + name + "/status"
-					var pod map[string]any
-					if err := c.Do(ctx, "GET", "/api/v1/namespaces/"+app+"/pods/"+name, nil, &pod); err != nil {
-						errs <- err
-						return
-					}
-					pod["status"] = map[string]any{"phase": "Running", "podIP": ip, "podIPs": []any{map[string]any{"ip": ip}},
-						"conditions": []any{map[string]any{"type": "Ready", "status": "True"}}}
-					if err := do(c, "PUT", path, pod); err != nil {
-						errs <- err
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-		statusSet := time.Since(start)
-		select {
-		case err := <-errs:
+		podsCreated, statusSet, err := storm(c, app, n, start)
+		if err != nil {
 			b.Fatal(err)
-		default:
 		}
 		// Every Dataplane written: the store's successful creates count
 		// them (a List of them all, polled, would weigh on the API server
@@ -276,5 +229,68 @@ func BenchmarkPodStorm(b *testing.B) {
 		for _, ns := range []string{app, system} {
 			do(c, "DELETE", "/api/v1/namespaces/"+ns, nil)
 		}
+	}
+}
+
+// storm creates n pods web-<i> in ns from 16 clients at once, selected by
+// the Service web, each naming the default service account (as an injected
+// pod must), then gives each an IP and Ready as its kubelet would (a GET
+// and a PUT of its status). It returns when the creates and when the
+// statuses were done, from start.
+func storm(c *kube.Client, ns string, n int, start time.Time) (created, statusSet time.Duration, err error) {
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for w := range 16 {
+		wg.Go(func() {
+			for p := w; p < n; p += 16 {
+				pod := map[string]any{"metadata": map[string]any{"name": fmt.Sprintf("web-%d", p), "labels": map[string]any{"app": "web"}},
+					"spec": map[string]any{"serviceAccountName": "default", "containers": []any{map[string]any{"name": "app", "image": "app"}}}}
+				if err := do(c, "POST", "/api/v1/namespaces/"+ns+"/pods", pod); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	created = time.Since(start)
+	for w := range 16 {
+		wg.Go(func() {
+			for p := w; p < n; p += 16 {
+				name := fmt.Sprintf("web-%d", p)
+				ip := fmt.Sprintf("10.%d.%d.%d", 100+p>>16, (p>>8)&255, p&255)
+				var pod map[string]any
+				if err := c.Do(ctx, "GET", "/api/v1/namespaces/"+ns+"/pods/"+name, nil, &pod); err != nil {
+					errs <- err
+					return
+				}
+				pod["status"] = map[string]any{"phase": "Running", "podIP": ip, "podIPs": []any{map[string]any{"ip": ip}},
+					"conditions": []any{map[string]any{"type": "Ready", "status": "True"}}}
+				if err := do(c, "PUT", "/api/v1/namespaces/"+ns+"/pods/"+name+"/status", pod); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return 0, 0, err
+	default:
+	}
+	return created, time.Since(start), nil
+}
+
+// installCRDs applies deploy/crds to the rig and waits until they serve.
+func installCRDs(b *testing.B, rig *k8stest.Rig) {
+	b.Helper()
+	ctx := context.Background()
+	if out, err := rig.Kubectl(ctx, "apply", "--server-side", "--force-conflicts", "-f", "../../deploy/crds").CombinedOutput(); err != nil {
+		b.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	if out, err := rig.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
+		b.Fatalf("kubectl wait: %v\n%s", err, out)
 	}
 }
