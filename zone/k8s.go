@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -177,26 +179,77 @@ func checkCluster(ctx context.Context, c *kube.Client, ns string) error {
 	return nil
 }
 
-// election is where a zone's replicas elect the doer of each leader-only
-// job: the store's leases on universal, coordination.k8s.io Leases in the
-// system namespace on Kubernetes.
+// election is how a zone's replicas elect the one that does the jobs only
+// one may do (allocating VIPs, talking to the global, reaping presence,
+// the pod controller, ...): one lease for all of them, LeaderLease, held in
+// the store on universal, as a coordination.k8s.io Lease of the system
+// namespace on Kubernetes. One lease, not one per job as before: the jobs
+// ended up on one replica anyway (the first to start took every lease), and
+// each lease costs a write per renewal, a second's worth of etcd writes per
+// job on Kubernetes.
 type election struct {
 	leases   leader.Leases
 	instance string
 	duration time.Duration
+	jobs     []leaderJob
 }
 
-func newElection(st store.Store, k8s *kubeEnv, instance string) election {
+type leaderJob struct {
+	name string
+	fn   func(context.Context) error
+}
+
+// LeaderLease names the lease of a zone's leader.
+const LeaderLease = "zone-leader"
+
+func newElection(st store.Store, k8s *kubeEnv, instance string) *election {
 	if k8s != nil {
-		return election{leases: leader.KubeLeases{Client: k8s.client, Namespace: k8s.namespace}, instance: instance, duration: kubeLeaseDuration}
+		return &election{leases: leader.KubeLeases{Client: k8s.client, Namespace: k8s.namespace}, instance: instance, duration: kubeLeaseDuration}
 	}
-	return election{leases: leader.StoreLeases{Store: st}, instance: instance, duration: storeLeaseDuration}
+	return &election{leases: leader.StoreLeases{Store: st}, instance: instance, duration: storeLeaseDuration}
+}
+
+// leaderOnly adds a job that runs while this replica leads; add the
+// election's component to the runner once every job is in.
+func (el *election) leaderOnly(name string, fn func(context.Context) error) {
+	el.jobs = append(el.jobs, leaderJob{name: name, fn: fn})
+}
+
+// component competes for LeaderLease and, while it is held, runs every job,
+// each restarted on its own after a failure (a second later).
+func (el *election) component(log *zap.Logger) (string, run.Component) {
+	e := &leader.Elector{Leases: el.leases, Lease: LeaderLease, Identity: el.instance, Duration: el.duration, Log: log.Named("leader")}
+	jobs := slices.Clone(el.jobs)
+	names := make([]string, len(jobs))
+	for i, j := range jobs {
+		names[i] = j.name
+	}
+	return "leader only: " + strings.Join(names, ", "), run.Func(func(ctx context.Context) error {
+		return e.Start(ctx, func(ctx context.Context) error {
+			var wg sync.WaitGroup
+			for _, j := range jobs {
+				wg.Go(func() {
+					for ctx.Err() == nil {
+						if err := j.fn(ctx); err != nil && ctx.Err() == nil {
+							log.Warn("leader-only job failed; restarting it", zap.String("job", j.name), zap.Error(err))
+							select {
+							case <-ctx.Done():
+							case <-time.After(time.Second):
+							}
+						}
+					}
+				})
+			}
+			wg.Wait()
+			return nil
+		})
+	})
 }
 
 // addKubernetes adds what a zone on Kubernetes runs besides a universal
 // zone's components: the controller that turns pods into Dataplanes and
 // ingress pods into ZoneIngresses (leader only).
-func addKubernetes(r *run.Runner, cfg Config, st store.Store, el election, k8s *kubeEnv, log *zap.Logger) {
+func addKubernetes(cfg Config, st store.Store, el *election, k8s *kubeEnv, log *zap.Logger) {
 	ctl := &k8szone.Controller{Client: k8s.client, Store: st, Zone: cfg.Zone, SystemNamespace: k8s.namespace, Log: log.Named("pods")}
-	r.Add("pod-controller (leader only)", leaderOnly(el, "pod-controller", log, ctl.Run))
+	el.leaderOnly("pod-controller", ctl.Run)
 }

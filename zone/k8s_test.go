@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,7 +56,8 @@ func TestEnvironmentSettings(t *testing.T) {
 
 // TestElection: a universal zone elects through its store with the long
 // lease; a zone on Kubernetes through coordination Leases in its namespace,
-// short enough for a handover under 5 s.
+// short enough for a handover under 5 s. Every leader-only job runs under
+// one lease, restarted on its own when it fails.
 func TestElection(t *testing.T) {
 	st := store.NewMemory(0)
 	el := newElection(st, nil, "a")
@@ -66,6 +68,36 @@ func TestElection(t *testing.T) {
 	kl, ok := el.leases.(leader.KubeLeases)
 	if !ok || kl.Namespace != "ursa-system" || el.duration > 3*time.Second || el.instance != "b" {
 		t.Fatalf("kubernetes: %+v", el)
+	}
+
+	el = newElection(st, nil, "c")
+	el.duration = time.Second
+	var calls atomic.Int64
+	el.leaderOnly("fails", func(ctx context.Context) error {
+		calls.Add(1)
+		return errors.New("boom")
+	})
+	ran := make(chan struct{})
+	el.leaderOnly("steady", func(ctx context.Context) error {
+		close(ran)
+		<-ctx.Done()
+		return nil
+	})
+	name, c := el.component(zaptest.NewLogger(t))
+	if name != "leader only: fails, steady" {
+		t.Fatalf("component name %q", name)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Start(ctx) }()
+	<-ran
+	testutil.Until(t, 20*time.Second, "the failing job restarted", func() bool { return calls.Load() >= 2 })
+	if l, err := st.Get(ctx, api.Key{Type: "Lease", Name: LeaderLease}); err != nil || l.(*api.Lease).Holder != "c" {
+		t.Fatalf("lease %s: %v %v", LeaderLease, l, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -31,7 +31,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/config"
-	"github.com/ursamesh/ursa/pkg/leader"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/servingcert"
@@ -311,7 +310,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("presence", pres)
 	reap := newReaper(st, mirror, time.Now, cfg.Instance, log.Named("presence"))
 	r.Add("heartbeat-watch", run.Func(reap.watch))
-	r.Add("presence-reaper (leader only)", leaderOnly(el, "presence-reaper", log, reap.lead))
+	el.leaderOnly("presence-reaper", reap.lead)
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
 		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})
@@ -329,15 +328,15 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	// One writer per zone, or replicas would overwrite each other's
 	// insights every second; the leader's covers the proxies connected to
 	// it.
-	r.Add("service-insights (leader only)", leaderOnly(el, "service-insights", log, func(ctx context.Context) error {
+	el.leaderOnly("service-insights", func(ctx context.Context) error {
 		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
-	}))
+	})
 	if err := addXDS(ctx, r, cfg, st, el, mirror, cat, xdsServer, lrsServer, xdsCert, log); err != nil {
 		apiLns.Close()
 		return err
 	}
 	if k8s != nil {
-		addKubernetes(r, cfg, st, el, k8s, log)
+		addKubernetes(cfg, st, el, k8s, log)
 		if err := addKubeWebhooks(ctx, r, cfg, st, k8s, xdsCert, log); err != nil {
 			apiLns.Close()
 			return err
@@ -355,8 +354,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		// One replica of a zone talks to the global: they share a store,
 		// so what one receives every replica reads, and what it sends is
 		// every replica's.
-		r.Add("kds (leader only)", leaderOnly(el, "kds", log, c.Start))
+		el.leaderOnly("kds", c.Start)
 	}
+	r.Add(el.component(log))
 	log.Info("zone control plane starting", zap.String("store", be.Kind), zap.Bool("federated", cfg.Federated()),
 		zap.String("global", cfg.Global.KDS.Address), zap.String("api_addr", apiLns.Plain.Addr().String()),
 		zap.String("api_tls_addr", apiLns.TLS.Addr().String()), zap.Strings("api_tls_names", apiCert.Names().Strings()))
@@ -404,7 +404,7 @@ func kdsClientDeps(cfg Config) (*client.Deps, error) {
 }
 
 // addDNS adds the resolver, its table and the leader-only VIP allocator.
-func addDNS(r *run.Runner, cfg Config, st store.Store, el election, cat *catalog.Follower, reg prometheus.Registerer, log *zap.Logger) error {
+func addDNS(r *run.Runner, cfg Config, st store.Store, el *election, cat *catalog.Follower, reg prometheus.Registerer, log *zap.Logger) error {
 	metrics, err := dns.NewMetrics(reg)
 	if err != nil {
 		return err
@@ -418,9 +418,9 @@ func addDNS(r *run.Runner, cfg Config, st store.Store, el election, cat *catalog
 		Upstreams: cfg.DNS.Upstreams, Log: log.Named("dns"), Metrics: metrics}
 	alloc := dns.Allocator{CIDR: netip.MustParsePrefix(cfg.VIP.CIDR), HoldBack: cfg.VIP.HoldBack.Duration}
 	r.Add("dns-table", run.Func(func(ctx context.Context) error { return resolver.Follow(ctx, cat) }))
-	r.Add("vip-allocator (leader only)", leaderOnly(el, "vip-allocator", log, func(ctx context.Context) error {
+	el.leaderOnly("vip-allocator", func(ctx context.Context) error {
 		return dns.Allocate(ctx, st, cat, alloc, log.Named("vip"))
-	}))
+	})
 	r.Add("dns", run.Func(func(ctx context.Context) error { return server.Start(ctx, udp, tcp) }))
 	log.Info("resolver listening", zap.String("dns_addr", tcp.Addr().String()), zap.String("domain", cfg.DNS.Domain), zap.String("vip_cidr", cfg.VIP.CIDR))
 	return nil
@@ -451,16 +451,9 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 	return nil, nil, fmt.Errorf("no port free over both UDP and TCP on %s", host)
 }
 
-// leaderOnly runs fn while this replica holds the lease, so that one
-// replica of a zone does a job that must have one doer.
-func leaderOnly(el election, lease string, log *zap.Logger, fn func(context.Context) error) run.Component {
-	e := &leader.Elector{Leases: el.leases, Lease: lease, Identity: el.instance, Duration: el.duration, Log: log.Named("leader")}
-	return run.Func(func(ctx context.Context) error { return e.Start(ctx, fn) })
-}
-
 // addXDS adds the xDS server and the generation of proxies' configurations;
 // the server speaks TLS with cert, plaintext when it is nil.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, el election, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, cert *servingcert.Serving, log *zap.Logger) error {
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, el *election, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, cert *servingcert.Serving, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
@@ -474,15 +467,15 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, el e
 	loadReports.Register(g)
 	r.Add("xds", run.GRPCServer(g, ln, cfg.ShutdownGrace.Duration))
 	if d := cfg.XDS.OfflineRemoval.Duration; d > 0 {
-		r.Add("dataplane-cleanup (leader only)", leaderOnly(el, "dataplane-cleanup", log, func(ctx context.Context) error {
+		el.leaderOnly("dataplane-cleanup", func(ctx context.Context) error {
 			return removeOffline(ctx, st, mirror, d, log.Named("xds"))
-		}))
+		})
 	}
 	// Every replica reads the same catalogue, so their offers agree; one
 	// writes them.
-	r.Add("ingress-services (leader only)", leaderOnly(el, "ingress-services", log, func(ctx context.Context) error {
+	el.leaderOnly("ingress-services", func(ctx context.Context) error {
 		return offerServices(ctx, st, cat, log.Named("ingress"))
-	}))
+	})
 	gen := NewGeneration(GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: cfg.MTLS.CertTTL.Duration,
 		DNSDomain: cfg.DNS.Domain, DNSTTL: cfg.DNS.TTL.Duration, Log: log.Named("xds")})
 	r.Add("xds-generate", gen)

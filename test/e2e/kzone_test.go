@@ -57,23 +57,19 @@ func leaseHolders(t *testing.T, rig *k8stest.Rig, ns string) map[string]string {
 	return out
 }
 
-// heldBy reports whether holder holds every lease of the zone's leader-only
-// jobs (the pod controller's among them). The replicas' heartbeats, Leases
-// too, are each replica's own.
+// heldBy reports whether holder holds the zone's leader Lease, the one
+// lease of every leader-only job (the pod controller's among them), and no
+// other Lease of the namespace but the replicas' heartbeats exists.
 func heldBy(leases map[string]string, holder string) bool {
-	n := 0
-	for name, h := range leases {
+	for name := range leases {
 		if strings.HasPrefix(name, "heartbeat-") {
 			continue
 		}
-		if h != holder {
+		if name != "zone-leader" {
 			return false
 		}
-		if name == "pod-controller" {
-			n++
-		}
 	}
-	return n == 1
+	return leases["zone-leader"] == holder
 }
 
 // TestKubeZoneStartChecks: a zone on Kubernetes refuses to start, saying
