@@ -497,15 +497,19 @@ func testListFilters(t *testing.T, s store.Store, caps Capabilities) {
 }
 
 func testLargeList(t *testing.T, s store.Store, caps Capabilities) {
-	c := ctx(t)
+	// The case is about a list over several pages, not about speed: 3,000
+	// creates take the Kubernetes store (several requests each) longer than
+	// ctx's 30 s on a loaded machine.
+	c, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	MustCreate(t, s, Mesh("default"))
-	const n = 3000
+	const n, workers = 3000, 16
 	var wg sync.WaitGroup
-	for w := range 4 {
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < n; i += 4 {
+			for i := w; i < n; i += workers {
 				if _, err := s.Create(c, Route("default", fmt.Sprintf("r%05d", i), i%100+1, nil)); err != nil {
 					t.Errorf("create: %v", err)
 					return
