@@ -61,6 +61,37 @@ type Controller struct {
 	// Synced, when set, is called once the first lists of every kind are
 	// in and the start-up resync is queued (tests).
 	Synced func()
+
+	mu   sync.Mutex
+	warm *warm
+}
+
+// warm is what a run of the controller leaves for the next: its cache of
+// the cluster and the resourceVersion of each kind's last change in it.
+// A replica that loses its term and wins the next soon after (the only
+// replica, or an API server too slow to renew the lease in time) then
+// resumes its watches instead of listing every pod of the cluster again.
+type warm struct {
+	cache *cache
+	rv    map[string]string
+	ended time.Time
+}
+
+// warmFor is how long after a run ends the next may start from its cache:
+// well within the API server's watch cache window, past which a resumed
+// watch is refused (410) and the kind listed again anyway.
+const warmFor = 30 * time.Second
+
+// takeWarm returns what the last run left, if recent, and forgets it.
+func (c *Controller) takeWarm() *warm {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.warm
+	c.warm = nil
+	if w == nil || time.Since(w.ended) > warmFor || len(w.rv) != len(watched) {
+		return nil
+	}
+	return w
 }
 
 // DefaultResync is the controller's default Resync.
@@ -86,6 +117,15 @@ func (c *Controller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := &state{ctl: c, log: log, cache: newCache(), queue: newQueue(), owned: map[string]owned{}}
+	rv := map[string]string{}
+	synced := map[string]bool{}
+	if w := c.takeWarm(); w != nil {
+		s.cache, rv = w.cache, w.rv
+		for kind := range watched {
+			synced[kind] = true
+		}
+		log.Info("pod controller resuming from its last run's cache", zap.Duration("ended_ago", time.Since(w.ended)))
+	}
 	for b := newBackoff(); ; b.wait(ctx) {
 		err := s.loadOwned(ctx)
 		if err == nil {
@@ -100,15 +140,21 @@ func (c *Controller) Run(ctx context.Context) error {
 		log.Warn("cannot read what the controller stored; retrying", zap.Error(err))
 	}
 	changes := make(chan change, 1024)
+	// Runs last, once the reflectors and workers are done: what the cache
+	// holds is exactly the changes up to rv.
+	defer func() {
+		c.mu.Lock()
+		c.warm = &warm{cache: s.cache, rv: rv, ended: time.Now()}
+		c.mu.Unlock()
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer s.queue.close()
 	defer cancel()
 	for kind, path := range watched {
-		r := &reflector{client: c.Client, kind: kind, path: path, out: changes, log: log, pageSize: 500}
+		r := &reflector{client: c.Client, kind: kind, path: path, out: changes, log: log, pageSize: 500, resume: rv[kind]}
 		wg.Go(func() { r.run(ctx) })
 	}
-	synced := map[string]bool{}
 	started := false
 	every := c.Resync
 	if every <= 0 {
@@ -117,20 +163,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	resync := time.NewTicker(every)
 	defer resync.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-resync.C:
-			if started {
-				wg.Go(func() { s.resync(ctx) })
-			}
-			continue
-		case ch := <-changes:
-			s.apply(ch)
-			if ch.synced {
-				synced[ch.kind] = true
-			}
-		}
 		if !started && len(synced) == len(watched) {
 			started = true
 			// The start-up resync: every pod, and what was written for
@@ -150,6 +182,23 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 			if c.Synced != nil {
 				c.Synced()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+			if started {
+				wg.Go(func() { s.resync(ctx) })
+			}
+			continue
+		case ch := <-changes:
+			s.apply(ch)
+			if ch.rv != "" {
+				rv[ch.kind] = ch.rv
+			}
+			if ch.synced {
+				synced[ch.kind] = true
 			}
 		}
 	}

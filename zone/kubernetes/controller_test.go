@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -440,4 +443,60 @@ func TestControllerResync(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDataplane(t, st, "web-1.rs-app", want)
+}
+
+// podLists is how many times the API server has listed pods.
+func podLists(t *testing.T, c *kube.Client) int {
+	t.Helper()
+	body, err := c.Stream(context.Background(), "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	b, err := io.ReadAll(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "apiserver_request_total{") && strings.Contains(line, `resource="pods"`) && strings.Contains(line, `verb="LIST"`) {
+			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
+			n += int(v)
+		}
+	}
+	return n
+}
+
+// TestControllerWarmRestart: a term that ends and a next that starts soon
+// after, as when the leader's lease renewals stall under load and it wins
+// the lease again: the next run resumes its watches from the first's cache,
+// listing no pod, and still follows what changed in between.
+func TestControllerWarmRestart(t *testing.T) {
+	_, c := rig(t)
+	k := k8s{t, c}
+	k.namespace("warm-system", nil)
+	k.namespace("warm", map[string]string{LabelSidecarInjection: "enabled"})
+	st := newStore(t, c, "warm-system")
+	k.service("warm", "web", map[string]string{"app": "web"}, map[string]any{"name": "http", "port": 80, "targetPort": "http"})
+	k.pod("warm", "web-1", map[string]string{"app": "web"})
+	k.status("warm", "web-1", "10.2.0.1", true)
+	ctl := &Controller{Client: c, Store: st, Zone: "zone-k", SystemNamespace: "warm-system"}
+	stop := startControllerWith(t, ctl)
+	waitDataplane(t, st, "web-1.warm", "10.2.0.1 8080:web_warm_svc_80:true")
+	stop()
+
+	// Between the terms: web-1 turns not ready, web-2 comes.
+	k.status("warm", "web-1", "10.2.0.1", false)
+	k.pod("warm", "web-2", map[string]string{"app": "web"})
+	k.status("warm", "web-2", "10.2.0.2", true)
+	lists := podLists(t, c)
+	startControllerWith(t, ctl)
+	waitDataplane(t, st, "web-1.warm", "10.2.0.1 8080:web_warm_svc_80:false")
+	waitDataplane(t, st, "web-2.warm", "10.2.0.2 8080:web_warm_svc_80:true")
+	if n := podLists(t, c) - lists; n != 0 {
+		t.Fatalf("the second run listed pods %d times; want it to resume from the first's cache", n)
+	}
 }

@@ -25,6 +25,9 @@ type change struct {
 	// deleted, else added or modified: obj.
 	deleted bool
 	obj     json.RawMessage
+	// rv is the resourceVersion the kind is at once this change is
+	// applied: a watch resumed from it misses nothing.
+	rv string
 }
 
 // reflector lists one kind cluster-wide, then watches it from the list's
@@ -41,6 +44,9 @@ type reflector struct {
 	pageSize int
 	// requests counts the API requests made, for the benchmark.
 	requests func()
+	// resume, when set, is where an earlier run's changes ended: the
+	// first watch starts there, without a list.
+	resume string
 }
 
 // errGone is a watch the API server can no longer serve from its
@@ -54,8 +60,13 @@ const watchTimeout = 5 * time.Minute
 
 func (r *reflector) run(ctx context.Context) error {
 	backoff := newBackoff()
+	resume := r.resume
 	for ctx.Err() == nil {
-		rv, err := r.list(ctx)
+		rv, err := resume, error(nil)
+		if resume == "" {
+			rv, err = r.list(ctx)
+		}
+		resume = ""
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -119,7 +130,7 @@ func (r *reflector) list(ctx context.Context) (string, error) {
 		items = append(items, page.Items...)
 		if page.Metadata.Continue == "" {
 			select {
-			case r.out <- change{kind: r.kind, synced: true, list: items}:
+			case r.out <- change{kind: r.kind, synced: true, list: items, rv: page.Metadata.ResourceVersion}:
 			case <-ctx.Done():
 				return "", ctx.Err()
 			}
@@ -175,7 +186,7 @@ func (r *reflector) watch(ctx context.Context, rv string) (string, error) {
 		case "BOOKMARK":
 		case "ADDED", "MODIFIED", "DELETED":
 			select {
-			case r.out <- change{kind: r.kind, deleted: ev.Type == "DELETED", obj: ev.Object}:
+			case r.out <- change{kind: r.kind, deleted: ev.Type == "DELETED", obj: ev.Object, rv: meta.Metadata.ResourceVersion}:
 			case <-ctx.Done():
 				return last, nil
 			}
