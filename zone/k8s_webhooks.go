@@ -120,7 +120,7 @@ func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.St
 		return fmt.Errorf("webhook tls: %w", err)
 	}
 	injCfg := cfg.Kubernetes.Injection
-	inj := &kubernetes.Injector{Config: injCfg, CPAddress: injCfg.CPAddress, Namespace: kubernetes.NamespaceGetter(k8s.client)}
+	inj := &kubernetes.Injector{Config: injCfg, CPAddress: injCfg.CPAddress, Namespace: kubernetes.CachedNamespaces(kubernetes.NamespaceGetter(k8s.client), kubernetes.NamespaceCacheTTL)}
 	if inj.CPAddress == "" {
 		inj.CPAddress = DefaultCPAddress(cfg.Webhook.Service, k8s.namespace, cfg.XDS.Addr)
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // applyAdds applies a JSON Patch of "add" and "replace" operations, the
@@ -411,5 +412,52 @@ func TestInjectRewritesProbes(t *testing.T) {
 	cmd := fmt.Sprint(cs[0].(map[string]any)["command"])
 	if !strings.Contains(cmd, "--app-probes 8080/healthz,8080/ready,tcp:8080,https:8443/ --app-probe-host $(POD_IP) ") {
 		t.Errorf("sidecar command %s", cmd)
+	}
+}
+
+// TestCachedNamespaces: a storm of admissions in one namespace reads it once
+// per TTL; another namespace, an expired entry and an error read again, and
+// an error is not remembered.
+func TestCachedNamespaces(t *testing.T) {
+	reads := map[string]int{}
+	fail := false
+	get := func(_ context.Context, name string) (*Namespace, error) {
+		reads[name]++
+		if fail {
+			return nil, fmt.Errorf("apiserver: 503")
+		}
+		return &Namespace{Metadata: ObjectMeta{Name: name, Annotations: map[string]string{AnnotationMesh: fmt.Sprint("m", reads[name])}}}, nil
+	}
+	now := time.Unix(1000, 0)
+	c := &namespaceCache{get: get, ttl: 2 * time.Second, now: func() time.Time { return now }, seen: map[string]cachedNamespace{}}
+	ctx := context.Background()
+	mesh := func(name string) string {
+		t.Helper()
+		ns, err := c.lookup(ctx, name)
+		if err != nil {
+			t.Fatalf("lookup %s: %v", name, err)
+		}
+		return ns.Metadata.Annotations[AnnotationMesh]
+	}
+	for range 1000 {
+		if m := mesh("shop"); m != "m1" {
+			t.Fatalf("mesh %s, want the first read's m1", m)
+		}
+	}
+	if m := mesh("other"); m != "m1" || reads["shop"] != 1 || reads["other"] != 1 {
+		t.Fatalf("mesh %s, reads %v", m, reads)
+	}
+	now = now.Add(2 * time.Second)
+	if m := mesh("shop"); m != "m2" || reads["shop"] != 2 {
+		t.Fatalf("after the TTL: mesh %s, reads %v", m, reads)
+	}
+	now = now.Add(2 * time.Second)
+	fail = true
+	if _, err := c.lookup(ctx, "shop"); err == nil {
+		t.Fatal("a failed read was answered from the expired entry")
+	}
+	fail = false
+	if m := mesh("shop"); m != "m4" || reads["shop"] != 4 {
+		t.Fatalf("after an error: mesh %s, reads %v; the error must not be remembered", m, reads)
 	}
 }

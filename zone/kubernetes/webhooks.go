@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -199,4 +200,54 @@ func NamespaceGetter(c APIClient) func(ctx context.Context, name string) (*Names
 		}
 		return &ns, nil
 	}
+}
+
+// NamespaceCacheTTL is how long the injector reuses a Namespace it read:
+// a Deployment scaled to thousands of pods costs one read of their
+// Namespace every NamespaceCacheTTL, not one per pod, and a change of the
+// namespace's mesh annotation reaches new pods within it. (Whether a
+// namespace is injected at all the API server decides, by the webhook's
+// namespaceSelector.)
+const NamespaceCacheTTL = 2 * time.Second
+
+// CachedNamespaces remembers what get returns, per name, for ttl; errors
+// are not remembered.
+func CachedNamespaces(get func(ctx context.Context, name string) (*Namespace, error), ttl time.Duration) func(ctx context.Context, name string) (*Namespace, error) {
+	return (&namespaceCache{get: get, ttl: ttl, now: time.Now, seen: map[string]cachedNamespace{}}).lookup
+}
+
+type cachedNamespace struct {
+	ns *Namespace
+	at time.Time
+}
+
+type namespaceCache struct {
+	get func(ctx context.Context, name string) (*Namespace, error)
+	ttl time.Duration
+	now func() time.Time
+
+	mu   sync.Mutex
+	seen map[string]cachedNamespace
+}
+
+func (c *namespaceCache) lookup(ctx context.Context, name string) (*Namespace, error) {
+	now := c.now()
+	c.mu.Lock()
+	hit, ok := c.seen[name]
+	if ok && now.Sub(hit.at) >= c.ttl {
+		delete(c.seen, name) // expired: the map holds only live namespaces' recent reads
+		ok = false
+	}
+	c.mu.Unlock()
+	if ok {
+		return hit.ns, nil
+	}
+	ns, err := c.get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.seen[name] = cachedNamespace{ns: ns, at: now}
+	c.mu.Unlock()
+	return ns, nil
 }
