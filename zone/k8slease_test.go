@@ -3,7 +3,6 @@ package zone
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"sync"
 	"testing"
@@ -26,29 +25,13 @@ var cluster k8stest.Shared
 
 func TestMain(m *testing.M) { os.Exit(cluster.Main(m)) }
 
-var (
-	crdsOnce sync.Once
-	crdsErr  error
-)
-
 // kubeRig returns the rig with deploy/crds installed, a client of it and a
 // namespace of the test's own.
 func kubeRig(t *testing.T, ns string) *kube.Client {
 	t.Helper()
 	rig := cluster.Get(t)
-	crdsOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if out, err := rig.Kubectl(ctx, "apply", "-f", "../deploy/crds").CombinedOutput(); err != nil {
-			crdsErr = fmt.Errorf("kubectl apply -f deploy/crds: %v\n%s", err, out)
-			return
-		}
-		if out, err := rig.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
-			crdsErr = fmt.Errorf("kubectl wait crd: %v\n%s", err, out)
-		}
-	})
-	if crdsErr != nil {
-		t.Fatal(crdsErr)
+	if err := rig.InstallCRDs("../deploy/crds"); err != nil {
+		t.Fatal(err)
 	}
 	cfg, err := kube.LoadKubeconfig(rig.Kubeconfig)
 	if err != nil {

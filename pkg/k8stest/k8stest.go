@@ -31,6 +31,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -97,6 +98,34 @@ type Rig struct {
 
 	client               *http.Client
 	etcd, apiserver, kcm *proc
+
+	crdsMu sync.Mutex
+	crds   map[string]error // InstallCRDs' outcome by folder
+}
+
+// InstallCRDs applies the CustomResourceDefinitions of dir (server-side,
+// taking over fields another apply set) and waits until every CRD of the
+// rig is Established, once per folder for the rig's life: tests of one
+// binary share the rig, and a new CRD's first requests are slow.
+func (r *Rig) InstallCRDs(dir string) error {
+	r.crdsMu.Lock()
+	defer r.crdsMu.Unlock()
+	if err, done := r.crds[dir]; done {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var err error
+	if out, aerr := r.Kubectl(ctx, "apply", "--server-side", "--force-conflicts", "-f", dir).CombinedOutput(); aerr != nil {
+		err = fmt.Errorf("kubectl apply -f %s: %w\n%s", dir, aerr, out)
+	} else if out, werr := r.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); werr != nil {
+		err = fmt.Errorf("kubectl wait crd Established: %w\n%s", werr, out)
+	}
+	if r.crds == nil {
+		r.crds = map[string]error{}
+	}
+	r.crds[dir] = err
+	return err
 }
 
 // Start starts etcd and kube-apiserver and waits until the apiserver's

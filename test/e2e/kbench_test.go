@@ -53,11 +53,8 @@ type hybrid struct {
 func startHybrid(b testing.TB) *hybrid {
 	b.Helper()
 	h := &hybrid{rig: kube.Get(b)}
-	if out, err := kubectl(h.rig, "", "apply", "-f", "../../deploy/crds"); err != nil {
-		b.Fatalf("kubectl apply -f deploy/crds: %v\n%s", err, out)
-	}
-	if out, err := kubectl(h.rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all"); err != nil {
-		b.Fatalf("kubectl wait crd: %v\n%s", err, out)
+	if err := h.rig.InstallCRDs("../../deploy/crds"); err != nil {
+		b.Fatal(err)
 	}
 	h.system, h.apps = fmt.Sprintf("kb-system-%d", os.Getpid()), fmt.Sprintf("kb-app-%d", os.Getpid())
 	kbNamespace(b, h.rig, h.system, nil)

@@ -9,30 +9,17 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ursamesh/ursa/pkg/k8stest"
 )
 
-var (
-	crdsOnce sync.Once
-	crdsOut  string
-	crdsErr  error
-)
-
 // kubeCRDs applies deploy/crds to the rig once per test binary.
 func kubeCRDs(t *testing.T, rig *k8stest.Rig) {
 	t.Helper()
-	crdsOnce.Do(func() {
-		if crdsOut, crdsErr = kubectl(rig, "", "apply", "--server-side", "--force-conflicts", "-f", "../../deploy/crds"); crdsErr != nil {
-			return
-		}
-		crdsOut, crdsErr = kubectl(rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all")
-	})
-	if crdsErr != nil {
-		t.Fatalf("installing deploy/crds: %v\n%s", crdsErr, crdsOut)
+	if err := rig.InstallCRDs("../../deploy/crds"); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -251,11 +251,8 @@ func BenchmarkKubeStorm(b *testing.B) {
 		}
 	}
 	rig := kube.Get(b)
-	if out, err := kubectl(rig, "", "apply", "-f", "../../deploy/crds"); err != nil {
-		b.Fatalf("kubectl apply -f deploy/crds: %v\n%s", err, out)
-	}
-	if out, err := kubectl(rig, "", "wait", "--for=condition=Established", "--timeout=25s", "crd", "--all"); err != nil {
-		b.Fatalf("kubectl wait crd: %v\n%s", err, out)
+	if err := rig.InstallCRDs("../../deploy/crds"); err != nil {
+		b.Fatal(err)
 	}
 	system, apps := fmt.Sprintf("ks-system-%d", os.Getpid()), fmt.Sprintf("ks-app-%d", os.Getpid())
 	kbNamespace(b, rig, system, nil)

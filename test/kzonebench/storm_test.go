@@ -286,11 +286,7 @@ func storm(c *kube.Client, ns string, n int, start time.Time) (created, statusSe
 // installCRDs applies deploy/crds to the rig and waits until they serve.
 func installCRDs(b *testing.B, rig *k8stest.Rig) {
 	b.Helper()
-	ctx := context.Background()
-	if out, err := rig.Kubectl(ctx, "apply", "--server-side", "--force-conflicts", "-f", "../../deploy/crds").CombinedOutput(); err != nil {
-		b.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
-	if out, err := rig.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
-		b.Fatalf("kubectl wait: %v\n%s", err, out)
+	if err := rig.InstallCRDs("../../deploy/crds"); err != nil {
+		b.Fatal(err)
 	}
 }

@@ -27,28 +27,12 @@ var cluster k8stest.Shared
 
 func TestMain(m *testing.M) { os.Exit(cluster.Main(m)) }
 
-var (
-	installOnce sync.Once
-	installErr  error
-)
-
 // rig returns the shared rig with deploy/crds applied, and a client of it.
 func rig(t *testing.T) (*k8stest.Rig, *kube.Client) {
 	t.Helper()
 	r := cluster.Get(t)
-	installOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if out, err := r.Kubectl(ctx, "apply", "-f", "../../deploy/crds").CombinedOutput(); err != nil {
-			installErr = fmt.Errorf("kubectl apply -f deploy/crds: %v\n%s", err, out)
-			return
-		}
-		if out, err := r.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
-			installErr = fmt.Errorf("kubectl wait crd Established: %v\n%s", err, out)
-		}
-	})
-	if installErr != nil {
-		t.Fatal(installErr)
+	if err := r.InstallCRDs("../../deploy/crds"); err != nil {
+		t.Fatal(err)
 	}
 	cfg, err := kube.LoadKubeconfig(r.Kubeconfig)
 	if err != nil {

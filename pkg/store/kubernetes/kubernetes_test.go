@@ -44,19 +44,8 @@ var (
 func installed(t testing.TB) *k8stest.Rig {
 	t.Helper()
 	rig := cluster.Get(t)
-	installOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if out, err := rig.Kubectl(ctx, "apply", "-f", "../../../deploy/crds").CombinedOutput(); err != nil {
-			installErr = fmt.Errorf("kubectl apply -f deploy/crds: %v\n%s", err, out)
-			return
-		}
-		if out, err := rig.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=50s", "crd", "--all").CombinedOutput(); err != nil {
-			installErr = fmt.Errorf("kubectl wait crd Established: %v\n%s", err, out)
-		}
-	})
-	if installErr != nil {
-		t.Fatal(installErr)
+	if err := rig.InstallCRDs("../../../deploy/crds"); err != nil {
+		t.Fatal(err)
 	}
 	warmOnce.Do(func() { warm(t, rig) })
 	return rig
