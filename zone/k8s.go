@@ -232,10 +232,12 @@ func (el *election) component(log *zap.Logger) (string, run.Component) {
 					for ctx.Err() == nil {
 						if err := j.fn(ctx); err != nil && ctx.Err() == nil {
 							log.Warn("leader-only job failed; restarting it", zap.String("job", j.name), zap.Error(err))
-							select {
-							case <-ctx.Done():
-							case <-time.After(time.Second):
-							}
+						}
+						// Also after a nil return: a job that ends early
+						// must not spin.
+						select {
+						case <-ctx.Done():
+						case <-time.After(time.Second):
 						}
 					}
 				})

@@ -133,7 +133,7 @@ func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.St
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)
 	}
-	srv := &http.Server{Handler: hooks.Handler(), TLSConfig: cert.TLSConfig(), ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Handler: hooks.Handler(), TLSConfig: cert.TLSConfig(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 15 * time.Second, IdleTimeout: time.Minute,
 		ErrorLog: zap.NewStdLog(log.Named("http"))}
 	r.Add("webhooks", run.HTTPServer(srv, tls.NewListener(ln, srv.TLSConfig), cfg.ShutdownGrace.Duration))
 	// Every replica registers the same configurations; applying them

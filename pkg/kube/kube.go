@@ -52,6 +52,12 @@ func New(cfg *Config) (*Client, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsCfg
+	// Every request and watch shares one HTTP/2 connection: a ping on an
+	// idle one, and a limit on waiting for an answer's headers, find a
+	// connection that died without a word (as client-go's health check
+	// does), instead of leaving watches and requests blocked on it.
+	tr.ResponseHeaderTimeout = 30 * time.Second
+	tr.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second}
 	c := &Client{base: base, http: &http.Client{Transport: tr}}
 	if cfg.Token != "" || cfg.TokenFile != "" {
 		c.token = &tokenSource{token: cfg.Token, file: cfg.TokenFile}

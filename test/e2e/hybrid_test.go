@@ -281,7 +281,7 @@ spec:
 	edit := rig.Kubectl(ctx, "-n", crNS, "edit", "trafficroute", crName)
 	edit.Env = append(edit.Env, "KUBE_EDITOR=sed -i s/weight:\\ 100/weight:\\ 50/")
 	editOut, err := edit.CombinedOutput()
-	if err == nil || !strings.Contains(string(editOut), "global") {
+	if err == nil || !strings.Contains(string(editOut), "is synced from the global control plane") {
 		t.Fatalf("kubectl edit of a route synced from the global: %v\n%s", err, editOut)
 	}
 	t.Logf("kubectl edit refused: %s", strings.TrimSpace(string(editOut)))

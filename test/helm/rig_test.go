@@ -163,10 +163,10 @@ func TestZoneOnAPIServer(t *testing.T) {
 		// Sidecar identity, its own identity, its webhooks.
 		{"create", "tokenreviews.authentication.k8s.io"},
 		{"create", "selfsubjectreviews.authentication.k8s.io"},
-		{"get", "mutatingwebhookconfigurations"},
+		{"get", "mutatingwebhookconfigurations/ursa-sidecar-injector"},
 		{"create", "mutatingwebhookconfigurations"},
-		{"patch", "mutatingwebhookconfigurations"},
-		{"update", "validatingwebhookconfigurations"},
+		{"patch", "mutatingwebhookconfigurations/ursa-sidecar-injector"},
+		{"update", "validatingwebhookconfigurations/ursa-validator"},
 	})
 	grants(t, rig, sa, false, [][]string{
 		// Nobody else's Secrets or Leases.
@@ -187,6 +187,9 @@ func TestZoneOnAPIServer(t *testing.T) {
 		{"update", "customresourcedefinitions.apiextensions.k8s.io"},
 		// No way to more rights.
 		{"delete", "mutatingwebhookconfigurations"},
+		// Nobody else's webhooks.
+		{"patch", "mutatingwebhookconfigurations/another-products-injector"},
+		{"update", "validatingwebhookconfigurations/another-products-policy"},
 		{"create", "clusterrolebindings.rbac.authorization.k8s.io"},
 		{"create", "rolebindings.rbac.authorization.k8s.io", "-n", ns},
 		{"impersonate", "users"},

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -188,8 +189,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-resync.C:
-			if started {
-				wg.Go(func() { s.resync(ctx) })
+			// One resync at a time: a store slower than the period
+			// must not pile them up.
+			if started && s.resyncing.CompareAndSwap(false, true) {
+				wg.Go(func() {
+					defer s.resyncing.Store(false)
+					s.resync(ctx)
+				})
 			}
 			continue
 		case ch := <-changes:
@@ -216,6 +222,8 @@ type state struct {
 	log   *zap.Logger
 	cache *cache
 	queue *queue
+
+	resyncing atomic.Bool
 
 	mu    sync.Mutex
 	owned map[string]owned // by pod key, namespace/name
@@ -494,21 +502,23 @@ func keep(want, cur api.Resource) api.Resource {
 // remove deletes r, whatever its version by now, if it is still the
 // controller's.
 func (s *state) remove(ctx context.Context, r api.Resource) error {
+	key := api.KeyOf(r)
 	for range 5 {
-		err := s.ctl.Store.Delete(ctx, api.KeyOf(r), r.GetMeta().Version)
+		err := s.ctl.Store.Delete(ctx, key, r.GetMeta().Version)
 		switch {
 		case err == nil, errors.Is(err, store.ErrNotFound):
 			return nil
 		case !errors.Is(err, store.ErrConflict):
-			return fmt.Errorf("delete %s: %w", api.KeyOf(r), err)
+			return fmt.Errorf("delete %s: %w", key, err)
 		}
-		r, err = s.ctl.Store.Get(ctx, api.KeyOf(r))
+		got, err := s.ctl.Store.Get(ctx, key)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("read %s: %w", api.KeyOf(r), err)
+			return fmt.Errorf("read %s: %w", key, err)
 		}
+		r = got
 		if r.GetMeta().Labels[LabelManagedBy] != ManagedByController {
 			return nil // someone took it over
 		}

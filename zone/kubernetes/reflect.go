@@ -42,8 +42,6 @@ type reflector struct {
 	log    *zap.Logger
 	// pageSize bounds one list answer.
 	pageSize int
-	// requests counts the API requests made, for the benchmark.
-	requests func()
 	// resume, when set, is where an earlier run's changes ended: the
 	// first watch starts there, without a list.
 	resume string
@@ -117,8 +115,11 @@ func (r *reflector) list(ctx context.Context) (string, error) {
 			} `json:"metadata"`
 			Items []json.RawMessage `json:"items"`
 		}
-		r.count()
-		err := r.client.Do(ctx, http.MethodGet, r.path+"?"+q.Encode(), nil, &page)
+		// A page that never comes (a connection dropped silently) must
+		// not stall the kind for good.
+		pctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := r.client.Do(pctx, http.MethodGet, r.path+"?"+q.Encode(), nil, &page)
+		cancel()
 		if kube.Code(err) == http.StatusGone && cont != "" {
 			// The continue token expired: start the list again.
 			items, cont = nil, ""
@@ -145,7 +146,11 @@ func (r *reflector) list(ctx context.Context) (string, error) {
 func (r *reflector) watch(ctx context.Context, rv string) (string, error) {
 	q := url.Values{"watch": {"1"}, "resourceVersion": {rv}, "allowWatchBookmarks": {"true"},
 		"timeoutSeconds": {fmt.Sprint(int(watchTimeout.Seconds()))}}
-	r.count()
+	// timeoutSeconds ends the watch at the API server; this deadline ends
+	// it here too when that end never arrives (a connection dropped
+	// silently on the way).
+	ctx, cancel := context.WithTimeout(ctx, watchTimeout+time.Minute)
+	defer cancel()
 	body, err := r.client.Stream(ctx, r.path+"?"+q.Encode())
 	if kube.Code(err) == http.StatusGone {
 		return "", errGone
@@ -196,12 +201,6 @@ func (r *reflector) watch(ctx context.Context, rv string) (string, error) {
 		if meta.Metadata.ResourceVersion != "" {
 			last = meta.Metadata.ResourceVersion
 		}
-	}
-}
-
-func (r *reflector) count() {
-	if r.requests != nil {
-		r.requests()
 	}
 }
 

@@ -235,7 +235,7 @@ func (c *namespaceCache) lookup(ctx context.Context, name string) (*Namespace, e
 	c.mu.Lock()
 	hit, ok := c.seen[name]
 	if ok && now.Sub(hit.at) >= c.ttl {
-		delete(c.seen, name) // expired: the map holds only live namespaces' recent reads
+		delete(c.seen, name) // expired (a deleted namespace's entry stays until looked up; few)
 		ok = false
 	}
 	c.mu.Unlock()

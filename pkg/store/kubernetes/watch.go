@@ -194,6 +194,10 @@ func (s *Store) watchOnce(ctx context.Context, d api.Descriptor, rev int64, send
 	q.Set("resourceVersion", strconv.FormatInt(rev, 10))
 	q.Set("allowWatchBookmarks", "true")
 	q.Set("timeoutSeconds", strconv.Itoa(int(watchTimeout/time.Second)))
+	// The API server ends the watch after timeoutSeconds; this deadline
+	// ends it here when that end never arrives.
+	ctx, cancel := context.WithTimeout(ctx, watchTimeout+time.Minute)
+	defer cancel()
 	body, err := s.client.Stream(ctx, s.collection(d)+"?"+q.Encode())
 	if kube.Code(err) == http.StatusGone {
 		return rev, fmt.Errorf("watch %s from %d: %w", d.Type, rev, store.ErrCompacted)
