@@ -53,6 +53,8 @@ type Proxy struct {
 
 	// load counts upstream connections per cluster and zone, for LRS.
 	load loadCounters
+	// resil runs circuit breakers, outlier detection and health checks.
+	resil resilience
 
 	mu        sync.Mutex
 	listeners map[string]*running
@@ -108,6 +110,9 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 			return nil, err
 		}
 	}
+	if err := p.resil.init(reg); err != nil {
+		return nil, err
+	}
 	p.cfg.Store(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}})
 	return p, nil
 }
@@ -143,6 +148,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 	prev := p.cfg.Load()
 	p.cfg.Store(warm(prev, cfg))
 	p.forgetEjections(prev, cfg)
+	p.syncResilience(p.cfg.Load())
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
 			r.ln.Close()
@@ -223,6 +229,7 @@ func (p *Proxy) Close() {
 		p.dns.stop()
 		p.dns = nil
 	}
+	p.resil.health.stop()
 }
 
 // Ready reports whether the proxy has listeners to serve.
@@ -303,6 +310,12 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		p.refuse(down, name, "no_cluster", nil)
 		return
 	}
+	b := p.breakerFor(c.Name)
+	if !b.acquire(kindConnections) {
+		p.refuse(down, name, "overflow", fmt.Errorf("cluster %q: max_connections", c.Name))
+		return
+	}
+	defer b.release(kindConnections)
 	var up net.Conn
 	var err error
 	if c.OriginalDst {
@@ -390,12 +403,14 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		if err != nil {
 			p.load.record(c.Name, ep.Zone, false)
 			p.eject(c.Name, ep.Addr)
+			p.outcome(c.Name, ep.Addr, 0, err)
 			lastErr = err
 			continue
 		}
 		if !c.TLS {
 			p.load.record(c.Name, ep.Zone, true)
 			p.connected(c.Name, ep.Addr)
+			p.outcome(c.Name, ep.Addr, 0, nil)
 			return conn, nil
 		}
 		tc, err := p.originate(cfg, conn, c)
@@ -410,11 +425,13 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			if !errors.Is(err, errNoIdentity) {
 				p.eject(c.Name, ep.Addr)
 				p.upstreamRefused(c, ep, err)
+				p.outcome(c.Name, ep.Addr, 0, err)
 			}
 			lastErr = err
 			continue
 		}
 		p.connected(c.Name, ep.Addr)
+		p.outcome(c.Name, ep.Addr, 0, nil)
 		return tc, nil
 	}
 	if lastErr == nil {
@@ -516,6 +533,9 @@ func (p *Proxy) connected(cluster, addr string) {
 }
 
 func (p *Proxy) healthy(cluster, addr string) bool {
+	if !p.resil.available(cluster, addr, p.now()) {
+		return false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.ejected[cluster+"|"+addr]
@@ -530,6 +550,9 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	type level struct {
 		healthy       []Endpoint
 		total, health uint32
+	}
+	if len(tried) == 0 {
+		p.resil.health.traffic(c.Name)
 	}
 	var levels []*level
 	byPrio := map[uint32]*level{}
