@@ -112,9 +112,12 @@ func translateBreakers(cb *cluster.CircuitBreakers) (*Thresholds, error) {
 // its thresholds applies to what opens next, and what is open keeps being
 // counted. It is safe for concurrent use.
 type breaker struct {
-	limits   atomic.Pointer[Thresholds]
-	open     [numKinds]atomic.Int64
-	overflow [numKinds]prometheus.Counter
+	limits atomic.Pointer[Thresholds]
+	open   [numKinds]atomic.Int64
+	// overflows counts refusals; its series are made at the first one, so
+	// that a proxy with many clusters exports no zeros for them.
+	cluster   string
+	overflows *prometheus.CounterVec
 }
 
 // acquire takes one of kind if the cluster's threshold allows it, and
@@ -126,7 +129,7 @@ func (b *breaker) acquire(kind breakerKind) bool {
 	for {
 		n := b.open[kind].Load()
 		if n >= limit {
-			b.overflow[kind].Inc()
+			b.overflows.WithLabelValues(b.cluster, kind.String()).Inc()
 			return false
 		}
 		if b.open[kind].CompareAndSwap(n, n+1) {
@@ -171,11 +174,8 @@ func (bs *breakers) get(cluster string) *breaker {
 	defer bs.mu.Unlock()
 	b, ok := bs.m[cluster]
 	if !ok {
-		b = &breaker{}
+		b = &breaker{cluster: cluster, overflows: bs.open}
 		b.limits.Store(&noThresholds)
-		for k := range numKinds {
-			b.overflow[k] = bs.open.WithLabelValues(cluster, k.String())
-		}
 		bs.m[cluster] = b
 	}
 	return b

@@ -97,8 +97,8 @@ func translateHealthChecks(hcs []*core.HealthCheck) (*HealthCheck, error) {
 		if v == nil {
 			return def, nil
 		}
-		if err := v.CheckValid(); err != nil || v.AsDuration() < 0 {
-			return 0, fmt.Errorf("health_checks.%s: %v is not a valid duration", name, v)
+		if err := v.CheckValid(); err != nil || v.AsDuration() < 0 || v.AsDuration() > maxDuration {
+			return 0, fmt.Errorf("health_checks.%s: %v is not a duration from 0 to a year", name, v)
 		}
 		return v.AsDuration(), nil
 	}
@@ -276,8 +276,10 @@ type checker struct {
 	// wake ends a wait for the no-traffic interval when the cluster first
 	// carries traffic.
 	wake chan struct{}
-	// checks counts checks done, for tests.
+	// checks counts checks done, and idle is true while the checker
+	// waits for its next: tests read them.
 	checks atomic.Int64
+	idle   atomic.Bool
 }
 
 // healthChecks runs the checkers of every cluster that has a health check.
@@ -337,10 +339,11 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 			ctx, cancel := context.WithCancel(context.Background())
 			ck.cancel = cancel
 			cc.checkers[ep.Addr] = ck
+			used := cc.used
 			hs.wg.Add(1)
 			go func() {
 				defer hs.wg.Done()
-				ck.run(ctx, cc.used)
+				ck.run(ctx, used)
 			}()
 		}
 		for addr, ck := range cc.checkers {
@@ -417,12 +420,15 @@ func (ck *checker) run(ctx context.Context, used bool) {
 			if !used {
 				wake = ck.wake
 			}
+			timer := ck.p.resil.after(wait)
+			ck.idle.Store(true)
 			select {
 			case <-ctx.Done():
 				return
-			case <-ck.p.resil.after(wait):
+			case <-timer:
 			case <-wake:
 			}
+			ck.idle.Store(false)
 		}
 		if ctx.Err() != nil {
 			return
@@ -510,7 +516,7 @@ func (ck *checker) next(tr transition, used bool) time.Duration {
 	default:
 		d = s.Interval
 	}
-	if j := d * time.Duration(s.IntervalJitterPercent) / 100; j > 0 {
+	if j := time.Duration(float64(d) * float64(s.IntervalJitterPercent) / 100); j > 0 && j < maxDuration {
 		d += rand.N(j)
 	}
 	if j := s.IntervalJitter; j > 0 {

@@ -59,8 +59,8 @@ func translateOutlier(od *cluster.OutlierDetection) (*OutlierDetection, error) {
 		if v == nil {
 			return def, nil
 		}
-		if err := v.CheckValid(); err != nil || v.AsDuration() < 0 {
-			return 0, fmt.Errorf("outlier_detection.%s: %v is not a valid duration", name, v)
+		if err := v.CheckValid(); err != nil || v.AsDuration() < 0 || v.AsDuration() > maxDuration {
+			return 0, fmt.Errorf("outlier_detection.%s: %v is not a duration from 0 to a year", name, v)
 		}
 		return v.AsDuration(), nil
 	}

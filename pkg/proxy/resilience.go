@@ -77,6 +77,10 @@ func translateResilience(c *cluster.Cluster, out *Cluster) error {
 	return nil
 }
 
+// maxDuration bounds the durations of outlier detection and health checks,
+// so that sums and products of them cannot overflow.
+const maxDuration = 366 * 24 * time.Hour
+
 // unsupportedFields names the fields set in m, other than allowed, as
 // fields the built-in proxy does not implement: it refuses what it cannot
 // honour rather than ignore it. where is m's path in the cluster.
