@@ -332,7 +332,7 @@ func TestL7BadInput(t *testing.T) {
 			"spec.http[0].match.path.regex: \"(unclosed\" does not compile"},
 		{"/meshes/default/timeouts/t2", "type: Timeout\n" + sel + "  http: {requestTimeout: 0s}\n", "spec.http.requestTimeout: must be greater than 0"},
 		{"/meshes/default/timeouts/t2", "type: Timeout\n" + sel + "  connectTimeout: -1s\n", "spec.connectTimeout: must be greater than 0"},
-		{"/meshes/default/timeouts/t2", "type: Timeout\n" + strings.Replace(sel, "{ursa.io/service: web}", "{ursa.io/service: web}, {ursa.io/service: web}", 1) + "  connectTimeout: 1s\n",
+		{"/meshes/default/timeouts/t2", "type: Timeout\n" + strings.Replace(sel, "[{match: {ursa.io/service: web}}]", "[{match: {ursa.io/service: web}}, {match: {ursa.io/service: web}}]", 1) + "  connectTimeout: 1s\n",
 			`spec.sources: Timeout "t1" has the same sources and destinations`},
 	} {
 		r := do(t, "PUT", u+c.path, c.body)
