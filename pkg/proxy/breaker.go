@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math"
-	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
@@ -13,23 +15,39 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// breakerKind is a resource a cluster's circuit breaker limits.
-type breakerKind int
+// limitKind is what a circuit breaker slot is for.
+type limitKind int
 
+// The kinds of circuit breaker slots.
 const (
-	// kindConnections are upstream connections, TCP (tcp_proxy) and HTTP.
-	kindConnections breakerKind = iota
-	// kindPending are HTTP requests waiting for an upstream connection.
-	kindPending
-	// kindRequests are HTTP requests outstanding to the cluster.
-	kindRequests
-	// kindRetries are HTTP retries outstanding to the cluster.
-	kindRetries
-	numKinds
+	// limitRequest is held for the whole of an HTTP request to the
+	// cluster (max_requests).
+	limitRequest limitKind = iota
+	// limitRetry is held for the whole of a retry, an attempt after the
+	// first (max_retries, or the retry budget).
+	limitRetry
+	// limitConnection is held by each upstream connection, TCP
+	// (tcp_proxy) or HTTP, while it is open (max_connections).
+	limitConnection
+	// limitPending is held by an HTTP request while it waits for an
+	// upstream connection because the cluster is at max_connections
+	// (max_pending_requests).
+	limitPending
+	numLimits
 )
 
-func (k breakerKind) String() string {
-	return [...]string{"connections", "pending", "requests", "retries"}[k]
+func (k limitKind) String() string {
+	return [...]string{"requests", "retries", "connections", "pending"}[k]
+}
+
+// breaker is a cluster's circuit breaker, as the HTTP engine and tcp_proxy
+// use it.
+type breaker interface {
+	// acquire takes a slot of kind; false when the cluster's threshold
+	// for it is reached (overflow: 503 UO), which is counted in
+	// ursa_dp_circuit_breaker_open_total. release frees the slot; it is
+	// called exactly once when acquire says true.
+	acquire(kind limitKind) (release func(), ok bool)
 }
 
 // Unlimited is a threshold that never trips.
@@ -107,29 +125,29 @@ func translateBreakers(cb *cluster.CircuitBreakers) (*Thresholds, error) {
 	return out, nil
 }
 
-// breaker counts what a cluster has open against its thresholds. One
-// breaker serves a cluster for as long as the cluster exists: a change of
-// its thresholds applies to what opens next, and what is open keeps being
+// circuitBreaker counts what a cluster has open against its thresholds.
+// One serves a cluster for as long as the cluster exists: a change of its
+// thresholds applies to what opens next, and what is open keeps being
 // counted. It is safe for concurrent use.
-type breaker struct {
+type circuitBreaker struct {
 	limits atomic.Pointer[Thresholds]
-	open   [numKinds]atomic.Int64
+	open   [numLimits]atomic.Int64
+	// freed is closed, and replaced, when a connection slot is released:
+	// pending requests wait on it.
+	freedMu sync.Mutex
+	freed   chan struct{}
 	// overflows counts refusals; its series are made at the first one, so
 	// that a proxy with many clusters exports no zeros for them.
 	cluster   string
 	overflows *prometheus.CounterVec
 }
 
-// acquire takes one of kind if the cluster's threshold allows it, and
-// reports whether it did; each refusal is counted in
-// ursa_dp_circuit_breaker_open_total. Every successful acquire needs one
-// release.
-func (b *breaker) acquire(kind breakerKind) bool {
+// take takes one of kind if the threshold allows it.
+func (b *circuitBreaker) take(kind limitKind) bool {
 	limit := b.limit(kind)
 	for {
 		n := b.open[kind].Load()
 		if n >= limit {
-			b.overflows.WithLabelValues(b.cluster, kind.String()).Inc()
 			return false
 		}
 		if b.open[kind].CompareAndSwap(n, n+1) {
@@ -138,23 +156,59 @@ func (b *breaker) acquire(kind breakerKind) bool {
 	}
 }
 
-// release gives back one of kind that acquire took.
-func (b *breaker) release(kind breakerKind) { b.open[kind].Add(-1) }
+// overflow counts a refusal of kind.
+func (b *circuitBreaker) overflow(kind limitKind) {
+	b.overflows.WithLabelValues(b.cluster, kind.String()).Inc()
+}
+
+// acquire is take, counting a refusal as an overflow.
+func (b *circuitBreaker) acquire(kind limitKind) (func(), bool) {
+	if !b.take(kind) {
+		b.overflow(kind)
+		return nil, false
+	}
+	var once sync.Once
+	return func() { once.Do(func() { b.release(kind) }) }, true
+}
+
+// release gives back one of kind that take took.
+func (b *circuitBreaker) release(kind limitKind) {
+	b.open[kind].Add(-1)
+	if kind != limitConnection {
+		return
+	}
+	b.freedMu.Lock()
+	if b.freed != nil {
+		close(b.freed)
+		b.freed = nil
+	}
+	b.freedMu.Unlock()
+}
+
+// whenFreed returns a channel closed at the next release of a connection.
+func (b *circuitBreaker) whenFreed() <-chan struct{} {
+	b.freedMu.Lock()
+	defer b.freedMu.Unlock()
+	if b.freed == nil {
+		b.freed = make(chan struct{})
+	}
+	return b.freed
+}
 
 // limit is how many of kind may be open now. A retry budget depends on the
 // requests outstanding and pending at the time of asking, as in Envoy.
-func (b *breaker) limit(kind breakerKind) int64 {
+func (b *circuitBreaker) limit(kind limitKind) int64 {
 	t := b.limits.Load()
 	switch kind {
-	case kindConnections:
+	case limitConnection:
 		return t.MaxConnections
-	case kindPending:
+	case limitPending:
 		return t.MaxPendingRequests
-	case kindRequests:
+	case limitRequest:
 		return t.MaxRequests
 	}
 	if rb := t.RetryBudget; rb != nil {
-		active := b.open[kindRequests].Load() + b.open[kindPending].Load()
+		active := b.open[limitRequest].Load() + b.open[limitPending].Load()
 		return max(rb.MinRetryConcurrency, int64(rb.BudgetPercent*float64(active)/100))
 	}
 	return t.MaxRetries
@@ -163,18 +217,18 @@ func (b *breaker) limit(kind breakerKind) int64 {
 // breakers holds the breaker of every cluster.
 type breakers struct {
 	mu   sync.Mutex
-	m    map[string]*breaker
+	m    map[string]*circuitBreaker
 	open *prometheus.CounterVec
 }
 
 // get returns cluster's breaker, made with no limits when the cluster has
 // none yet (sync sets them).
-func (bs *breakers) get(cluster string) *breaker {
+func (bs *breakers) get(cluster string) *circuitBreaker {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	b, ok := bs.m[cluster]
 	if !ok {
-		b = &breaker{cluster: cluster, overflows: bs.open}
+		b = &circuitBreaker{cluster: cluster, overflows: bs.open}
 		b.limits.Store(&noThresholds)
 		bs.m[cluster] = b
 	}
@@ -201,40 +255,58 @@ func (bs *breakers) sync(clusters map[string]*Cluster) {
 	}
 }
 
-// breakerFor returns the circuit breaker of a cluster: the HTTP engine
-// acquires kindRequests for each request, kindPending while it waits for a
-// connection, kindRetries for each retry, and kindConnections (through
-// countedConn) for each upstream connection it opens; tcp_proxy acquires
-// kindConnections. An overflow is a 503 with response flag UO.
-func (p *Proxy) breakerFor(cluster string) *breaker { return p.resil.breakers.get(cluster) }
+// breakerFor is cluster c's circuit breaker.
+func (p *Proxy) breakerFor(c *Cluster) breaker { return p.resil.breakers.get(c.Name) }
 
-// countedConn holds kindConnections of b until it is closed.
-type countedConn struct {
-	net.Conn
-	b    *breaker
-	once sync.Once
+// errServed is a dial that waited as a pending request whose request got
+// a connection another way (one that another request freed).
+var errServed = errors.New("the pending request got another connection")
+
+// attemptDone is the context key of a channel closed when an HTTP attempt
+// has its connection (or has failed): a dial it started and that waits as
+// pending then stops waiting.
+type attemptDone struct{}
+
+// withAttemptDone returns ctx carrying done, for connectionSlot.
+func withAttemptDone(ctx context.Context, done <-chan struct{}) context.Context {
+	return context.WithValue(ctx, attemptDone{}, done)
 }
 
-// Close closes the connection and releases its count, once.
-func (c *countedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.b.release(kindConnections) })
-	return err
-}
-
-// countConn acquires kindConnections of b for an upstream connection about
-// to be opened, and returns a function that wraps the opened connection so
-// that closing it releases the count; ok is false on overflow. A caller
-// whose dial fails calls wrap(nil), which releases at once.
-func (b *breaker) countConn() (wrap func(net.Conn) net.Conn, ok bool) {
-	if !b.acquire(kindConnections) {
-		return nil, false
+// connectionSlot takes a connection slot of cluster c for an HTTP dial.
+// At max_connections the request waits as a pending request, as in
+// Envoy, for a slot, or for its attempt to get a connection another
+// request freed (the pool hands it over); past max_pending_requests it
+// overflows (503 UO). ctx is the dial's: the attempt's values, without its
+// cancellation, which done (withAttemptDone) stands in for.
+func (p *Proxy) connectionSlot(ctx context.Context, c *Cluster) (release func(), err error) {
+	b := p.resil.breakers.get(c.Name)
+	slot := func() func() {
+		var once sync.Once
+		return func() { once.Do(func() { b.release(limitConnection) }) }
 	}
-	return func(c net.Conn) net.Conn {
-		if c == nil {
-			b.release(kindConnections)
-			return nil
+	if b.take(limitConnection) {
+		return slot(), nil
+	}
+	releasePending, ok := b.acquire(limitPending)
+	if !ok {
+		return nil, errOverflow
+	}
+	defer releasePending()
+	done, _ := ctx.Value(attemptDone{}).(<-chan struct{})
+	for {
+		freed := b.whenFreed()
+		if b.take(limitConnection) {
+			return slot(), nil
 		}
-		return &countedConn{Conn: c, b: b}
-	}, true
+		select {
+		case <-freed:
+		case <-done:
+			return nil, errServed
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
+
+// errOverflow is a circuit breaker's refusal, as the HTTP engine replies it.
+var errOverflow = &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}

@@ -32,29 +32,36 @@ func TestBreakerThresholds(t *testing.T) {
 	if err := p.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	b := p.breakerFor("limited")
-	for kind, limit := range map[breakerKind]int{kindConnections: 1, kindPending: 2, kindRequests: 3, kindRetries: 0} {
+	b := p.breakerFor(cfg.Clusters["limited"])
+	for kind, limit := range map[limitKind]int{limitConnection: 1, limitPending: 2, limitRequest: 3, limitRetry: 0} {
+		var release func()
 		for i := range limit {
-			if !b.acquire(kind) {
+			r, ok := b.acquire(kind)
+			if !ok {
 				t.Fatalf("%s: refused the %d. of %d", kind, i+1, limit)
 			}
+			release = r
 		}
-		if b.acquire(kind) {
+		if _, ok := b.acquire(kind); ok {
 			t.Fatalf("%s: took one past the limit of %d", kind, limit)
 		}
 		if limit > 0 {
-			b.release(kind)
-			if !b.acquire(kind) {
+			release()
+			release() // once only
+			if _, ok := b.acquire(kind); !ok {
 				t.Fatalf("%s: no room after a release", kind)
 			}
+			if _, ok := b.acquire(kind); ok {
+				t.Fatalf("%s: a second release freed a second slot", kind)
+			}
 		}
-		if got := breakerOpen(t, reg, "limited", kind); got != 1 {
-			t.Fatalf("%s: %v overflows counted, want 1", kind, got)
+		if got, want := breakerOpen(t, reg, "limited", kind), map[bool]float64{true: 2, false: 1}[limit > 0]; got != want {
+			t.Fatalf("%s: %v overflows counted, want %v", kind, got, want)
 		}
 	}
-	free := p.breakerFor("free")
+	free := p.breakerFor(cfg.Clusters["free"])
 	for range 10000 {
-		if !free.acquire(kindRetries) {
+		if _, ok := free.acquire(limitRetry); !ok {
 			t.Fatal("a cluster without thresholds tripped")
 		}
 	}
@@ -63,8 +70,14 @@ func TestBreakerThresholds(t *testing.T) {
 	if err := p.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	if p.breakerFor("limited") != b || !b.acquire(kindConnections) || b.acquire(kindConnections) {
-		t.Fatal("raised max_connections: want one more connection, and no other")
+	if p.breakerFor(cfg.Clusters["limited"]) != b {
+		t.Fatal("a new breaker for the same cluster")
+	}
+	if _, ok := b.acquire(limitConnection); !ok {
+		t.Fatal("raised max_connections: want one more connection")
+	}
+	if _, ok := b.acquire(limitConnection); ok {
+		t.Fatal("raised max_connections by one: took two more")
 	}
 }
 
@@ -78,14 +91,14 @@ func TestRetryBudget(t *testing.T) {
 	if err := p.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	b := p.breakerFor("c")
+	b := p.resil.breakers.get("c")
 	retries := func() int {
 		n := 0
-		for b.acquire(kindRetries) {
+		for b.take(limitRetry) {
 			n++
 		}
 		for range n {
-			b.release(kindRetries)
+			b.release(limitRetry)
 		}
 		return n
 	}
@@ -93,17 +106,17 @@ func TestRetryBudget(t *testing.T) {
 		t.Fatalf("no requests: %d retries allowed, want the minimum of 2", got)
 	}
 	for range 30 {
-		b.acquire(kindRequests)
+		b.take(limitRequest)
 	}
 	for range 10 {
-		b.acquire(kindPending)
+		b.take(limitPending)
 	}
 	if got := retries(); got != 10 {
 		t.Fatalf("40 requests active and pending: %d retries allowed, want 25%% = 10", got)
 	}
 }
 
-func breakerOpen(t *testing.T, reg *prometheus.Registry, cluster string, kind breakerKind) float64 {
+func breakerOpen(t *testing.T, reg *prometheus.Registry, cluster string, kind limitKind) float64 {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -177,7 +190,7 @@ func TestMaxConnectionsTCP(t *testing.T) {
 		}
 		t.Fatalf("the third connection: %v, want it closed by the proxy", err)
 	}
-	if got := breakerOpen(t, reg, "app", kindConnections); got != 1 {
+	if got := breakerOpen(t, reg, "app", limitConnection); got != 1 {
 		t.Fatalf("%v overflows counted, want 1", got)
 	}
 	if got := counterValue(t, reg, "ursa_dp_refused_total", "overflow"); got != 1 {

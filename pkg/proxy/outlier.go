@@ -322,33 +322,42 @@ func (oc *outlierCluster) eject(h *outlierHost, enforcing uint32, now time.Time)
 // status outlier detection counts, as Envoy does without
 // split_external_local_origin_errors: a status is itself; a connection
 // that succeeded (TCP) is 200; a timeout is 504; any other local failure
-// (refused, reset, handshake) is 503.
-func outcomeCode(status int, err error) int {
+// (refused, reset, handshake) is 503. ok is false for what says nothing
+// of the endpoint: a circuit breaker's overflow, no identity yet, the
+// caller gone.
+func outcomeCode(status int, err error) (code int, ok bool) {
+	var local *localReplyError
 	switch {
 	case status > 0:
-		return status
+		return status, true
 	case err == nil:
-		return 200
+		return 200, true
+	case errors.As(err, &local), errors.Is(err, errNoIdentity), errors.Is(err, errServed), errors.Is(err, context.Canceled):
+		return 0, false
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
-		return 504
+		return 504, true
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return 504
+		return 504, true
 	}
-	return 503
+	return 503, true
 }
 
-// outcome tells outlier detection how one request or connection to
-// endpoint ep (its address) of cluster ended: status is the HTTP status
-// the upstream answered, or 0 when there was none; err is why there was
-// none (connect failure, reset, timeout), nil for a TCP connection that
-// succeeded. The HTTP engine calls it once per attempt; tcp_proxy once per
-// connection.
-func (p *Proxy) outcome(cluster, ep string, status int, err error) {
-	if p.resil.outliers.result(cluster, ep, outcomeCode(status, err), p.now()) {
-		p.resil.ejections.WithLabelValues(cluster).Inc()
-		p.log.Info("endpoint ejected by outlier detection", zap.String("cluster", cluster), zap.String("endpoint", ep),
+// outcome reports one attempt of a request, or one connection, to
+// endpoint ep of cluster c, for outlier detection: status is the HTTP
+// status the upstream answered, or 0 when there was none; err is why
+// there was none (a *connectError when no connection could be made, a
+// reset, a timeout), nil for a TCP connection that succeeded. The HTTP
+// engine calls it once per attempt; tcp_proxy once per connection.
+func (p *Proxy) outcome(c *Cluster, ep Endpoint, status int, err error) {
+	code, ok := outcomeCode(status, err)
+	if !ok {
+		return
+	}
+	if p.resil.outliers.result(c.Name, ep.Addr, code, p.now()) {
+		p.resil.ejections.WithLabelValues(c.Name).Inc()
+		p.log.Info("endpoint ejected by outlier detection", zap.String("cluster", c.Name), zap.String("endpoint", ep.Addr),
 			zap.Int("status", status), zap.Error(err))
 	}
 }

@@ -36,6 +36,9 @@ func outlierProxy(t *testing.T, od OutlierDetection, addrs ...string) (*Proxy, *
 	return p, clock, reg
 }
 
+// oc is the cluster outlierProxy makes, as outcome takes it.
+var oc = &Cluster{Name: "c"}
+
 var testOutlier = OutlierDetection{Consecutive5xx: 3, Enforcing5xx: 100, ConsecutiveGateway: 5, EnforcingGateway: 0,
 	Interval: time.Second, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 25 * time.Second, MaxEjectionPercent: 50}
 
@@ -47,11 +50,11 @@ func TestOutlierEjection(t *testing.T) {
 	p, clock, reg := outlierProxy(t, testOutlier, "a:1", "b:1")
 	fail := func(n int) {
 		for range n {
-			p.outcome("c", "a:1", 500, nil)
+			p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil)
 		}
 	}
 	fail(2)
-	p.outcome("c", "a:1", 200, nil)
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 200, nil)
 	fail(2)
 	if !p.healthy("c", "a:1") {
 		t.Fatal("ejected after 2 failures in a row, want 3")
@@ -119,7 +122,7 @@ func TestOutlierEjectionLimits(t *testing.T) {
 	p, _, _ := outlierProxy(t, od, "a:1", "b:1", "c:1", "d:1")
 	for _, ep := range []string{"a:1", "b:1", "c:1"} {
 		for range 3 {
-			p.outcome("c", ep, 503, nil)
+			p.outcome(oc, Endpoint{Addr: ep}, 503, nil)
 		}
 	}
 	ejected := 0
@@ -136,7 +139,7 @@ func TestOutlierEjectionLimits(t *testing.T) {
 	od.MaxEjectionPercent = 10
 	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
 	for range 3 {
-		p.outcome("c", "a:1", 500, nil)
+		p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil)
 	}
 	if p.ejectedStill("c", "a:1") {
 		t.Fatal("ejected one of two with max_ejection_percent 10")
@@ -144,7 +147,7 @@ func TestOutlierEjectionLimits(t *testing.T) {
 	od.AlwaysEjectOne = true
 	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
 	for range 3 {
-		p.outcome("c", "a:1", 500, nil)
+		p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil)
 	}
 	if !p.ejectedStill("c", "a:1") {
 		t.Fatal("always_eject_one_host did not eject the first")
@@ -154,36 +157,42 @@ func TestOutlierEjectionLimits(t *testing.T) {
 	od.Consecutive5xx, od.ConsecutiveGateway = 0, 2
 	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
 	for range 4 {
-		p.outcome("c", "a:1", 502, nil)
+		p.outcome(oc, Endpoint{Addr: "a:1"}, 502, nil)
 	}
 	if p.ejectedStill("c", "a:1") {
 		t.Fatal("gateway failures ejected with enforcing_consecutive_gateway_failure 0")
 	}
 	od.EnforcingGateway = 100
 	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
-	p.outcome("c", "a:1", 502, nil)
-	p.outcome("c", "a:1", 500, nil) // not a gateway failure: starts that count over
-	p.outcome("c", "a:1", 504, nil)
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 502, nil)
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil) // not a gateway failure: starts that count over
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 504, nil)
 	if p.ejectedStill("c", "a:1") {
 		t.Fatal("ejected after gateway failures that were not in a row")
 	}
-	p.outcome("c", "a:1", 0, context.DeadlineExceeded) // a timeout is a 504
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 0, context.DeadlineExceeded) // a timeout is a 504
 	if !p.ejectedStill("c", "a:1") {
 		t.Fatal("not ejected after two gateway failures in a row")
 	}
 }
 
-// TestOutcomeCodes: local failures map to the statuses Envoy counts.
+// TestOutcomeCodes: local failures map to the statuses Envoy counts, and
+// what says nothing of the endpoint is not counted.
 func TestOutcomeCodes(t *testing.T) {
 	for _, c := range []struct {
 		status int
 		err    error
 		want   int
 	}{
-		{404, nil, 404}, {0, nil, 200}, {0, syscall.ECONNREFUSED, 503}, {0, context.DeadlineExceeded, 504},
+		{404, nil, 404}, {0, nil, 200}, {0, &connectError{syscall.ECONNREFUSED}, 503}, {0, context.DeadlineExceeded, 504},
 		{0, &net.OpError{Op: "dial", Err: timeoutErr{}}, 504}, {0, errors.New("reset"), 503},
+		{0, errOverflow, 0}, {0, &connectError{errNoIdentity}, 0}, {0, context.Canceled, 0}, {0, errServed, 0},
 	} {
-		if got := outcomeCode(c.status, c.err); got != c.want {
+		got, counted := outcomeCode(c.status, c.err)
+		if !counted {
+			got = 0
+		}
+		if got != c.want {
 			t.Errorf("outcome(%d, %v) = %d, want %d", c.status, c.err, got, c.want)
 		}
 	}
