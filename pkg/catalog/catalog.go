@@ -486,8 +486,9 @@ func (m *MeshCatalog) policyHash() string {
 // SidecarHash is the hash of what a sidecar's configuration depends on in
 // its mesh: the PolicyHash, and the hashes of the services it reaches,
 // which are every service but its own (the services its inbounds carry),
-// plus those its explicit outbounds name. A sidecar of billing is not
-// regenerated when only billing's instances change. It is memoised per
+// plus those its explicit outbounds name, and its own services' protocols
+// (its inbounds speak them). A sidecar of billing is not regenerated when
+// only billing's instances change. It is memoised per
 // own and explicit set, and safe for concurrent use.
 func (m *MeshCatalog) SidecarHash(own, explicit []string) string {
 	key := fmt.Sprintf("%q|%q", own, explicit)
@@ -511,6 +512,11 @@ func (m *MeshCatalog) SidecarHash(own, explicit []string) string {
 	h.Write([]byte{'|'})
 	for _, name := range explicit {
 		write(name)
+	}
+	for _, name := range own {
+		if s := m.services[name]; s != nil {
+			fmt.Fprintf(h, "|%s:%s", name, s.Protocol)
+		}
 	}
 	sum := hex.EncodeToString(h.Sum(nil)[:16])
 	m.sidecarHashes.Store(key, sum)

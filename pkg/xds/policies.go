@@ -174,6 +174,17 @@ func (s *MeshState) pairPoliciesFor(sources []map[string]string, service string)
 	return pp
 }
 
+// outboundPolicies are pairPoliciesFor a destination service speaking
+// protocol: a TCP service takes no FaultInjection or TrafficTrace (they
+// are HTTP's), so that they do not tell its resources apart.
+func (s *MeshState) outboundPolicies(sources []map[string]string, service, protocol string) pairPolicies {
+	pp := s.pairPoliciesFor(sources, service)
+	if !api.IsHTTP(protocol) {
+		pp.trace, pp.fault = nil, nil
+	}
+	return pp
+}
+
 // inboundPolicies are the TrafficLog and TrafficTrace that select an
 // inbound's tags as their destination, whoever the callers.
 func (s *MeshState) inboundPolicies(tags map[string]string) pairPolicies {

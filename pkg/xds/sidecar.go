@@ -187,10 +187,7 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) 
 		protocol := s.Protocol(o.service)
 		pp, ok := policies[o.service]
 		if !ok {
-			pp = s.pairPoliciesFor(sources, o.service)
-			if !api.IsHTTP(protocol) {
-				pp.trace, pp.fault = nil, nil // HTTP only
-			}
+			pp = s.outboundPolicies(sources, o.service, protocol)
 			policies[o.service] = pp
 		}
 		// A transparent sidecar's ursa:outbound has a chain for every

@@ -92,10 +92,7 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 		taken[netip.AddrPortFrom(addr.Unmap(), uint16(o.port))] = true
 		name := fmt.Sprintf("outbound:%s:%d", o.addr, o.port)
 		protocol := s.Protocol(o.service)
-		pp := s.pairPoliciesFor(sources, o.service)
-		if !api.IsHTTP(protocol) {
-			pp.trace, pp.fault = nil, nil
-		}
+		pp := s.outboundPolicies(sources, o.service, protocol)
 		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
 			Name: name,
 			FilterChainMatch: &listener.FilterChainMatch{
