@@ -76,6 +76,9 @@ type Proxy struct {
 	active       prometheus.Gauge
 	healthyGauge *prometheus.GaugeVec
 	dnsQueries   *prometheus.CounterVec
+
+	// obs runs the access log sinks and span exporters (accesslog_bind.go).
+	obs *observability
 }
 
 type running struct {
@@ -107,6 +110,9 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	if err := p.initObservability(reg); err != nil {
+		return nil, err
 	}
 	p.cfg.Store(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}})
 	return p, nil
@@ -223,6 +229,7 @@ func (p *Proxy) Close() {
 		p.dns.stop()
 		p.dns = nil
 	}
+	p.closeObservability()
 }
 
 // Ready reports whether the proxy has listeners to serve.
