@@ -174,6 +174,13 @@ var columns = map[string][]column{
 			return orDash(strings.Join(ws, "/"))
 		}},
 	},
+	"Timeout":        policyColumns(),
+	"Retry":          policyColumns(),
+	"CircuitBreaker": policyColumns(),
+	"HealthCheck":    policyColumns(),
+	"FaultInjection": policyColumns(),
+	"TrafficLog":     policyColumns(),
+	"TrafficTrace":   policyColumns(),
 	"Failover": {
 		{"DESTINATION", func(r api.Resource) string { return tags(r.(*api.Failover).Spec.Destination) }},
 		{"ORDER", func(r api.Resource) string { return orDash(strings.Join(r.(*api.Failover).Spec.Order, ",")) }},
@@ -275,4 +282,12 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// policyColumns are the columns of a source/destination policy.
+func policyColumns() []column {
+	return []column{
+		{"SOURCES", func(r api.Resource) string { src, _ := r.(api.Policy).Selectors(); return selectors(src) }},
+		{"DESTINATIONS", func(r api.Resource) string { _, dst := r.(api.Policy).Selectors(); return selectors(dst) }},
+	}
 }

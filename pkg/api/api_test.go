@@ -237,7 +237,8 @@ func TestDesignShapes(t *testing.T) {
 	for _, r := range rs {
 		types = append(types, r.GetMeta().Type)
 	}
-	want := "Mesh Dataplane ZoneIngress TrafficPermission TrafficRoute Failover Zone"
+	want := "Mesh Dataplane ZoneIngress TrafficPermission TrafficRoute Failover Zone " +
+		"TrafficRoute Timeout Retry CircuitBreaker HealthCheck FaultInjection TrafficLog TrafficTrace"
 	if strings.Join(types, " ") != want {
 		t.Fatalf("decoded %v, want %s", types, want)
 	}

@@ -199,7 +199,12 @@ type TrafficRoute struct {
 // TrafficRouteSpec is the body of a TrafficRoute.
 type TrafficRouteSpec struct {
 	Destination map[string]string `json:"destination"`
-	Split       []Split           `json:"split"`
+	// Split is how TCP traffic, and HTTP requests no HTTP rule matches,
+	// are divided.
+	Split []Split `json:"split"`
+	// HTTP rules, for services of the HTTP family, are tried in order;
+	// the first that matches a request decides where it goes.
+	HTTP []HTTPRoute `json:"http,omitempty"`
 }
 
 // Split is one weighted subset of a TrafficRoute. Weights are relative.

@@ -313,22 +313,8 @@ func (p *TrafficPermission) validateSpec(v *validator) {
 func (r *TrafficRoute) validateSpec(v *validator) {
 	v.service("spec.destination", r.Spec.Destination)
 	v.tags("spec.destination", r.Spec.Destination, true)
-	if len(r.Spec.Split) == 0 {
-		v.add("spec.split", "must have at least one entry")
-	}
-	total, badWeight := 0, false
-	for i, s := range r.Spec.Split {
-		f := fmt.Sprintf("spec.split[%d]", i)
-		if s.Weight < 0 || s.Weight > 100 {
-			v.add(f+".weight", "must be between 0 and 100")
-			badWeight = true
-		}
-		total += s.Weight
-		v.tags(f+".tags", s.Tags, false)
-	}
-	if len(r.Spec.Split) > 0 && total == 0 && !badWeight {
-		v.add("spec.split", "the weights must not all be 0")
-	}
+	v.splits("spec.split", r.Spec.Split, false)
+	v.httpRoutes("spec.http", r.Spec.HTTP)
 }
 
 func (f *Failover) validateSpec(v *validator) {

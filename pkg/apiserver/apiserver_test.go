@@ -315,3 +315,45 @@ func TestConcurrentUpserts(t *testing.T) {
 		t.Errorf("%d PUTs reported creating the resource, want 1", created)
 	}
 }
+
+// TestL7BadInput: a regex that does not compile, a timeout of 0 or below,
+// and a policy that ties with another are refused with the field named,
+// and nothing is written.
+func TestL7BadInput(t *testing.T) {
+	srv := newServer(t, store.NewMemory(0), ModeGlobal)
+	u := srv.URL
+	do(t, "PUT", u+"/meshes/default", `type: Mesh`)
+	const sel = "spec:\n  sources: [{match: {ursa.io/service: web}}]\n  destinations: [{match: {ursa.io/service: billing}}]\n"
+	if r := do(t, "PUT", u+"/meshes/default/timeouts/t1", "type: Timeout\n"+sel+"  http: {requestTimeout: 300ms}\n"); r.code != 201 {
+		t.Fatalf("a good Timeout: %d %s", r.code, r.body)
+	}
+	for _, c := range []struct{ path, body, want string }{
+		{"/meshes/default/traffic-routes/canary", route + "  http: [{match: {path: {regex: '(unclosed'}}, split: [{weight: 1, tags: {version: v2}}]}]\n",
+			"spec.http[0].match.path.regex: \"(unclosed\" does not compile"},
+		{"/meshes/default/timeouts/t2", "type: Timeout\n" + sel + "  http: {requestTimeout: 0s}\n", "spec.http.requestTimeout: must be greater than 0"},
+		{"/meshes/default/timeouts/t2", "type: Timeout\n" + sel + "  connectTimeout: -1s\n", "spec.connectTimeout: must be greater than 0"},
+		{"/meshes/default/timeouts/t2", "type: Timeout\n" + strings.Replace(sel, "[{match: {ursa.io/service: web}}]", "[{match: {ursa.io/service: web}}, {match: {ursa.io/service: web}}]", 1) + "  connectTimeout: 1s\n",
+			`spec.sources: Timeout "t1" has the same sources and destinations`},
+	} {
+		r := do(t, "PUT", u+c.path, c.body)
+		if r.code != 400 {
+			t.Fatalf("%s: status %d, want 400: %s", c.path, r.code, r.body)
+		}
+		var text []string
+		for _, cause := range r.err.Causes {
+			text = append(text, cause.String())
+		}
+		if !strings.Contains(strings.Join(text, "\n"), c.want) {
+			t.Errorf("%s: causes %q lack %q", c.path, text, c.want)
+		}
+	}
+	for _, path := range []string{"/meshes/default/traffic-routes/canary", "/meshes/default/timeouts/t2"} {
+		if r := do(t, "GET", u+path, ""); r.code != 404 {
+			t.Errorf("%s was written: %d", path, r.code)
+		}
+	}
+	// Updating the policy itself is no conflict.
+	if r := do(t, "PUT", u+"/meshes/default/timeouts/t1", "type: Timeout\n"+sel+"  http: {requestTimeout: 1s}\n"); r.code != 200 {
+		t.Fatalf("an update of t1: %d %s", r.code, r.body)
+	}
+}

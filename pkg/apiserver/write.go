@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store"
 )
 
 // writable refuses writes of types this tier does not own, saying where they
@@ -81,6 +82,10 @@ func (s *server) put(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.opContext(r)
 	defer cancel()
 	if aerr := s.checkOrigin(ctx, t.key()); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if aerr := s.checkConflicts(ctx, res); aerr != nil {
 		writeError(w, aerr)
 		return
 	}
@@ -201,6 +206,33 @@ func (s *server) checkOrigin(ctx context.Context, key api.Key) *apiError {
 	case origin == api.OriginZone && s.Mode == ModeGlobal:
 		return &apiError{status: http.StatusForbidden, title: "Read-only here",
 			details: fmt.Sprintf("%s came from zone %q: change it in that zone", key, cur.GetMeta().Labels[api.LabelZone])}
+	}
+	return nil
+}
+
+// checkConflicts refuses a source/destination policy whose sources and
+// destinations are exactly another one's of its type: neither would be
+// more specific, so which one applied would depend on their names. Two
+// writers racing may still both pass; the generator then takes the first
+// by name, as it does for equally specific policies.
+func (s *server) checkConflicts(ctx context.Context, r api.Resource) *apiError {
+	p, ok := r.(api.Policy)
+	if !ok || r.GetMeta().Type == "TrafficPermission" {
+		return nil // permissions add up: an ALLOW and a DENY of one pair is meaningful
+	}
+	m := r.GetMeta()
+	others, err := s.Store.List(ctx, store.ListOptions{Type: m.Type, Mesh: m.Mesh})
+	if err != nil {
+		return nil // the write itself will say what is wrong with the store
+	}
+	for _, o := range others.Items {
+		if op, ok := o.(api.Policy); ok && api.Conflicts(p, op) {
+			return &apiError{status: http.StatusBadRequest, title: "Invalid resource",
+				details: "the policy conflicts with another one",
+				causes: []api.FieldError{{Field: "spec.sources", Message: fmt.Sprintf(
+					"%s %q has the same sources and destinations: change that one, or make this one's selectors more specific",
+					m.Type, o.GetMeta().Name)}}}
+		}
 	}
 	return nil
 }

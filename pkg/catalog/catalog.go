@@ -11,6 +11,7 @@
 package catalog
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -33,7 +34,8 @@ import (
 // must follow all of them.
 func Types() []string {
 	return []string{"Mesh", "MeshCA", "ZoneCA", "Dataplane", "DataplaneInsight", "ZoneIngress", "ZoneIngressInsight",
-		"VirtualIPs", "TrafficRoute", "TrafficPermission", "Failover"}
+		"VirtualIPs", "TrafficRoute", "TrafficPermission", "Failover", "Timeout", "Retry", "CircuitBreaker",
+		"HealthCheck", "FaultInjection", "TrafficLog", "TrafficTrace"}
 }
 
 // Catalog is the zone's catalogue: every mesh's, and this zone's own
@@ -86,6 +88,9 @@ type MeshCatalog struct {
 	Routes      []*api.TrafficRoute
 	Permissions []*api.TrafficPermission
 	Failovers   []*api.Failover
+	// Policies are the mesh's source/destination policies of each type of
+	// api.L7PolicyTypes, by type, each list sorted by name.
+	Policies map[string][]api.Policy
 	// Ingresses are other zones' ingresses.
 	Ingresses []*api.ZoneIngress
 	// VIPs maps a service to its live virtual IP in this zone.
@@ -169,6 +174,7 @@ type inputs struct {
 	routes      []*api.TrafficRoute
 	permissions []*api.TrafficPermission
 	failovers   []*api.Failover
+	policies    []api.Policy
 }
 
 func readInputs(view *store.View) (inputs, error) {
@@ -187,6 +193,22 @@ func readInputs(view *store.View) (inputs, error) {
 	in.permissions, errs[8] = store.All[*api.TrafficPermission](view)
 	in.failovers, errs[9] = store.All[*api.Failover](view)
 	in.zoneCAs, errs[10] = store.All[*api.ZoneCA](view)
+	for _, typ := range api.L7PolicyTypes() {
+		items, err := view.Items(typ)
+		if err != nil {
+			return inputs{}, err
+		}
+		for _, key := range slices.SortedFunc(maps.Keys(items), func(a, b api.Key) int {
+			return cmp.Or(strings.Compare(a.Mesh, b.Mesh), strings.Compare(a.Name, b.Name))
+		}) {
+			r := items[key]
+			p, ok := r.(api.Policy)
+			if !ok {
+				return inputs{}, fmt.Errorf("catalog: %s is not a policy", api.KeyOf(r))
+			}
+			in.policies = append(in.policies, p)
+		}
+	}
 	for _, err := range errs {
 		if err != nil {
 			return inputs{}, err
@@ -228,7 +250,8 @@ func FromResources(zone string, rs []api.Resource) *Catalog {
 func build(zone string, rev int64, in inputs) *Catalog {
 	cat := &Catalog{Zone: zone, Revision: rev, meshes: map[string]*MeshCatalog{}, VirtualIPs: map[string]*api.VirtualIPs{}}
 	for _, m := range in.meshes {
-		cat.meshes[m.Name] = &MeshCatalog{Zone: zone, Mesh: m, Registered: map[string]*api.Dataplane{}, VIPs: map[string]netip.Addr{}}
+		cat.meshes[m.Name] = &MeshCatalog{Zone: zone, Mesh: m, Registered: map[string]*api.Dataplane{}, VIPs: map[string]netip.Addr{},
+			Policies: map[string][]api.Policy{}}
 		cat.names = append(cat.names, m.Name)
 	}
 	mesh := func(name string) *MeshCatalog { return cat.meshes[name] }
@@ -265,6 +288,12 @@ func build(zone string, rev int64, in inputs) *Catalog {
 	for _, f := range in.failovers {
 		if m := mesh(f.Mesh); m != nil {
 			m.Failovers = append(m.Failovers, f)
+		}
+	}
+	for _, p := range in.policies {
+		if m := mesh(p.GetMeta().Mesh); m != nil {
+			typ := p.GetMeta().Type
+			m.Policies[typ] = append(m.Policies[typ], p)
 		}
 	}
 	for _, v := range in.vips {
@@ -417,6 +446,11 @@ func (m *MeshCatalog) policyHash() string {
 	}
 	for _, f := range m.Failovers {
 		writeMeta(h, f)
+	}
+	for _, typ := range api.L7PolicyTypes() {
+		for _, p := range m.Policies[typ] {
+			writeMeta(h, p)
+		}
 	}
 	fmt.Fprintf(h, "services=%q;", m.names)
 	zones := map[string]bool{}

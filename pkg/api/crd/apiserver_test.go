@@ -150,6 +150,13 @@ var columns = map[string]map[string]string{
 	"TrafficPermission":  {"MESH": "default", "ACTION": "ALLOW"},
 	"TrafficRoute":       {"MESH": "default", "DESTINATION": "billing"},
 	"Failover":           {"MESH": "default", "DESTINATION": "billing"},
+	"Timeout":            {"MESH": "default"},
+	"Retry":              {"MESH": "default"},
+	"CircuitBreaker":     {"MESH": "default"},
+	"HealthCheck":        {"MESH": "default"},
+	"FaultInjection":     {"MESH": "default"},
+	"TrafficLog":         {"MESH": "default"},
+	"TrafficTrace":       {"MESH": "default"},
 	"VirtualIPs":         {"MESH": "default"},
 	"UserTokenPublicKey": {},
 }

@@ -146,6 +146,13 @@ var placements = map[string]Placement{
 	"TrafficPermission":  {ShortNames: []string{"tp"}, Columns: []Column{mesh, {Name: "Action", Type: "string", JSONPath: ".spec.action"}}},
 	"TrafficRoute":       {ShortNames: []string{"tr"}, Columns: []Column{mesh, dest}},
 	"Failover":           {ShortNames: []string{"fo"}, Columns: []Column{mesh, dest}},
+	"Timeout":            {ShortNames: []string{"to"}, Columns: []Column{mesh}},
+	"Retry":              {Columns: []Column{mesh}},
+	"CircuitBreaker":     {ShortNames: []string{"cb"}, Columns: []Column{mesh}},
+	"HealthCheck":        {ShortNames: []string{"hc"}, Columns: []Column{mesh}},
+	"FaultInjection":     {ShortNames: []string{"fi"}, Columns: []Column{mesh}},
+	"TrafficLog":         {ShortNames: []string{"tl"}, Columns: []Column{mesh}},
+	"TrafficTrace":       {ShortNames: []string{"tt"}, Columns: []Column{mesh}},
 	"VirtualIPs":         {ShortNames: []string{"vips"}, Columns: []Column{mesh}},
 	"UserTokenPublicKey": {ShortNames: []string{"utpk"}},
 
@@ -161,7 +168,7 @@ var placements = map[string]Placement{
 // required ursa.io/service tag, ...) stays with api.Validate.
 var constraints = map[string]map[string]constraint{
 	"TrafficPermission": {"spec.action": {enum: []string{api.ActionAllow, api.ActionDeny}}},
-	"TrafficRoute":      {"spec.split[].weight": {min: 0, max: 100}},
+	"TrafficRoute":      {"spec.split[].weight": {min: 0, max: 100}, "spec.http[].split[].weight": {min: 0, max: 100}},
 	"Failover":          {"spec.threshold": {min: 0, max: 100}},
 	"Dataplane": {
 		"spec.networking.inbound[].port":        port(true),

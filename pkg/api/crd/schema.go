@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // Schema is the part of an OpenAPI v3 schema a structural CRD schema uses.
@@ -29,6 +31,7 @@ type Schema struct {
 var (
 	timeType = reflect.TypeFor[time.Time]()
 	rawType  = reflect.TypeFor[json.RawMessage]()
+	durType  = reflect.TypeFor[api.Duration]()
 )
 
 // schemaOf returns the structural schema of a Go type as encoding/json
@@ -42,6 +45,9 @@ func (g generator) schemaOf(t reflect.Type) *Schema {
 	}
 	if t == timeType {
 		return &Schema{Type: "string", Format: "date-time"}
+	}
+	if t == durType { // written "300ms"; api.Validate parses it
+		return &Schema{Type: "string"}
 	}
 	switch t.Kind() {
 	case reflect.Pointer:
