@@ -53,7 +53,12 @@ func (o *observability) bind(cfg *Config, logs []*accessLog, tracers []*tracer) 
 			s = o.startSink(l.key)
 			o.sinks[l.key] = s
 		}
-		l.sink, used[l.key] = s, true
+		// A logger of a kept (warming) listener is bound already, and may
+		// be logging: it is written only when new.
+		if l.sink != s {
+			l.sink = s
+		}
+		used[l.key] = true
 	}
 	var stale []logSink
 	for k, s := range o.sinks {

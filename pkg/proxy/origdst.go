@@ -25,6 +25,7 @@ type DstChain struct {
 	TLS    bool
 	RBAC   *rbacRules
 	Routes []Route
+	HTTP   *HTTPChain
 }
 
 // matchDst picks the filter chain for a connection headed to dst as Envoy
@@ -106,7 +107,7 @@ func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
 			catchAll = true
 		}
 		var err error
-		if c.TLS, c.RBAC, c.Routes, err = translateChain(l.Name, fc); err != nil {
+		if c.TLS, c.RBAC, c.Routes, c.HTTP, err = translateChain(l.Name, fc); err != nil {
 			return nil, err
 		}
 		out.DstChains = append(out.DstChains, c)
@@ -125,12 +126,16 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 	if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
 		return nil, fmt.Errorf("listener %q: tcp_proxy: %w", listenerName, err)
 	}
+	logs, err := tcpAccessLogs(listenerName, tp)
+	if err != nil {
+		return nil, err
+	}
 	var routes []Route
 	if c := tp.GetCluster(); c != "" {
-		routes = []Route{{Cluster: c, Weight: 1}}
+		routes = []Route{{Cluster: c, Weight: 1, Logs: logs}}
 	}
 	for _, wc := range tp.GetWeightedClusters().GetClusters() {
-		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight()})
+		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), Logs: logs})
 	}
 	if len(routes) == 0 {
 		return nil, fmt.Errorf("listener %q: tcp_proxy without a cluster", listenerName)

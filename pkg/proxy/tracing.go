@@ -33,7 +33,7 @@ type tracer struct {
 	maxPath int
 	// spans is set by bind: the exporter's tracer, or one that exports
 	// nothing while the collector's cluster is unknown. An empty
-	// key.service is the proxy's own service, filled in by bind too.
+	// key.service is the proxy's own service (spanExporters.service).
 	spans trace.Tracer
 }
 

@@ -33,7 +33,8 @@ type spanExporters struct {
 	// dialer dials a cluster's endpoints (the transparent proxy's mark).
 	dialer func(c *Cluster) *net.Dialer
 	// Service is the service.name of spans whose provider does not name
-	// it (Zipkin's, an outbound tracer's); "ursa-dp" when empty.
+	// it (Zipkin's, an outbound tracer's); when empty, the service of the
+	// proxy's certificate.
 	Service string
 	// Batch is how long spans wait to be exported at most.
 	Batch time.Duration
@@ -64,11 +65,12 @@ func (e *spanExporters) bind(cfg *Config, tracers []*tracer) {
 	defer e.mu.Unlock()
 	used := map[exportTarget]bool{}
 	for _, t := range tracers {
-		if t.key.service == "" {
-			t.key.service = e.service()
+		k := t.key
+		if k.service == "" {
+			k.service = e.service(cfg)
 		}
 		spans := e.none.Tracer("ursa-dp")
-		if target, c, err := e.target(cfg, t.key); err != nil {
+		if target, c, err := e.target(cfg, k); err != nil {
 			e.log.Warn("spans are not exported until the tracing collector's cluster is known", zap.String("cluster", t.key.cluster), zap.Error(err))
 		} else {
 			tp, ok := e.running[target]
@@ -96,9 +98,14 @@ func (e *spanExporters) bind(cfg *Config, tracers []*tracer) {
 	}
 }
 
-func (e *spanExporters) service() string {
+// service is the service.name of spans whose tracer does not name it:
+// Service, else the service of the proxy's certificate, else "ursa-dp".
+func (e *spanExporters) service(cfg *Config) string {
 	if e.Service != "" {
 		return e.Service
+	}
+	if s := serviceOf(cfg.Identity); s != "" {
+		return s
 	}
 	return "ursa-dp"
 }
