@@ -22,35 +22,27 @@ import (
 	"github.com/ursamesh/ursa/pkg/catalog"
 )
 
-// The certificate provider instance (gRFC A29) a proxyless application's
-// gRPC bootstrap defines, and the certificate names its TLS contexts ask
-// it for. `ursa-dp proxyless` writes a bootstrap whose "ursa" instance is
-// the file_watcher plugin over the files it keeps current (the
-// file_watcher plugin ignores the certificate names).
+// The certificate names a proxyless application's TLS contexts ask its
+// certificate provider (api.ProxylessCertProvider) for. `ursa-dp
+// proxyless` writes a bootstrap whose provider is the file_watcher plugin
+// over the files it keeps current, which ignores the names.
 const (
-	ProxylessCertProvider = "ursa"
 	proxylessIdentityCert = SecretIdentity
 	proxylessRootCert     = SecretMeshCA
 )
 
-// ProxylessServerListenerTemplate is the server_listener_resource_name_template
-// of a proxyless application's gRPC bootstrap: an xDS gRPC server
-// listening on IP:port asks for the listener of that name
-// (ProxylessServerListenerName).
-const ProxylessServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
-
 // ProxylessServerListenerName is the listener an xDS gRPC server listening
 // on addr:port asks for.
 func ProxylessServerListenerName(addr string, port uint32) string {
-	return fmt.Sprintf(ProxylessServerListenerTemplate, net.JoinHostPort(addr, strconv.Itoa(int(port))))
+	return fmt.Sprintf(api.ProxylessServerListenerTemplate, net.JoinHostPort(addr, strconv.Itoa(int(port))))
 }
 
 // proxylessCommonTLS takes the identity, and the mesh's root to verify the
 // peer with, from the application's certificate provider.
 func proxylessCommonTLS(vc *tlsv3.CertificateValidationContext) *tlsv3.CommonTlsContext {
-	vc.CaCertificateProviderInstance = &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessCertProvider, CertificateName: proxylessRootCert}
+	vc.CaCertificateProviderInstance = &tlsv3.CertificateProviderPluginInstance{InstanceName: api.ProxylessCertProvider, CertificateName: proxylessRootCert}
 	return &tlsv3.CommonTlsContext{
-		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessCertProvider, CertificateName: proxylessIdentityCert},
+		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: api.ProxylessCertProvider, CertificateName: proxylessIdentityCert},
 		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc},
 	}
 }
