@@ -13,6 +13,10 @@ func FuzzDecode(f *testing.F) {
 		"type: Secret\nmesh: m\nname: s\ndata: AAEC",
 		"type: Zone\nname: z\nenabled: false\n---\ntype: Mesh\nname: m",
 		"&a [*a, *a]",
+		"type: TrafficRoute\nmesh: m\nname: r\nspec: {destination: {ursa.io/service: b}, split: [{weight: 1}], http: [{match: {path: {regex: '^/a.*'}, method: GET, headers: {x-c: {present: true}}}, split: [{weight: 1, tags: {v: '2'}}], modify: {requestHeaders: {set: {x-a: b}, remove: [x-b]}}}]}",
+		"type: Retry\nmesh: m\nname: r\nspec: {sources: [{match: {a: b}}], destinations: [{match: {a: b}}], http: {numRetries: 3, perTryTimeout: 200ms, retryOn: [5xx], backOff: {base: 25ms, max: 1s}}}",
+		"type: TrafficLog\nmesh: m\nname: l\nspec: {sources: [{match: {a: b}}], destinations: [{match: {a: b}}], backend: {tcp: {address: 'c:24224'}}, format: '%REQ(:PATH)% %RESPONSE_CODE%'}",
+		"type: Timeout\nmesh: m\nname: t\nspec: {sources: [{match: {a: b}}], destinations: [{match: {a: b}}], connectTimeout: 1h2m3.5s}",
 		"type: UserTokenPublicKey\nname: user-token-signing-key.1\npublicKeyPEM: |\n  -----BEGIN PUBLIC KEY-----\n  MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n  -----END PUBLIC KEY-----\n",
 	} {
 		f.Add([]byte(seed))

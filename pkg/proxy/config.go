@@ -20,6 +20,8 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -37,6 +39,8 @@ type Config struct {
 	Revoked *Revocations
 	// DNS is the DNS listener (Envoy's DNS filter on UDP), nil for none.
 	DNS *DNS
+	// RouteTables are the RDS route configurations, by name.
+	RouteTables map[string]*RouteTable
 }
 
 // Listener accepts connections on Addr and proxies them to Routes.
@@ -57,6 +61,9 @@ type Listener struct {
 	// the routes of the DstChains entry that matches it.
 	OriginalDst bool
 	DstChains   []DstChain
+	// HTTP, when set, makes the listener an HTTP one: its HTTP connection
+	// manager routes each request (Routes is then empty).
+	HTTP *HTTPChain
 	// dsts indexes DstChains; made with them.
 	dsts dstIndex
 }
@@ -89,6 +96,13 @@ type Cluster struct {
 	// connection was headed: the passthrough of the transparent proxy,
 	// or, with TLS, an instance its application called by address.
 	OriginalDst bool
+	// HTTP is the version HTTP routes speak to the endpoints (its
+	// HttpProtocolOptions), HTTPIdleTimeout how long an idle upstream
+	// HTTP connection is kept (0: an hour, Envoy's default), and ALPN
+	// what the TLS handshake offers.
+	HTTP            HTTPProtocol
+	HTTPIdleTimeout time.Duration
+	ALPN            []string
 }
 
 // Endpoint is one address of a cluster.
@@ -102,9 +116,17 @@ type Endpoint struct {
 
 // translate builds a Config from the latest resources of each type; key,
 // when set, is the key this proxy made and sent a CSR for. It returns an
-// error naming the first thing it cannot apply.
-func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assignments []*endpoint.ClusterLoadAssignment, secrets []*tlsv3.Secret, key crypto.Signer) (*Config, error) {
-	cfg := &Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}}
+// error naming the first thing it cannot apply. routes are the RDS route
+// configurations.
+func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assignments []*endpoint.ClusterLoadAssignment, secrets []*tlsv3.Secret, key crypto.Signer, routes ...*route.RouteConfiguration) (*Config, error) {
+	cfg := &Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}, RouteTables: map[string]*RouteTable{}}
+	for _, rc := range routes {
+		t, err := translateRouteConfig(rc)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RouteTables[rc.GetName()] = t
+	}
 	for _, s := range secrets {
 		switch {
 		case s.GetTlsCertificate() != nil:
@@ -140,11 +162,17 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 			if err := ts.GetTypedConfig().UnmarshalTo(up); err != nil {
 				return nil, fmt.Errorf("cluster %q: transport socket: %w", c.Name, err)
 			}
-			out.TLS, out.SNI = true, up.GetSni()
+			out.TLS, out.SNI, out.ALPN = true, up.GetSni(), up.GetCommonTlsContext().GetAlpnProtocols()
 			var err error
 			if out.ServerSANs, out.WantSANs, err = serverSANs(up.GetCommonTlsContext()); err != nil {
 				return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 			}
+		}
+		if err := clusterHTTP(c, out); err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
+		}
+		if out.TLS && len(out.ALPN) == 0 {
+			out.ALPN = map[HTTPProtocol][]string{HTTP1: {"http/1.1"}, HTTP2: {"h2"}}[out.HTTP]
 		}
 		cla := c.GetLoadAssignment()
 		switch c.GetType() {
@@ -226,7 +254,7 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		return nil, fmt.Errorf("listener %q: the built-in proxy supports exactly one filter chain, got %d", l.Name, len(l.GetFilterChains()))
 	}
 	var err error
-	if out.TLS, out.RBAC, out.Routes, err = translateChain(l.Name, l.GetFilterChains()[0]); err != nil {
+	if out.TLS, out.RBAC, out.Routes, out.HTTP, err = translateChain(l.Name, l.GetFilterChains()[0]); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -234,14 +262,15 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 
 // translateChain reads what a filter chain does with a connection: whether
 // it terminates mTLS (a downstream TLS transport socket, its identity and
-// CA from SDS), whom its RBAC filter admits, and its tcp_proxy's routes.
+// CA from SDS), whom its RBAC filter admits, and its tcp_proxy's routes, or
+// its HTTP connection manager, the chain's only network filter then.
 // An ordinary listener's chain and an original-destination listener's
 // chains are read alike, and run alike.
-func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, rules *rbacRules, routes []Route, err error) {
+func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, rules *rbacRules, routes []Route, httpc *HTTPChain, err error) {
 	if ts := fc.GetTransportSocket(); ts != nil {
 		down := &tlsv3.DownstreamTlsContext{}
 		if err := ts.GetTypedConfig().UnmarshalTo(down); err != nil {
-			return false, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
+			return false, nil, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
 		}
 		tls = true
 	}
@@ -251,23 +280,35 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 		case tc.MessageIs(&rbac.RBAC{}):
 			r := &rbac.RBAC{}
 			if err := tc.UnmarshalTo(r); err != nil {
-				return false, nil, nil, fmt.Errorf("listener %q: rbac: %w", listenerName, err)
+				return false, nil, nil, nil, fmt.Errorf("listener %q: rbac: %w", listenerName, err)
 			}
 			if rules, err = compileRBAC(r.GetRules()); err != nil {
-				return false, nil, nil, fmt.Errorf("listener %q: %w", listenerName, err)
+				return false, nil, nil, nil, fmt.Errorf("listener %q: %w", listenerName, err)
 			}
 		case tc.MessageIs(&tcp.TcpProxy{}):
 			if routes, err = tcpRoutes(listenerName, f); err != nil {
-				return false, nil, nil, err
+				return false, nil, nil, nil, err
 			}
+		case tc.MessageIs(&hcm.HttpConnectionManager{}):
+			h := &hcm.HttpConnectionManager{}
+			if err := tc.UnmarshalTo(h); err != nil {
+				return false, nil, nil, nil, fmt.Errorf("listener %q: http_connection_manager: %w", listenerName, err)
+			}
+			if len(fc.GetFilters()) != 1 {
+				return false, nil, nil, nil, fmt.Errorf("listener %q: the http_connection_manager must be the chain's only network filter", listenerName)
+			}
+			if httpc, err = translateHCM(listenerName, h); err != nil {
+				return false, nil, nil, nil, err
+			}
+			return tls, nil, nil, httpc, nil
 		default:
-			return false, nil, nil, fmt.Errorf("listener %q: filter %q (%s) is not supported by the built-in proxy", listenerName, f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
+			return false, nil, nil, nil, fmt.Errorf("listener %q: filter %q (%s) is not supported by the built-in proxy", listenerName, f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
 		}
 	}
 	if len(routes) == 0 {
-		return false, nil, nil, fmt.Errorf("listener %q: no tcp_proxy", listenerName)
+		return false, nil, nil, nil, fmt.Errorf("listener %q: no tcp_proxy", listenerName)
 	}
-	return tls, rules, routes, nil
+	return tls, rules, routes, nil, nil
 }
 
 // sniListener translates an ingress listener: one filter chain per set of

@@ -25,6 +25,7 @@ type DstChain struct {
 	TLS    bool
 	RBAC   *rbacRules
 	Routes []Route
+	HTTP   *HTTPChain
 }
 
 // matchDst picks the filter chain for a connection headed to dst as Envoy
@@ -106,7 +107,7 @@ func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
 			catchAll = true
 		}
 		var err error
-		if c.TLS, c.RBAC, c.Routes, err = translateChain(l.Name, fc); err != nil {
+		if c.TLS, c.RBAC, c.Routes, c.HTTP, err = translateChain(l.Name, fc); err != nil {
 			return nil, err
 		}
 		out.DstChains = append(out.DstChains, c)

@@ -51,8 +51,14 @@ type Proxy struct {
 	// it before the first Apply.
 	DNSUpstreams []string
 
+	// Zone is this proxy's zone: the zone of its inbound HTTP metrics.
+	// Set it before the first Apply.
+	Zone string
+
 	// load counts upstream connections per cluster and zone, for LRS.
 	load loadCounters
+	// l7 is the HTTP engine's state (http_*.go).
+	l7 *l7Engine
 
 	mu        sync.Mutex
 	listeners map[string]*running
@@ -81,6 +87,16 @@ type Proxy struct {
 type running struct {
 	addr string
 	ln   net.Listener
+	// http serves the listener's HTTP connections, made with the first.
+	http *httpFront
+}
+
+// close stops accepting connections; established ones go on.
+func (r *running) close() {
+	r.ln.Close()
+	if r.http != nil {
+		r.http.queue.Close()
+	}
 }
 
 // New returns a Proxy with an empty configuration.
@@ -107,6 +123,9 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	if err := p.initL7(reg); err != nil {
+		return nil, err
 	}
 	p.cfg.Store(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}})
 	return p, nil
@@ -143,9 +162,10 @@ func (p *Proxy) Apply(cfg *Config) error {
 	prev := p.cfg.Load()
 	p.cfg.Store(warm(prev, cfg))
 	p.forgetEjections(prev, cfg)
+	p.sweepHTTPPools(cfg)
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
-			r.ln.Close()
+			r.close()
 			delete(p.listeners, name)
 		}
 	}
@@ -185,8 +205,17 @@ func (p *Proxy) forgetEjections(prev, next *Config) {
 // the new ones are ready: like Envoy's listener warming, a policy change
 // never sends connections to a cluster whose endpoints have not arrived
 // (listeners, clusters and endpoints come in separate responses).
+// An HTTP listener warms the same way, also until its RDS route
+// configuration has arrived.
 func warm(prev, next *Config) *Config {
-	ready := func(cfg *Config, routes []Route) bool {
+	ready := func(cfg *Config, l *Listener) bool {
+		routes, ok := l.Routes, true
+		if l.HTTP != nil {
+			routes, ok = httpRoutes(cfg, l.HTTP)
+		}
+		if !ok {
+			return false
+		}
 		for _, r := range routes {
 			if c, ok := cfg.Clusters[r.Cluster]; !ok || c.Warming {
 				return false
@@ -196,13 +225,23 @@ func warm(prev, next *Config) *Config {
 	}
 	for name, l := range next.Listeners {
 		old, ok := prev.Listeners[name]
-		if !ok || len(l.SNIRoutes) > 0 || l.OriginalDst || ready(next, l.Routes) || !ready(prev, old.Routes) {
+		if !ok || len(l.SNIRoutes) > 0 || l.OriginalDst || ready(next, l) || !ready(prev, old) {
 			continue
 		}
 		kept := *l
-		kept.Routes = old.Routes
+		kept.Routes, kept.HTTP = old.Routes, old.HTTP
 		next.Listeners[name] = &kept
-		for _, r := range old.Routes {
+		routes := old.Routes
+		if old.HTTP != nil {
+			routes, _ = httpRoutes(prev, old.HTTP)
+			if old.HTTP.RDS != "" {
+				if next.RouteTables == nil {
+					next.RouteTables = map[string]*RouteTable{}
+				}
+				next.RouteTables[old.HTTP.RDS] = prev.RouteTables[old.HTTP.RDS]
+			}
+		}
+		for _, r := range routes {
 			if c, ok := next.Clusters[r.Cluster]; !ok || c.Warming {
 				next.Clusters[r.Cluster] = prev.Clusters[r.Cluster]
 			}
@@ -216,7 +255,7 @@ func (p *Proxy) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for name, r := range p.listeners {
-		r.ln.Close()
+		r.close()
 		delete(p.listeners, name)
 	}
 	if p.dns != nil {
@@ -281,10 +320,10 @@ func (p *Proxy) handle(name string, down net.Conn) {
 			p.refuse(down, name, reason, err)
 			return
 		}
-		l = &Listener{Name: l.Name, TLS: chain.TLS, RBAC: chain.RBAC, Routes: chain.Routes}
+		l = &Listener{Name: l.Name, TLS: chain.TLS, RBAC: chain.RBAC, Routes: chain.Routes, HTTP: chain.HTTP}
 	}
 	if l.TLS {
-		tc, uris, err := p.terminate(down)
+		tc, uris, err := p.terminate(down, l.HTTP != nil)
 		if err != nil {
 			p.refuse(down, name, "tls", err)
 			return
@@ -297,6 +336,10 @@ func (p *Proxy) handle(name string, down net.Conn) {
 			p.refuse(down, name, "rbac", fmt.Errorf("caller %q not allowed", uris))
 			return
 		}
+	}
+	if l.HTTP != nil {
+		p.serveHTTPConn(name, down, dst)
+		return
 	}
 	c := p.pickCluster(cfg, l)
 	if c == nil {
@@ -328,8 +371,12 @@ func (p *Proxy) handle(name string, down net.Conn) {
 
 // terminate does the server side of mTLS with the current identity and
 // returns the URI SANs of the caller's certificate (its SPIFFE IDs and
-// tags), which RBAC judges.
-func (p *Proxy) terminate(c net.Conn) (*tls.Conn, []string, error) {
+// tags), which RBAC judges. An HTTP chain offers h2 and http/1.1 by ALPN.
+func (p *Proxy) terminate(c net.Conn, http bool) (*tls.Conn, []string, error) {
+	var alpn []string
+	if http {
+		alpn = []string{"h2", "http/1.1"}
+	}
 	cfg := p.cfg.Load()
 	if cfg.Identity == nil || cfg.Roots == nil {
 		return nil, nil, errNoIdentity
@@ -341,6 +388,7 @@ func (p *Proxy) terminate(c net.Conn) (*tls.Conn, []string, error) {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.cfg.Load().Identity, nil },
 		ClientAuth:     tls.RequireAndVerifyClientCert,
 		ClientCAs:      cfg.Roots,
+		NextProtos:     alpn,
 		VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
 			return checkChains(cfg.Revoked, chains, time.Now())
 		},
@@ -449,6 +497,7 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 	tc := tls.Client(conn, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		ServerName: c.SNI,
+		NextProtos: c.ALPN,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if id := p.cfg.Load().Identity; id != nil {
 				return id, nil

@@ -20,6 +20,8 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -123,7 +125,8 @@ type state struct {
 	clusters  []*cluster.Cluster
 	cla       []*endpoint.ClusterLoadAssignment
 	secrets   []*tlsv3.Secret
-	names     map[string][]string // subscribed names of EDS and SDS
+	routes    []*route.RouteConfiguration
+	names     map[string][]string // subscribed names of EDS, SDS and RDS
 	acked     map[string]string   // last applied version, by type
 }
 
@@ -199,7 +202,7 @@ func (c *Client) session(ctx context.Context) error {
 		applyErr := st.take(resp)
 		if applyErr == nil {
 			var cfg *Config
-			if cfg, applyErr = translate(st.listeners, st.clusters, st.cla, st.secrets, c.Key); applyErr == nil {
+			if cfg, applyErr = translate(st.listeners, st.clusters, st.cla, st.secrets, c.Key, st.routes...); applyErr == nil {
 				applyErr = c.Proxy.Apply(cfg)
 			}
 		}
@@ -266,16 +269,26 @@ func (st *state) take(resp *discovery.DiscoveryResponse) error {
 			}
 			st.secrets = append(st.secrets, s)
 		}
+	case resource.RouteType:
+		st.routes = nil
+		for _, a := range resp.Resources {
+			rc := &route.RouteConfiguration{}
+			if err := a.UnmarshalTo(rc); err != nil {
+				return fmt.Errorf("route configuration: %w", err)
+			}
+			st.routes = append(st.routes, rc)
+		}
 	default:
 		return fmt.Errorf("type %q is not supported by the built-in proxy", resp.TypeUrl)
 	}
 	return nil
 }
 
-// wanted lists the EDS and SDS names the current clusters and listeners
-// refer to: SDS names are read from their TLS contexts.
+// wanted lists the EDS, SDS and RDS names the current clusters and
+// listeners refer to: SDS names are read from their TLS contexts, RDS
+// names from their HTTP connection managers.
 func (st *state) wanted() map[string][]string {
-	eds, sds := map[string]bool{}, map[string]bool{}
+	eds, sds, rds := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	addSDS := func(ctx *tlsv3.CommonTlsContext) {
 		for _, c := range ctx.GetTlsCertificateSdsSecretConfigs() {
 			sds[c.GetName()] = true
@@ -301,10 +314,20 @@ func (st *state) wanted() map[string][]string {
 		}
 	}
 	for _, l := range st.listeners {
-		for _, fc := range l.GetFilterChains() {
+		chains := l.GetFilterChains()
+		if d := l.GetDefaultFilterChain(); d != nil {
+			chains = append(chains[:len(chains):len(chains)], d)
+		}
+		for _, fc := range chains {
 			down := &tlsv3.DownstreamTlsContext{}
 			if ts := fc.GetTransportSocket(); ts != nil && ts.GetTypedConfig().UnmarshalTo(down) == nil {
 				addSDS(down.GetCommonTlsContext())
+			}
+			for _, f := range fc.GetFilters() {
+				h := &hcm.HttpConnectionManager{}
+				if f.GetTypedConfig().MessageIs(h) && f.GetTypedConfig().UnmarshalTo(h) == nil && h.GetRds().GetRouteConfigName() != "" {
+					rds[h.GetRds().GetRouteConfigName()] = true
+				}
 			}
 		}
 	}
@@ -315,6 +338,9 @@ func (st *state) wanted() map[string][]string {
 	}
 	if len(sds) > 0 {
 		out[resource.SecretType] = slices.Sorted(maps.Keys(sds))
+	}
+	if len(rds) > 0 {
+		out[resource.RouteType] = slices.Sorted(maps.Keys(rds))
 	}
 	return out
 }

@@ -1,0 +1,606 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// httpProtocolOptionsKey is where a cluster's upstream HTTP protocol is
+// set (typed_extension_protocol_options).
+const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+// DefaultRouteTimeout is a route's request timeout when it sets none, as
+// in Envoy.
+const DefaultRouteTimeout = 15 * time.Second
+
+// HTTPChain is a filter chain whose network filter is the HTTP connection
+// manager: the proxy serves HTTP/1.1 and h2c on it (h2 and HTTP/1.1 by ALPN
+// when the chain terminates mTLS) and routes each request by its route
+// configuration.
+type HTTPChain struct {
+	// StatPrefix is the HCM's stat_prefix (the listener's name).
+	StatPrefix string
+	// RDS names the route configuration that comes over RDS; Inline is
+	// the one the HCM carries instead.
+	RDS    string
+	Inline *RouteTable
+	// RBAC is the HTTP RBAC filter's rules, nil for none: a request whose
+	// caller's certificate it does not allow gets 403.
+	RBAC *rbacRules
+	// Fault is the fault filter, nil for none.
+	Fault *faultFilter
+	// Obs is what the observability filters of the HCM (access_log,
+	// tracing) do; translateHCMObs fills it in.
+	Obs *httpObs
+}
+
+// RouteTable is a translated RouteConfiguration.
+type RouteTable struct {
+	Name   string
+	VHosts []*VirtualHost
+}
+
+// VirtualHost takes the requests whose authority one of Domains matches.
+type VirtualHost struct {
+	Name    string
+	Domains []string
+	Routes  []*HTTPRoute
+}
+
+// HTTPRoute is a route of a virtual host: what requests it matches, and
+// where and how it sends them.
+type HTTPRoute struct {
+	Name  string
+	Match routeMatch
+	// Clusters is the weighted split (one entry for a single cluster).
+	Clusters []Route
+	// Timeout bounds the whole exchange, retries included; 0 is none.
+	Timeout time.Duration
+	// IdleTimeout, when set, ends a request that sees no activity for as
+	// long.
+	IdleTimeout time.Duration
+	Retry       *retryPolicy
+	ReqAdd      []headerOp
+	ReqRemove   []string
+	RespAdd     []headerOp
+	RespRemove  []string
+}
+
+// routeMatch is a compiled RouteMatch.
+type routeMatch struct {
+	prefix  string
+	path    string
+	exact   bool
+	regex   *regexp.Regexp
+	headers []headerMatch
+}
+
+// headerMatch is a compiled HeaderMatcher; name is lower case, and the
+// pseudo-headers :method, :path, :authority and :scheme are read from the
+// request line.
+type headerMatch struct {
+	name    string
+	present bool
+	value   stringMatch // nil with present
+	invert  bool
+}
+
+// headerOp is a header to add: append, or overwrite any value already
+// there, or add only when absent.
+type headerOp struct {
+	key, value string
+	action     core.HeaderValueOption_HeaderAppendAction
+	keepEmpty  bool
+}
+
+// retryPolicy is a compiled RetryPolicy.
+type retryPolicy struct {
+	on         map[string]bool
+	statuses   []uint32
+	retries    int
+	perTry     time.Duration
+	base, maxi time.Duration
+}
+
+// faultFilter is a compiled HTTPFault: a fixed delay and an abort, each on
+// a share of requests (in parts per million).
+type faultFilter struct {
+	delay       time.Duration
+	delayPPM    uint32
+	abortStatus int
+	abortPPM    uint32
+	hasDelay    bool
+	hasAbort    bool
+}
+
+// retryOns are the retry_on conditions the proxy honours.
+var retryOns = []string{"5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
+	"retriable-status-codes", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+
+// onlyFields names a field set in m that is not one of allowed: the proxy
+// NACKs what it would otherwise silently ignore.
+func onlyFields(m proto.Message, allowed ...string) error {
+	var bad []string
+	m.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		if !slices.Contains(allowed, string(fd.Name())) {
+			bad = append(bad, string(fd.Name()))
+		}
+		return true
+	})
+	if len(bad) > 0 {
+		slices.Sort(bad)
+		return fmt.Errorf("%s %s is not supported by the built-in proxy", m.ProtoReflect().Descriptor().Name(), bad[0])
+	}
+	return nil
+}
+
+// translateHCM reads an HTTP connection manager filter.
+func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain, error) {
+	wrap := func(err error) error {
+		return fmt.Errorf("listener %q: http_connection_manager: %w", listenerName, err)
+	}
+	if err := onlyFields(h, "stat_prefix", "codec_type", "rds", "route_config", "http_filters", "access_log", "tracing"); err != nil {
+		return nil, wrap(err)
+	}
+	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
+		return nil, wrap(fmt.Errorf("codec_type %s is not supported: only AUTO", h.GetCodecType()))
+	}
+	out := &HTTPChain{StatPrefix: h.GetStatPrefix()}
+	switch {
+	case h.GetRds() != nil:
+		rds := h.GetRds()
+		if err := onlyFields(rds, "config_source", "route_config_name"); err != nil {
+			return nil, wrap(err)
+		}
+		if rds.GetConfigSource().GetAds() == nil {
+			return nil, wrap(errors.New("rds config_source must be ads"))
+		}
+		if rds.GetRouteConfigName() == "" {
+			return nil, wrap(errors.New("rds without a route_config_name"))
+		}
+		out.RDS = rds.GetRouteConfigName()
+	case h.GetRouteConfig() != nil:
+		t, err := translateRouteConfig(h.GetRouteConfig())
+		if err != nil {
+			return nil, wrap(err)
+		}
+		out.Inline = t
+	default:
+		return nil, wrap(errors.New("neither rds nor route_config"))
+	}
+	filters := h.GetHttpFilters()
+	if len(filters) == 0 || !filters[len(filters)-1].GetTypedConfig().MessageIs(&routerv3.Router{}) {
+		return nil, wrap(errors.New("the last http filter must be envoy.filters.http.router"))
+	}
+	for _, f := range filters {
+		if err := onlyFields(f, "name", "typed_config"); err != nil {
+			return nil, wrap(err)
+		}
+		tc := f.GetTypedConfig()
+		switch {
+		case tc.MessageIs(&routerv3.Router{}):
+			r := &routerv3.Router{}
+			if err := tc.UnmarshalTo(r); err != nil {
+				return nil, wrap(fmt.Errorf("router: %w", err))
+			}
+			if err := onlyFields(r, "suppress_envoy_headers"); err != nil {
+				return nil, wrap(err)
+			}
+		case tc.MessageIs(&rbachttp.RBAC{}):
+			r := &rbachttp.RBAC{}
+			if err := tc.UnmarshalTo(r); err != nil {
+				return nil, wrap(fmt.Errorf("rbac: %w", err))
+			}
+			if err := onlyFields(r, "rules"); err != nil {
+				return nil, wrap(err)
+			}
+			rules, err := compileRBAC(r.GetRules())
+			if err != nil {
+				return nil, wrap(err)
+			}
+			out.RBAC = rules
+		case tc.MessageIs(&faultv3.HTTPFault{}):
+			fl := &faultv3.HTTPFault{}
+			if err := tc.UnmarshalTo(fl); err != nil {
+				return nil, wrap(fmt.Errorf("fault: %w", err))
+			}
+			ff, err := translateFault(fl)
+			if err != nil {
+				return nil, wrap(err)
+			}
+			out.Fault = ff
+		default:
+			return nil, wrap(fmt.Errorf("http filter %q (%s) is not supported by the built-in proxy", f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/")))
+		}
+	}
+	if err := translateHCMObs(h, out); err != nil {
+		return nil, wrap(err)
+	}
+	return out, nil
+}
+
+// perMillion reads a FractionalPercent as parts per million.
+func perMillion(p *typev3.FractionalPercent) (uint32, error) {
+	if p == nil {
+		return 1_000_000, nil // Envoy: a fault without a percentage applies to every request
+	}
+	n := uint64(p.GetNumerator())
+	switch p.GetDenominator() {
+	case typev3.FractionalPercent_HUNDRED:
+		n *= 10_000
+	case typev3.FractionalPercent_TEN_THOUSAND:
+		n *= 100
+	case typev3.FractionalPercent_MILLION:
+	default:
+		return 0, fmt.Errorf("percentage denominator %s", p.GetDenominator())
+	}
+	return uint32(min(n, 1_000_000)), nil
+}
+
+func translateFault(f *faultv3.HTTPFault) (*faultFilter, error) {
+	if err := onlyFields(f, "delay", "abort"); err != nil {
+		return nil, fmt.Errorf("fault: %w", err)
+	}
+	out := &faultFilter{}
+	if d := f.GetDelay(); d != nil {
+		if err := onlyFields(d, "fixed_delay", "percentage"); err != nil {
+			return nil, fmt.Errorf("fault: %w", err)
+		}
+		if d.GetFixedDelay() == nil || d.GetFixedDelay().AsDuration() < 0 {
+			return nil, errors.New("fault: delay needs a fixed_delay of 0 or more")
+		}
+		ppm, err := perMillion(d.GetPercentage())
+		if err != nil {
+			return nil, fmt.Errorf("fault: delay: %w", err)
+		}
+		out.hasDelay, out.delay, out.delayPPM = true, d.GetFixedDelay().AsDuration(), ppm
+	}
+	if a := f.GetAbort(); a != nil {
+		if err := onlyFields(a, "http_status", "percentage"); err != nil {
+			return nil, fmt.Errorf("fault: %w", err)
+		}
+		if s := a.GetHttpStatus(); s < 200 || s > 599 {
+			return nil, fmt.Errorf("fault: abort http_status %d is not in [200, 600)", s)
+		}
+		ppm, err := perMillion(a.GetPercentage())
+		if err != nil {
+			return nil, fmt.Errorf("fault: abort: %w", err)
+		}
+		out.hasAbort, out.abortStatus, out.abortPPM = true, int(a.GetHttpStatus()), ppm
+	}
+	return out, nil
+}
+
+// translateRouteConfig reads a RouteConfiguration, from RDS or inline.
+func translateRouteConfig(rc *route.RouteConfiguration) (*RouteTable, error) {
+	wrap := func(err error) error { return fmt.Errorf("route configuration %q: %w", rc.GetName(), err) }
+	if err := onlyFields(rc, "name", "virtual_hosts", "validate_clusters"); err != nil {
+		return nil, wrap(err)
+	}
+	out := &RouteTable{Name: rc.GetName()}
+	for _, vh := range rc.GetVirtualHosts() {
+		if err := onlyFields(vh, "name", "domains", "routes"); err != nil {
+			return nil, wrap(fmt.Errorf("virtual host %q: %w", vh.GetName(), err))
+		}
+		if len(vh.GetDomains()) == 0 {
+			return nil, wrap(fmt.Errorf("virtual host %q: no domains", vh.GetName()))
+		}
+		v := &VirtualHost{Name: vh.GetName(), Domains: vh.GetDomains()}
+		for i, r := range vh.GetRoutes() {
+			hr, err := translateRoute(r)
+			if err != nil {
+				return nil, wrap(fmt.Errorf("virtual host %q: route %d (%q): %w", vh.GetName(), i, r.GetName(), err))
+			}
+			v.Routes = append(v.Routes, hr)
+		}
+		out.VHosts = append(out.VHosts, v)
+	}
+	return out, nil
+}
+
+func translateRoute(r *route.Route) (*HTTPRoute, error) {
+	if err := onlyFields(r, "name", "match", "route", "request_headers_to_add", "request_headers_to_remove",
+		"response_headers_to_add", "response_headers_to_remove"); err != nil {
+		return nil, err
+	}
+	out := &HTTPRoute{Name: r.GetName()}
+	var err error
+	if out.Match, err = translateMatch(r.GetMatch()); err != nil {
+		return nil, err
+	}
+	a := r.GetRoute()
+	if a == nil {
+		return nil, errors.New("a route without a route action (redirect, direct_response) is not supported")
+	}
+	if err := onlyFields(a, "cluster", "weighted_clusters", "timeout", "idle_timeout", "retry_policy"); err != nil {
+		return nil, err
+	}
+	switch {
+	case a.GetCluster() != "":
+		out.Clusters = []Route{{Cluster: a.GetCluster(), Weight: 1}}
+	case a.GetWeightedClusters() != nil:
+		wc := a.GetWeightedClusters()
+		if err := onlyFields(wc, "clusters", "total_weight"); err != nil {
+			return nil, err
+		}
+		var total uint32
+		for _, c := range wc.GetClusters() {
+			if err := onlyFields(c, "name", "weight"); err != nil {
+				return nil, err
+			}
+			if c.GetName() == "" {
+				return nil, errors.New("a weighted cluster without a name")
+			}
+			out.Clusters = append(out.Clusters, Route{Cluster: c.GetName(), Weight: c.GetWeight().GetValue()})
+			total += c.GetWeight().GetValue()
+		}
+		if total == 0 {
+			return nil, errors.New("weighted clusters of total weight 0")
+		}
+	default:
+		return nil, errors.New("a route action without cluster or weighted_clusters")
+	}
+	out.Timeout = DefaultRouteTimeout
+	if t := a.GetTimeout(); t != nil {
+		if out.Timeout, err = nonNegative("timeout", t); err != nil {
+			return nil, err
+		}
+	}
+	if t := a.GetIdleTimeout(); t != nil {
+		if out.IdleTimeout, err = nonNegative("idle_timeout", t); err != nil {
+			return nil, err
+		}
+	}
+	if rp := a.GetRetryPolicy(); rp != nil {
+		if out.Retry, err = translateRetry(rp); err != nil {
+			return nil, err
+		}
+	}
+	if out.ReqAdd, err = headerOps(r.GetRequestHeadersToAdd()); err != nil {
+		return nil, fmt.Errorf("request_headers_to_add: %w", err)
+	}
+	if out.RespAdd, err = headerOps(r.GetResponseHeadersToAdd()); err != nil {
+		return nil, fmt.Errorf("response_headers_to_add: %w", err)
+	}
+	out.ReqRemove, out.RespRemove = r.GetRequestHeadersToRemove(), r.GetResponseHeadersToRemove()
+	return out, nil
+}
+
+func nonNegative(field string, d *durationpb.Duration) (time.Duration, error) {
+	if err := d.CheckValid(); err != nil {
+		return 0, fmt.Errorf("%s: %w", field, err)
+	}
+	if d.AsDuration() < 0 {
+		return 0, fmt.Errorf("%s %s is negative", field, d.AsDuration())
+	}
+	return d.AsDuration(), nil
+}
+
+func translateMatch(m *route.RouteMatch) (routeMatch, error) {
+	var out routeMatch
+	if err := onlyFields(m, "prefix", "path", "safe_regex", "headers", "case_sensitive"); err != nil {
+		return out, err
+	}
+	if cs := m.GetCaseSensitive(); cs != nil && !cs.GetValue() {
+		return out, errors.New("route match case_sensitive false is not supported")
+	}
+	switch p := m.GetPathSpecifier().(type) {
+	case *route.RouteMatch_Prefix:
+		out.prefix = p.Prefix
+	case *route.RouteMatch_Path:
+		out.path, out.exact = p.Path, true
+	case *route.RouteMatch_SafeRegex:
+		if err := onlyFields(p.SafeRegex, "regex", "google_re2"); err != nil {
+			return out, err
+		}
+		re, err := regexp.Compile(`^(?:` + p.SafeRegex.GetRegex() + `)$`)
+		if err != nil {
+			return out, fmt.Errorf("route match safe_regex: %w", err)
+		}
+		out.regex = re
+	default:
+		return out, fmt.Errorf("route match kind %T is not supported", m.GetPathSpecifier())
+	}
+	for _, h := range m.GetHeaders() {
+		hm, err := translateHeaderMatch(h)
+		if err != nil {
+			return out, err
+		}
+		out.headers = append(out.headers, hm)
+	}
+	return out, nil
+}
+
+func translateHeaderMatch(h *route.HeaderMatcher) (headerMatch, error) {
+	out := headerMatch{name: strings.ToLower(h.GetName()), invert: h.GetInvertMatch()}
+	if err := onlyFields(h, "name", "string_match", "present_match", "invert_match"); err != nil {
+		return out, fmt.Errorf("header matcher %q: %w", h.GetName(), err)
+	}
+	if out.name == "" {
+		return out, errors.New("a header matcher without a name")
+	}
+	switch {
+	case h.GetStringMatch() != nil:
+		f, err := compileMatcher(h.GetStringMatch())
+		if err != nil {
+			return out, fmt.Errorf("header matcher %q: %w", h.GetName(), err)
+		}
+		out.value = f
+	case h.GetPresentMatch():
+		out.present = true
+	default:
+		return out, fmt.Errorf("header matcher %q: only string_match and present_match are supported", h.GetName())
+	}
+	return out, nil
+}
+
+func headerOps(in []*core.HeaderValueOption) ([]headerOp, error) {
+	var out []headerOp
+	for _, o := range in {
+		if err := onlyFields(o, "header", "append", "append_action", "keep_empty_value"); err != nil {
+			return nil, err
+		}
+		if err := onlyFields(o.GetHeader(), "key", "value"); err != nil {
+			return nil, err
+		}
+		op := headerOp{key: o.GetHeader().GetKey(), value: o.GetHeader().GetValue(), action: o.GetAppendAction(), keepEmpty: o.GetKeepEmptyValue()}
+		if op.key == "" || strings.HasPrefix(op.key, ":") {
+			return nil, fmt.Errorf("header %q cannot be set", op.key)
+		}
+		if a := o.GetAppend(); a != nil {
+			op.action = core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+			if a.GetValue() {
+				op.action = core.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+			}
+		}
+		out = append(out, op)
+	}
+	return out, nil
+}
+
+func translateRetry(rp *route.RetryPolicy) (*retryPolicy, error) {
+	if err := onlyFields(rp, "retry_on", "num_retries", "per_try_timeout", "retry_back_off", "retriable_status_codes",
+		"retry_host_predicate", "host_selection_retry_max_attempts"); err != nil {
+		return nil, err
+	}
+	for _, hp := range rp.GetRetryHostPredicate() {
+		if hp.GetName() != "envoy.retry_host_predicates.previous_hosts" {
+			return nil, fmt.Errorf("retry host predicate %q is not supported", hp.GetName())
+		}
+	}
+	out := &retryPolicy{on: map[string]bool{}, retries: 1, base: 25 * time.Millisecond, statuses: rp.GetRetriableStatusCodes()}
+	for on := range strings.SplitSeq(rp.GetRetryOn(), ",") {
+		on = strings.TrimSpace(on)
+		if on == "" {
+			continue
+		}
+		if !slices.Contains(retryOns, on) {
+			return nil, fmt.Errorf("retry_on %q is not supported", on)
+		}
+		out.on[on] = true
+	}
+	if n := rp.GetNumRetries(); n != nil {
+		out.retries = int(min(n.GetValue(), 100))
+	}
+	var err error
+	if t := rp.GetPerTryTimeout(); t != nil {
+		if out.perTry, err = nonNegative("per_try_timeout", t); err != nil {
+			return nil, err
+		}
+	}
+	if b := rp.GetRetryBackOff(); b != nil {
+		if err := onlyFields(b, "base_interval", "max_interval"); err != nil {
+			return nil, err
+		}
+		if out.base, err = nonNegative("retry_back_off base_interval", b.GetBaseInterval()); err != nil {
+			return nil, err
+		}
+		if out.base <= 0 {
+			return nil, errors.New("retry_back_off base_interval must be above 0")
+		}
+		if b.GetMaxInterval() != nil {
+			if out.maxi, err = nonNegative("retry_back_off max_interval", b.GetMaxInterval()); err != nil {
+				return nil, err
+			}
+			if out.maxi < out.base {
+				return nil, errors.New("retry_back_off max_interval is below base_interval")
+			}
+		}
+	}
+	if out.maxi == 0 {
+		out.maxi = 10 * out.base
+	}
+	return out, nil
+}
+
+// clusterHTTP reads a cluster's upstream HTTP protocol options: 0 when it
+// has none (a TCP service's cluster).
+func clusterHTTP(c *cluster.Cluster, out *Cluster) error {
+	for key, a := range c.GetTypedExtensionProtocolOptions() {
+		if key != httpProtocolOptionsKey {
+			return fmt.Errorf("typed_extension_protocol_options %q is not supported by the built-in proxy", key)
+		}
+		o := &upstreamhttp.HttpProtocolOptions{}
+		if err := a.UnmarshalTo(o); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		if err := onlyFields(o, "common_http_protocol_options", "explicit_http_config"); err != nil {
+			return err
+		}
+		if common := o.GetCommonHttpProtocolOptions(); common != nil {
+			if err := onlyFields(common, "idle_timeout"); err != nil {
+				return err
+			}
+			d, err := nonNegative("idle_timeout", common.GetIdleTimeout())
+			if err != nil {
+				return err
+			}
+			out.HTTPIdleTimeout = d
+		}
+		ex := o.GetExplicitHttpConfig()
+		switch {
+		case ex == nil:
+			return errors.New("HttpProtocolOptions without explicit_http_config is not supported")
+		case ex.GetHttpProtocolOptions() != nil:
+			if err := onlyFields(ex.GetHttpProtocolOptions()); err != nil {
+				return err
+			}
+			out.HTTP = HTTP1
+		case ex.GetHttp2ProtocolOptions() != nil:
+			if err := onlyFields(ex.GetHttp2ProtocolOptions()); err != nil {
+				return err
+			}
+			out.HTTP = HTTP2
+		default:
+			return errors.New("explicit_http_config: only http_protocol_options and http2_protocol_options are supported")
+		}
+	}
+	return nil
+}
+
+// HTTPProtocol is the HTTP version a cluster speaks to its endpoints.
+type HTTPProtocol int
+
+// A cluster's upstream HTTP version; NoHTTP is a TCP service's cluster,
+// which an HTTP route may still name: it is then spoken to in HTTP/1.1.
+const (
+	NoHTTP HTTPProtocol = iota
+	HTTP1
+	HTTP2
+)
+
+// httpRoutes lists the clusters an HTTP chain's routes name; false while
+// its RDS route configuration has not arrived.
+func httpRoutes(cfg *Config, h *HTTPChain) ([]Route, bool) {
+	t := h.Inline
+	if t == nil {
+		t = cfg.RouteTables[h.RDS]
+	}
+	if t == nil {
+		return nil, false
+	}
+	var out []Route
+	for _, vh := range t.VHosts {
+		for _, r := range vh.Routes {
+			out = append(out, r.Clusters...)
+		}
+	}
+	return out, true
+}

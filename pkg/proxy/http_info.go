@@ -1,0 +1,57 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+	"time"
+)
+
+// requestInfo is what one HTTP request through the proxy did: access logs
+// and spans are made of it. The engine fills it in as the request goes;
+// it is complete when logRequest gets it.
+type requestInfo struct {
+	Start time.Time
+	// Direction is "inbound" or "outbound"; Service the destination
+	// service (the route configuration's); Listener the listener's name.
+	Direction, Service, Listener string
+	Chain                        *HTTPChain
+	Method, Path, Authority      string
+	// Protocol is the downstream protocol, "HTTP/1.1" or "HTTP/2".
+	Protocol string
+	// Status is the status sent downstream; 0 when none was (a reset).
+	Status int
+	// Flags are Envoy's response flags (UT, UF, UH, UO, NR, NC, URX, DI,
+	// FI, UC, SI), in the order they were raised.
+	Flags             []string
+	BytesIn, BytesOut int64
+	// Route is the route's name; Cluster, UpstreamHost and UpstreamZone
+	// where its last attempt went.
+	Route, Cluster, UpstreamHost, UpstreamZone string
+	// Downstream is the caller's address (host:port).
+	Downstream string
+	// RequestHeaders are the downstream request's, ResponseHeaders the
+	// response's as sent downstream.
+	RequestHeaders, ResponseHeaders http.Header
+	Duration                        time.Duration
+	// Attempts counts the upstream attempts, retries included.
+	Attempts int
+}
+
+// flag raises a response flag once.
+func (ri *requestInfo) flag(f string) {
+	for _, g := range ri.Flags {
+		if g == f {
+			return
+		}
+	}
+	ri.Flags = append(ri.Flags, f)
+}
+
+// FlagString is the flags as Envoy's %RESPONSE_FLAGS% writes them: comma
+// separated, "-" for none.
+func (ri *requestInfo) FlagString() string {
+	if len(ri.Flags) == 0 {
+		return "-"
+	}
+	return strings.Join(ri.Flags, ",")
+}

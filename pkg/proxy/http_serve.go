@@ -1,0 +1,505 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// httpMetrics are the L7 metrics of l7contract §3.
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	retries  *prometheus.CounterVec
+}
+
+// l7Engine is the Proxy's HTTP state.
+type l7Engine struct {
+	m       *httpMetrics
+	buffers httputil.BufferPool
+	errLog  *log.Logger
+	poolsMu sync.Mutex
+	pools   map[string]*httpPoolEntry
+}
+
+// initL7 makes the HTTP engine's state and registers its metrics.
+func (p *Proxy) initL7(reg prometheus.Registerer) error {
+	m, err := newHTTPMetrics(reg)
+	if err != nil {
+		return err
+	}
+	p.l7 = &l7Engine{m: m, buffers: &bufferPool{}, errLog: zap.NewStdLog(p.log.Named("http")), pools: map[string]*httpPoolEntry{}}
+	return nil
+}
+
+// bufferPool lends the reverse proxy its copy buffers.
+type bufferPool struct{ pool sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.pool.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.pool.Put(&buf) }
+
+func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_http_requests_total",
+			Help: "HTTP requests served, by direction, destination service, route, zone (the upstream endpoint's outbound, this proxy's inbound) and status code."},
+			[]string{"direction", "service", "route", "zone", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ursa_dp_http_request_duration_seconds",
+			Help:    "HTTP request duration, from the request's arrival to the end of its response.",
+			Buckets: prometheus.ExponentialBucketsRange(0.001, 10, 15)}, []string{"direction", "service", "route", "zone"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_http_retries_total",
+			Help: "Retries of HTTP requests (attempts after the first), by destination service and route."}, []string{"service", "route"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// httpFront serves the HTTP connections of one listener: handle hands it
+// each connection once TLS (when the chain terminates it) is done, and one
+// http.Server serves them all, HTTP/1.1, h2c with prior knowledge, and h2
+// when ALPN chose it.
+type httpFront struct {
+	srv   *http.Server
+	queue *connQueue
+	// conns holds what the handler must know of each connection (its
+	// listener, original destination) until the server takes it.
+	conns sync.Map // net.Conn → *connMeta
+}
+
+// connMeta is what the proxy knows of an HTTP connection.
+type connMeta struct {
+	listener string
+	dst      netip.AddrPort
+	done     chan struct{}
+}
+
+type connKey struct{}
+
+// connQueue is a net.Listener whose connections the proxy pushes.
+type connQueue struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.conns:
+		return c, nil
+	case <-q.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.closed) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
+
+func (p *Proxy) newHTTPFront(addr net.Addr) *httpFront {
+	f := &httpFront{queue: &connQueue{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{})}}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetHTTP2(true)
+	protos.SetUnencryptedHTTP2(true)
+	f.srv = &http.Server{
+		Handler:           http.HandlerFunc(p.serveHTTP),
+		Protocols:         &protos,
+		ReadHeaderTimeout: time.Minute,
+		IdleTimeout:       time.Hour, // Envoy's downstream idle_timeout
+		ErrorLog:          p.l7.errLog,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			m, _ := f.conns.Load(c)
+			return context.WithValue(ctx, connKey{}, m)
+		},
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s != http.StateClosed && s != http.StateHijacked {
+				return
+			}
+			if m, ok := f.conns.LoadAndDelete(c); ok {
+				close(m.(*connMeta).done)
+			}
+		},
+	}
+	go f.srv.Serve(f.queue)
+	return f
+}
+
+// serveHTTPConn serves an HTTP chain's connection until it ends.
+func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
+	p.mu.Lock()
+	r, ok := p.listeners[name]
+	if ok && r.http == nil {
+		r.http = p.newHTTPFront(r.ln.Addr())
+	}
+	p.mu.Unlock()
+	if !ok {
+		c.Close()
+		return
+	}
+	m := &connMeta{listener: name, dst: dst, done: make(chan struct{})}
+	r.http.conns.Store(c, m)
+	select {
+	case r.http.queue.conns <- c:
+	case <-r.http.queue.closed:
+		r.http.conns.Delete(c)
+		c.Close()
+		return
+	}
+	<-m.done
+}
+
+// chainNow is the HTTP chain listener name's current configuration
+// applies to a connection headed to dst; nil when there is none (any
+// more).
+func chainNow(cfg *Config, name string, dst netip.AddrPort) *HTTPChain {
+	l, ok := cfg.Listeners[name]
+	switch {
+	case !ok:
+		return nil
+	case !l.OriginalDst:
+		return l.HTTP
+	}
+	c, ok := l.matchDst(dst)
+	if !ok {
+		return nil
+	}
+	return c.HTTP
+}
+
+// serveHTTP is every HTTP request's way through the proxy: the chain's
+// RBAC, the route, the fault filter, then the router (forward).
+func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	meta, _ := r.Context().Value(connKey{}).(*connMeta)
+	if meta == nil {
+		http.Error(w, "no connection", http.StatusInternalServerError)
+		return
+	}
+	cfg := p.cfg.Load()
+	ri := &requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
+		Protocol: r.Proto, Downstream: r.RemoteAddr, RequestHeaders: r.Header, Direction: "outbound"}
+	if strings.HasPrefix(meta.listener, "inbound") || strings.HasPrefix(meta.listener, "ursa:inbound") {
+		ri.Direction = "inbound"
+	}
+	cw := &countingWriter{ResponseWriter: w}
+	body := &countingBody{ReadCloser: r.Body}
+	r.Body = body
+	defer func() {
+		ri.BytesIn, ri.BytesOut, ri.Status = body.n.Load(), cw.n, cw.status
+		ri.ResponseHeaders = w.Header()
+		ri.Duration = time.Since(ri.Start)
+		p.countRequest(ri)
+		p.logRequest(ri)
+	}()
+	chain := chainNow(cfg, meta.listener, meta.dst)
+	if chain == nil {
+		p.localReply(cw, r, ri, http.StatusServiceUnavailable, "NR", "listener removed")
+		return
+	}
+	ri.Chain = chain
+	table := chain.Inline
+	if table == nil {
+		table = cfg.RouteTables[chain.RDS]
+	}
+	if table != nil {
+		ri.Service = table.Name
+		if dir, svc, ok := strings.Cut(table.Name, ":"); ok && (dir == "inbound" || dir == "outbound") {
+			ri.Direction, ri.Service = dir, svc
+		}
+	}
+	if chain.RBAC != nil {
+		var uris []string
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			uris = uriSANs(r.TLS.PeerCertificates[0])
+		}
+		if !chain.RBAC.allows(uris) {
+			p.localReply(cw, r, ri, http.StatusForbidden, "", "RBAC: access denied")
+			return
+		}
+	}
+	var rt *HTTPRoute
+	if table != nil {
+		rt = table.route(r)
+	}
+	if rt == nil {
+		p.localReply(cw, r, ri, http.StatusNotFound, "NR", "")
+		return
+	}
+	ri.Route = rt.Name
+	if f := chain.Fault; f != nil {
+		if f.hasDelay && chance(f.delayPPM) {
+			ri.flag("DI")
+			t := time.NewTimer(f.delay)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		if f.hasAbort && chance(f.abortPPM) {
+			ri.flag("FI")
+			p.localReply(cw, r, ri, f.abortStatus, "", "fault filter abort")
+			return
+		}
+	}
+	p.forward(cw, r, ri, cfg, rt)
+}
+
+// chance is true for ppm of a million calls.
+func chance(ppm uint32) bool { return ppm >= 1_000_000 || rand.Uint32N(1_000_000) < ppm }
+
+// route is the first route of the virtual host for r's authority that
+// matches r.
+func (t *RouteTable) route(r *http.Request) *HTTPRoute {
+	vh := t.vhost(r.Host)
+	if vh == nil {
+		return nil
+	}
+	for _, rt := range vh.Routes {
+		if rt.Match.matches(r) {
+			return rt
+		}
+	}
+	return nil
+}
+
+// vhost picks a virtual host as Envoy does: an exact domain, then the
+// longest suffix wildcard ("*.example.com"), then the longest prefix
+// wildcard ("example.*"), then "*"; a host with a port that matches none is
+// tried again without it.
+func (t *RouteTable) vhost(host string) *VirtualHost {
+	host = strings.ToLower(host)
+	find := func(host string) *VirtualHost {
+		var best *VirtualHost
+		bestRank, bestLen := 0, -1
+		for _, vh := range t.VHosts {
+			for _, d := range vh.Domains {
+				d = strings.ToLower(d)
+				rank, n := 0, len(d)
+				switch {
+				case d == host:
+					return vh
+				case d == "*":
+					rank = 1
+				case strings.HasPrefix(d, "*") && strings.HasSuffix(host, d[1:]) && len(host) > len(d)-1:
+					rank = 3
+				case strings.HasSuffix(d, "*") && strings.HasPrefix(host, d[:len(d)-1]) && len(host) > len(d)-1:
+					rank = 2
+				default:
+					continue
+				}
+				if rank > bestRank || rank == bestRank && n > bestLen {
+					best, bestRank, bestLen = vh, rank, n
+				}
+			}
+		}
+		return best
+	}
+	if vh := find(host); vh != nil {
+		return vh
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return find(h)
+	}
+	return nil
+}
+
+// matches reports whether r matches the route: its path (the whole :path
+// for a prefix, without the query for an exact path or a regex) and every
+// header matcher.
+func (m *routeMatch) matches(r *http.Request) bool {
+	full := r.URL.RequestURI()
+	path, _, _ := strings.Cut(full, "?")
+	switch {
+	case m.regex != nil:
+		if !m.regex.MatchString(path) {
+			return false
+		}
+	case m.exact:
+		if path != m.path {
+			return false
+		}
+	default:
+		if !strings.HasPrefix(full, m.prefix) {
+			return false
+		}
+	}
+	for _, h := range m.headers {
+		if !h.matches(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *headerMatch) matches(r *http.Request) bool {
+	var v string
+	present := true
+	switch h.name {
+	case ":method":
+		v = r.Method
+	case ":path":
+		v = r.URL.RequestURI()
+	case ":authority", "host":
+		v = r.Host
+	case ":scheme":
+		v = "http"
+		if r.TLS != nil {
+			v = "https"
+		}
+	default:
+		vs := r.Header.Values(h.name)
+		present = len(vs) > 0
+		v = strings.Join(vs, ",")
+	}
+	ok := present && (h.present || h.value(v))
+	return ok != h.invert
+}
+
+// localReply answers a request itself, with status and a short text body,
+// or, to a gRPC request, as gRPC does (200, the status in grpc-status and
+// grpc-message), as Envoy's local replies do.
+func (p *Proxy) localReply(w http.ResponseWriter, r *http.Request, ri *requestInfo, status int, flag, body string) {
+	if flag != "" {
+		ri.flag(flag)
+	}
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", strconv.Itoa(grpcStatusOf(status)))
+		if body != "" {
+			w.Header().Set("Grpc-Message", body)
+		}
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if body == "" {
+		w.WriteHeader(status)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write([]byte(body))
+}
+
+// grpcStatusOf maps an HTTP status to a gRPC code as Envoy does.
+func grpcStatusOf(status int) int {
+	switch status {
+	case 400:
+		return 13 // INTERNAL
+	case 401:
+		return 16 // UNAUTHENTICATED
+	case 403:
+		return 7 // PERMISSION_DENIED
+	case 404:
+		return 12 // UNIMPLEMENTED
+	case 429, 502, 503, 504:
+		return 14 // UNAVAILABLE
+	}
+	return 2 // UNKNOWN
+}
+
+// countRequest records a finished request's metrics.
+func (p *Proxy) countRequest(ri *requestInfo) {
+	zone := ri.UpstreamZone
+	if ri.Direction == "inbound" {
+		zone = p.Zone
+		if zone == "" {
+			zone = zoneOf(p.cfg.Load().Identity)
+		}
+	}
+	p.l7.m.requests.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone, strconv.Itoa(ri.Status)).Inc()
+	p.l7.m.duration.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone).Observe(ri.Duration.Seconds())
+}
+
+// countingWriter counts the body bytes sent downstream and keeps the
+// status; Flush and Unwrap let the reverse proxy stream through it.
+type countingWriter struct {
+	http.ResponseWriter
+	n      int64
+	status int
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingBody counts the request body bytes read; the upstream
+// transport may still be reading when the handler returns.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// zoneTagURI is what the URI SAN of a certificate's zone tag starts with
+// (mtls.TagURIPrefix(api.TagZone); the proxy does not import them).
+const zoneTagURI = "ursa://ursa.io/zone/"
+
+// zoneOf is the zone tag in an identity's certificate, "" for none.
+func zoneOf(id *tls.Certificate) string {
+	if id == nil || id.Leaf == nil {
+		return ""
+	}
+	for _, u := range id.Leaf.URIs {
+		if v, ok := strings.CutPrefix(u.String(), zoneTagURI); ok {
+			if z, err := url.PathUnescape(v); err == nil {
+				return z
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,289 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	commonfault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// TestHTTPSidecarPair: a caller's sidecar (HTTP/1.1 and h2c from the app,
+// RDS routes) and a server's (mTLS with ALPN, HTTP RBAC, the inline
+// inbound route), made from hand-built Envoy resources, with HTTP/2 over
+// mTLS between them: the header canary route goes to v2, the rest to v1;
+// request headers are added and removed and response headers added as
+// the route says; requests are counted per route and zone.
+func TestHTTPSidecarPair(t *testing.T) {
+	for _, h2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("h2=%t", h2), func(t *testing.T) {
+			sc := newSidecars(t)
+			v1, v2 := backend(t, "v1", nil), backend(t, "v2", nil)
+			apply(t, sc.server, sc.billing, sc.roots,
+				[]*listener.Listener{inboundHTTPListener("inbound:v1", "billing", "localhost:v1", "spiffe://default/web"),
+					inboundHTTPListener("inbound:v2", "billing", "localhost:v2", "spiffe://default/web")},
+				[]*cluster.Cluster{staticHTTPCluster("localhost:v1", false, v1), staticHTTPCluster("localhost:v2", h2, v2)}, nil)
+			in1, in2 := boundAddr(t, sc.server, "inbound:v1"), boundAddr(t, sc.server, "inbound:v2")
+			canary := routeTo("canary/0", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"},
+				Headers: []*route.HeaderMatcher{{Name: "x-canary", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: exactMatcher("1")}}}},
+				toCluster("billing-v2"))
+			canary.RequestHeadersToAdd = []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "x-added", Value: "yes"}, AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}}
+			canary.RequestHeadersToRemove = []string{"x-secret"}
+			canary.ResponseHeadersToAdd = []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "x-route", Value: "canary"}, AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}}
+			canary.ResponseHeadersToRemove = []string{"x-proto"}
+			apply(t, sc.client, sc.web, sc.roots, []*listener.Listener{outboundHTTPListener("outbound:billing", "outbound:billing")},
+				[]*cluster.Cluster{mtlsHTTPCluster("billing-v1", "billing", h2), mtlsHTTPCluster("billing-v2", "billing", h2)},
+				[]*endpoint.ClusterLoadAssignment{assignment("billing-v1", in1), assignment("billing-v2", in2)},
+				routeConfig("outbound:billing", canary, routeTo("canary/default", nil, toCluster("billing-v1"))))
+			url := "http://" + boundAddr(t, sc.client, "outbound:billing") + "/orders"
+			for _, c := range []*http.Client{h1Client(), h2cClient()} {
+				resp, body := get(t, c, url, "x-secret", "s")
+				if resp.StatusCode != 200 || body != "v1 GET /orders" || resp.Header.Get("x-echo-x-secret") != "s" || resp.Header.Get("x-route") != "" {
+					t.Fatalf("default route: %d %q %v", resp.StatusCode, body, resp.Header)
+				}
+				resp, body = get(t, c, url, "x-canary", "1", "x-secret", "s")
+				if resp.StatusCode != 200 || body != "v2 GET /orders" {
+					t.Fatalf("canary route: %d %q", resp.StatusCode, body)
+				}
+				if resp.Header.Get("x-echo-x-added") != "yes" || resp.Header.Get("x-echo-x-secret") != "" || resp.Header.Get("x-route") != "canary" || resp.Header.Get("x-proto") != "" {
+					t.Fatalf("canary route's header rewrites: %v", resp.Header)
+				}
+			}
+			if n := testutil.ToFloat64(sc.client.l7.m.requests.WithLabelValues("outbound", "billing", "canary/0", "zone-1", "200")); n != 2 {
+				t.Fatalf("outbound canary requests counted %v, want 2", n)
+			}
+			if n := testutil.ToFloat64(sc.server.l7.m.requests.WithLabelValues("inbound", "billing", "inbound", "", "200")); n != 4 {
+				t.Fatalf("inbound requests counted %v, want 4", n)
+			}
+		})
+	}
+}
+
+// TestHTTPUpstreamH2OverMTLS: an http2 cluster speaks HTTP/2 over mTLS,
+// offering ALPN h2, with the proxy's identity, to a server that speaks
+// nothing else; an http one speaks HTTP/1.1 to a server that offers both.
+func TestHTTPUpstreamH2OverMTLS(t *testing.T) {
+	sc := newSidecars(t)
+	serve := func(protos ...string) string {
+		ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*sc.billing}, ClientAuth: tls.RequireAnyClientCert, NextProtos: protos})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hp http.Protocols
+		hp.SetHTTP2(true)
+		hp.SetHTTP1(true)
+		srv := &http.Server{Protocols: &hp, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "%s %s", r.Proto, r.TLS.PeerCertificates[0].URIs[0])
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().String()
+	}
+	h2only, both := serve("h2"), serve("h2", "http/1.1")
+	apply(t, sc.client, sc.web, sc.roots,
+		[]*listener.Listener{outboundHTTPListener("outbound:h2", "outbound:h2"), outboundHTTPListener("outbound:h1", "outbound:h1")},
+		[]*cluster.Cluster{mtlsHTTPCluster("h2", "billing", true), mtlsHTTPCluster("h1", "billing", false)},
+		[]*endpoint.ClusterLoadAssignment{assignment("h2", h2only), assignment("h1", both)},
+		routeConfig("outbound:h2", routeTo("default", nil, toCluster("h2"))), routeConfig("outbound:h1", routeTo("default", nil, toCluster("h1"))))
+	if _, body := get(t, h1Client(), "http://"+boundAddr(t, sc.client, "outbound:h2")+"/"); body != "HTTP/2.0 spiffe://default/web" {
+		t.Fatalf("http2 cluster: %q", body)
+	}
+	if _, body := get(t, h1Client(), "http://"+boundAddr(t, sc.client, "outbound:h1")+"/"); body != "HTTP/1.1 spiffe://default/web" {
+		t.Fatalf("http cluster: %q", body)
+	}
+}
+
+// TestHTTPInboundALPNAndRBAC: an inbound HTTP chain serves h2 or HTTP/1.1
+// as the caller's ALPN chooses, and its HTTP RBAC filter answers 403 to
+// a caller whose identity it does not allow.
+func TestHTTPInboundALPNAndRBAC(t *testing.T) {
+	sc := newSidecars(t)
+	app := backend(t, "app", nil)
+	apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inboundHTTPListener("inbound:billing", "billing", "localhost:app", "spiffe://default/web")},
+		[]*cluster.Cluster{staticHTTPCluster("localhost:app", false, app)}, nil)
+	addr := boundAddr(t, sc.server, "inbound:billing")
+	client := func(cert *tls.Certificate, alpn string) *http.Client {
+		cfg := &tls.Config{Certificates: []tls.Certificate{*cert}, RootCAs: sc.roots, InsecureSkipVerify: true, NextProtos: []string{alpn}}
+		var hp http.Protocols
+		hp.SetHTTP1(alpn == "http/1.1")
+		hp.SetHTTP2(alpn == "h2")
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, Protocols: &hp}}
+	}
+	for _, alpn := range []string{"h2", "http/1.1"} {
+		resp, body := get(t, client(sc.web, alpn), "https://"+addr+"/x")
+		if resp.StatusCode != 200 || body != "app GET /x" || (resp.ProtoMajor == 2) != (alpn == "h2") {
+			t.Fatalf("ALPN %s: %s %d %q", alpn, resp.Proto, resp.StatusCode, body)
+		}
+		if resp, _ := get(t, client(sc.billing, alpn), "https://"+addr+"/x"); resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("ALPN %s: a caller RBAC does not allow got %d", alpn, resp.StatusCode)
+		}
+	}
+}
+
+// plainHTTP runs one proxy with an outbound HTTP listener whose route
+// configuration is rc, and plain clusters; it returns the listener's URL.
+func plainHTTP(t *testing.T, p *Proxy, rc *route.RouteConfiguration, filters []*faultv3.HTTPFault, clusters ...*cluster.Cluster) string {
+	t.Helper()
+	l := outboundHTTPListener("outbound:svc", rc.GetName())
+	if len(filters) > 0 {
+		l = outboundHTTPListener("outbound:svc", rc.GetName(), faultHTTPFilter(filters[0]))
+	}
+	apply(t, p, nil, nil, []*listener.Listener{l}, clusters, nil, rc)
+	return "http://" + boundAddr(t, p, "outbound:svc")
+}
+
+// TestHTTPRetries: a POST whose backend fails half the time with 503 (one
+// of two endpoints fails always) is retried to success every time with
+// its body each time; without a retry policy, failures reach the caller.
+func TestHTTPRetries(t *testing.T) {
+	p := newProxy(t)
+	var calls atomic.Int64
+	flaky := backend(t, "flaky", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if calls.Add(1)%2 == 0 {
+			w.WriteHeader(503)
+			return
+		}
+		fmt.Fprintf(w, "flaky %s", b)
+	})
+	broken := backend(t, "broken", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) })
+	retry := toCluster("svc")
+	retry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(5),
+		RetryBackOff: &route.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond), MaxInterval: durationpb.New(5 * time.Millisecond)}}
+	rc := routeConfig("outbound:svc", routeTo("retried", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Path{Path: "/retried"}}, retry),
+		routeTo("plain", nil, toCluster("svc")))
+	url := plainHTTP(t, p, rc, nil, staticHTTPCluster("svc", false, flaky, broken))
+	c := h1Client()
+	for i := range 100 {
+		resp, err := c.Post(url+"/retried", "text/plain", strings.NewReader(fmt.Sprintf("body-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != fmt.Sprintf("flaky body-%d", i) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
+		}
+	}
+	if n := testutil.ToFloat64(p.l7.m.retries.WithLabelValues("svc", "retried")); n < 30 {
+		t.Fatalf("retries counted: %v", n)
+	}
+	failed := 0
+	for range 40 {
+		if resp, _ := get(t, c, url+"/plain"); resp.StatusCode == 503 {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Fatal("without a retry policy no request failed")
+	}
+}
+
+// TestHTTPTimeouts: a slow backend gets 504 at the route's timeout (and
+// not much later); a per-try timeout moves on to the other, fast, endpoint.
+func TestHTTPTimeouts(t *testing.T) {
+	p := newProxy(t)
+	slow := backend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	})
+	fast := backend(t, "fast", nil)
+	timed := toCluster("slow")
+	timed.Timeout = durationpb.New(200 * time.Millisecond)
+	perTry := toCluster("both")
+	perTry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(3), PerTryTimeout: durationpb.New(100 * time.Millisecond)}
+	rc := routeConfig("outbound:svc", routeTo("timed", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/timed"}}, timed),
+		routeTo("pertry", nil, perTry))
+	url := plainHTTP(t, p, rc, nil, staticHTTPCluster("slow", false, slow), staticHTTPCluster("both", false, slow, fast))
+	start := time.Now()
+	resp, body := get(t, h1Client(), url+"/timed")
+	took := time.Since(start)
+	if resp.StatusCode != http.StatusGatewayTimeout || body != "upstream request timeout" || took < 200*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("slow backend: %d %q after %s", resp.StatusCode, body, took)
+	}
+	for range 5 {
+		if resp, body := get(t, h1Client(), url+"/x"); resp.StatusCode != 200 || body != "fast GET /x" {
+			t.Fatalf("per-try timeout: %d %q", resp.StatusCode, body)
+		}
+	}
+}
+
+// TestHTTPFaults: the fault filter aborts with its status, and delays.
+func TestHTTPFaults(t *testing.T) {
+	app := backend(t, "app", nil)
+	rc := routeConfig("outbound:svc", routeTo("default", nil, toCluster("app")))
+	hundred := &typev3.FractionalPercent{Numerator: 100}
+	abort := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 418}, Percentage: hundred}}
+	url := plainHTTP(t, newProxy(t), rc, []*faultv3.HTTPFault{abort}, staticHTTPCluster("app", false, app))
+	if resp, body := get(t, h1Client(), url+"/"); resp.StatusCode != 418 || body != "fault filter abort" {
+		t.Fatalf("abort: %d %q", resp.StatusCode, body)
+	}
+	delay := &faultv3.HTTPFault{Delay: &commonfault.FaultDelay{FaultDelaySecifier: &commonfault.FaultDelay_FixedDelay{FixedDelay: durationpb.New(150 * time.Millisecond)}, Percentage: hundred}}
+	url = plainHTTP(t, newProxy(t), rc, []*faultv3.HTTPFault{delay}, staticHTTPCluster("app", false, app))
+	start := time.Now()
+	if resp, body := get(t, h1Client(), url+"/"); resp.StatusCode != 200 || body != "app GET /" || time.Since(start) < 150*time.Millisecond {
+		t.Fatalf("delay: %d %q after %s", resp.StatusCode, body, time.Since(start))
+	}
+	none := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 500}, Percentage: &typev3.FractionalPercent{Numerator: 0}}}
+	url = plainHTTP(t, newProxy(t), rc, []*faultv3.HTTPFault{none}, staticHTTPCluster("app", false, app))
+	if resp, _ := get(t, h1Client(), url+"/"); resp.StatusCode != 200 {
+		t.Fatalf("an abort of 0%%: %d", resp.StatusCode)
+	}
+}
+
+// TestHTTPUpstreamFailures: no endpoint that accepts is 503 (UF), a route
+// to a cluster that is not there is 503, no route is 404; a gRPC caller
+// gets them as grpc-status; h2c passes gRPC trailers through.
+func TestHTTPUpstreamFailures(t *testing.T) {
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := closed.Addr().String()
+	closed.Close()
+	grpcish := backend(t, "grpc", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.Write([]byte("msg"))
+		w.Header().Set("Grpc-Status", "0")
+	})
+	rc := routeConfig("outbound:svc",
+		routeTo("dead", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/dead"}}, toCluster("dead")),
+		routeTo("missing", &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: "/miss[a-z]+"}}}, toCluster("nowhere")),
+		routeTo("grpc", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/pkg.Svc/"}}, toCluster("grpc")))
+	p := newProxy(t)
+	url := plainHTTP(t, p, rc, nil, staticHTTPCluster("dead", false, dead), staticHTTPCluster("grpc", true, grpcish))
+	if resp, _ := get(t, h1Client(), url+"/dead"); resp.StatusCode != 503 {
+		t.Fatalf("dead endpoint: %d", resp.StatusCode)
+	}
+	if resp, _ := get(t, h1Client(), url+"/missing"); resp.StatusCode != 503 {
+		t.Fatalf("missing cluster: %d", resp.StatusCode)
+	}
+	if resp, _ := get(t, h1Client(), url+"/other"); resp.StatusCode != 404 {
+		t.Fatalf("no route: %d", resp.StatusCode)
+	}
+	resp, _ := get(t, h2cClient(), url+"/dead", "content-type", "application/grpc")
+	if resp.StatusCode != 200 || resp.Header.Get("grpc-status") != "14" {
+		t.Fatalf("gRPC to a dead endpoint: %d %v", resp.StatusCode, resp.Header)
+	}
+	resp, body := get(t, h2cClient(), url+"/pkg.Svc/Call", "content-type", "application/grpc")
+	if resp.StatusCode != 200 || body != "msg" || resp.Trailer.Get("grpc-status") != "0" || resp.Header.Get("x-proto") != "HTTP/2.0" {
+		t.Fatalf("gRPC over h2c: %d %q trailers %v headers %v", resp.StatusCode, body, resp.Trailer, resp.Header)
+	}
+}

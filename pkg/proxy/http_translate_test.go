@@ -1,0 +1,207 @@
+package proxy
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/xds"
+)
+
+// TestHTTPTranslateNACKs: what the proxy cannot honour in an HCM, a route
+// configuration or a cluster's HTTP options is refused, naming it.
+func TestHTTPTranslateNACKs(t *testing.T) {
+	okRoute := func() *route.Route { return routeTo("r", nil, toCluster("c")) }
+	withRoute := func(f func(*route.Route)) *route.RouteConfiguration {
+		r := okRoute()
+		f(r)
+		return routeConfig("outbound:svc", r)
+	}
+	withHCM := func(f func(*hcm.HttpConnectionManager)) *listener.Listener {
+		l := outboundHTTPListener("outbound:svc", "outbound:svc")
+		h := &hcm.HttpConnectionManager{}
+		l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(h)
+		f(h)
+		l.FilterChains[0].Filters[0] = hcmFilter(h)
+		return l
+	}
+	for _, tc := range []struct {
+		name      string
+		listeners []*listener.Listener
+		clusters  []*cluster.Cluster
+		routes    []*route.RouteConfiguration
+		want      string
+	}{
+		{name: "prefix_rewrite", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/v2" })}, want: "prefix_rewrite"},
+		{name: "bad regex", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.Match = &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: "(("}}}
+		})}, want: "safe_regex"},
+		{name: "unsupported match kind", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.Match = &route.RouteMatch{PathSpecifier: &route.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: "/a"}}
+		})}, want: "path_separated_prefix"},
+		{name: "redirect", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.Action = &route.Route_Redirect{Redirect: &route.RedirectAction{}}
+		})}, want: "redirect"},
+		{name: "negative timeout", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().Timeout = durationpb.New(-time.Second) })}, want: "timeout"},
+		{name: "retry_on", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx,envoy-ratelimited"}
+		})}, want: "envoy-ratelimited"},
+		{name: "retriable headers", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", RetriableHeaders: []*route.HeaderMatcher{{Name: "x"}}}
+		})}, want: "retriable_headers"},
+		{name: "header matcher kind", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.Match.Headers = []*route.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_RangeMatch{}}}
+		})}, want: "range_match"},
+		{name: "vhost retry policy", routes: []*route.RouteConfiguration{func() *route.RouteConfiguration {
+			rc := routeConfig("outbound:svc", okRoute())
+			rc.VirtualHosts[0].RetryPolicy = &route.RetryPolicy{}
+			return rc
+		}()}, want: "retry_policy"},
+		{name: "weighted total 0", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.GetRoute().ClusterSpecifier = &route.RouteAction_WeightedClusters{WeightedClusters: &route.WeightedCluster{Clusters: []*route.WeightedCluster_ClusterWeight{{Name: "c", Weight: wrapperspb.UInt32(0)}}}}
+		})}, want: "total weight 0"},
+		{name: "unknown http filter", listeners: []*listener.Listener{withHCM(func(h *hcm.HttpConnectionManager) {
+			h.HttpFilters = append([]*hcm.HttpFilter{{Name: "envoy.filters.http.cors", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: xds.MustAny(&route.CorsPolicy{})}}}, h.HttpFilters...)
+		})}, want: "envoy.filters.http.cors"},
+		{name: "no router", listeners: []*listener.Listener{withHCM(func(h *hcm.HttpConnectionManager) { h.HttpFilters = nil })}, want: "router"},
+		{name: "hcm field", listeners: []*listener.Listener{withHCM(func(h *hcm.HttpConnectionManager) { h.UseRemoteAddress = wrapperspb.Bool(true) })}, want: "use_remote_address"},
+		{name: "codec", listeners: []*listener.Listener{withHCM(func(h *hcm.HttpConnectionManager) { h.CodecType = hcm.HttpConnectionManager_HTTP3 })}, want: "codec_type"},
+		{name: "hcm with another filter", listeners: []*listener.Listener{func() *listener.Listener {
+			l := outboundHTTPListener("outbound:svc", "outbound:svc")
+			l.FilterChains[0].Filters = append(l.FilterChains[0].Filters, l.FilterChains[0].Filters[0])
+			return l
+		}()}, want: "only network filter"},
+		{name: "auto protocol", clusters: []*cluster.Cluster{func() *cluster.Cluster {
+			c := staticHTTPCluster("c", false, "127.0.0.1:1")
+			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": xds.MustAny(&core.TcpProtocolOptions{})}
+			return c
+		}()}, want: "TcpProtocolOptions"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := translate(tc.listeners, tc.clusters, nil, nil, nil, tc.routes...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("translate = %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestHTTPRouteDefaults: a route without a timeout gets Envoy's 15 s, 0 is
+// none; a retry policy without back-off gets 25 ms to 250 ms.
+func TestHTTPRouteDefaults(t *testing.T) {
+	r := routeTo("r", nil, toCluster("c"))
+	r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "gateway-error"}
+	none := routeTo("none", nil, toCluster("c"))
+	none.GetRoute().Timeout = durationpb.New(0)
+	cfg, err := translate(nil, nil, nil, nil, nil, routeConfig("outbound:svc", r, none))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := cfg.RouteTables["outbound:svc"].VHosts[0].Routes
+	if routes[0].Timeout != 15*time.Second || routes[1].Timeout != 0 {
+		t.Fatalf("timeouts %s %s", routes[0].Timeout, routes[1].Timeout)
+	}
+	if rp := routes[0].Retry; rp.retries != 1 || rp.base != 25*time.Millisecond || rp.maxi != 250*time.Millisecond {
+		t.Fatalf("retry defaults %+v", rp)
+	}
+	for i := range 1000 {
+		if d := retryBackoff(1+i%5, rp(routes).base, rp(routes).maxi); d < 0 || d > 250*time.Millisecond {
+			t.Fatalf("back-off %s", d)
+		}
+	}
+}
+
+func rp(routes []*HTTPRoute) *retryPolicy { return routes[0].Retry }
+
+// TestHTTPRDSWarming: an HTTP listener whose route configuration has not
+// arrived keeps the routes it had; a new one's arrival takes over.
+func TestHTTPRDSWarming(t *testing.T) {
+	l := outboundHTTPListener("outbound:svc", "outbound:svc")
+	c := staticHTTPCluster("c", false, "127.0.0.1:1")
+	prev, err := translate([]*listener.Listener{l}, []*cluster.Cluster{c}, nil, nil, nil, routeConfig("outbound:svc", routeTo("old", nil, toCluster("c"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := proto.Clone(l).(*listener.Listener)
+	h := &hcm.HttpConnectionManager{}
+	moved.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(h)
+	h.GetRds().RouteConfigName = "outbound:other"
+	moved.FilterChains[0].Filters[0] = hcmFilter(h)
+	next, err := translate([]*listener.Listener{moved}, []*cluster.Cluster{c}, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := warm(prev, next)
+	if rds := got.Listeners["outbound:svc"].HTTP.RDS; rds != "outbound:svc" || got.RouteTables["outbound:svc"] == nil {
+		t.Fatalf("a listener whose routes have not arrived took them: RDS %q", rds)
+	}
+}
+
+// FuzzHTTPRouteConfig feeds translate route configurations and HTTP
+// connection managers from arbitrary bytes: it never panics, and a route
+// table it accepts routes a request without panicking either.
+func FuzzHTTPRouteConfig(f *testing.F) {
+	canary := routeTo("canary/0", &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: "/a.*"}},
+		Headers: []*route.HeaderMatcher{{Name: "x-canary", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: exactMatcher("1")}},
+			{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true}}}}, toCluster("v2"))
+	canary.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx,reset", NumRetries: wrapperspb.UInt32(3), PerTryTimeout: durationpb.New(time.Second)}
+	canary.RequestHeadersToAdd = []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "x", Value: "y"}}}
+	for _, m := range []proto.Message{routeConfig("outbound:svc", canary, routeTo("default", nil, toCluster("v1")))} {
+		b, _ := proto.Marshal(m)
+		f.Add(b, false)
+	}
+	h := &hcm.HttpConnectionManager{}
+	outboundHTTPListener("outbound:svc", "outbound:svc").FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(h)
+	b, _ := proto.Marshal(h)
+	f.Add(b, true)
+	inbound := &hcm.HttpConnectionManager{}
+	inboundHTTPListener("inbound:svc", "svc", "localhost:1", "spiffe://default/web").FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(inbound)
+	b, _ = proto.Marshal(inbound)
+	f.Add(b, true)
+	f.Fuzz(func(t *testing.T, in []byte, isHCM bool) {
+		if isHCM {
+			h := &hcm.HttpConnectionManager{}
+			if proto.Unmarshal(in, h) != nil {
+				return
+			}
+			l := &listener.Listener{Name: "l", Address: socket("127.0.0.1", 1), FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{hcmFilter(h)}}}}
+			translate([]*listener.Listener{l}, nil, nil, nil, nil)
+			return
+		}
+		rc := &route.RouteConfiguration{}
+		if proto.Unmarshal(in, rc) != nil {
+			return
+		}
+		cfg, err := translate(nil, nil, nil, nil, nil, rc)
+		if err != nil {
+			return
+		}
+		req := httptest.NewRequest("GET", "http://svc.mesh/a/b?c=d", nil)
+		req.Header.Set("x-canary", "1")
+		for _, table := range cfg.RouteTables {
+			table.route(req)
+		}
+	})
+}
+
+// TestZoneTagURI: the proxy reads its zone from its certificate's tag URI
+// SAN, made by pkg/mtls.
+func TestZoneTagURI(t *testing.T) {
+	if want := mtls.TagURIPrefix(api.TagZone); zoneTagURI != want {
+		t.Fatalf("zoneTagURI %q, mtls makes %q", zoneTagURI, want)
+	}
+}

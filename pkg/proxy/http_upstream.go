@@ -1,0 +1,595 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxReplay is the most request body the proxy keeps to send again on a
+// retry; a request with more is not retried.
+const maxReplay = 64 << 10
+
+// forward is the router: it sends r to the route's cluster, retrying as
+// the route's policy says, within its timeout, and streams the response
+// back (trailers too: gRPC passes through end to end).
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo, cfg *Config, rt *HTTPRoute) {
+	down := r.Context() // the caller's: done when it goes away
+	ctx := down
+	cancel := context.CancelFunc(func() {})
+	if rt.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
+	}
+	defer cancel()
+	var idle *idleWatch
+	if rt.IdleTimeout > 0 {
+		idle = newIdleWatch(rt.IdleTimeout)
+		ctx = idle.bind(ctx)
+		defer idle.stop()
+	}
+	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, ctx: ctx, idle: idle, body: newReplayBody(r.Body)}
+	end := func() {}
+	defer func() { end() }() // also when the reverse proxy aborts the response
+	rp := &httputil.ReverseProxy{
+		Transport:  ex,
+		BufferPool: p.l7.buffers,
+		ErrorLog:   p.l7.errLog,
+		Director: func(out *http.Request) {
+			out.URL.Scheme, out.URL.Host = "http", r.Host
+			if _, ok := out.Header["X-Forwarded-For"]; !ok {
+				out.Header["X-Forwarded-For"] = nil // the proxy adds none
+			}
+			for _, h := range rt.ReqRemove {
+				out.Header.Del(h)
+			}
+			applyHeaders(out.Header, rt.ReqAdd)
+			end = p.startSpan(ri, r.Header, out.Header)
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			for _, h := range rt.RespRemove {
+				resp.Header.Del(h)
+			}
+			applyHeaders(resp.Header, rt.RespAdd)
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			var lr *localReplyError
+			switch {
+			case errors.As(err, &lr):
+				p.localReply(w, r, ri, lr.status, lr.flag, lr.body)
+			case down.Err() != nil:
+				ri.flag("DC") // the caller went away
+			case ctx.Err() != nil && idle != nil && idle.fired():
+				p.localReply(w, r, ri, http.StatusGatewayTimeout, "SI", "stream timeout")
+			case ctx.Err() != nil:
+				p.localReply(w, r, ri, http.StatusGatewayTimeout, "UT", "upstream request timeout")
+			default:
+				p.localReply(w, r, ri, http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+			}
+		},
+	}
+	rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// applyHeaders adds a route's headers as their append actions say; an
+// empty value is skipped unless it keeps empty values, as in Envoy.
+func applyHeaders(h http.Header, ops []headerOp) {
+	for _, o := range ops {
+		if o.value == "" && !o.keepEmpty {
+			continue
+		}
+		switch o.action {
+		case 0: // APPEND_IF_EXISTS_OR_ADD
+			h.Add(o.key, o.value)
+		case 1: // ADD_IF_ABSENT
+			if len(h.Values(o.key)) == 0 {
+				h.Set(o.key, o.value)
+			}
+		case 2: // OVERWRITE_IF_EXISTS_OR_ADD
+			h.Set(o.key, o.value)
+		case 3: // OVERWRITE_IF_EXISTS
+			if len(h.Values(o.key)) > 0 {
+				h.Set(o.key, o.value)
+			}
+		}
+	}
+}
+
+// localReplyError is an exchange that ends in a reply of the proxy's own.
+type localReplyError struct {
+	status int
+	flag   string
+	body   string
+}
+
+func (e *localReplyError) Error() string { return fmt.Sprintf("%d %s: %s", e.status, e.flag, e.body) }
+
+// connectError is an attempt that could not connect to its endpoint.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return "connect: " + e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// exchange is one request's way to its upstream: the reverse proxy's
+// RoundTripper, which makes the attempts.
+type exchange struct {
+	p    *Proxy
+	cfg  *Config
+	rt   *HTTPRoute
+	ri   *requestInfo
+	ctx  context.Context
+	idle *idleWatch
+	body *replayBody
+}
+
+// RoundTrip picks the route's cluster once, then makes attempts, each to
+// an endpoint the earlier ones did not try when there is one, until one
+// is not to be retried. Each attempt is bounded by the per-try timeout;
+// the route's timeout bounds all of them (req's context).
+func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
+	p, ri, rt := ex.p, ex.ri, ex.rt
+	name := weighted(rt.Clusters)
+	ri.Cluster = name
+	c := ex.cfg.Clusters[name]
+	if c == nil || c.Warming || c.OriginalDst {
+		return nil, &localReplyError{http.StatusServiceUnavailable, "NC", "no healthy upstream"}
+	}
+	releaseReq, ok := p.breakerFor(c).acquire(limitRequest)
+	if !ok {
+		return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
+	}
+	var pol retryPolicy
+	if rt.Retry != nil {
+		pol = *rt.Retry
+	}
+	pool := p.httpPool(c)
+	tried, last := map[string]bool{}, ""
+	for attempt := 0; ; attempt++ {
+		releaseRetry := func() {}
+		if attempt > 0 {
+			if releaseRetry, ok = p.breakerFor(c).acquire(limitRetry); !ok {
+				releaseReq()
+				return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
+			}
+			p.l7.m.retries.WithLabelValues(ri.Service, ri.Route).Inc()
+			if err := sleepCtx(req.Context(), retryBackoff(attempt, pol.base, pol.maxi)); err != nil {
+				releaseRetry()
+				releaseReq()
+				return nil, err
+			}
+		}
+		ep, ok := p.pick(c, tried)
+		if !ok && len(tried) > 0 {
+			// Every endpoint has been tried: start over, from another one
+			// than the last when there is one.
+			tried = map[string]bool{last: true}
+			if ep, ok = p.pick(c, tried); !ok {
+				ep, ok = p.pick(c, nil)
+			}
+		}
+		if !ok {
+			releaseRetry()
+			releaseReq()
+			return nil, &localReplyError{http.StatusServiceUnavailable, "UH", "no healthy upstream"}
+		}
+		tried[ep.Addr], last = true, ep.Addr
+		ri.Attempts++
+		ri.UpstreamHost, ri.UpstreamZone = ep.Addr, ep.Zone
+		actx, acancel := req.Context(), context.CancelFunc(func() {})
+		if pol.perTry > 0 {
+			actx, acancel = context.WithTimeout(actx, pol.perTry)
+		}
+		out := req.Clone(actx)
+		out.URL.Host = ep.Addr
+		out.URL.Scheme = "http"
+		if c.TLS {
+			out.URL.Scheme = "https"
+		}
+		out.Body = ex.body.attempt()
+		if req.Body == nil || req.Body == http.NoBody {
+			out.Body = nil
+		}
+		resp, err := pool.RoundTrip(out)
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		p.outcome(c, ep, status, err)
+		perTryTimedOut := err != nil && actx.Err() == context.DeadlineExceeded && req.Context().Err() == nil
+		retry := attempt < pol.retries && ex.body.replayable() && req.Context().Err() == nil && pol.wants(resp, err, perTryTimedOut)
+		if retry {
+			if resp != nil {
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+			}
+			acancel()
+			releaseRetry()
+			continue
+		}
+		if attempt > 0 && attempt >= pol.retries {
+			ri.flag("URX")
+		}
+		if err != nil {
+			acancel()
+			releaseRetry()
+			releaseReq()
+			return nil, ex.failure(err, perTryTimedOut)
+		}
+		if ex.idle != nil {
+			ex.idle.kick()
+			resp.Body = &idleBody{ReadCloser: resp.Body, idle: ex.idle}
+		}
+		resp.Body = &releasingBody{ReadCloser: resp.Body, release: func() { acancel(); releaseRetry(); releaseReq() }}
+		return resp, nil
+	}
+}
+
+// failure is the local reply for an attempt's error.
+func (ex *exchange) failure(err error, perTryTimedOut bool) error {
+	var ce *connectError
+	switch {
+	case perTryTimedOut:
+		return &localReplyError{http.StatusGatewayTimeout, "UT", "upstream request timeout"}
+	case ex.ctx.Err() != nil:
+		return err // the route's timeout, or the caller gone: the error handler tells which
+	case errors.As(err, &ce):
+		return &localReplyError{http.StatusServiceUnavailable, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"}
+	}
+	return &localReplyError{http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"}
+}
+
+// wants says whether the policy retries an attempt that ended with resp
+// or err, as Envoy's retry_on conditions do.
+func (pol *retryPolicy) wants(resp *http.Response, err error, perTryTimedOut bool) bool {
+	if len(pol.on) == 0 {
+		return false
+	}
+	if err != nil {
+		var ce *connectError
+		connect := errors.As(err, &ce)
+		refused := strings.Contains(err.Error(), "REFUSED_STREAM")
+		return pol.on["5xx"] || pol.on["reset"] && !connect || pol.on["connect-failure"] && connect ||
+			pol.on["refused-stream"] && refused || pol.on["gateway-error"] && (connect || perTryTimedOut)
+	}
+	s := resp.StatusCode
+	switch {
+	case pol.on["5xx"] && s >= 500 && s <= 599,
+		pol.on["gateway-error"] && (s == 502 || s == 503 || s == 504),
+		pol.on["retriable-4xx"] && s == 409:
+		return true
+	case pol.on["retriable-status-codes"]:
+		for _, c := range pol.statuses {
+			if int(c) == s {
+				return true
+			}
+		}
+	}
+	// gRPC's trailers-only replies carry grpc-status in the headers.
+	if g := resp.Header.Get("Grpc-Status"); g != "" {
+		code, _ := strconv.Atoi(g)
+		return pol.on["cancelled"] && code == 1 || pol.on["deadline-exceeded"] && code == 4 ||
+			pol.on["resource-exhausted"] && code == 8 || pol.on["internal"] && code == 13 || pol.on["unavailable"] && code == 14
+	}
+	return false
+}
+
+// retryBackoff is a retry's wait: full jitter over an exponential ceiling from
+// base, at most maxi (Envoy's).
+func retryBackoff(retry int, base, maxi time.Duration) time.Duration {
+	if base <= 0 {
+		base = 25 * time.Millisecond
+	}
+	if maxi <= 0 {
+		maxi = 10 * base
+	}
+	ceil := base << min(retry-1, 30)
+	if ceil > maxi || ceil <= 0 {
+		ceil = maxi
+	}
+	return rand.N(ceil + 1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// weighted picks a route's cluster by weight.
+func weighted(rs []Route) string {
+	var total uint32
+	for _, r := range rs {
+		total += r.Weight
+	}
+	if total == 0 {
+		return ""
+	}
+	n := rand.Uint32N(total)
+	for _, r := range rs {
+		if n < r.Weight {
+			return r.Cluster
+		}
+		n -= r.Weight
+	}
+	return ""
+}
+
+// releasingBody calls release once when the response body is closed.
+type releasingBody struct {
+	io.ReadCloser
+	release func()
+	once    sync.Once
+}
+
+func (b *releasingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.release)
+	return err
+}
+
+// idleWatch cancels a request that sees no activity (response bytes) for
+// its route's idle timeout.
+type idleWatch struct {
+	d      time.Duration
+	timer  *time.Timer
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	fire   bool
+}
+
+func newIdleWatch(d time.Duration) *idleWatch { return &idleWatch{d: d} }
+
+func (w *idleWatch) bind(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	w.cancel = cancel
+	w.timer = time.AfterFunc(w.d, func() {
+		w.mu.Lock()
+		w.fire = true
+		w.mu.Unlock()
+		cancel()
+	})
+	return ctx
+}
+
+func (w *idleWatch) kick() { w.timer.Reset(w.d) }
+
+func (w *idleWatch) stop() { w.timer.Stop(); w.cancel() }
+
+func (w *idleWatch) fired() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fire
+}
+
+// idleBody kicks its watch on every read.
+type idleBody struct {
+	io.ReadCloser
+	idle *idleWatch
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.idle.kick()
+	}
+	return n, err
+}
+
+// replayBody is a request body that attempts read in turn: what the first
+// read is kept (up to maxReplay) so that a retry sends it again, then goes
+// on from the source. A retry is possible while everything read so far is
+// kept.
+type replayBody struct {
+	mu       sync.Mutex
+	src      io.Reader
+	buf      []byte
+	eof      bool
+	overflow bool
+	current  *attemptBody
+}
+
+func newReplayBody(src io.Reader) *replayBody { return &replayBody{src: src} }
+
+// attempt is the body of a new attempt; the previous attempt's reads end.
+func (b *replayBody) attempt() io.ReadCloser {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.current != nil {
+		b.current.dead = true
+	}
+	b.current = &attemptBody{b: b}
+	return b.current
+}
+
+func (b *replayBody) replayable() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.overflow
+}
+
+// attemptBody is one attempt's reader of a replayBody.
+type attemptBody struct {
+	b    *replayBody
+	pos  int
+	dead bool
+}
+
+func (a *attemptBody) Read(p []byte) (int, error) {
+	b := a.b
+	b.mu.Lock()
+	if a.dead {
+		b.mu.Unlock()
+		return 0, errors.New("request body: a newer attempt took it")
+	}
+	if a.pos < len(b.buf) {
+		n := copy(p, b.buf[a.pos:])
+		a.pos += n
+		b.mu.Unlock()
+		return n, nil
+	}
+	if b.eof {
+		b.mu.Unlock()
+		return 0, io.EOF
+	}
+	if b.overflow && a.pos != len(b.buf) {
+		b.mu.Unlock()
+		return 0, errors.New("request body: too large to replay")
+	}
+	b.mu.Unlock()
+	// Read outside the lock: the source may block (a streaming caller);
+	// only this attempt reads it now.
+	n, err := b.src.Read(p)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > 0 {
+		if !b.overflow && len(b.buf)+n <= maxReplay {
+			b.buf = append(b.buf, p[:n]...)
+			a.pos += n
+		} else {
+			b.overflow = true
+			b.buf = nil
+			a.pos = 0
+		}
+	}
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (a *attemptBody) Close() error {
+	a.b.mu.Lock()
+	a.dead = true
+	a.b.mu.Unlock()
+	return nil
+}
+
+// httpPool is the connection pool (an http.Transport) of cluster c: HTTP/1.1
+// or HTTP/2 as its protocol options say, h2c in plain text, and over mTLS
+// originated as for TCP (SNI, the server's SPIFFE ID checked), connecting
+// to the endpoint in each request's URL. A cluster whose connection
+// settings change gets a new pool; the old one's idle connections close.
+func (p *Proxy) httpPool(c *Cluster) *http.Transport {
+	key := fmt.Sprintf("%t|%s|%q|%d|%s|%s|%q", c.TLS, c.SNI, c.ALPN, c.HTTP, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs)
+	p.l7.poolsMu.Lock()
+	defer p.l7.poolsMu.Unlock()
+	if pl, ok := p.l7.pools[c.Name]; ok && pl.key == key {
+		return pl.t
+	} else if ok {
+		pl.t.CloseIdleConnections()
+	}
+	idle := c.HTTPIdleTimeout
+	if idle == 0 {
+		idle = time.Hour
+	}
+	t := &http.Transport{
+		MaxIdleConnsPerHost: 1024,
+		IdleConnTimeout:     idle,
+		DisableCompression:  true,
+		Protocols:           new(http.Protocols),
+	}
+	switch {
+	case c.HTTP == HTTP2 && c.TLS:
+		t.Protocols.SetHTTP2(true)
+	case c.HTTP == HTTP2:
+		t.Protocols.SetUnencryptedHTTP2(true)
+	default:
+		t.Protocols.SetHTTP1(true)
+	}
+	dial := func(ctx context.Context, addr string) (net.Conn, Endpoint, error) {
+		ep := Endpoint{Addr: addr}
+		for _, e := range c.Endpoints {
+			if e.Addr == addr {
+				ep = e
+				break
+			}
+		}
+		release, ok := p.breakerFor(c).acquire(limitConnection)
+		if !ok {
+			return nil, ep, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
+		}
+		conn, err := p.dialer(c).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			release()
+			p.load.record(c.Name, ep.Zone, false)
+			if ctx.Err() == nil {
+				p.eject(c.Name, addr)
+			}
+			return nil, ep, &connectError{err}
+		}
+		return &releasingConn{Conn: conn, release: release}, ep, nil
+	}
+	t.DialContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
+		conn, ep, err := dial(ctx, addr)
+		if err == nil {
+			p.load.record(c.Name, ep.Zone, true)
+			p.connected(c.Name, addr)
+		}
+		return conn, err
+	}
+	t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
+		conn, ep, err := dial(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc, err := p.originate(p.cfg.Load(), conn, c)
+		p.load.record(c.Name, ep.Zone, err == nil)
+		if err != nil {
+			conn.Close()
+			if !errors.Is(err, errNoIdentity) {
+				p.eject(c.Name, addr)
+				p.upstreamRefused(c, ep, err)
+			}
+			return nil, &connectError{err}
+		}
+		p.connected(c.Name, addr)
+		return tc, nil
+	}
+	p.l7.pools[c.Name] = &httpPoolEntry{key: key, t: t}
+	return t
+}
+
+// httpPoolEntry is a cluster's pool and the settings it was made with.
+type httpPoolEntry struct {
+	key string
+	t   *http.Transport
+}
+
+// sweepHTTPPools closes the pools of clusters cfg no longer has.
+func (p *Proxy) sweepHTTPPools(cfg *Config) {
+	p.l7.poolsMu.Lock()
+	defer p.l7.poolsMu.Unlock()
+	for name, pl := range p.l7.pools {
+		if _, ok := cfg.Clusters[name]; !ok {
+			pl.t.CloseIdleConnections()
+			delete(p.l7.pools, name)
+		}
+	}
+}
+
+// releasingConn frees its circuit breaker slot once, when it closes.
+type releasingConn struct {
+	net.Conn
+	release func()
+	once    sync.Once
+}
+
+func (c *releasingConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
