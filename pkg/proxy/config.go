@@ -72,6 +72,9 @@ type Listener struct {
 type Route struct {
 	Cluster string
 	Weight  uint32
+	// Logs are the access loggers of the tcp_proxy the route is of (the
+	// same for all its routes).
+	Logs []*accessLog
 }
 
 // Cluster is where a route's connections go.
@@ -323,6 +326,9 @@ func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
 		tp := &tcp.TcpProxy{}
 		if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
 			return nil, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err)
+		}
+		if len(tp.GetAccessLog()) > 0 {
+			return nil, fmt.Errorf("listener %q: tcp_proxy: access_log on an SNI filter chain is not supported by the built-in proxy", l.Name)
 		}
 		var routes []Route
 		if c := tp.GetCluster(); c != "" {

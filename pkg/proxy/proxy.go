@@ -82,6 +82,9 @@ type Proxy struct {
 	active       prometheus.Gauge
 	healthyGauge *prometheus.GaugeVec
 	dnsQueries   *prometheus.CounterVec
+
+	// obs runs the access log sinks and span exporters (accesslog_bind.go).
+	obs *observability
 }
 
 type running struct {
@@ -127,6 +130,9 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	if err := p.initL7(reg); err != nil {
 		return nil, err
 	}
+	if err := p.initObservability(reg); err != nil {
+		return nil, err
+	}
 	p.cfg.Store(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}})
 	return p, nil
 }
@@ -160,7 +166,9 @@ func (p *Proxy) Apply(cfg *Config) error {
 	}
 	p.failing = failing
 	prev := p.cfg.Load()
-	p.cfg.Store(warm(prev, cfg))
+	next := warm(prev, cfg)
+	p.bindObservability(next)
+	p.cfg.Store(next)
 	p.forgetEjections(prev, cfg)
 	p.sweepHTTPPools(cfg)
 	for name, r := range p.listeners {
@@ -262,6 +270,7 @@ func (p *Proxy) Close() {
 		p.dns.stop()
 		p.dns = nil
 	}
+	p.closeObservability()
 }
 
 // Ready reports whether the proxy has listeners to serve.
@@ -342,7 +351,9 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		return
 	}
 	c := p.pickCluster(cfg, l)
+	access := p.tcpAccessFor(l.Routes, down, c)
 	if c == nil {
+		access.finish(0, 0)
 		p.refuse(down, name, "no_cluster", nil)
 		return
 	}
@@ -354,9 +365,12 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		up, err = p.connect(cfg, c)
 	}
 	if err != nil {
+		access.failed()
+		access.finish(0, 0)
 		p.refuse(down, name, "no_endpoint", err)
 		return
 	}
+	access.connected(up)
 	upBytes := p.bytes.WithLabelValues(c.Name, "upstream")
 	if len(peeked) > 0 {
 		if _, err := up.Write(peeked); err != nil {
@@ -366,7 +380,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		}
 		upBytes.Add(float64(len(peeked)))
 	}
-	pipe(down, up, upBytes, p.bytes.WithLabelValues(c.Name, "downstream"))
+	access.finish(pipe(down, up, upBytes, p.bytes.WithLabelValues(c.Name, "downstream")))
 }
 
 // terminate does the server side of mTLS with the current identity and
@@ -638,13 +652,14 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 }
 
 // pipe copies both ways until both directions end, half-closing as each
-// side finishes so protocols that rely on it work.
-func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) {
+// side finishes so protocols that rely on it work. It returns the bytes
+// received from the downstream and sent to it.
+func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) (received, sent int64) {
 	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn, count prometheus.Counter) {
+	cp := func(dst, src net.Conn, count prometheus.Counter, n *int64) {
 		defer wg.Done()
-		n, _ := io.Copy(dst, src)
-		count.Add(float64(n))
+		*n, _ = io.Copy(dst, src)
+		count.Add(float64(*n))
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {
@@ -652,9 +667,10 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) {
 		}
 	}
 	wg.Add(2)
-	go cp(up, down, upBytes)
-	go cp(down, up, downBytes)
+	go cp(up, down, upBytes, &received)
+	go cp(down, up, downBytes, &sent)
 	wg.Wait()
 	down.Close()
 	up.Close()
+	return received, sent
 }
