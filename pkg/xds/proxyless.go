@@ -10,12 +10,10 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -33,7 +31,7 @@ import (
 //     Retry's grpc block as a retry policy (gRFCs A28, A31, A44, A33);
 //   - an EDS cluster per subset, reporting load to this CP (LRS), with, in
 //     an mTLS mesh, an UpstreamTlsContext whose certificates come from the
-//     application's certificate provider (ProxylessCertProvider, gRFC
+//     application's certificate provider (api.ProxylessCertProvider, gRFC
 //     A29), that accepts only the service's SPIFFE ID, and that sets the
 //     subset's SNI so that another zone's ingress can route it;
 //   - load assignments with this zone's instances and, in an mTLS mesh,
@@ -44,9 +42,12 @@ import (
 //     client certificate, and the HTTP RBAC filter (gRFC A41) from the
 //     TrafficPermissions.
 //
-// What it generates for a client depends on the mesh and on the tag sets
-// of the client's inbounds (which policies select it): clients that agree
-// on those share one set of resources, built once per MeshState.
+// The routes come from RouteConfig, as a sidecar's of a grpc service do
+// (proxylessRoutes adapts them to grpc-go), and the policies of each
+// (client, service) pair from pairPoliciesFor. What it generates for a
+// client depends on the mesh and on which policies its inbounds' tags
+// select (sourcePolicies): clients that agree on those share one set of
+// resources, built once per MeshState.
 func Proxyless(state *State, p Proxy) (Resources, error) {
 	dp := p.Dataplane
 	if dp == nil {
@@ -56,8 +57,9 @@ func Proxyless(state *State, p Proxy) (Resources, error) {
 	if s == nil {
 		return nil, fmt.Errorf("proxyless %s: mesh %q does not exist in this zone", dp.Name, dp.Mesh)
 	}
-	sources := inboundTagSets(dp)
-	shared := memo(s, "proxyless|"+tagSetsKey(sources), func() Resources { return s.buildProxyless(sources) })
+	// Clients whose tags the same policies select, as specifically, share
+	// one set of resources.
+	shared := memo(s, "proxyless|"+sourcePolicies(s, dp), func() Resources { return s.buildProxyless(sourceTags(s, dp)) })
 	out := Resources{}
 	out.Merge(shared)
 	var own []types.Resource
@@ -74,30 +76,6 @@ func Proxyless(state *State, p Proxy) (Resources, error) {
 	return out, nil
 }
 
-// inboundTagSets are the tag sets of a Dataplane's inbounds: what a
-// policy's sources are matched against.
-func inboundTagSets(dp *api.Dataplane) []map[string]string {
-	out := make([]map[string]string, 0, len(dp.Networking.Inbound))
-	for _, in := range dp.Networking.Inbound {
-		out = append(out, in.Tags)
-	}
-	return out
-}
-
-// tagSetsKey names a list of tag sets, whatever their order.
-func tagSetsKey(sets []map[string]string) string {
-	keys := make([]string, 0, len(sets))
-	for _, tags := range sets {
-		var b strings.Builder
-		for _, k := range slices.Sorted(maps.Keys(tags)) {
-			fmt.Fprintf(&b, "%q=%q;", k, tags[k])
-		}
-		keys = append(keys, b.String())
-	}
-	slices.Sort(keys)
-	return strings.Join(slices.Compact(keys), "|")
-}
-
 func (s *MeshState) buildProxyless(sources []map[string]string) Resources {
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
@@ -107,9 +85,9 @@ func (s *MeshState) buildProxyless(sources []map[string]string) Resources {
 		if len(subsets) == 0 {
 			continue
 		}
-		pol := s.proxylessPolicies(sources, svc)
-		out.Add(resource.ListenerType, proxylessListener(svc, pol.fault))
-		rc, used := s.proxylessRoutes(svc, pol)
+		pp := s.pairPoliciesFor(sources, svc)
+		out.Add(resource.ListenerType, proxylessListener(svc, pp.fault))
+		rc, used := s.proxylessRoutes(svc, pp)
 		out.Add(resource.RouteType, rc)
 		for _, sub := range used {
 			clusters[sub.ClusterName()] = sub
@@ -118,8 +96,8 @@ func (s *MeshState) buildProxyless(sources []map[string]string) Resources {
 	for _, name := range slices.Sorted(maps.Keys(clusters)) {
 		sub := clusters[name]
 		svc := sub.Tags[api.TagService]
-		pol := s.proxylessPolicies(sources, svc)
-		out.Add(resource.ClusterType, s.proxylessCluster(sub, pol.breaker, mtls))
+		pp := s.pairPoliciesFor(sources, svc)
+		out.Add(resource.ClusterType, s.proxylessCluster(sub, pp.breaker, mtls))
 		out.Add(resource.EndpointType, memo(s, fmt.Sprintf("proxyless-cla|%s|%t", name, mtls), func() *endpoint.ClusterLoadAssignment {
 			return s.proxylessLoadAssignment(sub, mtls)
 		}))
@@ -184,8 +162,7 @@ func proxylessListener(svc string, fault *api.FaultInjection) *listener.Listener
 	if f := faultFilter(fault); f != nil {
 		filters = append(filters, f)
 	}
-	filters = append(filters, &hcm.HttpFilter{Name: wellknown.Router,
-		ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(&router.Router{})}})
+	filters = append(filters, routerFilter())
 	manager := &hcm.HttpConnectionManager{
 		StatPrefix:     svc,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: svc, ConfigSource: ads()}},

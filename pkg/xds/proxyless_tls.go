@@ -7,12 +7,9 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
@@ -80,11 +77,10 @@ func (s *MeshState) proxylessServerListener(dp *api.Dataplane, in api.Inbound) *
 				CommonTlsContext:         proxylessCommonTLS(&tlsv3.CertificateValidationContext{}),
 				RequireClientCertificate: wrapperspb.Bool(true),
 			})}}
-		filters = append(filters, &hcm.HttpFilter{Name: wellknown.HTTPRoleBasedAccessControl,
-			ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(&rbachttp.RBAC{Rules: s.permissionRules(in.Tags, name)})}})
+		filters = append(filters, &hcm.HttpFilter{Name: HTTPRBACFilter,
+			ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(&rbachttp.RBAC{Rules: rbacRules(s, in.Tags)})}})
 	}
-	filters = append(filters, &hcm.HttpFilter{Name: wellknown.Router,
-		ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(&router.Router{})}})
+	filters = append(filters, routerFilter())
 	svc := in.Tags[api.TagService]
 	manager := &hcm.HttpConnectionManager{
 		StatPrefix: name,
@@ -105,14 +101,4 @@ func (s *MeshState) proxylessServerListener(dp *api.Dataplane, in api.Inbound) *
 		Address:      SocketAddress(dp.Networking.Address, uint32(in.Port)),
 		FilterChains: []*listener.FilterChain{chain},
 	}
-}
-
-// permissionRules are the RBAC rules of a sidecar's inbound with these
-// tags (rbacFilter's), for an HTTP RBAC filter.
-func (s *MeshState) permissionRules(tags map[string]string, statPrefix string) *rbacconfig.RBAC {
-	r := &rbac.RBAC{}
-	if err := rbacFilter(s, tags, statPrefix).GetTypedConfig().UnmarshalTo(r); err != nil {
-		panic(fmt.Sprintf("xds: our own RBAC filter: %v", err)) // we packed it just now
-	}
-	return r.Rules
 }
