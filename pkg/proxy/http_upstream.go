@@ -491,10 +491,16 @@ func (a *attemptBody) Close() error {
 // to the endpoint in each request's URL. A cluster whose connection
 // settings change gets a new pool; the old one's idle connections close.
 func (p *Proxy) httpPool(c *Cluster) *http.Transport {
-	key := fmt.Sprintf("%t|%s|%q|%d|%s|%s|%q", c.TLS, c.SNI, c.ALPN, c.HTTP, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs)
 	p.l7.poolsMu.Lock()
 	defer p.l7.poolsMu.Unlock()
+	// Every request asks: the Cluster the pool was last asked for is the
+	// answer without formatting the key (a Config's Clusters do not change).
+	if pl, ok := p.l7.pools[c.Name]; ok && pl.c == c {
+		return pl.t
+	}
+	key := fmt.Sprintf("%t|%s|%q|%d|%s|%s|%q", c.TLS, c.SNI, c.ALPN, c.HTTP, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs)
 	if pl, ok := p.l7.pools[c.Name]; ok && pl.key == key {
+		pl.c = c
 		return pl.t
 	} else if ok {
 		pl.t.CloseIdleConnections()
@@ -566,7 +572,7 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 		p.connected(c.Name, addr)
 		return tc, nil
 	}
-	p.l7.pools[c.Name] = &httpPoolEntry{key: key, t: t}
+	p.l7.pools[c.Name] = &httpPoolEntry{key: key, t: t, c: c}
 	return t
 }
 
@@ -574,6 +580,7 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 type httpPoolEntry struct {
 	key string
 	t   *http.Transport
+	c   *Cluster // the last Cluster whose settings were key
 }
 
 // sweepHTTPPools closes the pools of clusters cfg no longer has.
