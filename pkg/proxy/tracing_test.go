@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -23,6 +24,7 @@ import (
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	ursatest "github.com/ursamesh/ursa/pkg/testutil"
@@ -337,4 +339,37 @@ func TestExportersFollowTheConfiguration(t *testing.T) {
 
 func grpcServiceFor(cluster string) *core.GrpcService {
 	return &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: cluster}}}
+}
+
+// FuzzTranslateObs: any HCM access_log and tracing, as bytes off the
+// wire, translate or are refused with an error; never a panic.
+func FuzzTranslateObs(f *testing.F) {
+	seed := &hcm.HttpConnectionManager{
+		AccessLog: []*accesslogv3.AccessLog{fileLogger(f, "/tmp/x", "%REQ(:PATH)% %RESPONSE_CODE%\n"), fluentLogger(f, "access-log:c", "%DURATION%")},
+		Tracing:   otelTracing(f, "tracing:c", "web", 10)}
+	for _, m := range []*hcm.HttpConnectionManager{seed, {Tracing: zipkinTracing(f, "tracing:z", nil)}, {}} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, false)
+	}
+	f.Fuzz(func(t *testing.T, b []byte, server bool) {
+		h := &hcm.HttpConnectionManager{}
+		if proto.Unmarshal(b, h) != nil {
+			return
+		}
+		obs, err := translateObs(h.GetAccessLog(), h.GetTracing(), server, "billing")
+		if err != nil {
+			return
+		}
+		r := sampleRecord()
+		for _, l := range obs.Logs {
+			if l.format != nil {
+				l.format.format(r)
+			} else {
+				l.record.build(r)
+			}
+		}
+	})
 }
