@@ -99,7 +99,9 @@ func recordingTracer(t *testing.T, server bool, sampling float64) (*tracer, *tra
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())), sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	return &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag, spans: tp.Tracer("test")}, rec
+	tr := &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag}
+	tr.bindSpans(tp.Tracer("test"))
+	return tr, rec
 }
 
 func attr(s sdktrace.ReadOnlySpan, key string) attribute.Value {
@@ -303,7 +305,7 @@ func TestExportersFollowTheConfiguration(t *testing.T) {
 	if n := exp.active(); n != 2 {
 		t.Fatalf("%d exporters for two collectors", n)
 	}
-	if a.spans != b.spans {
+	if a.spans.Load().Tracer != b.spans.Load().Tracer {
 		t.Fatal("two tracers of one collector do not share its exporter")
 	}
 	send := func(tr *tracer, route string) {
