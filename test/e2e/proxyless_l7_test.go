@@ -336,4 +336,14 @@ spec:
 	if got := allFrom(t, billing, 50); got["billing-z2"] != 50 {
 		t.Fatalf("after billing-v1 died: %v, want zone-2's billing-z2 only", got)
 	}
+
+	// grpc-go accepted everything it was sent: no proxyless node NACKed.
+	for zone, names := range map[string][]string{"zone-1": {"web-1", "billing-v2", "flaky-1"}, "zone-2": {"payments-1", "billing-z2"}} {
+		for _, name := range names {
+			_, body := m.zones[zone].cp.get(t, "/meshes/default/dataplanes/"+name+"/insight")
+			if !strings.Contains(body, `"nacks":0`) || strings.Contains(body, "lastNack") {
+				t.Errorf("%s in %s NACKed: %s", name, zone, body)
+			}
+		}
+	}
 }
