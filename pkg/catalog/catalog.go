@@ -127,6 +127,11 @@ type Service struct {
 	Local []Instance
 	// Remote are other zones' ingresses' offers of the service.
 	Remote []Offer
+	// Protocol is how the service speaks (api.TagProtocol): the protocol
+	// every inbound registered here and every other zone's offer of it
+	// agree on; tcp when they disagree, when one says nothing (tcp) or
+	// names no known protocol.
+	Protocol string
 	// Hash covers everything above (and the Dataplanes and ingresses it
 	// comes from): a proxy that reaches the service depends on it.
 	Hash string
@@ -359,12 +364,25 @@ func (m *MeshCatalog) index() {
 	for _, dp := range m.Dataplanes {
 		online[dp.Name] = true
 	}
-	registered := map[string]bool{} // services with a Dataplane here
+	registered := map[string]bool{}  // services with a Dataplane here
+	protocols := map[string]string{} // by service: agreed so far, "" once they disagree
+	agree := func(svcName string, tags map[string]string) {
+		p := tags[api.TagProtocol]
+		if !api.IsHTTP(p) {
+			p = api.ProtocolTCP
+		}
+		if cur, seen := protocols[svcName]; !seen {
+			protocols[svcName] = p
+		} else if cur != p {
+			protocols[svcName] = ""
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(m.Registered)) {
 		dp := m.Registered[name]
 		for _, in := range dp.Networking.Inbound {
 			if svcName := in.Tags[api.TagService]; svcName != "" {
 				registered[svcName] = true
+				agree(svcName, in.Tags)
 				if s := svc(svcName); s.Port == 0 {
 					s.Port = uint32(in.AppPort())
 				}
@@ -397,6 +415,7 @@ func (m *MeshCatalog) index() {
 				continue
 			}
 			s := svc(name)
+			agree(name, as.Tags)
 			writeMeta(hashOf(name), ing)
 			s.Remote = append(s.Remote, Offer{Zone: ing.Zone, Ingress: ing.Name, Address: addr, Port: uint32(port), Instances: as.Instances, Tags: as.Tags})
 			if p := uint32(as.Port); !registered[name] && p != 0 && (s.Port == 0 || p < s.Port) {
@@ -406,6 +425,9 @@ func (m *MeshCatalog) index() {
 	}
 	for name, s := range m.services {
 		s.VIP = m.VIPs[name]
+		if s.Protocol = protocols[name]; s.Protocol == "" {
+			s.Protocol = api.ProtocolTCP
+		}
 		h := hashOf(name)
 		fmt.Fprintf(h, "vip=%s;port=%d;", s.VIP, s.Port)
 		s.Hash = hex.EncodeToString(h.Sum(nil)[:16])
@@ -464,8 +486,9 @@ func (m *MeshCatalog) policyHash() string {
 // SidecarHash is the hash of what a sidecar's configuration depends on in
 // its mesh: the PolicyHash, and the hashes of the services it reaches,
 // which are every service but its own (the services its inbounds carry),
-// plus those its explicit outbounds name. A sidecar of billing is not
-// regenerated when only billing's instances change. It is memoised per
+// plus those its explicit outbounds name, and its own services' protocols
+// (its inbounds speak them). A sidecar of billing is not regenerated when
+// only billing's instances change. It is memoised per
 // own and explicit set, and safe for concurrent use.
 func (m *MeshCatalog) SidecarHash(own, explicit []string) string {
 	key := fmt.Sprintf("%q|%q", own, explicit)
@@ -489,6 +512,11 @@ func (m *MeshCatalog) SidecarHash(own, explicit []string) string {
 	h.Write([]byte{'|'})
 	for _, name := range explicit {
 		write(name)
+	}
+	for _, name := range own {
+		if s := m.services[name]; s != nil {
+			fmt.Fprintf(h, "|%s:%s", name, s.Protocol)
+		}
 	}
 	sum := hex.EncodeToString(h.Sum(nil)[:16])
 	m.sidecarHashes.Store(key, sum)

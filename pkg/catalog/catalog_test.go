@@ -288,3 +288,43 @@ func TestNotReadyInbound(t *testing.T) {
 		t.Fatalf("web = %+v, want registered with no endpoint", web)
 	}
 }
+
+// TestProtocol: a service speaks the protocol its inbounds here and other
+// zones' offers agree on; tcp when they disagree or one says nothing. A
+// sidecar's hash follows its own services' protocols, which its inbounds
+// speak.
+func TestProtocol(t *testing.T) {
+	offer := func(zone, service, protocol string) *api.ZoneIngress {
+		ing := ingress(zone)
+		tags := map[string]string{api.TagService: service, api.TagZone: zone}
+		if protocol != "" {
+			tags[api.TagProtocol] = protocol
+		}
+		ing.AvailableServices = append(ing.AvailableServices, api.AvailableService{Mesh: "default", Instances: 1, Tags: tags})
+		return ing
+	}
+	build := func(billing2 string) *MeshCatalog {
+		return catalogOf(t, mesh("default"),
+			dataplane("default", "web-1", "10.0.0.1", "web", 8000, api.TagProtocol, "http"),
+			dataplane("default", "web-2", "10.0.0.2", "web", 8000, api.TagProtocol, "http"),
+			dataplane("default", "billing-1", "10.0.0.3", "billing", 9000, api.TagProtocol, "grpc"),
+			dataplane("default", "billing-2", "10.0.0.4", "billing", 9000, api.TagProtocol, billing2),
+			dataplane("default", "ledger-1", "10.0.0.5", "ledger", 7000, api.TagProtocol, "http2"),
+			dataplane("default", "odd-1", "10.0.0.6", "odd", 7000, api.TagProtocol, "smtp"),
+			offer("zone-2", "ledger", ""), offer("zone-3", "audit", "http2"),
+		).Mesh("default")
+	}
+	m := build("grpc")
+	for svc, want := range map[string]string{"web": "http", "billing": "grpc", "ledger": "tcp", "audit": "http2", "odd": "tcp"} {
+		if got := m.Service(svc).Protocol; got != want {
+			t.Errorf("%s: %q, want %q", svc, got, want)
+		}
+	}
+	other := build("http")
+	if got := other.Service("billing").Protocol; got != "tcp" {
+		t.Errorf("billing's inbounds disagree: %q, want tcp", got)
+	}
+	if m.SidecarHash([]string{"billing"}, nil) == other.SidecarHash([]string{"billing"}, nil) {
+		t.Error("billing's sidecars keep their hash when billing's protocol changes")
+	}
+}

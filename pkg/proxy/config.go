@@ -72,6 +72,9 @@ type Listener struct {
 type Route struct {
 	Cluster string
 	Weight  uint32
+	// Logs are the access loggers of the tcp_proxy the route is of (the
+	// same for all its routes).
+	Logs []*accessLog
 }
 
 // Cluster is where a route's connections go.
@@ -96,6 +99,12 @@ type Cluster struct {
 	// connection was headed: the passthrough of the transparent proxy,
 	// or, with TLS, an instance its application called by address.
 	OriginalDst bool
+	// Breaker, Outlier and HealthCheck are the cluster's circuit breaker
+	// thresholds, outlier detection and active health check (resilience.go);
+	// nil for none.
+	Breaker     *Thresholds
+	Outlier     *OutlierDetection
+	HealthCheck *HealthCheck
 	// HTTP is the version HTTP routes speak to the endpoints (its
 	// HttpProtocolOptions), HTTPIdleTimeout how long an idle upstream
 	// HTTP connection is kept (0: an hour, Envoy's default), and ALPN
@@ -167,6 +176,9 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 			if out.ServerSANs, out.WantSANs, err = serverSANs(up.GetCommonTlsContext()); err != nil {
 				return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 			}
+		}
+		if err := translateResilience(c, out); err != nil {
+			return nil, err
 		}
 		if err := clusterHTTP(c, out); err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
@@ -323,6 +335,9 @@ func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
 		tp := &tcp.TcpProxy{}
 		if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
 			return nil, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err)
+		}
+		if len(tp.GetAccessLog()) > 0 {
+			return nil, fmt.Errorf("listener %q: tcp_proxy: access_log on an SNI filter chain is not supported by the built-in proxy", l.Name)
 		}
 		var routes []Route
 		if c := tp.GetCluster(); c != "" {

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // requestInfo is what one HTTP request through the proxy did: access logs
@@ -35,6 +37,8 @@ type requestInfo struct {
 	Duration                        time.Duration
 	// Attempts counts the upstream attempts, retries included.
 	Attempts int
+	// span is the request's span, when its chain traces (startSpan).
+	span trace.Span
 }
 
 // flag raises a response flag once.

@@ -199,7 +199,12 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		if req.Body == nil || req.Body == http.NoBody {
 			out.Body = nil
 		}
+		// A dial this attempt starts may wait as a pending request
+		// (connectionSlot) until the attempt has its connection.
+		got := make(chan struct{})
+		out = out.WithContext(withAttemptDone(actx, got))
 		resp, err := pool.RoundTrip(out)
+		close(got)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -251,7 +256,10 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 // failure is the local reply for an attempt's error.
 func (ex *exchange) failure(err error, perTryTimedOut bool) error {
 	var ce *connectError
+	var local *localReplyError
 	switch {
+	case errors.As(err, &local):
+		return local // a circuit breaker's overflow while connecting
 	case perTryTimedOut:
 		return &localReplyError{http.StatusGatewayTimeout, "UT", "upstream request timeout"}
 	case ex.ctx.Err() != nil:
@@ -552,9 +560,9 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 				break
 			}
 		}
-		release, ok := p.breakerFor(c).acquire(limitConnection)
-		if !ok {
-			return nil, ep, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
+		release, err := p.connectionSlot(ctx, c)
+		if err != nil {
+			return nil, ep, err
 		}
 		conn, err := p.dialer(c).DialContext(ctx, "tcp", addr)
 		if err != nil {

@@ -126,12 +126,16 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 	if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
 		return nil, fmt.Errorf("listener %q: tcp_proxy: %w", listenerName, err)
 	}
+	logs, err := tcpAccessLogs(listenerName, tp)
+	if err != nil {
+		return nil, err
+	}
 	var routes []Route
 	if c := tp.GetCluster(); c != "" {
-		routes = []Route{{Cluster: c, Weight: 1}}
+		routes = []Route{{Cluster: c, Weight: 1, Logs: logs}}
 	}
 	for _, wc := range tp.GetWeightedClusters().GetClusters() {
-		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight()})
+		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), Logs: logs})
 	}
 	if len(routes) == 0 {
 		return nil, fmt.Errorf("listener %q: tcp_proxy without a cluster", listenerName)

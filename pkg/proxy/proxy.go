@@ -57,6 +57,8 @@ type Proxy struct {
 
 	// load counts upstream connections per cluster and zone, for LRS.
 	load loadCounters
+	// resil runs circuit breakers, outlier detection and health checks.
+	resil resilience
 	// l7 is the HTTP engine's state (http_*.go).
 	l7 *l7Engine
 
@@ -82,6 +84,9 @@ type Proxy struct {
 	active       prometheus.Gauge
 	healthyGauge *prometheus.GaugeVec
 	dnsQueries   *prometheus.CounterVec
+
+	// obs runs the access log sinks and span exporters (accesslog_bind.go).
+	obs *observability
 }
 
 type running struct {
@@ -124,7 +129,13 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 			return nil, err
 		}
 	}
+	if err := p.resil.init(reg); err != nil {
+		return nil, err
+	}
 	if err := p.initL7(reg); err != nil {
+		return nil, err
+	}
+	if err := p.initObservability(reg); err != nil {
 		return nil, err
 	}
 	p.cfg.Store(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}})
@@ -160,8 +171,11 @@ func (p *Proxy) Apply(cfg *Config) error {
 	}
 	p.failing = failing
 	prev := p.cfg.Load()
-	p.cfg.Store(warm(prev, cfg))
+	next := warm(prev, cfg)
+	p.bindObservability(next)
+	p.cfg.Store(next)
 	p.forgetEjections(prev, cfg)
+	p.syncResilience(p.cfg.Load())
 	p.sweepHTTPPools(cfg)
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
@@ -262,6 +276,8 @@ func (p *Proxy) Close() {
 		p.dns.stop()
 		p.dns = nil
 	}
+	p.resil.health.stop()
+	p.closeObservability()
 }
 
 // Ready reports whether the proxy has listeners to serve.
@@ -342,10 +358,18 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		return
 	}
 	c := p.pickCluster(cfg, l)
+	access := p.tcpAccessFor(l.Routes, down, c)
 	if c == nil {
+		access.finish(0, 0)
 		p.refuse(down, name, "no_cluster", nil)
 		return
 	}
+	release, ok := p.breakerFor(c).acquire(limitConnection)
+	if !ok {
+		p.refuse(down, name, "overflow", fmt.Errorf("cluster %q: max_connections", c.Name))
+		return
+	}
+	defer release()
 	var up net.Conn
 	var err error
 	if c.OriginalDst {
@@ -354,9 +378,12 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		up, err = p.connect(cfg, c)
 	}
 	if err != nil {
+		access.failed()
+		access.finish(0, 0)
 		p.refuse(down, name, "no_endpoint", err)
 		return
 	}
+	access.connected(up)
 	upBytes := p.bytes.WithLabelValues(c.Name, "upstream")
 	if len(peeked) > 0 {
 		if _, err := up.Write(peeked); err != nil {
@@ -366,7 +393,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		}
 		upBytes.Add(float64(len(peeked)))
 	}
-	pipe(down, up, upBytes, p.bytes.WithLabelValues(c.Name, "downstream"))
+	access.finish(pipe(down, up, upBytes, p.bytes.WithLabelValues(c.Name, "downstream")))
 }
 
 // terminate does the server side of mTLS with the current identity and
@@ -438,12 +465,14 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		if err != nil {
 			p.load.record(c.Name, ep.Zone, false)
 			p.eject(c.Name, ep.Addr)
+			p.outcome(c, ep, 0, err)
 			lastErr = err
 			continue
 		}
 		if !c.TLS {
 			p.load.record(c.Name, ep.Zone, true)
 			p.connected(c.Name, ep.Addr)
+			p.outcome(c, ep, 0, nil)
 			return conn, nil
 		}
 		tc, err := p.originate(cfg, conn, c)
@@ -458,11 +487,13 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			if !errors.Is(err, errNoIdentity) {
 				p.eject(c.Name, ep.Addr)
 				p.upstreamRefused(c, ep, err)
+				p.outcome(c, ep, 0, err)
 			}
 			lastErr = err
 			continue
 		}
 		p.connected(c.Name, ep.Addr)
+		p.outcome(c, ep, 0, nil)
 		return tc, nil
 	}
 	if lastErr == nil {
@@ -565,6 +596,9 @@ func (p *Proxy) connected(cluster, addr string) {
 }
 
 func (p *Proxy) healthy(cluster, addr string) bool {
+	if !p.resil.available(cluster, addr, p.now()) {
+		return false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.ejected[cluster+"|"+addr]
@@ -579,6 +613,9 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	type level struct {
 		healthy       []Endpoint
 		total, health uint32
+	}
+	if len(tried) == 0 {
+		p.resil.health.traffic(c.Name)
 	}
 	var levels []*level
 	byPrio := map[uint32]*level{}
@@ -638,13 +675,14 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 }
 
 // pipe copies both ways until both directions end, half-closing as each
-// side finishes so protocols that rely on it work.
-func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) {
+// side finishes so protocols that rely on it work. It returns the bytes
+// received from the downstream and sent to it.
+func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) (received, sent int64) {
 	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn, count prometheus.Counter) {
+	cp := func(dst, src net.Conn, count prometheus.Counter, n *int64) {
 		defer wg.Done()
-		n, _ := io.Copy(dst, src)
-		count.Add(float64(n))
+		*n, _ = io.Copy(dst, src)
+		count.Add(float64(*n))
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {
@@ -652,9 +690,10 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) {
 		}
 	}
 	wg.Add(2)
-	go cp(up, down, upBytes)
-	go cp(down, up, downBytes)
+	go cp(up, down, upBytes, &received)
+	go cp(down, up, downBytes, &sent)
 	wg.Wait()
 	down.Close()
 	up.Close()
+	return received, sent
 }

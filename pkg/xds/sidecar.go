@@ -13,6 +13,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -63,26 +64,46 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 			out.Add(resource.ListenerType, build())
 		}
 	}
+	collectors := map[string]*cluster.Cluster{}
 	for i, in := range dp.Networking.Inbound {
 		servicePort := in.AppPort()
 		local := localCluster(in)
+		protocol := s.Protocol(in.Tags[api.TagService])
+		pp := s.inboundPolicies(in.Tags)
+		collectorClusters(pp, collectors)
 		build := func() *listener.Listener { return inboundListener(s, dp, in, local, mtls) }
 		switch {
 		case inboundPort != 0:
 		case dp.Version != 0: // a stored Dataplane: its version and creation time name its content
-			key := fmt.Sprintf("inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
+			key := fmt.Sprintf("inbound|%s|%d|%d|%d|%s|%s", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i, protocol, pp.listenerKey())
 			out.Add(resource.ListenerType, memoPolicy(s, key, build))
 		default:
 			out.Add(resource.ListenerType, build())
 		}
-		out.Add(resource.ClusterType, memoPolicy(s, "local|"+local, func() *cluster.Cluster {
-			return StaticCluster(local, "127.0.0.1", uint32(servicePort))
+		out.Add(resource.ClusterType, memoPolicy(s, "local|"+local+"|"+protocol, func() *cluster.Cluster {
+			c := StaticCluster(local, "127.0.0.1", uint32(servicePort))
+			if api.IsHTTP(protocol) {
+				setHTTPProtocol(c, protocol, nil)
+			}
+			return c
 		}))
 	}
 	// In the order of their names, as a snapshot lists them, so that the
 	// xDS server recognises the lists of the proxy's last snapshot.
-	for typ, shared := range s.outboundResources(dp, p.TransparentProxy != "") {
-		out[typ] = mergeByName(out[typ], shared)
+	shared := s.outboundResources(dp, p.TransparentProxy != "")
+	for typ, list := range shared {
+		out[typ] = mergeByName(out[typ], list)
+	}
+	// An inbound's log and trace collectors, unless an outbound's are
+	// the same.
+	if len(collectors) > 0 {
+		var own []types.Resource
+		for _, name := range slices.Sorted(maps.Keys(collectors)) {
+			if !slices.ContainsFunc(shared[resource.ClusterType], func(r types.Resource) bool { return cache.GetResourceName(r) == name }) {
+				own = append(own, memoPolicy(s, "collector|"+name, func() *cluster.Cluster { return collectors[name] }))
+			}
+		}
+		out[resource.ClusterType] = mergeByName(own, out[resource.ClusterType])
 	}
 	if p.DNSAddress != "" {
 		addr, err := ParseDNSAddress(p.DNSAddress)
@@ -114,13 +135,14 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 // original-destination listener takes those connections (a VIP is on no
 // interface, so a listener there could not bind).
 func (s *MeshState) outboundResources(dp *api.Dataplane, transparent bool) Resources {
-	key := fmt.Sprintf("outbound-resources|%s|%t", outboundKey(dp), transparent)
+	key := fmt.Sprintf("outbound-resources|%s|%t", outboundKey(s, dp), transparent)
 	return memo(s, key, func() Resources { return s.buildOutboundResources(dp, transparent) })
 }
 
 // outboundKey is what a sidecar's outbound side depends on of its
-// dataplane: the services it is an instance of and its explicit outbounds.
-func outboundKey(dp *api.Dataplane) string {
+// dataplane: the services it is an instance of, its explicit outbounds,
+// and which policies' sources match its tags (sourcePolicies).
+func outboundKey(s *MeshState, dp *api.Dataplane) string {
 	var own []string
 	for _, in := range dp.Networking.Inbound {
 		own = append(own, in.Tags[api.TagService])
@@ -130,35 +152,77 @@ func outboundKey(dp *api.Dataplane) string {
 	for _, o := range dp.Networking.Outbound {
 		explicit = append(explicit, fmt.Sprintf("%s@%s:%d", o.Tags[api.TagService], o.Address, o.Port))
 	}
-	return fmt.Sprintf("%q|%q", slices.Compact(own), explicit)
+	return fmt.Sprintf("%q|%q|%s", slices.Compact(own), explicit, sourcePolicies(s, dp))
+}
+
+// selfService is the service a sidecar's spans name: its first inbound's,
+// else its Dataplane's name.
+func selfService(dp *api.Dataplane) string {
+	for _, in := range dp.Networking.Inbound {
+		if svc := in.Tags[api.TagService]; svc != "" {
+			return svc
+		}
+	}
+	return dp.Name
 }
 
 func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) Resources {
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
-	clusters := map[string]Subset{}
+	type clusterSpec struct {
+		sub      Subset
+		protocol string
+		pp       pairPolicies
+	}
+	clusters := map[string]clusterSpec{}
+	routes := map[string]*route.RouteConfiguration{}
+	collectors := map[string]*cluster.Cluster{}
+	sources, self := sourceTags(s, dp), selfService(dp)
+	policies := map[string]pairPolicies{}
 	for _, o := range s.outbounds(dp) {
 		subsets := s.Subsets(o.service)
 		if len(subsets) == 0 {
 			continue
 		}
+		protocol := s.Protocol(o.service)
+		pp, ok := policies[o.service]
+		if !ok {
+			pp = s.outboundPolicies(sources, o.service, protocol)
+			policies[o.service] = pp
+		}
 		// A transparent sidecar's ursa:outbound has a chain for every
 		// outbound at an IP that is not loopback (redirected there).
 		if !transparent || (o.explicit && !redirected(o.addr)) {
-			out.Add(resource.ListenerType, memoPolicy(s, fmt.Sprintf("outbound|%s|%s|%d", o.service, o.addr, o.port),
-				func() *listener.Listener { return outboundListener(o, subsets) }))
+			key := fmt.Sprintf("outbound|%s|%s|%d|%s|%s|%s", o.service, o.addr, o.port, protocol, pp.listenerKey(), traceSelf(pp, self))
+			out.Add(resource.ListenerType, memoPolicy(s, key,
+				func() *listener.Listener { return outboundListener(o, protocol, subsets, pp, self) }))
 		}
-		for _, sub := range subsets {
-			clusters[sub.ClusterName()] = sub
+		if api.IsHTTP(protocol) {
+			name := OutboundRouteName(o.service)
+			routes[name] = memoPolicy(s, fmt.Sprintf("route|%s|%s|%s", o.service, protocol, pp.routeKey()), func() *route.RouteConfiguration {
+				return RouteConfig(RouteOptions{Name: name, Service: o.service, Protocol: protocol, Route: s.routeFor(o.service),
+					Timeout: pp.timeout, Retry: pp.retry})
+			})
 		}
+		for _, sub := range s.RouteSubsets(o.service) {
+			clusters[sub.ClusterName()] = clusterSpec{sub, protocol, pp}
+		}
+		collectorClusters(pp, collectors)
 	}
 	for _, name := range slices.Sorted(maps.Keys(clusters)) {
-		sub := clusters[name]
-		out.Add(resource.ClusterType, memoPolicy(s, "cluster|"+name, func() *cluster.Cluster {
+		spec := clusters[name]
+		sub := spec.sub
+		key := fmt.Sprintf("cluster|%s|%s|%s", name, spec.protocol, spec.pp.clusterKey())
+		out.Add(resource.ClusterType, memoPolicy(s, key, func() *cluster.Cluster {
 			c := EDSCluster(name)
 			if mtls {
-				c.TransportSocket = upstreamTLS(s.Mesh.Name, sub)
+				var alpn []string
+				if spec.protocol == api.ProtocolHTTP2 || spec.protocol == api.ProtocolGRPC {
+					alpn = []string{"h2"}
+				}
+				c.TransportSocket = upstreamTLS(s.Mesh.Name, sub, alpn...)
 			}
+			applyClusterPolicies(c, spec.protocol, spec.pp)
 			return c
 		}))
 		out.Add(resource.EndpointType, memo(s, "cla|"+name, func() *endpoint.ClusterLoadAssignment {
@@ -173,6 +237,14 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) 
 			return cla
 		}))
 	}
+	for _, name := range slices.Sorted(maps.Keys(routes)) {
+		out.Add(resource.RouteType, routes[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(collectors)) {
+		if _, clash := clusters[name]; !clash {
+			out.Add(resource.ClusterType, memoPolicy(s, "collector|"+name, func() *cluster.Cluster { return collectors[name] }))
+		}
+	}
 	// In the order of their names, as a snapshot lists them: a sidecar's
 	// own resources (inbound:…, localhost:…) come first by name as well, so
 	// that versioning its snapshot finds each type's list already sorted.
@@ -182,6 +254,15 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) 
 		})
 	}
 	return out
+}
+
+// traceSelf is what an outbound's filters depend on of the proxy when a
+// TrafficTrace applies: the service its spans name.
+func traceSelf(pp pairPolicies, self string) string {
+	if pp.trace == nil {
+		return ""
+	}
+	return self
 }
 
 // outbound is one listener a sidecar offers its application.
@@ -230,12 +311,12 @@ func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
 	return out
 }
 
-func outboundListener(o outbound, subsets []Subset) *listener.Listener {
+func outboundListener(o outbound, protocol string, subsets []Subset, pp pairPolicies, self string) *listener.Listener {
 	name := fmt.Sprintf("outbound:%s:%d", o.addr, o.port)
 	return &listener.Listener{
 		Name:         name,
 		Address:      SocketAddress(o.addr, o.port),
-		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{TCPProxy(name, subsets)}}},
+		FilterChains: []*listener.FilterChain{{Filters: outboundFilters(name, o.service, protocol, subsets, pp, self)}},
 	}
 }
 
@@ -256,17 +337,34 @@ func inboundName(dp *api.Dataplane, in api.Inbound) string {
 // accepted: with mTLS it terminates TLS, requiring a client certificate,
 // and lets through the callers TrafficPermissions allow; then it proxies
 // to the application at local.
+//
+// An inbound of an HTTP-family service has one network filter, an HTTP
+// connection manager that does the same at L7 (the RBAC as its HTTP
+// filter), and its TLS offers h2 and http/1.1 by ALPN. A TrafficLog or
+// TrafficTrace that selects the inbound's tags as its destination logs or
+// traces what it takes, whoever the callers.
 func inboundChain(s *MeshState, in api.Inbound, name, local string, mtls bool) *listener.FilterChain {
 	chain := &listener.FilterChain{}
+	http := api.IsHTTP(s.Protocol(in.Tags[api.TagService]))
+	pp := s.inboundPolicies(in.Tags)
 	if mtls {
-		chain.Filters = append(chain.Filters, rbacFilter(s, in.Tags, name))
+		common := commonTLS()
+		if http {
+			common.AlpnProtocols = []string{"h2", "http/1.1"}
+		} else {
+			chain.Filters = append(chain.Filters, rbacFilter(s, in.Tags, name))
+		}
 		chain.TransportSocket = &core.TransportSocket{Name: wellknown.TransportSocketTLS,
 			ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: MustAny(&tlsv3.DownstreamTlsContext{
-				CommonTlsContext:         commonTLS(),
+				CommonTlsContext:         common,
 				RequireClientCertificate: wrapperspb.Bool(true),
 			})}}
 	}
-	chain.Filters = append(chain.Filters, TCPProxy(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}))
+	if http {
+		chain.Filters = append(chain.Filters, inboundHTTPFilter(s, in, name, local, mtls, pp))
+		return chain
+	}
+	chain.Filters = append(chain.Filters, tcpProxyWithLog(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}, pp.log))
 	return chain
 }
 
@@ -283,8 +381,11 @@ func commonTLS() *tlsv3.CommonTlsContext {
 // only a server whose certificate names that service's SPIFFE ID (chained
 // to the mesh CA from SDS): a connection that reaches any other workload
 // fails its handshake, wherever it was routed.
-func upstreamTLS(mesh string, sub Subset) *core.TransportSocket {
+//
+// alpn, when given, is offered in the handshake (h2 for HTTP/2 upstreams).
+func upstreamTLS(mesh string, sub Subset, alpn ...string) *core.TransportSocket {
 	common := commonTLS()
+	common.AlpnProtocols = alpn
 	common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
 		CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 			DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
@@ -304,6 +405,12 @@ func upstreamTLS(mesh string, sub Subset) *core.TransportSocket {
 // service, by the URI SANs of their certificates, and denies the rest. A
 // DENY permission overrides any ALLOW for the same source.
 func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listener.Filter {
+	r := &rbac.RBAC{StatPrefix: statPrefix, Rules: rbacRules(s, tags)}
+	return &listener.Filter{Name: wellknown.RoleBasedAccessControl, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(r)}}
+}
+
+// rbacRules are the rules of an inbound's RBAC filter, network or HTTP.
+func rbacRules(s *MeshState, tags map[string]string) *rbacconfig.RBAC {
 	allow := &rbacconfig.Policy{Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}}}
 	var denied []*rbacconfig.Principal
 	for _, tp := range s.Permissions {
@@ -330,8 +437,7 @@ func rbacFilter(s *MeshState, tags map[string]string, statPrefix string) *listen
 	if len(allow.Principals) > 0 {
 		policies["allowed-sources"] = allow
 	}
-	r := &rbac.RBAC{StatPrefix: statPrefix, Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: policies}}
-	return &listener.Filter{Name: wellknown.RoleBasedAccessControl, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(r)}}
+	return &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: policies}
 }
 
 // principal matches a caller whose certificate carries every tag of a

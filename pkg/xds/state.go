@@ -241,24 +241,7 @@ func (s *MeshState) Subsets(service string) []Subset {
 }
 
 func (s *MeshState) buildSubsets(service string) []Subset {
-	r := s.routeFor(service)
-	if r == nil {
-		return []Subset{{Tags: map[string]string{api.TagService: service}, Weight: 100}}
-	}
-	var out []Subset
-	for _, sp := range r.Spec.Split {
-		if sp.Weight <= 0 {
-			continue
-		}
-		tags := maps.Clone(sp.Tags)
-		if tags == nil {
-			tags = map[string]string{}
-		}
-		tags[api.TagService] = service
-		out = append(out, Subset{Tags: tags, Weight: uint32(sp.Weight)})
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].ClusterName() < out[j].ClusterName() })
-	return out
+	return defaultSubsets(service, s.routeFor(service))
 }
 
 // Endpoint is one place a subset's traffic can go.

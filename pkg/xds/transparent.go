@@ -63,7 +63,7 @@ func (s *MeshState) transparentResources(dp *api.Dataplane, port uint32) (*liste
 		l        *listener.Listener
 		clusters []types.Resource
 	}
-	b := memo(s, fmt.Sprintf("transparent|%d|%s", port, outboundKey(dp)), func() built {
+	b := memo(s, fmt.Sprintf("transparent|%d|%s", port, outboundKey(s, dp)), func() built {
 		l, clusters := s.buildTransparent(dp, port)
 		return built{l, clusters}
 	})
@@ -79,6 +79,7 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 			TCPProxy(PassthroughCluster, []Subset{{Tags: map[string]string{api.TagService: PassthroughCluster}, Weight: 1}})}},
 	}
 	taken := map[netip.AddrPort]bool{}
+	sources, self := sourceTags(s, dp), selfService(dp)
 	for _, o := range s.outbounds(dp) {
 		if !redirected(o.addr) {
 			continue
@@ -90,13 +91,15 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 		}
 		taken[netip.AddrPortFrom(addr.Unmap(), uint16(o.port))] = true
 		name := fmt.Sprintf("outbound:%s:%d", o.addr, o.port)
+		protocol := s.Protocol(o.service)
+		pp := s.outboundPolicies(sources, o.service, protocol)
 		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
 			Name: name,
 			FilterChainMatch: &listener.FilterChainMatch{
 				DestinationPort: wrapperspb.UInt32(o.port),
 				PrefixRanges:    []*core.CidrRange{{AddressPrefix: addr.String(), PrefixLen: wrapperspb.UInt32(uint32(addr.BitLen()))}},
 			},
-			Filters: []*listener.Filter{TCPProxy(name, subsets)},
+			Filters: outboundFilters(name, o.service, protocol, subsets, pp, self),
 		})
 	}
 	clusters := []types.Resource{&cluster.Cluster{

@@ -84,21 +84,7 @@ func checkResource(typ resource.Type, res types.Resource) resourceCheck {
 	case *listener.Listener:
 		checkListener(res, fail, need)
 	case *route.RouteConfiguration:
-		from := fmt.Sprintf("route configuration %q", res.Name)
-		for _, vh := range res.GetVirtualHosts() {
-			for _, rt := range vh.GetRoutes() {
-				if name := rt.GetRoute().GetCluster(); name != "" {
-					need(resource.ClusterType, name, from)
-				}
-				for _, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
-					if wc.GetName() == "" {
-						fail(fmt.Errorf("%s: a weighted cluster without a name", from))
-						continue
-					}
-					need(resource.ClusterType, wc.GetName(), from)
-				}
-			}
-		}
+		checkRouteConfig(res, fmt.Sprintf("route configuration %q", res.Name), fail, need)
 	case *cluster.Cluster:
 		if res.GetType() == cluster.Cluster_EDS {
 			name := res.GetEdsClusterConfig().GetServiceName()
@@ -118,6 +104,14 @@ func checkListener(l *listener.Listener, fail func(error), need func(typ resourc
 	}
 	for _, fc := range l.GetFilterChains() {
 		for _, f := range fc.GetFilters() {
+			if m := (&hcm.HttpConnectionManager{}); f.GetTypedConfig() != nil && f.GetTypedConfig().MessageIs(m) {
+				if err := f.GetTypedConfig().UnmarshalTo(m); err != nil {
+					fail(fmt.Errorf("listener %q: http_connection_manager: %w", l.Name, err))
+					continue
+				}
+				checkHCM(m, from, fail, need)
+				continue
+			}
 			tp := &tcp.TcpProxy{}
 			if f.GetTypedConfig() == nil || !f.GetTypedConfig().MessageIs(tp) {
 				continue
@@ -129,6 +123,7 @@ func checkListener(l *listener.Listener, fail func(error), need func(typ resourc
 			if name := tp.GetCluster(); name != "" {
 				need(resource.ClusterType, name, from)
 			}
+			checkTCPProxyLogs(tp, from, fail, need)
 			for _, wc := range tp.GetWeightedClusters().GetClusters() {
 				if wc.GetName() == "" {
 					fail(fmt.Errorf("%s: a weighted cluster without a name", from))

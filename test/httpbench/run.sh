@@ -30,14 +30,18 @@
 #   CONNS=1,32,128      concurrency levels (keep-alive connections)
 #   DURATION=10s        measured time of each run
 #   WARMUP=2s           load before each measured window, not counted
-#   PATHS=direct,nginx,haproxy,ursa   which paths to load (direct first)
-#   PPROF=1             build ursa-dp with net/http/pprof on
-#                       127.0.0.1:PORT_BASE+16 (outbound) and +17 (inbound)
+#   PATHS=direct,nginx,haproxy,ursa   which paths to load (direct first);
+#                       also ursa-tcp: client-1 → mTLS → billing-tcp-1 →
+#                       backend, the same pair for a TCP service (tcp_proxy,
+#                       L4), a third ursa-dp
+#   PPROF=1             build ursa-dp with net/http/pprof on 127.0.0.1:
+#                       PORT_BASE+16 (client-1), +17 (billing-1), +21
+#                       (billing-tcp-1)
 #   LOG_LEVEL=warn      of the zone CP and the sidecars
 #   OUT=DIR             keep the work files (configs, logs, results, the
 #                       sidecars' metrics) there; default a temporary
 #                       directory, removed on exit
-#   PORT_BASE=17600     ports PORT_BASE+0 … +17 on 127.0.0.1 are used
+#   PORT_BASE=17600     ports PORT_BASE+0 … +21 on 127.0.0.1 are used
 # Only 127.0.0.1 is used. Every process started here is stopped on exit.
 # Figures and what they say: test/BENCHMARKS.md.
 set -euo pipefail
@@ -70,6 +74,10 @@ ADMIN_IN=$((PORT_BASE + 14))
 ADMIN_OUT=$((PORT_BASE + 15))
 PPROF_OUT=$((PORT_BASE + 16))
 PPROF_IN=$((PORT_BASE + 17))
+URSA_TCP_OUT=$((PORT_BASE + 18))
+URSA_TCP_IN=$((PORT_BASE + 19))
+ADMIN_TCP_IN=$((PORT_BASE + 20))
+PPROF_TCP_IN=$((PORT_BASE + 21))
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 if [[ -n ${OUT:-} ]]; then
@@ -293,7 +301,7 @@ backend billing
 	PIDLIST+=",haproxy=$HAPROXY_OUT_PID+$HAPROXY_IN_PID"
 fi
 
-if want ursa; then
+if want ursa || want ursa-tcp; then
 	log "starting the zone CP"
 	start ursa-cp "$BIN/ursa-cp" zone --zone bench --api-addr "$ADDR:$CP_API" --api-tls-addr "$ADDR:$CP_API_TLS" \
 		--xds-addr "$ADDR:$CP_XDS" --dns-addr "$ADDR:$CP_DNS" --xds-allow-loopback-dataplanes --log-level "$LOG_LEVEL"
@@ -315,12 +323,14 @@ mesh: default
 name: client-to-billing
 spec:
   sources: [{match: {ursa.io/service: client}}]
-  destinations: [{match: {ursa.io/service: billing}}]
+  destinations: [{match: {ursa.io/service: billing}}, {match: {ursa.io/service: billing-tcp}}]
 YAML
 	curl -sf "$API/xds/ca.pem" >"$OUT/xds-ca.pem"
-	for svc in billing client; do
+	for svc in billing billing-tcp client; do
 		"$BIN/ursactl" --api-server "$API" generate dataplane-token --mesh default --service "$svc" >"$OUT/$svc.token"
 	done
+	# billing is the HTTP service; billing-tcp the same backend as a TCP
+	# service (no protocol tag), for the ursa-tcp path.
 	cat >"$OUT/billing-1.yaml" <<YAML
 type: Dataplane
 mesh: default
@@ -329,6 +339,15 @@ networking:
   address: $ADDR
   inbound:
   - {port: $URSA_IN, servicePort: $BACKEND, tags: {ursa.io/service: billing, ursa.io/protocol: http}}
+YAML
+	cat >"$OUT/billing-tcp-1.yaml" <<YAML
+type: Dataplane
+mesh: default
+name: billing-tcp-1
+networking:
+  address: $ADDR
+  inbound:
+  - {port: $URSA_TCP_IN, servicePort: $BACKEND, tags: {ursa.io/service: billing-tcp}}
 YAML
 	cat >"$OUT/client-1.yaml" <<YAML
 type: Dataplane
@@ -340,6 +359,7 @@ networking:
   - {port: $CLIENT_IN, servicePort: $CLIENT_APP, tags: {ursa.io/service: client}}
   outbound:
   - {address: $ADDR, port: $URSA_OUT, tags: {ursa.io/service: billing}}
+  - {address: $ADDR, port: $URSA_TCP_OUT, tags: {ursa.io/service: billing-tcp}}
 YAML
 	sidecar() { # sidecar NAME SERVICE ADMIN PPROF
 		local pprof=""
@@ -347,25 +367,39 @@ YAML
 		start "$1" env "URSA_BENCH_PPROF=$pprof" "$BIN/ursa-dp" run --cp-address "grpcs://$ADDR:$CP_XDS" --ca-cert-file "$OUT/xds-ca.pem" \
 			--token-file "$OUT/$2.token" --dataplane-file "$OUT/$1.yaml" --admin-addr "$ADDR:$3" \
 			--dns-addr= --log-level "$LOG_LEVEL"
+		SIDECARS+=($LAST_PID)
 	}
-	log "starting the sidecars: billing-1 (inbound :$URSA_IN) and client-1 (outbound :$URSA_OUT)"
-	sidecar billing-1 billing "$ADMIN_IN" "$PPROF_IN"
-	URSA_IN_PID=$LAST_PID
+	answers() { # answers PORT: wait until a request through the sidecars gets a 200
+		local i
+		for i in $(seq 300); do
+			kill -0 "${SIDECARS[@]}" 2>/dev/null || die "a sidecar exited; see $OUT/*.log"
+			curl -sf -o /dev/null "http://$ADDR:$1/" && return 0
+			sleep 0.1
+		done
+		die "no answer through the ursa sidecars on :$1 after 30 s; see $OUT/*.log"
+	}
+	SIDECARS=()
+	log "starting the sidecars: client-1 (outbound :$URSA_OUT to billing, :$URSA_TCP_OUT to billing-tcp)"
 	sidecar client-1 client "$ADMIN_OUT" "$PPROF_OUT"
 	URSA_OUT_PID=$LAST_PID
-	ok=0
-	for _ in $(seq 300); do
-		kill -0 "$URSA_IN_PID" "$URSA_OUT_PID" 2>/dev/null || die "a sidecar exited; see $OUT/*.log"
-		if curl -sf -o /dev/null "http://$ADDR:$URSA_OUT/"; then
-			ok=1
-			break
-		fi
-		sleep 0.1
-	done
-	[[ $ok == 1 ]] || die "no answer through the ursa sidecars after 30 s; see $OUT/*.log"
-	needs_client_cert billing-1 "$URSA_IN"
-	TARGETS+=",ursa=$ADDR:$URSA_OUT"
-	PIDLIST+=",ursa=$URSA_OUT_PID+$URSA_IN_PID"
+	if want ursa; then
+		log "billing-1 (inbound :$URSA_IN, HTTP)"
+		sidecar billing-1 billing "$ADMIN_IN" "$PPROF_IN"
+		URSA_IN_PID=$LAST_PID
+		answers "$URSA_OUT"
+		needs_client_cert billing-1 "$URSA_IN"
+		TARGETS+=",ursa=$ADDR:$URSA_OUT"
+		PIDLIST+=",ursa=$URSA_OUT_PID+$URSA_IN_PID"
+	fi
+	if want ursa-tcp; then
+		log "billing-tcp-1 (inbound :$URSA_TCP_IN, TCP)"
+		sidecar billing-tcp-1 billing-tcp "$ADMIN_TCP_IN" "$PPROF_TCP_IN"
+		URSA_TCP_IN_PID=$LAST_PID
+		answers "$URSA_TCP_OUT"
+		needs_client_cert billing-tcp-1 "$URSA_TCP_IN"
+		TARGETS+=",ursa-tcp=$ADDR:$URSA_TCP_OUT"
+		PIDLIST+=",ursa-tcp=$URSA_OUT_PID+$URSA_TCP_IN_PID"
+	fi
 fi
 
 log "load: $ROUNDS rounds × levels $CONNS × paths $PATHS; $WARMUP warm-up + $DURATION each"
@@ -374,16 +408,23 @@ log "load: $ROUNDS rounds × levels $CONNS × paths $PATHS; $WARMUP warm-up + $D
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mode=""
-if want ursa; then
+if want ursa || want ursa-tcp; then
 	curl -sf "http://$ADDR:$ADMIN_OUT/metrics" >"$OUT/metrics-client-1.txt" || true
 	curl -sf "http://$ADDR:$ADMIN_IN/metrics" >"$OUT/metrics-billing-1.txt" || true
+	curl -sf "http://$ADDR:$ADMIN_TCP_IN/metrics" >"$OUT/metrics-billing-tcp-1.txt" || true
 	# Which engine carried ursa's requests: the CP sends an HTTP connection
 	# manager for an HTTP service once both sides implement it, tcp_proxy
-	# before.
-	if grep -q '^ursa_dp_http_requests_total' "$OUT/metrics-client-1.txt"; then
-		mode="ursa: HTTP (HTTP connection manager on both sidecars; ursa_dp_http_requests_total counted the requests)"
-	else
-		mode="ursa: **TCP (tcp_proxy)**: this build's zone CP or ursa-dp does not carry HTTP at L7 yet"
+	# before; only the HTTP engine counts requests.
+	if want ursa; then
+		n_out=$(grep -cE '^ursa_dp_http_requests_total\{.*direction="outbound".*service="billing"' "$OUT/metrics-client-1.txt" || true)
+		n_in=$(grep -cE '^ursa_dp_http_requests_total\{.*direction="inbound".*service="billing"' "$OUT/metrics-billing-1.txt" || true)
+		if [[ $n_out -gt 0 && $n_in -gt 0 ]]; then
+			mode="ursa: HTTP on both sidecars (their ursa_dp_http_requests_total counted billing's requests)"
+		elif [[ $n_out -gt 0 || $n_in -gt 0 ]]; then
+			mode="ursa: **HTTP on one sidecar only** (outbound: $n_out series, inbound: $n_in)"
+		else
+			mode="ursa: **TCP (tcp_proxy)**: this build's zone CP or ursa-dp does not carry billing at L7 yet"
+		fi
 	fi
 fi
 

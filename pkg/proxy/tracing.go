@@ -1,0 +1,227 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// tracer is a translated HttpConnectionManager.Tracing: which requests
+// start a trace, what their spans look like, and — bound by Apply, before
+// the configuration that holds it is served — where the spans go.
+type tracer struct {
+	key exporterKey
+	// sampling is the percentage of new traces (requests without a
+	// traceparent) that are recorded; a request with one follows its
+	// sampled flag.
+	sampling float64
+	// server makes server spans (an inbound HCM); else client spans.
+	server bool
+	// maxPath bounds the url.path attribute (Envoy's max_path_tag_length).
+	maxPath int
+	// spans is set by bind: the exporter's tracer, or one that exports
+	// nothing while the collector's cluster is unknown. An empty
+	// key.service is the proxy's own service (spanExporters.service).
+	spans trace.Tracer
+}
+
+// exporterKey names one running exporter: tracers with equal keys share
+// it.
+type exporterKey struct {
+	kind    string // "otlp" or "zipkin"
+	cluster string
+	// service is the resource's service.name.
+	service string
+	// path is the Zipkin collector endpoint's path.
+	path string
+}
+
+// traceContext is W3C Trace Context: traceparent and tracestate.
+var traceContext = propagation.TraceContext{}
+
+const defaultMaxPathTag = 256
+
+// translateTracing compiles an HCM's tracing: random_sampling, an
+// OpenTelemetry (OTLP over gRPC) or Zipkin (JSON v2 over HTTP) provider
+// whose collector is a cluster. server is true for an inbound HCM (server
+// spans) and false for an outbound one (client spans). What it does not
+// honour is an error naming it.
+func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localService string) (*tracer, error) {
+	if err := onlyFields(t, "random_sampling", "client_sampling", "overall_sampling", "max_path_tag_length", "provider"); err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	if p := t.GetClientSampling(); p != nil && p.GetValue() != 100 {
+		return nil, errors.New("tracing: client_sampling other than 100 is not supported by the built-in proxy")
+	}
+	if p := t.GetOverallSampling(); p != nil && p.GetValue() != 100 {
+		return nil, errors.New("tracing: overall_sampling other than 100 is not supported by the built-in proxy")
+	}
+	out := &tracer{sampling: 100, server: server, maxPath: defaultMaxPathTag}
+	if s := t.GetRandomSampling(); s != nil {
+		out.sampling = s.GetValue()
+	}
+	if n := t.GetMaxPathTagLength(); n != nil {
+		out.maxPath = int(n.GetValue())
+	}
+	p := t.GetProvider()
+	if p == nil || p.GetTypedConfig() == nil {
+		return nil, errors.New("tracing: no provider")
+	}
+	tc := p.GetTypedConfig()
+	switch {
+	case tc.MessageIs(&tracev3.OpenTelemetryConfig{}):
+		oc := &tracev3.OpenTelemetryConfig{}
+		if err := tc.UnmarshalTo(oc); err != nil {
+			return nil, fmt.Errorf("tracing: opentelemetry: %w", err)
+		}
+		if err := onlyFields(oc, "grpc_service", "service_name"); err != nil {
+			return nil, fmt.Errorf("tracing: opentelemetry: %w", err)
+		}
+		gs := oc.GetGrpcService()
+		if err := onlyFields(gs, "envoy_grpc", "timeout"); err != nil {
+			return nil, fmt.Errorf("tracing: opentelemetry: grpc_service: %w", err)
+		}
+		eg := gs.GetEnvoyGrpc()
+		if eg == nil || eg.GetClusterName() == "" {
+			return nil, errors.New("tracing: opentelemetry: grpc_service.envoy_grpc.cluster_name is required")
+		}
+		if err := onlyFields(eg, "cluster_name"); err != nil {
+			return nil, fmt.Errorf("tracing: opentelemetry: envoy_grpc: %w", err)
+		}
+		svc := oc.GetServiceName()
+		if svc == "" {
+			svc = localService
+		}
+		out.key = exporterKey{kind: "otlp", cluster: eg.GetClusterName(), service: svc}
+	case tc.MessageIs(&tracev3.ZipkinConfig{}):
+		zc := &tracev3.ZipkinConfig{}
+		if err := tc.UnmarshalTo(zc); err != nil {
+			return nil, fmt.Errorf("tracing: zipkin: %w", err)
+		}
+		if err := onlyFields(zc, "collector_cluster", "collector_endpoint", "trace_id_128bit", "collector_endpoint_version", "trace_context_option"); err != nil {
+			return nil, fmt.Errorf("tracing: zipkin: %w", err)
+		}
+		if zc.GetCollectorCluster() == "" || !strings.HasPrefix(zc.GetCollectorEndpoint(), "/") {
+			return nil, errors.New("tracing: zipkin: collector_cluster and a collector_endpoint path are required")
+		}
+		if zc.GetCollectorEndpointVersion() != tracev3.ZipkinConfig_HTTP_JSON {
+			return nil, fmt.Errorf("tracing: zipkin: collector_endpoint_version %s is not supported by the built-in proxy (HTTP_JSON is)", zc.GetCollectorEndpointVersion())
+		}
+		// The proxy's trace IDs are W3C's, 128 bits; and it propagates
+		// traceparent whatever trace_context_option says (l7contract §2).
+		if !zc.GetTraceId_128Bit() {
+			return nil, errors.New("tracing: zipkin: trace_id_128bit must be true: the built-in proxy's trace IDs are 128-bit (W3C)")
+		}
+		out.key = exporterKey{kind: "zipkin", cluster: zc.GetCollectorCluster(), service: localService, path: zc.GetCollectorEndpoint()}
+	default:
+		return nil, fmt.Errorf("tracing: provider %s is not supported by the built-in proxy (opentelemetry and zipkin are)",
+			strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
+	}
+	return out, nil
+}
+
+// startSpan begins the span of a request whose headers are h: a child of
+// the traceparent h carries, or the root of a new trace, recorded at the
+// tracer's sampling rate. It sets h's traceparent to the new span's, so the
+// request carries it on (upstream, or to the local application). start is
+// when the request began (the record's Start). ctx carries the span;
+// endSpan ends it.
+func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) (context.Context, trace.Span) {
+	ctx = traceContext.Extract(ctx, propagation.HeaderCarrier(h))
+	if !trace.SpanContextFromContext(ctx).IsValid() && rand.Float64()*100 >= t.sampling {
+		// A new trace that is not recorded: its IDs still go on, with the
+		// sampled flag off, so the hops after this one do not record it
+		// either.
+		ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: randomTraceID(), SpanID: randomSpanID(), Remote: true}))
+	}
+	kind := trace.SpanKindClient
+	if t.server {
+		kind = trace.SpanKindServer
+	}
+	ctx, span := t.spans.Start(ctx, "request", trace.WithSpanKind(kind), trace.WithTimestamp(start))
+	traceContext.Inject(ctx, propagation.HeaderCarrier(h))
+	return ctx, span
+}
+
+// endSpan names the span after the request's service and route, adds what
+// the request did, and ends it.
+func (t *tracer) endSpan(span trace.Span, r *accessRecord) {
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
+	route := r.Route
+	if route == "" {
+		route = "-"
+	}
+	span.SetName(r.Service + " " + route)
+	path := r.Path
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if t.maxPath > 0 && len(path) > t.maxPath {
+		path = path[:t.maxPath]
+	}
+	attrs := []attribute.KeyValue{
+		semconv.HTTPRequestMethodKey.String(r.Method),
+		semconv.URLPath(path),
+		semconv.ServerAddress(hostOnly(r.Authority)),
+		attribute.String("ursa.service", r.Service),
+		attribute.String("ursa.zone", r.Zone),
+		attribute.String("ursa.route", r.Route),
+		attribute.String("ursa.upstream_cluster", r.UpstreamCluster),
+	}
+	if r.Status != 0 {
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(r.Status))
+	}
+	if r.UpstreamHost != "" {
+		attrs = append(attrs, attribute.String("ursa.upstream_host", r.UpstreamHost))
+	}
+	if r.Flags != "" {
+		attrs = append(attrs, attribute.String("ursa.response_flags", r.Flags))
+	}
+	span.SetAttributes(attrs...)
+	// Server spans are errors on 5xx only; client spans on 4xx too, as the
+	// OpenTelemetry HTTP conventions say.
+	if r.Status >= 500 || (!t.server && r.Status >= 400) || r.Status == 0 {
+		span.SetStatus(codes.Error, r.Flags)
+	}
+	if r.Start.IsZero() {
+		span.End()
+		return
+	}
+	span.End(trace.WithTimestamp(r.Start.Add(r.Duration)))
+}
+
+func randomTraceID() trace.TraceID {
+	var id trace.TraceID
+	for id == (trace.TraceID{}) {
+		for i := range id {
+			id[i] = byte(rand.Uint32())
+		}
+	}
+	return id
+}
+
+func randomSpanID() trace.SpanID {
+	var id trace.SpanID
+	for id == (trace.SpanID{}) {
+		for i := range id {
+			id[i] = byte(rand.Uint32())
+		}
+	}
+	return id
+}

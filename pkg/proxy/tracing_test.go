@@ -1,0 +1,340 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	ursatest "github.com/ursamesh/ursa/pkg/testutil"
+)
+
+func otelTracing(t testing.TB, cluster, service string, sampling float64) *hcm.HttpConnectionManager_Tracing {
+	return &hcm.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling}, Provider: &tracev3.Tracing_Http{
+		Name: "envoy.tracers.opentelemetry", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: typed(t, &tracev3.OpenTelemetryConfig{
+			GrpcService: grpcServiceFor(cluster), ServiceName: service})}}}
+}
+
+func zipkinTracing(t testing.TB, cluster string, z *tracev3.ZipkinConfig) *hcm.HttpConnectionManager_Tracing {
+	if z == nil {
+		z = &tracev3.ZipkinConfig{CollectorCluster: cluster, CollectorEndpoint: "/api/v2/spans",
+			CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true}
+	}
+	return &hcm.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.zipkin",
+		ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: typed(t, z)}}}
+}
+
+func TestTranslateTracing(t *testing.T) {
+	tr, err := translateTracing(otelTracing(t, "tracing:127.0.0.1:4317", "web", 25), false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.key != (exporterKey{kind: "otlp", cluster: "tracing:127.0.0.1:4317", service: "web"}) || tr.sampling != 25 || tr.server || tr.maxPath != 256 {
+		t.Fatalf("opentelemetry: %+v", tr)
+	}
+	tr, err = translateTracing(zipkinTracing(t, "tracing:127.0.0.1:9411", nil), true, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.key != (exporterKey{kind: "zipkin", cluster: "tracing:127.0.0.1:9411", service: "billing", path: "/api/v2/spans"}) || tr.sampling != 100 || !tr.server {
+		t.Fatalf("zipkin: %+v", tr)
+	}
+
+	verbose := otelTracing(t, "c", "s", 100)
+	verbose.Verbose = true
+	upstreamSpan := otelTracing(t, "c", "s", 100)
+	upstreamSpan.SpawnUpstreamSpan = wrapperspb.Bool(true)
+	overall := otelTracing(t, "c", "s", 100)
+	overall.OverallSampling = &typev3.Percent{Value: 50}
+	bits64 := zipkinTracing(t, "", &tracev3.ZipkinConfig{CollectorCluster: "c", CollectorEndpoint: "/api/v2/spans", CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON})
+	protoZipkin := zipkinTracing(t, "", &tracev3.ZipkinConfig{CollectorCluster: "c", CollectorEndpoint: "/api/v2/spans", CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_PROTO, TraceId_128Bit: true})
+	sampler := &hcm.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: "o", ConfigType: &tracev3.Tracing_Http_TypedConfig{
+		TypedConfig: typed(t, &tracev3.OpenTelemetryConfig{GrpcService: grpcServiceFor("c"), Sampler: &core.TypedExtensionConfig{Name: "sampler"}})}}}
+	other := &hcm.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: "d", ConfigType: &tracev3.Tracing_Http_TypedConfig{
+		TypedConfig: typed(t, &tracev3.DatadogConfig{CollectorCluster: "c", ServiceName: "s"})}}}
+	for name, tc := range map[string]struct {
+		in   *hcm.HttpConnectionManager_Tracing
+		want string
+	}{
+		"verbose":         {verbose, "verbose is not supported"},
+		"upstream span":   {upstreamSpan, "spawn_upstream_span is not supported"},
+		"overall":         {overall, "overall_sampling other than 100"},
+		"zipkin 64-bit":   {bits64, "trace_id_128bit must be true"},
+		"zipkin proto":    {protoZipkin, "HTTP_PROTO is not supported"},
+		"otel sampler":    {sampler, "sampler is not supported"},
+		"other provider":  {other, "provider envoy.config.trace.v3.DatadogConfig is not supported"},
+		"no provider":     {&hcm.HttpConnectionManager_Tracing{}, "no provider"},
+		"no otel cluster": {otelTracing(t, "", "s", 100), "cluster_name is required"},
+	} {
+		_, err := translateTracing(tc.in, false, "")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
+		}
+	}
+}
+
+// recordingTracer is a tracer whose spans a SpanRecorder keeps.
+func recordingTracer(t *testing.T, server bool, sampling float64) (*tracer, *tracetest.SpanRecorder) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())), sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	return &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag, spans: tp.Tracer("test")}, rec
+}
+
+func attr(s sdktrace.ReadOnlySpan, key string) attribute.Value {
+	for _, kv := range s.Attributes() {
+		if string(kv.Key) == key {
+			return kv.Value
+		}
+	}
+	return attribute.Value{}
+}
+
+// TestSpansAcrossTwoHops: a request without trace context gets a client
+// span on the caller's sidecar (a new trace), which it carries on in
+// traceparent; the callee's sidecar makes a server span, its child, and
+// hands its own on to the application.
+func TestSpansAcrossTwoHops(t *testing.T) {
+	out, outRec := recordingTracer(t, false, 100)
+	in, inRec := recordingTracer(t, true, 0) // a callee follows its caller's decision
+
+	h := http.Header{}
+	_, client := out.startSpan(context.Background(), h, sampleRecord().Start)
+	upstream := h.Get("traceparent")
+	if !strings.HasPrefix(upstream, "00-"+client.SpanContext().TraceID().String()+"-"+client.SpanContext().SpanID().String()+"-01") {
+		t.Fatalf("traceparent upstream %q, want the client span's, sampled", upstream)
+	}
+	r := sampleRecord()
+	r.Status = 200
+	out.endSpan(client, r)
+
+	_, server := in.startSpan(context.Background(), h, sampleRecord().Start)
+	if h.Get("traceparent") == upstream {
+		t.Fatal("the callee's sidecar passed the caller's traceparent on unchanged")
+	}
+	in.endSpan(server, r)
+
+	cs, ss := outRec.Ended(), inRec.Ended()
+	if len(cs) != 1 || len(ss) != 1 {
+		t.Fatalf("%d client and %d server spans, want one of each", len(cs), len(ss))
+	}
+	c, s := cs[0], ss[0]
+	if c.SpanKind() != trace.SpanKindClient || s.SpanKind() != trace.SpanKindServer {
+		t.Fatalf("kinds %v and %v", c.SpanKind(), s.SpanKind())
+	}
+	if c.Parent().IsValid() {
+		t.Fatalf("the client span has a parent %v: the request came without one", c.Parent())
+	}
+	if s.Parent().SpanID() != c.SpanContext().SpanID() || s.SpanContext().TraceID() != c.SpanContext().TraceID() {
+		t.Fatalf("server span's parent %v, want the client span %v", s.Parent(), c.SpanContext())
+	}
+	if c.Name() != "billing billing-canary/0" {
+		t.Fatalf("span name %q", c.Name())
+	}
+	for key, want := range map[string]string{"http.request.method": "GET", "url.path": "/api/v1", "server.address": "billing.mesh",
+		"ursa.service": "billing", "ursa.zone": "zone-1"} {
+		if got := attr(c, key).AsString(); got != want {
+			t.Errorf("attribute %s = %q, want %q", key, got, want)
+		}
+	}
+	if got := attr(c, "http.response.status_code").AsInt64(); got != 200 {
+		t.Errorf("http.response.status_code = %d", got)
+	}
+	if !c.EndTime().Equal(r.Start.Add(r.Duration)) {
+		t.Errorf("span ends at %v, want the request's end %v", c.EndTime(), r.Start.Add(r.Duration))
+	}
+}
+
+func TestSpanChildOfIncomingTraceparent(t *testing.T) {
+	out, rec := recordingTracer(t, false, 0) // 0 %: only the caller's decision records
+	h := http.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+	_, span := out.startSpan(context.Background(), h, sampleRecord().Start)
+	out.endSpan(span, sampleRecord())
+	got := rec.Ended()
+	if len(got) != 1 || got[0].Parent().SpanID().String() != "b7ad6b7169203331" || got[0].SpanContext().TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
+		t.Fatalf("spans %v, want one, child of the incoming traceparent", got)
+	}
+	if want := "00-0af7651916cd43dd8448eb211c80319c-" + got[0].SpanContext().SpanID().String() + "-01"; h.Get("traceparent") != want {
+		t.Fatalf("traceparent upstream %q, want %q", h.Get("traceparent"), want)
+	}
+}
+
+func TestSamplingOfNewTraces(t *testing.T) {
+	out, rec := recordingTracer(t, false, 0)
+	h := http.Header{}
+	_, span := out.startSpan(context.Background(), h, sampleRecord().Start)
+	out.endSpan(span, sampleRecord())
+	if len(rec.Ended()) != 0 {
+		t.Fatal("0 % sampling recorded a span")
+	}
+	tp := h.Get("traceparent")
+	if !strings.HasPrefix(tp, "00-") || !strings.HasSuffix(tp, "-00") {
+		t.Fatalf("traceparent %q, want a new trace, not sampled", tp)
+	}
+	// The next hop follows the decision.
+	in, inRec := recordingTracer(t, true, 100)
+	_, span = in.startSpan(context.Background(), h, sampleRecord().Start)
+	in.endSpan(span, sampleRecord())
+	if len(inRec.Ended()) != 0 {
+		t.Fatal("the next hop recorded a trace its caller did not sample")
+	}
+
+	half, halfRec := recordingTracer(t, false, 50)
+	for range 1000 {
+		_, span := half.startSpan(context.Background(), http.Header{}, sampleRecord().Start)
+		half.endSpan(span, sampleRecord())
+	}
+	if n := len(halfRec.Ended()); n < 400 || n > 600 {
+		t.Fatalf("50 %% sampling recorded %d of 1000", n)
+	}
+}
+
+// otlpCollector is a real OTLP/gRPC trace collector on loopback.
+type otlpCollector struct {
+	collectortrace.UnimplementedTraceServiceServer
+	addr  string
+	mu    sync.Mutex
+	spans map[string]string // span name → service.name
+}
+
+func (c *otlpCollector) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range req.GetResourceSpans() {
+		svc := ""
+		for _, kv := range rs.GetResource().GetAttributes() {
+			if kv.GetKey() == "service.name" {
+				svc = kv.GetValue().GetStringValue()
+			}
+		}
+		for _, ss := range rs.GetScopeSpans() {
+			for _, s := range ss.GetSpans() {
+				c.spans[s.GetName()] = svc
+			}
+		}
+	}
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+func (c *otlpCollector) has(name, service string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.spans[name] == service
+}
+
+func startOTLPCollector(t *testing.T) *otlpCollector {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &otlpCollector{addr: ln.Addr().String(), spans: map[string]string{}}
+	s := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(s, c)
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return c
+}
+
+func staticCluster(name, addr string) *Cluster {
+	return &Cluster{Name: name, ConnectTimeout: time.Second, Endpoints: []Endpoint{{Addr: addr, Weight: 1}}}
+}
+
+// TestExportersFollowTheConfiguration: spans go to the collector a
+// tracer's cluster names, over OTLP/gRPC or Zipkin JSON; tracers of one
+// collector share an exporter; one no tracer uses any more is shut down.
+func TestExportersFollowTheConfiguration(t *testing.T) {
+	otlp := startOTLPCollector(t)
+	var zmu sync.Mutex
+	var zipkinSpans []map[string]any
+	zipkin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var spans []map[string]any
+		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path != "/api/v2/spans" || json.Unmarshal(b, &spans) != nil {
+			w.WriteHeader(400)
+			return
+		}
+		zmu.Lock()
+		zipkinSpans = append(zipkinSpans, spans...)
+		zmu.Unlock()
+		w.WriteHeader(202)
+	}))
+	t.Cleanup(zipkin.Close)
+
+	exp := newSpanExporters(zaptest.NewLogger(t), func(c *Cluster) *net.Dialer { return &net.Dialer{Timeout: c.ConnectTimeout} })
+	exp.Batch, exp.Service = 10*time.Millisecond, "web"
+	t.Cleanup(func() { exp.close(context.Background()) })
+	cfg := &Config{Clusters: map[string]*Cluster{
+		"tracing:otlp":   staticCluster("tracing:otlp", otlp.addr),
+		"tracing:zipkin": staticCluster("tracing:zipkin", strings.TrimPrefix(zipkin.URL, "http://")),
+	}}
+	mk := func(tr *hcm.HttpConnectionManager_Tracing, server bool, local string) *tracer {
+		x, err := translateTracing(tr, server, local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	a := mk(otelTracing(t, "tracing:otlp", "web", 100), false, "")
+	b := mk(otelTracing(t, "tracing:otlp", "web", 100), true, "")
+	z := mk(zipkinTracing(t, "tracing:zipkin", nil), false, "")
+	unknown := mk(otelTracing(t, "tracing:nowhere", "web", 100), false, "")
+	exp.bind(cfg, []*tracer{a, b, z, unknown})
+	if n := exp.active(); n != 2 {
+		t.Fatalf("%d exporters for two collectors", n)
+	}
+	if a.spans != b.spans {
+		t.Fatal("two tracers of one collector do not share its exporter")
+	}
+	send := func(tr *tracer, route string) {
+		_, span := tr.startSpan(context.Background(), http.Header{}, sampleRecord().Start)
+		r := sampleRecord()
+		r.Route = route
+		tr.endSpan(span, r)
+	}
+	send(a, "a")
+	send(z, "z")
+	send(unknown, "lost") // recorded by nobody, no panic
+	ursatest.Until(t, 10*time.Second, "the OTLP span at the collector", func() bool { return otlp.has("billing a", "web") })
+	ursatest.Until(t, 10*time.Second, "the Zipkin span at the collector", func() bool {
+		zmu.Lock()
+		defer zmu.Unlock()
+		for _, s := range zipkinSpans {
+			if s["name"] == "billing z" && s["localEndpoint"].(map[string]any)["serviceName"] == "web" {
+				return true
+			}
+		}
+		return false
+	})
+
+	// The next configuration keeps only the Zipkin tracer: the OTLP
+	// exporter is shut down, after sending what it held.
+	send(b, "last")
+	exp.bind(cfg, []*tracer{z})
+	if n := exp.active(); n != 1 {
+		t.Fatalf("%d exporters after the OTLP collector went out of the configuration", n)
+	}
+	ursatest.Until(t, 10*time.Second, "the OTLP exporter's last span sent on shutdown", func() bool { return otlp.has("billing last", "web") })
+}
+
+func grpcServiceFor(cluster string) *core.GrpcService {
+	return &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: cluster}}}
+}

@@ -1,0 +1,154 @@
+package xds
+
+import (
+	"strings"
+	"testing"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/xds/xdstest"
+)
+
+// TestSidecarTransparentL7Golden: a transparent sidecar's chains to an
+// HTTP-family service are HTTP connection managers, in ursa:outbound and
+// in ursa:inbound alike.
+func TestSidecarTransparentL7Golden(t *testing.T) {
+	s, dp, _ := stateFrom(t, "testdata/transparent/l7-http.input.yaml")
+	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001", TransparentInbound: "15006"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Validate(r); err != nil {
+		t.Fatalf("generated resources do not validate: %v", err)
+	}
+	xdstest.Golden(t, "testdata/transparent/l7-http.golden.yaml", xdstest.Render(t, r), *update)
+	kinds := map[string]string{}
+	for _, res := range r[resource.ListenerType] {
+		l := res.(*listener.Listener)
+		for _, fc := range l.FilterChains {
+			kinds[fc.Name] = fc.Filters[len(fc.Filters)-1].Name
+		}
+	}
+	for chain, want := range map[string]string{
+		"outbound:240.0.0.1:80":   "envoy.filters.network.http_connection_manager",
+		"outbound:240.0.0.1:8080": "envoy.filters.network.http_connection_manager",
+		"outbound:240.0.0.3:7000": "envoy.filters.network.tcp_proxy",
+		"inbound:10.0.0.5:8000":   "envoy.filters.network.http_connection_manager",
+		"direct:billing:8080":     "envoy.filters.network.tcp_proxy",
+	} {
+		if kinds[chain] != want {
+			t.Errorf("chain %s: %q, want %q", chain, kinds[chain], want)
+		}
+	}
+}
+
+func dpWith(name string, tags ...map[string]string) *api.Dataplane {
+	dp := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "default", Name: name}}
+	dp.Networking.Address = "10.0.0.1"
+	for i, t := range tags {
+		dp.Networking.Inbound = append(dp.Networking.Inbound, api.Inbound{Port: 10000 + i, Tags: t})
+	}
+	return dp
+}
+
+func timeoutPolicy(name string, sources, destinations []map[string]string) *api.Timeout {
+	t := &api.Timeout{Meta: api.Meta{Type: "Timeout", Mesh: "default", Name: name}}
+	for _, m := range sources {
+		t.Spec.Sources = append(t.Spec.Sources, api.Selector{Match: m})
+	}
+	for _, m := range destinations {
+		t.Spec.Destinations = append(t.Spec.Destinations, api.Selector{Match: m})
+	}
+	t.Spec.ConnectTimeout = api.Dur(1)
+	return t
+}
+
+// TestPolicyFor: of the policies whose sources match the proxy and whose
+// destinations match the service, the most specific wins: most tags,
+// then fewest "*", then the lowest name.
+func TestPolicyFor(t *testing.T) {
+	any := map[string]string{api.TagService: "*"}
+	web := map[string]string{api.TagService: "web"}
+	webV1 := map[string]string{api.TagService: "web", "version": "v1"}
+	billing := map[string]string{api.TagService: "billing"}
+	rs := []api.Resource{
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}},
+		timeoutPolicy("a-any", []map[string]string{any}, []map[string]string{any}),
+		timeoutPolicy("b-any-to-billing", []map[string]string{any}, []map[string]string{billing}),
+		timeoutPolicy("c-web-to-billing", []map[string]string{web}, []map[string]string{billing}),
+		timeoutPolicy("d-web-v1-to-any", []map[string]string{webV1}, []map[string]string{any}),
+		timeoutPolicy("e-web-or-admin-to-billing", []map[string]string{{api.TagService: "admin"}, web}, []map[string]string{billing}),
+		timeoutPolicy("f-zone", []map[string]string{{api.TagZone: "zone-1", "version": "*"}}, []map[string]string{billing}),
+	}
+	s := NewState(catalog.FromResources("zone-1", rs), nil).Mesh("default")
+	for _, c := range []struct {
+		dp   *api.Dataplane
+		dest string
+		want string
+	}{
+		{dpWith("web-v1", webV1), "billing", "d-web-v1-to-any"},                                            // 3 tags, one "*"; f-zone: 3 tags, two "*"
+		{dpWith("web-v2", map[string]string{api.TagService: "web", "version": "v2"}), "billing", "f-zone"}, // 3 tags beat c's 2
+		{dpWith("web", web), "billing", "c-web-to-billing"},                                                // ties with e, which c's name beats
+		{dpWith("web", web), "ledger", "a-any"},
+		{dpWith("other", map[string]string{api.TagService: "other"}), "billing", "b-any-to-billing"},
+		{dpWith("admin", map[string]string{api.TagService: "admin"}), "billing", "e-web-or-admin-to-billing"},
+		{dpWith("gateway"), "billing", "b-any-to-billing"}, // no inbounds: only any-caller sources
+	} {
+		got := policyFor[*api.Timeout](s, "Timeout", c.dp, c.dest)
+		if got == nil || got.Name != c.want {
+			t.Errorf("%s → %s: %v, want %s", c.dp.Name, c.dest, got, c.want)
+		}
+	}
+	if got := policyFor[*api.Retry](s, "Retry", dpWith("web", web), "billing"); got != nil {
+		t.Errorf("no Retry: got %v", got)
+	}
+}
+
+// TestL7OutboundSharing: sidecars whose tags match the same policies'
+// sources share their outbound resources; one that matches another
+// policy's sources gets its own, with that policy's effect.
+func TestL7OutboundSharing(t *testing.T) {
+	s, _, _ := stateFrom(t, "testdata/sidecar/l7-fault.input.yaml")
+	m := s.Mesh("default")
+	v1a := dpWith("web-a", map[string]string{api.TagService: "web", "version": "v1"})
+	v1b := dpWith("web-b", map[string]string{api.TagService: "web", "version": "v1"})
+	v2 := dpWith("web-c", map[string]string{api.TagService: "web", "version": "v2"})
+	ra, rb, rc := m.outboundResources(v1a, false), m.outboundResources(v1b, false), m.outboundResources(v2, false)
+	la, lb, lc := ra[resource.ListenerType], rb[resource.ListenerType], rc[resource.ListenerType]
+	if len(la) == 0 || len(la) != len(lb) || la[0] != lb[0] {
+		t.Fatal("two v1 sidecars of web do not share their outbound listeners")
+	}
+	hasFault := func(l *listener.Listener) bool {
+		m := &hcm.HttpConnectionManager{}
+		if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(m); err != nil {
+			t.Fatal(err)
+		}
+		return m.HttpFilters[0].Name == FaultFilter
+	}
+	if !hasFault(la[0].(*listener.Listener)) || hasFault(lc[0].(*listener.Listener)) {
+		t.Error("the FaultInjection from web v1 applies to web v2, or not to web v1")
+	}
+	// The clusters do not depend on the fault: shared by all three.
+	if ra[resource.ClusterType][0] != rc[resource.ClusterType][0] {
+		t.Error("web v1 and v2 do not share billing's cluster")
+	}
+	if k1, k2 := outboundKey(m, v1a), outboundKey(m, v2); k1 == k2 || !strings.Contains(k1, "FaultInjection/web-v1-to-billing") {
+		t.Errorf("outbound keys %q and %q", k1, k2)
+	}
+}
+
+// TestServiceProtocol: a service speaks what its inbounds and other
+// zones' offers agree on, else tcp.
+func TestServiceProtocol(t *testing.T) {
+	s, _, _ := stateFrom(t, "testdata/sidecar/l7-grpc.input.yaml")
+	m := s.Mesh("default")
+	for svc, want := range map[string]string{"greeter": "grpc", "mixed": "tcp", "web": "tcp", "nope": "tcp"} {
+		if got := m.Protocol(svc); got != want {
+			t.Errorf("%s: %s, want %s", svc, got, want)
+		}
+	}
+}
