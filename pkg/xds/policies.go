@@ -1,7 +1,7 @@
 package xds
 
 import (
-	"fmt"
+	"encoding/binary"
 	"strings"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -236,19 +236,31 @@ func (pp pairPolicies) listenerKey() string {
 }
 
 // sourcePolicies is what a sidecar's outbound side depends on of its
-// dataplane's tags: the policies whose sources match them, and how
-// specifically. Sidecars that agree on it (and on outboundKey) share their
-// outbound resources.
+// dataplane's tags: which policies' sources match them, and how
+// specifically (by their places in the mesh's lists, which the PolicyHash
+// fixes). Sidecars that agree on it (and on the rest of outboundKey) share
+// their outbound resources. It is computed for every sidecar generated,
+// so it is kept cheap: no names, no formatting.
 func sourcePolicies(s *MeshState, dp *api.Dataplane) string {
-	tags := sourceTags(s, dp)
-	var b strings.Builder
-	for _, typ := range api.L7PolicyTypes() {
-		for _, p := range s.Policies[typ] {
+	var tags []map[string]string
+	var buf []byte
+	for t, typ := range api.L7PolicyTypes() {
+		policies := s.Policies[typ]
+		if len(policies) == 0 {
+			continue
+		}
+		if tags == nil {
+			tags = sourceTags(s, dp)
+		}
+		for i, p := range policies {
 			src, _ := p.Selectors()
 			if sc, ok := bestMatch(src, tags); ok {
-				fmt.Fprintf(&b, "%s/%s:%d:%d;", typ, p.GetMeta().Name, sc.tags, sc.stars)
+				buf = append(buf, byte(t))
+				buf = binary.AppendUvarint(buf, uint64(i))
+				buf = binary.AppendUvarint(buf, uint64(sc.tags))
+				buf = binary.AppendUvarint(buf, uint64(sc.stars))
 			}
 		}
 	}
-	return b.String()
+	return string(buf)
 }
