@@ -2,6 +2,8 @@ package xds
 
 import (
 	"encoding/binary"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -242,17 +244,40 @@ func (pp pairPolicies) listenerKey() string {
 // their outbound resources. It is computed for every sidecar generated,
 // so it is kept cheap: no names, no formatting.
 func sourcePolicies(s *MeshState, dp *api.Dataplane) string {
-	var tags []map[string]string
+	any := false
+	for _, typ := range api.L7PolicyTypes() {
+		any = any || len(s.Policies[typ]) > 0
+	}
+	if !any {
+		return ""
+	}
+	// Dataplanes mostly repeat a few tag sets: matched once per set.
+	var key []byte
+	for _, in := range dp.Networking.Inbound {
+		key = appendTags(key, in.Tags)
+		key = append(key, '|')
+	}
+	return memoPolicy(s, "source-policies|"+string(key), func() string { return matchSources(s, sourceTags(s, dp)) })
+}
+
+// appendTags appends tags, sorted by name, unambiguously.
+func appendTags(b []byte, tags map[string]string) []byte {
+	names := make([]string, 0, len(tags))
+	for k := range tags {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		b = strconv.AppendQuote(b, k)
+		b = strconv.AppendQuote(b, tags[k])
+	}
+	return b
+}
+
+func matchSources(s *MeshState, tags []map[string]string) string {
 	var buf []byte
 	for t, typ := range api.L7PolicyTypes() {
-		policies := s.Policies[typ]
-		if len(policies) == 0 {
-			continue
-		}
-		if tags == nil {
-			tags = sourceTags(s, dp)
-		}
-		for i, p := range policies {
+		for i, p := range s.Policies[typ] {
 			src, _ := p.Selectors()
 			if sc, ok := bestMatch(src, tags); ok {
 				buf = append(buf, byte(t))
