@@ -44,7 +44,7 @@ func Generate(s *xds.State, p xds.Proxy) (xds.Resources, error) {
 	for _, m := range s.Meshes() {
 		chains := map[string]xds.Subset{}
 		for _, svc := range m.LocalServices() {
-			for _, sub := range append(m.Subsets(svc), xds.Subset{Tags: map[string]string{api.TagService: svc}, Weight: 1}) {
+			for _, sub := range append(m.RoutedSubsets(svc), xds.Subset{Tags: map[string]string{api.TagService: svc}, Weight: 1}) {
 				chains[catalog.SNI(m.Mesh.Name, sub.Tags)] = sub.AnyZone() // this zone's instances, whatever zone the caller pinned
 			}
 		}

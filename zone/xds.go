@@ -289,7 +289,9 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 		j.proxy.DNSAddress, j.proxy.TransparentProxy, j.proxy.TransparentInbound = n.DNSAddress, n.TransparentProxy, n.TransparentInbound
 	}
 	identity := "none"
-	if n.Kind == xds.KindSidecar && m.Mesh.MTLSEnabled() && len(dp.Networking.Inbound) > 0 {
+	// A proxyless application gets its identity too: `ursa-dp proxyless`
+	// fetches it over SDS for the application's certificate provider.
+	if (n.Kind == xds.KindSidecar || n.Kind == xds.KindProxyless) && m.Mesh.MTLSEnabled() && len(dp.Networking.Inbound) > 0 {
 		sign := signingFor(signings, m)
 		if sign.err != nil {
 			return job{}, sign.err

@@ -82,7 +82,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "ursa-dp", Short: "Ursa data plane", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newRun(), newIngress(), newCleanup(), newInstallTransparentProxy())
+	root.AddCommand(newRun(), newIngress(), newProxyless(), newCleanup(), newInstallTransparentProxy())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)

@@ -99,6 +99,12 @@ type Cluster struct {
 	// connection was headed: the passthrough of the transparent proxy,
 	// or, with TLS, an instance its application called by address.
 	OriginalDst bool
+	// Breaker, Outlier and HealthCheck are the cluster's circuit breaker
+	// thresholds, outlier detection and active health check (resilience.go);
+	// nil for none.
+	Breaker     *Thresholds
+	Outlier     *OutlierDetection
+	HealthCheck *HealthCheck
 	// HTTP is the version HTTP routes speak to the endpoints (its
 	// HttpProtocolOptions), HTTPIdleTimeout how long an idle upstream
 	// HTTP connection is kept (0: an hour, Envoy's default), and ALPN
@@ -170,6 +176,9 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 			if out.ServerSANs, out.WantSANs, err = serverSANs(up.GetCommonTlsContext()); err != nil {
 				return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 			}
+		}
+		if err := translateResilience(c, out); err != nil {
+			return nil, err
 		}
 		if err := clusterHTTP(c, out); err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", c.Name, err)

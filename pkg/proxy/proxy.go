@@ -57,6 +57,8 @@ type Proxy struct {
 
 	// load counts upstream connections per cluster and zone, for LRS.
 	load loadCounters
+	// resil runs circuit breakers, outlier detection and health checks.
+	resil resilience
 	// l7 is the HTTP engine's state (http_*.go).
 	l7 *l7Engine
 
@@ -127,6 +129,9 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 			return nil, err
 		}
 	}
+	if err := p.resil.init(reg); err != nil {
+		return nil, err
+	}
 	if err := p.initL7(reg); err != nil {
 		return nil, err
 	}
@@ -170,6 +175,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 	p.bindObservability(next)
 	p.cfg.Store(next)
 	p.forgetEjections(prev, cfg)
+	p.syncResilience(p.cfg.Load())
 	p.sweepHTTPPools(cfg)
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
@@ -270,6 +276,7 @@ func (p *Proxy) Close() {
 		p.dns.stop()
 		p.dns = nil
 	}
+	p.resil.health.stop()
 	p.closeObservability()
 }
 
@@ -357,6 +364,12 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		p.refuse(down, name, "no_cluster", nil)
 		return
 	}
+	release, ok := p.breakerFor(c).acquire(limitConnection)
+	if !ok {
+		p.refuse(down, name, "overflow", fmt.Errorf("cluster %q: max_connections", c.Name))
+		return
+	}
+	defer release()
 	var up net.Conn
 	var err error
 	if c.OriginalDst {
@@ -452,12 +465,14 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 		if err != nil {
 			p.load.record(c.Name, ep.Zone, false)
 			p.eject(c.Name, ep.Addr)
+			p.outcome(c, ep, 0, err)
 			lastErr = err
 			continue
 		}
 		if !c.TLS {
 			p.load.record(c.Name, ep.Zone, true)
 			p.connected(c.Name, ep.Addr)
+			p.outcome(c, ep, 0, nil)
 			return conn, nil
 		}
 		tc, err := p.originate(cfg, conn, c)
@@ -472,11 +487,13 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			if !errors.Is(err, errNoIdentity) {
 				p.eject(c.Name, ep.Addr)
 				p.upstreamRefused(c, ep, err)
+				p.outcome(c, ep, 0, err)
 			}
 			lastErr = err
 			continue
 		}
 		p.connected(c.Name, ep.Addr)
+		p.outcome(c, ep, 0, nil)
 		return tc, nil
 	}
 	if lastErr == nil {
@@ -579,6 +596,9 @@ func (p *Proxy) connected(cluster, addr string) {
 }
 
 func (p *Proxy) healthy(cluster, addr string) bool {
+	if !p.resil.available(cluster, addr, p.now()) {
+		return false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.ejected[cluster+"|"+addr]
@@ -593,6 +613,9 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	type level struct {
 		healthy       []Endpoint
 		total, health uint32
+	}
+	if len(tried) == 0 {
+		p.resil.health.traffic(c.Name)
 	}
 	var levels []*level
 	byPrio := map[uint32]*level{}

@@ -2,87 +2,171 @@ package xds
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
-// Proxyless generates, for a gRPC application that speaks xDS itself, the
-// shape grpc-go's resolver consumes for xds:///<service>: per service an
-// api_listener named after it, a route configuration with the service's
-// TrafficRoute split, and an EDS cluster per subset. grpc-go cannot route
-// through another zone's SNI ingress, so only this zone's endpoints are
-// used.
+// Proxyless generates, for a gRPC application that speaks xDS itself
+// (grpc-go's xds:/// resolver and xds.NewGRPCServer), what grpc-go reads:
+//
+//   - per service an api_listener named after it (the target of
+//     xds:///<service>) whose HCM has the fault filter when a
+//     FaultInjection selects the pair, then the router;
+//   - a route configuration named after the service: the TrafficRoute's
+//     http rules (path and header matches, weighted clusters), then the
+//     default route, each with the Timeout as max_stream_duration and the
+//     Retry's grpc block as a retry policy (gRFCs A28, A31, A44, A33);
+//   - an EDS cluster per subset, reporting load to this CP (LRS), with, in
+//     an mTLS mesh, an UpstreamTlsContext whose certificates come from the
+//     application's certificate provider (api.ProxylessCertProvider, gRFC
+//     A29), that accepts only the service's SPIFFE ID, and that sets the
+//     subset's SNI so that another zone's ingress can route it;
+//   - load assignments with this zone's instances and, in an mTLS mesh,
+//     other zones' ingresses at the priorities Failover gives them, as for
+//     sidecars;
+//   - per inbound of its own Dataplane, the listener a gRPC xDS server
+//     asks for (ProxylessServerListenerName, gRFC A36): mTLS requiring a
+//     client certificate, and the HTTP RBAC filter (gRFC A41) from the
+//     TrafficPermissions.
+//
+// The routes come from RouteConfig, as a sidecar's of a grpc service do
+// (proxylessRoutes adapts them to grpc-go), and the policies of each
+// (client, service) pair from pairPoliciesFor. What it generates for a
+// client depends on the mesh and on which policies its inbounds' tags
+// select (sourcePolicies): clients that agree on those share one set of
+// resources, built once per MeshState.
 func Proxyless(state *State, p Proxy) (Resources, error) {
-	if p.Dataplane == nil {
+	dp := p.Dataplane
+	if dp == nil {
 		return nil, fmt.Errorf("proxyless: no Dataplane")
 	}
-	s := state.Mesh(p.Dataplane.Mesh)
+	s := state.Mesh(dp.Mesh)
 	if s == nil {
-		return nil, fmt.Errorf("proxyless %s: mesh %q does not exist in this zone", p.Dataplane.Name, p.Dataplane.Mesh)
+		return nil, fmt.Errorf("proxyless %s: mesh %q does not exist in this zone", dp.Name, dp.Mesh)
 	}
-	// Every proxyless client of a mesh gets the same resources: built once
-	// per MeshState, the messages shared, the lists the caller's own.
-	shared := memo(s, "proxyless", s.buildProxyless)
+	// Clients whose tags the same policies select, as specifically, share
+	// one set of resources.
+	shared := memo(s, "proxyless|"+sourcePolicies(s, dp), func() Resources { return s.buildProxyless(sourceTags(s, dp)) })
 	out := Resources{}
 	out.Merge(shared)
+	var own []types.Resource
+	for i, in := range dp.Networking.Inbound {
+		build := func() *listener.Listener { return s.proxylessServerListener(dp, in) }
+		if dp.Version != 0 { // a stored Dataplane: its version and creation time name its content
+			key := fmt.Sprintf("proxyless-server|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
+			own = append(own, memoPolicy(s, key, build))
+		} else {
+			own = append(own, build())
+		}
+	}
+	out[resource.ListenerType] = mergeByName(own, out[resource.ListenerType])
 	return out, nil
 }
 
-func (s *MeshState) buildProxyless() Resources {
+func (s *MeshState) buildProxyless(sources []map[string]string) Resources {
 	out := Resources{}
+	mtls := s.Mesh.MTLSEnabled()
+	clusters := map[string]Subset{}
 	for _, svc := range s.Services() {
 		subsets := s.Subsets(svc)
 		if len(subsets) == 0 {
 			continue
 		}
-		out.Add(resource.ListenerType, apiListener(svc))
-		out.Add(resource.RouteType, routeConfig(svc, subsets))
-		for _, sub := range subsets {
-			name := sub.ClusterName()
-			c := EDSCluster(name)
-			// grpc-go reports its calls per locality to this CP (LRS).
-			c.LrsServer = &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3, ConfigSourceSpecifier: &core.ConfigSource_Self{Self: &core.SelfConfigSource{}}}
-			out.Add(resource.ClusterType, c)
-			out.Add(resource.EndpointType, LoadAssignment(name, s.Endpoints(sub, true), nil))
+		pp := s.pairPoliciesFor(sources, svc)
+		out.Add(resource.ListenerType, proxylessListener(svc, pp.fault))
+		rc, used := s.proxylessRoutes(svc, pp)
+		out.Add(resource.RouteType, rc)
+		for _, sub := range used {
+			clusters[sub.ClusterName()] = sub
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(clusters)) {
+		sub := clusters[name]
+		svc := sub.Tags[api.TagService]
+		pp := s.pairPoliciesFor(sources, svc)
+		out.Add(resource.ClusterType, s.proxylessCluster(sub, pp.breaker, mtls))
+		out.Add(resource.EndpointType, memo(s, fmt.Sprintf("proxyless-cla|%s|%t", name, mtls), func() *endpoint.ClusterLoadAssignment {
+			return s.proxylessLoadAssignment(sub, mtls)
+		}))
+	}
+	for _, list := range out {
+		slices.SortFunc(list, func(a, b types.Resource) int {
+			return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
+		})
 	}
 	return out
 }
 
-func apiListener(svc string) *listener.Listener {
+// proxylessCluster is a subset's EDS cluster for grpc-go: it reports load
+// to this CP (LRS), and in an mTLS mesh originates mTLS through the
+// application's certificate provider. Of a CircuitBreaker, grpc-go honours
+// max_requests only (gRFC A32).
+func (s *MeshState) proxylessCluster(sub Subset, breaker *api.CircuitBreaker, mtls bool) *cluster.Cluster {
+	name := sub.ClusterName()
+	c := EDSCluster(name)
+	c.LrsServer = &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3, ConfigSourceSpecifier: &core.ConfigSource_Self{Self: &core.SelfConfigSource{}}}
+	if mtls {
+		c.TransportSocket = proxylessUpstreamTLS(s.Mesh.Name, sub)
+	}
+	if breaker != nil && breaker.Spec.Thresholds != nil && breaker.Spec.Thresholds.MaxRequests > 0 {
+		t := breaker.Spec.Thresholds
+		c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+			Priority:    core.RoutingPriority_DEFAULT,
+			MaxRequests: wrapperspb.UInt32(uint32(t.MaxRequests)),
+		}}}
+	}
+	return c
+}
+
+// proxylessLoadAssignment is a subset's endpoints for grpc-go. In an mTLS
+// mesh, other zones' instances are reached through their zones' ingresses,
+// which route by the SNI the cluster sets, at the priorities Failover gives
+// them (as for sidecars; grpc-go moves to the next priority when a
+// priority has no endpoint it can connect to, and ignores the
+// overprovisioning factor). Without mTLS an ingress cannot route a
+// connection (there is no SNI), so only this zone's instances are used.
+func (s *MeshState) proxylessLoadAssignment(sub Subset, mtls bool) *endpoint.ClusterLoadAssignment {
+	name := sub.ClusterName()
+	if !mtls {
+		return LoadAssignment(name, s.Endpoints(sub, true), nil)
+	}
+	plan := s.failoverFor(sub.Tags[api.TagService])
+	cla := LoadAssignment(name, s.Endpoints(sub.AnyZone(), false), plan.priorities(s, sub.pinnedZone()))
+	if plan.threshold > 0 {
+		cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / plan.threshold))}
+	}
+	return cla
+}
+
+// apiListener is a service's api_listener without a fault filter.
+func apiListener(svc string) *listener.Listener { return proxylessListener(svc, nil) }
+
+// proxylessListener is the listener grpc-go's resolver asks for
+// xds:///<svc>: its HCM names the route configuration <svc>, and has the
+// fault filter (when a FaultInjection selects the pair), then the router.
+func proxylessListener(svc string, fault *api.FaultInjection) *listener.Listener {
+	var filters []*hcm.HttpFilter
+	if f := faultFilter(fault); f != nil {
+		filters = append(filters, f)
+	}
+	filters = append(filters, routerFilter())
 	manager := &hcm.HttpConnectionManager{
 		StatPrefix:     svc,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: svc, ConfigSource: ads()}},
-		HttpFilters: []*hcm.HttpFilter{{Name: wellknown.Router,
-			ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(&router.Router{})}}},
+		HttpFilters:    filters,
 	}
 	return &listener.Listener{Name: svc, ApiListener: &listener.ApiListener{ApiListener: MustAny(manager)}}
-}
-
-func routeConfig(svc string, subsets []Subset) *route.RouteConfiguration {
-	action := &route.RouteAction{}
-	if len(subsets) == 1 {
-		action.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: subsets[0].ClusterName()}
-	} else {
-		wc := &route.WeightedCluster{}
-		for _, sub := range subsets {
-			wc.Clusters = append(wc.Clusters, &route.WeightedCluster_ClusterWeight{Name: sub.ClusterName(), Weight: wrapperspb.UInt32(sub.Weight)})
-		}
-		action.ClusterSpecifier = &route.RouteAction_WeightedClusters{WeightedClusters: wc}
-	}
-	return &route.RouteConfiguration{Name: svc, VirtualHosts: []*route.VirtualHost{{
-		Name:    svc,
-		Domains: []string{"*"},
-		Routes: []*route.Route{{
-			Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &route.Route_Route{Route: action},
-		}},
-	}}}
 }

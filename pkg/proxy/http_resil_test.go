@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
+)
+
+// slowBackend answers each request once the test lets it (release), and
+// says how many it holds.
+type slowBackend struct {
+	addr    string
+	mu      sync.Mutex
+	holding int
+	gate    chan struct{}
+}
+
+func newSlowBackend(t *testing.T) *slowBackend {
+	t.Helper()
+	b := &slowBackend{gate: make(chan struct{})}
+	b.addr = backend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.holding++
+		gate := b.gate
+		b.mu.Unlock()
+		<-gate
+		io.WriteString(w, "done")
+	})
+	t.Cleanup(b.release)
+	return b
+}
+
+func (b *slowBackend) held() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.holding
+}
+
+func (b *slowBackend) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-b.gate:
+	default:
+		close(b.gate)
+	}
+}
+
+// httpProxyTo runs an outbound HTTP listener routing everything to the
+// cluster c, and returns the proxy, its registry and the listener's URL.
+func httpProxyTo(t *testing.T, c *cluster.Cluster) (*Proxy, *prometheus.Registry, string) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	p, err := New(zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	apply(t, p, nil, nil, []*listener.Listener{outboundHTTPListener("out", "outbound:app")}, []*cluster.Cluster{c}, nil,
+		routeConfig("outbound:app", routeTo("r", nil, toCluster(c.Name))))
+	return p, reg, "http://" + boundAddr(t, p, "out") + "/"
+}
+
+// TestHTTPCircuitBreaker: at max_connections a request waits as pending
+// and gets the connection the one before frees; one more than
+// max_pending_requests, or than max_requests, is a 503 overflow at once,
+// counted by kind.
+func TestHTTPCircuitBreaker(t *testing.T) {
+	slow := newSlowBackend(t)
+	c := staticHTTPCluster("app", false, slow.addr)
+	c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+		MaxConnections: wrapperspb.UInt32(1), MaxPendingRequests: wrapperspb.UInt32(1), MaxRequests: wrapperspb.UInt32(3)}}}
+	p, reg, url := httpProxyTo(t, c)
+	type result struct {
+		status int
+		body   string
+	}
+	results := make(chan result, 3)
+	call := func() {
+		resp, body := get(t, h1Client(), url)
+		results <- result{resp.StatusCode, body}
+	}
+	go call()
+	testutil.Until(t, 10*time.Second, "the first request at the backend", func() bool { return slow.held() == 1 })
+	go call()
+	b := p.resil.breakers.get("app")
+	testutil.Until(t, 10*time.Second, "the second request pending", func() bool { return b.open[limitPending].Load() == 1 })
+	resp, body := get(t, h1Client(), url)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "overflow") {
+		t.Fatalf("a third request with one connection and one pending: %d %q, want 503 overflow", resp.StatusCode, body)
+	}
+	if got := breakerOpen(t, reg, "app", limitPending); got != 1 {
+		t.Fatalf("%v pending overflows counted, want 1", got)
+	}
+	slow.release()
+	for range 2 {
+		if r := <-results; r.status != http.StatusOK || r.body != "done" {
+			t.Fatalf("a request that held or waited for the connection: %d %q", r.status, r.body)
+		}
+	}
+	if got := b.open[limitConnection].Load(); got != 1 {
+		t.Fatalf("%d connections open after both, want the one, kept idle", got)
+	}
+
+	slow = newSlowBackend(t)
+	c = staticHTTPCluster("app", false, slow.addr)
+	c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{MaxRequests: wrapperspb.UInt32(1)}}}
+	_, reg, url = httpProxyTo(t, c)
+	go call()
+	testutil.Until(t, 10*time.Second, "the first request at the backend", func() bool { return slow.held() == 1 })
+	if resp, body := get(t, h1Client(), url); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "overflow") {
+		t.Fatalf("a second request with max_requests 1: %d %q, want 503 overflow", resp.StatusCode, body)
+	}
+	if got := breakerOpen(t, reg, "app", limitRequest); got != 1 {
+		t.Fatalf("%v request overflows counted, want 1", got)
+	}
+	slow.release()
+	if r := <-results; r.status != http.StatusOK {
+		t.Fatalf("the first request: %d", r.status)
+	}
+}
+
+// TestHTTPOutlierEjection: an endpoint answering 500 is ejected after
+// consecutive_5xx of them, and requests go to the other one until its
+// ejection ends.
+func TestHTTPOutlierEjection(t *testing.T) {
+	bad := backend(t, "bad", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusInternalServerError) })
+	good := backend(t, "good", nil)
+	c := staticHTTPCluster("app", false, bad, good)
+	c.OutlierDetection = &cluster.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(3), Interval: durationpb.New(time.Second),
+		BaseEjectionTime: durationpb.New(30 * time.Second), MaxEjectionPercent: wrapperspb.UInt32(50)}
+	p, reg, url := httpProxyTo(t, c)
+	clock := testutil.NewClock(time.Now())
+	p.Now = clock.Now
+	// Outlier state started on the real clock: start it again on the fake one.
+	p.resil.outliers.sync(map[string]*Cluster{}, clock.Now())
+	p.resil.outliers.sync(p.cfg.Load().Clusters, clock.Now())
+	client := h1Client()
+	for i := 0; counterValue(t, reg, "ursa_dp_outlier_ejections_total", "app") == 0; i++ {
+		if i == 200 {
+			t.Fatal("the endpoint answering 500 was never ejected")
+		}
+		get(t, client, url)
+	}
+	for range 20 {
+		if resp, _ := get(t, client, url); resp.Header.Get("x-backend") != "good" {
+			t.Fatalf("a request went to %q while it was ejected", resp.Header.Get("x-backend"))
+		}
+	}
+	clock.Advance(31 * time.Second)
+	seen := false
+	for range 100 {
+		if resp, _ := get(t, client, url); resp.Header.Get("x-backend") == "bad" {
+			seen = true
+			break
+		}
+	}
+	if !seen {
+		t.Fatal("the ejected endpoint did not return after its ejection time")
+	}
+}

@@ -1,0 +1,363 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// OutlierDetection is Envoy's passive health checking of a cluster's
+// endpoints, by consecutive failures: an endpoint whose responses fail
+// Consecutive5xx times in a row (5xx, or a connection that fails) is
+// ejected for BaseEjectionTime times the number of its ejections in a row,
+// at most max(BaseEjectionTime, MaxEjectionTime), and returns at the first
+// Interval tick after that; each tick it spends back in service lowers
+// that number again.
+type OutlierDetection struct {
+	Consecutive5xx, Enforcing5xx         uint32
+	ConsecutiveGateway, EnforcingGateway uint32
+	Interval, BaseEjectionTime           time.Duration
+	MaxEjectionTime, MaxEjectionJitter   time.Duration
+	MaxEjectionPercent                   uint32
+	AlwaysEjectOne                       bool
+	// UnejectOnHealthCheck returns an ejected endpoint to service when
+	// an active health check of it passes.
+	UnejectOnHealthCheck bool
+}
+
+// translateOutlier reads a cluster's outlier detection, with Envoy's
+// defaults for what is unset. Success-rate and failure-percentage
+// detection, which Envoy runs only with enough hosts and requests, are not
+// implemented: a field that sets them is refused.
+func translateOutlier(od *cluster.OutlierDetection) (*OutlierDetection, error) {
+	if od == nil {
+		return nil, nil
+	}
+	if err := unsupportedFields(od, "outlier_detection", "consecutive_5xx", "interval", "base_ejection_time",
+		"max_ejection_percent", "enforcing_consecutive_5xx", "consecutive_gateway_failure",
+		"enforcing_consecutive_gateway_failure", "max_ejection_time", "max_ejection_time_jitter",
+		"successful_active_health_check_uneject_host", "always_eject_one_host"); err != nil {
+		return nil, err
+	}
+	u32 := func(v *wrapperspb.UInt32Value, def uint32) uint32 {
+		if v == nil {
+			return def
+		}
+		return v.GetValue()
+	}
+	dur := func(name string, v *durationpb.Duration, def time.Duration) (time.Duration, error) {
+		if v == nil {
+			return def, nil
+		}
+		if err := v.CheckValid(); err != nil || v.AsDuration() < 0 || v.AsDuration() > maxDuration {
+			return 0, fmt.Errorf("outlier_detection.%s: %v is not a duration from 0 to a year", name, v)
+		}
+		return v.AsDuration(), nil
+	}
+	out := &OutlierDetection{
+		Consecutive5xx: u32(od.GetConsecutive_5Xx(), 5), Enforcing5xx: u32(od.GetEnforcingConsecutive_5Xx(), 100),
+		ConsecutiveGateway: u32(od.GetConsecutiveGatewayFailure(), 5), EnforcingGateway: u32(od.GetEnforcingConsecutiveGatewayFailure(), 0),
+		MaxEjectionPercent: min(100, u32(od.GetMaxEjectionPercent(), 10)),
+		AlwaysEjectOne:     od.GetAlwaysEjectOneHost().GetValue(), UnejectOnHealthCheck: true,
+	}
+	if v := od.GetSuccessfulActiveHealthCheckUnejectHost(); v != nil {
+		out.UnejectOnHealthCheck = v.GetValue()
+	}
+	var err error
+	if out.Interval, err = dur("interval", od.GetInterval(), 10*time.Second); err != nil {
+		return nil, err
+	}
+	if out.Interval == 0 {
+		return nil, errors.New("outlier_detection.interval: must be more than 0")
+	}
+	if out.BaseEjectionTime, err = dur("base_ejection_time", od.GetBaseEjectionTime(), 30*time.Second); err != nil {
+		return nil, err
+	}
+	if out.MaxEjectionTime, err = dur("max_ejection_time", od.GetMaxEjectionTime(), 300*time.Second); err != nil {
+		return nil, err
+	}
+	if out.MaxEjectionJitter, err = dur("max_ejection_time_jitter", od.GetMaxEjectionTimeJitter(), 0); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// outlierHost is what outlier detection knows of one endpoint.
+type outlierHost struct {
+	consecutive5xx, consecutiveGateway uint32
+	ejected                            bool
+	ejectedAt                          time.Time
+	// ejectedFor is how long this ejection lasts, jitter included.
+	ejectedFor time.Duration
+	// backoff is Envoy's ejection-time multiplier: raised by each
+	// ejection, lowered by each interval tick spent in service.
+	backoff uint32
+	// unejectedAt is when it last returned, zero before; counted is the
+	// last tick whose lowering of backoff is done.
+	unejectedAt, counted time.Time
+}
+
+// outlierCluster is a cluster's outlier detection state. Nothing runs on
+// a timer: Envoy's interval ticks (at start + k×Interval) are worked out
+// when an endpoint is next looked at, which gives the same answers, by
+// the Proxy's clock.
+type outlierCluster struct {
+	cfg   OutlierDetection
+	start time.Time
+	hosts map[string]*outlierHost
+}
+
+// tickAtOrAfter is the first interval tick at or after t.
+func (oc *outlierCluster) tickAtOrAfter(t time.Time) time.Time {
+	if !t.After(oc.start) {
+		return oc.start
+	}
+	i := oc.cfg.Interval
+	n := (t.Sub(oc.start) + i - 1) / i
+	return oc.start.Add(n * i)
+}
+
+// lastTick is the last interval tick at or before t.
+func (oc *outlierCluster) lastTick(t time.Time) time.Time {
+	if t.Before(oc.start) {
+		return oc.start
+	}
+	i := oc.cfg.Interval
+	return oc.start.Add(t.Sub(oc.start) / i * i)
+}
+
+// refresh brings h up to now: it returns it to service at the tick its
+// ejection ended on, and lowers its backoff once per tick spent in
+// service since (Envoy starts lowering one interval after the return).
+func (oc *outlierCluster) refresh(h *outlierHost, now time.Time) {
+	if h.ejected {
+		back := oc.tickAtOrAfter(h.ejectedAt.Add(h.ejectedFor))
+		if back.After(now) {
+			return
+		}
+		oc.returned(h, back)
+	}
+	if h.backoff == 0 || h.unejectedAt.IsZero() {
+		return
+	}
+	last := oc.lastTick(now)
+	if !last.After(h.counted) {
+		return
+	}
+	ticks := uint32(last.Sub(h.counted) / oc.cfg.Interval)
+	h.backoff -= min(h.backoff, ticks)
+	h.counted = last
+}
+
+// returned puts h back in service at t. Its backoff is lowered at each
+// tick at least one interval after t.
+func (oc *outlierCluster) returned(h *outlierHost, t time.Time) {
+	h.ejected, h.unejectedAt = false, t
+	h.counted = oc.tickAtOrAfter(t.Add(oc.cfg.Interval)).Add(-oc.cfg.Interval)
+}
+
+// ejectionTime is how long an ejection with backoff lasts, before jitter.
+func (oc *outlierCluster) ejectionTime(backoff uint32) time.Duration {
+	return min(oc.cfg.BaseEjectionTime*time.Duration(backoff), max(oc.cfg.BaseEjectionTime, oc.cfg.MaxEjectionTime))
+}
+
+// outliers holds the outlier detection state of every cluster that has it.
+type outliers struct {
+	mu sync.Mutex
+	m  map[string]*outlierCluster
+}
+
+// sync starts the state of clusters that got outlier detection or a
+// different one (Envoy makes a new cluster then), keeps the rest, and
+// drops what is gone, endpoints included.
+func (o *outliers) sync(clusters map[string]*Cluster, now time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for name, oc := range o.m {
+		if c, ok := clusters[name]; !ok || c.Outlier == nil || *c.Outlier != oc.cfg {
+			delete(o.m, name)
+		}
+	}
+	for name, c := range clusters {
+		if c.Outlier == nil {
+			continue
+		}
+		oc, ok := o.m[name]
+		if !ok {
+			oc = &outlierCluster{cfg: *c.Outlier, start: now, hosts: map[string]*outlierHost{}}
+			o.m[name] = oc
+		}
+		seen := map[string]bool{}
+		for _, ep := range c.Endpoints {
+			seen[ep.Addr] = true
+			if oc.hosts[ep.Addr] == nil {
+				oc.hosts[ep.Addr] = &outlierHost{}
+			}
+		}
+		for addr := range oc.hosts {
+			if !seen[addr] {
+				delete(oc.hosts, addr)
+			}
+		}
+	}
+}
+
+// ejected reports whether outlier detection has an endpoint out of
+// service now.
+func (o *outliers) ejected(cluster, addr string, now time.Time) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	oc := o.m[cluster]
+	if oc == nil {
+		return false
+	}
+	h := oc.hosts[addr]
+	if h == nil {
+		return false
+	}
+	oc.refresh(h, now)
+	return h.ejected
+}
+
+// uneject returns an ejected endpoint to service at once: an active
+// health check of it passed.
+func (o *outliers) uneject(cluster, addr string, now time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	oc := o.m[cluster]
+	if oc == nil || !oc.cfg.UnejectOnHealthCheck {
+		return
+	}
+	if h := oc.hosts[addr]; h != nil && h.ejected {
+		oc.returned(h, now)
+	}
+}
+
+// result takes the outcome of one request or connection to an endpoint
+// (code: an HTTP status, or what a local failure maps to) and reports
+// whether it ejected the endpoint. As in Envoy, a streak of gateway
+// failures (502, 503, 504) and one of any 5xx are counted side by side,
+// each starting over when it reaches its threshold, ejection enforced or
+// not.
+func (o *outliers) result(cluster, addr string, code int, now time.Time) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	oc := o.m[cluster]
+	if oc == nil {
+		return false
+	}
+	h := oc.hosts[addr]
+	if h == nil {
+		return false
+	}
+	oc.refresh(h, now)
+	if h.ejected {
+		// A request that started before the ejection cannot eject the
+		// endpoint again.
+		return false
+	}
+	if code < 500 || code > 599 {
+		h.consecutive5xx, h.consecutiveGateway = 0, 0
+		return false
+	}
+	ejected := false
+	if code == 502 || code == 503 || code == 504 {
+		h.consecutiveGateway++
+		if h.consecutiveGateway == oc.cfg.ConsecutiveGateway {
+			h.consecutiveGateway = 0
+			ejected = oc.eject(h, oc.cfg.EnforcingGateway, now)
+		}
+	} else {
+		h.consecutiveGateway = 0
+	}
+	h.consecutive5xx++
+	if h.consecutive5xx == oc.cfg.Consecutive5xx {
+		h.consecutive5xx = 0
+		if !ejected {
+			ejected = oc.eject(h, oc.cfg.Enforcing5xx, now)
+		}
+	}
+	return ejected
+}
+
+// eject ejects h if enforcing (a percentage) and max_ejection_percent
+// allow it. The share counts h itself, so that a small cluster ejects none
+// unless always_eject_one_host (Envoy's rule since that field came).
+func (oc *outlierCluster) eject(h *outlierHost, enforcing uint32, now time.Time) bool {
+	if enforcing == 0 || rand.Uint32N(100) >= enforcing {
+		return false
+	}
+	n := 0
+	for _, other := range oc.hosts {
+		oc.refresh(other, now)
+		if other.ejected {
+			n++
+		}
+	}
+	if uint64(n+1)*100 > uint64(oc.cfg.MaxEjectionPercent)*uint64(len(oc.hosts)) && !(oc.cfg.AlwaysEjectOne && n == 0) {
+		return false
+	}
+	if time.Duration(h.backoff)*oc.cfg.BaseEjectionTime < oc.cfg.MaxEjectionTime+oc.cfg.BaseEjectionTime {
+		h.backoff++
+	}
+	h.ejected, h.ejectedAt = true, now
+	h.ejectedFor = oc.ejectionTime(h.backoff)
+	if j := oc.cfg.MaxEjectionJitter; j > 0 {
+		h.ejectedFor += rand.N(j + 1)
+	}
+	return true
+}
+
+// outcomeCode maps the outcome of a request or connection to the HTTP
+// status outlier detection counts, as Envoy does without
+// split_external_local_origin_errors: a status is itself; a connection
+// that succeeded (TCP) is 200; a timeout is 504; any other local failure
+// (refused, reset, handshake) is 503. ok is false for what says nothing
+// of the endpoint: a circuit breaker's overflow, no identity yet, the
+// caller gone.
+func outcomeCode(status int, err error) (code int, ok bool) {
+	var local *localReplyError
+	switch {
+	case status > 0:
+		return status, true
+	case err == nil:
+		return 200, true
+	case errors.As(err, &local), errors.Is(err, errNoIdentity), errors.Is(err, errServed), errors.Is(err, context.Canceled):
+		return 0, false
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		return 504, true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return 504, true
+	}
+	return 503, true
+}
+
+// outcome reports one attempt of a request, or one connection, to
+// endpoint ep of cluster c, for outlier detection: status is the HTTP
+// status the upstream answered, or 0 when there was none; err is why
+// there was none (a *connectError when no connection could be made, a
+// reset, a timeout), nil for a TCP connection that succeeded. The HTTP
+// engine calls it once per attempt; tcp_proxy once per connection.
+func (p *Proxy) outcome(c *Cluster, ep Endpoint, status int, err error) {
+	code, ok := outcomeCode(status, err)
+	if !ok {
+		return
+	}
+	if p.resil.outliers.result(c.Name, ep.Addr, code, p.now()) {
+		p.resil.ejections.WithLabelValues(c.Name).Inc()
+		p.log.Info("endpoint ejected by outlier detection", zap.String("cluster", c.Name), zap.String("endpoint", ep.Addr),
+			zap.Int("status", status), zap.Error(err))
+	}
+}

@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
+)
+
+func outlierProxy(t *testing.T, od OutlierDetection, addrs ...string) (*Proxy, *testutil.Clock, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	p, err := New(zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	clock := testutil.NewClock(time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC))
+	p.Now = clock.Now
+	c := &Cluster{Name: "c", Overprovisioning: 140, Outlier: &od}
+	for _, a := range addrs {
+		c.Endpoints = append(c.Endpoints, Endpoint{Addr: a, Weight: 1})
+	}
+	if err := p.Apply(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{"c": c}}); err != nil {
+		t.Fatal(err)
+	}
+	return p, clock, reg
+}
+
+// oc is the cluster outlierProxy makes, as outcome takes it.
+var oc = &Cluster{Name: "c"}
+
+var testOutlier = OutlierDetection{Consecutive5xx: 3, Enforcing5xx: 100, ConsecutiveGateway: 5, EnforcingGateway: 0,
+	Interval: time.Second, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 25 * time.Second, MaxEjectionPercent: 50}
+
+// TestOutlierEjection: consecutive 5xx eject an endpoint (a success in
+// between starts the count over), it returns at the first interval tick
+// after its ejection time, each ejection in a row lasts one base time
+// longer up to the maximum, and time back in service shortens the next.
+func TestOutlierEjection(t *testing.T) {
+	p, clock, reg := outlierProxy(t, testOutlier, "a:1", "b:1")
+	fail := func(n int) {
+		for range n {
+			p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil)
+		}
+	}
+	fail(2)
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 200, nil)
+	fail(2)
+	if !p.healthy("c", "a:1") {
+		t.Fatal("ejected after 2 failures in a row, want 3")
+	}
+	clock.Advance(300 * time.Millisecond) // off the interval's ticks
+	fail(1)
+	if p.healthy("c", "a:1") {
+		t.Fatal("not ejected after 3 failures in a row")
+	}
+	if got := counterValue(t, reg, "ursa_dp_outlier_ejections_total", "c"); got != 1 {
+		t.Fatalf("%v ejections counted, want 1", got)
+	}
+	if !p.healthy("c", "b:1") {
+		t.Fatal("the other endpoint was ejected too")
+	}
+	// Ejected at 0.3 s for 10 s: back at the tick of 11 s, not at 10.3 s.
+	clock.Advance(10 * time.Second)
+	if p.healthy("c", "a:1") {
+		t.Fatal("back before the interval's tick")
+	}
+	clock.Advance(700 * time.Millisecond)
+	if !p.healthy("c", "a:1") {
+		t.Fatal("not back at the first tick after the ejection time")
+	}
+	// Ejected again at once: 20 s, then 25 s (the maximum), and 25 s again.
+	for _, want := range []time.Duration{20 * time.Second, 25 * time.Second, 25 * time.Second} {
+		fail(3)
+		start := clock.Now()
+		if p.healthy("c", "a:1") {
+			t.Fatal("not ejected again")
+		}
+		for p.ejectedStill("c", "a:1") {
+			clock.Advance(time.Second)
+		}
+		if got := clock.Now().Sub(start); got != want {
+			t.Fatalf("ejected for %s, want %s", got, want)
+		}
+	}
+	// Envoy raises the multiplier while base × multiplier is under max +
+	// base: it is 4 now. Four ticks in service lower it to 0 (one at each
+	// tick a full interval after the return): the next ejection is one
+	// base time again.
+	clock.Advance(4 * time.Second)
+	fail(3)
+	start := clock.Now()
+	for p.ejectedStill("c", "a:1") {
+		clock.Advance(time.Second)
+	}
+	if got := clock.Now().Sub(start); got != 10*time.Second {
+		t.Fatalf("after time in service, ejected for %s, want 10s", got)
+	}
+}
+
+// ejectedStill reports whether outlier detection has the endpoint out.
+func (p *Proxy) ejectedStill(cluster, addr string) bool {
+	return p.resil.outliers.ejected(cluster, addr, p.now())
+}
+
+// TestOutlierEjectionLimits: max_ejection_percent counts the endpoint to
+// be ejected, enforcing 0 counts without ejecting, and gateway failures
+// eject only when enforced.
+func TestOutlierEjectionLimits(t *testing.T) {
+	od := testOutlier
+	od.MaxEjectionPercent = 50
+	p, _, _ := outlierProxy(t, od, "a:1", "b:1", "c:1", "d:1")
+	for _, ep := range []string{"a:1", "b:1", "c:1"} {
+		for range 3 {
+			p.outcome(oc, Endpoint{Addr: ep}, 503, nil)
+		}
+	}
+	ejected := 0
+	for _, ep := range []string{"a:1", "b:1", "c:1"} {
+		if p.ejectedStill("c", ep) {
+			ejected++
+		}
+	}
+	if ejected != 2 {
+		t.Fatalf("%d of 4 ejected with max_ejection_percent 50, want 2", ejected)
+	}
+
+	od = testOutlier
+	od.MaxEjectionPercent = 10
+	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
+	for range 3 {
+		p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil)
+	}
+	if p.ejectedStill("c", "a:1") {
+		t.Fatal("ejected one of two with max_ejection_percent 10")
+	}
+	od.AlwaysEjectOne = true
+	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
+	for range 3 {
+		p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil)
+	}
+	if !p.ejectedStill("c", "a:1") {
+		t.Fatal("always_eject_one_host did not eject the first")
+	}
+
+	od = testOutlier
+	od.Consecutive5xx, od.ConsecutiveGateway = 0, 2
+	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
+	for range 4 {
+		p.outcome(oc, Endpoint{Addr: "a:1"}, 502, nil)
+	}
+	if p.ejectedStill("c", "a:1") {
+		t.Fatal("gateway failures ejected with enforcing_consecutive_gateway_failure 0")
+	}
+	od.EnforcingGateway = 100
+	p, _, _ = outlierProxy(t, od, "a:1", "b:1")
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 502, nil)
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 500, nil) // not a gateway failure: starts that count over
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 504, nil)
+	if p.ejectedStill("c", "a:1") {
+		t.Fatal("ejected after gateway failures that were not in a row")
+	}
+	p.outcome(oc, Endpoint{Addr: "a:1"}, 0, context.DeadlineExceeded) // a timeout is a 504
+	if !p.ejectedStill("c", "a:1") {
+		t.Fatal("not ejected after two gateway failures in a row")
+	}
+}
+
+// TestOutcomeCodes: local failures map to the statuses Envoy counts, and
+// what says nothing of the endpoint is not counted.
+func TestOutcomeCodes(t *testing.T) {
+	for _, c := range []struct {
+		status int
+		err    error
+		want   int
+	}{
+		{404, nil, 404}, {0, nil, 200}, {0, &connectError{syscall.ECONNREFUSED}, 503}, {0, context.DeadlineExceeded, 504},
+		{0, &net.OpError{Op: "dial", Err: timeoutErr{}}, 504}, {0, errors.New("reset"), 503},
+		{0, errOverflow, 0}, {0, &connectError{errNoIdentity}, 0}, {0, context.Canceled, 0}, {0, errServed, 0},
+	} {
+		got, counted := outcomeCode(c.status, c.err)
+		if !counted {
+			got = 0
+		}
+		if got != c.want {
+			t.Errorf("outcome(%d, %v) = %d, want %d", c.status, c.err, got, c.want)
+		}
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// TestOutlierTCPConnectFailures: a tcp_proxy cluster with outlier
+// detection ejects an endpoint whose connections fail (each a 503) over
+// real sockets, and the connections go to the other one.
+func TestOutlierTCPConnectFailures(t *testing.T) {
+	dead := testutil.RefusingAddr(t)
+	live := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer live.Close()
+	od := testOutlier
+	od.Consecutive5xx = 2
+	p, clock, _ := outlierProxy(t, od, dead, live.Listener.Addr().String())
+	p.FirstEjection, p.EjectionTime = time.Nanosecond, time.Nanosecond // the connect-failure ejection out of the way
+	cfg := p.cfg.Load()
+	c := cfg.Clusters["c"]
+	for i := 0; !p.ejectedStill("c", dead); i++ {
+		if i == 200 {
+			t.Fatal("the refusing endpoint was never ejected by outlier detection")
+		}
+		up, err := p.connect(cfg, &Cluster{Name: c.Name, ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: c.Endpoints})
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		up.Close()
+		clock.Advance(time.Millisecond) // past the connect-failure ejection, not the outlier one
+	}
+	for i := range 20 {
+		ep, ok := p.pick(c, nil)
+		if !ok || ep.Addr == dead {
+			t.Fatalf("pick %d: %v %v, want the live endpoint", i, ep, ok)
+		}
+	}
+}

@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func resilientCluster() *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 "billing",
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		CircuitBreakers: &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+			MaxConnections: wrapperspb.UInt32(2), MaxRequests: wrapperspb.UInt32(5),
+			RetryBudget: &cluster.CircuitBreakers_Thresholds_RetryBudget{BudgetPercent: &typev3.Percent{Value: 30}},
+		}}},
+		OutlierDetection: &cluster.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(3), Interval: durationpb.New(2 * time.Second),
+			BaseEjectionTime: durationpb.New(5 * time.Second), MaxEjectionPercent: wrapperspb.UInt32(50)},
+		HealthChecks: []*core.HealthCheck{{Timeout: durationpb.New(time.Second), Interval: durationpb.New(3 * time.Second),
+			UnhealthyThreshold: wrapperspb.UInt32(2), HealthyThreshold: wrapperspb.UInt32(1),
+			HealthChecker: &core.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &core.HealthCheck_HttpHealthCheck{
+				Path: "/health", ExpectedStatuses: []*typev3.Int64Range{{Start: 200, End: 400}}}}}},
+	}
+}
+
+// TestTranslateResilience: the contract's fields, with Envoy's defaults
+// for the rest.
+func TestTranslateResilience(t *testing.T) {
+	cfg, err := translate(nil, []*cluster.Cluster{resilientCluster()}, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Clusters["billing"]
+	if want := (&Thresholds{MaxConnections: 2, MaxPendingRequests: 1024, MaxRequests: 5, MaxRetries: 3,
+		RetryBudget: &RetryBudget{BudgetPercent: 30, MinRetryConcurrency: 3}}); !reflect.DeepEqual(c.Breaker, want) {
+		t.Errorf("thresholds %+v, want %+v", c.Breaker, want)
+	}
+	if want := (OutlierDetection{Consecutive5xx: 3, Enforcing5xx: 100, ConsecutiveGateway: 5, EnforcingGateway: 0,
+		Interval: 2 * time.Second, BaseEjectionTime: 5 * time.Second, MaxEjectionTime: 300 * time.Second,
+		MaxEjectionPercent: 50, UnejectOnHealthCheck: true}); c.Outlier == nil || *c.Outlier != want {
+		t.Errorf("outlier detection %+v, want %+v", c.Outlier, want)
+	}
+	if want := (&HealthCheck{Timeout: time.Second, Interval: 3 * time.Second, UnhealthyThreshold: 2, HealthyThreshold: 1,
+		NoTrafficInterval: time.Minute, NoTrafficHealthyInterval: time.Minute, UnhealthyInterval: 3 * time.Second,
+		UnhealthyEdgeInterval: 3 * time.Second, HealthyEdgeInterval: 3 * time.Second, ReuseConnection: true,
+		HTTP: &HTTPCheck{Path: "/health", Method: "GET", Expected: []StatusRange{{200, 400}}}}); !reflect.DeepEqual(c.HealthCheck, want) {
+		t.Errorf("health check %+v, want %+v", c.HealthCheck, want)
+	}
+	plain, err := translate(nil, []*cluster.Cluster{{Name: "tcp", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		HealthChecks: []*core.HealthCheck{{Timeout: durationpb.New(time.Second), Interval: durationpb.New(time.Second),
+			UnhealthyThreshold: wrapperspb.UInt32(1), HealthyThreshold: wrapperspb.UInt32(1),
+			HealthChecker: &core.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &core.HealthCheck_TcpHealthCheck{}}}}}}, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := plain.Clusters["tcp"]; c.Breaker != nil || c.Outlier != nil || c.HealthCheck == nil || c.HealthCheck.HTTP != nil {
+		t.Errorf("a TCP check alone: %+v", c)
+	}
+}
+
+// TestTranslateResilienceRefuses: what the built-in proxy does not
+// implement is refused, naming the field, so that it NACKs.
+func TestTranslateResilienceRefuses(t *testing.T) {
+	hc := func(c *cluster.Cluster) *core.HealthCheck { return c.HealthChecks[0] }
+	httpCheck := func(c *cluster.Cluster) *core.HealthCheck_HttpHealthCheck { return hc(c).GetHttpHealthCheck() }
+	for _, tc := range []struct {
+		want   string
+		mutate func(*cluster.Cluster)
+	}{
+		{"HIGH", func(c *cluster.Cluster) { c.CircuitBreakers.Thresholds[0].Priority = core.RoutingPriority_HIGH }},
+		{"two thresholds", func(c *cluster.Cluster) {
+			c.CircuitBreakers.Thresholds = append(c.CircuitBreakers.Thresholds, &cluster.CircuitBreakers_Thresholds{})
+		}},
+		{"circuit_breakers.per_host_thresholds", func(c *cluster.Cluster) {
+			c.CircuitBreakers.PerHostThresholds = []*cluster.CircuitBreakers_Thresholds{{}}
+		}},
+		{"thresholds.max_connection_pools", func(c *cluster.Cluster) { c.CircuitBreakers.Thresholds[0].MaxConnectionPools = wrapperspb.UInt32(1) }},
+		{"retry_budget.budget_interval", func(c *cluster.Cluster) {
+			c.CircuitBreakers.Thresholds[0].RetryBudget.BudgetInterval = durationpb.New(time.Second)
+		}},
+		{"budget_percent", func(c *cluster.Cluster) { c.CircuitBreakers.Thresholds[0].RetryBudget.BudgetPercent.Value = 120 }},
+		{"outlier_detection.success_rate_minimum_hosts", func(c *cluster.Cluster) { c.OutlierDetection.SuccessRateMinimumHosts = wrapperspb.UInt32(3) }},
+		{"outlier_detection.split_external_local_origin_errors", func(c *cluster.Cluster) { c.OutlierDetection.SplitExternalLocalOriginErrors = true }},
+		{"outlier_detection.failure_percentage_threshold", func(c *cluster.Cluster) {
+			c.OutlierDetection.FailurePercentageThreshold = wrapperspb.UInt32(80)
+		}},
+		{"outlier_detection.interval", func(c *cluster.Cluster) { c.OutlierDetection.Interval = durationpb.New(0) }},
+		{"outlier_detection.base_ejection_time", func(c *cluster.Cluster) { c.OutlierDetection.BaseEjectionTime = durationpb.New(-time.Second) }},
+		{"2 health checks", func(c *cluster.Cluster) { c.HealthChecks = append(c.HealthChecks, c.HealthChecks[0]) }},
+		{"grpc_health_check", func(c *cluster.Cluster) {
+			hc(c).HealthChecker = &core.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &core.HealthCheck_GrpcHealthCheck{}}
+		}},
+		{"only tcp_health_check and http_health_check", func(c *cluster.Cluster) { hc(c).HealthChecker = nil }},
+		{"health_checks.event_log_path", func(c *cluster.Cluster) { hc(c).EventLogPath = "/tmp/hc.log" }},
+		{"health_checks.tls_options", func(c *cluster.Cluster) {
+			hc(c).TlsOptions = &core.HealthCheck_TlsOptions{AlpnProtocols: []string{"h2"}}
+		}},
+		{"health_checks.transport_socket_match_criteria", func(c *cluster.Cluster) { hc(c).TransportSocketMatchCriteria = structOf(t) }},
+		{"required", func(c *cluster.Cluster) { hc(c).Timeout = nil }},
+		{"required", func(c *cluster.Cluster) { hc(c).HealthyThreshold = nil }},
+		{"must be more than 0", func(c *cluster.Cluster) { hc(c).Interval = durationpb.New(0) }},
+		{"health_checks.interval: seconds:31700000", func(c *cluster.Cluster) { hc(c).Interval = &durationpb.Duration{Seconds: 31700000} }},
+		{"http_health_check.codec_client_type", func(c *cluster.Cluster) { httpCheck(c).CodecClientType = typev3.CodecClientType_HTTP2 }},
+		{"http_health_check.send", func(c *cluster.Cluster) {
+			httpCheck(c).Send = &core.HealthCheck_Payload{Payload: &core.HealthCheck_Payload_Text{Text: "00"}}
+		}},
+		{"http_health_check.service_name_matcher", func(c *cluster.Cluster) { httpCheck(c).ServiceNameMatcher = exactMatcher("x") }},
+		{"http_health_check.path", func(c *cluster.Cluster) { httpCheck(c).Path = "health" }},
+		{"http_health_check.path", func(c *cluster.Cluster) { httpCheck(c).Path = "/a\nb" }},
+		{"expected_statuses", func(c *cluster.Cluster) { httpCheck(c).ExpectedStatuses = []*typev3.Int64Range{{Start: 600, End: 700}} }},
+		{"retriable_statuses", func(c *cluster.Cluster) {
+			httpCheck(c).RetriableStatuses = []*typev3.Int64Range{{Start: 503, End: 503}}
+		}},
+		{"CONNECT", func(c *cluster.Cluster) { httpCheck(c).Method = core.RequestMethod_CONNECT }},
+		{"literal values", func(c *cluster.Cluster) {
+			httpCheck(c).RequestHeadersToAdd = []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "x", Value: "%HOSTNAME%"}}}
+		}},
+		{"tcp_health_check.send", func(c *cluster.Cluster) {
+			hc(c).HealthChecker = &core.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &core.HealthCheck_TcpHealthCheck{
+				Send: &core.HealthCheck_Payload{Payload: &core.HealthCheck_Payload_Text{Text: "00"}}}}
+		}},
+	} {
+		c := resilientCluster()
+		tc.mutate(c)
+		_, err := translate(nil, []*cluster.Cluster{c}, nil, nil, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), `cluster "billing"`) {
+			t.Errorf("want an error naming %q and the cluster, got %v", tc.want, err)
+		}
+	}
+}
+
+func structOf(t *testing.T) *structpb.Struct {
+	t.Helper()
+	s, err := structpb.NewStruct(map[string]any{"tls": "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// FuzzTranslateResilience: any cluster the control plane could send is
+// translated or refused, never a crash, and what is translated is sane.
+func FuzzTranslateResilience(f *testing.F) {
+	for _, c := range []*cluster.Cluster{resilientCluster(), {Name: "x", CircuitBreakers: &cluster.CircuitBreakers{}},
+		{Name: "y", HealthChecks: []*core.HealthCheck{{}}}} {
+		b, err := proto.Marshal(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := &cluster.Cluster{}
+		if proto.Unmarshal(data, c) != nil {
+			return
+		}
+		out := &Cluster{}
+		if err := translateResilience(c, out); err != nil {
+			return
+		}
+		if od := out.Outlier; od != nil && (od.Interval <= 0 || od.MaxEjectionPercent > 100) {
+			t.Fatalf("outlier detection %+v", od)
+		}
+		if hc := out.HealthCheck; hc != nil {
+			if hc.Timeout <= 0 || hc.Interval <= 0 || hc.NoTrafficInterval <= 0 {
+				t.Fatalf("health check %+v", hc)
+			}
+			if hc.HTTP != nil && (!strings.HasPrefix(hc.HTTP.Path, "/") || len(hc.HTTP.Expected) == 0) {
+				t.Fatalf("HTTP check %+v", hc.HTTP)
+			}
+		}
+	})
+}
