@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -25,9 +26,14 @@ type accessLog struct {
 	// record's fields (fluentd).
 	format *logFormat
 	record *recordFormat
-	// sink is set by bind; nil until then (lines are dropped).
-	sink logSink
+	// sink is set by bind; nil until then (lines are dropped). Atomic: a
+	// logger kept across an Apply (a warming listener's) is bound again
+	// while it logs.
+	sink atomic.Pointer[boundSink]
 }
+
+// boundSink is the sink an accessLog is bound to.
+type boundSink struct{ logSink }
 
 // sinkKey names a running sink: loggers with equal keys share one (one
 // open file per path, one connection per collector), across listeners and
@@ -57,7 +63,7 @@ type logSink interface {
 
 // log formats r for l's sink. It never blocks the request.
 func (l *accessLog) log(r *accessRecord) {
-	s := l.sink
+	s := l.sink.Load()
 	if s == nil {
 		return
 	}

@@ -53,10 +53,8 @@ func (o *observability) bind(cfg *Config, logs []*accessLog, tracers []*tracer) 
 			s = o.startSink(l.key)
 			o.sinks[l.key] = s
 		}
-		// A logger of a kept (warming) listener is bound already, and may
-		// be logging: it is written only when new.
-		if l.sink != s {
-			l.sink = s
+		if b := l.sink.Load(); b == nil || b.logSink != s {
+			l.sink.Store(&boundSink{s})
 		}
 		used[l.key] = true
 	}

@@ -254,3 +254,27 @@ func TestTCPAccessLog(t *testing.T) {
 		return strings.HasSuffix(string(b), "db - 0 0 - - - UF\n")
 	})
 }
+
+// TestCollectorByName: a collector's cluster is STRICT_DNS when the
+// policy names it by host: the Fluent sink dials the name.
+func TestCollectorByName(t *testing.T) {
+	p := newProxy(t)
+	fluent := testutil.StartFluentCollector(t, "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(fluent.Addr)
+	c := collectorCluster("access-log:localhost:"+port, "127.0.0.1:"+port)
+	c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STRICT_DNS}
+	c.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress().Address = "localhost"
+	l := withObs(t, outboundHTTPListener("outbound:billing", "outbound:billing"),
+		[]*accesslogv3.AccessLog{fluentLogger(t, "access-log:localhost:"+port, "%RESPONSE_CODE%")}, nil)
+	app := backend(t, "v1", nil)
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{c, staticHTTPCluster("billing", false, app)}, nil,
+		routeConfig("outbound:billing", routeTo("default", nil, toCluster("billing"))))
+	resp, _ := get(t, h1Client(), "http://"+boundAddr(t, p, "outbound:billing")+"/")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	testutil.Until(t, 10*time.Second, "the record at the collector named localhost", func() bool {
+		recs := fluent.Records()
+		return len(recs) == 1 && recs[0].Record["message"] == "200"
+	})
+}

@@ -178,7 +178,7 @@ func TestFileSinkFlushesOnClose(t *testing.T) {
 	for range 100 {
 		l.log(sampleRecord())
 	}
-	sink := l.sink
+	sink := l.sink.Load().logSink
 	// The next configuration has no logger: the sink closes, writing out
 	// what it buffered.
 	o.bind(&Config{}, nil, nil)
@@ -231,7 +231,7 @@ func TestStdoutSinkSharedByLoggers(t *testing.T) {
 	s.start()
 	o.sinks[a.key] = s
 	o.bind(&Config{}, []*accessLog{a, b}, nil)
-	if a.sink != b.sink || a.sink != logSink(s) {
+	if a.sink.Load().logSink != b.sink.Load().logSink || a.sink.Load().logSink != logSink(s) {
 		t.Fatal("stdout loggers do not share the one stdout sink")
 	}
 	a.log(sampleRecord())

@@ -189,6 +189,10 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		cla := c.GetLoadAssignment()
 		switch c.GetType() {
 		case cluster.Cluster_STATIC:
+		case cluster.Cluster_STRICT_DNS:
+			// A collector named by host (the CP's log and tracing
+			// clusters): each endpoint's name is resolved when it is
+			// dialed, by the system's resolver.
 		case cluster.Cluster_ORIGINAL_DST:
 			out.OriginalDst = true
 		case cluster.Cluster_EDS:

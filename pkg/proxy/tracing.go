@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // tracer is a translated HttpConnectionManager.Tracing: which requests
@@ -34,7 +36,17 @@ type tracer struct {
 	// spans is set by bind: the exporter's tracer, or one that exports
 	// nothing while the collector's cluster is unknown. An empty
 	// key.service is the proxy's own service (spanExporters.service).
-	spans trace.Tracer
+	spans atomic.Pointer[boundTracer]
+}
+
+// boundTracer is the OpenTelemetry tracer a tracer is bound to.
+type boundTracer struct{ trace.Tracer }
+
+// bindSpans makes spans the tracer's, unless it is already.
+func (t *tracer) bindSpans(spans trace.Tracer) {
+	if b := t.spans.Load(); b == nil || b.Tracer != spans {
+		t.spans.Store(&boundTracer{spans})
+	}
 }
 
 // exporterKey names one running exporter: tracers with equal keys share
@@ -151,7 +163,11 @@ func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) 
 	if t.server {
 		kind = trace.SpanKindServer
 	}
-	ctx, span := t.spans.Start(ctx, "request", trace.WithSpanKind(kind), trace.WithTimestamp(start))
+	spans := t.spans.Load()
+	if spans == nil {
+		spans = &boundTracer{noop.NewTracerProvider().Tracer("")} // not bound: propagate only
+	}
+	ctx, span := spans.Start(ctx, "request", trace.WithSpanKind(kind), trace.WithTimestamp(start))
 	traceContext.Inject(ctx, propagation.HeaderCarrier(h))
 	return ctx, span
 }

@@ -86,9 +86,7 @@ func (e *spanExporters) bind(cfg *Config, tracers []*tracer) {
 				spans = tp.Tracer("ursa-dp")
 			}
 		}
-		if t.spans != spans {
-			t.spans = spans
-		}
+		t.bindSpans(spans)
 	}
 	for target, tp := range e.running {
 		if !used[target] {

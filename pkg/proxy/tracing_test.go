@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -23,6 +24,7 @@ import (
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	ursatest "github.com/ursamesh/ursa/pkg/testutil"
@@ -97,7 +99,9 @@ func recordingTracer(t *testing.T, server bool, sampling float64) (*tracer, *tra
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())), sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	return &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag, spans: tp.Tracer("test")}, rec
+	tr := &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag}
+	tr.bindSpans(tp.Tracer("test"))
+	return tr, rec
 }
 
 func attr(s sdktrace.ReadOnlySpan, key string) attribute.Value {
@@ -301,7 +305,7 @@ func TestExportersFollowTheConfiguration(t *testing.T) {
 	if n := exp.active(); n != 2 {
 		t.Fatalf("%d exporters for two collectors", n)
 	}
-	if a.spans != b.spans {
+	if a.spans.Load().Tracer != b.spans.Load().Tracer {
 		t.Fatal("two tracers of one collector do not share its exporter")
 	}
 	send := func(tr *tracer, route string) {
@@ -337,4 +341,37 @@ func TestExportersFollowTheConfiguration(t *testing.T) {
 
 func grpcServiceFor(cluster string) *core.GrpcService {
 	return &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: cluster}}}
+}
+
+// FuzzTranslateObs: any HCM access_log and tracing, as bytes off the
+// wire, translate or are refused with an error; never a panic.
+func FuzzTranslateObs(f *testing.F) {
+	seed := &hcm.HttpConnectionManager{
+		AccessLog: []*accesslogv3.AccessLog{fileLogger(f, "/tmp/x", "%REQ(:PATH)% %RESPONSE_CODE%\n"), fluentLogger(f, "access-log:c", "%DURATION%")},
+		Tracing:   otelTracing(f, "tracing:c", "web", 10)}
+	for _, m := range []*hcm.HttpConnectionManager{seed, {Tracing: zipkinTracing(f, "tracing:z", nil)}, {}} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, false)
+	}
+	f.Fuzz(func(t *testing.T, b []byte, server bool) {
+		h := &hcm.HttpConnectionManager{}
+		if proto.Unmarshal(b, h) != nil {
+			return
+		}
+		obs, err := translateObs(h.GetAccessLog(), h.GetTracing(), server, "billing")
+		if err != nil {
+			return
+		}
+		r := sampleRecord()
+		for _, l := range obs.Logs {
+			if l.format != nil {
+				l.format.format(r)
+			} else {
+				l.record.build(r)
+			}
+		}
+	})
 }

@@ -1,0 +1,340 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
+)
+
+// The tracing tests' collector is Jaeger, built by test/jaeger/tools.sh
+// into a cache folder (.ci/run does it and exports URSA_JAEGER_DIR). Like
+// the Kubernetes rig, a test that needs it fails, naming the script, when
+// it is missing; URSA_JAEGER=off skips it by choice.
+const (
+	jaegerDirEnv = "URSA_JAEGER_DIR"
+	jaegerOffEnv = "URSA_JAEGER"
+	jaegerScript = "../jaeger/tools.sh"
+)
+
+// jaeger is a running Jaeger all-in-one with in-memory storage.
+type jaeger struct {
+	// otlp is its OTLP/gRPC receiver, zipkin its Zipkin one, query its
+	// HTTP query API.
+	otlp, zipkin, query string
+}
+
+func jaegerBinary(t *testing.T) string {
+	t.Helper()
+	if os.Getenv(jaegerOffEnv) == "off" {
+		t.Skipf("the tracing rig is off by choice (%s=off)", jaegerOffEnv)
+	}
+	dir := os.Getenv(jaegerDirEnv)
+	if dir == "" {
+		out, err := exec.Command("bash", jaegerScript, "--dir").Output()
+		if err != nil {
+			t.Fatalf("%s --dir: %v", jaegerScript, err)
+		}
+		dir = strings.TrimSpace(string(out))
+	}
+	bin := filepath.Join(dir, "jaeger")
+	if fi, err := os.Stat(bin); err != nil || fi.Mode()&0o111 == 0 {
+		t.Fatalf("no jaeger in %s: build it once with test/jaeger/tools.sh (about 3 min on a fresh machine, then cached), "+
+			"point %s at a folder holding it, or set %s=off to skip the tracing tests", dir, jaegerDirEnv, jaegerOffEnv)
+	}
+	return bin
+}
+
+// startJaeger runs Jaeger on loopback ports of its own until the test ends.
+func startJaeger(t *testing.T) *jaeger {
+	t.Helper()
+	bin := jaegerBinary(t)
+	j := &jaeger{otlp: freeAddr(t), zipkin: freeAddr(t), query: freeAddr(t)}
+	cfg := fmt.Sprintf(`service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp, zipkin]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics: {level: none}
+    traces: {level: none}
+    logs: {level: warn}
+extensions:
+  jaeger_query:
+    storage: {traces: mem}
+    http: {endpoint: "%s"}
+    grpc: {endpoint: "%s"}
+  jaeger_storage:
+    backends:
+      mem:
+        memory: {max_traces: 10000}
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "%s"}
+  zipkin: {endpoint: "%s"}
+processors:
+  batch: {timeout: 100ms}
+exporters:
+  jaeger_storage_exporter: {trace_storage: mem}
+`, j.query, freeAddr(t), j.otlp, j.zipkin)
+	file := filepath.Join(t.TempDir(), "jaeger.yaml")
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := launch(t, "jaeger", exec.Command(bin, "--config", "file:"+file))
+	waitReady(t, "http://"+j.query+"/api/services", p)
+	return j
+}
+
+// jaegerSpan is a span as Jaeger's query API returns it.
+type jaegerSpan struct {
+	TraceID       string `json:"traceID"`
+	SpanID        string `json:"spanID"`
+	OperationName string `json:"operationName"`
+	References    []struct {
+		RefType string `json:"refType"`
+		SpanID  string `json:"spanID"`
+	} `json:"references"`
+	ProcessID string `json:"processID"`
+	Tags      []struct {
+		Key   string `json:"key"`
+		Value any    `json:"value"`
+	} `json:"tags"`
+}
+
+func (s jaegerSpan) tag(key string) string {
+	for _, t := range s.Tags {
+		if t.Key == key {
+			return fmt.Sprint(t.Value)
+		}
+	}
+	return ""
+}
+
+type jaegerTrace struct {
+	TraceID   string       `json:"traceID"`
+	Spans     []jaegerSpan `json:"spans"`
+	Processes map[string]struct {
+		ServiceName string `json:"serviceName"`
+	} `json:"processes"`
+}
+
+// traces reads back the traces that have spans of service.
+func (j *jaeger) traces(t *testing.T, service string) []jaegerTrace {
+	t.Helper()
+	resp, err := http.Get("http://" + j.query + "/api/traces?limit=100&lookback=1h&service=" + service)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Data []jaegerTrace `json:"data"`
+	}
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return nil
+	}
+	return out.Data
+}
+
+// tracedApp is an HTTP application that answers "<name> <path>" and keeps
+// the traceparent of each request it got.
+type tracedApp struct {
+	addr string
+	mu   sync.Mutex
+	seen []string
+}
+
+func startTracedApp(t *testing.T, name string) *tracedApp {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &tracedApp{addr: ln.Addr().String()}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		a.mu.Lock()
+		a.seen = append(a.seen, r.Header.Get("traceparent"))
+		a.mu.Unlock()
+		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return a
+}
+
+func (a *tracedApp) traceparents() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.seen...)
+}
+
+// TestL7AccessLogsAndTraces: with real ursa-dp sidecars, a client's HTTP
+// requests through web's sidecar to billing's write access log lines in
+// the format a TrafficLog sets — to a file on the caller's side, and to a
+// Fluent Forward collector on billing's — and, with a TrafficTrace to a
+// real Jaeger over OTLP, make a client span (web's sidecar) and a server
+// span (billing's), its child, which Jaeger's query API gives back as one
+// trace; billing's application gets the server span's traceparent.
+func TestL7AccessLogsAndTraces(t *testing.T) {
+	j := startJaeger(t)
+	fluent := testutil.StartFluentCollector(t, "127.0.0.1:0")
+	zone := startCP(t, "zone", "--zone", "zone-1")
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "access.log")
+	// a-web-file wins web's outbound (its sources name web); on billing's
+	// inbound, where only destinations count, b-billing-fluent's two tags
+	// win.
+	ctl(t, zone.api, fmt.Sprintf(`
+type: Mesh
+name: default
+mtls: {enabled: true}
+---
+type: TrafficPermission
+mesh: default
+name: all
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: '*'}}]
+---
+type: TrafficLog
+mesh: default
+name: a-web-file
+spec:
+  sources: [{match: {ursa.io/service: web}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  backend: {file: {path: %q}}
+  format: 'web-side %%REQ(:METHOD)%% %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%% %%REQ(X-CANARY)%% %%UPSTREAM_HOST%%'
+---
+type: TrafficLog
+mesh: default
+name: b-billing-fluent
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: billing, ursa.io/zone: zone-1}}]
+  backend: {tcp: {address: %q}}
+  format: 'billing-side %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%%'
+---
+type: TrafficTrace
+mesh: default
+name: traces
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  backend: {openTelemetry: {address: %q}}
+  sampling: 100
+`, logPath, fluent.Addr, j.otlp), "apply", "-f", "-")
+
+	app := startTracedApp(t, "billing")
+	billing := startSidecar(t, zone, dir, "billing-1", "billing", "ursa.io/protocol: http", app.addr)
+	out := freeAddr(t)
+	startSidecar(t, zone, dir, "web-1", "web", "ursa.io/protocol: http", freeAddr(t), fmt.Sprintf("{port: %s, tags: {ursa.io/service: billing}}", port(out)))
+
+	client := &http.Client{Timeout: 5 * time.Second}
+	getOK := func(path string) bool {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+out+path, nil)
+		req.Header.Set("x-canary", "1")
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == 200 && string(body) == "billing "+path
+	}
+	eventually(t, "a request through both sidecars", func() bool { return getOK("/warmup") })
+	const n = 5
+	for i := range n {
+		if !getOK(fmt.Sprintf("/orders/%d", i)) {
+			t.Fatalf("request %d failed", i)
+		}
+	}
+
+	// The file: one line per request of web's, in the set format.
+	line := regexp.MustCompile(`^web-side GET /orders/(\d) 200 default 1 ` + regexp.QuoteMeta(billing.inbound) + `$`)
+	eventually(t, "web's access log lines in the file", func() bool {
+		b, _ := os.ReadFile(logPath)
+		got := 0
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if line.MatchString(l) {
+				got++
+			}
+		}
+		return got == n
+	})
+	// The Fluent collector: billing's inbound lines, tagged ursa.
+	eventually(t, "billing's access log records at the Fluent collector", func() bool {
+		got := 0
+		for _, r := range fluent.Records() {
+			if m, _ := r.Record["message"].(string); r.Tag == "ursa" && regexp.MustCompile(`^billing-side /orders/\d 200 inbound$`).MatchString(m) {
+				got++
+			}
+		}
+		return got == n
+	})
+
+	// Jaeger: each request one trace with web's client span and
+	// billing's server span, its child.
+	var traces []jaegerTrace
+	eventually(t, "the requests' traces in Jaeger", func() bool {
+		traces = nil
+		for _, tr := range j.traces(t, "web") {
+			if len(tr.Spans) == 2 && strings.Contains(tr.Spans[0].tag("url.path")+tr.Spans[1].tag("url.path"), "/orders/") {
+				traces = append(traces, tr)
+			}
+		}
+		return len(traces) == n
+	})
+	serverSpans := map[string]string{} // trace ID → billing's span ID
+	for _, tr := range traces {
+		var c, s *jaegerSpan
+		for i := range tr.Spans {
+			sp := &tr.Spans[i]
+			switch svc := tr.Processes[sp.ProcessID].ServiceName; {
+			case svc == "web" && sp.tag("span.kind") == "client":
+				c = sp
+			case svc == "billing" && sp.tag("span.kind") == "server":
+				s = sp
+			}
+		}
+		if c == nil || s == nil {
+			t.Fatalf("trace %s: want web's client span and billing's server span, got %+v", tr.TraceID, tr)
+		}
+		if len(s.References) != 1 || s.References[0].RefType != "CHILD_OF" || s.References[0].SpanID != c.SpanID {
+			t.Fatalf("trace %s: billing's span %s refers to %+v, want CHILD_OF web's %s", tr.TraceID, s.SpanID, s.References, c.SpanID)
+		}
+		if len(c.References) != 0 {
+			t.Fatalf("trace %s: web's span has a parent, but the client sent no traceparent", tr.TraceID)
+		}
+		if c.OperationName != "billing default" || s.OperationName != "billing inbound" || c.tag("http.response.status_code") != "200" ||
+			c.tag("ursa.zone") != "zone-1" || c.tag("http.request.method") != "GET" {
+			t.Fatalf("trace %s: spans %q and %q, client tags %+v", tr.TraceID, c.OperationName, s.OperationName, c.Tags)
+		}
+		serverSpans[tr.TraceID] = s.SpanID
+	}
+	// Billing's application got the server span as its parent.
+	matched := 0
+	for _, tp := range app.traceparents() {
+		parts := strings.Split(tp, "-")
+		if len(parts) == 4 && serverSpans[parts[1]] == parts[2] && parts[3] == "01" {
+			matched++
+		}
+	}
+	if matched != n {
+		t.Fatalf("%d of %d requests reached billing with its server span's traceparent; it saw %q", matched, n, app.traceparents())
+	}
+}
