@@ -35,6 +35,7 @@ type l7Engine struct {
 	errLog  *log.Logger
 	poolsMu sync.Mutex
 	pools   map[string]*httpPoolEntry
+	h1pools map[string]*h1Pool // the HTTP/1.1 fast path's, by cluster
 }
 
 // initL7 makes the HTTP engine's state and registers its metrics.
@@ -43,7 +44,7 @@ func (p *Proxy) initL7(reg prometheus.Registerer) error {
 	if err != nil {
 		return err
 	}
-	p.l7 = &l7Engine{m: m, buffers: &bufferPool{}, errLog: zap.NewStdLog(p.log.Named("http")), pools: map[string]*httpPoolEntry{}}
+	p.l7 = &l7Engine{m: m, buffers: &bufferPool{}, errLog: zap.NewStdLog(p.log.Named("http")), pools: map[string]*httpPoolEntry{}, h1pools: map[string]*h1Pool{}}
 	return nil
 }
 
@@ -152,8 +153,9 @@ func (p *Proxy) newHTTPFront(addr net.Addr) *httpFront {
 	return f
 }
 
-// serveHTTPConn serves an HTTP chain's connection until it ends.
-func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
+// serveHTTPFront serves an HTTP chain's connection through net/http (h2
+// and h2c; HTTP/1.1 takes the fast path, serveHTTPConn) until it ends.
+func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
 	p.mu.Lock()
 	r, ok := p.listeners[name]
 	if ok && r.http == nil {
