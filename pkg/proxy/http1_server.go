@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -33,6 +34,9 @@ const (
 	// h1MaxDrain is the most of an unread request body the proxy reads
 	// away to keep a connection; past it the connection closes.
 	h1MaxDrain = 256 << 10
+	// h1MaxHeader bounds what a request's header may take (net/http's
+	// default, and the reader's buffer).
+	h1MaxHeader = 1<<20 + 4<<10
 )
 
 var (
@@ -55,8 +59,9 @@ func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
 		p.serveHTTPFront(name, c, dst)
 		return
 	}
+	src := &h1Src{c: c, limit: math.MaxInt64}
 	br := h1Readers.Get().(*bufio.Reader)
-	br.Reset(c)
+	br.Reset(src)
 	if !isTLS {
 		h2c, err := sniffH2C(c, br)
 		if err != nil {
@@ -70,7 +75,7 @@ func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
 			return
 		}
 	}
-	if p.serveHTTP1(name, c, br, dst) {
+	if p.serveHTTP1(name, c, src, br, dst) {
 		br.Reset(nil)
 		h1Readers.Put(br)
 	}
@@ -95,6 +100,25 @@ func sniffH2C(c net.Conn, br *bufio.Reader) (bool, error) {
 	}
 }
 
+// h1Src is what a connection's reader reads: the connection, up to a
+// limit (a request header's most).
+type h1Src struct {
+	c     net.Conn
+	limit int64
+}
+
+func (s *h1Src) Read(p []byte) (int, error) {
+	if s.limit <= 0 {
+		return 0, errors.New("http1: request header too large")
+	}
+	if int64(len(p)) > s.limit {
+		p = p[:s.limit]
+	}
+	n, err := s.c.Read(p)
+	s.limit -= int64(n)
+	return n, err
+}
+
 // peekedConn is a connection whose first bytes a reader already holds.
 type peekedConn struct {
 	net.Conn
@@ -106,7 +130,7 @@ func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 // serveHTTP1 serves HTTP/1.1 requests on c until it closes or a request
 // or response says close. It reports whether br is free to reuse (false
 // when an upgrade took the connection).
-func (p *Proxy) serveHTTP1(name string, c net.Conn, br *bufio.Reader, dst netip.AddrPort) (reusable bool) {
+func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader, dst netip.AddrPort) (reusable bool) {
 	bw := h1Writers.Get().(*bufio.Writer)
 	bw.Reset(c)
 	meta := &connMeta{listener: name, dst: dst}
@@ -135,10 +159,19 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, br *bufio.Reader, dst netip.
 			idleUntil = now.Add(h1IdleTimeout)
 			c.SetReadDeadline(idleUntil)
 		}
+		src.limit = h1MaxHeader
 		req, err := http.ReadRequest(br)
+		tooLarge := src.limit <= 0
+		src.limit = math.MaxInt64
 		if err != nil {
+			if tooLarge {
+				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+				lingerClose(c)
+				return true
+			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !isTimeout(err) && !isClosedConn(err) {
 				io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 11\r\n\r\nBad Request")
+				lingerClose(c)
 			}
 			return true
 		}
@@ -148,13 +181,15 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, br *bufio.Reader, dst netip.
 		}
 		req.RemoteAddr = remote
 		req.TLS = tlsState
-		body := &h1ReqBody{src: req.Body, w: w}
+		var body *h1ReqBody
 		if req.Body != http.NoBody {
+			body = &h1ReqBody{src: req.Body}
 			req.Body = body
-		}
-		expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue")
-		if expect && req.Body != http.NoBody {
-			body.expect = true
+			if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+				// Asked for at once: the engine reads bodies as it forwards.
+				bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+				bw.Flush()
+			}
 		}
 		w.reset(req)
 		if !p.serveH1Request(w, req.WithContext(ctx)) || w.hijacked {
@@ -164,21 +199,10 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, br *bufio.Reader, dst netip.
 		if w.err != nil || w.closeAfter {
 			return true
 		}
-		if req.Body != http.NoBody && !body.eof {
-			if body.expect && !body.continued {
-				return true // the caller never sent the body
-			}
-			if n, _ := io.CopyN(io.Discard, body.src, h1MaxDrain+1); n > h1MaxDrain || !body.eof && !drained(body.src) {
-				return true
-			}
+		if body != nil && !body.finish() {
+			return true
 		}
 	}
-}
-
-// drained reports whether a request body has nothing left.
-func drained(r io.Reader) bool {
-	n, err := r.Read(make([]byte, 1))
-	return n == 0 && errors.Is(err, io.EOF)
 }
 
 // serveH1Request runs the engine's handler for one request; false when it
@@ -196,6 +220,19 @@ func (p *Proxy) serveH1Request(w *h1Writer, r *http.Request) (ok bool) {
 	return true
 }
 
+// lingerClose ends the sending side of a connection the proxy refused and
+// reads away (for a while) what the caller still sends, so that its close
+// is not a reset that loses the reply.
+func lingerClose(c net.Conn) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok {
+		return
+	}
+	cw.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	io.Copy(io.Discard, io.LimitReader(c, 4<<20))
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -206,27 +243,20 @@ func isClosedConn(err error) bool {
 }
 
 // h1ReqBody is a fast-path request's body: Close does not read the rest
-// (the connection loop decides), and a caller that expects 100-continue
-// gets it at the first read.
+// (the connection loop does, finish), and reads may come from another
+// goroutine (an HTTP/2 upstream's Transport) until finish.
 type h1ReqBody struct {
-	src       io.ReadCloser
-	w         *h1Writer
-	expect    bool
-	continued bool
-	eof       bool
-	closed    bool
+	mu     sync.Mutex
+	src    io.ReadCloser
+	eof    bool
+	closed bool
 }
 
 func (b *h1ReqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.closed {
 		return 0, http.ErrBodyReadAfterClose
-	}
-	if b.expect && !b.continued {
-		b.continued = true
-		if !b.w.wroteStatus {
-			b.w.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-			b.w.bw.Flush()
-		}
 	}
 	n, err := b.src.Read(p)
 	if err == io.EOF {
@@ -236,8 +266,23 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 }
 
 func (b *h1ReqBody) Close() error {
+	b.mu.Lock()
 	b.closed = true
+	b.mu.Unlock()
 	return nil
+}
+
+// finish ends the body once the response is out: what is left is read
+// away, up to h1MaxDrain; it reports whether the connection can go on.
+func (b *h1ReqBody) finish() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.eof {
+		return true
+	}
+	n, err := io.CopyN(io.Discard, b.src, h1MaxDrain+1)
+	return n <= h1MaxDrain && err == io.EOF
 }
 
 // h1Writer is a fast-path response: the header goes out at the first

@@ -143,6 +143,25 @@ func TestH1FastPathFraming(t *testing.T) {
 		t.Fatalf("HTTP/1.0: %d %q close=%t", resp.StatusCode, body, resp.Close)
 	}
 
+	// Expect: 100-continue: the interim response, then the body goes.
+	c = dialRaw(t, addr)
+	c.send("POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+	if line, err := c.br.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("100-continue: %q %v", line, err)
+	}
+	c.br.ReadString('\n')
+	c.send("ping")
+	if resp, body := c.response("POST"); resp.StatusCode != 200 || body != "ping" {
+		t.Fatalf("after 100-continue: %d %q", resp.StatusCode, body)
+	}
+
+	// A header past 1 MiB: 431 and the end.
+	c = dialRaw(t, addr)
+	c.send("GET / HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n")
+	if resp, _ := c.response("GET"); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("huge header: %d", resp.StatusCode)
+	}
+
 	// A request line that is not HTTP: 400 and the end.
 	c = dialRaw(t, addr)
 	c.send("NOT HTTP\r\n\r\n")
