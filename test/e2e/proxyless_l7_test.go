@@ -47,6 +47,7 @@ type proxylessApp struct {
 	addr  string // its Dataplane's address and inbound port
 	dir   string
 	agent *proc
+	srv   *proc // the server, if it is one
 }
 
 // startProxylessAgent registers a Dataplane of service (tags: version and
@@ -79,8 +80,8 @@ func (m *meshZones) startProxylessServer(zone, name, service, version string, fl
 	app := m.startProxylessAgent(zone, name, service, version)
 	cmd := exec.Command(grpcxdsBin(m.t), append([]string{"--addr", app.addr, "--name", name}, flags...)...)
 	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+filepath.Join(app.dir, "bootstrap.json"))
-	srv := launch(m.t, name, cmd)
-	eventually(m.t, name+" serving", func() bool { return strings.Contains(srv.out.String(), "serving "+app.addr) })
+	app.srv = launch(m.t, name, cmd)
+	eventually(m.t, name+" serving", func() bool { return strings.Contains(app.srv.out.String(), "serving "+app.addr) })
 	return app
 }
 
@@ -143,7 +144,8 @@ func allFrom(t *testing.T, c testgrpc.TestServiceClient, n int, md ...string) ma
 // at the set time), a fault (aborted calls) and, over mTLS through the
 // other zone's ingress (SNI), a service that runs only there, whose server
 // sees the client's SPIFFE ID and whose RBAC refuses it once a
-// TrafficPermission denies it. The servers are grpc-go xDS servers taking
+// TrafficPermission denies it; when this zone's instance of a service
+// dies, calls fail over to the other zone's (EDS priorities). The servers are grpc-go xDS servers taking
 // their listeners, certificates and RBAC from their zone CPs. Every
 // identity comes from ursa-dp proxyless agents (SDS → files → grpc-go's
 // file_watcher certificate provider). The client runs in a child process
@@ -182,7 +184,8 @@ spec:
 		eventually(t, "the mesh in "+name, func() bool { return z.cp.has(t, "/meshes/default") })
 	}
 	m.startIngress("zone-2")
-	m.startProxylessServer("zone-1", "billing-v1", "billing", "v1")
+	billingV1 := m.startProxylessServer("zone-1", "billing-v1", "billing", "v1")
+	m.startProxylessServer("zone-2", "billing-z2", "billing", "v1")
 	m.startProxylessServer("zone-1", "billing-v2", "billing", "v2")
 	m.startProxylessServer("zone-1", "flaky-1", "flaky", "v1", "--fail-every", "2")
 	m.startProxylessServer("zone-2", "payments-1", "payments", "v1")
@@ -314,4 +317,33 @@ spec:
 	}
 	ctl(t, m.global.api, "", "delete", "fault-injection", "billing-chaos", "-m", "default")
 	eventually(t, "billing without the fault", func() bool { _, _, err := unary(billing); return err == nil })
+
+	// Failover: billing v1 runs here and in zone-2, here first (priority
+	// 0). Its server here dies (its agent, and so its endpoint, stays):
+	// grpc-go moves to the next priority, zone-2's ingress, by itself.
+	if got := allFrom(t, billing, 20); got["billing-v1"] != 20 {
+		t.Fatalf("before the failover: %v, want this zone's billing-v1 only", got)
+	}
+	billingV1.srv.cmd.Process.Kill()
+	eventually(t, "billing from zone-2", func() bool {
+		for range 10 {
+			if resp, _, err := unary(billing); err != nil || resp.ServerId != "billing-z2" {
+				return false
+			}
+		}
+		return true
+	})
+	if got := allFrom(t, billing, 50); got["billing-z2"] != 50 {
+		t.Fatalf("after billing-v1 died: %v, want zone-2's billing-z2 only", got)
+	}
+
+	// grpc-go accepted everything it was sent: no proxyless node NACKed.
+	for zone, names := range map[string][]string{"zone-1": {"web-1", "billing-v2", "flaky-1"}, "zone-2": {"payments-1", "billing-z2"}} {
+		for _, name := range names {
+			_, body := m.zones[zone].cp.get(t, "/meshes/default/dataplanes/"+name+"/insight")
+			if !strings.Contains(body, `"nacks":0`) || strings.Contains(body, "lastNack") {
+				t.Errorf("%s in %s NACKed: %s", name, zone, body)
+			}
+		}
+	}
 }
