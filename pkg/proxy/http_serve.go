@@ -204,7 +204,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg := p.cfg.Load()
 	ri := &requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
-		Protocol: r.Proto, Downstream: r.RemoteAddr, RequestHeaders: r.Header, Direction: "outbound"}
+		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, Direction: "outbound"}
 	if strings.HasPrefix(meta.listener, "inbound") || strings.HasPrefix(meta.listener, "ursa:inbound") {
 		ri.Direction = "inbound"
 	}
