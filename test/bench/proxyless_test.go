@@ -43,8 +43,10 @@ func proxylessL7(services int) []api.Resource {
 // BenchmarkProxylessGenerate measures a proxyless gRPC client's
 // configuration with L7 routes and policies in a 1,000-dataplane mTLS mesh
 // of 50 services: a mesh's one-off build of what its proxyless clients
-// share (mesh: a fresh MeshState per iteration), what each further client
-// costs (client: its server listener and the shared lists), and
+// share (mesh: a fresh MeshState per iteration), its rebuild after a change
+// of endpoints (endpoints: the next MeshState keeps the listeners, routes
+// and clusters), what each further client costs (client: its server
+// listener and the shared lists), and
 // SetResources' validation and hashing of it, unchanged (validate+hash).
 func BenchmarkProxylessGenerate(b *testing.B) {
 	f := newXDSMesh(b, xdsServices, xdsPerService)
@@ -73,6 +75,25 @@ func BenchmarkProxylessGenerate(b *testing.B) {
 		b.ReportMetric(float64(size), "config-B")
 		b.ReportMetric(float64(count["RouteConfiguration"]), "route-configs")
 		b.ReportMetric(float64(count["Cluster"]), "clusters")
+	})
+	// An instance more of a service: the same policies, other endpoints.
+	extra := *f.state.Dataplanes[1]
+	extra.Name, extra.Networking.Address = "extra", "10.9.9.9"
+	cats := [2]*catalog.Catalog{cat, catalog.FromResources(xdsZone, append(kept, &extra))}
+	b.Run("endpoints", func(b *testing.B) {
+		b.ReportAllocs()
+		state := xds.NewState(cat, nil)
+		if _, err := xds.Proxyless(state, p); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			i++
+			state = xds.NewState(cats[i%2], state)
+			if _, err := xds.Proxyless(state, p); err != nil {
+				b.Fatal(err)
+			}
+		}
 	})
 	state := xds.NewState(cat, nil)
 	if _, err := xds.Proxyless(state, p); err != nil {
