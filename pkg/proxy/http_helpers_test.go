@@ -141,7 +141,7 @@ func routeConfig(name string, routes ...*route.Route) *route.RouteConfiguration 
 
 // backend is an HTTP server (HTTP/1.1 and h2c) whose handler says its name
 // in x-backend and echoes the request's headers back as x-echo-<name>.
-func backend(t *testing.T, name string, h http.HandlerFunc) string {
+func backend(t testing.TB, name string, h http.HandlerFunc) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -185,7 +185,7 @@ func newSidecars(t *testing.T) *sidecars {
 }
 
 // apply translates resources for p and applies them with identity.
-func apply(t *testing.T, p *Proxy, id *tls.Certificate, roots *x509.CertPool, listeners []*listener.Listener, clusters []*cluster.Cluster,
+func apply(t testing.TB, p *Proxy, id *tls.Certificate, roots *x509.CertPool, listeners []*listener.Listener, clusters []*cluster.Cluster,
 	cla []*endpoint.ClusterLoadAssignment, routes ...*route.RouteConfiguration) {
 	t.Helper()
 	cfg, err := translate(listeners, clusters, cla, nil, nil, routes...)

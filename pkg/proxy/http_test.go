@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -285,5 +286,58 @@ func TestHTTPUpstreamFailures(t *testing.T) {
 	resp, body := get(t, h2cClient(), url+"/pkg.Svc/Call", "content-type", "application/grpc")
 	if resp.StatusCode != 200 || body != "msg" || resp.Trailer.Get("grpc-status") != "0" || resp.Header.Get("x-proto") != "HTTP/2.0" {
 		t.Fatalf("gRPC over h2c: %d %q trailers %v headers %v", resp.StatusCode, body, resp.Trailer, resp.Header)
+	}
+}
+
+// TestHTTPUpgradeAndIdle: an upgraded connection (101, as a WebSocket's)
+// flows both ways through the proxy; a route's idle timeout answers 504
+// to a backend that sends nothing for that long.
+func TestHTTPUpgradeAndIdle(t *testing.T) {
+	echo := backend(t, "echo", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			<-r.Context().Done() // stalls until the proxy gives up
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString("echo " + line)
+			brw.Flush()
+		}
+	})
+	idle := toCluster("echo")
+	idle.IdleTimeout = durationpb.New(150 * time.Millisecond)
+	rc := routeConfig("outbound:svc", routeTo("idle", nil, idle))
+	url := plainHTTP(t, newProxy(t), rc, nil, staticHTTPCluster("echo", false, echo))
+	start := time.Now()
+	if resp, body := get(t, h1Client(), url+"/stall"); resp.StatusCode != http.StatusGatewayTimeout || body != "stream timeout" || time.Since(start) < 150*time.Millisecond {
+		t.Fatalf("idle backend: %d %q after %s", resp.StatusCode, body, time.Since(start))
+	}
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	for _, msg := range []string{"one", "two"} {
+		fmt.Fprintf(conn, "%s\n", msg)
+		if line, err := br.ReadString('\n'); err != nil || line != "echo "+msg+"\n" {
+			t.Fatalf("over the upgraded connection: %q %v", line, err)
+		}
 	}
 }

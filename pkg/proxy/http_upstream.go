@@ -33,8 +33,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo,
 	var idle *idleWatch
 	if rt.IdleTimeout > 0 {
 		idle = newIdleWatch(rt.IdleTimeout)
-		ctx = idle.bind(ctx)
-		defer idle.stop()
+		var done context.CancelFunc
+		ctx, done = idle.bind(ctx)
+		defer done()
 	}
 	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, ctx: ctx, idle: idle, body: newReplayBody(r.Body)}
 	end := func() {}
@@ -217,8 +218,8 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		p.outcome(c, ep, status, err)
 		perTryTimedOut := err != nil && actx.Err() == context.DeadlineExceeded && req.Context().Err() == nil
-		retry := attempt < pol.retries && ex.body.replayable() && req.Context().Err() == nil && pol.wants(resp, err, perTryTimedOut)
-		if retry {
+		wanted := pol.wants(resp, err, perTryTimedOut)
+		if wanted && attempt < pol.retries && ex.body.replayable() && req.Context().Err() == nil {
 			if resp != nil {
 				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
@@ -227,7 +228,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			releaseRetry()
 			continue
 		}
-		if attempt > 0 && attempt >= pol.retries {
+		if wanted && attempt > 0 && attempt >= pol.retries {
 			ri.flag("URX")
 		}
 		if err != nil {
@@ -235,6 +236,20 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			releaseRetry()
 			releaseReq()
 			return nil, ex.failure(err, perTryTimedOut)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// An upgraded connection (a WebSocket) is the reverse proxy's
+			// to copy, through its writable body, and leaves the idle
+			// timeout.
+			ex.idle.stop()
+			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+				resp.Body = &upgradedBody{ReadWriteCloser: rwc, release: func() { acancel(); releaseRetry(); releaseReq() }}
+				return resp, nil
+			}
+			acancel()
+			releaseRetry()
+			releaseReq()
+			return resp, nil
 		}
 		if ex.idle != nil {
 			ex.idle.kick()
@@ -356,33 +371,52 @@ func (b *releasingBody) Close() error {
 	return err
 }
 
+// upgradedBody is releasingBody for an upgraded connection's body, which
+// the reverse proxy writes to as well.
+type upgradedBody struct {
+	io.ReadWriteCloser
+	release func()
+	once    sync.Once
+}
+
+func (b *upgradedBody) Close() error {
+	err := b.ReadWriteCloser.Close()
+	b.once.Do(b.release)
+	return err
+}
+
 // idleWatch cancels a request that sees no activity (response bytes) for
 // its route's idle timeout.
 type idleWatch struct {
-	d      time.Duration
-	timer  *time.Timer
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	fire   bool
+	d     time.Duration
+	timer *time.Timer
+	mu    sync.Mutex
+	fire  bool
 }
 
 func newIdleWatch(d time.Duration) *idleWatch { return &idleWatch{d: d} }
 
-func (w *idleWatch) bind(ctx context.Context) context.Context {
+// bind starts the watch over a context that it cancels when it fires;
+// done stops it and cancels the context.
+func (w *idleWatch) bind(ctx context.Context) (_ context.Context, done context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
-	w.cancel = cancel
 	w.timer = time.AfterFunc(w.d, func() {
 		w.mu.Lock()
 		w.fire = true
 		w.mu.Unlock()
 		cancel()
 	})
-	return ctx
+	return ctx, func() { w.timer.Stop(); cancel() }
 }
 
 func (w *idleWatch) kick() { w.timer.Reset(w.d) }
 
-func (w *idleWatch) stop() { w.timer.Stop(); w.cancel() }
+// stop ends the watch; a nil watch is none.
+func (w *idleWatch) stop() {
+	if w != nil {
+		w.timer.Stop()
+	}
+}
 
 func (w *idleWatch) fired() bool {
 	w.mu.Lock()

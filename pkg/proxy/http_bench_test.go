@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ursamesh/ursa/pkg/mtls"
+)
+
+// BenchmarkHTTPSidecarPair: requests through a caller's and a server's
+// sidecar (mTLS between them, HTTP/1.1 or HTTP/2 by the cluster's
+// protocol), keep-alive, in parallel.
+func BenchmarkHTTPSidecarPair(b *testing.B) {
+	for _, h2 := range []bool{false, true} {
+		b.Run(fmt.Sprintf("h2=%t", h2), func(b *testing.B) {
+			sc := benchSidecars(b)
+			app := backend(b, "app", nil)
+			apply(b, sc.server, sc.billing, sc.roots, []*listener.Listener{inboundHTTPListener("inbound:billing", "billing", "localhost:app", "spiffe://default/web")},
+				[]*cluster.Cluster{staticHTTPCluster("localhost:app", false, app)}, nil)
+			in := sc.server.boundAddr("inbound:billing")
+			apply(b, sc.client, sc.web, sc.roots, []*listener.Listener{outboundHTTPListener("outbound:billing", "outbound:billing")},
+				[]*cluster.Cluster{mtlsHTTPCluster("billing", "billing", h2)}, []*endpoint.ClusterLoadAssignment{assignment("billing", in)},
+				routeConfig("outbound:billing", routeTo("default", nil, toCluster("billing"))))
+			url := "http://" + sc.client.boundAddr("outbound:billing") + "/x"
+			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+			b.SetParallelism(8)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := c.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}
+
+// benchSidecars is newSidecars for a benchmark: quiet proxies.
+func benchSidecars(b *testing.B) *sidecars {
+	now := time.Now()
+	ca, err := mtls.NewCA("default", now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(ca.CertPEM))
+	pair := func(service string) *tls.Certificate {
+		id, _ := mtls.Issue(ca, service, time.Hour, now)
+		p, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return &p
+	}
+	proxy := func() *Proxy {
+		p, err := New(zap.NewNop(), prometheus.NewRegistry())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(p.Close)
+		return p
+	}
+	return &sidecars{client: proxy(), server: proxy(), roots: roots, web: pair("web"), billing: pair("billing")}
+}
+
+// boundAddr is the address listener name is bound to, "" when it is not
+// running.
+func (p *Proxy) boundAddr(name string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r, ok := p.listeners[name]; ok {
+		return r.ln.Addr().String()
+	}
+	return ""
+}
