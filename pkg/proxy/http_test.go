@@ -403,3 +403,38 @@ func TestHTTPGRPCThroughPair(t *testing.T) {
 		t.Fatalf("trailers-only error: %d %v", resp.StatusCode, resp.Header)
 	}
 }
+
+// TestHTTPWaitsForRoutes: a request to an HTTP listener whose RDS route
+// configuration has not arrived yet waits for it, as Envoy's listener
+// warming would, and is then routed.
+func TestHTTPWaitsForRoutes(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", nil)
+	l := outboundHTTPListener("outbound:svc", "outbound:svc")
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil)
+	type result struct {
+		status int
+		body   string
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := h1Client().Get("http://" + boundAddr(t, p, "outbound:svc") + "/")
+		if err != nil {
+			done <- result{body: err.Error()}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(b)}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("answered before its routes came: %+v", r)
+	case <-time.After(100 * time.Millisecond): // not a wait for a condition: a check that nothing happens
+	}
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil,
+		routeConfig("outbound:svc", routeTo("default", nil, toCluster("app"))))
+	if r := <-done; r.status != 200 || r.body != "app GET /" {
+		t.Fatalf("once the routes came: %+v", r)
+	}
+}
