@@ -58,7 +58,13 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		inboundPort = port
 		build := func() *listener.Listener { return s.transparentInbound(dp, port, mtls) }
 		if dp.Version != 0 {
-			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port)
+			// Its chains speak the protocols of the inbounds' services,
+			// which the PolicyHash does not cover.
+			var protocols []string
+			for _, in := range dp.Networking.Inbound {
+				protocols = append(protocols, s.Protocol(in.Tags[api.TagService]))
+			}
+			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d|%q", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port, protocols)
 			out.Add(resource.ListenerType, memoPolicy(s, key, build))
 		} else {
 			out.Add(resource.ListenerType, build())
