@@ -199,3 +199,46 @@ func TestInboundFollowsProtocol(t *testing.T) {
 		}
 	}
 }
+
+// TestInboundSurvivesRouteChanges: a stored Dataplane's inbound listener
+// is kept (the very message) when routes or outbound policies change,
+// and made again when a TrafficPermission does.
+func TestInboundSurvivesRouteChanges(t *testing.T) {
+	rs := xdstest.Inputs(t, "testdata/sidecar/l7-canary.input.yaml")
+	for _, r := range rs {
+		r.GetMeta().Version = 1
+	}
+	inbound := func(s *State) *listener.Listener {
+		t.Helper()
+		r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: s.Mesh("default").Registered["web-1"]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, res := range r[resource.ListenerType] {
+			if l := res.(*listener.Listener); l.Name == "inbound:10.0.0.5:10010" {
+				return l
+			}
+		}
+		t.Fatal("no inbound listener")
+		return nil
+	}
+	with := func(extra ...api.Resource) []api.Resource { return append(append([]api.Resource{}, rs...), extra...) }
+	s1 := NewState(catalog.FromResources("zone-1", rs), nil)
+	retry := &api.Retry{Meta: api.Meta{Type: "Retry", Mesh: "default", Name: "r", Version: 1}, Spec: api.RetrySpec{
+		Sources: []api.Selector{{Match: map[string]string{api.TagService: "*"}}}, Destinations: []api.Selector{{Match: map[string]string{api.TagService: "*"}}},
+		HTTP: &api.HTTPRetry{NumRetries: 2}}}
+	s2 := NewState(catalog.FromResources("zone-1", with(retry)), s1)
+	if s1.Mesh("default").PolicyHash == s2.Mesh("default").PolicyHash {
+		t.Fatal("a Retry left the PolicyHash alone")
+	}
+	if inbound(s2) != inbound(s1) {
+		t.Error("a Retry rebuilt web-1's inbound listener")
+	}
+	deny := &api.TrafficPermission{Meta: api.Meta{Type: "TrafficPermission", Mesh: "default", Name: "deny", Version: 1}, Spec: api.TrafficPermissionSpec{
+		Sources: []api.Selector{{Match: map[string]string{api.TagService: "admin"}}}, Destinations: []api.Selector{{Match: map[string]string{api.TagService: "web"}}},
+		Action: api.ActionDeny}}
+	s3 := NewState(catalog.FromResources("zone-1", with(retry, deny)), s2)
+	if inbound(s3) == inbound(s2) {
+		t.Error("a TrafficPermission kept web-1's inbound listener")
+	}
+}

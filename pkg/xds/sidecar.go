@@ -65,7 +65,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 				protocols = append(protocols, s.Protocol(in.Tags[api.TagService]))
 			}
 			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d|%q", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port, protocols)
-			out.Add(resource.ListenerType, memoPolicy(s, key, build))
+			out.Add(resource.ListenerType, memoInbound(s, key, build))
 		} else {
 			out.Add(resource.ListenerType, build())
 		}
@@ -82,7 +82,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		case inboundPort != 0:
 		case dp.Version != 0: // a stored Dataplane: its version and creation time name its content
 			key := fmt.Sprintf("inbound|%s|%d|%d|%d|%s|%s", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i, protocol, pp.listenerKey())
-			out.Add(resource.ListenerType, memoPolicy(s, key, build))
+			out.Add(resource.ListenerType, memoInbound(s, key, build))
 		default:
 			out.Add(resource.ListenerType, build())
 		}
