@@ -40,8 +40,8 @@ type HealthCheck struct {
 	// AltPort, when not 0, is the port checked instead of the endpoint's.
 	AltPort         uint32
 	ReuseConnection bool
-	// HTTP is an HTTP/1.1 check; nil is a TCP check (connect, and the
-	// TLS handshake when the cluster has one).
+	// HTTP is an HTTP check; nil is a TCP check (connect, and the TLS
+	// handshake when the cluster has one).
 	HTTP *HTTPCheck
 }
 
@@ -49,7 +49,10 @@ type HealthCheck struct {
 // be in Expected. A status in Retriable counts towards the unhealthy
 // threshold; any other one makes the endpoint unhealthy at once.
 type HTTPCheck struct {
-	Host, Path, Method  string
+	Host, Path, Method string
+	// HTTP2 checks over HTTP/2 (codec_client_type HTTP2): h2 by ALPN over
+	// TLS, h2c without; else HTTP/1.1.
+	HTTP2               bool
 	Expected, Retriable []StatusRange
 	AddHeaders          []HeaderToAdd
 	RemoveHeaders       []string
@@ -75,7 +78,7 @@ func inRanges(rs []StatusRange, status int) bool {
 }
 
 // translateHealthChecks reads a cluster's health checks: at most one, as
-// in Envoy, TCP (without payloads) or HTTP/1.1.
+// in Envoy, TCP (without payloads) or HTTP.
 func translateHealthChecks(hcs []*core.HealthCheck) (*HealthCheck, error) {
 	if len(hcs) == 0 {
 		return nil, nil
@@ -165,13 +168,18 @@ func translateHealthChecks(hcs []*core.HealthCheck) (*HealthCheck, error) {
 }
 
 func translateHTTPCheck(h *core.HealthCheck_HttpHealthCheck) (*HTTPCheck, error) {
-	// codec_client_type HTTP1 is the zero value: a set field is another
-	// codec.
 	if err := unsupportedFields(h, "health_checks.http_health_check", "host", "path", "request_headers_to_add",
-		"request_headers_to_remove", "expected_statuses", "retriable_statuses", "method"); err != nil {
+		"request_headers_to_remove", "expected_statuses", "retriable_statuses", "method", "codec_client_type"); err != nil {
 		return nil, err
 	}
 	out := &HTTPCheck{Host: h.GetHost(), Path: h.GetPath(), Method: http.MethodGet, RemoveHeaders: h.GetRequestHeadersToRemove()}
+	switch h.GetCodecClientType() {
+	case typev3.CodecClientType_HTTP1:
+	case typev3.CodecClientType_HTTP2:
+		out.HTTP2 = true
+	default:
+		return nil, fmt.Errorf("health_checks.http_health_check.codec_client_type: %s is not supported by the built-in proxy", h.GetCodecClientType())
+	}
 	if u, err := url.ParseRequestURI(out.Path); err != nil || !strings.HasPrefix(out.Path, "/") || u.Host != "" {
 		return nil, fmt.Errorf("health_checks.http_health_check.path: %q is not a request path", out.Path)
 	}
@@ -270,9 +278,12 @@ type checker struct {
 	// endpoint healthy, as Envoy does at startup.
 	first                   bool
 	numHealthy, numUnhealth uint32
-	client                  *http.Client
-	cancel                  context.CancelFunc
-	done                    chan struct{}
+	// client makes HTTP checks; clientTLS is whether it was made for a
+	// cluster with TLS.
+	client    *http.Client
+	clientTLS bool
+	cancel    context.CancelFunc
+	done      chan struct{}
 	// wake ends a wait for the no-traffic interval when the cluster first
 	// carries traffic.
 	wake chan struct{}
@@ -579,8 +590,9 @@ func (ck *checker) addrToCheck() string {
 
 // dial connects to the endpoint as a real upstream connection of the
 // cluster would (SO_MARK, connect timeout, mTLS with SNI and the server's
-// identity checked), within ctx. Checks are not counted by circuit
-// breakers or outlier detection.
+// identity checked), within ctx; an HTTP check offers by ALPN the
+// protocol it speaks. Checks are not counted by circuit breakers or
+// outlier detection.
 func (ck *checker) dial(ctx context.Context) (net.Conn, error) {
 	c := ck.target.Load()
 	conn, err := ck.p.dialer(c).DialContext(ctx, "tcp", ck.addrToCheck())
@@ -589,6 +601,14 @@ func (ck *checker) dial(ctx context.Context) (net.Conn, error) {
 	}
 	if !c.TLS {
 		return conn, nil
+	}
+	if h := ck.spec.HTTP; h != nil {
+		alpn := *c
+		alpn.ALPN = []string{"http/1.1"}
+		if h.HTTP2 {
+			alpn.ALPN = []string{"h2"}
+		}
+		c = &alpn
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	tc, err := ck.p.originate(ck.p.cfg.Load(), conn, c)
@@ -605,17 +625,39 @@ func (ck *checker) dial(ctx context.Context) (net.Conn, error) {
 // httpCheck sends the check's request and returns the response's status.
 func (ck *checker) httpCheck(ctx context.Context) (int, error) {
 	h := ck.spec.HTTP
-	if ck.client == nil {
-		ck.client = &http.Client{
-			Transport: &http.Transport{
-				DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return ck.dial(ctx) },
-				DisableKeepAlives:   !ck.spec.ReuseConnection,
-				MaxIdleConnsPerHost: 1,
-			},
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+	tlsUp := ck.target.Load().TLS
+	if ck.client != nil && ck.clientTLS != tlsUp {
+		ck.client.CloseIdleConnections()
+		ck.client = nil
 	}
-	req, err := http.NewRequestWithContext(ctx, h.Method, "http://health-check"+h.Path, nil)
+	if ck.client == nil {
+		ck.clientTLS = tlsUp
+		t := &http.Transport{
+			DisableKeepAlives:   !ck.spec.ReuseConnection,
+			MaxIdleConnsPerHost: 1,
+			Protocols:           new(http.Protocols),
+		}
+		dial := func(ctx context.Context, _, _ string) (net.Conn, error) { return ck.dial(ctx) }
+		switch {
+		case h.HTTP2 && tlsUp:
+			t.Protocols.SetHTTP2(true)
+			t.DialTLSContext = dial
+		case h.HTTP2:
+			t.Protocols.SetUnencryptedHTTP2(true)
+			t.DialContext = dial
+		default:
+			// Over TLS too: dial returns the TLS connection, and the
+			// request is written on it as on a plain one.
+			t.Protocols.SetHTTP1(true)
+			t.DialContext = dial
+		}
+		ck.client = &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	scheme := "http"
+	if h.HTTP2 && tlsUp {
+		scheme = "https"
+	}
+	req, err := http.NewRequestWithContext(ctx, h.Method, scheme+"://health-check"+h.Path, nil)
 	if err != nil {
 		return 0, err
 	}
