@@ -176,7 +176,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 	p.cfg.Store(next)
 	p.forgetEjections(prev, cfg)
 	p.syncResilience(p.cfg.Load())
-	p.sweepHTTPPools(cfg)
+	p.httpApplied(cfg)
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
 			r.close()
