@@ -136,6 +136,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	meta := &connMeta{listener: name, dst: dst}
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, meta))
 	ctx = context.WithValue(ctx, http.ServerContextKey, h1Server)
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
 	remote := c.RemoteAddr().String()
 	var tlsState *tls.ConnectionState
 	if tc, ok := c.(*tls.Conn); ok {
