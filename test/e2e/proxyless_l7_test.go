@@ -55,7 +55,14 @@ type proxylessApp struct {
 // until the agent wrote the bootstrap and the identity.
 func (m *meshZones) startProxylessAgent(zone, name, service, version string) *proxylessApp {
 	m.t.Helper()
-	app := &proxylessApp{addr: freeAddr(m.t), dir: filepath.Join(m.dir, name)}
+	return m.startProxylessAgentAt(zone, name, service, version, freeAddr(m.t))
+}
+
+// startProxylessAgentAt is startProxylessAgent with the Dataplane's
+// address and inbound port.
+func (m *meshZones) startProxylessAgentAt(zone, name, service, version, addr string) *proxylessApp {
+	m.t.Helper()
+	app := &proxylessApp{addr: addr, dir: filepath.Join(m.dir, name)}
 	file := filepath.Join(m.dir, name+".yaml")
 	os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n"+
 		"  - {port: %s, tags: {ursa.io/service: %s, version: %s, ursa.io/protocol: grpc}}\n", name, port(app.addr), service, version)), 0o600)
@@ -145,7 +152,9 @@ func allFrom(t *testing.T, c testgrpc.TestServiceClient, n int, md ...string) ma
 // other zone's ingress (SNI), a service that runs only there, whose server
 // sees the client's SPIFFE ID and whose RBAC refuses it once a
 // TrafficPermission denies it; when this zone's instance of a service
-// dies, calls fail over to the other zone's (EDS priorities). The servers are grpc-go xDS servers taking
+// dies, calls fail over to the other zone's (EDS priorities). A client
+// whose endpoint turns out to be another service's server refuses it (its
+// cluster accepts only the service's SPIFFE ID). The servers are grpc-go xDS servers taking
 // their listeners, certificates and RBAC from their zone CPs. Every
 // identity comes from ursa-dp proxyless agents (SDS → files → grpc-go's
 // file_watcher certificate provider). The client runs in a child process
@@ -186,7 +195,7 @@ spec:
 	m.startIngress("zone-2")
 	billingV1 := m.startProxylessServer("zone-1", "billing-v1", "billing", "v1")
 	m.startProxylessServer("zone-2", "billing-z2", "billing", "v1")
-	m.startProxylessServer("zone-1", "billing-v2", "billing", "v2")
+	billingV2 := m.startProxylessServer("zone-1", "billing-v2", "billing", "v2")
 	m.startProxylessServer("zone-1", "flaky-1", "flaky", "v1", "--fail-every", "2")
 	m.startProxylessServer("zone-2", "payments-1", "payments", "v1")
 	web := m.startProxylessAgent("zone-1", "web-1", "web", "v1")
@@ -207,6 +216,19 @@ spec:
 	if resp, _, err := unary(billing); err != nil || !strings.Contains(resp.Hostname, "spiffe://default/web") {
 		t.Fatalf("billing saw caller %q (%v), want web's SPIFFE ID", resp.GetHostname(), err)
 	}
+
+	// The client checks the server's SPIFFE ID: ghost's only endpoint is
+	// billing-v2's server (its Dataplane names that address), whose
+	// certificate is billing's, not ghost's.
+	m.startProxylessAgentAt("zone-1", "ghost-1", "ghost", "v1", billingV2.addr)
+	ghost := web.dial(t, "ghost")
+	var ghostErr error
+	eventually(t, "the call to ghost to fail the server's identity check", func() bool {
+		_, _, ghostErr = unary(ghost)
+		return status.Code(ghostErr) == codes.Unavailable && strings.Contains(ghostErr.Error(), "do not match any of the accepted SANs") &&
+			strings.Contains(ghostErr.Error(), "spiffe://default/billing")
+	})
+	t.Logf("a call to ghost reaching billing-v2: %v", ghostErr)
 
 	// The retry policy: without it, every other call fails; with it, none.
 	flaky := web.dial(t, "flaky")
