@@ -53,21 +53,21 @@ type proxylessApp struct {
 // startProxylessAgent registers a Dataplane of service (tags: version and
 // protocol grpc) in zone through an ursa-dp proxyless agent, and waits
 // until the agent wrote the bootstrap and the identity.
-func (m *meshZones) startProxylessAgent(zone, name, service, version string) *proxylessApp {
+func (m *meshZones) startProxylessAgent(zone, name, service, version string, flags ...string) *proxylessApp {
 	m.t.Helper()
-	return m.startProxylessAgentAt(zone, name, service, version, freeAddr(m.t))
+	return m.startProxylessAgentAt(zone, name, service, version, freeAddr(m.t), flags...)
 }
 
 // startProxylessAgentAt is startProxylessAgent with the Dataplane's
 // address and inbound port.
-func (m *meshZones) startProxylessAgentAt(zone, name, service, version, addr string) *proxylessApp {
+func (m *meshZones) startProxylessAgentAt(zone, name, service, version, addr string, flags ...string) *proxylessApp {
 	m.t.Helper()
 	app := &proxylessApp{addr: addr, dir: filepath.Join(m.dir, name)}
 	file := filepath.Join(m.dir, name+".yaml")
 	os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n"+
 		"  - {port: %s, tags: {ursa.io/service: %s, version: %s, ursa.io/protocol: grpc}}\n", name, port(app.addr), service, version)), 0o600)
-	flags := slices.DeleteFunc(m.zones[zone].cp.sidecarFlags(m.t, "default", service), func(f string) bool { return f == "--dns-addr=" })
-	app.agent = start(m.t, "ursa-dp", append(append([]string{"proxyless"}, flags...), "--dataplane-file", file, "--cert-dir", app.dir)...)
+	args := append(append([]string{"proxyless"}, m.zones[zone].cp.proxylessFlags(m.t, service)...), "--dataplane-file", file, "--cert-dir", app.dir)
+	app.agent = start(m.t, "ursa-dp", append(args, flags...)...)
 	eventually(m.t, name+"'s identity on disk", func() bool {
 		for _, f := range []string{"bootstrap.json", "cert.pem", "key.pem", "ca.pem"} {
 			if _, err := os.Stat(filepath.Join(app.dir, f)); err != nil {
@@ -79,14 +79,23 @@ func (m *meshZones) startProxylessAgentAt(zone, name, service, version, addr str
 	return app
 }
 
+// proxylessFlags are sidecarFlags for ursa-dp proxyless (which answers no
+// DNS).
+func (c *cp) proxylessFlags(t testing.TB, service string) []string {
+	t.Helper()
+	return slices.DeleteFunc(c.sidecarFlags(t, "default", service), func(f string) bool { return f == "--dns-addr=" })
+}
+
 // startProxylessServer starts an instance of service in zone: the xDS gRPC
 // server grpcxds (answering as name) with its agent; it returns once the
-// server took its listener from the zone CP.
+// server took its listener from the zone CP. The server shows its token as
+// JWT call credentials (ursa-dp proxyless --jwt-call-creds), the clients in
+// their node metadata.
 func (m *meshZones) startProxylessServer(zone, name, service, version string, flags ...string) *proxylessApp {
 	m.t.Helper()
-	app := m.startProxylessAgent(zone, name, service, version)
+	app := m.startProxylessAgent(zone, name, service, version, "--jwt-call-creds")
 	cmd := exec.Command(grpcxdsBin(m.t), append([]string{"--addr", app.addr, "--name", name}, flags...)...)
-	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+filepath.Join(app.dir, "bootstrap.json"))
+	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+filepath.Join(app.dir, "bootstrap.json"), "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true")
 	app.srv = launch(m.t, name, cmd)
 	eventually(m.t, name+" serving", func() bool { return strings.Contains(app.srv.out.String(), "serving "+app.addr) })
 	return app
