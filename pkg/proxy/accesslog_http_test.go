@@ -132,7 +132,7 @@ func TestHTTPAccessLogsAndSpansThroughSidecars(t *testing.T) {
 	apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inbound},
 		[]*cluster.Cluster{staticHTTPCluster("localhost:app", false, app), collectorCluster("tracing:collector", spans.addr)}, nil)
 
-	format := "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %ROUTE_NAME% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %PROTOCOL% %REQ(X-CANARY)% %BYTES_SENT%\n"
+	format := "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %ROUTE_NAME% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %PROTOCOL% %REQ(X-CANARY)% %BYTES_SENT% %DOWNSTREAM_LOCAL_ADDRESS%\n"
 	outbound := withObs(t, outboundHTTPListener("outbound:billing", "outbound:billing"),
 		[]*accesslogv3.AccessLog{fileLogger(t, logPath, format), fluentLogger(t, "access-log:collector", "%REQ(:PATH)% %RESPONSE_CODE%")},
 		otelTracing(t, "tracing:collector", "web", 100))
@@ -149,7 +149,7 @@ func TestHTTPAccessLogsAndSpansThroughSidecars(t *testing.T) {
 	}
 	appTraceparent := resp.Header.Get("x-echo-traceparent")
 
-	want := "GET /orders?id=7 200 - billing-route/default billing-v1 " + in + " HTTP/1.1 1 14\n"
+	want := "GET /orders?id=7 200 - billing-route/default billing-v1 " + in + " HTTP/1.1 1 14 " + boundAddr(t, sc.client, "outbound:billing") + "\n"
 	testutil.Until(t, 10*time.Second, "the access log line", func() bool {
 		b, _ := os.ReadFile(logPath)
 		return string(b) == want

@@ -294,16 +294,28 @@ type checker struct {
 }
 
 // healthChecks runs the checkers of every cluster that has a health check.
+// Readers (every pick of an endpoint) take no lock: they read a snapshot
+// that sync replaces as a whole.
 type healthChecks struct {
-	mu       sync.Mutex
-	clusters map[string]*checkedCluster
+	mu       sync.Mutex // serializes sync and stop
+	clusters atomic.Pointer[map[string]*checkedCluster]
 	wg       sync.WaitGroup
 }
 
+// checkedCluster is a cluster's checkers; a snapshot's never change.
 type checkedCluster struct {
 	checkers map[string]*checker
-	// used is whether the cluster has carried traffic.
-	used bool
+	// used is whether the cluster has carried traffic; shared by the
+	// cluster's snapshots.
+	used *atomic.Bool
+}
+
+// current is the snapshot of checked clusters.
+func (hs *healthChecks) current() map[string]*checkedCluster {
+	if m := hs.clusters.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 // sync starts a checker for each endpoint of each health-checked cluster
@@ -313,54 +325,54 @@ type checkedCluster struct {
 func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	for name, cc := range hs.clusters {
-		c, ok := clusters[name]
-		if !ok || c.HealthCheck == nil {
-			for _, ck := range cc.checkers {
-				ck.cancel()
-			}
-			delete(hs.clusters, name)
-		}
-	}
+	prev := hs.current()
+	next := map[string]*checkedCluster{}
 	for name, c := range clusters {
 		if c.HealthCheck == nil || c.OriginalDst {
 			continue
 		}
-		cc := hs.clusters[name]
-		if cc == nil {
-			cc = &checkedCluster{checkers: map[string]*checker{}}
-			hs.clusters[name] = cc
+		old := prev[name]
+		cc := &checkedCluster{checkers: map[string]*checker{}, used: new(atomic.Bool)}
+		if old != nil {
+			cc.used = old.used
 		}
-		want := map[string]bool{}
 		for _, ep := range c.Endpoints {
-			want[ep.Addr] = true
-			old := cc.checkers[ep.Addr]
-			if old != nil && reflect.DeepEqual(old.spec, c.HealthCheck) {
-				old.target.Store(c)
+			if cc.checkers[ep.Addr] != nil {
+				continue
+			}
+			var was *checker
+			if old != nil {
+				was = old.checkers[ep.Addr]
+			}
+			if was != nil && reflect.DeepEqual(was.spec, c.HealthCheck) {
+				was.target.Store(c)
+				cc.checkers[ep.Addr] = was
 				continue
 			}
 			ck := &checker{p: p, cluster: name, addr: ep.Addr, spec: c.HealthCheck, first: true,
 				done: make(chan struct{}), wake: make(chan struct{}, 1)}
 			ck.target.Store(c)
-			if old != nil {
-				old.cancel()
-				ck.healthy.Store(old.healthy.Load())
-				ck.first = old.checks.Load() == 0
+			if was != nil {
+				ck.healthy.Store(was.healthy.Load())
+				ck.first = was.checks.Load() == 0
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			ck.cancel = cancel
 			cc.checkers[ep.Addr] = ck
-			used := cc.used
+			used := cc.used.Load()
 			hs.wg.Add(1)
 			go func() {
 				defer hs.wg.Done()
 				ck.run(ctx, used)
 			}()
 		}
-		for addr, ck := range cc.checkers {
-			if !want[addr] {
+		next[name] = cc
+	}
+	hs.clusters.Store(&next)
+	for name, old := range prev {
+		for addr, ck := range old.checkers {
+			if cc := next[name]; cc == nil || cc.checkers[addr] != ck {
 				ck.cancel()
-				delete(cc.checkers, addr)
 			}
 		}
 	}
@@ -369,13 +381,14 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 // stop stops every checker and waits for them to end.
 func (hs *healthChecks) stop() {
 	hs.mu.Lock()
-	for name, cc := range hs.clusters {
+	prev := hs.current()
+	hs.clusters.Store(nil)
+	hs.mu.Unlock()
+	for _, cc := range prev {
 		for _, ck := range cc.checkers {
 			ck.cancel()
 		}
-		delete(hs.clusters, name)
 	}
-	hs.mu.Unlock()
 	hs.wg.Wait()
 }
 
@@ -383,9 +396,7 @@ func (hs *healthChecks) stop() {
 // requests as far as health checks go: always, when its cluster has none;
 // once its checks pass, when it has.
 func (hs *healthChecks) healthy(cluster, addr string) bool {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	cc := hs.clusters[cluster]
+	cc := hs.current()[cluster]
 	if cc == nil {
 		return true
 	}
@@ -397,19 +408,22 @@ func (hs *healthChecks) healthy(cluster, addr string) bool {
 // the first time: they have been waiting for the longer no-traffic
 // interval.
 func (hs *healthChecks) traffic(cluster string) {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	cc := hs.clusters[cluster]
-	if cc == nil || cc.used {
+	cc := hs.current()[cluster]
+	if cc == nil || cc.used.Load() || !cc.used.CompareAndSwap(false, true) {
 		return
 	}
-	cc.used = true
 	for _, ck := range cc.checkers {
 		select {
 		case ck.wake <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// used reports whether a cluster has carried traffic.
+func (hs *healthChecks) used(cluster string) bool {
+	cc := hs.current()[cluster]
+	return cc != nil && cc.used.Load()
 }
 
 // run checks until ctx ends: at once (after the initial jitter), then
@@ -458,14 +472,6 @@ func (ck *checker) run(ctx context.Context, used bool) {
 		}
 		wait = ck.next(ck.record(res), used)
 	}
-}
-
-// used reports whether a cluster has carried traffic.
-func (hs *healthChecks) used(cluster string) bool {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	cc := hs.clusters[cluster]
-	return cc != nil && cc.used
 }
 
 // record applies a check's result to the endpoint's health, as Envoy

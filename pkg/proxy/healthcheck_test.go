@@ -37,9 +37,7 @@ func hcProxy(t *testing.T) (*Proxy, *testutil.Clock, *prometheus.Registry) {
 }
 
 func (p *Proxy) checkerOf(cluster, addr string) *checker {
-	p.resil.health.mu.Lock()
-	defer p.resil.health.mu.Unlock()
-	if cc := p.resil.health.clusters[cluster]; cc != nil {
+	if cc := p.resil.health.current()[cluster]; cc != nil {
 		return cc.checkers[addr]
 	}
 	return nil
@@ -59,11 +57,9 @@ func checksDone(t *testing.T, p *Proxy, cluster, addr string, n int64) {
 func step(t *testing.T, p *Proxy, clock *testutil.Clock, cluster string, d time.Duration) {
 	t.Helper()
 	var cks []*checker
-	p.resil.health.mu.Lock()
-	for _, ck := range p.resil.health.clusters[cluster].checkers {
+	for _, ck := range p.resil.health.current()[cluster].checkers {
 		cks = append(cks, ck)
 	}
-	p.resil.health.mu.Unlock()
 	testutil.Until(t, 10*time.Second, "every checker waiting", func() bool {
 		for _, ck := range cks {
 			if !ck.idle.Load() {

@@ -208,7 +208,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg := p.cfg.Load()
 	ri := &requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
-		Protocol: r.Proto, Downstream: r.RemoteAddr, RequestHeaders: r.Header, Direction: "outbound"}
+		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, Direction: "outbound"}
 	if r.ProtoMajor == 2 {
 		ri.Protocol = "HTTP/2" // as Envoy's %PROTOCOL% writes it (r.Proto is "HTTP/2.0")
 	}

@@ -596,7 +596,7 @@ func (p *Proxy) connected(cluster, addr string) {
 }
 
 func (p *Proxy) healthy(cluster, addr string) bool {
-	if !p.resil.available(cluster, addr, p.now()) {
+	if !p.resil.available(cluster, addr, p.now) {
 		return false
 	}
 	p.mu.Lock()
