@@ -438,3 +438,32 @@ func TestHTTPWaitsForRoutes(t *testing.T) {
 		t.Fatalf("once the routes came: %+v", r)
 	}
 }
+
+// TestHTTPLargeBodyNotRetried: a request body over 64 KiB streams to the
+// upstream without being kept, so a failed attempt is not retried; a
+// smaller one is retried as often as the policy says.
+func TestHTTPLargeBodyNotRetried(t *testing.T) {
+	var calls atomic.Int64
+	failing := backend(t, "failing", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		calls.Add(1)
+		w.Header().Set("x-read", fmt.Sprint(n))
+		w.WriteHeader(503)
+	})
+	retry := toCluster("failing")
+	retry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(3),
+		RetryBackOff: &route.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
+	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("retried", nil, retry)), nil, staticHTTPCluster("failing", false, failing))
+	for _, c := range []struct{ size, calls int }{{maxReplay + 1, 1}, {maxReplay, 4}, {10, 4}} {
+		calls.Store(0)
+		resp, err := h1Client().Post(url+"/", "application/octet-stream", strings.NewReader(strings.Repeat("x", c.size)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 || resp.Header.Get("x-read") != fmt.Sprint(c.size) || calls.Load() != int64(c.calls) {
+			t.Errorf("a %d-byte body: %d, %s bytes read upstream, %d attempts; want 503, all of it, %d attempts",
+				c.size, resp.StatusCode, resp.Header.Get("x-read"), calls.Load(), c.calls)
+		}
+	}
+}
