@@ -28,7 +28,7 @@ type resilience struct {
 
 // init makes the state and registers its metrics.
 func (r *resilience) init(reg prometheus.Registerer) error {
-	r.breakers = breakers{m: map[string]*circuitBreaker{}, open: prometheus.NewCounterVec(prometheus.CounterOpts{
+	r.breakers = breakers{open: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ursa_dp_circuit_breaker_open_total",
 		Help: "Connections, requests, pending requests and retries refused because a cluster's circuit breaker threshold was reached (response flag UO), by cluster and kind."},
 		[]string{"cluster", "kind"})}

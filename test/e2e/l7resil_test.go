@@ -48,13 +48,14 @@ func (a *gatedApp) open() { a.once.Do(func() { close(a.gate) }) }
 // TestL7CircuitBreaker: a CircuitBreaker with max_requests 2 in front of
 // a backend that holds its requests: of 10 concurrent calls through web's
 // sidecar, 2 reach the backend and the other 8 are refused at once, 503
-// overflow (UO), while those 2 are still held — they do not queue — and
-// web's sidecar counts the overflows on /metrics; the 2 are served when
-// the backend answers.
+// overflow (UO in web's access log), while those 2 are still held — they
+// do not queue — and web's sidecar counts the overflows on /metrics; the
+// 2 are served when the backend answers.
 func TestL7CircuitBreaker(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1")
 	dir := t.TempDir()
-	ctl(t, zone.api, `
+	logPath := filepath.Join(dir, "access.log")
+	ctl(t, zone.api, fmt.Sprintf(`
 type: Mesh
 name: default
 mtls: {enabled: true}
@@ -73,7 +74,16 @@ spec:
   sources: [{match: {ursa.io/service: '*'}}]
   destinations: [{match: {ursa.io/service: billing}}]
   thresholds: {maxRequests: 2, maxPendingRequests: 1}
-`, "apply", "-f", "-")
+---
+type: TrafficLog
+mesh: default
+name: web-log
+spec:
+  sources: [{match: {ursa.io/service: web}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  backend: {file: {path: %q}}
+  format: '%%REQ(:PATH)%% %%RESPONSE_CODE%% %%RESPONSE_FLAGS%%'
+`, logPath), "apply", "-f", "-")
 	app := startGatedApp(t)
 	startSidecar(t, zone, dir, "billing-1", "billing", "ursa.io/protocol: http", app.addr)
 	out := freeAddr(t)
@@ -122,6 +132,10 @@ spec:
 	if got := web.metric(t, "ursa_dp_circuit_breaker_open_total", `cluster="billing`, `kind="requests"`); got != calls-2 {
 		t.Fatalf("web's sidecar counted %v overflows, want %d", got, calls-2)
 	}
+	eventually(t, "web's access log saying UO for each refusal", func() bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Count(string(b), "/work 503 UO\n") == calls-2
+	})
 	eventually(t, "two calls held by the backend", func() bool { return app.holding.Load() == 2 })
 	app.open()
 	for range 2 {
