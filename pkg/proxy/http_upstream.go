@@ -194,7 +194,10 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		// headers, so every attempt shares them (a deep Clone per attempt
 		// was 9% of the bytes a sidecar allocated per request); an attempt
 		// that must change its headers clones them first.
-		out := req.WithContext(actx)
+		// A dial this attempt starts may wait as a pending request
+		// (connectionSlot) until the attempt has its connection (got).
+		got := make(chan struct{})
+		out := req.WithContext(withAttemptDone(actx, got))
 		u := *req.URL
 		out.URL = &u
 		out.URL.Host = ep.Addr
@@ -206,10 +209,6 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		if req.Body == nil || req.Body == http.NoBody {
 			out.Body = nil
 		}
-		// A dial this attempt starts may wait as a pending request
-		// (connectionSlot) until the attempt has its connection.
-		got := make(chan struct{})
-		out = out.WithContext(withAttemptDone(actx, got))
 		resp, err := pool.RoundTrip(out)
 		close(got)
 		status := 0
