@@ -31,6 +31,7 @@ type proxylessConfig struct {
 	TokenFile     string `json:"tokenFile" usage:"file holding the application's dataplane token (ursactl generate dataplane-token); the agent reads it at every connection, the bootstrap carries it as it was at start"`
 	CertDir       string `json:"certDir" usage:"directory where the workload identity is kept (cert.pem, key.pem, ca.pem), which the bootstrap's file_watcher certificate provider reads; its key is made there once and kept"`
 	BootstrapFile string `json:"bootstrapFile" usage:"where to write the application's gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP); empty: bootstrap.json in --cert-dir"`
+	JWTCallCreds  bool   `json:"jwtCallCreds" usage:"the bootstrap names --token-file as jwt_token_file call credentials (gRFC A97; the application needs GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true) instead of carrying the token in its node metadata: a renewed token is taken up without a restart"`
 	Log           struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
@@ -95,12 +96,19 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 	if cfg.CertDir == "" {
 		return errors.New("--cert-dir: required: where the application's certificate provider reads its identity")
 	}
-	if err := os.MkdirAll(cfg.CertDir, 0o700); err != nil {
-		return fmt.Errorf("--cert-dir: %w", err)
-	}
 	target, err := proxy.ParseTarget(cfg.CPAddress, cfg.XDSInsecure)
 	if err != nil {
 		return fmt.Errorf("--cp-address %w", err)
+	}
+	switch {
+	case cfg.JWTCallCreds && (cfg.TokenFile == "" || !target.TLS):
+		return errors.New("--jwt-call-creds: with --token-file and a grpcs:// --cp-address only (call credentials go over TLS)")
+	case cfg.TokenFile != "" && !cfg.JWTCallCreds:
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		meta[api.MetadataToken] = strings.TrimSpace(string(b))
 	}
 	var tlsCfg *tls.Config
 	if target.TLS {
@@ -113,14 +121,10 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 	if target.TLS && cfg.CACertFile == "" {
 		return errors.New("--ca-cert-file: required with grpcs://: the application's bootstrap must name the CA of the zone CP's certificate")
 	}
-	if cfg.TokenFile != "" {
-		b, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return fmt.Errorf("--token-file: %w", err)
-		}
-		meta[api.MetadataToken] = strings.TrimSpace(string(b))
-	}
 	nodeID := mesh + "." + name
+	if err := os.MkdirAll(cfg.CertDir, 0o700); err != nil {
+		return fmt.Errorf("--cert-dir: %w", err)
+	}
 	key, err := proxyless.LoadOrCreateKey(cfg.CertDir)
 	if err != nil {
 		return fmt.Errorf("--cert-dir: %w", err)
@@ -132,8 +136,12 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 	// The application presents the same CSR: whichever of its streams
 	// and the agent's the CP saw last, the identity certifies this key.
 	meta[api.MetadataCSR] = string(csr)
-	boot, err := proxyless.Bootstrap(proxyless.BootstrapOptions{CPAddress: target.Address, Plaintext: !target.TLS, CACertFile: cfg.CACertFile,
-		NodeID: nodeID, Metadata: meta, CertDir: cfg.CertDir})
+	opts := proxyless.BootstrapOptions{CPAddress: target.Address, Plaintext: !target.TLS, CACertFile: cfg.CACertFile,
+		NodeID: nodeID, Metadata: meta, CertDir: cfg.CertDir}
+	if cfg.JWTCallCreds {
+		opts.JWTTokenFile = cfg.TokenFile
+	}
+	boot, err := proxyless.Bootstrap(opts)
 	if err != nil {
 		return err
 	}
@@ -141,7 +149,7 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 	if bootFile == "" {
 		bootFile = filepath.Join(cfg.CertDir, "bootstrap.json")
 	}
-	// It carries the token: readable by its owner only.
+	// It may carry the token: readable by its owner only.
 	if err := os.WriteFile(bootFile, boot, 0o600); err != nil {
 		return fmt.Errorf("--bootstrap-file: %w", err)
 	}

@@ -30,13 +30,17 @@ func TestProxylessBadFlags(t *testing.T) {
 		{"no ca", proxylessConfig{DataplaneFile: dp, CertDir: certs, CPAddress: "grpcs://127.0.0.1:5678"}, "--ca-cert-file"},
 		{"no token", proxylessConfig{DataplaneFile: dp, CertDir: certs, CPAddress: "grpc://127.0.0.1:5678", XDSInsecure: true,
 			TokenFile: filepath.Join(dir, "nope")}, "--token-file"},
+		{"jwt without a token file", proxylessConfig{DataplaneFile: dp, CertDir: certs, CPAddress: "grpcs://127.0.0.1:5678", CACertFile: "/dev/null",
+			JWTCallCreds: true}, "--jwt-call-creds"},
+		{"jwt in plaintext", proxylessConfig{DataplaneFile: dp, CertDir: certs, CPAddress: "grpc://127.0.0.1:5678", XDSInsecure: true,
+			TokenFile: filepath.Join(dir, "nope"), JWTCallCreds: true}, "--jwt-call-creds"},
 	} {
 		err := runProxyless(context.Background(), tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%s: %v; want an error naming %q", tc.name, err, tc.err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(certs, "bootstrap.json")); err == nil {
-		t.Error("a refused start wrote a bootstrap")
+	if _, err := os.Stat(certs); err == nil {
+		t.Error("a refused start made --cert-dir")
 	}
 }

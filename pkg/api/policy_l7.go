@@ -157,8 +157,8 @@ type HTTPRetry struct {
 	// internal, resource-exhausted, unavailable (and the http ones).
 	RetryOn []string `json:"retryOn,omitempty"`
 	// RetriableStatusCodes are retried with retriable-status-codes.
-	RetriableStatusCodes []int       `json:"retriableStatusCodes,omitempty"`
-	BackOff              *BackOff    `json:"backOff,omitempty"`
+	RetriableStatusCodes []int        `json:"retriableStatusCodes,omitempty"`
+	BackOff              *BackOff     `json:"backOff,omitempty"`
 	Budget               *RetryBudget `json:"budget,omitempty"`
 }
 
@@ -185,10 +185,10 @@ type CircuitBreaker struct {
 
 // CircuitBreakerSpec is the body of a CircuitBreaker.
 type CircuitBreakerSpec struct {
-	Sources      []Selector          `json:"sources"`
-	Destinations []Selector          `json:"destinations"`
-	Thresholds   *BreakerThresholds  `json:"thresholds,omitempty"`
-	Outlier      *OutlierDetection   `json:"outlierDetection,omitempty"`
+	Sources      []Selector         `json:"sources"`
+	Destinations []Selector         `json:"destinations"`
+	Thresholds   *BreakerThresholds `json:"thresholds,omitempty"`
+	Outlier      *OutlierDetection  `json:"outlierDetection,omitempty"`
 }
 
 // BreakerThresholds are per-cluster limits; a request or connection over a
@@ -355,7 +355,9 @@ func (c *CircuitBreaker) Selectors() ([]Selector, []Selector) {
 }
 
 // Selectors returns the policy's sources and destinations.
-func (h *HealthCheck) Selectors() ([]Selector, []Selector) { return h.Spec.Sources, h.Spec.Destinations }
+func (h *HealthCheck) Selectors() ([]Selector, []Selector) {
+	return h.Spec.Sources, h.Spec.Destinations
+}
 
 // Selectors returns the policy's sources and destinations.
 func (f *FaultInjection) Selectors() ([]Selector, []Selector) {

@@ -103,6 +103,11 @@ type MeshCatalog struct {
 	// services: the mesh, its CA, its policies, the list of its services
 	// and the zones other than this one.
 	PolicyHash string
+	// InboundHash covers what a sidecar's inbounds read of the mesh
+	// besides their Dataplane and their services' protocols: the mesh,
+	// its TrafficPermissions, TrafficLogs and TrafficTraces. A change of
+	// routes or of the other policies leaves it alone.
+	InboundHash string
 
 	services map[string]*Service
 	names    []string
@@ -440,6 +445,7 @@ func (m *MeshCatalog) index() {
 	}
 	m.names = slices.Sorted(maps.Keys(m.services))
 	m.PolicyHash = m.policyHash()
+	m.InboundHash = m.inboundHash()
 	// Everything the mesh's proxies read is in the policies or in a
 	// service.
 	h := sha256.New()
@@ -448,6 +454,22 @@ func (m *MeshCatalog) index() {
 		fmt.Fprintf(h, "%s=%s;", name, m.services[name].Hash)
 	}
 	m.Hash = hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// inboundHash is InboundHash.
+func (m *MeshCatalog) inboundHash() string {
+	h := sha256.New()
+	writeMeta(h, m.Mesh)
+	for _, p := range m.Permissions {
+		writeMeta(h, p)
+	}
+	for _, typ := range []string{"TrafficLog", "TrafficTrace"} {
+		h.Write([]byte(typ + ":"))
+		for _, p := range m.Policies[typ] {
+			writeMeta(h, p)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // policyHash is PolicyHash.

@@ -140,7 +140,11 @@ func (f *fluentConn) send(final bool) {
 		if !final && time.Now().Before(f.next) {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		timeout := 5 * time.Second
+		if final {
+			timeout = time.Second // a closing sink's last try holds up a shutdown
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		conn, err := f.sink.dial(ctx, key.cluster)
 		cancel()
 		if err != nil {

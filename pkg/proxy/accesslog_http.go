@@ -74,6 +74,18 @@ func (p *Proxy) logRequest(ri *requestInfo) {
 	}
 }
 
+// downstreamLocal is where a request came to: the original destination of
+// a redirected connection, else the address of the socket it came on.
+func downstreamLocal(r *http.Request, meta *connMeta) string {
+	if meta.dst.IsValid() {
+		return meta.dst.String()
+	}
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		return a.String()
+	}
+	return ""
+}
+
 // recordOf is what an HTTP request did, as access logs and spans see it.
 func (p *Proxy) recordOf(ri *requestInfo) *accessRecord {
 	r := &accessRecord{
@@ -87,6 +99,7 @@ func (p *Proxy) recordOf(ri *requestInfo) *accessRecord {
 	if len(ri.Flags) > 0 {
 		r.Flags = ri.FlagString()
 	}
+	r.DownstreamLocal = ri.Local
 	if ri.Direction == "inbound" {
 		if r.Zone = p.Zone; r.Zone == "" {
 			r.Zone = zoneOf(p.cfg.Load().Identity)

@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,8 +20,10 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	"github.com/ursamesh/ursa/pkg/testutil"
@@ -26,7 +31,7 @@ import (
 )
 
 // withObs adds access loggers and tracing to the HCM of l's first chain.
-func withObs(t *testing.T, l *listener.Listener, logs []*accesslogv3.AccessLog, tr *hcm.HttpConnectionManager_Tracing) *listener.Listener {
+func withObs(t testing.TB, l *listener.Listener, logs []*accesslogv3.AccessLog, tr *hcm.HttpConnectionManager_Tracing) *listener.Listener {
 	t.Helper()
 	f := l.FilterChains[0].Filters[0]
 	h := &hcm.HttpConnectionManager{}
@@ -93,7 +98,9 @@ func (s *spanStore) byKind(kind tracepb.Span_SpanKind) []*tracepb.Span {
 	return out
 }
 
-func startSpanStore(t *testing.T) *spanStore {
+func startSpanStore(t *testing.T) *spanStore { return startSpanStoreTB(t) }
+
+func startSpanStoreTB(t testing.TB) *spanStore {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +132,7 @@ func TestHTTPAccessLogsAndSpansThroughSidecars(t *testing.T) {
 	apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inbound},
 		[]*cluster.Cluster{staticHTTPCluster("localhost:app", false, app), collectorCluster("tracing:collector", spans.addr)}, nil)
 
-	format := "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %ROUTE_NAME% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %PROTOCOL% %REQ(X-CANARY)% %BYTES_SENT%\n"
+	format := "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %ROUTE_NAME% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %PROTOCOL% %REQ(X-CANARY)% %BYTES_SENT% %DOWNSTREAM_LOCAL_ADDRESS%\n"
 	outbound := withObs(t, outboundHTTPListener("outbound:billing", "outbound:billing"),
 		[]*accesslogv3.AccessLog{fileLogger(t, logPath, format), fluentLogger(t, "access-log:collector", "%REQ(:PATH)% %RESPONSE_CODE%")},
 		otelTracing(t, "tracing:collector", "web", 100))
@@ -142,7 +149,7 @@ func TestHTTPAccessLogsAndSpansThroughSidecars(t *testing.T) {
 	}
 	appTraceparent := resp.Header.Get("x-echo-traceparent")
 
-	want := "GET /orders?id=7 200 - billing-route/default billing-v1 " + in + " HTTP/1.1 1 14\n"
+	want := "GET /orders?id=7 200 - billing-route/default billing-v1 " + in + " HTTP/1.1 1 14 " + boundAddr(t, sc.client, "outbound:billing") + "\n"
 	testutil.Until(t, 10*time.Second, "the access log line", func() bool {
 		b, _ := os.ReadFile(logPath)
 		return string(b) == want
@@ -277,4 +284,70 @@ func TestCollectorByName(t *testing.T) {
 		recs := fluent.Records()
 		return len(recs) == 1 && recs[0].Record["message"] == "200"
 	})
+}
+
+// BenchmarkHTTPObservability is one HTTP/1.1 request (keep-alive) through
+// an outbound HCM to a local backend: bare, with a file access log, and
+// with the log and a traced span exported over OTLP to a local collector.
+func BenchmarkHTTPObservability(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	collector := startSpanStoreTB(b)
+	logPath := filepath.Join(b.TempDir(), "access.log")
+	rc := routeConfig("outbound:svc", routeTo("default", nil, toCluster("svc")))
+	for _, tc := range []struct {
+		name string
+		logs []*accesslogv3.AccessLog
+		tr   *hcm.HttpConnectionManager_Tracing
+	}{
+		{"bare", nil, nil},
+		{"log", []*accesslogv3.AccessLog{fileLogger(b, logPath, "")}, nil},
+		{"log+trace", []*accesslogv3.AccessLog{fileLogger(b, logPath, "")}, otelTracing(b, "tracing:c", "web", 100)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			p, err := New(zap.NewNop(), prometheus.NewRegistry())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			l := withObs(b, outboundHTTPListener("outbound:svc", "outbound:svc"), tc.logs, tc.tr)
+			cfg, err := translate([]*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("svc", false, ln.Addr().String()),
+				collectorCluster("tracing:c", collector.addr)}, nil, nil, nil, rc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := p.Apply(cfg); err != nil {
+				b.Fatal(err)
+			}
+			p.mu.Lock()
+			url := "http://" + p.listeners["outbound:svc"].ln.Addr().String() + "/bench"
+			p.mu.Unlock()
+			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			// CPU time per request (the whole process's: client, proxy,
+			// backend, collector, exporter) says more than wall time on a
+			// shared machine.
+			cpu0 := processCPU()
+			for b.Loop() {
+				resp, err := c.Get(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// processCPU is the process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

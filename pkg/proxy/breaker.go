@@ -214,24 +214,43 @@ func (b *circuitBreaker) limit(kind limitKind) int64 {
 	return t.MaxRetries
 }
 
-// breakers holds the breaker of every cluster.
+// breakers holds the breaker of every cluster. Readers (every request
+// and connection) take no lock: they read a snapshot that sync, or the
+// first use of a cluster it has not seen, replaces as a whole.
 type breakers struct {
-	mu   sync.Mutex
-	m    map[string]*circuitBreaker
+	mu   sync.Mutex // serializes replacing m
+	m    atomic.Pointer[map[string]*circuitBreaker]
 	open *prometheus.CounterVec
 }
 
 // get returns cluster's breaker, made with no limits when the cluster has
 // none yet (sync sets them).
 func (bs *breakers) get(cluster string) *circuitBreaker {
+	if m := bs.m.Load(); m != nil {
+		if b := (*m)[cluster]; b != nil {
+			return b
+		}
+	}
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
-	b, ok := bs.m[cluster]
-	if !ok {
-		b = &circuitBreaker{cluster: cluster, overflows: bs.open}
-		b.limits.Store(&noThresholds)
-		bs.m[cluster] = b
+	next := map[string]*circuitBreaker{}
+	if m := bs.m.Load(); m != nil {
+		if b := (*m)[cluster]; b != nil {
+			return b
+		}
+		for name, b := range *m {
+			next[name] = b
+		}
 	}
+	b := bs.newBreaker(cluster)
+	next[cluster] = b
+	bs.m.Store(&next)
+	return b
+}
+
+func (bs *breakers) newBreaker(cluster string) *circuitBreaker {
+	b := &circuitBreaker{cluster: cluster, overflows: bs.open}
+	b.limits.Store(&noThresholds)
 	return b
 }
 
@@ -239,20 +258,26 @@ func (bs *breakers) get(cluster string) *circuitBreaker {
 // clusters that are gone: whoever still holds one releases into it, and
 // nothing else counts there.
 func (bs *breakers) sync(clusters map[string]*Cluster) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	var prev map[string]*circuitBreaker
+	if m := bs.m.Load(); m != nil {
+		prev = *m
+	}
+	next := make(map[string]*circuitBreaker, len(clusters))
 	for name, c := range clusters {
+		b := prev[name]
+		if b == nil {
+			b = bs.newBreaker(name)
+		}
 		t := &noThresholds
 		if c.Breaker != nil {
 			t = c.Breaker
 		}
-		bs.get(name).limits.Store(t)
+		b.limits.Store(t)
+		next[name] = b
 	}
-	bs.mu.Lock()
-	defer bs.mu.Unlock()
-	for name := range bs.m {
-		if _, ok := clusters[name]; !ok {
-			delete(bs.m, name)
-		}
-	}
+	bs.m.Store(&next)
 }
 
 // breakerFor is cluster c's circuit breaker.

@@ -40,8 +40,8 @@ type HealthCheck struct {
 	// AltPort, when not 0, is the port checked instead of the endpoint's.
 	AltPort         uint32
 	ReuseConnection bool
-	// HTTP is an HTTP/1.1 check; nil is a TCP check (connect, and the
-	// TLS handshake when the cluster has one).
+	// HTTP is an HTTP check; nil is a TCP check (connect, and the TLS
+	// handshake when the cluster has one).
 	HTTP *HTTPCheck
 }
 
@@ -49,7 +49,10 @@ type HealthCheck struct {
 // be in Expected. A status in Retriable counts towards the unhealthy
 // threshold; any other one makes the endpoint unhealthy at once.
 type HTTPCheck struct {
-	Host, Path, Method  string
+	Host, Path, Method string
+	// HTTP2 checks over HTTP/2 (codec_client_type HTTP2): h2 by ALPN over
+	// TLS, h2c without; else HTTP/1.1.
+	HTTP2               bool
 	Expected, Retriable []StatusRange
 	AddHeaders          []HeaderToAdd
 	RemoveHeaders       []string
@@ -75,7 +78,7 @@ func inRanges(rs []StatusRange, status int) bool {
 }
 
 // translateHealthChecks reads a cluster's health checks: at most one, as
-// in Envoy, TCP (without payloads) or HTTP/1.1.
+// in Envoy, TCP (without payloads) or HTTP.
 func translateHealthChecks(hcs []*core.HealthCheck) (*HealthCheck, error) {
 	if len(hcs) == 0 {
 		return nil, nil
@@ -165,13 +168,18 @@ func translateHealthChecks(hcs []*core.HealthCheck) (*HealthCheck, error) {
 }
 
 func translateHTTPCheck(h *core.HealthCheck_HttpHealthCheck) (*HTTPCheck, error) {
-	// codec_client_type HTTP1 is the zero value: a set field is another
-	// codec.
 	if err := unsupportedFields(h, "health_checks.http_health_check", "host", "path", "request_headers_to_add",
-		"request_headers_to_remove", "expected_statuses", "retriable_statuses", "method"); err != nil {
+		"request_headers_to_remove", "expected_statuses", "retriable_statuses", "method", "codec_client_type"); err != nil {
 		return nil, err
 	}
 	out := &HTTPCheck{Host: h.GetHost(), Path: h.GetPath(), Method: http.MethodGet, RemoveHeaders: h.GetRequestHeadersToRemove()}
+	switch h.GetCodecClientType() {
+	case typev3.CodecClientType_HTTP1:
+	case typev3.CodecClientType_HTTP2:
+		out.HTTP2 = true
+	default:
+		return nil, fmt.Errorf("health_checks.http_health_check.codec_client_type: %s is not supported by the built-in proxy", h.GetCodecClientType())
+	}
 	if u, err := url.ParseRequestURI(out.Path); err != nil || !strings.HasPrefix(out.Path, "/") || u.Host != "" {
 		return nil, fmt.Errorf("health_checks.http_health_check.path: %q is not a request path", out.Path)
 	}
@@ -270,9 +278,12 @@ type checker struct {
 	// endpoint healthy, as Envoy does at startup.
 	first                   bool
 	numHealthy, numUnhealth uint32
-	client                  *http.Client
-	cancel                  context.CancelFunc
-	done                    chan struct{}
+	// client makes HTTP checks; clientTLS is whether it was made for a
+	// cluster with TLS.
+	client    *http.Client
+	clientTLS bool
+	cancel    context.CancelFunc
+	done      chan struct{}
 	// wake ends a wait for the no-traffic interval when the cluster first
 	// carries traffic.
 	wake chan struct{}
@@ -283,16 +294,28 @@ type checker struct {
 }
 
 // healthChecks runs the checkers of every cluster that has a health check.
+// Readers (every pick of an endpoint) take no lock: they read a snapshot
+// that sync replaces as a whole.
 type healthChecks struct {
-	mu       sync.Mutex
-	clusters map[string]*checkedCluster
+	mu       sync.Mutex // serializes sync and stop
+	clusters atomic.Pointer[map[string]*checkedCluster]
 	wg       sync.WaitGroup
 }
 
+// checkedCluster is a cluster's checkers; a snapshot's never change.
 type checkedCluster struct {
 	checkers map[string]*checker
-	// used is whether the cluster has carried traffic.
-	used bool
+	// used is whether the cluster has carried traffic; shared by the
+	// cluster's snapshots.
+	used *atomic.Bool
+}
+
+// current is the snapshot of checked clusters.
+func (hs *healthChecks) current() map[string]*checkedCluster {
+	if m := hs.clusters.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 // sync starts a checker for each endpoint of each health-checked cluster
@@ -302,54 +325,54 @@ type checkedCluster struct {
 func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	for name, cc := range hs.clusters {
-		c, ok := clusters[name]
-		if !ok || c.HealthCheck == nil {
-			for _, ck := range cc.checkers {
-				ck.cancel()
-			}
-			delete(hs.clusters, name)
-		}
-	}
+	prev := hs.current()
+	next := map[string]*checkedCluster{}
 	for name, c := range clusters {
 		if c.HealthCheck == nil || c.OriginalDst {
 			continue
 		}
-		cc := hs.clusters[name]
-		if cc == nil {
-			cc = &checkedCluster{checkers: map[string]*checker{}}
-			hs.clusters[name] = cc
+		old := prev[name]
+		cc := &checkedCluster{checkers: map[string]*checker{}, used: new(atomic.Bool)}
+		if old != nil {
+			cc.used = old.used
 		}
-		want := map[string]bool{}
 		for _, ep := range c.Endpoints {
-			want[ep.Addr] = true
-			old := cc.checkers[ep.Addr]
-			if old != nil && reflect.DeepEqual(old.spec, c.HealthCheck) {
-				old.target.Store(c)
+			if cc.checkers[ep.Addr] != nil {
+				continue
+			}
+			var was *checker
+			if old != nil {
+				was = old.checkers[ep.Addr]
+			}
+			if was != nil && reflect.DeepEqual(was.spec, c.HealthCheck) {
+				was.target.Store(c)
+				cc.checkers[ep.Addr] = was
 				continue
 			}
 			ck := &checker{p: p, cluster: name, addr: ep.Addr, spec: c.HealthCheck, first: true,
 				done: make(chan struct{}), wake: make(chan struct{}, 1)}
 			ck.target.Store(c)
-			if old != nil {
-				old.cancel()
-				ck.healthy.Store(old.healthy.Load())
-				ck.first = old.checks.Load() == 0
+			if was != nil {
+				ck.healthy.Store(was.healthy.Load())
+				ck.first = was.checks.Load() == 0
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			ck.cancel = cancel
 			cc.checkers[ep.Addr] = ck
-			used := cc.used
+			used := cc.used.Load()
 			hs.wg.Add(1)
 			go func() {
 				defer hs.wg.Done()
 				ck.run(ctx, used)
 			}()
 		}
-		for addr, ck := range cc.checkers {
-			if !want[addr] {
+		next[name] = cc
+	}
+	hs.clusters.Store(&next)
+	for name, old := range prev {
+		for addr, ck := range old.checkers {
+			if cc := next[name]; cc == nil || cc.checkers[addr] != ck {
 				ck.cancel()
-				delete(cc.checkers, addr)
 			}
 		}
 	}
@@ -358,13 +381,14 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 // stop stops every checker and waits for them to end.
 func (hs *healthChecks) stop() {
 	hs.mu.Lock()
-	for name, cc := range hs.clusters {
+	prev := hs.current()
+	hs.clusters.Store(nil)
+	hs.mu.Unlock()
+	for _, cc := range prev {
 		for _, ck := range cc.checkers {
 			ck.cancel()
 		}
-		delete(hs.clusters, name)
 	}
-	hs.mu.Unlock()
 	hs.wg.Wait()
 }
 
@@ -372,9 +396,7 @@ func (hs *healthChecks) stop() {
 // requests as far as health checks go: always, when its cluster has none;
 // once its checks pass, when it has.
 func (hs *healthChecks) healthy(cluster, addr string) bool {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	cc := hs.clusters[cluster]
+	cc := hs.current()[cluster]
 	if cc == nil {
 		return true
 	}
@@ -386,19 +408,22 @@ func (hs *healthChecks) healthy(cluster, addr string) bool {
 // the first time: they have been waiting for the longer no-traffic
 // interval.
 func (hs *healthChecks) traffic(cluster string) {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	cc := hs.clusters[cluster]
-	if cc == nil || cc.used {
+	cc := hs.current()[cluster]
+	if cc == nil || cc.used.Load() || !cc.used.CompareAndSwap(false, true) {
 		return
 	}
-	cc.used = true
 	for _, ck := range cc.checkers {
 		select {
 		case ck.wake <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// used reports whether a cluster has carried traffic.
+func (hs *healthChecks) used(cluster string) bool {
+	cc := hs.current()[cluster]
+	return cc != nil && cc.used.Load()
 }
 
 // run checks until ctx ends: at once (after the initial jitter), then
@@ -447,14 +472,6 @@ func (ck *checker) run(ctx context.Context, used bool) {
 		}
 		wait = ck.next(ck.record(res), used)
 	}
-}
-
-// used reports whether a cluster has carried traffic.
-func (hs *healthChecks) used(cluster string) bool {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	cc := hs.clusters[cluster]
-	return cc != nil && cc.used
 }
 
 // record applies a check's result to the endpoint's health, as Envoy
@@ -579,8 +596,9 @@ func (ck *checker) addrToCheck() string {
 
 // dial connects to the endpoint as a real upstream connection of the
 // cluster would (SO_MARK, connect timeout, mTLS with SNI and the server's
-// identity checked), within ctx. Checks are not counted by circuit
-// breakers or outlier detection.
+// identity checked), within ctx; an HTTP check offers by ALPN the
+// protocol it speaks. Checks are not counted by circuit breakers or
+// outlier detection.
 func (ck *checker) dial(ctx context.Context) (net.Conn, error) {
 	c := ck.target.Load()
 	conn, err := ck.p.dialer(c).DialContext(ctx, "tcp", ck.addrToCheck())
@@ -589,6 +607,14 @@ func (ck *checker) dial(ctx context.Context) (net.Conn, error) {
 	}
 	if !c.TLS {
 		return conn, nil
+	}
+	if h := ck.spec.HTTP; h != nil {
+		alpn := *c
+		alpn.ALPN = []string{"http/1.1"}
+		if h.HTTP2 {
+			alpn.ALPN = []string{"h2"}
+		}
+		c = &alpn
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	tc, err := ck.p.originate(ck.p.cfg.Load(), conn, c)
@@ -605,17 +631,39 @@ func (ck *checker) dial(ctx context.Context) (net.Conn, error) {
 // httpCheck sends the check's request and returns the response's status.
 func (ck *checker) httpCheck(ctx context.Context) (int, error) {
 	h := ck.spec.HTTP
-	if ck.client == nil {
-		ck.client = &http.Client{
-			Transport: &http.Transport{
-				DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return ck.dial(ctx) },
-				DisableKeepAlives:   !ck.spec.ReuseConnection,
-				MaxIdleConnsPerHost: 1,
-			},
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+	tlsUp := ck.target.Load().TLS
+	if ck.client != nil && ck.clientTLS != tlsUp {
+		ck.client.CloseIdleConnections()
+		ck.client = nil
 	}
-	req, err := http.NewRequestWithContext(ctx, h.Method, "http://health-check"+h.Path, nil)
+	if ck.client == nil {
+		ck.clientTLS = tlsUp
+		t := &http.Transport{
+			DisableKeepAlives:   !ck.spec.ReuseConnection,
+			MaxIdleConnsPerHost: 1,
+			Protocols:           new(http.Protocols),
+		}
+		dial := func(ctx context.Context, _, _ string) (net.Conn, error) { return ck.dial(ctx) }
+		switch {
+		case h.HTTP2 && tlsUp:
+			t.Protocols.SetHTTP2(true)
+			t.DialTLSContext = dial
+		case h.HTTP2:
+			t.Protocols.SetUnencryptedHTTP2(true)
+			t.DialContext = dial
+		default:
+			// Over TLS too: dial returns the TLS connection, and the
+			// request is written on it as on a plain one.
+			t.Protocols.SetHTTP1(true)
+			t.DialContext = dial
+		}
+		ck.client = &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	scheme := "http"
+	if h.HTTP2 && tlsUp {
+		scheme = "https"
+	}
+	req, err := http.NewRequestWithContext(ctx, h.Method, scheme+"://health-check"+h.Path, nil)
 	if err != nil {
 		return 0, err
 	}

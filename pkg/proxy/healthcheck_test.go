@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -36,9 +37,7 @@ func hcProxy(t *testing.T) (*Proxy, *testutil.Clock, *prometheus.Registry) {
 }
 
 func (p *Proxy) checkerOf(cluster, addr string) *checker {
-	p.resil.health.mu.Lock()
-	defer p.resil.health.mu.Unlock()
-	if cc := p.resil.health.clusters[cluster]; cc != nil {
+	if cc := p.resil.health.current()[cluster]; cc != nil {
 		return cc.checkers[addr]
 	}
 	return nil
@@ -58,11 +57,9 @@ func checksDone(t *testing.T, p *Proxy, cluster, addr string, n int64) {
 func step(t *testing.T, p *Proxy, clock *testutil.Clock, cluster string, d time.Duration) {
 	t.Helper()
 	var cks []*checker
-	p.resil.health.mu.Lock()
-	for _, ck := range p.resil.health.clusters[cluster].checkers {
+	for _, ck := range p.resil.health.current()[cluster].checkers {
 		cks = append(cks, ck)
 	}
-	p.resil.health.mu.Unlock()
 	testutil.Until(t, 10*time.Second, "every checker waiting", func() bool {
 		for _, ck := range cks {
 			if !ck.idle.Load() {
@@ -480,5 +477,53 @@ func TestCheckersFollowTheConfig(t *testing.T) {
 	p.Close()
 	if got := checkerGoroutines() - before; got != 0 {
 		t.Fatalf("%d checkers running after Close returned", got)
+	}
+}
+
+// TestHTTP2HealthCheck: an HTTP/2 check speaks h2 by ALPN over the
+// cluster's mTLS, and h2c without TLS; an HTTP/1.1 check of a cluster
+// whose connections offer h2 offers http/1.1 instead.
+func TestHTTP2HealthCheck(t *testing.T) {
+	signer, roots := testSigner(t, "default")
+	var proto atomic.Value
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { proto.Store(r.Proto) })
+	h2 := httptest.NewUnstartedServer(handler)
+	h2.TLS = &tls.Config{Certificates: []tls.Certificate{*workload(t, signer, "default", "billing")}, ClientAuth: tls.RequireAnyClientCert}
+	h2.EnableHTTP2 = true
+	h2.StartTLS()
+	defer h2.Close()
+	h2c := backend(t, "h2c", handler)
+	for _, tc := range []struct {
+		name  string
+		tls   bool
+		addr  string
+		http2 bool
+		want  string
+	}{
+		{"h2 over mTLS", true, h2.Listener.Addr().String(), true, "HTTP/2.0"},
+		{"HTTP/1.1 over mTLS to an h2 cluster", true, h2.Listener.Addr().String(), false, "HTTP/1.1"},
+		{"h2c", false, h2c, true, "HTTP/2.0"},
+	} {
+		p, _, _ := hcProxy(t)
+		proto.Store("")
+		hc := &HealthCheck{Timeout: 5 * time.Second, Interval: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1,
+			NoTrafficInterval: time.Second, NoTrafficHealthyInterval: time.Second, UnhealthyInterval: time.Second,
+			UnhealthyEdgeInterval: time.Second, HealthyEdgeInterval: time.Second, ReuseConnection: true,
+			HTTP: &HTTPCheck{Path: "/health", Method: http.MethodGet, Expected: []StatusRange{{200, 201}}, HTTP2: tc.http2}}
+		c := &Cluster{Name: "billing", TLS: tc.tls, ConnectTimeout: time.Second, Overprovisioning: 140, HealthCheck: hc,
+			HTTP: HTTP2, Endpoints: []Endpoint{{Addr: tc.addr, Weight: 1}}}
+		if tc.tls {
+			c.SNI, c.ALPN = "billing.default.ursa", []string{"h2"}
+		}
+		cfg := &Config{Identity: workload(t, signer, "default", "web"), Roots: roots, Listeners: map[string]*Listener{},
+			Clusters: map[string]*Cluster{c.Name: c}}
+		if err := p.Apply(cfg); err != nil {
+			t.Fatal(err)
+		}
+		checksDone(t, p, c.Name, tc.addr, 1)
+		if !p.healthy(c.Name, tc.addr) || proto.Load() != tc.want {
+			t.Errorf("%s: healthy %v, the check came as %q; want healthy over %s", tc.name, p.healthy(c.Name, tc.addr), proto.Load(), tc.want)
+		}
+		p.Close()
 	}
 }

@@ -29,8 +29,9 @@ type requestInfo struct {
 	// Route is the route's name; Cluster, UpstreamHost and UpstreamZone
 	// where its last attempt went.
 	Route, Cluster, UpstreamHost, UpstreamZone string
-	// Downstream is the caller's address (host:port).
-	Downstream string
+	// Downstream is the caller's address (host:port), Local where it
+	// came to (downstreamLocal).
+	Downstream, Local string
 	// RequestHeaders are the downstream request's, ResponseHeaders the
 	// response's as sent downstream.
 	RequestHeaders, ResponseHeaders http.Header

@@ -35,6 +35,10 @@ type l7Engine struct {
 	errLog  *log.Logger
 	poolsMu sync.Mutex
 	pools   map[string]*httpPoolEntry
+	// routesCame is closed, and replaced, by each Apply: requests of a
+	// chain whose RDS route configuration has not arrived wait on it.
+	routesMu   sync.Mutex
+	routesCame chan struct{}
 }
 
 // initL7 makes the HTTP engine's state and registers its metrics.
@@ -43,7 +47,7 @@ func (p *Proxy) initL7(reg prometheus.Registerer) error {
 	if err != nil {
 		return err
 	}
-	p.l7 = &l7Engine{m: m, buffers: &bufferPool{}, errLog: zap.NewStdLog(p.log.Named("http")), pools: map[string]*httpPoolEntry{}}
+	p.l7 = &l7Engine{m: m, buffers: &bufferPool{}, errLog: zap.NewStdLog(p.log.Named("http")), pools: map[string]*httpPoolEntry{}, routesCame: make(chan struct{})}
 	return nil
 }
 
@@ -204,7 +208,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg := p.cfg.Load()
 	ri := &requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
-		Protocol: r.Proto, Downstream: r.RemoteAddr, RequestHeaders: r.Header, Direction: "outbound"}
+		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, Direction: "outbound"}
+	if r.ProtoMajor == 2 {
+		ri.Protocol = "HTTP/2" // as Envoy's %PROTOCOL% writes it (r.Proto is "HTTP/2.0")
+	}
 	if strings.HasPrefix(meta.listener, "inbound") || strings.HasPrefix(meta.listener, "ursa:inbound") {
 		ri.Direction = "inbound"
 	}
@@ -226,7 +233,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ri.Chain = chain
 	table := chain.Inline
 	if table == nil {
-		table = cfg.RouteTables[chain.RDS]
+		if cfg, chain, table = p.routesOf(r.Context(), meta, cfg, chain); chain == nil {
+			p.localReply(cw, r, ri, http.StatusServiceUnavailable, "NR", "listener removed")
+			return
+		}
+		ri.Chain = chain
 	}
 	if table != nil {
 		ri.Service = table.Name
@@ -271,6 +282,48 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	p.forward(cw, r, ri, cfg, rt)
+}
+
+// routeWait is how long a request waits for its chain's RDS route
+// configuration: a listener comes before its routes (they are subscribed
+// to once it is there), and Envoy would not serve it until they came.
+const routeWait = 10 * time.Second
+
+// routesOf is chain's RDS route table, waiting for it (routeWait at most)
+// when it has not arrived yet; it returns the configuration and chain it
+// found it in, a nil chain when the listener went away meanwhile, and a
+// nil table when the routes did not come.
+func (p *Proxy) routesOf(ctx context.Context, meta *connMeta, cfg *Config, chain *HTTPChain) (*Config, *HTTPChain, *RouteTable) {
+	var deadline <-chan time.Time
+	for {
+		if t := cfg.RouteTables[chain.RDS]; t != nil {
+			return cfg, chain, t
+		}
+		p.l7.routesMu.Lock()
+		came := p.l7.routesCame
+		p.l7.routesMu.Unlock()
+		if cfg = p.cfg.Load(); cfg.RouteTables[chain.RDS] == nil {
+			if deadline == nil {
+				t := time.NewTimer(routeWait)
+				defer t.Stop()
+				deadline = t.C
+			}
+			select {
+			case <-came:
+			case <-deadline:
+				return cfg, chain, nil
+			case <-ctx.Done():
+				return cfg, chain, nil
+			}
+			cfg = p.cfg.Load()
+		}
+		if chain = chainNow(cfg, meta.listener, meta.dst); chain == nil {
+			return cfg, nil, nil
+		}
+		if chain.Inline != nil {
+			return cfg, chain, chain.Inline
+		}
+	}
 }
 
 // chance is true for ppm of a million calls.

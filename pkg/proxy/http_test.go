@@ -341,3 +341,129 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPGRPCThroughPair: gRPC's way of using HTTP/2 passes a sidecar
+// pair end to end (h2c from the app, h2 over mTLS between the sidecars,
+// h2c to the backend): a bidirectional stream whose messages cross one by
+// one, trailers with grpc-status, and a trailers-only error reply.
+func TestHTTPGRPCThroughPair(t *testing.T) {
+	sc := newSidecars(t)
+	app := backend(t, "grpc", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		if r.URL.Path == "/pkg.Svc/Fail" {
+			w.Header().Set("Grpc-Status", "14")
+			w.Header().Set("Grpc-Message", "try later")
+			w.WriteHeader(200)
+			return
+		}
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.WriteHeader(200)
+		http.NewResponseController(w).Flush()
+		br := bufio.NewReader(r.Body)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				break
+			}
+			fmt.Fprintf(w, "echo %s", line)
+			http.NewResponseController(w).Flush()
+		}
+		w.Header().Set("Grpc-Status", "0")
+	})
+	apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inboundHTTPListener("inbound:billing", "billing", "localhost:grpc", "spiffe://default/web")},
+		[]*cluster.Cluster{staticHTTPCluster("localhost:grpc", true, app)}, nil)
+	noTimeout := toCluster("billing")
+	noTimeout.Timeout = durationpb.New(0)
+	apply(t, sc.client, sc.web, sc.roots, []*listener.Listener{outboundHTTPListener("outbound:billing", "outbound:billing")},
+		[]*cluster.Cluster{mtlsHTTPCluster("billing", "billing", true)},
+		[]*endpoint.ClusterLoadAssignment{assignment("billing", boundAddr(t, sc.server, "inbound:billing"))},
+		routeConfig("outbound:billing", routeTo("grpc", nil, noTimeout)))
+	url := "http://" + boundAddr(t, sc.client, "outbound:billing")
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPost, url+"/pkg.Svc/Chat", pr)
+	req.Header.Set("Content-Type", "application/grpc")
+	resp, err := h2cClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for _, msg := range []string{"one", "two", "three"} {
+		fmt.Fprintf(pw, "%s\n", msg) // the next message goes only once this one's echo came back
+		if line, err := br.ReadString('\n'); err != nil || line != "echo "+msg+"\n" {
+			t.Fatalf("stream message %q: %q %v", msg, line, err)
+		}
+	}
+	pw.Close()
+	if rest, _ := io.ReadAll(br); len(rest) != 0 || resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Fatalf("end of stream: %q, trailers %v", rest, resp.Trailer)
+	}
+	resp, _ = get(t, h2cClient(), url+"/pkg.Svc/Fail", "content-type", "application/grpc")
+	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "14" || resp.Header.Get("Grpc-Message") != "try later" {
+		t.Fatalf("trailers-only error: %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// TestHTTPWaitsForRoutes: a request to an HTTP listener whose RDS route
+// configuration has not arrived yet waits for it, as Envoy's listener
+// warming would, and is then routed.
+func TestHTTPWaitsForRoutes(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", nil)
+	l := outboundHTTPListener("outbound:svc", "outbound:svc")
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil)
+	type result struct {
+		status int
+		body   string
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := h1Client().Get("http://" + boundAddr(t, p, "outbound:svc") + "/")
+		if err != nil {
+			done <- result{body: err.Error()}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(b)}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("answered before its routes came: %+v", r)
+	case <-time.After(100 * time.Millisecond): // not a wait for a condition: a check that nothing happens
+	}
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil,
+		routeConfig("outbound:svc", routeTo("default", nil, toCluster("app"))))
+	if r := <-done; r.status != 200 || r.body != "app GET /" {
+		t.Fatalf("once the routes came: %+v", r)
+	}
+}
+
+// TestHTTPLargeBodyNotRetried: a request body over 64 KiB streams to the
+// upstream without being kept, so a failed attempt is not retried; a
+// smaller one is retried as often as the policy says.
+func TestHTTPLargeBodyNotRetried(t *testing.T) {
+	var calls atomic.Int64
+	failing := backend(t, "failing", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		calls.Add(1)
+		w.Header().Set("x-read", fmt.Sprint(n))
+		w.WriteHeader(503)
+	})
+	retry := toCluster("failing")
+	retry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(3),
+		RetryBackOff: &route.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
+	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("retried", nil, retry)), nil, staticHTTPCluster("failing", false, failing))
+	for _, c := range []struct{ size, calls int }{{maxReplay + 1, 1}, {maxReplay, 4}, {10, 4}} {
+		calls.Store(0)
+		resp, err := h1Client().Post(url+"/", "application/octet-stream", strings.NewReader(strings.Repeat("x", c.size)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 || resp.Header.Get("x-read") != fmt.Sprint(c.size) || calls.Load() != int64(c.calls) {
+			t.Errorf("a %d-byte body: %d, %s bytes read upstream, %d attempts; want 503, all of it, %d attempts",
+				c.size, resp.StatusCode, resp.Header.Get("x-read"), calls.Load(), c.calls)
+		}
+	}
+}

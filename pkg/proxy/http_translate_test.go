@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"errors"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -203,5 +205,56 @@ func FuzzHTTPRouteConfig(f *testing.F) {
 func TestZoneTagURI(t *testing.T) {
 	if want := mtls.TagURIPrefix(api.TagZone); zoneTagURI != want {
 		t.Fatalf("zoneTagURI %q, mtls makes %q", zoneTagURI, want)
+	}
+}
+
+// TestRetryOn: which attempts each retry_on condition retries, as Envoy's.
+func TestRetryOn(t *testing.T) {
+	resp := func(status int, grpc string) *http.Response {
+		r := &http.Response{StatusCode: status, Header: http.Header{}}
+		if grpc != "" {
+			r.Header.Set("Grpc-Status", grpc)
+		}
+		return r
+	}
+	connect, reset := &connectError{errors.New("refused")}, errors.New("EOF")
+	for _, c := range []struct {
+		on      string
+		resp    *http.Response
+		err     error
+		perTry  bool
+		retried bool
+	}{
+		{on: "5xx", resp: resp(503, ""), retried: true},
+		{on: "5xx", resp: resp(404, "")},
+		{on: "5xx", err: connect, retried: true},
+		{on: "5xx", err: reset, retried: true},
+		{on: "gateway-error", resp: resp(502, ""), retried: true},
+		{on: "gateway-error", resp: resp(500, "")},
+		{on: "gateway-error", err: reset, perTry: true, retried: true},
+		{on: "reset", err: reset, retried: true},
+		{on: "reset", err: connect},
+		{on: "connect-failure", err: connect, retried: true},
+		{on: "connect-failure", err: reset},
+		{on: "connect-failure", resp: resp(503, "")},
+		{on: "retriable-4xx", resp: resp(409, ""), retried: true},
+		{on: "retriable-4xx", resp: resp(429, "")},
+		{on: "retriable-status-codes", resp: resp(418, ""), retried: true},
+		{on: "retriable-status-codes", resp: resp(503, "")},
+		{on: "refused-stream", err: errors.New("http2: stream error: REFUSED_STREAM"), retried: true},
+		{on: "unavailable", resp: resp(200, "14"), retried: true},
+		{on: "unavailable", resp: resp(200, "13")},
+		{on: "internal", resp: resp(200, "13"), retried: true},
+		{on: "cancelled,deadline-exceeded,resource-exhausted", resp: resp(200, "8"), retried: true},
+		{on: "", resp: resp(503, "")},
+	} {
+		pol := &route.RetryPolicy{RetryOn: c.on, RetriableStatusCodes: []uint32{418}}
+		p, err := translateRetry(pol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.wants(c.resp, c.err, c.perTry); got != c.retried {
+			t.Errorf("retry_on %q, response %v, error %v: retried %t, want %t", c.on, c.resp, c.err, got, c.retried)
+		}
 	}
 }

@@ -625,8 +625,14 @@ type httpPoolEntry struct {
 	c   *Cluster // the last Cluster whose settings were key
 }
 
-// sweepHTTPPools closes the pools of clusters cfg no longer has.
-func (p *Proxy) sweepHTTPPools(cfg *Config) {
+// httpApplied is the HTTP engine's part of Apply, once cfg is current: it
+// wakes the requests waiting for a route configuration, and closes the
+// pools of clusters cfg no longer has.
+func (p *Proxy) httpApplied(cfg *Config) {
+	p.l7.routesMu.Lock()
+	close(p.l7.routesCame)
+	p.l7.routesCame = make(chan struct{})
+	p.l7.routesMu.Unlock()
 	p.l7.poolsMu.Lock()
 	defer p.l7.poolsMu.Unlock()
 	for name, pl := range p.l7.pools {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -112,6 +113,7 @@ type outlierHost struct {
 // when an endpoint is next looked at, which gives the same answers, by
 // the Proxy's clock.
 type outlierCluster struct {
+	mu    sync.Mutex
 	cfg   OutlierDetection
 	start time.Time
 	hosts map[string]*outlierHost
@@ -172,9 +174,19 @@ func (oc *outlierCluster) ejectionTime(backoff uint32) time.Duration {
 }
 
 // outliers holds the outlier detection state of every cluster that has it.
+// Readers find a cluster's state without a lock, in a snapshot that sync
+// replaces as a whole; each cluster's state has its own lock.
 type outliers struct {
-	mu sync.Mutex
-	m  map[string]*outlierCluster
+	mu sync.Mutex // serializes sync
+	m  atomic.Pointer[map[string]*outlierCluster]
+}
+
+// cluster returns a cluster's state, nil when it has no outlier detection.
+func (o *outliers) cluster(name string) *outlierCluster {
+	if m := o.m.Load(); m != nil {
+		return (*m)[name]
+	}
+	return nil
 }
 
 // sync starts the state of clusters that got outlier detection or a
@@ -183,20 +195,16 @@ type outliers struct {
 func (o *outliers) sync(clusters map[string]*Cluster, now time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for name, oc := range o.m {
-		if c, ok := clusters[name]; !ok || c.Outlier == nil || *c.Outlier != oc.cfg {
-			delete(o.m, name)
-		}
-	}
+	next := map[string]*outlierCluster{}
 	for name, c := range clusters {
 		if c.Outlier == nil {
 			continue
 		}
-		oc, ok := o.m[name]
-		if !ok {
+		oc := o.cluster(name)
+		if oc == nil || oc.cfg != *c.Outlier {
 			oc = &outlierCluster{cfg: *c.Outlier, start: now, hosts: map[string]*outlierHost{}}
-			o.m[name] = oc
 		}
+		oc.mu.Lock()
 		seen := map[string]bool{}
 		for _, ep := range c.Endpoints {
 			seen[ep.Addr] = true
@@ -209,35 +217,38 @@ func (o *outliers) sync(clusters map[string]*Cluster, now time.Time) {
 				delete(oc.hosts, addr)
 			}
 		}
+		oc.mu.Unlock()
+		next[name] = oc
 	}
+	o.m.Store(&next)
 }
 
 // ejected reports whether outlier detection has an endpoint out of
 // service now.
-func (o *outliers) ejected(cluster, addr string, now time.Time) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	oc := o.m[cluster]
+func (o *outliers) ejected(cluster, addr string, now func() time.Time) bool {
+	oc := o.cluster(cluster)
 	if oc == nil {
 		return false
 	}
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
 	h := oc.hosts[addr]
 	if h == nil {
 		return false
 	}
-	oc.refresh(h, now)
+	oc.refresh(h, now())
 	return h.ejected
 }
 
 // uneject returns an ejected endpoint to service at once: an active
 // health check of it passed.
 func (o *outliers) uneject(cluster, addr string, now time.Time) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	oc := o.m[cluster]
+	oc := o.cluster(cluster)
 	if oc == nil || !oc.cfg.UnejectOnHealthCheck {
 		return
 	}
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
 	if h := oc.hosts[addr]; h != nil && h.ejected {
 		oc.returned(h, now)
 	}
@@ -250,12 +261,12 @@ func (o *outliers) uneject(cluster, addr string, now time.Time) {
 // each starting over when it reaches its threshold, ejection enforced or
 // not.
 func (o *outliers) result(cluster, addr string, code int, now time.Time) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	oc := o.m[cluster]
+	oc := o.cluster(cluster)
 	if oc == nil {
 		return false
 	}
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
 	h := oc.hosts[addr]
 	if h == nil {
 		return false

@@ -110,7 +110,7 @@ func TestOutlierEjection(t *testing.T) {
 
 // ejectedStill reports whether outlier detection has the endpoint out.
 func (p *Proxy) ejectedStill(cluster, addr string) bool {
-	return p.resil.outliers.ejected(cluster, addr, p.now())
+	return p.resil.outliers.ejected(cluster, addr, p.now)
 }
 
 // TestOutlierEjectionLimits: max_ejection_percent counts the endpoint to

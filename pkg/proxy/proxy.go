@@ -176,7 +176,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 	p.cfg.Store(next)
 	p.forgetEjections(prev, cfg)
 	p.syncResilience(p.cfg.Load())
-	p.sweepHTTPPools(cfg)
+	p.httpApplied(cfg)
 	for name, r := range p.listeners {
 		if l, ok := cfg.Listeners[name]; !ok || l.Addr != r.addr {
 			r.close()
@@ -596,7 +596,7 @@ func (p *Proxy) connected(cluster, addr string) {
 }
 
 func (p *Proxy) healthy(cluster, addr string) bool {
-	if !p.resil.available(cluster, addr, p.now()) {
+	if !p.resil.available(cluster, addr, p.now) {
 		return false
 	}
 	p.mu.Lock()

@@ -28,12 +28,10 @@ type resilience struct {
 
 // init makes the state and registers its metrics.
 func (r *resilience) init(reg prometheus.Registerer) error {
-	r.breakers = breakers{m: map[string]*circuitBreaker{}, open: prometheus.NewCounterVec(prometheus.CounterOpts{
+	r.breakers = breakers{open: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ursa_dp_circuit_breaker_open_total",
 		Help: "Connections, requests, pending requests and retries refused because a cluster's circuit breaker threshold was reached (response flag UO), by cluster and kind."},
 		[]string{"cluster", "kind"})}
-	r.outliers = outliers{m: map[string]*outlierCluster{}}
-	r.health = healthChecks{clusters: map[string]*checkedCluster{}}
 	r.ejections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_outlier_ejections_total",
 		Help: "Endpoints ejected by outlier detection, by cluster."}, []string{"cluster"})
 	r.hcFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_health_check_failures_total",
@@ -56,8 +54,9 @@ func (p *Proxy) syncResilience(cfg *Config) {
 }
 
 // available reports whether an endpoint may take new connections and
-// requests as far as outlier detection and health checks go.
-func (r *resilience) available(cluster, addr string, now time.Time) bool {
+// requests as far as outlier detection and health checks go. It takes no
+// lock for a cluster that has neither.
+func (r *resilience) available(cluster, addr string, now func() time.Time) bool {
 	return r.health.healthy(cluster, addr) && !r.outliers.ejected(cluster, addr, now)
 }
 

@@ -13,6 +13,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/xds"
+	"github.com/ursamesh/ursa/pkg/xds/xdstest"
 )
 
 func resilientCluster() *cluster.Cluster {
@@ -109,7 +113,7 @@ func TestTranslateResilienceRefuses(t *testing.T) {
 		{"required", func(c *cluster.Cluster) { hc(c).HealthyThreshold = nil }},
 		{"must be more than 0", func(c *cluster.Cluster) { hc(c).Interval = durationpb.New(0) }},
 		{"health_checks.interval: seconds:31700000", func(c *cluster.Cluster) { hc(c).Interval = &durationpb.Duration{Seconds: 31700000} }},
-		{"http_health_check.codec_client_type", func(c *cluster.Cluster) { httpCheck(c).CodecClientType = typev3.CodecClientType_HTTP2 }},
+		{"http_health_check.codec_client_type", func(c *cluster.Cluster) { httpCheck(c).CodecClientType = typev3.CodecClientType_HTTP3 }},
 		{"http_health_check.send", func(c *cluster.Cluster) {
 			httpCheck(c).Send = &core.HealthCheck_Payload{Payload: &core.HealthCheck_Payload_Text{Text: "00"}}
 		}},
@@ -179,4 +183,39 @@ func FuzzTranslateResilience(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestGeneratedResilience: what the sidecar generator makes of a
+// CircuitBreaker and a HealthCheck (testdata l7-resilience: an HTTP check
+// and limits with outlier detection on billing, a TCP check and
+// max_connections on ledger) is taken by the built-in proxy as meant.
+func TestGeneratedResilience(t *testing.T) {
+	rs := xdstest.Inputs(t, "../xds/testdata/sidecar/l7-resilience.input.yaml")
+	state := xds.NewState(catalog.FromResources("zone-1", rs), nil)
+	res, err := xds.Sidecar(state, xds.Proxy{Kind: xds.KindSidecar, Dataplane: state.Mesh("default").Registered["web-1"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := translateGenerated(t, res)
+	billing, ledger := cfg.Clusters["billing"], cfg.Clusters["ledger"]
+	if billing == nil || ledger == nil {
+		t.Fatalf("clusters %v", cfg.Clusters)
+	}
+	if want := (&Thresholds{MaxConnections: 100, MaxPendingRequests: 10, MaxRequests: 50, MaxRetries: 3}); !reflect.DeepEqual(billing.Breaker, want) {
+		t.Errorf("billing's thresholds %+v, want %+v", billing.Breaker, want)
+	}
+	if od := billing.Outlier; od == nil || od.Consecutive5xx != 3 || od.Interval != 5*time.Second || od.BaseEjectionTime != 30*time.Second {
+		t.Errorf("billing's outlier detection %+v", od)
+	}
+	hc := billing.HealthCheck
+	if hc == nil || hc.HTTP == nil || hc.HTTP.Path != "/healthz" || hc.Interval != time.Second || hc.Timeout != 500*time.Millisecond ||
+		hc.UnhealthyThreshold != 2 || !reflect.DeepEqual(hc.HTTP.Expected, []StatusRange{{200, 201}, {204, 205}}) {
+		t.Errorf("billing's health check %+v (HTTP %+v)", hc, hc.HTTP)
+	}
+	if want := (&Thresholds{MaxConnections: 20, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3}); !reflect.DeepEqual(ledger.Breaker, want) {
+		t.Errorf("ledger's thresholds %+v, want %+v", ledger.Breaker, want)
+	}
+	if ledger.Outlier != nil || ledger.HealthCheck == nil || ledger.HealthCheck.HTTP != nil {
+		t.Errorf("ledger: outlier detection %+v, health check %+v; want none and a TCP check", ledger.Outlier, ledger.HealthCheck)
+	}
 }

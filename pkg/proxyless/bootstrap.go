@@ -30,9 +30,15 @@ type BootstrapOptions struct {
 	Plaintext  bool
 	CACertFile string
 	NodeID     string
-	// Metadata is the node's metadata: the proxyless marker, the token,
-	// the CSR of the agent's key, the Dataplane it presents.
+	// Metadata is the node's metadata: the proxyless marker, the token
+	// (unless JWTTokenFile), the CSR of the agent's key, the Dataplane it
+	// presents.
 	Metadata map[string]string
+	// JWTTokenFile, when set, is the token file the application sends as
+	// its xDS stream's call credentials (gRFC A97's jwt_token_file, read
+	// again as it changes; grpc-go reads them only with
+	// GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true, and only over TLS).
+	JWTTokenFile string
 	// CertDir is where the agent keeps CertFile, KeyFile and CAFile.
 	CertDir string
 	// RefreshInterval is how often the file watcher reads the files again
@@ -69,12 +75,23 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 	if refresh == "" {
 		refresh = "10s"
 	}
+	server := map[string]any{
+		"server_uri":      o.CPAddress,
+		"channel_creds":   creds,
+		"server_features": []string{"xds_v3", "ignore_resource_deletion"},
+	}
+	if o.JWTTokenFile != "" {
+		if o.Plaintext {
+			return nil, fmt.Errorf("proxyless bootstrap: call credentials go over TLS only")
+		}
+		abs, err := filepath.Abs(o.JWTTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("proxyless bootstrap: %w", err)
+		}
+		server["call_creds"] = []map[string]any{{"type": "jwt_token_file", "config": map[string]any{"jwt_token_file": abs}}}
+	}
 	b := map[string]any{
-		"xds_servers": []map[string]any{{
-			"server_uri":      o.CPAddress,
-			"channel_creds":   creds,
-			"server_features": []string{"xds_v3", "ignore_resource_deletion"},
-		}},
+		"xds_servers": []map[string]any{server},
 		"node": map[string]any{"id": o.NodeID, "metadata": o.Metadata},
 		"certificate_providers": map[string]any{
 			api.ProxylessCertProvider: map[string]any{

@@ -17,8 +17,6 @@ import (
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-
-	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 // LoadOrCreateKey returns the key in dir's KeyFile, or makes an ECDSA P-256
@@ -122,7 +120,7 @@ func identityOf(secrets []*tlsv3.Secret, key crypto.Signer, now time.Time) (id i
 			return id, false, fmt.Errorf("identity: its key: %w", err)
 		}
 		id.key = k
-	} else if !mtls.SameKey(leaf, key) {
+	} else if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
 		return id, false, errors.New("identity: the certificate is for another key than this agent's")
 	}
 	id.ca = vc.GetTrustedCa().GetInlineBytes()

@@ -63,6 +63,11 @@ func TestBootstrap(t *testing.T) {
 	if got.Template != "grpc/server?xds.resource.listening_address=%s" {
 		t.Errorf("template %q", got.Template)
 	}
+	b, err = Bootstrap(BootstrapOptions{CPAddress: "127.0.0.1:5678", CACertFile: "/etc/ursa/xds-ca.pem", NodeID: "default.web-1",
+		CertDir: dir, JWTTokenFile: "/etc/ursa/web.token"})
+	if err != nil || !strings.Contains(string(b), `"call_creds": [`) || !strings.Contains(string(b), `"jwt_token_file": "/etc/ursa/web.token"`) {
+		t.Errorf("with a JWT token file: %v\n%s", err, b)
+	}
 	if _, err := Bootstrap(BootstrapOptions{CPAddress: "127.0.0.1:5678", NodeID: "default.web-1", CertDir: dir}); err == nil ||
 		!strings.Contains(err.Error(), "CA file") {
 		t.Errorf("TLS without a CA file: %v", err)

@@ -132,9 +132,11 @@ func hcmFilter(m *hcm.HttpConnectionManager) *listener.Filter {
 	return &listener.Filter{Name: wellknown.HTTPConnectionManager, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(m)}}
 }
 
-func routerFilter() *hcm.HttpFilter {
-	return &hcm.HttpFilter{Name: RouterFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(&router.Router{})}}
-}
+// routerFilter is the router, last of every HCM's filters: one message,
+// shared (never modified), packed once.
+func routerFilter() *hcm.HttpFilter { return theRouter }
+
+var theRouter = &hcm.HttpFilter{Name: RouterFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(&router.Router{})}}
 
 // faultFilter delays and aborts what a FaultInjection says; nil without
 // one.

@@ -75,7 +75,7 @@ func applyClusterPolicies(c *cluster.Cluster, protocol string, pp pairPolicies) 
 		c.OutlierDetection = outlierDetection(b.Spec.Outlier)
 	}
 	if h := pp.health; h != nil {
-		c.HealthChecks = []*core.HealthCheck{healthCheck(h, protocol)}
+		c.HealthChecks = []*core.HealthCheck{healthCheck(h)}
 	}
 }
 
@@ -145,11 +145,12 @@ func outlierDetection(o *api.OutlierDetection) *cluster.OutlierDetection {
 	}
 }
 
-// healthCheck checks with HTTP when the HealthCheck sets http (over
-// HTTP/2 for http2 and grpc services, whose sidecars take HTTP/2 only by
-// ALPN over mTLS), else by connecting. Checks go through the cluster's
-// transport socket: mTLS to the endpoint's sidecar.
-func healthCheck(h *api.HealthCheck, protocol string) *core.HealthCheck {
+// healthCheck checks with HTTP when the HealthCheck sets http, else by
+// connecting. Checks go through the cluster's transport socket: mTLS to
+// the endpoint's sidecar. The codec is left at HTTP/1.1 (l7contract §2
+// names no codec_client_type, and the built-in proxy refuses one), also
+// for http2 and grpc services.
+func healthCheck(h *api.HealthCheck) *core.HealthCheck {
 	s := h.Spec
 	dur := func(d *api.Duration, def time.Duration) *durationpb.Duration {
 		if d != nil {
@@ -180,9 +181,6 @@ func healthCheck(h *api.HealthCheck, protocol string) *core.HealthCheck {
 	check := &core.HealthCheck_HttpHealthCheck{Path: s.HTTP.Path}
 	for _, code := range statuses {
 		check.ExpectedStatuses = append(check.ExpectedStatuses, &typev3.Int64Range{Start: int64(code), End: int64(code) + 1})
-	}
-	if protocol == api.ProtocolHTTP2 || protocol == api.ProtocolGRPC {
-		check.CodecClientType = typev3.CodecClientType_HTTP2
 	}
 	hc.HealthChecker = &core.HealthCheck_HttpHealthCheck_{HttpHealthCheck: check}
 	return hc

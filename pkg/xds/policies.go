@@ -1,7 +1,9 @@
 package xds
 
 import (
-	"fmt"
+	"encoding/binary"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -236,19 +238,54 @@ func (pp pairPolicies) listenerKey() string {
 }
 
 // sourcePolicies is what a sidecar's outbound side depends on of its
-// dataplane's tags: the policies whose sources match them, and how
-// specifically. Sidecars that agree on it (and on outboundKey) share their
-// outbound resources.
+// dataplane's tags: which policies' sources match them, and how
+// specifically (by their places in the mesh's lists, which the PolicyHash
+// fixes). Sidecars that agree on it (and on the rest of outboundKey) share
+// their outbound resources. It is computed for every sidecar generated,
+// so it is kept cheap: no names, no formatting.
 func sourcePolicies(s *MeshState, dp *api.Dataplane) string {
-	tags := sourceTags(s, dp)
-	var b strings.Builder
+	any := false
 	for _, typ := range api.L7PolicyTypes() {
-		for _, p := range s.Policies[typ] {
+		any = any || len(s.Policies[typ]) > 0
+	}
+	if !any {
+		return ""
+	}
+	// Dataplanes mostly repeat a few tag sets: matched once per set.
+	var key []byte
+	for _, in := range dp.Networking.Inbound {
+		key = appendTags(key, in.Tags)
+		key = append(key, '|')
+	}
+	return memoPolicy(s, "source-policies|"+string(key), func() string { return matchSources(s, sourceTags(s, dp)) })
+}
+
+// appendTags appends tags, sorted by name, unambiguously.
+func appendTags(b []byte, tags map[string]string) []byte {
+	names := make([]string, 0, len(tags))
+	for k := range tags {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		b = strconv.AppendQuote(b, k)
+		b = strconv.AppendQuote(b, tags[k])
+	}
+	return b
+}
+
+func matchSources(s *MeshState, tags []map[string]string) string {
+	var buf []byte
+	for t, typ := range api.L7PolicyTypes() {
+		for i, p := range s.Policies[typ] {
 			src, _ := p.Selectors()
 			if sc, ok := bestMatch(src, tags); ok {
-				fmt.Fprintf(&b, "%s/%s:%d:%d;", typ, p.GetMeta().Name, sc.tags, sc.stars)
+				buf = append(buf, byte(t))
+				buf = binary.AppendUvarint(buf, uint64(i))
+				buf = binary.AppendUvarint(buf, uint64(sc.tags))
+				buf = binary.AppendUvarint(buf, uint64(sc.stars))
 			}
 		}
 	}
-	return b.String()
+	return string(buf)
 }

@@ -59,7 +59,8 @@ func Proxyless(state *State, p Proxy) (Resources, error) {
 	}
 	// Clients whose tags the same policies select, as specifically, share
 	// one set of resources.
-	shared := memo(s, "proxyless|"+sourcePolicies(s, dp), func() Resources { return s.buildProxyless(sourceTags(s, dp)) })
+	key := sourcePolicies(s, dp)
+	shared := memo(s, "proxyless|"+key, func() Resources { return s.proxylessShared(key, sourceTags(s, dp)) })
 	out := Resources{}
 	out.Merge(shared)
 	var own []types.Resource
@@ -76,7 +77,35 @@ func Proxyless(state *State, p Proxy) (Resources, error) {
 	return out, nil
 }
 
-func (s *MeshState) buildProxyless(sources []map[string]string) Resources {
+// proxylessShared is what the proxyless clients of a key (sourcePolicies)
+// share: the listeners, routes and clusters, which depend only on what the
+// PolicyHash covers and are kept while it stays the same (so a change of
+// endpoints rebuilds the load assignments alone), and this MeshState's
+// load assignments of the clusters.
+func (s *MeshState) proxylessShared(key string, sources []map[string]string) Resources {
+	p := memoPolicy(s, "proxyless-policy|"+key, func() proxylessPolicyPart { return s.buildProxyless(sources) })
+	mtls := s.Mesh.MTLSEnabled()
+	out := Resources{}
+	for typ, list := range p.res {
+		out[typ] = slices.Clip(list)
+	}
+	for _, sub := range p.subsets {
+		out.Add(resource.EndpointType, memo(s, fmt.Sprintf("proxyless-cla|%s|%t", sub.ClusterName(), mtls), func() *endpoint.ClusterLoadAssignment {
+			return s.proxylessLoadAssignment(sub, mtls)
+		}))
+	}
+	return out
+}
+
+// proxylessPolicyPart is the part of proxyless clients' resources that
+// depends only on what the PolicyHash covers, and the subsets whose load
+// assignments go with it, by cluster name.
+type proxylessPolicyPart struct {
+	res     Resources
+	subsets []Subset
+}
+
+func (s *MeshState) buildProxyless(sources []map[string]string) proxylessPolicyPart {
 	out := Resources{}
 	mtls := s.Mesh.MTLSEnabled()
 	clusters := map[string]Subset{}
@@ -93,21 +122,19 @@ func (s *MeshState) buildProxyless(sources []map[string]string) Resources {
 			clusters[sub.ClusterName()] = sub
 		}
 	}
+	var subsets []Subset
 	for _, name := range slices.Sorted(maps.Keys(clusters)) {
 		sub := clusters[name]
-		svc := sub.Tags[api.TagService]
-		pp := s.pairPoliciesFor(sources, svc)
+		pp := s.pairPoliciesFor(sources, sub.Tags[api.TagService])
 		out.Add(resource.ClusterType, s.proxylessCluster(sub, pp.breaker, mtls))
-		out.Add(resource.EndpointType, memo(s, fmt.Sprintf("proxyless-cla|%s|%t", name, mtls), func() *endpoint.ClusterLoadAssignment {
-			return s.proxylessLoadAssignment(sub, mtls)
-		}))
+		subsets = append(subsets, sub)
 	}
 	for _, list := range out {
 		slices.SortFunc(list, func(a, b types.Resource) int {
 			return strings.Compare(cache.GetResourceName(a), cache.GetResourceName(b))
 		})
 	}
-	return out
+	return proxylessPolicyPart{res: out, subsets: subsets}
 }
 
 // proxylessCluster is a subset's EDS cluster for grpc-go: it reports load

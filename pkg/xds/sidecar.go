@@ -58,8 +58,14 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		inboundPort = port
 		build := func() *listener.Listener { return s.transparentInbound(dp, port, mtls) }
 		if dp.Version != 0 {
-			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port)
-			out.Add(resource.ListenerType, memoPolicy(s, key, build))
+			// Its chains speak the protocols of the inbounds' services,
+			// which the PolicyHash does not cover.
+			var protocols []string
+			for _, in := range dp.Networking.Inbound {
+				protocols = append(protocols, s.Protocol(in.Tags[api.TagService]))
+			}
+			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d|%q", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port, protocols)
+			out.Add(resource.ListenerType, memoInbound(s, key, build))
 		} else {
 			out.Add(resource.ListenerType, build())
 		}
@@ -76,7 +82,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 		case inboundPort != 0:
 		case dp.Version != 0: // a stored Dataplane: its version and creation time name its content
 			key := fmt.Sprintf("inbound|%s|%d|%d|%d|%s|%s", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i, protocol, pp.listenerKey())
-			out.Add(resource.ListenerType, memoPolicy(s, key, build))
+			out.Add(resource.ListenerType, memoInbound(s, key, build))
 		default:
 			out.Add(resource.ListenerType, build())
 		}

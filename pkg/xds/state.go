@@ -46,6 +46,9 @@ func NewState(cat *catalog.Catalog, prev *State) *State {
 		if old != nil && old.PolicyHash == m.PolicyHash && old.policy.size() < 4*len(m.Registered)+4096 {
 			next.policy = old.policy
 		}
+		if old != nil && old.InboundHash == m.InboundHash && old.inbound.size() < 4*len(m.Registered)+4096 {
+			next.inbound = old.inbound
+		}
 		s.meshes[m.Mesh.Name] = next
 	}
 	return s
@@ -79,17 +82,21 @@ type MeshState struct {
 	// assignments, each set of outbounds).
 	shared memoTable
 	// policy memoises what depends only on what PolicyHash covers, given
-	// its key: clusters, outbound listeners, each Dataplane version's
-	// inbound listeners. The next MeshState of the mesh keeps it while
-	// the PolicyHash stays the same, so that a change of endpoints
+	// its key: clusters, outbound listeners, route configurations. The
+	// next MeshState of the mesh keeps it while the PolicyHash stays the
+	// same, so that a change of endpoints
 	// rebuilds load assignments only and proxies keep the very same
 	// listener and cluster messages (whose encodings are known).
 	policy *memoTable
+	// inbound memoises a stored Dataplane's inbound listeners, which
+	// depend only on what InboundHash covers, given their key: a change
+	// of routes or of the outbound policies does not rebuild them.
+	inbound *memoTable
 }
 
 // NewMeshState returns the state of a mesh's catalogue.
 func NewMeshState(m *catalog.MeshCatalog) *MeshState {
-	return &MeshState{MeshCatalog: m, policy: &memoTable{}}
+	return &MeshState{MeshCatalog: m, policy: &memoTable{}, inbound: &memoTable{}}
 }
 
 // memoTable holds values built once by key. It is safe for concurrent use;
@@ -112,6 +119,13 @@ func memo[T any](s *MeshState, key string, build func() T) T { return memoIn(&s.
 // table: build must depend on nothing but key and what PolicyHash covers.
 func memoPolicy[T any](s *MeshState, key string, build func() T) T {
 	return memoIn(s.policy, key, build)
+}
+
+// memoInbound returns the value built for key in the MeshState's inbound
+// table: build must depend on nothing but key and what InboundHash
+// covers.
+func memoInbound[T any](s *MeshState, key string, build func() T) T {
+	return memoIn(s.inbound, key, build)
 }
 
 // memoIn returns the value built for key, building it once per table. It

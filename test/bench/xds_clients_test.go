@@ -33,6 +33,7 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -128,6 +129,16 @@ func (c *clients) expect(b *testing.B, k, listeners, clusters int) {
 	c.expectEDS(b, k, listeners, clusters, 0)
 }
 
+// expectRoutes is expect with a count of route configuration versions
+// too (l7Bench).
+func (c *clients) expectRoutes(b *testing.B, k, listeners, clusters, routes int) {
+	b.Helper()
+	if _, err := fmt.Fprintf(c.stdin, "want %d %d %d %d %d\n", k, listeners, clusters, 0, routes); err != nil {
+		b.Fatal(err)
+	}
+	c.await(b, "ready", k, time.Minute)
+}
+
 // expectEDS is expect with a count of load assignment versions too.
 func (c *clients) expectEDS(b *testing.B, k, listeners, clusters, endpoints int) {
 	b.Helper()
@@ -214,7 +225,7 @@ type genTracker struct {
 	mu      sync.Mutex
 	proxies []trackedProxy
 	k       int
-	want    [3]int // listener, cluster and load assignment versions
+	want    [4]int // listener, cluster, load assignment and route versions
 	met     int
 	first   int64
 	last    int64
@@ -222,7 +233,7 @@ type genTracker struct {
 }
 
 type trackedProxy struct {
-	got       [3]int // listener, cluster and load assignment versions received
+	got       [4]int // listener, cluster, load assignment and route versions received
 	at        int64  // when the last one arrived
 	sampled   bool
 	sample    string
@@ -231,9 +242,12 @@ type trackedProxy struct {
 }
 
 func newGenTracker(n, perConn int, eds bool) *genTracker {
-	t := &genTracker{proxies: make([]trackedProxy, n), k: 1, want: [3]int{1, 1, 0}, samples: map[string]bool{}}
+	t := &genTracker{proxies: make([]trackedProxy, n), k: 1, want: [4]int{1, 1, 0, 0}, samples: map[string]bool{}}
 	if eds {
 		t.want[2] = 1
+	}
+	if l7Bench() {
+		t.want[3] = 1
 	}
 	for i := range t.proxies {
 		t.proxies[i].sampled = i%perConn == 0
@@ -248,6 +262,8 @@ func typeIndex(typeURL string) int {
 		return 0
 	case resource.ClusterType:
 		return 1
+	case resource.RouteType:
+		return 3
 	}
 	return 2
 }
@@ -268,7 +284,7 @@ func (t *genTracker) received(i int, typeURL string, at int64, sample string) {
 
 // check counts p if it has just reached the target; the caller holds mu.
 func (t *genTracker) check(p *trackedProxy) {
-	if p.reached >= t.k || p.got[0] < t.want[0] || p.got[1] < t.want[1] || p.got[2] < t.want[2] {
+	if p.reached >= t.k || p.got[0] < t.want[0] || p.got[1] < t.want[1] || p.got[2] < t.want[2] || p.got[3] < t.want[3] {
 		return
 	}
 	p.reached, p.reachedAt = t.k, p.at
@@ -293,10 +309,10 @@ func (t *genTracker) check(p *trackedProxy) {
 }
 
 // target makes generation k the next to count.
-func (t *genTracker) target(k, listeners, clusters, endpoints int) {
+func (t *genTracker) target(k, listeners, clusters, endpoints, routes int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.k, t.want = k, [3]int{listeners, clusters, endpoints}
+	t.k, t.want = k, [4]int{listeners, clusters, endpoints, routes}
 	t.met, t.first, t.last, t.samples = 0, 0, 0, map[string]bool{}
 	for i := range t.proxies {
 		t.check(&t.proxies[i])
@@ -362,12 +378,14 @@ func runClients() error {
 	go func() {
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
-			var k, l, c, e int
-			if _, err := fmt.Sscanf(sc.Text(), "want %d %d %d %d", &k, &l, &c, &e); err != nil {
-				stdinClosed <- fmt.Errorf("from the benchmark: %q: %w", sc.Text(), err)
-				return
+			var k, l, c, e, r int
+			if _, err := fmt.Sscanf(sc.Text(), "want %d %d %d %d %d", &k, &l, &c, &e, &r); err != nil {
+				if _, err := fmt.Sscanf(sc.Text(), "want %d %d %d %d", &k, &l, &c, &e); err != nil {
+					stdinClosed <- fmt.Errorf("from the benchmark: %q: %w", sc.Text(), err)
+					return
+				}
 			}
-			t.target(k, l, c, e)
+			t.target(k, l, c, e, r)
 		}
 		stdinClosed <- nil
 	}()
@@ -398,6 +416,11 @@ func sotwProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceC
 			return err
 		}
 	}
+	if l7Bench() {
+		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.RouteType}); err != nil {
+			return err
+		}
+	}
 	version := map[string]string{}
 	sampled := t.proxies[i].sampled
 	for {
@@ -415,13 +438,13 @@ func sotwProxy(ctx context.Context, client discovery.AggregatedDiscoveryServiceC
 		}
 		version[typ] = resp.GetVersionInfo()
 		var weights string
-		if sampled && typ == resource.ListenerType {
+		if sampled && typ == sampleType() {
 			found := false
 			if weights, found, err = splitOf(resp.GetResources(), sample); err != nil {
 				return err
 			}
 			if !found {
-				return fmt.Errorf("no listener %q among %d", sample, len(resp.GetResources()))
+				return fmt.Errorf("no %s %q among %d", typ, sample, len(resp.GetResources()))
 			}
 		}
 		t.received(i, typ, at, weights)
@@ -448,6 +471,11 @@ func deltaProxy(ctx context.Context, client discovery.AggregatedDiscoveryService
 			return err
 		}
 	}
+	if l7Bench() {
+		if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.RouteType}); err != nil {
+			return err
+		}
+	}
 	sampled := t.proxies[i].sampled
 	for {
 		resp, err := stream.Recv()
@@ -463,7 +491,7 @@ func deltaProxy(ctx context.Context, client discovery.AggregatedDiscoveryService
 			continue
 		}
 		var weights string
-		if sampled && typ == resource.ListenerType {
+		if sampled && typ == sampleType() {
 			anys := make([]*anypb.Any, 0, len(resp.GetResources()))
 			for _, r := range resp.GetResources() {
 				if r.GetName() == sample {
@@ -478,9 +506,21 @@ func deltaProxy(ctx context.Context, client discovery.AggregatedDiscoveryService
 	}
 }
 
+// sampleType is the type of the resource the sample is read from.
+func sampleType() string {
+	if l7Bench() {
+		return resource.RouteType
+	}
+	return resource.ListenerType
+}
+
 // splitOf returns the weighted clusters of the tcp_proxy of the named
-// listener among listeners: "cluster=weight,…", and whether it is there.
+// listener among listeners (l7Bench: of the default route of the named
+// route configuration): "cluster=weight,…", and whether it is there.
 func splitOf(listeners []*anypb.Any, name string) (string, bool, error) {
+	if l7Bench() {
+		return routeSplitOf(listeners, name)
+	}
 	for _, a := range listeners {
 		l := &listener.Listener{}
 		if err := a.UnmarshalTo(l); err != nil {
@@ -505,6 +545,28 @@ func splitOf(listeners []*anypb.Any, name string) (string, bool, error) {
 		var parts []string
 		for _, wc := range tp.GetWeightedClusters().GetClusters() {
 			parts = append(parts, fmt.Sprintf("%s=%d", wc.GetName(), wc.GetWeight()))
+		}
+		return strings.Join(parts, ","), true, nil
+	}
+	return "", false, nil
+}
+
+func routeSplitOf(routes []*anypb.Any, name string) (string, bool, error) {
+	for _, a := range routes {
+		rc := &routev3.RouteConfiguration{}
+		if err := a.UnmarshalTo(rc); err != nil {
+			return "", false, err
+		}
+		if rc.GetName() != name || len(rc.GetVirtualHosts()) == 0 {
+			continue
+		}
+		rs := rc.GetVirtualHosts()[0].GetRoutes()
+		if len(rs) == 0 {
+			return "", true, nil
+		}
+		var parts []string
+		for _, wc := range rs[len(rs)-1].GetRoute().GetWeightedClusters().GetClusters() {
+			parts = append(parts, fmt.Sprintf("%s=%d", wc.GetName(), wc.GetWeight().GetValue()))
 		}
 		return strings.Join(parts, ","), true, nil
 	}

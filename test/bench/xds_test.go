@@ -82,13 +82,39 @@ func svcName(s int) string { return fmt.Sprintf("svc-%02d", s) }
 
 func ipv4(a, b, c, d int) string { return fmt.Sprintf("%d.%d.%d.%d", a, b, c, d) }
 
+// l7Bench makes the xDS benchmarks' mesh L7 (URSA_BENCH_XDS_L7 set): every
+// service speaks http, has a TrafficRoute with an http rule (x-canary: 1
+// to v2) and its split, a Retry and a Timeout; the simulated proxies
+// subscribe to their route configurations too (wildcard), and a push
+// changes outbound:svc-00 instead of two listeners.
+func l7Bench() bool { return os.Getenv("URSA_BENCH_XDS_L7") != "" }
+
 func versionRoute(service string, v1 int) *api.TrafficRoute {
-	return &api.TrafficRoute{
+	r := &api.TrafficRoute{
 		Meta: api.Meta{Type: "TrafficRoute", Mesh: xdsMesh, Name: "route-" + service},
 		Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: service}, Split: []api.Split{
 			{Weight: v1, Tags: map[string]string{"version": "v1"}},
 			{Weight: 100 - v1, Tags: map[string]string{"version": "v2"}},
 		}},
+	}
+	if l7Bench() {
+		r.Spec.HTTP = []api.HTTPRoute{{
+			Match: api.HTTPMatch{Path: &api.StringMatch{Prefix: "/api"}, Headers: map[string]api.StringMatch{"x-canary": {Exact: "1"}}},
+			Split: []api.Split{{Weight: 100, Tags: map[string]string{"version": "v2"}}},
+		}}
+	}
+	return r
+}
+
+// l7Policies are a Retry and a Timeout from every caller to service.
+func l7Policies(service string) []api.Resource {
+	any := []api.Selector{{Match: map[string]string{api.TagService: "*"}}}
+	to := []api.Selector{{Match: map[string]string{api.TagService: service}}}
+	return []api.Resource{
+		&api.Retry{Meta: api.Meta{Type: "Retry", Mesh: xdsMesh, Name: "retry-" + service}, Spec: api.RetrySpec{Sources: any, Destinations: to,
+			HTTP: &api.HTTPRetry{NumRetries: 3, PerTryTimeout: api.Dur(200 * time.Millisecond), RetryOn: []string{"5xx", "reset", "connect-failure"}}}},
+		&api.Timeout{Meta: api.Meta{Type: "Timeout", Mesh: xdsMesh, Name: "timeout-" + service}, Spec: api.TimeoutSpec{Sources: any, Destinations: to,
+			ConnectTimeout: api.Dur(2 * time.Second), HTTP: &api.HTTPTimeouts{RequestTimeout: api.Dur(time.Second)}}},
 	}
 }
 
@@ -114,17 +140,23 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 			if j >= perService*9/10 {
 				version = "v2"
 			}
+			tags := map[string]string{api.TagService: svc, api.TagZone: xdsZone, "version": version, "team": fmt.Sprintf("team-%d", s%5)}
+			if l7Bench() {
+				tags[api.TagProtocol] = api.ProtocolHTTP
+			}
 			st.Dataplanes = append(st.Dataplanes, &api.Dataplane{
 				Meta: api.Meta{Type: "Dataplane", Mesh: xdsMesh, Name: fmt.Sprintf("%s-%03d", svc, j)},
 				Networking: api.DataplaneNetworking{
 					Address: ipv4(10, 1+idx>>16, (idx>>8)&255, idx&255),
-					Inbound: []api.Inbound{{Port: 8080, ServicePort: 8081, Tags: map[string]string{
-						api.TagService: svc, api.TagZone: xdsZone, "version": version, "team": fmt.Sprintf("team-%d", s%5)}}},
+					Inbound: []api.Inbound{{Port: 8080, ServicePort: 8081, Tags: tags}},
 				},
 			})
 		}
-		if s%5 == 0 {
+		if s%5 == 0 || l7Bench() {
 			st.Routes = append(st.Routes, versionRoute(svc, 90))
+		}
+		if l7Bench() {
+			st.Policies = append(st.Policies, l7Policies(svc)...)
 		}
 	}
 	st.Permissions = append(st.Permissions, &api.TrafficPermission{
@@ -157,8 +189,11 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 				version   string
 				instances int
 			}{{"v1", 18}, {"v2", 2}} {
-				ing.AvailableServices = append(ing.AvailableServices, api.AvailableService{Mesh: xdsMesh, Instances: v.instances,
-					Tags: map[string]string{api.TagService: svcName(s), api.TagZone: zone, "version": v.version}})
+				tags := map[string]string{api.TagService: svcName(s), api.TagZone: zone, "version": v.version}
+				if l7Bench() {
+					tags[api.TagProtocol] = api.ProtocolHTTP
+				}
+				ing.AvailableServices = append(ing.AvailableServices, api.AvailableService{Mesh: xdsMesh, Instances: v.instances, Tags: tags})
 			}
 		}
 		st.Ingresses = append(st.Ingresses, ing)
@@ -176,7 +211,9 @@ type benchMesh struct {
 	Permissions []*api.TrafficPermission
 	Failovers   []*api.Failover
 	Ingresses   []*api.ZoneIngress
-	VIPs        map[string]netip.Addr
+	// Policies are the L7 policies (l7Bench).
+	Policies []api.Resource
+	VIPs     map[string]netip.Addr
 
 	once  sync.Once
 	built *xds.State
@@ -204,7 +241,7 @@ func (m *benchMesh) resources() []api.Resource {
 	for _, r := range m.Ingresses {
 		rs = append(rs, r)
 	}
-	return rs
+	return append(rs, m.Policies...)
 }
 
 // State is the zone's state of the mesh, built on first use.
@@ -218,7 +255,7 @@ func (m *benchMesh) State() *xds.State {
 func withRoute(st *benchMesh, service string, v1 int) *benchMesh {
 	// A fresh benchMesh, not a copy: its State memoises what it builds.
 	out := benchMesh{Zone: st.Zone, Mesh: st.Mesh, Dataplanes: st.Dataplanes, Permissions: st.Permissions,
-		Failovers: st.Failovers, Ingresses: st.Ingresses, VIPs: st.VIPs}
+		Failovers: st.Failovers, Ingresses: st.Ingresses, Policies: st.Policies, VIPs: st.VIPs}
 	out.Routes = slices.Clone(st.Routes)
 	r := versionRoute(service, v1)
 	i := slices.IndexFunc(out.Routes, func(x *api.TrafficRoute) bool { return x.Name == r.Name })
@@ -450,7 +487,13 @@ func profileCPU(b *testing.B, suffix string) func() {
 // resetPeakRSS restarts VmHWM from the current RSS.
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
+// sampleListener names what the sampled proxies read changedService's
+// split from: its outbound listener on the VIP at 80, or (l7Bench) its
+// route configuration.
 func sampleListener(st *benchMesh) string {
+	if l7Bench() {
+		return xds.OutboundRouteName(changedService)
+	}
 	return fmt.Sprintf("outbound:%s:80", st.VIPs[changedService])
 }
 
@@ -494,6 +537,12 @@ func benchmarkFullPush(b *testing.B, wire protocol, secure bool) {
 // changedTypes reports whether a proxy's listeners, and its clusters,
 // differ between two configurations.
 func changedTypes(a, b xds.Resources) (listeners, clusters bool) {
+	l, c, _ := changedTypesL7(a, b)
+	return l, c
+}
+
+// changedTypesL7 is changedTypes with the route configurations.
+func changedTypesL7(a, b xds.Resources) (listeners, clusters, routes bool) {
 	differ := func(typ resource.Type) bool {
 		if len(a[typ]) != len(b[typ]) {
 			return true
@@ -509,7 +558,7 @@ func changedTypes(a, b xds.Resources) (listeners, clusters bool) {
 		}
 		return false
 	}
-	return differ(resource.ListenerType), differ(resource.ClusterType)
+	return differ(resource.ListenerType), differ(resource.ClusterType), differ(resource.RouteType)
 }
 
 // upToDate waits until every node has ACKed the current version of its
@@ -521,7 +570,8 @@ func upToDate(b *testing.B, srv *xds.Server, ids []string, timeout time.Duration
 		for {
 			n, ok := srv.Insight(id)
 			if ok && n.Current[resource.ListenerType] != "" && n.Acked[resource.ListenerType] == n.Current[resource.ListenerType] &&
-				n.Current[resource.ClusterType] != "" && n.Acked[resource.ClusterType] == n.Current[resource.ClusterType] {
+				n.Current[resource.ClusterType] != "" && n.Acked[resource.ClusterType] == n.Current[resource.ClusterType] &&
+				(!l7Bench() || n.Current[resource.RouteType] != "" && n.Acked[resource.RouteType] == n.Current[resource.RouteType]) {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -677,7 +727,7 @@ func fullPush(b *testing.B, wire protocol, n int, secure bool) {
 	resetPeakRSS()
 	defer profileCPU(b, fmt.Sprintf("%s.%d", wire, n))()
 	var push, first, loop, gen, set, cpCPU, clientsCPU time.Duration
-	k, prev, listeners, clusters := 0, 90, 1, 1
+	k, prev, listeners, clusters, routes := 0, 90, 1, 1, 1
 	for b.Loop() {
 		k++
 		v1 := 80 - k%70
@@ -689,13 +739,17 @@ func fullPush(b *testing.B, wire protocol, n int, secure bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if l, c := changedTypes(before, after); l || c {
-			listeners, clusters = listeners+btoi(l), clusters+btoi(c)
+		if l, c, r := changedTypesL7(before, after); l || c || r {
+			listeners, clusters, routes = listeners+btoi(l), clusters+btoi(c), routes+btoi(r)
 		} else {
 			b.Fatalf("push %d changes nothing", k)
 		}
 		prev = v1
-		c.expect(b, k+1, listeners, clusters)
+		if l7Bench() {
+			c.expectRoutes(b, k+1, listeners, clusters, routes)
+		} else {
+			c.expect(b, k+1, listeners, clusters)
+		}
 		st := withRoute(f.state, changedService, v1)
 		st.State() // the catalogue, built once per store change (BenchmarkCatalogBuild)
 		cpCPU0, clientsCPU0 := cpuTime("self"), cpuTime(strconv.Itoa(c.cmd.Process.Pid))

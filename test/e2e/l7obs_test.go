@@ -183,23 +183,20 @@ func (a *tracedApp) traceparents() []string {
 	return append([]string(nil), a.seen...)
 }
 
-// TestL7AccessLogsAndTraces: with real ursa-dp sidecars, a client's HTTP
-// requests through web's sidecar to billing's write access log lines in
-// the format a TrafficLog sets — to a file on the caller's side, and to a
-// Fluent Forward collector on billing's — and, with a TrafficTrace to a
-// real Jaeger over OTLP, make a client span (web's sidecar) and a server
-// span (billing's), its child, which Jaeger's query API gives back as one
-// trace; billing's application gets the server span's traceparent.
-func TestL7AccessLogsAndTraces(t *testing.T) {
-	j := startJaeger(t)
-	fluent := testutil.StartFluentCollector(t, "127.0.0.1:0")
+// l7obsMesh is a zone with billing (HTTP, its app a tracedApp) and db
+// (TCP, a line echo) behind sidecars, and web's sidecar with explicit
+// outbounds to both, under policies (YAML after the Mesh and a
+// TrafficPermission for all).
+type l7obsMesh struct {
+	app             *tracedApp
+	billing         *meshSidecar
+	toBilling, toDB string
+}
+
+func startL7obsMesh(t *testing.T, policies string) *l7obsMesh {
+	t.Helper()
 	zone := startCP(t, "zone", "--zone", "zone-1")
-	dir := t.TempDir()
-	logPath := filepath.Join(dir, "access.log")
-	// a-web-file wins web's outbound (its sources name web); on billing's
-	// inbound, where only destinations count, b-billing-fluent's two tags
-	// win.
-	ctl(t, zone.api, fmt.Sprintf(`
+	ctl(t, zone.api, `
 type: Mesh
 name: default
 mtls: {enabled: true}
@@ -211,84 +208,37 @@ spec:
   sources: [{match: {ursa.io/service: '*'}}]
   destinations: [{match: {ursa.io/service: '*'}}]
 ---
-type: TrafficLog
-mesh: default
-name: a-web-file
-spec:
-  sources: [{match: {ursa.io/service: web}}]
-  destinations: [{match: {ursa.io/service: billing}}]
-  backend: {file: {path: %q}}
-  format: 'web-side %%REQ(:METHOD)%% %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%% %%REQ(X-CANARY)%% %%UPSTREAM_HOST%%'
----
-type: TrafficLog
-mesh: default
-name: b-billing-fluent
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: billing, ursa.io/zone: zone-1}}]
-  backend: {tcp: {address: %q}}
-  format: 'billing-side %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%%'
----
-type: TrafficTrace
-mesh: default
-name: traces
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: billing}}]
-  backend: {openTelemetry: {address: %q}}
-  sampling: 100
-`, logPath, fluent.Addr, j.otlp), "apply", "-f", "-")
+`+policies, "apply", "-f", "-")
+	dir := t.TempDir()
+	m := &l7obsMesh{app: startTracedApp(t, "billing"), toBilling: freeAddr(t), toDB: freeAddr(t)}
+	m.billing = startSidecar(t, zone, dir, "billing-1", "billing", "ursa.io/protocol: http", m.app.addr)
+	startSidecar(t, zone, dir, "db-1", "db", "ursa.io/protocol: tcp", echo(t, "db"))
+	startSidecar(t, zone, dir, "web-1", "web", "ursa.io/protocol: http", freeAddr(t),
+		fmt.Sprintf("{port: %s, tags: {ursa.io/service: billing}}", port(m.toBilling)),
+		fmt.Sprintf("{port: %s, tags: {ursa.io/service: db}}", port(m.toDB)))
+	eventually(t, "a request through both sidecars", func() bool { return m.get("/warmup") })
+	return m
+}
 
-	app := startTracedApp(t, "billing")
-	billing := startSidecar(t, zone, dir, "billing-1", "billing", "ursa.io/protocol: http", app.addr)
-	out := freeAddr(t)
-	startSidecar(t, zone, dir, "web-1", "web", "ursa.io/protocol: http", freeAddr(t), fmt.Sprintf("{port: %s, tags: {ursa.io/service: billing}}", port(out)))
-
-	client := &http.Client{Timeout: 5 * time.Second}
-	getOK := func(path string) bool {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+out+path, nil)
-		req.Header.Set("x-canary", "1")
-		resp, err := client.Do(req)
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode == 200 && string(body) == "billing "+path
+// get sends GET path (with x-canary: 1) through web's sidecar to billing
+// and reports whether billing's app answered it.
+func (m *l7obsMesh) get(path string) bool {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+m.toBilling+path, nil)
+	req.Header.Set("x-canary", "1")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return false
 	}
-	eventually(t, "a request through both sidecars", func() bool { return getOK("/warmup") })
-	const n = 5
-	for i := range n {
-		if !getOK(fmt.Sprintf("/orders/%d", i)) {
-			t.Fatalf("request %d failed", i)
-		}
-	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode == 200 && string(body) == "billing "+path
+}
 
-	// The file: one line per request of web's, in the set format.
-	line := regexp.MustCompile(`^web-side GET /orders/(\d) 200 default 1 ` + regexp.QuoteMeta(billing.inbound) + `$`)
-	eventually(t, "web's access log lines in the file", func() bool {
-		b, _ := os.ReadFile(logPath)
-		got := 0
-		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			if line.MatchString(l) {
-				got++
-			}
-		}
-		return got == n
-	})
-	// The Fluent collector: billing's inbound lines, tagged ursa.
-	eventually(t, "billing's access log records at the Fluent collector", func() bool {
-		got := 0
-		for _, r := range fluent.Records() {
-			if m, _ := r.Record["message"].(string); r.Tag == "ursa" && regexp.MustCompile(`^billing-side /orders/\d 200 inbound$`).MatchString(m) {
-				got++
-			}
-		}
-		return got == n
-	})
-
-	// Jaeger: each request one trace with web's client span and
-	// billing's server span, its child.
+// checkTwoHopTraces finds in Jaeger the n traces of the requests to
+// /orders/*: web's client span, and billing's server span its child, whose
+// traceparent billing's app got.
+func checkTwoHopTraces(t *testing.T, j *jaeger, m *l7obsMesh, n int) {
+	t.Helper()
 	var traces []jaegerTrace
 	eventually(t, "the requests' traces in Jaeger", func() bool {
 		traces = nil
@@ -324,17 +274,142 @@ spec:
 			c.tag("ursa.zone") != "zone-1" || c.tag("http.request.method") != "GET" {
 			t.Fatalf("trace %s: spans %q and %q, client tags %+v", tr.TraceID, c.OperationName, s.OperationName, c.Tags)
 		}
-		serverSpans[tr.TraceID] = s.SpanID
+		serverSpans[strings.TrimLeft(tr.TraceID, "0")] = s.SpanID
 	}
-	// Billing's application got the server span as its parent.
 	matched := 0
-	for _, tp := range app.traceparents() {
+	for _, tp := range m.app.traceparents() {
 		parts := strings.Split(tp, "-")
-		if len(parts) == 4 && serverSpans[parts[1]] == parts[2] && parts[3] == "01" {
+		if len(parts) == 4 && serverSpans[strings.TrimLeft(parts[1], "0")] == parts[2] && parts[3] == "01" {
 			matched++
 		}
 	}
 	if matched != n {
-		t.Fatalf("%d of %d requests reached billing with its server span's traceparent; it saw %q", matched, n, app.traceparents())
+		t.Fatalf("%d of %d requests reached billing with its server span's traceparent; it saw %q", matched, n, m.app.traceparents())
 	}
+}
+
+// TestL7AccessLogsAndTraces: with real ursa-dp sidecars, a client's HTTP
+// requests through web's sidecar to billing's write access log lines in
+// the format a TrafficLog sets — to a file on the caller's side, and to a
+// Fluent Forward collector on billing's — and, with a TrafficTrace to a
+// real Jaeger over OTLP, make a client span (web's sidecar) and a server
+// span (billing's), its child, which Jaeger's query API gives back as one
+// trace; billing's application gets the server span's traceparent. A TCP
+// service's connections are logged too, their HTTP fields "-".
+func TestL7AccessLogsAndTraces(t *testing.T) {
+	j := startJaeger(t)
+	fluent := testutil.StartFluentCollector(t, "127.0.0.1:0")
+	dir := t.TempDir()
+	logPath, tcpLogPath := filepath.Join(dir, "access.log"), filepath.Join(dir, "tcp.log")
+	// a-web-file wins web's outbound (its sources name web); on billing's
+	// inbound, where only destinations count, b-billing-fluent's two tags
+	// win.
+	m := startL7obsMesh(t, fmt.Sprintf(`
+type: TrafficLog
+mesh: default
+name: a-web-file
+spec:
+  sources: [{match: {ursa.io/service: web}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  backend: {file: {path: %q}}
+  format: 'web-side %%REQ(:METHOD)%% %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%% %%REQ(X-CANARY)%% %%UPSTREAM_HOST%%'
+---
+type: TrafficLog
+mesh: default
+name: b-billing-fluent
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: billing, ursa.io/zone: zone-1}}]
+  backend: {tcp: {address: %q}}
+  format: 'billing-side %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%%'
+---
+type: TrafficLog
+mesh: default
+name: c-db-file
+spec:
+  sources: [{match: {ursa.io/service: web}}]
+  destinations: [{match: {ursa.io/service: db}}]
+  backend: {file: {path: %q}}
+  format: 'db %%BYTES_RECEIVED%% %%BYTES_SENT%% %%REQ(:PATH)%% %%RESPONSE_CODE%% %%PROTOCOL%% %%UPSTREAM_CLUSTER%%'
+---
+type: TrafficTrace
+mesh: default
+name: traces
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  backend: {openTelemetry: {address: %q}}
+  sampling: 100
+`, logPath, fluent.Addr, tcpLogPath, j.otlp))
+	const n = 5
+	for i := range n {
+		if !m.get(fmt.Sprintf("/orders/%d", i)) {
+			t.Fatalf("request %d failed", i)
+		}
+	}
+	if got, err := call(m.toDB, "hello"); err != nil || got != "db: hello" {
+		t.Fatalf("through the sidecars to db: %q %v", got, err)
+	}
+
+	// The file: one line per request of web's, in the set format.
+	line := regexp.MustCompile(`^web-side GET /orders/(\d) 200 default 1 ` + regexp.QuoteMeta(m.billing.inbound) + `$`)
+	eventually(t, "web's access log lines in the file", func() bool {
+		b, _ := os.ReadFile(logPath)
+		got := 0
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if line.MatchString(l) {
+				got++
+			}
+		}
+		return got == n
+	})
+	// The Fluent collector: billing's inbound lines, tagged ursa.
+	record := regexp.MustCompile(`^billing-side /orders/\d 200 inbound$`)
+	eventually(t, "billing's access log records at the Fluent collector", func() bool {
+		got := 0
+		for _, r := range fluent.Records() {
+			if msg, _ := r.Record["message"].(string); r.Tag == "ursa" && record.MatchString(msg) {
+				got++
+			}
+		}
+		return got == n
+	})
+	// The TCP connection's lines, web's and db's (inbounds take the
+	// policies that select their service, whoever calls): "hello\n" in,
+	// "db: hello\n" out.
+	tcpLine := regexp.MustCompile(`^db 6 10 - - - \S+$`)
+	var tcpLog []byte
+	defer func() {
+		if t.Failed() {
+			t.Logf("%s: %q", tcpLogPath, tcpLog)
+		}
+	}()
+	eventually(t, "db's connection in its access log", func() bool {
+		tcpLog, _ = os.ReadFile(tcpLogPath)
+		lines := strings.Split(strings.TrimSuffix(string(tcpLog), "\n"), "\n")
+		return len(lines) == 2 && tcpLine.MatchString(lines[0]) && tcpLine.MatchString(lines[1])
+	})
+	checkTwoHopTraces(t, j, m, n)
+}
+
+// TestL7TracesToZipkin: a TrafficTrace with a Zipkin backend sends the
+// same two spans, as Zipkin JSON v2, to Jaeger's Zipkin receiver.
+func TestL7TracesToZipkin(t *testing.T) {
+	j := startJaeger(t)
+	m := startL7obsMesh(t, fmt.Sprintf(`
+type: TrafficTrace
+mesh: default
+name: traces
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  backend: {zipkin: {address: %q}}
+`, j.zipkin))
+	const n = 3
+	for i := range n {
+		if !m.get(fmt.Sprintf("/orders/%d", i)) {
+			t.Fatalf("request %d failed", i)
+		}
+	}
+	checkTwoHopTraces(t, j, m, n)
 }

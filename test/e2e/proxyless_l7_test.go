@@ -53,14 +53,21 @@ type proxylessApp struct {
 // startProxylessAgent registers a Dataplane of service (tags: version and
 // protocol grpc) in zone through an ursa-dp proxyless agent, and waits
 // until the agent wrote the bootstrap and the identity.
-func (m *meshZones) startProxylessAgent(zone, name, service, version string) *proxylessApp {
+func (m *meshZones) startProxylessAgent(zone, name, service, version string, flags ...string) *proxylessApp {
 	m.t.Helper()
-	app := &proxylessApp{addr: freeAddr(m.t), dir: filepath.Join(m.dir, name)}
+	return m.startProxylessAgentAt(zone, name, service, version, freeAddr(m.t), flags...)
+}
+
+// startProxylessAgentAt is startProxylessAgent with the Dataplane's
+// address and inbound port.
+func (m *meshZones) startProxylessAgentAt(zone, name, service, version, addr string, flags ...string) *proxylessApp {
+	m.t.Helper()
+	app := &proxylessApp{addr: addr, dir: filepath.Join(m.dir, name)}
 	file := filepath.Join(m.dir, name+".yaml")
 	os.WriteFile(file, []byte(fmt.Sprintf("type: Dataplane\nmesh: default\nname: %s\nnetworking:\n  address: 127.0.0.1\n  inbound:\n"+
 		"  - {port: %s, tags: {ursa.io/service: %s, version: %s, ursa.io/protocol: grpc}}\n", name, port(app.addr), service, version)), 0o600)
-	flags := slices.DeleteFunc(m.zones[zone].cp.sidecarFlags(m.t, "default", service), func(f string) bool { return f == "--dns-addr=" })
-	app.agent = start(m.t, "ursa-dp", append(append([]string{"proxyless"}, flags...), "--dataplane-file", file, "--cert-dir", app.dir)...)
+	args := append(append([]string{"proxyless"}, m.zones[zone].cp.proxylessFlags(m.t, service)...), "--dataplane-file", file, "--cert-dir", app.dir)
+	app.agent = start(m.t, "ursa-dp", append(args, flags...)...)
 	eventually(m.t, name+"'s identity on disk", func() bool {
 		for _, f := range []string{"bootstrap.json", "cert.pem", "key.pem", "ca.pem"} {
 			if _, err := os.Stat(filepath.Join(app.dir, f)); err != nil {
@@ -72,14 +79,23 @@ func (m *meshZones) startProxylessAgent(zone, name, service, version string) *pr
 	return app
 }
 
+// proxylessFlags are sidecarFlags for ursa-dp proxyless (which answers no
+// DNS).
+func (c *cp) proxylessFlags(t testing.TB, service string) []string {
+	t.Helper()
+	return slices.DeleteFunc(c.sidecarFlags(t, "default", service), func(f string) bool { return f == "--dns-addr=" })
+}
+
 // startProxylessServer starts an instance of service in zone: the xDS gRPC
 // server grpcxds (answering as name) with its agent; it returns once the
-// server took its listener from the zone CP.
+// server took its listener from the zone CP. The server shows its token as
+// JWT call credentials (ursa-dp proxyless --jwt-call-creds), the clients in
+// their node metadata.
 func (m *meshZones) startProxylessServer(zone, name, service, version string, flags ...string) *proxylessApp {
 	m.t.Helper()
-	app := m.startProxylessAgent(zone, name, service, version)
+	app := m.startProxylessAgent(zone, name, service, version, "--jwt-call-creds")
 	cmd := exec.Command(grpcxdsBin(m.t), append([]string{"--addr", app.addr, "--name", name}, flags...)...)
-	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+filepath.Join(app.dir, "bootstrap.json"))
+	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+filepath.Join(app.dir, "bootstrap.json"), "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true")
 	app.srv = launch(m.t, name, cmd)
 	eventually(m.t, name+" serving", func() bool { return strings.Contains(app.srv.out.String(), "serving "+app.addr) })
 	return app
@@ -145,7 +161,9 @@ func allFrom(t *testing.T, c testgrpc.TestServiceClient, n int, md ...string) ma
 // other zone's ingress (SNI), a service that runs only there, whose server
 // sees the client's SPIFFE ID and whose RBAC refuses it once a
 // TrafficPermission denies it; when this zone's instance of a service
-// dies, calls fail over to the other zone's (EDS priorities). The servers are grpc-go xDS servers taking
+// dies, calls fail over to the other zone's (EDS priorities). A client
+// whose endpoint turns out to be another service's server refuses it (its
+// cluster accepts only the service's SPIFFE ID). The servers are grpc-go xDS servers taking
 // their listeners, certificates and RBAC from their zone CPs. Every
 // identity comes from ursa-dp proxyless agents (SDS → files → grpc-go's
 // file_watcher certificate provider). The client runs in a child process
@@ -186,7 +204,7 @@ spec:
 	m.startIngress("zone-2")
 	billingV1 := m.startProxylessServer("zone-1", "billing-v1", "billing", "v1")
 	m.startProxylessServer("zone-2", "billing-z2", "billing", "v1")
-	m.startProxylessServer("zone-1", "billing-v2", "billing", "v2")
+	billingV2 := m.startProxylessServer("zone-1", "billing-v2", "billing", "v2")
 	m.startProxylessServer("zone-1", "flaky-1", "flaky", "v1", "--fail-every", "2")
 	m.startProxylessServer("zone-2", "payments-1", "payments", "v1")
 	web := m.startProxylessAgent("zone-1", "web-1", "web", "v1")
@@ -207,6 +225,19 @@ spec:
 	if resp, _, err := unary(billing); err != nil || !strings.Contains(resp.Hostname, "spiffe://default/web") {
 		t.Fatalf("billing saw caller %q (%v), want web's SPIFFE ID", resp.GetHostname(), err)
 	}
+
+	// The client checks the server's SPIFFE ID: ghost's only endpoint is
+	// billing-v2's server (its Dataplane names that address), whose
+	// certificate is billing's, not ghost's.
+	m.startProxylessAgentAt("zone-1", "ghost-1", "ghost", "v1", billingV2.addr)
+	ghost := web.dial(t, "ghost")
+	var ghostErr error
+	eventually(t, "the call to ghost to fail the server's identity check", func() bool {
+		_, _, ghostErr = unary(ghost)
+		return status.Code(ghostErr) == codes.Unavailable && strings.Contains(ghostErr.Error(), "do not match any of the accepted SANs") &&
+			strings.Contains(ghostErr.Error(), "spiffe://default/billing")
+	})
+	t.Logf("a call to ghost reaching billing-v2: %v", ghostErr)
 
 	// The retry policy: without it, every other call fails; with it, none.
 	flaky := web.dial(t, "flaky")
