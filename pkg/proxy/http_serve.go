@@ -35,6 +35,7 @@ type l7Engine struct {
 	errLog  *log.Logger
 	poolsMu sync.Mutex
 	pools   map[string]*httpPoolEntry
+	h1pools map[string]*h1Pool // the HTTP/1.1 fast path's, by cluster
 	// routesCame is closed, and replaced, by each Apply: requests of a
 	// chain whose RDS route configuration has not arrived wait on it.
 	routesMu   sync.Mutex
@@ -47,7 +48,8 @@ func (p *Proxy) initL7(reg prometheus.Registerer) error {
 	if err != nil {
 		return err
 	}
-	p.l7 = &l7Engine{m: m, buffers: &bufferPool{}, errLog: zap.NewStdLog(p.log.Named("http")), pools: map[string]*httpPoolEntry{}, routesCame: make(chan struct{})}
+	p.l7 = &l7Engine{m: m, buffers: &bufferPool{}, errLog: zap.NewStdLog(p.log.Named("http")), pools: map[string]*httpPoolEntry{},
+		h1pools: map[string]*h1Pool{}, routesCame: make(chan struct{})}
 	return nil
 }
 
@@ -156,8 +158,9 @@ func (p *Proxy) newHTTPFront(addr net.Addr) *httpFront {
 	return f
 }
 
-// serveHTTPConn serves an HTTP chain's connection until it ends.
-func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
+// serveHTTPFront serves an HTTP chain's connection through net/http (h2
+// and h2c; HTTP/1.1 takes the fast path, serveHTTPConn) until it ends.
+func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
 	p.mu.Lock()
 	r, ok := p.listeners[name]
 	if ok && r.http == nil {

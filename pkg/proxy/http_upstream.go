@@ -152,7 +152,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 	if rt.Retry != nil {
 		pol = *rt.Retry
 	}
-	pool := p.httpPool(c)
+	pool := p.upstreamFor(c)
 	tried, last := map[string]bool{}, ""
 	for attempt := 0; ; attempt++ {
 		releaseRetry := func() {}
@@ -194,7 +194,10 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		// headers, so every attempt shares them (a deep Clone per attempt
 		// was 9% of the bytes a sidecar allocated per request); an attempt
 		// that must change its headers clones them first.
-		out := req.WithContext(actx)
+		// A dial this attempt starts may wait as a pending request
+		// (connectionSlot) until the attempt has its connection (got).
+		got := make(chan struct{})
+		out := req.WithContext(withAttemptDone(actx, got))
 		u := *req.URL
 		out.URL = &u
 		out.URL.Host = ep.Addr
@@ -205,11 +208,9 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Body = ex.body.attempt()
 		if req.Body == nil || req.Body == http.NoBody {
 			out.Body = nil
+		} else {
+			out.GetBody = ex.again
 		}
-		// A dial this attempt starts may wait as a pending request
-		// (connectionSlot) until the attempt has its connection.
-		got := make(chan struct{})
-		out = out.WithContext(withAttemptDone(actx, got))
 		resp, err := pool.RoundTrip(out)
 		close(got)
 		status := 0
@@ -258,6 +259,15 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = &releasingBody{ReadCloser: resp.Body, release: func() { acancel(); releaseRetry(); releaseReq() }}
 		return resp, nil
 	}
+}
+
+// again is the request body from its start, for a connection pool that
+// sends an attempt again on a fresh connection.
+func (ex *exchange) again() (io.ReadCloser, error) {
+	if !ex.body.replayable() {
+		return nil, errors.New("request body: too large to replay")
+	}
+	return ex.body.attempt(), nil
 }
 
 // failure is the local reply for an attempt's error.
@@ -635,6 +645,7 @@ func (p *Proxy) httpApplied(cfg *Config) {
 	p.l7.routesMu.Unlock()
 	p.l7.poolsMu.Lock()
 	defer p.l7.poolsMu.Unlock()
+	p.sweepH1Pools(cfg)
 	for name, pl := range p.l7.pools {
 		if _, ok := cfg.Clusters[name]; !ok {
 			pl.t.CloseIdleConnections()

@@ -1,0 +1,419 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The HTTP/1.1 fast path, upstream: a cluster speaking HTTP/1.1 keeps a
+// pool of persistent connections per endpoint, and an attempt writes its
+// request and reads the response on the calling goroutine (no
+// Transport writeLoop/readLoop). Cancellation (the route's and per-try
+// timeouts, the caller gone) moves the connection's deadline into the
+// past, which ends a blocked read or write; such a connection closes.
+
+// h1MaxIdle is the most idle connections an endpoint keeps.
+const h1MaxIdle = 1024
+
+// h1ProbeAfter is how long a connection may have been idle before it is
+// checked for a close by its server before reuse.
+const h1ProbeAfter = 250 * time.Millisecond
+
+// aLongTimeAgo is a deadline that has passed.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// h1Pool is one cluster's HTTP/1.1 connections, by endpoint address.
+type h1Pool struct {
+	p    *Proxy
+	c    atomic.Pointer[Cluster] // the latest configuration's
+	key  string                  // of the connection settings
+	idle time.Duration           // how long a connection may wait unused
+
+	mu     sync.Mutex
+	conns  map[string][]*h1Conn
+	closed bool
+	// freed is closed (and replaced) when a connection is put back while
+	// an attempt waits for one at max_connections.
+	freed   chan struct{}
+	waiters int
+}
+
+func newH1Pool(p *Proxy, c *Cluster) *h1Pool {
+	idle := c.HTTPIdleTimeout
+	if idle == 0 {
+		idle = time.Hour
+	}
+	pl := &h1Pool{p: p, key: h1Key(c), idle: idle, conns: map[string][]*h1Conn{}}
+	pl.c.Store(c)
+	return pl
+}
+
+// h1Key is what a cluster's connections are made with: a change makes a
+// new pool.
+func h1Key(c *Cluster) string {
+	return fmt.Sprintf("%t|%s|%q|%s|%s|%q", c.TLS, c.SNI, c.ALPN, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs)
+}
+
+// upstreamFor is the connection pool of cluster c: the HTTP/1.1 fast
+// path's, or an http.Transport for HTTP/2.
+func (p *Proxy) upstreamFor(c *Cluster) http.RoundTripper {
+	if c.HTTP == HTTP2 {
+		return p.httpPool(c)
+	}
+	p.l7.poolsMu.Lock()
+	defer p.l7.poolsMu.Unlock()
+	pl, ok := p.l7.h1pools[c.Name]
+	switch {
+	case ok && pl.c.Load() == c:
+		return pl
+	case ok && pl.key == h1Key(c):
+		pl.c.Store(c)
+		return pl
+	case ok:
+		pl.closeIdle()
+	}
+	pl = newH1Pool(p, c)
+	p.l7.h1pools[c.Name] = pl
+	return pl
+}
+
+// sweepH1Pools closes the pools of clusters cfg no longer has; the
+// caller holds poolsMu.
+func (p *Proxy) sweepH1Pools(cfg *Config) {
+	for name, pl := range p.l7.h1pools {
+		if _, ok := cfg.Clusters[name]; !ok {
+			pl.closeIdle()
+			delete(p.l7.h1pools, name)
+		}
+	}
+}
+
+// h1Conn is a pooled upstream connection.
+type h1Conn struct {
+	net.Conn // plain or TLS, closing it frees its connection slot
+	raw      net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	addr     string
+	since    time.Time // idle since
+	reused   bool
+}
+
+// closeIdle closes the idle connections, and those put back later.
+func (pl *h1Pool) closeIdle() {
+	pl.mu.Lock()
+	conns := pl.conns
+	pl.conns, pl.closed = map[string][]*h1Conn{}, true
+	pl.mu.Unlock()
+	for _, cs := range conns {
+		for _, pc := range cs {
+			pc.Close()
+		}
+	}
+}
+
+// take is an idle connection to addr that has not been closed by its
+// server, nil for none; with none, and wait, it also returns a channel
+// closed when one is put back. A connection idle for long, or any when
+// probe says (a request that could not be sent again), is checked first.
+func (pl *h1Pool) take(addr string, wait, probe bool) (*h1Conn, <-chan struct{}) {
+	now := time.Now()
+	pl.mu.Lock()
+	for cs := pl.conns[addr]; len(cs) > 0; cs = pl.conns[addr] {
+		pc := cs[len(cs)-1]
+		cs[len(cs)-1] = nil
+		pl.conns[addr] = cs[:len(cs)-1]
+		idle := now.Sub(pc.since)
+		if idle < h1ProbeAfter && !probe {
+			pl.mu.Unlock()
+			return pc, nil
+		}
+		pl.mu.Unlock()
+		if idle < pl.idle && pc.br.Buffered() == 0 && alive(pc.raw) {
+			return pc, nil
+		}
+		pc.Close()
+		pl.mu.Lock()
+	}
+	var freed chan struct{}
+	if wait {
+		if pl.freed == nil {
+			pl.freed = make(chan struct{})
+		}
+		freed = pl.freed
+		pl.waiters++
+	}
+	pl.mu.Unlock()
+	return nil, freed
+}
+
+func (pl *h1Pool) doneWaiting() {
+	pl.mu.Lock()
+	pl.waiters--
+	pl.mu.Unlock()
+}
+
+// put returns a connection whose last response was read to its end.
+func (pl *h1Pool) put(pc *h1Conn) {
+	pc.SetDeadline(time.Time{})
+	pc.since, pc.reused = time.Now(), true
+	pl.mu.Lock()
+	if pl.closed || len(pl.conns[pc.addr]) >= h1MaxIdle {
+		pl.mu.Unlock()
+		pc.Close()
+		return
+	}
+	pl.conns[pc.addr] = append(pl.conns[pc.addr], pc)
+	if pl.waiters > 0 && pl.freed != nil {
+		close(pl.freed)
+		pl.freed = nil
+	}
+	pl.mu.Unlock()
+}
+
+// get is a connection to addr: an idle one, else a new one once the
+// cluster's circuit breaker gives a connection slot (waiting as a pending
+// request at max_connections for a slot or a connection put back).
+func (pl *h1Pool) get(ctx context.Context, addr string, probe bool) (*h1Conn, error) {
+	for {
+		pc, freed := pl.take(addr, true, probe)
+		if pc != nil {
+			return pc, nil
+		}
+		pc, err := pl.dial(withAttemptDone(ctx, freed), addr)
+		pl.doneWaiting()
+		if errors.Is(err, errServed) {
+			continue
+		}
+		return pc, err
+	}
+}
+
+// dial connects to an endpoint as the cluster says: plain, or mTLS
+// originated as for TCP (SNI, the server's SPIFFE ID checked).
+func (pl *h1Pool) dial(ctx context.Context, addr string) (*h1Conn, error) {
+	p, c := pl.p, pl.c.Load()
+	ep := Endpoint{Addr: addr}
+	for _, e := range c.Endpoints {
+		if e.Addr == addr {
+			ep = e
+			break
+		}
+	}
+	release, err := p.connectionSlot(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := p.dialer(c).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		release()
+		p.load.record(c.Name, ep.Zone, false)
+		if ctx.Err() == nil {
+			p.eject(c.Name, addr)
+		}
+		return nil, &connectError{err}
+	}
+	var conn net.Conn = &releasingConn{Conn: raw, release: release}
+	if c.TLS {
+		tc, err := p.originate(p.cfg.Load(), conn, c)
+		if err != nil {
+			p.load.record(c.Name, ep.Zone, false)
+			conn.Close()
+			if !errors.Is(err, errNoIdentity) {
+				p.eject(c.Name, addr)
+				p.upstreamRefused(c, ep, err)
+			}
+			return nil, &connectError{err}
+		}
+		conn = tc // closing it closes the slot's connection
+	}
+	p.load.record(c.Name, ep.Zone, true)
+	p.connected(c.Name, addr)
+	return &h1Conn{Conn: conn, raw: raw, addr: addr,
+		br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, nil
+}
+
+// alive reports whether an idle connection's server has not closed it:
+// a peek at the socket finds no end of stream (data, such as a TLS 1.3
+// session ticket, or nothing yet).
+func alive(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = true
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ok = n > 0 || err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
+		return true
+	})
+	return ok && err == nil
+}
+
+// RoundTrip sends req to the endpoint in its URL on a pooled connection
+// and reads the response's header; the body streams from the connection,
+// which goes back to the pool when the body was read to its end and both
+// sides keep the connection alive. A reused connection found broken
+// before the response began is replaced once, when the request can be
+// sent again (as net/http does).
+func (pl *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	probe := !replayable(req, true)
+	for try := 0; ; try++ {
+		pc, err := pl.get(ctx, req.URL.Host, probe)
+		if err != nil {
+			return nil, err
+		}
+		resp, sent, err := pl.exchange(ctx, pc, req)
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !pc.reused || try > 0 || !replayable(req, sent) {
+			return nil, err
+		}
+		if req.Body != nil {
+			if req.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// replayable reports whether a request that failed on a reused connection
+// may go again: one not sent, or an idempotent one, whose body can be had
+// again.
+func replayable(req *http.Request, sent bool) bool {
+	if req.Body != nil && req.GetBody == nil {
+		return false
+	}
+	if !sent {
+		return true
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return len(req.Header["Idempotency-Key"]) > 0 || len(req.Header["X-Idempotency-Key"]) > 0
+}
+
+// exchange makes one request on pc; sent says whether the request left
+// (the write succeeded), for a retry's choice. On error pc is closed.
+func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (_ *http.Response, sent bool, _ error) {
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { pc.SetDeadline(aLongTimeAgo) })
+	}
+	fail := func(err error) (*http.Response, bool, error) {
+		stop()
+		pc.Close()
+		return nil, sent, err
+	}
+	if err := req.Write(pc.bw); err != nil {
+		return fail(err)
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return fail(err)
+	}
+	sent = true
+	var resp *http.Response
+	for {
+		var err error
+		if resp, err = http.ReadResponse(pc.br, req); err != nil {
+			return fail(err)
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The upgraded connection is the reverse proxy's to copy, without
+		// the request's deadlines.
+		stop()
+		pc.SetDeadline(time.Time{})
+		resp.Body = &h1Upgraded{pc: pc}
+		return resp, true, nil
+	}
+	keep := !resp.Close && !req.Close
+	if resp.Body == http.NoBody {
+		stop()
+		resp.Body = http.NoBody
+		if keep {
+			pl.put(pc)
+		} else {
+			pc.Close()
+		}
+		return resp, true, nil
+	}
+	resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: keep, stop: stop}
+	return resp, true, nil
+}
+
+// h1RespBody streams a response from its connection, which goes back to
+// the pool at the body's end; closed earlier, the connection closes.
+type h1RespBody struct {
+	src  io.ReadCloser
+	pc   *h1Conn
+	pl   *h1Pool
+	keep bool
+	stop func() bool
+	done bool
+}
+
+func (b *h1RespBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.src.Read(p)
+	if err != nil {
+		b.done = true
+		// A cancellation that moved the deadline is not the connection
+		// put back to the pool with it.
+		if b.stop() && err == io.EOF && b.keep {
+			b.pl.put(b.pc)
+		} else {
+			b.pc.Close()
+		}
+	}
+	return n, err
+}
+
+func (b *h1RespBody) Close() error {
+	if !b.done {
+		b.done = true
+		b.stop()
+		b.pc.Close()
+	}
+	return nil
+}
+
+// h1Upgraded is an upgraded (101) connection as a response body the
+// reverse proxy reads and writes.
+type h1Upgraded struct {
+	pc   *h1Conn
+	once sync.Once
+}
+
+func (u *h1Upgraded) Read(p []byte) (int, error)  { return u.pc.br.Read(p) }
+func (u *h1Upgraded) Write(p []byte) (int, error) { return u.pc.Conn.Write(p) }
+func (u *h1Upgraded) Close() error {
+	var err error
+	u.once.Do(func() { err = u.pc.Close() })
+	return err
+}

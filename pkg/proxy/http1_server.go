@@ -1,0 +1,584 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// The HTTP/1.1 fast path, downstream: a connection of an HTTP chain that
+// speaks HTTP/1.1 is served on its own goroutine, one request after the
+// other (pipelined requests wait in the reader), without net/http's
+// server: no background read per request, no goroutine hand-off. h2c
+// (prior knowledge) and h2 (by ALPN) go to net/http (httpFront).
+
+const (
+	// h1IdleTimeout is a keep-alive connection's wait for its next request
+	// (Envoy's downstream idle_timeout), h1HeaderTimeout a request's wait
+	// for the rest of its header once it has begun.
+	h1IdleTimeout   = time.Hour
+	h1HeaderTimeout = time.Minute
+	// h1MaxDrain is the most of an unread request body the proxy reads
+	// away to keep a connection; past it the connection closes.
+	h1MaxDrain = 256 << 10
+	// h1MaxHeader bounds what a request's header may take (net/http's
+	// default, and the reader's buffer).
+	h1MaxHeader = 1<<20 + 4<<10
+)
+
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	// h1Server stands for the server in a fast-path request's context: the
+	// reverse proxy then aborts a response whose copy fails
+	// (http.ErrAbortHandler), as under net/http, and serveHTTP1 recovers.
+	h1Server = &http.Server{}
+)
+
+// h2Preface is what an h2c connection with prior knowledge begins with.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// serveHTTPConn serves an HTTP chain's connection until it ends: h2 (by
+// ALPN) and h2c through net/http, HTTP/1.1 on this goroutine.
+func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
+	tc, isTLS := c.(*tls.Conn)
+	if isTLS && tc.ConnectionState().NegotiatedProtocol == "h2" {
+		p.serveHTTPFront(name, c, dst)
+		return
+	}
+	src := &h1Src{c: c, limit: math.MaxInt64}
+	br := h1Readers.Get().(*bufio.Reader)
+	br.Reset(src)
+	if !isTLS {
+		h2c, err := sniffH2C(c, br)
+		if err != nil {
+			c.Close()
+			h1Readers.Put(br)
+			return
+		}
+		if h2c {
+			// br is the connection's until it ends: not pooled again.
+			p.serveHTTPFront(name, &peekedConn{Conn: c, r: br}, dst)
+			return
+		}
+	}
+	if p.serveHTTP1(name, c, src, br, dst) {
+		br.Reset(nil)
+		h1Readers.Put(br)
+	}
+}
+
+// sniffH2C reads (without consuming) the start of a plain connection
+// until it is or is not the h2c preface.
+func sniffH2C(c net.Conn, br *bufio.Reader) (bool, error) {
+	c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	for n := 1; ; n = br.Buffered() + 1 {
+		b, err := br.Peek(min(n, len(h2Preface)))
+		if len(b) > 0 && !strings.HasPrefix(h2Preface, string(b)) {
+			return false, nil
+		}
+		if len(b) == len(h2Preface) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+}
+
+// h1Src is what a connection's reader reads: the connection, up to a
+// limit (a request header's most).
+type h1Src struct {
+	c     net.Conn
+	limit int64
+}
+
+func (s *h1Src) Read(p []byte) (int, error) {
+	if s.limit <= 0 {
+		return 0, errors.New("http1: request header too large")
+	}
+	if int64(len(p)) > s.limit {
+		p = p[:s.limit]
+	}
+	n, err := s.c.Read(p)
+	s.limit -= int64(n)
+	return n, err
+}
+
+// peekedConn is a connection whose first bytes a reader already holds.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// serveHTTP1 serves HTTP/1.1 requests on c until it closes or a request
+// or response says close. It reports whether br is free to reuse (false
+// when an upgrade took the connection).
+func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader, dst netip.AddrPort) (reusable bool) {
+	bw := h1Writers.Get().(*bufio.Writer)
+	bw.Reset(c)
+	meta := &connMeta{listener: name, dst: dst}
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, meta))
+	ctx = context.WithValue(ctx, http.ServerContextKey, h1Server)
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
+	remote := c.RemoteAddr().String()
+	var tlsState *tls.ConnectionState
+	if tc, ok := c.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		tlsState = &st
+	}
+	w := &h1Writer{c: c, bw: bw, br: br}
+	defer func() {
+		cancel()
+		if !w.hijacked {
+			c.Close()
+			bw.Reset(nil)
+			h1Writers.Put(bw)
+		}
+	}()
+	var idleUntil time.Time
+	for {
+		// One deadline for the wait and the header: moved only when less
+		// than the header timeout is left (not per request).
+		if now := time.Now(); idleUntil.Sub(now) < h1HeaderTimeout {
+			idleUntil = now.Add(h1IdleTimeout)
+			c.SetReadDeadline(idleUntil)
+		}
+		src.limit = h1MaxHeader
+		req, err := http.ReadRequest(br)
+		tooLarge := src.limit <= 0
+		src.limit = math.MaxInt64
+		if err != nil {
+			if tooLarge {
+				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+				lingerClose(c)
+				return true
+			}
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !isTimeout(err) && !isClosedConn(err) {
+				io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 11\r\n\r\nBad Request")
+				lingerClose(c)
+			}
+			return true
+		}
+		if req.ProtoMajor != 1 || req.ProtoAtLeast(1, 1) && len(req.Header["Host"]) == 0 && req.Host == "" {
+			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+			return true
+		}
+		req.RemoteAddr = remote
+		req.TLS = tlsState
+		var body *h1ReqBody
+		if req.Body != http.NoBody {
+			body = &h1ReqBody{src: req.Body}
+			req.Body = body
+			if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+				// Asked for at once: the engine reads bodies as it forwards.
+				bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+				bw.Flush()
+			}
+		}
+		w.reset(req)
+		if !p.serveH1Request(w, req.WithContext(ctx)) || w.hijacked {
+			return !w.hijacked
+		}
+		w.finish()
+		if w.err != nil || w.closeAfter {
+			return true
+		}
+		if body != nil && !body.finish() {
+			return true
+		}
+	}
+}
+
+// serveH1Request runs the engine's handler for one request; false when it
+// aborted the response (a failed copy: the connection is done).
+func (p *Proxy) serveH1Request(w *h1Writer, r *http.Request) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			ok = false
+			if v != http.ErrAbortHandler {
+				p.log.Error("http request handler panicked", zap.Any("panic", v), zap.Stack("stack"))
+			}
+		}
+	}()
+	p.serveHTTP(w, r)
+	return true
+}
+
+// lingerClose ends the sending side of a connection the proxy refused and
+// reads away (for a while) what the caller still sends, so that its close
+// is not a reset that loses the reply.
+func lingerClose(c net.Conn) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok {
+		return
+	}
+	cw.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	io.Copy(io.Discard, io.LimitReader(c, 4<<20))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isClosedConn(err error) bool {
+	return errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "connection reset")
+}
+
+// h1ReqBody is a fast-path request's body: Close does not read the rest
+// (the connection loop does, finish), and reads may come from another
+// goroutine (an HTTP/2 upstream's Transport) until finish.
+type h1ReqBody struct {
+	mu     sync.Mutex
+	src    io.ReadCloser
+	eof    bool
+	closed bool
+}
+
+func (b *h1ReqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	n, err := b.src.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *h1ReqBody) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return nil
+}
+
+// finish ends the body once the response is out: what is left is read
+// away, up to h1MaxDrain; it reports whether the connection can go on.
+func (b *h1ReqBody) finish() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.eof {
+		return true
+	}
+	n, err := io.CopyN(io.Discard, b.src, h1MaxDrain+1)
+	return n <= h1MaxDrain && err == io.EOF
+}
+
+// h1Writer is a fast-path response: the header goes out at the first
+// write or flush (or at the end), framed by Content-Length when the
+// handler set it, chunked otherwise (close-delimited to an HTTP/1.0
+// caller), without a body for HEAD, 1xx, 204 and 304.
+type h1Writer struct {
+	c  net.Conn
+	bw *bufio.Writer
+	br *bufio.Reader
+
+	req         *http.Request
+	header      http.Header
+	status      int
+	wroteStatus bool // a final status is chosen
+	wroteHeader bool // and its header is in bw
+	noBody      bool
+	chunked     bool
+	cl          int64 // the declared Content-Length, -1 for none
+	written     int64
+	closeAfter  bool
+	hijacked    bool
+	err         error
+}
+
+func (w *h1Writer) reset(req *http.Request) {
+	*w = h1Writer{c: w.c, bw: w.bw, br: w.br, req: req, header: make(http.Header), cl: -1}
+	w.closeAfter = req.Close || !req.ProtoAtLeast(1, 1) && !hasToken(req.Header["Connection"], "keep-alive")
+}
+
+func (w *h1Writer) Header() http.Header { return w.header }
+
+func (w *h1Writer) WriteHeader(code int) {
+	if w.hijacked || w.wroteStatus {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic("invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// An informational response goes out now; the final one follows.
+		w.writeStatusLine(code)
+		w.writeFields(w.header, nil)
+		w.bw.WriteString("\r\n")
+		w.flush()
+		return
+	}
+	w.status, w.wroteStatus = code, true
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	if v := w.header.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			w.cl = n
+		} else {
+			w.header.Del("Content-Length")
+		}
+	}
+	if hasToken(w.header["Connection"], "close") {
+		w.closeAfter = true
+	}
+}
+
+// writeHeaderNow puts the response's header in bw; last says the handler
+// is done, so a body never written is empty.
+func (w *h1Writer) writeHeaderNow(last bool) {
+	if w.wroteHeader {
+		return
+	}
+	w.wroteHeader = true
+	h := w.header
+	var trailers []string
+	switch {
+	case w.noBody || w.cl >= 0:
+	case last && !hasTrailers(h):
+		h.Set("Content-Length", "0")
+		w.cl = 0
+	case w.req.ProtoAtLeast(1, 1):
+		w.chunked = true
+		trailers = h["Trailer"]
+	default:
+		w.closeAfter = true
+	}
+	w.writeStatusLine(w.status)
+	w.writeFields(h, trailers)
+	if w.chunked {
+		w.bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if _, ok := h["Date"]; !ok {
+		var buf [40]byte
+		w.bw.WriteString("Date: ")
+		w.bw.Write(time.Now().UTC().AppendFormat(buf[:0], http.TimeFormat))
+		w.bw.WriteString("\r\n")
+	}
+	switch {
+	case w.closeAfter && len(h["Connection"]) == 0:
+		w.bw.WriteString("Connection: close\r\n")
+	case !w.closeAfter && !w.req.ProtoAtLeast(1, 1):
+		w.bw.WriteString("Connection: keep-alive\r\n")
+	}
+	w.bw.WriteString("\r\n")
+}
+
+func (w *h1Writer) writeStatusLine(code int) {
+	var buf [3]byte
+	w.bw.WriteString("HTTP/1.1 ")
+	w.bw.Write(strconv.AppendInt(buf[:0], int64(code), 10))
+	w.bw.WriteByte(' ')
+	if text := http.StatusText(code); text != "" {
+		w.bw.WriteString(text)
+	} else {
+		w.bw.WriteString("status code ")
+		w.bw.Write(strconv.AppendInt(buf[:0], int64(code), 10))
+	}
+	w.bw.WriteString("\r\n")
+}
+
+// writeFields writes the header fields of h but the framing ones the
+// writer decides, announced trailers and trailer-prefixed keys; a value's
+// line breaks become spaces.
+func (w *h1Writer) writeFields(h http.Header, skip []string) {
+	for k, vs := range h {
+		switch {
+		case k == "Transfer-Encoding", strings.HasPrefix(k, http.TrailerPrefix), !validFieldName(k):
+			continue
+		case k == "Content-Length" && w.noBody && w.req.Method != http.MethodHead:
+			continue
+		case len(skip) > 0 && isAnnounced(skip, k):
+			continue
+		}
+		for _, v := range vs {
+			w.bw.WriteString(k)
+			w.bw.WriteString(": ")
+			if strings.ContainsAny(v, "\r\n") {
+				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+			}
+			w.bw.WriteString(v)
+			w.bw.WriteString("\r\n")
+		}
+	}
+}
+
+func validFieldName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// isAnnounced reports whether key is one of the trailers a Trailer header
+// announced (comma-separated values).
+func isAnnounced(announced []string, key string) bool {
+	for _, v := range announced {
+		for f := range strings.SplitSeq(v, ",") {
+			if http.CanonicalHeaderKey(strings.TrimSpace(f)) == key {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasTrailers(h http.Header) bool {
+	if len(h["Trailer"]) > 0 {
+		return true
+	}
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasToken reports whether a comma-separated header has token.
+func hasToken(vs []string, token string) bool {
+	for _, v := range vs {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (w *h1Writer) Write(b []byte) (int, error) {
+	if w.hijacked {
+		return 0, http.ErrHijacked
+	}
+	if !w.wroteStatus {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.noBody {
+		if w.req.Method == http.MethodHead {
+			return len(b), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if len(b) == 0 {
+		return 0, nil
+	}
+	w.writeHeaderNow(false)
+	n := len(b)
+	var err error
+	if w.cl >= 0 && w.written+int64(n) > w.cl {
+		n, err = int(w.cl-w.written), http.ErrContentLength
+	}
+	if w.chunked {
+		var buf [18]byte
+		w.bw.Write(strconv.AppendInt(buf[:0], int64(n), 16))
+		w.bw.WriteString("\r\n")
+		w.bw.Write(b[:n])
+		w.bw.WriteString("\r\n")
+	} else {
+		w.bw.Write(b[:n])
+	}
+	w.written += int64(n)
+	if _, werr := w.bw.Write(nil); werr != nil { // bufio's sticky error
+		w.err = werr
+	}
+	if err == nil {
+		err = w.err
+	}
+	return n, err
+}
+
+func (w *h1Writer) Flush() {
+	if w.hijacked {
+		return
+	}
+	if !w.wroteStatus {
+		w.WriteHeader(http.StatusOK)
+	}
+	w.writeHeaderNow(false)
+	w.flush()
+}
+
+func (w *h1Writer) flush() {
+	if err := w.bw.Flush(); err != nil && w.err == nil {
+		w.err = err
+	}
+}
+
+// Hijack hands the connection to an upgrade (the reverse proxy's 101).
+func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.wroteHeader {
+		return nil, nil, errors.New("http1: hijack after the response began")
+	}
+	w.hijacked = true
+	return w.c, bufio.NewReadWriter(w.br, w.bw), nil
+}
+
+// finish ends the response: the header if it is not out yet, the last
+// chunk and the trailers, and everything flushed.
+func (w *h1Writer) finish() {
+	if !w.wroteStatus {
+		w.WriteHeader(http.StatusOK)
+	}
+	w.writeHeaderNow(true)
+	if w.chunked {
+		w.bw.WriteString("0\r\n")
+		w.writeTrailers()
+		w.bw.WriteString("\r\n")
+	}
+	if w.cl >= 0 && w.written != w.cl && !w.noBody {
+		w.closeAfter = true // the caller would wait for the rest
+	}
+	w.flush()
+}
+
+// writeTrailers writes the announced trailers and trailer-prefixed keys
+// the handler set.
+func (w *h1Writer) writeTrailers() {
+	var buf bytes.Buffer
+	for k, vs := range w.header {
+		name, prefixed := strings.CutPrefix(k, http.TrailerPrefix)
+		if !prefixed && !isAnnounced(w.header["Trailer"], k) {
+			continue
+		}
+		if !validFieldName(name) {
+			continue
+		}
+		for _, v := range vs {
+			buf.WriteString(name)
+			buf.WriteString(": ")
+			buf.WriteString(strings.NewReplacer("\r", " ", "\n", " ").Replace(v))
+			buf.WriteString("\r\n")
+		}
+	}
+	w.bw.Write(buf.Bytes())
+}

@@ -1,0 +1,312 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
+)
+
+// fastPathProxy is a proxy whose outbound:svc routes everything to a
+// backend with handler h (HTTP/1.1), and its address.
+func fastPathProxy(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	app := backend(t, "app", h)
+	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("default", nil, toCluster("app"))), nil, staticHTTPCluster("app", false, app))
+	return strings.TrimPrefix(url, "http://")
+}
+
+// rawConn is a client connection that writes requests by hand and reads
+// responses as they come.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func (r *rawConn) send(s string) {
+	r.t.Helper()
+	if _, err := io.WriteString(r.c, s); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// response reads one response to a method; its body read to the end.
+func (r *rawConn) response(method string) (*http.Response, string) {
+	r.t.Helper()
+	resp, err := http.ReadResponse(r.br, &http.Request{Method: method})
+	if err != nil {
+		r.t.Fatalf("reading the response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.t.Fatalf("reading the body: %v", err)
+	}
+	return resp, string(b)
+}
+
+// TestH1FastPathFraming: the fast path frames responses as HTTP/1.1 says
+// (Content-Length when the upstream sent one, chunked when it streamed,
+// no body for HEAD and 204), passes chunked request bodies on, serves
+// pipelined requests in order on one connection, and honours
+// Connection: close.
+func TestH1FastPathFraming(t *testing.T) {
+	addr := fastPathProxy(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/stream":
+			for i := range 3 {
+				fmt.Fprintf(w, "part%d;", i)
+				w.(http.Flusher).Flush()
+			}
+		case "/echo":
+			b, err := io.ReadAll(r.Body)
+			if err != nil {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+			w.Write(b)
+		case "/none":
+			w.WriteHeader(http.StatusNoContent)
+		case "/sized":
+			w.Header().Set("Content-Length", "5")
+			w.Write([]byte("sized"))
+		}
+	})
+	c := dialRaw(t, addr)
+
+	c.send("GET /stream HTTP/1.1\r\nHost: svc\r\n\r\n")
+	resp, body := c.response("GET")
+	if resp.StatusCode != 200 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" || body != "part0;part1;part2;" {
+		t.Fatalf("streamed: %d %v %q", resp.StatusCode, resp.TransferEncoding, body)
+	}
+
+	c.send("POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+	resp, body = c.response("POST")
+	if resp.StatusCode != 200 || resp.ContentLength != 11 || body != "hello world" {
+		t.Fatalf("chunked request body: %d %d %q", resp.StatusCode, resp.ContentLength, body)
+	}
+
+	c.send("HEAD /sized HTTP/1.1\r\nHost: svc\r\n\r\n")
+	resp, body = c.response("HEAD")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Length") != "5" || body != "" {
+		t.Fatalf("HEAD: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+
+	c.send("GET /none HTTP/1.1\r\nHost: svc\r\n\r\n")
+	resp, body = c.response("GET")
+	if resp.StatusCode != 204 || body != "" || len(resp.TransferEncoding) != 0 {
+		t.Fatalf("204: %d %v %q", resp.StatusCode, resp.TransferEncoding, body)
+	}
+
+	// Three requests in one write: three responses, in order, on the
+	// same connection.
+	c.send("GET /sized HTTP/1.1\r\nHost: svc\r\n\r\nPOST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n\r\nabcGET /stream HTTP/1.1\r\nHost: svc\r\n\r\n")
+	for i, want := range []string{"sized", "abc", "part0;part1;part2;"} {
+		if resp, body := c.response("GET"); resp.StatusCode != 200 || body != want {
+			t.Fatalf("pipelined %d: %d %q, want %q", i, resp.StatusCode, body, want)
+		}
+	}
+
+	c.send("GET /sized HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+	resp, body = c.response("GET")
+	if resp.StatusCode != 200 || !resp.Close || body != "sized" {
+		t.Fatalf("Connection: close: %d close=%t %q", resp.StatusCode, resp.Close, body)
+	}
+	if n, err := c.br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after Connection: close the connection is open: %d %v", n, err)
+	}
+
+	// HTTP/1.0 without keep-alive: the body as it comes, then the close.
+	c = dialRaw(t, addr)
+	c.send("GET /stream HTTP/1.0\r\nHost: svc\r\n\r\n")
+	if resp, body := c.response("GET"); resp.StatusCode != 200 || body != "part0;part1;part2;" || !resp.Close {
+		t.Fatalf("HTTP/1.0: %d %q close=%t", resp.StatusCode, body, resp.Close)
+	}
+
+	// Expect: 100-continue: the interim response, then the body goes.
+	c = dialRaw(t, addr)
+	c.send("POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+	if line, err := c.br.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("100-continue: %q %v", line, err)
+	}
+	c.br.ReadString('\n')
+	c.send("ping")
+	if resp, body := c.response("POST"); resp.StatusCode != 200 || body != "ping" {
+		t.Fatalf("after 100-continue: %d %q", resp.StatusCode, body)
+	}
+
+	// A header past 1 MiB: 431 and the end.
+	c = dialRaw(t, addr)
+	c.send("GET / HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n")
+	if resp, _ := c.response("GET"); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("huge header: %d", resp.StatusCode)
+	}
+
+	// A request line that is not HTTP: 400 and the end.
+	c = dialRaw(t, addr)
+	c.send("NOT HTTP\r\n\r\n")
+	if resp, _ := c.response("GET"); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("garbage: %d", resp.StatusCode)
+	}
+}
+
+// TestH1ClientGoesAway: a caller that disconnects in the middle of its
+// request body, or of the response's, costs the proxy the exchange only:
+// the backend sees its request end, and the proxy serves the next caller.
+func TestH1ClientGoesAway(t *testing.T) {
+	var uploadEnded, downloadEnded atomic.Bool
+	addr := fastPathProxy(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/upload":
+			if _, err := io.Copy(io.Discard, r.Body); err != nil {
+				uploadEnded.Store(true)
+			}
+		case "/download":
+			w.Header().Set("Content-Length", strconv.Itoa(64<<20))
+			chunk := make([]byte, 32<<10)
+			for range 2048 {
+				if _, err := w.Write(chunk); err != nil {
+					downloadEnded.Store(true)
+					return
+				}
+			}
+		default:
+			io.WriteString(w, "ok")
+		}
+	})
+	c := dialRaw(t, addr)
+	c.send("POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\nonly a little")
+	c.c.Close()
+	testutil.Until(t, 10*time.Second, "the backend's request body to end", uploadEnded.Load)
+
+	c = dialRaw(t, addr)
+	c.send("GET /download HTTP/1.1\r\nHost: svc\r\n\r\n")
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("download: %v %v", resp, err)
+	}
+	io.ReadFull(resp.Body, make([]byte, 100<<10))
+	c.c.Close()
+	testutil.Until(t, 10*time.Second, "the backend's response to end", downloadEnded.Load)
+
+	c = dialRaw(t, addr)
+	c.send("GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := c.response("GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestH1UpstreamClosesPooledConn: a backend that closes every connection
+// right after its response (without saying so) costs no request: a GET
+// is sent again on a fresh connection, a POST gets a connection checked
+// first.
+func TestH1UpstreamClosesPooledConn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				b, _ := io.ReadAll(req.Body)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b)+len(req.Method), req.Method+string(b))
+			}()
+		}
+	}()
+	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("default", nil, toCluster("closer"))), nil,
+		staticHTTPCluster("closer", false, ln.Addr().String()))
+	client := h1Client()
+	for i := range 20 {
+		method, body, want := http.MethodGet, "", "GET"
+		if i%2 == 1 {
+			method, body, want = http.MethodPost, "data"+strconv.Itoa(i), "POST"+"data"+strconv.Itoa(i)
+		}
+		req, _ := http.NewRequest(method, url+"/", strings.NewReader(body))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != want {
+			t.Fatalf("request %d (%s): %d %q", i, method, resp.StatusCode, b)
+		}
+	}
+	if n := conns.Load(); n < 20 {
+		t.Fatalf("%d upstream connections for 20 requests on closing connections", n)
+	}
+}
+
+// TestH1UpstreamKeepsConns: requests in a row reuse one upstream
+// connection.
+func TestH1UpstreamKeepsConns(t *testing.T) {
+	var conns atomic.Int64
+	app := backend(t, "app", nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() { // counts connections on their way to the backend
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				up, err := net.Dial("tcp", app)
+				if err != nil {
+					c.Close()
+					return
+				}
+				go func() { io.Copy(up, c); up.Close() }()
+				io.Copy(c, up)
+				c.Close()
+			}()
+		}
+	}()
+	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("default", nil, toCluster("app"))), nil,
+		staticHTTPCluster("app", false, ln.Addr().String()))
+	client := h1Client()
+	for range 10 {
+		if resp, body := get(t, client, url+"/x"); resp.StatusCode != 200 || body != "app GET /x" {
+			t.Fatalf("%d %q", resp.StatusCode, body)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for 10 requests in a row", n)
+	}
+}
