@@ -2,6 +2,7 @@ package xds
 
 import (
 	"testing"
+	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -240,5 +241,21 @@ func TestInboundSurvivesRouteChanges(t *testing.T) {
 	s3 := NewState(catalog.FromResources("zone-1", with(retry, deny)), s2)
 	if inbound(s3) == inbound(s2) {
 		t.Error("a TrafficPermission kept web-1's inbound listener")
+	}
+}
+
+// TestPerTryTimeoutWithoutRetry: a Timeout's per-try timeout bounds the one
+// try of a route no Retry applies to (a retry policy of no retries), so
+// the field is never silently dropped.
+func TestPerTryTimeoutWithoutRetry(t *testing.T) {
+	to := &api.Timeout{Spec: api.TimeoutSpec{HTTP: &api.HTTPTimeouts{PerTryTimeout: api.Dur(150 * time.Millisecond)}}}
+	a := RouteOptions{Name: "outbound:billing", Service: "billing", Protocol: api.ProtocolHTTP, Timeout: to}.
+		action([]Subset{{Tags: map[string]string{api.TagService: "billing"}, Weight: 1}})
+	rp := a.GetRetryPolicy()
+	if rp == nil || rp.GetNumRetries().GetValue() != 0 || rp.GetPerTryTimeout().AsDuration() != 150*time.Millisecond {
+		t.Fatalf("retry policy %v", rp)
+	}
+	if a := (RouteOptions{Service: "billing", Protocol: api.ProtocolHTTP}).action([]Subset{{Tags: map[string]string{api.TagService: "billing"}, Weight: 1}}); a.GetRetryPolicy() != nil {
+		t.Fatalf("a retry policy without Timeout or Retry: %v", a.GetRetryPolicy())
 	}
 }

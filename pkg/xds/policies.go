@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
@@ -288,4 +289,12 @@ func matchSources(s *MeshState, tags []map[string]string) string {
 		}
 	}
 	return string(buf)
+}
+
+// tcpIdleTimeout is the Timeout's TCP idle timeout, 0 for none.
+func (pp pairPolicies) tcpIdleTimeout() time.Duration {
+	if pp.timeout == nil || pp.timeout.Spec.TCP == nil {
+		return 0
+	}
+	return pp.timeout.Spec.TCP.IdleTimeout.D()
 }
