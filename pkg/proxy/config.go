@@ -75,6 +75,9 @@ type Route struct {
 	// Logs are the access loggers of the tcp_proxy the route is of (the
 	// same for all its routes).
 	Logs []*accessLog
+	// IdleTimeout closes a connection with no bytes either way for this
+	// long (the tcp_proxy's idle_timeout); 0 for never.
+	IdleTimeout time.Duration
 }
 
 // Cluster is where a route's connections go.

@@ -46,6 +46,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo,
 		ErrorLog:   p.l7.errLog,
 		Director: func(out *http.Request) {
 			out.URL.Scheme, out.URL.Host = "http", r.Host
+			// A caller's own X-Forwarded-Client-Cert never reaches the
+			// application: one that trusts it (written for Envoy, whose
+			// default is SANITIZE) would take the claimed identity.
+			out.Header.Del("X-Forwarded-Client-Cert")
 			if _, ok := out.Header["X-Forwarded-For"]; !ok {
 				out.Header["X-Forwarded-For"] = nil // the proxy adds none
 			}
@@ -293,6 +297,10 @@ func (pol *retryPolicy) wants(resp *http.Response, err error, perTryTimedOut boo
 	if len(pol.on) == 0 {
 		return false
 	}
+	var local *localReplyError
+	if errors.As(err, &local) {
+		return false // a local reply, a breaker's overflow: retrying adds load where it must shed it (Envoy does not)
+	}
 	if err != nil {
 		var ce *connectError
 		connect := errors.As(err, &ce)
@@ -453,7 +461,11 @@ func (b *idleBody) Read(p []byte) (int, error) {
 // on from the source. A retry is possible while everything read so far is
 // kept.
 type replayBody struct {
-	mu       sync.Mutex
+	mu sync.Mutex
+	// srcMu serialises reads of src: an earlier attempt's writer (an
+	// HTTP/2 upstream's body goroutine) may still be blocked in one when
+	// the retry starts reading.
+	srcMu    sync.Mutex
 	src      io.Reader
 	buf      []byte
 	eof      bool
@@ -489,45 +501,61 @@ type attemptBody struct {
 
 func (a *attemptBody) Read(p []byte) (int, error) {
 	b := a.b
-	b.mu.Lock()
-	if a.dead {
+	for {
+		if n, done, err := a.fromBuffer(p); done {
+			return n, err
+		}
+		// Read the source with srcMu held, so that a dead attempt's
+		// reader still blocked in it finishes (and appends what it read)
+		// before this one looks again.
+		b.srcMu.Lock()
+		b.mu.Lock()
+		behind := a.pos < len(b.buf) || b.eof || a.dead
 		b.mu.Unlock()
-		return 0, errors.New("request body: a newer attempt took it")
-	}
-	if a.pos < len(b.buf) {
-		n := copy(p, b.buf[a.pos:])
-		a.pos += n
+		if behind {
+			b.srcMu.Unlock()
+			continue
+		}
+		n, err := b.src.Read(p)
+		b.mu.Lock()
+		if n > 0 {
+			if !b.overflow && len(b.buf)+n <= maxReplay {
+				b.buf = append(b.buf, p[:n]...)
+				a.pos += n
+			} else {
+				b.overflow = true
+				b.buf = nil
+				a.pos = 0
+			}
+		}
+		if err == io.EOF {
+			b.eof = true
+		}
 		b.mu.Unlock()
-		return n, nil
+		b.srcMu.Unlock()
+		return n, err
 	}
-	if b.eof {
-		b.mu.Unlock()
-		return 0, io.EOF
-	}
-	if b.overflow && a.pos != len(b.buf) {
-		b.mu.Unlock()
-		return 0, errors.New("request body: too large to replay")
-	}
-	b.mu.Unlock()
-	// Read outside the lock: the source may block (a streaming caller);
-	// only this attempt reads it now.
-	n, err := b.src.Read(p)
+}
+
+// fromBuffer answers a read from what is kept, or says (done false) that
+// the source must be read.
+func (a *attemptBody) fromBuffer(p []byte) (n int, done bool, err error) {
+	b := a.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if n > 0 {
-		if !b.overflow && len(b.buf)+n <= maxReplay {
-			b.buf = append(b.buf, p[:n]...)
-			a.pos += n
-		} else {
-			b.overflow = true
-			b.buf = nil
-			a.pos = 0
-		}
+	switch {
+	case a.dead:
+		return 0, true, errors.New("request body: a newer attempt took it")
+	case a.pos < len(b.buf):
+		n = copy(p, b.buf[a.pos:])
+		a.pos += n
+		return n, true, nil
+	case b.eof:
+		return 0, true, io.EOF
+	case b.overflow && a.pos != len(b.buf):
+		return 0, true, errors.New("request body: too large to replay")
 	}
-	if err == io.EOF {
-		b.eof = true
-	}
-	return n, err
+	return 0, false, nil
 }
 
 func (a *attemptBody) Close() error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -130,12 +131,19 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 	if err != nil {
 		return nil, err
 	}
+	var idle time.Duration
+	if d := tp.GetIdleTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return nil, fmt.Errorf("listener %q: tcp_proxy: idle_timeout: not a valid duration", listenerName)
+		}
+		idle = d.AsDuration() // 0: none, as Envoy's 0s
+	}
 	var routes []Route
 	if c := tp.GetCluster(); c != "" {
-		routes = []Route{{Cluster: c, Weight: 1, Logs: logs}}
+		routes = []Route{{Cluster: c, Weight: 1, Logs: logs, IdleTimeout: idle}}
 	}
 	for _, wc := range tp.GetWeightedClusters().GetClusters() {
-		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), Logs: logs})
+		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), Logs: logs, IdleTimeout: idle})
 	}
 	if len(routes) == 0 {
 		return nil, fmt.Errorf("listener %q: tcp_proxy without a cluster", listenerName)

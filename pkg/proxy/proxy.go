@@ -393,7 +393,11 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		}
 		upBytes.Add(float64(len(peeked)))
 	}
-	access.finish(pipe(down, up, upBytes, p.bytes.WithLabelValues(c.Name, "downstream")))
+	var idle time.Duration
+	if len(l.Routes) > 0 {
+		idle = l.Routes[0].IdleTimeout // one tcp_proxy's, the same for all
+	}
+	access.finish(pipe(down, up, upBytes, p.bytes.WithLabelValues(c.Name, "downstream"), idle))
 }
 
 // terminate does the server side of mTLS with the current identity and
@@ -677,11 +681,17 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 // pipe copies both ways until both directions end, half-closing as each
 // side finishes so protocols that rely on it work. It returns the bytes
 // received from the downstream and sent to it.
-func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) (received, sent int64) {
+func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter, idle time.Duration) (received, sent int64) {
 	var wg sync.WaitGroup
+	var last atomic.Int64 // Unix nanoseconds of the last byte either way
+	last.Store(time.Now().UnixNano())
 	cp := func(dst, src net.Conn, count prometheus.Counter, n *int64) {
 		defer wg.Done()
-		*n, _ = io.Copy(dst, src)
+		if idle > 0 {
+			*n = copyIdle(dst, src, idle, &last)
+		} else {
+			*n, _ = io.Copy(dst, src)
+		}
 		count.Add(float64(*n))
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
@@ -696,4 +706,36 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter) (received, s
 	down.Close()
 	up.Close()
 	return received, sent
+}
+
+// copyIdle copies src to dst until src ends, or until no byte has moved
+// either way (last, shared by both directions) for idle: then it closes
+// both connections, ending the other direction too. Each read waits at
+// most idle, so an idle connection costs no timer per byte.
+func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		src.SetReadDeadline(time.Now().Add(idle))
+		r, err := src.Read(buf)
+		if r > 0 {
+			last.Store(time.Now().UnixNano())
+			w, werr := dst.Write(buf[:r])
+			n += int64(w)
+			if werr != nil {
+				return n
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			if time.Since(time.Unix(0, last.Load())) < idle {
+				continue // the other direction moved: not idle
+			}
+			src.Close()
+			dst.Close()
+		}
+		return n
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
 
 	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -68,7 +69,7 @@ func TracingCluster(address string) string { return "tracing:" + address }
 // calling proxy's service, which its spans name.
 func outboundFilters(statPrefix, service, protocol string, subsets []Subset, pp pairPolicies, self string) []*listener.Filter {
 	if !api.IsHTTP(protocol) {
-		return []*listener.Filter{tcpProxyWithLog(statPrefix, subsets, pp.log)}
+		return []*listener.Filter{tcpProxyWithLog(statPrefix, subsets, pp.log, pp.tcpIdleTimeout())}
 	}
 	m := &hcm.HttpConnectionManager{
 		StatPrefix: statPrefix,
@@ -85,15 +86,19 @@ func outboundFilters(statPrefix, service, protocol string, subsets []Subset, pp 
 	return []*listener.Filter{hcmFilter(m)}
 }
 
-// tcpProxyWithLog is TCPProxy, logging each connection when log is set.
-func tcpProxyWithLog(statPrefix string, subsets []Subset, log *api.TrafficLog) *listener.Filter {
+// tcpProxyWithLog is TCPProxy, logging each connection when log is set,
+// and closing connections idle for idle when it is not 0.
+func tcpProxyWithLog(statPrefix string, subsets []Subset, log *api.TrafficLog, idle time.Duration) *listener.Filter {
 	f := TCPProxy(statPrefix, subsets)
-	if log == nil {
+	if log == nil && idle == 0 {
 		return f
 	}
 	tp := &tcp.TcpProxy{}
 	_ = f.GetTypedConfig().UnmarshalTo(tp) // ours, just packed
 	tp.AccessLog = accessLogs(log, statPrefix)
+	if idle > 0 {
+		tp.IdleTimeout = durationpb.New(idle)
+	}
 	return &listener.Filter{Name: wellknown.TCPProxy, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(tp)}}
 }
 

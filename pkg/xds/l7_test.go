@@ -2,9 +2,11 @@ package xds
 
 import (
 	"testing"
+	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/ursamesh/ursa/pkg/api"
@@ -240,5 +242,85 @@ func TestInboundSurvivesRouteChanges(t *testing.T) {
 	s3 := NewState(catalog.FromResources("zone-1", with(retry, deny)), s2)
 	if inbound(s3) == inbound(s2) {
 		t.Error("a TrafficPermission kept web-1's inbound listener")
+	}
+}
+
+// TestPerTryTimeoutWithoutRetry: a Timeout's per-try timeout bounds the one
+// try of a route no Retry applies to (a retry policy of no retries), so
+// the field is never silently dropped.
+func TestPerTryTimeoutWithoutRetry(t *testing.T) {
+	to := &api.Timeout{Spec: api.TimeoutSpec{HTTP: &api.HTTPTimeouts{PerTryTimeout: api.Dur(150 * time.Millisecond)}}}
+	a := RouteOptions{Name: "outbound:billing", Service: "billing", Protocol: api.ProtocolHTTP, Timeout: to}.
+		action([]Subset{{Tags: map[string]string{api.TagService: "billing"}, Weight: 1}})
+	rp := a.GetRetryPolicy()
+	if rp == nil || rp.GetNumRetries().GetValue() != 0 || rp.GetPerTryTimeout().AsDuration() != 150*time.Millisecond {
+		t.Fatalf("retry policy %v", rp)
+	}
+	if a := (RouteOptions{Service: "billing", Protocol: api.ProtocolHTTP}).action([]Subset{{Tags: map[string]string{api.TagService: "billing"}, Weight: 1}}); a.GetRetryPolicy() != nil {
+		t.Fatalf("a retry policy without Timeout or Retry: %v", a.GetRetryPolicy())
+	}
+}
+
+// TestTCPIdleTimeoutPerSource: two sidecars whose tags pick different
+// Timeouts for a TCP service get their own tcp_proxy idle timeouts (the
+// outbound listener's memo key holds the Timeout).
+func TestTCPIdleTimeoutPerSource(t *testing.T) {
+	db := map[string]string{api.TagService: "db"}
+	to := timeoutPolicy("web-to-db", []map[string]string{{api.TagService: "web"}}, []map[string]string{db})
+	to.Spec.TCP = &api.TCPTimeouts{IdleTimeout: api.Dur(10 * time.Second)}
+	dbDP := dpWith("db-1", db)
+	dbDP.Networking.Address = "10.0.0.9"
+	rs := []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, to, dbDP,
+		&api.VirtualIPs{Meta: api.Meta{Type: "VirtualIPs", Mesh: "default", Name: "zone-1"}, Entries: map[string]api.VirtualIP{"db": {IP: "240.0.0.9"}}}}
+	m := NewState(catalog.FromResources("zone-1", rs), nil).Mesh("default")
+	idle := func(dp *api.Dataplane) time.Duration {
+		ls := m.outboundResources(dp, false)[resource.ListenerType]
+		if len(ls) == 0 {
+			t.Fatalf("%s: no outbound listener", dp.Name)
+		}
+		tp := &tcp.TcpProxy{}
+		if err := ls[0].(*listener.Listener).FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+			t.Fatal(err)
+		}
+		return tp.GetIdleTimeout().AsDuration()
+	}
+	if got := idle(dpWith("web-1", map[string]string{api.TagService: "web"})); got != 10*time.Second {
+		t.Errorf("web's idle timeout %s, want 10s", got)
+	}
+	if got := idle(dpWith("api-1", map[string]string{api.TagService: "api"})); got != 0 {
+		t.Errorf("api's idle timeout %s, want none (it took web's listener)", got)
+	}
+}
+
+// TestPerTryTimeoutRetryOfOtherProtocol: a Retry with only a grpc block
+// leaves an http service's per-try timeout to the Timeout; a proxyless
+// client never gets a retry policy of 0 retries (grpc-go refuses one).
+func TestPerTryTimeoutRetryOfOtherProtocol(t *testing.T) {
+	to := &api.Timeout{Spec: api.TimeoutSpec{HTTP: &api.HTTPTimeouts{PerTryTimeout: api.Dur(150 * time.Millisecond)}}}
+	re := &api.Retry{Spec: api.RetrySpec{GRPC: &api.HTTPRetry{NumRetries: 2}}}
+	sub := []Subset{{Tags: map[string]string{api.TagService: "billing"}, Weight: 1}}
+	rp := RouteOptions{Service: "billing", Protocol: api.ProtocolHTTP, Timeout: to, Retry: re}.action(sub).GetRetryPolicy()
+	if rp.GetPerTryTimeout().AsDuration() != 150*time.Millisecond || rp.GetNumRetries().GetValue() != 0 {
+		t.Fatalf("http service with a grpc-only Retry: %v", rp)
+	}
+}
+
+// TestProxylessNoZeroRetries: grpc-go refuses num_retries 0, so a
+// Timeout's per-try timeout alone gives a proxyless client no retry policy.
+func TestProxylessNoZeroRetries(t *testing.T) {
+	billing := map[string]string{api.TagService: "billing", api.TagProtocol: api.ProtocolGRPC}
+	to := timeoutPolicy("per-try", []map[string]string{{api.TagService: "*"}}, []map[string]string{{api.TagService: "billing"}})
+	to.Spec.HTTP = &api.HTTPTimeouts{PerTryTimeout: api.Dur(100 * time.Millisecond)}
+	rs := []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, to, dpWith("billing-1", billing)}
+	m := NewState(catalog.FromResources("zone-1", rs), nil).Mesh("default")
+	pp := m.pairPoliciesFor([]map[string]string{{api.TagService: "web"}}, "billing")
+	if pp.timeout == nil {
+		t.Fatal("the Timeout does not apply")
+	}
+	rc, _ := m.proxylessRoutes("billing", pp)
+	for _, r := range rc.VirtualHosts[0].Routes {
+		if rp := r.GetRoute().GetRetryPolicy(); rp != nil {
+			t.Fatalf("route %s has a retry policy %v", r.Name, rp)
+		}
 	}
 }

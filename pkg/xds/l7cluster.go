@@ -75,7 +75,7 @@ func applyClusterPolicies(c *cluster.Cluster, protocol string, pp pairPolicies) 
 		c.OutlierDetection = outlierDetection(b.Spec.Outlier)
 	}
 	if h := pp.health; h != nil {
-		c.HealthChecks = []*core.HealthCheck{healthCheck(h)}
+		c.HealthChecks = []*core.HealthCheck{healthCheck(h, protocol)}
 	}
 }
 
@@ -142,15 +142,19 @@ func outlierDetection(o *api.OutlierDetection) *cluster.OutlierDetection {
 		Interval:           dur(o.Interval, defaultOutlierInterval),
 		BaseEjectionTime:   dur(o.BaseEjectionTime, defaultBaseEjectionTime),
 		MaxEjectionPercent: or(o.MaxEjectionPercent, defaultMaxEjectionPercent),
+		// Without it, Envoy ejects nothing from a cluster of fewer than
+		// 100/MaxEjectionPercent instances: a failing one of two would
+		// stay.
+		AlwaysEjectOneHost: wrapperspb.Bool(true),
 	}
 }
 
 // healthCheck checks with HTTP when the HealthCheck sets http, else by
 // connecting. Checks go through the cluster's transport socket: mTLS to
-// the endpoint's sidecar. The codec is left at HTTP/1.1 (l7contract §2
-// names no codec_client_type, and the built-in proxy refuses one), also
-// for http2 and grpc services.
-func healthCheck(h *api.HealthCheck) *core.HealthCheck {
+// the endpoint's sidecar. An HTTP check speaks the service's protocol:
+// HTTP/2 for http2 and grpc (whose inbounds may serve only h2), else
+// HTTP/1.1.
+func healthCheck(h *api.HealthCheck, protocol string) *core.HealthCheck {
 	s := h.Spec
 	dur := func(d *api.Duration, def time.Duration) *durationpb.Duration {
 		if d != nil {
@@ -179,6 +183,9 @@ func healthCheck(h *api.HealthCheck) *core.HealthCheck {
 		statuses = []int{200}
 	}
 	check := &core.HealthCheck_HttpHealthCheck{Path: s.HTTP.Path}
+	if protocol == api.ProtocolHTTP2 || protocol == api.ProtocolGRPC {
+		check.CodecClientType = typev3.CodecClientType_HTTP2
+	}
 	for _, code := range statuses {
 		check.ExpectedStatuses = append(check.ExpectedStatuses, &typev3.Int64Range{Start: int64(code), End: int64(code) + 1})
 	}

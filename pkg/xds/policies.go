@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
@@ -231,10 +232,11 @@ func (pp pairPolicies) clusterKey() string {
 }
 
 // listenerKey names what an outbound listener (or filter chain) depends on
-// besides its service, protocol and address.
+// besides its service, protocol and address: a TCP service's tcp_proxy
+// carries the Timeout's idle timeout.
 func (pp pairPolicies) listenerKey() string {
 	return strings.Join([]string{policyName(pp.fault, pp.fault == nil), policyName(pp.log, pp.log == nil),
-		policyName(pp.trace, pp.trace == nil)}, ",")
+		policyName(pp.trace, pp.trace == nil), policyName(pp.timeout, pp.timeout == nil)}, ",")
 }
 
 // sourcePolicies is what a sidecar's outbound side depends on of its
@@ -288,4 +290,12 @@ func matchSources(s *MeshState, tags []map[string]string) string {
 		}
 	}
 	return string(buf)
+}
+
+// tcpIdleTimeout is the Timeout's TCP idle timeout, 0 for none.
+func (pp pairPolicies) tcpIdleTimeout() time.Duration {
+	if pp.timeout == nil || pp.timeout.Spec.TCP == nil {
+		return 0
+	}
+	return pp.timeout.Spec.TCP.IdleTimeout.D()
 }

@@ -48,6 +48,12 @@ func (s *MeshState) proxylessRoutes(svc string, pp pairPolicies) (*route.RouteCo
 		if d := a.GetTimeout().AsDuration(); d > 0 {
 			a.MaxStreamDuration = &route.RouteAction_MaxStreamDuration{MaxStreamDuration: durationpb.New(d)}
 		}
+		if rp := a.GetRetryPolicy(); rp != nil && rp.GetNumRetries() != nil && rp.GetNumRetries().GetValue() == 0 {
+			// A per-try timeout without retries: grpc-go refuses
+			// num_retries 0 (it must be ≥ 1) and reads no per-try
+			// timeout anyway.
+			a.RetryPolicy = nil
+		}
 		if name := a.GetCluster(); name != "" {
 			used[name] = byName[name]
 		}

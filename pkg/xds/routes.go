@@ -129,17 +129,21 @@ func (o RouteOptions) action(subsets []Subset) *route.RouteAction {
 }
 
 // retryPolicy is the Retry's for the protocol; its per-try timeout, else
-// the Timeout's. Nil without a Retry: a per-try timeout alone bounds
-// nothing that the request timeout does not.
+// the Timeout's. Without a Retry, a Timeout's per-try timeout still bounds
+// the one try there is (no retries); without either, nil.
 func (o RouteOptions) retryPolicy(httpTimeouts *api.HTTPTimeouts) *route.RetryPolicy {
-	if o.Retry == nil {
-		return nil
+	var r *api.HTTPRetry
+	on := defaultHTTPRetryOn
+	if o.Retry != nil {
+		r = o.Retry.Spec.HTTP
+		if o.Protocol == api.ProtocolGRPC {
+			r, on = o.Retry.Spec.GRPC, defaultGRPCRetryOn
+		}
 	}
-	r, on := o.Retry.Spec.HTTP, defaultHTTPRetryOn
-	if o.Protocol == api.ProtocolGRPC {
-		r, on = o.Retry.Spec.GRPC, defaultGRPCRetryOn
-	}
-	if r == nil {
+	if r == nil { // no Retry, or none for this protocol
+		if httpTimeouts != nil && httpTimeouts.PerTryTimeout != nil {
+			return &route.RetryPolicy{NumRetries: wrapperspb.UInt32(0), PerTryTimeout: durationpb.New(httpTimeouts.PerTryTimeout.D())}
+		}
 		return nil
 	}
 	if len(r.RetryOn) > 0 {

@@ -370,7 +370,7 @@ func inboundChain(s *MeshState, in api.Inbound, name, local string, mtls bool) *
 		chain.Filters = append(chain.Filters, inboundHTTPFilter(s, in, name, local, mtls, pp))
 		return chain
 	}
-	chain.Filters = append(chain.Filters, tcpProxyWithLog(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}, pp.log))
+	chain.Filters = append(chain.Filters, tcpProxyWithLog(name, []Subset{{Tags: map[string]string{api.TagService: local}, Weight: 1}}, pp.log, 0))
 	return chain
 }
 

@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestXFCCNeverReachesTheApp: a caller's own X-Forwarded-Client-Cert is
+// dropped, as Envoy's default (SANITIZE) does, so an application cannot
+// be told another identity through it.
+func TestXFCCNeverReachesTheApp(t *testing.T) {
+	p := newProxy(t)
+	seen := make(chan string, 1)
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Get("X-Forwarded-Client-Cert") })
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	resp, _ := get(t, h1Client(), url+"/", "X-Forwarded-Client-Cert", "By=spiffe://default/x;URI=spiffe://default/admin")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if got := <-seen; got != "" {
+		t.Fatalf("the application got X-Forwarded-Client-Cert %q", got)
+	}
+}
+
+// TestOverflowNotRetried: a circuit breaker's overflow is answered at
+// once, never retried (that would add load where it must be shed).
+func TestOverflowNotRetried(t *testing.T) {
+	pol := &retryPolicy{on: map[string]bool{"5xx": true, "reset": true, "gateway-error": true}, retries: 3}
+	if pol.wants(nil, errOverflow, false) {
+		t.Fatal("an overflow is retried")
+	}
+	if !pol.wants(nil, errors.New("connection reset by peer"), false) {
+		t.Fatal("a reset is not retried")
+	}
+}
+
+// TestReplayBodyOneReaderAtATime: a retry's body reads the source only
+// after the previous attempt's reader, still blocked in it, has finished,
+// and gets every byte once, in order.
+func TestReplayBodyOneReaderAtATime(t *testing.T) {
+	src, feed := io.Pipe()
+	b := newReplayBody(src)
+	first := b.attempt()
+	blocked := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the dead attempt's writer, blocked in a read
+		defer wg.Done()
+		close(blocked)
+		buf := make([]byte, 64)
+		first.Read(buf)
+	}()
+	<-blocked
+	second := b.attempt()
+	done := make(chan string)
+	go func() {
+		all, _ := io.ReadAll(second)
+		done <- string(all)
+	}()
+	feed.Write([]byte("one,"))
+	feed.Write([]byte("two,"))
+	feed.Write([]byte("three"))
+	feed.Close()
+	wg.Wait()
+	if got := <-done; got != "one,two,three" {
+		t.Fatalf("the retry read %q", got)
+	}
+	if !strings.HasPrefix(string(b.buf), "one,") {
+		t.Fatalf("kept %q", b.buf)
+	}
+}

@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// TestTCPIdleTimeout: a tcp_proxy's idle_timeout closes a connection on
+// which nothing moved either way for that long, and not one that keeps
+// talking.
+func TestTCPIdleTimeout(t *testing.T) {
+	tp, _ := anypb.New(&tcp.TcpProxy{StatPrefix: "l", ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: "a"},
+		IdleTimeout: durationpb.New(400 * time.Millisecond)})
+	routes, err := tcpRoutes("l", &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}})
+	if err != nil || len(routes) != 1 || routes[0].IdleTimeout != 400*time.Millisecond {
+		t.Fatalf("translated to %+v, %v", routes, err)
+	}
+	p := newProxy(t)
+	a := echoServer(t, "a")
+	cfg := config(anyPort, routes...)
+	cfg.Clusters["a"] = &Cluster{Name: "a", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: a, Weight: 1}}}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	listen := boundAddr(t, p, "l")
+
+	busy, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	r := bufio.NewReader(busy)
+	// Talking every 100 ms for three idle timeouts keeps it open.
+	for i := range 12 {
+		busy.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(busy, "m%d\n", i)
+		if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != fmt.Sprintf("a m%d", i) {
+			t.Fatalf("a busy connection, message %d: %q, %v", i, line, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	idle, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	fmt.Fprintln(idle, "hello")
+	idle.SetDeadline(time.Now().Add(10 * time.Second))
+	ir := bufio.NewReader(idle)
+	if line, err := ir.ReadString('\n'); err != nil || strings.TrimSpace(line) != "a hello" {
+		t.Fatalf("idle connection's first answer: %q, %v", line, err)
+	}
+	// Then silence: the proxy closes it (EOF), well before our deadline.
+	if _, err := ir.ReadByte(); err != io.EOF {
+		t.Fatalf("an idle connection was not closed by the proxy: %v", err)
+	}
+}
