@@ -100,6 +100,15 @@ func sniffH2C(c net.Conn, br *bufio.Reader) (bool, error) {
 	}
 }
 
+// fixedAddr is an address whose string is made once (access logs ask for
+// it per request).
+type fixedAddr struct {
+	net.Addr
+	s string
+}
+
+func (a *fixedAddr) String() string { return a.s }
+
 // h1Src is what a connection's reader reads: the connection, up to a
 // limit (a request header's most).
 type h1Src struct {
@@ -136,7 +145,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	meta := &connMeta{listener: name, dst: dst}
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, meta))
 	ctx = context.WithValue(ctx, http.ServerContextKey, h1Server)
-	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, &fixedAddr{Addr: c.LocalAddr(), s: c.LocalAddr().String()})
 	remote := c.RemoteAddr().String()
 	var tlsState *tls.ConnectionState
 	if tc, ok := c.(*tls.Conn); ok {
@@ -371,9 +380,8 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 		w.bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	if _, ok := h["Date"]; !ok {
-		var buf [40]byte
 		w.bw.WriteString("Date: ")
-		w.bw.Write(time.Now().UTC().AppendFormat(buf[:0], http.TimeFormat))
+		w.bw.Write(time.Now().UTC().AppendFormat(w.bw.AvailableBuffer(), http.TimeFormat))
 		w.bw.WriteString("\r\n")
 	}
 	switch {
@@ -386,15 +394,14 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 }
 
 func (w *h1Writer) writeStatusLine(code int) {
-	var buf [3]byte
 	w.bw.WriteString("HTTP/1.1 ")
-	w.bw.Write(strconv.AppendInt(buf[:0], int64(code), 10))
+	w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(code), 10))
 	w.bw.WriteByte(' ')
 	if text := http.StatusText(code); text != "" {
 		w.bw.WriteString(text)
 	} else {
 		w.bw.WriteString("status code ")
-		w.bw.Write(strconv.AppendInt(buf[:0], int64(code), 10))
+		w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(code), 10))
 	}
 	w.bw.WriteString("\r\n")
 }
@@ -499,8 +506,7 @@ func (w *h1Writer) Write(b []byte) (int, error) {
 		n, err = int(w.cl-w.written), http.ErrContentLength
 	}
 	if w.chunked {
-		var buf [18]byte
-		w.bw.Write(strconv.AppendInt(buf[:0], int64(n), 16))
+		w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(n), 16))
 		w.bw.WriteString("\r\n")
 		w.bw.Write(b[:n])
 		w.bw.WriteString("\r\n")

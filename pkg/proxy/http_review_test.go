@@ -73,3 +73,21 @@ func TestReplayBodyOneReaderAtATime(t *testing.T) {
 		t.Fatalf("kept %q", b.buf)
 	}
 }
+
+// TestRetryStaysInItsPriority: a retry avoids the endpoint it tried but
+// does not spill to the next priority while its own has a healthy one
+// left (Envoy's previous_hosts); with none left there, it moves on.
+func TestRetryStaysInItsPriority(t *testing.T) {
+	p := newProxy(t)
+	c := &Cluster{Name: "c", Overprovisioning: 140, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1, Priority: 0}, {Addr: "b:1", Weight: 1, Priority: 0}, {Addr: "z:1", Weight: 1, Priority: 1}}}
+	for range 2000 {
+		ep, ok := p.pick(c, map[string]bool{"a:1": true})
+		if !ok || ep.Addr != "b:1" {
+			t.Fatalf("a retry after a:1 picked %v, %v; want b:1", ep, ok)
+		}
+	}
+	if ep, ok := p.pick(c, map[string]bool{"a:1": true, "b:1": true}); !ok || ep.Addr != "z:1" {
+		t.Fatalf("a retry after both of priority 0 picked %v, %v; want z:1", ep, ok)
+	}
+}

@@ -198,10 +198,15 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		// headers, so every attempt shares them (a deep Clone per attempt
 		// was 9% of the bytes a sidecar allocated per request); an attempt
 		// that must change its headers clones them first.
-		// A dial this attempt starts may wait as a pending request
-		// (connectionSlot) until the attempt has its connection (got).
-		got := make(chan struct{})
-		out := req.WithContext(withAttemptDone(actx, got))
+		// A dial of the Transport this attempt starts may wait as a
+		// pending request (connectionSlot) until the attempt has its
+		// connection; the HTTP/1.1 pool waits on its own.
+		var got chan struct{}
+		if _, h1 := pool.(*h1Pool); !h1 {
+			got = make(chan struct{})
+			actx = withAttemptDone(actx, got)
+		}
+		out := req.WithContext(actx)
 		u := *req.URL
 		out.URL = &u
 		out.URL.Host = ep.Addr
@@ -216,7 +221,9 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			out.GetBody = ex.again
 		}
 		resp, err := pool.RoundTrip(out)
-		close(got)
+		if got != nil {
+			close(got)
+		}
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
