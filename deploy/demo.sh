@@ -182,7 +182,7 @@ name: $2
 networking:
   address: 127.0.0.1
   inbound:
-  - {port: $4, servicePort: $5, tags: {ursa.io/service: $3}}
+  - {port: $4, servicePort: $5, tags: {ursa.io/service: $3, ursa.io/protocol: http}}
 YAML
   # Its zone CP admits it only with a dataplane token for its service.
   ctl --api-server "http://127.0.0.1:${1}5681" generate dataplane-token --mesh default --service "$3" >"$DIR/$2.token"
@@ -246,8 +246,14 @@ cat <<EOF2
     while sleep 0.2; do curl -s http://$VIP/; done   # Ctrl-C to stop
     bin/ursactl inspect services billing
 
-    # Delete the route to go back to local first:
-    bin/ursactl delete traffic-route billing -m default
+    # billing speaks HTTP (ursa.io/protocol: http), so routes can match requests:
+    # x-zone: 2 goes to zone-2, the rest to zone-1; 503s are retried elsewhere:
+    printf 'type: TrafficRoute\nmesh: default\nname: billing\nspec:\n  destination: {ursa.io/service: billing}\n  http:\n  - match: {headers: {x-zone: {exact: "2"}}}\n    split: [{weight: 100, tags: {ursa.io/zone: zone-2}}]\n  split:\n  - {weight: 100, tags: {ursa.io/zone: zone-1}}\n---\ntype: Retry\nmesh: default\nname: billing\nspec:\n  sources: [{match: {ursa.io/service: "*"}}]\n  destinations: [{match: {ursa.io/service: billing}}]\n  http: {numRetries: 3, retryOn: [5xx, connect-failure]}\n' | bin/ursactl apply -f -
+    curl -s -H 'x-zone: 2' http://$VIP/; curl -s http://$VIP/   # zone-2, then zone-1
+    curl -s http://127.0.0.1:19912/metrics | grep '^ursa_dp_http_requests_total'   # per route, zone and code
+
+    # Delete the route (and the retry) to go back to local first:
+    bin/ursactl delete traffic-route billing -m default; bin/ursactl delete retry billing -m default
 
   Ctrl-C stops everything.
 EOF2

@@ -2,11 +2,15 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // TestXFCCNeverReachesTheApp: a caller's own X-Forwarded-Client-Cert is
@@ -71,5 +75,66 @@ func TestReplayBodyOneReaderAtATime(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(b.buf), "one,") {
 		t.Fatalf("kept %q", b.buf)
+	}
+}
+
+// TestRetryStaysInItsPriority: a retry avoids the endpoint it tried but
+// does not spill to the next priority while its own has a healthy one
+// left (Envoy's previous_hosts); with none left there, it moves on.
+func TestRetryStaysInItsPriority(t *testing.T) {
+	p := newProxy(t)
+	c := &Cluster{Name: "c", Overprovisioning: 140, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1, Priority: 0}, {Addr: "b:1", Weight: 1, Priority: 0}, {Addr: "z:1", Weight: 1, Priority: 1}}}
+	for range 2000 {
+		ep, ok := p.pick(c, map[string]bool{"a:1": true})
+		if !ok || ep.Addr != "b:1" {
+			t.Fatalf("a retry after a:1 picked %v, %v; want b:1", ep, ok)
+		}
+	}
+	if ep, ok := p.pick(c, map[string]bool{"a:1": true, "b:1": true}); !ok || ep.Addr != "z:1" {
+		t.Fatalf("a retry after both of priority 0 picked %v, %v; want z:1", ep, ok)
+	}
+}
+
+// TestRouteTimeoutFromEndOfBody: the route timeout runs from the end of
+// the request body, as Envoy's: an upload slower than the timeout to a
+// backend that answers at once succeeds; a backend slower than the
+// timeout after the body still gets 504.
+func TestRouteTimeoutFromEndOfBody(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/slow" {
+			time.Sleep(time.Second)
+		}
+		fmt.Fprintf(w, "got %d bytes", len(b))
+	})
+	timed := toCluster("svc")
+	timed.Timeout = durationpb.New(300 * time.Millisecond)
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, timed)), nil, staticHTTPCluster("svc", false, app))
+	pr, pw := io.Pipe()
+	go func() {
+		for range 6 { // 600 ms of upload
+			pw.Write([]byte("0123456789"))
+			time.Sleep(100 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	resp, err := h1Client().Post(url+"/fast", "text/plain", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "got 60 bytes" {
+		t.Fatalf("a slow upload: %d %q", resp.StatusCode, b)
+	}
+	resp, err = h1Client().Post(url+"/slow", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 504 {
+		t.Fatalf("a slow backend: %d, want 504", resp.StatusCode)
 	}
 }

@@ -26,8 +26,33 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo,
 	down := r.Context() // the caller's: done when it goes away
 	ctx := down
 	cancel := context.CancelFunc(func() {})
-	if rt.Timeout > 0 {
+	body := newReplayBody(r.Body)
+	switch {
+	case rt.Timeout <= 0:
+	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
+	default:
+		// As Envoy's, the route timeout runs from the end of the request
+		// body: a long upload to a fast backend is not cut short.
+		var stop context.CancelFunc
+		ctx, stop = context.WithCancel(ctx)
+		var timer *time.Timer
+		var mu sync.Mutex
+		body.onEOF = func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if timer == nil {
+				timer = time.AfterFunc(rt.Timeout, stop)
+			}
+		}
+		cancel = func() {
+			mu.Lock()
+			if timer != nil {
+				timer.Stop()
+			}
+			mu.Unlock()
+			stop()
+		}
 	}
 	defer cancel()
 	var idle *idleWatch
@@ -37,7 +62,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo,
 		ctx, done = idle.bind(ctx)
 		defer done()
 	}
-	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, ctx: ctx, idle: idle, body: newReplayBody(r.Body)}
+	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, ctx: ctx, idle: idle, body: body}
 	end := func() {}
 	defer func() { end() }() // also when the reverse proxy aborts the response
 	rp := &httputil.ReverseProxy{
@@ -472,8 +497,10 @@ type replayBody struct {
 	// srcMu serialises reads of src: an earlier attempt's writer (an
 	// HTTP/2 upstream's body goroutine) may still be blocked in one when
 	// the retry starts reading.
-	srcMu    sync.Mutex
-	src      io.Reader
+	srcMu sync.Mutex
+	src   io.Reader
+	// onEOF, when set, is called once, when the source ends.
+	onEOF    func()
 	buf      []byte
 	eof      bool
 	overflow bool
@@ -535,8 +562,11 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 				a.pos = 0
 			}
 		}
-		if err == io.EOF {
+		if err == io.EOF && !b.eof {
 			b.eof = true
+			if b.onEOF != nil {
+				b.onEOF()
+			}
 		}
 		b.mu.Unlock()
 		b.srcMu.Unlock()

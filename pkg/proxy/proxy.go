@@ -631,9 +631,14 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 			levels = append(levels, lv)
 		}
 		lv.total += ep.Weight
-		if !tried[ep.Addr] && p.healthy(c.Name, ep.Addr) {
-			lv.healthy = append(lv.healthy, ep)
+		if p.healthy(c.Name, ep.Addr) {
+			// Priority loads follow health only: a retry avoids the
+			// endpoints it tried within the priority it lands in (Envoy's
+			// previous_hosts), it does not shift load to the next one.
 			lv.health += ep.Weight
+			if !tried[ep.Addr] {
+				lv.healthy = append(lv.healthy, ep)
+			}
 		}
 	}
 	if len(tried) == 0 {
@@ -657,15 +662,13 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	if sum == 0 {
 		return Endpoint{}, false
 	}
-	n := rand.Uint32N(sum)
-	for i, lv := range levels {
-		if n >= loads[i] {
-			n -= loads[i]
-			continue
-		}
+	from := func(lv *level) (Endpoint, bool) {
 		var w uint32
 		for _, ep := range lv.healthy {
 			w += ep.Weight
+		}
+		if w == 0 {
+			return Endpoint{}, false
 		}
 		k := rand.Uint32N(w)
 		for _, ep := range lv.healthy {
@@ -673,6 +676,23 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 				return ep, true
 			}
 			k -= ep.Weight
+		}
+		return Endpoint{}, false
+	}
+	n := rand.Uint32N(sum)
+	for i, lv := range levels {
+		if n >= loads[i] {
+			n -= loads[i]
+			continue
+		}
+		if ep, ok := from(lv); ok {
+			return ep, true
+		}
+		break // every healthy endpoint of that priority was tried
+	}
+	for _, lv := range levels { // then the first priority with one left
+		if ep, ok := from(lv); ok {
+			return ep, true
 		}
 	}
 	return Endpoint{}, false
