@@ -130,6 +130,9 @@ type ServicePort struct {
 	// Protocol is TCP when empty.
 	Protocol string `json:"protocol,omitempty"`
 	Port     int    `json:"port"`
+	// AppProtocol is what the port speaks (Kubernetes' appProtocol): http,
+	// http2, kubernetes.io/h2c or grpc make its inbound L7.
+	AppProtocol string `json:"appProtocol,omitempty"`
 	// TargetPort is the pod's port: a number, or the name of a container
 	// port; the Service's Port when absent.
 	TargetPort IntOrString `json:"targetPort,omitzero"`

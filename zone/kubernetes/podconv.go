@@ -99,10 +99,13 @@ func Translate(pod *Pod, ns *Namespace, services []Service, zone string) (Result
 	var res Result
 	base := labelTags(pm.Labels, &res.Skipped)
 	ready := isReady(pod)
-	inbound := func(port int, service string) api.Inbound {
+	inbound := func(port int, service, protocol string) api.Inbound {
 		tags := maps.Clone(base)
 		tags[api.TagService] = service
 		tags[api.TagZone] = zone
+		if protocol != "" {
+			tags[api.TagProtocol] = protocol
+		}
 		return api.Inbound{Port: port, ServicePort: port, Tags: tags, Health: &api.Health{Ready: ready}}
 	}
 	var inbounds []api.Inbound
@@ -137,11 +140,11 @@ func Translate(pod *Pod, ns *Namespace, services []Service, zone string) (Result
 				continue
 			}
 			used[port] = service
-			inbounds = append(inbounds, inbound(port, service))
+			inbounds = append(inbounds, inbound(port, service, appProtocol(sp, what, &res.Skipped)))
 		}
 	}
 	if len(inbounds) == 0 {
-		in := inbound(ServicelessPort, workload(pod)+"_"+pm.Namespace+"_svc")
+		in := inbound(ServicelessPort, workload(pod)+"_"+pm.Namespace+"_svc", "")
 		in.Health = &api.Health{Ready: false}
 		inbounds = append(inbounds, in)
 	}
@@ -182,6 +185,24 @@ func isReady(pod *Pod) bool {
 func reserved(key string) bool {
 	prefix, _, ok := strings.Cut(key, "/")
 	return ok && (prefix == "ursa.io" || strings.HasSuffix(prefix, ".ursa.io"))
+}
+
+// appProtocol is the ursa.io/protocol of a Service port, from its
+// appProtocol (Kubernetes' field, as Kuma and Istio read it): http, http2
+// (or kubernetes.io/h2c) and grpc; "" for TCP. Another value is proxied as
+// TCP and listed in skipped.
+func appProtocol(sp ServicePort, what string, skipped *[]string) string {
+	switch p := strings.ToLower(sp.AppProtocol); p {
+	case "", "tcp":
+		return ""
+	case api.ProtocolHTTP, api.ProtocolHTTP2, api.ProtocolGRPC:
+		return p
+	case "kubernetes.io/h2c":
+		return api.ProtocolHTTP2
+	default:
+		*skipped = append(*skipped, fmt.Sprintf("%s: appProtocol %q is not one Ursa proxies at L7 (http, http2, kubernetes.io/h2c, grpc): proxied as TCP", what, sp.AppProtocol))
+		return ""
+	}
 }
 
 // labelTags turns the pod's labels into tags, dropping (and listing in

@@ -68,6 +68,25 @@ func TestTranslate(t *testing.T) {
 			`service billing port 9090: targetPort "grpc" names no TCP port`,
 		},
 	}, {
+		name: "appProtocol makes an inbound L7",
+		edit: func(_ *Pod, _ *Namespace, svcs *[]Service) {
+			for i := range *svcs {
+				for j := range (*svcs)[i].Spec.Ports {
+					switch (*svcs)[i].Spec.Ports[j].Port {
+					case 80:
+						(*svcs)[i].Spec.Ports[j].AppProtocol = "kubernetes.io/h2c"
+					case 9102:
+						(*svcs)[i].Spec.Ports[j].AppProtocol = "example.com/custom"
+					}
+				}
+			}
+		},
+		want: []api.Inbound{
+			{Port: 8080, ServicePort: 8080, Tags: tags("billing_shop_svc_80", api.TagProtocol, api.ProtocolHTTP2), Health: ready},
+			{Port: 9102, ServicePort: 9102, Tags: tags("billing-metrics_shop_svc_9102"), Health: ready},
+		},
+		skipped: []string{`service billing-metrics port 9102: appProtocol "example.com/custom" is not one Ursa proxies at L7`},
+	}, {
 		name: "not ready: registered, inbounds not ready",
 		edit: func(p *Pod, _ *Namespace, _ *[]Service) { p.Status.Conditions[1].Status = "False" },
 		want: []api.Inbound{
