@@ -92,7 +92,7 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 	}
 	b := map[string]any{
 		"xds_servers": []map[string]any{server},
-		"node": map[string]any{"id": o.NodeID, "metadata": o.Metadata},
+		"node":        map[string]any{"id": o.NodeID, "metadata": o.Metadata},
 		"certificate_providers": map[string]any{
 			api.ProxylessCertProvider: map[string]any{
 				"plugin_name": "file_watcher",
