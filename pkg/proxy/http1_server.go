@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -143,6 +144,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	bw := h1Writers.Get().(*bufio.Writer)
 	bw.Reset(c)
 	meta := &connMeta{listener: name, dst: dst}
+	var idleUntil time.Time
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, meta))
 	ctx = context.WithValue(ctx, http.ServerContextKey, h1Server)
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, &fixedAddr{Addr: c.LocalAddr(), s: c.LocalAddr().String()})
@@ -153,7 +155,35 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		tlsState = &st
 	}
 	w := &h1Writer{c: c, bw: bw, br: br}
+	// While a request is in flight and its body has been read, one read
+	// waits on the connection, as net/http's server does: the caller
+	// closing it cancels what the request started (the upstream call, its
+	// breaker slots), instead of that running on to its timeout. A
+	// pipelined request's first byte stays in br.
+	var watch *h1Watch
+	stopWatch := func() {
+		if watch == nil {
+			return
+		}
+		watch.stopping.Store(true)
+		c.SetReadDeadline(time.Unix(1, 0)) // long past: the pending read ends at once
+		<-watch.done
+		watch = nil
+		idleUntil = time.Time{} // the loop sets the deadline again
+	}
+	startWatch := func() {
+		c.SetReadDeadline(time.Time{})
+		watch = &h1Watch{done: make(chan struct{})}
+		go func(wa *h1Watch) {
+			defer close(wa.done)
+			if _, err := br.Peek(1); err != nil && !wa.stopping.Load() {
+				cancel() // the caller went away
+			}
+		}(watch)
+	}
+	w.stopWatch = stopWatch
 	defer func() {
+		stopWatch()
 		cancel()
 		if !w.hijacked {
 			c.Close()
@@ -161,7 +191,6 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			h1Writers.Put(bw)
 		}
 	}()
-	var idleUntil time.Time
 	for {
 		// One deadline for the wait and the header: moved only when less
 		// than the header timeout is left (not per request).
@@ -192,8 +221,12 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		req.RemoteAddr = remote
 		req.TLS = tlsState
 		var body *h1ReqBody
+		upgrade := req.Header.Get("Upgrade") != ""
 		if req.Body != http.NoBody {
 			body = &h1ReqBody{src: req.Body}
+			if !upgrade {
+				body.onEOF = startWatch
+			}
 			req.Body = body
 			if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 				// Asked for at once: the engine reads bodies as it forwards.
@@ -201,9 +234,16 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 				bw.Flush()
 			}
 		}
+		if body == nil && !upgrade {
+			startWatch()
+		}
 		w.reset(req)
 		if !p.serveH1Request(w, req.WithContext(ctx)) || w.hijacked {
 			return !w.hijacked
+		}
+		stopWatch()
+		if ctx.Err() != nil {
+			return true // the caller went away
 		}
 		w.finish()
 		if w.err != nil || w.closeAfter {
@@ -260,6 +300,9 @@ type h1ReqBody struct {
 	src    io.ReadCloser
 	eof    bool
 	closed bool
+	// onEOF, when set, is called once, when the body has been read to its
+	// end (the connection is then free to watch for the caller leaving).
+	onEOF func()
 }
 
 func (b *h1ReqBody) Read(p []byte) (int, error) {
@@ -269,8 +312,11 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	n, err := b.src.Read(p)
-	if err == io.EOF {
+	if err == io.EOF && !b.eof {
 		b.eof = true
+		if b.onEOF != nil {
+			b.onEOF()
+		}
 	}
 	return n, err
 }
@@ -295,6 +341,12 @@ func (b *h1ReqBody) finish() bool {
 	return n <= h1MaxDrain && err == io.EOF
 }
 
+// h1Watch is the read that watches a connection for its caller leaving.
+type h1Watch struct {
+	done     chan struct{}
+	stopping atomic.Bool
+}
+
 // h1Writer is a fast-path response: the header goes out at the first
 // write or flush (or at the end), framed by Content-Length when the
 // handler set it, chunked otherwise (close-delimited to an HTTP/1.0
@@ -303,6 +355,8 @@ type h1Writer struct {
 	c  net.Conn
 	bw *bufio.Writer
 	br *bufio.Reader
+	// stopWatch ends the connection's watching read (before a hijack).
+	stopWatch func()
 
 	req         *http.Request
 	header      http.Header
@@ -319,7 +373,7 @@ type h1Writer struct {
 }
 
 func (w *h1Writer) reset(req *http.Request) {
-	*w = h1Writer{c: w.c, bw: w.bw, br: w.br, req: req, header: make(http.Header), cl: -1}
+	*w = h1Writer{c: w.c, bw: w.bw, br: w.br, stopWatch: w.stopWatch, req: req, header: make(http.Header), cl: -1}
 	w.closeAfter = req.Close || !req.ProtoAtLeast(1, 1) && !hasToken(req.Header["Connection"], "keep-alive")
 }
 
@@ -544,6 +598,9 @@ func (w *h1Writer) flush() {
 func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.wroteHeader {
 		return nil, nil, errors.New("http1: hijack after the response began")
+	}
+	if w.stopWatch != nil {
+		w.stopWatch() // the connection's reads are the hijacker's now
 	}
 	w.hijacked = true
 	return w.c, bufio.NewReadWriter(w.br, w.bw), nil

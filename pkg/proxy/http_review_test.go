@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -136,5 +137,41 @@ func TestRouteTimeoutFromEndOfBody(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 504 {
 		t.Fatalf("a slow backend: %d, want 504", resp.StatusCode)
+	}
+}
+
+// TestCallerLeavingCancelsUpstream: a caller that closes its connection
+// while the proxy waits for the upstream's response ends the upstream
+// call (the backend sees its request cancelled), long before the route's
+// timeout.
+func TestCallerLeavingCancelsUpstream(t *testing.T) {
+	p := newProxy(t)
+	started, cancelled := make(chan struct{}), make(chan struct{})
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		select {
+		case <-r.Context().Done():
+			close(cancelled)
+		case <-time.After(time.Minute):
+		}
+	})
+	long := toCluster("svc")
+	long.Timeout = durationpb.New(time.Minute)
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, long)), nil, staticHTTPCluster("svc", false, app))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET /slow HTTP/1.1\r\nHost: svc\r\n\r\n")
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the backend")
+	}
+	conn.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the caller left, and the upstream call ran on")
 	}
 }
