@@ -325,11 +325,27 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		pc.Close()
 		return nil, sent, err
 	}
+	// An upstream may answer before it has read the whole body (a 413 to
+	// a large upload) and close: the write then fails, and that answer,
+	// already on its way, is the response.
+	early := func(werr error) (*http.Response, bool, error) {
+		pc.SetReadDeadline(time.Now().Add(time.Second))
+		resp, err := http.ReadResponse(pc.br, req)
+		if err != nil || resp.StatusCode < 200 {
+			return fail(werr)
+		}
+		sent = true
+		if ctx.Err() == nil {
+			pc.SetReadDeadline(time.Time{})
+		}
+		resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: false, stop: stop}
+		return resp, true, nil
+	}
 	if err := req.Write(pc.bw); err != nil {
-		return fail(err)
+		return early(err)
 	}
 	if err := pc.bw.Flush(); err != nil {
-		return fail(err)
+		return early(err)
 	}
 	sent = true
 	var resp *http.Response

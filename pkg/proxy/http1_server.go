@@ -250,6 +250,9 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			return true
 		}
 		if body != nil && !body.finish() {
+			// The caller is still sending a body no one reads: closing at
+			// once would reset the connection under the response.
+			lingerClose(c)
 			return true
 		}
 	}

@@ -175,3 +175,24 @@ func TestCallerLeavingCancelsUpstream(t *testing.T) {
 		t.Fatal("the caller left, and the upstream call ran on")
 	}
 }
+
+// TestEarlyUpstreamReply: an upstream that refuses a large upload with 413
+// before reading it, and closes, gets its 413 to the caller, not a 503.
+func TestEarlyUpstreamReply(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		io.WriteString(w, "too large")
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	resp, err := h1Client().Post(url+"/upload", "application/octet-stream", strings.NewReader(strings.Repeat("x", 8<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || string(b) != "too large" {
+		t.Fatalf("a refused upload: %d %q", resp.StatusCode, b)
+	}
+}
