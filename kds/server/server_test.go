@@ -258,6 +258,8 @@ func TestResumeSendsOnlyWhatChanged(t *testing.T) {
 		r, err := a.store.Get(ctx, api.KeyOf(changed))
 		return err == nil && r.(*api.TrafficRoute).Spec.Split[0].Weight == 99 && has(a.store, api.KeyOf(added)) && !has(a.store, api.KeyOf(puts[2]))
 	})
+	// Applied runs after the store has the changes: wait for it too.
+	testutil.Until(t, 30*time.Second, "the changes' responses to be counted", func() bool { return received.Load() >= 3 })
 	if n := received.Load(); n != 3 {
 		t.Fatalf("the reconnecting zone was sent %d route changes, want exactly 3 (of %d routes)", n, len(before.Items))
 	}
