@@ -86,14 +86,59 @@ func (p *Proxy) upstreamFor(c *Cluster) http.RoundTripper {
 	return pl
 }
 
-// sweepH1Pools closes the pools of clusters cfg no longer has; the
-// caller holds poolsMu.
+// sweepH1Pools closes the pools of clusters cfg no longer has, and the
+// idle connections of the others to endpoints they no longer have (which
+// would otherwise hold their max_connections slots); the caller holds
+// poolsMu.
 func (p *Proxy) sweepH1Pools(cfg *Config) {
 	for name, pl := range p.l7.h1pools {
-		if _, ok := cfg.Clusters[name]; !ok {
+		c, ok := cfg.Clusters[name]
+		if !ok {
 			pl.closeIdle()
 			delete(p.l7.h1pools, name)
+			continue
 		}
+		if c.Warming || c.OriginalDst {
+			continue // no endpoints yet, or none listed: nothing to go by
+		}
+		live := make(map[string]bool, len(c.Endpoints))
+		for _, ep := range c.Endpoints {
+			live[ep.Addr] = true
+		}
+		pl.closeIdleExcept(live)
+	}
+}
+
+// closeIdleExcept closes the idle connections to endpoints not in live.
+func (pl *h1Pool) closeIdleExcept(live map[string]bool) {
+	var gone []*h1Conn
+	pl.mu.Lock()
+	for addr, cs := range pl.conns {
+		if !live[addr] {
+			gone = append(gone, cs...)
+			delete(pl.conns, addr)
+		}
+	}
+	pl.mu.Unlock()
+	for _, pc := range gone {
+		pc.Close()
+	}
+}
+
+// closePools closes every pool's idle connections, at the proxy's end.
+func (p *Proxy) closePools() {
+	if p.l7 == nil {
+		return
+	}
+	p.l7.poolsMu.Lock()
+	defer p.l7.poolsMu.Unlock()
+	for name, pl := range p.l7.h1pools {
+		pl.closeIdle()
+		delete(p.l7.h1pools, name)
+	}
+	for name, pl := range p.l7.pools {
+		pl.t.CloseIdleConnections()
+		delete(p.l7.pools, name)
 	}
 }
 

@@ -196,3 +196,39 @@ func TestEarlyUpstreamReply(t *testing.T) {
 		t.Fatalf("a refused upload: %d %q", resp.StatusCode, b)
 	}
 }
+
+// TestPoolDropsGoneEndpoints: an endpoint that leaves its cluster's EDS
+// loses its idle pooled connections at the next configuration, and
+// Close closes every pool's.
+func TestPoolDropsGoneEndpoints(t *testing.T) {
+	p := newProxy(t)
+	a, b := backend(t, "a", nil), backend(t, "b", nil)
+	c := &Cluster{Name: "svc", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: a, Weight: 1}, {Addr: b, Weight: 1}}}
+	pl := p.upstreamFor(c).(*h1Pool)
+	for _, addr := range []string{a, b} {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl.conns[addr] = append(pl.conns[addr], &h1Conn{Conn: conn, raw: conn, addr: addr, since: time.Now()})
+	}
+	next := &Cluster{Name: "svc", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: a, Weight: 1}}}
+	p.l7.poolsMu.Lock()
+	p.sweepH1Pools(&Config{Clusters: map[string]*Cluster{"svc": next}})
+	p.l7.poolsMu.Unlock()
+	pl.mu.Lock()
+	kept, gone := len(pl.conns[a]), len(pl.conns[b])
+	pl.mu.Unlock()
+	if kept != 1 || gone != 0 {
+		t.Fatalf("after b left: %d idle to a, %d to b; want 1 and 0", kept, gone)
+	}
+	p.closePools()
+	if len(p.l7.h1pools) != 0 {
+		t.Fatal("Close left pools")
+	}
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if len(pl.conns) != 0 || !pl.closed {
+		t.Fatalf("Close left idle connections: %v", pl.conns)
+	}
+}

@@ -278,6 +278,7 @@ func (p *Proxy) Close() {
 	}
 	p.resil.health.stop()
 	p.closeObservability()
+	p.closePools()
 }
 
 // Ready reports whether the proxy has listeners to serve.
