@@ -181,20 +181,13 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 	mesh, name := cfg.Mesh, cfg.DataplaneName
 	switch {
 	case cfg.DataplaneFile != "":
-		doc, err := os.ReadFile(cfg.DataplaneFile)
+		r, doc, err := readDataplaneFile(cfg.DataplaneFile)
 		if err != nil {
-			return fmt.Errorf("--dataplane-file: %w", err)
-		}
-		r, err := api.DecodeAs(doc, "Dataplane")
-		if err == nil {
-			err = api.Validate(r)
-		}
-		if err != nil {
-			return fmt.Errorf("--dataplane-file %s: %w", cfg.DataplaneFile, err)
+			return err
 		}
 		mesh, name = r.GetMeta().Mesh, r.GetMeta().Name
 		meta[api.MetadataDataplane] = string(doc)
-		for _, in := range r.(*api.Dataplane).Networking.Inbound {
+		for _, in := range r.Networking.Inbound {
 			// The app's own port too: an app that binds it on every
 			// address is reached only through the sidecar (ursa:inbound
 			// has no chain for it, and refuses what is sent there).
@@ -454,4 +447,21 @@ func runEnvoy(ctx context.Context, o bootstrap.Options) error {
 		return fmt.Errorf("envoy: %w", err)
 	}
 	return nil
+}
+
+// readDataplaneFile reads and validates the Dataplane of --dataplane-file,
+// returning it and the document as written (sent as node metadata).
+func readDataplaneFile(path string) (*api.Dataplane, []byte, error) {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--dataplane-file: %w", err)
+	}
+	r, err := api.DecodeAs(doc, "Dataplane")
+	if err == nil {
+		err = api.Validate(r)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("--dataplane-file %s: %w", path, err)
+	}
+	return r.(*api.Dataplane), doc, nil
 }

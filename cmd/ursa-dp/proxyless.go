@@ -77,16 +77,9 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 	case cfg.DataplaneFile != "" && cfg.DataplaneName != "":
 		return errors.New("--dataplane-name: give it or --dataplane-file, not both")
 	case cfg.DataplaneFile != "":
-		doc, err := os.ReadFile(cfg.DataplaneFile)
+		r, doc, err := readDataplaneFile(cfg.DataplaneFile)
 		if err != nil {
-			return fmt.Errorf("--dataplane-file: %w", err)
-		}
-		r, err := api.DecodeAs(doc, "Dataplane")
-		if err == nil {
-			err = api.Validate(r)
-		}
-		if err != nil {
-			return fmt.Errorf("--dataplane-file %s: %w", cfg.DataplaneFile, err)
+			return err
 		}
 		mesh, name = r.GetMeta().Mesh, r.GetMeta().Name
 		meta[api.MetadataDataplane] = string(doc)

@@ -33,11 +33,7 @@ func TestMain(m *testing.M) {
 	os.Exit(cluster.Main(m))
 }
 
-var (
-	installOnce sync.Once
-	installErr  error
-	namespaces  atomic.Int64
-)
+var namespaces atomic.Int64
 
 // installed returns the shared rig with deploy/crds applied and every CRD
 // Established (once per test binary: a new CRD's first requests are slow).
