@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -274,6 +275,8 @@ func (s *state) resync(ctx context.Context) {
 		}
 		return
 	}
+	// The keys first: once found is s.owned, the workers write to it.
+	keys := slices.Collect(maps.Keys(found))
 	s.mu.Lock()
 	s.owned = found
 	s.mu.Unlock()
@@ -282,7 +285,7 @@ func (s *state) resync(ctx context.Context) {
 			s.log.Warn("resync: cannot delete a pod's second Dataplane", zap.Stringer("dataplane", api.KeyOf(r)), zap.Error(err))
 		}
 	}
-	for key := range found {
+	for _, key := range keys {
 		s.queue.add(key)
 	}
 	s.enqueueAll()
