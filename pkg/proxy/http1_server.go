@@ -382,6 +382,21 @@ func (w *h1Writer) reset(req *http.Request) {
 
 func (w *h1Writer) Header() http.Header { return w.header }
 
+// adoptHeader makes h the response's header, before WriteHeader: the
+// upstream response's, which nothing else holds, without a copy. What
+// was set before stays, unless h has the key too.
+func (w *h1Writer) adoptHeader(h http.Header) {
+	if w.wroteStatus || w.hijacked {
+		return
+	}
+	for k, vs := range w.header {
+		if _, ok := h[k]; !ok {
+			h[k] = vs
+		}
+	}
+	w.header = h
+}
+
 func (w *h1Writer) WriteHeader(code int) {
 	if w.hijacked || w.wroteStatus {
 		return

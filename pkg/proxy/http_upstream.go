@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,8 +22,147 @@ const maxReplay = 64 << 10
 
 // forward is the router: it sends r to the route's cluster, retrying as
 // the route's policy says, within its timeout, and streams the response
-// back (trailers too: gRPC passes through end to end).
+// back (trailers too: gRPC passes through end to end). The request is the
+// handler's own: its header becomes the upstream request's, changed in
+// place (no copy per request). An upgrade (a WebSocket) goes through the
+// reverse proxy, which copies both ways once the upstream switches.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo, cfg *Config, rt *HTTPRoute) {
+	ex, done := p.newExchange(r, ri, cfg, rt)
+	defer done()
+	if upgradeType(r.Header) != "" {
+		ex.reverseProxy(w, r)
+		return
+	}
+	h := r.Header
+	te := hasToken(h["Te"], "trailers")
+	removeHopByHop(h)
+	if te {
+		// gRPC asks for trailers: the upstream is told it may send them.
+		h["Te"] = []string{"trailers"}
+	}
+	ex.prepare(h)
+	resp, err := ex.RoundTrip(r)
+	if err != nil {
+		ex.fail(w, r, err)
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// Not asked for: nothing here can copy an upgraded connection.
+		p.localReply(w, r, ri, http.StatusBadGateway, "UPE", "upstream switched protocols unasked")
+		return
+	}
+	removeHopByHop(resp.Header)
+	ex.modifyResponse(resp)
+	if a, ok := w.(headerAdopter); ok {
+		a.adoptHeader(resp.Header)
+	} else {
+		dst := w.Header()
+		for k, vs := range resp.Header {
+			dst[k] = append(dst[k], vs...)
+		}
+	}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		w.Header().Add("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(resp.StatusCode)
+	if err := p.copyResponse(w, resp.Body, resp.ContentLength == -1 || isEventStream(resp.Header)); err != nil {
+		// Streaming: all that is left is to abort the response (the
+		// connection closes, or the stream resets), as the reverse proxy
+		// does.
+		panic(http.ErrAbortHandler)
+	}
+	resp.Body.Close() // now: the trailers are in once the body is read
+	if len(resp.Trailer) == 0 {
+		return
+	}
+	if len(resp.Trailer) == announced {
+		dst := w.Header()
+		for k, vs := range resp.Trailer {
+			dst[k] = append(dst[k], vs...)
+		}
+		return
+	}
+	for k, vs := range resp.Trailer {
+		w.Header()[http.TrailerPrefix+k] = append(w.Header()[http.TrailerPrefix+k], vs...)
+	}
+}
+
+// headerAdopter is a response writer that takes a header map as its own
+// instead of having it copied (the HTTP/1.1 fast path's).
+type headerAdopter interface{ adoptHeader(http.Header) }
+
+// isEventStream says whether a response streams events, to be flushed as
+// they come.
+func isEventStream(h http.Header) bool {
+	ct, _, _ := strings.Cut(h.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+}
+
+// copyResponse copies a response body to w, flushing after each write
+// when it streams; the error is the first read (but EOF) or write error.
+func (p *Proxy) copyResponse(w http.ResponseWriter, body io.Reader, stream bool) error {
+	buf := p.l7.buffers.Get()
+	defer p.l7.buffers.Put(buf)
+	flusher, _ := w.(http.Flusher)
+	if stream && flusher != nil {
+		flusher.Flush() // the header goes now: the body may be long to come
+	}
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+			if stream && flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// hopByHop are the headers of one connection, never forwarded (RFC 9110
+// §7.6.1, and those net/http's reverse proxy also removes).
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopByHop removes the hop-by-hop headers from h: the fixed ones
+// and those its Connection header names.
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				delete(h, http.CanonicalHeaderKey(f))
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		delete(h, k)
+	}
+}
+
+// upgradeType is the protocol a request asks to switch to, "" for none.
+func upgradeType(h http.Header) string {
+	if !hasToken(h["Connection"], "upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}
+
+// newExchange starts r's exchange: the route's timeout (from the end of
+// the request body, as Envoy's), and its idle timeout. done ends them.
+func (p *Proxy) newExchange(r *http.Request, ri *requestInfo, cfg *Config, rt *HTTPRoute) (*exchange, func()) {
 	down := r.Context() // the caller's: done when it goes away
 	ctx := down
 	cancel := context.CancelFunc(func() {})
@@ -54,60 +194,83 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo,
 			stop()
 		}
 	}
-	defer cancel()
-	var idle *idleWatch
+	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, down: down, ctx: ctx, body: body}
 	if rt.IdleTimeout > 0 {
-		idle = newIdleWatch(rt.IdleTimeout)
-		var done context.CancelFunc
-		ctx, done = idle.bind(ctx)
-		defer done()
+		ex.idle = newIdleWatch(rt.IdleTimeout)
+		var stop context.CancelFunc
+		ex.ctx, stop = ex.idle.bind(ex.ctx)
+		return ex, func() { stop(); cancel() }
 	}
-	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, ctx: ctx, idle: idle, body: body}
-	end := func() {}
-	defer func() { end() }() // also when the reverse proxy aborts the response
+	return ex, cancel
+}
+
+// prepare makes h, the downstream request's header, the upstream
+// request's: the route's header changes, and the span's traceparent.
+func (ex *exchange) prepare(h http.Header) {
+	// A caller's own X-Forwarded-Client-Cert never reaches the
+	// application: one that trusts it (written for Envoy, whose default
+	// is SANITIZE) would take the claimed identity.
+	delete(h, "X-Forwarded-Client-Cert")
+	for _, k := range ex.rt.ReqRemove {
+		h.Del(k)
+	}
+	applyHeaders(h, ex.rt.ReqAdd)
+	ex.p.startSpan(ex.ri, nil, h)
+}
+
+// modifyResponse applies the route's response header changes.
+func (ex *exchange) modifyResponse(resp *http.Response) {
+	for _, k := range ex.rt.RespRemove {
+		resp.Header.Del(k)
+	}
+	applyHeaders(resp.Header, ex.rt.RespAdd)
+}
+
+// fail answers a request whose exchange failed (err from RoundTrip).
+func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
+	p, ri := ex.p, ex.ri
+	var lr *localReplyError
+	switch {
+	case errors.As(err, &lr):
+		p.localReply(w, r, ri, lr.status, lr.flag, lr.body)
+	case ex.down.Err() != nil:
+		ri.flag("DC") // the caller went away
+	case ex.ctx.Err() != nil && ex.idle != nil && ex.idle.fired():
+		p.localReply(w, r, ri, http.StatusGatewayTimeout, "SI", "stream timeout")
+	case ex.ctx.Err() != nil:
+		p.localReply(w, r, ri, http.StatusGatewayTimeout, "UT", "upstream request timeout")
+	default:
+		p.localReply(w, r, ri, http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+	}
+}
+
+// reverseProxy forwards an upgrade request through net/http's reverse
+// proxy, which hijacks the connection and copies both ways once the
+// upstream answers 101.
+func (ex *exchange) reverseProxy(w http.ResponseWriter, r *http.Request) {
+	p := ex.p
 	rp := &httputil.ReverseProxy{
 		Transport:  ex,
 		BufferPool: p.l7.buffers,
 		ErrorLog:   p.l7.errLog,
-		Director: func(out *http.Request) {
-			out.URL.Scheme, out.URL.Host = "http", r.Host
-			// A caller's own X-Forwarded-Client-Cert never reaches the
-			// application: one that trusts it (written for Envoy, whose
-			// default is SANITIZE) would take the claimed identity.
-			out.Header.Del("X-Forwarded-Client-Cert")
-			if _, ok := out.Header["X-Forwarded-For"]; !ok {
-				out.Header["X-Forwarded-For"] = nil // the proxy adds none
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", r.Host
+			// Rewrite leaves the X-Forwarded headers out; the caller's
+			// stay as they came.
+			for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+				if vs, ok := pr.In.Header[k]; ok {
+					pr.Out.Header[k] = vs
+				}
 			}
-			for _, h := range rt.ReqRemove {
-				out.Header.Del(h)
-			}
-			applyHeaders(out.Header, rt.ReqAdd)
-			end = p.startSpan(ri, r.Header, out.Header)
+			ex.prepare(pr.Out.Header)
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			for _, h := range rt.RespRemove {
-				resp.Header.Del(h)
-			}
-			applyHeaders(resp.Header, rt.RespAdd)
+			ex.modifyResponse(resp)
 			return nil
 		},
-		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
-			var lr *localReplyError
-			switch {
-			case errors.As(err, &lr):
-				p.localReply(w, r, ri, lr.status, lr.flag, lr.body)
-			case down.Err() != nil:
-				ri.flag("DC") // the caller went away
-			case ctx.Err() != nil && idle != nil && idle.fired():
-				p.localReply(w, r, ri, http.StatusGatewayTimeout, "SI", "stream timeout")
-			case ctx.Err() != nil:
-				p.localReply(w, r, ri, http.StatusGatewayTimeout, "UT", "upstream request timeout")
-			default:
-				p.localReply(w, r, ri, http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
-			}
-		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) { ex.fail(w, r, err) },
 	}
-	rp.ServeHTTP(w, r.WithContext(ctx))
+	rp.ServeHTTP(w, r.WithContext(ex.ctx))
 }
 
 // applyHeaders adds a route's headers as their append actions say; an
@@ -156,7 +319,8 @@ type exchange struct {
 	cfg  *Config
 	rt   *HTTPRoute
 	ri   *requestInfo
-	ctx  context.Context
+	down context.Context // the caller's: done when it goes away
+	ctx  context.Context // the route's: done at its timeout too
 	idle *idleWatch
 	body *replayBody
 }
@@ -191,7 +355,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
 			}
 			p.l7.m.retries.WithLabelValues(ri.Service, ri.Route).Inc()
-			if err := sleepCtx(req.Context(), retryBackoff(attempt, pol.base, pol.maxi)); err != nil {
+			if err := sleepCtx(ex.ctx, retryBackoff(attempt, pol.base, pol.maxi)); err != nil {
 				releaseRetry()
 				releaseReq()
 				return nil, err
@@ -214,7 +378,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		tried[ep.Addr], last = true, ep.Addr
 		ri.Attempts++
 		ri.UpstreamHost, ri.UpstreamZone = ep.Addr, ep.Zone
-		actx, acancel := req.Context(), context.CancelFunc(func() {})
+		actx, acancel := ex.ctx, context.CancelFunc(func() {})
 		if pol.perTry > 0 {
 			actx, acancel = context.WithTimeout(actx, pol.perTry)
 		}
@@ -234,6 +398,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		out := req.WithContext(actx)
 		u := *req.URL
 		out.URL = &u
+		out.Close = false // the caller's connection's, not this one's
 		out.URL.Host = ep.Addr
 		out.URL.Scheme = "http"
 		if c.TLS {
@@ -254,9 +419,9 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			status = resp.StatusCode
 		}
 		p.outcome(c, ep, status, err)
-		perTryTimedOut := err != nil && actx.Err() == context.DeadlineExceeded && req.Context().Err() == nil
+		perTryTimedOut := err != nil && actx.Err() == context.DeadlineExceeded && ex.ctx.Err() == nil
 		wanted := pol.wants(resp, err, perTryTimedOut)
-		if wanted && attempt < pol.retries && ex.body.replayable() && req.Context().Err() == nil {
+		if wanted && attempt < pol.retries && ex.body.replayable() && ex.ctx.Err() == nil {
 			if resp != nil {
 				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
