@@ -38,6 +38,9 @@ const (
 	// h1MaxHeader bounds what a request's header may take (net/http's
 	// default, and the reader's buffer).
 	h1MaxHeader = 1<<20 + 4<<10
+	// h1WatchAfter is how long a request is in flight before its
+	// connection is watched for the caller leaving.
+	h1WatchAfter = 50 * time.Millisecond
 )
 
 var (
@@ -159,19 +162,21 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	// waits on the connection, as net/http's server does: the caller
 	// closing it cancels what the request started (the upstream call, its
 	// breaker slots), instead of that running on to its timeout. A
-	// pipelined request's first byte stays in br.
-	var watch *h1Watch
-	stopWatch := func() {
-		if watch == nil {
+	// pipelined request's first byte stays in br. The read starts only
+	// once the request has taken h1WatchAfter: most are done before, and
+	// a goroutine and a read per request cost what the rest of the
+	// request does.
+	var (
+		watchMu sync.Mutex
+		armed   bool
+		watch   *h1Watch
+	)
+	watchTimer := time.AfterFunc(time.Hour, func() {
+		watchMu.Lock()
+		defer watchMu.Unlock()
+		if !armed || watch != nil {
 			return
 		}
-		watch.stopping.Store(true)
-		c.SetReadDeadline(time.Unix(1, 0)) // long past: the pending read ends at once
-		<-watch.done
-		watch = nil
-		idleUntil = time.Time{} // the loop sets the deadline again
-	}
-	startWatch := func() {
 		c.SetReadDeadline(time.Time{})
 		watch = &h1Watch{done: make(chan struct{})}
 		go func(wa *h1Watch) {
@@ -180,6 +185,28 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 				cancel() // the caller went away
 			}
 		}(watch)
+	})
+	watchTimer.Stop()
+	stopWatch := func() {
+		watchTimer.Stop()
+		watchMu.Lock()
+		armed = false
+		wa := watch
+		watch = nil
+		watchMu.Unlock()
+		if wa == nil {
+			return
+		}
+		wa.stopping.Store(true)
+		c.SetReadDeadline(time.Unix(1, 0)) // long past: the pending read ends at once
+		<-wa.done
+		idleUntil = time.Time{} // the loop sets the deadline again
+	}
+	startWatch := func() {
+		watchMu.Lock()
+		armed = true
+		watchMu.Unlock()
+		watchTimer.Reset(h1WatchAfter)
 	}
 	w.stopWatch = stopWatch
 	defer func() {
