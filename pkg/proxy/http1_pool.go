@@ -375,7 +375,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 	// already on its way, is the response.
 	early := func(werr error) (*http.Response, bool, error) {
 		pc.SetReadDeadline(time.Now().Add(time.Second))
-		resp, err := http.ReadResponse(pc.br, req)
+		resp, err := readResponse(pc.br, req)
 		if err != nil || resp.StatusCode < 200 {
 			return fail(werr)
 		}
@@ -386,7 +386,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: false, stop: stop}
 		return resp, true, nil
 	}
-	if err := req.Write(pc.bw); err != nil {
+	if err := writeRequest(pc.bw, req); err != nil {
 		return early(err)
 	}
 	if err := pc.bw.Flush(); err != nil {
@@ -396,7 +396,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 	var resp *http.Response
 	for {
 		var err error
-		if resp, err = http.ReadResponse(pc.br, req); err != nil {
+		if resp, err = readResponse(pc.br, req); err != nil {
 			return fail(err)
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {

@@ -226,7 +226,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			c.SetReadDeadline(idleUntil)
 		}
 		src.limit = h1MaxHeader
-		req, err := http.ReadRequest(br)
+		req, err := readRequest(br)
 		tooLarge := src.limit <= 0
 		src.limit = math.MaxInt64
 		if err != nil {

@@ -27,6 +27,9 @@ const maxReplay = 64 << 10
 // place (no copy per request). An upgrade (a WebSocket) goes through the
 // reverse proxy, which copies both ways once the upstream switches.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo, cfg *Config, rt *HTTPRoute) {
+	if r.ContentLength == 0 {
+		r.Body = http.NoBody // none: the upstream request has none either
+	}
 	ex, done := p.newExchange(r, ri, cfg, rt)
 	defer done()
 	if upgradeType(r.Header) != "" {

@@ -1,0 +1,461 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// HTTP/1.1 on the wire, for the fast path: the heads of plain requests and
+// responses are parsed here, from the reader's buffer, into one string
+// and one header map; anything out of the ordinary (a head larger than
+// the buffer, bare LF line ends, folded or non-ASCII lines, chunked or
+// unframed bodies, HTTP/1.0, 1xx, other request-target forms) goes to
+// net/http's parser instead, whose errors and leniencies then apply. What
+// the simple parser accepts, it reads as net/http does
+// (FuzzH1ParseMatchesNetHTTP holds it to that).
+
+// errNotSimple says a head is for net/http's parser.
+var errNotSimple = errors.New("http1: not a simple head")
+
+// peekHead returns the next message head (through its blank line) when
+// the reader's buffer holds all of it, reading as much as it takes; nil
+// when the head is larger than the buffer, has a bare LF, or the input
+// ends or fails first: net/http's parser then reads it (and reports what
+// is wrong).
+func peekHead(br *bufio.Reader) []byte {
+	from := 0
+	for {
+		b, err := br.Peek(max(br.Buffered(), 1))
+		for i := from; i < len(b); i++ {
+			if b[i] != '\n' {
+				continue
+			}
+			if i == 0 || b[i-1] != '\r' {
+				return nil // a bare LF: net/http's
+			}
+			if i >= 3 && b[i-2] == '\n' && b[i-3] == '\r' {
+				return b[:i+1]
+			}
+		}
+		if err != nil || len(b) >= br.Size() {
+			return nil
+		}
+		from = max(len(b)-3, 0)
+		if _, err := br.Peek(len(b) + 1); err != nil {
+			return nil
+		}
+	}
+}
+
+// crlfLines reports whether every CR and LF in s is part of a CRLF.
+func crlfLines(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\r':
+			if i+1 == len(s) || s[i+1] != '\n' {
+				return false
+			}
+			i++
+		case '\n':
+			return false
+		}
+	}
+	return true
+}
+
+// parseFields parses the header lines of head (after the first line,
+// through the blank line) into h, which must be empty; keys are
+// canonical. It fails (errNotSimple) on anything net/http's parser
+// should see: a folded line, a byte outside printable ASCII (tabs in
+// values aside), a key that is not a token.
+func parseFields(s string, h http.Header) error {
+	var vals []string
+	for len(s) > 2 {
+		end := strings.IndexByte(s, '\r')
+		if end < 0 {
+			return errNotSimple
+		}
+		line := s[:end]
+		s = s[end+2:]
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 {
+			return errNotSimple
+		}
+		key := line[:colon]
+		for i := 0; i < len(key); i++ {
+			if !tokenByte(key[i]) {
+				return errNotSimple
+			}
+		}
+		v := line[colon+1:]
+		for i := 0; i < len(v); i++ {
+			if c := v[i]; c < ' ' && c != '\t' || c >= 0x7f {
+				return errNotSimple
+			}
+		}
+		v = strings.Trim(v, " \t")
+		key = canonicalKey(key)
+		if vs, ok := h[key]; ok {
+			h[key] = append(vs, v)
+			continue
+		}
+		if vals == nil {
+			vals = make([]string, 0, strings.Count(s, "\n")+1)
+		}
+		vals = append(vals, v)
+		h[key] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	if s != "\r\n" {
+		return errNotSimple
+	}
+	return nil
+}
+
+// canonicalKey is k in canonical form, k itself (no copy) when it is in
+// it already.
+func canonicalKey(k string) string {
+	upper := true
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return http.CanonicalHeaderKey(k)
+		}
+		upper = c == '-'
+	}
+	return k
+}
+
+// tokenByte reports whether c may be in a header name or a method.
+func tokenByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// pathByte reports whether c stands in a request path as it is (net/url
+// would not escape it), so that the path needs no RawPath.
+func pathByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-_.~$&+,/:;=@", c) >= 0
+}
+
+// contentLength is the one Content-Length in h, -1 for none; errNotSimple
+// for several or an invalid one (net/http's parser judges them).
+func contentLength(h http.Header) (int64, error) {
+	cl, ok := h["Content-Length"]
+	switch {
+	case !ok:
+		return -1, nil
+	case len(cl) != 1 || cl[0] == "":
+		return 0, errNotSimple
+	}
+	n, err := strconv.ParseUint(cl[0], 10, 63)
+	if err != nil {
+		return 0, errNotSimple
+	}
+	return int64(n), nil
+}
+
+// parseSimpleRequest parses a request head: "METHOD /origin-form
+// HTTP/1.1", at most one Host, no Transfer-Encoding; r's body reads from
+// br (which the caller advances past the head).
+func parseSimpleRequest(head []byte, br *bufio.Reader) (*http.Request, error) {
+	s := string(head)
+	lineEnd := strings.IndexByte(s, '\r')
+	if lineEnd < 0 || !strings.HasSuffix(s, "\r\n\r\n") || !crlfLines(s) {
+		return nil, errNotSimple
+	}
+	line := s[:lineEnd]
+	method, rest, ok := strings.Cut(line, " ")
+	if !ok || method == "" || method == "CONNECT" {
+		return nil, errNotSimple
+	}
+	for i := 0; i < len(method); i++ {
+		if !tokenByte(method[i]) {
+			return nil, errNotSimple
+		}
+	}
+	target, proto, ok := strings.Cut(rest, " ")
+	if !ok || proto != "HTTP/1.1" || target == "" || target[0] != '/' {
+		return nil, errNotSimple
+	}
+	u := &url.URL{}
+	path := target
+	if q := strings.IndexByte(target, '?'); q >= 0 {
+		path = target[:q]
+		u.RawQuery = target[q+1:]
+		if u.RawQuery == "" && strings.Count(target, "?") == 1 {
+			u.ForceQuery = true
+		}
+		for i := 0; i < len(u.RawQuery); i++ {
+			if c := u.RawQuery[i]; c <= ' ' || c >= 0x7f {
+				return nil, errNotSimple
+			}
+		}
+	}
+	for i := 0; i < len(path); i++ {
+		if !pathByte(path[i]) {
+			return nil, errNotSimple
+		}
+	}
+	u.Path = path
+	h := make(http.Header, 8)
+	if err := parseFields(s[lineEnd+2:], h); err != nil {
+		return nil, err
+	}
+	hosts := h["Host"]
+	if len(hosts) > 1 || h["Transfer-Encoding"] != nil {
+		return nil, errNotSimple
+	}
+	n, err := contentLength(h)
+	if err != nil {
+		return nil, err
+	}
+	r := &http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1, Header: h, RequestURI: target, Body: http.NoBody}
+	if len(hosts) == 1 {
+		r.Host = hosts[0]
+		delete(h, "Host")
+	}
+	fixPragma(h)
+	r.Close = hasToken(h["Connection"], "close")
+	if n > 0 {
+		r.ContentLength = n
+		r.Body = &fixedBody{r: br, n: n}
+	}
+	return r, nil
+}
+
+// readRequest reads the next request on br: a simple head by the fast
+// parser, anything else by net/http's.
+func readRequest(br *bufio.Reader) (*http.Request, error) {
+	if head := peekHead(br); head != nil {
+		if r, err := parseSimpleRequest(head, br); err == nil {
+			br.Discard(len(head))
+			return r, nil
+		}
+	}
+	return http.ReadRequest(br)
+}
+
+// parseSimpleResponse parses a response head: "HTTP/1.1 NNN reason", a
+// final status (or 101), a body framed by Content-Length or none at all.
+func parseSimpleResponse(head []byte, br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	s := string(head)
+	lineEnd := strings.IndexByte(s, '\r')
+	if lineEnd < 0 || !strings.HasSuffix(s, "\r\n\r\n") || !crlfLines(s) {
+		return nil, errNotSimple
+	}
+	line := s[:lineEnd]
+	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
+		return nil, errNotSimple
+	}
+	code := 0
+	for _, c := range line[9:12] {
+		if c < '0' || c > '9' {
+			return nil, errNotSimple
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		return nil, errNotSimple
+	}
+	h := make(http.Header, 8)
+	if err := parseFields(s[lineEnd+2:], h); err != nil {
+		return nil, err
+	}
+	if h["Transfer-Encoding"] != nil {
+		return nil, errNotSimple
+	}
+	n, err := contentLength(h)
+	if err != nil {
+		return nil, err
+	}
+	fixPragma(h)
+	resp := &http.Response{Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Request: req, Body: http.NoBody, ContentLength: n}
+	if hasToken(h["Connection"], "close") {
+		resp.Close = true
+		delete(h, "Connection")
+	}
+	switch {
+	case req.Method == http.MethodHead: // the length a GET would have, no body
+	case code == http.StatusNoContent || code == http.StatusNotModified || code == http.StatusSwitchingProtocols:
+		resp.ContentLength = 0
+	case n < 0:
+		return nil, errNotSimple // delimited by the close
+	case n > 0:
+		resp.Body = &fixedBody{r: br, n: n}
+	}
+	return resp, nil
+}
+
+// fixPragma gives a header with "Pragma: no-cache" and no Cache-Control
+// "Cache-Control: no-cache", as net/http's parser does.
+func fixPragma(h http.Header) {
+	if pragma := h["Pragma"]; len(pragma) > 0 && pragma[0] == "no-cache" && h["Cache-Control"] == nil {
+		h["Cache-Control"] = []string{"no-cache"}
+	}
+}
+
+// readResponse reads the response to req on br: a simple head by the
+// fast parser, anything else by net/http's.
+func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	if head := peekHead(br); head != nil {
+		if resp, err := parseSimpleResponse(head, br, req); err == nil {
+			br.Discard(len(head))
+			return resp, nil
+		}
+	}
+	return http.ReadResponse(br, req)
+}
+
+// fixedBody is a body of n bytes; the input ending sooner is
+// io.ErrUnexpectedEOF.
+type fixedBody struct {
+	r io.Reader
+	n int64
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	b.n -= int64(n)
+	switch {
+	case b.n == 0:
+		return n, io.EOF
+	case err == io.EOF:
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (b *fixedBody) Close() error { return nil }
+
+// writeRequest writes req to bw as HTTP/1.1, for keep-alive: the request
+// line, Host, the header (hop-by-hop fields already gone) and the body,
+// framed by its length or chunked. A request this does not write
+// (trailers, CONNECT, an invalid host) goes through net/http's writer.
+func writeRequest(bw *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if len(req.Trailer) > 0 || req.Method == http.MethodConnect || req.URL.Opaque != "" || !httpguts.ValidHostHeader(host) {
+		return req.Write(bw)
+	}
+	if !validMethod(req.Method) {
+		return errors.New("http1: invalid method " + strconv.Quote(req.Method))
+	}
+	uri := req.URL.RequestURI()
+	if strings.ContainsFunc(uri, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return errors.New("http1: invalid request target " + strconv.Quote(uri))
+	}
+	body := req.Body
+	if body == http.NoBody {
+		body = nil
+	}
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(uri)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	for k, vs := range req.Header {
+		switch k {
+		case "Host", "Content-Length", "Transfer-Encoding", "Trailer", "Connection":
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			return errors.New("http1: invalid header field name " + strconv.Quote(k))
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return errors.New("http1: invalid header field value for " + strconv.Quote(k))
+			}
+			if k == "User-Agent" && v == "" {
+				continue
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	switch {
+	case body == nil:
+		if req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch {
+			bw.WriteString("Content-Length: 0\r\n")
+		}
+		_, err := bw.WriteString("\r\n")
+		return err
+	case req.ContentLength > 0:
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), req.ContentLength, 10))
+		bw.WriteString("\r\n\r\n")
+		n, err := io.CopyN(bw, body, req.ContentLength)
+		if err != nil && n < req.ContentLength {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			bw.Flush() // the upstream sees the request begin, and end short
+			return err
+		}
+		return nil
+	}
+	bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+	cw := newChunkWriter(bw)
+	if _, err := io.Copy(cw, body); err != nil {
+		bw.Flush()
+		return err
+	}
+	_, err := bw.WriteString("0\r\n\r\n")
+	return err
+}
+
+// validMethod reports whether m is a token (RFC 9110 §9.1).
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		if !tokenByte(m[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// chunkWriter writes each Write as one chunk of the chunked coding.
+type chunkWriter struct{ bw *bufio.Writer }
+
+func newChunkWriter(bw *bufio.Writer) *chunkWriter { return &chunkWriter{bw} }
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(len(p)), 16))
+	w.bw.WriteString("\r\n")
+	w.bw.Write(p)
+	if _, err := w.bw.WriteString("\r\n"); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
