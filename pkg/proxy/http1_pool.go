@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -309,32 +310,42 @@ func alive(c net.Conn) bool {
 	return ok && err == nil
 }
 
-// RoundTrip sends req to the endpoint in its URL on a pooled connection
-// and reads the response's header; the body streams from the connection,
-// which goes back to the pool when the body was read to its end and both
-// sides keep the connection alive. A reused connection found broken
-// before the response began is replaced once, when the request can be
-// sent again (as net/http does).
+// RoundTrip sends req to the endpoint in its URL (send).
 func (pl *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
-	probe := !replayable(req, true)
+	body := req.Body
+	if body == http.NoBody {
+		body = nil
+	}
+	return pl.send(req.Context(), req.Context(), req.URL.Host, req, body, req.GetBody)
+}
+
+// send sends req, with body, to the endpoint at addr on a pooled
+// connection and reads the response's header; the body streams from the
+// connection, which goes back to the pool when the body was read to its
+// end and the upstream keeps the connection alive. ctx's deadline bounds
+// the connection's I/O; watch ending (ctx's other ends) moves the
+// connection's deadline into the past. A reused connection found broken
+// before the response began is replaced once, when the request can be
+// sent again (as net/http does): again gives the body from its start.
+func (pl *h1Pool) send(ctx, watch context.Context, addr string, req *http.Request, body io.ReadCloser, again func() (io.ReadCloser, error)) (*http.Response, error) {
+	probe := !replayable(req, body != nil, again != nil, true)
 	for try := 0; ; try++ {
-		pc, err := pl.get(ctx, req.URL.Host, probe)
+		pc, err := pl.get(ctx, addr, probe)
 		if err != nil {
 			return nil, err
 		}
-		resp, sent, err := pl.exchange(ctx, pc, req)
+		resp, sent, err := pl.exchange(ctx, watch, pc, req, body)
 		if err == nil {
 			return resp, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if !pc.reused || try > 0 || !replayable(req, sent) {
+		if !pc.reused || try > 0 || !replayable(req, body != nil, again != nil, sent) {
 			return nil, err
 		}
-		if req.Body != nil {
-			if req.Body, err = req.GetBody(); err != nil {
+		if body != nil {
+			if body, err = again(); err != nil {
 				return nil, err
 			}
 		}
@@ -342,10 +353,10 @@ func (pl *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // replayable reports whether a request that failed on a reused connection
-// may go again: one not sent, or an idempotent one, whose body can be had
-// again.
-func replayable(req *http.Request, sent bool) bool {
-	if req.Body != nil && req.GetBody == nil {
+// may go again: one not sent, or an idempotent one, whose body (if it
+// has one) can be had again.
+func replayable(req *http.Request, hasBody, canAgain, sent bool) bool {
+	if hasBody && !canAgain {
 		return false
 	}
 	if !sent {
@@ -360,14 +371,21 @@ func replayable(req *http.Request, sent bool) bool {
 
 // exchange makes one request on pc; sent says whether the request left
 // (the write succeeded), for a retry's choice. On error pc is closed.
-func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (_ *http.Response, sent bool, _ error) {
+func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Request, body io.ReadCloser) (_ *http.Response, sent bool, _ error) {
+	deadline, hasDeadline := ctx.Deadline()
+	if hasDeadline {
+		pc.SetDeadline(deadline)
+	}
 	stop := func() bool { return true }
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { pc.SetDeadline(aLongTimeAgo) })
+	if watch.Done() != nil {
+		stop = context.AfterFunc(watch, func() { pc.SetDeadline(aLongTimeAgo) })
 	}
 	fail := func(err error) (*http.Response, bool, error) {
 		stop()
 		pc.Close()
+		if hasDeadline && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline) {
+			<-ctx.Done() // its timer is about to fire: the error is the timeout's
+		}
 		return nil, sent, err
 	}
 	// An upstream may answer before it has read the whole body (a 413 to
@@ -381,12 +399,12 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		}
 		sent = true
 		if ctx.Err() == nil {
-			pc.SetReadDeadline(time.Time{})
+			pc.SetReadDeadline(deadline) // the zero time without one
 		}
 		resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: false, stop: stop}
 		return resp, true, nil
 	}
-	if err := writeRequest(pc.bw, req); err != nil {
+	if err := writeRequest(pc.bw, req, body); err != nil {
 		return early(err)
 	}
 	if err := pc.bw.Flush(); err != nil {
@@ -411,7 +429,9 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		resp.Body = &h1Upgraded{pc: pc}
 		return resp, true, nil
 	}
-	keep := !resp.Close && !req.Close
+	// The proxy never asks an upstream to close: the caller's Connection
+	// header is its own connection's.
+	keep := !resp.Close
 	if resp.Body == http.NoBody {
 		stop()
 		resp.Body = http.NoBody

@@ -226,7 +226,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			c.SetReadDeadline(idleUntil)
 		}
 		src.limit = h1MaxHeader
-		req, err := readRequest(br)
+		req, err := readRequest(ctx, br)
 		tooLarge := src.limit <= 0
 		src.limit = math.MaxInt64
 		if err != nil {
@@ -265,7 +265,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			startWatch()
 		}
 		w.reset(req)
-		if !p.serveH1Request(w, req.WithContext(ctx)) || w.hijacked {
+		if !p.serveH1Request(w, req) || w.hijacked {
 			return !w.hijacked
 		}
 		stopWatch()

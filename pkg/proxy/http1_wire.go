@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -171,25 +172,25 @@ func contentLength(h http.Header) (int64, error) {
 // parseSimpleRequest parses a request head: "METHOD /origin-form
 // HTTP/1.1", at most one Host, no Transfer-Encoding; r's body reads from
 // br (which the caller advances past the head).
-func parseSimpleRequest(head []byte, br *bufio.Reader) (*http.Request, error) {
+func parseSimpleRequest(head []byte, br *bufio.Reader) (r http.Request, _ error) {
 	s := string(head)
 	lineEnd := strings.IndexByte(s, '\r')
 	if lineEnd < 0 || !strings.HasSuffix(s, "\r\n\r\n") || !crlfLines(s) {
-		return nil, errNotSimple
+		return r, errNotSimple
 	}
 	line := s[:lineEnd]
 	method, rest, ok := strings.Cut(line, " ")
 	if !ok || method == "" || method == "CONNECT" {
-		return nil, errNotSimple
+		return r, errNotSimple
 	}
 	for i := 0; i < len(method); i++ {
 		if !tokenByte(method[i]) {
-			return nil, errNotSimple
+			return r, errNotSimple
 		}
 	}
 	target, proto, ok := strings.Cut(rest, " ")
 	if !ok || proto != "HTTP/1.1" || target == "" || target[0] != '/' {
-		return nil, errNotSimple
+		return r, errNotSimple
 	}
 	u := &url.URL{}
 	path := target
@@ -201,29 +202,29 @@ func parseSimpleRequest(head []byte, br *bufio.Reader) (*http.Request, error) {
 		}
 		for i := 0; i < len(u.RawQuery); i++ {
 			if c := u.RawQuery[i]; c <= ' ' || c >= 0x7f {
-				return nil, errNotSimple
+				return r, errNotSimple
 			}
 		}
 	}
 	for i := 0; i < len(path); i++ {
 		if !pathByte(path[i]) {
-			return nil, errNotSimple
+			return r, errNotSimple
 		}
 	}
 	u.Path = path
 	h := make(http.Header, 8)
 	if err := parseFields(s[lineEnd+2:], h); err != nil {
-		return nil, err
+		return r, err
 	}
 	hosts := h["Host"]
 	if len(hosts) > 1 || h["Transfer-Encoding"] != nil {
-		return nil, errNotSimple
+		return r, errNotSimple
 	}
 	n, err := contentLength(h)
 	if err != nil {
-		return nil, err
+		return r, err
 	}
-	r := &http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1, Header: h, RequestURI: target, Body: http.NoBody}
+	r = http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1, Header: h, RequestURI: target, Body: http.NoBody}
 	if len(hosts) == 1 {
 		r.Host = hosts[0]
 		delete(h, "Host")
@@ -237,16 +238,20 @@ func parseSimpleRequest(head []byte, br *bufio.Reader) (*http.Request, error) {
 	return r, nil
 }
 
-// readRequest reads the next request on br: a simple head by the fast
-// parser, anything else by net/http's.
-func readRequest(br *bufio.Reader) (*http.Request, error) {
+// readRequest reads the next request on br, with ctx as its context: a
+// simple head by the fast parser, anything else by net/http's.
+func readRequest(ctx context.Context, br *bufio.Reader) (*http.Request, error) {
 	if head := peekHead(br); head != nil {
 		if r, err := parseSimpleRequest(head, br); err == nil {
 			br.Discard(len(head))
-			return r, nil
+			return r.WithContext(ctx), nil
 		}
 	}
-	return http.ReadRequest(br)
+	r, err := http.ReadRequest(br)
+	if err != nil {
+		return nil, err
+	}
+	return r.WithContext(ctx), nil
 }
 
 // parseSimpleResponse parses a response head: "HTTP/1.1 NNN reason", a
@@ -349,16 +354,22 @@ func (b *fixedBody) Read(p []byte) (int, error) {
 func (b *fixedBody) Close() error { return nil }
 
 // writeRequest writes req to bw as HTTP/1.1, for keep-alive: the request
-// line, Host, the header (hop-by-hop fields already gone) and the body,
-// framed by its length or chunked. A request this does not write
+// line, Host, the header (hop-by-hop fields already gone) and body (nil:
+// none; req.Body is not read), framed by req.ContentLength, or chunked
+// when it is unknown. A request this does not write
 // (trailers, CONNECT, an invalid host) goes through net/http's writer.
-func writeRequest(bw *bufio.Writer, req *http.Request) error {
+func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
 	if len(req.Trailer) > 0 || req.Method == http.MethodConnect || req.URL.Opaque != "" || !httpguts.ValidHostHeader(host) {
-		return req.Write(bw)
+		out := *req
+		out.Body, out.Close = body, false
+		if body == nil {
+			out.ContentLength = 0
+		}
+		return out.Write(bw)
 	}
 	if !validMethod(req.Method) {
 		return errors.New("http1: invalid method " + strconv.Quote(req.Method))
@@ -366,10 +377,6 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	uri := req.URL.RequestURI()
 	if strings.ContainsFunc(uri, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		return errors.New("http1: invalid request target " + strconv.Quote(uri))
-	}
-	body := req.Body
-	if body == http.NoBody {
-		body = nil
 	}
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')

@@ -135,13 +135,9 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, body io.Reader, stream bool)
 	}
 }
 
-// hopByHop are the headers of one connection, never forwarded (RFC 9110
-// §7.6.1, and those net/http's reverse proxy also removes).
-var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// removeHopByHop removes the hop-by-hop headers from h: the fixed ones
-// and those its Connection header names.
+// removeHopByHop removes the hop-by-hop headers from h (RFC 9110 §7.6.1,
+// and those net/http's reverse proxy also removes), and those its
+// Connection header names.
 func removeHopByHop(h http.Header) {
 	for _, v := range h["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
@@ -150,8 +146,14 @@ func removeHopByHop(h http.Header) {
 			}
 		}
 	}
-	for _, k := range hopByHop {
-		delete(h, k)
+	// A header has a few keys: looking at each is cheaper than deleting
+	// nine that are mostly not there.
+	for k := range h {
+		switch k {
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+			delete(h, k)
+		}
 	}
 }
 
@@ -198,7 +200,11 @@ func (p *Proxy) newExchange(r *http.Request, ri *requestInfo, cfg *Config, rt *H
 		}
 	}
 	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, down: down, ctx: ctx, body: body}
+	if _, ok := ctx.Deadline(); ok || ctx == down {
+		ex.watch = down // all ctx adds to down is a deadline
+	}
 	if rt.IdleTimeout > 0 {
+		ex.watch = nil
 		ex.idle = newIdleWatch(rt.IdleTimeout)
 		var stop context.CancelFunc
 		ex.ctx, stop = ex.idle.bind(ex.ctx)
@@ -324,8 +330,12 @@ type exchange struct {
 	ri   *requestInfo
 	down context.Context // the caller's: done when it goes away
 	ctx  context.Context // the route's: done at its timeout too
-	idle *idleWatch
-	body *replayBody
+	// watch, when set, is the context whose end is all of ctx's but its
+	// deadline (the caller's, down): the HTTP/1.1 pool keeps to the
+	// deadline with its connection's and watches this one.
+	watch context.Context
+	idle  *idleWatch
+	body  *replayBody
 }
 
 // RoundTrip picks the route's cluster once, then makes attempts, each to
@@ -385,36 +395,38 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		if pol.perTry > 0 {
 			actx, acancel = context.WithTimeout(actx, pol.perTry)
 		}
-		// A shallow copy with its own URL: the reverse proxy's outgoing
-		// request is already a copy, and a RoundTripper only reads the
-		// headers, so every attempt shares them (a deep Clone per attempt
-		// was 9% of the bytes a sidecar allocated per request); an attempt
-		// that must change its headers clones them first.
-		// A dial of the Transport this attempt starts may wait as a
-		// pending request (connectionSlot) until the attempt has its
-		// connection; the HTTP/1.1 pool waits on its own.
-		var got chan struct{}
-		if _, h1 := pool.(*h1Pool); !h1 {
-			got = make(chan struct{})
-			actx = withAttemptDone(actx, got)
+		var body io.ReadCloser
+		var again func() (io.ReadCloser, error)
+		if req.Body != nil && req.Body != http.NoBody {
+			body, again = ex.body.attempt(), ex.again
 		}
-		out := req.WithContext(actx)
-		u := *req.URL
-		out.URL = &u
-		out.Close = false // the caller's connection's, not this one's
-		out.URL.Host = ep.Addr
-		out.URL.Scheme = "http"
-		if c.TLS {
-			out.URL.Scheme = "https"
-		}
-		out.Body = ex.body.attempt()
-		if req.Body == nil || req.Body == http.NoBody {
-			out.Body = nil
+		var resp *http.Response
+		var err error
+		if h1, ok := pool.(*h1Pool); ok {
+			// The HTTP/1.1 pool takes the request as it is: no copy.
+			// Deadlines bound its I/O; the caller leaving, or an idle
+			// timeout, cancels watch.
+			watch := ex.watch
+			if watch == nil {
+				watch = actx
+			}
+			resp, err = h1.send(actx, watch, ep.Addr, req, body, again)
 		} else {
-			out.GetBody = ex.again
-		}
-		resp, err := pool.RoundTrip(out)
-		if got != nil {
+			// A shallow copy with its own URL and context, which a dial
+			// of the Transport's may wait on as a pending request
+			// (connectionSlot) until the attempt has its connection.
+			got := make(chan struct{})
+			out := req.WithContext(withAttemptDone(actx, got))
+			u := *req.URL
+			out.URL = &u
+			out.Close = false // the caller's connection's, not this one's
+			out.URL.Host = ep.Addr
+			out.URL.Scheme = "http"
+			if c.TLS {
+				out.URL.Scheme = "https"
+			}
+			out.Body, out.GetBody = body, again
+			resp, err = pool.RoundTrip(out)
 			close(got)
 		}
 		status := 0
