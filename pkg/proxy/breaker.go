@@ -48,6 +48,10 @@ type breaker interface {
 	// ursa_dp_circuit_breaker_open_total. release frees the slot; it is
 	// called exactly once when acquire says true.
 	acquire(kind limitKind) (release func(), ok bool)
+	// hold is acquire for a caller that keeps track itself: free gives
+	// the slot back, exactly once after hold said true.
+	hold(kind limitKind) bool
+	free(kind limitKind)
 }
 
 // Unlimited is a threshold that never trips.
@@ -170,6 +174,16 @@ func (b *circuitBreaker) acquire(kind limitKind) (func(), bool) {
 	var once sync.Once
 	return func() { once.Do(func() { b.release(kind) }) }, true
 }
+
+func (b *circuitBreaker) hold(kind limitKind) bool {
+	if !b.take(kind) {
+		b.overflow(kind)
+		return false
+	}
+	return true
+}
+
+func (b *circuitBreaker) free(kind limitKind) { b.release(kind) }
 
 // release gives back one of kind that take took.
 func (b *circuitBreaker) release(kind limitKind) {

@@ -316,7 +316,7 @@ func (pl *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body == http.NoBody {
 		body = nil
 	}
-	return pl.send(req.Context(), req.Context(), req.URL.Host, req, body, req.GetBody)
+	return pl.send(req.Context(), req.Context(), req.URL.Host, req, body, req.GetBody, nil)
 }
 
 // send sends req, with body, to the endpoint at addr on a pooled
@@ -327,14 +327,14 @@ func (pl *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 // connection's deadline into the past. A reused connection found broken
 // before the response began is replaced once, when the request can be
 // sent again (as net/http does): again gives the body from its start.
-func (pl *h1Pool) send(ctx, watch context.Context, addr string, req *http.Request, body io.ReadCloser, again func() (io.ReadCloser, error)) (*http.Response, error) {
+func (pl *h1Pool) send(ctx, watch context.Context, addr string, req *http.Request, body io.ReadCloser, again func() (io.ReadCloser, error), sc *h1Scratch) (*http.Response, error) {
 	probe := !replayable(req, body != nil, again != nil, true)
 	for try := 0; ; try++ {
 		pc, err := pl.get(ctx, addr, probe)
 		if err != nil {
 			return nil, err
 		}
-		resp, sent, err := pl.exchange(ctx, watch, pc, req, body)
+		resp, sent, err := pl.exchange(ctx, watch, pc, req, body, sc)
 		if err == nil {
 			return resp, nil
 		}
@@ -371,7 +371,7 @@ func replayable(req *http.Request, hasBody, canAgain, sent bool) bool {
 
 // exchange makes one request on pc; sent says whether the request left
 // (the write succeeded), for a retry's choice. On error pc is closed.
-func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Request, body io.ReadCloser) (_ *http.Response, sent bool, _ error) {
+func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Request, body io.ReadCloser, sc *h1Scratch) (_ *http.Response, sent bool, _ error) {
 	deadline, hasDeadline := ctx.Deadline()
 	if hasDeadline {
 		pc.SetDeadline(deadline)
@@ -393,7 +393,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	// already on its way, is the response.
 	early := func(werr error) (*http.Response, bool, error) {
 		pc.SetReadDeadline(time.Now().Add(time.Second))
-		resp, err := readResponse(pc.br, req)
+		resp, err := readResponse(pc.br, req, sc)
 		if err != nil || resp.StatusCode < 200 {
 			return fail(werr)
 		}
@@ -414,7 +414,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	var resp *http.Response
 	for {
 		var err error
-		if resp, err = readResponse(pc.br, req); err != nil {
+		if resp, err = readResponse(pc.br, req, sc); err != nil {
 			return fail(err)
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {

@@ -146,7 +146,7 @@ func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader, dst netip.AddrPort) (reusable bool) {
 	bw := h1Writers.Get().(*bufio.Writer)
 	bw.Reset(c)
-	meta := &connMeta{listener: name, dst: dst}
+	meta := &connMeta{listener: name, dst: dst, scratch: &h1Scratch{}}
 	var idleUntil time.Time
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, meta))
 	ctx = context.WithValue(ctx, http.ServerContextKey, h1Server)
@@ -226,7 +226,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			c.SetReadDeadline(idleUntil)
 		}
 		src.limit = h1MaxHeader
-		req, err := readRequest(ctx, br)
+		req, err := readRequest(ctx, br, meta.scratch)
 		tooLarge := src.limit <= 0
 		src.limit = math.MaxInt64
 		if err != nil {

@@ -22,6 +22,42 @@ import (
 // the simple parser accepts, it reads as net/http does
 // (FuzzH1ParseMatchesNetHTTP holds it to that).
 
+// h1Scratch is what one HTTP/1.1 fast-path connection parses its
+// requests' and their responses' heads into, again for each request: its
+// requests come one at a time, and nothing holds a request's headers
+// past its end (access logs and spans are written before). A nil
+// *h1Scratch makes new ones.
+type h1Scratch struct {
+	req, resp         http.Header
+	reqVals, respVals []string // the headers' values
+}
+
+// reqHeader and respHeader are the scratch's headers, emptied, and where
+// their values are kept; new ones for a nil scratch.
+func (sc *h1Scratch) reqHeader() (http.Header, *[]string) {
+	if sc == nil {
+		return make(http.Header, 8), nil
+	}
+	sc.req = reuse(sc.req)
+	return sc.req, &sc.reqVals
+}
+
+func (sc *h1Scratch) respHeader() (http.Header, *[]string) {
+	if sc == nil {
+		return make(http.Header, 8), nil
+	}
+	sc.resp = reuse(sc.resp)
+	return sc.resp, &sc.respVals
+}
+
+func reuse(h http.Header) http.Header {
+	if h == nil {
+		return make(http.Header, 8)
+	}
+	clear(h)
+	return h
+}
+
 // errNotSimple says a head is for net/http's parser.
 var errNotSimple = errors.New("http1: not a simple head")
 
@@ -76,8 +112,12 @@ func crlfLines(s string) bool {
 // canonical. It fails (errNotSimple) on anything net/http's parser
 // should see: a folded line, a byte outside printable ASCII (tabs in
 // values aside), a key that is not a token.
-func parseFields(s string, h http.Header) error {
+func parseFields(s string, h http.Header, keep *[]string) error {
 	var vals []string
+	if keep != nil {
+		vals = (*keep)[:0]
+		defer func() { *keep = vals[:0] }()
+	}
 	for len(s) > 2 {
 		end := strings.IndexByte(s, '\r')
 		if end < 0 {
@@ -110,7 +150,7 @@ func parseFields(s string, h http.Header) error {
 		if vals == nil {
 			vals = make([]string, 0, strings.Count(s, "\n")+1)
 		}
-		vals = append(vals, v)
+		vals = append(vals, v) // a slice grown anew leaves the keys before on the old one
 		h[key] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	if s != "\r\n" {
@@ -172,7 +212,7 @@ func contentLength(h http.Header) (int64, error) {
 // parseSimpleRequest parses a request head: "METHOD /origin-form
 // HTTP/1.1", at most one Host, no Transfer-Encoding; r's body reads from
 // br (which the caller advances past the head).
-func parseSimpleRequest(head []byte, br *bufio.Reader) (r http.Request, _ error) {
+func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch) (r http.Request, _ error) {
 	s := string(head)
 	lineEnd := strings.IndexByte(s, '\r')
 	if lineEnd < 0 || !strings.HasSuffix(s, "\r\n\r\n") || !crlfLines(s) {
@@ -212,8 +252,8 @@ func parseSimpleRequest(head []byte, br *bufio.Reader) (r http.Request, _ error)
 		}
 	}
 	u.Path = path
-	h := make(http.Header, 8)
-	if err := parseFields(s[lineEnd+2:], h); err != nil {
+	h, vals := sc.reqHeader()
+	if err := parseFields(s[lineEnd+2:], h, vals); err != nil {
 		return r, err
 	}
 	hosts := h["Host"]
@@ -240,9 +280,9 @@ func parseSimpleRequest(head []byte, br *bufio.Reader) (r http.Request, _ error)
 
 // readRequest reads the next request on br, with ctx as its context: a
 // simple head by the fast parser, anything else by net/http's.
-func readRequest(ctx context.Context, br *bufio.Reader) (*http.Request, error) {
+func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Request, error) {
 	if head := peekHead(br); head != nil {
-		if r, err := parseSimpleRequest(head, br); err == nil {
+		if r, err := parseSimpleRequest(head, br, sc); err == nil {
 			br.Discard(len(head))
 			return r.WithContext(ctx), nil
 		}
@@ -256,7 +296,7 @@ func readRequest(ctx context.Context, br *bufio.Reader) (*http.Request, error) {
 
 // parseSimpleResponse parses a response head: "HTTP/1.1 NNN reason", a
 // final status (or 101), a body framed by Content-Length or none at all.
-func parseSimpleResponse(head []byte, br *bufio.Reader, req *http.Request) (*http.Response, error) {
+func parseSimpleResponse(head []byte, br *bufio.Reader, req *http.Request, sc *h1Scratch) (*http.Response, error) {
 	s := string(head)
 	lineEnd := strings.IndexByte(s, '\r')
 	if lineEnd < 0 || !strings.HasSuffix(s, "\r\n\r\n") || !crlfLines(s) {
@@ -276,8 +316,8 @@ func parseSimpleResponse(head []byte, br *bufio.Reader, req *http.Request) (*htt
 	if code < 200 && code != http.StatusSwitchingProtocols {
 		return nil, errNotSimple
 	}
-	h := make(http.Header, 8)
-	if err := parseFields(s[lineEnd+2:], h); err != nil {
+	h, vals := sc.respHeader()
+	if err := parseFields(s[lineEnd+2:], h, vals); err != nil {
 		return nil, err
 	}
 	if h["Transfer-Encoding"] != nil {
@@ -316,9 +356,9 @@ func fixPragma(h http.Header) {
 
 // readResponse reads the response to req on br: a simple head by the
 // fast parser, anything else by net/http's.
-func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+func readResponse(br *bufio.Reader, req *http.Request, sc *h1Scratch) (*http.Response, error) {
 	if head := peekHead(br); head != nil {
-		if resp, err := parseSimpleResponse(head, br, req); err == nil {
+		if resp, err := parseSimpleResponse(head, br, req, sc); err == nil {
 			br.Discard(len(head))
 			return resp, nil
 		}

@@ -42,13 +42,13 @@ var wireSeeds = []string{
 func TestWireSimpleAccepts(t *testing.T) {
 	for i, in := range wireSeeds[:3] {
 		br := bufio.NewReader(strings.NewReader(in))
-		if _, err := parseSimpleRequest(peekHead(br), br); err != nil {
+		if _, err := parseSimpleRequest(peekHead(br), br, nil); err != nil {
 			t.Errorf("request %d: %v", i, err)
 		}
 	}
 	for i, in := range []string{wireSeeds[15], wireSeeds[16], wireSeeds[17]} {
 		br := bufio.NewReader(strings.NewReader(in))
-		if _, err := parseSimpleResponse(peekHead(br), br, &http.Request{Method: "GET"}); err != nil {
+		if _, err := parseSimpleResponse(peekHead(br), br, &http.Request{Method: "GET"}, nil); err != nil {
 			t.Errorf("response %d: %v", i, err)
 		}
 	}
@@ -63,6 +63,19 @@ func FuzzH1ParseMatchesNetHTTP(f *testing.F) {
 		f.Add([]byte(s), false)
 	}
 	f.Fuzz(func(t *testing.T, in []byte, head bool) {
+		// A connection's scratch, used before: what it held must not
+		// show through.
+		sc := &h1Scratch{}
+		warm := "GET /old HTTP/1.1\r\nHost: old\r\nX-Old: 1\r\nAccept: a\r\n\r\n"
+		wr := bufio.NewReader(strings.NewReader(warm))
+		if _, err := parseSimpleRequest(peekHead(wr), wr, sc); err != nil {
+			t.Fatal(err)
+		}
+		warm = "HTTP/1.1 200 OK\r\nX-Old: 1\r\nContent-Length: 0\r\n\r\n"
+		wr = bufio.NewReader(strings.NewReader(warm))
+		if _, err := parseSimpleResponse(peekHead(wr), wr, &http.Request{Method: "GET"}, sc); err != nil {
+			t.Fatal(err)
+		}
 		if bytes.HasPrefix(in, []byte("HTTP/")) {
 			method := http.MethodGet
 			if head {
@@ -70,7 +83,7 @@ func FuzzH1ParseMatchesNetHTTP(f *testing.F) {
 			}
 			req := &http.Request{Method: method}
 			br := bufio.NewReaderSize(bytes.NewReader(in), 4096)
-			ours, err := parseSimpleResponse(peekHead(br), br, req)
+			ours, err := parseSimpleResponse(peekHead(br), br, req, sc)
 			if err != nil {
 				return
 			}
@@ -90,7 +103,7 @@ func FuzzH1ParseMatchesNetHTTP(f *testing.F) {
 		}
 		br := bufio.NewReaderSize(bytes.NewReader(in), 4096)
 		h := peekHead(br)
-		parsed, err := parseSimpleRequest(h, br)
+		parsed, err := parseSimpleRequest(h, br, sc)
 		if err != nil {
 			return
 		}

@@ -40,6 +40,8 @@ type requestInfo struct {
 	Attempts int
 	// span is the request's span, when its chain traces (startSpan).
 	span trace.Span
+	// scratch is the connection's, for the response's header (h1Scratch).
+	scratch *h1Scratch
 }
 
 // flag raises a response flag once.

@@ -101,6 +101,9 @@ type connMeta struct {
 	listener string
 	dst      netip.AddrPort
 	done     chan struct{}
+	// scratch, on an HTTP/1.1 fast-path connection, is what its requests'
+	// and responses' heads are parsed into.
+	scratch *h1Scratch
 }
 
 type connKey struct{}
@@ -211,7 +214,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg := p.cfg.Load()
 	ri := &requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
-		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, Direction: "outbound"}
+		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, Direction: "outbound", scratch: meta.scratch}
 	if r.ProtoMajor == 2 {
 		ri.Protocol = "HTTP/2" // as Envoy's %PROTOCOL% writes it (r.Proto is "HTTP/2.0")
 	}

@@ -336,6 +336,13 @@ type exchange struct {
 	watch context.Context
 	idle  *idleWatch
 	body  *replayBody
+	// The circuit breaker slots the exchange holds (the request's, and
+	// the retry's of the last attempt), and the last attempt's context's
+	// cancel, until respBody, the response's body, closes.
+	br        breaker
+	retryHeld bool
+	acancel   context.CancelFunc
+	respBody  exchangeBody
 }
 
 // RoundTrip picks the route's cluster once, then makes attempts, each to
@@ -350,23 +357,37 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 	if c == nil || c.Warming || c.OriginalDst {
 		return nil, &localReplyError{http.StatusServiceUnavailable, "NC", "no healthy upstream"}
 	}
-	releaseReq, ok := p.breakerFor(c).acquire(limitRequest)
-	if !ok {
+	br := p.breakerFor(c)
+	if !br.hold(limitRequest) {
 		return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
 	}
+	ex.br = br
+	releaseReq := func() { br.free(limitRequest) }
 	var pol retryPolicy
 	if rt.Retry != nil {
 		pol = *rt.Retry
 	}
 	pool := p.upstreamFor(c)
-	tried, last := map[string]bool{}, ""
+	// tried is made at the first retry: most requests make one attempt.
+	var tried map[string]bool
+	last := ""
 	for attempt := 0; ; attempt++ {
-		releaseRetry := func() {}
+		ex.retryHeld = false
+		releaseRetry := func() {
+			if ex.retryHeld {
+				ex.retryHeld = false
+				br.free(limitRetry)
+			}
+		}
 		if attempt > 0 {
-			if releaseRetry, ok = p.breakerFor(c).acquire(limitRetry); !ok {
+			if tried == nil {
+				tried = map[string]bool{last: true}
+			}
+			if !br.hold(limitRetry) {
 				releaseReq()
 				return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
 			}
+			ex.retryHeld = true
 			p.l7.m.retries.WithLabelValues(ri.Service, ri.Route).Inc()
 			if err := sleepCtx(ex.ctx, retryBackoff(attempt, pol.base, pol.maxi)); err != nil {
 				releaseRetry()
@@ -388,10 +409,13 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			releaseReq()
 			return nil, &localReplyError{http.StatusServiceUnavailable, "UH", "no healthy upstream"}
 		}
-		tried[ep.Addr], last = true, ep.Addr
+		if tried != nil {
+			tried[ep.Addr] = true
+		}
+		last = ep.Addr
 		ri.Attempts++
 		ri.UpstreamHost, ri.UpstreamZone = ep.Addr, ep.Zone
-		actx, acancel := ex.ctx, context.CancelFunc(func() {})
+		actx, acancel := ex.ctx, context.CancelFunc(nop)
 		if pol.perTry > 0 {
 			actx, acancel = context.WithTimeout(actx, pol.perTry)
 		}
@@ -410,7 +434,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			if watch == nil {
 				watch = actx
 			}
-			resp, err = h1.send(actx, watch, ep.Addr, req, body, again)
+			resp, err = h1.send(actx, watch, ep.Addr, req, body, again, ri.scratch)
 		} else {
 			// A shallow copy with its own URL and context, which a dial
 			// of the Transport's may wait on as a pending request
@@ -472,9 +496,40 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			ex.idle.kick()
 			resp.Body = &idleBody{ReadCloser: resp.Body, idle: ex.idle}
 		}
-		resp.Body = &releasingBody{ReadCloser: resp.Body, release: func() { acancel(); releaseRetry(); releaseReq() }}
+		// The slots and the attempt's context are the response's until
+		// its body closes (the exchange's own body: no allocation).
+		ex.acancel = acancel
+		ex.respBody = exchangeBody{ReadCloser: resp.Body, ex: ex}
+		resp.Body = &ex.respBody
 		return resp, nil
 	}
+}
+
+// nop does nothing.
+func nop() {}
+
+// exchangeBody is a response's body as the exchange hands it on: closing
+// it frees the exchange's breaker slots and ends its last attempt's
+// context, once.
+type exchangeBody struct {
+	io.ReadCloser
+	ex   *exchange
+	done bool
+}
+
+func (b *exchangeBody) Close() error {
+	err := b.ReadCloser.Close()
+	if !b.done {
+		b.done = true
+		ex := b.ex
+		ex.acancel()
+		if ex.retryHeld {
+			ex.retryHeld = false
+			ex.br.free(limitRetry)
+		}
+		ex.br.free(limitRequest)
+	}
+	return err
 }
 
 // again is the request body from its start, for a connection pool that
@@ -588,21 +643,8 @@ func weighted(rs []Route) string {
 	return ""
 }
 
-// releasingBody calls release once when the response body is closed.
-type releasingBody struct {
-	io.ReadCloser
-	release func()
-	once    sync.Once
-}
-
-func (b *releasingBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.once.Do(b.release)
-	return err
-}
-
-// upgradedBody is releasingBody for an upgraded connection's body, which
-// the reverse proxy writes to as well.
+// upgradedBody is an upgraded connection as the response's body, which
+// the reverse proxy writes to as well; closing it calls release, once.
 type upgradedBody struct {
 	io.ReadWriteCloser
 	release func()

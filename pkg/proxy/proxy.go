@@ -615,64 +615,77 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 // factor allows, the rest spills to the next), then an endpoint of that
 // level by weight.
 func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
+	// Levels in the order their priorities first appear, and which
+	// endpoints may be picked: on the stack for the usual few.
 	type level struct {
-		healthy       []Endpoint
-		total, health uint32
+		prio                 uint32
+		total, health, avail uint32 // avail: the weight of those untried
+		load                 uint32
+	}
+	var levelBuf [4]level
+	var okBuf [16]bool
+	levels, ok := levelBuf[:0], okBuf[:0]
+	if len(c.Endpoints) > len(okBuf) {
+		ok = make([]bool, 0, len(c.Endpoints))
 	}
 	if len(tried) == 0 {
 		p.resil.health.traffic(c.Name)
 	}
-	var levels []*level
-	byPrio := map[uint32]*level{}
+	n := 0
 	for _, ep := range c.Endpoints {
-		lv, ok := byPrio[ep.Priority]
-		if !ok {
-			lv = &level{}
-			byPrio[ep.Priority] = lv
-			levels = append(levels, lv)
+		li := -1
+		for i := range levels {
+			if levels[i].prio == ep.Priority {
+				li = i
+				break
+			}
 		}
+		if li < 0 {
+			levels = append(levels, level{prio: ep.Priority})
+			li = len(levels) - 1
+		}
+		lv := &levels[li]
 		lv.total += ep.Weight
+		usable := false
 		if p.healthy(c.Name, ep.Addr) {
 			// Priority loads follow health only: a retry avoids the
 			// endpoints it tried within the priority it lands in (Envoy's
 			// previous_hosts), it does not shift load to the next one.
 			lv.health += ep.Weight
+			n++
 			if !tried[ep.Addr] {
-				lv.healthy = append(lv.healthy, ep)
+				lv.avail += ep.Weight
+				usable = true
 			}
 		}
+		ok = append(ok, usable)
 	}
 	if len(tried) == 0 {
-		n := 0
-		for _, lv := range levels {
-			n += len(lv.healthy)
-		}
 		p.healthyGauge.WithLabelValues(c.Name).Set(float64(n))
 	}
 	remaining := uint32(100)
-	loads := make([]uint32, len(levels))
-	for i, lv := range levels {
+	for i := range levels {
+		lv := &levels[i]
 		if lv.total == 0 {
 			continue
 		}
 		share := min(100, lv.health*100/lv.total*c.Overprovisioning/100)
-		loads[i] = min(remaining, share)
-		remaining -= loads[i]
+		lv.load = min(remaining, share)
+		remaining -= lv.load
 	}
 	sum := 100 - remaining
 	if sum == 0 {
 		return Endpoint{}, false
 	}
 	from := func(lv *level) (Endpoint, bool) {
-		var w uint32
-		for _, ep := range lv.healthy {
-			w += ep.Weight
-		}
-		if w == 0 {
+		if lv.avail == 0 {
 			return Endpoint{}, false
 		}
-		k := rand.Uint32N(w)
-		for _, ep := range lv.healthy {
+		k := rand.Uint32N(lv.avail)
+		for i, ep := range c.Endpoints {
+			if !ok[i] || ep.Priority != lv.prio {
+				continue
+			}
 			if k < ep.Weight {
 				return ep, true
 			}
@@ -680,10 +693,11 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		}
 		return Endpoint{}, false
 	}
-	n := rand.Uint32N(sum)
-	for i, lv := range levels {
-		if n >= loads[i] {
-			n -= loads[i]
+	r := rand.Uint32N(sum)
+	for i := range levels {
+		lv := &levels[i]
+		if r >= lv.load {
+			r -= lv.load
 			continue
 		}
 		if ep, ok := from(lv); ok {
@@ -691,8 +705,8 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		}
 		break // every healthy endpoint of that priority was tried
 	}
-	for _, lv := range levels { // then the first priority with one left
-		if ep, ok := from(lv); ok {
+	for i := range levels { // then the first priority with one left
+		if ep, ok := from(&levels[i]); ok {
 			return ep, true
 		}
 	}
