@@ -101,9 +101,7 @@ func (p *Proxy) recordOf(ri *requestInfo) *accessRecord {
 	}
 	r.DownstreamLocal = ri.Local
 	if ri.Direction == "inbound" {
-		if r.Zone = p.Zone; r.Zone == "" {
-			r.Zone = zoneOf(p.cfg.Load().Identity)
-		}
+		r.Zone = p.localZone()
 	}
 	return r
 }

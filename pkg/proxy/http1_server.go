@@ -371,6 +371,26 @@ func (b *h1ReqBody) finish() bool {
 	return n <= h1MaxDrain && err == io.EOF
 }
 
+// dateNow is the Date header's value for now, formatted once a second.
+func dateNow() string {
+	now := time.Now().Unix()
+	if d := dateCache.Load(); d != nil && d.unix == now {
+		return d.s
+	}
+	d := &cachedDate{unix: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d.s
+}
+
+type cachedDate struct {
+	unix int64
+	s    string
+}
+
+// dateCache is the last second's Date (a cache of a pure function of the
+// clock, shared by every proxy in the process).
+var dateCache atomic.Pointer[cachedDate]
+
 // h1Watch is the read that watches a connection for its caller leaving.
 type h1Watch struct {
 	done     chan struct{}
@@ -403,11 +423,16 @@ type h1Writer struct {
 }
 
 func (w *h1Writer) reset(req *http.Request) {
-	*w = h1Writer{c: w.c, bw: w.bw, br: w.br, stopWatch: w.stopWatch, req: req, header: make(http.Header), cl: -1}
+	*w = h1Writer{c: w.c, bw: w.bw, br: w.br, stopWatch: w.stopWatch, req: req, cl: -1}
 	w.closeAfter = req.Close || !req.ProtoAtLeast(1, 1) && !hasToken(req.Header["Connection"], "keep-alive")
 }
 
-func (w *h1Writer) Header() http.Header { return w.header }
+func (w *h1Writer) Header() http.Header {
+	if w.header == nil {
+		w.header = make(http.Header) // most responses adopt the upstream's instead
+	}
+	return w.header
+}
 
 // adoptHeader makes h the response's header, before WriteHeader: the
 // upstream response's, which nothing else holds, without a copy. What
@@ -460,7 +485,7 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 		return
 	}
 	w.wroteHeader = true
-	h := w.header
+	h := w.Header()
 	var trailers []string
 	switch {
 	case w.noBody || w.cl >= 0:
@@ -480,7 +505,7 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 	}
 	if _, ok := h["Date"]; !ok {
 		w.bw.WriteString("Date: ")
-		w.bw.Write(time.Now().UTC().AppendFormat(w.bw.AvailableBuffer(), http.TimeFormat))
+		w.bw.WriteString(dateNow())
 		w.bw.WriteString("\r\n")
 	}
 	switch {

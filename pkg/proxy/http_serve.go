@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -31,7 +30,7 @@ type httpMetrics struct {
 // l7Engine is the Proxy's HTTP state.
 type l7Engine struct {
 	m       *httpMetrics
-	buffers httputil.BufferPool
+	buffers *bufferPool
 	errLog  *log.Logger
 	poolsMu sync.Mutex
 	pools   map[string]*httpPoolEntry
@@ -56,14 +55,20 @@ func (p *Proxy) initL7(reg prometheus.Registerer) error {
 // bufferPool lends the reverse proxy its copy buffers.
 type bufferPool struct{ pool sync.Pool }
 
-func (b *bufferPool) Get() []byte {
-	if v, ok := b.pool.Get().(*[]byte); ok {
-		return *v
-	}
-	return make([]byte, 32<<10)
-}
+func (b *bufferPool) Get() []byte { return *b.take() }
 
 func (b *bufferPool) Put(buf []byte) { b.pool.Put(&buf) }
+
+// take and give lend a buffer without allocating its pointer anew.
+func (b *bufferPool) take() *[]byte {
+	if v, ok := b.pool.Get().(*[]byte); ok {
+		return v
+	}
+	buf := make([]byte, 32<<10)
+	return &buf
+}
+
+func (b *bufferPool) give(buf *[]byte) { b.pool.Put(buf) }
 
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 	m := &httpMetrics{
@@ -104,6 +109,20 @@ type connMeta struct {
 	// scratch, on an HTTP/1.1 fast-path connection, is what its requests'
 	// and responses' heads are parsed into.
 	scratch *h1Scratch
+	// uris are the caller's certificate's URI SANs, once asked for.
+	urisOnce sync.Once
+	uris     []string
+}
+
+// peerURIs are the URI SANs of the connection's caller's certificate
+// (st is its TLS state), made once per connection.
+func (m *connMeta) peerURIs(st *tls.ConnectionState) []string {
+	m.urisOnce.Do(func() {
+		if st != nil && len(st.PeerCertificates) > 0 {
+			m.uris = uriSANs(st.PeerCertificates[0])
+		}
+	})
+	return m.uris
 }
 
 type connKey struct{}
@@ -252,11 +271,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if chain.RBAC != nil {
-		var uris []string
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			uris = uriSANs(r.TLS.PeerCertificates[0])
-		}
-		if !chain.RBAC.allows(uris) {
+		if !chain.RBAC.allows(meta.peerURIs(r.TLS)) {
 			p.localReply(cw, r, ri, http.StatusForbidden, "", "RBAC: access denied")
 			return
 		}
@@ -490,10 +505,7 @@ func grpcStatusOf(status int) int {
 func (p *Proxy) countRequest(ri *requestInfo) {
 	zone := ri.UpstreamZone
 	if ri.Direction == "inbound" {
-		zone = p.Zone
-		if zone == "" {
-			zone = zoneOf(p.cfg.Load().Identity)
-		}
+		zone = p.localZone()
 	}
 	p.l7.m.requests.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone, strconv.Itoa(ri.Status)).Inc()
 	p.l7.m.duration.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone).Observe(ri.Duration.Seconds())
@@ -560,6 +572,27 @@ func (b *countingBody) Read(p []byte) (int, error) {
 // zoneTagURI is what the URI SAN of a certificate's zone tag starts with
 // (mtls.TagURIPrefix(api.TagZone); the proxy does not import them).
 const zoneTagURI = "ursa://ursa.io/zone/"
+
+// localZone is the proxy's zone: Zone, else its identity's zone tag
+// (read once per identity).
+func (p *Proxy) localZone() string {
+	if p.Zone != "" {
+		return p.Zone
+	}
+	id := p.cfg.Load().Identity
+	if m := p.zoneMemo.Load(); m != nil && m.id == id {
+		return m.zone
+	}
+	m := &zoneMemo{id: id, zone: zoneOf(id)}
+	p.zoneMemo.Store(m)
+	return m.zone
+}
+
+// zoneMemo is an identity's zone tag.
+type zoneMemo struct {
+	id   *tls.Certificate
+	zone string
+}
 
 // zoneOf is the zone tag in an identity's certificate, "" for none.
 func zoneOf(id *tls.Certificate) string {

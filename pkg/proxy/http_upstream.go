@@ -110,8 +110,9 @@ func isEventStream(h http.Header) bool {
 // copyResponse copies a response body to w, flushing after each write
 // when it streams; the error is the first read (but EOF) or write error.
 func (p *Proxy) copyResponse(w http.ResponseWriter, body io.Reader, stream bool) error {
-	buf := p.l7.buffers.Get()
-	defer p.l7.buffers.Put(buf)
+	bp := p.l7.buffers.take()
+	defer p.l7.buffers.give(bp)
+	buf := *bp
 	flusher, _ := w.(http.Flusher)
 	if stream && flusher != nil {
 		flusher.Flush() // the header goes now: the body may be long to come

@@ -55,6 +55,9 @@ type Proxy struct {
 	// Set it before the first Apply.
 	Zone string
 
+	// zoneMemo is the zone tag of the identity last asked (localZone).
+	zoneMemo atomic.Pointer[zoneMemo]
+
 	// load counts upstream connections per cluster and zone, for LRS.
 	load loadCounters
 	// resil runs circuit breakers, outlier detection and health checks.
