@@ -324,7 +324,8 @@ func (pl *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 // connection, which goes back to the pool when the body was read to its
 // end and the upstream keeps the connection alive. ctx's deadline bounds
 // the connection's I/O; watch ending (ctx's other ends) moves the
-// connection's deadline into the past. A reused connection found broken
+// connection's deadline into the past (a nil watch: sc's caller leaving
+// does, h1Scratch.callerGone). A reused connection found broken
 // before the response began is replaced once, when the request can be
 // sent again (as net/http does): again gives the body from its start.
 func (pl *h1Pool) send(ctx, watch context.Context, addr string, req *http.Request, body io.ReadCloser, again func() (io.ReadCloser, error), sc *h1Scratch) (*http.Response, error) {
@@ -376,12 +377,23 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	if hasDeadline {
 		pc.SetDeadline(deadline)
 	}
-	stop := func() bool { return true }
-	if watch.Done() != nil {
-		stop = context.AfterFunc(watch, func() { pc.SetDeadline(aLongTimeAgo) })
+	// stop ends the watch for the caller leaving (or another end of
+	// watch); false when that came first, and moved the deadline.
+	var stop h1Stop
+	switch {
+	case watch == nil:
+		// The caller's connection watches for its caller leaving, and
+		// moves the deadline of the connection its request has now.
+		if !sc.attach(pc) {
+			pc.Close()
+			return nil, false, context.Canceled
+		}
+		stop.sc = sc
+	case watch.Done() != nil:
+		stop.f = context.AfterFunc(watch, func() { pc.SetDeadline(aLongTimeAgo) })
 	}
 	fail := func(err error) (*http.Response, bool, error) {
-		stop()
+		stop.stop()
 		pc.Close()
 		if hasDeadline && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline) {
 			<-ctx.Done() // its timer is about to fire: the error is the timeout's
@@ -424,7 +436,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The upgraded connection is the reverse proxy's to copy, without
 		// the request's deadlines.
-		stop()
+		stop.stop()
 		pc.SetDeadline(time.Time{})
 		resp.Body = &h1Upgraded{pc: pc}
 		return resp, true, nil
@@ -433,7 +445,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	// header is its own connection's.
 	keep := !resp.Close
 	if resp.Body == http.NoBody {
-		stop()
+		stop.stop()
 		resp.Body = http.NoBody
 		if keep {
 			pl.put(pc)
@@ -446,6 +458,25 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	return resp, true, nil
 }
 
+// h1Stop ends an exchange's watch for its caller leaving: the
+// connection's (sc), a context's (f), or none.
+type h1Stop struct {
+	sc *h1Scratch
+	f  func() bool
+}
+
+// stop ends the watch; false when the caller left first (the
+// connection's deadline moved: it is not to be used again).
+func (s h1Stop) stop() bool {
+	switch {
+	case s.sc != nil:
+		return s.sc.detach()
+	case s.f != nil:
+		return s.f()
+	}
+	return true
+}
+
 // h1RespBody streams a response from its connection, which goes back to
 // the pool at the body's end; closed earlier, the connection closes.
 type h1RespBody struct {
@@ -453,7 +484,7 @@ type h1RespBody struct {
 	pc   *h1Conn
 	pl   *h1Pool
 	keep bool
-	stop func() bool
+	stop h1Stop
 	done bool
 }
 
@@ -466,7 +497,7 @@ func (b *h1RespBody) Read(p []byte) (int, error) {
 		b.done = true
 		// A cancellation that moved the deadline is not the connection
 		// put back to the pool with it.
-		if b.stop() && err == io.EOF && b.keep {
+		if b.stop.stop() && err == io.EOF && b.keep {
 			b.pl.put(b.pc)
 		} else {
 			b.pc.Close()
@@ -478,7 +509,7 @@ func (b *h1RespBody) Read(p []byte) (int, error) {
 func (b *h1RespBody) Close() error {
 	if !b.done {
 		b.done = true
-		b.stop()
+		b.stop.stop()
 		b.pc.Close()
 	}
 	return nil

@@ -183,6 +183,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			defer close(wa.done)
 			if _, err := br.Peek(1); err != nil && !wa.stopping.Load() {
 				cancel() // the caller went away
+				meta.scratch.callerGone()
 			}
 		}(watch)
 	})

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -30,6 +31,45 @@ import (
 type h1Scratch struct {
 	req, resp         http.Header
 	reqVals, respVals []string // the headers' values
+
+	// up is the upstream connection the request in flight has (attach
+	// to detach): when the caller leaves (callerGone), its deadline
+	// moves into the past, which ends what it blocks.
+	mu   sync.Mutex
+	up   *h1Conn
+	gone bool
+}
+
+// attach makes pc the request's upstream connection; false when the
+// caller has left already.
+func (sc *h1Scratch) attach(pc *h1Conn) bool {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.gone {
+		return false
+	}
+	sc.up = pc
+	return true
+}
+
+// detach ends attach; false when the caller left meanwhile (the
+// connection's deadline moved: it is not to be used again).
+func (sc *h1Scratch) detach() bool {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.up = nil
+	return !sc.gone
+}
+
+// callerGone says the caller left: the upstream connection attached, and
+// any attached later, stop at once.
+func (sc *h1Scratch) callerGone() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.gone = true
+	if sc.up != nil {
+		sc.up.SetDeadline(aLongTimeAgo)
+	}
 }
 
 // reqHeader and respHeader are the scratch's headers, emptied, and where

@@ -432,8 +432,11 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			// Deadlines bound its I/O; the caller leaving, or an idle
 			// timeout, cancels watch.
 			watch := ex.watch
-			if watch == nil {
+			switch {
+			case watch == nil:
 				watch = actx
+			case ri.scratch != nil:
+				watch = nil // the fast path's connection watches itself
 			}
 			resp, err = h1.send(actx, watch, ep.Addr, req, body, again, ri.scratch)
 		} else {
@@ -565,11 +568,11 @@ func (pol *retryPolicy) wants(resp *http.Response, err error, perTryTimedOut boo
 	if len(pol.on) == 0 {
 		return false
 	}
-	var local *localReplyError
-	if errors.As(err, &local) {
-		return false // a local reply, a breaker's overflow: retrying adds load where it must shed it (Envoy does not)
-	}
 	if err != nil {
+		var local *localReplyError
+		if errors.As(err, &local) {
+			return false // a local reply, a breaker's overflow: retrying adds load where it must shed it (Envoy does not)
+		}
 		var ce *connectError
 		connect := errors.As(err, &ce)
 		refused := strings.Contains(err.Error(), "REFUSED_STREAM")

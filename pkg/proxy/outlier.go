@@ -337,12 +337,14 @@ func (oc *outlierCluster) eject(h *outlierHost, enforcing uint32, now time.Time)
 // of the endpoint: a circuit breaker's overflow, no identity yet, the
 // caller gone.
 func outcomeCode(status int, err error) (code int, ok bool) {
-	var local *localReplyError
 	switch {
 	case status > 0:
 		return status, true
 	case err == nil:
 		return 200, true
+	}
+	var local *localReplyError // here: escaping, it would cost every call
+	switch {
 	case errors.As(err, &local), errors.Is(err, errNoIdentity), errors.Is(err, errServed), errors.Is(err, context.Canceled):
 		return 0, false
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
