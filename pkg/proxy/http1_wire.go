@@ -31,6 +31,8 @@ import (
 type h1Scratch struct {
 	req, resp         http.Header
 	reqVals, respVals []string // the headers' values
+	// metrics are the series of the connection's last request.
+	metrics requestSeries
 
 	// up is the upstream connection the request in flight has (attach
 	// to detach): when the caller leaves (callerGone), its deadline

@@ -232,7 +232,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cfg := p.cfg.Load()
-	ri := &requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
+	hr := &httpRequest{} // all of the request's state, in one allocation
+	ri := &hr.info
+	*ri = requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
 		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, Direction: "outbound", scratch: meta.scratch}
 	if r.ProtoMajor == 2 {
 		ri.Protocol = "HTTP/2" // as Envoy's %PROTOCOL% writes it (r.Proto is "HTTP/2.0")
@@ -240,8 +242,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(meta.listener, "inbound") || strings.HasPrefix(meta.listener, "ursa:inbound") {
 		ri.Direction = "inbound"
 	}
-	cw := &countingWriter{ResponseWriter: w}
-	body := &countingBody{ReadCloser: r.Body}
+	cw := &hr.w
+	cw.ResponseWriter = w
+	body := &hr.body
+	body.ReadCloser = r.Body
 	r.Body = body
 	defer func() {
 		ri.BytesIn, ri.BytesOut, ri.Status = body.n.Load(), cw.n, cw.status
@@ -302,7 +306,18 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.forward(cw, r, ri, cfg, rt)
+	p.forward(cw, r, hr, cfg, rt)
+}
+
+// httpRequest is one request's state in the engine: what it did (info),
+// its writer and body counting bytes, its exchange with the upstream and
+// its body kept for retries.
+type httpRequest struct {
+	info   requestInfo
+	w      countingWriter
+	body   countingBody
+	ex     exchange
+	replay replayBody
 }
 
 // routeWait is how long a request waits for its chain's RDS route
@@ -507,8 +522,35 @@ func (p *Proxy) countRequest(ri *requestInfo) {
 	if ri.Direction == "inbound" {
 		zone = p.localZone()
 	}
-	p.l7.m.requests.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone, strconv.Itoa(ri.Status)).Inc()
-	p.l7.m.duration.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone).Observe(ri.Duration.Seconds())
+	key := metricKey{dir: ri.Direction, service: ri.Service, route: ri.Route, zone: zone, code: ri.Status}
+	if sc := ri.scratch; sc != nil && sc.metrics.requests != nil && sc.metrics.key == key {
+		// The connection's last request's series: most are the same.
+		sc.metrics.requests.Inc()
+		sc.metrics.duration.Observe(ri.Duration.Seconds())
+		return
+	}
+	m := requestSeries{key: key,
+		requests: p.l7.m.requests.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone, strconv.Itoa(ri.Status)),
+		duration: p.l7.m.duration.WithLabelValues(ri.Direction, ri.Service, ri.Route, zone)}
+	m.requests.Inc()
+	m.duration.Observe(ri.Duration.Seconds())
+	if ri.scratch != nil {
+		ri.scratch.metrics = m
+	}
+}
+
+// metricKey is the labels of a request's series.
+type metricKey struct {
+	dir, service, route, zone string
+	code                      int
+}
+
+// requestSeries is the series of the requests of one metricKey (series
+// are never deleted: they can be kept).
+type requestSeries struct {
+	key      metricKey
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 // countingWriter counts the body bytes sent downstream and keeps the

@@ -26,11 +26,12 @@ const maxReplay = 64 << 10
 // handler's own: its header becomes the upstream request's, changed in
 // place (no copy per request). An upgrade (a WebSocket) goes through the
 // reverse proxy, which copies both ways once the upstream switches.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo, cfg *Config, rt *HTTPRoute) {
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute) {
 	if r.ContentLength == 0 {
 		r.Body = http.NoBody // none: the upstream request has none either
 	}
-	ex, done := p.newExchange(r, ri, cfg, rt)
+	ri := &hr.info
+	ex, done := p.newExchange(r, hr, cfg, rt)
 	defer done()
 	if upgradeType(r.Header) != "" {
 		ex.reverseProxy(w, r)
@@ -168,11 +169,12 @@ func upgradeType(h http.Header) string {
 
 // newExchange starts r's exchange: the route's timeout (from the end of
 // the request body, as Envoy's), and its idle timeout. done ends them.
-func (p *Proxy) newExchange(r *http.Request, ri *requestInfo, cfg *Config, rt *HTTPRoute) (*exchange, func()) {
+func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute) (*exchange, func()) {
 	down := r.Context() // the caller's: done when it goes away
 	ctx := down
-	cancel := context.CancelFunc(func() {})
-	body := newReplayBody(r.Body)
+	cancel := context.CancelFunc(nop)
+	body := &hr.replay
+	body.src = r.Body
 	switch {
 	case rt.Timeout <= 0:
 	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
@@ -200,7 +202,8 @@ func (p *Proxy) newExchange(r *http.Request, ri *requestInfo, cfg *Config, rt *H
 			stop()
 		}
 	}
-	ex := &exchange{p: p, cfg: cfg, rt: rt, ri: ri, down: down, ctx: ctx, body: body}
+	ex := &hr.ex
+	*ex = exchange{p: p, cfg: cfg, rt: rt, ri: &hr.info, down: down, ctx: ctx, body: body}
 	if _, ok := ctx.Deadline(); ok || ctx == down {
 		ex.watch = down // all ctx adds to down is a deadline
 	}
