@@ -316,8 +316,9 @@ type httpRequest struct {
 	info   requestInfo
 	w      countingWriter
 	body   countingBody
-	ex     exchange
-	replay replayBody
+	ex       exchange
+	replay   replayBody
+	deadline deadlineCtx // the route's timeout, on a request without a body
 }
 
 // routeWait is how long a request waits for its chain's RDS route

@@ -178,7 +178,9 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 	switch {
 	case rt.Timeout <= 0:
 	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
-		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
+		dl := &hr.deadline
+		*dl = deadlineCtx{parent: ctx, deadline: time.Now().Add(rt.Timeout)}
+		ctx, cancel = dl, dl.stop
 	default:
 		// As Envoy's, the route timeout runs from the end of the request
 		// body: a long upload to a fast backend is not cut short.
@@ -215,6 +217,76 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 		return ex, func() { stop(); cancel() }
 	}
 	return ex, cancel
+}
+
+// deadlineCtx is parent with a deadline, whose timer is made only when
+// something waits for it (Done): the HTTP/1.1 pool keeps to the deadline
+// with its connection's, and most requests end before anything asks.
+type deadlineCtx struct {
+	parent   context.Context
+	deadline time.Time
+	mu       sync.Mutex
+	timed    context.Context // WithDeadline(parent, deadline), once asked
+	cancel   context.CancelFunc
+	stopped  bool
+}
+
+func (c *deadlineCtx) Deadline() (time.Time, bool) {
+	if d, ok := c.parent.Deadline(); ok && d.Before(c.deadline) {
+		return d, true
+	}
+	return c.deadline, true
+}
+
+func (c *deadlineCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timed == nil {
+		c.timed, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		if c.stopped {
+			c.cancel()
+		}
+	}
+	return c.timed.Done()
+}
+
+func (c *deadlineCtx) Err() error {
+	c.mu.Lock()
+	timed, stopped := c.timed, c.stopped
+	c.mu.Unlock()
+	switch {
+	case timed != nil:
+		return timed.Err()
+	case stopped:
+		return context.Canceled
+	}
+	if err := c.parent.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+func (c *deadlineCtx) Value(key any) any {
+	c.mu.Lock()
+	timed := c.timed
+	c.mu.Unlock()
+	if timed != nil {
+		return timed.Value(key) // its cancelCtx: children derived after Done join it
+	}
+	return c.parent.Value(key)
+}
+
+// stop cancels the context (its CancelFunc).
+func (c *deadlineCtx) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopped = true
+	if c.cancel != nil {
+		c.cancel()
+	}
 }
 
 // prepare makes h, the downstream request's header, the upstream
