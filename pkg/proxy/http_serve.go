@@ -313,9 +313,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // its writer and body counting bytes, its exchange with the upstream and
 // its body kept for retries.
 type httpRequest struct {
-	info   requestInfo
-	w      countingWriter
-	body   countingBody
+	info     requestInfo
+	w        countingWriter
+	body     countingBody
 	ex       exchange
 	replay   replayBody
 	deadline deadlineCtx // the route's timeout, on a request without a body
