@@ -445,7 +445,9 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	// header is its own connection's.
 	keep := !resp.Close
 	if resp.Body == http.NoBody {
-		stop.stop()
+		if !stop.stop() {
+			keep = false // the caller left: its deadline moved
+		}
 		resp.Body = http.NoBody
 		if keep {
 			pl.put(pc)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 // The HTTP/1.1 fast path, downstream: a connection of an HTTP chain that
@@ -170,6 +171,10 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		watchMu sync.Mutex
 		armed   bool
 		watch   *h1Watch
+		// gen numbers the requests: a request's body may still be read
+		// (by an HTTP/2 upstream's writer) after it ended, and its end
+		// must not start the watch during the next one.
+		gen uint64
 	)
 	watchTimer := time.AfterFunc(time.Hour, func() {
 		watchMu.Lock()
@@ -192,6 +197,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		watchTimer.Stop()
 		watchMu.Lock()
 		armed = false
+		gen++
 		wa := watch
 		watch = nil
 		watchMu.Unlock()
@@ -203,13 +209,18 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		<-wa.done
 		idleUntil = time.Time{} // the loop sets the deadline again
 	}
-	startWatch := func() {
+	startWatch := func(g uint64) {
 		watchMu.Lock()
+		if g != gen {
+			watchMu.Unlock()
+			return // a request that has ended
+		}
 		armed = true
 		watchMu.Unlock()
 		watchTimer.Reset(h1WatchAfter)
 	}
 	w.stopWatch = stopWatch
+	var body *h1ReqBody // the request's in flight
 	defer func() {
 		stopWatch()
 		cancel()
@@ -217,6 +228,11 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			c.Close()
 			bw.Reset(nil)
 			h1Writers.Put(bw)
+		}
+		if body != nil && !w.hijacked {
+			// A reader still holding the body (an HTTP/2 upstream's
+			// writer) must not reach br, which goes back to its pool.
+			body.Close()
 		}
 	}()
 	for {
@@ -246,14 +262,22 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
 			return true
 		}
+		if !httpguts.ValidHostHeader(req.Host) {
+			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 19\r\n\r\nBad Request: Host\r\n")
+			lingerClose(c)
+			return true
+		}
 		req.RemoteAddr = remote
 		req.TLS = tlsState
-		var body *h1ReqBody
+		watchMu.Lock()
+		g := gen
+		watchMu.Unlock()
+		body = nil
 		upgrade := req.Header.Get("Upgrade") != ""
 		if req.Body != http.NoBody {
 			body = &h1ReqBody{src: req.Body}
 			if !upgrade {
-				body.onEOF = startWatch
+				body.onEOF = func() { startWatch(g) }
 			}
 			req.Body = body
 			if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
@@ -263,7 +287,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			}
 		}
 		if body == nil && !upgrade {
-			startWatch()
+			startWatch(g)
 		}
 		w.reset(req)
 		if !p.serveH1Request(w, req) || w.hijacked {
@@ -283,6 +307,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			lingerClose(c)
 			return true
 		}
+		body = nil
 	}
 }
 
@@ -673,6 +698,7 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.stopWatch != nil {
 		w.stopWatch() // the connection's reads are the hijacker's now
 	}
+	w.c.SetReadDeadline(time.Time{}) // not the keep-alive wait's: an upgraded connection lasts
 	w.hijacked = true
 	return w.c, bufio.NewReadWriter(w.br, w.bw), nil
 }

@@ -168,6 +168,14 @@ func TestH1FastPathFraming(t *testing.T) {
 		t.Fatalf("huge header: %d", resp.StatusCode)
 	}
 
+	// A Host that is no host (a space, a slash): 400 and the end, as
+	// net/http's server answers.
+	c = dialRaw(t, addr)
+	c.send("GET / HTTP/1.1\r\nHost: svc/evil x\r\n\r\n")
+	if resp, _ := c.response("GET"); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("invalid Host: %d", resp.StatusCode)
+	}
+
 	// A request line that is not HTTP: 400 and the end.
 	c = dialRaw(t, addr)
 	c.send("NOT HTTP\r\n\r\n")

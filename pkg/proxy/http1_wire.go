@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -468,7 +469,9 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error
 	bw.WriteString("\r\n")
 	for k, vs := range req.Header {
 		switch k {
-		case "Host", "Content-Length", "Transfer-Encoding", "Trailer", "Connection":
+		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+			// The framing is the writer's. A Connection header left is an
+			// upgrade's (the router removed the caller's).
 			continue
 		}
 		if !httpguts.ValidHeaderFieldName(k) {
@@ -485,6 +488,24 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error
 			bw.WriteString(": ")
 			bw.WriteString(v)
 			bw.WriteString("\r\n")
+		}
+	}
+	if body != nil && req.ContentLength < 0 && usuallyNoBody(req.Method) {
+		// A GET of unknown length (an HTTP/2 caller's without
+		// END_STREAM, a chunked one): sent chunked only when it has a
+		// body, as net/http does (servers refuse chunked GETs).
+		var first [1]byte
+		n, err := io.ReadFull(body, first[:])
+		switch {
+		case n == 0 && err == io.EOF:
+			body = nil
+		case n == 0:
+			return err
+		default:
+			body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(first[:n]), body), body}
 		}
 	}
 	switch {
@@ -516,6 +537,15 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error
 	}
 	_, err := bw.WriteString("0\r\n\r\n")
 	return err
+}
+
+// usuallyNoBody reports whether requests of method m rarely have a body.
+func usuallyNoBody(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodDelete, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
 }
 
 // validMethod reports whether m is a token (RFC 9110 §9.1).

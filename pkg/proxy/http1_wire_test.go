@@ -183,6 +183,37 @@ func TestWriteRequestReadsBack(t *testing.T) {
 			}
 		})
 	}
+	// A GET of unknown length goes without a body when it has none, and
+	// chunked when it has one; an upgrade keeps its Connection header.
+	for _, tc := range []struct {
+		body string
+		want string
+	}{{"", "GET / HTTP/1.1\r\nHost: svc\r\n\r\n"}, {"x", "GET / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"}} {
+		r, _ := http.NewRequest("GET", "http://svc/", nil)
+		r.ContentLength = -1
+		var buf bytes.Buffer
+		bw := bufio.NewWriter(&buf)
+		if err := writeRequest(bw, r, io.NopCloser(strings.NewReader(tc.body))); err != nil {
+			t.Fatal(err)
+		}
+		bw.Flush()
+		if buf.String() != tc.want {
+			t.Errorf("GET of unknown length with body %q: wrote %q, want %q", tc.body, buf.String(), tc.want)
+		}
+	}
+	up, _ := http.NewRequest("GET", "http://svc/ws", nil)
+	up.Header.Set("Connection", "Upgrade")
+	up.Header.Set("Upgrade", "websocket")
+	var buf bytes.Buffer
+	bw := bufio.NewWriter(&buf)
+	if err := writeRequest(bw, up, nil); err != nil {
+		t.Fatal(err)
+	}
+	bw.Flush()
+	if !strings.Contains(buf.String(), "\r\nConnection: Upgrade\r\n") {
+		t.Errorf("upgrade written without its Connection header: %q", buf.String())
+	}
+
 	// A header value with a line break would split the request: refused.
 	r, _ := http.NewRequest("GET", "http://svc/", nil)
 	r.Header["X-Bad"] = []string{"a\r\nX-Injected: 1"}

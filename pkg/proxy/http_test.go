@@ -298,6 +298,11 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 			<-r.Context().Done() // stalls until the proxy gives up
 			return
 		}
+		if !strings.EqualFold(r.Header.Get("Connection"), "upgrade") {
+			// RFC 9110 §7.8: an Upgrade not listed in Connection is not one.
+			http.Error(w, "Connection: upgrade missing", http.StatusBadRequest)
+			return
+		}
 		conn, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			return

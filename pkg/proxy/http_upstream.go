@@ -515,11 +515,18 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			resp, err = h1.send(actx, watch, ep.Addr, req, body, again, ri.scratch)
 		} else {
-			// A shallow copy with its own URL and context, which a dial
+			// A shallow copy with its own URL, header and context, which a dial
 			// of the Transport's may wait on as a pending request
 			// (connectionSlot) until the attempt has its connection.
 			got := make(chan struct{})
 			out := req.WithContext(withAttemptDone(actx, got))
+			// Its own header: the Transport's writer may read it after
+			// RoundTrip returned (on a timeout), when a fast-path
+			// connection's next request is parsed into the map.
+			out.Header = req.Header.Clone()
+			if _, ok := out.Header["User-Agent"]; !ok {
+				out.Header["User-Agent"] = []string{""} // none, not Go's
+			}
 			u := *req.URL
 			out.URL = &u
 			out.Close = false // the caller's connection's, not this one's
