@@ -184,6 +184,7 @@ func (pl *h1Pool) take(addr string, wait, probe bool) (*h1Conn, <-chan struct{})
 			return pc, nil
 		}
 		pl.mu.Unlock()
+		pc.SetDeadline(time.Time{}) // the last request's may have passed
 		if idle < pl.idle && pc.br.Buffered() == 0 && alive(pc.raw) {
 			return pc, nil
 		}
@@ -208,9 +209,9 @@ func (pl *h1Pool) doneWaiting() {
 	pl.mu.Unlock()
 }
 
-// put returns a connection whose last response was read to its end.
+// put returns a connection whose last response was read to its end. Its
+// deadline stays (the next exchange sets its own, take's probe clears it).
 func (pl *h1Pool) put(pc *h1Conn) {
-	pc.SetDeadline(time.Time{})
 	pc.since, pc.reused = time.Now(), true
 	pl.mu.Lock()
 	if pl.closed || len(pl.conns[pc.addr]) >= h1MaxIdle {
@@ -374,9 +375,7 @@ func replayable(req *http.Request, hasBody, canAgain, sent bool) bool {
 // (the write succeeded), for a retry's choice. On error pc is closed.
 func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Request, body io.ReadCloser, sc *h1Scratch) (_ *http.Response, sent bool, _ error) {
 	deadline, hasDeadline := ctx.Deadline()
-	if hasDeadline {
-		pc.SetDeadline(deadline)
-	}
+	pc.SetDeadline(deadline) // the zero time (none) without one
 	// stop ends the watch for the caller leaving (or another end of
 	// watch); false when that came first, and moved the deadline.
 	var stop h1Stop

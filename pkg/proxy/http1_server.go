@@ -169,17 +169,29 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	// request does.
 	var (
 		watchMu sync.Mutex
-		armed   bool
+		armed   bool      // the request in flight is to be watched
+		since   time.Time // from then
+		pending bool      // the timer is set
 		watch   *h1Watch
 		// gen numbers the requests: a request's body may still be read
 		// (by an HTTP/2 upstream's writer) after it ended, and its end
 		// must not start the watch during the next one.
 		gen uint64
 	)
-	watchTimer := time.AfterFunc(time.Hour, func() {
+	// The timer is not set and stopped per request: it fires at most
+	// every h1WatchAfter while requests come, and starts the watch when
+	// the one in flight has been armed that long.
+	var watchTimer *time.Timer
+	watchTimer = time.AfterFunc(time.Hour, func() {
 		watchMu.Lock()
 		defer watchMu.Unlock()
+		pending = false
 		if !armed || watch != nil {
+			return
+		}
+		if wait := h1WatchAfter - time.Since(since); wait > 0 {
+			pending = true
+			watchTimer.Reset(wait)
 			return
 		}
 		c.SetReadDeadline(time.Time{})
@@ -194,7 +206,6 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	})
 	watchTimer.Stop()
 	stopWatch := func() {
-		watchTimer.Stop()
 		watchMu.Lock()
 		armed = false
 		gen++
@@ -211,18 +222,21 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	}
 	startWatch := func(g uint64) {
 		watchMu.Lock()
+		defer watchMu.Unlock()
 		if g != gen {
-			watchMu.Unlock()
 			return // a request that has ended
 		}
-		armed = true
-		watchMu.Unlock()
-		watchTimer.Reset(h1WatchAfter)
+		armed, since = true, time.Now()
+		if !pending {
+			pending = true
+			watchTimer.Reset(h1WatchAfter)
+		}
 	}
 	w.stopWatch = stopWatch
 	var body *h1ReqBody // the request's in flight
 	defer func() {
 		stopWatch()
+		watchTimer.Stop()
 		cancel()
 		if !w.hijacked {
 			c.Close()
