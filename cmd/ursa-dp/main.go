@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -35,11 +34,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/run"
 )
 
-// defaultGCPercent is a proxy's garbage collector target (--gc-percent):
-// with Go's 100, a heap of a few MB is collected hundreds of times a
-// second under load (test/BENCHMARKS.md, HTTP sidecar pairs).
-const defaultGCPercent = 400
-
 // defaultDNSAddr is where a sidecar's resolver answers by default.
 const defaultDNSAddr = "127.0.0.1:15053"
 
@@ -58,7 +52,6 @@ type runConfig struct {
 	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
 	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
 	AdminAddr       string `json:"adminAddr" usage:"address of /ready and /metrics"`
-	GCPercent       int    `json:"gcPercent" usage:"the Go garbage collector's target (GOGC): a proxy's heap is a few MB, at which Go's default of 100 collects hundreds of times a second under load; 400 costs some MB and saves CPU per request; GOGC in the environment wins"`
 	// TransparentProxy and the flags after it are run's only.
 	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
@@ -97,7 +90,7 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", GCPercent: defaultGCPercent, DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf", AppProbeHost: "127.0.0.1",
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf", AppProbeHost: "127.0.0.1",
 		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectInboundPort: tproxy.DefaultInboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
 	cfg.Log.Level = "info"
 	var file string
@@ -157,7 +150,7 @@ func newCleanup() *cobra.Command {
 }
 
 func newIngress() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902", GCPercent: defaultGCPercent}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902"}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -227,12 +220,6 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 
 // runProxy runs the built-in proxy as node id until ctx ends.
 func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
-	if cfg.GCPercent <= 0 {
-		return fmt.Errorf("--gc-percent %d: must be above 0", cfg.GCPercent)
-	}
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(cfg.GCPercent)
-	}
 	target, err := proxy.ParseTarget(cfg.CPAddress, cfg.XDSInsecure)
 	if err != nil {
 		return fmt.Errorf("--cp-address %w", err)
