@@ -209,16 +209,26 @@ func (p *proc) logged(t testing.TB, key string) string {
 }
 
 // freeAddr returns a loopback address with a port free at the time of the
-// call.
+// call, and never one it returned before in this test binary: the kernel
+// may hand a port just released out again, and two picks for one process
+// (an inbound and an admin port) must not be the same.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, seen := handedOut.LoadOrStore(addr, true); !seen {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
+
+// handedOut are the addresses freeAddr returned.
+var handedOut sync.Map
 
 // waitReady polls url until it answers 200.
 func waitReady(t testing.TB, url string, p *proc) {
