@@ -73,19 +73,7 @@ func curl(t testing.TB, url string, headers ...string) (body string, status int,
 // field.
 func TestL7(t *testing.T) {
 	m := startZones(t, "zone-1", "zone-2")
-	ctl(t, m.global.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
----
-type: TrafficRoute
+	ctl(t, m.global.api, openMTLSMesh+`type: TrafficRoute
 mesh: default
 name: billing-canary
 spec:

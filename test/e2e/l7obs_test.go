@@ -196,19 +196,7 @@ type l7obsMesh struct {
 func startL7obsMesh(t *testing.T, policies string) *l7obsMesh {
 	t.Helper()
 	zone := startCP(t, "zone", "--zone", "zone-1")
-	ctl(t, zone.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: all
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
----
-`+policies, "apply", "-f", "-")
+	ctl(t, zone.api, openMTLSMesh+policies, "apply", "-f", "-")
 	dir := t.TempDir()
 	m := &l7obsMesh{app: startTracedApp(t, "billing"), toBilling: freeAddr(t), toDB: freeAddr(t)}
 	m.billing = startSidecar(t, zone, dir, "billing-1", "billing", "ursa.io/protocol: http", m.app.addr)

@@ -55,19 +55,7 @@ func TestL7CircuitBreaker(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1")
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "access.log")
-	ctl(t, zone.api, fmt.Sprintf(`
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: all
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
----
-type: CircuitBreaker
+	ctl(t, zone.api, fmt.Sprintf(openMTLSMesh+`type: CircuitBreaker
 mesh: default
 name: billing-breaker
 spec:
@@ -180,33 +168,10 @@ func startHealthApp(t *testing.T, addr, zone string) *healthApp {
 // and calls fail over to zone-2 through its ingress; when it passes again
 // they come back; when the instance stops, they fail over again.
 func TestL7HealthCheckFailover(t *testing.T) {
-	global := startCP(t, "global")
-	dir := t.TempDir()
-	_, pemCA := global.get(t, "/kds/ca.pem")
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, []byte(pemCA), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	zones := map[string]*cp{}
-	for i, name := range []string{"zone-1", "zone-2"} {
-		token := filepath.Join(dir, name+".token")
-		os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", name)), 0o600)
-		zones[name] = startCP(t, "zone", "--zone", name, "--global-kds-address", "grpcs://"+global.kds, "--global-kds-ca-file", ca,
-			"--zone-token-file", token, "--vip-cidr", fmt.Sprintf("127.%d.0.0/16", 240+i))
-	}
-	ctl(t, global.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: all
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
----
-type: HealthCheck
+	m := startZones(t, "zone-1", "zone-2")
+	global, dir := m.global, m.dir
+	zones := map[string]*cp{"zone-1": m.zones["zone-1"].cp, "zone-2": m.zones["zone-2"].cp}
+	ctl(t, global.api, openMTLSMesh+`type: HealthCheck
 mesh: default
 name: billing-health
 spec:

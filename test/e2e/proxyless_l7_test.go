@@ -174,19 +174,7 @@ func TestProxylessL7(t *testing.T) {
 		return
 	}
 	m := startZones(t, "zone-1", "zone-2")
-	ctl(t, m.global.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
----
-type: TrafficRoute
+	ctl(t, m.global.api, openMTLSMesh+`type: TrafficRoute
 mesh: default
 name: billing-canary
 spec:

@@ -61,6 +61,22 @@ func startZones(t testing.TB, names ...string) *meshZones {
 	return m
 }
 
+// openMTLSMesh is the Mesh default with mTLS on and a TrafficPermission
+// letting every service call every other: where most tests' resources
+// begin (more YAML documents may follow it).
+const openMTLSMesh = `type: Mesh
+name: default
+mtls: {enabled: true}
+---
+type: TrafficPermission
+mesh: default
+name: everyone
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: '*'}}]
+---
+`
+
 // startBillingAcrossZones is the disaster-recovery setup: three zones with
 // an ingress each, mTLS with everyone allowed, billing (answering with its
 // zone's name) twice in zone-2 and once in zone-3, and web's sidecar in
