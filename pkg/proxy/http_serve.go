@@ -586,18 +586,8 @@ func (w *countingWriter) Flush() {
 
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// adoptHeader hands h to the writer underneath when it takes headers
-// (headerAdopter), else copies it.
-func (w *countingWriter) adoptHeader(h http.Header) {
-	if a, ok := w.ResponseWriter.(headerAdopter); ok {
-		a.adoptHeader(h)
-		return
-	}
-	dst := w.Header()
-	for k, vs := range h {
-		dst[k] = append(dst[k], vs...)
-	}
-}
+// adoptHeader hands h to the writer underneath (takeHeader).
+func (w *countingWriter) adoptHeader(h http.Header) { takeHeader(w.ResponseWriter, h) }
 
 // countingBody counts the request body bytes read; the upstream
 // transport may still be reading when the handler returns.

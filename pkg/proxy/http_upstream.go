@@ -58,14 +58,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 	}
 	removeHopByHop(resp.Header)
 	ex.modifyResponse(resp)
-	if a, ok := w.(headerAdopter); ok {
-		a.adoptHeader(resp.Header)
-	} else {
-		dst := w.Header()
-		for k, vs := range resp.Header {
-			dst[k] = append(dst[k], vs...)
-		}
-	}
+	takeHeader(w, resp.Header)
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		keys := make([]string, 0, announced)
@@ -100,6 +93,19 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 // headerAdopter is a response writer that takes a header map as its own
 // instead of having it copied (the HTTP/1.1 fast path's).
 type headerAdopter interface{ adoptHeader(http.Header) }
+
+// takeHeader gives w the header h: its own when w adopts headers, else a
+// copy added to w's.
+func takeHeader(w http.ResponseWriter, h http.Header) {
+	if a, ok := w.(headerAdopter); ok {
+		a.adoptHeader(h)
+		return
+	}
+	dst := w.Header()
+	for k, vs := range h {
+		dst[k] = append(dst[k], vs...)
+	}
+}
 
 // isEventStream says whether a response streams events, to be flushed as
 // they come.
