@@ -245,46 +245,13 @@ func (pl *h1Pool) get(ctx context.Context, addr string, probe bool) (*h1Conn, er
 	}
 }
 
-// dial connects to an endpoint as the cluster says: plain, or mTLS
-// originated as for TCP (SNI, the server's SPIFFE ID checked).
+// dial connects to an endpoint as the cluster says (dialEndpoint).
 func (pl *h1Pool) dial(ctx context.Context, addr string) (*h1Conn, error) {
-	p, c := pl.p, pl.c.Load()
-	ep := Endpoint{Addr: addr}
-	for _, e := range c.Endpoints {
-		if e.Addr == addr {
-			ep = e
-			break
-		}
-	}
-	release, err := p.connectionSlot(ctx, c)
+	c := pl.c.Load()
+	conn, raw, err := pl.p.dialEndpoint(ctx, c, addr, c.TLS)
 	if err != nil {
 		return nil, err
 	}
-	raw, err := p.dialer(c).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		release()
-		p.load.record(c.Name, ep.Zone, false)
-		if ctx.Err() == nil {
-			p.eject(c.Name, addr)
-		}
-		return nil, &connectError{err}
-	}
-	var conn net.Conn = &releasingConn{Conn: raw, release: release}
-	if c.TLS {
-		tc, err := p.originate(p.cfg.Load(), conn, c)
-		if err != nil {
-			p.load.record(c.Name, ep.Zone, false)
-			conn.Close()
-			if !errors.Is(err, errNoIdentity) {
-				p.eject(c.Name, addr)
-				p.upstreamRefused(c, ep, err)
-			}
-			return nil, &connectError{err}
-		}
-		conn = tc // closing it closes the slot's connection
-	}
-	p.load.record(c.Name, ep.Zone, true)
-	p.connected(c.Name, addr)
 	return &h1Conn{Conn: conn, raw: raw, addr: addr,
 		br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, nil
 }

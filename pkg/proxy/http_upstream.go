@@ -954,57 +954,62 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 	default:
 		t.Protocols.SetHTTP1(true)
 	}
-	dial := func(ctx context.Context, addr string) (net.Conn, Endpoint, error) {
-		ep := Endpoint{Addr: addr}
-		for _, e := range c.Endpoints {
-			if e.Addr == addr {
-				ep = e
-				break
-			}
-		}
-		release, err := p.connectionSlot(ctx, c)
-		if err != nil {
-			return nil, ep, err
-		}
-		conn, err := p.dialer(c).DialContext(ctx, "tcp", addr)
-		if err != nil {
-			release()
-			p.load.record(c.Name, ep.Zone, false)
-			if ctx.Err() == nil {
-				p.eject(c.Name, addr)
-			}
-			return nil, ep, &connectError{err}
-		}
-		return &releasingConn{Conn: conn, release: release}, ep, nil
-	}
 	t.DialContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-		conn, ep, err := dial(ctx, addr)
-		if err == nil {
-			p.load.record(c.Name, ep.Zone, true)
-			p.connected(c.Name, addr)
-		}
+		conn, _, err := p.dialEndpoint(ctx, c, addr, false)
 		return conn, err
 	}
 	t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-		conn, ep, err := dial(ctx, addr)
-		if err != nil {
-			return nil, err
+		conn, _, err := p.dialEndpoint(ctx, c, addr, true)
+		return conn, err
+	}
+	p.l7.pools[c.Name] = &httpPoolEntry{key: key, t: t, c: c}
+	return t
+}
+
+// dialEndpoint connects to endpoint addr of cluster c once the cluster's
+// circuit breaker gives a connection slot (closing conn frees it):
+// plain, or with tls mTLS originated as for TCP (SNI, the server's SPIFFE
+// ID checked). raw is the TCP connection under conn. The outcome goes to
+// load reports, and a failure to outlier detection (a refused handshake
+// also to the upstream's metrics).
+func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls bool) (conn, raw net.Conn, err error) {
+	ep := Endpoint{Addr: addr}
+	for _, e := range c.Endpoints {
+		if e.Addr == addr {
+			ep = e
+			break
 		}
+	}
+	release, err := p.connectionSlot(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw, err = p.dialer(c).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		release()
+		p.load.record(c.Name, ep.Zone, false)
+		if ctx.Err() == nil {
+			p.eject(c.Name, addr)
+		}
+		return nil, nil, &connectError{err}
+	}
+	conn = &releasingConn{Conn: raw, release: release}
+	if tls {
 		tc, err := p.originate(p.cfg.Load(), conn, c)
-		p.load.record(c.Name, ep.Zone, err == nil)
 		if err != nil {
+			p.load.record(c.Name, ep.Zone, false)
 			conn.Close()
 			if !errors.Is(err, errNoIdentity) {
 				p.eject(c.Name, addr)
 				p.upstreamRefused(c, ep, err)
 			}
-			return nil, &connectError{err}
+			return nil, nil, &connectError{err}
 		}
-		p.connected(c.Name, addr)
-		return tc, nil
+		conn = tc // closing it closes the slot's connection
 	}
-	p.l7.pools[c.Name] = &httpPoolEntry{key: key, t: t, c: c}
-	return t
+	p.load.record(c.Name, ep.Zone, true)
+	p.connected(c.Name, addr)
+	return conn, raw, nil
 }
 
 // httpPoolEntry is a cluster's pool and the settings it was made with.
