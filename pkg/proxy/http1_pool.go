@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -152,6 +153,10 @@ type h1Conn struct {
 	addr     string
 	since    time.Time // idle since
 	reused   bool
+	// reply, when not nil, makes a request's last write wait for the
+	// answer (sysConn); what its TLS adds to that write: overhead.
+	reply    *sysConn
+	overhead int
 }
 
 // closeIdle closes the idle connections, and those put back later.
@@ -248,12 +253,24 @@ func (pl *h1Pool) get(ctx context.Context, addr string, probe bool) (*h1Conn, er
 // dial connects to an endpoint as the cluster says (dialEndpoint).
 func (pl *h1Pool) dial(ctx context.Context, addr string) (*h1Conn, error) {
 	c := pl.c.Load()
-	conn, raw, err := pl.p.dialEndpoint(ctx, c, addr, c.TLS)
+	var reply *sysConn
+	conn, raw, err := pl.p.dialEndpoint(ctx, c, addr, c.TLS, func(raw net.Conn) net.Conn {
+		if reply = newSysConn(raw); reply != nil {
+			return reply
+		}
+		return raw
+	})
 	if err != nil {
 		return nil, err
 	}
-	return &h1Conn{Conn: conn, raw: raw, addr: addr,
-		br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, nil
+	pc := &h1Conn{Conn: conn, raw: raw, addr: addr, reply: reply,
+		br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}
+	if tc, ok := conn.(*tls.Conn); ok && reply != nil {
+		if pc.overhead = tlsRecordOverhead(tc.ConnectionState()); pc.overhead < 0 {
+			pc.reply = nil
+		}
+	}
+	return pc, nil
 }
 
 // alive reports whether an idle connection's server has not closed it:
@@ -385,7 +402,14 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	if err := writeRequest(pc.bw, req, body); err != nil {
 		return early(err)
 	}
-	if err := pc.bw.Flush(); err != nil {
+	if pc.reply != nil && pc.bw.Buffered() > 0 {
+		pc.reply.arm(pc.bw.Buffered() + pc.overhead)
+	}
+	err := pc.bw.Flush()
+	if pc.reply != nil {
+		pc.reply.arm(0)
+	}
+	if err != nil {
 		return early(err)
 	}
 	sent = true

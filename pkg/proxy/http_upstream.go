@@ -955,11 +955,11 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 		t.Protocols.SetHTTP1(true)
 	}
 	t.DialContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-		conn, _, err := p.dialEndpoint(ctx, c, addr, false)
+		conn, _, err := p.dialEndpoint(ctx, c, addr, false, nil)
 		return conn, err
 	}
 	t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-		conn, _, err := p.dialEndpoint(ctx, c, addr, true)
+		conn, _, err := p.dialEndpoint(ctx, c, addr, true, nil)
 		return conn, err
 	}
 	p.l7.pools[c.Name] = &httpPoolEntry{key: key, t: t, c: c}
@@ -969,10 +969,11 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 // dialEndpoint connects to endpoint addr of cluster c once the cluster's
 // circuit breaker gives a connection slot (closing conn frees it):
 // plain, or with tls mTLS originated as for TCP (SNI, the server's SPIFFE
-// ID checked). raw is the TCP connection under conn. The outcome goes to
-// load reports, and a failure to outlier detection (a refused handshake
-// also to the upstream's metrics).
-func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls bool) (conn, raw net.Conn, err error) {
+// ID checked). raw is the TCP connection under conn; under, when not nil,
+// gives what conn (or its TLS) is to write and read instead of raw. The
+// outcome goes to load reports, and a failure to outlier detection (a
+// refused handshake also to the upstream's metrics).
+func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls bool, under func(raw net.Conn) net.Conn) (conn, raw net.Conn, err error) {
 	ep := Endpoint{Addr: addr}
 	for _, e := range c.Endpoints {
 		if e.Addr == addr {
@@ -993,7 +994,11 @@ func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls b
 		}
 		return nil, nil, &connectError{err}
 	}
-	conn = &releasingConn{Conn: raw, release: release}
+	conn = raw
+	if under != nil {
+		conn = under(raw)
+	}
+	conn = &releasingConn{Conn: conn, release: release}
 	if tls {
 		tc, err := p.originate(p.cfg.Load(), conn, c)
 		if err != nil {

@@ -1,0 +1,245 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// sysConn is a TCP connection of the HTTP engine (a caller's, or a pooled
+// upstream's) that reads and writes its socket itself, for two savings
+// that Go's own net.TCPConn cannot make.
+//
+// No scheduler hand-off per system call. net.TCPConn tells the scheduler
+// of every read and write (entersyscall); one that has not returned at
+// the scheduler monitor's next look (every 20 µs while it finds any) loses
+// its processor to another thread, which has to be woken, and gets it back
+// through the scheduler. A non-blocking socket call never blocks, so
+// sysConn makes it raw (syscall.RawSyscall, inside syscall.RawConn's Read
+// and Write, which still park the goroutine on the poller when the socket
+// has nothing or no room). Profiles of the sidecar under load had the
+// monitor, its sleeps and those hand-offs at 10–15 % of its CPU.
+//
+// No read that finds nothing after a request (armed writes). Go's reads
+// try the socket first and wait for the poller only when it has nothing
+// (EAGAIN), so a read right after a request, whose answer cannot be there
+// yet, costs a system call that finds nothing: one in every exchange. An
+// armed write avoids it. It is made from within a read of the socket
+// (RawConn.Read), which clears the poller's readiness before it calls us:
+// the request leaves, and the read waits for the readiness its answer
+// brings, then returns. The next read finds the answer at once. The
+// readiness must be cleared before the write, never after: an answer
+// quick enough to come in between would be forgotten, and with
+// edge-triggered polling nothing would wake the read again.
+//
+// Only the write that carries a request's last byte may wait; an earlier
+// one would wait for an answer to a request not yet whole. So an armed
+// write is known by its length, which the exchange gives before its last
+// flush (arm): the buffered bytes, and with TLS the one record that holds
+// them (tlsRecordOverhead). A write of another length (a flush that TLS
+// cut into several records) disarms and writes as usual.
+type sysConn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+
+	// The call in progress in each direction, for the functions rc runs
+	// (made once, with the connection: no allocation per call).
+	rmu             sync.Mutex
+	rp              []byte
+	rn              int
+	rerr            syscall.Errno
+	wmu             sync.Mutex
+	wp              []byte
+	wn              int
+	werr            syscall.Errno
+	want            int // the length of the write that waits; 0 for none
+	readFn, writeFn func(fd uintptr) bool
+	replyFn         func(fd uintptr) bool
+	laddr, raddr    net.Addr
+}
+
+// newSysConn wraps c, or returns nil when c is not a TCP connection.
+func newSysConn(c net.Conn) *sysConn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	sc := &sysConn{TCPConn: tc, rc: rc, laddr: tc.LocalAddr(), raddr: tc.RemoteAddr()}
+	sc.readFn, sc.writeFn, sc.replyFn = sc.read, sc.write, sc.writeThenWait
+	return sc
+}
+
+// arm makes the next write wait for the answer when it is n bytes long;
+// 0 disarms.
+func (c *sysConn) arm(n int) {
+	c.wmu.Lock()
+	c.want = n
+	c.wmu.Unlock()
+}
+
+// sysRead and sysWrite are read(2) and write(2) without telling the
+// scheduler: the socket is non-blocking.
+func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(n), e
+		}
+	}
+}
+
+func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(n), e
+		}
+	}
+}
+
+// read is rc.Read's function for Read: false (wait for the poller) while
+// the socket has nothing.
+func (c *sysConn) read(fd uintptr) bool {
+	n, e := sysRead(fd, c.rp)
+	if e == syscall.EAGAIN {
+		return false
+	}
+	c.rn, c.rerr = n, e
+	return true
+}
+
+func (c *sysConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rmu.Lock()
+	c.rp, c.rn, c.rerr = p, 0, 0
+	err := c.rc.Read(c.readFn)
+	n, e := c.rn, c.rerr
+	c.rp = nil
+	c.rmu.Unlock()
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case e != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", e))
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// write is rc.Write's function for Write: false (wait for room) while the
+// socket's buffer is full.
+func (c *sysConn) write(fd uintptr) bool {
+	for c.wn < len(c.wp) {
+		n, e := sysWrite(fd, c.wp[c.wn:])
+		switch {
+		case e == syscall.EAGAIN:
+			return false
+		case e != 0:
+			c.werr = e
+			return true
+		}
+		c.wn += n
+	}
+	return true
+}
+
+// writeThenWait is rc.Read's function for an armed write: it writes what
+// it can, then waits (false) until the socket is readable; true at once
+// when the write failed or found no room, for Write to go on without
+// waiting.
+func (c *sysConn) writeThenWait(fd uintptr) bool {
+	if c.wn == len(c.wp) {
+		return true // readable: the answer has begun (or the end)
+	}
+	for c.wn < len(c.wp) {
+		n, e := sysWrite(fd, c.wp[c.wn:])
+		if e != 0 {
+			if e != syscall.EAGAIN {
+				c.werr = e
+			}
+			return true
+		}
+		c.wn += n
+	}
+	return false
+}
+
+func (c *sysConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	c.wp, c.wn, c.werr = p, 0, 0
+	err := c.writeLocked()
+	n := c.wn
+	c.wp = nil
+	c.wmu.Unlock()
+	return n, err
+}
+
+func (c *sysConn) writeLocked() error {
+	if c.want != 0 && len(c.wp) == c.want {
+		c.want = 0
+		err := c.rc.Read(c.replyFn)
+		switch {
+		case c.werr != 0:
+			return c.opError("write", os.NewSyscallError("write", c.werr))
+		case c.wn == len(c.wp):
+			// The request left. A wait that ended in a passed deadline or
+			// a close is the next read's error, not the write's: the
+			// request must not look unsent to a retry.
+			return nil
+		case err != nil && !errors.Is(err, os.ErrDeadlineExceeded):
+			return c.opError("write", err)
+		}
+		// Not all of it went (a full send buffer), or the read could not
+		// start (its deadline had passed): the usual write, which waits
+		// for room and keeps the write deadline.
+	}
+	c.want = 0
+	if err := c.rc.Write(c.writeFn); err != nil {
+		return c.opError("write", err)
+	}
+	if c.werr != 0 {
+		return c.opError("write", os.NewSyscallError("write", c.werr))
+	}
+	return nil
+}
+
+// opError is err as net.TCPConn gives it: a *net.OpError whose Err is
+// the cause (a deadline, a close, an errno).
+func (c *sysConn) opError(op string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
+}
+
+// tlsRecordOverhead is what a TLS record adds to the data it carries, on
+// a connection with state st: header, and for TLS 1.3 the content type
+// byte and the AEAD tag; for TLS 1.2 the AEAD's explicit nonce and tag.
+// -1 when it varies (block ciphers' padding) or is not known.
+func tlsRecordOverhead(st tls.ConnectionState) int {
+	const header, tag = 5, 16
+	if st.Version == tls.VersionTLS13 {
+		return header + 1 + tag
+	}
+	switch st.CipherSuite {
+	case tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384:
+		return header + 8 + tag
+	case tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256:
+		return header + tag
+	}
+	return -1
+}

@@ -1,0 +1,260 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// sysPair is a sysConn and the other end of its loopback TCP connection.
+func sysPair(t *testing.T) (*sysConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-accepted
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	sc := newSysConn(c)
+	if sc == nil {
+		t.Fatal("newSysConn of a TCP connection is nil")
+	}
+	t.Cleanup(func() { sc.Close(); peer.Close() })
+	return sc, peer.(*net.TCPConn)
+}
+
+// readable peeks at c's socket without waiting: whether it has data.
+func readable(t *testing.T, c *sysConn) bool {
+	t.Helper()
+	var has bool
+	var buf [1]byte
+	err := c.rc.Control(func(fd uintptr) {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		has = err == nil && n > 0
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return has
+}
+
+func TestSysConnReadWrite(t *testing.T) {
+	sc, peer := sysPair(t)
+	// Larger than both socket buffers: the writer waits for room.
+	big := make([]byte, 8<<20)
+	rand.Read(big)
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
+	if n, err := sc.Write(big); err != nil || n != len(big) {
+		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(big))
+	}
+	sc.CloseWrite()
+	if b := <-got; !bytes.Equal(b, big) {
+		t.Fatalf("the peer read %d bytes, not the %d written", len(b), len(big))
+	}
+	go func() {
+		peer.Write([]byte("answer"))
+		peer.Close()
+	}()
+	b, err := io.ReadAll(sc)
+	if err != nil || string(b) != "answer" {
+		t.Fatalf("ReadAll = %q, %v; want answer and the end (io.EOF)", b, err)
+	}
+	if n, err := sc.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) = %d, %v", n, err)
+	}
+}
+
+func TestSysConnErrors(t *testing.T) {
+	sc, peer := sysPair(t)
+	sc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, err := sc.Read(make([]byte, 10))
+	var ne net.Error
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Read past its deadline: %v; want a timeout", err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("Read's error %v is not a read *net.OpError", err)
+	}
+	sc.SetReadDeadline(time.Time{})
+
+	// A reset by the peer (a close with unread data and linger 0).
+	peer.SetLinger(0)
+	peer.Close()
+	for {
+		if _, err = sc.Write([]byte("x")); err != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("Write to a reset connection: %v; want ECONNRESET or EPIPE", err)
+	}
+	sc.Close()
+	if _, err := sc.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read after Close: %v; want net.ErrClosed", err)
+	}
+	if _, err := sc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close: %v; want net.ErrClosed", err)
+	}
+}
+
+// An armed write returns once the answer has begun, so that the read
+// after it finds the answer at once.
+func TestSysConnArmedWriteWaitsForTheAnswer(t *testing.T) {
+	sc, peer := sysPair(t)
+	req := []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	go func() {
+		buf := make([]byte, len(req))
+		if _, err := io.ReadFull(peer, buf); err != nil {
+			return
+		}
+		time.Sleep(30 * time.Millisecond) // the upstream takes its time
+		peer.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
+	}()
+	sc.arm(len(req))
+	if n, err := sc.Write(req); err != nil || n != len(req) {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if !readable(t, sc) {
+		t.Fatal("the armed write returned before the answer came")
+	}
+	buf := make([]byte, 64)
+	n, err := sc.Read(buf)
+	if err != nil || string(buf[:n]) != "HTTP/1.1 204 No Content\r\n\r\n" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+}
+
+// A write of another length than the armed one does not wait: a request
+// that TLS cut into several records must not wait for an answer to its
+// first part.
+func TestSysConnArmedWriteOfAnotherLength(t *testing.T) {
+	sc, peer := sysPair(t)
+	release := make(chan struct{})
+	defer close(release)
+	go func() {
+		io.ReadFull(peer, make([]byte, 10))
+		<-release
+		peer.Write([]byte("late"))
+	}()
+	sc.arm(22)
+	done := make(chan error, 1)
+	go func() {
+		_, err := sc.Write([]byte("0123456789"))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write of another length than the armed one waited for an answer")
+	}
+	if sc.want != 0 {
+		t.Fatalf("the write left the connection armed (%d)", sc.want)
+	}
+}
+
+// An armed write whose wait ends at the deadline has still sent its
+// request: it says so (no error), and the read after it times out.
+func TestSysConnArmedWriteDeadline(t *testing.T) {
+	sc, peer := sysPair(t)
+	go io.Copy(io.Discard, peer) // reads, never answers
+	sc.SetDeadline(time.Now().Add(30 * time.Millisecond))
+	sc.arm(5)
+	if n, err := sc.Write([]byte("hello")); err != nil || n != 5 {
+		t.Fatalf("Write = %d, %v; want 5, nil (the request left)", n, err)
+	}
+	if _, err := sc.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after the wait's deadline: %v; want the deadline's error", err)
+	}
+	// A deadline already passed: the write is the usual one, and fails.
+	sc.arm(5)
+	if _, err := sc.Write([]byte("hello")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("armed Write past its deadline: %v; want the deadline's error", err)
+	}
+}
+
+// tlsRecordOverhead against crypto/tls: an armed write of one record's
+// length (the request and what TLS adds) is the one that waits, over TLS
+// 1.3 and 1.2 (AES-GCM, ChaCha20-Poly1305).
+func TestTLSRecordOverhead(t *testing.T) {
+	signer, roots := testSigner(t, "default")
+	cert := workload(t, signer, "default", "billing")
+	for _, tc := range []struct {
+		name    string
+		version uint16
+		suite   uint16
+	}{
+		{"TLS 1.3", tls.VersionTLS13, 0},
+		{"TLS 1.2 AES-GCM", tls.VersionTLS12, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+		{"TLS 1.2 ChaCha20", tls.VersionTLS12, tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc, peer := sysPair(t)
+			var suites []uint16
+			if tc.suite != 0 {
+				suites = []uint16{tc.suite}
+			}
+			srv := tls.Server(peer, &tls.Config{Certificates: []tls.Certificate{*cert}, MaxVersion: tc.version, CipherSuites: suites})
+			req := []byte("GET / HTTP/1.1\r\nHost: billing\r\n\r\n")
+			go func() {
+				buf := make([]byte, len(req))
+				if _, err := io.ReadFull(srv, buf); err != nil {
+					return
+				}
+				time.Sleep(30 * time.Millisecond)
+				srv.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
+			}()
+			cli := tls.Client(sc, &tls.Config{RootCAs: roots, InsecureSkipVerify: true, MaxVersion: tc.version, CipherSuites: suites})
+			if err := cli.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			overhead := tlsRecordOverhead(cli.ConnectionState())
+			if overhead < 0 {
+				t.Fatalf("no record overhead known for %s", tc.name)
+			}
+			sc.arm(len(req) + overhead)
+			if _, err := cli.Write(req); err != nil {
+				t.Fatal(err)
+			}
+			if sc.want != 0 || !readable(t, sc) {
+				t.Fatalf("the one record's write (%d + %d bytes) did not wait for the answer", len(req), overhead)
+			}
+			buf := make([]byte, 64)
+			n, err := cli.Read(buf)
+			if err != nil || !bytes.HasPrefix(buf[:n], []byte("HTTP/1.1 204")) {
+				t.Fatalf("Read = %q, %v", buf[:n], err)
+			}
+		})
+	}
+	// A block cipher's padding varies: such a connection is never armed.
+	if tlsRecordOverhead(tls.ConnectionState{Version: tls.VersionTLS12, CipherSuite: tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}) != -1 {
+		t.Fatal("a CBC suite's record overhead is taken as fixed")
+	}
+}
