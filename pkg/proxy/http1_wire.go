@@ -184,7 +184,7 @@ func parseFields(s string, h http.Header, keep *[]string) error {
 				return errNotSimple
 			}
 		}
-		v = strings.Trim(v, " \t")
+		v = trimOWS(v)
 		key = canonicalKey(key)
 		if vs, ok := h[key]; ok {
 			h[key] = append(vs, v)
@@ -577,4 +577,16 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// trimOWS is v without the spaces and tabs around it (optional white
+// space, RFC 9110 §5.6.3).
+func trimOWS(v string) string {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }
