@@ -399,10 +399,16 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: false, stop: stop}
 		return resp, true, nil
 	}
+	var began uint64
+	if pc.reply != nil {
+		began = pc.reply.writeCount()
+	}
 	if err := writeRequest(pc.bw, req, body); err != nil {
 		return early(err)
 	}
-	if pc.reply != nil && pc.bw.Buffered() > 0 {
+	// A request that leaves in this one flush waits in it for its answer
+	// (sysConn); one whose start has left already may have it already.
+	if pc.reply != nil && pc.bw.Buffered() > 0 && pc.reply.writeCount() == began {
 		pc.reply.arm(pc.bw.Buffered() + pc.overhead)
 	}
 	err := pc.bw.Flush()

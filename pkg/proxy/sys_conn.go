@@ -37,12 +37,22 @@ import (
 // quick enough to come in between would be forgotten, and with
 // edge-triggered polling nothing would wake the read again.
 //
-// Only the write that carries a request's last byte may wait; an earlier
-// one would wait for an answer to a request not yet whole. So an armed
-// write is known by its length, which the exchange gives before its last
-// flush (arm): the buffered bytes, and with TLS the one record that holds
-// them (tlsRecordOverhead). A write of another length (a flush that TLS
-// cut into several records) disarms and writes as usual.
+// Only a request that leaves in one write may wait on it. An earlier write
+// would wait for an answer to a request not yet whole; and once part of a
+// request has left, the upstream may answer before the rest (a 413 to a
+// large upload, kept alive): that answer's readiness, seen before the last
+// write, would be cleared by it, and the wait would last until the
+// deadline. So the exchange arms only when nothing of its request has been
+// written yet (writeCount), and an armed write is known by its length:
+// the buffered bytes, and with TLS the one record that holds them
+// (tlsRecordOverhead). A write of another length (a flush that TLS cut
+// into several records) disarms and writes as usual.
+//
+// While an armed write waits it holds the connection's write lock, and
+// with TLS the tls.Conn's: a Close or CloseWrite of the TLS connection
+// (which writes an alert) waits for the answer or the deadline. What ends
+// an exchange early moves the deadline (SetDeadline), which ends the
+// wait at once.
 type sysConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
@@ -57,7 +67,9 @@ type sysConn struct {
 	wp              []byte
 	wn              int
 	werr            syscall.Errno
-	want            int // the length of the write that waits; 0 for none
+	want            int    // the length of the write that waits; 0 for none
+	writes          uint64 // Write calls, to tell whether a request has begun to leave
+	waited          uint64 // armed writes that waited for their answer (tests read it)
 	readFn, writeFn func(fd uintptr) bool
 	replyFn         func(fd uintptr) bool
 	laddr, raddr    net.Addr
@@ -76,6 +88,20 @@ func newSysConn(c net.Conn) *sysConn {
 	sc := &sysConn{TCPConn: tc, rc: rc, laddr: tc.LocalAddr(), raddr: tc.RemoteAddr()}
 	sc.readFn, sc.writeFn, sc.replyFn = sc.read, sc.write, sc.writeThenWait
 	return sc
+}
+
+// writeCount is the number of Write calls so far.
+func (c *sysConn) writeCount() uint64 {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writes
+}
+
+// File is refused: the descriptor it would dup is the one this connection
+// reads and writes without telling the scheduler, which must never block,
+// and os.File.Fd makes a descriptor blocking, for both copies.
+func (c *sysConn) File() (*os.File, error) {
+	return nil, &net.OpError{Op: "file", Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: errors.ErrUnsupported}
 }
 
 // arm makes the next write wait for the answer when it is n bytes long;
@@ -178,6 +204,7 @@ func (c *sysConn) writeThenWait(fd uintptr) bool {
 
 func (c *sysConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
+	c.writes++
 	c.wp, c.wn, c.werr = p, 0, 0
 	err := c.writeLocked()
 	n := c.wn
@@ -194,6 +221,7 @@ func (c *sysConn) writeLocked() error {
 		case c.werr != 0:
 			return c.opError("write", os.NewSyscallError("write", c.werr))
 		case c.wn == len(c.wp):
+			c.waited++
 			// The request left. A wait that ended in a passed deadline or
 			// a close is the next read's error, not the write's: the
 			// request must not look unsent to a retry.
@@ -236,7 +264,8 @@ func tlsRecordOverhead(st tls.ConnectionState) int {
 	}
 	switch st.CipherSuite {
 	case tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384:
+		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_RSA_WITH_AES_256_GCM_SHA384:
 		return header + 8 + tag
 	case tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256:
 		return header + tag
