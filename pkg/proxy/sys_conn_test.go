@@ -345,26 +345,17 @@ func TestH1EarlyAnswerToALargeBody(t *testing.T) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	const size = 16 << 20 // more than the sockets hold: the proxy's writes wait for room
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
-				time.Sleep(100 * time.Millisecond) // the answer arrives before the last write
-				io.Copy(io.Discard, req.Body)
-				io.Copy(io.Discard, br) // keeps the connection, sends nothing more
-			}()
+	go serveEach(ln, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
+		io.WriteString(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+		time.Sleep(100 * time.Millisecond) // the answer arrives before the last write
+		io.Copy(io.Discard, req.Body)
+		io.Copy(io.Discard, br) // keeps the connection, sends nothing more
+	})
 	p := newProxy(t)
 	apply(t, p, nil, nil, []*listener.Listener{outboundHTTPListener("outbound:up", "outbound:up")},
 		[]*cluster.Cluster{staticHTTPCluster("up", false, ln.Addr().String())}, nil,
