@@ -955,11 +955,11 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 		t.Protocols.SetHTTP1(true)
 	}
 	t.DialContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-		conn, _, err := p.dialEndpoint(ctx, c, addr, false, nil)
+		conn, _, err := p.dialEndpoint(ctx, c, addr, false, sysUnder)
 		return conn, err
 	}
 	t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-		conn, _, err := p.dialEndpoint(ctx, c, addr, true, nil)
+		conn, _, err := p.dialEndpoint(ctx, c, addr, true, sysUnder)
 		return conn, err
 	}
 	p.l7.pools[c.Name] = &httpPoolEntry{key: key, t: t, c: c}

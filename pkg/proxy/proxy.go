@@ -343,9 +343,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		l = &Listener{Name: l.Name, TLS: chain.TLS, RBAC: chain.RBAC, Routes: chain.Routes, HTTP: chain.HTTP}
 	}
 	if l.HTTP != nil {
-		if sc := newSysConn(down); sc != nil {
-			down = sc // the HTTP engine's own socket I/O
-		}
+		down = sysUnder(down) // the HTTP engine's own socket I/O
 	}
 	if l.TLS {
 		tc, uris, err := p.terminate(down, l.HTTP != nil)

@@ -11,9 +11,11 @@ import (
 	"unsafe"
 )
 
-// sysConn is a TCP connection of the HTTP engine (a caller's, or a pooled
-// upstream's) that reads and writes its socket itself, for two savings
-// that Go's own net.TCPConn cannot make.
+// sysConn is a TCP connection of the HTTP engine (a caller's, or an
+// upstream's: the HTTP/1.1 pool's or the HTTP/2 Transport's) that reads
+// and writes its socket itself, for two savings that Go's own
+// net.TCPConn cannot make (the second, armed writes, on the HTTP/1.1
+// pool's only).
 //
 // No scheduler hand-off per system call. net.TCPConn tells the scheduler
 // of every read and write (entersyscall); one that has not returned at
@@ -88,6 +90,14 @@ func newSysConn(c net.Conn) *sysConn {
 	sc := &sysConn{TCPConn: tc, rc: rc, laddr: tc.LocalAddr(), raddr: tc.RemoteAddr()}
 	sc.readFn, sc.writeFn, sc.replyFn = sc.read, sc.write, sc.writeThenWait
 	return sc
+}
+
+// sysUnder is c as a sysConn when it is a TCP connection, else c.
+func sysUnder(c net.Conn) net.Conn {
+	if sc := newSysConn(c); sc != nil {
+		return sc
+	}
+	return c
 }
 
 // writeCount is the number of Write calls so far.
