@@ -60,17 +60,7 @@ func TestHybridZones(t *testing.T) {
 
 	global := h.startCP(t, "global", "global", "--store", newDatabase(t), "--api-addr", ":5681", "--kds-addr", ":5685")
 	_, kdsCA := global.get(t, "/kds/ca.pem")
-	ctlOn("global", `type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
-`, "apply", "-f", "-")
+	ctlOn("global", openMTLSMesh, "apply", "-f", "-")
 	// get GETs path of the API of the CP on host from that host's
 	// loopback, where a caller needs no token.
 	get := func(host, path string) (int, string) {

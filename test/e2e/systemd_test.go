@@ -218,17 +218,7 @@ func TestSystemdUnitsRunTwoZones(t *testing.T) {
 	put("global", "global.env", example("global", "global.env.example", strings.NewReplacer(
 		"URSA_STORE=postgres:", "#URSA_STORE=postgres:")))
 	run("global", "ursa-cp-global.service", "", "http://127.0.0.1:5681/readyz")
-	ctlOn("global", `type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
-`, "apply", "-f", "-")
+	ctlOn("global", openMTLSMesh, "apply", "-f", "-")
 	cps := map[string]*proc{}
 	for _, z := range []string{"1", "2"} {
 		cpHost := "cp" + z

@@ -55,17 +55,7 @@ func TestVMZones(t *testing.T) {
 
 	global := h.startCP(t, "global", "global", "--store", newDatabase(t), "--api-addr", ":5681", "--kds-addr", ":5685")
 	_, kdsCA := global.get(t, "/kds/ca.pem")
-	ctlOn("global", `type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
-`, "apply", "-f", "-")
+	ctlOn("global", openMTLSMesh, "apply", "-f", "-")
 	zones := map[string]*cp{}
 	for _, z := range []string{"1", "2"} {
 		host := "cp" + z

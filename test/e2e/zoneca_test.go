@@ -124,18 +124,7 @@ func TestZoneIntermediateCAs(t *testing.T) {
 		z.xds, z.dns = z.cp.xds, z.cp.dns
 		m.zones[name] = z
 	}
-	ctl(t, m.global.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
-`, "apply", "-f", "-")
+	ctl(t, m.global.api, openMTLSMesh, "apply", "-f", "-")
 	for name, z := range m.zones {
 		eventually(t, "the mesh in "+name, func() bool { return z.cp.has(t, "/meshes/default") })
 	}

@@ -87,18 +87,7 @@ spec:
 func startBillingAcrossZones(t testing.TB) (*meshZones, string, []*instance) {
 	t.Helper()
 	m := startZones(t, "zone-1", "zone-2", "zone-3")
-	ctl(t, m.global.api, `
-type: Mesh
-name: default
-mtls: {enabled: true}
----
-type: TrafficPermission
-mesh: default
-name: everyone
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: '*'}}]
-`, "apply", "-f", "-")
+	ctl(t, m.global.api, openMTLSMesh, "apply", "-f", "-")
 	for name, z := range m.zones {
 		eventually(t, "the mesh in "+name, func() bool { return z.cp.has(t, "/meshes/default") })
 	}
