@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 func TestMatchDst(t *testing.T) {
@@ -219,7 +220,7 @@ func echoOn(t *testing.T, addr, name string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go serveEach(ln, func(c net.Conn) {
+	go testutil.ServeEach(ln, func(c net.Conn) {
 		sc := bufio.NewScanner(c)
 		for sc.Scan() {
 			fmt.Fprintf(c, "%s %s\n", name, sc.Text())

@@ -22,21 +22,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
-// serveEach serves every connection ln accepts with handle, on its own
-// goroutine, and closes it when handle returns; it returns when ln closes.
-func serveEach(ln net.Listener, handle func(net.Conn)) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			handle(c)
-		}()
-	}
-}
-
 func newProxy(t *testing.T) *Proxy {
 	t.Helper()
 	p, err := New(zaptest.NewLogger(t), prometheus.NewRegistry())
@@ -217,7 +202,7 @@ func TestSNIPassthrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer backend.Close()
-	go serveEach(backend, func(c net.Conn) {
+	go testutil.ServeEach(backend, func(c net.Conn) {
 		sc := bufio.NewScanner(c)
 		for sc.Scan() {
 			fmt.Fprintf(c, "tls %s\n", sc.Text())

@@ -17,6 +17,8 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // sysPair is a sysConn and the other end of its loopback TCP connection.
@@ -345,7 +347,7 @@ func TestH1EarlyAnswerToALargeBody(t *testing.T) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	const size = 16 << 20 // more than the sockets hold: the proxy's writes wait for room
-	go serveEach(ln, func(c net.Conn) {
+	go testutil.ServeEach(ln, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		req, err := http.ReadRequest(br)
 		if err != nil {

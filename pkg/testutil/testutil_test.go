@@ -3,6 +3,7 @@ package testutil
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -88,5 +89,36 @@ func TestRefusingAddr(t *testing.T) {
 	if ln, err := net.Listen("tcp", addr); err == nil {
 		ln.Close()
 		t.Fatalf("%s could be taken by a listener", addr)
+	}
+}
+
+func TestServeEach(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		ServeEach(ln, func(c net.Conn) { io.Copy(c, c) })
+		close(done)
+	}()
+	for range 2 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte("ping"))
+		c.(*net.TCPConn).CloseWrite()
+		if b, err := io.ReadAll(c); err != nil || string(b) != "ping" {
+			t.Fatalf("echo: %q, %v", b, err)
+		}
+		c.Close()
+	}
+	ln.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeEach did not return when its listener closed")
 	}
 }

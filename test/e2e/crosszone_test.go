@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // tap relays TCP connections from its address to target and records every
@@ -28,44 +30,35 @@ func startTap(t *testing.T, target string) *tap {
 	}
 	t.Cleanup(func() { ln.Close() })
 	tp := &tap{addr: ln.Addr().String()}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", target)
+	go testutil.ServeEach(ln, func(c net.Conn) {
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		rec := func(dst, src net.Conn) {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := src.Read(buf)
+				if n > 0 {
+					tp.mu.Lock()
+					tp.seen.Write(buf[:n])
+					tp.mu.Unlock()
+					dst.Write(buf[:n])
+				}
 				if err != nil {
+					if cw, ok := dst.(*net.TCPConn); ok {
+						cw.CloseWrite()
+					}
 					return
 				}
-				defer up.Close()
-				rec := func(dst, src net.Conn) {
-					buf := make([]byte, 32<<10)
-					for {
-						n, err := src.Read(buf)
-						if n > 0 {
-							tp.mu.Lock()
-							tp.seen.Write(buf[:n])
-							tp.mu.Unlock()
-							dst.Write(buf[:n])
-						}
-						if err != nil {
-							if cw, ok := dst.(*net.TCPConn); ok {
-								cw.CloseWrite()
-							}
-							return
-						}
-					}
-				}
-				done := make(chan struct{})
-				go func() { rec(up, c); close(done) }()
-				rec(c, up)
-				<-done
-			}()
+			}
 		}
-	}()
+		done := make(chan struct{})
+		go func() { rec(up, c); close(done) }()
+		rec(c, up)
+		<-done
+	})
 	return tp
 }
 

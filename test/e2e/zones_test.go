@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // meshZones is a global and zones, each with a zone CP and an ingress, for
@@ -199,21 +201,12 @@ func serveLines(t testing.TB, addr, reply string) net.Listener {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s: %s\n", reply, sc.Text())
-				}
-			}()
+	go testutil.ServeEach(ln, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s: %s\n", reply, sc.Text())
 		}
-	}()
+	})
 	return ln
 }
 
