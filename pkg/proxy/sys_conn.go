@@ -24,8 +24,9 @@ import (
 // through the scheduler. A non-blocking socket call never blocks, so
 // sysConn makes it raw (syscall.RawSyscall, inside syscall.RawConn's Read
 // and Write, which still park the goroutine on the poller when the socket
-// has nothing or no room). Profiles of the sidecar under load had the
-// monitor, its sleeps and those hand-offs at 10–15 % of its CPU.
+// has nothing or no room). In a profile of two sidecars under load, the
+// monitor alone took 9 % of their CPU, and context switches 14 % against
+// nginx's 10 % (test/BENCHMARKS.md, "The engine's own socket calls").
 //
 // No read that finds nothing after a request (armed writes). Go's reads
 // try the socket first and wait for the poller only when it has nothing
@@ -74,7 +75,6 @@ type sysConn struct {
 	waited          uint64 // armed writes that waited for their answer (tests read it)
 	readFn, writeFn func(fd uintptr) bool
 	replyFn         func(fd uintptr) bool
-	laddr, raddr    net.Addr
 }
 
 // newSysConn wraps c, or returns nil when c is not a TCP connection.
@@ -87,7 +87,7 @@ func newSysConn(c net.Conn) *sysConn {
 	if err != nil {
 		return nil
 	}
-	sc := &sysConn{TCPConn: tc, rc: rc, laddr: tc.LocalAddr(), raddr: tc.RemoteAddr()}
+	sc := &sysConn{TCPConn: tc, rc: rc}
 	sc.readFn, sc.writeFn, sc.replyFn = sc.read, sc.write, sc.writeThenWait
 	return sc
 }
@@ -111,7 +111,7 @@ func (c *sysConn) writeCount() uint64 {
 // reads and writes without telling the scheduler, which must never block,
 // and os.File.Fd makes a descriptor blocking, for both copies.
 func (c *sysConn) File() (*os.File, error) {
-	return nil, &net.OpError{Op: "file", Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: errors.ErrUnsupported}
+	return nil, &net.OpError{Op: "file", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errors.ErrUnsupported}
 }
 
 // arm makes the next write wait for the answer when it is n bytes long;
@@ -260,7 +260,7 @@ func (c *sysConn) opError(op string, err error) error {
 	if errors.As(err, &oe) {
 		err = oe.Err
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // tlsRecordOverhead is what a TLS record adds to the data it carries, on
