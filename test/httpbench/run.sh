@@ -38,6 +38,8 @@
 #                       PORT_BASE+16 (client-1), +17 (billing-1), +21
 #                       (billing-tcp-1)
 #   LOG_LEVEL=warn      of the zone CP and the sidecars
+#   DP_ENV="K=V …"      extra environment of the ursa-dp sidecars only (an
+#                       experiment: DP_ENV="GOGC=off GODEBUG=gctrace=1")
 #   OUT=DIR             keep the work files (configs, logs, results, the
 #                       sidecars' metrics) there; default a temporary
 #                       directory, removed on exit
@@ -52,6 +54,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 PATHS=${PATHS:-direct,nginx,haproxy,ursa}
 PPROF=${PPROF:-0}
+DP_ENV=${DP_ENV:-}
 LOG_LEVEL=${LOG_LEVEL:-warn}
 PORT_BASE=${PORT_BASE:-17600}
 ADDR=127.0.0.1
@@ -364,7 +367,8 @@ YAML
 	sidecar() { # sidecar NAME SERVICE ADMIN PPROF
 		local pprof=""
 		[[ $PPROF == 1 ]] && pprof=$ADDR:$4
-		start "$1" env "URSA_BENCH_PPROF=$pprof" "$BIN/ursa-dp" run --cp-address "grpcs://$ADDR:$CP_XDS" --ca-cert-file "$OUT/xds-ca.pem" \
+		# shellcheck disable=SC2086 # DP_ENV is a list of K=V words
+		start "$1" env "URSA_BENCH_PPROF=$pprof" $DP_ENV "$BIN/ursa-dp" run --cp-address "grpcs://$ADDR:$CP_XDS" --ca-cert-file "$OUT/xds-ca.pem" \
 			--token-file "$OUT/$2.token" --dataplane-file "$OUT/$1.yaml" --admin-addr "$ADDR:$3" \
 			--dns-addr= --log-level "$LOG_LEVEL"
 		SIDECARS+=($LAST_PID)
