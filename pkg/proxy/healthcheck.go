@@ -284,9 +284,9 @@ type checker struct {
 	clientTLS bool
 	cancel    context.CancelFunc
 	done      chan struct{}
-	// wake ends a wait for the no-traffic interval when the cluster first
-	// carries traffic.
-	wake chan struct{}
+	// traffic is whether the endpoint's cluster has carried traffic; its
+	// first ends a wait for the no-traffic interval.
+	traffic *clusterTraffic
 	// checks counts checks done, and idle is true while the checker
 	// waits for its next: tests read them.
 	checks atomic.Int64
@@ -305,9 +305,24 @@ type healthChecks struct {
 // checkedCluster is a cluster's checkers; a snapshot's never change.
 type checkedCluster struct {
 	checkers map[string]*checker
-	// used is whether the cluster has carried traffic; shared by the
-	// cluster's snapshots.
-	used *atomic.Bool
+	// traffic is shared by the cluster's snapshots and their checkers.
+	traffic *clusterTraffic
+}
+
+// clusterTraffic is whether a cluster has carried traffic. came is closed
+// at its first: that wakes every checker of the cluster waiting for the
+// no-traffic interval, those of a snapshot being made at that moment
+// too (a checker started later finds it closed).
+type clusterTraffic struct {
+	used atomic.Bool
+	came chan struct{}
+}
+
+// record records traffic: the first call closes came.
+func (ct *clusterTraffic) record() {
+	if !ct.used.Load() && ct.used.CompareAndSwap(false, true) {
+		close(ct.came)
+	}
 }
 
 // current is the snapshot of checked clusters.
@@ -332,9 +347,9 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 			continue
 		}
 		old := prev[name]
-		cc := &checkedCluster{checkers: map[string]*checker{}, used: new(atomic.Bool)}
+		cc := &checkedCluster{checkers: map[string]*checker{}, traffic: &clusterTraffic{came: make(chan struct{})}}
 		if old != nil {
-			cc.used = old.used
+			cc.traffic = old.traffic
 		}
 		for _, ep := range c.Endpoints {
 			if cc.checkers[ep.Addr] != nil {
@@ -350,7 +365,7 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 				continue
 			}
 			ck := &checker{p: p, cluster: name, addr: ep.Addr, spec: c.HealthCheck, first: true,
-				done: make(chan struct{}), wake: make(chan struct{}, 1)}
+				done: make(chan struct{}), traffic: cc.traffic}
 			ck.target.Store(c)
 			if was != nil {
 				ck.healthy.Store(was.healthy.Load())
@@ -359,11 +374,10 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 			ctx, cancel := context.WithCancel(context.Background())
 			ck.cancel = cancel
 			cc.checkers[ep.Addr] = ck
-			used := cc.used.Load()
 			hs.wg.Add(1)
 			go func() {
 				defer hs.wg.Done()
-				ck.run(ctx, used)
+				ck.run(ctx)
 			}()
 		}
 		next[name] = cc
@@ -408,33 +422,21 @@ func (hs *healthChecks) healthy(cluster, addr string) bool {
 // the first time: they have been waiting for the longer no-traffic
 // interval.
 func (hs *healthChecks) traffic(cluster string) {
-	cc := hs.current()[cluster]
-	if cc == nil || cc.used.Load() || !cc.used.CompareAndSwap(false, true) {
-		return
+	if cc := hs.current()[cluster]; cc != nil {
+		cc.traffic.record()
 	}
-	for _, ck := range cc.checkers {
-		select {
-		case ck.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// used reports whether a cluster has carried traffic.
-func (hs *healthChecks) used(cluster string) bool {
-	cc := hs.current()[cluster]
-	return cc != nil && cc.used.Load()
 }
 
 // run checks until ctx ends: at once (after the initial jitter), then
 // after the interval Envoy would use.
-func (ck *checker) run(ctx context.Context, used bool) {
+func (ck *checker) run(ctx context.Context) {
 	defer close(ck.done)
 	defer func() {
 		if ck.client != nil {
 			ck.client.CloseIdleConnections()
 		}
 	}()
+	used := ck.traffic.used.Load()
 	wait := time.Duration(0)
 	if j := ck.spec.InitialJitter; j > 0 {
 		wait = rand.N(j)
@@ -443,7 +445,7 @@ func (ck *checker) run(ctx context.Context, used bool) {
 		if wait > 0 {
 			var wake <-chan struct{}
 			if !used {
-				wake = ck.wake
+				wake = ck.traffic.came
 			}
 			timer := ck.p.resil.after(wait)
 			ck.idle.Store(true)
@@ -459,7 +461,7 @@ func (ck *checker) run(ctx context.Context, used bool) {
 			return
 		}
 		if !used {
-			used = ck.p.resil.health.used(ck.cluster)
+			used = ck.traffic.used.Load()
 		}
 		res := ck.check(ctx)
 		if ctx.Err() != nil {

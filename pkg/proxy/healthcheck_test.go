@@ -412,6 +412,44 @@ func TestHealthCheckWaitsForTraffic(t *testing.T) {
 	step(t, p, clock, "app", time.Second) // the normal interval from now on
 }
 
+// TestFirstTrafficWakesANewSnapshotsCheckers: the cluster's first
+// traffic, recorded through the snapshot that a configuration change is
+// replacing at that moment, still wakes the checkers the change starts:
+// they wait for the no-traffic interval (an hour here) only until then.
+// (Each checker had its own wake-up, which only the snapshot's own
+// checkers got: a new one missed it and checked once an hour.)
+func TestFirstTrafficWakesANewSnapshotsCheckers(t *testing.T) {
+	app := newHTTPBackend(t, "app")
+	p, _, _ := hcProxy(t)
+	hc := &HealthCheck{Timeout: 5 * time.Second, Interval: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1,
+		NoTrafficInterval: time.Hour, NoTrafficHealthyInterval: time.Hour, UnhealthyInterval: time.Second,
+		UnhealthyEdgeInterval: time.Second, HealthyEdgeInterval: time.Second}
+	apply := func(hc *HealthCheck) {
+		t.Helper()
+		c := &Cluster{Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, HealthCheck: hc, Endpoints: []Endpoint{{Addr: app.addr, Weight: 1}}}
+		if err := p.Apply(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{"app": c}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(hc)
+	checksDone(t, p, "app", app.addr, 1)
+	old := p.resil.health.current()["app"] // as a pick read it, just before the change
+	changed := *hc
+	changed.UnhealthyThreshold = 2
+	apply(&changed)
+	ck := p.checkerOf("app", app.addr)
+	if ck == old.checkers[app.addr] {
+		t.Fatal("the changed check kept its checker")
+	}
+	testutil.Until(t, 10*time.Second, "the new checker waiting after its first check", func() bool {
+		return ck.checks.Load() >= 1 && ck.idle.Load()
+	})
+	old.traffic.record() // the pick's traffic, through the old snapshot
+	testutil.Until(t, 10*time.Second, "the new checker's check after the first traffic", func() bool {
+		return ck.checks.Load() >= 2
+	})
+}
+
 // checkerGoroutines counts the running health checkers of every proxy.
 func checkerGoroutines() int {
 	buf := make([]byte, 1<<22)
