@@ -52,7 +52,9 @@ func startLRS(t *testing.T, auth *Auth) *lrsFixture {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := grpc.NewServer()
+	// Stop waits for the handlers, so that none logs after the test (an
+	// ADS stream's end is logged).
+	g := grpc.NewServer(grpc.WaitForHandlers(true))
 	s.Register(ctx, g)
 	l.Register(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
