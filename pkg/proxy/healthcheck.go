@@ -370,6 +370,10 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 			if was != nil {
 				ck.healthy.Store(was.healthy.Load())
 				ck.first = was.checks.Load() == 0
+				// Rare (the check itself changed), and otherwise silent:
+				// the endpoint keeps its health.
+				p.log.Info("endpoint's health check changed: checking it anew", zap.String("cluster", name), zap.String("endpoint", ep.Addr),
+					zap.Bool("healthy", ck.healthy.Load()), zap.Bool("traffic", cc.traffic.used.Load()))
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			ck.cancel = cancel
