@@ -385,19 +385,32 @@ func TestSpillOnHealth(t *testing.T) {
 	}
 }
 
+// trafficWaitingCheck is a TCP check every second once its cluster
+// carries traffic, and every hour before.
+func trafficWaitingCheck() *HealthCheck {
+	return &HealthCheck{Timeout: 5 * time.Second, Interval: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1,
+		NoTrafficInterval: time.Hour, NoTrafficHealthyInterval: time.Hour, UnhealthyInterval: time.Second,
+		UnhealthyEdgeInterval: time.Second, HealthyEdgeInterval: time.Second}
+}
+
+// applyChecked gives p one cluster, "app", of the endpoint addr checked
+// by hc.
+func applyChecked(t *testing.T, p *Proxy, addr string, hc *HealthCheck) *Cluster {
+	t.Helper()
+	c := &Cluster{Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, HealthCheck: hc, Endpoints: []Endpoint{{Addr: addr, Weight: 1}}}
+	if err := p.Apply(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{"app": c}}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // TestHealthCheckWaitsForTraffic: before its cluster carries traffic a
 // checker waits Envoy's no-traffic interval; the first connection wakes
 // it to check at once and at the normal interval after.
 func TestHealthCheckWaitsForTraffic(t *testing.T) {
 	app := newHTTPBackend(t, "app")
 	p, clock, _ := hcProxy(t)
-	hc := &HealthCheck{Timeout: 5 * time.Second, Interval: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1,
-		NoTrafficInterval: time.Hour, NoTrafficHealthyInterval: time.Hour, UnhealthyInterval: time.Second,
-		UnhealthyEdgeInterval: time.Second, HealthyEdgeInterval: time.Second}
-	c := &Cluster{Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, HealthCheck: hc, Endpoints: []Endpoint{{Addr: app.addr, Weight: 1}}}
-	if err := p.Apply(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{"app": c}}); err != nil {
-		t.Fatal(err)
-	}
+	c := applyChecked(t, p, app.addr, trafficWaitingCheck())
 	checksDone(t, p, "app", app.addr, 1)
 	ck := p.checkerOf("app", app.addr)
 	testutil.Until(t, 10*time.Second, "the checker waiting", ck.idle.Load)
@@ -421,22 +434,12 @@ func TestHealthCheckWaitsForTraffic(t *testing.T) {
 func TestFirstTrafficWakesANewSnapshotsCheckers(t *testing.T) {
 	app := newHTTPBackend(t, "app")
 	p, _, _ := hcProxy(t)
-	hc := &HealthCheck{Timeout: 5 * time.Second, Interval: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1,
-		NoTrafficInterval: time.Hour, NoTrafficHealthyInterval: time.Hour, UnhealthyInterval: time.Second,
-		UnhealthyEdgeInterval: time.Second, HealthyEdgeInterval: time.Second}
-	apply := func(hc *HealthCheck) {
-		t.Helper()
-		c := &Cluster{Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, HealthCheck: hc, Endpoints: []Endpoint{{Addr: app.addr, Weight: 1}}}
-		if err := p.Apply(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{"app": c}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	apply(hc)
+	applyChecked(t, p, app.addr, trafficWaitingCheck())
 	checksDone(t, p, "app", app.addr, 1)
 	old := p.resil.health.current()["app"] // as a pick read it, just before the change
-	changed := *hc
+	changed := trafficWaitingCheck()
 	changed.UnhealthyThreshold = 2
-	apply(&changed)
+	applyChecked(t, p, app.addr, changed)
 	ck := p.checkerOf("app", app.addr)
 	if ck == old.checkers[app.addr] {
 		t.Fatal("the changed check kept its checker")
