@@ -309,19 +309,27 @@ type checkedCluster struct {
 	traffic *clusterTraffic
 }
 
-// clusterTraffic is whether a cluster has carried traffic. came is closed
-// at its first: that wakes every checker of the cluster waiting for the
+// clusterTraffic is whether a cluster has carried traffic: came is closed
+// at its first. That wakes every checker of the cluster waiting for the
 // no-traffic interval, those of a snapshot being made at that moment
 // too (a checker started later finds it closed).
 type clusterTraffic struct {
-	used atomic.Bool
+	once sync.Once
 	came chan struct{}
 }
 
+func newClusterTraffic() *clusterTraffic { return &clusterTraffic{came: make(chan struct{})} }
+
 // record records traffic: the first call closes came.
-func (ct *clusterTraffic) record() {
-	if !ct.used.Load() && ct.used.CompareAndSwap(false, true) {
-		close(ct.came)
+func (ct *clusterTraffic) record() { ct.once.Do(func() { close(ct.came) }) }
+
+// carried reports whether the cluster has carried traffic.
+func (ct *clusterTraffic) carried() bool {
+	select {
+	case <-ct.came:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -347,7 +355,7 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 			continue
 		}
 		old := prev[name]
-		cc := &checkedCluster{checkers: map[string]*checker{}, traffic: &clusterTraffic{came: make(chan struct{})}}
+		cc := &checkedCluster{checkers: map[string]*checker{}, traffic: newClusterTraffic()}
 		if old != nil {
 			cc.traffic = old.traffic
 		}
@@ -373,7 +381,7 @@ func (hs *healthChecks) sync(p *Proxy, clusters map[string]*Cluster) {
 				// Rare (the check itself changed), and otherwise silent:
 				// the endpoint keeps its health.
 				p.log.Info("endpoint's health check changed: checking it anew", zap.String("cluster", name), zap.String("endpoint", ep.Addr),
-					zap.Bool("healthy", ck.healthy.Load()), zap.Bool("traffic", cc.traffic.used.Load()))
+					zap.Bool("healthy", ck.healthy.Load()), zap.Bool("traffic", cc.traffic.carried()))
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			ck.cancel = cancel
@@ -440,7 +448,7 @@ func (ck *checker) run(ctx context.Context) {
 			ck.client.CloseIdleConnections()
 		}
 	}()
-	used := ck.traffic.used.Load()
+	used := ck.traffic.carried()
 	wait := time.Duration(0)
 	if j := ck.spec.InitialJitter; j > 0 {
 		wait = rand.N(j)
@@ -465,7 +473,7 @@ func (ck *checker) run(ctx context.Context) {
 			return
 		}
 		if !used {
-			used = ck.traffic.used.Load()
+			used = ck.traffic.carried()
 		}
 		res := ck.check(ctx)
 		if ctx.Err() != nil {
