@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,8 @@ import (
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 // TestTCPIdleTimeout: a tcp_proxy's idle_timeout closes a connection on
@@ -63,6 +66,62 @@ func TestTCPIdleTimeout(t *testing.T) {
 	}
 	// Then silence: the proxy closes it (EOF), well before our deadline.
 	if _, err := ir.ReadByte(); err != io.EOF {
+		t.Fatalf("an idle connection was not closed by the proxy: %v", err)
+	}
+}
+
+// TestTCPIdleTimeoutOneWay: over mTLS (the sockets' own I/O, sysConn), a
+// connection whose bytes move one way only is not idle; the direction
+// that carries nothing keeps waiting, past several idle timeouts, until
+// the other stops too.
+func TestTCPIdleTimeoutOneWay(t *testing.T) {
+	now := time.Now()
+	ca, roots, pairOf := testCA(t, now)
+	billing, _ := mtls.Issue(ca, "billing", time.Hour, now)
+	web, _ := mtls.Issue(ca, "web", time.Hour, now)
+	// The app reads what comes and never answers.
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	p := newProxy(t)
+	route := Route{Cluster: "app", Weight: 1, IdleTimeout: 400 * time.Millisecond}
+	if err := p.Apply(&Config{Identity: pairOf(billing), Roots: roots,
+		Listeners: map[string]*Listener{"in": {Name: "in", Addr: anyPort, TLS: true, Routes: []Route{route}}},
+		Clusters:  map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: sink.Addr().String(), Weight: 1}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := tls.Dial("tcp", boundAddr(t, p, "in"), &tls.Config{Certificates: []tls.Certificate{*pairOf(web)}, RootCAs: roots, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Writing every 100 ms for three idle timeouts: nothing comes back,
+	// and the connection stays open (a short read times out, no EOF).
+	for i := range 12 {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Fatalf("a connection busy one way was closed, or answered: %v", err)
+	}
+	// Then silence both ways: the proxy closes it.
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("an idle connection was not closed by the proxy: %v", err)
 	}
 }

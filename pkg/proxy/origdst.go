@@ -226,7 +226,7 @@ func (p *Proxy) connectOriginal(cfg *Config, c *Cluster, dst netip.AddrPort) (ne
 	if !c.TLS {
 		return conn, nil
 	}
-	tc, err := p.originate(cfg, conn, c)
+	tc, err := p.originate(cfg, sysUnder(conn), c)
 	if err != nil {
 		conn.Close()
 		if !errors.Is(err, errNoIdentity) {

@@ -342,8 +342,10 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		}
 		l = &Listener{Name: l.Name, TLS: chain.TLS, RBAC: chain.RBAC, Routes: chain.Routes, HTTP: chain.HTTP}
 	}
-	if l.HTTP != nil {
-		down = sysUnder(down) // the HTTP engine's own socket I/O
+	if l.HTTP != nil || l.TLS {
+		// The HTTP engine, and a TCP proxy with TLS on this side, read and
+		// write the socket themselves (sysConn).
+		down = sysUnder(down)
 	}
 	if l.TLS {
 		tc, uris, err := p.terminate(down, l.HTTP != nil)
@@ -391,6 +393,14 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		return
 	}
 	access.connected(up)
+	// With TLS on either side both sockets do their own I/O (sysConn; a
+	// TLS side's is under its TLS already); two bare ones splice.
+	switch {
+	case l.TLS && !c.TLS:
+		up = sysUnder(up)
+	case c.TLS && !l.TLS:
+		down = sysUnder(down)
+	}
 	upBytes := p.bytes.WithLabelValues(c.Name, "upstream")
 	if len(peeked) > 0 {
 		if _, err := up.Write(peeked); err != nil {
@@ -486,7 +496,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 			p.outcome(c, ep, 0, nil)
 			return conn, nil
 		}
-		tc, err := p.originate(cfg, conn, c)
+		tc, err := p.originate(cfg, sysUnder(conn), c)
 		p.load.record(c.Name, ep.Zone, err == nil)
 		if err != nil {
 			// The handshake is part of connecting, as in Envoy: a remote
@@ -756,13 +766,15 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter, idle time.Du
 
 // copyIdle copies src to dst until src ends, or until no byte has moved
 // either way (last, shared by both directions) for idle: then it closes
-// both connections, ending the other direction too. Each read waits at
-// most idle, so an idle connection costs no timer per byte.
+// both connections, ending the other direction too. The read deadline is
+// not moved per read (a timer change each): it is set to idle after the
+// last byte when it passes, so a busy connection's reads wake once per
+// idle period, find that bytes moved, and wait on.
 func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 	buf := make([]byte, 32<<10)
 	var n int64
+	src.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
 	for {
-		src.SetReadDeadline(time.Now().Add(idle))
 		r, err := src.Read(buf)
 		if r > 0 {
 			last.Store(time.Now().UnixNano())
@@ -776,8 +788,9 @@ func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 			continue
 		}
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			if time.Since(time.Unix(0, last.Load())) < idle {
-				continue // the other direction moved: not idle
+			if until := time.Unix(0, last.Load()).Add(idle); time.Now().Before(until) {
+				src.SetReadDeadline(until) // bytes moved since: not idle
+				continue
 			}
 			src.Close()
 			dst.Close()

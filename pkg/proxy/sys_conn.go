@@ -11,11 +11,12 @@ import (
 	"unsafe"
 )
 
-// sysConn is a TCP connection of the HTTP engine (a caller's, or an
-// upstream's: the HTTP/1.1 pool's or the HTTP/2 Transport's) that reads
-// and writes its socket itself, for two savings that Go's own
-// net.TCPConn cannot make (the second, armed writes, on the HTTP/1.1
-// pool's only).
+// sysConn is a TCP connection that reads and writes its socket itself:
+// the HTTP engine's (a caller's, or an upstream's: the HTTP/1.1 pool's or
+// the HTTP/2 Transport's), and both of a TCP proxy's with TLS on either
+// side (two bare ones splice instead). It makes two savings that Go's own
+// net.TCPConn cannot (the second, armed writes, on the HTTP/1.1 pool's
+// only).
 //
 // No scheduler hand-off per system call. net.TCPConn tells the scheduler
 // of every read and write (entersyscall); one that has not returned at
@@ -66,6 +67,7 @@ type sysConn struct {
 	rp              []byte
 	rn              int
 	rerr            syscall.Errno
+	reads           uint64 // Read calls (tests read it)
 	wmu             sync.Mutex
 	wp              []byte
 	wn              int
@@ -158,6 +160,7 @@ func (c *sysConn) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	c.rmu.Lock()
+	c.reads++
 	c.rp, c.rn, c.rerr = p, 0, 0
 	err := c.rc.Read(c.readFn)
 	n, e := c.rn, c.rerr
@@ -251,6 +254,18 @@ func (c *sysConn) writeLocked() error {
 		return c.opError("write", os.NewSyscallError("write", c.werr))
 	}
 	return nil
+}
+
+// ReadFrom and WriteTo copy through this connection's own Read and Write.
+// net.TCPConn's, which would otherwise be promoted, make Go's socket calls
+// (or splice, which only a pair of bare connections can use), so io.Copy
+// would bypass what this type is for.
+func (c *sysConn) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(struct{ io.Writer }{c}, r)
+}
+
+func (c *sysConn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{c})
 }
 
 // opError is err as net.TCPConn gives it: a *net.OpError whose Err is

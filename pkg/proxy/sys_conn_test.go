@@ -95,6 +95,44 @@ func TestSysConnReadWrite(t *testing.T) {
 	}
 }
 
+// TestSysConnCopy: io.Copy to and from a sysConn goes through its own
+// Read and Write, not net.TCPConn's promoted ReadFrom and WriteTo (Go's
+// socket calls), which a TCP proxy's copy would otherwise reach.
+func TestSysConnCopy(t *testing.T) {
+	sc, peer := sysPair(t)
+	big := make([]byte, 1<<20)
+	rand.Read(big)
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
+	// A reader without WriteTo, so that io.Copy asks sc to ReadFrom it.
+	if n, err := io.Copy(sc, struct{ io.Reader }{bytes.NewReader(big)}); err != nil || n != int64(len(big)) {
+		t.Fatalf("io.Copy to it = %d, %v", n, err)
+	}
+	sc.CloseWrite()
+	if b := <-got; !bytes.Equal(b, big) {
+		t.Fatalf("the peer read %d bytes, not the %d copied", len(b), len(big))
+	}
+	if w := sc.writeCount(); w == 0 {
+		t.Fatal("io.Copy to a sysConn did not call its Write")
+	}
+	go func() {
+		peer.Write(big)
+		peer.Close()
+	}()
+	var back bytes.Buffer
+	if n, err := io.Copy(&back, sc); err != nil || !bytes.Equal(back.Bytes(), big) {
+		t.Fatalf("io.Copy from it = %d, %v", n, err)
+	}
+	sc.rmu.Lock()
+	defer sc.rmu.Unlock()
+	if sc.reads == 0 {
+		t.Fatal("io.Copy from a sysConn did not call its Read")
+	}
+}
+
 func TestSysConnErrors(t *testing.T) {
 	sc, peer := sysPair(t)
 	sc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
