@@ -163,7 +163,7 @@ log "building httpbench, ursa-cp, ursactl and ursa-dp"
 (
 	cd "$ROOT"
 	go build -o "$BIN/httpbench" ./test/httpbench
-	if want ursa; then
+	if want ursa || want ursa-tcp; then
 		go build -o "$BIN/ursa-cp" ./cmd/ursa-cp
 		go build -o "$BIN/ursactl" ./cmd/ursactl
 		overlay=()
