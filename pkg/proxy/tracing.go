@@ -12,6 +12,7 @@ import (
 
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"go.opentelemetry.io/contrib/propagators/b3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -33,6 +34,13 @@ type tracer struct {
 	server bool
 	// maxPath bounds the url.path attribute (Envoy's max_path_tag_length).
 	maxPath int
+	// prop reads a request's trace context and writes its span's, as
+	// Envoy's tracer of the provider does: W3C Trace Context for
+	// OpenTelemetry; B3 for Zipkin, and with its
+	// USE_B3_WITH_W3C_PROPAGATION, W3C beside it (B3 read first).
+	prop propagation.TextMapPropagator
+	// b3 is whether prop reads and writes B3.
+	b3 bool
 	// spans is set by bind: the exporter's tracer, or one that exports
 	// nothing while the collector's cluster is unknown. An empty
 	// key.service is the proxy's own service (spanExporters.service).
@@ -63,6 +71,19 @@ type exporterKey struct {
 // traceContext is W3C Trace Context: traceparent and tracestate.
 var traceContext = propagation.TraceContext{}
 
+// b3Headers are B3's, written as Envoy's Zipkin tracer does (one header
+// each); b3Fields every header of B3, which a hop that writes B3 first
+// removes from the request: a caller's single b3 header, read before the
+// others, would otherwise go on naming the caller's span.
+var (
+	b3Headers = b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader))
+	b3Fields  = []string{"B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Flags"}
+)
+
+// b3AndTraceContext reads B3 first and W3C where there is no B3 (the
+// composite's last reader that finds a context wins), and writes both.
+var b3AndTraceContext = propagation.NewCompositeTextMapPropagator(traceContext, b3Headers)
+
 const defaultMaxPathTag = 256
 
 // translateTracing compiles an HCM's tracing: random_sampling, an
@@ -80,7 +101,7 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 	if p := t.GetOverallSampling(); p != nil && p.GetValue() != 100 {
 		return nil, errors.New("tracing: overall_sampling other than 100 is not supported by the built-in proxy")
 	}
-	out := &tracer{sampling: 100, server: server, maxPath: defaultMaxPathTag}
+	out := &tracer{sampling: 100, server: server, maxPath: defaultMaxPathTag, prop: traceContext}
 	if s := t.GetRandomSampling(); s != nil {
 		out.sampling = s.GetValue()
 	}
@@ -131,10 +152,18 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 		if zc.GetCollectorEndpointVersion() != tracev3.ZipkinConfig_HTTP_JSON {
 			return nil, fmt.Errorf("tracing: zipkin: collector_endpoint_version %s is not supported by the built-in proxy (HTTP_JSON is)", zc.GetCollectorEndpointVersion())
 		}
-		// The proxy's trace IDs are W3C's, 128 bits; and it propagates
-		// traceparent whatever trace_context_option says (l7contract §2).
+		// The proxy's trace IDs are 128 bits (a caller's 64-bit B3 ID is
+		// padded, as Envoy does).
 		if !zc.GetTraceId_128Bit() {
-			return nil, errors.New("tracing: zipkin: trace_id_128bit must be true: the built-in proxy's trace IDs are 128-bit (W3C)")
+			return nil, errors.New("tracing: zipkin: trace_id_128bit must be true: the built-in proxy's trace IDs are 128-bit")
+		}
+		out.prop, out.b3 = b3Headers, true
+		switch o := zc.GetTraceContextOption(); o {
+		case tracev3.ZipkinConfig_USE_B3:
+		case tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION:
+			out.prop = b3AndTraceContext
+		default:
+			return nil, fmt.Errorf("tracing: zipkin: trace_context_option %s is not supported by the built-in proxy", o)
 		}
 		out.key = exporterKey{kind: "zipkin", cluster: zc.GetCollectorCluster(), service: localService, path: zc.GetCollectorEndpoint()}
 	default:
@@ -145,19 +174,34 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 }
 
 // startSpan begins the span of a request whose headers are h: a child of
-// the traceparent h carries, or the root of a new trace, recorded at the
-// tracer's sampling rate. It sets h's traceparent to the new span's, so the
-// request carries it on (upstream, or to the local application). start is
-// when the request began (the record's Start). ctx carries the span;
-// endSpan ends it.
+// the trace context h carries (prop reads it), or the root of a new trace,
+// recorded at the tracer's sampling rate. It sets h's trace context to the
+// new span's, so the request carries it on (upstream, or to the local
+// application). start is when the request began (the record's Start). ctx
+// carries the span; endSpan ends it.
 func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) (context.Context, trace.Span) {
-	ctx = traceContext.Extract(ctx, propagation.HeaderCarrier(h))
-	if !trace.SpanContextFromContext(ctx).IsValid() && rand.Float64()*100 >= t.sampling {
-		// A new trace that is not recorded: its IDs still go on, with the
-		// sampled flag off, so the hops after this one do not record it
-		// either.
-		ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
-			TraceID: randomTraceID(), SpanID: randomSpanID(), Remote: true}))
+	// Only the caller's span context goes on, not what else the reader
+	// put beside it (B3's deferred and debug marks): this hop decides.
+	carrier := propagation.HeaderCarrier(h)
+	caller := trace.SpanContextFromContext(t.prop.Extract(ctx, carrier))
+	switch {
+	case !caller.IsValid():
+		if rand.Float64()*100 >= t.sampling {
+			// A new trace that is not recorded: its IDs still go on, with
+			// the sampled flag off, so the hops after this one do not
+			// record it either.
+			ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+				TraceID: randomTraceID(), SpanID: randomSpanID(), Remote: true}))
+		}
+	case t.b3 && b3Deferred(h):
+		// A B3 caller that left the decision to the next hop: this one
+		// samples at its rate, as Envoy's Zipkin tracer does.
+		if rand.Float64()*100 < t.sampling {
+			caller = caller.WithTraceFlags(caller.TraceFlags().WithSampled(true))
+		}
+		ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
+	default:
+		ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
 	}
 	kind := trace.SpanKindClient
 	if t.server {
@@ -168,8 +212,23 @@ func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) 
 		spans = &boundTracer{noop.NewTracerProvider().Tracer("")} // not bound: propagate only
 	}
 	ctx, span := spans.Start(ctx, "request", trace.WithSpanKind(kind), trace.WithTimestamp(start))
-	traceContext.Inject(ctx, propagation.HeaderCarrier(h))
+	if t.b3 {
+		for _, k := range b3Fields {
+			delete(h, k)
+		}
+	}
+	t.prop.Inject(ctx, carrier)
 	return ctx, span
+}
+
+// b3Deferred is whether h's B3 context, when it has one, leaves the
+// sampling decision to the receiver: a single header of trace and span ID
+// only, or the headers without X-B3-Sampled and X-B3-Flags.
+func b3Deferred(h http.Header) bool {
+	if v := h.Get("B3"); v != "" {
+		return strings.Count(v, "-") == 1
+	}
+	return h.Get("X-B3-Traceid") != "" && h.Get("X-B3-Sampled") == "" && h.Get("X-B3-Flags") == ""
 }
 
 // endSpan names the span after the request's service and route, adds what

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -60,6 +61,18 @@ func TestTranslateTracing(t *testing.T) {
 	if tr.key != (exporterKey{kind: "zipkin", cluster: "tracing:127.0.0.1:9411", service: "billing", path: "/api/v2/spans"}) || tr.sampling != 100 || !tr.server {
 		t.Fatalf("zipkin: %+v", tr)
 	}
+	if got := strings.Join(tr.prop.Fields(), " "); !tr.b3 || got != "x-b3-traceid x-b3-spanid x-b3-sampled x-b3-flags" {
+		t.Fatalf("zipkin (USE_B3) writes %q, want B3's headers", got)
+	}
+	tr, err = translateTracing(zipkinTracing(t, "", &tracev3.ZipkinConfig{CollectorCluster: "c", CollectorEndpoint: "/api/v2/spans",
+		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true,
+		TraceContextOption: tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION}), false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(slices.Sorted(slices.Values(tr.prop.Fields())), " "); !tr.b3 || got != "traceparent tracestate x-b3-flags x-b3-sampled x-b3-spanid x-b3-traceid" {
+		t.Fatalf("zipkin (USE_B3_WITH_W3C_PROPAGATION) writes %q, want W3C's and B3's headers", got)
+	}
 
 	verbose := otelTracing(t, "c", "s", 100)
 	verbose.Verbose = true
@@ -73,10 +86,13 @@ func TestTranslateTracing(t *testing.T) {
 		TypedConfig: typed(t, &tracev3.OpenTelemetryConfig{GrpcService: grpcServiceFor("c"), Sampler: &core.TypedExtensionConfig{Name: "sampler"}})}}}
 	other := &hcm.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: "d", ConfigType: &tracev3.Tracing_Http_TypedConfig{
 		TypedConfig: typed(t, &tracev3.DatadogConfig{CollectorCluster: "c", ServiceName: "s"})}}}
+	unknownOption := zipkinTracing(t, "", &tracev3.ZipkinConfig{CollectorCluster: "c", CollectorEndpoint: "/api/v2/spans",
+		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true, TraceContextOption: 7})
 	for name, tc := range map[string]struct {
 		in   *hcm.HttpConnectionManager_Tracing
 		want string
 	}{
+		"zipkin option":   {unknownOption, "trace_context_option 7 is not supported"},
 		"verbose":         {verbose, "verbose is not supported"},
 		"upstream span":   {upstreamSpan, "spawn_upstream_span is not supported"},
 		"overall":         {overall, "overall_sampling other than 100"},
@@ -99,7 +115,7 @@ func recordingTracer(t *testing.T, server bool, sampling float64) (*tracer, *tra
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())), sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	tr := &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag}
+	tr := &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag, prop: traceContext}
 	tr.bindSpans(tp.Tracer("test"))
 	return tr, rec
 }
@@ -179,6 +195,99 @@ func TestSpanChildOfIncomingTraceparent(t *testing.T) {
 	}
 	if want := "00-0af7651916cd43dd8448eb211c80319c-" + got[0].SpanContext().SpanID().String() + "-01"; h.Get("traceparent") != want {
 		t.Fatalf("traceparent upstream %q, want %q", h.Get("traceparent"), want)
+	}
+}
+
+// b3Tracer is recordingTracer for a Zipkin provider: B3, and with w3c
+// W3C beside it.
+func b3Tracer(t *testing.T, server bool, sampling float64, w3c bool) (*tracer, *tracetest.SpanRecorder) {
+	tr, rec := recordingTracer(t, server, sampling)
+	tr.prop, tr.b3 = b3Headers, true
+	if w3c {
+		tr.prop = b3AndTraceContext
+	}
+	return tr, rec
+}
+
+// TestB3Propagation: with a Zipkin provider a sidecar reads a caller's B3
+// context (the headers, or the single b3 header) and writes its span's as
+// B3 headers, as Envoy's Zipkin tracer does; the caller's own B3 headers
+// do not go on. With USE_B3_WITH_W3C_PROPAGATION it reads W3C where there
+// is no B3, and writes both.
+func TestB3Propagation(t *testing.T) {
+	const trace128, trace64, caller = "0af7651916cd43dd8448eb211c80319c", "8448eb211c80319c", "b7ad6b7169203331"
+	for name, tc := range map[string]struct {
+		w3c       bool
+		in        http.Header
+		wantTrace string // "" for a new trace
+		wantW3C   bool
+	}{
+		"headers": {in: http.Header{"X-B3-Traceid": {trace128}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"},
+			"X-B3-Parentspanid": {"0000000000000001"}}, wantTrace: trace128},
+		"64-bit trace ID": {in: http.Header{"X-B3-Traceid": {trace64}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"}},
+			wantTrace: "0000000000000000" + trace64},
+		"single header": {in: http.Header{"B3": {trace128 + "-" + caller + "-1"}}, wantTrace: trace128},
+		"W3C ignored":   {in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}}},
+		"W3C read":      {w3c: true, in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}}, wantTrace: trace128, wantW3C: true},
+		"B3 before W3C": {w3c: true, in: http.Header{"Traceparent": {"00-11111111111111111111111111111111-" + caller + "-01"},
+			"B3": {trace128 + "-" + caller + "-1"}}, wantTrace: trace128, wantW3C: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tr, rec := b3Tracer(t, false, 0, tc.w3c) // 0 %: only a caller's decision records
+			h := tc.in.Clone()
+			_, span := tr.startSpan(context.Background(), h, sampleRecord().Start)
+			tr.endSpan(span, sampleRecord())
+			sc := span.SpanContext()
+			if tc.wantTrace == "" {
+				if len(rec.Ended()) != 0 || sc.TraceID().String() == trace128 {
+					t.Fatalf("a request without a context it reads was recorded, or joined trace %s", sc.TraceID())
+				}
+			} else {
+				got := rec.Ended()
+				if len(got) != 1 || got[0].SpanContext().TraceID().String() != tc.wantTrace || got[0].Parent().SpanID().String() != caller {
+					t.Fatalf("spans %v, want one in trace %s, child of %s", got, tc.wantTrace, caller)
+				}
+			}
+			if h.Get("X-B3-Traceid") != sc.TraceID().String() || h.Get("X-B3-Spanid") != sc.SpanID().String() {
+				t.Fatalf("B3 upstream %q/%q, want the span's %s/%s", h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid"), sc.TraceID(), sc.SpanID())
+			}
+			if want := map[bool]string{true: "1", false: "0"}[sc.IsSampled()]; h.Get("X-B3-Sampled") != want {
+				t.Fatalf("X-B3-Sampled %q, want %q", h.Get("X-B3-Sampled"), want)
+			}
+			for _, k := range []string{"B3", "X-B3-Parentspanid"} {
+				if h[k] != nil {
+					t.Fatalf("the caller's %s went on: %q", k, h[k])
+				}
+			}
+			tp := h.Get("Traceparent")
+			if tc.wantW3C != (tp == "00-"+sc.TraceID().String()+"-"+sc.SpanID().String()+"-01") {
+				t.Fatalf("traceparent upstream %q (W3C written: %t)", tp, tc.wantW3C)
+			}
+		})
+	}
+}
+
+// TestB3DeferredSampling: a B3 caller that leaves the sampling decision to
+// the next hop gets this hop's: recorded at 100 %, not at 0 %, and the
+// decision goes on in X-B3-Sampled.
+func TestB3DeferredSampling(t *testing.T) {
+	for _, sampling := range []float64{0, 100} {
+		for _, in := range []http.Header{
+			{"X-B3-Traceid": {"0af7651916cd43dd8448eb211c80319c"}, "X-B3-Spanid": {"b7ad6b7169203331"}},
+			{"B3": {"0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"}},
+		} {
+			tr, rec := b3Tracer(t, true, sampling, false)
+			h := in.Clone()
+			_, span := tr.startSpan(context.Background(), h, sampleRecord().Start)
+			tr.endSpan(span, sampleRecord())
+			recorded, want := len(rec.Ended()) == 1, sampling == 100
+			if recorded != want || span.SpanContext().TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
+				t.Fatalf("%v at %v %%: recorded %t in trace %s", in, sampling, recorded, span.SpanContext().TraceID())
+			}
+			if got := h.Get("X-B3-Sampled"); got != map[bool]string{true: "1", false: "0"}[want] {
+				t.Fatalf("%v at %v %%: X-B3-Sampled %q", in, sampling, got)
+			}
+		}
 	}
 }
 

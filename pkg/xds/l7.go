@@ -227,6 +227,9 @@ func tracing(t *api.TrafficTrace, service string) *hcm.HttpConnectionManager_Tra
 			CollectorEndpoint:        ZipkinSpansPath,
 			CollectorEndpointVersion: trace.ZipkinConfig_HTTP_JSON,
 			TraceId_128Bit:           true,
+			// B3 first, W3C where a caller sent no B3; both go on: an
+			// application instrumented either way stays in its trace.
+			TraceContextOption: trace.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION,
 		})}}
 	}
 	return out

@@ -151,11 +151,13 @@ func (j *jaeger) traces(t *testing.T, service string) []jaegerTrace {
 }
 
 // tracedApp is an HTTP application that answers "<name> <path>" and keeps
-// the traceparent of each request it got.
+// the trace context of each request it got: its traceparent, and its B3
+// headers as "traceid-spanid-sampled".
 type tracedApp struct {
-	addr string
-	mu   sync.Mutex
-	seen []string
+	addr   string
+	mu     sync.Mutex
+	seen   []string
+	seenB3 []string
 }
 
 func startTracedApp(t *testing.T, name string) *tracedApp {
@@ -169,6 +171,7 @@ func startTracedApp(t *testing.T, name string) *tracedApp {
 		io.Copy(io.Discard, r.Body)
 		a.mu.Lock()
 		a.seen = append(a.seen, r.Header.Get("traceparent"))
+		a.seenB3 = append(a.seenB3, r.Header.Get("x-b3-traceid")+"-"+r.Header.Get("x-b3-spanid")+"-"+r.Header.Get("x-b3-sampled"))
 		a.mu.Unlock()
 		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
 	})}
@@ -181,6 +184,12 @@ func (a *tracedApp) traceparents() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return append([]string(nil), a.seen...)
+}
+
+func (a *tracedApp) b3s() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.seenB3...)
 }
 
 // l7obsMesh is a zone with billing (HTTP, its app a tracedApp) and db
@@ -211,7 +220,15 @@ func startL7obsMesh(t *testing.T, policies string) *l7obsMesh {
 // get sends GET path (with x-canary: 1) through web's sidecar to billing
 // and reports whether billing's app answered it.
 func (m *l7obsMesh) get(path string) bool {
+	return m.getWith(path, nil)
+}
+
+// getWith is get with the headers h too.
+func (m *l7obsMesh) getWith(path string, h http.Header) bool {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+m.toBilling+path, nil)
+	for k, v := range h {
+		req.Header[k] = v
+	}
 	req.Header.Set("x-canary", "1")
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	if err != nil {
@@ -224,8 +241,8 @@ func (m *l7obsMesh) get(path string) bool {
 
 // checkTwoHopTraces finds in Jaeger the n traces of the requests to
 // /orders/*: web's client span, and billing's server span its child, whose
-// traceparent billing's app got.
-func checkTwoHopTraces(t *testing.T, j *jaeger, m *l7obsMesh, n int) {
+// traceparent billing's app got (and with b3, its B3 headers too).
+func checkTwoHopTraces(t *testing.T, j *jaeger, m *l7obsMesh, n int, b3 bool) {
 	t.Helper()
 	var traces []jaegerTrace
 	eventually(t, "the requests' traces in Jaeger", func() bool {
@@ -273,6 +290,19 @@ func checkTwoHopTraces(t *testing.T, j *jaeger, m *l7obsMesh, n int) {
 	}
 	if matched != n {
 		t.Fatalf("%d of %d requests reached billing with its server span's traceparent; it saw %q", matched, n, m.app.traceparents())
+	}
+	if !b3 {
+		return
+	}
+	matched = 0
+	for _, h := range m.app.b3s() {
+		parts := strings.Split(h, "-")
+		if len(parts) == 3 && serverSpans[strings.TrimLeft(parts[0], "0")] == parts[1] && parts[2] == "1" {
+			matched++
+		}
+	}
+	if matched != n {
+		t.Fatalf("%d of %d requests reached billing with its server span's B3 headers; it saw %q", matched, n, m.app.b3s())
 	}
 }
 
@@ -377,11 +407,14 @@ spec:
 		lines := strings.Split(strings.TrimSuffix(string(tcpLog), "\n"), "\n")
 		return len(lines) == 2 && tcpLine.MatchString(lines[0]) && tcpLine.MatchString(lines[1])
 	})
-	checkTwoHopTraces(t, j, m, n)
+	checkTwoHopTraces(t, j, m, n, false)
 }
 
 // TestL7TracesToZipkin: a TrafficTrace with a Zipkin backend sends the
-// same two spans, as Zipkin JSON v2, to Jaeger's Zipkin receiver.
+// same two spans, as Zipkin JSON v2, to Jaeger's Zipkin receiver; the
+// sidecars propagate B3 beside W3C, as Envoy's Zipkin tracer does with the
+// CP's USE_B3_WITH_W3C_PROPAGATION. A caller instrumented with B3 (Zipkin's
+// own libraries) stays in its trace: web's span is a child of its span.
 func TestL7TracesToZipkin(t *testing.T) {
 	j := startJaeger(t)
 	m := startL7obsMesh(t, fmt.Sprintf(`
@@ -399,5 +432,27 @@ spec:
 			t.Fatalf("request %d failed", i)
 		}
 	}
-	checkTwoHopTraces(t, j, m, n)
+	checkTwoHopTraces(t, j, m, n, true)
+
+	const callerTrace, callerSpan = "5af7651916cd43dd8448eb211c80319c", "e7ad6b7169203331"
+	if !m.getWith("/b3", http.Header{"X-B3-Traceid": {callerTrace}, "X-B3-Spanid": {callerSpan}, "X-B3-Sampled": {"1"}}) {
+		t.Fatal("the request with a B3 context failed")
+	}
+	var web *jaegerSpan
+	eventually(t, "the B3 caller's trace in Jaeger", func() bool {
+		for _, tr := range j.traces(t, "web") {
+			if strings.TrimLeft(tr.TraceID, "0") != callerTrace {
+				continue
+			}
+			for i := range tr.Spans {
+				if sp := &tr.Spans[i]; tr.Processes[sp.ProcessID].ServiceName == "web" {
+					web = sp
+				}
+			}
+		}
+		return web != nil
+	})
+	if len(web.References) != 1 || web.References[0].SpanID != callerSpan {
+		t.Fatalf("web's span in the B3 caller's trace refers to %+v, want its caller's span %s", web.References, callerSpan)
+	}
 }
