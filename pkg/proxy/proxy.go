@@ -64,6 +64,9 @@ type Proxy struct {
 	resil resilience
 	// l7 is the HTTP engine's state (http_*.go).
 	l7 *l7Engine
+	// piped, when set (by tests), sees the two connections each TCP
+	// proxy copies between.
+	piped func(down, up net.Conn)
 
 	mu        sync.Mutex
 	listeners map[string]*running
@@ -344,7 +347,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 	}
 	if l.HTTP != nil || l.TLS {
 		// The HTTP engine, and a TCP proxy with TLS on this side, read and
-		// write the socket themselves (sysConn).
+		// write the socket themselves (sysConn), under the TLS.
 		down = sysUnder(down)
 	}
 	if l.TLS {
@@ -393,13 +396,15 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		return
 	}
 	access.connected(up)
-	// With TLS on either side both sockets do their own I/O (sysConn; a
-	// TLS side's is under its TLS already); two bare ones splice.
-	switch {
-	case l.TLS && !c.TLS:
-		up = sysUnder(up)
-	case c.TLS && !l.TLS:
-		down = sysUnder(down)
+	// With TLS on either side both sockets do their own I/O (sysConn): a
+	// TLS side's is under its TLS already (sysUnder leaves a *tls.Conn
+	// as it is), a bare side's from here. Two bare ones stay
+	// *net.TCPConn, for io.Copy to splice.
+	if l.TLS || c.TLS {
+		down, up = sysUnder(down), sysUnder(up)
+	}
+	if p.piped != nil {
+		p.piped(down, up)
 	}
 	upBytes := p.bytes.WithLabelValues(c.Name, "upstream")
 	if len(peeked) > 0 {

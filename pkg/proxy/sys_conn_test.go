@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
+	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
@@ -409,4 +411,84 @@ func TestH1EarlyAnswerToALargeBody(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("POST: %d, want 413", resp.StatusCode)
 	}
+}
+
+// TestTCPProxySocketIO: a TCP proxy with TLS on either side copies between
+// connections that do their own socket I/O (sysConn, under the TLS on its
+// side); one with both sides bare copies between net.TCPConns, which the
+// kernel splices.
+func TestTCPProxySocketIO(t *testing.T) {
+	now := time.Now()
+	ca, roots, pairOf := testCA(t, now)
+	id := func(service string) *tls.Certificate {
+		i, _ := mtls.Issue(ca, service, time.Hour, now)
+		return pairOf(i)
+	}
+	type pair struct{ down, up net.Conn }
+	seen := make(chan pair, 4)
+	record := func(down, up net.Conn) { seen <- pair{down, up} }
+	billing, web := newProxy(t), newProxy(t)
+	billing.piped, web.piped = record, record
+	if err := billing.Apply(&Config{Identity: id("billing"), Roots: roots,
+		Listeners: map[string]*Listener{"in": {Name: "in", Addr: anyPort, TLS: true, Routes: []Route{{Cluster: "app", Weight: 1}}}},
+		Clusters:  map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: echoServer(t, "billing"), Weight: 1}}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := web.Apply(&Config{Identity: id("web"), Roots: roots,
+		Listeners: map[string]*Listener{
+			"out":  {Name: "out", Addr: anyPort, Routes: []Route{{Cluster: "billing", Weight: 1}}},
+			"bare": {Name: "bare", Addr: anyPort, Routes: []Route{{Cluster: "db", Weight: 1}}},
+		},
+		Clusters: map[string]*Cluster{
+			"billing": {Name: "billing", TLS: true, SNI: "billing", ConnectTimeout: time.Second, Overprovisioning: 140,
+				Endpoints: []Endpoint{{Addr: boundAddr(t, billing, "in"), Weight: 1}}},
+			"db": {Name: "db", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: echoServer(t, "db"), Weight: 1}}},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	call := func(listener, want string) {
+		t.Helper()
+		c, err := net.Dial("tcp", boundAddr(t, web, listener))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintln(c, "hi")
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != want+" hi\n" {
+			t.Fatalf("through %s: %q, %v", listener, line, err)
+		}
+	}
+	// under is what a connection reads and writes through: under its TLS
+	// when it has one.
+	under := func(c net.Conn) (string, bool) {
+		if tc, ok := c.(*tls.Conn); ok {
+			return fmt.Sprintf("%T", tc.NetConn()), true
+		}
+		return fmt.Sprintf("%T", c), false
+	}
+	check := func(p pair, downTLS, upTLS bool, want string) {
+		t.Helper()
+		for side, tc := range map[string]struct {
+			c   net.Conn
+			tls bool
+		}{"downstream": {p.down, downTLS}, "upstream": {p.up, upTLS}} {
+			if got, isTLS := under(tc.c); got != want || isTLS != tc.tls {
+				t.Errorf("%s: %s (TLS %t), want %s (TLS %t)", side, got, isTLS, want, tc.tls)
+			}
+		}
+	}
+	call("out", "billing")
+	// web's outbound (bare → TLS) and billing's inbound (TLS → bare), in
+	// either order.
+	first, second := <-seen, <-seen
+	if _, downTLS := under(first.down); !downTLS {
+		first, second = second, first
+	}
+	check(first, true, false, "*proxy.sysConn")
+	check(second, false, true, "*proxy.sysConn")
+	call("bare", "db")
+	check(<-seen, false, false, "*net.TCPConn")
 }
