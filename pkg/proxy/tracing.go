@@ -34,13 +34,11 @@ type tracer struct {
 	server bool
 	// maxPath bounds the url.path attribute (Envoy's max_path_tag_length).
 	maxPath int
-	// prop reads a request's trace context and writes its span's, as
-	// Envoy's tracer of the provider does: W3C Trace Context for
-	// OpenTelemetry; B3 for Zipkin, and with its
-	// USE_B3_WITH_W3C_PROPAGATION, W3C beside it (B3 read first).
-	prop propagation.TextMapPropagator
-	// b3 is whether prop reads and writes B3.
-	b3 bool
+	// b3 and w3c are the trace contexts a request's is read from and its
+	// span's written in (propagator), as Envoy's tracer of the provider
+	// does: W3C Trace Context for OpenTelemetry; B3 for Zipkin, and with
+	// its USE_B3_WITH_W3C_PROPAGATION, W3C beside it (B3 read first).
+	b3, w3c bool
 	// spans is set by bind: the exporter's tracer, or one that exports
 	// nothing while the collector's cluster is unknown. An empty
 	// key.service is the proxy's own service (spanExporters.service).
@@ -72,8 +70,8 @@ type exporterKey struct {
 var traceContext = propagation.TraceContext{}
 
 // b3Headers are B3's, written as Envoy's Zipkin tracer does (one header
-// each); b3Fields every header of B3, which a hop that writes B3 first
-// removes from the request: a caller's single b3 header, read before the
+// each); b3Fields every header of B3, which a hop that writes B3 removes
+// from the request first: a caller's single b3 header, read before the
 // others, would otherwise go on naming the caller's span.
 var (
 	b3Headers = b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader))
@@ -101,7 +99,7 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 	if p := t.GetOverallSampling(); p != nil && p.GetValue() != 100 {
 		return nil, errors.New("tracing: overall_sampling other than 100 is not supported by the built-in proxy")
 	}
-	out := &tracer{sampling: 100, server: server, maxPath: defaultMaxPathTag, prop: traceContext}
+	out := &tracer{sampling: 100, server: server, maxPath: defaultMaxPathTag, w3c: true}
 	if s := t.GetRandomSampling(); s != nil {
 		out.sampling = s.GetValue()
 	}
@@ -152,16 +150,16 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 		if zc.GetCollectorEndpointVersion() != tracev3.ZipkinConfig_HTTP_JSON {
 			return nil, fmt.Errorf("tracing: zipkin: collector_endpoint_version %s is not supported by the built-in proxy (HTTP_JSON is)", zc.GetCollectorEndpointVersion())
 		}
-		// The proxy's trace IDs are 128 bits (a caller's 64-bit B3 ID is
-		// padded, as Envoy does).
+		// The proxy's new trace IDs are 128 bits (a caller's 64-bit B3 ID
+		// goes on as it came: startSpan).
 		if !zc.GetTraceId_128Bit() {
 			return nil, errors.New("tracing: zipkin: trace_id_128bit must be true: the built-in proxy's trace IDs are 128-bit")
 		}
-		out.prop, out.b3 = b3Headers, true
+		out.b3, out.w3c = true, false
 		switch o := zc.GetTraceContextOption(); o {
 		case tracev3.ZipkinConfig_USE_B3:
 		case tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION:
-			out.prop = b3AndTraceContext
+			out.w3c = true
 		default:
 			return nil, fmt.Errorf("tracing: zipkin: trace_context_option %s is not supported by the built-in proxy", o)
 		}
@@ -174,32 +172,45 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 }
 
 // startSpan begins the span of a request whose headers are h: a child of
-// the trace context h carries (prop reads it), or the root of a new trace,
+// the trace context h carries (propagator reads it), or the root of a new trace,
 // recorded at the tracer's sampling rate. It sets h's trace context to the
 // new span's, so the request carries it on (upstream, or to the local
 // application). start is when the request began (the record's Start). ctx
 // carries the span; endSpan ends it.
 func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) (context.Context, trace.Span) {
+	carrier, prop := propagation.HeaderCarrier(h), t.propagator()
 	// Only the caller's span context goes on, not what else the reader
 	// put beside it (B3's deferred and debug marks): this hop decides.
-	carrier := propagation.HeaderCarrier(h)
-	caller := trace.SpanContextFromContext(t.prop.Extract(ctx, carrier))
+	caller := trace.SpanContextFromContext(prop.Extract(ctx, carrier))
+	var in b3Caller
+	if t.b3 {
+		in = readB3(h)
+		for _, k := range b3Fields {
+			delete(h, k) // the caller's, which the span's replace
+		}
+		if in.used && t.w3c {
+			// A caller's tracestate goes on with its traceparent's trace
+			// only.
+			if w := trace.SpanContextFromContext(traceContext.Extract(ctx, carrier)); w.TraceID() == caller.TraceID() {
+				caller = caller.WithTraceState(w.TraceState())
+			} else {
+				delete(h, "Tracestate")
+			}
+		}
+	}
 	switch {
 	case !caller.IsValid():
-		if rand.Float64()*100 >= t.sampling {
+		if !in.decides(t.sample) {
 			// A new trace that is not recorded: its IDs still go on, with
 			// the sampled flag off, so the hops after this one do not
 			// record it either.
 			ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
 				TraceID: randomTraceID(), SpanID: randomSpanID(), Remote: true}))
 		}
-	case t.b3 && b3Deferred(h):
+	case in.deferred:
 		// A B3 caller that left the decision to the next hop: this one
 		// samples at its rate, as Envoy's Zipkin tracer does.
-		if rand.Float64()*100 < t.sampling {
-			caller = caller.WithTraceFlags(caller.TraceFlags().WithSampled(true))
-		}
-		ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
+		ctx = trace.ContextWithRemoteSpanContext(ctx, caller.WithTraceFlags(caller.TraceFlags().WithSampled(t.sample())))
 	default:
 		ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
 	}
@@ -212,23 +223,86 @@ func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) 
 		spans = &boundTracer{noop.NewTracerProvider().Tracer("")} // not bound: propagate only
 	}
 	ctx, span := spans.Start(ctx, "request", trace.WithSpanKind(kind), trace.WithTimestamp(start))
+	prop.Inject(ctx, carrier)
 	if t.b3 {
-		for _, k := range b3Fields {
-			delete(h, k)
+		// As Envoy's Zipkin span: the caller's span is the parent, and a
+		// caller's 64-bit trace ID goes on at 64 bits (the span's is the
+		// same ID, zero-padded).
+		if caller.IsValid() {
+			h["X-B3-Parentspanid"] = []string{caller.SpanID().String()}
+		}
+		if id := h.Get("X-B3-Traceid"); in.trace64 && len(id) == 32 {
+			h["X-B3-Traceid"] = []string{id[16:]}
 		}
 	}
-	t.prop.Inject(ctx, carrier)
 	return ctx, span
 }
 
-// b3Deferred is whether h's B3 context, when it has one, leaves the
-// sampling decision to the receiver: a single header of trace and span ID
-// only, or the headers without X-B3-Sampled and X-B3-Flags.
-func b3Deferred(h http.Header) bool {
-	if v := h.Get("B3"); v != "" {
-		return strings.Count(v, "-") == 1
+// propagator reads and writes the tracer's trace contexts (b3, w3c).
+func (t *tracer) propagator() propagation.TextMapPropagator {
+	switch {
+	case t.b3 && t.w3c:
+		return b3AndTraceContext
+	case t.b3:
+		return b3Headers
 	}
-	return h.Get("X-B3-Traceid") != "" && h.Get("X-B3-Sampled") == "" && h.Get("X-B3-Flags") == ""
+	return traceContext
+}
+
+// sample is whether a new trace is recorded, at the tracer's rate.
+func (t *tracer) sample() bool {
+	return rand.Float64()*100 < t.sampling
+}
+
+// b3Caller is what a caller's B3 headers said, beside the span context
+// the propagator read from them; the zero value for a caller without B3.
+type b3Caller struct {
+	// used: the caller's context is B3's (it wins over W3C's).
+	used bool
+	// deferred: it left the sampling decision to this hop.
+	deferred bool
+	// trace64: its trace ID was 64 bits.
+	trace64 bool
+	// only is a single b3 header of a sampling state alone: "0" (not
+	// sampled), "1" or "d" (sampled); a decision for a new trace.
+	only string
+}
+
+// readB3 reads h's B3 headers as the propagator does: the single b3
+// header when it holds a valid context, else the X-B3- headers.
+// X-B3-Flags: 1 (debug) counts as sampled, as B3 says (Envoy ignores it).
+func readB3(h http.Header) b3Caller {
+	var in b3Caller
+	if v := h.Get("B3"); v != "" {
+		if !strings.Contains(v, "-") {
+			in.only = v
+		} else if trace.SpanContextFromContext(b3Headers.Extract(context.Background(), propagation.MapCarrier{"b3": v})).IsValid() {
+			id, _, _ := strings.Cut(v, "-")
+			return b3Caller{used: true, deferred: strings.Count(v, "-") == 1, trace64: len(id) == 16}
+		}
+	}
+	multi := http.Header{}
+	for _, k := range b3Fields[1:] {
+		if v, ok := h[k]; ok {
+			multi[k] = v
+		}
+	}
+	if trace.SpanContextFromContext(b3Headers.Extract(context.Background(), propagation.HeaderCarrier(multi))).IsValid() {
+		in = b3Caller{used: true, deferred: h.Get("X-B3-Sampled") == "" && h.Get("X-B3-Flags") != "1", trace64: len(h.Get("X-B3-Traceid")) == 16}
+	}
+	return in
+}
+
+// decides is whether a new trace is recorded: as a caller's sampling
+// state alone said, else by sample.
+func (in b3Caller) decides(sample func() bool) bool {
+	switch in.only {
+	case "0":
+		return false
+	case "1", "d":
+		return true
+	}
+	return sample()
 }
 
 // endSpan names the span after the request's service and route, adds what

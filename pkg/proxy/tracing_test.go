@@ -61,7 +61,7 @@ func TestTranslateTracing(t *testing.T) {
 	if tr.key != (exporterKey{kind: "zipkin", cluster: "tracing:127.0.0.1:9411", service: "billing", path: "/api/v2/spans"}) || tr.sampling != 100 || !tr.server {
 		t.Fatalf("zipkin: %+v", tr)
 	}
-	if got := strings.Join(tr.prop.Fields(), " "); !tr.b3 || got != "x-b3-traceid x-b3-spanid x-b3-sampled x-b3-flags" {
+	if got := strings.Join(tr.propagator().Fields(), " "); !tr.b3 || tr.w3c || got != "x-b3-traceid x-b3-spanid x-b3-sampled x-b3-flags" {
 		t.Fatalf("zipkin (USE_B3) writes %q, want B3's headers", got)
 	}
 	tr, err = translateTracing(zipkinTracing(t, "", &tracev3.ZipkinConfig{CollectorCluster: "c", CollectorEndpoint: "/api/v2/spans",
@@ -70,7 +70,7 @@ func TestTranslateTracing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(slices.Sorted(slices.Values(tr.prop.Fields())), " "); !tr.b3 || got != "traceparent tracestate x-b3-flags x-b3-sampled x-b3-spanid x-b3-traceid" {
+	if got := strings.Join(slices.Sorted(slices.Values(tr.propagator().Fields())), " "); !tr.b3 || !tr.w3c || got != "traceparent tracestate x-b3-flags x-b3-sampled x-b3-spanid x-b3-traceid" {
 		t.Fatalf("zipkin (USE_B3_WITH_W3C_PROPAGATION) writes %q, want W3C's and B3's headers", got)
 	}
 
@@ -115,7 +115,7 @@ func recordingTracer(t *testing.T, server bool, sampling float64) (*tracer, *tra
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())), sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	tr := &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag, prop: traceContext}
+	tr := &tracer{sampling: sampling, server: server, maxPath: defaultMaxPathTag, w3c: true}
 	tr.bindSpans(tp.Tracer("test"))
 	return tr, rec
 }
@@ -202,35 +202,43 @@ func TestSpanChildOfIncomingTraceparent(t *testing.T) {
 // W3C beside it.
 func b3Tracer(t *testing.T, server bool, sampling float64, w3c bool) (*tracer, *tracetest.SpanRecorder) {
 	tr, rec := recordingTracer(t, server, sampling)
-	tr.prop, tr.b3 = b3Headers, true
-	if w3c {
-		tr.prop = b3AndTraceContext
-	}
+	tr.b3, tr.w3c = true, w3c
 	return tr, rec
 }
 
 // TestB3Propagation: with a Zipkin provider a sidecar reads a caller's B3
 // context (the headers, or the single b3 header) and writes its span's as
-// B3 headers, as Envoy's Zipkin tracer does; the caller's own B3 headers
-// do not go on. With USE_B3_WITH_W3C_PROPAGATION it reads W3C where there
-// is no B3, and writes both.
+// Envoy's Zipkin tracer does: B3 headers with the caller's span as the
+// parent and a caller's 64-bit trace ID kept at 64 bits; the caller's own
+// B3 headers do not go on. With USE_B3_WITH_W3C_PROPAGATION it reads W3C
+// where there is no B3, and writes both; a tracestate goes on only with
+// its own trace.
 func TestB3Propagation(t *testing.T) {
 	const trace128, trace64, caller = "0af7651916cd43dd8448eb211c80319c", "8448eb211c80319c", "b7ad6b7169203331"
+	other := "00-11111111111111111111111111111111-" + caller + "-01"
 	for name, tc := range map[string]struct {
 		w3c       bool
 		in        http.Header
-		wantTrace string // "" for a new trace
-		wantW3C   bool
+		wantTrace string // the span's trace; "" for a new one, not recorded (0 % sampling)
+		wantB3ID  string // X-B3-TraceId upstream; "" for the span's
+		wantW3C   bool   // traceparent upstream is the span's
+		wantState string // tracestate upstream
 	}{
 		"headers": {in: http.Header{"X-B3-Traceid": {trace128}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"},
 			"X-B3-Parentspanid": {"0000000000000001"}}, wantTrace: trace128},
 		"64-bit trace ID": {in: http.Header{"X-B3-Traceid": {trace64}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"}},
-			wantTrace: "0000000000000000" + trace64},
+			wantTrace: "0000000000000000" + trace64, wantB3ID: trace64},
 		"single header": {in: http.Header{"B3": {trace128 + "-" + caller + "-1"}}, wantTrace: trace128},
-		"W3C ignored":   {in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}}},
-		"W3C read":      {w3c: true, in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}}, wantTrace: trace128, wantW3C: true},
-		"B3 before W3C": {w3c: true, in: http.Header{"Traceparent": {"00-11111111111111111111111111111111-" + caller + "-01"},
+		"single 64-bit": {in: http.Header{"B3": {trace64 + "-" + caller + "-1"}}, wantTrace: "0000000000000000" + trace64, wantB3ID: trace64},
+		"bad single, good headers": {in: http.Header{"B3": {"x-y-1"}, "X-B3-Traceid": {trace128}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"}},
+			wantTrace: trace128},
+		"W3C ignored": {in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}}},
+		"W3C read": {w3c: true, in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}, "Tracestate": {"k=v"}},
+			wantTrace: trace128, wantW3C: true, wantState: "k=v"},
+		"B3 before W3C": {w3c: true, in: http.Header{"Traceparent": {other}, "Tracestate": {"k=v"},
 			"B3": {trace128 + "-" + caller + "-1"}}, wantTrace: trace128, wantW3C: true},
+		"B3 and W3C of one trace": {w3c: true, in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}, "Tracestate": {"k=v"},
+			"X-B3-Traceid": {trace128}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"}}, wantTrace: trace128, wantW3C: true, wantState: "k=v"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			tr, rec := b3Tracer(t, false, 0, tc.w3c) // 0 %: only a caller's decision records
@@ -238,55 +246,76 @@ func TestB3Propagation(t *testing.T) {
 			_, span := tr.startSpan(context.Background(), h, sampleRecord().Start)
 			tr.endSpan(span, sampleRecord())
 			sc := span.SpanContext()
+			parent := caller
 			if tc.wantTrace == "" {
 				if len(rec.Ended()) != 0 || sc.TraceID().String() == trace128 {
 					t.Fatalf("a request without a context it reads was recorded, or joined trace %s", sc.TraceID())
 				}
+				parent = ""
 			} else {
 				got := rec.Ended()
 				if len(got) != 1 || got[0].SpanContext().TraceID().String() != tc.wantTrace || got[0].Parent().SpanID().String() != caller {
 					t.Fatalf("spans %v, want one in trace %s, child of %s", got, tc.wantTrace, caller)
 				}
 			}
-			if h.Get("X-B3-Traceid") != sc.TraceID().String() || h.Get("X-B3-Spanid") != sc.SpanID().String() {
-				t.Fatalf("B3 upstream %q/%q, want the span's %s/%s", h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid"), sc.TraceID(), sc.SpanID())
+			wantID := tc.wantB3ID
+			if wantID == "" {
+				wantID = sc.TraceID().String()
+			}
+			if h.Get("X-B3-Traceid") != wantID || h.Get("X-B3-Spanid") != sc.SpanID().String() || h.Get("X-B3-Parentspanid") != parent {
+				t.Fatalf("B3 upstream %q/%q parent %q, want %s/%s parent %q", h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid"),
+					h.Get("X-B3-Parentspanid"), wantID, sc.SpanID(), parent)
 			}
 			if want := map[bool]string{true: "1", false: "0"}[sc.IsSampled()]; h.Get("X-B3-Sampled") != want {
 				t.Fatalf("X-B3-Sampled %q, want %q", h.Get("X-B3-Sampled"), want)
 			}
-			for _, k := range []string{"B3", "X-B3-Parentspanid"} {
-				if h[k] != nil {
-					t.Fatalf("the caller's %s went on: %q", k, h[k])
-				}
+			if h["B3"] != nil {
+				t.Fatalf("the caller's b3 header went on: %q", h["B3"])
 			}
 			tp := h.Get("Traceparent")
 			if tc.wantW3C != (tp == "00-"+sc.TraceID().String()+"-"+sc.SpanID().String()+"-01") {
 				t.Fatalf("traceparent upstream %q (W3C written: %t)", tp, tc.wantW3C)
 			}
+			if tc.w3c && h.Get("Tracestate") != tc.wantState {
+				t.Fatalf("tracestate upstream %q, want %q", h.Get("Tracestate"), tc.wantState)
+			}
 		})
 	}
 }
 
-// TestB3DeferredSampling: a B3 caller that leaves the sampling decision to
-// the next hop gets this hop's: recorded at 100 %, not at 0 %, and the
-// decision goes on in X-B3-Sampled.
-func TestB3DeferredSampling(t *testing.T) {
-	for _, sampling := range []float64{0, 100} {
-		for _, in := range []http.Header{
-			{"X-B3-Traceid": {"0af7651916cd43dd8448eb211c80319c"}, "X-B3-Spanid": {"b7ad6b7169203331"}},
-			{"B3": {"0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"}},
-		} {
-			tr, rec := b3Tracer(t, true, sampling, false)
-			h := in.Clone()
-			_, span := tr.startSpan(context.Background(), h, sampleRecord().Start)
-			tr.endSpan(span, sampleRecord())
-			recorded, want := len(rec.Ended()) == 1, sampling == 100
-			if recorded != want || span.SpanContext().TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
-				t.Fatalf("%v at %v %%: recorded %t in trace %s", in, sampling, recorded, span.SpanContext().TraceID())
-			}
-			if got := h.Get("X-B3-Sampled"); got != map[bool]string{true: "1", false: "0"}[want] {
-				t.Fatalf("%v at %v %%: X-B3-Sampled %q", in, sampling, got)
-			}
+// TestB3Sampling: a B3 caller that leaves the sampling decision to the
+// next hop gets this hop's: recorded at 100 %, not at 0 %, and the
+// decision goes on in X-B3-Sampled. A b3 header of a sampling state alone
+// decides for the new trace it starts.
+func TestB3Sampling(t *testing.T) {
+	const id, span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+	for _, tc := range []struct {
+		in        http.Header
+		sampling  float64
+		want      bool
+		sameTrace bool
+	}{
+		{http.Header{"X-B3-Traceid": {id}, "X-B3-Spanid": {span}}, 0, false, true},
+		{http.Header{"X-B3-Traceid": {id}, "X-B3-Spanid": {span}}, 100, true, true},
+		{http.Header{"X-B3-Traceid": {id}, "X-B3-Spanid": {span}, "X-B3-Flags": {"0"}}, 100, true, true},
+		{http.Header{"X-B3-Traceid": {id}, "X-B3-Spanid": {span}, "X-B3-Flags": {"1"}}, 0, true, true},
+		{http.Header{"X-B3-Traceid": {id}, "X-B3-Spanid": {span}, "X-B3-Sampled": {"0"}}, 100, false, true},
+		{http.Header{"B3": {id + "-" + span}}, 0, false, true},
+		{http.Header{"B3": {id + "-" + span}}, 100, true, true},
+		{http.Header{"B3": {"0"}}, 100, false, false},
+		{http.Header{"B3": {"1"}}, 0, true, false},
+		{http.Header{"B3": {"d"}}, 0, true, false},
+	} {
+		tr, rec := b3Tracer(t, true, tc.sampling, false)
+		h := tc.in.Clone()
+		_, s := tr.startSpan(context.Background(), h, sampleRecord().Start)
+		tr.endSpan(s, sampleRecord())
+		recorded := len(rec.Ended()) == 1
+		if recorded != tc.want || (s.SpanContext().TraceID().String() == id) != tc.sameTrace {
+			t.Fatalf("%v at %v %%: recorded %t in trace %s", tc.in, tc.sampling, recorded, s.SpanContext().TraceID())
+		}
+		if got := h.Get("X-B3-Sampled"); got != map[bool]string{true: "1", false: "0"}[tc.want] {
+			t.Fatalf("%v at %v %%: X-B3-Sampled %q", tc.in, tc.sampling, got)
 		}
 	}
 }
