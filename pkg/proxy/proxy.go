@@ -399,7 +399,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 	// With TLS on either side both sockets do their own I/O (sysConn): a
 	// TLS side's is under its TLS already (sysUnder leaves a *tls.Conn
 	// as it is), a bare side's from here. Two bare ones stay
-	// *net.TCPConn, for io.Copy to splice.
+	// *net.TCPConn, for io.Copy to splice (when there is no idle timeout).
 	if l.TLS || c.TLS {
 		down, up = sysUnder(down), sysUnder(up)
 	}
