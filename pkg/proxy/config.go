@@ -76,7 +76,8 @@ type Route struct {
 	// same for all its routes).
 	Logs []*accessLog
 	// IdleTimeout closes a connection with no bytes either way for this
-	// long (the tcp_proxy's idle_timeout); 0 for never.
+	// long (the tcp_proxy's idle_timeout, Envoy's hour when unset); 0 for
+	// never.
 	IdleTimeout time.Duration
 }
 

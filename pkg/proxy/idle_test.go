@@ -70,6 +70,21 @@ func TestTCPIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestTCPIdleTimeoutDefault: a tcp_proxy without idle_timeout closes idle
+// connections after Envoy's default hour; an idle_timeout of 0 never.
+func TestTCPIdleTimeoutDefault(t *testing.T) {
+	for _, tc := range []struct {
+		idle *durationpb.Duration
+		want time.Duration
+	}{{nil, time.Hour}, {durationpb.New(0), 0}, {durationpb.New(time.Minute), time.Minute}} {
+		tp, _ := anypb.New(&tcp.TcpProxy{StatPrefix: "l", ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: "a"}, IdleTimeout: tc.idle})
+		routes, err := tcpRoutes("l", &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}})
+		if err != nil || len(routes) != 1 || routes[0].IdleTimeout != tc.want {
+			t.Fatalf("idle_timeout %v translated to %+v, %v; want %v", tc.idle, routes, err, tc.want)
+		}
+	}
+}
+
 // TestTCPIdleTimeoutOneWay: over mTLS (the sockets' own I/O, sysConn), a
 // connection whose bytes move one way only is not idle; the direction
 // that carries nothing keeps waiting, past several idle timeouts, until

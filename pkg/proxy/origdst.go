@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -131,7 +130,7 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	var idle time.Duration
+	idle := tcpDefaultIdle
 	if d := tp.GetIdleTimeout(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
 			return nil, fmt.Errorf("listener %q: tcp_proxy: idle_timeout: not a valid duration", listenerName)

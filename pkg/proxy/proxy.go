@@ -399,7 +399,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 	// With TLS on either side both sockets do their own I/O (sysConn): a
 	// TLS side's is under its TLS already (sysUnder leaves a *tls.Conn
 	// as it is), a bare side's from here. Two bare ones stay
-	// *net.TCPConn, for io.Copy to splice (when there is no idle timeout).
+	// *net.TCPConn, for io.Copy to splice.
 	if l.TLS || c.TLS {
 		down, up = sysUnder(down), sysUnder(up)
 	}
@@ -740,19 +740,17 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 }
 
 // pipe copies both ways until both directions end, half-closing as each
-// side finishes so protocols that rely on it work. It returns the bytes
+// side finishes so protocols that rely on it work, or until no data has
+// moved either way for idle (0: no limit; watchIdle). It returns the bytes
 // received from the downstream and sent to it.
 func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter, idle time.Duration) (received, sent int64) {
+	if idle > 0 {
+		defer watchIdle(down, up, idle)()
+	}
 	var wg sync.WaitGroup
-	var last atomic.Int64 // Unix nanoseconds of the last byte either way
-	last.Store(time.Now().UnixNano())
 	cp := func(dst, src net.Conn, count prometheus.Counter, n *int64) {
 		defer wg.Done()
-		if idle > 0 {
-			*n = copyIdle(dst, src, idle, &last)
-		} else {
-			*n, _ = io.Copy(dst, src)
-		}
+		*n, _ = io.Copy(dst, src)
 		count.Add(float64(*n))
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
@@ -767,39 +765,4 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter, idle time.Du
 	down.Close()
 	up.Close()
 	return received, sent
-}
-
-// copyIdle copies src to dst until src ends, or until no byte has moved
-// either way (last, shared by both directions) for idle: then it closes
-// both connections, ending the other direction too. The read deadline is
-// not moved per read (a timer change each): it is set to idle after the
-// last byte when it passes, so a busy connection's reads wake once per
-// idle period, find that bytes moved, and wait on.
-func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
-	buf := make([]byte, 32<<10)
-	var n int64
-	src.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
-	for {
-		r, err := src.Read(buf)
-		if r > 0 {
-			last.Store(time.Now().UnixNano())
-			w, werr := dst.Write(buf[:r])
-			n += int64(w)
-			if werr != nil {
-				return n
-			}
-		}
-		if err == nil {
-			continue
-		}
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			if until := time.Unix(0, last.Load()).Add(idle); time.Now().Before(until) {
-				src.SetReadDeadline(until) // bytes moved since: not idle
-				continue
-			}
-			src.Close()
-			dst.Close()
-		}
-		return n
-	}
 }

@@ -14,9 +14,9 @@ import (
 // sysConn is a TCP connection that reads and writes its socket itself:
 // the HTTP engine's (a caller's, or an upstream's: the HTTP/1.1 pool's or
 // the HTTP/2 Transport's), and both of a TCP proxy's with TLS on either
-// side (two bare ones stay net.TCPConn, which io.Copy splices when there
-// is no idle timeout). It makes two savings that Go's own net.TCPConn
-// cannot (the second, armed writes, on the HTTP/1.1 pool's only).
+// side (two bare ones stay net.TCPConn, which io.Copy splices). It makes
+// two savings that Go's own net.TCPConn cannot (the second, armed writes,
+// on the HTTP/1.1 pool's only).
 //
 // No scheduler hand-off per system call. net.TCPConn tells the scheduler
 // of every read and write (entersyscall); one that has not returned at
