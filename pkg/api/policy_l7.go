@@ -115,7 +115,8 @@ type TimeoutSpec struct {
 
 // TCPTimeouts are the timeouts of TCP services.
 type TCPTimeouts struct {
-	// IdleTimeout closes a connection with no bytes either way for this long.
+	// IdleTimeout closes a connection with no bytes either way for this long
+	// (default 1 h: what Envoy applies to a tcp_proxy without one).
 	IdleTimeout *Duration `json:"idleTimeout,omitempty"`
 }
 
