@@ -32,7 +32,9 @@ func ingressMain(args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address")
 	fs.Parse(args)
 
-	route := []proxy.Route{{Cluster: "backend", Weight: 1}}
+	// An hour's idle timeout: what a tcp_proxy the CP sends without one
+	// gets (Envoy's default), as every ingress and sidecar route does.
+	route := []proxy.Route{{Cluster: "backend", Weight: 1, IdleTimeout: time.Hour}}
 	return runProxy(&proxy.Config{
 		Listeners: map[string]*proxy.Listener{"ingress": {
 			Name:      "ingress",
@@ -84,7 +86,7 @@ func sidecarMain(args []string) error {
 		return errors.New("ca.pem: no certificate")
 	}
 	cluster := staticCluster("billing", *upstream)
-	l := &proxy.Listener{Name: *role, Addr: *listen, Routes: []proxy.Route{{Cluster: "billing", Weight: 1}}}
+	l := &proxy.Listener{Name: *role, Addr: *listen, Routes: []proxy.Route{{Cluster: "billing", Weight: 1, IdleTimeout: time.Hour}}}
 	if *role == "outbound" {
 		cluster.TLS, cluster.SNI = true, "billing"
 	} else {
