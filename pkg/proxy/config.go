@@ -347,12 +347,16 @@ func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
 		if len(tp.GetAccessLog()) > 0 {
 			return nil, fmt.Errorf("listener %q: tcp_proxy: access_log on an SNI filter chain is not supported by the built-in proxy", l.Name)
 		}
+		idle, err := tcpIdle(l.Name, tp)
+		if err != nil {
+			return nil, err
+		}
 		var routes []Route
 		if c := tp.GetCluster(); c != "" {
-			routes = []Route{{Cluster: c, Weight: 1}}
+			routes = []Route{{Cluster: c, Weight: 1, IdleTimeout: idle}}
 		}
 		for _, wc := range tp.GetWeightedClusters().GetClusters() {
-			routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight()})
+			routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), IdleTimeout: idle})
 		}
 		for _, n := range names {
 			out.SNIRoutes[n] = routes

@@ -23,9 +23,9 @@ import (
 // talking.
 func TestTCPIdleTimeout(t *testing.T) {
 	tp, _ := anypb.New(&tcp.TcpProxy{StatPrefix: "l", ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: "a"},
-		IdleTimeout: durationpb.New(400 * time.Millisecond)})
+		IdleTimeout: durationpb.New(time.Second)})
 	routes, err := tcpRoutes("l", &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}})
-	if err != nil || len(routes) != 1 || routes[0].IdleTimeout != 400*time.Millisecond {
+	if err != nil || len(routes) != 1 || routes[0].IdleTimeout != time.Second {
 		t.Fatalf("translated to %+v, %v", routes, err)
 	}
 	p := newProxy(t)
@@ -43,8 +43,8 @@ func TestTCPIdleTimeout(t *testing.T) {
 	}
 	defer busy.Close()
 	r := bufio.NewReader(busy)
-	// Talking every 100 ms for three idle timeouts keeps it open.
-	for i := range 12 {
+	// Talking every 100 ms for two and a half idle timeouts keeps it open.
+	for i := range 25 {
 		busy.SetDeadline(time.Now().Add(5 * time.Second))
 		fmt.Fprintf(busy, "m%d\n", i)
 		if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != fmt.Sprintf("a m%d", i) {
@@ -82,61 +82,103 @@ func TestTCPIdleTimeoutDefault(t *testing.T) {
 		if err != nil || len(routes) != 1 || routes[0].IdleTimeout != tc.want {
 			t.Fatalf("idle_timeout %v translated to %+v, %v; want %v", tc.idle, routes, err, tc.want)
 		}
+		// An ingress's SNI chains are tcp_proxies too.
+		in, err := sniListener(&Listener{Name: "ingress"}, &listener.Listener{Name: "ingress", FilterChains: []*listener.FilterChain{{
+			FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{"billing"}},
+			Filters:          []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}}},
+		}}})
+		if err != nil || len(in.SNIRoutes["billing"]) != 1 || in.SNIRoutes["billing"][0].IdleTimeout != tc.want {
+			t.Fatalf("an SNI chain's idle_timeout %v translated to %+v, %v; want %v", tc.idle, in, err, tc.want)
+		}
 	}
 }
 
 // TestTCPIdleTimeoutOneWay: over mTLS (the sockets' own I/O, sysConn), a
-// connection whose bytes move one way only is not idle; the direction
-// that carries nothing keeps waiting, past several idle timeouts, until
-// the other stops too.
+// connection whose bytes move one way only is not idle, whichever way
+// they move; once they stop, the proxy closes it.
 func TestTCPIdleTimeoutOneWay(t *testing.T) {
 	now := time.Now()
 	ca, roots, pairOf := testCA(t, now)
 	billing, _ := mtls.Issue(ca, "billing", time.Hour, now)
 	web, _ := mtls.Issue(ca, "web", time.Hour, now)
-	// The app reads what comes and never answers.
-	sink, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	go func() {
-		for {
-			c, err := sink.Accept()
+	for _, callerTalks := range []bool{true, false} {
+		t.Run(fmt.Sprintf("caller talks %t", callerTalks), func(t *testing.T) {
+			t.Parallel()
+			// The app reads what comes and, when the caller does not
+			// talk, writes every 100 ms until quiet closes.
+			quiet := make(chan struct{})
+			app, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
-				return
+				t.Fatal(err)
 			}
-			go func() { io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
-	p := newProxy(t)
-	route := Route{Cluster: "app", Weight: 1, IdleTimeout: 400 * time.Millisecond}
-	if err := p.Apply(&Config{Identity: pairOf(billing), Roots: roots,
-		Listeners: map[string]*Listener{"in": {Name: "in", Addr: anyPort, TLS: true, Routes: []Route{route}}},
-		Clusters:  map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: sink.Addr().String(), Weight: 1}}}}}); err != nil {
-		t.Fatal(err)
-	}
-	c, err := tls.Dial("tcp", boundAddr(t, p, "in"), &tls.Config{Certificates: []tls.Certificate{*pairOf(web)}, RootCAs: roots, InsecureSkipVerify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	// Writing every 100 ms for three idle timeouts: nothing comes back,
-	// and the connection stays open (a short read times out, no EOF).
-	for i := range 12 {
-		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("x")); err != nil {
-			t.Fatalf("write %d: %v", i, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
-		t.Fatalf("a connection busy one way was closed, or answered: %v", err)
-	}
-	// Then silence both ways: the proxy closes it.
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("an idle connection was not closed by the proxy: %v", err)
+			defer app.Close()
+			go func() {
+				c, err := app.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				if !callerTalks {
+					for tick := time.NewTicker(100 * time.Millisecond); ; {
+						select {
+						case <-tick.C:
+							if _, err := c.Write([]byte("x")); err != nil {
+								return
+							}
+							continue
+						case <-quiet:
+						}
+						break
+					}
+				}
+				io.Copy(io.Discard, c)
+			}()
+			p := newProxy(t)
+			route := Route{Cluster: "app", Weight: 1, IdleTimeout: time.Second}
+			if err := p.Apply(&Config{Identity: pairOf(billing), Roots: roots,
+				Listeners: map[string]*Listener{"in": {Name: "in", Addr: anyPort, TLS: true, Routes: []Route{route}}},
+				Clusters:  map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: app.Addr().String(), Weight: 1}}}}}); err != nil {
+				t.Fatal(err)
+			}
+			c, err := tls.Dial("tcp", boundAddr(t, p, "in"), &tls.Config{Certificates: []tls.Certificate{*pairOf(web)}, RootCAs: roots, InsecureSkipVerify: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Bytes one way for two and a half idle timeouts: the
+			// connection stays open.
+			buf := make([]byte, 64)
+			for i := range 25 {
+				if callerTalks {
+					c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+					if _, err := c.Write([]byte("x")); err != nil {
+						t.Fatalf("write %d: %v", i, err)
+					}
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Read(buf); err != nil {
+					t.Fatalf("read %d: %v", i, err)
+				}
+			}
+			if callerTalks {
+				c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+				if _, err := c.Read(buf); !isTimeout(err) {
+					t.Fatalf("a connection busy one way was closed, or answered: %v", err)
+				}
+			}
+			// Then silence both ways: the proxy closes it.
+			close(quiet)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			for {
+				if _, err := c.Read(buf); err != nil {
+					if err != io.EOF {
+						t.Fatalf("an idle connection was not closed by the proxy: %v", err)
+					}
+					return
+				}
+			}
+		})
 	}
 }

@@ -130,12 +130,9 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	idle := tcpDefaultIdle
-	if d := tp.GetIdleTimeout(); d != nil {
-		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
-			return nil, fmt.Errorf("listener %q: tcp_proxy: idle_timeout: not a valid duration", listenerName)
-		}
-		idle = d.AsDuration() // 0: none, as Envoy's 0s
+	idle, err := tcpIdle(listenerName, tp)
+	if err != nil {
+		return nil, err
 	}
 	var routes []Route
 	if c := tp.GetCluster(); c != "" {

@@ -87,7 +87,8 @@ func outboundFilters(statPrefix, service, protocol string, subsets []Subset, pp 
 }
 
 // tcpProxyWithLog is TCPProxy, logging each connection when log is set,
-// and closing connections idle for idle when it is not 0.
+// and closing connections idle for idle when it is not 0 (0 leaves the
+// proxy's default: Envoy's, and the built-in proxy's, an hour).
 func tcpProxyWithLog(statPrefix string, subsets []Subset, log *api.TrafficLog, idle time.Duration) *listener.Filter {
 	f := TCPProxy(statPrefix, subsets)
 	if log == nil && idle == 0 {

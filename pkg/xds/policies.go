@@ -292,7 +292,8 @@ func matchSources(s *MeshState, tags []map[string]string) string {
 	return string(buf)
 }
 
-// tcpIdleTimeout is the Timeout's TCP idle timeout, 0 for none.
+// tcpIdleTimeout is the Timeout's TCP idle timeout; 0 when it sets none
+// (the proxy's default applies: an hour).
 func (pp pairPolicies) tcpIdleTimeout() time.Duration {
 	if pp.timeout == nil || pp.timeout.Spec.TCP == nil {
 		return 0
