@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -184,7 +185,7 @@ func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) 
 	caller := trace.SpanContextFromContext(prop.Extract(ctx, carrier))
 	var in b3Caller
 	if t.b3 {
-		in = readB3(h)
+		in = readB3(h, caller)
 		for _, k := range b3Fields {
 			delete(h, k) // the caller's, which the span's replace
 		}
@@ -268,29 +269,41 @@ type b3Caller struct {
 	only string
 }
 
-// readB3 reads h's B3 headers as the propagator does: the single b3
-// header when it holds a valid context, else the X-B3- headers.
-// X-B3-Flags: 1 (debug) counts as sampled, as B3 says (Envoy ignores it).
-func readB3(h http.Header) b3Caller {
+// readB3 reads what h's B3 headers said of caller, the context the
+// propagator read: from the single b3 header when it names caller's IDs,
+// else from the X-B3- headers when they do (none: caller is W3C's, or
+// there is none). X-B3-Flags: 1 (debug) counts as sampled, as B3 says
+// (Envoy ignores it).
+func readB3(h http.Header, caller trace.SpanContext) b3Caller {
 	var in b3Caller
 	if v := h.Get("B3"); v != "" {
-		if !strings.Contains(v, "-") {
+		id, rest, found := strings.Cut(v, "-")
+		span, _, decided := strings.Cut(rest, "-")
+		switch {
+		case !found:
 			in.only = v
-		} else if trace.SpanContextFromContext(b3Headers.Extract(context.Background(), propagation.MapCarrier{"b3": v})).IsValid() {
-			id, _, _ := strings.Cut(v, "-")
-			return b3Caller{used: true, deferred: strings.Count(v, "-") == 1, trace64: len(id) == 16}
+		case namesContext(caller, id, span):
+			return b3Caller{used: true, deferred: !decided, trace64: len(id) == 16}
 		}
 	}
-	multi := http.Header{}
-	for _, k := range b3Fields[1:] {
-		if v, ok := h[k]; ok {
-			multi[k] = v
-		}
-	}
-	if trace.SpanContextFromContext(b3Headers.Extract(context.Background(), propagation.HeaderCarrier(multi))).IsValid() {
-		in = b3Caller{used: true, deferred: h.Get("X-B3-Sampled") == "" && h.Get("X-B3-Flags") != "1", trace64: len(h.Get("X-B3-Traceid")) == 16}
+	if id := h.Get("X-B3-Traceid"); namesContext(caller, id, h.Get("X-B3-Spanid")) {
+		in = b3Caller{used: true, deferred: h.Get("X-B3-Sampled") == "" && h.Get("X-B3-Flags") != "1", trace64: len(id) == 16}
 	}
 	return in
+}
+
+// namesContext is whether B3's trace and span ID (hex, the trace ID 64
+// or 128 bits) are sc's.
+func namesContext(sc trace.SpanContext, traceID, spanID string) bool {
+	if !sc.IsValid() {
+		return false
+	}
+	tid, sid := sc.TraceID(), sc.SpanID()
+	want := hex.EncodeToString(tid[:])
+	if len(traceID) == 16 && want[:16] == "0000000000000000" {
+		want = want[16:]
+	}
+	return strings.EqualFold(traceID, want) && strings.EqualFold(spanID, hex.EncodeToString(sid[:]))
 }
 
 // decides is whether a new trace is recorded: as a caller's sampling

@@ -237,6 +237,8 @@ func TestB3Propagation(t *testing.T) {
 			wantTrace: trace128, wantW3C: true, wantState: "k=v"},
 		"B3 before W3C": {w3c: true, in: http.Header{"Traceparent": {other}, "Tracestate": {"k=v"},
 			"B3": {trace128 + "-" + caller + "-1"}}, wantTrace: trace128, wantW3C: true},
+		"bad B3 beside W3C": {w3c: true, in: http.Header{"Traceparent": {"00-0000000000000000" + trace64 + "-" + caller + "-01"},
+			"X-B3-Traceid": {trace64}, "X-B3-Spanid": {"zz"}, "X-B3-Sampled": {"1"}}, wantTrace: "0000000000000000" + trace64, wantW3C: true},
 		"B3 and W3C of one trace": {w3c: true, in: http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}, "Tracestate": {"k=v"},
 			"X-B3-Traceid": {trace128}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"}}, wantTrace: trace128, wantW3C: true, wantState: "k=v"},
 	} {
@@ -512,4 +514,35 @@ func FuzzTranslateObs(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkSpanPropagation is what reading a request's trace context and
+// writing its span's costs a sidecar, by the trace contexts its tracer
+// uses, with the span recorded by an SDK tracer that keeps nothing.
+func BenchmarkSpanPropagation(b *testing.B) {
+	const trace128, caller = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	b.Cleanup(func() { tp.Shutdown(context.Background()) })
+	for _, tc := range []struct {
+		name    string
+		b3, w3c bool
+		in      http.Header
+	}{
+		{"w3c", false, true, http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}}},
+		{"b3", true, false, http.Header{"X-B3-Traceid": {trace128}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"}}},
+		{"b3+w3c, B3 in", true, true, http.Header{"X-B3-Traceid": {trace128}, "X-B3-Spanid": {caller}, "X-B3-Sampled": {"1"}}},
+		{"b3+w3c, W3C in", true, true, http.Header{"Traceparent": {"00-" + trace128 + "-" + caller + "-01"}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			tr := &tracer{sampling: 100, maxPath: defaultMaxPathTag, b3: tc.b3, w3c: tc.w3c}
+			tr.bindSpans(tp.Tracer("bench"))
+			start := time.Now()
+			b.ReportAllocs()
+			for b.Loop() {
+				h := tc.in.Clone()
+				_, span := tr.startSpan(context.Background(), h, start)
+				span.End()
+			}
+		})
+	}
 }
