@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -173,40 +172,23 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 }
 
 // startSpan begins the span of a request whose headers are h: a child of
-// the trace context h carries (propagator reads it), or the root of a new trace,
+// the trace context h carries (readCaller), or the root of a new trace,
 // recorded at the tracer's sampling rate. It sets h's trace context to the
 // new span's, so the request carries it on (upstream, or to the local
 // application). start is when the request began (the record's Start). ctx
 // carries the span; endSpan ends it.
 func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) (context.Context, trace.Span) {
 	carrier, prop := propagation.HeaderCarrier(h), t.propagator()
-	// Only the caller's span context goes on, not what else the reader
-	// put beside it (B3's deferred and debug marks): this hop decides.
-	caller := trace.SpanContextFromContext(prop.Extract(ctx, carrier))
-	var in b3Caller
-	if t.b3 {
-		in = readB3(h, caller)
-		for _, k := range b3Fields {
-			delete(h, k) // the caller's, which the span's replace
-		}
-		if in.used && t.w3c {
-			// A caller's tracestate goes on with its traceparent's trace
-			// only.
-			if w := trace.SpanContextFromContext(traceContext.Extract(ctx, carrier)); w.TraceID() == caller.TraceID() {
-				caller = caller.WithTraceState(w.TraceState())
-			} else {
-				delete(h, "Tracestate")
-			}
-		}
-	}
+	caller, in := t.readCaller(ctx, h)
 	switch {
 	case !caller.IsValid():
-		if !in.decides(t.sample) {
-			// A new trace that is not recorded: its IDs still go on, with
-			// the sampled flag off, so the hops after this one do not
-			// record it either.
+		if record := in.decides(t.sample); !record || t.spans.Load() == nil {
+			// A new trace this hop does not record (not sampled, or not
+			// bound to a collector yet): its IDs still go on with the
+			// decision, which the hops after this one follow.
+			var flags trace.TraceFlags
 			ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
-				TraceID: randomTraceID(), SpanID: randomSpanID(), Remote: true}))
+				TraceID: randomTraceID(), SpanID: randomSpanID(), TraceFlags: flags.WithSampled(record), Remote: true}))
 		}
 	case in.deferred:
 		// A B3 caller that left the decision to the next hop: this one
@@ -237,6 +219,31 @@ func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) 
 		}
 	}
 	return ctx, span
+}
+
+// readCaller reads the caller's span context from h, and with B3 what
+// its headers said beside it; it removes the caller's B3 headers, which
+// the span's replace. Only the span context goes on, not what else the
+// reader put beside it (B3's deferred and debug marks): this hop decides.
+func (t *tracer) readCaller(ctx context.Context, h http.Header) (trace.SpanContext, b3Caller) {
+	carrier := propagation.HeaderCarrier(h)
+	caller := trace.SpanContextFromContext(t.propagator().Extract(ctx, carrier))
+	if !t.b3 {
+		return caller, b3Caller{}
+	}
+	in := readB3(h, caller)
+	for _, k := range b3Fields {
+		delete(h, k)
+	}
+	if !in.used || !t.w3c {
+		return caller, in
+	}
+	// A caller's tracestate goes on with its traceparent's trace only.
+	if w := trace.SpanContextFromContext(traceContext.Extract(ctx, carrier)); w.TraceID() == caller.TraceID() {
+		return caller.WithTraceState(w.TraceState()), in
+	}
+	delete(h, "Tracestate")
+	return caller, in
 }
 
 // propagator reads and writes the tracer's trace contexts (b3, w3c).
@@ -298,12 +305,11 @@ func namesContext(sc trace.SpanContext, traceID, spanID string) bool {
 	if !sc.IsValid() {
 		return false
 	}
-	tid, sid := sc.TraceID(), sc.SpanID()
-	want := hex.EncodeToString(tid[:])
+	want := sc.TraceID().String()
 	if len(traceID) == 16 && want[:16] == "0000000000000000" {
 		want = want[16:]
 	}
-	return strings.EqualFold(traceID, want) && strings.EqualFold(spanID, hex.EncodeToString(sid[:]))
+	return strings.EqualFold(traceID, want) && strings.EqualFold(spanID, sc.SpanID().String())
 }
 
 // decides is whether a new trace is recorded: as a caller's sampling

@@ -322,6 +322,22 @@ func TestB3Sampling(t *testing.T) {
 	}
 }
 
+// TestUnboundTracerPropagates: a tracer whose collector is not known yet
+// records nothing, but a new trace's IDs and sampling decision still go
+// on, for the hops after it to record.
+func TestUnboundTracerPropagates(t *testing.T) {
+	for _, sampling := range []float64{0, 100} {
+		tr := &tracer{sampling: sampling, maxPath: defaultMaxPathTag, w3c: true}
+		h := http.Header{}
+		_, span := tr.startSpan(context.Background(), h, time.Now())
+		span.End()
+		want := map[float64]string{0: "-00", 100: "-01"}[sampling]
+		if tp := h.Get("traceparent"); !strings.HasPrefix(tp, "00-") || !strings.HasSuffix(tp, want) {
+			t.Fatalf("at %v %%: traceparent %q, want a new trace ending %s", sampling, tp, want)
+		}
+	}
+}
+
 func TestSamplingOfNewTraces(t *testing.T) {
 	out, rec := recordingTracer(t, false, 0)
 	h := http.Header{}
@@ -545,4 +561,46 @@ func BenchmarkSpanPropagation(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzB3Headers feeds a Zipkin tracer whatever a caller may send as trace
+// context: it never fails, and what goes on is the span's own B3 context
+// (a trace ID of 16 or 32 hex digits, the span's ID, a decision) and
+// none of the caller's headers it replaces.
+func FuzzB3Headers(f *testing.F) {
+	f.Add("0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1", "", "", "", "", "")
+	f.Add("", "8448eb211c80319c", "b7ad6b7169203331", "", "0", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	f.Add("d", "0af7651916cd43dd8448eb211c80319c", "zz", "true", "1", "")
+	f.Add("x-y-z-w", "", "", "1", "", "garbage")
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	f.Cleanup(func() { tp.Shutdown(context.Background()) })
+	spans := tp.Tracer("fuzz")
+	f.Fuzz(func(t *testing.T, single, traceID, spanID, sampled, flags, traceparent string) {
+		in := http.Header{}
+		for k, v := range map[string]string{"B3": single, "X-B3-Traceid": traceID, "X-B3-Spanid": spanID,
+			"X-B3-Sampled": sampled, "X-B3-Flags": flags, "Traceparent": traceparent} {
+			if v != "" {
+				in[k] = []string{v}
+			}
+		}
+		for i, w3c := range []bool{false, true} {
+			tr := &tracer{sampling: 50, maxPath: defaultMaxPathTag, b3: true, w3c: w3c}
+			if i == 1 { // one bound to an SDK tracer, one not yet bound
+				tr.bindSpans(spans)
+			}
+			h := in.Clone()
+			_, span := tr.startSpan(context.Background(), h, time.Now())
+			sc := span.SpanContext()
+			id := h.Get("X-B3-Traceid")
+			if (len(id) != 16 && len(id) != 32) || !strings.HasSuffix(sc.TraceID().String(), id) {
+				t.Fatalf("%v: X-B3-TraceId %q for the span's trace %s", in, id, sc.TraceID())
+			}
+			if h.Get("X-B3-Spanid") != sc.SpanID().String() || h.Get("X-B3-Sampled") != map[bool]string{true: "1", false: "0"}[sc.IsSampled()] {
+				t.Fatalf("%v: B3 upstream %v for the span %v", in, h, sc)
+			}
+			if h["B3"] != nil || h["X-B3-Flags"] != nil {
+				t.Fatalf("%v: the caller's headers went on: %v", in, h)
+			}
+		}
+	})
 }
