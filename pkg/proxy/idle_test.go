@@ -14,8 +14,6 @@ import (
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
-
-	"github.com/ursamesh/ursa/pkg/mtls"
 )
 
 // TestTCPIdleTimeout: a tcp_proxy's idle_timeout closes a connection on
@@ -99,8 +97,8 @@ func TestTCPIdleTimeoutDefault(t *testing.T) {
 func TestTCPIdleTimeoutOneWay(t *testing.T) {
 	now := time.Now()
 	ca, roots, pairOf := testCA(t, now)
-	billing, _ := mtls.Issue(ca, "billing", time.Hour, now)
-	web, _ := mtls.Issue(ca, "web", time.Hour, now)
+	id := issued(t, ca, pairOf, now)
+	billing, web := id("billing"), id("web")
 	for _, callerTalks := range []bool{true, false} {
 		t.Run(fmt.Sprintf("caller talks %t", callerTalks), func(t *testing.T) {
 			t.Parallel()
@@ -135,12 +133,12 @@ func TestTCPIdleTimeoutOneWay(t *testing.T) {
 			}()
 			p := newProxy(t)
 			route := Route{Cluster: "app", Weight: 1, IdleTimeout: time.Second}
-			if err := p.Apply(&Config{Identity: pairOf(billing), Roots: roots,
+			if err := p.Apply(&Config{Identity: billing, Roots: roots,
 				Listeners: map[string]*Listener{"in": {Name: "in", Addr: anyPort, TLS: true, Routes: []Route{route}}},
 				Clusters:  map[string]*Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{{Addr: app.Addr().String(), Weight: 1}}}}}); err != nil {
 				t.Fatal(err)
 			}
-			c, err := tls.Dial("tcp", boundAddr(t, p, "in"), &tls.Config{Certificates: []tls.Certificate{*pairOf(web)}, RootCAs: roots, InsecureSkipVerify: true})
+			c, err := tls.Dial("tcp", boundAddr(t, p, "in"), &tls.Config{Certificates: []tls.Certificate{*web}, RootCAs: roots, InsecureSkipVerify: true})
 			if err != nil {
 				t.Fatal(err)
 			}

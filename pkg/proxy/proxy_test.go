@@ -277,6 +277,19 @@ func testCA(t *testing.T, now time.Time) (*api.MeshCA, *x509.CertPool, func(mtls
 	}
 }
 
+// issued issues key pairs for services from ca (testCA's, with its
+// pairOf), valid for an hour from now.
+func issued(t *testing.T, ca *api.MeshCA, pairOf func(mtls.Identity) *tls.Certificate, now time.Time) func(service string) *tls.Certificate {
+	return func(service string) *tls.Certificate {
+		t.Helper()
+		id, err := mtls.Issue(ca, service, time.Hour, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pairOf(id)
+	}
+}
+
 // TestRotationKeepsConnections: a new identity from SDS serves new
 // connections while an established mTLS connection keeps flowing.
 func TestRotationKeepsConnections(t *testing.T) {
@@ -334,10 +347,7 @@ func TestRotationKeepsConnections(t *testing.T) {
 func TestHandshakeFailureFailsOver(t *testing.T) {
 	now := time.Now()
 	ca, roots, pairOf := testCA(t, now)
-	pair := func(service string) *tls.Certificate {
-		id, _ := mtls.Issue(ca, service, time.Hour, now)
-		return pairOf(id)
-	}
+	pair := issued(t, ca, pairOf, now)
 	// The empty ingress: accepts, reads the ClientHello, closes.
 	empty, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

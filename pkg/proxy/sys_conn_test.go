@@ -19,7 +19,6 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
-	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
@@ -67,16 +66,29 @@ func readable(t *testing.T, c *sysConn) bool {
 	return has
 }
 
+// randomBytes is n random bytes.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// readAllAsync reads r to its end in the background, and then sends what
+// it read.
+func readAllAsync(r io.Reader) <-chan []byte {
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		got <- b
+	}()
+	return got
+}
+
 func TestSysConnReadWrite(t *testing.T) {
 	sc, peer := sysPair(t)
 	// Larger than both socket buffers: the writer waits for room.
-	big := make([]byte, 8<<20)
-	rand.Read(big)
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(peer)
-		got <- b
-	}()
+	big := randomBytes(8 << 20)
+	got := readAllAsync(peer)
 	if n, err := sc.Write(big); err != nil || n != len(big) {
 		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(big))
 	}
@@ -102,13 +114,8 @@ func TestSysConnReadWrite(t *testing.T) {
 // socket calls), which a TCP proxy's copy would otherwise reach.
 func TestSysConnCopy(t *testing.T) {
 	sc, peer := sysPair(t)
-	big := make([]byte, 1<<20)
-	rand.Read(big)
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(peer)
-		got <- b
-	}()
+	big := randomBytes(1 << 20)
+	got := readAllAsync(peer)
 	// A reader without WriteTo, so that io.Copy asks sc to ReadFrom it.
 	if n, err := io.Copy(sc, struct{ io.Reader }{bytes.NewReader(big)}); err != nil || n != int64(len(big)) {
 		t.Fatalf("io.Copy to it = %d, %v", n, err)
@@ -420,10 +427,7 @@ func TestH1EarlyAnswerToALargeBody(t *testing.T) {
 func TestTCPProxySocketIO(t *testing.T) {
 	now := time.Now()
 	ca, roots, pairOf := testCA(t, now)
-	id := func(service string) *tls.Certificate {
-		i, _ := mtls.Issue(ca, service, time.Hour, now)
-		return pairOf(i)
-	}
+	id := issued(t, ca, pairOf, now)
 	type pair struct{ down, up net.Conn }
 	seen := make(chan pair, 4)
 	record := func(down, up net.Conn) { seen <- pair{down, up} }

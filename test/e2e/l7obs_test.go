@@ -151,13 +151,26 @@ func (j *jaeger) traces(t *testing.T, service string) []jaegerTrace {
 }
 
 // tracedApp is an HTTP application that answers "<name> <path>" and keeps
-// the trace context of each request it got: its traceparent, and its B3
-// headers as "traceid-spanid-sampled".
+// the trace context of each request it got.
 type tracedApp struct {
-	addr   string
-	mu     sync.Mutex
-	seen   []string
-	seenB3 []string
+	addr string
+	mu   sync.Mutex
+	seen []seenContext
+}
+
+// seenContext is the span a request named as its parent: in its
+// traceparent, and in its B3 headers.
+type seenContext struct{ w3c, b3 spanRef }
+
+type spanRef struct {
+	trace, span string
+	sampled     bool
+}
+
+// in is whether r names the server span of its trace in spans (trace ID
+// without leading zeros → span ID), sampled.
+func (r spanRef) in(spans map[string]string) bool {
+	return r.sampled && r.span != "" && spans[strings.TrimLeft(r.trace, "0")] == r.span
 }
 
 func startTracedApp(t *testing.T, name string) *tracedApp {
@@ -169,9 +182,12 @@ func startTracedApp(t *testing.T, name string) *tracedApp {
 	a := &tracedApp{addr: ln.Addr().String()}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
+		c := seenContext{b3: spanRef{r.Header.Get("x-b3-traceid"), r.Header.Get("x-b3-spanid"), r.Header.Get("x-b3-sampled") == "1"}}
+		if p := strings.Split(r.Header.Get("traceparent"), "-"); len(p) == 4 {
+			c.w3c = spanRef{p[1], p[2], p[3] == "01"}
+		}
 		a.mu.Lock()
-		a.seen = append(a.seen, r.Header.Get("traceparent"))
-		a.seenB3 = append(a.seenB3, r.Header.Get("x-b3-traceid")+"-"+r.Header.Get("x-b3-spanid")+"-"+r.Header.Get("x-b3-sampled"))
+		a.seen = append(a.seen, c)
 		a.mu.Unlock()
 		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
 	})}
@@ -180,16 +196,10 @@ func startTracedApp(t *testing.T, name string) *tracedApp {
 	return a
 }
 
-func (a *tracedApp) traceparents() []string {
+func (a *tracedApp) contexts() []seenContext {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]string(nil), a.seen...)
-}
-
-func (a *tracedApp) b3s() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]string(nil), a.seenB3...)
+	return append([]seenContext(nil), a.seen...)
 }
 
 // l7obsMesh is a zone with billing (HTTP, its app a tracedApp) and db
@@ -281,28 +291,20 @@ func checkTwoHopTraces(t *testing.T, j *jaeger, m *l7obsMesh, n int, b3 bool) {
 		}
 		serverSpans[strings.TrimLeft(tr.TraceID, "0")] = s.SpanID
 	}
-	matched := 0
-	for _, tp := range m.app.traceparents() {
-		parts := strings.Split(tp, "-")
-		if len(parts) == 4 && serverSpans[strings.TrimLeft(parts[1], "0")] == parts[2] && parts[3] == "01" {
-			matched++
+	seen := m.app.contexts()
+	for _, kind := range []string{"traceparent", "B3 headers"} {
+		if kind == "B3 headers" && !b3 {
+			continue
 		}
-	}
-	if matched != n {
-		t.Fatalf("%d of %d requests reached billing with its server span's traceparent; it saw %q", matched, n, m.app.traceparents())
-	}
-	if !b3 {
-		return
-	}
-	matched = 0
-	for _, h := range m.app.b3s() {
-		parts := strings.Split(h, "-")
-		if len(parts) == 3 && serverSpans[strings.TrimLeft(parts[0], "0")] == parts[1] && parts[2] == "1" {
-			matched++
+		matched := 0
+		for _, c := range seen {
+			if ref := map[string]spanRef{"traceparent": c.w3c, "B3 headers": c.b3}[kind]; ref.in(serverSpans) {
+				matched++
+			}
 		}
-	}
-	if matched != n {
-		t.Fatalf("%d of %d requests reached billing with its server span's B3 headers; it saw %q", matched, n, m.app.b3s())
+		if matched != n {
+			t.Fatalf("%d of %d requests reached billing with its server span's %s; it saw %+v", matched, n, kind, seen)
+		}
 	}
 }
 
