@@ -31,8 +31,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 		r.Body = http.NoBody // none: the upstream request has none either
 	}
 	ri := &hr.info
-	ex, done := p.newExchange(r, hr, cfg, rt)
-	defer done()
+	ex := p.newExchange(r, hr, cfg, rt)
+	defer ex.end()
 	if upgradeType(r.Header) != "" {
 		ex.reverseProxy(w, r)
 		return
@@ -174,24 +174,23 @@ func upgradeType(h http.Header) string {
 }
 
 // newExchange starts r's exchange: the route's timeout (from the end of
-// the request body, as Envoy's), and its idle timeout. done ends them.
-func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute) (*exchange, func()) {
+// the request body, as Envoy's), and its idle timeout. end ends them.
+func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute) *exchange {
 	down := r.Context() // the caller's: done when it goes away
-	ctx := down
-	cancel := context.CancelFunc(nop)
+	ex := &hr.ex
+	*ex = exchange{p: p, cfg: cfg, rt: rt, ri: &hr.info, down: down, ctx: down, body: &hr.replay}
 	body := &hr.replay
 	body.src = r.Body
 	switch {
 	case rt.Timeout <= 0:
 	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
-		dl := &hr.deadline
-		*dl = deadlineCtx{parent: ctx, deadline: time.Now().Add(rt.Timeout)}
-		ctx, cancel = dl, dl.stop
+		ex.deadline = &hr.deadline
+		*ex.deadline = deadlineCtx{parent: down, deadline: time.Now().Add(rt.Timeout)}
+		ex.ctx = ex.deadline
 	default:
 		// As Envoy's, the route timeout runs from the end of the request
 		// body: a long upload to a fast backend is not cut short.
-		var stop context.CancelFunc
-		ctx, stop = context.WithCancel(ctx)
+		ctx, stop := context.WithCancel(down)
 		var timer *time.Timer
 		var mu sync.Mutex
 		body.onEOF = func() {
@@ -201,7 +200,7 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 				timer = time.AfterFunc(rt.Timeout, stop)
 			}
 		}
-		cancel = func() {
+		ex.ctx, ex.cancel = ctx, func() {
 			mu.Lock()
 			if timer != nil {
 				timer.Stop()
@@ -210,19 +209,29 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 			stop()
 		}
 	}
-	ex := &hr.ex
-	*ex = exchange{p: p, cfg: cfg, rt: rt, ri: &hr.info, down: down, ctx: ctx, body: body}
-	if _, ok := ctx.Deadline(); ok || ctx == down {
+	if _, ok := ex.ctx.Deadline(); ok || ex.ctx == down {
 		ex.watch = down // all ctx adds to down is a deadline
 	}
 	if rt.IdleTimeout > 0 {
 		ex.watch = nil
 		ex.idle = newIdleWatch(rt.IdleTimeout)
-		var stop context.CancelFunc
-		ex.ctx, stop = ex.idle.bind(ex.ctx)
-		return ex, func() { stop(); cancel() }
+		ex.ctx, ex.idleStop = ex.idle.bind(ex.ctx)
 	}
-	return ex, cancel
+	return ex
+}
+
+// end ends the exchange's timeouts: its idle timeout's, then the
+// route's.
+func (ex *exchange) end() {
+	if ex.idleStop != nil {
+		ex.idleStop()
+	}
+	switch {
+	case ex.deadline != nil:
+		ex.deadline.stop()
+	case ex.cancel != nil:
+		ex.cancel()
+	}
 }
 
 // deadlineCtx is parent with a deadline, whose timer is made only when
@@ -418,6 +427,11 @@ type exchange struct {
 	watch context.Context
 	idle  *idleWatch
 	body  *replayBody
+	// What end stops: the route's timeout (a deadline, or a cancel for
+	// a request with a body) and the idle timeout's context.
+	deadline *deadlineCtx
+	cancel   context.CancelFunc
+	idleStop context.CancelFunc
 	// The circuit breaker slots the exchange holds (the request's, and
 	// the retry's of the last attempt), and the last attempt's context's
 	// cancel, until respBody, the response's body, closes.
@@ -444,7 +458,6 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
 	}
 	ex.br = br
-	releaseReq := func() { br.free(limitRequest) }
 	var pol retryPolicy
 	if rt.Retry != nil {
 		pol = *rt.Retry
@@ -455,25 +468,19 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 	last := ""
 	for attempt := 0; ; attempt++ {
 		ex.retryHeld = false
-		releaseRetry := func() {
-			if ex.retryHeld {
-				ex.retryHeld = false
-				br.free(limitRetry)
-			}
-		}
 		if attempt > 0 {
 			if tried == nil {
 				tried = map[string]bool{last: true}
 			}
 			if !br.hold(limitRetry) {
-				releaseReq()
+				br.free(limitRequest)
 				return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
 			}
 			ex.retryHeld = true
 			p.l7.m.retries.WithLabelValues(ri.Service, ri.Route).Inc()
 			if err := sleepCtx(ex.ctx, retryBackoff(attempt, pol.base, pol.maxi)); err != nil {
-				releaseRetry()
-				releaseReq()
+				ex.releaseRetry()
+				br.free(limitRequest)
 				return nil, err
 			}
 		}
@@ -487,8 +494,8 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		if !ok {
-			releaseRetry()
-			releaseReq()
+			ex.releaseRetry()
+			br.free(limitRequest)
 			return nil, &localReplyError{http.StatusServiceUnavailable, "UH", "no healthy upstream"}
 		}
 		if tried != nil {
@@ -558,7 +565,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 				resp.Body.Close()
 			}
 			acancel()
-			releaseRetry()
+			ex.releaseRetry()
 			continue
 		}
 		if wanted && attempt > 0 && attempt >= pol.retries {
@@ -566,8 +573,8 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if err != nil {
 			acancel()
-			releaseRetry()
-			releaseReq()
+			ex.releaseRetry()
+			br.free(limitRequest)
 			return nil, ex.failure(err, perTryTimedOut)
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -576,12 +583,12 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			// timeout.
 			ex.idle.stop()
 			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
-				resp.Body = &upgradedBody{ReadWriteCloser: rwc, release: func() { acancel(); releaseRetry(); releaseReq() }}
+				resp.Body = &upgradedBody{ReadWriteCloser: rwc, release: func() { acancel(); ex.releaseRetry(); br.free(limitRequest) }}
 				return resp, nil
 			}
 			acancel()
-			releaseRetry()
-			releaseReq()
+			ex.releaseRetry()
+			br.free(limitRequest)
 			return resp, nil
 		}
 		if ex.idle != nil {
@@ -594,6 +601,14 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		ex.respBody = exchangeBody{ReadCloser: resp.Body, ex: ex}
 		resp.Body = &ex.respBody
 		return resp, nil
+	}
+}
+
+// releaseRetry frees the retry slot the exchange holds, if it holds one.
+func (ex *exchange) releaseRetry() {
+	if ex.retryHeld {
+		ex.retryHeld = false
+		ex.br.free(limitRetry)
 	}
 }
 
@@ -615,10 +630,7 @@ func (b *exchangeBody) Close() error {
 		b.done = true
 		ex := b.ex
 		ex.acancel()
-		if ex.retryHeld {
-			ex.retryHeld = false
-			ex.br.free(limitRetry)
-		}
+		ex.releaseRetry()
 		ex.br.free(limitRequest)
 	}
 	return err
