@@ -236,6 +236,14 @@ type HealthCheckSpec struct {
 	UnhealthyThreshold int              `json:"unhealthyThreshold,omitempty"`
 	HealthyThreshold   int              `json:"healthyThreshold,omitempty"`
 	HTTP               *HTTPHealthCheck `json:"http,omitempty"`
+	// HealthyPanicThreshold is the percentage of a zone's instances
+	// (a priority's) that must be healthy (neither failing checks nor
+	// ejected by outlier detection) for the unhealthy ones to be left
+	// out (default 50, Envoy's; 0: always). Below it, when the other
+	// zones cannot take the rest of the traffic either, the zone's
+	// traffic goes to all its instances, healthy or not: the proxies
+	// do not pile it on the few checks still pass.
+	HealthyPanicThreshold *float64 `json:"healthyPanicThreshold,omitempty"`
 }
 
 // HTTPHealthCheck is a GET of Path that must answer one of

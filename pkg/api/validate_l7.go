@@ -142,7 +142,7 @@ func (v *validator) count(field string, n, max int) {
 }
 
 func (v *validator) percent(field string, p float64) {
-	if p < 0 || p > 100 {
+	if !(p >= 0 && p <= 100) { // NaN too
 		v.add(field, "must be between 0 and 100")
 	}
 }
@@ -259,6 +259,9 @@ func (h *HealthCheck) validateSpec(v *validator) {
 	v.duration("spec.timeout", s.Timeout)
 	v.count("spec.unhealthyThreshold", s.UnhealthyThreshold, 1000)
 	v.count("spec.healthyThreshold", s.HealthyThreshold, 1000)
+	if t := s.HealthyPanicThreshold; t != nil {
+		v.percent("spec.healthyPanicThreshold", *t)
+	}
 	if s.HTTP != nil {
 		if !strings.HasPrefix(s.HTTP.Path, "/") {
 			v.add("spec.http.path", "%q must start with /", s.HTTP.Path)

@@ -42,6 +42,7 @@ spec:
 		{"type: CircuitBreaker\n" + pol + "  outlierDetection: {maxEjectionPercent: 101}\n", "spec.outlierDetection.maxEjectionPercent", "between 0 and 100"},
 		{"type: HealthCheck\n" + pol + "  interval: 0s\n", "spec.interval", "greater than 0"},
 		{"type: HealthCheck\n" + pol + "  http: {path: healthz}\n", "spec.http.path", "must start with /"},
+		{"type: HealthCheck\n" + pol + "  healthyPanicThreshold: 101\n", "spec.healthyPanicThreshold", "between 0 and 100"},
 		{"type: FaultInjection\n" + pol + "  abort: {percentage: 150, httpStatus: 503}\n", "spec.abort.percentage", "between 0 and 100"},
 		{"type: FaultInjection\n" + pol + "  delay: {percentage: 10}\n", "spec.delay.value", "required"},
 		{"type: TrafficLog\n" + pol + "  backend: {stdout: true, file: {path: /a}}\n", "spec.backend", "exactly one"},

@@ -74,11 +74,10 @@ type RetryBudget struct {
 	MinRetryConcurrency int64
 }
 
-// noThresholds is what a cluster without circuit breakers gets: no limit.
-// Envoy would apply its defaults (1024 connections, pending and requests,
-// 3 retries) even then; the built-in proxy leaves a cluster the control
-// plane set no limits for unlimited, as it always has for TCP.
-var noThresholds = Thresholds{MaxConnections: Unlimited, MaxPendingRequests: Unlimited, MaxRequests: Unlimited, MaxRetries: Unlimited}
+// defaultThresholds are what a cluster without circuit breakers gets:
+// Envoy's defaults (1024 connections, pending and requests, 3 retries at
+// once), which its tcp_proxy keeps to as well.
+var defaultThresholds = Thresholds{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3}
 
 // translateBreakers reads a cluster's circuit breakers: one thresholds
 // entry, of the DEFAULT priority. Fields left unset take Envoy's defaults.
@@ -237,8 +236,8 @@ type breakers struct {
 	open *prometheus.CounterVec
 }
 
-// get returns cluster's breaker, made with no limits when the cluster has
-// none yet (sync sets them).
+// get returns cluster's breaker, made with Envoy's default limits when
+// the cluster has none yet (sync sets its own).
 func (bs *breakers) get(cluster string) *circuitBreaker {
 	if m := bs.m.Load(); m != nil {
 		if b := (*m)[cluster]; b != nil {
@@ -264,7 +263,7 @@ func (bs *breakers) get(cluster string) *circuitBreaker {
 
 func (bs *breakers) newBreaker(cluster string) *circuitBreaker {
 	b := &circuitBreaker{cluster: cluster, overflows: bs.open}
-	b.limits.Store(&noThresholds)
+	b.limits.Store(&defaultThresholds)
 	return b
 }
 
@@ -284,7 +283,7 @@ func (bs *breakers) sync(clusters map[string]*Cluster) {
 		if b == nil {
 			b = bs.newBreaker(name)
 		}
-		t := &noThresholds
+		t := &defaultThresholds
 		if c.Breaker != nil {
 			t = c.Breaker
 		}

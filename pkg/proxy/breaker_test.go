@@ -17,7 +17,7 @@ import (
 
 // TestBreakerThresholds: each kind trips at its own limit, a release makes
 // room again, each refusal is counted, and a cluster without thresholds
-// never trips.
+// trips at Envoy's default limits.
 func TestBreakerThresholds(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	p, err := New(zaptest.NewLogger(t), reg)
@@ -59,10 +59,16 @@ func TestBreakerThresholds(t *testing.T) {
 			t.Fatalf("%s: %v overflows counted, want %v", kind, got, want)
 		}
 	}
+	// A cluster without thresholds has Envoy's defaults.
 	free := p.breakerFor(cfg.Clusters["free"])
-	for range 10000 {
-		if _, ok := free.acquire(limitRetry); !ok {
-			t.Fatal("a cluster without thresholds tripped")
+	for kind, limit := range map[limitKind]int{limitConnection: 1024, limitPending: 1024, limitRequest: 1024, limitRetry: 3} {
+		for i := range limit {
+			if _, ok := free.acquire(kind); !ok {
+				t.Fatalf("a cluster without thresholds: %s refused the %d. of Envoy's default %d", kind, i+1, limit)
+			}
+		}
+		if _, ok := free.acquire(kind); ok {
+			t.Fatalf("a cluster without thresholds: %s took one past Envoy's default %d", kind, limit)
 		}
 	}
 	// New thresholds apply to what opens next; what is open stays counted.

@@ -97,6 +97,11 @@ type Cluster struct {
 	Endpoints []Endpoint
 	// Overprovisioning, in percent, decides when a priority spills over.
 	Overprovisioning uint32
+	// PanicThreshold, in percent (Envoy's healthy_panic_threshold,
+	// default 50; 0: never), is the share of a priority's endpoints
+	// below which, when the priorities cannot take all the load, it
+	// balances over all of them, healthy or not.
+	PanicThreshold float64
 	// Warming is an EDS cluster whose endpoints have not arrived yet.
 	Warming bool
 	// OriginalDst (Envoy's ORIGINAL_DST) connects to where the
@@ -166,7 +171,7 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		eds[a.ClusterName] = a
 	}
 	for _, c := range clusters {
-		out := &Cluster{Name: c.Name, ConnectTimeout: 5 * time.Second, Overprovisioning: 140}
+		out := &Cluster{Name: c.Name, ConnectTimeout: 5 * time.Second, Overprovisioning: 140, PanicThreshold: defaultPanicThreshold}
 		if d := c.GetConnectTimeout(); d != nil {
 			out.ConnectTimeout = d.AsDuration()
 		}
@@ -180,6 +185,9 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 			if out.ServerSANs, out.WantSANs, err = serverSANs(up.GetCommonTlsContext()); err != nil {
 				return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 			}
+		}
+		if err := translateLB(c.GetCommonLbConfig(), out); err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 		}
 		if err := translateResilience(c, out); err != nil {
 			return nil, err

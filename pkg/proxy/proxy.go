@@ -89,6 +89,7 @@ type Proxy struct {
 	upstreamTLS  *prometheus.CounterVec
 	active       prometheus.Gauge
 	healthyGauge *prometheus.GaugeVec
+	panics       *prometheus.CounterVec
 	dnsQueries   *prometheus.CounterVec
 
 	// obs runs the access log sinks and span exporters (accesslog_bind.go).
@@ -129,8 +130,10 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ursa_dp_active_connections", Help: "Connections open now."}),
 		healthyGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ursa_dp_endpoints_healthy",
 			Help: "Endpoints of a cluster not ejected, as of its last connection."}, []string{"cluster"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_lb_healthy_panic_total",
+			Help: "Endpoints picked in panic (too few healthy: picked regardless of health, Envoy's lb_healthy_panic), by cluster."}, []string{"cluster"}),
 	}
-	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.upstreamTLS, p.active, p.healthyGauge, p.dnsQueries} {
+	for _, c := range []prometheus.Collector{p.conns, p.bytes, p.refused, p.upstreamTLS, p.active, p.healthyGauge, p.panics, p.dnsQueries} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -639,20 +642,28 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 // pick chooses an endpoint: a priority level by Envoy's rule (each level
 // takes as much load as its healthy share times the overprovisioning
 // factor allows, the rest spills to the next), then an endpoint of that
-// level by weight.
+// level by weight. When the levels together cannot take all the load, a
+// level with fewer healthy endpoints than the cluster's panic threshold
+// is in panic, as in Envoy: it balances over all its endpoints, healthy
+// or not; and when every level is, each takes load by its number of
+// endpoints.
 func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	// Levels in the order their priorities first appear, and which
-	// endpoints may be picked: on the stack for the usual few.
+	// endpoints are healthy and of which level: on the stack for the
+	// usual few.
 	type level struct {
 		prio                 uint32
-		total, health, avail uint32 // avail: the weight of those untried
+		total, health, avail uint32 // weights; avail: of those that may be picked
+		hosts, healthy       uint32 // counts, for the panic threshold
 		load                 uint32
+		panic                bool
 	}
 	var levelBuf [4]level
-	var okBuf [16]bool
-	levels, ok := levelBuf[:0], okBuf[:0]
-	if len(c.Endpoints) > len(okBuf) {
-		ok = make([]bool, 0, len(c.Endpoints))
+	var wellBuf [16]bool
+	var ofBuf [16]int
+	levels, well, of := levelBuf[:0], wellBuf[:0], ofBuf[:0]
+	if len(c.Endpoints) > len(wellBuf) {
+		well, of = make([]bool, 0, len(c.Endpoints)), make([]int, 0, len(c.Endpoints))
 	}
 	if len(tried) == 0 {
 		p.resil.health.traffic(c.Name)
@@ -672,19 +683,17 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		}
 		lv := &levels[li]
 		lv.total += ep.Weight
-		usable := false
-		if p.healthy(c.Name, ep.Addr) {
+		lv.hosts++
+		ok := p.healthy(c.Name, ep.Addr)
+		if ok {
 			// Priority loads follow health only: a retry avoids the
 			// endpoints it tried within the priority it lands in (Envoy's
 			// previous_hosts), it does not shift load to the next one.
 			lv.health += ep.Weight
+			lv.healthy++
 			n++
-			if !tried[ep.Addr] {
-				lv.avail += ep.Weight
-				usable = true
-			}
 		}
-		ok = append(ok, usable)
+		well, of = append(well, ok), append(of, li)
 	}
 	if len(tried) == 0 {
 		p.healthyGauge.WithLabelValues(c.Name).Set(float64(n))
@@ -700,19 +709,43 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		remaining -= lv.load
 	}
 	sum := 100 - remaining
+	if sum < 100 && c.PanicThreshold > 0 {
+		all := true
+		for i := range levels {
+			lv := &levels[i]
+			lv.panic = float64(lv.healthy)*100 < c.PanicThreshold*float64(lv.hosts)
+			all = all && lv.panic
+		}
+		if all {
+			sum = 0
+			for i := range levels {
+				levels[i].load = levels[i].hosts * 100 / uint32(len(c.Endpoints))
+				sum += levels[i].load
+			}
+		}
+	}
 	if sum == 0 {
 		return Endpoint{}, false
 	}
-	from := func(lv *level) (Endpoint, bool) {
+	for i, ep := range c.Endpoints {
+		if lv := &levels[of[i]]; (well[i] || lv.panic) && !tried[ep.Addr] {
+			lv.avail += ep.Weight
+		}
+	}
+	from := func(li int) (Endpoint, bool) {
+		lv := &levels[li]
 		if lv.avail == 0 {
 			return Endpoint{}, false
 		}
 		k := rand.Uint32N(lv.avail)
 		for i, ep := range c.Endpoints {
-			if !ok[i] || ep.Priority != lv.prio {
+			if of[i] != li || !well[i] && !lv.panic || tried[ep.Addr] {
 				continue
 			}
 			if k < ep.Weight {
+				if lv.panic {
+					p.panics.WithLabelValues(c.Name).Inc()
+				}
 				return ep, true
 			}
 			k -= ep.Weight
@@ -726,13 +759,13 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 			r -= lv.load
 			continue
 		}
-		if ep, ok := from(lv); ok {
+		if ep, ok := from(i); ok {
 			return ep, true
 		}
-		break // every healthy endpoint of that priority was tried
+		break // every endpoint that may be picked of that priority was tried
 	}
 	for i := range levels { // then the first priority with one left
-		if ep, ok := from(&levels[i]); ok {
+		if ep, ok := from(i); ok {
 			return ep, true
 		}
 	}

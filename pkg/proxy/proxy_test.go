@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -60,6 +62,75 @@ func TestPickByPriority(t *testing.T) {
 	p.eject("c", "b:1")
 	if got := count(); got["z:1"] != 4000 {
 		t.Fatalf("priority 0 all ejected: %v", got)
+	}
+}
+
+// TestPickPanic: when the priorities together cannot take all the load,
+// one with fewer healthy endpoints than the panic threshold balances
+// over all of its endpoints, healthy or not, as Envoy does; when all are
+// in panic, each takes load by its number of endpoints; a threshold of 0
+// never panics.
+func TestPickPanic(t *testing.T) {
+	eps := func(prios ...uint32) []Endpoint {
+		var out []Endpoint
+		for i, prio := range prios {
+			out = append(out, Endpoint{Addr: fmt.Sprintf("e%d:1", i), Weight: 1, Priority: prio})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name      string
+		prios     []uint32
+		ejected   []string
+		threshold float64
+		want      map[string]int // of 3000 picks, each within 15 %; nil: none picked
+	}{
+		{"one of three healthy, no other priority: panic", []uint32{0, 0, 0}, []string{"e0:1", "e1:1"}, 50,
+			map[string]int{"e0:1": 1000, "e1:1": 1000, "e2:1": 1000}},
+		{"one of three healthy, a healthy priority 1 takes the rest: no panic", []uint32{0, 0, 0, 1}, []string{"e0:1", "e1:1"}, 50,
+			map[string]int{"e2:1": 1400, "e3:1": 1600}},
+		{"one of two healthy is not below 50 %: no panic", []uint32{0, 0}, []string{"e0:1"}, 50,
+			map[string]int{"e1:1": 3000}},
+		{"one of three healthy above a threshold of 30 %: no panic", []uint32{0, 0, 0}, []string{"e0:1", "e1:1"}, 30,
+			map[string]int{"e2:1": 3000}},
+		{"none healthy anywhere: by number of endpoints", []uint32{0, 0, 1}, []string{"e0:1", "e1:1", "e2:1"}, 50,
+			map[string]int{"e0:1": 1000, "e1:1": 1000, "e2:1": 1000}},
+		{"none healthy, threshold 0: none", []uint32{0, 0, 1}, []string{"e0:1", "e1:1", "e2:1"}, 0, nil},
+		{"one of three healthy, threshold 0: the healthy one", []uint32{0, 0, 0}, []string{"e0:1", "e1:1"}, 0,
+			map[string]int{"e2:1": 3000}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProxy(t)
+			p.FirstEjection = time.Minute
+			c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: tc.threshold, Endpoints: eps(tc.prios...)}
+			for _, a := range tc.ejected {
+				p.eject("c", a)
+			}
+			got := map[string]int{}
+			for range 3000 {
+				ep, ok := p.pick(c, nil)
+				if !ok {
+					if tc.want != nil {
+						t.Fatal("no endpoint picked")
+					}
+					return
+				}
+				got[ep.Addr]++
+			}
+			if tc.want == nil {
+				t.Fatalf("picked %v, want none", got)
+			}
+			for _, ep := range c.Endpoints {
+				w, g := tc.want[ep.Addr], got[ep.Addr]
+				if g < w*85/100 || g > w*115/100 {
+					t.Fatalf("picked %v, want about %v", got, tc.want)
+				}
+			}
+			panics := promtest.ToFloat64(p.panics.WithLabelValues("c"))
+			if inPanic := tc.want["e0:1"] > 0 && slices.Contains(tc.ejected, "e0:1"); inPanic != (panics > 0) {
+				t.Fatalf("ursa_dp_lb_healthy_panic_total = %v", panics)
+			}
+		})
 	}
 }
 

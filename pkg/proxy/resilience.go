@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -72,6 +73,27 @@ func translateResilience(c *cluster.Cluster, out *Cluster) error {
 	}
 	if out.HealthCheck, err = translateHealthChecks(c.GetHealthChecks()); err != nil {
 		return fmt.Errorf("cluster %q: %w", c.Name, err)
+	}
+	return nil
+}
+
+// defaultPanicThreshold is Envoy's healthy_panic_threshold when a
+// cluster sets none.
+const defaultPanicThreshold = 50
+
+// translateLB reads a cluster's common_lb_config: its panic threshold.
+func translateLB(lb *cluster.Cluster_CommonLbConfig, out *Cluster) error {
+	if lb == nil {
+		return nil
+	}
+	if err := unsupportedFields(lb, "common_lb_config", "healthy_panic_threshold"); err != nil {
+		return err
+	}
+	if t := lb.GetHealthyPanicThreshold(); t != nil {
+		if v := t.GetValue(); v < 0 || v > 100 || math.IsNaN(v) {
+			return fmt.Errorf("common_lb_config.healthy_panic_threshold: %v is not a percentage", v)
+		}
+		out.PanicThreshold = t.GetValue()
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -33,6 +34,7 @@ func resilientCluster() *cluster.Cluster {
 			UnhealthyThreshold: wrapperspb.UInt32(2), HealthyThreshold: wrapperspb.UInt32(1),
 			HealthChecker: &core.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &core.HealthCheck_HttpHealthCheck{
 				Path: "/health", ExpectedStatuses: []*typev3.Int64Range{{Start: 200, End: 400}}}}}},
+		CommonLbConfig: &cluster.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 25}},
 	}
 }
 
@@ -69,6 +71,12 @@ func TestTranslateResilience(t *testing.T) {
 	if c := plain.Clusters["tcp"]; c.Breaker != nil || c.Outlier != nil || c.HealthCheck == nil || c.HealthCheck.HTTP != nil {
 		t.Errorf("a TCP check alone: %+v", c)
 	}
+	if got := c.PanicThreshold; got != 25 {
+		t.Errorf("panic threshold %v, want 25", got)
+	}
+	if got := plain.Clusters["tcp"].PanicThreshold; got != 50 {
+		t.Errorf("panic threshold %v without common_lb_config, want Envoy's 50", got)
+	}
 }
 
 // TestTranslateResilienceRefuses: what the built-in proxy does not
@@ -81,6 +89,12 @@ func TestTranslateResilienceRefuses(t *testing.T) {
 		mutate func(*cluster.Cluster)
 	}{
 		{"HIGH", func(c *cluster.Cluster) { c.CircuitBreakers.Thresholds[0].Priority = core.RoutingPriority_HIGH }},
+		{"common_lb_config.update_merge_window", func(c *cluster.Cluster) { c.CommonLbConfig.UpdateMergeWindow = durationpb.New(time.Second) }},
+		{"common_lb_config.zone_aware_lb_config", func(c *cluster.Cluster) {
+			c.CommonLbConfig.LocalityConfigSpecifier = &cluster.Cluster_CommonLbConfig_ZoneAwareLbConfig_{ZoneAwareLbConfig: &cluster.Cluster_CommonLbConfig_ZoneAwareLbConfig{}}
+		}},
+		{"healthy_panic_threshold: 120 is not a percentage", func(c *cluster.Cluster) { c.CommonLbConfig.HealthyPanicThreshold.Value = 120 }},
+		{"healthy_panic_threshold: NaN", func(c *cluster.Cluster) { c.CommonLbConfig.HealthyPanicThreshold.Value = math.NaN() }},
 		{"two thresholds", func(c *cluster.Cluster) {
 			c.CircuitBreakers.Thresholds = append(c.CircuitBreakers.Thresholds, &cluster.CircuitBreakers_Thresholds{})
 		}},

@@ -54,7 +54,8 @@ func setHTTPProtocol(c *cluster.Cluster, protocol string, idle *api.Duration) {
 // applyClusterPolicies sets what the pair's policies say of a cluster of a
 // service speaking protocol: the connect timeout (5 s by default), the
 // HTTP protocol options, circuit breakers (with the Retry's budget),
-// outlier detection and health checks. TCP services get all but the HTTP
+// outlier detection and health checks (with the HealthCheck's panic
+// threshold). TCP services get all but the HTTP
 // options.
 func applyClusterPolicies(c *cluster.Cluster, protocol string, pp pairPolicies) {
 	c.ConnectTimeout = durationpb.New(DefaultConnectTimeout)
@@ -76,6 +77,9 @@ func applyClusterPolicies(c *cluster.Cluster, protocol string, pp pairPolicies) 
 	}
 	if h := pp.health; h != nil {
 		c.HealthChecks = []*core.HealthCheck{healthCheck(h, protocol)}
+		if t := h.Spec.HealthyPanicThreshold; t != nil {
+			c.CommonLbConfig = &cluster.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: *t}}
+		}
 	}
 }
 

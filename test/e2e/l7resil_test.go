@@ -166,7 +166,9 @@ func startHealthApp(t *testing.T, addr, zone string) *healthApp {
 // Calls stay in zone-1 while its instance passes its checks; when it
 // starts answering 500 on the check path, web's sidecar marks it unhealthy
 // and calls fail over to zone-2 through its ingress; when it passes again
-// they come back; when the instance stops, they fail over again.
+// they come back; when the instance stops, they fail over again. When
+// both fail their checks, calls go to both (panic), unless the
+// HealthCheck turns panic off.
 func TestL7HealthCheckFailover(t *testing.T) {
 	m := startZones(t, "zone-1", "zone-2")
 	global, dir := m.global, m.dir
@@ -197,7 +199,8 @@ spec:
 	ingress("zone-2")
 	local := startHealthApp(t, "127.0.0.1:0", "zone-1")
 	startSidecar(t, zones["zone-1"], dir, "billing-1", "billing", "ursa.io/protocol: http", local.addr)
-	startSidecar(t, zones["zone-2"], dir, "billing-2", "billing", "ursa.io/protocol: http", startHealthApp(t, "127.0.0.1:0", "zone-2").addr)
+	remote := startHealthApp(t, "127.0.0.1:0", "zone-2")
+	startSidecar(t, zones["zone-2"], dir, "billing-2", "billing", "ursa.io/protocol: http", remote.addr)
 	out := freeAddr(t)
 	web := startSidecar(t, zones["zone-1"], dir, "web-1", "web", "ursa.io/protocol: http", freeAddr(t),
 		fmt.Sprintf("{port: %s, tags: {ursa.io/service: billing}}", port(out)))
@@ -247,6 +250,44 @@ spec:
 	stays("zone-1", "once zone-1's instance passes again")
 	local.srv.Close()
 	stays("zone-2", "once zone-1's instance stops")
-	startHealthApp(t, local.addr, "zone-1")
+	local = startHealthApp(t, local.addr, "zone-1")
 	stays("zone-1", "once zone-1's instance is back")
+
+	// Both instances failing their checks: no zone can take the traffic,
+	// so each is in panic (Envoy's default threshold, 50 %) and calls go
+	// to both, healthy or not, rather than failing.
+	local.status.Store(500)
+	remote.status.Store(500)
+	eventually(t, "calls answered by both zones in panic", func() bool {
+		seen := map[string]bool{}
+		for range 40 {
+			seen[call()] = true
+		}
+		return len(seen) == 2 && seen["zone-1"] && seen["zone-2"]
+	})
+	if got := web.metric(t, "ursa_dp_lb_healthy_panic_total", `cluster="billing`); got < 1 {
+		t.Fatalf("web's sidecar counted %v picks in panic", got)
+	}
+	// A panic threshold of 0 turns panic off: no healthy instance, 503.
+	ctl(t, global.api, `type: HealthCheck
+mesh: default
+name: billing-health
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  interval: 300ms
+  timeout: 1s
+  unhealthyThreshold: 2
+  healthyThreshold: 2
+  http: {path: /healthz, expectedStatuses: [200]}
+  healthyPanicThreshold: 0
+`, "apply", "-f", "-")
+	eventually(t, "503 with panic off", func() bool {
+		for range 20 {
+			if got := call(); !strings.HasPrefix(got, "503 no healthy upstream") {
+				return false
+			}
+		}
+		return true
+	})
 }
