@@ -310,8 +310,19 @@ func withAttemptDone(ctx context.Context, done <-chan struct{}) context.Context 
 	return context.WithValue(ctx, attemptDone{}, done)
 }
 
+// idleToClose is the context key of a function that closes one idle
+// connection of the dial's pool to another endpoint, freeing its slot
+// (false when there is none).
+type idleToClose struct{}
+
+// withIdleToClose returns ctx carrying closeOne, for connectionSlot.
+func withIdleToClose(ctx context.Context, closeOne func() bool) context.Context {
+	return context.WithValue(ctx, idleToClose{}, closeOne)
+}
+
 // connectionSlot takes a connection slot of cluster c for an HTTP dial.
-// At max_connections the request waits as a pending request, as in
+// At max_connections, an idle connection to another endpoint is closed
+// for it when there is one; else the request waits as a pending request, as in
 // Envoy, for a slot, or for its attempt to get a connection another
 // request freed (the pool hands it over); past max_pending_requests it
 // overflows (503 UO). ctx is the dial's: the attempt's values, without its
@@ -324,6 +335,17 @@ func (p *Proxy) connectionSlot(ctx context.Context, c *Cluster) (release func(),
 	}
 	if b.take(limitConnection) {
 		return slot(), nil
+	}
+	// At max_connections, connections idle in the pool to other
+	// endpoints give their slots up first: else an endpoint that got a
+	// burst would keep them all, and one with no connection would never
+	// get one (Envoy lets an endpoint with none open one).
+	if closeOne, _ := ctx.Value(idleToClose{}).(func() bool); closeOne != nil {
+		for closeOne() {
+			if b.take(limitConnection) {
+				return slot(), nil
+			}
+		}
 	}
 	releasePending, ok := b.acquire(limitPending)
 	if !ok {

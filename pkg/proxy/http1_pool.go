@@ -232,6 +232,27 @@ func (pl *h1Pool) put(pc *h1Conn) {
 	pl.mu.Unlock()
 }
 
+// closeIdleElsewhere closes the longest idle connection to an endpoint
+// other than addr, which gives its connection slot back; false when
+// there is none.
+func (pl *h1Pool) closeIdleElsewhere(addr string) bool {
+	pl.mu.Lock()
+	for a, cs := range pl.conns {
+		if a == addr || len(cs) == 0 {
+			continue
+		}
+		pc := cs[0] // put back first: idle longest
+		copy(cs, cs[1:])
+		cs[len(cs)-1] = nil
+		pl.conns[a] = cs[:len(cs)-1]
+		pl.mu.Unlock()
+		pc.Close()
+		return true
+	}
+	pl.mu.Unlock()
+	return false
+}
+
 // get is a connection to addr: an idle one, else a new one once the
 // cluster's circuit breaker gives a connection slot (waiting as a pending
 // request at max_connections for a slot or a connection put back).
@@ -241,7 +262,7 @@ func (pl *h1Pool) get(ctx context.Context, addr string, probe bool) (*h1Conn, er
 		if pc != nil {
 			return pc, nil
 		}
-		pc, err := pl.dial(withAttemptDone(ctx, freed), addr)
+		pc, err := pl.dial(withIdleToClose(withAttemptDone(ctx, freed), func() bool { return pl.closeIdleElsewhere(addr) }), addr)
 		pl.doneWaiting()
 		if errors.Is(err, errServed) {
 			continue

@@ -1,15 +1,18 @@
 package proxy
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -169,5 +172,64 @@ func TestHTTPOutlierEjection(t *testing.T) {
 	}
 	if !seen {
 		t.Fatal("the ejected endpoint did not return after its ejection time")
+	}
+}
+
+// TestHTTPRetryOverflowKeepsAnswer: a retry the circuit breaker has no
+// retry slot for is not made, and the caller gets the upstream's own
+// answer (flagged UO), not a 503 of the proxy's, as in Envoy.
+func TestHTTPRetryOverflowKeepsAnswer(t *testing.T) {
+	var calls atomic.Int64
+	busy := backend(t, "busy", func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusConflict)
+		io.WriteString(w, "busy")
+	})
+	c := staticHTTPCluster("busy", false, busy)
+	c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{MaxRetries: wrapperspb.UInt32(0)}}}
+	p, reg, _ := httpProxyTo(t, c)
+	retry := toCluster("busy")
+	retry.RetryPolicy = &route.RetryPolicy{RetryOn: "retriable-4xx", NumRetries: wrapperspb.UInt32(3),
+		RetryBackOff: &route.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
+	apply(t, p, nil, nil, []*listener.Listener{outboundHTTPListener("out", "outbound:app")}, []*cluster.Cluster{c}, nil,
+		routeConfig("outbound:app", routeTo("r", nil, retry)))
+	resp, body := get(t, h1Client(), "http://"+boundAddr(t, p, "out")+"/")
+	if resp.StatusCode != http.StatusConflict || body != "busy" || calls.Load() != 1 {
+		t.Fatalf("with no retry slot: %d %q after %d attempts; want the upstream's 409 \"busy\" after 1", resp.StatusCode, body, calls.Load())
+	}
+	if got := breakerOpen(t, reg, "busy", limitRetry); got != 1 {
+		t.Fatalf("%v retry overflows counted, want 1", got)
+	}
+}
+
+// TestHTTPIdleConnectionsGiveSlotsUp: at max_connections, a connection
+// idle in the pool to one endpoint is closed for a request to another,
+// which would otherwise wait for a slot no one gives back.
+func TestHTTPIdleConnectionsGiveSlotsUp(t *testing.T) {
+	a, b := backend(t, "a", nil), backend(t, "b", nil)
+	c := staticHTTPCluster("app", false, a, b)
+	c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{MaxConnections: wrapperspb.UInt32(1)}}}
+	p, _, _ := httpProxyTo(t, c)
+	pl := p.upstreamFor(p.cfg.Load().Clusters["app"]).(*h1Pool)
+	pc, err := pl.get(context.Background(), a, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl.put(pc) // idle, holding the one slot
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pc, err = pl.get(ctx, b, false)
+	if err != nil {
+		t.Fatalf("a connection to b with the slot idle at a: %v", err)
+	}
+	defer pc.Close()
+	pl.mu.Lock()
+	idle := len(pl.conns[a])
+	pl.mu.Unlock()
+	if idle != 0 {
+		t.Fatalf("%d idle connections to a left", idle)
+	}
+	if got := p.resil.breakers.get("app").open[limitConnection].Load(); got != 1 {
+		t.Fatalf("%d connection slots held, want 1", got)
 	}
 }

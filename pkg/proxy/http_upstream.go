@@ -467,16 +467,12 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 	var tried map[string]bool
 	last := ""
 	for attempt := 0; ; attempt++ {
-		ex.retryHeld = false
 		if attempt > 0 {
+			// The retry's slot was taken before the last attempt's
+			// outcome was let go (retryHeld).
 			if tried == nil {
 				tried = map[string]bool{last: true}
 			}
-			if !br.hold(limitRetry) {
-				br.free(limitRequest)
-				return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
-			}
-			ex.retryHeld = true
 			p.l7.m.retries.WithLabelValues(ri.Service, ri.Route).Inc()
 			if err := sleepCtx(ex.ctx, retryBackoff(attempt, pol.base, pol.maxi)); err != nil {
 				ex.releaseRetry()
@@ -560,13 +556,20 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		perTryTimedOut := err != nil && actx.Err() == context.DeadlineExceeded && ex.ctx.Err() == nil
 		wanted := pol.wants(resp, err, perTryTimedOut)
 		if wanted && attempt < pol.retries && ex.body.replayable() && ex.ctx.Err() == nil {
-			if resp != nil {
-				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-				resp.Body.Close()
-			}
-			acancel()
+			// A retry needs a retry slot first; without one (overflow),
+			// the attempt's outcome goes on as it is, as in Envoy.
 			ex.releaseRetry()
-			continue
+			if br.hold(limitRetry) {
+				ex.retryHeld = true
+				if resp != nil {
+					io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+					resp.Body.Close()
+				}
+				acancel()
+				continue
+			}
+			ri.flag("UO")
+			wanted = false
 		}
 		if wanted && attempt > 0 && attempt >= pol.retries {
 			ri.flag("URX")

@@ -727,6 +727,12 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	if sum == 0 {
 		return Endpoint{}, false
 	}
+	for i := range levels {
+		// A level that takes no load is not in panic: a retry that has
+		// tried all its level's endpoints may go on to its healthy ones
+		// only.
+		levels[i].panic = levels[i].panic && levels[i].load > 0
+	}
 	for i, ep := range c.Endpoints {
 		if lv := &levels[of[i]]; (well[i] || lv.panic) && !tried[ep.Addr] {
 			lv.avail += ep.Weight

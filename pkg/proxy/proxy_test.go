@@ -83,32 +83,48 @@ func TestPickPanic(t *testing.T) {
 		prios     []uint32
 		ejected   []string
 		threshold float64
-		want      map[string]int // of 3000 picks, each within 15 %; nil: none picked
+		want      map[string]int // of 3000 picks (30,000 made), each within 15 %; nil: none picked
+		tried     []string
+		weights   []uint32 // of the endpoints, in order; 1 for those not given
 	}{
+		{"priority 0 at 1 of 5 in panic, priority 1 at 1 of 2 not", []uint32{0, 0, 0, 0, 0, 1, 1}, []string{"e0:1", "e1:1", "e2:1", "e3:1", "e5:1"}, 50,
+			// 28 % and 70 % of the load, normalized: priority 0's share over all five of its endpoints.
+			map[string]int{"e0:1": 171, "e1:1": 171, "e2:1": 171, "e3:1": 171, "e4:1": 171, "e6:1": 2143}, nil, nil},
+		{"all in panic: by number of endpoints, not weight", []uint32{0, 1}, []string{"e0:1", "e1:1"}, 50,
+			map[string]int{"e0:1": 1500, "e1:1": 1500}, nil, []uint32{3, 1}},
+		{"a retry does not go to an unhealthy endpoint of a priority that takes no load", []uint32{0, 0, 0, 1}, []string{"e2:1", "e3:1"}, 50,
+			nil, []string{"e0:1", "e1:1"}, nil},
 		{"one of three healthy, no other priority: panic", []uint32{0, 0, 0}, []string{"e0:1", "e1:1"}, 50,
-			map[string]int{"e0:1": 1000, "e1:1": 1000, "e2:1": 1000}},
+			map[string]int{"e0:1": 1000, "e1:1": 1000, "e2:1": 1000}, nil, nil},
 		{"one of three healthy, a healthy priority 1 takes the rest: no panic", []uint32{0, 0, 0, 1}, []string{"e0:1", "e1:1"}, 50,
-			map[string]int{"e2:1": 1400, "e3:1": 1600}},
+			map[string]int{"e2:1": 1400, "e3:1": 1600}, nil, nil},
 		{"one of two healthy is not below 50 %: no panic", []uint32{0, 0}, []string{"e0:1"}, 50,
-			map[string]int{"e1:1": 3000}},
+			map[string]int{"e1:1": 3000}, nil, nil},
 		{"one of three healthy above a threshold of 30 %: no panic", []uint32{0, 0, 0}, []string{"e0:1", "e1:1"}, 30,
-			map[string]int{"e2:1": 3000}},
+			map[string]int{"e2:1": 3000}, nil, nil},
 		{"none healthy anywhere: by number of endpoints", []uint32{0, 0, 1}, []string{"e0:1", "e1:1", "e2:1"}, 50,
-			map[string]int{"e0:1": 1000, "e1:1": 1000, "e2:1": 1000}},
-		{"none healthy, threshold 0: none", []uint32{0, 0, 1}, []string{"e0:1", "e1:1", "e2:1"}, 0, nil},
+			map[string]int{"e0:1": 1000, "e1:1": 1000, "e2:1": 1000}, nil, nil},
+		{"none healthy, threshold 0: none", []uint32{0, 0, 1}, []string{"e0:1", "e1:1", "e2:1"}, 0, nil, nil, nil},
 		{"one of three healthy, threshold 0: the healthy one", []uint32{0, 0, 0}, []string{"e0:1", "e1:1"}, 0,
-			map[string]int{"e2:1": 3000}},
+			map[string]int{"e2:1": 3000}, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newProxy(t)
 			p.FirstEjection = time.Minute
 			c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: tc.threshold, Endpoints: eps(tc.prios...)}
+			for i, w := range tc.weights {
+				c.Endpoints[i].Weight = w
+			}
 			for _, a := range tc.ejected {
 				p.eject("c", a)
 			}
+			tried := map[string]bool{}
+			for _, a := range tc.tried {
+				tried[a] = true
+			}
 			got := map[string]int{}
-			for range 3000 {
-				ep, ok := p.pick(c, nil)
+			for range 30000 {
+				ep, ok := p.pick(c, tried)
 				if !ok {
 					if tc.want != nil {
 						t.Fatal("no endpoint picked")
@@ -121,7 +137,7 @@ func TestPickPanic(t *testing.T) {
 				t.Fatalf("picked %v, want none", got)
 			}
 			for _, ep := range c.Endpoints {
-				w, g := tc.want[ep.Addr], got[ep.Addr]
+				w, g := 10*tc.want[ep.Addr], got[ep.Addr]
 				if g < w*85/100 || g > w*115/100 {
 					t.Fatalf("picked %v, want about %v", got, tc.want)
 				}

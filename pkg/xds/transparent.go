@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -107,6 +108,13 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
 		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
 		ConnectTimeout:       durationpb.New(5 * time.Second),
+		// What leaves the mesh is the application's own: no circuit
+		// breaker of the mesh's caps it (Envoy's default would at 1024
+		// connections), as Istio does for its passthrough.
+		CircuitBreakers: &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+			MaxConnections: wrapperspb.UInt32(math.MaxUint32), MaxPendingRequests: wrapperspb.UInt32(math.MaxUint32),
+			MaxRequests: wrapperspb.UInt32(math.MaxUint32), MaxRetries: wrapperspb.UInt32(math.MaxUint32),
+		}}},
 	}}
 	own := map[string]bool{}
 	for _, in := range dp.Networking.Inbound {

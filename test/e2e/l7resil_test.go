@@ -256,8 +256,16 @@ spec:
 	// Both instances failing their checks: no zone can take the traffic,
 	// so each is in panic (Envoy's default threshold, 50 %) and calls go
 	// to both, healthy or not, rather than failing.
+	eventually(t, "web's sidecar to see both instances healthy", func() bool {
+		call()
+		return web.metric(t, "ursa_dp_endpoints_healthy", `cluster="billing"`) == 2
+	})
 	local.status.Store(500)
 	remote.status.Store(500)
+	eventually(t, "web's sidecar to see both instances unhealthy", func() bool {
+		call() // the gauge is of the last pick
+		return web.metric(t, "ursa_dp_endpoints_healthy", `cluster="billing"`) == 0
+	})
 	eventually(t, "calls answered by both zones in panic", func() bool {
 		seen := map[string]bool{}
 		for range 40 {
