@@ -93,7 +93,7 @@ func translateLB(lb *cluster.Cluster_CommonLbConfig, out *Cluster) error {
 		if v := t.GetValue(); v < 0 || v > 100 || math.IsNaN(v) {
 			return fmt.Errorf("common_lb_config.healthy_panic_threshold: %v is not a percentage", v)
 		}
-		out.PanicThreshold = t.GetValue()
+		out.PanicThreshold = math.Round(t.GetValue()) // whole percent, as Envoy reads it
 	}
 	return nil
 }

@@ -77,6 +77,11 @@ func TestTranslateResilience(t *testing.T) {
 	if got := plain.Clusters["tcp"].PanicThreshold; got != 50 {
 		t.Errorf("panic threshold %v without common_lb_config, want Envoy's 50", got)
 	}
+	low := resilientCluster()
+	low.CommonLbConfig.HealthyPanicThreshold.Value = 0.4
+	if cfg, err := translate(nil, []*cluster.Cluster{low}, nil, nil, nil); err != nil || cfg.Clusters["billing"].PanicThreshold != 0 {
+		t.Errorf("a panic threshold of 0.4 %%: %v, want 0 (Envoy rounds it)", err)
+	}
 }
 
 // TestTranslateResilienceRefuses: what the built-in proxy does not
