@@ -640,9 +640,10 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 }
 
 // pick chooses an endpoint: a priority level by Envoy's rule (each level
-// takes as much load as its healthy share times the overprovisioning
-// factor allows, the rest spills to the next), then an endpoint of that
-// level by weight. When the levels together cannot take all the load, a
+// takes as much load as its share of healthy endpoints, counted as Envoy
+// counts them without weighted_priority_health, times the
+// overprovisioning factor allows; the rest spills to the next), then an
+// endpoint of that level by weight. When the levels together cannot take all the load, a
 // level with fewer healthy endpoints than the cluster's panic threshold
 // is in panic, as in Envoy: it balances over all its endpoints, healthy
 // or not; and when every level is, each takes load by its number of
@@ -652,11 +653,11 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	// endpoints are healthy and of which level: on the stack for the
 	// usual few.
 	type level struct {
-		prio                 uint32
-		total, health, avail uint32 // weights; avail: of those that may be picked
-		hosts, healthy       uint32 // counts, for the panic threshold
-		load                 uint32
-		panic                bool
+		prio           uint32
+		hosts, healthy uint32 // counts
+		avail          uint32 // the weight of those that may be picked
+		load           uint32
+		panic          bool
 	}
 	var levelBuf [4]level
 	var wellBuf [16]bool
@@ -682,14 +683,12 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 			li = len(levels) - 1
 		}
 		lv := &levels[li]
-		lv.total += ep.Weight
 		lv.hosts++
 		ok := p.healthy(c.Name, ep.Addr)
 		if ok {
 			// Priority loads follow health only: a retry avoids the
 			// endpoints it tried within the priority it lands in (Envoy's
 			// previous_hosts), it does not shift load to the next one.
-			lv.health += ep.Weight
 			lv.healthy++
 			n++
 		}
@@ -701,10 +700,7 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	remaining := uint32(100)
 	for i := range levels {
 		lv := &levels[i]
-		if lv.total == 0 {
-			continue
-		}
-		share := min(100, lv.health*100/lv.total*c.Overprovisioning/100)
+		share := min(100, c.Overprovisioning*lv.healthy/lv.hosts)
 		lv.load = min(remaining, share)
 		remaining -= lv.load
 	}

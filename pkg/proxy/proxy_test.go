@@ -65,11 +65,12 @@ func TestPickByPriority(t *testing.T) {
 	}
 }
 
-// TestPickPanic: when the priorities together cannot take all the load,
-// one with fewer healthy endpoints than the panic threshold balances
-// over all of its endpoints, healthy or not, as Envoy does; when all are
-// in panic, each takes load by its number of endpoints; a threshold of 0
-// never panics.
+// TestPickPanic: a priority's health is its share of healthy endpoints
+// (counted, not weighed, as in Envoy). When the priorities together
+// cannot take all the load, one with fewer healthy endpoints than the
+// panic threshold balances over all of its endpoints, healthy or not, as
+// Envoy does; when all are in panic, each takes load by its number of
+// endpoints; a threshold of 0 never panics.
 func TestPickPanic(t *testing.T) {
 	eps := func(prios ...uint32) []Endpoint {
 		var out []Endpoint
@@ -92,6 +93,9 @@ func TestPickPanic(t *testing.T) {
 			map[string]int{"e0:1": 171, "e1:1": 171, "e2:1": 171, "e3:1": 171, "e4:1": 171, "e6:1": 2143}, nil, nil},
 		{"all in panic: by number of endpoints, not weight", []uint32{0, 1}, []string{"e0:1", "e1:1"}, 50,
 			map[string]int{"e0:1": 1500, "e1:1": 1500}, nil, []uint32{3, 1}},
+		{"a priority's health counts endpoints, not weights", []uint32{0, 0, 1}, []string{"e0:1"}, 50,
+			// 1 of 2 healthy: 70 %, though the healthy one has a quarter of the weight.
+			map[string]int{"e1:1": 2100, "e2:1": 900}, nil, []uint32{3, 1, 1}},
 		{"a retry does not go to an unhealthy endpoint of a priority that takes no load", []uint32{0, 0, 0, 1}, []string{"e2:1", "e3:1"}, 50,
 			nil, []string{"e0:1", "e1:1"}, nil},
 		{"one of three healthy, no other priority: panic", []uint32{0, 0, 0}, []string{"e0:1", "e1:1"}, 50,
