@@ -161,6 +161,20 @@ func startHealthApp(t *testing.T, addr, zone string) *healthApp {
 	return a
 }
 
+// billingHealth checks billing's instances over HTTP, often.
+const billingHealth = `type: HealthCheck
+mesh: default
+name: billing-health
+spec:
+  sources: [{match: {ursa.io/service: '*'}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+  interval: 300ms
+  timeout: 1s
+  unhealthyThreshold: 2
+  healthyThreshold: 2
+  http: {path: /healthz, expectedStatuses: [200]}
+`
+
 // TestL7HealthCheckFailover: two zones, billing in each, web in zone-1
 // calling billing over HTTP through its sidecar, with an HTTP HealthCheck.
 // Calls stay in zone-1 while its instance passes its checks; when it
@@ -173,18 +187,7 @@ func TestL7HealthCheckFailover(t *testing.T) {
 	m := startZones(t, "zone-1", "zone-2")
 	global, dir := m.global, m.dir
 	zones := map[string]*cp{"zone-1": m.zones["zone-1"].cp, "zone-2": m.zones["zone-2"].cp}
-	ctl(t, global.api, openMTLSMesh+`type: HealthCheck
-mesh: default
-name: billing-health
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: billing}}]
-  interval: 300ms
-  timeout: 1s
-  unhealthyThreshold: 2
-  healthyThreshold: 2
-  http: {path: /healthz, expectedStatuses: [200]}
-`, "apply", "-f", "-")
+	ctl(t, global.api, openMTLSMesh+billingHealth, "apply", "-f", "-")
 	for name, z := range zones {
 		eventually(t, "the mesh in "+name, func() bool { return z.has(t, "/meshes/default") })
 	}
@@ -277,19 +280,7 @@ spec:
 		t.Fatalf("web's sidecar counted %v picks in panic", got)
 	}
 	// A panic threshold of 0 turns panic off: no healthy instance, 503.
-	ctl(t, global.api, `type: HealthCheck
-mesh: default
-name: billing-health
-spec:
-  sources: [{match: {ursa.io/service: '*'}}]
-  destinations: [{match: {ursa.io/service: billing}}]
-  interval: 300ms
-  timeout: 1s
-  unhealthyThreshold: 2
-  healthyThreshold: 2
-  http: {path: /healthz, expectedStatuses: [200]}
-  healthyPanicThreshold: 0
-`, "apply", "-f", "-")
+	ctl(t, global.api, billingHealth+"  healthyPanicThreshold: 0\n", "apply", "-f", "-")
 	eventually(t, "503 with panic off", func() bool {
 		for range 20 {
 			if got := call(); !strings.HasPrefix(got, "503 no healthy upstream") {
