@@ -171,10 +171,11 @@ func structOf(t *testing.T) *structpb.Struct {
 }
 
 // FuzzTranslateResilience: any cluster the control plane could send is
-// translated or refused, never a crash, and what is translated is sane.
+// translated or refused (its resilience and its common_lb_config), never
+// a crash, and what is translated is sane.
 func FuzzTranslateResilience(f *testing.F) {
 	for _, c := range []*cluster.Cluster{resilientCluster(), {Name: "x", CircuitBreakers: &cluster.CircuitBreakers{}},
-		{Name: "y", HealthChecks: []*core.HealthCheck{{}}}} {
+		{Name: "y", HealthChecks: []*core.HealthCheck{{}}}, {Name: "z", CommonLbConfig: &cluster.Cluster_CommonLbConfig{}}} {
 		b, err := proto.Marshal(c)
 		if err != nil {
 			f.Fatal(err)
@@ -186,9 +187,15 @@ func FuzzTranslateResilience(f *testing.F) {
 		if proto.Unmarshal(data, c) != nil {
 			return
 		}
-		out := &Cluster{}
+		out := &Cluster{PanicThreshold: defaultPanicThreshold}
 		if err := translateResilience(c, out); err != nil {
 			return
+		}
+		if err := translateLB(c.GetCommonLbConfig(), out); err != nil {
+			return
+		}
+		if out.PanicThreshold < 0 || out.PanicThreshold > 100 {
+			t.Fatalf("panic threshold %v", out.PanicThreshold)
 		}
 		if od := out.Outlier; od != nil && (od.Interval <= 0 || od.MaxEjectionPercent > 100) {
 			t.Fatalf("outlier detection %+v", od)
@@ -236,5 +243,12 @@ func TestGeneratedResilience(t *testing.T) {
 	}
 	if ledger.Outlier != nil || ledger.HealthCheck == nil || ledger.HealthCheck.HTTP != nil {
 		t.Errorf("ledger: outlier detection %+v, health check %+v; want none and a TCP check", ledger.Outlier, ledger.HealthCheck)
+	}
+	// The HealthChecks' panic thresholds: billing's 25, ledger's 0 (off),
+	// greeter's Envoy's default.
+	for name, want := range map[string]float64{"billing": 25, "ledger": 0, "greeter": 50} {
+		if c := cfg.Clusters[name]; c == nil || c.PanicThreshold != want {
+			t.Errorf("%s's panic threshold: %+v, want %v", name, c, want)
+		}
 	}
 }
