@@ -45,6 +45,10 @@ func BenchmarkHTTPSidecarPair(b *testing.B) {
 					}
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("status %d: a benchmark of failures", resp.StatusCode)
+						return
+					}
 				}
 			})
 		})
