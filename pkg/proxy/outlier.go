@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -34,12 +35,28 @@ type OutlierDetection struct {
 	// UnejectOnHealthCheck returns an ejected endpoint to service when
 	// an active health check of it passes.
 	UnejectOnHealthCheck bool
+	// Success rate and failure percentage, judged at each interval tick
+	// over the interval's requests: among the endpoints with at least
+	// RequestVolume of them, when there are at least MinimumHosts such,
+	// one whose success rate is below the mean by more than
+	// StdevFactor/1000 standard deviations, or whose failures are at
+	// least FailureThreshold percent, is ejected (Enforcing percent of
+	// the time).
+	SuccessRate, FailurePercentage RateDetection
+}
+
+// RateDetection is one of Envoy's detections over an interval's requests
+// (success rate, failure percentage).
+type RateDetection struct {
+	Enforcing, MinimumHosts, RequestVolume uint32
+	// StdevFactor (success rate) or Threshold (failure percentage).
+	StdevFactor, Threshold uint32
 }
 
 // translateOutlier reads a cluster's outlier detection, with Envoy's
-// defaults for what is unset. Success-rate and failure-percentage
-// detection, which Envoy runs only with enough hosts and requests, are not
-// implemented: a field that sets them is refused.
+// defaults for what is unset: consecutive failures, success rate (on by
+// default, with 5 endpoints of 100 requests an interval) and failure
+// percentage (off by default). Local-origin errors are not told apart.
 func translateOutlier(od *cluster.OutlierDetection) (*OutlierDetection, error) {
 	if od == nil {
 		return nil, nil
@@ -47,7 +64,10 @@ func translateOutlier(od *cluster.OutlierDetection) (*OutlierDetection, error) {
 	if err := unsupportedFields(od, "outlier_detection", "consecutive_5xx", "interval", "base_ejection_time",
 		"max_ejection_percent", "enforcing_consecutive_5xx", "consecutive_gateway_failure",
 		"enforcing_consecutive_gateway_failure", "max_ejection_time", "max_ejection_time_jitter",
-		"successful_active_health_check_uneject_host", "always_eject_one_host"); err != nil {
+		"successful_active_health_check_uneject_host", "always_eject_one_host",
+		"success_rate_minimum_hosts", "success_rate_request_volume", "success_rate_stdev_factor", "enforcing_success_rate",
+		"failure_percentage_threshold", "enforcing_failure_percentage", "failure_percentage_minimum_hosts",
+		"failure_percentage_request_volume"); err != nil {
 		return nil, err
 	}
 	u32 := func(v *wrapperspb.UInt32Value, def uint32) uint32 {
@@ -73,6 +93,17 @@ func translateOutlier(od *cluster.OutlierDetection) (*OutlierDetection, error) {
 	}
 	if v := od.GetSuccessfulActiveHealthCheckUnejectHost(); v != nil {
 		out.UnejectOnHealthCheck = v.GetValue()
+	}
+	out.SuccessRate = RateDetection{Enforcing: u32(od.GetEnforcingSuccessRate(), 100), MinimumHosts: u32(od.GetSuccessRateMinimumHosts(), 5),
+		RequestVolume: u32(od.GetSuccessRateRequestVolume(), 100), StdevFactor: u32(od.GetSuccessRateStdevFactor(), 1900)}
+	out.FailurePercentage = RateDetection{Enforcing: u32(od.GetEnforcingFailurePercentage(), 0),
+		MinimumHosts: u32(od.GetFailurePercentageMinimumHosts(), 5), RequestVolume: u32(od.GetFailurePercentageRequestVolume(), 50),
+		Threshold: u32(od.GetFailurePercentageThreshold(), 85)}
+	for name, v := range map[string]uint32{"enforcing_success_rate": out.SuccessRate.Enforcing,
+		"enforcing_failure_percentage": out.FailurePercentage.Enforcing, "failure_percentage_threshold": out.FailurePercentage.Threshold} {
+		if v > 100 {
+			return nil, fmt.Errorf("outlier_detection.%s: %d is not a percentage", name, v)
+		}
 	}
 	var err error
 	if out.Interval, err = dur("interval", od.GetInterval(), 10*time.Second); err != nil {
@@ -106,6 +137,8 @@ type outlierHost struct {
 	// unejectedAt is when it last returned, zero before; counted is the
 	// last tick whose lowering of backoff is done.
 	unejectedAt, counted time.Time
+	// ok and failed count the requests of the interval under way.
+	ok, failed uint32
 }
 
 // outlierCluster is a cluster's outlier detection state. Nothing runs on
@@ -117,6 +150,84 @@ type outlierCluster struct {
 	cfg   OutlierDetection
 	start time.Time
 	hosts map[string]*outlierHost
+	// bucket is the tick the hosts' ok and failed counts began at.
+	bucket time.Time
+	name   string
+	// ejected is told of each ejection roll makes (outliers.onRateEjection).
+	ejected func(cluster, addr, why string)
+}
+
+// roll judges the success rates and failure percentages of the interval
+// the hosts' counts are of, at the tick that ended it, once now is past
+// it, and starts counting the interval under way.
+func (oc *outlierCluster) roll(now time.Time) {
+	last := oc.lastTick(now)
+	if !last.After(oc.bucket) {
+		return
+	}
+	tick := oc.bucket.Add(oc.cfg.Interval)
+	oc.bucket = last
+	type rate struct {
+		addr    string
+		h       *outlierHost
+		percent float64 // of the requests that succeeded
+	}
+	var rates []rate
+	for addr, h := range oc.hosts {
+		if n := h.ok + h.failed; n > 0 {
+			rates = append(rates, rate{addr, h, 100 * float64(h.ok) / float64(n)})
+		}
+	}
+	eject := func(r rate, enforcing uint32, why string) {
+		oc.refresh(r.h, tick)
+		if !r.h.ejected && oc.eject(r.h, enforcing, tick) && oc.ejected != nil {
+			oc.ejected(oc.name, r.addr, why)
+		}
+	}
+	defer func() {
+		for _, h := range oc.hosts {
+			h.ok, h.failed = 0, 0
+		}
+	}()
+	volume := func(h *outlierHost, d RateDetection) bool { return h.ok+h.failed >= d.RequestVolume }
+	if sr := oc.cfg.SuccessRate; sr.Enforcing > 0 {
+		var sum, n float64
+		for _, r := range rates {
+			if volume(r.h, sr) {
+				sum, n = sum+r.percent, n+1
+			}
+		}
+		if n > 0 && n >= float64(sr.MinimumHosts) {
+			mean := sum / n
+			var variance float64
+			for _, r := range rates {
+				if volume(r.h, sr) {
+					variance += (r.percent - mean) * (r.percent - mean)
+				}
+			}
+			limit := mean - float64(sr.StdevFactor)/1000*math.Sqrt(variance/n)
+			for _, r := range rates {
+				if volume(r.h, sr) && r.percent < limit {
+					eject(r, sr.Enforcing, "success rate")
+				}
+			}
+		}
+	}
+	if fp := oc.cfg.FailurePercentage; fp.Enforcing > 0 {
+		n := uint32(0)
+		for _, r := range rates {
+			if volume(r.h, fp) {
+				n++
+			}
+		}
+		if n > 0 && n >= fp.MinimumHosts {
+			for _, r := range rates {
+				if volume(r.h, fp) && 100-r.percent >= float64(fp.Threshold) {
+					eject(r, fp.Enforcing, "failure percentage")
+				}
+			}
+		}
+	}
 }
 
 // tickAtOrAfter is the first interval tick at or after t.
@@ -179,6 +290,9 @@ func (oc *outlierCluster) ejectionTime(backoff uint32) time.Duration {
 type outliers struct {
 	mu sync.Mutex // serializes sync
 	m  atomic.Pointer[map[string]*outlierCluster]
+	// onRateEjection, when set, is told of each ejection an interval's success
+	// rates or failure percentages made (why: which).
+	onRateEjection func(cluster, addr, why string)
 }
 
 // cluster returns a cluster's state, nil when it has no outlier detection.
@@ -202,7 +316,8 @@ func (o *outliers) sync(clusters map[string]*Cluster, now time.Time) {
 		}
 		oc := o.cluster(name)
 		if oc == nil || oc.cfg != *c.Outlier {
-			oc = &outlierCluster{cfg: *c.Outlier, start: now, hosts: map[string]*outlierHost{}}
+			oc = &outlierCluster{cfg: *c.Outlier, start: now, bucket: now, hosts: map[string]*outlierHost{},
+				name: name, ejected: o.onRateEjection}
 		}
 		oc.mu.Lock()
 		seen := map[string]bool{}
@@ -232,11 +347,13 @@ func (o *outliers) ejected(cluster, addr string, now func() time.Time) bool {
 	}
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
+	t := now()
+	oc.roll(t)
 	h := oc.hosts[addr]
 	if h == nil {
 		return false
 	}
-	oc.refresh(h, now())
+	oc.refresh(h, t)
 	return h.ejected
 }
 
@@ -267,6 +384,7 @@ func (o *outliers) result(cluster, addr string, code int, now time.Time) bool {
 	}
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
+	oc.roll(now)
 	h := oc.hosts[addr]
 	if h == nil {
 		return false
@@ -276,6 +394,11 @@ func (o *outliers) result(cluster, addr string, code int, now time.Time) bool {
 		// A request that started before the ejection cannot eject the
 		// endpoint again.
 		return false
+	}
+	if code >= 500 && code <= 599 {
+		h.failed++
+	} else {
+		h.ok++
 	}
 	if code < 500 || code > 599 {
 		h.consecutive5xx, h.consecutiveGateway = 0, 0

@@ -235,3 +235,72 @@ func TestOutlierTCPConnectFailures(t *testing.T) {
 		}
 	}
 }
+
+// TestOutlierRates: at each interval tick, among the endpoints with
+// enough requests in the interval (when there are enough such), one whose
+// success rate is below the mean by more than the factor of standard
+// deviations is ejected, and so is one failing at least the failure
+// percentage's threshold; fewer endpoints with enough requests, or fewer
+// requests, eject none.
+func TestOutlierRates(t *testing.T) {
+	hosts := []string{"a:1", "b:1", "c:1", "d:1", "e:1"}
+	sr := RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 100, StdevFactor: 1900}
+	fp := RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 50, Threshold: 85}
+	for _, tc := range []struct {
+		name     string
+		sr, fp   RateDetection
+		requests int             // per endpoint in the interval
+		failing  map[string]int  // failures of those, per endpoint
+		want     map[string]bool // ejected after the tick
+	}{
+		// Rates 100, 100, 100, 100, 50: mean 90, deviation 20, limit 52.
+		{"success rate below the mean", sr, RateDetection{}, 100, map[string]int{"e:1": 50}, map[string]bool{"e:1": true}},
+		// Rates 100, 100, 100, 60, 60: mean 84, deviation 19.6, limit 46.8.
+		// (With five endpoints one alone below the rest is always past 1.9
+		// deviations, as in Envoy: they are population deviations.)
+		{"success rate within the deviations", sr, RateDetection{}, 100, map[string]int{"d:1": 40, "e:1": 40}, nil},
+		{"success rate with too few requests", sr, RateDetection{}, 99, map[string]int{"e:1": 50}, nil},
+		{"success rate not enforced", RateDetection{MinimumHosts: 5, RequestVolume: 100, StdevFactor: 1900}, RateDetection{}, 100,
+			map[string]int{"e:1": 50}, nil},
+		{"failure percentage at the threshold", RateDetection{}, fp, 60, map[string]int{"d:1": 51, "e:1": 50}, map[string]bool{"d:1": true}},
+		{"failure percentage with too few requests", RateDetection{}, fp, 49, map[string]int{"e:1": 49}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			od := testOutlier
+			od.Consecutive5xx, od.ConsecutiveGateway = 1000, 1000 // out of the way
+			od.SuccessRate, od.FailurePercentage = tc.sr, tc.fp
+			p, clock, reg := outlierProxy(t, od, hosts...)
+			for _, h := range hosts {
+				for i := range tc.requests {
+					status := 200
+					if i < tc.failing[h] {
+						status = 503
+					}
+					p.outcome(oc, Endpoint{Addr: h}, status, nil)
+				}
+			}
+			for _, h := range hosts {
+				if !p.healthy("c", h) {
+					t.Fatalf("%s ejected before the interval ended", h)
+				}
+			}
+			clock.Advance(time.Second) // the tick
+			for _, h := range hosts {
+				if got := !p.healthy("c", h); got != tc.want[h] {
+					t.Errorf("%s ejected: %t, want %t", h, got, tc.want[h])
+				}
+			}
+			if got := counterValue(t, reg, "ursa_dp_outlier_ejections_total", "c"); got != float64(len(tc.want)) {
+				t.Errorf("%v ejections counted, want %d", got, len(tc.want))
+			}
+			// The next interval starts its own counts: nothing more is
+			// ejected at its tick without requests.
+			clock.Advance(time.Second)
+			for _, h := range hosts {
+				if tc.want[h] && p.healthy("c", h) {
+					t.Errorf("%s back before its ejection time", h)
+				}
+			}
+		})
+	}
+}

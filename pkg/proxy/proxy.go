@@ -141,6 +141,10 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	if err := p.resil.init(reg); err != nil {
 		return nil, err
 	}
+	p.resil.outliers.onRateEjection = func(cluster, addr, why string) {
+		p.resil.ejections.WithLabelValues(cluster).Inc()
+		p.log.Info("endpoint ejected by outlier detection", zap.String("cluster", cluster), zap.String("endpoint", addr), zap.String("by", why))
+	}
 	if err := p.initL7(reg); err != nil {
 		return nil, err
 	}

@@ -52,7 +52,9 @@ func TestTranslateResilience(t *testing.T) {
 	}
 	if want := (OutlierDetection{Consecutive5xx: 3, Enforcing5xx: 100, ConsecutiveGateway: 5, EnforcingGateway: 0,
 		Interval: 2 * time.Second, BaseEjectionTime: 5 * time.Second, MaxEjectionTime: 300 * time.Second,
-		MaxEjectionPercent: 50, UnejectOnHealthCheck: true}); c.Outlier == nil || *c.Outlier != want {
+		MaxEjectionPercent: 50, UnejectOnHealthCheck: true,
+		SuccessRate:       RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 100, StdevFactor: 1900},
+		FailurePercentage: RateDetection{Enforcing: 0, MinimumHosts: 5, RequestVolume: 50, Threshold: 85}}); c.Outlier == nil || *c.Outlier != want {
 		t.Errorf("outlier detection %+v, want %+v", c.Outlier, want)
 	}
 	if want := (&HealthCheck{Timeout: time.Second, Interval: 3 * time.Second, UnhealthyThreshold: 2, HealthyThreshold: 1,
@@ -111,10 +113,15 @@ func TestTranslateResilienceRefuses(t *testing.T) {
 			c.CircuitBreakers.Thresholds[0].RetryBudget.BudgetInterval = durationpb.New(time.Second)
 		}},
 		{"budget_percent", func(c *cluster.Cluster) { c.CircuitBreakers.Thresholds[0].RetryBudget.BudgetPercent.Value = 120 }},
-		{"outlier_detection.success_rate_minimum_hosts", func(c *cluster.Cluster) { c.OutlierDetection.SuccessRateMinimumHosts = wrapperspb.UInt32(3) }},
+		{"outlier_detection.enforcing_local_origin_success_rate", func(c *cluster.Cluster) {
+			c.OutlierDetection.EnforcingLocalOriginSuccessRate = wrapperspb.UInt32(3)
+		}},
 		{"outlier_detection.split_external_local_origin_errors", func(c *cluster.Cluster) { c.OutlierDetection.SplitExternalLocalOriginErrors = true }},
-		{"outlier_detection.failure_percentage_threshold", func(c *cluster.Cluster) {
-			c.OutlierDetection.FailurePercentageThreshold = wrapperspb.UInt32(80)
+		{"outlier_detection.failure_percentage_threshold: 120 is not a percentage", func(c *cluster.Cluster) {
+			c.OutlierDetection.FailurePercentageThreshold = wrapperspb.UInt32(120)
+		}},
+		{"outlier_detection.enforcing_success_rate: 101 is not a percentage", func(c *cluster.Cluster) {
+			c.OutlierDetection.EnforcingSuccessRate = wrapperspb.UInt32(101)
 		}},
 		{"outlier_detection.interval", func(c *cluster.Cluster) { c.OutlierDetection.Interval = durationpb.New(0) }},
 		{"outlier_detection.base_ejection_time", func(c *cluster.Cluster) { c.OutlierDetection.BaseEjectionTime = durationpb.New(-time.Second) }},
@@ -197,7 +204,8 @@ func FuzzTranslateResilience(f *testing.F) {
 		if out.PanicThreshold < 0 || out.PanicThreshold > 100 {
 			t.Fatalf("panic threshold %v", out.PanicThreshold)
 		}
-		if od := out.Outlier; od != nil && (od.Interval <= 0 || od.MaxEjectionPercent > 100) {
+		if od := out.Outlier; od != nil && (od.Interval <= 0 || od.MaxEjectionPercent > 100 || od.SuccessRate.Enforcing > 100 ||
+			od.FailurePercentage.Enforcing > 100 || od.FailurePercentage.Threshold > 100) {
 			t.Fatalf("outlier detection %+v", od)
 		}
 		if hc := out.HealthCheck; hc != nil {
