@@ -201,7 +201,8 @@ type BreakerThresholds struct {
 	MaxRetries         int `json:"maxRetries,omitempty"`
 }
 
-// OutlierDetection ejects an instance after consecutive failures.
+// OutlierDetection ejects an instance after consecutive failures, or
+// when, over an interval, it fails far more than the others.
 type OutlierDetection struct {
 	// Consecutive5xx failures eject an instance (default 5).
 	Consecutive5xx int `json:"consecutive5xx,omitempty"`
@@ -212,6 +213,32 @@ type OutlierDetection struct {
 	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
 	// MaxEjectionPercent of a cluster's instances may be out (default 10).
 	MaxEjectionPercent int `json:"maxEjectionPercent,omitempty"`
+	// SuccessRate ejects, at each interval, an instance whose success
+	// rate over it is more than StandardDeviationFactor standard
+	// deviations below the mean of the instances with RequestVolume
+	// requests in it, when there are MinimumHosts such. Unset, Envoy's
+	// defaults apply (5 instances, 100 requests, 1.9).
+	SuccessRate *SuccessRateDetection `json:"successRate,omitempty"`
+	// FailurePercentage ejects, at each interval, an instance whose
+	// requests in it failed Threshold percent or more, among the
+	// instances with RequestVolume requests, when there are MinimumHosts
+	// such (defaults 85 %, 50 requests, 5 instances). Off unless set.
+	FailurePercentage *FailurePercentageDetection `json:"failurePercentage,omitempty"`
+}
+
+// SuccessRateDetection is OutlierDetection's success-rate detector.
+type SuccessRateDetection struct {
+	MinimumHosts            int     `json:"minimumHosts,omitempty"`
+	RequestVolume           int     `json:"requestVolume,omitempty"`
+	StandardDeviationFactor float64 `json:"standardDeviationFactor,omitempty"`
+}
+
+// FailurePercentageDetection is OutlierDetection's failure-percentage
+// detector.
+type FailurePercentageDetection struct {
+	MinimumHosts  int `json:"minimumHosts,omitempty"`
+	RequestVolume int `json:"requestVolume,omitempty"`
+	Threshold     int `json:"threshold,omitempty"`
 }
 
 // HealthCheck has sources actively check destinations' instances; an

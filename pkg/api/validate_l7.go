@@ -249,6 +249,18 @@ func (c *CircuitBreaker) validateSpec(v *validator) {
 		v.duration("spec.outlierDetection.interval", o.Interval)
 		v.duration("spec.outlierDetection.baseEjectionTime", o.BaseEjectionTime)
 		v.count("spec.outlierDetection.maxEjectionPercent", o.MaxEjectionPercent, 100)
+		if sr := o.SuccessRate; sr != nil {
+			v.count("spec.outlierDetection.successRate.minimumHosts", sr.MinimumHosts, 1<<20)
+			v.count("spec.outlierDetection.successRate.requestVolume", sr.RequestVolume, 1<<30)
+			if f := sr.StandardDeviationFactor; !(f >= 0 && f <= 1000) {
+				v.add("spec.outlierDetection.successRate.standardDeviationFactor", "must be between 0 and 1000")
+			}
+		}
+		if fp := o.FailurePercentage; fp != nil {
+			v.count("spec.outlierDetection.failurePercentage.minimumHosts", fp.MinimumHosts, 1<<20)
+			v.count("spec.outlierDetection.failurePercentage.requestVolume", fp.RequestVolume, 1<<30)
+			v.count("spec.outlierDetection.failurePercentage.threshold", fp.Threshold, 100)
+		}
 	}
 }
 

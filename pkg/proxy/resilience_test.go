@@ -238,7 +238,9 @@ func TestGeneratedResilience(t *testing.T) {
 	if want := (&Thresholds{MaxConnections: 100, MaxPendingRequests: 10, MaxRequests: 50, MaxRetries: 3}); !reflect.DeepEqual(billing.Breaker, want) {
 		t.Errorf("billing's thresholds %+v, want %+v", billing.Breaker, want)
 	}
-	if od := billing.Outlier; od == nil || od.Consecutive5xx != 3 || od.Interval != 5*time.Second || od.BaseEjectionTime != 30*time.Second {
+	if od := billing.Outlier; od == nil || od.Consecutive5xx != 3 || od.Interval != 5*time.Second || od.BaseEjectionTime != 30*time.Second ||
+		od.SuccessRate != (RateDetection{Enforcing: 100, MinimumHosts: 3, RequestVolume: 100, StdevFactor: 1500}) ||
+		od.FailurePercentage != (RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 50, Threshold: 60}) {
 		t.Errorf("billing's outlier detection %+v", od)
 	}
 	hc := billing.HealthCheck

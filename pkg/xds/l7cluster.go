@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"math"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -141,7 +142,7 @@ func outlierDetection(o *api.OutlierDetection) *cluster.OutlierDetection {
 		}
 		return durationpb.New(def)
 	}
-	return &cluster.OutlierDetection{
+	od := &cluster.OutlierDetection{
 		Consecutive_5Xx:    or(o.Consecutive5xx, defaultConsecutive5xx),
 		Interval:           dur(o.Interval, defaultOutlierInterval),
 		BaseEjectionTime:   dur(o.BaseEjectionTime, defaultBaseEjectionTime),
@@ -151,6 +152,24 @@ func outlierDetection(o *api.OutlierDetection) *cluster.OutlierDetection {
 		// stay.
 		AlwaysEjectOneHost: wrapperspb.Bool(true),
 	}
+	set := func(n int) *wrapperspb.UInt32Value {
+		if n == 0 {
+			return nil // Envoy's default
+		}
+		return wrapperspb.UInt32(uint32(n))
+	}
+	if sr := o.SuccessRate; sr != nil {
+		od.SuccessRateMinimumHosts, od.SuccessRateRequestVolume = set(sr.MinimumHosts), set(sr.RequestVolume)
+		if sr.StandardDeviationFactor > 0 {
+			od.SuccessRateStdevFactor = wrapperspb.UInt32(uint32(math.Round(sr.StandardDeviationFactor * 1000)))
+		}
+	}
+	if fp := o.FailurePercentage; fp != nil {
+		od.EnforcingFailurePercentage = wrapperspb.UInt32(100)
+		od.FailurePercentageMinimumHosts, od.FailurePercentageRequestVolume = set(fp.MinimumHosts), set(fp.RequestVolume)
+		od.FailurePercentageThreshold = set(fp.Threshold)
+	}
+	return od
 }
 
 // healthCheck checks with HTTP when the HealthCheck sets http, else by
