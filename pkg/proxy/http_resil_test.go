@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -172,6 +173,49 @@ func TestHTTPOutlierEjection(t *testing.T) {
 	}
 	if !seen {
 		t.Fatal("the ejected endpoint did not return after its ejection time")
+	}
+}
+
+// TestHTTPOutlierSuccessRate: through the engine, an endpoint of five
+// that fails one request in two (never five in a row) is ejected at the
+// interval's tick by its success rate, and requests then go to the
+// others only.
+func TestHTTPOutlierSuccessRate(t *testing.T) {
+	var n atomic.Int64
+	flaky := backend(t, "flaky", func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%2 == 0 {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	})
+	addrs := []string{flaky}
+	for i := range 4 {
+		addrs = append(addrs, backend(t, fmt.Sprintf("good-%d", i), nil))
+	}
+	c := staticHTTPCluster("app", false, addrs...)
+	c.OutlierDetection = &cluster.OutlierDetection{Interval: durationpb.New(time.Second), MaxEjectionPercent: wrapperspb.UInt32(50),
+		SuccessRateRequestVolume: wrapperspb.UInt32(10)}
+	p, reg, url := httpProxyTo(t, c)
+	clock := testutil.NewClock(time.Now())
+	p.Now = clock.Now
+	p.resil.outliers.sync(map[string]*Cluster{}, clock.Now())
+	p.resil.outliers.sync(p.cfg.Load().Clusters, clock.Now())
+	client := h1Client()
+	seen := map[string]int{}
+	for range 300 {
+		resp, _ := get(t, client, url)
+		seen[resp.Header.Get("x-backend")]++
+	}
+	if len(seen) != 5 || seen["flaky"] < 10 || counterValue(t, reg, "ursa_dp_outlier_ejections_total", "app") != 0 {
+		t.Fatalf("before the tick: requests %v, %v ejections", seen, counterValue(t, reg, "ursa_dp_outlier_ejections_total", "app"))
+	}
+	clock.Advance(time.Second)
+	for range 50 {
+		if resp, _ := get(t, client, url); resp.Header.Get("x-backend") == "flaky" {
+			t.Fatal("a request went to the flaky endpoint after the tick")
+		}
+	}
+	if got := counterValue(t, reg, "ursa_dp_outlier_ejections_total", "app"); got != 1 {
+		t.Fatalf("%v ejections counted, want 1", got)
 	}
 }
 
