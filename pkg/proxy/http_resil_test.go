@@ -77,6 +77,16 @@ func httpProxyTo(t *testing.T, c *cluster.Cluster) (*Proxy, *prometheus.Registry
 	return p, reg, "http://" + boundAddr(t, p, "out") + "/"
 }
 
+// outliersOnFakeClock puts p on a fake clock, and its outlier detection,
+// started on the real one, starts again on it.
+func outliersOnFakeClock(p *Proxy) *testutil.Clock {
+	clock := testutil.NewClock(time.Now())
+	p.Now = clock.Now
+	p.resil.outliers.sync(map[string]*Cluster{}, clock.Now())
+	p.resil.outliers.sync(p.cfg.Load().Clusters, clock.Now())
+	return clock
+}
+
 // TestHTTPCircuitBreaker: at max_connections a request waits as pending
 // and gets the connection the one before frees; one more than
 // max_pending_requests, or than max_requests, is a 503 overflow at once,
@@ -146,11 +156,7 @@ func TestHTTPOutlierEjection(t *testing.T) {
 	c.OutlierDetection = &cluster.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(3), Interval: durationpb.New(time.Second),
 		BaseEjectionTime: durationpb.New(30 * time.Second), MaxEjectionPercent: wrapperspb.UInt32(50)}
 	p, reg, url := httpProxyTo(t, c)
-	clock := testutil.NewClock(time.Now())
-	p.Now = clock.Now
-	// Outlier state started on the real clock: start it again on the fake one.
-	p.resil.outliers.sync(map[string]*Cluster{}, clock.Now())
-	p.resil.outliers.sync(p.cfg.Load().Clusters, clock.Now())
+	clock := outliersOnFakeClock(p)
 	client := h1Client()
 	for i := 0; counterValue(t, reg, "ursa_dp_outlier_ejections_total", "app") == 0; i++ {
 		if i == 200 {
@@ -195,10 +201,7 @@ func TestHTTPOutlierSuccessRate(t *testing.T) {
 	c.OutlierDetection = &cluster.OutlierDetection{Interval: durationpb.New(time.Second), MaxEjectionPercent: wrapperspb.UInt32(50),
 		SuccessRateRequestVolume: wrapperspb.UInt32(10)}
 	p, reg, url := httpProxyTo(t, c)
-	clock := testutil.NewClock(time.Now())
-	p.Now = clock.Now
-	p.resil.outliers.sync(map[string]*Cluster{}, clock.Now())
-	p.resil.outliers.sync(p.cfg.Load().Clusters, clock.Now())
+	clock := outliersOnFakeClock(p)
 	client := h1Client()
 	seen := map[string]int{}
 	for range 300 {
