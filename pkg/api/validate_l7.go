@@ -252,8 +252,8 @@ func (c *CircuitBreaker) validateSpec(v *validator) {
 		if sr := o.SuccessRate; sr != nil {
 			v.count("spec.outlierDetection.successRate.minimumHosts", sr.MinimumHosts, 1<<20)
 			v.count("spec.outlierDetection.successRate.requestVolume", sr.RequestVolume, 1<<30)
-			if f := sr.StandardDeviationFactor; !(f >= 0 && f <= 1000) {
-				v.add("spec.outlierDetection.successRate.standardDeviationFactor", "must be between 0 and 1000")
+			if f := sr.StandardDeviationFactor; !(f == 0 || f >= 0.001 && f <= 1000) {
+				v.add("spec.outlierDetection.successRate.standardDeviationFactor", "must be 0 (the default, 1.9) or between 0.001 and 1000")
 			}
 		}
 		if fp := o.FailurePercentage; fp != nil {

@@ -99,10 +99,13 @@ func translateOutlier(od *cluster.OutlierDetection) (*OutlierDetection, error) {
 	out.FailurePercentage = RateDetection{Enforcing: u32(od.GetEnforcingFailurePercentage(), 0),
 		MinimumHosts: u32(od.GetFailurePercentageMinimumHosts(), 5), RequestVolume: u32(od.GetFailurePercentageRequestVolume(), 50),
 		Threshold: u32(od.GetFailurePercentageThreshold(), 85)}
-	for name, v := range map[string]uint32{"enforcing_success_rate": out.SuccessRate.Enforcing,
-		"enforcing_failure_percentage": out.FailurePercentage.Enforcing, "failure_percentage_threshold": out.FailurePercentage.Threshold} {
-		if v > 100 {
-			return nil, fmt.Errorf("outlier_detection.%s: %d is not a percentage", name, v)
+	for _, f := range []struct {
+		name string
+		v    uint32
+	}{{"enforcing_success_rate", out.SuccessRate.Enforcing}, {"enforcing_failure_percentage", out.FailurePercentage.Enforcing},
+		{"failure_percentage_threshold", out.FailurePercentage.Threshold}} {
+		if f.v > 100 {
+			return nil, fmt.Errorf("outlier_detection.%s: %d is not a percentage", f.name, f.v)
 		}
 	}
 	var err error
@@ -174,13 +177,22 @@ func (oc *outlierCluster) roll(now time.Time) {
 	}
 	var rates []rate
 	for addr, h := range oc.hosts {
+		// Each host as Envoy has it at the tick, before it judges: the
+		// returns due by then made, the backoff lowered for the ticks
+		// before only (not for this one, if it is ejected at it).
+		oc.refresh(h, tick.Add(-1))
+		if h.ejected && !oc.tickAtOrAfter(h.ejectedAt.Add(h.ejectedFor)).After(tick) {
+			oc.returned(h, tick)
+		}
+		if h.ejected {
+			continue // out of the mean, the deviation and the count, as in Envoy
+		}
 		if n := h.ok + h.failed; n > 0 {
 			rates = append(rates, rate{addr, h, 100 * float64(h.ok) / float64(n)})
 		}
 	}
 	eject := func(r rate, enforcing uint32, why string) {
-		oc.refresh(r.h, tick)
-		if !r.h.ejected && oc.eject(r.h, enforcing, tick) && oc.ejected != nil {
+		if !r.h.ejected && oc.ejectAsIs(r.h, enforcing, tick) && oc.ejected != nil {
 			oc.ejected(oc.name, r.addr, why)
 		}
 	}
@@ -276,6 +288,7 @@ func (oc *outlierCluster) refresh(h *outlierHost, now time.Time) {
 // tick at least one interval after t.
 func (oc *outlierCluster) returned(h *outlierHost, t time.Time) {
 	h.ejected, h.unejectedAt = false, t
+	h.consecutive5xx, h.consecutiveGateway = 0, 0 // streaks start over, as in Envoy
 	h.counted = oc.tickAtOrAfter(t.Add(oc.cfg.Interval)).Add(-oc.cfg.Interval)
 }
 
@@ -320,6 +333,7 @@ func (o *outliers) sync(clusters map[string]*Cluster, now time.Time) {
 				name: name, ejected: o.onRateEjection}
 		}
 		oc.mu.Lock()
+		oc.roll(now) // a tick passed is judged with the endpoints it had
 		seen := map[string]bool{}
 		for _, ep := range c.Endpoints {
 			seen[ep.Addr] = true
@@ -366,6 +380,7 @@ func (o *outliers) uneject(cluster, addr string, now time.Time) {
 	}
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
+	oc.roll(now) // a tick passed is judged with the host as it was then
 	if h := oc.hosts[addr]; h != nil && h.ejected {
 		oc.returned(h, now)
 	}
@@ -428,12 +443,20 @@ func (o *outliers) result(cluster, addr string, code int, now time.Time) bool {
 // allow it. The share counts h itself, so that a small cluster ejects none
 // unless always_eject_one_host (Envoy's rule since that field came).
 func (oc *outlierCluster) eject(h *outlierHost, enforcing uint32, now time.Time) bool {
+	for _, other := range oc.hosts {
+		oc.refresh(other, now)
+	}
+	return oc.ejectAsIs(h, enforcing, now)
+}
+
+// ejectAsIs is eject with the hosts' states as they are (brought up to
+// now by the caller).
+func (oc *outlierCluster) ejectAsIs(h *outlierHost, enforcing uint32, now time.Time) bool {
 	if enforcing == 0 || rand.Uint32N(100) >= enforcing {
 		return false
 	}
 	n := 0
 	for _, other := range oc.hosts {
-		oc.refresh(other, now)
 		if other.ejected {
 			n++
 		}

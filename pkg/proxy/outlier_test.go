@@ -304,3 +304,148 @@ func TestOutlierRates(t *testing.T) {
 		})
 	}
 }
+
+// TestOutlierRatesLeaveEjectedOut: an endpoint ejected when the tick is
+// judged (here by consecutive 5xx, mid-interval) is left out of the mean,
+// the deviation and the count of endpoints, as in Envoy.
+func TestOutlierRatesLeaveEjectedOut(t *testing.T) {
+	od := testOutlier
+	od.Consecutive5xx = 5
+	od.BaseEjectionTime = 30 * time.Second
+	od.SuccessRate = RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 100, StdevFactor: 1900}
+	hosts := []string{"a:1", "b:1", "c:1", "d:1", "e:1", "f:1"}
+	p, clock, _ := outlierProxy(t, od, hosts...)
+	for _, h := range hosts[:4] {
+		for range 100 {
+			p.outcome(oc, Endpoint{Addr: h}, 200, nil)
+		}
+	}
+	for i := range 100 { // e: 80 %
+		s := 200
+		if i%5 == 0 {
+			s = 500
+		}
+		p.outcome(oc, Endpoint{Addr: "e:1"}, s, nil)
+	}
+	for i := range 195 { // f: alternating, then five in a row: ejected mid-interval
+		s := 200
+		if i%2 == 1 {
+			s = 500
+		}
+		p.outcome(oc, Endpoint{Addr: "f:1"}, s, nil)
+	}
+	for range 5 {
+		p.outcome(oc, Endpoint{Addr: "f:1"}, 500, nil)
+	}
+	if p.healthy("c", "f:1") {
+		t.Fatal("f not ejected by consecutive 5xx")
+	}
+	clock.Advance(time.Second)
+	// Envoy: {100,100,100,100,80}: mean 96, stdev 8, threshold 80.8 -> e ejected.
+	if !p.ejectedStill("c", "e:1") {
+		t.Error("e (80 %) not ejected: f (ejected) was counted in the mean and deviation")
+	}
+}
+
+// TestOutlierRateEjectionBackoff: the tick a success-rate ejection is made
+// at does not lower the endpoint's backoff first, as in Envoy.
+func TestOutlierRateEjectionBackoff(t *testing.T) {
+	od := testOutlier // interval 1s, base 10s, max 25s, consecutive 3
+	od.SuccessRate = RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 10, StdevFactor: 1900}
+	hosts := []string{"a:1", "b:1", "c:1", "d:1", "e:1"}
+	p, clock, _ := outlierProxy(t, od, hosts...)
+	clock.Advance(300 * time.Millisecond)
+	for range 3 {
+		p.outcome(oc, Endpoint{Addr: "e:1"}, 500, nil)
+	}
+	clock.Advance(11 * time.Second) // 11.3: back at 11
+	if !p.healthy("c", "e:1") {
+		t.Fatal("not back")
+	}
+	for range 3 {
+		p.outcome(oc, Endpoint{Addr: "e:1"}, 500, nil)
+	} // backoff 2, 20 s: back at 32
+	clock.Advance(21 * time.Second) // 32.3
+	if !p.healthy("c", "e:1") {
+		t.Fatal("not back at 32")
+	}
+	for _, h := range hosts {
+		for i := range 10 {
+			s := 200
+			if h == "e:1" && i%2 == 0 {
+				s = 500
+			}
+			p.outcome(oc, Endpoint{Addr: h}, s, nil)
+		}
+	}
+	clock.Advance(time.Second) // 33.3: tick 33 judged
+	if p.healthy("c", "e:1") {
+		t.Fatal("not ejected by success rate")
+	}
+	start := clock.Now()
+	for p.ejectedStill("c", "e:1") {
+		clock.Advance(time.Second)
+	}
+	// Envoy: backoff 2 -> 3 at tick 33, min(30s,25s) = 25 s: back at tick 58.
+	if back := clock.Now().Sub(start) + 33*time.Second; back != 58*time.Second {
+		t.Errorf("back at %v (from start), Envoy: 58s", back)
+	}
+}
+
+// TestOutlierUnejectJudgesTickFirst: a health check that returns an
+// endpoint after a tick not judged yet has the tick judged first, with the
+// endpoint as it was then (ejected: left out).
+func TestOutlierUnejectJudgesTickFirst(t *testing.T) {
+	od := testOutlier
+	od.UnejectOnHealthCheck = true
+	od.SuccessRate = RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 10, StdevFactor: 1900}
+	hosts := []string{"a:1", "b:1", "c:1", "d:1", "e:1"}
+	p, clock, reg := outlierProxy(t, od, hosts...)
+	for _, h := range hosts[:4] {
+		for range 10 {
+			p.outcome(oc, Endpoint{Addr: h}, 200, nil)
+		}
+	}
+	for _, s := range []int{200, 500, 200, 500, 200, 500, 200, 500, 500, 500} {
+		p.outcome(oc, Endpoint{Addr: "e:1"}, s, nil)
+	}
+	if p.healthy("c", "e:1") {
+		t.Fatal("e not ejected by consecutive 5xx")
+	}
+	clock.Advance(1500 * time.Millisecond)
+	p.resil.outliers.uneject("c", "e:1", clock.Now()) // health check passed at 1.5 s
+	if !p.healthy("c", "e:1") {
+		t.Errorf("e ejected again after the health check returned it (ejections %v); Envoy excluded it at tick 1 (it was ejected then)",
+			counterValue(t, reg, "ursa_dp_outlier_ejections_total", "c"))
+	}
+}
+
+// TestOutlierReturnResetsStreaks: an endpoint's failure streaks start
+// over when it returns (Envoy's unejectHost), so a streak from before a
+// success-rate ejection does not carry over.
+func TestOutlierReturnResetsStreaks(t *testing.T) {
+	od := testOutlier // consecutive 3, base 10s, interval 1s
+	od.SuccessRate = RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 10, StdevFactor: 1900}
+	hosts := []string{"a:1", "b:1", "c:1", "d:1", "e:1"}
+	p, clock, _ := outlierProxy(t, od, hosts...)
+	for _, h := range hosts[:4] {
+		for range 10 {
+			p.outcome(oc, Endpoint{Addr: h}, 200, nil)
+		}
+	}
+	for _, s := range []int{500, 200, 500, 200, 500, 200, 500, 200, 500, 500} {
+		p.outcome(oc, Endpoint{Addr: "e:1"}, s, nil)
+	}
+	clock.Advance(1300 * time.Millisecond)
+	if !p.ejectedStill("c", "e:1") {
+		t.Fatal("not ejected by success rate")
+	}
+	clock.Advance(10 * time.Second) // 11.3: back at 11
+	if p.ejectedStill("c", "e:1") {
+		t.Fatal("not back")
+	}
+	p.outcome(oc, Endpoint{Addr: "e:1"}, 500, nil)
+	if p.ejectedStill("c", "e:1") {
+		t.Error("one 5xx after the return ejected it: the streak of 2 from before the ejection was kept (Envoy resets on uneject)")
+	}
+}
