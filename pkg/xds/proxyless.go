@@ -140,7 +140,9 @@ func (s *MeshState) buildProxyless(sources []map[string]string) proxylessPolicyP
 // proxylessCluster is a subset's EDS cluster for grpc-go: it reports load
 // to this CP (LRS), and in an mTLS mesh originates mTLS through the
 // application's certificate provider. Of a CircuitBreaker, grpc-go honours
-// max_requests only (gRFC A32).
+// max_requests (gRFC A32) and, of outlier detection, the success-rate and
+// failure-percentage detections (gRFC A50; it ignores consecutive
+// failures).
 func (s *MeshState) proxylessCluster(sub Subset, breaker *api.CircuitBreaker, mtls bool) *cluster.Cluster {
 	name := sub.ClusterName()
 	c := EDSCluster(name)
@@ -154,6 +156,9 @@ func (s *MeshState) proxylessCluster(sub Subset, breaker *api.CircuitBreaker, mt
 			Priority:    core.RoutingPriority_DEFAULT,
 			MaxRequests: wrapperspb.UInt32(uint32(t.MaxRequests)),
 		}}}
+	}
+	if breaker != nil && breaker.Spec.Outlier != nil {
+		c.OutlierDetection = outlierDetection(breaker.Spec.Outlier)
 	}
 	return c
 }

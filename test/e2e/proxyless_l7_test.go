@@ -366,3 +366,52 @@ spec:
 		}
 	}
 }
+
+// TestProxylessOutlierDetection: grpc-go's xDS client (gRFC A50) ejects,
+// by the failure percentage a CircuitBreaker sets, the one server of five
+// that fails every other call: without the policy its failures reach the
+// caller; with it, after an interval, no call does.
+func TestProxylessOutlierDetection(t *testing.T) {
+	m := startZones(t, "zone-1")
+	ctl(t, m.global.api, openMTLSMesh, "apply", "-f", "-")
+	eventually(t, "the mesh in zone-1", func() bool { return m.zones["zone-1"].cp.has(t, "/meshes/default") })
+	for i := range 4 {
+		m.startProxylessServer("zone-1", fmt.Sprintf("pool-%d", i), "pool", "v1")
+	}
+	m.startProxylessServer("zone-1", "pool-flaky", "pool", "v1", "--fail-every", "2")
+	web := m.startProxylessAgent("zone-1", "web-1", "web", "v1")
+	pool := web.dial(t, "pool")
+	// calls makes n calls: the servers that answered, and the calls that
+	// failed.
+	calls := func(n int) (map[string]int, int) {
+		got, failed := map[string]int{}, 0
+		for range n {
+			if resp, _, err := unary(pool); err != nil {
+				failed++
+			} else {
+				got[resp.ServerId]++
+			}
+		}
+		return got, failed
+	}
+	eventually(t, "all five servers answering", func() bool { got, _ := calls(50); return len(got) == 5 })
+	if _, failed := calls(100); failed == 0 {
+		t.Fatal("no call of 100 failed without outlier detection: the test proves nothing")
+	}
+	ctl(t, m.global.api, `type: CircuitBreaker
+mesh: default
+name: pool-outliers
+spec:
+  sources: [{match: {ursa.io/service: web}}]
+  destinations: [{match: {ursa.io/service: pool}}]
+  outlierDetection:
+    interval: 1s
+    baseEjectionTime: 1m
+    maxEjectionPercent: 20
+    failurePercentage: {threshold: 40, requestVolume: 10, minimumHosts: 5}
+`, "apply", "-f", "-")
+	eventually(t, "pool-flaky ejected", func() bool {
+		got, failed := calls(100)
+		return failed == 0 && got["pool-flaky"] == 0 && len(got) == 4
+	})
+}
