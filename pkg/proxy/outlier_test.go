@@ -392,12 +392,11 @@ func TestOutlierRateEjectionBackoff(t *testing.T) {
 	}
 }
 
-// TestOutlierUnejectJudgesTickFirst: a health check that returns an
-// endpoint after a tick not judged yet has the tick judged first, with the
-// endpoint as it was then (ejected: left out).
-func TestOutlierUnejectJudgesTickFirst(t *testing.T) {
-	od := testOutlier
-	od.UnejectOnHealthCheck = true
+// fourAndE is outlierProxy with od and success-rate detection over 10
+// requests an interval, for endpoints a to e: a to d have answered 10
+// requests well, e the statuses given.
+func fourAndE(t *testing.T, od OutlierDetection, statuses ...int) (*Proxy, *testutil.Clock, *prometheus.Registry) {
+	t.Helper()
 	od.SuccessRate = RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 10, StdevFactor: 1900}
 	hosts := []string{"a:1", "b:1", "c:1", "d:1", "e:1"}
 	p, clock, reg := outlierProxy(t, od, hosts...)
@@ -406,9 +405,19 @@ func TestOutlierUnejectJudgesTickFirst(t *testing.T) {
 			p.outcome(oc, Endpoint{Addr: h}, 200, nil)
 		}
 	}
-	for _, s := range []int{200, 500, 200, 500, 200, 500, 200, 500, 500, 500} {
+	for _, s := range statuses {
 		p.outcome(oc, Endpoint{Addr: "e:1"}, s, nil)
 	}
+	return p, clock, reg
+}
+
+// TestOutlierUnejectJudgesTickFirst: a health check that returns an
+// endpoint after a tick not judged yet has the tick judged first, with the
+// endpoint as it was then (ejected: left out).
+func TestOutlierUnejectJudgesTickFirst(t *testing.T) {
+	od := testOutlier
+	od.UnejectOnHealthCheck = true
+	p, clock, reg := fourAndE(t, od, 200, 500, 200, 500, 200, 500, 200, 500, 500, 500)
 	if p.healthy("c", "e:1") {
 		t.Fatal("e not ejected by consecutive 5xx")
 	}
@@ -424,18 +433,8 @@ func TestOutlierUnejectJudgesTickFirst(t *testing.T) {
 // over when it returns (Envoy's unejectHost), so a streak from before a
 // success-rate ejection does not carry over.
 func TestOutlierReturnResetsStreaks(t *testing.T) {
-	od := testOutlier // consecutive 3, base 10s, interval 1s
-	od.SuccessRate = RateDetection{Enforcing: 100, MinimumHosts: 5, RequestVolume: 10, StdevFactor: 1900}
-	hosts := []string{"a:1", "b:1", "c:1", "d:1", "e:1"}
-	p, clock, _ := outlierProxy(t, od, hosts...)
-	for _, h := range hosts[:4] {
-		for range 10 {
-			p.outcome(oc, Endpoint{Addr: h}, 200, nil)
-		}
-	}
-	for _, s := range []int{500, 200, 500, 200, 500, 200, 500, 200, 500, 500} {
-		p.outcome(oc, Endpoint{Addr: "e:1"}, s, nil)
-	}
+	// consecutive 3, base 10s, interval 1s
+	p, clock, _ := fourAndE(t, testOutlier, 500, 200, 500, 200, 500, 200, 500, 200, 500, 500)
 	clock.Advance(1300 * time.Millisecond)
 	if !p.ejectedStill("c", "e:1") {
 		t.Fatal("not ejected by success rate")
