@@ -216,8 +216,8 @@ type OutlierDetection struct {
 	// SuccessRate ejects, at each interval, an instance whose success
 	// rate over it is more than StandardDeviationFactor standard
 	// deviations below the mean of the instances with RequestVolume
-	// requests in it, when there are MinimumHosts such. Unset, Envoy's
-	// defaults apply (5 instances, 100 requests, 1.9).
+	// requests in it, when there are MinimumHosts such (defaults 1.9,
+	// 100 requests, 5 instances, Envoy's). Off unless set.
 	SuccessRate *SuccessRateDetection `json:"successRate,omitempty"`
 	// FailurePercentage ejects, at each interval, an instance whose
 	// requests in it failed Threshold percent or more, among the

@@ -158,7 +158,11 @@ func outlierDetection(o *api.OutlierDetection) *cluster.OutlierDetection {
 		}
 		return wrapperspb.UInt32(uint32(n))
 	}
+	// Only the detections the policy names run:
+	// Envoy would run its success rate unless told not to.
+	od.EnforcingSuccessRate = wrapperspb.UInt32(0)
 	if sr := o.SuccessRate; sr != nil {
+		od.EnforcingSuccessRate = wrapperspb.UInt32(100)
 		od.SuccessRateMinimumHosts, od.SuccessRateRequestVolume = set(sr.MinimumHosts), set(sr.RequestVolume)
 		if sr.StandardDeviationFactor > 0 {
 			od.SuccessRateStdevFactor = wrapperspb.UInt32(uint32(math.Round(sr.StandardDeviationFactor * 1000)))
