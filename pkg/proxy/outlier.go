@@ -170,12 +170,7 @@ func (oc *outlierCluster) roll(now time.Time) {
 	}
 	tick := oc.bucket.Add(oc.cfg.Interval)
 	oc.bucket = last
-	type rate struct {
-		addr    string
-		h       *outlierHost
-		percent float64 // of the requests that succeeded
-	}
-	var rates []rate
+	var rates []hostRate
 	for addr, h := range oc.hosts {
 		// Each host as Envoy has it at the tick, before it judges: the
 		// returns due by then made, the backoff lowered for the ticks
@@ -184,62 +179,82 @@ func (oc *outlierCluster) roll(now time.Time) {
 		if h.ejected && !oc.tickAtOrAfter(h.ejectedAt.Add(h.ejectedFor)).After(tick) {
 			oc.returned(h, tick)
 		}
-		if h.ejected {
-			continue // out of the mean, the deviation and the count, as in Envoy
+		if n := h.ok + h.failed; n > 0 && !h.ejected { // the ejected are out of it, as in Envoy
+			rates = append(rates, hostRate{addr, h, n, 100 * float64(h.ok) / float64(n)})
 		}
-		if n := h.ok + h.failed; n > 0 {
-			rates = append(rates, rate{addr, h, 100 * float64(h.ok) / float64(n)})
+		h.ok, h.failed = 0, 0
+	}
+	eject := func(outliers []hostRate, enforcing uint32, why string) {
+		for _, r := range outliers {
+			if !r.h.ejected && oc.ejectAsIs(r.h, enforcing, tick) && oc.ejected != nil {
+				oc.ejected(oc.name, r.addr, why)
+			}
 		}
 	}
-	eject := func(r rate, enforcing uint32, why string) {
-		if !r.h.ejected && oc.ejectAsIs(r.h, enforcing, tick) && oc.ejected != nil {
-			oc.ejected(oc.name, r.addr, why)
-		}
-	}
-	defer func() {
-		for _, h := range oc.hosts {
-			h.ok, h.failed = 0, 0
-		}
-	}()
-	volume := func(h *outlierHost, d RateDetection) bool { return h.ok+h.failed >= d.RequestVolume }
 	if sr := oc.cfg.SuccessRate; sr.Enforcing > 0 {
-		var sum, n float64
-		for _, r := range rates {
-			if volume(r.h, sr) {
-				sum, n = sum+r.percent, n+1
-			}
-		}
-		if n > 0 && n >= float64(sr.MinimumHosts) {
-			mean := sum / n
-			var variance float64
-			for _, r := range rates {
-				if volume(r.h, sr) {
-					variance += (r.percent - mean) * (r.percent - mean)
-				}
-			}
-			limit := mean - float64(sr.StdevFactor)/1000*math.Sqrt(variance/n)
-			for _, r := range rates {
-				if volume(r.h, sr) && r.percent < limit {
-					eject(r, sr.Enforcing, "success rate")
-				}
-			}
-		}
+		eject(successRateOutliers(rates, sr), sr.Enforcing, "success rate")
 	}
 	if fp := oc.cfg.FailurePercentage; fp.Enforcing > 0 {
-		n := uint32(0)
-		for _, r := range rates {
-			if volume(r.h, fp) {
-				n++
-			}
-		}
-		if n > 0 && n >= fp.MinimumHosts {
-			for _, r := range rates {
-				if volume(r.h, fp) && 100-r.percent >= float64(fp.Threshold) {
-					eject(r, fp.Enforcing, "failure percentage")
-				}
-			}
+		eject(failurePercentageOutliers(rates, fp), fp.Enforcing, "failure percentage")
+	}
+}
+
+// hostRate is an endpoint's requests in an interval, and the percentage
+// of them that succeeded.
+type hostRate struct {
+	addr     string
+	h        *outlierHost
+	requests uint32
+	percent  float64
+}
+
+// judged is the rates with at least d's request volume, nil when there
+// are fewer than its minimum of such endpoints.
+func judged(rates []hostRate, d RateDetection) []hostRate {
+	var out []hostRate
+	for _, r := range rates {
+		if r.requests >= d.RequestVolume {
+			out = append(out, r)
 		}
 	}
+	if len(out) == 0 || uint32(len(out)) < d.MinimumHosts {
+		return nil
+	}
+	return out
+}
+
+// successRateOutliers are the endpoints whose success rate is more than
+// the factor of (population) standard deviations below the mean.
+func successRateOutliers(rates []hostRate, sr RateDetection) []hostRate {
+	rates = judged(rates, sr)
+	var sum, variance float64
+	for _, r := range rates {
+		sum += r.percent
+	}
+	mean := sum / float64(len(rates))
+	for _, r := range rates {
+		variance += (r.percent - mean) * (r.percent - mean)
+	}
+	limit := mean - float64(sr.StdevFactor)/1000*math.Sqrt(variance/float64(len(rates)))
+	var out []hostRate
+	for _, r := range rates {
+		if r.percent < limit {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// failurePercentageOutliers are the endpoints that failed the threshold's
+// percentage of their requests or more.
+func failurePercentageOutliers(rates []hostRate, fp RateDetection) []hostRate {
+	var out []hostRate
+	for _, r := range judged(rates, fp) {
+		if 100-r.percent >= float64(fp.Threshold) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // tickAtOrAfter is the first interval tick at or after t.
