@@ -417,7 +417,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		if ctx.Err() == nil {
 			pc.SetReadDeadline(deadline) // the zero time without one
 		}
-		resp.Body = sc.upstreamBody(h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: false, stop: stop})
+		resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: false, stop: stop}
 		return resp, true, nil
 	}
 	var began uint64
@@ -473,7 +473,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		}
 		return resp, true, nil
 	}
-	resp.Body = sc.upstreamBody(h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: keep, stop: stop})
+	resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: keep, stop: stop}
 	return resp, true, nil
 }
 

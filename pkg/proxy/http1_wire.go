@@ -26,23 +26,12 @@ import (
 
 // h1Scratch is what one HTTP/1.1 fast-path connection parses its
 // requests' and their responses' heads into, again for each request: its
-// requests come one at a time, and nothing holds a request, its
-// response or their headers past its end (access logs and spans are
-// written before; an HTTP/2 upstream's writer gets a copy of the
-// request, and its body only through h1ReqBody, closed at the end). A
-// nil *h1Scratch makes new ones.
+// requests come one at a time, and nothing holds a request's headers
+// past its end (access logs and spans are written before). A nil
+// *h1Scratch makes new ones.
 type h1Scratch struct {
 	req, resp         http.Header
 	reqVals, respVals []string // the headers' values
-	// blank is a request with the connection's context and nothing
-	// else: the request in flight (request) starts from it.
-	blank     http.Request
-	request   *http.Request
-	url       url.URL
-	reqFixed  fixedBody
-	response  http.Response
-	respFixed fixedBody
-	upBody    h1RespBody
 	// metrics are the series of the connection's last request.
 	metrics requestSeries
 
@@ -102,60 +91,6 @@ func (sc *h1Scratch) respHeader() (http.Header, *[]string) {
 	}
 	sc.resp = reuse(sc.resp)
 	return sc.resp, &sc.respVals
-}
-
-// newRequest is an empty request with the context ctx, the connection's.
-func (sc *h1Scratch) newRequest(ctx context.Context) *http.Request {
-	if sc == nil {
-		return new(http.Request).WithContext(ctx)
-	}
-	if sc.request == nil || sc.blank.Context() != ctx {
-		sc.blank = *new(http.Request).WithContext(ctx)
-		sc.request = new(http.Request)
-	}
-	*sc.request = sc.blank
-	return sc.request
-}
-
-// newURL, newResponse and the bodies are the scratch's, emptied, or new
-// ones for a nil scratch.
-func (sc *h1Scratch) newURL() *url.URL {
-	if sc == nil {
-		return new(url.URL)
-	}
-	sc.url = url.URL{}
-	return &sc.url
-}
-
-func (sc *h1Scratch) newResponse() *http.Response {
-	if sc == nil {
-		return new(http.Response)
-	}
-	sc.response = http.Response{}
-	return &sc.response
-}
-
-func (sc *h1Scratch) fixedBody(resp bool, r io.Reader, n int64) *fixedBody {
-	if sc == nil {
-		return &fixedBody{r: r, n: n}
-	}
-	b := &sc.reqFixed
-	if resp {
-		b = &sc.respFixed
-	}
-	*b = fixedBody{r: r, n: n}
-	return b
-}
-
-// upstreamBody is b, the response's body from its upstream connection, in
-// the scratch.
-func (sc *h1Scratch) upstreamBody(b h1RespBody) *h1RespBody {
-	if sc == nil {
-		nb := b
-		return &nb
-	}
-	sc.upBody = b
-	return &sc.upBody
 }
 
 func reuse(h http.Header) http.Header {
@@ -320,27 +255,27 @@ func contentLength(h http.Header) (int64, error) {
 // parseSimpleRequest parses a request head: "METHOD /origin-form
 // HTTP/1.1", at most one Host, no Transfer-Encoding; r's body reads from
 // br (which the caller advances past the head).
-func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch, r *http.Request) error {
+func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch) (r http.Request, _ error) {
 	s := string(head)
 	lineEnd := strings.IndexByte(s, '\r')
 	if lineEnd < 0 || !strings.HasSuffix(s, "\r\n\r\n") || !crlfLines(s) {
-		return errNotSimple
+		return r, errNotSimple
 	}
 	line := s[:lineEnd]
 	method, rest, ok := strings.Cut(line, " ")
 	if !ok || method == "" || method == "CONNECT" {
-		return errNotSimple
+		return r, errNotSimple
 	}
 	for i := 0; i < len(method); i++ {
 		if !tokenByte(method[i]) {
-			return errNotSimple
+			return r, errNotSimple
 		}
 	}
 	target, proto, ok := strings.Cut(rest, " ")
 	if !ok || proto != "HTTP/1.1" || target == "" || target[0] != '/' {
-		return errNotSimple
+		return r, errNotSimple
 	}
-	u := sc.newURL()
+	u := &url.URL{}
 	path := target
 	if q := strings.IndexByte(target, '?'); q >= 0 {
 		path = target[:q]
@@ -350,30 +285,29 @@ func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch, r *http.Re
 		}
 		for i := 0; i < len(u.RawQuery); i++ {
 			if c := u.RawQuery[i]; c <= ' ' || c >= 0x7f {
-				return errNotSimple
+				return r, errNotSimple
 			}
 		}
 	}
 	for i := 0; i < len(path); i++ {
 		if !pathByte(path[i]) {
-			return errNotSimple
+			return r, errNotSimple
 		}
 	}
 	u.Path = path
 	h, vals := sc.reqHeader()
 	if err := parseFields(s[lineEnd+2:], h, vals); err != nil {
-		return err
+		return r, err
 	}
 	hosts := h["Host"]
 	if len(hosts) > 1 || h["Transfer-Encoding"] != nil {
-		return errNotSimple
+		return r, errNotSimple
 	}
 	n, err := contentLength(h)
 	if err != nil {
-		return err
+		return r, err
 	}
-	r.Method, r.URL, r.Proto, r.ProtoMajor, r.ProtoMinor = method, u, proto, 1, 1
-	r.Header, r.RequestURI, r.Body = h, target, http.NoBody
+	r = http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1, Header: h, RequestURI: target, Body: http.NoBody}
 	if len(hosts) == 1 {
 		r.Host = hosts[0]
 		delete(h, "Host")
@@ -382,19 +316,18 @@ func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch, r *http.Re
 	r.Close = hasToken(h["Connection"], "close")
 	if n > 0 {
 		r.ContentLength = n
-		r.Body = sc.fixedBody(false, br, n)
+		r.Body = &fixedBody{r: br, n: n}
 	}
-	return nil
+	return r, nil
 }
 
 // readRequest reads the next request on br, with ctx as its context: a
 // simple head by the fast parser, anything else by net/http's.
 func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Request, error) {
 	if head := peekHead(br); head != nil {
-		r := sc.newRequest(ctx)
-		if err := parseSimpleRequest(head, br, sc, r); err == nil {
+		if r, err := parseSimpleRequest(head, br, sc); err == nil {
 			br.Discard(len(head))
-			return r, nil
+			return r.WithContext(ctx), nil
 		}
 	}
 	r, err := http.ReadRequest(br)
@@ -438,9 +371,8 @@ func parseSimpleResponse(head []byte, br *bufio.Reader, req *http.Request, sc *h
 		return nil, err
 	}
 	fixPragma(h)
-	resp := sc.newResponse()
-	resp.Status, resp.StatusCode, resp.Proto, resp.ProtoMajor, resp.ProtoMinor = line[9:], code, "HTTP/1.1", 1, 1
-	resp.Header, resp.Request, resp.Body, resp.ContentLength = h, req, http.NoBody, n
+	resp := &http.Response{Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Request: req, Body: http.NoBody, ContentLength: n}
 	if hasToken(h["Connection"], "close") {
 		resp.Close = true
 		delete(h, "Connection")
@@ -452,7 +384,7 @@ func parseSimpleResponse(head []byte, br *bufio.Reader, req *http.Request, sc *h
 	case n < 0:
 		return nil, errNotSimple // delimited by the close
 	case n > 0:
-		resp.Body = sc.fixedBody(true, br, n)
+		resp.Body = &fixedBody{r: br, n: n}
 	}
 	return resp, nil
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"net/http"
 	"reflect"
@@ -43,7 +42,7 @@ var wireSeeds = []string{
 func TestWireSimpleAccepts(t *testing.T) {
 	for i, in := range wireSeeds[:3] {
 		br := bufio.NewReader(strings.NewReader(in))
-		if err := parseSimpleRequest(peekHead(br), br, nil, new(http.Request)); err != nil {
+		if _, err := parseSimpleRequest(peekHead(br), br, nil); err != nil {
 			t.Errorf("request %d: %v", i, err)
 		}
 	}
@@ -69,7 +68,7 @@ func FuzzH1ParseMatchesNetHTTP(f *testing.F) {
 		sc := &h1Scratch{}
 		warm := "GET /old HTTP/1.1\r\nHost: old\r\nX-Old: 1\r\nAccept: a\r\n\r\n"
 		wr := bufio.NewReader(strings.NewReader(warm))
-		if err := parseSimpleRequest(peekHead(wr), wr, sc, sc.newRequest(context.Background())); err != nil {
+		if _, err := parseSimpleRequest(peekHead(wr), wr, sc); err != nil {
 			t.Fatal(err)
 		}
 		warm = "HTTP/1.1 200 OK\r\nX-Old: 1\r\nContent-Length: 0\r\n\r\n"
@@ -104,10 +103,11 @@ func FuzzH1ParseMatchesNetHTTP(f *testing.F) {
 		}
 		br := bufio.NewReaderSize(bytes.NewReader(in), 4096)
 		h := peekHead(br)
-		ours := sc.newRequest(context.Background())
-		if err := parseSimpleRequest(h, br, sc, ours); err != nil {
+		parsed, err := parseSimpleRequest(h, br, sc)
+		if err != nil {
 			return
 		}
+		ours := &parsed
 		br.Discard(len(h))
 		theirs, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(in)))
 		if err != nil {
