@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -656,14 +657,7 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	// Levels in the order their priorities first appear, and which
 	// endpoints are healthy and of which level: on the stack for the
 	// usual few.
-	type level struct {
-		prio           uint32
-		hosts, healthy uint32 // counts
-		avail          uint32 // the weight of those that may be picked
-		load           uint32
-		panic          bool
-	}
-	var levelBuf [4]level
+	var levelBuf [4]priorityLevel
 	var wellBuf [16]bool
 	var ofBuf [16]int
 	levels, well, of := levelBuf[:0], wellBuf[:0], ofBuf[:0]
@@ -675,25 +669,18 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	}
 	n := 0
 	for _, ep := range c.Endpoints {
-		li := -1
-		for i := range levels {
-			if levels[i].prio == ep.Priority {
-				li = i
-				break
-			}
-		}
+		li := slices.IndexFunc(levels, func(lv priorityLevel) bool { return lv.prio == ep.Priority })
 		if li < 0 {
-			levels = append(levels, level{prio: ep.Priority})
+			levels = append(levels, priorityLevel{prio: ep.Priority})
 			li = len(levels) - 1
 		}
-		lv := &levels[li]
-		lv.hosts++
+		// Priority loads follow health only: a retry avoids the endpoints
+		// it tried within the priority it lands in (Envoy's
+		// previous_hosts), it does not shift load to the next one.
 		ok := p.healthy(c.Name, ep.Addr)
+		levels[li].hosts++
 		if ok {
-			// Priority loads follow health only: a retry avoids the
-			// endpoints it tried within the priority it lands in (Envoy's
-			// previous_hosts), it does not shift load to the next one.
-			lv.healthy++
+			levels[li].healthy++
 			n++
 		}
 		well, of = append(well, ok), append(of, li)
@@ -701,41 +688,14 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	if len(tried) == 0 {
 		p.healthyGauge.WithLabelValues(c.Name).Set(float64(n))
 	}
-	remaining := uint32(100)
-	for i := range levels {
-		lv := &levels[i]
-		share := min(100, c.Overprovisioning*lv.healthy/lv.hosts)
-		lv.load = min(remaining, share)
-		remaining -= lv.load
-	}
-	sum := 100 - remaining
-	if sum < 100 && c.PanicThreshold > 0 {
-		all := true
-		for i := range levels {
-			lv := &levels[i]
-			lv.panic = float64(lv.healthy)*100 < c.PanicThreshold*float64(lv.hosts)
-			all = all && lv.panic
-		}
-		if all {
-			sum = 0
-			for i := range levels {
-				levels[i].load = levels[i].hosts * 100 / uint32(len(c.Endpoints))
-				sum += levels[i].load
-			}
-		}
-	}
+	sum := priorityLoads(levels, c)
 	if sum == 0 {
 		return Endpoint{}, false
 	}
-	for i := range levels {
-		// A level that takes no load is not in panic: a retry that has
-		// tried all its level's endpoints may go on to its healthy ones
-		// only.
-		levels[i].panic = levels[i].panic && levels[i].load > 0
-	}
+	pickable := func(i int) bool { return (well[i] || levels[of[i]].panic) && !tried[c.Endpoints[i].Addr] }
 	for i, ep := range c.Endpoints {
-		if lv := &levels[of[i]]; (well[i] || lv.panic) && !tried[ep.Addr] {
-			lv.avail += ep.Weight
+		if pickable(i) {
+			levels[of[i]].avail += ep.Weight
 		}
 	}
 	from := func(li int) (Endpoint, bool) {
@@ -745,7 +705,7 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		}
 		k := rand.Uint32N(lv.avail)
 		for i, ep := range c.Endpoints {
-			if of[i] != li || !well[i] && !lv.panic || tried[ep.Addr] {
+			if of[i] != li || !pickable(i) {
 				continue
 			}
 			if k < ep.Weight {
@@ -760,9 +720,8 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	}
 	r := rand.Uint32N(sum)
 	for i := range levels {
-		lv := &levels[i]
-		if r >= lv.load {
-			r -= lv.load
+		if r >= levels[i].load {
+			r -= levels[i].load
 			continue
 		}
 		if ep, ok := from(i); ok {
@@ -776,6 +735,50 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		}
 	}
 	return Endpoint{}, false
+}
+
+// priorityLevel is what pick knows of one priority of a cluster.
+type priorityLevel struct {
+	prio           uint32
+	hosts, healthy uint32 // counts
+	avail          uint32 // the weight of those that may be picked
+	load           uint32 // percent
+	panic          bool
+}
+
+// priorityLoads sets each level's load and panic as Envoy does, and
+// returns their sum (0: nothing can be picked).
+func priorityLoads(levels []priorityLevel, c *Cluster) uint32 {
+	remaining := uint32(100)
+	for i := range levels {
+		lv := &levels[i]
+		lv.load = min(remaining, c.Overprovisioning*lv.healthy/lv.hosts, 100)
+		remaining -= lv.load
+	}
+	sum := 100 - remaining
+	if sum == 100 || c.PanicThreshold == 0 {
+		return sum
+	}
+	all := true
+	for i := range levels {
+		lv := &levels[i]
+		lv.panic = float64(lv.healthy)*100 < c.PanicThreshold*float64(lv.hosts)
+		all = all && lv.panic
+	}
+	if all {
+		sum = 0
+		for i := range levels {
+			levels[i].load = levels[i].hosts * 100 / uint32(len(c.Endpoints))
+			sum += levels[i].load
+		}
+	}
+	for i := range levels {
+		// A level that takes no load is not in panic: a retry that has
+		// tried all its level's endpoints may go on to its healthy ones
+		// only.
+		levels[i].panic = levels[i].panic && levels[i].load > 0
+	}
+	return sum
 }
 
 // pipe copies both ways until both directions end, half-closing as each
