@@ -18,17 +18,23 @@ import (
 // Defaults of the cluster policies, written out so that every proxy reads
 // the same values (they are Envoy's and the API's documented ones).
 const (
-	DefaultConnectTimeout      = 5 * time.Second
-	defaultConsecutive5xx      = 5
-	defaultOutlierInterval     = 10 * time.Second
-	defaultBaseEjectionTime    = 30 * time.Second
-	defaultMaxEjectionPercent  = 10
-	defaultHealthInterval      = 10 * time.Second
-	defaultHealthTimeout       = 2 * time.Second
-	defaultUnhealthyThreshold  = 3
-	defaultHealthyThreshold    = 1
-	defaultRetryBudgetPercent  = 20
-	defaultRetryMinConcurrency = 3
+	DefaultConnectTimeout     = 5 * time.Second
+	defaultConsecutive5xx     = 5
+	defaultOutlierInterval    = 10 * time.Second
+	defaultBaseEjectionTime   = 30 * time.Second
+	defaultMaxEjectionPercent = 10
+	// success rate and failure percentage
+	defaultRateMinimumHosts        = 5
+	defaultSuccessRateVolume       = 100
+	defaultSuccessRateStdevFactor  = 1.9
+	defaultFailurePercentVolume    = 50
+	defaultFailurePercentThreshold = 85
+	defaultHealthInterval          = 10 * time.Second
+	defaultHealthTimeout           = 2 * time.Second
+	defaultUnhealthyThreshold      = 3
+	defaultHealthyThreshold        = 1
+	defaultRetryBudgetPercent      = 20
+	defaultRetryMinConcurrency     = 3
 )
 
 // setHTTPProtocol gives a cluster of an HTTP-family service the protocol
@@ -152,26 +158,24 @@ func outlierDetection(o *api.OutlierDetection) *cluster.OutlierDetection {
 		// stay.
 		AlwaysEjectOneHost: wrapperspb.Bool(true),
 	}
-	set := func(n int) *wrapperspb.UInt32Value {
-		if n == 0 {
-			return nil // Envoy's default
-		}
-		return wrapperspb.UInt32(uint32(n))
-	}
-	// Only the detections the policy names run:
-	// Envoy would run its success rate unless told not to.
+	// Only the detections the policy names run: Envoy would run its
+	// success rate unless told not to.
 	od.EnforcingSuccessRate = wrapperspb.UInt32(0)
 	if sr := o.SuccessRate; sr != nil {
-		od.EnforcingSuccessRate = wrapperspb.UInt32(100)
-		od.SuccessRateMinimumHosts, od.SuccessRateRequestVolume = set(sr.MinimumHosts), set(sr.RequestVolume)
-		if sr.StandardDeviationFactor > 0 {
-			od.SuccessRateStdevFactor = wrapperspb.UInt32(uint32(math.Round(sr.StandardDeviationFactor * 1000)))
+		factor := sr.StandardDeviationFactor
+		if factor == 0 {
+			factor = defaultSuccessRateStdevFactor
 		}
+		od.EnforcingSuccessRate = wrapperspb.UInt32(100)
+		od.SuccessRateMinimumHosts = or(sr.MinimumHosts, defaultRateMinimumHosts)
+		od.SuccessRateRequestVolume = or(sr.RequestVolume, defaultSuccessRateVolume)
+		od.SuccessRateStdevFactor = wrapperspb.UInt32(uint32(math.Round(factor * 1000)))
 	}
 	if fp := o.FailurePercentage; fp != nil {
 		od.EnforcingFailurePercentage = wrapperspb.UInt32(100)
-		od.FailurePercentageMinimumHosts, od.FailurePercentageRequestVolume = set(fp.MinimumHosts), set(fp.RequestVolume)
-		od.FailurePercentageThreshold = set(fp.Threshold)
+		od.FailurePercentageMinimumHosts = or(fp.MinimumHosts, defaultRateMinimumHosts)
+		od.FailurePercentageRequestVolume = or(fp.RequestVolume, defaultFailurePercentVolume)
+		od.FailurePercentageThreshold = or(fp.Threshold, defaultFailurePercentThreshold)
 	}
 	return od
 }
