@@ -475,8 +475,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			p.l7.m.retries.WithLabelValues(ri.Service, ri.Route).Inc()
 			if err := sleepCtx(ex.ctx, retryBackoff(attempt, pol.base, pol.maxi)); err != nil {
-				ex.releaseRetry()
-				br.free(limitRequest)
+				ex.releaseSlots()
 				return nil, err
 			}
 		}
@@ -490,8 +489,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		if !ok {
-			ex.releaseRetry()
-			br.free(limitRequest)
+			ex.releaseSlots()
 			return nil, &localReplyError{http.StatusServiceUnavailable, "UH", "no healthy upstream"}
 		}
 		if tried != nil {
@@ -576,8 +574,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if err != nil {
 			acancel()
-			ex.releaseRetry()
-			br.free(limitRequest)
+			ex.releaseSlots()
 			return nil, ex.failure(err, perTryTimedOut)
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -586,12 +583,11 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			// timeout.
 			ex.idle.stop()
 			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
-				resp.Body = &upgradedBody{ReadWriteCloser: rwc, release: func() { acancel(); ex.releaseRetry(); br.free(limitRequest) }}
+				resp.Body = &upgradedBody{ReadWriteCloser: rwc, release: func() { acancel(); ex.releaseSlots() }}
 				return resp, nil
 			}
 			acancel()
-			ex.releaseRetry()
-			br.free(limitRequest)
+			ex.releaseSlots()
 			return resp, nil
 		}
 		if ex.idle != nil {
@@ -605,6 +601,13 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = &ex.respBody
 		return resp, nil
 	}
+}
+
+// releaseSlots frees the circuit breaker slots the exchange holds: the
+// request's, and the retry's when it holds one.
+func (ex *exchange) releaseSlots() {
+	ex.releaseRetry()
+	ex.br.free(limitRequest)
 }
 
 // releaseRetry frees the retry slot the exchange holds, if it holds one.
@@ -633,8 +636,7 @@ func (b *exchangeBody) Close() error {
 		b.done = true
 		ex := b.ex
 		ex.acancel()
-		ex.releaseRetry()
-		ex.br.free(limitRequest)
+		ex.releaseSlots()
 	}
 	return err
 }
