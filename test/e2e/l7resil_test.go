@@ -241,6 +241,16 @@ func TestL7HealthCheckFailover(t *testing.T) {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
+	// Until their first checks pass, both instances count as unhealthy,
+	// so calls go to both zones in panic: wait for the checks first.
+	bothHealthy := func() {
+		t.Helper()
+		eventually(t, "web's sidecar to see both instances healthy", func() bool {
+			call() // the gauge is of the last pick
+			return web.metric(t, "ursa_dp_endpoints_healthy", `cluster="billing"`) == 2
+		})
+	}
+	bothHealthy()
 	stays("zone-1", "while its instance is healthy")
 	// zone-2's instance is reachable through its ingress, and checked
 	// there: it must pass too, or the failover would have nowhere to go.
@@ -259,10 +269,7 @@ func TestL7HealthCheckFailover(t *testing.T) {
 	// Both instances failing their checks: no zone can take the traffic,
 	// so each is in panic (Envoy's default threshold, 50 %) and calls go
 	// to both, healthy or not, rather than failing.
-	eventually(t, "web's sidecar to see both instances healthy", func() bool {
-		call()
-		return web.metric(t, "ursa_dp_endpoints_healthy", `cluster="billing"`) == 2
-	})
+	bothHealthy()
 	local.status.Store(500)
 	remote.status.Store(500)
 	eventually(t, "web's sidecar to see both instances unhealthy", func() bool {
