@@ -12,8 +12,10 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ursamesh/ursa/pkg/mtls"
 )
@@ -31,7 +33,7 @@ func BenchmarkHTTPSidecarPair(b *testing.B) {
 			in := sc.server.boundAddr("inbound:billing")
 			apply(b, sc.client, sc.web, sc.roots, []*listener.Listener{outboundHTTPListener("outbound:billing", "outbound:billing")},
 				[]*cluster.Cluster{mtlsHTTPCluster("billing", "billing", h2)}, []*endpoint.ClusterLoadAssignment{assignment("billing", in)},
-				routeConfig("outbound:billing", routeTo("default", nil, toCluster("billing"))))
+				routeConfig("outbound:billing", routeTo("default", nil, timed(toCluster("billing")))))
 			url := "http://" + sc.client.boundAddr("outbound:billing") + "/x"
 			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 			b.SetParallelism(8)
@@ -53,6 +55,14 @@ func BenchmarkHTTPSidecarPair(b *testing.B) {
 			})
 		})
 	}
+}
+
+// timed is the action a with the request timeout the CP always gives an http
+// service's outbound routes (15 s when no Timeout sets one), and no inbound
+// one, as the benchmark's pair runs in a mesh.
+func timed(a *route.RouteAction) *route.RouteAction {
+	a.Timeout = durationpb.New(15 * time.Second)
+	return a
 }
 
 // benchSidecars is newSidecars for a benchmark: quiet proxies.
