@@ -15,6 +15,7 @@ import (
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	previoushosts "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
@@ -117,6 +118,11 @@ type retryPolicy struct {
 	retries    int
 	perTry     time.Duration
 	base, maxi time.Duration
+	// omitTried (a previous_hosts predicate): a retry goes to an endpoint
+	// no attempt has tried when there is one. Envoy draws again up to
+	// host_selection_retry_max_attempts times; the built-in proxy leaves
+	// the tried ones out of the draw, as if its draws never ran out.
+	omitTried bool
 }
 
 // faultFilter is a compiled HTTPFault: a fixed delay and an abort, each on
@@ -475,17 +481,24 @@ func headerOps(in []*core.HeaderValueOption) ([]headerOp, error) {
 	return out, nil
 }
 
+// previousHostsName is Envoy's name for the previous_hosts retry host
+// predicate.
+const previousHostsName = "envoy.retry_host_predicates.previous_hosts"
+
 func translateRetry(rp *route.RetryPolicy) (*retryPolicy, error) {
 	if err := onlyFields(rp, "retry_on", "num_retries", "per_try_timeout", "retry_back_off", "retriable_status_codes",
 		"retry_host_predicate", "host_selection_retry_max_attempts"); err != nil {
 		return nil, err
 	}
-	for _, hp := range rp.GetRetryHostPredicate() {
-		if hp.GetName() != "envoy.retry_host_predicates.previous_hosts" {
-			return nil, fmt.Errorf("retry host predicate %q is not supported", hp.GetName())
-		}
-	}
 	out := &retryPolicy{on: map[string]bool{}, retries: 1, base: 25 * time.Millisecond, statuses: rp.GetRetriableStatusCodes()}
+	for _, hp := range rp.GetRetryHostPredicate() {
+		// Envoy finds the extension by its config's type, else its name.
+		if tc := hp.GetTypedConfig(); tc != nil && !tc.MessageIs(&previoushosts.PreviousHostsPredicate{}) ||
+			tc == nil && hp.GetName() != previousHostsName {
+			return nil, fmt.Errorf("retry host predicate %q (%s) is not supported", hp.GetName(), hp.GetTypedConfig().GetTypeUrl())
+		}
+		out.omitTried = true
+	}
 	for on := range strings.SplitSeq(rp.GetRetryOn(), ",") {
 		on = strings.TrimSpace(on)
 		if on == "" {

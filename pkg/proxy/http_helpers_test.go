@@ -21,6 +21,7 @@ import (
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	previoushosts "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -129,6 +130,13 @@ func routeTo(name string, match *route.RouteMatch, action *route.RouteAction) *r
 		match = &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}
 	}
 	return &route.Route{Name: name, Match: match, Action: &route.Route_Route{Route: action}}
+}
+
+// previousHosts is the retry host predicate the CP gives every retry
+// policy: a retry goes to an endpoint not yet tried.
+func previousHosts() []*route.RetryPolicy_RetryHostPredicate {
+	return []*route.RetryPolicy_RetryHostPredicate{{Name: previousHostsName,
+		ConfigType: &route.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: xds.MustAny(&previoushosts.PreviousHostsPredicate{})}}}
 }
 
 func toCluster(c string) *route.RouteAction {

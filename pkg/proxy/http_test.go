@@ -166,7 +166,7 @@ func TestHTTPRetries(t *testing.T) {
 	})
 	broken := backend(t, "broken", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) })
 	retry := toCluster("svc")
-	retry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(5),
+	retry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(5), RetryHostPredicate: previousHosts(),
 		RetryBackOff: &route.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond), MaxInterval: durationpb.New(5 * time.Millisecond)}}
 	rc := routeConfig("outbound:svc", routeTo("retried", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Path{Path: "/retried"}}, retry),
 		routeTo("plain", nil, toCluster("svc")))
@@ -211,7 +211,8 @@ func TestHTTPTimeouts(t *testing.T) {
 	timed := toCluster("slow")
 	timed.Timeout = durationpb.New(200 * time.Millisecond)
 	perTry := toCluster("both")
-	perTry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(3), PerTryTimeout: durationpb.New(100 * time.Millisecond)}
+	perTry.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(3), PerTryTimeout: durationpb.New(100 * time.Millisecond),
+		RetryHostPredicate: previousHosts()}
 	rc := routeConfig("outbound:svc", routeTo("timed", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/timed"}}, timed),
 		routeTo("pertry", nil, perTry))
 	url := plainHTTP(t, p, rc, nil, staticHTTPCluster("slow", false, slow), staticHTTPCluster("both", false, slow, fast))

@@ -65,6 +65,14 @@ func TestHTTPTranslateNACKs(t *testing.T) {
 		{name: "retriable headers", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
 			r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", RetriableHeaders: []*route.HeaderMatcher{{Name: "x"}}}
 		})}, want: "retriable_headers"},
+		{name: "retry host predicate", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", RetryHostPredicate: []*route.RetryPolicy_RetryHostPredicate{
+				{Name: "envoy.retry_host_predicates.omit_canary_hosts"}}}
+		})}, want: "omit_canary_hosts"},
+		{name: "retry host predicate's type", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", RetryHostPredicate: []*route.RetryPolicy_RetryHostPredicate{
+				{Name: previousHostsName, ConfigType: &route.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: xds.MustAny(&route.CorsPolicy{})}}}}
+		})}, want: "CorsPolicy"},
 		{name: "header matcher kind", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
 			r.Match.Headers = []*route.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_RangeMatch{}}}
 		})}, want: "range_match"},

@@ -441,10 +441,11 @@ type exchange struct {
 	respBody  exchangeBody
 }
 
-// RoundTrip picks the route's cluster once, then makes attempts, each to
-// an endpoint the earlier ones did not try when there is one, until one
-// is not to be retried. Each attempt is bounded by the per-try timeout;
-// the route's timeout bounds all of them (req's context).
+// RoundTrip picks the route's cluster once, then makes attempts (with a
+// previous_hosts predicate, each to an endpoint the earlier ones did not
+// try when there is one), until one is not to be retried. Each attempt is
+// bounded by the per-try timeout; the route's timeout bounds all of them
+// (req's context).
 func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 	p, ri, rt := ex.p, ex.ri, ex.rt
 	name := weighted(rt.Clusters)
@@ -463,14 +464,15 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		pol = *rt.Retry
 	}
 	pool := p.upstreamFor(c)
-	// tried is made at the first retry: most requests make one attempt.
+	// tried is made at the first retry that is to leave out the endpoints
+	// tried (previous_hosts): most requests make one attempt.
 	var tried map[string]bool
 	last := ""
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			// The retry's slot was taken before the last attempt's
 			// outcome was let go (retryHeld).
-			if tried == nil {
+			if tried == nil && pol.omitTried {
 				tried = map[string]bool{last: true}
 			}
 			p.l7.m.retries.WithLabelValues(ri.Service, ri.Route).Inc()

@@ -57,8 +57,21 @@ func TestGeneratedL7Translates(t *testing.T) {
 				for _, r := range res[resource.RouteType] {
 					routes = append(routes, r.(*route.RouteConfiguration))
 				}
-				if _, err := translate(listeners, clusters, cla, nil, nil, routes...); err != nil {
+				cfg, err := translate(listeners, clusters, cla, nil, nil, routes...)
+				if err != nil {
 					t.Errorf("the built-in proxy refuses %s's configuration: %v", dpName, err)
+					continue
+				}
+				// A Retry's retries go to instances not yet tried
+				// (previous_hosts), as under Envoy with this configuration.
+				for _, rt := range cfg.RouteTables {
+					for _, vh := range rt.VHosts {
+						for _, r := range vh.Routes {
+							if r.Retry != nil && r.Retry.retries > 0 && !r.Retry.omitTried {
+								t.Errorf("route %s of %s retries to the instances it tried", r.Name, rt.Name)
+							}
+						}
+					}
 				}
 			}
 		})

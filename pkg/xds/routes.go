@@ -10,6 +10,7 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	previoushosts "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -20,6 +21,17 @@ import (
 // DefaultRequestTimeout bounds a request to an http or http2 service when
 // no Timeout sets one (Envoy's default); grpc services have none.
 const DefaultRequestTimeout = 15 * time.Second
+
+const (
+	// previousHostsPredicate is Envoy's retry host predicate that turns
+	// a retry away from the instances already tried.
+	previousHostsPredicate = "envoy.retry_host_predicates.previous_hosts"
+	// retryHostSelections is how many times Envoy draws again for a retry
+	// that drew an instance already tried: Istio's 5. With Envoy's default,
+	// 1, a retry between two instances lands back on the one that failed
+	// one time in four.
+	retryHostSelections = 5
+)
 
 // Default retry conditions when a Retry names none.
 const (
@@ -153,7 +165,13 @@ func (o RouteOptions) retryPolicy(httpTimeouts *api.HTTPTimeouts) *route.RetryPo
 	if n == 0 {
 		n = 1
 	}
-	p := &route.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(n))}
+	// A retry goes to an instance not yet tried, as Istio's and the
+	// built-in proxy's do: without the predicate Envoy draws it from all
+	// of them, so a retry may go back to the instance that just failed.
+	p := &route.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(n)),
+		RetryHostPredicate: []*route.RetryPolicy_RetryHostPredicate{{Name: previousHostsPredicate,
+			ConfigType: &route.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: MustAny(&previoushosts.PreviousHostsPredicate{})}}},
+		HostSelectionRetryMaxAttempts: retryHostSelections}
 	switch {
 	case r.PerTryTimeout != nil:
 		p.PerTryTimeout = durationpb.New(r.PerTryTimeout.D())
