@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	previoushosts "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -78,10 +80,16 @@ type HTTPRoute struct {
 	// long.
 	IdleTimeout time.Duration
 	Retry       *retryPolicy
-	ReqAdd      []headerOp
-	ReqRemove   []string
-	RespAdd     []headerOp
-	RespRemove  []string
+	// PrefixRewrite, when set, replaces the first rewriteLen bytes of
+	// the request's path (the prefix, or the whole path, the route
+	// matched) upstream; HostRewrite, when set, is its Host.
+	PrefixRewrite string
+	rewriteLen    int
+	HostRewrite   string
+	ReqAdd        []headerOp
+	ReqRemove     []string
+	RespAdd       []headerOp
+	RespRemove    []string
 }
 
 // routeMatch is a compiled RouteMatch.
@@ -335,8 +343,29 @@ func translateRoute(r *route.Route) (*HTTPRoute, error) {
 	if a == nil {
 		return nil, errors.New("a route without a route action (redirect, direct_response) is not supported")
 	}
-	if err := onlyFields(a, "cluster", "weighted_clusters", "timeout", "idle_timeout", "retry_policy"); err != nil {
+	if err := onlyFields(a, "cluster", "weighted_clusters", "timeout", "idle_timeout", "retry_policy",
+		"prefix_rewrite", "host_rewrite_literal"); err != nil {
 		return nil, err
+	}
+	if pr := a.GetPrefixRewrite(); pr != "" {
+		// The matched prefix, or the whole path, is replaced; a regex
+		// match has no prefix to replace.
+		switch m := r.GetMatch(); {
+		case m.GetSafeRegex() != nil:
+			return nil, errors.New("prefix_rewrite needs a prefix or path match, not safe_regex")
+		case !validPath(pr):
+			return nil, fmt.Errorf("prefix_rewrite %q is not a path", pr)
+		}
+		out.PrefixRewrite, out.rewriteLen = pr, len(out.Match.prefix)
+		if out.Match.exact {
+			out.rewriteLen = len(out.Match.path)
+		}
+	}
+	if h := a.GetHostRewriteLiteral(); h != "" {
+		if !httpguts.ValidHostHeader(h) {
+			return nil, fmt.Errorf("host_rewrite_literal %q is not a host", h)
+		}
+		out.HostRewrite = h
 	}
 	switch {
 	case a.GetCluster() != "":
@@ -387,6 +416,23 @@ func translateRoute(r *route.Route) (*HTTPRoute, error) {
 	}
 	out.ReqRemove, out.RespRemove = r.GetRequestHeadersToRemove(), r.GetResponseHeadersToRemove()
 	return out, nil
+}
+
+// validPath is whether p can stand as a request's path as it is:
+// absolute, escaped, with no query, fragment, space or control character.
+func validPath(p string) bool {
+	if !strings.HasPrefix(p, "/") {
+		return false
+	}
+	if _, err := url.PathUnescape(p); err != nil {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c <= ' ' || c == 0x7f || c == '?' || c == '#' {
+			return false
+		}
+	}
+	return true
 }
 
 func nonNegative(field string, d *durationpb.Duration) (time.Duration, error) {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -125,6 +126,78 @@ func TestRetryPreviousHosts(t *testing.T) {
 			// of 10^-25).
 			if omit && failed > 0 || !omit && failed == 0 {
 				t.Fatalf("%d of 200 requests failed", failed)
+			}
+		})
+	}
+}
+
+// TestHTTPRewrites: a route's prefix_rewrite replaces the prefix (or the
+// whole path) it matched, escapes and query kept, and host_rewrite_literal
+// the Host, over HTTP/1.1 and HTTP/2 upstreams and for an upgrade; a
+// route without them sends the request as it came.
+func TestHTTPRewrites(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%t", h2), func(t *testing.T) {
+			app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Upgrade") == "echo" {
+					conn, brw, err := http.NewResponseController(w).Hijack()
+					if err != nil {
+						return
+					}
+					defer conn.Close()
+					fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\nx-uri: %s\r\nx-host: %s\r\n\r\n", r.RequestURI, r.Host)
+					brw.Flush()
+					return
+				}
+				w.Header().Set("x-uri", r.RequestURI)
+				w.Header().Set("x-host", r.Host)
+			})
+			prefixed := func(prefix string) *route.RouteMatch {
+				return &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix}}
+			}
+			api := toCluster("svc")
+			api.PrefixRewrite = "/v2/"
+			old := toCluster("svc")
+			old.PrefixRewrite, old.HostRewriteSpecifier = "/new", &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "billing.internal:8080"}
+			esc := toCluster("svc")
+			esc.PrefixRewrite = "/e%20s/"
+			url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc",
+				routeTo("api", prefixed("/api/"), api),
+				routeTo("old", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Path{Path: "/old"}}, old),
+				routeTo("esc", prefixed("/esc/"), esc),
+				routeTo("rest", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", h2, app))
+			for _, c := range []struct{ path, uri, host string }{
+				{"/api/items?x=1&y=%2F", "/v2/items?x=1&y=%2F", ""},
+				{"/api/", "/v2/", ""},
+				{"/old?q", "/new?q", "billing.internal:8080"},
+				{"/old", "/new", "billing.internal:8080"},
+				{"/esc/a%2Fb", "/e%20s/a%2Fb", ""},
+				{"/apix/a", "/apix/a", ""},
+			} {
+				resp, _ := get(t, h1Client(), url+c.path)
+				host := c.host
+				if host == "" {
+					host = strings.TrimPrefix(url, "http://")
+				}
+				if resp.StatusCode != 200 || resp.Header.Get("x-uri") != c.uri || resp.Header.Get("x-host") != host {
+					t.Errorf("%s: %d, upstream saw %q on %q; want %q on %q", c.path, resp.StatusCode,
+						resp.Header.Get("x-uri"), resp.Header.Get("x-host"), c.uri, host)
+				}
+			}
+			if h2 {
+				return // an upgrade is HTTP/1.1's
+			}
+			conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(conn, "GET /old?ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols ||
+				resp.Header.Get("x-uri") != "/new?ws" || resp.Header.Get("x-host") != "billing.internal:8080" {
+				t.Fatalf("an upgrade: %v %v; want 101 from /new?ws on billing.internal:8080", resp, err)
 			}
 		})
 	}

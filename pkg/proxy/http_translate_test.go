@@ -48,7 +48,6 @@ func TestHTTPTranslateNACKs(t *testing.T) {
 		routes    []*route.RouteConfiguration
 		want      string
 	}{
-		{name: "prefix_rewrite", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/v2" })}, want: "prefix_rewrite"},
 		{name: "bad regex", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
 			r.Match = &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: "(("}}}
 		})}, want: "safe_regex"},
@@ -73,6 +72,19 @@ func TestHTTPTranslateNACKs(t *testing.T) {
 			r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", RetryHostPredicate: []*route.RetryPolicy_RetryHostPredicate{
 				{Name: previousHostsName, ConfigType: &route.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: xds.MustAny(&route.CorsPolicy{})}}}}
 		})}, want: "CorsPolicy"},
+		{name: "prefix_rewrite on a regex match", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.Match = &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: "/a.*"}}}
+			r.GetRoute().PrefixRewrite = "/b"
+		})}, want: "prefix_rewrite needs a prefix or path match"},
+		{name: "prefix_rewrite not a path", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "v2/" })}, want: `prefix_rewrite "v2/"`},
+		{name: "prefix_rewrite with a query", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/v2?a=1" })}, want: "prefix_rewrite"},
+		{name: "prefix_rewrite with a bad escape", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/v2%zz" })}, want: "prefix_rewrite"},
+		{name: "host_rewrite_literal", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.GetRoute().HostRewriteSpecifier = &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "a b"}
+		})}, want: "host_rewrite_literal"},
+		{name: "host_rewrite_header", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
+			r.GetRoute().HostRewriteSpecifier = &route.RouteAction_HostRewriteHeader{HostRewriteHeader: "x-host"}
+		})}, want: "host_rewrite_header"},
 		{name: "header matcher kind", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
 			r.Match.Headers = []*route.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_RangeMatch{}}}
 		})}, want: "range_match"},

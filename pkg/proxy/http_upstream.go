@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/textproto"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 		h["Te"] = []string{"trailers"}
 	}
 	ex.prepare(h)
+	ex.rewrite(r)
 	resp, err := ex.RoundTrip(r)
 	if err != nil {
 		ex.fail(w, r, err)
@@ -318,6 +320,27 @@ func (ex *exchange) prepare(h http.Header) {
 	ex.p.startSpan(ex.ri, nil, h)
 }
 
+// rewrite applies the route's path and host rewrites to r, the upstream
+// request. Its path was matched (translateRoute: the rewrite is a path
+// and the route's match a prefix or a path), so only that part changes;
+// the query stays.
+func (ex *exchange) rewrite(r *http.Request) {
+	rt := ex.rt
+	if rt.PrefixRewrite != "" {
+		uri := rt.PrefixRewrite + r.URL.RequestURI()[rt.rewriteLen:]
+		path, query, hasQuery := strings.Cut(uri, "?")
+		if p, err := url.PathUnescape(path); err == nil {
+			r.URL.Path, r.URL.RawPath = p, path
+			if hasQuery {
+				r.URL.RawQuery = query
+			}
+		}
+	}
+	if rt.HostRewrite != "" {
+		r.Host = rt.HostRewrite
+	}
+}
+
 // modifyResponse applies the route's response header changes.
 func (ex *exchange) modifyResponse(resp *http.Response) {
 	for _, k := range ex.rt.RespRemove {
@@ -363,6 +386,7 @@ func (ex *exchange) reverseProxy(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 			ex.prepare(pr.Out.Header)
+			ex.rewrite(pr.Out)
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			ex.modifyResponse(resp)
