@@ -84,11 +84,23 @@ type StringMatch struct {
 	Present bool   `json:"present,omitempty"`
 }
 
-// HTTPModify changes headers of the requests a route sends upstream and of
-// the responses it returns.
+// HTTPModify changes the requests a route sends upstream (their path,
+// Host and headers) and the headers of the responses it returns.
 type HTTPModify struct {
+	// Path rewrites the path the rule's match names.
+	Path *PathModify `json:"path,omitempty"`
+	// Host, when set, is the requests' Host (:authority) upstream.
+	Host            string        `json:"host,omitempty"`
 	RequestHeaders  *HeaderModify `json:"requestHeaders,omitempty"`
 	ResponseHeaders *HeaderModify `json:"responseHeaders,omitempty"`
+}
+
+// PathModify rewrites a request's path: ReplacePrefix takes the place of
+// the prefix (or the exact path) the rule's match.path names, the rest of
+// the path and the query kept. With match.path.prefix /api/ and
+// replacePrefix /v2/, /api/items?x=1 goes upstream as /v2/items?x=1.
+type PathModify struct {
+	ReplacePrefix string `json:"replacePrefix"`
 }
 
 // HeaderModify sets headers (replacing any value) and removes others.

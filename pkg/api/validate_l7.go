@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // httpMethods are the methods a route may match.
@@ -39,9 +42,32 @@ func (v *validator) httpRoutes(field string, routes []HTTPRoute) {
 		}
 		v.splits(f+".split", r.Split, true)
 		if r.Modify != nil {
+			v.pathModify(f+".modify.path", r.Modify.Path, m.Path)
+			if h := r.Modify.Host; h != "" && !httpguts.ValidHostHeader(h) {
+				v.add(f+".modify.host", "%q is not a host", h)
+			}
 			v.headerModify(f+".modify.requestHeaders", r.Modify.RequestHeaders)
 			v.headerModify(f+".modify.responseHeaders", r.Modify.ResponseHeaders)
 		}
+	}
+}
+
+// pathModify checks a path rewrite: a path to put in place of the prefix
+// or exact path its rule matches.
+func (v *validator) pathModify(field string, pm *PathModify, match *StringMatch) {
+	if pm == nil {
+		return
+	}
+	rp := pm.ReplacePrefix
+	_, escErr := url.PathUnescape(rp)
+	switch {
+	case !strings.HasPrefix(rp, "/"):
+		v.add(field+".replacePrefix", "%q must start with /", rp)
+	case escErr != nil || strings.ContainsFunc(rp, func(c rune) bool { return c <= ' ' || c == 0x7f || c == '?' || c == '#' }):
+		v.add(field+".replacePrefix", "%q is not a path (escape spaces, ?, # and other special characters, as %%20)", rp)
+	}
+	if match == nil || match.Prefix == "" && match.Exact == "" {
+		v.add(field, "needs the rule's match.path to be a prefix or exact: it replaces what that matched")
 	}
 }
 
@@ -112,7 +138,7 @@ func (v *validator) headerModify(field string, m *HeaderModify) {
 	for _, name := range slices.Sorted(maps.Keys(m.Set)) {
 		v.headerName(fmt.Sprintf("%s.set[%s]", field, name), name)
 		if strings.EqualFold(name, "host") {
-			v.add(fmt.Sprintf("%s.set[%s]", field, name), "the host header cannot be changed")
+			v.add(fmt.Sprintf("%s.set[%s]", field, name), "the host header cannot be changed here (modify.host sets a request's Host)")
 		}
 		if strings.ContainsAny(m.Set[name], "\r\n\x00") {
 			v.add(fmt.Sprintf("%s.set[%s]", field, name), "a header value must not contain CR, LF or NUL")

@@ -74,7 +74,8 @@ type RouteOptions struct {
 // Protocol grpc, like a sidecar, and uses the result as its route
 // configuration; grpc-go reads a route's timeout from max_stream_duration,
 // not from timeout, so the caller copies Timeout there (grpc-go ignores
-// the header rewrites, and retries only on gRPC status conditions).
+// the path, Host and header rewrites, and retries only on gRPC status
+// conditions).
 func RouteConfig(o RouteOptions) *route.RouteConfiguration {
 	var routes []*route.Route
 	prefix := "default"
@@ -91,7 +92,7 @@ func RouteConfig(o RouteOptions) *route.RouteConfiguration {
 					Match:  routeMatch(r.Match),
 					Action: &route.Route_Route{Route: o.action(splitSubsets(o.Service, split))},
 				}
-				modifyHeaders(rt, r.Modify)
+				modify(rt, r.Modify)
 				routes = append(routes, rt)
 			}
 		}
@@ -235,10 +236,18 @@ func routeMatch(m api.HTTPMatch) *route.RouteMatch {
 	return rm
 }
 
-// modifyHeaders sets a route's header rewrites: set replaces any value.
-func modifyHeaders(rt *route.Route, m *api.HTTPModify) {
+// modify sets a route's rewrites: of the path (what the route's match
+// matched), the Host, and headers (set replaces any value).
+func modify(rt *route.Route, m *api.HTTPModify) {
 	if m == nil {
 		return
+	}
+	a := rt.GetRoute()
+	if m.Path != nil {
+		a.PrefixRewrite = m.Path.ReplacePrefix
+	}
+	if m.Host != "" {
+		a.HostRewriteSpecifier = &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: m.Host}
 	}
 	set := func(h *api.HeaderModify) []*core.HeaderValueOption {
 		if h == nil {

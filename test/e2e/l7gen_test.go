@@ -22,6 +22,8 @@ func httpVersion(t *testing.T, version string) string {
 	}
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("x-version", version)
+		w.Header().Set("x-uri", r.RequestURI)
+		w.Header().Set("x-host", r.Host)
 		fmt.Fprintf(w, "%s %s", version, r.Header.Get("x-routed"))
 	})}
 	go srv.Serve(ln)
@@ -32,8 +34,9 @@ func httpVersion(t *testing.T, version string) string {
 // TestL7GenSmoke: sidecars of services whose inbounds say ursa.io/protocol:
 // http, on the generator's HTTP connection managers: a request with
 // x-canary: 1 takes the TrafficRoute's http rule to v2, with the header the
-// rule sets; any other goes to v1 by the default route; over mTLS, the
-// inbound's HTTP RBAC answers a denied caller 403.
+// rule sets; any other goes to v1 by the default route; a rule's path and
+// Host rewrites reach the application; over mTLS, the inbound's HTTP RBAC
+// answers a denied caller 403.
 func TestL7GenSmoke(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1", "--vip-cidr", "127.241.0.0/16")
 	ctl(t, zone.api, `
@@ -57,6 +60,8 @@ spec:
   - match: {headers: {x-canary: {exact: "1"}}}
     split: [{weight: 100, tags: {version: v2}}]
     modify: {requestHeaders: {set: {x-routed: canary}}}
+  - match: {path: {prefix: /legacy/}}
+    modify: {path: {replacePrefix: /api/}, host: billing.internal}
   split: [{weight: 100, tags: {version: v1}}]
 `, "apply", "-f", "-")
 	dir := t.TempDir()
@@ -107,6 +112,19 @@ networking:
 		}
 		if code, body, err := get(false); err != nil || code != 200 || body != "v1 " {
 			t.Fatalf("no x-canary: %d %q %v, want v1", code, body, err)
+		}
+	}
+
+	// /legacy/ is /api/ to the application, on the Host the rule sets; a
+	// path the rule does not match goes as it came.
+	for path, want := range map[string][2]string{"/legacy/x?y=%2F": {"/api/x?y=%2F", "billing.internal"}, "/api/x": {"/api/x", vip}} {
+		resp, err := client.Get("http://" + vip + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := [2]string{resp.Header.Get("x-uri"), resp.Header.Get("x-host")}; resp.StatusCode != 200 || got != want {
+			t.Fatalf("%s: %d, the application saw %q; want %q", path, resp.StatusCode, got, want)
 		}
 	}
 
