@@ -13,8 +13,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -97,6 +99,13 @@ type Cluster struct {
 	Endpoints []Endpoint
 	// Overprovisioning, in percent, decides when a priority spills over.
 	Overprovisioning uint32
+	// RoundRobin (Envoy's ROUND_ROBIN, the default lb_policy) takes a
+	// priority's endpoints in turn, each as many times in a row as its
+	// weight; else (RANDOM) each pick is drawn by weight. next is the
+	// turn, from a random start, as Envoy's, so that proxies configured
+	// at once do not all begin with the same endpoint.
+	RoundRobin bool
+	next       *atomic.Uint32
 	// PanicThreshold, in percent (Envoy's healthy_panic_threshold,
 	// default 50; 0: never), is the share of a priority's endpoints
 	// below which, when the priorities cannot take all the load, it
@@ -171,7 +180,22 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		eds[a.ClusterName] = a
 	}
 	for _, c := range clusters {
+		// What the proxy would otherwise ignore of a cluster is NACKed.
+		if err := onlyFields(c, "name", "type", "eds_cluster_config", "load_assignment", "connect_timeout", "lb_policy",
+			"common_lb_config", "transport_socket", "typed_extension_protocol_options", "circuit_breakers",
+			"outlier_detection", "health_checks", "lrs_server"); err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
+		}
 		out := &Cluster{Name: c.Name, ConnectTimeout: 5 * time.Second, Overprovisioning: 140, PanicThreshold: defaultPanicThreshold}
+		switch lb := c.GetLbPolicy(); {
+		case lb == cluster.Cluster_ROUND_ROBIN:
+			out.RoundRobin, out.next = true, new(atomic.Uint32)
+			out.next.Store(rand.Uint32())
+		case lb == cluster.Cluster_RANDOM:
+		case lb == cluster.Cluster_CLUSTER_PROVIDED && c.GetType() == cluster.Cluster_ORIGINAL_DST:
+		default:
+			return nil, fmt.Errorf("cluster %q: lb_policy %s is not supported by the built-in proxy", c.Name, lb)
+		}
 		if d := c.GetConnectTimeout(); d != nil {
 			out.ConnectTimeout = d.AsDuration()
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -114,7 +115,11 @@ func TestRetryPreviousHosts(t *testing.T) {
 			if omit {
 				retry.RetryPolicy.RetryHostPredicate = previousHosts()
 			}
-			url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("r", nil, retry)), nil, staticHTTPCluster("svc", false, bad, good))
+			// Drawn at random: in turn (round robin), a retry made right
+			// after its first attempt takes the next endpoint anyway.
+			c := staticHTTPCluster("svc", false, bad, good)
+			c.LbPolicy = cluster.Cluster_RANDOM
+			url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("r", nil, retry)), nil, c)
 			failed := 0
 			for range 200 {
 				if resp, _ := get(t, h1Client(), url+"/"); resp.StatusCode != 200 {

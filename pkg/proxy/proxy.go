@@ -703,7 +703,12 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		if lv.avail == 0 {
 			return Endpoint{}, false
 		}
-		k := rand.Uint32N(lv.avail)
+		var k uint32
+		if c.RoundRobin {
+			k = c.next.Add(1) % lv.avail
+		} else {
+			k = rand.Uint32N(lv.avail)
+		}
 		for i, ep := range c.Endpoints {
 			if of[i] != li || !pickable(i) {
 				continue

@@ -8,9 +8,11 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -18,6 +20,8 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
@@ -271,6 +275,87 @@ func TestTranslateRefusesWhatItCannotRun(t *testing.T) {
 		{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: m}}}}}}
 	if _, err := translate([]*listener.Listener{l}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "http_connection_manager") {
 		t.Fatalf("an HTTP filter: %v", err)
+	}
+}
+
+// TestTranslateClusterRefusals: what a cluster sets that the proxy does
+// not do (another load balancer, a field it would ignore) is NACKed with
+// its name, as Envoy's unknown extensions are.
+func TestTranslateClusterRefusals(t *testing.T) {
+	for _, c := range []struct {
+		change func(*cluster.Cluster)
+		want   string
+	}{
+		{func(c *cluster.Cluster) { c.LbPolicy = cluster.Cluster_RING_HASH }, "lb_policy RING_HASH"},
+		{func(c *cluster.Cluster) { c.LbPolicy = cluster.Cluster_LEAST_REQUEST }, "lb_policy LEAST_REQUEST"},
+		{func(c *cluster.Cluster) { c.LbPolicy = cluster.Cluster_CLUSTER_PROVIDED }, "lb_policy CLUSTER_PROVIDED"},
+		{func(c *cluster.Cluster) {
+			c.LbConfig = &cluster.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &cluster.Cluster_RoundRobinLbConfig{}}
+		}, "round_robin_lb_config"},
+		{func(c *cluster.Cluster) { c.DnsRefreshRate = durationpb.New(time.Second) }, "dns_refresh_rate"},
+		{func(c *cluster.Cluster) { c.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1) }, "per_connection_buffer_limit_bytes"},
+	} {
+		cl := staticHTTPCluster("svc", false, "127.0.0.1:1")
+		c.change(cl)
+		_, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), `cluster "svc"`) {
+			t.Errorf("translate = %v; want an error naming cluster \"svc\" and %s", err, c.want)
+		}
+	}
+	for _, lb := range []cluster.Cluster_LbPolicy{cluster.Cluster_ROUND_ROBIN, cluster.Cluster_RANDOM} {
+		cl := staticHTTPCluster("svc", false, "127.0.0.1:1")
+		cl.LbPolicy = lb
+		if cfg, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil); err != nil || cfg.Clusters["svc"].RoundRobin != (lb == cluster.Cluster_ROUND_ROBIN) {
+			t.Errorf("lb_policy %s: %v", lb, err)
+		}
+	}
+}
+
+// TestPickRoundRobin: a ROUND_ROBIN cluster takes its endpoints in turn,
+// each as many times as its weight; a RANDOM one draws.
+func TestPickRoundRobin(t *testing.T) {
+	p := newProxy(t)
+	next := new(atomic.Uint32)
+	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: true, next: next, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1}, {Addr: "b:1", Weight: 1}, {Addr: "c:1", Weight: 1}}}
+	count := map[string]int{}
+	last := ""
+	for range 300 {
+		ep, _ := p.pick(c, nil)
+		if ep.Addr == last {
+			t.Fatalf("%s twice in a row", last)
+		}
+		last = ep.Addr
+		count[ep.Addr]++
+	}
+	if count["a:1"] != 100 || count["b:1"] != 100 || count["c:1"] != 100 {
+		t.Fatalf("equal weights: %v; want 100 each", count)
+	}
+	c.Endpoints[0].Weight = 2
+	clear(count)
+	for range 400 {
+		ep, _ := p.pick(c, nil)
+		count[ep.Addr]++
+	}
+	if count["a:1"] != 200 || count["b:1"] != 100 || count["c:1"] != 100 {
+		t.Fatalf("weights 2, 1, 1: %v; want 200, 100, 100", count)
+	}
+	// Drawn at random: 300 picks landing exactly 150, 75, 75 is a
+	// 1-in-334 chance; three runs of that, about 1 in 37 million.
+	c.RoundRobin = false
+	exact := 0
+	for range 3 {
+		clear(count)
+		for range 300 {
+			ep, _ := p.pick(c, nil)
+			count[ep.Addr]++
+		}
+		if count["a:1"] == 150 && count["b:1"] == 75 {
+			exact++
+		}
+	}
+	if exact == 3 {
+		t.Fatal("a RANDOM cluster picked in turn")
 	}
 }
 
