@@ -12,6 +12,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -139,6 +141,9 @@ type Endpoint struct {
 	Priority uint32
 	// Zone is its locality's zone: where its connections are counted.
 	Zone string
+	// Unhealthy is its health_status from EDS (UNHEALTHY, DRAINING or
+	// TIMEOUT): never healthy, whatever its checks say.
+	Unhealthy bool
 }
 
 // translate builds a Config from the latest resources of each type; key,
@@ -242,7 +247,10 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		}
 		out.Warming = cla == nil && !out.OriginalDst
 		if cla != nil {
-			out.Endpoints = endpointsOf(cla)
+			var err error
+			if out.Endpoints, err = endpointsOf(cla); err != nil {
+				return nil, fmt.Errorf("cluster %q: load assignment: %w", c.Name, err)
+			}
 			if f := cla.GetPolicy().GetOverprovisioningFactor(); f != nil {
 				out.Overprovisioning = f.GetValue()
 			}
@@ -274,20 +282,54 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 	return cfg, nil
 }
 
-func endpointsOf(cla *endpoint.ClusterLoadAssignment) []Endpoint {
+// endpointsOf reads a load assignment's endpoints, by priority. An
+// endpoint whose health_status is UNHEALTHY, DRAINING or TIMEOUT is kept
+// but not healthy, as in Envoy (it counts towards its priority's size);
+// a DEGRADED one, or a field the proxy would ignore, is refused.
+func endpointsOf(cla *endpoint.ClusterLoadAssignment) ([]Endpoint, error) {
+	if err := onlyFields(cla, "cluster_name", "endpoints", "policy"); err != nil {
+		return nil, err
+	}
+	if pol := cla.GetPolicy(); pol != nil {
+		if err := onlyFields(pol, "overprovisioning_factor"); err != nil {
+			return nil, err
+		}
+	}
 	var out []Endpoint
 	for _, loc := range cla.GetEndpoints() {
+		// Envoy weighs localities only with locality_weighted_lb_config,
+		// which a cluster here cannot set: their weight is not used.
+		if err := onlyFields(loc, "locality", "lb_endpoints", "load_balancing_weight", "priority"); err != nil {
+			return nil, err
+		}
 		for _, lb := range loc.GetLbEndpoints() {
-			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-			w := lb.GetLoadBalancingWeight().GetValue()
-			if w == 0 {
-				w = 1
+			if err := onlyFields(lb, "endpoint", "load_balancing_weight", "health_status"); err != nil {
+				return nil, err
 			}
-			out = append(out, Endpoint{Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()), Weight: w, Priority: loc.GetPriority(), Zone: loc.GetLocality().GetZone()})
+			if err := onlyFields(lb.GetEndpoint(), "address"); err != nil {
+				return nil, err
+			}
+			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa == nil {
+				return nil, errors.New("an endpoint without a socket address")
+			}
+			ep := Endpoint{Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()), Weight: lb.GetLoadBalancingWeight().GetValue(),
+				Priority: loc.GetPriority(), Zone: loc.GetLocality().GetZone()}
+			if ep.Weight == 0 {
+				ep.Weight = 1
+			}
+			switch st := lb.GetHealthStatus(); st {
+			case core.HealthStatus_UNKNOWN, core.HealthStatus_HEALTHY:
+			case core.HealthStatus_UNHEALTHY, core.HealthStatus_DRAINING, core.HealthStatus_TIMEOUT:
+				ep.Unhealthy = true
+			default:
+				return nil, fmt.Errorf("endpoint %s: health_status %s is not supported by the built-in proxy", ep.Addr, st)
+			}
+			out = append(out, ep)
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Priority < out[j].Priority })
-	return out
+	return out, nil
 }
 
 func translateListener(l *listener.Listener) (*Listener, error) {

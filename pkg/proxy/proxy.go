@@ -677,7 +677,7 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		// Priority loads follow health only: a retry avoids the endpoints
 		// it tried within the priority it lands in (Envoy's
 		// previous_hosts), it does not shift load to the next one.
-		ok := p.healthy(c.Name, ep.Addr)
+		ok := !ep.Unhealthy && p.healthy(c.Name, ep.Addr)
 		levels[li].hosts++
 		if ok {
 			levels[li].healthy++

@@ -14,6 +14,7 @@ import (
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -307,6 +308,58 @@ func TestTranslateClusterRefusals(t *testing.T) {
 		cl.LbPolicy = lb
 		if cfg, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil); err != nil || cfg.Clusters["svc"].RoundRobin != (lb == cluster.Cluster_ROUND_ROBIN) {
 			t.Errorf("lb_policy %s: %v", lb, err)
+		}
+	}
+}
+
+// TestEDSHealthStatus: an endpoint EDS says is UNHEALTHY, DRAINING or
+// TIMEOUT takes no calls while another can; DEGRADED, and what else an
+// assignment sets that the proxy would ignore, is NACKed with its name.
+func TestEDSHealthStatus(t *testing.T) {
+	lbe := func(port uint32, st core.HealthStatus) *endpoint.LbEndpoint {
+		return &endpoint.LbEndpoint{HealthStatus: st, HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socket("127.0.0.1", port)}}}
+	}
+	cla := func(eps ...*endpoint.LbEndpoint) *endpoint.ClusterLoadAssignment {
+		return &endpoint.ClusterLoadAssignment{ClusterName: "svc", Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: eps}}}
+	}
+	p := newProxy(t)
+	for _, st := range []core.HealthStatus{core.HealthStatus_UNHEALTHY, core.HealthStatus_DRAINING, core.HealthStatus_TIMEOUT} {
+		eps, err := endpointsOf(cla(lbe(1, st), lbe(2, core.HealthStatus_HEALTHY), lbe(3, core.HealthStatus_UNKNOWN)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Cluster{Name: "svc", Overprovisioning: 140, PanicThreshold: 50, Endpoints: eps}
+		for range 100 {
+			if ep, ok := p.pick(c, nil); !ok || ep.Addr == "127.0.0.1:1" {
+				t.Fatalf("%s: picked %v, %v", st, ep, ok)
+			}
+		}
+	}
+	for _, c := range []struct {
+		cla  *endpoint.ClusterLoadAssignment
+		want string
+	}{
+		{cla(lbe(1, core.HealthStatus_DEGRADED)), "health_status DEGRADED"},
+		{func() *endpoint.ClusterLoadAssignment {
+			a := cla(lbe(1, core.HealthStatus_HEALTHY))
+			a.Endpoints[0].LbEndpoints[0].Metadata = &core.Metadata{}
+			return a
+		}(), "metadata"},
+		{func() *endpoint.ClusterLoadAssignment {
+			a := cla(lbe(1, core.HealthStatus_HEALTHY))
+			a.Policy = &endpoint.ClusterLoadAssignment_Policy{DropOverloads: []*endpoint.ClusterLoadAssignment_Policy_DropOverload{{Category: "x"}}}
+			return a
+		}(), "drop_overloads"},
+		{func() *endpoint.ClusterLoadAssignment {
+			a := cla(lbe(1, core.HealthStatus_HEALTHY))
+			a.Endpoints[0].LbEndpoints[0].GetEndpoint().Hostname = "x"
+			return a
+		}(), "hostname"},
+	} {
+		cl := staticHTTPCluster("svc", false)
+		cl.LoadAssignment = c.cla
+		if _, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("translate = %v; want an error naming %s", err, c.want)
 		}
 	}
 }
