@@ -337,6 +337,17 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 	if sa == nil {
 		return nil, fmt.Errorf("listener %q: only socket addresses are supported", l.Name)
 	}
+	if err := onlyFields(l, "name", "address", "filter_chains", "use_original_dst", "default_filter_chain"); err != nil {
+		return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+	}
+	for _, fc := range append(l.GetFilterChains()[:len(l.GetFilterChains()):len(l.GetFilterChains())], l.GetDefaultFilterChain()) {
+		if fc == nil {
+			continue
+		}
+		if err := onlyFields(fc, "name", "filter_chain_match", "filters", "transport_socket"); err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+	}
 	out := &Listener{Name: l.Name, Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())}
 	if l.GetUseOriginalDst().GetValue() {
 		return origDstListener(out, l)
@@ -364,6 +375,18 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 	if ts := fc.GetTransportSocket(); ts != nil {
 		down := &tlsv3.DownstreamTlsContext{}
 		if err := ts.GetTypedConfig().UnmarshalTo(down); err != nil {
+			return false, nil, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
+		}
+		// mTLS as the CP sets it up: the identity and the CA from SDS, a
+		// client certificate always required.
+		err := onlyFields(down, "common_tls_context", "require_client_certificate")
+		if err == nil {
+			err = onlyFields(down.GetCommonTlsContext(), "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config", "alpn_protocols")
+		}
+		if err == nil && !down.GetRequireClientCertificate().GetValue() {
+			err = errors.New("the built-in proxy terminates mTLS only: require_client_certificate must be true")
+		}
+		if err != nil {
 			return false, nil, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
 		}
 		tls = true
@@ -421,16 +444,9 @@ func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
 		if len(tp.GetAccessLog()) > 0 {
 			return nil, fmt.Errorf("listener %q: tcp_proxy: access_log on an SNI filter chain is not supported by the built-in proxy", l.Name)
 		}
-		idle, err := tcpIdle(l.Name, tp)
+		routes, err := tcpProxyRoutes(l.Name, tp)
 		if err != nil {
 			return nil, err
-		}
-		var routes []Route
-		if c := tp.GetCluster(); c != "" {
-			routes = []Route{{Cluster: c, Weight: 1, IdleTimeout: idle}}
-		}
-		for _, wc := range tp.GetWeightedClusters().GetClusters() {
-			routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), IdleTimeout: idle})
 		}
 		for _, n := range names {
 			out.SNIRoutes[n] = routes

@@ -126,6 +126,20 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 	if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
 		return nil, fmt.Errorf("listener %q: tcp_proxy: %w", listenerName, err)
 	}
+	return tcpProxyRoutes(listenerName, tp)
+}
+
+// tcpProxyRoutes reads a tcp_proxy's clusters, each with its access logs
+// and idle timeout.
+func tcpProxyRoutes(listenerName string, tp *tcp.TcpProxy) ([]Route, error) {
+	if err := onlyFields(tp, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log"); err != nil {
+		return nil, fmt.Errorf("listener %q: %w", listenerName, err)
+	}
+	for _, wc := range tp.GetWeightedClusters().GetClusters() {
+		if err := onlyFields(wc, "name", "weight"); err != nil {
+			return nil, fmt.Errorf("listener %q: tcp_proxy: %w", listenerName, err)
+		}
+	}
 	logs, err := tcpAccessLogs(listenerName, tp)
 	if err != nil {
 		return nil, err

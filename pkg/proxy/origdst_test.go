@@ -18,12 +18,15 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 	"github.com/ursamesh/ursa/pkg/testutil"
+	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 func TestMatchDst(t *testing.T) {
@@ -245,4 +248,59 @@ func roundTrip(t *testing.T, addr string) string {
 		return ""
 	}
 	return strings.TrimSuffix(line, "\n")
+}
+
+// TestTranslateListenerRefusals: what a listener, its filter chains, its
+// downstream TLS or its tcp_proxy set that the proxy does not do is
+// NACKed with its name (these were ignored).
+func TestTranslateListenerRefusals(t *testing.T) {
+	tcpWith := func(change func(*tcp.TcpProxy)) []*listener.Filter {
+		tp := &tcp.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcp.TcpProxy_WeightedClusters{WeightedClusters: &tcp.TcpProxy_WeightedCluster{
+			Clusters: []*tcp.TcpProxy_WeightedCluster_ClusterWeight{{Name: "billing", Weight: 1}}}}}
+		change(tp)
+		return []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: xds.MustAny(tp)}}}
+	}
+	for _, c := range []struct {
+		l    *listener.Listener
+		want string
+	}{
+		{func() *listener.Listener {
+			l := outboundListener(t, "127.0.0.1", 0)
+			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector"}}
+			return l
+		}(), "listener_filters"},
+		{func() *listener.Listener {
+			l := outboundListener(t, "127.0.0.1", 0)
+			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1)
+			return l
+		}(), "per_connection_buffer_limit_bytes"},
+		{func() *listener.Listener {
+			l := outboundListener(t, "127.0.0.1", 0)
+			l.DefaultFilterChain.TransportSocketConnectTimeout = durationpb.New(time.Second)
+			return l
+		}(), "transport_socket_connect_timeout"},
+		{func() *listener.Listener {
+			l := inboundHTTPListener("in", "billing", "app")
+			down := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(false)}
+			l.FilterChains[0].TransportSocket.ConfigType = &core.TransportSocket_TypedConfig{TypedConfig: xds.MustAny(down)}
+			return l
+		}(), "require_client_certificate must be true"},
+		{func() *listener.Listener {
+			l := inboundHTTPListener("in", "billing", "app")
+			down := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true),
+				CommonTlsContext: &tlsv3.CommonTlsContext{TlsParams: &tlsv3.TlsParameters{}}}
+			l.FilterChains[0].TransportSocket.ConfigType = &core.TransportSocket_TypedConfig{TypedConfig: xds.MustAny(down)}
+			return l
+		}(), "tls_params"},
+		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
+			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxConnectAttempts = wrapperspb.UInt32(3) })}}}, "max_connect_attempts"},
+		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
+			Filters: tcpWith(func(tp *tcp.TcpProxy) {
+				tp.GetWeightedClusters().Clusters[0].MetadataMatch = &core.Metadata{}
+			})}}}, "metadata_match"},
+	} {
+		if _, err := translate([]*listener.Listener{c.l}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("translate = %v; want an error naming %s", err, c.want)
+		}
+	}
 }
