@@ -25,10 +25,12 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 )
 
 // Config is everything the proxy runs, translated from xDS resources.
@@ -337,8 +339,15 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 	if sa == nil {
 		return nil, fmt.Errorf("listener %q: only socket addresses are supported", l.Name)
 	}
-	if err := onlyFields(l, "name", "address", "filter_chains", "use_original_dst", "default_filter_chain"); err != nil {
+	if err := onlyFields(l, "name", "address", "filter_chains", "use_original_dst", "default_filter_chain", "listener_filters"); err != nil {
 		return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+	}
+	for _, lf := range l.GetListenerFilters() {
+		// The proxy reads a ClientHello's server name itself, as the TLS
+		// inspector does for Envoy's server_names matches.
+		if tc := lf.GetTypedConfig(); tc != nil && !tc.MessageIs(&tlsinspector.TlsInspector{}) || tc == nil && lf.GetName() != wellknown.TlsInspector {
+			return nil, fmt.Errorf("listener %q: listener filter %q (%s) is not supported by the built-in proxy", l.Name, lf.GetName(), lf.GetTypedConfig().GetTypeUrl())
+		}
 	}
 	for _, fc := range append(l.GetFilterChains()[:len(l.GetFilterChains()):len(l.GetFilterChains())], l.GetDefaultFilterChain()) {
 		if fc == nil {

@@ -266,9 +266,9 @@ func TestTranslateListenerRefusals(t *testing.T) {
 	}{
 		{func() *listener.Listener {
 			l := outboundListener(t, "127.0.0.1", 0)
-			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector"}}
+			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.http_inspector"}}
 			return l
-		}(), "listener_filters"},
+		}(), "listener filter \"envoy.filters.listener.http_inspector\""},
 		{func() *listener.Listener {
 			l := outboundListener(t, "127.0.0.1", 0)
 			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1)
