@@ -211,6 +211,9 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 			if err := ts.GetTypedConfig().UnmarshalTo(up); err != nil {
 				return nil, fmt.Errorf("cluster %q: transport socket: %w", c.Name, err)
 			}
+			if err := upstreamTLSFields(up); err != nil {
+				return nil, fmt.Errorf("cluster %q: transport socket: %w", c.Name, err)
+			}
 			out.TLS, out.SNI, out.ALPN = true, up.GetSni(), up.GetCommonTlsContext().GetAlpnProtocols()
 			var err error
 			if out.ServerSANs, out.WantSANs, err = serverSANs(up.GetCommonTlsContext()); err != nil {
@@ -282,6 +285,27 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		cfg.Listeners[l.Name] = out
 	}
 	return cfg, nil
+}
+
+// upstreamTLSFields refuses what an UpstreamTlsContext sets beyond what
+// the proxy does: mTLS with the identity and CA from SDS, an SNI, ALPN,
+// and the URI SANs the server's certificate must have.
+func upstreamTLSFields(up *tlsv3.UpstreamTlsContext) error {
+	if err := onlyFields(up, "common_tls_context", "sni"); err != nil {
+		return err
+	}
+	common := up.GetCommonTlsContext()
+	if err := onlyFields(common, "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
+		"combined_validation_context", "alpn_protocols"); err != nil {
+		return err
+	}
+	if cv := common.GetCombinedValidationContext(); cv != nil {
+		if err := onlyFields(cv, "default_validation_context", "validation_context_sds_secret_config"); err != nil {
+			return err
+		}
+		return onlyFields(cv.GetDefaultValidationContext(), "match_typed_subject_alt_names")
+	}
+	return nil
 }
 
 // endpointsOf reads a load assignment's endpoints, by priority. An

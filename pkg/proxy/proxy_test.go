@@ -17,6 +17,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
@@ -27,6 +28,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/testutil"
+	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 func newProxy(t *testing.T) *Proxy {
@@ -294,6 +296,16 @@ func TestTranslateClusterRefusals(t *testing.T) {
 			c.LbConfig = &cluster.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &cluster.Cluster_RoundRobinLbConfig{}}
 		}, "round_robin_lb_config"},
 		{func(c *cluster.Cluster) { c.DnsRefreshRate = durationpb.New(time.Second) }, "dns_refresh_rate"},
+		{func(c *cluster.Cluster) {
+			c.TransportSocket = &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{
+				TypedConfig: xds.MustAny(&tlsv3.UpstreamTlsContext{Sni: "x", MaxSessionKeys: wrapperspb.UInt32(0)})}}
+		}, "max_session_keys"},
+		{func(c *cluster.Cluster) {
+			c.TransportSocket = &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{
+				TypedConfig: xds.MustAny(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+					ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+						DefaultValidationContext: &tlsv3.CertificateValidationContext{TrustChainVerification: tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED}}}}})}}
+		}, "trust_chain_verification"},
 		{func(c *cluster.Cluster) { c.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1) }, "per_connection_buffer_limit_bytes"},
 	} {
 		cl := staticHTTPCluster("svc", false, "127.0.0.1:1")
