@@ -162,6 +162,9 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		cfg.RouteTables[rc.GetName()] = t
 	}
 	for _, s := range secrets {
+		if err := secretFields(s); err != nil {
+			return nil, fmt.Errorf("secret %q: %w", s.Name, err)
+		}
 		switch {
 		case s.GetTlsCertificate() != nil:
 			id, err := identityOf(s.GetTlsCertificate(), key)
@@ -285,6 +288,33 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		cfg.Listeners[l.Name] = out
 	}
 	return cfg, nil
+}
+
+// secretFields refuses what a secret sets beyond what the proxy reads: a
+// certificate chain and key, or a CA and its revocation list, inline.
+func secretFields(s *tlsv3.Secret) error {
+	if err := onlyFields(s, "name", "tls_certificate", "validation_context"); err != nil {
+		return err
+	}
+	var sources []*core.DataSource
+	if tc := s.GetTlsCertificate(); tc != nil {
+		if err := onlyFields(tc, "certificate_chain", "private_key"); err != nil {
+			return err
+		}
+		sources = append(sources, tc.GetCertificateChain(), tc.GetPrivateKey())
+	}
+	if vc := s.GetValidationContext(); vc != nil {
+		if err := onlyFields(vc, "trusted_ca", "crl"); err != nil {
+			return err
+		}
+		sources = append(sources, vc.GetTrustedCa(), vc.GetCrl())
+	}
+	for _, ds := range sources {
+		if ds != nil && ds.GetSpecifier() != nil && ds.GetInlineBytes() == nil {
+			return errors.New("only inline_bytes data sources are supported by the built-in proxy")
+		}
+	}
+	return nil
 }
 
 // upstreamTLSFields refuses what an UpstreamTlsContext sets beyond what

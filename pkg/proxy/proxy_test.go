@@ -324,6 +324,35 @@ func TestTranslateClusterRefusals(t *testing.T) {
 	}
 }
 
+// TestTranslateSecretRefusals: a secret that asks for more than a
+// certificate and key or a CA and its CRL, inline, is NACKed with its name:
+// a validation context's SAN matches ignored would accept any peer.
+func TestTranslateSecretRefusals(t *testing.T) {
+	ca := func(change func(*tlsv3.CertificateValidationContext)) *tlsv3.Secret {
+		vc := &tlsv3.CertificateValidationContext{TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: []byte("x")}}}
+		change(vc)
+		return &tlsv3.Secret{Name: "mesh-ca", Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}
+	}
+	for _, c := range []struct {
+		s    *tlsv3.Secret
+		want string
+	}{
+		{ca(func(vc *tlsv3.CertificateValidationContext) {
+			vc.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_URI}}
+		}), "match_typed_subject_alt_names"},
+		{ca(func(vc *tlsv3.CertificateValidationContext) { vc.AllowExpiredCertificate = true }), "allow_expired_certificate"},
+		{ca(func(vc *tlsv3.CertificateValidationContext) {
+			vc.TrustedCa = &core.DataSource{Specifier: &core.DataSource_Filename{Filename: "/etc/ca.pem"}}
+		}), "inline_bytes"},
+		{&tlsv3.Secret{Name: "identity", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			Password: &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: "x"}}}}}, "password"},
+	} {
+		if _, err := translate(nil, nil, nil, []*tlsv3.Secret{c.s}, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("translate = %v; want an error naming %s", err, c.want)
+		}
+	}
+}
+
 // TestEDSHealthStatus: an endpoint EDS says is UNHEALTHY, DRAINING or
 // TIMEOUT takes no calls while another can; DEGRADED, and what else an
 // assignment sets that the proxy would ignore, is NACKed with its name.
