@@ -103,8 +103,8 @@ func TestTranslateAccessLogsRefuses(t *testing.T) {
 		log  *accesslogv3.AccessLog
 		want string
 	}{
-		"filter":            {withFilter, "filter is not supported"},
-		"json format":       {jsonFile, "json_format is not supported"},
+		"filter":            {withFilter, "AccessLog.filter: not supported"},
+		"json format":       {jsonFile, "json_format: not supported"},
 		"unknown operator":  {fileLogger(t, "/tmp/x", "%NOPE%\n"), "%NOPE% is not supported"},
 		"bad record format": {badRecord, `"message": format position 0: command operator %BOGUS%`},
 		"fluentd no tag":    {noTag, "cluster and tag are required"},

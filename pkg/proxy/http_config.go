@@ -21,7 +21,6 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -148,21 +147,11 @@ type faultFilter struct {
 var retryOns = []string{"5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
 	"retriable-status-codes", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
 
-// onlyFields names a field set in m that is not one of allowed: the proxy
-// NACKs what it would otherwise silently ignore.
+// onlyFields names the fields set in m that are not among allowed, under
+// m's message name: the proxy NACKs what it would otherwise silently
+// ignore.
 func onlyFields(m proto.Message, allowed ...string) error {
-	var bad []string
-	m.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
-		if !slices.Contains(allowed, string(fd.Name())) {
-			bad = append(bad, string(fd.Name()))
-		}
-		return true
-	})
-	if len(bad) > 0 {
-		slices.Sort(bad)
-		return fmt.Errorf("%s %s is not supported by the built-in proxy", m.ProtoReflect().Descriptor().Name(), bad[0])
-	}
-	return nil
+	return unsupportedFields(m, string(m.ProtoReflect().Descriptor().Name()), allowed...)
 }
 
 // translateHCM reads an HTTP connection manager filter.

@@ -93,12 +93,12 @@ func TestTranslateTracing(t *testing.T) {
 		want string
 	}{
 		"zipkin option":   {unknownOption, "trace_context_option 7 is not supported"},
-		"verbose":         {verbose, "verbose is not supported"},
-		"upstream span":   {upstreamSpan, "spawn_upstream_span is not supported"},
+		"verbose":         {verbose, "Tracing.verbose: not supported"},
+		"upstream span":   {upstreamSpan, "spawn_upstream_span: not supported"},
 		"overall":         {overall, "overall_sampling other than 100"},
 		"zipkin 64-bit":   {bits64, "trace_id_128bit must be true"},
 		"zipkin proto":    {protoZipkin, "HTTP_PROTO is not supported"},
-		"otel sampler":    {sampler, "sampler is not supported"},
+		"otel sampler":    {sampler, "sampler: not supported"},
 		"other provider":  {other, "provider envoy.config.trace.v3.DatadogConfig is not supported"},
 		"no provider":     {&hcm.HttpConnectionManager_Tracing{}, "no provider"},
 		"no otel cluster": {otelTracing(t, "", "s", 100), "cluster_name is required"},
