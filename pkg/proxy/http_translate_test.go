@@ -182,7 +182,11 @@ func FuzzHTTPRouteConfig(f *testing.F) {
 			{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true}}}}, toCluster("v2"))
 	canary.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx,reset", NumRetries: wrapperspb.UInt32(3), PerTryTimeout: durationpb.New(time.Second)}
 	canary.RequestHeadersToAdd = []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "x", Value: "y"}}}
-	for _, m := range []proto.Message{routeConfig("outbound:svc", canary, routeTo("default", nil, toCluster("v1")))} {
+	rewritten := toCluster("v1")
+	rewritten.PrefixRewrite, rewritten.HostRewriteSpecifier = "/v2/", &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "svc.internal"}
+	legacy := routeTo("legacy", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/a/"}}, rewritten)
+	for _, m := range []proto.Message{routeConfig("outbound:svc", canary, routeTo("default", nil, toCluster("v1"))),
+		routeConfig("outbound:svc", legacy, routeTo("default", nil, toCluster("v1")))} {
 		b, _ := proto.Marshal(m)
 		f.Add(b, false)
 	}
@@ -212,10 +216,21 @@ func FuzzHTTPRouteConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		req := httptest.NewRequest("GET", "http://svc.mesh/a/b?c=d", nil)
-		req.Header.Set("x-canary", "1")
 		for _, table := range cfg.RouteTables {
-			table.route(req)
+			for _, target := range []string{"/a/b?c=d", "/a/%2F%20x", "/", "/a"} {
+				req := httptest.NewRequest("GET", "http://svc.mesh"+target, nil)
+				req.Header.Set("x-canary", "1")
+				rt := table.route(req)
+				if rt == nil {
+					continue
+				}
+				// A rewrite leaves a request that can be sent: its path
+				// begins with the rewrite, its query is the caller's.
+				(&exchange{rt: rt}).rewrite(req)
+				if uri := req.URL.RequestURI(); rt.PrefixRewrite != "" && !strings.HasPrefix(uri, rt.PrefixRewrite) || req.URL.RawQuery != strings.TrimPrefix(target[strings.IndexByte(target+"?", '?'):], "?") {
+					t.Fatalf("%s rewritten by %q: %q", target, rt.PrefixRewrite, uri)
+				}
+			}
 		}
 	})
 }
