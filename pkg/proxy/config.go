@@ -14,10 +14,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -103,13 +101,10 @@ type Cluster struct {
 	Endpoints []Endpoint
 	// Overprovisioning, in percent, decides when a priority spills over.
 	Overprovisioning uint32
-	// RoundRobin (Envoy's ROUND_ROBIN, the default lb_policy) takes a
-	// priority's endpoints in turn, each as many times in a row as its
-	// weight; else (RANDOM) each pick is drawn by weight. next is the
-	// turn, from a random start, as Envoy's, so that proxies configured
-	// at once do not all begin with the same endpoint.
-	RoundRobin bool
-	next       *atomic.Uint32
+	// RoundRobin, for Envoy's ROUND_ROBIN (the default lb_policy), takes
+	// a priority's endpoints in turn by weight; nil (RANDOM) draws each
+	// pick by weight.
+	RoundRobin *roundRobin
 	// PanicThreshold, in percent (Envoy's healthy_panic_threshold,
 	// default 50; 0: never), is the share of a priority's endpoints
 	// below which, when the priorities cannot take all the load, it
@@ -143,9 +138,11 @@ type Endpoint struct {
 	Priority uint32
 	// Zone is its locality's zone: where its connections are counted.
 	Zone string
-	// Unhealthy is its health_status from EDS (UNHEALTHY, DRAINING or
-	// TIMEOUT): never healthy, whatever its checks say.
-	Unhealthy bool
+	// Unhealthy is its health_status from EDS (UNHEALTHY or TIMEOUT):
+	// never healthy, whatever its checks say. Excluded (DRAINING) is not
+	// counted at all, as Envoy excludes it: neither in its priority's size
+	// nor in its health; it takes calls only in panic.
+	Unhealthy, Excluded bool
 }
 
 // translate builds a Config from the latest resources of each type; key,
@@ -197,12 +194,14 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 			return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 		}
 		out := &Cluster{Name: c.Name, ConnectTimeout: 5 * time.Second, Overprovisioning: 140, PanicThreshold: defaultPanicThreshold}
-		switch lb := c.GetLbPolicy(); {
+		// As Envoy: an ORIGINAL_DST cluster's balancer is its own
+		// (CLUSTER_PROVIDED), and only its.
+		switch lb, origDst := c.GetLbPolicy(), c.GetType() == cluster.Cluster_ORIGINAL_DST; {
+		case origDst != (lb == cluster.Cluster_CLUSTER_PROVIDED):
+			return nil, fmt.Errorf("cluster %q: lb_policy %s with type %s is not supported", c.Name, lb, c.GetType())
 		case lb == cluster.Cluster_ROUND_ROBIN:
-			out.RoundRobin, out.next = true, new(atomic.Uint32)
-			out.next.Store(rand.Uint32())
-		case lb == cluster.Cluster_RANDOM:
-		case lb == cluster.Cluster_CLUSTER_PROVIDED && c.GetType() == cluster.Cluster_ORIGINAL_DST:
+			out.RoundRobin = &roundRobin{}
+		case lb == cluster.Cluster_RANDOM, origDst:
 		default:
 			return nil, fmt.Errorf("cluster %q: lb_policy %s is not supported by the built-in proxy", c.Name, lb)
 		}
@@ -339,9 +338,10 @@ func upstreamTLSFields(up *tlsv3.UpstreamTlsContext) error {
 }
 
 // endpointsOf reads a load assignment's endpoints, by priority. An
-// endpoint whose health_status is UNHEALTHY, DRAINING or TIMEOUT is kept
-// but not healthy, as in Envoy (it counts towards its priority's size);
-// a DEGRADED one, or a field the proxy would ignore, is refused.
+// endpoint whose health_status is UNHEALTHY or TIMEOUT is kept but not
+// healthy, as in Envoy (it counts towards its priority's size); a
+// DRAINING one is excluded; a DEGRADED one, or a field the proxy would
+// ignore, is refused.
 func endpointsOf(cla *endpoint.ClusterLoadAssignment) ([]Endpoint, error) {
 	if err := onlyFields(cla, "cluster_name", "endpoints", "policy"); err != nil {
 		return nil, err
@@ -376,8 +376,10 @@ func endpointsOf(cla *endpoint.ClusterLoadAssignment) ([]Endpoint, error) {
 			}
 			switch st := lb.GetHealthStatus(); st {
 			case core.HealthStatus_UNKNOWN, core.HealthStatus_HEALTHY:
-			case core.HealthStatus_UNHEALTHY, core.HealthStatus_DRAINING, core.HealthStatus_TIMEOUT:
+			case core.HealthStatus_UNHEALTHY, core.HealthStatus_TIMEOUT:
 				ep.Unhealthy = true
+			case core.HealthStatus_DRAINING:
+				ep.Excluded = true
 			default:
 				return nil, fmt.Errorf("endpoint %s: health_status %s is not supported by the built-in proxy", ep.Addr, st)
 			}

@@ -677,8 +677,10 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		// Priority loads follow health only: a retry avoids the endpoints
 		// it tried within the priority it lands in (Envoy's
 		// previous_hosts), it does not shift load to the next one.
-		ok := !ep.Unhealthy && p.healthy(c.Name, ep.Addr)
-		levels[li].hosts++
+		ok := !ep.Unhealthy && !ep.Excluded && p.healthy(c.Name, ep.Addr)
+		if !ep.Excluded {
+			levels[li].hosts++
+		}
 		if ok {
 			levels[li].healthy++
 			n++
@@ -703,12 +705,14 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		if lv.avail == 0 {
 			return Endpoint{}, false
 		}
-		var k uint32
-		if c.RoundRobin {
-			k = c.next.Add(1) % lv.avail
-		} else {
-			k = rand.Uint32N(lv.avail)
+		if rr := c.RoundRobin; rr != nil {
+			i := rr.next(c.Endpoints, func(i int) bool { return of[i] == li && pickable(i) })
+			if lv.panic {
+				p.panics.WithLabelValues(c.Name).Inc()
+			}
+			return c.Endpoints[i], true
 		}
+		k := rand.Uint32N(lv.avail)
 		for i, ep := range c.Endpoints {
 			if of[i] != li || !pickable(i) {
 				continue
@@ -742,6 +746,51 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 	return Endpoint{}, false
 }
 
+// roundRobin is a ROUND_ROBIN cluster's turns: smooth weighted round
+// robin, which takes endpoints of equal weight in rotation and spreads a
+// heavier one's turns among the others' rather than in a row (Envoy's EDF
+// scheduler orders them alike), from a random start, as Envoy seeds its
+// own, so that proxies configured at once do not all begin with the same
+// endpoint. Only endpoints of one priority are ever candidates together,
+// and only candidates move, so each priority keeps its own rotation.
+type roundRobin struct {
+	mu      sync.Mutex
+	current []int64 // by endpoint
+}
+
+// rrUnit is how finely roundRobin's random start is drawn: a 1024th of
+// a weight.
+const rrUnit = 1 << 10
+
+// next is the index of the endpoint whose turn it is among those of eps
+// that candidate admits (at least one).
+func (rr *roundRobin) next(eps []Endpoint, candidate func(int) bool) int {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if len(rr.current) != len(eps) {
+		// Each starts less than its own weight ahead, in units of a
+		// 1024th of a weight (the order does not depend on the unit):
+		// random, yet never two turns in a row for equal weights.
+		rr.current = make([]int64, len(eps))
+		for i, ep := range eps {
+			rr.current[i] = rand.Int64N(int64(ep.Weight)*rrUnit + 1)
+		}
+	}
+	best, total := -1, int64(0)
+	for i, ep := range eps {
+		if !candidate(i) {
+			continue
+		}
+		rr.current[i] += int64(ep.Weight) * rrUnit
+		total += int64(ep.Weight) * rrUnit
+		if best < 0 || rr.current[i] > rr.current[best] {
+			best = i
+		}
+	}
+	rr.current[best] -= total
+	return best
+}
+
 // priorityLevel is what pick knows of one priority of a cluster.
 type priorityLevel struct {
 	prio           uint32
@@ -754,11 +803,14 @@ type priorityLevel struct {
 // priorityLoads sets each level's load and panic as Envoy does, and
 // returns their sum (0: nothing can be picked).
 func priorityLoads(levels []priorityLevel, c *Cluster) uint32 {
-	remaining := uint32(100)
+	remaining, hosts := uint32(100), uint32(0)
 	for i := range levels {
 		lv := &levels[i]
-		lv.load = min(remaining, c.Overprovisioning*lv.healthy/lv.hosts, 100)
+		if lv.hosts > 0 { // none when all its endpoints are excluded
+			lv.load = min(remaining, c.Overprovisioning*lv.healthy/lv.hosts, 100)
+		}
 		remaining -= lv.load
+		hosts += lv.hosts
 	}
 	sum := 100 - remaining
 	if sum == 100 || c.PanicThreshold == 0 {
@@ -770,10 +822,10 @@ func priorityLoads(levels []priorityLevel, c *Cluster) uint32 {
 		lv.panic = float64(lv.healthy)*100 < c.PanicThreshold*float64(lv.hosts)
 		all = all && lv.panic
 	}
-	if all {
+	if all && hosts > 0 {
 		sum = 0
 		for i := range levels {
-			levels[i].load = levels[i].hosts * 100 / uint32(len(c.Endpoints))
+			levels[i].load = levels[i].hosts * 100 / hosts
 			sum += levels[i].load
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -293,6 +292,9 @@ func TestTranslateClusterRefusals(t *testing.T) {
 		{func(c *cluster.Cluster) { c.LbPolicy = cluster.Cluster_LEAST_REQUEST }, "lb_policy LEAST_REQUEST"},
 		{func(c *cluster.Cluster) { c.LbPolicy = cluster.Cluster_CLUSTER_PROVIDED }, "lb_policy CLUSTER_PROVIDED"},
 		{func(c *cluster.Cluster) {
+			c.ClusterDiscoveryType, c.LoadAssignment = &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST}, nil
+		}, "lb_policy ROUND_ROBIN with type ORIGINAL_DST"},
+		{func(c *cluster.Cluster) {
 			c.LbConfig = &cluster.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &cluster.Cluster_RoundRobinLbConfig{}}
 		}, "round_robin_lb_config"},
 		{func(c *cluster.Cluster) { c.DnsRefreshRate = durationpb.New(time.Second) }, "dns_refresh_rate"},
@@ -318,7 +320,7 @@ func TestTranslateClusterRefusals(t *testing.T) {
 	for _, lb := range []cluster.Cluster_LbPolicy{cluster.Cluster_ROUND_ROBIN, cluster.Cluster_RANDOM} {
 		cl := staticHTTPCluster("svc", false, "127.0.0.1:1")
 		cl.LbPolicy = lb
-		if cfg, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil); err != nil || cfg.Clusters["svc"].RoundRobin != (lb == cluster.Cluster_ROUND_ROBIN) {
+		if cfg, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil); err != nil || (cfg.Clusters["svc"].RoundRobin != nil) != (lb == cluster.Cluster_ROUND_ROBIN) {
 			t.Errorf("lb_policy %s: %v", lb, err)
 		}
 	}
@@ -405,51 +407,105 @@ func TestEDSHealthStatus(t *testing.T) {
 	}
 }
 
-// TestPickRoundRobin: a ROUND_ROBIN cluster takes its endpoints in turn,
-// each as many times as its weight; a RANDOM one draws.
+// TestPickRoundRobin: a ROUND_ROBIN cluster takes its endpoints in
+// rotation, a heavier one's turns spread among the others' (as Envoy's
+// EDF scheduler does, not in a row), each priority in its own rotation;
+// a RANDOM one draws.
 func TestPickRoundRobin(t *testing.T) {
 	p := newProxy(t)
-	next := new(atomic.Uint32)
-	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: true, next: next, Endpoints: []Endpoint{
-		{Addr: "a:1", Weight: 1}, {Addr: "b:1", Weight: 1}, {Addr: "c:1", Weight: 1}}}
-	count := map[string]int{}
-	last := ""
-	for range 300 {
-		ep, _ := p.pick(c, nil)
-		if ep.Addr == last {
-			t.Fatalf("%s twice in a row", last)
-		}
-		last = ep.Addr
-		count[ep.Addr]++
-	}
-	if count["a:1"] != 100 || count["b:1"] != 100 || count["c:1"] != 100 {
-		t.Fatalf("equal weights: %v; want 100 each", count)
-	}
-	c.Endpoints[0].Weight = 2
-	clear(count)
-	for range 400 {
-		ep, _ := p.pick(c, nil)
-		count[ep.Addr]++
-	}
-	if count["a:1"] != 200 || count["b:1"] != 100 || count["c:1"] != 100 {
-		t.Fatalf("weights 2, 1, 1: %v; want 200, 100, 100", count)
-	}
-	// Drawn at random: 300 picks landing exactly 150, 75, 75 is a
-	// 1-in-334 chance; three runs of that, about 1 in 37 million.
-	c.RoundRobin = false
-	exact := 0
-	for range 3 {
-		clear(count)
-		for range 300 {
+	order := func(c *Cluster, n int) string {
+		var b strings.Builder
+		for range n {
 			ep, _ := p.pick(c, nil)
-			count[ep.Addr]++
+			b.WriteByte(ep.Addr[0])
 		}
-		if count["a:1"] == 150 && count["b:1"] == 75 {
-			exact++
+		return b.String()
+	}
+	// The start is random, and so the order: a rotation of len(cycle) is
+	// a sequence that repeats every len(cycle) picks, each of cycle once.
+	rotates := func(got, cycle string) bool {
+		for i := range got {
+			if i+len(cycle) < len(got) && got[i] != got[i+len(cycle)] {
+				return false
+			}
+		}
+		for _, r := range cycle {
+			if !strings.ContainsRune(got[:min(len(cycle), len(got))], r) {
+				return false
+			}
+		}
+		return true
+	}
+	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1}, {Addr: "b:1", Weight: 1}, {Addr: "c:1", Weight: 1}}}
+	if got := order(c, 30); !rotates(got, "abc") {
+		t.Fatalf("equal weights: %s; want a, b and c in rotation", got)
+	}
+	// Weights 3 and 3: alternating, not three in a row each.
+	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 3}, {Addr: "b:1", Weight: 3}}}
+	if got := order(c, 30); !rotates(got, "ab") {
+		t.Fatalf("weights 3, 3: %s; want them alternating", got)
+	}
+	// Weights 2, 1, 1: a half the picks, never three in a row.
+	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 2}, {Addr: "b:1", Weight: 1}, {Addr: "c:1", Weight: 1}}}
+	got := order(c, 400)
+	if strings.Count(got, "a") != 200 || strings.Count(got, "b") != 100 || strings.Contains(got, "aaa") {
+		t.Fatalf("weights 2, 1, 1: %s; want a half the picks, never three in a row", got[:40])
+	}
+	// Weights 1 and 20, as an ingress of one instance beside one of
+	// twenty: the one's turns are spread, not in a run.
+	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1}, {Addr: "b:1", Weight: 20}}}
+	if got := order(c, 210); strings.Count(got, "a") != 10 || strings.Contains(got, "aa") {
+		t.Fatalf("weights 1, 20: %s; want a once every 21", got)
+	}
+	// Two priorities, the first with one healthy endpoint of two (70 %
+	// of the load): each priority's picks rotate among its own.
+	p.FirstEjection = time.Minute
+	c = &Cluster{Name: "prio", Overprovisioning: 140, PanicThreshold: 0, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1}, {Addr: "x:1", Weight: 1, Unhealthy: true},
+		{Addr: "b:1", Weight: 1, Priority: 1}, {Addr: "c:1", Weight: 1, Priority: 1}}}
+	got = order(c, 600)
+	var second strings.Builder
+	for _, r := range got {
+		if r != 'a' {
+			second.WriteRune(r)
 		}
 	}
-	if exact == 3 {
-		t.Fatal("a RANDOM cluster picked in turn")
+	if !rotates(second.String(), "bc") || strings.Contains(got, "x") {
+		t.Fatalf("priority 1's picks: %s; want b and c alternating", second.String())
+	}
+	// Drawn at random: equal weights in strict rotation over 30 picks
+	// three times is a chance of about 1 in 10^40.
+	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1}, {Addr: "b:1", Weight: 1}, {Addr: "c:1", Weight: 1}}}
+	if a, b, d := order(c, 30), order(c, 30), order(c, 30); rotates(a, "abc") && rotates(b, "abc") && rotates(d, "abc") {
+		t.Fatal("a RANDOM cluster picked in rotation")
+	}
+}
+
+// TestPickDraining: a DRAINING endpoint is left out of its priority's
+// size and health, as Envoy excludes it: one healthy endpoint beside two
+// draining ones keeps all the load and is not in panic; draining ones take
+// calls only when their priority is in panic.
+func TestPickDraining(t *testing.T) {
+	p := newProxy(t)
+	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+		{Addr: "a:1", Weight: 1}, {Addr: "d:1", Weight: 1, Excluded: true}, {Addr: "e:1", Weight: 1, Excluded: true},
+		{Addr: "z:1", Weight: 1, Priority: 1}}}
+	for range 300 {
+		if ep, ok := p.pick(c, nil); !ok || ep.Addr != "a:1" {
+			t.Fatalf("picked %v, %v; want a:1 only", ep, ok)
+		}
+	}
+	// Priority 0 with only draining endpoints: priority 1 takes it all.
+	c.Endpoints[0].Excluded = true
+	for range 300 {
+		if ep, ok := p.pick(c, nil); !ok || ep.Addr != "z:1" {
+			t.Fatalf("with priority 0 all draining: picked %v, %v; want z:1", ep, ok)
+		}
 	}
 }
 
