@@ -58,17 +58,25 @@ func (v *validator) pathModify(field string, pm *PathModify, match *StringMatch)
 	if pm == nil {
 		return
 	}
+	// What goes upstream byte for byte: RFC 3986's path characters and
+	// %XX escapes (the built-in proxy refuses anything else).
 	rp := pm.ReplacePrefix
 	_, escErr := url.PathUnescape(rp)
 	switch {
 	case !strings.HasPrefix(rp, "/"):
 		v.add(field+".replacePrefix", "%q must start with /", rp)
-	case escErr != nil || strings.ContainsFunc(rp, func(c rune) bool { return c <= ' ' || c == 0x7f || c == '?' || c == '#' }):
-		v.add(field+".replacePrefix", "%q is not a path (escape spaces, ?, # and other special characters, as %%20)", rp)
+	case escErr != nil || strings.ContainsFunc(rp, func(c rune) bool { return !isPathChar(c) }):
+		v.add(field+".replacePrefix", "%q is not a path (escape spaces, ?, #, non-ASCII and other special characters, as %%20)", rp)
 	}
 	if match == nil || match.Prefix == "" && match.Exact == "" {
 		v.add(field, "needs the rule's match.path to be a prefix or exact: it replaces what that matched")
 	}
+}
+
+// isPathChar is whether c may stand in a path as it is (RFC 3986's
+// pchar and /, with % for escapes).
+func isPathChar(c rune) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.ContainsRune("/-._~!$&'()*+,;=:@%", c)
 }
 
 // splits checks a weighted split; optional splits may be empty.

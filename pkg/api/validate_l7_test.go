@@ -35,6 +35,8 @@ spec:
 		{route + "  http: [{match: {path: {prefix: /a/}}, modify: {path: {replacePrefix: '/b?x=1'}}}]\n", "spec.http[0].modify.path.replacePrefix", "not a path"},
 		{route + "  http: [{match: {path: {prefix: /a/}}, modify: {path: {replacePrefix: '/b c'}}}]\n", "spec.http[0].modify.path.replacePrefix", "not a path"},
 		{route + "  http: [{match: {path: {prefix: /a/}}, modify: {path: {replacePrefix: '/b%zz'}}}]\n", "spec.http[0].modify.path.replacePrefix", "not a path"},
+		{route + "  http: [{match: {path: {prefix: /a/}}, modify: {path: {replacePrefix: '/ü/'}}}]\n", "spec.http[0].modify.path.replacePrefix", "not a path"},
+		{route + "  http: [{match: {path: {prefix: /a/}}, modify: {path: {replacePrefix: '/a{b}/'}}}]\n", "spec.http[0].modify.path.replacePrefix", "not a path"},
 		{route + "  http: [{match: {path: {regex: '/a/.*'}}, modify: {path: {replacePrefix: /b/}}}]\n", "spec.http[0].modify.path", "prefix or exact"},
 		{route + "  http: [{match: {method: GET}, modify: {path: {replacePrefix: /b/}}}]\n", "spec.http[0].modify.path", "prefix or exact"},
 		{route + "  http: [{match: {method: GET}, modify: {host: 'a b'}}]\n", "spec.http[0].modify.host", "not a host"},

@@ -14,6 +14,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -405,6 +406,10 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 			return nil, fmt.Errorf("listener %q: listener filter %q (%s) is not supported by the built-in proxy", l.Name, lf.GetName(), lf.GetTypedConfig().GetTypeUrl())
 		}
 	}
+	origDst := l.GetUseOriginalDst().GetValue()
+	if l.GetDefaultFilterChain() != nil && !origDst {
+		return nil, fmt.Errorf("listener %q: a default_filter_chain is supported only with use_original_dst", l.Name)
+	}
 	for _, fc := range append(l.GetFilterChains()[:len(l.GetFilterChains()):len(l.GetFilterChains())], l.GetDefaultFilterChain()) {
 		if fc == nil {
 			continue
@@ -412,9 +417,16 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		if err := onlyFields(fc, "name", "filter_chain_match", "filters", "transport_socket"); err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
+		// What a chain may match on: the original destination (checked
+		// by origDstListener), or the server name (an SNI listener).
+		if m := fc.GetFilterChainMatch(); m != nil && !origDst {
+			if err := onlyFields(m, "server_names"); err != nil {
+				return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+			}
+		}
 	}
 	out := &Listener{Name: l.Name, Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())}
-	if l.GetUseOriginalDst().GetValue() {
+	if origDst {
 		return origDstListener(out, l)
 	}
 	if chains := l.GetFilterChains(); len(chains) > 0 && len(chains[0].GetFilterChainMatch().GetServerNames()) > 0 {
@@ -437,6 +449,7 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 // An ordinary listener's chain and an original-destination listener's
 // chains are read alike, and run alike.
 func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, rules *rbacRules, routes []Route, httpc *HTTPChain, err error) {
+	var alpn []string
 	if ts := fc.GetTransportSocket(); ts != nil {
 		down := &tlsv3.DownstreamTlsContext{}
 		if err := ts.GetTypedConfig().UnmarshalTo(down); err != nil {
@@ -454,7 +467,7 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 		if err != nil {
 			return false, nil, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
 		}
-		tls = true
+		tls, alpn = true, down.GetCommonTlsContext().GetAlpnProtocols()
 	}
 	for _, f := range fc.GetFilters() {
 		tc := f.GetTypedConfig()
@@ -482,6 +495,11 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 			if httpc, err = translateHCM(listenerName, h); err != nil {
 				return false, nil, nil, nil, err
 			}
+			// The proxy offers h2 and http/1.1 on an HTTP chain (and
+			// serves both whatever was negotiated, as Envoy's AUTO codec).
+			if len(alpn) > 0 && !slices.Equal(alpn, []string{"h2", "http/1.1"}) {
+				return false, nil, nil, nil, fmt.Errorf("listener %q: alpn_protocols %q: the built-in proxy offers [h2 http/1.1] on an HTTP chain", listenerName, alpn)
+			}
 			return tls, nil, nil, httpc, nil
 		default:
 			return false, nil, nil, nil, fmt.Errorf("listener %q: filter %q (%s) is not supported by the built-in proxy", listenerName, f.GetName(), strings.TrimPrefix(tc.GetTypeUrl(), "type.googleapis.com/"))
@@ -489,6 +507,9 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 	}
 	if len(routes) == 0 {
 		return false, nil, nil, nil, fmt.Errorf("listener %q: no tcp_proxy", listenerName)
+	}
+	if len(alpn) > 0 {
+		return false, nil, nil, nil, fmt.Errorf("listener %q: alpn_protocols %q on a TCP chain is not supported by the built-in proxy", listenerName, alpn)
 	}
 	return tls, rules, routes, nil, nil
 }

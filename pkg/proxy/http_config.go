@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -407,21 +406,31 @@ func translateRoute(r *route.Route) (*HTTPRoute, error) {
 	return out, nil
 }
 
-// validPath is whether p can stand as a request's path as it is:
-// absolute, escaped, with no query, fragment, space or control character.
+// validPath is whether p can stand as a request's path as it is, and
+// goes upstream byte for byte: absolute, made of RFC 3986's path
+// characters and %XX escapes only (Go would escape anything else again,
+// and the rest of the path with it).
 func validPath(p string) bool {
 	if !strings.HasPrefix(p, "/") {
 		return false
 	}
-	if _, err := url.PathUnescape(p); err != nil {
-		return false
-	}
 	for i := 0; i < len(p); i++ {
-		if c := p[i]; c <= ' ' || c == 0x7f || c == '?' || c == '#' {
+		switch c := p[i]; {
+		case c == '%':
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return false
+			}
+			i += 2
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', strings.IndexByte("/-._~!$&'()*+,;=:@", c) >= 0:
+		default:
 			return false
 		}
 	}
 	return true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 func nonNegative(field string, d *durationpb.Duration) (time.Duration, error) {

@@ -78,6 +78,8 @@ func TestHTTPTranslateNACKs(t *testing.T) {
 		})}, want: "prefix_rewrite needs a prefix or path match"},
 		{name: "prefix_rewrite not a path", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "v2/" })}, want: `prefix_rewrite "v2/"`},
 		{name: "prefix_rewrite with a query", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/v2?a=1" })}, want: "prefix_rewrite"},
+		{name: "prefix_rewrite Go would escape again", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/ü/" })}, want: "prefix_rewrite"},
+		{name: "prefix_rewrite with a brace", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/a{b}/" })}, want: "prefix_rewrite"},
 		{name: "prefix_rewrite with a bad escape", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) { r.GetRoute().PrefixRewrite = "/v2%zz" })}, want: "prefix_rewrite"},
 		{name: "host_rewrite_literal", routes: []*route.RouteConfiguration{withRoute(func(r *route.Route) {
 			r.GetRoute().HostRewriteSpecifier = &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "a b"}

@@ -294,6 +294,24 @@ func TestTranslateListenerRefusals(t *testing.T) {
 		}(), "tls_params"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
 			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxConnectAttempts = wrapperspb.UInt32(3) })}}}, "max_connect_attempts"},
+		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{Filters: tcpWith(func(*tcp.TcpProxy) {})}},
+			DefaultFilterChain: &listener.FilterChain{Filters: tcpWith(func(*tcp.TcpProxy) {})}}, "default_filter_chain is supported only with use_original_dst"},
+		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
+			FilterChainMatch: &listener.FilterChainMatch{SourcePrefixRanges: []*core.CidrRange{{AddressPrefix: "10.0.0.0", PrefixLen: wrapperspb.UInt32(8)}}},
+			Filters:          tcpWith(func(*tcp.TcpProxy) {})}}}, "source_prefix_ranges"},
+		{&listener.Listener{Name: "sni", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
+			FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{"a"}, DestinationPort: wrapperspb.UInt32(443)},
+			Filters:          tcpWith(func(*tcp.TcpProxy) {})}}}, "destination_port"},
+		{func() *listener.Listener {
+			l := inboundHTTPListener("in", "billing", "app")
+			down := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true), CommonTlsContext: &tlsv3.CommonTlsContext{AlpnProtocols: []string{"http/1.1"}}}
+			l.FilterChains[0].TransportSocket.ConfigType = &core.TransportSocket_TypedConfig{TypedConfig: xds.MustAny(down)}
+			return l
+		}(), `alpn_protocols ["http/1.1"]`},
+		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
+			TransportSocket: &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: xds.MustAny(
+				&tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true), CommonTlsContext: &tlsv3.CommonTlsContext{AlpnProtocols: []string{"h2"}}})}},
+			Filters: tcpWith(func(*tcp.TcpProxy) {})}}}, "on a TCP chain"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
 			Filters: tcpWith(func(tp *tcp.TcpProxy) {
 				tp.GetWeightedClusters().Clusters[0].MetadataMatch = &core.Metadata{}

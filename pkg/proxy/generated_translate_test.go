@@ -1,0 +1,124 @@
+package proxy
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/ursamesh/ursa/ingress"
+	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/xds"
+	"github.com/ursamesh/ursa/pkg/xds/xdstest"
+)
+
+// TestGeneratedTranslates: what the generators make of each of their
+// golden cases (pkg/xds/testdata: sidecars of every dataplane, routes and
+// every policy, grpc, transparent; ingress/testdata: zone ingresses), with
+// the CP's secrets, the built-in proxy accepts as a whole, or names what
+// it refuses.
+func TestGeneratedTranslates(t *testing.T) {
+	inputs, _ := filepath.Glob("../xds/testdata/sidecar/*.input.yaml")
+	transparent, _ := filepath.Glob("../xds/testdata/transparent/*.input.yaml")
+	ingresses, _ := filepath.Glob("../../ingress/testdata/*.input.yaml")
+	inputs = append(append(inputs, transparent...), ingresses...)
+	if len(inputs) < 10 || len(ingresses) == 0 {
+		t.Fatalf("too few cases: %v", inputs)
+	}
+	secrets := func(t *testing.T) []*tlsv3.Secret {
+		ca, err := mtls.NewCA("default", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := mtls.Issue(ca, "web", time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*tlsv3.Secret
+		for _, r := range xds.Secrets(id, ca.CertPEM)[resource.SecretType] {
+			out = append(out, r.(*tlsv3.Secret))
+		}
+		return out
+	}(t)
+	for _, in := range inputs {
+		name := strings.TrimSuffix(filepath.Base(in), ".input.yaml")
+		t.Run(filepath.Base(filepath.Dir(in))+"/"+name, func(t *testing.T) {
+			rs := xdstest.Inputs(t, in)
+			cat := catalog.FromResources("zone-1", rs)
+			state := xds.NewState(cat, nil)
+			var proxies []xds.Proxy
+			for _, ing := range cat.Ingresses {
+				proxies = append(proxies, xds.Proxy{Kind: xds.KindIngress, Ingress: ing.ZoneIngress})
+			}
+			for _, m := range state.Meshes() {
+				for _, dp := range m.Registered {
+					// With a DNS listener, as a sidecar that asks for one.
+					p := xds.Proxy{Kind: xds.KindSidecar, Dataplane: dp, DNSAddress: "127.0.0.1:15053"}
+					if strings.Contains(in, "transparent") {
+						p.TransparentProxy, p.TransparentInbound = "15001", "15006"
+					}
+					proxies = append(proxies, p)
+				}
+			}
+			if len(proxies) == 0 {
+				t.Fatal("no proxy in the case")
+			}
+			for _, p := range proxies {
+				id := "ingress"
+				if p.Dataplane != nil {
+					id = p.Dataplane.Name
+				}
+				var res xds.Resources
+				var err error
+				if p.Kind == xds.KindIngress {
+					res, err = ingress.Generate(state, p)
+				} else {
+					res, err = xds.Sidecar(state, p)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				var listeners []*listener.Listener
+				for _, r := range res[resource.ListenerType] {
+					listeners = append(listeners, r.(*listener.Listener))
+				}
+				var clusters []*cluster.Cluster
+				for _, r := range res[resource.ClusterType] {
+					clusters = append(clusters, r.(*cluster.Cluster))
+				}
+				var cla []*endpoint.ClusterLoadAssignment
+				for _, r := range res[resource.EndpointType] {
+					cla = append(cla, r.(*endpoint.ClusterLoadAssignment))
+				}
+				var routes []*route.RouteConfiguration
+				for _, r := range res[resource.RouteType] {
+					routes = append(routes, r.(*route.RouteConfiguration))
+				}
+				cfg, err := translate(listeners, clusters, cla, secrets, nil, routes...)
+				if err != nil {
+					t.Errorf("the built-in proxy refuses the configuration of %s: %v", id, err)
+					continue
+				}
+				// A Retry's retries go to instances not yet tried
+				// (previous_hosts), as under Envoy with this configuration.
+				for _, rt := range cfg.RouteTables {
+					for _, vh := range rt.VHosts {
+						for _, r := range vh.Routes {
+							if r.Retry != nil && r.Retry.retries > 0 && !r.Retry.omitTried {
+								t.Errorf("%s: route %s of %s retries to the instances it tried", id, r.Name, rt.Name)
+							}
+						}
+					}
+				}
+			}
+		})
+	}
+}
