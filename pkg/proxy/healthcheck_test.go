@@ -418,7 +418,7 @@ func TestHealthCheckWaitsForTraffic(t *testing.T) {
 	if got := ck.checks.Load(); got != 1 || !ck.idle.Load() {
 		t.Fatalf("%d checks a minute after the first without traffic, want 1", got)
 	}
-	if _, ok := p.pick(c, nil); !ok {
+	if _, ok := p.pick(c, nil, 1); !ok {
 		t.Fatal("no endpoint")
 	}
 	checksDone(t, p, "app", app.addr, 2)

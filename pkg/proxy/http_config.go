@@ -125,10 +125,12 @@ type retryPolicy struct {
 	perTry     time.Duration
 	base, maxi time.Duration
 	// omitTried (a previous_hosts predicate): a retry goes to an endpoint
-	// no attempt has tried when there is one. Envoy draws again up to
-	// host_selection_retry_max_attempts times; the built-in proxy leaves
-	// the tried ones out of the draw, as if its draws never ran out.
+	// no attempt has tried when its priority has one. Envoy draws again
+	// up to host_selection_retry_max_attempts times; the built-in proxy
+	// leaves the tried ones out of a priority's draw, and draws the
+	// priority again as often (draws: 1 + that number).
 	omitTried bool
+	draws     int
 }
 
 // faultFilter is a compiled HTTPFault: a fixed delay and an abort, each on
@@ -543,6 +545,7 @@ func translateRetry(rp *route.RetryPolicy) (*retryPolicy, error) {
 		}
 		out.omitTried = true
 	}
+	out.draws = 1 + int(min(max(rp.GetHostSelectionRetryMaxAttempts(), 1), 100))
 	for on := range strings.SplitSeq(rp.GetRetryOn(), ",") {
 		on = strings.TrimSpace(on)
 		if on == "" {

@@ -85,19 +85,35 @@ func TestReplayBodyOneReaderAtATime(t *testing.T) {
 
 // TestRetryStaysInItsPriority: a retry avoids the endpoint it tried but
 // does not spill to the next priority while its own has a healthy one
-// left (Envoy's previous_hosts); with none left there, it moves on.
+// left (Envoy's previous_hosts); with none left there, it does not go on
+// to a priority its load does not send it to either (Envoy draws the
+// priority again, then takes a tried host): pick gives up, and the
+// exchange starts over in that priority. With load in both priorities,
+// a priority drawn again may be the other.
 func TestRetryStaysInItsPriority(t *testing.T) {
 	p := newProxy(t)
 	c := &Cluster{Name: "c", Overprovisioning: 140, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 1, Priority: 0}, {Addr: "b:1", Weight: 1, Priority: 0}, {Addr: "z:1", Weight: 1, Priority: 1}}}
 	for range 2000 {
-		ep, ok := p.pick(c, map[string]bool{"a:1": true})
+		ep, ok := p.pick(c, map[string]bool{"a:1": true}, 6)
 		if !ok || ep.Addr != "b:1" {
 			t.Fatalf("a retry after a:1 picked %v, %v; want b:1", ep, ok)
 		}
 	}
-	if ep, ok := p.pick(c, map[string]bool{"a:1": true, "b:1": true}); !ok || ep.Addr != "z:1" {
-		t.Fatalf("a retry after both of priority 0 picked %v, %v; want z:1", ep, ok)
+	if ep, ok := p.pick(c, map[string]bool{"a:1": true, "b:1": true}, 6); ok {
+		t.Fatalf("a retry after both of priority 0 picked %v; want none (priority 1 takes no load)", ep)
+	}
+	// b unhealthy: priority 0 takes 70 %, priority 1 30 %. After a, six
+	// draws find priority 1 but for 0.7^6 of retries (12 %).
+	c.Endpoints[1].Unhealthy = true
+	z := 0
+	for range 2000 {
+		if ep, ok := p.pick(c, map[string]bool{"a:1": true}, 6); ok && ep.Addr == "z:1" {
+			z++
+		}
+	}
+	if z < 1600 || z > 1900 {
+		t.Fatalf("%d of 2000 retries after a:1 reached z:1; want about 1765", z)
 	}
 }
 

@@ -505,13 +505,13 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 		}
-		ep, ok := p.pick(c, tried)
+		ep, ok := p.pick(c, tried, pol.draws)
 		if !ok && len(tried) > 0 {
 			// Every endpoint has been tried: start over, from another one
 			// than the last when there is one.
 			tried = map[string]bool{last: true}
-			if ep, ok = p.pick(c, tried); !ok {
-				ep, ok = p.pick(c, nil)
+			if ep, ok = p.pick(c, tried, pol.draws); !ok {
+				ep, ok = p.pick(c, nil, 1)
 			}
 		}
 		if !ok {

@@ -229,7 +229,7 @@ func TestOutlierTCPConnectFailures(t *testing.T) {
 		clock.Advance(time.Millisecond) // past the connect-failure ejection, not the outlier one
 	}
 	for i := range 20 {
-		ep, ok := p.pick(c, nil)
+		ep, ok := p.pick(c, nil, 1)
 		if !ok || ep.Addr == dead {
 			t.Fatalf("pick %d: %v %v, want the live endpoint", i, ep, ok)
 		}

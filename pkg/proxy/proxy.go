@@ -490,7 +490,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
 	tried := map[string]bool{}
 	var lastErr error
 	for range 3 {
-		ep, ok := p.pick(c, tried)
+		ep, ok := p.pick(c, tried, 1)
 		if !ok {
 			break
 		}
@@ -653,7 +653,7 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 // is in panic, as in Envoy: it balances over all its endpoints, healthy
 // or not; and when every level is, each takes load by its number of
 // endpoints.
-func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
+func (p *Proxy) pick(c *Cluster, tried map[string]bool, draws int) (Endpoint, bool) {
 	// Levels in the order their priorities first appear, and which
 	// endpoints are healthy and of which level: on the stack for the
 	// usual few.
@@ -727,20 +727,21 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool) (Endpoint, bool) {
 		}
 		return Endpoint{}, false
 	}
-	r := rand.Uint32N(sum)
-	for i := range levels {
-		if r >= levels[i].load {
-			r -= levels[i].load
-			continue
-		}
-		if ep, ok := from(i); ok {
-			return ep, true
-		}
-		break // every endpoint that may be picked of that priority was tried
-	}
-	for i := range levels { // then the first priority with one left
-		if ep, ok := from(i); ok {
-			return ep, true
+	// A retry whose priority has no endpoint left untried draws the
+	// priority again, as Envoy's host selection does, up to draws times;
+	// then it gives up (the caller starts over), rather than go on to a
+	// priority its load does not send it to.
+	for range max(draws, 1) {
+		r := rand.Uint32N(sum)
+		for i := range levels {
+			if r >= levels[i].load {
+				r -= levels[i].load
+				continue
+			}
+			if ep, ok := from(i); ok {
+				return ep, true
+			}
+			break // every endpoint that may be picked of that priority was tried
 		}
 	}
 	return Endpoint{}, false

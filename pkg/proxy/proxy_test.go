@@ -48,7 +48,7 @@ func TestPickByPriority(t *testing.T) {
 	count := func() map[string]int {
 		out := map[string]int{}
 		for range 4000 {
-			ep, ok := p.pick(c, nil)
+			ep, ok := p.pick(c, nil, 1)
 			if !ok {
 				t.Fatal("no endpoint")
 			}
@@ -134,7 +134,7 @@ func TestPickPanic(t *testing.T) {
 			}
 			got := map[string]int{}
 			for range 30000 {
-				ep, ok := p.pick(c, tried)
+				ep, ok := p.pick(c, tried, 6)
 				if !ok {
 					if tc.want != nil {
 						t.Fatal("no endpoint picked")
@@ -373,7 +373,7 @@ func TestEDSHealthStatus(t *testing.T) {
 		}
 		c := &Cluster{Name: "svc", Overprovisioning: 140, PanicThreshold: 50, Endpoints: eps}
 		for range 100 {
-			if ep, ok := p.pick(c, nil); !ok || ep.Addr == "127.0.0.1:1" {
+			if ep, ok := p.pick(c, nil, 1); !ok || ep.Addr == "127.0.0.1:1" {
 				t.Fatalf("%s: picked %v, %v", st, ep, ok)
 			}
 		}
@@ -416,7 +416,7 @@ func TestPickRoundRobin(t *testing.T) {
 	order := func(c *Cluster, n int) string {
 		var b strings.Builder
 		for range n {
-			ep, _ := p.pick(c, nil)
+			ep, _ := p.pick(c, nil, 1)
 			b.WriteByte(ep.Addr[0])
 		}
 		return b.String()
@@ -496,14 +496,14 @@ func TestPickDraining(t *testing.T) {
 		{Addr: "a:1", Weight: 1}, {Addr: "d:1", Weight: 1, Excluded: true}, {Addr: "e:1", Weight: 1, Excluded: true},
 		{Addr: "z:1", Weight: 1, Priority: 1}}}
 	for range 300 {
-		if ep, ok := p.pick(c, nil); !ok || ep.Addr != "a:1" {
+		if ep, ok := p.pick(c, nil, 1); !ok || ep.Addr != "a:1" {
 			t.Fatalf("picked %v, %v; want a:1 only", ep, ok)
 		}
 	}
 	// Priority 0 with only draining endpoints: priority 1 takes it all.
 	c.Endpoints[0].Excluded = true
 	for range 300 {
-		if ep, ok := p.pick(c, nil); !ok || ep.Addr != "z:1" {
+		if ep, ok := p.pick(c, nil, 1); !ok || ep.Addr != "z:1" {
 			t.Fatalf("with priority 0 all draining: picked %v, %v; want z:1", ep, ok)
 		}
 	}
