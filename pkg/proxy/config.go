@@ -84,6 +84,10 @@ type Route struct {
 	// long (the tcp_proxy's idle_timeout, Envoy's hour when unset); 0 for
 	// never.
 	IdleTimeout time.Duration
+	// ConnectAttempts is how many endpoints a connection tries, each
+	// another, before it gives up (the tcp_proxy's max_connect_attempts,
+	// Envoy's 1 when unset).
+	ConnectAttempts int
 }
 
 // Cluster is where a route's connections go.

@@ -171,7 +171,7 @@ func TestUpstreamIdentityChecked(t *testing.T) {
 	}
 	cfg := &Config{Identity: workload(t, signer, "default", "web"), Roots: roots}
 
-	_, err = p.connect(cfg, cluster(server(workload(t, signer, "default", "web"))))
+	_, err = p.connect(cfg, cluster(server(workload(t, signer, "default", "web"))), 3)
 	var wrong *wrongPeerError
 	if !errors.As(err, &wrong) || !strings.Contains(err.Error(), "spiffe://default/web") {
 		t.Fatalf("an upstream naming web, for billing: %v", err)
@@ -180,7 +180,7 @@ func TestUpstreamIdentityChecked(t *testing.T) {
 		t.Fatalf("wrong_identity counted %v times, want 1", got)
 	}
 
-	up, err := p.connect(cfg, cluster(server(workload(t, signer, "default", "billing"))))
+	up, err := p.connect(cfg, cluster(server(workload(t, signer, "default", "billing"))), 3)
 	if err != nil {
 		t.Fatalf("billing's own upstream: %v", err)
 	}
@@ -188,7 +188,7 @@ func TestUpstreamIdentityChecked(t *testing.T) {
 
 	// A zone's intermediate CA: the upstream presents its chain.
 	inter := intermediate(t, signer)
-	up, err = p.connect(cfg, cluster(server(workload(t, inter, "default", "billing"))))
+	up, err = p.connect(cfg, cluster(server(workload(t, inter, "default", "billing"))), 3)
 	if err != nil {
 		t.Fatalf("billing issued by an intermediate: %v", err)
 	}

@@ -30,7 +30,7 @@ func TestLoadCountedPerLocality(t *testing.T) {
 	c := &Cluster{Name: "billing", ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: []Endpoint{
 		{Addr: echoServer(t, "one"), Weight: 1, Zone: "zone-1"}, {Addr: dead, Weight: 1, Zone: "zone-2"}}}
 	for range 50 {
-		conn, err := p.connect(&Config{}, c)
+		conn, err := p.connect(&Config{}, c, 3)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,7 +126,7 @@ func TestLoadReportsReachTheCP(t *testing.T) {
 		return c != nil && len(c.Endpoints) == 1
 	})
 	for range 30 {
-		conn, err := p.connect(p.cfg.Load(), c)
+		conn, err := p.connect(p.cfg.Load(), c, 3)
 		if err != nil {
 			t.Fatal(err)
 		}

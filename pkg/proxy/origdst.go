@@ -132,7 +132,7 @@ func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 // tcpProxyRoutes reads a tcp_proxy's clusters, each with its access logs
 // and idle timeout.
 func tcpProxyRoutes(listenerName string, tp *tcp.TcpProxy) ([]Route, error) {
-	if err := onlyFields(tp, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log"); err != nil {
+	if err := onlyFields(tp, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log", "max_connect_attempts"); err != nil {
 		return nil, fmt.Errorf("listener %q: %w", listenerName, err)
 	}
 	for _, wc := range tp.GetWeightedClusters().GetClusters() {
@@ -148,12 +148,19 @@ func tcpProxyRoutes(listenerName string, tp *tcp.TcpProxy) ([]Route, error) {
 	if err != nil {
 		return nil, err
 	}
+	attempts := 1
+	if a := tp.GetMaxConnectAttempts(); a != nil {
+		if a.GetValue() < 1 {
+			return nil, fmt.Errorf("listener %q: tcp_proxy: max_connect_attempts must be at least 1", listenerName)
+		}
+		attempts = int(min(a.GetValue(), 100))
+	}
 	var routes []Route
 	if c := tp.GetCluster(); c != "" {
-		routes = []Route{{Cluster: c, Weight: 1, Logs: logs, IdleTimeout: idle}}
+		routes = []Route{{Cluster: c, Weight: 1, Logs: logs, IdleTimeout: idle, ConnectAttempts: attempts}}
 	}
 	for _, wc := range tp.GetWeightedClusters().GetClusters() {
-		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), Logs: logs, IdleTimeout: idle})
+		routes = append(routes, Route{Cluster: wc.GetName(), Weight: wc.GetWeight(), Logs: logs, IdleTimeout: idle, ConnectAttempts: attempts})
 	}
 	if len(routes) == 0 {
 		return nil, fmt.Errorf("listener %q: tcp_proxy without a cluster", listenerName)

@@ -293,7 +293,9 @@ func TestTranslateListenerRefusals(t *testing.T) {
 			return l
 		}(), "tls_params"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
-			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxConnectAttempts = wrapperspb.UInt32(3) })}}}, "max_connect_attempts"},
+			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxConnectAttempts = wrapperspb.UInt32(0) })}}}, "max_connect_attempts must be at least 1"},
+		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
+			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxDownstreamConnectionDuration = durationpb.New(time.Second) })}}}, "max_downstream_connection_duration"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{Filters: tcpWith(func(*tcp.TcpProxy) {})}},
 			DefaultFilterChain: &listener.FilterChain{Filters: tcpWith(func(*tcp.TcpProxy) {})}}, "default_filter_chain is supported only with use_original_dst"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{

@@ -221,7 +221,7 @@ func TestOutlierTCPConnectFailures(t *testing.T) {
 		if i == 200 {
 			t.Fatal("the refusing endpoint was never ejected by outlier detection")
 		}
-		up, err := p.connect(cfg, &Cluster{Name: c.Name, ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: c.Endpoints})
+		up, err := p.connect(cfg, &Cluster{Name: c.Name, ConnectTimeout: time.Second, Overprovisioning: 140, Endpoints: c.Endpoints}, 3)
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}

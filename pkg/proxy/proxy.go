@@ -395,7 +395,11 @@ func (p *Proxy) handle(name string, down net.Conn) {
 	if c.OriginalDst {
 		up, err = p.connectOriginal(cfg, c, dst)
 	} else {
-		up, err = p.connect(cfg, c)
+		attempts := 1
+		if len(l.Routes) > 0 {
+			attempts = l.Routes[0].ConnectAttempts // one tcp_proxy's, the same for all
+		}
+		up, err = p.connect(cfg, c, attempts)
 	}
 	if err != nil {
 		access.failed()
@@ -484,12 +488,13 @@ func (p *Proxy) pickCluster(cfg *Config, l *Listener) *Cluster {
 	return nil
 }
 
-// connect dials an endpoint of c — trying others, and ejecting each that
-// fails — and originates mTLS when the cluster asks for it.
-func (p *Proxy) connect(cfg *Config, c *Cluster) (net.Conn, error) {
+// connect dials an endpoint of c — trying others, up to attempts in all,
+// and ejecting each that fails — and originates mTLS when the cluster asks
+// for it.
+func (p *Proxy) connect(cfg *Config, c *Cluster, attempts int) (net.Conn, error) {
 	tried := map[string]bool{}
 	var lastErr error
-	for range 3 {
+	for range max(attempts, 1) {
 		ep, ok := p.pick(c, tried, 1)
 		if !ok {
 			break

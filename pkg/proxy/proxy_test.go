@@ -716,7 +716,7 @@ func TestHandshakeFailureFailsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		up, err := p.connect(cfg, c)
+		up, err := p.connect(cfg, c, 3)
 		if err != nil {
 			t.Fatalf("connection %d failed instead of failing over: %v", i, err)
 		}
@@ -868,5 +868,50 @@ func TestListenerInUseIsLeftOut(t *testing.T) {
 	}
 	if _, ok := p.cfg.Load().Listeners["vip"]; !ok {
 		t.Fatal("the listener did not start once its address was free")
+	}
+}
+
+// TestConnectAttempts: a TCP connection tries as many endpoints as its
+// tcp_proxy's max_connect_attempts, Envoy's 1 when unset: with one, a
+// refused endpoint fails the connection; with two, the next one (the
+// refused one is ejected, so its priority's load moves on) takes it.
+func TestConnectAttempts(t *testing.T) {
+	refused, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused.Close()
+	live, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	go testutil.ServeEach(live, func(c net.Conn) { c.Write([]byte("live\n")) })
+	for _, attempts := range []int{1, 2} {
+		p := newProxy(t)
+		p.FirstEjection = time.Minute
+		c := &Cluster{Name: "c", ConnectTimeout: time.Second, Overprovisioning: 140, PanicThreshold: 50, Endpoints: []Endpoint{
+			{Addr: refused.Addr().String(), Weight: 1}, {Addr: live.Addr().String(), Weight: 1, Priority: 1}}}
+		up, err := p.connect(&Config{}, c, attempts)
+		if attempts == 1 {
+			if err == nil {
+				up.Close()
+				t.Fatal("one attempt at a refused endpoint connected")
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%d attempts: %v", attempts, err)
+		}
+		line, _ := bufio.NewReader(up).ReadString('\n')
+		up.Close()
+		if line != "live\n" {
+			t.Fatalf("%d attempts reached %q", attempts, line)
+		}
+	}
+	cfg, err := translate([]*listener.Listener{{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
+		Filters: []*listener.Filter{xds.TCPProxy("t", []xds.Subset{{Tags: map[string]string{"ursa.io/service": "c"}, Weight: 1}})}}}}}, nil, nil, nil, nil)
+	if err != nil || cfg.Listeners["t"].Routes[0].ConnectAttempts != 3 {
+		t.Fatalf("the CP's tcp_proxy: %v; want 3 connect attempts", err)
 	}
 }

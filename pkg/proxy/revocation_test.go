@@ -94,7 +94,7 @@ func TestRevokedIntermediateIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	callBilling := func(cfg *Config) error {
-		up, err := web.connect(cfg, toBilling)
+		up, err := web.connect(cfg, toBilling, 3)
 		if err != nil {
 			return err
 		}

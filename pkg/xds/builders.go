@@ -102,7 +102,9 @@ func LoadAssignment(name string, eps []Endpoint, priority map[string]uint32) *en
 
 // TCPProxy is a tcp_proxy filter to a subset, or a weighted split over subsets.
 func TCPProxy(statPrefix string, subsets []Subset) *listener.Filter {
-	tp := &tcp.TcpProxy{StatPrefix: statPrefix}
+	// A connection that cannot reach one instance tries others, up to
+	// three in all (Envoy's default is one).
+	tp := &tcp.TcpProxy{StatPrefix: statPrefix, MaxConnectAttempts: wrapperspb.UInt32(tcpConnectAttempts)}
 	if len(subsets) == 1 {
 		tp.ClusterSpecifier = &tcp.TcpProxy_Cluster{Cluster: subsets[0].ClusterName()}
 	} else {
@@ -114,6 +116,9 @@ func TCPProxy(statPrefix string, subsets []Subset) *listener.Filter {
 	}
 	return &listener.Filter{Name: wellknown.TCPProxy, ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(tp)}}
 }
+
+// tcpConnectAttempts is a TCP connection's tries of instances.
+const tcpConnectAttempts = 3
 
 // SocketAddress is a TCP socket address.
 func SocketAddress(addr string, port uint32) *core.Address {

@@ -10,6 +10,11 @@ import (
 	"strings"
 	"testing"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -47,6 +52,48 @@ func Render(t testing.TB, r map[resource.Type][]types.Resource) []byte {
 		}
 	}
 	return buf.Bytes()
+}
+
+// Parse reads back what Render wrote: a golden file's resources, by type,
+// for a consumer of them (the built-in proxy's tests) to take as they
+// would come over xDS.
+func Parse(t testing.TB, golden []byte) map[resource.Type][]types.Resource {
+	t.Helper()
+	out := map[resource.Type][]types.Resource{}
+	for doc := range strings.SplitSeq(string(golden), "---\n") {
+		head, body, ok := strings.Cut(doc, "\n")
+		if !ok || !strings.HasPrefix(head, "# ") {
+			continue
+		}
+		var typ resource.Type
+		var m proto.Message
+		for _, c := range []struct {
+			typ resource.Type
+			new func() proto.Message
+		}{
+			{resource.ListenerType, func() proto.Message { return &listener.Listener{} }},
+			{resource.RouteType, func() proto.Message { return &route.RouteConfiguration{} }},
+			{resource.ClusterType, func() proto.Message { return &cluster.Cluster{} }},
+			{resource.EndpointType, func() proto.Message { return &endpoint.ClusterLoadAssignment{} }},
+			{resource.SecretType, func() proto.Message { return &tlsv3.Secret{} }},
+		} {
+			if label(c.typ) == strings.TrimPrefix(head, "# ") {
+				typ, m = c.typ, c.new()
+			}
+		}
+		if m == nil {
+			t.Fatalf("a golden document of type %q", head)
+		}
+		j, err := yaml.YAMLToJSON([]byte(body))
+		if err == nil {
+			err = protojson.Unmarshal(j, m)
+		}
+		if err != nil {
+			t.Fatalf("a golden %s: %v", head, err)
+		}
+		out[typ] = append(out[typ], m.(types.Resource))
+	}
+	return out
 }
 
 // Golden compares got with the file, or rewrites it when update is set
