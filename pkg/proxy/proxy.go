@@ -653,11 +653,13 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 // takes as much load as its share of healthy endpoints, counted as Envoy
 // counts them without weighted_priority_health, times the
 // overprovisioning factor allows; the rest spills to the next), then an
-// endpoint of that level by weight. When the levels together cannot take all the load, a
-// level with fewer healthy endpoints than the cluster's panic threshold
-// is in panic, as in Envoy: it balances over all its endpoints, healthy
-// or not; and when every level is, each takes load by its number of
-// endpoints.
+// endpoint of that level by the cluster's balancer (in turn, or drawn by
+// weight). When the levels together cannot take all the load, a level
+// with fewer healthy endpoints than the cluster's panic threshold is in
+// panic, as in Envoy: it balances over all its endpoints, healthy or not;
+// and when every level is, each takes load by its number of endpoints.
+// A retry leaves out the endpoints in tried, drawing the level up to
+// draws times; false when none is left.
 func (p *Proxy) pick(c *Cluster, tried map[string]bool, draws int) (Endpoint, bool) {
 	// Levels in the order their priorities first appear, and which
 	// endpoints are healthy and of which level: on the stack for the
