@@ -44,11 +44,7 @@ func TestGeneratedTranslates(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []*tlsv3.Secret
-		for _, r := range xds.Secrets(id, ca.CertPEM)[resource.SecretType] {
-			out = append(out, r.(*tlsv3.Secret))
-		}
-		return out
+		return resourcesOf[*tlsv3.Secret](xds.Secrets(id, ca.CertPEM), resource.SecretType)
 	}(t)
 	for _, in := range inputs {
 		name := strings.TrimSuffix(filepath.Base(in), ".input.yaml")
@@ -96,23 +92,9 @@ func TestGeneratedTranslates(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var listeners []*listener.Listener
-				for _, r := range res[resource.ListenerType] {
-					listeners = append(listeners, r.(*listener.Listener))
-				}
-				var clusters []*cluster.Cluster
-				for _, r := range res[resource.ClusterType] {
-					clusters = append(clusters, r.(*cluster.Cluster))
-				}
-				var cla []*endpoint.ClusterLoadAssignment
-				for _, r := range res[resource.EndpointType] {
-					cla = append(cla, r.(*endpoint.ClusterLoadAssignment))
-				}
-				var routes []*route.RouteConfiguration
-				for _, r := range res[resource.RouteType] {
-					routes = append(routes, r.(*route.RouteConfiguration))
-				}
-				cfg, err := translate(listeners, clusters, cla, secrets, nil, routes...)
+				cfg, err := translate(resourcesOf[*listener.Listener](res, resource.ListenerType), resourcesOf[*cluster.Cluster](res, resource.ClusterType),
+					resourcesOf[*endpoint.ClusterLoadAssignment](res, resource.EndpointType), secrets, nil,
+					resourcesOf[*route.RouteConfiguration](res, resource.RouteType)...)
 				if err != nil {
 					t.Errorf("the built-in proxy refuses the configuration of %s: %v", id, err)
 					continue

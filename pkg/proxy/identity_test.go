@@ -22,6 +22,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
@@ -288,20 +289,21 @@ func TestUnsupportedSANCheckIsRefused(t *testing.T) {
 	}
 }
 
+// resourcesOf is a generator's resources of type typ, as T.
+func resourcesOf[T types.Resource](res xds.Resources, typ resource.Type) []T {
+	out := make([]T, 0, len(res[typ]))
+	for _, r := range res[typ] {
+		out = append(out, r.(T))
+	}
+	return out
+}
+
 // translateGenerated translates the listeners and clusters a generator
 // made, as the proxy would receive them (no endpoints, secrets or
 // revocations), failing the test when the proxy refuses them.
 func translateGenerated(t *testing.T, res xds.Resources) *Config {
 	t.Helper()
-	var listeners []*listener.Listener
-	for _, r := range res[resource.ListenerType] {
-		listeners = append(listeners, r.(*listener.Listener))
-	}
-	var clusters []*cluster.Cluster
-	for _, r := range res[resource.ClusterType] {
-		clusters = append(clusters, r.(*cluster.Cluster))
-	}
-	cfg, err := translate(listeners, clusters, nil, nil, nil)
+	cfg, err := translate(resourcesOf[*listener.Listener](res, resource.ListenerType), resourcesOf[*cluster.Cluster](res, resource.ClusterType), nil, nil, nil)
 	if err != nil {
 		t.Fatalf("the built-in proxy refuses the generated configuration: %v", err)
 	}
