@@ -321,6 +321,22 @@ func secretFields(s *tlsv3.Secret) error {
 	return nil
 }
 
+// downstreamTLSFields refuses what a DownstreamTlsContext sets beyond
+// mTLS as the CP sets it up: the identity and the CA from SDS, ALPN, and
+// a client certificate always required.
+func downstreamTLSFields(down *tlsv3.DownstreamTlsContext) error {
+	if err := onlyFields(down, "common_tls_context", "require_client_certificate"); err != nil {
+		return err
+	}
+	if err := onlyFields(down.GetCommonTlsContext(), "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config", "alpn_protocols"); err != nil {
+		return err
+	}
+	if !down.GetRequireClientCertificate().GetValue() {
+		return errors.New("the built-in proxy terminates mTLS only: require_client_certificate must be true")
+	}
+	return nil
+}
+
 // upstreamTLSFields refuses what an UpstreamTlsContext sets beyond what
 // the proxy does: mTLS with the identity and CA from SDS, an SNI, ALPN,
 // and the URI SANs the server's certificate must have.
@@ -461,14 +477,7 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 		}
 		// mTLS as the CP sets it up: the identity and the CA from SDS, a
 		// client certificate always required.
-		err := onlyFields(down, "common_tls_context", "require_client_certificate")
-		if err == nil {
-			err = onlyFields(down.GetCommonTlsContext(), "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config", "alpn_protocols")
-		}
-		if err == nil && !down.GetRequireClientCertificate().GetValue() {
-			err = errors.New("the built-in proxy terminates mTLS only: require_client_certificate must be true")
-		}
-		if err != nil {
+		if err := downstreamTLSFields(down); err != nil {
 			return false, nil, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
 		}
 		tls, alpn = true, down.GetCommonTlsContext().GetAlpnProtocols()

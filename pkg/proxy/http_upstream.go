@@ -329,6 +329,8 @@ func (ex *exchange) rewrite(r *http.Request) {
 	if rt.PrefixRewrite != "" {
 		uri := rt.PrefixRewrite + r.URL.RequestURI()[rt.rewriteLen:]
 		path, query, hasQuery := strings.Cut(uri, "?")
+		// Both parts are escaped paths (validPath; the request's own,
+		// cut only before a byte of it), so this does not fail.
 		if p, err := url.PathUnescape(path); err == nil {
 			r.URL.Path, r.URL.RawPath = p, path
 			if hasQuery {
