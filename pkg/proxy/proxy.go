@@ -712,27 +712,17 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool, draws int) (Endpoint, bo
 		if lv.avail == 0 {
 			return Endpoint{}, false
 		}
+		candidate := func(i int) bool { return of[i] == li && pickable(i) }
+		var i int
 		if rr := c.RoundRobin; rr != nil {
-			i := rr.next(c.Endpoints, func(i int) bool { return of[i] == li && pickable(i) })
-			if lv.panic {
-				p.panics.WithLabelValues(c.Name).Inc()
-			}
-			return c.Endpoints[i], true
+			i = rr.next(c.Endpoints, candidate)
+		} else {
+			i = drawByWeight(c.Endpoints, candidate, lv.avail)
 		}
-		k := rand.Uint32N(lv.avail)
-		for i, ep := range c.Endpoints {
-			if of[i] != li || !pickable(i) {
-				continue
-			}
-			if k < ep.Weight {
-				if lv.panic {
-					p.panics.WithLabelValues(c.Name).Inc()
-				}
-				return ep, true
-			}
-			k -= ep.Weight
+		if lv.panic {
+			p.panics.WithLabelValues(c.Name).Inc()
 		}
-		return Endpoint{}, false
+		return c.Endpoints[i], true
 	}
 	// A retry whose priority has no endpoint left untried draws the
 	// priority again, as Envoy's host selection does, up to draws times;
@@ -752,6 +742,24 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool, draws int) (Endpoint, bo
 		}
 	}
 	return Endpoint{}, false
+}
+
+// drawByWeight is the index of an endpoint of eps that candidate admits,
+// drawn by weight; avail is those endpoints' total weight (above 0).
+func drawByWeight(eps []Endpoint, candidate func(int) bool, avail uint32) int {
+	k := rand.Uint32N(avail)
+	last := -1
+	for i, ep := range eps {
+		if !candidate(i) {
+			continue
+		}
+		if k < ep.Weight {
+			return i
+		}
+		k -= ep.Weight
+		last = i
+	}
+	return last // not reached: the weights add up to avail
 }
 
 // roundRobin is a ROUND_ROBIN cluster's turns: smooth weighted round
