@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +51,9 @@ type HTTPChain struct {
 	// Obs is what the observability filters of the HCM (access_log,
 	// tracing) do; translateHCMObs fills it in.
 	Obs *httpObs
+	// Headers is what the HCM and its router do to every request's and
+	// response's header on their own.
+	Headers hcmHeaders
 }
 
 // RouteTable is a translated RouteConfiguration.
@@ -84,10 +88,13 @@ type HTTPRoute struct {
 	PrefixRewrite string
 	rewriteLen    int
 	HostRewrite   string
-	ReqAdd        []headerOp
-	ReqRemove     []string
-	RespAdd       []headerOp
-	RespRemove    []string
+	// expectedTimeout is what the router tells the upstream of the time
+	// an attempt has, in X-Envoy-Expected-Rq-Timeout-Ms ("": none).
+	expectedTimeout string
+	ReqAdd          []headerOp
+	ReqRemove       []string
+	RespAdd         []headerOp
+	RespRemove      []string
 }
 
 // routeMatch is a compiled RouteMatch.
@@ -160,13 +167,19 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 	wrap := func(err error) error {
 		return fmt.Errorf("listener %q: http_connection_manager: %w", listenerName, err)
 	}
-	if err := onlyFields(h, "stat_prefix", "codec_type", "rds", "route_config", "http_filters", "access_log", "tracing"); err != nil {
+	if err := onlyFields(h, "stat_prefix", "codec_type", "rds", "route_config", "http_filters", "access_log", "tracing",
+		"generate_request_id", "server_name", "server_header_transformation"); err != nil {
 		return nil, wrap(err)
 	}
 	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
 		return nil, wrap(fmt.Errorf("codec_type %s is not supported: only AUTO", h.GetCodecType()))
 	}
 	out := &HTTPChain{StatPrefix: h.GetStatPrefix()}
+	headers, err := translateHCMHeaders(h)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	out.Headers = headers
 	switch {
 	case h.GetRds() != nil:
 		rds := h.GetRds()
@@ -207,6 +220,7 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 			if err := onlyFields(r, "suppress_envoy_headers"); err != nil {
 				return nil, wrap(err)
 			}
+			out.Headers.envoyHeaders = !r.GetSuppressEnvoyHeaders()
 		case tc.MessageIs(&rbachttp.RBAC{}):
 			r := &rbachttp.RBAC{}
 			if err := tc.UnmarshalTo(r); err != nil {
@@ -405,6 +419,9 @@ func translateRoute(r *route.Route) (*HTTPRoute, error) {
 		return nil, fmt.Errorf("response_headers_to_add: %w", err)
 	}
 	out.ReqRemove, out.RespRemove = r.GetRequestHeadersToRemove(), r.GetResponseHeadersToRemove()
+	if t := expectedTimeout(out); t > 0 {
+		out.expectedTimeout = strconv.FormatInt(t.Milliseconds(), 10)
+	}
 	return out, nil
 }
 

@@ -274,6 +274,8 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			ri.Direction, ri.Service = dir, svc
 		}
 	}
+	chain.Headers.request(r.Header, r.TLS != nil)
+	cw.hh = &chain.Headers
 	if chain.RBAC != nil {
 		if !chain.RBAC.allows(meta.peerURIs(r.TLS)) {
 			p.localReply(cw, r, ri, http.StatusForbidden, "", "RBAC: access denied")
@@ -560,22 +562,37 @@ type countingWriter struct {
 	http.ResponseWriter
 	n      int64
 	status int
+	// hh, once the request's chain is known, changes the header of the
+	// response (or of the switch to an upgraded protocol) as it leaves.
+	hh *hcmHeaders
 }
 
 func (w *countingWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
+	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.final()
+		if code >= 200 {
+			w.status = code
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *countingWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
+		w.final()
 		w.status = http.StatusOK
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.n += int64(n)
 	return n, err
+}
+
+// final applies the HCM's response header changes, once.
+func (w *countingWriter) final() {
+	if w.hh != nil {
+		w.hh.response(w.ResponseWriter.Header())
+		w.hh = nil
+	}
 }
 
 func (w *countingWriter) Flush() {

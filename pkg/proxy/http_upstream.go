@@ -45,7 +45,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 		// gRPC asks for trailers: the upstream is told it may send them.
 		h["Te"] = []string{"trailers"}
 	}
-	ex.prepare(h)
+	ex.prepare(r)
 	ex.rewrite(r)
 	resp, err := ex.RoundTrip(r)
 	if err != nil {
@@ -306,13 +306,16 @@ func (c *deadlineCtx) stop() {
 	}
 }
 
-// prepare makes h, the downstream request's header, the upstream
-// request's: the route's header changes, and the span's traceparent.
-func (ex *exchange) prepare(h http.Header) {
+// prepare makes r, the downstream request, the upstream one (but for its
+// rewrites): the router's headers, the route's header changes, and the
+// span's traceparent.
+func (ex *exchange) prepare(r *http.Request) {
+	h := r.Header
 	// A caller's own X-Forwarded-Client-Cert never reaches the
 	// application: one that trusts it (written for Envoy, whose default
 	// is SANITIZE) would take the claimed identity.
 	delete(h, "X-Forwarded-Client-Cert")
+	ex.ri.Chain.Headers.upstream(r, ex.rt)
 	for _, k := range ex.rt.ReqRemove {
 		h.Del(k)
 	}
@@ -343,8 +346,10 @@ func (ex *exchange) rewrite(r *http.Request) {
 	}
 }
 
-// modifyResponse applies the route's response header changes.
+// modifyResponse applies the router's and the route's response header
+// changes.
 func (ex *exchange) modifyResponse(resp *http.Response) {
+	ex.ri.Chain.Headers.upstreamResponse(resp.Header, ex.ri.Start)
 	for _, k := range ex.rt.RespRemove {
 		resp.Header.Del(k)
 	}
@@ -387,7 +392,7 @@ func (ex *exchange) reverseProxy(w http.ResponseWriter, r *http.Request) {
 					pr.Out.Header[k] = vs
 				}
 			}
-			ex.prepare(pr.Out.Header)
+			ex.prepare(pr.Out)
 			ex.rewrite(pr.Out)
 		},
 		ModifyResponse: func(resp *http.Response) error {

@@ -62,6 +62,11 @@ func AccessLogCluster(address string) string { return "access-log:" + address }
 // TracingCluster names the static cluster of a tracing collector.
 func TracingCluster(address string) string { return "tracing:" + address }
 
+// serverHeader is what a sidecar's HTTP connection managers do to a
+// response's Server header: leave the application's (Envoy's default
+// would write "envoy" over it, hiding what answered).
+const serverHeader = hcm.HttpConnectionManager_PASS_THROUGH
+
 // outboundFilters are the network filters of an outbound listener or of
 // ursa:outbound's chain (statPrefix its name) to a service: a tcp_proxy
 // to its default split for a TCP service, an HTTP connection manager
@@ -76,8 +81,9 @@ func outboundFilters(statPrefix, service, protocol string, subsets []Subset, pp 
 		CodecType:  hcm.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{ConfigSource: ads(),
 			RouteConfigName: OutboundRouteName(service)}},
-		AccessLog: accessLogs(pp.log, statPrefix),
-		Tracing:   tracing(pp.trace, self),
+		AccessLog:                  accessLogs(pp.log, statPrefix),
+		Tracing:                    tracing(pp.trace, self),
+		ServerHeaderTransformation: serverHeader,
 	}
 	if f := faultFilter(pp.fault); f != nil {
 		m.HttpFilters = append(m.HttpFilters, f)
@@ -123,8 +129,9 @@ func inboundHTTPFilter(s *MeshState, in api.Inbound, statPrefix, local string, m
 				}},
 			}}}},
 		}},
-		AccessLog: accessLogs(pp.log, statPrefix),
-		Tracing:   tracing(pp.trace, service),
+		AccessLog:                  accessLogs(pp.log, statPrefix),
+		Tracing:                    tracing(pp.trace, service),
+		ServerHeaderTransformation: serverHeader,
 	}
 	if mtls {
 		m.HttpFilters = append(m.HttpFilters, &hcm.HttpFilter{Name: HTTPRBACFilter,

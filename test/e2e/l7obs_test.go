@@ -332,7 +332,7 @@ spec:
   sources: [{match: {ursa.io/service: web}}]
   destinations: [{match: {ursa.io/service: billing}}]
   backend: {file: {path: %q}}
-  format: 'web-side %%REQ(:METHOD)%% %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%% %%REQ(X-CANARY)%% %%UPSTREAM_HOST%%'
+  format: 'web-side %%REQ(:METHOD)%% %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%% %%REQ(X-CANARY)%% %%UPSTREAM_HOST%% %%REQ(X-REQUEST-ID)%%'
 ---
 type: TrafficLog
 mesh: default
@@ -341,7 +341,7 @@ spec:
   sources: [{match: {ursa.io/service: '*'}}]
   destinations: [{match: {ursa.io/service: billing, ursa.io/zone: zone-1}}]
   backend: {tcp: {address: %q}}
-  format: 'billing-side %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%%'
+  format: 'billing-side %%REQ(:PATH)%% %%RESPONSE_CODE%% %%ROUTE_NAME%% %%REQ(X-REQUEST-ID)%%'
 ---
 type: TrafficLog
 mesh: default
@@ -371,29 +371,46 @@ spec:
 		t.Fatalf("through the sidecars to db: %q %v", got, err)
 	}
 
-	// The file: one line per request of web's, in the set format.
-	line := regexp.MustCompile(`^web-side GET /orders/(\d) 200 default 1 ` + regexp.QuoteMeta(m.billing.inbound) + `$`)
+	// The file: one line per request of web's, in the set format, with
+	// the X-Request-Id web's sidecar gave the request.
+	const uuid = `([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})`
+	line := regexp.MustCompile(`^web-side GET /orders/(\d) 200 default 1 ` + regexp.QuoteMeta(m.billing.inbound) + ` ` + uuid + `$`)
+	webIDs := map[string]string{} // path → request ID
 	eventually(t, "web's access log lines in the file", func() bool {
 		b, _ := os.ReadFile(logPath)
-		got := 0
+		clear(webIDs)
 		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			if line.MatchString(l) {
-				got++
+			if s := line.FindStringSubmatch(l); s != nil {
+				webIDs[s[1]] = s[2]
 			}
 		}
-		return got == n
+		return len(webIDs) == n
 	})
-	// The Fluent collector: billing's inbound lines, tagged ursa.
-	record := regexp.MustCompile(`^billing-side /orders/\d 200 inbound$`)
+	// The Fluent collector: billing's inbound lines, tagged ursa, with the
+	// same request IDs: billing's sidecar kept what web's sent.
+	record := regexp.MustCompile(`^billing-side /orders/(\d) 200 inbound ` + uuid + `$`)
+	billingIDs := map[string]string{}
 	eventually(t, "billing's access log records at the Fluent collector", func() bool {
-		got := 0
+		clear(billingIDs)
 		for _, r := range fluent.Records() {
-			if msg, _ := r.Record["message"].(string); r.Tag == "ursa" && record.MatchString(msg) {
-				got++
+			if msg, _ := r.Record["message"].(string); r.Tag == "ursa" {
+				if s := record.FindStringSubmatch(msg); s != nil {
+					billingIDs[s[1]] = s[2]
+				}
 			}
 		}
-		return got == n
+		return len(billingIDs) == n
 	})
+	distinct := map[string]bool{}
+	for path, id := range webIDs {
+		distinct[id] = true
+		if billingIDs[path] != id {
+			t.Errorf("/orders/%s: X-Request-Id %s on web's side, %s on billing's", path, id, billingIDs[path])
+		}
+	}
+	if len(distinct) != n {
+		t.Errorf("%d request IDs for %d requests: %v", len(distinct), n, webIDs)
+	}
 	// The TCP connection's lines, web's and db's (inbounds take the
 	// policies that select their service, whoever calls): "hello\n" in,
 	// "db: hello\n" out.
