@@ -419,8 +419,8 @@ func translateRoute(r *route.Route) (*HTTPRoute, error) {
 		return nil, fmt.Errorf("response_headers_to_add: %w", err)
 	}
 	out.ReqRemove, out.RespRemove = r.GetRequestHeadersToRemove(), r.GetResponseHeadersToRemove()
-	if t := expectedTimeout(out); t > 0 {
-		out.expectedTimeout = strconv.FormatInt(t.Milliseconds(), 10)
+	if t := expectedTimeoutMs(out, 0); t > 0 {
+		out.expectedTimeout = strconv.FormatInt(t, 10)
 	}
 	return out, nil
 }

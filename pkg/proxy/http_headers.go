@@ -15,9 +15,10 @@ import (
 // headers of every request and response on their own, as Envoy's do
 // (ConnectionManagerUtility, the router's x-envoy-* headers), under the
 // configuration the built-in proxy accepts: use_remote_address off, no
-// trusted hops, no original IP detection. Envoy then counts no request as
-// internal (one from an internal address is told by X-Forwarded-For alone,
-// which it neither trusts nor appends to), so none is an edge request either.
+// trusted hops, no internal_address_config. Envoy then counts no request
+// as internal (an address it would judge is trusted only by an
+// internal_address_config, which by default trusts none), so none is an
+// edge request either.
 type hcmHeaders struct {
 	// requestID is generate_request_id (Envoy's default: on): a request
 	// without an X-Request-Id gets a random UUID; one with keeps it.
@@ -65,7 +66,13 @@ func (hh *hcmHeaders) request(h http.Header, tls bool) {
 		}
 	}
 	// Envoy's cleanInternalHeaders, for a request that is not internal:
-	// a caller does not steer the mesh's retries and timeouts.
+	// a caller does not steer the mesh's retries and timeouts. (Nor says
+	// it is internal: Envoy takes that out of every request first.)
+	delete(h, "X-Envoy-Internal")
+	// A caller's own X-Forwarded-Client-Cert never reaches the
+	// application: one that trusts it (written for Envoy, whose default
+	// is SANITIZE) would take the claimed identity.
+	delete(h, "X-Forwarded-Client-Cert")
 	for k := range h {
 		if isEnvoyControlHeader(k) {
 			delete(h, k)
@@ -94,8 +101,9 @@ func isEnvoyControlHeader(k string) bool {
 	return false
 }
 
-// upstream is what the router adds to the upstream request r of route rt
-// before its path is rewritten.
+// upstream is what the router adds to the upstream request r of route rt,
+// after the route's own header changes and before its rewrites: the time
+// the first attempt has, and the path and Host it rewrites.
 func (hh *hcmHeaders) upstream(r *http.Request, rt *HTTPRoute) {
 	if !hh.envoyHeaders {
 		return
@@ -106,24 +114,59 @@ func (hh *hcmHeaders) upstream(r *http.Request, rt *HTTPRoute) {
 	if rt.PrefixRewrite != "" {
 		r.Header["X-Envoy-Original-Path"] = []string{r.URL.RequestURI()}
 	}
+	if rt.HostRewrite != "" {
+		r.Header["X-Envoy-Original-Host"] = []string{r.Host}
+	}
 }
 
-// expectedTimeout is how long the router gives an attempt of rt: the
-// per-try timeout when one is set below the route's, else the route's (0:
-// none). translateRoute writes it down once.
-func expectedTimeout(rt *HTTPRoute) time.Duration {
-	if rt.Retry != nil && rt.Retry.perTry > 0 && (rt.Timeout <= 0 || rt.Retry.perTry < rt.Timeout) {
-		return rt.Retry.perTry
+// retry is what the router changes in the upstream request's header h for
+// a retry of rt, elapsed after the request came whole: the time left.
+func (hh *hcmHeaders) retry(h http.Header, rt *HTTPRoute, elapsed time.Duration) {
+	if hh.envoyHeaders && rt.expectedTimeout != "" {
+		h["X-Envoy-Expected-Rq-Timeout-Ms"] = []string{strconv.FormatInt(expectedTimeoutMs(rt, elapsed.Milliseconds()), 10)}
 	}
-	return max(rt.Timeout, 0)
+}
+
+// expectedTimeoutMs is what Envoy's router (setTimeoutHeaders) tells the
+// upstream of the time an attempt of rt has, elapsedMs after the request
+// came whole, in whole milliseconds as Envoy counts them: the per-try
+// timeout, or the route's when there is none, but never more than the
+// route's has left (1 when nothing is left); 0 when neither is set.
+func expectedTimeoutMs(rt *HTTPRoute, elapsedMs int64) int64 {
+	global, expected := rt.Timeout.Milliseconds(), int64(0)
+	if rt.Retry != nil {
+		expected = rt.Retry.perTry.Milliseconds()
+	}
+	if expected <= 0 {
+		expected = global
+	}
+	if expected <= 0 {
+		return 0
+	}
+	if global > 0 {
+		if elapsedMs >= global {
+			return 1
+		}
+		expected = min(expected, global-elapsedMs)
+	}
+	return expected
 }
 
 // upstreamResponse is what the router adds to a response from upstream,
-// before the route's own response header changes: the time since the
-// request came (start).
-func (hh *hcmHeaders) upstreamResponse(h http.Header, start time.Time) {
+// before the route's own response header changes: how long the upstream
+// took since the request came whole (ended); Envoy leaves it out of an
+// answer that comes before that (ok false).
+func (hh *hcmHeaders) upstreamResponse(h http.Header, ended time.Time, ok bool) {
+	if hh.envoyHeaders && ok {
+		h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(time.Since(ended).Milliseconds(), 10)}
+	}
+}
+
+// overloaded is what the router adds to its 503 when a circuit breaker
+// refused the request.
+func (hh *hcmHeaders) overloaded(h http.Header) {
 	if hh.envoyHeaders {
-		h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(time.Since(start).Milliseconds(), 10)}
+		h["X-Envoy-Overloaded"] = []string{"true"}
 	}
 }
 

@@ -1,10 +1,16 @@
 package proxy
 
 import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,12 +18,15 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	commonfault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
@@ -68,7 +77,7 @@ func TestHCMHeaders(t *testing.T) {
 			routeTo("pair", nil, timed(toCluster("billing")))))
 	base := "http://" + boundAddr(t, sc.client, "outbound:billing")
 	steering := []string{"x-envoy-retry-on", "5xx", "x-envoy-max-retries", "0", "x-envoy-upstream-rq-timeout-ms", "1",
-		"x-envoy-expected-rq-timeout-ms", "1", "x-envoy-force-trace", "1", "x-envoy-custom", "kept"}
+		"x-envoy-expected-rq-timeout-ms", "1", "x-envoy-force-trace", "1", "x-envoy-internal", "true", "x-envoy-custom", "kept"}
 	for name, c := range map[string]*http.Client{"h1": h1Client(), "h2c": h2cClient()} {
 		t.Run(name, func(t *testing.T) {
 			ids := map[string]bool{}
@@ -86,7 +95,7 @@ func TestHCMHeaders(t *testing.T) {
 				if got := h.Get("X-Echo-X-Forwarded-Proto"); got != "http" {
 					t.Errorf("%s: X-Forwarded-Proto %q, want http (the caller's connection)", path, got)
 				}
-				for _, k := range []string{"Retry-On", "Max-Retries", "Upstream-Rq-Timeout-Ms", "Force-Trace"} {
+				for _, k := range []string{"Retry-On", "Max-Retries", "Upstream-Rq-Timeout-Ms", "Force-Trace", "Internal"} {
 					if v, ok := h["X-Echo-X-Envoy-"+k]; ok {
 						t.Errorf("%s: the caller's X-Envoy-%s reached the application: %q", path, k, v)
 					}
@@ -230,10 +239,152 @@ func BenchmarkHCMHeaders(b *testing.B) {
 		hh.request(h, false)
 		hh.upstream(r, rt)
 		resp := http.Header{"Content-Type": {"text/plain"}, "Content-Length": {"128"}}
-		hh.upstreamResponse(resp, start)
+		hh.upstreamResponse(resp, start, true)
 		hh.response(resp)
 		// The callee's sidecar.
 		hh.request(h, true)
-		hh.upstreamResponse(resp, start)
+		hh.upstreamResponse(resp, start, true)
 	}
+}
+
+// TestRouterHeaderTimes: the router's times count as Envoy's do. A retry
+// tells the upstream the time the route has left, not the per-try timeout
+// again; X-Envoy-Upstream-Service-Time runs from when the request reached
+// the router (after a fault delay) or its body ended.
+func TestRouterHeaderTimes(t *testing.T) {
+	var mu sync.Mutex
+	var expected []string
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		expected = append(expected, r.Header.Get("X-Envoy-Expected-Rq-Timeout-Ms"))
+		first := len(expected) == 1
+		mu.Unlock()
+		if first && r.URL.Path == "/retried" {
+			time.Sleep(700 * time.Millisecond) // past the per-try timeout
+		}
+		io.WriteString(w, "ok")
+	})
+	retried := toCluster("app")
+	retried.Timeout = durationpb.New(time.Second)
+	retried.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(1), PerTryTimeout: durationpb.New(500 * time.Millisecond)}
+	rc := routeConfig("outbound:svc",
+		routeTo("retried", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/retried"}}, retried),
+		routeTo("app", nil, timed(toCluster("app"))))
+	url := plainHTTP(t, newProxy(t), rc, nil, staticHTTPCluster("app", false, app))
+	delay := &faultv3.HTTPFault{Delay: &commonfault.FaultDelay{FaultDelaySecifier: &commonfault.FaultDelay_FixedDelay{FixedDelay: durationpb.New(300 * time.Millisecond)}}}
+	delayed := plainHTTP(t, newProxy(t), rc, []*faultv3.HTTPFault{delay}, staticHTTPCluster("app", false, app))
+
+	if resp, body := get(t, h1Client(), url+"/retried"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("retried: %d %q", resp.StatusCode, body)
+	}
+	mu.Lock()
+	got := slices.Clone(expected)
+	mu.Unlock()
+	if len(got) != 2 || got[0] != "500" {
+		t.Fatalf("the attempts' X-Envoy-Expected-Rq-Timeout-Ms: %q, want 500 then what the second's 1 s has left", got)
+	}
+	if left, err := strconv.Atoi(got[1]); err != nil || left >= 500 || left < 200 {
+		t.Errorf("the retry was told %q ms: the route's 1 s less the first attempt's 500 ms and more", got[1])
+	}
+	serviceTime := func(resp *http.Response) int {
+		t.Helper()
+		ms, err := strconv.Atoi(resp.Header.Get("X-Envoy-Upstream-Service-Time"))
+		if err != nil {
+			t.Fatalf("X-Envoy-Upstream-Service-Time %q", resp.Header.Get("X-Envoy-Upstream-Service-Time"))
+		}
+		return ms
+	}
+	start := time.Now()
+	resp, _ := get(t, h1Client(), delayed+"/app")
+	if took := time.Since(start); took < 300*time.Millisecond || serviceTime(resp) >= 250 {
+		t.Errorf("after a 300 ms fault delay (the request took %s) the upstream's time was %d ms: it starts at the router", took, serviceTime(resp))
+	}
+	post, err := h1Client().Post(url+"/app", "text/plain", strings.NewReader(strings.Repeat("b", 64<<10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	post.Body.Close()
+	if post.StatusCode != 200 || serviceTime(post) > 5000 {
+		t.Errorf("a POST: %d, service time %d", post.StatusCode, serviceTime(post))
+	}
+}
+
+// TestRouterHeadersMore: a host rewrite says the Host it replaced; a
+// circuit breaker's 503 says the upstream was overloaded; a 101 gets the
+// Server header as the proxy's other responses do; a request that came
+// over TLS without X-Forwarded-Proto gets https.
+func TestRouterHeadersMore(t *testing.T) {
+	t.Run("original-host", func(t *testing.T) {
+		app := backend(t, "app", nil)
+		a := timed(toCluster("app"))
+		a.HostRewriteSpecifier = &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "billing.internal"}
+		url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("app", nil, a)), nil, staticHTTPCluster("app", false, app))
+		req, _ := http.NewRequest(http.MethodGet, url+"/x", nil)
+		req.Host = "billing.mesh"
+		resp, err := h1Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Echo-X-Envoy-Original-Host"); got != "billing.mesh" {
+			t.Errorf("X-Envoy-Original-Host %q, want billing.mesh", got)
+		}
+	})
+	t.Run("overloaded", func(t *testing.T) {
+		slow := newSlowBackend(t)
+		c := staticHTTPCluster("app", false, slow.addr)
+		c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{MaxRequests: wrapperspb.UInt32(1)}}}
+		_, _, url := httpProxyTo(t, c)
+		done := make(chan struct{})
+		go func() { defer close(done); get(t, h1Client(), url) }()
+		testutil.Until(t, 10*time.Second, "the first request at the backend", func() bool { return slow.held() == 1 })
+		resp, _ := get(t, h1Client(), url)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Envoy-Overloaded") != "true" {
+			t.Errorf("over max_requests: %d, X-Envoy-Overloaded %q", resp.StatusCode, resp.Header.Get("X-Envoy-Overloaded"))
+		}
+		slow.release()
+		<-done
+	})
+	t.Run("server-on-101", func(t *testing.T) {
+		up := backend(t, "up", func(w http.ResponseWriter, r *http.Request) {
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\nServer: app\r\n\r\n")
+			brw.Flush()
+		})
+		p := newProxy(t)
+		apply(t, p, nil, nil, []*listener.Listener{withHCM(t, outboundHTTPListener("out", "out"), func(h *hcm.HttpConnectionManager) {
+			h.ServerHeaderTransformation, h.ServerName = hcm.HttpConnectionManager_OVERWRITE, "ursa"
+		})}, []*cluster.Cluster{staticHTTPCluster("up", false, up)}, nil, routeConfig("out", routeTo("up", nil, toCluster("up"))))
+		conn, err := net.Dial("tcp", boundAddr(t, p, "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Server") != "ursa" {
+			t.Errorf("upgrade: %d, Server %q, want 101 from ursa", resp.StatusCode, resp.Header.Get("Server"))
+		}
+	})
+	t.Run("https", func(t *testing.T) {
+		sc := newSidecars(t)
+		app := backend(t, "app", nil)
+		apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inboundHTTPListener("inbound:billing", "billing", "localhost:app", "spiffe://default/web")},
+			[]*cluster.Cluster{staticHTTPCluster("localhost:app", false, app)}, nil)
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			Certificates: []tls.Certificate{*sc.web}, RootCAs: sc.roots, InsecureSkipVerify: true}}}
+		resp, _ := get(t, c, "https://"+boundAddr(t, sc.server, "inbound:billing")+"/")
+		if got := resp.Header.Get("X-Echo-X-Forwarded-Proto"); resp.StatusCode != 200 || got != "https" {
+			t.Errorf("over mTLS: %d, X-Forwarded-Proto %q, want https", resp.StatusCode, got)
+		}
+	})
 }

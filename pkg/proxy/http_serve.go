@@ -563,16 +563,15 @@ type countingWriter struct {
 	n      int64
 	status int
 	// hh, once the request's chain is known, changes the header of the
-	// response (or of the switch to an upgraded protocol) as it leaves.
+	// response as it leaves (a switch to an upgraded protocol does not
+	// come through here: reverseProxy sees to it).
 	hh *hcmHeaders
 }
 
 func (w *countingWriter) WriteHeader(code int) {
-	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+	if w.status == 0 && code >= 200 {
 		w.final()
-		if code >= 200 {
-			w.status = code
-		}
+		w.status = code
 	}
 	w.ResponseWriter.WriteHeader(code)
 }

@@ -183,11 +183,15 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 	*ex = exchange{p: p, cfg: cfg, rt: rt, ri: &hr.info, down: down, ctx: down, body: &hr.replay}
 	body := &hr.replay
 	body.src = r.Body
+	bodyless := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	if bodyless {
+		ex.ended = time.Now()
+	}
 	switch {
 	case rt.Timeout <= 0:
-	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
+	case bodyless:
 		ex.deadline = &hr.deadline
-		*ex.deadline = deadlineCtx{parent: down, deadline: time.Now().Add(rt.Timeout)}
+		*ex.deadline = deadlineCtx{parent: down, deadline: ex.ended.Add(rt.Timeout)}
 		ex.ctx = ex.deadline
 	default:
 		// As Envoy's, the route timeout runs from the end of the request
@@ -220,6 +224,16 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 		ex.ctx, ex.idleStop = ex.idle.bind(ex.ctx)
 	}
 	return ex
+}
+
+// requestEnd is when the request had come whole, as Envoy's router counts
+// it (downstream_request_complete_time): when it reached the router, or
+// when its body ended; false while its body is still coming.
+func (ex *exchange) requestEnd() (time.Time, bool) {
+	if !ex.ended.IsZero() {
+		return ex.ended, true
+	}
+	return ex.body.end()
 }
 
 // end ends the exchange's timeouts: its idle timeout's, then the
@@ -311,15 +325,11 @@ func (c *deadlineCtx) stop() {
 // span's traceparent.
 func (ex *exchange) prepare(r *http.Request) {
 	h := r.Header
-	// A caller's own X-Forwarded-Client-Cert never reaches the
-	// application: one that trusts it (written for Envoy, whose default
-	// is SANITIZE) would take the claimed identity.
-	delete(h, "X-Forwarded-Client-Cert")
-	ex.ri.Chain.Headers.upstream(r, ex.rt)
 	for _, k := range ex.rt.ReqRemove {
 		h.Del(k)
 	}
 	applyHeaders(h, ex.rt.ReqAdd)
+	ex.ri.Chain.Headers.upstream(r, ex.rt)
 	ex.p.startSpan(ex.ri, nil, h)
 }
 
@@ -349,7 +359,8 @@ func (ex *exchange) rewrite(r *http.Request) {
 // modifyResponse applies the router's and the route's response header
 // changes.
 func (ex *exchange) modifyResponse(resp *http.Response) {
-	ex.ri.Chain.Headers.upstreamResponse(resp.Header, ex.ri.Start)
+	ended, ok := ex.requestEnd()
+	ex.ri.Chain.Headers.upstreamResponse(resp.Header, ended, ok)
 	for _, k := range ex.rt.RespRemove {
 		resp.Header.Del(k)
 	}
@@ -362,6 +373,9 @@ func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var lr *localReplyError
 	switch {
 	case errors.As(err, &lr):
+		if lr.flag == "UO" {
+			ri.Chain.Headers.overloaded(w.Header())
+		}
 		p.localReply(w, r, ri, lr.status, lr.flag, lr.body)
 	case ex.down.Err() != nil:
 		ri.flag("DC") // the caller went away
@@ -397,6 +411,10 @@ func (ex *exchange) reverseProxy(w http.ResponseWriter, r *http.Request) {
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			ex.modifyResponse(resp)
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				// Written on the hijacked connection, past the writer.
+				ex.ri.Chain.Headers.response(resp.Header)
+			}
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) { ex.fail(w, r, err) },
@@ -458,6 +476,9 @@ type exchange struct {
 	watch context.Context
 	idle  *idleWatch
 	body  *replayBody
+	// ended is when a request without a body reached the router (the
+	// end of one with a body is body's).
+	ended time.Time
 	// What end stops: the route's timeout (a deadline, or a cancel for
 	// a request with a body) and the idle timeout's context.
 	deadline *deadlineCtx
@@ -511,6 +532,11 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 				ex.releaseSlots()
 				return nil, err
 			}
+			since := ri.Start
+			if ended, ok := ex.requestEnd(); ok {
+				since = ended
+			}
+			ri.Chain.Headers.retry(req.Header, rt, time.Since(since))
 		}
 		ep, ok := p.pick(c, tried, pol.draws)
 		if !ok && len(tried) > 0 {
@@ -867,11 +893,19 @@ type replayBody struct {
 	onEOF    func()
 	buf      []byte
 	eof      bool
+	ended    time.Time // when eof was found
 	overflow bool
 	current  *attemptBody
 }
 
 func newReplayBody(src io.Reader) *replayBody { return &replayBody{src: src} }
+
+// end is when the source ended; false while it has not.
+func (b *replayBody) end() (time.Time, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ended, b.eof
+}
 
 // attempt is the body of a new attempt; the previous attempt's reads end.
 func (b *replayBody) attempt() io.ReadCloser {
@@ -927,7 +961,7 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 			}
 		}
 		if err == io.EOF && !b.eof {
-			b.eof = true
+			b.eof, b.ended = true, time.Now()
 			if b.onEOF != nil {
 				b.onEOF()
 			}
