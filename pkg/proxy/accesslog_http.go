@@ -49,7 +49,7 @@ func (p *Proxy) startSpan(ri *requestInfo, _, out http.Header) (end func()) {
 	if ri.Chain == nil || ri.Chain.Obs == nil || ri.Chain.Obs.Trace == nil || ri.span != nil {
 		return func() {}
 	}
-	_, ri.span = ri.Chain.Obs.Trace.startSpan(context.Background(), out, ri.Start)
+	_, ri.span = ri.Chain.Obs.Trace.startSpan(context.Background(), out, ri.Start, ri.traced)
 	return func() {}
 }
 

@@ -40,6 +40,8 @@ type requestInfo struct {
 	Attempts int
 	// span is the request's span, when its chain traces (startSpan).
 	span trace.Span
+	// traced is the HCM's decision to trace the request (tracer.decide).
+	traced bool
 	// scratch is the connection's, for the response's header (h1Scratch).
 	scratch *h1Scratch
 }

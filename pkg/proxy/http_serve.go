@@ -276,6 +276,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	chain.Headers.request(r.Header, r.TLS != nil)
 	cw.hh = &chain.Headers
+	if chain.Obs != nil && chain.Obs.Trace != nil {
+		ri.traced = chain.Obs.Trace.decide(r.Header)
+	}
 	if chain.RBAC != nil {
 		if !chain.RBAC.allows(meta.peerURIs(r.TLS)) {
 			p.localReply(cw, r, ri, http.StatusForbidden, "", "RBAC: access denied")

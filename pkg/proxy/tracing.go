@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -26,9 +28,9 @@ import (
 // the configuration that holds it is served — where the spans go.
 type tracer struct {
 	key exporterKey
-	// sampling is the percentage of new traces (requests without a
-	// traceparent) that are recorded; a request with one follows its
-	// sampled flag.
+	// sampling is the percentage of requests the HCM decides to trace
+	// (decide); a request with a traceparent follows its sampled flag
+	// instead.
 	sampling float64
 	// server makes server spans (an inbound HCM); else client spans.
 	server bool
@@ -177,12 +179,12 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 // new span's, so the request carries it on (upstream, or to the local
 // application). start is when the request began (the record's Start). ctx
 // carries the span; endSpan ends it.
-func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) (context.Context, trace.Span) {
+func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time, traced bool) (context.Context, trace.Span) {
 	carrier, prop := propagation.HeaderCarrier(h), t.propagator()
 	caller, in := t.readCaller(ctx, h)
 	switch {
 	case !caller.IsValid():
-		if record := in.decides(t.sample); !record || t.spans.Load() == nil {
+		if record := in.decides(traced); !record || t.spans.Load() == nil {
 			// A new trace this hop does not record (not sampled, or not
 			// bound to a collector yet): its IDs still go on with the
 			// decision, which the hops after this one follow.
@@ -191,9 +193,9 @@ func (t *tracer) startSpan(ctx context.Context, h http.Header, start time.Time) 
 				TraceID: randomTraceID(), SpanID: randomSpanID(), TraceFlags: flags.WithSampled(record), Remote: true}))
 		}
 	case in.deferred:
-		// A B3 caller that left the decision to the next hop: this one
-		// samples at its rate, as Envoy's Zipkin tracer does.
-		ctx = trace.ContextWithRemoteSpanContext(ctx, caller.WithTraceFlags(caller.TraceFlags().WithSampled(t.sample())))
+		// A B3 caller that left the decision to the next hop: this one's
+		// HCM decides, as with Envoy's Zipkin tracer.
+		ctx = trace.ContextWithRemoteSpanContext(ctx, caller.WithTraceFlags(caller.TraceFlags().WithSampled(traced)))
 	default:
 		ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
 	}
@@ -257,9 +259,45 @@ func (t *tracer) propagator() propagation.TextMapPropagator {
 	return traceContext
 }
 
-// sample is whether a new trace is recorded, at the tracer's rate.
-func (t *tracer) sample() bool {
-	return rand.Float64()*100 < t.sampling
+// decide is the HCM's decision to trace the request whose header is h,
+// made and kept in its X-Request-Id as Envoy's default request ID
+// extension (UUID, pack_trace_reason and use_request_id_for_trace_sampling
+// on) does, so that every hop that sees the ID decides alike. An ID whose
+// 15th character marks a decision ('9' sampled, 'a' forced, 'b' by the
+// client) is traced; else one beside an X-Client-Trace-Id is, marked 'b';
+// else one whose first 32 bits, mod 10,000, fall under the sampling rate
+// is, marked '9'. An ID whose first 8 characters are not hex, or none, is
+// not traced; only a UUID's length (36) is marked.
+func (t *tracer) decide(h http.Header) bool {
+	vs := h["X-Request-Id"]
+	if len(vs) == 0 || len(vs[0]) < 8 {
+		return false
+	}
+	id := vs[0]
+	n, err := strconv.ParseUint(id[:8], 16, 32)
+	if err != nil {
+		return false
+	}
+	const reason = 14 // the UUID's version digit, which Envoy reuses
+	if len(id) == 36 {
+		switch id[reason] {
+		case '9', 'a', 'b':
+			return true
+		}
+	}
+	mark := byte('9')
+	switch {
+	case len(h["X-Client-Trace-Id"]) > 0:
+		mark = 'b'
+	case n%10_000 >= uint64(math.Round(t.sampling*100)):
+		return false
+	}
+	if len(id) == 36 {
+		b := []byte(id)
+		b[reason] = mark
+		h["X-Request-Id"] = []string{string(b)}
+	}
+	return true
 }
 
 // b3Caller is what a caller's B3 headers said, beside the span context
@@ -313,15 +351,15 @@ func namesContext(sc trace.SpanContext, traceID, spanID string) bool {
 }
 
 // decides is whether a new trace is recorded: as a caller's sampling
-// state alone said, else by sample.
-func (in b3Caller) decides(sample func() bool) bool {
+// state alone said, else as the HCM decided (traced).
+func (in b3Caller) decides(traced bool) bool {
 	switch in.only {
 	case "0":
 		return false
 	case "1", "d":
 		return true
 	}
-	return sample()
+	return traced
 }
 
 // endSpan names the span after the request's service and route, adds what

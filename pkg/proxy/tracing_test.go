@@ -18,6 +18,7 @@ import (
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -110,6 +111,15 @@ func TestTranslateTracing(t *testing.T) {
 	}
 }
 
+// decided is tr's HCM decision for a request whose header is h, with an
+// X-Request-Id the HCM would have given it when it has none.
+func decided(tr *tracer, h http.Header) bool {
+	if _, ok := h["X-Request-Id"]; !ok {
+		h["X-Request-Id"] = []string{uuid.NewString()}
+	}
+	return tr.decide(h)
+}
+
 // recordingTracer is a tracer whose spans a SpanRecorder keeps.
 func recordingTracer(t *testing.T, server bool, sampling float64) (*tracer, *tracetest.SpanRecorder) {
 	rec := tracetest.NewSpanRecorder()
@@ -138,7 +148,7 @@ func TestSpansAcrossTwoHops(t *testing.T) {
 	in, inRec := recordingTracer(t, true, 0) // a callee follows its caller's decision
 
 	h := http.Header{}
-	_, client := out.startSpan(context.Background(), h, sampleRecord().Start)
+	_, client := out.startSpan(context.Background(), h, sampleRecord().Start, decided(out, h))
 	upstream := h.Get("traceparent")
 	if !strings.HasPrefix(upstream, "00-"+client.SpanContext().TraceID().String()+"-"+client.SpanContext().SpanID().String()+"-01") {
 		t.Fatalf("traceparent upstream %q, want the client span's, sampled", upstream)
@@ -147,7 +157,7 @@ func TestSpansAcrossTwoHops(t *testing.T) {
 	r.Status = 200
 	out.endSpan(client, r)
 
-	_, server := in.startSpan(context.Background(), h, sampleRecord().Start)
+	_, server := in.startSpan(context.Background(), h, sampleRecord().Start, decided(in, h))
 	if h.Get("traceparent") == upstream {
 		t.Fatal("the callee's sidecar passed the caller's traceparent on unchanged")
 	}
@@ -187,7 +197,7 @@ func TestSpansAcrossTwoHops(t *testing.T) {
 func TestSpanChildOfIncomingTraceparent(t *testing.T) {
 	out, rec := recordingTracer(t, false, 0) // 0 %: only the caller's decision records
 	h := http.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
-	_, span := out.startSpan(context.Background(), h, sampleRecord().Start)
+	_, span := out.startSpan(context.Background(), h, sampleRecord().Start, decided(out, h))
 	out.endSpan(span, sampleRecord())
 	got := rec.Ended()
 	if len(got) != 1 || got[0].Parent().SpanID().String() != "b7ad6b7169203331" || got[0].SpanContext().TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
@@ -245,7 +255,7 @@ func TestB3Propagation(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			tr, rec := b3Tracer(t, false, 0, tc.w3c) // 0 %: only a caller's decision records
 			h := tc.in.Clone()
-			_, span := tr.startSpan(context.Background(), h, sampleRecord().Start)
+			_, span := tr.startSpan(context.Background(), h, sampleRecord().Start, decided(tr, h))
 			tr.endSpan(span, sampleRecord())
 			sc := span.SpanContext()
 			parent := caller
@@ -310,7 +320,7 @@ func TestB3Sampling(t *testing.T) {
 	} {
 		tr, rec := b3Tracer(t, true, tc.sampling, false)
 		h := tc.in.Clone()
-		_, s := tr.startSpan(context.Background(), h, sampleRecord().Start)
+		_, s := tr.startSpan(context.Background(), h, sampleRecord().Start, decided(tr, h))
 		tr.endSpan(s, sampleRecord())
 		recorded := len(rec.Ended()) == 1
 		if recorded != tc.want || (s.SpanContext().TraceID().String() == id) != tc.sameTrace {
@@ -329,7 +339,7 @@ func TestUnboundTracerPropagates(t *testing.T) {
 	for _, sampling := range []float64{0, 100} {
 		tr := &tracer{sampling: sampling, maxPath: defaultMaxPathTag, w3c: true}
 		h := http.Header{}
-		_, span := tr.startSpan(context.Background(), h, time.Now())
+		_, span := tr.startSpan(context.Background(), h, time.Now(), decided(tr, h))
 		span.End()
 		want := map[float64]string{0: "-00", 100: "-01"}[sampling]
 		if tp := h.Get("traceparent"); !strings.HasPrefix(tp, "00-") || !strings.HasSuffix(tp, want) {
@@ -341,7 +351,7 @@ func TestUnboundTracerPropagates(t *testing.T) {
 func TestSamplingOfNewTraces(t *testing.T) {
 	out, rec := recordingTracer(t, false, 0)
 	h := http.Header{}
-	_, span := out.startSpan(context.Background(), h, sampleRecord().Start)
+	_, span := out.startSpan(context.Background(), h, sampleRecord().Start, decided(out, h))
 	out.endSpan(span, sampleRecord())
 	if len(rec.Ended()) != 0 {
 		t.Fatal("0 % sampling recorded a span")
@@ -352,7 +362,7 @@ func TestSamplingOfNewTraces(t *testing.T) {
 	}
 	// The next hop follows the decision.
 	in, inRec := recordingTracer(t, true, 100)
-	_, span = in.startSpan(context.Background(), h, sampleRecord().Start)
+	_, span = in.startSpan(context.Background(), h, sampleRecord().Start, decided(in, h))
 	in.endSpan(span, sampleRecord())
 	if len(inRec.Ended()) != 0 {
 		t.Fatal("the next hop recorded a trace its caller did not sample")
@@ -360,7 +370,8 @@ func TestSamplingOfNewTraces(t *testing.T) {
 
 	half, halfRec := recordingTracer(t, false, 50)
 	for range 1000 {
-		_, span := half.startSpan(context.Background(), http.Header{}, sampleRecord().Start)
+		h := http.Header{}
+		_, span := half.startSpan(context.Background(), h, sampleRecord().Start, decided(half, h))
 		half.endSpan(span, sampleRecord())
 	}
 	if n := len(halfRec.Ended()); n < 400 || n > 600 {
@@ -465,7 +476,8 @@ func TestExportersFollowTheConfiguration(t *testing.T) {
 		t.Fatal("two tracers of one collector do not share its exporter")
 	}
 	send := func(tr *tracer, route string) {
-		_, span := tr.startSpan(context.Background(), http.Header{}, sampleRecord().Start)
+		h := http.Header{}
+		_, span := tr.startSpan(context.Background(), h, sampleRecord().Start, decided(tr, h))
 		r := sampleRecord()
 		r.Route = route
 		tr.endSpan(span, r)
@@ -556,7 +568,7 @@ func BenchmarkSpanPropagation(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				h := tc.in.Clone()
-				_, span := tr.startSpan(context.Background(), h, start)
+				_, span := tr.startSpan(context.Background(), h, start, true)
 				span.End()
 			}
 		})
@@ -589,7 +601,7 @@ func FuzzB3Headers(f *testing.F) {
 				tr.bindSpans(spans)
 			}
 			h := in.Clone()
-			_, span := tr.startSpan(context.Background(), h, time.Now())
+			_, span := tr.startSpan(context.Background(), h, time.Now(), decided(tr, h))
 			sc := span.SpanContext()
 			id := h.Get("X-B3-Traceid")
 			if (len(id) != 16 && len(id) != 32) || !strings.HasSuffix(sc.TraceID().String(), id) {
@@ -603,4 +615,42 @@ func FuzzB3Headers(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestTraceDecisionInRequestID: the HCM decides from the X-Request-Id and
+// keeps its decision there, as Envoy's UUID request ID extension does.
+func TestTraceDecisionInRequestID(t *testing.T) {
+	const rest = "-0000-4000-8000-000000000000"
+	for _, tc := range []struct {
+		id       string
+		client   bool
+		sampling float64
+		traced   bool
+		after    string
+	}{
+		{"00000001" + rest, false, 50, true, "00000001-0000-9000-8000-000000000000"},                     // 1 < 5,000 of 10,000
+		{"00001389" + rest, false, 50, false, "00001389" + rest},                                         // 5,001
+		{"00001387" + rest, false, 50, true, "00001387-0000-9000-8000-000000000000"},                     // 4,999
+		{"ffffffff" + rest, false, 100, true, "ffffffff-0000-9000-8000-000000000000"},                    // 100 %: every one
+		{"00000001" + rest, false, 0, false, "00000001" + rest},                                          // 0 %: none
+		{"00000001-0000-9000-8000-000000000000", false, 0, true, "00000001-0000-9000-8000-000000000000"}, // decided before
+		{"00000001-0000-a000-8000-000000000000", false, 0, true, "00000001-0000-a000-8000-000000000000"},
+		{"00000001-0000-b000-8000-000000000000", false, 0, true, "00000001-0000-b000-8000-000000000000"},
+		{"00000001" + rest, true, 0, true, "00000001-0000-b000-8000-000000000000"}, // X-Client-Trace-Id
+		{"deadbeef", false, 100, true, "deadbeef"},                                 // not a UUID: traced, unmarked
+		{"caller-chosen", false, 100, false, "caller-chosen"},                      // not hex: never traced
+		{"", false, 100, false, ""},
+	} {
+		h := http.Header{"X-Request-Id": {tc.id}}
+		if tc.client {
+			h.Set("X-Client-Trace-Id", "c")
+		}
+		tr := &tracer{sampling: tc.sampling}
+		if got := tr.decide(h); got != tc.traced || h.Get("X-Request-Id") != tc.after {
+			t.Errorf("%q at %v %% (client %t): traced %t, ID %q; want %t, %q", tc.id, tc.sampling, tc.client, got, h.Get("X-Request-Id"), tc.traced, tc.after)
+		}
+	}
+	if (&tracer{sampling: 100}).decide(http.Header{}) {
+		t.Error("a request without an X-Request-Id was traced")
+	}
 }

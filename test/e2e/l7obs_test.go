@@ -372,8 +372,10 @@ spec:
 	}
 
 	// The file: one line per request of web's, in the set format, with
-	// the X-Request-Id web's sidecar gave the request.
-	const uuid = `([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})`
+	// the X-Request-Id web's sidecar gave the request: a random UUID whose
+	// version digit says "traced" (9), as Envoy's marks a request its
+	// tracing samples.
+	const uuid = `([0-9a-f]{8}-[0-9a-f]{4}-9[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})`
 	line := regexp.MustCompile(`^web-side GET /orders/(\d) 200 default 1 ` + regexp.QuoteMeta(m.billing.inbound) + ` ` + uuid + `$`)
 	webIDs := map[string]string{} // path → request ID
 	eventually(t, "web's access log lines in the file", func() bool {
