@@ -54,7 +54,14 @@ type HTTPChain struct {
 	// Headers is what the HCM and its router do to every request's and
 	// response's header on their own.
 	Headers hcmHeaders
+	// StreamIdle is the HCM's stream_idle_timeout (Envoy's default when
+	// unset: 5 minutes; 0: none): a request whose route sets no
+	// idle_timeout ends when it sees no activity for as long.
+	StreamIdle time.Duration
 }
+
+// defaultStreamIdle is Envoy's stream_idle_timeout when the HCM sets none.
+const defaultStreamIdle = 5 * time.Minute
 
 // RouteTable is a translated RouteConfiguration.
 type RouteTable struct {
@@ -79,8 +86,10 @@ type HTTPRoute struct {
 	// Timeout bounds the whole exchange, retries included; 0 is none.
 	Timeout time.Duration
 	// IdleTimeout, when set, ends a request that sees no activity for as
-	// long.
+	// long; idleSet says the route set it (0 then turns the HCM's
+	// stream_idle_timeout off), else the HCM's applies.
 	IdleTimeout time.Duration
+	idleSet     bool
 	Retry       *retryPolicy
 	// PrefixRewrite, when set, replaces the first rewriteLen bytes of
 	// the request's path (the prefix, or the whole path, the route
@@ -168,7 +177,7 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return fmt.Errorf("listener %q: http_connection_manager: %w", listenerName, err)
 	}
 	if err := onlyFields(h, "stat_prefix", "codec_type", "rds", "route_config", "http_filters", "access_log", "tracing",
-		"generate_request_id", "server_name", "server_header_transformation"); err != nil {
+		"generate_request_id", "server_name", "server_header_transformation", "stream_idle_timeout"); err != nil {
 		return nil, wrap(err)
 	}
 	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
@@ -180,6 +189,12 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return nil, wrap(err)
 	}
 	out.Headers = headers
+	out.StreamIdle = defaultStreamIdle
+	if t := h.GetStreamIdleTimeout(); t != nil {
+		if out.StreamIdle, err = nonNegative("stream_idle_timeout", t); err != nil {
+			return nil, wrap(err)
+		}
+	}
 	switch {
 	case h.GetRds() != nil:
 		rds := h.GetRds()
@@ -406,6 +421,7 @@ func translateRoute(r *route.Route) (*HTTPRoute, error) {
 		if out.IdleTimeout, err = nonNegative("idle_timeout", t); err != nil {
 			return nil, err
 		}
+		out.idleSet = true
 	}
 	if rp := a.GetRetryPolicy(); rp != nil {
 		if out.Retry, err = translateRetry(rp); err != nil {

@@ -388,3 +388,39 @@ func TestRouterHeadersMore(t *testing.T) {
 		}
 	})
 }
+
+// TestHCMStreamIdleTimeout: the HCM's stream_idle_timeout ends a request
+// that sees no activity for as long (504, "stream timeout", as the
+// route's idle_timeout does) unless its route sets its own, 0 turning it
+// off; unset, it is Envoy's 5 minutes.
+func TestHCMStreamIdleTimeout(t *testing.T) {
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(400 * time.Millisecond):
+			io.WriteString(w, "late")
+		case <-r.Context().Done():
+		}
+	})
+	own := toCluster("app")
+	own.IdleTimeout = durationpb.New(0)
+	p := newProxy(t)
+	apply(t, p, nil, nil, []*listener.Listener{withHCM(t, outboundHTTPListener("out", "out"), func(h *hcm.HttpConnectionManager) {
+		h.StreamIdleTimeout = durationpb.New(150 * time.Millisecond)
+	})}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil,
+		routeConfig("out", routeTo("own", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/own"}}, own), routeTo("hcm", nil, toCluster("app"))))
+	base := "http://" + boundAddr(t, p, "out")
+	start := time.Now()
+	if resp, body := get(t, h1Client(), base+"/idle"); resp.StatusCode != http.StatusGatewayTimeout || body != "stream timeout" || time.Since(start) > 350*time.Millisecond {
+		t.Errorf("idle past the HCM's 150 ms: %d %q after %s", resp.StatusCode, body, time.Since(start))
+	}
+	if resp, body := get(t, h1Client(), base+"/own"); resp.StatusCode != 200 || body != "late" {
+		t.Errorf("a route whose idle_timeout is 0: %d %q", resp.StatusCode, body)
+	}
+	cfg, err := translate([]*listener.Listener{withHCM(t, outboundHTTPListener("out", "out"), func(h *hcm.HttpConnectionManager) { h.StreamIdleTimeout = nil })}, nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Listeners["out"].HTTP.StreamIdle; got != 5*time.Minute {
+		t.Errorf("stream_idle_timeout unset: %s, want Envoy's 5m", got)
+	}
+}

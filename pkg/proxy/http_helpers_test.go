@@ -66,7 +66,8 @@ func outboundHTTPListener(name, rds string, filters ...*hcm.HttpFilter) *listene
 	h := &hcm.HttpConnectionManager{StatPrefix: name, CodecType: hcm.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: rds,
 			ConfigSource: &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}}},
-		HttpFilters: append(filters, routerFilter()), ServerHeaderTransformation: hcm.HttpConnectionManager_PASS_THROUGH}
+		HttpFilters: append(filters, routerFilter()), ServerHeaderTransformation: hcm.HttpConnectionManager_PASS_THROUGH,
+		StreamIdleTimeout: durationpb.New(0)}
 	return &listener.Listener{Name: name, Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{hcmFilter(h)}}}}
 }
 
@@ -78,7 +79,8 @@ func inboundHTTPListener(name, service, local string, allowed ...string) *listen
 			VirtualHosts: []*route.VirtualHost{{Name: service, Domains: []string{"*"}, Routes: []*route.Route{{Name: "inbound",
 				Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
 				Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: local}, Timeout: durationpb.New(0)}}}}}}}},
-		HttpFilters: []*hcm.HttpFilter{rbacHTTPFilter(allowed...), routerFilter()}, ServerHeaderTransformation: hcm.HttpConnectionManager_PASS_THROUGH}
+		HttpFilters: []*hcm.HttpFilter{rbacHTTPFilter(allowed...), routerFilter()}, ServerHeaderTransformation: hcm.HttpConnectionManager_PASS_THROUGH,
+		StreamIdleTimeout: durationpb.New(0)}
 	down := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true)}
 	return &listener.Listener{Name: name, Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
 		TransportSocket: &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: xds.MustAny(down)}},

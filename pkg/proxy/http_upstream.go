@@ -218,9 +218,13 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 	if _, ok := ex.ctx.Deadline(); ok || ex.ctx == down {
 		ex.watch = down // all ctx adds to down is a deadline
 	}
-	if rt.IdleTimeout > 0 {
+	idle := rt.IdleTimeout
+	if !rt.idleSet {
+		idle = hr.info.Chain.StreamIdle
+	}
+	if idle > 0 {
 		ex.watch = nil
-		ex.idle = newIdleWatch(rt.IdleTimeout)
+		ex.idle = newIdleWatch(idle)
 		ex.ctx, ex.idleStop = ex.idle.bind(ex.ctx)
 	}
 	return ex

@@ -84,6 +84,7 @@ func outboundFilters(statPrefix, service, protocol string, subsets []Subset, pp 
 		AccessLog:                  accessLogs(pp.log, statPrefix),
 		Tracing:                    tracing(pp.trace, self),
 		ServerHeaderTransformation: serverHeader,
+		StreamIdleTimeout:          durationpb.New(0), // idle limits are the Timeout policy's (route idle_timeout)
 	}
 	if f := faultFilter(pp.fault); f != nil {
 		m.HttpFilters = append(m.HttpFilters, f)
@@ -132,6 +133,7 @@ func inboundHTTPFilter(s *MeshState, in api.Inbound, statPrefix, local string, m
 		AccessLog:                  accessLogs(pp.log, statPrefix),
 		Tracing:                    tracing(pp.trace, service),
 		ServerHeaderTransformation: serverHeader,
+		StreamIdleTimeout:          durationpb.New(0), // idle limits are the Timeout policy's (route idle_timeout)
 	}
 	if mtls {
 		m.HttpFilters = append(m.HttpFilters, &hcm.HttpFilter{Name: HTTPRBACFilter,
