@@ -408,6 +408,9 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	// a large upload) and close: the write then fails, and that answer,
 	// already on its way, is the response.
 	early := func(werr error) (*http.Response, bool, error) {
+		if ctx.Err() != nil {
+			return fail(werr) // the request ended (a timeout): no answer is awaited
+		}
 		pc.SetReadDeadline(time.Now().Add(time.Second))
 		resp, err := readResponse(pc.br, req, sc)
 		if err != nil || resp.StatusCode < 200 {

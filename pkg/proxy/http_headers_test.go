@@ -424,3 +424,45 @@ func TestHCMStreamIdleTimeout(t *testing.T) {
 		t.Errorf("stream_idle_timeout unset: %s, want Envoy's 5m", got)
 	}
 }
+
+// TestStreamTimeoutWhileSending: an idle timeout that fires while the
+// caller is still sending its request's body answers 408, as Envoy's
+// (after the request came whole: 504, TestHCMStreamIdleTimeout).
+func TestStreamTimeoutWhileSending(t *testing.T) {
+	app := backend(t, "app", nil) // reads the body to its end
+	idle := toCluster("app")
+	idle.IdleTimeout = durationpb.New(150 * time.Millisecond)
+	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("idle", nil, idle)), nil, staticHTTPCluster("app", false, app))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nhalf of it") // and no more
+	start := time.Now()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestTimeout || string(body) != "stream timeout" || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("idle while sending: %d %q after %s, want 408 stream timeout after 150 ms", resp.StatusCode, body, time.Since(start))
+	}
+	// The same over h2c: the stream's body, not the connection, stops.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go io.WriteString(pw, "half of it") // and no more
+	req, _ := http.NewRequest(http.MethodPost, url+"/upload", pr)
+	req.ContentLength = 100
+	start = time.Now()
+	h2resp, err := h2cClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(h2resp.Body)
+	h2resp.Body.Close()
+	if h2resp.StatusCode != http.StatusRequestTimeout || string(body) != "stream timeout" || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("h2c, idle while sending: %d %q after %s, want 408 stream timeout after 150 ms", h2resp.StatusCode, body, time.Since(start))
+	}
+}

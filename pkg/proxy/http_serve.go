@@ -109,6 +109,9 @@ type connMeta struct {
 	// scratch, on an HTTP/1.1 fast-path connection, is what its requests'
 	// and responses' heads are parsed into.
 	scratch *h1Scratch
+	// stopReads, on an HTTP/1.1 connection, ends the read of a request's
+	// body that waits for its caller (the connection is done then).
+	stopReads func()
 	// uris are the caller's certificate's URI SANs, once asked for.
 	urisOnce sync.Once
 	uris     []string

@@ -226,8 +226,32 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 		ex.watch = nil
 		ex.idle = newIdleWatch(idle)
 		ex.ctx, ex.idleStop = ex.idle.bind(ex.ctx)
+		if !bodyless {
+			ex.stopStalledUpload(r)
+		}
 	}
 	return ex
+}
+
+// stopStalledUpload makes the idle timeout, when it fires while the caller
+// is still sending r's body, end the read that waits for more, as Envoy's
+// ends the stream: the exchange then fails (408), and the caller's
+// connection (HTTP/1.1) or stream (HTTP/2) with it.
+func (ex *exchange) stopStalledUpload(r *http.Request) {
+	stop := r.Body.Close // HTTP/2's ends a read waiting on the stream
+	if meta, _ := r.Context().Value(connKey{}).(*connMeta); meta != nil && meta.stopReads != nil {
+		stop = func() error { meta.stopReads(); return nil }
+	}
+	ended := context.AfterFunc(ex.ctx, func() {
+		if _, whole := ex.requestEnd(); ex.idle.fired() && !whole {
+			stop()
+		}
+	})
+	idleStop := ex.idleStop
+	ex.idleStop = func() {
+		ended()
+		idleStop()
+	}
 }
 
 // requestEnd is when the request had come whole, as Envoy's router counts
@@ -384,7 +408,12 @@ func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case ex.down.Err() != nil:
 		ri.flag("DC") // the caller went away
 	case ex.ctx.Err() != nil && ex.idle != nil && ex.idle.fired():
-		p.localReply(w, r, ri, http.StatusGatewayTimeout, "SI", "stream timeout")
+		// As Envoy's: 408 while the caller was still sending the request.
+		status := http.StatusGatewayTimeout
+		if _, whole := ex.requestEnd(); !whole {
+			status = http.StatusRequestTimeout
+		}
+		p.localReply(w, r, ri, status, "SI", "stream timeout")
 	case ex.ctx.Err() != nil:
 		p.localReply(w, r, ri, http.StatusGatewayTimeout, "UT", "upstream request timeout")
 	default:
