@@ -106,10 +106,10 @@ type Cluster struct {
 	Endpoints []Endpoint
 	// Overprovisioning, in percent, decides when a priority spills over.
 	Overprovisioning uint32
-	// RoundRobin, for Envoy's ROUND_ROBIN (the default lb_policy), takes
-	// a priority's endpoints in turn by weight; nil (RANDOM) draws each
-	// pick by weight.
-	RoundRobin *roundRobin
+	// rotation, for Envoy's ROUND_ROBIN (the default lb_policy), takes a
+	// priority's endpoints in turn by weight; nil (RANDOM) draws each pick
+	// by weight. It is the cluster's state, not configuration: unexported.
+	rotation *roundRobin
 	// PanicThreshold, in percent (Envoy's healthy_panic_threshold,
 	// default 50; 0: never), is the share of a priority's endpoints
 	// below which, when the priorities cannot take all the load, it
@@ -205,7 +205,7 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		case origDst != (lb == cluster.Cluster_CLUSTER_PROVIDED):
 			return nil, fmt.Errorf("cluster %q: lb_policy %s with type %s is not supported", c.Name, lb, c.GetType())
 		case lb == cluster.Cluster_ROUND_ROBIN:
-			out.RoundRobin = &roundRobin{}
+			out.rotation = &roundRobin{}
 		case lb == cluster.Cluster_RANDOM, origDst:
 		default:
 			return nil, fmt.Errorf("cluster %q: lb_policy %s is not supported by the built-in proxy", c.Name, lb)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -10,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // FuzzParseTarget: a --cp-address never panics the parser, and what it
@@ -100,4 +104,30 @@ func readFile(f *testing.F, name string) []byte {
 		f.Fatal(err)
 	}
 	return b
+}
+
+// FuzzPathRuleAsTheAPIs: the built-in proxy's rule for a prefix_rewrite
+// (validPath) and the API's for a TrafficRoute's replacePrefix are the
+// same rule written twice (the proxy imports no Ursa package): a path one
+// takes, the other takes too.
+func FuzzPathRuleAsTheAPIs(f *testing.F) {
+	for _, s := range []string{"/", "/api/", "/a%2Fb", "/a%2", "/a%zz", "/b c", "/b?x=1", "/ü/", "/a{b}/", "/~!$&'()*+,;=:@-._", "/#", "/%"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if !strings.HasPrefix(p, "/") || !utf8.ValidString(p) {
+			return
+		}
+		quoted, _ := json.Marshal(p) // YAML takes a JSON string as it is
+		doc := "type: TrafficRoute\nmesh: default\nname: r\nspec:\n  destination: {ursa.io/service: billing}\n  split: [{weight: 1}]\n" +
+			"  http: [{match: {path: {prefix: /a/}}, modify: {path: {replacePrefix: " + string(quoted) + "}}}]\n"
+		r, err := api.Decode([]byte(doc))
+		if err != nil {
+			return // not a document (a control character YAML refuses)
+		}
+		apiTakes := api.Validate(r) == nil
+		if apiTakes != validPath(p) {
+			t.Fatalf("%q: the API takes it %t, the proxy %t", p, apiTakes, validPath(p))
+		}
+	})
 }

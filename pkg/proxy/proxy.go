@@ -714,7 +714,7 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool, draws int) (Endpoint, bo
 		}
 		candidate := func(i int) bool { return of[i] == li && pickable(i) }
 		var i int
-		if rr := c.RoundRobin; rr != nil {
+		if rr := c.rotation; rr != nil {
 			i = rr.next(c.Endpoints, candidate)
 		} else {
 			i = drawByWeight(c.Endpoints, candidate, lv.avail)

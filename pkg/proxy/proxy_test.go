@@ -320,7 +320,7 @@ func TestTranslateClusterRefusals(t *testing.T) {
 	for _, lb := range []cluster.Cluster_LbPolicy{cluster.Cluster_ROUND_ROBIN, cluster.Cluster_RANDOM} {
 		cl := staticHTTPCluster("svc", false, "127.0.0.1:1")
 		cl.LbPolicy = lb
-		if cfg, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil); err != nil || (cfg.Clusters["svc"].RoundRobin != nil) != (lb == cluster.Cluster_ROUND_ROBIN) {
+		if cfg, err := translate(nil, []*cluster.Cluster{cl}, nil, nil, nil); err != nil || (cfg.Clusters["svc"].rotation != nil) != (lb == cluster.Cluster_ROUND_ROBIN) {
 			t.Errorf("lb_policy %s: %v", lb, err)
 		}
 	}
@@ -436,19 +436,19 @@ func TestPickRoundRobin(t *testing.T) {
 		}
 		return true
 	}
-	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, rotation: &roundRobin{}, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 1}, {Addr: "b:1", Weight: 1}, {Addr: "c:1", Weight: 1}}}
 	if got := order(c, 30); !rotates(got, "abc") {
 		t.Fatalf("equal weights: %s; want a, b and c in rotation", got)
 	}
 	// Weights 3 and 3: alternating, not three in a row each.
-	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, rotation: &roundRobin{}, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 3}, {Addr: "b:1", Weight: 3}}}
 	if got := order(c, 30); !rotates(got, "ab") {
 		t.Fatalf("weights 3, 3: %s; want them alternating", got)
 	}
 	// Weights 2, 1, 1: a half the picks, never three in a row.
-	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, rotation: &roundRobin{}, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 2}, {Addr: "b:1", Weight: 1}, {Addr: "c:1", Weight: 1}}}
 	got := order(c, 400)
 	if strings.Count(got, "a") != 200 || strings.Count(got, "b") != 100 || strings.Contains(got, "aaa") {
@@ -456,7 +456,7 @@ func TestPickRoundRobin(t *testing.T) {
 	}
 	// Weights 1 and 20, as an ingress of one instance beside one of
 	// twenty: the one's turns are spread, not in a run.
-	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+	c = &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, rotation: &roundRobin{}, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 1}, {Addr: "b:1", Weight: 20}}}
 	if got := order(c, 210); strings.Count(got, "a") != 10 || strings.Contains(got, "aa") {
 		t.Fatalf("weights 1, 20: %s; want a once every 21", got)
@@ -464,7 +464,7 @@ func TestPickRoundRobin(t *testing.T) {
 	// Two priorities, the first with one healthy endpoint of two (70 %
 	// of the load): each priority's picks rotate among its own.
 	p.FirstEjection = time.Minute
-	c = &Cluster{Name: "prio", Overprovisioning: 140, PanicThreshold: 0, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+	c = &Cluster{Name: "prio", Overprovisioning: 140, PanicThreshold: 0, rotation: &roundRobin{}, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 1}, {Addr: "x:1", Weight: 1, Unhealthy: true},
 		{Addr: "b:1", Weight: 1, Priority: 1}, {Addr: "c:1", Weight: 1, Priority: 1}}}
 	got = order(c, 600)
@@ -492,7 +492,7 @@ func TestPickRoundRobin(t *testing.T) {
 // calls only when their priority is in panic.
 func TestPickDraining(t *testing.T) {
 	p := newProxy(t)
-	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, RoundRobin: &roundRobin{}, Endpoints: []Endpoint{
+	c := &Cluster{Name: "c", Overprovisioning: 140, PanicThreshold: 50, rotation: &roundRobin{}, Endpoints: []Endpoint{
 		{Addr: "a:1", Weight: 1}, {Addr: "d:1", Weight: 1, Excluded: true}, {Addr: "e:1", Weight: 1, Excluded: true},
 		{Addr: "z:1", Weight: 1, Priority: 1}}}
 	for range 300 {
