@@ -147,7 +147,11 @@ func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader, dst netip.AddrPort) (reusable bool) {
 	bw := h1Writers.Get().(*bufio.Writer)
 	bw.Reset(c)
-	meta := &connMeta{listener: name, dst: dst, scratch: &h1Scratch{}, stopReads: func() { c.SetReadDeadline(time.Unix(1, 0)) }}
+	meta := &connMeta{listener: name, dst: dst, scratch: &h1Scratch{}}
+	meta.stopReads = func() {
+		meta.readsStopped.Store(true)
+		c.SetReadDeadline(time.Unix(1, 0))
+	}
 	var idleUntil time.Time
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, meta))
 	ctx = context.WithValue(ctx, http.ServerContextKey, h1Server)
@@ -312,7 +316,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			return true // the caller went away
 		}
 		w.finish()
-		if w.err != nil || w.closeAfter {
+		if w.err != nil || w.closeAfter || meta.readsStopped.Load() {
 			return true
 		}
 		if body != nil && !body.finish() {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -526,6 +527,20 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error
 			}
 			bw.Flush() // the upstream sees the request begin, and end short
 			return err
+		}
+		// On to the body's end, as net/http's transport reads: it is when
+		// the request came whole (an HTTP/2 caller's body says so only on
+		// the read after its last bytes), and more is an error.
+		var more [1]byte
+		for range 100 {
+			switch m, err := body.Read(more[:]); {
+			case m > 0:
+				return fmt.Errorf("http1: request body longer than its Content-Length %d", req.ContentLength)
+			case err == io.EOF:
+				return nil
+			case err != nil:
+				return err
+			}
 		}
 		return nil
 	}

@@ -66,15 +66,13 @@ func (hh *hcmHeaders) request(h http.Header, tls bool) {
 		}
 	}
 	// Envoy's cleanInternalHeaders, for a request that is not internal:
-	// a caller does not steer the mesh's retries and timeouts. (Nor says
-	// it is internal: Envoy takes that out of every request first.)
-	delete(h, "X-Envoy-Internal")
-	// A caller's own X-Forwarded-Client-Cert never reaches the
-	// application: one that trusts it (written for Envoy, whose default
-	// is SANITIZE) would take the claimed identity.
-	delete(h, "X-Forwarded-Client-Cert")
+	// a caller does not steer the mesh's retries and timeouts, nor says it
+	// is internal (Envoy takes that out of every request first). And a
+	// caller's own X-Forwarded-Client-Cert never reaches the application:
+	// one that trusts it (written for Envoy, whose default is SANITIZE)
+	// would take the claimed identity.
 	for k := range h {
-		if isEnvoyControlHeader(k) {
+		if isEnvoyControlHeader(k) || k == "X-Forwarded-Client-Cert" {
 			delete(h, k)
 		}
 	}
@@ -85,14 +83,14 @@ func (hh *hcmHeaders) request(h http.Header, tls bool) {
 
 // isEnvoyControlHeader reports whether k (canonical) is one of the
 // x-envoy-* request headers that steer Envoy's router, which its HCM takes
-// out of every request not internal.
+// out of every request not internal, or X-Envoy-Internal.
 func isEnvoyControlHeader(k string) bool {
 	const prefix = "X-Envoy-"
 	if len(k) <= len(prefix) || k[:len(prefix)] != prefix {
 		return false
 	}
 	switch k[len(prefix):] {
-	case "Retriable-Status-Codes", "Retriable-Header-Names", "Retry-On", "Retry-Grpc-On", "Max-Retries",
+	case "Internal", "Retriable-Status-Codes", "Retriable-Header-Names", "Retry-On", "Retry-Grpc-On", "Max-Retries",
 		"Upstream-Alt-Stat-Name", "Upstream-Rq-Timeout-Ms", "Upstream-Rq-Per-Try-Timeout-Ms",
 		"Upstream-Rq-Timeout-Alt-Response", "Expected-Rq-Timeout-Ms", "Force-Trace", "Ip-Tags",
 		"Original-Url", "Hedge-On-Per-Try-Timeout":
@@ -101,15 +99,21 @@ func isEnvoyControlHeader(k string) bool {
 	return false
 }
 
-// upstream is what the router adds to the upstream request r of route rt,
-// after the route's own header changes and before its rewrites: the time
-// the first attempt has, and the path and Host it rewrites.
+// timeout is what the router adds to the upstream request's header h of
+// route rt before the route's own header changes (Envoy's finalTimeout):
+// the time the first attempt has.
+func (hh *hcmHeaders) timeout(h http.Header, rt *HTTPRoute) {
+	if hh.envoyHeaders && rt.expectedTimeout != "" {
+		h["X-Envoy-Expected-Rq-Timeout-Ms"] = []string{rt.expectedTimeout}
+	}
+}
+
+// upstream is what the router adds to the upstream request r of route rt
+// after the route's own header changes and before its rewrites (Envoy's
+// finalizeRequestHeaders): the path and Host it rewrites.
 func (hh *hcmHeaders) upstream(r *http.Request, rt *HTTPRoute) {
 	if !hh.envoyHeaders {
 		return
-	}
-	if rt.expectedTimeout != "" {
-		r.Header["X-Envoy-Expected-Rq-Timeout-Ms"] = []string{rt.expectedTimeout}
 	}
 	if rt.PrefixRewrite != "" {
 		r.Header["X-Envoy-Original-Path"] = []string{r.URL.RequestURI()}

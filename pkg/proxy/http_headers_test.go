@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -464,5 +465,125 @@ func TestStreamTimeoutWhileSending(t *testing.T) {
 	h2resp.Body.Close()
 	if h2resp.StatusCode != http.StatusRequestTimeout || string(body) != "stream timeout" || time.Since(start) > 900*time.Millisecond {
 		t.Errorf("h2c, idle while sending: %d %q after %s, want 408 stream timeout after 150 ms", h2resp.StatusCode, body, time.Since(start))
+	}
+}
+
+// TestStreamIdleAndTheBody: a request body that keeps coming keeps its
+// stream alive (each chunk resets the idle timeout, as Envoy's); an
+// HTTP/2 caller's whole body ends the request, so its route timeout runs
+// from there and the service time is given; the HTTP/1.1 connection whose
+// upload stalled closes after its 408.
+func TestStreamIdleAndTheBody(t *testing.T) {
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/slow" {
+			time.Sleep(1500 * time.Millisecond)
+		}
+		fmt.Fprintf(w, "%d", n)
+	})
+	idle := toCluster("app")
+	idle.IdleTimeout = durationpb.New(150 * time.Millisecond)
+	short := toCluster("app")
+	short.Timeout = durationpb.New(200 * time.Millisecond)
+	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc",
+		routeTo("short", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/slow"}}, short),
+		routeTo("idle", nil, idle)), nil, staticHTTPCluster("app", false, app))
+
+	trickle := func(w io.WriteCloser) {
+		for range 8 { // 400 ms in all, a byte every 50
+			time.Sleep(50 * time.Millisecond)
+			if _, err := w.Write([]byte("x")); err != nil {
+				return
+			}
+		}
+		w.Close()
+	}
+	for name, c := range map[string]*http.Client{"h1": h1Client(), "h2c": h2cClient()} {
+		pr, pw := io.Pipe()
+		go trickle(pw)
+		req, _ := http.NewRequest(http.MethodPost, url+"/upload", pr)
+		req.ContentLength = 8
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "8" {
+			t.Errorf("%s: an upload that keeps coming past the 150 ms idle timeout: %d %q", name, resp.StatusCode, body)
+		}
+	}
+
+	start := time.Now()
+	req, _ := http.NewRequest(http.MethodPost, url+"/slow", strings.NewReader("12345"))
+	resp, err := h2cClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout || time.Since(start) > time.Second {
+		t.Errorf("h2c POST past its 200 ms route timeout: %d after %s", resp.StatusCode, time.Since(start))
+	}
+	resp, body := func() (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodPost, url+"/upload", strings.NewReader("12345"))
+		resp, err := h2cClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}()
+	if body != "5" || resp.Header.Get("X-Envoy-Upstream-Service-Time") == "" {
+		t.Errorf("h2c POST: %q, X-Envoy-Upstream-Service-Time %q", body, resp.Header.Get("X-Envoy-Upstream-Service-Time"))
+	}
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nstalled")
+	br := bufio.NewReader(conn)
+	stalled, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(stalled.Body)
+	if stalled.StatusCode != http.StatusRequestTimeout || !stalled.Close {
+		t.Errorf("stalled upload: %d, Connection: close %t", stalled.StatusCode, stalled.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("the connection after a stalled upload's 408: %v, want it closed", err)
+	}
+}
+
+// TestTraceDecisionThroughASidecar: a sidecar tracing half of the
+// requests decides by their X-Request-Id and marks it for the hops after:
+// the application sees a sampled ID marked (9) with a sampled traceparent,
+// and an unsampled one as it came, with an unsampled traceparent.
+func TestTraceDecisionThroughASidecar(t *testing.T) {
+	spans := startSpanStore(t)
+	app := backend(t, "app", nil)
+	p := newProxy(t)
+	l := withObs(t, outboundHTTPListener("outbound:svc", "outbound:svc"), nil, otelTracing(t, "tracing:c", "web", 50))
+	cfg, err := translate([]*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("svc", false, app), collectorCluster("tracing:c", spans.addr)},
+		nil, nil, nil, routeConfig("outbound:svc", routeTo("default", nil, toCluster("svc"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + boundAddr(t, p, "outbound:svc") + "/"
+	for _, tc := range []struct{ id, seen, flags string }{
+		{"00000001-0000-4000-8000-000000000000", "00000001-0000-9000-8000-000000000000", "-01"}, // 1 < 5,000
+		{"00001389-0000-4000-8000-000000000000", "00001389-0000-4000-8000-000000000000", "-00"}, // 5,001
+	} {
+		resp, _ := get(t, h1Client(), url, "x-request-id", tc.id)
+		if got, tp := resp.Header.Get("X-Echo-X-Request-Id"), resp.Header.Get("X-Echo-Traceparent"); got != tc.seen || !strings.HasSuffix(tp, tc.flags) {
+			t.Errorf("%s: the application saw X-Request-Id %q and traceparent %q; want %q, flags %s", tc.id, got, tp, tc.seen, tc.flags)
+		}
 	}
 }

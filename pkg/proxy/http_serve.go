@@ -110,8 +110,10 @@ type connMeta struct {
 	// and responses' heads are parsed into.
 	scratch *h1Scratch
 	// stopReads, on an HTTP/1.1 connection, ends the read of a request's
-	// body that waits for its caller (the connection is done then).
-	stopReads func()
+	// body that waits for its caller; readsStopped says it did, and the
+	// connection closes after the response.
+	stopReads    func()
+	readsStopped atomic.Bool
 	// uris are the caller's certificate's URI SANs, once asked for.
 	urisOnce sync.Once
 	uris     []string

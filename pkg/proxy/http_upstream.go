@@ -242,14 +242,22 @@ func (ex *exchange) stopStalledUpload(r *http.Request) {
 	if meta, _ := r.Context().Value(connKey{}).(*connMeta); meta != nil && meta.stopReads != nil {
 		stop = func() error { meta.stopReads(); return nil }
 	}
-	ended := context.AfterFunc(ex.ctx, func() {
+	// The request's body kicks the watch as it comes, as Envoy's stream
+	// idle timer is reset by each chunk of it.
+	ex.body.idle = ex.idle
+	ex.stalled = make(chan struct{})
+	ran := context.AfterFunc(ex.ctx, func() {
+		defer close(ex.stalled)
 		if _, whole := ex.requestEnd(); ex.idle.fired() && !whole {
+			ex.stopped = true
 			stop()
 		}
 	})
 	idleStop := ex.idleStop
 	ex.idleStop = func() {
-		ended()
+		if ran() {
+			close(ex.stalled) // it never runs now
+		}
 		idleStop()
 	}
 }
@@ -353,6 +361,7 @@ func (c *deadlineCtx) stop() {
 // span's traceparent.
 func (ex *exchange) prepare(r *http.Request) {
 	h := r.Header
+	ex.ri.Chain.Headers.timeout(h, ex.rt)
 	for _, k := range ex.rt.ReqRemove {
 		h.Del(k)
 	}
@@ -408,10 +417,18 @@ func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case ex.down.Err() != nil:
 		ri.flag("DC") // the caller went away
 	case ex.ctx.Err() != nil && ex.idle != nil && ex.idle.fired():
-		// As Envoy's: 408 while the caller was still sending the request.
+		// As Envoy's: 408 while the caller was still sending the request,
+		// whose reading then stopped (stopStalledUpload decides, once); an
+		// HTTP/1.1 connection closes after it.
 		status := http.StatusGatewayTimeout
-		if _, whole := ex.requestEnd(); !whole {
-			status = http.StatusRequestTimeout
+		if ex.stalled != nil {
+			<-ex.stalled
+			if ex.stopped {
+				status = http.StatusRequestTimeout
+				if r.ProtoMajor == 1 {
+					w.Header().Set("Connection", "close")
+				}
+			}
 		}
 		p.localReply(w, r, ri, status, "SI", "stream timeout")
 	case ex.ctx.Err() != nil:
@@ -509,6 +526,11 @@ type exchange struct {
 	watch context.Context
 	idle  *idleWatch
 	body  *replayBody
+	// stalled, on a request with a body and an idle timeout, is closed
+	// once what the timeout's end did to the caller's upload is decided:
+	// stopped, it stopped reading it (stopStalledUpload).
+	stalled chan struct{}
+	stopped bool
 	// ended is when a request without a body reached the router (the
 	// end of one with a body is body's).
 	ended time.Time
@@ -928,7 +950,10 @@ type replayBody struct {
 	eof      bool
 	ended    time.Time // when eof was found
 	overflow bool
-	current  *attemptBody
+	// idle, when set, is kicked by every read of the source that gives
+	// bytes.
+	idle    *idleWatch
+	current *attemptBody
 }
 
 func newReplayBody(src io.Reader) *replayBody { return &replayBody{src: src} }
@@ -982,6 +1007,9 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 			continue
 		}
 		n, err := b.src.Read(p)
+		if n > 0 && b.idle != nil {
+			b.idle.kick()
+		}
 		b.mu.Lock()
 		if n > 0 {
 			if !b.overflow && len(b.buf)+n <= maxReplay {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -289,7 +288,7 @@ func (t *tracer) decide(h http.Header) bool {
 	switch {
 	case len(h["X-Client-Trace-Id"]) > 0:
 		mark = 'b'
-	case n%10_000 >= uint64(math.Round(t.sampling*100)):
+	case n%10_000 >= uint64(10_000*(t.sampling/100)): // truncated, as Envoy's convertPercent
 		return false
 	}
 	if len(id) == 36 {
