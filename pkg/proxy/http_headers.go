@@ -31,8 +31,9 @@ type hcmHeaders struct {
 	serverName string
 	// envoyHeaders is the router's !suppress_envoy_headers: upstream
 	// requests carry X-Envoy-Expected-Rq-Timeout-Ms (and
-	// X-Envoy-Original-Path when rewritten), responses from upstream
-	// X-Envoy-Upstream-Service-Time.
+	// X-Envoy-Original-Path or -Host when rewritten), responses from
+	// upstream X-Envoy-Upstream-Service-Time, a circuit breaker's 503
+	// X-Envoy-Overloaded.
 	envoyHeaders bool
 }
 
@@ -85,8 +86,8 @@ func (hh *hcmHeaders) request(h http.Header, tls bool) {
 
 // newRequestID is a random (version 4) UUID from the runtime's generator
 // (ChaCha8, seeded by the system), as Envoy makes its request IDs from its
-// own generator rather than a system call each; an ID is unique, not a
-// secret. It takes a third of what crypto/rand's would under load.
+// own generator rather than a system call each: an ID is to be unique,
+// not secret.
 func newRequestID() string {
 	var u uuid.UUID
 	binary.LittleEndian.PutUint64(u[:8], rand.Uint64())
