@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -361,14 +359,9 @@ func TestRouterHeadersMore(t *testing.T) {
 		apply(t, p, nil, nil, []*listener.Listener{withHCM(t, outboundHTTPListener("out", "out"), func(h *hcm.HttpConnectionManager) {
 			h.ServerHeaderTransformation, h.ServerName = hcm.HttpConnectionManager_OVERWRITE, "ursa"
 		})}, []*cluster.Cluster{staticHTTPCluster("up", false, up)}, nil, routeConfig("out", routeTo("up", nil, toCluster("up"))))
-		conn, err := net.Dial("tcp", boundAddr(t, p, "out"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		rc := dialRaw(t, boundAddr(t, p, "out"))
+		rc.send("GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil) // the head alone: what follows is the upgraded stream
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -428,27 +421,23 @@ func TestHCMStreamIdleTimeout(t *testing.T) {
 
 // TestStreamTimeoutWhileSending: an idle timeout that fires while the
 // caller is still sending its request's body answers 408, as Envoy's
-// (after the request came whole: 504, TestHCMStreamIdleTimeout).
+// (after the request came whole: 504, TestHCMStreamIdleTimeout), and the
+// HTTP/1.1 connection closes after it.
 func TestStreamTimeoutWhileSending(t *testing.T) {
 	app := backend(t, "app", nil) // reads the body to its end
 	idle := toCluster("app")
 	idle.IdleTimeout = durationpb.New(150 * time.Millisecond)
 	url := plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("idle", nil, idle)), nil, staticHTTPCluster("app", false, app))
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nhalf of it") // and no more
+	rc := dialRaw(t, strings.TrimPrefix(url, "http://"))
+	rc.send("POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nhalf of it") // and no more
 	start := time.Now()
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatal(err)
+	resp, body := rc.response(http.MethodPost)
+	if resp.StatusCode != http.StatusRequestTimeout || body != "stream timeout" || !resp.Close || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("idle while sending: %d %q (Connection: close %t) after %s, want 408 stream timeout after 150 ms, closing",
+			resp.StatusCode, body, resp.Close, time.Since(start))
 	}
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusRequestTimeout || string(body) != "stream timeout" || time.Since(start) > 900*time.Millisecond {
-		t.Errorf("idle while sending: %d %q after %s, want 408 stream timeout after 150 ms", resp.StatusCode, body, time.Since(start))
+	if _, err := rc.br.ReadByte(); err != io.EOF {
+		t.Errorf("the connection after a stalled upload's 408: %v, want it closed", err)
 	}
 	// The same over h2c: the stream's body, not the connection, stops.
 	pr, pw := io.Pipe()
@@ -461,18 +450,17 @@ func TestStreamTimeoutWhileSending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ = io.ReadAll(h2resp.Body)
+	h2body, _ := io.ReadAll(h2resp.Body)
 	h2resp.Body.Close()
-	if h2resp.StatusCode != http.StatusRequestTimeout || string(body) != "stream timeout" || time.Since(start) > 900*time.Millisecond {
-		t.Errorf("h2c, idle while sending: %d %q after %s, want 408 stream timeout after 150 ms", h2resp.StatusCode, body, time.Since(start))
+	if h2resp.StatusCode != http.StatusRequestTimeout || string(h2body) != "stream timeout" || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("h2c, idle while sending: %d %q after %s, want 408 stream timeout after 150 ms", h2resp.StatusCode, h2body, time.Since(start))
 	}
 }
 
 // TestStreamIdleAndTheBody: a request body that keeps coming keeps its
 // stream alive (each chunk resets the idle timeout, as Envoy's); an
 // HTTP/2 caller's whole body ends the request, so its route timeout runs
-// from there and the service time is given; the HTTP/1.1 connection whose
-// upload stalled closes after its 408.
+// from there and the service time is given.
 func TestStreamIdleAndTheBody(t *testing.T) {
 	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
@@ -536,26 +524,6 @@ func TestStreamIdleAndTheBody(t *testing.T) {
 	}()
 	if body != "5" || resp.Header.Get("X-Envoy-Upstream-Service-Time") == "" {
 		t.Errorf("h2c POST: %q, X-Envoy-Upstream-Service-Time %q", body, resp.Header.Get("X-Envoy-Upstream-Service-Time"))
-	}
-
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nstalled")
-	br := bufio.NewReader(conn)
-	stalled, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.ReadAll(stalled.Body)
-	if stalled.StatusCode != http.StatusRequestTimeout || !stalled.Close {
-		t.Errorf("stalled upload: %d, Connection: close %t", stalled.StatusCode, stalled.Close)
-	}
-	if _, err := br.ReadByte(); err != io.EOF {
-		t.Errorf("the connection after a stalled upload's 408: %v, want it closed", err)
 	}
 }
 
