@@ -33,14 +33,7 @@ import (
 // withObs adds access loggers and tracing to the HCM of l's first chain.
 func withObs(t testing.TB, l *listener.Listener, logs []*accesslogv3.AccessLog, tr *hcm.HttpConnectionManager_Tracing) *listener.Listener {
 	t.Helper()
-	f := l.FilterChains[0].Filters[0]
-	h := &hcm.HttpConnectionManager{}
-	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
-		t.Fatal(err)
-	}
-	h.AccessLog, h.Tracing = logs, tr
-	f.ConfigType = &listener.Filter_TypedConfig{TypedConfig: xds.MustAny(h)}
-	return l
+	return withHCM(t, l, func(h *hcm.HttpConnectionManager) { h.AccessLog, h.Tracing = logs, tr })
 }
 
 // collectorCluster is the STATIC cluster of a log or trace collector.

@@ -29,19 +29,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
-// withHCM is l with its HTTP connection manager changed by change.
-func withHCM(t testing.TB, l *listener.Listener, change func(*hcm.HttpConnectionManager)) *listener.Listener {
-	t.Helper()
-	f := l.FilterChains[0].Filters[0]
-	h := &hcm.HttpConnectionManager{}
-	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
-		t.Fatal(err)
-	}
-	change(h)
-	f.ConfigType = &listener.Filter_TypedConfig{TypedConfig: xds.MustAny(h)}
-	return l
-}
-
 // isUUID4 reports whether s is a random (version 4) UUID in its text form.
 func isUUID4(s string) bool {
 	u, err := uuid.Parse(s)

@@ -71,6 +71,19 @@ func outboundHTTPListener(name, rds string, filters ...*hcm.HttpFilter) *listene
 	return &listener.Listener{Name: name, Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{hcmFilter(h)}}}}
 }
 
+// withHCM is l with its HTTP connection manager changed by change.
+func withHCM(t testing.TB, l *listener.Listener, change func(*hcm.HttpConnectionManager)) *listener.Listener {
+	t.Helper()
+	f := l.FilterChains[0].Filters[0]
+	h := &hcm.HttpConnectionManager{}
+	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	change(h)
+	f.ConfigType = &listener.Filter_TypedConfig{TypedConfig: xds.MustAny(h)}
+	return l
+}
+
 // inboundHTTPListener is inbound:<addr> for service: mTLS, then an HCM
 // with the inline route to its local cluster and RBAC admitting allowed.
 func inboundHTTPListener(name, service, local string, allowed ...string) *listener.Listener {
