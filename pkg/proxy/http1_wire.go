@@ -531,16 +531,11 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error
 		// On to the body's end, as net/http's transport reads: it is when
 		// the request came whole (an HTTP/2 caller's body says so only on
 		// the read after its last bytes), and more is an error.
-		var more [1]byte
-		for range 100 {
-			switch m, err := body.Read(more[:]); {
-			case m > 0:
-				return fmt.Errorf("http1: request body longer than its Content-Length %d", req.ContentLength)
-			case err == io.EOF:
-				return nil
-			case err != nil:
-				return err
-			}
+		switch more, err := io.Copy(io.Discard, io.LimitReader(body, 1)); {
+		case err != nil:
+			return err
+		case more > 0:
+			return fmt.Errorf("http1: request body longer than its Content-Length %d", req.ContentLength)
 		}
 		return nil
 	}

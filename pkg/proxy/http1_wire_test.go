@@ -214,10 +214,34 @@ func TestWriteRequestReadsBack(t *testing.T) {
 		t.Errorf("upgrade written without its Connection header: %q", buf.String())
 	}
 
+	// A body longer than its Content-Length is refused, not cut short in
+	// silence; one as long is read to its end (its end is the request's).
+	long, _ := http.NewRequest("POST", "http://svc/", nil)
+	long.ContentLength = 3
+	if err := writeRequest(bufio.NewWriter(io.Discard), long, io.NopCloser(strings.NewReader("abcd"))); err == nil || !strings.Contains(err.Error(), "longer than its Content-Length 3") {
+		t.Errorf("a body longer than its Content-Length: %v", err)
+	}
+	exact := &eofSeen{Reader: strings.NewReader("abc")}
+	if err := writeRequest(bufio.NewWriter(io.Discard), long, io.NopCloser(exact)); err != nil || !exact.eof {
+		t.Errorf("a body of its Content-Length: %v, its end read %t", err, exact.eof)
+	}
+
 	// A header value with a line break would split the request: refused.
 	r, _ := http.NewRequest("GET", "http://svc/", nil)
 	r.Header["X-Bad"] = []string{"a\r\nX-Injected: 1"}
 	if err := writeRequest(bufio.NewWriter(io.Discard), r, nil); err == nil {
 		t.Fatal("a header value with CRLF was written")
 	}
+}
+
+// eofSeen is a reader that says whether its end was read.
+type eofSeen struct {
+	io.Reader
+	eof bool
+}
+
+func (e *eofSeen) Read(p []byte) (int, error) {
+	n, err := e.Reader.Read(p)
+	e.eof = e.eof || err == io.EOF
+	return n, err
 }
