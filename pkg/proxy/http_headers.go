@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -79,9 +80,123 @@ func (hh *hcmHeaders) request(h http.Header, tls bool) {
 			delete(h, k)
 		}
 	}
+	// Envoy's Referer sanitising: more than one, or one that is not a
+	// URI reference as isValidReferer says, is taken out.
+	if vs, ok := h["Referer"]; ok && (len(vs) != 1 || !validReferer(vs[0])) {
+		delete(h, "Referer")
+	}
 	if _, ok := h["X-Request-Id"]; !ok && hh.requestID {
 		h["X-Request-Id"] = []string{newRequestID()}
 	}
+}
+
+// validReferer is Envoy's isValidRefererValue (with its default,
+// http_allow_partial_urls_in_referer): an absolute URL (a scheme of
+// letters, "://", a host) without user info or fragment, or else a
+// relative reference whose first segment has no ':' and whose bytes are
+// all those a query may hold (RFC 3986's pchar, '/' and '?'; so no
+// fragment). Envoy reads the absolute form with http_parser, whose
+// grammar absoluteReferer follows.
+func validReferer(v string) bool {
+	if ok, clean := absoluteReferer(v); ok {
+		return clean
+	}
+	seenSlash := false
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == ':':
+			if !seenSlash {
+				return false
+			}
+		case c == '/':
+			seenSlash = true
+		case !queryByte(c):
+			return false
+		}
+	}
+	return true
+}
+
+// absoluteReferer reports whether v parses as an absolute URL the way
+// http_parser reads one (letters, "://", an authority with a host, then a
+// path, query and fragment of visible bytes), and if so whether it is
+// free of user info and fragment.
+func absoluteReferer(v string) (absolute, clean bool) {
+	i := 0
+	for i < len(v) && ('a' <= v[i]|0x20 && v[i]|0x20 <= 'z') {
+		i++
+	}
+	if i == 0 || !strings.HasPrefix(v[i:], "://") {
+		return false, false
+	}
+	rest := v[i+3:]
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	userinfo := false
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		userinfo, authority = true, authority[at+1:]
+	}
+	if !validURLHost(authority) {
+		return false, false
+	}
+	for i := 0; i < len(tail); i++ {
+		if c := tail[i]; c <= ' ' || c == 0x7f {
+			return false, false
+		}
+	}
+	return true, !userinfo && !strings.Contains(tail, "#")
+}
+
+// validURLHost reports whether a is a host, and maybe ":port", as
+// http_parser takes one: a bracketed IPv6 address or a name of letters,
+// digits and "-._~" and the like, then digits after ':'.
+func validURLHost(a string) bool {
+	host, port := a, ""
+	if strings.HasPrefix(a, "[") {
+		end := strings.IndexByte(a, ']')
+		if end < 0 {
+			return false
+		}
+		host, port = a[1:end], a[end+1:]
+		if host == "" || strings.Trim(host, "0123456789abcdefABCDEF:.") != "" {
+			return false
+		}
+		if port != "" {
+			if port[0] != ':' {
+				return false
+			}
+			port = port[1:]
+		}
+	} else if colon := strings.IndexByte(a, ':'); colon >= 0 {
+		host, port = a[:colon], a[colon+1:]
+	}
+	if host == "" {
+		return false
+	}
+	if !strings.HasPrefix(a, "[") {
+		for i := 0; i < len(host); i++ {
+			if c := host[i]; !hostByte(c) {
+				return false
+			}
+		}
+	}
+	return strings.Trim(port, "0123456789") == ""
+}
+
+// hostByte is a byte of a registered name (RFC 3986's unreserved and
+// sub-delims, and '%').
+func hostByte(c byte) bool {
+	return 'a' <= c|0x20 && c|0x20 <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-._~%!$&'()*+,;=", c) >= 0
+}
+
+// queryByte is a byte a URI's query may hold: RFC 3986's pchar (unreserved,
+// '%', sub-delims, ':', '@'), '/' and '?' (Envoy's
+// kUriQueryAndFragmentCharTable).
+func queryByte(c byte) bool {
+	return hostByte(c) || strings.IndexByte(":@/?", c) >= 0
 }
 
 // newRequestID is a random (version 4) UUID from the runtime's generator

@@ -552,3 +552,99 @@ func TestTraceDecisionThroughASidecar(t *testing.T) {
 		}
 	}
 }
+
+// TestValidReferer: Envoy's own cases for isValidRefererValue, and the
+// edges of the two forms.
+func TestValidReferer(t *testing.T) {
+	for v, want := range map[string]bool{
+		// Envoy's test (test/common/http/utility_test.cc).
+		"http://www.example.com":                   true,
+		"http://www.example.com/foo?bar=xyz":       true,
+		"/resource.html":                           true,
+		"resource.html":                            true,
+		"foo/bar/resource.html":                    true,
+		"mal  formed/path/resource.html":           false,
+		"htp:/www.malformed.com":                   false,
+		"http://www.example.com/?foo=bar#fragment": false,
+		"foo=bar#fragment":                         false,
+		// Absolute: user info, ports, IPv6, no host.
+		"https://user:pw@example.com/":   false,
+		"https://example.com:8443/a/b":   true,
+		"http://[2001:db8::1]:80/x":      true,
+		"http://[2001:db8::1/x":          false, // then relative: ':' before the first '/'
+		"http:///path":                   false,
+		"http://exa mple.com/":           false,
+		"http://example.com/a b":         false,
+		"http://example.com:80x/":        false,
+		"HTTPS://Example.COM/?q=1&r=%20": true,
+		// Relative: a ':' after the first '/', bytes a query may not hold.
+		"":                    true,
+		"/a:b/c?d=e@f":        true,
+		"a:b/c":               false,
+		"/caf\xc3\xa9":        false,
+		"/a\"b":               false,
+		"//cdn.example.com/x": true,
+		"/path?next=/other?x": true,
+	} {
+		if got := validReferer(v); got != want {
+			t.Errorf("validReferer(%q) = %t, want %t", v, got, want)
+		}
+	}
+}
+
+// TestRefererSanitising: through a sidecar pair, a request with one valid
+// Referer keeps it, and one with two or an invalid one reaches the
+// application without, as through Envoy's.
+func TestRefererSanitising(t *testing.T) {
+	sc := newSidecars(t)
+	app := backend(t, "app", nil)
+	apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inboundHTTPListener("inbound:billing", "billing", "localhost:app", "spiffe://default/web")},
+		[]*cluster.Cluster{staticHTTPCluster("localhost:app", false, app)}, nil)
+	in := boundAddr(t, sc.server, "inbound:billing")
+	apply(t, sc.client, sc.web, sc.roots, []*listener.Listener{outboundHTTPListener("outbound:billing", "outbound:billing")},
+		[]*cluster.Cluster{mtlsHTTPCluster("billing", "billing", true)}, []*endpoint.ClusterLoadAssignment{assignment("billing", in)},
+		routeConfig("outbound:billing", routeTo("pair", nil, timed(toCluster("billing")))))
+	url := "http://" + boundAddr(t, sc.client, "outbound:billing") + "/"
+	for _, tc := range []struct {
+		referers []string
+		want     []string
+	}{
+		{[]string{"https://web.example.com/page?x=1"}, []string{"https://web.example.com/page?x=1"}},
+		{[]string{"/a", "/b"}, nil},
+		{[]string{"https://web.example.com/page#top"}, nil},
+		{[]string{"https://me:secret@web.example.com/"}, nil},
+		{[]string{"not a url"}, nil},
+	} {
+		for name, c := range map[string]*http.Client{"h1": h1Client(), "h2c": h2cClient()} {
+			req, _ := http.NewRequest(http.MethodGet, url, nil)
+			for _, r := range tc.referers {
+				req.Header.Add("Referer", r)
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s %q: %v", name, tc.referers, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if got := resp.Header.Values("X-Echo-Referer"); resp.StatusCode != 200 || !slices.Equal(got, tc.want) {
+				t.Errorf("%s: Referer %q: status %d, the application got %q, want %q", name, tc.referers, resp.StatusCode, got, tc.want)
+			}
+		}
+	}
+}
+
+// FuzzReferer: validReferer never fails, and what it keeps has neither a
+// fragment nor a control byte or space.
+func FuzzReferer(f *testing.F) {
+	for _, s := range []string{"http://www.example.com/foo?bar=xyz", "/a:b", "a:b", "http://[::1]:8/#x", "https://u@h/", "x\x00y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		if !validReferer(v) {
+			return
+		}
+		if strings.Contains(v, "#") || strings.IndexFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+			t.Errorf("validReferer kept %q", v)
+		}
+	})
+}
