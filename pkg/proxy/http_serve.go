@@ -254,6 +254,13 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = body
 	defer func() {
 		ri.BytesIn, ri.BytesOut, ri.Status = body.n.Load(), cw.n, cw.status
+		if up := hr.ex.upgraded; up != nil && cw.status == 0 {
+			// An upgraded connection, written past the writer: its 101,
+			// and what crossed it.
+			ri.Status = http.StatusSwitchingProtocols
+			ri.BytesIn += up.in.Load()
+			ri.BytesOut += up.out.Load()
+		}
 		ri.ResponseHeaders = w.Header()
 		ri.Duration = time.Since(ri.Start)
 		p.countRequest(ri)

@@ -7,11 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -344,6 +347,170 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 		fmt.Fprintf(conn, "%s\n", msg)
 		if line, err := br.ReadString('\n'); err != nil || line != "echo "+msg+"\n" {
 			t.Fatalf("over the upgraded connection: %q %v", line, err)
+		}
+	}
+}
+
+// TestHTTPUpgradeTimeouts: the route's timeout bounds the wait for an
+// upgrade's answer (504 when the 101 comes later) and ends at the 101, so
+// a WebSocket outlives it; the route's idle timeout then closes the
+// upgraded connection once no bytes have crossed it for that long either
+// way, and not while they cross.
+func TestHTTPUpgradeTimeouts(t *testing.T) {
+	echo := backend(t, "echo", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/late" {
+			time.Sleep(600 * time.Millisecond)
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString("echo " + line)
+			brw.Flush()
+		}
+	})
+	timed := toCluster("echo")
+	timed.Timeout = durationpb.New(200 * time.Millisecond)
+	idle := toCluster("echo")
+	idle.Timeout = durationpb.New(200 * time.Millisecond)
+	idle.IdleTimeout = durationpb.New(300 * time.Millisecond)
+	rc := routeConfig("outbound:svc",
+		routeTo("idle", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/idle"}}, idle),
+		routeTo("timed", nil, timed))
+	p := newProxy(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	l := withObs(t, outboundHTTPListener("outbound:svc", rc.GetName()), []*accesslogv3.AccessLog{fileLogger(t, logPath, "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT%\n")}, nil)
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("echo", false, echo)}, nil, rc)
+	addr := boundAddr(t, p, "outbound:svc")
+	upgrade := func(path string) (net.Conn, *bufio.Reader, *http.Response) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", path)
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		return conn, br, resp
+	}
+	say := func(conn net.Conn, br *bufio.Reader, msg string) error {
+		fmt.Fprintf(conn, "%s\n", msg)
+		line, err := br.ReadString('\n')
+		if err == nil && line != "echo "+msg+"\n" {
+			err = fmt.Errorf("got %q", line)
+		}
+		return err
+	}
+
+	if _, _, resp := upgrade("/late"); resp.StatusCode != http.StatusGatewayTimeout {
+		t.Errorf("a 101 after the route's timeout: %d, want 504", resp.StatusCode)
+	}
+	conn, br, resp := upgrade("/ws")
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %d", resp.StatusCode)
+	}
+	time.Sleep(500 * time.Millisecond) // past the route's timeout, no idle timeout
+	if err := say(conn, br, "still there"); err != nil {
+		t.Errorf("the upgraded connection after the route's timeout: %v", err)
+	}
+
+	conn, br, resp = upgrade("/idle")
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %d", resp.StatusCode)
+	}
+	// Busy for twice the idle timeout: the messages keep it open.
+	for i := range 8 {
+		if err := say(conn, br, fmt.Sprint("busy ", i)); err != nil {
+			t.Fatalf("message %d of a busy upgraded connection: %v", i, err)
+		}
+		time.Sleep(75 * time.Millisecond)
+	}
+	quiet := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("an idle upgraded connection: read %v, want it closed (EOF)", err)
+	}
+	if waited := time.Since(quiet); waited < 200*time.Millisecond || waited > 3*time.Second {
+		t.Errorf("an idle upgraded connection closed %s after its last bytes, want about its idle timeout (300ms)", waited)
+	}
+	// The /ws connection is still open: its line comes when it closes.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(logPath)
+		// What crossed the upgraded connection counts: 8 "busy i\n" in,
+		// 8 "echo busy i\n" out.
+		if string(b) == "/late 504 UT 0 24\n/idle 101 SI 56 96\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("access log %q, want the late upgrade's timeout (UT), and the idle one's (SI) with its bytes", b)
+		}
+	}
+}
+
+// TestHTTPUpgradeThroughPair: a WebSocket-like upgrade crosses a sidecar
+// pair (HTTP/1.1 over mTLS between them, as the CP configures an http
+// service) and outlives the caller's sidecar's route timeout (the inbound
+// route has none, as the CP's); the 101 carries no
+// upstream service time, as Envoy's does not (the request is not whole
+// before the caller ends the stream).
+func TestHTTPUpgradeThroughPair(t *testing.T) {
+	sc := newSidecars(t)
+	app := backend(t, "echo", func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString("echo " + line)
+			brw.Flush()
+		}
+	})
+	short := toCluster("billing")
+	short.Timeout = durationpb.New(200 * time.Millisecond)
+	apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inboundHTTPListener("inbound:billing", "billing", "localhost:app", "spiffe://default/web")},
+		[]*cluster.Cluster{staticHTTPCluster("localhost:app", false, app)}, nil)
+	apply(t, sc.client, sc.web, sc.roots, []*listener.Listener{outboundHTTPListener("outbound:billing", "outbound:billing")},
+		[]*cluster.Cluster{mtlsHTTPCluster("billing", "billing", false)},
+		[]*endpoint.ClusterLoadAssignment{assignment("billing", boundAddr(t, sc.server, "inbound:billing"))},
+		routeConfig("outbound:billing", routeTo("short", nil, short)))
+	conn, err := net.Dial("tcp", boundAddr(t, sc.client, "outbound:billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: billing\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade through the pair: %v %v", resp, err)
+	}
+	if v, ok := resp.Header["X-Envoy-Upstream-Service-Time"]; ok {
+		t.Errorf("the 101 carries X-Envoy-Upstream-Service-Time %q", v)
+	}
+	for _, msg := range []string{"one", "two"} {
+		time.Sleep(300 * time.Millisecond) // past the route's timeout
+		fmt.Fprintf(conn, "%s\n", msg)
+		if line, err := br.ReadString('\n'); err != nil || line != "echo "+msg+"\n" {
+			t.Fatalf("over the upgraded connection through the pair: %q %v", line, err)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,9 +33,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 		r.Body = http.NoBody // none: the upstream request has none either
 	}
 	ri := &hr.info
-	ex := p.newExchange(r, hr, cfg, rt)
+	upgrade := upgradeType(r.Header) != ""
+	ex := p.newExchange(r, hr, cfg, rt, upgrade)
 	defer ex.end()
-	if upgradeType(r.Header) != "" {
+	if upgrade {
 		ex.reverseProxy(w, r)
 		return
 	}
@@ -176,19 +178,31 @@ func upgradeType(h http.Header) string {
 }
 
 // newExchange starts r's exchange: the route's timeout (from the end of
-// the request body, as Envoy's), and its idle timeout. end ends them.
-func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute) *exchange {
+// the request body, as Envoy's; until the answer, for an upgrade), and its
+// idle timeout. end ends them.
+func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute, upgrade bool) *exchange {
 	down := r.Context() // the caller's: done when it goes away
 	ex := &hr.ex
 	*ex = exchange{p: p, cfg: cfg, rt: rt, ri: &hr.info, down: down, ctx: down, body: &hr.replay}
 	body := &hr.replay
 	body.src = r.Body
 	bodyless := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
-	if bodyless {
+	if bodyless && !upgrade {
+		// An upgrade request has come whole only when its caller ends the
+		// upgraded stream, as in Envoy (no upstream service time on a 101).
 		ex.ended = time.Now()
 	}
 	switch {
 	case rt.Timeout <= 0:
+	case upgrade:
+		// The route's timeout bounds the wait for the upstream's answer,
+		// and ends at a 101: the upgraded connection (a WebSocket) lasts
+		// as long as it is not idle, as with Envoy's (which runs its route
+		// timeout on an upgrade until the answer since 1.36, and never
+		// after it).
+		ctx, stop := context.WithCancel(down)
+		ex.upgradeTimer = time.AfterFunc(rt.Timeout, stop)
+		ex.ctx, ex.cancel = ctx, func() { ex.upgradeTimer.Stop(); stop() }
 	case bodyless:
 		ex.deadline = &hr.deadline
 		*ex.deadline = deadlineCtx{parent: down, deadline: ex.ended.Add(rt.Timeout)}
@@ -470,6 +484,9 @@ func (ex *exchange) reverseProxy(w http.ResponseWriter, r *http.Request) {
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) { ex.fail(w, r, err) },
 	}
 	rp.ServeHTTP(w, r.WithContext(ex.ctx))
+	if ex.upgraded != nil && ex.down.Err() == nil && ex.idle != nil && ex.idle.fired() {
+		ex.ri.flag("SI") // the upgraded connection was idle too long
+	}
 }
 
 // applyHeaders adds a route's headers as their append actions say; an
@@ -539,6 +556,11 @@ type exchange struct {
 	deadline *deadlineCtx
 	cancel   context.CancelFunc
 	idleStop context.CancelFunc
+	// upgradeTimer is the route's timeout of an upgrade request, stopped
+	// by the upstream's 101; upgraded is the connection that answer
+	// upgraded.
+	upgradeTimer *time.Timer
+	upgraded     *upgradedBody
 	// The circuit breaker slots the exchange holds (the request's, and
 	// the retry's of the last attempt), and the last attempt's context's
 	// cancel, until respBody, the response's body, closes.
@@ -693,11 +715,17 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// An upgraded connection (a WebSocket) is the reverse proxy's
-			// to copy, through its writable body, and leaves the idle
-			// timeout.
-			ex.idle.stop()
+			// to copy, through its writable body, which the reverse proxy
+			// closes when ex.ctx ends. The route's timeout ends here (one
+			// that fired first has ended ex.ctx); the idle timeout goes on,
+			// kicked by the bytes either way, as Envoy's stream idle timer.
+			if ex.upgradeTimer != nil {
+				ex.upgradeTimer.Stop()
+			}
+			ex.idle.kick()
 			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
-				resp.Body = &upgradedBody{ReadWriteCloser: rwc, release: func() { acancel(); ex.releaseSlots() }}
+				ex.upgraded = &upgradedBody{ReadWriteCloser: rwc, idle: ex.idle, release: func() { acancel(); ex.releaseSlots() }}
+				resp.Body = ex.upgraded
 				return resp, nil
 			}
 			acancel()
@@ -870,8 +898,31 @@ func weighted(rs []Route) string {
 // the reverse proxy writes to as well; closing it calls release, once.
 type upgradedBody struct {
 	io.ReadWriteCloser
+	idle *idleWatch // kicked by the bytes either way (nil: none)
+	// in and out count the bytes to and from the upstream, for the
+	// access log (the caller's, which the reverse proxy copies past the
+	// request's counters).
+	in, out atomic.Int64
 	release func()
 	once    sync.Once
+}
+
+func (b *upgradedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadWriteCloser.Read(p)
+	if n > 0 {
+		b.out.Add(int64(n))
+		b.idle.kick()
+	}
+	return n, err
+}
+
+func (b *upgradedBody) Write(p []byte) (int, error) {
+	n, err := b.ReadWriteCloser.Write(p)
+	if n > 0 {
+		b.in.Add(int64(n))
+		b.idle.kick()
+	}
+	return n, err
 }
 
 func (b *upgradedBody) Close() error {
@@ -904,7 +955,12 @@ func (w *idleWatch) bind(ctx context.Context) (_ context.Context, done context.C
 	return ctx, func() { w.timer.Stop(); cancel() }
 }
 
-func (w *idleWatch) kick() { w.timer.Reset(w.d) }
+// kick restarts the watch; a nil watch is none.
+func (w *idleWatch) kick() {
+	if w != nil {
+		w.timer.Reset(w.d)
+	}
+}
 
 // stop ends the watch; a nil watch is none.
 func (w *idleWatch) stop() {
