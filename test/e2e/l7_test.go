@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 // startHTTPInstance starts an HTTP instance of service in zone: handler
@@ -68,7 +71,8 @@ func curl(t testing.TB, url string, headers ...string) (body string, status int,
 // billing v2 (in zone-2, through its ingress) and the rest to v1 (in
 // zone-1); a Retry brings a backend that fails half its calls with 503 to
 // at least 99 % success; a Timeout of 300 ms answers a slow backend's
-// calls with 504 within 300 ms ± 50 ms. Bad L7 input (a regex that does
+// calls with 504 within 300 ms ± 50 ms, while a WebSocket to it outlives
+// that timeout. Bad L7 input (a regex that does
 // not compile, a timeout of 0 or below) is refused with 400 naming the
 // field.
 func TestL7(t *testing.T) {
@@ -119,7 +123,12 @@ spec:
 		}
 		fmt.Fprint(w, "flaky")
 	}))
+	echo := websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) })
 	m.startHTTPInstance("zone-1", "slow-1", "slow", "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			echo.ServeHTTP(w, r)
+			return
+		}
 		select {
 		case <-r.Context().Done():
 		case <-time.After(3 * time.Second):
@@ -195,6 +204,27 @@ spec:
 	if median := took[2]; slices.ContainsFunc(statuses, func(s int) bool { return s != http.StatusGatewayTimeout }) ||
 		median < 250*time.Millisecond || median > 350*time.Millisecond {
 		t.Fatalf("a slow backend behind a 300ms request timeout: statuses %v, times %v (median %s); want 504 within 300ms ± 50ms", statuses, took, median)
+	}
+
+	// A WebSocket to the same service outlives that timeout, which bounds
+	// only the wait for the upgrade (as Envoy's): its messages cross
+	// through both sidecars well after it.
+	ws, err := websocket.Dial(strings.Replace(slow, "http://", "ws://", 1)+"chat", "", "http://web.mesh/")
+	if err != nil {
+		t.Fatalf("a WebSocket through the sidecars: %v", err)
+	}
+	defer ws.Close()
+	for i := range 3 {
+		time.Sleep(400 * time.Millisecond)
+		msg := fmt.Sprintf("message %d, %d ms after the upgrade", i, 400*(i+1))
+		ws.SetDeadline(time.Now().Add(5 * time.Second))
+		var got string
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatalf("WebSocket send %d: %v", i, err)
+		}
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("WebSocket echo %d past the 300ms request timeout: %q, %v", i, got, err)
+		}
 	}
 
 	// Bad input: 400 naming the field, nothing applied.
