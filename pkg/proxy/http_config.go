@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // httpProtocolOptionsKey is where a cluster's upstream HTTP protocol is
@@ -58,6 +59,60 @@ type HTTPChain struct {
 	// unset: 5 minutes; 0: none): a request whose route sets no
 	// idle_timeout ends when it sees no activity for as long.
 	StreamIdle time.Duration
+	// Upgrades is the HCM's upgrade_configs: for each protocol a request
+	// may upgrade to (lower case), whether it may by default (a route
+	// may say otherwise). A request asking for one not here gets 403, as
+	// from Envoy.
+	Upgrades map[string]bool
+}
+
+// upgradeAllowed says whether a request asking to upgrade to protocol
+// (its Upgrade header) may, on route rt (nil: none matched): the HCM must
+// list the protocol, and the route's own upgrade_configs win over the
+// HCM's enabled, as Envoy's createUpgradeFilterChain decides.
+func (c *HTTPChain) upgradeAllowed(protocol string, rt *HTTPRoute) bool {
+	protocol = strings.ToLower(protocol)
+	enabled, ok := c.Upgrades[protocol]
+	if !ok {
+		return false
+	}
+	if rt != nil {
+		if v, ok := rt.upgrades[protocol]; ok {
+			enabled = v
+		}
+	}
+	return enabled
+}
+
+// translateUpgrades reads upgrade_configs (the HCM's or a route's) into
+// protocol (lower case) → enabled; each names its protocol once, and sets
+// no more than the fields the built-in proxy runs.
+func translateUpgrades[T interface {
+	proto.Message
+	GetUpgradeType() string
+	GetEnabled() *wrapperspb.BoolValue
+}](field string, ucs []T) (map[string]bool, error) {
+	if len(ucs) == 0 {
+		return nil, nil
+	}
+	out := map[string]bool{}
+	for i, uc := range ucs {
+		if err := onlyFields(uc, "upgrade_type", "enabled"); err != nil {
+			return nil, fmt.Errorf("%s[%d]: %w", field, i, err)
+		}
+		t := strings.ToLower(uc.GetUpgradeType())
+		switch {
+		case t == "":
+			return nil, fmt.Errorf("%s[%d]: upgrade_type is empty", field, i)
+		case t == "connect":
+			return nil, fmt.Errorf("%s[%d]: CONNECT is not supported by the built-in proxy", field, i)
+		}
+		if _, dup := out[t]; dup {
+			return nil, fmt.Errorf("%s[%d]: upgrade_type %q is there twice", field, i, uc.GetUpgradeType())
+		}
+		out[t] = uc.GetEnabled() == nil || uc.GetEnabled().GetValue()
+	}
+	return out, nil
 }
 
 // defaultStreamIdle is Envoy's stream_idle_timeout when the HCM sets none.
@@ -90,7 +145,10 @@ type HTTPRoute struct {
 	// stream_idle_timeout off), else the HCM's applies.
 	IdleTimeout time.Duration
 	idleSet     bool
-	Retry       *retryPolicy
+	// upgrades is the route's upgrade_configs: protocol (lower case) →
+	// enabled, over the HCM's.
+	upgrades map[string]bool
+	Retry    *retryPolicy
 	// PrefixRewrite, when set, replaces the first rewriteLen bytes of
 	// the request's path (the prefix, or the whole path, the route
 	// matched) upstream; HostRewrite, when set, is its Host.
@@ -177,7 +235,7 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return fmt.Errorf("listener %q: http_connection_manager: %w", listenerName, err)
 	}
 	if err := onlyFields(h, "stat_prefix", "codec_type", "rds", "route_config", "http_filters", "access_log", "tracing",
-		"generate_request_id", "server_name", "server_header_transformation", "stream_idle_timeout"); err != nil {
+		"generate_request_id", "server_name", "server_header_transformation", "stream_idle_timeout", "upgrade_configs"); err != nil {
 		return nil, wrap(err)
 	}
 	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
@@ -194,6 +252,9 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		if out.StreamIdle, err = nonNegative("stream_idle_timeout", t); err != nil {
 			return nil, wrap(err)
 		}
+	}
+	if out.Upgrades, err = translateUpgrades("upgrade_configs", h.GetUpgradeConfigs()); err != nil {
+		return nil, wrap(err)
 	}
 	switch {
 	case h.GetRds() != nil:
@@ -363,7 +424,10 @@ func translateRoute(r *route.Route) (*HTTPRoute, error) {
 		return nil, errors.New("a route without a route action (redirect, direct_response) is not supported")
 	}
 	if err := onlyFields(a, "cluster", "weighted_clusters", "timeout", "idle_timeout", "retry_policy",
-		"prefix_rewrite", "host_rewrite_literal"); err != nil {
+		"prefix_rewrite", "host_rewrite_literal", "upgrade_configs"); err != nil {
+		return nil, err
+	}
+	if out.upgrades, err = translateUpgrades("upgrade_configs", a.GetUpgradeConfigs()); err != nil {
 		return nil, err
 	}
 	if pr := a.GetPrefixRewrite(); pr != "" {

@@ -349,7 +349,7 @@ func TestRouterHeadersMore(t *testing.T) {
 				return
 			}
 			defer conn.Close()
-			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\nServer: app\r\n\r\n")
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nServer: app\r\n\r\n")
 			brw.Flush()
 		})
 		p := newProxy(t)
@@ -357,7 +357,7 @@ func TestRouterHeadersMore(t *testing.T) {
 			h.ServerHeaderTransformation, h.ServerName = hcm.HttpConnectionManager_OVERWRITE, "ursa"
 		})}, []*cluster.Cluster{staticHTTPCluster("up", false, up)}, nil, routeConfig("out", routeTo("up", nil, toCluster("up"))))
 		rc := dialRaw(t, boundAddr(t, p, "out"))
-		rc.send("GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		rc.send("GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		resp, err := http.ReadResponse(rc.br, nil) // the head alone: what follows is the upgraded stream
 		if err != nil {
 			t.Fatal(err)

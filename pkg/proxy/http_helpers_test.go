@@ -67,8 +67,13 @@ func outboundHTTPListener(name, rds string, filters ...*hcm.HttpFilter) *listene
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: rds,
 			ConfigSource: &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}}},
 		HttpFilters: append(filters, routerFilter()), ServerHeaderTransformation: hcm.HttpConnectionManager_PASS_THROUGH,
-		StreamIdleTimeout: durationpb.New(0)}
+		StreamIdleTimeout: durationpb.New(0), UpgradeConfigs: websocketUpgrades()}
 	return &listener.Listener{Name: name, Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{hcmFilter(h)}}}}
+}
+
+// websocketUpgrades is the upgrade_configs of the CP's sidecar HCMs.
+func websocketUpgrades() []*hcm.HttpConnectionManager_UpgradeConfig {
+	return []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
 }
 
 // withHCM is l with its HTTP connection manager changed by change.
@@ -93,7 +98,7 @@ func inboundHTTPListener(name, service, local string, allowed ...string) *listen
 				Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
 				Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: local}, Timeout: durationpb.New(0)}}}}}}}},
 		HttpFilters: []*hcm.HttpFilter{rbacHTTPFilter(allowed...), routerFilter()}, ServerHeaderTransformation: hcm.HttpConnectionManager_PASS_THROUGH,
-		StreamIdleTimeout: durationpb.New(0)}
+		StreamIdleTimeout: durationpb.New(0), UpgradeConfigs: websocketUpgrades()}
 	down := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true)}
 	return &listener.Listener{Name: name, Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
 		TransportSocket: &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: xds.MustAny(down)}},

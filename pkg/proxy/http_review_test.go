@@ -160,13 +160,13 @@ func TestHTTPRewrites(t *testing.T) {
 	for _, h2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("h2=%t", h2), func(t *testing.T) {
 			app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
-				if r.Header.Get("Upgrade") == "echo" {
+				if r.Header.Get("Upgrade") == "websocket" {
 					conn, brw, err := http.NewResponseController(w).Hijack()
 					if err != nil {
 						return
 					}
 					defer conn.Close()
-					fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\nx-uri: %s\r\nx-host: %s\r\n\r\n", r.RequestURI, r.Host)
+					fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nx-uri: %s\r\nx-host: %s\r\n\r\n", r.RequestURI, r.Host)
 					brw.Flush()
 					return
 				}
@@ -214,7 +214,7 @@ func TestHTTPRewrites(t *testing.T) {
 			}
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(conn, "GET /old?ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			fmt.Fprintf(conn, "GET /old?ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols ||
 				resp.Header.Get("x-uri") != "/new?ws" || resp.Header.Get("x-host") != "billing.internal:8080" {

@@ -291,15 +291,28 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if chain.Obs != nil && chain.Obs.Trace != nil {
 		ri.traced = chain.Obs.Trace.decide(r.Header)
 	}
+	var rt *HTTPRoute
+	if table != nil {
+		rt = table.route(r)
+	}
+	// The HCM refuses an upgrade its upgrade_configs (or the route's) do
+	// not allow before its filters run, as Envoy's does.
+	upgrade := upgradeType(r.Header)
+	if strings.EqualFold(upgrade, "h2c") {
+		// Envoy's HTTP/1.1 codec ignores an h2c upgrade (curl --http2
+		// asks for one): the request is served as it came, without the
+		// hop-by-hop headers that asked (forward takes them out).
+		upgrade = ""
+	}
+	if upgrade != "" && !chain.upgradeAllowed(upgrade, rt) {
+		p.localReply(cw, r, ri, http.StatusForbidden, "", "")
+		return
+	}
 	if chain.RBAC != nil {
 		if !chain.RBAC.allows(meta.peerURIs(r.TLS)) {
 			p.localReply(cw, r, ri, http.StatusForbidden, "", "RBAC: access denied")
 			return
 		}
-	}
-	var rt *HTTPRoute
-	if table != nil {
-		rt = table.route(r)
 	}
 	if rt == nil {
 		p.localReply(cw, r, ri, http.StatusNotFound, "NR", "")
@@ -323,7 +336,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.forward(cw, r, hr, cfg, rt)
+	p.forward(cw, r, hr, cfg, rt, upgrade != "")
 }
 
 // httpRequest is one request's state in the engine: what it did (info),

@@ -22,6 +22,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	commonfault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -298,7 +299,7 @@ func TestHTTPUpstreamFailures(t *testing.T) {
 // to a backend that sends nothing for that long.
 func TestHTTPUpgradeAndIdle(t *testing.T) {
 	echo := backend(t, "echo", func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
+		if r.Header.Get("Upgrade") != "websocket" {
 			<-r.Context().Done() // stalls until the proxy gives up
 			return
 		}
@@ -312,7 +313,7 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		brw.Flush()
 		for {
 			line, err := brw.ReadString('\n')
@@ -337,7 +338,7 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -366,7 +367,7 @@ func TestHTTPUpgradeTimeouts(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		brw.Flush()
 		for {
 			line, err := brw.ReadString('\n')
@@ -397,7 +398,7 @@ func TestHTTPUpgradeTimeouts(t *testing.T) {
 		}
 		t.Cleanup(func() { conn.Close() })
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", path)
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", path)
 		br := bufio.NewReader(conn)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
@@ -472,7 +473,7 @@ func TestHTTPUpgradeThroughPair(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		brw.Flush()
 		for {
 			line, err := brw.ReadString('\n')
@@ -497,7 +498,7 @@ func TestHTTPUpgradeThroughPair(t *testing.T) {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: billing\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: billing\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -511,6 +512,97 @@ func TestHTTPUpgradeThroughPair(t *testing.T) {
 		fmt.Fprintf(conn, "%s\n", msg)
 		if line, err := br.ReadString('\n'); err != nil || line != "echo "+msg+"\n" {
 			t.Fatalf("over the upgraded connection through the pair: %q %v", line, err)
+		}
+	}
+}
+
+// TestHTTPUpgradeConfigs: an upgrade goes through only to a protocol the
+// HCM's upgrade_configs list (case aside), and a route's own
+// upgrade_configs turn one off or on over the HCM's, as in Envoy; any
+// other upgrade gets 403 without reaching the application. Settings the
+// built-in proxy does not run are refused with the field named.
+func TestHTTPUpgradeConfigs(t *testing.T) {
+	var reached atomic.Int64
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		if r.Header.Get("Upgrade") == "" {
+			fmt.Fprintf(w, "plain; Connection %q, HTTP2-Settings %q", r.Header.Get("Connection"), r.Header.Get("HTTP2-Settings"))
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", r.Header.Get("Upgrade"))
+		brw.Flush()
+	})
+	off := toCluster("app")
+	off.UpgradeConfigs = []*route.RouteAction_UpgradeConfig{{UpgradeType: "WebSocket", Enabled: wrapperspb.Bool(false)}}
+	on := toCluster("app")
+	on.UpgradeConfigs = []*route.RouteAction_UpgradeConfig{{UpgradeType: "spdy/3.1", Enabled: wrapperspb.Bool(true)}}
+	rc := routeConfig("outbound:svc",
+		routeTo("off", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/off"}}, off),
+		routeTo("on", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/on"}}, on),
+		routeTo("default", nil, toCluster("app")))
+	l := withHCM(t, outboundHTTPListener("outbound:svc", rc.GetName()), func(h *hcm.HttpConnectionManager) {
+		h.UpgradeConfigs = append(websocketUpgrades(), &hcm.HttpConnectionManager_UpgradeConfig{UpgradeType: "spdy/3.1", Enabled: wrapperspb.Bool(false)})
+	})
+	p := newProxy(t)
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, rc)
+	addr := boundAddr(t, p, "outbound:svc")
+	for _, tc := range []struct {
+		path, protocol string
+		want           int
+	}{
+		{"/", "websocket", 101},
+		{"/", "WebSocket", 101},
+		{"/", "echo", 403},         // not in the HCM's list
+		{"/", "spdy/3.1", 403},     // listed, off
+		{"/on", "spdy/3.1", 101},   // the route turns it on
+		{"/off", "websocket", 403}, // the route turns it off
+		{"/off", "echo", 403},
+	} {
+		rc := dialRaw(t, addr)
+		before := reached.Load()
+		rc.send("GET " + tc.path + " HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: " + tc.protocol + "\r\n\r\n")
+		resp, body := rc.response(http.MethodGet)
+		if resp.StatusCode != tc.want || tc.want == 403 && body != "" {
+			t.Errorf("%s upgrading to %s: %d %q, want %d (403 with no body, as Envoy's)", tc.path, tc.protocol, resp.StatusCode, body, tc.want)
+		}
+		if got := reached.Load() - before; tc.want == 403 && got != 0 {
+			t.Errorf("%s upgrading to %s: refused, yet the application saw it", tc.path, tc.protocol)
+		}
+	}
+	// curl --http2's h2c upgrade: the request goes on without the headers
+	// that asked.
+	raw := dialRaw(t, addr)
+	raw.send("GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+	if resp, body := raw.response(http.MethodGet); resp.StatusCode != 200 || body != `plain; Connection "", HTTP2-Settings ""` {
+		t.Errorf("an h2c upgrade: %d %q, want it served as HTTP/1.1 without its hop-by-hop headers", resp.StatusCode, body)
+	}
+
+	for _, tc := range []struct {
+		hcm   []*hcm.HttpConnectionManager_UpgradeConfig
+		route []*route.RouteAction_UpgradeConfig
+		want  string
+	}{
+		{hcm: []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: ""}}, want: "upgrade_configs[0]: upgrade_type is empty"},
+		{hcm: []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}, {UpgradeType: "WEBSOCKET"}}, want: `upgrade_configs[1]: upgrade_type "WEBSOCKET" is there twice`},
+		{hcm: []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket", Filters: []*hcm.HttpFilter{routerFilter()}}}, want: "filters"},
+		{hcm: []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "CONNECT"}}, want: "CONNECT is not supported"},
+		{route: []*route.RouteAction_UpgradeConfig{{UpgradeType: "CONNECT", ConnectConfig: &route.RouteAction_UpgradeConfig_ConnectConfig{}}}, want: "connect_config"},
+	} {
+		rc := routeConfig("outbound:svc", routeTo("r", nil, toCluster("app")))
+		rc.VirtualHosts[0].Routes[0].GetRoute().UpgradeConfigs = tc.route
+		l := withHCM(t, outboundHTTPListener("outbound:svc", rc.GetName()), func(h *hcm.HttpConnectionManager) {
+			if tc.hcm != nil {
+				h.UpgradeConfigs = tc.hcm
+			}
+		})
+		_, err := translate([]*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, nil, nil, rc)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want a refusal naming %q, got %v", tc.want, err)
 		}
 	}
 }

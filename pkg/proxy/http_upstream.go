@@ -26,14 +26,14 @@ const maxReplay = 64 << 10
 // the route's policy says, within its timeout, and streams the response
 // back (trailers too: gRPC passes through end to end). The request is the
 // handler's own: its header becomes the upstream request's, changed in
-// place (no copy per request). An upgrade (a WebSocket) goes through the
-// reverse proxy, which copies both ways once the upstream switches.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute) {
+// place (no copy per request). An upgrade (a WebSocket; upgrade says r
+// asks for one) goes through the reverse proxy, which copies both ways
+// once the upstream switches.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest, cfg *Config, rt *HTTPRoute, upgrade bool) {
 	if r.ContentLength == 0 {
 		r.Body = http.NoBody // none: the upstream request has none either
 	}
 	ri := &hr.info
-	upgrade := upgradeType(r.Header) != ""
 	ex := p.newExchange(r, hr, cfg, rt, upgrade)
 	defer ex.end()
 	if upgrade {

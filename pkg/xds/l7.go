@@ -67,6 +67,13 @@ func TracingCluster(address string) string { return "tracing:" + address }
 // would write "envoy" over it, hiding what answered).
 const serverHeader = hcm.HttpConnectionManager_PASS_THROUGH
 
+// upgrades is what a sidecar's HTTP connection managers let a request
+// upgrade to: WebSocket, as Kuma's and Istio's sidecars do. Envoy answers
+// 403 to an upgrade its HCM does not list.
+func upgrades() []*hcm.HttpConnectionManager_UpgradeConfig {
+	return []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
+}
+
 // outboundFilters are the network filters of an outbound listener or of
 // ursa:outbound's chain (statPrefix its name) to a service: a tcp_proxy
 // to its default split for a TCP service, an HTTP connection manager
@@ -85,6 +92,7 @@ func outboundFilters(statPrefix, service, protocol string, subsets []Subset, pp 
 		Tracing:                    tracing(pp.trace, self),
 		ServerHeaderTransformation: serverHeader,
 		StreamIdleTimeout:          durationpb.New(0), // idle limits are the Timeout policy's (route idle_timeout)
+		UpgradeConfigs:             upgrades(),
 	}
 	if f := faultFilter(pp.fault); f != nil {
 		m.HttpFilters = append(m.HttpFilters, f)
@@ -134,6 +142,7 @@ func inboundHTTPFilter(s *MeshState, in api.Inbound, statPrefix, local string, m
 		Tracing:                    tracing(pp.trace, service),
 		ServerHeaderTransformation: serverHeader,
 		StreamIdleTimeout:          durationpb.New(0), // idle limits are the Timeout policy's (route idle_timeout)
+		UpgradeConfigs:             upgrades(),
 	}
 	if mtls {
 		m.HttpFilters = append(m.HttpFilters, &hcm.HttpFilter{Name: HTTPRBACFilter,
