@@ -294,6 +294,49 @@ func TestHTTPUpstreamFailures(t *testing.T) {
 	}
 }
 
+// echoUpgraded answers 101 (to a WebSocket) on w's hijacked connection,
+// then echoes each line that comes over it as "echo " and the line.
+func echoUpgraded(w http.ResponseWriter) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	brw.Flush()
+	for {
+		line, err := brw.ReadString('\n')
+		if err != nil {
+			return
+		}
+		brw.WriteString("echo " + line)
+		brw.Flush()
+	}
+}
+
+// upgradeTo asks for an upgrade to WebSocket of path on a new connection
+// to addr, and reads the answer's head.
+func upgradeTo(t *testing.T, addr, host, path string) (*rawConn, *http.Response) {
+	t.Helper()
+	rc := dialRaw(t, addr)
+	rc.send("GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	resp, _ := rc.response(http.MethodGet)
+	return rc, resp
+}
+
+// say sends msg as a line over an upgraded connection to echoUpgraded,
+// and reads its echo.
+func (r *rawConn) say(msg string) error {
+	if _, err := fmt.Fprintf(r.c, "%s\n", msg); err != nil {
+		return err
+	}
+	line, err := r.br.ReadString('\n')
+	if err == nil && line != "echo "+msg+"\n" {
+		err = fmt.Errorf("got %q", line)
+	}
+	return err
+}
+
 // TestHTTPUpgradeAndIdle: an upgraded connection (101, as a WebSocket's)
 // flows both ways through the proxy; a route's idle timeout answers 504
 // to a backend that sends nothing for that long.
@@ -308,21 +351,7 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 			http.Error(w, "Connection: upgrade missing", http.StatusBadRequest)
 			return
 		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString("echo " + line)
-			brw.Flush()
-		}
+		echoUpgraded(w)
 	})
 	idle := toCluster("echo")
 	idle.IdleTimeout = durationpb.New(150 * time.Millisecond)
@@ -332,22 +361,13 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 	if resp, body := get(t, h1Client(), url+"/stall"); resp.StatusCode != http.StatusGatewayTimeout || body != "stream timeout" || time.Since(start) < 150*time.Millisecond {
 		t.Fatalf("idle backend: %d %q after %s", resp.StatusCode, body, time.Since(start))
 	}
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", resp, err)
+	ws, resp := upgradeTo(t, strings.TrimPrefix(url, "http://"), "svc", "/ws")
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %d", resp.StatusCode)
 	}
 	for _, msg := range []string{"one", "two"} {
-		fmt.Fprintf(conn, "%s\n", msg)
-		if line, err := br.ReadString('\n'); err != nil || line != "echo "+msg+"\n" {
-			t.Fatalf("over the upgraded connection: %q %v", line, err)
+		if err := ws.say(msg); err != nil {
+			t.Fatalf("over the upgraded connection: %v", err)
 		}
 	}
 }
@@ -362,21 +382,7 @@ func TestHTTPUpgradeTimeouts(t *testing.T) {
 		if r.URL.Path == "/late" {
 			time.Sleep(600 * time.Millisecond)
 		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString("echo " + line)
-			brw.Flush()
-		}
+		echoUpgraded(w)
 	})
 	timed := toCluster("echo")
 	timed.Timeout = durationpb.New(200 * time.Millisecond)
@@ -391,55 +397,31 @@ func TestHTTPUpgradeTimeouts(t *testing.T) {
 	l := withObs(t, outboundHTTPListener("outbound:svc", rc.GetName()), []*accesslogv3.AccessLog{fileLogger(t, logPath, "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT%\n")}, nil)
 	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("echo", false, echo)}, nil, rc)
 	addr := boundAddr(t, p, "outbound:svc")
-	upgrade := func(path string) (net.Conn, *bufio.Reader, *http.Response) {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", path)
-		br := bufio.NewReader(conn)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		return conn, br, resp
-	}
-	say := func(conn net.Conn, br *bufio.Reader, msg string) error {
-		fmt.Fprintf(conn, "%s\n", msg)
-		line, err := br.ReadString('\n')
-		if err == nil && line != "echo "+msg+"\n" {
-			err = fmt.Errorf("got %q", line)
-		}
-		return err
-	}
-
-	if _, _, resp := upgrade("/late"); resp.StatusCode != http.StatusGatewayTimeout {
+	if _, resp := upgradeTo(t, addr, "svc", "/late"); resp.StatusCode != http.StatusGatewayTimeout {
 		t.Errorf("a 101 after the route's timeout: %d, want 504", resp.StatusCode)
 	}
-	conn, br, resp := upgrade("/ws")
+	ws, resp := upgradeTo(t, addr, "svc", "/ws")
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: %d", resp.StatusCode)
 	}
 	time.Sleep(500 * time.Millisecond) // past the route's timeout, no idle timeout
-	if err := say(conn, br, "still there"); err != nil {
+	if err := ws.say("still there"); err != nil {
 		t.Errorf("the upgraded connection after the route's timeout: %v", err)
 	}
 
-	conn, br, resp = upgrade("/idle")
+	idler, resp := upgradeTo(t, addr, "svc", "/idle")
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: %d", resp.StatusCode)
 	}
 	// Busy for twice the idle timeout: the messages keep it open.
 	for i := range 8 {
-		if err := say(conn, br, fmt.Sprint("busy ", i)); err != nil {
+		if err := idler.say(fmt.Sprint("busy ", i)); err != nil {
 			t.Fatalf("message %d of a busy upgraded connection: %v", i, err)
 		}
 		time.Sleep(75 * time.Millisecond)
 	}
 	quiet := time.Now()
-	if _, err := br.ReadByte(); err != io.EOF {
+	if _, err := idler.br.ReadByte(); err != io.EOF {
 		t.Errorf("an idle upgraded connection: read %v, want it closed (EOF)", err)
 	}
 	if waited := time.Since(quiet); waited < 200*time.Millisecond || waited > 3*time.Second {
@@ -467,23 +449,7 @@ func TestHTTPUpgradeTimeouts(t *testing.T) {
 // before the caller ends the stream).
 func TestHTTPUpgradeThroughPair(t *testing.T) {
 	sc := newSidecars(t)
-	app := backend(t, "echo", func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString("echo " + line)
-			brw.Flush()
-		}
-	})
+	app := backend(t, "echo", func(w http.ResponseWriter, _ *http.Request) { echoUpgraded(w) })
 	short := toCluster("billing")
 	short.Timeout = durationpb.New(200 * time.Millisecond)
 	apply(t, sc.server, sc.billing, sc.roots, []*listener.Listener{inboundHTTPListener("inbound:billing", "billing", "localhost:app", "spiffe://default/web")},
@@ -492,26 +458,17 @@ func TestHTTPUpgradeThroughPair(t *testing.T) {
 		[]*cluster.Cluster{mtlsHTTPCluster("billing", "billing", false)},
 		[]*endpoint.ClusterLoadAssignment{assignment("billing", boundAddr(t, sc.server, "inbound:billing"))},
 		routeConfig("outbound:billing", routeTo("short", nil, short)))
-	conn, err := net.Dial("tcp", boundAddr(t, sc.client, "outbound:billing"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: billing\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade through the pair: %v %v", resp, err)
+	rc, resp := upgradeTo(t, boundAddr(t, sc.client, "outbound:billing"), "billing", "/ws")
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade through the pair: %d", resp.StatusCode)
 	}
 	if v, ok := resp.Header["X-Envoy-Upstream-Service-Time"]; ok {
 		t.Errorf("the 101 carries X-Envoy-Upstream-Service-Time %q", v)
 	}
 	for _, msg := range []string{"one", "two"} {
 		time.Sleep(300 * time.Millisecond) // past the route's timeout
-		fmt.Fprintf(conn, "%s\n", msg)
-		if line, err := br.ReadString('\n'); err != nil || line != "echo "+msg+"\n" {
-			t.Fatalf("over the upgraded connection through the pair: %q %v", line, err)
+		if err := rc.say(msg); err != nil {
+			t.Fatalf("over the upgraded connection through the pair: %v", err)
 		}
 	}
 }
