@@ -322,11 +322,23 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if f := chain.Fault; f != nil {
 		if f.hasDelay && chance(f.delayPPM) {
 			ri.flag("DI")
-			t := time.NewTimer(f.delay)
+			// Envoy's stream idle timer runs through the delay: a request
+			// that came whole (one without a body) and would idle past its
+			// timeout ends there. (One with a body is read by Envoy, and
+			// kicks the timer, during the delay; here it waits unread.)
+			wait, idled := f.delay, false
+			if idle := rt.idleTimeout(chain); idle > 0 && idle < wait && noBody(r) {
+				wait, idled = idle, true
+			}
+			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
 			case <-r.Context().Done():
 				t.Stop()
+				return
+			}
+			if idled {
+				p.localReply(cw, r, ri, http.StatusGatewayTimeout, "SI", "stream timeout")
 				return
 			}
 		}

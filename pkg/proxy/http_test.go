@@ -233,7 +233,8 @@ func TestHTTPTimeouts(t *testing.T) {
 	}
 }
 
-// TestHTTPFaults: the fault filter aborts with its status, and delays.
+// TestHTTPFaults: the fault filter aborts with its status, and delays
+// (within the idle timeout).
 func TestHTTPFaults(t *testing.T) {
 	app := backend(t, "app", nil)
 	rc := routeConfig("outbound:svc", routeTo("default", nil, toCluster("app")))
@@ -248,6 +249,20 @@ func TestHTTPFaults(t *testing.T) {
 	start := time.Now()
 	if resp, body := get(t, h1Client(), url+"/"); resp.StatusCode != 200 || body != "app GET /" || time.Since(start) < 150*time.Millisecond {
 		t.Fatalf("delay: %d %q after %s", resp.StatusCode, body, time.Since(start))
+	}
+	// The idle timeout runs through a delay, as Envoy's stream idle timer:
+	// a request without a body that would idle past it ends there.
+	idle := toCluster("app")
+	idle.IdleTimeout = durationpb.New(100 * time.Millisecond)
+	rcIdle := routeConfig("outbound:svc", routeTo("idle", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/idle"}}, idle), routeTo("default", nil, toCluster("app")))
+	long := &faultv3.HTTPFault{Delay: &commonfault.FaultDelay{FaultDelaySecifier: &commonfault.FaultDelay_FixedDelay{FixedDelay: durationpb.New(time.Second)}, Percentage: hundred}}
+	url = plainHTTP(t, newProxy(t), rcIdle, []*faultv3.HTTPFault{long}, staticHTTPCluster("app", false, app))
+	start = time.Now()
+	if resp, body := get(t, h1Client(), url+"/idle"); resp.StatusCode != http.StatusGatewayTimeout || body != "stream timeout" || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("a delay past the idle timeout: %d %q after %s, want 504 at the idle timeout (100ms)", resp.StatusCode, body, time.Since(start))
+	}
+	if resp, body := get(t, h1Client(), url+"/other"); resp.StatusCode != 200 || body != "app GET /other" {
+		t.Errorf("a delay without an idle timeout: %d %q", resp.StatusCode, body)
 	}
 	none := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 500}, Percentage: &typev3.FractionalPercent{Numerator: 0}}}
 	url = plainHTTP(t, newProxy(t), rc, []*faultv3.HTTPFault{none}, staticHTTPCluster("app", false, app))

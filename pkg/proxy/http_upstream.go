@@ -186,7 +186,7 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 	*ex = exchange{p: p, cfg: cfg, rt: rt, ri: &hr.info, down: down, ctx: down, body: &hr.replay}
 	body := &hr.replay
 	body.src = r.Body
-	bodyless := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	bodyless := noBody(r)
 	if bodyless && !upgrade {
 		// An upgrade request has come whole only when its caller ends the
 		// upgraded stream, as in Envoy (no upstream service time on a 101).
@@ -232,11 +232,7 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 	if _, ok := ex.ctx.Deadline(); ok || ex.ctx == down {
 		ex.watch = down // all ctx adds to down is a deadline
 	}
-	idle := rt.IdleTimeout
-	if !rt.idleSet {
-		idle = hr.info.Chain.StreamIdle
-	}
-	if idle > 0 {
+	if idle := rt.idleTimeout(hr.info.Chain); idle > 0 {
 		ex.watch = nil
 		ex.idle = newIdleWatch(idle)
 		ex.ctx, ex.idleStop = ex.idle.bind(ex.ctx)
@@ -245,6 +241,21 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 		}
 	}
 	return ex
+}
+
+// noBody says r has no body: it came whole with its header.
+func noBody(r *http.Request) bool {
+	return r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+}
+
+// idleTimeout is how long a request on rt through chain c may see no
+// activity: the route's idle_timeout when it sets one (0 included), else
+// the HCM's stream_idle_timeout; 0 is no limit.
+func (rt *HTTPRoute) idleTimeout(c *HTTPChain) time.Duration {
+	if rt.idleSet {
+		return rt.IdleTimeout
+	}
+	return c.StreamIdle
 }
 
 // stopStalledUpload makes the idle timeout, when it fires while the caller
