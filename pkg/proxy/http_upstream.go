@@ -730,8 +730,14 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			// closes when ex.ctx ends. The route's timeout ends here (one
 			// that fired first has ended ex.ctx); the idle timeout goes on,
 			// kicked by the bytes either way, as Envoy's stream idle timer.
-			if ex.upgradeTimer != nil {
-				ex.upgradeTimer.Stop()
+			if ex.upgradeTimer != nil && !ex.upgradeTimer.Stop() {
+				// The timeout fired as the answer came: it is the timeout's
+				// (504), as it would be a moment before.
+				resp.Body.Close()
+				acancel()
+				ex.releaseSlots()
+				<-ex.ctx.Done()
+				return nil, ex.ctx.Err()
 			}
 			ex.idle.kick()
 			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
