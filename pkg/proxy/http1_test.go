@@ -7,16 +7,22 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
@@ -395,5 +401,67 @@ func FuzzH1Serve(f *testing.F) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("the connection's goroutine did not end for %q", in)
 		}
+	})
+}
+
+// TestH1CallerBodyErrors: a request whose own body fails is the caller's
+// doing, as with Envoy's codec errors. A body HTTP cannot frame (a bad
+// chunk) gets 400 at once, flagged DPE, and its connection closes; a
+// caller gone mid-body is logged DC. Neither is retried (the route
+// retries 5xx) nor waits for an upstream answer that cannot come, and the
+// proxy serves the next request.
+func TestH1CallerBodyErrors(t *testing.T) {
+	var requests atomic.Int64
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	})
+	retried := toCluster("app")
+	retried.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx,reset", NumRetries: wrapperspb.UInt32(3)}
+	rc := routeConfig("outbound:svc", routeTo("default", nil, retried))
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	l := withObs(t, outboundHTTPListener("outbound:svc", rc.GetName()), []*accesslogv3.AccessLog{fileLogger(t, logPath, "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n")}, nil)
+	p := newProxy(t)
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, rc)
+	addr := boundAddr(t, p, "outbound:svc")
+
+	for _, bad := range []string{
+		// The fuzzer's: a chunk size line with a byte no size has.
+		"POST /bad-chunk HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\xf4abc\r\n0\r\n\r\n",
+		// A GET whose chunked body begins with no size at all.
+		"GET /bad-get HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+	} {
+		c := dialRaw(t, addr)
+		before, start := requests.Load(), time.Now()
+		c.send(bad)
+		resp, body := c.response(http.MethodGet)
+		if resp.StatusCode != http.StatusBadRequest || body != "Bad Request" || !resp.Close {
+			t.Errorf("%q: %d %q (close %t), want 400 Bad Request and the connection closed", bad, resp.StatusCode, body, resp.Close)
+		}
+		if took := time.Since(start); took > 900*time.Millisecond {
+			t.Errorf("%q: answered after %s: it waited for an upstream answer", bad, took)
+		}
+		if n := requests.Load() - before; n > 1 {
+			t.Errorf("%q: the backend saw it %d times: a caller's bad body was retried", bad, n)
+		}
+		if _, err := c.br.ReadByte(); err != io.EOF {
+			t.Errorf("%q: after the 400 the connection reads %v, want it closed", bad, err)
+		}
+	}
+	c := dialRaw(t, addr)
+	c.send("POST /gone HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\nonly a little")
+	c.c.Close()
+
+	c = dialRaw(t, addr)
+	c.send("GET /after HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := c.response(http.MethodGet); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("the next request: %d %q", resp.StatusCode, body)
+	}
+	testutil.Until(t, 10*time.Second, "the access log's lines", func() bool {
+		b, _ := os.ReadFile(logPath)
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		slices.Sort(lines)
+		return slices.Equal(lines, []string{"/after 200 -", "/bad-chunk 400 DPE", "/bad-get 400 DPE", "/gone 0 DC"})
 	})
 }

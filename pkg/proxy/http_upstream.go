@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -433,6 +434,7 @@ func (ex *exchange) modifyResponse(resp *http.Response) {
 func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 	p, ri := ex.p, ex.ri
 	var lr *localReplyError
+	var cbe *callerBodyError
 	switch {
 	case errors.As(err, &lr):
 		if lr.flag == "UO" {
@@ -458,6 +460,15 @@ func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 		p.localReply(w, r, ri, status, "SI", "stream timeout")
 	case ex.ctx.Err() != nil:
 		p.localReply(w, r, ri, http.StatusGatewayTimeout, "UT", "upstream request timeout")
+	case errors.As(err, &cbe) && cbe.malformed():
+		// As Envoy's codec error: 400, and an HTTP/1.1 connection whose
+		// framing is lost closes.
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		p.localReply(w, r, ri, http.StatusBadRequest, "DPE", "Bad Request")
+	case cbe != nil:
+		ri.flag("DC") // the caller went away while sending its body
 	default:
 		p.localReply(w, r, ri, http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
 	}
@@ -816,6 +827,8 @@ func (ex *exchange) failure(err error, perTryTimedOut bool) error {
 	switch {
 	case errors.As(err, &local):
 		return local // a circuit breaker's overflow while connecting
+	case errors.As(err, new(*callerBodyError)):
+		return err // the caller's: fail tells how
 	case perTryTimedOut:
 		return &localReplyError{http.StatusGatewayTimeout, "UT", "upstream request timeout"}
 	case ex.ctx.Err() != nil:
@@ -836,6 +849,9 @@ func (pol *retryPolicy) wants(resp *http.Response, err error, perTryTimedOut boo
 		var local *localReplyError
 		if errors.As(err, &local) {
 			return false // a local reply, a breaker's overflow: retrying adds load where it must shed it (Envoy does not)
+		}
+		if errors.As(err, new(*callerBodyError)) {
+			return false // the caller's body failed: it would fail again
 		}
 		var ce *connectError
 		connect := errors.As(err, &ce)
@@ -1006,6 +1022,28 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// callerBodyError is a failure to read a request's body from its caller:
+// a body that breaks HTTP's framing (a bad chunk), or the caller gone. It
+// says nothing of the upstream: the exchange ends without a retry or an
+// outlier count, and the reply (if any) is the caller's fault, as Envoy's
+// codec error is.
+type callerBodyError struct{ err error }
+
+func (e *callerBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e *callerBodyError) Unwrap() error { return e.err }
+
+// malformed says whether the caller sent a body HTTP cannot frame, rather
+// than going away or being stopped (a deadline, a closed body).
+func (e *callerBodyError) malformed() bool {
+	var ne net.Error
+	switch {
+	case errors.Is(e.err, io.ErrUnexpectedEOF), errors.Is(e.err, net.ErrClosed), errors.Is(e.err, syscall.ECONNRESET),
+		errors.Is(e.err, http.ErrBodyReadAfterClose), errors.Is(e.err, context.Canceled), errors.As(e.err, &ne):
+		return false
+	}
+	return true
+}
+
 // replayBody is a request body that attempts read in turn: what the first
 // read is kept (up to maxReplay) so that a retry sends it again, then goes
 // on from the source. A retry is possible while everything read so far is
@@ -1082,6 +1120,9 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 		n, err := b.src.Read(p)
 		if n > 0 && b.idle != nil {
 			b.idle.kick()
+		}
+		if err != nil && err != io.EOF {
+			err = &callerBodyError{err}
 		}
 		b.mu.Lock()
 		if n > 0 {

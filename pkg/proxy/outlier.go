@@ -496,7 +496,7 @@ func (oc *outlierCluster) ejectAsIs(h *outlierHost, enforcing uint32, now time.T
 // that succeeded (TCP) is 200; a timeout is 504; any other local failure
 // (refused, reset, handshake) is 503. ok is false for what says nothing
 // of the endpoint: a circuit breaker's overflow, no identity yet, the
-// caller gone.
+// caller gone, or its body failing.
 func outcomeCode(status int, err error) (code int, ok bool) {
 	switch {
 	case status > 0:
@@ -506,7 +506,8 @@ func outcomeCode(status int, err error) (code int, ok bool) {
 	}
 	var local *localReplyError // here: escaping, it would cost every call
 	switch {
-	case errors.As(err, &local), errors.Is(err, errNoIdentity), errors.Is(err, errServed), errors.Is(err, context.Canceled):
+	case errors.As(err, &local), errors.Is(err, errNoIdentity), errors.Is(err, errServed), errors.Is(err, context.Canceled),
+		errors.As(err, new(*callerBodyError)):
 		return 0, false
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
 		return 504, true
