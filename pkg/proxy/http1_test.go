@@ -408,8 +408,8 @@ func FuzzH1Serve(f *testing.F) {
 // doing, as with Envoy's codec errors. A body HTTP cannot frame (a bad
 // chunk) gets 400 at once, flagged DPE, and its connection closes; a
 // caller gone mid-body is logged DC. Neither is retried (the route
-// retries 5xx) nor waits for an upstream answer that cannot come, and the
-// proxy serves the next request.
+// retries 5xx) nor waits for an upstream answer that cannot come, to an
+// HTTP/1.1 or an HTTP/2 upstream, and the proxy serves the next request.
 func TestH1CallerBodyErrors(t *testing.T) {
 	var requests atomic.Int64
 	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
@@ -449,7 +449,15 @@ func TestH1CallerBodyErrors(t *testing.T) {
 			t.Errorf("%q: after the 400 the connection reads %v, want it closed", bad, err)
 		}
 	}
-	c := dialRaw(t, addr)
+	// The same to an HTTP/2 upstream (through net/http's transport).
+	h2 := strings.TrimPrefix(plainHTTP(t, newProxy(t), rc, nil, staticHTTPCluster("app", true, app)), "http://")
+	c := dialRaw(t, h2)
+	c.send("POST /bad-chunk HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\xf4abc\r\n0\r\n\r\n")
+	if resp, body := c.response(http.MethodGet); resp.StatusCode != http.StatusBadRequest || body != "Bad Request" || !resp.Close {
+		t.Errorf("a bad chunk to an HTTP/2 upstream: %d %q (close %t)", resp.StatusCode, body, resp.Close)
+	}
+
+	c = dialRaw(t, addr)
 	c.send("POST /gone HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\nonly a little")
 	c.c.Close()
 
