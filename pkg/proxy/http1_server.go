@@ -141,6 +141,22 @@ type peekedConn struct {
 
 func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
+// rawServerHeader is the Server header line that the chain of listener
+// name (for dst) puts on the connection's raw replies (to a head it cannot
+// read), as its HCM does on every response; "" for none.
+func (p *Proxy) rawServerHeader(name string, dst netip.AddrPort) string {
+	c := chainNow(p.cfg.Load(), name, dst)
+	if c == nil {
+		return ""
+	}
+	h := http.Header{}
+	c.Headers.response(h)
+	if v := h.Get("Server"); v != "" {
+		return "Server: " + v + "\r\n"
+	}
+	return ""
+}
+
 // serveHTTP1 serves HTTP/1.1 requests on c until it closes or a request
 // or response says close. It reports whether br is free to reuse (false
 // when an upgrade took the connection).
@@ -266,22 +282,22 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		src.limit = math.MaxInt64
 		if err != nil {
 			if tooLarge {
-				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\n"+p.rawServerHeader(name, dst)+"Connection: close\r\nContent-Length: 0\r\n\r\n")
 				lingerClose(c)
 				return true
 			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !isTimeout(err) && !isClosedConn(err) {
-				io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 11\r\n\r\nBad Request")
+				io.WriteString(c, "HTTP/1.1 400 Bad Request\r\n"+p.rawServerHeader(name, dst)+"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 11\r\n\r\nBad Request")
 				lingerClose(c)
 			}
 			return true
 		}
 		if req.ProtoMajor != 1 || req.ProtoAtLeast(1, 1) && len(req.Header["Host"]) == 0 && req.Host == "" {
-			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\n"+p.rawServerHeader(name, dst)+"Connection: close\r\nContent-Length: 0\r\n\r\n")
 			return true
 		}
 		if !httpguts.ValidHostHeader(req.Host) {
-			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 19\r\n\r\nBad Request: Host\r\n")
+			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\n"+p.rawServerHeader(name, dst)+"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 19\r\n\r\nBad Request: Host\r\n")
 			lingerClose(c)
 			return true
 		}

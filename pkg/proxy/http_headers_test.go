@@ -119,7 +119,8 @@ func TestHCMHeaders(t *testing.T) {
 // suppress_envoy_headers, and each server_header_transformation (the
 // helpers' listeners have the CP's, PASS_THROUGH), on an outbound sidecar
 // to an application that names itself in Server; the proxy's own replies
-// (404: no route) get the Server header too.
+// (404: no route; 400 and 431 to a head it cannot read) get the Server
+// header too.
 func TestHCMHeaderSettings(t *testing.T) {
 	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/anonymous" {
@@ -167,6 +168,16 @@ func TestHCMHeaderSettings(t *testing.T) {
 				resp, _ := get(t, h1Client(), base+path)
 				if got := resp.Header.Get("Server"); got != tc.server[i] {
 					t.Errorf("%s: Server %q, want %q", path, got, tc.server[i])
+				}
+			}
+			// The proxy's raw replies to a head it cannot read too: no
+			// Host, a bad Host, a header too large.
+			for _, bad := range []string{"GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+				"GET / HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("x", 1<<20+8<<10) + "\r\n\r\n"} {
+				rc := dialRaw(t, boundAddr(t, p, "out"))
+				go io.WriteString(rc.c, bad) // the proxy may answer (and close) before it is all written
+				if resp, _ := rc.response(http.MethodGet); resp.StatusCode/100 != 4 || resp.Header.Get("Server") != tc.server[2] {
+					t.Errorf("%.30q: %d with Server %q, want a 4xx with %q", bad, resp.StatusCode, resp.Header.Get("Server"), tc.server[2])
 				}
 			}
 			resp, _ := get(t, h1Client(), base+"/app")
