@@ -348,7 +348,7 @@ func (pl *h1Pool) send(ctx, watch context.Context, addr string, req *http.Reques
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if !pc.reused || try > 0 || !replayable(req, body != nil, again != nil, sent) || errors.As(err, new(*callerBodyError)) {
+		if !pc.reused || try > 0 || !replayable(req, body != nil, again != nil, sent) || errors.As(err, new(*callerError)) {
 			return nil, err
 		}
 		if body != nil {
@@ -428,7 +428,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		began = pc.reply.writeCount()
 	}
 	if err := writeRequest(pc.bw, req, body); err != nil {
-		if errors.As(err, new(*callerBodyError)) {
+		if errors.As(err, new(*callerError)) {
 			return fail(err) // the caller's body, not the upstream: no answer is awaited
 		}
 		return early(err)

@@ -335,6 +335,19 @@ func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Re
 	if err != nil {
 		return nil, err
 	}
+	// net/http's parser takes header names no HTTP/1.1 peer would (with a
+	// space: go.dev/issue/34540); Envoy's codec refuses them, and no
+	// upstream could be sent one.
+	for k, vs := range r.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, fmt.Errorf("http1: invalid header field name %q", k)
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, fmt.Errorf("http1: invalid header field value for %q", k)
+			}
+		}
+	}
 	return r.WithContext(ctx), nil
 }
 
@@ -442,25 +455,36 @@ func (b *fixedBody) Close() error { return nil }
 // none; req.Body is not read), framed by req.ContentLength, or chunked
 // when it is unknown. A request this does not write
 // (trailers, CONNECT, an invalid host) goes through net/http's writer.
-func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error {
+func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) (err error) {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
 	if len(req.Trailer) > 0 || req.Method == http.MethodConnect || req.URL.Opaque != "" || !httpguts.ValidHostHeader(host) {
 		out := *req
-		out.Body, out.Close = body, false
+		out.Close = false
 		if body == nil {
-			out.ContentLength = 0
+			out.Body, out.ContentLength = nil, 0
+		} else {
+			// net/http's writer hides the body's own error (its
+			// requestBodyReadError does not unwrap): kept here, it says
+			// the caller's body failed, not the upstream.
+			rb := &readErrBody{ReadCloser: body}
+			out.Body = rb
+			defer func() {
+				if err != nil && rb.err != nil {
+					err = rb.err
+				}
+			}()
 		}
 		return out.Write(bw)
 	}
 	if !validMethod(req.Method) {
-		return errors.New("http1: invalid method " + strconv.Quote(req.Method))
+		return &callerError{errors.New("http1: invalid method " + strconv.Quote(req.Method))}
 	}
 	uri := req.URL.RequestURI()
 	if strings.ContainsFunc(uri, func(r rune) bool { return r < ' ' || r == 0x7f }) {
-		return errors.New("http1: invalid request target " + strconv.Quote(uri))
+		return &callerError{errors.New("http1: invalid request target " + strconv.Quote(uri))}
 	}
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
@@ -476,11 +500,11 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error
 			continue
 		}
 		if !httpguts.ValidHeaderFieldName(k) {
-			return errors.New("http1: invalid header field name " + strconv.Quote(k))
+			return &callerError{errors.New("http1: invalid header field name " + strconv.Quote(k))}
 		}
 		for _, v := range vs {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return errors.New("http1: invalid header field value for " + strconv.Quote(k))
+				return &callerError{errors.New("http1: invalid header field value for " + strconv.Quote(k))}
 			}
 			if k == "User-Agent" && v == "" {
 				continue
@@ -545,8 +569,24 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) error
 		bw.Flush()
 		return err
 	}
-	_, err := bw.WriteString("0\r\n\r\n")
+	_, err = bw.WriteString("0\r\n\r\n")
 	return err
+}
+
+// readErrBody is a body that keeps the first error it read that is the
+// caller's (callerError).
+type readErrBody struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *readErrBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var ce *callerError
+	if b.err == nil && errors.As(err, &ce) {
+		b.err = ce
+	}
+	return n, err
 }
 
 // usuallyNoBody reports whether requests of method m rarely have a body.

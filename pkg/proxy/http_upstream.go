@@ -434,7 +434,7 @@ func (ex *exchange) modifyResponse(resp *http.Response) {
 func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 	p, ri := ex.p, ex.ri
 	var lr *localReplyError
-	var cbe *callerBodyError
+	var cbe *callerError
 	switch {
 	case errors.As(err, &lr):
 		if lr.flag == "UO" {
@@ -468,7 +468,11 @@ func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		p.localReply(w, r, ri, http.StatusBadRequest, "DPE", "Bad Request")
 	case cbe != nil:
-		ri.flag("DC") // the caller went away while sending its body
+		// The caller went away while sending its body: no answer, and its
+		// HTTP/1.1 connection ends (net/http's server would write an
+		// empty 200 for a handler that wrote nothing).
+		ri.flag("DC")
+		panic(http.ErrAbortHandler)
 	default:
 		p.localReply(w, r, ri, http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
 	}
@@ -827,7 +831,7 @@ func (ex *exchange) failure(err error, perTryTimedOut bool) error {
 	switch {
 	case errors.As(err, &local):
 		return local // a circuit breaker's overflow while connecting
-	case errors.As(err, new(*callerBodyError)):
+	case errors.As(err, new(*callerError)):
 		return err // the caller's: fail tells how
 	case perTryTimedOut:
 		return &localReplyError{http.StatusGatewayTimeout, "UT", "upstream request timeout"}
@@ -850,7 +854,7 @@ func (pol *retryPolicy) wants(resp *http.Response, err error, perTryTimedOut boo
 		if errors.As(err, &local) {
 			return false // a local reply, a breaker's overflow: retrying adds load where it must shed it (Envoy does not)
 		}
-		if errors.As(err, new(*callerBodyError)) {
+		if errors.As(err, new(*callerError)) {
 			return false // the caller's body failed: it would fail again
 		}
 		var ce *connectError
@@ -1022,19 +1026,19 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// callerBodyError is a failure to read a request's body from its caller:
-// a body that breaks HTTP's framing (a bad chunk), or the caller gone. It
-// says nothing of the upstream: the exchange ends without a retry or an
-// outlier count, and the reply (if any) is the caller's fault, as Envoy's
-// codec error is.
-type callerBodyError struct{ err error }
+// callerError is a request that fails through its caller: a head that
+// cannot be sent as it is, a body that breaks HTTP's framing (a bad
+// chunk), or the caller gone while sending it. It says nothing of the
+// upstream: the exchange ends without a retry or an outlier count, and
+// the reply (if any) is the caller's fault, as Envoy's codec errors are.
+type callerError struct{ err error }
 
-func (e *callerBodyError) Error() string { return "reading the request body: " + e.err.Error() }
-func (e *callerBodyError) Unwrap() error { return e.err }
+func (e *callerError) Error() string { return "the caller's request: " + e.err.Error() }
+func (e *callerError) Unwrap() error { return e.err }
 
-// malformed says whether the caller sent a body HTTP cannot frame, rather
+// malformed says whether the caller sent what HTTP cannot carry, rather
 // than going away or being stopped (a deadline, a closed body).
-func (e *callerBodyError) malformed() bool {
+func (e *callerError) malformed() bool {
 	var ne net.Error
 	switch {
 	case errors.Is(e.err, io.ErrUnexpectedEOF), errors.Is(e.err, net.ErrClosed), errors.Is(e.err, syscall.ECONNRESET),
@@ -1122,7 +1126,7 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 			b.idle.kick()
 		}
 		if err != nil && err != io.EOF {
-			err = &callerBodyError{err}
+			err = &callerError{fmt.Errorf("reading its body: %w", err)}
 		}
 		b.mu.Lock()
 		if n > 0 {

@@ -507,7 +507,7 @@ func outcomeCode(status int, err error) (code int, ok bool) {
 	var local *localReplyError // here: escaping, it would cost every call
 	switch {
 	case errors.As(err, &local), errors.Is(err, errNoIdentity), errors.Is(err, errServed), errors.Is(err, context.Canceled),
-		errors.As(err, new(*callerBodyError)):
+		errors.As(err, new(*callerError)):
 		return 0, false
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
 		return 504, true
