@@ -307,8 +307,13 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		g := gen
 		watchMu.Unlock()
 		body = nil
-		upgrade := req.Header.Get("Upgrade") != ""
+		upgrade := upgradeType(req.Header) != ""
 		if req.Body != http.NoBody {
+			// The keep-alive wait's deadline is not the body's: an upload
+			// takes as long as it takes (the idle timeout, when set, stops
+			// a stalled one), as through Envoy. The next wait sets its own.
+			c.SetReadDeadline(time.Time{})
+			idleUntil = time.Time{}
 			body = &h1ReqBody{src: req.Body}
 			if !upgrade {
 				body.onEOF = func() { startWatch(g) }

@@ -478,6 +478,13 @@ func TestH1CallerBodyErrors(t *testing.T) {
 	if b, err := io.ReadAll(c.br); err != nil || len(b) != 0 {
 		t.Errorf("a body cut short: the proxy answered %q (%v), want nothing", b, err)
 	}
+	// The same in the trailers of a chunked body.
+	c = dialRaw(t, addr)
+	c.send("POST /short-trailer HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n")
+	c.c.(*net.TCPConn).CloseWrite()
+	if b, err := io.ReadAll(c.br); err != nil || len(b) != 0 {
+		t.Errorf("trailers cut short: the proxy answered %q (%v), want nothing", b, err)
+	}
 
 	c = dialRaw(t, addr)
 	c.send("GET /after HTTP/1.1\r\nHost: svc\r\n\r\n")
@@ -488,6 +495,6 @@ func TestH1CallerBodyErrors(t *testing.T) {
 		b, _ := os.ReadFile(logPath)
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 		slices.Sort(lines)
-		return slices.Equal(lines, []string{"/after 200 -", "/bad-chunk 400 DPE", "/bad-get 400 DPE", "/bad-trailer 400 DPE", "/gone 0 DC", "/short 0 DC"})
+		return slices.Equal(lines, []string{"/after 200 -", "/bad-chunk 400 DPE", "/bad-get 400 DPE", "/bad-trailer 400 DPE", "/gone 0 DC", "/short 0 DC", "/short-trailer 0 DC"})
 	})
 }

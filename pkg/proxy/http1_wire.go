@@ -337,15 +337,10 @@ func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Re
 	}
 	// net/http's parser takes header names no HTTP/1.1 peer would (with a
 	// space: go.dev/issue/34540); Envoy's codec refuses them, and no
-	// upstream could be sent one.
-	for k, vs := range r.Header {
+	// upstream could be sent one. (It checks the values itself.)
+	for k := range r.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return nil, fmt.Errorf("http1: invalid header field name %q", k)
-		}
-		for _, v := range vs {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return nil, fmt.Errorf("http1: invalid header field value for %q", k)
-			}
 		}
 	}
 	return r.WithContext(ctx), nil
@@ -480,11 +475,11 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) (err 
 		return out.Write(bw)
 	}
 	if !validMethod(req.Method) {
-		return &callerError{errors.New("http1: invalid method " + strconv.Quote(req.Method))}
+		return &callerError{errors.New("http1: invalid method " + strconv.Quote(req.Method)), true}
 	}
 	uri := req.URL.RequestURI()
 	if strings.ContainsFunc(uri, func(r rune) bool { return r < ' ' || r == 0x7f }) {
-		return &callerError{errors.New("http1: invalid request target " + strconv.Quote(uri))}
+		return &callerError{errors.New("http1: invalid request target " + strconv.Quote(uri)), true}
 	}
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
@@ -500,11 +495,11 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) (err 
 			continue
 		}
 		if !httpguts.ValidHeaderFieldName(k) {
-			return &callerError{errors.New("http1: invalid header field name " + strconv.Quote(k))}
+			return &callerError{errors.New("http1: invalid header field name " + strconv.Quote(k)), true}
 		}
 		for _, v := range vs {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return &callerError{errors.New("http1: invalid header field value for " + strconv.Quote(k))}
+				return &callerError{errors.New("http1: invalid header field value for " + strconv.Quote(k)), true}
 			}
 			if k == "User-Agent" && v == "" {
 				continue

@@ -66,22 +66,16 @@ type HTTPChain struct {
 	Upgrades map[string]bool
 }
 
-// upgradeAllowed says whether a request asking to upgrade to protocol
-// (its Upgrade header) may, on route rt (nil: none matched): the HCM must
-// list the protocol, and the route's own upgrade_configs win over the
-// HCM's enabled, as Envoy's createUpgradeFilterChain decides.
+// upgradeAllowed says whether a request on route rt asking to upgrade to
+// protocol (its Upgrade header) may, as Envoy's createUpgradeFilterChain
+// decides: the route's own upgrade_configs say so when they name the
+// protocol, else the HCM's (a protocol neither names may not).
 func (c *HTTPChain) upgradeAllowed(protocol string, rt *HTTPRoute) bool {
 	protocol = strings.ToLower(protocol)
-	enabled, ok := c.Upgrades[protocol]
-	if !ok {
-		return false
+	if v, ok := rt.upgrades[protocol]; ok {
+		return v
 	}
-	if rt != nil {
-		if v, ok := rt.upgrades[protocol]; ok {
-			enabled = v
-		}
-	}
-	return enabled
+	return c.Upgrades[protocol]
 }
 
 // translateUpgrades reads upgrade_configs (the HCM's or a route's) into

@@ -293,18 +293,19 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var rt *HTTPRoute
 	if table != nil {
-		rt = table.route(r)
+		if rt = table.route(r); rt != nil {
+			ri.Route = rt.Name
+		}
 	}
 	// The HCM refuses an upgrade its upgrade_configs (or the route's) do
-	// not allow before its filters run, as Envoy's does.
+	// not allow before its filters run, as Envoy's does once it has a
+	// route (without one, the filters and the 404 answer), and closes an
+	// HTTP/1.1 connection after: what follows may be the upgraded bytes.
 	upgrade := upgradeType(r.Header)
-	if strings.EqualFold(upgrade, "h2c") {
-		// Envoy's HTTP/1.1 codec ignores an h2c upgrade (curl --http2
-		// asks for one): the request is served as it came, without the
-		// hop-by-hop headers that asked (forward takes them out).
-		upgrade = ""
-	}
-	if upgrade != "" && !chain.upgradeAllowed(upgrade, rt) {
+	if upgrade != "" && rt != nil && !chain.upgradeAllowed(upgrade, rt) {
+		if r.ProtoMajor == 1 {
+			cw.Header().Set("Connection", "close")
+		}
 		p.localReply(cw, r, ri, http.StatusForbidden, "", "")
 		return
 	}
@@ -318,7 +319,6 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		p.localReply(cw, r, ri, http.StatusNotFound, "NR", "")
 		return
 	}
-	ri.Route = rt.Name
 	if f := chain.Fault; f != nil {
 		if f.hasDelay && chance(f.delayPPM) {
 			ri.flag("DI")
@@ -341,6 +341,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 				p.localReply(cw, r, ri, http.StatusGatewayTimeout, "SI", "stream timeout")
 				return
 			}
+			if noBody(r) {
+				hr.delayed = f.delay // the idle timer goes on from here, not again
+			}
 		}
 		if f.hasAbort && chance(f.abortPPM) {
 			ri.flag("FI")
@@ -361,6 +364,9 @@ type httpRequest struct {
 	ex       exchange
 	replay   replayBody
 	deadline deadlineCtx // the route's timeout, on a request without a body
+	// delayed is how long a fault delay held a request without a body:
+	// time its idle timeout has used already.
+	delayed time.Duration
 }
 
 // routeWait is how long a request waits for its chain's RDS route

@@ -264,6 +264,19 @@ func TestHTTPFaults(t *testing.T) {
 	if resp, body := get(t, h1Client(), url+"/other"); resp.StatusCode != 200 || body != "app GET /other" {
 		t.Errorf("a delay without an idle timeout: %d %q", resp.StatusCode, body)
 	}
+	// The delay uses up the idle timeout, which goes on from there: a
+	// 300 ms delay and a 250 ms upstream outlast 400 ms of idle.
+	slow := backend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(250 * time.Millisecond)
+		io.WriteString(w, "slow")
+	})
+	idle4 := toCluster("slow")
+	idle4.IdleTimeout = durationpb.New(400 * time.Millisecond)
+	short := &faultv3.HTTPFault{Delay: &commonfault.FaultDelay{FaultDelaySecifier: &commonfault.FaultDelay_FixedDelay{FixedDelay: durationpb.New(300 * time.Millisecond)}, Percentage: hundred}}
+	url = plainHTTP(t, newProxy(t), routeConfig("outbound:svc", routeTo("idle", nil, idle4)), []*faultv3.HTTPFault{short}, staticHTTPCluster("slow", false, slow))
+	if resp, body := get(t, h1Client(), url+"/"); resp.StatusCode != http.StatusGatewayTimeout || body != "stream timeout" {
+		t.Errorf("a delay and an upstream together past the idle timeout: %d %q, want 504", resp.StatusCode, body)
+	}
 	none := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 500}, Percentage: &typev3.FractionalPercent{Numerator: 0}}}
 	url = plainHTTP(t, newProxy(t), rc, []*faultv3.HTTPFault{none}, staticHTTPCluster("app", false, app))
 	if resp, _ := get(t, h1Client(), url+"/"); resp.StatusCode != 200 {
@@ -394,8 +407,21 @@ func TestHTTPUpgradeAndIdle(t *testing.T) {
 // way, and not while they cross.
 func TestHTTPUpgradeTimeouts(t *testing.T) {
 	echo := backend(t, "echo", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/late" {
+		switch r.URL.Path {
+		case "/late":
 			time.Sleep(600 * time.Millisecond)
+		case "/idle-halfclose":
+			// Upgraded, then done sending: only the caller's side is open.
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+			brw.Flush()
+			conn.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, conn)
+			return
 		}
 		echoUpgraded(w)
 	})
@@ -442,12 +468,21 @@ func TestHTTPUpgradeTimeouts(t *testing.T) {
 	if waited := time.Since(quiet); waited < 200*time.Millisecond || waited > 3*time.Second {
 		t.Errorf("an idle upgraded connection closed %s after its last bytes, want about its idle timeout (300ms)", waited)
 	}
+	// One the upstream ended its side of, and the caller keeps quiet on,
+	// ends too (the proxy's half, too: its log line comes).
+	half, resp := upgradeTo(t, addr, "svc", "/idle-halfclose")
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %d", resp.StatusCode)
+	}
+	if _, err := half.br.ReadByte(); err != io.EOF {
+		t.Errorf("the upstream's end of its side: read %v, want EOF", err)
+	}
 	// The /ws connection is still open: its line comes when it closes.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		b, _ := os.ReadFile(logPath)
 		// What crossed the upgraded connection counts: 8 "busy i\n" in,
 		// 8 "echo busy i\n" out.
-		if string(b) == "/late 504 UT 0 24\n/idle 101 SI 56 96\n" {
+		if string(b) == "/late 504 UT 0 24\n/idle 101 SI 56 96\n/idle-halfclose 101 SI 0 0\n" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -495,6 +530,7 @@ func TestHTTPUpgradeThroughPair(t *testing.T) {
 // built-in proxy does not run are refused with the field named.
 func TestHTTPUpgradeConfigs(t *testing.T) {
 	var reached atomic.Int64
+	mismatchClosed := make(chan struct{})
 	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
 		reached.Add(1)
 		if r.Header.Get("Upgrade") == "" {
@@ -506,13 +542,23 @@ func TestHTTPUpgradeConfigs(t *testing.T) {
 			return
 		}
 		defer conn.Close()
+		if r.URL.Path == "/mismatch" {
+			// A 101 to another protocol than asked: the proxy refuses it,
+			// and lets go of this connection.
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n")
+			brw.Flush()
+			io.Copy(io.Discard, brw)
+			close(mismatchClosed)
+			return
+		}
 		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", r.Header.Get("Upgrade"))
 		brw.Flush()
 	})
 	off := toCluster("app")
 	off.UpgradeConfigs = []*route.RouteAction_UpgradeConfig{{UpgradeType: "WebSocket", Enabled: wrapperspb.Bool(false)}}
 	on := toCluster("app")
-	on.UpgradeConfigs = []*route.RouteAction_UpgradeConfig{{UpgradeType: "spdy/3.1", Enabled: wrapperspb.Bool(true)}}
+	on.UpgradeConfigs = []*route.RouteAction_UpgradeConfig{{UpgradeType: "spdy/3.1", Enabled: wrapperspb.Bool(true)},
+		{UpgradeType: "unlisted", Enabled: wrapperspb.Bool(true)}}
 	rc := routeConfig("outbound:svc",
 		routeTo("off", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/off"}}, off),
 		routeTo("on", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/on"}}, on),
@@ -532,6 +578,7 @@ func TestHTTPUpgradeConfigs(t *testing.T) {
 		{"/", "echo", 403},         // not in the HCM's list
 		{"/", "spdy/3.1", 403},     // listed, off
 		{"/on", "spdy/3.1", 101},   // the route turns it on
+		{"/on", "unlisted", 101},   // and this one, which the HCM does not list
 		{"/off", "websocket", 403}, // the route turns it off
 		{"/off", "echo", 403},
 	} {
@@ -539,16 +586,37 @@ func TestHTTPUpgradeConfigs(t *testing.T) {
 		before := reached.Load()
 		rc.send("GET " + tc.path + " HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: " + tc.protocol + "\r\n\r\n")
 		resp, body := rc.response(http.MethodGet)
-		if resp.StatusCode != tc.want || tc.want == 403 && body != "" {
-			t.Errorf("%s upgrading to %s: %d %q, want %d (403 with no body, as Envoy's)", tc.path, tc.protocol, resp.StatusCode, body, tc.want)
+		if resp.StatusCode != tc.want || tc.want == 403 && (body != "" || !resp.Close) {
+			t.Errorf("%s upgrading to %s: %d %q (close %t), want %d (403 with no body, closing the connection, as Envoy's)",
+				tc.path, tc.protocol, resp.StatusCode, body, resp.Close, tc.want)
 		}
 		if got := reached.Load() - before; tc.want == 403 && got != 0 {
 			t.Errorf("%s upgrading to %s: refused, yet the application saw it", tc.path, tc.protocol)
 		}
 	}
+	// Without a route, an upgrade gets what any request does: 404.
+	p404 := newProxy(t)
+	only := routeConfig("outbound:svc", routeTo("on", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/on"}}, on))
+	apply(t, p404, nil, nil, []*listener.Listener{withHCM(t, outboundHTTPListener("outbound:svc", only.GetName()), func(*hcm.HttpConnectionManager) {})},
+		[]*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, only)
+	raw := dialRaw(t, boundAddr(t, p404, "outbound:svc"))
+	raw.send("GET /nowhere HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	if resp, _ := raw.response(http.MethodGet); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("an upgrade no route takes: %d, want 404", resp.StatusCode)
+	}
+	// A 101 to a protocol not asked for is refused, and the upstream's
+	// connection let go.
+	if _, resp := upgradeTo(t, addr, "svc", "/mismatch"); resp.StatusCode/100 != 5 {
+		t.Errorf("a 101 to another protocol: %d, want a 5xx", resp.StatusCode)
+	}
+	select {
+	case <-mismatchClosed:
+	case <-time.After(5 * time.Second):
+		t.Errorf("the upstream connection of a refused 101 is still open")
+	}
 	// curl --http2's h2c upgrade: the request goes on without the headers
 	// that asked.
-	raw := dialRaw(t, addr)
+	raw = dialRaw(t, addr)
 	raw.send("GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
 	if resp, body := raw.response(http.MethodGet); resp.StatusCode != 200 || body != `plain; Connection "", HTTP2-Settings ""` {
 		t.Errorf("an h2c upgrade: %d %q, want it served as HTTP/1.1 without its hop-by-hop headers", resp.StatusCode, body)

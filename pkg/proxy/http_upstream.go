@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -171,11 +171,17 @@ func removeHopByHop(h http.Header) {
 }
 
 // upgradeType is the protocol a request asks to switch to, "" for none.
+// An h2c upgrade is none: Envoy's HTTP/1.1 codec ignores it (curl --http2
+// asks for one), and the request goes on as it came, without the
+// hop-by-hop headers that asked (forward takes them out).
 func upgradeType(h http.Header) string {
 	if !hasToken(h["Connection"], "upgrade") {
 		return ""
 	}
-	return h.Get("Upgrade")
+	if up := h.Get("Upgrade"); !strings.EqualFold(up, "h2c") {
+		return up
+	}
+	return ""
 }
 
 // newExchange starts r's exchange: the route's timeout (from the end of
@@ -236,7 +242,7 @@ func (p *Proxy) newExchange(r *http.Request, hr *httpRequest, cfg *Config, rt *H
 	if idle := rt.idleTimeout(hr.info.Chain); idle > 0 {
 		ex.watch = nil
 		ex.idle = newIdleWatch(idle)
-		ex.ctx, ex.idleStop = ex.idle.bind(ex.ctx)
+		ex.ctx, ex.idleStop = ex.idle.bind(ex.ctx, hr.delayed)
 		if !bodyless {
 			ex.stopStalledUpload(r)
 		}
@@ -460,7 +466,7 @@ func (ex *exchange) fail(w http.ResponseWriter, r *http.Request, err error) {
 		p.localReply(w, r, ri, status, "SI", "stream timeout")
 	case ex.ctx.Err() != nil:
 		p.localReply(w, r, ri, http.StatusGatewayTimeout, "UT", "upstream request timeout")
-	case errors.As(err, &cbe) && cbe.malformed():
+	case errors.As(err, &cbe) && cbe.bad:
 		// As Envoy's codec error: 400, and an HTTP/1.1 connection whose
 		// framing is lost closes.
 		if r.ProtoMajor == 1 {
@@ -509,11 +515,36 @@ func (ex *exchange) reverseProxy(w http.ResponseWriter, r *http.Request) {
 		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) { ex.fail(w, r, err) },
 	}
-	rp.ServeHTTP(w, r.WithContext(ex.ctx))
-	if ex.upgraded != nil && ex.down.Err() == nil && ex.idle != nil && ex.idle.fired() {
-		ex.ri.flag("SI") // the upgraded connection was idle too long
+	rp.ServeHTTP(&hijackWatch{ResponseWriter: w, ctx: ex.ctx}, r.WithContext(ex.ctx))
+	if ex.upgraded != nil {
+		// Closed by the reverse proxy, or not when it refused the answer
+		// (a protocol it did not ask for): the connection and the breaker
+		// slots go now.
+		ex.upgraded.Close()
+		if ex.down.Err() == nil && ex.idle != nil && ex.idle.fired() {
+			ex.ri.flag("SI") // the upgraded connection was idle too long
+		}
 	}
 }
+
+// hijackWatch is a response writer whose hijacked connection closes when
+// ctx ends (an upgrade's idle timeout): the reverse proxy then closes only
+// the upstream's, and would wait on the caller's reads after the upstream
+// ended its side, where Envoy ends the stream.
+type hijackWatch struct {
+	http.ResponseWriter
+	ctx context.Context
+}
+
+func (w *hijackWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		context.AfterFunc(w.ctx, func() { c.Close() })
+	}
+	return c, brw, err
+}
+
+func (w *hijackWatch) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // applyHeaders adds a route's headers as their append actions say; an
 // empty value is skipped unless it keeps empty values, as in Envoy.
@@ -979,11 +1010,12 @@ type idleWatch struct {
 
 func newIdleWatch(d time.Duration) *idleWatch { return &idleWatch{d: d} }
 
-// bind starts the watch over a context that it cancels when it fires;
-// done stops it and cancels the context.
-func (w *idleWatch) bind(ctx context.Context) (_ context.Context, done context.CancelFunc) {
+// bind starts the watch over a context that it cancels when it fires,
+// first after used less than its timeout (the time already idle); done
+// stops it and cancels the context.
+func (w *idleWatch) bind(ctx context.Context, used time.Duration) (_ context.Context, done context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
-	w.timer = time.AfterFunc(w.d, func() {
+	w.timer = time.AfterFunc(w.d-used, func() {
 		w.mu.Lock()
 		w.fire = true
 		w.mu.Unlock()
@@ -1031,21 +1063,39 @@ func (b *idleBody) Read(p []byte) (int, error) {
 // chunk), or the caller gone while sending it. It says nothing of the
 // upstream: the exchange ends without a retry or an outlier count, and
 // the reply (if any) is the caller's fault, as Envoy's codec errors are.
-type callerError struct{ err error }
+type callerError struct {
+	err error
+	// bad says the caller sent what HTTP cannot carry (400); else it went
+	// away, or was stopped (a deadline, a closed body): no answer.
+	bad bool
+}
 
 func (e *callerError) Error() string { return "the caller's request: " + e.err.Error() }
 func (e *callerError) Unwrap() error { return e.err }
 
-// malformed says whether the caller sent what HTTP cannot carry, rather
-// than going away or being stopped (a deadline, a closed body).
-func (e *callerError) malformed() bool {
-	var ne net.Error
-	switch {
-	case errors.Is(e.err, io.ErrUnexpectedEOF), errors.Is(e.err, net.ErrClosed), errors.Is(e.err, syscall.ECONNRESET),
-		errors.Is(e.err, http.ErrBodyReadAfterClose), errors.Is(e.err, context.Canceled), errors.As(e.err, &ne):
-		return false
+// bodyError is the callerError of err, from reading a request's body.
+func bodyError(err error) *callerError {
+	return &callerError{err: fmt.Errorf("reading its body: %w", err), bad: badChunking(err)}
+}
+
+// badChunking says whether err, from reading a request body, is net/http's
+// chunked reader finding the caller's chunks or trailers malformed (its
+// errors are not exported: net/http/internal/chunked.go): an HTTP/1.1
+// caller's framing error, as Envoy's codec finds it. Anything else (a
+// short body, a reset, an HTTP/2 stream's end) is the caller gone.
+func badChunking(err error) bool {
+	if errors.Is(err, http.ErrLineTooLong) || errors.As(err, new(textproto.ProtocolError)) {
+		return true
 	}
-	return true
+	msg := err.Error()
+	for _, s := range [...]string{"malformed chunked encoding", "chunked encoding contains too much non-data",
+		"chunked line ends with bare LF", "invalid CR in chunked line", "empty hex number for chunk length",
+		"invalid byte in chunk length", "http chunk length too large"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // replayBody is a request body that attempts read in turn: what the first
@@ -1126,7 +1176,7 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 			b.idle.kick()
 		}
 		if err != nil && err != io.EOF {
-			err = &callerError{fmt.Errorf("reading its body: %w", err)}
+			err = bodyError(err)
 		}
 		b.mu.Lock()
 		if n > 0 {
