@@ -151,52 +151,49 @@ func absoluteReferer(v string) (absolute, clean bool) {
 }
 
 // validURLHost reports whether a is a host, and maybe ":port", as
-// http_parser takes one: a bracketed IPv6 address or a name of letters,
-// digits and "-._~" and the like, then digits after ':'.
+// http_parser takes one (not strict): a bracketed IPv6 address, or a name
+// of letters, digits, '.', '-' and '_'; a port, when there is a ':', of
+// one to five digits up to 65535.
 func validURLHost(a string) bool {
-	host, port := a, ""
+	host, port, hasPort := a, "", false
 	if strings.HasPrefix(a, "[") {
 		end := strings.IndexByte(a, ']')
 		if end < 0 {
 			return false
 		}
-		host, port = a[1:end], a[end+1:]
+		host = a[1:end]
 		if host == "" || strings.Trim(host, "0123456789abcdefABCDEF:.") != "" {
 			return false
 		}
-		if port != "" {
-			if port[0] != ':' {
-				return false
-			}
-			port = port[1:]
+		switch rest := a[end+1:]; {
+		case rest == "":
+		case rest[0] == ':':
+			port, hasPort = rest[1:], true
+		default:
+			return false
 		}
-	} else if colon := strings.IndexByte(a, ':'); colon >= 0 {
-		host, port = a[:colon], a[colon+1:]
-	}
-	if host == "" {
-		return false
-	}
-	if !strings.HasPrefix(a, "[") {
-		for i := 0; i < len(host); i++ {
-			if c := host[i]; !hostByte(c) {
-				return false
-			}
+	} else {
+		if colon := strings.IndexByte(a, ':'); colon >= 0 {
+			host, port, hasPort = a[:colon], a[colon+1:], true
+		}
+		if host == "" || strings.IndexFunc(host, func(r rune) bool {
+			return !('a' <= r|0x20 && r|0x20 <= 'z' || '0' <= r && r <= '9' || r == '.' || r == '-' || r == '_')
+		}) >= 0 {
+			return false
 		}
 	}
-	return strings.Trim(port, "0123456789") == ""
-}
-
-// hostByte is a byte of a registered name (RFC 3986's unreserved and
-// sub-delims, and '%').
-func hostByte(c byte) bool {
-	return 'a' <= c|0x20 && c|0x20 <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-._~%!$&'()*+,;=", c) >= 0
+	if !hasPort {
+		return true
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	return err == nil && len(port) <= 5 && n <= 65535
 }
 
 // queryByte is a byte a URI's query may hold: RFC 3986's pchar (unreserved,
 // '%', sub-delims, ':', '@'), '/' and '?' (Envoy's
 // kUriQueryAndFragmentCharTable).
 func queryByte(c byte) bool {
-	return hostByte(c) || strings.IndexByte(":@/?", c) >= 0
+	return 'a' <= c|0x20 && c|0x20 <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-._~%!$&'()*+,;=:@/?", c) >= 0
 }
 
 // newRequestID is a random (version 4) UUID from the runtime's generator

@@ -588,6 +588,14 @@ func TestValidReferer(t *testing.T) {
 		"http://example.com/a b":         false,
 		"http://example.com:80x/":        false,
 		"HTTPS://Example.COM/?q=1&r=%20": true,
+		// http_parser's host: letters, digits, '.', '-', '_'; a port of
+		// 1 to 65535 when there is a ':'. (Then relative: ':' first.)
+		"http://a_b.example/":   true,
+		"http://a!b/":           false,
+		"http://ex%41mple.com/": false,
+		"http://a:99999/":       false,
+		"http://a:/x":           false,
+		"http://a:65535/x":      true,
 		// Relative: a ':' after the first '/', bytes a query may not hold.
 		"":                    true,
 		"/a:b/c?d=e@f":        true,
