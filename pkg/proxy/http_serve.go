@@ -302,6 +302,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	// route (without one, the filters and the 404 answer), and closes an
 	// HTTP/1.1 connection after: what follows may be the upgraded bytes.
 	upgrade := upgradeType(r.Header)
+	if r.Method == http.MethodConnect {
+		// CONNECT is an upgrade to Envoy (its type "CONNECT"), which the
+		// built-in proxy refuses to configure: always a 403.
+		upgrade = "CONNECT"
+	}
 	if upgrade != "" && rt != nil && !chain.upgradeAllowed(upgrade, rt) {
 		if r.ProtoMajor == 1 {
 			cw.Header().Set("Connection", "close")

@@ -594,12 +594,19 @@ func TestHTTPUpgradeConfigs(t *testing.T) {
 			t.Errorf("%s upgrading to %s: refused, yet the application saw it", tc.path, tc.protocol)
 		}
 	}
+	// CONNECT is an upgrade to Envoy, never allowed here.
+	raw := dialRaw(t, addr)
+	before := reached.Load()
+	raw.send("CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\n")
+	if resp, _ := raw.response(http.MethodGet); resp.StatusCode != http.StatusForbidden || reached.Load() != before {
+		t.Errorf("CONNECT: %d (the application saw it: %t), want 403", resp.StatusCode, reached.Load() != before)
+	}
 	// Without a route, an upgrade gets what any request does: 404.
 	p404 := newProxy(t)
 	only := routeConfig("outbound:svc", routeTo("on", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/on"}}, on))
 	apply(t, p404, nil, nil, []*listener.Listener{withHCM(t, outboundHTTPListener("outbound:svc", only.GetName()), func(*hcm.HttpConnectionManager) {})},
 		[]*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, only)
-	raw := dialRaw(t, boundAddr(t, p404, "outbound:svc"))
+	raw = dialRaw(t, boundAddr(t, p404, "outbound:svc"))
 	raw.send("GET /nowhere HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	if resp, _ := raw.response(http.MethodGet); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("an upgrade no route takes: %d, want 404", resp.StatusCode)
