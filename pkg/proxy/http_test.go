@@ -322,16 +322,26 @@ func TestHTTPUpstreamFailures(t *testing.T) {
 	}
 }
 
+// switchTo hijacks w's connection and answers 101 to protocol on it; nil
+// when the hijack fails. The caller closes the connection.
+func switchTo(w http.ResponseWriter, protocol string) (net.Conn, *bufio.ReadWriter) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, nil
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + protocol + "\r\n\r\n")
+	brw.Flush()
+	return conn, brw
+}
+
 // echoUpgraded answers 101 (to a WebSocket) on w's hijacked connection,
 // then echoes each line that comes over it as "echo " and the line.
 func echoUpgraded(w http.ResponseWriter) {
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
+	conn, brw := switchTo(w, "websocket")
+	if conn == nil {
 		return
 	}
 	defer conn.Close()
-	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	brw.Flush()
 	for {
 		line, err := brw.ReadString('\n')
 		if err != nil {
@@ -412,13 +422,11 @@ func TestHTTPUpgradeTimeouts(t *testing.T) {
 			time.Sleep(600 * time.Millisecond)
 		case "/idle-halfclose":
 			// Upgraded, then done sending: only the caller's side is open.
-			conn, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
+			conn, _ := switchTo(w, "websocket")
+			if conn == nil {
 				return
 			}
 			defer conn.Close()
-			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-			brw.Flush()
 			conn.(*net.TCPConn).CloseWrite()
 			io.Copy(io.Discard, conn)
 			return
@@ -537,22 +545,21 @@ func TestHTTPUpgradeConfigs(t *testing.T) {
 			fmt.Fprintf(w, "plain; Connection %q, HTTP2-Settings %q", r.Header.Get("Connection"), r.Header.Get("HTTP2-Settings"))
 			return
 		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
+		protocol := r.Header.Get("Upgrade")
+		if r.URL.Path == "/mismatch" {
+			// A 101 to another protocol than asked: the proxy refuses it,
+			// and lets go of this connection.
+			protocol = "other"
+		}
+		conn, brw := switchTo(w, protocol)
+		if conn == nil {
 			return
 		}
 		defer conn.Close()
 		if r.URL.Path == "/mismatch" {
-			// A 101 to another protocol than asked: the proxy refuses it,
-			// and lets go of this connection.
-			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n")
-			brw.Flush()
 			io.Copy(io.Discard, brw)
 			close(mismatchClosed)
-			return
 		}
-		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", r.Header.Get("Upgrade"))
-		brw.Flush()
 	})
 	off := toCluster("app")
 	off.UpgradeConfigs = []*route.RouteAction_UpgradeConfig{{UpgradeType: "WebSocket", Enabled: wrapperspb.Bool(false)}}

@@ -1031,13 +1031,6 @@ func (w *idleWatch) kick() {
 	}
 }
 
-// stop ends the watch; a nil watch is none.
-func (w *idleWatch) stop() {
-	if w != nil {
-		w.timer.Stop()
-	}
-}
-
 func (w *idleWatch) fired() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
