@@ -36,9 +36,12 @@ const (
 	// h1MaxDrain is the most of an unread request body the proxy reads
 	// away to keep a connection; past it the connection closes.
 	h1MaxDrain = 256 << 10
-	// h1MaxHeader bounds what a request's header may take (net/http's
-	// default, and the reader's buffer).
-	h1MaxHeader = 1<<20 + 4<<10
+	// h1HeadSlack is what a request's head may take past its chain's
+	// bound on the header's names and values (HTTPChain.headerLimits)
+	// before its reader stops: the request line, each line's separators,
+	// and a read past the head's end. serveHTTP then checks the bound
+	// itself.
+	h1HeadSlack = 16 << 10
 	// h1WatchAfter is how long a request is in flight before its
 	// connection is watched for the caller leaving.
 	h1WatchAfter = 50 * time.Millisecond
@@ -140,6 +143,17 @@ type peekedConn struct {
 }
 
 func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// headBound is how much of a connection's next request head its reader
+// reads before it stops (431): the bound of the chain of listener name
+// (for dst) on the header, and the slack for the rest of the head.
+func (p *Proxy) headBound(name string, dst netip.AddrPort) int64 {
+	size := defaultMaxRequestHeaderKB << 10
+	if c := chainNow(p.cfg.Load(), name, dst); c != nil {
+		size, _ = c.headerLimits()
+	}
+	return int64(size + h1HeadSlack)
+}
 
 // rawServerHeader is the Server header line that the chain of listener
 // name (for dst) puts on the connection's raw replies (to a head it cannot
@@ -276,13 +290,14 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			idleUntil = now.Add(h1IdleTimeout)
 			c.SetReadDeadline(idleUntil)
 		}
-		src.limit = h1MaxHeader
+		src.limit = p.headBound(name, dst)
 		req, err := readRequest(ctx, br, meta.scratch)
 		tooLarge := src.limit <= 0
 		src.limit = math.MaxInt64
 		if err != nil {
 			if tooLarge {
-				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\n"+p.rawServerHeader(name, dst)+"Connection: close\r\nContent-Length: 0\r\n\r\n")
+				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\n"+p.rawServerHeader(name, dst)+
+					"Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 31\r\n\r\nRequest Header Fields Too Large")
 				lingerClose(c)
 				return true
 			}

@@ -64,6 +64,36 @@ type HTTPChain struct {
 	// may say otherwise). A request asking for one not here gets 403, as
 	// from Envoy.
 	Upgrades map[string]bool
+	// MaxRequestHeaderBytes and MaxRequestHeaders bound a request's header
+	// (its fields' names and values, Host included, and their number):
+	// the HCM's max_request_headers_kb and
+	// common_http_protocol_options.max_headers_count, 0 for Envoy's
+	// defaults (60 KiB, 100). A request past either gets 431 (an HTTP/2
+	// request past the count, a reset stream), as from Envoy.
+	MaxRequestHeaderBytes int
+	MaxRequestHeaders     int
+}
+
+// Envoy's bounds on a request's header when its HCM sets none, and the
+// most max_request_headers_kb the built-in proxy takes (net/http's bound
+// on an HTTP/2 header list, which it keeps; Envoy's own is 8192).
+const (
+	defaultMaxRequestHeaderKB = 60
+	defaultMaxRequestHeaders  = 100
+	maxRequestHeaderKB        = 1024
+)
+
+// headerLimits are the chain's bounds on a request's header: its size
+// (names and values) and number of fields.
+func (c *HTTPChain) headerLimits() (size, n int) {
+	size, n = c.MaxRequestHeaderBytes, c.MaxRequestHeaders
+	if size <= 0 {
+		size = defaultMaxRequestHeaderKB << 10
+	}
+	if n <= 0 {
+		n = defaultMaxRequestHeaders
+	}
+	return size, n
 }
 
 // upgradeAllowed says whether a request on route rt asking to upgrade to
@@ -229,7 +259,8 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return fmt.Errorf("listener %q: http_connection_manager: %w", listenerName, err)
 	}
 	if err := onlyFields(h, "stat_prefix", "codec_type", "rds", "route_config", "http_filters", "access_log", "tracing",
-		"generate_request_id", "server_name", "server_header_transformation", "stream_idle_timeout", "upgrade_configs"); err != nil {
+		"generate_request_id", "server_name", "server_header_transformation", "stream_idle_timeout", "upgrade_configs",
+		"max_request_headers_kb", "common_http_protocol_options"); err != nil {
 		return nil, wrap(err)
 	}
 	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
@@ -248,6 +279,9 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		}
 	}
 	if out.Upgrades, err = translateUpgrades("upgrade_configs", h.GetUpgradeConfigs()); err != nil {
+		return nil, wrap(err)
+	}
+	if out.MaxRequestHeaderBytes, out.MaxRequestHeaders, err = translateHeaderLimits(h); err != nil {
 		return nil, wrap(err)
 	}
 	switch {
@@ -322,6 +356,30 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return nil, wrap(err)
 	}
 	return out, nil
+}
+
+// translateHeaderLimits reads the HCM's bounds on a request's header:
+// max_request_headers_kb (in bytes) and common_http_protocol_options'
+// max_headers_count, 0 for each it leaves to the default.
+func translateHeaderLimits(h *hcm.HttpConnectionManager) (size, n int, _ error) {
+	if v := h.GetMaxRequestHeadersKb(); v != nil {
+		if kb := v.GetValue(); kb == 0 || kb > maxRequestHeaderKB {
+			return 0, 0, fmt.Errorf("max_request_headers_kb %d: the built-in proxy takes 1 to %d", kb, maxRequestHeaderKB)
+		}
+		size = int(v.GetValue()) << 10
+	}
+	if o := h.GetCommonHttpProtocolOptions(); o != nil {
+		if err := unsupportedFields(o, "common_http_protocol_options", "max_headers_count"); err != nil {
+			return 0, 0, err
+		}
+		if v := o.GetMaxHeadersCount(); v != nil {
+			if v.GetValue() == 0 {
+				return 0, 0, errors.New("common_http_protocol_options.max_headers_count 0: must be at least 1")
+			}
+			n = int(min(v.GetValue(), 1<<20))
+		}
+	}
+	return size, n, nil
 }
 
 // perMillion reads a FractionalPercent as parts per million.

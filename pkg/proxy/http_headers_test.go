@@ -4,16 +4,19 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -212,6 +215,14 @@ func TestHCMHeaderRefusals(t *testing.T) {
 		{func(h *hcm.HttpConnectionManager) { h.ServerName = "bad\r\nname" }, "server_name"},
 		{func(h *hcm.HttpConnectionManager) { h.ServerHeaderTransformation = 7 }, "server_header_transformation"},
 		{func(h *hcm.HttpConnectionManager) { h.PreserveExternalRequestId = true }, "preserve_external_request_id"},
+		{func(h *hcm.HttpConnectionManager) { h.MaxRequestHeadersKb = wrapperspb.UInt32(0) }, "max_request_headers_kb 0"},
+		{func(h *hcm.HttpConnectionManager) { h.MaxRequestHeadersKb = wrapperspb.UInt32(2048) }, "max_request_headers_kb 2048"},
+		{func(h *hcm.HttpConnectionManager) {
+			h.CommonHttpProtocolOptions = &core.HttpProtocolOptions{MaxHeadersCount: wrapperspb.UInt32(0)}
+		}, "max_headers_count 0"},
+		{func(h *hcm.HttpConnectionManager) {
+			h.CommonHttpProtocolOptions = &core.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Minute)}
+		}, "common_http_protocol_options.idle_timeout"},
 	} {
 		l := withHCM(t, outboundHTTPListener("out", "out"), tc.change)
 		_, err := translate([]*listener.Listener{l}, nil, nil, nil, nil)
@@ -666,4 +677,132 @@ func FuzzReferer(f *testing.F) {
 			t.Errorf("validReferer kept %q", v)
 		}
 	})
+}
+
+// TestHTTPHeaderLimits: Envoy's bounds on a request's header, its own
+// (60 KiB of names and values, 100 fields) and an HCM's
+// (max_request_headers_kb, common_http_protocol_options.max_headers_count).
+// A request at a bound is served; one past it gets 431 and, over
+// HTTP/1.1, the connection's end; an HTTP/2 request with too many fields
+// has its stream reset. Nothing past a bound reaches the backend.
+func TestHTTPHeaderLimits(t *testing.T) {
+	var served atomic.Int32
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		w.Write([]byte("ok"))
+	})
+	for _, tc := range []struct {
+		name   string
+		change func(*hcm.HttpConnectionManager)
+		size   int // names and values, Host included
+		fields int
+	}{
+		{"envoy-defaults", nil, 60 << 10, 100},
+		{"set", func(h *hcm.HttpConnectionManager) {
+			h.MaxRequestHeadersKb = wrapperspb.UInt32(2)
+			h.CommonHttpProtocolOptions = &core.HttpProtocolOptions{MaxHeadersCount: wrapperspb.UInt32(8)}
+		}, 2 << 10, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProxy(t)
+			l := outboundHTTPListener("out", "out")
+			if tc.change != nil {
+				l = withHCM(t, l, tc.change)
+			}
+			apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil,
+				routeConfig("out", routeTo("app", nil, timed(toCluster("app")))))
+			addr := boundAddr(t, p, "out")
+			// HTTP/1.1, by hand: "Host: svc" is 7 of the size and one field.
+			big := func(size int) string {
+				return "X-Big: " + strings.Repeat("b", size-len("host")-len("svc")-len("X-Big")) + "\r\n"
+			}
+			many := func(n int) string {
+				var b strings.Builder
+				for i := range n - 1 {
+					fmt.Fprintf(&b, "X-N%d: 1\r\n", i)
+				}
+				return b.String()
+			}
+			for _, h1 := range []struct {
+				what   string
+				fields string
+				over   bool
+			}{
+				{"size at the bound", big(tc.size), false},
+				{"size past it", big(tc.size + 1), true},
+				{"fields at the bound", many(tc.fields), false},
+				{"fields past it", many(tc.fields + 1), true},
+			} {
+				before := served.Load()
+				rc := dialRaw(t, addr)
+				go io.WriteString(rc.c, "GET / HTTP/1.1\r\nHost: svc\r\n"+h1.fields+"\r\nGET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+				resp, body := rc.response(http.MethodGet)
+				switch {
+				case !h1.over && resp.StatusCode != http.StatusOK:
+					t.Errorf("HTTP/1.1, %s: %d %q", h1.what, resp.StatusCode, body)
+				case h1.over && (resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || body != "Request Header Fields Too Large" || !resp.Close):
+					t.Errorf("HTTP/1.1, %s: %d %q close=%t, want 431 and the end", h1.what, resp.StatusCode, body, resp.Close)
+				case h1.over && served.Load() != before:
+					t.Errorf("HTTP/1.1, %s: the backend saw the request", h1.what)
+				case h1.over:
+					if n, err := rc.br.Read(make([]byte, 1)); n != 0 || err == nil {
+						t.Errorf("HTTP/1.1, %s: the connection goes on", h1.what)
+					}
+				default:
+					if resp, _ := rc.response(http.MethodGet); resp.StatusCode != http.StatusOK {
+						t.Errorf("HTTP/1.1, %s: the next request got %d", h1.what, resp.StatusCode)
+					}
+				}
+			}
+			// A head past the bound and its slack is not read on: the
+			// answer comes before the head ends.
+			rc := dialRaw(t, addr)
+			rc.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			go io.WriteString(rc.c, "GET / HTTP/1.1\r\nHost: svc\r\n"+big(tc.size+h1HeadSlack+8<<10))
+			if resp, body := rc.response(http.MethodGet); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || body != "Request Header Fields Too Large" || !resp.Close {
+				t.Errorf("HTTP/1.1, a head past the reader's bound: %d %q close=%t", resp.StatusCode, body, resp.Close)
+			}
+
+			// HTTP/2 (h2c): Go's client adds User-Agent and
+			// Accept-Encoding, so these go a little under and over.
+			h2 := func(headers http.Header) (int, error) {
+				req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+				maps.Copy(req.Header, headers)
+				resp, err := h2cClient().Do(req)
+				if err != nil {
+					return 0, err
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode, nil
+			}
+			if code, err := h2(http.Header{"X-Big": {strings.Repeat("b", tc.size-200)}}); code != http.StatusOK {
+				t.Errorf("HTTP/2, under the size: %d %v", code, err)
+			}
+			before := served.Load()
+			if code, err := h2(http.Header{"X-Big": {strings.Repeat("b", tc.size)}}); code != http.StatusRequestHeaderFieldsTooLarge {
+				t.Errorf("HTTP/2, past the size: %d %v, want 431", code, err)
+			}
+			fields := http.Header{}
+			for i := range tc.fields - 4 {
+				fields.Set(fmt.Sprintf("X-N%d", i), "1")
+			}
+			if served.Load() != before {
+				t.Error("HTTP/2: the backend saw a request past the size")
+			}
+			if code, err := h2(fields); code != http.StatusOK {
+				t.Errorf("HTTP/2, under the count: %d %v", code, err)
+			}
+			before = served.Load()
+			for i := range 5 {
+				fields.Set(fmt.Sprintf("X-M%d", i), "1")
+			}
+			if code, err := h2(fields); err == nil {
+				t.Errorf("HTTP/2, past the count: %d, want the stream reset", code)
+			}
+			if served.Load() != before {
+				t.Error("HTTP/2: the backend saw a request past the count")
+			}
+		})
+	}
 }

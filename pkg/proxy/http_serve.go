@@ -210,6 +210,24 @@ func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
 	<-m.done
 }
 
+// headerTooLarge says whether r's header is past the chain's bounds: its
+// size, as Envoy counts it (each field's name and value, Host included),
+// or its number of fields.
+func (c *HTTPChain) headerTooLarge(r *http.Request) (tooLarge, tooMany bool) {
+	maxSize, maxN := c.headerLimits()
+	size, n := 0, 0
+	if r.Host != "" {
+		size, n = len("host")+len(r.Host), 1
+	}
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			size += len(k) + len(v)
+		}
+		n += len(vs)
+	}
+	return size > maxSize, n > maxN
+}
+
 // chainNow is the HTTP chain listener name's current configuration
 // applies to a connection headed to dst; nil when there is none (any
 // more).
@@ -272,6 +290,17 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ri.Chain = chain
+	if tooLarge, tooMany := chain.headerTooLarge(r); tooLarge || tooMany {
+		ri.flag("DPE") // as Envoy's codec refuses it
+		if tooMany && r.ProtoMajor == 2 {
+			panic(http.ErrAbortHandler) // Envoy resets the stream
+		}
+		if r.ProtoMajor == 1 {
+			cw.Header().Set("Connection", "close")
+		}
+		p.localReply(cw, r, ri, http.StatusRequestHeaderFieldsTooLarge, "", "Request Header Fields Too Large")
+		return
+	}
 	table := chain.Inline
 	if table == nil {
 		if cfg, chain, table = p.routesOf(r.Context(), meta, cfg, chain); chain == nil {
