@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -148,6 +149,7 @@ func (p *Proxy) closePools() {
 type h1Conn struct {
 	net.Conn // plain or TLS, closing it frees its connection slot
 	raw      net.Conn
+	src      *h1Src // what br reads: bounded while a head is read
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	addr     string
@@ -284,8 +286,9 @@ func (pl *h1Pool) dial(ctx context.Context, addr string) (*h1Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc := &h1Conn{Conn: conn, raw: raw, addr: addr, reply: reply,
-		br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}
+	src := &h1Src{c: conn, limit: math.MaxInt64}
+	pc := &h1Conn{Conn: conn, raw: raw, addr: addr, reply: reply, src: src,
+		br: bufio.NewReaderSize(src, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}
 	if tc, ok := conn.(*tls.Conn); ok && reply != nil {
 		if pc.overhead = tlsRecordOverhead(tc.ConnectionState()); pc.overhead < 0 {
 			pc.reply = nil
@@ -412,7 +415,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 			return fail(werr) // the request ended (a timeout): no answer is awaited
 		}
 		pc.SetReadDeadline(time.Now().Add(time.Second))
-		resp, err := readResponse(pc.br, req, sc)
+		resp, err := pl.readHead(pc, req, sc)
 		if err != nil || resp.StatusCode < 200 {
 			return fail(werr)
 		}
@@ -449,7 +452,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	var resp *http.Response
 	for {
 		var err error
-		if resp, err = readResponse(pc.br, req, sc); err != nil {
+		if resp, err = pl.readHead(pc, req, sc); err != nil {
 			return fail(err)
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
@@ -481,6 +484,21 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	}
 	resp.Body = &h1RespBody{src: resp.Body, pc: pc, pl: pl, keep: keep, stop: stop}
 	return resp, true, nil
+}
+
+// readHead reads the response to req on pc; its reader stops past the
+// cluster's bound on a response's header and the slack for the rest of
+// the head (a 503: the exchange checks the bounds themselves).
+func (pl *h1Pool) readHead(pc *h1Conn, req *http.Request, sc *h1Scratch) (*http.Response, error) {
+	size, _ := pl.c.Load().responseHeaderLimits()
+	pc.src.limit = int64(size + h1HeadSlack)
+	resp, err := readResponse(pc.br, req, sc)
+	tooLarge := pc.src.limit <= 0
+	pc.src.limit = math.MaxInt64
+	if err != nil && tooLarge {
+		return nil, &upstreamHeadError{status: http.StatusServiceUnavailable}
+	}
+	return resp, err
 }
 
 // h1Stop ends an exchange's watch for its caller leaving: the

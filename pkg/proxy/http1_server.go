@@ -118,15 +118,18 @@ type fixedAddr struct {
 func (a *fixedAddr) String() string { return a.s }
 
 // h1Src is what a connection's reader reads: the connection, up to a
-// limit (a request header's most).
+// limit (a message head's most).
 type h1Src struct {
 	c     net.Conn
 	limit int64
 }
 
+// errHeadTooLarge is a message head past its reader's limit.
+var errHeadTooLarge = errors.New("http1: message head too large")
+
 func (s *h1Src) Read(p []byte) (int, error) {
 	if s.limit <= 0 {
-		return 0, errors.New("http1: request header too large")
+		return 0, errHeadTooLarge
 	}
 	if int64(len(p)) > s.limit {
 		p = p[:s.limit]

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"slices"
 	"strconv"
@@ -356,6 +357,34 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return nil, wrap(err)
 	}
 	return out, nil
+}
+
+// responseHeaderLimits are the cluster's bounds on a response's header:
+// its size (names and values) and number of fields.
+func (c *Cluster) responseHeaderLimits() (size, n int) {
+	size, n = c.MaxResponseHeaderBytes, c.MaxResponseHeaders
+	if size <= 0 {
+		size = 80 << 10 // Envoy's HTTP/1 codec's
+		if c.HTTP == HTTP2 {
+			size = 60 << 10
+		}
+	}
+	if n <= 0 {
+		n = defaultMaxRequestHeaders
+	}
+	return size, n
+}
+
+// headerLoad is the size of header h as Envoy bounds it (each field's
+// name and value) and its number of fields.
+func headerLoad(h http.Header) (size, n int) {
+	for k, vs := range h {
+		for _, v := range vs {
+			size += len(k) + len(v)
+		}
+		n += len(vs)
+	}
+	return size, n
 }
 
 // translateHeaderLimits reads the HCM's bounds on a request's header:
@@ -754,14 +783,28 @@ func clusterHTTP(c *cluster.Cluster, out *Cluster) error {
 			return err
 		}
 		if common := o.GetCommonHttpProtocolOptions(); common != nil {
-			if err := onlyFields(common, "idle_timeout"); err != nil {
+			if err := onlyFields(common, "idle_timeout", "max_headers_count", "max_response_headers_kb"); err != nil {
 				return err
 			}
-			d, err := nonNegative("idle_timeout", common.GetIdleTimeout())
-			if err != nil {
-				return err
+			if t := common.GetIdleTimeout(); t != nil {
+				d, err := nonNegative("idle_timeout", t)
+				if err != nil {
+					return err
+				}
+				out.HTTPIdleTimeout = d
 			}
-			out.HTTPIdleTimeout = d
+			if v := common.GetMaxResponseHeadersKb(); v != nil {
+				if kb := v.GetValue(); kb == 0 || kb > maxRequestHeaderKB {
+					return fmt.Errorf("max_response_headers_kb %d: the built-in proxy takes 1 to %d", kb, maxRequestHeaderKB)
+				}
+				out.MaxResponseHeaderBytes = int(v.GetValue()) << 10
+			}
+			if v := common.GetMaxHeadersCount(); v != nil {
+				if v.GetValue() == 0 {
+					return errors.New("max_headers_count 0: must be at least 1")
+				}
+				out.MaxResponseHeaders = int(min(v.GetValue(), 1<<20))
+			}
 		}
 		ex := o.GetExplicitHttpConfig()
 		switch {

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -24,6 +26,7 @@ import (
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -687,7 +690,9 @@ func FuzzReferer(f *testing.F) {
 // has its stream reset. Nothing past a bound reaches the backend.
 func TestHTTPHeaderLimits(t *testing.T) {
 	var served atomic.Int32
-	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+	// The backend's answer has a few fields: a request's many are not
+	// echoed past the response's bound.
+	app := serveH1H2(t, func(w http.ResponseWriter, r *http.Request) {
 		served.Add(1)
 		w.Write([]byte("ok"))
 	})
@@ -802,6 +807,104 @@ func TestHTTPHeaderLimits(t *testing.T) {
 			}
 			if served.Load() != before {
 				t.Error("HTTP/2: the backend saw a request past the count")
+			}
+		})
+	}
+}
+
+// TestHTTPResponseHeaderLimits: Envoy's bounds on an upstream response's
+// header, its own (80 KiB of names and values over HTTP/1.1, 60 KiB over
+// HTTP/2; 100 fields) and a cluster's (common_http_protocol_options'
+// max_response_headers_kb and max_headers_count): a response at a bound
+// goes to the caller; past the size it is a 503, past the count a 502,
+// each the protocol error's; a head that does not end is not read on.
+func TestHTTPResponseHeaderLimits(t *testing.T) {
+	// /size/N answers with a header of N bytes of names and values,
+	// /count/N with N fields, and nothing else.
+	app := serveH1H2(t, func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["Date"] = nil
+		kind, arg, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		n, _ := strconv.Atoi(arg)
+		switch kind {
+		case "size":
+			h.Set("X-Big", strings.Repeat("b", n-len("X-Big")))
+		case "count":
+			for i := range n {
+				h.Set(fmt.Sprintf("X-N%d", i), "1")
+			}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	// endless answers with a head that does not end.
+	endless, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { endless.Close() })
+	go func() {
+		for {
+			c, err := endless.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				http.ReadRequest(bufio.NewReader(c))
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: ")
+				for range 1024 {
+					if _, err := io.WriteString(c, strings.Repeat("b", 1024)); err != nil {
+						return
+					}
+				}
+				time.Sleep(20 * time.Second)
+			}()
+		}
+	}()
+	const protocolError = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+	for _, tc := range []struct {
+		name         string
+		h2           bool
+		kb, count    uint32 // the cluster's, 0 for none
+		size, fields int
+	}{
+		{"h1-envoy-defaults", false, 0, 0, 80 << 10, 100},
+		{"h2-envoy-defaults", true, 0, 0, 60 << 10, 100},
+		{"h1-set", false, 2, 8, 2 << 10, 8},
+		{"h2-set", true, 2, 8, 2 << 10, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := staticHTTPCluster("app", tc.h2, app)
+			ends := staticHTTPCluster("endless", false, endless.Addr().String())
+			if tc.kb != 0 {
+				for _, cl := range []*cluster.Cluster{c, ends} {
+					o := &upstreamhttp.HttpProtocolOptions{}
+					cl.TypedExtensionProtocolOptions[httpProtocolOptionsKey].UnmarshalTo(o)
+					o.CommonHttpProtocolOptions = &core.HttpProtocolOptions{MaxResponseHeadersKb: wrapperspb.UInt32(tc.kb), MaxHeadersCount: wrapperspb.UInt32(tc.count)}
+					cl.TypedExtensionProtocolOptions[httpProtocolOptionsKey] = xds.MustAny(o)
+				}
+			}
+			p := newProxy(t)
+			apply(t, p, nil, nil, []*listener.Listener{outboundHTTPListener("out", "out")}, []*cluster.Cluster{c, ends}, nil,
+				routeConfig("out", routeTo("endless", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/endless"}}, timed(toCluster("endless"))),
+					routeTo("app", nil, timed(toCluster("app")))))
+			base := "http://" + boundAddr(t, p, "out")
+			for _, want := range []struct {
+				path   string
+				status int
+			}{
+				{fmt.Sprintf("/size/%d", tc.size), http.StatusNoContent},
+				{fmt.Sprintf("/size/%d", tc.size+1), http.StatusServiceUnavailable},
+				{fmt.Sprintf("/count/%d", tc.fields), http.StatusNoContent},
+				{fmt.Sprintf("/count/%d", tc.fields+1), http.StatusBadGateway},
+				// Past what the reader or the Transport takes at all.
+				{fmt.Sprintf("/size/%d", tc.size+h1HeadSlack+8<<10), http.StatusServiceUnavailable},
+				{"/endless", http.StatusServiceUnavailable},
+			} {
+				resp, body := get(t, h1Client(), base+want.path)
+				if resp.StatusCode != want.status || want.status >= 500 && body != protocolError {
+					t.Errorf("%s: %d %q, want %d", want.path, resp.StatusCode, body, want.status)
+				}
 			}
 		})
 	}

@@ -171,14 +171,7 @@ func routeConfig(name string, routes ...*route.Route) *route.RouteConfiguration 
 // in x-backend and echoes the request's headers back as x-echo-<name>.
 func backend(t testing.TB, name string, h http.HandlerFunc) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serveH1H2(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("x-backend", name)
 		w.Header().Set("x-proto", r.Proto)
 		for k, v := range r.Header {
@@ -190,7 +183,21 @@ func backend(t testing.TB, name string, h http.HandlerFunc) string {
 		}
 		io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "%s %s %s", name, r.Method, r.URL.Path)
-	})}
+	})
+}
+
+// serveH1H2 serves h over HTTP/1.1 and h2c on a loopback port: its
+// address.
+func serveH1H2(t testing.TB, h http.HandlerFunc) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: h}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()

@@ -215,15 +215,9 @@ func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
 // or its number of fields.
 func (c *HTTPChain) headerTooLarge(r *http.Request) (tooLarge, tooMany bool) {
 	maxSize, maxN := c.headerLimits()
-	size, n := 0, 0
+	size, n := headerLoad(r.Header)
 	if r.Host != "" {
-		size, n = len("host")+len(r.Host), 1
-	}
-	for k, vs := range r.Header {
-		for _, v := range vs {
-			size += len(k) + len(v)
-		}
-		n += len(vs)
+		size, n = size+len("host")+len(r.Host), n+1
 	}
 	return size > maxSize, n > maxN
 }

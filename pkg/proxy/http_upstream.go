@@ -739,6 +739,12 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp, err = pool.RoundTrip(out)
 			close(got)
 		}
+		if err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			if herr := checkResponseHead(c, resp); herr != nil {
+				resp.Body.Close()
+				resp, err = nil, herr
+			}
+		}
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -859,11 +865,16 @@ func (ex *exchange) again() (io.ReadCloser, error) {
 func (ex *exchange) failure(err error, perTryTimedOut bool) error {
 	var ce *connectError
 	var local *localReplyError
+	var head *upstreamHeadError
 	switch {
 	case errors.As(err, &local):
 		return local // a circuit breaker's overflow while connecting
 	case errors.As(err, new(*callerError)):
 		return err // the caller's: fail tells how
+	case errors.As(err, &head):
+		return &localReplyError{head.status, "UPE", "upstream connect error or disconnect/reset before headers. reset reason: protocol error"}
+	case h2ProtocolError(err):
+		return &localReplyError{http.StatusServiceUnavailable, "UPE", "upstream connect error or disconnect/reset before headers. reset reason: protocol error"}
 	case perTryTimedOut:
 		return &localReplyError{http.StatusGatewayTimeout, "UT", "upstream request timeout"}
 	case ex.ctx.Err() != nil:
@@ -872,6 +883,39 @@ func (ex *exchange) failure(err error, perTryTimedOut bool) error {
 		return &localReplyError{http.StatusServiceUnavailable, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"}
 	}
 	return &localReplyError{http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"}
+}
+
+// h2ProtocolError says whether err is an HTTP/2 upstream's protocol
+// error, which Envoy flags UPE: a head past the bound the Transport
+// advertises (httpPool: the cluster's and the slack), a header its
+// decoder refuses (COMPRESSION_ERROR), a PROTOCOL_ERROR. net/http's
+// errors for them are not exported: their texts are what tells.
+func h2ProtocolError(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "response header list larger than advertised limit") ||
+		strings.Contains(s, "COMPRESSION_ERROR") || strings.Contains(s, "PROTOCOL_ERROR")
+}
+
+// upstreamHeadError is an upstream response whose header is past its
+// cluster's bounds: status is what the caller gets (Envoy's: 503 for the
+// size, 502 for the count).
+type upstreamHeadError struct{ status int }
+
+func (e *upstreamHeadError) Error() string {
+	return fmt.Sprintf("upstream response header past the cluster's bounds (%d)", e.status)
+}
+
+// checkResponseHead says whether resp's header, from an endpoint of c, is
+// within c's bounds: nil, or the error it is past one with.
+func checkResponseHead(c *Cluster, resp *http.Response) error {
+	maxSize, maxN := c.responseHeaderLimits()
+	switch size, n := headerLoad(resp.Header); {
+	case size > maxSize:
+		return &upstreamHeadError{status: http.StatusServiceUnavailable}
+	case n > maxN:
+		return &upstreamHeadError{status: http.StatusBadGateway}
+	}
+	return nil
 }
 
 // wants says whether the policy retries an attempt that ended with resp
@@ -1235,7 +1279,8 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 	if pl, ok := p.l7.pools[c.Name]; ok && pl.c == c {
 		return pl.t
 	}
-	key := fmt.Sprintf("%t|%s|%q|%d|%s|%s|%q", c.TLS, c.SNI, c.ALPN, c.HTTP, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs)
+	maxHead, _ := c.responseHeaderLimits()
+	key := fmt.Sprintf("%t|%s|%q|%d|%s|%s|%q|%d", c.TLS, c.SNI, c.ALPN, c.HTTP, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs, maxHead)
 	if pl, ok := p.l7.pools[c.Name]; ok && pl.key == key {
 		pl.c = c
 		return pl.t
@@ -1249,8 +1294,11 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 	t := &http.Transport{
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     idle,
-		DisableCompression:  true,
-		Protocols:           new(http.Protocols),
+		// What a response's head may take (net/http counts each field's
+		// name and value and 32 more): the exchange checks the bound.
+		MaxResponseHeaderBytes: int64(maxHead + h1HeadSlack),
+		DisableCompression:     true,
+		Protocols:              new(http.Protocols),
 	}
 	switch {
 	case c.HTTP == HTTP2 && c.TLS:
