@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -332,7 +333,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			// a stalled one), as through Envoy. The next wait sets its own.
 			c.SetReadDeadline(time.Time{})
 			idleUntil = time.Time{}
-			body = &h1ReqBody{src: req.Body}
+			body = &h1ReqBody{src: req.Body, trailer: req.Trailer}
 			if !upgrade {
 				body.onEOF = func() { startWatch(g) }
 			}
@@ -416,7 +417,15 @@ type h1ReqBody struct {
 	// onEOF, when set, is called once, when the body has been read to its
 	// end (the connection is then free to watch for the caller leaving).
 	onEOF func()
+	// trailer is the request's Trailer, which net/http's chunked reader
+	// fills in at the body's end.
+	trailer http.Header
 }
+
+// errBadTrailer is a chunked body's trailer field whose name is not a
+// token: net/http's reader takes a name with a space (go.dev/issue/34540),
+// Envoy's codec refuses it (400), and no upstream could be sent it.
+var errBadTrailer = errors.New("http1: invalid trailer field name")
 
 func (b *h1ReqBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
@@ -426,6 +435,11 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.src.Read(p)
 	if err == io.EOF && !b.eof {
+		for k := range b.trailer {
+			if !httpguts.ValidHeaderFieldName(k) {
+				return n, fmt.Errorf("%w %q", errBadTrailer, k)
+			}
+		}
 		b.eof = true
 		if b.onEOF != nil {
 			b.onEOF()

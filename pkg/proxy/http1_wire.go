@@ -343,6 +343,13 @@ func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Re
 			return nil, fmt.Errorf("http1: invalid header field name %q", k)
 		}
 	}
+	if r.Trailer == nil && len(r.TransferEncoding) > 0 {
+		// Trailers no Trailer header announced go into this map at the
+		// body's end, which the copy WithContext makes shares (else into
+		// a map only r has): h1ReqBody checks their names. They are not
+		// sent on, as Envoy's HTTP/1 codec drops them by default.
+		r.Trailer = http.Header{}
+	}
 	return r.WithContext(ctx), nil
 }
 

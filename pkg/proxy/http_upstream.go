@@ -1121,7 +1121,7 @@ func bodyError(err error) *callerError {
 // caller's framing error, as Envoy's codec finds it. Anything else (a
 // short body, a reset, an HTTP/2 stream's end) is the caller gone.
 func badChunking(err error) bool {
-	if errors.Is(err, http.ErrLineTooLong) || errors.As(err, new(textproto.ProtocolError)) {
+	if errors.Is(err, http.ErrLineTooLong) || errors.As(err, new(textproto.ProtocolError)) || errors.Is(err, errBadTrailer) {
 		return true
 	}
 	msg := err.Error()
