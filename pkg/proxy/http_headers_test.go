@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -907,5 +908,29 @@ func TestHTTPResponseHeaderLimits(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkHeaderBounds is what the bounds on a request's and a
+// response's header cost a request in one sidecar: the reader's bound
+// (headBound), the request's check and the response's, on heads like a
+// client's and an application's.
+func BenchmarkHeaderBounds(b *testing.B) {
+	p := newProxy(b)
+	apply(b, p, nil, nil, []*listener.Listener{outboundHTTPListener("out", "out")}, nil, nil, routeConfig("out"))
+	chain := chainNow(p.cfg.Load(), "out", netip.AddrPort{})
+	c := &Cluster{HTTP: HTTP1}
+	r := &http.Request{Host: "billing.mesh", Header: http.Header{"User-Agent": {"curl/8.5"}, "Accept": {"*/*"},
+		"X-Request-Id": {"6a714892-8c12-41bb-898e-ec7ca45c5ea4"}, "X-Forwarded-Proto": {"http"}}}
+	resp := &http.Response{Header: http.Header{"Content-Type": {"text/plain"}, "Content-Length": {"128"}, "Date": {"Sun, 06 Dec 2026 21:42:17 GMT"}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		p.headBound("out", netip.AddrPort{})
+		if large, many := chain.headerTooLarge(r); large || many {
+			b.Fatal("a small head past the bounds")
+		}
+		if checkResponseHead(c, resp) != nil {
+			b.Fatal("a small response past the bounds")
+		}
 	}
 }

@@ -30,7 +30,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
-func newProxy(t *testing.T) *Proxy {
+func newProxy(t testing.TB) *Proxy {
 	t.Helper()
 	p, err := New(zaptest.NewLogger(t), prometheus.NewRegistry())
 	if err != nil {
