@@ -351,7 +351,8 @@ func (pl *h1Pool) send(ctx, watch context.Context, addr string, req *http.Reques
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if !pc.reused || try > 0 || !replayable(req, body != nil, again != nil, sent) || errors.As(err, new(*callerError)) {
+		if !pc.reused || try > 0 || !replayable(req, body != nil, again != nil, sent) ||
+			errors.As(err, new(*callerError)) || errors.As(err, new(*upstreamHeadError)) {
 			return nil, err
 		}
 		if body != nil {
@@ -486,17 +487,25 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	return resp, true, nil
 }
 
-// readHead reads the response to req on pc; its reader stops past the
-// cluster's bound on a response's header and the slack for the rest of
-// the head (a 503: the exchange checks the bounds themselves).
+// readHead reads the response to req on pc within the cluster's bounds,
+// as Envoy's HTTP/1 codec keeps to them: the head as read (past it, 503;
+// the reader stops a buffer past it) and its number of fields (past it,
+// 502). A response past them is an upstreamHeadError, and the exchange
+// closes the connection.
 func (pl *h1Pool) readHead(pc *h1Conn, req *http.Request, sc *h1Scratch) (*http.Response, error) {
-	size, _ := pl.c.Load().responseHeaderLimits()
-	pc.src.limit = int64(size + h1HeadSlack)
+	size, n := pl.c.Load().responseHeaderLimits()
+	start := pc.src.at(pc.br)
+	pc.src.limit = int64(size - pc.br.Buffered() + pc.br.Size())
 	resp, err := readResponse(pc.br, req, sc)
 	tooLarge := pc.src.limit <= 0
 	pc.src.limit = math.MaxInt64
-	if err != nil && tooLarge {
+	switch {
+	case err != nil && tooLarge, err == nil && pc.src.at(pc.br)-start > int64(size):
 		return nil, &upstreamHeadError{status: http.StatusServiceUnavailable}
+	case err == nil:
+		if _, fields := headerLoad(resp.Header); fields > n {
+			return nil, &upstreamHeadError{status: http.StatusBadGateway}
+		}
 	}
 	return resp, err
 }

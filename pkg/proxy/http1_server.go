@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,12 +39,11 @@ const (
 	// h1MaxDrain is the most of an unread request body the proxy reads
 	// away to keep a connection; past it the connection closes.
 	h1MaxDrain = 256 << 10
-	// h1HeadSlack is what a request's head may take past its chain's
-	// bound on the header's names and values (HTTPChain.headerLimits)
-	// before its reader stops: the request line, each line's separators,
-	// and a read past the head's end. serveHTTP then checks the bound
-	// itself.
-	h1HeadSlack = 16 << 10
+	// h1HeadSlack is what the HTTP/2 Transport's bound on a response's
+	// head (MaxResponseHeaderBytes) has past a cluster's on its names and
+	// values, besides net/http's 32 bytes a field: the exchange checks
+	// the cluster's bound itself.
+	h1HeadSlack = 4 << 10
 	// h1WatchAfter is how long a request is in flight before its
 	// connection is watched for the caller leaving.
 	h1WatchAfter = 50 * time.Millisecond
@@ -119,11 +120,17 @@ type fixedAddr struct {
 func (a *fixedAddr) String() string { return a.s }
 
 // h1Src is what a connection's reader reads: the connection, up to a
-// limit (a message head's most).
+// limit (a message head's most); n counts what it has read, which tells
+// how long a head was.
 type h1Src struct {
 	c     net.Conn
 	limit int64
+	n     int64
 }
+
+// at is the position in the connection's bytes that br, reading src, has
+// reached.
+func (s *h1Src) at(br *bufio.Reader) int64 { return s.n - int64(br.Buffered()) }
 
 // errHeadTooLarge is a message head past its reader's limit.
 var errHeadTooLarge = errors.New("http1: message head too large")
@@ -137,6 +144,7 @@ func (s *h1Src) Read(p []byte) (int, error) {
 	}
 	n, err := s.c.Read(p)
 	s.limit -= int64(n)
+	s.n += int64(n)
 	return n, err
 }
 
@@ -148,15 +156,16 @@ type peekedConn struct {
 
 func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
-// headBound is how much of a connection's next request head its reader
-// reads before it stops (431): the bound of the chain of listener name
-// (for dst) on the header, and the slack for the rest of the head.
-func (p *Proxy) headBound(name string, dst netip.AddrPort) int64 {
+// headBound is how much more of a connection its reader may read for the
+// next request's head before it stops (431): the bound of the chain of
+// listener name (for dst) on a head, less what br holds already, and a
+// read past the head's end.
+func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) int64 {
 	size := defaultMaxRequestHeaderKB << 10
 	if c := chainNow(p.cfg.Load(), name, dst); c != nil {
 		size, _ = c.headerLimits()
 	}
-	return int64(size + h1HeadSlack)
+	return int64(size - br.Buffered() + br.Size())
 }
 
 // rawServerHeader is the Server header line that the chain of listener
@@ -294,10 +303,12 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			idleUntil = now.Add(h1IdleTimeout)
 			c.SetReadDeadline(idleUntil)
 		}
-		src.limit = p.headBound(name, dst)
-		req, err := readRequest(ctx, br, meta.scratch)
+		src.limit = p.headBound(name, dst, br)
+		start := src.at(br)
+		req, trailer, err := readRequest(ctx, br, meta.scratch)
 		tooLarge := src.limit <= 0
 		src.limit = math.MaxInt64
+		meta.scratch.head = int(src.at(br) - start)
 		if err != nil {
 			if tooLarge {
 				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\n"+p.rawServerHeader(name, dst)+
@@ -333,7 +344,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			// a stalled one), as through Envoy. The next wait sets its own.
 			c.SetReadDeadline(time.Time{})
 			idleUntil = time.Time{}
-			body = &h1ReqBody{src: req.Body, trailer: req.Trailer}
+			body = &h1ReqBody{src: req.Body, trailer: trailer, announced: slices.Collect(maps.Keys(req.Trailer))}
 			if !upgrade {
 				body.onEOF = func() { startWatch(g) }
 			}
@@ -357,6 +368,12 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		}
 		w.finish()
 		if w.err != nil || w.closeAfter || meta.readsStopped.Load() {
+			if w.err == nil && body != nil && !body.done() {
+				// A reply that ends the connection (a 431, a 403) before
+				// the body was read: closing at once would reset the
+				// connection under it.
+				lingerClose(c)
+			}
 			return true
 		}
 		if body != nil && !body.finish() {
@@ -417,9 +434,11 @@ type h1ReqBody struct {
 	// onEOF, when set, is called once, when the body has been read to its
 	// end (the connection is then free to watch for the caller leaving).
 	onEOF func()
-	// trailer is the request's Trailer, which net/http's chunked reader
-	// fills in at the body's end.
-	trailer http.Header
+	// trailer is where net/http's chunked reader puts the trailers it
+	// finds at the body's end; announced are the names the request's
+	// Trailer header announced, the only ones that go on.
+	trailer   http.Header
+	announced []string
 }
 
 // errBadTrailer is a chunked body's trailer field whose name is not a
@@ -439,6 +458,11 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 			if !httpguts.ValidHeaderFieldName(k) {
 				return n, fmt.Errorf("%w %q", errBadTrailer, k)
 			}
+			if !slices.Contains(b.announced, k) {
+				// net/http's reader keeps every trailer; a writer sends
+				// every one it finds.
+				delete(b.trailer, k)
+			}
 		}
 		b.eof = true
 		if b.onEOF != nil {
@@ -453,6 +477,13 @@ func (b *h1ReqBody) Close() error {
 	b.closed = true
 	b.mu.Unlock()
 	return nil
+}
+
+// done says the body has been read to its end.
+func (b *h1ReqBody) done() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.eof
 }
 
 // finish ends the body once the response is out: what is left is read

@@ -33,6 +33,8 @@ import (
 type h1Scratch struct {
 	req, resp         http.Header
 	reqVals, respVals []string // the headers' values
+	// head is the length of the request in flight's head, as read.
+	head int
 	// metrics are the series of the connection's last request.
 	metrics requestSeries
 
@@ -323,34 +325,44 @@ func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch) (r http.Re
 }
 
 // readRequest reads the next request on br, with ctx as its context: a
-// simple head by the fast parser, anything else by net/http's.
-func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Request, error) {
+// simple head by the fast parser, anything else by net/http's. trailer is
+// where the body's reader puts the trailers it finds at the end, announced
+// or not (nil for a body without); the request's own Trailer has the
+// announced ones, as it came.
+func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (_ *http.Request, trailer http.Header, _ error) {
 	if head := peekHead(br); head != nil {
 		if r, err := parseSimpleRequest(head, br, sc); err == nil {
 			br.Discard(len(head))
-			return r.WithContext(ctx), nil
+			return r.WithContext(ctx), nil, nil
 		}
 	}
 	r, err := http.ReadRequest(br)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// net/http's parser takes header names no HTTP/1.1 peer would (with a
 	// space: go.dev/issue/34540); Envoy's codec refuses them, and no
 	// upstream could be sent one. (It checks the values itself.)
 	for k := range r.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
-			return nil, fmt.Errorf("http1: invalid header field name %q", k)
+			return nil, nil, fmt.Errorf("http1: invalid header field name %q", k)
 		}
 	}
-	if r.Trailer == nil && len(r.TransferEncoding) > 0 {
-		// Trailers no Trailer header announced go into this map at the
-		// body's end, which the copy WithContext makes shares (else into
-		// a map only r has): h1ReqBody checks their names. They are not
-		// sent on, as Envoy's HTTP/1 codec drops them by default.
+	announced := r.Trailer != nil
+	if !announced && len(r.TransferEncoding) > 0 {
+		// Trailers no Trailer header announced go into a map r has at the
+		// body's end (net/http's reader holds r itself): h1ReqBody checks
+		// their names. The request going on has none (nil Trailer), so
+		// they are not sent on, as Envoy's HTTP/1 codec drops them by
+		// default.
 		r.Trailer = http.Header{}
 	}
-	return r.WithContext(ctx), nil
+	trailer = r.Trailer
+	out := r.WithContext(ctx)
+	if !announced {
+		out.Trailer = nil
+	}
+	return out, trailer, nil
 }
 
 // parseSimpleResponse parses a response head: "HTTP/1.1 NNN reason", a

@@ -210,14 +210,32 @@ func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
 	<-m.done
 }
 
-// headerTooLarge says whether r's header is past the chain's bounds: its
-// size, as Envoy counts it (each field's name and value, Host included),
-// or its number of fields.
-func (c *HTTPChain) headerTooLarge(r *http.Request) (tooLarge, tooMany bool) {
+// headerTooLarge says whether r's header is past the chain's bounds, as
+// Envoy's codecs count them: its size (over HTTP/1.1 the whole head as
+// read, head bytes, as Envoy's Balsa parser bounds it; over HTTP/2 each
+// field's name and value, the pseudo-headers' included), or its number
+// of fields (Host counted; over HTTP/2 the four pseudo-headers).
+func (c *HTTPChain) headerTooLarge(r *http.Request, head int) (tooLarge, tooMany bool) {
 	maxSize, maxN := c.headerLimits()
 	size, n := headerLoad(r.Header)
-	if r.Host != "" {
-		size, n = size+len("host")+len(r.Host), n+1
+	switch {
+	case r.ProtoMajor == 2:
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+		}
+		size += len(":authority") + len(r.Host) + len(":method") + len(r.Method) +
+			len(":path") + len(r.URL.RequestURI()) + len(":scheme") + len(scheme)
+		n += 4
+	case head > 0:
+		size = head
+		if r.Host != "" {
+			n++
+		}
+	default: // a head net/http read (no length known)
+		if r.Host != "" {
+			size, n = size+len("host")+len(r.Host), n+1
+		}
 	}
 	return size > maxSize, n > maxN
 }
@@ -284,10 +302,14 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ri.Chain = chain
-	if tooLarge, tooMany := chain.headerTooLarge(r); tooLarge || tooMany {
+	head := 0
+	if meta.scratch != nil {
+		head = meta.scratch.head
+	}
+	if tooLarge, tooMany := chain.headerTooLarge(r, head); tooLarge || tooMany {
 		ri.flag("DPE") // as Envoy's codec refuses it
-		if tooMany && r.ProtoMajor == 2 {
-			panic(http.ErrAbortHandler) // Envoy resets the stream
+		if r.ProtoMajor == 2 {
+			panic(http.ErrAbortHandler) // Envoy's HTTP/2 codec resets the stream
 		}
 		if r.ProtoMajor == 1 {
 			cw.Header().Set("Connection", "close")

@@ -738,11 +738,11 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			out.Body, out.GetBody = body, again
 			resp, err = pool.RoundTrip(out)
 			close(got)
-		}
-		if err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			if herr := checkResponseHead(c, resp); herr != nil {
-				resp.Body.Close()
-				resp, err = nil, herr
+			if err == nil {
+				if herr := checkH2ResponseHead(c, resp); herr != nil {
+					resp.Body.Close() // resets the stream
+					resp, err = nil, herr
+				}
 			}
 		}
 		status := 0
@@ -892,28 +892,32 @@ func (ex *exchange) failure(err error, perTryTimedOut bool) error {
 // errors for them are not exported: their texts are what tells.
 func h2ProtocolError(err error) bool {
 	s := err.Error()
+	if strings.Contains(s, "received from peer") || strings.Contains(s, "server sent GOAWAY") {
+		return false // the upstream's own reset or GOAWAY: a reset (UR) or a termination (UC), as in Envoy
+	}
 	return strings.Contains(s, "response header list larger than advertised limit") ||
 		strings.Contains(s, "COMPRESSION_ERROR") || strings.Contains(s, "PROTOCOL_ERROR")
 }
 
 // upstreamHeadError is an upstream response whose header is past its
 // cluster's bounds: status is what the caller gets (Envoy's: 503 for the
-// size, 502 for the count).
+// size, and for the count over HTTP/2; 502 for the count over HTTP/1.1).
 type upstreamHeadError struct{ status int }
 
 func (e *upstreamHeadError) Error() string {
 	return fmt.Sprintf("upstream response header past the cluster's bounds (%d)", e.status)
 }
 
-// checkResponseHead says whether resp's header, from an endpoint of c, is
-// within c's bounds: nil, or the error it is past one with.
-func checkResponseHead(c *Cluster, resp *http.Response) error {
+// checkH2ResponseHead says whether resp's header, from an HTTP/2 endpoint
+// of c, is within c's bounds as Envoy's HTTP/2 codec counts them (each
+// field's name and value, and their number, :status's included): nil, or
+// the error it is past one with (503 for either, as Envoy's codec resets
+// the stream). The HTTP/1.1 pool checks its own (readHead).
+func checkH2ResponseHead(c *Cluster, resp *http.Response) error {
 	maxSize, maxN := c.responseHeaderLimits()
-	switch size, n := headerLoad(resp.Header); {
-	case size > maxSize:
+	size, n := headerLoad(resp.Header)
+	if size+len(":status")+3 > maxSize || n+1 > maxN {
 		return &upstreamHeadError{status: http.StatusServiceUnavailable}
-	case n > maxN:
-		return &upstreamHeadError{status: http.StatusBadGateway}
 	}
 	return nil
 }
@@ -1279,8 +1283,8 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 	if pl, ok := p.l7.pools[c.Name]; ok && pl.c == c {
 		return pl.t
 	}
-	maxHead, _ := c.responseHeaderLimits()
-	key := fmt.Sprintf("%t|%s|%q|%d|%s|%s|%q|%d", c.TLS, c.SNI, c.ALPN, c.HTTP, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs, maxHead)
+	maxHead, maxFields := c.responseHeaderLimits()
+	key := fmt.Sprintf("%t|%s|%q|%d|%s|%s|%q|%d|%d", c.TLS, c.SNI, c.ALPN, c.HTTP, c.HTTPIdleTimeout, c.ConnectTimeout, c.WantSANs, maxHead, maxFields)
 	if pl, ok := p.l7.pools[c.Name]; ok && pl.key == key {
 		pl.c = c
 		return pl.t
@@ -1295,8 +1299,8 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     idle,
 		// What a response's head may take (net/http counts each field's
-		// name and value and 32 more): the exchange checks the bound.
-		MaxResponseHeaderBytes: int64(maxHead + h1HeadSlack),
+		// name and value and 32 more): the exchange checks the bounds.
+		MaxResponseHeaderBytes: int64(maxHead + 32*(maxFields+1) + h1HeadSlack),
 		DisableCompression:     true,
 		Protocols:              new(http.Protocols),
 	}
