@@ -272,6 +272,8 @@ func TestRetryOn(t *testing.T) {
 		{on: "gateway-error", resp: resp(502, ""), retried: true},
 		{on: "gateway-error", resp: resp(500, "")},
 		{on: "gateway-error", err: reset, perTry: true, retried: true},
+		{on: "gateway-error", err: reset, retried: true},
+		{on: "gateway-error", err: connect, retried: true},
 		{on: "reset", err: reset, retried: true},
 		{on: "reset", err: connect},
 		{on: "connect-failure", err: connect, retried: true},

@@ -939,8 +939,10 @@ func (pol *retryPolicy) wants(resp *http.Response, err error, perTryTimedOut boo
 		var ce *connectError
 		connect := errors.As(err, &ce)
 		refused := strings.Contains(err.Error(), "REFUSED_STREAM")
-		return pol.on["5xx"] || pol.on["reset"] && !connect || pol.on["connect-failure"] && connect ||
-			pol.on["refused-stream"] && refused || pol.on["gateway-error"] && (connect || perTryTimedOut)
+		// An upstream reset counts as the 5xx (gateway error) it ends in,
+		// as in Envoy's wouldRetryFromReset.
+		return pol.on["5xx"] || pol.on["gateway-error"] || pol.on["reset"] && !connect ||
+			pol.on["connect-failure"] && connect || pol.on["refused-stream"] && refused
 	}
 	s := resp.StatusCode
 	switch {
