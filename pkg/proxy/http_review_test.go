@@ -39,10 +39,10 @@ func TestXFCCNeverReachesTheApp(t *testing.T) {
 // once, never retried (that would add load where it must be shed).
 func TestOverflowNotRetried(t *testing.T) {
 	pol := &retryPolicy{on: map[string]bool{"5xx": true, "reset": true, "gateway-error": true}, retries: 3}
-	if pol.wants(nil, errOverflow, false) {
+	if pol.wants(nil, errOverflow) {
 		t.Fatal("an overflow is retried")
 	}
-	if !pol.wants(nil, errors.New("connection reset by peer"), false) {
+	if !pol.wants(nil, errors.New("connection reset by peer")) {
 		t.Fatal("a reset is not retried")
 	}
 }

@@ -262,7 +262,6 @@ func TestRetryOn(t *testing.T) {
 		on      string
 		resp    *http.Response
 		err     error
-		perTry  bool
 		retried bool
 	}{
 		{on: "5xx", resp: resp(503, ""), retried: true},
@@ -271,7 +270,6 @@ func TestRetryOn(t *testing.T) {
 		{on: "5xx", err: reset, retried: true},
 		{on: "gateway-error", resp: resp(502, ""), retried: true},
 		{on: "gateway-error", resp: resp(500, "")},
-		{on: "gateway-error", err: reset, perTry: true, retried: true},
 		{on: "gateway-error", err: reset, retried: true},
 		{on: "gateway-error", err: connect, retried: true},
 		{on: "reset", err: reset, retried: true},
@@ -295,7 +293,7 @@ func TestRetryOn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := p.wants(c.resp, c.err, c.perTry); got != c.retried {
+		if got := p.wants(c.resp, c.err); got != c.retried {
 			t.Errorf("retry_on %q, response %v, error %v: retried %t, want %t", c.on, c.resp, c.err, got, c.retried)
 		}
 	}

@@ -751,7 +751,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		p.outcome(c, ep, status, err)
 		perTryTimedOut := err != nil && actx.Err() == context.DeadlineExceeded && ex.ctx.Err() == nil
-		wanted := pol.wants(resp, err, perTryTimedOut)
+		wanted := pol.wants(resp, err)
 		if wanted && attempt < pol.retries && ex.body.replayable() && ex.ctx.Err() == nil {
 			// A retry needs a retry slot first; without one (overflow),
 			// the attempt's outcome goes on as it is, as in Envoy.
@@ -924,7 +924,7 @@ func checkH2ResponseHead(c *Cluster, resp *http.Response) error {
 
 // wants says whether the policy retries an attempt that ended with resp
 // or err, as Envoy's retry_on conditions do.
-func (pol *retryPolicy) wants(resp *http.Response, err error, perTryTimedOut bool) bool {
+func (pol *retryPolicy) wants(resp *http.Response, err error) bool {
 	if len(pol.on) == 0 {
 		return false
 	}
