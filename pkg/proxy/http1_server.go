@@ -168,6 +168,35 @@ func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) int
 	return int64(size - br.Buffered() + br.Size())
 }
 
+// rawReply answers a request the connection's reader could not take (a
+// head too large, or one HTTP cannot carry) and ends the connection, as
+// Envoy's codec does: status with body (of contentType), the chain's
+// Server header, and a line in its access logs flagged DPE.
+func (p *Proxy) rawReply(name string, dst netip.AddrPort, c net.Conn, remote string, status int, contentType, body string) {
+	start := time.Now()
+	head := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n" + p.rawServerHeader(name, dst)
+	if contentType != "" {
+		head += "Content-Type: " + contentType + "\r\n"
+	}
+	msg := head + "Connection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	n, _ := io.WriteString(c, msg)
+	chain := chainNow(p.cfg.Load(), name, dst)
+	if chain == nil {
+		return
+	}
+	ri := &requestInfo{Start: start, Listener: name, Direction: directionOf(name), Chain: chain, Protocol: "HTTP/1.1", Status: status,
+		Downstream: remote, Local: c.LocalAddr().String(), RequestHeaders: http.Header{}, ResponseHeaders: http.Header{}, Duration: time.Since(start)}
+	if dst.IsValid() {
+		ri.Local = dst.String()
+	}
+	if n == len(msg) {
+		ri.BytesOut = int64(len(body))
+	}
+	ri.flag("DPE")
+	p.countRequest(ri)
+	p.logRequest(ri)
+}
+
 // rawServerHeader is the Server header line that the chain of listener
 // name (for dst) puts on the connection's raw replies (to a head it cannot
 // read), as its HCM does on every response; "" for none.
@@ -311,23 +340,22 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		meta.scratch.head = int(src.at(br) - start)
 		if err != nil {
 			if tooLarge {
-				io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\n"+p.rawServerHeader(name, dst)+
-					"Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 31\r\n\r\nRequest Header Fields Too Large")
+				p.rawReply(name, dst, c, remote, 431, "text/plain", "Request Header Fields Too Large")
 				lingerClose(c)
 				return true
 			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !isTimeout(err) && !isClosedConn(err) {
-				io.WriteString(c, "HTTP/1.1 400 Bad Request\r\n"+p.rawServerHeader(name, dst)+"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 11\r\n\r\nBad Request")
+				p.rawReply(name, dst, c, remote, 400, "text/plain; charset=utf-8", "Bad Request")
 				lingerClose(c)
 			}
 			return true
 		}
 		if req.ProtoMajor != 1 || req.ProtoAtLeast(1, 1) && len(req.Header["Host"]) == 0 && req.Host == "" {
-			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\n"+p.rawServerHeader(name, dst)+"Connection: close\r\nContent-Length: 0\r\n\r\n")
+			p.rawReply(name, dst, c, remote, 400, "", "")
 			return true
 		}
 		if !httpguts.ValidHostHeader(req.Host) {
-			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\n"+p.rawServerHeader(name, dst)+"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 19\r\n\r\nBad Request: Host\r\n")
+			p.rawReply(name, dst, c, remote, 400, "text/plain; charset=utf-8", "Bad Request: Host\r\n")
 			lingerClose(c)
 			return true
 		}

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -24,6 +27,7 @@ import (
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
@@ -58,7 +62,8 @@ func TestHTTPHeaderLimits(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newProxy(t)
-			l := outboundHTTPListener("out", "out")
+			logPath := filepath.Join(t.TempDir(), "access.log")
+			l := withObs(t, outboundHTTPListener("out", "out"), []*accesslogv3.AccessLog{fileLogger(t, logPath, "%RESPONSE_CODE% %RESPONSE_FLAGS%\n")}, nil)
 			if tc.change != nil {
 				l = withHCM(t, l, tc.change)
 			}
@@ -154,6 +159,12 @@ func TestHTTPHeaderLimits(t *testing.T) {
 			if n := served.Load() - before; n != 2 {
 				t.Errorf("HTTP/2: the backend saw %d requests, want the 2 within the bounds", n)
 			}
+			// Each refusal is logged as Envoy's codec errors are: the
+			// 431s (two read whole, one not) and the HTTP/2 resets.
+			testutil.Until(t, 10*time.Second, "the access log's refusals", func() bool {
+				b, _ := os.ReadFile(logPath)
+				return strings.Count(string(b), "431 DPE\n") == 3 && strings.Count(string(b), "0 DPE\n") == 2
+			})
 		})
 	}
 }

@@ -210,6 +210,15 @@ func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
 	<-m.done
 }
 
+// directionOf is the direction of the requests listener name takes:
+// "inbound" for an inbound listener, else "outbound".
+func directionOf(name string) string {
+	if strings.HasPrefix(name, "inbound") || strings.HasPrefix(name, "ursa:inbound") {
+		return "inbound"
+	}
+	return "outbound"
+}
+
 // headerTooLarge says whether r's header is past the chain's bounds, as
 // Envoy's codecs count them: its size (over HTTP/1.1 the whole head as
 // read, head bytes, as Envoy's Balsa parser bounds it; over HTTP/2 each
@@ -270,13 +279,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	hr := &httpRequest{} // all of the request's state, in one allocation
 	ri := &hr.info
 	*ri = requestInfo{Start: time.Now(), Listener: meta.listener, Method: r.Method, Path: r.URL.RequestURI(), Authority: r.Host,
-		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, Direction: "outbound", scratch: meta.scratch}
+		Protocol: r.Proto, Downstream: r.RemoteAddr, Local: downstreamLocal(r, meta), RequestHeaders: r.Header, scratch: meta.scratch}
 	if r.ProtoMajor == 2 {
 		ri.Protocol = "HTTP/2" // as Envoy's %PROTOCOL% writes it (r.Proto is "HTTP/2.0")
 	}
-	if strings.HasPrefix(meta.listener, "inbound") || strings.HasPrefix(meta.listener, "ursa:inbound") {
-		ri.Direction = "inbound"
-	}
+	ri.Direction = directionOf(meta.listener)
 	cw := &hr.w
 	cw.ResponseWriter = w
 	body := &hr.body
