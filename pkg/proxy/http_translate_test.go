@@ -273,7 +273,7 @@ func TestRetryOn(t *testing.T) {
 		{on: "gateway-error", err: reset, retried: true},
 		{on: "gateway-error", err: connect, retried: true},
 		{on: "reset", err: reset, retried: true},
-		{on: "reset", err: connect},
+		{on: "reset", err: connect, retried: true},
 		{on: "connect-failure", err: connect, retried: true},
 		{on: "connect-failure", err: reset},
 		{on: "connect-failure", resp: resp(503, "")},

@@ -940,8 +940,9 @@ func (pol *retryPolicy) wants(resp *http.Response, err error) bool {
 		connect := errors.As(err, &ce)
 		refused := strings.Contains(err.Error(), "REFUSED_STREAM")
 		// An upstream reset counts as the 5xx (gateway error) it ends in,
-		// as in Envoy's wouldRetryFromReset.
-		return pol.on["5xx"] || pol.on["gateway-error"] || pol.on["reset"] && !connect ||
+		// and a connection that failed as a reset, as in Envoy's
+		// wouldRetryFromReset.
+		return pol.on["5xx"] || pol.on["gateway-error"] || pol.on["reset"] ||
 			pol.on["connect-failure"] && connect || pol.on["refused-stream"] && refused
 	}
 	s := resp.StatusCode
