@@ -206,6 +206,13 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 			verb string
 		)
 		switch {
+		case z == nil && issuedLately(next, zone, now):
+			// The root records a CA it issued to the zone a moment ago
+			// that the view does not hold: a view cut between the two
+			// writes of the transaction that stored them (the mirror
+			// publishes as the changes come). The next view has it;
+			// issuing again would replace it.
+			continue
 		case z == nil:
 			ca, recs, err = NewZoneCA(next, zone, now)
 			verb = "issued zone %s its CA (serial %s)"
@@ -243,6 +250,19 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 		puts = append([]api.Resource{next}, puts...)
 	}
 	return puts, deletes, what, nil
+}
+
+// inFlight is how long a zone CA the root records may be missing from the
+// view before it counts as gone (issuedLately).
+const inFlight = time.Minute
+
+// issuedLately says whether root records an unrevoked intermediate issued
+// to zone within inFlight of now.
+func issuedLately(root *api.MeshCA, zone string, now time.Time) bool {
+	return slices.ContainsFunc(root.Intermediates, func(in api.Intermediate) bool {
+		issued := in.NotAfter.Add(-IntermediateTTL)
+		return in.Zone == zone && !in.Revoked() && issued.After(now.Add(-inFlight)) && !issued.After(now.Add(inFlight))
+	})
 }
 
 // ErrNoZoneCA is a rotation asked of a zone that has no CA in the mesh.
