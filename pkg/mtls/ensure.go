@@ -257,7 +257,8 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 const inFlight = time.Minute
 
 // issuedLately says whether root records an unrevoked intermediate issued
-// to zone within inFlight of now.
+// to zone within inFlight of now (issued IntermediateTTL before it ends: one
+// the root's own end cut short counts as older, and is issued again).
 func issuedLately(root *api.MeshCA, zone string, now time.Time) bool {
 	return slices.ContainsFunc(root.Intermediates, func(in api.Intermediate) bool {
 		issued := in.NotAfter.Add(-IntermediateTTL)

@@ -135,11 +135,11 @@ type Cluster struct {
 	HTTPIdleTimeout time.Duration
 	ALPN            []string
 	// MaxResponseHeaderBytes and MaxResponseHeaders bound an upstream
-	// response's header (its fields' names and values, and their number):
-	// the HttpProtocolOptions' common max_response_headers_kb and
+	// response's head, as Envoy's codecs count it, and its number of
+	// fields: the HttpProtocolOptions' common max_response_headers_kb and
 	// max_headers_count, 0 for Envoy's defaults (80 KiB over HTTP/1.1,
-	// 60 KiB over HTTP/2; 100). A response past the size is a 503, past
-	// the count a 502 (flagged UPE), as from Envoy.
+	// 60 KiB over HTTP/2; 100). A response past a bound is a 503 (502 for
+	// the count over HTTP/1.1), flagged UPE, as from Envoy.
 	MaxResponseHeaderBytes int
 	MaxResponseHeaders     int
 }

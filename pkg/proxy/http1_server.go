@@ -39,11 +39,6 @@ const (
 	// h1MaxDrain is the most of an unread request body the proxy reads
 	// away to keep a connection; past it the connection closes.
 	h1MaxDrain = 256 << 10
-	// h1HeadSlack is what the HTTP/2 Transport's bound on a response's
-	// head (MaxResponseHeaderBytes) has past a cluster's on its names and
-	// values, besides net/http's 32 bytes a field: the exchange checks
-	// the cluster's bound itself.
-	h1HeadSlack = 4 << 10
 	// h1WatchAfter is how long a request is in flight before its
 	// connection is watched for the caller leaving.
 	h1WatchAfter = 50 * time.Millisecond
@@ -161,10 +156,11 @@ func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 // listener name (for dst) on a head, less what br holds already, and a
 // read past the head's end.
 func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) int64 {
-	size := defaultMaxRequestHeaderKB << 10
-	if c := chainNow(p.cfg.Load(), name, dst); c != nil {
-		size, _ = c.headerLimits()
+	c := chainNow(p.cfg.Load(), name, dst)
+	if c == nil {
+		c = &HTTPChain{} // Envoy's defaults (serveHTTP answers 503)
 	}
+	size, _ := c.headerLimits()
 	return int64(size - br.Buffered() + br.Size())
 }
 
@@ -174,15 +170,15 @@ func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) int
 // Server header, and a line in its access logs flagged DPE.
 func (p *Proxy) rawReply(name string, dst netip.AddrPort, c net.Conn, remote string, status int, contentType, body string) {
 	start := time.Now()
-	head := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n" + p.rawServerHeader(name, dst)
+	chain := chainNow(p.cfg.Load(), name, dst)
+	head := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n" + rawServerHeader(chain)
 	if contentType != "" {
 		head += "Content-Type: " + contentType + "\r\n"
 	}
 	msg := head + "Connection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
 	n, _ := io.WriteString(c, msg)
-	chain := chainNow(p.cfg.Load(), name, dst)
 	if chain == nil {
-		return
+		return // the listener is gone: no access log to write to
 	}
 	ri := &requestInfo{Start: start, Listener: name, Direction: directionOf(name), Chain: chain, Protocol: "HTTP/1.1", Status: status,
 		Downstream: remote, Local: c.LocalAddr().String(), RequestHeaders: http.Header{}, ResponseHeaders: http.Header{}, Duration: time.Since(start)}
@@ -197,11 +193,10 @@ func (p *Proxy) rawReply(name string, dst netip.AddrPort, c net.Conn, remote str
 	p.logRequest(ri)
 }
 
-// rawServerHeader is the Server header line that the chain of listener
-// name (for dst) puts on the connection's raw replies (to a head it cannot
-// read), as its HCM does on every response; "" for none.
-func (p *Proxy) rawServerHeader(name string, dst netip.AddrPort) string {
-	c := chainNow(p.cfg.Load(), name, dst)
+// rawServerHeader is the Server header line chain c (nil: none) puts on
+// its connections' raw replies, as its HCM does on every response; "" for
+// none.
+func rawServerHeader(c *HTTPChain) string {
 	if c == nil {
 		return ""
 	}

@@ -65,23 +65,25 @@ type HTTPChain struct {
 	// may say otherwise). A request asking for one not here gets 403, as
 	// from Envoy.
 	Upgrades map[string]bool
-	// MaxRequestHeaderBytes and MaxRequestHeaders bound a request's header
-	// (its fields' names and values, Host included, and their number):
-	// the HCM's max_request_headers_kb and
+	// MaxRequestHeaderBytes and MaxRequestHeaders bound a request's head,
+	// as Envoy's codecs count it (headerTooLarge), and its number of
+	// fields: the HCM's max_request_headers_kb and
 	// common_http_protocol_options.max_headers_count, 0 for Envoy's
-	// defaults (60 KiB, 100). A request past either gets 431 (an HTTP/2
-	// request past the count, a reset stream), as from Envoy.
+	// defaults (60 KiB, 100). Past either an HTTP/1.1 request gets 431 and
+	// an HTTP/2 one a reset stream, as from Envoy.
 	MaxRequestHeaderBytes int
 	MaxRequestHeaders     int
 }
 
-// Envoy's bounds on a request's header when its HCM sets none, and the
-// most max_request_headers_kb the built-in proxy takes (net/http's bound
-// on an HTTP/2 header list, which it keeps; Envoy's own is 8192).
+// Envoy's bounds on a request's head when its HCM sets none, its bound on
+// the number of fields of a request's or a response's, and the most
+// max_request_headers_kb or max_response_headers_kb the built-in proxy
+// takes (net/http's bound on an HTTP/2 header list, which it keeps;
+// Envoy's own is 8192).
 const (
 	defaultMaxRequestHeaderKB = 60
-	defaultMaxRequestHeaders  = 100
-	maxRequestHeaderKB        = 1024
+	defaultMaxHeaders         = 100
+	maxHeaderKB               = 1024
 )
 
 // headerLimits are the chain's bounds on a request's header: its size
@@ -92,7 +94,7 @@ func (c *HTTPChain) headerLimits() (size, n int) {
 		size = defaultMaxRequestHeaderKB << 10
 	}
 	if n <= 0 {
-		n = defaultMaxRequestHeaders
+		n = defaultMaxHeaders
 	}
 	return size, n
 }
@@ -359,8 +361,9 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 	return out, nil
 }
 
-// responseHeaderLimits are the cluster's bounds on a response's header:
-// its size (names and values) and number of fields.
+// responseHeaderLimits are the cluster's bounds on a response's head (as
+// Envoy's codecs count it: h1Pool.readHead, checkH2ResponseHead) and its
+// number of fields.
 func (c *Cluster) responseHeaderLimits() (size, n int) {
 	size, n = c.MaxResponseHeaderBytes, c.MaxResponseHeaders
 	if size <= 0 {
@@ -370,7 +373,7 @@ func (c *Cluster) responseHeaderLimits() (size, n int) {
 		}
 	}
 	if n <= 0 {
-		n = defaultMaxRequestHeaders
+		n = defaultMaxHeaders
 	}
 	return size, n
 }
@@ -391,22 +394,30 @@ func headerLoad(h http.Header) (size, n int) {
 // max_request_headers_kb (in bytes) and common_http_protocol_options'
 // max_headers_count, 0 for each it leaves to the default.
 func translateHeaderLimits(h *hcm.HttpConnectionManager) (size, n int, _ error) {
-	if v := h.GetMaxRequestHeadersKb(); v != nil {
-		if kb := v.GetValue(); kb == 0 || kb > maxRequestHeaderKB {
-			return 0, 0, fmt.Errorf("max_request_headers_kb %d: the built-in proxy takes 1 to %d", kb, maxRequestHeaderKB)
-		}
-		size = int(v.GetValue()) << 10
-	}
-	if o := h.GetCommonHttpProtocolOptions(); o != nil {
+	o := h.GetCommonHttpProtocolOptions()
+	if o != nil {
 		if err := unsupportedFields(o, "common_http_protocol_options", "max_headers_count"); err != nil {
 			return 0, 0, err
 		}
-		if v := o.GetMaxHeadersCount(); v != nil {
-			if v.GetValue() == 0 {
-				return 0, 0, errors.New("common_http_protocol_options.max_headers_count 0: must be at least 1")
-			}
-			n = int(min(v.GetValue(), 1<<20))
+	}
+	return headerBounds("max_request_headers_kb", h.GetMaxRequestHeadersKb(), "common_http_protocol_options.max_headers_count", o.GetMaxHeadersCount())
+}
+
+// headerBounds reads a bound on a head's size (kb, named kbField) and on
+// its number of fields (count, named countField): in bytes and fields, 0
+// for one not set.
+func headerBounds(kbField string, kb *wrapperspb.UInt32Value, countField string, count *wrapperspb.UInt32Value) (size, n int, _ error) {
+	if kb != nil {
+		if v := kb.GetValue(); v == 0 || v > maxHeaderKB {
+			return 0, 0, fmt.Errorf("%s %d: the built-in proxy takes 1 to %d", kbField, v, maxHeaderKB)
 		}
+		size = int(kb.GetValue()) << 10
+	}
+	if count != nil {
+		if count.GetValue() == 0 {
+			return 0, 0, fmt.Errorf("%s 0: must be at least 1", countField)
+		}
+		n = int(min(count.GetValue(), 1<<20))
 	}
 	return size, n, nil
 }
@@ -793,17 +804,10 @@ func clusterHTTP(c *cluster.Cluster, out *Cluster) error {
 				}
 				out.HTTPIdleTimeout = d
 			}
-			if v := common.GetMaxResponseHeadersKb(); v != nil {
-				if kb := v.GetValue(); kb == 0 || kb > maxRequestHeaderKB {
-					return fmt.Errorf("max_response_headers_kb %d: the built-in proxy takes 1 to %d", kb, maxRequestHeaderKB)
-				}
-				out.MaxResponseHeaderBytes = int(v.GetValue()) << 10
-			}
-			if v := common.GetMaxHeadersCount(); v != nil {
-				if v.GetValue() == 0 {
-					return errors.New("max_headers_count 0: must be at least 1")
-				}
-				out.MaxResponseHeaders = int(min(v.GetValue(), 1<<20))
+			var err error
+			if out.MaxResponseHeaderBytes, out.MaxResponseHeaders, err = headerBounds("max_response_headers_kb", common.GetMaxResponseHeadersKb(),
+				"max_headers_count", common.GetMaxHeadersCount()); err != nil {
+				return err
 			}
 		}
 		ex := o.GetExplicitHttpConfig()

@@ -13,6 +13,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -114,6 +115,14 @@ func TestHTTPTranslateNACKs(t *testing.T) {
 			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": xds.MustAny(&core.TcpProtocolOptions{})}
 			return c
 		}()}, want: "TcpProtocolOptions"},
+		{name: "response head of 0 KiB", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxResponseHeadersKb: wrapperspb.UInt32(0)})},
+			want: "max_response_headers_kb 0"},
+		{name: "response head past 1,024 KiB", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxResponseHeadersKb: wrapperspb.UInt32(2048)})},
+			want: "max_response_headers_kb 2048"},
+		{name: "no response fields", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxHeadersCount: wrapperspb.UInt32(0)})},
+			want: "max_headers_count 0"},
+		{name: "cluster common option", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxStreamDuration: durationpb.New(time.Second)})},
+			want: "max_stream_duration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := translate(tc.listeners, tc.clusters, nil, nil, nil, tc.routes...)
@@ -122,6 +131,16 @@ func TestHTTPTranslateNACKs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withCommonOptions is cluster c (of staticHTTPCluster's making) with o as
+// its protocol options' common_http_protocol_options.
+func withCommonOptions(c *cluster.Cluster, o *core.HttpProtocolOptions) *cluster.Cluster {
+	opts := &upstreamhttp.HttpProtocolOptions{}
+	c.TypedExtensionProtocolOptions[httpProtocolOptionsKey].UnmarshalTo(opts)
+	opts.CommonHttpProtocolOptions = o
+	c.TypedExtensionProtocolOptions[httpProtocolOptionsKey] = xds.MustAny(opts)
+	return c
 }
 
 // TestHTTPRouteDefaults: a route without a timeout gets Envoy's 15 s, 0 is

@@ -1273,6 +1273,12 @@ func (a *attemptBody) Close() error {
 	return nil
 }
 
+// h2HeadSlack is what the HTTP/2 Transport's bound on a response's head
+// (MaxResponseHeaderBytes) has past a cluster's, besides net/http's 32
+// bytes a field: the exchange checks the cluster's own
+// (checkH2ResponseHead).
+const h2HeadSlack = 4 << 10
+
 // httpPool is the connection pool (an http.Transport) of cluster c: HTTP/1.1
 // or HTTP/2 as its protocol options say, h2c in plain text, and over mTLS
 // originated as for TCP (SNI, the server's SPIFFE ID checked), connecting
@@ -1303,7 +1309,7 @@ func (p *Proxy) httpPool(c *Cluster) *http.Transport {
 		IdleConnTimeout:     idle,
 		// What a response's head may take (net/http counts each field's
 		// name and value and 32 more): the exchange checks the bounds.
-		MaxResponseHeaderBytes: int64(maxHead + 32*(maxFields+1) + h1HeadSlack),
+		MaxResponseHeaderBytes: int64(maxHead + 32*(maxFields+1) + h2HeadSlack),
 		DisableCompression:     true,
 		Protocols:              new(http.Protocols),
 	}
