@@ -208,10 +208,11 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 		switch {
 		case z == nil && issuedLately(next, zone, now):
 			// The root records a CA it issued to the zone a moment ago
-			// that the view does not hold: a view cut between the two
-			// writes of the transaction that stored them (the mirror
-			// publishes as the changes come). The next view has it;
-			// issuing again would replace it.
+			// that the view does not hold. A mirror publishes whole
+			// transactions, but its first view comes from one list per
+			// type, and a write may fall between the root's list and
+			// the zone CAs'. The next view has the CA; issuing again
+			// would replace it.
 			continue
 		case z == nil:
 			ca, recs, err = NewZoneCA(next, zone, now)

@@ -56,6 +56,15 @@ func (m *Memory) record(op Op, r api.Resource) {
 	m.changed = make(chan struct{})
 }
 
+// seal ends a transaction whose first change took revision from: each of
+// its changes but the last is marked More. The caller holds mu for
+// writing throughout the transaction, so no watcher saw them unmarked.
+func (m *Memory) seal(from int64) {
+	for rev := max(from, m.logStart); rev < m.rev; rev++ {
+		m.log[rev-m.logStart].More = true
+	}
+}
+
 func (m *Memory) checkMesh(r api.Resource) error {
 	meta := r.GetMeta()
 	if d, ok := api.Lookup(meta.Type); ok && d.Scope == api.ScopeMesh {
@@ -127,6 +136,7 @@ func (m *Memory) Delete(ctx context.Context, key api.Key, version int64) error {
 	if version != 0 && version != old.GetMeta().Version {
 		return fmt.Errorf("delete %s: %w: version %d given, %d stored", key, ErrConflict, version, old.GetMeta().Version)
 	}
+	defer m.seal(m.rev + 1)
 	m.deleteLocked(key, old)
 	return nil
 }
@@ -263,6 +273,7 @@ func (m *Memory) Apply(ctx context.Context, puts []api.Resource, deletes []api.K
 		}
 	}
 	changes := 0
+	defer m.seal(m.rev + 1)
 	for _, r := range puts {
 		r = Clone(r)
 		key, meta, now := api.KeyOf(r), r.GetMeta(), Now()

@@ -121,7 +121,11 @@ func Get[T api.Resource](v *View, mesh, name string) (T, bool, error) {
 // Readers take the current View and a channel closed when a newer one is
 // published. A burst of changes is published as one View: each event
 // updates a working copy, and a View is cut from it as soon as the last
-// one is published, copying only the types that changed.
+// one is published, copying only the types that changed. A View is never
+// cut in the middle of a transaction (Event.More): a reader sees all of a
+// transaction's changes or none. The first View after a listing is the
+// exception: it comes from one List per type, and a write between two of
+// them shows in the later type only, until its events arrive.
 type Mirror struct {
 	st    Store
 	types []string
@@ -134,10 +138,13 @@ type Mirror struct {
 	once    sync.Once
 
 	// work is the state after every event applied so far; dirty are the
-	// types changed since the last published View. Guarded by wmu.
+	// types changed since the last published View; open is set while work
+	// holds part of a transaction, when no View may be cut from it.
+	// Guarded by wmu.
 	wmu   sync.Mutex
 	work  map[string]map[api.Key]api.Resource
 	dirty map[string]bool
+	open  bool
 	rev   int64
 	kick  chan struct{}
 }
@@ -210,7 +217,7 @@ func (m *Mirror) follow(ctx context.Context, b *backoff.ExponentialBackOff) erro
 		rev = max(rev, res.Revision)
 	}
 	m.wmu.Lock()
-	m.work, m.rev, m.dirty = work, rev, map[string]bool{}
+	m.work, m.rev, m.dirty, m.open = work, rev, map[string]bool{}, false
 	for _, t := range m.types {
 		m.dirty[t] = true
 	}
@@ -219,21 +226,26 @@ func (m *Mirror) follow(ctx context.Context, b *backoff.ExponentialBackOff) erro
 	b.Reset()
 	return m.st.Watch(ctx, since, func(e Event) error {
 		typ := e.Resource.GetMeta().Type
-		if lr, ok := listed[typ]; !ok || e.Revision <= lr {
-			return nil
-		}
 		m.wmu.Lock()
-		if e.Op == OpDelete {
-			delete(m.work[typ], api.KeyOf(e.Resource))
-		} else {
-			m.work[typ][api.KeyOf(e.Resource)] = e.Resource
+		// A transaction's last change ends it even when it is one this
+		// mirror skips (a type it does not follow, or one listed after it).
+		m.open = e.More
+		if lr, ok := listed[typ]; ok && e.Revision > lr {
+			if e.Op == OpDelete {
+				delete(m.work[typ], api.KeyOf(e.Resource))
+			} else {
+				m.work[typ][api.KeyOf(e.Resource)] = e.Resource
+			}
+			m.dirty[typ] = true
+			m.rev = e.Revision
 		}
-		m.dirty[typ] = true
-		m.rev = e.Revision
+		kick := !m.open && len(m.dirty) > 0
 		m.wmu.Unlock()
-		select {
-		case m.kick <- struct{}{}:
-		default:
+		if kick {
+			select {
+			case m.kick <- struct{}{}:
+			default:
+			}
 		}
 		return nil
 	})
@@ -252,12 +264,13 @@ func (m *Mirror) publishLoop(ctx context.Context) {
 }
 
 // cut publishes a View of the working copy, sharing the maps of the types
-// that did not change. It holds wmu throughout, so cuts are serial and each
-// starts from the View the previous one published.
+// that did not change, unless it holds half a transaction (the event that
+// ends it kicks again). It holds wmu throughout, so cuts are serial and
+// each starts from the View the previous one published.
 func (m *Mirror) cut() {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	if len(m.dirty) == 0 {
+	if len(m.dirty) == 0 || m.open {
 		return
 	}
 	m.mu.Lock()

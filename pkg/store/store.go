@@ -137,6 +137,13 @@ type Event struct {
 	Revision int64
 	Op       Op
 	Resource api.Resource
+	// More is set on every change of a transaction but its last (an Apply
+	// of several changes, a Mesh deleted with what is in it): the store
+	// holds the state after an event without it, never the one between
+	// two of a transaction's events. A reader that must not act on half a
+	// transaction (a Mirror) waits for the event without it. A store
+	// whose writes are one change each (Kubernetes) never sets it.
+	More bool
 }
 
 // Clone returns a deep copy of r.

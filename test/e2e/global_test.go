@@ -80,7 +80,7 @@ func TestGlobalOnPostgresSurvivesRestart(t *testing.T) {
 	if err := p.wait(t); err == nil || !strings.Contains(p.out.String(), "migrate up") {
 		t.Fatalf("ursa-cp on an unmigrated database: %v\n%s", err, p.out.String())
 	}
-	if out := start(t, "ursa-cp", "migrate", "up", "--store", dsn); out.wait(t) != nil || !strings.Contains(out.out.String(), "applied 1") {
+	if out := start(t, "ursa-cp", "migrate", "up", "--store", dsn); out.wait(t) != nil || !strings.Contains(out.out.String(), "applied 1 ") || !strings.Contains(out.out.String(), "applied 2 ") {
 		t.Fatalf("migrate up: %s", out.out.String())
 	}
 	st := start(t, "ursa-cp", "migrate", "status", "--store", dsn)

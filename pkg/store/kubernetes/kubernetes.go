@@ -134,7 +134,9 @@
 // reports the error and can be re-run (its puts are idempotent); GC deletes
 // only. None needs cross-object atomicity for correctness, only for
 // never showing a half-applied state to watchers, which this store does not
-// promise. storetest has no capability for it: the suite's Apply cases
+// promise: each change is its own, and never carries store.Event.More, so
+// a store.Mirror may publish a View between two writes of one Apply
+// (storetest.Capabilities.Transactions, false). The suite's Apply cases
 // provoke only failures caught before the first write;
 // TestApplyPartialFailure covers a write failing midway.
 package kubernetes

@@ -124,7 +124,7 @@ func newStore(t testing.TB) *Store {
 
 // caps are the Kubernetes store's capabilities; the package doc says why
 // each is missing.
-var caps = storetest.Capabilities{DenseRevisions: false, OrderedAcrossTypes: false, NamesPerMesh: false}
+var caps = storetest.Capabilities{DenseRevisions: false, OrderedAcrossTypes: false, NamesPerMesh: false, Transactions: false}
 
 func TestConformance(t *testing.T) {
 	storetest.RunWith(t, func(t *testing.T) store.Store { return newStore(t) }, caps)

@@ -165,8 +165,8 @@ func (s *Store) write(ctx context.Context, what string, fn func(tx pgx.Tx, rev i
 	b := &pgx.Batch{}
 	for i, c := range changes {
 		k := api.KeyOf(c.res)
-		b.Queue(`INSERT INTO ursa_changes (revision, op, type, mesh, name, document) VALUES ($1, $2, $3, $4, $5, $6)`,
-			rev+int64(i)+1, int16(c.op), k.Type, k.Mesh, k.Name, c.doc)
+		b.Queue(`INSERT INTO ursa_changes (revision, op, type, mesh, name, document, more) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			rev+int64(i)+1, int16(c.op), k.Type, k.Mesh, k.Name, c.doc, i < len(changes)-1)
 	}
 	last := rev + int64(len(changes))
 	b.Queue(`UPDATE ursa_revision SET revision = $1`, last)

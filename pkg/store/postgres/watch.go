@@ -155,7 +155,7 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 // changesSince reads up to limit changes after since. A gap between since and
 // the first change read means the log was compacted past since.
 func (s *Store) changesSince(ctx context.Context, since int64, limit int) ([]store.Event, error) {
-	rows, err := s.pool.Query(ctx, `SELECT revision, op, type, document FROM ursa_changes WHERE revision > $1 ORDER BY revision LIMIT $2`, since, limit)
+	rows, err := s.pool.Query(ctx, `SELECT revision, op, type, document, more FROM ursa_changes WHERE revision > $1 ORDER BY revision LIMIT $2`, since, limit)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -168,7 +168,7 @@ func (s *Store) changesSince(ctx context.Context, since int64, limit int) ([]sto
 			typ string
 			doc []byte
 		)
-		if err := rows.Scan(&e.Revision, &op, &typ, &doc); err != nil {
+		if err := rows.Scan(&e.Revision, &op, &typ, &doc, &e.More); err != nil {
 			return nil, classify(err)
 		}
 		if len(out) == 0 && e.Revision != since+1 {

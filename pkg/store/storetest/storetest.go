@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 )
@@ -39,10 +41,14 @@ type Capabilities struct {
 	// second is refused with ErrAlreadyExists, and the cases that list or
 	// cascade over two meshes use distinct names.
 	NamesPerMesh bool
+	// Transactions: an Apply, and a Mesh's deletion with what is in it,
+	// is one transaction, whose changes but the last carry Event.More.
+	// Without it every change is its own (More is never set).
+	Transactions bool
 }
 
 // Full is every capability: the memory and PostgreSQL stores.
-var Full = Capabilities{DenseRevisions: true, OrderedAcrossTypes: true, NamesPerMesh: true}
+var Full = Capabilities{DenseRevisions: true, OrderedAcrossTypes: true, NamesPerMesh: true, Transactions: true}
 
 // Run runs the whole suite against stores made by newStore, which must have
 // every capability.
@@ -70,6 +76,7 @@ func RunWith(t *testing.T, newStore Factory, caps Capabilities) {
 		{"ApplyWithVersionsIsConditional", testApplyConditional},
 		{"NamesAcrossMeshes", testNamesAcrossMeshes},
 		{"PrivateTypes", testPrivateTypes},
+		{"MirrorSeesWholeTransactions", testMirrorTransactions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t), caps) })
@@ -220,6 +227,19 @@ func testMeshDeleteCascades(t *testing.T, s store.Store, caps Capabilities) {
 	for i, e := range events {
 		if e.Op != store.OpDelete || api.KeyOf(e.Resource).String() != want[i] {
 			t.Fatalf("event %d = %s %s, want delete %s", i, e.Op, api.KeyOf(e.Resource), want[i])
+		}
+	}
+	checkMore(t, caps, events, "a mesh's cascade")
+}
+
+// checkMore checks that events, one transaction's (in revision order),
+// mark its end: More on each but the last, when the store has
+// transactions; never, when it has not.
+func checkMore(t *testing.T, caps Capabilities, events []store.Event, what string) {
+	t.Helper()
+	for i, e := range events {
+		if want := caps.Transactions && i < len(events)-1; e.More != want {
+			t.Fatalf("%s: event %d of %d (%s %s) has More %v, want %v", what, i+1, len(events), e.Op, api.KeyOf(e.Resource), e.More, want)
 		}
 	}
 }
@@ -543,6 +563,10 @@ func testApply(t *testing.T, s store.Store, caps Capabilities) {
 	if events[0].Resource.GetMeta().Type != "Mesh" || events[1].Op != store.OpCreate {
 		t.Fatalf("first events: %s %s", events[0].Op, api.KeyOf(events[0].Resource))
 	}
+	if !caps.OrderedAcrossTypes {
+		slices.SortFunc(events, func(a, b store.Event) int { return cmp.Compare(a.Revision, b.Revision) })
+	}
+	checkMore(t, caps, events, "an apply of 3 creates")
 	start, _ := s.List(c, store.ListOptions{Type: "TrafficRoute"})
 	// The same content again changes nothing and says nothing.
 	if n, err := s.Apply(c, []api.Resource{Mesh("m"), Route("m", "r1", 1, nil)}, []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: "absent"}}); err != nil || n != 0 {
@@ -557,6 +581,7 @@ func testApply(t *testing.T, s store.Store, caps Capabilities) {
 	if ev[0].Op != store.OpUpdate || ev[0].Resource.GetMeta().Version != 2 || weight(ev[0].Resource) != 7 || ev[1].Op != store.OpDelete {
 		t.Fatalf("events after update+delete: %s v%d, %s", ev[0].Op, ev[0].Resource.GetMeta().Version, ev[1].Op)
 	}
+	checkMore(t, caps, ev, "an apply of an update and a delete")
 	// A batch with one put into a missing mesh writes nothing at all.
 	before, _ := s.List(c, store.ListOptions{Type: "TrafficRoute"})
 	_, err = s.Apply(c, []api.Resource{Route("m", "r3", 1, nil), Route("nope", "r", 1, nil)}, []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: "r1"}})
@@ -737,5 +762,79 @@ func testPrivateTypes(t *testing.T, s store.Store, caps Capabilities) {
 	}
 	if _, err := s.Get(c, api.KeyOf(gs)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("get deleted global secret = %v, want ErrNotFound", err)
+	}
+}
+
+// testMirrorTransactions: a Mirror of the store never publishes a View
+// holding part of a transaction. A writer applies batches that set every
+// route to one weight (and, every other batch, adds or deletes one route,
+// so a batch of updates also crosses a Watch's page of events now and
+// then); every View published meanwhile must hold one weight throughout.
+// Without transactions, a View may hold any mix, and the case checks
+// only that a View holds the last batch, of fewer writes.
+func testMirrorTransactions(t *testing.T, s store.Store, caps Capabilities) {
+	routes, batches := 40, 100
+	if !caps.Transactions {
+		routes, batches = 10, 10 // a write per route, and only the end is checked
+	}
+	c := ctx(t)
+	MustCreate(t, s, Mesh("m"))
+	m := store.NewMirror(s, []string{"Mesh", "TrafficRoute"}, zap.NewNop())
+	mc, stop := context.WithCancel(c)
+	var wg sync.WaitGroup
+	wg.Go(func() { m.Start(mc) })
+	defer func() { stop(); wg.Wait() }()
+	<-m.Ready()
+	batch := func(w int) []api.Resource {
+		var rs []api.Resource
+		for i := range routes + w%2 {
+			rs = append(rs, Route("m", fmt.Sprintf("r%02d", i), w, nil))
+		}
+		return rs
+	}
+	written := make(chan error, 1)
+	go func() {
+		for w := 1; w <= batches; w++ {
+			var del []api.Key
+			if w%2 == 0 {
+				del = []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: fmt.Sprintf("r%02d", routes)}}
+			}
+			if _, err := s.Apply(c, batch(w), del); err != nil {
+				written <- err
+				return
+			}
+		}
+		written <- nil
+	}()
+	views, mixed := 0, 0
+	for {
+		v, changed := m.Current()
+		rs, err := store.All[*api.TrafficRoute](v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		weights := map[int]int{}
+		for _, r := range rs {
+			weights[weight(r)]++
+		}
+		views++
+		if len(weights) > 1 || len(rs) > 0 && len(rs) != routes+weight(rs[0])%2 {
+			if caps.Transactions {
+				t.Fatalf("view at revision %d holds part of a transaction: %d routes, weights %v", v.Revision, len(rs), weights)
+			}
+			mixed++
+		}
+		if len(rs) == routes && weights[batches] == routes {
+			t.Logf("%d views, %d of them mixed", views, mixed)
+			break
+		}
+		select {
+		case <-changed:
+		case <-c.Done():
+			t.Fatalf("the mirror never held the last batch: %d routes, weights %v", len(rs), weights)
+		}
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
 	}
 }
