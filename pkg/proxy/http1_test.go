@@ -19,8 +19,10 @@ import (
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -147,13 +149,6 @@ func TestH1FastPathFraming(t *testing.T) {
 	}
 	if n, err := c.br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("after Connection: close the connection is open: %d %v", n, err)
-	}
-
-	// HTTP/1.0 without keep-alive: the body as it comes, then the close.
-	c = dialRaw(t, addr)
-	c.send("GET /stream HTTP/1.0\r\nHost: svc\r\n\r\n")
-	if resp, body := c.response("GET"); resp.StatusCode != 200 || body != "part0;part1;part2;" || !resp.Close {
-		t.Fatalf("HTTP/1.0: %d %q close=%t", resp.StatusCode, body, resp.Close)
 	}
 
 	// Expect: 100-continue: the interim response, then the body goes.
@@ -340,6 +335,69 @@ func TestH1UpstreamKeepsConns(t *testing.T) {
 	}
 	if n := conns.Load(); n != 1 {
 		t.Fatalf("%d upstream connections for 10 requests in a row", n)
+	}
+}
+
+// TestHTTP10: HTTP/1.0 as Envoy's HCM takes it. Without
+// http_protocol_options.accept_http_10 a request gets 426 and the
+// connection closes, the backend never called; with it, the response
+// streams and the connection closes after it (no keep-alive asked), a
+// request without a Host gets default_host_for_http_10, and without that
+// 400. HTTP/1.1 is served either way.
+func TestHTTP10(t *testing.T) {
+	var hits atomic.Int64
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		for i := range 3 {
+			fmt.Fprintf(w, "part%d;", i)
+			w.(http.Flusher).Flush()
+		}
+		fmt.Fprintf(w, "host=%s", r.Host)
+	})
+	serve := func(change func(*hcm.HttpConnectionManager)) string {
+		p := newProxy(t)
+		rc := routeConfig("outbound:svc", routeTo("default", nil, toCluster("app")))
+		l := withHCM(t, outboundHTTPListener("outbound:svc", rc.GetName()), change)
+		apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, rc)
+		return boundAddr(t, p, "outbound:svc")
+	}
+	ask := func(addr, req string) (*http.Response, string, bool) {
+		t.Helper()
+		c := dialRaw(t, addr)
+		c.send(req)
+		resp, body := c.response("GET")
+		n, err := c.br.Read(make([]byte, 1))
+		return resp, body, n == 0 && err == io.EOF
+	}
+
+	refusing := serve(func(h *hcm.HttpConnectionManager) { h.HttpProtocolOptions = nil })
+	resp, body, closed := ask(refusing, "GET / HTTP/1.0\r\nHost: svc\r\n\r\n")
+	if resp.StatusCode != http.StatusUpgradeRequired || body != "" || !closed || hits.Load() != 0 {
+		t.Fatalf("HTTP/1.0 not accepted: %d %q closed=%t, %d backend calls", resp.StatusCode, body, closed, hits.Load())
+	}
+	if resp, body, _ := ask(refusing, "GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"); resp.StatusCode != 200 || body != "part0;part1;part2;host=svc" {
+		t.Fatalf("HTTP/1.1 where HTTP/1.0 is not accepted: %d %q", resp.StatusCode, body)
+	}
+
+	accepting := serve(func(h *hcm.HttpConnectionManager) {
+		h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true}
+	})
+	if resp, body, closed := ask(accepting, "GET / HTTP/1.0\r\nHost: svc\r\n\r\n"); resp.StatusCode != 200 || body != "part0;part1;part2;host=svc" || !resp.Close || !closed {
+		t.Fatalf("HTTP/1.0 accepted: %d %q close=%t closed=%t", resp.StatusCode, body, resp.Close, closed)
+	}
+	hits.Store(0)
+	if resp, _, closed := ask(accepting, "GET / HTTP/1.0\r\n\r\n"); resp.StatusCode != http.StatusBadRequest || !closed || hits.Load() != 0 {
+		t.Fatalf("HTTP/1.0 without a Host and no default: %d closed=%t, %d backend calls", resp.StatusCode, closed, hits.Load())
+	}
+
+	defaulting := serve(func(h *hcm.HttpConnectionManager) {
+		h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, DefaultHostForHttp_10: "billing.mesh"}
+	})
+	if resp, body, _ := ask(defaulting, "GET / HTTP/1.0\r\n\r\n"); resp.StatusCode != 200 || body != "part0;part1;part2;host=billing.mesh" {
+		t.Fatalf("HTTP/1.0 without a Host, with a default: %d %q", resp.StatusCode, body)
+	}
+	if resp, body, _ := ask(defaulting, "GET / HTTP/1.0\r\nHost: svc\r\n\r\n"); resp.StatusCode != 200 || body != "part0;part1;part2;host=svc" {
+		t.Fatalf("HTTP/1.0 with a Host and a default: %d %q", resp.StatusCode, body)
 	}
 }
 

@@ -73,6 +73,13 @@ type HTTPChain struct {
 	// an HTTP/2 one a reset stream, as from Envoy.
 	MaxRequestHeaderBytes int
 	MaxRequestHeaders     int
+	// AcceptHTTP10 and DefaultHostHTTP10 are the HCM's
+	// http_protocol_options accept_http_10 and default_host_for_http_10.
+	// Without the first an HTTP/1.0 request gets 426, as from Envoy; with
+	// it, one without a Host gets the second (none: 400, as a request
+	// without a Host does).
+	AcceptHTTP10      bool
+	DefaultHostHTTP10 string
 }
 
 // Envoy's bounds on a request's head when its HCM sets none, its bound on
@@ -263,7 +270,7 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 	}
 	if err := onlyFields(h, "stat_prefix", "codec_type", "rds", "route_config", "http_filters", "access_log", "tracing",
 		"generate_request_id", "server_name", "server_header_transformation", "stream_idle_timeout", "upgrade_configs",
-		"max_request_headers_kb", "common_http_protocol_options"); err != nil {
+		"max_request_headers_kb", "common_http_protocol_options", "http_protocol_options"); err != nil {
 		return nil, wrap(err)
 	}
 	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
@@ -286,6 +293,15 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 	}
 	if out.MaxRequestHeaderBytes, out.MaxRequestHeaders, err = translateHeaderLimits(h); err != nil {
 		return nil, wrap(err)
+	}
+	if o := h.GetHttpProtocolOptions(); o != nil {
+		if err := unsupportedFields(o, "http_protocol_options", "accept_http_10", "default_host_for_http_10"); err != nil {
+			return nil, wrap(err)
+		}
+		out.AcceptHTTP10, out.DefaultHostHTTP10 = o.GetAcceptHttp_10(), o.GetDefaultHostForHttp_10()
+		if out.DefaultHostHTTP10 != "" && !httpguts.ValidHostHeader(out.DefaultHostHTTP10) {
+			return nil, wrap(fmt.Errorf("http_protocol_options.default_host_for_http_10 %q is not a valid host", out.DefaultHostHTTP10))
+		}
 	}
 	switch {
 	case h.GetRds() != nil:

@@ -221,6 +221,12 @@ func TestHCMHeaderRefusals(t *testing.T) {
 		{func(h *hcm.HttpConnectionManager) {
 			h.CommonHttpProtocolOptions = &core.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Minute)}
 		}, "common_http_protocol_options.idle_timeout"},
+		{func(h *hcm.HttpConnectionManager) {
+			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, EnableTrailers: true}
+		}, "http_protocol_options.enable_trailers"},
+		{func(h *hcm.HttpConnectionManager) {
+			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, DefaultHostForHttp_10: "a b"}
+		}, `default_host_for_http_10 "a b"`},
 	} {
 		l := withHCM(t, outboundHTTPListener("out", "out"), tc.change)
 		_, err := translate([]*listener.Listener{l}, nil, nil, nil, nil)

@@ -324,6 +324,28 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		p.localReply(cw, r, ri, http.StatusRequestHeaderFieldsTooLarge, "", "Request Header Fields Too Large")
 		return
 	}
+	if r.ProtoMajor == 1 && r.ProtoMinor == 0 {
+		// As Envoy's HCM takes HTTP/1.0: refused unless accepted, then
+		// given the default host when it names none.
+		if !chain.AcceptHTTP10 {
+			cw.Header().Set("Connection", "close")
+			p.localReply(cw, r, ri, http.StatusUpgradeRequired, "", "")
+			return
+		}
+		if r.Host == "" && chain.DefaultHostHTTP10 != "" {
+			r.Host, ri.Authority = chain.DefaultHostHTTP10, chain.DefaultHostHTTP10
+		}
+	}
+	if r.Host == "" {
+		// Envoy's HCM requires an authority: an HTTP/1.1 request without
+		// a Host never gets here (the server refuses it), an HTTP/1.0 one
+		// may, and an HTTP/2 one without :authority or Host.
+		if r.ProtoMajor == 1 {
+			cw.Header().Set("Connection", "close")
+		}
+		p.localReply(cw, r, ri, http.StatusBadRequest, "", "")
+		return
+	}
 	table := chain.Inline
 	if table == nil {
 		if cfg, chain, table = p.routesOf(r.Context(), meta, cfg, chain); chain == nil {

@@ -74,6 +74,15 @@ func upgrades() []*hcm.HttpConnectionManager_UpgradeConfig {
 	return []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
 }
 
+// http1Options is how a sidecar's HTTP connection managers take HTTP/1:
+// HTTP/1.0 requests too. Envoy answers them 426 unless told otherwise,
+// which breaks callers that still speak it (nginx's proxy_pass does by
+// default, ApacheBench always); a mesh should not be where they stop
+// working. One without a Host still gets 400, as from Envoy.
+func http1Options() *core.Http1ProtocolOptions {
+	return &core.Http1ProtocolOptions{AcceptHttp_10: true}
+}
+
 // outboundFilters are the network filters of an outbound listener or of
 // ursa:outbound's chain (statPrefix its name) to a service: a tcp_proxy
 // to its default split for a TCP service, an HTTP connection manager
@@ -93,6 +102,7 @@ func outboundFilters(statPrefix, service, protocol string, subsets []Subset, pp 
 		ServerHeaderTransformation: serverHeader,
 		StreamIdleTimeout:          durationpb.New(0), // idle limits are the Timeout policy's (route idle_timeout)
 		UpgradeConfigs:             upgrades(),
+		HttpProtocolOptions:        http1Options(),
 	}
 	if f := faultFilter(pp.fault); f != nil {
 		m.HttpFilters = append(m.HttpFilters, f)
@@ -143,6 +153,7 @@ func inboundHTTPFilter(s *MeshState, in api.Inbound, statPrefix, local string, m
 		ServerHeaderTransformation: serverHeader,
 		StreamIdleTimeout:          durationpb.New(0), // idle limits are the Timeout policy's (route idle_timeout)
 		UpgradeConfigs:             upgrades(),
+		HttpProtocolOptions:        http1Options(),
 	}
 	if mtls {
 		m.HttpFilters = append(m.HttpFilters, &hcm.HttpFilter{Name: HTTPRBACFilter,
