@@ -142,6 +142,10 @@ type Cluster struct {
 	// the count over HTTP/1.1), flagged UPE, as from Envoy.
 	MaxResponseHeaderBytes int
 	MaxResponseHeaders     int
+	// EnableTrailers is an HTTP/1.1 cluster's http_protocol_options
+	// enable_trailers: without it trailers neither go to its endpoints
+	// nor come back from them, as Envoy's HTTP/1 codec drops them.
+	EnableTrailers bool
 }
 
 // Endpoint is one address of a cluster.

@@ -77,9 +77,12 @@ type HTTPChain struct {
 	// http_protocol_options accept_http_10 and default_host_for_http_10.
 	// Without the first an HTTP/1.0 request gets 426, as from Envoy; with
 	// it, one without a Host gets the second (none: 400, as a request
-	// without a Host does).
+	// without a Host does). EnableTrailers is its enable_trailers: without
+	// it an HTTP/1 caller's trailers go nowhere and none are written to
+	// it, as Envoy's HTTP/1 codec drops them.
 	AcceptHTTP10      bool
 	DefaultHostHTTP10 string
+	EnableTrailers    bool
 }
 
 // Envoy's bounds on a request's head when its HCM sets none, its bound on
@@ -295,10 +298,10 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return nil, wrap(err)
 	}
 	if o := h.GetHttpProtocolOptions(); o != nil {
-		if err := unsupportedFields(o, "http_protocol_options", "accept_http_10", "default_host_for_http_10"); err != nil {
+		if err := unsupportedFields(o, "http_protocol_options", "accept_http_10", "default_host_for_http_10", "enable_trailers"); err != nil {
 			return nil, wrap(err)
 		}
-		out.AcceptHTTP10, out.DefaultHostHTTP10 = o.GetAcceptHttp_10(), o.GetDefaultHostForHttp_10()
+		out.AcceptHTTP10, out.DefaultHostHTTP10, out.EnableTrailers = o.GetAcceptHttp_10(), o.GetDefaultHostForHttp_10(), o.GetEnableTrailers()
 		if out.DefaultHostHTTP10 != "" && !httpguts.ValidHostHeader(out.DefaultHostHTTP10) {
 			return nil, wrap(fmt.Errorf("http_protocol_options.default_host_for_http_10 %q is not a valid host", out.DefaultHostHTTP10))
 		}
@@ -831,10 +834,10 @@ func clusterHTTP(c *cluster.Cluster, out *Cluster) error {
 		case ex == nil:
 			return errors.New("HttpProtocolOptions without explicit_http_config is not supported")
 		case ex.GetHttpProtocolOptions() != nil:
-			if err := onlyFields(ex.GetHttpProtocolOptions()); err != nil {
+			if err := onlyFields(ex.GetHttpProtocolOptions(), "enable_trailers"); err != nil {
 				return err
 			}
-			out.HTTP = HTTP1
+			out.HTTP, out.EnableTrailers = HTTP1, ex.GetHttpProtocolOptions().GetEnableTrailers()
 		case ex.GetHttp2ProtocolOptions() != nil:
 			if err := onlyFields(ex.GetHttp2ProtocolOptions()); err != nil {
 				return err

@@ -24,9 +24,12 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/testutil"
+	"github.com/ursamesh/ursa/pkg/xds"
 )
 
 // TestHTTPHeaderLimits: Envoy's bounds on a request's head, its own (60
@@ -373,19 +376,23 @@ func BenchmarkHeaderBounds(b *testing.B) {
 	}
 }
 
-// TestH1Trailers: a chunked request's trailers go on when its Trailer
-// header announced them, to an HTTP/1.1 and an HTTP/2 upstream; those it
-// did not announce do not (Envoy's HTTP/1 codec drops trailers by
-// default: announced ones are what the proxy keeps of Go's), on a retry
-// either (its body is replayed whole, the trailers with it).
+// TestH1Trailers: trailers cross an HTTP/1 codec only where Envoy's
+// would carry them. Envoy's HTTP/1 codec drops them unless its
+// enable_trailers is set: the HCM's for the caller's side, the cluster's
+// for an HTTP/1.1 upstream's (an HTTP/2 upstream carries them always).
+// Where both let them through, a chunked request's trailers go on when
+// its Trailer header announced them, those it did not announce do not,
+// on a retry either (its body is replayed whole, the trailers with it);
+// and the upstream's response trailers come back.
 func TestH1Trailers(t *testing.T) {
 	var mu sync.Mutex
 	attempts := map[string]int{}
 	app := serveH1H2(t, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
+		key := r.Proto + r.Host + r.URL.Path
 		mu.Lock()
-		attempts[r.Proto+r.URL.Path]++
-		first := attempts[r.Proto+r.URL.Path] == 1
+		attempts[key]++
+		first := attempts[key] == 1
 		mu.Unlock()
 		if strings.HasPrefix(r.URL.Path, "/retry") && first {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -399,27 +406,51 @@ func TestH1Trailers(t *testing.T) {
 		}
 		slices.Sort(got)
 		w.Header().Set("X-Got-Trailers", strings.Join(got, ","))
+		w.Header().Set("Trailer", "X-R")
+		io.WriteString(w, "body")
+		w.(http.Flusher).Flush() // no Content-Length: the caller's response is chunked, with room for trailers
+		w.Header().Set("X-R", "2")
 	})
 	retried := toCluster("app")
 	retried.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(1)}
-	for _, h2 := range []bool{false, true} {
-		p := newProxy(t)
-		addr := strings.TrimPrefix(plainHTTP(t, p, routeConfig("outbound:svc", routeTo("default", nil, retried)), nil, staticHTTPCluster("app", h2, app)), "http://")
-		for _, tc := range []struct{ path, trailer, want string }{
-			{"/a", "X-T", "X-T=1"},
-			{"/u", "", ""},
-			{"/retry-a", "X-T", "X-T=1"},
-			{"/retry-u", "", ""},
-		} {
-			announce := ""
-			if tc.trailer != "" {
-				announce = "Trailer: " + tc.trailer + "\r\n"
+	for _, up := range []string{"h1", "h1+trailers", "h2"} {
+		for _, down := range []bool{false, true} {
+			p := newProxy(t)
+			c := staticHTTPCluster("app", up == "h2", app)
+			if up == "h1+trailers" {
+				c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsKey: xds.MustAny(&upstreamhttp.HttpProtocolOptions{
+					UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+						ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{EnableTrailers: true}}}}})}
 			}
-			rc := dialRaw(t, addr)
-			rc.send("POST " + tc.path + " HTTP/1.1\r\nHost: svc\r\n" + announce + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\nX-U: secret\r\n\r\n")
-			resp, _ := rc.response(http.MethodPost)
-			if got := resp.Header.Get("X-Got-Trailers"); resp.StatusCode != http.StatusOK || got != tc.want {
-				t.Errorf("h2=%t %s: %d, the upstream got trailers %q, want %q", h2, tc.path, resp.StatusCode, got, tc.want)
+			rc := routeConfig("outbound:svc", routeTo("default", nil, retried))
+			l := withHCM(t, outboundHTTPListener("outbound:svc", rc.GetName()), func(h *hcm.HttpConnectionManager) {
+				h.HttpProtocolOptions = &core.Http1ProtocolOptions{EnableTrailers: down}
+			})
+			apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{c}, nil, rc)
+			addr := boundAddr(t, p, "outbound:svc")
+			through := down && up != "h1"
+			for _, tc := range []struct{ path, trailer, want string }{
+				{"/a", "X-T", "X-T=1"},
+				{"/u", "", ""},
+				{"/retry-a", "X-T", "X-T=1"},
+				{"/retry-u", "", ""},
+			} {
+				announce := ""
+				if tc.trailer != "" {
+					announce = "Trailer: " + tc.trailer + "\r\n"
+				}
+				want, wantBack := tc.want, "2"
+				if !through {
+					want, wantBack = "", ""
+				}
+				rc := dialRaw(t, addr)
+				host := fmt.Sprintf("%s-%t", up, down) // each case's own retries
+				rc.send("POST " + tc.path + " HTTP/1.1\r\nHost: " + host + "\r\n" + announce + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\nX-U: secret\r\n\r\n")
+				resp, body := rc.response(http.MethodPost)
+				if got, back := resp.Header.Get("X-Got-Trailers"), resp.Trailer.Get("X-R"); resp.StatusCode != http.StatusOK || body != "body" || got != want || back != wantBack {
+					t.Errorf("upstream %s, HCM enable_trailers %t, %s: %d %q, the upstream got trailers %q, want %q; the caller got X-R %q, want %q",
+						up, down, tc.path, resp.StatusCode, body, got, want, back, wantBack)
+				}
 			}
 		}
 	}

@@ -41,6 +41,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 		ex.reverseProxy(w, r)
 		return
 	}
+	if r.ProtoMajor == 1 && !ri.Chain.EnableTrailers {
+		r.Trailer = nil // Envoy's HTTP/1 codec drops them (enable_trailers)
+	}
 	h := r.Header
 	te := hasToken(h["Te"], "trailers")
 	removeHopByHop(h)
@@ -64,7 +67,14 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 	removeHopByHop(resp.Header)
 	ex.modifyResponse(resp)
 	takeHeader(w, resp.Header)
-	announced := len(resp.Trailer)
+	// Trailers come back unless an HTTP/1 codec on the way drops them:
+	// the caller's (the HCM's enable_trailers) or the upstream's (the
+	// cluster's, RoundTrip).
+	trailers := !ex.dropTrailers && (r.ProtoMajor != 1 || ri.Chain.EnableTrailers)
+	announced := 0
+	if trailers {
+		announced = len(resp.Trailer)
+	}
 	if announced > 0 {
 		keys := make([]string, 0, announced)
 		for k := range resp.Trailer {
@@ -80,7 +90,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 		panic(http.ErrAbortHandler)
 	}
 	resp.Body.Close() // now: the trailers are in once the body is read
-	if len(resp.Trailer) == 0 {
+	if !trailers || len(resp.Trailer) == 0 {
 		return
 	}
 	if len(resp.Trailer) == announced {
@@ -625,6 +635,9 @@ type exchange struct {
 	retryHeld bool
 	acancel   context.CancelFunc
 	respBody  exchangeBody
+	// dropTrailers: the cluster's HTTP/1.1 codec drops trailers both ways
+	// (its enable_trailers is off).
+	dropTrailers bool
 }
 
 // RoundTrip picks the route's cluster once, then makes attempts (with a
@@ -645,6 +658,11 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, &localReplyError{http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"}
 	}
 	ex.br = br
+	if c.HTTP != HTTP2 && !c.EnableTrailers {
+		// An HTTP/1.1 upstream's codec, as Envoy's, neither writes
+		// trailers nor reads them unless the cluster enables them.
+		req.Trailer, ex.dropTrailers = nil, true
+	}
 	var pol retryPolicy
 	if rt.Retry != nil {
 		pol = *rt.Retry
