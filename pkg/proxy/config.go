@@ -437,6 +437,18 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		if tc := lf.GetTypedConfig(); tc != nil && !tc.MessageIs(&tlsinspector.TlsInspector{}) || tc == nil && lf.GetName() != wellknown.TlsInspector {
 			return nil, fmt.Errorf("listener %q: listener filter %q (%s) is not supported by the built-in proxy", l.Name, lf.GetName(), lf.GetTypedConfig().GetTypeUrl())
 		}
+		if err := onlyFields(lf, "name", "typed_config"); err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		if tc := lf.GetTypedConfig(); tc != nil {
+			ti := &tlsinspector.TlsInspector{}
+			if err := tc.UnmarshalTo(ti); err != nil {
+				return nil, fmt.Errorf("listener %q: tls_inspector: %w", l.Name, err)
+			}
+			if err := unsupportedFields(ti, "tls_inspector"); err != nil {
+				return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+			}
+		}
 	}
 	origDst := l.GetUseOriginalDst().GetValue()
 	if l.GetDefaultFilterChain() != nil && !origDst {

@@ -17,6 +17,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"go.uber.org/zap/zaptest"
@@ -269,6 +270,18 @@ func TestTranslateListenerRefusals(t *testing.T) {
 			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.http_inspector"}}
 			return l
 		}(), "listener filter \"envoy.filters.listener.http_inspector\""},
+		{func() *listener.Listener {
+			l := outboundListener(t, "127.0.0.1", 0)
+			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{
+				TypedConfig: xds.MustAny(&tlsinspector.TlsInspector{EnableJa3Fingerprinting: wrapperspb.Bool(true)})}}}
+			return l
+		}(), "tls_inspector.enable_ja3_fingerprinting"},
+		{func() *listener.Listener {
+			l := outboundListener(t, "127.0.0.1", 0)
+			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector", FilterDisabled: &listener.ListenerFilterChainMatchPredicate{
+				Rule: &listener.ListenerFilterChainMatchPredicate_AnyMatch{AnyMatch: true}}}}
+			return l
+		}(), "ListenerFilter.filter_disabled"},
 		{func() *listener.Listener {
 			l := outboundListener(t, "127.0.0.1", 0)
 			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1)
