@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -82,10 +83,14 @@ func plainBackend(b *testing.B) string {
 	return ln.Addr().String()
 }
 
+// pairParallelism is how many client goroutines per processor the
+// sidecar pair benchmarks run (each holds its own keep-alive connection).
+var pairParallelism = flag.Int("pair-parallelism", 8, "client goroutines per processor in BenchmarkHTTPSidecarPair")
+
 // loadPair runs the benchmark's keep-alive GETs of url, in parallel.
 func loadPair(b *testing.B, url string) {
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
-	b.SetParallelism(8)
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}}
+	b.SetParallelism(*pairParallelism)
 	b.ResetTimer()
 	cpu0 := processCPU()
 	defer func() { b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op") }()
