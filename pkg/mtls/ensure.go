@@ -175,7 +175,11 @@ func (a *Authority) createRoot(ctx context.Context, mesh string, now time.Time, 
 // Plan decides what brings one mesh's zone CAs (by zone) in line with zones
 // at now, and says what it did in words: the puts carry the versions they
 // were decided from, so storing them is conditional on nothing having
-// changed meanwhile. Nothing to do is no puts and no deletes.
+// changed meanwhile. Nothing to do is no puts and no deletes. A new zone CA
+// is stored unconditionally, but always with the root that records it, on
+// the root's version: root and zcas must come from one state of the store
+// (a store.Mirror's View), or a root that records a CA zcas lacks would
+// have it issued again over the first.
 func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
 	rootCert, _, err := parseCA(root.CertPEM, "")
 	if err != nil {
@@ -206,14 +210,6 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 			verb string
 		)
 		switch {
-		case z == nil && issuedLately(next, zone, now):
-			// The root records a CA it issued to the zone a moment ago
-			// that the view does not hold. A mirror publishes whole
-			// transactions, but its first view comes from one list per
-			// type, and a write may fall between the root's list and
-			// the zone CAs'. The next view has the CA; issuing again
-			// would replace it.
-			continue
 		case z == nil:
 			ca, recs, err = NewZoneCA(next, zone, now)
 			verb = "issued zone %s its CA (serial %s)"
@@ -251,20 +247,6 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 		puts = append([]api.Resource{next}, puts...)
 	}
 	return puts, deletes, what, nil
-}
-
-// inFlight is how long a zone CA the root records may be missing from the
-// view before it counts as gone (issuedLately).
-const inFlight = time.Minute
-
-// issuedLately says whether root records an unrevoked intermediate issued
-// to zone within inFlight of now (issued IntermediateTTL before it ends: one
-// the root's own end cut short counts as older, and is issued again).
-func issuedLately(root *api.MeshCA, zone string, now time.Time) bool {
-	return slices.ContainsFunc(root.Intermediates, func(in api.Intermediate) bool {
-		issued := in.NotAfter.Add(-IntermediateTTL)
-		return in.Zone == zone && !in.Revoked() && issued.After(now.Add(-inFlight)) && !issued.After(now.Add(inFlight))
-	})
 }
 
 // ErrNoZoneCA is a rotation asked of a zone that has no CA in the mesh.

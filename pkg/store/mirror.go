@@ -139,12 +139,16 @@ type Mirror struct {
 
 	// work is the state after every event applied so far; dirty are the
 	// types changed since the last published View; open is set while work
-	// holds part of a transaction, when no View may be cut from it.
-	// Guarded by wmu.
+	// holds part of a transaction, when no View may be cut from it, and
+	// owed when a cut was refused for that (the transaction's end cuts at
+	// once: waiting for the publisher again could find the next one open,
+	// and so on for as long as transactions come back to back). Guarded by
+	// wmu.
 	wmu   sync.Mutex
 	work  map[string]map[api.Key]api.Resource
 	dirty map[string]bool
 	open  bool
+	owed  bool
 	rev   int64
 	kick  chan struct{}
 }
@@ -217,7 +221,7 @@ func (m *Mirror) follow(ctx context.Context, b *backoff.ExponentialBackOff) erro
 		rev = max(rev, res.Revision)
 	}
 	m.wmu.Lock()
-	m.work, m.rev, m.dirty, m.open = work, rev, map[string]bool{}, false
+	m.work, m.rev, m.dirty, m.open, m.owed = work, rev, map[string]bool{}, false, false
 	for _, t := range m.types {
 		m.dirty[t] = true
 	}
@@ -227,9 +231,11 @@ func (m *Mirror) follow(ctx context.Context, b *backoff.ExponentialBackOff) erro
 	return m.st.Watch(ctx, since, func(e Event) error {
 		typ := e.Resource.GetMeta().Type
 		m.wmu.Lock()
-		// A transaction's last change ends it even when it is one this
-		// mirror skips (a type it does not follow, or one listed after it).
+		// A transaction's last change ends it, and the View is the
+		// store's as of it, even when it is a change this mirror skips (a
+		// type it does not follow, or one listed after it).
 		m.open = e.More
+		m.rev = max(m.rev, e.Revision)
 		if lr, ok := listed[typ]; ok && e.Revision > lr {
 			if e.Op == OpDelete {
 				delete(m.work[typ], api.KeyOf(e.Resource))
@@ -237,9 +243,12 @@ func (m *Mirror) follow(ctx context.Context, b *backoff.ExponentialBackOff) erro
 				m.work[typ][api.KeyOf(e.Resource)] = e.Resource
 			}
 			m.dirty[typ] = true
-			m.rev = e.Revision
 		}
 		kick := !m.open && len(m.dirty) > 0
+		if kick && m.owed {
+			m.cutLocked()
+			kick = false
+		}
 		m.wmu.Unlock()
 		if kick {
 			select {
@@ -265,14 +274,24 @@ func (m *Mirror) publishLoop(ctx context.Context) {
 
 // cut publishes a View of the working copy, sharing the maps of the types
 // that did not change, unless it holds half a transaction (the event that
-// ends it kicks again). It holds wmu throughout, so cuts are serial and
+// ends it cuts then). It holds wmu throughout, so cuts are serial and
 // each starts from the View the previous one published.
 func (m *Mirror) cut() {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	if len(m.dirty) == 0 || m.open {
+	m.cutLocked()
+}
+
+// cutLocked is cut, its caller holding wmu.
+func (m *Mirror) cutLocked() {
+	if len(m.dirty) == 0 {
 		return
 	}
+	if m.open {
+		m.owed = true
+		return
+	}
+	m.owed = false
 	m.mu.Lock()
 	old := m.view
 	m.mu.Unlock()

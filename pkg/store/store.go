@@ -140,9 +140,11 @@ type Event struct {
 	// More is set on every change of a transaction but its last (an Apply
 	// of several changes, a Mesh deleted with what is in it): the store
 	// holds the state after an event without it, never the one between
-	// two of a transaction's events. A reader that must not act on half a
-	// transaction (a Mirror) waits for the event without it. A store
-	// whose writes are one change each (Kubernetes) never sets it.
+	// two of a transaction's events, and a List's Revision is always such
+	// a state. A reader that must not act on half a transaction (a Mirror)
+	// waits for the event without it, which Watch delivers whatever its
+	// type, as it delivers every change. A store whose writes are one
+	// change each (Kubernetes) never sets it.
 	More bool
 }
 

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 )
@@ -230,18 +228,6 @@ func testMeshDeleteCascades(t *testing.T, s store.Store, caps Capabilities) {
 		}
 	}
 	checkMore(t, caps, events, "a mesh's cascade")
-}
-
-// checkMore checks that events, one transaction's (in revision order),
-// mark its end: More on each but the last, when the store has
-// transactions; never, when it has not.
-func checkMore(t *testing.T, caps Capabilities, events []store.Event, what string) {
-	t.Helper()
-	for i, e := range events {
-		if want := caps.Transactions && i < len(events)-1; e.More != want {
-			t.Fatalf("%s: event %d of %d (%s %s) has More %v, want %v", what, i+1, len(events), e.Op, api.KeyOf(e.Resource), e.More, want)
-		}
-	}
 }
 
 // otherName is the name a case gives, in a second mesh, to what it names
@@ -762,79 +748,5 @@ func testPrivateTypes(t *testing.T, s store.Store, caps Capabilities) {
 	}
 	if _, err := s.Get(c, api.KeyOf(gs)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("get deleted global secret = %v, want ErrNotFound", err)
-	}
-}
-
-// testMirrorTransactions: a Mirror of the store never publishes a View
-// holding part of a transaction. A writer applies batches that set every
-// route to one weight (and, every other batch, adds or deletes one route,
-// so a batch of updates also crosses a Watch's page of events now and
-// then); every View published meanwhile must hold one weight throughout.
-// Without transactions, a View may hold any mix, and the case checks
-// only that a View holds the last batch, of fewer writes.
-func testMirrorTransactions(t *testing.T, s store.Store, caps Capabilities) {
-	routes, batches := 40, 100
-	if !caps.Transactions {
-		routes, batches = 10, 10 // a write per route, and only the end is checked
-	}
-	c := ctx(t)
-	MustCreate(t, s, Mesh("m"))
-	m := store.NewMirror(s, []string{"Mesh", "TrafficRoute"}, zap.NewNop())
-	mc, stop := context.WithCancel(c)
-	var wg sync.WaitGroup
-	wg.Go(func() { m.Start(mc) })
-	defer func() { stop(); wg.Wait() }()
-	<-m.Ready()
-	batch := func(w int) []api.Resource {
-		var rs []api.Resource
-		for i := range routes + w%2 {
-			rs = append(rs, Route("m", fmt.Sprintf("r%02d", i), w, nil))
-		}
-		return rs
-	}
-	written := make(chan error, 1)
-	go func() {
-		for w := 1; w <= batches; w++ {
-			var del []api.Key
-			if w%2 == 0 {
-				del = []api.Key{{Type: "TrafficRoute", Mesh: "m", Name: fmt.Sprintf("r%02d", routes)}}
-			}
-			if _, err := s.Apply(c, batch(w), del); err != nil {
-				written <- err
-				return
-			}
-		}
-		written <- nil
-	}()
-	views, mixed := 0, 0
-	for {
-		v, changed := m.Current()
-		rs, err := store.All[*api.TrafficRoute](v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		weights := map[int]int{}
-		for _, r := range rs {
-			weights[weight(r)]++
-		}
-		views++
-		if len(weights) > 1 || len(rs) > 0 && len(rs) != routes+weight(rs[0])%2 {
-			if caps.Transactions {
-				t.Fatalf("view at revision %d holds part of a transaction: %d routes, weights %v", v.Revision, len(rs), weights)
-			}
-			mixed++
-		}
-		if len(rs) == routes && weights[batches] == routes {
-			t.Logf("%d views, %d of them mixed", views, mixed)
-			break
-		}
-		select {
-		case <-changed:
-		case <-c.Done():
-			t.Fatalf("the mirror never held the last batch: %d routes, weights %v", len(rs), weights)
-		}
-	}
-	if err := <-written; err != nil {
-		t.Fatal(err)
 	}
 }
