@@ -445,7 +445,13 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 			if err := tc.UnmarshalTo(ti); err != nil {
 				return nil, fmt.Errorf("listener %q: tls_inspector: %w", l.Name, err)
 			}
-			if err := unsupportedFields(ti, "tls_inspector"); err != nil {
+			// Fingerprints are for logs and matches the proxy does not
+			// make: off is what it does. The read buffer's size is a hint
+			// (it reads a ClientHello whole, whatever its size).
+			if ti.GetEnableJa3Fingerprinting().GetValue() || ti.GetEnableJa4Fingerprinting().GetValue() {
+				return nil, fmt.Errorf("listener %q: tls_inspector fingerprinting is not supported by the built-in proxy", l.Name)
+			}
+			if err := unsupportedFields(ti, "tls_inspector", "enable_ja3_fingerprinting", "enable_ja4_fingerprinting", "initial_read_buffer_size"); err != nil {
 				return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 			}
 		}

@@ -154,14 +154,15 @@ func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 // headBound is how much more of a connection its reader may read for the
 // next request's head before it stops (431): the bound of the chain of
 // listener name (for dst) on a head, less what br holds already, and a
-// read past the head's end.
-func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) int64 {
+// read past the head's end; and whether the chain takes trailers
+// (enable_trailers).
+func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) (bound int64, trailers bool) {
 	c := chainNow(p.cfg.Load(), name, dst)
 	if c == nil {
 		c = &HTTPChain{} // Envoy's defaults (serveHTTP answers 503)
 	}
 	size, _ := c.headerLimits()
-	return int64(size - br.Buffered() + br.Size())
+	return int64(size - br.Buffered() + br.Size()), c.EnableTrailers
 }
 
 // rawReply answers a request the connection's reader could not take (a
@@ -327,7 +328,8 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			idleUntil = now.Add(h1IdleTimeout)
 			c.SetReadDeadline(idleUntil)
 		}
-		src.limit = p.headBound(name, dst, br)
+		var trailers bool
+		src.limit, trailers = p.headBound(name, dst, br)
 		start := src.at(br)
 		req, trailer, err := readRequest(ctx, br, meta.scratch)
 		tooLarge := src.limit <= 0
@@ -367,7 +369,12 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			// a stalled one), as through Envoy. The next wait sets its own.
 			c.SetReadDeadline(time.Time{})
 			idleUntil = time.Time{}
-			body = &h1ReqBody{src: req.Body, trailer: trailer, announced: slices.Collect(maps.Keys(req.Trailer))}
+			body = &h1ReqBody{src: req.Body, trailer: trailer, announced: slices.Collect(maps.Keys(req.Trailer)), all: trailers}
+			if trailers && trailer != nil {
+				// The HCM takes trailers: all of them go on, announced or
+				// not, as Envoy's HTTP/1 codec parses every one then.
+				req.Trailer = trailer
+			}
 			if !upgrade {
 				body.onEOF = func() { startWatch(g) }
 			}
@@ -459,9 +466,11 @@ type h1ReqBody struct {
 	onEOF func()
 	// trailer is where net/http's chunked reader puts the trailers it
 	// finds at the body's end; announced are the names the request's
-	// Trailer header announced, the only ones that go on.
+	// Trailer header announced, the only ones that go on unless all (the
+	// HCM's enable_trailers, when every one does).
 	trailer   http.Header
 	announced []string
+	all       bool
 }
 
 // errBadTrailer is a chunked body's trailer field whose name is not a
@@ -481,7 +490,7 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 			if !httpguts.ValidHeaderFieldName(k) {
 				return n, fmt.Errorf("%w %q", errBadTrailer, k)
 			}
-			if !slices.Contains(b.announced, k) {
+			if !b.all && !slices.Contains(b.announced, k) {
 				// net/http's reader keeps every trailer; a writer sends
 				// every one it finds.
 				delete(b.trailer, k)
@@ -571,6 +580,9 @@ type h1Writer struct {
 	closeAfter  bool
 	hijacked    bool
 	err         error
+	// http10: the status line says HTTP/1.0 (an HTTP/1.0 request its
+	// HCM accepts); HTTP/1.1 otherwise.
+	http10 bool
 }
 
 func (w *h1Writer) reset(req *http.Request) {
@@ -669,7 +681,11 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 }
 
 func (w *h1Writer) writeStatusLine(code int) {
-	w.bw.WriteString("HTTP/1.1 ")
+	if w.http10 {
+		w.bw.WriteString("HTTP/1.0 ")
+	} else {
+		w.bw.WriteString("HTTP/1.1 ")
+	}
 	w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(code), 10))
 	w.bw.WriteByte(' ')
 	if text := http.StatusText(code); text != "" {

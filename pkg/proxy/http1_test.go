@@ -372,18 +372,21 @@ func TestHTTP10(t *testing.T) {
 
 	refusing := serve(func(h *hcm.HttpConnectionManager) { h.HttpProtocolOptions = nil })
 	resp, body, closed := ask(refusing, "GET / HTTP/1.0\r\nHost: svc\r\n\r\n")
-	if resp.StatusCode != http.StatusUpgradeRequired || body != "" || !closed || hits.Load() != 0 {
-		t.Fatalf("HTTP/1.0 not accepted: %d %q closed=%t, %d backend calls", resp.StatusCode, body, closed, hits.Load())
+	if resp.StatusCode != http.StatusUpgradeRequired || resp.Proto != "HTTP/1.1" || body != "Upgrade Required" || !closed || hits.Load() != 0 {
+		t.Fatalf("HTTP/1.0 not accepted: %s %d %q closed=%t, %d backend calls", resp.Proto, resp.StatusCode, body, closed, hits.Load())
 	}
-	if resp, body, _ := ask(refusing, "GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"); resp.StatusCode != 200 || body != "part0;part1;part2;host=svc" {
-		t.Fatalf("HTTP/1.1 where HTTP/1.0 is not accepted: %d %q", resp.StatusCode, body)
+	if resp, body, _ := ask(refusing, "GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"); resp.StatusCode != 200 || resp.Proto != "HTTP/1.1" || body != "part0;part1;part2;host=svc" {
+		t.Fatalf("HTTP/1.1 where HTTP/1.0 is not accepted: %s %d %q", resp.Proto, resp.StatusCode, body)
 	}
 
 	accepting := serve(func(h *hcm.HttpConnectionManager) {
 		h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true}
 	})
-	if resp, body, closed := ask(accepting, "GET / HTTP/1.0\r\nHost: svc\r\n\r\n"); resp.StatusCode != 200 || body != "part0;part1;part2;host=svc" || !resp.Close || !closed {
-		t.Fatalf("HTTP/1.0 accepted: %d %q close=%t closed=%t", resp.StatusCode, body, resp.Close, closed)
+	if resp, body, closed := ask(accepting, "GET / HTTP/1.0\r\nHost: svc\r\n\r\n"); resp.StatusCode != 200 || resp.Proto != "HTTP/1.0" || body != "part0;part1;part2;host=svc" || !resp.Close || !closed {
+		t.Fatalf("HTTP/1.0 accepted: %s %d %q close=%t closed=%t", resp.Proto, resp.StatusCode, body, resp.Close, closed)
+	}
+	if resp, body, _ := ask(accepting, "GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"); resp.StatusCode != 200 || resp.Proto != "HTTP/1.1" || body != "part0;part1;part2;host=svc" {
+		t.Fatalf("HTTP/1.1 where HTTP/1.0 is accepted: %s %d %q", resp.Proto, resp.StatusCode, body)
 	}
 	hits.Store(0)
 	if resp, _, closed := ask(accepting, "GET / HTTP/1.0\r\n\r\n"); resp.StatusCode != http.StatusBadRequest || !closed || hits.Load() != 0 {

@@ -468,13 +468,14 @@ func (b *fixedBody) Close() error { return nil }
 // line, Host, the header (hop-by-hop fields already gone) and body (nil:
 // none; req.Body is not read), framed by req.ContentLength, or chunked
 // when it is unknown. A request this does not write
-// (trailers, CONNECT, an invalid host) goes through net/http's writer.
+// (trailers, announced or to come, CONNECT, an invalid host) goes
+// through net/http's writer.
 func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser) (err error) {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
-	if len(req.Trailer) > 0 || req.Method == http.MethodConnect || req.URL.Opaque != "" || !httpguts.ValidHostHeader(host) {
+	if req.Trailer != nil || req.Method == http.MethodConnect || req.URL.Opaque != "" || !httpguts.ValidHostHeader(host) {
 		out := *req
 		out.Close = false
 		if body == nil {

@@ -363,7 +363,7 @@ func BenchmarkHeaderBounds(b *testing.B) {
 	resp := http.Header{"Content-Type": {"text/plain"}, "Content-Length": {"128"}, "Date": {"Sun, 06 Dec 2026 21:42:17 GMT"}}
 	b.ReportAllocs()
 	for b.Loop() {
-		p.headBound("out", netip.AddrPort{}, br)
+		_, _ = p.headBound("out", netip.AddrPort{}, br)
 		if large, many := chain.headerTooLarge(r, 180); large || many {
 			b.Fatal("a small head past the bounds")
 		}
@@ -378,12 +378,15 @@ func BenchmarkHeaderBounds(b *testing.B) {
 
 // TestH1Trailers: trailers cross an HTTP/1 codec only where Envoy's
 // would carry them. Envoy's HTTP/1 codec drops them unless its
-// enable_trailers is set: the HCM's for the caller's side, the cluster's
-// for an HTTP/1.1 upstream's (an HTTP/2 upstream carries them always).
-// Where both let them through, a chunked request's trailers go on when
-// its Trailer header announced them, those it did not announce do not,
-// on a retry either (its body is replayed whole, the trailers with it);
-// and the upstream's response trailers come back.
+// enable_trailers is set, and then parses every one, announced or not:
+// the HCM's for an HTTP/1 caller, the cluster's for an HTTP/1.1 upstream.
+// HTTP/2 carries them always. Each case sends two trailers, X-T announced
+// in a Trailer header or not and X-U never; the backend answers with the
+// trailers it got and a trailer of its own, X-R, which the caller gets
+// back where the codecs on the way carry it. Retries replay the body
+// with its trailers. Go's HTTP/2 server (the proxy's, and the backend's)
+// keeps only the trailers a request declared when it began: where that
+// decides, the expectations say so.
 func TestH1Trailers(t *testing.T) {
 	var mu sync.Mutex
 	attempts := map[string]int{}
@@ -414,7 +417,7 @@ func TestH1Trailers(t *testing.T) {
 	retried := toCluster("app")
 	retried.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(1)}
 	for _, up := range []string{"h1", "h1+trailers", "h2"} {
-		for _, down := range []bool{false, true} {
+		for _, down := range []string{"h1", "h1+trailers", "h2c"} {
 			p := newProxy(t)
 			c := staticHTTPCluster("app", up == "h2", app)
 			if up == "h1+trailers" {
@@ -424,34 +427,96 @@ func TestH1Trailers(t *testing.T) {
 			}
 			rc := routeConfig("outbound:svc", routeTo("default", nil, retried))
 			l := withHCM(t, outboundHTTPListener("outbound:svc", rc.GetName()), func(h *hcm.HttpConnectionManager) {
-				h.HttpProtocolOptions = &core.Http1ProtocolOptions{EnableTrailers: down}
+				h.HttpProtocolOptions = &core.Http1ProtocolOptions{EnableTrailers: down == "h1+trailers"}
 			})
 			apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{c}, nil, rc)
 			addr := boundAddr(t, p, "outbound:svc")
-			through := down && up != "h1"
-			for _, tc := range []struct{ path, trailer, want string }{
-				{"/a", "X-T", "X-T=1"},
-				{"/u", "", ""},
-				{"/retry-a", "X-T", "X-T=1"},
-				{"/retry-u", "", ""},
-			} {
-				announce := ""
-				if tc.trailer != "" {
-					announce = "Trailer: " + tc.trailer + "\r\n"
+			for _, path := range []string{"/a", "/u", "/retry-a", "/retry-u"} {
+				announced, retry := strings.HasSuffix(path, "a"), strings.HasPrefix(path, "/retry")
+				// What the proxy holds of the caller's trailers: all from
+				// an HTTP/1 caller whose HCM takes them, the announced ones
+				// from an HTTP/2 caller (Go's HTTP/2 server keeps no
+				// other), none otherwise.
+				var held []string
+				switch {
+				case down == "h1+trailers":
+					held = []string{"X-T=1", "X-U=secret"}
+				case down == "h2c" && announced:
+					held = []string{"X-T=1"}
 				}
-				want, wantBack := tc.want, "2"
-				if !through {
-					want, wantBack = "", ""
+				// What of it reaches the backend: nothing past an HTTP/1.1
+				// cluster without enable_trailers, all past one with it;
+				// through HTTP/2, what the request declared when it began
+				// (Go's HTTP/2 server again): from an HTTP/1 caller, the
+				// announced ones on a first attempt, all it holds on a
+				// retry (the body, trailers and all, is in by then).
+				got := held
+				switch {
+				case up == "h1":
+					got = nil
+				case up == "h2" && down == "h1+trailers" && !retry && announced:
+					got = []string{"X-T=1"}
+				case up == "h2" && down == "h1+trailers" && !retry:
+					got = nil
 				}
-				rc := dialRaw(t, addr)
-				host := fmt.Sprintf("%s-%t", up, down) // each case's own retries
-				rc.send("POST " + tc.path + " HTTP/1.1\r\nHost: " + host + "\r\n" + announce + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\nX-U: secret\r\n\r\n")
-				resp, body := rc.response(http.MethodPost)
+				want, wantBack := strings.Join(got, ","), ""
+				if down != "h1" && up != "h1" {
+					wantBack = "2"
+				}
+				host := up + "-" + down // each case's own retries
+				var resp *http.Response
+				var body string
+				if down == "h2c" {
+					req, _ := http.NewRequest(http.MethodPost, "http://"+addr+path, nil)
+					req.Host = host
+					req.Trailer = http.Header{}
+					if announced {
+						req.Trailer["X-T"] = nil
+					}
+					req.Body = &trailingBody{r: strings.NewReader("abc"), set: func() {
+						req.Trailer.Set("X-T", "1")
+						req.Trailer.Set("X-U", "secret")
+					}}
+					req.ContentLength = -1
+					var err error
+					if resp, err = h2cClient().Do(req); err != nil {
+						t.Fatalf("%s → %s %s: %v", down, up, path, err)
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					body = string(b)
+				} else {
+					announce := ""
+					if announced {
+						announce = "Trailer: X-T\r\n"
+					}
+					rc := dialRaw(t, addr)
+					rc.send("POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\n" + announce + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\nX-U: secret\r\n\r\n")
+					resp, body = rc.response(http.MethodPost)
+				}
 				if got, back := resp.Header.Get("X-Got-Trailers"), resp.Trailer.Get("X-R"); resp.StatusCode != http.StatusOK || body != "body" || got != want || back != wantBack {
-					t.Errorf("upstream %s, HCM enable_trailers %t, %s: %d %q, the upstream got trailers %q, want %q; the caller got X-R %q, want %q",
-						up, down, tc.path, resp.StatusCode, body, got, want, back, wantBack)
+					t.Errorf("caller %s, upstream %s, %s: %d %q, the upstream got trailers %q, want %q; the caller got X-R %q, want %q",
+						down, up, path, resp.StatusCode, body, got, want, back, wantBack)
 				}
 			}
 		}
 	}
 }
+
+// trailingBody is a request body that sets its request's trailers when
+// it ends, as a streaming client does.
+type trailingBody struct {
+	r   io.Reader
+	set func()
+}
+
+func (b *trailingBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF && b.set != nil {
+		b.set()
+		b.set = nil
+	}
+	return n, err
+}
+
+func (b *trailingBody) Close() error { return nil }

@@ -328,9 +328,13 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		// As Envoy's HCM takes HTTP/1.0: refused unless accepted, then
 		// given the default host when it names none.
 		if !chain.AcceptHTTP10 {
+			// Envoy's codec refuses it: a protocol error (DPE).
 			cw.Header().Set("Connection", "close")
-			p.localReply(cw, r, ri, http.StatusUpgradeRequired, "", "")
+			p.localReply(cw, r, ri, http.StatusUpgradeRequired, "DPE", "Upgrade Required")
 			return
+		}
+		if hw, ok := w.(*h1Writer); ok {
+			hw.http10 = true // answered in kind, as Envoy's codec does then
 		}
 		if r.Host == "" && chain.DefaultHostHTTP10 != "" {
 			r.Host, ri.Authority = chain.DefaultHostHTTP10, chain.DefaultHostHTTP10

@@ -251,6 +251,18 @@ func roundTrip(t *testing.T, addr string) string {
 	return strings.TrimSuffix(line, "\n")
 }
 
+// TestTLSInspectorSettings: the TLS inspector's settings that change
+// nothing the proxy does (fingerprints off, a read buffer's size) are
+// taken; fingerprints on are refused (TestTranslateListenerRefusals).
+func TestTLSInspectorSettings(t *testing.T) {
+	l := outboundListener(t, "127.0.0.1", 0)
+	l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{
+		TypedConfig: xds.MustAny(&tlsinspector.TlsInspector{EnableJa3Fingerprinting: wrapperspb.Bool(false), InitialReadBufferSize: wrapperspb.UInt32(1024)})}}}
+	if _, err := translate([]*listener.Listener{l}, nil, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestTranslateListenerRefusals: what a listener, its filter chains, its
 // downstream TLS or its tcp_proxy set that the proxy does not do is
 // NACKed with its name (these were ignored).
@@ -275,7 +287,7 @@ func TestTranslateListenerRefusals(t *testing.T) {
 			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{
 				TypedConfig: xds.MustAny(&tlsinspector.TlsInspector{EnableJa3Fingerprinting: wrapperspb.Bool(true)})}}}
 			return l
-		}(), "tls_inspector.enable_ja3_fingerprinting"},
+		}(), "tls_inspector fingerprinting"},
 		{func() *listener.Listener {
 			l := outboundListener(t, "127.0.0.1", 0)
 			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector", FilterDisabled: &listener.ListenerFilterChainMatchPredicate{
