@@ -427,6 +427,11 @@ func FuzzH1Serve(f *testing.F) {
 		// TestHTTPHeaderLimits).
 		"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-U : 1\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: svc\r\n" + strings.Repeat("X-N: 1\r\n", 101) + "\r\n",
+		// HTTP/1.0 (taken, with a default host) and every trailer going on
+		// (TestHTTP10, TestH1Trailers).
+		"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\nHost: svc\r\n\r\n",
+		"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+		"POST /x HTTP/1.1\r\nHost: svc\r\nTrailer: X-T\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -437,7 +442,10 @@ func FuzzH1Serve(f *testing.F) {
 	}
 	f.Cleanup(p.Close)
 	rc := routeConfig("outbound:svc", routeTo("default", nil, toCluster("app")))
-	apply(f, p, nil, nil, []*listener.Listener{outboundHTTPListener("outbound:svc", rc.GetName())}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, rc)
+	l := withHCM(f, outboundHTTPListener("outbound:svc", rc.GetName()), func(h *hcm.HttpConnectionManager) {
+		h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, DefaultHostForHttp_10: "svc", EnableTrailers: true}
+	})
+	apply(f, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, rc)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		f.Fatal(err)
