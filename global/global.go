@@ -204,13 +204,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 }
 
 // mirroredTypes are the types the global's mirror follows: GlobalSecret so
-// that a rotated user-token key is unpublished at once. Sorted, which the
-// mesh CA authority relies on: the mirror lists them in this order, and a
-// write between two of its first lists shows only in the later type's, so
-// MeshCA listed before ZoneCA means a first view may show a zone CA the
-// root does not record yet (renewing it, conditional on the root's version,
-// conflicts), never the root's record of a zone CA the view lacks (issuing
-// it again, which nothing would stop: mtls.Plan).
+// that a rotated user-token key is unpublished at once.
 func mirroredTypes() []string {
 	set := map[string]bool{"Mesh": true, "MeshCA": true, "ZoneCA": true, "Zone": true, "GlobalSecret": true}
 	for _, d := range kds.GlobalToZoneTypes() {

@@ -178,8 +178,8 @@ func (a *Authority) createRoot(ctx context.Context, mesh string, now time.Time, 
 // changed meanwhile. Nothing to do is no puts and no deletes. A new zone CA
 // is stored unconditionally, but always with the root that records it, on
 // the root's version: root and zcas must come from one state of the store
-// (a store.Mirror's View), or a root that records a CA zcas lacks would
-// have it issued again over the first.
+// (a store.Mirror's View of a store with transactions), or a root that
+// records a CA zcas lacks would have it issued again over the first.
 func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
 	rootCert, _, err := parseCA(root.CertPEM, "")
 	if err != nil {

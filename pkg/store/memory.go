@@ -188,19 +188,49 @@ func (m *Memory) List(ctx context.Context, opts ListOptions) (ListResult, error)
 		return ListResult{}, err
 	}
 	m.mu.RLock()
+	res := m.listLocked(opts)
+	m.mu.RUnlock()
+	return res.sortedCopy(), nil
+}
+
+// ListTypes implements Snapshotter.
+func (m *Memory) ListTypes(ctx context.Context, types []string) ([]ListResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]ListResult, len(types))
+	m.mu.RLock()
+	for i, t := range types {
+		out[i] = m.listLocked(ListOptions{Type: t})
+	}
+	m.mu.RUnlock()
+	for i := range out {
+		out[i] = out[i].sortedCopy()
+	}
+	return out, nil
+}
+
+// listLocked is what List returns, not yet sorted or copied; the caller
+// holds mu for reading.
+func (m *Memory) listLocked(opts ListOptions) ListResult {
 	var matched []api.Resource
 	for k, r := range m.items {
 		if k.Type == opts.Type && opts.Matches(r) {
 			matched = append(matched, r)
 		}
 	}
-	rev := m.rev
-	m.mu.RUnlock()
-	slices.SortFunc(matched, func(a, b api.Resource) int { return compareKeys(api.KeyOf(a), api.KeyOf(b)) })
-	for i, r := range matched {
-		matched[i] = Clone(r)
+	return ListResult{Items: matched, Revision: m.rev}
+}
+
+// sortedCopy is res in List's order, with copies of its items (the
+// caller's own). The stored items are never modified, so this needs no
+// lock.
+func (res ListResult) sortedCopy() ListResult {
+	slices.SortFunc(res.Items, func(a, b api.Resource) int { return compareKeys(api.KeyOf(a), api.KeyOf(b)) })
+	for i, r := range res.Items {
+		res.Items[i] = Clone(r)
 	}
-	return ListResult{Items: matched, Revision: rev}, nil
+	return res
 }
 
 // Watch implements Store.

@@ -74,6 +74,16 @@ func (s *instrumented) List(ctx context.Context, opts ListOptions) (out ListResu
 	return s.Store.List(ctx, opts)
 }
 
+// ListTypes implements Snapshotter when the store it wraps does.
+func (s *instrumented) ListTypes(ctx context.Context, types []string) (out []ListResult, err error) {
+	sn, ok := s.Store.(Snapshotter)
+	if !ok {
+		return nil, errNoSnapshots
+	}
+	defer func(start time.Time) { s.observe("list", "types", start, err) }(time.Now())
+	return sn.ListTypes(ctx, types)
+}
+
 func (s *instrumented) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (n int, err error) {
 	defer func(start time.Time) { s.observe("apply", "batch", start, err) }(time.Now())
 	return s.Store.Apply(ctx, puts, deletes)

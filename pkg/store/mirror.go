@@ -123,9 +123,11 @@ func Get[T api.Resource](v *View, mesh, name string) (T, bool, error) {
 // updates a working copy, and a View is cut from it as soon as the last
 // one is published, copying only the types that changed. A View is never
 // cut in the middle of a transaction (Event.More): a reader sees all of a
-// transaction's changes or none. The first View after a listing is the
-// exception: it comes from one List per type, and a write between two of
-// them shows in the later type only, until its events arrive.
+// transaction's changes or none. So is the first View after a listing of
+// a store that lists its types as of one revision (a Snapshotter); of
+// another, the first View comes from one List per type, and a write
+// between two of them shows in the later type only until its events
+// arrive (such a store, Kubernetes, has no transactions either).
 type Mirror struct {
 	st    Store
 	types []string
@@ -205,11 +207,12 @@ func (m *Mirror) follow(ctx context.Context, b *backoff.ExponentialBackOff) erro
 	listed := map[string]int64{}
 	work := map[string]map[api.Key]api.Resource{}
 	since, rev := int64(-1), int64(0)
-	for _, t := range m.types {
-		res, err := m.st.List(ctx, ListOptions{Type: t})
-		if err != nil {
-			return err
-		}
+	lists, _, err := ListTypes(ctx, m.st, m.types)
+	if err != nil {
+		return err
+	}
+	for i, t := range m.types {
+		res := lists[i]
 		items := make(map[api.Key]api.Resource, len(res.Items))
 		for _, r := range res.Items {
 			items[api.KeyOf(r)] = r

@@ -79,6 +79,39 @@ type Store interface {
 	Watch(ctx context.Context, since int64, fn func(Event) error) error
 }
 
+// Snapshotter is a Store that lists several types as of one revision:
+// what one transaction wrote shows in all of them or in none. The memory
+// and PostgreSQL stores are; a store whose writes are one change each
+// (Kubernetes) need not be.
+type Snapshotter interface {
+	// ListTypes lists every resource of each of types, one ListResult per
+	// type in that order, all with the same Revision.
+	ListTypes(ctx context.Context, types []string) ([]ListResult, error)
+}
+
+// ListTypes lists every resource of each of types: as of one revision when
+// st is a Snapshotter (whole says so), else one List after another.
+func ListTypes(ctx context.Context, st Store, types []string) (res []ListResult, whole bool, err error) {
+	if sn, ok := st.(Snapshotter); ok {
+		res, err := sn.ListTypes(ctx, types)
+		if !errors.Is(err, errNoSnapshots) {
+			return res, err == nil, err
+		}
+	}
+	for _, t := range types {
+		r, err := st.List(ctx, ListOptions{Type: t})
+		if err != nil {
+			return nil, false, err
+		}
+		res = append(res, r)
+	}
+	return res, false, nil
+}
+
+// errNoSnapshots is a wrapper's ListTypes over a store that is not a
+// Snapshotter: ListTypes lists one type after another instead.
+var errNoSnapshots = errors.New("store lists no snapshots")
+
 // ListOptions filters a List. Type is required.
 type ListOptions struct {
 	Type string

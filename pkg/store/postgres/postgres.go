@@ -362,36 +362,72 @@ func (s *Store) Get(ctx context.Context, key api.Key) (api.Resource, error) {
 // snapshot of the database.
 func (s *Store) List(ctx context.Context, opts store.ListOptions) (store.ListResult, error) {
 	var res store.ListResult
-	labels := opts.Labels
-	if labels == nil {
-		labels = map[string]string{}
-	}
-	lb, _ := json.Marshal(labels)
-	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, `SELECT revision FROM ursa_revision`).Scan(&res.Revision); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `SELECT document FROM ursa_resources
-			WHERE type = $1 AND ($2 = '' OR mesh = $2) AND labels @> $3 ORDER BY mesh, name`, opts.Type, opts.Mesh, lb)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var doc []byte
-			if err := rows.Scan(&doc); err != nil {
-				return err
-			}
-			r, err := store.DecodeStored(opts.Type, doc)
-			if err != nil {
-				return err
-			}
-			res.Items = append(res.Items, r)
-		}
-		return rows.Err()
+	err := s.snapshot(ctx, func(tx pgx.Tx, rev int64) (err error) {
+		res, err = list(ctx, tx, rev, opts)
+		return err
 	})
 	if err != nil {
 		return store.ListResult{}, fmt.Errorf("list %s: %w", opts.Type, classify(err))
 	}
 	return res, nil
+}
+
+// ListTypes implements store.Snapshotter: every type's List in one
+// repeatable-read transaction.
+func (s *Store) ListTypes(ctx context.Context, types []string) ([]store.ListResult, error) {
+	out := make([]store.ListResult, len(types))
+	err := s.snapshot(ctx, func(tx pgx.Tx, rev int64) error {
+		for i, t := range types {
+			res, err := list(ctx, tx, rev, store.ListOptions{Type: t})
+			if err != nil {
+				return fmt.Errorf("%s: %w", t, err)
+			}
+			out[i] = res
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %d types: %w", len(types), classify(err))
+	}
+	return out, nil
+}
+
+// snapshot runs fn in a read-only repeatable-read transaction, with the
+// store revision its snapshot holds.
+func (s *Store) snapshot(ctx context.Context, fn func(tx pgx.Tx, rev int64) error) error {
+	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var rev int64
+		if err := tx.QueryRow(ctx, `SELECT revision FROM ursa_revision`).Scan(&rev); err != nil {
+			return err
+		}
+		return fn(tx, rev)
+	})
+}
+
+// list is List within tx, whose snapshot holds revision rev.
+func list(ctx context.Context, tx pgx.Tx, rev int64, opts store.ListOptions) (store.ListResult, error) {
+	res := store.ListResult{Revision: rev}
+	labels := opts.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	lb, _ := json.Marshal(labels)
+	rows, err := tx.Query(ctx, `SELECT document FROM ursa_resources
+		WHERE type = $1 AND ($2 = '' OR mesh = $2) AND labels @> $3 ORDER BY mesh, name`, opts.Type, opts.Mesh, lb)
+	if err != nil {
+		return res, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return res, err
+		}
+		r, err := store.DecodeStored(opts.Type, doc)
+		if err != nil {
+			return res, err
+		}
+		res.Items = append(res.Items, r)
+	}
+	return res, rows.Err()
 }

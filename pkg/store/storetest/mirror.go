@@ -99,3 +99,85 @@ func testMirrorTransactions(t *testing.T, s store.Store, caps Capabilities) {
 		t.Fatal(err)
 	}
 }
+
+// testListTypes: a store with transactions lists several types as of one
+// revision, and so a Mirror's first View holds whole transactions too. A
+// writer applies, again and again, a mesh labelled with a number and a
+// route weighted with the same one, in one transaction; every listing of
+// both types meanwhile, and the first View of each Mirror started
+// meanwhile, must agree on the number. A store without transactions lists
+// one type after another, and says so.
+func testListTypes(t *testing.T, s store.Store, caps Capabilities) {
+	c := ctx(t)
+	batches := 300
+	if !caps.Transactions {
+		batches = 10
+	}
+	pair := func(w int) []api.Resource {
+		m := Mesh("m")
+		m.Labels = map[string]string{"w": fmt.Sprint(w)}
+		return []api.Resource{m, Route("m", "r", w, nil)}
+	}
+	if _, err := s.Apply(c, pair(0), nil); err != nil {
+		t.Fatal(err)
+	}
+	types := []string{"Mesh", "TrafficRoute"}
+	// agree says whether a mesh's and a route's numbers match.
+	agree := func(meshes, routes []api.Resource) (string, bool) {
+		if len(meshes) != 1 || len(routes) != 1 {
+			return fmt.Sprintf("%d meshes, %d routes", len(meshes), len(routes)), false
+		}
+		w, r := meshes[0].GetMeta().Labels["w"], fmt.Sprint(weight(routes[0]))
+		return "mesh " + w + ", route " + r, w == r
+	}
+	done := make(chan error, 1)
+	go func() {
+		for w := 1; w <= batches; w++ {
+			if _, err := s.Apply(c, pair(w), nil); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	lists, views := 0, 0
+	for writing := true; writing; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			writing = false
+		default:
+		}
+		res, whole, err := store.ListTypes(c, s, types)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if whole != caps.Transactions {
+			t.Fatalf("ListTypes says whole=%v of a store with Transactions=%v", whole, caps.Transactions)
+		}
+		lists++
+		if got, ok := agree(res[0].Items, res[1].Items); !ok && caps.Transactions {
+			t.Fatalf("a listing of one revision (%d, %d) holds %s", res[0].Revision, res[1].Revision, got)
+		}
+		if lists%10 == 0 {
+			// A Mirror's first View, started in the middle of the writes.
+			m := store.NewMirror(s, types, zap.NewNop())
+			mc, stop := context.WithCancel(c)
+			var wg sync.WaitGroup
+			wg.Go(func() { m.Start(mc) })
+			<-m.Ready()
+			v, _ := m.Current()
+			stop()
+			wg.Wait()
+			meshes, _ := store.All[*api.Mesh](v)
+			routes, _ := store.All[*api.TrafficRoute](v)
+			views++
+			if got, ok := agree([]api.Resource{meshes[0]}, []api.Resource{routes[0]}); !ok && caps.Transactions {
+				t.Fatalf("a Mirror's first View holds %s", got)
+			}
+		}
+	}
+	t.Logf("%d listings, %d first Views", lists, views)
+}

@@ -40,8 +40,9 @@ type Capabilities struct {
 	// cascade over two meshes use distinct names.
 	NamesPerMesh bool
 	// Transactions: an Apply, and a Mesh's deletion with what is in it,
-	// is one transaction, whose changes but the last carry Event.More.
-	// Without it every change is its own (More is never set).
+	// is one transaction, whose changes but the last carry Event.More,
+	// and the store is a store.Snapshotter. Without it every change is
+	// its own (More is never set) and the store lists one type at a time.
 	Transactions bool
 }
 
@@ -75,6 +76,7 @@ func RunWith(t *testing.T, newStore Factory, caps Capabilities) {
 		{"NamesAcrossMeshes", testNamesAcrossMeshes},
 		{"PrivateTypes", testPrivateTypes},
 		{"MirrorSeesWholeTransactions", testMirrorTransactions},
+		{"ListTypesIsOneSnapshot", testListTypes},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t), caps) })
