@@ -404,6 +404,26 @@ func TestHTTP10(t *testing.T) {
 	}
 }
 
+// TestAbsoluteForm: a request in absolute form (as to a forward proxy) is
+// taken, as Envoy takes it by default (allow_absolute_url, here set to
+// true): its URL's host is its authority, and the upstream gets the path.
+func TestAbsoluteForm(t *testing.T) {
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", r.Host, r.RequestURI)
+	})
+	p := newProxy(t)
+	rc := routeConfig("outbound:svc", routeTo("default", nil, toCluster("app")))
+	l := withHCM(t, outboundHTTPListener("outbound:svc", rc.GetName()), func(h *hcm.HttpConnectionManager) {
+		h.HttpProtocolOptions = &core.Http1ProtocolOptions{AllowAbsoluteUrl: wrapperspb.Bool(true)}
+	})
+	apply(t, p, nil, nil, []*listener.Listener{l}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, rc)
+	c := dialRaw(t, boundAddr(t, p, "outbound:svc"))
+	c.send("GET http://billing.mesh/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+	if resp, body := c.response("GET"); resp.StatusCode != 200 || body != "billing.mesh /x?y=1" {
+		t.Fatalf("absolute form: %d %q", resp.StatusCode, body)
+	}
+}
+
 // FuzzH1Serve: whatever bytes a caller sends, the fast path answers or
 // closes, without a crash or a hang, and a well-formed request still gets
 // the backend's answer.

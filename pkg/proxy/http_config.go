@@ -298,8 +298,13 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		return nil, wrap(err)
 	}
 	if o := h.GetHttpProtocolOptions(); o != nil {
-		if err := unsupportedFields(o, "http_protocol_options", "accept_http_10", "default_host_for_http_10", "enable_trailers"); err != nil {
+		if err := unsupportedFields(o, "http_protocol_options", "accept_http_10", "default_host_for_http_10", "enable_trailers", "allow_absolute_url"); err != nil {
 			return nil, wrap(err)
+		}
+		if v := o.GetAllowAbsoluteUrl(); v != nil && !v.GetValue() {
+			// Envoy's default (true) is what the proxy does: a request in
+			// absolute form is taken, its URL's host as its authority.
+			return nil, wrap(errors.New("http_protocol_options.allow_absolute_url false is not supported by the built-in proxy"))
 		}
 		out.AcceptHTTP10, out.DefaultHostHTTP10, out.EnableTrailers = o.GetAcceptHttp_10(), o.GetDefaultHostForHttp_10(), o.GetEnableTrailers()
 		if out.DefaultHostHTTP10 != "" && !httpguts.ValidHostHeader(out.DefaultHostHTTP10) {

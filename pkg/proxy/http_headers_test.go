@@ -222,8 +222,11 @@ func TestHCMHeaderRefusals(t *testing.T) {
 			h.CommonHttpProtocolOptions = &core.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Minute)}
 		}, "common_http_protocol_options.idle_timeout"},
 		{func(h *hcm.HttpConnectionManager) {
-			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, AllowAbsoluteUrl: wrapperspb.Bool(true)}
-		}, "http_protocol_options.allow_absolute_url"},
+			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, AllowAbsoluteUrl: wrapperspb.Bool(false)}
+		}, "http_protocol_options.allow_absolute_url false"},
+		{func(h *hcm.HttpConnectionManager) {
+			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, HeaderKeyFormat: &core.Http1ProtocolOptions_HeaderKeyFormat{}}
+		}, "http_protocol_options.header_key_format"},
 		{func(h *hcm.HttpConnectionManager) {
 			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, DefaultHostForHttp_10: "a b"}
 		}, `default_host_for_http_10 "a b"`},
