@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"math"
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -154,15 +152,14 @@ func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 // headBound is how much more of a connection its reader may read for the
 // next request's head before it stops (431): the bound of the chain of
 // listener name (for dst) on a head, less what br holds already, and a
-// read past the head's end; and whether the chain takes trailers
-// (enable_trailers).
-func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) (bound int64, trailers bool) {
+// read past the head's end.
+func (p *Proxy) headBound(name string, dst netip.AddrPort, br *bufio.Reader) int64 {
 	c := chainNow(p.cfg.Load(), name, dst)
 	if c == nil {
 		c = &HTTPChain{} // Envoy's defaults (serveHTTP answers 503)
 	}
 	size, _ := c.headerLimits()
-	return int64(size - br.Buffered() + br.Size()), c.EnableTrailers
+	return int64(size - br.Buffered() + br.Size())
 }
 
 // rawReply answers a request the connection's reader could not take (a
@@ -328,10 +325,9 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			idleUntil = now.Add(h1IdleTimeout)
 			c.SetReadDeadline(idleUntil)
 		}
-		var trailers bool
-		src.limit, trailers = p.headBound(name, dst, br)
+		src.limit = p.headBound(name, dst, br)
 		start := src.at(br)
-		req, trailer, err := readRequest(ctx, br, meta.scratch)
+		req, err := readRequest(ctx, br, meta.scratch)
 		tooLarge := src.limit <= 0
 		src.limit = math.MaxInt64
 		meta.scratch.head = int(src.at(br) - start)
@@ -369,12 +365,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			// a stalled one), as through Envoy. The next wait sets its own.
 			c.SetReadDeadline(time.Time{})
 			idleUntil = time.Time{}
-			body = &h1ReqBody{src: req.Body, trailer: trailer, announced: slices.Collect(maps.Keys(req.Trailer)), all: trailers}
-			if trailers && trailer != nil {
-				// The HCM takes trailers: all of them go on, announced or
-				// not, as Envoy's HTTP/1 codec parses every one then.
-				req.Trailer = trailer
-			}
+			body = &h1ReqBody{src: req.Body, trailer: req.Trailer}
 			if !upgrade {
 				body.onEOF = func() { startWatch(g) }
 			}
@@ -465,12 +456,8 @@ type h1ReqBody struct {
 	// end (the connection is then free to watch for the caller leaving).
 	onEOF func()
 	// trailer is where net/http's chunked reader puts the trailers it
-	// finds at the body's end; announced are the names the request's
-	// Trailer header announced, the only ones that go on unless all (the
-	// HCM's enable_trailers, when every one does).
-	trailer   http.Header
-	announced []string
-	all       bool
+	// finds at the body's end (readRequest), whose names Read checks.
+	trailer http.Header
 }
 
 // errBadTrailer is a chunked body's trailer field whose name is not a
@@ -489,11 +476,6 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 		for k := range b.trailer {
 			if !httpguts.ValidHeaderFieldName(k) {
 				return n, fmt.Errorf("%w %q", errBadTrailer, k)
-			}
-			if !b.all && !slices.Contains(b.announced, k) {
-				// net/http's reader keeps every trailer; a writer sends
-				// every one it finds.
-				delete(b.trailer, k)
 			}
 		}
 		b.eof = true

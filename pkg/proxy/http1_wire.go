@@ -325,44 +325,36 @@ func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch) (r http.Re
 }
 
 // readRequest reads the next request on br, with ctx as its context: a
-// simple head by the fast parser, anything else by net/http's. trailer is
-// where the body's reader puts the trailers it finds at the end, announced
-// or not (nil for a body without); the request's own Trailer has the
-// announced ones, as it came.
-func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (_ *http.Request, trailer http.Header, _ error) {
+// simple head by the fast parser, anything else by net/http's. A chunked
+// request's Trailer is where its body's reader puts the trailers it finds
+// at the end, announced or not, as Envoy's HTTP/1 codec parses every one
+// (whether they go on is the HCM's enable_trailers: forward).
+func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Request, error) {
 	if head := peekHead(br); head != nil {
 		if r, err := parseSimpleRequest(head, br, sc); err == nil {
 			br.Discard(len(head))
-			return r.WithContext(ctx), nil, nil
+			return r.WithContext(ctx), nil
 		}
 	}
 	r, err := http.ReadRequest(br)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// net/http's parser takes header names no HTTP/1.1 peer would (with a
 	// space: go.dev/issue/34540); Envoy's codec refuses them, and no
 	// upstream could be sent one. (It checks the values itself.)
 	for k := range r.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
-			return nil, nil, fmt.Errorf("http1: invalid header field name %q", k)
+			return nil, fmt.Errorf("http1: invalid header field name %q", k)
 		}
 	}
-	announced := r.Trailer != nil
-	if !announced && len(r.TransferEncoding) > 0 {
-		// Trailers no Trailer header announced go into a map r has at the
-		// body's end (net/http's reader holds r itself): h1ReqBody checks
-		// their names. The request going on has none (nil Trailer), so
-		// they are not sent on, as Envoy's HTTP/1 codec drops them by
-		// default.
+	if r.Trailer == nil && len(r.TransferEncoding) > 0 {
+		// The chunked reader adds trailers no Trailer header announced
+		// to r's own map (it holds r): made now, it is the one the
+		// request going on shares.
 		r.Trailer = http.Header{}
 	}
-	trailer = r.Trailer
-	out := r.WithContext(ctx)
-	if !announced {
-		out.Trailer = nil
-	}
-	return out, trailer, nil
+	return r.WithContext(ctx), nil
 }
 
 // parseSimpleResponse parses a response head: "HTTP/1.1 NNN reason", a
