@@ -21,12 +21,7 @@ import (
 func TestMirrorFollowsBursts(t *testing.T) {
 	st := store.NewMemory(0)
 	storetest.MustCreate(t, st, storetest.Mesh("default"))
-	m := store.NewMirror(st, []string{"Mesh", "TrafficRoute"}, zaptest.NewLogger(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { m.Start(ctx) })
-	defer func() { cancel(); wg.Wait() }()
-	<-m.Ready()
+	m, _ := storetest.StartMirror(t, st, zaptest.NewLogger(t), "Mesh", "TrafficRoute")
 	first, _ := m.Current()
 	const n = 300
 	for i := range n {
@@ -134,11 +129,7 @@ func TestMirrorTransactionEnds(t *testing.T) {
 		return store.Event{Revision: rev, Op: store.OpCreate, Resource: storetest.Route("default", name, 1, nil), More: more}
 	}
 	start := func(t *testing.T, st *scriptedStore) *store.Mirror {
-		m := store.NewMirror(st, []string{"Mesh", "TrafficRoute"}, zaptest.NewLogger(t))
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		wg.Go(func() { m.Start(ctx) })
-		t.Cleanup(func() { cancel(); wg.Wait() })
+		m, _ := storetest.StartMirror(t, st, zaptest.NewLogger(t), "Mesh", "TrafficRoute")
 		return m
 	}
 

@@ -5,12 +5,33 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
 )
+
+// StartMirror starts a Mirror of types over s, logging to log, and waits
+// for its first View; stop (also run when the test ends) stops it and
+// waits for it to end.
+func StartMirror(t testing.TB, s store.Store, log *zap.Logger, types ...string) (m *store.Mirror, stop func()) {
+	t.Helper()
+	m = store.NewMirror(s, types, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { m.Start(ctx) })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(stop)
+	select {
+	case <-m.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the mirror never published its first View")
+	}
+	return m, stop
+}
 
 // checkMore checks that events, one transaction's (in revision order),
 // mark its end: More on each but the last, when the store has
@@ -40,12 +61,7 @@ func testMirrorTransactions(t *testing.T, s store.Store, caps Capabilities) {
 	}
 	c := ctx(t)
 	MustCreate(t, s, Mesh("m"))
-	m := store.NewMirror(s, []string{"Mesh", "TrafficRoute"}, zap.NewNop())
-	mc, stop := context.WithCancel(c)
-	var wg sync.WaitGroup
-	wg.Go(func() { m.Start(mc) })
-	defer func() { stop(); wg.Wait() }()
-	<-m.Ready()
+	m, _ := StartMirror(t, s, zap.NewNop(), "Mesh", "TrafficRoute")
 	batch := func(w int) []api.Resource {
 		var rs []api.Resource
 		for i := range routes + w%2 {
@@ -163,14 +179,9 @@ func testListTypes(t *testing.T, s store.Store, caps Capabilities) {
 		}
 		if lists%10 == 0 {
 			// A Mirror's first View, started in the middle of the writes.
-			m := store.NewMirror(s, types, zap.NewNop())
-			mc, stop := context.WithCancel(c)
-			var wg sync.WaitGroup
-			wg.Go(func() { m.Start(mc) })
-			<-m.Ready()
+			m, stop := StartMirror(t, s, zap.NewNop(), types...)
 			v, _ := m.Current()
 			stop()
-			wg.Wait()
 			meshes, _ := store.All[*api.Mesh](v)
 			routes, _ := store.All[*api.TrafficRoute](v)
 			views++
