@@ -293,6 +293,10 @@ func TestRetryOn(t *testing.T) {
 		{on: "gateway-error", err: connect, retried: true},
 		{on: "reset", err: reset, retried: true},
 		{on: "reset", err: connect, retried: true},
+		// A response head past the cluster's bounds is Envoy's codec's
+		// protocol error: a reset (the pool does not resend it itself).
+		{on: "5xx", err: &upstreamHeadError{status: 503}, retried: true},
+		{on: "connect-failure", err: &upstreamHeadError{status: 503}},
 		{on: "connect-failure", err: connect, retried: true},
 		{on: "connect-failure", err: reset},
 		{on: "connect-failure", resp: resp(503, "")},
