@@ -121,13 +121,18 @@ func (c *Client) token() (string, error) {
 
 // state is what the stream has received, by type.
 type state struct {
+	resources
+	names map[string][]string // subscribed names of EDS, SDS and RDS
+	acked map[string]string   // last applied version, by type
+}
+
+// resources are the last taken of each type.
+type resources struct {
 	listeners []*listener.Listener
 	clusters  []*cluster.Cluster
 	cla       []*endpoint.ClusterLoadAssignment
 	secrets   []*tlsv3.Secret
 	routes    []*route.RouteConfiguration
-	names     map[string][]string // subscribed names of EDS, SDS and RDS
-	acked     map[string]string   // last applied version, by type
 }
 
 func (c *Client) session(ctx context.Context) error {
@@ -199,12 +204,23 @@ func (c *Client) session(ctx context.Context) error {
 			reportingStarted = true
 			reporting.Go(func() { c.reportLoad(ctx, conn, node) })
 		}
+		// A response refused whole leaves what was taken before, as
+		// Envoy keeps its last good configuration of a type: the next
+		// response of another type (a failover's endpoints) is judged
+		// with that, not refused again for this one's sake.
+		kept := st.resources
 		applyErr := st.take(resp)
 		if applyErr == nil {
 			var cfg *Config
 			if cfg, applyErr = translate(st.listeners, st.clusters, st.cla, st.secrets, c.Key, st.routes...); applyErr == nil {
+				// Apply leaves out only what it could not open, and
+				// applies the rest: what it was given stays taken.
 				applyErr = c.Proxy.Apply(cfg)
+			} else {
+				st.resources = kept
 			}
+		} else {
+			st.resources = kept
 		}
 		ack := &discovery.DiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce,
 			ResourceNames: st.names[resp.TypeUrl], VersionInfo: resp.VersionInfo}
