@@ -65,6 +65,9 @@ type Client struct {
 	ReportLoad bool
 
 	started time.Time
+	// last is what the streams have taken, kept from one to the next;
+	// only the session in progress touches it.
+	last resources
 	// handshake is the last failed TLS handshake's error.
 	handshake lastError
 	// loadSent is what the last load report covered; only the one
@@ -183,12 +186,21 @@ func (c *Client) session(ctx context.Context) error {
 		return err
 	}
 	node := &core.Node{Id: c.NodeID, Metadata: meta}
-	st := &state{names: map[string][]string{}, acked: map[string]string{}}
+	// What the last stream gave stays until this one replaces it, type by
+	// type, as Envoy keeps its configuration across a reconnect: a
+	// listener response that comes before the secrets must not leave the
+	// proxy without its identity. Subscriptions and versions are the
+	// stream's own; the names it had are asked for at once.
+	st := &state{resources: c.last, names: map[string][]string{}, acked: map[string]string{}}
+	defer func() { c.last = st.resources }()
 	reportingStarted := false
 	for _, typ := range []string{resource.ListenerType, resource.ClusterType} {
 		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
 			return err
 		}
+	}
+	if err := st.subscribe(stream, node); err != nil {
+		return err
 	}
 	for {
 		resp, err := stream.Recv()
@@ -234,16 +246,24 @@ func (c *Client) session(ctx context.Context) error {
 		if err := stream.Send(ack); err != nil {
 			return err
 		}
-		// Subscribe to the endpoints and secrets the configuration needs.
-		for typ, names := range st.wanted() {
-			if !slices.Equal(names, st.names[typ]) {
-				st.names[typ] = names
-				if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names, VersionInfo: st.acked[typ]}); err != nil {
-					return err
-				}
+		if err := st.subscribe(stream, node); err != nil {
+			return err
+		}
+	}
+}
+
+// subscribe asks for the endpoints, secrets and route configurations the
+// configuration needs, where they are not what the stream asked for.
+func (st *state) subscribe(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, node *core.Node) error {
+	for typ, names := range st.wanted() {
+		if !slices.Equal(names, st.names[typ]) {
+			st.names[typ] = names
+			if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names, VersionInfo: st.acked[typ]}); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
 }
 
 // take stores a response's resources.
