@@ -60,6 +60,7 @@ fuzz: ## run each fuzz target for 30s
 	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromObject -fuzztime 30s
 	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromSecret -fuzztime 30s
 	$(GO) test ./pkg/kube -run '^$$' -fuzz FuzzParseKubeconfig -fuzztime 30s
+	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzKnownFields -fuzztime 30s
 
 bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
@@ -266,58 +267,43 @@ func (st *state) subscribe(stream discovery.AggregatedDiscoveryService_StreamAgg
 	return nil
 }
 
-// take stores a response's resources.
-func (st *state) take(resp *discovery.DiscoveryResponse) error {
+// take stores a response's resources. A resource with a field this
+// build's API does not know is refused, naming it (knownFields).
+func (st *state) take(resp *discovery.DiscoveryResponse) (err error) {
 	switch resp.TypeUrl {
 	case resource.ListenerType:
-		st.listeners = nil
-		for _, a := range resp.Resources {
-			l := &listener.Listener{}
-			if err := a.UnmarshalTo(l); err != nil {
-				return fmt.Errorf("listener: %w", err)
-			}
-			st.listeners = append(st.listeners, l)
-		}
+		st.listeners, err = unpack(resp, "listener", (*listener.Listener).GetName)
 	case resource.ClusterType:
-		st.clusters = nil
-		for _, a := range resp.Resources {
-			cl := &cluster.Cluster{}
-			if err := a.UnmarshalTo(cl); err != nil {
-				return fmt.Errorf("cluster: %w", err)
-			}
-			st.clusters = append(st.clusters, cl)
-		}
+		st.clusters, err = unpack(resp, "cluster", (*cluster.Cluster).GetName)
 	case resource.EndpointType:
-		st.cla = nil
-		for _, a := range resp.Resources {
-			cla := &endpoint.ClusterLoadAssignment{}
-			if err := a.UnmarshalTo(cla); err != nil {
-				return fmt.Errorf("load assignment: %w", err)
-			}
-			st.cla = append(st.cla, cla)
-		}
+		st.cla, err = unpack(resp, "load assignment", (*endpoint.ClusterLoadAssignment).GetClusterName)
 	case resource.SecretType:
-		st.secrets = nil
-		for _, a := range resp.Resources {
-			s := &tlsv3.Secret{}
-			if err := a.UnmarshalTo(s); err != nil {
-				return fmt.Errorf("secret: %w", err)
-			}
-			st.secrets = append(st.secrets, s)
-		}
+		st.secrets, err = unpack(resp, "secret", (*tlsv3.Secret).GetName)
 	case resource.RouteType:
-		st.routes = nil
-		for _, a := range resp.Resources {
-			rc := &route.RouteConfiguration{}
-			if err := a.UnmarshalTo(rc); err != nil {
-				return fmt.Errorf("route configuration: %w", err)
-			}
-			st.routes = append(st.routes, rc)
-		}
+		st.routes, err = unpack(resp, "route configuration", (*route.RouteConfiguration).GetName)
 	default:
 		return fmt.Errorf("type %q is not supported by the built-in proxy", resp.TypeUrl)
 	}
-	return nil
+	return err
+}
+
+// unpack reads a response's resources as Ts (kind, named by name).
+func unpack[T any, PT interface {
+	*T
+	proto.Message
+}](resp *discovery.DiscoveryResponse, kind string, name func(PT) string) ([]PT, error) {
+	out := make([]PT, 0, len(resp.Resources))
+	for _, a := range resp.Resources {
+		r := PT(new(T))
+		if err := a.UnmarshalTo(r); err != nil {
+			return nil, fmt.Errorf("%s: %w", kind, err)
+		}
+		if err := knownFields(r); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", kind, name(r), err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // wanted lists the EDS, SDS and RDS names the current clusters and
