@@ -520,3 +520,32 @@ func (b *trailingBody) Read(p []byte) (int, error) {
 }
 
 func (b *trailingBody) Close() error { return nil }
+
+// TestTooLargeHeadLingers: a caller still sending when its head went past
+// the bound reads the 431 whole: the proxy answers, then reads away what
+// comes for a while before it closes, so the close does not reset the
+// connection under the answer (as Envoy's codec drains before it closes).
+func TestTooLargeHeadLingers(t *testing.T) {
+	app := serveH1H2(t, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	p := newProxy(t)
+	apply(t, p, nil, nil, []*listener.Listener{withHCM(t, outboundHTTPListener("out", "out"), func(h *hcm.HttpConnectionManager) {
+		h.MaxRequestHeadersKb = wrapperspb.UInt32(2)
+	})}, []*cluster.Cluster{staticHTTPCluster("app", false, app)}, nil, routeConfig("out", routeTo("app", nil, timed(toCluster("app")))))
+	for i := range 5 {
+		c, err := net.Dial("tcp", boundAddr(t, p, "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A head past 2 KiB that goes on for 256 KiB more: the proxy has
+		// answered long before the caller stops sending.
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: svc\r\nX-Big: "+strings.Repeat("b", 256<<10)); err != nil {
+			t.Fatalf("round %d: write: %v", i, err)
+		}
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !strings.HasPrefix(string(got), "HTTP/1.1 431 Request Header Fields Too Large\r\n") {
+			t.Fatalf("round %d: %q, %v", i, got, err)
+		}
+	}
+}
