@@ -69,6 +69,9 @@ type Client struct {
 	// last is what the streams have taken, kept from one to the next;
 	// only the session in progress touches it.
 	last resources
+	// acked is the version of each type last taken, kept from one stream
+	// to the next with last.
+	acked map[string]string
 	// handshake is the last failed TLS handshake's error.
 	handshake lastError
 	// loadSent is what the last load report covered; only the one
@@ -134,9 +137,9 @@ type state struct {
 type resources struct {
 	listeners []*listener.Listener
 	clusters  []*cluster.Cluster
-	cla       []*endpoint.ClusterLoadAssignment
-	secrets   []*tlsv3.Secret
-	routes    []*route.RouteConfiguration
+	cla       map[string]*endpoint.ClusterLoadAssignment
+	secrets   map[string]*tlsv3.Secret
+	routes    map[string]*route.RouteConfiguration
 }
 
 func (c *Client) session(ctx context.Context) error {
@@ -190,13 +193,18 @@ func (c *Client) session(ctx context.Context) error {
 	// What the last stream gave stays until this one replaces it, type by
 	// type, as Envoy keeps its configuration across a reconnect: a
 	// listener response that comes before the secrets must not leave the
-	// proxy without its identity. Subscriptions and versions are the
-	// stream's own; the names it had are asked for at once.
-	st := &state{resources: c.last, names: map[string][]string{}, acked: map[string]string{}}
-	defer func() { c.last = st.resources }()
+	// proxy without its identity. So do the versions it accepted, which
+	// the new stream's requests carry (Envoy clears only the nonces).
+	// Subscriptions are the stream's own: the names it had are asked for
+	// at once.
+	st := &state{resources: c.last, names: map[string][]string{}, acked: maps.Clone(c.acked)}
+	if st.acked == nil {
+		st.acked = map[string]string{}
+	}
+	defer func() { c.last, c.acked = st.resources, st.acked }()
 	reportingStarted := false
 	for _, typ := range []string{resource.ListenerType, resource.ClusterType} {
-		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, VersionInfo: st.acked[typ]}); err != nil {
 			return err
 		}
 	}
@@ -217,15 +225,22 @@ func (c *Client) session(ctx context.Context) error {
 			reportingStarted = true
 			reporting.Go(func() { c.reportLoad(ctx, conn, node) })
 		}
+		if !st.subscribed(resp.TypeUrl) {
+			// As Envoy: a type no one watches is ignored, neither ACKed
+			// nor NACKed.
+			c.Log.Debug("ignoring a response of a type not subscribed to", zap.String("type_url", resp.TypeUrl))
+			continue
+		}
 		// A response refused whole leaves what was taken before, as
 		// Envoy keeps its last good configuration of a type: the next
 		// response of another type (a failover's endpoints) is judged
-		// with that, not refused again for this one's sake.
+		// with that, not refused again for this one's sake. (take
+		// replaces what it changes, never changing it in place.)
 		kept := st.resources
 		applyErr := st.take(resp)
 		if applyErr == nil {
 			var cfg *Config
-			if cfg, applyErr = translate(st.listeners, st.clusters, st.cla, st.secrets, c.Key, st.routes...); applyErr == nil {
+			if cfg, applyErr = translate(st.listeners, st.clusters, sortedValues(st.cla), sortedValues(st.secrets), c.Key, sortedValues(st.routes)...); applyErr == nil {
 				// Apply leaves out only what it could not open, and
 				// applies the rest: what it was given stays taken.
 				applyErr = c.Proxy.Apply(cfg)
@@ -254,37 +269,76 @@ func (c *Client) session(ctx context.Context) error {
 }
 
 // subscribe asks for the endpoints, secrets and route configurations the
-// configuration needs, where they are not what the stream asked for.
+// configuration needs, where they are not what the stream asked for, and
+// lets go of a type no longer needed with a request naming none (as
+// Envoy's last watch of a type going). What is no longer asked for is
+// dropped.
 func (st *state) subscribe(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, node *core.Node) error {
-	for typ, names := range st.wanted() {
-		if !slices.Equal(names, st.names[typ]) {
+	wanted := st.wanted()
+	for _, typ := range []string{resource.EndpointType, resource.SecretType, resource.RouteType} {
+		names, had := wanted[typ], st.names[typ]
+		if slices.Equal(names, had) {
+			continue
+		}
+		st.forget(typ, names)
+		if len(names) == 0 {
+			delete(st.names, typ)
+		} else {
 			st.names[typ] = names
-			if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names, VersionInfo: st.acked[typ]}); err != nil {
-				return err
-			}
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names, VersionInfo: st.acked[typ]}); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// take stores a response's resources. A resource with a field this
-// build's API does not know is refused, naming it (knownFields).
+// subscribed says whether the stream asks for typ: listeners and clusters
+// always, the others while it names some.
+func (st *state) subscribed(typ string) bool {
+	if typ == resource.ListenerType || typ == resource.ClusterType {
+		return true
+	}
+	return len(st.names[typ]) > 0
+}
+
+// take stores a response's resources. Listener and cluster responses hold
+// every resource of their type (the state of the world); endpoint, secret
+// and route configuration responses need hold only what changed, the rest
+// staying as it was, and what the stream did not ask for in them is
+// ignored (the xDS protocol's rules, as Envoy runs them). A response
+// naming a resource twice is refused, as is a resource with a field this
+// build's API does not know (knownFields).
 func (st *state) take(resp *discovery.DiscoveryResponse) (err error) {
+	names := st.names[resp.TypeUrl]
 	switch resp.TypeUrl {
 	case resource.ListenerType:
 		st.listeners, err = unpack(resp, "listener", (*listener.Listener).GetName)
 	case resource.ClusterType:
 		st.clusters, err = unpack(resp, "cluster", (*cluster.Cluster).GetName)
 	case resource.EndpointType:
-		st.cla, err = unpack(resp, "load assignment", (*endpoint.ClusterLoadAssignment).GetClusterName)
+		st.cla, err = merge(st.cla, resp, "load assignment", (*endpoint.ClusterLoadAssignment).GetClusterName, names)
 	case resource.SecretType:
-		st.secrets, err = unpack(resp, "secret", (*tlsv3.Secret).GetName)
+		st.secrets, err = merge(st.secrets, resp, "secret", (*tlsv3.Secret).GetName, names)
 	case resource.RouteType:
-		st.routes, err = unpack(resp, "route configuration", (*route.RouteConfiguration).GetName)
+		st.routes, err = merge(st.routes, resp, "route configuration", (*route.RouteConfiguration).GetName, names)
 	default:
 		return fmt.Errorf("type %q is not supported by the built-in proxy", resp.TypeUrl)
 	}
 	return err
+}
+
+// forget drops what the stream no longer asks for of typ (names, sorted).
+func (st *state) forget(typ string, names []string) {
+	keep := func(name string) bool { _, ok := slices.BinarySearch(names, name); return ok }
+	switch typ {
+	case resource.EndpointType:
+		st.cla = only(st.cla, keep)
+	case resource.SecretType:
+		st.secrets = only(st.secrets, keep)
+	case resource.RouteType:
+		st.routes = only(st.routes, keep)
+	}
 }
 
 // unpack reads a response's resources as Ts (kind, named by name).
@@ -293,6 +347,7 @@ func unpack[T any, PT interface {
 	proto.Message
 }](resp *discovery.DiscoveryResponse, kind string, name func(PT) string) ([]PT, error) {
 	out := make([]PT, 0, len(resp.Resources))
+	seen := make(map[string]bool, len(resp.Resources))
 	for _, a := range resp.Resources {
 		r := PT(new(T))
 		if err := a.UnmarshalTo(r); err != nil {
@@ -301,9 +356,54 @@ func unpack[T any, PT interface {
 		if err := knownFields(r); err != nil {
 			return nil, fmt.Errorf("%s %q: %w", kind, name(r), err)
 		}
+		if seen[name(r)] {
+			return nil, fmt.Errorf("%s %q: named twice in one response", kind, name(r))
+		}
+		seen[name(r)] = true
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// merge is have with a response's resources of the names asked for
+// (asked, sorted) put in: a new map, have unchanged.
+func merge[T any, PT interface {
+	*T
+	proto.Message
+}](have map[string]PT, resp *discovery.DiscoveryResponse, kind string, name func(PT) string, asked []string) (map[string]PT, error) {
+	got, err := unpack(resp, kind, name)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]PT, len(have)+len(got))
+	maps.Copy(out, have)
+	for _, r := range got {
+		if _, ok := slices.BinarySearch(asked, name(r)); ok {
+			out[name(r)] = r
+		}
+	}
+	return out, nil
+}
+
+// only is m without the entries keep refuses: m itself when it keeps all.
+func only[T any](m map[string]T, keep func(string) bool) map[string]T {
+	for k := range m {
+		if !keep(k) {
+			out := maps.Clone(m)
+			maps.DeleteFunc(out, func(k string, _ T) bool { return !keep(k) })
+			return out
+		}
+	}
+	return m
+}
+
+// sortedValues is m's values in the order of their names.
+func sortedValues[T any](m map[string]T) []T {
+	out := make([]T, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
+	}
+	return out
 }
 
 // wanted lists the EDS, SDS and RDS names the current clusters and

@@ -209,7 +209,12 @@ func sotwAnswer(snap *snapshot, req *cache.Request, sub cache.Subscription) cach
 	p := snap.get(req.GetTypeUrl())
 	version := p.getVersion()
 	names := req.GetResourceNames()
-	full := sub.IsWildcard() || len(names) == 0
+	// A request naming nothing after naming some lets go of the type
+	// (not a wildcard, which the subscription tracks): nothing to send.
+	full := sub.IsWildcard()
+	if !full && len(names) == 0 {
+		return nil
+	}
 	if req.GetVersionInfo() == version {
 		returned := sub.ReturnedResources()
 		if full {

@@ -10,6 +10,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 )
 
 // listeners is a proxyless configuration: per name a listener, its route
@@ -106,6 +107,7 @@ func TestSotwWatches(t *testing.T) {
 	if got := names(secondNamed); !slices.Equal(got, []string{"b", "z"}) {
 		t.Fatalf("named stream got %v, want [b z]", got)
 	}
+
 }
 
 // TestDeltaWatches: a wildcard delta stream gets every resource, then only
@@ -156,5 +158,33 @@ func TestDeltaWatches(t *testing.T) {
 	resp = recvWithin(t, stream.Recv, 5*time.Second)
 	if got := names(resp); len(got) != 0 || !slices.Equal(resp.RemovedResources, []string{"c"}) {
 		t.Fatalf("third response %v, removed %v; want nothing, removed [c]", got, resp.RemovedResources)
+	}
+}
+
+// TestSotwLettingGo: a request naming nothing, from a stream that named
+// some resources of the type before, lets go of the type (the xDS
+// protocol; grpc-go and the built-in proxy send it when their last watch
+// of a type goes): it gets nothing, not every resource as a wildcard
+// would. A stream's first request naming nothing is a wildcard.
+func TestSotwLettingGo(t *testing.T) {
+	s, _ := startServer(t)
+	if err := s.SetResources(context.Background(), "default.a", listeners("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	snap := s.published["default.a"]
+	req := &discovery.DiscoveryRequest{TypeUrl: resource.ListenerType}
+	sub := stream.NewSotwSubscription([]string{"a"}, true)
+	sub.SetResourceSubscription(nil)
+	if resp := sotwAnswer(snap, req, sub); resp != nil {
+		r, _ := resp.GetDiscoveryResponse()
+		t.Fatalf("a stream that let go got %d listeners", len(r.GetResources()))
+	}
+	wildcard := stream.NewSotwSubscription(nil, true)
+	resp := sotwAnswer(snap, req, wildcard)
+	if resp == nil {
+		t.Fatal("a first request naming nothing got nothing")
+	}
+	if r, _ := resp.GetDiscoveryResponse(); len(r.GetResources()) != 2 {
+		t.Fatalf("a first request naming nothing got %d listeners, want both", len(r.GetResources()))
 	}
 }
