@@ -8,6 +8,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -24,6 +25,13 @@ import (
 const (
 	heartbeatEvery = 5 * time.Second
 	heartbeatTTL   = 15 * time.Second
+	// reconnectGrace is how long after a process starts its sweep leaves
+	// alone what a previous process under its instance name left
+	// connected: those proxies are reconnecting (a restart), and until
+	// they have, their endpoints stay where their callers reach them. It
+	// is the reaper's wait for a replica that stopped, so a restarted
+	// replica and a stopped one give their proxies the same time.
+	reconnectGrace = heartbeatTTL
 	// ackFlushEvery bounds how often a proxy's ACKed versions and NACKs are
 	// written (every push changes every proxy's ACKs: written at once, a
 	// push to 10k proxies would be 10k more writes), and how often the
@@ -67,6 +75,20 @@ type Presence struct {
 	// connected: their fresh insight is no previous process's.
 	registered map[string]time.Time
 	kick       chan struct{}
+	// started is when this process's first sweep ran (sweepPrevious'
+	// goroutine alone touches it).
+	started time.Time
+	// run is Start's context: once it is done, the replica is stopping
+	// and the streams it ends are not the proxies leaving.
+	run atomic.Pointer[context.Context]
+}
+
+// stopping reports whether Start's context is done. The xDS server's
+// streams end after it is (the same cancellation reaches them later), so
+// every stream the stop ends is seen to.
+func (p *Presence) stopping() bool {
+	c := p.run.Load()
+	return c != nil && (*c).Err() != nil
 }
 
 // ViewSource is the zone's store mirror.
@@ -106,7 +128,9 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 		p.nodes[e.Node] = n
 		urgent = true
 	case xds.OpDisconnected:
-		if n == nil {
+		if n == nil || p.stopping() {
+			// A stream this replica's stop ended: the proxy reconnects
+			// (shutdown).
 			return
 		}
 		n.status.Connected, n.status.DisconnectedAt, n.gone = false, at, true
@@ -180,13 +204,13 @@ func clean(s string, max int) string {
 	return s
 }
 
-// Start writes the heartbeat and the insights until ctx ends; then it marks
-// this replica's proxies offline, so that other replicas see them go at
-// once rather than when the heartbeat expires. Before its first flush, and
+// Start writes the heartbeat and the insights until ctx ends; then it
+// writes what is pending and leaves (shutdown). Before its first flush, and
 // at every tick, it marks offline what a previous process under this
-// instance name, or a registration here whose stream was refused, left
-// connected.
+// instance name (once it has had reconnectGrace to reconnect), or a
+// registration here whose stream was refused, left connected.
 func (p *Presence) Start(ctx context.Context) error {
+	p.run.Store(&ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { p.beat(ctx) }) // apart, so that a long flush never delays it
@@ -235,24 +259,18 @@ func (p *Presence) beat(ctx context.Context) {
 	}
 }
 
-// shutdown writes every proxy connected here as gone, and removes the
-// heartbeat.
+// shutdown writes what is pending, and leaves this replica's proxies
+// connected and its heartbeat to expire. A replica going away is no sign
+// that its proxies are: marked offline, they would lose their endpoints at
+// every caller until each had reconnected (to another replica, or to this
+// one restarted), so that a zone CP's restart cost traffic. Each proxy that
+// reconnects is written connected by the replica it reaches; the rest are
+// marked offline heartbeatTTL after the last heartbeat, by the leader's
+// reaper, or by this instance restarted (sweepPrevious), as after a crash.
 func (p *Presence) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	now := p.now().UTC().Truncate(time.Microsecond)
-	p.mu.Lock()
-	for id, n := range p.nodes {
-		if !n.gone {
-			n.status.Connected, n.status.DisconnectedAt, n.gone = false, now, true
-			p.dirty[id] = struct{}{}
-		}
-	}
-	p.mu.Unlock()
 	p.flush(ctx)
-	if err := p.st.Delete(ctx, api.Key{Type: "Lease", Name: heartbeatName(p.instance)}, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
-		p.log.Warn("cannot remove this replica's heartbeat", zap.Error(err))
-	}
 }
 
 // heartbeatPrefix starts the name of every replica's heartbeat Lease; no
@@ -618,7 +636,9 @@ func (p *Presence) repair() {
 
 // sweepPrevious marks offline the insights a previous process under this
 // instance name left connected (a restart keeps a StatefulSet pod's name):
-// their connections ended with that process. So too the insights this
+// their connections ended with that process, and those of their proxies
+// that have not reconnected (here or elsewhere) within reconnectGrace of
+// this process's start are gone. So too the insights this
 // process's own registrations left connected for streams it never held
 // (refused after their write, or gone before their connection was
 // observed): nobody else would. Proxies connected to this process, or
@@ -640,6 +660,10 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 		return out, nil
 	}
 	now := p.now().UTC().Truncate(time.Microsecond)
+	if p.started.IsZero() {
+		p.started = now
+	}
+	waiting := now.Sub(p.started) < reconnectGrace
 	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
 		var puts []api.Resource
 		for _, typ := range []string{"DataplaneInsight", "ZoneIngressInsight"} {
@@ -652,6 +676,9 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 				st := api.StatusOf(r)
 				if !st.Connected || st.Instance != p.instance || p.holdsInsight(r) {
 					continue
+				}
+				if waiting && st.ConnectedSince.Before(p.started) {
+					continue // a previous process's proxy, maybe reconnecting
 				}
 				next := api.DeepCopy(r) // carries its version: conditional
 				ns := api.StatusOf(next)

@@ -145,6 +145,7 @@ func TestSweepTriesAgain(t *testing.T) {
 	st.fails.Store(1)
 	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
 	p.flushEvery = 50 * time.Millisecond
+	p.started = time.Now().Add(-reconnectGrace) // up for its reconnect grace
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	p.Start(ctx)

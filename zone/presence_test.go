@@ -188,7 +188,8 @@ func TestLateFlushCannotHideProxyOnOtherReplica(t *testing.T) {
 
 // TestRepairAndSweep: a replica puts right an insight another writer got
 // wrong about a connection it holds; a new process under an instance name
-// marks offline what the previous one left connected.
+// marks offline what the previous one left connected, once it has given
+// those proxies reconnectGrace to reconnect (a restart).
 func TestRepairAndSweep(t *testing.T) {
 	ctx := context.Background()
 	st := store.NewMemory(0)
@@ -200,10 +201,18 @@ func TestRepairAndSweep(t *testing.T) {
 	mirror := startMirror(t, st)
 	waitMesh(t, mirror)
 	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
+	start := time.Now()
+	p.now = func() time.Time { return start }
+	p.sweepPrevious(ctx)
+	if in := insightOfStore(t, st, "old-1"); !in.Connected {
+		t.Fatal("the previous process's proxy was marked offline before it had time to reconnect")
+	}
+	p.now = func() time.Time { return start.Add(reconnectGrace) }
 	p.sweepPrevious(ctx)
 	if in := insightOfStore(t, st, "old-1"); in.Connected {
-		t.Fatal("the previous process's proxy is still connected")
+		t.Fatal("the previous process's proxy is still connected after the grace")
 	}
+	p.now = time.Now
 	p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "default.web-1", Kind: xds.KindSidecar, At: time.Now()})
 	p.flush(ctx)
 	wrong := insightOfStore(t, st, "web-1")
