@@ -251,3 +251,33 @@ func TestPresenceForgetsProxiesOfUnknownMeshes(t *testing.T) {
 		t.Fatalf("%d proxies of a mesh that never came still held", left)
 	}
 }
+
+// TestStopLeavesProxiesConnected: a replica that stops leaves its proxies
+// connected, the streams its stop ends included, and its heartbeat to
+// expire: they are reconnecting, and their endpoints stay meanwhile.
+func TestStopLeavesProxiesConnected(t *testing.T) {
+	st := store.NewMemory(0)
+	if _, err := st.Apply(context.Background(), []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	mirror := startMirror(t, st)
+	waitMesh(t, mirror)
+	p := NewPresence(st, mirror, "cp-a", zaptest.NewLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Start(ctx); close(done) }()
+	p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "default.web-1", Kind: xds.KindSidecar, At: time.Now()})
+	testutil.Until(t, 5*time.Second, "web-1 connected", func() bool {
+		res, _ := st.List(context.Background(), store.ListOptions{Type: "DataplaneInsight"})
+		return len(res.Items) == 1 && api.StatusOf(res.Items[0]).Connected
+	})
+	cancel()
+	p.Observe(xds.StreamEvent{Op: xds.OpDisconnected, Node: "default.web-1", At: time.Now()}) // the stop ends its stream
+	<-done
+	if in := insightOfStore(t, st, "web-1"); !in.Connected || in.Instance != "cp-a" {
+		t.Fatalf("after the replica stopped: %+v", in.ProxyStatus)
+	}
+	if _, err := st.Get(context.Background(), api.Key{Type: "Lease", Name: heartbeatName("cp-a")}); err != nil {
+		t.Fatalf("the heartbeat: %v", err)
+	}
+}
