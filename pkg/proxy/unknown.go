@@ -30,6 +30,7 @@ type unknownField struct {
 	num  protowire.Number
 	in   protoreflect.FullName
 	deep bool // typed configs nested past maxAnyDepth instead
+	enum bool // num is a value of the enum in, not a field
 }
 
 func (e *unknownField) Error() string {
@@ -42,12 +43,16 @@ func (e *unknownField) Error() string {
 	if e.deep {
 		return fmt.Sprintf("typed configs nested more than %d deep%s", maxAnyDepth, at)
 	}
+	if e.enum {
+		return fmt.Sprintf("value %d of %s%s is unknown to the built-in proxy (from a newer API?)", e.num, e.in, at)
+	}
 	return fmt.Sprintf("field %d of %s%s is unknown to the built-in proxy (from a newer API?)", e.num, e.in, at)
 }
 
 // knownFields returns an error naming the first field of m, or of any
 // message within it (a typed config's content included), that this
-// build's API does not know; nil when there is none.
+// build's API does not know, or a value of an enum it does not know; nil
+// when there is none.
 func knownFields(m proto.Message) error {
 	return walkKnown(m.ProtoReflect(), 0)
 }
@@ -83,6 +88,22 @@ func walkKnown(m protoreflect.Message, anys int) error {
 	var err error
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		switch {
+		case fd.Enum() != nil && !fd.IsMap():
+			// A value a newer API added to an enum (proto3 keeps it).
+			vals := []protoreflect.Value{v}
+			if fd.IsList() {
+				vals = vals[:0]
+				for i := range v.List().Len() {
+					vals = append(vals, v.List().Get(i))
+				}
+			}
+			for _, ev := range vals {
+				if fd.Enum().Values().ByNumber(ev.Enum()) == nil {
+					err = &unknownField{num: protowire.Number(ev.Enum()), in: fd.Enum().FullName(), enum: true}
+					at(err, fd.TextName())
+					break
+				}
+			}
 		case fd.IsList() && fd.Message() != nil:
 			l := v.List()
 			for i := 0; i < l.Len() && err == nil; i++ {

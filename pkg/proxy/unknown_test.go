@@ -50,6 +50,8 @@ func TestUnknownFieldsRefused(t *testing.T) {
 		}
 		inMap.TypedExtensionProtocolOptions[k] = anyOf(o, withUnknown(o))
 	}
+	newEnum := staticHTTPCluster("svc", false, "127.0.0.1:1")
+	newEnum.LbPolicy = 99
 	for _, c := range []struct {
 		name string
 		resp *discovery.DiscoveryResponse
@@ -60,6 +62,8 @@ func TestUnknownFieldsRefused(t *testing.T) {
 			`listener "outbound:svc": field 9999 of envoy.config.listener.v3.Listener is unknown to the built-in proxy`},
 		{"in a typed config", resp(resource.ListenerType, xds.MustAny(nested)),
 			`listener "outbound:svc": field 9999 of envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager at filter_chains[0].filters[0].typed_config.(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager) is unknown to the built-in proxy`},
+		{"a value of an enum", resp(resource.ClusterType, xds.MustAny(newEnum)),
+			`cluster "svc": value 99 of envoy.config.cluster.v3.Cluster.LbPolicy at lb_policy is unknown to the built-in proxy`},
 		{"in a map's value", resp(resource.ClusterType, xds.MustAny(inMap)),
 			`cluster "svc": field 9999 of envoy.extensions.upstreams.http.v3.HttpProtocolOptions at typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].(envoy.extensions.upstreams.http.v3.HttpProtocolOptions) is unknown`},
 	} {

@@ -129,8 +129,9 @@ func (c *Client) token() (string, error) {
 // state is what the stream has received, by type.
 type state struct {
 	resources
-	names map[string][]string // subscribed names of EDS, SDS and RDS
-	acked map[string]string   // last applied version, by type
+	names  map[string][]string // subscribed names of EDS, SDS and RDS
+	acked  map[string]string   // last applied version, by type
+	nonces map[string]string   // the stream's last response's nonce, by type
 }
 
 // resources are the last taken of each type.
@@ -197,7 +198,7 @@ func (c *Client) session(ctx context.Context) error {
 	// the new stream's requests carry (Envoy clears only the nonces).
 	// Subscriptions are the stream's own: the names it had are asked for
 	// at once.
-	st := &state{resources: c.last, names: map[string][]string{}, acked: maps.Clone(c.acked)}
+	st := &state{resources: c.last, names: map[string][]string{}, acked: maps.Clone(c.acked), nonces: map[string]string{}}
 	if st.acked == nil {
 		st.acked = map[string]string{}
 	}
@@ -225,10 +226,21 @@ func (c *Client) session(ctx context.Context) error {
 			reportingStarted = true
 			reporting.Go(func() { c.reportLoad(ctx, conn, node) })
 		}
+		// The server takes a request of a type only with the nonce of its
+		// last response of that type: every request carries it.
+		st.nonces[resp.TypeUrl] = resp.Nonce
 		if !st.subscribed(resp.TypeUrl) {
-			// As Envoy: a type no one watches is ignored, neither ACKed
-			// nor NACKed.
+			// As Envoy (GrpcMuxImpl::onDiscoveryResponse): a response of a
+			// type let go is answered with what the stream asks for now
+			// (nothing) when it holds anything, so that the server's view
+			// of the subscription catches up; one of a type never asked
+			// for is ignored.
 			c.Log.Debug("ignoring a response of a type not subscribed to", zap.String("type_url", resp.TypeUrl))
+			if st.known(resp.TypeUrl) && len(resp.Resources) > 0 {
+				if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce, VersionInfo: st.acked[resp.TypeUrl]}); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		// A response refused whole leaves what was taken before, as
@@ -286,11 +298,21 @@ func (st *state) subscribe(stream discovery.AggregatedDiscoveryService_StreamAgg
 		} else {
 			st.names[typ] = names
 		}
-		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names, VersionInfo: st.acked[typ]}); err != nil {
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names, VersionInfo: st.acked[typ],
+			ResponseNonce: st.nonces[typ]}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// known says whether typ is one the proxy takes.
+func (st *state) known(typ string) bool {
+	switch typ {
+	case resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.SecretType, resource.RouteType:
+		return true
+	}
+	return false
 }
 
 // subscribed says whether the stream asks for typ: listeners and clusters
@@ -313,9 +335,9 @@ func (st *state) take(resp *discovery.DiscoveryResponse) (err error) {
 	names := st.names[resp.TypeUrl]
 	switch resp.TypeUrl {
 	case resource.ListenerType:
-		st.listeners, err = unpack(resp, "listener", (*listener.Listener).GetName)
+		st.listeners, err = unpack(resp, "listener", (*listener.Listener).GetName, nil)
 	case resource.ClusterType:
-		st.clusters, err = unpack(resp, "cluster", (*cluster.Cluster).GetName)
+		st.clusters, err = unpack(resp, "cluster", (*cluster.Cluster).GetName, nil)
 	case resource.EndpointType:
 		st.cla, err = merge(st.cla, resp, "load assignment", (*endpoint.ClusterLoadAssignment).GetClusterName, names)
 	case resource.SecretType:
@@ -341,46 +363,50 @@ func (st *state) forget(typ string, names []string) {
 	}
 }
 
-// unpack reads a response's resources as Ts (kind, named by name).
+// unpack reads a response's resources as Ts (kind, named by name), those
+// keep takes (nil: all) and no others: what it leaves is not judged.
 func unpack[T any, PT interface {
 	*T
 	proto.Message
-}](resp *discovery.DiscoveryResponse, kind string, name func(PT) string) ([]PT, error) {
+}](resp *discovery.DiscoveryResponse, kind string, name func(PT) string, keep func(string) bool) ([]PT, error) {
 	out := make([]PT, 0, len(resp.Resources))
 	seen := make(map[string]bool, len(resp.Resources))
-	for _, a := range resp.Resources {
+	for i, a := range resp.Resources {
 		r := PT(new(T))
 		if err := a.UnmarshalTo(r); err != nil {
-			return nil, fmt.Errorf("%s: %w", kind, err)
+			return nil, fmt.Errorf("%s %d of the response (%s): %w", kind, i, a.GetTypeUrl(), err)
+		}
+		n := name(r)
+		if keep != nil && !keep(n) {
+			continue
 		}
 		if err := knownFields(r); err != nil {
-			return nil, fmt.Errorf("%s %q: %w", kind, name(r), err)
+			return nil, fmt.Errorf("%s %q: %w", kind, n, err)
 		}
-		if seen[name(r)] {
-			return nil, fmt.Errorf("%s %q: named twice in one response", kind, name(r))
+		if seen[n] {
+			return nil, fmt.Errorf("%s %q: named twice in one response", kind, n)
 		}
-		seen[name(r)] = true
+		seen[n] = true
 		out = append(out, r)
 	}
 	return out, nil
 }
 
 // merge is have with a response's resources of the names asked for
-// (asked, sorted) put in: a new map, have unchanged.
+// (asked, sorted) put in: a new map, have unchanged. The others are
+// ignored, unjudged.
 func merge[T any, PT interface {
 	*T
 	proto.Message
 }](have map[string]PT, resp *discovery.DiscoveryResponse, kind string, name func(PT) string, asked []string) (map[string]PT, error) {
-	got, err := unpack(resp, kind, name)
+	got, err := unpack(resp, kind, name, func(n string) bool { _, ok := slices.BinarySearch(asked, n); return ok })
 	if err != nil {
 		return nil, err
 	}
 	out := make(map[string]PT, len(have)+len(got))
 	maps.Copy(out, have)
 	for _, r := range got {
-		if _, ok := slices.BinarySearch(asked, name(r)); ok {
-			out[name(r)] = r
-		}
+		out[name(r)] = r
 	}
 	return out, nil
 }

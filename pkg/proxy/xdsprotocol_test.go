@@ -19,6 +19,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/testutil"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
@@ -384,7 +386,7 @@ func TestUnrequestedSecretIsIgnored(t *testing.T) {
 	acked(t, h.push(resource.ListenerType, "1", sdsInbound(t)))
 	h.waitFor("for SDS", func(r *discovery.DiscoveryRequest) bool { return r.TypeUrl == resource.SecretType })
 	other := xds.IdentitySecret(m.issue("web"))
-	other.Name = "some-other-cert"
+	other.Name = "a-cert" // before "identity" by name: the last one would win
 	acked(t, h.push(resource.SecretType, "1", xds.IdentitySecret(m.issue("billing")), xds.TrustSecret(m.ca.CertPEM, ""), other))
 	var peer *x509.Certificate
 	get200(t, m.client("web", &peer), "https://"+boundAddr(t, h.p, "inbound:billing")+"/", "mTLS")
@@ -422,10 +424,61 @@ func TestUnsubscribesWhenNoNameIsLeft(t *testing.T) {
 	acked(t, h.push(resource.ClusterType, "1", plainEDSCluster("a")))
 	h.waitFor("for EDS a", func(r *discovery.DiscoveryRequest) bool { return r.TypeUrl == resource.EndpointType })
 	acked(t, h.push(resource.EndpointType, "1", assignment("a", "127.0.0.1:1")))
+	eds := strconv.Itoa(h.ads.nonce)
 	acked(t, h.push(resource.ClusterType, "2", staticHTTPCluster("s", false, "127.0.0.1:2")))
+	// With the nonce of the last EDS response: a server takes no request
+	// of a type without it (go-control-plane's sotw/v3/ads.go).
 	h.waitFor("unsubscribing from EDS", func(r *discovery.DiscoveryRequest) bool {
-		return r.TypeUrl == resource.EndpointType && len(r.ResourceNames) == 0 && r.ResponseNonce == ""
+		return r.TypeUrl == resource.EndpointType && len(r.ResourceNames) == 0 && r.ResponseNonce == eds
 	})
+	// An EDS response after it holding anything is answered as Envoy
+	// does, naming nothing; its server then knows the stream let go.
+	a := h.push(resource.EndpointType, "2", assignment("a", "127.0.0.1:1"))
+	if a.ErrorDetail != nil || len(a.ResourceNames) != 0 || a.TypeUrl != resource.EndpointType {
+		t.Fatalf("answer to an EDS response after letting go: %v", a)
+	}
+}
+
+// TestResubscribeAfterLettingGo: against the CP's own xDS server, which
+// takes a request of a type only with the nonce of its last response of
+// that type: a proxy whose last EDS cluster went, and then gets a new
+// one, gets the new one's endpoints.
+func TestResubscribeAfterLettingGo(t *testing.T) {
+	log := zaptest.NewLogger(t)
+	srv, err := xds.NewServer(log.Named("xds"), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g := grpc.NewServer()
+	srv.Register(ctx, g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(ln)
+	defer g.Stop()
+	set := func(res xds.Resources) {
+		t.Helper()
+		if err := srv.SetResources(ctx, "default.web-1", res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(xds.Resources{resource.ClusterType: {plainEDSCluster("a")}, resource.EndpointType: {assignment("a", "127.0.0.1:1")}})
+	p := newProxy(t)
+	client := &Client{Address: ln.Addr().String(), NodeID: "default.web-1", Proxy: p, Log: log.Named("client")}
+	done := make(chan struct{})
+	go func() { client.Start(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	has := func(name string) func() bool {
+		return func() bool { c := p.cfg.Load().Clusters[name]; return c != nil && len(c.Endpoints) > 0 }
+	}
+	testutil.Until(t, 10*time.Second, "a's endpoints", has("a"))
+	set(xds.Resources{resource.ClusterType: {staticHTTPCluster("s", false, "127.0.0.1:2")}})
+	testutil.Until(t, 10*time.Second, "a gone", func() bool { return p.cfg.Load().Clusters["a"] == nil })
+	set(xds.Resources{resource.ClusterType: {plainEDSCluster("b")}, resource.EndpointType: {assignment("b", "127.0.0.1:3")}})
+	testutil.Until(t, 10*time.Second, "b's endpoints", has("b"))
 }
 
 // TestRDSResponseWithoutANameKeepsIt: RDS, like EDS, need only hold what

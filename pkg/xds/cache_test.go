@@ -107,7 +107,6 @@ func TestSotwWatches(t *testing.T) {
 	if got := names(secondNamed); !slices.Equal(got, []string{"b", "z"}) {
 		t.Fatalf("named stream got %v, want [b z]", got)
 	}
-
 }
 
 // TestDeltaWatches: a wildcard delta stream gets every resource, then only
