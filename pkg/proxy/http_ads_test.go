@@ -21,17 +21,15 @@ import (
 	"github.com/ursamesh/ursa/pkg/xds"
 )
 
-// TestHTTPOverADS: the client subscribes to the route configuration an
-// HCM names (RDS) on the ADS stream, and the HTTP listener serves once it
-// has arrived; a changed route configuration moves the next request.
-func TestHTTPOverADS(t *testing.T) {
-	log := zaptest.NewLogger(t)
-	srv, err := xds.NewServer(log.Named("xds"), prometheus.NewRegistry())
+// cpXDS is the CP's own xDS server on a loopback port, stopped with the
+// test, and its address.
+func cpXDS(t *testing.T) (*xds.Server, string) {
+	t.Helper()
+	srv, err := xds.NewServer(zaptest.NewLogger(t).Named("xds"), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	g := grpc.NewServer()
 	srv.Register(ctx, g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -39,7 +37,40 @@ func TestHTTPOverADS(t *testing.T) {
 		t.Fatal(err)
 	}
 	go g.Serve(ln)
-	defer g.Stop()
+	t.Cleanup(func() { cancel(); g.Stop() })
+	return srv, ln.Addr().String()
+}
+
+// runADS runs p's ADS client, as node, against the server at addr until
+// the test ends.
+func runADS(t *testing.T, p *Proxy, addr, node string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	client := &Client{Address: addr, NodeID: node, Proxy: p, Log: zaptest.NewLogger(t).Named("client")}
+	done := make(chan struct{})
+	go func() { client.Start(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// servedByV1 waits for p's route configuration outbound:svc and returns
+// the URL of its listener once a request there reaches v1.
+func servedByV1(t *testing.T, p *Proxy) string {
+	t.Helper()
+	testutil.Until(t, 10*time.Second, "the route configuration", func() bool {
+		return p.cfg.Load().RouteTables["outbound:svc"] != nil
+	})
+	url := "http://" + boundAddr(t, p, "outbound:svc") + "/"
+	if resp, body := get(t, h1Client(), url); resp.StatusCode != http.StatusOK || body != "v1 GET /" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	return url
+}
+
+// TestHTTPOverADS: the client subscribes to the route configuration an
+// HCM names (RDS) on the ADS stream, and the HTTP listener serves once it
+// has arrived; a changed route configuration moves the next request.
+func TestHTTPOverADS(t *testing.T) {
+	srv, addr := cpXDS(t)
+	ctx := context.Background()
 	v1, v2 := backend(t, "v1", nil), backend(t, "v2", nil)
 	set := func(to string) {
 		res := xds.Resources{
@@ -53,17 +84,8 @@ func TestHTTPOverADS(t *testing.T) {
 	}
 	set("v1")
 	p := newProxy(t)
-	client := &Client{Address: ln.Addr().String(), NodeID: "default.web-1", Proxy: p, Log: log.Named("client")}
-	done := make(chan struct{})
-	go func() { client.Start(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	testutil.Until(t, 10*time.Second, "the route configuration", func() bool {
-		return p.cfg.Load().RouteTables["outbound:svc"] != nil
-	})
-	url := "http://" + boundAddr(t, p, "outbound:svc") + "/"
-	if resp, body := get(t, h1Client(), url); resp.StatusCode != http.StatusOK || body != "v1 GET /" {
-		t.Fatalf("%d %q", resp.StatusCode, body)
-	}
+	runADS(t, p, addr, "default.web-1")
+	url := servedByV1(t, p)
 	set("v2")
 	testutil.Until(t, 10*time.Second, "the route to v2", func() bool {
 		_, body := get(t, h1Client(), url)
@@ -76,21 +98,8 @@ func TestHTTPOverADS(t *testing.T) {
 // refused listener does not make the next cluster, route or endpoint
 // update a rejection too (a failover's EDS would be).
 func TestRejectedUpdateKeepsTheLastGood(t *testing.T) {
-	log := zaptest.NewLogger(t)
-	srv, err := xds.NewServer(log.Named("xds"), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	g := grpc.NewServer()
-	srv.Register(ctx, g)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(ln)
-	defer g.Stop()
+	srv, addr := cpXDS(t)
+	ctx := context.Background()
 	v1, v2, v3 := backend(t, "v1", nil), backend(t, "v2", nil), backend(t, "v3", nil)
 	good := func() *listener.Listener { return outboundHTTPListener("outbound:svc", "outbound:svc") }
 	// Refused by the built-in proxy (Envoy's HCM takes it): it names the
@@ -115,17 +124,8 @@ func TestRejectedUpdateKeepsTheLastGood(t *testing.T) {
 	}
 	set(good(), v1, "svc")
 	p := newProxy(t)
-	client := &Client{Address: ln.Addr().String(), NodeID: "default.web-1", Proxy: p, Log: log.Named("client")}
-	done := make(chan struct{})
-	go func() { client.Start(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	testutil.Until(t, 10*time.Second, "the route configuration", func() bool {
-		return p.cfg.Load().RouteTables["outbound:svc"] != nil
-	})
-	url := "http://" + boundAddr(t, p, "outbound:svc") + "/"
-	if resp, body := get(t, h1Client(), url); resp.StatusCode != http.StatusOK || body != "v1 GET /" {
-		t.Fatalf("%d %q", resp.StatusCode, body)
-	}
+	runADS(t, p, addr, "default.web-1")
+	url := servedByV1(t, p)
 
 	set(bad, v1, "svc")
 	testutil.Until(t, 10*time.Second, "the listener's rejection", func() bool { return node().Nacks == 1 })

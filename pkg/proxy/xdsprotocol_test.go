@@ -19,8 +19,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -89,11 +87,7 @@ func newStepHarness(t *testing.T) *stepHarness {
 	go g.Serve(ln)
 	t.Cleanup(g.Stop)
 	p := newProxy(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	client := &Client{Address: ln.Addr().String(), NodeID: "default.billing-1", Proxy: p, Log: zaptest.NewLogger(t).Named("client")}
-	done := make(chan struct{})
-	go func() { client.Start(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runADS(t, p, ln.Addr().String(), "default.billing-1")
 	return &stepHarness{t: t, ads: ads, p: p}
 }
 
@@ -254,6 +248,19 @@ func sdsInbound(t *testing.T) *listener.Listener {
 	return l
 }
 
+// inboundBeforeSecrets gives the proxy billing's inbound (sdsInbound) and
+// its cluster app, and returns once the proxy asks for the secrets, which
+// are the test's to push.
+func (h *stepHarness) inboundBeforeSecrets() {
+	h.t.Helper()
+	app := backend(h.t, "app", nil)
+	acked(h.t, h.push(resource.ClusterType, "c1", staticHTTPCluster("app", false, app)))
+	acked(h.t, h.push(resource.ListenerType, "l1", sdsInbound(h.t)))
+	h.waitFor("for SDS", func(r *discovery.DiscoveryRequest) bool {
+		return r.TypeUrl == resource.SecretType && len(r.ResourceNames) == 2
+	})
+}
+
 // get200 GETs url with c and fails unless app answers 200.
 func get200(t *testing.T, c *http.Client, url, when string) {
 	t.Helper()
@@ -277,10 +284,7 @@ func get200(t *testing.T, c *http.Client, url, when string) {
 func TestReconnectKeepsWhatItHad(t *testing.T) {
 	h := newStepHarness(t)
 	m := newMeshTLS(t)
-	app := backend(t, "app", nil)
-	acked(t, h.push(resource.ClusterType, "c1", staticHTTPCluster("app", false, app)))
-	acked(t, h.push(resource.ListenerType, "l1", sdsInbound(t)))
-	h.waitFor("for SDS", func(r *discovery.DiscoveryRequest) bool { return r.TypeUrl == resource.SecretType })
+	h.inboundBeforeSecrets()
 	acked(t, h.push(resource.SecretType, "s1", xds.IdentitySecret(m.issue("billing")), xds.TrustSecret(m.ca.CertPEM, "")))
 	url := "https://" + boundAddr(t, h.p, "inbound:billing") + "/"
 	get200(t, m.client("web", nil), url, "on the first stream")
@@ -345,12 +349,7 @@ func TestEDSResponseWithoutANameKeepsIt(t *testing.T) {
 func TestSDSResponsesOneSecretEach(t *testing.T) {
 	h := newStepHarness(t)
 	m := newMeshTLS(t)
-	app := backend(t, "app", nil)
-	acked(t, h.push(resource.ClusterType, "1", staticHTTPCluster("app", false, app)))
-	acked(t, h.push(resource.ListenerType, "1", sdsInbound(t)))
-	h.waitFor("for SDS", func(r *discovery.DiscoveryRequest) bool {
-		return r.TypeUrl == resource.SecretType && len(r.ResourceNames) == 2
-	})
+	h.inboundBeforeSecrets()
 	acked(t, h.push(resource.SecretType, "1", xds.TrustSecret(m.ca.CertPEM, "")))
 	acked(t, h.push(resource.SecretType, "2", xds.IdentitySecret(m.issue("billing"))))
 	// A rotation: the identity alone.
@@ -381,10 +380,7 @@ func TestUnknownTypeIsNotNACKed(t *testing.T) {
 func TestUnrequestedSecretIsIgnored(t *testing.T) {
 	h := newStepHarness(t)
 	m := newMeshTLS(t)
-	app := backend(t, "app", nil)
-	acked(t, h.push(resource.ClusterType, "1", staticHTTPCluster("app", false, app)))
-	acked(t, h.push(resource.ListenerType, "1", sdsInbound(t)))
-	h.waitFor("for SDS", func(r *discovery.DiscoveryRequest) bool { return r.TypeUrl == resource.SecretType })
+	h.inboundBeforeSecrets()
 	other := xds.IdentitySecret(m.issue("web"))
 	other.Name = "a-cert" // before "identity" by name: the last one would win
 	acked(t, h.push(resource.SecretType, "1", xds.IdentitySecret(m.issue("billing")), xds.TrustSecret(m.ca.CertPEM, ""), other))
@@ -444,33 +440,16 @@ func TestUnsubscribesWhenNoNameIsLeft(t *testing.T) {
 // that type: a proxy whose last EDS cluster went, and then gets a new
 // one, gets the new one's endpoints.
 func TestResubscribeAfterLettingGo(t *testing.T) {
-	log := zaptest.NewLogger(t)
-	srv, err := xds.NewServer(log.Named("xds"), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	g := grpc.NewServer()
-	srv.Register(ctx, g)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(ln)
-	defer g.Stop()
+	srv, addr := cpXDS(t)
 	set := func(res xds.Resources) {
 		t.Helper()
-		if err := srv.SetResources(ctx, "default.web-1", res); err != nil {
+		if err := srv.SetResources(context.Background(), "default.web-1", res); err != nil {
 			t.Fatal(err)
 		}
 	}
 	set(xds.Resources{resource.ClusterType: {plainEDSCluster("a")}, resource.EndpointType: {assignment("a", "127.0.0.1:1")}})
 	p := newProxy(t)
-	client := &Client{Address: ln.Addr().String(), NodeID: "default.web-1", Proxy: p, Log: log.Named("client")}
-	done := make(chan struct{})
-	go func() { client.Start(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	runADS(t, p, addr, "default.web-1")
 	has := func(name string) func() bool {
 		return func() bool { c := p.cfg.Load().Clusters[name]; return c != nil && len(c.Endpoints) > 0 }
 	}
