@@ -45,8 +45,15 @@ type instance struct {
 
 func startZones(t testing.TB, names ...string) *meshZones {
 	t.Helper()
+	return startZonesWith(t, nil, names...)
+}
+
+// startZonesWith is startZones with the global started with globalArgs
+// too (its store, say).
+func startZonesWith(t testing.TB, globalArgs []string, names ...string) *meshZones {
+	t.Helper()
 	m := &meshZones{t: t, dir: t.TempDir(), zones: map[string]*zoneProcs{}}
-	m.global = startCP(t, "global")
+	m.global = startCP(t, append([]string{"global"}, globalArgs...)...)
 	m.kds = m.global.kds
 	_, pemCA := m.global.get(t, "/kds/ca.pem")
 	ca := filepath.Join(m.dir, "ca.pem")
