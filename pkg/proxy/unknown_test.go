@@ -118,3 +118,26 @@ func FuzzKnownFields(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkKnownFields: what the check costs a proxy per resource it is
+// sent, for an outbound and an inbound HTTP listener as the CP makes them
+// (an HCM in each, RBAC in the inbound) and an mTLS cluster.
+func BenchmarkKnownFields(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		m    proto.Message
+	}{
+		{"outbound-listener", outboundHTTPListener("outbound:svc", "outbound:svc")},
+		{"inbound-listener", inboundHTTPListener("inbound:svc", "svc", "localhost:1", "spiffe://default/web")},
+		{"mtls-cluster", mtlsHTTPCluster("svc", "svc", false)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := knownFields(c.m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
