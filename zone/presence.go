@@ -83,9 +83,9 @@ type Presence struct {
 	run atomic.Pointer[context.Context]
 }
 
-// stopping reports whether Start's context is done. The xDS server's
-// streams end after it is (the same cancellation reaches them later), so
-// every stream the stop ends is seen to.
+// stopping reports whether Start's context is done: the process is
+// stopping, and a stream that ends now (its gRPC server stopped, say) is
+// not the proxy leaving.
 func (p *Presence) stopping() bool {
 	c := p.run.Load()
 	return c != nil && (*c).Err() != nil
@@ -128,9 +128,11 @@ func (p *Presence) Observe(e xds.StreamEvent) {
 		p.nodes[e.Node] = n
 		urgent = true
 	case xds.OpDisconnected:
-		if n == nil || p.stopping() {
+		if n == nil || e.Stopping || p.stopping() {
 			// A stream this replica's stop ended: the proxy reconnects
-			// (shutdown).
+			// (shutdown). The xDS server says so of the streams its
+			// context ended; stopping covers those a stop of the
+			// process's components cut.
 			return
 		}
 		n.status.Connected, n.status.DisconnectedAt, n.gone = false, at, true
@@ -659,11 +661,11 @@ func (p *Presence) sweepPrevious(ctx context.Context) bool {
 		}
 		return out, nil
 	}
-	now := p.now().UTC().Truncate(time.Microsecond)
 	if p.started.IsZero() {
-		p.started = now
+		p.started = p.now() // its monotonic reading times the grace
 	}
-	waiting := now.Sub(p.started) < reconnectGrace
+	waiting := p.now().Sub(p.started) < reconnectGrace
+	now := p.now().UTC().Truncate(time.Microsecond)
 	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
 		var puts []api.Resource
 		for _, typ := range []string{"DataplaneInsight", "ZoneIngressInsight"} {

@@ -400,7 +400,7 @@ func (f *faultStore) Apply(ctx context.Context, puts []api.Resource, deletes []a
 
 // modelFailure is one proxy whose insight is wrong at the end.
 type modelFailure struct {
-	kind   string // stale-connected, connected-to-dead, not-connected, missing, wrong-instance, dataplane-deleted; not-latest is soft
+	kind   string // offline-at-stop, stale-connected, connected-to-dead, not-connected, missing, wrong-instance, dataplane-deleted; not-latest is soft
 	detail string
 }
 
@@ -640,7 +640,28 @@ func runScenario(t testing.TB, sc modelScenario, trace func(string)) modelResult
 				return false
 			}
 			if s.kind == stepStop && !r.dead {
+				// As in zone.Run: Start's ctx is done, then the xDS
+				// server's streams end (each proxy's last stream on r
+				// closes), then Start shuts down. The proxies are
+				// reconnecting: the stop may not mark offline any that
+				// r's connection held in the store.
+				stopped, cancelStart := context.WithCancel(ctx)
+				cancelStart()
+				r.pres.run.Store(&stopped)
+				before := insights()
+				raced := r.fault.race != nil
+				for p := range r.open {
+					r.pres.Observe(xds.StreamEvent{Op: xds.OpDisconnected, Node: fmt.Sprintf("default.p%d", p), Kind: xds.KindSidecar, At: at})
+				}
 				r.pres.shutdown()
+				after := insights()
+				for p := range r.open {
+					name := fmt.Sprintf("p%d", p)
+					b, a := before[name], after[name]
+					if !raced && b != nil && b.Connected && b.Instance == r.name && (a == nil || !a.Connected) {
+						fail("offline-at-stop", fmt.Sprintf("%s held by %s, marked offline by its stop", name, r.name))
+					}
+				}
 			}
 			if s.newSkew != nil {
 				r.skew = *s.newSkew

@@ -101,7 +101,7 @@ func TestSweepDecidesAgainOnConflict(t *testing.T) {
 	b.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "default.moved", Kind: xds.KindSidecar, At: time.Now()})
 	b.flush(ctx)
 	p := NewPresence(st, fixedView{frozen}, "cp-a", zaptest.NewLogger(t))
-	p.started = time.Now().Add(-reconnectGrace) // up for its reconnect grace
+	p.started = time.Now().Add(-reconnectGrace - time.Second) // up for its reconnect grace
 	p.sweepPrevious(ctx)
 	for _, n := range []string{"gone-1", "gone-2"} {
 		if in := insightOfStore(t, st, n); in.Connected {

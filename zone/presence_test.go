@@ -253,8 +253,10 @@ func TestPresenceForgetsProxiesOfUnknownMeshes(t *testing.T) {
 }
 
 // TestStopLeavesProxiesConnected: a replica that stops leaves its proxies
-// connected, the streams its stop ends included, and its heartbeat to
-// expire: they are reconnecting, and their endpoints stay meanwhile.
+// connected, the streams its stop ends included (those the xDS server says
+// its stop ended, and those that end once this component is stopping),
+// and its heartbeat to expire: they are reconnecting, and their endpoints
+// stay meanwhile.
 func TestStopLeavesProxiesConnected(t *testing.T) {
 	st := store.NewMemory(0)
 	if _, err := st.Apply(context.Background(), []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}}, nil); err != nil {
@@ -266,16 +268,22 @@ func TestStopLeavesProxiesConnected(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Start(ctx); close(done) }()
-	p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: "default.web-1", Kind: xds.KindSidecar, At: time.Now()})
-	testutil.Until(t, 5*time.Second, "web-1 connected", func() bool {
+	for _, n := range []string{"default.web-1", "default.web-2"} {
+		p.Observe(xds.StreamEvent{Op: xds.OpConnected, Node: n, Kind: xds.KindSidecar, At: time.Now()})
+	}
+	testutil.Until(t, 5*time.Second, "both connected", func() bool {
 		res, _ := st.List(context.Background(), store.ListOptions{Type: "DataplaneInsight"})
-		return len(res.Items) == 1 && api.StatusOf(res.Items[0]).Connected
+		return len(res.Items) == 2 && api.StatusOf(res.Items[0]).Connected && api.StatusOf(res.Items[1]).Connected
 	})
+	// The xDS server's stop, seen before this component's: it says so.
+	p.Observe(xds.StreamEvent{Op: xds.OpDisconnected, Node: "default.web-2", At: time.Now(), Stopping: true})
 	cancel()
 	p.Observe(xds.StreamEvent{Op: xds.OpDisconnected, Node: "default.web-1", At: time.Now()}) // the stop ends its stream
 	<-done
-	if in := insightOfStore(t, st, "web-1"); !in.Connected || in.Instance != "cp-a" {
-		t.Fatalf("after the replica stopped: %+v", in.ProxyStatus)
+	for _, n := range []string{"web-1", "web-2"} {
+		if in := insightOfStore(t, st, n); !in.Connected || in.Instance != "cp-a" {
+			t.Fatalf("%s after the replica stopped: %+v", n, in.ProxyStatus)
+		}
 	}
 	if _, err := st.Get(context.Background(), api.Key{Type: "Lease", Name: heartbeatName("cp-a")}); err != nil {
 		t.Fatalf("the heartbeat: %v", err)

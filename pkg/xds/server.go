@@ -82,6 +82,10 @@ type StreamEvent struct {
 	TypeURL string
 	Version string
 	Reason  string
+	// Stopping, on OpDisconnected: the stream ended because this server
+	// is stopping (the context Register was given is done), not because
+	// the proxy left: it is reconnecting, here or elsewhere.
+	Stopping bool
 }
 
 // StreamOp is the kind of a StreamEvent.
@@ -130,6 +134,7 @@ type Server struct {
 	registrar Registrar
 
 	mu      sync.Mutex
+	serving context.Context       // what Register was given: the streams end with it
 	auths   map[int64]*streamAuth // stream id → who it showed it is
 	nodes   map[string]*Node
 	streams map[int64]string // stream id → node id
@@ -181,6 +186,9 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 
 // Register adds the xDS services to g.
 func (s *Server) Register(ctx context.Context, g *grpc.Server) {
+	s.mu.Lock()
+	s.serving = ctx
+	s.mu.Unlock()
 	srv := serverv3.NewServer(ctx, &s.cache, s.callbacks())
 	r := revocableRegistrar{g}
 	discovery.RegisterAggregatedDiscoveryServiceServer(r, srv)
@@ -386,8 +394,11 @@ func (s *Server) closed(stream int64) {
 	delete(s.nodes, id)
 	delete(s.published, id)
 	s.cache.clear(id)
-	s.log.Info("proxy disconnected", zap.String("proxy", id))
-	s.observe(StreamEvent{Op: OpDisconnected, Node: id, Kind: kind})
+	// The streams end on the serving context: once it is done, every
+	// stream that ends sees it so.
+	stopping := s.serving != nil && s.serving.Err() != nil
+	s.log.Info("proxy disconnected", zap.String("proxy", id), zap.Bool("server_stopping", stopping))
+	s.observe(StreamEvent{Op: OpDisconnected, Node: id, Kind: kind, Stopping: stopping})
 	s.notify()
 }
 

@@ -27,6 +27,14 @@ func startServer(t *testing.T) (*Server, discovery.AggregatedDiscoveryServiceCli
 // startServerWith starts a Server that tells p (if not nil) of its streams.
 func startServerWith(t *testing.T, p Presence) (*Server, discovery.AggregatedDiscoveryServiceClient) {
 	t.Helper()
+	s, client, _ := startServing(t, p)
+	return s, client
+}
+
+// startServing is startServerWith, and ends the context the server was
+// registered with when stop is called (the stop of the process).
+func startServing(t *testing.T, p Presence) (_ *Server, _ discovery.AggregatedDiscoveryServiceClient, stop context.CancelFunc) {
+	t.Helper()
 	s, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +65,38 @@ func startServerWith(t *testing.T, p Presence) (*Server, discovery.AggregatedDis
 	if err := s.SetResources(ctx, "default.a", r); err != nil {
 		t.Fatal(err)
 	}
-	return s, discovery.NewAggregatedDiscoveryServiceClient(cc)
+	return s, discovery.NewAggregatedDiscoveryServiceClient(cc), cancel
+}
+
+// TestStopFlagsDisconnects: a stream the proxy ends is a proxy leaving; one
+// that ends because the server is stopping (its context done) says so, for
+// the presence to leave the proxy connected while it reconnects.
+func TestStopFlagsDisconnects(t *testing.T) {
+	rec := &recorder{added: make(chan struct{}, 1)}
+	_, client, stop := startServing(t, rec)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	connect := func() context.CancelFunc {
+		sctx, leave := context.WithCancel(ctx)
+		stream, err := client.StreamAggregatedResources(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.a"}, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"}})
+		return leave
+	}
+	leave := connect()
+	rec.waitFor(t, OpConnected, 1)
+	leave()
+	if e := rec.waitFor(t, OpDisconnected, 1); e.Stopping {
+		t.Fatalf("a proxy that left: %+v", e)
+	}
+	defer connect()()
+	rec.waitFor(t, OpConnected, 2)
+	stop()
+	if e := rec.waitFor(t, OpDisconnected, 2); !e.Stopping {
+		t.Fatalf("a stream the server's stop ended: %+v", e)
+	}
 }
 
 // TestNackIsRecorded: a NACK is counted, shown in the proxy's insight, and

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -14,8 +15,21 @@ import (
 // each a new connection and so a new mTLS handshake between the
 // sidecars, go on through the stop, the restart and both sidecars'
 // reconnects: each keeps running what it had until its new stream
-// replaces it (identity, clusters, endpoints), as Envoy does.
-func TestZoneRestartKeepsTraffic(t *testing.T) {
+// replaces it (identity, clusters, endpoints), as Envoy does, and the
+// stopped replica leaves its proxies connected, to be written so again
+// by the replica they reach. A third sidecar, killed while the CP is
+// down, is marked offline once the restarted CP has given it time to
+// come back: here, under a new instance name (the default), by the
+// leader's reaper when the old replica's heartbeat has expired.
+func TestZoneRestartKeepsTraffic(t *testing.T) { zoneRestart(t) }
+
+// TestZoneRestartSameInstanceKeepsTraffic: the same, the CP restarted
+// under the same --instance (a StatefulSet pod's name): the dead sidecar is
+// marked offline by the restarted process itself, after reconnectGrace.
+func TestZoneRestartSameInstanceKeepsTraffic(t *testing.T) { zoneRestart(t, "--instance", "zone-a") }
+
+// zoneRestart is the restart tests' body, the CP started with instance.
+func zoneRestart(t *testing.T, instance ...string) {
 	dsn, err := cluster.NewDatabase(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -23,22 +37,29 @@ func TestZoneRestartKeepsTraffic(t *testing.T) {
 	if p := start(t, "ursa-cp", "migrate", "up", "--store", dsn); p.wait(t) != nil {
 		t.Fatalf("migrate: %s", p.out.String())
 	}
-	zone := startCP(t, "zone", "--zone", "zone-1", "--store", dsn, "--vip-cidr", "127.240.0.0/16")
+	zone := startCP(t, append([]string{"zone", "--zone", "zone-1", "--store", dsn, "--vip-cidr", "127.240.0.0/16"}, instance...)...)
 	ctl(t, zone.api, openMTLSMesh, "apply", "-f", "-")
 	dir := t.TempDir()
 	toBilling := freeAddr(t)
 	billing := startSidecar(t, zone, dir, "billing-1", "billing", "version: v1", echo(t, "billing-1"))
 	web := startSidecar(t, zone, dir, "web-1", "web", "version: v1", echo(t, "web-1"),
 		fmt.Sprintf("{address: 127.0.0.1, port: %s, tags: {ursa.io/service: billing}}", port(toBilling)))
+	gone := startSidecar(t, zone, dir, "gone-1", "gone", "version: v1", echo(t, "gone-1"))
 	eventually(t, "web's calls to reach billing", func() bool {
 		answer, err := call(toBilling, "hi")
 		return err == nil && answer == "billing-1: hi"
 	})
-
+	connected := func(name string) bool {
+		_, body := zone.get(t, "/meshes/default/dataplanes/"+name+"/insight")
+		return strings.Contains(body, `"connected":true`)
+	}
+	eventually(t, "gone-1 connected", func() bool { return connected("gone-1") })
+	var restarted time.Time
 	failed, calls := callsAcross(t, toBilling, "billing-1: hi", func() {
 		zone.proc.stop(t)
+		gone.cmd.Process.Signal(syscall.SIGKILL) // dies while the CP is down
 		zone.restart(t)
-		// Both sidecars have a new stream.
+		restarted = time.Now()
 		for _, s := range []*meshSidecar{web, billing} {
 			eventually(t, "each sidecar to reconnect", func() bool {
 				return strings.Count(zone.out.String(), "proxy connected") >= 2 && strings.Contains(s.out.String(), "reconnecting")
@@ -47,6 +68,27 @@ func TestZoneRestartKeepsTraffic(t *testing.T) {
 	})
 	if len(failed) > 0 {
 		t.Fatalf("%d of %d calls failed across the zone CP's restart:\n%s", len(failed), calls, strings.Join(failed, "\n"))
+	}
+	if !connected("gone-1") {
+		t.Errorf("gone-1 offline within the grace (%v after the restart)", time.Since(restarted))
+	}
+	deadline := time.Now().Add(40 * time.Second)
+	for connected("gone-1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("gone-1 still connected %v after the restart", time.Since(restarted))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("gone-1 offline %v after the restart", time.Since(restarted))
+	time.Sleep(6 * time.Second)
+	for _, n := range []string{"web-1", "billing-1"} {
+		if !connected(n) {
+			_, body := zone.get(t, "/meshes/default/dataplanes/"+n+"/insight")
+			t.Errorf("%s after the grace: %s", n, body)
+		}
+	}
+	if answer, err := call(toBilling, "hi"); err != nil || answer != "billing-1: hi" {
+		t.Errorf("after the grace: %q %v", answer, err)
 	}
 }
 
