@@ -30,6 +30,10 @@ type Source interface {
 	// Current returns the latest snapshot and a channel closed when a newer
 	// one is published.
 	Current() (*Snapshot, <-chan struct{})
+	// Ready is closed once the snapshots hold the store: before, Current's
+	// is empty, which is not the store's state (a sender diffing a peer
+	// against it would tell the peer to delete all it holds).
+	Ready() <-chan struct{}
 }
 
 // Cache follows a store through a store.Mirror and publishes snapshots of

@@ -102,6 +102,15 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 	nonce := 0
 	tick := time.NewTicker(max(s.AckTimeout/4, 10*time.Millisecond))
 	defer tick.Stop()
+	// Nothing is sent before the source holds the store: its empty
+	// snapshot would tell a peer that resumes (initial_resource_versions)
+	// to delete all it holds, a zone its Meshes and with them everything
+	// in them, while a restarted global (or zone) still loads.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.Source.Ready():
+	}
 	snap, changed := s.Source.Current()
 	for {
 		retryIn := time.Duration(-1) // until the next NACKed type's retry
@@ -187,6 +196,14 @@ func (s *Sender) handle(req *discovery.DeltaDiscoveryRequest, allowed map[string
 	if e := req.GetErrorDetail(); e != nil {
 		s.Stats.nacked(d.Type, e.GetMessage())
 		s.Metrics.response(s.Direction, d.Type, "nack")
+		// The type's later responses, sent on top of this one, are void:
+		// their answers are ignored, and their "before" counts this one's
+		// resources as held (a second NACK restoring it would lose them).
+		for n, o := range outstanding {
+			if o.typeURL == p.typeURL {
+				delete(outstanding, n)
+			}
+		}
 		if ps != nil {
 			// The peer holds what it held before; diff against that again
 			// once the pause is over. (Were later responses of the type

@@ -220,7 +220,8 @@ func (s *Server) ZoneToGlobal(stream kdspb.KDS_ZoneToGlobalServer) error {
 		return err
 	}
 	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "zone_to_global"))
-	target := &zoneTarget{zone: c.zone, store: s.Store, log: log, metrics: s.Metrics}
+	target := &zoneTarget{zone: c.zone, store: s.Store, log: log, metrics: s.Metrics,
+		admitted: func(ctx context.Context) error { _, err := s.verifyToken(ctx, c.token); return err }}
 	receiver := &kds.Receiver{
 		Types:   kds.ZoneToGlobalTypes(),
 		Target:  target,
@@ -270,6 +271,21 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	go s.writeInsights(ctx)
+	go func() {
+		// A token that expires changes nothing in the store: its streams
+		// are closed at the next look (a write is refused at once,
+		// zoneTarget.admitted).
+		t := time.NewTicker(tokenRecheckEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.recheckTokens(ctx)
+			}
+		}
+	}()
 	err := s.Store.Watch(ctx, since, func(e store.Event) error {
 		switch e.Resource.GetMeta().Type {
 		case "Zone":
@@ -289,6 +305,11 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	return err
 }
+
+// tokenRecheckEvery is how often the zones' tokens are verified again,
+// besides when a signing key changes: how long a stream whose token
+// expired may go on reading.
+const tokenRecheckEvery = 30 * time.Second
 
 func (s *Server) recheckTokens(ctx context.Context) {
 	s.mu.Lock()
