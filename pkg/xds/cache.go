@@ -218,7 +218,9 @@ func sotwAnswer(snap *snapshot, req *cache.Request, sub cache.Subscription) cach
 	if req.GetVersionInfo() == version {
 		returned := sub.ReturnedResources()
 		if full {
-			if v, ok := returned[fullState]; (ok && v == version) || p.len() == 0 {
+			// (A type with nothing in it too: Envoy waits for its first
+			// LDS and CDS responses, empty or not, to start.)
+			if v, ok := returned[fullState]; ok && v == version {
 				return nil
 			}
 		} else if !p.hasAnyOf(sub.SubscribedResources(), returned) {

@@ -402,26 +402,21 @@ func (s *Server) closed(stream int64) {
 	s.notify()
 }
 
-// nacked counts and logs a NACK, and slows down a proxy that NACKs again
-// and again.
+// nacked counts and logs a NACK. It does not slow the proxy down: a sleep
+// here held the whole stream (every type's responses and ACKs) for up to
+// 10 s, and the rejected version is not resent anyway (the NACK's version
+// is rewritten, StreamRequestFunc).
 func (s *Server) nacked(stream int64, typeURL, reason string) {
 	s.nacks.WithLabelValues(typeURL).Inc()
 	s.mu.Lock()
 	id := s.streams[stream]
-	n := s.nodes[id]
-	count := 0
-	if n != nil {
+	if n := s.nodes[id]; n != nil {
 		n.Nacks++
 		n.LastNack = reason
-		count = n.Nacks
 		s.observe(StreamEvent{Op: OpNacked, Node: id, Kind: n.Kind, TypeURL: typeURL, Reason: reason})
 	}
 	s.mu.Unlock()
 	s.log.Warn("proxy rejected its configuration", zap.String("proxy", id), zap.String("type_url", typeURL), zap.String("reason", reason))
-	// A proxy that keeps rejecting is slowed down as well.
-	if count > 1 {
-		time.Sleep(min(time.Duration(1<<min(count, 8))*50*time.Millisecond, 10*time.Second))
-	}
 }
 
 func (s *Server) callbacks() serverv3.Callbacks {

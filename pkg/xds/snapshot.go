@@ -293,7 +293,9 @@ func (p *snapshotPart) lookup(name string) *partEntry {
 // known.
 func (p *snapshotPart) hasAnyOf(names map[string]struct{}, known map[string]string) bool {
 	for name := range names {
-		if _, ok := known[name]; !ok && p.lookup(name) != nil {
+		// Known only at this version: a NACK rewritten to the version
+		// published since (server.go) must still get it.
+		if v, ok := known[name]; (!ok || v != p.getVersion()) && p.lookup(name) != nil {
 			return true
 		}
 	}
