@@ -3,8 +3,6 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -12,14 +10,11 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/kds/client"
 	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/api"
-	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
 )
@@ -61,36 +56,6 @@ func deletions(t *testing.T, st store.Store) func() []string {
 	return func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), out...) }
 }
 
-// startGlobalOver is startGlobalWith whose KDS cache reads cacheStore.
-func startGlobalOver(t *testing.T, st, cacheStore store.Store) *global {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named("global")
-	cache := kds.NewCache(cacheStore, kds.GlobalToZoneTypes(), nil, log)
-	bg := background(t, cancel)
-	bg.Go(func() { cache.Start(ctx) })
-	srv, err := server.New(server.Deps{Store: st, Cache: cache, Log: log, InsightInterval: 50 * time.Millisecond,
-		Instance: "g1", AckTimeout: 5 * time.Second, Verifier: fakeTokens{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bg.Go(func() { srv.Start(ctx) })
-	cert, err := servingcert.Load(ctx, st, servingcert.Options{Secret: "kds-server-tls", Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(cert.TLSConfig())))...)
-	srv.Register(gs)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(ln)
-	t.Cleanup(func() { cancel(); gs.GracefulStop() })
-	pool := x509CertPool(cert.CAPEM())
-	return &global{store: st, addr: ln.Addr().String(), pool: pool}
-}
-
 func localDataplane() *api.Dataplane {
 	return &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "default", Name: "web-1"},
 		Networking: api.DataplaneNetworking{Address: "127.0.0.1", Inbound: []api.Inbound{{Port: 8080, Tags: map[string]string{api.TagService: "web", api.TagZone: "zone-a"}}}}}
@@ -118,7 +83,7 @@ func TestResumeBeforeGlobalLoadedDeletesNothing(t *testing.T) {
 	}
 	deleted := deletions(t, zst)
 
-	g := startGlobalOver(t, gst, slowStore{Store: gst, delay: 300 * time.Millisecond})
+	g := startGlobalReading(t, gst, slowStore{Store: gst, delay: 300 * time.Millisecond}, server.Deps{AckTimeout: 5 * time.Second, Verifier: fakeTokens{}})
 	startZoneOn(t, g, "zone-a", "zone:zone-a", zst)
 	// Let the cache load and the zone settle.
 	time.Sleep(4 * time.Second)
@@ -199,10 +164,4 @@ func TestExpiredTokenWritesNothing(t *testing.T) {
 	if has(g.store, api.Key{Type: "ZoneIngress", Name: "zone-a.after"}) {
 		t.Fatal("a zone whose token expired wrote zone-a.after into the global store")
 	}
-}
-
-func x509CertPool(pem []byte) *x509.CertPool {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	return pool
 }

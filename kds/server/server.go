@@ -271,21 +271,10 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	go s.writeInsights(ctx)
-	go func() {
-		// A token that expires changes nothing in the store: its streams
-		// are closed at the next look (a write is refused at once,
-		// zoneTarget.admitted).
-		t := time.NewTicker(tokenRecheckEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				s.recheckTokens(ctx)
-			}
-		}
-	}()
+	// A token that expires changes nothing in the store: its streams are
+	// closed at the next look (a write is refused at once,
+	// zoneTarget.admitted).
+	go every(ctx, tokenRecheckEvery, func() { s.recheckTokens(ctx) })
 	err := s.Store.Watch(ctx, since, func(e store.Event) error {
 		switch e.Resource.GetMeta().Type {
 		case "Zone":
@@ -312,13 +301,7 @@ func (s *Server) Start(ctx context.Context) error {
 const tokenRecheckEvery = 30 * time.Second
 
 func (s *Server) recheckTokens(ctx context.Context) {
-	s.mu.Lock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for _, sess := range s.sessions {
-		sessions = append(sessions, sess)
-	}
-	s.mu.Unlock()
-	for _, sess := range sessions {
+	for _, sess := range s.sessionList() {
 		for token := range sess.tokens() {
 			if _, err := s.Verifier.VerifyZoneToken(ctx, token); err != nil {
 				sess.closeToken(token, fmt.Errorf("zone token no longer valid: %w", err))

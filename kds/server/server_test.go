@@ -52,9 +52,16 @@ func startGlobal(t *testing.T, st store.Store, ackTimeout time.Duration) *global
 // supplies the Verifier and any limits.
 func startGlobalWith(t *testing.T, st store.Store, deps server.Deps) *global {
 	t.Helper()
+	return startGlobalReading(t, st, st, deps)
+}
+
+// startGlobalReading is startGlobalWith whose KDS cache reads cacheStore
+// (st, slowed down, say).
+func startGlobalReading(t *testing.T, st, cacheStore store.Store, deps server.Deps) *global {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named("global")
-	cache := kds.NewCache(st, kds.GlobalToZoneTypes(), nil, log)
+	cache := kds.NewCache(cacheStore, kds.GlobalToZoneTypes(), nil, log)
 	bg := background(t, cancel)
 	bg.Go(func() { cache.Start(ctx) })
 	deps.Store, deps.Cache, deps.Log, deps.InsightInterval = st, cache, log, 50*time.Millisecond

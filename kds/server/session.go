@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -147,22 +149,30 @@ func (s *Server) writeDisconnected(sess *session) {
 
 // writeInsights refreshes every connected zone's insight until ctx ends.
 func (s *Server) writeInsights(ctx context.Context) {
-	t := time.NewTicker(s.InsightInterval)
+	every(ctx, s.InsightInterval, func() {
+		for _, sess := range s.sessionList() {
+			s.writeInsight(ctx, sess)
+		}
+	})
+}
+
+// sessionList is the sessions of the zones connected here.
+func (s *Server) sessionList() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Values(s.sessions))
+}
+
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		s.mu.Lock()
-		sessions := make([]*session, 0, len(s.sessions))
-		for _, sess := range s.sessions {
-			sessions = append(sessions, sess)
-		}
-		s.mu.Unlock()
-		for _, sess := range sessions {
-			s.writeInsight(ctx, sess)
+			f()
 		}
 	}
 }
