@@ -236,7 +236,7 @@ func (c *Client) session(ctx context.Context) error {
 			// of the subscription catches up; one of a type never asked
 			// for is ignored.
 			c.Log.Debug("ignoring a response of a type not subscribed to", zap.String("type_url", resp.TypeUrl))
-			if st.known(resp.TypeUrl) && len(resp.Resources) > 0 {
+			if takes(resp.TypeUrl) && len(resp.Resources) > 0 {
 				if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce, VersionInfo: st.acked[resp.TypeUrl]}); err != nil {
 					return err
 				}
@@ -306,8 +306,8 @@ func (st *state) subscribe(stream discovery.AggregatedDiscoveryService_StreamAgg
 	return nil
 }
 
-// known says whether typ is one the proxy takes.
-func (st *state) known(typ string) bool {
+// takes says whether typ is one the proxy takes.
+func takes(typ string) bool {
 	switch typ {
 	case resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.SecretType, resource.RouteType:
 		return true
