@@ -137,8 +137,8 @@ func TestResumeBeforeZoneLoadedDeletesNothing(t *testing.T) {
 
 // TestExpiredTokenWritesNothing: a zone's writes are "authenticated by its
 // zone token, checked on every message" (DESIGN.md). A stream opened with a
-// token that then expired went on writing into the global store; now its
-// next write is refused and ends the stream.
+// token that then expired went on writing into the global store; now the
+// stream ends when the token expires, and the zone is refused with it.
 func TestExpiredTokenWritesNothing(t *testing.T) {
 	ctx := context.Background()
 	g := startSecured(t, server.Deps{})

@@ -22,6 +22,7 @@ import (
 	"github.com/ursamesh/ursa/kds/kdspb"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/tokens"
 )
 
 // Verifier checks a zone token and returns the zone it was issued to.
@@ -102,6 +103,7 @@ type caller struct {
 	zone    string
 	token   string
 	version string
+	expires time.Time // when the token does, if the Verifier tells
 }
 
 // authenticate reads the zone's identity from its token, never from what it
@@ -118,7 +120,7 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 	if !ok || token == "" {
 		return caller{}, status.Error(codes.Unauthenticated, "no zone token: start the zone CP with --zone-token-file (ursactl generate zone-token --zone NAME)")
 	}
-	zone, err := s.verifyToken(ctx, token)
+	zone, expires, err := s.verifyToken(ctx, token)
 	if err != nil {
 		return caller{}, err
 	}
@@ -130,21 +132,36 @@ func (s *Server) authenticate(ctx context.Context) (caller, error) {
 	if err := s.admitZone(ctx, zone); err != nil {
 		return caller{}, err
 	}
-	return caller{zone: zone, token: token, version: first(kds.MetadataVersion)}, nil
+	return caller{zone: zone, token: token, version: first(kds.MetadataVersion), expires: expires}, nil
 }
 
-// verifyToken returns the zone a token was issued to, or the status error
-// to end the stream with: Unavailable when it cannot be checked now.
-func (s *Server) verifyToken(ctx context.Context, token string) (string, error) {
-	zone, err := s.Verifier.VerifyZoneToken(ctx, token)
+// verifyToken returns the zone a token was issued to, and when it expires
+// when the Verifier tells (tokens.Issuer does; zero otherwise), or the
+// status error to end the stream with: Unavailable when it cannot be
+// checked now.
+func (s *Server) verifyToken(ctx context.Context, token string) (string, time.Time, error) {
+	var (
+		zone    string
+		expires time.Time
+		err     error
+	)
+	if v, ok := s.Verifier.(interface {
+		VerifyZoneTokenClaims(context.Context, string) (tokens.ZoneClaims, error)
+	}); ok {
+		var c tokens.ZoneClaims
+		c, err = v.VerifyZoneTokenClaims(ctx, token)
+		zone, expires = c.Zone, c.ExpiresAt
+	} else {
+		zone, err = s.Verifier.VerifyZoneToken(ctx, token)
+	}
 	if errors.Is(err, store.ErrUnavailable) {
-		return "", status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
+		return "", time.Time{}, status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
 	}
 	if err != nil {
 		s.Log.Warn("refused a zone token", zap.Error(err))
-		return "", status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
+		return "", time.Time{}, status.Errorf(codes.Unauthenticated, "zone token refused: %v", err)
 	}
-	return zone, nil
+	return zone, expires, nil
 }
 
 // admitZone creates the Zone on its first connection and refuses a disabled
@@ -172,7 +189,7 @@ func (s *Server) admitZone(ctx context.Context, zone string) error {
 // authenticate decided before: a change that landed in between found no
 // stream to close.
 func (s *Server) stillAdmitted(ctx context.Context, c caller) error {
-	if _, err := s.verifyToken(ctx, c.token); err != nil {
+	if _, _, err := s.verifyToken(ctx, c.token); err != nil {
 		return err
 	}
 	r, err := s.Store.Get(ctx, api.Key{Type: "Zone", Name: c.zone})
@@ -220,8 +237,7 @@ func (s *Server) ZoneToGlobal(stream kdspb.KDS_ZoneToGlobalServer) error {
 		return err
 	}
 	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "zone_to_global"))
-	target := &zoneTarget{zone: c.zone, store: s.Store, log: log, metrics: s.Metrics,
-		admitted: func(ctx context.Context) error { _, err := s.verifyToken(ctx, c.token); return err }}
+	target := &zoneTarget{zone: c.zone, store: s.Store, log: log, metrics: s.Metrics}
 	receiver := &kds.Receiver{
 		Types:   kds.ZoneToGlobalTypes(),
 		Target:  target,
@@ -271,10 +287,6 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	go s.writeInsights(ctx)
-	// A token that expires changes nothing in the store: its streams are
-	// closed at the next look (a write is refused at once,
-	// zoneTarget.admitted).
-	go every(ctx, tokenRecheckEvery, func() { s.recheckTokens(ctx) })
 	err := s.Store.Watch(ctx, since, func(e store.Event) error {
 		switch e.Resource.GetMeta().Type {
 		case "Zone":
@@ -294,11 +306,6 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	return err
 }
-
-// tokenRecheckEvery is how often the zones' tokens are verified again,
-// besides when a signing key changes: how long a stream whose token
-// expired may go on reading.
-const tokenRecheckEvery = 30 * time.Second
 
 func (s *Server) recheckTokens(ctx context.Context) {
 	for _, sess := range s.sessionList() {

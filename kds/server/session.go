@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -83,8 +84,16 @@ func (s *Server) attach(parent context.Context, c caller) (*session, context.Con
 	if fresh {
 		s.writeInsight(ctx, sess)
 	}
+	// A token expiring changes nothing in the store: the stream ends when
+	// it does, reads and writes alike (the zone then needs a new one).
+	expiry := func() bool { return false }
+	if exp := c.expires; !exp.IsZero() {
+		t := time.AfterFunc(time.Until(exp), func() { cancel(fmt.Errorf("zone token expired at %s", exp.UTC().Format(time.RFC3339))) })
+		expiry = t.Stop
+	}
 	return sess, ctx, func() {
 		stopWatching()
+		expiry()
 		cancel(nil)
 		s.mu.Lock()
 		sess.mu.Lock()

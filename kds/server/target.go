@@ -22,9 +22,6 @@ type zoneTarget struct {
 	store   store.Store
 	log     *zap.Logger
 	metrics *kds.Metrics
-	// admitted checks the stream's token again: every write must be the
-	// zone's while its token holds (an expired one writes nothing more).
-	admitted func(context.Context) error
 }
 
 func (t *zoneTarget) prefix() string { return t.zone + "." }
@@ -54,11 +51,6 @@ func (t *zoneTarget) Held(ctx context.Context, d api.Descriptor) (map[string]str
 // refuses the whole response: nothing is written, the refusal is counted
 // and logged.
 func (t *zoneTarget) Apply(ctx context.Context, d api.Descriptor, resources []*discovery.Resource, removed []string) error {
-	if t.admitted != nil {
-		if err := t.admitted(ctx); err != nil {
-			return err // ends the stream, with the token's refusal
-		}
-	}
 	puts := make([]api.Resource, 0, len(resources))
 	for _, res := range resources {
 		r, err := kds.Decode(d, res)
