@@ -285,10 +285,10 @@ func TestApplyListsOnce(t *testing.T) {
 	for i := range 30 {
 		puts = append(puts, storetest.Route("default", fmt.Sprintf("r%02d", i), 1, map[string]string{api.LabelOrigin: "global"}))
 	}
-	// The API server's counters are cluster-wide: a controller or another
-	// test's watch may LIST trafficroutes in the same window. So a GET
-	// fails at once, and a re-apply must show exactly one LIST in one of
-	// three tries.
+	// The API server's counters are cluster-wide: a controller, or another
+	// package's test on the same API server, may GET or LIST trafficroutes
+	// in the same window (a CI run once saw 20 GETs and 3 LISTs while
+	// creating). So one re-apply of three must be clean: no GET, one LIST.
 	apply := func(round, want int) (gets, lists int) {
 		gets, lists = requests(t, s, "trafficroutes", "GET"), requests(t, s, "trafficroutes", "LIST")
 		if n, err := s.Apply(ctx, puts, nil); err != nil || n != want {
@@ -296,18 +296,15 @@ func TestApplyListsOnce(t *testing.T) {
 		}
 		gets, lists = requests(t, s, "trafficroutes", "GET")-gets, requests(t, s, "trafficroutes", "LIST")-lists
 		t.Logf("round %d: %d GETs, %d LISTs of trafficroutes for 30 puts", round, gets, lists)
-		if gets != 0 || lists < 1 {
-			t.Fatalf("round %d: %d GETs and %d LISTs of trafficroutes, want 0 and 1", round, gets, lists)
-		}
 		return gets, lists
 	}
 	apply(0, 30)
 	for round := 1; ; round++ {
-		if _, lists := apply(round, 0); lists == 1 {
+		if gets, lists := apply(round, 0); gets == 0 && lists == 1 {
 			return
 		}
 		if round == 3 {
-			t.Fatalf("every re-apply listed trafficroutes more than once")
+			t.Fatalf("no re-apply of three read trafficroutes with one LIST and no GET")
 		}
 	}
 }
