@@ -35,32 +35,8 @@ demo: build ## a live two-zone mesh on this machine (Ctrl-C stops it)
 run: build ## a global CP on the memory store, API on :5681
 	$(BIN)/ursa-cp global --store memory
 
-fuzz: ## run each fuzz target for 30s
-	$(GO) test ./pkg/api -run '^$$' -fuzz FuzzDecode -fuzztime 30s
-	$(GO) test ./kds -run '^$$' -fuzz FuzzDecode -fuzztime 30s
-	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyZoneToken -fuzztime 30s
-	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyProxyTokens -fuzztime 30s
-	$(GO) test ./pkg/tokens -run '^$$' -fuzz FuzzVerifyUserToken -fuzztime 30s
-	$(GO) test ./pkg/xds -run '^$$' -fuzz FuzzLoadReport -fuzztime 30s
-	$(GO) test ./dns -run '^$$' -fuzz FuzzServeDNS -fuzztime 30s
-	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzPeekSNI -fuzztime 30s
-	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzParseTarget -fuzztime 30s
-	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzDNSFastPath -fuzztime 30s
-	$(GO) test ./pkg/servingcert -run '^$$' -fuzz FuzzCheckSAN -fuzztime 30s
-	$(GO) test ./pkg/mtls -run '^$$' -fuzz FuzzParseCSR -fuzztime 30s
-	$(GO) test ./pkg/mtls -run '^$$' -fuzz FuzzTagURI -fuzztime 30s
-	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzParseRevocations -fuzztime 30s
-	$(GO) test ./pkg/apiserver -run '^$$' -fuzz FuzzPlainRefusalHost -fuzztime 30s
-	$(GO) test ./pkg/proxy/tproxy -run '^$$' -fuzz FuzzParsePorts -fuzztime 30s
-	$(GO) test ./pkg/proxy/tproxy -run '^$$' -fuzz FuzzRemoval -fuzztime 30s
-	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzDNSAnswer -fuzztime 30s
-	$(GO) test ./zone/kubernetes -run '^$$' -fuzz FuzzTranslate -fuzztime 30s
-	$(GO) test ./zone/kubernetes -run '^$$' -fuzz FuzzDecodeReview -fuzztime 30s
-	$(GO) test ./pkg/leader -run '^$$' -fuzz FuzzDecodeLease -fuzztime 30s
-	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromObject -fuzztime 30s
-	$(GO) test ./pkg/api/crd -run '^$$' -fuzz FuzzFromSecret -fuzztime 30s
-	$(GO) test ./pkg/kube -run '^$$' -fuzz FuzzParseKubeconfig -fuzztime 30s
-	$(GO) test ./pkg/proxy -run '^$$' -fuzz FuzzKnownFields -fuzztime 30s
+fuzz: ## run every fuzz target (each func Fuzz… in the tree) for FUZZTIME (30s); test/fuzz/run.sh
+	GO=$(GO) bash test/fuzz/run.sh
 
 bench: ## store and KDS benchmarks (figures go in test/BENCHMARKS.md)
 	$(GO) test ./pkg/store/... -run '^$$' -bench . -benchtime 2000x
