@@ -32,7 +32,7 @@ type Server struct {
 	suffix    string // ".mesh."
 	apex      string // "mesh."
 	soa       dns.RR
-	forwarder dnsforward.Forwarder
+	forwarder *dnsforward.Forwarder
 }
 
 // maxUDP is the largest UDP answer we send to an EDNS0 client (RFC 9715's
@@ -45,9 +45,9 @@ func (s *Server) init() {
 	ttl := uint32(s.TTL.Seconds())
 	s.soa = &dns.SOA{Hdr: dns.RR_Header{Name: s.apex, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
 		Ns: "ns." + s.apex, Mbox: "hostmaster." + s.apex, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: ttl}
-	s.forwarder = dnsforward.Forwarder{Upstreams: s.Upstreams,
-		UDP: &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize},
-		TCP: &dns.Client{Net: "tcp", Timeout: 2 * time.Second}}
+	s.forwarder = dnsforward.New(s.Upstreams,
+		&dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize},
+		&dns.Client{Net: "tcp", Timeout: 2 * time.Second})
 }
 
 // Start serves on addr over UDP and TCP until ctx ends.
@@ -124,6 +124,9 @@ func (s *Server) answer(w dns.ResponseWriter, req *dns.Msg) (*dns.Msg, uint16) {
 	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
 		return resp.SetRcode(req, dns.RcodeNotImplemented), q.Qtype
 	}
+	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
+		return resp.SetRcode(req, dns.RcodeBadVers), q.Qtype // RFC 6891 6.1.3; ServeDNS adds the OPT (version 0) it needs
+	}
 	name := strings.ToLower(q.Name)
 	if name != s.apex && !strings.HasSuffix(name, s.suffix) {
 		return s.forward(w, req), q.Qtype
@@ -139,9 +142,12 @@ func (s *Server) answer(w dns.ResponseWriter, req *dns.Msg) (*dns.Msg, uint16) {
 		}
 		return resp, q.Qtype
 	}
-	ip, ok := s.Resolver.Table().Lookup(strings.TrimSuffix(name, s.suffix))
+	table, rel := s.Resolver.Table(), strings.TrimSuffix(name, s.suffix)
+	ip, ok := table.Lookup(rel)
 	if !ok {
-		resp.Rcode = dns.RcodeNameError
+		if !table.HasNamesUnder(rel) { // a mesh's own name has its services under it: NODATA (RFC 8020)
+			resp.Rcode = dns.RcodeNameError
+		}
 		resp.Ns = append(resp.Ns, s.soa)
 		return resp, q.Qtype
 	}

@@ -162,6 +162,33 @@ func TestAnswers(t *testing.T) {
 
 // upstream runs a resolver for example.com that answers big.example.com
 // with 40 A records: more than 512 bytes.
+// A mesh's own name exists: it has its services under it. NOERROR without
+// answers, with the SOA (RFC 8020 2, RFC 2308 2.2), where NXDOMAIN would
+// tell a resolver that nothing under it exists. A query of an EDNS version
+// past 0 gets BADVERS with an OPT of version 0 (RFC 6891 6.1.3).
+func TestNamesWithNamesUnderThemAndEDNSVersions(t *testing.T) {
+	addr := serve(t, viewOf(t, vips("default", map[string]string{"billing": "240.0.0.1"}), vips("payments", map[string]string{"ledger": "240.0.0.2"})))
+	for _, proto := range []string{"udp", "tcp"} {
+		for name, rcode := range map[string]int{"default.mesh.": dns.RcodeSuccess, "payments.mesh.": dns.RcodeSuccess, "nope.mesh.": dns.RcodeNameError, "x.default.mesh.": dns.RcodeNameError} {
+			r := ask(t, addr, proto, new(dns.Msg).SetQuestion(name, dns.TypeA))
+			if r.Rcode != rcode || len(r.Answer) != 0 || len(r.Ns) != 1 || r.Ns[0].Header().Rrtype != dns.TypeSOA {
+				t.Errorf("%s %s: %v, want %s with the SOA", proto, name, r, dns.RcodeToString[rcode])
+			}
+		}
+		if r := ask(t, addr, proto, new(dns.Msg).SetQuestion("ledger.payments.mesh.", dns.TypeA)); len(r.Answer) != 1 {
+			t.Errorf("%s ledger.payments.mesh.: %v", proto, r)
+		}
+		for version, rcode := range map[uint8]int{0: dns.RcodeSuccess, 1: dns.RcodeBadVers} {
+			m := new(dns.Msg).SetQuestion("billing.mesh.", dns.TypeA)
+			m.SetEdns0(1232, false)
+			m.IsEdns0().SetVersion(version)
+			if r := ask(t, addr, proto, m); r.Rcode != rcode || r.IsEdns0() == nil || r.IsEdns0().Version() != 0 {
+				t.Errorf("%s EDNS version %d: %v, want rcode %d with an OPT of version 0", proto, version, r, rcode)
+			}
+		}
+	}
+}
+
 func upstream(t *testing.T) string {
 	t.Helper()
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {

@@ -18,14 +18,17 @@ type Table struct {
 	// byName maps a lower-case name without the domain ("billing" or
 	// "billing.default") to its VIP.
 	byName map[string]netip.Addr
-	vips   map[MeshService]netip.Addr
+	// parents are the names that only have names under them ("default"
+	// of "billing.default"): they exist, without an address.
+	parents map[string]bool
+	vips    map[MeshService]netip.Addr
 }
 
 // NewTable builds the table of the catalogue's live (not released) VIPs.
 // "<service>.<mesh>" always names a service; "<service>" alone names it too
 // when it is in the mesh "default" or in only one mesh.
 func NewTable(cat *catalog.Catalog) *Table {
-	t := &Table{byName: map[string]netip.Addr{}, vips: cat.VIPs()}
+	t := &Table{byName: map[string]netip.Addr{}, parents: map[string]bool{}, vips: cat.VIPs()}
 	// In order, so that of services whose names differ only in case
 	// ("Web", "web") the first by name answers, in every table.
 	all := slices.SortedFunc(maps.Keys(t.vips), func(a, b MeshService) int {
@@ -54,8 +57,18 @@ func NewTable(cat *catalog.Catalog) *Table {
 			}
 		}
 	}
+	for name := range t.byName {
+		for i := strings.IndexByte(name, '.'); i >= 0; i = strings.IndexByte(name, '.') {
+			name = name[i+1:]
+			t.parents[name] = true
+		}
+	}
 	return t
 }
+
+// HasNamesUnder tells whether a lower-case name without the domain has
+// names of the table under it (a mesh's name, such as "default").
+func (t *Table) HasNamesUnder(name string) bool { return t.parents[name] }
 
 // Lookup returns the VIP of a lower-case name without the domain.
 func (t *Table) Lookup(name string) (netip.Addr, bool) {

@@ -41,6 +41,9 @@ type DNS struct {
 	// Envoy, the parents of its names (it ignores the deprecated
 	// known_suffixes, as Envoy does).
 	Domains map[string]bool
+	// soas are the SOA records of negative answers, by zone: each domain
+	// with no domain of the table above it.
+	soas map[string]dns.RR
 	// fast holds the answers of Names prepared for the fast path
 	// (dnsfast.go), built with them.
 	fast fastTable
@@ -122,8 +125,31 @@ func translateDNS(l *listener.Listener) (*DNS, error) {
 			out.Domains[parent] = true
 		}
 	}
-	out.fast = newFastTable(out.Names)
+	out.soas = zoneSOAs(out)
+	out.fast = newFastTable(out)
 	return out, nil
+}
+
+// zoneSOAs makes the SOA of each zone of d: a domain with no domain of d
+// above it. Its TTL, and the negative answers' (RFC 2308 5), is the
+// shortest answer TTL of the names in it, as the zone CP's resolver gives
+// its own answers' TTL to its SOA.
+func zoneSOAs(d *DNS) map[string]dns.RR {
+	ttl := map[string]uint32{}
+	for name, e := range d.Names {
+		if _, parent, _ := strings.Cut(name, "."); parent != "" {
+			zone := d.zoneOf(parent)
+			if t, ok := ttl[zone]; !ok || e.ttl < t {
+				ttl[zone] = e.ttl
+			}
+		}
+	}
+	out := map[string]dns.RR{}
+	for zone, t := range ttl {
+		out[zone] = &dns.SOA{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: t},
+			Ns: "ns." + zone, Mbox: "hostmaster." + zone, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: t}
+	}
+	return out
 }
 
 // ResolvConf reads the resolvers of a resolv.conf file as host:port.
@@ -149,10 +175,6 @@ type dnsServer struct {
 
 // maxUDP is the largest UDP answer sent to an EDNS0 client (RFC 9715).
 const maxUDP = 1232
-
-// maxForwarding bounds the queries being forwarded at once; beyond it,
-// SERVFAIL at once rather than a goroutine per packet of a flood.
-const maxForwarding = 256
 
 // dnsSockets is how many UDP sockets the DNS listener binds to its address
 // (SO_REUSEPORT: the kernel spreads the clients over them by address and
@@ -361,6 +383,9 @@ func (p *Proxy) answerDNS(req *dns.Msg, udp bool) *dns.Msg {
 	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
 		return resp.SetRcode(req, dns.RcodeNotImplemented)
 	}
+	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
+		return resp.SetRcode(req, dns.RcodeBadVers) // RFC 6891 6.1.3; serveDNS adds the OPT (version 0) it needs
+	}
 	table := p.cfg.Load().DNS
 	if table == nil {
 		return resp.SetRcode(req, dns.RcodeRefused)
@@ -377,7 +402,7 @@ func (p *Proxy) answerDNS(req *dns.Msg, udp bool) *dns.Msg {
 		if !table.Domains[name] { // a known domain itself has names under it: NODATA
 			resp.Rcode = dns.RcodeNameError
 		}
-		return resp
+		return table.negative(resp, name)
 	}
 	for _, ip := range e.addrs {
 		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: e.ttl}
@@ -390,7 +415,32 @@ func (p *Proxy) answerDNS(req *dns.Msg, udp bool) *dns.Msg {
 			resp.Answer = append(resp.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
 		}
 	}
-	return resp // a known name without this type: NOERROR, no answer
+	if len(resp.Answer) == 0 { // a known name without this type: NOERROR, no answer
+		return table.negative(resp, name)
+	}
+	return resp
+}
+
+// negative completes a negative answer for name (a lower-case FQDN the
+// table is the authority for) with the SOA of its zone, so that caches
+// keep it (RFC 2308 3).
+func (d *DNS) negative(resp *dns.Msg, name string) *dns.Msg {
+	if soa := d.soas[d.zoneOf(name)]; soa != nil {
+		resp.Ns = append(resp.Ns, soa)
+	}
+	return resp
+}
+
+// zoneOf is the zone of name (a lower-case FQDN): the topmost domain of
+// the table at or above it.
+func (d *DNS) zoneOf(name string) string {
+	zone := name
+	for off, end := 0, false; !end; off, end = dns.NextLabel(name, off) {
+		if d.Domains[name[off:]] {
+			zone = name[off:]
+		}
+	}
+	return zone
 }
 
 // authority tells whether name (a lower-case FQDN) is a known domain or
@@ -404,17 +454,11 @@ func (d *DNS) authority(name string) bool {
 	return false
 }
 
-// forwardDNS asks the upstreams in order, over the query's transport
-// (retrying over TCP when a UDP answer is truncated).
+// forwardDNS asks the upstreams (dnsforward: over the query's transport,
+// within its budget and its bound on queries in flight).
 func (p *Proxy) forwardDNS(req *dns.Msg, udp bool) *dns.Msg {
 	if len(p.DNSUpstreams) == 0 {
 		return new(dns.Msg).SetRcode(req, dns.RcodeRefused)
-	}
-	select {
-	case p.forwarding <- struct{}{}:
-		defer func() { <-p.forwarding }()
-	default:
-		return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
 	}
 	p.forwarderOnce.Do(func() {
 		udpClient := &dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize}
@@ -424,7 +468,7 @@ func (p *Proxy) forwardDNS(req *dns.Msg, udp bool) *dns.Msg {
 			udpClient.Dialer = &net.Dialer{Timeout: 2 * time.Second, Control: tproxy.MarkControl(p.Mark)}
 			tcpClient.Dialer = udpClient.Dialer
 		}
-		p.forwarder = dnsforward.Forwarder{Upstreams: p.DNSUpstreams, UDP: udpClient, TCP: tcpClient}
+		p.forwarder = dnsforward.New(p.DNSUpstreams, udpClient, tcpClient)
 	})
 	resp, err := p.forwarder.Forward(req, udp)
 	if err != nil {

@@ -85,19 +85,30 @@ func TestDNSListener(t *testing.T) {
 				t.Fatalf("%s over %s: %v", name, network, resp)
 			}
 		}
-		if resp := ask("billing.mesh.", dns.TypeAAAA); resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 0 {
-			t.Fatalf("AAAA of a v4 name over %s: %v, want an empty NOERROR", network, resp)
+		// Negative answers carry their zone's SOA, with the answers' TTL,
+		// so that caches keep them (RFC 2308 3, 5).
+		soa := func(resp *dns.Msg) bool {
+			if len(resp.Ns) != 1 {
+				return false
+			}
+			s, ok := resp.Ns[0].(*dns.SOA)
+			return ok && s.Hdr.Name == "mesh." && s.Hdr.Ttl == 30 && s.Minttl == 30
+		}
+		if resp := ask("billing.mesh.", dns.TypeAAAA); resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 0 || !soa(resp) {
+			t.Fatalf("AAAA of a v4 name over %s: %v, want an empty NOERROR with the SOA of mesh.", network, resp)
 		}
 		if resp := ask("v6.mesh.", dns.TypeAAAA); len(resp.Answer) != 1 || resp.Answer[0].(*dns.AAAA).AAAA.String() != "fd00::1" {
 			t.Fatalf("AAAA of v6.mesh over %s: %v", network, resp)
 		}
 		for _, name := range []string{"nope.mesh.", "a.b.mesh.", "nope.default.mesh."} {
-			if resp := ask(name, dns.TypeA); resp.Rcode != dns.RcodeNameError || !resp.Authoritative {
-				t.Fatalf("unknown name %s under .mesh over %s: %v, want an authoritative NXDOMAIN", name, network, resp)
+			if resp := ask(name, dns.TypeA); resp.Rcode != dns.RcodeNameError || !resp.Authoritative || !soa(resp) {
+				t.Fatalf("unknown name %s under .mesh over %s: %v, want an authoritative NXDOMAIN with the SOA of mesh.", name, network, resp)
 			}
 		}
-		if resp := ask("mesh.", dns.TypeA); resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 0 || !resp.Authoritative {
-			t.Fatalf("the domain itself over %s: %v, want an authoritative NOERROR without answers", network, resp)
+		for _, name := range []string{"mesh.", "default.mesh."} {
+			if resp := ask(name, dns.TypeA); resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 0 || !resp.Authoritative || !soa(resp) {
+				t.Fatalf("the domain %s over %s: %v, want an authoritative NOERROR without answers, with the SOA of mesh.", name, network, resp)
+			}
 		}
 		if resp := ask("example.org.", dns.TypeA); resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 || resp.Answer[0].(*dns.A).A.String() != "192.0.2.7" {
 			t.Fatalf("a name outside .mesh over %s: %v, want the upstream's answer", network, resp)
@@ -112,6 +123,35 @@ func TestDNSListener(t *testing.T) {
 	}
 	if _, _, err := (&dns.Client{Net: "tcp"}).Exchange(new(dns.Msg).SetQuestion("billing.mesh.", dns.TypeA), addr); err == nil {
 		t.Fatal("answered after the DNS listener went away")
+	}
+}
+
+// A query of an EDNS version past 0 gets BADVERS with an OPT of version 0
+// (RFC 6891 6.1.3), over UDP (where the fast path leaves it to the full
+// one) and TCP.
+func TestDNSEDNSVersion(t *testing.T) {
+	p := newProxy(t)
+	cfg, err := translate([]*listener.Listener{dnsListener(t, "127.0.0.1", 1, dnsFilter())}, nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DNS.Addr = "127.0.0.1:0"
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		for version, rcode := range map[uint8]int{0: dns.RcodeSuccess, 1: dns.RcodeBadVers} {
+			m := new(dns.Msg).SetQuestion("billing.mesh.", dns.TypeA)
+			m.SetEdns0(1232, false)
+			m.IsEdns0().SetVersion(version)
+			resp, _, err := (&dns.Client{Net: network}).Exchange(m, p.DNSAddr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if opt := resp.IsEdns0(); resp.Rcode != rcode || opt == nil || opt.Version() != 0 {
+				t.Fatalf("EDNS version %d over %s: %v, want rcode %d with an OPT of version 0", version, network, resp, rcode)
+			}
+		}
 	}
 }
 

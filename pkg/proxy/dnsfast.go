@@ -23,22 +23,31 @@ import (
 
 // fastAnswers are the answer records of a table name by query type, each
 // without its owner name (the query's name, in the query's case, goes
-// before it): type, class, TTL, RDLENGTH and RDATA.
+// before it): type, class, TTL, RDLENGTH and RDATA; and soa, the whole
+// SOA record of its zone that a NODATA answer carries.
 type fastAnswers struct {
 	a, aaaa, any [][]byte
+	soa          []byte
 }
 
 // fastTable maps the lower-case wire form of the table's names to their
 // answers.
 type fastTable map[string]*fastAnswers
 
-// newFastTable prepares the answers of names. A name whose wire form does
-// not read back as the same key (escapes such as "\065") is left to the
-// full path.
-func newFastTable(names map[string]dnsEntry) fastTable {
+// newFastTable prepares the answers of d's names. A name whose wire form
+// does not read back as the same key (escapes such as "\065") is left to
+// the full path.
+func newFastTable(d *DNS) fastTable {
 	t := fastTable{}
 	buf := make([]byte, 256)
-	for name, e := range names {
+	soas := map[string][]byte{} // packed, by zone
+	for zone, rr := range d.soas {
+		b := make([]byte, dns.Len(rr))
+		if n, err := dns.PackRR(rr, b, 0, nil, false); err == nil {
+			soas[zone] = b[:n]
+		}
+	}
+	for name, e := range d.Names {
 		n, err := dns.PackDomainName(name, buf, 0, nil, false)
 		if err != nil {
 			continue
@@ -47,7 +56,7 @@ func newFastTable(names map[string]dnsEntry) fastTable {
 			continue
 		}
 		key := string(lowerASCII(buf[:n]))
-		fa := &fastAnswers{}
+		fa := &fastAnswers{soa: soas[d.zoneOf(name)]}
 		for _, ip := range e.addrs {
 			rr := make([]byte, 10, 10+16)
 			binary.BigEndian.PutUint16(rr[2:], dns.ClassINET)
@@ -135,6 +144,9 @@ func (t fastTable) answer(q, out []byte, recursion bool) []byte {
 		if len(q) != end+11 || q[end] != 0 || binary.BigEndian.Uint16(q[end+1:]) != dns.TypeOPT || binary.BigEndian.Uint16(q[end+9:]) != 0 {
 			return nil
 		}
+		if q[end+6] != 0 {
+			return nil // an EDNS version past 0: the full path answers BADVERS
+		}
 		size = int(min(max(binary.BigEndian.Uint16(q[end+3:]), dns.MinMsgSize), maxUDP))
 		end, edns = end+11, true
 	default:
@@ -157,7 +169,13 @@ func (t fastTable) answer(q, out []byte, recursion bool) []byte {
 	case dns.TypeANY:
 		rrs = fa.any
 	}
-	n := hdr + len(name) + 4
+	var soa []byte // a NODATA answer's authority
+	if len(rrs) == 0 {
+		if soa = fa.soa; soa == nil {
+			return nil
+		}
+	}
+	n := hdr + len(name) + 4 + len(soa)
 	for _, rr := range rrs {
 		n += len(name) + len(rr)
 	}
@@ -176,12 +194,17 @@ func (t fastTable) answer(q, out []byte, recursion bool) []byte {
 	if edns {
 		arcountOut = 1
 	}
-	out = append(out, q[0], q[1], byte(bits>>8), byte(bits), 0, 1, byte(len(rrs)>>8), byte(len(rrs)), 0, 0, 0, arcountOut)
+	var nscount byte
+	if soa != nil {
+		nscount = 1
+	}
+	out = append(out, q[0], q[1], byte(bits>>8), byte(bits), 0, 1, byte(len(rrs)>>8), byte(len(rrs)), 0, nscount, 0, arcountOut)
 	out = append(out, q[hdr:off+4]...)
 	for _, rr := range rrs {
 		out = append(out, name...)
 		out = append(out, rr...)
 	}
+	out = append(out, soa...)
 	if edns {
 		out = append(out, optRecord[:]...)
 	}

@@ -79,9 +79,8 @@ type Proxy struct {
 	// Apply could not open it on.
 	dns        *dnsServer
 	dnsFailing string
-	forwarding chan struct{}
 	// forwarder asks DNSUpstreams, built once from them and Mark.
-	forwarder     dnsforward.Forwarder
+	forwarder     *dnsforward.Forwarder
 	forwarderOnce sync.Once
 
 	conns        *prometheus.CounterVec
@@ -117,7 +116,6 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	p := &Proxy{
 		log: log, listeners: map[string]*running{}, ejected: map[string]*ejection{},
 		FirstEjection: DefaultFirstEjection, EjectionTime: DefaultEjectionTime,
-		forwarding: make(chan struct{}, maxForwarding),
 		dnsQueries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_dns_queries_total",
 			Help: "DNS queries answered by the DNS listener, by response code."}, []string{"rcode"}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_connections_total",
