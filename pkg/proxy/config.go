@@ -14,8 +14,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -402,7 +404,7 @@ func endpointsOf(cla *endpoint.ClusterLoadAssignment) ([]Endpoint, error) {
 			if sa == nil {
 				return nil, errors.New("an endpoint without a socket address")
 			}
-			ep := Endpoint{Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()), Weight: lb.GetLoadBalancingWeight().GetValue(),
+			ep := Endpoint{Addr: net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10)), Weight: lb.GetLoadBalancingWeight().GetValue(),
 				Priority: loc.GetPriority(), Zone: loc.GetLocality().GetZone()}
 			if ep.Weight == 0 {
 				ep.Weight = 1
@@ -475,7 +477,7 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 			}
 		}
 	}
-	out := &Listener{Name: l.Name, Addr: fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())}
+	out := &Listener{Name: l.Name, Addr: net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10))}
 	if origDst {
 		return origDstListener(out, l)
 	}
@@ -578,6 +580,12 @@ func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
 			return nil, err
 		}
 		for _, n := range names {
+			// Server names match without case, as Envoy's do (a host
+			// name's case means nothing, RFC 6066 3).
+			n = strings.ToLower(n)
+			if _, dup := out.SNIRoutes[n]; dup {
+				return nil, fmt.Errorf("listener %q: server name %q is matched by two filter chains", l.Name, n)
+			}
 			out.SNIRoutes[n] = routes
 			out.Routes = append(out.Routes, routes...) // checked against the clusters like any route
 		}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -332,7 +333,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 			p.refuse(down, name, "no_sni", err)
 			return
 		}
-		routes, ok := l.SNIRoutes[sni]
+		routes, ok := l.SNIRoutes[strings.ToLower(sni)]
 		if !ok {
 			p.refuse(down, name, "unknown_sni", fmt.Errorf("SNI %q", sni))
 			return

@@ -509,6 +509,55 @@ func TestPickDraining(t *testing.T) {
 	}
 }
 
+// TestAddressesOfEitherFamily: listeners and endpoints at IPv6 addresses
+// (a ZoneIngress or a Dataplane may be at one) are addresses net.Listen and
+// net.Dial take, as Envoy takes them.
+func TestAddressesOfEitherFamily(t *testing.T) {
+	for addr, want := range map[string]string{"2001:db8::5": "[2001:db8::5]:10001", "10.0.0.5": "10.0.0.5:10001"} {
+		l := &listener.Listener{Name: "ingress", Address: socket(addr, 10001),
+			FilterChains: []*listener.FilterChain{{Filters: tcpFilter(t, "billing")}}}
+		got, err := translateListener(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Addr != want {
+			t.Errorf("a listener at %s port 10001 binds %q, want %q", addr, got.Addr, want)
+		}
+		cla := &endpoint.ClusterLoadAssignment{ClusterName: "billing", Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socket(addr, 10001)}}}}}}}
+		cfg, err := translate(nil, []*cluster.Cluster{{Name: "billing", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
+			EdsClusterConfig: &cluster.Cluster_EdsClusterConfig{ServiceName: "billing"}}}, []*endpoint.ClusterLoadAssignment{cla}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if eps := cfg.Clusters["billing"].Endpoints; len(eps) != 1 || eps[0].Addr != want {
+			t.Errorf("an endpoint at %s port 10001: %+v, want %q", addr, eps, want)
+		}
+	}
+}
+
+// TestServerNamesWithoutCase: an ingress's server names are kept in lower
+// case, and two chains that match one name in two cases are refused, as
+// Envoy refuses two chains with the same match.
+func TestServerNamesWithoutCase(t *testing.T) {
+	chain := func(name string) *listener.FilterChain {
+		return &listener.FilterChain{FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{name}},
+			Filters: tcpFilter(t, "billing")}
+	}
+	l := &listener.Listener{Name: "ingress", Address: socket("127.0.0.1", 10001), FilterChains: []*listener.FilterChain{chain("Billing-ABC.default.ursa")}}
+	got, err := translateListener(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got.SNIRoutes["billing-abc.default.ursa"]; !ok || len(got.SNIRoutes) != 1 {
+		t.Fatalf("server names: %v", got.SNIRoutes)
+	}
+	l.FilterChains = append(l.FilterChains, chain("billing-abc.DEFAULT.ursa"))
+	if _, err := translateListener(l); err == nil || !strings.Contains(err.Error(), `server name "billing-abc.default.ursa" is matched by two filter chains`) {
+		t.Fatalf("one name in two chains: %v", err)
+	}
+}
+
 func socket(addr string, port uint32) *core.Address {
 	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
 }
@@ -564,6 +613,11 @@ func TestSNIPassthrough(t *testing.T) {
 	}
 	if got, err := dial("billing-abc.default.ursa"); err != nil || got != "tls hi" {
 		t.Fatalf("known SNI: %q %v", got, err)
+	}
+	// A host name's case means nothing (RFC 6066 3): Envoy matches server
+	// names without it.
+	if got, err := dial("Billing-ABC.Default.URSA"); err != nil || got != "tls hi" {
+		t.Fatalf("the known SNI in another case: %q %v", got, err)
 	}
 	if _, err := dial("unknown.default.ursa"); err == nil {
 		t.Fatal("an unknown SNI was passed through")

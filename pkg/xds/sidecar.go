@@ -234,9 +234,11 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) 
 		out.Add(resource.EndpointType, memo(s, "cla|"+name, func() *endpoint.ClusterLoadAssignment {
 			// A subset pinned to a zone gets every zone's instances of the
 			// subset, its own zone first: when that zone cannot take its
-			// share, the share fails over instead of failing.
+			// share, the share fails over instead of failing. Other zones'
+			// instances are reached through their ingresses, which route by
+			// the SNI of the mesh's mTLS: without it, this zone's only.
 			plan := s.failoverFor(sub.Tags[api.TagService])
-			cla := LoadAssignment(name, s.Endpoints(sub.AnyZone(), false), plan.priorities(s, sub.pinnedZone()))
+			cla := LoadAssignment(name, s.Endpoints(sub.AnyZone(), !mtls), plan.priorities(s, sub.pinnedZone()))
 			if plan.threshold > 0 {
 				cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / plan.threshold))}
 			}

@@ -275,6 +275,56 @@ func (s *MeshState) Endpoints(sub Subset, localOnly bool) []Endpoint {
 	return memo(s, key, func() []Endpoint { return s.buildEndpoints(sub, localOnly) })
 }
 
+// remoteEndpoints are the ingress endpoints of the offers that match tags:
+// one per zone and address (replicas of a zone's ingress behind one load
+// balancer advertise the same), carrying the zone's instances that match,
+// spread over the zone's addresses so that a zone weighs its instances
+// however many ingresses it runs. Every ingress of a zone offers all of the
+// zone's instances, so an offer's instances count once per zone and tag
+// group, not once per ingress.
+func remoteEndpoints(offers []catalog.Offer, tags map[string]string) []Endpoint {
+	type zoneOffers struct {
+		instances map[string]int // by tag group: what the zone's ingresses offer
+		addrs     []Endpoint     // distinct, in the offers' order
+	}
+	zones := map[string]*zoneOffers{}
+	var order []string
+	for _, o := range offers {
+		if !catalog.Matches(tags, o.Tags) {
+			continue
+		}
+		z, ok := zones[o.Zone]
+		if !ok {
+			z = &zoneOffers{instances: map[string]int{}}
+			zones[o.Zone] = z
+			order = append(order, o.Zone)
+		}
+		group := fmt.Sprint(o.Tags) // fmt prints a map's keys sorted
+		z.instances[group] = max(z.instances[group], o.Instances)
+		if !slices.ContainsFunc(z.addrs, func(e Endpoint) bool { return e.Address == o.Address && e.Port == o.Port }) {
+			z.addrs = append(z.addrs, Endpoint{Address: o.Address, Port: o.Port, Zone: o.Zone})
+		}
+	}
+	var out []Endpoint
+	for _, zone := range order {
+		z := zones[zone]
+		n := 0
+		for _, c := range z.instances {
+			n += c
+		}
+		k := len(z.addrs)
+		for i, e := range z.addrs {
+			share := n / k
+			if i < n%k {
+				share++
+			}
+			e.Weight = uint32(max(share, 1))
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 func (s *MeshState) buildEndpoints(sub Subset, localOnly bool) []Endpoint {
 	svc := s.Service(sub.Tags[api.TagService])
 	if svc == nil {
@@ -287,23 +337,7 @@ func (s *MeshState) buildEndpoints(sub Subset, localOnly bool) []Endpoint {
 		}
 	}
 	if !localOnly {
-		byIngress := map[string]*Endpoint{}
-		var order []string
-		for _, o := range svc.Remote {
-			if !catalog.Matches(sub.Tags, o.Tags) {
-				continue
-			}
-			e, ok := byIngress[o.Ingress]
-			if !ok {
-				e = &Endpoint{Address: o.Address, Port: o.Port, Zone: o.Zone}
-				byIngress[o.Ingress] = e
-				order = append(order, o.Ingress)
-			}
-			e.Weight += uint32(o.Instances)
-		}
-		for _, ing := range order {
-			out = append(out, *byIngress[ing])
-		}
+		out = append(out, remoteEndpoints(svc.Remote, sub.Tags)...)
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Address != out[j].Address {
