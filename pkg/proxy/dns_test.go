@@ -42,6 +42,26 @@ func dnsListener(t testing.TB, addr string, port uint32, cfg *dnsfilter.DnsFilte
 		ListenerFilters: []*listener.ListenerFilter{{Name: dnsFilterName, ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: a}}}}
 }
 
+// answeringDNS is a proxy answering dnsFilter's table on a free port of
+// 127.0.0.1 (the same over UDP and TCP), forwarding to upstreams.
+func answeringDNS(tb testing.TB, upstreams ...string) *Proxy {
+	p, err := New(zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(p.Close)
+	p.DNSUpstreams = upstreams
+	cfg, err := translate([]*listener.Listener{dnsListener(tb, "127.0.0.1", 1, dnsFilter())}, nil, nil, nil, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.DNS.Addr = "127.0.0.1:0"
+	if err := p.Apply(cfg); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
 // fakeUpstream is a resolver on loopback, over UDP and TCP, that answers
 // every query with 192.0.2.7.
 func fakeUpstream(t *testing.T) string {
@@ -58,16 +78,7 @@ func fakeUpstream(t *testing.T) string {
 }
 
 func TestDNSListener(t *testing.T) {
-	p := newProxy(t)
-	p.DNSUpstreams = []string{fakeUpstream(t)}
-	cfg, err := translate([]*listener.Listener{dnsListener(t, "127.0.0.1", 1, dnsFilter())}, nil, nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DNS.Addr = "127.0.0.1:0" // a free port, the same over UDP and TCP
-	if err := p.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
+	p := answeringDNS(t, fakeUpstream(t))
 	addr := p.DNSAddr().String()
 	for _, network := range []string{"udp", "tcp"} {
 		c := &dns.Client{Net: network}
@@ -130,15 +141,7 @@ func TestDNSListener(t *testing.T) {
 // (RFC 6891 6.1.3), over UDP (where the fast path leaves it to the full
 // one) and TCP.
 func TestDNSEDNSVersion(t *testing.T) {
-	p := newProxy(t)
-	cfg, err := translate([]*listener.Listener{dnsListener(t, "127.0.0.1", 1, dnsFilter())}, nil, nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DNS.Addr = "127.0.0.1:0"
-	if err := p.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
+	p := answeringDNS(t)
 	for _, network := range []string{"udp", "tcp"} {
 		for version, rcode := range map[uint8]int{0: dns.RcodeSuccess, 1: dns.RcodeBadVers} {
 			m := new(dns.Msg).SetQuestion("billing.mesh.", dns.TypeA)

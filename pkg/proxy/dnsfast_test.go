@@ -165,15 +165,7 @@ func TestDNSFastPath(t *testing.T) {
 
 // The fast path is what the DNS listener answers with, and it counts.
 func TestDNSFastPathListener(t *testing.T) {
-	p := newProxy(t)
-	cfg, err := translate([]*listener.Listener{dnsListener(t, "127.0.0.1", 1, dnsFilter())}, nil, nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DNS.Addr = "127.0.0.1:0"
-	if err := p.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
+	p := answeringDNS(t)
 	c := &dns.Client{Net: "udp"}
 	for range 3 {
 		resp, _, err := c.Exchange(query("billing.MESH.", dns.TypeA), p.DNSAddr().String())
@@ -286,19 +278,7 @@ func BenchmarkDNSAnswer(b *testing.B) {
 // BenchmarkDNSListenerUDP is one query at a time over loopback UDP to the
 // running DNS listener: the per-query cost with the server and syscalls.
 func BenchmarkDNSListenerUDP(b *testing.B) {
-	p, err := New(zap.NewNop(), prometheus.NewRegistry())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
-	cfg, err := translate([]*listener.Listener{dnsListener(b, "127.0.0.1", 1, dnsFilter())}, nil, nil, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg.DNS.Addr = "127.0.0.1:0"
-	if err := p.Apply(cfg); err != nil {
-		b.Fatal(err)
-	}
+	p := answeringDNS(b)
 	conn, err := net.Dial("udp", p.DNSAddr().String())
 	if err != nil {
 		b.Fatal(err)
