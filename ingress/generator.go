@@ -42,6 +42,13 @@ func Generate(s *xds.State, p xds.Proxy) (xds.Resources, error) {
 			ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: xds.MustAny(&tlsinspector.TlsInspector{})}}},
 	}
 	for _, m := range s.Meshes() {
+		if !m.Mesh.MTLSEnabled() {
+			// Only a sidecar's mTLS inbound, which asks for a certificate of
+			// the mesh, may sit behind the ingress: a mesh without mTLS has
+			// plain inbounds, and a chain to one would let anyone who
+			// reaches the ingress into its applications.
+			continue
+		}
 		chains := map[string]xds.Subset{}
 		for _, svc := range m.LocalServices() {
 			for _, sub := range append(m.RoutedSubsets(svc), xds.Subset{Tags: map[string]string{api.TagService: svc}, Weight: 1}) {

@@ -82,7 +82,7 @@ func TestOffersPort(t *testing.T) {
 				Tags: map[string]string{api.TagService: service, "version": version}}}}}
 	}
 	cat := catalog.FromResources("zone-1", []api.Resource{
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default", Version: 1}},
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default", Version: 1}, MTLS: &api.MeshMTLS{Enabled: true}},
 		dp("billing-b", "billing", 10012, 9090, "v2"),
 		dp("billing-a", "billing", 10011, 8080, "v1"),
 		dp("web-1", "web", 10013, 0, "v1"),

@@ -11,14 +11,18 @@ import (
 )
 
 // Offers is what this zone's ingresses offer other zones: the online local
-// instances of every mesh, grouped by mesh and tags (ursa.io/zone set to
-// this zone), with their counts and the service's port here (its
-// catalogue Port, the same in every group of the service), sorted by mesh
+// instances of every mesh with mTLS, grouped by mesh and tags
+// (ursa.io/zone set to this zone), with their counts and the service's
+// port here (its catalogue Port, the same in every group of the service),
+// sorted by mesh
 // and tags.
 func Offers(cat *catalog.Catalog) []api.AvailableService {
 	type key struct{ mesh, tags string }
 	counts := map[key]*api.AvailableService{}
 	for _, m := range cat.Meshes() {
+		if !m.Mesh.MTLSEnabled() {
+			continue // the ingress carries no mesh without mTLS (Generate)
+		}
 		for _, name := range m.LocalServices() {
 			s := m.Service(name)
 			for _, in := range s.Local {

@@ -42,7 +42,7 @@ func TestZoneReplicasAgreeOnPresence(t *testing.T) {
 	a := replica("replica-a")
 	m.zones["zone-1"] = a
 	b := replica("replica-b")
-	ctl(t, m.global.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
+	ctl(t, m.global.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
 	for _, c := range []*cp{a.cp, b.cp, m.zones["zone-2"].cp} {
 		eventually(t, "the mesh in every zone CP", func() bool { return c.has(t, "/meshes/default") })
 	}
