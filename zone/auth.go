@@ -47,13 +47,13 @@ func verifyProxyToken(ctx context.Context, dp *tokens.DataplaneIssuer, ing *toke
 		if err != nil {
 			return xds.Claims{}, verdict(err)
 		}
-		return xds.Claims{Kind: xds.TokenIngress, Zone: c.Zone}, nil
+		return xds.Claims{Kind: xds.TokenIngress, Zone: c.Zone, ExpiresAt: c.ExpiresAt}, nil
 	}
 	c, err := dp.Verify(ctx, token)
 	if err != nil {
 		return xds.Claims{}, verdict(err)
 	}
-	return xds.Claims{Kind: xds.TokenDataplane, Mesh: c.Mesh, Service: c.Service, Tags: c.Tags, Name: c.Name}, nil
+	return xds.Claims{Kind: xds.TokenDataplane, Mesh: c.Mesh, Service: c.Service, Tags: c.Tags, Name: c.Name, ExpiresAt: c.ExpiresAt}, nil
 }
 
 // tokenCovers checks a node against its token beyond what the xDS server

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"go.uber.org/zap"
@@ -36,6 +37,10 @@ type Claims struct {
 	Tags    map[string]string
 	Name    string
 	Zone    string
+	// ExpiresAt is when the token expires, zero when it does not say (a
+	// Kubernetes service account's, reviewed by the API server): its
+	// streams end then.
+	ExpiresAt time.Time
 }
 
 // Auth authenticates proxies by the token they show: in their streams'
@@ -120,6 +125,9 @@ type streamAuth struct {
 	// revoke ends the stream with its cause as its status (nil: a stream
 	// not served through Register, which cannot be ended).
 	revoke context.CancelCauseFunc
+	// expiry ends the stream when its token expires (nil: no expiry, or
+	// none that can end it).
+	expiry *time.Timer
 }
 
 // headerToken returns the bearer token of a stream's metadata.

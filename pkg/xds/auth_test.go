@@ -192,3 +192,60 @@ type registrarFunc func(ctx context.Context, node *core.Node, c *Claims) error
 func (f registrarFunc) Register(ctx context.Context, node *core.Node, c *Claims) error {
 	return f(ctx, node, c)
 }
+
+// TestStreamEndsWhenItsTokenExpires: a token is checked when a stream
+// opens; the stream then ends when the token expires (as a zone's KDS
+// streams do), refused as invalid_token, and a stream opened with it
+// afterwards is refused. A token that does not say when it expires keeps
+// its stream.
+func TestStreamEndsWhenItsTokenExpires(t *testing.T) {
+	exp := time.Now().Add(time.Second)
+	s, cc := startAuthServer(t, Auth{Verify: func(ctx context.Context, token string) (Claims, error) {
+		switch {
+		case token == "lasting":
+			return Claims{Kind: TokenDataplane, Mesh: "default", Name: "b"}, nil
+		case time.Now().Before(exp):
+			return Claims{Kind: TokenDataplane, Mesh: "default", Name: "a", ExpiresAt: exp}, nil
+		}
+		return Claims{}, InvalidToken(errors.New("token is expired"))
+	}})
+	publish(t, s, "default.a")
+	publish(t, s, "default.b")
+	open := func(token, id string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ListenerType}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatalf("%s while its token is valid: %v", id, err)
+		}
+		return stream
+	}
+	expiring, lasting := open("expiring", "default.a"), open("lasting", "default.b")
+	_, err := expiring.Recv() // nothing more is published: only the expiry ends it
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "its token expired at") {
+		t.Fatalf("the stream of an expired token: %v, want Unauthenticated, the token expired", err)
+	}
+	if time.Now().Before(exp) {
+		t.Fatalf("the stream ended before its token expired")
+	}
+	if got := testutil.ToFloat64(s.refusals.WithLabelValues(RefusedInvalidToken)); got != 1 {
+		t.Fatalf("refusals counted: %v", got)
+	}
+	if err := ask(t, cc, "expiring", "default.a", nil); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a new stream with the expired token: %v", err)
+	}
+	// The token without an expiry is still served on its stream.
+	if err := lasting.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.b"}, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lasting.Recv(); err != nil {
+		t.Fatalf("the stream of a token without an expiry: %v", err)
+	}
+}

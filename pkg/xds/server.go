@@ -373,9 +373,24 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	return nil
 }
 
+// expired ends the stream a, of node, whose token expired at exp: a token
+// is checked when a stream opens, and a proxy that connected with it would
+// otherwise go on being served, and its identity renewed, for as long as
+// the stream lasts. Its reconnect shows the token again, and is refused
+// until it shows a new one (its proxy runs on what it has meanwhile).
+func (s *Server) expired(node string, a *streamAuth, exp time.Time) {
+	r := refuse(RefusedInvalidToken, codes.Unauthenticated, "its token expired at %s: give the proxy a new one", exp.UTC().Format(time.RFC3339))
+	s.refusals.WithLabelValues(r.reason).Inc()
+	s.log.Warn("refused a proxy", zap.String("proxy", node), zap.String("reason", r.reason), zap.String("error", r.st.Message()))
+	a.revoke(r)
+}
+
 func (s *Server) closed(stream int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if a := s.auths[stream]; a != nil && a.expiry != nil {
+		a.expiry.Stop()
+	}
 	id, ok := s.streams[stream]
 	delete(s.streams, stream)
 	delete(s.auths, stream)
@@ -522,6 +537,9 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 		}
 		s.mu.Lock()
 		a.claims, a.done = c, true
+		if c != nil && !c.ExpiresAt.IsZero() && a.revoke != nil {
+			a.expiry = time.AfterFunc(time.Until(c.ExpiresAt), func() { s.expired(node.GetId(), a, c.ExpiresAt) })
+		}
 		s.mu.Unlock()
 	}
 	s.mu.Lock()
