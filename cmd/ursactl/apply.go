@@ -62,6 +62,25 @@ func (a *app) apply(cmd *cobra.Command, file string) error {
 	if len(resources) == 0 {
 		return fmt.Errorf("no resources in %s", inputName(file))
 	}
+	// Two policies of the stream that tie would be refused by the server,
+	// the second one, after the first had been written: say so before
+	// anything is sent.
+	tied := 0
+	for i, r := range resources {
+		for j := range i {
+			p, ok1 := r.(api.Policy)
+			q, ok2 := resources[j].(api.Policy)
+			if ok1 && ok2 && api.Conflicts(p, q) {
+				fmt.Fprintf(a.stderr, "document %d: %s has the sources and destinations of %s (document %d): neither would be more specific\n",
+					i+1, describe(r), describe(resources[j]), j+1)
+				tied++
+			}
+		}
+	}
+	if tied > 0 {
+		fmt.Fprintf(a.stderr, "nothing applied: policies of %s tie (%d)\n", inputName(file), tied)
+		return errReported
+	}
 	for _, r := range resources {
 		if d, _ := api.Lookup(r.GetMeta().Type); d.WrittenBy == api.TierSystem {
 			return fmt.Errorf("nothing applied: %s is read-only: only the control plane writes it", describe(r))

@@ -70,6 +70,23 @@ networking:
 			"networking.inbound[2].port: 10011 is already used by networking.inbound[1]",
 			"networking.inbound[2].tags[ursa.io/service]: must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
 		}},
+		{"app ports", `
+type: Dataplane
+mesh: default
+name: ledger-1
+networking:
+  address: 10.0.0.7
+  inbound:
+  - {port: 10011, servicePort: 9000, tags: {ursa.io/service: ledger}}
+  - {port: 10012, servicePort: 9000, tags: {ursa.io/service: audit}}
+  - {port: 9001, tags: {ursa.io/service: admin}}
+  - {port: 10013, servicePort: 9001, tags: {ursa.io/service: other}}`, []string{
+			"networking.inbound[1].servicePort: 9000 is already the application port of networking.inbound[0]",
+			"networking.inbound[3].servicePort: 9001 is already the application port of networking.inbound[2]",
+		}},
+		{"mesh name", `
+type: Mesh
+name: prod.eu`, []string{"name: a mesh name must be a single DNS-1123 label (no dots, at most 63 characters)"}},
 		{"global type with mesh", `
 type: Mesh
 name: default

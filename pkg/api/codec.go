@@ -85,6 +85,9 @@ func decode(data []byte, want string) (Resource, error) {
 // duplicate keys and more than one document.
 func toJSON(data []byte) ([]byte, error) {
 	if trimmed := bytes.TrimSpace(data); len(trimmed) > 0 && trimmed[0] == '{' {
+		if err := jsonDuplicates(trimmed); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 		return trimmed, nil
 	}
 	if err := singleDocument(data); err != nil {
@@ -101,26 +104,76 @@ func toJSON(data []byte) ([]byte, error) {
 var errNoType = fmt.Errorf("%w: type: required", ErrMalformed)
 
 // singleDocument refuses a stream of several YAML documents where one is
-// expected: the others would be silently ignored.
+// expected: the others would be silently ignored, a broken one too.
 func singleDocument(data []byte) error {
-	if !bytes.Contains(data, []byte("---")) {
-		return nil
+	if !bytes.Contains(data, []byte("---")) && !bytes.Contains(data, []byte("...")) {
+		return nil // no document marker: one document
 	}
 	dec := yamlv3.NewDecoder(bytes.NewReader(data))
-	n := 0
-	for {
+	for n := 0; ; n++ {
 		var node yamlv3.Node
 		err := dec.Decode(&node)
-		if errors.Is(err, io.EOF) {
+		switch {
+		case errors.Is(err, io.EOF):
 			return nil
-		}
-		if err != nil {
-			return nil // the decoder proper reports syntax errors
-		}
-		if n++; n > 1 {
+		case err != nil && n == 0:
+			return nil // the decoder proper reports the first document's errors
+		case err != nil:
+			return fmt.Errorf("%w: expected one document, found more (and the next one is not YAML: %v)", ErrMalformed, err)
+		case n > 0:
 			return fmt.Errorf("%w: expected one document, found several", ErrMalformed)
 		}
 	}
+}
+
+// maxJSONDepth bounds the nesting jsonDuplicates walks, as encoding/json
+// bounds what it decodes.
+const maxJSONDepth = 10000
+
+// jsonDuplicates refuses a JSON document holding a key twice in one
+// object, naming it: encoding/json would keep the last silently, where the
+// same document in YAML is refused.
+func jsonDuplicates(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var walk func(path string, depth int) error
+	walk = func(path string, depth int) error {
+		if depth > maxJSONDepth {
+			return fmt.Errorf("nested more than %d deep", maxJSONDepth)
+		}
+		tok, err := dec.Token()
+		if err != nil {
+			return nil // json.Unmarshal reports what is not JSON
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				k, err := dec.Token()
+				if err != nil {
+					return nil
+				}
+				key, _ := k.(string)
+				if seen[key] {
+					return fmt.Errorf("%s: duplicate key", path+key)
+				}
+				seen[key] = true
+				if err := walk(path+key+".", depth+1); err != nil {
+					return err
+				}
+			}
+			dec.Token() // }
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(fmt.Sprintf("%s[%d].", strings.TrimSuffix(path, "."), i), depth+1); err != nil {
+					return err
+				}
+			}
+			dec.Token() // ]
+		}
+		return nil
+	}
+	return walk("", 0)
 }
 
 // DocumentError locates a problem in a multi-document stream.

@@ -224,7 +224,13 @@ func (v *validator) service(field string, tags map[string]string) {
 	}
 }
 
-func (m *Mesh) validateSpec(v *validator) {}
+func (m *Mesh) validateSpec(v *validator) {
+	// A proxy's node id is "<mesh>.<dataplane>": a dot in a mesh's name
+	// would make its proxies' ids read as another mesh's.
+	if len(m.Name) > 63 || strings.Contains(m.Name, ".") {
+		v.add("name", "a mesh name must be a single DNS-1123 label (no dots, at most 63 characters)")
+	}
+}
 
 func (d *Dataplane) validateSpec(v *validator) {
 	n := d.Networking
@@ -232,15 +238,25 @@ func (d *Dataplane) validateSpec(v *validator) {
 	if len(n.Inbound) == 0 {
 		v.add("networking.inbound", "must have at least one inbound")
 	}
-	seen := map[int]string{}
+	seen, apps := map[int]string{}, map[int]string{}
 	for i, in := range n.Inbound {
 		f := fmt.Sprintf("networking.inbound[%d]", i)
 		v.port(f+".port", in.Port, false)
 		v.port(f+".servicePort", in.ServicePort, true)
-		if prev, dup := seen[in.Port]; dup && in.Port != 0 {
+		prev, portDup := seen[in.Port]
+		if portDup && in.Port != 0 {
 			v.add(f+".port", "%d is already used by %s", in.Port, prev)
 		}
 		seen[in.Port] = f
+		// Each inbound's application port is its own: the sidecar reaches
+		// each through a cluster of its own (localhost:PORT). (Without a
+		// servicePort, the port's own duplicate is reported above.)
+		if app := in.AppPort(); app != 0 && !(portDup && in.ServicePort == 0) {
+			if prev, dup := apps[app]; dup {
+				v.add(f+".servicePort", "%d is already the application port of %s", app, prev)
+			}
+			apps[app] = f
+		}
 		v.service(f+".tags", in.Tags)
 		v.tags(f+".tags", in.Tags, false)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -136,6 +137,8 @@ func (v *validator) headerName(field, name string) {
 		v.add(field, "%q: pseudo-headers cannot be matched or changed here (use path and method)", name)
 	case !headerName.MatchString(name):
 		v.add(field, "%q is not a valid HTTP header name", name)
+	case len(name) > maxHeaderBytes:
+		v.add(field, "a header name must be at most %d bytes", maxHeaderBytes)
 	}
 }
 
@@ -151,6 +154,9 @@ func (v *validator) headerModify(field string, m *HeaderModify) {
 		if strings.ContainsAny(m.Set[name], "\r\n\x00") {
 			v.add(fmt.Sprintf("%s.set[%s]", field, name), "a header value must not contain CR, LF or NUL")
 		}
+		if n := len(m.Set[name]); n > maxHeaderBytes {
+			v.add(fmt.Sprintf("%s.set[%s]", field, name), "a header value must be at most %d bytes, not %d", maxHeaderBytes, n)
+		}
 	}
 	for i, name := range m.Remove {
 		f := fmt.Sprintf("%s.remove[%d]", field, i)
@@ -158,6 +164,27 @@ func (v *validator) headerModify(field string, m *HeaderModify) {
 		if strings.EqualFold(name, "host") {
 			v.add(f, "the host header cannot be removed")
 		}
+	}
+}
+
+// DefaultRetryBackOffBase is a Retry's backOff.base when it sets none
+// (Envoy's default).
+const DefaultRetryBackOffBase = 25 * time.Millisecond
+
+// maxHeaderBytes bounds a header's name and value (Envoy's HeaderValue),
+// maxTimerDuration a health check's or an outlier detection's periods (the
+// built-in proxy runs no timer of these past a year).
+const (
+	maxHeaderBytes   = 16384
+	maxTimerDuration = 365 * 24 * time.Hour
+)
+
+// durationUpTo checks an optional duration: when set, it must be positive
+// and at most max.
+func (v *validator) durationUpTo(field string, d *Duration, max time.Duration) {
+	v.duration(field, d)
+	if d != nil && d.D() > max {
+		v.add(field, "must be at most %s, not %s", max, d.D())
 	}
 }
 
@@ -256,8 +283,12 @@ func (v *validator) httpRetry(field string, r *HTTPRetry, on []string) {
 	if b := r.BackOff; b != nil {
 		v.duration(field+".backOff.base", b.Base)
 		v.duration(field+".backOff.max", b.Max)
-		if b.Base != nil && b.Max != nil && *b.Max < *b.Base {
-			v.add(field+".backOff.max", "must not be less than base (%s)", b.Base.D())
+		base := DefaultRetryBackOffBase
+		if b.Base != nil {
+			base = b.Base.D()
+		}
+		if b.Max != nil && b.Max.D() < base {
+			v.add(field+".backOff.max", "must not be less than base (%s, %s when unset)", base, DefaultRetryBackOffBase)
 		}
 	}
 	if b := r.Budget; b != nil {
@@ -280,8 +311,8 @@ func (c *CircuitBreaker) validateSpec(v *validator) {
 	}
 	if o := s.Outlier; o != nil {
 		v.count("spec.outlierDetection.consecutive5xx", o.Consecutive5xx, 1<<20)
-		v.duration("spec.outlierDetection.interval", o.Interval)
-		v.duration("spec.outlierDetection.baseEjectionTime", o.BaseEjectionTime)
+		v.durationUpTo("spec.outlierDetection.interval", o.Interval, maxTimerDuration)
+		v.durationUpTo("spec.outlierDetection.baseEjectionTime", o.BaseEjectionTime, maxTimerDuration)
 		v.count("spec.outlierDetection.maxEjectionPercent", o.MaxEjectionPercent, 100)
 		if sr := o.SuccessRate; sr != nil {
 			v.count("spec.outlierDetection.successRate.minimumHosts", sr.MinimumHosts, 1<<20)
@@ -301,16 +332,21 @@ func (c *CircuitBreaker) validateSpec(v *validator) {
 func (h *HealthCheck) validateSpec(v *validator) {
 	s := h.Spec
 	v.policySelectors(s.Sources, s.Destinations)
-	v.duration("spec.interval", s.Interval)
-	v.duration("spec.timeout", s.Timeout)
+	v.durationUpTo("spec.interval", s.Interval, maxTimerDuration)
+	v.durationUpTo("spec.timeout", s.Timeout, maxTimerDuration)
 	v.count("spec.unhealthyThreshold", s.UnhealthyThreshold, 1000)
 	v.count("spec.healthyThreshold", s.HealthyThreshold, 1000)
 	if t := s.HealthyPanicThreshold; t != nil {
 		v.percent("spec.healthyPanicThreshold", *t)
 	}
 	if s.HTTP != nil {
-		if !strings.HasPrefix(s.HTTP.Path, "/") {
-			v.add("spec.http.path", "%q must start with /", s.HTTP.Path)
+		p := s.HTTP.Path
+		_, escErr := url.PathUnescape(p)
+		switch {
+		case !strings.HasPrefix(p, "/"):
+			v.add("spec.http.path", "%q must start with /", p)
+		case escErr != nil || strings.ContainsFunc(p, func(c rune) bool { return !isPathChar(c) && c != '?' }):
+			v.add("spec.http.path", "%q is not a request path (escape spaces, non-ASCII and other special characters, as %%20)", p)
 		}
 		for i, code := range s.HTTP.ExpectedStatuses {
 			if code < 100 || code > 599 {

@@ -169,9 +169,30 @@ func New(deps Deps) (http.Handler, error) {
 		mux.Handle(pattern, h)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowed(mux, r); len(allow) > 0 {
+			// The path is served, not with this method (RFC 9110 15.5.6).
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, &apiError{status: http.StatusMethodNotAllowed, title: "Method not allowed",
+				details: fmt.Sprintf("%s %s: this path takes %s", r.Method, r.URL.Path, strings.Join(allow, ", "))})
+			return
+		}
 		writeError(w, &apiError{status: http.StatusNotFound, title: "Not found", details: "no such path: " + r.URL.Path})
 	})
 	return s.middleware(mux), nil
+}
+
+// allowed lists the methods mux serves r's path with, other than the
+// catch-all's.
+func allowed(mux *http.ServeMux, r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // statusRecorder remembers the status code for metrics and logs.

@@ -183,7 +183,7 @@ func (o RouteOptions) retryPolicy(httpTimeouts *api.HTTPTimeouts) *route.RetryPo
 		p.RetriableStatusCodes = append(p.RetriableStatusCodes, uint32(c))
 	}
 	if b := r.BackOff; b != nil && (b.Base != nil || b.Max != nil) {
-		base := 25 * time.Millisecond
+		base := api.DefaultRetryBackOffBase
 		if b.Base != nil {
 			base = b.Base.D()
 		}
