@@ -69,17 +69,27 @@ type Identity struct {
 	// including) the mesh's root.
 	CertPEM []byte
 	// KeyPEM is empty when the proxy made its own key (a CSR).
-	KeyPEM    []byte
+	KeyPEM []byte
+	// NotBefore is backdated (a minute before IssuedAt) for clocks behind
+	// the CP's.
 	NotBefore time.Time
 	NotAfter  time.Time
+	IssuedAt  time.Time
 	// Serial is the leaf's serial number: it names this issuance.
 	Serial *big.Int
 }
 
-// RenewAt is when an identity should be replaced: at half its lifetime, so
-// a renewal that fails has the other half to succeed.
+// RenewAt is when an identity should be replaced: halfway from its issue
+// to its end, so that a renewal that fails has the other half to succeed.
+// (Halfway from NotBefore, backdated a minute, would be at once for the
+// shortest lifetime allowed, one minute: a certificate signed at every
+// generation.)
 func (id Identity) RenewAt() time.Time {
-	return id.NotBefore.Add(id.NotAfter.Sub(id.NotBefore) / 2)
+	from := id.IssuedAt
+	if from.IsZero() {
+		from = id.NotBefore
+	}
+	return from.Add(id.NotAfter.Sub(from) / 2)
 }
 
 // Signer issues workload certificates: a CA certificate, its key, and the
@@ -156,6 +166,7 @@ func (s *Signer) Issue(sub Subject, pub crypto.PublicKey, ttl time.Duration, now
 		KeyPEM:    keyPEM,
 		NotBefore: notBefore,
 		NotAfter:  tmpl.NotAfter,
+		IssuedAt:  now,
 		Serial:    tmpl.SerialNumber,
 	}, nil
 }

@@ -26,8 +26,13 @@ func TestMutualTLS(t *testing.T) {
 	}
 	billing, _ := Issue(ca, "billing", time.Hour, now)
 	intruder, _ := Issue(other, "web", time.Hour, now)
-	if got := web.RenewAt(); got.Before(now.Add(29*time.Minute)) || got.After(now.Add(31*time.Minute)) {
-		t.Fatalf("renew at %v, want about half an hour from now", got)
+	if got := web.RenewAt(); !got.Equal(now.Add(30 * time.Minute)) {
+		t.Fatalf("renew at %v, want half an hour from now", got)
+	}
+	// The shortest lifetime a zone allows, a minute, is renewed half a
+	// minute on, not at once (its NotBefore is a minute back).
+	if short, _ := Issue(ca, "web", time.Minute, now); !short.RenewAt().Equal(now.Add(30 * time.Second)) {
+		t.Fatalf("a one-minute identity renews at %v, want 30 s from now", short.RenewAt())
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(ca.CertPEM))
