@@ -226,6 +226,7 @@ func TestSystemdUnitsRunTwoZones(t *testing.T) {
 		put(cpHost, "kds-ca.pem", get(cpHost, "http://"+h.addr("global")+":5681/kds/ca.pem"))
 		put(cpHost, "zone.env", example(cpHost, "zone.env.example", strings.NewReplacer(
 			"zone-1", "zone-"+z,
+			"URSA_STORE=postgres:", "#URSA_STORE=postgres:", "#URSA_STORE=memory", "URSA_STORE=memory",
 			// No resolver outside the hosts: names outside .mesh are refused.
 			"URSA_DNS_UPSTREAMS=", "#URSA_DNS_UPSTREAMS=")))
 		cps[z] = run(cpHost, "ursa-cp-zone.service", "", "http://127.0.0.1:5681/readyz")
