@@ -97,10 +97,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	} else {
 		resp.Truncate(dns.MaxMsgSize)
 	}
+	// Counted before it is sent: whoever saw the answer sees it counted.
+	s.Metrics.observe(qtype, resp.Rcode, time.Since(start))
 	if err := w.WriteMsg(resp); err != nil {
 		s.Log.Debug("cannot write DNS answer", zap.Error(err))
 	}
-	s.Metrics.observe(qtype, resp.Rcode, time.Since(start))
 }
 
 func isUDP(w dns.ResponseWriter) bool {

@@ -160,8 +160,6 @@ func TestAnswers(t *testing.T) {
 	}
 }
 
-// upstream runs a resolver for example.com that answers big.example.com
-// with 40 A records: more than 512 bytes.
 // A mesh's own name exists: it has its services under it. NOERROR without
 // answers, with the SOA (RFC 8020 2, RFC 2308 2.2), where NXDOMAIN would
 // tell a resolver that nothing under it exists. A query of an EDNS version
@@ -189,6 +187,8 @@ func TestNamesWithNamesUnderThemAndEDNSVersions(t *testing.T) {
 	}
 }
 
+// upstream runs a resolver for example.com that answers big.example.com
+// with 40 A records: more than 512 bytes.
 func upstream(t *testing.T) string {
 	t.Helper()
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
