@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
@@ -12,6 +13,26 @@ import (
 	"github.com/ursamesh/ursa/pkg/tokens"
 	"github.com/ursamesh/ursa/pkg/xds"
 )
+
+// revokedSweepEvery is how often a replica checks again the tokens of its
+// proxies' streams, so that tokens revoked through another replica end the
+// streams here too.
+const revokedSweepEvery = 30 * time.Second
+
+// revokedSweep ends, every period, the streams of srv whose token no
+// longer verifies (revoked through any replica), until ctx ends.
+func revokedSweep(ctx context.Context, srv *xds.Server, period time.Duration) error {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			srv.Reverify(ctx)
+		}
+	}
+}
 
 // proxyAuth authenticates the zone's proxies: a sidecar or proxyless client
 // by a dataplane token, an ingress by an ingress token of this zone. Unless

@@ -257,6 +257,16 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	cat := catalog.NewFollower(cfg.Zone, mirror, log.Named("catalog"))
 	pres := NewPresence(st, mirror, cfg.Instance, log.Named("presence"))
 	dpTokens, ingTokens := tokens.NewDataplaneIssuer(st), tokens.NewIngressIssuer(st, cfg.Zone)
+	// Tokens revoked through this replica end their streams here at once;
+	// the other replicas' sweep (revokedSweep) ends theirs.
+	reverify := func() {
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			xdsServer.Reverify(rctx)
+		}()
+	}
+	dpTokens.Revoked, ingTokens.Revoked = reverify, reverify
 	xdsServer.SetAuth(withKubeTokens(proxyAuth(cfg.Zone, dpTokens, ingTokens, mirror, cfg.XDS.AllowUnauthenticated), cfg.Zone, k8s, mirror))
 	if cfg.XDS.AllowUnauthenticated {
 		log.Warn("INSECURE: proxies without a token are admitted (--xds-allow-unauthenticated): anyone who reaches the xDS port may claim any Dataplane and get its identity")
@@ -310,6 +320,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("presence", pres)
 	reap := newReaper(st, mirror, time.Now, cfg.Instance, log.Named("presence"))
 	r.Add("heartbeat-watch", run.Func(reap.watch))
+	r.Add("revoked-tokens", run.Func(func(ctx context.Context) error { return revokedSweep(ctx, xdsServer, revokedSweepEvery) }))
 	el.leaderOnly("presence-reaper", reap.lead)
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.

@@ -11,13 +11,13 @@ import (
 )
 
 // generateWhat lists what generate makes, for its usage errors.
-const generateWhat = "zone-token, zone-token-signing-key, dataplane-token, ingress-token, user-token or user-token-signing-key"
+const generateWhat = "zone-token, zone-token-signing-key, dataplane-token, dataplane-token-signing-key, ingress-token, ingress-token-signing-key, user-token or user-token-signing-key"
 
 // newGenerateCmd builds "generate WHAT".
 func newGenerateCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "generate zone-token|zone-token-signing-key|dataplane-token|ingress-token|user-token|user-token-signing-key",
-		Short: "Generate tokens, or rotate the keys that sign zone and user tokens",
+		Use:   "generate zone-token|zone-token-signing-key|dataplane-token|dataplane-token-signing-key|ingress-token|ingress-token-signing-key|user-token|user-token-signing-key",
+		Short: "Generate tokens, or rotate the keys that sign them (revoking every token they signed)",
 		// Without RunE cobra would print the help and succeed on a
 		// misspelt subcommand.
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -28,6 +28,7 @@ func newGenerateCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(newGenerateZoneTokenCmd(a), newRotateZoneTokenKeyCmd(a), newGenerateDataplaneTokenCmd(a), newGenerateIngressTokenCmd(a))
+	cmd.AddCommand(newRotateDataplaneTokenKeyCmd(a), newRotateIngressTokenKeyCmd(a))
 	cmd.AddCommand(newGenerateUserTokenCmd(a), newRotateUserTokenKeyCmd(a))
 	return cmd
 }
@@ -87,6 +88,53 @@ replica. Every zone then needs a new token (ursactl generate zone-token).`,
 	}
 }
 
+// newRotateDataplaneTokenKeyCmd builds "generate dataplane-token-signing-key
+// --mesh M".
+func newRotateDataplaneTokenKeyCmd(a *app) *cobra.Command {
+	var mesh string
+	cmd := &cobra.Command{
+		Use:   "dataplane-token-signing-key --mesh MESH",
+		Short: "Rotate the key that signs a mesh's dataplane tokens in a zone, revoking every one issued so far",
+		Long: `Dataplane-token-signing-key makes a zone control plane (--api-server) revoke every
+dataplane token of MESH it issued: it deletes the key that signed them, and the
+next token makes a new one. The proxies that connected with one are cut off at
+once on this replica, within 30 s on the zone's others, and refused until they
+are given a new token (ursactl generate dataplane-token); meanwhile they run on
+what they have.`,
+		Args: rangeArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if mesh == "" {
+				return usageError{fmt.Errorf("generate dataplane-token-signing-key needs --mesh MESH")}
+			}
+			if err := a.client.RevokeDataplaneTokens(cmd.Context(), mesh); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "rotated: every dataplane token of mesh %s issued so far is revoked\n", mesh)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&mesh, "mesh", "m", "", "mesh whose dataplane tokens to revoke (required)")
+	return cmd
+}
+
+// newRotateIngressTokenKeyCmd builds "generate ingress-token-signing-key".
+func newRotateIngressTokenKeyCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ingress-token-signing-key",
+		Short: "Rotate the key that signs a zone's ingress tokens, revoking every one issued so far",
+		Long: `Ingress-token-signing-key makes a zone control plane (--api-server) revoke every
+ingress token it issued, as dataplane-token-signing-key does dataplane tokens.`,
+		Args: rangeArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.client.RevokeIngressTokens(cmd.Context()); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "rotated: every ingress token of the zone issued so far is revoked")
+			return nil
+		},
+	}
+}
+
 // newGenerateDataplaneTokenCmd builds "generate dataplane-token --mesh M".
 func newGenerateDataplaneTokenCmd(a *app) *cobra.Command {
 	var (
@@ -101,7 +149,8 @@ proxy of MESH connects to it (ursa-dp run --token-file F). The zone refuses a pr
 whose Dataplane, as presented or as registered, is in another mesh, has another
 name than --name, or has an inbound that does not run --service or lacks one of
 the --tag tags with that value. The token is valid for --valid-for (one year by
-default), or until the mesh's signing key in that zone is deleted.`,
+default), or until the mesh's signing key in that zone is rotated with
+"ursactl generate dataplane-token-signing-key --mesh MESH".`,
 		Args: rangeArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if req.Mesh == "" {

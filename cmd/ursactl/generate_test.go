@@ -77,8 +77,8 @@ func TestGenerateNeedsWhat(t *testing.T) {
 		args       []string
 		wantStderr string
 	}{
-		{[]string{"generate"}, "generate needs what to generate: zone-token, zone-token-signing-key, dataplane-token, ingress-token, user-token or user-token-signing-key"},
-		{[]string{"generate", "zone-tokens"}, `cannot generate "zone-tokens": use zone-token, zone-token-signing-key, dataplane-token, ingress-token, user-token or user-token-signing-key`},
+		{[]string{"generate"}, "generate needs what to generate: zone-token, zone-token-signing-key, dataplane-token, dataplane-token-signing-key, ingress-token, ingress-token-signing-key, user-token or user-token-signing-key"},
+		{[]string{"generate", "zone-tokens"}, `cannot generate "zone-tokens": use zone-token, zone-token-signing-key, dataplane-token, dataplane-token-signing-key, ingress-token, ingress-token-signing-key, user-token or user-token-signing-key`},
 	}
 	for _, tt := range tests {
 		fake, url := startFake(t)

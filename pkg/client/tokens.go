@@ -154,3 +154,27 @@ func (c *Client) generateToken(ctx context.Context, path, what string, req any) 
 	}
 	return resp.Token, nil
 }
+
+// RevokeDataplaneTokens makes a zone control plane revoke every dataplane
+// token of mesh it issued (it deletes their signing key; the next token
+// makes a new one), and end the streams of the proxies that showed one.
+func (c *Client) RevokeDataplaneTokens(ctx context.Context, mesh string) error {
+	return c.revoke(ctx, "/tokens/dataplane/signing-key", map[string]string{"mesh": mesh}, "revoke the dataplane tokens of mesh "+mesh)
+}
+
+// RevokeIngressTokens makes a zone control plane revoke every ingress
+// token it issued, as RevokeDataplaneTokens does dataplane tokens.
+func (c *Client) RevokeIngressTokens(ctx context.Context) error {
+	return c.revoke(ctx, "/tokens/ingress/signing-key", struct{}{}, "revoke the ingress tokens")
+}
+
+func (c *Client) revoke(ctx context.Context, path string, req any, what string) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("%s: encode: %w", what, err)
+	}
+	if _, _, err := c.do(ctx, http.MethodPost, path, body); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}

@@ -32,6 +32,9 @@ const PathDataplaneToken = "/tokens/dataplane"
 type DataplaneIssuer struct {
 	store store.Store
 	now   func() time.Time
+	// Revoked, when set, is told after a mesh's tokens are revoked
+	// through the API (the zone ends their proxies' streams).
+	Revoked func()
 }
 
 // NewDataplaneIssuer returns an issuer over a zone's store.
@@ -188,6 +191,15 @@ func (d *DataplaneIssuer) Verify(ctx context.Context, token string) (DataplaneCl
 	return out, nil
 }
 
+// Revoke revokes every dataplane token of mesh, by deleting the mesh's
+// signing key: the next token issued for the mesh makes a new one.
+func (d *DataplaneIssuer) Revoke(ctx context.Context, mesh string) error {
+	if msg := api.CheckName(mesh); msg != "" {
+		return fmt.Errorf("revoke dataplane tokens: %w: mesh: %s", ErrInvalidArgument, msg)
+	}
+	return revokeLocal(ctx, d.store, DataplaneKeyPrefix+mesh)
+}
+
 // DataplaneTokenRequest is the body of POST /tokens/dataplane. ValidFor is
 // a Go duration ("720h"); empty means DefaultValidity.
 type DataplaneTokenRequest struct {
@@ -201,7 +213,25 @@ type DataplaneTokenRequest struct {
 // Handlers returns the zone API's dataplane-token endpoint, for
 // apiserver.Deps.Extra, which serves it behind the API's authentication.
 func (d *DataplaneIssuer) Handlers() map[string]http.Handler {
-	return map[string]http.Handler{"POST " + PathDataplaneToken: http.HandlerFunc(d.serveIssue)}
+	return map[string]http.Handler{
+		"POST " + PathDataplaneToken:           http.HandlerFunc(d.serveIssue),
+		"POST " + PathDataplaneTokenSigningKey: http.HandlerFunc(d.serveRevoke),
+	}
+}
+
+// serveRevoke revokes the dataplane tokens of the mesh the body names.
+func (d *DataplaneIssuer) serveRevoke(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Mesh string `json:"mesh"`
+	}
+	if !decodeRequest(w, r, &req, `{"mesh": MESH}`) {
+		return
+	}
+	if msg := api.CheckName(req.Mesh); msg != "" {
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the revocation request is not valid", api.FieldError{Field: "mesh", Message: msg})
+		return
+	}
+	answerRevoke(w, r, "every dataplane token of mesh "+req.Mesh, func(ctx context.Context) error { return d.Revoke(ctx, req.Mesh) }, d.Revoked)
 }
 
 func (d *DataplaneIssuer) serveIssue(w http.ResponseWriter, r *http.Request) {

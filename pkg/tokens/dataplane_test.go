@@ -226,3 +226,57 @@ func TestIngressTokens(t *testing.T) {
 		t.Fatalf("another store's key: %v", err)
 	}
 }
+
+// TestRevokeProxyTokens: revoking a mesh's dataplane tokens, or the zone's
+// ingress tokens, refuses every one issued before (as invalid: a proxy
+// that shows one is refused, not asked to try again), and only those; the
+// next token issued verifies.
+func TestRevokeProxyTokens(t *testing.T) {
+	ctx := context.Background()
+	st := zoneStore(t)
+	d, i := NewDataplaneIssuer(st), NewIngressIssuer(st, "zone-1")
+	issue := func() (dp, ing string) {
+		dp, err := d.Issue(ctx, DataplaneClaims{Mesh: "default"}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ing, err = i.Issue(ctx, "zone-1", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dp, ing
+	}
+	oldDP, oldIng := issue()
+	if err := d.Revoke(ctx, "default"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Verify(ctx, oldDP); !IsInvalid(err) {
+		t.Fatalf("a revoked dataplane token: %v, want it invalid", err)
+	}
+	if _, err := i.Verify(ctx, oldIng); err != nil {
+		t.Fatalf("an ingress token, after the dataplane tokens were revoked: %v", err)
+	}
+	if err := i.Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := i.Verify(ctx, oldIng); !IsInvalid(err) {
+		t.Fatalf("a revoked ingress token: %v, want it invalid", err)
+	}
+	newDP, newIng := issue()
+	if _, err := d.Verify(ctx, newDP); err != nil {
+		t.Fatalf("a dataplane token issued after the revocation: %v", err)
+	}
+	if _, err := i.Verify(ctx, newIng); err != nil {
+		t.Fatalf("an ingress token issued after the revocation: %v", err)
+	}
+	if _, err := d.Verify(ctx, oldDP); !IsInvalid(err) {
+		t.Fatalf("a revoked dataplane token, once a new key signs: %v", err)
+	}
+	// Twice, or a mesh without tokens: nothing to do, no error.
+	if err := d.Revoke(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Revoke(ctx, "Bad_Mesh"); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a mesh name that is none: %v", err)
+	}
+}

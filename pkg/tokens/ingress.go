@@ -35,6 +35,15 @@ type IngressIssuer struct {
 	store store.Store
 	zone  string
 	now   func() time.Time
+	// Revoked, when set, is told after the zone's ingress tokens are
+	// revoked through the API (the zone ends their ingresses' streams).
+	Revoked func()
+}
+
+// Revoke revokes every ingress token of the zone, by deleting its signing
+// key: the next token issued makes a new one.
+func (i *IngressIssuer) Revoke(ctx context.Context) error {
+	return revokeLocal(ctx, i.store, IngressKeyName)
 }
 
 // NewIngressIssuer returns the issuer of zone's ingress tokens over its
@@ -138,7 +147,14 @@ type IngressTokenRequest struct {
 // Handlers returns the zone API's ingress-token endpoint, for
 // apiserver.Deps.Extra, which serves it behind the API's authentication.
 func (i *IngressIssuer) Handlers() map[string]http.Handler {
-	return map[string]http.Handler{"POST " + PathIngressToken: http.HandlerFunc(i.serveIssue)}
+	return map[string]http.Handler{
+		"POST " + PathIngressToken: http.HandlerFunc(i.serveIssue),
+		"POST " + PathIngressTokenSigningKey: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if decodeRequest(w, r, &struct{}{}, "{}") {
+				answerRevoke(w, r, "every ingress token of zone "+i.zone, i.Revoke, i.Revoked)
+			}
+		}),
+	}
 }
 
 func (i *IngressIssuer) serveIssue(w http.ResponseWriter, r *http.Request) {

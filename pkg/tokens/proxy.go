@@ -186,3 +186,41 @@ func parseValidity(s string) (time.Duration, *api.FieldError) {
 	}
 	return d, nil
 }
+
+// Paths of the zone API that revoke every proxy token of a kind, by
+// deleting the key that signs them (the next token issued makes a new
+// one): a mesh's dataplane tokens, or the zone's ingress tokens.
+const (
+	PathDataplaneTokenSigningKey = "/tokens/dataplane/signing-key"
+	PathIngressTokenSigningKey   = "/tokens/ingress/signing-key"
+)
+
+// RevokeResponse is the answer to a revocation: what was revoked.
+type RevokeResponse struct {
+	Revoked string `json:"revoked"`
+}
+
+// revokeLocal deletes the key name, revoking every token it signed; a key
+// that does not exist revokes nothing and is no error.
+func revokeLocal(ctx context.Context, st store.Store, name string) error {
+	err := st.Delete(ctx, api.Key{Type: "GlobalSecret", Name: name}, 0)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("revoke: delete signing key %s: %w", name, err)
+	}
+	return nil
+}
+
+// answerRevoke runs revoke for a request and answers what it revoked, then
+// tells revoked (when set), which ends the streams of the tokens revoked.
+func answerRevoke(w http.ResponseWriter, r *http.Request, what string, revoke func(context.Context) error, revoked func()) {
+	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
+	defer cancel()
+	if err := revoke(ctx); err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	if revoked != nil {
+		revoked()
+	}
+	apiserver.WriteJSON(w, http.StatusOK, RevokeResponse{Revoked: what})
+}

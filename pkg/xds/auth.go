@@ -120,6 +120,7 @@ func refuse(reason string, code codes.Code, format string, args ...any) *refusal
 // may carry the token in the node's metadata instead).
 type streamAuth struct {
 	header string
+	token  string // what admitted it, once done
 	done   bool
 	claims *Claims // nil: no token, and none required
 	// revoke ends the stream with its cause as its status (nil: a stream
@@ -142,34 +143,34 @@ func headerToken(ctx context.Context) string {
 }
 
 // authenticate checks the token a proxy shows, in header (its stream's
-// metadata) or its node's metadata, and returns its claims: nil when it
-// shows none and none is required.
-func (s *Server) authenticate(ctx context.Context, header string, node *core.Node) (*Claims, *refusal) {
+// metadata) or its node's metadata, and returns its claims and the token:
+// nil and "" when it shows none and none is required.
+func (s *Server) authenticate(ctx context.Context, header string, node *core.Node) (*Claims, string, *refusal) {
 	if s.auth.Verify == nil {
-		return nil, nil
+		return nil, "", nil
 	}
 	token := header
 	if t := strings.TrimSpace(node.GetMetadata().GetFields()[api.MetadataToken].GetStringValue()); t != "" {
 		if token != "" && token != t {
-			return nil, refuse(RefusedInvalidToken, codes.Unauthenticated,
+			return nil, "", refuse(RefusedInvalidToken, codes.Unauthenticated,
 				"the stream's authorization metadata and the node metadata %s carry different tokens: give one", api.MetadataToken)
 		}
 		token = t
 	}
 	if token == "" {
 		if s.auth.AllowUnauthenticated {
-			return nil, nil
+			return nil, "", nil
 		}
-		return nil, refuse(RefusedNoToken, codes.Unauthenticated, "%s", howToGetToken(node))
+		return nil, "", refuse(RefusedNoToken, codes.Unauthenticated, "%s", howToGetToken(node))
 	}
 	c, err := s.auth.Verify(ctx, token)
 	switch {
 	case errors.Is(err, ErrInvalidToken):
-		return nil, refuse(RefusedInvalidToken, codes.Unauthenticated, "its token is refused: %v", err)
+		return nil, "", refuse(RefusedInvalidToken, codes.Unauthenticated, "its token is refused: %v", err)
 	case err != nil:
-		return nil, refuse(RefusedUnverifiable, codes.Unavailable, "its token cannot be checked now; try again: %v", err)
+		return nil, "", refuse(RefusedUnverifiable, codes.Unavailable, "its token cannot be checked now; try again: %v", err)
 	}
-	return &c, nil
+	return &c, token, nil
 }
 
 // howToGetToken says what token a proxy of node's kind needs and how to

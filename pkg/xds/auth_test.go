@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -246,6 +247,79 @@ func TestStreamEndsWhenItsTokenExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := lasting.Recv(); err != nil {
+		t.Fatalf("the stream of a token without an expiry: %v", err)
+	}
+}
+
+// TestReverifyEndsRevokedStreams: Reverify ends, as invalid_token, the
+// streams whose token (one that says when it expires) no longer verifies,
+// verifying each token once; a token that cannot be checked now, and one
+// without an expiry, keep their streams.
+func TestReverifyEndsRevokedStreams(t *testing.T) {
+	var revoked, down bool
+	verified := map[string]int{}
+	var mu sync.Mutex
+	s, cc := startAuthServer(t, Auth{Verify: func(ctx context.Context, token string) (Claims, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		verified[token]++
+		switch {
+		case token == "k8s":
+			return Claims{Kind: TokenDataplane, Mesh: "default"}, nil
+		case down:
+			return Claims{}, errors.New("the store is unavailable")
+		case revoked:
+			return Claims{}, InvalidToken(errors.New("bad token signature"))
+		}
+		return Claims{Kind: TokenDataplane, Mesh: "default", ExpiresAt: time.Now().Add(time.Hour)}, nil
+	}})
+	for _, id := range []string{"default.a", "default.b", "default.c"} {
+		publish(t, s, id)
+	}
+	open := func(token, id string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ListenerType}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		return stream
+	}
+	a, b, k := open("own", "default.a"), open("own", "default.b"), open("k8s", "default.c")
+	mu.Lock()
+	down = true
+	mu.Unlock()
+	if n := s.Reverify(context.Background()); n != 0 {
+		t.Fatalf("a token that cannot be checked now ended %d streams", n)
+	}
+	mu.Lock()
+	down, revoked = false, true
+	verified["own"], verified["k8s"] = 0, 0
+	mu.Unlock()
+	if n := s.Reverify(context.Background()); n != 2 {
+		t.Fatalf("ended %d streams, want the two of the revoked token", n)
+	}
+	for _, st := range []discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient{a, b} {
+		if _, err := st.Recv(); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "no longer verifies") {
+			t.Fatalf("a stream of the revoked token: %v", err)
+		}
+	}
+	mu.Lock()
+	if verified["own"] != 1 || verified["k8s"] != 0 {
+		t.Fatalf("verified %v, want the shared token once and the token without an expiry not at all", verified)
+	}
+	mu.Unlock()
+	if err := k.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.c"}, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Recv(); err != nil {
 		t.Fatalf("the stream of a token without an expiry: %v", err)
 	}
 }

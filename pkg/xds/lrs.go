@@ -95,7 +95,7 @@ func (l *LoadReporting) StreamLoadStats(stream lrs.LoadReportingService_StreamLo
 	}
 	node := first.GetNode()
 	id := node.GetId()
-	claims, r := l.xds.authenticate(ctx, headerToken(ctx), node)
+	claims, _, r := l.xds.authenticate(ctx, headerToken(ctx), node)
 	if r != nil {
 		return l.refuse("token", r.st.Code(), "%s", r.st.Message())
 	}

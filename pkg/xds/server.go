@@ -373,6 +373,45 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	return nil
 }
 
+// Reverify checks again the token of every open stream that was admitted
+// with a token that says when it expires (one the zone signed: a revoked
+// one no longer verifies), and ends, refused as invalid_token, those whose
+// token no longer verifies. Each distinct token is verified once. It
+// returns how many streams it ended. A token that cannot be checked now
+// keeps its streams.
+func (s *Server) Reverify(ctx context.Context) int {
+	type open struct {
+		node string
+		a    *streamAuth
+	}
+	var streams []open
+	s.mu.Lock()
+	for stream, a := range s.auths {
+		if a.done && a.token != "" && a.claims != nil && !a.claims.ExpiresAt.IsZero() && a.revoke != nil {
+			streams = append(streams, open{s.streams[stream], a})
+		}
+	}
+	s.mu.Unlock()
+	verdicts := map[string]error{}
+	ended := 0
+	for _, o := range streams {
+		err, done := verdicts[o.a.token]
+		if !done {
+			_, err = s.auth.Verify(ctx, o.a.token)
+			verdicts[o.a.token] = err
+		}
+		if !errors.Is(err, ErrInvalidToken) {
+			continue
+		}
+		r := refuse(RefusedInvalidToken, codes.Unauthenticated, "its token no longer verifies (revoked?): %v", err)
+		s.refusals.WithLabelValues(r.reason).Inc()
+		s.log.Warn("refused a proxy", zap.String("proxy", o.node), zap.String("reason", r.reason), zap.String("error", r.st.Message()))
+		o.a.revoke(r)
+		ended++
+	}
+	return ended
+}
+
 // expired ends the stream a, of node, whose token expired at exp: a token
 // is checked when a stream opens, and a proxy that connected with it would
 // otherwise go on being served, and its identity renewed, for as long as
@@ -530,13 +569,13 @@ func (s *Server) admit(stream int64, node *core.Node) error {
 	s.mu.Unlock()
 	if !done {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		c, r := s.authenticate(ctx, a.header, node)
+		c, token, r := s.authenticate(ctx, a.header, node)
 		cancel()
 		if r != nil {
 			return s.refused(node, r)
 		}
 		s.mu.Lock()
-		a.claims, a.done = c, true
+		a.claims, a.token, a.done = c, token, true
 		if c != nil && !c.ExpiresAt.IsZero() && a.revoke != nil {
 			a.expiry = time.AfterFunc(time.Until(c.ExpiresAt), func() { s.expired(node.GetId(), a, c.ExpiresAt) })
 		}

@@ -338,3 +338,32 @@ func TestLoopbackDataplaneRefused(t *testing.T) {
 		t.Fatal("a loopback Dataplane was registered")
 	}
 }
+
+// TestRevokeDataplaneTokens: `ursactl generate dataplane-token-signing-key`
+// revokes a mesh's dataplane tokens in a zone: a sidecar connected with one
+// is cut off at once and refused, shows offline, and comes back when given
+// a token issued after.
+func TestRevokeDataplaneTokens(t *testing.T) {
+	z := &tokenZone{t: t, cp: startCP(t, "zone", "--zone", "zone-1"), dir: t.TempDir()}
+	ctl(t, z.cp.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
+	tokenPath := tokenFile(t, z.cp.dataplaneToken(t, "default", "--service", "web"))
+	p, admin := z.run("run", "--dataplane-file", z.dataplane("web-1", "ursa.io/service: web"), "--token-file", tokenPath)
+	waitReady(t, "http://"+admin+"/ready", p)
+	state := func(want string) func() bool {
+		re := regexp.MustCompile(`(?m)^default\s+web-1\s+` + want + `\s`)
+		return func() bool { return re.MatchString(ctl(t, z.cp.api, "", "inspect", "dataplanes")) }
+	}
+	eventually(t, "web-1 online", state("Online"))
+
+	before := refusedTotal(t, z.cp, "invalid_token")
+	if out := ctl(t, z.cp.api, "", "generate", "dataplane-token-signing-key", "--mesh", "default"); !strings.Contains(out, "every dataplane token of mesh default issued so far is revoked") {
+		t.Fatalf("rotate: %s", out)
+	}
+	z.refused(p, "invalid_token", before, "its token no longer verifies")
+	eventually(t, "web-1 offline", state("Offline"))
+
+	if err := os.WriteFile(tokenPath, []byte(z.cp.dataplaneToken(t, "default", "--service", "web")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "web-1 online with a new token", state("Online"))
+}
