@@ -19,21 +19,6 @@ import (
 // streams here too.
 const revokedSweepEvery = 30 * time.Second
 
-// revokedSweep ends, every period, the streams of srv whose token no
-// longer verifies (revoked through any replica), until ctx ends.
-func revokedSweep(ctx context.Context, srv *xds.Server, period time.Duration) error {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			srv.Reverify(ctx)
-		}
-	}
-}
-
 // proxyAuth authenticates the zone's proxies: a sidecar or proxyless client
 // by a dataplane token, an ingress by an ingress token of this zone. Unless
 // allowUnauthenticated (insecure), a proxy without a token is refused; a

@@ -320,7 +320,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.Add("presence", pres)
 	reap := newReaper(st, mirror, time.Now, cfg.Instance, log.Named("presence"))
 	r.Add("heartbeat-watch", run.Func(reap.watch))
-	r.Add("revoked-tokens", run.Func(func(ctx context.Context) error { return revokedSweep(ctx, xdsServer, revokedSweepEvery) }))
+	r.Add("revoked-tokens", run.Func(func(ctx context.Context) error {
+		return run.Every(ctx, revokedSweepEvery, func(ctx context.Context) error { xdsServer.Reverify(ctx); return nil })
+	}))
 	el.leaderOnly("presence-reaper", reap.lead)
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.

@@ -194,6 +194,26 @@ func (f registrarFunc) Register(ctx context.Context, node *core.Node, c *Claims)
 	return f(ctx, node, c)
 }
 
+// openAuthed opens an ADS stream with token as node id and waits for its
+// first answer, to listeners.
+func openAuthed(t *testing.T, cc *grpc.ClientConn, token, id string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("%s: %v", id, err)
+	}
+	return stream
+}
+
 // TestStreamEndsWhenItsTokenExpires: a token is checked when a stream
 // opens; the stream then ends when the token expires (as a zone's KDS
 // streams do), refused as invalid_token, and a stream opened with it
@@ -212,23 +232,7 @@ func TestStreamEndsWhenItsTokenExpires(t *testing.T) {
 	}})
 	publish(t, s, "default.a")
 	publish(t, s, "default.b")
-	open := func(token, id string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		t.Cleanup(cancel)
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-		stream, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ListenerType}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := stream.Recv(); err != nil {
-			t.Fatalf("%s while its token is valid: %v", id, err)
-		}
-		return stream
-	}
-	expiring, lasting := open("expiring", "default.a"), open("lasting", "default.b")
+	expiring, lasting := openAuthed(t, cc, "expiring", "default.a"), openAuthed(t, cc, "lasting", "default.b")
 	_, err := expiring.Recv() // nothing more is published: only the expiry ends it
 	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "its token expired at") {
 		t.Fatalf("the stream of an expired token: %v, want Unauthenticated, the token expired", err)
@@ -276,23 +280,7 @@ func TestReverifyEndsRevokedStreams(t *testing.T) {
 	for _, id := range []string{"default.a", "default.b", "default.c"} {
 		publish(t, s, id)
 	}
-	open := func(token, id string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		t.Cleanup(cancel)
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-		stream, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id}, TypeUrl: resource.ListenerType}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := stream.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		return stream
-	}
-	a, b, k := open("own", "default.a"), open("own", "default.b"), open("k8s", "default.c")
+	a, b, k := openAuthed(t, cc, "own", "default.a"), openAuthed(t, cc, "own", "default.b"), openAuthed(t, cc, "k8s", "default.c")
 	mu.Lock()
 	down = true
 	mu.Unlock()
