@@ -31,7 +31,7 @@ import (
 // HTTPS port must not take that for the CP's own host: no token, 401.
 func TestIngressDoesNotMakeACallerLocal(t *testing.T) {
 	zone := startCP(t, "zone", "--zone", "zone-1")
-	ctl(t, zone.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
+	ctl(t, zone.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-") // the ingress carries only meshes with mTLS
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
 	apiTLS := strings.TrimPrefix(zone.apiTLS, "https://")
 
