@@ -84,6 +84,11 @@ networking:
 			"networking.inbound[1].servicePort: 9000 is already the application port of networking.inbound[0]",
 			"networking.inbound[3].servicePort: 9001 is already the application port of networking.inbound[2]",
 		}},
+		{"NUL", "type: TrafficLog\nmesh: default\nname: l\nlabels: {team: \"a\\0b\"}\nspec:\n  sources: [{match: {ursa.io/service: web}}]\n  destinations: [{match: {ursa.io/service: billing}}]\n  backend: {stdout: true}\n  format: \"%START_TIME%\\0\"", []string{
+			"spec.format: must be one line (the proxy ends each line itself)",
+			"labels.team: must not contain a NUL character",
+			"spec.format: must not contain a NUL character",
+		}},
 		{"mesh name", `
 type: Mesh
 name: prod.eu`, []string{"name: a mesh name must be a single DNS-1123 label (no dots, at most 63 characters)"}},

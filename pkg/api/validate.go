@@ -3,7 +3,9 @@ package api
 import (
 	"fmt"
 	"net"
+	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -72,6 +74,7 @@ func Validate(r Resource) error {
 	}
 	v.labels("labels", m.Labels)
 	r.validateSpec(v)
+	noNUL(v, "", reflect.ValueOf(r))
 	if len(v.causes) == 0 {
 		return nil
 	}
@@ -163,6 +166,67 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// noNUL refuses a NUL character in any string of a resource, named by its
+// JSON path: PostgreSQL cannot store one (jsonb), so a resource holding one
+// would be taken by the memory store and refused by PostgreSQL's, and a
+// zone could not send it to its global. Bytes ([]byte, base64 in JSON) may
+// hold anything.
+func noNUL(v *validator, path string, x reflect.Value) {
+	join := func(name string) string {
+		if path == "" {
+			return name
+		}
+		return path + "." + name
+	}
+	switch x.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !x.IsNil() {
+			noNUL(v, path, x.Elem())
+		}
+	case reflect.String:
+		if strings.ContainsRune(x.String(), 0) {
+			v.add(path, "must not contain a NUL character")
+		}
+	case reflect.Struct:
+		t := x.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			switch {
+			case name == "-":
+				continue
+			case f.Anonymous && name == "":
+				noNUL(v, path, x.Field(i))
+				continue
+			case name == "":
+				name = f.Name
+			}
+			noNUL(v, join(name), x.Field(i))
+		}
+	case reflect.Slice, reflect.Array:
+		if x.Type().Elem().Kind() == reflect.Uint8 {
+			return // bytes
+		}
+		for i := range x.Len() {
+			noNUL(v, fmt.Sprintf("%s[%d]", path, i), x.Index(i))
+		}
+	case reflect.Map:
+		keys := x.MapKeys()
+		slices.SortFunc(keys, func(a, b reflect.Value) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+		for _, key := range keys {
+			k := fmt.Sprint(key)
+			if strings.ContainsRune(k, 0) {
+				v.add(path, "a key must not contain a NUL character")
+				continue
+			}
+			noNUL(v, join(k), x.MapIndex(key))
+		}
+	}
 }
 
 func (v *validator) labels(field string, m map[string]string) {
