@@ -413,7 +413,7 @@ func list(ctx context.Context, tx pgx.Tx, rev int64, opts store.ListOptions) (st
 	}
 	lb, _ := json.Marshal(labels)
 	rows, err := tx.Query(ctx, `SELECT document FROM ursa_resources
-		WHERE type = $1 AND ($2 = '' OR mesh = $2) AND labels @> $3 ORDER BY mesh, name`, opts.Type, opts.Mesh, lb)
+		WHERE type = $1 AND ($2 = '' OR mesh = $2) AND labels @> $3 ORDER BY mesh COLLATE "C", name COLLATE "C"`, opts.Type, opts.Mesh, lb)
 	if err != nil {
 		return res, err
 	}
