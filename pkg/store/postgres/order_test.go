@@ -58,4 +58,3 @@ func TestListOrderIsBytewise(t *testing.T) {
 		t.Fatalf("List order differs: PostgreSQL %v, memory %v", a, b)
 	}
 }
-

@@ -5,6 +5,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,12 +13,14 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/store"
@@ -53,6 +56,23 @@ func parseConfig(dsn string) (*pgxpool.Config, error) {
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
+	// A connection whose network path died without a word is dropped by
+	// the kernel in about 30 s (keep-alive probes when idle, a bound on
+	// unacknowledged data when not), not after its default of many
+	// minutes.
+	d := &net.Dialer{Timeout: cfg.ConnConfig.ConnectTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
+		Control: func(network, _ string, c syscall.RawConn) error {
+			if !strings.HasPrefix(network, "tcp") {
+				return nil // a Unix socket: no network path to lose
+			}
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int((30 * time.Second).Milliseconds()))
+			})
+			return cmp.Or(err, serr)
+		}}
+	cfg.ConnConfig.DialFunc = d.DialContext
 	return cfg, nil
 }
 

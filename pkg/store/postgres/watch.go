@@ -9,6 +9,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/store"
@@ -17,6 +18,10 @@ import (
 // safetyPoll bounds how long a watcher trusts NOTIFY alone: a lost
 // notification delays a change by at most this much.
 const safetyPoll = 30 * time.Second
+
+// liveCheck bounds a watch's reads, and is how long the listening
+// connection may be silent before it is pinged.
+const liveCheck = 10 * time.Second
 
 // notifier holds one LISTEN connection per Store and wakes every watcher when
 // a change is announced, and after each reconnect, so that watchers re-read
@@ -78,10 +83,26 @@ func (n *notifier) listen(ctx context.Context, b *backoff.ExponentialBackOff) er
 	b.Reset()
 	n.wake() // catch up with whatever was written while we were away
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		// A connection whose network path died without a word (a NAT or
+		// firewall that forgot it, a failed-over address) would wait here
+		// until the kernel gives up on it, many minutes: check it each
+		// liveCheck of silence.
+		wctx, cancel := context.WithTimeout(ctx, liveCheck)
+		_, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			n.wake()
+			continue
+		case ctx.Err() != nil || !pgconn.Timeout(err):
 			return err
 		}
-		n.wake()
+		pctx, cancel := context.WithTimeout(ctx, liveCheck)
+		err = conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("the listening connection does not answer: %w", err)
+		}
 	}
 }
 
@@ -102,7 +123,10 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 			// A revision beyond the store's is from another history (a
 			// restored or replaced database): the caller must list again.
 			var current int64
-			if err = s.pool.QueryRow(ctx, `SELECT revision FROM ursa_revision`).Scan(&current); err != nil {
+			qctx, cancel := context.WithTimeout(ctx, liveCheck)
+			err = s.pool.QueryRow(qctx, `SELECT revision FROM ursa_revision`).Scan(&current)
+			cancel()
+			if err != nil {
 				err = classify(err)
 			} else if since > current {
 				return fmt.Errorf("watch from revision %d (store at %d): %w", since, current, store.ErrCompacted)
@@ -110,7 +134,11 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 		}
 		if err == nil {
 			checked = true
-			events, err = s.changesSince(ctx, since, batch)
+			// Bounded, as every read of a watch: a pooled connection whose
+			// path died would hold it until the kernel gives up.
+			qctx, cancel := context.WithTimeout(ctx, liveCheck)
+			events, err = s.changesSince(qctx, since, batch)
+			cancel()
 		}
 		if err != nil {
 			if ctx.Err() != nil {
