@@ -98,7 +98,7 @@ func (k k8s) service(ns, name string, selector map[string]string, ports ...map[s
 func (k k8s) pod(ns, name string, labels map[string]string) {
 	k.t.Helper()
 	k.do("POST", "/api/v1/namespaces/"+ns+"/pods", map[string]any{
-		"metadata": map[string]any{"name": name, "labels": labels},
+		"metadata": map[string]any{"name": name, "labels": labels, "annotations": map[string]any{AnnotationInjected: "true"}},
 		"spec": map[string]any{"containers": []any{map[string]any{"name": "app", "image": "app",
 			"ports": []any{map[string]any{"name": "http", "containerPort": 8080}}}}}})
 }

@@ -273,10 +273,19 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	// Before the sidecar goes in at index 0: the containers' indexes are
 	// the pod's own.
 	ops, probes := rewriteProbes(pod, ports)
+	// The mesh goes on the pod too: its sidecar runs --mesh, so the pod is
+	// in that mesh for its life, whatever its namespace says later (as
+	// Kuma pins kuma.io/mesh on the pods it injects).
+	pinned := map[string]string{AnnotationInjected: "true", AnnotationMesh: mesh}
 	if pod.Metadata.Annotations == nil {
-		ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations", Value: map[string]string{AnnotationInjected: "true"}})
+		ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations", Value: pinned})
 	} else {
-		ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations/" + pointerEscape(AnnotationInjected), Value: "true"})
+		for _, k := range []string{AnnotationInjected, AnnotationMesh} {
+			if k == AnnotationMesh && pod.Metadata.Annotations[k] != "" {
+				continue // the pod's own
+			}
+			ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations/" + pointerEscape(k), Value: pinned[k]})
+		}
 	}
 	vol := in.tokenVolume()
 	if pod.Spec.Volumes == nil {

@@ -79,6 +79,11 @@ func Translate(pod *Pod, ns *Namespace, services []Service, zone string) (Result
 		return Result{Absent: fmt.Sprintf("namespace %s is not labelled %s=enabled", pm.Namespace, LabelSidecarInjection)}, nil
 	case pm.Annotations[LabelSidecarInjection] == "disabled":
 		return Result{Absent: fmt.Sprintf("the pod is annotated %s=disabled", LabelSidecarInjection)}, nil
+	case pm.Annotations[AnnotationInjected] != "true":
+		// No sidecar: a pod created before its namespace was labelled, or
+		// one on the node's network, which the injector leaves alone. A
+		// Dataplane would send meshed callers' mTLS to a plain app.
+		return Result{Absent: "the pod has no sidecar (not injected: created before its namespace was labelled, or on the node's network)"}, nil
 	case pod.Status.Phase == "Succeeded" || pod.Status.Phase == "Failed":
 		return Result{Absent: "the pod has terminated (phase " + pod.Status.Phase + ")"}, nil
 	case pod.Status.PodIP == "":

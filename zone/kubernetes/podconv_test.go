@@ -207,6 +207,13 @@ func TestTranslate(t *testing.T) {
 		edit:   func(p *Pod, _ *Namespace, _ *[]Service) { p.Metadata.Annotations[LabelSidecarInjection] = "disabled" },
 		absent: "annotated ursa.io/sidecar-injection=disabled",
 	}, {
+		// Created before its namespace was labelled, or on the node's
+		// network: no sidecar, so no Dataplane (meshed callers would send
+		// mTLS to a plain app).
+		name:   "pod not injected",
+		edit:   func(p *Pod, _ *Namespace, _ *[]Service) { delete(p.Metadata.Annotations, AnnotationInjected) },
+		absent: "the pod has no sidecar",
+	}, {
 		name:   "no IP yet",
 		edit:   func(p *Pod, _ *Namespace, _ *[]Service) { p.Status.PodIP = ""; p.Status.Phase = "Pending" },
 		absent: "no IP yet",
