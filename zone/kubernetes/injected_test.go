@@ -59,7 +59,7 @@ func TestHostNetworkPodGetsNoDataplane(t *testing.T) {
 	// A pod injected normally, for comparison: its Dataplane comes.
 	must(t, admin.Do(ctx, "POST", "/api/v1/namespaces/rvhn-mon/pods", obj{"apiVersion": "v1", "kind": "Pod",
 		"metadata": obj{"name": "prom-0", "labels": obj{"app": "prom"}},
-		"spec": obj{"serviceAccountName": "app", "containers": []any{obj{"name": "prom", "image": "prom:1"}}}}, nil))
+		"spec":     obj{"serviceAccountName": "app", "containers": []any{obj{"name": "prom", "image": "prom:1"}}}}, nil))
 	k.status("rvhn-mon", "prom-0", "10.60.0.2", true)
 	waitDataplane(t, st, "prom-0.rvhn-mon", "10.60.0.2 49151:prom-0_rvhn-mon_svc:false")
 
