@@ -127,7 +127,11 @@ func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.St
 	if xdsCert != nil {
 		inj.CAPEM = xdsCert.CAPEM()
 	}
-	hooks := &kubernetes.Webhooks{Client: k8s.client, Injector: inj, Validator: &kubernetes.Validator{Self: self},
+	validator := &kubernetes.Validator{Self: self, Zone: cfg.Zone, Policies: func(ctx context.Context, typ, mesh string) ([]api.Resource, error) {
+		res, err := st.List(ctx, store.ListOptions{Type: typ, Mesh: mesh})
+		return res.Items, err
+	}}
+	hooks := &kubernetes.Webhooks{Client: k8s.client, Injector: inj, Validator: validator,
 		CABundle: cert.CAPEM(), URL: cfg.Webhook.URL, Service: svc, Log: log}
 	ln, err := net.Listen("tcp", cfg.Webhook.Addr)
 	if err != nil {

@@ -482,6 +482,41 @@ func Conflicts(a, b Policy) bool {
 	return sameSelectors(sa, sb) && sameSelectors(da, db)
 }
 
+// TiedWith returns the first of others that r ties with (Conflicts), nil
+// for none. TrafficPermissions never tie: an ALLOW and a DENY of one pair
+// is meaningful, and permissions add up.
+func TiedWith(r Resource, others []Resource) Resource {
+	p, ok := r.(Policy)
+	if !ok || r.GetMeta().Type == "TrafficPermission" {
+		return nil
+	}
+	for _, o := range others {
+		if op, ok := o.(Policy); ok && Conflicts(p, op) {
+			return o
+		}
+	}
+	return nil
+}
+
+// TieMessage says why a policy that ties with typ's name is refused.
+func TieMessage(typ, name string) string {
+	return fmt.Sprintf("%s %q has the same sources and destinations: change that one, or make this one's selectors more specific", typ, name)
+}
+
+// ClaimsZone reports the field of r that names a zone other than zone, and
+// why, when r is zoned ("" when it is not, or claims zone itself).
+func ClaimsZone(r Resource, zone string) (field, msg string) {
+	z, ok := r.(Zoned)
+	if !ok || zone == "" || z.OwnerZone() == "" || z.OwnerZone() == zone {
+		return "", ""
+	}
+	field = "zone"
+	if _, dp := r.(*Dataplane); dp {
+		field = "networking.inbound.tags[ursa.io/zone]"
+	}
+	return field, fmt.Sprintf("this control plane runs zone %q, not %q", zone, z.OwnerZone())
+}
+
 func sameSelectors(a, b []Selector) bool {
 	key := func(sels []Selector) []string {
 		out := make([]string, 0, len(sels))

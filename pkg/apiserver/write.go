@@ -179,12 +179,8 @@ func (s *server) checkOwnership(r api.Resource) *apiError {
 			causes = append(causes, api.FieldError{Field: "labels", Message: fmt.Sprintf("%q is set by the control plane, not by users", l)})
 		}
 	}
-	if z, ok := r.(api.Zoned); ok && s.Zone != "" && z.OwnerZone() != "" && z.OwnerZone() != s.Zone {
-		field := "zone"
-		if _, dp := r.(*api.Dataplane); dp {
-			field = "networking.inbound.tags[ursa.io/zone]"
-		}
-		causes = append(causes, api.FieldError{Field: field, Message: fmt.Sprintf("this control plane runs zone %q, not %q", s.Zone, z.OwnerZone())})
+	if field, msg := api.ClaimsZone(r, s.Zone); field != "" {
+		causes = append(causes, api.FieldError{Field: field, Message: msg})
 	}
 	if len(causes) == 0 {
 		return nil
@@ -216,23 +212,18 @@ func (s *server) checkOrigin(ctx context.Context, key api.Key) *apiError {
 // writers racing may still both pass; the generator then takes the first
 // by name, as it does for equally specific policies.
 func (s *server) checkConflicts(ctx context.Context, r api.Resource) *apiError {
-	p, ok := r.(api.Policy)
-	if !ok || r.GetMeta().Type == "TrafficPermission" {
-		return nil // permissions add up: an ALLOW and a DENY of one pair is meaningful
+	if _, ok := r.(api.Policy); !ok {
+		return nil
 	}
 	m := r.GetMeta()
 	others, err := s.Store.List(ctx, store.ListOptions{Type: m.Type, Mesh: m.Mesh})
 	if err != nil {
 		return nil // the write itself will say what is wrong with the store
 	}
-	for _, o := range others.Items {
-		if op, ok := o.(api.Policy); ok && api.Conflicts(p, op) {
-			return &apiError{status: http.StatusBadRequest, title: "Invalid resource",
-				details: "the policy conflicts with another one",
-				causes: []api.FieldError{{Field: "spec.sources", Message: fmt.Sprintf(
-					"%s %q has the same sources and destinations: change that one, or make this one's selectors more specific",
-					m.Type, o.GetMeta().Name)}}}
-		}
+	if o := api.TiedWith(r, others.Items); o != nil {
+		return &apiError{status: http.StatusBadRequest, title: "Invalid resource",
+			details: "the policy conflicts with another one",
+			causes:  []api.FieldError{{Field: "spec.sources", Message: api.TieMessage(m.Type, o.GetMeta().Name)}}}
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // applyAdds applies a JSON Patch of "add" and "replace" operations, the
@@ -459,5 +461,47 @@ func TestCachedNamespaces(t *testing.T) {
 	fail = false
 	if m := mesh("shop"); m != "m4" || reads["shop"] != 4 {
 		t.Fatalf("after an error: mesh %s, reads %v; the error must not be remembered", m, reads)
+	}
+}
+
+// TestValidatorRefusesWhatTheAPIRefuses: through kubectl as through the
+// REST API, a policy that ties with a stored one of its type (same sources
+// and destinations) and a Dataplane claiming another zone are refused,
+// naming the field; an update of the stored policy itself passes.
+func TestValidatorRefusesWhatTheAPIRefuses(t *testing.T) {
+	stored := &api.Timeout{Meta: api.Meta{Type: "Timeout", Mesh: "default", Name: "t1"}, Spec: api.TimeoutSpec{
+		Sources:      []api.Selector{{Match: map[string]string{api.TagService: "web"}}},
+		Destinations: []api.Selector{{Match: map[string]string{api.TagService: "billing"}}}}}
+	v := &Validator{Self: "system:serviceaccount:ursa-system:ursa-control-plane", Zone: "zone-1",
+		Policies: func(_ context.Context, typ, mesh string) ([]api.Resource, error) {
+			if typ == "Timeout" && mesh == "default" {
+				return []api.Resource{stored}, nil
+			}
+			return nil, nil
+		}}
+	timeout := func(name string) []byte {
+		return []byte(`{"apiVersion":"ursa.io/v1alpha1","kind":"Timeout","metadata":{"name":"` + name + `"},"mesh":"default",` +
+			`"spec":{"sources":[{"match":{"ursa.io/service":"web"}}],"destinations":[{"match":{"ursa.io/service":"billing"}}],"connectTimeout":"2s"}}`)
+	}
+	for _, c := range []struct {
+		kind, want string
+		obj        []byte
+	}{
+		{"Timeout", `spec.sources: Timeout "t1" has the same sources and destinations`, timeout("t2")},
+		{"Timeout", "", timeout("t1")},
+		{"Dataplane", `networking.inbound.tags[ursa.io/zone]: this control plane runs zone "zone-1", not "zone-2"`,
+			[]byte(`{"apiVersion":"ursa.io/v1alpha1","kind":"Dataplane","metadata":{"name":"vm-1"},"mesh":"default",` +
+				`"spec":{"networking":{"address":"10.70.0.1","inbound":[{"port":8080,"tags":{"ursa.io/service":"billing","ursa.io/zone":"zone-2"}}]}}}`)},
+	} {
+		resp, err := v.Review(httptest.NewRequest("POST", "/", nil), &AdmissionRequest{UID: "u", Kind: GroupVersionKind{Group: "ursa.io", Kind: c.kind},
+			Operation: "CREATE", Object: c.obj, UserInfo: UserInfo{Username: "admin"}})
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case c.want == "" && !resp.Allowed:
+			t.Errorf("%s: refused: %s", c.obj, resp.Result.Message)
+		case c.want != "" && (resp.Allowed || !strings.Contains(resp.Result.Message, c.want)):
+			t.Errorf("%s: allowed %v (%+v), want refused naming %q", c.obj, resp.Allowed, resp.Result, c.want)
+		}
 	}
 }

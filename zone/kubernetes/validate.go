@@ -1,6 +1,7 @@
 package kubernetes
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -21,6 +22,12 @@ type Validator struct {
 	// Self is the control plane's own user name (a SelfSubjectReview's),
 	// whose writes are the sync's and pass.
 	Self string
+	// Zone is the zone this control plane runs: an object claiming
+	// another is refused, as the REST API refuses it.
+	Zone string
+	// Policies lists a type's resources in a mesh, to refuse a policy
+	// that ties with another, as the REST API does (nil: not checked).
+	Policies func(ctx context.Context, typ, mesh string) ([]api.Resource, error)
 }
 
 // clusterCollectors are the cluster's own users that delete objects whose
@@ -33,7 +40,7 @@ var clusterCollectors = []string{
 }
 
 // Review answers one admission request for an ursa.io object.
-func (v *Validator) Review(_ *http.Request, req *AdmissionRequest) (*AdmissionResponse, error) {
+func (v *Validator) Review(hr *http.Request, req *AdmissionRequest) (*AdmissionResponse, error) {
 	if req.Kind.Group != crd.Group || (v.Self != "" && req.UserInfo.Username == v.Self) {
 		return Allow(req.UID, nil)
 	}
@@ -68,10 +75,37 @@ func (v *Validator) Review(_ *http.Request, req *AdmissionRequest) (*AdmissionRe
 	if err == nil {
 		err = api.Validate(r)
 	}
+	if err == nil {
+		ctx := context.Background()
+		if hr != nil {
+			ctx = hr.Context()
+		}
+		err = v.checkStored(ctx, r)
+	}
 	if err != nil {
 		return Deny(req.UID, http.StatusUnprocessableEntity, "Invalid", fmt.Sprintf("%s is invalid: %v", describeObject(obj), err)), nil
 	}
 	return Allow(req.UID, nil)
+}
+
+// checkStored refuses what the REST API refuses of a valid resource: a
+// claim to another zone, and a policy that ties with another.
+func (v *Validator) checkStored(ctx context.Context, r api.Resource) error {
+	if field, msg := api.ClaimsZone(r, v.Zone); field != "" {
+		return fmt.Errorf("%s: %s", field, msg)
+	}
+	if _, ok := r.(api.Policy); !ok || v.Policies == nil {
+		return nil
+	}
+	m := r.GetMeta()
+	others, err := v.Policies(ctx, m.Type, m.Mesh)
+	if err != nil {
+		return nil // the write itself goes to the store, which will say
+	}
+	if o := api.TiedWith(r, others); o != nil {
+		return fmt.Errorf("spec.sources: %s", api.TieMessage(m.Type, o.GetMeta().Name))
+	}
+	return nil
 }
 
 func decodeObject(raw json.RawMessage) (crd.Object, error) {
