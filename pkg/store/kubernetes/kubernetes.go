@@ -72,7 +72,13 @@
 //
 // A resource's Version (1, 2, 3, ...) is the annotation ursa.io/version,
 // and its creation and modification times are annotations too (the
-// object's creationTimestamp has only second precision). Every conditional
+// object's creationTimestamp has only second precision). A change made
+// around the store (kubectl apply, edit or patch) leaves those as they
+// were, but raises the object's metadata.generation: the store writes the
+// generation its own write leaves (ursa.io/generation, set right after
+// when the API server did otherwise), and reads each generation past it
+// as a version more, its modification time the latest of managedFields'.
+// An object kubectl created counts its versions by generation. Every conditional
 // write carries the resourceVersion read with the version it checked, so
 // the API server refuses (409) a write over anything changed since: that is
 // the optimistic concurrency, and a 409 is store.ErrConflict.
@@ -144,6 +150,7 @@ package kubernetes
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -160,11 +167,16 @@ import (
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
-// Annotations the store keeps on every object.
+// Annotations the store keeps on every object. AnnotationGeneration is
+// the object's metadata.generation as the store's own last write left it:
+// the API server raises the generation at every change of an object's
+// content, kubectl's too, so a generation past it is a change made
+// around the store (kubectl apply or edit), each one a version more.
 const (
-	AnnotationVersion  = "ursa.io/version"
-	AnnotationCreated  = "ursa.io/creation-time"
-	AnnotationModified = "ursa.io/modification-time"
+	AnnotationVersion    = "ursa.io/version"
+	AnnotationGeneration = "ursa.io/generation"
+	AnnotationCreated    = "ursa.io/creation-time"
+	AnnotationModified   = "ursa.io/modification-time"
 )
 
 // Options configure a Store.
@@ -256,6 +268,7 @@ type object struct {
 	name    string // the resource's name
 	mesh    string
 	version int64
+	edited  bool // changed around the store since its last write
 }
 
 // parse reads an object of the API (a custom resource or a core Secret).
@@ -282,17 +295,54 @@ func (s *Store) parse(obj crd.Object) (object, error) {
 			o.name = o.loc.name
 		}
 	}
+	gen := generation(md)
 	if v, ok := ann[AnnotationVersion].(string); ok {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 1 {
 			return o, fmt.Errorf("annotation %s is %q, not a version", AnnotationVersion, v)
 		}
 		o.version = n
+		if g, err := strconv.ParseInt(fmt.Sprint(ann[AnnotationGeneration]), 10, 64); err == nil && gen > g {
+			// Changed around the store since its last write (kubectl),
+			// once per generation.
+			o.version += gen - g
+			o.edited = true
+		}
+	} else if gen > 0 {
+		// Created around the store (kubectl): a version per generation.
+		o.version, o.edited = gen, gen > 1
 	} else {
-		// Written by kubectl rather than the store: its first version.
 		o.version = 1
 	}
 	return o, nil
+}
+
+// generation reads an object's metadata.generation, 0 when it has none
+// (a core Secret).
+func generation(md map[string]any) int64 {
+	switch g := md["generation"].(type) {
+	case float64:
+		return int64(g)
+	case int64:
+		return g
+	case int:
+		return int64(g)
+	}
+	return 0
+}
+
+// lastManaged is the time of an object's latest write by any field
+// manager (metadata.managedFields), zero when it says none.
+func lastManaged(md map[string]any) time.Time {
+	var last time.Time
+	entries, _ := md["managedFields"].([]any)
+	for _, e := range entries {
+		m, _ := e.(map[string]any)
+		if t := parseTime(m["time"]); t.After(last) {
+			last = t
+		}
+	}
+	return last
 }
 
 // holds reports whether o holds the resource of key.
@@ -343,6 +393,9 @@ func (s *Store) decode(obj crd.Object) (api.Resource, error) {
 	m.Version = o.version
 	m.CreationTime = parseTime(ann[AnnotationCreated], md["creationTimestamp"])
 	m.ModificationTime = parseTime(ann[AnnotationModified], md["creationTimestamp"])
+	if t := lastManaged(md); o.edited && t.After(m.ModificationTime) {
+		m.ModificationTime = t
+	}
 	return r, nil
 }
 
@@ -360,7 +413,7 @@ func parseTime(vals ...any) time.Time {
 // encode returns r's object at loc with the store's annotations; rv, when
 // not empty, makes a write of it conditional; owners, when not nil, are its
 // ownerReferences.
-func (s *Store) encode(r api.Resource, loc location, rv string, owners any) (crd.Object, error) {
+func (s *Store) encode(r api.Resource, loc location, rv string, owners any, gen int64) (crd.Object, error) {
 	var (
 		obj crd.Object
 		err error
@@ -385,6 +438,7 @@ func (s *Store) encode(r api.Resource, loc location, rv string, owners any) (crd
 		ann[crd.AnnotationName] = m.Name
 	}
 	ann[AnnotationVersion] = strconv.FormatInt(m.Version, 10)
+	ann[AnnotationGeneration] = strconv.FormatInt(gen, 10)
 	ann[AnnotationCreated] = m.CreationTime.UTC().Format(time.RFC3339Nano)
 	ann[AnnotationModified] = m.ModificationTime.UTC().Format(time.RFC3339Nano)
 	md["annotations"] = ann
@@ -493,7 +547,7 @@ func (s *Store) create(ctx context.Context, d api.Descriptor, r api.Resource, ow
 		}
 	}
 	for i, loc := range locs {
-		obj, err := s.encode(r, loc, "", owners)
+		obj, err := s.encode(r, loc, "", owners, 1)
 		if err != nil {
 			return nil, "", err
 		}
@@ -510,10 +564,37 @@ func (s *Store) create(ctx context.Context, d api.Descriptor, r api.Resource, ow
 		case err != nil:
 			return nil, "", err
 		}
+		got = s.settle(ctx, d, loc, got, 1)
 		res, err := s.decode(got)
 		return res, uidOf(got), err
 	}
 	panic("unreachable: placements returns at least one location")
+}
+
+// settle makes got, an object the store just wrote expecting its
+// generation to be want, say the generation it has (a metadata-only
+// write, which leaves the generation as it is), when the API server did
+// otherwise (a write whose content the server found unchanged: defaults,
+// pruning). Objects without a generation are left alone.
+func (s *Store) settle(ctx context.Context, d api.Descriptor, loc location, got crd.Object, want int64) crd.Object {
+	md, _ := got["metadata"].(map[string]any)
+	gen := generation(md)
+	if gen == 0 || gen == want {
+		return got
+	}
+	ann, _ := md["annotations"].(map[string]any)
+	if ann == nil {
+		ann = map[string]any{}
+	}
+	ann[AnnotationGeneration] = strconv.FormatInt(gen, 10)
+	md["annotations"] = ann
+	var out crd.Object
+	if err := s.do(ctx, http.MethodPut, s.path(d, loc)+"?fieldValidation=Strict", got, &out); err != nil {
+		// Best effort: the write itself stands. Written meanwhile, the
+		// object is another's now; unreachable, its next write settles it.
+		return got
+	}
+	return out
 }
 
 // put replaces the object old with r (conditional on old's
@@ -521,15 +602,43 @@ func (s *Store) create(ctx context.Context, d api.Descriptor, r api.Resource, ow
 // and times already set.
 func (s *Store) put(ctx context.Context, d api.Descriptor, r api.Resource, old object) (api.Resource, error) {
 	md, _ := old.obj["metadata"].(map[string]any)
-	obj, err := s.encode(r, old.loc, old.rv, md["ownerReferences"])
+	gen := generation(md)
+	obj, err := s.encode(r, old.loc, old.rv, md["ownerReferences"], gen)
 	if err != nil {
 		return nil, err
+	}
+	if gen > 0 && !sameContent(old.obj, obj) {
+		gen++ // the API server raises it for a change outside metadata
+		obj["metadata"].(map[string]any)["annotations"].(map[string]any)[AnnotationGeneration] = strconv.FormatInt(gen, 10)
 	}
 	var got crd.Object
 	if err := s.do(ctx, http.MethodPut, s.path(d, old.loc)+"?fieldValidation=Strict", obj, &got); err != nil {
 		return nil, conflict(err)
 	}
+	got = s.settle(ctx, d, old.loc, got, gen)
 	return s.decode(got)
+}
+
+// sameContent reports whether two objects hold the same content outside
+// metadata, which the API server's generation follows (the store's kinds
+// have no status subresource: an insight's status is its content).
+func sameContent(a, b crd.Object) bool {
+	content := func(o crd.Object) string {
+		rest := map[string]any{}
+		for k, v := range o {
+			if k != "metadata" {
+				rest[k] = v
+			}
+		}
+		// Through JSON twice: structs become maps, whose keys JSON sorts,
+		// and numbers read as the API server's do.
+		var norm any
+		j, _ := json.Marshal(rest)
+		json.Unmarshal(j, &norm)
+		j, _ = json.Marshal(norm)
+		return string(j)
+	}
+	return content(a) == content(b)
 }
 
 // conflict maps 409 to ErrConflict and 404 (deleted meanwhile) to
