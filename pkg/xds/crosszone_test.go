@@ -11,6 +11,28 @@ import (
 	"github.com/ursamesh/ursa/pkg/catalog"
 )
 
+// webCaller is web-1, the sidecar the cross-zone tests generate, and
+// billingVIPs the VIPs of its mesh: YAML documents to go between others.
+const (
+	webCaller = `---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.5
+  inbound:
+  - {port: 10010, servicePort: 8000, tags: {ursa.io/service: web}}
+`
+	billingVIPs = `---
+type: VirtualIPs
+mesh: default
+name: vips
+entries:
+  billing: {ip: 240.0.0.1}
+  web: {ip: 240.0.0.2}
+`
+)
+
 // yamlState decodes YAML documents into zone-1's state, with the first
 // Dataplane among them.
 func yamlState(t *testing.T, doc string) (*State, *api.Dataplane) {
@@ -50,15 +72,7 @@ func TestNoIngressEndpointsWithoutMTLS(t *testing.T) {
 	s, dp := yamlState(t, `
 type: Mesh
 name: default
----
-type: Dataplane
-mesh: default
-name: web-1
-networking:
-  address: 10.0.0.5
-  inbound:
-  - {port: 10010, servicePort: 8000, tags: {ursa.io/service: web}}
----
+`+webCaller+`---
 type: Dataplane
 mesh: default
 name: billing-1
@@ -82,14 +96,7 @@ spec:
   split:
   - {weight: 50, tags: {ursa.io/zone: zone-1}}
   - {weight: 50, tags: {ursa.io/zone: zone-2}}
----
-type: VirtualIPs
-mesh: default
-name: vips
-entries:
-  billing: {ip: 240.0.0.1}
-  web: {ip: 240.0.0.2}
-`)
+`+billingVIPs+``)
 	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp})
 	if err != nil {
 		t.Fatal(err)
@@ -130,15 +137,7 @@ func TestIngressReplicasBehindOneAddress(t *testing.T) {
 type: Mesh
 name: default
 mtls: {enabled: true}
----
-type: Dataplane
-mesh: default
-name: web-1
-networking:
-  address: 10.0.0.5
-  inbound:
-  - {port: 10010, servicePort: 8000, tags: {ursa.io/service: web}}
----
+`+webCaller+`---
 type: ZoneIngress
 name: ingress-a.ursa-system
 zone: zone-2
@@ -159,14 +158,7 @@ zone: zone-3
 networking: {address: 10.0.3.1, port: 10001, advertisedAddress: 203.0.113.3, advertisedPort: 10001}
 availableServices:
 - {mesh: default, instances: 2, port: 8080, tags: {ursa.io/service: billing, ursa.io/zone: zone-3}}
----
-type: VirtualIPs
-mesh: default
-name: vips
-entries:
-  billing: {ip: 240.0.0.1}
-  web: {ip: 240.0.0.2}
-`)
+`+billingVIPs+``)
 	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp})
 	if err != nil {
 		t.Fatal(err)
