@@ -1,0 +1,46 @@
+package helm
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestInjectionResourcesNone sets the injected sidecar's resources to
+// what values.yaml documents as "The sidecar's; empty: none." — no limits (a
+// common choice: no CPU throttling of the proxy), or no resources at all —
+// the ways Helm lets a user empty a map of the defaults (a values file with
+// null, or --set ...=null; `resources: {}` is merged with the defaults and
+// empties nothing). The chart must render, and the zone CP must be given no
+// limit for the sidecar (ursa-cp takes an empty limit as none).
+func TestInjectionResourcesNone(t *testing.T) {
+	for _, tc := range []struct {
+		name, values string
+		noFlags      []string
+	}{
+		{"no limits", "injection:\n  resources:\n    limits: null\n",
+			[]string{"--kubernetes-injection-resources-limits-cpu=1", "--kubernetes-injection-resources-limits-memory=512Mi"}},
+		{"no resources", "injection:\n  resources: null\n",
+			[]string{"--kubernetes-injection-resources-limits-cpu=1", "--kubernetes-injection-resources-limits-memory=512Mi",
+				"--kubernetes-injection-resources-requests-cpu=50m", "--kubernetes-injection-resources-requests-memory=64Mi"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "values.yaml")
+			if err := os.WriteFile(f, []byte(tc.values), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := helm(t, "template", "ursa", chartDir, "--namespace", "ursa-system", "--set", "zone.name=zone-1", "-f", f)
+			if err != nil {
+				t.Fatalf("helm template -f values.yaml with\n%s: %v\n%s", tc.values, err, out)
+			}
+			args := list(containers(parse(t, out))["ursa-control-plane/control-plane"]["args"])
+			for _, a := range args {
+				for _, bad := range tc.noFlags {
+					if a == bad {
+						t.Errorf("with\n%sthe CP is still started with %s", tc.values, bad)
+					}
+				}
+			}
+		})
+	}
+}
