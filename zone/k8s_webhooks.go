@@ -227,17 +227,23 @@ func meshOfDataplane(src ViewSource, name string) (string, error) {
 		return "", err
 	}
 	var found []string
+	var made *api.Dataplane
 	for k := range meshes {
-		if _, ok, err := store.Get[*api.Dataplane](view, k.Name, name); err != nil {
+		if dp, ok, err := store.Get[*api.Dataplane](view, k.Name, name); err != nil {
 			return "", err
 		} else if ok {
-			found = append(found, k.Name)
+			found, made = append(found, k.Name), dp
 		}
 	}
 	switch len(found) {
 	case 0:
 		return "", fmt.Errorf("the pod's Dataplane (or ZoneIngress, for an ingress pod) %s does not exist (yet): the pod controller makes it once the pod has an IP", name)
 	case 1:
+		if made.Labels[kubernetes.LabelManagedBy] != kubernetes.ManagedByController {
+			// Named like the pod's, but registered otherwise (a VM's, by
+			// a dataplane token): a pod's token covers its pod's alone.
+			return "", xds.InvalidToken(fmt.Errorf("Dataplane %s of mesh %s was not made by the pod controller: a pod's token covers only the Dataplane of its pod", name, found[0]))
+		}
 		return found[0], nil
 	}
 	slices.Sort(found)

@@ -51,15 +51,19 @@ func saToken(id string) string {
 // token; an apiserver that cannot answer, or a Dataplane not made yet, is
 // retried, not a refusal; other tokens go to the zone's own verifier.
 func TestKubeProxyAuth(t *testing.T) {
-	dp := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "payments", Name: "web-1.shop"},
+	managed := map[string]string{kubernetes.LabelManagedBy: kubernetes.ManagedByController}
+	dp := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "payments", Name: "web-1.shop", Labels: managed},
 		Networking: api.DataplaneNetworking{Address: "10.0.0.7", Inbound: []api.Inbound{{Port: 8080, Tags: map[string]string{api.TagService: "web"}}}}}
+	// Named like pod web-3's, registered by a VM's proxy.
+	vm := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "default", Name: "web-3.shop"},
+		Networking: api.DataplaneNetworking{Address: "10.0.0.8", Inbound: []api.Inbound{{Port: 8080, Tags: map[string]string{api.TagService: "web"}}}}}
 	ing := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "ingress-1.ursa-system"}, Zone: "zone-1",
 		Networking: api.ZoneIngressNetworking{Address: "10.0.0.9", Port: 10001}}
 	view := store.NewView([]api.Resource{
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "payments"}}, dp, ing,
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "payments"}}, dp, vm, ing,
 	}, "Mesh", "Dataplane", "ZoneIngress")
-	good, refused, down, early, ingress := saToken("1"), saToken("2"), saToken("3"), saToken("4"), saToken("5")
-	rev := &kubernetes.TokenReviewer{Client: fakeReviews{good: "shop/web-1", refused: "", early: "shop/web-2", ingress: "ursa-system/ingress-1"}}
+	good, refused, down, early, ingress, squat := saToken("1"), saToken("2"), saToken("3"), saToken("4"), saToken("5"), saToken("6")
+	rev := &kubernetes.TokenReviewer{Client: fakeReviews{good: "shop/web-1", refused: "", early: "shop/web-2", ingress: "ursa-system/ingress-1", squat: "shop/web-3"}}
 	base := xds.Auth{Verify: func(context.Context, string) (xds.Claims, error) {
 		return xds.Claims{Kind: xds.TokenDataplane, Mesh: "m", Name: "from-the-zone"}, nil
 	}}
@@ -72,6 +76,11 @@ func TestKubeProxyAuth(t *testing.T) {
 	}
 	if _, err := a.Verify(ctx, refused); !errors.Is(err, xds.ErrInvalidToken) || !strings.Contains(err.Error(), "invalid bearer token") {
 		t.Errorf("refused token: %v", err)
+	}
+	// A Dataplane named like the pod's that the pod controller did not
+	// make is not the pod's to run.
+	if _, err := a.Verify(ctx, squat); !errors.Is(err, xds.ErrInvalidToken) || !strings.Contains(err.Error(), "was not made by the pod controller") {
+		t.Errorf("a pod's token for a Dataplane the controller did not make: %v", err)
 	}
 	for name, tok := range map[string]string{"apiserver down": down, "no Dataplane yet": early} {
 		if _, err := a.Verify(ctx, tok); err == nil || errors.Is(err, xds.ErrInvalidToken) {
