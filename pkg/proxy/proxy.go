@@ -234,47 +234,97 @@ func (p *Proxy) forgetEjections(prev, next *Config) {
 // (listeners, clusters and endpoints come in separate responses).
 // An HTTP listener warms the same way, also until its RDS route
 // configuration has arrived.
+//
+// An original-destination listener (the transparent proxy's) warms chain
+// by chain: a chain whose routes name a cold cluster keeps the routes of
+// the chain it replaces (the same port and prefixes), while the others
+// take their new routes at once.
 func warm(prev, next *Config) *Config {
-	ready := func(cfg *Config, l *Listener) bool {
-		routes, ok := l.Routes, true
-		if l.HTTP != nil {
-			routes, ok = httpRoutes(cfg, l.HTTP)
-		}
-		if !ok {
-			return false
-		}
-		for _, r := range routes {
-			if c, ok := cfg.Clusters[r.Cluster]; !ok || c.Warming {
-				return false
-			}
-		}
-		return true
-	}
 	for name, l := range next.Listeners {
 		old, ok := prev.Listeners[name]
-		if !ok || len(l.SNIRoutes) > 0 || l.OriginalDst || ready(next, l) || !ready(prev, old) {
-			continue
-		}
-		kept := *l
-		kept.Routes, kept.HTTP = old.Routes, old.HTTP
-		next.Listeners[name] = &kept
-		routes := old.Routes
-		if old.HTTP != nil {
-			routes, _ = httpRoutes(prev, old.HTTP)
-			if old.HTTP.RDS != "" {
-				if next.RouteTables == nil {
-					next.RouteTables = map[string]*RouteTable{}
-				}
-				next.RouteTables[old.HTTP.RDS] = prev.RouteTables[old.HTTP.RDS]
-			}
-		}
-		for _, r := range routes {
-			if c, ok := next.Clusters[r.Cluster]; !ok || c.Warming {
-				next.Clusters[r.Cluster] = prev.Clusters[r.Cluster]
-			}
+		switch {
+		case !ok || len(l.SNIRoutes) > 0:
+		case l.OriginalDst && old.OriginalDst:
+			warmChains(prev, next, name, old, l)
+		case !l.OriginalDst && !warmRoutes(next, l.Routes, l.HTTP) && warmRoutes(prev, old.Routes, old.HTTP):
+			kept := *l
+			kept.Routes, kept.HTTP = old.Routes, old.HTTP
+			next.Listeners[name] = &kept
+			keepRoutes(prev, next, old.Routes, old.HTTP)
 		}
 	}
 	return next
+}
+
+// warmRoutes tells whether routes (or an HTTP chain's) are ready in cfg:
+// every cluster they name is there and warm, and an HTTP chain's route
+// configuration has arrived.
+func warmRoutes(cfg *Config, routes []Route, http *HTTPChain) bool {
+	ok := true
+	if http != nil {
+		routes, ok = httpRoutes(cfg, http)
+	}
+	if !ok {
+		return false
+	}
+	for _, r := range routes {
+		if c, ok := cfg.Clusters[r.Cluster]; !ok || c.Warming {
+			return false
+		}
+	}
+	return true
+}
+
+// keepRoutes carries into next what routes (or an HTTP chain) kept from
+// prev need: their clusters, where next has none or a cold one, and an
+// HTTP chain's route configuration.
+func keepRoutes(prev, next *Config, routes []Route, http *HTTPChain) {
+	if http != nil {
+		routes, _ = httpRoutes(prev, http)
+		if http.RDS != "" {
+			if next.RouteTables == nil {
+				next.RouteTables = map[string]*RouteTable{}
+			}
+			next.RouteTables[http.RDS] = prev.RouteTables[http.RDS]
+		}
+	}
+	for _, r := range routes {
+		if c, ok := next.Clusters[r.Cluster]; !ok || c.Warming {
+			next.Clusters[r.Cluster] = prev.Clusters[r.Cluster]
+		}
+	}
+}
+
+// warmChains keeps, in next's original-destination listener l (name),
+// the routes of each chain of old that a chain of l replaces with routes
+// not ready yet.
+func warmChains(prev, next *Config, name string, old, l *Listener) {
+	var chains []DstChain
+	for i, c := range l.DstChains {
+		if warmRoutes(next, c.Routes, c.HTTP) {
+			continue
+		}
+		j := slices.IndexFunc(old.DstChains, func(o DstChain) bool { return o.Port == c.Port && slices.Equal(o.Prefixes, c.Prefixes) })
+		if j < 0 || !warmRoutes(prev, old.DstChains[j].Routes, old.DstChains[j].HTTP) {
+			continue
+		}
+		if chains == nil {
+			chains = slices.Clone(l.DstChains)
+		}
+		o := old.DstChains[j]
+		chains[i].Routes, chains[i].HTTP = o.Routes, o.HTTP
+		keepRoutes(prev, next, o.Routes, o.HTTP)
+	}
+	if chains == nil {
+		return
+	}
+	kept := *l
+	kept.DstChains, kept.Routes = chains, nil
+	for _, c := range chains {
+		kept.Routes = append(kept.Routes, c.Routes...)
+	}
+	kept.dsts = newDstIndex(chains)
+	next.Listeners[name] = &kept
 }
 
 // Close stops every listener; established connections end with their peers.

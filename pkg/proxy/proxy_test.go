@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -813,6 +814,58 @@ func TestWarming(t *testing.T) {
 	// With nothing ready before either, the new routes stand.
 	if r := warm(&Config{Listeners: map[string]*Listener{}}, cfg(cold.Name, cold)).Listeners["out"].Routes; r[0].Cluster != cold.Name {
 		t.Fatalf("a new listener kept nothing: %+v", r)
+	}
+}
+
+// TestWarmingByOriginalDestination: the transparent proxy's listener warms
+// chain by chain. A chain that moves to a cluster not warm yet keeps the
+// routes of the chain it replaces (the same port and prefixes), with their
+// cluster, while another chain's change is taken at once; once the cluster
+// warms, the chain moves. Before, the listener took the cold cluster at
+// once, and an app's connections to the VIP were refused until its
+// endpoints came.
+func TestWarmingByOriginalDestination(t *testing.T) {
+	vip := []netip.Prefix{netip.MustParsePrefix("240.0.0.7/32")}
+	other := []netip.Prefix{netip.MustParsePrefix("240.0.0.8/32")}
+	v1 := &Cluster{Name: "billing-v1", Endpoints: []Endpoint{{Addr: "a:1", Weight: 1}}}
+	web := &Cluster{Name: "web", Endpoints: []Endpoint{{Addr: "w:1", Weight: 1}}}
+	cold := &Cluster{Name: "billing-v2", Warming: true}
+	pass := &Cluster{Name: "passthrough"}
+	cfg := func(billing, webTo string, clusters ...*Cluster) *Config {
+		chains := []DstChain{
+			{Port: 80, Prefixes: vip, Routes: []Route{{Cluster: billing, Weight: 1}}},
+			{Port: 80, Prefixes: other, Routes: []Route{{Cluster: webTo, Weight: 1}}},
+			{Routes: []Route{{Cluster: "passthrough", Weight: 1}}},
+		}
+		l := &Listener{Name: "ursa:outbound", Addr: "0.0.0.0:15001", OriginalDst: true, DstChains: chains, dsts: newDstIndex(chains)}
+		c := &Config{Listeners: map[string]*Listener{l.Name: l}, Clusters: map[string]*Cluster{pass.Name: pass}}
+		for _, cl := range clusters {
+			c.Clusters[cl.Name] = cl
+		}
+		return c
+	}
+	route := func(c *Config, dst string) string {
+		ch, ok := c.Listeners["ursa:outbound"].dsts.match(netip.MustParseAddrPort(dst))
+		if !ok {
+			return "none"
+		}
+		return ch.Routes[0].Cluster
+	}
+	prev := cfg(v1.Name, web.Name, v1, web)
+	web2 := &Cluster{Name: "web2", Endpoints: []Endpoint{{Addr: "w:2", Weight: 1}}}
+	got := warm(prev, cfg(cold.Name, web2.Name, cold, web2))
+	if r := route(got, "240.0.0.7:80"); r != v1.Name || got.Clusters[v1.Name] != v1 {
+		t.Fatalf("a chain moved to a cold cluster at once: %s", r)
+	}
+	if r := route(got, "240.0.0.8:80"); r != web2.Name {
+		t.Fatalf("a chain whose new cluster is warm did not move: %s", r)
+	}
+	if r := route(got, "192.0.2.1:443"); r != "passthrough" {
+		t.Fatalf("the default chain: %s", r)
+	}
+	hot := &Cluster{Name: cold.Name, Endpoints: []Endpoint{{Addr: "b:1", Weight: 1}}}
+	if r := route(warm(got, cfg(hot.Name, web2.Name, hot, web2)), "240.0.0.7:80"); r != hot.Name {
+		t.Fatalf("the chain did not move once its cluster warmed: %s", r)
 	}
 }
 
