@@ -25,7 +25,9 @@ import (
 // connection headed to one of billing's instances at its inbound port takes
 // the chain to direct:billing, an original-destination cluster that
 // originates mTLS with billing's SNI and checks that the server is billing;
-// one to the same address at another port is passed through.
+// one to the same address at another port is passed through. An instance
+// of the proxy's own service is reached the same way (its peers call each
+// other by address).
 func TestGeneratedDirectChains(t *testing.T) {
 	rs := xdstest.Inputs(t, "../xds/testdata/transparent/direct.input.yaml")
 	state := xds.NewState(catalog.FromResources("zone-1", rs), nil)
@@ -49,7 +51,7 @@ func TestGeneratedDirectChains(t *testing.T) {
 		"10.0.0.11:7000":  "direct:ledger",
 		"10.0.0.10:7000":  "billing", // the explicit outbound's
 		"10.0.0.7:10012":  xds.PassthroughCluster,
-		"10.0.0.6:10010":  xds.PassthroughCluster, // web-2: the proxy's own service
+		"10.0.0.6:10010":  "direct:web", // web-2: an instance of the proxy's own service, over mTLS too
 		"240.0.0.3:9000":  "search",
 		"192.0.2.1:10011": xds.PassthroughCluster,
 	} {

@@ -116,14 +116,12 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 			MaxRequests: wrapperspb.UInt32(math.MaxUint32), MaxRetries: wrapperspb.UInt32(math.MaxUint32),
 		}}},
 	}}
-	own := map[string]bool{}
-	for _, in := range dp.Networking.Inbound {
-		own[in.Tags[api.TagService]] = true
-	}
+	// Every service's instances, this sidecar's own service's too: a
+	// service's members call each other by address (a StatefulSet's, a
+	// cluster's peers), over mTLS. A call to this very instance is one of
+	// them: the transparent proxy's rules take the sidecar's connection to
+	// its own address into its inbound listener.
 	for _, svc := range s.Services() {
-		if own[svc] {
-			continue // as for VIPs: a sidecar never reaches its own service
-		}
 		chains := 0
 		for _, g := range s.directGroups(svc) {
 			if fc := s.directChain(svc, g, taken); fc != nil {

@@ -157,8 +157,15 @@ func (c Config) rules() []string {
 		":" + chainRedirect + " - [0:0]",
 		":" + chainInRedirect + " - [0:0]",
 		"-A " + chainRedirect + " -p tcp -j REDIRECT --to-ports " + strconv.Itoa(c.OutboundPort),
-		fmt.Sprintf("-A %s -m mark --mark %#x -j RETURN", chainOutput, c.mark()),
 	}
+	// The sidecar's own connections to this host's address (not loopback)
+	// at an inbound port: its mTLS to an instance of its own service that
+	// is this one. They go to the inbound listener, as any caller's do
+	// (Istio's rules do the same), not around it to the application.
+	for _, p := range c.redirectedInbound() {
+		r = append(r, fmt.Sprintf("-A %s -o lo ! -d 127.0.0.0/8 -p tcp --dport %d -m mark --mark %#x -j %s", chainOutput, p, c.mark(), chainInRedirect))
+	}
+	r = append(r, fmt.Sprintf("-A %s -m mark --mark %#x -j RETURN", chainOutput, c.mark()))
 	for _, u := range c.ExcludeUIDs {
 		r = append(r, fmt.Sprintf("-A %s -m owner --uid-owner %d -j RETURN", chainOutput, u))
 	}
@@ -198,16 +205,29 @@ func (c Config) inboundRules() []string {
 		return nil
 	}
 	r := []string{"-A " + chainInRedirect + " -p tcp -j REDIRECT --to-ports " + strconv.Itoa(c.InboundPort)}
+	for _, p := range c.redirectedInbound() {
+		r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j %s", chainInbound, p, chainInRedirect))
+	}
+	return r
+}
+
+// redirectedInbound are the inbound ports redirected to the inbound
+// listener, sorted: none without an inbound redirect port.
+func (c Config) redirectedInbound() []int {
+	if c.InboundPort == 0 {
+		return nil
+	}
 	excluded := map[int]bool{}
 	for _, p := range c.ExcludeInboundPorts {
 		excluded[p] = true
 	}
+	var out []int
 	for _, p := range sortedUnique(c.InboundPorts) {
 		if !excluded[p] {
-			r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j %s", chainInbound, p, chainInRedirect))
+			out = append(out, p)
 		}
 	}
-	return r
+	return out
 }
 
 // rules6 is the ip6tables-restore input that installs c's inbound

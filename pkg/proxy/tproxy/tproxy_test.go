@@ -187,6 +187,9 @@ func TestInstallRedirectsByOriginalDestination(t *testing.T) {
 	for _, want := range []string{
 		"-A OUTPUT -j URSA_OUTPUT",
 		"-A PREROUTING -p tcp -j URSA_INBOUND",
+		// The sidecar's own connection to this host's address at an inbound
+		// port goes to the inbound listener.
+		"-A URSA_OUTPUT ! -d 127.0.0.0/8 -o lo -p tcp -m tcp --dport 8080 -m mark --mark 0x7572 -j URSA_IN_REDIRECT",
 		"-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN",
 		"-A URSA_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
 		"-A URSA_OUTPUT -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053",

@@ -1,0 +1,71 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestTransparentPeerOfOwnService: two instances of one service
+// (a StatefulSet's members, a cluster of Kafka or etcd brokers, peers that
+// call each other by address) in an mTLS mesh. billing-2's host runs the
+// transparent proxy; its app calls billing-1 at billing-1's address and
+// inbound port, as TestTransparentDirectToInstance's web does. Kuma and
+// Istio send that over mTLS to the instance; it must reach billing-1's
+// app as web's call does, not be passed through in plaintext to an
+// inbound that admits only mTLS.
+func TestTransparentPeerOfOwnService(t *testing.T) {
+	h := newHosts(t, "cp", "b1", "b2")
+	zone := startTPZone(t, h, "cp", `
+type: Mesh
+name: default
+mtls: {enabled: true}
+---
+type: TrafficPermission
+mesh: default
+name: billing-to-billing
+spec:
+  sources: [{match: {ursa.io/service: billing}}]
+  destinations: [{match: {ursa.io/service: billing}}]
+`)
+	app := h.listen(t, "b1", "tcp", "127.0.0.1:8080")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "billing-1") })}
+	go srv.Serve(app)
+	t.Cleanup(func() { srv.Close() })
+	zone.startSidecar(t, "b1", zone.sidecarArgs(t, "b1", "billing-1", "billing", 10011, 8080))
+	zone.startSidecar(t, "b2", zone.sidecarArgs(t, "b2", "billing-2", "billing", 10011, 8080, "--transparent-proxy"))
+
+	app2 := h.listen(t, "b2", "tcp", "127.0.0.1:8080")
+	srv2 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "billing-2") })}
+	go srv2.Serve(app2)
+	t.Cleanup(func() { srv2.Close() })
+	c := h.client(t, "b2")
+	c.Timeout = 2 * time.Second
+	call := func(target, want, what string) {
+		t.Helper()
+		var answer string
+		var last error
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			resp, err := c.Get(target)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				answer = string(b)
+				if answer == want {
+					return
+				}
+			}
+			last = err
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("billing-2's app calling %s at %s through its transparent sidecar: got %q, last error %v; want %q", what, target, answer, last, want)
+	}
+	call("http://"+h.addr("b1")+":10011/", "billing-1", "its peer billing-1")
+	// Itself, at its own address: the sidecar's mTLS to its own address
+	// goes to its inbound listener (the rules take it there), not around
+	// it to the application.
+	call("http://"+h.addr("b2")+":10011/", "billing-2", "itself")
+}
