@@ -44,3 +44,24 @@ func TestInjectionResourcesNone(t *testing.T) {
 		})
 	}
 }
+
+// TestSourceRangesOnlyWithLoadBalancer: loadBalancerSourceRanges goes on the
+// control plane's Service only when it is a LoadBalancer, as values.yaml
+// says and as the ingress's Service does: on another type it does nothing,
+// and reads as a protection that is not there.
+func TestSourceRangesOnlyWithLoadBalancer(t *testing.T) {
+	for typ, want := range map[string]bool{"ClusterIP": false, "LoadBalancer": true} {
+		out, err := helm(t, "template", "ursa", chartDir, "--namespace", "ursa-system", "--set", "zone.name=zone-1",
+			"--set", "controlPlane.service.type="+typ, "--set", "controlPlane.service.loadBalancerSourceRanges={10.0.0.0/8}")
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", typ, err, out)
+		}
+		for _, o := range parse(t, out) {
+			if o.kind() == "Service" && o.name() == "ursa-control-plane" {
+				if got := get(o, "spec", "loadBalancerSourceRanges") != nil; got != want {
+					t.Errorf("a %s Service: loadBalancerSourceRanges rendered %v, want %v", typ, got, want)
+				}
+			}
+		}
+	}
+}
