@@ -65,3 +65,28 @@ func TestSourceRangesOnlyWithLoadBalancer(t *testing.T) {
 		}
 	}
 }
+
+// TestIngressReplicasSpread: with more than one replica the zone ingress's
+// pods prefer different nodes and a PodDisruptionBudget lets a drain take
+// one at a time, as the control plane's; with one, neither.
+func TestIngressReplicasSpread(t *testing.T) {
+	for replicas, want := range map[string]bool{"1": false, "3": true} {
+		out, err := helm(t, "template", "ursa", chartDir, "--namespace", "ursa-system", "--set", "zone.name=zone-1",
+			"--set", "ingress.enabled=true", "--set", "ingress.replicas="+replicas)
+		if err != nil {
+			t.Fatalf("replicas %s: %v\n%s", replicas, err, out)
+		}
+		pdb, spread := false, false
+		for _, o := range parse(t, out) {
+			switch {
+			case o.kind() == "PodDisruptionBudget" && o.name() == "ursa-ingress":
+				pdb = get(o, "spec", "maxUnavailable") != nil
+			case o.kind() == "Deployment" && o.name() == "ursa-ingress":
+				spread = get(o, "spec", "template", "spec", "affinity", "podAntiAffinity") != nil
+			}
+		}
+		if pdb != want || spread != want {
+			t.Errorf("ingress.replicas=%s: PodDisruptionBudget %v, anti-affinity %v; want both %v", replicas, pdb, spread, want)
+		}
+	}
+}
