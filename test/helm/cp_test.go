@@ -244,12 +244,20 @@ type cpProc struct {
 // test's end stops it with SIGTERM, then SIGKILL.
 func startCP(t *testing.T, args []string) *cpProc {
 	t.Helper()
+	return startCPEnv(t, nil, args)
+}
+
+// startCPEnv is startCP with the process's environment set to env (a
+// container's, as the chart renders it); nil is the test's own.
+func startCPEnv(t *testing.T, env, args []string) *cpProc {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), "cp.log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(filepath.Join(binaries(t), "ursa-cp"), args...)
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -121,34 +119,4 @@ func TestGlobalChartStartsOnFreshDatabase(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-// startCPEnv is startCP with the process's environment set to env (a
-// container's, as the chart renders it).
-func startCPEnv(t *testing.T, env, args []string) *cpProc {
-	t.Helper()
-	logPath := filepath.Join(t.TempDir(), "cp.log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(binaries(t), "ursa-cp"), args...)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &cpProc{logPath: logPath, done: make(chan struct{})}
-	go func() { cmd.Wait(); p.state = cmd.ProcessState; f.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
 }
