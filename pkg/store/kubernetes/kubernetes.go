@@ -573,13 +573,16 @@ func (s *Store) create(ctx context.Context, d api.Descriptor, r api.Resource, ow
 
 // settle makes got, an object the store just wrote expecting its
 // generation to be want, say the generation it has (a metadata-only
-// write, which leaves the generation as it is), when the API server did
-// otherwise (a write whose content the server found unchanged: defaults,
-// pruning). Objects without a generation are left alone.
+// write, which leaves the generation as it is), when the API server left
+// it lower (a write whose content the server found unchanged: defaults,
+// pruning): else a later kubectl change would not count. A generation
+// higher than want is left as it reads, a version more, which watchers
+// have seen already: putting it right would take the version back.
+// Objects without a generation are left alone.
 func (s *Store) settle(ctx context.Context, d api.Descriptor, loc location, got crd.Object, want int64) crd.Object {
 	md, _ := got["metadata"].(map[string]any)
 	gen := generation(md)
-	if gen == 0 || gen == want {
+	if gen == 0 || gen >= want {
 		return got
 	}
 	ann, _ := md["annotations"].(map[string]any)
