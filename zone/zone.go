@@ -258,7 +258,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	pres := NewPresence(st, mirror, cfg.Instance, log.Named("presence"))
 	dpTokens, ingTokens := tokens.NewDataplaneIssuer(st), tokens.NewIngressIssuer(st, cfg.Zone)
 	// Tokens revoked through this replica end their streams here at once;
-	// the other replicas' sweep (revokedSweep) ends theirs.
+	// every replica's sweep ("revoked-tokens", every revokedSweepEvery)
+	// ends the others'.
 	reverify := func() {
 		go func() {
 			rctx, cancel := context.WithTimeout(ctx, time.Minute)

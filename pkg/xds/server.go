@@ -322,10 +322,7 @@ func (s *Server) Revoke(node string, uncovered func(Claims) error) (ended, left 
 			left++
 			continue
 		}
-		r := refuse(RefusedNotCovered, codes.PermissionDenied, "%s is not served to this stream any more: %v", node, err)
-		s.refusals.WithLabelValues(r.reason).Inc()
-		s.log.Warn("refused a proxy", zap.String("proxy", node), zap.String("reason", r.reason), zap.String("error", r.st.Message()))
-		a.revoke(r)
+		s.end(node, a, refuse(RefusedNotCovered, codes.PermissionDenied, "%s is not served to this stream any more: %v", node, err))
 		ended++
 	}
 	return ended, left
@@ -403,10 +400,7 @@ func (s *Server) Reverify(ctx context.Context) int {
 		if !errors.Is(err, ErrInvalidToken) {
 			continue
 		}
-		r := refuse(RefusedInvalidToken, codes.Unauthenticated, "its token no longer verifies (revoked?): %v", err)
-		s.refusals.WithLabelValues(r.reason).Inc()
-		s.log.Warn("refused a proxy", zap.String("proxy", o.node), zap.String("reason", r.reason), zap.String("error", r.st.Message()))
-		o.a.revoke(r)
+		s.end(o.node, o.a, refuse(RefusedInvalidToken, codes.Unauthenticated, "its token no longer verifies (revoked?): %v", err))
 		ended++
 	}
 	return ended
@@ -418,7 +412,12 @@ func (s *Server) Reverify(ctx context.Context) int {
 // the stream lasts. Its reconnect shows the token again, and is refused
 // until it shows a new one (its proxy runs on what it has meanwhile).
 func (s *Server) expired(node string, a *streamAuth, exp time.Time) {
-	r := refuse(RefusedInvalidToken, codes.Unauthenticated, "its token expired at %s: give the proxy a new one", exp.UTC().Format(time.RFC3339))
+	s.end(node, a, refuse(RefusedInvalidToken, codes.Unauthenticated, "its token expired at %s: give the proxy a new one", exp.UTC().Format(time.RFC3339)))
+}
+
+// end ends an admitted stream a of node, refused as r: counted, logged, and
+// closed with r's status.
+func (s *Server) end(node string, a *streamAuth, r *refusal) {
 	s.refusals.WithLabelValues(r.reason).Inc()
 	s.log.Warn("refused a proxy", zap.String("proxy", node), zap.String("reason", r.reason), zap.String("error", r.st.Message()))
 	a.revoke(r)
