@@ -15,6 +15,12 @@ const (
 	zoneTokenSigningKeyPath = "/tokens/zone/signing-key"
 )
 
+// REST paths of a zone control plane that revoke its proxy tokens.
+const (
+	dataplaneTokenSigningKeyPath = "/tokens/dataplane/signing-key"
+	ingressTokenSigningKeyPath   = "/tokens/ingress/signing-key"
+)
+
 // GenerateZoneToken asks the global control plane for a token with which the
 // zone control plane of zone may connect. The token is valid for validFor;
 // zero leaves the validity to the server (one year). The server checks the
@@ -159,13 +165,13 @@ func (c *Client) generateToken(ctx context.Context, path, what string, req any) 
 // token of mesh it issued (it deletes their signing key; the next token
 // makes a new one), and end the streams of the proxies that showed one.
 func (c *Client) RevokeDataplaneTokens(ctx context.Context, mesh string) error {
-	return c.revoke(ctx, "/tokens/dataplane/signing-key", map[string]string{"mesh": mesh}, "revoke the dataplane tokens of mesh "+mesh)
+	return c.revoke(ctx, dataplaneTokenSigningKeyPath, map[string]string{"mesh": mesh}, "revoke the dataplane tokens of mesh "+mesh)
 }
 
 // RevokeIngressTokens makes a zone control plane revoke every ingress
 // token it issued, as RevokeDataplaneTokens does dataplane tokens.
 func (c *Client) RevokeIngressTokens(ctx context.Context) error {
-	return c.revoke(ctx, "/tokens/ingress/signing-key", struct{}{}, "revoke the ingress tokens")
+	return c.revoke(ctx, ingressTokenSigningKeyPath, struct{}{}, "revoke the ingress tokens")
 }
 
 func (c *Client) revoke(ctx context.Context, path string, req any, what string) error {

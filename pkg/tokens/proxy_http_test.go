@@ -89,3 +89,46 @@ func TestProxyTokenHandlers(t *testing.T) {
 		}
 	}
 }
+
+// TestRevokeHandlers: POST /tokens/dataplane/signing-key {"mesh": M} and
+// POST /tokens/ingress/signing-key revoke every token of their kind issued
+// before, and tell Revoked; a mesh name that is none, or an unknown field,
+// is a 400 that changes nothing.
+func TestRevokeHandlers(t *testing.T) {
+	ctx := context.Background()
+	dp, ing, _, url := newZoneAPI(t, zoneStore(t))
+	told := 0
+	dp.Revoked, ing.Revoked = func() { told++ }, func() { told++ }
+	dpTok, err := dp.Issue(ctx, DataplaneClaims{Mesh: "default"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingTok, err := ing.Issue(ctx, "zone-1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got RevokeResponse
+	for _, bad := range []string{`{"mesh":"Bad_Mesh"}`, `{"mesh":"default","zone":"zone-1"}`} {
+		if code, _ := post(t, url+PathDataplaneTokenSigningKey, bad, &got); code != 400 {
+			t.Fatalf("%s: %d, want 400", bad, code)
+		}
+	}
+	if _, err := dp.Verify(ctx, dpTok); err != nil || told != 0 {
+		t.Fatalf("a refused revocation revoked (told %d): %v", told, err)
+	}
+	if code, eb := post(t, url+PathDataplaneTokenSigningKey, `{"mesh":"default"}`, &got); code != 200 || got.Revoked != "every dataplane token of mesh default" {
+		t.Fatalf("revoke dataplane tokens: %d %+v %+v", code, eb, got)
+	}
+	if code, eb := post(t, url+PathIngressTokenSigningKey, ``, &got); code != 200 || got.Revoked != "every ingress token of zone zone-1" {
+		t.Fatalf("revoke ingress tokens: %d %+v %+v", code, eb, got)
+	}
+	if _, err := dp.Verify(ctx, dpTok); !IsInvalid(err) {
+		t.Fatalf("a revoked dataplane token: %v", err)
+	}
+	if _, err := ing.Verify(ctx, ingTok); !IsInvalid(err) {
+		t.Fatalf("a revoked ingress token: %v", err)
+	}
+	if told != 2 {
+		t.Fatalf("Revoked told %d times, want 2", told)
+	}
+}
