@@ -43,8 +43,7 @@ func (s *Server) init() {
 	s.apex = dns.Fqdn(strings.ToLower(strings.Trim(s.Domain, ".")))
 	s.suffix = "." + s.apex
 	ttl := uint32(s.TTL.Seconds())
-	s.soa = &dns.SOA{Hdr: dns.RR_Header{Name: s.apex, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
-		Ns: "ns." + s.apex, Mbox: "hostmaster." + s.apex, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: ttl}
+	s.soa = dnsforward.SOA(s.apex, ttl)
 	s.forwarder = dnsforward.New(s.Upstreams,
 		&dns.Client{Net: "udp", Timeout: 2 * time.Second, UDPSize: dns.DefaultMsgSize},
 		&dns.Client{Net: "tcp", Timeout: 2 * time.Second})
@@ -111,23 +110,14 @@ func isUDP(w dns.ResponseWriter) bool {
 
 // answer builds the response to req, or returns nil to drop it.
 func (s *Server) answer(w dns.ResponseWriter, req *dns.Msg) (*dns.Msg, uint16) {
-	resp := new(dns.Msg)
-	if req.Response {
-		return nil, 0 // never answer answers: no reflection loops
+	if resp, done := dnsforward.Screen(req); done {
+		var qtype uint16
+		if req.Opcode == dns.OpcodeQuery && len(req.Question) == 1 {
+			qtype = req.Question[0].Qtype
+		}
+		return resp, qtype
 	}
-	if req.Opcode != dns.OpcodeQuery {
-		return resp.SetRcode(req, dns.RcodeNotImplemented), 0
-	}
-	if len(req.Question) != 1 {
-		return resp.SetRcode(req, dns.RcodeFormatError), 0
-	}
-	q := req.Question[0]
-	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
-		return resp.SetRcode(req, dns.RcodeNotImplemented), q.Qtype
-	}
-	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
-		return resp.SetRcode(req, dns.RcodeBadVers), q.Qtype // RFC 6891 6.1.3; ServeDNS adds the OPT (version 0) it needs
-	}
+	resp, q := new(dns.Msg), req.Question[0]
 	name := strings.ToLower(q.Name)
 	if name != s.apex && !strings.HasSuffix(name, s.suffix) {
 		return s.forward(w, req), q.Qtype

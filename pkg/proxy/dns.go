@@ -146,8 +146,7 @@ func zoneSOAs(d *DNS) map[string]dns.RR {
 	}
 	out := map[string]dns.RR{}
 	for zone, t := range ttl {
-		out[zone] = &dns.SOA{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: t},
-			Ns: "ns." + zone, Mbox: "hostmaster." + zone, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: t}
+		out[zone] = dnsforward.SOA(zone, t)
 	}
 	return out
 }
@@ -369,23 +368,10 @@ func (p *Proxy) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 // answerDNS answers req from the current table, forwarding the names it is
 // not the authority for; nil drops req.
 func (p *Proxy) answerDNS(req *dns.Msg, udp bool) *dns.Msg {
-	resp := new(dns.Msg)
-	if req.Response {
-		return nil // never answer answers: no reflection loops
+	if resp, done := dnsforward.Screen(req); done {
+		return resp
 	}
-	if req.Opcode != dns.OpcodeQuery {
-		return resp.SetRcode(req, dns.RcodeNotImplemented)
-	}
-	if len(req.Question) != 1 {
-		return resp.SetRcode(req, dns.RcodeFormatError)
-	}
-	q := req.Question[0]
-	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
-		return resp.SetRcode(req, dns.RcodeNotImplemented)
-	}
-	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
-		return resp.SetRcode(req, dns.RcodeBadVers) // RFC 6891 6.1.3; serveDNS adds the OPT (version 0) it needs
-	}
+	resp, q := new(dns.Msg), req.Question[0]
 	table := p.cfg.Load().DNS
 	if table == nil {
 		return resp.SetRcode(req, dns.RcodeRefused)

@@ -1,8 +1,8 @@
 // Package dnsforward asks upstream resolvers what a .mesh resolver does not
 // answer itself. The zone CP's resolver (dns) and the data plane's
-// (pkg/proxy) both forward through it, so they answer other names the same
-// way; it sits beside the built-in proxy, which imports nothing of the
-// control plane.
+// (pkg/proxy) both forward through it, and screen queries and write their
+// negative answers' SOA with it, so they answer alike; it sits beside the
+// built-in proxy, which imports nothing of the control plane.
 package dnsforward
 
 import (
