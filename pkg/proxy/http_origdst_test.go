@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"testing"
@@ -10,7 +9,6 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
@@ -21,15 +19,9 @@ import (
 // header canary to v2, the rest to v1) serves an app's plain HTTP calls to
 // the VIP, routing each request; other destinations pass through.
 func TestHTTPOriginalDstInNamespace(t *testing.T) {
-	if !inNamespace(t) {
+	if !redirectedNamespace(t) {
 		return
 	}
-	ctx := context.Background()
-	log := zaptest.NewLogger(t)
-	if err := tproxy.Install(ctx, log, tproxy.Config{OutboundPort: 15001}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tproxy.Remove(ctx, log, "") })
 	serve := func(addr, name string) {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {

@@ -133,15 +133,9 @@ func TestTranslateOriginalDst(t *testing.T) {
 // inside the namespace (ip netns exec), so that every socket of the proxy
 // lives there.
 func TestOriginalDstInNamespace(t *testing.T) {
-	if !inNamespace(t) {
+	if !redirectedNamespace(t) {
 		return
 	}
-	ctx := context.Background()
-	log := zaptest.NewLogger(t)
-	if err := tproxy.Install(ctx, log, tproxy.Config{OutboundPort: 15001}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tproxy.Remove(ctx, log, "") })
 
 	echoOn(t, "240.0.0.9:8080", "billing")
 	echoOn(t, "240.0.0.9:9000", "outside")
@@ -180,6 +174,22 @@ func TestOriginalDstInNamespace(t *testing.T) {
 // to 240.0.0.0/4 through it, and returns false; run there, it returns
 // true and the test goes on, every socket of its proxy in that namespace.
 // Without root the test is skipped.
+// redirectedNamespace is inNamespace with the transparent proxy's rules
+// installed in the namespace (outbound TCP to port 15001), removed at the
+// test's end.
+func redirectedNamespace(t *testing.T) bool {
+	t.Helper()
+	if !inNamespace(t) {
+		return false
+	}
+	ctx, log := context.Background(), zaptest.NewLogger(t)
+	if err := tproxy.Install(ctx, log, tproxy.Config{OutboundPort: 15001}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tproxy.Remove(ctx, log, "") })
+	return true
+}
+
 func inNamespace(t *testing.T) bool {
 	t.Helper()
 	if os.Getenv("URSA_TEST_IN_NETNS") != "" {

@@ -1,14 +1,12 @@
 package proxy
 
 import (
-	"context"
 	"testing"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
@@ -26,15 +24,9 @@ import (
 // until the endpoints came. Real connections, in a network namespace with
 // the transparent proxy's rules.
 func TestTransparentListenerWarms(t *testing.T) {
-	if !inNamespace(t) {
+	if !redirectedNamespace(t) {
 		return
 	}
-	ctx := context.Background()
-	log := zaptest.NewLogger(t)
-	if err := tproxy.Install(ctx, log, tproxy.Config{OutboundPort: 15001}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tproxy.Remove(ctx, log, "") })
 	echoOn(t, "240.0.0.9:8080", "v1")
 
 	p := newProxy(t)
@@ -50,10 +42,7 @@ func TestTransparentListenerWarms(t *testing.T) {
 		}
 	}
 	passthrough := &cluster.Cluster{Name: "passthrough", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST}, LbPolicy: cluster.Cluster_CLUSTER_PROVIDED}
-	v1 := &cluster.Cluster{Name: "billing-v1", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
-		EdsClusterConfig: &cluster.Cluster_EdsClusterConfig{EdsConfig: &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}}}
-	v2 := &cluster.Cluster{Name: "billing-v2", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
-		EdsClusterConfig: &cluster.Cluster_EdsClusterConfig{EdsConfig: &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}}}
+	v1, v2 := plainEDSCluster("billing-v1"), plainEDSCluster("billing-v2")
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: "billing-v1", Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
 		HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socket("240.0.0.9", 8080)}}}}}}}
 
