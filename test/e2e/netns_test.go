@@ -279,6 +279,16 @@ func (h *hosts) listen(t testing.TB, host, network, addr string) net.Listener {
 	return l
 }
 
+// serveText serves HTTP on addr inside host's namespace, answering every
+// request with text: an application of that host. It stops when the test
+// ends.
+func (h *hosts) serveText(t testing.TB, host, addr, text string) {
+	t.Helper()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, text) })}
+	go srv.Serve(h.listen(t, host, "tcp", addr))
+	t.Cleanup(func() { srv.Close() })
+}
+
 // listenPacket is listen for a datagram socket.
 func (h *hosts) listenPacket(t testing.TB, host, network, addr string) net.PacketConn {
 	t.Helper()

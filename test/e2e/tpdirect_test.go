@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -38,10 +37,7 @@ spec:
 
 	// billing's app on its host's loopback, behind its sidecar, which
 	// binds the host's address at the inbound port with mTLS.
-	app := h.listen(t, "server", "tcp", "127.0.0.1:8080")
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "billing-1") })}
-	go srv.Serve(app)
-	t.Cleanup(func() { srv.Close() })
+	h.serveText(t, "server", "127.0.0.1:8080", "billing-1")
 	sidecar("server", "billing-1", "billing", 10011, 8080)
 	sidecar("client", "web-1", "web", 10010, 8000, "--transparent-proxy")
 

@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"fmt"
 	"io"
-	"net/http"
 	"testing"
 	"time"
 )
@@ -30,17 +28,11 @@ spec:
   sources: [{match: {ursa.io/service: billing}}]
   destinations: [{match: {ursa.io/service: billing}}]
 `)
-	app := h.listen(t, "b1", "tcp", "127.0.0.1:8080")
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "billing-1") })}
-	go srv.Serve(app)
-	t.Cleanup(func() { srv.Close() })
+	h.serveText(t, "b1", "127.0.0.1:8080", "billing-1")
 	zone.startSidecar(t, "b1", zone.sidecarArgs(t, "b1", "billing-1", "billing", 10011, 8080))
 	zone.startSidecar(t, "b2", zone.sidecarArgs(t, "b2", "billing-2", "billing", 10011, 8080, "--transparent-proxy"))
 
-	app2 := h.listen(t, "b2", "tcp", "127.0.0.1:8080")
-	srv2 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "billing-2") })}
-	go srv2.Serve(app2)
-	t.Cleanup(func() { srv2.Close() })
+	h.serveText(t, "b2", "127.0.0.1:8080", "billing-2")
 	c := h.client(t, "b2")
 	c.Timeout = 2 * time.Second
 	call := func(target, want, what string) {
