@@ -197,6 +197,13 @@ func (d *DataplaneIssuer) Revoke(ctx context.Context, mesh string) error {
 	if msg := api.CheckName(mesh); msg != "" {
 		return fmt.Errorf("revoke dataplane tokens: %w: mesh: %s", ErrInvalidArgument, msg)
 	}
+	// A misspelt mesh would revoke nothing and say it had.
+	switch _, err := d.store.Get(ctx, api.Key{Type: "Mesh", Name: mesh}); {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("revoke dataplane tokens: %w: mesh %s does not exist in this zone", ErrInvalidArgument, mesh)
+	case err != nil:
+		return fmt.Errorf("revoke dataplane tokens: %w", err)
+	}
 	return revokeLocal(ctx, d.store, DataplaneKeyPrefix+mesh)
 }
 

@@ -272,9 +272,13 @@ func TestRevokeProxyTokens(t *testing.T) {
 	if _, err := d.Verify(ctx, oldDP); !IsInvalid(err) {
 		t.Fatalf("a revoked dataplane token, once a new key signs: %v", err)
 	}
-	// Twice, or a mesh without tokens: nothing to do, no error.
-	if err := d.Revoke(ctx, "other"); err != nil {
+	// Twice: nothing more to do, no error. A mesh that does not exist is
+	// refused (a misspelt one would revoke nothing and say it had).
+	if err := d.Revoke(ctx, "default"); err != nil {
 		t.Fatal(err)
+	}
+	if err := d.Revoke(ctx, "nope"); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a mesh that does not exist: %v", err)
 	}
 	if err := d.Revoke(ctx, "Bad_Mesh"); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("a mesh name that is none: %v", err)

@@ -215,7 +215,12 @@ func revokeLocal(ctx context.Context, st store.Store, name string) error {
 func answerRevoke(w http.ResponseWriter, r *http.Request, what string, revoke func(context.Context) error, revoked func()) {
 	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
 	defer cancel()
-	if err := revoke(ctx); err != nil {
+	switch err := revoke(ctx); {
+	case errors.Is(err, ErrInvalidArgument):
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", err.Error(),
+			api.FieldError{Field: "mesh", Message: "must name a mesh that exists in this zone"})
+		return
+	case err != nil:
 		writeStoreError(w, err)
 		return
 	}

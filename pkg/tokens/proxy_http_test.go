@@ -108,7 +108,7 @@ func TestRevokeHandlers(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got RevokeResponse
-	for _, bad := range []string{`{"mesh":"Bad_Mesh"}`, `{"mesh":"default","zone":"zone-1"}`} {
+	for _, bad := range []string{`{"mesh":"Bad_Mesh"}`, `{"mesh":"nope"}`, `{"mesh":"default","zone":"zone-1"}`} {
 		if code, _ := post(t, url+PathDataplaneTokenSigningKey, bad, &got); code != 400 {
 			t.Fatalf("%s: %d, want 400", bad, code)
 		}
