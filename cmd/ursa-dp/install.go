@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,36 +21,47 @@ import (
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
-// newInstallTransparentProxy is ursa-dp install-transparent-proxy, a pod's
-// init container: it installs, as root with NET_ADMIN, the redirection that
-// the pod's sidecar (ursa-dp run --transparent-proxy
-// --transparent-proxy-installed, a user without privileges) relies on, and
-// exits. It takes run's redirect flags, --inbound-ports and --resolv-conf,
-// so that both containers agree by being given the same ones; the
-// sidecar's traffic passes by its user (--exclude-outbound-uids), since it
-// cannot mark its sockets. The rules stay for the pod's life: its network
-// namespace goes with it.
+// newInstallTransparentProxy is ursa-dp install-transparent-proxy: it
+// installs, as root, the redirection that a sidecar running as another user
+// without privileges (ursa-dp run --transparent-proxy
+// --transparent-proxy-installed) relies on, and exits. A pod's init
+// container runs it (the rules stay for the pod's life: its network
+// namespace goes with it), and so does ursa-dp@.service before the sidecar
+// starts (ExecStartPre=+, as root: iptables-legacy needs more than
+// CAP_NET_ADMIN), whose ExecStopPost=+ursa-dp cleanup removes them again.
+// It takes run's flags and variables, so that both agree by being given the
+// same ones: the redirect ports, --dataplane-file's inbound ports or
+// --inbound-ports, --resolv-conf; URSA_TRANSPARENT_PROXY=false (a host's
+// other sidecars) installs nothing. The sidecar's traffic passes by its user
+// (--exclude-outbound-uids), since it cannot mark its sockets.
 func newInstallTransparentProxy() *cobra.Command {
-	cfg := runConfig{DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf",
+	cfg := runConfig{TransparentProxy: true, DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf",
 		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectInboundPort: tproxy.DefaultInboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
 		Use:   "install-transparent-proxy",
-		Short: "Install the transparent proxy's redirection for a sidecar that runs as another user (a pod's init container), and exit",
+		Short: "Install the transparent proxy's redirection for a sidecar that runs as another user (a pod's init container, a unit's ExecStartPre), and exit",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
 				return err
 			}
+			log, err := logging.New(cfg.Log.Level)
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			if !cfg.TransparentProxy {
+				log.Info("nothing installed: --transparent-proxy=false (another sidecar of this host runs the transparent proxy, or none does)")
+				return nil
+			}
 			if cfg.ExcludeOutboundUIDs == "" {
 				return errors.New("--exclude-outbound-uids: required: the sidecar's user, whose own connections must not be redirected back to it")
 			}
-			ports, err := tproxy.ParsePorts(cfg.InboundPorts)
-			if err != nil {
-				return fmt.Errorf("--inbound-ports: %w", err)
+			if _, _, err := loadInbounds(&cfg); err != nil {
+				return err
 			}
-			cfg.inboundPorts, cfg.TransparentProxy = ports, true
 			meta := map[string]string{}
 			if cfg.DNSAddr != "" {
 				meta[api.MetadataDNSAddress] = cfg.DNSAddr
@@ -58,13 +70,14 @@ func newInstallTransparentProxy() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := logging.New(cfg.Log.Level)
-			if err != nil {
-				return err
-			}
-			defer log.Sync()
 			if redirect.DNSPort != 0 {
 				limitDNS(redirect, dnsUpstreams(cfg.ResolvConf, meta[api.MetadataDNSAddress], log), cfg.ResolvConf, log)
+			}
+			// As run checks before it installs: rules that send the
+			// host's traffic to a port another process holds would hand
+			// it that traffic.
+			if err := redirect.CheckFree(meta[api.MetadataDNSAddress]); err != nil {
+				return fmt.Errorf("install-transparent-proxy: %w", err)
 			}
 			if err := tproxy.Install(cmd.Context(), log.Named("tproxy"), *redirect); err != nil {
 				return fmt.Errorf("install-transparent-proxy: %w", err)
@@ -76,7 +89,7 @@ func newInstallTransparentProxy() *cobra.Command {
 	config.Bind(cmd.Flags(), &cfg)
 	// Accepted, so that one environment serves both containers, but of no
 	// use here: not shown.
-	for _, f := range []string{"cp-address", "ca-cert", "ca-cert-file", "xds-insecure", "dataplane-file", "dataplane-name", "zone-ingress-file",
+	for _, f := range []string{"cp-address", "ca-cert", "ca-cert-file", "xds-insecure", "dataplane-name", "zone-ingress-file", "zone-ingress-name",
 		"mesh", "token-file", "proxy", "admin-addr", "transparent-proxy", "transparent-proxy-installed", "app-probes", "app-probe-host"} {
 		cmd.Flags().MarkHidden(f)
 	}
@@ -151,16 +164,31 @@ func limitDNS(redirect *tproxy.Config, upstreams []string, resolvConf string, lo
 	}
 }
 
-// parseUIDs parses a comma-separated list of user ids.
+// parseUIDs parses a comma-separated list of users: ids, or names this
+// host's user database resolves (a unit's User=).
 func parseUIDs(s string) ([]int, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
 	var uids []int
 	for _, f := range strings.Split(s, ",") {
-		u, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || u < 0 || u > 1<<31-2 {
-			return nil, fmt.Errorf("%q is not a user id", strings.TrimSpace(f))
+		f = strings.TrimSpace(f)
+		u, err := strconv.Atoi(f)
+		if err != nil {
+			// A name: what the kernel matches is its id.
+			if !validUserName(f) {
+				return nil, fmt.Errorf("%q is neither a user id nor a user name", f)
+			}
+			usr, lerr := user.Lookup(f)
+			if lerr != nil {
+				return nil, fmt.Errorf("user %q: %w", f, lerr)
+			}
+			if u, err = strconv.Atoi(usr.Uid); err != nil {
+				return nil, fmt.Errorf("user %q has the id %q, not a number", f, usr.Uid)
+			}
+		}
+		if u < 0 || u > 1<<31-2 {
+			return nil, fmt.Errorf("%q is not a user id", f)
 		}
 		uids = append(uids, u)
 	}
@@ -183,4 +211,19 @@ func ingressNode(cfg runConfig) (string, map[string]string, error) {
 		return "", nil, errors.New("give --zone-ingress-file, or --zone-ingress-name (an ingress pod's ZoneIngress, which a Kubernetes zone makes)")
 	}
 	return dataplane.Node(cfg.ZoneIngressFile)
+}
+
+// validUserName says whether s is a user name as useradd takes them (the
+// portable set, at most 32 characters).
+func validUserName(s string) bool {
+	if s == "" || len(s) > 32 || s[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }

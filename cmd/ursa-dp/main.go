@@ -63,12 +63,13 @@ type runConfig struct {
 	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
 	// The flags below serve a pod, where an init container
 	// (install-transparent-proxy, root with NET_ADMIN) installs the
-	// redirection and the sidecar runs as a user without privileges.
-	TransparentProxyInstalled bool   `json:"transparentProxyInstalled" usage:"with --transparent-proxy: the redirection was installed by ursa-dp install-transparent-proxy (a pod's init container) with the same redirect and --inbound-ports flags; run neither installs nor removes it, and cannot mark its sockets: its own traffic must pass by its user (install-transparent-proxy --exclude-outbound-uids)"`
+	// redirection and the sidecar runs as a user without privileges, and
+	// ursa-dp@.service, whose ExecStartPre does the same as root.
+	TransparentProxyInstalled bool   `json:"transparentProxyInstalled" usage:"with --transparent-proxy: the redirection was installed by ursa-dp install-transparent-proxy (a pod's init container, ursa-dp@.service's ExecStartPre) with the same redirect and --inbound-ports flags; run neither installs nor removes it, and cannot mark its sockets: its own traffic must pass by its user (install-transparent-proxy --exclude-outbound-uids)"`
 	InboundPorts              string `json:"inboundPorts" usage:"with --transparent-proxy and --dataplane-name: the Dataplane's inbound ports (8080,9090), whose inbound TCP is redirected to --redirect-inbound-port (with --dataplane-file they come from the file)"`
 	AppProbes                 string `json:"appProbes" usage:"the app's probes (8080/ready,https:8443/healthz,tcp:9090) that GET /probes/PROBE on --admin-addr makes of --app-probe-host, for a kubelet whose own probes of a redirected port would reach the inbound listener (an injected pod)"`
 	AppProbeHost              string `json:"appProbeHost" usage:"the address --app-probes are made at, as the kubelet makes them at the pod's IP"`
-	ExcludeOutboundUIDs       string `json:"excludeOutboundUids" usage:"with --transparent-proxy: users (5678) whose outbound traffic is never redirected, such as a sidecar's that cannot mark its sockets"`
+	ExcludeOutboundUIDs       string `json:"excludeOutboundUids" usage:"with --transparent-proxy: users (5678, or names: ursa) whose outbound traffic is never redirected, such as a sidecar's that cannot mark its sockets"`
 	Log                       struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
@@ -179,35 +180,15 @@ func newIngress() *cobra.Command {
 func runSidecar(ctx context.Context, cfg runConfig) error {
 	meta := map[string]string{}
 	mesh, name := cfg.Mesh, cfg.DataplaneName
+	r, doc, err := loadInbounds(&cfg)
 	switch {
-	case cfg.DataplaneFile != "":
-		r, doc, err := readDataplaneFile(cfg.DataplaneFile)
-		if err != nil {
-			return err
-		}
+	case err != nil:
+		return err
+	case r != nil:
 		mesh, name = r.GetMeta().Mesh, r.GetMeta().Name
 		meta[api.MetadataDataplane] = string(doc)
-		for _, in := range r.Networking.Inbound {
-			// The app's own port too: an app that binds it on every
-			// address is reached only through the sidecar (ursa:inbound
-			// has no chain for it, and refuses what is sent there).
-			cfg.inboundPorts = append(cfg.inboundPorts, in.Port)
-			if in.AppPort() != in.Port {
-				cfg.servicePorts = append(cfg.servicePorts, in.AppPort())
-			}
-		}
 	case name == "" || mesh == "":
 		return errors.New("give --dataplane-file, or --dataplane-name with --mesh")
-	}
-	if cfg.InboundPorts != "" {
-		if cfg.DataplaneFile != "" {
-			return errors.New("--inbound-ports: with --dataplane-name only; --dataplane-file's inbound ports are the file's")
-		}
-		ports, err := tproxy.ParsePorts(cfg.InboundPorts)
-		if err != nil {
-			return fmt.Errorf("--inbound-ports: %w", err)
-		}
-		cfg.inboundPorts = ports
 	}
 	if cfg.DNSAddr != "" {
 		if ap, err := netip.ParseAddrPort(cfg.DNSAddr); err != nil || ap.Port() == 0 {
@@ -216,6 +197,37 @@ func runSidecar(ctx context.Context, cfg runConfig) error {
 		meta[api.MetadataDNSAddress] = cfg.DNSAddr
 	}
 	return runProxy(ctx, cfg, mesh+"."+name, meta)
+}
+
+// loadInbounds sets cfg's inbound and service ports, which the redirection
+// of inbound TCP covers: those of --dataplane-file's Dataplane (returned,
+// with the file's text), or --inbound-ports.
+func loadInbounds(cfg *runConfig) (*api.Dataplane, []byte, error) {
+	if cfg.DataplaneFile == "" {
+		ports, err := tproxy.ParsePorts(cfg.InboundPorts)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--inbound-ports: %w", err)
+		}
+		cfg.inboundPorts = ports
+		return nil, nil, nil
+	}
+	if cfg.InboundPorts != "" {
+		return nil, nil, errors.New("--inbound-ports: with --dataplane-name only; --dataplane-file's inbound ports are the file's")
+	}
+	r, doc, err := readDataplaneFile(cfg.DataplaneFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, in := range r.Networking.Inbound {
+		// The app's own port too: an app that binds it on every
+		// address is reached only through the sidecar (ursa:inbound
+		// has no chain for it, and refuses what is sent there).
+		cfg.inboundPorts = append(cfg.inboundPorts, in.Port)
+		if in.AppPort() != in.Port {
+			cfg.servicePorts = append(cfg.servicePorts, in.AppPort())
+		}
+	}
+	return r, doc, nil
 }
 
 // runProxy runs the built-in proxy as node id until ctx ends.
@@ -253,6 +265,9 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	if cfg.TransparentProxy {
 		if redirect, err = redirectFor(cfg, meta); err != nil {
 			return err
+		}
+		if uid := os.Getuid(); cfg.TransparentProxyInstalled && len(redirect.ExcludeUIDs) > 0 && !slices.Contains(redirect.ExcludeUIDs, uid) {
+			return fmt.Errorf("--exclude-outbound-uids %q: not this proxy's own user (%d), whose connections the installed rules would then send back to it", cfg.ExcludeOutboundUIDs, uid)
 		}
 	} else if cfg.TransparentProxyInstalled {
 		return errors.New("--transparent-proxy-installed: with --transparent-proxy only")

@@ -56,3 +56,35 @@ func TestInboundRedirect(t *testing.T) {
 		}
 	}
 }
+
+// TestParseUIDs: --exclude-outbound-uids takes ids and user names (a
+// unit's User=), resolved to their ids; a name the host does not know, or
+// that no user could have, is an error naming it.
+func TestParseUIDs(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []int
+		err  string
+	}{
+		{in: "", want: nil},
+		{in: "5678", want: []int{5678}},
+		{in: "root, 5678", want: []int{0, 5678}},
+		{in: "nobody", want: []int{65534}},
+		{in: "no-such-user-here", err: `user "no-such-user-here"`},
+		{in: "a b", err: `"a b" is neither a user id nor a user name`},
+		{in: "-1", err: `"-1" is not a user id`},
+		{in: "5678,", err: `"" is neither`},
+	} {
+		got, err := parseUIDs(tc.in)
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: %v, %v; want an error about %s", tc.in, got, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%q: %v", tc.in, err)
+		case !slices.Equal(got, tc.want):
+			t.Errorf("%q: %v; want %v", tc.in, got, tc.want)
+		}
+	}
+}

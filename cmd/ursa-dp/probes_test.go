@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
 // TestAppProbes: a listed probe is made of the app at 127.0.0.1 with the
@@ -73,10 +77,13 @@ func TestAppProbes(t *testing.T) {
 // list, a --dns-addr the redirection would not reach.
 func TestInstallTransparentProxyRefuses(t *testing.T) {
 	for want, args := range map[string][]string{
-		"--exclude-outbound-uids: required":   {},
-		`--exclude-outbound-uids: "x" is not`: {"--exclude-outbound-uids", "5678,x"},
-		"--inbound-ports":                     {"--exclude-outbound-uids", "5678", "--inbound-ports", "8080,0"},
-		"--redirect-dns-port":                 {"--exclude-outbound-uids", "5678", "--dns-addr", "127.0.0.1:5353"},
+		"--exclude-outbound-uids: required":              {},
+		`--exclude-outbound-uids: user "no-such-user-x"`: {"--exclude-outbound-uids", "5678,no-such-user-x"},
+		`--exclude-outbound-uids: "a b" is neither`:      {"--exclude-outbound-uids", "a b"},
+		"--dataplane-file: open /nonexistent":            {"--exclude-outbound-uids", "5678", "--dataplane-file", "/nonexistent/billing.yaml"},
+		"--inbound-ports: with --dataplane-name only":    {"--exclude-outbound-uids", "5678", "--dataplane-file", "/nonexistent/billing.yaml", "--inbound-ports", "8080"},
+		"--inbound-ports":                                {"--exclude-outbound-uids", "5678", "--inbound-ports", "8080,0"},
+		"--redirect-dns-port":                            {"--exclude-outbound-uids", "5678", "--dns-addr", "127.0.0.1:5353"},
 	} {
 		cmd := newInstallTransparentProxy()
 		cmd.SetArgs(args)
@@ -84,6 +91,19 @@ func TestInstallTransparentProxyRefuses(t *testing.T) {
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: %v, want an error about %q", args, err, want)
 		}
+	}
+}
+
+// TestInstallTransparentProxyOff: with --transparent-proxy=false (a host's
+// other sidecars, URSA_TRANSPARENT_PROXY=false in a unit's environment)
+// install-transparent-proxy installs nothing and succeeds, whatever else
+// it is given.
+func TestInstallTransparentProxyOff(t *testing.T) {
+	cmd := newInstallTransparentProxy()
+	cmd.SetArgs([]string{"--transparent-proxy=false", "--log-level", "error"})
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -102,5 +122,23 @@ func TestIngressNode(t *testing.T) {
 		if _, _, err := ingressNode(cfg); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%+v: %v, want an error about %q", cfg, err, want)
 		}
+	}
+}
+
+// TestInstalledRulesPassThisUser: a sidecar told the rules were installed
+// for users that are not its own refuses to start: its own connections
+// would be sent back to it.
+func TestInstalledRulesPassThisUser(t *testing.T) {
+	other := "5678"
+	if os.Getuid() == 5678 {
+		other = "5679"
+	}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:1", TransparentProxy: true, TransparentProxyInstalled: true, ExcludeOutboundUIDs: other,
+		RedirectOutboundPort: tproxy.DefaultOutboundPort, Proxy: "builtin", AdminAddr: "127.0.0.1:0"}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second) // a start that went ahead ends
+	defer cancel()
+	err := runProxy(ctx, cfg, "default.web", map[string]string{})
+	if err == nil || !strings.Contains(err.Error(), "not this proxy's own user") {
+		t.Fatalf("%v; want a refusal naming the proxy's user", err)
 	}
 }

@@ -19,10 +19,13 @@ const systemdDir = "../../deploy/systemd"
 
 // systemdUnit is what a unit of deploy/systemd runs, as systemd would run it.
 type systemdUnit struct {
-	exec     []string // ExecStart, words
-	env      []string // Environment=, in order
-	envFiles []string // EnvironmentFile=, "-" kept for optional ones
-	ambient  []string // AmbientCapabilities=, lower case without cap_
+	pre      [][]string // ExecStartPre=, each's words ("+" kept: run as root)
+	exec     []string   // ExecStart, words
+	post     [][]string // ExecStopPost=, as pre
+	user     string     // User=
+	env      []string   // Environment=, in order
+	envFiles []string   // EnvironmentFile=, "-" kept for optional ones
+	ambient  []string   // AmbientCapabilities=, lower case without cap_
 }
 
 func readSystemdUnit(t *testing.T, name string) systemdUnit {
@@ -40,8 +43,14 @@ func readSystemdUnit(t *testing.T, name string) systemdUnit {
 			continue
 		}
 		switch key {
+		case "ExecStartPre":
+			u.pre = append(u.pre, strings.Fields(val))
 		case "ExecStart":
 			u.exec = strings.Fields(val)
+		case "ExecStopPost":
+			u.post = append(u.post, strings.Fields(val))
+		case "User":
+			u.user = val
 		case "Environment":
 			u.env = append(u.env, val)
 		case "EnvironmentFile":
@@ -53,6 +62,20 @@ func readSystemdUnit(t *testing.T, name string) systemdUnit {
 		}
 	}
 	return u
+}
+
+// expandEnv replaces ${NAME} in a command's word with NAME's value in env
+// (the last setting wins), as systemd does in Exec lines.
+func expandEnv(word string, env []string) string {
+	return os.Expand(word, func(name string) string {
+		v := ""
+		for _, e := range env {
+			if k, val, _ := strings.Cut(e, "="); k == name {
+				v = val
+			}
+		}
+		return v
+	})
 }
 
 // envFileVars reads a systemd environment file: KEY=VALUE lines, # comments.
@@ -179,13 +202,62 @@ func TestSystemdUnitsRunTwoZones(t *testing.T) {
 		}
 		return out
 	}
-	// run starts unit (instance for a template) on host as systemd would.
-	run := func(host, unit, instance, readyURL string) *proc {
+	// legacy holds iptables-save and iptables-restore that are the legacy
+	// ones (Ubuntu 20.04's, Amazon Linux 2's): web's host has them first in
+	// its units' PATH, billing's the nft ones this machine has.
+	legacy := filepath.Join(base, "legacy")
+	if err := os.Mkdir(legacy, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
+		if err := os.Symlink("/usr/sbin/xtables-legacy-multi", filepath.Join(legacy, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	legacyHosts := map[string]bool{"web1": true}
+	// command is one of unit's command lines on host as systemd runs it:
+	// ${VAR} expanded from env; as the unit's user (here nobody) holding
+	// only its ambient capabilities, or as root when it starts with "+".
+	command := func(host, unit string, u systemdUnit, line, env []string) *exec.Cmd {
+		t.Helper()
+		root := strings.HasPrefix(line[0], "+")
+		bin := strings.TrimPrefix(line[0], "+")
+		if len(line) < 2 || !strings.HasPrefix(bin, "/usr/local/bin/") {
+			t.Fatalf("%s: command %q", unit, line)
+		}
+		args := []string{"netns", "exec", h.namespace(t, host)}
+		if !root {
+			args = append(args, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--pdeathsig=KILL")
+			if len(u.ambient) > 0 {
+				caps := "+" + strings.Join(u.ambient, ",+")
+				args = append(args, "--inh-caps="+caps, "--ambient-caps="+caps)
+			}
+		}
+		args = append(args, filepath.Join(usrBin, strings.TrimPrefix(bin, "/usr/local/bin/")))
+		for _, w := range line[1:] {
+			args = append(args, expandEnv(w, env))
+		}
+		cmd := exec.Command("ip", args...)
+		cmd.Env = env
+		return cmd
+	}
+	// run starts unit (instance for a template) on host as systemd would:
+	// its ExecStartPre lines, one after the other, then ExecStart. Its
+	// stop runs ExecStopPost after ExecStart's process exits.
+	run := func(host, unit, instance, readyURL string) *unitProc {
 		t.Helper()
 		u := readSystemdUnit(t, unit)
-		env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} // systemd's default
+		path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" // systemd's default
+		if legacyHosts[host] {
+			path = legacy + ":" + path
+		}
+		env := []string{"PATH=" + path}
 		for _, e := range u.env {
-			env = append(env, strings.ReplaceAll(strings.ReplaceAll(e, "%i", instance), "/etc/ursa/", etc[host]+"/"))
+			e = strings.ReplaceAll(strings.ReplaceAll(e, "%i", instance), "/etc/ursa/", etc[host]+"/")
+			if k, v, _ := strings.Cut(e, "="); v == u.user {
+				e = k + "=nobody" // the units' user, here
+			}
+			env = append(env, e)
 		}
 		for _, f := range u.envFiles {
 			optional := strings.HasPrefix(f, "-")
@@ -195,31 +267,32 @@ func TestSystemdUnitsRunTwoZones(t *testing.T) {
 			}
 			env = append(env, envFileVars(t, path)...)
 		}
-		if len(u.exec) < 2 || !strings.HasPrefix(u.exec[0], "/usr/local/bin/") {
-			t.Fatalf("%s: ExecStart %q", unit, u.exec)
+		for _, line := range u.pre {
+			if out, err := command(host, unit, u, line, env).CombinedOutput(); err != nil {
+				t.Fatalf("%s %s on %s: ExecStartPre %q: %v\n%s", unit, instance, host, line, err, out)
+			}
 		}
-		name := strings.TrimPrefix(u.exec[0], "/usr/local/bin/")
-		args := []string{"netns", "exec", h.namespace(t, host), setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--pdeathsig=KILL"}
-		if len(u.ambient) > 0 {
-			caps := "+" + strings.Join(u.ambient, ",+")
-			args = append(args, "--inh-caps="+caps, "--ambient-caps="+caps)
-		}
-		cmd := exec.Command("ip", append(append(args, filepath.Join(usrBin, name)), u.exec[1:]...)...)
-		cmd.Env = env
+		cmd := command(host, unit, u, u.exec, env)
 		p := launch(t, unit+" "+instance+" on "+host, cmd)
 		waitReadyVia(t, h.client(t, host), readyURL, p)
 		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
 		if err != nil || !regexp.MustCompile(`(?m)^Uid:\s+65534\s`).Match(status) {
 			t.Fatalf("%s on %s does not run as the unprivileged user: %v\n%s", unit, host, err, status)
 		}
-		return p
+		return &unitProc{proc: p, post: func() {
+			for _, line := range u.post {
+				if out, err := command(host, unit, u, line, env).CombinedOutput(); err != nil {
+					t.Fatalf("%s %s on %s: ExecStopPost %q: %v\n%s", unit, instance, host, line, err, out)
+				}
+			}
+		}}
 	}
 
 	put("global", "global.env", example("global", "global.env.example", strings.NewReplacer(
 		"URSA_STORE=postgres:", "#URSA_STORE=postgres:")))
 	run("global", "ursa-cp-global.service", "", "http://127.0.0.1:5681/readyz")
 	ctlOn("global", openMTLSMesh, "apply", "-f", "-")
-	cps := map[string]*proc{}
+	cps := map[string]*unitProc{}
 	for _, z := range []string{"1", "2"} {
 		cpHost := "cp" + z
 		put(cpHost, "tokens/zone.token", ctlOn("global", "", "generate", "zone-token", "--zone", "zone-"+z))
@@ -298,9 +371,52 @@ func TestSystemdUnitsRunTwoZones(t *testing.T) {
 		resp.Body.Close()
 		t.Fatalf("a plaintext client reached billing's app at its servicePort around the sidecar: %s", resp.Status)
 	}
+	// A second sidecar of web's host turns the transparent proxy off, as
+	// dp-billing.env.example says: its unit installs nothing, and its stop
+	// leaves web's rules alone.
+	put("web1", "tokens/report.token", ctlOn("cp1", "", "generate", "dataplane-token", "--mesh", "default", "--service", "report", "--name", "report"))
+	put("web1", "dp-report.env", example("web1", "dp-billing.env.example", strings.NewReplacer(
+		"127.0.0.1:9911", "127.0.0.1:9913", "#URSA_TRANSPARENT_PROXY=false", "URSA_TRANSPARENT_PROXY=false", "#URSA_DNS_ADDR=", "URSA_DNS_ADDR=")))
+	put("web1", "dataplanes/report.yaml", "type: Dataplane\nmesh: default\nname: report\nnetworking:\n  address: "+
+		h.addr("web1")+"\n  inbound: [{port: 10013, servicePort: 8001, tags: {ursa.io/service: report}}]\n")
+	run("web1", "ursa-dp@.service", "report", "http://127.0.0.1:9913/ready").stop(t)
+	eventually(t, "billing.mesh from web's host after the second sidecar stopped", func() bool {
+		resp, err := client.Get("http://" + vip + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	// web's host has legacy iptables: its rules are there, installed by
+	// the unit's ExecStartPre as root (its sidecar could not: legacy
+	// iptables needs CAP_NET_RAW and root's /run/xtables.lock).
+	legacySave := func() string {
+		out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "iptables-legacy-save", "-t", "nat").CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables-legacy-save on web's host: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	if out := legacySave(); !strings.Contains(out, "URSA_OUTPUT") {
+		t.Fatalf("web's host has no legacy rules of ours while its sidecar runs:\n%s", out)
+	}
 	web.stop(t)
 	cps["1"].stop(t)
-	if out, err := exec.Command("ip", "netns", "exec", h.namespace(t, "web1"), "iptables-save").CombinedOutput(); err != nil || strings.Contains(string(out), "URSA_") {
-		t.Fatalf("after ursa-dp@web stopped, web's host holds (%v):\n%s", err, out)
+	if out := legacySave(); strings.Contains(out, "URSA_") {
+		t.Fatalf("after ursa-dp@web stopped, web's host holds:\n%s", out)
 	}
+}
+
+// unitProc is a unit's ExecStart process, and its ExecStopPost lines.
+type unitProc struct {
+	*proc
+	post func()
+}
+
+// stop stops the process as systemd does, then runs ExecStopPost.
+func (u *unitProc) stop(t *testing.T) {
+	t.Helper()
+	u.proc.stop(t)
+	u.post()
 }
