@@ -205,11 +205,17 @@ func kubeProxyAuth(a xds.Auth, rev *kubernetes.TokenReviewer, zone, systemNamesp
 			case err != nil:
 				return xds.Claims{}, err
 			case ok && ing.Zone == zone:
+				if err := samePod(id, ing.Labels); err != nil {
+					return xds.Claims{}, err
+				}
 				return xds.Claims{Kind: xds.TokenIngress, Zone: zone, Name: id.Dataplane()}, nil
 			}
 		}
-		mesh, err := meshOfDataplane(src, id.Dataplane())
+		mesh, dp, err := meshOfDataplane(src, id.Dataplane())
 		if err != nil {
+			return xds.Claims{}, err
+		}
+		if err := samePod(id, dp.Labels); err != nil {
 			return xds.Claims{}, err
 		}
 		return xds.Claims{Kind: xds.TokenDataplane, Mesh: mesh, Name: id.Dataplane()}, nil
@@ -217,35 +223,50 @@ func kubeProxyAuth(a xds.Auth, rev *kubernetes.TokenReviewer, zone, systemNamesp
 	return a
 }
 
-// meshOfDataplane finds the mesh of the Dataplane named name. One that does
+// samePod says whether what the pod controller made (its labels) is of the
+// pod the token is bound to, and not of another pod of the same name: a
+// StatefulSet's pod, deleted and made again, whose predecessor's token the
+// reviewer may remember for a while. An error the proxy retries: which of
+// the two pods is the newer one is not known here, and the controller may
+// not have caught up with the new one yet.
+func samePod(id kubernetes.PodIdentity, labels map[string]string) error {
+	made := labels[kubernetes.LabelPodUID]
+	if made == "" || id.PodUID == "" || made == id.PodUID {
+		return nil
+	}
+	return fmt.Errorf("the token is of pod %s/%s with uid %s, and %s was made of the pod of that name with uid %s (a pod replaced under its name): wait for the pod controller",
+		id.Namespace, id.Pod, id.PodUID, id.Dataplane(), made)
+}
+
+// meshOfDataplane finds the Dataplane named name, and its mesh. One that does
 // not exist yet (the pod controller has not made it) is an error the proxy
 // retries, not a refusal of its token.
-func meshOfDataplane(src ViewSource, name string) (string, error) {
+func meshOfDataplane(src ViewSource, name string) (string, *api.Dataplane, error) {
 	view, _ := src.Current()
 	meshes, err := view.Items("Mesh")
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	var found []string
 	var made *api.Dataplane
 	for k := range meshes {
 		if dp, ok, err := store.Get[*api.Dataplane](view, k.Name, name); err != nil {
-			return "", err
+			return "", nil, err
 		} else if ok {
 			found, made = append(found, k.Name), dp
 		}
 	}
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("the pod's Dataplane (or ZoneIngress, for an ingress pod) %s does not exist (yet): the pod controller makes it once the pod has an IP", name)
+		return "", nil, fmt.Errorf("the pod's Dataplane (or ZoneIngress, for an ingress pod) %s does not exist (yet): the pod controller makes it once the pod has an IP", name)
 	case 1:
 		if made.Labels[kubernetes.LabelManagedBy] != kubernetes.ManagedByController {
 			// Named like the pod's, but registered otherwise (a VM's, by
 			// a dataplane token): a pod's token covers its pod's alone.
-			return "", xds.InvalidToken(fmt.Errorf("Dataplane %s of mesh %s was not made by the pod controller: a pod's token covers only the Dataplane of its pod", name, found[0]))
+			return "", nil, xds.InvalidToken(fmt.Errorf("Dataplane %s of mesh %s was not made by the pod controller: a pod's token covers only the Dataplane of its pod", name, found[0]))
 		}
-		return found[0], nil
+		return found[0], made, nil
 	}
 	slices.Sort(found)
-	return "", fmt.Errorf("the pod's Dataplane %s exists in %d meshes (%v)", name, len(found), found)
+	return "", nil, fmt.Errorf("the pod's Dataplane %s exists in %d meshes (%v)", name, len(found), found)
 }

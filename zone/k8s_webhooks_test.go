@@ -32,8 +32,14 @@ func (f fakeReviews) Do(_ context.Context, _, _ string, in, out any) error {
 	}
 	resp := map[string]any{"status": map[string]any{"authenticated": false, "error": "invalid bearer token"}}
 	if ns, name, ok := strings.Cut(pod, "/"); ok {
+		// ns/name, or ns/name@uid.
+		extra := map[string][]string{}
+		if n, uid, ok := strings.Cut(name, "@"); ok {
+			name, extra["authentication.kubernetes.io/pod-uid"] = n, []string{uid}
+		}
+		extra["authentication.kubernetes.io/pod-name"] = []string{name}
 		resp = map[string]any{"status": map[string]any{"authenticated": true, "audiences": []string{"ursa"}, "user": map[string]any{
-			"username": "system:serviceaccount:" + ns + ":app", "extra": map[string][]string{"authentication.kubernetes.io/pod-name": {name}}}}}
+			"username": "system:serviceaccount:" + ns + ":app", "extra": extra}}}
 	}
 	b, _ = json.Marshal(resp)
 	return json.Unmarshal(b, out)
@@ -47,23 +53,28 @@ func saToken(id string) string {
 }
 
 // TestKubeProxyAuth: a service-account token bound to a pod claims exactly
-// that pod's Dataplane, in the mesh it is in; a refused token is an invalid
+// that pod's Dataplane, in the mesh it is in, not one made of another pod
+// of the same name (a StatefulSet's, replaced); a refused token is an invalid
 // token; an apiserver that cannot answer, or a Dataplane not made yet, is
 // retried, not a refusal; other tokens go to the zone's own verifier.
 func TestKubeProxyAuth(t *testing.T) {
-	managed := map[string]string{kubernetes.LabelManagedBy: kubernetes.ManagedByController}
+	managed := map[string]string{kubernetes.LabelManagedBy: kubernetes.ManagedByController, kubernetes.LabelPodUID: "uid-1"}
 	dp := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "payments", Name: "web-1.shop", Labels: managed},
 		Networking: api.DataplaneNetworking{Address: "10.0.0.7", Inbound: []api.Inbound{{Port: 8080, Tags: map[string]string{api.TagService: "web"}}}}}
 	// Named like pod web-3's, registered by a VM's proxy.
 	vm := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "default", Name: "web-3.shop"},
 		Networking: api.DataplaneNetworking{Address: "10.0.0.8", Inbound: []api.Inbound{{Port: 8080, Tags: map[string]string{api.TagService: "web"}}}}}
-	ing := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "ingress-1.ursa-system"}, Zone: "zone-1",
+	ing := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "ingress-1.ursa-system", Labels: map[string]string{kubernetes.LabelPodUID: "uid-9"}}, Zone: "zone-1",
 		Networking: api.ZoneIngressNetworking{Address: "10.0.0.9", Port: 10001}}
 	view := store.NewView([]api.Resource{
 		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "payments"}}, dp, vm, ing,
 	}, "Mesh", "Dataplane", "ZoneIngress")
 	good, refused, down, early, ingress, squat := saToken("1"), saToken("2"), saToken("3"), saToken("4"), saToken("5"), saToken("6")
-	rev := &kubernetes.TokenReviewer{Client: fakeReviews{good: "shop/web-1", refused: "", early: "shop/web-2", ingress: "ursa-system/ingress-1", squat: "shop/web-3"}}
+	// Tokens of the pods web-1 and ingress-1 were before they were made
+	// again under their names; and a token from before pods had uids.
+	oldPod, oldIngress, noUID := saToken("7"), saToken("8"), saToken("9")
+	rev := &kubernetes.TokenReviewer{Client: fakeReviews{good: "shop/web-1@uid-1", refused: "", early: "shop/web-2", ingress: "ursa-system/ingress-1@uid-9",
+		squat: "shop/web-3", oldPod: "shop/web-1@uid-0", oldIngress: "ursa-system/ingress-1@uid-8", noUID: "shop/web-1"}}
 	base := xds.Auth{Verify: func(context.Context, string) (xds.Claims, error) {
 		return xds.Claims{Kind: xds.TokenDataplane, Mesh: "m", Name: "from-the-zone"}, nil
 	}}
@@ -82,10 +93,16 @@ func TestKubeProxyAuth(t *testing.T) {
 	if _, err := a.Verify(ctx, squat); !errors.Is(err, xds.ErrInvalidToken) || !strings.Contains(err.Error(), "was not made by the pod controller") {
 		t.Errorf("a pod's token for a Dataplane the controller did not make: %v", err)
 	}
-	for name, tok := range map[string]string{"apiserver down": down, "no Dataplane yet": early} {
+	for name, tok := range map[string]string{"apiserver down": down, "no Dataplane yet": early,
+		"a replaced pod's token": oldPod, "a replaced ingress pod's token": oldIngress} {
 		if _, err := a.Verify(ctx, tok); err == nil || errors.Is(err, xds.ErrInvalidToken) {
 			t.Errorf("%s: %v, want an error to retry", name, err)
+		} else if strings.Contains(name, "replaced") && !strings.Contains(err.Error(), "replaced under its name") {
+			t.Errorf("%s: %v, want it to say the pod was replaced", name, err)
 		}
+	}
+	if c, err := a.Verify(ctx, noUID); err != nil || c.Name != "web-1.shop" {
+		t.Errorf("a token that names no pod uid: %+v, %v", c, err)
 	}
 	if c, err := a.Verify(ctx, "ursa-token"); err != nil || c.Name != "from-the-zone" {
 		t.Errorf("a zone token: %+v, %v", c, err)

@@ -26,6 +26,10 @@ const (
 	// gone, and leaves every other alone.
 	LabelManagedBy      = "ursa.io/managed-by"
 	ManagedByController = "pod-controller"
+	// LabelPodUID is the uid of the pod a Dataplane or ZoneIngress was
+	// made of: a pod replaced under the same name (a StatefulSet's) gets
+	// the same name, and its predecessor's token must not cover it.
+	LabelPodUID = "ursa.io/pod-uid"
 )
 
 // DefaultWorkers is how many pods the controller writes at once.
@@ -243,8 +247,13 @@ func podOf(resource string) (string, bool) {
 	return podKey(resource[i+1:], resource[:i]), true
 }
 
-func managed() map[string]string {
-	return map[string]string{LabelManagedBy: ManagedByController, api.LabelOrigin: api.OriginZone}
+// managed returns the labels of what the controller makes of pod.
+func managed(pod *Pod) map[string]string {
+	l := map[string]string{LabelManagedBy: ManagedByController, api.LabelOrigin: api.OriginZone}
+	if pod.Metadata.UID != "" {
+		l[LabelPodUID] = pod.Metadata.UID
+	}
+	return l
 }
 
 // loadOwned reads what the controller stored before (in an earlier run, or
@@ -404,7 +413,7 @@ func (s *state) reconcile(ctx context.Context, key string) error {
 	var next owned
 	var errs []error
 	if wantDP != nil {
-		wantDP.Labels = managed()
+		wantDP.Labels = managed(in.pod)
 		dp, err := s.put(ctx, wantDP, resource(cur.dp), sameDataplane)
 		errs = append(errs, err)
 		next.dp, _ = dp.(*api.Dataplane)
@@ -414,7 +423,7 @@ func (s *state) reconcile(ctx context.Context, key string) error {
 		}
 	}
 	if wantIng != nil {
-		wantIng.Labels = managed()
+		wantIng.Labels = managed(in.pod)
 		ing, err := s.put(ctx, wantIng, resource(cur.ing), sameIngress)
 		errs = append(errs, err)
 		next.ing, _ = ing.(*api.ZoneIngress)

@@ -292,6 +292,30 @@ func TestController(t *testing.T) {
 	k.edit("/api/v1/namespaces/other", func(o map[string]any) { delete(field(o, "metadata", "labels"), LabelSidecarInjection) })
 	waitDataplane(t, st, "web-1.other", "none")
 
+	// A pod made again under its name (a StatefulSet's) has its Dataplane
+	// say its uid, which the token of the pod before does not carry.
+	uidOf := func(name string) string {
+		uid, _ := field(k.do("GET", "/api/v1/namespaces/shop/pods/"+name, nil), "metadata")["uid"].(string)
+		if uid == "" {
+			t.Fatalf("pod %s has no uid", name)
+		}
+		return uid
+	}
+	before := uidOf("web-2")
+	if got := dataplane(t, st, "web-2.shop").Labels[LabelPodUID]; got != before {
+		t.Fatalf("dataplane web-2.shop is labelled pod uid %q; want %q", got, before)
+	}
+	k.do("DELETE", "/api/v1/namespaces/shop/pods/web-2?gracePeriodSeconds=0", nil)
+	k.pod("shop", "web-2", map[string]string{"app": "web"})
+	k.status("shop", "web-2", "10.1.0.2", true)
+	after := uidOf("web-2")
+	testutil.Eventually(t, 20*time.Second, "web-2.shop to be labelled with its new pod's uid", func() error {
+		if dp := dataplane(t, st, "web-2.shop"); dp == nil || dp.Labels[LabelPodUID] != after {
+			return fmt.Errorf("it is %s (the old pod's was %s, the new one's %s)", describe(dp), before, after)
+		}
+		return nil
+	})
+
 	// A deleted pod loses its Dataplane.
 	k.do("DELETE", "/api/v1/namespaces/shop/pods/web-2?gracePeriodSeconds=0", nil)
 	waitDataplane(t, st, "web-2.shop", "none")

@@ -17,8 +17,10 @@ import (
 
 // ObjectMeta is the part of metav1.ObjectMeta the translation reads.
 type ObjectMeta struct {
-	Name        string            `json:"name"`
-	Namespace   string            `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+	Namespace string `json:"namespace,omitempty"`
+	// UID tells apart two objects of one name, one after the other.
+	UID         string            `json:"uid,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
 	// DeletionTimestamp is set once the pod is terminating; its value is

@@ -54,7 +54,9 @@ type TokenReviewer struct {
 	// CacheFor bounds how long an admitted token is remembered; a minute
 	// when zero. A deleted pod's token is still admitted until then (and
 	// the apiserver itself remembers an authenticated token for 10 s), but
-	// its Dataplane, deleted with the pod, gives its proxy nothing.
+	// its Dataplane, deleted with the pod, gives its proxy nothing; one
+	// made of a new pod of the same name carries that pod's uid
+	// (LabelPodUID), which the old token's PodUID does not match.
 	CacheFor time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
