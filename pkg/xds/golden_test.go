@@ -266,15 +266,16 @@ func TestSidecarTransparentDirectGolden(t *testing.T) {
 	}
 
 	// billing-1 has no explicit outbound: a listener of its own, with
-	// billing's chains too (its own service's members call each other by
-	// address; its own address among them, which the transparent proxy's
-	// rules take to its inbound listener) and web's and ledger's whole
-	// chain.
+	// billing's chains too (its VIP, which its application calls by name
+	// as any other service's; its own service's members, which call each
+	// other by address; its own address among them, which the transparent
+	// proxy's rules take to its inbound listener) and web's and ledger's
+	// whole chain.
 	var chains []string
 	for _, fc := range transparent("billing-1").FilterChains {
 		chains = append(chains, fc.Name)
 	}
-	want := []string{"outbound:240.0.0.3:9000", "outbound:240.0.0.3:80", "outbound:240.0.0.2:8000", "outbound:240.0.0.2:80",
+	want := []string{"outbound:240.0.0.1:8080", "outbound:240.0.0.1:80", "outbound:240.0.0.3:9000", "outbound:240.0.0.3:80", "outbound:240.0.0.2:8000", "outbound:240.0.0.2:80",
 		"direct:billing:10011", "direct:billing:10012", "direct:ledger:7000", "direct:web:10010"}
 	if !slices.Equal(chains, want) {
 		t.Errorf("billing-1's transparent chains = %q, want %q", chains, want)

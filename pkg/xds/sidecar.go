@@ -185,7 +185,7 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) 
 	collectors := map[string]*cluster.Cluster{}
 	sources, self := sourceTags(s, dp), selfService(dp)
 	policies := map[string]pairPolicies{}
-	for _, o := range s.outbounds(dp) {
+	for _, o := range s.outbounds(dp, transparent) {
 		subsets := s.Subsets(o.service)
 		if len(subsets) == 0 {
 			continue
@@ -282,13 +282,18 @@ type outbound struct {
 	explicit bool
 }
 
-// outbounds lists, for every service of the mesh other than the proxy's
-// own, a listener on its VIP at the service's port and at 80, plus the
-// dataplane's explicit outbounds.
-func (s *MeshState) outbounds(dp *api.Dataplane) []outbound {
+// outbounds lists, for every service of the mesh, an outbound at its VIP
+// at the service's port and at 80, plus the dataplane's explicit outbounds.
+// The proxy's own services are left out unless transparent: a sidecar
+// binds a VIP's listener itself, and several sidecars on one host (a demo,
+// a host of explicit sidecars) would each bind the VIPs of the others'
+// services, not their own; a transparent sidecar binds none (its
+// application's connections reach ursa:outbound), and its application
+// calls its own service by name as any other.
+func (s *MeshState) outbounds(dp *api.Dataplane, transparent bool) []outbound {
 	own := map[string]bool{}
 	for _, in := range dp.Networking.Inbound {
-		own[in.Tags[api.TagService]] = true
+		own[in.Tags[api.TagService]] = !transparent
 	}
 	var out []outbound
 	seen := map[string]bool{}

@@ -49,9 +49,9 @@ func redirected(addr string) bool {
 // transparentResources are the listener on 0.0.0.0:port with
 // use_original_dst that a transparent sidecar's redirected connections
 // arrive at, and its clusters: a filter chain per outbound (a service's VIP
-// at its port and at 80, an explicit outbound's address) to the outbound's
-// clusters; a filter chain per service other than the proxy's own and
-// port of its instances, which matches their addresses (an application
+// at its port and at 80, the proxy's own service's too, an explicit
+// outbound's address) to the outbound's clusters; a filter chain per
+// service and port of its instances, which matches their addresses (an application
 // that calls an instance by its address, 10.1.2.3:8080) and goes to the
 // service's DirectCluster; and a default chain that passes every other
 // connection through to where it was headed. They depend on the dataplane
@@ -81,7 +81,7 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 	}
 	taken := map[netip.AddrPort]bool{}
 	sources, self := sourceTags(s, dp), selfService(dp)
-	for _, o := range s.outbounds(dp) {
+	for _, o := range s.outbounds(dp, true) {
 		if !redirected(o.addr) {
 			continue
 		}

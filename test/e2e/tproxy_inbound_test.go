@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -35,8 +34,6 @@ spec:
 	}
 	zone := startTPZone(t, h, "cp", "type: Mesh\nname: default\nmtls: {enabled: true}\n---\n"+permission("web"))
 	apply := func(doc string) { t.Helper(); zone.ctl(t, doc, "apply", "-f", "-") }
-	api := "http://127.0.0.1:5681"
-	onCP := h.client(t, "cp") // the zone's API answers plain HTTP from its own host only
 	sidecarArgs := func(host, service string, port int) []string {
 		t.Helper()
 		return zone.sidecarArgs(t, host, service+"-1", service, port, port, "--dns-addr=", "--transparent-proxy")
@@ -104,20 +101,7 @@ spec:
 	ipCmd(t, "-n", h.namespace(t, "client"), "route", "add", "240.0.0.0/4", "dev", "eth0")
 	startSidecar("client", sidecarArgs("client", "web", 8000))
 
-	var vip string
-	eventually(t, "billing's VIP", func() bool {
-		body, err := get(onCP, api+"/meshes/default/virtual-ips")
-		var list struct {
-			Items []struct {
-				Entries map[string]struct{ IP string } `json:"entries"`
-			} `json:"items"`
-		}
-		if err != nil || json.Unmarshal([]byte(body), &list) != nil || len(list.Items) == 0 {
-			return false
-		}
-		vip = list.Items[0].Entries["billing"].IP
-		return vip != ""
-	})
+	vip := zone.vip(t, "billing")
 	// A connection per call: RBAC judges new connections.
 	onHost := func(host string) *http.Client {
 		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: h.dialer(t, host), DisableKeepAlives: true}}

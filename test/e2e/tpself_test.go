@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"io"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -13,7 +14,7 @@ import (
 // inbound port, as TestTransparentDirectToInstance's web does. Kuma and
 // Istio send that over mTLS to the instance; it must reach billing-1's
 // app as web's call does, not be passed through in plaintext to an
-// inbound that admits only mTLS.
+// inbound that admits only mTLS. It calls its own service by its VIP too.
 func TestTransparentPeerOfOwnService(t *testing.T) {
 	h := newHosts(t, "cp", "b1", "b2")
 	zone := startTPZone(t, h, "cp", `
@@ -60,4 +61,22 @@ spec:
 	// goes to its inbound listener (the rules take it there), not around
 	// it to the application.
 	call("http://"+h.addr("b2")+":10011/", "billing-2", "itself")
+
+	// Its own service by its VIP (billing.mesh), as any other service:
+	// an instance of it, over mTLS, billing-1 or itself.
+	ipCmd(t, "-n", h.namespace(t, "b2"), "route", "add", "240.0.0.0/4", "dev", "eth0") // a VM's default route
+	vip := zone.vip(t, "billing")
+	seen := map[string]bool{}
+	// A connection per call: each goes to an instance.
+	once := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: h.dialer(t, "b2"), DisableKeepAlives: true}}
+	eventually(t, "billing-2's app to reach both of billing's instances at billing's VIP", func() bool {
+		resp, err := once.Get("http://" + vip + "/")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		seen[string(b)] = true
+		return seen["billing-1"] && seen["billing-2"]
+	})
 }

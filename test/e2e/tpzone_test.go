@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -94,4 +95,30 @@ func (h *hosts) setResolvConf(t testing.TB, host, text string) {
 	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// vip waits until the zone has given service a VIP in mesh default, and
+// returns it.
+func (z *tpZone) vip(t testing.TB, service string) string {
+	t.Helper()
+	onCP := z.h.client(t, z.host) // the zone's API answers plain HTTP from its own host only
+	var vip string
+	eventually(t, service+"'s VIP", func() bool {
+		resp, err := onCP.Get("http://127.0.0.1:5681/meshes/default/virtual-ips")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var list struct {
+			Items []struct {
+				Entries map[string]struct{ IP string } `json:"entries"`
+			} `json:"items"`
+		}
+		if json.NewDecoder(resp.Body).Decode(&list) != nil || len(list.Items) == 0 {
+			return false
+		}
+		vip = list.Items[0].Entries[service].IP
+		return vip != ""
+	})
+	return vip
 }
