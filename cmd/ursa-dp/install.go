@@ -62,6 +62,18 @@ func newInstallTransparentProxy() *cobra.Command {
 			if _, _, err := loadInbounds(&cfg); err != nil {
 				return err
 			}
+			// What the sidecar is given besides (a unit's environment;
+			// a pod's init container has none of it): a sidecar that
+			// could not start would leave the host's traffic redirected
+			// to no one until the unit's cleanup.
+			if cfg.CPAddress != "" {
+				if _, _, _, err := dialSettings(cfg); err != nil {
+					return err
+				}
+			}
+			if cfg.Proxy != "" && cfg.Proxy != "builtin" {
+				return fmt.Errorf("--proxy %q: the transparent proxy runs with the built-in proxy only", cfg.Proxy)
+			}
 			meta := map[string]string{}
 			if cfg.DNSAddr != "" {
 				meta[api.MetadataDNSAddress] = cfg.DNSAddr
@@ -181,7 +193,7 @@ func parseUIDs(s string) ([]int, error) {
 			}
 			usr, lerr := user.Lookup(f)
 			if lerr != nil {
-				return nil, fmt.Errorf("user %q: %w", f, lerr)
+				return nil, fmt.Errorf("user %q: %w (a static build looks names up in /etc/passwd alone: give a user of a directory service by its id)", f, lerr)
 			}
 			if u, err = strconv.Atoi(usr.Uid); err != nil {
 				return nil, fmt.Errorf("user %q has the id %q, not a number", f, usr.Uid)

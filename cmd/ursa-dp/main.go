@@ -230,36 +230,46 @@ func loadInbounds(cfg *runConfig) (*api.Dataplane, []byte, error) {
 	return r, doc, nil
 }
 
-// runProxy runs the built-in proxy as node id until ctx ends.
-func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
+// dialSettings reads how the proxy reaches its zone CP: --cp-address, its
+// CA (none for plaintext) and the token of --token-file ("" without one).
+func dialSettings(cfg runConfig) (proxy.Target, *tls.Config, string, error) {
 	target, err := proxy.ParseTarget(cfg.CPAddress, cfg.XDSInsecure)
 	if err != nil {
-		return fmt.Errorf("--cp-address %w", err)
+		return proxy.Target{}, nil, "", fmt.Errorf("--cp-address %w", err)
 	}
 	if !target.TLS && (cfg.CACertFile != "" || cfg.CACert != "") {
-		return fmt.Errorf("--ca-cert-file, --ca-cert: of no use with the plaintext --cp-address %q; use grpcs://", cfg.CPAddress)
+		return proxy.Target{}, nil, "", fmt.Errorf("--ca-cert-file, --ca-cert: of no use with the plaintext --cp-address %q; use grpcs://", cfg.CPAddress)
 	}
 	if cfg.CACertFile != "" && cfg.CACert != "" {
-		return errors.New("--ca-cert: give it or --ca-cert-file, not both")
+		return proxy.Target{}, nil, "", errors.New("--ca-cert: give it or --ca-cert-file, not both")
 	}
 	var tlsCfg *tls.Config
 	switch {
 	case target.TLS && cfg.CACert != "":
 		if tlsCfg, err = proxy.ClientTLSPEM(target.Host, []byte(cfg.CACert)); err != nil {
-			return fmt.Errorf("--ca-cert: %w", err)
+			return proxy.Target{}, nil, "", fmt.Errorf("--ca-cert: %w", err)
 		}
 	case target.TLS:
 		if tlsCfg, err = proxy.ClientTLS(target.Host, cfg.CACertFile); err != nil {
-			return fmt.Errorf("--ca-cert-file: %w", err)
+			return proxy.Target{}, nil, "", fmt.Errorf("--ca-cert-file: %w", err)
 		}
 	}
 	var token string
 	if cfg.TokenFile != "" {
 		b, err := os.ReadFile(cfg.TokenFile)
 		if err != nil {
-			return fmt.Errorf("--token-file: %w", err)
+			return proxy.Target{}, nil, "", fmt.Errorf("--token-file: %w", err)
 		}
 		token = strings.TrimSpace(string(b))
+	}
+	return target, tlsCfg, token, nil
+}
+
+// runProxy runs the built-in proxy as node id until ctx ends.
+func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
+	target, tlsCfg, token, err := dialSettings(cfg)
+	if err != nil {
+		return err
 	}
 	var redirect *tproxy.Config
 	if cfg.TransparentProxy {
@@ -328,11 +338,18 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		}
 	}
 	if redirect != nil && cfg.TransparentProxyInstalled {
-		// The init container's rules let this proxy's traffic through by
-		// its user: it runs without NET_ADMIN, so it can neither mark its
-		// sockets nor touch the rules.
+		// The rules install-transparent-proxy installed (a pod's init
+		// container, a unit's ExecStartPre) let this proxy's traffic
+		// through by its user. It marks its sockets too when it may
+		// (CAP_NET_ADMIN, as ursa-dp@.service grants): its own connections
+		// to this host's address at an inbound port (an instance calling
+		// itself) then go to its inbound listener, as the rules' first
+		// says. It never touches the rules.
+		if tproxy.CanMark() {
+			p.Mark = redirect.Mark
+		}
 		log.Info("transparent proxy installed by ursa-dp install-transparent-proxy: left as it is",
-			zap.Ints("inbound_ports", redirect.InboundPorts))
+			zap.Ints("inbound_ports", redirect.InboundPorts), zap.Bool("marks_sockets", p.Mark != 0))
 	} else if redirect != nil {
 		// Before the proxy connects anywhere: its sockets carry the mark
 		// the rules let through. Removed on every way out, SIGTERM

@@ -72,16 +72,29 @@ func TestAppProbes(t *testing.T) {
 	}
 }
 
+// noIptables keeps the iptables binaries from a test that runs an
+// install: were it to go past what it checks, it fails for the want of
+// them instead of changing the test machine's own rules.
+func noIptables(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+}
+
 // TestInstallTransparentProxyRefuses: install-transparent-proxy says what
 // is wrong before it touches anything: no sidecar user, a bad user or port
-// list, a --dns-addr the redirection would not reach.
+// list, a --dns-addr the redirection would not reach, and what would keep
+// the sidecar of a unit's environment from starting.
 func TestInstallTransparentProxyRefuses(t *testing.T) {
+	noIptables(t)
 	for want, args := range map[string][]string{
 		"--exclude-outbound-uids: required":              {},
 		`--exclude-outbound-uids: user "no-such-user-x"`: {"--exclude-outbound-uids", "5678,no-such-user-x"},
 		`--exclude-outbound-uids: "a b" is neither`:      {"--exclude-outbound-uids", "a b"},
 		"--dataplane-file: open /nonexistent":            {"--exclude-outbound-uids", "5678", "--dataplane-file", "/nonexistent/billing.yaml"},
 		"--inbound-ports: with --dataplane-name only":    {"--exclude-outbound-uids", "5678", "--dataplane-file", "/nonexistent/billing.yaml", "--inbound-ports", "8080"},
+		"--token-file: open /nonexistent":                {"--exclude-outbound-uids", "5678", "--cp-address", "grpcs://127.0.0.1:5678", "--token-file", "/nonexistent/web.token"},
+		"--ca-cert-file":                                 {"--exclude-outbound-uids", "5678", "--cp-address", "grpcs://127.0.0.1:5678", "--ca-cert-file", "/nonexistent/ca.pem"},
+		"--cp-address":                                   {"--exclude-outbound-uids", "5678", "--cp-address", "ftp://x"},
+		`--proxy "envoy"`:                                {"--exclude-outbound-uids", "5678", "--proxy", "envoy"},
 		"--inbound-ports":                                {"--exclude-outbound-uids", "5678", "--inbound-ports", "8080,0"},
 		"--redirect-dns-port":                            {"--exclude-outbound-uids", "5678", "--dns-addr", "127.0.0.1:5353"},
 	} {
@@ -99,6 +112,7 @@ func TestInstallTransparentProxyRefuses(t *testing.T) {
 // install-transparent-proxy installs nothing and succeeds, whatever else
 // it is given.
 func TestInstallTransparentProxyOff(t *testing.T) {
+	noIptables(t)
 	cmd := newInstallTransparentProxy()
 	cmd.SetArgs([]string{"--transparent-proxy=false", "--log-level", "error"})
 	cmd.SilenceUsage, cmd.SilenceErrors = true, true

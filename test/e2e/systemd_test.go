@@ -363,6 +363,21 @@ func TestSystemdUnitsRunTwoZones(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode == http.StatusOK && strings.Contains(string(b), "billing in zone-2")
 	})
+	// billing's host calls billing at its own address and inbound port
+	// (a service's instance calling itself as a peer): its sidecar's mTLS
+	// to its own address reaches its inbound listener by the socket's
+	// mark (the unit grants CAP_NET_ADMIN for it), not the app's port
+	// around it.
+	self := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: h.dialer(t, "billing2"), DisableKeepAlives: true}}
+	eventually(t, "billing's host to reach billing at its own address through its sidecar", func() bool {
+		resp, err := self.Get("http://" + h.addr("billing2") + ":10011/")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusOK && strings.Contains(string(b), "billing in zone-2")
+	})
 	// The units' KillSignal: each stops cleanly.
 	// A host without a sidecar gets nothing from billing's app in plaintext
 	// at its own port, around its sidecar.

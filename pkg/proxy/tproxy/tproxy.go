@@ -492,6 +492,19 @@ func open(ctx context.Context, binDir string, v6 bool) (*tables, error) {
 	return &t, nil
 }
 
+// CanMark reports whether this process may mark its sockets (SO_MARK needs
+// CAP_NET_ADMIN): a sidecar whose rules another installed marks its
+// sockets when it can, so that its own connections to this host's address
+// reach its inbound listener (the rules' first), as when it installs them.
+func CanMark() bool {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	ok, err := hasNetAdmin(string(status))
+	return err == nil && ok
+}
+
 // capNetAdmin is CAP_NET_ADMIN's bit in a capability set.
 const capNetAdmin = 12
 
