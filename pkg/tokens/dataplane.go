@@ -31,6 +31,7 @@ const PathDataplaneToken = "/tokens/dataplane"
 // the replicas of a zone agree; it is safe for concurrent use.
 type DataplaneIssuer struct {
 	store store.Store
+	keys  *localKeys
 	now   func() time.Time
 	// Revoked, when set, is told after a mesh's tokens are revoked
 	// through the API (the zone ends their proxies' streams).
@@ -39,7 +40,9 @@ type DataplaneIssuer struct {
 
 // NewDataplaneIssuer returns an issuer over a zone's store.
 func NewDataplaneIssuer(st store.Store) *DataplaneIssuer {
-	return &DataplaneIssuer{store: st, now: time.Now}
+	d := &DataplaneIssuer{store: st, now: time.Now}
+	d.keys = newLocalKeys(st, func() time.Time { return d.now() })
+	return d
 }
 
 // DataplaneClaims is what a dataplane token binds a proxy to. Only Mesh is
@@ -115,7 +118,7 @@ func (c DataplaneClaims) Covers(dp *api.Dataplane) error {
 
 // key returns mesh's signing key, creating it when create is set.
 func (d *DataplaneIssuer) key(ctx context.Context, mesh string, create bool) (ed25519.PrivateKey, error) {
-	return localKey(ctx, d.store, DataplaneKeyPrefix+mesh, create)
+	return d.keys.get(ctx, DataplaneKeyPrefix+mesh, create)
 }
 
 // Issue returns a token for proxies of c.Mesh that c covers, valid for
@@ -204,7 +207,7 @@ func (d *DataplaneIssuer) Revoke(ctx context.Context, mesh string) error {
 	case err != nil:
 		return fmt.Errorf("revoke dataplane tokens: %w", err)
 	}
-	return revokeLocal(ctx, d.store, DataplaneKeyPrefix+mesh)
+	return d.keys.revoke(ctx, DataplaneKeyPrefix+mesh)
 }
 
 // DataplaneTokenRequest is the body of POST /tokens/dataplane. ValidFor is

@@ -31,6 +31,8 @@ func TestDataplaneTokens(t *testing.T) {
 	ctx := context.Background()
 	st := zoneStore(t)
 	d := NewDataplaneIssuer(st)
+	clk := newClock()
+	d.now = clk.Now
 	for _, bad := range []DataplaneClaims{
 		{Mesh: "nope"},
 		{Mesh: ""},
@@ -58,7 +60,8 @@ func TestDataplaneTokens(t *testing.T) {
 	if d := time.Until(c.ExpiresAt); d < 59*time.Minute || d > time.Hour {
 		t.Errorf("expires in %s, want an hour", d)
 	}
-	later := &DataplaneIssuer{store: st, now: func() time.Time { return time.Now().Add(2 * time.Hour) }}
+	later := NewDataplaneIssuer(st)
+	later.now = func() time.Time { return time.Now().Add(2 * time.Hour) }
 	if _, err := later.Verify(ctx, tok); !errors.Is(err, ErrTokenExpired) || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("expired: %v", err)
 	}
@@ -110,12 +113,27 @@ func TestDataplaneTokens(t *testing.T) {
 		}
 	}
 
-	// Deleting the mesh's key revokes its tokens.
+	// Deleting the mesh's key revokes its tokens: through another
+	// replica, once the key this one read is keyMemory old; through this
+	// one, at once.
 	if err := st.Delete(ctx, api.Key{Type: "GlobalSecret", Name: DataplaneKeyPrefix + "default"}, 0); err != nil {
 		t.Fatal(err)
 	}
+	clk.Advance(keyMemory)
 	if _, err := d.Verify(ctx, tok); !errors.Is(err, ErrTokenSignature) {
 		t.Fatalf("after the key is gone: %v", err)
+	}
+	if tok, err = d.Issue(ctx, want, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Verify(ctx, tok); err != nil {
+		t.Fatalf("a token of the mesh's new key: %v", err)
+	}
+	if err := d.Revoke(ctx, "default"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Verify(ctx, tok); !errors.Is(err, ErrTokenSignature) {
+		t.Fatalf("right after Revoke: %v", err)
 	}
 }
 
@@ -125,11 +143,14 @@ func TestDataplaneTokenStoreDown(t *testing.T) {
 	ctx := context.Background()
 	st := &faultyStore{Store: zoneStore(t)}
 	d := NewDataplaneIssuer(st)
+	clk := newClock()
+	d.now = clk.Now
 	tok, err := d.Issue(ctx, DataplaneClaims{Mesh: "default"}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.set(true, false)
+	clk.Advance(keyMemory) // past what was read when it was issued
 	if _, err := d.Verify(ctx, tok); err == nil || IsInvalid(err) || !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("store down: %v, want store.ErrUnavailable and no verdict", err)
 	}
@@ -204,7 +225,7 @@ func TestIngressTokens(t *testing.T) {
 	}
 	// Even signed with the ingress key, a token of another subject is
 	// refused.
-	priv, err := localKey(ctx, st, IngressKeyName, false)
+	priv, err := newLocalKeys(st, time.Now).get(ctx, IngressKeyName, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +234,8 @@ func TestIngressTokens(t *testing.T) {
 	if _, err := i.Verify(ctx, wrongSub); !errors.Is(err, ErrTokenMalformed) {
 		t.Fatalf("another subject: %v", err)
 	}
-	later := &IngressIssuer{store: st, zone: "zone-1", now: func() time.Time { return time.Now().Add(2 * time.Hour) }}
+	later := NewIngressIssuer(st, "zone-1")
+	later.now = func() time.Time { return time.Now().Add(2 * time.Hour) }
 	if _, err := later.Verify(ctx, tok); !errors.Is(err, ErrTokenExpired) {
 		t.Fatalf("expired: %v", err)
 	}

@@ -63,7 +63,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, a, b store.Store)) {
 }
 
 // newDB returns the URL of a fresh, migrated database.
-func newDB(t *testing.T) string {
+func newDB(t testing.TB) string {
 	t.Helper()
 	clusterOnce.Do(func() { cluster, clusterErr = pgtest.Start() })
 	if clusterErr != nil {
@@ -80,7 +80,7 @@ func newDB(t *testing.T) string {
 	return dsn
 }
 
-func openPG(t *testing.T, dsn string) store.Store {
+func openPG(t testing.TB, dsn string) store.Store {
 	t.Helper()
 	s, err := postgres.Open(context.Background(), dsn, postgres.Options{Log: zaptest.NewLogger(t)})
 	if err != nil {

@@ -33,6 +33,7 @@ const PathIngressToken = "/tokens/ingress"
 // token or the other way round. It is safe for concurrent use.
 type IngressIssuer struct {
 	store store.Store
+	keys  *localKeys
 	zone  string
 	now   func() time.Time
 	// Revoked, when set, is told after the zone's ingress tokens are
@@ -43,13 +44,15 @@ type IngressIssuer struct {
 // Revoke revokes every ingress token of the zone, by deleting its signing
 // key: the next token issued makes a new one.
 func (i *IngressIssuer) Revoke(ctx context.Context) error {
-	return revokeLocal(ctx, i.store, IngressKeyName)
+	return i.keys.revoke(ctx, IngressKeyName)
 }
 
 // NewIngressIssuer returns the issuer of zone's ingress tokens over its
 // store.
 func NewIngressIssuer(st store.Store, zone string) *IngressIssuer {
-	return &IngressIssuer{store: st, zone: zone, now: time.Now}
+	i := &IngressIssuer{store: st, zone: zone, now: time.Now}
+	i.keys = newLocalKeys(st, func() time.Time { return i.now() })
+	return i
 }
 
 // IngressClaims is what a verified ingress token says.
@@ -76,7 +79,7 @@ func (i *IngressIssuer) Issue(ctx context.Context, zone string, validFor time.Du
 	if validFor == 0 {
 		validFor = DefaultValidity
 	}
-	priv, err := localKey(ctx, i.store, IngressKeyName, true)
+	priv, err := i.keys.get(ctx, IngressKeyName, true)
 	if err != nil {
 		return "", fmt.Errorf("issue ingress token: %w", err)
 	}
@@ -112,7 +115,7 @@ func (i *IngressIssuer) Verify(ctx context.Context, token string) (IngressClaims
 			if kid != ingressKid {
 				return nil, fmt.Errorf("%w: kid %q is not the ingress key's", ErrTokenSignature, truncate(kid))
 			}
-			priv, err := localKey(ctx, i.store, IngressKeyName, false)
+			priv, err := i.keys.get(ctx, IngressKeyName, false)
 			if err != nil {
 				return nil, err
 			}

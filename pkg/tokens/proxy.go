@@ -1,6 +1,7 @@
 package tokens
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -45,13 +47,84 @@ func UnverifiedSubject(token string) string {
 	return claims.Subject
 }
 
-// localKey returns the Ed25519 key a zone keeps in its own store, in the
-// GlobalSecret name (never served by the API, never synced over KDS),
-// creating it when create is set and there is none; replicas racing to
-// create it end up with the one that won. A key that does not exist is
-// ErrTokenSignature: the tokens it would have signed were never issued
-// here, or were revoked by deleting it.
-func localKey(ctx context.Context, st store.Store, name string, create bool) (ed25519.PrivateKey, error) {
+// keyMemory is how long a zone's key, read for verifying, is taken as it
+// was read: a zone's proxies reconnect all at once after a restart, and
+// each replica verifies every open stream's token again every 30 s, each
+// a store read and a key to parse otherwise. A key revoked through another
+// replica still verifies here for that long (its streams end at the next
+// sweep either way); one revoked here is forgotten at once.
+const keyMemory = time.Second
+
+// localKeys reads the Ed25519 keys a zone keeps in its own store, each in
+// the GlobalSecret of its name (never served by the API, never synced over
+// KDS). It is safe for concurrent use.
+type localKeys struct {
+	st  store.Store
+	now func() time.Time
+
+	mu   sync.Mutex
+	read map[string]readKey
+}
+
+// readKey is a key as it was last read: its secret, parsed, or that there
+// was none (err).
+type readKey struct {
+	data []byte
+	priv ed25519.PrivateKey
+	err  error
+	at   time.Time
+}
+
+func newLocalKeys(st store.Store, now func() time.Time) *localKeys {
+	return &localKeys{st: st, now: now, read: map[string]readKey{}}
+}
+
+// get returns the key name, creating it when create is set and there is
+// none; replicas racing to create it end up with the one that won. A key
+// that does not exist is ErrTokenSignature: the tokens it would have
+// signed were never issued here, or were revoked by deleting it. For
+// verifying (!create), a key read in the last keyMemory is taken as read;
+// issuing always reads the store, so that it never signs with a key
+// another replica revoked.
+func (k *localKeys) get(ctx context.Context, name string, create bool) (ed25519.PrivateKey, error) {
+	now := k.now()
+	k.mu.Lock()
+	last, ok := k.read[name]
+	k.mu.Unlock()
+	if !create && ok && now.Sub(last.at) >= 0 && now.Sub(last.at) < keyMemory {
+		return last.priv, last.err
+	}
+	data, err := readLocalKey(ctx, k.st, name, create)
+	var priv ed25519.PrivateKey
+	switch {
+	case err == nil && ok && bytes.Equal(data, last.data) && last.priv != nil:
+		priv = last.priv // unchanged: parsing it again costs as much as a signature check
+	case err == nil:
+		if priv, err = parsePrivateKey(data); err != nil {
+			return nil, fmt.Errorf("read signing key %s: %w", name, err)
+		}
+	case !errors.Is(err, ErrTokenSignature):
+		return nil, err // the store failed: nothing to remember
+	}
+	k.mu.Lock()
+	k.read[name] = readKey{data: data, priv: priv, err: err, at: now}
+	k.mu.Unlock()
+	return priv, err
+}
+
+// revoke deletes the key name, revoking every token it signed, and
+// forgets it; a key that does not exist revokes nothing and is no error.
+func (k *localKeys) revoke(ctx context.Context, name string) error {
+	err := revokeLocal(ctx, k.st, name)
+	k.mu.Lock()
+	delete(k.read, name)
+	k.mu.Unlock()
+	return err
+}
+
+// readLocalKey returns the secret of the key name, creating it when create
+// is set and there is none (see localKeys.get).
+func readLocalKey(ctx context.Context, st store.Store, name string, create bool) ([]byte, error) {
 	k := api.Key{Type: "GlobalSecret", Name: name}
 	r, err := st.Get(ctx, k)
 	if errors.Is(err, store.ErrNotFound) && create {
@@ -78,11 +151,7 @@ func localKey(ctx context.Context, st store.Store, name string, create bool) (ed
 	if !ok {
 		return nil, fmt.Errorf("read signing key %s: the store returned a %T", name, r)
 	}
-	priv, err := parsePrivateKey(secret.Data)
-	if err != nil {
-		return nil, fmt.Errorf("read signing key %s: %w", name, err)
-	}
-	return priv, nil
+	return secret.Data, nil
 }
 
 // signLocal signs claims with priv under kid.
