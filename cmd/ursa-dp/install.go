@@ -59,7 +59,8 @@ func newInstallTransparentProxy() *cobra.Command {
 			if cfg.ExcludeOutboundUIDs == "" {
 				return errors.New("--exclude-outbound-uids: required: the sidecar's user, whose own connections must not be redirected back to it")
 			}
-			if _, _, err := loadInbounds(&cfg); err != nil {
+			owner, err := redirectOwner(&cfg)
+			if err != nil {
 				return err
 			}
 			// What the sidecar is given besides (a unit's environment;
@@ -82,6 +83,7 @@ func newInstallTransparentProxy() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			redirect.Owner = owner
 			if redirect.DNSPort != 0 {
 				limitDNS(redirect, dnsUpstreams(cfg.ResolvConf, meta[api.MetadataDNSAddress], log), cfg.ResolvConf, log)
 			}

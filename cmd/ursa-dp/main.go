@@ -139,7 +139,11 @@ func newCleanup() *cobra.Command {
 				return err
 			}
 			defer log.Sync()
-			if err := tproxy.RemoveLeftovers(cmd.Context(), log.Named("tproxy"), ""); err != nil {
+			// Another sidecar's rules stay (a host's second sidecar,
+			// started with the transparent proxy by mistake, whose
+			// install was refused).
+			owner, _ := redirectOwner(&cfg)
+			if err := tproxy.RemoveLeftovers(cmd.Context(), log.Named("tproxy"), "", owner); err != nil {
 				return fmt.Errorf("cleanup: %w", err)
 			}
 			return nil
@@ -230,6 +234,23 @@ func loadInbounds(cfg *runConfig) (*api.Dataplane, []byte, error) {
 	return r, doc, nil
 }
 
+// redirectOwner returns the node id of the sidecar cfg runs (mesh.name, of
+// --dataplane-file's Dataplane or --mesh and --dataplane-name), which owns
+// the redirection it installs; "" when cfg names none. It sets cfg's
+// inbound ports as loadInbounds does.
+func redirectOwner(cfg *runConfig) (string, error) {
+	r, _, err := loadInbounds(cfg)
+	switch {
+	case err != nil:
+		return "", err
+	case r != nil:
+		return r.GetMeta().Mesh + "." + r.GetMeta().Name, nil
+	case cfg.Mesh != "" && cfg.DataplaneName != "":
+		return cfg.Mesh + "." + cfg.DataplaneName, nil
+	}
+	return "", nil
+}
+
 // dialSettings reads how the proxy reaches its zone CP: --cp-address, its
 // CA (none for plaintext) and the token of --token-file ("" without one).
 func dialSettings(cfg runConfig) (proxy.Target, *tls.Config, string, error) {
@@ -276,6 +297,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		if redirect, err = redirectFor(cfg, meta); err != nil {
 			return err
 		}
+		redirect.Owner = nodeID
 		if uid := os.Getuid(); cfg.TransparentProxyInstalled && len(redirect.ExcludeUIDs) > 0 && !slices.Contains(redirect.ExcludeUIDs, uid) {
 			return fmt.Errorf("--exclude-outbound-uids %q: not this proxy's own user (%d), whose connections the installed rules would then send back to it", cfg.ExcludeOutboundUIDs, uid)
 		}

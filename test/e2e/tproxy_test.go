@@ -43,7 +43,7 @@ func TestTransparentProxyLifecycle(t *testing.T) {
 	p := h.start(t, "app", "ursa-dp", args...)
 	ready(p)
 	rules := nat()
-	for _, want := range []string{"-A OUTPUT -j URSA_OUTPUT", "-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001", "-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN",
+	for _, want := range []string{`-A OUTPUT -m comment --comment "ursa-dp:default.web-1" -j URSA_OUTPUT`, "-A URSA_REDIRECT -p tcp -j REDIRECT --to-ports 15001", "-A URSA_OUTPUT -m mark --mark 0x7572 -j RETURN",
 		// DNS to the host's resolvers only (a local one asks its
 		// upstreams on port 53 too).
 		"-A URSA_OUTPUT -d 127.0.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053", "-A URSA_OUTPUT -d 127.0.0.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053"} {

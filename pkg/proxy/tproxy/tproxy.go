@@ -91,7 +91,15 @@ type Config struct {
 	// BinDir is where iptables-save and iptables-restore are looked for;
 	// "" means $PATH.
 	BinDir string
+	// Owner names the sidecar the rules are for (its node id,
+	// mesh.dataplane), written on the jump from OUTPUT: another sidecar's
+	// install refuses to replace them, and its cleanup leaves them,
+	// before their owner listens on the outbound port too. "" names none.
+	Owner string
 }
+
+// ownerPrefix starts the comment that names the rules' owner.
+const ownerPrefix = "ursa-dp:"
 
 // Validate says what is wrong with c, or nil.
 func (c Config) Validate() error {
@@ -137,6 +145,10 @@ func (c Config) Validate() error {
 		if u < 0 {
 			return fmt.Errorf("uid %d is negative", u)
 		}
+	}
+	// An iptables comment of one word (at most 256 bytes, with the prefix).
+	if len(c.Owner) > 200 || strings.ContainsFunc(c.Owner, func(r rune) bool { return r <= ' ' || r == '"' || r == '\\' || r > '~' }) {
+		return fmt.Errorf("owner %q: want a node id (at most 200 printable ASCII characters, no spaces or quotes)", c.Owner)
 	}
 	return nil
 }
@@ -193,10 +205,28 @@ func (c Config) rules() []string {
 	}
 	r = append(r, "-A "+chainOutput+" -p tcp -j "+chainRedirect)
 	r = append(r, c.inboundRules()...)
-	return append(r,
-		"-A OUTPUT -j "+chainOutput,
-		"-A PREROUTING -p tcp -j "+chainInbound,
-	)
+	jump := "-A OUTPUT -j " + chainOutput
+	if c.Owner != "" {
+		jump = "-A OUTPUT -m comment --comment " + ownerPrefix + c.Owner + " -j " + chainOutput
+	}
+	return append(r, jump, "-A PREROUTING -p tcp -j "+chainInbound)
+}
+
+// ownerOf returns the owner written on our jump from OUTPUT in saved
+// (iptables-save -t nat output), "" when there is none.
+func ownerOf(saved []byte) string {
+	for _, line := range strings.Split(string(saved), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-A" || f[1] != "OUTPUT" || !slices.Contains(f, chainOutput) {
+			continue
+		}
+		if i := slices.Index(f, "--comment"); i >= 0 && i+1 < len(f) {
+			if o, ok := strings.CutPrefix(strings.Trim(f[i+1], `"`), ownerPrefix); ok {
+				return o
+			}
+		}
+	}
+	return ""
 }
 
 // inboundRules are the rules of chainInbound and chainInRedirect.
@@ -271,6 +301,10 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 		return fmt.Errorf("tproxy: another ursa-dp's transparent proxy is installed in this network namespace, and running (its outbound port %d is in use); "+
 			"one ursa-dp per host runs it", p)
 	}
+	if o := ownerOf(saved); o != "" && c.Owner != "" && o != c.Owner {
+		return fmt.Errorf("tproxy: the transparent proxy of %s is installed in this network namespace; one ursa-dp per host runs it "+
+			"(stop that one; if it is gone, ursa-dp cleanup --transparent-proxy, as root, removes what it left)", o)
+	}
 	old := removal(saved)
 	t6, old6, err := open6(ctx, c.BinDir)
 	switch {
@@ -335,16 +369,21 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 }
 
 // RemoveLeftovers is Remove, unless the rules are those of a running
-// ursa-dp (something listens on their outbound port): then it leaves them
-// and says so. It is for a service manager to run after ursa-dp exits, so
-// that a killed one's rules do not stay until the next start.
-func RemoveLeftovers(ctx context.Context, log *zap.Logger, binDir string) error {
+// ursa-dp (something listens on their outbound port), or of another owner
+// than owner ("" takes any): then it leaves them and says so. It is for a
+// service manager to run after ursa-dp exits, so that a killed one's rules
+// do not stay until the next start.
+func RemoveLeftovers(ctx context.Context, log *zap.Logger, binDir, owner string) error {
 	_, saved, err := openSaved(ctx, binDir, false)
 	if err != nil {
 		return err
 	}
 	if p := running(saved); p != 0 {
 		log.Info("transparent proxy left in place: a proxy is running", zap.Int("outbound_port", p))
+		return nil
+	}
+	if o := ownerOf(saved); o != "" && owner != "" && o != owner {
+		log.Info("transparent proxy left in place: another sidecar's", zap.String("owner", o))
 		return nil
 	}
 	return Remove(ctx, log, binDir)

@@ -489,16 +489,96 @@ func TestInstallRefusesARunningProxysRules(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "outbound port 15001 is in use") {
 		t.Errorf("Install over a running proxy's rules: %v; want a refusal naming its port", err)
 	}
-	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "") })
+	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "", "") })
 	if got := natRules(t, ns); got != installed {
 		t.Errorf("the running proxy's rules changed:\n%s\nwant\n%s", got, installed)
 	}
 	l.Close()
-	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "") })
+	mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), "", "") })
 	if got := natRules(t, ns); strings.Contains(got, ChainPrefix) {
 		t.Errorf("RemoveLeftovers left a killed proxy's rules:\n%s", got)
 	}
 	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), testConfig()) })
 	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), other) })
 	mustIn(t, ns, func() error { return Remove(ctx, zap.NewNop(), "") })
+}
+
+// TestInstallRefusesAnotherOwnersRules: rules written for one sidecar
+// (Config.Owner, on the jump from OUTPUT) are refused to another's Install
+// and left by another's RemoveLeftovers, also while their owner does not
+// yet listen on the outbound port (it waits for its zone CP); their
+// owner's own restart replaces them, and its cleanup, or one naming no
+// owner, removes them. Both iptables back ends.
+func TestInstallRefusesAnotherOwnersRules(t *testing.T) {
+	for _, backend := range []string{"nft", "legacy"} {
+		t.Run(backend, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, name := range []string{"iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
+				bin, err := exec.LookPath(strings.Replace(name, "tables-", "tables-"+backend+"-", 1))
+				if err != nil {
+					t.Skipf("%s: %v", backend, err)
+				}
+				if err := os.Symlink(bin, filepath.Join(dir, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ns := newNS(t)
+			ctx := context.Background()
+			billing := testConfig()
+			billing.BinDir, billing.Owner = dir, "default.billing"
+			mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), billing) })
+			installed := natRulesOf(t, ns, filepath.Join(dir, "iptables-save"))
+			if !strings.Contains(installed, `--comment "ursa-dp:default.billing"`) {
+				t.Fatalf("no owner on the rules:\n%s", installed)
+			}
+			web := billing
+			web.Owner = "default.web"
+			err := in(ns, func() error { return Install(ctx, zap.NewNop(), web) })
+			if err == nil || !strings.Contains(err.Error(), "the transparent proxy of default.billing is installed") {
+				t.Errorf("another sidecar's Install: %v; want a refusal naming default.billing", err)
+			}
+			mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), dir, "default.web") })
+			if got := natRulesOf(t, ns, filepath.Join(dir, "iptables-save")); got != installed {
+				t.Errorf("another sidecar's cleanup changed billing's rules:\n%s\nwant\n%s", got, installed)
+			}
+			mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), billing) }) // its restart
+			mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), dir, "default.billing") })
+			if got := natRulesOf(t, ns, filepath.Join(dir, "iptables-save")); strings.Contains(got, ChainPrefix) {
+				t.Errorf("its own cleanup left:\n%s", got)
+			}
+			mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), billing) })
+			mustIn(t, ns, func() error { return RemoveLeftovers(ctx, zap.NewNop(), dir, "") })
+			if got := natRulesOf(t, ns, filepath.Join(dir, "iptables-save")); strings.Contains(got, ChainPrefix) {
+				t.Errorf("a cleanup naming no owner left:\n%s", got)
+			}
+		})
+	}
+}
+
+// TestValidate names what is wrong with a Config: ports, a clash of
+// redirect ports, inbound ports without their port, a negative uid, an
+// owner that is no single printable word.
+func TestValidate(t *testing.T) {
+	good := testConfig()
+	good.Owner = "default.billing-1"
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for want, change := range map[string]func(c *Config){
+		"outbound port 0 is not a port":    func(c *Config) { c.OutboundPort = 0 },
+		"redirect ports are both":          func(c *Config) { c.InboundPort = c.OutboundPort },
+		"inbound port 70000 is not a port": func(c *Config) { c.InboundPorts = []int{70000} },
+		"without an inbound redirect port": func(c *Config) { c.InboundPort = 0 },
+		"uid -1 is negative":               func(c *Config) { c.ExcludeUIDs = []int{-1} },
+		`owner "a b": want a node id`:      func(c *Config) { c.Owner = "a b" },
+		`owner "a\"b": want a node id`:     func(c *Config) { c.Owner = `a"b` },
+		"at most 200 printable ASCII":      func(c *Config) { c.Owner = strings.Repeat("a", 201) },
+		"café\": want a node id":           func(c *Config) { c.Owner = "café" },
+	} {
+		c := good
+		change(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v; want an error about %q", err, want)
+		}
+	}
 }
