@@ -615,7 +615,7 @@ func (ck *checker) addrToCheck() string {
 // outlier detection.
 func (ck *checker) dial(ctx context.Context) (net.Conn, error) {
 	c := ck.target.Load()
-	conn, err := ck.p.dialer(c).DialContext(ctx, "tcp", ck.addrToCheck())
+	conn, err := ck.p.endpointDialer(c, ck.addrToCheck()).DialContext(ctx, "tcp", ck.addrToCheck())
 	if err != nil {
 		return nil, err
 	}

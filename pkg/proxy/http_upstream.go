@@ -1370,7 +1370,7 @@ func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls b
 	if err != nil {
 		return nil, nil, err
 	}
-	raw, err = p.dialer(c).DialContext(ctx, "tcp", addr)
+	raw, err = p.endpointDialer(c, addr).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		release()
 		p.load.record(c.Name, ep.Zone, false)

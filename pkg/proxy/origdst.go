@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
+	"syscall"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -214,6 +216,42 @@ func (p *Proxy) dialer(c *Cluster) *net.Dialer {
 	d := &net.Dialer{Timeout: c.ConnectTimeout}
 	if p.Mark != 0 {
 		d.Control, d.Resolver = tproxy.MarkControl(p.Mark), markedResolver(p.Mark)
+	}
+	return d
+}
+
+// endpointDialer is dialer(c) for an endpoint of c at addr. An endpoint
+// named by a host name (a Dataplane's DNS address) that resolves to an
+// address naming no one host (loopback, link-local, unspecified,
+// multicast) is refused: the zone CP refuses such addresses when given as
+// such, and a name that resolves to one would make this proxy (an
+// ingress passes TLS through to what it dials) a way into its own host's
+// loopback services. "localhost" itself passes: the zone CP admits it only
+// when run for a single host (--xds-allow-loopback-dataplanes).
+func (p *Proxy) endpointDialer(c *Cluster, addr string) *net.Dialer {
+	d := p.dialer(c)
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return d
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return d
+	}
+	if h := strings.ToLower(strings.TrimSuffix(host, ".")); h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return d
+	}
+	mark := d.Control
+	d.Control = func(network, address string, rc syscall.RawConn) error {
+		if ap, err := netip.ParseAddrPort(address); err == nil {
+			ip := ap.Addr().Unmap()
+			if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() {
+				return fmt.Errorf("endpoint %s resolved to %s, which names no one host: refused", host, ip)
+			}
+		}
+		if mark != nil {
+			return mark(network, address, rc)
+		}
+		return nil
 	}
 	return d
 }

@@ -359,3 +359,54 @@ func TestTranslateListenerRefusals(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointNamesNoOneHost: an endpoint given by a host name is refused
+// when the name resolves to an address that names no one host (the zone
+// CP refuses those given as addresses); one given by address, and
+// localhost (admitted by a zone CP run for one host), are dialled as given.
+func TestEndpointNamesNoOneHost(t *testing.T) {
+	p := &Proxy{}
+	c := &Cluster{Name: "web", ConnectTimeout: time.Second}
+	d := p.endpointDialer(c, "web-1.example.internal:8080")
+	if d.Control == nil {
+		t.Fatal("no check on what a host name resolves to")
+	}
+	for _, resolved := range []string{"127.0.0.1:8080", "127.9.9.9:8080", "[::1]:8080", "169.254.169.254:80", "0.0.0.0:8080", "[fe80::1]:8080", "[::ffff:127.0.0.1]:8080", "224.0.0.1:8080"} {
+		if err := d.Control("tcp", resolved, nil); err == nil || !strings.Contains(err.Error(), "names no one host") {
+			t.Errorf("web-1.example.internal resolved to %s: %v; want a refusal", resolved, err)
+		}
+	}
+	for _, resolved := range []string{"10.0.0.5:8080", "[2001:db8::5]:8080"} {
+		if err := d.Control("tcp", resolved, nil); err != nil {
+			t.Errorf("web-1.example.internal resolved to %s: %v", resolved, err)
+		}
+	}
+	for _, addr := range []string{"127.0.0.1:8080", "10.0.0.5:8080", "localhost:8080", "LOCALHOST.:8080", "app.localhost:8080"} {
+		if p.endpointDialer(c, addr).Control != nil {
+			t.Errorf("%s: checked; an address, or localhost, is dialled as given", addr)
+		}
+	}
+	// A real name that resolves to loopback (this host's name, often, by
+	// /etc/hosts), with something listening there.
+	name, err := os.Hostname()
+	if err != nil {
+		t.Skip(err)
+	}
+	addrs, err := net.LookupHost(name)
+	if err != nil || len(addrs) == 0 || !netip.MustParseAddr(addrs[0]).IsLoopback() || strings.HasSuffix(name, "localhost") {
+		t.Skipf("this host's name %q does not resolve to loopback here (%v %v)", name, addrs, err)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(addrs[0], "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	target := net.JoinHostPort(name, port)
+	if conn, err := p.endpointDialer(c, target).Dial("tcp", target); err == nil {
+		conn.Close()
+		t.Fatalf("dialled %s, which resolves to %s", target, addrs[0])
+	} else if !strings.Contains(err.Error(), "names no one host") {
+		t.Fatalf("dial %s: %v; want the refusal", target, err)
+	}
+}

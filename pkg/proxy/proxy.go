@@ -549,7 +549,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster, attempts int) (net.Conn, error)
 			break
 		}
 		tried[ep.Addr] = true
-		conn, err := p.dialer(c).Dial("tcp", ep.Addr)
+		conn, err := p.endpointDialer(c, ep.Addr).Dial("tcp", ep.Addr)
 		if err != nil {
 			p.load.record(c.Name, ep.Zone, false)
 			p.eject(c.Name, ep.Addr)
