@@ -95,9 +95,16 @@ func (l *LoadReporting) StreamLoadStats(stream lrs.LoadReportingService_StreamLo
 	}
 	node := first.GetNode()
 	id := node.GetId()
-	claims, _, r := l.xds.authenticate(ctx, headerToken(ctx), node)
+	claims, token, r := l.xds.authenticate(ctx, headerToken(ctx), node)
 	if r != nil {
 		return l.refuse("token", r.st.Code(), "%s", r.st.Message())
+	}
+	// Checked at each report: its token admitted the node's ADS stream.
+	held := func() error {
+		if l.xds.holdsToken(id, token) {
+			return nil
+		}
+		return l.refuse("token", codes.Unauthenticated, "node %q has no ADS stream admitted with this stream's token (it expired, was revoked, or the node reconnected with another): reopen with the node's current token", id)
 	}
 	mesh, _, err := ParseNodeID(id)
 	if err != nil {
@@ -116,6 +123,9 @@ func (l *LoadReporting) StreamLoadStats(stream lrs.LoadReportingService_StreamLo
 		// a node connected as another kind.
 		return l.refuse("token", codes.PermissionDenied, "node %q is connected as a %s; a stream that says it is a %s does not report its loads", id, n.Kind, KindOf(node))
 	}
+	if err := held(); err != nil {
+		return err
+	}
 	if err := stream.Send(&lrs.LoadStatsResponse{SendAllClusters: true, LoadReportingInterval: durationpb.New(l.interval)}); err != nil {
 		return nil
 	}
@@ -127,6 +137,11 @@ func (l *LoadReporting) StreamLoadStats(stream lrs.LoadReportingService_StreamLo
 			return l.refuse("node_changed", codes.InvalidArgument, "the stream's node was %q, now %q", id, n.GetId())
 		}
 		if len(req.GetClusterStats()) > 0 {
+			if _, ok := l.xds.connected(id); ok {
+				if err := held(); err != nil {
+					return err
+				}
+			}
 			l.record(id, mesh, known, req)
 		}
 		req, err = stream.Recv()
@@ -262,6 +277,21 @@ func ServiceOfCluster(name string) string {
 		return ""
 	}
 	return service
+}
+
+// holdsToken says whether an ADS stream of node id is open now, admitted with
+// token ("" for none): a load report stream speaks for its node only while
+// the node's configuration stream was admitted with the same token, which
+// ends when that token expires or is revoked.
+func (s *Server) holdsToken(id, token string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for stream, a := range s.auths {
+		if a.done && a.token == token && s.streams[stream] == id {
+			return true
+		}
+	}
+	return false
 }
 
 // connected returns a proxy connected over ADS now.

@@ -184,7 +184,7 @@ func TestForgedLoadReportsAreRefused(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	f.connect(t, ctx, "default.web-1")
+	f.connect(t, metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer good"), "default.web-1")
 	for _, tt := range []struct {
 		node, token string
 		want        codes.Code
@@ -239,6 +239,54 @@ func TestForgedLoadReportsAreRefused(t *testing.T) {
 	if _, err := stream.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("node change: %v", err)
 	}
+}
+
+// TestLoadReportsEndWithTheirToken: a load report stream speaks for its
+// node only while the node's ADS stream was admitted with the same token:
+// once the node's configuration stream is another token's (the first
+// expired or was revoked, and the proxy came back with a new one), a
+// report on the old stream ends it, and nothing of it is recorded.
+func TestLoadReportsEndWithTheirToken(t *testing.T) {
+	f := startLRS(t, &Auth{Verify: func(_ context.Context, token string) (Claims, error) {
+		return Claims{Kind: TokenDataplane, Mesh: "default"}, nil
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	with := func(ctx context.Context, token string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	adsCtx, endADS := context.WithCancel(ctx)
+	f.connect(t, with(adsCtx, "first"), "default.web-1")
+	if _, _, err := f.open(with(ctx, "another"), "default.web-1"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a stream with a token the ADS stream was not admitted with: %v", err)
+	}
+	stream, _, err := f.open(with(ctx, "first"), "default.web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endADS()
+	ursatest.Until(t, 10*time.Second, "the first ADS stream to end", func() bool { _, ok := f.srv.connected("default.web-1"); return !ok })
+	f.connect(t, with(ctx, "second"), "default.web-1")
+	if err := stream.Send(&lrs.LoadStatsRequest{ClusterStats: []*endpoint.ClusterStats{report("billing", locality("zone-1", 5, 0))}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a report on the old token's stream: %v, want the stream ended", err)
+	}
+	if s := f.loads.Services(time.Now()); len(s) != 0 {
+		t.Fatalf("the old token's report was recorded: %+v", s)
+	}
+	renewed, _, err := f.open(with(ctx, "second"), "default.web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := renewed.Send(&lrs.LoadStatsRequest{ClusterStats: []*endpoint.ClusterStats{report("billing", locality("zone-1", 3, 0))}}); err != nil {
+		t.Fatal(err)
+	}
+	ursatest.Until(t, 10*time.Second, "the new token's report", func() bool {
+		s := f.loads.Services(time.Now())
+		return len(s) == 1 && s[0].Zones["zone-1"].Successful == 3
+	})
 }
 
 // FuzzLoadReport feeds arbitrary bytes, as a LoadStatsRequest, through the
