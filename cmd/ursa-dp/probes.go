@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
 // appProbes serves GET /probes/PORT/PATH on the admin port for the
@@ -17,7 +19,7 @@ import (
 // plain-HTTP probe of an app port redirected to the sidecar would reach its
 // inbound listener, which takes mTLS only, so the injector points the probe
 // here and the sidecar makes it of the app at host:PORT (the pod's IP, as
-// the kubelet would; the sidecar's own connections are not redirected). Only the
+// the kubelet would, from tproxy.ProbeSource, which the rules let through). Only the
 // listed pairs are served: the admin port is reachable from the pod
 // network, and must not become a way around mTLS to the app.
 func appProbes(list, host string) (http.Handler, error) {
@@ -36,9 +38,16 @@ func appProbes(list, host string) (http.Handler, error) {
 		}
 		allowed[pair] = true
 	}
-	// As the kubelet's: a probe checks the app is up, not who it is.
+	// As the kubelet's: a probe checks the app is up, not who it is. From
+	// tproxy.ProbeSource (an IPv4 host), which the transparent proxy's
+	// rules let reach the app, where the sidecar's other connections to
+	// the pod's own address go to its inbound listener.
 	insecure := &tls.Config{InsecureSkipVerify: true}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: insecure}}
+	var d net.Dialer
+	if ip := net.ParseIP(host); ip.To4() != nil {
+		d.LocalAddr = &net.TCPAddr{IP: tproxy.ProbeSource.AsSlice()}
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: insecure, DialContext: d.DialContext}}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pair := strings.TrimPrefix(r.URL.RequestURI(), "/probes/")
 		if !allowed[pair] {
@@ -46,7 +55,6 @@ func appProbes(list, host string) (http.Handler, error) {
 			return
 		}
 		if port, ok := strings.CutPrefix(pair, "tcp:"); ok {
-			var d net.Dialer
 			c, err := d.DialContext(r.Context(), "tcp", net.JoinHostPort(host, port))
 			if err != nil {
 				http.Error(w, "probe: "+err.Error(), http.StatusServiceUnavailable)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestPodStyleTransparentProxy runs the two commands an injected pod runs
@@ -145,6 +146,22 @@ func TestPodStyleTransparentProxy(t *testing.T) {
 			t.Errorf("GET :9901%s: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
+	// The pod's app calling its own address at its inbound port (an
+	// instance of a service calling itself as a peer): the sidecar, which
+	// cannot mark its sockets, takes it to its own inbound listener by its
+	// user, and so to the app at its service port, not around it to
+	// whatever listens at the inbound port (here the probes' app).
+	h.serveText(t, "pod", "127.0.0.1:18080", "web-1")
+	self := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: h.dialer(t, "pod"), DisableKeepAlives: true}}
+	eventually(t, "the pod to reach itself at its own address through its inbound listener", func() bool {
+		resp, err := self.Get("http://" + h.addr("pod") + ":10011/")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b) == "web-1"
+	})
 	p.stop(t)
 	if after := nat(); !strings.Contains(after, "-A OUTPUT -j URSA_OUTPUT") {
 		t.Fatalf("the sidecar removed the init container's rules:\n%s", after)

@@ -98,6 +98,14 @@ type Config struct {
 	Owner string
 }
 
+// ProbeSource is the source address of the sidecar's probes of its own
+// application (a pod's, for the kubelet): connections from it to this
+// host's address are never redirected, so that they reach the application
+// at its port, as the kubelet's would, where the sidecar's other
+// connections there reach its inbound listener. Istio's rules keep
+// 127.0.0.6 for the same.
+var ProbeSource = netip.AddrFrom4([4]byte{127, 0, 0, 6})
+
 // ownerPrefix starts the comment that names the rules' owner.
 const ownerPrefix = "ursa-dp:"
 
@@ -173,9 +181,20 @@ func (c Config) rules() []string {
 	// The sidecar's own connections to this host's address (not loopback)
 	// at an inbound port: its mTLS to an instance of its own service that
 	// is this one. They go to the inbound listener, as any caller's do
-	// (Istio's rules do the same), not around it to the application.
-	for _, p := range c.redirectedInbound() {
+	// (Istio's rules do the same), not around it to the application: by
+	// their mark, or by the sidecar's user when it cannot mark (a pod's),
+	// but for its probes of its application, which come from ProbeSource.
+	inbound := c.redirectedInbound()
+	if len(inbound) > 0 && len(c.ExcludeUIDs) > 0 {
+		r = append(r, fmt.Sprintf("-A %s -s %s/32 -o lo -j RETURN", chainOutput, ProbeSource))
+	}
+	for _, p := range inbound {
 		r = append(r, fmt.Sprintf("-A %s -o lo ! -d 127.0.0.0/8 -p tcp --dport %d -m mark --mark %#x -j %s", chainOutput, p, c.mark(), chainInRedirect))
+	}
+	for _, u := range c.ExcludeUIDs {
+		for _, p := range inbound {
+			r = append(r, fmt.Sprintf("-A %s -o lo ! -d 127.0.0.0/8 -p tcp --dport %d -m owner --uid-owner %d -j %s", chainOutput, p, u, chainInRedirect))
+		}
 	}
 	r = append(r, fmt.Sprintf("-A %s -m mark --mark %#x -j RETURN", chainOutput, c.mark()))
 	for _, u := range c.ExcludeUIDs {
