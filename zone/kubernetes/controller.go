@@ -300,6 +300,13 @@ func (s *state) resync(ctx context.Context) {
 	s.enqueueAll()
 }
 
+// synced says whether r came from the global control plane: another zone's
+// ZoneIngress keeps the labels its zone's controller gave it, and is not
+// this controller's.
+func synced(r api.Resource) bool {
+	return r.GetMeta().Labels[api.LabelOrigin] == api.OriginGlobal
+}
+
 // readOwned lists what the controller stored, by pod, and the Dataplanes of
 // a pod beyond its first (its mesh changed while no controller ran).
 func (s *state) readOwned(ctx context.Context) (map[string]owned, []api.Resource, error) {
@@ -315,6 +322,9 @@ func (s *state) readOwned(ctx context.Context) (map[string]owned, []api.Resource
 	}
 	var stray []api.Resource // a second Dataplane of one pod (its mesh changed)
 	for _, r := range append(dps.Items, ings.Items...) {
+		if synced(r) {
+			continue // another zone's, made by its controller
+		}
 		key, ok := podOf(r.GetMeta().Name)
 		if !ok {
 			continue
@@ -531,7 +541,7 @@ func (s *state) remove(ctx context.Context, r api.Resource) error {
 			return fmt.Errorf("read %s: %w", key, err)
 		}
 		r = got
-		if r.GetMeta().Labels[LabelManagedBy] != ManagedByController {
+		if r.GetMeta().Labels[LabelManagedBy] != ManagedByController || synced(r) {
 			return nil // someone took it over
 		}
 	}

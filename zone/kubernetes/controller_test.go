@@ -324,7 +324,15 @@ func TestController(t *testing.T) {
 	// and writes nothing for the pods that did not change. One worker
 	// takes pods in order: when the pod changed last is written, the
 	// start-up resync is done.
+	// Another zone's ZoneIngress, synced here through the global with the
+	// labels its own zone's controller gave it, is not this one's.
 	stop()
+	other := &api.ZoneIngress{Meta: api.Meta{Type: "ZoneIngress", Name: "ingress-0.ctl-system", Labels: map[string]string{
+		LabelManagedBy: ManagedByController, LabelPodUID: "3f9c7e0a-0000-4000-8000-000000000001", api.LabelOrigin: api.OriginGlobal}},
+		Zone: "zone-a", Networking: api.ZoneIngressNetworking{Address: "10.9.0.1", Port: 10001, AdvertisedAddress: "203.0.113.9", AdvertisedPort: 30001}}
+	if _, err := st.Create(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
 	k.do("DELETE", "/api/v1/namespaces/shop/pods/web-1?gracePeriodSeconds=0", nil)
 	k.pod("shop", "web-3", map[string]string{"app": "web"})
 	k.pod("shop", "web-4", map[string]string{"app": "web"})
@@ -337,6 +345,9 @@ func TestController(t *testing.T) {
 	waitDataplane(t, st, "web-4.shop", "10.1.0.4 8080:"+web+":true")
 	if n := st.writes.Load(); n != 3 {
 		t.Fatalf("%d writes after a restart; want 3 (web-1 deleted, web-3 and web-4 created)", n)
+	}
+	if _, err := st.Get(context.Background(), api.KeyOf(other)); err != nil {
+		t.Fatalf("zone-a's ZoneIngress, synced from the global: %v", err)
 	}
 }
 
