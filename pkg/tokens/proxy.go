@@ -64,19 +64,21 @@ type localKeys struct {
 
 	mu   sync.Mutex
 	read map[string]readKey
+	// gen counts the changes of each name's entry (reads written,
+	// revocations): a read that began before one is not written after it,
+	// so that neither a revoked key nor an older one comes back.
+	gen map[string]uint64
 }
 
-// readKey is a key as it was last read: its secret, parsed, or that there
-// was none (err).
+// readKey is a key as it was last read: its secret, and parsed.
 type readKey struct {
 	data []byte
 	priv ed25519.PrivateKey
-	err  error
 	at   time.Time
 }
 
 func newLocalKeys(st store.Store, now func() time.Time) *localKeys {
-	return &localKeys{st: st, now: now, read: map[string]readKey{}}
+	return &localKeys{st: st, now: now, read: map[string]readKey{}, gen: map[string]uint64{}}
 }
 
 // get returns the key name, creating it when create is set and there is
@@ -90,9 +92,10 @@ func (k *localKeys) get(ctx context.Context, name string, create bool) (ed25519.
 	now := k.now()
 	k.mu.Lock()
 	last, ok := k.read[name]
+	gen := k.gen[name]
 	k.mu.Unlock()
 	if !create && ok && now.Sub(last.at) >= 0 && now.Sub(last.at) < keyMemory {
-		return last.priv, last.err
+		return last.priv, nil
 	}
 	data, err := readLocalKey(ctx, k.st, name, create)
 	var priv ed25519.PrivateKey
@@ -103,11 +106,25 @@ func (k *localKeys) get(ctx context.Context, name string, create bool) (ed25519.
 		if priv, err = parsePrivateKey(data); err != nil {
 			return nil, fmt.Errorf("read signing key %s: %w", name, err)
 		}
-	case !errors.Is(err, ErrTokenSignature):
-		return nil, err // the store failed: nothing to remember
+	default:
+		// None (or the store failed): nothing to remember, so that a key
+		// another replica creates next is used at once. One gone is
+		// forgotten.
+		if errors.Is(err, ErrTokenSignature) {
+			k.mu.Lock()
+			if k.gen[name] == gen {
+				k.gen[name]++
+				delete(k.read, name)
+			}
+			k.mu.Unlock()
+		}
+		return nil, err
 	}
 	k.mu.Lock()
-	k.read[name] = readKey{data: data, priv: priv, err: err, at: now}
+	if k.gen[name] == gen {
+		k.gen[name]++
+		k.read[name] = readKey{data: data, priv: priv, at: now}
+	}
 	k.mu.Unlock()
 	return priv, err
 }
@@ -118,6 +135,7 @@ func (k *localKeys) revoke(ctx context.Context, name string) error {
 	err := revokeLocal(ctx, k.st, name)
 	k.mu.Lock()
 	delete(k.read, name)
+	k.gen[name]++
 	k.mu.Unlock()
 	return err
 }
