@@ -228,7 +228,9 @@ func kubeProxyAuth(a xds.Auth, rev *kubernetes.TokenReviewer, zone, systemNamesp
 // StatefulSet's pod, deleted and made again, whose predecessor's token the
 // reviewer may remember for a while. An error the proxy retries: which of
 // the two pods is the newer one is not known here, and the controller may
-// not have caught up with the new one yet.
+// not have caught up with the new one yet. What names no pod uid passes: a
+// Dataplane made before the label was, which the controller labels as it
+// starts (the validating webhook keeps anyone else from removing it).
 func samePod(id kubernetes.PodIdentity, labels map[string]string) error {
 	made := labels[kubernetes.LabelPodUID]
 	if made == "" || id.PodUID == "" || made == id.PodUID {

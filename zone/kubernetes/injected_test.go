@@ -27,7 +27,7 @@ func TestHostNetworkPodGetsNoDataplane(t *testing.T) {
 	serveWebhooks(t, cp)
 	k := k8s{t, admin}
 	k.namespace("rvhn-mon", map[string]string{LabelSidecarInjection: "enabled"})
-	st := newStore(t, admin, "rvhn-system")
+	st := newStore(t, cp, "rvhn-system") // the control plane writes what the controller makes
 	k.service("rvhn-mon", "node-exporter", map[string]string{"app": "node-exporter"}, map[string]any{"name": "metrics", "port": 9100})
 	ensure(t, admin, "/api/v1/namespaces/rvhn-mon/serviceaccounts", obj{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": obj{"name": "app"}})
 	startController(t, admin, st, "rvhn-system", 2)
@@ -83,7 +83,7 @@ func TestNamespaceMeshChangeKeepsRunningSidecars(t *testing.T) {
 	namespace(t, admin, "rvmesh-app", map[string]string{LabelSidecarInjection: "enabled"}, map[string]string{AnnotationMesh: "blue"})
 	t.Cleanup(func() { admin.Do(context.Background(), "DELETE", "/api/v1/namespaces/rvmesh-app", nil, nil) })
 	ensure(t, admin, "/api/v1/namespaces/rvmesh-app/serviceaccounts", obj{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": obj{"name": "app"}})
-	st := newStore(t, admin, "rvmesh-system")
+	st := newStore(t, cp, "rvmesh-system") // the control plane writes what the controller makes
 	for _, m := range []string{"blue", "green"} {
 		if _, err := st.Create(ctx, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: m}}); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
 			t.Fatal(err)

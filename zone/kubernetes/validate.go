@@ -68,6 +68,12 @@ func (v *Validator) Review(hr *http.Request, req *AdmissionRequest) (*AdmissionR
 		return deny(fmt.Sprintf("%s: the label %s=%s is the control plane's to set, on what the global control plane sends; create it on the global (ursactl apply against the global)",
 			describeObject(obj), api.LabelOrigin, api.OriginGlobal))
 	}
+	for _, l := range []string{LabelManagedBy, LabelPodUID} {
+		if label(old, l) != label(obj, l) {
+			return deny(fmt.Sprintf("%s: the label %s is the control plane's pod controller's to set (it marks what it made of a pod, and the pod it made it of)",
+				describeObject(obj), l))
+		}
+	}
 	if req.SubResource != "" {
 		return Allow(req.UID, nil) // status: the control plane's to write
 	}
@@ -120,10 +126,15 @@ func decodeObject(raw json.RawMessage) (crd.Object, error) {
 }
 
 func isGlobal(o crd.Object) bool {
+	return label(o, api.LabelOrigin) == api.OriginGlobal
+}
+
+// label returns the value of o's label key, "" for none (or no o).
+func label(o crd.Object, key string) string {
 	md, _ := o["metadata"].(map[string]any)
 	labels, _ := md["labels"].(map[string]any)
-	v, _ := labels[api.LabelOrigin].(string)
-	return v == api.OriginGlobal
+	v, _ := labels[key].(string)
+	return v
 }
 
 // describeObject names an object as a user knows it: TrafficRoute "r1" (mesh

@@ -301,6 +301,34 @@ spec: {destination: {ursa.io/service: billing}, split: [{weight: 0}]}
 	if out, err := kubectl(nil, "apply", "-f", write("r4.yaml", strings.ReplaceAll(strings.ReplaceAll(readFile(t, bad), "r3", "r4"), "weight: 0", "weight: 5"))); err != nil {
 		t.Errorf("kubectl apply of a good route: %v: %s", err, out)
 	}
+
+	// The pod controller's labels on what it made of a pod are its own:
+	// a user may neither change nor remove them, nor put them on a
+	// Dataplane of theirs (a pod's token would cover it).
+	dp := func(name string, labels obj) obj {
+		return obj{"apiVersion": "ursa.io/v1alpha1", "kind": "Dataplane", "metadata": obj{"name": name, "namespace": ns, "labels": labels}, "mesh": "default",
+			"spec": obj{"networking": obj{"address": "10.1.0.1", "inbound": []any{obj{"port": 8080, "tags": obj{"ursa.io/service": "web"}}}}}}
+	}
+	must(t, cp.Do(ctx, http.MethodPost, "/apis/ursa.io/v1alpha1/namespaces/"+ns+"/dataplanes",
+		dp("web-1", obj{LabelManagedBy: ManagedByController, LabelPodUID: "3f9c7e0a-0000-4000-8000-000000000001"}), nil))
+	for what, args := range map[string][]string{
+		"changed": {"-n", ns, "label", "dataplane", "web-1", LabelPodUID + "=3f9c7e0a-0000-4000-8000-000000000002", "--overwrite"},
+		"removed": {"-n", ns, "label", "dataplane", "web-1", LabelPodUID + "-"},
+		"taken":   {"-n", ns, "label", "dataplane", "web-1", LabelManagedBy + "-"},
+	} {
+		if out, err := kubectl(nil, args...); err == nil || !strings.Contains(out, "is the control plane's pod controller's to set") {
+			t.Errorf("kubectl label (%s) of the pod controller's label: %v: %s", what, err, out)
+		}
+	}
+	mine := write("dp.yaml", fmt.Sprintf(`apiVersion: ursa.io/v1alpha1
+kind: Dataplane
+metadata: {name: web-2, namespace: %s, labels: {%s: %s}}
+mesh: default
+spec: {networking: {address: 10.1.0.2, inbound: [{port: 8080, tags: {ursa.io/service: web}}]}}
+`, ns, LabelManagedBy, ManagedByController))
+	if out, err := kubectl(nil, "apply", "-f", mine); err == nil || !strings.Contains(out, "is the control plane's pod controller's to set") {
+		t.Errorf("kubectl apply of a Dataplane labelled as the pod controller's: %v: %s", err, out)
+	}
 }
 
 func readFile(t *testing.T, f string) string {
