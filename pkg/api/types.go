@@ -228,8 +228,10 @@ type FailoverSpec struct {
 	// unless OnlyListed is set.
 	Order      []string `json:"order,omitempty"`
 	OnlyListed bool     `json:"onlyListed,omitempty"`
-	// Threshold is the percentage of healthy endpoints below which the next
-	// priority takes load; 0 means the default of 50.
+	// Threshold is the percentage of a zone's endpoints that must be
+	// healthy for it to keep all its load; below, the next priority takes
+	// the rest. 0 means Envoy's default (an overprovisioning factor of
+	// 1.4: about 71 %), as without a Failover.
 	Threshold int `json:"threshold,omitempty"`
 	// Drained lists zones to move traffic off: they come after every
 	// other zone, so they take load only when no other zone can. Unlike

@@ -49,6 +49,18 @@ func (s *MeshState) failoverFor(service string) failoverPlan {
 	return plan
 }
 
+// overprovisioning is the load assignment's overprovisioning factor
+// (Envoy's, in percent) for the plan's threshold: a priority keeps all its
+// load while threshold percent of its endpoints or more are healthy, and
+// spills below. Rounded up, so that at exactly the threshold nothing
+// spills. 0 without a threshold: Envoy's default, 140 (about 71 %).
+func (plan failoverPlan) overprovisioning() uint32 {
+	if plan.threshold <= 0 {
+		return 0
+	}
+	return uint32((10000 + plan.threshold - 1) / plan.threshold)
+}
+
 // specificity counts a selector's tags that name a value ("*" does not).
 func specificity(selector map[string]string) int {
 	n := 0

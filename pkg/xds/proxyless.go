@@ -177,8 +177,8 @@ func (s *MeshState) proxylessLoadAssignment(sub Subset, mtls bool) *endpoint.Clu
 	}
 	plan := s.failoverFor(sub.Tags[api.TagService])
 	cla := LoadAssignment(name, s.Endpoints(sub.AnyZone(), false), plan.priorities(s, sub.pinnedZone()))
-	if plan.threshold > 0 {
-		cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / plan.threshold))}
+	if f := plan.overprovisioning(); f > 0 {
+		cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(f)}
 	}
 	return cla
 }

@@ -239,8 +239,8 @@ func (s *MeshState) buildOutboundResources(dp *api.Dataplane, transparent bool) 
 			// the SNI of the mesh's mTLS: without it, this zone's only.
 			plan := s.failoverFor(sub.Tags[api.TagService])
 			cla := LoadAssignment(name, s.Endpoints(sub.AnyZone(), !mtls), plan.priorities(s, sub.pinnedZone()))
-			if plan.threshold > 0 {
-				cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(uint32(10000 / plan.threshold))}
+			if f := plan.overprovisioning(); f > 0 {
+				cla.Policy = &endpoint.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(f)}
 			}
 			return cla
 		}))
