@@ -199,6 +199,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
 	}))
 	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, mirror, time.Now, log.Named("expire")) }))
+	r.AddRestarting("purge-zones", run.Func(func(ctx context.Context) error { return purgeZones(ctx, st, mirror, log.Named("purge-zones")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
 }

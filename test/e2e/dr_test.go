@@ -194,3 +194,26 @@ spec:
 		t.Fatalf("%d of %d calls failed outside a kill", len(failed), len(all))
 	}
 }
+
+// TestDeletedZoneLeavesTheMesh: billing in zone-2 and zone-3 under load
+// from zone-1; zone-2's CP stops and the zone is deleted at the global:
+// its ingress leaves the global and zone-1 (Kuma deletes a zone's resources
+// with it), and calls go to zone-3 alone.
+func TestDeletedZoneLeavesTheMesh(t *testing.T) {
+	m, vip, _ := startBillingAcrossZones(t)
+	l := startLoad(vip+":80", 3, 20*time.Millisecond)
+	defer l.close()
+	balanced(t, l, "both zones", 10)
+	m.zones["zone-2"].cp.proc.stop(t)
+	ctl(t, m.global.api, "", "delete", "zone", "zone-2")
+	eventually(t, "zone-2's ingress to leave the global and zone-1", func() bool {
+		_, global := m.global.get(t, "/zone-ingresses")
+		_, zone1 := m.zones["zone-1"].cp.get(t, "/zone-ingresses")
+		return !strings.Contains(global, `"zone-2.ingress"`) && !strings.Contains(zone1, `"zone-2.ingress"`)
+	})
+	mark := time.Now()
+	time.Sleep(2 * time.Second)
+	if who, failed := shares(l.since(mark)); who["zone-2"] > 0 || who["zone-3"] == 0 || failed > 0 {
+		t.Fatalf("calls after zone-2 left the mesh: %v, %d failed", who, failed)
+	}
+}
