@@ -1370,6 +1370,7 @@ func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls b
 	if err != nil {
 		return nil, nil, err
 	}
+	p.trying(c, addr)
 	raw, err = p.endpointDialer(c, addr).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		release()

@@ -549,6 +549,7 @@ func (p *Proxy) connect(cfg *Config, c *Cluster, attempts int) (net.Conn, error)
 			break
 		}
 		tried[ep.Addr] = true
+		p.trying(c, ep.Addr)
 		conn, err := p.endpointDialer(c, ep.Addr).Dial("tcp", ep.Addr)
 		if err != nil {
 			p.load.record(c.Name, ep.Zone, false)
@@ -648,6 +649,12 @@ func (p *Proxy) originate(cfg *Config, conn net.Conn, c *Cluster) (net.Conn, err
 type ejection struct {
 	failures int
 	until    time.Time
+	// trial, once the ejection is over, is when the connection that tries
+	// the endpoint again gives up at the latest: until then the endpoint
+	// counts as unhealthy to every other, so that one connection, not
+	// every new one, waits on an endpoint that may still hang (an ingress
+	// that takes connections and never answers).
+	trial time.Time
 }
 
 // eject leaves an endpoint of a cluster out for a while: FirstEjection,
@@ -670,7 +677,22 @@ func (p *Proxy) eject(cluster, addr string) {
 	if d > p.EjectionTime || d <= 0 {
 		d = p.EjectionTime
 	}
-	e.until = p.now().Add(d)
+	e.until, e.trial = p.now().Add(d), time.Time{}
+}
+
+// trying marks a connection to an endpoint of c whose ejection is over as
+// its trial (see ejection.trial): until it connects, fails, or c's connect
+// timeout (and a second) passes, the endpoint counts as unhealthy.
+func (p *Proxy) trying(c *Cluster, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.ejected[c.Name+"|"+addr]; e != nil && e.trial.IsZero() {
+		timeout := c.ConnectTimeout
+		if timeout <= 0 {
+			timeout = 5 * time.Second
+		}
+		e.trial = p.now().Add(timeout + time.Second)
+	}
 }
 
 // now reads the Proxy's clock.
@@ -695,7 +717,11 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.ejected[cluster+"|"+addr]
-	return !ok || p.now().After(e.until)
+	if !ok {
+		return true
+	}
+	now := p.now()
+	return now.After(e.until) && (e.trial.IsZero() || now.After(e.trial))
 }
 
 // pick chooses an endpoint: a priority level by Envoy's rule (each level

@@ -932,6 +932,48 @@ func TestEjectionBacksOff(t *testing.T) {
 	}
 }
 
+// TestEjectedEndpointIsTriedByOneConnection: once an ejection is over,
+// the first connection to the endpoint is its trial, and until that one
+// connects, fails or times out, the endpoint stays unhealthy to the others:
+// an endpoint that takes connections and never answers holds up one
+// connection, not every new one.
+func TestEjectedEndpointIsTriedByOneConnection(t *testing.T) {
+	p := newProxy(t)
+	clock := testutil.NewClock(time.Now())
+	p.Now = clock.Now
+	p.FirstEjection, p.EjectionTime = time.Second, time.Second
+	c := &Cluster{Name: "c", ConnectTimeout: 2 * time.Second}
+	p.eject("c", "a:1")
+	clock.Advance(1100 * time.Millisecond)
+	if !p.healthy("c", "a:1") {
+		t.Fatal("an endpoint whose ejection is over is still left out")
+	}
+	p.trying(c, "a:1")
+	if p.healthy("c", "a:1") {
+		t.Fatal("an endpoint being tried again is healthy to other connections")
+	}
+	p.trying(c, "a:1") // a second connection that raced the first changes nothing
+	clock.Advance(2900 * time.Millisecond)
+	if p.healthy("c", "a:1") {
+		t.Fatal("the trial ended before the connect timeout and a second")
+	}
+	clock.Advance(200 * time.Millisecond)
+	if !p.healthy("c", "a:1") {
+		t.Fatal("a trial that never reported holds the endpoint out for good")
+	}
+	p.trying(c, "a:1")
+	p.eject("c", "a:1") // the trial failed: ejected again, no trial
+	clock.Advance(1100 * time.Millisecond)
+	if !p.healthy("c", "a:1") {
+		t.Fatal("after its next ejection, the endpoint is not tried again")
+	}
+	p.trying(c, "a:1")
+	p.connected("c", "a:1")
+	if !p.healthy("c", "a:1") {
+		t.Fatal("a trial that connected leaves the endpoint out")
+	}
+}
+
 // TestListenerInUseIsLeftOut: as in Envoy, a listener whose address is
 // taken is left out and named in the error, the others run, and the same
 // failure is not reported again by later updates.

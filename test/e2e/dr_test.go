@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -216,4 +217,55 @@ func TestDeletedZoneLeavesTheMesh(t *testing.T) {
 	if who, failed := shares(l.since(mark)); who["zone-2"] > 0 || who["zone-3"] == 0 || failed > 0 {
 		t.Fatalf("calls after zone-2 left the mesh: %v, %d failed", who, failed)
 	}
+}
+
+// TestHungZoneIngress: zone-2's ingress hangs (SIGSTOP: the kernel still
+// takes connections for it, nothing answers) under a 50/50 split from
+// zone-1, without a HealthCheck. Its share moves to zone-3 and stays
+// there: once an ejection of the ingress is over, one connection tries it
+// again while every other keeps going to zone-3, so calls do not stall
+// every few seconds behind the hung ingress.
+func TestHungZoneIngress(t *testing.T) {
+	m, vip, _ := startBillingAcrossZones(t)
+	ctl(t, m.global.api, `type: TrafficRoute
+mesh: default
+name: billing-by-zone
+spec:
+  destination: {ursa.io/service: billing}
+  split:
+  - {weight: 50, tags: {ursa.io/zone: zone-2}}
+  - {weight: 50, tags: {ursa.io/zone: zone-3}}
+`, "apply", "-f", "-")
+	l := startLoad(vip+":80", 4, 20*time.Millisecond)
+	defer l.close()
+	balanced(t, l, "50/50", 30)
+	ing := m.zones["zone-2"].ingress.cmd.Process
+	ing.Signal(syscall.SIGSTOP)
+	defer ing.Signal(syscall.SIGCONT)
+	hung := time.Now()
+	time.Sleep(25 * time.Second)
+	// From 10 s on, in 2-second windows: calls in every one (no stall),
+	// zone-3 answering, at most the trials failing.
+	failures := 0
+	for from := hung.Add(10 * time.Second); from.Add(2 * time.Second).Before(hung.Add(25 * time.Second)); from = from.Add(2 * time.Second) {
+		who, failed := shares(inWindow(l, from, from.Add(2*time.Second)))
+		if who["zone-3"] < 20 || who["zone-2"] > 0 {
+			t.Errorf("+%s: calls %v, %d failed: zone-2's share did not stay on zone-3", from.Sub(hung).Round(time.Second), who, failed)
+		}
+		failures += failed
+	}
+	if failures > 4 {
+		t.Errorf("%d calls failed 10-25 s after zone-2's ingress hung; want at most the trials of it (one every 5-10 s)", failures)
+	}
+}
+
+// inWindow is what l called from from until to.
+func inWindow(l *load, from, to time.Time) []callResult {
+	var out []callResult
+	for _, r := range l.since(from) {
+		if r.start.Before(to) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
