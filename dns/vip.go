@@ -63,7 +63,13 @@ func (a Allocator) Reconcile(current map[string]*api.VirtualIPs, wanted map[stri
 		changed := false
 		for _, svc := range slices.Sorted(maps.Keys(entries)) {
 			e := entries[svc]
+			ip, err := netip.ParseAddr(e.IP)
 			switch {
+			case err != nil || !a.CIDR.Contains(ip):
+				// Outside the range, which the zone was restarted
+				// with another --vip-cidr: given a new VIP below.
+				delete(entries, svc)
+				changed = true
 			case wanted[mesh][svc] && !e.ReleasedAt.IsZero():
 				e.ReleasedAt = time.Time{}
 				entries[svc], changed = e, true

@@ -101,6 +101,29 @@ func TestReconcileIPv6(t *testing.T) {
 	}
 }
 
+// TestReconcileNewRange: a zone restarted with another --vip-cidr gives
+// the services whose stored VIPs are outside it new ones inside it, and
+// forgets released ones outside it; those inside stay.
+func TestReconcileNewRange(t *testing.T) {
+	a := Allocator{CIDR: netip.MustParsePrefix("127.240.0.0/16"), HoldBack: time.Minute}
+	cur := map[string]*api.VirtualIPs{"default": {Meta: api.Meta{Type: "VirtualIPs", Mesh: "default", Name: vipsName}, Entries: map[string]api.VirtualIP{
+		"billing": {IP: "240.0.0.1"}, "web": {IP: "127.240.0.9"}, "gone": {IP: "240.0.0.2", ReleasedAt: time.Now()}}}}
+	up := mustReconcile(t, a, cur, map[string]map[string]bool{"default": {"billing": true, "web": true}}, time.Now())
+	if len(up) != 1 {
+		t.Fatalf("updates %+v", up)
+	}
+	got := up[0].Entries
+	if ip := netip.MustParseAddr(got["billing"].IP); !a.CIDR.Contains(ip) || got["billing"].IP == "127.240.0.9" {
+		t.Errorf("billing's VIP %s: want a free one in %s", ip, a.CIDR)
+	}
+	if got["web"].IP != "127.240.0.9" {
+		t.Errorf("web's VIP, in the range, changed to %s", got["web"].IP)
+	}
+	if _, ok := got["gone"]; ok {
+		t.Errorf("a released VIP outside the range is kept: %+v", got["gone"])
+	}
+}
+
 func mustReconcile(t *testing.T, a Allocator, cur map[string]*api.VirtualIPs, want map[string]map[string]bool, now time.Time) []*api.VirtualIPs {
 	t.Helper()
 	up, err := a.Reconcile(cur, want, now)
