@@ -135,8 +135,13 @@ func (c *Client) session(ctx context.Context) error {
 		return fmt.Errorf("open zone-to-global stream: %w", err)
 	}
 	log := c.Log.With(zap.String("zone", c.Zone))
+	// Either stream's end ends the session, and so the other stream (both
+	// were opened with ctx): a zone-to-global stream that failed alone
+	// would otherwise wait, its zone's changes unsent, until the global
+	// next sent something on the other.
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
+		defer cancel()
 		r := &kds.Receiver{
 			Types:   kds.GlobalToZoneTypes(),
 			Target:  &globalTarget{store: c.Store, log: log, zone: c.Zone, held: map[string]map[string]bool{}},
@@ -148,6 +153,7 @@ func (c *Client) session(ctx context.Context) error {
 		return fmt.Errorf("global-to-zone stream: %w", orEOF(err))
 	})
 	g.Go(func() error {
+		defer cancel()
 		s := &kds.Sender{
 			Source: c.Cache, Types: kds.ZoneToGlobalTypes(),
 			MaxMessageSize: c.MaxMessageSize, AckTimeout: c.AckTimeout,
