@@ -11,6 +11,7 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/ursamesh/ursa/pkg/api"
 )
@@ -177,7 +178,11 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 func (s *Sender) handle(req *discovery.DeltaDiscoveryRequest, allowed map[string]api.Descriptor, peers map[string]*peerState, outstanding map[string]pending) error {
 	d, ok := allowed[req.GetTypeUrl()]
 	if !ok {
-		return fmt.Errorf("peer asked for type %q, which this stream does not carry", req.GetTypeUrl())
+		// A peer of another version may know types this side does not
+		// (or no longer) carry: the stream goes on with the others, as
+		// go-control-plane's does.
+		s.Log.Warn("peer asked for a type this stream does not carry; ignored (a peer of another version?)", zap.String("type_url", req.GetTypeUrl()))
+		return nil
 	}
 	if req.GetResponseNonce() == "" {
 		versions := make(map[string]string, len(req.GetInitialResourceVersions()))
@@ -287,14 +292,15 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 		if e.Size > limit {
 			s.Log.Error("resource is larger than the KDS message limit; sending it alone", zap.String("resource", e.Name), zap.Int("bytes", e.Size))
 		}
-		if err := add(e.Size); err != nil {
+		// Its size in the response: the bytes, its field's tag and length.
+		if err := add(e.Size + 1 + protowire.SizeVarint(uint64(e.Size))); err != nil {
 			return nonces, err
 		}
 		resp.Resources = append(resp.Resources, e.Wire)
 		p.versions[e.Name] = e.Version
 	}
 	for _, name := range removed {
-		if err := add(len(name) + 8); err != nil {
+		if err := add(len(name) + 1 + protowire.SizeVarint(uint64(len(name)))); err != nil {
 			return nonces, err
 		}
 		resp.RemovedResources = append(resp.RemovedResources, name)
