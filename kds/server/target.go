@@ -60,6 +60,16 @@ func (t *zoneTarget) Apply(ctx context.Context, d api.Descriptor, resources []*d
 		if z, ok := r.(api.Zoned); ok && z.OwnerZone() != "" && z.OwnerZone() != t.zone {
 			return t.violation(fmt.Errorf("%s %q belongs to zone %q, not to zone %q", d.Type, res.GetName(), z.OwnerZone(), t.zone))
 		}
+		// An ingress offers its own zone's instances: other zones match a
+		// route's zone subsets against these tags, so an offer of another
+		// zone's would draw the traffic meant for that zone.
+		if ing, ok := r.(*api.ZoneIngress); ok {
+			for _, svc := range ing.AvailableServices {
+				if z := svc.Tags[api.TagZone]; z != "" && z != t.zone {
+					return t.violation(fmt.Errorf("ZoneIngress %q offers instances of %s in zone %q, not zone %q's", res.GetName(), svc.Tags[api.TagService], z, t.zone))
+				}
+			}
+		}
 		m := r.GetMeta()
 		m.Name = t.prefix() + m.Name
 		if m.Labels == nil {
