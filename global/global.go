@@ -137,6 +137,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	// meshes' CAs, and the policies that expire.
 	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
 	cache := kds.NewCacheOf(mirror, kds.GlobalToZoneTypes(), nil, log.Named("kds-cache"))
+	cache.SendEnabledZonesOnly()
 	kdsServer, err := server.New(server.Deps{
 		Store: st, Cache: cache, Verifier: issuer, Log: log.Named("kds"), Metrics: kdsMetrics,
 		Instance: cfg.Instance, MaxMessageSize: int(cfg.KDS.MaxMessageSize), AckTimeout: cfg.KDS.AckTimeout.Duration,

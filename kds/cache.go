@@ -3,6 +3,7 @@ package kds
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 
 	"go.uber.org/zap"
@@ -52,6 +53,11 @@ type Cache struct {
 	transform func(api.Resource) api.Resource
 	sameSent  func(a, b api.Resource) bool
 	log       *zap.Logger
+	// zoneGate, when set (SendEnabledZonesOnly), leaves out the
+	// ZoneIngresses of zones not registered and enabled in the mirror;
+	// enabled are those zones, as of the last rebuild.
+	zoneGate bool
+	enabled  map[string]bool
 
 	mu      sync.Mutex
 	snap    *Snapshot
@@ -97,6 +103,12 @@ func (c *Cache) SetTransform(fn func(api.Resource) api.Resource, same func(a, b 
 	c.transform = fn
 	c.sameSent = func(a, b api.Resource) bool { return a != nil && same != nil && same(a, b) }
 }
+
+// SendEnabledZonesOnly makes the cache leave out the ZoneIngresses of zones
+// that are not registered (a Zone in the mirror, which must follow Zones)
+// and enabled: the global then offers other zones no ingress of a disabled
+// or deleted zone, and they send it no traffic. Call it before Start.
+func (c *Cache) SendEnabledZonesOnly() { c.zoneGate = true }
 
 // Current implements Source.
 func (c *Cache) Current() (*Snapshot, <-chan struct{}) {
@@ -153,7 +165,22 @@ func (c *Cache) unchanged(last, view *store.View) bool {
 			return false
 		}
 	}
-	return true
+	return !c.zoneGate || view.Same(last, "Zone")
+}
+
+// enabledZones returns the zones registered and enabled in view.
+func enabledZones(view *store.View) (map[string]bool, error) {
+	zones, err := view.Items("Zone")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for k, r := range zones {
+		if z, ok := r.(*api.Zone); ok && z.IsEnabled() {
+			out[k.Name] = true
+		}
+	}
+	return out, nil
 }
 
 // rebuild publishes a snapshot of view, re-encoding only what changed.
@@ -162,14 +189,24 @@ func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resour
 	old := c.snap
 	c.mu.Unlock()
 	types := map[string]*TypeSet{}
+	zonesChanged := false
+	if c.zoneGate {
+		enabled, err := enabledZones(view)
+		if err != nil {
+			return fmt.Errorf("kds cache: %w", err)
+		}
+		zonesChanged = !maps.Equal(enabled, c.enabled)
+		c.enabled = enabled
+	}
 	for _, d := range c.types {
 		url := TypeURL(d.Type)
 		items, err := view.Items(d.Type)
 		if err != nil {
 			return fmt.Errorf("kds cache: %w", err)
 		}
+		gated := c.zoneGate && d.Type == "ZoneIngress"
 		prev := seen[d.Type]
-		same := len(items) == len(prev)
+		same := len(items) == len(prev) && !(gated && zonesChanged)
 		for k, r := range items {
 			if prev[k] != r {
 				same = false
@@ -183,6 +220,9 @@ func (c *Cache) rebuild(view *store.View, seen map[string]map[api.Key]api.Resour
 		entries := make(map[string]*Entry, len(items))
 		for k, r := range items {
 			name := WireName(k)
+			if ing, ok := r.(*api.ZoneIngress); ok && gated && !c.enabled[ing.Zone] {
+				continue
+			}
 			if e, ok := old.Types[url].Entries[name]; ok && (prev[k] == r || (c.sameSent != nil && c.sameSent(prev[k], r))) {
 				entries[name] = e
 			} else if e := c.entry(r); e != nil {
