@@ -50,23 +50,33 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 	url := kds.TypeURL(d.Type)
 	held := t.held[url]
 	puts := make([]api.Resource, 0, len(resources))
+	applied := make([]string, 0, len(resources))
+	// A resource this zone cannot take is left out, and named in the
+	// rejection; the others are applied, as Kuma's zones do: one resource
+	// of a newer global's making, or one conflicting with this zone's own,
+	// does not hold back the rest of its type.
+	var refused []error
 	for _, res := range resources {
 		r, err := kds.Decode(d, res)
 		if err != nil {
-			return kds.Reject(err)
+			refused = append(refused, err)
+			continue
 		}
 		if z, ok := r.(api.Zoned); ok && d.KDS == api.SyncGlobalToOwnZone && z.OwnerZone() != t.zone {
-			return kds.Reject(fmt.Errorf("%s %q is for zone %q, not this zone (%q)", d.Type, res.GetName(), z.OwnerZone(), t.zone))
+			refused = append(refused, fmt.Errorf("%s %q is for zone %q, not this zone (%q)", d.Type, res.GetName(), z.OwnerZone(), t.zone))
+			continue
 		}
 		if !held[res.GetName()] {
 			local, err := t.store.Get(ctx, api.KeyOf(r))
 			if err == nil && local.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal {
-				return kds.Reject(fmt.Errorf("%s %q conflicts with a resource of the same name made in this zone", d.Type, res.GetName()))
+				refused = append(refused, fmt.Errorf("%s %q conflicts with a resource of the same name made in this zone", d.Type, res.GetName()))
+				continue
 			}
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
 			}
 		}
+		applied = append(applied, res.GetName())
 		m := r.GetMeta()
 		if m.Labels == nil {
 			m.Labels = map[string]string{}
@@ -91,14 +101,17 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		}
 		return err
 	}
-	for _, res := range resources {
-		held[res.GetName()] = true
+	for _, name := range applied {
+		held[name] = true
 	}
 	for _, name := range removed {
 		delete(held, name)
 	}
 	if d.Type == "Mesh" {
 		t.forgetDeletedMeshes(removed)
+	}
+	if len(refused) > 0 {
+		return kds.Reject(errors.Join(refused...))
 	}
 	return nil
 }

@@ -52,23 +52,18 @@ func (t *zoneTarget) Held(ctx context.Context, d api.Descriptor) (map[string]str
 // and logged.
 func (t *zoneTarget) Apply(ctx context.Context, d api.Descriptor, resources []*discovery.Resource, removed []string) error {
 	puts := make([]api.Resource, 0, len(resources))
+	// A resource the global cannot take is left out, and named in the
+	// rejection; the zone's others are stored.
+	var refused []error
 	for _, res := range resources {
 		r, err := kds.Decode(d, res)
 		if err != nil {
-			return kds.Reject(err)
+			refused = append(refused, err)
+			continue
 		}
-		if z, ok := r.(api.Zoned); ok && z.OwnerZone() != "" && z.OwnerZone() != t.zone {
-			return t.violation(fmt.Errorf("%s %q belongs to zone %q, not to zone %q", d.Type, res.GetName(), z.OwnerZone(), t.zone))
-		}
-		// An ingress offers its own zone's instances: other zones match a
-		// route's zone subsets against these tags, so an offer of another
-		// zone's would draw the traffic meant for that zone.
-		if ing, ok := r.(*api.ZoneIngress); ok {
-			for _, svc := range ing.AvailableServices {
-				if z := svc.Tags[api.TagZone]; z != "" && z != t.zone {
-					return t.violation(fmt.Errorf("ZoneIngress %q offers instances of %s in zone %q, not zone %q's", res.GetName(), svc.Tags[api.TagService], z, t.zone))
-				}
-			}
+		if err := t.owned(d, res.GetName(), r); err != nil {
+			refused = append(refused, t.violation(err))
+			continue
 		}
 		m := r.GetMeta()
 		m.Name = t.prefix() + m.Name
@@ -88,14 +83,40 @@ func (t *zoneTarget) Apply(ctx context.Context, d api.Descriptor, resources []*d
 		deletes = append(deletes, k)
 	}
 	_, err := t.store.Apply(ctx, puts, deletes)
-	if errors.Is(err, store.ErrMeshNotFound) {
+	switch {
+	case errors.Is(err, store.ErrMeshNotFound):
 		return kds.Reject(err)
+	case err != nil:
+		return err
+	case len(refused) > 0:
+		return kds.Reject(errors.Join(refused...))
 	}
-	return err
+	return nil
 }
 
+// owned says why r, named name in the zone's stream, is not the zone's to
+// write, or nil.
+func (t *zoneTarget) owned(d api.Descriptor, name string, r api.Resource) error {
+	if z, ok := r.(api.Zoned); ok && z.OwnerZone() != "" && z.OwnerZone() != t.zone {
+		return fmt.Errorf("%s %q belongs to zone %q, not to zone %q", d.Type, name, z.OwnerZone(), t.zone)
+	}
+	// An ingress offers its own zone's instances: other zones match a
+	// route's zone subsets against these tags, so an offer of another
+	// zone's would draw the traffic meant for that zone.
+	if ing, ok := r.(*api.ZoneIngress); ok {
+		for _, svc := range ing.AvailableServices {
+			if z := svc.Tags[api.TagZone]; z != "" && z != t.zone {
+				return fmt.Errorf("ZoneIngress %q offers instances of %s in zone %q, not zone %q's", name, svc.Tags[api.TagService], z, t.zone)
+			}
+		}
+	}
+	return nil
+}
+
+// violation counts and logs a write that is not the zone's, and returns it
+// as part of the response's rejection.
 func (t *zoneTarget) violation(err error) error {
 	t.metrics.Violation(t.zone)
 	t.log.Warn("refused a write that does not belong to the zone", zap.Error(err))
-	return kds.Reject(fmt.Errorf("refused: %w", err))
+	return fmt.Errorf("refused: %w", err)
 }
