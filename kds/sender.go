@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -71,10 +71,43 @@ const (
 
 type pending struct {
 	typeURL string
-	// before is what the peer held of the type before this response.
-	before   map[string]string
+	// undo is what the sync that sent this response changed of the peer's
+	// versions (shared by the responses it was split into): a NACK undoes
+	// it, and every later sync's of the type.
+	undo     *undoLog
 	sentAt   time.Time
 	revision int64
+}
+
+// undoLog is what one sync changed of what a peer holds of a type: each
+// name's version before, in the order changed. Only the changes: a copy of
+// the whole type per response in flight would cost memory in proportion
+// to the responses times the type's size.
+type undoLog struct {
+	seq  int // the sync's place among the stream's syncs
+	prev []heldVersion
+}
+
+type heldVersion struct {
+	name, version string
+	held          bool
+}
+
+// record notes name's version in versions before a change.
+func (u *undoLog) record(versions map[string]string, name string) {
+	v, ok := versions[name]
+	u.prev = append(u.prev, heldVersion{name: name, version: v, held: ok})
+}
+
+// revert puts versions back as they were before the changes u records.
+func (u *undoLog) revert(versions map[string]string) {
+	for i := len(u.prev) - 1; i >= 0; i-- {
+		if c := u.prev[i]; c.held {
+			versions[c.name] = c.version
+		} else {
+			delete(versions, c.name)
+		}
+	}
 }
 
 // Run serves stream until ctx ends, the peer closes it (nil), or it fails.
@@ -100,7 +133,7 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 	}()
 	peers := map[string]*peerState{}
 	outstanding := map[string]pending{}
-	nonce := 0
+	nonce, syncs := 0, 0
 	tick := time.NewTicker(max(s.AckTimeout/4, 10*time.Millisecond))
 	defer tick.Stop()
 	// Nothing is sent before the source holds the store: its empty
@@ -127,13 +160,14 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 				}
 				continue
 			}
-			before := maps.Clone(p.versions)
-			sent, err := s.sync(stream, url, p, snap, &nonce)
+			syncs++
+			undo := &undoLog{seq: syncs}
+			sent, err := s.sync(stream, url, p, snap, &nonce, undo)
 			if err != nil {
 				return err
 			}
 			for _, n := range sent {
-				outstanding[n] = pending{typeURL: url, before: before, sentAt: time.Now(), revision: snap.Revision}
+				outstanding[n] = pending{typeURL: url, undo: undo, sentAt: time.Now(), revision: snap.Revision}
 			}
 		}
 		var retry <-chan time.Time
@@ -202,19 +236,27 @@ func (s *Sender) handle(req *discovery.DeltaDiscoveryRequest, allowed map[string
 		s.Stats.nacked(d.Type, e.GetMessage())
 		s.Metrics.response(s.Direction, d.Type, "nack")
 		// The type's later responses, sent on top of this one, are void:
-		// their answers are ignored, and their "before" counts this one's
-		// resources as held (a second NACK restoring it would lose them).
+		// their answers are ignored, and what they changed is undone with
+		// this one's, the latest first.
+		undo := []*undoLog{p.undo}
 		for n, o := range outstanding {
 			if o.typeURL == p.typeURL {
 				delete(outstanding, n)
+				if o.undo.seq > p.undo.seq && !slices.Contains(undo, o.undo) {
+					undo = append(undo, o.undo)
+				}
 			}
 		}
+		slices.SortFunc(undo, func(a, b *undoLog) int { return b.seq - a.seq })
 		if ps != nil {
 			// The peer holds what it held before; diff against that again
 			// once the pause is over. (Were later responses of the type
 			// applied meanwhile, resending their content is harmless:
 			// applying is idempotent, and removing what is gone is a no-op.)
-			ps.versions, ps.synced = maps.Clone(p.before), nil
+			for _, u := range undo {
+				u.revert(ps.versions)
+			}
+			ps.synced = nil
 			ps.backoff = min(max(2*ps.backoff, firstRetry), maxRetry)
 			ps.retryAt = time.Now().Add(ps.backoff)
 		}
@@ -232,7 +274,7 @@ func (s *Sender) handle(req *discovery.DeltaDiscoveryRequest, allowed map[string
 
 // sync sends the difference between what the peer holds of one type and the
 // snapshot, split to fit MaxMessageSize, and returns the nonces it used.
-func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Snapshot, nonce *int) ([]string, error) {
+func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Snapshot, nonce *int, undo *undoLog) ([]string, error) {
 	set := snap.Types[url]
 	var (
 		upserts []*Entry
@@ -297,6 +339,7 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 			return nonces, err
 		}
 		resp.Resources = append(resp.Resources, e.Wire)
+		undo.record(p.versions, e.Name)
 		p.versions[e.Name] = e.Version
 	}
 	for _, name := range removed {
@@ -304,6 +347,7 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 			return nonces, err
 		}
 		resp.RemovedResources = append(resp.RemovedResources, name)
+		undo.record(p.versions, name)
 		delete(p.versions, name)
 	}
 	return nonces, flush()
