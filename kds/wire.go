@@ -7,10 +7,12 @@ package kds
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -192,4 +194,20 @@ const (
 	MetadataAuthorization = "authorization" // "Bearer <zone token>"
 	MetadataZone          = "ursa-zone"
 	MetadataVersion       = "ursa-version"
+	// MetadataMaxMessageSize is the largest message a side takes, in
+	// bytes: the zone's in its streams' metadata, the global's in their
+	// headers. Each side splits what it sends to fit the smaller of its
+	// own and its peer's, so that sides set apart still sync.
+	MetadataMaxMessageSize = "ursa-max-message-size"
 )
+
+// PeerMaxMessageSize returns the smaller of own and what md says the peer
+// takes (own when md says nothing usable: a peer of an older version).
+func PeerMaxMessageSize(md metadata.MD, own int) int {
+	for _, v := range md.Get(MetadataMaxMessageSize) {
+		if n, err := strconv.Atoi(v); err == nil && n >= 64<<10 && n < own {
+			return n
+		}
+	}
+	return own
+}

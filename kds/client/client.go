@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -124,7 +125,8 @@ func (c *Client) session(ctx context.Context) error {
 	ctx = metadata.AppendToOutgoingContext(ctx,
 		kds.MetadataAuthorization, "Bearer "+c.Token,
 		kds.MetadataZone, c.Zone,
-		kds.MetadataVersion, c.Version)
+		kds.MetadataVersion, c.Version,
+		kds.MetadataMaxMessageSize, strconv.Itoa(c.MaxMessageSize))
 	api := kdspb.NewKDSClient(conn)
 	down, err := api.GlobalToZone(ctx)
 	if err != nil {
@@ -154,12 +156,17 @@ func (c *Client) session(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		defer cancel()
+		// What the global takes, which its first answer's headers say.
+		md, err := up.Header()
+		if err != nil {
+			return fmt.Errorf("zone-to-global stream: %w", err)
+		}
 		s := &kds.Sender{
 			Source: c.Cache, Types: kds.ZoneToGlobalTypes(),
-			MaxMessageSize: c.MaxMessageSize, AckTimeout: c.AckTimeout,
+			MaxMessageSize: kds.PeerMaxMessageSize(md, c.MaxMessageSize), AckTimeout: c.AckTimeout,
 			Stats: c.FromZone, Log: log.With(zap.String("stream", "zone_to_global")), Direction: "zone_to_global",
 		}
-		err := s.Run(gctx, up)
+		err = s.Run(gctx, up)
 		return fmt.Errorf("zone-to-global stream: %w", orEOF(err))
 	})
 	return g.Wait()

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -217,9 +218,10 @@ func (s *Server) GlobalToZone(stream kdspb.KDS_GlobalToZoneServer) error {
 	}
 	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "global_to_zone"))
 	log.Info("zone connected")
+	md, _ := metadata.FromIncomingContext(stream.Context())
 	sender := &kds.Sender{
 		Source: s.Cache, Types: kds.GlobalToZoneTypes(), Peer: c.zone,
-		MaxMessageSize: s.MaxMessageSize, AckTimeout: s.AckTimeout,
+		MaxMessageSize: kds.PeerMaxMessageSize(md, s.MaxMessageSize), AckTimeout: s.AckTimeout,
 		Stats: sess.toZone, Log: log, Metrics: s.Metrics, Direction: "global_to_zone",
 	}
 	return s.streamEnd(ctx, log, sender.Run(ctx, stream))
@@ -237,6 +239,10 @@ func (s *Server) ZoneToGlobal(stream kdspb.KDS_ZoneToGlobalServer) error {
 		return err
 	}
 	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "zone_to_global"))
+	// What the zone may send here, before it sends anything.
+	if err := stream.SendHeader(metadata.Pairs(kds.MetadataMaxMessageSize, strconv.Itoa(s.MaxMessageSize))); err != nil {
+		return err
+	}
 	target := &zoneTarget{zone: c.zone, store: s.Store, log: log, metrics: s.Metrics}
 	receiver := &kds.Receiver{
 		Types:   kds.ZoneToGlobalTypes(),

@@ -113,6 +113,13 @@ func startZoneOn(t *testing.T, g *global, name, token string, st store.Store) *z
 // every response the zone applies.
 func startZoneWith(t *testing.T, g *global, name, token string, st store.Store, applied func(string, *discoveryResponse)) *zone {
 	t.Helper()
+	return startZoneLimited(t, g, name, token, st, applied, 0)
+}
+
+// startZoneLimited is startZoneWith with the zone's largest KDS message
+// (0: the default).
+func startZoneLimited(t *testing.T, g *global, name, token string, st store.Store, applied func(string, *discoveryResponse), maxMessage int) *zone {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	bg := background(t, cancel)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named(name)
@@ -121,7 +128,7 @@ func startZoneWith(t *testing.T, g *global, name, token string, st store.Store, 
 	}, log)
 	bg.Go(func() { cache.Start(ctx) })
 	c, err := client.New(client.Deps{Zone: name, Address: g.addr, Token: token, TLS: &tls.Config{RootCAs: g.pool, ServerName: "localhost"},
-		Store: st, Cache: cache, Log: log, Version: "test", Applied: applied})
+		Store: st, Cache: cache, Log: log, Version: "test", Applied: applied, MaxMessageSize: maxMessage})
 	if err != nil {
 		t.Fatal(err)
 	}
