@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"time"
 
@@ -71,44 +70,26 @@ const (
 
 type pending struct {
 	typeURL string
-	// undo is what the sync that sent this response changed of the peer's
-	// versions (shared by the responses it was split into): a NACK undoes
-	// it, and every later sync's of the type.
-	undo     *undoLog
+	// touched is what the sync that sent this response changed of the
+	// peer's versions (shared by the responses it was split into).
+	touched  *touched
 	sentAt   time.Time
 	revision int64
 }
 
-// undoLog is what one sync changed of what a peer holds of a type: each
-// name's version before, in the order changed. Only the changes: a copy of
-// the whole type per response in flight would cost memory in proportion
-// to the responses times the type's size.
-type undoLog struct {
-	seq  int // the sync's place among the stream's syncs
-	prev []heldVersion
-}
+// touched lists the names one sync sent or removed of a type. A NACK of its
+// response marks them held in an unknown version: the peer applies what it
+// can take and refuses the rest, so it need not hold what it held before,
+// and versions are hashes of the content, so believing it had gone back
+// could match a later change (a rollback), which would never be sent. Only
+// the names: a copy of the peer's versions per response in flight would
+// cost memory in proportion to the responses times the type's size.
+type touched struct{ names []string }
 
-type heldVersion struct {
-	name, version string
-	held          bool
-}
-
-// record notes name's version in versions before a change.
-func (u *undoLog) record(versions map[string]string, name string) {
-	v, ok := versions[name]
-	u.prev = append(u.prev, heldVersion{name: name, version: v, held: ok})
-}
-
-// revert puts versions back as they were before the changes u records.
-func (u *undoLog) revert(versions map[string]string) {
-	for i := len(u.prev) - 1; i >= 0; i-- {
-		if c := u.prev[i]; c.held {
-			versions[c.name] = c.version
-		} else {
-			delete(versions, c.name)
-		}
-	}
-}
+// unknownVersion is what a peer holds of a name after a NACK: no version
+// equals it, so the next sync sends the name again (or its removal, a
+// no-op where it is gone).
+const unknownVersion = "\x00unknown"
 
 // Run serves stream until ctx ends, the peer closes it (nil), or it fails.
 func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
@@ -133,7 +114,7 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 	}()
 	peers := map[string]*peerState{}
 	outstanding := map[string]pending{}
-	nonce, syncs := 0, 0
+	nonce := 0
 	tick := time.NewTicker(max(s.AckTimeout/4, 10*time.Millisecond))
 	defer tick.Stop()
 	// Nothing is sent before the source holds the store: its empty
@@ -160,14 +141,13 @@ func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
 				}
 				continue
 			}
-			syncs++
-			undo := &undoLog{seq: syncs}
-			sent, err := s.sync(stream, url, p, snap, &nonce, undo)
+			changed := &touched{}
+			sent, err := s.sync(stream, url, p, snap, &nonce, changed)
 			if err != nil {
 				return err
 			}
 			for _, n := range sent {
-				outstanding[n] = pending{typeURL: url, undo: undo, sentAt: time.Now(), revision: snap.Revision}
+				outstanding[n] = pending{typeURL: url, touched: changed, sentAt: time.Now(), revision: snap.Revision}
 			}
 		}
 		var retry <-chan time.Time
@@ -236,25 +216,23 @@ func (s *Sender) handle(req *discovery.DeltaDiscoveryRequest, allowed map[string
 		s.Stats.nacked(d.Type, e.GetMessage())
 		s.Metrics.response(s.Direction, d.Type, "nack")
 		// The type's later responses, sent on top of this one, are void:
-		// their answers are ignored, and what they changed is undone with
-		// this one's, the latest first.
-		undo := []*undoLog{p.undo}
+		// their answers are ignored, and what they changed is unknown with
+		// what this one changed.
+		unknown := []*touched{p.touched}
 		for n, o := range outstanding {
 			if o.typeURL == p.typeURL {
 				delete(outstanding, n)
-				if o.undo.seq > p.undo.seq && !slices.Contains(undo, o.undo) {
-					undo = append(undo, o.undo)
-				}
+				unknown = append(unknown, o.touched)
 			}
 		}
-		slices.SortFunc(undo, func(a, b *undoLog) int { return b.seq - a.seq })
 		if ps != nil {
-			// The peer holds what it held before; diff against that again
-			// once the pause is over. (Were later responses of the type
-			// applied meanwhile, resending their content is harmless:
-			// applying is idempotent, and removing what is gone is a no-op.)
-			for _, u := range undo {
-				u.revert(ps.versions)
+			// Diff against that once the pause is over: what the
+			// responses changed is sent again. (Applying is idempotent,
+			// and removing what is gone is a no-op.)
+			for _, t := range unknown {
+				for _, name := range t.names {
+					ps.versions[name] = unknownVersion
+				}
 			}
 			ps.synced = nil
 			ps.backoff = min(max(2*ps.backoff, firstRetry), maxRetry)
@@ -274,7 +252,7 @@ func (s *Sender) handle(req *discovery.DeltaDiscoveryRequest, allowed map[string
 
 // sync sends the difference between what the peer holds of one type and the
 // snapshot, split to fit MaxMessageSize, and returns the nonces it used.
-func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Snapshot, nonce *int, undo *undoLog) ([]string, error) {
+func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Snapshot, nonce *int, changed *touched) ([]string, error) {
 	set := snap.Types[url]
 	var (
 		upserts []*Entry
@@ -339,7 +317,7 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 			return nonces, err
 		}
 		resp.Resources = append(resp.Resources, e.Wire)
-		undo.record(p.versions, e.Name)
+		changed.names = append(changed.names, e.Name)
 		p.versions[e.Name] = e.Version
 	}
 	for _, name := range removed {
@@ -347,7 +325,7 @@ func (s *Sender) sync(stream ResponseStream, url string, p *peerState, snap *Sna
 			return nonces, err
 		}
 		resp.RemovedResources = append(resp.RemovedResources, name)
-		undo.record(p.versions, name)
+		changed.names = append(changed.names, name)
 		delete(p.versions, name)
 	}
 	return nonces, flush()
