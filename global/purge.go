@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -20,10 +21,11 @@ import (
 // zone whose control plane is stopped would otherwise stay in every other
 // zone, its ingress above all, through which they would go on sending its
 // share of the traffic. It purges the zones that disappear from src, and,
-// as it starts, those whose Zone went while no replica ran it. A zone that
-// connects again is registered anew and sends its resources again. Every
-// replica runs it: a delete conditioned on the version listed makes a
-// second replica's, or one racing the zone's own rewrite, a no-op.
+// as it starts, those whose Zone went while no replica ran it, and tries a
+// purge that failed again. A zone's control plane that connects again is
+// registered anew once nothing it sent is left (the KDS server waits for
+// the purge), and sends it all again. Every replica runs it: a delete
+// conditioned on the version listed makes a second replica's a no-op.
 func purgeZones(ctx context.Context, st store.Store, src zoneSource, log *zap.Logger) error {
 	select {
 	case <-ctx.Done():
@@ -46,16 +48,22 @@ func purgeZones(ctx context.Context, st store.Store, src zoneSource, log *zap.Lo
 	if err != nil {
 		return fmt.Errorf("purge zones: %w", err)
 	}
+	failed := map[string]bool{} // purges to try again
 	for _, z := range holding {
 		if !slices.ContainsFunc(registered.Items, func(r api.Resource) bool { return r.GetMeta().Name == z }) {
-			purgeZone(ctx, st, z, log)
+			failed[z] = purgeZone(ctx, st, z, log) != nil
 		}
 	}
 	for {
+		var retry <-chan time.Time
+		if slices.Contains(slices.Collect(maps.Values(failed)), true) {
+			retry = time.After(purgeRetry)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-retry:
 		}
 		view, changed = src.Current()
 		zones, err := view.Items("Zone")
@@ -65,7 +73,15 @@ func purgeZones(ctx context.Context, st store.Store, src zoneSource, log *zap.Lo
 		now := zoneNames(zones)
 		for _, z := range slices.Sorted(maps.Keys(known)) {
 			if !now[z] {
-				purgeZone(ctx, st, z, log)
+				failed[z] = true
+			}
+		}
+		for _, z := range slices.Sorted(maps.Keys(failed)) {
+			if failed[z] {
+				failed[z] = purgeZone(ctx, st, z, log) != nil
+			}
+			if !failed[z] {
+				delete(failed, z)
 			}
 		}
 		known = now
@@ -79,6 +95,10 @@ type zoneSource interface {
 	Current() (*store.View, <-chan struct{})
 	Ready() <-chan struct{}
 }
+
+// purgeRetry is how long a purge that failed waits to try again (the
+// zone's control plane cannot register it again until it is done).
+const purgeRetry = 5 * time.Second
 
 func zoneNames(zones map[api.Key]api.Resource) map[string]bool {
 	names := map[string]bool{}
@@ -105,20 +125,22 @@ func zonesHolding(ctx context.Context, st store.Store) ([]string, error) {
 	return slices.Sorted(maps.Keys(seen)), nil
 }
 
-// purgeZone deletes what zone sent, unless its Zone is back (its control
-// plane reconnected and registered it again). A failure is logged; the
-// next start, or the zone's next deletion, tries again.
-func purgeZone(ctx context.Context, st store.Store, zone string, log *zap.Logger) {
+// purgeZone deletes what zone sent, unless its Zone is back. The KDS server
+// registers a zone again only once nothing it sent is left, so nothing
+// purged here is a registered zone's. A failure is logged and returned:
+// the caller tries again.
+func purgeZone(ctx context.Context, st store.Store, zone string, log *zap.Logger) error {
 	deleted := 0
+	var failed error
 	for _, d := range kds.ZoneToGlobalTypes() {
 		if _, err := st.Get(ctx, api.Key{Type: "Zone", Name: zone}); err == nil {
 			log.Info("zone registered again: its resources stay", zap.String("zone", zone))
-			return
+			return nil
 		}
 		res, err := st.List(ctx, store.ListOptions{Type: d.Type, Labels: map[string]string{api.LabelOrigin: api.OriginZone, api.LabelZone: zone}})
 		if err != nil {
 			log.Warn("cannot list a deleted zone's resources", zap.String("zone", zone), zap.String("type", d.Type), zap.Error(err))
-			return
+			return err
 		}
 		for _, r := range res.Items {
 			err := st.Delete(ctx, api.KeyOf(r), r.GetMeta().Version)
@@ -126,14 +148,22 @@ func purgeZone(ctx context.Context, st store.Store, zone string, log *zap.Logger
 			case err == nil:
 				deleted++
 			case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
-				// Another replica's purge, or the zone back and writing.
+				// Another replica's purge, or a write of the zone's just
+				// before it was deleted: the next pass takes it.
+				if errors.Is(err, store.ErrConflict) {
+					failed = err
+				}
 			default:
 				log.Warn("cannot delete a deleted zone's resource", zap.String("zone", zone), zap.Stringer("resource", api.KeyOf(r)), zap.Error(err))
+				failed = err
 			}
 		}
 	}
-	if err := st.Delete(ctx, api.Key{Type: "ZoneInsight", Name: zone}, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
-		log.Warn("cannot delete a deleted zone's insight", zap.String("zone", zone), zap.Error(err))
+	if _, err := st.Get(ctx, api.Key{Type: "Zone", Name: zone}); errors.Is(err, store.ErrNotFound) {
+		if err := st.Delete(ctx, api.Key{Type: "ZoneInsight", Name: zone}, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
+			log.Warn("cannot delete a deleted zone's insight", zap.String("zone", zone), zap.Error(err))
+		}
 	}
 	log.Info("zone deleted: what it sent is deleted too", zap.String("zone", zone), zap.Int("resources", deleted))
+	return failed
 }

@@ -170,6 +170,16 @@ func (s *Server) verifyToken(ctx context.Context, token string) (string, time.Ti
 func (s *Server) admitZone(ctx context.Context, zone string) error {
 	r, err := s.Store.Get(ctx, api.Key{Type: "Zone", Name: zone})
 	if errors.Is(err, store.ErrNotFound) {
+		// A zone deleted a moment ago registers again once what it sent
+		// before is gone (the global's purge): registered while it was
+		// being deleted, its streams would take the rest as held, and
+		// never send it again.
+		switch left, err := s.holdsZone(ctx, zone); {
+		case err != nil:
+			return status.Errorf(codes.Unavailable, "read zone %s's resources: %v", zone, err)
+		case left:
+			return status.Errorf(codes.Unavailable, "zone %q was deleted at the global control plane, which is deleting what it sent; connect again in a moment", zone)
+		}
 		_, err = s.Store.Create(ctx, &api.Zone{Meta: api.Meta{Type: "Zone", Name: zone}})
 		if err == nil || errors.Is(err, store.ErrAlreadyExists) {
 			s.Log.Info("zone registered on its first connection", zap.String("zone", zone))
@@ -183,6 +193,20 @@ func (s *Server) admitZone(ctx context.Context, zone string) error {
 		return status.Errorf(codes.PermissionDenied, "zone %q is disabled at the global control plane", zone)
 	}
 	return nil
+}
+
+// holdsZone says whether the global holds resources zone sent.
+func (s *Server) holdsZone(ctx context.Context, zone string) (bool, error) {
+	for _, d := range kds.ZoneToGlobalTypes() {
+		res, err := s.Store.List(ctx, store.ListOptions{Type: d.Type, Labels: map[string]string{api.LabelOrigin: api.OriginZone, api.LabelZone: zone}})
+		if err != nil {
+			return false, err
+		}
+		if len(res.Items) > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // stillAdmitted checks again, once a stream is attached (where disabling
