@@ -121,7 +121,11 @@ func redirectFor(cfg runConfig, meta map[string]string) (*tproxy.Config, error) 
 	if err != nil {
 		return nil, fmt.Errorf("--exclude-outbound-uids: %w", err)
 	}
-	redirect := &tproxy.Config{OutboundPort: cfg.RedirectOutboundPort, ExcludeOutboundPorts: excluded, Mark: tproxy.DefaultMark, ExcludeUIDs: uids}
+	sidecar, err := parseUIDs(cfg.SidecarUID)
+	if err != nil {
+		return nil, fmt.Errorf("--sidecar-uid: %w", err)
+	}
+	redirect := &tproxy.Config{OutboundPort: cfg.RedirectOutboundPort, ExcludeOutboundPorts: excluded, Mark: tproxy.DefaultMark, ExcludeUIDs: uids, SidecarUIDs: sidecar}
 	if err := inboundRedirect(cfg, redirect); err != nil {
 		return nil, err
 	}

@@ -70,6 +70,7 @@ type runConfig struct {
 	AppProbes                 string `json:"appProbes" usage:"the app's probes (8080/ready,https:8443/healthz,tcp:9090) that GET /probes/PROBE on --admin-addr makes of --app-probe-host, for a kubelet whose own probes of a redirected port would reach the inbound listener (an injected pod)"`
 	AppProbeHost              string `json:"appProbeHost" usage:"the address --app-probes are made at, as the kubelet makes them at the pod's IP"`
 	ExcludeOutboundUIDs       string `json:"excludeOutboundUids" usage:"with --transparent-proxy: users (5678, or names: ursa) whose outbound traffic is never redirected, such as a sidecar's that cannot mark its sockets"`
+	SidecarUID                string `json:"sidecarUid" usage:"with install-transparent-proxy: the user (among --exclude-outbound-uids) of a sidecar that cannot mark its sockets (a pod's): its connections to this host's address at an inbound port go to its inbound listener, its probes of the app (from 127.0.0.6) to the app"`
 	Log                       struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`

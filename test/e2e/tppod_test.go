@@ -82,7 +82,7 @@ func TestPodStyleTransparentProxy(t *testing.T) {
 	// the rules would hand that process the pod's traffic.
 	squatter := h.listen(t, "pod", "tcp", "0.0.0.0:15001")
 	held := launch(t, "ursa-dp install-transparent-proxy (port held)", exec.CommandContext(context.Background(), "ip", "netns", "exec", h.namespace(t, "pod"),
-		dp, "install-transparent-proxy", "--inbound-ports", "10011", "--exclude-outbound-uids", "5678"))
+		dp, "install-transparent-proxy", "--inbound-ports", "10011", "--exclude-outbound-uids", "5678", "--sidecar-uid", "5678"))
 	if err := held.wait(t); err == nil || !strings.Contains(held.out.String(), "15001") {
 		t.Fatalf("install-transparent-proxy with port 15001 held: %v; want a refusal naming the port\n%s", err, held.out.String())
 	}
@@ -92,7 +92,7 @@ func TestPodStyleTransparentProxy(t *testing.T) {
 	squatter.Close()
 
 	install := launch(t, "ursa-dp install-transparent-proxy", exec.CommandContext(context.Background(), "ip", "netns", "exec", h.namespace(t, "pod"),
-		dp, "install-transparent-proxy", "--inbound-ports", "10011", "--exclude-outbound-uids", "5678"))
+		dp, "install-transparent-proxy", "--inbound-ports", "10011", "--exclude-outbound-uids", "5678", "--sidecar-uid", "5678"))
 	if err := install.wait(t); err != nil {
 		t.Fatalf("install-transparent-proxy: %v\n%s", err, install.out.String())
 	}

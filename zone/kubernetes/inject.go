@@ -31,7 +31,7 @@ import (
 //   - init container "ursa-init", appended after the pod's own, running as
 //     root with NET_ADMIN and NET_RAW (every other capability dropped):
 //     command ["ursa-dp", "install-transparent-proxy",
-//     "--inbound-ports", "P,Q", "--exclude-outbound-uids", "5678"]
+//     "--inbound-ports", "P,Q", "--exclude-outbound-uids", "5678", "--sidecar-uid", "5678"]
 //     (no --inbound-ports when the pod declares no TCP container port). It
 //     installs the redirection with ursa-dp run's default ports (outbound
 //     15001, inbound 15006, DNS 15053, the DNS of the pod's
@@ -414,7 +414,7 @@ func (in *Injector) initContainer(ports []int) obj {
 	if len(ports) > 0 {
 		cmd = append(cmd, "--inbound-ports", joinInts(ports))
 	}
-	cmd = append(cmd, "--exclude-outbound-uids", strconv.Itoa(SidecarUID))
+	cmd = append(cmd, "--exclude-outbound-uids", strconv.Itoa(SidecarUID), "--sidecar-uid", strconv.Itoa(SidecarUID))
 	return obj{
 		"name": InitName, "image": in.Config.Image, "command": cmd,
 		"securityContext": obj{

@@ -189,7 +189,7 @@ func TestInjectLayout(t *testing.T) {
 	}
 	ic := got.Spec.InitContainers
 	if len(ic) != 1 || ic[0].Name != InitName ||
-		strings.Join(ic[0].Command, " ") != "ursa-dp install-transparent-proxy --inbound-ports 8080,9090 --exclude-outbound-uids 5678" ||
+		strings.Join(ic[0].Command, " ") != "ursa-dp install-transparent-proxy --inbound-ports 8080,9090 --exclude-outbound-uids 5678 --sidecar-uid 5678" ||
 		*ic[0].SecurityContext.RunAsUser != 0 || !slices.Equal(ic[0].SecurityContext.Capabilities.Add, []string{"NET_ADMIN", "NET_RAW"}) {
 		t.Errorf("init containers %+v", ic)
 	}

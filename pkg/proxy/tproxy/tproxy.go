@@ -88,6 +88,13 @@ type Config struct {
 	// ExcludeUIDs are users whose traffic is never redirected (a
 	// dedicated proxy user). Optional: the mark suffices, also for root.
 	ExcludeUIDs []int
+	// SidecarUIDs are the users of sidecars that cannot mark their sockets
+	// (a pod's, among ExcludeUIDs): their connections to this host's
+	// address at an inbound port go to the inbound listener, but for their
+	// probes of the application, which come from ProbeSource. Other
+	// excluded users (a zone CP's, sharing a VM's sidecar's user) are
+	// never redirected.
+	SidecarUIDs []int
 	// BinDir is where iptables-save and iptables-restore are looked for;
 	// "" means $PATH.
 	BinDir string
@@ -154,6 +161,11 @@ func (c Config) Validate() error {
 			return fmt.Errorf("uid %d is negative", u)
 		}
 	}
+	for _, u := range c.SidecarUIDs {
+		if !slices.Contains(c.ExcludeUIDs, u) {
+			return fmt.Errorf("sidecar uid %d is not among the excluded uids %v: its own connections would be redirected back to it", u, c.ExcludeUIDs)
+		}
+	}
 	// An iptables comment of one word (at most 256 bytes, with the prefix).
 	if len(c.Owner) > 200 || strings.ContainsFunc(c.Owner, func(r rune) bool { return r <= ' ' || r == '"' || r == '\\' || r > '~' }) {
 		return fmt.Errorf("owner %q: want a node id (at most 200 printable ASCII characters, no spaces or quotes)", c.Owner)
@@ -185,14 +197,14 @@ func (c Config) rules() []string {
 	// their mark, or by the sidecar's user when it cannot mark (a pod's),
 	// but for its probes of its application, which come from ProbeSource.
 	inbound := c.redirectedInbound()
-	if len(inbound) > 0 && len(c.ExcludeUIDs) > 0 {
-		r = append(r, fmt.Sprintf("-A %s -s %s/32 -o lo -j RETURN", chainOutput, ProbeSource))
+	if len(inbound) > 0 {
+		for _, u := range c.SidecarUIDs {
+			r = append(r, fmt.Sprintf("-A %s -s %s/32 -o lo -m owner --uid-owner %d -j RETURN", chainOutput, ProbeSource, u))
+		}
 	}
 	for _, p := range inbound {
 		r = append(r, fmt.Sprintf("-A %s -o lo ! -d 127.0.0.0/8 -p tcp --dport %d -m mark --mark %#x -j %s", chainOutput, p, c.mark(), chainInRedirect))
-	}
-	for _, u := range c.ExcludeUIDs {
-		for _, p := range inbound {
+		for _, u := range c.SidecarUIDs {
 			r = append(r, fmt.Sprintf("-A %s -o lo ! -d 127.0.0.0/8 -p tcp --dport %d -m owner --uid-owner %d -j %s", chainOutput, p, u, chainInRedirect))
 		}
 	}
