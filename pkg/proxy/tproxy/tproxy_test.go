@@ -570,6 +570,7 @@ func TestValidate(t *testing.T) {
 		"inbound port 70000 is not a port": func(c *Config) { c.InboundPorts = []int{70000} },
 		"without an inbound redirect port": func(c *Config) { c.InboundPort = 0 },
 		"uid -1 is negative":               func(c *Config) { c.ExcludeUIDs = []int{-1} },
+		"sidecar uid 7 is not among":       func(c *Config) { c.SidecarUIDs = []int{7} },
 		`owner "a b": want a node id`:      func(c *Config) { c.Owner = "a b" },
 		`owner "a\"b": want a node id`:     func(c *Config) { c.Owner = `a"b` },
 		"at most 200 printable ASCII":      func(c *Config) { c.Owner = strings.Repeat("a", 201) },
