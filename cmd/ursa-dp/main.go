@@ -142,8 +142,13 @@ func newCleanup() *cobra.Command {
 			defer log.Sync()
 			// Another sidecar's rules stay (a host's second sidecar,
 			// started with the transparent proxy by mistake, whose
-			// install was refused).
-			owner, _ := redirectOwner(&cfg)
+			// install was refused), also when this one cannot tell its
+			// own (its Dataplane file is not there).
+			owner, err := redirectOwner(&cfg)
+			if err != nil {
+				log.Warn("cannot tell which sidecar this is: only rules that name none are removed", zap.Error(err))
+				owner = tproxy.OwnerUnknown
+			}
 			if err := tproxy.RemoveLeftovers(cmd.Context(), log.Named("tproxy"), "", owner); err != nil {
 				return fmt.Errorf("cleanup: %w", err)
 			}
@@ -235,19 +240,19 @@ func loadInbounds(cfg *runConfig) (*api.Dataplane, []byte, error) {
 	return r, doc, nil
 }
 
-// redirectOwner returns the node id of the sidecar cfg runs (mesh.name, of
-// --dataplane-file's Dataplane or --mesh and --dataplane-name), which owns
-// the redirection it installs; "" when cfg names none. It sets cfg's
-// inbound ports as loadInbounds does.
+// redirectOwner returns the owner of the redirection the sidecar cfg runs
+// installs: tproxy.OwnerOf its node id (mesh.name, of --dataplane-file's
+// Dataplane or --mesh and --dataplane-name); "" when cfg names none. It
+// sets cfg's inbound ports as loadInbounds does.
 func redirectOwner(cfg *runConfig) (string, error) {
 	r, _, err := loadInbounds(cfg)
 	switch {
 	case err != nil:
 		return "", err
 	case r != nil:
-		return r.GetMeta().Mesh + "." + r.GetMeta().Name, nil
+		return tproxy.OwnerOf(r.GetMeta().Mesh + "." + r.GetMeta().Name), nil
 	case cfg.Mesh != "" && cfg.DataplaneName != "":
-		return cfg.Mesh + "." + cfg.DataplaneName, nil
+		return tproxy.OwnerOf(cfg.Mesh + "." + cfg.DataplaneName), nil
 	}
 	return "", nil
 }
@@ -298,7 +303,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		if redirect, err = redirectFor(cfg, meta); err != nil {
 			return err
 		}
-		redirect.Owner = nodeID
+		redirect.Owner = tproxy.OwnerOf(nodeID)
 		if uid := os.Getuid(); cfg.TransparentProxyInstalled && len(redirect.ExcludeUIDs) > 0 && !slices.Contains(redirect.ExcludeUIDs, uid) {
 			return fmt.Errorf("--exclude-outbound-uids %q: not this proxy's own user (%d), whose connections the installed rules would then send back to it", cfg.ExcludeOutboundUIDs, uid)
 		}

@@ -16,6 +16,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -116,6 +119,24 @@ var ProbeSource = netip.AddrFrom4([4]byte{127, 0, 0, 6})
 // ownerPrefix starts the comment that names the rules' owner.
 const ownerPrefix = "ursa-dp:"
 
+// OwnerUnknown is the owner a cleanup that cannot tell its own passes to
+// RemoveLeftovers: no rules' owner, so it leaves every owner's rules.
+const OwnerUnknown = "?"
+
+// ownerName is an owner written as it is: a node id of DNS characters.
+var ownerName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,199}$`)
+
+// OwnerOf returns the owner that names nodeID's rules: the node id itself,
+// or, when it is longer than an iptables comment takes or holds other
+// characters (which iptables-save would escape), a digest of it.
+func OwnerOf(nodeID string) string {
+	if ownerName.MatchString(nodeID) {
+		return nodeID
+	}
+	sum := sha256.Sum256([]byte(nodeID))
+	return "sha256-" + hex.EncodeToString(sum[:16])
+}
+
 // Validate says what is wrong with c, or nil.
 func (c Config) Validate() error {
 	port := func(what string, p int, zero bool) error {
@@ -166,9 +187,10 @@ func (c Config) Validate() error {
 			return fmt.Errorf("sidecar uid %d is not among the excluded uids %v: its own connections would be redirected back to it", u, c.ExcludeUIDs)
 		}
 	}
-	// An iptables comment of one word (at most 256 bytes, with the prefix).
-	if len(c.Owner) > 200 || strings.ContainsFunc(c.Owner, func(r rune) bool { return r <= ' ' || r == '"' || r == '\\' || r > '~' }) {
-		return fmt.Errorf("owner %q: want a node id (at most 200 printable ASCII characters, no spaces or quotes)", c.Owner)
+	// An iptables comment of one word, which iptables-save prints as it
+	// is (at most 256 bytes, with the prefix).
+	if c.Owner != "" && !ownerName.MatchString(c.Owner) {
+		return fmt.Errorf("owner %q: want OwnerOf a node id (lower-case letters, digits, dots and dashes, at most 200)", c.Owner)
 	}
 	return nil
 }
@@ -401,7 +423,8 @@ func Remove(ctx context.Context, log *zap.Logger, binDir string) error {
 
 // RemoveLeftovers is Remove, unless the rules are those of a running
 // ursa-dp (something listens on their outbound port), or of another owner
-// than owner ("" takes any): then it leaves them and says so. It is for a
+// than owner ("" takes any; OwnerUnknown only rules that name none): then
+// it leaves them and says so. It is for a
 // service manager to run after ursa-dp exits, so that a killed one's rules
 // do not stay until the next start.
 func RemoveLeftovers(ctx context.Context, log *zap.Logger, binDir, owner string) error {

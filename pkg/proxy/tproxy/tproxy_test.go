@@ -571,15 +571,37 @@ func TestValidate(t *testing.T) {
 		"without an inbound redirect port": func(c *Config) { c.InboundPort = 0 },
 		"uid -1 is negative":               func(c *Config) { c.ExcludeUIDs = []int{-1} },
 		"sidecar uid 7 is not among":       func(c *Config) { c.SidecarUIDs = []int{7} },
-		`owner "a b": want a node id`:      func(c *Config) { c.Owner = "a b" },
-		`owner "a\"b": want a node id`:     func(c *Config) { c.Owner = `a"b` },
-		"at most 200 printable ASCII":      func(c *Config) { c.Owner = strings.Repeat("a", 201) },
-		"café\": want a node id":           func(c *Config) { c.Owner = "café" },
+		`owner "a b": want OwnerOf a node id`:      func(c *Config) { c.Owner = "a b" },
+		`owner "a\"b": want OwnerOf a node id`:     func(c *Config) { c.Owner = `a"b` },
+		"dots and dashes, at most 200":      func(c *Config) { c.Owner = strings.Repeat("a", 201) },
+		"café\": want OwnerOf":           func(c *Config) { c.Owner = "café" },
 	} {
 		c := good
 		change(&c)
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v; want an error about %q", err, want)
 		}
+	}
+}
+
+// TestOwnerOf: a node id of DNS characters names its rules as it is; one
+// longer than an iptables comment takes, or holding characters
+// iptables-save would escape, by a digest that Validate takes, the same
+// each time, and another's for another id.
+func TestOwnerOf(t *testing.T) {
+	if got := OwnerOf("default.billing-1"); got != "default.billing-1" {
+		t.Errorf("OwnerOf(default.billing-1) = %q", got)
+	}
+	long := "default." + strings.Repeat("a", 240)
+	for _, id := range []string{long, "m.a'b", "m.a b", "Mesh.X"} {
+		got := OwnerOf(id)
+		c := testConfig()
+		c.Owner = got
+		if err := c.Validate(); err != nil || got == id || got != OwnerOf(id) {
+			t.Errorf("OwnerOf(%q) = %q (%v)", id, got, err)
+		}
+	}
+	if OwnerOf(long) == OwnerOf(long+"b") {
+		t.Error("two long node ids share an owner")
 	}
 }
