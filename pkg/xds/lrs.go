@@ -286,8 +286,8 @@ func ServiceOfCluster(name string) string {
 func (s *Server) holdsToken(id, token string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for stream, a := range s.auths {
-		if a.done && a.token == token && s.streams[stream] == id {
+	for stream := range s.byNode[id] {
+		if a := s.auths[stream]; a != nil && a.done && a.token == token {
 			return true
 		}
 	}

@@ -138,6 +138,8 @@ type Server struct {
 	auths   map[int64]*streamAuth // stream id → who it showed it is
 	nodes   map[string]*Node
 	streams map[int64]string // stream id → node id
+	// byNode is streams the other way round: a node's open streams.
+	byNode map[string]map[int64]bool
 	open    map[string]int   // node id → its open streams
 	// published is each node's last snapshot.
 	published map[string]*snapshot
@@ -173,7 +175,7 @@ func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 			Help: "Proxies refused, by reason: no_token, invalid_token, not_covered (their token does not cover what they present or are registered as), unverifiable, registration.",
 		}, []string{"reason"}),
 		auths: map[int64]*streamAuth{},
-		nodes: map[string]*Node{}, streams: map[int64]string{}, open: map[string]int{}, published: map[string]*snapshot{},
+		nodes: map[string]*Node{}, streams: map[int64]string{}, byNode: map[string]map[int64]bool{}, open: map[string]int{}, published: map[string]*snapshot{},
 		changed: make(chan struct{}),
 	}
 	for _, c := range []prometheus.Collector{s.nacks, s.refusals} {
@@ -341,6 +343,10 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	prev, had := s.streams[stream]
 	if !had {
 		s.open[node.GetId()]++
+		if s.byNode[node.GetId()] == nil {
+			s.byNode[node.GetId()] = map[int64]bool{}
+		}
+		s.byNode[node.GetId()][stream] = true
 	} else if prev != node.GetId() {
 		return nil // a stream's node is the one its first request named
 	}
@@ -434,6 +440,9 @@ func (s *Server) closed(stream int64) {
 	delete(s.auths, stream)
 	if !ok {
 		return
+	}
+	if delete(s.byNode[id], stream); len(s.byNode[id]) == 0 {
+		delete(s.byNode, id)
 	}
 	if s.open[id]--; s.open[id] > 0 {
 		s.notify() // its streams' tokens changed: one may have held it back
