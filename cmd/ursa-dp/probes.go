@@ -47,7 +47,10 @@ func appProbes(list, host string) (http.Handler, error) {
 	if ip := net.ParseIP(host); ip.To4() != nil {
 		d.LocalAddr = &net.TCPAddr{IP: tproxy.ProbeSource.AsSlice()}
 	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: insecure, DialContext: d.DialContext}}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: insecure, DialContext: d.DialContext},
+		// A redirect is the probe's answer (the kubelet takes 3xx as a
+		// success), not a call to make from 127.0.0.6 elsewhere.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pair := strings.TrimPrefix(r.URL.RequestURI(), "/probes/")
 		if !allowed[pair] {

@@ -24,6 +24,8 @@ func TestAppProbes(t *testing.T) {
 			w.Write([]byte("ok"))
 		case r.URL.Path == "/sick":
 			http.Error(w, "sick", http.StatusInternalServerError)
+		case r.URL.Path == "/moved": // a redirect is the answer, not followed
+			http.Redirect(w, r, "http://127.0.0.2:1/elsewhere", http.StatusFound)
 		default:
 			http.Error(w, "secret", http.StatusTeapot)
 		}
@@ -39,7 +41,7 @@ func TestAppProbes(t *testing.T) {
 	}
 	_, closedPort, _ := net.SplitHostPort(closed.Addr().String())
 	closed.Close()
-	h, err := appProbes(port+"/ready,"+port+"/sick,https:"+tlsPort+"/,tcp:"+port+",tcp:"+closedPort, "127.0.0.1")
+	h, err := appProbes(port+"/ready,"+port+"/sick,"+port+"/moved,https:"+tlsPort+"/,tcp:"+port+",tcp:"+closedPort, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +52,7 @@ func TestAppProbes(t *testing.T) {
 		"/probes/tcp:" + tlsPort:         http.StatusNotFound,
 		"/probes/" + port + "/ready":     http.StatusOK,
 		"/probes/" + port + "/sick":      http.StatusInternalServerError,
+		"/probes/" + port + "/moved":     http.StatusFound,
 		"/probes/" + port + "/secret":    http.StatusNotFound,
 		"/probes/" + port + "/ready?x=1": http.StatusNotFound,
 		"/probes/1/ready":                http.StatusNotFound,

@@ -681,17 +681,20 @@ func (p *Proxy) eject(cluster, addr string) {
 }
 
 // trying marks a connection to an endpoint of c whose ejection is over as
-// its trial (see ejection.trial): until it connects, fails, or c's connect
-// timeout (and a second) passes, the endpoint counts as unhealthy.
+// its trial (see ejection.trial): until it connects, fails, or twice c's
+// connect timeout (the dial, then the TLS handshake) and a second pass, the
+// endpoint counts as unhealthy. A trial that ended neither way (its caller
+// gone) makes way for the next once that time is past.
 func (p *Proxy) trying(c *Cluster, addr string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if e := p.ejected[c.Name+"|"+addr]; e != nil && e.trial.IsZero() {
+	now := p.now()
+	if e := p.ejected[c.Name+"|"+addr]; e != nil && now.After(e.until) && (e.trial.IsZero() || now.After(e.trial)) {
 		timeout := c.ConnectTimeout
 		if timeout <= 0 {
 			timeout = 5 * time.Second
 		}
-		e.trial = p.now().Add(timeout + time.Second)
+		e.trial = now.Add(2*timeout + time.Second)
 	}
 }
 

@@ -953,14 +953,19 @@ func TestEjectedEndpointIsTriedByOneConnection(t *testing.T) {
 		t.Fatal("an endpoint being tried again is healthy to other connections")
 	}
 	p.trying(c, "a:1") // a second connection that raced the first changes nothing
-	clock.Advance(2900 * time.Millisecond)
+	clock.Advance(4900 * time.Millisecond)
 	if p.healthy("c", "a:1") {
-		t.Fatal("the trial ended before the connect timeout and a second")
+		t.Fatal("the trial ended before twice the connect timeout (dial, handshake) and a second")
 	}
 	clock.Advance(200 * time.Millisecond)
 	if !p.healthy("c", "a:1") {
 		t.Fatal("a trial that never reported holds the endpoint out for good")
 	}
+	p.trying(c, "a:1") // the next connection is the next trial
+	if p.healthy("c", "a:1") {
+		t.Fatal("after a trial that never reported, the next connection is no trial")
+	}
+	clock.Advance(5100 * time.Millisecond)
 	p.trying(c, "a:1")
 	p.eject("c", "a:1") // the trial failed: ejected again, no trial
 	clock.Advance(1100 * time.Millisecond)
