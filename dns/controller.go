@@ -26,6 +26,14 @@ func Allocate(ctx context.Context, st store.Store, src Source, a Allocator, log 
 	defer expiry.Stop()
 	for {
 		cat, changed := src.Current()
+		for mesh, v := range cat.VirtualIPs {
+			for svc, e := range v.Entries {
+				if ip, err := netip.ParseAddr(e.IP); err != nil || !a.CIDR.Contains(ip) {
+					log.Warn("a VIP outside --vip-cidr: the service gets a new one (every replica of a zone CP must run with the same --vip-cidr)",
+						zap.String("mesh", mesh), zap.String("service", svc), zap.String("vip", e.IP), zap.Stringer("vip_cidr", a.CIDR))
+				}
+			}
+		}
 		updates, err := a.Reconcile(cat.VirtualIPs, cat.Wanted(), store.Now())
 		if err != nil {
 			log.Error("cannot give every service a VIP", zap.Error(err))
