@@ -186,13 +186,16 @@ func (pl *h1Pool) take(addr string, wait, probe bool) (*h1Conn, <-chan struct{})
 		cs[len(cs)-1] = nil
 		pl.conns[addr] = cs[:len(cs)-1]
 		idle := now.Sub(pc.since)
-		if idle < h1ProbeAfter && !probe {
+		_, tlsConn := pc.Conn.(*tls.Conn)
+		if idle < h1ProbeAfter && !probe && tlsConn {
 			pl.mu.Unlock()
 			return pc, nil
 		}
 		pl.mu.Unlock()
 		pc.SetDeadline(time.Time{}) // the last request's may have passed
-		if idle < pl.idle && pc.br.Buffered() == 0 && alive(pc.raw) {
+		// A plain connection with bytes waiting holds what its server sent
+		// unasked (a TLS one may hold a session ticket, which is fine).
+		if idle < pl.idle && pc.br.Buffered() == 0 && alive(pc.raw, !tlsConn) {
 			return pc, nil
 		}
 		pc.Close()
@@ -218,7 +221,14 @@ func (pl *h1Pool) doneWaiting() {
 
 // put returns a connection whose last response was read to its end. Its
 // deadline stays (the next exchange sets its own, take's probe clears it).
+// One that has read bytes past that end is closed, as Envoy's codec closes
+// on "extraneous data after response complete": kept, they would be read
+// as the next request's response, another caller's.
 func (pl *h1Pool) put(pc *h1Conn) {
+	if pc.br.Buffered() > 0 {
+		pc.Close()
+		return
+	}
 	pc.since, pc.reused = time.Now(), true
 	pl.mu.Lock()
 	if pl.closed || len(pl.conns[pc.addr]) >= h1MaxIdle {
@@ -299,8 +309,8 @@ func (pl *h1Pool) dial(ctx context.Context, addr string) (*h1Conn, error) {
 
 // alive reports whether an idle connection's server has not closed it:
 // a peek at the socket finds no end of stream (data, such as a TLS 1.3
-// session ticket, or nothing yet).
-func alive(c net.Conn) bool {
+// session ticket, or nothing yet; with quiet, nothing at all).
+func alive(c net.Conn, quiet bool) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return true
@@ -313,7 +323,7 @@ func alive(c net.Conn) bool {
 	var buf [1]byte
 	err = rc.Read(func(fd uintptr) bool {
 		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		ok = n > 0 || err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
+		ok = (n > 0 && !quiet) || err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
 		return true
 	})
 	return ok && err == nil

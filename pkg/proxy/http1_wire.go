@@ -137,6 +137,17 @@ func peekHead(br *bufio.Reader) []byte {
 	}
 }
 
+// hasField reports whether a message head has a field named name (lower
+// case), in any case.
+func hasField(head []byte, name string) bool {
+	for line := range bytes.SplitSeq(head, []byte("\r\n")) {
+		if k, _, ok := bytes.Cut(line, []byte(":")); ok && len(k) == len(name) && strings.EqualFold(string(k), name) {
+			return true
+		}
+	}
+	return false
+}
+
 // crlfLines reports whether every CR and LF in s is part of a CRLF.
 func crlfLines(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -330,15 +341,27 @@ func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch) (r http.Re
 // at the end, announced or not, as Envoy's HTTP/1 codec parses every one
 // (whether they go on is the HCM's enable_trailers: forward).
 func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Request, error) {
-	if head := peekHead(br); head != nil {
+	head := peekHead(br)
+	if head != nil {
 		if r, err := parseSimpleRequest(head, br, sc); err == nil {
 			br.Discard(len(head))
 			return r.WithContext(ctx), nil
+		}
+		// A body framed two ways, which net/http would take by its
+		// Transfer-Encoding (and hide the Content-Length): the shape of
+		// request smuggling, which Envoy's codec refuses.
+		if hasField(head, "transfer-encoding") && hasField(head, "content-length") {
+			return nil, errors.New("http1: both Transfer-Encoding and Content-Length")
 		}
 	}
 	r, err := http.ReadRequest(br)
 	if err != nil {
 		return nil, err
+	}
+	// A fragment is the client's, never sent: Envoy refuses a target
+	// that holds one, which an upstream would take as part of the path.
+	if strings.Contains(r.RequestURI, "#") {
+		return nil, errors.New("http1: a fragment (#) in the request target")
 	}
 	// net/http's parser takes header names no HTTP/1.1 peer would (with a
 	// space: go.dev/issue/34540); Envoy's codec refuses them, and no

@@ -364,6 +364,20 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			ri.Direction, ri.Service = dir, svc
 		}
 	}
+	if bad := nominatesForwarded(r.Header["Connection"]); bad != "" {
+		// As Envoy's codec: what it nominates would be taken out, and
+		// the forwarding headers are the mesh's to write.
+		if r.ProtoMajor == 1 {
+			cw.Header().Set("Connection", "close")
+		}
+		p.localReply(cw, r, ri, http.StatusBadRequest, "DPE", "Bad Request: Connection: "+bad)
+		return
+	}
+	// Answered by the caller's side (the server says 100 Continue as the
+	// engine reads the body), it goes no further, as Envoy's HCM drops it.
+	if strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		r.Header.Del("Expect")
+	}
 	chain.Headers.request(r.Header, r.TLS != nil)
 	cw.hh = &chain.Headers
 	if chain.Obs != nil && chain.Obs.Trace != nil {
@@ -612,7 +626,7 @@ func (p *Proxy) localReply(w http.ResponseWriter, r *http.Request, ri *requestIn
 	if flag != "" {
 		ri.flag(flag)
 	}
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+	if isGRPC(r.Header.Get("Content-Type")) {
 		w.Header().Set("Content-Type", "application/grpc")
 		w.Header().Set("Grpc-Status", strconv.Itoa(grpcStatusOf(status)))
 		if body != "" {
@@ -629,6 +643,36 @@ func (p *Proxy) localReply(w http.ResponseWriter, r *http.Request, ri *requestIn
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	w.Write([]byte(body))
+}
+
+// nominatesForwarded returns what of a request's Connection header Envoy's
+// codec refuses (sanitizeConnectionHeader): a forwarding header or a
+// pseudo-header nominated as hop-by-hop, or ten tokens or more; "" for
+// none.
+func nominatesForwarded(connection []string) string {
+	n := 0
+	for _, v := range connection {
+		for f := range strings.SplitSeq(v, ",") {
+			f = strings.ToLower(strings.TrimSpace(f))
+			if f == "" {
+				continue
+			}
+			if n++; n >= 10 {
+				return "ten or more tokens"
+			}
+			if strings.HasPrefix(f, "x-forwarded-") || strings.HasPrefix(f, ":") {
+				return f
+			}
+		}
+	}
+	return ""
+}
+
+// isGRPC says whether a content type is gRPC's, as Envoy's
+// hasGrpcContentType: application/grpc, or application/grpc+ a subtype;
+// not gRPC-Web's, whose callers read local replies as HTTP.
+func isGRPC(contentType string) bool {
+	return contentType == "application/grpc" || strings.HasPrefix(contentType, "application/grpc+")
 }
 
 // grpcStatusOf maps an HTTP status to a gRPC code as Envoy does.

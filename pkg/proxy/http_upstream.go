@@ -173,8 +173,9 @@ func removeHopByHop(h http.Header) {
 	// nine that are mostly not there.
 	for k := range h {
 		switch k {
-		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		// Those Envoy's router takes out; the Proxy-Auth* headers go on
+		// (a forward proxy in the mesh reads them).
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
 			delete(h, k)
 		}
 	}

@@ -1,0 +1,248 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// rawUpstream serves HTTP/1.1 on a loopback port with answer, which is
+// given each request (and its number on its connection, from 0) and
+// returns the bytes to write back; it reads each request's body first.
+func rawUpstream(t *testing.T, answer func(r *http.Request, nth int) string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for nth := 0; ; nth++ {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, r.Body)
+					if _, err := io.WriteString(c, answer(r, nth)); err != nil {
+						return
+					}
+				}
+			}(c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestEnvoyExtraBytesAfterResponseAreNotTheNextResponse: an upstream that
+// sends more bytes after a response than its framing says (a body longer
+// than its Content-Length) must not have them read as the answer to the
+// next request put on that pooled connection, which may be another
+// caller's. Envoy's HTTP/1 client codec treats data after a complete
+// response as a protocol error ("extraneous data after response
+// complete") and closes the connection.
+func TestEnvoyExtraBytesAfterResponseAreNotTheNextResponse(t *testing.T) {
+	p := newProxy(t)
+	up := rawUpstream(t, func(r *http.Request, nth int) string {
+		if r.URL.Path == "/first" {
+			return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" +
+				"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: yes\r\n\r\nsmuggled"
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhonest"
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
+	// Two callers, each on its own connection.
+	resp, body := get(t, h1Client(), url+"/first")
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("first: %d %q", resp.StatusCode, body)
+	}
+	resp, body = get(t, h1Client(), url+"/second")
+	if body != "honest" || resp.Header.Get("X-Injected") != "" {
+		t.Fatalf("another caller's request got the bytes the upstream left after the first response: %d %q (X-Injected %q)",
+			resp.StatusCode, body, resp.Header.Get("X-Injected"))
+	}
+}
+
+// rawExchange writes req on a new connection to addr and reads one
+// response (for req's method).
+func rawExchange(t *testing.T, addr, req string) (*http.Response, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	method, _, _ := strings.Cut(req, " ")
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// TestEnvoyChunkedWithContentLengthRefused: a request with both
+// Transfer-Encoding: chunked and Content-Length (RFC 9112 §6.3: "ought to
+// be handled as an error", the request-smuggling shape) gets 400 from
+// Envoy's HTTP/1 codec unless http_protocol_options.allow_chunked_length
+// is set, which the built-in proxy neither takes nor runs.
+func TestEnvoyChunkedWithContentLengthRefused(t *testing.T) {
+	p := newProxy(t)
+	var reached atomic.Int64
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) { reached.Add(1); io.Copy(io.Discard, r.Body) })
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	resp, _ := rawExchange(t, strings.TrimPrefix(url, "http://"),
+		"POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	if resp.StatusCode != 400 || reached.Load() != 0 {
+		t.Fatalf("TE+CL request: status %d, reached the application %d times; Envoy answers 400 and forwards nothing", resp.StatusCode, reached.Load())
+	}
+}
+
+// TestEnvoyConnectionNominatingForwardedHeadersRefused: Envoy's HTTP/1
+// codec refuses (400) a request whose Connection header nominates
+// X-Forwarded-For, -Host or -Proto (Utility::sanitizeConnectionHeader,
+// "an attacker could nominate an X-Forwarded* header, and its removal may
+// mask the origin of the incoming request"), or nominates 10 headers or
+// more. The built-in proxy instead removes the nominated header, the
+// X-Forwarded-Proto its own HCM just set included.
+func TestEnvoyConnectionNominatingForwardedHeadersRefused(t *testing.T) {
+	p := newProxy(t)
+	seen := make(chan string, 4)
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Get("X-Forwarded-Proto") })
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	resp, _ := rawExchange(t, strings.TrimPrefix(url, "http://"),
+		"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Forwarded-Proto\r\n\r\n")
+	if resp.StatusCode != 400 {
+		proto := ""
+		select {
+		case proto = <-seen:
+		default:
+		}
+		t.Fatalf("Connection: X-Forwarded-Proto: status %d (app saw X-Forwarded-Proto %q); Envoy answers 400", resp.StatusCode, proto)
+	}
+}
+
+// TestEnvoyExpectContinueNotForwarded: with proxy_100_continue off (the
+// HCM's default, which the built-in proxy runs: it answers 100 Continue
+// itself), Envoy's HCM takes Expect: 100-continue out of the request
+// (ConnectionManagerImpl::ActiveStream::decodeHeaders: "request_headers_->removeExpect()"),
+// so the upstream is not asked for a 100 it will not be waited for.
+func TestEnvoyExpectContinueNotForwarded(t *testing.T) {
+	p := newProxy(t)
+	got := make(chan string, 1)
+	up := rawUpstream(t, func(r *http.Request, nth int) string {
+		got <- r.Header.Get("Expect")
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(c)
+	line, _ := br.ReadString('\n')
+	if !strings.HasPrefix(line, "HTTP/1.1 100") {
+		t.Fatalf("first line %q, want the proxy's 100 Continue", line)
+	}
+	io.WriteString(c, "hello")
+	if e := <-got; e != "" {
+		t.Fatalf("the upstream was sent Expect: %q", e)
+	}
+}
+
+// TestEnvoyGRPCWebIsNotGRPC: Envoy answers a request as gRPC (200 with
+// grpc-status) only when its content-type is application/grpc or
+// application/grpc+... (Grpc::Common::hasGrpcContentType: "something
+// like application/grpc-web is not gRPC"). A grpc-web request that
+// matches no route gets Envoy's plain 404.
+func TestEnvoyGRPCWebIsNotGRPC(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", nil)
+	rc := routeConfig("outbound:svc", routeTo("only", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Path{Path: "/only"}}, toCluster("svc")))
+	url := plainHTTP(t, p, rc, nil, staticHTTPCluster("svc", false, app))
+	resp, _ := get(t, h1Client(), url+"/pkg.Svc/Method", "Content-Type", "application/grpc-web+proto")
+	if resp.StatusCode != 404 || resp.Header.Get("Grpc-Status") != "" {
+		t.Fatalf("grpc-web request with no route: %d grpc-status %q; Envoy answers a plain 404", resp.StatusCode, resp.Header.Get("Grpc-Status"))
+	}
+}
+
+// retryRoute is a route to svc retried on 5xx with per-try timeout
+// perTry (0: none) within timeout.
+func retryRoute(perTry, timeout time.Duration, retries uint32) *route.RouteConfiguration {
+	a := toCluster("svc")
+	a.Timeout = durationpb.New(timeout)
+	a.RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(retries), RetryHostPredicate: previousHosts(),
+		RetryBackOff: &route.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond), MaxInterval: durationpb.New(2 * time.Millisecond)}}
+	if perTry > 0 {
+		a.RetryPolicy.PerTryTimeout = durationpb.New(perTry)
+	}
+	return routeConfig("outbound:svc", routeTo("all", nil, a))
+}
+
+// TestEnvoyFragmentInPathRefused: Envoy rejects a request whose path
+// has a #fragment with 400 (runtime guard
+// envoy.reloadable_features.http_reject_path_with_fragment, on by
+// default; RFC 3986 §3.5, RFC 9112 §3.2: a request target has no
+// fragment). The built-in proxy instead forwards it with the '#'
+// escaped: the upstream is asked for another resource (/a%23frag).
+func TestEnvoyFragmentInPathRefused(t *testing.T) {
+	p := newProxy(t)
+	seen := make(chan string, 2)
+	up := rawUpstream(t, func(r *http.Request, nth int) string {
+		seen <- r.RequestURI
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
+	resp, _ := rawExchange(t, strings.TrimPrefix(url, "http://"), "GET /a#frag HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp.StatusCode != 400 {
+		got := ""
+		select {
+		case got = <-seen:
+		default:
+		}
+		t.Fatalf("GET /a#frag: %d, the upstream was asked for %q; Envoy answers 400", resp.StatusCode, got)
+	}
+}
+
+// TestEnvoyProxyAuthorizationPasses: Envoy's HCM takes only Connection,
+// Upgrade, Keep-Alive, Proxy-Connection and Transfer-Encoding (and TE
+// but trailers) out of a request (ConnectionManagerUtility::
+// mutateRequestHeaders), and the same but TE out of a response: a meshed
+// forward proxy's Proxy-Authorization and Proxy-Authenticate go through.
+func TestEnvoyProxyAuthorizationPasses(t *testing.T) {
+	p := newProxy(t)
+	seen := make(chan string, 1)
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("Proxy-Authorization")
+		w.Header().Set("Proxy-Authenticate", `Basic realm="squid"`)
+		w.WriteHeader(407)
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	resp, _ := get(t, h1Client(), url+"/", "Proxy-Authorization", "Basic dXNlcjpwdw==")
+	if got := <-seen; got == "" || resp.Header.Get("Proxy-Authenticate") == "" {
+		t.Fatalf("Proxy-Authorization reached the app as %q, Proxy-Authenticate reached the caller as %q; Envoy passes both", got, resp.Header.Get("Proxy-Authenticate"))
+	}
+}
