@@ -187,7 +187,7 @@ func (pl *h1Pool) take(addr string, wait, probe bool) (*h1Conn, <-chan struct{})
 		pl.conns[addr] = cs[:len(cs)-1]
 		idle := now.Sub(pc.since)
 		_, tlsConn := pc.Conn.(*tls.Conn)
-		if idle < h1ProbeAfter && !probe && tlsConn {
+		if idle < h1ProbeAfter && !probe {
 			pl.mu.Unlock()
 			return pc, nil
 		}
@@ -195,6 +195,9 @@ func (pl *h1Pool) take(addr string, wait, probe bool) (*h1Conn, <-chan struct{})
 		pc.SetDeadline(time.Time{}) // the last request's may have passed
 		// A plain connection with bytes waiting holds what its server sent
 		// unasked (a TLS one may hold a session ticket, which is fine).
+		// Sooner, put's check stands for this one: bytes a server sends
+		// past a response come with it, and a peek per request would cost
+		// a system call on the busiest path.
 		if idle < pl.idle && pc.br.Buffered() == 0 && alive(pc.raw, !tlsConn) {
 			return pc, nil
 		}
