@@ -258,8 +258,11 @@ var ErrNoZoneCA = errors.New("no CA for the zone in this mesh")
 // signed. The previous intermediate stays trusted until it expires, so the
 // certificates it issued keep working while the zone replaces them; with
 // revokePrevious the root revokes it at once instead (for a key that may
-// have leaked), and connections set up with its certificates are refused
-// from then until the zone has issued new ones. It returns the record of
+// have leaked), and the next one too (the zone holds both keys side by
+// side), and the zone issues from a pair signed now: connections set up
+// with the old certificates are refused from then until the zone has
+// issued new ones, and the zones that have not yet received the new pair's
+// records refuse its new certificates until they do (seconds). It returns the record of
 // the intermediate that now issues; ErrNoZoneCA when the zone has none (it
 // is not enabled, or the mesh has no mTLS), ErrConflict when something
 // changed meanwhile.
@@ -287,12 +290,22 @@ func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevio
 		return fail(err)
 	}
 	old := r.(*api.ZoneCA)
-	ca, recs, err := advance(root, rootCert, old, now)
+	var ca *api.ZoneCA
+	var recs []api.Intermediate
+	if revokePrevious {
+		// The zone's ZoneCA holds the next key beside the current one:
+		// what may have leaked the one may have leaked the other. Both
+		// are revoked, and the zone issues from a pair signed now.
+		revokeCert(root, zone, old.CertPEM, now)
+		revokeCert(root, zone, old.NextCertPEM, now)
+		if ca, recs, err = NewZoneCA(root, zone, now); err == nil {
+			ca.Version = old.Version
+		}
+	} else {
+		ca, recs, err = advance(root, rootCert, old, now)
+	}
 	if err != nil {
 		return fail(err)
-	}
-	if revokePrevious {
-		revokeCert(root, zone, old.CertPEM, now)
 	}
 	root.Intermediates = append(root.Intermediates, recs...)
 	if err := SignRootCRL(root, now); err != nil {

@@ -325,12 +325,21 @@ func TestAuthorityAndRotate(t *testing.T) {
 		t.Fatalf("after a plain rotation: %d records, CRL revokes %d", len(after.Intermediates), len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries))
 	}
 
+	next := mustCert(t, z1.NextCertPEM).SerialNumber.Text(16)
 	if _, err := Rotate(ctx, st, "default", "zone-1", true, store.Now()); err != nil {
 		t.Fatal(err)
 	}
 	after, _, _ = store.Get[*api.MeshCA](viewOf(t, st), "default", CAName)
-	if crl := mustCRL(t, after.CRLPEM); len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Text(16) != rec.Serial {
-		t.Fatalf("a rotation with revocation did not revoke %s", rec.Serial)
+	revoked := map[string]bool{}
+	for _, e := range mustCRL(t, after.CRLPEM).RevokedCertificateEntries {
+		revoked[e.SerialNumber.Text(16)] = true
+	}
+	if len(revoked) != 2 || !revoked[rec.Serial] || !revoked[next] {
+		t.Fatalf("a rotation with revocation revoked %v; want the issuing %s and the next %s (the zone held both keys)", revoked, rec.Serial, next)
+	}
+	z1, _, _ = store.Get[*api.ZoneCA](viewOf(t, st), "default", "zone-1")
+	if s := mustCert(t, z1.CertPEM).SerialNumber.Text(16); revoked[s] {
+		t.Fatalf("zone-1 issues from %s, which is revoked", s)
 	}
 
 	for _, tc := range []struct{ mesh, zone string }{{"default", "zone-9"}, {"plain", "zone-1"}, {"nope", "zone-1"}} {
@@ -354,8 +363,8 @@ func TestAuthorityAndRotate(t *testing.T) {
 		t.Fatal("a disabled zone kept its CA")
 	}
 	after, _, _ = store.Get[*api.MeshCA](view, "default", CAName)
-	if got := len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries); got != 3 {
-		t.Fatalf("CRL revokes %d, want zone-1's revoked rotation and zone-2's two", got)
+	if got := len(mustCRL(t, after.CRLPEM).RevokedCertificateEntries); got != 4 {
+		t.Fatalf("CRL revokes %d, want zone-1's two revoked by the rotation and zone-2's two", got)
 	}
 
 	// Over HTTP: the handler answers with the new serial, 404 for a zone
