@@ -213,10 +213,22 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 		case z == nil:
 			ca, recs, err = NewZoneCA(next, zone, now)
 			verb = "issued zone %s its CA (serial %s)"
+		case !usable(next, rootCert, z.CertPEM, now) && !expired(z.CertPEM, now) &&
+			(!usable(next, rootCert, z.NextCertPEM, now) || staleNext(z, now)):
+			// Due, but the next one is no good to switch to: a new next
+			// one is published first, and the current one, still valid,
+			// issues meanwhile.
+			var rec api.Intermediate
+			ca = api.DeepCopy(z).(*api.ZoneCA)
+			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(next, zone, now)
+			recs = []api.Intermediate{rec}
+			verb = "prepared the next CA of zone %s, due for renewal (current serial %s)"
+		case !usable(next, rootCert, z.CertPEM, now) && !expired(z.CertPEM, now) && !publishedFor(z.NextCertPEM, now, NextPublished):
+			continue // the next one's records reach the zones first
 		case !usable(next, rootCert, z.CertPEM, now):
 			ca, recs, err = advance(next, rootCert, z, now)
 			verb = "renewed the CA of zone %s (serial %s)"
-		case !usable(next, rootCert, z.NextCertPEM, now):
+		case !usable(next, rootCert, z.NextCertPEM, now) || staleNext(z, now):
 			var rec api.Intermediate
 			ca = api.DeepCopy(z).(*api.ZoneCA)
 			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(next, zone, now)
@@ -247,6 +259,41 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 		puts = append([]api.Resource{next}, puts...)
 	}
 	return puts, deletes, what, nil
+}
+
+// NextPublished is how long a zone's next intermediate has been signed,
+// and its records sent to every zone, at least before a renewal issues
+// from it.
+const NextPublished = time.Hour
+
+// expired says whether certPEM is past its NotAfter (or no certificate).
+func expired(certPEM string, now time.Time) bool {
+	cert, err := parseCert(certPEM)
+	return err != nil || !now.Before(cert.NotAfter)
+}
+
+// publishedFor says whether certPEM was signed at least d before now.
+func publishedFor(certPEM string, now time.Time, d time.Duration) bool {
+	cert, err := parseCert(certPEM)
+	return err == nil && !now.Before(cert.NotBefore.Add(backdate+d))
+}
+
+// staleNext says whether z's next intermediate is no younger than the one
+// that issues (both signed at once, as a zone's first pair is) while that
+// one is past half its life: both would reach the two-thirds mark together,
+// and the renewal would then issue from a pair signed that moment, whose
+// records the other zones do not hold yet. A next one signed now is
+// published long before it issues.
+func staleNext(z *api.ZoneCA, now time.Time) bool {
+	cur, err := parseCert(z.CertPEM)
+	if err != nil {
+		return false
+	}
+	nxt, err := parseCert(z.NextCertPEM)
+	if err != nil {
+		return false
+	}
+	return !nxt.NotBefore.After(cur.NotBefore) && now.After(cur.NotBefore.Add(cur.NotAfter.Sub(cur.NotBefore)/2))
 }
 
 // ErrNoZoneCA is a rotation asked of a zone that has no CA in the mesh.

@@ -229,19 +229,36 @@ func TestPlan(t *testing.T) {
 		t.Fatalf("a missing next CA: %q", what)
 	}
 
-	// Two thirds through its life, zone-1's is replaced; the old record
-	// stays, not revoked, so what it issued keeps verifying.
+	// Two thirds through its life, zone-1's is due; its next one, signed
+	// with it, is as old: a new next one is published first, the current
+	// one issuing meanwhile, and once that one has been published for
+	// NextPublished, it issues. The old record stays, not revoked, so what
+	// it issued keeps verifying.
 	later := now.Add(IntermediateTTL * 2 / 3).Add(time.Hour)
-	puts, _, _, err = Plan(reenabled, map[string]*api.ZoneCA{"zone-1": zcas["zone-1"]}, map[string]bool{"zone-1": true}, later)
+	puts, _, what, err = Plan(reenabled, map[string]*api.ZoneCA{"zone-1": zcas["zone-1"]}, map[string]bool{"zone-1": true}, later)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(puts) != 2 || puts[1].(*api.ZoneCA).Version != 1 {
+	if len(puts) != 2 || puts[1].(*api.ZoneCA).CertPEM != zcas["zone-1"].CertPEM || puts[1].(*api.ZoneCA).NextCertPEM == zcas["zone-1"].NextCertPEM ||
+		!strings.Contains(what[0], "prepared the next CA") {
+		t.Fatalf("due with a next one as old: %q", what)
+	}
+	prepared := puts[1].(*api.ZoneCA)
+	prepared.Version = 2
+	published := puts[0].(*api.MeshCA)
+	if puts, _, _, _ = Plan(published, map[string]*api.ZoneCA{"zone-1": prepared}, map[string]bool{"zone-1": true}, later.Add(time.Minute)); len(puts) != 0 {
+		t.Fatalf("renewed to a next one published a minute before: %d puts", len(puts))
+	}
+	puts, _, _, err = Plan(published, map[string]*api.ZoneCA{"zone-1": prepared}, map[string]bool{"zone-1": true}, later.Add(NextPublished+time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(puts) != 2 || puts[1].(*api.ZoneCA).Version != 2 {
 		t.Fatalf("renewal: %d puts (want root and a conditional replacement)", len(puts))
 	}
 	renewed := puts[0].(*api.MeshCA)
-	if got := puts[1].(*api.ZoneCA); got.CertPEM == zcas["zone-1"].CertPEM || got.CertPEM == zcas["zone-1"].NextCertPEM {
-		t.Fatal("renewal kept an intermediate two thirds through its life")
+	if got := puts[1].(*api.ZoneCA); got.CertPEM != prepared.NextCertPEM {
+		t.Fatal("renewal does not issue from the next one published an hour before")
 	}
 	var live int
 	for _, in := range renewed.Intermediates {
@@ -250,7 +267,7 @@ func TestPlan(t *testing.T) {
 		}
 	}
 	if live != 4 {
-		t.Fatalf("zone-1 has %d trusted intermediates after renewal, want the old two and the new two", live)
+		t.Fatalf("zone-1 has %d trusted intermediates after renewal, want the first pair, the one prepared and issuing now, and its next", live)
 	}
 
 	// Past an intermediate's end, its record goes.
