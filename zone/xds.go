@@ -169,6 +169,10 @@ type job struct {
 // use), and SetResources is safe to call concurrently.
 func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds.Node, now time.Time) int {
 	seen := make(map[string]bool, len(nodes))
+	// The proxies that hold an identity this round: another's (its mesh's
+	// mTLS turned off, its Dataplane gone) is forgotten, or its renewal
+	// time would wake every generation round from then on.
+	identified := make(map[string]bool, len(nodes))
 	signings := map[string]*signing{}
 	var jobs []job
 	for _, n := range nodes {
@@ -178,6 +182,9 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 		if err != nil {
 			g.warnOnce(n.ID, err)
 			continue
+		}
+		if j.issue != nil || j.secrets != nil {
+			identified[n.ID] = true
 		}
 		if j.issue == nil && g.last[n.ID] == j.key {
 			continue
@@ -194,7 +201,7 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 			delete(g.warned, id)
 		}
 	}
-	g.ids.forget(seen)
+	g.ids.forget(identified)
 	var mu sync.Mutex
 	failed := map[string]error{}
 	parallel(runtime.GOMAXPROCS(0), len(jobs), func(i int) {
