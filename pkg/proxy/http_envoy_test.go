@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -244,5 +246,34 @@ func TestEnvoyProxyAuthorizationPasses(t *testing.T) {
 	resp, _ := get(t, h1Client(), url+"/", "Proxy-Authorization", "Basic dXNlcjpwdw==")
 	if got := <-seen; got == "" || resp.Header.Get("Proxy-Authenticate") == "" {
 		t.Fatalf("Proxy-Authorization reached the app as %q, Proxy-Authenticate reached the caller as %q; Envoy passes both", got, resp.Header.Get("Proxy-Authenticate"))
+	}
+}
+
+// TestEnvoyRetryBodyUpToBufferLimit: Envoy keeps a request's body for
+// retries up to the decoder buffer limit (the listener's
+// per_connection_buffer_limit_bytes, 1 MiB by default;
+// Router::Filter::setDecoderFilterCallbacks), and gives up retrying only
+// past it. A 200 KiB POST that gets a 503 is retried.
+func TestEnvoyRetryBodyUpToBufferLimit(t *testing.T) {
+	p := newProxy(t)
+	var calls atomic.Int64
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		if calls.Add(1) == 1 {
+			w.WriteHeader(503)
+			return
+		}
+		fmt.Fprintf(w, "got %d", n)
+	})
+	url := plainHTTP(t, p, retryRoute(0, 10*time.Second, 2), nil, staticHTTPCluster("svc", false, app))
+	payload := bytes.Repeat([]byte("x"), 200<<10)
+	resp, err := h1Client().Post(url+"/upload", "application/octet-stream", bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("200 KiB POST after a 503: %d %q after %d calls; Envoy retries bodies up to 1 MiB", resp.StatusCode, b, calls.Load())
 	}
 }

@@ -20,8 +20,10 @@ import (
 )
 
 // maxReplay is the most request body the proxy keeps to send again on a
-// retry; a request with more is not retried.
-const maxReplay = 64 << 10
+// retry; a request with more is not retried. As Envoy's router's retry
+// buffer, the decoder buffer limit: the listener's
+// per_connection_buffer_limit_bytes, 1 MiB by default.
+const maxReplay = 1 << 20
 
 // forward is the router: it sends r to the route's cluster, retrying as
 // the route's policy says, within its timeout, and streams the response
