@@ -140,7 +140,7 @@ type Server struct {
 	streams map[int64]string // stream id → node id
 	// byNode is streams the other way round: a node's open streams.
 	byNode map[string]map[int64]bool
-	open    map[string]int   // node id → its open streams
+	open   map[string]int // node id → its open streams
 	// published is each node's last snapshot.
 	published map[string]*snapshot
 	changed   chan struct{}
