@@ -396,8 +396,14 @@ func replayable(req *http.Request, hasBody, canAgain, sent bool) bool {
 // exchange makes one request on pc; sent says whether the request left
 // (the write succeeded), for a retry's choice. On error pc is closed.
 func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Request, body io.ReadCloser, sc *h1Scratch) (_ *http.Response, sent bool, _ error) {
+	// Until the head: the attempt's per-try deadline when earlier than
+	// the route's (perTry); after it, the route's alone.
 	deadline, hasDeadline := ctx.Deadline()
-	pc.SetDeadline(deadline) // the zero time (none) without one
+	head, hasHead := deadline, hasDeadline
+	if d, ok := ctx.Value(headDeadlineKey{}).(time.Time); ok && (!hasDeadline || d.Before(deadline)) {
+		head, hasHead = d, true
+	}
+	pc.SetDeadline(head) // the zero time (none) without one
 	// stop ends the watch for the caller leaving (or another end of
 	// watch); false when that came first, and moved the deadline.
 	var stop h1Stop
@@ -416,7 +422,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	fail := func(err error) (*http.Response, bool, error) {
 		stop.stop()
 		pc.Close()
-		if hasDeadline && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline) {
+		if hasHead && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(head) {
 			<-ctx.Done() // its timer is about to fire: the error is the timeout's
 		}
 		return nil, sent, err
@@ -472,6 +478,9 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
+	}
+	if hasHead {
+		pc.SetDeadline(deadline) // the route's alone, now the answer has begun
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The upgraded connection is the reverse proxy's to copy, without

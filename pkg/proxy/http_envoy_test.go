@@ -277,3 +277,36 @@ func TestEnvoyRetryBodyUpToBufferLimit(t *testing.T) {
 		t.Fatalf("200 KiB POST after a 503: %d %q after %d calls; Envoy retries bodies up to 1 MiB", resp.StatusCode, b, calls.Load())
 	}
 }
+
+// TestEnvoyPerTryTimeoutIgnoredOnceResponseStarted: Envoy ignores the
+// per-try timeout once it has begun the response downstream
+// (UpstreamRequest::onPerTryTimeout: "If we've sent anything downstream,
+// ignore the per try timeout and let the response continue up to the
+// global timeout"). A response whose head comes at once and whose body
+// streams for longer than per_try_timeout reaches the caller whole.
+func TestEnvoyPerTryTimeoutIgnoredOnceResponseStarted(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%t", h2), func(t *testing.T) {
+			p := newProxy(t)
+			app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(200)
+				for i := range 6 {
+					fmt.Fprintf(w, "part%d;", i)
+					w.(http.Flusher).Flush()
+					time.Sleep(150 * time.Millisecond)
+				}
+			})
+			url := plainHTTP(t, p, retryRoute(200*time.Millisecond, 10*time.Second, 1), nil, staticHTTPCluster("svc", h2, app))
+			resp, err := h1Client().Get(url + "/stream")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := "part0;part1;part2;part3;part4;part5;"
+			if err != nil || string(b) != want {
+				t.Fatalf("status %d, body %q (read error %v); Envoy streams the whole body (%q) past the per-try timeout", resp.StatusCode, b, err, want)
+			}
+		})
+	}
+}

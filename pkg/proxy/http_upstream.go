@@ -713,8 +713,10 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		ri.Attempts++
 		ri.UpstreamHost, ri.UpstreamZone = ep.Addr, ep.Zone
 		actx, acancel := ex.ctx, context.CancelFunc(nop)
+		var tries *perTry
 		if pol.perTry > 0 {
-			actx, acancel = context.WithTimeout(actx, pol.perTry)
+			actx, tries = startPerTry(actx, pol.perTry)
+			acancel = tries.end
 		}
 		var body io.ReadCloser
 		var again func() (io.ReadCloser, error)
@@ -769,9 +771,10 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
+			tries.answered()
 		}
 		p.outcome(c, ep, status, err)
-		perTryTimedOut := err != nil && actx.Err() == context.DeadlineExceeded && ex.ctx.Err() == nil
+		perTryTimedOut := err != nil && tries.timedOut() && ex.ctx.Err() == nil
 		wanted := pol.wants(resp, err)
 		if wanted && attempt < pol.retries && ex.body.replayable() && ex.ctx.Err() == nil {
 			// A retry needs a retry slot first; without one (overflow),
@@ -833,6 +836,66 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = &ex.respBody
 		return resp, nil
 	}
+}
+
+// perTry is an attempt's per_try_timeout: it ends the attempt's context,
+// unless the response's headers came first. As in Envoy
+// (UpstreamRequest::onPerTryTimeout), a response that has begun is not
+// cut off by it: only the route's timeout bounds its body. The HTTP/1.1
+// pool reads the head's deadline from the context (headDeadline).
+type perTry struct {
+	mu      sync.Mutex
+	headers bool
+	expired bool
+	timer   *time.Timer
+	cancel  context.CancelFunc
+}
+
+// headDeadlineKey keys an attempt's context's deadline for the response's
+// head, when it is earlier than the context's own.
+type headDeadlineKey struct{}
+
+// startPerTry returns the attempt's context under parent, and its timer.
+func startPerTry(parent context.Context, d time.Duration) (context.Context, *perTry) {
+	ctx, cancel := context.WithCancel(parent)
+	t := &perTry{cancel: cancel}
+	ctx = context.WithValue(ctx, headDeadlineKey{}, time.Now().Add(d))
+	t.timer = time.AfterFunc(d, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if !t.headers {
+			t.expired = true
+			cancel()
+		}
+	})
+	return ctx, t
+}
+
+// answered stops the timer: the response's headers came.
+func (t *perTry) answered() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.headers = true
+	t.mu.Unlock()
+	t.timer.Stop()
+}
+
+// timedOut says whether the timer ended the attempt.
+func (t *perTry) timedOut() bool {
+	if t == nil {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.expired
+}
+
+// end ends the attempt's context and its timer.
+func (t *perTry) end() {
+	t.timer.Stop()
+	t.cancel()
 }
 
 // releaseSlots frees the circuit breaker slots the exchange holds: the
