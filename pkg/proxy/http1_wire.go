@@ -448,6 +448,11 @@ func readResponse(br *bufio.Reader, req *http.Request, sc *h1Scratch) (*http.Res
 			br.Discard(len(head))
 			return resp, nil
 		}
+		// Framed two ways: a protocol error to Envoy's codec (503, UPE),
+		// where net/http would go by the Transfer-Encoding.
+		if hasField(head, "transfer-encoding") && hasField(head, "content-length") {
+			return nil, &upstreamHeadError{status: http.StatusServiceUnavailable, why: "upstream response framed by both Transfer-Encoding and Content-Length"}
+		}
 	}
 	return http.ReadResponse(br, req)
 }

@@ -120,6 +120,25 @@ func TestEnvoyChunkedWithContentLengthRefused(t *testing.T) {
 	}
 }
 
+// TestEnvoyResponseFramedTwiceRefused: an upstream response framed by
+// both Transfer-Encoding and Content-Length is a protocol error to Envoy's
+// codec: the caller gets 503 (UPE), not the body as either framing reads it.
+func TestEnvoyResponseFramedTwiceRefused(t *testing.T) {
+	p := newProxy(t)
+	up := rawUpstream(t, func(*http.Request, int) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
+	resp, err := http.Get(url + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a response framed both ways: %d; Envoy answers 503 (UPE)", resp.StatusCode)
+	}
+}
+
 // TestEnvoyConnectionNominatingForwardedHeadersRefused: Envoy's HTTP/1
 // codec refuses (400) a request whose Connection header nominates
 // X-Forwarded-For, -Host or -Proto (Utility::sanitizeConnectionHeader,

@@ -986,9 +986,15 @@ func h2ProtocolError(err error) bool {
 // upstreamHeadError is an upstream response whose header is past its
 // cluster's bounds: status is what the caller gets (Envoy's: 503 for the
 // size, and for the count over HTTP/2; 502 for the count over HTTP/1.1).
-type upstreamHeadError struct{ status int }
+type upstreamHeadError struct {
+	status int
+	why    string // when not the bounds
+}
 
 func (e *upstreamHeadError) Error() string {
+	if e.why != "" {
+		return e.why
+	}
 	return fmt.Sprintf("upstream response header past the cluster's bounds (%d)", e.status)
 }
 
