@@ -48,15 +48,20 @@ func purgeZones(ctx context.Context, st store.Store, src zoneSource, log *zap.Lo
 	if err != nil {
 		return fmt.Errorf("purge zones: %w", err)
 	}
-	failed := map[string]bool{} // purges to try again
+	pending := map[string]bool{} // zones to purge, a failed purge's again
 	for _, z := range holding {
 		if !slices.ContainsFunc(registered.Items, func(r api.Resource) bool { return r.GetMeta().Name == z }) {
-			failed[z] = purgeZone(ctx, st, z, log) != nil
+			pending[z] = true
 		}
 	}
 	for {
+		for _, z := range slices.Sorted(maps.Keys(pending)) {
+			if purgeZone(ctx, st, z, log) == nil {
+				delete(pending, z)
+			}
+		}
 		var retry <-chan time.Time
-		if slices.Contains(slices.Collect(maps.Values(failed)), true) {
+		if len(pending) > 0 {
 			retry = time.After(purgeRetry)
 		}
 		select {
@@ -71,17 +76,9 @@ func purgeZones(ctx context.Context, st store.Store, src zoneSource, log *zap.Lo
 			return fmt.Errorf("purge zones: %w", err)
 		}
 		now := zoneNames(zones)
-		for _, z := range slices.Sorted(maps.Keys(known)) {
+		for z := range known {
 			if !now[z] {
-				failed[z] = true
-			}
-		}
-		for _, z := range slices.Sorted(maps.Keys(failed)) {
-			if failed[z] {
-				failed[z] = purgeZone(ctx, st, z, log) != nil
-			}
-			if !failed[z] {
-				delete(failed, z)
+				pending[z] = true
 			}
 		}
 		known = now
@@ -137,7 +134,7 @@ func purgeZone(ctx context.Context, st store.Store, zone string, log *zap.Logger
 			log.Info("zone registered again: its resources stay", zap.String("zone", zone))
 			return nil
 		}
-		res, err := st.List(ctx, store.ListOptions{Type: d.Type, Labels: map[string]string{api.LabelOrigin: api.OriginZone, api.LabelZone: zone}})
+		res, err := st.List(ctx, store.ListOptions{Type: d.Type, Labels: kds.SentBy(zone)})
 		if err != nil {
 			log.Warn("cannot list a deleted zone's resources", zap.String("zone", zone), zap.String("type", d.Type), zap.Error(err))
 			return err

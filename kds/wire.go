@@ -189,6 +189,11 @@ func Decode(d api.Descriptor, res *discovery.Resource) (api.Resource, error) {
 	return r, nil
 }
 
+// SentBy selects, at the global, the copies of what zone sent.
+func SentBy(zone string) map[string]string {
+	return map[string]string{api.LabelOrigin: api.OriginZone, api.LabelZone: zone}
+}
+
 // gRPC metadata a zone's KDS streams carry, read by the global's server.
 const (
 	MetadataAuthorization = "authorization" // "Bearer <zone token>"

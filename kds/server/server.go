@@ -198,7 +198,7 @@ func (s *Server) admitZone(ctx context.Context, zone string) error {
 // holdsZone says whether the global holds resources zone sent.
 func (s *Server) holdsZone(ctx context.Context, zone string) (bool, error) {
 	for _, d := range kds.ZoneToGlobalTypes() {
-		res, err := s.Store.List(ctx, store.ListOptions{Type: d.Type, Labels: map[string]string{api.LabelOrigin: api.OriginZone, api.LabelZone: zone}})
+		res, err := s.Store.List(ctx, store.ListOptions{Type: d.Type, Labels: kds.SentBy(zone)})
 		if err != nil {
 			return false, err
 		}

@@ -29,7 +29,7 @@ func (t *zoneTarget) prefix() string { return t.zone + "." }
 // Held implements kds.Target: the zone's resources the global holds, under
 // the zone's own names.
 func (t *zoneTarget) Held(ctx context.Context, d api.Descriptor) (map[string]string, error) {
-	res, err := t.store.List(ctx, store.ListOptions{Type: d.Type, Labels: map[string]string{api.LabelOrigin: api.OriginZone, api.LabelZone: t.zone}})
+	res, err := t.store.List(ctx, store.ListOptions{Type: d.Type, Labels: kds.SentBy(t.zone)})
 	if err != nil {
 		return nil, err
 	}
