@@ -573,11 +573,7 @@ func open(ctx context.Context, binDir string, v6 bool) (*tables, error) {
 			return nil, fmt.Errorf("tproxy: %s not found (install the iptables package: apt-get install iptables): %w", b.name, err)
 		}
 	}
-	status, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return nil, fmt.Errorf("tproxy: read capabilities: %w", err)
-	}
-	if ok, err := hasNetAdmin(string(status)); err != nil {
+	if ok, err := netAdmin(); err != nil {
 		return nil, fmt.Errorf("tproxy: %w", err)
 	} else if !ok {
 		return nil, errors.New("tproxy: the transparent proxy needs the CAP_NET_ADMIN capability (run ursa-dp as root or grant it CAP_NET_ADMIN)")
@@ -590,12 +586,17 @@ func open(ctx context.Context, binDir string, v6 bool) (*tables, error) {
 // sockets when it can, so that its own connections to this host's address
 // reach its inbound listener (the rules' first), as when it installs them.
 func CanMark() bool {
+	ok, err := netAdmin()
+	return err == nil && ok
+}
+
+// netAdmin says whether this process holds CAP_NET_ADMIN.
+func netAdmin() (bool, error) {
 	status, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		return false
+		return false, fmt.Errorf("read capabilities: %w", err)
 	}
-	ok, err := hasNetAdmin(string(status))
-	return err == nil && ok
+	return hasNetAdmin(string(status))
 }
 
 // capNetAdmin is CAP_NET_ADMIN's bit in a capability set.
