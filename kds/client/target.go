@@ -56,6 +56,12 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 	// of a newer global's making, or one conflicting with this zone's own,
 	// does not hold back the rest of its type.
 	var refused []error
+	// A resource of a type the global owns that the zone holds as its own
+	// was made while the zone ran standalone: a federated zone writes none
+	// (its API refuses them). The global's takes its place, as Kuma's
+	// zones take the global's on joining: the global is where they are
+	// written now.
+	var adopted []string
 	for _, res := range resources {
 		r, err := kds.Decode(d, res)
 		if err != nil {
@@ -69,8 +75,11 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		if !held[res.GetName()] {
 			local, err := t.store.Get(ctx, api.KeyOf(r))
 			if err == nil && local.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal {
-				refused = append(refused, fmt.Errorf("%s %q conflicts with a resource of the same name made in this zone", d.Type, res.GetName()))
-				continue
+				if !GlobalOwned(d) {
+					refused = append(refused, fmt.Errorf("%s %q conflicts with a resource of the same name made in this zone", d.Type, res.GetName()))
+					continue
+				}
+				adopted = append(adopted, res.GetName())
 			}
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
@@ -100,6 +109,10 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 			return kds.Reject(err)
 		}
 		return err
+	}
+	for _, name := range adopted {
+		t.log.Info("the global's copy replaced the one this zone made while it ran standalone",
+			zap.String("type", d.Type), zap.String("name", name))
 	}
 	for _, name := range applied {
 		held[name] = true
@@ -135,3 +148,10 @@ func (t *globalTarget) forgetDeletedMeshes(meshes []string) {
 }
 
 func splitHostPort(s string) (string, string, error) { return net.SplitHostPort(s) }
+
+// GlobalOwned reports whether the global alone writes resources of d in a
+// federated zone: a zone holds them only as the global's copies, or as
+// leftovers of a time it ran standalone.
+func GlobalOwned(d api.Descriptor) bool {
+	return d.WrittenBy != api.TierZone && (d.KDS == api.SyncGlobalToZone || d.KDS == api.SyncGlobalToOwnZone)
+}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -79,5 +80,53 @@ func TestGlobalTargetRejects(t *testing.T) {
 	got, err := st.Get(ctx, api.KeyOf(local))
 	if err != nil || got.(*api.ZoneIngress).Zone != "zone-b" {
 		t.Fatalf("local ingress after refused writes: %+v %v", got, err)
+	}
+}
+
+// TestStandaloneLeftoversTakeTheGlobals: a zone that ran standalone made its
+// own Mesh and policies; once it joins a global, the global's of the same
+// names replace them (they were refused as conflicting, forever), while a
+// ZoneIngress, which zones write, is still the zone's own.
+func TestStandaloneLeftoversTakeTheGlobals(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	tgt := &globalTarget{store: st, log: zaptest.NewLogger(t), zone: "zone-b", held: map[string]map[string]bool{}}
+	meshD, _ := api.Lookup("Mesh")
+	routeD, _ := api.Lookup("TrafficRoute")
+	for _, d := range []api.Descriptor{meshD, routeD} {
+		if _, err := tgt.Held(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	route := func(zone string) *api.TrafficRoute {
+		return &api.TrafficRoute{Meta: api.Meta{Type: "TrafficRoute", Mesh: "default", Name: "billing"},
+			Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: "billing"},
+				Split: []api.Split{{Weight: 100, Tags: map[string]string{api.TagZone: zone}}}}}
+	}
+	local := []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, route("zone-b")}
+	if _, err := st.Apply(ctx, local, nil); err != nil {
+		t.Fatal(err)
+	}
+	globalMesh := &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}, MTLS: &api.MeshMTLS{Enabled: true}}
+	if err := tgt.Apply(ctx, meshD, []*discovery.Resource{entry(t, globalMesh)}, nil); err != nil {
+		t.Fatalf("the global's Mesh over the standalone zone's: %v", err)
+	}
+	if err := tgt.Apply(ctx, routeD, []*discovery.Resource{entry(t, route("zone-a"))}, nil); err != nil {
+		t.Fatalf("the global's TrafficRoute over the standalone zone's: %v", err)
+	}
+	m, err := st.Get(ctx, api.Key{Type: "Mesh", Name: "default"})
+	if err != nil || m.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal || !m.(*api.Mesh).MTLSEnabled() {
+		t.Fatalf("mesh after joining: %+v %v, want the global's", m, err)
+	}
+	r, err := st.Get(ctx, api.Key{Type: "TrafficRoute", Mesh: "default", Name: "billing"})
+	if err != nil || r.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal || r.(*api.TrafficRoute).Spec.Split[0].Tags[api.TagZone] != "zone-a" {
+		t.Fatalf("route after joining: %+v %v, want the global's", r, err)
+	}
+	// Now the global's: its removal deletes it.
+	if err := tgt.Apply(ctx, routeD, nil, []string{"default/billing"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(ctx, api.Key{Type: "TrafficRoute", Mesh: "default", Name: "billing"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("route after the global removed it: %v", err)
 	}
 }

@@ -193,6 +193,40 @@ func TestZoneModes(t *testing.T) {
 	}
 }
 
+// TestStandaloneLeftoverDeletable: a federated zone deletes (and only
+// deletes) what of the global's types it made while it ran standalone; the
+// global's copies stay read-only.
+func TestStandaloneLeftoverDeletable(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	route := `{"type":"TrafficRoute","spec":{"destination":{"ursa.io/service":"billing"},"split":[{"weight":100}]}}`
+	standalone := newServer(t, st, ModeStandalone)
+	do(t, "PUT", standalone.URL+"/meshes/default", "type: Mesh")
+	do(t, "PUT", standalone.URL+"/meshes/default/traffic-routes/old", route)
+	synced := &api.TrafficRoute{Meta: api.Meta{Type: "TrafficRoute", Mesh: "default", Name: "synced",
+		Labels: map[string]string{api.LabelOrigin: api.OriginGlobal}},
+		Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: "billing"}, Split: []api.Split{{Weight: 100}}}}
+	if _, err := st.Create(ctx, synced); err != nil {
+		t.Fatal(err)
+	}
+	zone := newServer(t, st, ModeZone)
+	if r := do(t, "PUT", zone.URL+"/meshes/default/traffic-routes/old", route); r.code != 403 {
+		t.Fatalf("changing a leftover in a federated zone: %d %s", r.code, r.body)
+	}
+	if r := do(t, "DELETE", zone.URL+"/meshes/default/traffic-routes/synced", ""); r.code != 403 || !strings.Contains(r.body, "global control plane") {
+		t.Fatalf("deleting the global's copy in a federated zone: %d %s", r.code, r.body)
+	}
+	if r := do(t, "DELETE", zone.URL+"/meshes/default/traffic-routes/nope", ""); r.code != 403 {
+		t.Fatalf("deleting an absent policy in a federated zone: %d %s", r.code, r.body)
+	}
+	if r := do(t, "DELETE", zone.URL+"/meshes/default/traffic-routes/old", ""); r.code != 204 {
+		t.Fatalf("deleting a leftover of standalone days in a federated zone: %d %s", r.code, r.body)
+	}
+	if _, err := st.Get(ctx, api.Key{Type: "TrafficRoute", Mesh: "default", Name: "synced"}); err != nil {
+		t.Fatalf("the global's copy: %v", err)
+	}
+}
+
 func TestNonLoopbackNeedsToken(t *testing.T) {
 	h, err := New(Deps{Store: store.NewMemory(0), Log: zaptest.NewLogger(t), Registry: prometheus.NewRegistry()})
 	if err != nil {

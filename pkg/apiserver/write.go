@@ -142,8 +142,12 @@ func (s *server) save(ctx context.Context, r api.Resource) (api.Resource, bool, 
 }
 
 func (s *server) delete(w http.ResponseWriter, r *http.Request) {
-	t, aerr := s.resolveWrite(r)
+	t, aerr := resolve(r)
 	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if aerr := s.writable(t.desc); aerr != nil && !s.leftover(r, t) {
 		writeError(w, aerr)
 		return
 	}
@@ -168,6 +172,20 @@ func (s *server) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// leftover reports whether a federated zone holds t as a resource of a type
+// the global writes, made while the zone ran standalone (without the
+// global's origin): the global never sends it, and nobody else could delete
+// it.
+func (s *server) leftover(r *http.Request, t target) bool {
+	if s.Mode != ModeZone || t.desc.WrittenBy != api.TierGlobal {
+		return false
+	}
+	ctx, cancel := s.opContext(r)
+	defer cancel()
+	cur, err := s.Store.Get(ctx, t.key())
+	return err == nil && cur.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal
 }
 
 // checkOwnership refuses labels only the control plane sets, and a zone CP's
