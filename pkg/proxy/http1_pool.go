@@ -400,8 +400,10 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	// the route's (perTry); after it, the route's alone.
 	deadline, hasDeadline := ctx.Deadline()
 	head, hasHead := deadline, hasDeadline
-	if d, ok := ctx.Value(headDeadlineKey{}).(time.Time); ok && (!hasDeadline || d.Before(deadline)) {
-		head, hasHead = d, true
+	if t, ok := ctx.Value(headDeadlineKey{}).(*perTry); ok {
+		if d, armed := t.headDeadline(); armed && (!hasDeadline || d.Before(deadline)) {
+			head, hasHead = d, true
+		}
 	}
 	pc.SetDeadline(head) // the zero time (none) without one
 	// stop ends the watch for the caller leaving (or another end of

@@ -329,3 +329,55 @@ func TestEnvoyPerTryTimeoutIgnoredOnceResponseStarted(t *testing.T) {
 		})
 	}
 }
+
+// slowBody sends parts, one every gap.
+type slowBody struct {
+	parts int
+	gap   time.Duration
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.parts == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(b.gap)
+	b.parts--
+	return copy(p, "chunk;"), nil
+}
+
+// TestEnvoyPerTryTimeoutFromRequestEnd: Envoy starts an attempt's
+// per-try timer once the request has come whole (UpstreamRequest::
+// setupPerTryTimeout, called when the downstream's end_stream has been
+// encoded upstream), as its route timeout. An upload that takes longer
+// than per_try_timeout to a backend that answers at once is not cut off;
+// a backend slower than it, after the upload, still is (504).
+func TestEnvoyPerTryTimeoutFromRequestEnd(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%t", h2), func(t *testing.T) {
+			p := newProxy(t)
+			app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+				n, _ := io.Copy(io.Discard, r.Body)
+				if r.URL.Path == "/slow" {
+					time.Sleep(time.Second)
+				}
+				fmt.Fprintf(w, "got %d", n)
+			})
+			url := plainHTTP(t, p, retryRoute(200*time.Millisecond, 10*time.Second, 0), nil, staticHTTPCluster("svc", h2, app))
+			for _, tt := range []struct {
+				path string
+				want int
+			}{{"/fast", 200}, {"/slow", 504}} {
+				req, _ := http.NewRequest("POST", url+tt.path, &slowBody{parts: 5, gap: 100 * time.Millisecond})
+				resp, err := h1Client().Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tt.want {
+					t.Fatalf("a 0.5 s upload to %s under a 200 ms per-try timeout: %d %q, want %d", tt.path, resp.StatusCode, b, tt.want)
+				}
+			}
+		})
+	}
+}

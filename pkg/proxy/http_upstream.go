@@ -717,6 +717,11 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		if pol.perTry > 0 {
 			actx, tries = startPerTry(actx, pol.perTry)
 			acancel = tries.end
+			// As Envoy's, the timer runs once the request has come whole:
+			// an upload is not cut off by it.
+			if _, whole := ex.requestEnd(); whole || !ex.body.armAtEnd(tries) {
+				tries.arm()
+			}
 		}
 		var body io.ReadCloser
 		var again func() (io.ReadCloser, error)
@@ -838,37 +843,60 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// perTry is an attempt's per_try_timeout: it ends the attempt's context,
-// unless the response's headers came first. As in Envoy
-// (UpstreamRequest::onPerTryTimeout), a response that has begun is not
-// cut off by it: only the route's timeout bounds its body. The HTTP/1.1
-// pool reads the head's deadline from the context (headDeadline).
+// perTry is an attempt's per_try_timeout: once armed, it ends the
+// attempt's context, unless the response's headers came first. As in
+// Envoy, it is armed when the request has come whole
+// (UpstreamRequest::setupPerTryTimeout), and a response that has begun is
+// not cut off by it (UpstreamRequest::onPerTryTimeout): only the route's
+// timeout bounds its body. The HTTP/1.1 pool reads the head's deadline
+// from the context (headDeadlineKey) of an attempt armed at its start; an
+// attempt armed later (at the end of its upload) ends through its
+// context.
 type perTry struct {
-	mu      sync.Mutex
-	headers bool
-	expired bool
-	timer   *time.Timer
-	cancel  context.CancelFunc
+	mu       sync.Mutex
+	d        time.Duration
+	headers  bool
+	expired  bool
+	ended    bool
+	deadline time.Time // when armed
+	timer    *time.Timer
+	cancel   context.CancelFunc
 }
 
-// headDeadlineKey keys an attempt's context's deadline for the response's
-// head, when it is earlier than the context's own.
+// headDeadlineKey keys an attempt's *perTry in its context.
 type headDeadlineKey struct{}
 
-// startPerTry returns the attempt's context under parent, and its timer.
+// startPerTry returns the attempt's context under parent, and its timer,
+// not yet armed.
 func startPerTry(parent context.Context, d time.Duration) (context.Context, *perTry) {
 	ctx, cancel := context.WithCancel(parent)
-	t := &perTry{cancel: cancel}
-	ctx = context.WithValue(ctx, headDeadlineKey{}, time.Now().Add(d))
-	t.timer = time.AfterFunc(d, func() {
+	t := &perTry{d: d, cancel: cancel}
+	return context.WithValue(ctx, headDeadlineKey{}, t), t
+}
+
+// arm starts the timer, once.
+func (t *perTry) arm() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.timer != nil || t.ended || t.headers {
+		return
+	}
+	t.deadline = time.Now().Add(t.d)
+	t.timer = time.AfterFunc(t.d, func() {
 		t.mu.Lock()
 		defer t.mu.Unlock()
-		if !t.headers {
+		if !t.headers && !t.ended {
 			t.expired = true
-			cancel()
+			t.cancel()
 		}
 	})
-	return ctx, t
+}
+
+// headDeadline is when the timer fires; false while it is not armed.
+func (t *perTry) headDeadline() (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.deadline, t.timer != nil
 }
 
 // answered stops the timer: the response's headers came.
@@ -877,9 +905,11 @@ func (t *perTry) answered() {
 		return
 	}
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.headers = true
-	t.mu.Unlock()
-	t.timer.Stop()
+	if t.timer != nil {
+		t.timer.Stop()
+	}
 }
 
 // timedOut says whether the timer ended the attempt.
@@ -894,7 +924,12 @@ func (t *perTry) timedOut() bool {
 
 // end ends the attempt's context and its timer.
 func (t *perTry) end() {
-	t.timer.Stop()
+	t.mu.Lock()
+	t.ended = true
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	t.mu.Unlock()
 	t.cancel()
 }
 
@@ -1244,7 +1279,9 @@ type replayBody struct {
 	srcMu sync.Mutex
 	src   io.Reader
 	// onEOF, when set, is called once, when the source ends.
-	onEOF    func()
+	onEOF func()
+	// tries, when set, is the attempt's per-try timer to arm then.
+	tries    *perTry
 	buf      []byte
 	eof      bool
 	ended    time.Time // when eof was found
@@ -1273,6 +1310,17 @@ func (b *replayBody) attempt() io.ReadCloser {
 	}
 	b.current = &attemptBody{b: b}
 	return b.current
+}
+
+// armAtEnd makes t armed when the source ends; false when it has ended.
+func (b *replayBody) armAtEnd(t *perTry) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.eof {
+		return false
+	}
+	b.tries = t
+	return true
 }
 
 func (b *replayBody) replayable() bool {
@@ -1327,6 +1375,9 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 			b.eof, b.ended = true, time.Now()
 			if b.onEOF != nil {
 				b.onEOF()
+			}
+			if b.tries != nil {
+				b.tries.arm()
 			}
 		}
 		b.mu.Unlock()
