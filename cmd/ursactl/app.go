@@ -75,9 +75,9 @@ func (a *app) connect(cmd *cobra.Command) error {
 			return usageError{fmt.Errorf("refusing to send a user token over plain http to %s, where anyone on the path could read it: "+
 				"use https://%s:5682 and --ca-cert-file F (the CA is served at %s/api/ca.pem)", u.Host, u.Hostname(), a.apiServer)}
 		}
-		transport = bearer{token: token, host: u.Host, next: transport}
+		transport = bearer{token: token, scheme: u.Scheme, host: u.Host, next: transport}
 	}
-	a.client = client.New(a.apiServer, &http.Client{Transport: transport, Timeout: requestTimeout})
+	a.client = client.New(a.apiServer, &http.Client{Transport: transport, Timeout: requestTimeout, CheckRedirect: sameOrigin})
 	return nil
 }
 
@@ -141,19 +141,35 @@ func isLoopbackHost(host string) bool {
 // bearer adds a bearer token to every request to the API server's host, and
 // to no other: a redirect elsewhere does not carry it.
 type bearer struct {
-	token string
-	host  string // the API server's host:port
-	next  http.RoundTripper
+	token  string
+	scheme string // the API server's, as given
+	host   string // the API server's host:port
+	next   http.RoundTripper
 }
 
-// RoundTrip implements http.RoundTripper; it does not modify req.
+// RoundTrip implements http.RoundTripper; it does not modify req. A
+// request to another origin (an https server's redirect to http on the
+// same host, say) goes without the token.
 func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Host != b.host {
+	if req.URL.Host != b.host || req.URL.Scheme != b.scheme {
 		return b.next.RoundTrip(req)
 	}
 	req = req.Clone(req.Context())
 	req.Header.Set("Authorization", "Bearer "+b.token)
 	return b.next.RoundTrip(req)
+}
+
+// sameOrigin refuses a redirect to another scheme or host: an API server
+// that sends its callers elsewhere is misconfigured or not the one meant,
+// and a request that left https for http would lose what https gave it.
+func sameOrigin(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if first := via[0].URL; req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+		return fmt.Errorf("the API server redirected to %s://%s, another origin: not followed (check --api-server)", req.URL.Scheme, req.URL.Host)
+	}
+	return nil
 }
 
 // rangeArgs is cobra.RangeArgs (cobra.ExactArgs when lo == hi) whose error

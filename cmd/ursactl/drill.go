@@ -36,7 +36,7 @@ func newDrillCmd(a *app, scopeFlags func(*cobra.Command, *drainScope)) *cobra.Co
 	return cmd
 }
 
-func (a *app) drill(ctx context.Context, s drainScope, length, every time.Duration) error {
+func (a *app) drill(ctx context.Context, s drainScope, length, every time.Duration) (err error) {
 	start := a.now()
 	end := start.Add(length)
 	if err := a.drain(ctx, s, end); err != nil {
@@ -47,8 +47,11 @@ func (a *app) drill(ctx context.Context, s drainScope, length, every time.Durati
 	defer func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 		defer cancel()
-		if _, err := a.undrain(uctx, s); err != nil {
-			fmt.Fprintf(a.stderr, "could not undrain zone %s (%v); the global CP deletes the drain at %s\n", s.zone, err, end.Format(time.RFC3339))
+		if _, uerr := a.undrain(uctx, s); uerr != nil {
+			fmt.Fprintf(a.stderr, "could not undrain zone %s (%v); the global CP deletes the drain at %s\n", s.zone, uerr, end.Format(time.RFC3339))
+			if err == nil {
+				err = errReported // the zone is still drained: the drill did not end as it should
+			}
 			return
 		}
 		fmt.Fprintf(a.stdout, "drill over after %s\n", a.now().Sub(start).Round(time.Second))

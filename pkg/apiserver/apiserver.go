@@ -176,23 +176,40 @@ func New(deps Deps) (http.Handler, error) {
 				details: fmt.Sprintf("%s %s: this path takes %s", r.Method, r.URL.Path, strings.Join(allow, ", "))})
 			return
 		}
+		if strings.HasPrefix(r.URL.Path, "/tokens/") {
+			writeError(w, &apiError{status: http.StatusNotFound, title: "Not found",
+				details: r.URL.Path + ": this control plane issues no such tokens: dataplane and ingress tokens come from the zone control plane " +
+					"of their zone, zone tokens from the global one, user tokens from the global one or a standalone zone"})
+			return
+		}
 		writeError(w, &apiError{status: http.StatusNotFound, title: "Not found", details: "no such path: " + r.URL.Path})
 	})
 	return s.middleware(mux), nil
 }
 
 // allowed lists the methods mux serves r's path with, other than the
-// catch-all's.
+// catch-all's. The resource patterns serve a path only when its {type}
+// names a type: they would answer any other 404.
 func allowed(mux *http.ServeMux, r *http.Request) []string {
+	_, known := api.LookupPlural(typeSegment(r.URL.Path))
 	var out []string
 	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		probe := r.Clone(r.Context())
 		probe.Method = m
-		if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+		if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" && (known || !strings.Contains(pattern, "{type}")) {
 			out = append(out, m)
 		}
 	}
 	return out
+}
+
+// typeSegment is the segment of path a resource pattern takes for {type}.
+func typeSegment(path string) string {
+	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	if parts[0] == "meshes" && len(parts) >= 3 {
+		return parts[2]
+	}
+	return parts[0]
 }
 
 // statusRecorder remembers the status code for metrics and logs.
@@ -252,8 +269,12 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := s.Ready(ctx); err != nil {
+			// An open path: what failed (the database's user, name and
+			// address) is for the log, not for anyone who asks.
+			s.Log.Warn("not ready", zap.Error(err))
 			w.Header().Set("Retry-After", "5")
-			writeError(w, &apiError{status: http.StatusServiceUnavailable, title: "Not ready", details: err.Error()})
+			writeError(w, &apiError{status: http.StatusServiceUnavailable, title: "Not ready",
+				details: "the control plane cannot reach its store (its log says why)"})
 			return
 		}
 	}
@@ -285,7 +306,9 @@ func resolve(r *http.Request) (target, *apiError) {
 			details: fmt.Sprintf("unknown resource type %q; known types: %s", plural, strings.Join(known, ", "))}
 	}
 	t := target{desc: d, mesh: r.PathValue("mesh"), name: r.PathValue("name")}
-	inMesh := strings.HasPrefix(r.Pattern, r.Method+" /meshes/{mesh}/")
+	// The pattern's method is GET's for a HEAD.
+	_, pattern, _ := strings.Cut(r.Pattern, " ")
+	inMesh := strings.HasPrefix(pattern, "/meshes/{mesh}/")
 	switch {
 	case d.Scope == api.ScopeMesh && !inMesh && t.name != "":
 		return target{}, &apiError{status: http.StatusNotFound, title: "Not found",
