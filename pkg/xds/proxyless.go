@@ -65,12 +65,17 @@ func Proxyless(state *State, p Proxy) (Resources, error) {
 	out.Merge(shared)
 	var own []types.Resource
 	for i, in := range dp.Networking.Inbound {
-		build := func() *listener.Listener { return s.proxylessServerListener(dp, in) }
-		if dp.Version != 0 { // a stored Dataplane: its version and creation time name its content
-			key := fmt.Sprintf("proxyless-server|%s|%d|%d|%d", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i)
-			own = append(own, memoPolicy(s, key, build))
-		} else {
-			own = append(own, build())
+		// A server bound to a wildcard address (net.Listen(":9000"), as
+		// Istio's proxyless servers may be) asks for the listener of that
+		// address, and serves only one whose address is it.
+		for _, host := range []string{dp.Networking.Address, "0.0.0.0", "::"} {
+			build := func() *listener.Listener { return s.proxylessServerListener(dp, in, host) }
+			if dp.Version != 0 { // a stored Dataplane: its version and creation time name its content
+				key := fmt.Sprintf("proxyless-server|%s|%d|%d|%d|%s", dp.Name, dp.Version, dp.CreationTime.UnixNano(), i, host)
+				own = append(own, memoPolicy(s, key, build))
+			} else {
+				own = append(own, build())
+			}
 		}
 	}
 	out[resource.ListenerType] = mergeByName(own, out[resource.ListenerType])
@@ -169,11 +174,13 @@ func (s *MeshState) proxylessCluster(sub Subset, breaker *api.CircuitBreaker, mt
 // them (as for sidecars; grpc-go moves to the next priority when a
 // priority has no endpoint it can connect to, and ignores the
 // overprovisioning factor). Without mTLS an ingress cannot route a
-// connection (there is no SNI), so only this zone's instances are used.
+// connection (there is no SNI), so only this zone's instances are used: a
+// subset pinned to another zone (a TrafficRoute's zone split) gets this
+// zone's, as a sidecar's does, not none.
 func (s *MeshState) proxylessLoadAssignment(sub Subset, mtls bool) *endpoint.ClusterLoadAssignment {
 	name := sub.ClusterName()
 	if !mtls {
-		return LoadAssignment(name, s.Endpoints(sub, true), nil)
+		return LoadAssignment(name, s.Endpoints(sub.AnyZone(), true), nil)
 	}
 	plan := s.failoverFor(sub.Tags[api.TagService])
 	cla := LoadAssignment(name, s.Endpoints(sub.AnyZone(), false), plan.priorities(s, sub.pinnedZone()))

@@ -66,9 +66,10 @@ func proxylessUpstreamTLS(mesh string, sub Subset) *core.TransportSocket {
 // own handlers (non-forwarding route); in an mTLS mesh it terminates mTLS,
 // requiring a client certificate from the mesh, and the HTTP RBAC filter
 // (gRFC A41) lets through the callers TrafficPermissions allow, by the URI
-// SANs of their certificates, as a sidecar's inbound does.
-func (s *MeshState) proxylessServerListener(dp *api.Dataplane, in api.Inbound) *listener.Listener {
-	name := ProxylessServerListenerName(dp.Networking.Address, uint32(in.Port))
+// SANs of their certificates, as a sidecar's inbound does. host is the
+// address the server is bound to: the Dataplane's, or a wildcard.
+func (s *MeshState) proxylessServerListener(dp *api.Dataplane, in api.Inbound, host string) *listener.Listener {
+	name := ProxylessServerListenerName(host, uint32(in.Port))
 	var filters []*hcm.HttpFilter
 	chain := &listener.FilterChain{Name: "inbound"}
 	if s.Mesh.MTLSEnabled() {
@@ -98,7 +99,7 @@ func (s *MeshState) proxylessServerListener(dp *api.Dataplane, in api.Inbound) *
 		ConfigType: &listener.Filter_TypedConfig{TypedConfig: MustAny(manager)}}}
 	return &listener.Listener{
 		Name:         name,
-		Address:      SocketAddress(dp.Networking.Address, uint32(in.Port)),
+		Address:      SocketAddress(host, uint32(in.Port)),
 		FilterChains: []*listener.FilterChain{chain},
 	}
 }
