@@ -429,11 +429,13 @@ func LogFormatOperators() []string {
 }
 
 // logOperator is one %...% of a format.
-var logOperator = regexp.MustCompile(`^([A-Z_]+)(\(([^()]*)\))?(:[0-9]+)?$`)
+var logOperator = regexp.MustCompile(`^%([A-Z_]+)(\(([^()]*)\))?(:[0-9]+)?%`)
 
 // CheckLogFormat reports the first problem with an access log format: an
 // unterminated %, an operator the proxies do not know, or an argument
-// where one is wrong.
+// one takes or lacks. It reads a format as Envoy's parser does: "%%" is a
+// literal %, and an operator's argument may hold % (START_TIME's strftime
+// layout, %START_TIME(%s.%3f)%).
 func CheckLogFormat(format string) error {
 	if len(format) > 4096 {
 		return fmt.Errorf("must be at most 4096 characters")
@@ -441,29 +443,35 @@ func CheckLogFormat(format string) error {
 	if strings.ContainsAny(format, "\r\n\x00") {
 		return fmt.Errorf("must be one line (the proxy ends each line itself)")
 	}
-	rest := format
-	for {
+	for rest := format; ; {
 		i := strings.IndexByte(rest, '%')
 		if i < 0 {
 			return nil
 		}
-		rest = rest[i+1:]
-		j := strings.IndexByte(rest, '%')
-		if j < 0 {
-			return fmt.Errorf("%q: a %% is not closed", format)
+		rest = rest[i:]
+		if strings.HasPrefix(rest, "%%") {
+			rest = rest[2:]
+			continue
 		}
-		op := rest[:j]
-		rest = rest[j+1:]
-		m := logOperator.FindStringSubmatch(op)
-		if m == nil || !slices.Contains(LogFormatOperators(), m[1]) {
-			return fmt.Errorf("%%%s%% is not an operator the proxy knows (%s)", op, strings.Join(LogFormatOperators(), ", "))
+		m := logOperator.FindStringSubmatch(rest)
+		if m == nil {
+			j := strings.IndexByte(rest[1:], '%')
+			if j < 0 {
+				return fmt.Errorf("%q: a %% is not closed", format)
+			}
+			return fmt.Errorf("%s is not an operator the proxy knows (%s)", rest[:j+2], strings.Join(LogFormatOperators(), ", "))
+		}
+		op := m[0]
+		rest = rest[len(op):]
+		if !slices.Contains(LogFormatOperators(), m[1]) {
+			return fmt.Errorf("%s is not an operator the proxy knows (%s)", op, strings.Join(LogFormatOperators(), ", "))
 		}
 		takesArg := m[1] == "REQ" || m[1] == "RESP" || m[1] == "START_TIME"
 		switch {
 		case m[2] != "" && !takesArg:
-			return fmt.Errorf("%%%s%%: %s takes no argument", op, m[1])
+			return fmt.Errorf("%s: %s takes no argument", op, m[1])
 		case (m[1] == "REQ" || m[1] == "RESP") && m[3] == "":
-			return fmt.Errorf("%%%s%%: %s needs a header name, as in %%%s(:PATH)%%", op, m[1], m[1])
+			return fmt.Errorf("%s: %s needs a header name, as in %%%s(:PATH)%%", op, m[1], m[1])
 		}
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -98,8 +100,11 @@ func (s *fluentSink) run() {
 
 // fluentConn is the state of a fluentSink's goroutine.
 type fluentConn struct {
-	sink    *fluentSink
-	conn    net.Conn
+	sink *fluentSink
+	conn net.Conn
+	// closed is set once the collector has closed conn (a restart, an idle
+	// timeout): a batch written into it would be lost without an error.
+	closed  *atomic.Bool
 	pending []fluentEntry
 	size    int // approximate encoded size of pending
 	b       *backoff.ExponentialBackOff
@@ -136,6 +141,9 @@ func (f *fluentConn) send(final bool) {
 		return
 	}
 	key := f.sink.key
+	if f.conn != nil && f.closed.Load() {
+		f.closeConn()
+	}
 	if f.conn == nil {
 		if !final && time.Now().Before(f.next) {
 			return
@@ -161,6 +169,14 @@ func (f *fluentConn) send(final bool) {
 		}
 		f.conn, f.fails = conn, 0
 		f.b.Reset()
+		// The collector sends nothing back (forward mode without acks):
+		// a read ends only when it closes the connection, or closeConn.
+		closed := new(atomic.Bool)
+		f.closed = closed
+		go func() {
+			io.Copy(io.Discard, conn)
+			closed.Store(true)
+		}()
 	}
 	msg, err := encodeForward(key.tag, f.pending)
 	if err != nil {

@@ -74,6 +74,10 @@ func (s *textSink) run() {
 	defer close(s.stopped)
 	var out *bufio.Writer
 	var file *fileState
+	// failed: the last open failed; the next try is at the next flush
+	// (a bad path on a busy proxy was an open and a warning per line).
+	// warned: that failure has been logged, until an open succeeds.
+	var failed, warned bool
 	// opened reports whether there is somewhere to write, opening the
 	// file when it is not open.
 	opened := func() bool {
@@ -86,11 +90,19 @@ func (s *textSink) run() {
 		if file != nil {
 			return true
 		}
-		f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			s.log.Warn("access log file cannot be opened; lines are dropped until it can", zap.String("path", s.path), zap.Error(err))
+		if failed {
 			return false
 		}
+		f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			failed = true
+			if !warned {
+				warned = true
+				s.log.Warn("access log file cannot be opened; lines are dropped until it can", zap.String("path", s.path), zap.Error(err))
+			}
+			return false
+		}
+		warned = false
 		info, err := f.Stat()
 		if err != nil {
 			f.Close()
@@ -107,6 +119,7 @@ func (s *textSink) run() {
 		}
 	}
 	flush := func() {
+		failed = false
 		if out == nil {
 			return
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,12 +49,32 @@ type requestInfo struct {
 
 // flag raises a response flag once.
 func (ri *requestInfo) flag(f string) {
-	for _, g := range ri.Flags {
-		if g == f {
-			return
+	if slices.Contains(ri.Flags, f) {
+		return
+	}
+	// In Envoy's order (ResponseFlagUtils' CORE_RESPONSE_FLAGS), which
+	// %RESPONSE_FLAGS% writes them in whatever order they were set: a
+	// delayed request that then failed to connect is "UF,DI".
+	at := len(ri.Flags)
+	for i, g := range ri.Flags {
+		if flagRank(f) < flagRank(g) {
+			at = i
+			break
 		}
 	}
-	ri.Flags = append(ri.Flags, f)
+	ri.Flags = slices.Insert(ri.Flags, at, f)
+}
+
+// envoyFlags are Envoy's response flags in the order it writes them.
+var envoyFlags = [...]string{"LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+	"URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO"}
+
+// flagRank is f's place in envoyFlags (past them for one Envoy lacks).
+func flagRank(f string) int {
+	if i := slices.Index(envoyFlags[:], f); i >= 0 {
+		return i
+	}
+	return len(envoyFlags)
 }
 
 // FlagString is the flags as Envoy's %RESPONSE_FLAGS% writes them: comma

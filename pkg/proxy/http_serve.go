@@ -70,6 +70,11 @@ func (b *bufferPool) take() *[]byte {
 
 func (b *bufferPool) give(buf *[]byte) { b.pool.Put(buf) }
 
+// requestBuckets bound a request's duration, in seconds: 15 s is a bound
+// (the default route timeout), so the requests that ran into it are not
+// only in +Inf; long streams reach the last ones.
+var requestBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 30, 60, 300}
+
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 	m := &httpMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_http_requests_total",
@@ -77,7 +82,7 @@ func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 			[]string{"direction", "service", "route", "zone", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ursa_dp_http_request_duration_seconds",
 			Help:    "HTTP request duration, from the request's arrival to the end of its response.",
-			Buckets: prometheus.ExponentialBucketsRange(0.001, 10, 15)}, []string{"direction", "service", "route", "zone"}),
+			Buckets: requestBuckets}, []string{"direction", "service", "route", "zone"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_http_retries_total",
 			Help: "Retries of HTTP requests (attempts after the first), by destination service and route."}, []string{"service", "route"}),
 	}
@@ -382,6 +387,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cw.hh = &chain.Headers
 	if chain.Obs != nil && chain.Obs.Trace != nil {
 		ri.traced = chain.Obs.Trace.decide(r.Header)
+		// As Envoy's HCM (traceRequest, before its filters): what the
+		// proxy answers itself (no route, a fault's abort, RBAC's 403) is
+		// traced too.
+		p.startSpan(ri, nil, r.Header)
 	}
 	var rt *HTTPRoute
 	if table != nil {
