@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -28,7 +29,7 @@ type proxylessConfig struct {
 	DataplaneFile string `json:"dataplaneFile" usage:"file of the application's Dataplane, which it presents and the zone registers when it connects"`
 	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
 	Mesh          string `json:"mesh" usage:"mesh of the Dataplane"`
-	TokenFile     string `json:"tokenFile" usage:"file holding the application's dataplane token (ursactl generate dataplane-token); the agent reads it at every connection, the bootstrap carries it as it was at start"`
+	TokenFile     string `json:"tokenFile" usage:"file holding the application's dataplane token (ursactl generate dataplane-token); the agent reads it at every connection, and a renewed one goes into the bootstrap for the application's next start"`
 	CertDir       string `json:"certDir" usage:"directory where the workload identity is kept (cert.pem, key.pem, ca.pem), which the bootstrap's file_watcher certificate provider reads; its key is made there once and kept"`
 	BootstrapFile string `json:"bootstrapFile" usage:"where to write the application's gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP); empty: bootstrap.json in --cert-dir"`
 	JWTCallCreds  bool   `json:"jwtCallCreds" usage:"the bootstrap names --token-file as jwt_token_file call credentials (gRFC A97; the application needs GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true) instead of carrying the token in its node metadata: a renewed token is taken up without a restart"`
@@ -69,6 +70,9 @@ GRPC_EXPERIMENTAL_XDS_SNI=true; without it, only this zone's instances answer.`,
 	config.Bind(cmd.Flags(), &cfg)
 	return cmd
 }
+
+// tokenPoll is how often a proxyless agent looks for a renewed token.
+const tokenPoll = 5 * time.Second
 
 func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 	meta := map[string]string{api.MetadataProxyless: "true"}
@@ -134,16 +138,11 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 	if cfg.JWTCallCreds {
 		opts.JWTTokenFile = cfg.TokenFile
 	}
-	boot, err := proxyless.Bootstrap(opts)
-	if err != nil {
-		return err
-	}
 	bootFile := cfg.BootstrapFile
 	if bootFile == "" {
 		bootFile = filepath.Join(cfg.CertDir, "bootstrap.json")
 	}
-	// It may carry the token: readable by its owner only.
-	if err := os.WriteFile(bootFile, boot, 0o600); err != nil {
+	if err := proxyless.WriteBootstrap(bootFile, opts); err != nil {
 		return fmt.Errorf("--bootstrap-file: %w", err)
 	}
 	log, err := logging.New(cfg.Log.Level)
@@ -162,6 +161,30 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 		Key: key, Dir: cfg.CertDir, Log: log.Named("sds")}
 	r := run.New(log)
 	r.Add("sds", agent)
+	if _, ok := meta[api.MetadataToken]; ok {
+		// The bootstrap carries the token as it was: a renewed one (a
+		// dataplane token reissued, a service-account token the kubelet
+		// rotated) goes into it, for the application's next start.
+		// grpc-go reads the bootstrap once: a running application keeps
+		// presenting the old token until it restarts.
+		r.Add("bootstrap", run.Func(func(ctx context.Context) error {
+			return run.Every(ctx, tokenPoll, func(context.Context) error {
+				b, err := os.ReadFile(cfg.TokenFile)
+				token := strings.TrimSpace(string(b))
+				if err != nil || token == "" || token == meta[api.MetadataToken] {
+					return nil
+				}
+				meta[api.MetadataToken] = token
+				if err := proxyless.WriteBootstrap(bootFile, opts); err != nil {
+					log.Error("cannot write the renewed token into the bootstrap", zap.String("bootstrap", bootFile), zap.Error(err))
+					return nil
+				}
+				log.Info("the renewed token is in the bootstrap; a running application presents it once restarted "+
+					"(with --jwt-call-creds grpc-go reads the token file anew)", zap.String("bootstrap", bootFile))
+				return nil
+			})
+		}))
+	}
 	if !target.TLS {
 		log.Warn("INSECURE: xDS without TLS (--xds-insecure): the zone CP is not verified")
 	}

@@ -108,3 +108,14 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 	}
 	return json.MarshalIndent(b, "", "  ")
 }
+
+// WriteBootstrap writes opts' bootstrap to path, readable by its owner only
+// (it may carry the token), replacing what is there at once: an
+// application starting meanwhile reads the old file or the new one whole.
+func WriteBootstrap(path string, opts BootstrapOptions) error {
+	b, err := Bootstrap(opts)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, b, 0o600)
+}
