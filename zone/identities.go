@@ -52,7 +52,11 @@ type signing struct {
 	// alone changes trust, not identities.)
 	id    string
 	trust xds.Resources
-	err   error
+	// proxylessTrust is the trust of proxyless applications, which cannot
+	// check revocation lists: the intermediates the root has not revoked
+	// (api.MeshCA.ProxylessTrust).
+	proxylessTrust xds.Resources
+	err            error
 }
 
 // signingFor reads signerFor once per mesh and round, memoised in memo.
@@ -77,6 +81,8 @@ func signingFor(memo map[string]*signing, m *xds.MeshState) *signing {
 	s.signer, s.id = signer, hex.EncodeToString(h.Sum(nil)[:12])
 	s.trust = xds.Resources{}
 	s.trust.Add(resource.SecretType, xds.TrustSecret(root, crl))
+	s.proxylessTrust = xds.Resources{}
+	s.proxylessTrust.Add(resource.SecretType, xds.TrustSecret(m.CA.ProxylessTrust(time.Now()), ""))
 	return s
 }
 

@@ -216,7 +216,7 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 				mu.Unlock()
 				return // tried again next round
 			}
-			j.secrets = identitySecrets(id, j.issue.sign)
+			j.secrets = identitySecrets(id, j.issue.sign, j.proxy.Kind)
 			j.key += id.stamp()
 		}
 		res, err := g.gens.Generate(state, j.proxy)
@@ -245,11 +245,15 @@ func (g *Generation) generate(ctx context.Context, state *xds.State, nodes []xds
 }
 
 // identitySecrets are a proxy's SDS secrets: its identity and its mesh's
-// trust.
-func identitySecrets(id *issued, s *signing) xds.Resources {
+// trust, as a proxy of its kind can keep to it.
+func identitySecrets(id *issued, s *signing, kind xds.Kind) xds.Resources {
 	out := xds.Resources{}
 	out.Merge(id.secret)
-	out.Merge(s.trust)
+	if kind == xds.KindProxyless {
+		out.Merge(s.proxylessTrust)
+	} else {
+		out.Merge(s.trust)
+	}
 	return out
 }
 
@@ -307,7 +311,7 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 			r := identityRequest{node: n.ID, dp: dp, csr: n.CSR, sign: sign}
 			identity = "id:"
 			if cur, ok := g.ids.reusable(r, now); ok {
-				j.secrets = identitySecrets(cur, sign)
+				j.secrets = identitySecrets(cur, sign, n.Kind)
 				identity += cur.stamp()
 			} else {
 				j.issue = &r

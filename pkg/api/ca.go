@@ -39,6 +39,10 @@ type Intermediate struct {
 	// CRLPEM is the intermediate's own revocation list, signed by it and
 	// empty: Envoy refuses a chain unless every CA in it has a list.
 	CRLPEM string `json:"crlPEM,omitempty"`
+	// CertPEM is its certificate: what proxyless applications trust in
+	// place of the root, as they cannot check revocation lists
+	// (ProxylessTrust). Records made before it was kept lack it.
+	CertPEM string `json:"certPEM,omitempty"`
 }
 
 // Revoked reports whether the root has revoked it.
@@ -57,6 +61,33 @@ func (c *MeshCA) CRLBundle() string {
 	return out
 }
 
+// ProxylessTrust is what a proxyless application trusts (PEM): grpc-go's
+// xDS credentials verify a peer against its certificate provider's roots
+// and take no revocation list, so where the root has revoked an
+// intermediate they trust the intermediates it has not, each a trust
+// anchor, in place of the root. The root itself when nothing is revoked,
+// or when a live intermediate's record lacks its certificate (made by an
+// older control plane).
+func (c *MeshCA) ProxylessTrust(now time.Time) string {
+	if c.CRLPEM == "" {
+		return c.CertPEM
+	}
+	var out strings.Builder
+	for _, i := range c.Intermediates {
+		if i.Revoked() || now.After(i.NotAfter) {
+			continue
+		}
+		if i.CertPEM == "" {
+			return c.CertPEM
+		}
+		out.WriteString(i.CertPEM)
+	}
+	if out.Len() == 0 {
+		return c.CertPEM
+	}
+	return out.String()
+}
+
 func (c *MeshCA) validateSpec(v *validator) {
 	v.pem("certPEM", c.CertPEM, "CERTIFICATE", true)
 	v.pem("keyPEM", c.KeyPEM, "PRIVATE KEY", false)
@@ -70,6 +101,7 @@ func (c *MeshCA) validateSpec(v *validator) {
 		}
 		// A revoked one needs no list of its own: it is refused itself.
 		v.pem(fmt.Sprintf("intermediates[%d].crlPEM", i), in.CRLPEM, "X509 CRL", !in.Revoked())
+		v.pem(fmt.Sprintf("intermediates[%d].certPEM", i), in.CertPEM, "CERTIFICATE", false)
 	}
 }
 

@@ -170,12 +170,13 @@ func newIntermediate(root *api.MeshCA, zone string, now time.Time) (certPEM, key
 	if err != nil {
 		return "", "", rec, err
 	}
+	certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	rec = api.Intermediate{
 		Zone: zone, Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter.UTC(),
-		CRLPEM: string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl})),
+		CRLPEM:  string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl})),
+		CertPEM: certPEM,
 	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), rec, nil
+	return certPEM, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), rec, nil
 }
 
 // SignRootCRL sets root.CRLPEM to a revocation list, signed by the root and
