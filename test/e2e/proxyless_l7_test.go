@@ -415,3 +415,27 @@ spec:
 		return failed == 0 && got["pool-flaky"] == 0 && len(got) == 4
 	})
 }
+
+// TestProxylessServerOnWildcardAddress: a grpc-go xDS server bound to a
+// wildcard address (net.Listen(":PORT"), as in Istio's proxyless
+// examples) asks for the listener of [::]:PORT and serves only one whose
+// address is that; the CP sends it beside its Dataplane address's, and a
+// proxyless client's calls reach it over mTLS (it stayed NOT_SERVING).
+func TestProxylessServerOnWildcardAddress(t *testing.T) {
+	m := startZones(t, "zone-1")
+	ctl(t, m.global.api, openMTLSMesh, "apply", "-f", "-")
+	z := m.zones["zone-1"]
+	eventually(t, "the mesh in zone-1", func() bool { return z.cp.has(t, "/meshes/default") })
+	app := m.startProxylessAgent("zone-1", "billing-1", "billing", "v1", "--jwt-call-creds")
+	wildcard := ":" + port(app.addr)
+	cmd := exec.Command(grpcxdsBin(t), "--addr", wildcard, "--name", "billing-1")
+	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+filepath.Join(app.dir, "bootstrap.json"), "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true")
+	srv := launch(t, "billing-1", cmd)
+	eventually(t, "billing-1 serving on "+wildcard, func() bool { return strings.Contains(srv.out.String(), "serving [::]"+wildcard) })
+	web := m.startProxylessAgent("zone-1", "web-1", "web", "v1")
+	billing := web.dial(t, "billing")
+	eventually(t, "a call to billing", func() bool { _, _, err := unary(billing); return err == nil })
+	if resp, _, err := unary(billing); err != nil || resp.ServerId != "billing-1" || !strings.Contains(resp.Hostname, "spiffe://default/web") {
+		t.Fatalf("call to billing: %v %v, want billing-1 seeing web's SPIFFE ID", resp, err)
+	}
+}
