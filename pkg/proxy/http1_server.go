@@ -338,7 +338,13 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 				return true
 			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !isTimeout(err) && !isClosedConn(err) {
-				p.rawReply(name, dst, c, remote, 400, "text/plain; charset=utf-8", "Bad Request")
+				if strings.Contains(err.Error(), "unsupported transfer encoding") {
+					// A coding but chunked (gzip, chunked): Envoy's codec
+					// answers 501, as RFC 9112 §6.1 says a server should.
+					p.rawReply(name, dst, c, remote, 501, "text/plain; charset=utf-8", "Not Implemented")
+				} else {
+					p.rawReply(name, dst, c, remote, 400, "text/plain; charset=utf-8", "Bad Request")
+				}
 				lingerClose(c)
 			}
 			return true

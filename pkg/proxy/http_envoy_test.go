@@ -381,3 +381,18 @@ func TestEnvoyPerTryTimeoutFromRequestEnd(t *testing.T) {
 		})
 	}
 }
+
+// TestEnvoyUnsupportedTransferEncodingIs501: a request body in a transfer
+// coding other than chunked alone ("gzip, chunked") is one Envoy's HTTP/1
+// codec does not implement: 501 (RFC 9112 §6.1: a server that receives
+// a transfer coding it does not understand should answer 501), not 400.
+func TestEnvoyUnsupportedTransferEncodingIs501(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", nil)
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	resp, _ := rawExchange(t, strings.TrimPrefix(url, "http://"),
+		"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+	if resp.StatusCode != 501 {
+		t.Fatalf("Transfer-Encoding: gzip, chunked: %d; Envoy answers 501", resp.StatusCode)
+	}
+}
