@@ -14,8 +14,11 @@ import (
 )
 
 // expiringTypes are the policies a timed operation (a drill's drain) may
-// write with an expiry.
-func expiringTypes() []string { return []string{"Failover", "TrafficRoute", "TrafficPermission"} }
+// write with an expiry, and the revocations of user tokens, which go once
+// their tokens would have expired.
+func expiringTypes() []string {
+	return []string{"Failover", "TrafficRoute", "TrafficPermission", "UserTokenRevocation"}
+}
 
 // expire deletes each resource whose ursa.io/expires label (Unix seconds)
 // has passed, waking at the next expiry or when the resources change, until

@@ -103,3 +103,42 @@ func TestGenerateUserTokenArguments(t *testing.T) {
 		})
 	}
 }
+
+// TestRevokeUserToken runs ursactl revoke user-token against the real API:
+// the revoked token is refused, naming the revocation, every other token
+// keeps working, a readonly user cannot revoke, and a token refused already
+// cannot be revoked (the server says why).
+func TestRevokeUserToken(t *testing.T) {
+	url, admin := startRealAPI(t)
+	asAdmin := map[string]string{envAPIServer: url, envToken: admin}
+	gen := func(name, group string) string {
+		res := ursactl(t, asAdmin, "", "generate", "user-token", "--name", name, "--group", group, "--valid-for", "1h")
+		if res.code != exitOK {
+			t.Fatalf("generate user-token: %d %q", res.code, res.stderr)
+		}
+		return strings.TrimSpace(res.stdout)
+	}
+	rita, sam := gen("rita", "readonly"), gen("sam", "readonly")
+	if res := ursactl(t, map[string]string{envAPIServer: url, envToken: rita}, rita, "revoke", "user-token", "-"); res.code != exitError ||
+		!strings.Contains(res.stderr, "Forbidden") {
+		t.Fatalf("a readonly user revoking: %d %q", res.code, res.stderr)
+	}
+	res := ursactl(t, asAdmin, rita+"\n", "revoke", "user-token", "-")
+	if res.code != exitOK || !strings.Contains(res.stdout, "revoked: the readonly token of rita") {
+		t.Fatalf("revoke user-token: %d %q %q", res.code, res.stdout, res.stderr)
+	}
+	if res := ursactl(t, map[string]string{envAPIServer: url, envToken: rita}, "", "get", "meshes"); res.code != exitError ||
+		!strings.Contains(res.stderr, "token revoked") {
+		t.Fatalf("the revoked token: %d %q", res.code, res.stderr)
+	}
+	if res := ursactl(t, map[string]string{envAPIServer: url, envToken: sam}, "", "get", "meshes"); res.code != exitOK {
+		t.Fatalf("another token after a revocation: %d %q", res.code, res.stderr)
+	}
+	if res := ursactl(t, asAdmin, "not.a.token", "revoke", "user-token", "-"); res.code != exitError ||
+		!strings.Contains(res.stderr, "refused already") {
+		t.Fatalf("revoking garbage: %d %q", res.code, res.stderr)
+	}
+	if res := ursactl(t, asAdmin, "", "revoke", "user-token"); res.code != exitUsage {
+		t.Fatalf("revoke without a file: %d %q", res.code, res.stderr)
+	}
+}

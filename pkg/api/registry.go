@@ -123,6 +123,9 @@ var descriptors = []Descriptor{
 	// them.
 	{Type: "UserTokenPublicKey", Plural: "user-token-public-keys", Singular: "user-token-public-key", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncGlobalToZone,
 		New: func() Resource { return &UserTokenPublicKey{} }},
+	// UserTokenRevocation revokes one user token in every zone.
+	{Type: "UserTokenRevocation", Plural: "user-token-revocations", Singular: "user-token-revocation", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncGlobalToZone,
+		New: func() Resource { return &UserTokenRevocation{} }},
 	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Secret{} }},
 }

@@ -3,9 +3,12 @@ package api
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"time"
 )
 
 // UserTokenPublicKey is the public half of one of the global's user-token
@@ -62,4 +65,31 @@ func EncodeEd25519PublicKeyPEM(pub ed25519.PublicKey) (string, error) {
 		return "", err
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), nil
+}
+
+// UserTokenRevocation revokes one user token before it expires: it is named
+// by the token (RevocationName of its jti), written by the global (or a
+// standalone zone) when an admin revokes the token, and carried by KDS to
+// every zone, which then refuses the token too. It carries the token's
+// expiry as its ursa.io/expires label: once the token would have expired
+// anyway, the global deletes it. Only the control plane writes it.
+type UserTokenRevocation struct {
+	Meta
+	// User is the name the token carried, for whoever lists revocations.
+	User string `json:"user"`
+	// ExpiresAt is when the token expires.
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+func (r *UserTokenRevocation) validateSpec(v *validator) {
+	if r.ExpiresAt.IsZero() {
+		v.add("expiresAt", "required")
+	}
+}
+
+// RevocationName is the name of the UserTokenRevocation of the token whose
+// jti is id: a digest, as a jti may hold what no resource name can.
+func RevocationName(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "jti-" + hex.EncodeToString(sum[:16])
 }

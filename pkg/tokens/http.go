@@ -21,6 +21,7 @@ const (
 	PathZoneTokenSigningKey = "/tokens/zone/signing-key"
 	PathUserToken           = "/tokens/user"
 	PathUserTokenSigningKey = "/tokens/user/signing-key"
+	PathUserTokenRevocation = "/tokens/user/revocations"
 )
 
 // opTimeout bounds the store work of one request, so that a hung database
@@ -49,6 +50,21 @@ type UserTokenRequest struct {
 	Name     string `json:"name"`
 	Group    string `json:"group"`
 	ValidFor string `json:"validFor,omitempty"`
+}
+
+// RevokeUserTokenRequest is the body of POST /tokens/user/revocations: the
+// token to revoke.
+type RevokeUserTokenRequest struct {
+	Token string `json:"token"`
+}
+
+// RevokeUserTokenResponse says whose token was revoked, and until when it
+// would have been valid.
+type RevokeUserTokenResponse struct {
+	Name      string    `json:"name"`
+	Group     string    `json:"group"`
+	ID        string    `json:"id"`
+	ExpiresAt time.Time `json:"expiresAt"`
 }
 
 // SigningKeyResponse is the answer to POST /tokens/zone/signing-key and
@@ -162,12 +178,35 @@ func writeStoreError(w http.ResponseWriter, err error) {
 // for apiserver.Deps.Extra, behind the API's authentication, which lets only
 // admins POST: POST /tokens/user issues a token, and POST
 // /tokens/user/signing-key rotates the signing key, revoking every user token
-// issued before. In a federated zone both answer 403, naming the global.
+// issued before, and POST /tokens/user/revocations revokes one token. In a
+// federated zone they answer 403, naming the global.
 func (u *UserTokens) Handlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"POST " + PathUserToken:           http.HandlerFunc(u.serveIssue),
 		"POST " + PathUserTokenSigningKey: http.HandlerFunc(u.serveRotate),
+		"POST " + PathUserTokenRevocation: http.HandlerFunc(u.serveRevoke),
 	}
+}
+
+func (u *UserTokens) serveRevoke(w http.ResponseWriter, r *http.Request) {
+	var req RevokeUserTokenRequest
+	if !decodeRequest(w, r, &req, `{"token": TOKEN}`) {
+		return
+	}
+	if req.Token == "" {
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "token: required: the user token to revoke")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
+	defer cancel()
+	c, err := u.Revoke(ctx, req.Token)
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	by, _ := apiserver.UserFrom(r.Context())
+	u.log.Info("revoked a user token", zap.String("name", c.Name), zap.String("group", c.Group), zap.String("jti", c.ID), zap.String("by", by.Name))
+	apiserver.WriteJSON(w, http.StatusOK, RevokeUserTokenResponse{Name: c.Name, Group: c.Group, ID: c.ID, ExpiresAt: c.ExpiresAt})
 }
 
 func (u *UserTokens) serveIssue(w http.ResponseWriter, r *http.Request) {

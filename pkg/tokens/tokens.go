@@ -51,6 +51,9 @@ var (
 	// existed: to the caller they are one thing, a token not signed by a
 	// current key of this global CP.
 	ErrTokenSignature = errors.New("bad token signature")
+	// ErrTokenRevoked is a user token revoked on its own
+	// (UserTokens.Revoke) before it expired.
+	ErrTokenRevoked = errors.New("token revoked")
 )
 
 // ErrInvalidArgument is wrapped by IssueZoneToken's error for a bad zone
@@ -61,7 +64,7 @@ var ErrInvalidArgument = errors.New("invalid argument")
 // opposed to a failure to check it.
 func IsInvalid(err error) bool {
 	return errors.Is(err, ErrTokenMissing) || errors.Is(err, ErrTokenMalformed) ||
-		errors.Is(err, ErrTokenExpired) || errors.Is(err, ErrTokenSignature)
+		errors.Is(err, ErrTokenExpired) || errors.Is(err, ErrTokenSignature) || errors.Is(err, ErrTokenRevoked)
 }
 
 const (

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 
+	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/store"
 )
@@ -94,6 +96,8 @@ func CheckGroup(group string) error {
 type UserTokens struct {
 	ring keyRing   // signs and rotates; unused in a federated zone
 	keys keySource // verifies
+	// store holds the revocations of single tokens (UserTokenRevocation).
+	store store.Store
 	// global is the federated zone's global CP, which issues its tokens;
 	// empty where tokens are issued.
 	global string
@@ -105,14 +109,14 @@ type UserTokens struct {
 // its store.
 func NewUserIssuer(st store.Store, log *zap.Logger) *UserTokens {
 	ring := userRing(st)
-	return &UserTokens{ring: ring, keys: ring, now: time.Now, log: log}
+	return &UserTokens{ring: ring, keys: ring, store: st, now: time.Now, log: log}
 }
 
 // NewUserVerifier returns the UserTokens of a zone CP federated with the
 // global at global (its address, for messages): it verifies the tokens the
 // global signed with the UserTokenPublicKeys in st, and issues none.
 func NewUserVerifier(st store.Store, global string, log *zap.Logger) *UserTokens {
-	return &UserTokens{keys: publishedKeys{store: st}, global: global, now: time.Now, log: log}
+	return &UserTokens{keys: publishedKeys{store: st}, store: st, global: global, now: time.Now, log: log}
 }
 
 func (u *UserTokens) notIssuedHere(what string) error {
@@ -193,7 +197,45 @@ func (u *UserTokens) Verify(ctx context.Context, token string) (UserClaims, erro
 	if claims.IssuedAt != nil {
 		out.IssuedAt = claims.IssuedAt.Time
 	}
+	if claims.ID != "" {
+		_, err := u.store.Get(ctx, api.Key{Type: "UserTokenRevocation", Name: api.RevocationName(claims.ID)})
+		switch {
+		case err == nil:
+			return out, fmt.Errorf("verify user token: %w: the token of %s (jti %s) was revoked", ErrTokenRevoked, claims.Name, truncate(claims.ID))
+		case !errors.Is(err, store.ErrNotFound):
+			return UserClaims{}, fmt.Errorf("verify user token: read its revocation: %w", err)
+		}
+	}
 	return out, nil
+}
+
+// Revoke revokes one user token before it expires, here at once and in
+// every zone as soon as KDS carries the revocation, leaving every other
+// token valid (rotating the key revokes them all). The token must verify:
+// one that does not is refused anyway (ErrInvalidArgument, wrapped). A
+// token revoked already is not an error. It returns the token's claims; in
+// a federated zone it is ErrNotIssuedHere.
+func (u *UserTokens) Revoke(ctx context.Context, token string) (UserClaims, error) {
+	if u.global != "" {
+		return UserClaims{}, u.notIssuedHere("revoke user token")
+	}
+	c, err := u.Verify(ctx, token)
+	switch {
+	case errors.Is(err, ErrTokenRevoked):
+		return c, nil
+	case IsInvalid(err):
+		return UserClaims{}, fmt.Errorf("revoke user token: %w: it is refused already: %v", ErrInvalidArgument, err)
+	case err != nil:
+		return UserClaims{}, fmt.Errorf("revoke user token: %w", err)
+	case c.ID == "":
+		return UserClaims{}, fmt.Errorf("revoke user token: %w: it has no ID (jti) to revoke it by: rotate the signing key", ErrInvalidArgument)
+	}
+	rev := &api.UserTokenRevocation{Meta: api.Meta{Type: "UserTokenRevocation", Name: api.RevocationName(c.ID),
+		Labels: map[string]string{api.LabelExpires: strconv.FormatInt(c.ExpiresAt.Unix(), 10)}}, User: c.Name, ExpiresAt: c.ExpiresAt}
+	if _, err := u.store.Create(ctx, rev); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+		return UserClaims{}, fmt.Errorf("revoke user token: %w", err)
+	}
+	return c, nil
 }
 
 // Authenticate implements apiserver.Authenticator.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -324,4 +325,80 @@ func copyPublicKeys(t *testing.T, from, to store.Store) {
 	if _, err := to.Apply(ctx, puts, nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRevokeOneUserToken: revoking one user token refuses it, here and in a
+// zone that holds the revocation, and leaves every other token valid (a
+// key rotation revokes them all); a second revocation is no error, a token
+// refused already cannot be revoked, the revocation goes once the token
+// would have expired (its ursa.io/expires), and a federated zone revokes
+// nothing itself.
+func TestRevokeOneUserToken(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st, _ store.Store) {
+		ctx := context.Background()
+		u := newUsers(t, st, nil)
+		ada, _ := u.Issue(ctx, "ada", "admin", time.Hour)
+		bob, _ := u.Issue(ctx, "bob", "admin", time.Hour)
+		c, err := u.Revoke(ctx, ada)
+		if err != nil || c.Name != "ada" || c.ID == "" {
+			t.Fatalf("revoke ada's token: %+v %v", c, err)
+		}
+		if _, err := u.Verify(ctx, ada); !errors.Is(err, ErrTokenRevoked) || !IsInvalid(err) {
+			t.Errorf("ada's revoked token: %v, want ErrTokenRevoked", err)
+		}
+		if _, err := u.Authenticate(ctx, ada); err == nil || !strings.Contains(err.Error(), "revoked") {
+			t.Errorf("authenticating with ada's revoked token: %v", err)
+		}
+		if c, err := u.Verify(ctx, bob); err != nil || c.Name != "bob" {
+			t.Errorf("bob's token after ada's was revoked: %+v %v", c, err)
+		}
+		if _, err := u.Revoke(ctx, ada); err != nil {
+			t.Errorf("revoking ada's token again: %v", err)
+		}
+		if _, err := u.Revoke(ctx, "not.a.token"); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("revoking garbage: %v, want ErrInvalidArgument", err)
+		}
+		res, err := st.List(ctx, store.ListOptions{Type: "UserTokenRevocation"})
+		if err != nil || len(res.Items) != 1 {
+			t.Fatalf("revocations: %v %v, want one", res.Items, err)
+		}
+		rev := res.Items[0].(*api.UserTokenRevocation)
+		if rev.User != "ada" || rev.Labels[api.LabelExpires] != strconv.FormatInt(c.ExpiresAt.Unix(), 10) {
+			t.Errorf("the revocation: %+v, want ada's, expiring with her token (%v)", rev, c.ExpiresAt)
+		}
+		// A zone that has the global's key and the revocation (as KDS
+		// carries them) refuses the token too, and revokes nothing itself.
+		zoneStore := store.NewMemory(0)
+		mirror := store.NewMirror(st, []string{"GlobalSecret", "UserTokenPublicKey"}, zap.NewNop())
+		pctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 2)
+		go func() { done <- mirror.Start(pctx) }()
+		go func() { done <- PublishUserKeys(pctx, st, mirror, zap.NewNop()) }()
+		testutil.Until(t, 10*time.Second, "key 1 published", func() bool {
+			_, err := st.Get(ctx, publicKeyKey(1))
+			return err == nil
+		})
+		cancel()
+		<-done
+		<-done
+		copyPublicKeys(t, st, zoneStore)
+		zone := NewUserVerifier(zoneStore, "grpcs://global:5685", zap.NewNop())
+		if _, err := zone.Verify(ctx, ada); err != nil {
+			t.Fatalf("the zone before the revocation reached it: %v", err)
+		}
+		carried := api.DeepCopy(rev)
+		carried.GetMeta().Version = 0
+		if _, err := zoneStore.Create(ctx, carried); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := zone.Verify(ctx, ada); !errors.Is(err, ErrTokenRevoked) {
+			t.Errorf("the zone with the revocation: %v, want ErrTokenRevoked", err)
+		}
+		if _, err := zone.Verify(ctx, bob); err != nil {
+			t.Errorf("bob's token at the zone: %v", err)
+		}
+		if _, err := zone.Revoke(ctx, bob); !errors.Is(err, ErrNotIssuedHere) {
+			t.Errorf("revoking at a federated zone: %v, want ErrNotIssuedHere", err)
+		}
+	})
 }

@@ -198,6 +198,29 @@ func TestUserTokensFromAnotherHost(t *testing.T) {
 		t.Fatalf("ursactl on B at the zone as readonly: %v %s %s", err, out, stderr)
 	}
 
+	// One token revoked at the global, from B: refused at once there, in
+	// the zone once the revocation reaches it; the others keep working.
+	sam, stderr, err := h.ctl(t, "a", nil, local, "", "generate", "user-token", "--name", "sam", "--group", "readonly")
+	if err != nil {
+		t.Fatalf("sam's token: %v %s", err, stderr)
+	}
+	sam = strings.TrimSpace(sam)
+	eventually(t, "sam's token accepted by the zone", func() bool {
+		code, _ := call("GET", zone.apiTLS+"/meshes", sam, "")
+		return code == 200
+	})
+	if out, stderr, err := h.ctl(t, "b", []string{withCA}, remote, sam, "--token-file", ada, "revoke", "user-token", "-"); err != nil || !strings.Contains(out, "revoked: the readonly token of sam") {
+		t.Fatalf("revoke sam's token from B: %v %s %s", err, out, stderr)
+	}
+	code, body = call("GET", remote+"/meshes", sam, "")
+	expect("a revoked token at the global", code, body, 401, "token revoked")
+	eventually(t, "the zone refusing the revoked token", func() bool {
+		code, _ := call("GET", zone.apiTLS+"/meshes", sam, "")
+		return code == 401
+	})
+	code, body = call("GET", zone.apiTLS+"/meshes", read(rita), "")
+	expect("another token at the zone after a revocation", code, body, 200, "")
+
 	// Rotation at the global revokes every older token: at once there,
 	// in the zone once the new key reaches it.
 	if out, stderr, err := h.ctl(t, "b", []string{withCA}, remote, "", "--token-file", ada, "generate", "user-token-signing-key"); err != nil || !strings.Contains(out, "key 2") {
