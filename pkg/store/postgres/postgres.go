@@ -44,6 +44,22 @@ type Store struct {
 	notifier  *notifier
 	cancel    context.CancelFunc
 	done      chan struct{}
+	// writers bounds the writes that hold a connection: they take turns
+	// on the revision lock anyway, and a writer stuck behind it (another
+	// replica paused mid-write) must not take every connection from the
+	// reads.
+	writers chan struct{}
+}
+
+// sessionLimits bound what a store connection's session may hold, unless
+// the DSN sets them: a replica paused mid-write (SIGSTOP, a frozen VM)
+// loses its transaction, and so the revision lock, after 15 s idle in it;
+// a writer waiting on the lock gives up after 10 s (unavailable: to be
+// tried again); no statement runs for ever.
+var sessionLimits = map[string]string{
+	"idle_in_transaction_session_timeout": "15s",
+	"lock_timeout":                        "10s",
+	"statement_timeout":                   "60s",
 }
 
 var _ store.Store = (*Store)(nil)
@@ -86,6 +102,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err := checkSchema(ctx, dsn); err != nil {
 		return nil, err
 	}
+	for k, v := range sessionLimits {
+		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
+			cfg.ConnConfig.RuntimeParams[k] = v
+		}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", classify(err))
@@ -104,6 +125,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		notifier:  newNotifier(cfg.ConnConfig, opts.Log),
 		cancel:    cancel,
 		done:      make(chan struct{}),
+		writers:   make(chan struct{}, max(1, cfg.MaxConns/2)),
 	}
 	go func() { defer close(s.done); s.notifier.run(bg) }()
 	return s, nil
@@ -138,7 +160,8 @@ func classify(err error) error {
 		// (demoted) server: none is about what was written.
 		switch {
 		case strings.HasPrefix(pgErr.Code, "08"), strings.HasPrefix(pgErr.Code, "57P"), strings.HasPrefix(pgErr.Code, "53"),
-			strings.HasPrefix(pgErr.Code, "40"), pgErr.Code == "57014", pgErr.Code == "25006":
+			strings.HasPrefix(pgErr.Code, "40"), pgErr.Code == "57014", pgErr.Code == "25006",
+			pgErr.Code == "55P03", pgErr.Code == "25P03": // a lock not had in lock_timeout; a transaction idle too long
 			return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 		}
 		return err
@@ -166,6 +189,12 @@ type change struct {
 // write runs fn in a transaction that holds the revision lock, then appends
 // fn's changes to the log with consecutive revisions and announces them.
 func (s *Store) write(ctx context.Context, what string, fn func(tx pgx.Tx, rev int64) ([]change, error)) ([]change, error) {
+	select {
+	case s.writers <- struct{}{}:
+		defer func() { <-s.writers }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%s: wait for a writer's turn: %w", what, classify(ctx.Err()))
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: begin: %w", what, classify(err))
