@@ -112,7 +112,7 @@ func translateAccessLog(al *accesslogv3.AccessLog) (*accessLog, error) {
 	switch tc.GetTypeUrl() {
 	case fileLogType:
 		fl := &filev3.FileAccessLog{}
-		if err := tc.UnmarshalTo(fl); err != nil {
+		if err := unpackTyped(tc, fl); err != nil {
 			return nil, fmt.Errorf("file: %w", err)
 		}
 		if err := onlyFields(fl, "path", "log_format"); err != nil {
@@ -127,7 +127,7 @@ func translateAccessLog(al *accesslogv3.AccessLog) (*accessLog, error) {
 		return textLogger(sinkKey{kind: "file", path: fl.GetPath(), flush: DefaultFileFlush}, fl.GetLogFormat())
 	case stdoutLogType:
 		sl := &streamv3.StdoutAccessLog{}
-		if err := tc.UnmarshalTo(sl); err != nil {
+		if err := unpackTyped(tc, sl); err != nil {
 			return nil, fmt.Errorf("stdout: %w", err)
 		}
 		if err := onlyFields(sl, "log_format"); err != nil {
@@ -136,7 +136,7 @@ func translateAccessLog(al *accesslogv3.AccessLog) (*accessLog, error) {
 		return textLogger(sinkKey{kind: "stdout", flush: DefaultFileFlush}, sl.GetLogFormat())
 	case fluentdLogType:
 		fl := &fluentdv3.FluentdAccessLogConfig{}
-		if err := tc.UnmarshalTo(fl); err != nil {
+		if err := unpackTyped(tc, fl); err != nil {
 			return nil, fmt.Errorf("fluentd: %w", err)
 		}
 		return fluentdLogger(fl)

@@ -107,9 +107,9 @@ func TestTranslateAccessLogsRefuses(t *testing.T) {
 		"json format":       {jsonFile, "json_format: not supported"},
 		"unknown operator":  {fileLogger(t, "/tmp/x", "%NOPE%\n"), "%NOPE% is not supported"},
 		"bad record format": {badRecord, `"message": format position 0: command operator %BOGUS%`},
-		"fluentd no tag":    {noTag, "cluster and tag are required"},
+		"fluentd no tag":    {noTag, "FluentdAccessLogConfig.Tag"},
 		"other logger":      {other, "access logger envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy is not supported"},
-		"no path":           {fileLogger(t, "", ""), "no path"},
+		"no path":           {fileLogger(t, "", ""), "FileAccessLog.Path"},
 	} {
 		_, err := translateAccessLogs([]*accesslogv3.AccessLog{tc.log})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

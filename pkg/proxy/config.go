@@ -32,6 +32,8 @@ import (
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Config is everything the proxy runs, translated from xDS resources.
@@ -170,6 +172,24 @@ type Endpoint struct {
 // configurations.
 func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assignments []*endpoint.ClusterLoadAssignment, secrets []*tlsv3.Secret, key crypto.Signer, routes ...*route.RouteConfiguration) (*Config, error) {
 	cfg := &Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}, RouteTables: map[string]*RouteTable{}}
+	// Envoy's own rules first (protoc-gen-validate's): what Envoy would
+	// NACK (a connect_timeout of 0, an overprovisioning_factor of 0) is
+	// NACKed here, naming the field, before anything is taken.
+	if err := validateAll(listeners, "listener"); err != nil {
+		return nil, err
+	}
+	if err := validateAll(clusters, "cluster"); err != nil {
+		return nil, err
+	}
+	if err := validateAll(assignments, "load assignment"); err != nil {
+		return nil, err
+	}
+	if err := validateAll(secrets, "secret"); err != nil {
+		return nil, err
+	}
+	if err := validateAll(routes, "route configuration"); err != nil {
+		return nil, err
+	}
 	for _, rc := range routes {
 		t, err := translateRouteConfig(rc)
 		if err != nil {
@@ -229,7 +249,7 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		}
 		if ts := c.GetTransportSocket(); ts != nil {
 			up := &tlsv3.UpstreamTlsContext{}
-			if err := ts.GetTypedConfig().UnmarshalTo(up); err != nil {
+			if err := unpackTyped(ts.GetTypedConfig(), up); err != nil {
 				return nil, fmt.Errorf("cluster %q: transport socket: %w", c.Name, err)
 			}
 			if err := upstreamTLSFields(up); err != nil {
@@ -444,7 +464,7 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 		}
 		if tc := lf.GetTypedConfig(); tc != nil {
 			ti := &tlsinspector.TlsInspector{}
-			if err := tc.UnmarshalTo(ti); err != nil {
+			if err := unpackTyped(tc, ti); err != nil {
 				return nil, fmt.Errorf("listener %q: tls_inspector: %w", l.Name, err)
 			}
 			// Fingerprints are for logs and matches the proxy does not
@@ -504,7 +524,7 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 	var alpn []string
 	if ts := fc.GetTransportSocket(); ts != nil {
 		down := &tlsv3.DownstreamTlsContext{}
-		if err := ts.GetTypedConfig().UnmarshalTo(down); err != nil {
+		if err := unpackTyped(ts.GetTypedConfig(), down); err != nil {
 			return false, nil, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
 		}
 		// mTLS as the CP sets it up: the identity and the CA from SDS, a
@@ -519,7 +539,7 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 		switch {
 		case tc.MessageIs(&rbac.RBAC{}):
 			r := &rbac.RBAC{}
-			if err := tc.UnmarshalTo(r); err != nil {
+			if err := unpackTyped(tc, r); err != nil {
 				return false, nil, nil, nil, fmt.Errorf("listener %q: rbac: %w", listenerName, err)
 			}
 			if rules, err = compileRBAC(r.GetRules()); err != nil {
@@ -531,7 +551,7 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 			}
 		case tc.MessageIs(&hcm.HttpConnectionManager{}):
 			h := &hcm.HttpConnectionManager{}
-			if err := tc.UnmarshalTo(h); err != nil {
+			if err := unpackTyped(tc, h); err != nil {
 				return false, nil, nil, nil, fmt.Errorf("listener %q: http_connection_manager: %w", listenerName, err)
 			}
 			if len(fc.GetFilters()) != 1 {
@@ -569,7 +589,7 @@ func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
 			return nil, fmt.Errorf("listener %q: an SNI filter chain must match server names and hold one tcp_proxy, without TLS", l.Name)
 		}
 		tp := &tcp.TcpProxy{}
-		if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+		if err := unpackTyped(fc.GetFilters()[0].GetTypedConfig(), tp); err != nil {
 			return nil, fmt.Errorf("listener %q: tcp_proxy: %w", l.Name, err)
 		}
 		if len(tp.GetAccessLog()) > 0 {
@@ -591,4 +611,41 @@ func sniListener(out *Listener, l *listener.Listener) (*Listener, error) {
 		}
 	}
 	return out, nil
+}
+
+// unpackTyped is a typed config's Any.UnmarshalTo, then the message's own
+// rules (protoc-gen-validate's, ValidateAll), as Envoy checks every typed
+// config it unpacks: ValidateAll of a resource does not look inside Any.
+func unpackTyped(a *anypb.Any, m interface {
+	proto.Message
+	ValidateAll() error
+}) error {
+	if err := a.UnmarshalTo(m); err != nil {
+		return err
+	}
+	return m.ValidateAll()
+}
+
+// validateAll runs each resource's ValidateAll, naming the first that fails.
+func validateAll[T interface {
+	ValidateAll() error
+	proto.Message
+}](rs []T, kind string) error {
+	for _, r := range rs {
+		if err := r.ValidateAll(); err != nil {
+			return fmt.Errorf("%s %q: %w", kind, nameOf(r), err)
+		}
+	}
+	return nil
+}
+
+// nameOf is a resource's name, for messages.
+func nameOf(m proto.Message) string {
+	if n, ok := m.(interface{ GetName() string }); ok {
+		return n.GetName()
+	}
+	if n, ok := m.(interface{ GetClusterName() string }); ok {
+		return n.GetClusterName()
+	}
+	return ""
 }

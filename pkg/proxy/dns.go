@@ -89,7 +89,7 @@ func translateDNS(l *listener.Listener) (*DNS, error) {
 	if tc := f.GetTypedConfig(); tc == nil || !tc.MessageIs(cfg) {
 		return nil, fmt.Errorf("listener %q: listener filter %q is not supported by the built-in proxy (only %s)", l.Name, f.GetName(), dnsFilterName)
 	}
-	if err := f.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+	if err := unpackTyped(f.GetTypedConfig(), cfg); err != nil {
 		return nil, fmt.Errorf("listener %q: dns filter: %w", l.Name, err)
 	}
 	if cfg.GetClientConfig() != nil {

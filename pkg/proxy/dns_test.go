@@ -184,8 +184,8 @@ func TestDNSRefusesWhatItCannotHonour(t *testing.T) {
 	tcpDNS.Address.GetSocketAddress().Protocol = core.SocketAddress_TCP
 	tcpDNS.FilterChains = []*listener.FilterChain{{}}
 	for want, l := range map[string]*listener.Listener{
-		"client_config":         dnsListener(t, "127.0.0.1", 15053, withClient),
-		"inline_dns_table":      dnsListener(t, "127.0.0.1", 15053, external),
+		"ClientConfig":          dnsListener(t, "127.0.0.1", 15053, withClient),
+		"ExternalDnsTable":      dnsListener(t, "127.0.0.1", 15053, external),
 		"address_list":          dnsListener(t, "127.0.0.1", 15053, cluster),
 		"UDP socket address":    tcpDNS,
 		"want an IP and a port": dnsListener(t, "localhost", 15053, dnsFilter()),

@@ -48,7 +48,7 @@ func fastProxy(t testing.TB, upstreams ...string) *Proxy {
 		many = append(many, net.IPv4(240, 0, 1, byte(i)).String())
 	}
 	for name, ips := range map[string][]string{"dual.mesh": {"240.0.0.2", "fd00::2", "240.0.0.3", "fd00::3"}, "many.mesh": many} {
-		table.VirtualDomains = append(table.VirtualDomains, &dnstable.DnsTable_DnsVirtualDomain{Name: name, AnswerTtl: durationpb.New(10e9),
+		table.VirtualDomains = append(table.VirtualDomains, &dnstable.DnsTable_DnsVirtualDomain{Name: name, AnswerTtl: durationpb.New(30e9),
 			Endpoint: &dnstable.DnsTable_DnsEndpoint{EndpointConfig: &dnstable.DnsTable_DnsEndpoint_AddressList{
 				AddressList: &dnstable.DnsTable_AddressList{Address: ips}}}})
 	}

@@ -345,7 +345,7 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 		switch {
 		case tc.MessageIs(&routerv3.Router{}):
 			r := &routerv3.Router{}
-			if err := tc.UnmarshalTo(r); err != nil {
+			if err := unpackTyped(tc, r); err != nil {
 				return nil, wrap(fmt.Errorf("router: %w", err))
 			}
 			if err := onlyFields(r, "suppress_envoy_headers"); err != nil {
@@ -354,7 +354,7 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 			out.Headers.envoyHeaders = !r.GetSuppressEnvoyHeaders()
 		case tc.MessageIs(&rbachttp.RBAC{}):
 			r := &rbachttp.RBAC{}
-			if err := tc.UnmarshalTo(r); err != nil {
+			if err := unpackTyped(tc, r); err != nil {
 				return nil, wrap(fmt.Errorf("rbac: %w", err))
 			}
 			if err := onlyFields(r, "rules"); err != nil {
@@ -367,7 +367,7 @@ func translateHCM(listenerName string, h *hcm.HttpConnectionManager) (*HTTPChain
 			out.RBAC = rules
 		case tc.MessageIs(&faultv3.HTTPFault{}):
 			fl := &faultv3.HTTPFault{}
-			if err := tc.UnmarshalTo(fl); err != nil {
+			if err := unpackTyped(tc, fl); err != nil {
 				return nil, wrap(fmt.Errorf("fault: %w", err))
 			}
 			ff, err := translateFault(fl)
@@ -811,7 +811,7 @@ func clusterHTTP(c *cluster.Cluster, out *Cluster) error {
 			return fmt.Errorf("typed_extension_protocol_options %q is not supported by the built-in proxy", key)
 		}
 		o := &upstreamhttp.HttpProtocolOptions{}
-		if err := a.UnmarshalTo(o); err != nil {
+		if err := unpackTyped(a, o); err != nil {
 			return fmt.Errorf("%s: %w", key, err)
 		}
 		if err := onlyFields(o, "common_http_protocol_options", "explicit_http_config"); err != nil {

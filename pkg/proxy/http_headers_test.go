@@ -210,14 +210,14 @@ func TestHCMHeaderRefusals(t *testing.T) {
 		change func(*hcm.HttpConnectionManager)
 		want   string
 	}{
-		{func(h *hcm.HttpConnectionManager) { h.ServerName = "bad\r\nname" }, "server_name"},
-		{func(h *hcm.HttpConnectionManager) { h.ServerHeaderTransformation = 7 }, "server_header_transformation"},
+		{func(h *hcm.HttpConnectionManager) { h.ServerName = "bad\r\nname" }, "HttpConnectionManager.ServerName"},
+		{func(h *hcm.HttpConnectionManager) { h.ServerHeaderTransformation = 7 }, "HttpConnectionManager.ServerHeaderTransformation"},
 		{func(h *hcm.HttpConnectionManager) { h.PreserveExternalRequestId = true }, "preserve_external_request_id"},
-		{func(h *hcm.HttpConnectionManager) { h.MaxRequestHeadersKb = wrapperspb.UInt32(0) }, "max_request_headers_kb 0"},
+		{func(h *hcm.HttpConnectionManager) { h.MaxRequestHeadersKb = wrapperspb.UInt32(0) }, "HttpConnectionManager.MaxRequestHeadersKb"},
 		{func(h *hcm.HttpConnectionManager) { h.MaxRequestHeadersKb = wrapperspb.UInt32(2048) }, "max_request_headers_kb 2048"},
 		{func(h *hcm.HttpConnectionManager) {
 			h.CommonHttpProtocolOptions = &core.HttpProtocolOptions{MaxHeadersCount: wrapperspb.UInt32(0)}
-		}, "max_headers_count 0"},
+		}, "HttpProtocolOptions.MaxHeadersCount"},
 		{func(h *hcm.HttpConnectionManager) {
 			h.CommonHttpProtocolOptions = &core.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Minute)}
 		}, "common_http_protocol_options.idle_timeout"},
@@ -226,7 +226,7 @@ func TestHCMHeaderRefusals(t *testing.T) {
 		}, "http_protocol_options.allow_absolute_url false"},
 		{func(h *hcm.HttpConnectionManager) {
 			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, HeaderKeyFormat: &core.Http1ProtocolOptions_HeaderKeyFormat{}}
-		}, "http_protocol_options.header_key_format"},
+		}, "Http1ProtocolOptions.HeaderKeyFormat"},
 		{func(h *hcm.HttpConnectionManager) {
 			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true, DefaultHostForHttp_10: "a b"}
 		}, `default_host_for_http_10 "a b"`},

@@ -55,8 +55,11 @@ func rbacHTTPFilter(allowed ...string) *hcm.HttpFilter {
 		principals = append(principals, &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Authenticated_{
 			Authenticated: &rbacconfig.Principal_Authenticated{PrincipalName: exactMatcher(a)}}})
 	}
-	r := &rbachttp.RBAC{Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: map[string]*rbacconfig.Policy{
-		"allowed": {Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}}, Principals: principals}}}}
+	policies := map[string]*rbacconfig.Policy{}
+	if len(principals) > 0 { // none allowed: no policy (one without principals is not valid)
+		policies["allowed"] = &rbacconfig.Policy{Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}}, Principals: principals}
+	}
+	r := &rbachttp.RBAC{Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: policies}}
 	return &hcm.HttpFilter{Name: "envoy.filters.http.rbac", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: xds.MustAny(r)}}
 }
 
@@ -126,7 +129,8 @@ func staticHTTPCluster(name string, h2 bool, addrs ...string) *cluster.Cluster {
 func mtlsHTTPCluster(name, service string, h2 bool) *cluster.Cluster {
 	up := &tlsv3.UpstreamTlsContext{Sni: service + ".default.ursa", CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 		CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{DefaultValidationContext: &tlsv3.CertificateValidationContext{
-			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: exactMatcher("spiffe://default/" + service)}}}}}}}
+			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: exactMatcher("spiffe://default/" + service)}}},
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "mesh-ca"}}}}}
 	return &cluster.Cluster{Name: name, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 		EdsClusterConfig:              &cluster.Cluster_EdsClusterConfig{ServiceName: name},
 		TypedExtensionProtocolOptions: protocolOptions(h2),

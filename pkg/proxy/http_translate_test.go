@@ -116,11 +116,11 @@ func TestHTTPTranslateNACKs(t *testing.T) {
 			return c
 		}()}, want: "TcpProtocolOptions"},
 		{name: "response head of 0 KiB", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxResponseHeadersKb: wrapperspb.UInt32(0)})},
-			want: "max_response_headers_kb 0"},
+			want: "HttpProtocolOptions.MaxResponseHeadersKb"},
 		{name: "response head past 1,024 KiB", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxResponseHeadersKb: wrapperspb.UInt32(2048)})},
 			want: "max_response_headers_kb 2048"},
 		{name: "no response fields", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxHeadersCount: wrapperspb.UInt32(0)})},
-			want: "max_headers_count 0"},
+			want: "HttpProtocolOptions.MaxHeadersCount"},
 		{name: "cluster common option", clusters: []*cluster.Cluster{withCommonOptions(staticHTTPCluster("c", false, "127.0.0.1:1"), &core.HttpProtocolOptions{MaxStreamDuration: durationpb.New(time.Second)})},
 			want: "max_stream_duration"},
 	} {

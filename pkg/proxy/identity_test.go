@@ -281,7 +281,8 @@ func TestIdentityFromCSR(t *testing.T) {
 func TestUnsupportedSANCheckIsRefused(t *testing.T) {
 	up := &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 		CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{DefaultValidationContext: &tlsv3.CertificateValidationContext{
-			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: exactMatcher("billing")}}}}}}}
+			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: exactMatcher("billing")}}},
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "mesh-ca"}}}}}
 	c := &cluster.Cluster{Name: "billing", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
 		TransportSocket: &core.TransportSocket{Name: "tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: xds.MustAny(up)}}}
 	if _, err := translate(nil, []*cluster.Cluster{c}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "only URI") {

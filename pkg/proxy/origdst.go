@@ -125,7 +125,7 @@ func origDstListener(out *Listener, l *listener.Listener) (*Listener, error) {
 // tcpRoutes reads the routes of a tcp_proxy filter.
 func tcpRoutes(listenerName string, f *listener.Filter) ([]Route, error) {
 	tp := &tcp.TcpProxy{}
-	if err := f.GetTypedConfig().UnmarshalTo(tp); err != nil {
+	if err := unpackTyped(f.GetTypedConfig(), tp); err != nil {
 		return nil, fmt.Errorf("listener %q: tcp_proxy: %w", listenerName, err)
 	}
 	return tcpProxyRoutes(listenerName, tp)

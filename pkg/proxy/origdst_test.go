@@ -328,7 +328,7 @@ func TestTranslateListenerRefusals(t *testing.T) {
 			return l
 		}(), "tls_params"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
-			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxConnectAttempts = wrapperspb.UInt32(0) })}}}, "max_connect_attempts must be at least 1"},
+			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxConnectAttempts = wrapperspb.UInt32(0) })}}}, "TcpProxy.MaxConnectAttempts"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{
 			Filters: tcpWith(func(tp *tcp.TcpProxy) { tp.MaxDownstreamConnectionDuration = durationpb.New(time.Second) })}}}, "max_downstream_connection_duration"},
 		{&listener.Listener{Name: "t", Address: socket("127.0.0.1", 0), FilterChains: []*listener.FilterChain{{Filters: tcpWith(func(*tcp.TcpProxy) {})}},

@@ -934,7 +934,11 @@ func priorityLoads(levels []priorityLevel, c *Cluster) uint32 {
 
 // pipe copies both ways until both directions end, half-closing as each
 // side finishes so protocols that rely on it work, or until no data has
-// moved either way for idle (0: no limit; watchIdle). It returns the bytes
+// moved either way for idle (0: no limit; watchIdle). A reset or a failed
+// write ends both sides at once, as Envoy's tcp_proxy closes both
+// connections on either's RemoteClose: only a clean end of stream is passed
+// on as a half-close (else the other side, and the cluster's connection
+// slot, stayed held until it closed or went idle). It returns the bytes
 // received from the downstream and sent to it.
 func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter, idle time.Duration) (received, sent int64) {
 	if idle > 0 {
@@ -943,8 +947,16 @@ func pipe(down, up net.Conn, upBytes, downBytes prometheus.Counter, idle time.Du
 	var wg sync.WaitGroup
 	cp := func(dst, src net.Conn, count prometheus.Counter, n *int64) {
 		defer wg.Done()
-		*n, _ = io.Copy(dst, src)
+		var err error
+		*n, err = io.Copy(dst, src)
 		count.Add(float64(*n))
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+			// A TLS peer that closed without close_notify is an end of
+			// stream too; anything else is not.
+			down.Close()
+			up.Close()
+			return
+		}
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {

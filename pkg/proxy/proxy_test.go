@@ -307,7 +307,8 @@ func TestTranslateClusterRefusals(t *testing.T) {
 			c.TransportSocket = &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{
 				TypedConfig: xds.MustAny(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
 					ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-						DefaultValidationContext: &tlsv3.CertificateValidationContext{TrustChainVerification: tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED}}}}})}}
+						DefaultValidationContext:         &tlsv3.CertificateValidationContext{TrustChainVerification: tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED},
+						ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "mesh-ca"}}}}})}}
 		}, "trust_chain_verification"},
 		{func(c *cluster.Cluster) { c.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1) }, "per_connection_buffer_limit_bytes"},
 	} {
@@ -342,7 +343,7 @@ func TestTranslateSecretRefusals(t *testing.T) {
 	}{
 		{ca(func(vc *tlsv3.CertificateValidationContext) {
 			vc.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_URI}}
-		}), "match_typed_subject_alt_names"},
+		}), "MatchTypedSubjectAltNames"},
 		{ca(func(vc *tlsv3.CertificateValidationContext) { vc.AllowExpiredCertificate = true }), "allow_expired_certificate"},
 		{ca(func(vc *tlsv3.CertificateValidationContext) {
 			vc.TrustedCa = &core.DataSource{Specifier: &core.DataSource_Filename{Filename: "/etc/ca.pem"}}

@@ -100,7 +100,7 @@ func TestTranslateResilienceRefuses(t *testing.T) {
 		{"common_lb_config.zone_aware_lb_config", func(c *cluster.Cluster) {
 			c.CommonLbConfig.LocalityConfigSpecifier = &cluster.Cluster_CommonLbConfig_ZoneAwareLbConfig_{ZoneAwareLbConfig: &cluster.Cluster_CommonLbConfig_ZoneAwareLbConfig{}}
 		}},
-		{"healthy_panic_threshold: 120 is not a percentage", func(c *cluster.Cluster) { c.CommonLbConfig.HealthyPanicThreshold.Value = 120 }},
+		{"Cluster_CommonLbConfig.HealthyPanicThreshold", func(c *cluster.Cluster) { c.CommonLbConfig.HealthyPanicThreshold.Value = 120 }},
 		{"healthy_panic_threshold: NaN", func(c *cluster.Cluster) { c.CommonLbConfig.HealthyPanicThreshold.Value = math.NaN() }},
 		{"two thresholds", func(c *cluster.Cluster) {
 			c.CircuitBreakers.Thresholds = append(c.CircuitBreakers.Thresholds, &cluster.CircuitBreakers_Thresholds{})
@@ -112,24 +112,24 @@ func TestTranslateResilienceRefuses(t *testing.T) {
 		{"retry_budget.budget_interval", func(c *cluster.Cluster) {
 			c.CircuitBreakers.Thresholds[0].RetryBudget.BudgetInterval = durationpb.New(time.Second)
 		}},
-		{"budget_percent", func(c *cluster.Cluster) { c.CircuitBreakers.Thresholds[0].RetryBudget.BudgetPercent.Value = 120 }},
+		{"RetryBudget", func(c *cluster.Cluster) { c.CircuitBreakers.Thresholds[0].RetryBudget.BudgetPercent.Value = 120 }},
 		{"outlier_detection.enforcing_local_origin_success_rate", func(c *cluster.Cluster) {
 			c.OutlierDetection.EnforcingLocalOriginSuccessRate = wrapperspb.UInt32(3)
 		}},
 		{"outlier_detection.split_external_local_origin_errors", func(c *cluster.Cluster) { c.OutlierDetection.SplitExternalLocalOriginErrors = true }},
-		{"outlier_detection.failure_percentage_threshold: 120 is not a percentage", func(c *cluster.Cluster) {
+		{"OutlierDetection.FailurePercentageThreshold", func(c *cluster.Cluster) {
 			c.OutlierDetection.FailurePercentageThreshold = wrapperspb.UInt32(120)
 		}},
-		{"outlier_detection.enforcing_success_rate: 101 is not a percentage", func(c *cluster.Cluster) {
+		{"OutlierDetection.EnforcingSuccessRate", func(c *cluster.Cluster) {
 			c.OutlierDetection.EnforcingSuccessRate = wrapperspb.UInt32(101)
 		}},
-		{"outlier_detection.interval", func(c *cluster.Cluster) { c.OutlierDetection.Interval = durationpb.New(0) }},
-		{"outlier_detection.base_ejection_time", func(c *cluster.Cluster) { c.OutlierDetection.BaseEjectionTime = durationpb.New(-time.Second) }},
+		{"OutlierDetection.Interval", func(c *cluster.Cluster) { c.OutlierDetection.Interval = durationpb.New(0) }},
+		{"OutlierDetection.BaseEjectionTime", func(c *cluster.Cluster) { c.OutlierDetection.BaseEjectionTime = durationpb.New(-time.Second) }},
 		{"2 health checks", func(c *cluster.Cluster) { c.HealthChecks = append(c.HealthChecks, c.HealthChecks[0]) }},
 		{"grpc_health_check", func(c *cluster.Cluster) {
 			hc(c).HealthChecker = &core.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &core.HealthCheck_GrpcHealthCheck{}}
 		}},
-		{"only tcp_health_check and http_health_check", func(c *cluster.Cluster) { hc(c).HealthChecker = nil }},
+		{"HealthCheck.HealthChecker", func(c *cluster.Cluster) { hc(c).HealthChecker = nil }},
 		{"health_checks.event_log_path", func(c *cluster.Cluster) { hc(c).EventLogPath = "/tmp/hc.log" }},
 		{"health_checks.tls_options", func(c *cluster.Cluster) {
 			hc(c).TlsOptions = &core.HealthCheck_TlsOptions{AlpnProtocols: []string{"h2"}}
@@ -137,7 +137,7 @@ func TestTranslateResilienceRefuses(t *testing.T) {
 		{"health_checks.transport_socket_match_criteria", func(c *cluster.Cluster) { hc(c).TransportSocketMatchCriteria = structOf(t) }},
 		{"required", func(c *cluster.Cluster) { hc(c).Timeout = nil }},
 		{"required", func(c *cluster.Cluster) { hc(c).HealthyThreshold = nil }},
-		{"must be more than 0", func(c *cluster.Cluster) { hc(c).Interval = durationpb.New(0) }},
+		{"HealthCheck.Interval", func(c *cluster.Cluster) { hc(c).Interval = durationpb.New(0) }},
 		{"health_checks.interval: seconds:31700000", func(c *cluster.Cluster) { hc(c).Interval = &durationpb.Duration{Seconds: 31700000} }},
 		{"http_health_check.codec_client_type", func(c *cluster.Cluster) { httpCheck(c).CodecClientType = typev3.CodecClientType_HTTP3 }},
 		{"http_health_check.send", func(c *cluster.Cluster) {
@@ -145,7 +145,7 @@ func TestTranslateResilienceRefuses(t *testing.T) {
 		}},
 		{"http_health_check.service_name_matcher", func(c *cluster.Cluster) { httpCheck(c).ServiceNameMatcher = exactMatcher("x") }},
 		{"http_health_check.path", func(c *cluster.Cluster) { httpCheck(c).Path = "health" }},
-		{"http_health_check.path", func(c *cluster.Cluster) { httpCheck(c).Path = "/a\nb" }},
+		{"HealthCheck_HttpHealthCheck.Path", func(c *cluster.Cluster) { httpCheck(c).Path = "/a\nb" }},
 		{"expected_statuses", func(c *cluster.Cluster) { httpCheck(c).ExpectedStatuses = []*typev3.Int64Range{{Start: 600, End: 700}} }},
 		{"retriable_statuses", func(c *cluster.Cluster) {
 			httpCheck(c).RetriableStatuses = []*typev3.Int64Range{{Start: 503, End: 503}}

@@ -115,7 +115,7 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 	switch {
 	case tc.MessageIs(&tracev3.OpenTelemetryConfig{}):
 		oc := &tracev3.OpenTelemetryConfig{}
-		if err := tc.UnmarshalTo(oc); err != nil {
+		if err := unpackTyped(tc, oc); err != nil {
 			return nil, fmt.Errorf("tracing: opentelemetry: %w", err)
 		}
 		if err := onlyFields(oc, "grpc_service", "service_name"); err != nil {
@@ -139,7 +139,7 @@ func translateTracing(t *hcm.HttpConnectionManager_Tracing, server bool, localSe
 		out.key = exporterKey{kind: "otlp", cluster: eg.GetClusterName(), service: svc}
 	case tc.MessageIs(&tracev3.ZipkinConfig{}):
 		zc := &tracev3.ZipkinConfig{}
-		if err := tc.UnmarshalTo(zc); err != nil {
+		if err := unpackTyped(tc, zc); err != nil {
 			return nil, fmt.Errorf("tracing: zipkin: %w", err)
 		}
 		if err := onlyFields(zc, "collector_cluster", "collector_endpoint", "trace_id_128bit", "collector_endpoint_version", "trace_context_option"); err != nil {

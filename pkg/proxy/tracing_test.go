@@ -99,10 +99,10 @@ func TestTranslateTracing(t *testing.T) {
 		"overall":         {overall, "overall_sampling other than 100"},
 		"zipkin 64-bit":   {bits64, "trace_id_128bit must be true"},
 		"zipkin proto":    {protoZipkin, "HTTP_PROTO is not supported"},
-		"otel sampler":    {sampler, "sampler: not supported"},
+		"otel sampler":    {sampler, "OpenTelemetryConfig.Sampler"},
 		"other provider":  {other, "provider envoy.config.trace.v3.DatadogConfig is not supported"},
 		"no provider":     {&hcm.HttpConnectionManager_Tracing{}, "no provider"},
-		"no otel cluster": {otelTracing(t, "", "s", 100), "cluster_name is required"},
+		"no otel cluster": {otelTracing(t, "", "s", 100), "GrpcService_EnvoyGrpc.ClusterName"},
 	} {
 		_, err := translateTracing(tc.in, false, "")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
