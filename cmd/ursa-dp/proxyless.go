@@ -174,8 +174,10 @@ func runProxyless(ctx context.Context, cfg proxylessConfig) error {
 				if err != nil || token == "" || token == meta[api.MetadataToken] {
 					return nil
 				}
+				old := meta[api.MetadataToken]
 				meta[api.MetadataToken] = token
 				if err := proxyless.WriteBootstrap(bootFile, opts); err != nil {
+					meta[api.MetadataToken] = old // tried again at the next poll
 					log.Error("cannot write the renewed token into the bootstrap", zap.String("bootstrap", bootFile), zap.Error(err))
 					return nil
 				}

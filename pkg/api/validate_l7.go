@@ -429,7 +429,34 @@ func LogFormatOperators() []string {
 }
 
 // logOperator is one %...% of a format.
-var logOperator = regexp.MustCompile(`^%([A-Z_]+)(\(([^()]*)\))?(:[0-9]+)?%`)
+var logOperator = regexp.MustCompile(`^%([A-Z_]+)(\(([^()]*)\))?(:[1-9][0-9]*)?%`)
+
+// CheckStrftime checks a START_TIME format: strftime's specifiers the
+// built-in proxy writes (%Y %m %d %H %M %S %y %j %b %B %a %A %z %Z %e %T
+// %F %p %%), and Envoy's %s, %f and %Nf (N digits of the second). A
+// specifier it does not know is an error, at the API as at the proxy.
+func CheckStrftime(f string) error {
+	for i := 0; i < len(f); i++ {
+		if f[i] != '%' {
+			continue
+		}
+		i++
+		if i < len(f) && f[i] >= '1' && f[i] <= '9' {
+			i++
+			if i >= len(f) || f[i] != 'f' {
+				return fmt.Errorf("%%%c must be followed by f, as in %%3f", f[i-1])
+			}
+			continue
+		}
+		if i >= len(f) {
+			return fmt.Errorf("a trailing %%")
+		}
+		if !strings.ContainsRune("YmdHMSyjbBaAzZsfeTFp%", rune(f[i])) {
+			return fmt.Errorf("%%%c is not supported", f[i])
+		}
+	}
+	return nil
+}
 
 // CheckLogFormat reports the first problem with an access log format: an
 // unterminated %, an operator the proxies do not know, or an argument
@@ -472,6 +499,10 @@ func CheckLogFormat(format string) error {
 			return fmt.Errorf("%s: %s takes no argument", op, m[1])
 		case (m[1] == "REQ" || m[1] == "RESP") && m[3] == "":
 			return fmt.Errorf("%s: %s needs a header name, as in %%%s(:PATH)%%", op, m[1], m[1])
+		case m[1] == "START_TIME" && m[2] != "":
+			if err := CheckStrftime(m[3]); err != nil {
+				return fmt.Errorf("%s: %w", op, err)
+			}
 		}
 	}
 }

@@ -147,9 +147,17 @@ func (s *server) delete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	if aerr := s.writable(t.desc); aerr != nil && !s.leftover(r, t) {
-		writeError(w, aerr)
-		return
+	// A leftover's delete is conditional on the version found one: the
+	// global's copy may replace it meanwhile (the zone has just joined),
+	// and that one is not the zone's to delete.
+	var leftoverVersion int64
+	if aerr := s.writable(t.desc); aerr != nil {
+		v, ok := s.leftover(r, t)
+		if !ok {
+			writeError(w, aerr)
+			return
+		}
+		leftoverVersion = v
 	}
 	var version int64
 	if v := r.URL.Query().Get("version"); v != "" {
@@ -160,6 +168,9 @@ func (s *server) delete(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		version = n
+	}
+	if version == 0 {
+		version = leftoverVersion
 	}
 	ctx, cancel := s.opContext(r)
 	defer cancel()
@@ -176,16 +187,19 @@ func (s *server) delete(w http.ResponseWriter, r *http.Request) {
 
 // leftover reports whether a federated zone holds t as a resource of a type
 // the global writes, made while the zone ran standalone (without the
-// global's origin): the global never sends it, and nobody else could delete
-// it.
-func (s *server) leftover(r *http.Request, t target) bool {
+// global's origin), and its version: the global never sends it, and nobody
+// else could delete it.
+func (s *server) leftover(r *http.Request, t target) (int64, bool) {
 	if s.Mode != ModeZone || t.desc.WrittenBy != api.TierGlobal {
-		return false
+		return 0, false
 	}
 	ctx, cancel := s.opContext(r)
 	defer cancel()
 	cur, err := s.Store.Get(ctx, t.key())
-	return err == nil && cur.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal
+	if err != nil || cur.GetMeta().Labels[api.LabelOrigin] == api.OriginGlobal {
+		return 0, false
+	}
+	return cur.GetMeta().Version, true
 }
 
 // checkOwnership refuses labels only the control plane sets, and a zone CP's

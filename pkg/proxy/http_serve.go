@@ -387,10 +387,6 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cw.hh = &chain.Headers
 	if chain.Obs != nil && chain.Obs.Trace != nil {
 		ri.traced = chain.Obs.Trace.decide(r.Header)
-		// As Envoy's HCM (traceRequest, before its filters): what the
-		// proxy answers itself (no route, a fault's abort, RBAC's 403) is
-		// traced too.
-		p.startSpan(ri, nil, r.Header)
 	}
 	var rt *HTTPRoute
 	if table != nil {
@@ -635,6 +631,12 @@ func (p *Proxy) localReply(w http.ResponseWriter, r *http.Request, ri *requestIn
 	if flag != "" {
 		ri.flag(flag)
 	}
+	// What the proxy answers itself (no route, a fault's abort, RBAC's
+	// 403) is traced too, as Envoy's HCM starts its span before its
+	// filters; a request that goes upstream has its span from the router
+	// (prepare), which sets the trace headers after the route's own
+	// header changes, as Envoy's router does.
+	p.startSpan(ri, nil, r.Header)
 	if isGRPC(r.Header.Get("Content-Type")) {
 		w.Header().Set("Content-Type", "application/grpc")
 		w.Header().Set("Grpc-Status", strconv.Itoa(grpcStatusOf(status)))

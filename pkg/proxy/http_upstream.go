@@ -714,6 +714,7 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		ri.UpstreamHost, ri.UpstreamZone = ep.Addr, ep.Zone
 		actx, acancel := ex.ctx, context.CancelFunc(nop)
 		var tries *perTry
+		armedLate := false
 		if pol.perTry > 0 {
 			actx, tries = startPerTry(actx, pol.perTry)
 			acancel = tries.end
@@ -721,6 +722,8 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			// an upload is not cut off by it.
 			if _, whole := ex.requestEnd(); whole || !ex.body.armAtEnd(tries) {
 				tries.arm()
+			} else {
+				armedLate = true
 			}
 		}
 		var body io.ReadCloser
@@ -736,7 +739,10 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			// timeout, cancels watch.
 			watch := ex.watch
 			switch {
-			case watch == nil:
+			case watch == nil, armedLate:
+				// A timer armed at the upload's end cannot set the head's
+				// deadline the exchange began with: the attempt's context,
+				// which it ends (as does the caller leaving), is watched.
 				watch = actx
 			case ri.scratch != nil:
 				watch = nil // the fast path's connection watches itself

@@ -6,8 +6,11 @@ package proxyless
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/ursamesh/ursa/pkg/api"
 )
@@ -117,5 +120,13 @@ func WriteBootstrap(path string, opts BootstrapOptions) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, b, 0o600)
+	err = writeAtomic(path, b, 0o600)
+	if errors.Is(err, syscall.EBUSY) {
+		// A file mounted on its own (a Kubernetes subPath) cannot be
+		// renamed over: written in place, then.
+		if err = os.WriteFile(path, b, 0o600); err == nil {
+			err = os.Chmod(path, 0o600)
+		}
+	}
+	return err
 }

@@ -1,0 +1,28 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/ursamesh/ursa/pkg/api"
+)
+
+// TestReviewAPIAcceptsLogFormatsTheProxyRefuses: since fb202fc the API's
+// CheckLogFormat lets any argument through %START_TIME(...)% (and any
+// ":N"), but the built-in proxy compiles only the strftime specifiers it
+// knows and N > 0: a TrafficLog the API took with 200 then has every
+// built-in proxy of the mesh NACK its listeners. What the API accepts,
+// the proxy must compile.
+func TestReviewAPIAcceptsLogFormatsTheProxyRefuses(t *testing.T) {
+	for _, f := range []string{
+		"%START_TIME(%D %R)% %RESPONSE_CODE%", // valid strftime, Envoy takes it
+		"%START_TIME(%c)%",
+		"%START_TIME(%)%",
+		"%REQ(USER-AGENT):0%",
+	} {
+		apiErr := api.CheckLogFormat(f)
+		_, proxyErr := compileFormat(f)
+		if apiErr == nil && proxyErr != nil {
+			t.Errorf("%q: the API accepts it, the built-in proxy refuses it: %v", f, proxyErr)
+		}
+	}
+}
