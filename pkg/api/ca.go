@@ -63,26 +63,26 @@ func (c *MeshCA) CRLBundle() string {
 
 // ProxylessTrust is what a proxyless application trusts (PEM): grpc-go's
 // xDS credentials verify a peer against its certificate provider's roots
-// and take no revocation list, so where the root has revoked an
+// and take no revocation list, so once the root has revoked an
 // intermediate they trust the intermediates it has not, each a trust
-// anchor, in place of the root. The root itself when nothing is revoked,
-// or when a live intermediate's record lacks its certificate (made by an
-// older control plane).
+// anchor, in place of the root. While nothing is revoked, the root (which
+// then vouches for exactly those). A live intermediate whose record lacks
+// its certificate (made by an older control plane, and no longer its
+// zone's current or next CA, where the global fills it in from) is left
+// out; the root only when no live one is known at all.
 func (c *MeshCA) ProxylessTrust(now time.Time) string {
-	if c.CRLPEM == "" {
-		return c.CertPEM
-	}
 	var out strings.Builder
+	revoked := false
 	for _, i := range c.Intermediates {
-		if i.Revoked() || now.After(i.NotAfter) {
-			continue
+		switch {
+		case i.Revoked():
+			revoked = true
+		case now.After(i.NotAfter) || i.CertPEM == "":
+		default:
+			out.WriteString(i.CertPEM)
 		}
-		if i.CertPEM == "" {
-			return c.CertPEM
-		}
-		out.WriteString(i.CertPEM)
 	}
-	if out.Len() == 0 {
+	if !revoked || out.Len() == 0 {
 		return c.CertPEM
 	}
 	return out.String()

@@ -250,15 +250,36 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 	// An expired intermediate is refused for that alone: its record and
 	// its list can go.
 	next.Intermediates = slices.DeleteFunc(next.Intermediates, func(in api.Intermediate) bool { return !now.Before(in.NotAfter) })
+	// Records made before they kept their certificate get it from their
+	// zone's CA, where it still is (proxyless applications trust them).
+	filled := fillCertificates(next, zcas)
 	// A root that never signed an intermediate needs no list.
 	listed := len(next.Intermediates) > 0 || next.CRLPEM != ""
-	if len(puts) > 0 || len(deletes) > 0 || len(next.Intermediates) != len(root.Intermediates) || (listed && crlDue(next, now)) {
+	if len(puts) > 0 || len(deletes) > 0 || filled || len(next.Intermediates) != len(root.Intermediates) || (listed && crlDue(next, now)) {
 		if err := SignRootCRL(next, now); err != nil {
 			return nil, nil, nil, err
 		}
 		puts = append([]api.Resource{next}, puts...)
 	}
 	return puts, deletes, what, nil
+}
+
+// fillCertificates sets the certificate of each record of root that lacks
+// one from its zone's CA (current or next), and reports whether it set any.
+func fillCertificates(root *api.MeshCA, zcas map[string]*api.ZoneCA) bool {
+	filled := false
+	for i, in := range root.Intermediates {
+		z := zcas[in.Zone]
+		if in.CertPEM != "" || z == nil {
+			continue
+		}
+		for _, c := range []string{z.CertPEM, z.NextCertPEM} {
+			if c != "" && serialOf(c) == in.Serial {
+				root.Intermediates[i].CertPEM, filled = c, true
+			}
+		}
+	}
+	return filled
 }
 
 // NextPublished is how long a zone's next intermediate has been signed,
