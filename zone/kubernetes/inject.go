@@ -240,7 +240,7 @@ func (in *Injector) Review(r *http.Request, req *AdmissionRequest) (*AdmissionRe
 func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	switch {
 	case ns.Metadata.Labels[LabelSidecarInjection] != "enabled",
-		pod.Metadata.Annotations[LabelSidecarInjection] == "disabled",
+		pod.Metadata.Annotations[LabelSidecarInjection] == "disabled", pod.Metadata.Labels[LabelSidecarInjection] == "disabled",
 		pod.Metadata.Annotations[AnnotationInjected] == "true",
 		pod.Spec.HostNetwork: // its rules would be the node's
 		return nil, nil

@@ -13,7 +13,9 @@ import (
 // Labels and annotations the translation reads.
 const (
 	// LabelSidecarInjection is "enabled" on a Namespace whose pods join the
-	// mesh; as an annotation, "disabled" on a pod opts it out.
+	// mesh; "disabled" on a pod opts it out, as a label (which the API
+	// server reads itself: the injector is not even called, so such pods
+	// start while the control plane is down) or as an annotation.
 	LabelSidecarInjection = "ursa.io/sidecar-injection"
 	// AnnotationMesh on a pod, else on its namespace (annotation or
 	// label), names the pod's mesh; "default" without one.
@@ -77,8 +79,8 @@ func Translate(pod *Pod, ns *Namespace, services []Service, zone string) (Result
 	switch {
 	case ns.Metadata.Labels[LabelSidecarInjection] != "enabled":
 		return Result{Absent: fmt.Sprintf("namespace %s is not labelled %s=enabled", pm.Namespace, LabelSidecarInjection)}, nil
-	case pm.Annotations[LabelSidecarInjection] == "disabled":
-		return Result{Absent: fmt.Sprintf("the pod is annotated %s=disabled", LabelSidecarInjection)}, nil
+	case pm.Annotations[LabelSidecarInjection] == "disabled", pm.Labels[LabelSidecarInjection] == "disabled":
+		return Result{Absent: fmt.Sprintf("the pod is marked %s=disabled", LabelSidecarInjection)}, nil
 	case pm.Annotations[AnnotationInjected] != "true":
 		// No sidecar: a pod created before its namespace was labelled, or
 		// one on the node's network, which the injector leaves alone. A

@@ -205,7 +205,7 @@ func TestTranslate(t *testing.T) {
 	}, {
 		name:   "pod opted out",
 		edit:   func(p *Pod, _ *Namespace, _ *[]Service) { p.Metadata.Annotations[LabelSidecarInjection] = "disabled" },
-		absent: "annotated ursa.io/sidecar-injection=disabled",
+		absent: "marked ursa.io/sidecar-injection=disabled",
 	}, {
 		// Created before its namespace was labelled, or on the node's
 		// network: no sidecar, so no Dataplane (meshed callers would send

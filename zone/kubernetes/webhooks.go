@@ -89,6 +89,7 @@ func (w *Webhooks) Configurations() (mutating, validating obj) {
 			"clientConfig":            w.clientConfig(InjectPath),
 			"rules":                   []any{obj{"apiGroups": []string{""}, "apiVersions": []string{"v1"}, "operations": []string{"CREATE"}, "resources": []string{"pods"}, "scope": "Namespaced"}},
 			"namespaceSelector":       obj{"matchLabels": obj{LabelSidecarInjection: "enabled"}},
+			"objectSelector":          obj{"matchExpressions": []any{obj{"key": LabelSidecarInjection, "operator": "NotIn", "values": []string{"disabled"}}}},
 			"failurePolicy":           "Fail",
 			"sideEffects":             "None",
 			"admissionReviewVersions": []string{"v1"},
@@ -105,9 +106,19 @@ func (w *Webhooks) Configurations() (mutating, validating obj) {
 		"admissionReviewVersions": []string{"v1"},
 		"timeoutSeconds":          10,
 	}
-	if self := w.Validator.Self; self != "" {
-		hook["matchConditions"] = []any{obj{"name": "not-the-control-plane", "expression": "request.userInfo.username != " + celString(self)}}
+	// The cluster's own collectors' deletes (a namespace being deleted,
+	// an owner gone) never wait for the webhook either: with the control
+	// plane down, a namespace with Ursa objects would stay Terminating.
+	collectors := make([]string, len(clusterCollectors))
+	for i, c := range clusterCollectors {
+		collectors[i] = celString(c)
 	}
+	conditions := []any{obj{"name": "not-a-cluster-collector",
+		"expression": "!(request.operation == 'DELETE' && request.userInfo.username in [" + strings.Join(collectors, ", ") + "])"}}
+	if self := w.Validator.Self; self != "" {
+		conditions = append(conditions, obj{"name": "not-the-control-plane", "expression": "request.userInfo.username != " + celString(self)})
+	}
+	hook["matchConditions"] = conditions
 	validating = obj{
 		"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
 		"metadata": obj{"name": ValidatingConfigName, "labels": obj{"app.kubernetes.io/managed-by": FieldManager}},
