@@ -434,7 +434,9 @@ var logOperator = regexp.MustCompile(`^%([A-Z_]+)(\(([^()]*)\))?(:[1-9][0-9]*)?%
 // CheckStrftime checks a START_TIME format: strftime's specifiers the
 // built-in proxy writes (%Y %m %d %H %M %S %y %j %b %B %a %A %z %Z %e %T
 // %F %p %%), and Envoy's %s, %f and %Nf (N digits of the second). A
-// specifier it does not know is an error, at the API as at the proxy.
+// specifier it does not know is an error, at the API as at the proxy,
+// whose own copy (it imports no Ursa package) a proxy test holds to the
+// same answers.
 func CheckStrftime(f string) error {
 	for i := 0; i < len(f); i++ {
 		if f[i] != '%' {
