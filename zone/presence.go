@@ -25,6 +25,9 @@ import (
 const (
 	heartbeatEvery = 5 * time.Second
 	heartbeatTTL   = 15 * time.Second
+	// heartbeatRetry is how soon a heartbeat that could not be written is
+	// tried again.
+	heartbeatRetry = 500 * time.Millisecond
 	// reconnectGrace is how long after a process starts its sweep leaves
 	// alone what a previous process under its instance name left
 	// connected: those proxies are reconnecting (a restart), and until
@@ -247,16 +250,18 @@ func (p *Presence) Start(ctx context.Context) error {
 
 // beat renews the heartbeat until ctx ends.
 func (p *Presence) beat(ctx context.Context) {
-	t := time.NewTicker(heartbeatEvery)
-	defer t.Stop()
 	for {
+		wait := heartbeatEvery
 		if err := p.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			p.log.Warn("cannot write this replica's heartbeat", zap.Error(err))
+			// Again soon: once the store is back, every replica renews
+			// at once, before anyone judges it gone.
+			wait = heartbeatRetry
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(wait):
 		}
 	}
 }

@@ -137,12 +137,19 @@ func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
 		return nil, err
 	}
 	present := map[string]bool{}
+	// outage: this replica's own heartbeat was renewed after a gap in
+	// which nobody could renew theirs (the store was away): the others'
+	// next renewals are still to come.
+	outage := false
 	for _, l := range leases {
 		if l.Name != heartbeatName(l.Holder) {
 			continue // not a heartbeat
 		}
 		present[l.Holder] = true
 		if h, ok := r.seen[l.Holder]; !ok || h.version != l.Version {
+			if l.Holder == r.self && ok && now.Sub(h.at) > heartbeatEvery+heartbeatEvery/2 {
+				outage = true
+			}
 			r.seen[l.Holder] = heartbeat{version: l.Version, at: now}
 		}
 	}
@@ -151,8 +158,9 @@ func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
 			delete(r.seen, holder)
 		}
 	}
-	if own, ok := r.seen[r.self]; r.self != "" && (!ok || now.Sub(own.at) > 2*heartbeatEvery+heartbeatEvery/2) {
-		// The view is stale: judge nobody by it, and start again.
+	if own, ok := r.seen[r.self]; r.self != "" && (outage || !ok || now.Sub(own.at) > 2*heartbeatEvery+heartbeatEvery/2) {
+		// The view is stale, or was until now: judge nobody by it, and
+		// start again.
 		for holder, h := range r.seen {
 			h.at = now
 			r.seen[holder] = h
