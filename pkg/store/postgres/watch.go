@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -113,31 +114,30 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 	retry := backoff.NewExponentialBackOff()
 	retry.InitialInterval, retry.MaxInterval = 50*time.Millisecond, 2*time.Second
 	checked := false
+	// last is the digest of the change at since, as delivered ("" before
+	// any): the same revision holding another change is another history.
+	last := ""
 	for {
 		wake := s.notifier.wait()
 		var (
 			events []store.Event
+			tag    string
 			err    error
 		)
 		if !checked {
-			// A revision beyond the store's is from another history (a
-			// restored or replaced database): the caller must list again.
-			var current int64
-			qctx, cancel := context.WithTimeout(ctx, liveCheck)
-			err = s.pool.QueryRow(qctx, `SELECT revision FROM ursa_revision`).Scan(&current)
-			cancel()
-			if err != nil {
-				err = classify(err)
-			} else if since > current {
-				return fmt.Errorf("watch from revision %d (store at %d): %w", since, current, store.ErrCompacted)
-			}
+			// A revision beyond the store's, or a change at since other
+			// than the one delivered, is from another history (a restored
+			// or replaced database, a failover to a standby that lacked
+			// the last commits while writes went on): the caller must list
+			// again.
+			err = s.sameHistory(ctx, since, last)
 		}
 		if err == nil {
 			checked = true
 			// Bounded, as every read of a watch: a pooled connection whose
 			// path died would hold it until the kernel gives up.
 			qctx, cancel := context.WithTimeout(ctx, liveCheck)
-			events, err = s.changesSince(qctx, since, batch)
+			events, tag, err = s.changesSince(qctx, since, batch)
 			cancel()
 		}
 		if err != nil {
@@ -167,6 +167,9 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 			}
 			since = e.Revision
 		}
+		if len(events) > 0 {
+			last = tag
+		}
 		if len(events) == batch {
 			continue
 		}
@@ -180,15 +183,58 @@ func (s *Store) Watch(ctx context.Context, since int64, fn func(store.Event) err
 	}
 }
 
-// changesSince reads up to limit changes after since. A gap between since and
-// the first change read means the log was compacted past since.
-func (s *Store) changesSince(ctx context.Context, since int64, limit int) ([]store.Event, error) {
+// sameHistory returns ErrCompacted when since is not a revision of this
+// store's history: beyond its revision, or holding a change other than the
+// one whose digest is last (when known, and the change is still logged).
+func (s *Store) sameHistory(ctx context.Context, since int64, last string) error {
+	qctx, cancel := context.WithTimeout(ctx, liveCheck)
+	defer cancel()
+	var current int64
+	if err := s.pool.QueryRow(qctx, `SELECT revision FROM ursa_revision`).Scan(&current); err != nil {
+		return classify(err)
+	}
+	if since > current {
+		return fmt.Errorf("watch from revision %d (store at %d): %w", since, current, store.ErrCompacted)
+	}
+	if last == "" || since == 0 {
+		return nil
+	}
+	var (
+		op  int16
+		typ string
+		doc []byte
+	)
+	err := s.pool.QueryRow(qctx, `SELECT op, type, document FROM ursa_changes WHERE revision = $1`, since).Scan(&op, &typ, &doc)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil // compacted away: changesSince tells
+	case err != nil:
+		return classify(err)
+	case changeTag(op, typ, doc) != last:
+		return fmt.Errorf("watch from revision %d: the store holds another change there (another history): %w", since, store.ErrCompacted)
+	}
+	return nil
+}
+
+// changeTag is a change's digest.
+func changeTag(op int16, typ string, doc []byte) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d\x00%s\x00", op, typ)
+	h.Write(doc)
+	return string(h.Sum(nil))
+}
+
+// changesSince reads up to limit changes after since, and the digest of
+// the last (changeTag). A gap between since and the first change read
+// means the log was compacted past since.
+func (s *Store) changesSince(ctx context.Context, since int64, limit int) ([]store.Event, string, error) {
 	rows, err := s.pool.Query(ctx, `SELECT revision, op, type, document, more FROM ursa_changes WHERE revision > $1 ORDER BY revision LIMIT $2`, since, limit)
 	if err != nil {
-		return nil, classify(err)
+		return nil, "", classify(err)
 	}
 	defer rows.Close()
 	var out []store.Event
+	var tag string
 	for rows.Next() {
 		var (
 			e   store.Event
@@ -197,19 +243,20 @@ func (s *Store) changesSince(ctx context.Context, since int64, limit int) ([]sto
 			doc []byte
 		)
 		if err := rows.Scan(&e.Revision, &op, &typ, &doc, &e.More); err != nil {
-			return nil, classify(err)
+			return nil, "", classify(err)
 		}
 		if len(out) == 0 && e.Revision != since+1 {
-			return nil, store.ErrCompacted
+			return nil, "", store.ErrCompacted
 		}
 		e.Op = store.Op(op)
 		if e.Resource, err = store.DecodeStored(typ, doc); err != nil {
-			return nil, fmt.Errorf("change %d: %w", e.Revision, err)
+			return nil, "", fmt.Errorf("change %d: %w", e.Revision, err)
 		}
 		out = append(out, e)
+		tag = changeTag(op, typ, doc)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, classify(err)
+		return nil, "", classify(err)
 	}
-	return out, nil
+	return out, tag, nil
 }
