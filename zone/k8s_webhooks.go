@@ -127,6 +127,12 @@ func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.St
 	if xdsCert != nil {
 		inj.CAPEM = xdsCert.CAPEM()
 	}
+	var version struct{ Major, Minor string }
+	if err := k8s.client.Do(ctx, "GET", "/version", nil, &version); err != nil {
+		return fmt.Errorf("read the API server's version: %w", err)
+	}
+	inj.NativeSidecar = kubernetes.NativeSidecars(version.Major, version.Minor)
+	log.Info("sidecar injection", zap.String("kubernetes", version.Major+"."+version.Minor), zap.Bool("native_sidecar", inj.NativeSidecar))
 	validator := &kubernetes.Validator{Self: self, Zone: cfg.Zone, Policies: func(ctx context.Context, typ, mesh string) ([]api.Resource, error) {
 		res, err := st.List(ctx, store.ListOptions{Type: typ, Mesh: mesh})
 		return res.Items, err

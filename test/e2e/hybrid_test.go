@@ -395,6 +395,7 @@ func (p admittedPod) injected() bool {
 	}
 	for _, c := range p.Spec.InitContainers {
 		init = init || c.Name == "ursa-init"
+		sidecar = sidecar || c.Name == "ursa-sidecar" // native (Kubernetes 1.29 and later)
 	}
 	return sidecar && init
 }

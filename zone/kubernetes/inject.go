@@ -160,6 +160,13 @@ type Injector struct {
 	CAPEM []byte
 	// Namespace returns a namespace, for its mesh annotation or label.
 	Namespace func(ctx context.Context, name string) (*Namespace, error)
+	// NativeSidecar injects the sidecar as Kubernetes' native sidecar (an
+	// init container with restartPolicy Always, Kubernetes 1.29 and
+	// later), as Istio and Kuma do: started, and ready, before the
+	// application and the pod's own init containers, stopped after them,
+	// and no hold on a Job's completion. Without it (older clusters), the
+	// first of the pod's containers.
+	NativeSidecar bool
 }
 
 // injectPod is the part of a Pod injection reads.
@@ -293,13 +300,34 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	} else {
 		ops = append(ops, PatchOp{Op: "add", Path: "/spec/volumes/-", Value: vol})
 	}
-	initC := in.initContainer(ports)
-	if pod.Spec.InitContainers == nil {
-		ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers", Value: []any{initC}})
-	} else {
-		ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers/-", Value: initC})
+	initC, sidecar := in.initContainer(ports), in.sidecar(mesh, ports, probes)
+	if !in.NativeSidecar {
+		if pod.Spec.InitContainers == nil {
+			ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers", Value: []any{initC}})
+		} else {
+			ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers/-", Value: initC})
+		}
+		return append(ops, PatchOp{Op: "add", Path: "/spec/containers/0", Value: sidecar}), nil
 	}
-	return append(ops, PatchOp{Op: "add", Path: "/spec/containers/0", Value: in.sidecar(mesh, ports, probes)}), nil
+	// The rules, then the sidecar (ready before what follows starts), then
+	// the pod's own init containers, which reach the mesh as the
+	// application does.
+	sidecar["restartPolicy"] = "Always"
+	sidecar["startupProbe"] = obj{"httpGet": obj{"path": "/ready", "port": AdminPort}, "periodSeconds": 1, "failureThreshold": 600}
+	if pod.Spec.InitContainers == nil {
+		return append(ops, PatchOp{Op: "add", Path: "/spec/initContainers", Value: []any{initC, sidecar}}), nil
+	}
+	return append(ops, PatchOp{Op: "add", Path: "/spec/initContainers/0", Value: sidecar},
+		PatchOp{Op: "add", Path: "/spec/initContainers/0", Value: initC}), nil
+}
+
+// NativeSidecars says whether a cluster of the API server version (as
+// /version gives major and minor: "1", "29+") runs native sidecars
+// (Kubernetes 1.29 and later, where they are on by default).
+func NativeSidecars(major, minor string) bool {
+	ma, err1 := strconv.Atoi(major)
+	mi, err2 := strconv.Atoi(strings.TrimRight(minor, "+"))
+	return err1 == nil && err2 == nil && (ma > 1 || ma == 1 && mi >= 29)
 }
 
 // ProbesPath prefixes the sidecar's admin paths that make an app's probes

@@ -241,6 +241,57 @@ func TestInjectAppendsToExisting(t *testing.T) {
 	}
 }
 
+// TestInjectNativeSidecar: on a cluster with native sidecars, the sidecar
+// is an init container with restartPolicy Always and a startup probe,
+// right after the rules and before the pod's own init containers (which
+// then reach the mesh, as the application does), and not one of its
+// containers: a Job's pod completes when its container exits, and the
+// sidecar stops after the application.
+func TestInjectNativeSidecar(t *testing.T) {
+	for _, doc := range []string{
+		`{"metadata":{"name":"p"},"spec":{"restartPolicy":"Never","initContainers":[{"name":"setup","image":"x"}],"containers":[{"name":"job","image":"x"}]}}`,
+		`{"metadata":{"name":"p"},"spec":{"restartPolicy":"Never","containers":[{"name":"job","image":"x"}]}}`,
+	} {
+		in := testInjector()
+		in.NativeSidecar = true
+		ops, err := in.patch(testPod(t, doc), enabledNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := applyAdds(t, []byte(doc), ops)["spec"].(map[string]any)
+		var inits, containers []string
+		var sidecar map[string]any
+		for _, c := range spec["initContainers"].([]any) {
+			m := c.(map[string]any)
+			inits = append(inits, m["name"].(string))
+			if m["name"] == SidecarName {
+				sidecar = m
+			}
+		}
+		for _, c := range spec["containers"].([]any) {
+			containers = append(containers, c.(map[string]any)["name"].(string))
+		}
+		want := []string{InitName, SidecarName}
+		if strings.Contains(doc, "setup") {
+			want = append(want, "setup")
+		}
+		if !slices.Equal(inits, want) || !slices.Equal(containers, []string{"job"}) {
+			t.Fatalf("init containers %v, containers %v; want %v and [job]", inits, containers, want)
+		}
+		if sidecar["restartPolicy"] != "Always" || sidecar["startupProbe"] == nil || sidecar["readinessProbe"] == nil {
+			t.Errorf("the native sidecar: restartPolicy %v, startupProbe %v", sidecar["restartPolicy"], sidecar["startupProbe"])
+		}
+	}
+	for _, v := range []struct {
+		major, minor string
+		want         bool
+	}{{"1", "28", false}, {"1", "29", true}, {"1", "33+", true}, {"2", "0", true}, {"1", "", false}} {
+		if got := NativeSidecars(v.major, v.minor); got != v.want {
+			t.Errorf("NativeSidecars(%q, %q) = %v", v.major, v.minor, got)
+		}
+	}
+}
+
 // TestInjectSkips: what is not to be injected gets no patch; a pod whose
 // ports clash with the sidecar's, or a bad mesh, is refused naming why.
 func TestInjectSkips(t *testing.T) {
