@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -10,12 +11,18 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
 // appProbes serves GET /probes/PORT/PATH on the admin port for the
 // PORT/PATH pairs of --app-probes (8080/ready,8080/healthz; https:PORT/PATH
-// over TLS, unverified as the kubelet's; tcp:PORT a connection): the kubelet's
+// over TLS, unverified as the kubelet's; tcp:PORT a connection;
+// grpc:PORT[/SERVICE] a plaintext grpc.health.v1 Check, SERVING or not, as
+// the kubelet's gRPC probe): the kubelet's
 // plain-HTTP probe of an app port redirected to the sidecar would reach its
 // inbound listener, which takes mTLS only, so the injector points the probe
 // here and the sidecar makes it of the app at host:PORT (the pod's IP, as
@@ -33,8 +40,12 @@ func appProbes(list, host string) (http.Handler, error) {
 		if p, isTCP := strings.CutPrefix(pair, "tcp:"); isTCP {
 			port, ok = p, true
 		}
+		if p, isGRPC := strings.CutPrefix(pair, "grpc:"); isGRPC {
+			port, _, _ = strings.Cut(p, "/")
+			ok = true
+		}
 		if n, err := strconv.Atoi(port); !ok || err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("%q is neither PORT/PATH, https:PORT/PATH nor tcp:PORT", pair)
+			return nil, fmt.Errorf("%q is none of PORT/PATH, https:PORT/PATH, tcp:PORT and grpc:PORT[/SERVICE]", pair)
 		}
 		allowed[pair] = true
 	}
@@ -55,6 +66,11 @@ func appProbes(list, host string) (http.Handler, error) {
 		pair := strings.TrimPrefix(r.URL.RequestURI(), "/probes/")
 		if !allowed[pair] {
 			http.Error(w, "not a probe of this pod (--app-probes)", http.StatusNotFound)
+			return
+		}
+		if rest, ok := strings.CutPrefix(pair, "grpc:"); ok {
+			port, service, _ := strings.Cut(rest, "/")
+			grpcProbe(w, r, &d, net.JoinHostPort(host, port), service)
 			return
 		}
 		if port, ok := strings.CutPrefix(pair, "tcp:"); ok {
@@ -91,4 +107,28 @@ func appProbes(list, host string) (http.Handler, error) {
 		w.WriteHeader(resp.StatusCode)
 		io.Copy(w, io.LimitReader(resp.Body, 10<<10)) // the kubelet reads 10 KiB
 	}), nil
+}
+
+// grpcProbe answers a probe with a grpc.health.v1 Check of service at addr,
+// in plain text as the kubelet's gRPC probe: 200 when SERVING, else 503
+// naming the status or the error.
+func grpcProbe(w http.ResponseWriter, r *http.Request, d *net.Dialer, addr, service string) {
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return d.DialContext(ctx, "tcp", a) }))
+	if err != nil {
+		http.Error(w, "probe: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	switch {
+	case err != nil:
+		http.Error(w, "probe: "+err.Error(), http.StatusServiceUnavailable)
+	case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
+		http.Error(w, "probe: "+resp.GetStatus().String(), http.StatusServiceUnavailable)
+	default:
+		w.Write([]byte("ok\n"))
+	}
 }

@@ -12,6 +12,9 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // TestAppProbes: a listed probe is made of the app at 127.0.0.1 with the
@@ -157,5 +160,43 @@ func TestInstalledRulesPassThisUser(t *testing.T) {
 	err := runProxy(ctx, cfg, "default.web", map[string]string{})
 	if err == nil || !strings.Contains(err.Error(), "not this proxy's own user") {
 		t.Fatalf("%v; want a refusal naming the proxy's user", err)
+	}
+}
+
+// TestAppProbesGRPC: grpc:PORT[/SERVICE] is a plaintext grpc.health.v1
+// Check of the app, as the kubelet's gRPC probe makes it: SERVING is 200,
+// any other status or no answer 503, and only the listed pairs answer.
+func TestAppProbesGRPC(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus("warming", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+	go srv.Serve(ln)
+	defer srv.Stop()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	h, err := appProbes("grpc:"+port+",grpc:"+port+"/warming,grpc:"+port+"/unknown,grpc:1", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]int{
+		"/probes/grpc:" + port:              http.StatusOK,
+		"/probes/grpc:" + port + "/warming": http.StatusServiceUnavailable,
+		"/probes/grpc:" + port + "/unknown": http.StatusServiceUnavailable,
+		"/probes/grpc:1":                    http.StatusServiceUnavailable,
+		"/probes/grpc:" + port + "/other":   http.StatusNotFound,
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != want {
+			t.Errorf("GET %s: %d %s, want %d", path, rec.Code, rec.Body, want)
+		}
+	}
+	if _, err := appProbes("grpc:x", "127.0.0.1"); err == nil {
+		t.Error("grpc:x accepted")
 	}
 }

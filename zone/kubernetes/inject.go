@@ -375,15 +375,27 @@ func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
 					continue
 				}
 				pair = "tcp:" + strconv.Itoa(port)
+			} else if g, ok := probe["grpc"].(map[string]any); ok {
+				// The kubelet's plaintext gRPC health check would reach
+				// the mTLS-only inbound listener: the sidecar makes it.
+				port := probePort(g["port"], c.Ports)
+				service, _ := g["service"].(string)
+				if !slices.Contains(redirected, port) || strings.ContainsAny(service, ", /?#%") {
+					continue
+				}
+				pair = "grpc:" + strconv.Itoa(port)
+				if service != "" {
+					pair += "/" + service
+				}
 			} else {
-				continue // exec runs in the container; grpc is left as it is
+				continue // exec runs in the container
 			}
 			if !slices.Contains(served, pair) {
 				served = append(served, pair)
 			}
 			rewritten := map[string]any{}
 			for k, v := range probe {
-				if k != "tcpSocket" {
+				if k != "tcpSocket" && k != "grpc" {
 					rewritten[k] = v
 				}
 			}
