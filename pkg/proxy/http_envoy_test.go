@@ -396,3 +396,37 @@ func TestEnvoyUnsupportedTransferEncodingIs501(t *testing.T) {
 		t.Fatalf("Transfer-Encoding: gzip, chunked: %d; Envoy answers 501", resp.StatusCode)
 	}
 }
+
+// TestEnvoyLoadReportsCountRequests: an HTTP cluster's load report counts
+// requests, as Envoy's LRS does (upstream_rq_*), not connections: twenty
+// requests over one kept-alive connection are twenty issued, a 503 among
+// them an error. (Connections counted, a zone's HTTP traffic read as idle
+// in ursactl inspect services and zone drill.)
+func TestEnvoyLoadReportsCountRequests(t *testing.T) {
+	p := newProxy(t)
+	var n atomic.Int64
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 20 {
+			w.WriteHeader(503)
+		}
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	client := h1Client()
+	for range 20 {
+		resp, err := client.Get(url + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	var issued, errs uint64
+	for k, c := range p.load.snapshot() {
+		if k.cluster == "svc" {
+			issued, errs = issued+c.issued, errs+c.errors
+		}
+	}
+	if issued != 20 || errs != 1 {
+		t.Fatalf("load report of cluster svc: %d issued, %d errors; want 20 requests, 1 error", issued, errs)
+	}
+}

@@ -785,6 +785,10 @@ func (ex *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 			tries.answered()
 		}
 		p.outcome(c, ep, status, err)
+		// Load reports count an HTTP cluster's requests, as Envoy's do
+		// (a pooled connection carries many): a 5xx or no answer is an
+		// error.
+		p.load.record(c.Name, ep.Zone, err == nil && status < 500)
 		perTryTimedOut := err != nil && tries.timedOut() && ex.ctx.Err() == nil
 		wanted := pol.wants(resp, err)
 		if wanted && attempt < pol.retries && ex.body.replayable() && ex.ctx.Err() == nil {
@@ -1503,7 +1507,6 @@ func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls b
 	raw, err = p.endpointDialer(c, addr).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		release()
-		p.load.record(c.Name, ep.Zone, false)
 		if ctx.Err() == nil {
 			p.eject(c.Name, addr)
 		}
@@ -1517,7 +1520,6 @@ func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls b
 	if tls {
 		tc, err := p.originate(p.cfg.Load(), conn, c)
 		if err != nil {
-			p.load.record(c.Name, ep.Zone, false)
 			conn.Close()
 			if !errors.Is(err, errNoIdentity) {
 				p.eject(c.Name, addr)
@@ -1527,7 +1529,6 @@ func (p *Proxy) dialEndpoint(ctx context.Context, c *Cluster, addr string, tls b
 		}
 		conn = tc // closing it closes the slot's connection
 	}
-	p.load.record(c.Name, ep.Zone, true)
 	p.connected(c.Name, addr)
 	return conn, raw, nil
 }

@@ -15,7 +15,8 @@ type loadCounts struct {
 	issued, successful, errors uint64
 }
 
-// loadCounters counts upstream connection attempts per cluster and zone.
+// loadCounters counts upstream connection attempts (a TCP cluster) or
+// requests (an HTTP cluster) per cluster and zone.
 // The zero value is ready; it is safe for concurrent use, and recording is
 // a map lookup and an atomic add (the map only grows when a new cluster
 // or zone is first used).
