@@ -41,6 +41,9 @@ zone, where ursactl delete removes it.`,
 					out = append(out, exported(r))
 				}
 			}
+			if len(out) == 0 {
+				return nil // nothing to export: no documents
+			}
 			slices.SortStableFunc(out, func(x, y api.Resource) int { return applyRank(x) - applyRank(y) })
 			return writeYAML(a.stdout, out)
 		},

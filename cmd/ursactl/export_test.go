@@ -40,3 +40,12 @@ func TestExportAppliesElsewhere(t *testing.T) {
 		t.Fatalf("apply of the export elsewhere: %d\n%s\n%s", a.code, a.stdout, a.stderr)
 	}
 }
+
+// TestExportNothing: a control plane with nothing to export prints no
+// document and succeeds.
+func TestExportNothing(t *testing.T) {
+	_, url := startFake(t)
+	if r := ursactl(t, map[string]string{"URSA_API_SERVER": url}, "", "export"); r.code != 0 || r.stdout != "" {
+		t.Fatalf("export of nothing: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+}

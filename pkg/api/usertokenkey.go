@@ -75,6 +75,9 @@ func EncodeEd25519PublicKeyPEM(pub ed25519.PublicKey) (string, error) {
 // anyway, the global deletes it. Only the control plane writes it.
 type UserTokenRevocation struct {
 	Meta
+	// ID is the token's jti, which ursactl revoke printed; the name is a
+	// digest of it (RevocationName).
+	ID string `json:"id"`
 	// User is the name the token carried, for whoever lists revocations.
 	User string `json:"user"`
 	// ExpiresAt is when the token expires.

@@ -425,7 +425,9 @@ func (t *TrafficTrace) validateSpec(v *validator) {
 // is written %NAME(arg)%, optionally followed by :N to truncate.
 func LogFormatOperators() []string {
 	return []string{"START_TIME", "REQ", "RESP", "PROTOCOL", "RESPONSE_CODE", "RESPONSE_FLAGS", "DURATION",
-		"BYTES_RECEIVED", "BYTES_SENT", "UPSTREAM_HOST", "UPSTREAM_CLUSTER", "DOWNSTREAM_REMOTE_ADDRESS", "ROUTE_NAME"}
+		"BYTES_RECEIVED", "BYTES_SENT", "UPSTREAM_HOST", "UPSTREAM_CLUSTER", "DOWNSTREAM_REMOTE_ADDRESS", "ROUTE_NAME",
+		"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_LOCAL_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+		"HOSTNAME", "TRACE_ID"}
 }
 
 // logOperator is one %...% of a format.

@@ -26,3 +26,29 @@ func TestReviewAPIAcceptsLogFormatsTheProxyRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestAPILogOperatorsAreTheProxys: every operator the API takes, the
+// built-in proxy runs (and the README's extra ones, which the API refused,
+// are taken by both).
+func TestAPILogOperatorsAreTheProxys(t *testing.T) {
+	for _, op := range api.LogFormatOperators() {
+		f := "%" + op + "%"
+		switch op {
+		case "REQ":
+			f = "%REQ(:PATH)%"
+		case "RESP":
+			f = "%RESP(SERVER)%"
+		}
+		if err := api.CheckLogFormat(f); err != nil {
+			t.Errorf("the API refuses %s: %v", f, err)
+		}
+		if _, err := compileFormat(f); err != nil {
+			t.Errorf("the API takes %s, the proxy refuses it: %v", f, err)
+		}
+	}
+	for _, f := range []string{"%HOSTNAME%", "%TRACE_ID%", "%DOWNSTREAM_LOCAL_ADDRESS%", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"} {
+		if err := api.CheckLogFormat(f); err != nil {
+			t.Errorf("the API refuses %s, which the proxy runs: %v", f, err)
+		}
+	}
+}

@@ -231,7 +231,7 @@ func (u *UserTokens) Revoke(ctx context.Context, token string) (UserClaims, erro
 		return UserClaims{}, fmt.Errorf("revoke user token: %w: it has no ID (jti) to revoke it by: rotate the signing key", ErrInvalidArgument)
 	}
 	rev := &api.UserTokenRevocation{Meta: api.Meta{Type: "UserTokenRevocation", Name: api.RevocationName(c.ID),
-		Labels: map[string]string{api.LabelExpires: strconv.FormatInt(c.ExpiresAt.Unix(), 10)}}, User: c.Name, ExpiresAt: c.ExpiresAt}
+		Labels: map[string]string{api.LabelExpires: strconv.FormatInt(c.ExpiresAt.Unix(), 10)}}, ID: c.ID, User: c.Name, ExpiresAt: c.ExpiresAt}
 	if _, err := u.store.Create(ctx, rev); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
 		return UserClaims{}, fmt.Errorf("revoke user token: %w", err)
 	}

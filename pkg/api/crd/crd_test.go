@@ -176,7 +176,7 @@ func examples(t testing.TB) []api.Resource {
 		&api.VirtualIPs{Meta: meta("VirtualIPs", "default", "zone-1"), Entries: map[string]api.VirtualIP{
 			"billing": {IP: "240.0.0.1"}, "web": {IP: "240.0.0.2", ReleasedAt: since}}},
 		&api.UserTokenPublicKey{Meta: meta("UserTokenPublicKey", "", "user-token-signing-key.1"), PublicKeyPEM: pubPEM},
-		&api.UserTokenRevocation{Meta: meta("UserTokenRevocation", "", api.RevocationName("abc")), User: "ada", ExpiresAt: since},
+		&api.UserTokenRevocation{Meta: meta("UserTokenRevocation", "", api.RevocationName("abc")), ID: "abc", User: "ada", ExpiresAt: since},
 	)
 	for _, r := range rs {
 		if err := api.Validate(r); err != nil {
