@@ -12,7 +12,7 @@ help: ## list the targets
 deps: ## apt-get install the Debian packages `make test` needs (list: deploy/deps.sh --list)
 	bash deploy/deps.sh
 
-build: ## build bin/ursa-cp, bin/ursactl and bin/ursa-dp
+build: ## build bin/ursa-cp, bin/ursactl, bin/ursa-dp and bin/ursa-demo
 	$(GO) build -o $(BIN)/ursa-cp ./cmd/ursa-cp
 	$(GO) build -o $(BIN)/ursactl ./cmd/ursactl
 	$(GO) build -o $(BIN)/ursa-dp ./cmd/ursa-dp

@@ -50,7 +50,7 @@ type Config struct {
 // KDSConfig configures the KDS server zones connect to.
 type KDSConfig struct {
 	Addr           string          `json:"addr" usage:"address of the KDS gRPC server (TLS)"`
-	TLSCert        string          `json:"tlsCert" usage:"KDS TLS certificate file (PEM); a self-signed pair is made and kept in the store when none is given"`
+	TLSCert        string          `json:"tlsCert" usage:"KDS TLS certificate file (PEM); without one, a certificate is made at each start, signed by a CA kept in the store (/kds/ca.pem)"`
 	TLSKey         string          `json:"tlsKey" usage:"KDS TLS private key file (PEM)"`
 	TLSSAN         []string        `json:"tlsSan" usage:"a further DNS name or IP address zones reach the KDS server by, for its self-signed certificate (repeatable)"`
 	MaxMessageSize int64           `json:"maxMessageSize" usage:"largest KDS message, in bytes; larger changes are split"`
