@@ -503,6 +503,15 @@ func CheckLogFormat(format string) error {
 			return fmt.Errorf("%s: %s takes no argument", op, m[1])
 		case (m[1] == "REQ" || m[1] == "RESP") && m[3] == "":
 			return fmt.Errorf("%s: %s needs a header name, as in %%%s(:PATH)%%", op, m[1], m[1])
+		case m[1] == "REQ" || m[1] == "RESP":
+			// The pseudo-headers a request or a response has.
+			pseudo := map[bool][]string{true: {":method", ":path", ":authority", ":scheme"}, false: {":status"}}[m[1] == "REQ"]
+			for _, name := range strings.Split(m[3], "?") {
+				if strings.HasPrefix(name, ":") && !slices.Contains(pseudo, strings.ToLower(name)) {
+					return fmt.Errorf("%s: %s is not a pseudo-header of a %s (%s)", op, name,
+						map[bool]string{true: "request", false: "response"}[m[1] == "REQ"], strings.Join(pseudo, ", "))
+				}
+			}
 		case m[1] == "START_TIME" && m[2] != "":
 			if err := CheckStrftime(m[3]); err != nil {
 				return fmt.Errorf("%s: %w", op, err)

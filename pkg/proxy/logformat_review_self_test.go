@@ -46,6 +46,12 @@ func TestAPILogOperatorsAreTheProxys(t *testing.T) {
 			t.Errorf("the API takes %s, the proxy refuses it: %v", f, err)
 		}
 	}
+	for _, f := range []string{"%RESP(:PATH)%", "%REQ(:STATUS)%", "%REQ(X-A?:FOO)%"} {
+		_, perr := compileFormat(f)
+		if err := api.CheckLogFormat(f); err == nil || perr == nil {
+			t.Errorf("%s: the API says %v, the proxy %v; want both to refuse it", f, err, perr)
+		}
+	}
 	for _, f := range []string{"%HOSTNAME%", "%TRACE_ID%", "%DOWNSTREAM_LOCAL_ADDRESS%", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"} {
 		if err := api.CheckLogFormat(f); err != nil {
 			t.Errorf("the API refuses %s, which the proxy runs: %v", f, err)
