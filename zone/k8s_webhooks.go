@@ -132,6 +132,9 @@ func addKubeWebhooks(ctx context.Context, r *run.Runner, cfg Config, st store.St
 		return fmt.Errorf("read the API server's version: %w", err)
 	}
 	inj.NativeSidecar = kubernetes.NativeSidecars(version.Major, version.Minor)
+	if injCfg.NativeSidecar != "auto" {
+		inj.NativeSidecar = injCfg.NativeSidecar == "true"
+	}
 	log.Info("sidecar injection", zap.String("kubernetes", version.Major+"."+version.Minor), zap.Bool("native_sidecar", inj.NativeSidecar))
 	validator := &kubernetes.Validator{Self: self, Zone: cfg.Zone, Policies: func(ctx context.Context, typ, mesh string) ([]api.Resource, error) {
 		res, err := st.List(ctx, store.ListOptions{Type: typ, Mesh: mesh})

@@ -250,18 +250,29 @@ func (p *Presence) Start(ctx context.Context) error {
 
 // beat renews the heartbeat until ctx ends.
 func (p *Presence) beat(ctx context.Context) {
+	// A fixed rate (the renewals' times are heartbeatEvery apart, whatever
+	// a write takes: the reaper reads a longer gap as an outage), and
+	// after a failed write again soon, so that once the store is back
+	// every replica renews at once, before anyone judges it gone.
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
 	for {
-		wait := heartbeatEvery
+		wait := t.C
 		if err := p.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			p.log.Warn("cannot write this replica's heartbeat", zap.Error(err))
-			// Again soon: once the store is back, every replica renews
-			// at once, before anyone judges it gone.
-			wait = heartbeatRetry
+			retry := time.NewTimer(heartbeatRetry)
+			select {
+			case <-ctx.Done():
+				retry.Stop()
+				return
+			case <-retry.C:
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-wait:
 		}
 	}
 }

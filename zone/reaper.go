@@ -52,10 +52,12 @@ func (r *reaper) watch(ctx context.Context) error {
 	})
 }
 
-// heartbeat is when the reaper last saw a replica's heartbeat change.
+// heartbeat is when the reaper last saw a replica's heartbeat change, and
+// the renewal time it then held.
 type heartbeat struct {
 	version int64
 	at      time.Time
+	renew   time.Time
 }
 
 // lead reaps every few seconds until ctx ends. Leader only.
@@ -139,7 +141,9 @@ func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
 	present := map[string]bool{}
 	// outage: this replica's own heartbeat was renewed after a gap in
 	// which nobody could renew theirs (the store was away): the others'
-	// next renewals are still to come.
+	// next renewals are still to come. Judged by the renewals' own times
+	// (this replica's clock, heartbeatEvery apart while writes succeed),
+	// not by when the reaper happened to look.
 	outage := false
 	for _, l := range leases {
 		if l.Name != heartbeatName(l.Holder) {
@@ -147,10 +151,10 @@ func (r *reaper) dead(view *store.View) ([]api.Resource, error) {
 		}
 		present[l.Holder] = true
 		if h, ok := r.seen[l.Holder]; !ok || h.version != l.Version {
-			if l.Holder == r.self && ok && now.Sub(h.at) > heartbeatEvery+heartbeatEvery/2 {
+			if l.Holder == r.self && ok && !h.renew.IsZero() && l.RenewTime.Sub(h.renew) > heartbeatEvery+heartbeatEvery/2 {
 				outage = true
 			}
-			r.seen[l.Holder] = heartbeat{version: l.Version, at: now}
+			r.seen[l.Holder] = heartbeat{version: l.Version, at: now, renew: l.RenewTime}
 		}
 	}
 	for holder := range r.seen {

@@ -209,6 +209,10 @@ func (u *UserTokens) Verify(ctx context.Context, token string) (UserClaims, erro
 	return out, nil
 }
 
+// revocationSkew is how long a revocation outlives its token: the clock
+// skew between the global and a zone it allows for.
+const revocationSkew = 15 * time.Minute
+
 // Revoke revokes one user token before it expires, here at once and in
 // every zone as soon as KDS carries the revocation, leaving every other
 // token valid (rotating the key revokes them all). The token must verify:
@@ -230,8 +234,12 @@ func (u *UserTokens) Revoke(ctx context.Context, token string) (UserClaims, erro
 	case c.ID == "":
 		return UserClaims{}, fmt.Errorf("revoke user token: %w: it has no ID (jti) to revoke it by: rotate the signing key", ErrInvalidArgument)
 	}
+	// Kept a while past the token's expiry: a zone whose clock is behind
+	// the global's still takes the token until its own clock says it
+	// expired.
+	until := c.ExpiresAt.Add(revocationSkew)
 	rev := &api.UserTokenRevocation{Meta: api.Meta{Type: "UserTokenRevocation", Name: api.RevocationName(c.ID),
-		Labels: map[string]string{api.LabelExpires: strconv.FormatInt(c.ExpiresAt.Unix(), 10)}}, ID: c.ID, User: c.Name, ExpiresAt: c.ExpiresAt}
+		Labels: map[string]string{api.LabelExpires: strconv.FormatInt(until.Unix(), 10)}}, ID: c.ID, User: c.Name, ExpiresAt: c.ExpiresAt}
 	if _, err := u.store.Create(ctx, rev); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
 		return UserClaims{}, fmt.Errorf("revoke user token: %w", err)
 	}

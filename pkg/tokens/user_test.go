@@ -363,7 +363,7 @@ func TestRevokeOneUserToken(t *testing.T) {
 			t.Fatalf("revocations: %v %v, want one", res.Items, err)
 		}
 		rev := res.Items[0].(*api.UserTokenRevocation)
-		if rev.User != "ada" || rev.ID != c.ID || rev.Labels[api.LabelExpires] != strconv.FormatInt(c.ExpiresAt.Unix(), 10) {
+		if rev.User != "ada" || rev.ID != c.ID || rev.Labels[api.LabelExpires] != strconv.FormatInt(c.ExpiresAt.Add(revocationSkew).Unix(), 10) {
 			t.Errorf("the revocation: %+v, want ada's, expiring with her token (%v)", rev, c.ExpiresAt)
 		}
 		// A zone that has the global's key and the revocation (as KDS

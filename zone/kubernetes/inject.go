@@ -99,7 +99,10 @@ type InjectionConfig struct {
 	// TokenExpiration is the projected token's lifetime; the kubelet
 	// renews it at 80% of it.
 	TokenExpiration config.Duration `json:"tokenExpiration" usage:"lifetime of the sidecars' projected service-account tokens (at least 10m)"`
-	Resources       struct {
+	// NativeSidecar is auto, true or false: whether the sidecar is a
+	// native one (Injector.NativeSidecar).
+	NativeSidecar string `json:"nativeSidecar" usage:"inject the sidecar as a native sidecar (an init container with restartPolicy Always): auto (when the API server is 1.29 or later), true or false (false while kubelets older than 1.29 remain: they would wait on it for ever)"`
+	Resources     struct {
 		Requests struct {
 			CPU    string `json:"cpu" usage:"the sidecar's CPU request"`
 			Memory string `json:"memory" usage:"the sidecar's memory request"`
@@ -116,6 +119,7 @@ func DefaultInjectionConfig(image string) InjectionConfig {
 	var c InjectionConfig
 	c.Image = image
 	c.TokenExpiration = config.Duration{Duration: 10 * time.Minute}
+	c.NativeSidecar = "auto"
 	c.Resources.Requests.CPU, c.Resources.Requests.Memory = "50m", "64Mi"
 	c.Resources.Limits.CPU, c.Resources.Limits.Memory = "1", "512Mi"
 	return c
@@ -133,6 +137,9 @@ func (c InjectionConfig) Validate() error {
 	}
 	if c.CPAddress != "" && !strings.HasPrefix(c.CPAddress, "grpcs://") && !strings.HasPrefix(c.CPAddress, "grpc://") {
 		errs = append(errs, fmt.Errorf("kubernetes.injection.cpAddress: %q is not grpcs://HOST:PORT", c.CPAddress))
+	}
+	if c.NativeSidecar != "auto" && c.NativeSidecar != "true" && c.NativeSidecar != "false" {
+		errs = append(errs, fmt.Errorf("kubernetes.injection.nativeSidecar: %q is not auto, true or false", c.NativeSidecar))
 	}
 	if d := c.TokenExpiration.Duration; d < 10*time.Minute || d > 48*time.Hour {
 		errs = append(errs, fmt.Errorf("kubernetes.injection.tokenExpiration: %s is out of range; Kubernetes takes 10m to 48h", c.TokenExpiration))

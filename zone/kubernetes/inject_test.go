@@ -383,10 +383,10 @@ func TestInjectionConfigValidate(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	c.Image, c.CPAddress, c.Resources.Limits.CPU = "", "http://x", "lots"
+	c.Image, c.CPAddress, c.Resources.Limits.CPU, c.NativeSidecar = "", "http://x", "lots", "sometimes"
 	c.TokenExpiration.Duration = 0
 	err := c.Validate()
-	for _, want := range []string{"injection.image", "injection.cpAddress", "injection.tokenExpiration", "injection.resources.limits.cpu"} {
+	for _, want := range []string{"injection.image", "injection.cpAddress", "injection.tokenExpiration", "injection.resources.limits.cpu", "injection.nativeSidecar"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: want %s named", err, want)
 		}
