@@ -136,6 +136,10 @@ const maxJSONDepth = 10000
 func jsonDuplicates(data []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
+	// notJSON ends the walk at the first token that is not JSON (the
+	// decoder's More would say "more" for ever after it): json.Unmarshal
+	// reports what is wrong.
+	notJSON := errors.New("not JSON")
 	var walk func(path string, depth int) error
 	walk = func(path string, depth int) error {
 		if depth > maxJSONDepth {
@@ -143,7 +147,7 @@ func jsonDuplicates(data []byte) error {
 		}
 		tok, err := dec.Token()
 		if err != nil {
-			return nil // json.Unmarshal reports what is not JSON
+			return notJSON
 		}
 		switch tok {
 		case json.Delim('{'):
@@ -151,7 +155,7 @@ func jsonDuplicates(data []byte) error {
 			for dec.More() {
 				k, err := dec.Token()
 				if err != nil {
-					return nil
+					return notJSON
 				}
 				key, _ := k.(string)
 				if seen[key] {
@@ -173,7 +177,10 @@ func jsonDuplicates(data []byte) error {
 		}
 		return nil
 	}
-	return walk("", 0)
+	if err := walk("", 0); err != nil && err != notJSON {
+		return err
+	}
+	return nil
 }
 
 // DocumentError locates a problem in a multi-document stream.
