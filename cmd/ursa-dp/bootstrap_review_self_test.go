@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,37 +14,7 @@ import (
 // and never write it again: the application's bootstrap keeps the old
 // token (or, here, none) until the token is renewed once more.
 func TestReviewBootstrapRenewalNotRetriedAfterFailedWrite(t *testing.T) {
-	dir := t.TempDir()
-	dp := filepath.Join(dir, "dp.yaml")
-	os.WriteFile(dp, []byte("type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: 9000, tags: {ursa.io/service: web}}\n"), 0o600)
-	tokenFile := filepath.Join(dir, "web.token")
-	os.WriteFile(tokenFile, []byte("first-token\n"), 0o600)
-	certs := filepath.Join(dir, "certs")
-	boot := filepath.Join(certs, "bootstrap.json")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- runProxyless(ctx, proxylessConfig{DataplaneFile: dp, CertDir: certs, CPAddress: "grpc://127.0.0.1:1", XDSInsecure: true, TokenFile: tokenFile})
-	}()
-	defer func() { cancel(); <-done }()
-	token := func() string {
-		var b struct {
-			Node struct {
-				Metadata map[string]string `json:"metadata"`
-			} `json:"node"`
-		}
-		raw, err := os.ReadFile(boot)
-		if err != nil || json.Unmarshal(raw, &b) != nil {
-			return ""
-		}
-		return b.Node.Metadata["ursa.io/token"]
-	}
-	for deadline := time.Now().Add(5 * time.Second); token() == "" && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got := token(); got != "first-token" {
-		t.Fatalf("bootstrap token %q", got)
-	}
+	tokenFile, boot, token := startTokenAgent(t)
 	// The bootstrap's path is briefly unwritable (a rename onto a
 	// non-empty directory fails, even for root) while the token is renewed.
 	os.Remove(boot)

@@ -22,20 +22,39 @@ import (
 // help: its bootstrap still carries the expired token until ursa-dp itself
 // is restarted.
 func TestReviewPLBootstrapTokenNeverRenewed(t *testing.T) {
+	tokenFile, _, token := startTokenAgent(t)
+	// The token is renewed (ursactl generate dataplane-token, or the
+	// kubelet rotating the projected service-account token).
+	os.WriteFile(tokenFile, []byte("renewed-token\n"), 0o600)
+	deadline := time.Now().Add(15 * time.Second)
+	for token() != "renewed-token" && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := token(); got != "renewed-token" {
+		t.Fatalf("15s after --token-file was renewed, the application's bootstrap still presents %q: after the first token expires the application can never reconnect to the zone CP", got)
+	}
+}
+
+// startTokenAgent runs ursa-dp proxyless against an unreachable CP with a
+// token file holding "first-token", until the test ends; it returns the
+// token file, the bootstrap's path and a reader of the token the
+// bootstrap holds, once that is "first-token".
+func startTokenAgent(t *testing.T) (tokenFile, boot string, token func() string) {
+	t.Helper()
 	dir := t.TempDir()
 	dp := filepath.Join(dir, "dp.yaml")
 	os.WriteFile(dp, []byte("type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - {port: 9000, tags: {ursa.io/service: web}}\n"), 0o600)
-	tokenFile := filepath.Join(dir, "web.token")
+	tokenFile = filepath.Join(dir, "web.token")
 	os.WriteFile(tokenFile, []byte("first-token\n"), 0o600)
 	certs := filepath.Join(dir, "certs")
+	boot = filepath.Join(certs, "bootstrap.json")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- runProxyless(ctx, proxylessConfig{DataplaneFile: dp, CertDir: certs, CPAddress: "grpc://127.0.0.1:1", XDSInsecure: true, TokenFile: tokenFile})
 	}()
-	defer func() { cancel(); <-done }()
-	boot := filepath.Join(certs, "bootstrap.json")
-	token := func() string {
+	t.Cleanup(func() { cancel(); <-done })
+	token = func() string {
 		var b struct {
 			Node struct {
 				Metadata map[string]string `json:"metadata"`
@@ -53,14 +72,5 @@ func TestReviewPLBootstrapTokenNeverRenewed(t *testing.T) {
 	if got := token(); got != "first-token" {
 		t.Fatalf("bootstrap token %q", got)
 	}
-	// The token is renewed (ursactl generate dataplane-token, or the
-	// kubelet rotating the projected service-account token).
-	os.WriteFile(tokenFile, []byte("renewed-token\n"), 0o600)
-	deadline := time.Now().Add(15 * time.Second)
-	for token() != "renewed-token" && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if got := token(); got != "renewed-token" {
-		t.Fatalf("15s after --token-file was renewed, the application's bootstrap still presents %q: after the first token expires the application can never reconnect to the zone CP", got)
-	}
+	return tokenFile, boot, token
 }

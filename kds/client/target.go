@@ -75,7 +75,7 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		if !held[res.GetName()] {
 			local, err := t.store.Get(ctx, api.KeyOf(r))
 			if err == nil && local.GetMeta().Labels[api.LabelOrigin] != api.OriginGlobal {
-				if !GlobalOwned(d) {
+				if !d.GlobalOwned() {
 					refused = append(refused, fmt.Errorf("%s %q conflicts with a resource of the same name made in this zone", d.Type, res.GetName()))
 					continue
 				}
@@ -148,10 +148,3 @@ func (t *globalTarget) forgetDeletedMeshes(meshes []string) {
 }
 
 func splitHostPort(s string) (string, string, error) { return net.SplitHostPort(s) }
-
-// GlobalOwned reports whether the global alone writes resources of d in a
-// federated zone: a zone holds them only as the global's copies, or as
-// leftovers of a time it ran standalone.
-func GlobalOwned(d api.Descriptor) bool {
-	return d.WrittenBy != api.TierZone && (d.KDS == api.SyncGlobalToZone || d.KDS == api.SyncGlobalToOwnZone)
-}

@@ -130,6 +130,13 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &Secret{} }},
 }
 
+// GlobalOwned reports whether the global alone writes resources of d in a
+// federated zone: a zone holds them only as the global's copies, or as
+// leftovers of a time it ran standalone.
+func (d Descriptor) GlobalOwned() bool {
+	return d.WrittenBy != TierZone && (d.KDS == SyncGlobalToZone || d.KDS == SyncGlobalToOwnZone)
+}
+
 // Types returns every descriptor, in a stable order: Mesh first, so that a
 // list applied in this order creates meshes before what lives in them.
 func Types() []Descriptor { return slices.Clone(descriptors) }

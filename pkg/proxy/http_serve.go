@@ -70,12 +70,11 @@ func (b *bufferPool) take() *[]byte {
 
 func (b *bufferPool) give(buf *[]byte) { b.pool.Put(buf) }
 
-// requestBuckets bound a request's duration, in seconds: 15 s is a bound
-// (the default route timeout), so the requests that ran into it are not
-// only in +Inf; long streams reach the last ones.
-var requestBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 30, 60, 300}
-
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
+	// A request's duration, in seconds: 15 s is a bound (the default route
+	// timeout), so the requests that ran into it are not only in +Inf;
+	// long streams reach the last ones.
+	requestBuckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 30, 60, 300}
 	m := &httpMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ursa_dp_http_requests_total",
 			Help: "HTTP requests served, by direction, destination service, route, zone (the upstream endpoint's outbound, this proxy's inbound) and status code."},

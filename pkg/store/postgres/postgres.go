@@ -51,17 +51,6 @@ type Store struct {
 	writers chan struct{}
 }
 
-// sessionLimits bound what a store connection's session may hold, unless
-// the DSN sets them: a replica paused mid-write (SIGSTOP, a frozen VM)
-// loses its transaction, and so the revision lock, after 15 s idle in it;
-// a writer waiting on the lock gives up after 10 s (unavailable: to be
-// tried again); no statement runs for ever.
-var sessionLimits = map[string]string{
-	"idle_in_transaction_session_timeout": "15s",
-	"lock_timeout":                        "10s",
-	"statement_timeout":                   "60s",
-}
-
 var _ store.Store = (*Store)(nil)
 
 func parseConfig(dsn string) (*pgxpool.Config, error) {
@@ -101,6 +90,16 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	if err := checkSchema(ctx, dsn); err != nil {
 		return nil, err
+	}
+	// A store connection's session is bounded, unless the DSN says
+	// otherwise: a replica paused mid-write (SIGSTOP, a frozen VM) loses
+	// its transaction, and so the revision lock, after 15 s idle in it; a
+	// writer waiting on the lock gives up after 10 s (unavailable: to be
+	// tried again); no statement runs for ever.
+	sessionLimits := map[string]string{
+		"idle_in_transaction_session_timeout": "15s",
+		"lock_timeout":                        "10s",
+		"statement_timeout":                   "60s",
 	}
 	for k, v := range sessionLimits {
 		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
