@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,27 @@ func TestServeEach(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("ServeEach did not return when its listener closed")
+	}
+}
+
+// TestFreeAddr: the addresses are distinct, bindable, and below the
+// kernel's ephemeral range, where no bind to port 0 can take them.
+func TestFreeAddr(t *testing.T) {
+	seen := map[string]bool{}
+	for range 50 {
+		addr := FreeAddr(t)
+		if seen[addr] {
+			t.Fatalf("%s handed out twice", addr)
+		}
+		seen[addr] = true
+		_, p, _ := net.SplitHostPort(addr)
+		if port, _ := strconv.Atoi(p); port >= ephemeralLow() || port < 1024 {
+			t.Fatalf("%s: port outside [1024, %d)", addr, ephemeralLow())
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		ln.Close()
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ursamesh/ursa/pkg/pgtest"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // bin holds the binaries built once for the package; cluster is a throwaway
@@ -208,27 +208,9 @@ func (p *proc) logged(t testing.TB, key string) string {
 	return ""
 }
 
-// freeAddr returns a loopback address with a port free at the time of the
-// call, and never one it returned before in this test binary: the kernel
-// may hand a port just released out again, and two picks for one process
-// (an inbound and an admin port) must not be the same.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		if _, seen := handedOut.LoadOrStore(addr, true); !seen {
-			return addr
-		}
-	}
-}
-
-// handedOut are the addresses freeAddr returned.
-var handedOut sync.Map
+// freeAddr returns a loopback address for a process's flag (see
+// testutil.FreeAddr).
+func freeAddr(t testing.TB) string { return testutil.FreeAddr(t) }
 
 // waitReady polls url until it answers 200.
 func waitReady(t testing.TB, url string, p *proc) {

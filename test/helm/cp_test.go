@@ -308,29 +308,14 @@ func (l logOnFail) Fatalf(format string, args ...any) {
 }
 
 // freePorts returns n distinct loopback ports, free for TCP and UDP a
-// moment ago.
+// moment ago (see testutil.FreeAddr).
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
 	var ports []int
-	var hold []io.Closer
-	defer func() {
-		for _, c := range hold {
-			c.Close()
-		}
-	}()
-	for len(ports) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		hold = append(hold, ln)
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		hold = append(hold, pc)
-		ports = append(ports, port)
+	for range n {
+		_, port, _ := net.SplitHostPort(testutil.FreeAddr(t))
+		p, _ := strconv.Atoi(port)
+		ports = append(ports, p)
 	}
 	return ports
 }

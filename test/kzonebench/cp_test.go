@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,16 +19,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/testutil"
 	k8szone "github.com/ursamesh/ursa/zone/kubernetes"
 )
-
-func freeAddr(b *testing.B) string {
-	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // memory returns a process's VmRSS and VmHWM (peak), in MiB.
 func memory(pid int) (rss, peak float64) {
@@ -95,7 +84,7 @@ func BenchmarkPodStormCP(b *testing.B) {
 			"spec": map[string]any{"selector": map[string]any{"app": "web"}, "ports": []any{map[string]any{"port": 80, "targetPort": 8080}}}}); err != nil {
 			b.Fatal(err)
 		}
-		api, hook := freeAddr(b), freeAddr(b)
+		api, hook := testutil.FreeAddr(b), testutil.FreeAddr(b)
 		logf, err := os.Create(filepath.Join(b.TempDir(), "cp.log"))
 		if err != nil {
 			b.Fatal(err)
