@@ -26,6 +26,7 @@ import (
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	ursatest "github.com/ursamesh/ursa/pkg/testutil"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -288,9 +289,7 @@ func TestHTTPFaults(t *testing.T) {
 // to a cluster that is not there is 503, no route is 404; a gRPC caller
 // gets them as grpc-status; h2c passes gRPC trailers through.
 func TestHTTPUpstreamFailures(t *testing.T) {
-	closed, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := closed.Addr().String()
-	closed.Close()
+	dead := ursatest.RefusingAddr(t)
 	grpcish := backend(t, "grpc", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/grpc")
 		w.Header().Set("Trailer", "Grpc-Status")

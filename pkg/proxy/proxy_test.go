@@ -1031,11 +1031,7 @@ func TestListenerInUseIsLeftOut(t *testing.T) {
 // refused endpoint fails the connection; with two, the next one (the
 // refused one is ejected, so its priority's load moves on) takes it.
 func TestConnectAttempts(t *testing.T) {
-	refused, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refused.Close()
+	refused := testutil.RefusingAddr(t)
 	live, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -1046,7 +1042,7 @@ func TestConnectAttempts(t *testing.T) {
 		p := newProxy(t)
 		p.FirstEjection = time.Minute
 		c := &Cluster{Name: "c", ConnectTimeout: time.Second, Overprovisioning: 140, PanicThreshold: 50, Endpoints: []Endpoint{
-			{Addr: refused.Addr().String(), Weight: 1}, {Addr: live.Addr().String(), Weight: 1, Priority: 1}}}
+			{Addr: refused, Weight: 1}, {Addr: live.Addr().String(), Weight: 1, Priority: 1}}}
 		up, err := p.connect(&Config{}, c, attempts)
 		if attempts == 1 {
 			if err == nil {
