@@ -22,9 +22,9 @@ import (
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/kds/server"
 	"github.com/ursamesh/ursa/pkg/api"
-
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/expire"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/servingcert"
@@ -199,10 +199,19 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("user-token-keys", run.Func(func(ctx context.Context) error {
 		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
 	}))
-	r.AddRestarting("expire", run.Func(func(ctx context.Context) error { return expire(ctx, st, mirror, time.Now, log.Named("expire")) }))
+	r.AddRestarting("expire", run.Func(func(ctx context.Context) error {
+		return expire.Run(ctx, st, mirror, expiringTypes(), log.Named("expire"))
+	}))
 	r.AddRestarting("purge-zones", run.Func(func(ctx context.Context) error { return purgeZones(ctx, st, mirror, log.Named("purge-zones")) }))
 	r.Add("kds", run.GRPCServer(grpcServer, kdsLn, cfg.ShutdownGrace.Duration))
 	return r.Run(ctx)
+}
+
+// expiringTypes are the policies a timed operation (a drill's drain) may
+// write with an expiry, and the revocations of tokens, which go once their
+// tokens would have expired.
+func expiringTypes() []string {
+	return []string{"Failover", "TrafficRoute", "TrafficPermission", "UserTokenRevocation", "TokenRevocation"}
 }
 
 // mirroredTypes are the types the global's mirror follows: GlobalSecret so

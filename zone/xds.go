@@ -25,9 +25,12 @@ import (
 
 // mirroredTypes are what the zone's one mirror follows: what the catalogue
 // is built from, the leases the presence reaper reads, and what KDS sends
-// the global.
+// the global, and the revocations the zone deletes once expired.
 func mirroredTypes() []string {
 	set := map[string]bool{"Lease": true}
+	for _, t := range expiringTypes(false) {
+		set[t] = true
+	}
 	for _, t := range catalog.Types() {
 		set[t] = true
 	}
@@ -35,6 +38,17 @@ func mirroredTypes() []string {
 		set[d.Type] = true
 	}
 	return slices.Sorted(maps.Keys(set))
+}
+
+// expiringTypes are what a zone deletes once their ursa.io/expires label
+// has passed: the revocations of its proxies' tokens and, in a standalone
+// zone (its own global), those of its user tokens. A federated zone's user
+// token revocations are the global's, which deletes them.
+func expiringTypes(federated bool) []string {
+	if federated {
+		return []string{"TokenRevocation"}
+	}
+	return []string{"TokenRevocation", "UserTokenRevocation"}
 }
 
 // CatalogSource is the zone's catalogue (a catalog.Follower).

@@ -31,6 +31,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/expire"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/servingcert"
@@ -325,6 +326,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return run.Every(ctx, revokedSweepEvery, func(ctx context.Context) error { xdsServer.Reverify(ctx); return nil })
 	}))
 	el.leaderOnly("presence-reaper", reap.lead)
+	r.AddRestarting("expire", run.Func(func(ctx context.Context) error {
+		return expire.Run(ctx, st, mirror, expiringTypes(cfg.Federated()), log.Named("expire"))
+	}))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
 		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})

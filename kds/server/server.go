@@ -301,9 +301,9 @@ func (s *Server) streamEnd(ctx context.Context, log *zap.Logger, err error) erro
 	return status.Error(codes.Unavailable, err.Error())
 }
 
-// Start follows zone and signing-key changes until ctx ends, closing the
-// streams of a zone that is disabled or deleted, or whose token no longer
-// verifies, and writes insights.
+// Start follows zone, signing-key and token-revocation changes until ctx
+// ends, closing the streams of a zone that is disabled or deleted, or whose
+// token no longer verifies, and writes insights.
 func (s *Server) Start(ctx context.Context) error {
 	defer context.AfterFunc(ctx, s.stop)()
 	var since int64 = -1
@@ -326,7 +326,8 @@ func (s *Server) Start(ctx context.Context) error {
 			} else if !z.IsEnabled() {
 				s.closeZone(z.Name, fmt.Errorf("zone %q is disabled at the global control plane", z.Name))
 			}
-		case "GlobalSecret":
+		case "GlobalSecret", "TokenRevocation":
+			// A signing key rotated, or one zone token revoked.
 			s.recheckTokens(ctx)
 		}
 		return nil

@@ -126,6 +126,10 @@ var descriptors = []Descriptor{
 	// UserTokenRevocation revokes one user token in every zone.
 	{Type: "UserTokenRevocation", Plural: "user-token-revocations", Singular: "user-token-revocation", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncGlobalToZone,
 		New: func() Resource { return &UserTokenRevocation{} }},
+	// TokenRevocation revokes one zone, dataplane or ingress token where
+	// it is verified; it stays there.
+	{Type: "TokenRevocation", Plural: "token-revocations", Singular: "token-revocation", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
+		New: func() Resource { return &TokenRevocation{} }},
 	{Type: "Secret", Plural: "secrets", Singular: "secret", Scope: ScopeMesh, WrittenBy: TierGlobal, KDS: SyncGlobalToZone,
 		New: func() Resource { return &Secret{} }},
 }

@@ -184,3 +184,42 @@ func (c *Client) revoke(ctx context.Context, path string, req any, what string) 
 	}
 	return nil
 }
+
+// RevokedToken says which token a revocation refused: its kind (zone,
+// dataplane or ingress), whom it was for, its ID (jti) and until when it
+// would have been valid.
+type RevokedToken struct {
+	Token     string    `json:"token"`
+	Subject   string    `json:"subject"`
+	ID        string    `json:"id"`
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+// RevokeToken makes the control plane that verifies tokens of kind (zone:
+// the global; dataplane, ingress: the zone that issued it) refuse token from
+// now on, leaving every other token of its key valid, and end the streams it
+// admitted. Only an admin may ask; a token refused already (expired, of a
+// revoked key, of another kind) is refused with an *Error saying why.
+func (c *Client) RevokeToken(ctx context.Context, kind, token string) (RevokedToken, error) {
+	what := "revoke " + kind + " token"
+	switch kind {
+	case "zone", "dataplane", "ingress":
+	default:
+		return RevokedToken{}, fmt.Errorf("%s: no such kind of token: zone, dataplane or ingress", what)
+	}
+	body, err := json.Marshal(struct {
+		Token string `json:"token"`
+	}{token})
+	if err != nil {
+		return RevokedToken{}, fmt.Errorf("%s: encode: %w", what, err)
+	}
+	_, data, err := c.do(ctx, http.MethodPost, "/tokens/"+kind+"/revocations", body)
+	if err != nil {
+		return RevokedToken{}, fmt.Errorf("%s: %w", what, err)
+	}
+	var out RevokedToken
+	if err := json.Unmarshal(data, &out); err != nil {
+		return RevokedToken{}, fmt.Errorf("%s: decode the answer: %w", what, err)
+	}
+	return out, nil
+}

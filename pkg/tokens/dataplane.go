@@ -27,14 +27,15 @@ const PathDataplaneToken = "/tokens/dataplane"
 // DataplaneIssuer issues and verifies dataplane tokens: JWTs signed with a
 // per-mesh Ed25519 key (kid: the mesh) that bind a proxy to its mesh and,
 // when given, to a service, tags and a Dataplane name. Deleting a mesh's
-// key revokes every token of that mesh. It holds nothing but the store, so
+// key revokes every token of that mesh; RevokeToken revokes one. It holds nothing but the store, so
 // the replicas of a zone agree; it is safe for concurrent use.
 type DataplaneIssuer struct {
 	store store.Store
 	keys  *localKeys
+	revs  *revocations
 	now   func() time.Time
-	// Revoked, when set, is told after a mesh's tokens are revoked
-	// through the API (the zone ends their proxies' streams).
+	// Revoked, when set, is told after a mesh's tokens, or one token, are
+	// revoked through the API (the zone ends their proxies' streams).
 	Revoked func()
 }
 
@@ -42,6 +43,7 @@ type DataplaneIssuer struct {
 func NewDataplaneIssuer(st store.Store) *DataplaneIssuer {
 	d := &DataplaneIssuer{store: st, now: time.Now}
 	d.keys = newLocalKeys(st, func() time.Time { return d.now() })
+	d.revs = newRevocations(st, func() time.Time { return d.now() }, keyMemory)
 	return d
 }
 
@@ -52,8 +54,24 @@ type DataplaneClaims struct {
 	Service string            // every inbound's ursa.io/service
 	Tags    map[string]string // tags every inbound carries, with these values
 	Name    string            // the Dataplane's name
-	// ExpiresAt is set by Verify.
+	// ID (the jti) and ExpiresAt are set by Verify.
+	ID        string
 	ExpiresAt time.Time
+}
+
+// describe says whom the token is for, as a revocation records it.
+func (c DataplaneClaims) describe() string {
+	s := "mesh " + c.Mesh
+	if c.Service != "" {
+		s += ", service " + c.Service
+	}
+	if c.Name != "" {
+		s += ", dataplane " + c.Name
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Tags)) {
+		s += ", " + k + "=" + c.Tags[k]
+	}
+	return s
 }
 
 type dpClaims struct {
@@ -181,7 +199,7 @@ func (d *DataplaneIssuer) Verify(ctx context.Context, token string) (DataplaneCl
 	if err != nil {
 		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w", err)
 	}
-	out := DataplaneClaims{Mesh: claims.Mesh, Service: claims.Service, Tags: claims.Tags, Name: claims.Name, ExpiresAt: claims.ExpiresAt.Time}
+	out := DataplaneClaims{Mesh: claims.Mesh, Service: claims.Service, Tags: claims.Tags, Name: claims.Name, ID: claims.ID, ExpiresAt: claims.ExpiresAt.Time}
 	switch {
 	case claims.Subject != SubjectDataplane:
 		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: not a dataplane token (its subject is %q)", ErrTokenMalformed, truncate(claims.Subject))
@@ -191,7 +209,26 @@ func (d *DataplaneIssuer) Verify(ctx context.Context, token string) (DataplaneCl
 	if causes := out.check(); len(causes) > 0 {
 		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w: %s claim: %s", ErrTokenMalformed, causes[0].Field, causes[0].Message)
 	}
+	switch err := d.revs.check(ctx, out.ID, "the token for "+out.describe()); {
+	case errors.Is(err, ErrTokenRevoked):
+		return out, fmt.Errorf("verify dataplane token: %w", err)
+	case err != nil:
+		return DataplaneClaims{}, fmt.Errorf("verify dataplane token: %w", err)
+	}
 	return out, nil
+}
+
+// RevokeToken revokes one dataplane token, leaving every other token of its
+// mesh valid (Revoke revokes them all): this zone refuses it from now on,
+// and ends the streams of the proxies that use it at its next check of them
+// (at once through Revoked, when the revocation comes through the API). The
+// token must verify: one that does not is refused anyway
+// (ErrInvalidArgument, wrapped); one revoked already is not an error.
+func (d *DataplaneIssuer) RevokeToken(ctx context.Context, token string) (RevokedToken, error) {
+	return revokeOne(ctx, d.revs, api.TokenKindDataplane, token, func(ctx context.Context, token string) (RevokedToken, error) {
+		c, err := d.Verify(ctx, token)
+		return RevokedToken{Token: api.TokenKindDataplane, Subject: c.describe(), ID: c.ID, ExpiresAt: c.ExpiresAt}, err
+	})
 }
 
 // Revoke revokes every dataplane token of mesh, by deleting the mesh's
@@ -210,6 +247,13 @@ func (d *DataplaneIssuer) Revoke(ctx context.Context, mesh string) error {
 	return d.keys.revoke(ctx, DataplaneKeyPrefix+mesh)
 }
 
+// revoked tells Revoked, when set.
+func (d *DataplaneIssuer) revoked() {
+	if d.Revoked != nil {
+		d.Revoked()
+	}
+}
+
 // DataplaneTokenRequest is the body of POST /tokens/dataplane. ValidFor is
 // a Go duration ("720h"); empty means DefaultValidity.
 type DataplaneTokenRequest struct {
@@ -226,6 +270,7 @@ func (d *DataplaneIssuer) Handlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"POST " + PathDataplaneToken:           http.HandlerFunc(d.serveIssue),
 		"POST " + PathDataplaneTokenSigningKey: http.HandlerFunc(d.serveRevoke),
+		"POST " + PathDataplaneTokenRevocation: revokeHandler(d.RevokeToken, d.revoked),
 	}
 }
 

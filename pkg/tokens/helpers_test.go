@@ -172,6 +172,7 @@ type faultyStore struct {
 	mu         sync.Mutex
 	failGet    bool
 	failDelete bool
+	failList   bool
 }
 
 func (f *faultyStore) set(get, del bool) {
@@ -188,6 +189,16 @@ func (f *faultyStore) Get(ctx context.Context, key api.Key) (api.Resource, error
 		return nil, fmt.Errorf("get %s: %w", key, store.ErrUnavailable)
 	}
 	return f.Store.Get(ctx, key)
+}
+
+func (f *faultyStore) List(ctx context.Context, opts store.ListOptions) (store.ListResult, error) {
+	f.mu.Lock()
+	fail := f.failList
+	f.mu.Unlock()
+	if fail {
+		return store.ListResult{}, fmt.Errorf("list %s: %w", opts.Type, store.ErrUnavailable)
+	}
+	return f.Store.List(ctx, opts)
 }
 
 func (f *faultyStore) Delete(ctx context.Context, key api.Key, version int64) error {

@@ -75,13 +75,15 @@ type SigningKeyResponse struct {
 
 // Handlers returns the REST endpoints of zone tokens, by ServeMux pattern,
 // for apiserver.Deps.Extra, which serves them behind the API's own
-// authentication: POST /tokens/zone issues a token, and POST
+// authentication: POST /tokens/zone issues a token, POST
 // /tokens/zone/signing-key rotates the signing key, revoking every token
-// issued before. Only an admin of the global CP may reach them.
+// issued before, and POST /tokens/zone/revocations revokes one. Only an
+// admin of the global CP may reach them.
 func (i *Issuer) Handlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"POST " + PathZoneToken:           http.HandlerFunc(i.serveIssue),
 		"POST " + PathZoneTokenSigningKey: http.HandlerFunc(i.serveRotate),
+		"POST " + PathZoneTokenRevocation: revokeHandler(i.RevokeZoneToken, func() {}),
 	}
 }
 

@@ -34,6 +34,7 @@ const PathIngressToken = "/tokens/ingress"
 type IngressIssuer struct {
 	store store.Store
 	keys  *localKeys
+	revs  *revocations
 	zone  string
 	now   func() time.Time
 	// Revoked, when set, is told after the zone's ingress tokens are
@@ -52,12 +53,14 @@ func (i *IngressIssuer) Revoke(ctx context.Context) error {
 func NewIngressIssuer(st store.Store, zone string) *IngressIssuer {
 	i := &IngressIssuer{store: st, zone: zone, now: time.Now}
 	i.keys = newLocalKeys(st, func() time.Time { return i.now() })
+	i.revs = newRevocations(st, func() time.Time { return i.now() }, keyMemory)
 	return i
 }
 
 // IngressClaims is what a verified ingress token says.
 type IngressClaims struct {
 	Zone      string
+	ID        string // the jti
 	ExpiresAt time.Time
 }
 
@@ -130,7 +133,23 @@ func (i *IngressIssuer) Verify(ctx context.Context, token string) (IngressClaims
 	if err := CheckZoneName(claims.Zone); err != nil {
 		return IngressClaims{}, fmt.Errorf("verify ingress token: %w: zone claim: %v", ErrTokenMalformed, err)
 	}
-	return IngressClaims{Zone: claims.Zone, ExpiresAt: claims.ExpiresAt.Time}, nil
+	out := IngressClaims{Zone: claims.Zone, ID: claims.ID, ExpiresAt: claims.ExpiresAt.Time}
+	switch err := i.revs.check(ctx, out.ID, "the ingress token of zone "+out.Zone); {
+	case errors.Is(err, ErrTokenRevoked):
+		return out, fmt.Errorf("verify ingress token: %w", err)
+	case err != nil:
+		return IngressClaims{}, fmt.Errorf("verify ingress token: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeToken revokes one ingress token, leaving the zone's other ingress
+// tokens valid (Revoke revokes them all), as DataplaneIssuer.RevokeToken.
+func (i *IngressIssuer) RevokeToken(ctx context.Context, token string) (RevokedToken, error) {
+	return revokeOne(ctx, i.revs, api.TokenKindIngress, token, func(ctx context.Context, token string) (RevokedToken, error) {
+		c, err := i.Verify(ctx, token)
+		return RevokedToken{Token: api.TokenKindIngress, Subject: "the ingresses of zone " + c.Zone, ID: c.ID, ExpiresAt: c.ExpiresAt}, err
+	})
 }
 
 // truncate keeps what a token says short in an error.
@@ -152,6 +171,11 @@ type IngressTokenRequest struct {
 func (i *IngressIssuer) Handlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"POST " + PathIngressToken: http.HandlerFunc(i.serveIssue),
+		"POST " + PathIngressTokenRevocation: revokeHandler(i.RevokeToken, func() {
+			if i.Revoked != nil {
+				i.Revoked()
+			}
+		}),
 		"POST " + PathIngressTokenSigningKey: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if decodeRequest(w, r, &struct{}{}, "{}") {
 				answerRevoke(w, r, "every ingress token of zone "+i.zone, i.Revoke, i.Revoked)

@@ -51,8 +51,9 @@ var (
 	// existed: to the caller they are one thing, a token not signed by a
 	// current key of this global CP.
 	ErrTokenSignature = errors.New("bad token signature")
-	// ErrTokenRevoked is a user token revoked on its own
-	// (UserTokens.Revoke) before it expired.
+	// ErrTokenRevoked is a token revoked on its own before it expired
+	// (UserTokens.Revoke, Issuer.RevokeZoneToken, RevokeToken of
+	// DataplaneIssuer and IngressIssuer).
 	ErrTokenRevoked = errors.New("token revoked")
 )
 
@@ -85,12 +86,18 @@ const (
 // safe for concurrent use.
 type Issuer struct {
 	ring keyRing
+	revs *revocations
 	now  func() time.Time
 }
 
 // NewIssuer returns an Issuer over st, the global CP's store.
 func NewIssuer(st store.Store) *Issuer {
-	return &Issuer{ring: zoneRing(st), now: time.Now}
+	i := &Issuer{ring: zoneRing(st), now: time.Now}
+	// Zone tokens are few, and each check reads the store anyway (the
+	// keys): a revocation is read with them, so that it holds at once on
+	// every replica.
+	i.revs = newRevocations(st, func() time.Time { return i.now() }, 0)
+	return i
 }
 
 // zoneClaims is the claim set of a zone token.

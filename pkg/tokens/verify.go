@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ursamesh/ursa/pkg/api"
 )
 
 // VerifyZoneToken checks token and returns the zone it names. See
@@ -50,7 +52,25 @@ func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneC
 	if claims.IssuedAt != nil {
 		out.IssuedAt = claims.IssuedAt.Time
 	}
+	switch err := i.revs.check(ctx, out.ID, "the token of zone "+out.Zone); {
+	case errors.Is(err, ErrTokenRevoked):
+		return out, fmt.Errorf("verify zone token: %w", err)
+	case err != nil:
+		return ZoneClaims{}, fmt.Errorf("verify zone token: %w", err)
+	}
 	return out, nil
+}
+
+// RevokeZoneToken revokes one zone token, leaving every other valid
+// (RotateKey revokes them all): the global refuses it from now on, on
+// every replica, and ends the KDS streams that it admitted. The token must
+// verify: one that does not is refused anyway (ErrInvalidArgument,
+// wrapped); one revoked already is not an error.
+func (i *Issuer) RevokeZoneToken(ctx context.Context, token string) (RevokedToken, error) {
+	return revokeOne(ctx, i.revs, api.TokenKindZone, token, func(ctx context.Context, token string) (RevokedToken, error) {
+		c, err := i.VerifyZoneTokenClaims(ctx, token)
+		return RevokedToken{Token: api.TokenKindZone, Subject: "zone " + c.Zone, ID: c.ID, ExpiresAt: c.ExpiresAt}, err
+	})
 }
 
 // verifyJWT checks what every token signed from a key ring must be, and

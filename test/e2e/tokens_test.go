@@ -23,6 +23,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	xdsgrpc "google.golang.org/grpc/xds"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/store/postgres"
 )
 
 // refusedTotal reads ursa_xds_refused_total{reason} from a zone's /metrics.
@@ -366,4 +369,94 @@ func TestRevokeDataplaneTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "web-1 online with a new token", state("Online"))
+}
+
+// TestRevokeOneDataplaneToken: `ursactl revoke dataplane-token FILE` revokes
+// one sidecar's token and no other: that sidecar is cut off at once,
+// refused with "revoked", and shows offline, while a sidecar of the same
+// mesh and service with another token stays connected throughout.
+func TestRevokeOneDataplaneToken(t *testing.T) {
+	z := &tokenZone{t: t, cp: startCP(t, "zone", "--zone", "zone-1"), dir: t.TempDir()}
+	ctl(t, z.cp.api, "type: Mesh\nname: default\n", "apply", "-f", "-")
+	leaked := tokenFile(t, z.cp.dataplaneToken(t, "default", "--service", "web"))
+	kept := tokenFile(t, z.cp.dataplaneToken(t, "default", "--service", "web"))
+	p1, admin1 := z.run("run", "--dataplane-file", z.dataplane("web-1", "ursa.io/service: web"), "--token-file", leaked)
+	p2, admin2 := z.run("run", "--dataplane-file", z.dataplane("web-2", "ursa.io/service: web"), "--token-file", kept)
+	waitReady(t, "http://"+admin1+"/ready", p1)
+	waitReady(t, "http://"+admin2+"/ready", p2)
+	state := func(name, want string) func() bool {
+		re := regexp.MustCompile(`(?m)^default\s+` + name + `\s+` + want + `\s`)
+		return func() bool { return re.MatchString(ctl(t, z.cp.api, "", "inspect", "dataplanes")) }
+	}
+	eventually(t, "web-1 online", state("web-1", "Online"))
+	eventually(t, "web-2 online", state("web-2", "Online"))
+
+	before := refusedTotal(t, z.cp, "invalid_token")
+	out := ctl(t, z.cp.api, "", "revoke", "dataplane-token", leaked)
+	if !regexp.MustCompile(`^revoked: the dataplane token for mesh default, service web \(id \S+\), which was valid until \S+\n$`).MatchString(out) {
+		t.Fatalf("revoke: %q", out)
+	}
+	z.refused(p1, "invalid_token", before, "revoked")
+	eventually(t, "web-1 offline", state("web-1", "Offline"))
+	if !state("web-2", "Online")() || strings.Contains(p2.out.String(), "refused this proxy") {
+		t.Fatalf("web-2, whose token was not revoked, was cut off too:\n%s\n%s", ctl(t, z.cp.api, "", "inspect", "dataplanes"), p2.out.String())
+	}
+	// Revoking it again is no error; a token refused already is refused,
+	// saying why, and garbage too.
+	if again := ctl(t, z.cp.api, "", "revoke", "dataplane-token", leaked); !strings.HasPrefix(again, "revoked: ") {
+		t.Fatalf("revoke again: %q", again)
+	}
+	if _, errOut, err := ctlResult(z.cp.api, "not-a-token", "revoke", "dataplane-token", "-"); err == nil || !strings.Contains(errOut, "refused already") {
+		t.Fatalf("revoke garbage: %v\n%s", err, errOut)
+	}
+	if _, body := z.cp.get(t, "/token-revocations"); !strings.Contains(body, `"token":"dataplane"`) {
+		t.Fatalf("GET /token-revocations: %s", body)
+	}
+}
+
+// TestZoneExpiresRevocations: a zone control plane (standalone, on
+// PostgreSQL) deletes the revocations of its proxies' tokens, and of its
+// user tokens, once their tokens would have expired anyway, and keeps the
+// others.
+func TestZoneExpiresRevocations(t *testing.T) {
+	ctx := context.Background()
+	dsn, err := cluster.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := start(t, "ursa-cp", "migrate", "up", "--store", dsn); p.wait(t) != nil {
+		t.Fatal(p.out.String())
+	}
+	st, err := postgres.Open(ctx, dsn, postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	past, future := time.Now().Add(-time.Minute), time.Now().Add(time.Hour)
+	label := func(at time.Time) map[string]string {
+		return map[string]string{api.LabelExpires: strconv.FormatInt(at.Unix(), 10)}
+	}
+	for _, r := range []api.Resource{
+		&api.TokenRevocation{Meta: api.Meta{Type: "TokenRevocation", Name: api.RevocationName("gone"), Labels: label(past)},
+			ID: "gone", Token: api.TokenKindDataplane, Subject: "mesh default", ExpiresAt: past},
+		&api.TokenRevocation{Meta: api.Meta{Type: "TokenRevocation", Name: api.RevocationName("kept"), Labels: label(future)},
+			ID: "kept", Token: api.TokenKindIngress, Subject: "the ingresses of zone zone-1", ExpiresAt: future},
+		&api.UserTokenRevocation{Meta: api.Meta{Type: "UserTokenRevocation", Name: api.RevocationName("user-gone"), Labels: label(past)},
+			ID: "user-gone", User: "ada", ExpiresAt: past},
+	} {
+		if _, err := st.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startCP(t, "zone", "--zone", "zone-1", "--store", dsn)
+	exists := func(typ, id string) bool {
+		_, err := st.Get(ctx, api.Key{Type: typ, Name: api.RevocationName(id)})
+		return err == nil
+	}
+	eventually(t, "the expired revocations deleted", func() bool {
+		return !exists("TokenRevocation", "gone") && !exists("UserTokenRevocation", "user-gone")
+	})
+	if !exists("TokenRevocation", "kept") {
+		t.Fatal("a revocation whose token is still valid was deleted")
+	}
 }

@@ -159,6 +159,7 @@ var columns = map[string]map[string]string{
 	"TrafficTrace":       {"MESH": "default"},
 	"VirtualIPs":         {"MESH": "default"},
 	"UserTokenPublicKey": {},
+	"TokenRevocation":    {"TOKEN": "dataplane", "SUBJECT": "mesh default, service web"},
 }
 
 // TestExamples creates one object of every type from its resource, reads

@@ -156,6 +156,7 @@ var placements = map[string]Placement{
 	"VirtualIPs":          {ShortNames: []string{"vips"}, Columns: []Column{mesh}},
 	"UserTokenPublicKey":  {ShortNames: []string{"utpk"}},
 	"UserTokenRevocation": {ShortNames: []string{"utr"}},
+	"TokenRevocation":     {ShortNames: []string{"tokrev"}, Columns: []Column{{Name: "Token", Type: "string", JSONPath: ".spec.token"}, {Name: "Subject", Type: "string", JSONPath: ".spec.subject"}}},
 
 	"Secret":       {Kind: CoreSecret, SecretType: "ursa.io/secret"},
 	"GlobalSecret": {Kind: CoreSecret, SecretType: "ursa.io/global-secret"},

@@ -177,6 +177,7 @@ func examples(t testing.TB) []api.Resource {
 			"billing": {IP: "240.0.0.1"}, "web": {IP: "240.0.0.2", ReleasedAt: since}}},
 		&api.UserTokenPublicKey{Meta: meta("UserTokenPublicKey", "", "user-token-signing-key.1"), PublicKeyPEM: pubPEM},
 		&api.UserTokenRevocation{Meta: meta("UserTokenRevocation", "", api.RevocationName("abc")), ID: "abc", User: "ada", ExpiresAt: since},
+		&api.TokenRevocation{Meta: meta("TokenRevocation", "", api.RevocationName("abd")), ID: "abd", Token: api.TokenKindDataplane, Subject: "mesh default, service web", ExpiresAt: since},
 	)
 	for _, r := range rs {
 		if err := api.Validate(r); err != nil {

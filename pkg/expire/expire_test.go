@@ -1,4 +1,4 @@
-package global
+package expire
 
 import (
 	"context"
@@ -47,11 +47,12 @@ func TestExpire(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mirror := store.NewMirror(st, expiringTypes(), log)
+	types := []string{"Failover"}
+	mirror := store.NewMirror(st, types, log)
 	go mirror.Start(ctx)
 	done := make(chan struct{})
 	go func() {
-		(&expirer{store: st, src: mirror, log: log, now: clock.Now, wakeAt: clock.At}).run(ctx)
+		(&Expirer{Store: st, Source: mirror, Types: types, Log: log, Now: clock.Now, WakeAt: clock.At}).Run(ctx)
 		close(done)
 	}()
 	defer func() { cancel(); <-done }()
