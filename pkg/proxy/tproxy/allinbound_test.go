@@ -37,8 +37,8 @@ func newPeer(t *testing.T, ns string) string {
 
 // TestInstallRedirectsAllInbound: with InboundAllPorts, another host's TCP
 // to any port of this one reaches the inbound listener, knowing where it
-// was headed, but for the excluded ports and the sidecar's own (its admin
-// port, its redirect ports); the sidecar's connections from ProbeSource
+// was headed, but for the excluded ports, SSH's (22, as Istio leaves it)
+// and the sidecar's own (its admin port, its redirect ports); the sidecar's connections from ProbeSource
 // (its inbound passthrough) reach the app at this host's address, while
 // its others there go to its inbound listener, and another user's from
 // ProbeSource to the outbound listener, not around the sidecar. Over IPv6
@@ -48,13 +48,14 @@ func TestInstallRedirectsAllInbound(t *testing.T) {
 	peer := newPeer(t, ns)
 	ctx := context.Background()
 	c := Config{OutboundPort: 15001, InboundPort: 15006, DNSPort: 15053, InboundAllPorts: true, SidecarPorts: []int{9901},
-		InboundPorts: []int{8080}, ExcludeInboundPorts: []int{22}, ExcludeUIDs: []int{5678}, SidecarUIDs: []int{5678}}
+		InboundPorts: []int{8080}, ExcludeInboundPorts: []int{2222}, ExcludeUIDs: []int{5678}, SidecarUIDs: []int{5678}}
 	mustIn(t, ns, func() error { return Install(ctx, zap.NewNop(), c) })
 
 	rules := natRules(t, ns)
 	for _, want := range []string{
 		"-A PREROUTING -p tcp -j URSA_INBOUND",
 		"-A URSA_INBOUND -p tcp -m tcp --dport 22 -j RETURN",
+		"-A URSA_INBOUND -p tcp -m tcp --dport 2222 -j RETURN",
 		"-A URSA_INBOUND -p tcp -m tcp --dport 9901 -j RETURN",
 		"-A URSA_INBOUND -p tcp -m tcp --dport 15001 -j RETURN",
 		"-A URSA_INBOUND -p tcp -m tcp --dport 15006 -j RETURN",
@@ -74,7 +75,7 @@ func TestInstallRedirectsAllInbound(t *testing.T) {
 		t.Errorf("a rule for inbound port 8080 beside the redirection of every port:\n%s", rules)
 	}
 	if r6 := nat6Rules(t, ns); !strings.Contains(r6, "-A URSA_INBOUND -p tcp -j URSA_IN_REDIRECT\n") ||
-		!strings.Contains(r6, "-A URSA_INBOUND -p tcp -m tcp --dport 22 -j RETURN\n") {
+		!strings.Contains(r6, "-A URSA_INBOUND -p tcp -m tcp --dport 2222 -j RETURN\n") {
 		t.Errorf("ip6tables' nat table lacks the redirection of every port:\n%s", r6)
 	}
 
@@ -83,6 +84,7 @@ func TestInstallRedirectsAllInbound(t *testing.T) {
 		"outbound listener (15001)": listen(t, ns, "0.0.0.0:15001"),
 		"app (7070)":                listen(t, ns, "0.0.0.0:7070"),
 		"ssh (22)":                  listen(t, ns, "0.0.0.0:22"),
+		"excluded (2222)":           listen(t, ns, "0.0.0.0:2222"),
 		"admin (9901)":              listen(t, ns, "0.0.0.0:9901"),
 	}
 	// Another host's, to a port nothing declares: the inbound listener,
@@ -94,6 +96,7 @@ func TestInstallRedirectsAllInbound(t *testing.T) {
 	}
 	for _, tc := range []struct{ addr, want string }{
 		{"10.77.0.1:22", "ssh (22)"},
+		{"10.77.0.1:2222", "excluded (2222)"},
 		{"10.77.0.1:9901", "admin (9901)"},
 	} {
 		dial(t, peer, &net.Dialer{}, tc.addr)

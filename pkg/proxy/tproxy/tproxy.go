@@ -60,6 +60,9 @@ const (
 	DefaultMark = 0x7572
 )
 
+// sshPort is never redirected inbound with InboundAllPorts.
+const sshPort = 22
+
 // Config is what to redirect. Ports are TCP ports 1–65535.
 type Config struct {
 	// OutboundPort receives the host's outbound TCP.
@@ -71,8 +74,8 @@ type Config struct {
 	// InboundPort unless in ExcludeInboundPorts.
 	InboundPorts []int
 	// InboundAllPorts redirects inbound TCP to every port to InboundPort,
-	// as Istio's and Kuma's rules do, but for ExcludeInboundPorts and the
-	// sidecar's own (the redirect ports and SidecarPorts); InboundPorts
+	// as Istio's and Kuma's rules do, but for ExcludeInboundPorts, SSH's
+	// (22) and the sidecar's own (the redirect ports and SidecarPorts); InboundPorts
 	// then add nothing. The inbound listener takes a port an inbound has
 	// in that inbound's chain, and passes the rest through to the
 	// application from ProbeSource, which the rules let out as they are:
@@ -340,9 +343,10 @@ func (c Config) inboundRules() []string {
 }
 
 // excludedInbound are the ports that InboundAllPorts leaves alone, sorted:
-// ExcludeInboundPorts and the sidecar's own.
+// ExcludeInboundPorts, the sidecar's own, and SSH's, as Istio's rules
+// leave it (a host's SSH must not depend on its sidecar).
 func (c Config) excludedInbound() []int {
-	ps := slices.Concat(c.ExcludeInboundPorts, c.SidecarPorts, []int{c.OutboundPort, c.InboundPort})
+	ps := slices.Concat(c.ExcludeInboundPorts, c.SidecarPorts, []int{sshPort, c.OutboundPort, c.InboundPort})
 	if c.DNSPort != 0 {
 		ps = append(ps, c.DNSPort)
 	}
