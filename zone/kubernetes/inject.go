@@ -66,7 +66,7 @@ import (
 // TrafficPermissions, any other (a metrics port) is passed through to the
 // app from 127.0.0.6. Not redirected: the sidecar's own ports (9901,
 // 15001, 15006, 15053), which no container may declare (such a pod is
-// refused), and E,F, the ports of the pod's annotation
+// refused), SSH's (22, as Istio leaves it), and E,F, the ports of the pod's annotation
 // ursa.io/exclude-inbound-ports ("E,F"; a bad list refuses the pod), which
 // reach the app directly, around the sidecar.
 // An app container's httpGet, tcpSocket or grpc liveness, readiness or
@@ -300,7 +300,7 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	slices.Sort(excluded)
 	excluded = slices.Compact(excluded)
 	redirected := func(port int) bool {
-		return port >= 1 && port <= 65535 && !slices.Contains(sidecarPorts, port) && !slices.Contains(excluded, port)
+		return port >= 1 && port <= 65535 && port != 22 && !slices.Contains(sidecarPorts, port) && !slices.Contains(excluded, port)
 	}
 	// Before the sidecar goes in at index 0: the containers' indexes are
 	// the pod's own.
