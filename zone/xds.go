@@ -312,6 +312,7 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 	j := job{id: n.ID, proxy: xds.Proxy{Kind: n.Kind, Dataplane: dp}}
 	if n.Kind == xds.KindSidecar {
 		j.proxy.DNSAddress, j.proxy.TransparentProxy, j.proxy.TransparentInbound = n.DNSAddress, n.TransparentProxy, n.TransparentInbound
+		j.proxy.InboundPassthrough = n.InboundPassthrough
 	}
 	identity := "none"
 	// A proxyless application gets its identity too: `ursa-dp proxyless`
@@ -345,7 +346,7 @@ func (g *Generation) plan(state *xds.State, n xds.Node, now time.Time, signings 
 		}
 	}
 	// The identity comes last: an issuance appends its stamp.
-	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%q|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, j.proxy.DNSAddress+"|"+j.proxy.TransparentProxy+"|"+j.proxy.TransparentInbound, identity)
+	j.key = fmt.Sprintf("%s|%s|%d|%d|%d|%d|%q|%s", n.Kind, inputs, dp.Version, dp.CreationTime.UnixNano(), dp.ModificationTime.UnixNano(), conn, fmt.Sprintf("%s|%s|%s|%t", j.proxy.DNSAddress, j.proxy.TransparentProxy, j.proxy.TransparentInbound, j.proxy.InboundPassthrough), identity)
 	return j, nil
 }
 

@@ -31,7 +31,8 @@ import (
 // CAP_NET_ADMIN), whose ExecStopPost=+ursa-dp cleanup removes them again.
 // It takes run's flags and variables, so that both agree by being given the
 // same ones: the redirect ports, --dataplane-file's inbound ports or
-// --inbound-ports, --resolv-conf; URSA_TRANSPARENT_PROXY=false (a host's
+// --inbound-ports (or --redirect-all-inbound, with --admin-addr),
+// --resolv-conf; URSA_TRANSPARENT_PROXY=false (a host's
 // other sidecars) installs nothing. The sidecar's traffic passes by its user
 // (--exclude-outbound-uids), since it cannot mark its sockets.
 func newInstallTransparentProxy() *cobra.Command {
@@ -144,8 +145,11 @@ func redirectFor(cfg runConfig, meta map[string]string) (*tproxy.Config, error) 
 		meta[api.MetadataDNSAddress] = at
 	}
 	meta[api.MetadataTransparentProxy] = strconv.Itoa(cfg.RedirectOutboundPort)
-	if len(redirect.InboundPorts) > 0 {
+	if len(redirect.InboundPorts) > 0 || redirect.InboundAllPorts {
 		meta[api.MetadataTransparentInbound] = strconv.Itoa(redirect.InboundPort)
+	}
+	if redirect.InboundAllPorts {
+		meta[api.MetadataInboundPassthrough] = "true"
 	}
 	return redirect, nil
 }

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -57,7 +58,8 @@ type runConfig struct {
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
 	RedirectInboundPort  int    `json:"redirectInboundPort" usage:"with --transparent-proxy and --dataplane-file: the port inbound TCP to the Dataplane's inbound ports (and their service ports, refused there) is redirected to (mTLS and TrafficPermissions apply there, and the app binds its port itself); 0: inbound TCP is not redirected"`
-	ExcludeInboundPorts  string `json:"excludeInboundPorts" usage:"with --transparent-proxy: service ports (8080,9090) of the Dataplane whose TCP is not redirected (every inbound port, or none: an inbound's callers must reach the sidecar)"`
+	ExcludeInboundPorts  string `json:"excludeInboundPorts" usage:"with --transparent-proxy: service ports (8080,9090) of the Dataplane whose TCP is not redirected (every inbound port, or none: an inbound's callers must reach the sidecar); with --redirect-all-inbound, any ports (22) inbound TCP reaches directly"`
+	RedirectAllInbound   bool   `json:"redirectAllInbound" usage:"with --transparent-proxy: redirect inbound TCP to every port to --redirect-inbound-port, as Istio and Kuma do, but for --exclude-inbound-ports, SSH's (22) and the sidecar's own (its redirect ports, --admin-addr's): a port no inbound of the Dataplane takes is passed through to the app, from 127.0.0.6, and the Dataplane's inbound ports need not be known at start"`
 	RedirectDNSPort      int    `json:"redirectDnsPort" usage:"with --transparent-proxy: the port UDP and TCP to port 53 of --resolv-conf's resolvers (any address when it names none) are redirected to; the sidecar's resolver then answers on 127.0.0.1:PORT (--dns-addr left at its default or set to that); 0: DNS is not redirected"`
 	DNSAddr              string `json:"dnsAddr" usage:"IP:port on which the sidecar answers <service>.mesh names with their VIPs (over UDP and TCP), forwarding other names to --resolv-conf's resolvers; the zone CP sends the DNS listener for this address, and the proxy binds the address the CP sends; empty: no DNS (sidecars only)"`
 	ResolvConf           string `json:"resolvConf" usage:"resolv.conf whose nameservers get the names outside .mesh, read at start (sidecars only)"`
@@ -65,7 +67,7 @@ type runConfig struct {
 	// (install-transparent-proxy, root with NET_ADMIN) installs the
 	// redirection and the sidecar runs as a user without privileges, and
 	// ursa-dp@.service, whose ExecStartPre does the same as root.
-	TransparentProxyInstalled bool   `json:"transparentProxyInstalled" usage:"with --transparent-proxy: the redirection was installed by ursa-dp install-transparent-proxy (a pod's init container, ursa-dp@.service's ExecStartPre) with the same redirect and --inbound-ports flags; run neither installs nor removes it, and cannot mark its sockets: its own traffic must pass by its user (install-transparent-proxy --exclude-outbound-uids)"`
+	TransparentProxyInstalled bool   `json:"transparentProxyInstalled" usage:"with --transparent-proxy: the redirection was installed by ursa-dp install-transparent-proxy (a pod's init container, ursa-dp@.service's ExecStartPre) with the same redirect, --inbound-ports and --redirect-all-inbound flags; run neither installs nor removes it, and cannot mark its sockets: its own traffic must pass by its user (install-transparent-proxy --exclude-outbound-uids)"`
 	InboundPorts              string `json:"inboundPorts" usage:"with --transparent-proxy and --dataplane-name: the Dataplane's inbound ports (8080,9090), whose inbound TCP is redirected to --redirect-inbound-port (with --dataplane-file they come from the file)"`
 	AppProbes                 string `json:"appProbes" usage:"the app's probes (8080/ready,https:8443/healthz,tcp:9090,grpc:9000/SERVICE) that GET /probes/PROBE on --admin-addr makes of --app-probe-host, for a kubelet whose own probes of a redirected port would reach the inbound listener (an injected pod)"`
 	AppProbeHost              string `json:"appProbeHost" usage:"the address --app-probes are made at, as the kubelet makes them at the pod's IP"`
@@ -377,14 +379,14 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 			p.Mark = redirect.Mark
 		}
 		log.Info("transparent proxy installed by ursa-dp install-transparent-proxy: left as it is",
-			zap.Ints("inbound_ports", redirect.InboundPorts), zap.Bool("marks_sockets", p.Mark != 0))
+			zap.Ints("inbound_ports", redirect.InboundPorts), zap.Bool("inbound_all_ports", redirect.InboundAllPorts), zap.Bool("marks_sockets", p.Mark != 0))
 	} else if redirect != nil {
 		// Before the proxy connects anywhere: its sockets carry the mark
 		// the rules let through. Removed on every way out, SIGTERM
 		// included (ctx ends); after a SIGKILL the next start replaces the
 		// leftovers.
 		p.Mark = redirect.Mark
-		if len(redirect.InboundPorts) == 0 {
+		if len(redirect.InboundPorts) == 0 && !redirect.InboundAllPorts {
 			log.Info("inbound TCP is not redirected: the zone sends a listener per inbound, on the Dataplane's address",
 				zap.String("why", inboundWhy(cfg)))
 		}
@@ -448,6 +450,9 @@ func inboundRedirect(cfg runConfig, c *tproxy.Config) error {
 	// The port is set (and validated with the others) even when no port
 	// is redirected to it: nothing jumps to its rule then.
 	c.InboundPort, c.ExcludeInboundPorts = cfg.RedirectInboundPort, excluded
+	if cfg.RedirectAllInbound {
+		return allInbound(cfg, c)
+	}
 	if c.InboundPort == 0 {
 		return nil
 	}
@@ -462,6 +467,36 @@ func inboundRedirect(cfg runConfig, c *tproxy.Config) error {
 		if slices.Contains(excluded, p) {
 			return fmt.Errorf("--exclude-inbound-ports: %d is an inbound port of the Dataplane, whose callers would then reach no sidecar "+
 				"(inbounds are served through the redirection, or all at listeners of their own); exclude every inbound port, or none", p)
+		}
+	}
+	return nil
+}
+
+// allInbound is inboundRedirect with --redirect-all-inbound: every port but
+// the excluded ones and the sidecar's own, of which --admin-addr's is the
+// one the rules cannot tell (the redirect ports they know).
+func allInbound(cfg runConfig, c *tproxy.Config) error {
+	if c.InboundPort == 0 {
+		return errors.New("--redirect-all-inbound: with --redirect-inbound-port 0 there is nowhere to redirect to")
+	}
+	c.InboundAllPorts = true
+	c.InboundPorts = slices.Concat(cfg.inboundPorts, cfg.servicePorts)
+	if cfg.AdminAddr != "" {
+		_, port, err := net.SplitHostPort(cfg.AdminAddr)
+		p, perr := strconv.Atoi(port)
+		if err != nil || perr != nil {
+			return fmt.Errorf("--admin-addr %q: want HOST:PORT", cfg.AdminAddr)
+		}
+		if p != 0 {
+			c.SidecarPorts = append(c.SidecarPorts, p)
+		}
+	}
+	// An excluded inbound port would reach no sidecar; an excluded
+	// service port of one is the app's own, which the CP's inbound
+	// listener would close anyway.
+	for _, p := range cfg.inboundPorts {
+		if slices.Contains(c.ExcludeInboundPorts, p) {
+			return fmt.Errorf("--exclude-inbound-ports: %d is an inbound port of the Dataplane, whose callers would then reach no sidecar", p)
 		}
 	}
 	return nil

@@ -95,3 +95,42 @@ func TestParseUIDs(t *testing.T) {
 		}
 	}
 }
+
+// TestAllInboundRedirect: --redirect-all-inbound redirects every port but
+// the excluded ones and the admin port, whether the Dataplane's ports are
+// known or not, and tells the zone so (the inbound listener with its
+// passthrough); it needs an inbound redirect port, and still refuses to
+// exclude an inbound port.
+func TestAllInboundRedirect(t *testing.T) {
+	for _, tc := range []struct {
+		name, admin, exclude string
+		port                 int
+		known                []int
+		sidecar              []int
+		err                  string
+	}{
+		{name: "by name", port: 15006, admin: ":9901", sidecar: []int{9901}},
+		{name: "file", port: 15006, admin: "127.0.0.1:9901", known: []int{8080}, exclude: "22", sidecar: []int{9901}},
+		{name: "no admin", port: 15006},
+		{name: "off", port: 0, err: "--redirect-inbound-port 0"},
+		{name: "inbound excluded", port: 15006, known: []int{8080}, exclude: "8080", err: "8080 is an inbound port"},
+		{name: "bad admin", port: 15006, admin: "9901", err: "--admin-addr"},
+	} {
+		cfg := runConfig{RedirectAllInbound: true, RedirectInboundPort: tc.port, RedirectOutboundPort: tproxy.DefaultOutboundPort,
+			AdminAddr: tc.admin, ExcludeInboundPorts: tc.exclude, inboundPorts: tc.known}
+		meta := map[string]string{}
+		c, err := redirectFor(cfg, meta)
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %v; want an error about %q", tc.name, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case !c.InboundAllPorts || c.InboundPort != tc.port || !slices.Equal(c.SidecarPorts, tc.sidecar):
+			t.Errorf("%s: %+v; want every inbound port to %d but the sidecar's %v", tc.name, c, tc.port, tc.sidecar)
+		case meta["ursa.io/transparent-proxy-inbound"] != strconv.Itoa(tc.port) || meta["ursa.io/inbound-passthrough"] != "true":
+			t.Errorf("%s: node metadata %v; want the inbound port and the passthrough", tc.name, meta)
+		}
+	}
+}

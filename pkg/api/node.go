@@ -30,6 +30,14 @@ const (
 	// is redirected to (decimal): the CP sends it one original-destination
 	// listener there instead of a listener per inbound.
 	MetadataTransparentInbound = "ursa.io/transparent-proxy-inbound"
+	// MetadataInboundPassthrough is "true" on a sidecar whose namespace
+	// redirects inbound TCP to every port (ursa-dp run
+	// --redirect-all-inbound), not only to its Dataplane's: the CP's
+	// inbound listener then passes a port no inbound takes through to the
+	// application, from 127.0.0.6, and closes the application's own ports
+	// of the inbounds to any other destination. A sidecar without it is
+	// sent neither (an older proxy could not apply them).
+	MetadataInboundPassthrough = "ursa.io/inbound-passthrough"
 	// MetadataDNSAddress is the IP:port on which a sidecar asks to answer
 	// .mesh names (ursa-dp run --dns-addr): the CP sends it a UDP DNS
 	// listener there. Without it, no DNS listener.

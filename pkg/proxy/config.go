@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
@@ -125,6 +126,11 @@ type Cluster struct {
 	// connection was headed: the passthrough of the transparent proxy,
 	// or, with TLS, an instance its application called by address.
 	OriginalDst bool
+	// Source is the address the cluster's upstream sockets are bound to
+	// (upstream_bind_config's source_address): a sidecar's inbound
+	// passthrough connects from 127.0.0.6, which its transparent proxy's
+	// rules let out as it is. Invalid for none: the system picks.
+	Source netip.AddrPort
 	// Breaker, Outlier and HealthCheck are the cluster's circuit breaker
 	// thresholds, outlier detection and active health check (resilience.go);
 	// nil for none.
@@ -229,10 +235,16 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		// What the proxy would otherwise ignore of a cluster is NACKed.
 		if err := onlyFields(c, "name", "type", "eds_cluster_config", "load_assignment", "connect_timeout", "lb_policy",
 			"common_lb_config", "transport_socket", "typed_extension_protocol_options", "circuit_breakers",
-			"outlier_detection", "health_checks", "lrs_server"); err != nil {
+			"outlier_detection", "health_checks", "lrs_server", "upstream_bind_config"); err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 		}
 		out := &Cluster{Name: c.Name, ConnectTimeout: 5 * time.Second, Overprovisioning: 140, PanicThreshold: defaultPanicThreshold}
+		if bc := c.GetUpstreamBindConfig(); bc != nil {
+			var err error
+			if out.Source, err = bindSource(bc); err != nil {
+				return nil, fmt.Errorf("cluster %q: upstream_bind_config: %w", c.Name, err)
+			}
+		}
 		// As Envoy: an ORIGINAL_DST cluster's balancer is its own
 		// (CLUSTER_PROVIDED), and only its.
 		switch lb, origDst := c.GetLbPolicy(), c.GetType() == cluster.Cluster_ORIGINAL_DST; {
@@ -326,6 +338,33 @@ func translate(listeners []*listener.Listener, clusters []*cluster.Cluster, assi
 		cfg.Listeners[l.Name] = out
 	}
 	return cfg, nil
+}
+
+// bindSource reads an upstream_bind_config: a source address, an IP and a
+// port (0: any) over TCP, is all the proxy binds; what else it may ask
+// (freebind, socket options, further source addresses) is refused.
+func bindSource(bc *core.BindConfig) (netip.AddrPort, error) {
+	if err := onlyFields(bc, "source_address"); err != nil {
+		return netip.AddrPort{}, err
+	}
+	sa := bc.GetSourceAddress()
+	if sa == nil {
+		return netip.AddrPort{}, errors.New("no source_address")
+	}
+	if err := onlyFields(sa, "address", "port_value", "protocol"); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("source_address: %w", err)
+	}
+	if sa.GetProtocol() != core.SocketAddress_TCP {
+		return netip.AddrPort{}, fmt.Errorf("source_address: protocol %s: the built-in proxy binds TCP sockets only", sa.GetProtocol())
+	}
+	a, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil || a.Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("source_address: %q is not an IP address", sa.GetAddress())
+	}
+	if sa.GetPortValue() > 65535 {
+		return netip.AddrPort{}, fmt.Errorf("source_address: port %d", sa.GetPortValue())
+	}
+	return netip.AddrPortFrom(a.Unmap(), uint16(sa.GetPortValue())), nil
 }
 
 // secretFields refuses what a secret sets beyond what the proxy reads: a
@@ -517,7 +556,9 @@ func translateListener(l *listener.Listener) (*Listener, error) {
 // translateChain reads what a filter chain does with a connection: whether
 // it terminates mTLS (a downstream TLS transport socket, its identity and
 // CA from SDS), whom its RBAC filter admits, and its tcp_proxy's routes, or
-// its HTTP connection manager, the chain's only network filter then.
+// its HTTP connection manager, the chain's only network filter then. A
+// chain without filters has no routes: it closes every connection it
+// takes, as Envoy's does.
 // An ordinary listener's chain and an original-destination listener's
 // chains are read alike, and run alike.
 func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, rules *rbacRules, routes []Route, httpc *HTTPChain, err error) {
@@ -533,6 +574,9 @@ func translateChain(listenerName string, fc *listener.FilterChain) (tls bool, ru
 			return false, nil, nil, nil, fmt.Errorf("listener %q: transport socket: %w", listenerName, err)
 		}
 		tls, alpn = true, down.GetCommonTlsContext().GetAlpnProtocols()
+	}
+	if len(fc.GetFilters()) == 0 {
+		return tls, nil, nil, nil, nil
 	}
 	for _, f := range fc.GetFilters() {
 		tc := f.GetTypedConfig()

@@ -66,6 +66,11 @@ func TestGeneratedTranslates(t *testing.T) {
 					p := xds.Proxy{Kind: xds.KindSidecar, Dataplane: dp, DNSAddress: "127.0.0.1:15053"}
 					if strings.Contains(in, "transparent") {
 						p.TransparentProxy, p.TransparentInbound = "15001", "15006"
+						// And with every inbound port redirected: the
+						// inbound passthrough.
+						all := p
+						all.InboundPassthrough = true
+						proxies = append(proxies, all)
 					}
 					proxies = append(proxies, p)
 				}

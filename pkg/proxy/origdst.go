@@ -211,9 +211,13 @@ func (p *Proxy) rbacNow(name string, dst netip.AddrPort) (*rbacRules, bool) {
 }
 
 // dialer is how the proxy makes its upstream sockets: with the transparent
-// proxy's mark, when set, so that the redirection lets them through.
+// proxy's mark, when set, so that the redirection lets them through, and
+// bound to the cluster's source address, when it has one.
 func (p *Proxy) dialer(c *Cluster) *net.Dialer {
 	d := &net.Dialer{Timeout: c.ConnectTimeout}
+	if c.Source.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(c.Source)
+	}
 	if p.Mark != 0 {
 		d.Control, d.Resolver = tproxy.MarkControl(p.Mark), markedResolver(p.Mark)
 	}

@@ -114,13 +114,21 @@ func TestTranslateOriginalDst(t *testing.T) {
 		"two catch-alls": func(l *listener.Listener) {
 			l.FilterChains = append(l.FilterChains, &listener.FilterChain{Filters: tcpFilter(t, "passthrough")})
 		},
-		"no filter": func(l *listener.Listener) { l.DefaultFilterChain.Filters = nil },
 	} {
 		l := outboundListener(t, "0.0.0.0", 15001)
 		mutate(l)
 		if _, err := translate([]*listener.Listener{l}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "ursa:outbound") {
 			t.Errorf("%s: %v; want the listener refused", name, err)
 		}
+	}
+	// A chain without filters is taken, as Envoy takes it: it closes
+	// what it matches (the inbound passthrough's closed ports).
+	empty := outboundListener(t, "0.0.0.0", 15001)
+	empty.DefaultFilterChain.Filters = nil
+	if cfg, err := translate([]*listener.Listener{empty}, nil, nil, nil, nil); err != nil {
+		t.Errorf("a chain without filters: %v", err)
+	} else if c := cfg.Listeners["ursa:outbound"].DstChains[2]; len(c.Routes) != 0 || c.HTTP != nil {
+		t.Errorf("a chain without filters translated to %+v", c)
 	}
 }
 

@@ -402,6 +402,13 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		}
 		l = &Listener{Name: l.Name, TLS: chain.TLS, RBAC: chain.RBAC, Routes: chain.Routes, HTTP: chain.HTTP}
 	}
+	if l.HTTP == nil && len(l.Routes) == 0 {
+		// A filter chain without filters closes what it takes, as
+		// Envoy's does: the inbound listener's for an application's own
+		// port, which only the inbound in front of it may reach.
+		p.refuse(down, name, "empty_filter_chain", nil)
+		return
+	}
 	if l.HTTP != nil || l.TLS {
 		// The HTTP engine, and a TCP proxy with TLS on this side, read and
 		// write the socket themselves (sysConn), under the TLS.

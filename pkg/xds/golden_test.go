@@ -281,3 +281,63 @@ func TestSidecarTransparentDirectGolden(t *testing.T) {
 		t.Errorf("billing-1's transparent chains = %q, want %q", chains, want)
 	}
 }
+
+// TestSidecarInboundPassthroughGolden: a sidecar whose inbound TCP to every
+// port is redirected to it (api.MetadataInboundPassthrough) gets the same
+// ursa:inbound chains per inbound, plus a default chain that passes what
+// none takes through to where it was headed, by an ORIGINAL_DST cluster
+// bound to 127.0.0.6, and chains without filters that close the inbounds'
+// and their applications' ports at any other address (9000, the app of
+// the 9090 inbound, at every address), which would otherwise reach the
+// application around its inbound. Without the metadata, neither.
+func TestSidecarInboundPassthroughGolden(t *testing.T) {
+	s, dp, _ := stateFrom(t, "testdata/transparent-inbound.input.yaml")
+	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001", TransparentInbound: "15006", InboundPassthrough: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Validate(r); err != nil {
+		t.Fatalf("generated resources do not validate: %v", err)
+	}
+	xdstest.Golden(t, "testdata/transparent-inbound-passthrough.golden.yaml", xdstest.Render(t, r), *update)
+
+	var in *listener.Listener
+	for _, l := range r[resource.ListenerType] {
+		if cache.GetResourceName(l) == InboundListener {
+			in = l.(*listener.Listener)
+		}
+	}
+	if in == nil {
+		t.Fatal("no ursa:inbound")
+	}
+	var chains []string
+	for _, fc := range in.FilterChains {
+		chains = append(chains, fc.Name)
+	}
+	if want := []string{"inbound:10.0.0.7:8080", "inbound:10.0.0.7:9090", "inbound:closed:8080", "inbound:closed:9000", "inbound:closed:9090"}; !slices.Equal(chains, want) {
+		t.Errorf("ursa:inbound's chains %q; want %q", chains, want)
+	}
+	if d := in.GetDefaultFilterChain(); d.GetName() != InboundPassthroughCluster || len(d.GetFilters()) != 1 {
+		t.Errorf("ursa:inbound's default chain %v; want the inbound passthrough", d)
+	}
+	var passthrough bool
+	for _, c := range r[resource.ClusterType] {
+		if cache.GetResourceName(c) == InboundPassthroughCluster {
+			passthrough = true
+		}
+	}
+	if !passthrough {
+		t.Errorf("no %s cluster", InboundPassthroughCluster)
+	}
+
+	// Only the inbounds' ports redirected: no passthrough, as before.
+	r, err = Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001", TransparentInbound: "15006"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range r[resource.ClusterType] {
+		if cache.GetResourceName(c) == InboundPassthroughCluster {
+			t.Errorf("%s without inbound passthrough", InboundPassthroughCluster)
+		}
+	}
+}

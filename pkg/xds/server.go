@@ -54,6 +54,9 @@ type Node struct {
 	// TCP is redirected to (node metadata api.MetadataTransparentInbound),
 	// "" for none.
 	TransparentInbound string `json:"transparentInbound,omitempty"`
+	// InboundPassthrough is whether its latest stream said every inbound
+	// port is redirected (node metadata api.MetadataInboundPassthrough).
+	InboundPassthrough bool `json:"inboundPassthrough,omitempty"`
 	// Claims are the tokens' claims of its open streams that showed one
 	// (Nodes sets them): each stream is served what the node is generated,
 	// so every one of them must cover its Dataplane (Server.Revoke).
@@ -355,9 +358,10 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	dnsAddr := node.GetMetadata().GetFields()[api.MetadataDNSAddress].GetStringValue()
 	transparent := node.GetMetadata().GetFields()[api.MetadataTransparentProxy].GetStringValue()
 	transparentIn := node.GetMetadata().GetFields()[api.MetadataTransparentInbound].GetStringValue()
+	passthrough := node.GetMetadata().GetFields()[api.MetadataInboundPassthrough].GetStringValue() == "true"
 	if n, ok := s.nodes[node.GetId()]; ok {
 		if !had {
-			n.DNSAddress, n.TransparentProxy, n.TransparentInbound = dnsAddr, transparent, transparentIn
+			n.DNSAddress, n.TransparentProxy, n.TransparentInbound, n.InboundPassthrough = dnsAddr, transparent, transparentIn, passthrough
 			// A proxy that restarted with a new key before its old stream
 			// closed: its identity must certify the new key. And every
 			// stream's token must cover the node: told of a further
@@ -369,7 +373,7 @@ func (s *Server) seen(stream int64, node *core.Node) *refusal {
 	}
 	kind := KindOf(node)
 	s.nodes[node.GetId()] = &Node{ID: node.GetId(), Kind: kind, Since: time.Now(), Acked: map[string]string{}, CSR: csr, DNSAddress: dnsAddr, TransparentProxy: transparent,
-		TransparentInbound: transparentIn}
+		TransparentInbound: transparentIn, InboundPassthrough: passthrough}
 	s.log.Info("proxy connected", zap.String("proxy", node.GetId()), zap.Stringer("kind", kind))
 	s.observe(StreamEvent{Op: OpConnected, Node: node.GetId(), Kind: kind})
 	s.notify()

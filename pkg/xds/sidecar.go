@@ -56,7 +56,7 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 			return nil, fmt.Errorf("sidecar %s: inbound: %w", dp.Name, err)
 		}
 		inboundPort = port
-		build := func() *listener.Listener { return s.transparentInbound(dp, port, mtls) }
+		build := func() *listener.Listener { return s.transparentInbound(dp, port, mtls, p.InboundPassthrough) }
 		if dp.Version != 0 {
 			// Its chains speak the protocols of the inbounds' services,
 			// which the PolicyHash does not cover.
@@ -64,10 +64,13 @@ func Sidecar(state *State, p Proxy) (Resources, error) {
 			for _, in := range dp.Networking.Inbound {
 				protocols = append(protocols, s.Protocol(in.Tags[api.TagService]))
 			}
-			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d|%q", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port, protocols)
+			key := fmt.Sprintf("transparent-inbound|%s|%d|%d|%d|%t|%q", dp.Name, dp.Version, dp.CreationTime.UnixNano(), port, p.InboundPassthrough, protocols)
 			out.Add(resource.ListenerType, memoInbound(s, key, build))
 		} else {
 			out.Add(resource.ListenerType, build())
+		}
+		if p.InboundPassthrough {
+			out.Add(resource.ClusterType, memoPolicy(s, "inbound-passthrough", inboundPassthroughCluster))
 		}
 	}
 	collectors := map[string]*cluster.Cluster{}

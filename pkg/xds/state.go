@@ -194,6 +194,11 @@ type Proxy struct {
 	// redirected to (node metadata api.MetadataTransparentInbound); "" for
 	// none: a listener per inbound, bound to the Dataplane's address.
 	TransparentInbound string
+	// InboundPassthrough, for a sidecar with TransparentInbound, says its
+	// inbound TCP to every port is redirected (node metadata
+	// api.MetadataInboundPassthrough): its inbound listener passes what
+	// no inbound takes through to the application.
+	InboundPassthrough bool
 }
 
 // NodeID is a proxy's xDS node id: "<mesh>.<dataplane name>".

@@ -26,6 +26,15 @@ const (
 	// InboundListener takes the inbound TCP redirected to a sidecar.
 	InboundListener    = "ursa:inbound"
 	PassthroughCluster = "ursa:passthrough"
+	// InboundPassthroughCluster takes what ursa:inbound takes in no
+	// inbound to where it was headed, from PassthroughSource.
+	InboundPassthroughCluster = "ursa:inbound-passthrough"
+	// PassthroughSource is the address the inbound passthrough connects
+	// from: the transparent proxy's rules let the sidecar's connections
+	// from it out as they are (tproxy.ProbeSource; Istio's
+	// InboundPassthroughClusterIpv4 binds the same), where they would
+	// otherwise come back into ursa:inbound.
+	PassthroughSource = "127.0.0.6"
 )
 
 // ParseTransparentPort checks the port a sidecar's outbound TCP is
@@ -108,13 +117,8 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
 		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
 		ConnectTimeout:       durationpb.New(5 * time.Second),
-		// What leaves the mesh is the application's own: no circuit
-		// breaker of the mesh's caps it (Envoy's default would at 1024
-		// connections), as Istio does for its passthrough.
-		CircuitBreakers: &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
-			MaxConnections: wrapperspb.UInt32(math.MaxUint32), MaxPendingRequests: wrapperspb.UInt32(math.MaxUint32),
-			MaxRequests: wrapperspb.UInt32(math.MaxUint32), MaxRetries: wrapperspb.UInt32(math.MaxUint32),
-		}}},
+		// What leaves the mesh is the application's own.
+		CircuitBreakers: unlimited(),
 	}}
 	// Every service's instances, this sidecar's own service's too: a
 	// service's members call each other by address (a StatefulSet's, a
@@ -143,10 +147,22 @@ func (s *MeshState) buildTransparent(dp *api.Dataplane, port uint32) (*listener.
 // that a sidecar's redirected inbound connections arrive at: a filter
 // chain per inbound, taking the connections to the Dataplane's address at
 // the inbound's port, each the inbound's own chain (mTLS, RBAC, the
-// application). No default chain: a connection headed anywhere else is
-// refused. With the inbound's port equal to its service port, the
+// application). With the inbound's port equal to its service port, the
 // application itself binds that port: nothing else does.
-func (s *MeshState) transparentInbound(dp *api.Dataplane, port uint32, mtls bool) *listener.Listener {
+//
+// Without passthrough (only the inbounds' ports are redirected) there is
+// no default chain: a connection headed anywhere else (an application's
+// own port of an inbound, redirected so that the application is reached
+// only through its inbound) is refused. With it (every port is redirected,
+// api.MetadataInboundPassthrough), the default chain passes what no chain
+// takes through to where it was headed (InboundPassthroughCluster), as
+// Istio's and Kuma's inbound passthrough do: a port no inbound names (a
+// metrics port) still reaches the application, through the sidecar. The
+// ports of the inbounds and their applications then get a chain with no
+// filters, which closes the connection, for any address the inbounds'
+// chains do not take: passed through, they would reach the application
+// around its inbound.
+func (s *MeshState) transparentInbound(dp *api.Dataplane, port uint32, mtls, passthrough bool) *listener.Listener {
 	l := &listener.Listener{
 		Name:           InboundListener,
 		Address:        SocketAddress("0.0.0.0", port),
@@ -164,5 +180,55 @@ func (s *MeshState) transparentInbound(dp *api.Dataplane, port uint32, mtls bool
 		chain.FilterChainMatch = &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(in.Port)), PrefixRanges: prefixes}
 		l.FilterChains = append(l.FilterChains, chain)
 	}
+	if !passthrough {
+		return l
+	}
+	var own []int
+	for _, in := range dp.Networking.Inbound {
+		// An inbound's chain without prefixes takes its port at every
+		// address already (a second chain of the same match would be
+		// refused).
+		if prefixes != nil {
+			own = append(own, in.Port)
+		}
+		own = append(own, in.AppPort())
+	}
+	slices.Sort(own)
+	for _, p := range slices.Compact(own) {
+		if prefixes == nil && slices.ContainsFunc(dp.Networking.Inbound, func(in api.Inbound) bool { return in.Port == p }) {
+			continue
+		}
+		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+			Name:             fmt.Sprintf("inbound:closed:%d", p),
+			FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(p))},
+		})
+	}
+	l.DefaultFilterChain = &listener.FilterChain{Name: InboundPassthroughCluster, Filters: []*listener.Filter{
+		TCPProxy(InboundPassthroughCluster, []Subset{{Tags: map[string]string{api.TagService: InboundPassthroughCluster}, Weight: 1}})}}
 	return l
+}
+
+// inboundPassthroughCluster connects to where a connection ursa:inbound
+// passes through was headed, from PassthroughSource; like the outbound
+// passthrough, with no circuit breaker of the mesh's.
+func inboundPassthroughCluster() *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 InboundPassthroughCluster,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		UpstreamBindConfig:   &core.BindConfig{SourceAddress: &core.SocketAddress{Address: PassthroughSource, PortSpecifier: &core.SocketAddress_PortValue{PortValue: 0}}},
+		CircuitBreakers:      unlimited(),
+	}
+}
+
+// unlimited are circuit breaker thresholds that never trip: what a
+// passthrough carries is the application's own, which no breaker of the
+// mesh caps (Envoy's default would at 1024 connections), as Istio does for
+// its passthrough clusters.
+func unlimited() *cluster.CircuitBreakers {
+	return &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+		MaxConnections: wrapperspb.UInt32(math.MaxUint32), MaxPendingRequests: wrapperspb.UInt32(math.MaxUint32),
+		MaxRequests: wrapperspb.UInt32(math.MaxUint32), MaxRetries: wrapperspb.UInt32(math.MaxUint32),
+	}}}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
 // The injected pod's layout. The hybrid e2e runs these containers' commands
@@ -31,8 +32,9 @@ import (
 //   - init container "ursa-init", appended after the pod's own, running as
 //     root with NET_ADMIN and NET_RAW (every other capability dropped):
 //     command ["ursa-dp", "install-transparent-proxy",
-//     "--inbound-ports", "P,Q", "--exclude-outbound-uids", "5678", "--sidecar-uid", "5678"]
-//     (no --inbound-ports when the pod declares no TCP container port). It
+//     "--redirect-all-inbound", "--admin-addr", ":9901",
+//     "--exclude-inbound-ports", "E,F" (only with the annotation below),
+//     "--exclude-outbound-uids", "5678", "--sidecar-uid", "5678"]. It
 //     installs the redirection with ursa-dp run's default ports (outbound
 //     15001, inbound 15006, DNS 15053, the DNS of the pod's
 //     /etc/resolv.conf resolvers) and exits;
@@ -45,7 +47,8 @@ import (
 //     its namespace (annotation or label), else "default">,
 //     "--token-file", "/var/run/secrets/ursa.io/token/token",
 //     "--transparent-proxy", "--transparent-proxy-installed",
-//     "--inbound-ports", "P,Q" (as the init container's),
+//     "--redirect-all-inbound",
+//     "--exclude-inbound-ports", "E,F" (as the init container's),
 //     "--app-probes", "P/path,...", "--app-probe-host", "$(POD_IP)" (when
 //     a probe is rewritten, below),
 //     "--admin-addr", ":9901"];
@@ -57,17 +60,23 @@ import (
 //     6 failures); resources from kubernetes.injection.resources.*; port
 //     9901 named ursa-admin.
 //
-// P,Q are the pod's declared TCP container ports: inbound TCP to them is
-// redirected to the sidecar (mTLS, TrafficPermissions), so a Service's
-// targetPort must be a declared container port. The sidecar's own ports
-// (9901, 15001, 15006, 15053) must not be one of them: such a pod is refused.
-// An app container's httpGet or tcpSocket liveness, readiness or startup
-// probe of a redirected port is replaced (JSON Patch "replace", before the
-// sidecar is added) by the same probe as GET :9901/probes/PORT/PATH (HTTP),
-// /probes/https:PORT/PATH (HTTPS) or /probes/tcp:PORT (TCP), which the
-// sidecar makes of the pod's IP: the kubelet's own would otherwise reach
-// the sidecar's inbound listener, which takes mTLS only (and accepts TCP
-// whether the app is up or not). exec and grpc probes are left.
+// Inbound TCP to every port of the pod, declared as a container port or
+// not, is redirected to the sidecar, as Istio and Kuma do: a port an
+// inbound of its Dataplane takes (a Service's targetPort) gets mTLS and
+// TrafficPermissions, any other (a metrics port) is passed through to the
+// app from 127.0.0.6. Not redirected: the sidecar's own ports (9901,
+// 15001, 15006, 15053), which no container may declare (such a pod is
+// refused), SSH's (22, as Istio leaves it), and E,F, the ports of the pod's annotation
+// ursa.io/exclude-inbound-ports ("E,F"; a bad list refuses the pod), which
+// reach the app directly, around the sidecar.
+// An app container's httpGet, tcpSocket or grpc liveness, readiness or
+// startup probe of a redirected port is replaced (JSON Patch "replace",
+// before the sidecar is added) by the same probe as GET
+// :9901/probes/PORT/PATH (HTTP), /probes/https:PORT/PATH (HTTPS),
+// /probes/tcp:PORT (TCP) or /probes/grpc:PORT[/SERVICE], which the sidecar
+// makes of the pod's IP: the kubelet's own could otherwise reach an
+// inbound's chain, which takes mTLS only (and accepts TCP whether the app
+// is up or not). exec probes are left.
 const (
 	// SidecarName and InitName are the injected containers' names.
 	SidecarName = "ursa-sidecar"
@@ -86,6 +95,11 @@ const (
 	AdminPort = 9901
 	// AnnotationInjected marks an injected pod.
 	AnnotationInjected = "ursa.io/sidecar-injected"
+	// AnnotationExcludeInboundPorts lists the pod's ports ("8081,9000")
+	// whose inbound TCP is not redirected to the sidecar (Kuma's
+	// traffic.kuma.io/exclude-inbound-ports, Istio's
+	// traffic.sidecar.istio.io/excludeInboundPorts).
+	AnnotationExcludeInboundPorts = "ursa.io/exclude-inbound-ports"
 )
 
 // sidecarPorts are the ports the sidecar binds in the pod's network
@@ -268,7 +282,6 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	if msg := api.CheckName(mesh); msg != "" {
 		return nil, fmt.Errorf("mesh %q (annotation %s): %s", mesh, AnnotationMesh, msg)
 	}
-	var ports []int
 	for _, c := range pod.Spec.Containers {
 		for _, p := range c.Ports {
 			if p.Protocol != "" && p.Protocol != "TCP" {
@@ -278,15 +291,20 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 				return nil, fmt.Errorf("container %s declares port %d, which the ursa-dp sidecar binds (%s); use another port, or annotate the pod %s=disabled",
 					c.Name, p.ContainerPort, joinInts(sidecarPorts), LabelSidecarInjection)
 			}
-			if p.ContainerPort >= 1 && p.ContainerPort <= 65535 && !slices.Contains(ports, p.ContainerPort) {
-				ports = append(ports, p.ContainerPort)
-			}
 		}
 	}
-	slices.Sort(ports)
+	excluded, err := tproxy.ParsePorts(pod.Metadata.Annotations[AnnotationExcludeInboundPorts])
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", AnnotationExcludeInboundPorts, err)
+	}
+	slices.Sort(excluded)
+	excluded = slices.Compact(excluded)
+	redirected := func(port int) bool {
+		return port >= 1 && port <= 65535 && port != 22 && !slices.Contains(sidecarPorts, port) && !slices.Contains(excluded, port)
+	}
 	// Before the sidecar goes in at index 0: the containers' indexes are
 	// the pod's own.
-	ops, probes := rewriteProbes(pod, ports)
+	ops, probes := rewriteProbes(pod, redirected)
 	// The mesh goes on the pod too: its sidecar runs --mesh, so the pod is
 	// in that mesh for its life, whatever its namespace says later (as
 	// Kuma pins kuma.io/mesh on the pods it injects).
@@ -307,7 +325,7 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	} else {
 		ops = append(ops, PatchOp{Op: "add", Path: "/spec/volumes/-", Value: vol})
 	}
-	initC, sidecar := in.initContainer(ports), in.sidecar(mesh, ports, probes)
+	initC, sidecar := in.initContainer(excluded), in.sidecar(mesh, excluded, probes)
 	if !in.NativeSidecar {
 		if pod.Spec.InitContainers == nil {
 			ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers", Value: []any{initC}})
@@ -343,13 +361,15 @@ func NativeSidecars(major, minor string) bool {
 // connection, for the probes --app-probes lists alone.
 const ProbesPath = "/probes/"
 
-// rewriteProbes points the app's HTTP, HTTPS and TCP probes of redirected
-// ports at the sidecar's admin port: the kubelet's plain HTTP or TLS to a
-// redirected port would reach the sidecar's inbound listener, which takes
-// mTLS only, and its TCP connection would be accepted there whether the app
-// is up or not. It returns the replace operations and the probes the
+// rewriteProbes points the app's HTTP, HTTPS, TCP and gRPC probes of
+// redirected ports at the sidecar's admin port: the kubelet's plain HTTP or
+// TLS to a redirected port that an inbound takes would reach the sidecar's
+// inbound listener, which takes mTLS only there, and its TCP connection
+// would be accepted whether the app is up or not. (Which ports inbounds
+// take, the Services say, later: every redirected port's probe is made by
+// the sidecar.) It returns the replace operations and the probes the
 // sidecar is to serve (--app-probes).
-func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
+func rewriteProbes(pod *injectPod, redirected func(port int) bool) ([]PatchOp, []string) {
 	var ops []PatchOp
 	var served []string
 	for i, c := range pod.Spec.Containers {
@@ -366,7 +386,7 @@ func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
 				if !strings.HasPrefix(path, "/") {
 					path = "/" + path
 				}
-				if !slices.Contains(redirected, port) || strings.ContainsAny(path, ", ") {
+				if !redirected(port) || strings.ContainsAny(path, ", ") {
 					continue // not redirected, or not a path --app-probes can list
 				}
 				pair = strconv.Itoa(port) + path
@@ -378,7 +398,7 @@ func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
 				// The sidecar's inbound listener would accept the
 				// connection whether the app is up or not.
 				port := probePort(tcp["port"], c.Ports)
-				if !slices.Contains(redirected, port) {
+				if !redirected(port) {
 					continue
 				}
 				pair = "tcp:" + strconv.Itoa(port)
@@ -387,7 +407,7 @@ func rewriteProbes(pod *injectPod, redirected []int) ([]PatchOp, []string) {
 				// the mTLS-only inbound listener: the sidecar makes it.
 				port := probePort(g["port"], c.Ports)
 				service, _ := g["service"].(string)
-				if !slices.Contains(redirected, port) || strings.ContainsAny(service, ", /?#%") {
+				if !redirected(port) || strings.ContainsAny(service, ", /?#%") {
 					continue
 				}
 				pair = "grpc:" + strconv.Itoa(port)
@@ -456,10 +476,12 @@ func (in *Injector) tokenVolume() obj {
 	}}}}}
 }
 
-func (in *Injector) initContainer(ports []int) obj {
-	cmd := []string{"ursa-dp", "install-transparent-proxy"}
-	if len(ports) > 0 {
-		cmd = append(cmd, "--inbound-ports", joinInts(ports))
+// initContainer is ursa-init; excluded are the ports whose inbound TCP
+// reaches the app directly.
+func (in *Injector) initContainer(excluded []int) obj {
+	cmd := []string{"ursa-dp", "install-transparent-proxy", "--redirect-all-inbound", "--admin-addr", ":" + strconv.Itoa(AdminPort)}
+	if len(excluded) > 0 {
+		cmd = append(cmd, "--exclude-inbound-ports", joinInts(excluded))
 	}
 	cmd = append(cmd, "--exclude-outbound-uids", strconv.Itoa(SidecarUID), "--sidecar-uid", strconv.Itoa(SidecarUID))
 	return obj{
@@ -473,16 +495,16 @@ func (in *Injector) initContainer(ports []int) obj {
 	}
 }
 
-func (in *Injector) sidecar(mesh string, ports []int, probes []string) obj {
+func (in *Injector) sidecar(mesh string, excluded []int, probes []string) obj {
 	cmd := []string{"ursa-dp", "run",
 		"--cp-address", in.CPAddress,
 		"--dataplane-name", "$(POD_NAME).$(POD_NAMESPACE)",
 		"--mesh", mesh,
 		"--token-file", TokenDir + "/token",
-		"--transparent-proxy", "--transparent-proxy-installed",
+		"--transparent-proxy", "--transparent-proxy-installed", "--redirect-all-inbound",
 	}
-	if len(ports) > 0 {
-		cmd = append(cmd, "--inbound-ports", joinInts(ports))
+	if len(excluded) > 0 {
+		cmd = append(cmd, "--exclude-inbound-ports", joinInts(excluded))
 	}
 	if len(probes) > 0 {
 		cmd = append(cmd, "--app-probes", strings.Join(probes, ","), "--app-probe-host", "$(POD_IP)")

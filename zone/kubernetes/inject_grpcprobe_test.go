@@ -16,28 +16,44 @@ func injectAndDecode(t *testing.T, podDoc string) map[string]any {
 	return applyAdds(t, []byte(podDoc), ops)
 }
 
-// redirectedPorts reads ursa-init's --inbound-ports: the ports whose
-// inbound TCP the pod's rules send to the sidecar.
-func redirectedPorts(t *testing.T, pod map[string]any) []int {
+// redirectedPorts reads ursa-init's command: the ports whose inbound TCP
+// the pod's rules send to the sidecar, of those in ports (every port with
+// --redirect-all-inbound, but --exclude-inbound-ports'; else
+// --inbound-ports').
+func redirectedPorts(t *testing.T, pod map[string]any, ports ...int) []int {
 	t.Helper()
 	spec := pod["spec"].(map[string]any)
+	list := func(s string) []int {
+		var out []int
+		for _, p := range strings.Split(s, ",") {
+			n, _ := strconv.Atoi(p)
+			out = append(out, n)
+		}
+		return out
+	}
 	for _, c := range spec["initContainers"].([]any) {
 		c := c.(map[string]any)
 		if c["name"] != InitName {
 			continue
 		}
-		cmd := c["command"].([]any)
+		cmd := toStrings(c["command"].([]any))
+		var excluded, listed []int
 		for i, a := range cmd {
+			if a == "--exclude-inbound-ports" && i+1 < len(cmd) {
+				excluded = list(cmd[i+1])
+			}
 			if a == "--inbound-ports" && i+1 < len(cmd) {
-				var out []int
-				for _, p := range strings.Split(cmd[i+1].(string), ",") {
-					n, _ := strconv.Atoi(p)
-					out = append(out, n)
-				}
-				return out
+				listed = list(cmd[i+1])
 			}
 		}
-		return nil
+		all := slices.Contains(cmd, "--redirect-all-inbound")
+		var out []int
+		for _, p := range ports {
+			if all && !slices.Contains(excluded, p) || slices.Contains(listed, p) {
+				out = append(out, p)
+			}
+		}
+		return out
 	}
 	t.Fatal("no ursa-init container")
 	return nil
@@ -56,7 +72,7 @@ func TestReviewK8sGRPCProbeOfRedirectedPortBreaksPod(t *testing.T) {
    "readinessProbe":{"grpc":{"port":9000},"periodSeconds":5},
    "livenessProbe":{"grpc":{"port":9000,"service":"liveness"},"periodSeconds":10}}]}}`
 	stored := injectAndDecode(t, doc)
-	redirected := redirectedPorts(t, stored)
+	redirected := redirectedPorts(t, stored, 9000)
 	for _, c := range stored["spec"].(map[string]any)["containers"].([]any) {
 		c := c.(map[string]any)
 		if c["name"] == SidecarName {

@@ -161,7 +161,7 @@ func TestInjectLayout(t *testing.T) {
 	}
 	sc := cs[0]
 	wantCmd := "ursa-dp run --cp-address grpcs://ursa-control-plane.ursa-system.svc:5678 --dataplane-name $(POD_NAME).$(POD_NAMESPACE) --mesh payments " +
-		"--token-file /var/run/secrets/ursa.io/token/token --transparent-proxy --transparent-proxy-installed --inbound-ports 8080,9090 --admin-addr :9901"
+		"--token-file /var/run/secrets/ursa.io/token/token --transparent-proxy --transparent-proxy-installed --redirect-all-inbound --admin-addr :9901"
 	if c := strings.Join(sc.Command, " "); c != wantCmd || sc.Image != "ursa/ursa-dp:test" {
 		t.Errorf("sidecar command\n %s\nwant\n %s (image %s)", c, wantCmd, sc.Image)
 	}
@@ -189,7 +189,7 @@ func TestInjectLayout(t *testing.T) {
 	}
 	ic := got.Spec.InitContainers
 	if len(ic) != 1 || ic[0].Name != InitName ||
-		strings.Join(ic[0].Command, " ") != "ursa-dp install-transparent-proxy --inbound-ports 8080,9090 --exclude-outbound-uids 5678 --sidecar-uid 5678" ||
+		strings.Join(ic[0].Command, " ") != "ursa-dp install-transparent-proxy --redirect-all-inbound --admin-addr :9901 --exclude-outbound-uids 5678 --sidecar-uid 5678" ||
 		*ic[0].SecurityContext.RunAsUser != 0 || !slices.Equal(ic[0].SecurityContext.Capabilities.Add, []string{"NET_ADMIN", "NET_RAW"}) {
 		t.Errorf("init containers %+v", ic)
 	}
@@ -417,17 +417,20 @@ func TestValidatorLetsCollectorsDelete(t *testing.T) {
 }
 
 // TestInjectRewritesProbes: an HTTP, HTTPS or TCP probe of a redirected
-// port (by number or name) goes to the sidecar's /probes/..., which
-// --app-probes lets it serve; probes of other ports and exec probes stay.
+// port (by number or name; declared or not, as every port is redirected)
+// goes to the sidecar's /probes/..., which --app-probes lets it serve;
+// probes of ports the pod excludes from the redirection, and exec probes,
+// stay.
 func TestInjectRewritesProbes(t *testing.T) {
-	doc := `{"metadata":{"name":"p"},"spec":{"containers":[
+	doc := `{"metadata":{"name":"p","annotations":{"ursa.io/exclude-inbound-ports":"7070"}},"spec":{"containers":[
 	  {"name":"log","image":"x","livenessProbe":{"httpGet":{"path":"/alive","port":7070}}},
 	  {"name":"app","image":"x","ports":[{"name":"http","containerPort":8080}],
 	   "readinessProbe":{"httpGet":{"path":"/ready","port":"http","httpHeaders":[{"name":"X","value":"1"}]},"periodSeconds":3},
 	   "livenessProbe":{"httpGet":{"path":"healthz","port":8080}},
 	   "startupProbe":{"tcpSocket":{"port":8080}}},
 	  {"name":"tls","image":"x","ports":[{"containerPort":8443}],"readinessProbe":{"httpGet":{"port":8443,"scheme":"HTTPS"}},
-	   "livenessProbe":{"exec":{"command":["true"]}}}]}}`
+	   "livenessProbe":{"exec":{"command":["true"]}}},
+	  {"name":"metrics","image":"x","livenessProbe":{"httpGet":{"path":"/m","port":9100}}}]}}`
 	ops, err := testInjector().patch(testPod(t, doc), enabledNS)
 	if err != nil {
 		t.Fatal(err)
@@ -452,6 +455,9 @@ func TestInjectRewritesProbes(t *testing.T) {
 	if g := get(1, "livenessProbe"); g["path"] != "/alive" || g["port"] != float64(7070) {
 		t.Errorf("a probe of a port not redirected was changed: %v", g)
 	}
+	if g := get(4, "livenessProbe"); g["path"] != "/probes/9100/m" {
+		t.Errorf("the probe of an undeclared port %v", g)
+	}
 	if g := get(3, "readinessProbe"); g["path"] != "/probes/https:8443/" || g["port"] != float64(AdminPort) {
 		t.Errorf("HTTPS probe %v", g)
 	}
@@ -463,7 +469,7 @@ func TestInjectRewritesProbes(t *testing.T) {
 		t.Errorf("an exec probe was changed")
 	}
 	cmd := fmt.Sprint(cs[0].(map[string]any)["command"])
-	if !strings.Contains(cmd, "--app-probes 8080/healthz,8080/ready,tcp:8080,https:8443/ --app-probe-host $(POD_IP) ") {
+	if !strings.Contains(cmd, "--exclude-inbound-ports 7070 --app-probes 8080/healthz,8080/ready,tcp:8080,https:8443/,9100/m --app-probe-host $(POD_IP) ") {
 		t.Errorf("sidecar command %s", cmd)
 	}
 }
@@ -555,4 +561,42 @@ func TestValidatorRefusesWhatTheAPIRefuses(t *testing.T) {
 			t.Errorf("%s: allowed %v (%+v), want refused naming %q", c.obj, resp.Allowed, resp.Result, c.want)
 		}
 	}
+}
+
+// TestInjectExcludeInboundPorts: every inbound port is redirected, declared
+// or not (a Service's targetPort the pod does not declare must meet the
+// sidecar too); the ports of ursa.io/exclude-inbound-ports are left to
+// the app, in both containers' commands alike; a list that is not one of
+// ports refuses the pod.
+func TestInjectExcludeInboundPorts(t *testing.T) {
+	doc := `{"metadata":{"name":"p","annotations":{"ursa.io/exclude-inbound-ports":"9000, 22,9000"}},"spec":{"containers":[{"name":"app","image":"x"}]}}`
+	pod := applyAdds(t, []byte(doc), mustPatch(t, doc))
+	spec := pod["spec"].(map[string]any)
+	for _, key := range []string{"initContainers", "containers"} {
+		for _, c := range spec[key].([]any) {
+			c := c.(map[string]any)
+			if c["name"] != InitName && c["name"] != SidecarName {
+				continue
+			}
+			cmd := strings.Join(toStrings(c["command"].([]any)), " ")
+			if !strings.Contains(cmd, "--redirect-all-inbound") || !strings.Contains(cmd, "--exclude-inbound-ports 22,9000 ") || strings.Contains(cmd, "--inbound-ports") {
+				t.Errorf("%s: %s; want every inbound port redirected but 22 and 9000", c["name"], cmd)
+			}
+		}
+	}
+	for _, bad := range []string{"x", "0", "8080,", "70000"} {
+		doc := `{"metadata":{"name":"p","annotations":{"ursa.io/exclude-inbound-ports":"` + bad + `"}},"spec":{"containers":[{"name":"app","image":"x"}]}}`
+		if _, err := testInjector().patch(testPod(t, doc), enabledNS); err == nil || !strings.Contains(err.Error(), AnnotationExcludeInboundPorts) {
+			t.Errorf("exclude-inbound-ports %q: %v; want the pod refused, naming the annotation", bad, err)
+		}
+	}
+}
+
+func mustPatch(t *testing.T, doc string) []PatchOp {
+	t.Helper()
+	ops, err := testInjector().patch(testPod(t, doc), enabledNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ops
 }

@@ -187,7 +187,7 @@ func TestInjectionOnRig(t *testing.T) {
 		t.Fatalf("stored pod: %+v", p)
 	}
 	cmd := strings.Join(p.Spec.Containers[0].Command, " ")
-	if !strings.Contains(cmd, "--mesh payments") || !strings.Contains(cmd, "--inbound-ports 8080") {
+	if !strings.Contains(cmd, "--mesh payments") || !strings.Contains(cmd, "--redirect-all-inbound") {
 		t.Errorf("sidecar command %q", cmd)
 	}
 	p, err = createPod(ctx, admin, "kinject-shop", "web-2", map[string]string{LabelSidecarInjection: "disabled"}, false)

@@ -1,6 +1,7 @@
 // Package tproxy installs and removes the transparent-proxy redirection of a
 // network namespace: iptables rules in the nat table that send the host's
-// outbound TCP, inbound TCP to the Dataplane's ports and DNS to ursa-dp.
+// outbound TCP, inbound TCP to the Dataplane's ports (or to every port but
+// the excluded ones, Config.InboundAllPorts) and DNS to ursa-dp.
 //
 // Every rule lives in chains named with ChainPrefix, reached by one jump from
 // each of OUTPUT and PREROUTING; Remove deletes exactly those chains and
@@ -10,6 +11,7 @@
 // inbound TCP over IPv6 to the Dataplane's inbound ports is sent to the
 // inbound port too (ip6tables), where nothing listens for IPv6: an app that
 // binds its port on every address is never reached around the sidecar.
+// With InboundAllPorts that is every IPv6 port but the excluded ones.
 package tproxy
 
 import (
@@ -58,6 +60,9 @@ const (
 	DefaultMark = 0x7572
 )
 
+// sshPort is never redirected inbound with InboundAllPorts.
+const sshPort = 22
+
 // Config is what to redirect. Ports are TCP ports 1–65535.
 type Config struct {
 	// OutboundPort receives the host's outbound TCP.
@@ -68,6 +73,20 @@ type Config struct {
 	// InboundPorts are the Dataplane's inbound ports, redirected to
 	// InboundPort unless in ExcludeInboundPorts.
 	InboundPorts []int
+	// InboundAllPorts redirects inbound TCP to every port to InboundPort,
+	// as Istio's and Kuma's rules do, but for ExcludeInboundPorts, SSH's
+	// (22) and the sidecar's own (the redirect ports and SidecarPorts); InboundPorts
+	// then add nothing. The inbound listener takes a port an inbound has
+	// in that inbound's chain, and passes the rest through to the
+	// application from ProbeSource, which the rules let out as they are:
+	// a port the Dataplane does not list (a metrics port, one a Service
+	// names but the pod does not declare) still reaches the application,
+	// through the sidecar.
+	InboundAllPorts bool
+	// SidecarPorts are ports the sidecar itself listens on besides the
+	// redirect ports (its admin port): with InboundAllPorts, inbound TCP
+	// to them is not redirected.
+	SidecarPorts []int
 	// DNSPort receives UDP and TCP to port 53 (loopback resolvers
 	// included); 0 leaves DNS alone.
 	DNSPort int
@@ -109,11 +128,13 @@ type Config struct {
 }
 
 // ProbeSource is the source address of the sidecar's probes of its own
-// application (a pod's, for the kubelet): connections from it to this
+// application (a pod's, for the kubelet), and, with InboundAllPorts, of its
+// inbound passthrough (the upstream_bind_config of the zone CP's
+// inbound-passthrough cluster): connections from it to this
 // host's address are never redirected, so that they reach the application
 // at its port, as the kubelet's would, where the sidecar's other
 // connections there reach its inbound listener. Istio's rules keep
-// 127.0.0.6 for the same.
+// 127.0.0.6 for the same (its InboundPassthroughClusterIpv4 binds it).
 var ProbeSource = netip.AddrFrom4([4]byte{127, 0, 0, 6})
 
 // ownerPrefix starts the comment that names the rules' owner.
@@ -167,7 +188,8 @@ func (c Config) Validate() error {
 		}
 		seen[p] = what
 	}
-	for what, ps := range map[string][]int{"inbound port": c.InboundPorts, "excluded outbound port": c.ExcludeOutboundPorts, "excluded inbound port": c.ExcludeInboundPorts} {
+	for what, ps := range map[string][]int{"inbound port": c.InboundPorts, "excluded outbound port": c.ExcludeOutboundPorts, "excluded inbound port": c.ExcludeInboundPorts,
+		"sidecar port": c.SidecarPorts} {
 		for _, p := range ps {
 			if err := port(what, p, false); err != nil {
 				return err
@@ -176,6 +198,9 @@ func (c Config) Validate() error {
 	}
 	if len(c.InboundPorts) > 0 && c.InboundPort == 0 {
 		return errors.New("inbound ports given without an inbound redirect port")
+	}
+	if c.InboundAllPorts && c.InboundPort == 0 {
+		return errors.New("every inbound port redirected without an inbound redirect port")
 	}
 	for _, u := range c.ExcludeUIDs {
 		if u < 0 {
@@ -219,7 +244,24 @@ func (c Config) rules() []string {
 	// their mark, or by the sidecar's user when it cannot mark (a pod's),
 	// but for its probes of its application, which come from ProbeSource.
 	inbound := c.redirectedInbound()
-	if len(inbound) > 0 {
+	switch {
+	case c.InboundAllPorts:
+		// Every port but the excluded ones, as chainInbound decides (a
+		// port it returns goes on through this chain). The sidecar's
+		// connections from ProbeSource, its inbound passthrough's among
+		// them, never: redirected, they would come back to the listener
+		// they left (Istio: -A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j
+		// RETURN; here only the sidecar's, by its mark or its user, as
+		// for its probes).
+		r = append(r, fmt.Sprintf("-A %s -s %s/32 -o lo -m mark --mark %#x -j RETURN", chainOutput, ProbeSource, c.mark()))
+		for _, u := range c.SidecarUIDs {
+			r = append(r, fmt.Sprintf("-A %s -s %s/32 -o lo -m owner --uid-owner %d -j RETURN", chainOutput, ProbeSource, u))
+		}
+		r = append(r, fmt.Sprintf("-A %s -o lo ! -d 127.0.0.0/8 -p tcp -m mark --mark %#x -j %s", chainOutput, c.mark(), chainInbound))
+		for _, u := range c.SidecarUIDs {
+			r = append(r, fmt.Sprintf("-A %s -o lo ! -d 127.0.0.0/8 -p tcp -m owner --uid-owner %d -j %s", chainOutput, u, chainInbound))
+		}
+	case len(inbound) > 0:
 		for _, u := range c.SidecarUIDs {
 			r = append(r, fmt.Sprintf("-A %s -s %s/32 -o lo -m owner --uid-owner %d -j RETURN", chainOutput, ProbeSource, u))
 		}
@@ -288,16 +330,34 @@ func (c Config) inboundRules() []string {
 		return nil
 	}
 	r := []string{"-A " + chainInRedirect + " -p tcp -j REDIRECT --to-ports " + strconv.Itoa(c.InboundPort)}
+	if c.InboundAllPorts {
+		for _, p := range c.excludedInbound() {
+			r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j RETURN", chainInbound, p))
+		}
+		return append(r, fmt.Sprintf("-A %s -p tcp -j %s", chainInbound, chainInRedirect))
+	}
 	for _, p := range c.redirectedInbound() {
 		r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j %s", chainInbound, p, chainInRedirect))
 	}
 	return r
 }
 
+// excludedInbound are the ports that InboundAllPorts leaves alone, sorted:
+// ExcludeInboundPorts, the sidecar's own, and SSH's, as Istio's rules
+// leave it (a host's SSH must not depend on its sidecar).
+func (c Config) excludedInbound() []int {
+	ps := slices.Concat(c.ExcludeInboundPorts, c.SidecarPorts, []int{sshPort, c.OutboundPort, c.InboundPort})
+	if c.DNSPort != 0 {
+		ps = append(ps, c.DNSPort)
+	}
+	return sortedUnique(ps)
+}
+
 // redirectedInbound are the inbound ports redirected to the inbound
-// listener, sorted: none without an inbound redirect port.
+// listener, sorted: none without an inbound redirect port, nor with
+// InboundAllPorts (every port is).
 func (c Config) redirectedInbound() []int {
-	if c.InboundPort == 0 {
+	if c.InboundPort == 0 || c.InboundAllPorts {
 		return nil
 	}
 	excluded := map[int]bool{}
@@ -384,7 +444,8 @@ func Install(ctx context.Context, log *zap.Logger, c Config) error {
 		return err
 	}
 	log.Info("transparent proxy installed", zap.Int("outbound_port", c.OutboundPort), zap.Int("inbound_port", c.InboundPort),
-		zap.Int("dns_port", c.DNSPort), zap.Ints("inbound_ports", c.InboundPorts), zap.Bool("replaced_leftovers", len(old) > 0))
+		zap.Int("dns_port", c.DNSPort), zap.Ints("inbound_ports", c.InboundPorts), zap.Bool("inbound_all_ports", c.InboundAllPorts),
+		zap.Bool("replaced_leftovers", len(old) > 0))
 	return nil
 }
 

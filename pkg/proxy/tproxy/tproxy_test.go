@@ -565,16 +565,18 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for want, change := range map[string]func(c *Config){
-		"outbound port 0 is not a port":        func(c *Config) { c.OutboundPort = 0 },
-		"redirect ports are both":              func(c *Config) { c.InboundPort = c.OutboundPort },
-		"inbound port 70000 is not a port":     func(c *Config) { c.InboundPorts = []int{70000} },
-		"without an inbound redirect port":     func(c *Config) { c.InboundPort = 0 },
-		"uid -1 is negative":                   func(c *Config) { c.ExcludeUIDs = []int{-1} },
-		"sidecar uid 7 is not among":           func(c *Config) { c.SidecarUIDs = []int{7} },
-		`owner "a b": want OwnerOf a node id`:  func(c *Config) { c.Owner = "a b" },
-		`owner "a\"b": want OwnerOf a node id`: func(c *Config) { c.Owner = `a"b` },
-		"dots and dashes, at most 200":         func(c *Config) { c.Owner = strings.Repeat("a", 201) },
-		"café\": want OwnerOf":                 func(c *Config) { c.Owner = "café" },
+		"outbound port 0 is not a port":         func(c *Config) { c.OutboundPort = 0 },
+		"redirect ports are both":               func(c *Config) { c.InboundPort = c.OutboundPort },
+		"inbound port 70000 is not a port":      func(c *Config) { c.InboundPorts = []int{70000} },
+		"without an inbound redirect port":      func(c *Config) { c.InboundPort = 0 },
+		"every inbound port redirected without": func(c *Config) { c.InboundPort, c.InboundPorts, c.InboundAllPorts = 0, nil, true },
+		"sidecar port 0 is not a port":          func(c *Config) { c.SidecarPorts = []int{0} },
+		"uid -1 is negative":                    func(c *Config) { c.ExcludeUIDs = []int{-1} },
+		"sidecar uid 7 is not among":            func(c *Config) { c.SidecarUIDs = []int{7} },
+		`owner "a b": want OwnerOf a node id`:   func(c *Config) { c.Owner = "a b" },
+		`owner "a\"b": want OwnerOf a node id`:  func(c *Config) { c.Owner = `a"b` },
+		"dots and dashes, at most 200":          func(c *Config) { c.Owner = strings.Repeat("a", 201) },
+		"café\": want OwnerOf":                  func(c *Config) { c.Owner = "café" },
 	} {
 		c := good
 		change(&c)
