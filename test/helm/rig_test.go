@@ -2,12 +2,14 @@ package helm
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ursamesh/ursa/pkg/k8stest"
+	k8szone "github.com/ursamesh/ursa/zone/kubernetes"
 )
 
 // kubectl runs the rig's kubectl and returns its combined output.
@@ -68,6 +70,12 @@ func installCRDs(t *testing.T, rig *k8stest.Rig) {
 // fields and of pods the namespace's policy would refuse.
 func apply(t *testing.T, rig *k8stest.Rig, what, manifests string) {
 	t.Helper()
+	// The webhook configurations are the cluster's, not the test
+	// namespace's: gone with the test (after a CP it starts stops).
+	t.Cleanup(func() {
+		kubectl(t, rig, "", "delete", "mutatingwebhookconfiguration/"+k8szone.MutatingConfigName,
+			"validatingwebhookconfiguration/"+k8szone.ValidatingConfigName, "--ignore-not-found")
+	})
 	for _, dry := range []string{"--dry-run=server", "--dry-run=none"} {
 		out, err := kubectl(t, rig, manifests, "apply", dry, "--validate=strict", "-f", "-")
 		if err != nil {
@@ -164,7 +172,6 @@ func TestZoneOnAPIServer(t *testing.T) {
 		{"create", "tokenreviews.authentication.k8s.io"},
 		{"create", "selfsubjectreviews.authentication.k8s.io"},
 		{"get", "mutatingwebhookconfigurations/ursa-sidecar-injector"},
-		{"create", "mutatingwebhookconfigurations"},
 		{"patch", "mutatingwebhookconfigurations/ursa-sidecar-injector"},
 		{"update", "validatingwebhookconfigurations/ursa-validator"},
 	})
@@ -185,7 +192,10 @@ func TestZoneOnAPIServer(t *testing.T) {
 		{"update", "nodes"},
 		{"create", "deployments.apps", "-n", ns},
 		{"update", "customresourcedefinitions.apiextensions.k8s.io"},
-		// No way to more rights.
+		// No way to more rights: no webhook of its own (the chart makes
+		// the CP's two).
+		{"create", "mutatingwebhookconfigurations"},
+		{"create", "validatingwebhookconfigurations"},
 		{"delete", "mutatingwebhookconfigurations"},
 		// Nobody else's webhooks.
 		{"patch", "mutatingwebhookconfigurations/another-products-injector"},
@@ -246,7 +256,40 @@ func TestHelmInstall(t *testing.T) {
 	}
 	mustKubectl(t, rig, "", "get", "crd", "dataplanes.ursa.io")
 	mustKubectl(t, rig, "", "get", "-n", ns, "deployment/ursa-control-plane", "service/ursa-control-plane", "service/ursa-ingress")
+
+	// The release makes the webhook configurations, empty; the CP fills
+	// them in (as it does, server-side, with its field manager), and an
+	// upgrade of the release leaves what the CP wrote.
+	hooks := &k8szone.Webhooks{CABundle: rig.CAPEM, Service: k8szone.ServiceRef{Namespace: ns, Name: "ursa-control-plane", Port: 5443},
+		Validator: &k8szone.Validator{Self: "system:serviceaccount:" + ns + ":ursa-control-plane"}}
+	m, v := hooks.Configurations()
+	for _, c := range []any{m, v} {
+		b, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustKubectl(t, rig, string(b), "apply", "--server-side", "--force-conflicts", "--field-manager="+k8szone.FieldManager, "-f", "-")
+	}
+	webhooks := func() string {
+		return mustKubectl(t, rig, "", "get", "mutatingwebhookconfiguration/"+k8szone.MutatingConfigName,
+			"validatingwebhookconfiguration/"+k8szone.ValidatingConfigName, "-o", `jsonpath={range .items[*]}{.metadata.labels.app\.kubernetes\.io/managed-by} {.webhooks[*].name};{end}`)
+	}
+	const filled = "Helm sidecar-injector.ursa.io;Helm validator.ursa.io;"
+	if got := webhooks(); got != filled {
+		t.Fatalf("the release's webhook configurations, filled in by the CP: %q, want %q", got, filled)
+	}
+	if out, err := helm(t, "upgrade", "ursa", chartDir, "--namespace", ns, "--kubeconfig", rig.Kubeconfig, "--reuse-values"); err != nil {
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+	if got := webhooks(); got != filled {
+		t.Errorf("after helm upgrade: %q, want the CP's webhooks kept: %q", got, filled)
+	}
+
 	if out, err := helm(t, "uninstall", "ursa", "--namespace", ns, "--kubeconfig", rig.Kubeconfig); err != nil {
 		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	// No fail-closed webhook is left calling a control plane that is gone.
+	if out := mustKubectl(t, rig, "", "get", "mutatingwebhookconfigurations,validatingwebhookconfigurations", "-o", "name"); strings.Contains(out, "ursa") {
+		t.Errorf("webhook configurations left after helm uninstall:\n%s", out)
 	}
 }

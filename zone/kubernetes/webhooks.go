@@ -83,7 +83,7 @@ func (w *Webhooks) clientConfig(path string) obj {
 func (w *Webhooks) Configurations() (mutating, validating obj) {
 	mutating = obj{
 		"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-		"metadata": obj{"name": MutatingConfigName, "labels": obj{"app.kubernetes.io/managed-by": FieldManager}},
+		"metadata": obj{"name": MutatingConfigName},
 		"webhooks": []any{obj{
 			"name":                    "sidecar-injector.ursa.io",
 			"clientConfig":            w.clientConfig(InjectPath),
@@ -121,7 +121,7 @@ func (w *Webhooks) Configurations() (mutating, validating obj) {
 	hook["matchConditions"] = conditions
 	validating = obj{
 		"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-		"metadata": obj{"name": ValidatingConfigName, "labels": obj{"app.kubernetes.io/managed-by": FieldManager}},
+		"metadata": obj{"name": ValidatingConfigName},
 		"webhooks": []any{hook},
 	}
 	return mutating, validating
@@ -133,7 +133,12 @@ func celString(s string) string {
 }
 
 // Register applies both configurations (server-side, forcing: an edit of
-// them is undone).
+// them is undone). Installed by the chart, they exist already, with the
+// release's metadata and no webhooks, and the CP's grant is to patch them
+// only; its fields are its own, so that an upgrade of the release leaves
+// them (and it sets no metadata of the release's, such as the
+// app.kubernetes.io/managed-by label). A CP run outside the cluster, with
+// the rights to, makes them.
 func (w *Webhooks) Register(ctx context.Context) error {
 	m, v := w.Configurations()
 	if err := w.Client.Apply(ctx, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"+MutatingConfigName, FieldManager, m, nil); err != nil {
