@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -88,12 +89,14 @@ func signingFor(memo map[string]*signing, m *xds.MeshState) *signing {
 
 // identities issues and caches workload certificates, one per connected
 // proxy (node id): each instance has its own key and certificate, naming
-// its services and tags. One is replaced at half its lifetime, and when
-// what it names, its signer or its proxy's CSR changes; nothing else
-// re-signs it. Lookups and issuance are safe for concurrent use, of
-// different nodes.
+// its services and tags. One is replaced at a time drawn between 40 % and
+// half of its lifetime (renewalAt), and when what it names, its signer or
+// its proxy's CSR changes; nothing else re-signs it. Lookups and issuance
+// are safe for concurrent use, of different nodes.
 type identities struct {
 	ttl time.Duration
+	// jitter draws a number in [0, 1) for an identity's renewal time.
+	jitter func() float64
 
 	mu     sync.Mutex
 	byNode map[string]*issued
@@ -106,7 +109,32 @@ type issued struct {
 	signer    string // signing.id
 	csr       string // the CSR whose key it certifies; "" when the CP made the key
 	id        mtls.Identity
+	renewAt   time.Time     // renewalAt's
 	secret    xds.Resources // the SDS "identity" secret
+}
+
+// renewalSpread is the part of an identity's lifetime its renewal time is
+// drawn from, before its half (mtls.Identity.RenewAt): the proxies that
+// connected together (all of a zone's, after it restarted) do not all
+// renew in one generation round, as Istio's jittered grace period.
+const renewalSpread = 0.1
+
+// renewalAt is when id is replaced: its RenewAt (half its lifetime) less
+// up to renewalSpread of its lifetime, by r in [0, 1). A renewal that fails
+// then has at least half its lifetime to succeed.
+func renewalAt(id mtls.Identity, r float64) time.Time {
+	life := id.NotAfter.Sub(id.IssuedAt)
+	if id.IssuedAt.IsZero() {
+		life = id.NotAfter.Sub(id.NotBefore)
+	}
+	return id.RenewAt().Add(-time.Duration(float64(life) * renewalSpread * r))
+}
+
+// renewalBatch is how far ahead of its time an identity is renewed along
+// with one that is due: the spread renewals come in rounds at most this
+// often, each a batch, not one round per identity.
+func (c *identities) renewalBatch() time.Duration {
+	return min(time.Minute, c.ttl/100)
 }
 
 // stamp names the issuance in a proxy's generation key.
@@ -121,7 +149,7 @@ type identityRequest struct {
 }
 
 func newIdentities(ttl time.Duration) *identities {
-	return &identities{ttl: ttl, byNode: map[string]*issued{}}
+	return &identities{ttl: ttl, jitter: rand.Float64, byNode: map[string]*issued{}}
 }
 
 // dataplaneKey names a stored Dataplane's content.
@@ -136,7 +164,7 @@ func (c *identities) reusable(r identityRequest, now time.Time) (*issued, bool) 
 	c.mu.Lock()
 	cur := c.byNode[r.node]
 	c.mu.Unlock()
-	if cur == nil || cur.signer != r.sign.id || cur.csr != r.csr || !now.Before(cur.id.RenewAt()) {
+	if cur == nil || cur.signer != r.sign.id || cur.csr != r.csr || !now.Add(c.renewalBatch()).Before(cur.renewAt) {
 		return nil, false
 	}
 	if dk := dataplaneKey(r.dp); cur.dataplane != dk {
@@ -167,7 +195,8 @@ func (c *identities) issue(r identityRequest, now time.Time) (*issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	cur := &issued{dataplane: dataplaneKey(r.dp), subject: sub.Key(), signer: r.sign.id, csr: r.csr, id: id, secret: xds.Resources{}}
+	cur := &issued{dataplane: dataplaneKey(r.dp), subject: sub.Key(), signer: r.sign.id, csr: r.csr, id: id,
+		renewAt: renewalAt(id, c.jitter()), secret: xds.Resources{}}
 	cur.secret.Add(resource.SecretType, xds.IdentitySecret(id))
 	c.mu.Lock()
 	c.byNode[r.node] = cur
@@ -186,13 +215,14 @@ func (c *identities) forget(connected map[string]bool) {
 	}
 }
 
-// nextRenewal is when the earliest identity must be replaced (zero if none).
+// nextRenewal is when the earliest identity is replaced, and with it those
+// due within a renewalBatch (zero if none).
 func (c *identities) nextRenewal() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var next time.Time
 	for _, cur := range c.byNode {
-		if at := cur.id.RenewAt(); next.IsZero() || at.Before(next) {
+		if at := cur.renewAt; next.IsZero() || at.Before(next) {
 			next = at
 		}
 	}

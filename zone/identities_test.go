@@ -68,7 +68,7 @@ func sans(c *x509.Certificate) string { return fmt.Sprint(c.URIs) }
 // TestIdentityPerInstance: every sidecar of an mTLS mesh gets its own key
 // and certificate naming its service and tags; a proxy that sent a CSR
 // gets its own key certified and no key back. An identity is re-issued
-// when its tags, its signer or its proxy's key change, or at half its
+// when its tags, its signer or its proxy's key change, or by half its
 // life, and not otherwise: a catalogue change or a Dataplane change that
 // keeps the tags regenerates what it must with the same certificate.
 func TestIdentityPerInstance(t *testing.T) {
@@ -188,4 +188,94 @@ func mustCert(t *testing.T, p string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestRenewalSpread: identities issued together (a zone's proxies all
+// connecting after it restarted) are renewed spread over the tenth of
+// their lifetime before its half, in rounds a renewalBatch apart at most,
+// each renewing a batch, never one after its drawn time.
+func TestRenewalSpread(t *testing.T) {
+	const n, ttl = 1000, 24 * time.Hour
+	now := time.Now()
+	ca, err := mtls.NewCA("default", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []api.Resource
+	rs = append(rs, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}, MTLS: &api.MeshMTLS{Enabled: true}}, ca)
+	for i := range n {
+		rs = append(rs, dp("default", fmt.Sprintf("web-%04d", i), "web", 1))
+	}
+	m := xds.NewState(catalog.FromResources("zone-1", rs), nil).Mesh("default")
+	sign := signingFor(map[string]*signing{}, m)
+	ids := newIdentities(ttl)
+	var requests []identityRequest
+	for name, d := range m.Registered {
+		requests = append(requests, identityRequest{node: "default." + name, dp: d, sign: sign})
+	}
+	first, last := now.Add(ttl), now
+	for _, r := range requests {
+		cur, err := ids.issue(r, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, last = minTime(first, cur.renewAt), maxTime(last, cur.renewAt)
+	}
+	half, early := now.Add(ttl/2), now.Add(ttl*4/10)
+	if first.Before(early) || last.After(half) {
+		t.Fatalf("renewal times from %v to %v after issue, want within [40%%, 50%%] of %v", first.Sub(now), last.Sub(now), ttl)
+	}
+	if spread := last.Sub(first); spread < ttl/20 {
+		t.Fatalf("renewal times spread over %v only, want most of %v", spread, ttl/10)
+	}
+	// Renewal rounds, as generation runs them: at nextRenewal, what is
+	// not reusable is re-issued.
+	rounds, renewed := 0, map[string]bool{}
+	for len(renewed) < n {
+		at := ids.nextRenewal()
+		if at.After(half) {
+			t.Fatalf("round %d at %v: past every identity's half life, %d renewed", rounds, at.Sub(now), len(renewed))
+		}
+		rounds++
+		batch := 0
+		for _, r := range requests {
+			if renewed[r.node] {
+				continue
+			}
+			ids.mu.Lock()
+			due := ids.byNode[r.node].renewAt
+			ids.mu.Unlock()
+			if _, ok := ids.reusable(r, at); ok {
+				continue
+			}
+			if at.After(due) {
+				t.Fatalf("%s renewed at %v, after its time %v", r.node, at.Sub(now), due.Sub(now))
+			}
+			renewed[r.node] = true
+			batch++
+			ids.mu.Lock()
+			ids.byNode[r.node].renewAt = now.Add(ttl) // renewed: out of this test's rounds
+			ids.mu.Unlock()
+		}
+		if batch == 0 {
+			t.Fatalf("round %d at %v renewed nothing", rounds, at.Sub(now))
+		}
+	}
+	if maxRounds := int(ttl/10/ids.renewalBatch()) + 2; rounds < 10 || rounds > maxRounds {
+		t.Fatalf("%d identities renewed in %d rounds, want them spread (at least 10) and batched (at most %d)", n, rounds, maxRounds)
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

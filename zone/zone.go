@@ -91,7 +91,7 @@ type Config struct {
 		Insecure bool     `json:"insecure" usage:"INSECURE: serve xDS without TLS; local experiments only"`
 	} `json:"xds"`
 	MTLS struct {
-		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; they are renewed at half of it"`
+		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; each is renewed at a time drawn between 40 % and half of it, so that proxies that connected together do not all renew at once"`
 	} `json:"mtls"`
 	DNS struct {
 		Addr      string          `json:"addr" usage:"address of the .mesh DNS resolver (UDP and TCP)"`
