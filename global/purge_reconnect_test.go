@@ -24,6 +24,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/store/postgres"
+	"github.com/ursamesh/ursa/pkg/tokens"
 )
 
 var purgeOnPG = flag.Bool("purge-pg", true, "TestZoneDeletedWhileConnected on a real PostgreSQL (else memory with 3 ms deletes)")
@@ -33,7 +34,7 @@ type zoneTokens struct{}
 func (zoneTokens) VerifyZoneToken(_ context.Context, token string) (string, error) {
 	z, ok := strings.CutPrefix(token, "zone:")
 	if !ok {
-		return "", fmt.Errorf("bad token")
+		return "", fmt.Errorf("%w: not zone:NAME", tokens.ErrTokenSignature)
 	}
 	return z, nil
 }

@@ -169,6 +169,17 @@ func withKubeXDSNames(cfg Config, k8s *kubeEnv) Config {
 	return cfg
 }
 
+// foreignProxyToken says why a Kubernetes zone cannot revoke a token on
+// its own: a pod's service-account token is the API server's, which checks
+// it (TokenReview) at every connection, and "" for any other token.
+func foreignProxyToken(token string) string {
+	if !strings.HasPrefix(tokens.UnverifiedSubject(token), kubernetes.ServiceAccountSubjectPrefix) {
+		return ""
+	}
+	return "a Kubernetes service-account token, which the API server checks, not this zone: delete the pod it is bound to, " +
+		"or the ServiceAccount, and the API server refuses it"
+}
+
 // withKubeTokens is kubeProxyAuth on Kubernetes, a unchanged elsewhere.
 func withKubeTokens(a xds.Auth, zone string, k8s *kubeEnv, src ViewSource) xds.Auth {
 	if k8s == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/expire"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
@@ -28,7 +29,7 @@ import (
 // the global, and the revocations the zone deletes once expired.
 func mirroredTypes() []string {
 	set := map[string]bool{"Lease": true}
-	for _, t := range expiringTypes(false) {
+	for _, t := range expiringTypes() {
 		set[t] = true
 	}
 	for _, t := range catalog.Types() {
@@ -41,14 +42,22 @@ func mirroredTypes() []string {
 }
 
 // expiringTypes are what a zone deletes once their ursa.io/expires label
-// has passed: the revocations of its proxies' tokens and, in a standalone
-// zone (its own global), those of its user tokens. A federated zone's user
-// token revocations are the global's, which deletes them.
-func expiringTypes(federated bool) []string {
-	if federated {
-		return []string{"TokenRevocation"}
-	}
+// has passed: the revocations of its proxies' tokens, and those of the user
+// tokens it issued while standalone (its own global then). A federated
+// zone's copies of the global's user-token revocations are the global's to
+// delete (globalCopy).
+func expiringTypes() []string {
 	return []string{"TokenRevocation", "UserTokenRevocation"}
+}
+
+// newExpirer is the zone's expiry loop (every replica runs it).
+func newExpirer(st store.Store, src expire.Source, log *zap.Logger) *expire.Expirer {
+	return &expire.Expirer{Store: st, Source: src, Types: expiringTypes(), Skip: globalCopy, Log: log}
+}
+
+// globalCopy reports whether r is a zone's copy of what the global sent it.
+func globalCopy(r api.Resource) bool {
+	return r.GetMeta().Labels[api.LabelOrigin] == api.OriginGlobal
 }
 
 // CatalogSource is the zone's catalogue (a catalog.Follower).

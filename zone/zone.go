@@ -31,7 +31,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/config"
-	"github.com/ursamesh/ursa/pkg/expire"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/servingcert"
@@ -269,6 +268,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}()
 	}
 	dpTokens.Revoked, ingTokens.Revoked = reverify, reverify
+	if k8s != nil {
+		dpTokens.Foreign = foreignProxyToken
+	}
 	xdsServer.SetAuth(withKubeTokens(proxyAuth(cfg.Zone, dpTokens, ingTokens, mirror, cfg.XDS.AllowUnauthenticated), cfg.Zone, k8s, mirror))
 	if cfg.XDS.AllowUnauthenticated {
 		log.Warn("INSECURE: proxies without a token are admitted (--xds-allow-unauthenticated): anyone who reaches the xDS port may claim any Dataplane and get its identity")
@@ -326,9 +328,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return run.Every(ctx, revokedSweepEvery, func(ctx context.Context) error { xdsServer.Reverify(ctx); return nil })
 	}))
 	el.leaderOnly("presence-reaper", reap.lead)
-	r.AddRestarting("expire", run.Func(func(ctx context.Context) error {
-		return expire.Run(ctx, st, mirror, expiringTypes(cfg.Federated()), log.Named("expire"))
-	}))
+	r.AddRestarting("expire", run.Func(newExpirer(st, mirror, log.Named("expire")).Run))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
 		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})

@@ -185,6 +185,17 @@ var columns = map[string][]column{
 		{"DESTINATION", func(r api.Resource) string { return tags(r.(*api.Failover).Spec.Destination) }},
 		{"ORDER", func(r api.Resource) string { return orDash(strings.Join(r.(*api.Failover).Spec.Order, ",")) }},
 	},
+	"TokenRevocation": {
+		{"TOKEN", func(r api.Resource) string { return r.(*api.TokenRevocation).Token }},
+		{"ID", func(r api.Resource) string { return r.(*api.TokenRevocation).ID }},
+		{"SUBJECT", func(r api.Resource) string { return orDash(r.(*api.TokenRevocation).Subject) }},
+		{"EXPIRES", func(r api.Resource) string { return r.(*api.TokenRevocation).ExpiresAt.UTC().Format(time.RFC3339) }},
+	},
+	"UserTokenRevocation": {
+		{"USER", func(r api.Resource) string { return r.(*api.UserTokenRevocation).User }},
+		{"ID", func(r api.Resource) string { return r.(*api.UserTokenRevocation).ID }},
+		{"EXPIRES", func(r api.Resource) string { return r.(*api.UserTokenRevocation).ExpiresAt.UTC().Format(time.RFC3339) }},
+	},
 }
 
 // writeTable prints rs as a table: MESH for a mesh-scoped type, NAME, the

@@ -67,7 +67,7 @@ func TestRevokeZoneToken(t *testing.T) {
 		t.Errorf("revoking it again: %d %q", res.code, res.stderr)
 	}
 	res = ursactl(t, asAdmin, admin, "revoke", "zone-token", "-")
-	if res.code != exitError || !strings.Contains(res.stderr, "it is refused already") {
+	if res.code != exitError || !strings.Contains(res.stderr, "nothing to revoke") {
 		t.Errorf("a user token revoked as a zone token: %d %q", res.code, res.stderr)
 	}
 	if res := ursactl(t, asAdmin, "", "revoke", "zone-token", "-"); res.code == exitOK || !strings.Contains(res.stderr, "no token in") {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -77,6 +78,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+	// recheckPending is set while a recheck of tokens that could not be
+	// checked is due.
+	recheckPending atomic.Bool
 }
 
 // errShuttingDown ends streams when this replica stops.
@@ -155,7 +159,9 @@ func (s *Server) verifyToken(ctx context.Context, token string) (string, time.Ti
 	} else {
 		zone, err = s.Verifier.VerifyZoneToken(ctx, token)
 	}
-	if errors.Is(err, store.ErrUnavailable) {
+	if err != nil && !tokens.IsInvalid(err) {
+		// Not a verdict on the token: its keys or its revocation could not
+		// be read (the store is down, a deadline passed).
 		return "", time.Time{}, status.Errorf(codes.Unavailable, "cannot check the zone token now: %v", err)
 	}
 	if err != nil {
@@ -338,15 +344,34 @@ func (s *Server) Start(ctx context.Context) error {
 	return err
 }
 
+// recheckTokens verifies again the token of every open stream, closing
+// those refused. A token that cannot be checked now (the store is down)
+// keeps its streams, and every token is checked again in recheckRetry:
+// a revocation that came meanwhile still ends its streams.
 func (s *Server) recheckTokens(ctx context.Context) {
+	unchecked := 0
 	for _, sess := range s.sessionList() {
 		for token := range sess.tokens() {
-			if _, err := s.Verifier.VerifyZoneToken(ctx, token); err != nil {
+			_, err := s.Verifier.VerifyZoneToken(ctx, token)
+			switch {
+			case tokens.IsInvalid(err):
 				sess.closeToken(token, fmt.Errorf("zone token no longer valid: %w", err))
+			case err != nil:
+				unchecked++
+				s.Log.Warn("cannot check a zone token again now; its streams stay until it can be", zap.Error(err))
 			}
 		}
 	}
+	if unchecked > 0 && ctx.Err() == nil && s.recheckPending.CompareAndSwap(false, true) {
+		time.AfterFunc(recheckRetry, func() {
+			s.recheckPending.Store(false)
+			s.recheckTokens(ctx)
+		})
+	}
 }
+
+// recheckRetry is when tokens that could not be checked again are.
+const recheckRetry = 5 * time.Second
 
 func (s *Server) closeZone(zone string, why error) {
 	s.mu.Lock()

@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -24,6 +24,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
+	"github.com/ursamesh/ursa/pkg/tokens"
 )
 
 // fakeTokens is a test Verifier: the token "zone:NAME" is NAME's.
@@ -32,7 +33,7 @@ type fakeTokens struct{}
 func (fakeTokens) VerifyZoneToken(_ context.Context, token string) (string, error) {
 	zone, ok := strings.CutPrefix(token, "zone:")
 	if !ok {
-		return "", errors.New("bad signature")
+		return "", fmt.Errorf("%w: not zone:NAME", tokens.ErrTokenSignature)
 	}
 	return zone, nil
 }

@@ -39,7 +39,10 @@ type Expirer struct {
 	Store  store.Store
 	Source Source
 	Types  []string
-	Log    *zap.Logger
+	// Skip, when set, leaves the resources it reports alone (a zone's
+	// copies of what the global deletes itself).
+	Skip func(api.Resource) bool
+	Log  *zap.Logger
 	// Now reads the clock and WakeAt returns a channel that receives once
 	// the clock reads t or later. nil means the real clock for either.
 	Now    func() time.Time
@@ -76,7 +79,7 @@ func (e *Expirer) Run(ctx context.Context) error {
 			}
 			for key, r := range items {
 				at, ok := expiresAt(r)
-				if !ok {
+				if !ok || e.Skip != nil && e.Skip(r) {
 					continue
 				}
 				if !at.After(now) {

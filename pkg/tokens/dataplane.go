@@ -27,8 +27,9 @@ const PathDataplaneToken = "/tokens/dataplane"
 // DataplaneIssuer issues and verifies dataplane tokens: JWTs signed with a
 // per-mesh Ed25519 key (kid: the mesh) that bind a proxy to its mesh and,
 // when given, to a service, tags and a Dataplane name. Deleting a mesh's
-// key revokes every token of that mesh; RevokeToken revokes one. It holds nothing but the store, so
-// the replicas of a zone agree; it is safe for concurrent use.
+// key revokes every token of that mesh; RevokeToken revokes one. Beside
+// the store it holds only what it read of it (keys, revocations) for a
+// second, so the replicas of a zone agree; it is safe for concurrent use.
 type DataplaneIssuer struct {
 	store store.Store
 	keys  *localKeys
@@ -37,6 +38,10 @@ type DataplaneIssuer struct {
 	// Revoked, when set, is told after a mesh's tokens, or one token, are
 	// revoked through the API (the zone ends their proxies' streams).
 	Revoked func()
+	// Foreign, when set, says why a token is not this zone's to revoke
+	// (a Kubernetes service-account token, which the API server checks),
+	// or "".
+	Foreign func(token string) string
 }
 
 // NewDataplaneIssuer returns an issuer over a zone's store.
@@ -176,9 +181,11 @@ func (d *DataplaneIssuer) Issue(ctx context.Context, c DataplaneClaims, validFor
 // Verify checks a dataplane token and returns what it binds. The token must
 // be signed (EdDSA) by the current key of the mesh it names in both its kid
 // and its mesh claim, be unexpired, have the dataplane subject and carry
-// valid claims. A refusal wraps one of ErrTokenMissing, ErrTokenMalformed,
-// ErrTokenExpired or ErrTokenSignature (IsInvalid); any other error is a
-// failure to read the key.
+// valid claims, and not be revoked on its own (RevokeToken). A refusal
+// wraps one of ErrTokenMissing, ErrTokenMalformed, ErrTokenExpired,
+// ErrTokenSignature or ErrTokenRevoked (IsInvalid), a revoked token's claims
+// coming back with it; any other error is a failure to read the key or the
+// revocations.
 func (d *DataplaneIssuer) Verify(ctx context.Context, token string) (DataplaneClaims, error) {
 	var (
 		claims dpClaims
@@ -225,6 +232,11 @@ func (d *DataplaneIssuer) Verify(ctx context.Context, token string) (DataplaneCl
 // token must verify: one that does not is refused anyway
 // (ErrInvalidArgument, wrapped); one revoked already is not an error.
 func (d *DataplaneIssuer) RevokeToken(ctx context.Context, token string) (RevokedToken, error) {
+	if d.Foreign != nil {
+		if why := d.Foreign(token); why != "" {
+			return RevokedToken{}, fmt.Errorf("revoke dataplane token: %w: %s", ErrInvalidArgument, why)
+		}
+	}
 	return revokeOne(ctx, d.revs, api.TokenKindDataplane, token, func(ctx context.Context, token string) (RevokedToken, error) {
 		c, err := d.Verify(ctx, token)
 		return RevokedToken{Token: api.TokenKindDataplane, Subject: c.describe(), ID: c.ID, ExpiresAt: c.ExpiresAt}, err

@@ -83,7 +83,9 @@ func (i *Issuer) Handlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"POST " + PathZoneToken:           http.HandlerFunc(i.serveIssue),
 		"POST " + PathZoneTokenSigningKey: http.HandlerFunc(i.serveRotate),
-		"POST " + PathZoneTokenRevocation: revokeHandler(i.RevokeZoneToken, func() {}),
+		// The global's KDS servers, every replica's, end the token's
+		// streams when they see the revocation in the store.
+		"POST " + PathZoneTokenRevocation: revokeHandler(i.RevokeZoneToken, nil),
 	}
 }
 

@@ -148,7 +148,7 @@ func (i *IngressIssuer) Verify(ctx context.Context, token string) (IngressClaims
 func (i *IngressIssuer) RevokeToken(ctx context.Context, token string) (RevokedToken, error) {
 	return revokeOne(ctx, i.revs, api.TokenKindIngress, token, func(ctx context.Context, token string) (RevokedToken, error) {
 		c, err := i.Verify(ctx, token)
-		return RevokedToken{Token: api.TokenKindIngress, Subject: "the ingresses of zone " + c.Zone, ID: c.ID, ExpiresAt: c.ExpiresAt}, err
+		return RevokedToken{Token: api.TokenKindIngress, Subject: "zone " + c.Zone, ID: c.ID, ExpiresAt: c.ExpiresAt}, err
 	})
 }
 
@@ -158,6 +158,13 @@ func truncate(s string) string {
 		return s[:40] + "..."
 	}
 	return s
+}
+
+// revoked tells Revoked, when set.
+func (i *IngressIssuer) revoked() {
+	if i.Revoked != nil {
+		i.Revoked()
+	}
 }
 
 // IngressTokenRequest is the body of POST /tokens/ingress.
@@ -170,12 +177,8 @@ type IngressTokenRequest struct {
 // apiserver.Deps.Extra, which serves it behind the API's authentication.
 func (i *IngressIssuer) Handlers() map[string]http.Handler {
 	return map[string]http.Handler{
-		"POST " + PathIngressToken: http.HandlerFunc(i.serveIssue),
-		"POST " + PathIngressTokenRevocation: revokeHandler(i.RevokeToken, func() {
-			if i.Revoked != nil {
-				i.Revoked()
-			}
-		}),
+		"POST " + PathIngressToken:           http.HandlerFunc(i.serveIssue),
+		"POST " + PathIngressTokenRevocation: revokeHandler(i.RevokeToken, i.revoked),
 		"POST " + PathIngressTokenSigningKey: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if decodeRequest(w, r, &struct{}{}, "{}") {
 				answerRevoke(w, r, "every ingress token of zone "+i.zone, i.Revoke, i.Revoked)

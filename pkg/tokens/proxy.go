@@ -282,41 +282,6 @@ const (
 	PathIngressTokenSigningKey   = "/tokens/ingress/signing-key"
 )
 
-// Paths of the API that revoke one token of a kind (POST {"token": T}):
-// a dataplane or ingress token at its zone, a zone token at the global.
-const (
-	PathDataplaneTokenRevocation = "/tokens/dataplane/revocations"
-	PathIngressTokenRevocation   = "/tokens/ingress/revocations"
-	PathZoneTokenRevocation      = "/tokens/zone/revocations"
-)
-
-// revokeHandler answers POST {"token": T} with revoke's RevokedToken, after
-// calling after.
-func revokeHandler(revoke func(context.Context, string) (RevokedToken, error), after func()) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Token string `json:"token"`
-		}
-		if !decodeRequest(w, r, &req, `{"token": TOKEN}`) {
-			return
-		}
-		if strings.TrimSpace(req.Token) == "" {
-			apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the revocation request is not valid",
-				api.FieldError{Field: "token", Message: "required: the token to revoke"})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
-		defer cancel()
-		t, err := revoke(ctx, req.Token)
-		if err != nil {
-			writeStoreError(w, err)
-			return
-		}
-		after()
-		apiserver.WriteJSON(w, http.StatusOK, t)
-	})
-}
-
 // RevokeResponse is the answer to a revocation: what was revoked.
 type RevokeResponse struct {
 	Revoked string `json:"revoked"`

@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -27,16 +32,35 @@ type revocations struct {
 	now    func() time.Time
 	memory time.Duration
 
+	// reads makes concurrent checks that find the set stale (a zone's
+	// proxies reconnecting at once) share one List.
+	reads singleflight.Group
+
 	mu     sync.Mutex
-	names  map[string]bool // RevocationNames as last read, with added
+	names  map[string]bool // RevocationNames as last read
 	readAt time.Time
-	// added are the revocations written through this value: a read that
-	// began before one was written does not lose it.
-	added map[string]bool
+	// added are the revocations written through this value, until they
+	// expire: a verdict without a read, even while the store is down, and
+	// not lost by a read that began before one was written.
+	added map[string]time.Time
 }
 
 func newRevocations(st store.Store, now func() time.Time, memory time.Duration) *revocations {
-	return &revocations{st: st, now: now, memory: memory, added: map[string]bool{}}
+	return &revocations{st: st, now: now, memory: memory, added: map[string]time.Time{}}
+}
+
+// revokedHere reports whether name was revoked through this value, and
+// forgets those whose tokens have expired.
+func (r *revocations) revokedHere(name string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for n, until := range r.added {
+		if now.After(until) {
+			delete(r.added, n)
+		}
+	}
+	_, ok := r.added[name]
+	return ok
 }
 
 // check returns ErrTokenRevoked, wrapped with what, when the token whose
@@ -47,25 +71,44 @@ func (r *revocations) check(ctx context.Context, id, what string) error {
 		return nil
 	}
 	name := api.RevocationName(id)
-	if r.memory == 0 {
+	now := r.now()
+	revoked := r.revokedHere(name, now)
+	switch {
+	case revoked:
+	case r.memory == 0:
 		_, err := r.st.Get(ctx, api.Key{Type: "TokenRevocation", Name: name})
 		switch {
 		case err == nil:
-			return fmt.Errorf("%w: %s (jti %s) was revoked", ErrTokenRevoked, what, truncate(id))
+			revoked = true
 		case !errors.Is(err, store.ErrNotFound):
 			return fmt.Errorf("read the token's revocation: %w", err)
 		}
-		return nil
+	default:
+		names, err := r.read(ctx, now)
+		if err != nil {
+			return err
+		}
+		revoked = names[name]
 	}
-	now := r.now()
+	if revoked {
+		return fmt.Errorf("%w: %s (jti %s) was revoked", ErrTokenRevoked, what, truncate(id))
+	}
+	return nil
+}
+
+// read returns the revocations as read within the memory, reading them
+// again (once for every caller at that moment) when they are older.
+func (r *revocations) read(ctx context.Context, now time.Time) (map[string]bool, error) {
 	r.mu.Lock()
-	fresh := r.names != nil && now.Sub(r.readAt) >= 0 && now.Sub(r.readAt) < r.memory
-	revoked := r.names[name] || r.added[name]
+	names, at := r.names, r.readAt
 	r.mu.Unlock()
-	if !fresh {
+	if names != nil && now.Sub(at) >= 0 && now.Sub(at) < r.memory {
+		return names, nil
+	}
+	v, err, _ := r.reads.Do("", func() (any, error) {
 		list, err := r.st.List(ctx, store.ListOptions{Type: "TokenRevocation"})
 		if err != nil {
-			return fmt.Errorf("read token revocations: %w", err)
+			return nil, fmt.Errorf("read token revocations: %w", err)
 		}
 		names := make(map[string]bool, len(list.Items))
 		for _, it := range list.Items {
@@ -73,13 +116,13 @@ func (r *revocations) check(ctx context.Context, id, what string) error {
 		}
 		r.mu.Lock()
 		r.names, r.readAt = names, now
-		revoked = names[name] || r.added[name]
 		r.mu.Unlock()
+		return names, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if revoked {
-		return fmt.Errorf("%w: %s (jti %s) was revoked", ErrTokenRevoked, what, truncate(id))
-	}
-	return nil
+	return v.(map[string]bool), nil
 }
 
 // revoke writes the revocation of one token, kept until a quarter of an
@@ -98,7 +141,7 @@ func (r *revocations) revoke(ctx context.Context, kind, id, subject string, expi
 		return fmt.Errorf("write the revocation: %w", err)
 	}
 	r.mu.Lock()
-	r.added[rev.Name] = true
+	r.added[rev.Name] = until
 	r.mu.Unlock()
 	return nil
 }
@@ -122,7 +165,7 @@ func revokeOne(ctx context.Context, revs *revocations, kind, token string, verif
 	case errors.Is(err, ErrTokenRevoked):
 		return t, nil
 	case IsInvalid(err):
-		return RevokedToken{}, fmt.Errorf("revoke %s token: %w: it is refused already: %v", kind, ErrInvalidArgument, err)
+		return RevokedToken{}, fmt.Errorf("revoke %s token: %w: not a valid %s token of this control plane, nothing to revoke: %v", kind, ErrInvalidArgument, kind, err)
 	case err != nil:
 		return RevokedToken{}, fmt.Errorf("revoke %s token: %w", kind, err)
 	}
@@ -130,4 +173,41 @@ func revokeOne(ctx context.Context, revs *revocations, kind, token string, verif
 		return RevokedToken{}, fmt.Errorf("revoke %s token: %w", kind, err)
 	}
 	return t, nil
+}
+
+// Paths of the API that revoke one token of a kind (POST {"token": T}):
+// a dataplane or ingress token at its zone, a zone token at the global.
+const (
+	PathDataplaneTokenRevocation = "/tokens/dataplane/revocations"
+	PathIngressTokenRevocation   = "/tokens/ingress/revocations"
+	PathZoneTokenRevocation      = "/tokens/zone/revocations"
+)
+
+// revokeHandler answers POST {"token": T} with revoke's RevokedToken, then
+// calls after (the zone ends the streams the token admitted).
+func revokeHandler(revoke func(context.Context, string) (RevokedToken, error), after func()) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Token string `json:"token"`
+		}
+		if !decodeRequest(w, r, &req, `{"token": TOKEN}`) {
+			return
+		}
+		if strings.TrimSpace(req.Token) == "" {
+			apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "the revocation request is not valid",
+				api.FieldError{Field: "token", Message: "required: the token to revoke"})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), opTimeout)
+		defer cancel()
+		t, err := revoke(ctx, req.Token)
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		if after != nil {
+			after()
+		}
+		apiserver.WriteJSON(w, http.StatusOK, t)
+	})
 }

@@ -31,11 +31,13 @@ func (i *Issuer) VerifyZoneToken(ctx context.Context, token string) (string, err
 // name.
 //
 // A refused token is an error wrapping exactly one of ErrTokenMissing,
-// ErrTokenMalformed, ErrTokenExpired or ErrTokenSignature, with a message
-// that says why. Any other error is a failure to read the keys, wrapping the
-// store's error (store.ErrUnavailable, say); the caller should treat it as
-// "try again later", not as a verdict. The keys are read from the store on
-// every call, so a rotation on any replica takes effect at once.
+// ErrTokenMalformed, ErrTokenExpired, ErrTokenSignature or ErrTokenRevoked
+// (RevokeZoneToken), with a message that says why; a revoked token's claims
+// come back with its error. Any other error is a failure to read the keys
+// or the token's revocation, wrapping the store's error (store.ErrUnavailable,
+// say); the caller should treat it as "try again later", not as a verdict.
+// The keys and the revocation are read from the store on every call, so a
+// rotation or a revocation on any replica takes effect at once.
 func (i *Issuer) VerifyZoneTokenClaims(ctx context.Context, token string) (ZoneClaims, error) {
 	var claims zoneClaims
 	serial, err := verifyJWT(ctx, token, &claims, i.ring, i.now)
