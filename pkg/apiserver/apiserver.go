@@ -230,7 +230,7 @@ func (s *server) middleware(next http.Handler) http.Handler {
 		user, aerr := User{}, (*apiError)(nil)
 		switch {
 		case isOpen(r):
-		case r.TLS == nil && !s.AllowRemoteHTTP && !isLoopback(r.RemoteAddr):
+		case r.TLS == nil && !s.AllowRemoteHTTP && !sameHost(r):
 			// Before anything of the request is read: a token sent here
 			// crossed the network in clear and must not be acted on.
 			aerr = s.refusePlain(r)

@@ -97,7 +97,7 @@ func (s *server) authenticate(r *http.Request) (User, *apiError) {
 		if u, err = s.checkToken(r.Context(), token); err != nil {
 			return User{}, s.tokenError(err)
 		}
-	case isLoopback(r.RemoteAddr) && r.TLS == nil && !s.RequireTokenOnLocalhost:
+	case sameHost(r) && r.TLS == nil && !s.RequireTokenOnLocalhost:
 		u = LoopbackUser
 	case isLoopback(r.RemoteAddr) && r.TLS == nil:
 		return User{}, unauthorized("this server requires a user token from every caller, loopback too " +
@@ -169,4 +169,19 @@ func isLoopback(remoteAddr string) bool {
 	host, _, err := net.SplitHostPort(remoteAddr)
 	ip := net.ParseIP(host)
 	return err == nil && ip != nil && ip.IsLoopback()
+}
+
+// sameHost says whether r came from this host's loopback to its loopback:
+// a connection to another of its addresses from a loopback source is a
+// proxy's (a sidecar's inbound passthrough connects from 127.0.0.6 to
+// where the remote caller was headed), not this host's own caller.
+func sameHost(r *http.Request) bool {
+	if !isLoopback(r.RemoteAddr) {
+		return false
+	}
+	la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return true // a handler called directly (tests)
+	}
+	return isLoopback(la.String())
 }

@@ -314,7 +314,7 @@ func TestSidecarInboundPassthroughGolden(t *testing.T) {
 	for _, fc := range in.FilterChains {
 		chains = append(chains, fc.Name)
 	}
-	if want := []string{"inbound:10.0.0.7:8080", "inbound:10.0.0.7:9090", "inbound:closed:8080", "inbound:closed:9000", "inbound:closed:9090"}; !slices.Equal(chains, want) {
+	if want := []string{"inbound:10.0.0.7:8080", "inbound:10.0.0.7:9090", "inbound:closed:8080", "inbound:closed:9000", "inbound:closed:9090", "inbound:closed:loopback"}; !slices.Equal(chains, want) {
 		t.Errorf("ursa:inbound's chains %q; want %q", chains, want)
 	}
 	if d := in.GetDefaultFilterChain(); d.GetName() != InboundPassthroughCluster || len(d.GetFilters()) != 1 {

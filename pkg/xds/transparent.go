@@ -203,6 +203,14 @@ func (s *MeshState) transparentInbound(dp *api.Dataplane, port uint32, mtls, pas
 			FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(p))},
 		})
 	}
+	// A neighbour's packet addressed to loopback is REDIRECTed here like
+	// any other (nat PREROUTING runs before the martian check): never
+	// pass it through to the host's loopback services.
+	l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+		Name: "inbound:closed:loopback",
+		FilterChainMatch: &listener.FilterChainMatch{PrefixRanges: []*core.CidrRange{
+			{AddressPrefix: "127.0.0.0", PrefixLen: wrapperspb.UInt32(8)}, {AddressPrefix: "::1", PrefixLen: wrapperspb.UInt32(128)}}},
+	})
 	l.DefaultFilterChain = &listener.FilterChain{Name: InboundPassthroughCluster, Filters: []*listener.Filter{
 		TCPProxy(InboundPassthroughCluster, []Subset{{Tags: map[string]string{api.TagService: InboundPassthroughCluster}, Weight: 1}})}}
 	return l

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
 
 // Labels and annotations the translation reads.
@@ -117,6 +118,11 @@ func Translate(pod *Pod, ns *Namespace, services []Service, zone string) (Result
 	}
 	var inbounds []api.Inbound
 	used := map[int]string{} // pod port -> the service it serves
+	// The injected rules leave these ports to the app (inject.go): an
+	// inbound there would have no sidecar in front of it. A malformed
+	// annotation refuses the pod at injection.
+	direct, _ := tproxy.ParsePorts(pm.Annotations[AnnotationExcludeInboundPorts])
+	direct = append(direct, tproxy.SSHPort)
 	for _, svc := range selecting(pod, services, &res.Skipped) {
 		named := serviceAnnotation(svc, &res.Skipped)
 		for _, sp := range svc.Spec.Ports {
@@ -141,6 +147,11 @@ func Translate(pod *Pod, ns *Namespace, services []Service, zone string) (Result
 					res.Skipped = append(res.Skipped, fmt.Sprintf("%s: service name %s: %s (name it with the annotation %s)", what, service, msg, AnnotationService))
 					continue
 				}
+			}
+			if slices.Contains(direct, port) {
+				res.Skipped = append(res.Skipped, fmt.Sprintf("%s: pod port %d is not redirected to the sidecar (SSH's, or the annotation %s): its callers reach the app directly",
+					what, port, AnnotationExcludeInboundPorts))
+				continue
 			}
 			if prev, dup := used[port]; dup {
 				res.Skipped = append(res.Skipped, fmt.Sprintf("%s: pod port %d already serves %s", what, port, prev))

@@ -60,8 +60,9 @@ const (
 	DefaultMark = 0x7572
 )
 
-// sshPort is never redirected inbound with InboundAllPorts.
-const sshPort = 22
+// SSHPort is never redirected inbound with InboundAllPorts: a host's SSH
+// must not depend on its sidecar (Istio's rules leave it too).
+const SSHPort = 22
 
 // Config is what to redirect. Ports are TCP ports 1–65535.
 type Config struct {
@@ -299,7 +300,7 @@ func (c Config) rules() []string {
 		r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j RETURN", chainOutput, p))
 	}
 	r = append(r, "-A "+chainOutput+" -p tcp -j "+chainRedirect)
-	r = append(r, c.inboundRules()...)
+	r = append(r, c.inboundRules(false)...)
 	jump := "-A OUTPUT -j " + chainOutput
 	if c.Owner != "" {
 		jump = "-A OUTPUT -m comment --comment " + ownerPrefix + c.Owner + " -j " + chainOutput
@@ -325,12 +326,17 @@ func ownerOf(saved []byte) string {
 }
 
 // inboundRules are the rules of chainInbound and chainInRedirect.
-func (c Config) inboundRules() []string {
+func (c Config) inboundRules(v6 bool) []string {
 	if c.InboundPort == 0 {
 		return nil
 	}
 	r := []string{"-A " + chainInRedirect + " -p tcp -j REDIRECT --to-ports " + strconv.Itoa(c.InboundPort)}
 	if c.InboundAllPorts {
+		// Only what is headed to this host: not what it forwards, nor a
+		// neighbour's packet addressed to loopback (which REDIRECT would
+		// otherwise make local before the martian check).
+		r = append(r, fmt.Sprintf("-A %s -m addrtype ! --dst-type LOCAL -j RETURN", chainInbound))
+		r = append(r, fmt.Sprintf("-A %s -d %s -j RETURN", chainInbound, loopbackOf(v6)))
 		for _, p := range c.excludedInbound() {
 			r = append(r, fmt.Sprintf("-A %s -p tcp --dport %d -j RETURN", chainInbound, p))
 		}
@@ -346,7 +352,7 @@ func (c Config) inboundRules() []string {
 // ExcludeInboundPorts, the sidecar's own, and SSH's, as Istio's rules
 // leave it (a host's SSH must not depend on its sidecar).
 func (c Config) excludedInbound() []int {
-	ps := slices.Concat(c.ExcludeInboundPorts, c.SidecarPorts, []int{sshPort, c.OutboundPort, c.InboundPort})
+	ps := slices.Concat(c.ExcludeInboundPorts, c.SidecarPorts, []int{SSHPort, c.OutboundPort, c.InboundPort})
 	if c.DNSPort != 0 {
 		ps = append(ps, c.DNSPort)
 	}
@@ -376,7 +382,7 @@ func (c Config) redirectedInbound() []int {
 // rules6 is the ip6tables-restore input that installs c's inbound
 // redirection for IPv6, or nothing when c redirects no inbound port.
 func (c Config) rules6() []string {
-	in := c.inboundRules()
+	in := c.inboundRules(true)
 	if len(in) <= 1 {
 		return nil
 	}
@@ -735,4 +741,11 @@ func (c Config) CheckFree(dnsAddr string) error {
 		}
 	}
 	return nil
+}
+
+func loopbackOf(v6 bool) string {
+	if v6 {
+		return "::1/128"
+	}
+	return "127.0.0.0/8"
 }
