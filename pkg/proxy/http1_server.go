@@ -55,17 +55,20 @@ var (
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // serveHTTPConn serves an HTTP chain's connection until it ends: h2 (by
-// ALPN) and h2c through net/http, HTTP/1.1 on this goroutine.
-func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
+// ALPN) and h2c through net/http, HTTP/1.1 on this goroutine. ds, when
+// not nil, is the connection as the drain knows it.
+func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort, ds *downstream) {
 	tc, isTLS := c.(*tls.Conn)
 	if isTLS && tc.ConnectionState().NegotiatedProtocol == "h2" {
-		p.serveHTTPFront(name, c, dst)
+		p.serveHTTPFront(name, c, dst, ds)
 		return
 	}
 	src := &h1Src{c: c, limit: math.MaxInt64}
 	br := h1Readers.Get().(*bufio.Reader)
 	br.Reset(src)
 	if !isTLS {
+		// A connection that has sent nothing yet ends at once when drained.
+		ds.endWith(func() { c.SetReadDeadline(time.Unix(1, 0)) })
 		h2c, err := sniffH2C(c, br)
 		if err != nil {
 			c.Close()
@@ -74,11 +77,11 @@ func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort) {
 		}
 		if h2c {
 			// br is the connection's until it ends: not pooled again.
-			p.serveHTTPFront(name, &peekedConn{Conn: c, r: br}, dst)
+			p.serveHTTPFront(name, &peekedConn{Conn: c, r: br}, dst, ds)
 			return
 		}
 	}
-	if p.serveHTTP1(name, c, src, br, dst) {
+	if p.serveHTTP1(name, c, src, br, dst, ds) {
 		br.Reset(nil)
 		h1Readers.Put(br)
 	}
@@ -206,10 +209,10 @@ func rawServerHeader(c *HTTPChain) string {
 	return ""
 }
 
-// serveHTTP1 serves HTTP/1.1 requests on c until it closes or a request
-// or response says close. It reports whether br is free to reuse (false
-// when an upgrade took the connection).
-func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader, dst netip.AddrPort) (reusable bool) {
+// serveHTTP1 serves HTTP/1.1 requests on c until it closes, a request
+// or response says close, or the drain (ds) asks it to end. It reports
+// whether br is free to reuse (false when an upgrade took the connection).
+func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader, dst netip.AddrPort, ds *downstream) (reusable bool) {
 	bw := h1Writers.Get().(*bufio.Writer)
 	bw.Reset(c)
 	meta := &connMeta{listener: name, dst: dst, scratch: &h1Scratch{}}
@@ -227,7 +230,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		st := tc.ConnectionState()
 		tlsState = &st
 	}
-	w := &h1Writer{c: c, bw: bw, br: br}
+	w := &h1Writer{c: c, bw: bw, br: br, draining: &meta.draining}
 	// While a request is in flight and its body has been read, one read
 	// waits on the connection, as net/http's server does: the caller
 	// closing it cancels what the request started (the upstream call, its
@@ -246,6 +249,10 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		// (by an HTTP/2 upstream's writer) after it ended, and its end
 		// must not start the watch during the next one.
 		gen uint64
+		// waiting: the connection waits for its next request (from a
+		// response's end until a request's head is read), which the drain
+		// then ends.
+		waiting = true
 	)
 	// The timer is not set and stopped per request: it fires at most
 	// every h1WatchAfter while requests come, and starts the watch when
@@ -276,7 +283,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	watchTimer.Stop()
 	stopWatch := func() {
 		watchMu.Lock()
-		armed = false
+		armed, waiting = false, true
 		gen++
 		wa := watch
 		watch = nil
@@ -301,7 +308,22 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			watchTimer.Reset(h1WatchAfter)
 		}
 	}
-	w.stopWatch = stopWatch
+	w.stopWatch = func() {
+		stopWatch()
+		watchMu.Lock()
+		waiting = false // a hijack: the connection is the upgrade's now
+		watchMu.Unlock()
+	}
+	// Drained, the connection's responses say Connection: close (h1Writer
+	// reads the flag), and a wait for the next request ends at once.
+	ds.endWith(func() {
+		meta.draining.Store(true)
+		watchMu.Lock()
+		if waiting {
+			c.SetReadDeadline(time.Unix(1, 0))
+		}
+		watchMu.Unlock()
+	})
 	var body *h1ReqBody // the request's in flight
 	defer func() {
 		stopWatch()
@@ -324,6 +346,11 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		if now := time.Now(); idleUntil.Sub(now) < h1HeaderTimeout {
 			idleUntil = now.Add(h1IdleTimeout)
 			c.SetReadDeadline(idleUntil)
+		}
+		// After the deadline is set: a drain that asked before this ends
+		// the connection here, one after it ends the wait.
+		if meta.draining.Load() && br.Buffered() == 0 {
+			return true
 		}
 		src.limit = p.headBound(name, dst, br)
 		start := src.at(br)
@@ -362,6 +389,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		req.TLS = tlsState
 		watchMu.Lock()
 		g := gen
+		waiting = false
 		watchMu.Unlock()
 		body = nil
 		upgrade := upgradeType(req.Header) != ""
@@ -555,6 +583,9 @@ type h1Writer struct {
 	br *bufio.Reader
 	// stopWatch ends the connection's watching read (before a hijack).
 	stopWatch func()
+	// draining, set when the connection is drained, makes the response
+	// say Connection: close.
+	draining *atomic.Bool
 
 	req         *http.Request
 	header      http.Header
@@ -574,7 +605,7 @@ type h1Writer struct {
 }
 
 func (w *h1Writer) reset(req *http.Request) {
-	*w = h1Writer{c: w.c, bw: w.bw, br: w.br, stopWatch: w.stopWatch, req: req, cl: -1}
+	*w = h1Writer{c: w.c, bw: w.bw, br: w.br, stopWatch: w.stopWatch, draining: w.draining, req: req, cl: -1}
 	w.closeAfter = req.Close || !req.ProtoAtLeast(1, 1) && !hasToken(req.Header["Connection"], "keep-alive")
 }
 
@@ -636,6 +667,9 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 		return
 	}
 	w.wroteHeader = true
+	if w.draining != nil && w.draining.Load() {
+		w.closeAfter = true
+	}
 	h := w.Header()
 	var trailers []string
 	switch {

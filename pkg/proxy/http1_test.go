@@ -484,7 +484,7 @@ func FuzzH1Serve(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			p.serveHTTPConn("outbound:svc", server, netip.AddrPort{})
+			p.serveHTTPConn("outbound:svc", server, netip.AddrPort{}, nil)
 		}()
 		// The caller sends its bytes and ends its side: the proxy answers
 		// what it can and closes, whatever state the bytes left it in.

@@ -81,7 +81,7 @@ func benchEngine(b *testing.B, side string, conns int) {
 	defer func() { b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op") }()
 	var wg sync.WaitGroup
 	for _, d := range downs {
-		wg.Go(func() { p.serveHTTPConn(name, d, netip.AddrPort{}) })
+		wg.Go(func() { p.serveHTTPConn(name, d, netip.AddrPort{}, nil) })
 	}
 	wg.Wait()
 	b.StopTimer()

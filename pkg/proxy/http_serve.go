@@ -103,6 +103,9 @@ type httpFront struct {
 	// conns holds what the handler must know of each connection (its
 	// listener, original destination) until the server takes it.
 	conns sync.Map // net.Conn → *connMeta
+	// shutdown shuts srv down gracefully, once: its HTTP/2 connections get
+	// GOAWAY, their streams in flight finish (a drain).
+	shutdown sync.Once
 }
 
 // connMeta is what the proxy knows of an HTTP connection.
@@ -118,6 +121,8 @@ type connMeta struct {
 	// connection closes after the response.
 	stopReads    func()
 	readsStopped atomic.Bool
+	// draining, on an HTTP/1.1 connection, says the drain asked it to end.
+	draining atomic.Bool
 	// uris are the caller's certificate's URI SANs, once asked for.
 	urisOnce sync.Once
 	uris     []string
@@ -191,7 +196,8 @@ func (p *Proxy) newHTTPFront(addr net.Addr) *httpFront {
 
 // serveHTTPFront serves an HTTP chain's connection through net/http (h2
 // and h2c; HTTP/1.1 takes the fast path, serveHTTPConn) until it ends.
-func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
+// Drained (ds), the listener's server shuts down gracefully.
+func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort, ds *downstream) {
 	p.mu.Lock()
 	r, ok := p.listeners[name]
 	if ok && r.http == nil {
@@ -211,6 +217,12 @@ func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort) {
 		c.Close()
 		return
 	}
+	f := r.http
+	ds.endWith(func() {
+		// Every connection of a listener that drains is asked: the first
+		// shuts the server down; the drain's end closes what remains.
+		f.shutdown.Do(func() { go f.srv.Shutdown(context.Background()) })
+	})
 	<-m.done
 }
 

@@ -69,6 +69,8 @@ type Proxy struct {
 	// piped, when set (by tests), sees the two connections each TCP
 	// proxy copies between.
 	piped func(down, up net.Conn)
+	// drain counts the downstream connections, for Drain (drain.go).
+	drain drainer
 
 	mu        sync.Mutex
 	listeners map[string]*running
@@ -152,6 +154,7 @@ func New(log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
 		return nil, err
 	}
 	p.cfg.Store(&Config{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}})
+	p.drain.conns, p.drain.left = map[*downstream]struct{}{}, make(chan struct{}, 1)
 	return p, nil
 }
 
@@ -170,6 +173,9 @@ func (p *Proxy) Apply(cfg *Config) error {
 	for name, l := range cfg.Listeners {
 		if r, ok := p.listeners[name]; ok && r.addr == l.Addr {
 			continue
+		}
+		if p.drain.on.Load() && drainsListener(name) {
+			continue // draining: it stays closed (its chain still serves what is open)
 		}
 		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {
@@ -344,8 +350,9 @@ func (p *Proxy) Close() {
 	p.closePools()
 }
 
-// Ready reports whether the proxy has listeners to serve.
-func (p *Proxy) Ready() bool { return len(p.cfg.Load().Listeners) > 0 }
+// Ready reports whether the proxy has listeners to serve and is not
+// draining.
+func (p *Proxy) Ready() bool { return !p.drain.on.Load() && len(p.cfg.Load().Listeners) > 0 }
 
 func (p *Proxy) serve(name string, ln net.Listener) {
 	for {
@@ -367,6 +374,8 @@ func (p *Proxy) refuse(c net.Conn, listener, reason string, err error) {
 func (p *Proxy) handle(name string, down net.Conn) {
 	p.active.Inc()
 	defer p.active.Dec()
+	ds := p.drain.open(name, down)
+	defer p.drain.closed(ds)
 	cfg := p.cfg.Load()
 	l, ok := cfg.Listeners[name]
 	if !ok {
@@ -430,7 +439,7 @@ func (p *Proxy) handle(name string, down net.Conn) {
 		}
 	}
 	if l.HTTP != nil {
-		p.serveHTTPConn(name, down, dst)
+		p.serveHTTPConn(name, down, dst, ds)
 		return
 	}
 	c := p.pickCluster(cfg, l)
