@@ -38,6 +38,12 @@ import (
 // defaultDNSAddr is where a sidecar's resolver answers by default.
 const defaultDNSAddr = "127.0.0.1:15053"
 
+// defaultDrainTime is --drain-time's default: between Istio's 5 s and
+// Kuma's 30 s, and within the 30 s a kubelet (terminationGracePeriodSeconds'
+// default) and ursa-dp@.service (TimeoutStopSec) wait before SIGKILL, so
+// that the proxy ends by itself and removes its redirection.
+const defaultDrainTime = 20 * time.Second
+
 // runConfig is ursa-dp run's configuration.
 type runConfig struct {
 	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpcs://HOST:5678 (TLS)"`
@@ -53,6 +59,8 @@ type runConfig struct {
 	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
 	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
 	AdminAddr       string `json:"adminAddr" usage:"address of /ready and /metrics"`
+	// DrainTime bounds the drain that the first SIGTERM or SIGINT starts.
+	DrainTime config.Duration `json:"drainTime" usage:"on SIGTERM or SIGINT (built-in proxy), how long the proxy drains before it exits: the listeners that take outside traffic (inbound, an ingress's) stop accepting and /ready answers 503, HTTP/1.1 responses say Connection: close and idle connections close, HTTP/2 connections get GOAWAY, requests and TCP connections in flight go on; outbound listeners keep serving the application. It exits once no connection is left, or when the drain time is over, closing what remains; a second signal exits at once. 0: no drain. The default fits in the 30 s a kubelet and ursa-dp@.service wait before SIGKILL"`
 	// TransparentProxy and the flags after it are run's only.
 	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
@@ -83,8 +91,7 @@ type runConfig struct {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx := signalContext()
 	root := &cobra.Command{Use: "ursa-dp", Short: "Ursa data plane", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(newRun(), newIngress(), newProxyless(), newCleanup(), newInstallTransparentProxy())
 	if err := root.ExecuteContext(ctx); err != nil {
@@ -94,7 +101,8 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf", AppProbeHost: "127.0.0.1",
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DrainTime: config.Duration{Duration: defaultDrainTime},
+		DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf", AppProbeHost: "127.0.0.1",
 		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectInboundPort: tproxy.DefaultInboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
 	cfg.Log.Level = "info"
 	var file string
@@ -163,7 +171,7 @@ func newCleanup() *cobra.Command {
 }
 
 func newIngress() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902"}
+	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902", DrainTime: config.Duration{Duration: defaultDrainTime}}
 	cfg.Log.Level = "info"
 	var file string
 	cmd := &cobra.Command{
@@ -294,7 +302,62 @@ func dialSettings(cfg runConfig) (proxy.Target, *tls.Config, string, error) {
 	return target, tlsCfg, token, nil
 }
 
-// runProxy runs the built-in proxy as node id until ctx ends.
+// exitNowKey is the context value signalContext stores: the context the
+// second signal ends.
+type exitNowKey struct{}
+
+// signalContext is a context the first SIGTERM or SIGINT ends; the second
+// ends exitNow's (the drain, cut short).
+func signalContext() context.Context {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	stop, stopped := context.WithCancelCause(context.Background())
+	now, hurry := context.WithCancelCause(context.Background())
+	go func() {
+		stopped(fmt.Errorf("signal %s", <-sigs))
+		hurry(fmt.Errorf("second signal %s", <-sigs))
+	}()
+	return context.WithValue(stop, exitNowKey{}, now)
+}
+
+// exitNow is the context of ctx (signalContext's) that ends when the
+// process is to exit at once; never ending without one.
+func exitNow(ctx context.Context) context.Context {
+	if now, ok := ctx.Value(exitNowKey{}).(context.Context); ok {
+		return now
+	}
+	return context.Background()
+}
+
+// readyHandler is the admin's GET /ready: 200 once the proxy has its
+// configuration, 503 before, and while it drains, so that kubelets and load
+// balancers stop sending to it.
+func readyHandler(p *proxy.Proxy) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case p.Draining():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case !p.Ready():
+			http.Error(w, "no configuration yet", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ok")
+		}
+	}
+}
+
+// drain drains p after the first signal (ctx's end) for at most d, less
+// when a second signal comes.
+func drain(ctx context.Context, log *zap.Logger, p *proxy.Proxy, d time.Duration) {
+	dctx, cancel := context.WithTimeoutCause(exitNow(ctx), d, fmt.Errorf("--drain-time %s over", d))
+	defer cancel()
+	log.Info("draining before exit", zap.NamedError("why", context.Cause(ctx)), zap.Duration("drain_time", d))
+	if err := p.Drain(dctx); err != nil {
+		log.Warn("exiting with connections cut", zap.Error(err))
+	}
+}
+
+// runProxy runs the built-in proxy as node id until ctx ends, then drains
+// it (--drain-time).
 func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
 	target, tlsCfg, token, err := dialSettings(cfg)
 	if err != nil {
@@ -421,13 +484,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		mux.Handle("GET /probes/", h)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !p.Ready() {
-			http.Error(w, "no configuration yet", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
+	mux.HandleFunc("GET /ready", readyHandler(p))
 	r := run.New(log)
 	r.Add("admin", run.HTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, 5*time.Second))
 	r.Add("xds", client)
@@ -435,7 +492,19 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 		log.Warn("INSECURE: xDS without TLS (--xds-insecure): the zone CP is not verified and this proxy's keys cross the network in the clear")
 	}
 	log.Info("sidecar starting", zap.String("cp", cfg.CPAddress), zap.String("admin_addr", ln.Addr().String()))
-	return r.Run(ctx)
+	// The components (xDS, the admin's /ready) run on through the drain,
+	// which the first signal starts; its end stops them.
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	go func() {
+		select {
+		case <-ctx.Done():
+			drain(ctx, log, p, cfg.DrainTime.Duration)
+			stop()
+		case <-runCtx.Done():
+		}
+	}()
+	return r.Run(runCtx)
 }
 
 // inboundRedirect adds to c the redirection of inbound TCP to the

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ursamesh/ursa/pkg/proxy"
+)
+
+// TestReadyWhileDraining: the admin's /ready answers 200 once the proxy has
+// listeners, and 503 from the start of its drain, so that a kubelet or a
+// load balancer stops sending to it, though it still serves.
+func TestReadyWhileDraining(t *testing.T) {
+	p, err := proxy.New(zaptest.NewLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: readyHandler(p)}
+	go srv.Serve(ln)
+	defer srv.Close()
+	ready := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + ln.Addr().String() + "/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	if code, _ := ready(); code != http.StatusServiceUnavailable {
+		t.Fatalf("ready without configuration: %d", code)
+	}
+	cfg := &proxy.Config{Listeners: map[string]*proxy.Listener{
+		"inbound:127.0.0.1:8080": {Name: "inbound:127.0.0.1:8080", Addr: "127.0.0.1:0"},
+	}, Clusters: map[string]*proxy.Cluster{}}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := ready(); code != http.StatusOK {
+		t.Fatalf("ready with its listeners: %d %q", code, body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := ready(); code != http.StatusServiceUnavailable || body != "draining" {
+		t.Fatalf("ready while draining: %d %q", code, body)
+	}
+}
+
+// TestSecondSignalExitsNow: the first SIGTERM ends the process's context
+// (the drain begins), the second its exitNow context (the drain ends).
+func TestSecondSignalExitsNow(t *testing.T) {
+	ctx := signalContext() // caught from here on: the signals below do not end the test
+	now := exitNow(ctx)
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first SIGTERM did not end the context")
+	}
+	if now.Err() != nil {
+		t.Fatal("the first SIGTERM ended exitNow's context too")
+	}
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	select {
+	case <-now.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second SIGTERM did not end exitNow's context")
+	}
+	if got := context.Cause(now).Error(); !strings.Contains(got, "second signal") {
+		t.Fatalf("cause %q", got)
+	}
+}
