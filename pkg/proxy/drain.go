@@ -19,12 +19,17 @@ import (
 //   - closes the listeners that take traffic from outside (inbound, the
 //     transparent proxy's ursa:inbound, an ingress's): new connections are
 //     refused, so callers go to another instance;
-//   - asks their open connections to end: an HTTP/1.1 response gets
+//   - asks every open connection to end: an HTTP/1.1 response gets
 //     Connection: close and an idle keep-alive connection is closed, an
 //     HTTP/2 connection gets GOAWAY; a request in flight finishes, and a TCP
 //     connection flows until its peers close it;
-//   - leaves the outbound listeners, and their connections, serving: the
-//     application may still be finishing its own calls (Istio's choice);
+//   - keeps the outbound listeners accepting: the application may still be
+//     finishing its own calls (Istio drains inbound only). Their HTTP
+//     connections end as above, as Envoy's graceful drain ends those of a
+//     listener that still accepts, so that the application's idle
+//     keep-alive connections do not hold the drain to its time (a new one
+//     serves its request, then closes); a new HTTP/2 connection is served
+//     to the drain's end;
 //   - returns once no downstream connection is left, or, when its context
 //     ends (the drain time), closes those left.
 //
@@ -45,11 +50,10 @@ type drainer struct {
 // downstream is one accepted connection while it is open.
 type downstream struct {
 	conn net.Conn
-	// drains: its listener is one Drain closes, and the connection is asked
-	// to end.
-	drains bool
-	mu     sync.Mutex
-	asked  bool
+	// inbound: its listener is one Drain closes (drainsListener).
+	inbound bool
+	mu      sync.Mutex
+	asked   bool
 	// end, set by the engine serving the connection, ends it gracefully;
 	// nil: it runs until its peers end it (a TCP proxy).
 	end func()
@@ -61,13 +65,13 @@ func drainsListener(name string) bool {
 	return directionOf(name) == "inbound" || strings.HasPrefix(name, "ingress")
 }
 
-// open counts a connection accepted by listener name. One accepted as the
-// drain begins is asked at once.
+// open counts a connection accepted by listener name. One accepted once the
+// drain has begun is asked at once.
 func (d *drainer) open(name string, c net.Conn) *downstream {
-	ds := &downstream{conn: c, drains: drainsListener(name)}
+	ds := &downstream{conn: c, inbound: drainsListener(name)}
 	d.mu.Lock()
 	// Read under mu: Drain sets on before it lists the connections to ask.
-	ds.asked = ds.drains && d.on.Load()
+	ds.asked = d.on.Load()
 	d.conns[ds] = struct{}{}
 	d.mu.Unlock()
 	return ds
@@ -89,11 +93,10 @@ func (d *drainer) closed(ds *downstream) {
 
 // endWith sets how the connection ends gracefully when the drain asks it
 // to; when it has asked already, end runs now. A later call replaces an
-// earlier one (an HTTP connection is sniffed, then served). It does
-// nothing on a connection whose listener does not drain. end may run on
+// earlier one (an HTTP connection is sniffed, then served). end may run on
 // another goroutine than the connection's.
 func (ds *downstream) endWith(end func()) {
-	if ds == nil || !ds.drains {
+	if ds == nil {
 		return
 	}
 	ds.mu.Lock()
@@ -130,23 +133,29 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	p.mu.Lock()
 	var stopped []string
 	for name, r := range p.listeners {
-		if drainsListener(name) {
+		switch {
+		case drainsListener(name):
 			r.ln.Close() // its entry stays: Apply does not open it again
 			stopped = append(stopped, name)
+			if r.http != nil {
+				r.http.shutdownOnce()
+			}
+		case r.http != nil:
+			// It goes on accepting: its HTTP/2 connections from now on
+			// are a new server's.
+			r.http.shutdownOnce()
+			r.http = nil
 		}
 	}
 	p.mu.Unlock()
 	p.drain.mu.Lock()
-	var asked []*downstream
+	asked := make([]*downstream, 0, len(p.drain.conns))
 	for ds := range p.drain.conns {
-		if ds.drains {
-			asked = append(asked, ds)
-		}
+		asked = append(asked, ds)
 	}
-	open := len(p.drain.conns)
 	p.drain.mu.Unlock()
-	p.log.Info("draining: listeners taking outside traffic closed, their connections asked to end",
-		zap.Strings("closed", stopped), zap.Int("connections", open), zap.Int("asked", len(asked)))
+	p.log.Info("draining: inbound listeners closed, connections asked to end",
+		zap.Strings("closed", stopped), zap.Int("connections", len(asked)))
 	for _, ds := range asked {
 		ds.ask()
 	}

@@ -20,9 +20,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// plainInboundHTTP is an inbound HTTP listener without mTLS or RBAC (a mesh
-// without mTLS), routing everything to cluster local.
-func plainInboundHTTP(name, local string) *listener.Listener {
+// plainHTTPListener is an HTTP listener without mTLS or RBAC (an inbound
+// of a mesh without mTLS, or an outbound by its name), routing everything
+// to cluster local.
+func plainHTTPListener(name, local string) *listener.Listener {
 	h := &hcm.HttpConnectionManager{StatPrefix: name, CodecType: hcm.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{Name: "inbound:app",
 			VirtualHosts: []*route.VirtualHost{{Name: "app", Domains: []string{"*"}, Routes: []*route.Route{{Name: "inbound",
@@ -126,7 +127,7 @@ func refusedSoon(addr string) bool {
 func TestDrainHTTP1(t *testing.T) {
 	app, entered, release := slowApp(t)
 	p := newProxy(t)
-	apply(t, p, nil, nil, []*listener.Listener{plainInboundHTTP("inbound:127.0.0.1:8080", "local")},
+	apply(t, p, nil, nil, []*listener.Listener{plainHTTPListener("inbound:127.0.0.1:8080", "local")},
 		[]*cluster.Cluster{staticHTTPCluster("local", false, app)}, nil)
 	addr := boundAddr(t, p, "inbound:127.0.0.1:8080")
 
@@ -186,13 +187,54 @@ func TestDrainHTTP1(t *testing.T) {
 	}
 }
 
+// TestDrainOutboundHTTP: an outbound listener keeps accepting while the
+// proxy drains, for the application's last calls, but its idle keep-alive
+// connections close and a new connection serves its request with
+// Connection: close, so that the application's pools do not hold the drain
+// to its time.
+func TestDrainOutboundHTTP(t *testing.T) {
+	app, _, _ := slowApp(t)
+	p := newProxy(t)
+	apply(t, p, nil, nil, []*listener.Listener{plainHTTPListener("outbound:127.0.0.1:8081", "other")},
+		[]*cluster.Cluster{staticHTTPCluster("other", false, app)}, nil)
+	addr := boundAddr(t, p, "outbound:127.0.0.1:8081")
+	idle := dialH1(t, addr)
+	idle.send(t, "/before")
+	if resp, body := idle.read(t); resp.StatusCode != 200 || resp.Close || body != "done /before" {
+		t.Fatalf("before the drain: %d close=%v %q", resp.StatusCode, resp.Close, body)
+	}
+	drained := drainIn(t, p, 20*time.Second)
+	if !idle.closedByPeer() {
+		t.Fatal("the idle outbound keep-alive connection stayed open while draining")
+	}
+	for i := range 2 {
+		c := dialH1(t, addr)
+		c.send(t, "/during")
+		resp, body := c.read(t)
+		if resp.StatusCode != 200 || body != "done /during" || !resp.Close {
+			t.Fatalf("a new outbound connection while draining (%d): %d close=%v %q", i, resp.StatusCode, resp.Close, body)
+		}
+		if !c.closedByPeer() {
+			t.Fatal("the new outbound connection stayed open after its response")
+		}
+	}
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drain did not end with its last connection")
+	}
+}
+
 // TestDrainHTTP2: an h2c request in flight when the drain begins
 // completes, and the drain ends the connection (GOAWAY), which its client
 // would have kept.
 func TestDrainHTTP2(t *testing.T) {
 	app, entered, release := slowApp(t)
 	p := newProxy(t)
-	apply(t, p, nil, nil, []*listener.Listener{plainInboundHTTP("inbound:127.0.0.1:8080", "local")},
+	apply(t, p, nil, nil, []*listener.Listener{plainHTTPListener("inbound:127.0.0.1:8080", "local")},
 		[]*cluster.Cluster{staticHTTPCluster("local", false, app)}, nil)
 	addr := boundAddr(t, p, "inbound:127.0.0.1:8080")
 	ended := make(chan struct{})
@@ -248,6 +290,52 @@ func TestDrainHTTP2(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the drain did not end with its last connection")
+	}
+}
+
+// TestDrainOutboundHTTP2: an outbound h2c connection gets GOAWAY when the
+// proxy drains, and its client's next request, on a new connection, is
+// still served.
+func TestDrainOutboundHTTP2(t *testing.T) {
+	app, _, _ := slowApp(t)
+	p := newProxy(t)
+	apply(t, p, nil, nil, []*listener.Listener{plainHTTPListener("outbound:127.0.0.1:8081", "other")},
+		[]*cluster.Cluster{staticHTTPCluster("other", false, app)}, nil)
+	addr := boundAddr(t, p, "outbound:127.0.0.1:8081")
+	ended := make(chan struct{})
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	dials := 0
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Protocols: &protos,
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, a)
+			if err != nil || dials > 0 {
+				return c, err
+			}
+			dials++
+			return &endWatch{Conn: c, ended: ended}, nil
+		}}}
+	defer client.CloseIdleConnections()
+	call := func() string {
+		resp, err := client.Get("http://" + addr + "/x")
+		if err != nil {
+			return err.Error()
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return fmt.Sprintf("%d %s %s", resp.StatusCode, resp.Proto, b)
+	}
+	if got := call(); got != "200 HTTP/2.0 done /x" {
+		t.Fatalf("before the drain: %s", got)
+	}
+	drainIn(t, p, 20*time.Second)
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the idle outbound HTTP/2 connection was not ended by the drain")
+	}
+	if got := call(); got != "200 HTTP/2.0 done /x" {
+		t.Fatalf("while draining: %s", got)
 	}
 }
 

@@ -251,8 +251,10 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		gen uint64
 		// waiting: the connection waits for its next request (from a
 		// response's end until a request's head is read), which the drain
-		// then ends.
-		waiting = true
+		// then ends. Its first request is served even during the drain:
+		// the caller connected to send it (the drain closes a connection
+		// that sent nothing in sniffH2C, or at its end).
+		waiting bool
 	)
 	// The timer is not set and stopped per request: it fires at most
 	// every h1WatchAfter while requests come, and starts the watch when
@@ -349,7 +351,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		}
 		// After the deadline is set: a drain that asked before this ends
 		// the connection here, one after it ends the wait.
-		if meta.draining.Load() && br.Buffered() == 0 {
+		if meta.draining.Load() && w.req != nil && br.Buffered() == 0 {
 			return true
 		}
 		src.limit = p.headBound(name, dst, br)

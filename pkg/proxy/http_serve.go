@@ -165,6 +165,14 @@ func (q *connQueue) Close() error {
 
 func (q *connQueue) Addr() net.Addr { return q.addr }
 
+// shutdownOnce shuts the server down gracefully, at most once, without
+// waiting: its HTTP/2 connections get GOAWAY and close once their streams
+// in flight are done (the drain's end closes what remains), and it takes
+// no more connections.
+func (f *httpFront) shutdownOnce() {
+	f.shutdown.Do(func() { go f.srv.Shutdown(context.Background()) })
+}
+
 func (p *Proxy) newHTTPFront(addr net.Addr) *httpFront {
 	f := &httpFront{queue: &connQueue{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{})}}
 	var protos http.Protocols
@@ -217,12 +225,11 @@ func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort, ds *
 		c.Close()
 		return
 	}
-	f := r.http
-	ds.endWith(func() {
-		// Every connection of a listener that drains is asked: the first
-		// shuts the server down; the drain's end closes what remains.
-		f.shutdown.Do(func() { go f.srv.Shutdown(context.Background()) })
-	})
+	if ds != nil && ds.inbound {
+		// One that came as the drain began (its TLS handshake under way)
+		// may have made the server after Drain shut the others down.
+		ds.endWith(r.http.shutdownOnce)
+	}
 	<-m.done
 }
 
