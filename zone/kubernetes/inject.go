@@ -51,7 +51,10 @@ import (
 //     "--exclude-inbound-ports", "E,F" (as the init container's),
 //     "--app-probes", "P/path,...", "--app-probe-host", "$(POD_IP)" (when
 //     a probe is rewritten, below),
-//     "--admin-addr", ":9901"];
+//     "--admin-addr", ":9901",
+//     "--drain-time", D (sidecarDrainTime: the pod's
+//     terminationGracePeriodSeconds, 30 s when unset, less 5 s, so that the
+//     sidecar ends its drain and exits before the kubelet's SIGKILL)];
 //     env POD_NAME, POD_NAMESPACE and POD_IP (downward API), URSA_CA_CERT (the PEM
 //     of the CA of the zone CP's xDS certificate; absent when the zone
 //     serves xDS without TLS); volume mount ursa-token read-only at
@@ -194,10 +197,12 @@ type Injector struct {
 type injectPod struct {
 	Metadata ObjectMeta `json:"metadata"`
 	Spec     struct {
-		HostNetwork    bool              `json:"hostNetwork,omitempty"`
-		Containers     []Container       `json:"containers"`
-		InitContainers []Container       `json:"initContainers,omitempty"`
-		Volumes        []json.RawMessage `json:"volumes,omitempty"`
+		HostNetwork bool `json:"hostNetwork,omitempty"`
+		// TerminationGracePeriodSeconds bounds the sidecar's drain.
+		TerminationGracePeriodSeconds *int64            `json:"terminationGracePeriodSeconds,omitempty"`
+		Containers                    []Container       `json:"containers"`
+		InitContainers                []Container       `json:"initContainers,omitempty"`
+		Volumes                       []json.RawMessage `json:"volumes,omitempty"`
 	} `json:"spec"`
 	// probes are the containers' probes, in their order: kind
 	// (readinessProbe, ...) → probe.
@@ -325,7 +330,7 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	} else {
 		ops = append(ops, PatchOp{Op: "add", Path: "/spec/volumes/-", Value: vol})
 	}
-	initC, sidecar := in.initContainer(excluded), in.sidecar(mesh, excluded, probes)
+	initC, sidecar := in.initContainer(excluded), in.sidecar(mesh, excluded, probes, sidecarDrainTime(pod.Spec.TerminationGracePeriodSeconds))
 	if !in.NativeSidecar {
 		if pod.Spec.InitContainers == nil {
 			ops = append(ops, PatchOp{Op: "add", Path: "/spec/initContainers", Value: []any{initC}})
@@ -344,6 +349,25 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	}
 	return append(ops, PatchOp{Op: "add", Path: "/spec/initContainers/0", Value: sidecar},
 		PatchOp{Op: "add", Path: "/spec/initContainers/0", Value: initC}), nil
+}
+
+// sidecarDrainTime is the --drain-time of the sidecar of a pod whose
+// terminationGracePeriodSeconds is grace (nil: Kubernetes' default, 30):
+// the grace less 5 s for the rest of the shutdown, and at most half of it,
+// so that the drain ends, and the sidecar exits by itself, before the
+// kubelet's SIGKILL. A native sidecar gets SIGTERM once the application's
+// containers have exited (the kubelet stops sidecars last, in reverse
+// order), so the application makes its last outbound calls through it, and
+// its drain then only lets the inbound connections still open end. A
+// sidecar among the containers gets SIGTERM with them: it stops taking
+// inbound connections while the application finishes what it has, and
+// keeps the outbound serving it.
+func sidecarDrainTime(grace *int64) time.Duration {
+	g := int64(30)
+	if grace != nil {
+		g = max(*grace, 0)
+	}
+	return time.Duration(max(g-5, g/2)) * time.Second
 }
 
 // NativeSidecars says whether a cluster of the API server version (as
@@ -495,7 +519,7 @@ func (in *Injector) initContainer(excluded []int) obj {
 	}
 }
 
-func (in *Injector) sidecar(mesh string, excluded []int, probes []string) obj {
+func (in *Injector) sidecar(mesh string, excluded []int, probes []string, drain time.Duration) obj {
 	cmd := []string{"ursa-dp", "run",
 		"--cp-address", in.CPAddress,
 		"--dataplane-name", "$(POD_NAME).$(POD_NAMESPACE)",
@@ -509,7 +533,7 @@ func (in *Injector) sidecar(mesh string, excluded []int, probes []string) obj {
 	if len(probes) > 0 {
 		cmd = append(cmd, "--app-probes", strings.Join(probes, ","), "--app-probe-host", "$(POD_IP)")
 	}
-	cmd = append(cmd, "--admin-addr", ":"+strconv.Itoa(AdminPort))
+	cmd = append(cmd, "--admin-addr", ":"+strconv.Itoa(AdminPort), "--drain-time", drain.String())
 	env := []any{
 		obj{"name": "POD_NAME", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.name"}}},
 		obj{"name": "POD_NAMESPACE", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.namespace"}}},

@@ -161,7 +161,7 @@ func TestInjectLayout(t *testing.T) {
 	}
 	sc := cs[0]
 	wantCmd := "ursa-dp run --cp-address grpcs://ursa-control-plane.ursa-system.svc:5678 --dataplane-name $(POD_NAME).$(POD_NAMESPACE) --mesh payments " +
-		"--token-file /var/run/secrets/ursa.io/token/token --transparent-proxy --transparent-proxy-installed --redirect-all-inbound --admin-addr :9901"
+		"--token-file /var/run/secrets/ursa.io/token/token --transparent-proxy --transparent-proxy-installed --redirect-all-inbound --admin-addr :9901 --drain-time 25s"
 	if c := strings.Join(sc.Command, " "); c != wantCmd || sc.Image != "ursa/ursa-dp:test" {
 		t.Errorf("sidecar command\n %s\nwant\n %s (image %s)", c, wantCmd, sc.Image)
 	}
@@ -288,6 +288,56 @@ func TestInjectNativeSidecar(t *testing.T) {
 	}{{"1", "28", false}, {"1", "29", true}, {"1", "33+", true}, {"2", "0", true}, {"1", "", false}} {
 		if got := NativeSidecars(v.major, v.minor); got != v.want {
 			t.Errorf("NativeSidecars(%q, %q) = %v", v.major, v.minor, got)
+		}
+	}
+}
+
+// TestInjectDrainTime: the sidecar's --drain-time is the pod's
+// terminationGracePeriodSeconds less 5 s (at most half of it), native
+// sidecar or not, so that it drains and exits before the kubelet's SIGKILL.
+func TestInjectDrainTime(t *testing.T) {
+	for _, tc := range []struct {
+		grace string // the pod's terminationGracePeriodSeconds, "" for none
+		want  string
+	}{{"", "25s"}, {"60", "55s"}, {"10", "5s"}, {"6", "3s"}, {"1", "0s"}, {"0", "0s"}} {
+		for _, native := range []bool{false, true} {
+			spec := `"containers":[{"name":"web","image":"x"}]`
+			if tc.grace != "" {
+				spec += `,"terminationGracePeriodSeconds":` + tc.grace
+			}
+			doc := `{"metadata":{"name":"p"},"spec":{` + spec + `}}`
+			in := testInjector()
+			in.NativeSidecar = native
+			ops, err := in.patch(testPod(t, doc), enabledNS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := json.Marshal(applyAdds(t, []byte(doc), ops))
+			var pod struct {
+				Spec struct {
+					Containers, InitContainers []struct {
+						Name    string
+						Command []string
+					}
+					TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds"`
+				}
+			}
+			if err := json.Unmarshal(b, &pod); err != nil {
+				t.Fatal(err)
+			}
+			var cmd []string
+			for _, c := range slices.Concat(pod.Spec.Containers, pod.Spec.InitContainers) {
+				if c.Name == SidecarName {
+					cmd = c.Command
+				}
+			}
+			i := slices.Index(cmd, "--drain-time")
+			if i < 0 || i+1 >= len(cmd) || cmd[i+1] != tc.want {
+				t.Errorf("grace %q, native %v: sidecar command %v, want --drain-time %s", tc.grace, native, cmd, tc.want)
+			}
+			if tc.grace == "" && pod.Spec.TerminationGracePeriodSeconds != nil {
+				t.Errorf("the injection set terminationGracePeriodSeconds: %d", *pod.Spec.TerminationGracePeriodSeconds)
+			}
 		}
 	}
 }
