@@ -154,6 +154,11 @@ func launch(t testing.TB, name string, cmd *exec.Cmd) *proc {
 	return p
 }
 
+// stopWait is how long stop waits for an exit: past ursa-dp's default
+// --drain-time (20 s), which a connection a test's client keeps open
+// (a pooled TCP connection through a sidecar) lasts out.
+const stopWait = 40 * time.Second
+
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop(t testing.TB) {
 	t.Helper()
@@ -164,8 +169,8 @@ func (p *proc) stop(t testing.TB) {
 		if err != nil {
 			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.out.String())
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no exit 20s after SIGTERM\n%s", p.out.String())
+	case <-time.After(stopWait):
+		t.Fatalf("no exit %s after SIGTERM\n%s", stopWait, p.out.String())
 	}
 }
 
