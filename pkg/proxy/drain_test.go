@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // plainHTTPListener is an HTTP listener without mTLS or RBAC (an inbound
@@ -293,11 +296,11 @@ func TestDrainHTTP2(t *testing.T) {
 	}
 }
 
-// TestDrainOutboundHTTP2: an outbound h2c connection gets GOAWAY when the
-// proxy drains, and its client's next request, on a new connection, is
-// still served.
+// TestDrainOutboundHTTP2: an outbound h2c request in flight when the
+// proxy drains completes; the connection then ends (GOAWAY), and its
+// client's next request, on a new connection, is still served.
 func TestDrainOutboundHTTP2(t *testing.T) {
-	app, _, _ := slowApp(t)
+	app, entered, release := slowApp(t)
 	p := newProxy(t)
 	apply(t, p, nil, nil, []*listener.Listener{plainHTTPListener("outbound:127.0.0.1:8081", "other")},
 		[]*cluster.Cluster{staticHTTPCluster("other", false, app)}, nil)
@@ -305,19 +308,18 @@ func TestDrainOutboundHTTP2(t *testing.T) {
 	ended := make(chan struct{})
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
-	dials := 0
+	var dials atomic.Int32
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Protocols: &protos,
 		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, a)
-			if err != nil || dials > 0 {
+			if err != nil || dials.Add(1) > 1 {
 				return c, err
 			}
-			dials++
 			return &endWatch{Conn: c, ended: ended}, nil
 		}}}
 	defer client.CloseIdleConnections()
-	call := func() string {
-		resp, err := client.Get("http://" + addr + "/x")
+	call := func(path string) string {
+		resp, err := client.Get("http://" + addr + path)
 		if err != nil {
 			return err.Error()
 		}
@@ -325,18 +327,45 @@ func TestDrainOutboundHTTP2(t *testing.T) {
 		resp.Body.Close()
 		return fmt.Sprintf("%d %s %s", resp.StatusCode, resp.Proto, b)
 	}
-	if got := call(); got != "200 HTTP/2.0 done /x" {
-		t.Fatalf("before the drain: %s", got)
+	got := make(chan string, 1)
+	go func() { got <- call("/slow") }()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the app")
 	}
 	drainIn(t, p, 20*time.Second)
+	waitAsked(t, p)
+	close(release)
+	if g := <-got; g != "200 HTTP/2.0 done /slow" {
+		t.Fatalf("the request in flight: %s", g)
+	}
 	select {
 	case <-ended:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the idle outbound HTTP/2 connection was not ended by the drain")
+		t.Fatal("the outbound HTTP/2 connection was not ended by the drain")
 	}
-	if got := call(); got != "200 HTTP/2.0 done /x" {
-		t.Fatalf("while draining: %s", got)
+	if g := call("/x"); g != "200 HTTP/2.0 done /x" {
+		t.Fatalf("while draining: %s", g)
 	}
+}
+
+// waitAsked waits until the drain has asked every connection open to end.
+func waitAsked(t *testing.T, p *Proxy) {
+	t.Helper()
+	testutil.Until(t, 5*time.Second, "the drain's asks", func() bool {
+		p.drain.mu.Lock()
+		defer p.drain.mu.Unlock()
+		for ds := range p.drain.conns {
+			ds.mu.Lock()
+			asked := ds.asked
+			ds.mu.Unlock()
+			if !asked {
+				return false
+			}
+		}
+		return p.drain.on.Load()
+	})
 }
 
 // endWatch is a client's connection that says when its server ended it.

@@ -225,11 +225,16 @@ func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort, ds *
 		c.Close()
 		return
 	}
+	// Replaces the sniff's end (a read deadline), which would cut the
+	// streams: the server's GOAWAY ends the connection. Drain shuts an
+	// outbound listener's server down and gives it a new one; an inbound
+	// one that came as the drain began (its TLS handshake under way) may
+	// have made the server after Drain shut the others down.
+	end := func() {}
 	if ds != nil && ds.inbound {
-		// One that came as the drain began (its TLS handshake under way)
-		// may have made the server after Drain shut the others down.
-		ds.endWith(r.http.shutdownOnce)
+		end = r.http.shutdownOnce
 	}
+	ds.endWith(end)
 	<-m.done
 }
 
