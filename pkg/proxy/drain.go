@@ -124,7 +124,8 @@ func (p *Proxy) Draining() bool { return p.drain.on.Load() }
 
 // Drain stops the proxy gracefully (see Draining above) and returns when
 // its downstream connections have all ended. When ctx ends first, Drain
-// closes those left and returns an error that wraps ctx's. From its start,
+// closes those left and returns an error that wraps ctx's cause (its
+// deadline, a second signal). From its start,
 // Ready is false and Apply opens no listener that drains. Call Close after
 // it, as always; Drain is called at most once.
 func (p *Proxy) Drain(ctx context.Context) error {
