@@ -2,16 +2,28 @@ package e2e
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/catalog"
 )
 
 // TestSidecarDrainsOnSIGTERM: a real ursa-dp sidecar that gets SIGTERM
@@ -171,5 +183,132 @@ networking:
 	}
 	if got, err := roundTrip("after"); err == nil {
 		t.Fatalf("the connection outlived the sidecar's drain: %q", got)
+	}
+}
+
+// TestIngressDrainsOnSIGTERM: a zone ingress (ursa-dp ingress) that gets
+// SIGTERM with a connection through it drains as a sidecar does: /ready
+// answers 503, its listener refuses new connections, the connection's
+// request in flight completes, and it exits once the connection closes.
+func TestIngressDrainsOnSIGTERM(t *testing.T) {
+	zone := startCP(t, "zone", "--zone", "zone-1")
+	ctl(t, zone.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-") // the ingress carries only meshes with mTLS
+	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
+
+	// billing's instance: a TLS server, which the ingress passes TLS to
+	// untouched; /slow answers once released.
+	entered, release := make(chan struct{}, 4), make(chan struct{})
+	app := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			entered <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done "+r.URL.Path)
+	}))
+	t.Cleanup(app.Close)
+	appAddr := strings.TrimPrefix(app.URL, "https://")
+	meta, err := structpb.NewStruct(map[string]any{api.MetadataDataplane: fmt.Sprintf(
+		`{"type": "Dataplane", "mesh": "default", "name": "billing-1", "networking": {"address": "127.0.0.1", "inbound": [{"port": %s, "servicePort": 9, "tags": {"ursa.io/service": "billing"}}]}}`,
+		port(appAddr))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", "billing"))
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(zone.dialXDS(t)).StreamAggregatedResources(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.billing-1", Metadata: meta}, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "billing-1 registered", func() bool { return zone.has(t, "/meshes/default/dataplanes/billing-1") })
+
+	listen, admin := freeAddr(t), freeAddr(t)
+	file := filepath.Join(t.TempDir(), "ingress.yaml")
+	if err := os.WriteFile(file, []byte(fmt.Sprintf("type: ZoneIngress\nname: ingress\nzone: zone-1\nnetworking: {address: 127.0.0.1, port: %s}\n", port(listen))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ingress := start(t, "ursa-dp", append(append([]string{"ingress"}, zone.ingressFlags(t, "zone-1")...), "--zone-ingress-file", file, "--admin-addr", admin)...)
+	waitReady(t, "http://"+admin+"/ready", ingress)
+
+	sni := catalog.SNI("default", map[string]string{api.TagService: "billing"})
+	var conn *tls.Conn
+	var br *bufio.Reader
+	get := func(path string) (*http.Response, string, error) {
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		req, _ := http.NewRequest("GET", "https://billing"+path, nil)
+		if err := req.Write(conn); err != nil {
+			return nil, "", err
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return nil, "", err
+		}
+		b, err := io.ReadAll(resp.Body)
+		return resp, string(b), err
+	}
+	eventually(t, "billing through the ingress", func() bool {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err != nil {
+			return false
+		}
+		conn = tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		br = bufio.NewReader(conn)
+		if resp, body, err := get("/fast"); err != nil || resp.StatusCode != 200 || body != "done /fast" {
+			conn.Close()
+			return false
+		}
+		return true
+	})
+	defer conn.Close()
+
+	type result struct {
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, body, err := get("/slow")
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		got <- result{body, err}
+	}()
+	select {
+	case <-entered:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the request did not reach billing through the ingress")
+	}
+	ingress.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, "the ingress to say it is not ready while draining", func() bool {
+		resp, err := http.Get("http://" + admin + "/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	eventually(t, "the ingress's listener to refuse new connections", func() bool {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	close(release)
+	if r := <-got; r.err != nil || r.body != "done /slow" {
+		t.Fatalf("the request in flight through the ingress at SIGTERM: %q %v", r.body, r.err)
+	}
+	select {
+	case err := <-ingress.done:
+		ingress.done <- err
+		t.Fatalf("the ingress exited with a connection open: %v", err)
+	default:
+	}
+	conn.Close()
+	if err := ingress.wait(t); err != nil {
+		t.Fatalf("the ingress after its drain: %v", err)
 	}
 }
