@@ -359,6 +359,9 @@ func drain(ctx context.Context, log *zap.Logger, p *proxy.Proxy, d time.Duration
 // runProxy runs the built-in proxy as node id until ctx ends, then drains
 // it (--drain-time).
 func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string]string) error {
+	if cfg.DrainTime.Duration < 0 {
+		return fmt.Errorf("--drain-time %s: want 0 (no drain) or more", cfg.DrainTime.Duration)
+	}
 	target, tlsCfg, token, err := dialSettings(cfg)
 	if err != nil {
 		return err
