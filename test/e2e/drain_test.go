@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -76,6 +77,9 @@ networking:
 	})}
 	go app.Serve(ln)
 	t.Cleanup(func() { app.Close() })
+	var released sync.Once
+	unblock := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // a failed test's /slow returns too
 	billing := startSidecar("billing-1", "billing", "http", ln.Addr().String())
 	db := startSidecar("db-1", "db", "tcp", echo(t, "db"), "--drain-time", "1s")
 	startSidecar("web-1", "web", "tcp", freeAddr(t))
@@ -132,7 +136,7 @@ networking:
 		t.Fatalf("billing's sidecar exited with a request in flight: %v", err)
 	default:
 	}
-	close(release)
+	unblock()
 	if r := <-got; r.status != 200 || r.body != "done /slow" {
 		t.Fatalf("the request in flight at SIGTERM: %d %q", r.status, r.body)
 	}
@@ -205,7 +209,10 @@ func TestIngressDrainsOnSIGTERM(t *testing.T) {
 		}
 		io.WriteString(w, "done "+r.URL.Path)
 	}))
-	t.Cleanup(app.Close)
+	t.Cleanup(app.Close) // which waits for the handlers: /slow returns first
+	var released sync.Once
+	unblock := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
 	appAddr := strings.TrimPrefix(app.URL, "https://")
 	meta, err := structpb.NewStruct(map[string]any{api.MetadataDataplane: fmt.Sprintf(
 		`{"type": "Dataplane", "mesh": "default", "name": "billing-1", "networking": {"address": "127.0.0.1", "inbound": [{"port": %s, "servicePort": 9, "tags": {"ursa.io/service": "billing"}}]}}`,
@@ -297,7 +304,7 @@ func TestIngressDrainsOnSIGTERM(t *testing.T) {
 		}
 		return err != nil
 	})
-	close(release)
+	unblock()
 	if r := <-got; r.err != nil || r.body != "done /slow" {
 		t.Fatalf("the request in flight through the ingress at SIGTERM: %q %v", r.body, r.err)
 	}
