@@ -13,7 +13,6 @@ import (
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -25,7 +24,7 @@ import (
 // test, and its address.
 func cpXDS(t *testing.T) (*xds.Server, string) {
 	t.Helper()
-	srv, err := xds.NewServer(zaptest.NewLogger(t).Named("xds"), prometheus.NewRegistry())
+	srv, err := xds.NewServer(testutil.Logger(t).Named("xds"), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +44,7 @@ func cpXDS(t *testing.T) (*xds.Server, string) {
 // the test ends.
 func runADS(t *testing.T, p *Proxy, addr, node string) {
 	ctx, cancel := context.WithCancel(context.Background())
-	client := &Client{Address: addr, NodeID: node, Proxy: p, Log: zaptest.NewLogger(t).Named("client")}
+	client := &Client{Address: addr, NodeID: node, Proxy: p, Log: testutil.Logger(t).Named("client")}
 	done := make(chan struct{})
 	go func() { client.Start(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
