@@ -220,7 +220,7 @@ func parseUIDs(s string) ([]int, error) {
 // ingressNode is an ingress's node: the ZoneIngress of --zone-ingress-file,
 // presented and registered, or the one --zone-ingress-name names, already
 // registered (a Kubernetes zone's pod controller makes an ingress pod's).
-func ingressNode(cfg runConfig) (string, map[string]string, error) {
+func ingressNode(cfg ingressConfig) (string, map[string]string, error) {
 	switch {
 	case cfg.ZoneIngressName != "" && cfg.ZoneIngressFile != "":
 		return "", nil, errors.New("--zone-ingress-name: give it or --zone-ingress-file, not both")

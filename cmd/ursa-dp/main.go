@@ -44,24 +44,44 @@ const defaultDNSAddr = "127.0.0.1:15053"
 // that the proxy ends by itself and removes its redirection.
 const defaultDrainTime = 20 * time.Second
 
-// runConfig is ursa-dp run's configuration.
-type runConfig struct {
-	CPAddress     string `json:"cpAddress" usage:"the zone CP's xDS server, grpcs://HOST:5678 (TLS)"`
-	CACertFile    string `json:"caCertFile" usage:"PEM file of the CA the zone CP's certificate must chain to (its GET /xds/ca.pem); without it, the system's roots"`
-	CACert        string `json:"caCert" usage:"the PEM itself of the CA the zone CP's certificate must chain to, instead of --ca-cert-file (an injected sidecar gets it from the injector in URSA_CA_CERT)"`
-	XDSInsecure   bool   `json:"xdsInsecure" usage:"INSECURE: allow a grpc:// --cp-address, xDS without TLS, unverified and readable on the path; local experiments only"`
-	DataplaneFile string `json:"dataplaneFile" usage:"file of the Dataplane this proxy presents and registers when it connects"`
-	DataplaneName string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
-	// ZoneIngressFile is ingress mode's ZoneIngress.
-	ZoneIngressFile string `json:"zoneIngressFile" usage:"file of the ZoneIngress this ingress presents (ingress only)"`
-	ZoneIngressName string `json:"zoneIngressName" usage:"name of an already registered ZoneIngress, instead of --zone-ingress-file: an ingress pod's, <pod>.<namespace>, which a Kubernetes zone makes (ingress only)"`
-	Mesh            string `json:"mesh" usage:"mesh of the Dataplane"`
-	TokenFile       string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
-	Proxy           string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
-	AdminAddr       string `json:"adminAddr" usage:"address of /ready and /metrics"`
+// proxyConfig is what every ursa-dp proxy, a sidecar (run) or an ingress,
+// is configured with.
+type proxyConfig struct {
+	CPAddress   string `json:"cpAddress" usage:"the zone CP's xDS server, grpcs://HOST:5678 (TLS)"`
+	CACertFile  string `json:"caCertFile" usage:"PEM file of the CA the zone CP's certificate must chain to (its GET /xds/ca.pem); without it, the system's roots"`
+	CACert      string `json:"caCert" usage:"the PEM itself of the CA the zone CP's certificate must chain to, instead of --ca-cert-file (an injected sidecar gets it from the injector in URSA_CA_CERT)"`
+	XDSInsecure bool   `json:"xdsInsecure" usage:"INSECURE: allow a grpc:// --cp-address, xDS without TLS, unverified and readable on the path; local experiments only"`
+	TokenFile   string `json:"tokenFile" usage:"file holding this proxy's token: a dataplane token (ursactl generate dataplane-token), or an ingress token for ursa-dp ingress (ursactl generate ingress-token); read again at every reconnection"`
+	Proxy       string `json:"proxy" usage:"builtin (the L4 proxy in this binary) or envoy"`
+	AdminAddr   string `json:"adminAddr" usage:"address of /ready and /metrics"`
 	// DrainTime bounds the drain that the first SIGTERM or SIGINT starts.
 	DrainTime config.Duration `json:"drainTime" usage:"on SIGTERM or SIGINT (built-in proxy), how long the proxy drains before it exits: the listeners that take outside traffic (inbound, an ingress's) stop accepting and /ready answers 503, HTTP/1.1 responses say Connection: close and idle connections close, HTTP/2 connections get GOAWAY, requests and TCP connections in flight go on; outbound listeners keep accepting the application's calls (an HTTP connection then serves its request and closes). It exits once no connection is left, or when the drain time is over, closing what remains; a second signal exits at once. 0: no drain. The default fits in the 30 s a kubelet and ursa-dp@.service wait before SIGKILL"`
-	// TransparentProxy and the flags after it are run's only.
+	Log       struct {
+		Level string `json:"level" usage:"log level: debug, info, warn or error"`
+	} `json:"log"`
+}
+
+// defaultProxyConfig is a proxy's defaults, its admin address admin.
+func defaultProxyConfig(admin string) proxyConfig {
+	c := proxyConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: admin, DrainTime: config.Duration{Duration: defaultDrainTime}}
+	c.Log.Level = "info"
+	return c
+}
+
+// ingressConfig is ursa-dp ingress's configuration.
+type ingressConfig struct {
+	proxyConfig
+	ZoneIngressFile string `json:"zoneIngressFile" usage:"file of the ZoneIngress this ingress presents"`
+	ZoneIngressName string `json:"zoneIngressName" usage:"name of an already registered ZoneIngress, instead of --zone-ingress-file: an ingress pod's, <pod>.<namespace>, which a Kubernetes zone makes"`
+}
+
+// runConfig is ursa-dp run's configuration (and cleanup's and
+// install-transparent-proxy's, which take the same flags).
+type runConfig struct {
+	proxyConfig
+	DataplaneFile        string `json:"dataplaneFile" usage:"file of the Dataplane this proxy presents and registers when it connects"`
+	DataplaneName        string `json:"dataplaneName" usage:"name of an already registered Dataplane (with --mesh)"`
+	Mesh                 string `json:"mesh" usage:"mesh of the Dataplane"`
 	TransparentProxy     bool   `json:"transparentProxy" usage:"redirect the outbound TCP of this network namespace to the proxy (iptables, nat table; needs CAP_NET_ADMIN and the iptables package), installed before the proxy starts and removed when it exits"`
 	RedirectOutboundPort int    `json:"redirectOutboundPort" usage:"with --transparent-proxy: the port outbound TCP is redirected to"`
 	ExcludeOutboundPorts string `json:"excludeOutboundPorts" usage:"with --transparent-proxy: destination ports (22,8080) outbound TCP reaches directly"`
@@ -81,9 +101,6 @@ type runConfig struct {
 	AppProbeHost              string `json:"appProbeHost" usage:"the address --app-probes are made at, as the kubelet makes them at the pod's IP"`
 	ExcludeOutboundUIDs       string `json:"excludeOutboundUids" usage:"with --transparent-proxy: users (5678, or names: ursa) whose outbound traffic is never redirected, such as a sidecar's that cannot mark its sockets"`
 	SidecarUID                string `json:"sidecarUid" usage:"with install-transparent-proxy: the user (among --exclude-outbound-uids) of a sidecar that cannot mark its sockets (a pod's): its connections to this host's address at an inbound port go to its inbound listener, its probes of the app (from 127.0.0.6) to the app"`
-	Log                       struct {
-		Level string `json:"level" usage:"log level: debug, info, warn or error"`
-	} `json:"log"`
 	// inboundPorts are the inbound ports of the --dataplane-file's
 	// Dataplane (none with --dataplane-name: not known at start), and
 	// servicePorts the service ports that differ from theirs.
@@ -101,7 +118,7 @@ func main() {
 }
 
 func newRun() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9901", DrainTime: config.Duration{Duration: defaultDrainTime},
+	cfg := runConfig{proxyConfig: defaultProxyConfig("127.0.0.1:9901"),
 		DNSAddr: defaultDNSAddr, ResolvConf: "/etc/resolv.conf", AppProbeHost: "127.0.0.1",
 		RedirectOutboundPort: tproxy.DefaultOutboundPort, RedirectInboundPort: tproxy.DefaultInboundPort, RedirectDNSPort: tproxy.DefaultDNSPort}
 	cfg.Log.Level = "info"
@@ -171,8 +188,7 @@ func newCleanup() *cobra.Command {
 }
 
 func newIngress() *cobra.Command {
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: "127.0.0.1:9902", DrainTime: config.Duration{Duration: defaultDrainTime}}
-	cfg.Log.Level = "info"
+	cfg := ingressConfig{proxyConfig: defaultProxyConfig("127.0.0.1:9902")}
 	var file string
 	cmd := &cobra.Command{
 		Use:   "ingress",
@@ -182,14 +198,13 @@ func newIngress() *cobra.Command {
 			if err := config.Load(cmd.Flags(), &cfg, file); err != nil {
 				return err
 			}
-			if cfg.TransparentProxy {
-				return errors.New("--transparent-proxy: for ursa-dp run only; an ingress is reached at its own address")
-			}
 			id, meta, err := ingressNode(cfg)
 			if err != nil {
 				return err
 			}
-			return runProxy(cmd.Context(), cfg, id, meta)
+			// An ingress is reached at its own address: none of a
+			// sidecar's redirection.
+			return runProxy(cmd.Context(), runConfig{proxyConfig: cfg.proxyConfig}, id, meta)
 		},
 	}
 	cmd.Flags().StringVar(&file, "config", os.Getenv("URSA_CONFIG"), "YAML config file (env URSA_CONFIG)")

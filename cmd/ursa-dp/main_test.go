@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os/user"
 	"slices"
 	"strconv"
@@ -117,7 +118,7 @@ func TestAllInboundRedirect(t *testing.T) {
 		{name: "bad admin", port: 15006, admin: "9901", err: "--admin-addr"},
 	} {
 		cfg := runConfig{RedirectAllInbound: true, RedirectInboundPort: tc.port, RedirectOutboundPort: tproxy.DefaultOutboundPort,
-			AdminAddr: tc.admin, ExcludeInboundPorts: tc.exclude, inboundPorts: tc.known}
+			proxyConfig: proxyConfig{AdminAddr: tc.admin}, ExcludeInboundPorts: tc.exclude, inboundPorts: tc.known}
 		meta := map[string]string{}
 		c, err := redirectFor(cfg, meta)
 		switch {
@@ -131,6 +132,26 @@ func TestAllInboundRedirect(t *testing.T) {
 			t.Errorf("%s: %+v; want every inbound port to %d but the sidecar's %v", tc.name, c, tc.port, tc.sidecar)
 		case meta["ursa.io/transparent-proxy-inbound"] != strconv.Itoa(tc.port) || meta["ursa.io/inbound-passthrough"] != "true":
 			t.Errorf("%s: node metadata %v; want the inbound port and the passthrough", tc.name, meta)
+		}
+	}
+}
+
+// TestIngressTakesNoSidecarFlags: ursa-dp ingress offers, and takes, only
+// what an ingress uses; a sidecar's flag is refused, naming it.
+func TestIngressTakesNoSidecarFlags(t *testing.T) {
+	for _, flag := range []string{"--transparent-proxy", "--dataplane-file=f", "--dns-addr=127.0.0.1:1", "--app-probes=8080/ready", "--redirect-all-inbound"} {
+		cmd := newIngress()
+		cmd.SetArgs([]string{flag})
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		name, _, _ := strings.Cut(strings.TrimPrefix(flag, "--"), "=")
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "unknown flag: --"+name) {
+			t.Errorf("ursa-dp ingress %s: %v, want it refused as unknown", flag, err)
+		}
+	}
+	for _, name := range []string{"zone-ingress-file", "token-file", "drain-time", "admin-addr", "cp-address"} {
+		if newIngress().Flags().Lookup(name) == nil {
+			t.Errorf("ursa-dp ingress has no --%s", name)
 		}
 	}
 }

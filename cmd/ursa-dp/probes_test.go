@@ -130,11 +130,11 @@ func TestInstallTransparentProxyOff(t *testing.T) {
 // TestIngressNode: an ingress runs the ZoneIngress of a file, presented, or
 // one already registered by name; not both, not neither, not a bad name.
 func TestIngressNode(t *testing.T) {
-	id, meta, err := ingressNode(runConfig{ZoneIngressName: "ingress-1.ursa-system"})
+	id, meta, err := ingressNode(ingressConfig{ZoneIngressName: "ingress-1.ursa-system"})
 	if err != nil || id != "ingress-1.ursa-system" || meta[api.MetadataIngress] != "true" || meta[api.MetadataZoneIngress] != "" {
 		t.Errorf("by name: %s %v %v", id, meta, err)
 	}
-	for want, cfg := range map[string]runConfig{
+	for want, cfg := range map[string]ingressConfig{
 		"not both":                  {ZoneIngressName: "a", ZoneIngressFile: "f"},
 		"give --zone-ingress-file":  {},
 		`--zone-ingress-name "A_B"`: {ZoneIngressName: "A_B"},
@@ -153,8 +153,8 @@ func TestInstalledRulesPassThisUser(t *testing.T) {
 	if os.Getuid() == 5678 {
 		other = "5679"
 	}
-	cfg := runConfig{CPAddress: "grpcs://127.0.0.1:1", TransparentProxy: true, TransparentProxyInstalled: true, ExcludeOutboundUIDs: other,
-		RedirectOutboundPort: tproxy.DefaultOutboundPort, Proxy: "builtin", AdminAddr: "127.0.0.1:0"}
+	cfg := runConfig{proxyConfig: proxyConfig{CPAddress: "grpcs://127.0.0.1:1", Proxy: "builtin", AdminAddr: "127.0.0.1:0"},
+		TransparentProxy: true, TransparentProxyInstalled: true, ExcludeOutboundUIDs: other, RedirectOutboundPort: tproxy.DefaultOutboundPort}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second) // a start that went ahead ends
 	defer cancel()
 	err := runProxy(ctx, cfg, "default.web", map[string]string{})

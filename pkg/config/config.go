@@ -63,6 +63,12 @@ func leaves(v reflect.Value, prefix []string, out *[]leaf) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.Anonymous && f.Tag.Get("json") == "" && f.Type.Kind() == reflect.Struct {
+			// An embedded struct's fields are its container's, as
+			// encoding/json reads them.
+			leaves(v.Field(i), prefix, out)
+			continue
+		}
 		if name == "" || name == "-" {
 			continue
 		}

@@ -101,3 +101,34 @@ func TestLists(t *testing.T) {
 		}
 	}
 }
+
+// TestEmbedded: an embedded struct's fields are its container's, as flags,
+// variables and file keys (as encoding/json reads them), so that two
+// commands share what they have in common and nothing else.
+func TestEmbedded(t *testing.T) {
+	type common struct {
+		Addr string `json:"addr" usage:"where"`
+	}
+	type cmd struct {
+		common
+		Name string `json:"name"`
+	}
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(file, []byte("addr: ':1'\nname: file\n"), 0o600)
+	t.Setenv("URSA_NAME", "env")
+	cfg := &cmd{common: common{Addr: ":0"}}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	Bind(fs, cfg)
+	if f := fs.Lookup("addr"); f == nil || f.DefValue != ":0" || !strings.Contains(f.Usage, "URSA_ADDR") {
+		t.Fatalf("the embedded field's flag: %+v", f)
+	}
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := Load(fs, cfg, file); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != ":1" || cfg.Name != "env" {
+		t.Fatalf("loaded %+v, want addr from the file and name from the environment", cfg)
+	}
+}
