@@ -60,6 +60,13 @@ func TestReviewRecheckStoreErrorIsNoRevocation(t *testing.T) {
 	testutil.Until(t, 30*time.Second, "zone A connected", func() bool {
 		return a.client.Connected() && has(a.store, api.Key{Type: "Mesh", Name: "one"})
 	})
+	// Both of its streams: its ingress reaches the global.
+	if _, err := a.store.Create(ctx, ingress("zone-a", "ingress")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Until(t, 30*time.Second, "zone A's ingress at the global", func() bool {
+		return has(st, api.Key{Type: "ZoneIngress", Name: "zone-a.ingress"})
+	})
 
 	// Zone B's token is revoked while the revocations cannot be read (the
 	// revocation itself is written: the write path is up).
