@@ -140,6 +140,7 @@ func (p *Proxy) Drain(ctx context.Context) error {
 			stopped = append(stopped, name)
 			if r.http != nil {
 				r.http.shutdownOnce()
+				r.http = nil // a connection accepted before, still in its TLS handshake, gets its own (shut down once it has it)
 			}
 		case r.http != nil:
 			// It goes on accepting: its HTTP/2 connections from now on

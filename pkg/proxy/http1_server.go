@@ -51,6 +51,10 @@ var (
 	h1Server = &http.Server{}
 )
 
+// drainGrace is how long a drained HTTP connection waiting for a request
+// still takes one (served with Connection: close) before it closes.
+const drainGrace = time.Second
+
 // h2Preface is what an h2c connection with prior knowledge begins with.
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -67,8 +71,8 @@ func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort, ds *d
 	br := h1Readers.Get().(*bufio.Reader)
 	br.Reset(src)
 	if !isTLS {
-		// A connection that has sent nothing yet ends at once when drained.
-		ds.endWith(func() { c.SetReadDeadline(time.Unix(1, 0)) })
+		// A connection that has sent nothing yet ends drainGrace after the drain asks.
+		ds.endWith(func() { c.SetReadDeadline(time.Now().Add(drainGrace)) })
 		h2c, err := sniffH2C(c, br)
 		if err != nil {
 			c.Close()
@@ -322,7 +326,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		meta.draining.Store(true)
 		watchMu.Lock()
 		if waiting {
-			c.SetReadDeadline(time.Unix(1, 0))
+			c.SetReadDeadline(time.Now().Add(drainGrace))
 		}
 		watchMu.Unlock()
 	})
@@ -352,7 +356,11 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		// After the deadline is set: a drain that asked before this ends
 		// the connection here, one after it ends the wait.
 		if meta.draining.Load() && w.req != nil && br.Buffered() == 0 {
-			return true
+			// The last response said keep-alive (its head went out before
+			// the drain): a request sent at once on it is served, with
+			// Connection: close; the connection closes if none comes.
+			idleUntil = time.Now().Add(drainGrace)
+			c.SetReadDeadline(idleUntil)
 		}
 		src.limit = p.headBound(name, dst, br)
 		start := src.at(br)

@@ -206,33 +206,42 @@ func (p *Proxy) newHTTPFront(addr net.Addr) *httpFront {
 // and h2c; HTTP/1.1 takes the fast path, serveHTTPConn) until it ends.
 // Drained (ds), the listener's server shuts down gracefully.
 func (p *Proxy) serveHTTPFront(name string, c net.Conn, dst netip.AddrPort, ds *downstream) {
-	p.mu.Lock()
-	r, ok := p.listeners[name]
-	if ok && r.http == nil {
-		r.http = p.newHTTPFront(r.ln.Addr())
-	}
-	p.mu.Unlock()
-	if !ok {
-		c.Close()
-		return
-	}
 	m := &connMeta{listener: name, dst: dst, done: make(chan struct{})}
-	r.http.conns.Store(c, m)
-	select {
-	case r.http.queue.conns <- c:
-	case <-r.http.queue.closed:
-		r.http.conns.Delete(c)
-		c.Close()
-		return
+	var f *httpFront
+	for try := 0; ; try++ {
+		// r.http is read and written under p.mu only: Drain replaces it.
+		p.mu.Lock()
+		r, ok := p.listeners[name]
+		if ok && r.http == nil {
+			r.http = p.newHTTPFront(r.ln.Addr())
+		}
+		if ok {
+			f = r.http
+		}
+		p.mu.Unlock()
+		if !ok {
+			c.Close()
+			return
+		}
+		f.conns.Store(c, m)
+		select {
+		case f.queue.conns <- c:
+		case <-f.queue.closed:
+			f.conns.Delete(c)
+			if try == 0 {
+				continue // Drain shut this server down: the listener's next one serves c
+			}
+			c.Close()
+			return
+		}
+		break
 	}
-	// Replaces the sniff's end (a read deadline), which would cut the
-	// streams: the server's GOAWAY ends the connection. Drain shuts an
-	// outbound listener's server down and gives it a new one; an inbound
-	// one that came as the drain began (its TLS handshake under way) may
-	// have made the server after Drain shut the others down.
 	end := func() {}
 	if ds != nil && ds.inbound {
-		end = r.http.shutdownOnce
+		// Not at once: a GOAWAY before the caller's first stream would
+		// refuse it; a connection that came as the drain began is served
+		// a moment first.
+		end = func() { time.AfterFunc(drainGrace, f.shutdownOnce) }
 	}
 	ds.endWith(end)
 	<-m.done

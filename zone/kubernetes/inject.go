@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"slices"
@@ -353,7 +354,7 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 
 // sidecarDrainTime is the --drain-time of the sidecar of a pod whose
 // terminationGracePeriodSeconds is grace (nil: Kubernetes' default, 30):
-// the grace less 5 s for the rest of the shutdown, and at most half of it,
+// the grace less 5 s for the rest of the shutdown, but at least half of it,
 // so that the drain ends, and the sidecar exits by itself, before the
 // kubelet's SIGKILL. A native sidecar gets SIGTERM once the application's
 // containers have exited (the kubelet stops sidecars last, in reverse
@@ -365,7 +366,8 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 func sidecarDrainTime(grace *int64) time.Duration {
 	g := int64(30)
 	if grace != nil {
-		g = max(*grace, 0)
+		// A grace of centuries would overflow a Duration.
+		g = min(max(*grace, 0), int64(math.MaxInt64/time.Second))
 	}
 	return time.Duration(max(g-5, g/2)) * time.Second
 }
