@@ -108,6 +108,20 @@ func drainIn(t *testing.T, p *Proxy, d time.Duration) <-chan error {
 	return done
 }
 
+// drainedSoon fails the test unless the drain ends well within 10 s (with
+// its last connection, long before its time).
+func drainedSoon(t *testing.T, drained <-chan error) {
+	t.Helper()
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drain did not end with its last connection")
+	}
+}
+
 // refusedSoon says whether a connection to addr is refused within 2 s.
 func refusedSoon(addr string) bool {
 	deadline := time.Now().Add(2 * time.Second)
@@ -177,14 +191,7 @@ func TestDrainHTTP1(t *testing.T) {
 	if !busy.closedByPeer() {
 		t.Fatal("the connection stayed open after its response")
 	}
-	select {
-	case err := <-drained:
-		if err != nil {
-			t.Fatalf("drain: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the drain did not end with its last connection")
-	}
+	drainedSoon(t, drained)
 	if took := time.Since(start); took > 15*time.Second {
 		t.Fatalf("the drain took %s: its whole time", took)
 	}
@@ -221,14 +228,7 @@ func TestDrainOutboundHTTP(t *testing.T) {
 			t.Fatal("the new outbound connection stayed open after its response")
 		}
 	}
-	select {
-	case err := <-drained:
-		if err != nil {
-			t.Fatalf("drain: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the drain did not end with its last connection")
-	}
+	drainedSoon(t, drained)
 }
 
 // TestDrainHTTP2: an h2c request in flight when the drain begins
@@ -286,14 +286,7 @@ func TestDrainHTTP2(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the proxy kept the HTTP/2 connection open while draining")
 	}
-	select {
-	case err := <-drained:
-		if err != nil {
-			t.Fatalf("drain: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the drain did not end with its last connection")
-	}
+	drainedSoon(t, drained)
 }
 
 // TestDrainOutboundHTTP2: an outbound h2c request in flight when the
