@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ursamesh/ursa/pkg/proxy"
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // TestReadyWhileDraining: the admin's /ready answers 200 once the proxy has
@@ -86,5 +87,62 @@ func TestSecondSignalExitsNow(t *testing.T) {
 	}
 	if got := context.Cause(now).Error(); !strings.Contains(got, "second signal") {
 		t.Fatalf("cause %q", got)
+	}
+}
+
+// TestDrainStaysWhenAsked: an idle proxy's drain ends at once, unless
+// --drain-exit-when-idle=false (a sidecar that gets SIGTERM together with
+// its application), which stays for the whole drain time, its outbound
+// listener serving the application's calls meanwhile.
+func TestDrainStaysWhenAsked(t *testing.T) {
+	for _, exitWhenIdle := range []bool{true, false} {
+		p, err := proxy.New(zaptest.NewLogger(t), prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		app, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := app.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("app\n"))
+				c.Close()
+			}
+		}()
+		out := testutil.FreeAddr(t)
+		cfg := &proxy.Config{Listeners: map[string]*proxy.Listener{
+			"outbound:127.0.0.1:8080": {Name: "outbound:127.0.0.1:8080", Addr: out, Routes: []proxy.Route{{Cluster: "app", Weight: 1}}},
+		}, Clusters: map[string]*proxy.Cluster{"app": {Name: "app", ConnectTimeout: time.Second, Overprovisioning: 140, PanicThreshold: 50, Endpoints: []proxy.Endpoint{{Addr: app.Addr().String(), Weight: 1}}}}}
+		if err := p.Apply(cfg); err != nil {
+			t.Fatal(err)
+		}
+		const d = 2 * time.Second
+		start := time.Now()
+		done := make(chan struct{})
+		go func() { drain(context.Background(), zaptest.NewLogger(t), p, d, exitWhenIdle); close(done) }()
+		if !exitWhenIdle {
+			// Its outbound listener serves a call made during the drain.
+			time.Sleep(d / 4)
+			c, err := net.DialTimeout("tcp", out, time.Second)
+			if err != nil {
+				t.Fatalf("an outbound call during the drain: %v", err)
+			}
+			b, _ := io.ReadAll(c)
+			c.Close()
+			if string(b) != "app\n" {
+				t.Fatalf("an outbound call during the drain got %q", b)
+			}
+		}
+		<-done
+		if took := time.Since(start); exitWhenIdle && took >= d || !exitWhenIdle && took < d {
+			t.Errorf("exit when idle %v: the drain took %s of %s", exitWhenIdle, took, d)
+		}
+		p.Close()
+		app.Close()
 	}
 }

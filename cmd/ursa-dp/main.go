@@ -56,14 +56,17 @@ type proxyConfig struct {
 	AdminAddr   string `json:"adminAddr" usage:"address of /ready and /metrics"`
 	// DrainTime bounds the drain that the first SIGTERM or SIGINT starts.
 	DrainTime config.Duration `json:"drainTime" usage:"on SIGTERM or SIGINT (built-in proxy), how long the proxy drains before it exits: the listeners that take outside traffic (inbound, an ingress's) stop accepting and /ready answers 503, HTTP/1.1 responses say Connection: close and idle connections close, HTTP/2 connections get GOAWAY, requests and TCP connections in flight go on; outbound listeners keep accepting the application's calls (an HTTP connection then serves its request and closes). It exits once no connection is left, or when the drain time is over, closing what remains; a second signal exits at once. 0: no drain. The default fits in the 30 s a kubelet and ursa-dp@.service wait before SIGKILL"`
-	Log       struct {
+	// DrainExitWhenIdle ends the drain with the last connection.
+	DrainExitWhenIdle bool `json:"drainExitWhenIdle" usage:"end the drain, and exit, as soon as no connection is open; false: stay for the whole --drain-time, serving the outbound calls an application makes during its own shutdown (a sidecar that gets SIGTERM together with its application, as a non-native sidecar in a pod does, like Istio's default)"`
+	Log               struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 }
 
 // defaultProxyConfig is a proxy's defaults, its admin address admin.
 func defaultProxyConfig(admin string) proxyConfig {
-	c := proxyConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: admin, DrainTime: config.Duration{Duration: defaultDrainTime}}
+	c := proxyConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: admin, DrainTime: config.Duration{Duration: defaultDrainTime},
+		DrainExitWhenIdle: true}
 	c.Log.Level = "info"
 	return c
 }
@@ -362,13 +365,22 @@ func readyHandler(p *proxy.Proxy) http.HandlerFunc {
 
 // drain drains p after the first signal (ctx's end) for at most d, less
 // when a second signal comes.
-func drain(ctx context.Context, log *zap.Logger, p *proxy.Proxy, d time.Duration) {
+func drain(ctx context.Context, log *zap.Logger, p *proxy.Proxy, d time.Duration, exitWhenIdle bool) {
 	dctx, cancel := context.WithTimeoutCause(exitNow(ctx), d, fmt.Errorf("--drain-time %s over", d))
 	defer cancel()
-	log.Info("draining before exit", zap.NamedError("why", context.Cause(ctx)), zap.Duration("drain_time", d))
-	if err := p.Drain(dctx); err != nil {
-		log.Warn("exiting with connections cut", zap.Error(err))
+	log.Info("draining before exit", zap.NamedError("why", context.Cause(ctx)), zap.Duration("drain_time", d), zap.Bool("exit_when_idle", exitWhenIdle))
+	if exitWhenIdle {
+		if err := p.Drain(dctx); err != nil {
+			log.Warn("exiting with connections cut", zap.Error(err))
+		}
+		return
 	}
+	// The whole drain time: the outbound listeners go on taking the
+	// application's calls, and Drain's end (with the last connection)
+	// is not the proxy's.
+	go p.Drain(dctx)
+	<-dctx.Done()
+	log.Info("drain time over", zap.NamedError("why", context.Cause(dctx)))
 }
 
 // runProxy runs the built-in proxy as node id until ctx ends, then drains
@@ -517,7 +529,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	go func() {
 		select {
 		case <-ctx.Done():
-			drain(ctx, log, p, cfg.DrainTime.Duration)
+			drain(ctx, log, p, cfg.DrainTime.Duration, cfg.DrainExitWhenIdle)
 			stop()
 		case <-runCtx.Done():
 		}

@@ -55,7 +55,9 @@ import (
 //     "--admin-addr", ":9901",
 //     "--drain-time", D (sidecarDrainTime: the pod's
 //     terminationGracePeriodSeconds, 30 s when unset, less 5 s, so that the
-//     sidecar ends its drain and exits before the kubelet's SIGKILL)];
+//     sidecar ends its drain and exits before the kubelet's SIGKILL),
+//     and, not a native sidecar, "--drain-exit-when-idle=false" (it gets
+//     SIGTERM with the application, whose shutdown calls it serves)];
 //     env POD_NAME, POD_NAMESPACE and POD_IP (downward API), URSA_CA_CERT (the PEM
 //     of the CA of the zone CP's xDS certificate; absent when the zone
 //     serves xDS without TLS); volume mount ursa-token read-only at
@@ -536,6 +538,11 @@ func (in *Injector) sidecar(mesh string, excluded []int, probes []string, drain 
 		cmd = append(cmd, "--app-probes", strings.Join(probes, ","), "--app-probe-host", "$(POD_IP)")
 	}
 	cmd = append(cmd, "--admin-addr", ":"+strconv.Itoa(AdminPort), "--drain-time", drain.String())
+	if !in.NativeSidecar {
+		// SIGTERM comes with the application's: the sidecar stays for its
+		// whole drain time, serving the application's shutdown calls.
+		cmd = append(cmd, "--drain-exit-when-idle=false")
+	}
 	env := []any{
 		obj{"name": "POD_NAME", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.name"}}},
 		obj{"name": "POD_NAMESPACE", "valueFrom": obj{"fieldRef": obj{"fieldPath": "metadata.namespace"}}},

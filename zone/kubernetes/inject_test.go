@@ -161,7 +161,8 @@ func TestInjectLayout(t *testing.T) {
 	}
 	sc := cs[0]
 	wantCmd := "ursa-dp run --cp-address grpcs://ursa-control-plane.ursa-system.svc:5678 --dataplane-name $(POD_NAME).$(POD_NAMESPACE) --mesh payments " +
-		"--token-file /var/run/secrets/ursa.io/token/token --transparent-proxy --transparent-proxy-installed --redirect-all-inbound --admin-addr :9901 --drain-time 25s"
+		"--token-file /var/run/secrets/ursa.io/token/token --transparent-proxy --transparent-proxy-installed --redirect-all-inbound --admin-addr :9901 --drain-time 25s " +
+		"--drain-exit-when-idle=false"
 	if c := strings.Join(sc.Command, " "); c != wantCmd || sc.Image != "ursa/ursa-dp:test" {
 		t.Errorf("sidecar command\n %s\nwant\n %s (image %s)", c, wantCmd, sc.Image)
 	}
@@ -293,8 +294,12 @@ func TestInjectNativeSidecar(t *testing.T) {
 }
 
 // TestInjectDrainTime: the sidecar's --drain-time is the pod's
-// terminationGracePeriodSeconds less 5 s (at most half of it), native
-// sidecar or not, so that it drains and exits before the kubelet's SIGKILL.
+// terminationGracePeriodSeconds less 5 s (at least half of it), native
+// sidecar or not, so that it drains and exits before the kubelet's SIGKILL;
+// a sidecar among the containers, which gets SIGTERM with the application,
+// stays for all of it (--drain-exit-when-idle=false), a native one, which
+// gets it after the application has exited, leaves with its last
+// connection.
 func TestInjectDrainTime(t *testing.T) {
 	for _, tc := range []struct {
 		grace string // the pod's terminationGracePeriodSeconds, "" for none
@@ -334,6 +339,9 @@ func TestInjectDrainTime(t *testing.T) {
 			i := slices.Index(cmd, "--drain-time")
 			if i < 0 || i+1 >= len(cmd) || cmd[i+1] != tc.want {
 				t.Errorf("grace %q, native %v: sidecar command %v, want --drain-time %s", tc.grace, native, cmd, tc.want)
+			}
+			if stays := slices.Contains(cmd, "--drain-exit-when-idle=false"); stays == native {
+				t.Errorf("native %v: sidecar command %v: stays for the whole drain %v", native, cmd, stays)
 			}
 			if tc.grace == "" && pod.Spec.TerminationGracePeriodSeconds != nil {
 				t.Errorf("the injection set terminationGracePeriodSeconds: %d", *pod.Spec.TerminationGracePeriodSeconds)
