@@ -14,19 +14,13 @@ import (
 	"testing"
 	"time"
 
-	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ursamesh/ursa/pkg/apiserver"
-	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/testutil"
-	"github.com/ursamesh/ursa/pkg/xds"
-	"github.com/ursamesh/ursa/pkg/xds/xdstest"
 )
 
 // TestReviewPassthroughExposesLoopback: a host on the pod's link (another
@@ -166,29 +160,7 @@ func reviewAttacker(t *testing.T) {
 
 func reviewVictim(t *testing.T) {
 	dir := os.Getenv("URSA_REVIEW_DIR")
-	rs := xdstest.Inputs(t, "../xds/testdata/transparent-inbound.input.yaml")
-	state := xds.NewState(catalog.FromResources("zone-1", rs), nil)
-	res, err := xds.Sidecar(state, xds.Proxy{Kind: xds.KindSidecar, Dataplane: state.Mesh("default").Registered["billing-1"],
-		TransparentInbound: "15006", InboundPassthrough: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var listeners []*listener.Listener
-	for _, r := range res[resource.ListenerType] {
-		if l := r.(*listener.Listener); l.Name == xds.InboundListener {
-			listeners = append(listeners, l)
-		}
-	}
-	var clusters []*cluster.Cluster
-	for _, r := range res[resource.ClusterType] {
-		if c := r.(*cluster.Cluster); c.GetType() == cluster.Cluster_STATIC || c.Name == xds.InboundPassthroughCluster {
-			clusters = append(clusters, c)
-		}
-	}
-	cfg, err := translate(listeners, clusters, nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := inboundPassthroughConfig(t)
 	ctx := context.Background()
 	log := zaptest.NewLogger(t)
 	// As ursa-dp run --transparent-proxy --redirect-all-inbound (root, marking).

@@ -63,17 +63,11 @@ func TestUpstreamBindConfig(t *testing.T) {
 	}
 }
 
-// TestInboundPassthrough: the zone CP's ursa:inbound with inbound
-// passthrough for billing-1 (testdata transparent-inbound: 8080 is an
-// inbound at the app's own port, 9090 an inbound to the app's 9000), run by
-// the proxy in a throwaway namespace that sends 10.0.0.7's ports to it: a
-// connection to a port no inbound has (7070, the app's metrics) arrives at
-// the app from 127.0.0.6, through the proxy and past the redirection,
-// which lets the proxy's own connections from there out as they are; the
-// app's own port of the 9090 inbound (9000) is closed, not passed through
-// around its inbound. (The namespace's outbound redirection stands in for
-// the inbound one, as in TestInboundTLSOnOriginalDst.)
-func TestInboundPassthrough(t *testing.T) {
+// inboundPassthroughConfig is the zone CP's ursa:inbound with inbound
+// passthrough for billing-1 of testdata transparent-inbound, and its
+// clusters, as the built-in proxy takes them.
+func inboundPassthroughConfig(t *testing.T) *Config {
+	t.Helper()
 	rs := xdstest.Inputs(t, "../xds/testdata/transparent-inbound.input.yaml")
 	state := xds.NewState(catalog.FromResources("zone-1", rs), nil)
 	res, err := xds.Sidecar(state, xds.Proxy{Kind: xds.KindSidecar, Dataplane: state.Mesh("default").Registered["billing-1"],
@@ -97,6 +91,21 @@ func TestInboundPassthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the built-in proxy refuses the generated inbound passthrough: %v", err)
 	}
+	return cfg
+}
+
+// TestInboundPassthrough: the zone CP's ursa:inbound with inbound
+// passthrough for billing-1 (testdata transparent-inbound: 8080 is an
+// inbound at the app's own port, 9090 an inbound to the app's 9000), run by
+// the proxy in a throwaway namespace that sends 10.0.0.7's ports to it: a
+// connection to a port no inbound has (7070, the app's metrics) arrives at
+// the app from 127.0.0.6, through the proxy and past the redirection,
+// which lets the proxy's own connections from there out as they are; the
+// app's own port of the 9090 inbound (9000) is closed, not passed through
+// around its inbound. (The namespace's outbound redirection stands in for
+// the inbound one, as in TestInboundTLSOnOriginalDst.)
+func TestInboundPassthrough(t *testing.T) {
+	cfg := inboundPassthroughConfig(t)
 	if c := cfg.Clusters[xds.InboundPassthroughCluster]; c == nil || !c.OriginalDst || c.Source != netip.MustParseAddrPort("127.0.0.6:0") {
 		t.Fatalf("%s translated to %+v", xds.InboundPassthroughCluster, c)
 	}
