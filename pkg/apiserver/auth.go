@@ -179,9 +179,8 @@ func sameHost(r *http.Request) bool {
 	if !isLoopback(r.RemoteAddr) {
 		return false
 	}
+	// An http.Server always says where the connection arrived; a request
+	// that does not say is not taken for this host's own.
 	la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if !ok {
-		return true // a handler called directly (tests)
-	}
-	return isLoopback(la.String())
+	return ok && isLoopback(la.String())
 }

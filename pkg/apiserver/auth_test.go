@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -88,6 +89,12 @@ type reply struct {
 	header  http.Header
 }
 
+// arrivedAtLoopback is req as an http.Server gives it when it arrived at
+// the plain port's loopback address.
+func arrivedAtLoopback(req *http.Request) *http.Request {
+	return req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5681}))
+}
+
 // serve sends one request from remote with the Authorization header auth
 // (none when empty), as it arrives on the port such a caller uses: the
 // plain one from loopback, the HTTPS one from other hosts (the plain one
@@ -98,6 +105,8 @@ func (s *authServer) serve(method, path, remote, auth, body string) reply {
 	req.RemoteAddr = remote
 	if remote != loopback {
 		req.TLS = &tls.ConnectionState{HandshakeComplete: true}
+	} else {
+		req = arrivedAtLoopback(req)
 	}
 	if auth != "" {
 		req.Header.Set("Authorization", auth)

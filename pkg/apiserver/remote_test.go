@@ -76,6 +76,10 @@ func TestPlainPortRefusesOtherHosts(t *testing.T) {
 		}
 		req := httptest.NewRequest(method, path, body)
 		req.RemoteAddr, req.Host = from, host
+		if local, err := net.ResolveTCPAddr("tcp", host); err == nil {
+			// Where it arrived, as an http.Server says.
+			req = req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, local))
+		}
 		req.Header.Set("Authorization", "Bearer secret-token")
 		if overTLS {
 			req.TLS = &tls.ConnectionState{HandshakeComplete: true}
