@@ -12,13 +12,13 @@ import (
 	"github.com/ursamesh/ursa/zone/kubernetes"
 )
 
-// TestReviewRevokeServiceAccountTokenSaysRefused: on a Kubernetes zone a
+// TestRevokeServiceAccountTokenSaysWhy: on a Kubernetes zone a
 // pod's service-account token admits its proxy (TokenReview). An admin who
 // leaked one and runs `ursactl revoke dataplane-token` is told the token "is
 // refused already" (400), while the zone goes on admitting it: the answer
 // must not claim the token is refused, it must say that this kind of token
 // is not revoked here, and what revokes it.
-func TestReviewRevokeServiceAccountTokenSaysRefused(t *testing.T) {
+func TestRevokeServiceAccountTokenSaysWhy(t *testing.T) {
 	ctx := context.Background()
 	managed := map[string]string{kubernetes.LabelManagedBy: kubernetes.ManagedByController, kubernetes.LabelPodUID: "uid-1"}
 	dp := &api.Dataplane{Meta: api.Meta{Type: "Dataplane", Mesh: "default", Name: "web-1.shop", Labels: managed},

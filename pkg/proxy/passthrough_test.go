@@ -106,7 +106,7 @@ func inboundPassthroughConfig(t *testing.T) *Config {
 // the inbound one, as in TestInboundTLSOnOriginalDst.)
 func TestInboundPassthrough(t *testing.T) {
 	cfg := inboundPassthroughConfig(t)
-	if c := cfg.Clusters[xds.InboundPassthroughCluster]; c == nil || !c.OriginalDst || c.Source != netip.MustParseAddrPort("127.0.0.6:0") {
+	if c := cfg.Clusters[xds.InboundPassthroughCluster]; c == nil || !c.OriginalDst || c.Source != netip.AddrPortFrom(tproxy.ProbeSource, 0) || xds.PassthroughSource != tproxy.ProbeSource.String() {
 		t.Fatalf("%s translated to %+v", xds.InboundPassthroughCluster, c)
 	}
 	if !inNamespace(t) {

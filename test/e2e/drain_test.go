@@ -148,8 +148,25 @@ networking:
 	}
 
 	// A TCP connection left open: it flows on while the sidecar drains,
-	// and is closed when the drain time (1 s) is over.
-	conn, err := net.DialTimeout("tcp", vip("db")+":80", 2*time.Second)
+	// and is closed when the drain time (1 s) is over. The three sidecars
+	// of this host each bind every service's VIP, and the first to bind
+	// one serves it (the others refuse that listener): billing's sidecar,
+	// gone, may have served db's. A change of every sidecar's listeners
+	// (their RBAC) makes the others bind it again.
+	ctl(t, zone.api, "type: TrafficPermission\nmesh: default\nname: nudge\nspec:\n  sources: [{match: {ursa.io/service: web}}]\n  destinations: [{match: {ursa.io/service: '*'}}]\n", "apply", "-f", "-")
+	var conn net.Conn
+	eventually(t, "db's VIP served by a sidecar still running", func() bool {
+		c, err := net.DialTimeout("tcp", vip("db")+":80", 2*time.Second)
+		if err != nil {
+			return false
+		}
+		fmt.Fprintln(c, "probe")
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		return err == nil && strings.Contains(line, "probe")
+	})
+	conn, err = net.DialTimeout("tcp", vip("db")+":80", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
