@@ -29,6 +29,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/bootstrap"
 	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/gctune"
 	"github.com/ursamesh/ursa/pkg/logging"
 	"github.com/ursamesh/ursa/pkg/proxy"
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
@@ -44,6 +45,12 @@ const defaultDNSAddr = "127.0.0.1:15053"
 // that the proxy ends by itself and removes its redirection.
 const defaultDrainTime = 20 * time.Second
 
+// defaultGCHeapFloorMB is --gc-heap-floor-mb's default: a sidecar's live
+// heap is a few MiB, and at Go's default it collected about twice a second
+// under 17k requests/s (test/BENCHMARKS.md, "A heap floor for the
+// sidecars").
+const defaultGCHeapFloorMB = 32
+
 // proxyConfig is what every ursa-dp proxy, a sidecar (run) or an ingress,
 // is configured with.
 type proxyConfig struct {
@@ -58,7 +65,10 @@ type proxyConfig struct {
 	DrainTime config.Duration `json:"drainTime" usage:"on SIGTERM or SIGINT (built-in proxy), how long the proxy drains before it exits: the listeners that take outside traffic (inbound, an ingress's) stop accepting and /ready answers 503, HTTP/1.1 responses say Connection: close and idle connections close, HTTP/2 connections get GOAWAY, requests and TCP connections in flight go on; outbound listeners keep accepting the application's calls (an HTTP connection then serves its request and closes). It exits once no connection is left, or when the drain time is over, closing what remains; a second signal exits at once. 0: no drain. The default fits in the 30 s a kubelet and ursa-dp@.service wait before SIGKILL"`
 	// DrainExitWhenIdle ends the drain with the last connection.
 	DrainExitWhenIdle bool `json:"drainExitWhenIdle" usage:"end the drain, and exit, as soon as no connection is open; false: stay for the whole --drain-time, serving the outbound calls an application makes during its own shutdown (a sidecar that gets SIGTERM together with its application, as a non-native sidecar in a pod does, like Istio's default)"`
-	Log               struct {
+	// GcHeapFloorMb is the heap growth, in MiB, the built-in proxy allows
+	// itself between garbage collections.
+	GcHeapFloorMb int `json:"gcHeapFloorMb" usage:"built-in proxy: let the heap grow by at least this many MiB between garbage collections (or double, when the live heap is larger), so that a proxy whose live heap is a few MiB does not collect for every few MiB its requests allocate; memory only under load. 0: Go's default (twice the live heap). A GOGC environment variable wins"`
+	Log           struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 }
@@ -66,7 +76,7 @@ type proxyConfig struct {
 // defaultProxyConfig is a proxy's defaults, its admin address admin.
 func defaultProxyConfig(admin string) proxyConfig {
 	c := proxyConfig{CPAddress: "grpcs://127.0.0.1:5678", Proxy: "builtin", AdminAddr: admin, DrainTime: config.Duration{Duration: defaultDrainTime},
-		DrainExitWhenIdle: true}
+		DrainExitWhenIdle: true, GcHeapFloorMb: defaultGCHeapFloorMB}
 	c.Log.Level = "info"
 	return c
 }
@@ -389,6 +399,9 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	if cfg.DrainTime.Duration < 0 {
 		return fmt.Errorf("--drain-time %s: want 0 (no drain) or more", cfg.DrainTime.Duration)
 	}
+	if cfg.GcHeapFloorMb < 0 {
+		return fmt.Errorf("--gc-heap-floor-mb %d: want 0 (Go's default) or more", cfg.GcHeapFloorMb)
+	}
 	target, tlsCfg, token, err := dialSettings(cfg)
 	if err != nil {
 		return err
@@ -436,6 +449,7 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	}
 	defer log.Sync()
 	log = log.With(zap.String("proxy", nodeID))
+	gctune.HeapFloor(ctx, uint64(cfg.GcHeapFloorMb)<<20, log)
 	reg := prometheus.NewRegistry()
 	p, err := proxy.New(log.Named("proxy"), reg)
 	if err != nil {

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"io"
 	"os/user"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 
 	"github.com/ursamesh/ursa/pkg/proxy/tproxy"
 )
@@ -153,5 +156,23 @@ func TestIngressTakesNoSidecarFlags(t *testing.T) {
 		if newIngress().Flags().Lookup(name) == nil {
 			t.Errorf("ursa-dp ingress has no --%s", name)
 		}
+	}
+}
+
+// TestGCHeapFloorFlag: run and ingress take --gc-heap-floor-mb, a floor
+// by default; a negative one is refused, naming the flag, before anything
+// starts.
+func TestGCHeapFloorFlag(t *testing.T) {
+	for _, cmd := range []*cobra.Command{newRun(), newIngress()} {
+		f := cmd.Flags().Lookup("gc-heap-floor-mb")
+		if f == nil || f.DefValue != strconv.Itoa(defaultGCHeapFloorMB) {
+			t.Errorf("ursa-dp %s: --gc-heap-floor-mb %v, want one defaulting to %d", cmd.Name(), f, defaultGCHeapFloorMB)
+		}
+	}
+	cfg := runConfig{proxyConfig: defaultProxyConfig("127.0.0.1:0")}
+	cfg.GcHeapFloorMb = -1
+	err := runProxy(context.Background(), cfg, "default.x", nil)
+	if err == nil || !strings.Contains(err.Error(), "--gc-heap-floor-mb -1") {
+		t.Errorf("runProxy with a negative heap floor: %v, want it refused naming the flag", err)
 	}
 }

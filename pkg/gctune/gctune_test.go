@@ -1,0 +1,104 @@
+package gctune
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+)
+
+func TestPercent(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		live, floor uint64
+		want        int
+	}{
+		{8 * mib, 32 * mib, 400},    // a proxy's heap: collect every 32 MiB, not every 8
+		{32 * mib, 32 * mib, 100},   // Go's default from here on
+		{500 * mib, 32 * mib, 100},  // a large heap still doubles
+		{10 * mib, 0, 100},          // no floor: Go's default
+		{64 * 1024, 32 * mib, 2000}, // bounded
+		{0, 32 * mib, 2000},         // nothing live yet
+		{33 * mib, 100 * mib, 303},  // rounded down
+		{mib, 3 * mib / 2, 150},     // between
+	}
+	for _, tt := range tests {
+		if got := Percent(tt.live, tt.floor, maxPercent); got != tt.want {
+			t.Errorf("Percent(%d, %d) = %d, want %d", tt.live, tt.floor, got, tt.want)
+		}
+	}
+}
+
+// TestHeapFloorFollowsLiveHeap runs the tuner in this process: after a
+// collection the target is the floor's over the live heap, and once the
+// live heap outgrows the floor it is Go's default again.
+func TestHeapFloorFollowsLiveHeap(t *testing.T) {
+	if _, ok := os.LookupEnv("GOGC"); ok {
+		t.Skip("GOGC is set: the tuner leaves the target to it")
+	}
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const floor = 48 << 20
+	HeapFloor(ctx, floor, zaptest.NewLogger(t))
+
+	// The target the tuner should have set for the live heap now.
+	wantAfterGC := func() int {
+		runtime.GC()
+		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		metrics.Read(s)
+		return Percent(s[0].Value.Uint64(), floor, maxPercent)
+	}
+	want := wantAfterGC()
+	if want <= 100 {
+		t.Fatalf("the test's live heap is already %d%% of the floor: nothing to show", want)
+	}
+	waitPercent(t, want)
+
+	held := make([][]byte, 64) // 64 MiB live, more than the floor
+	for i := range held {
+		held[i] = make([]byte, 1<<20)
+	}
+	waitPercent(t, wantAfterGC())
+	if got := gcPercent(); got != 100 {
+		t.Errorf("with %d MiB live over a floor of 48 MiB, target %d%%, want 100%%", len(held), got)
+	}
+	runtime.KeepAlive(held)
+}
+
+func TestHeapFloorLeavesGOGC(t *testing.T) {
+	t.Setenv("GOGC", "150")
+	defer debug.SetGCPercent(debug.SetGCPercent(150))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	HeapFloor(ctx, 1<<30, zaptest.NewLogger(t))
+	runtime.GC()
+	runtime.GC()
+	if got := gcPercent(); got != 150 {
+		t.Errorf("target %d%% with GOGC=150, want 150%%", got)
+	}
+}
+
+// waitPercent waits for the finalizer, which runs after the collection,
+// to have set want.
+func waitPercent(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for gcPercent() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("target %d%%, want %d%%", gcPercent(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func gcPercent() int {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(s[0].Value.Uint64())
+}
