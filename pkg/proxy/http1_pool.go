@@ -520,7 +520,7 @@ func (pl *h1Pool) readHead(pc *h1Conn, req *http.Request, sc *h1Scratch) (*http.
 	size, n := pl.c.Load().responseHeaderLimits()
 	start := pc.src.at(pc.br)
 	pc.src.limit = int64(size - pc.br.Buffered() + pc.br.Size())
-	resp, err := readResponse(pc.br, req, sc)
+	resp, err := readResponse(pc.br, pc.src, req, sc)
 	tooLarge := pc.src.limit <= 0
 	pc.src.limit = math.MaxInt64
 	switch {

@@ -126,6 +126,39 @@ type h1Src struct {
 	c     net.Conn
 	limit int64
 	n     int64
+	// rec, while recording, is a copy of what br holds and what it has
+	// read since: a head net/http's parser reads (record).
+	rec       []byte
+	recording bool
+}
+
+// record starts keeping a copy of what br, reading s, parses next: what
+// it holds now and what it reads until recorded.
+func (s *h1Src) record(br *bufio.Reader) {
+	b, _ := br.Peek(br.Buffered())
+	s.rec = append(s.rec[:0], b...)
+	s.recording = true
+}
+
+// recorded ends record, returning the message head it kept (through the
+// blank line, bare LFs as net/http takes them), or all it kept when the
+// head did not end.
+func (s *h1Src) recorded() []byte {
+	s.recording = false
+	head := s.rec
+	s.rec = nil // rare, and as large as a head may be: not kept
+	for i := 0; i+1 < len(head); i++ {
+		if head[i] != '\n' {
+			continue
+		}
+		switch {
+		case head[i+1] == '\n':
+			return head[:i+2]
+		case head[i+1] == '\r' && i+2 < len(head) && head[i+2] == '\n':
+			return head[:i+3]
+		}
+	}
+	return head
 }
 
 // at is the position in the connection's bytes that br, reading src, has
@@ -145,6 +178,9 @@ func (s *h1Src) Read(p []byte) (int, error) {
 	n, err := s.c.Read(p)
 	s.limit -= int64(n)
 	s.n += int64(n)
+	if s.recording {
+		s.rec = append(s.rec, p[:n]...)
+	}
 	return n, err
 }
 
@@ -364,7 +400,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		}
 		src.limit = p.headBound(name, dst, br)
 		start := src.at(br)
-		req, err := readRequest(ctx, br, meta.scratch)
+		req, err := readRequest(ctx, br, src, meta.scratch)
 		tooLarge := src.limit <= 0
 		src.limit = math.MaxInt64
 		meta.scratch.head = int(src.at(br) - start)

@@ -438,6 +438,10 @@ func FuzzH1Serve(f *testing.F) {
 		"PRI * HTTP/1.1\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: svc\r\nContent-Length: -1\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\nzz\r\n",
+		// Framed two ways past the read buffer, and in bare LFs
+		// (TestEnvoyChunkedWithContentLengthRefused).
+		"POST /x HTTP/1.1\r\nHost: svc\r\nX-Pad: " + strings.Repeat("p", 5000) + "\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"POST /x HTTP/1.1\nHost: svc\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\nGET / HTTP/1.1\nHost: svc\n\n",
 		// Each took a second or two once (TestH1CallerBodyErrors).
 		"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\xf4abc\r\n0\r\n\r\n",
 		"POST /x HTTP/1.1\r\nHost: svc\r\nX-Foo : bar\r\nContent-Length: 3\r\n\r\nabc",

@@ -138,9 +138,9 @@ func peekHead(br *bufio.Reader) []byte {
 }
 
 // hasField reports whether a message head has a field named name (lower
-// case), in any case.
+// case), in any case; its lines may end in CRLF or a bare LF.
 func hasField(head []byte, name string) bool {
-	for line := range bytes.SplitSeq(head, []byte("\r\n")) {
+	for line := range bytes.SplitSeq(head, []byte("\n")) {
 		if k, _, ok := bytes.Cut(line, []byte(":")); ok && len(k) == len(name) && strings.EqualFold(string(k), name) {
 			return true
 		}
@@ -335,26 +335,29 @@ func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch) (r http.Re
 	return r, nil
 }
 
-// readRequest reads the next request on br, with ctx as its context: a
-// simple head by the fast parser, anything else by net/http's. A chunked
-// request's Trailer is where its body's reader puts the trailers it finds
-// at the end, announced or not, as Envoy's HTTP/1 codec parses every one
-// (whether they go on is the HCM's enable_trailers: forward).
-func readRequest(ctx context.Context, br *bufio.Reader, sc *h1Scratch) (*http.Request, error) {
-	head := peekHead(br)
-	if head != nil {
+// readRequest reads the next request on br (which reads src), with ctx as
+// its context: a simple head by the fast parser, anything else by
+// net/http's. A chunked request's Trailer is where its body's reader puts
+// the trailers it finds at the end, announced or not, as Envoy's HTTP/1
+// codec parses every one (whether they go on is the HCM's
+// enable_trailers: forward).
+func readRequest(ctx context.Context, br *bufio.Reader, src *h1Src, sc *h1Scratch) (*http.Request, error) {
+	if head := peekHead(br); head != nil {
 		if r, err := parseSimpleRequest(head, br, sc); err == nil {
 			br.Discard(len(head))
 			return r.WithContext(ctx), nil
 		}
-		// A body framed two ways, which net/http would take by its
-		// Transfer-Encoding (and hide the Content-Length): the shape of
-		// request smuggling, which Envoy's codec refuses.
-		if hasField(head, "transfer-encoding") && hasField(head, "content-length") {
-			return nil, errors.New("http1: both Transfer-Encoding and Content-Length")
-		}
 	}
+	src.record(br)
 	r, err := http.ReadRequest(br)
+	// A body framed two ways, which net/http takes by its
+	// Transfer-Encoding (and hides the Content-Length): the shape of
+	// request smuggling, which Envoy's codec refuses. The head is read as
+	// the parser saw it, however long (past br's buffer) or however its
+	// lines end.
+	if head := src.recorded(); hasField(head, "transfer-encoding") && hasField(head, "content-length") {
+		return nil, errors.New("http1: both Transfer-Encoding and Content-Length")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -440,21 +443,26 @@ func fixPragma(h http.Header) {
 	}
 }
 
-// readResponse reads the response to req on br: a simple head by the
-// fast parser, anything else by net/http's.
-func readResponse(br *bufio.Reader, req *http.Request, sc *h1Scratch) (*http.Response, error) {
+// readResponse reads the response to req on br (which reads src): a
+// simple head by the fast parser, anything else by net/http's.
+func readResponse(br *bufio.Reader, src *h1Src, req *http.Request, sc *h1Scratch) (*http.Response, error) {
 	if head := peekHead(br); head != nil {
 		if resp, err := parseSimpleResponse(head, br, req, sc); err == nil {
 			br.Discard(len(head))
 			return resp, nil
 		}
-		// Framed two ways: a protocol error to Envoy's codec (503, UPE),
-		// where net/http would go by the Transfer-Encoding.
-		if hasField(head, "transfer-encoding") && hasField(head, "content-length") {
-			return nil, &upstreamHeadError{status: http.StatusServiceUnavailable, why: "upstream response framed by both Transfer-Encoding and Content-Length"}
-		}
 	}
-	return http.ReadResponse(br, req)
+	src.record(br)
+	resp, err := http.ReadResponse(br, req)
+	// Framed two ways: a protocol error to Envoy's codec (503, UPE), where
+	// net/http goes by the Transfer-Encoding; read as in readRequest.
+	if head := src.recorded(); hasField(head, "transfer-encoding") && hasField(head, "content-length") {
+		if err == nil {
+			resp.Body.Close()
+		}
+		return nil, &upstreamHeadError{status: http.StatusServiceUnavailable, why: "upstream response framed by both Transfer-Encoding and Content-Length"}
+	}
+	return resp, err
 }
 
 // fixedBody is a body of n bytes; the input ending sooner is

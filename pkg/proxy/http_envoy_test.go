@@ -107,35 +107,78 @@ func rawExchange(t *testing.T, addr, req string) (*http.Response, string) {
 // Transfer-Encoding: chunked and Content-Length (RFC 9112 §6.3: "ought to
 // be handled as an error", the request-smuggling shape) gets 400 from
 // Envoy's HTTP/1 codec unless http_protocol_options.allow_chunked_length
-// is set, which the built-in proxy neither takes nor runs.
+// is set, which the built-in proxy neither takes nor runs: also when the
+// head is longer than the connection's read buffer (4 KiB) or its lines
+// end in bare LFs, which net/http's parser reads instead of the fast one.
+// The same heads framed one way are served, body and all.
 func TestEnvoyChunkedWithContentLengthRefused(t *testing.T) {
 	p := newProxy(t)
 	var reached atomic.Int64
-	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) { reached.Add(1); io.Copy(io.Discard, r.Body) })
+	bodies := make(chan string, 8)
+	app := backend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		b, _ := io.ReadAll(r.Body)
+		bodies <- string(b)
+	})
 	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
-	resp, _ := rawExchange(t, strings.TrimPrefix(url, "http://"),
-		"POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-	if resp.StatusCode != 400 || reached.Load() != 0 {
-		t.Fatalf("TE+CL request: status %d, reached the application %d times; Envoy answers 400 and forwards nothing", resp.StatusCode, reached.Load())
+	pad := "X-Pad: " + strings.Repeat("p", 5000) + "\r\n"
+	for _, tc := range []struct {
+		name, head string
+		refused    bool
+	}{
+		{"short", "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", true},
+		{"past the buffer", "POST /x HTTP/1.1\r\nHost: svc\r\n" + pad + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", true},
+		{"past the buffer, Content-Length after", "POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n" + pad + "content-length: 5\r\n\r\n", true},
+		{"bare LFs", "POST /x HTTP/1.1\nHost: svc\nContent-Length: 5\nTransfer-Encoding: chunked\n\n", true},
+		{"past the buffer, chunked only", "POST /x HTTP/1.1\r\nHost: svc\r\n" + pad + "Transfer-Encoding: chunked\r\n\r\n", false},
+		{"bare LFs, chunked only", "POST /x HTTP/1.1\nHost: svc\nTransfer-Encoding: chunked\n\n", false},
+	} {
+		before := reached.Load()
+		resp, _ := rawExchange(t, strings.TrimPrefix(url, "http://"), tc.head+"3\r\nabc\r\n0\r\n\r\n")
+		switch {
+		case tc.refused && (resp.StatusCode != 400 || reached.Load() != before):
+			t.Errorf("%s: TE+CL request: status %d, reached the application %d times; Envoy answers 400 and forwards nothing", tc.name, resp.StatusCode, reached.Load()-before)
+		case !tc.refused && resp.StatusCode != 200:
+			t.Errorf("%s: status %d, want 200", tc.name, resp.StatusCode)
+		case !tc.refused:
+			if b := <-bodies; b != "abc" {
+				t.Errorf("%s: the application read %q, want the chunked body %q", tc.name, b, "abc")
+			}
+		}
 	}
 }
 
 // TestEnvoyResponseFramedTwiceRefused: an upstream response framed by
 // both Transfer-Encoding and Content-Length is a protocol error to Envoy's
-// codec: the caller gets 503 (UPE), not the body as either framing reads it.
+// codec: the caller gets 503 (UPE), not the body as either framing reads
+// it; also when its head is longer than the read buffer, or its lines end
+// in bare LFs. Framed one way, the same long head is served.
 func TestEnvoyResponseFramedTwiceRefused(t *testing.T) {
 	p := newProxy(t)
-	up := rawUpstream(t, func(*http.Request, int) string {
-		return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+	pad := "X-Pad: " + strings.Repeat("p", 5000) + "\r\n"
+	heads := map[string]string{
+		"/short": "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"/long":  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + pad + "Content-Length: 5\r\n\r\n",
+		"/lf":    "HTTP/1.1 200 OK\nContent-Length: 5\nTransfer-Encoding: chunked\n\n",
+		"/once":  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + pad + "\r\n",
+	}
+	up := rawUpstream(t, func(r *http.Request, _ int) string {
+		return heads[r.URL.Path] + "5\r\nhello\r\n0\r\n\r\n"
 	})
 	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
-	resp, err := http.Get(url + "/x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("a response framed both ways: %d; Envoy answers 503 (UPE)", resp.StatusCode)
+	for _, path := range []string{"/short", "/long", "/lf", "/once"} {
+		resp, err := http.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case path == "/once" && (resp.StatusCode != 200 || string(b) != "hello"):
+			t.Errorf("%s: a long head framed one way: %d %q, want 200 %q", path, resp.StatusCode, b, "hello")
+		case path != "/once" && resp.StatusCode != http.StatusServiceUnavailable:
+			t.Errorf("%s: a response framed both ways: %d; Envoy answers 503 (UPE)", path, resp.StatusCode)
+		}
 	}
 }
 
