@@ -147,22 +147,27 @@ func (t Timing) RotateRoot(ctx context.Context, st store.Store, mesh string, now
 		return fail(fmt.Errorf("%w: its next root (serial %s) was published at %s; the old one retires once every zone issues under the next one",
 			ErrRootRotating, serialOf(root.NextCertPEM), publishedAt(root.NextCertPEM).Format(time.RFC3339)))
 	}
-	if root.KeyPEM == "" {
-		return fail(errors.New("the root's key is not in this store: rotate it where the mesh's CA was made"))
-	}
-	s := serial()
-	made, err := newRoot(mesh, fmt.Sprintf("ursa mesh %s root %s", mesh, s.Text(16)[:8]), now)
-	if err != nil {
-		return fail(err)
-	}
-	root.NextCertPEM, root.NextKeyPEM = made.CertPEM, made.KeyPEM
-	if err := SignRootCRL(root, now); err != nil {
+	if err := publishNextRoot(root, now); err != nil {
 		return fail(err)
 	}
 	if _, err := st.Apply(ctx, []api.Resource{root}, nil); err != nil {
 		return fail(err)
 	}
 	return t.StatusOf(root, nil, now), nil
+}
+
+// publishNextRoot sets root's next root, with its revocation list, and
+// signs the root's again. root must hold its key and not be rotating.
+func publishNextRoot(root *api.MeshCA, now time.Time) error {
+	if root.KeyPEM == "" {
+		return errors.New("the root's key is not in this store: rotate it where the mesh's CA was made")
+	}
+	made, err := newRoot(root.Mesh, fmt.Sprintf("ursa mesh %s root %.8s", root.Mesh, serial().Text(16)), now)
+	if err != nil {
+		return err
+	}
+	root.NextCertPEM, root.NextKeyPEM = made.CertPEM, made.KeyPEM
+	return SignRootCRL(root, now)
 }
 
 // publishedAt is when certPEM was signed (its NotBefore is backdated).
