@@ -234,18 +234,22 @@ func (t Timing) StatusOf(root *api.MeshCA, zcas []*api.ZoneCA, now time.Time) Ro
 		out.SwitchFrom = n.Published.Add(t.published())
 		next, _ = parseCert(root.NextCertPEM)
 	}
-	switched := true
+	switched, started := true, false
 	for _, z := range zcas {
 		zr := ZoneRoot{Zone: z.Name, Serial: serialOf(z.CertPEM), OnNext: next != nil && signedBy(z.CertPEM, next)}
 		switched = switched && zr.OnNext
+		started = started || zr.OnNext || next != nil && signedBy(z.NextCertPEM, next)
 		out.Zones = append(out.Zones, zr)
 	}
 	slices.SortFunc(out.Zones, func(a, b ZoneRoot) int { return strings.Compare(a.Zone, b.Zone) })
-	if next != nil && !now.Before(out.SwitchFrom) {
+	// What the CAs show first, the clock second: a control plane whose
+	// clock is behind the authority's still reports its steps.
+	switch {
+	case next == nil:
+	case started && switched:
+		out.Phase = PhaseRetiring
+	case started || !now.Before(out.SwitchFrom):
 		out.Phase = PhaseSwitching
-		if switched {
-			out.Phase = PhaseRetiring
-		}
 	}
 	return out
 }
