@@ -272,3 +272,94 @@ func TestStandaloneMeshRootRotation(t *testing.T) {
 	}
 	t.Logf("%d calls across the rotation, none failed", len(all))
 }
+
+// TestProxylessMeshRootRotation: proxyless gRPC applications (grpc-go
+// with xDS credentials, their certificates and trust on disk by ursa-dp
+// proxyless) in a standalone zone through a root's rotation, each step
+// longer than grpc-go's file watcher's refresh (10 s): the trust file
+// holds both roots while the rotation runs and the new one alone after
+// it; a new client connection, made every half second, is never refused,
+// and a client on one long-lived connection never fails a call.
+func TestProxylessMeshRootRotation(t *testing.T) {
+	const delay = 12 * time.Second
+	m := &meshZones{t: t, dir: t.TempDir(), zones: map[string]*zoneProcs{}}
+	z := &zoneProcs{name: "zone-1"}
+	z.cp = startCP(t, "zone", "--zone", "zone-1", "--vip-cidr", "127.252.0.0/16", "--mtls-ca-publish-delay", delay.String())
+	z.xds, z.dns = z.cp.xds, z.cp.dns
+	m.zones["zone-1"] = z
+	ctl(t, z.cp.api, openMTLSMesh, "apply", "-f", "-")
+	m.startProxylessServer("zone-1", "billing-1", "billing", "v1")
+	web := m.startProxylessAgent("zone-1", "web-1", "web", "v1")
+	held := web.dial(t, "billing")
+	eventually(t, "a call to billing", func() bool { _, _, err := unary(held); return err == nil })
+	roots := func() int {
+		b, err := os.ReadFile(filepath.Join(web.dir, "ca.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "BEGIN CERTIFICATE")
+	}
+	if n := roots(); n != 1 {
+		t.Fatalf("web trusts %d certificates before the rotation, want the root", n)
+	}
+
+	stop := make(chan struct{})
+	heldErr := make(chan error, 1)
+	go func() { // calls on one connection, without a pause
+		defer close(heldErr)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, _, err := unary(held); err != nil {
+				heldErr <- err
+				return
+			}
+		}
+	}()
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+	}()
+	ctl(t, z.cp.api, "", "mesh", "rotate-root", "default")
+	started := rootStatus(t, z.cp)
+	if started.Next == nil {
+		t.Fatalf("status after rotate-root: %+v", started)
+	}
+	eventually(t, "web to trust both roots", func() bool { return roots() == 2 })
+	fresh, phases := 0, map[string]bool{}
+	testutil.Until(t, 5*delay, "the rotation to end", func() bool {
+		c := web.dial(t, "billing")
+		if _, _, err := unary(c); err != nil {
+			t.Fatalf("a new connection to billing during the rotation (phase %v) failed: %v", phases, err)
+		}
+		fresh++
+		s := rootStatus(t, z.cp)
+		phases[s.Phase] = true
+		return s.Phase == mtls.PhaseStable && s.Root.Serial == started.Next.Serial
+	})
+	eventually(t, "web to trust the new root alone", func() bool { return roots() == 1 })
+	b, _ := os.ReadFile(filepath.Join(web.dir, "ca.pem"))
+	if parsePEM(t, string(b)).SerialNumber.Text(16) != started.Next.Serial {
+		t.Fatal("web's trust after the rotation is not the new root")
+	}
+	// New connections after grpc-go's next refresh, under the new root alone.
+	deadline := time.Now().Add(11 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, _, err := unary(web.dial(t, "billing")); err != nil {
+			t.Fatalf("a new connection after the rotation failed: %v", err)
+		}
+		fresh++
+		time.Sleep(500 * time.Millisecond)
+	}
+	close(stop)
+	if err := <-heldErr; err != nil {
+		t.Fatalf("a call on the long-lived connection failed: %v", err)
+	}
+	t.Logf("phases seen %v; %d new connections, none refused", phases, fresh)
+}
