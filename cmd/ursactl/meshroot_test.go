@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"maps"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -14,14 +15,15 @@ import (
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/tokens"
 )
 
 // TestMeshRotateRoot: against a real API server with the CA's handlers and
 // an authority on a clock the test moves, `ursactl mesh rotate-root`
 // starts a rotation and says when the zones move; `mesh ca-status` shows
 // each phase until the old root retires; a second rotation while one is
-// under way, a mesh without mTLS and an unknown mesh fail with the
-// problem named, changing nothing.
+// under way, a mesh without mTLS, an unknown mesh and a read-only user
+// fail with the problem named, changing nothing.
 func TestMeshRotateRoot(t *testing.T) {
 	ctx := context.Background()
 	st := store.NewMemory(0)
@@ -36,13 +38,24 @@ func TestMeshRotateRoot(t *testing.T) {
 	}
 	log := zaptest.NewLogger(t)
 	tm := mtls.Timing{Published: time.Minute}
+	users := tokens.NewUserIssuer(st, log)
+	extra := mtls.Handlers(st, tm, log)
+	maps.Copy(extra, users.Handlers())
 	h, err := apiserver.New(apiserver.Deps{Store: st, Log: log, Mode: apiserver.ModeGlobal, Registry: prometheus.NewRegistry(),
-		Extra: mtls.Handlers(st, tm, log)})
+		RequireTokenOnLocalhost: true, Users: users, Extra: extra})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
+	admin, err := users.Issue(ctx, "ada", "admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rita, err := users.Issue(ctx, "rita", "readonly", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The handlers stamp what they make with the real clock; the
 	// authority's clock runs ahead of it by offset.
 	var offset time.Duration
@@ -63,9 +76,13 @@ func TestMeshRotateRoot(t *testing.T) {
 			}
 		}
 	}
+	runAs := func(token string, args ...string) result {
+		t.Helper()
+		return ursactl(t, map[string]string{envAPIServer: srv.URL, envToken: token}, "", args...)
+	}
 	run := func(args ...string) result {
 		t.Helper()
-		return ursactl(t, nil, "", append([]string{"--api-server", srv.URL}, args...)...)
+		return runAs(admin, args...)
 	}
 	pass()
 	status := func(want ...string) {
@@ -90,6 +107,13 @@ func TestMeshRotateRoot(t *testing.T) {
 		if res := run("mesh", "rotate-root", tc.mesh); res.code == 0 || !strings.Contains(res.stderr, tc.says) {
 			t.Errorf("rotate-root %s: exit %d, stderr %q, want it to say %q", tc.mesh, res.code, res.stderr, tc.says)
 		}
+	}
+	// Admins only: a read-only user may look, not rotate.
+	if res := runAs(rita, "mesh", "rotate-root", "default"); res.code == 0 || !strings.Contains(res.stderr, "Forbidden") {
+		t.Errorf("a read-only user's rotate-root: exit %d, stderr %q", res.code, res.stderr)
+	}
+	if res := runAs(rita, "mesh", "ca-status", "default"); res.code != 0 || !strings.Contains(res.stdout, "stable") {
+		t.Errorf("a read-only user's ca-status: exit %d, %s%s", res.code, res.stdout, res.stderr)
 	}
 	if after, _ := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: "default", Name: mtls.CAName}); after.GetMeta().Version != before.GetMeta().Version {
 		t.Fatal("a refused rotation changed the mesh's CA")
