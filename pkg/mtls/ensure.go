@@ -47,10 +47,11 @@ func OnlyZone(zone string) Zones {
 
 // Authority keeps every mTLS mesh's certificate authorities as they should
 // be, where the roots' keys are (the global, or a standalone zone): a root
-// per mesh, made once; an intermediate (ZoneCA) per mesh and zone of Zones,
-// replaced before it expires; the intermediate of a zone no longer among
-// them revoked and deleted; the root's revocation list kept signed and
-// fresh. Every write is one transaction conditional on the MeshCA it was
+// per mesh, made once, and replaced step by step once a rotation asked
+// for a next one (RotateRoot); an intermediate (ZoneCA) per mesh and zone
+// of Zones, replaced before it expires; the intermediate of a zone no
+// longer among them revoked and deleted; the roots' revocation lists kept
+// signed and fresh. Every write is one transaction conditional on the MeshCA it was
 // decided from, so replicas racing each other are harmless: the loser
 // decides again from what the winner wrote.
 type Authority struct {
