@@ -45,6 +45,9 @@ type Config struct {
 		Level string `json:"level" usage:"log level: debug, info, warn or error"`
 	} `json:"log"`
 	ShutdownGrace config.Duration `json:"shutdownGrace" usage:"how long in-flight requests may take to finish on shutdown"`
+	MTLS          struct {
+		CAPublishDelay config.Duration `json:"caPublishDelay" usage:"TESTS ONLY: how long a new CA (a zone's next intermediate, a mesh's next root) is published before it is relied on, and an old root stays after every zone issues under its successor; 0 is the default, an hour, which production needs for every proxy to receive each step"`
+	} `json:"mtls"`
 }
 
 // KDSConfig configures the KDS server zones connect to.
@@ -89,6 +92,9 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownGrace.Duration < 0 {
 		errs = append(errs, errors.New("shutdownGrace: must not be negative"))
+	}
+	if c.MTLS.CAPublishDelay.Duration < 0 {
+		errs = append(errs, errors.New("mtls.caPublishDelay: must not be negative (0 is the default, an hour)"))
 	}
 	return errors.Join(errs...)
 }
@@ -146,7 +152,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	extra := issuer.Handlers()
-	maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
+	caTiming := mtls.Timing{Published: cfg.MTLS.CAPublishDelay.Duration}
+	if caTiming.Published > 0 {
+		log.Warn("TESTS ONLY: CAs are relied on after a shortened publishing time (--mtls-ca-publish-delay); proxies that miss a step may refuse peers", zap.Duration("ca_publish_delay", caTiming.Published))
+	}
+	maps.Copy(extra, mtls.Handlers(st, caTiming, log.Named("mesh-ca")))
 	maps.Copy(extra, users.Handlers())
 	extra["GET /kds/ca.pem"] = kdsCert.CAHandler()
 	apiCert, err := apiserver.Certificate(ctx, st, cfg.API, "ursa global control plane (API) CA")
@@ -195,7 +205,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
-	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Log: log.Named("mesh-ca")})
+	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Timing: caTiming, Log: log.Named("mesh-ca")})
 	r.AddRestarting("user-token-keys", run.Func(func(ctx context.Context) error {
 		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
 	}))

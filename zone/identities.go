@@ -17,8 +17,9 @@ import (
 )
 
 // signerFor is what mesh m's workload identities are issued with in this
-// zone, and what its proxies trust: the root certificate (PEM) and the
-// revocation lists (PEM, empty for none). The zone's own intermediate CA
+// zone, and what its proxies trust: the root certificates (PEM; both roots
+// while the root is being replaced) and the revocation lists (PEM, empty
+// for none). The zone's own intermediate CA
 // signs; where no intermediate has arrived and the root's key is here (a
 // global from before zone CAs), the root. A nil signer with no error means
 // there is none yet, and the mesh's sidecars get no identity until there
@@ -41,16 +42,17 @@ func signerFor(m *xds.MeshState) (*mtls.Signer, string, string, error) {
 	if err != nil {
 		return nil, "", "", err
 	}
-	return s, m.CA.CertPEM, m.CA.CRLBundle(), nil
+	return s, m.CA.TrustBundle(), m.CA.CRLBundle(), nil
 }
 
 // signing is a mesh's signer for one round of generation, with what every
 // proxy of the mesh shares: its trust secret.
 type signing struct {
 	signer *mtls.Signer
-	// id names the signer, its chain and the root: a change of any of
-	// them re-issues every identity. (A change of the revocation lists
-	// alone changes trust, not identities.)
+	// id names the signer and its chain: a change of either re-issues
+	// every identity. (A change of the revocation lists or of the roots
+	// trusted alone changes trust, not identities: the signer's
+	// certificate names its issuer, and a root that signs is the signer.)
 	id    string
 	trust xds.Resources
 	// proxylessTrust is the trust of proxyless applications, which cannot
@@ -78,7 +80,6 @@ func signingFor(memo map[string]*signing, m *xds.MeshState) *signing {
 	h := sha256.New()
 	h.Write(signer.Cert.Raw)
 	h.Write(signer.ChainPEM)
-	h.Write([]byte(root))
 	s.signer, s.id = signer, hex.EncodeToString(h.Sum(nil)[:12])
 	s.trust = xds.Resources{}
 	s.trust.Add(resource.SecretType, xds.TrustSecret(root, crl))

@@ -91,6 +91,9 @@ type Config struct {
 	} `json:"xds"`
 	MTLS struct {
 		CertTTL config.Duration `json:"certTTL" usage:"lifetime of workload certificates; each is renewed at a time drawn between 40 % and half of it, so that proxies that connected together do not all renew at once"`
+		// CAPublishDelay matters in a standalone zone only, which makes
+		// its meshes' CAs.
+		CAPublishDelay config.Duration `json:"caPublishDelay" usage:"TESTS ONLY: how long a new CA (a zone's next intermediate, a mesh's next root) is published before it is relied on, and an old root stays after every zone issues under its successor; 0 is the default, an hour, which production needs for every proxy to receive each step (standalone zones only)"`
 	} `json:"mtls"`
 	DNS struct {
 		Addr      string          `json:"addr" usage:"address of the .mesh DNS resolver (UDP and TCP)"`
@@ -173,6 +176,9 @@ func (c Config) Validate() error {
 	}
 	if c.MTLS.CertTTL.Duration < time.Minute {
 		errs = append(errs, errors.New("mtls.certTTL: use at least 1m"))
+	}
+	if c.MTLS.CAPublishDelay.Duration < 0 {
+		errs = append(errs, errors.New("mtls.caPublishDelay: must not be negative (0 is the default, an hour)"))
 	}
 	if d := c.XDS.LoadReportingInterval.Duration; d < 100*time.Millisecond || d > time.Minute {
 		errs = append(errs, fmt.Errorf("xds.loadReportingInterval: %s is out of range; use 100ms to 1m", c.XDS.LoadReportingInterval))
@@ -288,8 +294,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	maps.Copy(extra, ingTokens.Handlers())
 	extra["GET /meshes/{mesh}/dataplanes/{name}/insight"] = dataplaneInsight(st)
 	extra["GET /xds/ca.pem"] = xdsCAHandler(xdsCert)
+	caTiming := mtls.Timing{Published: cfg.MTLS.CAPublishDelay.Duration}
 	if !cfg.Federated() {
-		maps.Copy(extra, mtls.Handlers(st, log.Named("mesh-ca")))
+		if caTiming.Published > 0 {
+			log.Warn("TESTS ONLY: CAs are relied on after a shortened publishing time (--mtls-ca-publish-delay); proxies that miss a step may refuse peers", zap.Duration("ca_publish_delay", caTiming.Published))
+		}
+		maps.Copy(extra, mtls.Handlers(st, caTiming, log.Named("mesh-ca")))
 	}
 	// A federated zone verifies the user tokens its global signs; a
 	// standalone one is its own global.
@@ -331,7 +341,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("expire", run.Func(newExpirer(st, mirror, log.Named("expire")).Run))
 	if !cfg.Federated() {
 		// A standalone zone is its own global: it makes its meshes' CAs.
-		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Log: log.Named("mesh-ca")})
+		r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.OnlyZone(cfg.Zone), Timing: caTiming, Log: log.Named("mesh-ca")})
 	}
 	if err := addDNS(r, cfg, st, el, cat, reg, log); err != nil {
 		apiLns.Close()

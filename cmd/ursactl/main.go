@@ -78,6 +78,6 @@ func newRootCmd(a *app) *cobra.Command {
 		"PEM file of the CA that an https:// --api-server's certificate must chain to, such as the control plane's /api/ca.pem "+
 			"(env "+envCACertFile+"; without it, the system's roots)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a), newGenerateCmd(a), newInspectCmd(a), newZoneCmd(a), newExportCmd(a), newRevokeCmd(a))
+	root.AddCommand(newApplyCmd(a), newGetCmd(a), newDeleteCmd(a), newGenerateCmd(a), newInspectCmd(a), newZoneCmd(a), newMeshCmd(a), newExportCmd(a), newRevokeCmd(a))
 	return root
 }

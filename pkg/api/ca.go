@@ -8,11 +8,16 @@ import (
 )
 
 // MeshCA is a mesh's root certificate authority: made at the global (or in a
-// standalone zone) when the mesh turns mTLS on. Its private key never leaves
-// the store it was made in: KDS carries zones the root certificate, the
-// revocation lists and the list of intermediates, never KeyPEM (see the
-// descriptor's Redact). Zones issue from their own intermediate, a ZoneCA.
-// The REST API does not serve it.
+// standalone zone) when the mesh turns mTLS on. Its private keys never leave
+// the store they were made in: KDS carries zones the root certificates, the
+// revocation lists and the list of intermediates, never KeyPEM nor
+// NextKeyPEM (see the descriptor's Redact). Zones issue from their own
+// intermediate, a ZoneCA. The REST API does not serve it.
+//
+// While the root is being replaced, the next root waits beside it
+// (NextCertPEM): proxies trust both (TrustBundle), zones move to
+// intermediates the next one signed, and once none issues under the
+// current root any more the next one takes its place.
 type MeshCA struct {
 	Meta
 	CertPEM string `json:"certPEM"`
@@ -22,6 +27,16 @@ type MeshCA struct {
 	// intermediates it revoked. Sidecars enforce it together with every
 	// intermediate's own list (CRLBundle).
 	CRLPEM string `json:"crlPEM,omitempty"`
+	// NextCertPEM is the root that replaces this one, set from the moment a
+	// rotation of the root is asked for until the old one retires; empty
+	// otherwise.
+	NextCertPEM string `json:"nextCertPEM,omitempty"`
+	// NextKeyPEM is the next root's private key, empty in a federated
+	// zone's copy, as KeyPEM.
+	NextKeyPEM string `json:"nextKeyPEM,omitempty"`
+	// NextCRLPEM is the next root's revocation list: the intermediates it
+	// signed and revoked.
+	NextCRLPEM string `json:"nextCRLPEM,omitempty"`
 	// Intermediates are the zone CAs the root signed that have not expired,
 	// revoked ones included, oldest first: public parts only.
 	Intermediates []Intermediate `json:"intermediates,omitempty"`
@@ -48,13 +63,24 @@ type Intermediate struct {
 // Revoked reports whether the root has revoked it.
 func (i Intermediate) Revoked() bool { return !i.RevokedAt.IsZero() }
 
+// TrustBundle is the roots a proxy of the mesh trusts, in PEM: the root,
+// and the next one while the root is being replaced.
+func (c *MeshCA) TrustBundle() string {
+	return c.CertPEM + c.NextCertPEM
+}
+
+// Rotating reports whether the root is being replaced: a next root is
+// published beside it.
+func (c *MeshCA) Rotating() bool { return c.NextCertPEM != "" }
+
 // CRLBundle is every revocation list a proxy of the mesh enforces: the
-// root's, then each intermediate's, in PEM; empty when there is none.
+// root's, the next root's while there is one, then each intermediate's, in
+// PEM; empty when there is none.
 func (c *MeshCA) CRLBundle() string {
 	if c.CRLPEM == "" {
 		return ""
 	}
-	out := c.CRLPEM
+	out := c.CRLPEM + c.NextCRLPEM
 	for _, i := range c.Intermediates {
 		out += i.CRLPEM
 	}
@@ -69,7 +95,8 @@ func (c *MeshCA) CRLBundle() string {
 // then vouches for exactly those). A live intermediate whose record lacks
 // its certificate (made by an older control plane, and no longer its
 // zone's current or next CA, where the global fills it in from) is left
-// out; the root only when no live one is known at all.
+// out; the root only when no live one is known at all. "The root" is both
+// roots while the root is being replaced (TrustBundle).
 func (c *MeshCA) ProxylessTrust(now time.Time) string {
 	var out strings.Builder
 	revoked := false
@@ -83,7 +110,7 @@ func (c *MeshCA) ProxylessTrust(now time.Time) string {
 		}
 	}
 	if !revoked || out.Len() == 0 {
-		return c.CertPEM
+		return c.TrustBundle()
 	}
 	return out.String()
 }
@@ -92,6 +119,9 @@ func (c *MeshCA) validateSpec(v *validator) {
 	v.pem("certPEM", c.CertPEM, "CERTIFICATE", true)
 	v.pem("keyPEM", c.KeyPEM, "PRIVATE KEY", false)
 	v.pem("crlPEM", c.CRLPEM, "X509 CRL", false)
+	v.pem("nextCertPEM", c.NextCertPEM, "CERTIFICATE", c.NextKeyPEM != "" || c.NextCRLPEM != "")
+	v.pem("nextKeyPEM", c.NextKeyPEM, "PRIVATE KEY", false)
+	v.pem("nextCRLPEM", c.NextCRLPEM, "X509 CRL", false)
 	for i, in := range c.Intermediates {
 		if msg := checkDNSName(in.Zone); in.Zone == "" || msg != "" {
 			v.add(fmt.Sprintf("intermediates[%d].zone", i), "must name a zone")

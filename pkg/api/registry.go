@@ -107,12 +107,12 @@ var descriptors = []Descriptor{
 		New: func() Resource { return &VirtualIPs{} }},
 	{Type: "Lease", Plural: "leases", Singular: "lease", Scope: ScopeGlobal, WrittenBy: TierSystem, KDS: SyncNone,
 		New: func() Resource { return &Lease{} }},
-	// Zones get the mesh's root without its key, and their own
+	// Zones get the mesh's roots without their keys, and their own
 	// intermediate (with its key) only.
 	{Type: "MeshCA", Plural: "mesh-cas", Singular: "mesh-ca", Scope: ScopeMesh, WrittenBy: TierSystem, KDS: SyncGlobalToZone, Hidden: true,
 		Redact: func(r Resource) Resource {
 			c := *r.(*MeshCA)
-			c.KeyPEM = ""
+			c.KeyPEM, c.NextKeyPEM = "", ""
 			return &c
 		},
 		New: func() Resource { return &MeshCA{} }},

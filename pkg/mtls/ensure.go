@@ -47,10 +47,11 @@ func OnlyZone(zone string) Zones {
 
 // Authority keeps every mTLS mesh's certificate authorities as they should
 // be, where the roots' keys are (the global, or a standalone zone): a root
-// per mesh, made once; an intermediate (ZoneCA) per mesh and zone of Zones,
-// replaced before it expires; the intermediate of a zone no longer among
-// them revoked and deleted; the root's revocation list kept signed and
-// fresh. Every write is one transaction conditional on the MeshCA it was
+// per mesh, made once, and replaced step by step once a rotation asked
+// for a next one (RotateRoot); an intermediate (ZoneCA) per mesh and zone
+// of Zones, replaced before it expires; the intermediate of a zone no
+// longer among them revoked and deleted; the roots' revocation lists kept
+// signed and fresh. Every write is one transaction conditional on the MeshCA it was
 // decided from, so replicas racing each other are harmless: the loser
 // decides again from what the winner wrote.
 type Authority struct {
@@ -59,9 +60,12 @@ type Authority struct {
 	Zones  Zones
 	Log    *zap.Logger
 	// Every is how often the authority looks again without a change, for
-	// what time alone makes due (renewals, the revocation list); an hour
-	// when zero.
+	// what time alone makes due (renewals, the revocation list, the steps
+	// of a root's rotation); a quarter of Timing's Published when zero, so
+	// that a step is taken at most a quarter of that late.
 	Every time.Duration
+	// Timing is how long what is new is published before it is relied on.
+	Timing Timing
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -70,7 +74,7 @@ type Authority struct {
 func (a *Authority) Start(ctx context.Context) error {
 	every := a.Every
 	if every <= 0 {
-		every = time.Hour
+		every = max(a.Timing.published()/4, 10*time.Millisecond)
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -131,7 +135,7 @@ func (a *Authority) Reconcile(ctx context.Context, view *store.View) error {
 				mine[z.Name] = z
 			}
 		}
-		puts, deletes, what, err := Plan(root, mine, zones, now)
+		puts, deletes, what, err := a.Timing.Plan(root, mine, zones, now)
 		if err != nil {
 			log.Error("cannot bring the mesh's zone CAs up to date", zap.Error(err))
 			continue
@@ -172,6 +176,11 @@ func (a *Authority) createRoot(ctx context.Context, mesh string, now time.Time, 
 	log.Info("created the mesh's built-in CA")
 }
 
+// Plan is Timing's Plan with the default timing.
+func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
+	return Timing{}.Plan(root, zcas, zones, now)
+}
+
 // Plan decides what brings one mesh's zone CAs (by zone) in line with zones
 // at now, and says what it did in words: the puts carry the versions they
 // were decided from, so storing them is conditional on nothing having
@@ -180,9 +189,15 @@ func (a *Authority) createRoot(ctx context.Context, mesh string, now time.Time, 
 // the root's version: root and zcas must come from one state of the store
 // (a store.Mirror's View of a store with transactions), or a root that
 // records a CA zcas lacks would have it issued again over the first.
-func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
-	rootCert, _, err := parseCA(root.CertPEM, "")
-	if err != nil {
+//
+// While the root is being replaced it also takes the rotation's steps
+// (see RotateRoot): once the next root has been published for Published,
+// it signs every new intermediate, so each zone's current one is due and
+// is replaced as a renewal is (its next one, signed by the next root,
+// published first); once every zone of zones has issued from one for
+// Published, the next root takes the old one's place, alone.
+func (t Timing) Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
+	if _, err := parseCert(root.CertPEM); err != nil {
 		return nil, nil, nil, fmt.Errorf("mesh %s root: %w", root.Mesh, err)
 	}
 	next := api.DeepCopy(root).(*api.MeshCA)
@@ -203,35 +218,47 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 	}
 	for _, zone := range slices.Sorted(maps.Keys(zones)) {
 		z := zcas[zone]
+		// The root that signs, and whose intermediates are usable: the
+		// next one once it is published. It shares next's records, as
+		// they are now.
+		signer, signerCert, err := t.issuer(next, now)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		// A zone whose CA another root signed is moving to the next
+		// root: its CA is due, and is renewed as any due one is.
+		due, moved := "due for renewal", ""
+		if z != nil && !signedBy(z.CertPEM, signerCert) {
+			due, moved = "moving to the mesh's next root", ", under the mesh's next root"
+		}
 		var (
 			ca   *api.ZoneCA
 			recs []api.Intermediate
-			err  error
 			verb string
 		)
 		switch {
 		case z == nil:
-			ca, recs, err = NewZoneCA(next, zone, now)
+			ca, recs, err = NewZoneCA(signer, zone, now)
 			verb = "issued zone %s its CA (serial %s)"
-		case !usable(next, rootCert, z.CertPEM, now) && !expired(z.CertPEM, now) &&
-			(!usable(next, rootCert, z.NextCertPEM, now) || staleNext(z, now)):
+		case !usable(signer, signerCert, z.CertPEM, now) && !expired(z.CertPEM, now) &&
+			(!usable(signer, signerCert, z.NextCertPEM, now) || staleNext(z, now)):
 			// Due, but the next one is no good to switch to: a new next
 			// one is published first, and the current one, still valid,
 			// issues meanwhile.
 			var rec api.Intermediate
 			ca = api.DeepCopy(z).(*api.ZoneCA)
-			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(next, zone, now)
+			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(signer, zone, now)
 			recs = []api.Intermediate{rec}
-			verb = "prepared the next CA of zone %s, due for renewal (current serial %s)"
-		case !usable(next, rootCert, z.CertPEM, now) && !expired(z.CertPEM, now) && !publishedFor(z.NextCertPEM, now, NextPublished):
+			verb = "prepared the next CA of zone %s, " + due + " (current serial %s)"
+		case !usable(signer, signerCert, z.CertPEM, now) && !expired(z.CertPEM, now) && !publishedFor(z.NextCertPEM, now, t.published()):
 			continue // the next one's records reach the zones first
-		case !usable(next, rootCert, z.CertPEM, now):
-			ca, recs, err = advance(next, rootCert, z, now)
-			verb = "renewed the CA of zone %s (serial %s)"
-		case !usable(next, rootCert, z.NextCertPEM, now) || staleNext(z, now):
+		case !usable(signer, signerCert, z.CertPEM, now):
+			ca, recs, err = advance(signer, signerCert, z, now)
+			verb = "renewed the CA of zone %s (serial %s)" + moved
+		case !usable(signer, signerCert, z.NextCertPEM, now) || staleNext(z, now):
 			var rec api.Intermediate
 			ca = api.DeepCopy(z).(*api.ZoneCA)
-			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(next, zone, now)
+			ca.NextCertPEM, ca.NextKeyPEM, rec, err = newIntermediate(signer, zone, now)
 			recs = []api.Intermediate{rec}
 			verb = "prepared the next CA of zone %s (current serial %s)"
 		default:
@@ -253,9 +280,17 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 	// Records made before they kept their certificate get it from their
 	// zone's CA, where it still is (proxyless applications trust them).
 	filled := fillCertificates(next, zcas)
+	// The old root retires in a pass that changes no zone's CA: once the
+	// zones' CAs, as stored, all issue under the next root.
+	var retired string
+	if len(puts) == 0 && len(deletes) == 0 && t.retirable(next, zcas, zones, now) {
+		retired = serialOf(next.CertPEM)
+		retireRoot(next)
+		what = append(what, fmt.Sprintf("retired the mesh's previous root CA (serial %s): every zone issues under its new root (serial %s)", retired, serialOf(next.CertPEM)))
+	}
 	// A root that never signed an intermediate needs no list.
 	listed := len(next.Intermediates) > 0 || next.CRLPEM != ""
-	if len(puts) > 0 || len(deletes) > 0 || filled || len(next.Intermediates) != len(root.Intermediates) || (listed && crlDue(next, now)) {
+	if len(puts) > 0 || len(deletes) > 0 || filled || retired != "" || len(next.Intermediates) != len(root.Intermediates) || (listed && crlDue(next, now)) {
 		if err := SignRootCRL(next, now); err != nil {
 			return nil, nil, nil, err
 		}
@@ -334,7 +369,15 @@ var ErrNoZoneCA = errors.New("no CA for the zone in this mesh")
 // the intermediate that now issues; ErrNoZoneCA when the zone has none (it
 // is not enabled, or the mesh has no mTLS), ErrConflict when something
 // changed meanwhile.
+//
+// While the mesh's root is being replaced, the intermediates it signs are
+// the next root's once that has been published (Timing's Plan).
 func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevious bool, now time.Time) (api.Intermediate, error) {
+	return Timing{}.Rotate(ctx, st, mesh, zone, revokePrevious, now)
+}
+
+// Rotate is Rotate with t's timing.
+func (t Timing) Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevious bool, now time.Time) (api.Intermediate, error) {
 	fail := func(err error) (api.Intermediate, error) {
 		return api.Intermediate{}, fmt.Errorf("rotate the CA of zone %s in mesh %s: %w", zone, mesh, err)
 	}
@@ -346,7 +389,7 @@ func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevio
 		return fail(err)
 	}
 	root := r.(*api.MeshCA)
-	rootCert, _, err := parseCA(root.CertPEM, "")
+	signer, signerCert, err := t.issuer(root, now)
 	if err != nil {
 		return fail(err)
 	}
@@ -366,11 +409,11 @@ func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevio
 		// are revoked, and the zone issues from a pair signed now.
 		revokeCert(root, zone, old.CertPEM, now)
 		revokeCert(root, zone, old.NextCertPEM, now)
-		if ca, recs, err = NewZoneCA(root, zone, now); err == nil {
+		if ca, recs, err = NewZoneCA(signer, zone, now); err == nil {
 			ca.Version = old.Version
 		}
 	} else {
-		ca, recs, err = advance(root, rootCert, old, now)
+		ca, recs, err = advance(signer, signerCert, old, now)
 	}
 	if err != nil {
 		return fail(err)

@@ -34,10 +34,27 @@ type RotateResponse struct {
 	RevokedPrevious bool      `json:"revokedPrevious"`
 }
 
+// Paths of the mesh's root CA: starting its rotation (admins only, as
+// every write), and its status (also for read-only users: it holds no key).
+const (
+	RotateRootPath = "POST /meshes/{mesh}/ca/rotate-root"
+	RootStatusPath = "GET /meshes/{mesh}/ca"
+)
+
 // Handlers are the REST handlers of the CAs, served where the roots' keys
-// are (the global, a standalone zone), behind the API's authentication.
-func Handlers(st store.Store, log *zap.Logger) map[string]http.Handler {
-	return map[string]http.Handler{RotatePath: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// are (the global, a standalone zone), behind the API's authentication,
+// with t the authority's timing.
+func Handlers(st store.Store, t Timing, log *zap.Logger) map[string]http.Handler {
+	return map[string]http.Handler{
+		RotatePath:     rotateHandler(st, t, log),
+		RotateRootPath: rotateRootHandler(st, t, log),
+		RootStatusPath: rootStatusHandler(st, t),
+	}
+}
+
+// rotateHandler rotates a zone's intermediate.
+func rotateHandler(st store.Store, t Timing, log *zap.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mesh, zone := r.PathValue("mesh"), r.PathValue("zone")
 		var causes []api.FieldError
 		if err := api.Validate(&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: mesh}}); err != nil {
@@ -60,7 +77,7 @@ func Handlers(st store.Store, log *zap.Logger) map[string]http.Handler {
 			apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "cannot rotate the zone's CA", causes...)
 			return
 		}
-		rec, err := Rotate(r.Context(), st, mesh, zone, req.RevokePrevious, store.Now())
+		rec, err := t.Rotate(r.Context(), st, mesh, zone, req.RevokePrevious, store.Now())
 		switch {
 		case errors.Is(err, ErrNoZoneCA):
 			apiserver.WriteError(w, http.StatusNotFound, "Not found", err.Error())
@@ -75,5 +92,83 @@ func Handlers(st store.Store, log *zap.Logger) map[string]http.Handler {
 				zap.String("serial", rec.Serial), zap.Bool("revoked_previous", req.RevokePrevious))
 			apiserver.WriteJSON(w, http.StatusOK, RotateResponse{Mesh: mesh, Zone: zone, Serial: rec.Serial, NotAfter: rec.NotAfter, RevokedPrevious: req.RevokePrevious})
 		}
-	})}
+	})
+}
+
+// meshName reads the request's mesh, or answers 400 and returns false.
+func meshName(w http.ResponseWriter, r *http.Request, what string) (string, bool) {
+	mesh := r.PathValue("mesh")
+	if err := api.Validate(&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: mesh}}); err != nil {
+		apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", what, api.FieldError{Field: "mesh", Message: "not a mesh name"})
+		return "", false
+	}
+	return mesh, true
+}
+
+// rotateRootHandler starts the rotation of a mesh's root. It takes no
+// body: a body is refused, so that options a later version adds are never
+// silently ignored by this one.
+func rotateRootHandler(st store.Store, t Timing, log *zap.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mesh, ok := meshName(w, r, "cannot rotate the mesh's root CA")
+		if !ok {
+			return
+		}
+		if body, err := io.ReadAll(r.Body); err != nil || len(bytes.TrimSpace(body)) > 0 && string(bytes.TrimSpace(body)) != "{}" {
+			apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", "cannot rotate the mesh's root CA",
+				api.FieldError{Field: "body", Message: "must be empty: a root rotation takes no options"})
+			return
+		}
+		status, err := t.RotateRoot(r.Context(), st, mesh, store.Now())
+		switch {
+		case errors.Is(err, ErrNoMesh):
+			apiserver.WriteError(w, http.StatusNotFound, "Not found", err.Error())
+		case errors.Is(err, ErrNoMTLS):
+			apiserver.WriteError(w, http.StatusBadRequest, "Invalid request", err.Error(), api.FieldError{Field: "mesh", Message: "mtls.enabled is not true"})
+		case errors.Is(err, ErrRootRotating):
+			apiserver.WriteError(w, http.StatusConflict, "Rotation in progress", err.Error()+" (ursactl mesh ca-status)")
+		case errors.Is(err, ErrNoRootYet):
+			apiserver.WriteError(w, http.StatusConflict, "Root not made yet", err.Error())
+		case errors.Is(err, store.ErrConflict):
+			apiserver.WriteError(w, http.StatusConflict, "Version conflict", err.Error()+": the CAs changed meanwhile; try again")
+		case errors.Is(err, store.ErrUnavailable):
+			apiserver.WriteError(w, http.StatusServiceUnavailable, "Store unavailable", err.Error())
+		case err != nil:
+			apiserver.WriteError(w, http.StatusInternalServerError, "Internal error", err.Error())
+		default:
+			log.Info("started the rotation of a mesh's root CA", zap.String("mesh", mesh),
+				zap.String("serial", status.Root.Serial), zap.String("next_serial", status.Next.Serial), zap.Time("switch_from", status.SwitchFrom))
+			apiserver.WriteJSON(w, http.StatusOK, status)
+		}
+	})
+}
+
+// rootStatusHandler answers where a mesh's root stands (RootStatus).
+func rootStatusHandler(st store.Store, t Timing) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mesh, ok := meshName(w, r, "cannot show the mesh's root CA")
+		if !ok {
+			return
+		}
+		res, err := st.Get(r.Context(), api.Key{Type: "MeshCA", Mesh: mesh, Name: CAName})
+		if err == nil {
+			var zcas store.ListResult
+			if zcas, err = st.List(r.Context(), store.ListOptions{Type: "ZoneCA", Mesh: mesh}); err == nil {
+				var cas []*api.ZoneCA
+				for _, z := range zcas.Items {
+					cas = append(cas, z.(*api.ZoneCA))
+				}
+				apiserver.WriteJSON(w, http.StatusOK, t.StatusOf(res.(*api.MeshCA), cas, store.Now()))
+				return
+			}
+		}
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			apiserver.WriteError(w, http.StatusNotFound, "Not found", "mesh "+mesh+" has no root CA (no such mesh, or mTLS is not enabled)")
+		case errors.Is(err, store.ErrUnavailable):
+			apiserver.WriteError(w, http.StatusServiceUnavailable, "Store unavailable", err.Error())
+		default:
+			apiserver.WriteError(w, http.StatusInternalServerError, "Internal error", err.Error())
+		}
+	})
 }

@@ -28,13 +28,18 @@ const CAName = "ca"
 // NewCA makes a mesh's CA: an ECDSA P-256 key and a ten-year self-signed
 // certificate whose URI SAN is spiffe://<mesh>.
 func NewCA(mesh string, now time.Time) (*api.MeshCA, error) {
+	return newRoot(mesh, "ursa mesh "+mesh, now)
+}
+
+// newRoot is NewCA with the root's common name.
+func newRoot(mesh, commonName string, now time.Time) (*api.MeshCA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("mesh %s CA: %w", mesh, err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "ursa mesh " + mesh, Organization: []string{"ursa"}},
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"ursa"}},
 		URIs:                  []*url.URL{{Scheme: "spiffe", Host: mesh}},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.AddDate(10, 0, 0),

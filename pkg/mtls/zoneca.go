@@ -181,14 +181,35 @@ func newIntermediate(root *api.MeshCA, zone string, now time.Time) (certPEM, key
 
 // SignRootCRL sets root.CRLPEM to a revocation list, signed by the root and
 // valid for CRLValidity (never past the root), of every revoked
-// intermediate root records. root must hold its key.
+// intermediate root records; while the root is being replaced, the next
+// root's NextCRLPEM too. Each root lists the revoked intermediates it
+// signed, and those whose record lacks the certificate to tell (serials
+// are random: a serial another CA issued revokes nothing here). root must
+// hold its keys.
 func SignRootCRL(root *api.MeshCA, now time.Time) error {
-	cert, key, err := parseCA(root.CertPEM, root.KeyPEM)
+	crl, err := signRootList(root, root.CertPEM, root.KeyPEM, now)
 	if err != nil {
-		return fmt.Errorf("mesh %s root: %w", root.Mesh, err)
+		return err
+	}
+	root.CRLPEM = crl
+	if !root.Rotating() {
+		return nil
+	}
+	if crl, err = signRootList(root, root.NextCertPEM, root.NextKeyPEM, now); err != nil {
+		return fmt.Errorf("next root: %w", err)
+	}
+	root.NextCRLPEM = crl
+	return nil
+}
+
+// signRootList is the revocation list of the root certPEM, one of root's.
+func signRootList(root *api.MeshCA, certPEM, keyPEM string, now time.Time) (string, error) {
+	cert, key, err := parseCA(certPEM, keyPEM)
+	if err != nil {
+		return "", fmt.Errorf("mesh %s root: %w", root.Mesh, err)
 	}
 	if key == nil {
-		return fmt.Errorf("mesh %s root: no private key here", root.Mesh)
+		return "", fmt.Errorf("mesh %s root: no private key here", root.Mesh)
 	}
 	next := now.Add(CRLValidity)
 	if next.After(cert.NotAfter) {
@@ -201,21 +222,20 @@ func SignRootCRL(root *api.MeshCA, now time.Time) error {
 		NextUpdate: next,
 	}
 	for _, in := range root.Intermediates {
-		if !in.Revoked() {
+		if !in.Revoked() || (in.CertPEM != "" && !signedBy(in.CertPEM, cert)) {
 			continue
 		}
 		n, ok := new(big.Int).SetString(in.Serial, 16)
 		if !ok {
-			return fmt.Errorf("mesh %s: intermediate of zone %s has serial %q, not hexadecimal", root.Mesh, in.Zone, in.Serial)
+			return "", fmt.Errorf("mesh %s: intermediate of zone %s has serial %q, not hexadecimal", root.Mesh, in.Zone, in.Serial)
 		}
 		list.RevokedCertificateEntries = append(list.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: in.RevokedAt})
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, list, cert, key)
 	if err != nil {
-		return fmt.Errorf("mesh %s revocation list: %w", root.Mesh, err)
+		return "", fmt.Errorf("mesh %s revocation list: %w", root.Mesh, err)
 	}
-	root.CRLPEM = string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))
-	return nil
+	return string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})), nil
 }
 
 // crlDue reports whether root's revocation list is missing, unreadable or

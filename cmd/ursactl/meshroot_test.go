@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"maps"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/apiserver"
+	"github.com/ursamesh/ursa/pkg/mtls"
+	"github.com/ursamesh/ursa/pkg/store"
+	"github.com/ursamesh/ursa/pkg/tokens"
+)
+
+// TestMeshRotateRoot: against a real API server with the CA's handlers and
+// an authority on a clock the test moves, `ursactl mesh rotate-root`
+// starts a rotation and says when the zones move; `mesh ca-status` shows
+// each phase until the old root retires; a second rotation while one is
+// under way, a mesh without mTLS, an unknown mesh and a read-only user
+// fail with the problem named, changing nothing.
+func TestMeshRotateRoot(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	for _, r := range []api.Resource{
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}, MTLS: &api.MeshMTLS{Enabled: true}},
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "plain"}},
+		&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-1"}},
+	} {
+		if _, err := st.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := zaptest.NewLogger(t)
+	tm := mtls.Timing{Published: time.Minute}
+	users := tokens.NewUserIssuer(st, log)
+	extra := mtls.Handlers(st, tm, log)
+	maps.Copy(extra, users.Handlers())
+	h, err := apiserver.New(apiserver.Deps{Store: st, Log: log, Mode: apiserver.ModeGlobal, Registry: prometheus.NewRegistry(),
+		RequireTokenOnLocalhost: true, Users: users, Extra: extra})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	admin, err := users.Issue(ctx, "ada", "admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rita, err := users.Issue(ctx, "rita", "readonly", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The handlers stamp what they make with the real clock; the
+	// authority's clock runs ahead of it by offset.
+	var offset time.Duration
+	a := &mtls.Authority{Store: st, Zones: mtls.EnabledZones, Timing: tm, Log: log, Now: func() time.Time { return time.Now().Add(offset) }}
+	pass := func() {
+		t.Helper()
+		for range 2 {
+			all, err := st.ListTypes(ctx, []string{"Mesh", "MeshCA", "ZoneCA", "Zone"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rs []api.Resource
+			for _, l := range all {
+				rs = append(rs, l.Items...)
+			}
+			if err := a.Reconcile(ctx, store.NewView(rs, "Mesh", "MeshCA", "ZoneCA", "Zone")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	runAs := func(token string, args ...string) result {
+		t.Helper()
+		return ursactl(t, map[string]string{envAPIServer: srv.URL, envToken: token}, "", args...)
+	}
+	run := func(args ...string) result {
+		t.Helper()
+		return runAs(admin, args...)
+	}
+	pass()
+	status := func(want ...string) {
+		t.Helper()
+		res := run("mesh", "ca-status")
+		for _, w := range want {
+			if res.code != 0 || !strings.Contains(res.stdout, w) {
+				t.Fatalf("ca-status: exit %d, want %q in\n%s%s", res.code, w, res.stdout, res.stderr)
+			}
+		}
+		if strings.Contains(res.stdout, "plain") {
+			t.Fatalf("ca-status shows a mesh without mTLS:\n%s", res.stdout)
+		}
+	}
+	status("MESH", "default", "stable")
+	before, _ := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: "default", Name: mtls.CAName})
+
+	for _, tc := range []struct{ mesh, says string }{
+		{"plain", "does not have mTLS enabled"},
+		{"nope", "no such mesh"},
+	} {
+		if res := run("mesh", "rotate-root", tc.mesh); res.code == 0 || !strings.Contains(res.stderr, tc.says) {
+			t.Errorf("rotate-root %s: exit %d, stderr %q, want it to say %q", tc.mesh, res.code, res.stderr, tc.says)
+		}
+	}
+	// Admins only: a read-only user may look, not rotate.
+	if res := runAs(rita, "mesh", "rotate-root", "default"); res.code == 0 || !strings.Contains(res.stderr, "Forbidden") {
+		t.Errorf("a read-only user's rotate-root: exit %d, stderr %q", res.code, res.stderr)
+	}
+	if res := runAs(rita, "mesh", "ca-status", "default"); res.code != 0 || !strings.Contains(res.stdout, "stable") {
+		t.Errorf("a read-only user's ca-status: exit %d, %s%s", res.code, res.stdout, res.stderr)
+	}
+	if after, _ := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: "default", Name: mtls.CAName}); after.GetMeta().Version != before.GetMeta().Version {
+		t.Fatal("a refused rotation changed the mesh's CA")
+	}
+
+	res := run("mesh", "rotate-root", "default")
+	if res.code != 0 || !strings.Contains(res.stdout, "mesh default: next root CA published") || !strings.Contains(res.stdout, "zones move to it from") {
+		t.Fatalf("rotate-root: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	started, _ := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: "default", Name: mtls.CAName})
+	if res := run("mesh", "rotate-root", "default"); res.code == 0 || !strings.Contains(res.stderr, "already being rotated") {
+		t.Fatalf("a second rotate-root: exit %d, stderr %q", res.code, res.stderr)
+	}
+	if again, _ := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: "default", Name: mtls.CAName}); again.GetMeta().Version != started.GetMeta().Version {
+		t.Fatal("a refused second rotation changed the mesh's CA")
+	}
+	pass()
+	status("publishing", "0/1", "zones move to the next root from")
+
+	offset += tm.Published + time.Second
+	pass() // zone-1's next intermediate is the next root's
+	status("switching", "0/1", "waiting for zone-1")
+	offset += tm.Published + time.Second
+	pass() // zone-1 issues from it
+	status("retiring", "1/1")
+	offset += tm.Published + time.Second
+	pass() // the old root retires
+	status("stable")
+	done, _ := st.Get(ctx, api.Key{Type: "MeshCA", Mesh: "default", Name: mtls.CAName})
+	if done.(*api.MeshCA).CertPEM != started.(*api.MeshCA).NextCertPEM {
+		t.Fatal("the rotation did not end with the next root as the root")
+	}
+}
