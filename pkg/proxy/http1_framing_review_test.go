@@ -1,0 +1,62 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestEnvoyResponseFramedTwiceRefusedAtOnce: an upstream response framed
+// by both Transfer-Encoding and Content-Length whose head net/http's
+// parser reads (bare LFs, or longer than the read buffer) is a 503 at
+// once, as the fast parser's is: the proxy does not first read the body
+// the upstream streams (here it sends one chunk and holds the connection
+// open, as a streaming or a stalled upstream does).
+func TestEnvoyResponseFramedTwiceRefusedAtOnce(t *testing.T) {
+	p := newProxy(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release); ln.Close() })
+	heads := map[string]string{
+		"/lf":   "HTTP/1.1 200 OK\nContent-Length: 5\nTransfer-Encoding: chunked\n\n",
+		"/long": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Pad: " + strings.Repeat("p", 5000) + "\r\nContent-Length: 5\r\n\r\n",
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				r, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				io.WriteString(c, heads[r.URL.Path]+"5\r\nhello\r\n")
+				<-release // the rest of the body never comes
+			}(c)
+		}
+	}()
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, ln.Addr().String()))
+	for _, path := range []string{"/lf", "/long"} {
+		start := time.Now()
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url + path)
+		if err != nil {
+			t.Errorf("%s: %v after %v; Envoy answers 503 as soon as it has the head", path, err, time.Since(start).Round(time.Millisecond))
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Since(start) > 2*time.Second {
+			t.Errorf("%s: %d after %v, want 503 at once", path, resp.StatusCode, time.Since(start).Round(time.Millisecond))
+		}
+	}
+}
