@@ -457,9 +457,10 @@ func readResponse(br *bufio.Reader, src *h1Src, req *http.Request, sc *h1Scratch
 	// Framed two ways: a protocol error to Envoy's codec (503, UPE), where
 	// net/http goes by the Transfer-Encoding; read as in readRequest.
 	if head := src.recorded(); hasField(head, "transfer-encoding") && hasField(head, "content-length") {
-		if err == nil {
-			resp.Body.Close()
-		}
+		// Not resp.Body.Close(): net/http's response body reads to its
+		// end on Close, which a streaming or stalled upstream makes wait
+		// (the route's timeout); the exchange closes the connection on
+		// an upstreamHeadError instead.
 		return nil, &upstreamHeadError{status: http.StatusServiceUnavailable, why: "upstream response framed by both Transfer-Encoding and Content-Length"}
 	}
 	return resp, err
