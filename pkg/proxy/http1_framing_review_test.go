@@ -60,3 +60,33 @@ func TestEnvoyResponseFramedTwiceRefusedAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvoyUnfinishedHeadFramedTwiceIsNotAnswered: a caller that sends
+// part of a head net/http's parser reads (bare LFs, or past the read
+// buffer) and closes its side gets no reply, as with any unfinished head
+// (and as from Envoy): the recorded part naming both framings is not a
+// request to answer 400.
+func TestEnvoyUnfinishedHeadFramedTwiceIsNotAnswered(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", nil)
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	pad := "X-Pad: " + strings.Repeat("p", 5000) + "\r\n"
+	for _, tc := range []struct{ name, head string }{
+		{"bare LFs, framed once", "POST /x HTTP/1.1\nHost: svc\nTransfer-Encoding: chunked\n"},
+		{"bare LFs", "POST /x HTTP/1.1\nHost: svc\nContent-Length: 5\nTransfer-Encoding: chunked\n"},
+		{"past the buffer", "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n" + pad},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, tc.head)
+		c.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if len(b) > 0 {
+			t.Errorf("%s: an unfinished head answered %q, want the connection closed", tc.name, strings.SplitN(string(b), "\r\n", 2)[0])
+		}
+	}
+}
