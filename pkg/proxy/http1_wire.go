@@ -360,7 +360,9 @@ func readRequest(ctx context.Context, br *bufio.Reader, src *h1Src, sc *h1Scratc
 		src.record(br)
 	}
 	r, err := http.ReadRequest(br)
-	if head == nil && framedTwice(src.recorded()) {
+	// A head that did not end (the input ended or failed, or passed the
+	// limit) is the error's: only a whole one is a request to refuse.
+	if head == nil && framedTwice(src.recorded()) && err == nil {
 		return nil, errFramedTwice
 	}
 	if err != nil {
@@ -472,7 +474,7 @@ func readResponse(br *bufio.Reader, src *h1Src, req *http.Request, sc *h1Scratch
 		src.record(br)
 	}
 	resp, err := http.ReadResponse(br, req)
-	if head == nil && framedTwice(src.recorded()) {
+	if head == nil && framedTwice(src.recorded()) && err == nil {
 		return nil, twice()
 	}
 	return resp, err
