@@ -90,3 +90,27 @@ func TestEnvoyUnfinishedHeadFramedTwiceIsNotAnswered(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvoyFramedTwiceOtherCodingRefused: Envoy's codec checks for two
+// framings before the coding (any Transfer-Encoding with a Content-Length
+// is 400, before an unsupported coding's 501), however the head is read.
+func TestEnvoyFramedTwiceOtherCodingRefused(t *testing.T) {
+	p := newProxy(t)
+	app := backend(t, "app", nil)
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, app))
+	pad := "X-Pad: " + strings.Repeat("p", 5000) + "\r\n"
+	for _, tc := range []struct {
+		name, head string
+		want       int
+	}{
+		{"short", "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\n", 400},
+		{"bare LFs", "POST /x HTTP/1.1\nHost: svc\nContent-Length: 5\nTransfer-Encoding: gzip\n\n", 400},
+		{"past the buffer", "POST /x HTTP/1.1\r\nHost: svc\r\n" + pad + "Content-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\n", 400},
+		{"bare LFs, framed once", "POST /x HTTP/1.1\nHost: svc\nTransfer-Encoding: gzip\n\n", 501},
+	} {
+		resp, _ := rawExchange(t, strings.TrimPrefix(url, "http://"), tc.head+"hello")
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, resp.StatusCode, tc.want)
+		}
+	}
+}
