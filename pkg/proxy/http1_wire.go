@@ -361,8 +361,10 @@ func readRequest(ctx context.Context, br *bufio.Reader, src *h1Src, sc *h1Scratc
 	}
 	r, err := http.ReadRequest(br)
 	// A head that did not end (the input ended or failed, or passed the
-	// limit) is the error's: only a whole one is a request to refuse.
-	if head == nil && framedTwice(src.recorded()) && err == nil {
+	// limit) is the error's: only a whole one is a request to refuse,
+	// before what else the parser found wrong (an unsupported coding),
+	// as Envoy's codec checks.
+	if head == nil && framedTwiceRecorded(src) {
 		return nil, errFramedTwice
 	}
 	if err != nil {
@@ -474,7 +476,7 @@ func readResponse(br *bufio.Reader, src *h1Src, req *http.Request, sc *h1Scratch
 		src.record(br)
 	}
 	resp, err := http.ReadResponse(br, req)
-	if head == nil && framedTwice(src.recorded()) && err == nil {
+	if head == nil && framedTwiceRecorded(src) {
 		return nil, twice()
 	}
 	return resp, err
@@ -483,6 +485,13 @@ func readResponse(br *bufio.Reader, src *h1Src, req *http.Request, sc *h1Scratch
 // errFramedTwice is a request framed by both Transfer-Encoding and
 // Content-Length.
 var errFramedTwice = errors.New("http1: both Transfer-Encoding and Content-Length")
+
+// framedTwiceRecorded ends src's record and reports whether the head it
+// kept ended and is framed two ways.
+func framedTwiceRecorded(src *h1Src) bool {
+	head, whole := src.recorded()
+	return whole && framedTwice(head)
+}
 
 // framedTwice reports whether a message head has both a
 // Transfer-Encoding and a Content-Length field.
