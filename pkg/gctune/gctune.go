@@ -16,25 +16,30 @@ import (
 )
 
 // Percent is the collection target (what GOGC sets) that lets the heap
-// grow to at least live+floor bytes between collections, and never less
-// than Go's default (twice the live heap): floor/live as a percentage,
-// at least 100, at most max.
-func Percent(live, floor uint64, max int) int {
+// grow to live+floor bytes between collections, and never less than Go's
+// default. The collector's goal is live + (live+roots)*GOGC/100, roots
+// being the goroutine stacks and globals it scanned (Go 1.18's pacer),
+// and never below its heap minimum, 4 MiB*GOGC/100: so the target is
+// floor over live+roots, at most what keeps that minimum within
+// live+floor, at most most, and at least 100.
+func Percent(live, roots, floor uint64, most int) int {
 	if floor == 0 {
 		return 100
 	}
-	if live == 0 {
-		return max
+	p := uint64(most)
+	if s := live + roots; s > 0 {
+		p = min(p, floor*100/s)
 	}
-	p := floor * 100 / live
-	switch {
-	case p < 100:
-		return 100
-	case p > uint64(max):
-		return max
-	}
-	return int(p)
+	p = min(p, (live+floor)*100/heapMinimum)
+	return int(max(p, 100))
 }
+
+// heapMinimum is the runtime's smallest goal at GOGC=100 (its
+// defaultHeapMinimum; 512 KiB under GOEXPERIMENT=heapminimum512kib, where
+// this bound is then only stricter than it needs to be), which it scales
+// by GOGC. With it the target rarely reaches maxPercent: about 800% for a
+// floor of 32 MiB and a small live heap.
+const heapMinimum = 4 << 20
 
 // maxPercent bounds the target: a live heap of a few hundred kilobytes
 // (a proxy before its first configuration) would otherwise ask for
@@ -62,7 +67,7 @@ func HeapFloor(ctx context.Context, floor uint64, log *zap.Logger) {
 		return
 	}
 	t := &tuner{floor: floor, log: log, ctx: ctx, last: -1}
-	t.sample = []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	t.sample = []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}}
 	t.adjust()
 	t.arm()
 	log.Info("garbage collection target follows the live heap", zap.Uint64("heap_floor_bytes", floor))
@@ -101,16 +106,19 @@ func (t *tuner) adjust() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	metrics.Read(t.sample)
-	if t.sample[0].Value.Kind() != metrics.KindUint64 {
-		return
+	for _, v := range t.sample {
+		if v.Value.Kind() != metrics.KindUint64 {
+			return
+		}
 	}
-	p := Percent(t.sample[0].Value.Uint64(), t.floor, maxPercent)
+	live := t.sample[0].Value.Uint64()
+	p := Percent(live, t.sample[1].Value.Uint64()+t.sample[2].Value.Uint64(), t.floor, maxPercent)
 	if p == t.last {
 		return
 	}
 	debug.SetGCPercent(p)
 	t.last = p
 	if ce := t.log.Check(zap.DebugLevel, "garbage collection target"); ce != nil {
-		ce.Write(zap.Int("gc_percent", p), zap.Uint64("live_heap_bytes", t.sample[0].Value.Uint64()))
+		ce.Write(zap.Int("gc_percent", p), zap.Uint64("live_heap_bytes", live))
 	}
 }

@@ -15,21 +15,24 @@ import (
 func TestPercent(t *testing.T) {
 	const mib = 1 << 20
 	tests := []struct {
-		live, floor uint64
-		want        int
+		live, roots, floor uint64
+		want               int
 	}{
-		{8 * mib, 32 * mib, 400},    // a proxy's heap: collect every 32 MiB, not every 8
-		{32 * mib, 32 * mib, 100},   // Go's default from here on
-		{500 * mib, 32 * mib, 100},  // a large heap still doubles
-		{10 * mib, 0, 100},          // no floor: Go's default
-		{64 * 1024, 32 * mib, 2000}, // bounded
-		{0, 32 * mib, 2000},         // nothing live yet
-		{33 * mib, 100 * mib, 303},  // rounded down
-		{mib, 3 * mib / 2, 150},     // between
+		{8 * mib, 0, 32 * mib, 400},           // a proxy's heap: collect every 32 MiB, not every 8
+		{8 * mib, 8 * mib, 32 * mib, 200},     // its stacks and globals count as the collector counts them
+		{32 * mib, 0, 32 * mib, 100},          // Go's default from here on
+		{500 * mib, 0, 32 * mib, 100},         // a large heap still doubles
+		{10 * mib, 0, 0, 100},                 // no floor: Go's default
+		{64 * 1024, 0, 32 * mib, 801},         // bounded by the heap minimum (4 MiB*GOGC/100 ≤ live+floor)
+		{0, 0, 32 * mib, 800},                 // nothing live yet
+		{64 * 1024, 0, 256 * mib, maxPercent}, // bounded
+		{33 * mib, 0, 100 * mib, 303},         // rounded down
+		{mib, 0, 3 * mib / 2, 100},            // under Go's own heap minimum: Go's default
+		{4 * mib, 0, 6 * mib, 150},            // between
 	}
 	for _, tt := range tests {
-		if got := Percent(tt.live, tt.floor, maxPercent); got != tt.want {
-			t.Errorf("Percent(%d, %d) = %d, want %d", tt.live, tt.floor, got, tt.want)
+		if got := Percent(tt.live, tt.roots, tt.floor, maxPercent); got != tt.want {
+			t.Errorf("Percent(%d, %d, %d) = %d, want %d", tt.live, tt.roots, tt.floor, got, tt.want)
 		}
 	}
 }
@@ -50,9 +53,9 @@ func TestHeapFloorFollowsLiveHeap(t *testing.T) {
 	// The target the tuner should have set for the live heap now.
 	wantAfterGC := func() int {
 		runtime.GC()
-		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}}
 		metrics.Read(s)
-		return Percent(s[0].Value.Uint64(), floor, maxPercent)
+		return Percent(s[0].Value.Uint64(), s[1].Value.Uint64()+s[2].Value.Uint64(), floor, maxPercent)
 	}
 	want := wantAfterGC()
 	if want <= 100 {

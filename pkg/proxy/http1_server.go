@@ -141,9 +141,9 @@ func (s *h1Src) record(br *bufio.Reader) {
 }
 
 // recorded ends record, returning the message head it kept (through the
-// blank line, bare LFs as net/http takes them), or all it kept when the
-// head did not end.
-func (s *h1Src) recorded() []byte {
+// blank line, bare LFs as net/http takes them) and true, or all it kept
+// and false when the head did not end.
+func (s *h1Src) recorded() ([]byte, bool) {
 	s.recording = false
 	head := s.rec
 	s.rec = nil // rare, and as large as a head may be: not kept
@@ -153,12 +153,12 @@ func (s *h1Src) recorded() []byte {
 		}
 		switch {
 		case head[i+1] == '\n':
-			return head[:i+2]
+			return head[:i+2], true
 		case head[i+1] == '\r' && i+2 < len(head) && head[i+2] == '\n':
-			return head[:i+3]
+			return head[:i+3], true
 		}
 	}
-	return head
+	return head, false
 }
 
 // at is the position in the connection's bytes that br, reading src, has

@@ -342,21 +342,30 @@ func parseSimpleRequest(head []byte, br *bufio.Reader, sc *h1Scratch) (r http.Re
 // codec parses every one (whether they go on is the HCM's
 // enable_trailers: forward).
 func readRequest(ctx context.Context, br *bufio.Reader, src *h1Src, sc *h1Scratch) (*http.Request, error) {
-	if head := peekHead(br); head != nil {
+	// A body framed two ways, which net/http takes by its
+	// Transfer-Encoding (and hides the Content-Length): the shape of
+	// request smuggling, which Envoy's codec refuses. A head br holds is
+	// checked where it lies; one longer than br's buffer or in bare LFs
+	// as the parser reads it (recorded), which costs a copy.
+	head := peekHead(br)
+	if head != nil {
 		if r, err := parseSimpleRequest(head, br, sc); err == nil {
 			br.Discard(len(head))
 			return r.WithContext(ctx), nil
 		}
+		if framedTwice(head) {
+			return nil, errFramedTwice
+		}
+	} else {
+		src.record(br)
 	}
-	src.record(br)
 	r, err := http.ReadRequest(br)
-	// A body framed two ways, which net/http takes by its
-	// Transfer-Encoding (and hides the Content-Length): the shape of
-	// request smuggling, which Envoy's codec refuses. The head is read as
-	// the parser saw it, however long (past br's buffer) or however its
-	// lines end.
-	if head := src.recorded(); hasField(head, "transfer-encoding") && hasField(head, "content-length") {
-		return nil, errors.New("http1: both Transfer-Encoding and Content-Length")
+	// A head that did not end (the input ended or failed, or passed the
+	// limit) is the error's: only a whole one is a request to refuse,
+	// before what else the parser found wrong (an unsupported coding),
+	// as Envoy's codec checks.
+	if head == nil && framedTwiceRecorded(src) {
+		return nil, errFramedTwice
 	}
 	if err != nil {
 		return nil, err
@@ -446,23 +455,48 @@ func fixPragma(h http.Header) {
 // readResponse reads the response to req on br (which reads src): a
 // simple head by the fast parser, anything else by net/http's.
 func readResponse(br *bufio.Reader, src *h1Src, req *http.Request, sc *h1Scratch) (*http.Response, error) {
-	if head := peekHead(br); head != nil {
+	// Framed two ways: a protocol error to Envoy's codec (503, UPE), where
+	// net/http goes by the Transfer-Encoding; checked as in readRequest.
+	// (Not by resp.Body.Close(): net/http's response body reads to its end
+	// on Close, which a streaming or stalled upstream makes wait; the
+	// exchange closes the connection on an upstreamHeadError.)
+	twice := func() error {
+		return &upstreamHeadError{status: http.StatusServiceUnavailable, why: "upstream response framed by both Transfer-Encoding and Content-Length"}
+	}
+	head := peekHead(br)
+	if head != nil {
 		if resp, err := parseSimpleResponse(head, br, req, sc); err == nil {
 			br.Discard(len(head))
 			return resp, nil
 		}
-	}
-	src.record(br)
-	resp, err := http.ReadResponse(br, req)
-	// Framed two ways: a protocol error to Envoy's codec (503, UPE), where
-	// net/http goes by the Transfer-Encoding; read as in readRequest.
-	if head := src.recorded(); hasField(head, "transfer-encoding") && hasField(head, "content-length") {
-		if err == nil {
-			resp.Body.Close()
+		if framedTwice(head) {
+			return nil, twice()
 		}
-		return nil, &upstreamHeadError{status: http.StatusServiceUnavailable, why: "upstream response framed by both Transfer-Encoding and Content-Length"}
+	} else {
+		src.record(br)
+	}
+	resp, err := http.ReadResponse(br, req)
+	if head == nil && framedTwiceRecorded(src) {
+		return nil, twice()
 	}
 	return resp, err
+}
+
+// errFramedTwice is a request framed by both Transfer-Encoding and
+// Content-Length.
+var errFramedTwice = errors.New("http1: both Transfer-Encoding and Content-Length")
+
+// framedTwiceRecorded ends src's record and reports whether the head it
+// kept ended and is framed two ways.
+func framedTwiceRecorded(src *h1Src) bool {
+	head, whole := src.recorded()
+	return whole && framedTwice(head)
+}
+
+// framedTwice reports whether a message head has both a
+// Transfer-Encoding and a Content-Length field.
+func framedTwice(head []byte) bool {
+	return hasField(head, "transfer-encoding") && hasField(head, "content-length")
 }
 
 // fixedBody is a body of n bytes; the input ending sooner is
