@@ -2,6 +2,8 @@ package mtls
 
 import (
 	"context"
+	"crypto/x509"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +88,46 @@ func TestZoneRotateDuringRootSwitch(t *testing.T) {
 	}
 	if r.(*api.MeshCA).Rotating() {
 		t.Fatal("the root's rotation did not complete after a zone's rotation during it")
+	}
+}
+
+// TestRootRotationZoneAwayAtTheSwitch: a zone that received the next root
+// (the publishing step) but was away from the global when the other
+// zones' intermediates of the next root were signed lacks their records,
+// so its sidecars refuse the other zones' certificates from the moment
+// those zones switch, not only from the old root's retirement; its
+// proxyless applications, while nothing is revoked, trust both roots and
+// admit them. (README, "Replacing a mesh's root", says so.)
+func TestRootRotationZoneAwayAtTheSwitch(t *testing.T) {
+	tm := Timing{Published: time.Hour}
+	t0 := time.Now().UTC()
+	first, _ := NewCA("default", t0)
+	zones := map[string]bool{"zone-1": true, "zone-2": true}
+	s := &caState{root: first, zcas: map[string]*api.ZoneCA{}}
+	s.plan(t, tm, zones, t0)
+	rotating := api.DeepCopy(s.root).(*api.MeshCA)
+	if err := publishNextRoot(rotating, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.apply(t, []api.Resource{rotating}, nil)
+	away := keyless(t, s.root) // zone-2's copy: it leaves now
+	t2 := t0.Add(tm.Published + time.Minute)
+	s.plan(t, tm, zones, t2)
+	t3 := t2.Add(tm.Published + time.Minute)
+	s.plan(t, tm, zones, t3) // zone-1 switches
+	if !s.root.Rotating() {
+		t.Fatal("retired already")
+	}
+	leaf := leafOf(t, s.zcas["zone-1"], false, t3)
+	err := verifyAt(t, leaf, away, t3)
+	if err == nil || !strings.Contains(err.Error(), "no revocation list") {
+		t.Fatalf("zone-1's certificate after its switch, at the sidecars of a zone away since the publishing: %v, want refused for want of its issuer's list", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(away.ProxylessTrust(t3)))
+	inter := x509.NewCertPool()
+	inter.AddCert(leaf[1])
+	if _, err := leaf[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: t3, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("at the proxyless applications of that zone: %v", err)
 	}
 }
