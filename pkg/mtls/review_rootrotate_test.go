@@ -131,3 +131,50 @@ func TestRootRotationZoneAwayAtTheSwitch(t *testing.T) {
 		t.Fatalf("at the proxyless applications of that zone: %v", err)
 	}
 }
+
+// TestRootRotationOfARootAboutToEnd: a root replaced because its end is
+// near ("an end approaching") may end during the rotation: the rotation
+// still runs to its end, and meanwhile the mesh's CAs are still kept
+// (Plan does not fail, for this mesh, from then on), and a root already
+// past its end can still be replaced.
+func TestRootRotationOfARootAboutToEnd(t *testing.T) {
+	// Each step comes more than an hour (the lists' backdating) after
+	// the root's end.
+	tm := Timing{Published: 3 * time.Hour}
+	t0 := time.Now().UTC()
+	first, err := NewCA("default", t0.AddDate(-10, 0, 0).Add(30*time.Minute)) // ends at t0+30m
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := mustCert(t, first.CertPEM).NotAfter
+	zones := map[string]bool{"zone-1": true}
+	s := &caState{root: first, zcas: map[string]*api.ZoneCA{}}
+	s.plan(t, tm, zones, t0)
+	rotating := api.DeepCopy(s.root).(*api.MeshCA)
+	if err := publishNextRoot(rotating, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.apply(t, []api.Resource{rotating}, nil)
+	now := t0
+	for i := 0; i < 6 && s.root.Rotating(); i++ {
+		now = now.Add(tm.Published + time.Minute)
+		puts, deletes, what, err := tm.Plan(s.root, s.zcas, zones, now)
+		if err != nil {
+			t.Fatalf("%s after the old root's end (step %d): %v", now.Sub(end).Round(time.Minute), i, err)
+		}
+		s.apply(t, puts, deletes)
+		t.Logf("%s: %q", now.Sub(t0).Round(time.Minute), what)
+	}
+	if s.root.Rotating() {
+		t.Fatal("the rotation of a root that ended during it never completes")
+	}
+
+	// A root already past its end: replacing it starts.
+	late, err := NewCA("late", t0.AddDate(-10, 0, 0).Add(-2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := publishNextRoot(late, t0); err != nil {
+		t.Fatalf("replacing a root past its end: %v", err)
+	}
+}
