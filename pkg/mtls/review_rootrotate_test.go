@@ -169,12 +169,31 @@ func TestRootRotationOfARootAboutToEnd(t *testing.T) {
 		t.Fatal("the rotation of a root that ended during it never completes")
 	}
 
-	// A root already past its end: replacing it starts.
-	late, err := NewCA("late", t0.AddDate(-10, 0, 0).Add(-2*time.Hour))
+	// A root already past its end: replacing it starts, and the zones
+	// move to the next root at once (nothing chains to the old one any
+	// more), intermediates of the old one being no good.
+	late, err := NewCA("default", t0.AddDate(-10, 0, 0).Add(-2*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := publishNextRoot(late, t0); err != nil {
+	s = &caState{root: late, zcas: map[string]*api.ZoneCA{}}
+	s.plan(t, Timing{Published: time.Hour}, zones, t0.Add(-10*time.Hour)) // while it lasted
+	rotating = api.DeepCopy(s.root).(*api.MeshCA)
+	if err := publishNextRoot(rotating, t0); err != nil {
 		t.Fatalf("replacing a root past its end: %v", err)
+	}
+	s.apply(t, []api.Resource{rotating}, nil)
+	s.plan(t, Timing{Published: time.Hour}, zones, t0.Add(time.Minute))
+	if next := mustCert(t, s.root.NextCertPEM); !signedBy(s.zcas["zone-1"].CertPEM, next) {
+		t.Fatal("after a root past its end was replaced, the zone still issues under it")
+	}
+	for i := range 3 {
+		if !s.root.Rotating() {
+			break
+		}
+		s.plan(t, Timing{Published: time.Hour}, zones, t0.Add(time.Duration(i+1)*(time.Hour+time.Minute)))
+	}
+	if s.root.Rotating() {
+		t.Fatal("the replacement of a root past its end never completes")
 	}
 }
