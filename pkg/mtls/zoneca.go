@@ -211,14 +211,20 @@ func signRootList(root *api.MeshCA, certPEM, keyPEM string, now time.Time) (stri
 	if key == nil {
 		return "", fmt.Errorf("mesh %s root: no private key here", root.Mesh)
 	}
-	next := now.Add(CRLValidity)
+	this, next := now.Add(-backdate), now.Add(CRLValidity)
 	if next.After(cert.NotAfter) {
 		next = cert.NotAfter
+	}
+	// A root past its end (one being replaced because of it) vouches for
+	// nothing any more; its list is still signed, never past its end, so
+	// that what its replacement changes is stored.
+	if this.After(next) {
+		this = next
 	}
 	list := &x509.RevocationList{
 		// Each list supersedes the last: numbered by the time it was made.
 		Number:     big.NewInt(now.UnixNano()),
-		ThisUpdate: now.Add(-backdate),
+		ThisUpdate: this,
 		NextUpdate: next,
 	}
 	for _, in := range root.Intermediates {
@@ -239,7 +245,8 @@ func signRootList(root *api.MeshCA, certPEM, keyPEM string, now time.Time) (stri
 }
 
 // crlDue reports whether root's revocation list is missing, unreadable or
-// past half its validity.
+// past half its validity, unless it lasts as long as the root does (no
+// list of it can last longer).
 func crlDue(root *api.MeshCA, now time.Time) bool {
 	b, _ := pem.Decode([]byte(root.CRLPEM))
 	if b == nil {
@@ -248,6 +255,9 @@ func crlDue(root *api.MeshCA, now time.Time) bool {
 	l, err := x509.ParseRevocationList(b.Bytes)
 	if err != nil {
 		return true
+	}
+	if cert, err := parseCert(root.CertPEM); err == nil && !l.NextUpdate.Before(cert.NotAfter) {
+		return false
 	}
 	return now.After(l.ThisUpdate.Add(l.NextUpdate.Sub(l.ThisUpdate) / 2))
 }
