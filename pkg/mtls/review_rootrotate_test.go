@@ -197,3 +197,36 @@ func TestRootRotationOfARootAboutToEnd(t *testing.T) {
 		t.Fatal("the replacement of a root past its end never completes")
 	}
 }
+
+// TestRootListsDue: a root's list is signed again past half its validity,
+// the next root's too while there is one, but not one that lasts as long
+// as its root (a root past its end being replaced would otherwise be
+// written at every pass of the authority).
+func TestRootListsDue(t *testing.T) {
+	t0 := time.Now().UTC()
+	root, _ := NewCA("default", t0)
+	if err := SignRootCRL(root, t0); err != nil {
+		t.Fatal(err)
+	}
+	if crlDue(root, t0.Add(CRLValidity/2-time.Hour)) || !crlDue(root, t0.Add(CRLValidity/2+time.Hour)) {
+		t.Fatal("a root's list: due at the wrong time")
+	}
+	if err := publishNextRoot(root, t0); err != nil {
+		t.Fatal(err)
+	}
+	stale := root.NextCRLPEM
+	if err := SignRootCRL(root, t0.Add(CRLValidity/2)); err != nil {
+		t.Fatal(err)
+	}
+	root.NextCRLPEM = stale // as if only the root's list had been signed again
+	if !crlDue(root, t0.Add(CRLValidity/2+2*time.Hour)) {
+		t.Fatal("the next root's list past half its validity is not due")
+	}
+	ending, _ := NewCA("ending", t0.AddDate(-10, 0, 0).Add(-2*time.Hour)) // ended two hours ago
+	if err := SignRootCRL(ending, t0); err != nil {
+		t.Fatalf("the list of a root past its end: %v", err)
+	}
+	if crlDue(ending, t0.Add(time.Minute)) {
+		t.Fatal("the list of a root past its end is due at every pass")
+	}
+}
