@@ -244,11 +244,17 @@ func signRootList(root *api.MeshCA, certPEM, keyPEM string, now time.Time) (stri
 	return string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})), nil
 }
 
-// crlDue reports whether root's revocation list is missing, unreadable or
-// past half its validity, unless it lasts as long as the root does (no
-// list of it can last longer).
+// crlDue reports whether one of root's revocation lists (the next root's
+// too, while there is one) is missing, unreadable or past half its
+// validity, unless it lasts as long as its root does (no list of it can
+// last longer).
 func crlDue(root *api.MeshCA, now time.Time) bool {
-	b, _ := pem.Decode([]byte(root.CRLPEM))
+	return listDue(root.CRLPEM, root.CertPEM, now) || root.Rotating() && listDue(root.NextCRLPEM, root.NextCertPEM, now)
+}
+
+// listDue is crlDue for one root's list.
+func listDue(crlPEM, certPEM string, now time.Time) bool {
+	b, _ := pem.Decode([]byte(crlPEM))
 	if b == nil {
 		return true
 	}
@@ -256,7 +262,7 @@ func crlDue(root *api.MeshCA, now time.Time) bool {
 	if err != nil {
 		return true
 	}
-	if cert, err := parseCert(root.CertPEM); err == nil && !l.NextUpdate.Before(cert.NotAfter) {
+	if cert, err := parseCert(certPEM); err == nil && !l.NextUpdate.Before(cert.NotAfter) {
 		return false
 	}
 	return now.After(l.ThisUpdate.Add(l.NextUpdate.Sub(l.ThisUpdate) / 2))
