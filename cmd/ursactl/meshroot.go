@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -36,9 +37,23 @@ func newMeshCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Every mesh (none named): one already rotating (an earlier
+			// run's, another admin's) is said and skipped, and one that
+			// fails does not stop the others, so running it again after
+			// a partial run finishes the job.
+			every := len(args) == 0
+			var errs []error
 			for _, m := range meshes {
 				s, err := a.client.RotateMeshRoot(cmd.Context(), m)
-				if err != nil {
+				var ce *client.Error
+				switch {
+				case err != nil && every && errors.As(err, &ce) && ce.Status == http.StatusConflict && ce.Title == "Rotation in progress":
+					fmt.Fprintf(a.stdout, "mesh %s: its root CA is already being rotated; skipped (ursactl mesh ca-status %s)\n", m, m)
+					continue
+				case err != nil && every:
+					errs = append(errs, err)
+					continue
+				case err != nil:
 					return err
 				}
 				next := s.Next
@@ -49,7 +64,7 @@ func newMeshCmd(a *app) *cobra.Command {
 					"and the current root (serial %s) retires once every zone issues under the next one (ursactl mesh ca-status %s)\n",
 					s.Mesh, next.Serial, next.NotAfter.Format(time.RFC3339), s.SwitchFrom.Format(time.RFC3339), s.Root.Serial, s.Mesh)
 			}
-			return nil
+			return errors.Join(errs...)
 		},
 	}
 	status := &cobra.Command{

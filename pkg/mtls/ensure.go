@@ -371,7 +371,10 @@ var ErrNoZoneCA = errors.New("no CA for the zone in this mesh")
 // changed meanwhile.
 //
 // While the mesh's root is being replaced, the intermediates it signs are
-// the next root's once that has been published (Timing's Plan).
+// the next root's once that has been published (Timing's Plan); a
+// rotation without revokePrevious still switches to the zone's published
+// next intermediate, the current root's until the authority has prepared
+// one of the next root.
 func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevious bool, now time.Time) (api.Intermediate, error) {
 	return Timing{}.Rotate(ctx, st, mesh, zone, revokePrevious, now)
 }
@@ -413,6 +416,17 @@ func (t Timing) Rotate(ctx context.Context, st store.Store, mesh, zone string, r
 			ca.Version = old.Version
 		}
 	} else {
+		// While the root is being replaced, the zone's next intermediate
+		// may still be the current root's (the authority has not yet
+		// prepared one of the next root): the zone switches to it, whose
+		// list every zone holds, rather than to a pair signed now, and
+		// the authority moves it on to the next root as it does every
+		// zone. (The current root stays trusted until every zone has.)
+		if root.Rotating() && !usable(signer, signerCert, old.NextCertPEM, now) {
+			if cur, err := parseCert(root.CertPEM); err == nil && usable(root, cur, old.NextCertPEM, now) {
+				signer, signerCert = root, cur
+			}
+		}
 		ca, recs, err = advance(signer, signerCert, old, now)
 	}
 	if err != nil {

@@ -34,9 +34,10 @@ func (t Timing) published() time.Duration {
 
 // issuer is the root that signs intermediates at now, as a MeshCA whose
 // certificate and key are that root's, sharing root's records: the next
-// root once it has been published for Published, else the root.
+// root once it has been published for Published, or at once when the root
+// is past its end (nothing chains to it any more), else the root.
 func (t Timing) issuer(root *api.MeshCA, now time.Time) (*api.MeshCA, *x509.Certificate, error) {
-	if root.Rotating() && publishedFor(root.NextCertPEM, now, t.published()) {
+	if root.Rotating() && (publishedFor(root.NextCertPEM, now, t.published()) || expired(root.CertPEM, now)) {
 		cert, err := parseCert(root.NextCertPEM)
 		if err != nil {
 			return nil, nil, fmt.Errorf("mesh %s next root: %w", root.Mesh, err)

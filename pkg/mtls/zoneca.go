@@ -211,14 +211,20 @@ func signRootList(root *api.MeshCA, certPEM, keyPEM string, now time.Time) (stri
 	if key == nil {
 		return "", fmt.Errorf("mesh %s root: no private key here", root.Mesh)
 	}
-	next := now.Add(CRLValidity)
+	this, next := now.Add(-backdate), now.Add(CRLValidity)
 	if next.After(cert.NotAfter) {
 		next = cert.NotAfter
+	}
+	// A root past its end (one being replaced because of it) vouches for
+	// nothing any more; its list is still signed, never past its end, so
+	// that what its replacement changes is stored.
+	if this.After(next) {
+		this = next
 	}
 	list := &x509.RevocationList{
 		// Each list supersedes the last: numbered by the time it was made.
 		Number:     big.NewInt(now.UnixNano()),
-		ThisUpdate: now.Add(-backdate),
+		ThisUpdate: this,
 		NextUpdate: next,
 	}
 	for _, in := range root.Intermediates {
@@ -238,16 +244,26 @@ func signRootList(root *api.MeshCA, certPEM, keyPEM string, now time.Time) (stri
 	return string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})), nil
 }
 
-// crlDue reports whether root's revocation list is missing, unreadable or
-// past half its validity.
+// crlDue reports whether one of root's revocation lists (the next root's
+// too, while there is one) is missing, unreadable or past half its
+// validity, unless it lasts as long as its root does (no list of it can
+// last longer).
 func crlDue(root *api.MeshCA, now time.Time) bool {
-	b, _ := pem.Decode([]byte(root.CRLPEM))
+	return listDue(root.CRLPEM, root.CertPEM, now) || root.Rotating() && listDue(root.NextCRLPEM, root.NextCertPEM, now)
+}
+
+// listDue is crlDue for one root's list.
+func listDue(crlPEM, certPEM string, now time.Time) bool {
+	b, _ := pem.Decode([]byte(crlPEM))
 	if b == nil {
 		return true
 	}
 	l, err := x509.ParseRevocationList(b.Bytes)
 	if err != nil {
 		return true
+	}
+	if cert, err := parseCert(certPEM); err == nil && !l.NextUpdate.Before(cert.NotAfter) {
+		return false
 	}
 	return now.After(l.ThisUpdate.Add(l.NextUpdate.Sub(l.ThisUpdate) / 2))
 }
