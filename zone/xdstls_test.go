@@ -3,6 +3,7 @@ package zone
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestXDSTLSConfig(t *testing.T) {
@@ -32,5 +33,25 @@ func TestXDSTLSConfig(t *testing.T) {
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%s: %v, want an error saying %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// TestCAPublishDelayConfig: the test-only CA publishing delay is a
+// standalone zone's (it makes its meshes' CAs); a federated zone, whose
+// CAs its global makes, refuses it rather than ignore it.
+func TestCAPublishDelayConfig(t *testing.T) {
+	c := DefaultConfig()
+	c.Zone = "zone-1"
+	c.MTLS.CAPublishDelay.Duration = 2 * time.Second
+	if err := c.Validate(); err != nil {
+		t.Errorf("a standalone zone's delay: %v", err)
+	}
+	c.Global.KDS.Address = "grpcs://127.0.0.1:5685"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "mtls.caPublishDelay: a federated zone's CAs are made by its global") {
+		t.Errorf("a federated zone's delay: %v, want it refused", err)
+	}
+	c.Global.KDS.Address, c.MTLS.CAPublishDelay.Duration = "", -time.Second
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "mtls.caPublishDelay: must not be negative") {
+		t.Errorf("a negative delay: %v, want it refused", err)
 	}
 }

@@ -180,6 +180,9 @@ func (c Config) Validate() error {
 	if c.MTLS.CAPublishDelay.Duration < 0 {
 		errs = append(errs, errors.New("mtls.caPublishDelay: must not be negative (0 is the default, an hour)"))
 	}
+	if c.MTLS.CAPublishDelay.Duration != 0 && c.Federated() {
+		errs = append(errs, errors.New("mtls.caPublishDelay: a federated zone's CAs are made by its global; set it there"))
+	}
 	if d := c.XDS.LoadReportingInterval.Duration; d < 100*time.Millisecond || d > time.Minute {
 		errs = append(errs, fmt.Errorf("xds.loadReportingInterval: %s is out of range; use 100ms to 1m", c.XDS.LoadReportingInterval))
 	}

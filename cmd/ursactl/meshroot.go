@@ -76,16 +76,24 @@ func newMeshCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var all []client.MeshRootStatus
+			// Every mesh asked about is shown that can be; one that
+			// cannot (its root not made yet) does not hide the others.
+			var (
+				all  []client.MeshRootStatus
+				errs []error
+			)
 			for _, m := range meshes {
 				s, err := a.client.MeshRootStatusOf(cmd.Context(), m)
 				if err != nil {
-					return err
+					errs = append(errs, err)
+					continue
 				}
 				all = append(all, s)
 			}
-			printRootStatus(a, all)
-			return nil
+			if len(all) > 0 {
+				printRootStatus(a, all)
+			}
+			return errors.Join(errs...)
 		},
 	}
 	cmd.AddCommand(rotate, status)

@@ -146,4 +146,14 @@ func TestMeshRotateRoot(t *testing.T) {
 	if done.(*api.MeshCA).CertPEM != started.(*api.MeshCA).NextCertPEM {
 		t.Fatal("the rotation did not end with the next root as the root")
 	}
+
+	// A mesh whose root is not made yet does not hide the others'
+	// status; the command says so and fails.
+	if _, err := st.Create(ctx, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "fresh"}, MTLS: &api.MeshMTLS{Enabled: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if res := run("mesh", "ca-status"); res.code == 0 || !strings.Contains(res.stdout, "default") || !strings.Contains(res.stdout, "stable") ||
+		!strings.Contains(res.stderr, "not made yet") {
+		t.Fatalf("ca-status with a mesh whose root is not made yet: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
 }

@@ -150,21 +150,22 @@ func rootStatusHandler(st store.Store, t Timing) http.Handler {
 		if !ok {
 			return
 		}
-		res, err := st.Get(r.Context(), api.Key{Type: "MeshCA", Mesh: mesh, Name: CAName})
+		root, err := meshRoot(r.Context(), st, mesh)
+		var zcas store.ListResult
 		if err == nil {
-			var zcas store.ListResult
-			if zcas, err = st.List(r.Context(), store.ListOptions{Type: "ZoneCA", Mesh: mesh}); err == nil {
-				var cas []*api.ZoneCA
-				for _, z := range zcas.Items {
-					cas = append(cas, z.(*api.ZoneCA))
-				}
-				apiserver.WriteJSON(w, http.StatusOK, t.StatusOf(res.(*api.MeshCA), cas, store.Now()))
-				return
-			}
+			zcas, err = st.List(r.Context(), store.ListOptions{Type: "ZoneCA", Mesh: mesh})
 		}
 		switch {
-		case errors.Is(err, store.ErrNotFound):
-			apiserver.WriteError(w, http.StatusNotFound, "Not found", "mesh "+mesh+" has no root CA (no such mesh, or mTLS is not enabled)")
+		case err == nil:
+			var cas []*api.ZoneCA
+			for _, z := range zcas.Items {
+				cas = append(cas, z.(*api.ZoneCA))
+			}
+			apiserver.WriteJSON(w, http.StatusOK, t.StatusOf(root, cas, store.Now()))
+		case errors.Is(err, ErrNoMesh), errors.Is(err, ErrNoMTLS):
+			apiserver.WriteError(w, http.StatusNotFound, "Not found", "mesh "+mesh+": "+err.Error())
+		case errors.Is(err, ErrNoRootYet):
+			apiserver.WriteError(w, http.StatusConflict, "Root not made yet", "mesh "+mesh+": "+err.Error())
 		case errors.Is(err, store.ErrUnavailable):
 			apiserver.WriteError(w, http.StatusServiceUnavailable, "Store unavailable", err.Error())
 		default:

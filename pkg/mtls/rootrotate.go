@@ -126,24 +126,10 @@ func (t Timing) RotateRoot(ctx context.Context, st store.Store, mesh string, now
 	fail := func(err error) (RootStatus, error) {
 		return RootStatus{}, fmt.Errorf("rotate the root CA of mesh %s: %w", mesh, err)
 	}
-	r, err := st.Get(ctx, api.Key{Type: "Mesh", Name: mesh})
-	if errors.Is(err, store.ErrNotFound) {
-		return fail(ErrNoMesh)
-	}
+	root, err := meshRoot(ctx, st, mesh)
 	if err != nil {
 		return fail(err)
 	}
-	if !r.(*api.Mesh).MTLSEnabled() {
-		return fail(ErrNoMTLS)
-	}
-	r, err = st.Get(ctx, api.Key{Type: "MeshCA", Mesh: mesh, Name: CAName})
-	if errors.Is(err, store.ErrNotFound) {
-		return fail(fmt.Errorf("%w (mTLS was just enabled: try again in a moment)", ErrNoRootYet))
-	}
-	if err != nil {
-		return fail(err)
-	}
-	root := r.(*api.MeshCA)
 	if root.Rotating() {
 		return fail(fmt.Errorf("%w: its next root (serial %s) was published at %s; the old one retires once every zone issues under the next one",
 			ErrRootRotating, serialOf(root.NextCertPEM), publishedAt(root.NextCertPEM).Format(time.RFC3339)))
@@ -155,6 +141,29 @@ func (t Timing) RotateRoot(ctx context.Context, st store.Store, mesh string, now
 		return fail(err)
 	}
 	return t.StatusOf(root, nil, now), nil
+}
+
+// meshRoot is mesh's root CA as stored: ErrNoMesh, ErrNoMTLS or
+// ErrNoRootYet when it has none, saying why.
+func meshRoot(ctx context.Context, st store.Store, mesh string) (*api.MeshCA, error) {
+	r, err := st.Get(ctx, api.Key{Type: "Mesh", Name: mesh})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrNoMesh
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !r.(*api.Mesh).MTLSEnabled() {
+		return nil, ErrNoMTLS
+	}
+	r, err = st.Get(ctx, api.Key{Type: "MeshCA", Mesh: mesh, Name: CAName})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w (mTLS was just enabled: try again in a moment)", ErrNoRootYet)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r.(*api.MeshCA), nil
 }
 
 // publishNextRoot sets root's next root, with its revocation list, and

@@ -495,3 +495,38 @@ func TestRootRotationOnAStore(t *testing.T) {
 		t.Fatalf("status of a mesh without mTLS: %d", code)
 	}
 }
+
+// TestRootStatusSaysWhyThereIsNone: GET /meshes/{mesh}/ca of a mesh with no
+// root says why: no such mesh, no mTLS (404), or a root not made yet
+// (409, as rotate-root answers then).
+func TestRootStatusSaysWhyThereIsNone(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	for _, r := range []api.Resource{
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "fresh"}, MTLS: &api.MeshMTLS{Enabled: true}},
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "plain"}},
+	} {
+		if _, err := st.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mux := http.NewServeMux()
+	for p, h := range Handlers(st, Timing{}, zap.NewNop()) {
+		mux.Handle(p, h)
+	}
+	for _, tc := range []struct {
+		mesh string
+		code int
+		says string
+	}{
+		{"nope", 404, "no such mesh"},
+		{"plain", 404, "does not have mTLS enabled"},
+		{"fresh", 409, "not made yet"},
+	} {
+		rr := httptest.NewRecorder()
+		mux.ServeHTTP(rr, httptest.NewRequest("GET", "/meshes/"+tc.mesh+"/ca", nil))
+		if rr.Code != tc.code || !strings.Contains(rr.Body.String(), tc.says) {
+			t.Errorf("GET /meshes/%s/ca: %d %s, want %d saying %q", tc.mesh, rr.Code, rr.Body.String(), tc.code, tc.says)
+		}
+	}
+}
