@@ -79,7 +79,7 @@ func newMeshCmd(a *app) *cobra.Command {
 			// Every mesh asked about is shown that can be; one that
 			// cannot (its root not made yet) does not hide the others.
 			var (
-				all  []client.MeshRootStatus
+				all  []api.MeshRootStatus
 				errs []error
 			)
 			for _, m := range meshes {
@@ -123,7 +123,7 @@ func (a *app) mtlsMeshes(ctx context.Context, args []string) ([]string, error) {
 
 // printRootStatus writes one line per mesh: its phase, roots, zones, and
 // what happens next.
-func printRootStatus(a *app, all []client.MeshRootStatus) {
+func printRootStatus(a *app, all []api.MeshRootStatus) {
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
 	fmt.Fprintln(tw, "MESH\tPHASE\tROOT\tNEXT ROOT\tZONES ON NEXT ROOT\tNEXT STEP")
 	for _, s := range all {

@@ -176,3 +176,60 @@ func (v *validator) pem(field, s, typ string, required bool) {
 		v.add(field, "must be PEM starting with a %s block", typ)
 	}
 }
+
+// Phases of a mesh's root, in MeshRootStatus.
+const (
+	// RootPhaseStable: one root, nothing under way.
+	RootPhaseStable = "stable"
+	// RootPhasePublishing: the next root is published beside the root,
+	// and reaches every zone and proxy before anything is signed with it.
+	RootPhasePublishing = "publishing"
+	// RootPhaseSwitching: zones move to intermediates of the next root.
+	RootPhaseSwitching = "switching"
+	// RootPhaseRetiring: every zone issues under the next root; the old
+	// root leaves once their proxies hold certificates of it.
+	RootPhaseRetiring = "retiring"
+)
+
+// MeshRootStatus is where a mesh's root CA stands: the answer of GET
+// /meshes/{mesh}/ca and of POST /meshes/{mesh}/ca/rotate-root, what
+// `ursactl mesh ca-status` shows. It holds certificates and serials, never
+// a key.
+type MeshRootStatus struct {
+	Mesh  string       `json:"mesh"`
+	Phase string       `json:"phase"`
+	Root  MeshRootCert `json:"root"`
+	// Next is the root that replaces Root, while one does.
+	Next *MeshRootCert `json:"next,omitempty"`
+	// SwitchFrom is when zones start moving to intermediates of Next.
+	SwitchFrom time.Time `json:"switchFrom,omitzero"`
+	// Zones are the zones that have a CA in the mesh.
+	Zones []MeshRootZone `json:"zones,omitempty"`
+}
+
+// MeshRootCert describes one root certificate of a mesh.
+type MeshRootCert struct {
+	Serial    string    `json:"serial"`
+	NotAfter  time.Time `json:"notAfter"`
+	Published time.Time `json:"published"`
+	CertPEM   string    `json:"certPEM"`
+}
+
+// MeshRootZone is which root a zone's current intermediate chains to.
+type MeshRootZone struct {
+	Zone string `json:"zone"`
+	// Serial is the zone's current intermediate's.
+	Serial string `json:"serial"`
+	// OnNext is whether the next root signed it.
+	OnNext bool `json:"onNext"`
+}
+
+// ZoneCARotation is the answer of POST
+// /meshes/{mesh}/zones/{zone}/ca/rotate: the intermediate that now issues.
+type ZoneCARotation struct {
+	Mesh            string    `json:"mesh"`
+	Zone            string    `json:"zone"`
+	Serial          string    `json:"serial"`
+	NotAfter        time.Time `json:"notAfter"`
+	RevokedPrevious bool      `json:"revokedPrevious"`
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -23,15 +22,6 @@ type RotateRequest struct {
 	// RevokePrevious revokes the intermediate being replaced at once,
 	// instead of letting it stay trusted until it expires.
 	RevokePrevious bool `json:"revokePrevious,omitempty"`
-}
-
-// RotateResponse describes the new intermediate.
-type RotateResponse struct {
-	Mesh            string    `json:"mesh"`
-	Zone            string    `json:"zone"`
-	Serial          string    `json:"serial"`
-	NotAfter        time.Time `json:"notAfter"`
-	RevokedPrevious bool      `json:"revokedPrevious"`
 }
 
 // Paths of the mesh's root CA: starting its rotation (admins only, as
@@ -90,7 +80,7 @@ func rotateHandler(st store.Store, t Timing, log *zap.Logger) http.Handler {
 		default:
 			log.Info("rotated a zone's CA", zap.String("mesh", mesh), zap.String("zone", zone),
 				zap.String("serial", rec.Serial), zap.Bool("revoked_previous", req.RevokePrevious))
-			apiserver.WriteJSON(w, http.StatusOK, RotateResponse{Mesh: mesh, Zone: zone, Serial: rec.Serial, NotAfter: rec.NotAfter, RevokedPrevious: req.RevokePrevious})
+			apiserver.WriteJSON(w, http.StatusOK, api.ZoneCARotation{Mesh: mesh, Zone: zone, Serial: rec.Serial, NotAfter: rec.NotAfter, RevokedPrevious: req.RevokePrevious})
 		}
 	})
 }
@@ -143,7 +133,7 @@ func rotateRootHandler(st store.Store, t Timing, log *zap.Logger) http.Handler {
 	})
 }
 
-// rootStatusHandler answers where a mesh's root stands (RootStatus).
+// rootStatusHandler answers where a mesh's root stands (api.MeshRootStatus).
 func rootStatusHandler(st store.Store, t Timing) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mesh, ok := meshName(w, r, "cannot show the mesh's root CA")

@@ -122,9 +122,9 @@ var (
 // mesh's status after the write; ErrNoMesh, ErrNoMTLS, ErrNoRootYet or
 // ErrRootRotating, changing nothing, when it cannot start; ErrConflict
 // when the CAs changed meanwhile.
-func (t Timing) RotateRoot(ctx context.Context, st store.Store, mesh string, now time.Time) (RootStatus, error) {
-	fail := func(err error) (RootStatus, error) {
-		return RootStatus{}, fmt.Errorf("rotate the root CA of mesh %s: %w", mesh, err)
+func (t Timing) RotateRoot(ctx context.Context, st store.Store, mesh string, now time.Time) (api.MeshRootStatus, error) {
+	fail := func(err error) (api.MeshRootStatus, error) {
+		return api.MeshRootStatus{}, fmt.Errorf("rotate the root CA of mesh %s: %w", mesh, err)
 	}
 	root, err := meshRoot(ctx, st, mesh)
 	if err != nil {
@@ -189,83 +189,38 @@ func publishedAt(certPEM string) time.Time {
 	return cert.NotBefore.Add(backdate).UTC()
 }
 
-// Phases of a mesh's root, in RootStatus.
-const (
-	// PhaseStable: one root, nothing under way.
-	PhaseStable = "stable"
-	// PhasePublishing: the next root is published beside the root, and
-	// reaches every zone and proxy before anything is signed with it.
-	PhasePublishing = "publishing"
-	// PhaseSwitching: zones move to intermediates of the next root.
-	PhaseSwitching = "switching"
-	// PhaseRetiring: every zone issues under the next root; the old root
-	// leaves once their proxies hold certificates of it.
-	PhaseRetiring = "retiring"
-)
-
-// RootStatus is where a mesh's root stands: what `ursactl mesh ca-status`
-// shows. It holds certificates and serials, never a key.
-type RootStatus struct {
-	Mesh  string   `json:"mesh"`
-	Phase string   `json:"phase"`
-	Root  RootCert `json:"root"`
-	// Next is the root that replaces Root, while one does.
-	Next *RootCert `json:"next,omitempty"`
-	// SwitchFrom is when zones start moving to intermediates of Next.
-	SwitchFrom time.Time `json:"switchFrom,omitzero"`
-	// Zones are the zones that have a CA in the mesh.
-	Zones []ZoneRoot `json:"zones,omitempty"`
-}
-
-// RootCert describes one root certificate.
-type RootCert struct {
-	Serial    string    `json:"serial"`
-	NotAfter  time.Time `json:"notAfter"`
-	Published time.Time `json:"published"`
-	CertPEM   string    `json:"certPEM"`
-}
-
-// ZoneRoot is which root a zone's current intermediate chains to.
-type ZoneRoot struct {
-	Zone string `json:"zone"`
-	// Serial is the zone's current intermediate's.
-	Serial string `json:"serial"`
-	// OnNext is whether the next root signed it.
-	OnNext bool `json:"onNext"`
-}
-
 // StatusOf is the status of root with its zones' CAs zcas at now.
-func (t Timing) StatusOf(root *api.MeshCA, zcas []*api.ZoneCA, now time.Time) RootStatus {
-	out := RootStatus{Mesh: root.Mesh, Phase: PhaseStable, Root: rootCertOf(root.CertPEM)}
+func (t Timing) StatusOf(root *api.MeshCA, zcas []*api.ZoneCA, now time.Time) api.MeshRootStatus {
+	out := api.MeshRootStatus{Mesh: root.Mesh, Phase: api.RootPhaseStable, Root: rootCertOf(root.CertPEM)}
 	var next *x509.Certificate
 	if root.Rotating() {
 		n := rootCertOf(root.NextCertPEM)
-		out.Next, out.Phase = &n, PhasePublishing
+		out.Next, out.Phase = &n, api.RootPhasePublishing
 		out.SwitchFrom = n.Published.Add(t.published())
 		next, _ = parseCert(root.NextCertPEM)
 	}
 	switched, started := true, false
 	for _, z := range zcas {
-		zr := ZoneRoot{Zone: z.Name, Serial: serialOf(z.CertPEM), OnNext: next != nil && signedBy(z.CertPEM, next)}
+		zr := api.MeshRootZone{Zone: z.Name, Serial: serialOf(z.CertPEM), OnNext: next != nil && signedBy(z.CertPEM, next)}
 		switched = switched && zr.OnNext
 		started = started || zr.OnNext || next != nil && signedBy(z.NextCertPEM, next)
 		out.Zones = append(out.Zones, zr)
 	}
-	slices.SortFunc(out.Zones, func(a, b ZoneRoot) int { return strings.Compare(a.Zone, b.Zone) })
+	slices.SortFunc(out.Zones, func(a, b api.MeshRootZone) int { return strings.Compare(a.Zone, b.Zone) })
 	// What the CAs show first, the clock second: a control plane whose
 	// clock is behind the authority's still reports its steps.
 	switch {
 	case next == nil:
 	case started && switched:
-		out.Phase = PhaseRetiring
+		out.Phase = api.RootPhaseRetiring
 	case started || !now.Before(out.SwitchFrom):
-		out.Phase = PhaseSwitching
+		out.Phase = api.RootPhaseSwitching
 	}
 	return out
 }
 
-func rootCertOf(certPEM string) RootCert {
-	out := RootCert{CertPEM: certPEM, Serial: serialOf(certPEM), Published: publishedAt(certPEM)}
+func rootCertOf(certPEM string) api.MeshRootCert {
+	out := api.MeshRootCert{CertPEM: certPEM, Serial: serialOf(certPEM), Published: publishedAt(certPEM)}
 	if cert, err := parseCert(certPEM); err == nil {
 		out.NotAfter = cert.NotAfter.UTC()
 	}

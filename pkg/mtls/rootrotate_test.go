@@ -221,7 +221,7 @@ func TestRootRotationPhases(t *testing.T) {
 		t.Fatal("a copy of the root from before the rotation trusts the new root: the check cannot fail")
 	}
 	checkOld(t3)
-	if st := tm.StatusOf(s.root, []*api.ZoneCA{s.zcas["zone-1"], s.zcas["zone-2"]}, t3); st.Phase != PhaseRetiring || len(st.Zones) != 2 || !st.Zones[0].OnNext {
+	if st := tm.StatusOf(s.root, []*api.ZoneCA{s.zcas["zone-1"], s.zcas["zone-2"]}, t3); st.Phase != api.RootPhaseRetiring || len(st.Zones) != 2 || !st.Zones[0].OnNext {
 		t.Fatalf("status after the switch: %+v", st)
 	}
 
@@ -268,7 +268,7 @@ func TestRootRotationPhases(t *testing.T) {
 	if what := s.plan(t, tm, zones, t4.Add(time.Hour)); len(what) != 0 {
 		t.Fatalf("a retired rotation goes on: %q", what)
 	}
-	if st := tm.StatusOf(s.root, nil, t4); st.Phase != PhaseStable || st.Next != nil || st.Root.Serial != next.SerialNumber.Text(16) {
+	if st := tm.StatusOf(s.root, nil, t4); st.Phase != api.RootPhaseStable || st.Next != nil || st.Root.Serial != next.SerialNumber.Text(16) {
 		t.Fatalf("status after retirement: %+v", st)
 	}
 }

@@ -24,10 +24,10 @@ import (
 const rootPublishDelay = 2 * time.Second
 
 // rootStatus is the global's GET /meshes/default/ca.
-func rootStatus(t *testing.T, c *cp) mtls.RootStatus {
+func rootStatus(t *testing.T, c *cp) api.MeshRootStatus {
 	t.Helper()
 	code, body := c.get(t, "/meshes/default/ca")
-	var s mtls.RootStatus
+	var s api.MeshRootStatus
 	if code != 200 || json.Unmarshal([]byte(body), &s) != nil {
 		t.Fatalf("GET /meshes/default/ca: %d %s", code, body)
 	}
@@ -83,7 +83,7 @@ func TestMeshRootRotation(t *testing.T) {
 		return true
 	})
 	before := rootStatus(t, m.global)
-	if before.Phase != mtls.PhaseStable || before.Next != nil || len(before.Zones) != 2 {
+	if before.Phase != api.RootPhaseStable || before.Next != nil || len(before.Zones) != 2 {
 		t.Fatalf("status before the rotation: %+v", before)
 	}
 
@@ -160,15 +160,15 @@ func TestMeshRootRotation(t *testing.T) {
 	seen := map[string]bool{}
 	testutil.Until(t, 60*time.Second, "the rotation to end", func() bool {
 		st := ctl(t, m.global.api, "", "mesh", "ca-status", "default")
-		for _, p := range []string{mtls.PhasePublishing, mtls.PhaseSwitching, mtls.PhaseRetiring, mtls.PhaseStable} {
+		for _, p := range []string{api.RootPhasePublishing, api.RootPhaseSwitching, api.RootPhaseRetiring, api.RootPhaseStable} {
 			if strings.Contains(st, "default   "+p) {
 				seen[p] = true
 			}
 		}
-		return seen[mtls.PhaseStable] && strings.Contains(st, started.Next.Serial+" (until")
+		return seen[api.RootPhaseStable] && strings.Contains(st, started.Next.Serial+" (until")
 	})
 	t.Logf("phases seen: %v", seen)
-	if !seen[mtls.PhasePublishing] || !seen[mtls.PhaseRetiring] {
+	if !seen[api.RootPhasePublishing] || !seen[api.RootPhaseRetiring] {
 		t.Fatalf("ca-status never showed the publishing and retiring phases: %v", seen)
 	}
 	after := rootStatus(t, m.global)
@@ -247,7 +247,7 @@ func TestStandaloneMeshRootRotation(t *testing.T) {
 	}
 	testutil.Until(t, 60*time.Second, "the rotation to end", func() bool {
 		s := rootStatus(t, z.cp)
-		return s.Phase == mtls.PhaseStable && s.Root.Serial == started.Next.Serial
+		return s.Phase == api.RootPhaseStable && s.Root.Serial == started.Next.Serial
 	})
 	newRoot := x509.NewCertPool()
 	newRoot.AddCert(parsePEM(t, started.Next.CertPEM))
@@ -341,7 +341,7 @@ func TestProxylessMeshRootRotation(t *testing.T) {
 		fresh++
 		s := rootStatus(t, z.cp)
 		phases[s.Phase] = true
-		return s.Phase == mtls.PhaseStable && s.Root.Serial == started.Next.Serial
+		return s.Phase == api.RootPhaseStable && s.Root.Serial == started.Next.Serial
 	})
 	eventually(t, "web to trust the new root alone", func() bool { return roots() == 1 })
 	b, _ := os.ReadFile(filepath.Join(web.dir, "ca.pem"))
