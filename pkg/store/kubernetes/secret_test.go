@@ -43,7 +43,8 @@ func TestPrivateTypesAreCoreSecrets(t *testing.T) {
 	}
 	n, err := s.Apply(ctx, []api.Resource{
 		&api.Secret{Meta: api.Meta{Type: "Secret", Mesh: "default", Name: "ca"}, Data: []byte("x")},
-		&api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: "default", Name: "ca"}, CertPEM: "changed"},
+		// A root being replaced: its next root travels in the same Secret.
+		&api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: "default", Name: "ca"}, CertPEM: "changed", NextCertPEM: "next", NextKeyPEM: "nk", NextCRLPEM: "ncrl"},
 	}, nil)
 	if err != nil || n != 2 {
 		t.Fatalf("apply of a new secret and a changed CA = %d, %v", n, err)
@@ -51,6 +52,9 @@ func TestPrivateTypesAreCoreSecrets(t *testing.T) {
 	res, err := s.List(ctx, store.ListOptions{Type: "MeshCA"})
 	if err != nil || len(res.Items) != 1 || res.Items[0].(*api.MeshCA).CertPEM != "changed" || res.Items[0].GetMeta().Version != 2 {
 		t.Fatalf("list mesh CAs = %v, %v", res.Items, err)
+	}
+	if got := res.Items[0].(*api.MeshCA); got.NextCertPEM != "next" || got.NextKeyPEM != "nk" || got.NextCRLPEM != "ncrl" {
+		t.Fatalf("the next root read back: %q %q %q", got.NextCertPEM, got.NextKeyPEM, got.NextCRLPEM)
 	}
 	if res, err := s.List(ctx, store.ListOptions{Type: "Secret"}); err != nil || len(res.Items) != 1 {
 		t.Fatalf("list secrets = %v, %v", res.Items, err)
