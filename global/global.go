@@ -205,7 +205,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	r.AddRestarting("mirror", mirror)
 	r.AddRestarting("kds-cache", cache)
 	r.AddRestarting("kds-control", kdsServer)
-	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Timing: caTiming, Log: log.Named("mesh-ca")})
+	r.AddRestarting("mesh-ca", &mtls.Authority{Store: st, Source: mirror, Zones: mtls.EnabledZones, Timing: caTiming,
+		UpToDate: mtls.ZonesUpToDate(st), Log: log.Named("mesh-ca")})
 	r.AddRestarting("user-token-keys", run.Func(func(ctx context.Context) error {
 		return tokens.PublishUserKeys(ctx, st, mirror, log.Named("user-token-keys"))
 	}))

@@ -11,10 +11,6 @@ import (
 	"github.com/ursamesh/ursa/pkg/client"
 )
 
-// heartbeatFresh is how old a connected zone's insight may be before the
-// zone is shown offline: the global replica serving it must have gone away.
-const heartbeatFresh = 30 * time.Second
-
 // newInspectCmd builds "inspect zones|dataplanes|services".
 func newInspectCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
@@ -58,7 +54,7 @@ func newInspectCmd(a *app) *cobra.Command {
 func zoneRow(z *api.Zone, zi *api.ZoneInsight, now time.Time) string {
 	status, lastSync, behind, nacks, version := "Offline", "-", "-", int64(0), "-"
 	if zi != nil {
-		if zi.Connected && now.Sub(zi.Heartbeat) < heartbeatFresh {
+		if zi.Online(now) {
 			status = "Online"
 		}
 		var last time.Time

@@ -153,6 +153,24 @@ type ZoneInsight struct {
 	Sync      map[string]TypeSyncStat `json:"sync,omitempty"`
 }
 
+// InsightFresh is how old a connected zone's insight may be (its global
+// replica writes it every few seconds) before the zone is taken for
+// offline: the replica serving it must have gone away.
+const InsightFresh = 30 * time.Second
+
+// Online reports whether the zone is connected at now: connected, and its
+// insight fresh.
+func (z *ZoneInsight) Online(now time.Time) bool {
+	return z.Connected && now.Sub(z.Heartbeat) < InsightFresh
+}
+
+// UpToDate reports whether the zone held, when its insight was last
+// written, everything the global had sent it: online, and no revision
+// behind.
+func (z *ZoneInsight) UpToDate(now time.Time) bool {
+	return z.Online(now) && z.RevisionBehind == 0
+}
+
 // TypeSyncStat counts the KDS exchanges of one resource type with a zone.
 type TypeSyncStat struct {
 	ResponsesSent   int64     `json:"responsesSent"`

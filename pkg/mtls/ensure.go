@@ -66,6 +66,14 @@ type Authority struct {
 	Every time.Duration
 	// Timing is how long what is new is published before it is relied on.
 	Timing Timing
+	// UpToDate, when set, reports the zones known to hold what they were
+	// last sent (ZonesUpToDate, at the global). While a root is being
+	// replaced, no zone moves to the next root's intermediates, and the
+	// old root does not retire, unless every enabled zone is among them: a
+	// zone away then would refuse its peers' new certificates until it is
+	// back. Nil takes every zone for up to date (a standalone zone, its
+	// own only zone).
+	UpToDate func(context.Context) (map[string]bool, error)
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -112,6 +120,10 @@ func (a *Authority) Reconcile(ctx context.Context, view *store.View) error {
 	if err != nil {
 		return fmt.Errorf("mesh CAs: %w", err)
 	}
+	away, err := a.away(ctx, view, zones, now)
+	if err != nil {
+		return fmt.Errorf("mesh CAs: %w", err)
+	}
 	for _, m := range meshes {
 		if !m.MTLSEnabled() {
 			continue
@@ -135,7 +147,11 @@ func (a *Authority) Reconcile(ctx context.Context, view *store.View) error {
 				mine[z.Name] = z
 			}
 		}
-		puts, deletes, what, err := a.Timing.Plan(root, mine, zones, now)
+		if root.Rotating() && len(away) > 0 {
+			log.Info("the root's rotation waits for zones that may not hold its latest certificates and lists (disable a zone that is gone for good)",
+				zap.Strings("zones", slices.Sorted(maps.Keys(away))))
+		}
+		puts, deletes, what, err := a.Timing.plan(root, mine, zones, away, now)
 		if err != nil {
 			log.Error("cannot bring the mesh's zone CAs up to date", zap.Error(err))
 			continue
@@ -163,6 +179,49 @@ func (a *Authority) Reconcile(ctx context.Context, view *store.View) error {
 	return nil
 }
 
+// away is the enabled zones not known to be up to date (UpToDate), asked
+// only while some root of view is being replaced.
+func (a *Authority) away(ctx context.Context, view *store.View, zones map[string]bool, now time.Time) (map[string]bool, error) {
+	if a.UpToDate == nil {
+		return nil, nil
+	}
+	roots, err := store.All[*api.MeshCA](view)
+	if err != nil || !slices.ContainsFunc(roots, (*api.MeshCA).Rotating) {
+		return nil, err
+	}
+	current, err := a.UpToDate(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("zones' insights: %w", err)
+	}
+	away := map[string]bool{}
+	for zone, enabled := range zones {
+		if enabled && !current[zone] {
+			away[zone] = true
+		}
+	}
+	return away, nil
+}
+
+// ZonesUpToDate reports, from st's ZoneInsights, the zones that are online
+// and were no revision behind when their insight was last written: they
+// hold what the global had sent them by then.
+func ZonesUpToDate(st store.Store) func(context.Context) (map[string]bool, error) {
+	return func(ctx context.Context) (map[string]bool, error) {
+		res, err := st.List(ctx, store.ListOptions{Type: "ZoneInsight"})
+		if err != nil {
+			return nil, err
+		}
+		now := store.Now()
+		out := map[string]bool{}
+		for _, r := range res.Items {
+			if zi := r.(*api.ZoneInsight); zi.UpToDate(now) {
+				out[zi.Name] = true
+			}
+		}
+		return out, nil
+	}
+}
+
 func (a *Authority) createRoot(ctx context.Context, mesh string, now time.Time, log *zap.Logger) {
 	ca, err := NewCA(mesh, now)
 	if err != nil {
@@ -181,6 +240,11 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 	return Timing{}.Plan(root, zcas, zones, now)
 }
 
+// Plan is plan with every zone up to date.
+func (t Timing) Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
+	return t.plan(root, zcas, zones, nil, now)
+}
+
 // Plan decides what brings one mesh's zone CAs (by zone) in line with zones
 // at now, and says what it did in words: the puts carry the versions they
 // were decided from, so storing them is conditional on nothing having
@@ -195,8 +259,12 @@ func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, 
 // it signs every new intermediate, so each zone's current one is due and
 // is replaced as a renewal is (its next one, signed by the next root,
 // published first); once every zone of zones has issued from one for
-// Published, the next root takes the old one's place, alone.
-func (t Timing) Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
+// Published, the next root takes the old one's place, alone. Those two
+// steps, a zone moving to the next root's intermediate and the old root
+// retiring, wait while a zone of away (enabled, not known to hold the
+// latest records) is: it would refuse the certificates they bring until it
+// is back. A zone's CA past its end moves regardless.
+func (t Timing) plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones, away map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
 	if _, err := parseCert(root.CertPEM); err != nil {
 		return nil, nil, nil, fmt.Errorf("mesh %s root: %w", root.Mesh, err)
 	}
@@ -252,6 +320,8 @@ func (t Timing) Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[st
 			verb = "prepared the next CA of zone %s, " + due + " (current serial %s)"
 		case !usable(signer, signerCert, z.CertPEM, now) && !expired(z.CertPEM, now) && !publishedFor(z.NextCertPEM, now, t.published()):
 			continue // the next one's records reach the zones first
+		case moved != "" && len(away) > 0 && !expired(z.CertPEM, now):
+			continue // moves once every zone holds the next one's records
 		case !usable(signer, signerCert, z.CertPEM, now):
 			ca, recs, err = advance(signer, signerCert, z, now)
 			verb = "renewed the CA of zone %s (serial %s)" + moved
@@ -283,7 +353,7 @@ func (t Timing) Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[st
 	// The old root retires in a pass that changes no zone's CA: once the
 	// zones' CAs, as stored, all issue under the next root.
 	var retired string
-	if len(puts) == 0 && len(deletes) == 0 && t.retirable(next, zcas, zones, now) {
+	if len(puts) == 0 && len(deletes) == 0 && len(away) == 0 && t.retirable(next, zcas, zones, now) {
 		retired = serialOf(next.CertPEM)
 		retireRoot(next)
 		what = append(what, fmt.Sprintf("retired the mesh's previous root CA (serial %s): every zone issues under its new root (serial %s)", retired, serialOf(next.CertPEM)))

@@ -530,3 +530,111 @@ func TestRootStatusSaysWhyThereIsNone(t *testing.T) {
 		}
 	}
 }
+
+// planAway is caState.plan with zones away (not known to be up to date).
+func (s *caState) planAway(t *testing.T, tm Timing, zones, away map[string]bool, now time.Time) []string {
+	t.Helper()
+	puts, deletes, what, err := tm.plan(s.root, s.zcas, zones, away, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.apply(t, puts, deletes)
+	return what
+}
+
+// TestRootRotationWaitsForZonesAway: while an enabled zone is away (it
+// may not hold the next root's intermediates and their lists), no zone
+// moves to the next root's intermediate and the old root does not retire:
+// the away zone's sidecars would refuse those certificates. The next
+// intermediates are still signed and published (harmless, and ready when it
+// is back); once it is, the rotation goes on, and the zones move and the
+// old root retires as without it.
+func TestRootRotationWaitsForZonesAway(t *testing.T) {
+	tm := Timing{Published: time.Hour}
+	t0 := time.Now().UTC()
+	first, err := NewCA("default", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zones := map[string]bool{"zone-1": true, "zone-2": true, "zone-3": true}
+	away := map[string]bool{"zone-3": true}
+	s := &caState{root: first, zcas: map[string]*api.ZoneCA{}}
+	s.plan(t, tm, zones, t0)
+	rotating := api.DeepCopy(s.root).(*api.MeshCA)
+	t1 := t0.Add(time.Minute)
+	if err := publishNextRoot(rotating, t1); err != nil {
+		t.Fatal(err)
+	}
+	s.apply(t, []api.Resource{rotating}, nil)
+	next := mustCert(t, s.root.NextCertPEM)
+
+	t2 := t1.Add(tm.Published + time.Minute)
+	if what := s.planAway(t, tm, zones, away, t2); len(what) != 3 {
+		t.Fatalf("signing the next intermediates with zone-3 away: %q, want all three prepared", what)
+	}
+	t3 := t2.Add(tm.Published + time.Minute)
+	for _, now := range []time.Time{t3, t3.Add(24 * time.Hour)} {
+		if what := s.planAway(t, tm, zones, away, now); len(what) != 0 {
+			t.Fatalf("with zone-3 away: %q, want nothing to move", what)
+		}
+		for zone, z := range s.zcas {
+			if signedBy(z.CertPEM, next) {
+				t.Fatalf("%s issues under the next root while zone-3 is away", zone)
+			}
+		}
+	}
+
+	// Back: the zones move, then the old root retires.
+	if what := s.planAway(t, tm, zones, nil, t3.Add(24*time.Hour)); len(what) != 3 {
+		t.Fatalf("zone-3 back: %q, want every zone moved", what)
+	}
+	t4 := t3.Add(24*time.Hour + tm.Published + time.Minute)
+	if what := s.planAway(t, tm, zones, away, t4); len(what) != 0 || !s.root.Rotating() {
+		t.Fatalf("retirement with zone-3 away again: %q (still rotating: %t), want it to wait", what, s.root.Rotating())
+	}
+	if what := s.planAway(t, tm, zones, nil, t4); len(what) != 1 || !strings.Contains(what[0], "retired") || s.root.Rotating() {
+		t.Fatalf("retirement with every zone back: %q", what)
+	}
+}
+
+// TestZonesUpToDate: a zone is up to date when its insight says it is
+// connected, fresh, and no revision behind; a zone that never connected,
+// one disconnected, one whose replica went quiet, or one behind is not.
+// The authority asks only while a root is being replaced.
+func TestZonesUpToDate(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory(0)
+	now := store.Now()
+	for _, zi := range []*api.ZoneInsight{
+		{Meta: api.Meta{Type: "ZoneInsight", Name: "current"}, Connected: true, Heartbeat: now},
+		{Meta: api.Meta{Type: "ZoneInsight", Name: "behind"}, Connected: true, Heartbeat: now, RevisionBehind: 2},
+		{Meta: api.Meta{Type: "ZoneInsight", Name: "quiet"}, Connected: true, Heartbeat: now.Add(-time.Minute)},
+		{Meta: api.Meta{Type: "ZoneInsight", Name: "gone"}, Heartbeat: now, DisconnectedAt: now},
+	} {
+		if _, err := st.Create(ctx, zi); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := ZonesUpToDate(st)(ctx)
+	if err != nil || len(got) != 1 || !got["current"] {
+		t.Fatalf("up to date: %v, %v; want current only", got, err)
+	}
+
+	asked := 0
+	a := &Authority{UpToDate: func(context.Context) (map[string]bool, error) { asked++; return got, nil }}
+	zones := map[string]bool{"current": true, "behind": true, "never": true, "disabled": false}
+	root, err := NewCA("default", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if away, err := a.away(ctx, store.NewView([]api.Resource{root}, "MeshCA"), zones, now); err != nil || away != nil || asked != 0 {
+		t.Fatalf("no rotation: away %v, %v, asked %d times; want nothing asked", away, err, asked)
+	}
+	if err := publishNextRoot(root, now); err != nil {
+		t.Fatal(err)
+	}
+	away, err := a.away(ctx, store.NewView([]api.Resource{root}, "MeshCA"), zones, now)
+	if err != nil || asked != 1 || len(away) != 2 || !away["behind"] || !away["never"] {
+		t.Fatalf("rotating: away %v, %v; want behind and never (enabled, not up to date)", away, err)
+	}
+}

@@ -363,3 +363,51 @@ func TestProxylessMeshRootRotation(t *testing.T) {
 	}
 	t.Logf("phases seen %v; %d new connections, none refused", phases, fresh)
 }
+
+// TestMeshRootRotationWaitsForAZoneAway: a global and one connected zone,
+// and a second zone enabled that never connects. `rotate-root` publishes
+// the next root and both zones' next intermediates are signed with it, but
+// the connected zone does not switch to its intermediate, nor does the old
+// root retire, while the other is away: its sidecars would refuse the
+// certificates they bring. Disabling the absent zone lets the rotation end.
+func TestMeshRootRotationWaitsForAZoneAway(t *testing.T) {
+	dir := t.TempDir()
+	global := startCP(t, "global", "--store", newDatabase(t), "--mtls-ca-publish-delay", rootPublishDelay.String())
+	_, kdsCA := global.get(t, "/kds/ca.pem")
+	caFile := filepath.Join(dir, "ca.pem")
+	os.WriteFile(caFile, []byte(kdsCA), 0o600)
+	token := filepath.Join(dir, "zone-1.token")
+	os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", "zone-1")), 0o600)
+	zone1 := startCP(t, "zone", "--zone", "zone-1", "--global-kds-address", "grpcs://"+global.kds, "--global-kds-ca-file", caFile,
+		"--zone-token-file", token, "--vip-cidr", "127.252.0.0/16")
+	ctl(t, global.api, openMTLSMesh+"---\ntype: Zone\nname: zone-away\n", "apply", "-f", "-")
+	eventually(t, "the mesh in zone-1", func() bool { return zone1.has(t, "/meshes/default") })
+	eventually(t, "both zones' CAs, zone-1 online", func() bool {
+		s := rootStatus(t, global)
+		return len(s.Zones) == 2 && strings.Contains(ctl(t, global.api, "", "inspect", "zones"), "Online")
+	})
+
+	ctl(t, global.api, "", "mesh", "rotate-root", "default")
+	eventually(t, "the next root's intermediates signed (switching)", func() bool { return rootStatus(t, global).Phase == api.RootPhaseSwitching })
+	// Long enough for zone-1 to have switched, and the old root retired,
+	// were zone-away not waited for.
+	deadline := time.Now().Add(5 * rootPublishDelay)
+	for time.Now().Before(deadline) {
+		s := rootStatus(t, global)
+		for _, z := range s.Zones {
+			if z.OnNext {
+				t.Fatalf("%s issues under the next root while zone-away is away: %+v", z.Zone, s)
+			}
+		}
+		if s.Phase != api.RootPhaseSwitching {
+			t.Fatalf("phase %s while zone-away is away", s.Phase)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	ctl(t, global.api, "type: Zone\nname: zone-away\nenabled: false\n", "apply", "-f", "-")
+	testutil.Until(t, 30*time.Second, "the rotation's end once zone-away is disabled", func() bool {
+		s := rootStatus(t, global)
+		return s.Phase == api.RootPhaseStable && len(s.Zones) == 1 && s.Zones[0].Zone == "zone-1"
+	})
+}
