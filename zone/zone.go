@@ -302,7 +302,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		if caTiming.Published > 0 {
 			log.Warn("TESTS ONLY: CAs are relied on after a shortened publishing time (--mtls-ca-publish-delay); proxies that miss a step may refuse peers", zap.Duration("ca_publish_delay", caTiming.Published))
 		}
-		maps.Copy(extra, mtls.Handlers(st, caTiming, log.Named("mesh-ca")))
+		maps.Copy(extra, mtls.Handlers(st, caTiming, nil, log.Named("mesh-ca")))
 	}
 	// A federated zone verifies the user tokens its global signs; a
 	// standalone one is its own global.

@@ -140,12 +140,14 @@ func printRootStatus(a *app, all []api.MeshRootStatus) {
 				}
 			}
 			onNext = fmt.Sprintf("%d/%d", n, len(s.Zones))
-			switch s.Phase {
-			case "publishing":
+			switch {
+			case s.Phase == api.RootPhasePublishing:
 				step = "zones move to the next root from " + s.SwitchFrom.Format(time.RFC3339)
-			case "switching":
+			case len(s.Away) > 0:
+				step = "waiting for " + strings.Join(s.Away, ",") + " to be online and up to date (or disabled)"
+			case s.Phase == api.RootPhaseSwitching:
 				step = "waiting for " + strings.Join(behind, ",")
-			case "retiring":
+			case s.Phase == api.RootPhaseRetiring:
 				step = "the current root retires once every zone has issued under the next one for a while"
 			}
 		}

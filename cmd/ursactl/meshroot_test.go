@@ -39,7 +39,7 @@ func TestMeshRotateRoot(t *testing.T) {
 	log := zaptest.NewLogger(t)
 	tm := mtls.Timing{Published: time.Minute}
 	users := tokens.NewUserIssuer(st, log)
-	extra := mtls.Handlers(st, tm, log)
+	extra := mtls.Handlers(st, tm, nil, log)
 	maps.Copy(extra, users.Handlers())
 	h, err := apiserver.New(apiserver.Deps{Store: st, Log: log, Mode: apiserver.ModeGlobal, Registry: prometheus.NewRegistry(),
 		RequireTokenOnLocalhost: true, Users: users, Extra: extra})

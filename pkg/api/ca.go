@@ -205,6 +205,10 @@ type MeshRootStatus struct {
 	SwitchFrom time.Time `json:"switchFrom,omitzero"`
 	// Zones are the zones that have a CA in the mesh.
 	Zones []MeshRootZone `json:"zones,omitempty"`
+	// Away, during a rotation at the global, are the enabled zones not
+	// online and up to date: zones switch to the next root, and the old
+	// root retires, only once none is.
+	Away []string `json:"away,omitempty"`
 }
 
 // MeshRootCert describes one root certificate of a mesh.

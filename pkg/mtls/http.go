@@ -2,10 +2,12 @@ package mtls
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 
 	"go.uber.org/zap"
 
@@ -34,11 +36,14 @@ const (
 // Handlers are the REST handlers of the CAs, served where the roots' keys
 // are (the global, a standalone zone), behind the API's authentication,
 // with t the authority's timing.
-func Handlers(st store.Store, t Timing, log *zap.Logger) map[string]http.Handler {
+//
+// upToDate, when set (at the global: ZonesUpToDate), is what the authority
+// waits for during a rotation; the status names the zones it waits for.
+func Handlers(st store.Store, t Timing, upToDate func(context.Context) (map[string]bool, error), log *zap.Logger) map[string]http.Handler {
 	return map[string]http.Handler{
 		RotatePath:     rotateHandler(st, t, log),
 		RotateRootPath: rotateRootHandler(st, t, log),
-		RootStatusPath: rootStatusHandler(st, t),
+		RootStatusPath: rootStatusHandler(st, t, upToDate),
 	}
 }
 
@@ -134,7 +139,7 @@ func rotateRootHandler(st store.Store, t Timing, log *zap.Logger) http.Handler {
 }
 
 // rootStatusHandler answers where a mesh's root stands (api.MeshRootStatus).
-func rootStatusHandler(st store.Store, t Timing) http.Handler {
+func rootStatusHandler(st store.Store, t Timing, upToDate func(context.Context) (map[string]bool, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mesh, ok := meshName(w, r, "cannot show the mesh's root CA")
 		if !ok {
@@ -151,7 +156,14 @@ func rootStatusHandler(st store.Store, t Timing) http.Handler {
 			for _, z := range zcas.Items {
 				cas = append(cas, z.(*api.ZoneCA))
 			}
-			apiserver.WriteJSON(w, http.StatusOK, t.StatusOf(root, cas, store.Now()))
+			status := t.StatusOf(root, cas, store.Now())
+			if root.Rotating() && upToDate != nil {
+				if status.Away, err = awayZones(r.Context(), st, upToDate); err != nil {
+					apiserver.WriteError(w, http.StatusServiceUnavailable, "Store unavailable", err.Error())
+					return
+				}
+			}
+			apiserver.WriteJSON(w, http.StatusOK, status)
 		case errors.Is(err, ErrNoMesh), errors.Is(err, ErrNoMTLS):
 			apiserver.WriteError(w, http.StatusNotFound, "Not found", "mesh "+mesh+": "+err.Error())
 		case errors.Is(err, ErrNoRootYet):
@@ -162,4 +174,24 @@ func rootStatusHandler(st store.Store, t Timing) http.Handler {
 			apiserver.WriteError(w, http.StatusInternalServerError, "Internal error", err.Error())
 		}
 	})
+}
+
+// awayZones is the enabled zones that upToDate does not report, sorted.
+func awayZones(ctx context.Context, st store.Store, upToDate func(context.Context) (map[string]bool, error)) ([]string, error) {
+	zones, err := st.List(ctx, store.ListOptions{Type: "Zone"})
+	if err != nil {
+		return nil, err
+	}
+	current, err := upToDate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var away []string
+	for _, r := range zones.Items {
+		if z := r.(*api.Zone); z.IsEnabled() && !current[z.Name] {
+			away = append(away, z.Name)
+		}
+	}
+	slices.Sort(away)
+	return away, nil
 }

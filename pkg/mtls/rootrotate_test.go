@@ -396,7 +396,7 @@ func TestRootRotationOnAStore(t *testing.T) {
 		return r.(*api.MeshCA)
 	}
 	mux := http.NewServeMux()
-	for p, h := range Handlers(st, tm, zap.NewNop()) {
+	for p, h := range Handlers(st, tm, nil, zap.NewNop()) {
 		mux.Handle(p, h)
 	}
 	do := func(method, path, body string) (int, string) {
@@ -511,7 +511,7 @@ func TestRootStatusSaysWhyThereIsNone(t *testing.T) {
 		}
 	}
 	mux := http.NewServeMux()
-	for p, h := range Handlers(st, Timing{}, zap.NewNop()) {
+	for p, h := range Handlers(st, Timing{}, nil, zap.NewNop()) {
 		mux.Handle(p, h)
 	}
 	for _, tc := range []struct {

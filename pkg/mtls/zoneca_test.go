@@ -386,7 +386,7 @@ func TestAuthorityAndRotate(t *testing.T) {
 
 	// Over HTTP: the handler answers with the new serial, 404 for a zone
 	// without a CA, 400 for a bad name or body.
-	h := Handlers(st, Timing{}, zap.NewNop())[RotatePath]
+	h := Handlers(st, Timing{}, nil, zap.NewNop())[RotatePath]
 	mux := http.NewServeMux()
 	mux.Handle(RotatePath, h)
 	for _, tc := range []struct {

@@ -399,10 +399,13 @@ func TestMeshRootRotationWaitsForAZoneAway(t *testing.T) {
 				t.Fatalf("%s issues under the next root while zone-away is away: %+v", z.Zone, s)
 			}
 		}
-		if s.Phase != api.RootPhaseSwitching {
-			t.Fatalf("phase %s while zone-away is away", s.Phase)
+		if s.Phase != api.RootPhaseSwitching || len(s.Away) != 1 || s.Away[0] != "zone-away" {
+			t.Fatalf("phase %s, away %v while zone-away is away", s.Phase, s.Away)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	if out := ctl(t, global.api, "", "mesh", "ca-status"); !strings.Contains(out, "waiting for zone-away to be online and up to date (or disabled)") {
+		t.Fatalf("ca-status does not say what the rotation waits for:\n%s", out)
 	}
 
 	ctl(t, global.api, "type: Zone\nname: zone-away\nenabled: false\n", "apply", "-f", "-")
