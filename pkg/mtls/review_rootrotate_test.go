@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ursamesh/ursa/pkg/api"
-	"github.com/ursamesh/ursa/pkg/store"
 )
 
 // TestZoneRotateDuringRootSwitch: `ursactl zone rotate-ca` (without
@@ -23,16 +22,7 @@ import (
 // the next root and issue from it at once.)
 func TestZoneRotateDuringRootSwitch(t *testing.T) {
 	ctx := context.Background()
-	st := store.NewMemory(0)
-	for _, r := range []api.Resource{
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}, MTLS: &api.MeshMTLS{Enabled: true}},
-		&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-1"}},
-		&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-2"}},
-	} {
-		if _, err := st.Create(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st := caStore(t, "zone-1", "zone-2")
 	tm := Timing{Published: time.Hour}
 	t0 := time.Now().UTC()
 	now := t0

@@ -366,17 +366,7 @@ func TestRootRotationZoneDisabledAndAdded(t *testing.T) {
 // changing nothing.
 func TestRootRotationOnAStore(t *testing.T) {
 	ctx := context.Background()
-	st := store.NewMemory(0)
-	for _, r := range []api.Resource{
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}, MTLS: &api.MeshMTLS{Enabled: true}},
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "plain"}},
-		&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-1"}},
-		&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-2"}},
-	} {
-		if _, err := st.Create(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st := caStore(t, "zone-1", "zone-2")
 	tm := Timing{Published: time.Hour}
 	now := time.Now().UTC()
 	clock := func() time.Time { return now }

@@ -298,23 +298,33 @@ func viewOf(t *testing.T, st store.Store) *store.View {
 	return store.NewView(all, types...)
 }
 
+// caStore is a memory store holding mesh default (mTLS on), mesh plain
+// (mTLS off) and the zones named, enabled.
+func caStore(t *testing.T, zones ...string) *store.Memory {
+	t.Helper()
+	st := store.NewMemory(0)
+	rs := []api.Resource{
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}, MTLS: &api.MeshMTLS{Enabled: true}},
+		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "plain"}},
+	}
+	for _, z := range zones {
+		rs = append(rs, &api.Zone{Meta: api.Meta{Type: "Zone", Name: z}})
+	}
+	for _, r := range rs {
+		if _, err := st.Create(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
+
 // TestAuthorityAndRotate: on a real (memory) store, the authority makes the
 // root, then an intermediate per enabled zone; a rotation replaces one
 // conditionally, keeping or revoking the previous one; a rotation of a zone
 // without a CA, or over a concurrent change, fails and changes nothing.
 func TestAuthorityAndRotate(t *testing.T) {
 	ctx := context.Background()
-	st := store.NewMemory(0)
-	for _, r := range []api.Resource{
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}, MTLS: &api.MeshMTLS{Enabled: true}},
-		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "plain"}},
-		&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-1"}},
-		&api.Zone{Meta: api.Meta{Type: "Zone", Name: "zone-2"}},
-	} {
-		if _, err := st.Create(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st := caStore(t, "zone-1", "zone-2")
 	a := &Authority{Store: st, Zones: EnabledZones, Log: zap.NewNop()}
 	for range 2 { // the root, then its intermediates
 		if err := a.Reconcile(ctx, viewOf(t, st)); err != nil {
