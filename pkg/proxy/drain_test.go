@@ -241,28 +241,10 @@ func TestDrainHTTP2(t *testing.T) {
 		[]*cluster.Cluster{staticHTTPCluster("local", false, app)}, nil)
 	addr := boundAddr(t, p, "inbound:127.0.0.1:8080")
 	ended := make(chan struct{})
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Protocols: &protos,
-		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, a)
-			if err != nil {
-				return nil, err
-			}
-			return &endWatch{Conn: c, ended: ended}, nil
-		}}}
+	client := h2cWatched(ended)
 	defer client.CloseIdleConnections()
 	got := make(chan string, 1)
-	go func() {
-		resp, err := client.Get("http://" + addr + "/slow")
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		got <- fmt.Sprintf("%d %s %s", resp.StatusCode, resp.Proto, b)
-	}()
+	go func() { got <- callH2(client, "http://"+addr+"/slow") }()
 	select {
 	case <-entered:
 	case <-time.After(10 * time.Second):
@@ -299,27 +281,9 @@ func TestDrainOutboundHTTP2(t *testing.T) {
 		[]*cluster.Cluster{staticHTTPCluster("other", false, app)}, nil)
 	addr := boundAddr(t, p, "outbound:127.0.0.1:8081")
 	ended := make(chan struct{})
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	var dials atomic.Int32
-	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Protocols: &protos,
-		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, a)
-			if err != nil || dials.Add(1) > 1 {
-				return c, err
-			}
-			return &endWatch{Conn: c, ended: ended}, nil
-		}}}
+	client := h2cWatched(ended)
 	defer client.CloseIdleConnections()
-	call := func(path string) string {
-		resp, err := client.Get("http://" + addr + path)
-		if err != nil {
-			return err.Error()
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return fmt.Sprintf("%d %s %s", resp.StatusCode, resp.Proto, b)
-	}
+	call := func(path string) string { return callH2(client, "http://"+addr+path) }
 	got := make(chan string, 1)
 	go func() { got <- call("/slow") }()
 	select {
@@ -491,4 +455,31 @@ func TestDrainTimeCloses(t *testing.T) {
 	if _, err := in.br.ReadByte(); err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 		t.Fatalf("the connection left at the drain's end is still open: %v", err)
 	}
+}
+
+// h2cWatched is h2cClient whose first connection closes ended once the
+// proxy has ended it (endWatch).
+func h2cWatched(ended chan struct{}) *http.Client {
+	c := h2cClient()
+	c.Timeout = 20 * time.Second
+	var dials atomic.Int32
+	c.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, a)
+		if err != nil || dials.Add(1) > 1 {
+			return conn, err
+		}
+		return &endWatch{Conn: conn, ended: ended}, nil
+	}
+	return c
+}
+
+// callH2 GETs url with c: "status proto body", or the error.
+func callH2(c *http.Client, url string) string {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err.Error()
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return fmt.Sprintf("%d %s %s", resp.StatusCode, resp.Proto, b)
 }
