@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -16,12 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
@@ -231,23 +224,7 @@ func TestIngressDrainsOnSIGTERM(t *testing.T) {
 	unblock := func() { released.Do(func() { close(release) }) }
 	t.Cleanup(unblock)
 	appAddr := strings.TrimPrefix(app.URL, "https://")
-	meta, err := structpb.NewStruct(map[string]any{api.MetadataDataplane: fmt.Sprintf(
-		`{"type": "Dataplane", "mesh": "default", "name": "billing-1", "networking": {"address": "127.0.0.1", "inbound": [{"port": %s, "servicePort": 9, "tags": {"ursa.io/service": "billing"}}]}}`,
-		port(appAddr))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", "billing"))
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(zone.dialXDS(t)).StreamAggregatedResources(sctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.billing-1", Metadata: meta}, TypeUrl: resource.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "billing-1 registered", func() bool { return zone.has(t, "/meshes/default/dataplanes/billing-1") })
+	registerOverADS(t, zone, "billing-1", "billing", appAddr)
 
 	listen, admin := freeAddr(t), freeAddr(t)
 	file := filepath.Join(t.TempDir(), "ingress.yaml")

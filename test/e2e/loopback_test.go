@@ -36,23 +36,7 @@ func TestIngressDoesNotMakeACallerLocal(t *testing.T) {
 	apiTLS := strings.TrimPrefix(zone.apiTLS, "https://")
 
 	// The attacker: web's token, presenting web-evil at the API's port.
-	meta, err := structpb.NewStruct(map[string]any{api.MetadataDataplane: fmt.Sprintf(
-		`{"type": "Dataplane", "mesh": "default", "name": "web-evil", "networking": {"address": "127.0.0.1", "inbound": [{"port": %s, "servicePort": 9, "tags": {"ursa.io/service": "web"}}]}}`,
-		port(apiTLS))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", "web"))
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(zone.dialXDS(t)).StreamAggregatedResources(sctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.web-evil", Metadata: meta}, TypeUrl: resource.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "web-evil registered", func() bool { return zone.has(t, "/meshes/default/dataplanes/web-evil") })
+	registerOverADS(t, zone, "web-evil", "web", apiTLS)
 
 	// The zone's ingress, on the CP's host.
 	dir := t.TempDir()
@@ -92,4 +76,29 @@ func TestIngressDoesNotMakeACallerLocal(t *testing.T) {
 	if code != http.StatusUnauthorized {
 		t.Fatalf("a tokenless call to the HTTPS API through the ingress: %d, want 401", code)
 	}
+}
+
+// registerOverADS registers Dataplane default/NAME of service, its inbound
+// at addr's port on 127.0.0.1 (service port 9), as a proxy does when it
+// connects over ADS with a dataplane token; the stream stays open until
+// the test ends.
+func registerOverADS(t *testing.T, zone *cp, name, service, addr string) {
+	t.Helper()
+	meta, err := structpb.NewStruct(map[string]any{api.MetadataDataplane: fmt.Sprintf(
+		`{"type": "Dataplane", "mesh": "default", "name": %q, "networking": {"address": "127.0.0.1", "inbound": [{"port": %s, "servicePort": 9, "tags": {"ursa.io/service": %q}}]}}`,
+		name, port(addr), service)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+zone.dataplaneToken(t, "default", "--service", service))
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(zone.dialXDS(t)).StreamAggregatedResources(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default." + name, Metadata: meta}, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, name+" registered", func() bool { return zone.has(t, "/meshes/default/dataplanes/"+name) })
 }
