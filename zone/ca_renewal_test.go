@@ -29,7 +29,7 @@ func TestAutomaticRenewalIssuesFromAPublishedIntermediate(t *testing.T) {
 		t.Fatal(err)
 	}
 	zones := map[string]bool{"zone-1": true, "zone-2": true}
-	puts, _, _, err := mtls.Plan(root, nil, zones, t0)
+	puts, _, _, err := mtls.Timing{}.Plan(root, nil, zones, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestAutomaticRenewalIssuesFromAPublishedIntermediate(t *testing.T) {
 	}
 	// Now: the authority's hourly pass renews zone-1's (and zone-2's) CA.
 	now := time.Now()
-	renewed, _, what, err := mtls.Plan(before, map[string]*api.ZoneCA{"zone-1": cas["zone-1"]}, map[string]bool{"zone-1": true}, now)
+	renewed, _, what, err := mtls.Timing{}.Plan(before, map[string]*api.ZoneCA{"zone-1": cas["zone-1"]}, map[string]bool{"zone-1": true}, now)
 	if err != nil || len(renewed) != 2 {
 		t.Fatalf("renewal: %d puts, %v", len(renewed), err)
 	}

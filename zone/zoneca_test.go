@@ -96,7 +96,7 @@ func TestZoneIntermediateSigns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	puts, _, _, err := mtls.Plan(root, nil, map[string]bool{"zone-1": true, "zone-2": true}, now)
+	puts, _, _, err := mtls.Timing{}.Plan(root, nil, map[string]bool{"zone-1": true, "zone-2": true}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestZoneIntermediateSigns(t *testing.T) {
 
 	// zone-2 disabled at the global: zone-1 receives the new lists; its
 	// proxy keeps its certificate and trusts zone-2's no more.
-	revoked, _, _, err := mtls.Plan(puts[0].(*api.MeshCA), cas, map[string]bool{"zone-1": true}, now)
+	revoked, _, _, err := mtls.Timing{}.Plan(puts[0].(*api.MeshCA), cas, map[string]bool{"zone-1": true}, now)
 	if err != nil {
 		t.Fatal(err)
 	}

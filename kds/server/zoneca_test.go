@@ -131,7 +131,7 @@ func TestZoneCAsReachOnlyTheirZone(t *testing.T) {
 
 	// Rotated at the global: the new intermediate reaches zone-1.
 	before := zoneCA(z1, "zone-1").CertPEM
-	if _, err := mtls.Rotate(ctx, gst, "default", "zone-1", false, store.Now()); err != nil {
+	if _, err := (mtls.Timing{}).Rotate(ctx, gst, "default", "zone-1", false, store.Now()); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Until(t, 30*time.Second, "the rotated intermediate in zone-1", func() bool {

@@ -235,17 +235,12 @@ func (a *Authority) createRoot(ctx context.Context, mesh string, now time.Time, 
 	log.Info("created the mesh's built-in CA")
 }
 
-// Plan is Timing's Plan with the default timing.
-func Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
-	return Timing{}.Plan(root, zcas, zones, now)
-}
-
 // Plan is plan with every zone up to date.
 func (t Timing) Plan(root *api.MeshCA, zcas map[string]*api.ZoneCA, zones map[string]bool, now time.Time) ([]api.Resource, []api.Key, []string, error) {
 	return t.plan(root, zcas, zones, nil, now)
 }
 
-// Plan decides what brings one mesh's zone CAs (by zone) in line with zones
+// plan decides what brings one mesh's zone CAs (by zone) in line with zones
 // at now, and says what it did in words: the puts carry the versions they
 // were decided from, so storing them is conditional on nothing having
 // changed meanwhile. Nothing to do is no puts and no deletes. A new zone CA
@@ -445,11 +440,6 @@ var ErrNoZoneCA = errors.New("no CA for the zone in this mesh")
 // rotation without revokePrevious still switches to the zone's published
 // next intermediate, the current root's until the authority has prepared
 // one of the next root.
-func Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevious bool, now time.Time) (api.Intermediate, error) {
-	return Timing{}.Rotate(ctx, st, mesh, zone, revokePrevious, now)
-}
-
-// Rotate is Rotate with t's timing.
 func (t Timing) Rotate(ctx context.Context, st store.Store, mesh, zone string, revokePrevious bool, now time.Time) (api.Intermediate, error) {
 	fail := func(err error) (api.Intermediate, error) {
 		return api.Intermediate{}, fmt.Errorf("rotate the CA of zone %s in mesh %s: %w", zone, mesh, err)

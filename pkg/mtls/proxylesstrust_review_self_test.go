@@ -27,7 +27,7 @@ func TestReviewProxylessTrustAfterUpgradeStillTrustsRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	zones := map[string]bool{"zone-a": true, "zone-b": true}
-	puts, _, _, err := Plan(root, map[string]*api.ZoneCA{}, zones, now)
+	puts, _, _, err := Timing{}.Plan(root, map[string]*api.ZoneCA{}, zones, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestReviewProxylessTrustAfterUpgradeStillTrustsRevoked(t *testing.T) {
 	// The upgraded authority looks at the mesh: does it fill the records in?
 	zcas := map[string]*api.ZoneCA{"zone-a": get("ZoneCA", "zone-a").(*api.ZoneCA), "zone-b": get("ZoneCA", "zone-b").(*api.ZoneCA)}
 	later := now.Add(time.Minute)
-	if puts, deletes, _, err := Plan(get("MeshCA", CAName).(*api.MeshCA), zcas, zones, later); err != nil {
+	if puts, deletes, _, err := (Timing{}).Plan(get("MeshCA", CAName).(*api.MeshCA), zcas, zones, later); err != nil {
 		t.Fatal(err)
 	} else if len(puts) > 0 || len(deletes) > 0 {
 		if _, err := st.Apply(ctx, puts, deletes); err != nil {
@@ -60,7 +60,7 @@ func TestReviewProxylessTrustAfterUpgradeStillTrustsRevoked(t *testing.T) {
 	}
 	leaked := zcas["zone-a"].CertPEM
 	// zone-a's key leaked: ursactl zone rotate-ca zone-a --revoke-previous.
-	if _, err := Rotate(ctx, st, "default", "zone-a", true, later); err != nil {
+	if _, err := (Timing{}).Rotate(ctx, st, "default", "zone-a", true, later); err != nil {
 		t.Fatal(err)
 	}
 	ca := get("MeshCA", CAName).(*api.MeshCA)

@@ -140,7 +140,7 @@ func TestPlan(t *testing.T) {
 	now := time.Now().UTC()
 	root, _ := NewCA("default", now)
 	root.Version = 3
-	puts, deletes, _, err := Plan(root, nil, map[string]bool{"zone-1": true, "zone-2": true}, now)
+	puts, deletes, _, err := Timing{}.Plan(root, nil, map[string]bool{"zone-1": true, "zone-2": true}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,17 +172,17 @@ func TestPlan(t *testing.T) {
 	}
 
 	// No zone, no intermediate: nothing to do, not even a list.
-	if puts, deletes, _, _ := Plan(root, nil, nil, now); len(puts)+len(deletes) != 0 {
+	if puts, deletes, _, _ := (Timing{}).Plan(root, nil, nil, now); len(puts)+len(deletes) != 0 {
 		t.Fatalf("a mesh without zones planned %d puts, %d deletes", len(puts), len(deletes))
 	}
 
 	// Nothing changed: nothing to do.
-	if puts, deletes, _, _ := Plan(next, zcas, map[string]bool{"zone-1": true, "zone-2": true}, now.Add(time.Hour)); len(puts)+len(deletes) != 0 {
+	if puts, deletes, _, _ := (Timing{}).Plan(next, zcas, map[string]bool{"zone-1": true, "zone-2": true}, now.Add(time.Hour)); len(puts)+len(deletes) != 0 {
 		t.Fatalf("an up-to-date mesh planned %d puts, %d deletes", len(puts), len(deletes))
 	}
 
 	// zone-2 disabled: revoked and deleted.
-	puts, deletes, what, err := Plan(next, zcas, map[string]bool{"zone-1": true}, now.Add(time.Hour))
+	puts, deletes, what, err := Timing{}.Plan(next, zcas, map[string]bool{"zone-1": true}, now.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestPlan(t *testing.T) {
 	delete(zcas, "zone-2")
 
 	// Re-enabled: a new intermediate, the old serial still revoked.
-	puts, _, _, err = Plan(revoked, zcas, map[string]bool{"zone-1": true, "zone-2": true}, now.Add(2*time.Hour))
+	puts, _, _, err = Timing{}.Plan(revoked, zcas, map[string]bool{"zone-1": true, "zone-2": true}, now.Add(2*time.Hour))
 	if err != nil || len(puts) != 2 {
 		t.Fatalf("re-enabling: %d puts, %v", len(puts), err)
 	}
@@ -221,7 +221,7 @@ func TestPlan(t *testing.T) {
 	// it has.
 	bare := api.DeepCopy(zcas["zone-1"]).(*api.ZoneCA)
 	bare.NextCertPEM, bare.NextKeyPEM = "", ""
-	puts, _, what, err = Plan(reenabled, map[string]*api.ZoneCA{"zone-1": bare}, map[string]bool{"zone-1": true}, now.Add(2*time.Hour))
+	puts, _, what, err = Timing{}.Plan(reenabled, map[string]*api.ZoneCA{"zone-1": bare}, map[string]bool{"zone-1": true}, now.Add(2*time.Hour))
 	if err != nil || len(puts) != 2 {
 		t.Fatalf("a missing next CA: %d puts, %v", len(puts), err)
 	}
@@ -235,7 +235,7 @@ func TestPlan(t *testing.T) {
 	// NextPublished, it issues. The old record stays, not revoked, so what
 	// it issued keeps verifying.
 	later := now.Add(IntermediateTTL * 2 / 3).Add(time.Hour)
-	puts, _, what, err = Plan(reenabled, map[string]*api.ZoneCA{"zone-1": zcas["zone-1"]}, map[string]bool{"zone-1": true}, later)
+	puts, _, what, err = Timing{}.Plan(reenabled, map[string]*api.ZoneCA{"zone-1": zcas["zone-1"]}, map[string]bool{"zone-1": true}, later)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,10 +246,10 @@ func TestPlan(t *testing.T) {
 	prepared := puts[1].(*api.ZoneCA)
 	prepared.Version = 2
 	published := puts[0].(*api.MeshCA)
-	if puts, _, _, _ = Plan(published, map[string]*api.ZoneCA{"zone-1": prepared}, map[string]bool{"zone-1": true}, later.Add(time.Minute)); len(puts) != 0 {
+	if puts, _, _, _ = (Timing{}).Plan(published, map[string]*api.ZoneCA{"zone-1": prepared}, map[string]bool{"zone-1": true}, later.Add(time.Minute)); len(puts) != 0 {
 		t.Fatalf("renewed to a next one published a minute before: %d puts", len(puts))
 	}
-	puts, _, _, err = Plan(published, map[string]*api.ZoneCA{"zone-1": prepared}, map[string]bool{"zone-1": true}, later.Add(NextPublished+time.Minute))
+	puts, _, _, err = Timing{}.Plan(published, map[string]*api.ZoneCA{"zone-1": prepared}, map[string]bool{"zone-1": true}, later.Add(NextPublished+time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +272,7 @@ func TestPlan(t *testing.T) {
 
 	// Past an intermediate's end, its record goes.
 	end := now.Add(IntermediateTTL + time.Hour)
-	puts, _, _, err = Plan(renewed, nil, nil, end)
+	puts, _, _, err = Timing{}.Plan(renewed, nil, nil, end)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +338,7 @@ func TestAuthorityAndRotate(t *testing.T) {
 	}
 	first, waiting := mustCert(t, zcas[0].CertPEM).SerialNumber.Text(16), mustCert(t, zcas[0].NextCertPEM).SerialNumber.Text(16)
 
-	rec, err := Rotate(ctx, st, "default", "zone-1", false, store.Now())
+	rec, err := Timing{}.Rotate(ctx, st, "default", "zone-1", false, store.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +353,7 @@ func TestAuthorityAndRotate(t *testing.T) {
 	}
 
 	next := mustCert(t, z1.NextCertPEM).SerialNumber.Text(16)
-	if _, err := Rotate(ctx, st, "default", "zone-1", true, store.Now()); err != nil {
+	if _, err := (Timing{}).Rotate(ctx, st, "default", "zone-1", true, store.Now()); err != nil {
 		t.Fatal(err)
 	}
 	after, _, _ = store.Get[*api.MeshCA](viewOf(t, st), "default", CAName)
@@ -370,7 +370,7 @@ func TestAuthorityAndRotate(t *testing.T) {
 	}
 
 	for _, tc := range []struct{ mesh, zone string }{{"default", "zone-9"}, {"plain", "zone-1"}, {"nope", "zone-1"}} {
-		if _, err := Rotate(ctx, st, tc.mesh, tc.zone, false, store.Now()); !errors.Is(err, ErrNoZoneCA) {
+		if _, err := (Timing{}).Rotate(ctx, st, tc.mesh, tc.zone, false, store.Now()); !errors.Is(err, ErrNoZoneCA) {
 			t.Errorf("rotate %s/%s: %v, want ErrNoZoneCA", tc.mesh, tc.zone, err)
 		}
 	}

@@ -140,7 +140,7 @@ func TestOriginalDstTLS(t *testing.T) {
 	}
 
 	// zone-2's intermediate revoked: its billing is refused.
-	puts, _, _, err := mtls.Plan(root, cas, map[string]bool{"zone-1": true}, now.Add(time.Minute))
+	puts, _, _, err := mtls.Timing{}.Plan(root, cas, map[string]bool{"zone-1": true}, now.Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func zoneCAs(t testing.TB, now time.Time, zones ...string) (*api.MeshCA, map[str
 	for _, z := range zones {
 		want[z] = true
 	}
-	puts, _, _, err := mtls.Plan(root, nil, want, now)
+	puts, _, _, err := mtls.Timing{}.Plan(root, nil, want, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestRevokedIntermediateIsRefused(t *testing.T) {
 	}
 
 	// zone-2 disabled: its intermediate revoked.
-	puts, _, _, err := mtls.Plan(root, cas, map[string]bool{"zone-1": true}, now.Add(time.Minute))
+	puts, _, _, err := mtls.Timing{}.Plan(root, cas, map[string]bool{"zone-1": true}, now.Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
