@@ -51,6 +51,10 @@ const defaultDrainTime = 20 * time.Second
 // sidecars").
 const defaultGCHeapFloorMB = 32
 
+// maxGCHeapFloorMB bounds --gc-heap-floor-mb (64 GiB): far past any
+// proxy's memory, and far from overflowing its bytes.
+const maxGCHeapFloorMB = 64 << 10
+
 // proxyConfig is what every ursa-dp proxy, a sidecar (run) or an ingress,
 // is configured with.
 type proxyConfig struct {
@@ -399,8 +403,8 @@ func runProxy(ctx context.Context, cfg runConfig, nodeID string, meta map[string
 	if cfg.DrainTime.Duration < 0 {
 		return fmt.Errorf("--drain-time %s: want 0 (no drain) or more", cfg.DrainTime.Duration)
 	}
-	if cfg.GcHeapFloorMb < 0 {
-		return fmt.Errorf("--gc-heap-floor-mb %d: want 0 (Go's default) or more", cfg.GcHeapFloorMb)
+	if cfg.GcHeapFloorMb < 0 || cfg.GcHeapFloorMb > maxGCHeapFloorMB {
+		return fmt.Errorf("--gc-heap-floor-mb %d: want 0 (Go's default) to %d", cfg.GcHeapFloorMb, maxGCHeapFloorMB)
 	}
 	target, tlsCfg, token, err := dialSettings(cfg)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"math"
 	"os/user"
 	"slices"
 	"strconv"
@@ -160,7 +161,7 @@ func TestIngressTakesNoSidecarFlags(t *testing.T) {
 }
 
 // TestGCHeapFloorFlag: run and ingress take --gc-heap-floor-mb, a floor
-// by default; a negative one is refused, naming the flag, before anything
+// by default; a negative one, or one whose bytes would overflow, is refused, naming the flag, before anything
 // starts.
 func TestGCHeapFloorFlag(t *testing.T) {
 	for _, cmd := range []*cobra.Command{newRun(), newIngress()} {
@@ -170,9 +171,11 @@ func TestGCHeapFloorFlag(t *testing.T) {
 		}
 	}
 	cfg := runConfig{proxyConfig: defaultProxyConfig("127.0.0.1:0")}
-	cfg.GcHeapFloorMb = -1
-	err := runProxy(context.Background(), cfg, "default.x", nil)
-	if err == nil || !strings.Contains(err.Error(), "--gc-heap-floor-mb -1") {
-		t.Errorf("runProxy with a negative heap floor: %v, want it refused naming the flag", err)
+	for _, bad := range []int{-1, maxGCHeapFloorMB + 1, math.MaxInt} {
+		cfg.GcHeapFloorMb = bad
+		err := runProxy(context.Background(), cfg, "default.x", nil)
+		if err == nil || !strings.Contains(err.Error(), "--gc-heap-floor-mb "+strconv.Itoa(bad)) {
+			t.Errorf("runProxy with a heap floor of %d MiB: %v, want it refused naming the flag", bad, err)
+		}
 	}
 }
