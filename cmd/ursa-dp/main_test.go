@@ -161,8 +161,8 @@ func TestIngressTakesNoSidecarFlags(t *testing.T) {
 }
 
 // TestGCHeapFloorFlag: run and ingress take --gc-heap-floor-mb, a floor
-// by default; a negative one, or one whose bytes would overflow, is refused, naming the flag, before anything
-// starts.
+// by default; a negative one, or one whose bytes would overflow, is
+// refused, naming the flag, before anything starts.
 func TestGCHeapFloorFlag(t *testing.T) {
 	for _, cmd := range []*cobra.Command{newRun(), newIngress()} {
 		f := cmd.Flags().Lookup("gc-heap-floor-mb")
