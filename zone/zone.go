@@ -31,6 +31,7 @@ import (
 	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/catalog"
 	"github.com/ursamesh/ursa/pkg/config"
+	"github.com/ursamesh/ursa/pkg/gctune"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/run"
 	"github.com/ursamesh/ursa/pkg/servingcert"
@@ -231,7 +232,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		host, _ := os.Hostname()
 		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	ApplyGCPercent(cfg.GCPercent, log)
+	gctune.Fixed(cfg.GCPercent, log)
 	var kdsDeps *client.Deps
 	if cfg.Federated() {
 		if cfg.Global.KDS.InsecureSkipVerify {

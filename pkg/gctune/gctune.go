@@ -21,7 +21,7 @@ import (
 // being the goroutine stacks and globals it scanned (Go 1.18's pacer),
 // and never below its heap minimum, 4 MiB*GOGC/100: so the target is
 // floor over live+roots, at most what keeps that minimum within
-// live+floor, at most most, and at least 100.
+// live+floor, at most `most`, and at least 100.
 func Percent(live, roots, floor uint64, most int) int {
 	if floor == 0 {
 		return 100
@@ -59,11 +59,7 @@ const maxPercent = 2000
 // has the collector run all the time. This floor moves with the live
 // heap instead.
 func HeapFloor(ctx context.Context, floor uint64, log *zap.Logger) {
-	if floor == 0 {
-		return
-	}
-	if v, ok := os.LookupEnv("GOGC"); ok {
-		log.Info("garbage collection target from GOGC", zap.String("gogc", v))
+	if floor == 0 || fromEnv(log) {
 		return
 	}
 	t := &tuner{floor: floor, log: log, ctx: ctx, last: -1}
@@ -71,6 +67,28 @@ func HeapFloor(ctx context.Context, floor uint64, log *zap.Logger) {
 	t.adjust()
 	t.arm()
 	log.Info("garbage collection target follows the live heap", zap.Uint64("heap_floor_bytes", floor))
+}
+
+// Fixed sets the process's collection target to percent (what GOGC
+// sets), unless the GOGC environment variable is set (it wins) or percent
+// is 0 (Go's default stays). The setting is the process's: apply it once
+// at start.
+func Fixed(percent int, log *zap.Logger) {
+	if percent == 0 || fromEnv(log) {
+		return
+	}
+	debug.SetGCPercent(percent)
+	log.Info("garbage collection target", zap.Int("gc_percent", percent))
+}
+
+// fromEnv reports (and logs) whether GOGC is set: the process's target is
+// then the environment's.
+func fromEnv(log *zap.Logger) bool {
+	v, ok := os.LookupEnv("GOGC")
+	if ok {
+		log.Info("garbage collection target from GOGC", zap.String("gogc", v))
+	}
+	return ok
 }
 
 type tuner struct {

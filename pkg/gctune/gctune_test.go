@@ -105,3 +105,26 @@ func gcPercent() int {
 	metrics.Read(s)
 	return int(s[0].Value.Uint64())
 }
+
+// TestFixed: a fixed target is set, unless GOGC is (it wins) or the
+// target is 0 (Go's default stays).
+func TestFixed(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	log := zaptest.NewLogger(t)
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		Fixed(250, log)
+		if got := gcPercent(); got != 250 {
+			t.Errorf("Fixed(250): target %d%%", got)
+		}
+		Fixed(0, log)
+		if got := gcPercent(); got != 250 {
+			t.Errorf("Fixed(0) changed the target to %d%%", got)
+		}
+	}
+	t.Setenv("GOGC", "150")
+	debug.SetGCPercent(150)
+	Fixed(400, log)
+	if got := gcPercent(); got != 150 {
+		t.Errorf("Fixed(400) with GOGC=150: target %d%%", got)
+	}
+}

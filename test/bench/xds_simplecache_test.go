@@ -51,6 +51,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/gctune"
 	"github.com/ursamesh/ursa/pkg/xds"
 	zonecp "github.com/ursamesh/ursa/zone"
 )
@@ -131,7 +132,7 @@ func simpleCachePush(b *testing.B, wire protocol, n int, typeVersions bool) {
 	const perConn = 100
 	prevGC := debug.SetGCPercent(100)
 	debug.SetGCPercent(prevGC)
-	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
+	gctune.Fixed(zonecp.DefaultConfig().GCPercent, zap.NewNop())
 	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
 	f := newXDSMesh(b, xdsServices, xdsPerService)
 	dps := f.proxies(b, n)

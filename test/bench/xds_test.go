@@ -46,6 +46,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/gctune"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
@@ -589,7 +590,7 @@ func fullPush(b *testing.B, wire protocol, n int, secure bool) {
 	// Go's default.
 	prevGC := debug.SetGCPercent(100)
 	debug.SetGCPercent(prevGC)
-	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
+	gctune.Fixed(zonecp.DefaultConfig().GCPercent, zap.NewNop())
 	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
 	gcNow := debug.SetGCPercent(100)
 	debug.SetGCPercent(gcNow)

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/gctune"
 	"github.com/ursamesh/ursa/pkg/servingcert"
 	"github.com/ursamesh/ursa/pkg/store"
 	zonecp "github.com/ursamesh/ursa/zone"
@@ -190,7 +191,7 @@ func BenchmarkResyncTLS(b *testing.B) {
 func resync(b *testing.B, n int, secure bool) {
 	prevGC := debug.SetGCPercent(100)
 	debug.SetGCPercent(prevGC)
-	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
+	gctune.Fixed(zonecp.DefaultConfig().GCPercent, zap.NewNop())
 	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
 	f := newXDSMesh(b, xdsServices, xdsPerService)
 	var opts []grpc.ServerOption

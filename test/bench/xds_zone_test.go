@@ -28,6 +28,7 @@ import (
 
 	"github.com/ursamesh/ursa/pkg/api"
 	"github.com/ursamesh/ursa/pkg/catalog"
+	"github.com/ursamesh/ursa/pkg/gctune"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/xds"
 	zonecp "github.com/ursamesh/ursa/zone"
@@ -173,7 +174,7 @@ func BenchmarkEndpointChange(b *testing.B) {
 func endpointChange(b *testing.B, wire protocol, n int) {
 	prevGC := debug.SetGCPercent(100)
 	debug.SetGCPercent(prevGC)
-	zonecp.ApplyGCPercent(zonecp.DefaultConfig().GCPercent, zap.NewNop())
+	gctune.Fixed(zonecp.DefaultConfig().GCPercent, zap.NewNop())
 	b.Cleanup(func() { debug.SetGCPercent(prevGC) })
 	heap0, stack0, _ := memNow()
 	f := newXDSMesh(b, xdsServices, xdsPerService)
