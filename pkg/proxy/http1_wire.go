@@ -479,6 +479,15 @@ func readResponse(br *bufio.Reader, src *h1Src, req *http.Request, sc *h1Scratch
 	if head == nil && framedTwiceRecorded(src) {
 		return nil, twice()
 	}
+	if err == nil {
+		// net/http's parser takes a name with a space before its colon
+		// (go.dev/issue/34540), which Envoy's codec refuses (503, UPE).
+		for k := range resp.Header {
+			if !validFieldName(k) {
+				return nil, &upstreamHeadError{status: http.StatusServiceUnavailable, why: fmt.Sprintf("upstream response field name %q is not a token", k)}
+			}
+		}
+	}
 	return resp, err
 }
 

@@ -473,3 +473,37 @@ func TestEnvoyLoadReportsCountRequests(t *testing.T) {
 		t.Fatalf("load report of cluster svc: %d issued, %d errors; want 20 requests, 1 error", issued, errs)
 	}
 }
+
+// TestEnvoyResponseFieldNameWithSpaceRefused: a response field whose
+// name has a space before its colon is a protocol error to Envoy's codec
+// (llhttp: invalid header token), so the caller gets 503 (UPE). net/http's
+// parser takes such a field (go.dev/issue/34540) with the space in its
+// name; the proxy must not forward the response without it as if nothing
+// were wrong. The upstream connection is not reused after it.
+func TestEnvoyResponseFieldNameWithSpaceRefused(t *testing.T) {
+	p := newProxy(t)
+	up := rawUpstream(t, func(r *http.Request, _ int) string {
+		switch r.URL.Path {
+		case "/space":
+			return "HTTP/1.1 200 OK\r\nX-Foo : bar\r\nContent-Length: 5\r\n\r\nhello"
+		case "/space-lf":
+			return "HTTP/1.1 200 OK\nX-Foo : bar\nContent-Length: 5\n\nhello"
+		}
+		return "HTTP/1.1 200 OK\r\nX-Foo: bar\r\nContent-Length: 5\r\n\r\nhello"
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
+	for _, path := range []string{"/space", "/space-lf", "/fine"} {
+		resp, err := http.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case path == "/fine" && (resp.StatusCode != 200 || string(b) != "hello" || resp.Header.Get("X-Foo") != "bar"):
+			t.Errorf("%s: %d %q %v, want 200 %q with X-Foo", path, resp.StatusCode, b, resp.Header, "hello")
+		case path != "/fine" && resp.StatusCode != http.StatusServiceUnavailable:
+			t.Errorf("%s: a field name with a space: %d %q; Envoy answers 503 (UPE)", path, resp.StatusCode, b)
+		}
+	}
+}
