@@ -481,8 +481,11 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 			break
 		}
 	}
-	if hasHead {
-		pc.SetDeadline(deadline) // the route's alone, now the answer has begun
+	if hasHead && !head.Equal(deadline) {
+		// The route's alone, now the answer has begun. (Set again when
+		// they are the same, it would cost a timer's move per request, and
+		// undo a move by the caller leaving meanwhile.)
+		pc.SetDeadline(deadline)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The upgraded connection is the reverse proxy's to copy, without
