@@ -150,15 +150,54 @@ type h1Conn struct {
 	net.Conn // plain or TLS, closing it frees its connection slot
 	raw      net.Conn
 	src      *h1Src // what br reads: bounded while a head is read
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	addr     string
-	since    time.Time // idle since
-	reused   bool
+	// br and bw are taken from their pools for an exchange (in, out): an
+	// idle connection holds neither (see h1Writer.out). br goes back
+	// when the connection does, with nothing buffered; bw once the
+	// request has left.
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	addr   string
+	since  time.Time // idle since
+	reused bool
 	// reply, when not nil, makes a request's last write wait for the
 	// answer (sysConn); what its TLS adds to that write: overhead.
 	reply    *sysConn
 	overhead int
+}
+
+// in is pc's reader, taken from the pool for an exchange's answer.
+func (pc *h1Conn) in() *bufio.Reader {
+	if pc.br == nil {
+		pc.br = h1Readers.Get().(*bufio.Reader)
+		pc.br.Reset(pc.src)
+	}
+	return pc.br
+}
+
+// buffered is what pc's reader holds unread.
+func (pc *h1Conn) buffered() int {
+	if pc.br == nil {
+		return 0
+	}
+	return pc.br.Buffered()
+}
+
+// out is pc's writer, taken from the pool for an exchange's request;
+// releaseOut gives it back.
+func (pc *h1Conn) out() *bufio.Writer {
+	if pc.bw == nil {
+		pc.bw = h1Writers.Get().(*bufio.Writer)
+		pc.bw.Reset(pc.Conn)
+	}
+	return pc.bw
+}
+
+func (pc *h1Conn) releaseOut() {
+	if pc.bw != nil {
+		pc.bw.Reset(nil)
+		h1Writers.Put(pc.bw)
+		pc.bw = nil
+	}
 }
 
 // closeIdle closes the idle connections, and those put back later.
@@ -198,7 +237,7 @@ func (pl *h1Pool) take(addr string, wait, probe bool) (*h1Conn, <-chan struct{})
 		// Sooner, put's check stands for this one: bytes a server sends
 		// past a response come with it, and a peek per request would cost
 		// a system call on the busiest path.
-		if idle < pl.idle && pc.br.Buffered() == 0 && alive(pc.raw, !tlsConn) {
+		if idle < pl.idle && pc.buffered() == 0 && alive(pc.raw, !tlsConn) {
 			return pc, nil
 		}
 		pc.Close()
@@ -228,9 +267,14 @@ func (pl *h1Pool) doneWaiting() {
 // on "extraneous data after response complete": kept, they would be read
 // as the next request's response, another caller's.
 func (pl *h1Pool) put(pc *h1Conn) {
-	if pc.br.Buffered() > 0 {
+	if pc.buffered() > 0 {
 		pc.Close()
 		return
+	}
+	if pc.br != nil {
+		pc.br.Reset(nil)
+		h1Readers.Put(pc.br)
+		pc.br = nil
 	}
 	pc.since, pc.reused = time.Now(), true
 	pl.mu.Lock()
@@ -300,8 +344,7 @@ func (pl *h1Pool) dial(ctx context.Context, addr string) (*h1Conn, error) {
 		return nil, err
 	}
 	src := &h1Src{c: conn, limit: math.MaxInt64}
-	pc := &h1Conn{Conn: conn, raw: raw, addr: addr, reply: reply, src: src,
-		br: bufio.NewReaderSize(src, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}
+	pc := &h1Conn{Conn: conn, raw: raw, addr: addr, reply: reply, src: src}
 	if tc, ok := conn.(*tls.Conn); ok && reply != nil {
 		if pc.overhead = tlsRecordOverhead(tc.ConnectionState()); pc.overhead < 0 {
 			pc.reply = nil
@@ -452,7 +495,8 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	if pc.reply != nil {
 		began = pc.reply.writeCount()
 	}
-	if err := writeRequest(pc.bw, req, body); err != nil {
+	defer pc.releaseOut() // the request has left (or failed) when this returns
+	if err := writeRequest(pc.out(), req, body); err != nil {
 		if errors.As(err, new(*callerError)) {
 			return fail(err) // the caller's body, not the upstream: no answer is awaited
 		}
@@ -521,8 +565,9 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 // closes the connection.
 func (pl *h1Pool) readHead(pc *h1Conn, req *http.Request, sc *h1Scratch) (*http.Response, error) {
 	size, n := pl.c.Load().responseHeaderLimits()
-	start := pc.src.at(pc.br)
-	pc.src.limit = int64(size - pc.br.Buffered() + pc.br.Size())
+	br := pc.in()
+	start := pc.src.at(br)
+	pc.src.limit = int64(size - br.Buffered() + br.Size())
 	resp, err := readResponse(pc.br, pc.src, req, sc)
 	tooLarge := pc.src.limit <= 0
 	pc.src.limit = math.MaxInt64

@@ -253,8 +253,6 @@ func rawServerHeader(c *HTTPChain) string {
 // or response says close, or the drain (ds) asks it to end. It reports
 // whether br is free to reuse (false when an upgrade took the connection).
 func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader, dst netip.AddrPort, ds *downstream) (reusable bool) {
-	bw := h1Writers.Get().(*bufio.Writer)
-	bw.Reset(c)
 	meta := &connMeta{listener: name, dst: dst, scratch: &h1Scratch{}}
 	meta.stopReads = func() {
 		meta.readsStopped.Store(true)
@@ -270,7 +268,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		st := tc.ConnectionState()
 		tlsState = &st
 	}
-	w := &h1Writer{c: c, bw: bw, br: br, draining: &meta.draining}
+	w := &h1Writer{c: c, br: br, draining: &meta.draining}
 	// While a request is in flight and its body has been read, one read
 	// waits on the connection, as net/http's server does: the caller
 	// closing it cancels what the request started (the upstream call, its
@@ -373,8 +371,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		cancel()
 		if !w.hijacked {
 			c.Close()
-			bw.Reset(nil)
-			h1Writers.Put(bw)
+			w.release()
 		}
 		if body != nil && !w.hijacked {
 			// A reader still holding the body (an HTTP/2 upstream's
@@ -452,6 +449,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			req.Body = body
 			if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 				// Asked for at once: the engine reads bodies as it forwards.
+				bw := w.out()
 				bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 				bw.Flush()
 			}
@@ -468,6 +466,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			return true // the caller went away
 		}
 		w.finish()
+		w.release()
 		if w.err != nil || w.closeAfter || meta.readsStopped.Load() {
 			if w.err == nil && body != nil && !body.done() {
 				// A reply that ends the connection (a 431, a 403) before
@@ -624,7 +623,9 @@ type h1Watch struct {
 // handler set it, chunked otherwise (close-delimited to an HTTP/1.0
 // caller), without a body for HEAD, 1xx, 204 and 304.
 type h1Writer struct {
-	c  net.Conn
+	c net.Conn
+	// bw is the response's buffer (out), from h1Writers; nil between
+	// responses.
 	bw *bufio.Writer
 	br *bufio.Reader
 	// stopWatch ends the connection's watching read (before a hijack).
@@ -648,6 +649,30 @@ type h1Writer struct {
 	// http10: the status line says HTTP/1.0 (an HTTP/1.0 request its
 	// HCM accepts); HTTP/1.1 otherwise.
 	http10 bool
+}
+
+// out is the response's buffer, taken from the pool at its first
+// write. A connection waiting for its next request holds none: with many
+// connections, a buffer each is met cold at every response (its first
+// bytes cost a cache miss), where the few the pool hands out stay warm,
+// as nginx frees a keep-alive connection's buffers.
+func (w *h1Writer) out() *bufio.Writer {
+	if w.bw == nil {
+		w.bw = h1Writers.Get().(*bufio.Writer)
+		w.bw.Reset(w.c)
+	}
+	return w.bw
+}
+
+// release gives the buffer back once the response is flushed (or failed:
+// what it holds then is dropped with the connection); a hijacker keeps it.
+func (w *h1Writer) release() {
+	if w.bw == nil || w.hijacked {
+		return
+	}
+	w.bw.Reset(nil)
+	h1Writers.Put(w.bw)
+	w.bw = nil
 }
 
 func (w *h1Writer) reset(req *http.Request) {
@@ -688,7 +713,7 @@ func (w *h1Writer) WriteHeader(code int) {
 		// An informational response goes out now; the final one follows.
 		w.writeStatusLine(code)
 		w.writeFields(w.header, nil)
-		w.bw.WriteString("\r\n")
+		w.out().WriteString("\r\n")
 		w.flush()
 		return
 	}
@@ -732,37 +757,37 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 	w.writeStatusLine(w.status)
 	w.writeFields(h, trailers)
 	if w.chunked {
-		w.bw.WriteString("Transfer-Encoding: chunked\r\n")
+		w.out().WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	if _, ok := h["Date"]; !ok {
-		w.bw.WriteString("Date: ")
-		w.bw.WriteString(dateNow())
-		w.bw.WriteString("\r\n")
+		w.out().WriteString("Date: ")
+		w.out().WriteString(dateNow())
+		w.out().WriteString("\r\n")
 	}
 	switch {
 	case w.closeAfter && len(h["Connection"]) == 0:
-		w.bw.WriteString("Connection: close\r\n")
+		w.out().WriteString("Connection: close\r\n")
 	case !w.closeAfter && !w.req.ProtoAtLeast(1, 1):
-		w.bw.WriteString("Connection: keep-alive\r\n")
+		w.out().WriteString("Connection: keep-alive\r\n")
 	}
-	w.bw.WriteString("\r\n")
+	w.out().WriteString("\r\n")
 }
 
 func (w *h1Writer) writeStatusLine(code int) {
 	if w.http10 {
-		w.bw.WriteString("HTTP/1.0 ")
+		w.out().WriteString("HTTP/1.0 ")
 	} else {
-		w.bw.WriteString("HTTP/1.1 ")
+		w.out().WriteString("HTTP/1.1 ")
 	}
-	w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(code), 10))
-	w.bw.WriteByte(' ')
+	w.out().Write(strconv.AppendInt(w.out().AvailableBuffer(), int64(code), 10))
+	w.out().WriteByte(' ')
 	if text := http.StatusText(code); text != "" {
-		w.bw.WriteString(text)
+		w.out().WriteString(text)
 	} else {
-		w.bw.WriteString("status code ")
-		w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(code), 10))
+		w.out().WriteString("status code ")
+		w.out().Write(strconv.AppendInt(w.out().AvailableBuffer(), int64(code), 10))
 	}
-	w.bw.WriteString("\r\n")
+	w.out().WriteString("\r\n")
 }
 
 // writeFields writes the header fields of h but the framing ones the
@@ -779,13 +804,13 @@ func (w *h1Writer) writeFields(h http.Header, skip []string) {
 			continue
 		}
 		for _, v := range vs {
-			w.bw.WriteString(k)
-			w.bw.WriteString(": ")
+			w.out().WriteString(k)
+			w.out().WriteString(": ")
 			if strings.ContainsAny(v, "\r\n") {
 				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
 			}
-			w.bw.WriteString(v)
-			w.bw.WriteString("\r\n")
+			w.out().WriteString(v)
+			w.out().WriteString("\r\n")
 		}
 	}
 }
@@ -865,15 +890,15 @@ func (w *h1Writer) Write(b []byte) (int, error) {
 		n, err = int(w.cl-w.written), http.ErrContentLength
 	}
 	if w.chunked {
-		w.bw.Write(strconv.AppendInt(w.bw.AvailableBuffer(), int64(n), 16))
-		w.bw.WriteString("\r\n")
-		w.bw.Write(b[:n])
-		w.bw.WriteString("\r\n")
+		w.out().Write(strconv.AppendInt(w.out().AvailableBuffer(), int64(n), 16))
+		w.out().WriteString("\r\n")
+		w.out().Write(b[:n])
+		w.out().WriteString("\r\n")
 	} else {
-		w.bw.Write(b[:n])
+		w.out().Write(b[:n])
 	}
 	w.written += int64(n)
-	if _, werr := w.bw.Write(nil); werr != nil { // bufio's sticky error
+	if _, werr := w.out().Write(nil); werr != nil { // bufio's sticky error
 		w.err = werr
 	}
 	if err == nil {
@@ -894,7 +919,7 @@ func (w *h1Writer) Flush() {
 }
 
 func (w *h1Writer) flush() {
-	if err := w.bw.Flush(); err != nil && w.err == nil {
+	if err := w.out().Flush(); err != nil && w.err == nil {
 		w.err = err
 	}
 }
@@ -908,8 +933,9 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		w.stopWatch() // the connection's reads are the hijacker's now
 	}
 	w.c.SetReadDeadline(time.Time{}) // not the keep-alive wait's: an upgraded connection lasts
+	bw := w.out()                    // the hijacker's now: not given back
 	w.hijacked = true
-	return w.c, bufio.NewReadWriter(w.br, w.bw), nil
+	return w.c, bufio.NewReadWriter(w.br, bw), nil
 }
 
 // finish ends the response: the header if it is not out yet, the last
@@ -920,9 +946,9 @@ func (w *h1Writer) finish() {
 	}
 	w.writeHeaderNow(true)
 	if w.chunked {
-		w.bw.WriteString("0\r\n")
+		w.out().WriteString("0\r\n")
 		w.writeTrailers()
-		w.bw.WriteString("\r\n")
+		w.out().WriteString("\r\n")
 	}
 	if w.cl >= 0 && w.written != w.cl && !w.noBody {
 		w.closeAfter = true // the caller would wait for the rest
@@ -949,5 +975,5 @@ func (w *h1Writer) writeTrailers() {
 			buf.WriteString("\r\n")
 		}
 	}
-	w.bw.Write(buf.Bytes())
+	w.out().Write(buf.Bytes())
 }
