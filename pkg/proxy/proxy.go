@@ -92,8 +92,12 @@ type Proxy struct {
 	upstreamTLS  *prometheus.CounterVec
 	active       prometheus.Gauge
 	healthyGauge *prometheus.GaugeVec
-	panics       *prometheus.CounterVec
-	dnsQueries   *prometheus.CounterVec
+	// healthySeries is healthyGauge's series by cluster name: pick sets
+	// one per request, and the vector's own look-up (hashing and checking
+	// the label) cost what a cached series' does several times over.
+	healthySeries sync.Map
+	panics        *prometheus.CounterVec
+	dnsQueries    *prometheus.CounterVec
 
 	// obs runs the access log sinks and span exporters (accesslog_bind.go).
 	obs *observability
@@ -743,6 +747,15 @@ func (p *Proxy) healthy(cluster, addr string) bool {
 	return now.After(e.until) && (e.trial.IsZero() || now.After(e.trial))
 }
 
+// healthyOf is the ursa_dp_endpoints_healthy series of a cluster.
+func (p *Proxy) healthyOf(cluster string) prometheus.Gauge {
+	if g, ok := p.healthySeries.Load(cluster); ok {
+		return g.(prometheus.Gauge)
+	}
+	g, _ := p.healthySeries.LoadOrStore(cluster, p.healthyGauge.WithLabelValues(cluster))
+	return g.(prometheus.Gauge)
+}
+
 // pick chooses an endpoint: a priority level by Envoy's rule (each level
 // takes as much load as its share of healthy endpoints, counted as Envoy
 // counts them without weighted_priority_health, times the
@@ -789,7 +802,7 @@ func (p *Proxy) pick(c *Cluster, tried map[string]bool, draws int) (Endpoint, bo
 		well, of = append(well, ok), append(of, li)
 	}
 	if len(tried) == 0 {
-		p.healthyGauge.WithLabelValues(c.Name).Set(float64(n))
+		p.healthyOf(c.Name).Set(float64(n))
 	}
 	sum := priorityLoads(levels, c)
 	if sum == 0 {

@@ -1066,3 +1066,27 @@ func TestConnectAttempts(t *testing.T) {
 		t.Fatalf("the CP's tcp_proxy: %v; want 3 connect attempts", err)
 	}
 }
+
+// TestHealthyEndpointsGauge: a first pick sets the cluster's
+// ursa_dp_endpoints_healthy to its healthy endpoints, and later picks
+// (through the cached series) keep it current, per cluster.
+func TestHealthyEndpointsGauge(t *testing.T) {
+	p := newProxy(t)
+	a := &Cluster{Name: "a", Overprovisioning: 140, Endpoints: []Endpoint{{Addr: "a:1", Weight: 1}, {Addr: "a:2", Weight: 1}}}
+	b := &Cluster{Name: "b", Overprovisioning: 140, Endpoints: []Endpoint{{Addr: "b:1", Weight: 1}, {Addr: "b:2", Weight: 1, Unhealthy: true}}}
+	for _, want := range []float64{2, 2, 1} {
+		if want == 1 {
+			a.Endpoints[0].Unhealthy = true
+		}
+		if _, ok := p.pick(a, nil, 1); !ok {
+			t.Fatal("no endpoint picked in a")
+		}
+		if got := promtest.ToFloat64(p.healthyGauge.WithLabelValues("a")); got != want {
+			t.Fatalf("ursa_dp_endpoints_healthy{cluster=a} = %v, want %v", got, want)
+		}
+	}
+	p.pick(b, nil, 1)
+	if got := promtest.ToFloat64(p.healthyGauge.WithLabelValues("b")); got != 1 {
+		t.Fatalf("ursa_dp_endpoints_healthy{cluster=b} = %v, want 1", got)
+	}
+}
