@@ -372,6 +372,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		if !w.hijacked {
 			c.Close()
 			w.release()
+			meta.scratch.releaseHeaders()
 		}
 		if body != nil && !w.hijacked {
 			// A reader still holding the body (an HTTP/2 upstream's
@@ -467,6 +468,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		}
 		w.finish()
 		w.release()
+		meta.scratch.releaseHeaders()
 		if w.err != nil || w.closeAfter || meta.readsStopped.Load() {
 			if w.err == nil && body != nil && !body.done() {
 				// A reply that ends the connection (a 431, a 403) before

@@ -20,6 +20,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -610,4 +611,60 @@ func TestH1CallerBodyErrors(t *testing.T) {
 		slices.Sort(lines)
 		return slices.Equal(lines, []string{"- 400 DPE", "/after 200 -", "/bad-chunk 400 DPE", "/bad-get 400 DPE", "/bad-trailer 400 DPE", "/bad-trailer-name 400 DPE", "/bad-unannounced 400 DPE", "/gone 0 DC", "/short 0 DC", "/short-trailer 0 DC"})
 	})
+}
+
+// TestH1HeadersKeptApartUnderLoad: the fast path's header maps go round
+// the connections through a pool (headerSet); requests in flight at once
+// on many connections, through a sidecar pair over mTLS, each get their
+// own: every response carries its own request's header back, and its own
+// response header, never another's.
+func TestH1HeadersKeptApartUnderLoad(t *testing.T) {
+	sc := newSidecars(t)
+	v1 := backend(t, "v1", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Id-Back", r.Header.Get("X-Id"))
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, r.Header.Get("X-Id"))
+	})
+	apply(t, sc.server, sc.billing, sc.roots,
+		[]*listener.Listener{inboundHTTPListener("inbound:v1", "billing", "localhost:v1", "spiffe://default/web")},
+		[]*cluster.Cluster{staticHTTPCluster("localhost:v1", false, v1)}, nil)
+	in1 := boundAddr(t, sc.server, "inbound:v1")
+	apply(t, sc.client, sc.web, sc.roots, []*listener.Listener{outboundHTTPListener("outbound:billing", "outbound:billing")},
+		[]*cluster.Cluster{mtlsHTTPCluster("billing-v1", "billing", false)},
+		[]*endpoint.ClusterLoadAssignment{assignment("billing-v1", in1)},
+		routeConfig("outbound:billing", routeTo("all", nil, toCluster("billing-v1"))))
+	url := "http://" + boundAddr(t, sc.client, "outbound:billing") + "/"
+	const conns, each = 24, 40
+	var wg sync.WaitGroup
+	errs := make(chan string, conns)
+	for i := range conns {
+		wg.Go(func() {
+			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
+			defer c.CloseIdleConnections()
+			for j := range each {
+				id := fmt.Sprintf("c%d-r%d-%s", i, j, strings.Repeat("x", j%7))
+				req, _ := http.NewRequest(http.MethodGet, url, nil)
+				req.Header.Set("X-Id", id)
+				for k := range j % 5 { // a varying number of fields
+					req.Header.Set(fmt.Sprintf("X-Pad-%d", k), id)
+				}
+				resp, err := c.Do(req)
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != id || resp.Header.Get("X-Id-Back") != id || resp.Header.Get("X-Echo-X-Id") != id {
+					errs <- fmt.Sprintf("request %s: body %q, X-Id-Back %q, X-Echo-X-Id %q", id, b, resp.Header.Get("X-Id-Back"), resp.Header.Get("X-Echo-X-Id"))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
 }

@@ -26,13 +26,12 @@ import (
 // (FuzzH1ParseMatchesNetHTTP holds it to that).
 
 // h1Scratch is what one HTTP/1.1 fast-path connection parses its
-// requests' and their responses' heads into, again for each request: its
-// requests come one at a time, and nothing holds a request's headers
-// past its end (access logs and spans are written before). A nil
-// *h1Scratch makes new ones.
+// requests' and their responses' heads into: a headerSet for the request
+// in flight, given back at its end (releaseHeaders), as nothing holds a
+// request's headers past it (access logs and spans are written before).
+// A nil *h1Scratch makes new ones.
 type h1Scratch struct {
-	req, resp         http.Header
-	reqVals, respVals []string // the headers' values
+	hs *headerSet // the request in flight's; nil between requests
 	// head is the length of the request in flight's head, as read.
 	head int
 	// metrics are the series of the connection's last request.
@@ -78,22 +77,52 @@ func (sc *h1Scratch) callerGone() {
 	}
 }
 
-// reqHeader and respHeader are the scratch's headers, emptied, and where
+// headerSet is a request's header and its response's, and where their
+// values are kept. The sets go round all connections through a pool: a
+// set per connection is met cold at every request once there are many
+// (its maps cleared and filled a cache miss at a time), where the few in
+// use at once stay warm.
+type headerSet struct {
+	req, resp         http.Header
+	reqVals, respVals []string
+}
+
+var headerSets = sync.Pool{New: func() any { return new(headerSet) }}
+
+// headers is the request's set, taken from the pool at its first use.
+func (sc *h1Scratch) headers() *headerSet {
+	if sc.hs == nil {
+		sc.hs = headerSets.Get().(*headerSet)
+	}
+	return sc.hs
+}
+
+// releaseHeaders gives the request's set back: it has ended.
+func (sc *h1Scratch) releaseHeaders() {
+	if sc.hs != nil {
+		headerSets.Put(sc.hs)
+		sc.hs = nil
+	}
+}
+
+// reqHeader and respHeader are the request's headers, emptied, and where
 // their values are kept; new ones for a nil scratch.
 func (sc *h1Scratch) reqHeader() (http.Header, *[]string) {
 	if sc == nil {
 		return make(http.Header, 8), nil
 	}
-	sc.req = reuse(sc.req)
-	return sc.req, &sc.reqVals
+	hs := sc.headers()
+	hs.req = reuse(hs.req)
+	return hs.req, &hs.reqVals
 }
 
 func (sc *h1Scratch) respHeader() (http.Header, *[]string) {
 	if sc == nil {
 		return make(http.Header, 8), nil
 	}
-	sc.resp = reuse(sc.resp)
-	return sc.resp, &sc.respVals
+	hs := sc.headers()
+	hs.resp = reuse(hs.resp)
+	return hs.resp, &hs.respVals
 }
 
 func reuse(h http.Header) http.Header {
