@@ -259,9 +259,11 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		c.SetReadDeadline(time.Unix(1, 0))
 	}
 	var idleUntil time.Time
-	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, meta))
-	ctx = context.WithValue(ctx, http.ServerContextKey, h1Server)
+	// connKey outermost: the engine looks it up first in every request.
+	conn, cancel := context.WithCancel(context.Background())
+	ctx := context.WithValue(conn, http.ServerContextKey, h1Server)
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, &fixedAddr{Addr: c.LocalAddr(), s: c.LocalAddr().String()})
+	ctx = context.WithValue(ctx, connKey{}, meta)
 	remote := c.RemoteAddr().String()
 	var tlsState *tls.ConnectionState
 	if tc, ok := c.(*tls.Conn); ok {
@@ -463,7 +465,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			return !w.hijacked
 		}
 		stopWatch()
-		if ctx.Err() != nil {
+		if conn.Err() != nil {
 			return true // the caller went away
 		}
 		w.finish()
