@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -77,6 +78,11 @@ type sysConn struct {
 	waited          uint64 // armed writes that waited for their answer (tests read it)
 	readFn, writeFn func(fd uintptr) bool
 	replyFn         func(fd uintptr) bool
+
+	// The deadlines as asked, and as the poller has them (SetDeadline).
+	dmu            sync.Mutex
+	rdAsked, rdSet time.Time
+	wdAsked, wdSet time.Time
 }
 
 // newSysConn wraps c, or returns nil when c is not a TCP connection.
@@ -163,6 +169,9 @@ func (c *sysConn) Read(p []byte) (int, error) {
 	c.reads++
 	c.rp, c.rn, c.rerr = p, 0, 0
 	err := c.rc.Read(c.readFn)
+	for err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.resume(true) {
+		err = c.rc.Read(c.readFn)
+	}
 	n, e := c.rn, c.rerr
 	c.rp = nil
 	c.rmu.Unlock()
@@ -247,7 +256,11 @@ func (c *sysConn) writeLocked() error {
 		// for room and keeps the write deadline.
 	}
 	c.want = 0
-	if err := c.rc.Write(c.writeFn); err != nil {
+	err := c.rc.Write(c.writeFn)
+	for err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.resume(false) {
+		err = c.rc.Write(c.writeFn)
+	}
+	if err != nil {
 		return c.opError("write", err)
 	}
 	if c.werr != 0 {
@@ -266,6 +279,87 @@ func (c *sysConn) ReadFrom(r io.Reader) (int64, error) {
 
 func (c *sysConn) WriteTo(w io.Writer) (int64, error) {
 	return io.Copy(w, struct{ io.Reader }{c})
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline keep the deadline
+// asked, and move the poller's (a runtime timer, which costs a lock and a
+// heap operation each time) only when it must come sooner: earlier than
+// the one it has, or where it has none, or none at all. A later deadline
+// waits: when the earlier one passes, the call it ends finds a later one
+// asked and waits on (resume). The HTTP/1.1 pool asks each exchange's
+// deadline (its route timeout from now) anew, later each time: the
+// poller's then moves about once a timeout, not once a request.
+func (c *sysConn) SetDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.rdAsked, c.wdAsked = t, t
+	r, w := mustMove(c.rdSet, t), mustMove(c.wdSet, t)
+	switch {
+	case r && w:
+		c.rdSet, c.wdSet = t, t
+		return c.TCPConn.SetDeadline(t)
+	case r:
+		c.rdSet = t
+		return c.TCPConn.SetReadDeadline(t)
+	case w:
+		c.wdSet = t
+		return c.TCPConn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (c *sysConn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.rdAsked = t
+	if !mustMove(c.rdSet, t) {
+		return nil
+	}
+	c.rdSet = t
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+func (c *sysConn) SetWriteDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.wdAsked = t
+	if !mustMove(c.wdSet, t) {
+		return nil
+	}
+	c.wdSet = t
+	return c.TCPConn.SetWriteDeadline(t)
+}
+
+// mustMove reports whether a poller's deadline set must become t at once:
+// t is earlier, or one of them is none. (None is set at once too: a
+// connection's socket is also read without this type, to check it is
+// alive, which must not find a deadline passed that was cleared.)
+func mustMove(set, t time.Time) bool {
+	return !t.Equal(set) && (set.IsZero() || t.IsZero() || t.Before(set))
+}
+
+// resume is for a call that the poller's deadline ended (os.
+// ErrDeadlineExceeded): true, with the poller's moved, when the deadline
+// asked is still to come, for the call to wait on; false when it has
+// passed.
+func (c *sysConn) resume(read bool) bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	asked, set := &c.wdAsked, &c.wdSet
+	if read {
+		asked, set = &c.rdAsked, &c.rdSet
+	}
+	if asked.Equal(*set) || !asked.IsZero() && !time.Now().Before(*asked) {
+		return false
+	}
+	*set = *asked
+	var err error
+	if read {
+		err = c.TCPConn.SetReadDeadline(*asked)
+	} else {
+		err = c.TCPConn.SetWriteDeadline(*asked)
+	}
+	return err == nil
 }
 
 // opError is err as net.TCPConn gives it: a *net.OpError whose Err is

@@ -23,7 +23,7 @@ import (
 )
 
 // sysPair is a sysConn and the other end of its loopback TCP connection.
-func sysPair(t *testing.T) (*sysConn, *net.TCPConn) {
+func sysPair(t testing.TB) (*sysConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -495,4 +495,112 @@ func TestTCPProxySocketIO(t *testing.T) {
 	check(second, false, true, "*proxy.sysConn")
 	call("bare", "db")
 	check(<-seen, false, false, "*net.TCPConn")
+}
+
+// TestSysConnLaterDeadlineWaitsOn: a later deadline leaves the poller's
+// where it is (no timer moved), and a read that the earlier one ends
+// waits on to the later one; a write likewise.
+func TestSysConnLaterDeadlineWaitsOn(t *testing.T) {
+	sc, _ := sysPair(t)
+	start := time.Now()
+	first := start.Add(50 * time.Millisecond)
+	sc.SetDeadline(first)
+	sc.SetReadDeadline(start.Add(400 * time.Millisecond))
+	if !sc.rdSet.Equal(first) {
+		t.Fatalf("a later read deadline moved the poller's to %v", sc.rdSet)
+	}
+	if _, err := sc.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read: %v; want the deadline's error", err)
+	}
+	if took := time.Since(start); took < 390*time.Millisecond {
+		t.Fatalf("the read ended after %s, at the deadline that was replaced", took)
+	}
+
+	// The peer never reads: the write fills both buffers and waits.
+	start = time.Now()
+	sc.SetWriteDeadline(start.Add(50 * time.Millisecond))
+	sc.SetWriteDeadline(start.Add(400 * time.Millisecond))
+	if _, err := sc.Write(randomBytes(32 << 20)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write: %v; want the deadline's error", err)
+	}
+	if took := time.Since(start); took < 390*time.Millisecond {
+		t.Fatalf("the write ended after %s, at the deadline that was replaced", took)
+	}
+}
+
+// TestSysConnEarlierDeadlineAtOnce: an earlier deadline (the pool's way of
+// ending an exchange: one long past) ends a waiting read at once.
+func TestSysConnEarlierDeadlineAtOnce(t *testing.T) {
+	sc, _ := sysPair(t)
+	sc.SetDeadline(time.Now().Add(time.Minute))
+	go func() {
+		time.Sleep(30 * time.Millisecond)
+		sc.SetDeadline(aLongTimeAgo)
+	}()
+	start := time.Now()
+	if _, err := sc.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read: %v; want the deadline's error", err)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Fatalf("the read ended after %s, not when the deadline moved into the past", took)
+	}
+}
+
+// TestSysConnPassedDeadlineReplaced: a deadline that passed with no call
+// waiting, then replaced by a later one, does not fail the next calls;
+// one cleared does not fail a look at the socket that bypasses them
+// (the pool's alive).
+func TestSysConnPassedDeadlineReplaced(t *testing.T) {
+	sc, peer := sysPair(t)
+	sc.SetDeadline(time.Now().Add(20 * time.Millisecond))
+	time.Sleep(60 * time.Millisecond)
+	sc.SetDeadline(time.Now().Add(time.Minute))
+	go func() {
+		time.Sleep(30 * time.Millisecond)
+		peer.Write([]byte("answer"))
+	}()
+	buf := make([]byte, 16)
+	n, err := sc.Read(buf)
+	if err != nil || string(buf[:n]) != "answer" {
+		t.Fatalf("Read = %q, %v; want the answer", buf[:n], err)
+	}
+	if _, err := sc.Write([]byte("more")); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+
+	sc.SetDeadline(time.Now().Add(20 * time.Millisecond))
+	time.Sleep(60 * time.Millisecond)
+	sc.SetDeadline(time.Time{})
+	if !alive(sc, true) {
+		t.Fatal("alive: a cleared deadline that had passed still ended the look at the socket")
+	}
+	peer.Write([]byte("x"))
+	if n, err := sc.Read(buf); err != nil || string(buf[:n]) != "x" {
+		t.Fatalf("Read after clearing = %q, %v", buf[:n], err)
+	}
+}
+
+// BenchmarkSysConnDeadline: what the HTTP/1.1 pool pays per exchange to
+// ask its route timeout, on a sysConn (which leaves a later deadline
+// waiting) and on the net.TCPConn under it (which moves the timer each
+// time), with other connections' timers in the runtime's heap as in a
+// busy sidecar.
+func BenchmarkSysConnDeadline(b *testing.B) {
+	var others []*sysConn
+	for i := range 256 {
+		sc, _ := sysPair(b)
+		sc.SetDeadline(time.Now().Add(time.Duration(10+i%10) * time.Second))
+		others = append(others, sc)
+	}
+	for _, kind := range []string{"sysConn", "net.TCPConn"} {
+		b.Run(kind, func(b *testing.B) {
+			set := func(i int, t time.Time) { others[i%len(others)].SetDeadline(t) }
+			if kind == "net.TCPConn" {
+				set = func(i int, t time.Time) { others[i%len(others)].TCPConn.SetDeadline(t) }
+			}
+			for i := 0; b.Loop(); i++ {
+				set(i, time.Now().Add(15*time.Second))
+			}
+		})
+	}
 }
