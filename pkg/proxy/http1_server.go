@@ -760,44 +760,47 @@ func (w *h1Writer) writeHeaderNow(last bool) {
 	}
 	w.writeStatusLine(w.status)
 	w.writeFields(h, trailers)
+	bw := w.out()
 	if w.chunked {
-		w.out().WriteString("Transfer-Encoding: chunked\r\n")
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	if _, ok := h["Date"]; !ok {
-		w.out().WriteString("Date: ")
-		w.out().WriteString(dateNow())
-		w.out().WriteString("\r\n")
+		bw.WriteString("Date: ")
+		bw.WriteString(dateNow())
+		bw.WriteString("\r\n")
 	}
 	switch {
 	case w.closeAfter && len(h["Connection"]) == 0:
-		w.out().WriteString("Connection: close\r\n")
+		bw.WriteString("Connection: close\r\n")
 	case !w.closeAfter && !w.req.ProtoAtLeast(1, 1):
-		w.out().WriteString("Connection: keep-alive\r\n")
+		bw.WriteString("Connection: keep-alive\r\n")
 	}
-	w.out().WriteString("\r\n")
+	bw.WriteString("\r\n")
 }
 
 func (w *h1Writer) writeStatusLine(code int) {
+	bw := w.out()
 	if w.http10 {
-		w.out().WriteString("HTTP/1.0 ")
+		bw.WriteString("HTTP/1.0 ")
 	} else {
-		w.out().WriteString("HTTP/1.1 ")
+		bw.WriteString("HTTP/1.1 ")
 	}
-	w.out().Write(strconv.AppendInt(w.out().AvailableBuffer(), int64(code), 10))
-	w.out().WriteByte(' ')
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
+	bw.WriteByte(' ')
 	if text := http.StatusText(code); text != "" {
-		w.out().WriteString(text)
+		bw.WriteString(text)
 	} else {
-		w.out().WriteString("status code ")
-		w.out().Write(strconv.AppendInt(w.out().AvailableBuffer(), int64(code), 10))
+		bw.WriteString("status code ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
 	}
-	w.out().WriteString("\r\n")
+	bw.WriteString("\r\n")
 }
 
 // writeFields writes the header fields of h but the framing ones the
 // writer decides, announced trailers and trailer-prefixed keys; a value's
 // line breaks become spaces.
 func (w *h1Writer) writeFields(h http.Header, skip []string) {
+	bw := w.out()
 	for k, vs := range h {
 		switch {
 		case k == "Transfer-Encoding", strings.HasPrefix(k, http.TrailerPrefix), !validFieldName(k):
@@ -808,13 +811,13 @@ func (w *h1Writer) writeFields(h http.Header, skip []string) {
 			continue
 		}
 		for _, v := range vs {
-			w.out().WriteString(k)
-			w.out().WriteString(": ")
+			bw.WriteString(k)
+			bw.WriteString(": ")
 			if strings.ContainsAny(v, "\r\n") {
 				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
 			}
-			w.out().WriteString(v)
-			w.out().WriteString("\r\n")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
 		}
 	}
 }
@@ -888,21 +891,22 @@ func (w *h1Writer) Write(b []byte) (int, error) {
 		return 0, nil
 	}
 	w.writeHeaderNow(false)
+	bw := w.out()
 	n := len(b)
 	var err error
 	if w.cl >= 0 && w.written+int64(n) > w.cl {
 		n, err = int(w.cl-w.written), http.ErrContentLength
 	}
 	if w.chunked {
-		w.out().Write(strconv.AppendInt(w.out().AvailableBuffer(), int64(n), 16))
-		w.out().WriteString("\r\n")
-		w.out().Write(b[:n])
-		w.out().WriteString("\r\n")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(n), 16))
+		bw.WriteString("\r\n")
+		bw.Write(b[:n])
+		bw.WriteString("\r\n")
 	} else {
-		w.out().Write(b[:n])
+		bw.Write(b[:n])
 	}
 	w.written += int64(n)
-	if _, werr := w.out().Write(nil); werr != nil { // bufio's sticky error
+	if _, werr := bw.Write(nil); werr != nil { // bufio's sticky error
 		w.err = werr
 	}
 	if err == nil {
@@ -950,9 +954,10 @@ func (w *h1Writer) finish() {
 	}
 	w.writeHeaderNow(true)
 	if w.chunked {
-		w.out().WriteString("0\r\n")
+		bw := w.out()
+		bw.WriteString("0\r\n")
 		w.writeTrailers()
-		w.out().WriteString("\r\n")
+		bw.WriteString("\r\n")
 	}
 	if w.cl >= 0 && w.written != w.cl && !w.noBody {
 		w.closeAfter = true // the caller would wait for the rest
