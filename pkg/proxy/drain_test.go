@@ -99,12 +99,20 @@ func (c *rawH1) closedByPeer() bool {
 }
 
 // drainIn starts p's drain, bounded by d, and returns where its result
-// goes.
+// goes. A drain the test leaves running is ended, and waited for, when the
+// test ends: it logs to the test's logger until it returns.
 func drainIn(t *testing.T, p *Proxy, d time.Duration) <-chan error {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
 	done := make(chan error, 1)
-	go func() { done <- p.Drain(ctx) }()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		done <- p.Drain(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-finished
+	})
 	return done
 }
 
