@@ -495,8 +495,12 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 	if pc.reply != nil {
 		began = pc.reply.writeCount()
 	}
-	defer pc.releaseOut() // the request has left (or failed) when this returns
+	// The writer goes back once the request has left (or failed), before
+	// anything can put pc back to the pool: not deferred, as a response
+	// without a body puts it back within this exchange, and the next
+	// exchange on it (another caller's) takes pc.bw at once.
 	if err := writeRequest(pc.out(), req, body); err != nil {
+		pc.releaseOut()
 		if errors.As(err, new(*callerError)) {
 			return fail(err) // the caller's body, not the upstream: no answer is awaited
 		}
@@ -508,6 +512,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		pc.reply.arm(pc.bw.Buffered() + pc.overhead)
 	}
 	err := pc.bw.Flush()
+	pc.releaseOut()
 	if pc.reply != nil {
 		pc.reply.arm(0)
 	}
