@@ -462,7 +462,7 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		}
 		stop.sc = sc
 	case watch.Done() != nil:
-		stop.f = context.AfterFunc(watch, func() { pc.SetDeadline(aLongTimeAgo) })
+		stop.f, stop.watch = context.AfterFunc(watch, func() { pc.SetDeadline(aLongTimeAgo) }), watch
 	}
 	fail := func(err error) (*http.Response, bool, error) {
 		stop.stop()
@@ -531,10 +531,9 @@ func (pl *h1Pool) exchange(ctx, watch context.Context, pc *h1Conn, req *http.Req
 		}
 	}
 	if hasHead && !head.Equal(deadline) {
-		// The route's alone, now the answer has begun. (Set again when
-		// they are the same, it would cost a timer's move per request, and
-		// undo a move by the caller leaving meanwhile.)
-		pc.SetDeadline(deadline)
+		// The route's alone, now the answer has begun. (Not set again when
+		// they are the same: that would cost a timer's move per request.)
+		stop.moveDeadline(pc, deadline)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The upgraded connection is the reverse proxy's to copy, without
@@ -590,8 +589,30 @@ func (pl *h1Pool) readHead(pc *h1Conn, req *http.Request, sc *h1Scratch) (*http.
 // h1Stop ends an exchange's watch for its caller leaving: the
 // connection's (sc), a context's (f), or none.
 type h1Stop struct {
-	sc *h1Scratch
-	f  func() bool
+	sc    *h1Scratch
+	f     func() bool
+	watch context.Context // f's
+}
+
+// moveDeadline sets pc's deadline to t, unless the caller has left: the
+// long-past deadline that ends the exchange then stays, whether the watch
+// set it before this or sets it after.
+func (s h1Stop) moveDeadline(pc *h1Conn, t time.Time) {
+	switch {
+	case s.sc != nil:
+		s.sc.mu.Lock()
+		defer s.sc.mu.Unlock()
+		if !s.sc.gone {
+			pc.SetDeadline(t)
+		}
+	case s.f != nil:
+		pc.SetDeadline(t)
+		if s.watch.Err() != nil {
+			pc.SetDeadline(aLongTimeAgo) // the watch may have run before
+		}
+	default:
+		pc.SetDeadline(t)
+	}
 }
 
 // stop ends the watch; false when the caller left first (the

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -667,4 +669,51 @@ func TestH1HeadersKeptApartUnderLoad(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
+}
+
+// TestH1StopKeepsTheCallerLeaving: once the caller has left, the long-past
+// deadline that ends its exchange stays when the exchange moves the
+// connection's deadline to the route's after a per-try one (the answer
+// began): the read that follows fails at once instead of waiting out the
+// route's timeout. For the connection's own watch (sc) and a context's (f)
+// that ran first.
+func TestH1StopKeepsTheCallerLeaving(t *testing.T) {
+	readFailsAtOnce := func(t *testing.T, c net.Conn) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Read(make([]byte, 1))
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("read: %v; want the deadline's error", err)
+			}
+		case <-time.After(5 * time.Second):
+			c.SetDeadline(aLongTimeAgo)
+			<-done
+			t.Fatal("the caller's leaving was undone: the read waited for the route's deadline")
+		}
+	}
+	t.Run("sc", func(t *testing.T) {
+		sc, _ := sysPair(t)
+		pc := &h1Conn{Conn: sc}
+		scratch := &h1Scratch{}
+		scratch.attach(pc)
+		scratch.callerGone()
+		h1Stop{sc: scratch}.moveDeadline(pc, time.Now().Add(time.Minute))
+		readFailsAtOnce(t, sc)
+	})
+	t.Run("f", func(t *testing.T) {
+		sc, _ := sysPair(t)
+		pc := &h1Conn{Conn: sc}
+		ctx, cancel := context.WithCancel(context.Background())
+		ran := make(chan struct{})
+		stop := h1Stop{f: context.AfterFunc(ctx, func() { pc.SetDeadline(aLongTimeAgo); close(ran) }), watch: ctx}
+		cancel()
+		<-ran
+		stop.moveDeadline(pc, time.Now().Add(time.Minute))
+		readFailsAtOnce(t, sc)
+	})
 }
