@@ -309,25 +309,24 @@ func (c *sysConn) SetDeadline(t time.Time) error {
 }
 
 func (c *sysConn) SetReadDeadline(t time.Time) error {
-	c.dmu.Lock()
-	defer c.dmu.Unlock()
-	c.rdAsked = t
-	if !mustMove(c.rdSet, t) {
-		return nil
-	}
-	c.rdSet = t
-	return c.TCPConn.SetReadDeadline(t)
+	return c.setOne(&c.rdAsked, &c.rdSet, t, c.TCPConn.SetReadDeadline)
 }
 
 func (c *sysConn) SetWriteDeadline(t time.Time) error {
+	return c.setOne(&c.wdAsked, &c.wdSet, t, c.TCPConn.SetWriteDeadline)
+}
+
+// setOne asks deadline t of one direction: asked and set are its, apply
+// moves the poller's.
+func (c *sysConn) setOne(asked, set *time.Time, t time.Time, apply func(time.Time) error) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
-	c.wdAsked = t
-	if !mustMove(c.wdSet, t) {
+	*asked = t
+	if !mustMove(*set, t) {
 		return nil
 	}
-	c.wdSet = t
-	return c.TCPConn.SetWriteDeadline(t)
+	*set = t
+	return apply(t)
 }
 
 // mustMove reports whether a poller's deadline set must become t at once:
@@ -345,21 +344,15 @@ func mustMove(set, t time.Time) bool {
 func (c *sysConn) resume(read bool) bool {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
-	asked, set := &c.wdAsked, &c.wdSet
+	asked, set, apply := &c.wdAsked, &c.wdSet, c.TCPConn.SetWriteDeadline
 	if read {
-		asked, set = &c.rdAsked, &c.rdSet
+		asked, set, apply = &c.rdAsked, &c.rdSet, c.TCPConn.SetReadDeadline
 	}
 	if asked.Equal(*set) || !asked.IsZero() && !time.Now().Before(*asked) {
 		return false
 	}
 	*set = *asked
-	var err error
-	if read {
-		err = c.TCPConn.SetReadDeadline(*asked)
-	} else {
-		err = c.TCPConn.SetWriteDeadline(*asked)
-	}
-	return err == nil
+	return apply(*asked) == nil
 }
 
 // opError is err as net.TCPConn gives it: a *net.OpError whose Err is
