@@ -507,3 +507,35 @@ func TestEnvoyResponseFieldNameWithSpaceRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvoyResponseTrailerNameWithSpaceResets: a chunked response whose
+// trailer is named with a space before its colon is a protocol error to
+// Envoy's codec once the body has gone downstream: the response is reset
+// (an HTTP/1.1 caller's ends without its last chunk), not finished without
+// that trailer. The same response with a well-formed trailer ends as sent.
+func TestEnvoyResponseTrailerNameWithSpaceResets(t *testing.T) {
+	p := newProxy(t)
+	up := rawUpstream(t, func(r *http.Request, _ int) string {
+		name := "X-T"
+		if r.URL.Path == "/space" {
+			name = "X-T "
+		}
+		return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + name + ": 1\r\n\r\n"
+	})
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
+	for _, path := range []string{"/space", "/fine"} {
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case path == "/fine" && (err != nil || string(b) != "hello"):
+			t.Errorf("%s: %q %v, want %q", path, b, err, "hello")
+		case path == "/space" && err == nil:
+			t.Errorf("%s: the response ended normally (%q) after an upstream trailer Envoy's codec refuses; want it reset", path, b)
+		}
+	}
+}

@@ -92,6 +92,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, hr *httpRequest,
 		panic(http.ErrAbortHandler)
 	}
 	resp.Body.Close() // now: the trailers are in once the body is read
+	for k := range resp.Trailer {
+		if !validFieldName(k) {
+			// net/http's parser takes a name with a space before its
+			// colon, Envoy's codec refuses it: a protocol error once the
+			// response is under way, which resets it.
+			ri.flag("UPE")
+			panic(http.ErrAbortHandler)
+		}
+	}
 	if !trailers || len(resp.Trailer) == 0 {
 		return
 	}
