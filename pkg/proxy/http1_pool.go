@@ -168,8 +168,7 @@ type h1Conn struct {
 // in is pc's reader, taken from the pool for an exchange's answer.
 func (pc *h1Conn) in() *bufio.Reader {
 	if pc.br == nil {
-		pc.br = h1Readers.Get().(*bufio.Reader)
-		pc.br.Reset(pc.src)
+		pc.br = takeReader(pc.src)
 	}
 	return pc.br
 }
@@ -186,16 +185,14 @@ func (pc *h1Conn) buffered() int {
 // releaseOut gives it back.
 func (pc *h1Conn) out() *bufio.Writer {
 	if pc.bw == nil {
-		pc.bw = h1Writers.Get().(*bufio.Writer)
-		pc.bw.Reset(pc.Conn)
+		pc.bw = takeWriter(pc.Conn)
 	}
 	return pc.bw
 }
 
 func (pc *h1Conn) releaseOut() {
 	if pc.bw != nil {
-		pc.bw.Reset(nil)
-		h1Writers.Put(pc.bw)
+		giveWriter(pc.bw)
 		pc.bw = nil
 	}
 }
@@ -272,8 +269,7 @@ func (pl *h1Pool) put(pc *h1Conn) {
 		return
 	}
 	if pc.br != nil {
-		pc.br.Reset(nil)
-		h1Readers.Put(pc.br)
+		giveReader(pc.br)
 		pc.br = nil
 	}
 	pc.since, pc.reused = time.Now(), true
@@ -572,11 +568,11 @@ func (pl *h1Pool) readHead(pc *h1Conn, req *http.Request, sc *h1Scratch) (*http.
 	br := pc.in()
 	start := pc.src.at(br)
 	pc.src.limit = int64(size - br.Buffered() + br.Size())
-	resp, err := readResponse(pc.br, pc.src, req, sc)
+	resp, err := readResponse(br, pc.src, req, sc)
 	tooLarge := pc.src.limit <= 0
 	pc.src.limit = math.MaxInt64
 	switch {
-	case err != nil && tooLarge, err == nil && pc.src.at(pc.br)-start > int64(size):
+	case err != nil && tooLarge, err == nil && pc.src.at(br)-start > int64(size):
 		return nil, &upstreamHeadError{status: http.StatusServiceUnavailable}
 	case err == nil:
 		if _, fields := headerLoad(resp.Header); fields > n {

@@ -68,15 +68,14 @@ func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort, ds *d
 		return
 	}
 	src := &h1Src{c: c, limit: math.MaxInt64}
-	br := h1Readers.Get().(*bufio.Reader)
-	br.Reset(src)
+	br := takeReader(src)
 	if !isTLS {
 		// A connection that has sent nothing yet ends drainGrace after the drain asks.
 		ds.endWith(func() { c.SetReadDeadline(time.Now().Add(drainGrace)) })
 		h2c, err := sniffH2C(c, br)
 		if err != nil {
 			c.Close()
-			h1Readers.Put(br)
+			giveReader(br)
 			return
 		}
 		if h2c {
@@ -86,9 +85,36 @@ func (p *Proxy) serveHTTPConn(name string, c net.Conn, dst netip.AddrPort, ds *d
 		}
 	}
 	if p.serveHTTP1(name, c, src, br, dst, ds) {
-		br.Reset(nil)
-		h1Readers.Put(br)
+		giveReader(br)
 	}
+}
+
+// takeReader and takeWriter are pooled buffers reading r and writing w;
+// giveReader and giveWriter put them back, detached. The engine takes them
+// per exchange rather than holding them per connection: with many
+// connections, a buffer each is met cold at every request, where the few
+// the pools hand out stay in cache (as nginx frees a keep-alive
+// connection's buffers).
+func takeReader(r io.Reader) *bufio.Reader {
+	br := h1Readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func giveReader(br *bufio.Reader) {
+	br.Reset(nil)
+	h1Readers.Put(br)
+}
+
+func takeWriter(w io.Writer) *bufio.Writer {
+	bw := h1Writers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+func giveWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	h1Writers.Put(bw)
 }
 
 // sniffH2C reads (without consuming) the start of a plain connection
@@ -655,15 +681,11 @@ type h1Writer struct {
 	http10 bool
 }
 
-// out is the response's buffer, taken from the pool at its first
-// write. A connection waiting for its next request holds none: with many
-// connections, a buffer each is met cold at every response (its first
-// bytes cost a cache miss), where the few the pool hands out stay warm,
-// as nginx frees a keep-alive connection's buffers.
+// out is the response's buffer, taken from the pool at its first write
+// (takeWriter): a connection waiting for its next request holds none.
 func (w *h1Writer) out() *bufio.Writer {
 	if w.bw == nil {
-		w.bw = h1Writers.Get().(*bufio.Writer)
-		w.bw.Reset(w.c)
+		w.bw = takeWriter(w.c)
 	}
 	return w.bw
 }
@@ -674,8 +696,7 @@ func (w *h1Writer) release() {
 	if w.bw == nil || w.hijacked {
 		return
 	}
-	w.bw.Reset(nil)
-	h1Writers.Put(w.bw)
+	giveWriter(w.bw)
 	w.bw = nil
 }
 
