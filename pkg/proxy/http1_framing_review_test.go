@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -18,34 +17,14 @@ import (
 // open, as a streaming or a stalled upstream does).
 func TestEnvoyResponseFramedTwiceRefusedAtOnce(t *testing.T) {
 	p := newProxy(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release); ln.Close() })
 	heads := map[string]string{
 		"/lf":   "HTTP/1.1 200 OK\nContent-Length: 5\nTransfer-Encoding: chunked\n\n",
 		"/long": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Pad: " + strings.Repeat("p", 5000) + "\r\nContent-Length: 5\r\n\r\n",
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				r, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				io.WriteString(c, heads[r.URL.Path]+"5\r\nhello\r\n")
-				<-release // the rest of the body never comes
-			}(c)
-		}
-	}()
-	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, ln.Addr().String()))
+	// The rest of the body never comes: rawUpstream waits for a next
+	// request on the connection.
+	up := rawUpstream(t, func(r *http.Request, _ int) string { return heads[r.URL.Path] + "5\r\nhello\r\n" })
+	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
 	for _, path := range []string{"/lf", "/long"} {
 		start := time.Now()
 		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url + path)

@@ -167,12 +167,7 @@ func TestEnvoyResponseFramedTwiceRefused(t *testing.T) {
 	})
 	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
 	for _, path := range []string{"/short", "/long", "/lf", "/once"} {
-		resp, err := http.Get(url + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, b := get(t, http.DefaultClient, url+path)
 		switch {
 		case path == "/once" && (resp.StatusCode != 200 || string(b) != "hello"):
 			t.Errorf("%s: a long head framed one way: %d %q, want 200 %q", path, resp.StatusCode, b, "hello")
@@ -493,12 +488,7 @@ func TestEnvoyResponseFieldNameWithSpaceRefused(t *testing.T) {
 	})
 	url := plainHTTP(t, p, routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc"))), nil, staticHTTPCluster("svc", false, up))
 	for _, path := range []string{"/space", "/space-lf", "/fine"} {
-		resp, err := http.Get(url + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, b := get(t, http.DefaultClient, url+path)
 		switch {
 		case path == "/fine" && (resp.StatusCode != 200 || string(b) != "hello" || resp.Header.Get("X-Foo") != "bar"):
 			t.Errorf("%s: %d %q %v, want 200 %q with X-Foo", path, resp.StatusCode, b, resp.Header, "hello")
