@@ -95,11 +95,7 @@ func TestRootRotationZoneAwayAtTheSwitch(t *testing.T) {
 	zones := map[string]bool{"zone-1": true, "zone-2": true}
 	s := &caState{root: first, zcas: map[string]*api.ZoneCA{}}
 	s.plan(t, tm, zones, t0)
-	rotating := api.DeepCopy(s.root).(*api.MeshCA)
-	if err := publishNextRoot(rotating, t0); err != nil {
-		t.Fatal(err)
-	}
-	s.apply(t, []api.Resource{rotating}, nil)
+	s.rotateRoot(t, t0)
 	away := keyless(t, s.root) // zone-2's copy: it leaves now
 	t2 := t0.Add(tm.Published + time.Minute)
 	s.plan(t, tm, zones, t2)
@@ -140,11 +136,7 @@ func TestRootRotationOfARootAboutToEnd(t *testing.T) {
 	zones := map[string]bool{"zone-1": true}
 	s := &caState{root: first, zcas: map[string]*api.ZoneCA{}}
 	s.plan(t, tm, zones, t0)
-	rotating := api.DeepCopy(s.root).(*api.MeshCA)
-	if err := publishNextRoot(rotating, t0); err != nil {
-		t.Fatal(err)
-	}
-	s.apply(t, []api.Resource{rotating}, nil)
+	s.rotateRoot(t, t0)
 	now := t0
 	for i := 0; i < 6 && s.root.Rotating(); i++ {
 		now = now.Add(tm.Published + time.Minute)
@@ -168,11 +160,7 @@ func TestRootRotationOfARootAboutToEnd(t *testing.T) {
 	}
 	s = &caState{root: late, zcas: map[string]*api.ZoneCA{}}
 	s.plan(t, Timing{Published: time.Hour}, zones, t0.Add(-10*time.Hour)) // while it lasted
-	rotating = api.DeepCopy(s.root).(*api.MeshCA)
-	if err := publishNextRoot(rotating, t0); err != nil {
-		t.Fatalf("replacing a root past its end: %v", err)
-	}
-	s.apply(t, []api.Resource{rotating}, nil)
+	s.rotateRoot(t, t0)
 	s.plan(t, Timing{Published: time.Hour}, zones, t0.Add(time.Minute))
 	if next := mustCert(t, s.root.NextCertPEM); !signedBy(s.zcas["zone-1"].CertPEM, next) {
 		t.Fatal("after a root past its end was replaced, the zone still issues under it")

@@ -49,6 +49,17 @@ func (s *caState) apply(t *testing.T, puts []api.Resource, deletes []api.Key) {
 }
 
 // plan plans at now and applies what it planned.
+// rotateRoot asks for the root's replacement at now, as the REST API's
+// rotate-root does: the next root is published beside it.
+func (s *caState) rotateRoot(t *testing.T, now time.Time) {
+	t.Helper()
+	rotating := api.DeepCopy(s.root).(*api.MeshCA)
+	if err := publishNextRoot(rotating, now); err != nil {
+		t.Fatalf("publishing the next root: %v", err)
+	}
+	s.apply(t, []api.Resource{rotating}, nil)
+}
+
 func (s *caState) plan(t *testing.T, tm Timing, zones map[string]bool, now time.Time) []string {
 	t.Helper()
 	puts, deletes, what, err := tm.Plan(s.root, s.zcas, zones, now)
@@ -155,11 +166,7 @@ func TestRootRotationPhases(t *testing.T) {
 	// Phase 1: the next root is published; both are trusted, each with its
 	// list; nothing is signed with it yet.
 	t1 := t0.Add(time.Minute)
-	rotating := api.DeepCopy(s.root).(*api.MeshCA)
-	if err := publishNextRoot(rotating, t1); err != nil {
-		t.Fatal(err)
-	}
-	s.apply(t, []api.Resource{rotating}, nil)
+	s.rotateRoot(t, t1)
 	copies = append(copies, keyless(t, s.root))
 	next := mustCert(t, s.root.NextCertPEM)
 	if next.Subject.String() == oldRoot.Subject.String() || next.CheckSignatureFrom(next) != nil || !next.IsCA {
@@ -285,11 +292,7 @@ func TestRootRotationZoneDisabledAndAdded(t *testing.T) {
 	zones := map[string]bool{"zone-1": true, "zone-2": true}
 	s := &caState{root: first, zcas: map[string]*api.ZoneCA{}}
 	s.plan(t, tm, zones, t0)
-	rotating := api.DeepCopy(s.root).(*api.MeshCA)
-	if err := publishNextRoot(rotating, t0); err != nil {
-		t.Fatal(err)
-	}
-	s.apply(t, []api.Resource{rotating}, nil)
+	s.rotateRoot(t, t0)
 	oldRoot, next := mustCert(t, s.root.CertPEM), mustCert(t, s.root.NextCertPEM)
 	t2 := t0.Add(tm.Published + time.Minute)
 	s.plan(t, tm, zones, t2) // next intermediates signed by the next root
@@ -550,12 +553,8 @@ func TestRootRotationWaitsForZonesAway(t *testing.T) {
 	away := map[string]bool{"zone-3": true}
 	s := &caState{root: first, zcas: map[string]*api.ZoneCA{}}
 	s.plan(t, tm, zones, t0)
-	rotating := api.DeepCopy(s.root).(*api.MeshCA)
 	t1 := t0.Add(time.Minute)
-	if err := publishNextRoot(rotating, t1); err != nil {
-		t.Fatal(err)
-	}
-	s.apply(t, []api.Resource{rotating}, nil)
+	s.rotateRoot(t, t1)
 	next := mustCert(t, s.root.NextCertPEM)
 
 	t2 := t1.Add(tm.Published + time.Minute)
