@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"maps"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ursamesh/ursa/pkg/api"
-	"github.com/ursamesh/ursa/pkg/apiserver"
 	"github.com/ursamesh/ursa/pkg/mtls"
 	"github.com/ursamesh/ursa/pkg/store"
 	"github.com/ursamesh/ursa/pkg/tokens"
@@ -182,22 +179,7 @@ func TestMeshRotateRootEveryMeshResumes(t *testing.T) {
 // admin's token.
 func startCAAPI(t *testing.T, st store.Store, tm mtls.Timing) (*httptest.Server, *tokens.UserTokens, string) {
 	t.Helper()
-	log := zaptest.NewLogger(t)
-	users := tokens.NewUserIssuer(st, log)
-	extra := mtls.Handlers(st, tm, nil, log)
-	maps.Copy(extra, users.Handlers())
-	h, err := apiserver.New(apiserver.Deps{Store: st, Log: log, Mode: apiserver.ModeGlobal, Registry: prometheus.NewRegistry(),
-		RequireTokenOnLocalhost: true, Users: users, Extra: extra})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	admin, err := users.Issue(context.Background(), "ada", "admin", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv, users, admin
+	return startGlobalAPI(t, st, mtls.Handlers(st, tm, nil, zaptest.NewLogger(t)))
 }
 
 // reconcileCAs runs a twice over st as it stands: the second pass takes

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"maps"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -20,10 +22,21 @@ import (
 // and an admin's token.
 func startRealAPI(t *testing.T) (string, string) {
 	t.Helper()
-	st := store.NewMemory(0)
-	users := tokens.NewUserIssuer(st, zaptest.NewLogger(t))
-	h, err := apiserver.New(apiserver.Deps{Store: st, Log: zaptest.NewLogger(t), Registry: prometheus.NewRegistry(),
-		Mode: apiserver.ModeGlobal, RequireTokenOnLocalhost: true, Users: users, Extra: users.Handlers()})
+	srv, _, admin := startGlobalAPI(t, store.NewMemory(0), nil)
+	return srv.URL, admin
+}
+
+// startGlobalAPI serves st's API as a global does, with real user tokens
+// (required from loopback callers too) and the extra handlers; it returns
+// the server, the token issuer and an admin's token.
+func startGlobalAPI(t *testing.T, st store.Store, extra map[string]http.Handler) (*httptest.Server, *tokens.UserTokens, string) {
+	t.Helper()
+	log := zaptest.NewLogger(t)
+	users := tokens.NewUserIssuer(st, log)
+	handlers := maps.Clone(users.Handlers())
+	maps.Copy(handlers, extra)
+	h, err := apiserver.New(apiserver.Deps{Store: st, Log: log, Mode: apiserver.ModeGlobal, Registry: prometheus.NewRegistry(),
+		RequireTokenOnLocalhost: true, Users: users, Extra: handlers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +46,7 @@ func startRealAPI(t *testing.T) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return srv.URL, admin
+	return srv, users, admin
 }
 
 // TestUserTokens runs ursactl against the real API: tokens are generated,
