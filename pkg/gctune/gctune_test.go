@@ -37,18 +37,27 @@ func TestPercent(t *testing.T) {
 	}
 }
 
+// runHeapFloor runs the tuner in this process with floor until the test
+// ends, then gives the target back; the test is skipped when GOGC is set
+// (the tuner then leaves the target to it).
+func runHeapFloor(t *testing.T, floor uint64) {
+	t.Helper()
+	if _, ok := os.LookupEnv("GOGC"); ok {
+		t.Skip("GOGC is set: the tuner leaves the target to it")
+	}
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	HeapFloor(ctx, floor, zaptest.NewLogger(t))
+}
+
 // TestHeapFloorFollowsLiveHeap runs the tuner in this process: after a
 // collection the target is the floor's over the live heap, and once the
 // live heap outgrows the floor it is Go's default again.
 func TestHeapFloorFollowsLiveHeap(t *testing.T) {
-	if _, ok := os.LookupEnv("GOGC"); ok {
-		t.Skip("GOGC is set: the tuner leaves the target to it")
-	}
-	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const floor = 48 << 20
-	HeapFloor(ctx, floor, zaptest.NewLogger(t))
+	runHeapFloor(t, floor)
 
 	// The target the tuner should have set for the live heap now.
 	wantAfterGC := func() int {

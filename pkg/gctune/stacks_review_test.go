@@ -1,16 +1,11 @@
 package gctune
 
 import (
-	"context"
-	"os"
 	"runtime"
-	"runtime/debug"
 	"runtime/metrics"
 	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/zap/zaptest"
 )
 
 // deepStack holds a goroutine's stack at about depth*1 KiB until release
@@ -56,14 +51,8 @@ func TestHeapFloorSmallHeapGoal(t *testing.T) {
 // the collector's goal: at most the live heap and the larger of the floor
 // and Go's default growth (the live heap, stacks and globals), and 10%.
 func checkGoalWithinFloor(t *testing.T) {
-	if _, ok := os.LookupEnv("GOGC"); ok {
-		t.Skip("GOGC is set: the tuner leaves the target to it")
-	}
-	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const floor = 32 << 20
-	HeapFloor(ctx, floor, zaptest.NewLogger(t))
+	runHeapFloor(t, floor)
 	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}, {Name: "/gc/heap/goal:bytes"}}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
