@@ -11,6 +11,8 @@ import (
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+
+	"github.com/ursamesh/ursa/pkg/testutil"
 )
 
 // BenchmarkIdleConnMemory: what keep-alive connections cost while they
@@ -30,26 +32,17 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	go func() {
+	go testutil.ServeEach(ln, func(c net.Conn) {
+		buf := make([]byte, 512)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := c.Read(buf); err != nil { // a request's head, in one read on loopback
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 512)
-				for {
-					if _, err := c.Read(buf); err != nil { // a request's head, in one read on loopback
-						return
-					}
-					arrived <- struct{}{}
-					<-release
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			}()
+			arrived <- struct{}{}
+			<-release
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
+	})
 	p := newProxy(b)
 	rc := routeConfig("outbound:svc", routeTo("all", nil, toCluster("svc")))
 	apply(b, p, nil, nil, []*listener.Listener{outboundHTTPListener("outbound:svc", rc.GetName())},
