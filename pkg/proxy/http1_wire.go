@@ -78,10 +78,10 @@ func (sc *h1Scratch) callerGone() {
 }
 
 // headerSet is a request's header and its response's, and where their
-// values are kept. The sets go round all connections through a pool: a
-// set per connection is met cold at every request once there are many
-// (its maps cleared and filled a cache miss at a time), where the few in
-// use at once stay warm.
+// values are kept. The sets go round all connections through a pool, so
+// that a connection between requests holds none. (Kept warm they are not:
+// at many connections most requests are in flight at once, each holding
+// its set; test/BENCHMARKS.md, "Per-connection state met cold".)
 type headerSet struct {
 	req, resp         http.Header
 	reqVals, respVals []string
