@@ -349,12 +349,21 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		}(watch)
 	})
 	watchTimer.Stop()
-	stopWatch := func() {
+	// stopWatch ends the request's watch; next: the connection then waits
+	// for its next request (not a hijack, not the end). It says so only
+	// once the watching read has ended: a drain's grace deadline set
+	// before that would be lost under the long-past one, or would keep
+	// the read (and the response's end) waiting for the grace. A drain
+	// that asks meanwhile is seen by the loop, after its deadline.
+	stopWatch := func(next bool) {
 		watchMu.Lock()
-		armed, waiting = false, true
+		armed = false
 		gen++
 		wa := watch
 		watch = nil
+		if wa == nil {
+			waiting = next
+		}
 		watchMu.Unlock()
 		if wa == nil {
 			return
@@ -363,6 +372,11 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		c.SetReadDeadline(time.Unix(1, 0)) // long past: the pending read ends at once
 		<-wa.done
 		idleUntil = time.Time{} // the loop sets the deadline again
+		if next {
+			watchMu.Lock()
+			waiting = true
+			watchMu.Unlock()
+		}
 	}
 	startWatch := func(g uint64) {
 		watchMu.Lock()
@@ -376,12 +390,9 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 			watchTimer.Reset(h1WatchAfter)
 		}
 	}
-	w.stopWatch = func() {
-		stopWatch()
-		watchMu.Lock()
-		waiting = false // a hijack: the connection is the upgrade's now
-		watchMu.Unlock()
-	}
+	// A hijack: the connection is the upgrade's now, never waiting for a
+	// request the drain would end.
+	w.stopWatch = func() { stopWatch(false) }
 	// Drained, the connection's responses say Connection: close (h1Writer
 	// reads the flag), and a wait for the next request ends at once.
 	ds.endWith(func() {
@@ -394,7 +405,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 	})
 	var body *h1ReqBody // the request's in flight
 	defer func() {
-		stopWatch()
+		stopWatch(false)
 		watchTimer.Stop()
 		cancel()
 		if !w.hijacked {
@@ -490,7 +501,7 @@ func (p *Proxy) serveHTTP1(name string, c net.Conn, src *h1Src, br *bufio.Reader
 		if !p.serveH1Request(w, req) || w.hijacked {
 			return !w.hijacked
 		}
-		stopWatch()
+		stopWatch(true)
 		if conn.Err() != nil {
 			return true // the caller went away
 		}
