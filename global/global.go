@@ -151,6 +151,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ursa_kds_zones_connected",
+		Help: "Zones with a KDS stream to this replica of the global.",
+	}, func() float64 { return float64(kdsServer.ConnectedZones()) })); err != nil {
+		return err
+	}
 	extra := issuer.Handlers()
 	caTiming := mtls.Timing{Published: cfg.MTLS.CAPublishDelay.Duration}
 	if caTiming.Published > 0 {

@@ -93,6 +93,7 @@ const unknownVersion = "\x00unknown"
 
 // Run serves stream until ctx ends, the peer closes it (nil), or it fails.
 func (s *Sender) Run(ctx context.Context, stream ResponseStream) error {
+	s.Metrics.streaming(s.Direction, s.Types)
 	allowed := map[string]api.Descriptor{}
 	for _, d := range s.Types {
 		allowed[TypeURL(d.Type)] = d

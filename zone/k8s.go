@@ -192,6 +192,8 @@ type election struct {
 	instance string
 	duration time.Duration
 	jobs     []leaderJob
+	// onLead, when set, is told as this replica starts and stops leading.
+	onLead func(bool)
 }
 
 type leaderJob struct {
@@ -226,6 +228,10 @@ func (el *election) component(log *zap.Logger) (string, run.Component) {
 	}
 	return "leader only: " + strings.Join(names, ", "), run.Func(func(ctx context.Context) error {
 		return e.Start(ctx, func(ctx context.Context) error {
+			if el.onLead != nil {
+				el.onLead(true)
+				defer el.onLead(false)
+			}
 			var wg sync.WaitGroup
 			for _, j := range jobs {
 				wg.Go(func() {

@@ -263,6 +263,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	zm, err := newZoneMetrics(reg)
+	if err != nil {
+		return err
+	}
 	mirror := store.NewMirror(st, mirroredTypes(), log.Named("mirror"))
 	cat := catalog.NewFollower(cfg.Zone, mirror, log.Named("catalog"))
 	pres := NewPresence(st, mirror, cfg.Instance, log.Named("presence"))
@@ -332,6 +336,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	r := run.New(log)
 	el := newElection(st, k8s, cfg.Instance)
+	el.onLead = zm.leading
 	apiserver.Serve(r, apiLns, handler, apiCert, cfg.ShutdownGrace.Duration, log.Named("api"))
 	r.AddRestarting("mirror", mirror)
 	r.Add("catalog", cat)
@@ -363,7 +368,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	el.leaderOnly("service-insights", func(ctx context.Context) error {
 		return writeServiceInsights(ctx, st, mirror, loads, cfg.Zone, time.Second, log.Named("service-insights"))
 	})
-	if err := addXDS(ctx, r, cfg, st, el, mirror, cat, xdsServer, lrsServer, xdsCert, log); err != nil {
+	if err := addXDS(ctx, r, cfg, st, el, mirror, cat, xdsServer, lrsServer, xdsCert, zm, log); err != nil {
 		apiLns.Close()
 		return err
 	}
@@ -377,9 +382,24 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if kdsDeps != nil {
 		cache := kds.NewCacheOf(mirror, kds.ZoneToGlobalTypes(), ownedHere, log.Named("kds-cache"))
 		cache.SetTransform(api.SummaryOf, api.SameSummary)
-		kdsDeps.Store, kdsDeps.Cache, kdsDeps.Log = st, cache, log.Named("kds")
+		kdsMetrics, err := kds.NewMetrics(reg)
+		if err != nil {
+			return err
+		}
+		kdsDeps.Store, kdsDeps.Cache, kdsDeps.Log, kdsDeps.Metrics = st, cache, log.Named("kds"), kdsMetrics
 		c, err := client.New(*kdsDeps)
 		if err != nil {
+			return err
+		}
+		if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ursa_kds_global_connected",
+			Help: "1 while this replica's KDS streams to the global are up (only the zone's leader opens them), else 0.",
+		}, func() float64 {
+			if c.Connected() {
+				return 1
+			}
+			return 0
+		})); err != nil {
 			return err
 		}
 		r.AddRestarting("kds-cache", cache)
@@ -485,7 +505,7 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 
 // addXDS adds the xDS server and the generation of proxies' configurations;
 // the server speaks TLS with cert, plaintext when it is nil.
-func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, el *election, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, cert *servingcert.Serving, log *zap.Logger) error {
+func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, el *election, mirror *store.Mirror, cat *catalog.Follower, srv *xds.Server, loadReports *xds.LoadReporting, cert *servingcert.Serving, zm *zoneMetrics, log *zap.Logger) error {
 	ln, err := net.Listen("tcp", cfg.XDS.Addr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
@@ -509,7 +529,7 @@ func addXDS(ctx context.Context, r *run.Runner, cfg Config, st store.Store, el *
 		return offerServices(ctx, st, cat, log.Named("ingress"))
 	})
 	gen := NewGeneration(GenerationDeps{Catalog: cat, Nodes: srv, Out: srv, CertTTL: cfg.MTLS.CertTTL.Duration,
-		DNSDomain: cfg.DNS.Domain, DNSTTL: cfg.DNS.TTL.Duration, Log: log.Named("xds")})
+		DNSDomain: cfg.DNS.Domain, DNSTTL: cfg.DNS.TTL.Duration, Log: log.Named("xds"), OnSync: zm.synced})
 	r.Add("xds-generate", gen)
 	if cert != nil {
 		log.Info("xDS server listening", zap.String("xds_addr", ln.Addr().String()), zap.Bool("tls", true), zap.Strings("xds_tls_names", cert.Names().Strings()))

@@ -41,6 +41,8 @@ type Deps struct {
 	Version        string
 	MaxMessageSize int
 	AckTimeout     time.Duration
+	// Metrics, optional, counts what the zone sends.
+	Metrics *kds.Metrics
 	// Applied is called after each response from the global is applied.
 	Applied func(typeURL string, resp *discovery.DeltaDiscoveryResponse)
 }
@@ -164,7 +166,7 @@ func (c *Client) session(ctx context.Context) error {
 		s := &kds.Sender{
 			Source: c.Cache, Types: kds.ZoneToGlobalTypes(),
 			MaxMessageSize: kds.PeerMaxMessageSize(md, c.MaxMessageSize), AckTimeout: c.AckTimeout,
-			Stats: c.FromZone, Log: log.With(zap.String("stream", "zone_to_global")), Direction: "zone_to_global",
+			Stats: c.FromZone, Log: log.With(zap.String("stream", "zone_to_global")), Direction: "zone_to_global", Metrics: c.Metrics,
 		}
 		err = s.Run(gctx, up)
 		return fmt.Errorf("zone-to-global stream: %w", orEOF(err))

@@ -82,6 +82,7 @@ func (s *Server) attach(parent context.Context, c caller) (*session, context.Con
 	sess.mu.Unlock()
 	s.mu.Unlock()
 	if fresh {
+		s.Metrics.Connected(c.zone)
 		s.writeInsight(ctx, sess)
 	}
 	// A token expiring changes nothing in the store: the stream ends when
@@ -163,6 +164,13 @@ func (s *Server) writeInsights(ctx context.Context) {
 			s.writeInsight(ctx, sess)
 		}
 	})
+}
+
+// ConnectedZones is how many zones have a stream to this replica.
+func (s *Server) ConnectedZones() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
 }
 
 // sessionList is the sessions of the zones connected here.

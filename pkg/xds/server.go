@@ -168,20 +168,12 @@ func (s *Server) SetRegistrar(r Registrar) { s.registrar = r }
 // NewServer returns a Server; it registers its metrics on reg.
 func NewServer(log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
 	s := &Server{
-		log: log,
-		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ursa_xds_nacks_total",
-			Help: "xDS responses proxies rejected, by type.",
-		}, []string{"type_url"}),
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ursa_xds_refused_total",
-			Help: "Proxies refused, by reason: no_token, invalid_token, not_covered (their token does not cover what they present or are registered as), unverifiable, registration.",
-		}, []string{"reason"}),
+		log:   log,
 		auths: map[int64]*streamAuth{},
 		nodes: map[string]*Node{}, streams: map[int64]string{}, byNode: map[string]map[int64]bool{}, open: map[string]int{}, published: map[string]*snapshot{},
 		changed: make(chan struct{}),
 	}
-	for _, c := range []prometheus.Collector{s.nacks, s.refusals} {
+	for _, c := range s.newMetrics() {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -35,7 +37,13 @@ func startServerWith(t *testing.T, p Presence) (*Server, discovery.AggregatedDis
 // registered with when stop is called (the stop of the process).
 func startServing(t *testing.T, p Presence) (_ *Server, _ discovery.AggregatedDiscoveryServiceClient, stop context.CancelFunc) {
 	t.Helper()
-	s, err := NewServer(zaptest.NewLogger(t), prometheus.NewRegistry())
+	return startServingOn(t, p, prometheus.NewRegistry())
+}
+
+// startServingOn is startServing with the server's metrics on reg.
+func startServingOn(t *testing.T, p Presence, reg prometheus.Registerer) (_ *Server, _ discovery.AggregatedDiscoveryServiceClient, stop context.CancelFunc) {
+	t.Helper()
+	s, err := NewServer(zaptest.NewLogger(t), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,4 +261,44 @@ func TestSetResourcesForAGoneConnection(t *testing.T) {
 	if s.cache.snapshot("default.gone") != nil || len(s.published) != 0 {
 		t.Fatal("a gone proxy's snapshot was kept")
 	}
+}
+
+// TestProxiesGauge: ursa_xds_proxies counts the proxies with a stream, by
+// kind, and the series dashboards read are there at zero before anything
+// happened.
+func TestProxiesGauge(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	_, client, _ := startServingOn(t, nil, reg)
+	gauge := func(sidecars int) string {
+		return fmt.Sprintf(`# HELP ursa_xds_proxies Proxies with an open xDS stream to this replica, by kind: sidecar, ingress, proxyless.
+# TYPE ursa_xds_proxies gauge
+ursa_xds_proxies{kind="ingress"} 0
+ursa_xds_proxies{kind="proxyless"} 0
+ursa_xds_proxies{kind="sidecar"} %d
+`, sidecars)
+	}
+	if err := promtest.GatherAndCompare(reg, strings.NewReader(gauge(0)), "ursa_xds_proxies"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := promtest.GatherAndCount(reg, "ursa_xds_nacks_total", "ursa_xds_refused_total"); err != nil || n != 10 {
+		t.Fatalf("series of NACKs and refusals before any: %d %v, want 5 types and 5 reasons", n, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sctx, leave := context.WithCancel(ctx)
+	stream, err := client.StreamAggregatedResources(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "default.a"}, TypeUrl: resource.ListenerType, ResourceNames: []string{"billing"}})
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := promtest.GatherAndCompare(reg, strings.NewReader(gauge(1)), "ursa_xds_proxies"); err != nil {
+		t.Fatal(err)
+	}
+	leave()
+	testutil.Eventually(t, 10*time.Second, "the proxy gone from the gauge", func() error {
+		return promtest.GatherAndCompare(reg, strings.NewReader(gauge(0)), "ursa_xds_proxies")
+	})
 }
