@@ -26,7 +26,7 @@ import (
 // of those with --revoke-previous; TestMeshCASecretFitsSupportedFederation
 // fails when it would not fit. That shape reaches the limit at about 161
 // zones (TestMeshCASecretSize; test/BENCHMARKS.md): 150 leaves a margin of
-// 7 %. README ("Trust: a mesh root, an intermediate per zone") states it.
+// 7 %. README ("Kubernetes zones") states it.
 const supportedZones = 150
 
 // fleet is one mesh's CAs at the global, in a memory store: what the
