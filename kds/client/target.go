@@ -105,7 +105,11 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		deletes = append(deletes, k)
 	}
 	if _, err := t.store.Apply(ctx, puts, deletes); err != nil {
-		if errors.Is(err, store.ErrMeshNotFound) {
+		// A resource too large for this zone's store (a mesh CA past a
+		// Kubernetes Secret's 1 MiB) stays so until the global sends a
+		// smaller one: NACKed, with the store's reason, rather than
+		// retried on a new stream forever. The zone keeps what it had.
+		if errors.Is(err, store.ErrMeshNotFound) || errors.Is(err, store.ErrTooLarge) {
 			return kds.Reject(err)
 		}
 		return err

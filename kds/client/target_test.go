@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -80,6 +81,34 @@ func TestGlobalTargetRejects(t *testing.T) {
 	got, err := st.Get(ctx, api.KeyOf(local))
 	if err != nil || got.(*api.ZoneIngress).Zone != "zone-b" {
 		t.Fatalf("local ingress after refused writes: %+v %v", got, err)
+	}
+}
+
+// tooLargeStore refuses every Apply as too large, as the Kubernetes store
+// does a mesh CA whose Secret would pass 1 MiB.
+type tooLargeStore struct{ store.Store }
+
+func (tooLargeStore) Apply(context.Context, []api.Resource, []api.Key) (int, error) {
+	return 0, fmt.Errorf("apply 1 puts, 0 deletes: %w: its data would be 1300000 bytes", store.ErrTooLarge)
+}
+
+// TestGlobalTargetRejectsTooLarge: a resource the zone's store cannot hold
+// for its size is NACKed with the store's reason (the global's insight of
+// the zone shows it), not retried on a new stream forever.
+func TestGlobalTargetRejectsTooLarge(t *testing.T) {
+	ctx := context.Background()
+	tgt := &globalTarget{store: tooLargeStore{store.NewMemory(0)}, log: zaptest.NewLogger(t), zone: "zone-b", held: map[string]map[string]bool{}}
+	caD, _ := api.Lookup("MeshCA")
+	if _, err := tgt.Held(ctx, caD); err != nil {
+		t.Fatal(err)
+	}
+	ca := &api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: "m", Name: "ca"}, CertPEM: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"}
+	err := tgt.Apply(ctx, caD, []*discovery.Resource{entry(t, ca)}, nil)
+	if !kds.IsRejection(err) || !strings.Contains(err.Error(), "1300000 bytes") {
+		t.Fatalf("apply of a mesh CA too large for the store = %v, want a rejection with the store's reason", err)
+	}
+	if tgt.held[kds.TypeURL("MeshCA")][kds.WireName(api.KeyOf(ca))] {
+		t.Fatal("a refused mesh CA counts as held")
 	}
 }
 

@@ -32,6 +32,10 @@ var (
 	// the change log still holds, or newer than the store has ever had. The
 	// caller must list again and watch from the list's revision.
 	ErrCompacted = errors.New("revision compacted or unknown")
+	// ErrTooLarge means a resource is larger than the store can hold (a
+	// Kubernetes Secret's 1 MiB of data). The write it came in changed
+	// nothing.
+	ErrTooLarge = errors.New("resource too large for the store")
 )
 
 // Store keeps resources and tells watchers about every change.

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -18,6 +19,17 @@ const (
 	AnnotationName = "ursa.io/name"
 	AnnotationMesh = "ursa.io/mesh"
 )
+
+// MaxSecretData is the most a core Secret's data may hold, in bytes: the
+// sum of its values' lengths (decoded, keys not counted), which the API
+// server checks on every write (a Secret over it is 422 Invalid). etcd's
+// request limit (1.5 MiB by default) bounds the whole object too, which
+// this leaves room for.
+const MaxSecretData = 1 << 20
+
+// ErrTooLarge is a resource whose Secret would hold more than
+// MaxSecretData: no API server takes it.
+var ErrTooLarge = errors.New("too large for a Kubernetes Secret")
 
 // SecretTypes are the core Secret types of the types placed as CoreSecret,
 // sorted: what a store lists (fieldSelector type=...).
@@ -80,7 +92,9 @@ func hash(s string) string {
 // Each body field is one data key named as its JSON field: a string or
 // []byte field holds its bytes as they are (a PEM file kubectl can
 // extract), any other its JSON. Empty fields are left out. The store-set
-// fields (version, times) are the store's to add.
+// fields (version, times) are the store's to add. A resource whose data
+// would exceed MaxSecretData is an error wrapping ErrTooLarge, naming the
+// size and the largest field, before anything is sent anywhere.
 func ToSecret(r api.Resource, namespace string) (Object, error) {
 	m := r.GetMeta()
 	d, ok := api.Lookup(m.Type)
@@ -93,6 +107,7 @@ func ToSecret(r api.Resource, namespace string) (Object, error) {
 	}
 	v := reflect.ValueOf(r).Elem()
 	data := map[string]any{}
+	size, largest, largestSize := 0, "", 0
 	for _, f := range bodyFields(v.Type()) {
 		fv := v.FieldByName(f.goName)
 		if fv.IsZero() {
@@ -111,6 +126,13 @@ func ToSecret(r api.Resource, namespace string) (Object, error) {
 			}
 		}
 		data[f.name] = base64.StdEncoding.EncodeToString(b)
+		if size += len(b); len(b) > largestSize {
+			largest, largestSize = f.name, len(b)
+		}
+	}
+	if size > MaxSecretData {
+		return nil, fmt.Errorf("crd: %s: %w: its data would be %d bytes (%s %d), over the limit of %d",
+			api.KeyOf(r), ErrTooLarge, size, largest, largestSize, MaxSecretData)
 	}
 	ann := map[string]any{AnnotationName: m.Name}
 	if d.Scope == api.ScopeMesh {

@@ -2,6 +2,7 @@ package crd_test
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -43,6 +44,23 @@ func TestSecretRoundTrip(t *testing.T) {
 	}
 	if _, err := crd.ToSecret(&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "m"}}, "ns"); err == nil {
 		t.Fatal("ToSecret of a Mesh succeeded")
+	}
+}
+
+// TestSecretTooLarge: a resource whose Secret data would pass the API
+// server's limit is refused by the conversion, naming the limit, the size
+// and the field that holds most; at the limit it converts.
+func TestSecretTooLarge(t *testing.T) {
+	at := &api.Secret{Meta: api.Meta{Type: "Secret", Mesh: "default", Name: "s"}, Data: make([]byte, crd.MaxSecretData)}
+	if _, err := crd.ToSecret(at, "ns"); err != nil {
+		t.Fatalf("a Secret of exactly %d bytes: %v", crd.MaxSecretData, err)
+	}
+	ca := &api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: "default", Name: "ca"}, CertPEM: strings.Repeat("c", 1000),
+		Intermediates: []api.Intermediate{{Zone: "z", Serial: "1", CRLPEM: strings.Repeat("l", crd.MaxSecretData)}}}
+	_, err := crd.ToSecret(ca, "ns")
+	if !errors.Is(err, crd.ErrTooLarge) || !strings.Contains(err.Error(), "MeshCA/default/ca") ||
+		!strings.Contains(err.Error(), "intermediates") || !strings.Contains(err.Error(), "1048576") {
+		t.Fatalf("ToSecret of a mesh CA over the limit = %v", err)
 	}
 }
 

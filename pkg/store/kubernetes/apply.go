@@ -22,8 +22,9 @@ func (e *PartialError) Error() string {
 
 func (e *PartialError) Unwrap() error { return e.Err }
 
-// Apply implements store.Store: every check first, writing nothing when one
-// fails, then the writes in order, each conditional on what was read (see
+// Apply implements store.Store: every check first (a resource too large for
+// its object among them: ErrTooLarge), writing nothing when one fails, then
+// the writes in order, each conditional on what was read (see
 // the package doc: not atomic).
 func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (int, error) {
 	puts = store.SortPuts(puts)
@@ -57,6 +58,14 @@ func (s *Store) Apply(ctx context.Context, puts []api.Resource, deletes []api.Ke
 		}
 		if v := r.GetMeta().Version; v != 0 && (!ok || o.version != v) {
 			return 0, fmt.Errorf("%s: %s at version %d: %w", what, key, v, store.ErrConflict)
+		}
+		// A Secret the API server would refuse for its size (1 MiB of
+		// data) is refused here, before the batch's first write
+		// (ErrTooLarge).
+		if isSecret(d) {
+			if _, err := s.encode(r, s.placements(d, r)[0], "", nil, 0); err != nil {
+				return 0, fmt.Errorf("%s: %w", what, err)
+			}
 		}
 		if key.Type == "Mesh" {
 			uids[key.Name] = uidOf(o.obj)

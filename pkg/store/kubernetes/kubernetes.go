@@ -424,6 +424,9 @@ func (s *Store) encode(r api.Resource, loc location, rv string, owners any, gen 
 	} else {
 		obj, err = crd.ToObject(r, loc.ns)
 	}
+	if errors.Is(err, crd.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: %w", store.ErrTooLarge, err)
+	}
 	if err != nil {
 		return nil, err
 	}

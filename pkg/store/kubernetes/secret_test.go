@@ -3,7 +3,9 @@ package kubernetes
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -80,5 +82,56 @@ func TestLeaseIsRefused(t *testing.T) {
 	}
 	if _, err := s.List(context.Background(), store.ListOptions{Type: "Lease"}); err == nil {
 		t.Fatal("list of leases succeeded")
+	}
+}
+
+// TestSecretTooLarge: the API server refuses a Secret of more than
+// crd.MaxSecretData bytes of data (so the limit the store checks is the
+// server's); a resource whose Secret would pass it is store.ErrTooLarge,
+// naming the limit, and the batch it came in changes nothing, though a
+// smaller write came first in it.
+func TestSecretTooLarge(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	raw := func(name string, n int) error {
+		obj := crd.Object{"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": crd.Object{"name": name},
+			"data": crd.Object{"a": base64.StdEncoding.EncodeToString(make([]byte, n-1)), "b": "eA=="}}
+		return s.do(ctx, http.MethodPost, "/api/v1/namespaces/"+s.ns+"/secrets", obj, nil)
+	}
+	if err := raw("at-limit", crd.MaxSecretData); err != nil {
+		t.Fatalf("the API server refused a Secret of %d bytes: %v", crd.MaxSecretData, err)
+	}
+	if err := raw("over-limit", crd.MaxSecretData+1); err == nil {
+		t.Fatalf("the API server took a Secret of %d bytes: crd.MaxSecretData is not its limit", crd.MaxSecretData+1)
+	}
+
+	storetest.MustCreate(t, s, storetest.Mesh("default"))
+	ca := &api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: "default", Name: "ca"}, CertPEM: "-----BEGIN CERTIFICATE-----\n"}
+	storetest.MustCreate(t, s, ca)
+	big := api.DeepCopy(ca).(*api.MeshCA)
+	big.Version = 0
+	for i := range 1000 {
+		big.Intermediates = append(big.Intermediates, api.Intermediate{Zone: "zone-1", Serial: strconv.Itoa(i), CRLPEM: strings.Repeat("l", 1100)})
+	}
+	_, err := s.Apply(ctx, []api.Resource{
+		&api.Secret{Meta: api.Meta{Type: "Secret", Mesh: "default", Name: "first"}, Data: []byte("x")},
+		big,
+	}, nil)
+	var partial *PartialError
+	if !errors.Is(err, store.ErrTooLarge) || errors.As(err, &partial) || !strings.Contains(err.Error(), "MeshCA/default/ca") || !strings.Contains(err.Error(), "1048576") {
+		t.Fatalf("apply of a mesh CA over the limit = %v, want ErrTooLarge naming it and the limit, before any write", err)
+	}
+	if _, err := s.Get(ctx, api.Key{Type: "Secret", Mesh: "default", Name: "first"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the batch's other Secret after the refusal: %v, want not found", err)
+	}
+	if got, err := s.Get(ctx, api.KeyOf(ca)); err != nil || got.GetMeta().Version != 1 || len(got.(*api.MeshCA).Intermediates) != 0 {
+		t.Fatalf("the mesh CA after the refusal = %v, %v", got, err)
+	}
+	big.Version = 1
+	if _, err := s.Update(ctx, big); !errors.Is(err, store.ErrTooLarge) {
+		t.Fatalf("update of a mesh CA over the limit = %v, want ErrTooLarge", err)
+	}
+	if _, err := s.Create(ctx, &api.Secret{Meta: api.Meta{Type: "Secret", Mesh: "default", Name: "big"}, Data: make([]byte, crd.MaxSecretData+1)}); !errors.Is(err, store.ErrTooLarge) {
+		t.Fatalf("create of a Secret over the limit = %v, want ErrTooLarge", err)
 	}
 }
