@@ -28,7 +28,7 @@ func localLoad(t *testing.T, failover string, healthy int) uint32 {
 		fmt.Fprintf(&b, "---\ntype: Dataplane\nmesh: default\nname: billing-%d\nnetworking:\n  address: 10.0.0.%d\n  inbound:\n  - {port: 10011, servicePort: 8080, tags: {ursa.io/service: billing}}\n", i, 10+i)
 	}
 	b.WriteString("---\ntype: ZoneIngress\nname: zone-2.ingress\nzone: zone-2\nnetworking: {address: 10.0.2.1, port: 10001}\navailableServices:\n- {mesh: default, instances: 3, tags: {ursa.io/service: billing, ursa.io/zone: zone-2}}\n")
-	b.WriteString("---\ntype: VirtualIPs\nmesh: default\nname: vips\nentries:\n  billing: {ip: 240.0.0.1}\n  web: {ip: 240.0.0.2}\n")
+	b.WriteString("---\ntype: VirtualIPs\nmesh: default\nname: vips\nentries:\n  billing: {ip: 127.240.0.1}\n  web: {ip: 127.240.0.2}\n")
 	b.WriteString("---\ntype: Failover\nmesh: default\nname: billing-locality\nspec:\n  destination: {ursa.io/service: billing}\n" + failover)
 	rs, errs := api.DecodeAll([]byte(b.String()))
 	if len(errs) > 0 {

@@ -28,8 +28,8 @@ type: VirtualIPs
 mesh: default
 name: vips
 entries:
-  billing: {ip: 240.0.0.1}
-  web: {ip: 240.0.0.2}
+  billing: {ip: 127.240.0.1}
+  web: {ip: 127.240.0.2}
 `
 )
 

@@ -55,7 +55,7 @@ func TestDNSListenerGolden(t *testing.T) {
 	for _, d := range cfg.GetServerConfig().GetInlineDnsTable().GetVirtualDomains() {
 		names = append(names, d.GetName()+"="+d.GetEndpoint().GetAddressList().GetAddress()[0])
 	}
-	if got, want := strings.Join(names, " "), "billing.default.mesh=240.0.0.1 billing.mesh=240.0.0.1 web.default.mesh=240.0.0.2 web.mesh=240.0.0.2"; got != want {
+	if got, want := strings.Join(names, " "), "billing.default.mesh=127.240.0.1 billing.mesh=127.240.0.1 web.default.mesh=127.240.0.2 web.mesh=127.240.0.2"; got != want {
 		t.Fatalf("table %s, want %s", got, want)
 	}
 	xdstest.Golden(t, "testdata/dns/local.golden.yaml", xdstest.Render(t, Resources{resource.ListenerType: []types.Resource{l}}), *update)
@@ -123,7 +123,7 @@ func TestDNSListenerNamesSpelledAlike(t *testing.T) {
 		}
 		rs = append(rs, res)
 	}
-	want := "billing.default.default.mesh=240.0.0.3 billing.default.mesh=240.0.0.1 billing.mesh=240.0.0.1 " +
+	want := "billing.default.default.mesh=240.0.0.3 billing.default.mesh=127.240.0.1 billing.mesh=127.240.0.1 " +
 		"web.default.mesh=240.0.0.4 web.mesh=240.0.0.4"
 	for range 20 { // a fresh MeshState each time: map orders differ
 		s := NewState(catalog.FromResources("zone-1", rs), nil)

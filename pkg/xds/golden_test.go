@@ -127,9 +127,11 @@ func TestTrustWithCRLsGolden(t *testing.T) {
 // TestSidecarTransparentGolden: a sidecar whose outbound TCP is redirected
 // to it gets, besides its usual resources, the original-destination
 // listener (a filter chain per VIP and port, none for its loopback
-// outbound) and the passthrough cluster.
+// outbound) and the passthrough cluster. Its input is sidecar/local's with
+// the VIPs of a real zone (240.0.0.0/4, on no interface): a sidecar that is
+// not transparent gets no listener on those.
 func TestSidecarTransparentGolden(t *testing.T) {
-	s, dp, _ := stateFrom(t, "testdata/sidecar/local.input.yaml")
+	s, dp, _ := stateFrom(t, "testdata/sidecar-transparent.input.yaml")
 	r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp, TransparentProxy: "15001"})
 	if err != nil {
 		t.Fatal(err)
@@ -338,6 +340,34 @@ func TestSidecarInboundPassthroughGolden(t *testing.T) {
 	for _, c := range r[resource.ClusterType] {
 		if cache.GetResourceName(c) == InboundPassthroughCluster {
 			t.Errorf("%s without inbound passthrough", InboundPassthroughCluster)
+		}
+	}
+}
+
+// TestSidecarBindsOnlyLoopbackVIPs: a sidecar that is not transparent gets
+// listeners on its mesh's VIPs when they are loopback addresses (a demo's
+// 127.240.0.0/16), and none on VIPs of a real zone (240.0.0.0/4): on no
+// interface of its host, it could not bind them and would refuse every
+// configuration that named them. Its explicit outbounds stay.
+func TestSidecarBindsOnlyLoopbackVIPs(t *testing.T) {
+	for file, want := range map[string][]string{
+		"testdata/sidecar/local.input.yaml":       {"outbound:127.0.0.1:10021", "outbound:127.240.0.1:80", "outbound:127.240.0.1:8080"},
+		"testdata/sidecar-transparent.input.yaml": {"outbound:127.0.0.1:10021"},
+	} {
+		s, dp, _ := stateFrom(t, file)
+		r, err := Sidecar(s, Proxy{Kind: KindSidecar, Dataplane: dp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, res := range r[resource.ListenerType] {
+			if name := res.(*listener.Listener).Name; strings.HasPrefix(name, "outbound:") {
+				got = append(got, name)
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: outbound listeners %q, want %q", file, got, want)
 		}
 	}
 }

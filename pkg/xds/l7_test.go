@@ -271,7 +271,7 @@ func TestTCPIdleTimeoutPerSource(t *testing.T) {
 	dbDP := dpWith("db-1", db)
 	dbDP.Networking.Address = "10.0.0.9"
 	rs := []api.Resource{&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default"}}, to, dbDP,
-		&api.VirtualIPs{Meta: api.Meta{Type: "VirtualIPs", Mesh: "default", Name: "zone-1"}, Entries: map[string]api.VirtualIP{"db": {IP: "240.0.0.9"}}}}
+		&api.VirtualIPs{Meta: api.Meta{Type: "VirtualIPs", Mesh: "default", Name: "zone-1"}, Entries: map[string]api.VirtualIP{"db": {IP: "127.240.0.9"}}}}
 	m := NewState(catalog.FromResources("zone-1", rs), nil).Mesh("default")
 	idle := func(dp *api.Dataplane) time.Duration {
 		ls := m.outboundResources(dp, false)[resource.ListenerType]

@@ -292,7 +292,12 @@ type outbound struct {
 // a host of explicit sidecars) would each bind the VIPs of the others'
 // services, not their own; a transparent sidecar binds none (its
 // application's connections reach ursa:outbound), and its application
-// calls its own service by name as any other.
+// calls its own service by name as any other. A sidecar that is not
+// transparent gets a VIP's listeners only when the VIP is a loopback
+// address (a demo's 127.240.0.0/16): one on no interface of its host (the
+// default 240.0.0.0/4) it could not bind, and would refuse every
+// configuration naming it (a host's second sidecar, beside the one that
+// runs the transparent proxy and takes the host's calls to VIPs).
 func (s *MeshState) outbounds(dp *api.Dataplane, transparent bool) []outbound {
 	own := map[string]bool{}
 	for _, in := range dp.Networking.Inbound {
@@ -316,7 +321,7 @@ func (s *MeshState) outbounds(dp *api.Dataplane, transparent bool) []outbound {
 	}
 	for _, svc := range s.Services() {
 		vip, ok := s.VIPs[svc]
-		if !ok || own[svc] {
+		if !ok || own[svc] || !transparent && !vip.IsLoopback() {
 			continue
 		}
 		if p := s.Service(svc).Port; p != 0 {

@@ -21,7 +21,7 @@ func TestPolicyMemoOutlivesEndpoints(t *testing.T) {
 	base := []api.Resource{
 		&api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "default", Version: 1}},
 		&api.VirtualIPs{Meta: api.Meta{Type: "VirtualIPs", Mesh: "default", Name: "vips", Version: 1},
-			Entries: map[string]api.VirtualIP{"billing": {IP: "240.0.0.2"}}},
+			Entries: map[string]api.VirtualIP{"billing": {IP: "127.240.0.2"}}},
 		dp("web-1", "10.0.0.1", "web"), dp("billing-1", "10.0.0.2", "billing"),
 	}
 	web := base[2].(*api.Dataplane)

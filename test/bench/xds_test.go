@@ -134,7 +134,14 @@ func newXDSMesh(tb testing.TB, services, perService int) *xdsMeshFixture {
 	f := &xdsMeshFixture{state: st, ca: ca, secrets: map[string]xds.Resources{}}
 	for s := range services {
 		svc := svcName(s)
-		st.VIPs[svc] = netip.AddrFrom4([4]byte{241, 0, byte(s >> 8), byte(s)})
+		// A sidecar that is not transparent gets its VIPs' listeners only
+		// on loopback addresses (a demo's range), which it can bind; a
+		// transparent one takes a real zone's through ursa:outbound.
+		vip := [4]byte{127, 241, byte(s >> 8), byte(s)}
+		if os.Getenv("URSA_BENCH_XDS_TRANSPARENT") != "" {
+			vip = [4]byte{241, 0, byte(s >> 8), byte(s)}
+		}
+		st.VIPs[svc] = netip.AddrFrom4(vip)
 		for j := range perService {
 			idx := s*perService + j
 			version := "v1"
