@@ -85,7 +85,10 @@ func New(deps Deps) (*Client, error) {
 	return &Client{Deps: deps, ToZone: kds.NewStats(), FromZone: kds.NewStats()}, nil
 }
 
-// Connected reports whether both streams are up.
+// Connected reports whether both streams are up: the global has taken
+// them (its headers came on each), whether or not it has sent anything
+// since. A global sends a type only when it differs from what the zone
+// holds, so a first response may never come.
 func (c *Client) Connected() bool { return c.connected.Load() }
 
 // Start syncs until ctx ends, reconnecting after every failure.
@@ -144,6 +147,22 @@ func (c *Client) session(ctx context.Context) error {
 	// would otherwise wait, its zone's changes unsent, until the global
 	// next sent something on the other.
 	g, gctx := errgroup.WithContext(ctx)
+	// Each stream is taken once its headers come (a refusal ends it with
+	// none); the session is connected once both are.
+	var taken atomic.Int32
+	took := func(md metadata.MD) {
+		if md != nil && taken.Add(1) == 2 {
+			c.connected.Store(true)
+		}
+	}
+	g.Go(func() error {
+		// A global of an earlier version sends its headers with its first
+		// response: the stream's own errors are the receiver's to report.
+		if md, err := down.Header(); err == nil {
+			took(md)
+		}
+		return nil
+	})
 	g.Go(func() error {
 		defer cancel()
 		r := &kds.Receiver{
@@ -163,6 +182,7 @@ func (c *Client) session(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("zone-to-global stream: %w", err)
 		}
+		took(md)
 		s := &kds.Sender{
 			Source: c.Cache, Types: kds.ZoneToGlobalTypes(),
 			MaxMessageSize: kds.PeerMaxMessageSize(md, c.MaxMessageSize), AckTimeout: c.AckTimeout,
@@ -175,7 +195,6 @@ func (c *Client) session(ctx context.Context) error {
 }
 
 func (c *Client) applied(typeURL string, resp *discovery.DeltaDiscoveryResponse) {
-	c.connected.Store(true)
 	if c.Applied != nil {
 		c.Applied(typeURL, resp)
 	}

@@ -104,7 +104,11 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		}
 		deletes = append(deletes, k)
 	}
-	if _, err := t.store.Apply(ctx, puts, deletes); err != nil {
+	_, err := t.store.Apply(ctx, puts, deletes)
+	if errors.Is(err, store.ErrTooLarge) && len(puts)+len(deletes) > 1 {
+		applied, err = t.applyEach(ctx, puts, applied, deletes, &refused)
+	}
+	if err != nil {
 		// A resource too large for this zone's store (a mesh CA past a
 		// Kubernetes Secret's 1 MiB) stays so until the global sends a
 		// smaller one: NACKed, with the store's reason, rather than
@@ -131,6 +135,35 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		return kds.Reject(errors.Join(refused...))
 	}
 	return nil
+}
+
+// applyEach applies puts one at a time, then deletes, after the store
+// refused them together because one or more was too large (which, it does
+// not say). A resource too large is left out and added to refused, as the
+// resources Apply could not decode are: after a NACK the global sends it
+// again with every later change of its type, so refusing the lot would keep
+// the others (another mesh's CA) from the zone for as long as it stays too
+// large. applied names puts, one for one; applyEach returns the names of
+// those written.
+func (t *globalTarget) applyEach(ctx context.Context, puts []api.Resource, applied []string, deletes []api.Key, refused *[]error) ([]string, error) {
+	written := make([]string, 0, len(puts))
+	for i, r := range puts {
+		_, err := t.store.Apply(ctx, []api.Resource{r}, nil)
+		switch {
+		case errors.Is(err, store.ErrTooLarge):
+			*refused = append(*refused, err)
+			continue
+		case err != nil:
+			return nil, err
+		}
+		written = append(written, applied[i])
+	}
+	if len(deletes) > 0 {
+		if _, err := t.store.Apply(ctx, nil, deletes); err != nil {
+			return nil, err
+		}
+	}
+	return written, nil
 }
 
 // forgetDeletedMeshes drops, from the held sets, what a mesh deletion took

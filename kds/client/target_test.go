@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/ursamesh/ursa/kds"
 	"github.com/ursamesh/ursa/kds/kdspb"
 	"github.com/ursamesh/ursa/pkg/api"
+	"github.com/ursamesh/ursa/pkg/api/crd"
 	"github.com/ursamesh/ursa/pkg/store"
 )
 
@@ -158,4 +160,75 @@ func TestStandaloneLeftoversTakeTheGlobals(t *testing.T) {
 	if _, err := st.Get(ctx, api.Key{Type: "TrafficRoute", Mesh: "default", Name: "billing"}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("route after the global removed it: %v", err)
 	}
+}
+
+// secretSizedStore refuses, as the Kubernetes store does, a whole batch
+// holding a resource whose core Secret would pass crd.MaxSecretData.
+type secretSizedStore struct{ store.Store }
+
+func (s secretSizedStore) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (int, error) {
+	for _, r := range puts {
+		if p, _ := crd.PlacementOf(r.GetMeta().Type); p.Kind != crd.CoreSecret {
+			continue
+		}
+		if _, err := crd.ToSecret(r, "ursa-system"); errors.Is(err, crd.ErrTooLarge) {
+			return 0, fmt.Errorf("apply %d puts, %d deletes: %w: %w", len(puts), len(deletes), store.ErrTooLarge, err)
+		}
+	}
+	return s.Store.Apply(ctx, puts, deletes)
+}
+
+// TestGlobalTargetTooLargeHoldsNoOther: one mesh's CA too large for the
+// zone's store is NACKed alone. Another mesh's CA and a removal in the same
+// response are applied: after the first NACK the global sends the large one
+// again with every later change of the type (and a zone that reconnects
+// gets them all in one response), so refusing the batch would keep every
+// other mesh's CA from the zone for as long as the one stays too large.
+func TestGlobalTargetTooLargeHoldsNoOther(t *testing.T) {
+	ctx := context.Background()
+	mem := store.NewMemory(0)
+	for _, m := range []string{"big", "small", "gone"} {
+		if _, err := mem.Create(ctx, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: m}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tgt := &globalTarget{store: secretSizedStore{mem}, log: zaptest.NewLogger(t), zone: "zone-b", held: map[string]map[string]bool{}}
+	caD, _ := api.Lookup("MeshCA")
+	ca := func(mesh string, crlBytes int) *api.MeshCA {
+		return &api.MeshCA{Meta: api.Meta{Type: "MeshCA", Mesh: mesh, Name: "ca"}, CertPEM: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+			Intermediates: []api.Intermediate{{Zone: "zone-b", Serial: "1", CRLPEM: string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: make([]byte, crlBytes)}))}}}
+	}
+	if _, err := tgt.Held(ctx, caD); err != nil {
+		t.Fatal(err)
+	}
+	if err := tgt.Apply(ctx, caD, []*discovery.Resource{entry(t, ca("gone", 10))}, nil); err != nil {
+		t.Fatal(err)
+	}
+	big, small := ca("big", crd.MaxSecretData), ca("small", 10)
+	gone := kds.WireName(api.KeyOf(ca("gone", 10)))
+	err := tgt.Apply(ctx, caD, []*discovery.Resource{entry(t, big), entry(t, small)}, []string{gone})
+	if !kds.IsRejection(err) || !strings.Contains(err.Error(), "MeshCA/big/ca") {
+		t.Fatalf("apply of one mesh CA too large beside another = %v, want a rejection naming the large one", err)
+	}
+	if strings.Contains(err.Error(), "MeshCA/small/ca") {
+		t.Fatalf("the rejection names the CA that fits: %v", err)
+	}
+	if !has(mem, api.KeyOf(small)) {
+		t.Fatal("the mesh CA that fits was not applied beside the one too large")
+	}
+	if has(mem, api.KeyOf(big)) {
+		t.Fatal("the mesh CA too large is in the store")
+	}
+	if has(mem, api.KeyOf(ca("gone", 10))) {
+		t.Fatal("the response's removal was not applied beside the refused CA")
+	}
+	held := tgt.held[kds.TypeURL("MeshCA")]
+	if !held[kds.WireName(api.KeyOf(small))] || held[kds.WireName(api.KeyOf(big))] || held[gone] {
+		t.Fatalf("held after the partial refusal: %v", held)
+	}
+}
+
+func has(s store.Store, k api.Key) bool {
+	_, err := s.Get(context.Background(), k)
+	return err == nil
 }

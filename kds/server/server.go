@@ -247,6 +247,12 @@ func (s *Server) GlobalToZone(stream kdspb.KDS_GlobalToZoneServer) error {
 		return err
 	}
 	log := s.Log.With(zap.String("zone", c.zone), zap.String("stream", "global_to_zone"))
+	// The zone's sign that the stream is taken (its client's Connected):
+	// the first response may be long in coming, or never come when the
+	// zone already holds all there is.
+	if err := stream.SendHeader(metadata.Pairs(kds.MetadataMaxMessageSize, strconv.Itoa(s.MaxMessageSize))); err != nil {
+		return err
+	}
 	log.Info("zone connected")
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	sender := &kds.Sender{

@@ -73,6 +73,10 @@ func (s *server) storeError(w http.ResponseWriter, err error) {
 	case errors.Is(err, store.ErrMeshNotFound):
 		writeError(w, &apiError{status: http.StatusBadRequest, title: "Invalid resource", details: err.Error(),
 			causes: []api.FieldError{{Field: "mesh", Message: "mesh does not exist: create it first"}}})
+	case errors.Is(err, store.ErrTooLarge):
+		// The store's limit (a Kubernetes Secret's 1 MiB), not a fault of
+		// the server: the caller's to shrink or split.
+		writeError(w, &apiError{status: http.StatusRequestEntityTooLarge, title: "Too large for the store", details: err.Error()})
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		s.Log.Warn("store unavailable", zap.Error(err))
 		writeError(w, &apiError{status: http.StatusServiceUnavailable, title: "Store unavailable",
