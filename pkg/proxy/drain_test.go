@@ -491,3 +491,81 @@ func callH2(c *http.Client, url string) string {
 	resp.Body.Close()
 	return fmt.Sprintf("%d %s %s", resp.StatusCode, resp.Proto, b)
 }
+
+// drainAtStop is a connection that asks its drain to end it at the moment
+// the engine stops a request's watching read (the first long-past read
+// deadline), right after that deadline is set: the window in which a
+// drain's grace deadline could replace it while the read still waits.
+type drainAtStop struct {
+	net.Conn
+	p    *Proxy
+	once sync.Once
+}
+
+func (c *drainAtStop) SetReadDeadline(t time.Time) error {
+	err := c.Conn.SetReadDeadline(t)
+	if t.Equal(time.Unix(1, 0)) {
+		c.once.Do(func() {
+			c.p.drain.mu.Lock()
+			var ds *downstream
+			for d := range c.p.drain.conns {
+				if d.conn == net.Conn(c) {
+					ds = d
+				}
+			}
+			c.p.drain.mu.Unlock()
+			ds.ask()
+		})
+	}
+	return err
+}
+
+// TestDrainAsTheWatchStops: a drain that asks a connection to end as the
+// engine stops its request's watching read (the request took longer than
+// h1WatchAfter, so a read watched the caller) does not hold the response:
+// the drain's grace deadline, set then, once kept that read waiting for the
+// grace (a second) before the response's end went out.
+func TestDrainAsTheWatchStops(t *testing.T) {
+	app, entered, release := slowApp(t)
+	p := newProxy(t)
+	name := "inbound:127.0.0.1:8080"
+	apply(t, p, nil, nil, []*listener.Listener{plainHTTPListener(name, "local")}, []*cluster.Cluster{staticHTTPCluster("local", false, app)}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		p.handle(name, &drainAtStop{Conn: server, p: p})
+	}()
+	io.WriteString(client, "GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+	<-entered
+	time.Sleep(3 * h1WatchAfter) // the watching read has started
+	start := time.Now()
+	close(release)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(client), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(len("done /slow"))))
+	if err != nil || string(b) != "done /slow" {
+		t.Fatalf("response: %q %v", b, err)
+	}
+	if took := time.Since(start); took > drainGrace/2 {
+		t.Fatalf("the response's end took %v: the drain's grace held the watching read", took)
+	}
+	client.Close()
+	<-served
+}
