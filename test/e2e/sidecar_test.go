@@ -50,8 +50,10 @@ func TestSidecarMTLS(t *testing.T) {
 	os.WriteFile(ca, []byte(pem1), 0o600)
 	token := filepath.Join(dir, "token")
 	os.WriteFile(token, []byte(ctl(t, global.api, "", "generate", "zone-token", "--zone", "zone-1")), 0o600)
+	// Loopback VIPs: a sidecar that is not transparent listens on those
+	// only (its outbound to billing, checked below).
 	zone := startCP(t, "zone", "--zone", "zone-1", "--global-kds-address", "grpcs://"+kdsAddr,
-		"--global-kds-ca-file", ca, "--zone-token-file", token)
+		"--global-kds-ca-file", ca, "--zone-token-file", token, "--vip-cidr", "127.240.0.0/16")
 	ctl(t, global.api, "type: Mesh\nname: default\nmtls: {enabled: true}\n", "apply", "-f", "-")
 	eventually(t, "the mesh in the zone", func() bool { return zone.has(t, "/meshes/default") })
 	ctl(t, zone.api, `
