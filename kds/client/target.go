@@ -105,15 +105,16 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 		deletes = append(deletes, k)
 	}
 	_, err := t.store.Apply(ctx, puts, deletes)
-	if errors.Is(err, store.ErrTooLarge) && len(puts)+len(deletes) > 1 {
+	if refusedAlone(err) && len(puts)+len(deletes) > 1 {
 		applied, err = t.applyEach(ctx, puts, applied, deletes, &refused)
 	}
 	if err != nil {
 		// A resource too large for this zone's store (a mesh CA past a
 		// Kubernetes Secret's 1 MiB) stays so until the global sends a
-		// smaller one: NACKed, with the store's reason, rather than
-		// retried on a new stream forever. The zone keeps what it had.
-		if errors.Is(err, store.ErrMeshNotFound) || errors.Is(err, store.ErrTooLarge) {
+		// smaller one, one in a mesh the zone lacks until its Mesh comes:
+		// NACKed, with the store's reason, rather than retried on a new
+		// stream forever. The zone keeps what it had.
+		if refusedAlone(err) {
 			return kds.Reject(err)
 		}
 		return err
@@ -137,20 +138,27 @@ func (t *globalTarget) Apply(ctx context.Context, d api.Descriptor, resources []
 	return nil
 }
 
+// refusedAlone says whether the store refused a batch for what one of its
+// resources is (too large for it, or in a mesh the zone lacks), not for
+// what the store is going through.
+func refusedAlone(err error) bool {
+	return errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrMeshNotFound)
+}
+
 // applyEach applies puts one at a time, then deletes, after the store
-// refused them together because one or more was too large (which, it does
-// not say). A resource too large is left out and added to refused, as the
+// refused them together for one or more of them (refusedAlone; which, it
+// does not say). Such a resource is left out and added to refused, as the
 // resources Apply could not decode are: after a NACK the global sends it
 // again with every later change of its type, so refusing the lot would keep
-// the others (another mesh's CA) from the zone for as long as it stays too
-// large. applied names puts, one for one; applyEach returns the names of
-// those written.
+// the others (another mesh's CA, another mesh's policies) from the zone for
+// as long as it stays refused. applied names puts, one for one; applyEach
+// returns the names of those written.
 func (t *globalTarget) applyEach(ctx context.Context, puts []api.Resource, applied []string, deletes []api.Key, refused *[]error) ([]string, error) {
 	written := make([]string, 0, len(puts))
 	for i, r := range puts {
 		_, err := t.store.Apply(ctx, []api.Resource{r}, nil)
 		switch {
-		case errors.Is(err, store.ErrTooLarge):
+		case refusedAlone(err):
 			*refused = append(*refused, err)
 			continue
 		case err != nil:

@@ -232,3 +232,37 @@ func has(s store.Store, k api.Key) bool {
 	_, err := s.Get(context.Background(), k)
 	return err == nil
 }
+
+// TestGlobalTargetMissingMeshHoldsNoOther: a policy in a mesh the zone
+// lacks is NACKed alone; the same response's policies of meshes the zone
+// has are applied. After a NACK the global sends the refused name again
+// with every later change of its type, so refusing the lot would hold every
+// mesh's policies of that type back until the missing Mesh came.
+func TestGlobalTargetMissingMeshHoldsNoOther(t *testing.T) {
+	ctx := context.Background()
+	mem := store.NewMemory(0)
+	if _, err := mem.Create(ctx, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "here"}}); err != nil {
+		t.Fatal(err)
+	}
+	tgt := &globalTarget{store: mem, log: zaptest.NewLogger(t), zone: "zone-b", held: map[string]map[string]bool{}}
+	routeD, _ := api.Lookup("TrafficRoute")
+	if _, err := tgt.Held(ctx, routeD); err != nil {
+		t.Fatal(err)
+	}
+	route := func(mesh string) *api.TrafficRoute {
+		return &api.TrafficRoute{Meta: api.Meta{Type: "TrafficRoute", Mesh: mesh, Name: "r"},
+			Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: "s"}, Split: []api.Split{{Weight: 1}}}}
+	}
+	here, away := route("here"), route("away")
+	err := tgt.Apply(ctx, routeD, []*discovery.Resource{entry(t, away), entry(t, here)}, nil)
+	if !kds.IsRejection(err) || !strings.Contains(err.Error(), "mesh not found") {
+		t.Fatalf("apply of a policy in a missing mesh beside another = %v, want a rejection", err)
+	}
+	if !has(mem, api.KeyOf(here)) {
+		t.Fatal("the policy of a mesh the zone has was held back by the one of a mesh it lacks")
+	}
+	held := tgt.held[kds.TypeURL("TrafficRoute")]
+	if !held[kds.WireName(api.KeyOf(here))] || held[kds.WireName(api.KeyOf(away))] {
+		t.Fatalf("held after the partial refusal: %v", held)
+	}
+}
