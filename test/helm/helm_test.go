@@ -12,10 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -424,4 +426,50 @@ func itoa(v any) string {
 		return fmt.Sprint(v)
 	}
 	return strconv.Itoa(n)
+}
+
+// TestTemplateScrapeAnnotations: the control plane's pods and the ingress's
+// tell Prometheus's Kubernetes discovery where their /metrics are (the API's
+// plain port, the ingress's admin port), unless the values' podAnnotations
+// say anything of prometheus.io/ themselves: then only those are there.
+func TestTemplateScrapeAnnotations(t *testing.T) {
+	scrape := func(objs []object, deployment string) map[string]any {
+		for _, o := range objs {
+			if o.kind() == "Deployment" && o.name() == deployment {
+				got := map[string]any{}
+				ann, _ := get(o, "spec", "template", "metadata", "annotations").(object)
+				for k, v := range ann {
+					if strings.HasPrefix(k, "prometheus.io/") {
+						got[k] = v
+					}
+				}
+				return got
+			}
+		}
+		t.Fatalf("no Deployment %s", deployment)
+		return nil
+	}
+	want := func(port string) map[string]any {
+		return map[string]any{"prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": "/metrics"}
+	}
+	for _, vs := range valueSets {
+		objs := parse(t, render(t, "ursa-system", vs))
+		if got := scrape(objs, "ursa-control-plane"); !maps.Equal(got, want("5681")) {
+			t.Errorf("%s: the control plane's scrape annotations %v", vs.name, got)
+		}
+		if strings.Contains(strings.Join(vs.set, " "), "ingress.enabled=true") {
+			if got := scrape(objs, "ursa-ingress"); !maps.Equal(got, want("9902")) {
+				t.Errorf("%s: the ingress's scrape annotations %v", vs.name, got)
+			}
+		}
+	}
+	vs := valueSets[1] // a zone with an ingress
+	vs.set = append(slices.Clone(vs.set), `controlPlane.podAnnotations.prometheus\.io/path=/app`, `ingress.podAnnotations.prometheus\.io/scheme=https`)
+	objs := parse(t, render(t, "ursa-system", vs))
+	if got := scrape(objs, "ursa-control-plane"); !maps.Equal(got, map[string]any{"prometheus.io/path": "/app"}) {
+		t.Errorf("the control plane's scrape annotations with the values' own: %v", got)
+	}
+	if got := scrape(objs, "ursa-ingress"); !maps.Equal(got, map[string]any{"prometheus.io/scheme": "https"}) {
+		t.Errorf("the ingress's scrape annotations with the values' own: %v", got)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"regexp"
@@ -101,6 +102,11 @@ const (
 	AdminPort = 9901
 	// AnnotationInjected marks an injected pod.
 	AnnotationInjected = "ursa.io/sidecar-injected"
+	// AnnotationScrape, AnnotationScrapePort and AnnotationScrapePath
+	// point Prometheus's Kubernetes discovery at the sidecar's /metrics.
+	AnnotationScrape     = "prometheus.io/scrape"
+	AnnotationScrapePort = "prometheus.io/port"
+	AnnotationScrapePath = "prometheus.io/path"
 	// AnnotationExcludeInboundPorts lists the pod's ports ("8081,9000")
 	// whose inbound TCP is not redirected to the sidecar (Kuma's
 	// traffic.kuma.io/exclude-inbound-ports, Istio's
@@ -271,6 +277,17 @@ func (in *Injector) Review(r *http.Request, req *AdmissionRequest) (*AdmissionRe
 	return Allow(req.UID, patch)
 }
 
+// saysPrometheus reports whether annotations say anything of Prometheus's
+// discovery (prometheus.io/*).
+func saysPrometheus(annotations map[string]string) bool {
+	for k := range annotations {
+		if strings.HasPrefix(k, "prometheus.io/") {
+			return true
+		}
+	}
+	return false
+}
+
 // patch returns the operations that inject pod, which lives in ns; none when
 // it is not to be injected or already is.
 func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
@@ -317,10 +334,19 @@ func (in *Injector) patch(pod *injectPod, ns *Namespace) ([]PatchOp, error) {
 	// in that mesh for its life, whatever its namespace says later (as
 	// Kuma pins kuma.io/mesh on the pods it injects).
 	pinned := map[string]string{AnnotationInjected: "true", AnnotationMesh: mesh}
+	keys := []string{AnnotationInjected, AnnotationMesh}
+	// Prometheus's usual Kubernetes discovery (the prometheus.io/*
+	// annotations) scrapes the sidecar's /metrics, as Istio's injected pods
+	// are; a pod that says anything of prometheus.io/ itself (its app's own
+	// metrics, or scrape "false") keeps what it says.
+	if !saysPrometheus(pod.Metadata.Annotations) {
+		maps.Copy(pinned, map[string]string{AnnotationScrape: "true", AnnotationScrapePort: strconv.Itoa(AdminPort), AnnotationScrapePath: "/metrics"})
+		keys = append(keys, AnnotationScrape, AnnotationScrapePort, AnnotationScrapePath)
+	}
 	if pod.Metadata.Annotations == nil {
 		ops = append(ops, PatchOp{Op: "add", Path: "/metadata/annotations", Value: pinned})
 	} else {
-		for _, k := range []string{AnnotationInjected, AnnotationMesh} {
+		for _, k := range keys {
 			if k == AnnotationMesh && pod.Metadata.Annotations[k] != "" {
 				continue // the pod's own
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -657,4 +658,37 @@ func mustPatch(t *testing.T, doc string) []PatchOp {
 		t.Fatal(err)
 	}
 	return ops
+}
+
+// TestInjectPrometheusAnnotations: an injected pod tells Prometheus's
+// Kubernetes discovery to scrape its sidecar's /metrics, unless it says
+// anything of prometheus.io/ itself (its app's metrics, or not to scrape):
+// what it says stays as it is.
+func TestInjectPrometheusAnnotations(t *testing.T) {
+	sidecar := map[string]any{AnnotationScrape: "true", AnnotationScrapePort: "9901", AnnotationScrapePath: "/metrics"}
+	for _, tt := range []struct {
+		annotations string
+		want        map[string]any
+	}{
+		{``, sidecar},
+		{`"annotations":{"a":"b"},`, sidecar},
+		{`"annotations":{"prometheus.io/scrape":"false"},`, map[string]any{AnnotationScrape: "false"}},
+		{`"annotations":{"prometheus.io/port":"8080","prometheus.io/scrape":"true"},`, map[string]any{AnnotationScrape: "true", AnnotationScrapePort: "8080"}},
+	} {
+		doc := `{"metadata":{` + tt.annotations + `"name":"p"},"spec":{"containers":[{"name":"app","image":"x"}]}}`
+		ops, err := testInjector().patch(testPod(t, doc), enabledNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ann := applyAdds(t, []byte(doc), ops)["metadata"].(map[string]any)["annotations"].(map[string]any)
+		got := map[string]any{}
+		for k, v := range ann {
+			if strings.HasPrefix(k, "prometheus.io/") {
+				got[k] = v
+			}
+		}
+		if !maps.Equal(got, tt.want) {
+			t.Errorf("pod with %s: prometheus.io annotations %v, want %v", tt.annotations, got, tt.want)
+		}
+	}
 }

@@ -114,3 +114,20 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{- /*
+The prometheus.io annotations Prometheus's Kubernetes discovery reads,
+pointing at a pod's /metrics on port: none when the pod's annotations (the
+values' podAnnotations) say anything of prometheus.io/ themselves.
+*/}}
+{{- define "ursa.scrapeAnnotations" -}}
+{{- $own := false -}}
+{{- range $k, $v := .annotations -}}
+{{- if hasPrefix "prometheus.io/" $k -}}{{- $own = true -}}{{- end -}}
+{{- end -}}
+{{- if not $own -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end -}}
+{{- end -}}
