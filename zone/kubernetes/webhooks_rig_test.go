@@ -190,6 +190,9 @@ func TestInjectionOnRig(t *testing.T) {
 	if !strings.Contains(cmd, "--mesh payments") || !strings.Contains(cmd, "--redirect-all-inbound") {
 		t.Errorf("sidecar command %q", cmd)
 	}
+	if a := p.Metadata.Annotations; a[AnnotationScrape] != "true" || a[AnnotationScrapePort] != "9901" || a[AnnotationScrapePath] != "/metrics" {
+		t.Errorf("the stored pod's Prometheus annotations: %v", a)
+	}
 	p, err = createPod(ctx, admin, "kinject-shop", "web-2", map[string]string{LabelSidecarInjection: "disabled"}, false)
 	must(t, err)
 	if !slices.Equal(p.containers(), []string{"app"}) {
