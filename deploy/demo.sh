@@ -232,6 +232,7 @@ cat <<EOF2
     export URSA_API_SERVER=http://127.0.0.1:5681
     bin/ursactl inspect zones
     bin/ursactl --api-server http://127.0.0.1:15681 inspect dataplanes
+    curl -s http://127.0.0.1:15681/metrics | grep -E '^ursa_(xds_proxies|leader|kds_global_connected)'   # zone-1's CP
 
     dig @127.0.0.1 -p 15653 billing.mesh +short     # billing's VIP in zone-1: $VIP
     curl http://$VIP/                                # via web's sidecar: billing in zone-1 (local first)
