@@ -151,13 +151,32 @@ func refusedAlone(err error) bool {
 // resources Apply could not decode are: after a NACK the global sends it
 // again with every later change of its type, so refusing the lot would keep
 // the others (another mesh's CA, another mesh's policies) from the zone for
-// as long as it stays refused. applied names puts, one for one; applyEach
-// returns the names of those written.
+// as long as it stays refused. A mesh found missing is tried once: its
+// other puts are refused with it, in one error that counts them (only this
+// stream writes the zone's Meshes, so none comes in between; and the global
+// resends the whole response at every retry while the Mesh is missing).
+// applied names puts, one for one; applyEach returns the names of those
+// written.
 func (t *globalTarget) applyEach(ctx context.Context, puts []api.Resource, applied []string, deletes []api.Key, refused *[]error) ([]string, error) {
 	written := make([]string, 0, len(puts))
+	type missingMesh struct {
+		err error
+		n   int
+	}
+	missing := map[string]*missingMesh{}
+	var meshes []string // missing, in the order found
 	for i, r := range puts {
+		mesh := r.GetMeta().Mesh
+		if m := missing[mesh]; m != nil && mesh != "" {
+			m.n++
+			continue
+		}
 		_, err := t.store.Apply(ctx, []api.Resource{r}, nil)
 		switch {
+		case errors.Is(err, store.ErrMeshNotFound) && mesh != "":
+			missing[mesh] = &missingMesh{err: err, n: 1}
+			meshes = append(meshes, mesh)
+			continue
 		case refusedAlone(err):
 			*refused = append(*refused, err)
 			continue
@@ -165,6 +184,14 @@ func (t *globalTarget) applyEach(ctx context.Context, puts []api.Resource, appli
 			return nil, err
 		}
 		written = append(written, applied[i])
+	}
+	for _, mesh := range meshes {
+		m := missing[mesh]
+		if m.n == 1 {
+			*refused = append(*refused, m.err)
+			continue
+		}
+		*refused = append(*refused, fmt.Errorf("%d %s resources of mesh %q refused: %w", m.n, puts[0].GetMeta().Type, mesh, m.err))
 	}
 	if len(deletes) > 0 {
 		if _, err := t.store.Apply(ctx, nil, deletes); err != nil {

@@ -266,3 +266,57 @@ func TestGlobalTargetMissingMeshHoldsNoOther(t *testing.T) {
 		t.Fatalf("held after the partial refusal: %v", held)
 	}
 }
+
+// countingStore counts the store's Apply calls.
+type countingStore struct {
+	store.Store
+	applies *int
+}
+
+func (s countingStore) Apply(ctx context.Context, puts []api.Resource, deletes []api.Key) (int, error) {
+	*s.applies++
+	return s.Store.Apply(ctx, puts, deletes)
+}
+
+// TestGlobalTargetMissingMeshTriedOnce: the puts of a mesh the zone lacks
+// are tried once, not one by one, and NACKed in one line naming the mesh.
+// The global resends a NACKed response whole, every half minute at most,
+// for as long as the Mesh is missing (a Mesh this zone refused): one store
+// transaction and one line per policy of that mesh, at every retry, would
+// be for nothing, since only this stream writes the zone's Meshes.
+func TestGlobalTargetMissingMeshTriedOnce(t *testing.T) {
+	ctx := context.Background()
+	mem := store.NewMemory(0)
+	if _, err := mem.Create(ctx, &api.Mesh{Meta: api.Meta{Type: "Mesh", Name: "here"}}); err != nil {
+		t.Fatal(err)
+	}
+	applies := 0
+	tgt := &globalTarget{store: countingStore{mem, &applies}, log: zaptest.NewLogger(t), zone: "zone-b", held: map[string]map[string]bool{}}
+	routeD, _ := api.Lookup("TrafficRoute")
+	if _, err := tgt.Held(ctx, routeD); err != nil {
+		t.Fatal(err)
+	}
+	route := func(mesh, name string) *api.TrafficRoute {
+		return &api.TrafficRoute{Meta: api.Meta{Type: "TrafficRoute", Mesh: mesh, Name: name},
+			Spec: api.TrafficRouteSpec{Destination: map[string]string{api.TagService: "s"}, Split: []api.Split{{Weight: 1}}}}
+	}
+	var resources []*discovery.Resource
+	for i := range 50 {
+		resources = append(resources, entry(t, route("away", fmt.Sprintf("r%d", i))))
+	}
+	here := route("here", "r")
+	resources = append(resources, entry(t, here))
+	err := tgt.Apply(ctx, routeD, resources, nil)
+	if !kds.IsRejection(err) || !errors.Is(err, store.ErrMeshNotFound) {
+		t.Fatalf("apply with a missing mesh's policies = %v, want a rejection", err)
+	}
+	if n := strings.Count(err.Error(), "mesh not found"); n != 1 || !strings.Contains(err.Error(), "50 TrafficRoute") {
+		t.Errorf("the rejection says \"mesh not found\" %d times, want once, counting the mesh's 50: %v", n, err)
+	}
+	if !has(mem, api.KeyOf(here)) {
+		t.Fatal("the policy of a mesh the zone has was held back")
+	}
+	if applies > 3 { // the batch, the missing mesh's first, here's
+		t.Errorf("%d store applies for one missing mesh's 50 policies and another's one, want 3", applies)
+	}
+}
