@@ -99,27 +99,16 @@ func (d *Dashboard) Check(metrics map[string][]string, targetLabels ...string) (
 		}
 		labels := slices.Clone(targetLabels)
 		for _, m := range refs {
-			name := m[1]
-			base := name
-			if _, ok := metrics[name]; !ok {
-				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
-					if b, ok := strings.CutSuffix(name, suffix); ok {
-						if _, ok := metrics[b]; ok {
-							base = b
-						}
-					}
-				}
-			}
-			have, ok := metrics[base]
+			base, ok := metricOf(metrics, m[1])
 			if !ok {
-				problems = append(problems, fmt.Sprintf("%q: no metric %s is exported", e, name))
+				problems = append(problems, fmt.Sprintf("%q: no metric %s is exported", e, m[1]))
 				continue
 			}
 			used[base] = true
-			have = append(append(slices.Clone(have), "le"), targetLabels...)
+			have := slices.Concat(metrics[base], []string{"le"}, targetLabels)
 			for _, mm := range matcherRef.FindAllStringSubmatch(m[3], -1) {
 				if !slices.Contains(have, mm[1]) {
-					problems = append(problems, fmt.Sprintf("%q: %s has no label %q (it has %v)", e, base, mm[1], have[:len(have)-1-len(targetLabels)]))
+					problems = append(problems, fmt.Sprintf("%q: %s has no label %q (it has %v)", e, base, mm[1], metrics[base]))
 				}
 			}
 			labels = append(labels, have...)
@@ -133,4 +122,20 @@ func (d *Dashboard) Check(metrics map[string][]string, targetLabels ...string) (
 		}
 	}
 	return problems, used
+}
+
+// metricOf is the metric a series name belongs to: the name itself, or a
+// histogram's whose _bucket, _sum or _count series it is.
+func metricOf(metrics map[string][]string, name string) (string, bool) {
+	if _, ok := metrics[name]; ok {
+		return name, true
+	}
+	for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+		if b, ok := strings.CutSuffix(name, suffix); ok {
+			if _, ok := metrics[b]; ok {
+				return b, true
+			}
+		}
+	}
+	return "", false
 }
