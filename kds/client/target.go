@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"go.uber.org/zap"
@@ -164,7 +166,6 @@ func (t *globalTarget) applyEach(ctx context.Context, puts []api.Resource, appli
 		n   int
 	}
 	missing := map[string]*missingMesh{}
-	var meshes []string // missing, in the order found
 	for i, r := range puts {
 		mesh := r.GetMeta().Mesh
 		if m := missing[mesh]; m != nil && mesh != "" {
@@ -175,7 +176,6 @@ func (t *globalTarget) applyEach(ctx context.Context, puts []api.Resource, appli
 		switch {
 		case errors.Is(err, store.ErrMeshNotFound) && mesh != "":
 			missing[mesh] = &missingMesh{err: err, n: 1}
-			meshes = append(meshes, mesh)
 			continue
 		case refusedAlone(err):
 			*refused = append(*refused, err)
@@ -185,7 +185,7 @@ func (t *globalTarget) applyEach(ctx context.Context, puts []api.Resource, appli
 		}
 		written = append(written, applied[i])
 	}
-	for _, mesh := range meshes {
+	for _, mesh := range slices.Sorted(maps.Keys(missing)) {
 		m := missing[mesh]
 		if m.n == 1 {
 			*refused = append(*refused, m.err)
